@@ -1,0 +1,157 @@
+//! Applying a partner's `cohort_changes` to a cohort, in two steps:
+//! [`resolve`] maps identifiers to users under the protocol's matching rules
+//! (reading the registry only), then [`Cohort::apply`] changes membership.
+//! Splitting them lets the import path log the resolved operations before
+//! anything changes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Cohort, UNMATCHED_SAMPLE};
+use crate::ids::UserId;
+use crate::users::{DeviceMatch, UserRegistry};
+
+/// An alias as the protocol sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alias {
+    pub alias_name: String,
+    pub alias_label: String,
+}
+
+/// One object of a request's `cohort_changes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortChange {
+    #[serde(default)]
+    pub user_ids: Vec<String>,
+    #[serde(default)]
+    pub device_ids: Vec<String>,
+    #[serde(default)]
+    pub aliases: Vec<Alias>,
+    /// Remove instead of add.
+    #[serde(default)]
+    pub should_remove: bool,
+}
+
+impl CohortChange {
+    /// How many identifiers this object carries.
+    pub fn identifiers(&self) -> usize {
+        self.user_ids.len() + self.device_ids.len() + self.aliases.len()
+    }
+}
+
+/// One membership change, in request order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberOp {
+    pub user: UserId,
+    pub remove: bool,
+}
+
+/// The outcome of matching a request's identifiers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedChanges {
+    pub ops: Vec<MemberOp>,
+    /// Identifiers that matched a user.
+    pub matched: u64,
+    /// Identifiers that matched nobody.
+    pub unmatched: u64,
+    /// Device ids whose user is identified: neither added nor removed.
+    pub refused_device_ids: u64,
+    /// The last (at most [`UNMATCHED_SAMPLE`]) unmatched identifiers.
+    pub unmatched_sample: Vec<String>,
+}
+
+/// What applying a request did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    pub matched: u64,
+    pub unmatched: u64,
+    pub refused_device_ids: u64,
+    /// Members actually added and removed (no-ops not counted).
+    pub added: u64,
+    pub removed: u64,
+    /// Billable data points: one per matched add or remove identifier.
+    pub data_points: u64,
+    /// Whether the request created the cohort.
+    pub cohort_created: bool,
+}
+
+/// Matches every identifier of `changes` against the registry, in order.
+pub fn resolve(users: &UserRegistry, changes: &[CohortChange]) -> ResolvedChanges {
+    let mut out = ResolvedChanges::default();
+    let unmatched = |out: &mut ResolvedChanges, what: String| {
+        out.unmatched += 1;
+        if out.unmatched_sample.len() == UNMATCHED_SAMPLE {
+            out.unmatched_sample.remove(0);
+        }
+        out.unmatched_sample.push(what);
+    };
+    for change in changes {
+        let remove = change.should_remove;
+        for ext in &change.user_ids {
+            match users.match_external_id(ext) {
+                Some(user) => {
+                    out.matched += 1;
+                    out.ops.push(MemberOp { user, remove });
+                }
+                None => unmatched(&mut out, format!("user_id:{ext}")),
+            }
+        }
+        for a in &change.aliases {
+            match users.match_alias(&a.alias_label, &a.alias_name) {
+                Some(user) => {
+                    out.matched += 1;
+                    out.ops.push(MemberOp { user, remove });
+                }
+                None => unmatched(
+                    &mut out,
+                    format!("alias:{}:{}", a.alias_label, a.alias_name),
+                ),
+            }
+        }
+        for dev in &change.device_ids {
+            match users.match_device(dev) {
+                DeviceMatch::Matched(user) => {
+                    out.matched += 1;
+                    out.ops.push(MemberOp { user, remove });
+                }
+                DeviceMatch::Refused(_) => out.refused_device_ids += 1,
+                DeviceMatch::Unknown => unmatched(&mut out, format!("device_id:{dev}")),
+            }
+        }
+    }
+    out
+}
+
+impl Cohort {
+    /// Applies resolved changes in order and records the sync statistics.
+    pub fn apply(&mut self, resolved: &ResolvedChanges, now: DateTime<Utc>) -> ChangeReport {
+        let mut report = ChangeReport {
+            matched: resolved.matched,
+            unmatched: resolved.unmatched,
+            refused_device_ids: resolved.refused_device_ids,
+            data_points: resolved.matched,
+            ..ChangeReport::default()
+        };
+        for op in &resolved.ops {
+            if op.remove {
+                report.removed += u64::from(self.members.remove(op.user.0));
+            } else {
+                report.added += u64::from(self.members.insert(op.user.0));
+            }
+        }
+        let s = &mut self.sync;
+        s.last_sync = Some(now);
+        s.last_added = report.added;
+        s.last_removed = report.removed;
+        s.matched_total += resolved.matched;
+        s.unmatched_total += resolved.unmatched;
+        s.refused_total += resolved.refused_device_ids;
+        for u in &resolved.unmatched_sample {
+            if s.recent_unmatched.len() == UNMATCHED_SAMPLE {
+                s.recent_unmatched.pop_front();
+            }
+            s.recent_unmatched.push_back(u.clone());
+        }
+        report
+    }
+}

@@ -1,0 +1,193 @@
+//! The cohort catalog of one workspace: per partner, cohorts keyed by
+//! cohort_id with a display name, a creation time, sync statistics, and
+//! their members as a roaring bitmap over [`UserId`](crate::ids::UserId).
+
+mod changes;
+
+pub use changes::{resolve, Alias, ChangeReport, CohortChange, MemberOp, ResolvedChanges};
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use hashbrown::HashMap;
+use roaring::RoaringBitmap;
+
+use crate::error::{Error, Result};
+use crate::ids::{CohortKey, Partner};
+
+/// How many recent unmatched identifiers a cohort keeps for troubleshooting.
+pub const UNMATCHED_SAMPLE: usize = 100;
+
+/// What the people who run syncs ask about a cohort.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// When the last users request for this cohort was applied.
+    pub last_sync: Option<DateTime<Utc>>,
+    /// Members the last request added and removed (actual changes).
+    pub last_added: u64,
+    pub last_removed: u64,
+    /// Identifiers that matched a user / matched nobody, over all requests.
+    pub matched_total: u64,
+    pub unmatched_total: u64,
+    /// Device ids refused because their user is identified, over all requests.
+    pub refused_total: u64,
+    /// The most recent unmatched identifiers, oldest first, at most
+    /// [`UNMATCHED_SAMPLE`], e.g. `user_id:u-9` or `alias:email:x@y`.
+    pub recent_unmatched: VecDeque<String>,
+}
+
+/// One partner cohort.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cohort {
+    pub key: CohortKey,
+    /// Shown in the segment builder; the cohort_id until the partner names it.
+    pub name: String,
+    /// As the partner sent it; `None` for a cohort created by a users request.
+    pub created_at: Option<DateTime<FixedOffset>>,
+    pub members: RoaringBitmap,
+    pub sync: SyncStats,
+}
+
+impl Cohort {
+    fn new(key: CohortKey) -> Self {
+        Cohort {
+            name: key.cohort_id.clone(),
+            key,
+            created_at: None,
+            members: RoaringBitmap::new(),
+            sync: SyncStats::default(),
+        }
+    }
+
+    /// The number of members.
+    pub fn len(&self) -> u64 {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// Checks a cohort_id as the protocol requires: a non-empty string.
+pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
+    if cohort_id.trim().is_empty() {
+        return Err(Error::InvalidCohort(
+            "cohort_id must be a valid string".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// All cohorts of a workspace.
+#[derive(Clone, Debug, Default)]
+pub struct CohortCatalog {
+    cohorts: HashMap<CohortKey, Cohort>,
+}
+
+impl CohortCatalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of cohorts over all partners.
+    pub fn len(&self) -> usize {
+        self.cohorts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cohorts.is_empty()
+    }
+
+    pub fn get(&self, key: &CohortKey) -> Option<&Cohort> {
+        self.cohorts.get(key)
+    }
+
+    /// The cohort, created empty (named by its id) if it does not exist.
+    /// Returns whether it was created.
+    pub fn get_or_create(&mut self, key: CohortKey) -> Result<(&mut Cohort, bool)> {
+        check_cohort_id(&key.cohort_id)?;
+        let mut created = false;
+        let cohort = self.cohorts.entry(key).or_insert_with_key(|k| {
+            created = true;
+            Cohort::new(k.clone())
+        });
+        Ok((cohort, created))
+    }
+
+    /// Creates or renames a cohort: an upsert keyed by (partner, cohort_id).
+    /// A rename keeps the creation time the cohort already has. Returns
+    /// whether the cohort was created.
+    pub fn upsert(
+        &mut self,
+        key: CohortKey,
+        name: &str,
+        created_at: Option<DateTime<FixedOffset>>,
+    ) -> Result<bool> {
+        if name.is_empty() {
+            return Err(Error::InvalidCohort(
+                "name must be a non-empty string".into(),
+            ));
+        }
+        let (cohort, created) = self.get_or_create(key)?;
+        cohort.name = name.to_string();
+        if cohort.created_at.is_none() {
+            cohort.created_at = created_at;
+        }
+        Ok(created)
+    }
+
+    /// Installs a cohort as it is (bulk loading, generated workloads).
+    pub fn insert(&mut self, cohort: Cohort) -> Result<()> {
+        check_cohort_id(&cohort.key.cohort_id)?;
+        self.cohorts.insert(cohort.key.clone(), cohort);
+        Ok(())
+    }
+
+    /// A partner's cohorts, by cohort_id.
+    pub fn by_partner(&self, partner: Partner) -> Vec<&Cohort> {
+        let mut v: Vec<&Cohort> = self
+            .cohorts
+            .values()
+            .filter(|c| c.key.partner == partner)
+            .collect();
+        v.sort_by(|a, b| a.key.cohort_id.cmp(&b.key.cohort_id));
+        v
+    }
+
+    /// Every cohort, ordered by partner then cohort_id.
+    pub fn iter_sorted(&self) -> Vec<&Cohort> {
+        let mut v: Vec<&Cohort> = self.cohorts.values().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Resolves a filter's cohort value: a cohort_id of the partner, or else
+    /// the name of exactly one of its cohorts.
+    pub fn resolve(&self, partner: Partner, value: &str) -> Result<&Cohort> {
+        if let Some(c) = self.cohorts.get(&CohortKey::new(partner, value)) {
+            return Ok(c);
+        }
+        let named: Vec<&Cohort> = self
+            .cohorts
+            .values()
+            .filter(|c| c.key.partner == partner && c.name == value)
+            .collect();
+        match named.as_slice() {
+            [one] => Ok(one),
+            [] => Err(Error::NoSuchCohort {
+                partner,
+                value: value.to_string(),
+            }),
+            many => {
+                let mut ids: Vec<String> = many.iter().map(|c| c.key.cohort_id.clone()).collect();
+                ids.sort();
+                Err(Error::AmbiguousCohortName {
+                    partner,
+                    name: value.to_string(),
+                    ids,
+                })
+            }
+        }
+    }
+}

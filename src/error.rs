@@ -1,0 +1,87 @@
+//! The library's error type. Every variant carries what was expected and what
+//! was found, so that a caller (the CLI, the HTTP layer) can say it clearly.
+
+use crate::ids::{CohortKey, Partner, UserId};
+
+/// Where a segment filter failed to parse, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: expected {expected}, found {found}")]
+pub struct FilterParseError {
+    /// `line L, column C` for the text form and for JSON syntax errors, a
+    /// path such as `$.and[1].comparison` for JSON structure errors.
+    pub location: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column (in characters), when known.
+    pub column: Option<usize>,
+    pub expected: String,
+    pub found: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown partner {found:?}: expected one of amplitude, mixpanel, heap, census, hightouch, segment, kubit, tinyclues")]
+    UnknownPartner { found: String },
+
+    #[error("external_id {external_id:?} is already held by user {holder}")]
+    DuplicateExternalId { external_id: String, holder: UserId },
+
+    #[error("alias ({label:?}, {name:?}) is already held by user {holder}")]
+    DuplicateAlias {
+        label: String,
+        name: String,
+        holder: UserId,
+    },
+
+    #[error("device_id {device_id:?} is already held by user {holder}")]
+    DuplicateDevice { device_id: String, holder: UserId },
+
+    #[error(
+        "user {user} is already identified as {current:?}; cannot identify it as {requested:?}"
+    )]
+    AlreadyIdentified {
+        user: UserId,
+        current: String,
+        requested: String,
+    },
+
+    #[error("no user {0}")]
+    UnknownUser(String),
+
+    #[error("invalid {kind}: {reason}")]
+    InvalidIdentifier { kind: &'static str, reason: String },
+
+    #[error("the workspace is full: at most {max} users")]
+    TooManyUsers { max: u64 },
+
+    #[error("unknown cohort {key}")]
+    UnknownCohort { key: CohortKey },
+
+    #[error("{partner}_cohorts has no cohort with id or name {value:?}")]
+    NoSuchCohort { partner: Partner, value: String },
+
+    #[error("{partner}_cohorts: the name {name:?} is shared by cohorts {ids:?}; name one by its cohort_id")]
+    AmbiguousCohortName {
+        partner: Partner,
+        name: String,
+        ids: Vec<String>,
+    },
+
+    #[error("invalid cohort: {0}")]
+    InvalidCohort(String),
+
+    #[error("filter parse error at {0}")]
+    FilterParse(#[from] FilterParseError),
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

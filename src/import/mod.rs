@@ -1,0 +1,449 @@
+//! The partner cohort import protocol (../shared/PROTOCOL.md): request
+//! types, validation with the platform's error texts, and the step that
+//! applies a validated request to a workspace.
+//!
+//! Everything that speaks the protocol goes through here: the HTTP server,
+//! the demo and the tests. Parsing is strict about types and changes
+//! nothing; applying happens only after a request validated whole.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::cohorts::{Alias, ChangeReport, CohortChange};
+use crate::error::Error;
+use crate::ids::Partner;
+use crate::workspace::Workspace;
+
+/// The most identifiers (user_ids, device_ids and aliases of all objects
+/// together) one users request may carry.
+pub const MAX_IDENTIFIERS: usize = 1_000;
+
+/// The platform's error texts, word for word.
+pub mod texts {
+    pub const COHORT_ID: &str = "cohort_id must be a valid string";
+    pub const COHORT_CHANGES: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
+    pub const TOO_MANY: &str =
+        "Only 1,000 user_ids, device_ids, and aliases are allowed per request";
+    pub const NAME: &str = "name must be a non-empty string";
+    pub const CREATED_AT: &str = "created_at must be a valid time as an ISO-8601 string";
+    pub const BAD_PARTNER_KEY: &str = "Invalid Partner API key";
+    pub const BAD_CLIENT_SECRET: &str = "Invalid client secret";
+    pub const PARTNER_NOT_ENABLED: &str = "Partner not enabled for client";
+}
+
+/// A protocol-level failure, with the HTTP status it maps to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// 400 with `{"message", "errors"}`.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        errors: Vec<String>,
+    },
+    /// 401; never carries the secret.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 404: the URL names no partner segq knows.
+    #[error("unknown partner {0:?}")]
+    UnknownPartner(String),
+    /// 413.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 429 with `Retry-After`.
+    #[error("rate limit exceeded; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+}
+
+impl ProtocolError {
+    fn bad(errors: Vec<String>) -> Self {
+        ProtocolError::BadRequest {
+            message: errors.first().cloned().unwrap_or_default(),
+            errors,
+        }
+    }
+
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProtocolError::BadRequest { .. } => 400,
+            ProtocolError::Unauthorized(_) => 401,
+            ProtocolError::UnknownPartner(_) => 404,
+            ProtocolError::PayloadTooLarge { .. } => 413,
+            ProtocolError::RateLimited { .. } => 429,
+        }
+    }
+
+    /// The JSON response body.
+    pub fn body(&self) -> Value {
+        match self {
+            ProtocolError::BadRequest { message, errors } => {
+                json!({"message": message, "errors": errors})
+            }
+            other => json!({"message": other.to_string()}),
+        }
+    }
+}
+
+/// The credentials every request carries in its body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub partner_api_key: String,
+    /// The data import key.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+/// `POST /partners/{partner}/cohorts`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CohortRequest {
+    pub credentials: Credentials,
+    pub cohort_id: String,
+    pub name: String,
+    pub created_at: DateTime<FixedOffset>,
+}
+
+/// `POST /partners/{partner}/cohorts/users`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsersRequest {
+    pub credentials: Credentials,
+    pub cohort_id: String,
+    pub cohort_changes: Vec<CohortChange>,
+}
+
+impl UsersRequest {
+    /// Identifiers over all objects.
+    pub fn identifiers(&self) -> usize {
+        self.cohort_changes
+            .iter()
+            .map(CohortChange::identifiers)
+            .sum()
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProtocolError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let msg = if body.iter().all(u8::is_ascii_whitespace) {
+            "request body is empty: expected a JSON object".to_string()
+        } else {
+            format!("request body is not valid JSON: {e}")
+        };
+        ProtocolError::bad(vec![msg])
+    })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        other => Err(ProtocolError::bad(vec![format!(
+            "request body must be a JSON object, found {}",
+            kind(&other)
+        )])),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn credentials(m: &Map<String, Value>) -> Result<Credentials, ProtocolError> {
+    let partner_api_key = match m.get("partner_api_key") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(ProtocolError::Unauthorized(texts::BAD_PARTNER_KEY)),
+    };
+    let client_secret = match m.get("client_secret") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET)),
+    };
+    Ok(Credentials {
+        partner_api_key,
+        client_secret,
+    })
+}
+
+fn cohort_id(m: &Map<String, Value>, errors: &mut Vec<String>) -> String {
+    match m.get("cohort_id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => {
+            errors.push(texts::COHORT_ID.into());
+            String::new()
+        }
+    }
+}
+
+/// Parses an ISO-8601 time with an offset (`2021-01-21T19:20:30+05:00`,
+/// `...Z`, fractional seconds, or without seconds).
+pub fn parse_created_at(s: &str) -> Option<DateTime<FixedOffset>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t);
+    }
+    // chrono's `%:z` does not read `Z`; spell UTC as an offset.
+    let utc;
+    let s = match s.strip_suffix(['Z', 'z']) {
+        Some(rest) => {
+            utc = format!("{rest}+00:00");
+            utc.as_str()
+        }
+        None => s,
+    };
+    DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M%:z")
+        .ok()
+        .or_else(|| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z").ok())
+}
+
+/// Parses and validates a create-or-rename request. Credentials are only
+/// checked for presence here; the server checks their values.
+pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError> {
+    let m = parse_object(body)?;
+    let credentials = credentials(&m)?;
+    let mut errors = Vec::new();
+    let cohort_id = cohort_id(&m, &mut errors);
+    let name = match m.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => {
+            errors.push(texts::NAME.into());
+            String::new()
+        }
+    };
+    let created_at = match m.get("created_at") {
+        Some(Value::String(s)) => parse_created_at(s),
+        _ => None,
+    };
+    if created_at.is_none() {
+        errors.push(texts::CREATED_AT.into());
+    }
+    match created_at {
+        Some(created_at) if errors.is_empty() => Ok(CohortRequest {
+            credentials,
+            cohort_id,
+            name,
+            created_at,
+        }),
+        _ => Err(ProtocolError::bad(errors)),
+    }
+}
+
+/// An array of strings, where `null` or a missing key mean empty.
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    match v {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        Some(_) => None,
+    }
+}
+
+fn aliases(v: Option<&Value>) -> Option<Vec<Alias>> {
+    match v {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                let o = i.as_object()?;
+                let name = o.get("alias_name")?.as_str()?;
+                let label = o.get("alias_label")?.as_str()?;
+                if name.is_empty() || label.is_empty() || o.len() != 2 {
+                    return None;
+                }
+                Some(Alias {
+                    alias_name: name.to_string(),
+                    alias_label: label.to_string(),
+                })
+            })
+            .collect(),
+        Some(_) => None,
+    }
+}
+
+/// The keys a `cohort_changes` object may carry. Any other key is refused:
+/// a typo such as `shouldRemove` must not silently add instead of remove.
+const CHANGE_KEYS: [&str; 4] = ["user_ids", "device_ids", "aliases", "should_remove"];
+
+fn change(v: &Value) -> Option<CohortChange> {
+    let o = v.as_object()?;
+    if o.keys().any(|k| !CHANGE_KEYS.contains(&k.as_str())) {
+        return None;
+    }
+    let should_remove = match o.get("should_remove") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return None,
+    };
+    Some(CohortChange {
+        user_ids: strings(o.get("user_ids"))?,
+        device_ids: strings(o.get("device_ids"))?,
+        aliases: aliases(o.get("aliases"))?,
+        should_remove,
+    })
+}
+
+/// Parses and validates an add-or-remove-users request.
+pub fn parse_users_request(body: &[u8]) -> Result<UsersRequest, ProtocolError> {
+    let m = parse_object(body)?;
+    let credentials = credentials(&m)?;
+    let mut errors = Vec::new();
+    let cohort_id = cohort_id(&m, &mut errors);
+    let cohort_changes = match m.get("cohort_changes") {
+        Some(Value::Array(items)) => items.iter().map(change).collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    let cohort_changes = match cohort_changes {
+        Some(c) => {
+            let n: usize = c.iter().map(CohortChange::identifiers).sum();
+            if n > MAX_IDENTIFIERS {
+                errors.push(texts::TOO_MANY.into());
+            }
+            c
+        }
+        None => {
+            errors.push(texts::COHORT_CHANGES.into());
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ProtocolError::bad(errors));
+    }
+    Ok(UsersRequest {
+        credentials,
+        cohort_id,
+        cohort_changes,
+    })
+}
+
+/// Applies a create-or-rename request. Returns whether the cohort was
+/// created (201) or already existed (200).
+pub fn apply_cohort_request(
+    ws: &mut Workspace,
+    partner: Partner,
+    req: &CohortRequest,
+) -> Result<bool, Error> {
+    ws.upsert_cohort(partner, &req.cohort_id, &req.name, Some(req.created_at))
+}
+
+/// Applies a validated users request to a workspace.
+pub fn apply_users_request(
+    ws: &mut Workspace,
+    partner: Partner,
+    req: &UsersRequest,
+    now: DateTime<Utc>,
+) -> Result<ChangeReport, Error> {
+    ws.apply_cohort_changes(partner, &req.cohort_id, &req.cohort_changes, now)
+}
+
+/// The success body of the users endpoint.
+pub fn users_success_body(report: &ChangeReport) -> Value {
+    json!({
+        "message": "success",
+        "matched": report.matched,
+        "unmatched": report.unmatched,
+        "refused_device_ids": report.refused_device_ids,
+    })
+}
+
+/// The success body of the cohorts endpoint.
+pub fn cohort_success_body() -> Value {
+    json!({"message": "success"})
+}
+
+/// The two partner endpoints.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /partners/{partner}/cohorts`
+    Cohorts,
+    /// `POST /partners/{partner}/cohorts/users`
+    CohortUsers,
+}
+
+impl Endpoint {
+    /// Splits a request path into its partner and endpoint:
+    /// `/partners/amplitude/cohorts/users` -> (`amplitude`, CohortUsers).
+    pub fn route(path: &str) -> Option<(&str, Endpoint)> {
+        let rest = path.strip_prefix("/partners/")?;
+        let (partner, tail) = rest.split_once('/')?;
+        match tail {
+            "cohorts" => Some((partner, Endpoint::Cohorts)),
+            "cohorts/users" => Some((partner, Endpoint::CohortUsers)),
+            _ => None,
+        }
+    }
+}
+
+/// A protocol response: status and JSON body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    /// For the users endpoint, what the request did.
+    pub report: Option<ChangeReport>,
+}
+
+impl From<ProtocolError> for Response {
+    fn from(e: ProtocolError) -> Self {
+        Response {
+            status: e.status(),
+            body: e.body(),
+            report: None,
+        }
+    }
+}
+
+/// Serves one partner request against a workspace: routes the partner,
+/// validates the body, checks the credentials with `authorize`, applies the
+/// change and builds the response. A request that fails any step changes
+/// nothing.
+pub fn handle(
+    ws: &mut Workspace,
+    partner: &str,
+    endpoint: Endpoint,
+    body: &[u8],
+    now: DateTime<Utc>,
+    authorize: &dyn Fn(Partner, &Credentials) -> Result<(), ProtocolError>,
+) -> Response {
+    let Ok(partner) = partner.parse::<Partner>() else {
+        return ProtocolError::UnknownPartner(partner.to_string()).into();
+    };
+    let applied = match endpoint {
+        Endpoint::Cohorts => parse_cohort_request(body).and_then(|req| {
+            authorize(partner, &req.credentials)?;
+            apply_cohort_request(ws, partner, &req)
+                .map(|created| (if created { 201 } else { 200 }, cohort_success_body(), None))
+                .map_err(library_error)
+        }),
+        Endpoint::CohortUsers => parse_users_request(body).and_then(|req| {
+            authorize(partner, &req.credentials)?;
+            apply_users_request(ws, partner, &req, now)
+                .map(|r| {
+                    let status = if r.cohort_created { 201 } else { 200 };
+                    (status, users_success_body(&r), Some(r))
+                })
+                .map_err(library_error)
+        }),
+    };
+    match applied {
+        Ok((status, body, report)) => Response {
+            status,
+            body,
+            report,
+        },
+        Err(e) => e.into(),
+    }
+}
+
+/// A library error met while applying a validated request (which validation
+/// should have caught) becomes a 400 with its text.
+fn library_error(e: Error) -> ProtocolError {
+    ProtocolError::bad(vec![e.to_string()])
+}

@@ -1,0 +1,13 @@
+pub mod cohorts;
+pub mod demo;
+pub mod error;
+pub mod ids;
+pub mod import;
+pub mod segment;
+pub mod users;
+pub mod workload;
+pub mod workspace;
+
+pub use error::{Error, Result};
+pub use ids::{CohortKey, Partner, UserId, UserRef};
+pub use workspace::Workspace;

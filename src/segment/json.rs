@@ -1,0 +1,449 @@
+//! The JSON form of a segment filter.
+//!
+//! A filter node is an object with exactly one of these shapes:
+//!
+//! ```text
+//! {"filter": "amplitude_cohorts", "comparison": "includes_value" | "does_not_include_value", "value": "c-9f1e"}
+//! {"filter": "random_bucket", "comparison": "less_than" | "less_than_or_equal_to"
+//!      | "greater_than" | "greater_than_or_equal_to", "value": 500}
+//! {"filter": "random_bucket", "comparison": "between", "value": [lo, hi]}
+//! {"and": [node, ...]}      {"or": [node, ...]}      {"not": node}
+//! {"groups": [G, ...], "groups_combinator": "and" | "or", "exclusions": [G, ...]}
+//!     where G = {"combinator": "and" | "or", "filters": [node, ...]}
+//! ```
+//!
+//! The last is the segment builder's shape: each group is the `And`/`Or` of
+//! its filters (a one-filter group is just that filter), the groups are
+//! combined by `groups_combinator` (default `and`; one group is just that
+//! group), and each exclusion group is subtracted:
+//! `And([base, Not(exclusion_1), ...])`. Combinators default to `and`.
+//!
+//! Syntax errors carry serde_json's line and column (in characters);
+//! structural errors carry a JSON path such as `$.and[1].comparison`.
+
+use serde_json::{Map, Value};
+
+use super::ast::{BucketCmp, Filter};
+use super::text::partner_filter_names;
+use crate::error::FilterParseError;
+use crate::ids::{Partner, BUCKETS};
+
+/// How deeply filter nodes (and the builder's groups) may nest. The root is
+/// level 1.
+pub const MAX_DEPTH: usize = 64;
+
+const EXPECTED_NODE: &str =
+    "a filter object: {\"filter\": ...}, {\"and\": [...]}, {\"or\": [...]}, {\"not\": {...}} or {\"groups\": [...]}";
+const EXPECTED_NODE_KEY: &str =
+    "one of the keys \"filter\", \"and\", \"or\", \"not\" or \"groups\"";
+const EXPECTED_COHORT_CMP: &str = "includes_value or does_not_include_value";
+const EXPECTED_BUCKET_CMP: &str =
+    "less_than, less_than_or_equal_to, greater_than, greater_than_or_equal_to or between";
+const EXPECTED_COHORT_VALUE: &str = "a non-empty string: the cohort id or name";
+const EXPECTED_COMBINATOR: &str = "\"and\" or \"or\"";
+const EXPECTED_GROUP: &str = "a group: {\"combinator\": \"and\" | \"or\", \"filters\": [...]}";
+
+/// Parses the JSON form of a segment filter.
+pub fn parse(input: &str) -> Result<Filter, FilterParseError> {
+    let value: Value = serde_json::from_str(input).map_err(|e| syntax_error(input, &e))?;
+    node(&value, "$", 1)
+}
+
+/// A serde_json syntax error, at its line and column (in characters).
+fn syntax_error(input: &str, e: &serde_json::Error) -> FilterParseError {
+    let line = e.line().max(1);
+    let (column, at) = char_column(input, line, e.column());
+    let message = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = message.strip_suffix(&suffix).unwrap_or(&message);
+    let at = || match at {
+        Some(c) => format!("{:?}", c.to_string()),
+        None => "end of input".to_string(),
+    };
+    let (expected, found) = if let Some(rest) = message.strip_prefix("expected ") {
+        let expected = if rest == "value" {
+            "a JSON value"
+        } else {
+            rest
+        };
+        (expected.to_string(), at())
+    } else if let Some(rest) = message.strip_prefix("EOF") {
+        ("valid JSON".to_string(), format!("end of input{rest}"))
+    } else {
+        ("valid JSON".to_string(), message.to_string())
+    };
+    FilterParseError {
+        location: format!("line {line}, column {column}"),
+        line: Some(line),
+        column: Some(column),
+        expected,
+        found,
+    }
+}
+
+/// Converts serde_json's 1-based byte column on `line` to a 1-based
+/// character column, and returns the character there, if any.
+fn char_column(input: &str, line: usize, byte_column: usize) -> (usize, Option<char>) {
+    let text = input.split('\n').nth(line - 1).unwrap_or("");
+    let offset = byte_column.saturating_sub(1);
+    if offset >= text.len() {
+        return (text.chars().count() + 1 + (offset - text.len()), None);
+    }
+    let mut column = 0;
+    let mut at = None;
+    for (i, c) in text.char_indices() {
+        if i > offset {
+            break;
+        }
+        column += 1;
+        at = Some(c);
+    }
+    (column.max(1), at)
+}
+
+fn error(
+    location: &str,
+    expected: impl Into<String>,
+    found: impl Into<String>,
+) -> FilterParseError {
+    FilterParseError {
+        location: location.to_string(),
+        line: None,
+        column: None,
+        expected: expected.into(),
+        found: found.into(),
+    }
+}
+
+/// A short description of a JSON value, for `found`.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Array(a) if a.is_empty() => "an empty array".to_string(),
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(o) if o.is_empty() => "an empty object".to_string(),
+        Value::Object(_) => "an object".to_string(),
+        scalar => scalar.to_string(),
+    }
+}
+
+/// The path of `key` inside the object at `path`.
+fn child(path: &str, key: &str) -> String {
+    let plain = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        format!("{path}.{key}")
+    } else {
+        format!("{path}[{}]", Value::from(key))
+    }
+}
+
+/// `"a"`, `"a" and "b"`, `"a", "b" and "c"`.
+fn key_list(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
+}
+
+/// Fails on the first key of `obj` that is not in `allowed`.
+fn check_keys(
+    obj: &Map<String, Value>,
+    path: &str,
+    allowed: &[&str],
+) -> Result<(), FilterParseError> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => {
+            let expected = if allowed.len() == 1 {
+                format!("only the key {}", key_list(allowed))
+            } else {
+                format!("only the keys {}", key_list(allowed))
+            };
+            Err(error(
+                &child(path, key),
+                expected,
+                format!("the key {}", Value::from(key.as_str())),
+            ))
+        }
+    }
+}
+
+/// The value under `key`, which must be there.
+fn required<'a>(
+    obj: &'a Map<String, Value>,
+    path: &str,
+    key: &str,
+    expected: &str,
+) -> Result<&'a Value, FilterParseError> {
+    obj.get(key)
+        .ok_or_else(|| error(&child(path, key), expected, format!("no {key:?} key")))
+}
+
+fn check_depth(path: &str, depth: usize) -> Result<(), FilterParseError> {
+    if depth > MAX_DEPTH {
+        return Err(error(
+            path,
+            format!("at most {MAX_DEPTH} levels of nested filters"),
+            format!("a filter nested {depth} levels deep"),
+        ));
+    }
+    Ok(())
+}
+
+/// A filter node at `depth` (the root is 1).
+fn node(v: &Value, path: &str, depth: usize) -> Result<Filter, FilterParseError> {
+    check_depth(path, depth)?;
+    let Value::Object(obj) = v else {
+        return Err(error(path, EXPECTED_NODE, describe(v)));
+    };
+    if obj.contains_key("filter") {
+        return leaf(obj, path);
+    }
+    if obj.contains_key("groups") {
+        return builder(obj, path, depth);
+    }
+    for op in ["and", "or"] {
+        if let Some(children) = obj.get(op) {
+            check_keys(obj, path, &[op])?;
+            let children = filter_list(children, &child(path, op), depth + 1)?;
+            return Ok(if op == "and" {
+                Filter::And(children)
+            } else {
+                Filter::Or(children)
+            });
+        }
+    }
+    if let Some(inner) = obj.get("not") {
+        check_keys(obj, path, &["not"])?;
+        return Ok(node(inner, &child(path, "not"), depth + 1)?.not());
+    }
+    match obj.keys().next() {
+        Some(key) => Err(error(
+            &child(path, key),
+            EXPECTED_NODE_KEY,
+            format!("the key {}", Value::from(key.as_str())),
+        )),
+        None => Err(error(path, EXPECTED_NODE, "an empty object")),
+    }
+}
+
+/// A non-empty array of filter nodes at `path`, each at `depth`.
+fn filter_list(v: &Value, path: &str, depth: usize) -> Result<Vec<Filter>, FilterParseError> {
+    match v {
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| node(item, &format!("{path}[{i}]"), depth))
+            .collect(),
+        _ => Err(error(path, "a non-empty array of filters", describe(v))),
+    }
+}
+
+/// `{"filter": ..., "comparison": ..., "value": ...}`.
+fn leaf(obj: &Map<String, Value>, path: &str) -> Result<Filter, FilterParseError> {
+    check_keys(obj, path, &["filter", "comparison", "value"])?;
+    let expected_name = format!(
+        "random_bucket or a partner's cohorts filter: {}",
+        partner_filter_names()
+    );
+    let name = required(obj, path, "filter", &expected_name)?;
+    let partner = match name.as_str() {
+        Some("random_bucket") => None,
+        Some(n) => match Partner::from_filter_name(n) {
+            Some(p) => Some(p),
+            None => return Err(error(&child(path, "filter"), expected_name, describe(name))),
+        },
+        None => return Err(error(&child(path, "filter"), expected_name, describe(name))),
+    };
+    match partner {
+        Some(partner) => cohort(obj, path, partner),
+        None => bucket(obj, path).map(Filter::Bucket),
+    }
+}
+
+/// `found` for a bad comparison.
+fn describe_comparison(v: &Value) -> String {
+    match v {
+        Value::String(_) => format!("unknown comparison {v}"),
+        _ => describe(v),
+    }
+}
+
+fn cohort(
+    obj: &Map<String, Value>,
+    path: &str,
+    partner: Partner,
+) -> Result<Filter, FilterParseError> {
+    let cmp = required(obj, path, "comparison", EXPECTED_COHORT_CMP)?;
+    let includes = match cmp.as_str() {
+        Some("includes_value") => true,
+        Some("does_not_include_value") => false,
+        _ => {
+            return Err(error(
+                &child(path, "comparison"),
+                EXPECTED_COHORT_CMP,
+                describe_comparison(cmp),
+            ))
+        }
+    };
+    let value = required(obj, path, "value", EXPECTED_COHORT_VALUE)?;
+    match value.as_str() {
+        Some(cohort) if !cohort.is_empty() => Ok(Filter::Cohort {
+            partner,
+            cohort: cohort.to_string(),
+            includes,
+        }),
+        _ => Err(error(
+            &child(path, "value"),
+            EXPECTED_COHORT_VALUE,
+            describe(value),
+        )),
+    }
+}
+
+fn bucket(obj: &Map<String, Value>, path: &str) -> Result<BucketCmp, FilterParseError> {
+    let cmp = required(obj, path, "comparison", EXPECTED_BUCKET_CMP)?;
+    let make: fn(u16) -> BucketCmp = match cmp.as_str() {
+        Some("less_than") => BucketCmp::Lt,
+        Some("less_than_or_equal_to") => BucketCmp::Le,
+        Some("greater_than") => BucketCmp::Gt,
+        Some("greater_than_or_equal_to") => BucketCmp::Ge,
+        Some("between") => {
+            let expected = format!(
+                "an array [lo, hi] of two integers from 0 to {}",
+                BUCKETS - 1
+            );
+            let value = required(obj, path, "value", &expected)?;
+            let vpath = child(path, "value");
+            return match value.as_array().map(Vec::as_slice) {
+                Some([lo, hi]) => {
+                    let lo = int(lo, &format!("{vpath}[0]"), 0)?;
+                    let hi = int(hi, &format!("{vpath}[1]"), lo)?;
+                    Ok(BucketCmp::Between(lo, hi))
+                }
+                _ => Err(error(&vpath, expected, describe(value))),
+            };
+        }
+        _ => {
+            return Err(error(
+                &child(path, "comparison"),
+                EXPECTED_BUCKET_CMP,
+                describe_comparison(cmp),
+            ))
+        }
+    };
+    let expected = format!("an integer from 0 to {}", BUCKETS - 1);
+    let value = required(obj, path, "value", &expected)?;
+    Ok(make(int(value, &child(path, "value"), 0)?))
+}
+
+/// An integer bucket in `min..BUCKETS`.
+fn int(v: &Value, path: &str, min: u16) -> Result<u16, FilterParseError> {
+    match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
+        Some(n) if (min..BUCKETS).contains(&n) => Ok(n),
+        _ => Err(error(
+            path,
+            format!("an integer from {min} to {}", BUCKETS - 1),
+            describe(v),
+        )),
+    }
+}
+
+/// An optional `"and"`/`"or"` under `key`; `true` for `and`, the default.
+fn combinator(obj: &Map<String, Value>, path: &str, key: &str) -> Result<bool, FilterParseError> {
+    match obj.get(key) {
+        None => Ok(true),
+        Some(v) => match v.as_str() {
+            Some("and") => Ok(true),
+            Some("or") => Ok(false),
+            _ => Err(error(&child(path, key), EXPECTED_COMBINATOR, describe(v))),
+        },
+    }
+}
+
+/// The `And` (or `Or`) of `children`; one child is itself.
+fn combine(and: bool, mut children: Vec<Filter>) -> Filter {
+    if children.len() == 1 {
+        return children.pop().expect("one child");
+    }
+    if and {
+        Filter::And(children)
+    } else {
+        Filter::Or(children)
+    }
+}
+
+/// The segment builder's `{"groups": ..., "groups_combinator": ..., "exclusions": ...}`.
+fn builder(obj: &Map<String, Value>, path: &str, depth: usize) -> Result<Filter, FilterParseError> {
+    check_keys(obj, path, &["groups", "groups_combinator", "exclusions"])?;
+    let and = combinator(obj, path, "groups_combinator")?;
+    let groups_path = child(path, "groups");
+    let groups = match &obj["groups"] {
+        Value::Array(groups) if !groups.is_empty() => groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| group(g, &format!("{groups_path}[{i}]"), depth + 1))
+            .collect::<Result<Vec<_>, _>>()?,
+        v => {
+            return Err(error(
+                &groups_path,
+                "a non-empty array of groups",
+                describe(v),
+            ));
+        }
+    };
+    let base = combine(and, groups);
+    let Some(exclusions) = obj.get("exclusions") else {
+        return Ok(base);
+    };
+    let excl_path = child(path, "exclusions");
+    let Value::Array(exclusions) = exclusions else {
+        return Err(error(
+            &excl_path,
+            "an array of groups",
+            describe(exclusions),
+        ));
+    };
+    if exclusions.is_empty() {
+        return Ok(base);
+    }
+    let mut children = vec![base];
+    for (i, g) in exclusions.iter().enumerate() {
+        children.push(group(g, &format!("{excl_path}[{i}]"), depth + 1)?.not());
+    }
+    Ok(Filter::And(children))
+}
+
+/// A builder group `{"combinator": ..., "filters": [...]}` at `depth`.
+fn group(v: &Value, path: &str, depth: usize) -> Result<Filter, FilterParseError> {
+    check_depth(path, depth)?;
+    let Value::Object(obj) = v else {
+        return Err(error(path, EXPECTED_GROUP, describe(v)));
+    };
+    check_keys(obj, path, &["combinator", "filters"])?;
+    let and = combinator(obj, path, "combinator")?;
+    let filters = required(obj, path, "filters", "a non-empty array of filters")?;
+    let filters = filter_list(filters, &child(path, "filters"), depth + 1)?;
+    Ok(combine(and, filters))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_quote_odd_keys() {
+        assert_eq!(child("$", "and"), "$.and");
+        assert_eq!(child("$", "a b"), "$[\"a b\"]");
+        assert_eq!(child("$", "1x"), "$[\"1x\"]");
+    }
+
+    #[test]
+    fn syntax_columns_are_chars() {
+        let e = parse("{\"é\": ]}").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(1), Some(7)));
+        assert_eq!(e.expected, "a JSON value");
+        assert_eq!(e.found, "\"]\"");
+    }
+}

@@ -1,0 +1,57 @@
+//! Segment filters: the logical tree ([`ast`]), its two written forms
+//! ([`json`] and [`text`]), cohort resolution, and the reference evaluator
+//! ([`eval`]).
+
+pub mod ast;
+pub mod eval;
+pub mod json;
+pub mod text;
+
+pub use ast::{BucketCmp, Filter};
+
+use crate::error::Result;
+use crate::workspace::Workspace;
+
+/// Parses a filter in either form: input whose first non-blank character is
+/// `{` is JSON, anything else is the text form.
+pub fn parse(input: &str) -> Result<Filter> {
+    if input.trim_start().starts_with('{') {
+        Ok(json::parse(input)?)
+    } else {
+        Ok(text::parse(input)?)
+    }
+}
+
+/// Replaces every cohort value of the filter by the cohort_id it names (a
+/// cohort_id of the partner, or the unique name of one of its cohorts).
+/// Fails on the first value that names no cohort, or several.
+pub fn resolve(ws: &Workspace, filter: &Filter) -> Result<Filter> {
+    Ok(match filter {
+        Filter::Cohort {
+            partner,
+            cohort,
+            includes,
+        } => Filter::Cohort {
+            partner: *partner,
+            cohort: ws.cohorts.resolve(*partner, cohort)?.key.cohort_id.clone(),
+            includes: *includes,
+        },
+        Filter::Bucket(c) => Filter::Bucket(*c),
+        Filter::And(c) => Filter::And(c.iter().map(|c| resolve(ws, c)).collect::<Result<_>>()?),
+        Filter::Or(c) => Filter::Or(c.iter().map(|c| resolve(ws, c)).collect::<Result<_>>()?),
+        Filter::Not(c) => Filter::Not(Box::new(resolve(ws, c)?)),
+    })
+}
+
+/// Checks that every cohort value of the filter names exactly one cohort.
+pub fn check_cohorts(ws: &Workspace, filter: &Filter) -> Result<()> {
+    let mut first_err = None;
+    filter.for_each_cohort(&mut |partner, value, _| {
+        if first_err.is_none() {
+            if let Err(e) = ws.cohorts.resolve(partner, value) {
+                first_err = Some(e);
+            }
+        }
+    });
+    first_err.map_or(Ok(()), Err)
+}

@@ -1,0 +1,320 @@
+//! The audience workload of ../shared/WORKLOAD.md, generated
+//! deterministically from (users, cohorts, seed).
+//!
+//! Users `0..N` in signup order: external_id `u{n}` (one in five anonymous),
+//! device id `d{n}` for everybody, alias (`email`, `u{n}@example.com`) for one
+//! in ten, a uniform random bucket, and an activity weight (recency rising
+//! linearly 0.5 -> 1.5 times a log-normal factor with sigma 0.8, normalised
+//! to mean 1).
+//!
+//! Cohort `i` (amplitude, cohort_id `c{i}`) has a target density, log-uniform
+//! in its band: `i < 20` large (5%-60%), `i < 60` medium (0.5%-5%), the rest
+//! small (0.001%-0.5%). Two in three (`i % 3 != 2`) are behavioural: user `u`
+//! is a member with probability `min(1, density * w_u^k / mean(w^k))`, k
+//! drawn from {0.5, 1, 2}. Dividing by `mean(w^k)` puts the uncapped
+//! expected size at the target density whatever k is; the `min(1, …)` cap
+//! then trims the most active users, so dense cohorts with k = 2 come out at
+//! about half their target (still inside their band). One in three is
+//! clustered: a band of
+//! consecutive signups of `density / 0.8` of the users, 80% of it members.
+//!
+//! Each cohort draws from its own RNG seeded from (seed, i), so cohorts are
+//! generated in parallel and the result does not depend on the thread count.
+
+use chrono::{TimeZone, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, LogNormal};
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+
+use crate::cohorts::{Cohort, SyncStats};
+use crate::error::{Error, Result};
+use crate::ids::{CohortKey, Partner, BUCKETS};
+use crate::segment::{BucketCmp, Filter};
+use crate::users::NewUser;
+use crate::workspace::Workspace;
+
+/// What to generate.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub users: u32,
+    pub cohorts: u32,
+    pub seed: u64,
+}
+
+impl Spec {
+    /// 100k users, 50 cohorts: tests and the demo.
+    pub const SMALL: Spec = Spec {
+        users: 100_000,
+        cohorts: 50,
+        seed: 42,
+    };
+    /// 10M users, 200 cohorts: benchmarks.
+    pub const MEDIUM: Spec = Spec {
+        users: 10_000_000,
+        cohorts: 200,
+        seed: 42,
+    };
+    /// 100M users, 1,000 cohorts: scale runs.
+    pub const LARGE: Spec = Spec {
+        users: 100_000_000,
+        cohorts: 1_000,
+        seed: 42,
+    };
+}
+
+/// How a cohort's members were drawn.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum CohortKind {
+    Behavioural { k: f64 },
+    Clustered { start: u32, len: u32 },
+}
+
+/// What the generator made of one cohort.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CohortInfo {
+    pub index: u32,
+    pub cohort_id: String,
+    pub band: &'static str,
+    pub target_density: f64,
+    pub kind: CohortKind,
+    pub members: u64,
+}
+
+/// A generated workspace and what went into it.
+#[derive(Debug)]
+pub struct Workload {
+    pub spec: Spec,
+    pub workspace: Workspace,
+    pub cohorts: Vec<CohortInfo>,
+}
+
+/// The partner of every generated cohort.
+pub const PARTNER: Partner = Partner::Amplitude;
+
+/// The cohort_id of generated cohort `i`.
+pub fn cohort_id(i: u32) -> String {
+    format!("c{i}")
+}
+
+fn sub_seed(seed: u64, stream: u64) -> u64 {
+    // splitmix64 of the pair: independent, well-mixed seeds per stream.
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn density_band(i: u32, rng: &mut ChaCha8Rng) -> (&'static str, f64) {
+    let (band, lo, hi): (_, f64, f64) = if i < 20 {
+        ("large", 0.05, 0.60)
+    } else if i < 60 {
+        ("medium", 0.005, 0.05)
+    } else {
+        ("small", 0.000_01, 0.005)
+    };
+    let d = (lo.ln() + rng.gen::<f64>() * (hi.ln() - lo.ln())).exp();
+    (band, d)
+}
+
+/// Activity weights, normalised to mean 1.
+fn activity(n: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let lognormal = LogNormal::new(0.0, 0.8).expect("valid log-normal parameters");
+    let span = f64::from(n.saturating_sub(1).max(1));
+    let mut w: Vec<f64> = (0..n)
+        .map(|u| (0.5 + f64::from(u) / span) * lognormal.sample(rng))
+        .collect();
+    let mean = w.iter().sum::<f64>() / f64::from(n.max(1));
+    w.iter_mut().for_each(|x| *x /= mean);
+    w.into_iter().map(|x| x as f32).collect()
+}
+
+/// Per-user membership probabilities scale: `w^k / mean(w^k)`, and its max.
+struct Powered {
+    scaled: Vec<f32>,
+    max: f32,
+}
+
+fn powered(weights: &[f32], k: f64) -> Powered {
+    let mut scaled: Vec<f32> = weights
+        .iter()
+        .map(|&w| f64::from(w).powf(k) as f32)
+        .collect();
+    let mean = scaled.iter().map(|&x| f64::from(x)).sum::<f64>() / scaled.len().max(1) as f64;
+    let inv = (1.0 / mean) as f32;
+    let mut max = 0f32;
+    for x in &mut scaled {
+        *x *= inv;
+        max = max.max(*x);
+    }
+    Powered { scaled, max }
+}
+
+/// Members of a behavioural cohort: each user independently with
+/// probability `min(1, d * scaled[u])`. For sparse cohorts, candidates are
+/// drawn with the upper-bound probability `p_max` by geometric skips and
+/// thinned by `p / p_max`, which is exact and visits only ~`p_max * N` users.
+fn behavioural(d: f64, p: &Powered, rng: &mut ChaCha8Rng) -> RoaringBitmap {
+    let n = p.scaled.len();
+    let d = d as f32;
+    let p_max = (d * p.max).min(1.0);
+    let mut ids = Vec::new();
+    if p_max > 0.25 {
+        for (u, &s) in p.scaled.iter().enumerate() {
+            if rng.gen::<f32>() < d * s {
+                ids.push(u as u32);
+            }
+        }
+    } else if p_max > 0.0 {
+        let log_q = (1.0 - f64::from(p_max)).ln();
+        let mut u: usize = 0;
+        loop {
+            let r: f64 = rng.gen::<f64>();
+            // Users skipped before the next candidate: Geometric(p_max).
+            let skip = ((1.0 - r).ln() / log_q).floor();
+            if !skip.is_finite() || skip >= (n - u) as f64 {
+                break;
+            }
+            u += skip as usize;
+            if rng.gen::<f32>() * p_max < d * p.scaled[u] {
+                ids.push(u as u32);
+            }
+            u += 1;
+            if u >= n {
+                break;
+            }
+        }
+    }
+    RoaringBitmap::from_sorted_iter(ids).expect("ids are generated in ascending order")
+}
+
+fn clustered(start: u32, len: u32, rng: &mut ChaCha8Rng) -> RoaringBitmap {
+    RoaringBitmap::from_sorted_iter((start..start + len).filter(|_| rng.gen::<f32>() < 0.8))
+        .expect("ids are generated in ascending order")
+}
+
+/// The creation time stamped on generated cohorts.
+fn created_at() -> chrono::DateTime<chrono::FixedOffset> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a valid fixed date")
+        .fixed_offset()
+}
+
+/// Generates the workload into a new workspace named `name`.
+pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
+    if spec.users == 0 {
+        return Err(Error::InvalidArgument("--users must be at least 1".into()));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(spec.seed, 0));
+    let mut ws = Workspace::new(name, sub_seed(spec.seed, 1));
+    let n = spec.users;
+    ws.users
+        .reserve(n as usize, n as usize, n as usize / 9, n as usize);
+    for u in 0..n {
+        let anonymous = rng.gen_bool(0.2);
+        let alias = rng.gen_bool(0.1);
+        let bucket = rng.gen_range(0..BUCKETS);
+        ws.users.create(NewUser {
+            external_id: (!anonymous).then(|| format!("u{u}")),
+            devices: vec![format!("d{u}")],
+            aliases: if alias {
+                vec![("email".to_string(), format!("u{u}@example.com"))]
+            } else {
+                Vec::new()
+            },
+            bucket: Some(bucket),
+        })?;
+    }
+    let weights = activity(n, &mut rng);
+    let ks = [0.5, 1.0, 2.0];
+    let powers: Vec<Powered> = ks.iter().map(|&k| powered(&weights, k)).collect();
+    drop(weights);
+
+    let made: Vec<(CohortInfo, RoaringBitmap)> = (0..spec.cohorts)
+        .into_par_iter()
+        .map(|i| {
+            let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(spec.seed, 1_000 + u64::from(i)));
+            let (band, d) = density_band(i, &mut rng);
+            let (kind, members) = if i % 3 != 2 {
+                let k = rng.gen_range(0..ks.len());
+                (
+                    CohortKind::Behavioural { k: ks[k] },
+                    behavioural(d, &powers[k], &mut rng),
+                )
+            } else {
+                let len = ((d / 0.8 * f64::from(n)).round() as u32).clamp(1, n);
+                let start = rng.gen_range(0..=n - len);
+                (
+                    CohortKind::Clustered { start, len },
+                    clustered(start, len, &mut rng),
+                )
+            };
+            let info = CohortInfo {
+                index: i,
+                cohort_id: cohort_id(i),
+                band,
+                target_density: d,
+                kind,
+                members: members.len(),
+            };
+            (info, members)
+        })
+        .collect();
+
+    let mut infos = Vec::with_capacity(made.len());
+    for (info, members) in made {
+        ws.cohorts.insert(Cohort {
+            key: CohortKey::new(PARTNER, info.cohort_id.clone()),
+            name: format!("{} cohort {}", info.band, info.index),
+            created_at: Some(created_at()),
+            members,
+            sync: SyncStats::default(),
+        })?;
+        infos.push(info);
+    }
+    Ok(Workload {
+        spec,
+        workspace: ws,
+        cohorts: infos,
+    })
+}
+
+/// The query shapes of WORKLOAD.md, named, for a workload of `cohorts`
+/// cohorts (indexes wrap when there are fewer cohorts than a shape names).
+pub fn query_shapes(cohorts: u32) -> Vec<(&'static str, Filter)> {
+    let m = cohorts.max(1);
+    let large = |j: u32| Filter::includes(PARTNER, cohort_id(j % m.min(20)));
+    let medium = |j: u32| {
+        if m > 20 {
+            Filter::includes(PARTNER, cohort_id(20 + j % (m.min(60) - 20)))
+        } else {
+            large(j)
+        }
+    };
+    vec![
+        ("one large", large(0)),
+        ("two large ANDed", Filter::And(vec![large(0), large(1)])),
+        (
+            "three medium ORed AND NOT one large",
+            Filter::And(vec![
+                Filter::Or(vec![medium(0), medium(1), medium(2)]),
+                large(3).not(),
+            ]),
+        ),
+        ("five large ANDed", Filter::And((0..5).map(large).collect())),
+        (
+            "twenty medium ORed",
+            Filter::Or((0..20).map(medium).collect()),
+        ),
+        (
+            "mixed OR, AND NOT, random bucket",
+            Filter::And(vec![
+                Filter::Or(vec![large(5), medium(10), medium(25)]),
+                large(2).not(),
+                Filter::Bucket(BucketCmp::Between(1_000, 5_999)),
+            ]),
+        ),
+    ]
+}

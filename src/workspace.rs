@@ -1,0 +1,90 @@
+//! A workspace: one customer's user base (an "app group"), with its users,
+//! its partner cohorts and its billing counters.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+
+use crate::cohorts::{self, ChangeReport, CohortCatalog, CohortChange};
+use crate::error::Result;
+use crate::ids::{CohortKey, Partner};
+use crate::users::UserRegistry;
+
+/// One customer's user base.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    name: String,
+    pub users: UserRegistry,
+    pub cohorts: CohortCatalog,
+    data_points: BTreeMap<(Partner, NaiveDate), u64>,
+}
+
+impl Workspace {
+    /// An empty workspace; `seed` drives the random buckets of its users.
+    pub fn new(name: impl Into<String>, seed: u64) -> Self {
+        Workspace {
+            name: name.into(),
+            users: UserRegistry::new(seed),
+            cohorts: CohortCatalog::new(),
+            data_points: BTreeMap::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates or renames a partner cohort. Returns whether it was created.
+    pub fn upsert_cohort(
+        &mut self,
+        partner: Partner,
+        cohort_id: &str,
+        name: &str,
+        created_at: Option<DateTime<FixedOffset>>,
+    ) -> Result<bool> {
+        self.cohorts
+            .upsert(CohortKey::new(partner, cohort_id), name, created_at)
+    }
+
+    /// Applies a request's `cohort_changes` to a cohort (created on first use
+    /// with its id as name): matches identifiers under the protocol's rules,
+    /// changes membership in order, and counts billable data points for
+    /// `now`'s day. A request without identifiers (clients send one to test
+    /// their credentials) changes nothing and does not create the cohort.
+    pub fn apply_cohort_changes(
+        &mut self,
+        partner: Partner,
+        cohort_id: &str,
+        changes: &[CohortChange],
+        now: DateTime<Utc>,
+    ) -> Result<ChangeReport> {
+        cohorts::check_cohort_id(cohort_id)?;
+        if changes.iter().all(|c| c.identifiers() == 0) {
+            return Ok(ChangeReport::default());
+        }
+        let resolved = cohorts::resolve(&self.users, changes);
+        let (cohort, created) = self
+            .cohorts
+            .get_or_create(CohortKey::new(partner, cohort_id))?;
+        let mut report = cohort.apply(&resolved, now);
+        report.cohort_created = created;
+        self.bill(partner, now.date_naive(), report.data_points);
+        Ok(report)
+    }
+
+    fn bill(&mut self, partner: Partner, day: NaiveDate, points: u64) {
+        if points > 0 {
+            *self.data_points.entry((partner, day)).or_default() += points;
+        }
+    }
+
+    /// Billable data points of a partner on a (UTC) day.
+    pub fn data_points(&self, partner: Partner, day: NaiveDate) -> u64 {
+        self.data_points.get(&(partner, day)).copied().unwrap_or(0)
+    }
+
+    /// Every (partner, day, data points) with a non-zero count.
+    pub fn data_points_by_day(&self) -> impl Iterator<Item = (Partner, NaiveDate, u64)> + '_ {
+        self.data_points.iter().map(|(&(p, d), &n)| (p, d, n))
+    }
+}

@@ -1,0 +1,270 @@
+//! Property test: the reference evaluator against a plain `BTreeSet` model
+//! on random workspaces and random filter trees.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use segq::cohorts::{Cohort, SyncStats};
+use segq::segment::eval::{self, Membership};
+use segq::segment::{BucketCmp, Filter};
+use segq::users::NewUser;
+use segq::{CohortKey, Partner, UserId, UserRef, Workspace};
+
+const PARTNERS: [Partner; 2] = [Partner::Amplitude, Partner::Mixpanel];
+
+/// One generated user.
+#[derive(Clone, Debug)]
+struct GenUser {
+    anonymous: bool,
+    bucket: u16,
+}
+
+/// One generated cohort: member ids may exceed the user count (ids of no
+/// user, as a bulk-loaded cohort could hold); the model ignores those.
+#[derive(Clone, Debug)]
+struct GenCohort {
+    members: BTreeSet<u32>,
+}
+
+#[derive(Clone, Debug)]
+struct GenWorkspace {
+    users: Vec<GenUser>,
+    cohorts: Vec<GenCohort>,
+}
+
+/// A filter tree whose cohort leaves name a cohort by index (taken modulo
+/// the number of cohorts), and by name or by id.
+#[derive(Clone, Debug)]
+enum GenFilter {
+    Cohort {
+        index: usize,
+        includes: bool,
+        by_name: bool,
+    },
+    Bucket(BucketCmp),
+    And(Vec<GenFilter>),
+    Or(Vec<GenFilter>),
+    Not(Box<GenFilter>),
+}
+
+/// Cohort `i` belongs to partner `i % 2` with cohort_id `c{i / 2}`, so the
+/// two partners reuse the same cohort_ids.
+fn cohort_key(i: usize) -> CohortKey {
+    CohortKey::new(PARTNERS[i % 2], format!("c{}", i / 2))
+}
+
+fn cohort_name(i: usize) -> String {
+    format!("Cohort number {i}")
+}
+
+fn bucket_value() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        7 => 0u16..10_000,
+        1 => prop::sample::select(vec![0u16, 1, 9_998, 9_999, 10_000, u16::MAX]),
+    ]
+}
+
+fn bucket_cmp() -> impl Strategy<Value = BucketCmp> {
+    prop_oneof![
+        bucket_value().prop_map(BucketCmp::Lt),
+        bucket_value().prop_map(BucketCmp::Le),
+        bucket_value().prop_map(BucketCmp::Gt),
+        bucket_value().prop_map(BucketCmp::Ge),
+        // Includes empty ranges (lo > hi) and equal ends.
+        (bucket_value(), bucket_value()).prop_map(|(a, b)| BucketCmp::Between(a, b)),
+        bucket_value().prop_map(|v| BucketCmp::Between(v, v)),
+    ]
+}
+
+fn gen_filter() -> impl Strategy<Value = GenFilter> {
+    let leaf = prop_oneof![
+        3 => (0usize..6, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
+            |(index, includes, by_name)| GenFilter::Cohort {
+                index,
+                includes,
+                by_name
+            }
+        ),
+        1 => bucket_cmp().prop_map(GenFilter::Bucket),
+    ];
+    leaf.prop_recursive(4, 64, 4, |inner| {
+        // Mostly 1..=4 children; sometimes none (all users / nobody).
+        let children = prop_oneof![
+            1 => Just(Vec::new()),
+            8 => prop::collection::vec(inner.clone(), 1..=4),
+        ];
+        prop_oneof![
+            2 => children.clone().prop_map(GenFilter::And),
+            2 => children.prop_map(GenFilter::Or),
+            1 => inner.prop_map(|f| GenFilter::Not(Box::new(f))),
+        ]
+    })
+}
+
+fn gen_workspace() -> impl Strategy<Value = GenWorkspace> {
+    let users = prop::collection::vec(
+        (prop::bool::weighted(0.3), 0u16..10_000)
+            .prop_map(|(anonymous, bucket)| GenUser { anonymous, bucket }),
+        0..300,
+    );
+    users.prop_flat_map(|users| {
+        let n = users.len() as u32;
+        // A member density (empty and full included), then each user in or
+        // out; plus, sometimes, ids of no user (up past a 2^16 chunk).
+        let cohort = (
+            prop::sample::select(vec![
+                0.0, 0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+            ]),
+            prop::collection::btree_set(n..n + 70_000, 0..3),
+        )
+            .prop_flat_map(move |(p, stale)| {
+                prop::collection::vec(prop::bool::weighted(p), n as usize).prop_map(move |inside| {
+                    let mut members: BTreeSet<u32> = inside
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &m)| m)
+                        .map(|(u, _)| u as u32)
+                        .collect();
+                    members.extend(&stale);
+                    GenCohort { members }
+                })
+            });
+        (Just(users), prop::collection::vec(cohort, 1..6))
+            .prop_map(|(users, cohorts)| GenWorkspace { users, cohorts })
+    })
+}
+
+fn build(g: &GenWorkspace) -> Workspace {
+    let mut ws = Workspace::new("props", 0);
+    for (u, user) in g.users.iter().enumerate() {
+        let id = ws
+            .users
+            .create(NewUser {
+                external_id: (!user.anonymous).then(|| format!("u{u}")),
+                devices: vec![format!("d{u}")],
+                aliases: Vec::new(),
+                bucket: Some(user.bucket),
+            })
+            .unwrap();
+        assert_eq!(id, UserId(u as u32));
+    }
+    for (i, c) in g.cohorts.iter().enumerate() {
+        ws.cohorts
+            .insert(Cohort {
+                key: cohort_key(i),
+                name: cohort_name(i),
+                created_at: None,
+                members: c.members.iter().copied().collect(),
+                sync: SyncStats::default(),
+            })
+            .unwrap();
+    }
+    ws
+}
+
+fn to_filter(f: &GenFilter, cohorts: usize) -> Filter {
+    match f {
+        GenFilter::Cohort {
+            index,
+            includes,
+            by_name,
+        } => {
+            let i = index % cohorts;
+            let key = cohort_key(i);
+            Filter::Cohort {
+                partner: key.partner,
+                cohort: if *by_name {
+                    cohort_name(i)
+                } else {
+                    key.cohort_id
+                },
+                includes: *includes,
+            }
+        }
+        GenFilter::Bucket(c) => Filter::Bucket(*c),
+        GenFilter::And(c) => Filter::And(c.iter().map(|c| to_filter(c, cohorts)).collect()),
+        GenFilter::Or(c) => Filter::Or(c.iter().map(|c| to_filter(c, cohorts)).collect()),
+        GenFilter::Not(c) => Filter::Not(Box::new(to_filter(c, cohorts))),
+    }
+}
+
+/// The model: plain set algebra over the user ids `0..n`.
+fn model(g: &GenWorkspace, f: &GenFilter) -> BTreeSet<u32> {
+    let n = g.users.len() as u32;
+    let all: BTreeSet<u32> = (0..n).collect();
+    match f {
+        GenFilter::Cohort {
+            index, includes, ..
+        } => {
+            let members: BTreeSet<u32> = g.cohorts[index % g.cohorts.len()]
+                .members
+                .iter()
+                .copied()
+                .filter(|&u| u < n)
+                .collect();
+            if *includes {
+                members
+            } else {
+                all.difference(&members).copied().collect()
+            }
+        }
+        GenFilter::Bucket(cmp) => {
+            let accepts = |b: u16| match *cmp {
+                BucketCmp::Lt(v) => b < v,
+                BucketCmp::Le(v) => b <= v,
+                BucketCmp::Gt(v) => b > v,
+                BucketCmp::Ge(v) => b >= v,
+                BucketCmp::Between(lo, hi) => lo <= b && b <= hi,
+            };
+            (0..n)
+                .filter(|&u| accepts(g.users[u as usize].bucket))
+                .collect()
+        }
+        GenFilter::And(children) => children.iter().fold(all, |acc, c| {
+            acc.intersection(&model(g, c)).copied().collect()
+        }),
+        GenFilter::Or(children) => children.iter().flat_map(|c| model(g, c)).collect(),
+        GenFilter::Not(c) => all.difference(&model(g, c)).copied().collect(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_reference_evaluator_agrees_with_a_set_model(
+        g in gen_workspace(),
+        f in gen_filter(),
+    ) {
+        let ws = build(&g);
+        let filter = to_filter(&f, g.cohorts.len());
+        let expected = model(&g, &f);
+
+        prop_assert_eq!(eval::count(&ws, &filter).unwrap(), expected.len() as u64);
+        let members: Vec<u32> = eval::members(&ws, &filter)
+            .unwrap()
+            .into_iter()
+            .map(UserId::get)
+            .collect();
+        prop_assert_eq!(&members, &expected.iter().copied().collect::<Vec<_>>());
+
+        for (u, user) in g.users.iter().enumerate() {
+            let r = if user.anonymous {
+                UserRef::DeviceId(format!("d{u}"))
+            } else {
+                UserRef::ExternalId(format!("u{u}"))
+            };
+            let id = UserId(u as u32);
+            let want = if expected.contains(&id.get()) {
+                Membership::Member(id)
+            } else {
+                Membership::NotMember(id)
+            };
+            prop_assert_eq!(eval::contains(&ws, &filter, &r).unwrap(), want, "user {}", u);
+        }
+        prop_assert_eq!(
+            eval::contains(&ws, &filter, &UserRef::ExternalId("nobody".into())).unwrap(),
+            Membership::UnknownUser
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! The integration test binary: one module per area of the library.
+
+mod cli;
+mod cohorts;
+mod demo;
+mod eval;
+mod eval_props;
+mod import;
+mod matching;
+mod segment_parse;
+mod support;
+mod users;
+mod workload;
