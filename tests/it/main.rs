@@ -6,6 +6,7 @@ mod demo;
 mod eval;
 mod eval_props;
 mod import;
+mod log;
 mod matching;
 mod segment_parse;
 mod support;
