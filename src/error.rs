@@ -76,6 +76,30 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    #[error("no workspace {name:?}")]
+    UnknownWorkspace { name: String },
+
+    #[error("invalid workspace name {name:?}: expected 1 to 64 letters, digits, '_' or '-'")]
+    InvalidWorkspaceName { name: String },
+
+    #[error("no data import key {id:?} in this workspace")]
+    UnknownKey { id: String },
+
+    #[error("workspace {name:?} refuses writes until segq restarts: {reason}")]
+    WorkspaceFailed { name: String, reason: String },
+
+    #[error("change log: {0}")]
+    Log(#[from] crate::log::LogError),
+
+    #[error("{path}: corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+
+    #[error("{path} is locked by another segq process; one data directory serves one process")]
+    Locked { path: String },
+
+    #[error("configuration {path}: {reason}")]
+    Config { path: String, reason: String },
+
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,

@@ -1,5 +1,6 @@
 pub mod cohorts;
 pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod import;

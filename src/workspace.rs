@@ -1,14 +1,26 @@
 //! A workspace: one customer's user base (an "app group"), with its users,
 //! its partner cohorts and its billing counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 
-use crate::cohorts::{self, ChangeReport, CohortCatalog, CohortChange};
+use crate::cohorts::{self, ChangeReport, CohortCatalog, CohortChange, ResolvedChanges};
 use crate::error::Result;
 use crate::ids::{CohortKey, Partner};
 use crate::users::UserRegistry;
+
+/// A data import key of a workspace, as stored: only its SHA-256 digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub partner: Partner,
+    pub digest: [u8; 32],
+    /// The first characters of the key, to tell keys apart in listings.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub invalidated_at: Option<DateTime<Utc>>,
+}
 
 /// One customer's user base.
 #[derive(Clone, Debug)]
@@ -17,6 +29,10 @@ pub struct Workspace {
     pub users: UserRegistry,
     pub cohorts: CohortCatalog,
     data_points: BTreeMap<(Partner, NaiveDate), u64>,
+    /// Data import keys by id, invalidated ones included.
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// Partners allowed to import into this workspace.
+    pub enabled_partners: BTreeSet<Partner>,
 }
 
 impl Workspace {
@@ -27,6 +43,8 @@ impl Workspace {
             users: UserRegistry::new(seed),
             cohorts: CohortCatalog::new(),
             data_points: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            enabled_partners: BTreeSet::new(),
         }
     }
 
@@ -63,10 +81,22 @@ impl Workspace {
             return Ok(ChangeReport::default());
         }
         let resolved = cohorts::resolve(&self.users, changes);
+        self.apply_resolved(partner, cohort_id, &resolved, now)
+    }
+
+    /// Applies changes already matched by [`cohorts::resolve`] (the second
+    /// half of [`Self::apply_cohort_changes`]; log replay starts here).
+    pub fn apply_resolved(
+        &mut self,
+        partner: Partner,
+        cohort_id: &str,
+        resolved: &ResolvedChanges,
+        now: DateTime<Utc>,
+    ) -> Result<ChangeReport> {
         let (cohort, created) = self
             .cohorts
             .get_or_create(CohortKey::new(partner, cohort_id))?;
-        let mut report = cohort.apply(&resolved, now);
+        let mut report = cohort.apply(resolved, now);
         report.cohort_created = created;
         self.bill(partner, now.date_naive(), report.data_points);
         Ok(report)

@@ -47,7 +47,7 @@ pub struct MemberOp {
 }
 
 /// The outcome of matching a request's identifiers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedChanges {
     pub ops: Vec<MemberOp>,
     /// Identifiers that matched a user.

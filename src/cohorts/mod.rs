@@ -71,13 +71,16 @@ impl Cohort {
 
 /// Checks a cohort_id as the protocol requires: a non-empty string.
 pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
-    if cohort_id.trim().is_empty() {
+    if cohort_id.trim().is_empty() || cohort_id.len() > MAX_NAME_BYTES {
         return Err(Error::InvalidCohort(
             "cohort_id must be a valid string".into(),
         ));
     }
     Ok(())
 }
+
+/// The longest cohort_id or cohort name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// All cohorts of a workspace.
 #[derive(Clone, Debug, Default)]

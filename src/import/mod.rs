@@ -171,7 +171,7 @@ fn credentials(m: &Map<String, Value>) -> Result<Credentials, ProtocolError> {
 
 fn cohort_id(m: &Map<String, Value>, errors: &mut Vec<String>) -> String {
     match m.get("cohort_id") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(s)) if crate::cohorts::check_cohort_id(s).is_ok() => s.clone(),
         _ => {
             errors.push(texts::COHORT_ID.into());
             String::new()
@@ -207,7 +207,11 @@ pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError>
     let mut errors = Vec::new();
     let cohort_id = cohort_id(&m, &mut errors);
     let name = match m.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(s))
+            if !s.trim().is_empty() && s.len() <= crate::cohorts::MAX_NAME_BYTES =>
+        {
+            s.clone()
+        }
         _ => {
             errors.push(texts::NAME.into());
             String::new()

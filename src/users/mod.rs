@@ -15,8 +15,6 @@
 mod alias;
 
 use hashbrown::HashMap;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::ids::{UserId, UserRef, BUCKETS};
@@ -75,17 +73,43 @@ pub struct UserRegistry {
     by_external: HashMap<Box<str>, UserId>,
     by_alias: HashMap<AliasKey, UserId>,
     by_device: HashMap<Box<str>, UserId>,
-    rng: ChaCha8Rng,
+    seed: u64,
+}
+
+/// The random bucket a user gets when none is given: a hash of (seed, id),
+/// uniform over `0..BUCKETS`, so it needs no state that a restart could
+/// reset, and the same user always gets the same bucket.
+pub fn default_bucket(seed: u64, user: UserId) -> u16 {
+    // splitmix64 of the pair, then Lemire's multiply-shift onto 0..BUCKETS.
+    let mut z = seed ^ u64::from(user.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((u128::from(z) * u128::from(BUCKETS)) >> 64) as u16
 }
 
 /// Users are numbered by `u32`.
 pub const MAX_USERS: u64 = u32::MAX as u64;
+
+/// The longest identifier accepted, in bytes.
+pub const MAX_IDENTIFIER_BYTES: usize = 1024;
+/// The most device ids plus aliases one user may be given in one call.
+pub const MAX_IDENTIFIERS_PER_CALL: usize = 1000;
 
 fn check_identifier(kind: &'static str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::InvalidIdentifier {
             kind,
             reason: "must be a non-empty string".into(),
+        });
+    }
+    if value.len() > MAX_IDENTIFIER_BYTES {
+        return Err(Error::InvalidIdentifier {
+            kind,
+            reason: format!(
+                "is {} bytes long; at most {MAX_IDENTIFIER_BYTES} are allowed",
+                value.len()
+            ),
         });
     }
     Ok(())
@@ -99,8 +123,13 @@ impl UserRegistry {
             by_external: HashMap::new(),
             by_alias: HashMap::new(),
             by_device: HashMap::new(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
         }
+    }
+
+    /// The seed of the default random buckets.
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Reserves room for `n` more users and their identifiers.
@@ -176,6 +205,15 @@ impl UserRegistry {
     /// Checks that every identifier of `new` is valid and free, and that the
     /// request does not name one twice. Changes nothing.
     fn check_new(&self, new: &NewUser) -> Result<()> {
+        let n = new.devices.len() + new.aliases.len();
+        if n > MAX_IDENTIFIERS_PER_CALL {
+            return Err(Error::InvalidIdentifier {
+                kind: "user",
+                reason: format!(
+                    "{n} device ids and aliases at once; at most {MAX_IDENTIFIERS_PER_CALL}"
+                ),
+            });
+        }
         if let Some(ext) = &new.external_id {
             check_identifier("external_id", ext)?;
             if let Some(&holder) = self.by_external.get(ext.as_str()) {
@@ -237,7 +275,7 @@ impl UserRegistry {
         let id = UserId(self.users.len() as u32);
         let bucket = match new.bucket {
             Some(b) => b,
-            None => self.rng.gen_range(0..BUCKETS),
+            None => default_bucket(self.seed, id),
         };
         let mut rec = UserRecord {
             external_id: None,

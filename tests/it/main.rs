@@ -3,6 +3,7 @@
 mod cli;
 mod cohorts;
 mod demo;
+mod engine;
 mod eval;
 mod eval_props;
 mod import;

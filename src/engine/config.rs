@@ -1,0 +1,108 @@
+//! The server's configuration file, `DATA/segq.json`, created with
+//! generated defaults on first start:
+//!
+//! ```json
+//! {"partner_api_keys": {"amplitude": "pk_amplitude_…", …},
+//!  "rate_limit_per_hour": 250000,
+//!  "max_body_bytes": 1048576}
+//! ```
+//!
+//! Every partner has one partner_api_key per deployment. Unknown fields are
+//! refused, so a typo in the file is an error, not a silent default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::random_hex;
+use super::write_atomically;
+use crate::error::{Error, Result};
+use crate::ids::Partner;
+
+/// The platform's rate limit: requests per hour per data import key.
+pub const DEFAULT_RATE_LIMIT_PER_HOUR: u64 = 250_000;
+/// The largest partner request body accepted (1,000 identifiers fit with
+/// room to spare).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+fn default_rate() -> u64 {
+    DEFAULT_RATE_LIMIT_PER_HOUR
+}
+
+fn default_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// One partner_api_key per partner.
+    pub partner_api_keys: BTreeMap<Partner, String>,
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_hour: u64,
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// A configuration with a fresh random partner_api_key per partner.
+    pub fn generate() -> Config {
+        Config {
+            partner_api_keys: Partner::ALL
+                .into_iter()
+                .map(|p| (p, format!("pk_{}_{}", p.as_str(), random_hex(16))))
+                .collect(),
+            rate_limit_per_hour: DEFAULT_RATE_LIMIT_PER_HOUR,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Loads `path`, or writes a generated configuration there if the file
+    /// does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Config> {
+        let shown = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let c: Config = serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                c.check(&shown)?;
+                Ok(c)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let c = Config::generate();
+                let text = serde_json::to_vec_pretty(&c).map_err(|e| Error::Config {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                write_atomically(path, &text)?;
+                Ok(c)
+            }
+            Err(source) => Err(Error::Io {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    fn check(&self, path: &str) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::Config {
+                path: path.to_string(),
+                reason,
+            })
+        };
+        if let Some((p, _)) = self.partner_api_keys.iter().find(|(_, k)| k.is_empty()) {
+            return bad(format!("partner_api_keys.{p} is empty"));
+        }
+        if self.rate_limit_per_hour == 0 {
+            return bad("rate_limit_per_hour must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}

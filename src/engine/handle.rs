@@ -1,0 +1,350 @@
+//! A live workspace: its state behind a lock, and its log.
+//!
+//! Every write takes the write lock, changes the in-memory state through the
+//! same checked operations the library offers (so a refused change changes
+//! nothing and logs nothing), describes the effect as a [`Change`], submits
+//! it to the log (no I/O yet) and releases the lock; only then does it wait
+//! for the group commit that makes the record durable, and return. Log
+//! order is therefore apply order, and concurrent writers share fsyncs.
+//!
+//! A change is visible to queries from the moment it is applied, slightly
+//! before it is acknowledged; an acknowledged change is always visible. If
+//! a log write or fsync fails, the workspace refuses every later write
+//! (`Error::WorkspaceFailed`) until segq restarts and replays its log: after
+//! a failed fsync, what is on disk cannot be trusted to match memory.
+
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::record::{from_ms, to_ms, Change};
+use crate::cohorts::{self, ChangeReport};
+use crate::error::{Error, Result};
+use crate::ids::{Partner, UserId, UserRef};
+use crate::import::{CohortRequest, UsersRequest};
+use crate::log::LogWriter;
+use crate::users::{NewUser, Upserted};
+use crate::workspace::Workspace;
+
+/// Bulk loads cut their log records at about this many bytes, far below
+/// the log's record limit.
+pub const RECORD_BUDGET: usize = 4 << 20;
+
+/// What a bulk upsert did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BatchReport {
+    pub created: u64,
+    pub updated: u64,
+    /// `(index in the batch, why)` of each user refused.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// One workspace, shared by the server's tasks.
+pub struct WorkspaceHandle {
+    name: String,
+    state: RwLock<Workspace>,
+    log: LogWriter,
+    failed: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for WorkspaceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkspaceHandle {
+    pub(crate) fn new(ws: Workspace, log: LogWriter) -> Self {
+        WorkspaceHandle {
+            name: ws.name().to_string(),
+            state: RwLock::new(ws),
+            log,
+            failed: Mutex::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A read view for queries and observability. Holding it blocks writers
+    /// of this workspace: keep it short.
+    pub fn read(&self) -> RwLockReadGuard<'_, Workspace> {
+        // A poisoned lock means a writer panicked; the failed flag (set
+        // below) stops writes, and reads see the state as it was left.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn log(&self) -> &LogWriter {
+        &self.log
+    }
+
+    fn fail(&self, reason: String) -> Error {
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert(reason.clone());
+        Error::WorkspaceFailed {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        let f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match &*f {
+            Some(reason) => Err(Error::WorkspaceFailed {
+                name: self.name.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn write_lock(&self) -> Result<RwLockWriteGuard<'_, Workspace>> {
+        self.state
+            .write()
+            .map_err(|_| self.fail("a writer panicked while changing the workspace".into()))
+    }
+
+    /// Runs `f` under the write lock; `f` changes the state (or refuses,
+    /// changing nothing) and returns the records to log, if any. Returns
+    /// once they are durable.
+    ///
+    /// Identifier and name lengths are bounded where they are checked, and
+    /// bulk loads split their records (see [`RECORD_BUDGET`]), so a record
+    /// always fits the log; should the log still refuse one, the workspace
+    /// is marked failed, since memory would hold a change the log does not.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Workspace) -> Result<(T, Vec<Change>)>,
+    ) -> Result<T> {
+        self.check_failed()?;
+        let (out, last) = {
+            let mut ws = self.write_lock()?;
+            let (out, changes) = f(&mut ws)?;
+            if changes.is_empty() {
+                return Ok(out);
+            }
+            let payloads = changes
+                .iter()
+                .map(Change::encode)
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| self.fail(format!("a change applied but not logged: {e}")))?;
+            match self.log.submit_batch(&payloads) {
+                Ok(seqs) => (out, seqs.end - 1),
+                Err(e) => return Err(self.fail(format!("a change applied but not logged: {e}"))),
+            }
+        };
+        self.log
+            .wait_durable(last)
+            .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
+        Ok(out)
+    }
+
+    /// `POST /partners/{partner}/cohorts`, after authorization. Returns
+    /// whether the cohort was created.
+    pub fn upsert_cohort(&self, partner: Partner, req: &CohortRequest) -> Result<bool> {
+        self.write(|ws| {
+            let created =
+                ws.upsert_cohort(partner, &req.cohort_id, &req.name, Some(req.created_at))?;
+            let change = Change::CohortUpserted {
+                partner,
+                cohort_id: req.cohort_id.clone(),
+                name: req.name.clone(),
+                created_at: req.created_at.to_rfc3339(),
+            };
+            Ok((created, vec![change]))
+        })
+    }
+
+    /// `POST /partners/{partner}/cohorts/users`, after authorization.
+    pub fn import_users(
+        &self,
+        partner: Partner,
+        req: &UsersRequest,
+        now: DateTime<Utc>,
+    ) -> Result<ChangeReport> {
+        // Records keep milliseconds: apply what replay will apply.
+        let now = from_ms(to_ms(now));
+        self.write(|ws| {
+            cohorts::check_cohort_id(&req.cohort_id)?;
+            if req.identifiers() == 0 {
+                return Ok((ChangeReport::default(), Vec::new()));
+            }
+            let resolved = cohorts::resolve(&ws.users, &req.cohort_changes);
+            let report = ws.apply_resolved(partner, &req.cohort_id, &resolved, now)?;
+            let change = Change::CohortChanged {
+                partner,
+                cohort_id: req.cohort_id.clone(),
+                at_ms: to_ms(now),
+                resolved,
+            };
+            Ok((report, vec![change]))
+        })
+    }
+
+    /// Creates a user, or adds identifiers to the user with that
+    /// external_id.
+    pub fn upsert_user(&self, new: NewUser) -> Result<Upserted> {
+        self.write(|ws| upsert_logged(ws, new).map(|(u, c)| (u, c.into_iter().collect())))
+    }
+
+    /// Upserts many users; each is applied or refused on its own, and the
+    /// applied ones are logged as few records (each under
+    /// [`RECORD_BUDGET`]), acknowledged together.
+    pub fn upsert_users(&self, batch: Vec<NewUser>) -> Result<BatchReport> {
+        self.write(|ws| {
+            let mut report = BatchReport::default();
+            let mut records = Vec::new();
+            let mut pending = Vec::new();
+            let mut pending_bytes = 0;
+            for (i, new) in batch.into_iter().enumerate() {
+                match upsert_logged(ws, new) {
+                    Ok((u, change)) => {
+                        if u.created {
+                            report.created += 1;
+                        } else {
+                            report.updated += 1;
+                        }
+                        if let Some(c) = change {
+                            pending_bytes += c.size_hint();
+                            pending.push(c);
+                        }
+                        if pending_bytes >= RECORD_BUDGET {
+                            records.push(Change::Batch(std::mem::take(&mut pending)));
+                            pending_bytes = 0;
+                        }
+                    }
+                    Err(e) => report.failed.push((i, e.to_string())),
+                }
+            }
+            if !pending.is_empty() {
+                records.push(Change::Batch(pending));
+            }
+            Ok((report, records))
+        })
+    }
+
+    fn find(ws: &Workspace, user: &UserRef) -> Result<UserId> {
+        ws.users
+            .lookup(user)
+            .ok_or_else(|| Error::UnknownUser(user.to_string()))
+    }
+
+    /// Gives the user an alias (a no-op if it holds it already).
+    pub fn add_alias(&self, user: &UserRef, label: &str, name: &str) -> Result<UserId> {
+        self.write(|ws| {
+            let id = Self::find(ws, user)?;
+            if ws.users.lookup(&UserRef::Alias {
+                label: label.into(),
+                name: name.into(),
+            }) == Some(id)
+            {
+                return Ok((id, Vec::new()));
+            }
+            ws.users.add_alias(id, label, name)?;
+            let change = Change::AliasAdded {
+                user: id,
+                label: label.into(),
+                name: name.into(),
+            };
+            Ok((id, vec![change]))
+        })
+    }
+
+    /// Gives the user a device (a no-op if it holds it already).
+    pub fn add_device(&self, user: &UserRef, device_id: &str) -> Result<UserId> {
+        self.write(|ws| {
+            let id = Self::find(ws, user)?;
+            if ws.users.lookup(&UserRef::DeviceId(device_id.into())) == Some(id) {
+                return Ok((id, Vec::new()));
+            }
+            ws.users.add_device(id, device_id)?;
+            let change = Change::DeviceAdded {
+                user: id,
+                device_id: device_id.into(),
+            };
+            Ok((id, vec![change]))
+        })
+    }
+
+    /// Identifies an anonymous user.
+    pub fn identify(&self, user: &UserRef, external_id: &str) -> Result<UserId> {
+        self.write(|ws| {
+            let id = Self::find(ws, user)?;
+            let already = ws
+                .users
+                .get(id)
+                .and_then(|r| r.external_id.as_deref())
+                .is_some_and(|e| e == external_id);
+            ws.users.identify(id, external_id)?;
+            let change = (!already).then(|| Change::UserIdentified {
+                user: id,
+                external_id: external_id.into(),
+            });
+            Ok((id, change.into_iter().collect()))
+        })
+    }
+
+    /// Logs and applies a change computed by the engine (keys, partners).
+    pub(crate) fn commit(&self, change: Change) -> Result<()> {
+        self.write(|ws| {
+            super::record::apply(ws, &change)?;
+            Ok(((), vec![change]))
+        })
+    }
+}
+
+/// Upserts a user and describes what changed, if anything.
+fn upsert_logged(ws: &mut Workspace, new: NewUser) -> Result<(Upserted, Option<Change>)> {
+    let before = new
+        .external_id
+        .as_deref()
+        .and_then(|e| ws.users.match_external_id(e))
+        .and_then(|u| ws.users.get(u))
+        .map(|r| (r.devices.len(), r.aliases.len()));
+    let up = ws.users.upsert(new)?;
+    let rec = ws
+        .users
+        .get(up.user)
+        .ok_or_else(|| Error::UnknownUser(format!("with id {}", up.user)))?;
+    let change = match before {
+        None => Some(Change::UserCreated {
+            user: up.user,
+            external_id: rec.external_id.as_deref().map(str::to_string),
+            devices: rec.devices.iter().map(|d| d.to_string()).collect(),
+            aliases: rec
+                .aliases
+                .iter()
+                .map(|(l, n)| (l.to_string(), n.to_string()))
+                .collect(),
+            bucket: rec.bucket,
+        }),
+        Some((devices, aliases)) => {
+            let mut added: Vec<Change> = rec.devices[devices..]
+                .iter()
+                .map(|d| Change::DeviceAdded {
+                    user: up.user,
+                    device_id: d.to_string(),
+                })
+                .collect();
+            added.extend(
+                rec.aliases[aliases..]
+                    .iter()
+                    .map(|(l, n)| Change::AliasAdded {
+                        user: up.user,
+                        label: l.to_string(),
+                        name: n.to_string(),
+                    }),
+            );
+            match added.len() {
+                0 => None,
+                1 => added.pop(),
+                _ => Some(Change::Batch(added)),
+            }
+        }
+    };
+    Ok((up, change))
+}

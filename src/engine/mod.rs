@@ -1,0 +1,493 @@
+//! The storage engine: a data directory of workspaces, each a change log
+//! replayed into memory at start-up, plus the server's configuration, the
+//! admin token and the data import keys.
+//!
+//! ```text
+//! DATA/
+//!   segq.json                 configuration (partner_api_keys, limits)
+//!   admin-token.sha256        hex SHA-256 of the admin bearer token
+//!   workspaces/NAME/
+//!     changes.segqlog         the workspace's change log (see crate::log)
+//! ```
+//!
+//! Every method may wait for an fsync: async callers run them on a blocking
+//! thread.
+
+mod config;
+mod handle;
+pub mod keys;
+pub mod record;
+
+pub use config::{Config, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_PER_HOUR};
+pub use handle::{BatchReport, WorkspaceHandle};
+pub use record::Change;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use hashbrown::HashMap;
+use rand::RngCore;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ids::Partner;
+use crate::import::{texts, Credentials, ProtocolError};
+use crate::log::{self, LogWriter, Recovery};
+use crate::workspace::Workspace;
+use record::{from_ms, to_ms};
+
+/// The log file of a workspace, inside its folder.
+pub const LOG_FILE: &str = "changes.segqlog";
+
+/// A data import key as generated: the only time the key itself is seen.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewKey {
+    pub id: String,
+    pub key: String,
+    pub prefix: String,
+    pub partner: Partner,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A data import key as listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub partner: Partner,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used: Option<DateTime<Utc>>,
+    pub invalidated_at: Option<DateTime<Utc>>,
+}
+
+/// Where a valid data import key leads.
+struct KeyEntry {
+    workspace: String,
+    key_id: String,
+    partner: Partner,
+    /// Milliseconds since the epoch; 0 = never. Kept in memory only: it
+    /// says when the key was last used since segq started.
+    last_used_ms: Arc<AtomicI64>,
+}
+
+/// A data directory, open.
+pub struct Engine {
+    dir: PathBuf,
+    config: Config,
+    admin_digest: [u8; 32],
+    workspaces: RwLock<BTreeMap<String, Arc<WorkspaceHandle>>>,
+    /// Digest of every valid data import key.
+    keys: RwLock<HashMap<[u8; 32], KeyEntry>>,
+    recoveries: Vec<Recovery>,
+    /// When each key (valid or not) was last used since segq started, in
+    /// milliseconds since the epoch; shared with the key's index entry.
+    last_used: RwLock<HashMap<String, Arc<AtomicI64>>>,
+    /// Held for the engine's life: one process per data directory.
+    _lock: fs::File,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes a small file so that it is either wholly there or not at all:
+/// a temporary file, fsynced, renamed over the target, directory fsynced.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    f.write_all(bytes).map_err(io_error(&tmp))?;
+    f.sync_all().map_err(io_error(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_error(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Whether a workspace name is usable as a folder name everywhere.
+pub fn valid_workspace_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Replays a workspace's log into memory. `Ok(None)`: the log holds no
+/// complete first record, so the workspace's creation was never
+/// acknowledged.
+fn load_workspace(name: &str, path: &Path) -> Result<Option<(WorkspaceHandle, Recovery)>> {
+    let shown = path.display().to_string();
+    // Look before anything is cut: a log whose first record is damaged
+    // (not merely torn off by a crash) is corruption, never a creation that
+    // did not happen.
+    let mut file = log::FsFile::open(path).map_err(io_error(path))?;
+    let scanned = LogWriter::scan(&mut file)?;
+    if scanned.records.is_empty() {
+        return match scanned.recovery.reason {
+            Some(damage) if !damage.is_torn_tail() => Err(Error::Corrupt {
+                path: shown,
+                reason: format!("the workspace's first record is damaged: {damage}"),
+            }),
+            _ => Ok(None),
+        };
+    }
+    drop(scanned);
+    let (writer, replay) = LogWriter::open(file)?;
+    let mut records = replay.records.into_iter();
+    let Some(first) = records.next() else {
+        return Ok(None);
+    };
+    let seed = match Change::decode(&first.payload, &shown, first.seq)? {
+        Change::WorkspaceCreated { seed, .. } => seed,
+        other => {
+            return Err(Error::Corrupt {
+                path: shown,
+                reason: format!("the first record is {other:?}, not WorkspaceCreated"),
+            })
+        }
+    };
+    let mut ws = Workspace::new(name, seed);
+    for r in records {
+        let change = Change::decode(&r.payload, &shown, r.seq)?;
+        record::apply(&mut ws, &change).map_err(|e| Error::Corrupt {
+            path: shown.clone(),
+            reason: format!("record {} does not apply: {e}", r.seq),
+        })?;
+    }
+    Ok(Some((WorkspaceHandle::new(ws, writer), replay.recovery)))
+}
+
+impl Engine {
+    /// Opens a data directory, creating it if needed: loads (or creates)
+    /// the configuration and the admin token, and replays every workspace's
+    /// log. Returns the admin token when it was generated now (it is shown
+    /// this once; only its digest is stored).
+    pub fn open(dir: impl AsRef<Path>) -> Result<(Arc<Engine>, Option<String>)> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(dir.join("workspaces")).map_err(io_error(&dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: lock_path.display().to_string(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+        }
+        let config = Config::load_or_create(&dir.join("segq.json"))?;
+
+        let token_path = dir.join("admin-token.sha256");
+        let (admin_digest, new_token) = match fs::read_to_string(&token_path) {
+            Ok(text) => {
+                let d = keys::unhex32(&text).ok_or_else(|| Error::Config {
+                    path: token_path.display().to_string(),
+                    reason: "expected the 64 hex digits of a SHA-256 digest".into(),
+                })?;
+                (d, None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = keys::new_admin_token();
+                let d = keys::digest(&token);
+                write_atomically(&token_path, keys::hex(&d).as_bytes())?;
+                (d, Some(token))
+            }
+            Err(e) => return Err(io_error(&token_path)(e)),
+        };
+
+        let mut workspaces = BTreeMap::new();
+        let mut key_index = HashMap::new();
+        let mut last_used = HashMap::new();
+        let mut recoveries = Vec::new();
+        let ws_dir = dir.join("workspaces");
+        let mut names: Vec<String> = fs::read_dir(&ws_dir)
+            .map_err(io_error(&ws_dir))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(LOG_FILE).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_workspace_name(n))
+            .collect();
+        names.sort();
+        for name in names {
+            let path = ws_dir.join(&name).join(LOG_FILE);
+            let Some((handle, recovery)) = load_workspace(&name, &path)? else {
+                // Never acknowledged: clear it so the name can be created.
+                fs::remove_file(&path).map_err(io_error(&path))?;
+                continue;
+            };
+            for k in handle.read().keys.values() {
+                let used = Arc::new(AtomicI64::new(0));
+                last_used.insert(k.id.clone(), used.clone());
+                if k.invalidated_at.is_none() {
+                    key_index.insert(
+                        k.digest,
+                        KeyEntry {
+                            workspace: name.clone(),
+                            key_id: k.id.clone(),
+                            partner: k.partner,
+                            last_used_ms: used,
+                        },
+                    );
+                }
+            }
+            if !recovery.is_clean() {
+                recoveries.push(recovery);
+            }
+            workspaces.insert(name, Arc::new(handle));
+        }
+        let engine = Engine {
+            dir,
+            config,
+            admin_digest,
+            workspaces: RwLock::new(workspaces),
+            keys: RwLock::new(key_index),
+            recoveries,
+            last_used: RwLock::new(last_used),
+            _lock: lock,
+        };
+        Ok((Arc::new(engine), new_token))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Logs whose tail was cut when they were opened (torn or corrupt).
+    pub fn recoveries(&self) -> &[Recovery] {
+        &self.recoveries
+    }
+
+    /// Whether `token` is the admin token (constant time).
+    pub fn check_admin_token(&self, token: &str) -> bool {
+        keys::same_digest(&keys::digest(token), &self.admin_digest)
+    }
+
+    /// Creates a workspace. Returns false if it exists already.
+    pub fn create_workspace(&self, name: &str) -> Result<bool> {
+        if !valid_workspace_name(name) {
+            return Err(Error::InvalidWorkspaceName { name: name.into() });
+        }
+        let mut all = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        if all.contains_key(name) {
+            return Ok(false);
+        }
+        let folder = self.dir.join("workspaces").join(name);
+        fs::create_dir_all(&folder).map_err(io_error(&folder))?;
+        sync_dir(&self.dir.join("workspaces"))?;
+        let path = folder.join(LOG_FILE);
+        if path.exists() {
+            // Left by a creation that was never acknowledged.
+            fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        let writer = log::create_file(&path, 1)?;
+        let seed = rand::rngs::OsRng.next_u64();
+        let change = Change::WorkspaceCreated {
+            seed,
+            at_ms: to_ms(Utc::now()),
+        };
+        writer.append(&change.encode()?)?;
+        all.insert(
+            name.to_string(),
+            Arc::new(WorkspaceHandle::new(Workspace::new(name, seed), writer)),
+        );
+        Ok(true)
+    }
+
+    /// The workspaces, by name.
+    pub fn workspace_names(&self) -> Vec<String> {
+        let all = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        all.keys().cloned().collect()
+    }
+
+    pub fn workspace(&self, name: &str) -> Option<Arc<WorkspaceHandle>> {
+        let all = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        all.get(name).cloned()
+    }
+
+    fn existing(&self, name: &str) -> Result<Arc<WorkspaceHandle>> {
+        self.workspace(name)
+            .ok_or_else(|| Error::UnknownWorkspace { name: name.into() })
+    }
+
+    /// Checks a partner request's credentials: the partner_api_key against
+    /// the configuration, the client_secret against the valid data import
+    /// keys, and the key's partner against the URL's. Returns the workspace
+    /// the key names and the key's id.
+    pub fn authorize(
+        &self,
+        partner: Partner,
+        creds: &Credentials,
+    ) -> Result<(Arc<WorkspaceHandle>, String), ProtocolError> {
+        let expected = self.config.partner_api_keys.get(&partner);
+        if !expected.is_some_and(|k| keys::same_secret(k, &creds.partner_api_key)) {
+            return Err(ProtocolError::Unauthorized(texts::BAD_PARTNER_KEY));
+        }
+        let digest = keys::digest(&creds.client_secret);
+        let index = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = index.get(&digest) else {
+            return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET));
+        };
+        let Some(handle) = self.workspace(&entry.workspace) else {
+            return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET));
+        };
+        let enabled = entry.partner == partner && handle.read().enabled_partners.contains(&partner);
+        if !enabled {
+            return Err(ProtocolError::Unauthorized(texts::PARTNER_NOT_ENABLED));
+        }
+        entry
+            .last_used_ms
+            .store(to_ms(Utc::now()), Ordering::Relaxed);
+        Ok((handle, entry.key_id.clone()))
+    }
+
+    /// Generates a data import key for a partner of a workspace; the first
+    /// one enables the partner. The key is in the result and nowhere else.
+    pub fn create_key(&self, workspace: &str, partner: Partner) -> Result<NewKey> {
+        let handle = self.existing(workspace)?;
+        let key = keys::new_data_import_key();
+        let id = keys::new_key_id();
+        let prefix = key[..12].to_string();
+        let digest = keys::digest(&key);
+        let now = Utc::now();
+        // Hold the index while logging, so the key is usable exactly when
+        // it is acknowledged.
+        let mut index = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        handle.commit(Change::KeyCreated {
+            id: id.clone(),
+            partner,
+            digest,
+            prefix: prefix.clone(),
+            at_ms: to_ms(now),
+        })?;
+        let used = Arc::new(AtomicI64::new(0));
+        self.last_used
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), used.clone());
+        index.insert(
+            digest,
+            KeyEntry {
+                workspace: workspace.to_string(),
+                key_id: id.clone(),
+                partner,
+                last_used_ms: used,
+            },
+        );
+        Ok(NewKey {
+            id,
+            key,
+            prefix,
+            partner,
+            created_at: from_ms(to_ms(now)),
+        })
+    }
+
+    /// The keys of a workspace (of one partner, if given), oldest first.
+    pub fn list_keys(&self, workspace: &str, partner: Option<Partner>) -> Result<Vec<KeyInfo>> {
+        let handle = self.existing(workspace)?;
+        let last_used = self.last_used.read().unwrap_or_else(|p| p.into_inner());
+        let ws = handle.read();
+        let mut out: Vec<KeyInfo> = ws
+            .keys
+            .values()
+            .filter(|k| partner.is_none_or(|p| p == k.partner))
+            .map(|k| {
+                let used = last_used
+                    .get(&k.id)
+                    .map(|u| u.load(Ordering::Relaxed))
+                    .filter(|&ms| ms > 0)
+                    .map(from_ms);
+                KeyInfo {
+                    id: k.id.clone(),
+                    partner: k.partner,
+                    prefix: k.prefix.clone(),
+                    created_at: k.created_at,
+                    last_used: used,
+                    invalidated_at: k.invalidated_at,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Invalidates a key: its next request fails with 401; the other keys
+    /// of the workspace keep working.
+    pub fn invalidate_key(&self, workspace: &str, key_id: &str) -> Result<()> {
+        let handle = self.existing(workspace)?;
+        let mut index = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let digest = {
+            let ws = handle.read();
+            let k = ws.keys.get(key_id).ok_or_else(|| Error::UnknownKey {
+                id: key_id.to_string(),
+            })?;
+            if k.invalidated_at.is_some() {
+                return Ok(());
+            }
+            k.digest
+        };
+        // Refuse the key before the change is durable: a key must never
+        // work after its invalidation was acknowledged.
+        index.remove(&digest);
+        handle.commit(Change::KeyInvalidated {
+            id: key_id.to_string(),
+            at_ms: to_ms(Utc::now()),
+        })
+    }
+
+    /// Enables a partner for a workspace without generating a key.
+    pub fn enable_partner(&self, workspace: &str, partner: Partner) -> Result<()> {
+        let handle = self.existing(workspace)?;
+        if handle.read().enabled_partners.contains(&partner) {
+            return Ok(());
+        }
+        handle.commit(Change::PartnerEnabled { partner })
+    }
+
+    /// Waits until everything submitted to every log is durable (shutdown).
+    pub fn sync_all(&self) -> Result<()> {
+        let all: Vec<Arc<WorkspaceHandle>> = {
+            let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        for h in all {
+            let log = h.log();
+            if let Some(last) = log.next_seq().checked_sub(1) {
+                if last >= log.first_seq() {
+                    log.wait_durable(last)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! The change records of a workspace log, and how each one is applied.
+//!
+//! Records describe effects, not requests: a users request is logged as the
+//! membership operations it resolved to (user ids), a user upsert as the
+//! user it created or the identifiers it added. Replaying a record therefore
+//! never depends on matching rules or on identities that changed later, and
+//! cannot fail on a log that segq wrote; a record that does not apply is
+//! reported as corruption.
+//!
+//! Payloads are bincode 2 (standard configuration) of [`Change`]; times are
+//! milliseconds since the Unix epoch.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::cohorts::ResolvedChanges;
+use crate::error::{Error, Result};
+use crate::ids::{Partner, UserId};
+use crate::users::NewUser;
+use crate::workspace::{KeyRecord, Workspace};
+
+/// One logged change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// The first record of every workspace log.
+    WorkspaceCreated {
+        seed: u64,
+        at_ms: i64,
+    },
+    UserCreated {
+        user: UserId,
+        external_id: Option<String>,
+        devices: Vec<String>,
+        /// `(alias_label, alias_name)`.
+        aliases: Vec<(String, String)>,
+        bucket: u16,
+    },
+    DeviceAdded {
+        user: UserId,
+        device_id: String,
+    },
+    AliasAdded {
+        user: UserId,
+        label: String,
+        name: String,
+    },
+    UserIdentified {
+        user: UserId,
+        external_id: String,
+    },
+    CohortUpserted {
+        partner: Partner,
+        cohort_id: String,
+        name: String,
+        /// RFC 3339, as the partner sent it (offset kept).
+        created_at: String,
+    },
+    CohortChanged {
+        partner: Partner,
+        cohort_id: String,
+        at_ms: i64,
+        resolved: ResolvedChanges,
+    },
+    PartnerEnabled {
+        partner: Partner,
+    },
+    KeyCreated {
+        id: String,
+        partner: Partner,
+        digest: [u8; 32],
+        prefix: String,
+        at_ms: i64,
+    },
+    KeyInvalidated {
+        id: String,
+        at_ms: i64,
+    },
+    /// Several changes acknowledged together (bulk user loads).
+    Batch(Vec<Change>),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Change {
+    /// The log payload.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        bincode::serde::encode_to_vec(self, config()).map_err(|e| Error::Corrupt {
+            path: "<log record>".into(),
+            reason: format!("cannot encode a change: {e}"),
+        })
+    }
+
+    /// Reads a log payload; `path` and `seq` name it in errors.
+    pub fn decode(bytes: &[u8], path: &str, seq: u64) -> Result<Change> {
+        let (change, used) =
+            bincode::serde::decode_from_slice(bytes, config()).map_err(|e| Error::Corrupt {
+                path: path.to_string(),
+                reason: format!("record {seq} does not decode: {e}"),
+            })?;
+        if used != bytes.len() {
+            return Err(Error::Corrupt {
+                path: path.to_string(),
+                reason: format!(
+                    "record {seq} has {} trailing bytes after its change",
+                    bytes.len() - used
+                ),
+            });
+        }
+        Ok(change)
+    }
+}
+
+impl Change {
+    /// About how many bytes the change encodes to (at least that many).
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Change::UserCreated {
+                external_id,
+                devices,
+                aliases,
+                ..
+            } => {
+                16 + external_id.as_ref().map_or(0, String::len)
+                    + devices.iter().map(|d| d.len() + 2).sum::<usize>()
+                    + aliases
+                        .iter()
+                        .map(|(l, n)| l.len() + n.len() + 4)
+                        .sum::<usize>()
+            }
+            Change::DeviceAdded { device_id, .. } => 8 + device_id.len(),
+            Change::AliasAdded { label, name, .. } => 8 + label.len() + name.len(),
+            Change::UserIdentified { external_id, .. } => 8 + external_id.len(),
+            Change::Batch(c) => 4 + c.iter().map(Change::size_hint).sum::<usize>(),
+            _ => 64,
+        }
+    }
+}
+
+/// Milliseconds since the epoch, for records.
+pub fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The time a record stores, back as a `DateTime`.
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn mismatch(what: String) -> Error {
+    Error::Corrupt {
+        path: "<replay>".into(),
+        reason: what,
+    }
+}
+
+/// Applies a logged change to a workspace (log replay). `WorkspaceCreated`
+/// is handled by whoever creates the [`Workspace`].
+pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
+    match change {
+        Change::WorkspaceCreated { .. } => {
+            return Err(mismatch(
+                "a second WorkspaceCreated record in one log".into(),
+            ))
+        }
+        Change::UserCreated {
+            user,
+            external_id,
+            devices,
+            aliases,
+            bucket,
+        } => {
+            let got = ws.users.create(NewUser {
+                external_id: external_id.clone(),
+                devices: devices.clone(),
+                aliases: aliases.clone(),
+                bucket: Some(*bucket),
+            })?;
+            if got != *user {
+                return Err(mismatch(format!("user created as {got}, logged as {user}")));
+            }
+        }
+        Change::DeviceAdded { user, device_id } => ws.users.add_device(*user, device_id)?,
+        Change::AliasAdded { user, label, name } => ws.users.add_alias(*user, label, name)?,
+        Change::UserIdentified { user, external_id } => ws.users.identify(*user, external_id)?,
+        Change::CohortUpserted {
+            partner,
+            cohort_id,
+            name,
+            created_at,
+        } => {
+            let created_at = DateTime::parse_from_rfc3339(created_at)
+                .map_err(|e| mismatch(format!("created_at {created_at:?}: {e}")))?;
+            ws.upsert_cohort(*partner, cohort_id, name, Some(created_at))?;
+        }
+        Change::CohortChanged {
+            partner,
+            cohort_id,
+            at_ms,
+            resolved,
+        } => {
+            ws.apply_resolved(*partner, cohort_id, resolved, from_ms(*at_ms))?;
+        }
+        Change::PartnerEnabled { partner } => {
+            ws.enabled_partners.insert(*partner);
+        }
+        Change::KeyCreated {
+            id,
+            partner,
+            digest,
+            prefix,
+            at_ms,
+        } => {
+            ws.enabled_partners.insert(*partner);
+            ws.keys.insert(
+                id.clone(),
+                KeyRecord {
+                    id: id.clone(),
+                    partner: *partner,
+                    digest: *digest,
+                    prefix: prefix.clone(),
+                    created_at: from_ms(*at_ms),
+                    invalidated_at: None,
+                },
+            );
+        }
+        Change::KeyInvalidated { id, at_ms } => {
+            let key = ws
+                .keys
+                .get_mut(id)
+                .ok_or_else(|| Error::UnknownKey { id: id.clone() })?;
+            key.invalidated_at.get_or_insert(from_ms(*at_ms));
+        }
+        Change::Batch(changes) => {
+            for c in changes {
+                apply(ws, c)?;
+            }
+        }
+    }
+    Ok(())
+}
