@@ -1,3 +1,4 @@
+pub mod bitmap_view;
 pub mod cohorts;
 pub mod demo;
 pub mod engine;
@@ -6,6 +7,7 @@ pub mod ids;
 pub mod import;
 pub mod log;
 pub mod segment;
+pub mod snapshot;
 pub mod users;
 pub mod workload;
 pub mod workspace;

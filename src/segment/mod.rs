@@ -5,6 +5,7 @@
 pub mod ast;
 pub mod eval;
 pub mod json;
+pub mod plan;
 pub mod text;
 
 pub use ast::{BucketCmp, Filter};

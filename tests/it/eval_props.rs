@@ -268,3 +268,73 @@ proptest! {
         );
     }
 }
+
+/// Checks the planner's normal form: NOT only over leaves and ORs, no AND
+/// directly in an AND nor OR in an OR, no All/Nothing inside a composite,
+/// AND children in ascending size order.
+fn normalised(p: &segq::segment::plan::Plan, users: u64, top: bool) -> Result<(), String> {
+    use segq::segment::plan::Plan;
+    match p {
+        Plan::All | Plan::Nothing if !top => Err(format!("{p:?} inside a composite")),
+        Plan::All | Plan::Nothing | Plan::Leaf(_) => Ok(()),
+        Plan::Not { child } => match **child {
+            Plan::Leaf(_) | Plan::Or { .. } => normalised(child, users, false),
+            _ => Err(format!("NOT over {child:?}")),
+        },
+        Plan::And { all, minus } => {
+            if all.len() + minus.len() < 2 && !(all.is_empty() && minus.len() == 1) {
+                return Err(format!("AND of one: {p:?}"));
+            }
+            for c in all.iter().chain(minus) {
+                if matches!(c, Plan::And { .. } | Plan::Not { .. }) {
+                    return Err(format!("{c:?} directly in an AND"));
+                }
+                normalised(c, users, false)?;
+            }
+            let sizes: Vec<u64> = all.iter().map(|c| c.upper_bound(users)).collect();
+            if sizes.windows(2).any(|w| w[0] > w[1]) {
+                return Err(format!("AND children out of size order: {sizes:?}"));
+            }
+            Ok(())
+        }
+        Plan::Or { any } => {
+            if any.len() < 2 {
+                return Err(format!("OR of {}", any.len()));
+            }
+            for c in any {
+                if matches!(c, Plan::Or { .. }) {
+                    return Err(format!("{c:?} directly in an OR"));
+                }
+                normalised(c, users, false)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_plan_means_the_filter_and_is_normalised(
+        g in gen_workspace(),
+        f in gen_filter(),
+    ) {
+        use segq::segment::plan;
+        let ws = build(&g);
+        let filter = to_filter(&f, g.cohorts.len());
+        let expected = model(&g, &f);
+        let p = plan::plan(&ws, &filter).unwrap();
+        let users = u64::from(ws.users.len());
+        prop_assert_eq!(normalised(&p, users, true), Ok(()), "plan {:?}", p);
+        let again = plan::to_filter(&p);
+        prop_assert_eq!(eval::count(&ws, &again).unwrap(), expected.len() as u64, "plan {}", p);
+        for leaf in p.leaves() {
+            if let plan::Leaf::Cohort { partner, cohort_id, cardinality } = leaf {
+                let c = ws.cohorts.resolve(*partner, cohort_id).unwrap();
+                prop_assert_eq!(*cardinality, c.len());
+                prop_assert!(*cardinality > 0, "empty cohorts are folded away");
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The planner: from the logical [`Filter`] to a normalised tree that
+//! evaluators run.
+//!
+//! Normalisation, in order:
+//! - NOT is pushed down to the leaves (De Morgan), and
+//!   `does_not_include_value` becomes NOT of `includes_value`;
+//! - nested ANDs and ORs are flattened into one n-ary node;
+//! - inside an AND, negated children become its `minus` list, so
+//!   `A and not B` is `And { all: [A], minus: [B] }` (AND NOT);
+//! - empty branches are dropped: a leaf that matches nobody empties its AND
+//!   and vanishes from its OR; `all`/`none` fold away;
+//! - AND children are ordered by ascending cardinality (the smallest first,
+//!   so chunk-wise evaluation can stop early), OR children by descending.
+//!
+//! Leaves carry their cardinality, so a plan that is a single cohort leaf
+//! is counted without evaluation.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::ast::{BucketCmp, Filter};
+use crate::error::Result;
+use crate::ids::{CohortKey, Partner};
+use crate::workspace::Workspace;
+
+/// A leaf of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Leaf {
+    /// The members of a cohort.
+    Cohort {
+        partner: Partner,
+        cohort_id: String,
+        cardinality: u64,
+    },
+    /// Users whose bucket lies in `lo..=hi`.
+    Bucket { lo: u16, hi: u16, estimate: u64 },
+}
+
+impl Leaf {
+    /// Exact for cohorts, expected for bucket ranges.
+    pub fn cardinality(&self) -> u64 {
+        match self {
+            Leaf::Cohort { cardinality, .. } => *cardinality,
+            Leaf::Bucket { estimate, .. } => *estimate,
+        }
+    }
+}
+
+/// A normalised filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Plan {
+    /// Every user of the workspace.
+    All,
+    /// Nobody.
+    Nothing,
+    Leaf(Leaf),
+    /// The users of the workspace not in the child (only over leaves and
+    /// ORs: NOT is pushed down as far as it goes).
+    Not {
+        child: Box<Plan>,
+    },
+    /// In every `all` child (every user when `all` is empty) and in no
+    /// `minus` child.
+    And {
+        all: Vec<Plan>,
+        minus: Vec<Plan>,
+    },
+    /// In some child (at least two).
+    Or {
+        any: Vec<Plan>,
+    },
+}
+
+impl Plan {
+    /// An upper bound of the plan's size, for ordering children.
+    pub fn upper_bound(&self, users: u64) -> u64 {
+        match self {
+            Plan::All => users,
+            Plan::Nothing => 0,
+            Plan::Leaf(l) => l.cardinality().min(users),
+            Plan::Not { child } => users - child.lower_bound(users).min(users),
+            Plan::And { all, .. } => all
+                .iter()
+                .map(|c| c.upper_bound(users))
+                .min()
+                .unwrap_or(users),
+            Plan::Or { any } => any
+                .iter()
+                .map(|c| c.upper_bound(users))
+                .sum::<u64>()
+                .min(users),
+        }
+    }
+
+    fn lower_bound(&self, users: u64) -> u64 {
+        match self {
+            Plan::All => users,
+            Plan::Nothing => 0,
+            Plan::Leaf(Leaf::Cohort { cardinality, .. }) => *cardinality,
+            Plan::Leaf(Leaf::Bucket { .. }) => 0,
+            Plan::Not { child } => users - child.upper_bound(users),
+            Plan::And { .. } => 0,
+            Plan::Or { any } => any.iter().map(|c| c.lower_bound(users)).max().unwrap_or(0),
+        }
+    }
+
+    /// The leaves, in evaluation order.
+    pub fn leaves(&self) -> Vec<&Leaf> {
+        let mut out = Vec::new();
+        self.collect_leaves(&mut out);
+        out
+    }
+
+    fn collect_leaves<'a>(&'a self, out: &mut Vec<&'a Leaf>) {
+        match self {
+            Plan::All | Plan::Nothing => {}
+            Plan::Leaf(l) => out.push(l),
+            Plan::Not { child } => child.collect_leaves(out),
+            Plan::And { all, minus } => {
+                all.iter().for_each(|c| c.collect_leaves(out));
+                minus.iter().for_each(|c| c.collect_leaves(out));
+            }
+            Plan::Or { any } => any.iter().for_each(|c| c.collect_leaves(out)),
+        }
+    }
+}
+
+/// The expected number of users in `lo..=hi` buckets.
+fn bucket_estimate(users: u64, lo: u16, hi: u16) -> u64 {
+    let width = u64::from(hi - lo) + 1;
+    users * width / u64::from(crate::ids::BUCKETS)
+}
+
+/// Plans a filter against a workspace: resolves cohorts (by id or unique
+/// name), looks up cardinalities, and normalises.
+pub fn plan(ws: &Workspace, filter: &Filter) -> Result<Plan> {
+    let users = u64::from(ws.users.len());
+    let p = lower(ws, filter, false, users)?;
+    Ok(order(p, users))
+}
+
+fn leaf_or_nothing(leaf: Leaf, negated: bool) -> Plan {
+    let empty = leaf.cardinality() == 0 && matches!(leaf, Leaf::Cohort { .. });
+    match (empty, negated) {
+        (true, false) => Plan::Nothing,
+        (true, true) => Plan::All,
+        (false, false) => Plan::Leaf(leaf),
+        (false, true) => Plan::Not {
+            child: Box::new(Plan::Leaf(leaf)),
+        },
+    }
+}
+
+/// Lowers `filter` (negated when `neg`) with NOT pushed to the leaves.
+fn lower(ws: &Workspace, filter: &Filter, neg: bool, users: u64) -> Result<Plan> {
+    Ok(match filter {
+        Filter::Cohort {
+            partner,
+            cohort,
+            includes,
+        } => {
+            let c = ws.cohorts.resolve(*partner, cohort)?;
+            let leaf = Leaf::Cohort {
+                partner: *partner,
+                cohort_id: c.key.cohort_id.clone(),
+                cardinality: c.len(),
+            };
+            leaf_or_nothing(leaf, neg == *includes)
+        }
+        Filter::Bucket(cmp) => match cmp.range() {
+            None if neg => Plan::All,
+            None => Plan::Nothing,
+            Some((0, hi)) if hi == crate::ids::BUCKETS - 1 => {
+                if neg {
+                    Plan::Nothing
+                } else {
+                    Plan::All
+                }
+            }
+            Some((lo, hi)) => {
+                let leaf = Leaf::Bucket {
+                    lo,
+                    hi,
+                    estimate: bucket_estimate(users, lo, hi),
+                };
+                leaf_or_nothing(leaf, neg)
+            }
+        },
+        Filter::Not(c) => lower(ws, c, !neg, users)?,
+        Filter::And(children) | Filter::Or(children) => {
+            // not (a and b) = not a or not b; not (a or b) = not a and not b.
+            let is_and = matches!(filter, Filter::And(_)) != neg;
+            let lowered = children
+                .iter()
+                .map(|c| lower(ws, c, neg, users))
+                .collect::<Result<Vec<_>>>()?;
+            if is_and {
+                and_of(lowered)
+            } else {
+                or_of(lowered)
+            }
+        }
+    })
+}
+
+/// AND of normalised children: flattens nested ANDs, moves NOTs to `minus`,
+/// folds All and Nothing.
+fn and_of(children: Vec<Plan>) -> Plan {
+    let mut all = Vec::new();
+    let mut minus = Vec::new();
+    let mut stack = children;
+    stack.reverse();
+    while let Some(c) = stack.pop() {
+        match c {
+            Plan::All => {}
+            Plan::Nothing => return Plan::Nothing,
+            Plan::And { all: a, minus: m } => {
+                minus.extend(m);
+                stack.extend(a.into_iter().rev());
+            }
+            Plan::Not { child } => minus.push(*child),
+            other => all.push(other),
+        }
+    }
+    match (all.len(), minus.len()) {
+        (0, 0) => Plan::All,
+        (1, 0) => all.pop().unwrap_or(Plan::All),
+        (0, 1) => Plan::Not {
+            child: Box::new(minus.pop().unwrap_or(Plan::Nothing)),
+        },
+        _ => Plan::And { all, minus },
+    }
+}
+
+/// OR of normalised children: flattens nested ORs, folds All and Nothing.
+fn or_of(children: Vec<Plan>) -> Plan {
+    let mut any = Vec::new();
+    let mut stack = children;
+    stack.reverse();
+    while let Some(c) = stack.pop() {
+        match c {
+            Plan::Nothing => {}
+            Plan::All => return Plan::All,
+            Plan::Or { any: a } => stack.extend(a.into_iter().rev()),
+            other => any.push(other),
+        }
+    }
+    match any.len() {
+        0 => Plan::Nothing,
+        1 => any.pop().unwrap_or(Plan::Nothing),
+        _ => Plan::Or { any },
+    }
+}
+
+/// Orders AND children smallest first, OR children largest first, and
+/// AND NOT children largest first (they remove the most soonest).
+fn order(p: Plan, users: u64) -> Plan {
+    match p {
+        Plan::And { all, minus } => {
+            let mut all: Vec<Plan> = all.into_iter().map(|c| order(c, users)).collect();
+            let mut minus: Vec<Plan> = minus.into_iter().map(|c| order(c, users)).collect();
+            all.sort_by_key(|c| c.upper_bound(users));
+            minus.sort_by_key(|c| std::cmp::Reverse(c.upper_bound(users)));
+            Plan::And { all, minus }
+        }
+        Plan::Or { any } => {
+            let mut any: Vec<Plan> = any.into_iter().map(|c| order(c, users)).collect();
+            any.sort_by_key(|c| std::cmp::Reverse(c.upper_bound(users)));
+            Plan::Or { any }
+        }
+        Plan::Not { child } => Plan::Not {
+            child: Box::new(order(*child, users)),
+        },
+        other => other,
+    }
+}
+
+/// The plan as a filter again (for tests: it must mean the same).
+pub fn to_filter(p: &Plan) -> Filter {
+    match p {
+        Plan::All => Filter::And(vec![]),
+        Plan::Nothing => Filter::Or(vec![]),
+        Plan::Leaf(Leaf::Cohort {
+            partner, cohort_id, ..
+        }) => Filter::includes(*partner, cohort_id.clone()),
+        Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Filter::Bucket(BucketCmp::Between(*lo, *hi)),
+        Plan::Not { child } => to_filter(child).not(),
+        Plan::And { all, minus } => Filter::And(
+            all.iter()
+                .map(to_filter)
+                .chain(minus.iter().map(|m| to_filter(m).not()))
+                .collect(),
+        ),
+        Plan::Or { any } => Filter::Or(any.iter().map(to_filter).collect()),
+    }
+}
+
+/// The cohort key of a cohort leaf.
+pub fn leaf_key(leaf: &Leaf) -> Option<CohortKey> {
+    match leaf {
+        Leaf::Cohort {
+            partner, cohort_id, ..
+        } => Some(CohortKey::new(*partner, cohort_id.clone())),
+        Leaf::Bucket { .. } => None,
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", to_filter(self))
+    }
+}

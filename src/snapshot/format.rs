@@ -1,0 +1,426 @@
+//! The snapshot container format: a header, 64-byte-aligned sections, and a
+//! footer with the section table and a checksum per section.
+//!
+//! ```text
+//! offset 0      8         12        16                        64
+//!        +------+---------+---------+-------------------------+
+//! header | magic| version | flags=0 | zero                    |
+//!        +------+---------+---------+-------------------------+
+//! 64     section 0 (zero-padded to a multiple of 64)
+//!        section 1 ...
+//! T      section table: one 32-byte entry per section
+//!        +---------+----------+-----------+--------+---------+----------+
+//!        | kind u32| flags u32| offset u64| len u64| crc u32 | zero u32 |
+//!        +---------+----------+-----------+--------+---------+----------+
+//! E-32   tail (32 bytes)
+//!        +-----------------+-----------+-----------+---------+----------+--------+
+//!        | table_offset u64| count u32 | table_crc | version | tail_crc | magic  |
+//!        |                 |           | u32       | u32     | u32      | 8 bytes|
+//!        +-----------------+-----------+-----------+---------+----------+--------+
+//! ```
+//!
+//! All integers are little-endian. `magic` is `SEGQSNAP` at both ends.
+//! `crc` is the CRC-32 (IEEE) of a section's `len` bytes, `table_crc` that
+//! of the section table, `tail_crc` that of the tail's first 20 bytes.
+//! Opening reads the tail and the table only (O(1) in the file's size);
+//! [`SnapshotFile::verify`] checks every section's checksum.
+
+use crate::error::{Error, Result};
+
+/// The bytes at the start and the end of every snapshot file.
+pub const MAGIC: [u8; 8] = *b"SEGQSNAP";
+/// The format version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// Header length; sections start here.
+pub const HEADER_LEN: usize = 64;
+/// Sections start at multiples of this.
+pub const ALIGN: usize = 64;
+/// One section table entry.
+pub const ENTRY_LEN: usize = 32;
+/// The tail at the very end.
+pub const TAIL_LEN: usize = 32;
+
+/// What a section holds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum SectionKind {
+    /// Workspace metadata, cohort catalog, keys, counters (bincode).
+    Meta = 1,
+    /// One u16 random bucket per user.
+    Buckets = 2,
+    /// external_id dictionary.
+    ExternalIds = 3,
+    /// device_id dictionary.
+    Devices = 4,
+    /// (alias_label, alias_name) dictionary.
+    Aliases = 5,
+    /// Cohort bitmaps, portable roaring format, each 8-byte aligned.
+    Bitmaps = 6,
+}
+
+impl SectionKind {
+    pub const ALL: [SectionKind; 6] = [
+        SectionKind::Meta,
+        SectionKind::Buckets,
+        SectionKind::ExternalIds,
+        SectionKind::Devices,
+        SectionKind::Aliases,
+        SectionKind::Bitmaps,
+    ];
+
+    fn from_u32(v: u32) -> Option<SectionKind> {
+        SectionKind::ALL.into_iter().find(|k| *k as u32 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionKind::Meta => "meta",
+            SectionKind::Buckets => "buckets",
+            SectionKind::ExternalIds => "external_ids",
+            SectionKind::Devices => "devices",
+            SectionKind::Aliases => "aliases",
+            SectionKind::Bitmaps => "bitmaps",
+        }
+    }
+}
+
+/// Where a section lies.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    pub kind: SectionKind,
+    pub offset: u64,
+    pub len: u64,
+    pub crc: u32,
+}
+
+fn pad_to(buf: &mut Vec<u8>, align: usize) {
+    let rem = buf.len() % align;
+    if rem != 0 {
+        buf.resize(buf.len() + align - rem, 0);
+    }
+}
+
+/// Builds a snapshot in memory, section by section.
+#[derive(Debug, Default)]
+pub struct SnapshotWriter {
+    buf: Vec<u8>,
+    sections: Vec<Section>,
+}
+
+impl SnapshotWriter {
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.resize(HEADER_LEN, 0);
+        SnapshotWriter {
+            buf,
+            sections: Vec::new(),
+        }
+    }
+
+    /// Appends a section. Each kind may appear once.
+    pub fn section(&mut self, kind: SectionKind, bytes: &[u8]) -> Result<()> {
+        if self.sections.iter().any(|s| s.kind == kind) {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot section {} written twice",
+                kind.name()
+            )));
+        }
+        pad_to(&mut self.buf, ALIGN);
+        let offset = self.buf.len() as u64;
+        self.buf.extend_from_slice(bytes);
+        self.sections.push(Section {
+            kind,
+            offset,
+            len: bytes.len() as u64,
+            crc: crc32fast::hash(bytes),
+        });
+        Ok(())
+    }
+
+    /// The finished file's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        pad_to(&mut self.buf, ALIGN);
+        let table_offset = self.buf.len() as u64;
+        let mut table = Vec::with_capacity(self.sections.len() * ENTRY_LEN);
+        for s in &self.sections {
+            table.extend_from_slice(&(s.kind as u32).to_le_bytes());
+            table.extend_from_slice(&0u32.to_le_bytes());
+            table.extend_from_slice(&s.offset.to_le_bytes());
+            table.extend_from_slice(&s.len.to_le_bytes());
+            table.extend_from_slice(&s.crc.to_le_bytes());
+            table.extend_from_slice(&0u32.to_le_bytes());
+        }
+        self.buf.extend_from_slice(&table);
+        let mut tail = Vec::with_capacity(TAIL_LEN);
+        tail.extend_from_slice(&table_offset.to_le_bytes());
+        tail.extend_from_slice(&(self.sections.len() as u32).to_le_bytes());
+        tail.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
+        tail.extend_from_slice(&VERSION.to_le_bytes());
+        let tail_crc = crc32fast::hash(&tail);
+        tail.extend_from_slice(&tail_crc.to_le_bytes());
+        tail.extend_from_slice(&MAGIC);
+        self.buf.extend_from_slice(&tail);
+        self.buf
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// A snapshot file's bytes with its section table read. Generic over the
+/// storage: a `Vec<u8>` in tests, a memory map in production.
+#[derive(Debug)]
+pub struct SnapshotFile<B> {
+    bytes: B,
+    name: String,
+    sections: Vec<Section>,
+}
+
+impl<B: AsRef<[u8]>> SnapshotFile<B> {
+    /// Reads the header, the tail and the section table (checking their
+    /// magic, version and checksums); nothing else is read. `name` (the
+    /// path) appears in errors.
+    pub fn open(bytes: B, name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        let corrupt = |reason: String| Error::Corrupt {
+            path: name.clone(),
+            reason,
+        };
+        let b = bytes.as_ref();
+        if b.len() < HEADER_LEN + TAIL_LEN {
+            return Err(corrupt(format!(
+                "{} bytes is too short for a snapshot (at least {})",
+                b.len(),
+                HEADER_LEN + TAIL_LEN
+            )));
+        }
+        if b[..8] != MAGIC {
+            return Err(corrupt(format!(
+                "expected magic {:?} at offset 0, found {:?}",
+                MAGIC,
+                &b[..8]
+            )));
+        }
+        let version = u32_at(b, 8);
+        if version != VERSION {
+            return Err(corrupt(format!(
+                "format version {version} is not supported (this build reads {VERSION})"
+            )));
+        }
+        if let Some(i) = b[12..HEADER_LEN].iter().position(|&x| x != 0) {
+            return Err(corrupt(format!(
+                "header byte {} is {:#04x}; expected 0",
+                12 + i,
+                b[12 + i]
+            )));
+        }
+        let t = b.len() - TAIL_LEN;
+        let tail = &b[t..];
+        if tail[24..32] != MAGIC {
+            return Err(corrupt(format!(
+                "expected magic {:?} at the end, found {:?}",
+                MAGIC,
+                &tail[24..32]
+            )));
+        }
+        let tail_crc = u32_at(tail, 20);
+        let computed = crc32fast::hash(&tail[..20]);
+        if tail_crc != computed {
+            return Err(corrupt(format!(
+                "footer checksum: stored {tail_crc:#010x}, computed {computed:#010x}"
+            )));
+        }
+        if u32_at(tail, 16) != VERSION {
+            return Err(corrupt(format!(
+                "footer version {} does not match the header's {VERSION}",
+                u32_at(tail, 16)
+            )));
+        }
+        let table_offset = u64_at(tail, 0);
+        let count = u32_at(tail, 8) as usize;
+        let table_len = count
+            .checked_mul(ENTRY_LEN)
+            .ok_or_else(|| corrupt(format!("{count} sections")))?;
+        let table_end = (table_offset as usize).checked_add(table_len);
+        if table_offset < HEADER_LEN as u64 || table_end != Some(t) {
+            return Err(corrupt(format!(
+                "section table at {table_offset} with {count} entries does not end at the footer ({t})"
+            )));
+        }
+        let table = &b[table_offset as usize..t];
+        let stored = u32_at(tail, 12);
+        let computed = crc32fast::hash(table);
+        if stored != computed {
+            return Err(corrupt(format!(
+                "section table checksum: stored {stored:#010x}, computed {computed:#010x}"
+            )));
+        }
+        let mut sections = Vec::with_capacity(count);
+        for e in table.chunks_exact(ENTRY_LEN) {
+            let kind_raw = u32_at(e, 0);
+            let kind = SectionKind::from_u32(kind_raw)
+                .ok_or_else(|| corrupt(format!("unknown section kind {kind_raw}")))?;
+            let offset = u64_at(e, 8);
+            let len = u64_at(e, 16);
+            let end = offset.checked_add(len);
+            if offset < HEADER_LEN as u64
+                || !offset.is_multiple_of(ALIGN as u64)
+                || end.is_none_or(|end| end > table_offset)
+            {
+                return Err(corrupt(format!(
+                    "section {} at {offset}+{len} lies outside the sections area 64..{table_offset}",
+                    kind.name()
+                )));
+            }
+            if sections.iter().any(|s: &Section| s.kind == kind) {
+                return Err(corrupt(format!("section {} appears twice", kind.name())));
+            }
+            sections.push(Section {
+                kind,
+                offset,
+                len,
+                crc: u32_at(e, 24),
+            });
+        }
+        Ok(SnapshotFile {
+            bytes,
+            name,
+            sections,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+
+    /// A section's bytes (unverified), or an error naming the file if the
+    /// snapshot has no such section.
+    pub fn section(&self, kind: SectionKind) -> Result<&[u8]> {
+        let s = self
+            .sections
+            .iter()
+            .find(|s| s.kind == kind)
+            .ok_or_else(|| Error::Corrupt {
+                path: self.name.clone(),
+                reason: format!("no {} section", kind.name()),
+            })?;
+        Ok(&self.bytes.as_ref()[s.offset as usize..(s.offset + s.len) as usize])
+    }
+
+    /// Checks every section's checksum, and that the padding between
+    /// sections is zero.
+    pub fn verify(&self) -> Result<()> {
+        let mut spans: Vec<(u64, u64)> = self
+            .sections
+            .iter()
+            .map(|s| (s.offset, s.offset + s.len))
+            .collect();
+        spans.sort_unstable();
+        let table_offset =
+            (self.bytes.as_ref().len() - TAIL_LEN - self.sections.len() * ENTRY_LEN) as u64;
+        let mut at = HEADER_LEN as u64;
+        for (start, end) in spans.into_iter().chain([(table_offset, table_offset)]) {
+            if start < at {
+                return Err(Error::Corrupt {
+                    path: self.name.clone(),
+                    reason: format!("sections overlap at offset {start}"),
+                });
+            }
+            let gap = &self.bytes.as_ref()[at as usize..start as usize];
+            if let Some(i) = gap.iter().position(|&x| x != 0) {
+                return Err(Error::Corrupt {
+                    path: self.name.clone(),
+                    reason: format!("padding byte at offset {} is not zero", at as usize + i),
+                });
+            }
+            at = end;
+        }
+        for s in &self.sections {
+            let bytes = &self.bytes.as_ref()[s.offset as usize..(s.offset + s.len) as usize];
+            let computed = crc32fast::hash(bytes);
+            if computed != s.crc {
+                return Err(Error::Corrupt {
+                    path: self.name.clone(),
+                    reason: format!(
+                        "section {} (offset {}, {} bytes): checksum stored {:#010x}, computed {computed:#010x}",
+                        s.kind.name(),
+                        s.offset,
+                        s.len,
+                        s.crc
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut w = SnapshotWriter::new();
+        w.section(SectionKind::Meta, b"meta bytes").unwrap();
+        w.section(SectionKind::Buckets, &[1, 2, 3]).unwrap();
+        w.section(SectionKind::Bitmaps, &[]).unwrap();
+        w.finish()
+    }
+
+    #[test]
+    fn round_trip_and_alignment() {
+        let bytes = sample();
+        let f = SnapshotFile::open(bytes, "t").unwrap();
+        f.verify().unwrap();
+        assert_eq!(f.section(SectionKind::Meta).unwrap(), b"meta bytes");
+        assert_eq!(f.section(SectionKind::Buckets).unwrap(), &[1, 2, 3]);
+        assert!(f.section(SectionKind::Devices).is_err());
+        for s in f.sections() {
+            assert_eq!(s.offset % ALIGN as u64, 0);
+        }
+        assert_eq!(f.sections()[0].offset, HEADER_LEN as u64);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught_by_open_or_verify() {
+        let good = sample();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            let caught = match SnapshotFile::open(bad, "t") {
+                Err(_) => true,
+                Ok(f) => f.verify().is_err(),
+            };
+            assert!(caught, "flipped byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncated_files_are_refused() {
+        let good = sample();
+        for n in 0..good.len() {
+            assert!(SnapshotFile::open(&good[..n], "t").is_err(), "length {n}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Immutable snapshot files, the building blocks so far: the container
+//! format with its section table and checksums ([`format`]), identifier
+//! dictionaries read in place ([`dict`]), and the memory map ([`mmap`]).
+//! Cohort bitmaps are read in place by [`crate::bitmap_view`].
+
+pub mod dict;
+pub mod format;
+pub mod mmap;
