@@ -1,4 +1,5 @@
 pub mod bitmap_view;
+pub mod bulk;
 pub mod cohorts;
 pub mod demo;
 pub mod engine;
@@ -7,6 +8,7 @@ pub mod ids;
 pub mod import;
 pub mod log;
 pub mod segment;
+pub mod server;
 pub mod snapshot;
 pub mod users;
 pub mod workload;

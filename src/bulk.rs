@@ -1,0 +1,789 @@
+//! Bulk loading of users from JSON Lines or CSV, shared by the HTTP import
+//! (`POST /admin/workspaces/{ws}/users/import`) and the CLI
+//! (`segq users import FILE`).
+//!
+//! Both read their input in chunks and push the chunks through a
+//! [`Parser`], which splits lines, parses each one into a [`NewUser`] and
+//! hands the results on with their 1-based line numbers. Callers gather the
+//! users in a [`Batch`] of up to [`BATCH_SIZE`], apply each batch as one
+//! durable upsert, and add up the outcome in [`Totals`].
+//!
+//! # Formats
+//!
+//! JSON Lines: one user object per line,
+//! `{"external_id": "u1", "devices": ["d1"], "aliases": [{"alias_label": "email", "alias_name": "a@x"}]}`;
+//! every key is optional, `null` means absent, and any other key is an
+//! error (a typo must not silently drop an identifier). Blank lines are
+//! skipped.
+//!
+//! CSV: a header line naming some of the columns `external_id`,
+//! `device_id`, `alias_label`, `alias_name` (any order), then one row per
+//! user. An empty cell is absent. Fields may be quoted with `"` (a quote
+//! inside doubled as `""`); a quoted field cannot span lines. Rows that name
+//! the same external_id again add their device and alias to that user
+//! (an upsert), so a user with two devices is two rows.
+//!
+//! # Errors
+//!
+//! A malformed line (bad JSON, wrong number of CSV fields, no identifier,
+//! a line over [`MAX_LINE_BYTES`]) is reported with its line number and
+//! skipped; the load goes on. So is a user the engine refuses (for example
+//! an identifier held by another user). Only a missing or invalid CSV
+//! header stops the whole load ([`BulkError`]).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::users::NewUser;
+
+/// Users applied per batch (one durable log record each).
+pub const BATCH_SIZE: usize = 10_000;
+
+/// Errors kept in [`Totals::errors`]: the first ones, by line number.
+pub const MAX_ERRORS: usize = 100;
+
+/// The longest line the parser accepts.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The input format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    JsonLines,
+    Csv,
+}
+
+impl Format {
+    /// By file extension: `.jsonl`/`.ndjson` or `.csv` (case-insensitive).
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jsonl" | "ndjson" => Some(Format::JsonLines),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    /// By name, as the CLI's `--format` takes it: `jsonl`, `ndjson` or `csv`.
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name.to_ascii_lowercase().as_str() {
+            "jsonl" | "ndjson" | "json-lines" => Some(Format::JsonLines),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    /// By the essence of a `Content-Type`: `application/x-ndjson`,
+    /// `application/jsonl`, `application/json-lines` or `text/csv`
+    /// (parameters such as `charset=utf-8` are ignored).
+    pub fn from_content_type(content_type: &str) -> Option<Format> {
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        let is = |m: &str| essence.eq_ignore_ascii_case(m);
+        if is("application/x-ndjson")
+            || is("application/ndjson")
+            || is("application/jsonl")
+            || is("application/x-jsonlines")
+            || is("application/json-lines")
+        {
+            Some(Format::JsonLines)
+        } else if is("text/csv") {
+            Some(Format::Csv)
+        } else {
+            None
+        }
+    }
+}
+
+/// An alias as the admin API and JSON Lines spell it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasJson {
+    pub alias_label: String,
+    pub alias_name: String,
+}
+
+/// One user as the admin API (`POST /admin/workspaces/{ws}/users`) and
+/// JSON Lines take it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserJson {
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
+    #[serde(default)]
+    pub aliases: Option<Vec<AliasJson>>,
+}
+
+impl UserJson {
+    /// The user to upsert. A user needs at least one identifier: one
+    /// without any could never be found again.
+    pub fn into_new_user(self) -> Result<NewUser, String> {
+        let user = NewUser {
+            external_id: self.external_id,
+            devices: self.devices.unwrap_or_default(),
+            aliases: self
+                .aliases
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| (a.alias_label, a.alias_name))
+                .collect(),
+            bucket: None,
+        };
+        check_has_identifier(&user)?;
+        Ok(user)
+    }
+}
+
+fn check_has_identifier(user: &NewUser) -> Result<(), String> {
+    if user.external_id.is_none() && user.devices.is_empty() && user.aliases.is_empty() {
+        return Err(
+            "a user needs at least one identifier (external_id, a device or an alias)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// A fatal error: the input cannot be read as the format at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BulkError(pub String);
+
+impl fmt::Display for BulkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BulkError {}
+
+/// One parsed line: its 1-based number, and the user or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub line: u64,
+    pub user: Result<NewUser, String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Column {
+    ExternalId,
+    DeviceId,
+    AliasLabel,
+    AliasName,
+}
+
+/// Splits chunks of input into lines and parses them.
+#[derive(Debug)]
+pub struct Parser {
+    format: Format,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
+    /// The line being read is over [`MAX_LINE_BYTES`]: drop it up to its end.
+    too_long: bool,
+    /// Lines seen so far.
+    line: u64,
+    /// CSV only: the columns, once the header is read.
+    columns: Option<Vec<Column>>,
+    /// CSV only: reused field buffer.
+    fields: Vec<String>,
+}
+
+impl Parser {
+    pub fn new(format: Format) -> Self {
+        Parser {
+            format,
+            pending: Vec::new(),
+            too_long: false,
+            line: 0,
+            columns: None,
+            fields: Vec::new(),
+        }
+    }
+
+    /// Lines seen so far (the number of the last complete line).
+    pub fn lines(&self) -> u64 {
+        self.line
+    }
+
+    /// Parses every complete line of `chunk` (with what is left of earlier
+    /// chunks) and passes each non-blank one to `out`. Fails only on a bad
+    /// CSV header.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
+        let mut rest = chunk;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (head, tail) = rest.split_at(nl);
+            rest = &tail[1..];
+            if self.too_long {
+                self.too_long = false;
+                self.pending.clear();
+                self.line += 1;
+                self.report_too_long(out);
+                continue;
+            }
+            if self.pending.is_empty() {
+                self.line += 1;
+                self.parse_line(head, out)?;
+            } else if self.pending.len() + head.len() > MAX_LINE_BYTES {
+                self.pending.clear();
+                self.line += 1;
+                self.report_too_long(out);
+            } else {
+                let mut line = std::mem::take(&mut self.pending);
+                line.extend_from_slice(head);
+                self.line += 1;
+                let r = self.parse_line(&line, out);
+                line.clear();
+                self.pending = line;
+                r?;
+            }
+        }
+        if !rest.is_empty() && !self.too_long {
+            if self.pending.len() + rest.len() > MAX_LINE_BYTES {
+                self.pending.clear();
+                self.too_long = true;
+            } else {
+                self.pending.extend_from_slice(rest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the last line if the input did not end with a newline, and
+    /// checks that a CSV input had its header.
+    pub fn finish(&mut self, out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
+        if self.too_long {
+            self.too_long = false;
+            self.line += 1;
+            self.report_too_long(out);
+        } else if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.line += 1;
+            self.parse_line(&line, out)?;
+        }
+        if self.format == Format::Csv && self.columns.is_none() {
+            return Err(BulkError(
+                "the CSV input is empty: expected a header line such as external_id,device_id,alias_label,alias_name".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn report_too_long(&self, out: &mut impl FnMut(Parsed)) {
+        out(Parsed {
+            line: self.line,
+            user: Err(format!("line is longer than {MAX_LINE_BYTES} bytes")),
+        });
+    }
+
+    fn parse_line(&mut self, raw: &[u8], out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
+        let mut raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if self.line == 1 {
+            raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+        }
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let user = match self.format {
+            Format::JsonLines => parse_json_line(raw),
+            Format::Csv => {
+                let Ok(text) = std::str::from_utf8(raw) else {
+                    return self.csv_utf8_error(out);
+                };
+                match self.columns.take() {
+                    None => {
+                        self.columns = Some(parse_header(text, &mut self.fields)?);
+                        return Ok(());
+                    }
+                    Some(columns) => {
+                        let user = csv_row(text, &columns, &mut self.fields);
+                        self.columns = Some(columns);
+                        user
+                    }
+                }
+            }
+        };
+        out(Parsed {
+            line: self.line,
+            user,
+        });
+        Ok(())
+    }
+
+    fn csv_utf8_error(&mut self, out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
+        if self.columns.is_none() {
+            return Err(BulkError(
+                "line 1: the CSV header is not valid UTF-8".into(),
+            ));
+        }
+        out(Parsed {
+            line: self.line,
+            user: Err("line is not valid UTF-8".into()),
+        });
+        Ok(())
+    }
+}
+
+fn parse_json_line(raw: &[u8]) -> Result<NewUser, String> {
+    let user: UserJson = serde_json::from_slice(raw).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("not valid JSON: {e}")
+        } else {
+            format!("not a user object: {e}")
+        }
+    })?;
+    user.into_new_user()
+}
+
+/// Splits one CSV line into `fields` (cleared first).
+fn split_csv(line: &str, fields: &mut Vec<String>) -> Result<(), String> {
+    fields.clear();
+    let mut chars = line.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err("a quoted field is not closed on its line".into()),
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Ok(());
+                }
+                Some(',') => fields.push(field),
+                Some(c) => return Err(format!("expected ',' after a quoted field, found {c:?}")),
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Ok(());
+                    }
+                    Some(',') => break,
+                    Some('"') => {
+                        return Err("a '\"' inside an unquoted field: quote the whole field".into())
+                    }
+                    Some(c) => field.push(c),
+                }
+            }
+            fields.push(field);
+        }
+    }
+}
+
+fn parse_header(line: &str, fields: &mut Vec<String>) -> Result<Vec<Column>, BulkError> {
+    split_csv(line, fields).map_err(|e| BulkError(format!("line 1 (the CSV header): {e}")))?;
+    let mut columns = Vec::with_capacity(fields.len());
+    for name in fields.iter() {
+        let column = match name.trim() {
+            "external_id" => Column::ExternalId,
+            "device_id" => Column::DeviceId,
+            "alias_label" => Column::AliasLabel,
+            "alias_name" => Column::AliasName,
+            other => {
+                return Err(BulkError(format!(
+                    "line 1 (the CSV header): unknown column {other:?}: expected external_id, device_id, alias_label, alias_name"
+                )))
+            }
+        };
+        if columns.contains(&column) {
+            return Err(BulkError(format!(
+                "line 1 (the CSV header): column {:?} is named twice",
+                name.trim()
+            )));
+        }
+        columns.push(column);
+    }
+    if columns.contains(&Column::AliasLabel) != columns.contains(&Column::AliasName) {
+        return Err(BulkError(
+            "line 1 (the CSV header): alias_label and alias_name go together".into(),
+        ));
+    }
+    Ok(columns)
+}
+
+fn csv_row(line: &str, columns: &[Column], fields: &mut Vec<String>) -> Result<NewUser, String> {
+    split_csv(line, fields)?;
+    if fields.len() != columns.len() {
+        return Err(format!(
+            "expected {} fields as the header names, found {}",
+            columns.len(),
+            fields.len()
+        ));
+    }
+    let mut user = NewUser::default();
+    let (mut label, mut name) = (None, None);
+    for (column, value) in columns.iter().zip(fields.drain(..)) {
+        if value.is_empty() {
+            continue;
+        }
+        match column {
+            Column::ExternalId => user.external_id = Some(value),
+            Column::DeviceId => user.devices.push(value),
+            Column::AliasLabel => label = Some(value),
+            Column::AliasName => name = Some(value),
+        }
+    }
+    match (label, name) {
+        (Some(l), Some(n)) => user.aliases.push((l, n)),
+        (None, None) => {}
+        _ => return Err("alias_label and alias_name must both be set or both be empty".into()),
+    }
+    check_has_identifier(&user)?;
+    Ok(user)
+}
+
+/// Users waiting to be applied, with their line numbers.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub users: Vec<NewUser>,
+    pub lines: Vec<u64>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch {
+            users: Vec::with_capacity(BATCH_SIZE),
+            lines: Vec::with_capacity(BATCH_SIZE),
+        }
+    }
+
+    pub fn push(&mut self, line: u64, user: NewUser) {
+        self.users.push(user);
+        self.lines.push(line);
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.users.len() >= BATCH_SIZE
+    }
+
+    /// Takes the batch out, leaving an empty one.
+    pub fn take(&mut self) -> Batch {
+        std::mem::replace(self, Batch::new())
+    }
+}
+
+/// A line that failed, as the import response and the CLI report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineError {
+    pub line: u64,
+    pub message: String,
+}
+
+/// What a load did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub created: u64,
+    pub updated: u64,
+    /// Lines that failed, all of them.
+    pub failed: u64,
+    /// The first [`MAX_ERRORS`] failures by line number.
+    pub errors: Vec<LineError>,
+}
+
+impl Totals {
+    /// Counts a failed line.
+    pub fn fail(&mut self, line: u64, message: String) {
+        self.failed += 1;
+        self.errors.push(LineError { line, message });
+        if self.errors.len() >= 2 * MAX_ERRORS {
+            self.trim_errors();
+        }
+    }
+
+    /// Adds the outcome of one applied batch: `failed` holds the indexes
+    /// (within `lines`) of the users the engine refused, and why.
+    pub fn add_batch(
+        &mut self,
+        lines: &[u64],
+        created: u64,
+        updated: u64,
+        failed: Vec<(usize, String)>,
+    ) {
+        self.created += created;
+        self.updated += updated;
+        for (i, message) in failed {
+            let line = lines.get(i).copied().unwrap_or(0);
+            self.fail(line, message);
+        }
+    }
+
+    fn trim_errors(&mut self) {
+        self.errors.sort_by_key(|e| e.line);
+        self.errors.truncate(MAX_ERRORS);
+    }
+
+    /// Sorts and trims the kept errors; call once at the end.
+    pub fn finish(&mut self) {
+        self.trim_errors();
+    }
+}
+
+/// What one applied batch did: created, updated, and the refused users
+/// by index in the batch with the reason.
+pub type BatchOutcome = (u64, u64, Vec<(usize, String)>);
+
+/// Loads a whole input synchronously (the CLI): reads `input` in chunks,
+/// parses it, and calls `apply` for every batch of up to [`BATCH_SIZE`]
+/// users; `progress` is told the bytes read so far and the totals after
+/// every chunk. A bad line is counted and skipped; a read error, a bad CSV
+/// header or a failing `apply` stops the load (batches applied before stay
+/// applied). `name` names the input in errors.
+pub fn load(
+    mut input: impl std::io::Read,
+    name: &str,
+    format: Format,
+    mut apply: impl FnMut(Batch) -> crate::error::Result<BatchOutcome>,
+    mut progress: impl FnMut(u64, &Totals),
+) -> crate::error::Result<Totals> {
+    use crate::error::Error;
+    let mut parser = Parser::new(format);
+    let mut totals = Totals::default();
+    let mut batch = Batch::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    let fatal = |e: BulkError| Error::InvalidArgument(format!("{name}: {e}"));
+    let mut apply_batch = |batch: Batch, totals: &mut Totals| -> crate::error::Result<()> {
+        let lines = batch.lines.clone();
+        let (created, updated, failed) = apply(batch)?;
+        totals.add_batch(&lines, created, updated, failed);
+        Ok(())
+    };
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    path: name.to_string(),
+                    source: e,
+                })
+            }
+        };
+        read += n as u64;
+        let mut full = Vec::new();
+        parser
+            .feed(&buf[..n], &mut |p| {
+                match p.user {
+                    Ok(u) => batch.push(p.line, u),
+                    Err(message) => totals.fail(p.line, message),
+                }
+                if batch.is_full() {
+                    full.push(batch.take());
+                }
+            })
+            .map_err(fatal)?;
+        for b in full {
+            apply_batch(b, &mut totals)?;
+        }
+        progress(read, &totals);
+    }
+    parser
+        .finish(&mut |p| match p.user {
+            Ok(u) => batch.push(p.line, u),
+            Err(message) => totals.fail(p.line, message),
+        })
+        .map_err(fatal)?;
+    if !batch.is_empty() {
+        apply_batch(batch.take(), &mut totals)?;
+    }
+    totals.finish();
+    progress(read, &totals);
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(format: Format, input: &[u8], chunk: usize) -> Result<Vec<Parsed>, BulkError> {
+        let mut p = Parser::new(format);
+        let mut out = Vec::new();
+        for c in input.chunks(chunk.max(1)) {
+            p.feed(c, &mut |x| out.push(x))?;
+        }
+        p.finish(&mut |x| out.push(x))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn json_lines_in_any_chunking() {
+        let input = b"{\"external_id\":\"u1\",\"devices\":[\"d1\"]}\r\n\n{\"aliases\":[{\"alias_label\":\"email\",\"alias_name\":\"a@x\"}]}\n{bad\n{\"devcies\":[]}\n{}";
+        for chunk in [1, 3, 7, 1000] {
+            let out = parse_all(Format::JsonLines, input, chunk).expect("no fatal error");
+            assert_eq!(out.len(), 5, "chunk {chunk}");
+            assert_eq!(out[0].line, 1);
+            assert_eq!(
+                out[0].user,
+                Ok(NewUser {
+                    external_id: Some("u1".into()),
+                    devices: vec!["d1".into()],
+                    ..NewUser::default()
+                })
+            );
+            assert_eq!(out[1].line, 3);
+            assert_eq!(
+                out[1].user.as_ref().map(|u| u.aliases.clone()),
+                Ok(vec![("email".to_string(), "a@x".to_string())])
+            );
+            assert_eq!(out[2].line, 4);
+            assert!(out[2]
+                .user
+                .as_ref()
+                .is_err_and(|e| e.contains("not valid JSON")));
+            assert!(out[3].user.as_ref().is_err_and(|e| e.contains("devcies")));
+            assert_eq!(out[4].line, 6);
+            assert!(out[4]
+                .user
+                .as_ref()
+                .is_err_and(|e| e.contains("identifier")));
+        }
+    }
+
+    #[test]
+    fn csv_rows_quotes_and_errors() {
+        let input = "\u{feff}external_id,device_id,alias_label,alias_name\nu1,d1,,\n,d2,email,\"a,\"\"b\"\"\"\nu3,,email\n\"open,,,\n,,,\n";
+        let out = parse_all(Format::Csv, input.as_bytes(), 5).expect("header is fine");
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[0].line, 2);
+        assert_eq!(
+            out[0].user,
+            Ok(NewUser {
+                external_id: Some("u1".into()),
+                devices: vec!["d1".into()],
+                ..NewUser::default()
+            })
+        );
+        assert_eq!(
+            out[1].user,
+            Ok(NewUser {
+                devices: vec!["d2".into()],
+                aliases: vec![("email".into(), "a,\"b\"".into())],
+                ..NewUser::default()
+            })
+        );
+        assert!(out[2]
+            .user
+            .as_ref()
+            .is_err_and(|e| e.contains("expected 4 fields")));
+        assert!(out[3]
+            .user
+            .as_ref()
+            .is_err_and(|e| e.contains("not closed")));
+        assert_eq!(out[4].line, 6);
+        assert!(out[4].user.is_err());
+    }
+
+    #[test]
+    fn csv_header_errors_are_fatal() {
+        assert!(parse_all(Format::Csv, b"", 10).is_err());
+        assert!(parse_all(Format::Csv, b"external_id,email\nu1,x\n", 10)
+            .is_err_and(|e| e.0.contains("unknown column \"email\"")));
+        assert!(parse_all(Format::Csv, b"external_id,alias_label\n", 10).is_err());
+        let out = parse_all(Format::Csv, b"device_id,external_id\nd1,u1", 4).expect("ok");
+        assert_eq!(out[0].user.as_ref().map(|u| u.devices.len()), Ok(1));
+    }
+
+    #[test]
+    fn long_lines_are_reported_and_skipped() {
+        let mut input = vec![b'x'; MAX_LINE_BYTES + 10];
+        input.extend_from_slice(b"\n{\"external_id\":\"u\"}\n");
+        let out = parse_all(Format::JsonLines, &input, 4096).expect("ok");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].line, 1);
+        assert!(out[0].user.is_err());
+        assert_eq!(out[1].line, 2);
+        assert!(out[1].user.is_ok());
+    }
+
+    #[test]
+    fn totals_keep_the_first_errors_by_line() {
+        let mut t = Totals::default();
+        for line in (1..=500).rev() {
+            t.fail(line, "bad".into());
+        }
+        t.add_batch(&[7, 8], 1, 0, vec![(1, "taken".into())]);
+        t.finish();
+        assert_eq!(t.failed, 501);
+        assert_eq!(t.created, 1);
+        assert_eq!(t.errors.len(), MAX_ERRORS);
+        assert_eq!(t.errors[0].line, 1);
+        assert_eq!(t.errors[99].line, 99);
+        assert!(t.errors.iter().any(|e| e.line == 8 && e.message == "taken"));
+    }
+
+    #[test]
+    fn load_applies_in_batches() {
+        let mut input = String::from("external_id,device_id\n");
+        for i in 0..(BATCH_SIZE + 5) {
+            input.push_str(&format!("u{i},d{i}\n"));
+        }
+        input.push_str("x,y,z\n");
+        let mut batches = Vec::new();
+        let mut last_progress = 0;
+        let totals = load(
+            input.as_bytes(),
+            "users.csv",
+            Format::Csv,
+            |b| {
+                batches.push(b.len());
+                let failed = if batches.len() == 2 {
+                    vec![(0, "taken".to_string())]
+                } else {
+                    Vec::new()
+                };
+                Ok((b.len() as u64 - failed.len() as u64, 0, failed))
+            },
+            |read, _| last_progress = read,
+        )
+        .expect("loads");
+        assert_eq!(batches, vec![BATCH_SIZE, 5]);
+        assert_eq!(totals.created, BATCH_SIZE as u64 + 4);
+        assert_eq!(totals.failed, 2);
+        assert_eq!(
+            totals.errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+            vec![BATCH_SIZE as u64 + 2, BATCH_SIZE as u64 + 7]
+        );
+        assert_eq!(last_progress, input.len() as u64);
+        let bad = load(
+            &b"nope\n"[..],
+            "x.csv",
+            Format::Csv,
+            |_| Ok((0, 0, Vec::new())),
+            |_, _| {},
+        );
+        assert!(bad.is_err_and(|e| e.to_string().contains("x.csv")));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(
+            Format::from_content_type("application/x-ndjson; charset=utf-8"),
+            Some(Format::JsonLines)
+        );
+        assert_eq!(Format::from_content_type("TEXT/CSV"), Some(Format::Csv));
+        assert_eq!(Format::from_content_type("application/json"), None);
+        assert_eq!(
+            Format::from_path(std::path::Path::new("a/users.CSV")),
+            Some(Format::Csv)
+        );
+        assert_eq!(Format::from_path(std::path::Path::new("users.txt")), None);
+    }
+}

@@ -1,0 +1,448 @@
+//! The admin API: workspaces, data import keys, users, and what operators
+//! look at (cohort sync statistics, billable data points). Every route sits
+//! behind [`super::auth::require_admin`]; bodies and responses are JSON.
+//!
+//! | Route | Does |
+//! |---|---|
+//! | `POST /admin/workspaces` `{"name"}` | create (201) or find (200) a workspace |
+//! | `GET /admin/workspaces` | `[{"name","users","cohorts"}]` |
+//! | `POST /admin/workspaces/{ws}/partners/{partner}/keys` | 201 with the new key, shown once |
+//! | `GET /admin/workspaces/{ws}/keys[?partner=P]` | the keys, never the key itself |
+//! | `DELETE /admin/workspaces/{ws}/keys/{id}` | invalidate (200; 404 unknown) |
+//! | `POST /admin/workspaces/{ws}/partners/{partner}/enable` | enable a partner |
+//! | `POST /admin/workspaces/{ws}/users` | upsert a user (201 created / 200 updated) |
+//! | `POST /admin/workspaces/{ws}/users/aliases` | `{"user", "alias_label", "alias_name"}` |
+//! | `POST /admin/workspaces/{ws}/users/devices` | `{"user", "device_id"}` |
+//! | `POST /admin/workspaces/{ws}/users/identify` | `{"user", "external_id"}` |
+//! | `POST /admin/workspaces/{ws}/users/import` | bulk load, see [`super::import`] |
+//! | `GET /admin/workspaces/{ws}/cohorts` | per cohort: size and sync statistics |
+//! | `GET /admin/workspaces/{ws}/data_points` | `[{"partner","day","data_points"}]` |
+//!
+//! A user is named (`"user"`) by exactly one identifier:
+//! `{"external_id": "u1"}`, `{"device_id": "d1"}` or
+//! `{"alias_label": "email", "alias_name": "a@x"}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::bulk::UserJson;
+use crate::engine::WorkspaceHandle;
+use crate::error::Error;
+use crate::ids::{Partner, UserId, UserRef};
+
+use super::auth::require_json;
+use super::error::{body_rejection, json_response, path_rejection, query_rejection, ApiError};
+use super::partner::run_blocking;
+use super::AppState;
+
+/// Path parameters, with a JSON 400 when they do not decode.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| PathParams(t))
+            .map_err(path_rejection)
+    }
+}
+
+/// A JSON body: `application/json` or no content type, at most the
+/// server's `max_body_bytes`, decoded into `T` (400 with serde's message,
+/// which names the field, otherwise).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        require_json(req.headers())?;
+        let limit = state.options.max_body_bytes;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| body_rejection(r, limit))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request(
+                "request body is empty: expected a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    }
+}
+
+fn workspace(state: &AppState, name: &str) -> Result<Arc<WorkspaceHandle>, ApiError> {
+    state.engine.workspace(name).ok_or_else(|| {
+        Error::UnknownWorkspace {
+            name: name.to_string(),
+        }
+        .into()
+    })
+}
+
+fn partner(name: &str) -> Result<Partner, ApiError> {
+    name.parse::<Partner>().map_err(ApiError::from)
+}
+
+/// Parses the JSON form of a [`UserRef`].
+pub fn parse_user_ref(v: &Value) -> Result<UserRef, String> {
+    const FORMS: &str = "{\"external_id\": ...}, {\"device_id\": ...} or {\"alias_label\": ..., \"alias_name\": ...}";
+    let o: &Map<String, Value> = v
+        .as_object()
+        .ok_or_else(|| format!("user must be an object: {FORMS}"))?;
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["external_id", "device_id", "alias_label", "alias_name"].contains(&k.as_str()))
+    {
+        return Err(format!("user: unknown key {k:?}; expected {FORMS}"));
+    }
+    let field = |k: &str| -> Result<Option<String>, String> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("user.{k} must be a non-empty string")),
+        }
+    };
+    match (
+        field("external_id")?,
+        field("device_id")?,
+        field("alias_label")?,
+        field("alias_name")?,
+    ) {
+        (Some(e), None, None, None) => Ok(UserRef::ExternalId(e)),
+        (None, Some(d), None, None) => Ok(UserRef::DeviceId(d)),
+        (None, None, Some(label), Some(name)) => Ok(UserRef::Alias { label, name }),
+        (None, None, None, None) => Err(format!("user names no identifier; expected {FORMS}")),
+        (None, None, _, _) => Err("user: alias_label and alias_name go together".into()),
+        _ => Err(format!("user must name exactly one identifier: {FORMS}")),
+    }
+}
+
+fn user_ref(v: &Value) -> Result<UserRef, ApiError> {
+    parse_user_ref(v).map_err(ApiError::bad_request)
+}
+
+fn user_id_response(id: UserId) -> Response {
+    json_response(StatusCode::OK, json!({"user_id": id.0}))
+}
+
+// ----- workspaces -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceBody {
+    name: String,
+}
+
+/// `POST /admin/workspaces`.
+pub async fn create_workspace(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<WorkspaceBody>,
+) -> Result<Response, ApiError> {
+    run_blocking(move || {
+        let created = state.engine.create_workspace(&body.name)?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(json_response(
+            status,
+            json!({"name": body.name, "created": created}),
+        ))
+    })
+    .await
+}
+
+/// `GET /admin/workspaces`.
+pub async fn list_workspaces(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    run_blocking(move || {
+        let list: Vec<Value> = state
+            .engine
+            .workspace_names()
+            .into_iter()
+            .filter_map(|name| state.engine.workspace(&name))
+            .map(|h| {
+                let ws = h.read();
+                json!({"name": h.name(), "users": ws.users.len(), "cohorts": ws.cohorts.len()})
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, Value::Array(list)))
+    })
+    .await
+}
+
+// ----- keys -----
+
+/// `POST /admin/workspaces/{ws}/partners/{partner}/keys`.
+pub async fn create_key(
+    State(state): State<Arc<AppState>>,
+    PathParams((ws, p)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let p = partner(&p)?;
+    run_blocking(move || {
+        let key = state.engine.create_key(&ws, p)?;
+        let body = serde_json::to_value(&key).map_err(ApiError::internal)?;
+        Ok(json_response(StatusCode::CREATED, body))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct KeysQuery {
+    partner: Option<String>,
+}
+
+/// `GET /admin/workspaces/{ws}/keys[?partner=P]`.
+pub async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    query: Result<Query<KeysQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(query_rejection)?;
+    let p = match q.partner.as_deref() {
+        None | Some("") => None,
+        Some(p) => Some(
+            p.parse::<Partner>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+    };
+    run_blocking(move || {
+        let keys = state.engine.list_keys(&ws, p)?;
+        let body = serde_json::to_value(&keys).map_err(ApiError::internal)?;
+        Ok(json_response(StatusCode::OK, body))
+    })
+    .await
+}
+
+/// `DELETE /admin/workspaces/{ws}/keys/{id}`.
+pub async fn invalidate_key(
+    State(state): State<Arc<AppState>>,
+    PathParams((ws, id)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    run_blocking(move || {
+        state.engine.invalidate_key(&ws, &id)?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"message": "key invalidated", "id": id}),
+        ))
+    })
+    .await
+}
+
+/// `POST /admin/workspaces/{ws}/partners/{partner}/enable`.
+pub async fn enable_partner(
+    State(state): State<Arc<AppState>>,
+    PathParams((ws, p)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let p = partner(&p)?;
+    run_blocking(move || {
+        state.engine.enable_partner(&ws, p)?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"message": "partner enabled", "partner": p.as_str()}),
+        ))
+    })
+    .await
+}
+
+// ----- users -----
+
+/// `POST /admin/workspaces/{ws}/users`: creates a user, or adds devices and
+/// aliases to the user holding `external_id`.
+pub async fn upsert_user(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<UserJson>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let new = body.into_new_user().map_err(ApiError::bad_request)?;
+    run_blocking(move || {
+        let up = handle.upsert_user(new)?;
+        let status = if up.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(json_response(
+            status,
+            json!({"user_id": up.user.0, "created": up.created}),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasBody {
+    user: Value,
+    alias_label: String,
+    alias_name: String,
+}
+
+/// `POST /admin/workspaces/{ws}/users/aliases`.
+pub async fn add_alias(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<AliasBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let user = user_ref(&body.user)?;
+    run_blocking(move || {
+        let id = handle.add_alias(&user, &body.alias_label, &body.alias_name)?;
+        Ok(user_id_response(id))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceBody {
+    user: Value,
+    device_id: String,
+}
+
+/// `POST /admin/workspaces/{ws}/users/devices`.
+pub async fn add_device(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<DeviceBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let user = user_ref(&body.user)?;
+    run_blocking(move || {
+        let id = handle.add_device(&user, &body.device_id)?;
+        Ok(user_id_response(id))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyBody {
+    user: Value,
+    external_id: String,
+}
+
+/// `POST /admin/workspaces/{ws}/users/identify`.
+pub async fn identify(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<IdentifyBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let user = user_ref(&body.user)?;
+    run_blocking(move || {
+        let id = handle.identify(&user, &body.external_id)?;
+        Ok(user_id_response(id))
+    })
+    .await
+}
+
+// ----- observability -----
+
+/// `GET /admin/workspaces/{ws}/cohorts`: every cohort, by partner then
+/// cohort_id, with its size and sync statistics.
+pub async fn cohorts(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    run_blocking(move || {
+        let ws = handle.read();
+        let list: Vec<Value> = ws
+            .cohorts
+            .iter_sorted()
+            .into_iter()
+            .map(|c| {
+                let s = &c.sync;
+                json!({
+                    "partner": c.key.partner.as_str(),
+                    "cohort_id": c.key.cohort_id,
+                    "name": c.name,
+                    "size": c.len(),
+                    "created_at": c.created_at.map(|t| t.to_rfc3339()),
+                    "last_sync": s.last_sync.map(|t| t.to_rfc3339()),
+                    "last_added": s.last_added,
+                    "last_removed": s.last_removed,
+                    "matched_total": s.matched_total,
+                    "unmatched_total": s.unmatched_total,
+                    "refused_total": s.refused_total,
+                    "recent_unmatched": s.recent_unmatched,
+                })
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, Value::Array(list)))
+    })
+    .await
+}
+
+/// `GET /admin/workspaces/{ws}/data_points`: billable data points by
+/// partner and UTC day.
+pub async fn data_points(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    run_blocking(move || {
+        let ws = handle.read();
+        let list: Vec<Value> = ws
+            .data_points_by_day()
+            .map(|(p, day, n)| {
+                json!({"partner": p.as_str(), "day": day.to_string(), "data_points": n})
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, Value::Array(list)))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_refs() {
+        assert_eq!(
+            parse_user_ref(&json!({"external_id": "u1"})),
+            Ok(UserRef::ExternalId("u1".into()))
+        );
+        assert_eq!(
+            parse_user_ref(&json!({"device_id": "d1", "external_id": null})),
+            Ok(UserRef::DeviceId("d1".into()))
+        );
+        assert_eq!(
+            parse_user_ref(&json!({"alias_label": "email", "alias_name": "a@x"})),
+            Ok(UserRef::Alias {
+                label: "email".into(),
+                name: "a@x".into()
+            })
+        );
+        for bad in [
+            json!("u1"),
+            json!({}),
+            json!({"external_id": ""}),
+            json!({"external_id": 3}),
+            json!({"external_id": "u1", "device_id": "d1"}),
+            json!({"alias_label": "email"}),
+            json!({"user_id": "u1"}),
+        ] {
+            assert!(parse_user_ref(&bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_user_ref(&json!({"alias_name": "x"})).is_err_and(|e| e.contains("go together"))
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Every failure the HTTP layer answers, as one type: a status, a JSON body
+//! (`{"message": ...}`, plus `"errors"` for the partner protocol's 400s) and
+//! an optional `Retry-After`. Library errors ([`Error`]) and protocol errors
+//! ([`ProtocolError`]) convert into it, and so do axum's own rejections
+//! (body too large, bad path), so that every response is JSON.
+//!
+//! Server-side failures (storage, I/O, corrupt files) are logged to stderr
+//! with their detail and answered with a generic message: a response never
+//! carries a path, a secret or a key.
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::import::ProtocolError;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: Value,
+    pub retry_after_secs: Option<u64>,
+    /// Sent as `WWW-Authenticate` (admin 401s).
+    pub authenticate: bool,
+}
+
+impl ApiError {
+    /// A status with `{"message": message}`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({"message": message.into()}),
+            retry_after_secs: None,
+            authenticate: false,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+    }
+
+    /// A server-side failure: the detail goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        eprintln!("segq: internal error: {detail}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal server error; the server log has the detail",
+        )
+    }
+
+    /// The admin API's 401.
+    pub fn admin_unauthorized() -> Self {
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid admin token: send Authorization: Bearer <admin token>",
+        );
+        e.authenticate = true;
+        e
+    }
+
+    /// The message, for logs and tests.
+    pub fn message(&self) -> &str {
+        self.body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// A library error met on a partner endpoint after authorization: as
+    /// [`From<Error>`], with the protocol's `errors` array on 400s.
+    pub fn from_partner(e: Error) -> Self {
+        let mut api = ApiError::from(e);
+        if api.status == StatusCode::BAD_REQUEST {
+            let message = api.message().to_string();
+            api.body = json!({"message": message, "errors": [message]});
+        }
+        api
+    }
+}
+
+/// The status a library error maps to. Exhaustive on purpose: a new
+/// variant must be given its status here.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::UnknownPartner { .. }
+        | Error::UnknownUser(_)
+        | Error::UnknownCohort { .. }
+        | Error::NoSuchCohort { .. }
+        | Error::UnknownWorkspace { .. }
+        | Error::UnknownKey { .. } => StatusCode::NOT_FOUND,
+        Error::DuplicateExternalId { .. }
+        | Error::DuplicateAlias { .. }
+        | Error::DuplicateDevice { .. }
+        | Error::AlreadyIdentified { .. }
+        | Error::AmbiguousCohortName { .. }
+        | Error::TooManyUsers { .. } => StatusCode::CONFLICT,
+        Error::InvalidIdentifier { .. }
+        | Error::InvalidCohort(_)
+        | Error::FilterParse(_)
+        | Error::InvalidArgument(_)
+        | Error::InvalidWorkspaceName { .. } => StatusCode::BAD_REQUEST,
+        Error::WorkspaceFailed { .. } | Error::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Log(_) | Error::Corrupt { .. } | Error::Config { .. } | Error::Io { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = status_of(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            return ApiError::internal(&e);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            eprintln!("segq: {e}");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        let retry_after_secs = match &e {
+            ProtocolError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        ApiError {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            body: e.body(),
+            retry_after_secs,
+            authenticate: false,
+        }
+    }
+}
+
+/// A body that could not be read: over the limit (413), or broken.
+pub fn body_rejection(r: BytesRejection, limit: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ProtocolError::PayloadTooLarge { limit }.into()
+    } else {
+        ApiError::new(r.status(), format!("could not read the request body: {r}"))
+    }
+}
+
+pub fn path_rejection(r: PathRejection) -> ApiError {
+    ApiError::bad_request(format!("invalid path: {}", r.body_text()))
+}
+
+pub fn query_rejection(r: QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("invalid query string: {}", r.body_text()))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.authenticate {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"segq admin\""),
+            );
+        }
+        resp
+    }
+}
+
+/// The fallback for paths no route serves.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// The fallback for a known path with a method it does not serve (axum
+/// adds the `Allow` header).
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on this path"),
+    )
+}
+
+/// The JSON success response.
+pub fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Partner, UserId};
+
+    #[test]
+    fn library_errors_map_to_statuses() {
+        let cases: Vec<(Error, u16)> = vec![
+            (
+                Error::UnknownWorkspace {
+                    name: "acme".into(),
+                },
+                404,
+            ),
+            (Error::UnknownKey { id: "k1".into() }, 404),
+            (Error::UnknownUser("external_id:u1".into()), 404),
+            (
+                Error::DuplicateExternalId {
+                    external_id: "u1".into(),
+                    holder: UserId(3),
+                },
+                409,
+            ),
+            (
+                Error::InvalidIdentifier {
+                    kind: "device_id",
+                    reason: "must be a non-empty string".into(),
+                },
+                400,
+            ),
+            (Error::InvalidWorkspaceName { name: "a b".into() }, 400),
+            (
+                Error::WorkspaceFailed {
+                    name: "acme".into(),
+                    reason: "fsync failed".into(),
+                },
+                503,
+            ),
+            (
+                Error::NoSuchCohort {
+                    partner: Partner::Heap,
+                    value: "x".into(),
+                },
+                404,
+            ),
+        ];
+        for (e, status) in cases {
+            let text = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.status.as_u16(), status, "{text}");
+            assert_eq!(api.message(), text);
+        }
+    }
+
+    #[test]
+    fn server_failures_hide_their_detail() {
+        let e = Error::Io {
+            path: "/secret/place/log".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let api = ApiError::from(e);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body = api.body.to_string();
+        assert!(!body.contains("/secret"), "{body}");
+        assert!(!body.contains("fire"), "{body}");
+    }
+
+    #[test]
+    fn protocol_errors_keep_their_shape_and_retry_after() {
+        let api = ApiError::from(ProtocolError::RateLimited {
+            retry_after_secs: 7,
+        });
+        assert_eq!(api.status, StatusCode::TOO_MANY_REQUESTS);
+        let resp = api.into_response();
+        assert_eq!(
+            resp.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(7u64))
+        );
+        assert_eq!(
+            resp.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+
+        let api = ApiError::from(ProtocolError::PayloadTooLarge { limit: 10 });
+        assert_eq!(api.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(api.message().contains("10 bytes"));
+
+        let api = ApiError::from_partner(Error::InvalidCohort(
+            "cohort_id must be a valid string".into(),
+        ));
+        assert_eq!(api.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            api.body,
+            json!({"message": "invalid cohort: cohort_id must be a valid string",
+                   "errors": ["invalid cohort: cohort_id must be a valid string"]})
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! `GET /metrics`: a small registry of atomic counters rendered in the
+//! Prometheus text format (version 0.0.4).
+//!
+//! - `segq_http_requests_total{route,status}`: requests by route template
+//!   (`/partners/{partner}/cohorts`, ...) and response status;
+//! - `segq_http_request_duration_seconds{route}`: a latency histogram
+//!   (cumulative `_bucket{le=...}`, `_sum`, `_count`);
+//! - `segq_identifiers_total{result}`: identifiers the users endpoint
+//!   applied, `matched`, `unmatched` or `refused` (device ids of identified
+//!   users);
+//! - `segq_data_points_total{partner}`: billable data points since start;
+//! - `segq_rate_limited_total`: requests refused by the rate limit.
+//!
+//! Routes are fixed when the router is built, so recording a request is a
+//! hash lookup and a few relaxed atomic adds: no lock, no allocation.
+//! Requests that match no route count under `route="unmatched"`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hashbrown::HashMap;
+
+use crate::cohorts::ChangeReport;
+use crate::ids::Partner;
+
+use super::AppState;
+
+/// Upper bounds of the latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Status codes are counted in `100..600`.
+const STATUSES: usize = 500;
+
+struct RouteMetrics {
+    route: &'static str,
+    /// By status code - 100.
+    statuses: Box<[AtomicU64]>,
+    /// Non-cumulative counts per bucket; the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RouteMetrics {
+    fn new(route: &'static str) -> Self {
+        RouteMetrics {
+            route,
+            statuses: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The registry.
+pub struct Metrics {
+    routes: Vec<RouteMetrics>,
+    index: HashMap<&'static str, usize>,
+    identifiers: [AtomicU64; 3],
+    data_points: [AtomicU64; Partner::ALL.len()],
+    rate_limited: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A registry for these route templates (plus [`UNMATCHED`]).
+    pub fn new(routes: &[&'static str]) -> Self {
+        let mut all: Vec<RouteMetrics> = Vec::with_capacity(routes.len() + 1);
+        let mut index = HashMap::new();
+        for &r in routes.iter().chain(std::iter::once(&UNMATCHED)) {
+            if !index.contains_key(r) {
+                index.insert(r, all.len());
+                all.push(RouteMetrics::new(r));
+            }
+        }
+        Metrics {
+            routes: all,
+            index,
+            identifiers: std::array::from_fn(|_| AtomicU64::new(0)),
+            data_points: std::array::from_fn(|_| AtomicU64::new(0)),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
+    fn route(&self, route: &str) -> &RouteMetrics {
+        let i = self
+            .index
+            .get(route)
+            .or_else(|| self.index.get(UNMATCHED))
+            .copied()
+            .unwrap_or(0);
+        &self.routes[i]
+    }
+
+    /// Counts a finished request.
+    pub fn observe(&self, route: &str, status: u16, latency: Duration) {
+        let r = self.route(route);
+        if let Some(c) = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| r.statuses.get(i))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        let b = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        r.buckets[b].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        r.sum_nanos.fetch_add(nanos, Relaxed);
+        r.count.fetch_add(1, Relaxed);
+    }
+
+    /// Counts what a users request applied.
+    pub fn record_import(&self, partner: Partner, report: &ChangeReport) {
+        self.identifiers[0].fetch_add(report.matched, Relaxed);
+        self.identifiers[1].fetch_add(report.unmatched, Relaxed);
+        self.identifiers[2].fetch_add(report.refused_device_ids, Relaxed);
+        if let Some(i) = Partner::ALL.iter().position(|&p| p == partner) {
+            self.data_points[i].fetch_add(report.data_points, Relaxed);
+        }
+    }
+
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // `write!` to a String cannot fail.
+        let _ = self.render_into(&mut out);
+        out
+    }
+
+    fn render_into(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP segq_http_requests_total HTTP requests by route template and status."
+        )?;
+        writeln!(out, "# TYPE segq_http_requests_total counter")?;
+        for r in &self.routes {
+            for (i, c) in r.statuses.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    writeln!(
+                        out,
+                        "segq_http_requests_total{{route=\"{}\",status=\"{}\"}} {n}",
+                        escape(r.route),
+                        i + 100
+                    )?;
+                }
+            }
+        }
+
+        writeln!(
+            out,
+            "# HELP segq_http_request_duration_seconds HTTP request latency by route template."
+        )?;
+        writeln!(out, "# TYPE segq_http_request_duration_seconds histogram")?;
+        for r in &self.routes {
+            let count = r.count.load(Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let route = escape(r.route);
+            let mut cumulative = 0u64;
+            for (le, b) in LATENCY_BUCKETS.iter().zip(&r.buckets) {
+                cumulative += b.load(Relaxed);
+                writeln!(
+                    out,
+                    "segq_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+                )?;
+            }
+            cumulative += r.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
+            // Concurrent updates may make `count` lag or lead the buckets by
+            // a few; +Inf must equal `_count`, so both print one value.
+            let total = cumulative.max(count);
+            writeln!(
+                out,
+                "segq_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}"
+            )?;
+            let sum = r.sum_nanos.load(Relaxed) as f64 / 1e9;
+            writeln!(
+                out,
+                "segq_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
+            )?;
+            writeln!(
+                out,
+                "segq_http_request_duration_seconds_count{{route=\"{route}\"}} {total}"
+            )?;
+        }
+
+        writeln!(
+            out,
+            "# HELP segq_identifiers_total Identifiers applied by the users endpoint, by outcome."
+        )?;
+        writeln!(out, "# TYPE segq_identifiers_total counter")?;
+        for (result, c) in ["matched", "unmatched", "refused"]
+            .iter()
+            .zip(&self.identifiers)
+        {
+            writeln!(
+                out,
+                "segq_identifiers_total{{result=\"{result}\"}} {}",
+                c.load(Relaxed)
+            )?;
+        }
+
+        writeln!(
+            out,
+            "# HELP segq_data_points_total Billable data points (matched adds and removes) since start, by partner."
+        )?;
+        writeln!(out, "# TYPE segq_data_points_total counter")?;
+        for (p, c) in Partner::ALL.iter().zip(&self.data_points) {
+            writeln!(
+                out,
+                "segq_data_points_total{{partner=\"{p}\"}} {}",
+                c.load(Relaxed)
+            )?;
+        }
+
+        writeln!(
+            out,
+            "# HELP segq_rate_limited_total Partner requests refused by the per-key rate limit."
+        )?;
+        writeln!(out, "# TYPE segq_rate_limited_total counter")?;
+        writeln!(
+            out,
+            "segq_rate_limited_total {}",
+            self.rate_limited.load(Relaxed)
+        )?;
+        Ok(())
+    }
+}
+
+/// Escapes a label value (`\`, `"` and newlines).
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\\', '"', '\n']) {
+        return s.into();
+    }
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
+/// Middleware: times every request and counts it by route and status.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let resp = next.run(req).await;
+    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    state
+        .metrics
+        .observe(route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// `GET /metrics`.
+pub async fn handler(State(state): State<Arc<AppState>>) -> Response {
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "/partners/{partner}/cohorts/users";
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let m = Metrics::new(&[ROUTE, "/metrics"]);
+        m.observe(ROUTE, 200, Duration::from_micros(300));
+        m.observe(ROUTE, 200, Duration::from_millis(3));
+        m.observe(ROUTE, 429, Duration::from_secs(20));
+        m.observe("/nowhere", 404, Duration::from_micros(10));
+        m.record_import(
+            Partner::Heap,
+            &ChangeReport {
+                matched: 5,
+                unmatched: 2,
+                refused_device_ids: 1,
+                data_points: 5,
+                ..ChangeReport::default()
+            },
+        );
+        m.record_rate_limited();
+        let text = m.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("# TYPE segq_http_requests_total counter"), "{text}");
+        assert!(has(
+            "segq_http_requests_total{route=\"/partners/{partner}/cohorts/users\",status=\"200\"} 2"
+        ));
+        assert!(has(
+            "segq_http_requests_total{route=\"/partners/{partner}/cohorts/users\",status=\"429\"} 1"
+        ));
+        assert!(has(
+            "segq_http_requests_total{route=\"unmatched\",status=\"404\"} 1"
+        ));
+        assert!(has("# TYPE segq_http_request_duration_seconds histogram"));
+        let b = |le: &str, n: u64| {
+            format!(
+                "segq_http_request_duration_seconds_bucket{{route=\"{ROUTE}\",le=\"{le}\"}} {n}"
+            )
+        };
+        assert!(has(&b("0.0005", 1)), "{text}");
+        assert!(has(&b("0.0025", 1)));
+        assert!(has(&b("0.005", 2)));
+        assert!(has(&b("10", 2)));
+        assert!(has(&b("+Inf", 3)));
+        assert!(has(&format!(
+            "segq_http_request_duration_seconds_count{{route=\"{ROUTE}\"}} 3"
+        )));
+        let sum_line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "segq_http_request_duration_seconds_sum{{route=\"{ROUTE}\"}}"
+                ))
+            })
+            .expect("a _sum line");
+        let sum: f64 = sum_line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert!((sum - 20.0033).abs() < 1e-6, "{sum}");
+        // A route without requests prints no histogram.
+        assert!(!text.contains("route=\"/metrics\""));
+        assert!(has("segq_identifiers_total{result=\"matched\"} 5"));
+        assert!(has("segq_identifiers_total{result=\"unmatched\"} 2"));
+        assert!(has("segq_identifiers_total{result=\"refused\"} 1"));
+        assert!(has("segq_data_points_total{partner=\"heap\"} 5"));
+        assert!(has("segq_data_points_total{partner=\"amplitude\"} 0"));
+        assert!(has("segq_rate_limited_total 1"));
+        // Every sample line belongs to a family announced by HELP and TYPE.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                text.contains(&format!("# HELP {family} "))
+                    && text.contains(&format!("# TYPE {family} ")),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape("/plain/{x}"), "/plain/{x}");
+    }
+}

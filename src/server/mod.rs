@@ -1,0 +1,232 @@
+//! The HTTP server (`segq serve`): axum on a multi-threaded tokio runtime.
+//!
+//! - [`partner`]: the partner endpoints of PROTOCOL.md;
+//! - [`admin`] and [`import`]: the admin API (bearer token, [`auth`]);
+//! - [`metrics`]: `GET /metrics` and the request counters;
+//! - [`ratelimit`]: the per-key token buckets;
+//! - [`error`]: every failure as a JSON response.
+//!
+//! [`router`] builds the whole application for an [`Engine`] (tests drive
+//! it directly); [`serve`] runs it on a bound listener until a shutdown
+//! future resolves, lets in-flight requests finish, then syncs every log.
+//! Blocking engine calls (they may wait for an fsync) run on tokio's
+//! blocking pool, never on the async workers.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod import;
+pub mod metrics;
+pub mod partner;
+pub mod ratelimit;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+
+use crate::engine::{Config, Engine};
+
+use error::ApiError;
+use metrics::Metrics;
+use ratelimit::RateLimiter;
+
+/// The default limit of a bulk import body: 10 GiB.
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 10 << 30;
+
+/// What the command line may override in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// The largest partner (and admin JSON) request body; 413 above.
+    pub max_body_bytes: usize,
+    /// Partner requests per data import key per hour; 0 for no limit.
+    pub rate_limit_per_hour: u64,
+    /// The largest bulk import body; `None` for no limit.
+    pub max_import_bytes: Option<u64>,
+}
+
+impl ServerOptions {
+    /// The configuration file's values.
+    pub fn from_config(config: &Config) -> Self {
+        ServerOptions {
+            max_body_bytes: config.max_body_bytes,
+            rate_limit_per_hour: config.rate_limit_per_hour,
+            max_import_bytes: Some(DEFAULT_MAX_IMPORT_BYTES),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub options: ServerOptions,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Takes a token from a key's bucket: 429 with `Retry-After` if none.
+    pub fn rate_limit(&self, key_id: &str) -> Result<(), ApiError> {
+        self.limiter.check(key_id).map_err(|retry_after_secs| {
+            self.metrics.record_rate_limited();
+            crate::import::ProtocolError::RateLimited { retry_after_secs }.into()
+        })
+    }
+}
+
+/// The route templates (the metrics label requests with them).
+pub mod routes {
+    pub const COHORTS: &str = "/partners/{partner}/cohorts";
+    pub const COHORT_USERS: &str = "/partners/{partner}/cohorts/users";
+    pub const METRICS: &str = "/metrics";
+    pub const WORKSPACES: &str = "/admin/workspaces";
+    pub const CREATE_KEY: &str = "/admin/workspaces/{ws}/partners/{partner}/keys";
+    pub const KEYS: &str = "/admin/workspaces/{ws}/keys";
+    pub const KEY: &str = "/admin/workspaces/{ws}/keys/{id}";
+    pub const ENABLE_PARTNER: &str = "/admin/workspaces/{ws}/partners/{partner}/enable";
+    pub const USERS: &str = "/admin/workspaces/{ws}/users";
+    pub const ALIASES: &str = "/admin/workspaces/{ws}/users/aliases";
+    pub const DEVICES: &str = "/admin/workspaces/{ws}/users/devices";
+    pub const IDENTIFY: &str = "/admin/workspaces/{ws}/users/identify";
+    pub const IMPORT: &str = "/admin/workspaces/{ws}/users/import";
+    pub const COHORT_STATS: &str = "/admin/workspaces/{ws}/cohorts";
+    pub const DATA_POINTS: &str = "/admin/workspaces/{ws}/data_points";
+
+    /// Every route.
+    pub const ALL: [&str; 15] = [
+        COHORTS,
+        COHORT_USERS,
+        METRICS,
+        WORKSPACES,
+        CREATE_KEY,
+        KEYS,
+        KEY,
+        ENABLE_PARTNER,
+        USERS,
+        ALIASES,
+        DEVICES,
+        IDENTIFY,
+        IMPORT,
+        COHORT_STATS,
+        DATA_POINTS,
+    ];
+}
+
+/// The application with the configuration's limits.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let options = ServerOptions::from_config(engine.config());
+    router_with(engine, options)
+}
+
+/// The application with explicit limits.
+pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> Router {
+    use routes::*;
+    let state = Arc::new(AppState {
+        engine,
+        limiter: RateLimiter::new(options.rate_limit_per_hour),
+        metrics: Metrics::new(&ALL),
+        options,
+    });
+    let body_limit = DefaultBodyLimit::max(state.options.max_body_bytes);
+    // A known path with another method: 405 with a JSON body (and `Allow`).
+    let json_405 = |mr: MethodRouter<Arc<AppState>>| mr.fallback(error::method_not_allowed);
+
+    let partner = Router::new()
+        .route(COHORTS, json_405(post(partner::cohorts)))
+        .route(COHORT_USERS, json_405(post(partner::users)))
+        .layer(body_limit);
+
+    let admin = Router::new()
+        .route(
+            WORKSPACES,
+            json_405(get(admin::list_workspaces).post(admin::create_workspace)),
+        )
+        .route(CREATE_KEY, json_405(post(admin::create_key)))
+        .route(KEYS, json_405(get(admin::list_keys)))
+        .route(KEY, json_405(delete(admin::invalidate_key)))
+        .route(ENABLE_PARTNER, json_405(post(admin::enable_partner)))
+        .route(USERS, json_405(post(admin::upsert_user)))
+        .route(ALIASES, json_405(post(admin::add_alias)))
+        .route(DEVICES, json_405(post(admin::add_device)))
+        .route(IDENTIFY, json_405(post(admin::identify)))
+        .route(COHORT_STATS, json_405(get(admin::cohorts)))
+        .route(DATA_POINTS, json_405(get(admin::data_points)))
+        .layer(body_limit)
+        // Added after the body limit: the bulk import streams its body
+        // under its own limit (`max_import_bytes`).
+        .route(IMPORT, json_405(post(import::import)))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
+
+    Router::new()
+        .merge(partner)
+        .merge(admin)
+        .route(METRICS, json_405(get(metrics::handler)))
+        .fallback(error::not_found)
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+/// Serves `engine` on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish and syncs every log.
+pub async fn serve<F>(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let options = ServerOptions::from_config(engine.config());
+    serve_with(engine, options, listener, shutdown).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with<F>(
+    engine: Arc<Engine>,
+    options: ServerOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let app = router_with(engine.clone(), options);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tokio::task::spawn_blocking(move || engine.sync_all())
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No handler could be installed: never resolve on this one.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,113 @@
+//! The two partner endpoints of PROTOCOL.md:
+//! `POST /partners/{partner}/cohorts` and
+//! `POST /partners/{partner}/cohorts/users`.
+//!
+//! The steps, each answering its own error:
+//! 1. the partner in the path (404 for an unknown one);
+//! 2. the content type: `application/json` or none (415 otherwise);
+//! 3. the body, read whole up to `max_body_bytes` (413 over it);
+//! 4. then, on one blocking thread (the apply waits for an fsync): parse and
+//!    validate (400; 401 for missing credentials), `Engine::authorize`
+//!    (401), the per-key rate limit (429 with `Retry-After`), and the
+//!    durable apply (201 when the cohort was created, 200 otherwise).
+//!
+//! A library error after authorization becomes a JSON 4xx/5xx
+//! ([`ApiError::from_partner`]); nothing in a response echoes a secret.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::Utc;
+
+use crate::ids::Partner;
+use crate::import::{
+    cohort_success_body, parse_cohort_request, parse_users_request, users_success_body,
+    ProtocolError,
+};
+
+use super::auth::require_json;
+use super::error::{body_rejection, json_response, path_rejection, ApiError};
+use super::AppState;
+
+/// `POST /partners/{partner}/cohorts`.
+pub async fn cohorts(
+    State(state): State<Arc<AppState>>,
+    partner: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (partner, body) = read(&state, partner, req).await?;
+    let st = state.clone();
+    run_blocking(move || {
+        let req = parse_cohort_request(&body)?;
+        let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
+        st.rate_limit(&key_id)?;
+        let created = handle
+            .upsert_cohort(partner, &req)
+            .map_err(ApiError::from_partner)?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(json_response(status, cohort_success_body()))
+    })
+    .await
+}
+
+/// `POST /partners/{partner}/cohorts/users`.
+pub async fn users(
+    State(state): State<Arc<AppState>>,
+    partner: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (partner, body) = read(&state, partner, req).await?;
+    let st = state.clone();
+    run_blocking(move || {
+        let req = parse_users_request(&body)?;
+        let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
+        st.rate_limit(&key_id)?;
+        let report = handle
+            .import_users(partner, &req, Utc::now())
+            .map_err(ApiError::from_partner)?;
+        st.metrics.record_import(partner, &report);
+        let status = if report.cohort_created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(json_response(status, users_success_body(&report)))
+    })
+    .await
+}
+
+/// Steps 1 to 3: the partner, the content type and the body.
+async fn read(
+    state: &AppState,
+    partner: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<(Partner, Bytes), ApiError> {
+    let Path(partner) = partner.map_err(path_rejection)?;
+    let partner: Partner = partner
+        .parse()
+        .map_err(|_| ProtocolError::UnknownPartner(partner))?;
+    require_json(req.headers())?;
+    let limit = state.options.max_body_bytes;
+    let body = Bytes::from_request(req, &())
+        .await
+        .map_err(|r| body_rejection(r, limit))?;
+    Ok((partner, body))
+}
+
+/// Runs the blocking part of a request on tokio's blocking pool.
+pub(super) async fn run_blocking<F>(f: F) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
