@@ -251,6 +251,10 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
                     clustered(start, len, &mut rng),
                 )
             };
+            // Store bands of consecutive members as runs, as a real
+            // engine would.
+            let mut members = members;
+            members.optimize();
             let info = CohortInfo {
                 index: i,
                 cohort_id: cohort_id(i),
@@ -271,6 +275,7 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
             created_at: Some(created_at()),
             members,
             sync: SyncStats::default(),
+            version: 0,
         })?;
         infos.push(info);
     }

@@ -139,6 +139,9 @@ impl Cohort {
                 report.added += u64::from(self.members.insert(op.user.0));
             }
         }
+        if report.added + report.removed > 0 {
+            self.touch();
+        }
         let s = &mut self.sync;
         s.last_sync = Some(now);
         s.last_added = report.added;

@@ -7,6 +7,7 @@ mod changes;
 pub use changes::{resolve, Alias, ChangeReport, CohortChange, MemberOp, ResolvedChanges};
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, FixedOffset, Utc};
 use hashbrown::HashMap;
@@ -46,17 +47,35 @@ pub struct Cohort {
     pub created_at: Option<DateTime<FixedOffset>>,
     pub members: RoaringBitmap,
     pub sync: SyncStats,
+    /// Changes whenever `members` may have changed (unique across cohorts
+    /// and workspaces), so caches of the serialized members know when they
+    /// are stale. Whoever changes `members` directly calls [`Cohort::touch`].
+    pub version: u64,
+}
+
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A version no cohort has had.
+pub fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Cohort {
-    fn new(key: CohortKey) -> Self {
+    /// An empty cohort named by its id.
+    pub fn new(key: CohortKey) -> Self {
         Cohort {
             name: key.cohort_id.clone(),
             key,
             created_at: None,
             members: RoaringBitmap::new(),
             sync: SyncStats::default(),
+            version: next_version(),
         }
+    }
+
+    /// Marks the members as changed.
+    pub fn touch(&mut self) {
+        self.version = next_version();
     }
 
     /// The number of members.
@@ -141,8 +160,9 @@ impl CohortCatalog {
     }
 
     /// Installs a cohort as it is (bulk loading, generated workloads).
-    pub fn insert(&mut self, cohort: Cohort) -> Result<()> {
+    pub fn insert(&mut self, mut cohort: Cohort) -> Result<()> {
         check_cohort_id(&cohort.key.cohort_id)?;
+        cohort.touch();
         self.cohorts.insert(cohort.key.clone(), cohort);
         Ok(())
     }

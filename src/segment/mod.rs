@@ -4,6 +4,7 @@
 
 pub mod ast;
 pub mod eval;
+pub mod fast;
 pub mod json;
 pub mod plan;
 pub mod text;

@@ -70,6 +70,8 @@ pub struct Upserted {
 #[derive(Clone, Debug)]
 pub struct UserRegistry {
     users: Vec<UserRecord>,
+    /// Every user's bucket again, contiguous, for evaluators that scan them.
+    buckets: Vec<u16>,
     by_external: HashMap<Box<str>, UserId>,
     by_alias: HashMap<AliasKey, UserId>,
     by_device: HashMap<Box<str>, UserId>,
@@ -120,6 +122,7 @@ impl UserRegistry {
     pub fn new(seed: u64) -> Self {
         UserRegistry {
             users: Vec::new(),
+            buckets: Vec::new(),
             by_external: HashMap::new(),
             by_alias: HashMap::new(),
             by_device: HashMap::new(),
@@ -135,6 +138,7 @@ impl UserRegistry {
     /// Reserves room for `n` more users and their identifiers.
     pub fn reserve(&mut self, users: usize, externals: usize, aliases: usize, devices: usize) {
         self.users.reserve(users);
+        self.buckets.reserve(users);
         self.by_external.reserve(externals);
         self.by_alias.reserve(aliases);
         self.by_device.reserve(devices);
@@ -166,7 +170,12 @@ impl UserRegistry {
 
     /// All users' buckets, indexed by user id.
     pub fn buckets(&self) -> impl ExactSizeIterator<Item = u16> + '_ {
-        self.users.iter().map(|u| u.bucket)
+        self.buckets.iter().copied()
+    }
+
+    /// All users' buckets as a slice, indexed by user id.
+    pub fn bucket_slice(&self) -> &[u16] {
+        &self.buckets
     }
 
     /// Whoever holds this identifier, whatever the matching rules.
@@ -299,6 +308,7 @@ impl UserRegistry {
             self.by_alias.insert(key, id);
         }
         self.users.push(rec);
+        self.buckets.push(bucket);
         Ok(id)
     }
 

@@ -338,9 +338,14 @@ fn insert_installs_a_cohort_as_it_is() {
         created_at: None,
         members: [1u32, 5, 70_000].into_iter().collect(),
         sync: SyncStats::default(),
+        version: 0,
     };
     catalog.insert(c.clone()).unwrap();
-    assert_eq!(catalog.get(&c.key), Some(&c));
+    let got = catalog.get(&c.key).unwrap();
+    // Installed as it is, with a fresh version for the caches.
+    assert_ne!(got.version, c.version);
+    c.version = got.version;
+    assert_eq!(got, &c);
     c.key.cohort_id.clear();
     assert!(matches!(catalog.insert(c), Err(Error::InvalidCohort(_))));
     assert_eq!(catalog.len(), 1);

@@ -156,6 +156,7 @@ fn build(g: &GenWorkspace) -> Workspace {
                 created_at: None,
                 members: c.members.iter().copied().collect(),
                 sync: SyncStats::default(),
+                version: 0,
             })
             .unwrap();
     }
@@ -335,6 +336,29 @@ proptest! {
                 prop_assert_eq!(*cardinality, c.len());
                 prop_assert!(*cardinality > 0, "empty cohorts are folded away");
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_chunk_evaluator_agrees_with_the_reference(
+        g in gen_workspace(),
+        f in gen_filter(),
+    ) {
+        use segq::segment::{fast, plan};
+        let ws = build(&g);
+        let filter = to_filter(&f, g.cohorts.len());
+        let expected = model(&g, &f);
+        let p = plan::plan(&ws, &filter).unwrap();
+        let prepared = fast::Prepared::new(&ws, &p, &fast::Uncached).unwrap();
+        prop_assert_eq!(prepared.count().unwrap(), expected.len() as u64, "plan {}", p);
+        let members: Vec<u32> = prepared.members().unwrap().iter().collect();
+        prop_assert_eq!(&members, &expected.iter().copied().collect::<Vec<_>>());
+        for u in 0..g.users.len() as u32 {
+            prop_assert_eq!(prepared.contains(UserId(u)).unwrap(), expected.contains(&u), "user {}", u);
         }
     }
 }

@@ -6,6 +6,7 @@ mod demo;
 mod engine;
 mod eval;
 mod eval_props;
+mod fast;
 mod import;
 mod log;
 mod matching;

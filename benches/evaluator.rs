@@ -1,0 +1,108 @@
+//! What is measured: the chunk-wise evaluator (`segment::fast`) against the
+//! reference evaluator (`segment::eval`) on the six query shapes of
+//! ../shared/WORKLOAD.md, plus a single cohort's count, a one-user check of
+//! a five-leaf filter, and the member list of a segment; the fast counts
+//! also on rayon pools of 1 and 2 threads.
+//!
+//! How to run: `cargo bench --bench evaluator` (small workload, 100k users);
+//! `SEGQ_BENCH_USERS=10000000 SEGQ_BENCH_COHORTS=200 cargo bench --bench
+//! evaluator` for the medium workload.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use segq::segment::{eval, fast, plan, Filter};
+use segq::workload::{self, Spec};
+use segq::UserId;
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn bench(c: &mut Criterion) {
+    let spec = Spec {
+        users: env_or("SEGQ_BENCH_USERS", Spec::SMALL.users),
+        cohorts: env_or("SEGQ_BENCH_COHORTS", Spec::SMALL.cohorts),
+        seed: Spec::SMALL.seed,
+    };
+    let ws = workload::generate("bench", spec)
+        .expect("the workload generates")
+        .workspace;
+    let cache = fast::SerialCache::default();
+    let shapes = workload::query_shapes(spec.cohorts);
+    let tag = format!("{}users", spec.users);
+
+    let mut g = c.benchmark_group(format!("count/{tag}"));
+    g.sample_size(20);
+    for (name, filter) in &shapes {
+        let p = plan::plan(&ws, filter).expect("plans");
+        let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+        g.bench_function(format!("fast/{name}"), |b| {
+            b.iter(|| prepared.count().expect("counts"))
+        });
+        g.bench_function(format!("reference/{name}"), |b| {
+            b.iter(|| eval::count(&ws, black_box(filter)).expect("counts"))
+        });
+        g.bench_function(format!("fast-with-planning/{name}"), |b| {
+            b.iter(|| {
+                let p = plan::plan(&ws, black_box(filter)).expect("plans");
+                fast::Prepared::new(&ws, &p, &cache)
+                    .expect("prepares")
+                    .count()
+                    .expect("counts")
+            })
+        });
+    }
+    g.finish();
+
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a pool");
+        let mut g = c.benchmark_group(format!("count/{tag}/{threads}threads"));
+        g.sample_size(20);
+        for (name, filter) in shapes.iter().skip(1) {
+            let p = plan::plan(&ws, filter).expect("plans");
+            let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+            g.bench_function(*name, |b| {
+                b.iter(|| pool.install(|| prepared.count().expect("counts")))
+            });
+        }
+        g.finish();
+    }
+
+    let mut g = c.benchmark_group(format!("other/{tag}"));
+    let (_, five) = &shapes[3];
+    let p = plan::plan(&ws, five).expect("plans");
+    let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+    let user = UserId(spec.users / 2 + 1);
+    g.bench_function("contains/five large ANDed", |b| {
+        b.iter(|| prepared.contains(black_box(user)).expect("checks"))
+    });
+    let single = Filter::includes(workload::PARTNER, "c0");
+    g.bench_function("count/single cohort (with planning)", |b| {
+        b.iter(|| {
+            let p = plan::plan(&ws, black_box(&single)).expect("plans");
+            fast::Prepared::new(&ws, &p, &cache)
+                .expect("prepares")
+                .count()
+                .expect("counts")
+        })
+    });
+    // A segment of about 5% of the users (500,000 on the medium workload).
+    let (_, mixed) = &shapes[2];
+    let p = plan::plan(&ws, mixed).expect("plans");
+    let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+    let n = prepared.count().expect("counts");
+    g.bench_function(format!("members/{n} members"), |b| {
+        b.iter(|| prepared.members().expect("lists"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,530 @@
+//! The chunk-wise evaluator: runs a [`Plan`] one 2^16-user chunk at a time
+//! over cohort bitmaps in the portable roaring format, read in place
+//! through [`BitmapView`], combining containers word by word and spreading
+//! chunks over the rayon pool.
+//!
+//! Per chunk, every node yields `Empty`, `Full` (every user of the chunk)
+//! or a 1024-word bitset. An AND stops at its first empty child, and a
+//! cohort leaf whose bitmap has no container for the chunk is empty without
+//! reading anything, so chunks that cannot match are skipped cheaply.
+//! Counting allocates no result bitmap; listing members collects ids per
+//! chunk. A plan that is a single cohort is counted from its cardinality.
+//!
+//! The bitmap bytes come from a [`BitmapSource`]: cohorts serialized from
+//! memory today (cached per cohort version), mapped snapshot sections once
+//! snapshots hold them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+use serde::Serialize;
+
+use super::plan::{Leaf, Plan};
+use crate::bitmap_view::{popcount, BitmapView, Words, CHUNK_WORDS};
+use crate::cohorts::Cohort;
+use crate::error::{Error, Result};
+use crate::ids::{CohortKey, UserId};
+use crate::workspace::Workspace;
+
+/// Supplies a cohort's members in the portable roaring format.
+pub trait BitmapSource: Sync {
+    fn bytes(&self, cohort: &Cohort) -> Arc<Vec<u8>>;
+}
+
+/// Serializes on every call (no cache): for one-off queries and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Uncached;
+
+/// Serializes a cohort's members.
+pub fn serialize(cohort: &Cohort) -> Arc<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(cohort.members.serialized_size());
+    // Writing into a Vec cannot fail.
+    let _ = cohort.members.serialize_into(&mut bytes);
+    Arc::new(bytes)
+}
+
+impl BitmapSource for Uncached {
+    fn bytes(&self, cohort: &Cohort) -> Arc<Vec<u8>> {
+        serialize(cohort)
+    }
+}
+
+/// A cohort's serialized members and the version they were taken at.
+type Versioned = (u64, Arc<Vec<u8>>);
+
+/// Serialized cohorts kept while their version stays the same.
+#[derive(Debug, Default)]
+pub struct SerialCache {
+    map: std::sync::Mutex<hashbrown::HashMap<CohortKey, Versioned>>,
+}
+
+impl BitmapSource for SerialCache {
+    fn bytes(&self, cohort: &Cohort) -> Arc<Vec<u8>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, b)) = map.get(&cohort.key) {
+            if *v == cohort.version {
+                return b.clone();
+            }
+        }
+        let b = serialize(cohort);
+        map.insert(cohort.key.clone(), (cohort.version, b.clone()));
+        b
+    }
+}
+
+/// The compiled plan: leaves replaced by indexes into the views.
+#[derive(Debug)]
+enum Node {
+    All,
+    Nothing,
+    Cohort(usize),
+    Bucket(u16, u16),
+    Not(Box<Node>),
+    And(Vec<Node>, Vec<Node>),
+    Or(Vec<Node>),
+}
+
+/// What evaluating a plan met, for `explain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChunkStats {
+    /// Chunks of the workspace (2^16 users each).
+    pub chunks: u64,
+    /// Chunks evaluated to the end.
+    pub touched: u64,
+    /// Chunks an AND found empty early (a child had nothing there).
+    pub skipped: u64,
+}
+
+enum Out {
+    Empty,
+    Full,
+    Words,
+}
+
+struct Ctx<'a> {
+    views: Vec<BitmapView<'a>>,
+    buckets: &'a [u16],
+    users: u32,
+}
+
+impl Ctx<'_> {
+    /// Users of chunk `key`: `0..n` low values.
+    fn chunk_len(&self, key: u32) -> u32 {
+        let start = key << 16;
+        (self.users - start).min(1 << 16)
+    }
+
+    fn universe(&self, key: u32, w: &mut Words) {
+        let n = self.chunk_len(key) as usize;
+        let full = n / 64;
+        w[..full].fill(u64::MAX);
+        if full < CHUNK_WORDS {
+            w[full] = if n.is_multiple_of(64) {
+                0
+            } else {
+                (1u64 << (n % 64)) - 1
+            };
+            w[full + 1..].fill(0);
+        }
+    }
+
+    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
+        let start = (key << 16) as usize;
+        let slice = &self.buckets[start..start + self.chunk_len(key) as usize];
+        w.fill(0);
+        let mut any = false;
+        for (i, b) in slice.iter().enumerate() {
+            if (lo..=hi).contains(b) {
+                w[i / 64] |= 1 << (i % 64);
+                any = true;
+            }
+        }
+        any
+    }
+}
+
+/// A scratch stack of chunk buffers, one per nesting level.
+struct Scratch(Vec<Box<Words>>);
+
+impl Scratch {
+    fn take(&mut self) -> Box<Words> {
+        self.0
+            .pop()
+            .unwrap_or_else(|| Box::new([0u64; CHUNK_WORDS]))
+    }
+    fn give(&mut self, w: Box<Words>) {
+        self.0.push(w);
+    }
+}
+
+fn eval(
+    node: &Node,
+    key: u32,
+    ctx: &Ctx,
+    out: &mut Words,
+    s: &mut Scratch,
+    early: &mut bool,
+) -> Out {
+    match node {
+        Node::All => Out::Full,
+        Node::Nothing => Out::Empty,
+        Node::Cohort(i) => match ctx.views[*i].container_for_key(key as u16) {
+            None => Out::Empty,
+            Some(c) => {
+                c.write_into(out);
+                Out::Words
+            }
+        },
+        Node::Bucket(lo, hi) => {
+            if ctx.bucket_words(key, *lo, *hi, out) {
+                Out::Words
+            } else {
+                Out::Empty
+            }
+        }
+        Node::Not(child) => match eval(child, key, ctx, out, s, early) {
+            Out::Empty => Out::Full,
+            Out::Full => Out::Empty,
+            Out::Words => {
+                let mut u = s.take();
+                ctx.universe(key, &mut u);
+                for (o, m) in out.iter_mut().zip(u.iter()) {
+                    *o = !*o & m;
+                }
+                s.give(u);
+                Out::Words
+            }
+        },
+        Node::And(all, minus) => {
+            let mut state = Out::Full;
+            for c in all {
+                // A cohort leaf combines straight from its container.
+                if let (Node::Cohort(i), Out::Words) = (c, &state) {
+                    match ctx.views[*i].container_for_key(key as u16) {
+                        None => {
+                            *early = true;
+                            return Out::Empty;
+                        }
+                        Some(cont) => cont.and_into(out),
+                    }
+                    continue;
+                }
+                match state {
+                    Out::Full => match eval(c, key, ctx, out, s, early) {
+                        Out::Empty => {
+                            *early = true;
+                            return Out::Empty;
+                        }
+                        other => state = other,
+                    },
+                    Out::Words => {
+                        let mut t = s.take();
+                        let r = eval(c, key, ctx, &mut t, s, early);
+                        match r {
+                            Out::Empty => {
+                                s.give(t);
+                                *early = true;
+                                return Out::Empty;
+                            }
+                            Out::Full => {}
+                            Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= x),
+                        }
+                        s.give(t);
+                    }
+                    Out::Empty => unreachable!("an empty AND returns at once"),
+                }
+            }
+            for c in minus {
+                if let Out::Full = state {
+                    ctx.universe(key, out);
+                    state = Out::Words;
+                }
+                if let Node::Cohort(i) = c {
+                    if let Some(cont) = ctx.views[*i].container_for_key(key as u16) {
+                        cont.andnot_into(out);
+                    }
+                    continue;
+                }
+                let mut t = s.take();
+                let r = eval(c, key, ctx, &mut t, s, early);
+                match r {
+                    Out::Empty => {}
+                    Out::Full => {
+                        s.give(t);
+                        return Out::Empty;
+                    }
+                    Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= !x),
+                }
+                s.give(t);
+            }
+            state
+        }
+        Node::Or(any) => {
+            let mut state = Out::Empty;
+            for c in any {
+                if let (Node::Cohort(i), Out::Words) = (c, &state) {
+                    if let Some(cont) = ctx.views[*i].container_for_key(key as u16) {
+                        cont.or_into(out);
+                    }
+                    continue;
+                }
+                match state {
+                    Out::Empty => state = eval(c, key, ctx, out, s, early),
+                    Out::Words => {
+                        let mut t = s.take();
+                        let r = eval(c, key, ctx, &mut t, s, early);
+                        match r {
+                            Out::Empty => {}
+                            Out::Full => {
+                                s.give(t);
+                                return Out::Full;
+                            }
+                            Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o |= x),
+                        }
+                        s.give(t);
+                    }
+                    Out::Full => return Out::Full,
+                }
+            }
+            state
+        }
+    }
+}
+
+/// Evaluates the whole plan for one chunk. Cohort bitmaps may hold ids
+/// past the last user (a bitmap is only trusted to be a set of u32), so the
+/// last, partial chunk is cut to the users that exist.
+fn eval_root(
+    node: &Node,
+    key: u32,
+    ctx: &Ctx,
+    out: &mut Words,
+    s: &mut Scratch,
+    early: &mut bool,
+) -> Out {
+    let r = eval(node, key, ctx, out, s, early);
+    if let Out::Words = r {
+        if ctx.chunk_len(key) < 1 << 16 {
+            let mut u = s.take();
+            ctx.universe(key, &mut u);
+            out.iter_mut().zip(u.iter()).for_each(|(o, m)| *o &= m);
+            s.give(u);
+        }
+    }
+    r
+}
+
+/// A plan ready to run against one workspace.
+pub struct Prepared<'w> {
+    node: Node,
+    bytes: Vec<Arc<Vec<u8>>>,
+    ws: &'w Workspace,
+    single: Option<u64>,
+}
+
+fn compile(
+    p: &Plan,
+    ws: &Workspace,
+    src: &dyn BitmapSource,
+    bytes: &mut Vec<Arc<Vec<u8>>>,
+) -> Result<Node> {
+    Ok(match p {
+        Plan::All => Node::All,
+        Plan::Nothing => Node::Nothing,
+        Plan::Leaf(Leaf::Cohort {
+            partner, cohort_id, ..
+        }) => {
+            let key = CohortKey::new(*partner, cohort_id.clone());
+            let c = ws.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
+            bytes.push(src.bytes(c));
+            Node::Cohort(bytes.len() - 1)
+        }
+        Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
+        Plan::Not { child } => Node::Not(Box::new(compile(child, ws, src, bytes)?)),
+        Plan::And { all, minus } => Node::And(
+            all.iter()
+                .map(|c| compile(c, ws, src, bytes))
+                .collect::<Result<_>>()?,
+            minus
+                .iter()
+                .map(|c| compile(c, ws, src, bytes))
+                .collect::<Result<_>>()?,
+        ),
+        Plan::Or { any } => Node::Or(
+            any.iter()
+                .map(|c| compile(c, ws, src, bytes))
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+impl<'w> Prepared<'w> {
+    /// Fetches the leaves' bitmaps for `plan` (made by [`super::plan::plan`]
+    /// on the same workspace).
+    pub fn new(ws: &'w Workspace, plan: &Plan, src: &dyn BitmapSource) -> Result<Self> {
+        let mut bytes = Vec::new();
+        let node = compile(plan, ws, src, &mut bytes)?;
+        let users = ws.users.len();
+        let single = match plan {
+            Plan::Leaf(Leaf::Cohort {
+                partner,
+                cohort_id,
+                cardinality,
+            }) => ws
+                .cohorts
+                .get(&CohortKey::new(*partner, cohort_id.clone()))
+                .filter(|c| c.members.max().is_none_or(|m| m < users))
+                .map(|_| *cardinality),
+            Plan::All => Some(u64::from(ws.users.len())),
+            Plan::Nothing => Some(0),
+            _ => None,
+        };
+        Ok(Prepared {
+            node,
+            bytes,
+            ws,
+            single,
+        })
+    }
+
+    fn with_ctx<T>(&self, f: impl FnOnce(&Ctx) -> T) -> Result<T> {
+        let views = self
+            .bytes
+            .iter()
+            .map(|b| BitmapView::parse(b))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Corrupt {
+                path: "<cohort bitmap>".into(),
+                reason: e.to_string(),
+            })?;
+        let ctx = Ctx {
+            views,
+            buckets: self.ws.users.bucket_slice(),
+            users: self.ws.users.len(),
+        };
+        Ok(f(&ctx))
+    }
+
+    fn chunks(&self) -> u32 {
+        self.ws.users.len().div_ceil(1 << 16)
+    }
+
+    /// The exact count, and what the chunks did.
+    pub fn count_with_stats(&self) -> Result<(u64, ChunkStats)> {
+        let chunks = self.chunks();
+        if let Some(n) = self.single {
+            return Ok((
+                n,
+                ChunkStats {
+                    chunks: u64::from(chunks),
+                    ..ChunkStats::default()
+                },
+            ));
+        }
+        let touched = AtomicU64::new(0);
+        let skipped = AtomicU64::new(0);
+        let n = self.with_ctx(|ctx| {
+            (0..chunks)
+                .into_par_iter()
+                .map_init(
+                    || (Box::new([0u64; CHUNK_WORDS]), Scratch(Vec::new())),
+                    |(w, s), key| {
+                        let mut early = false;
+                        let r = eval_root(&self.node, key, ctx, w, s, &mut early);
+                        if early {
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            touched.fetch_add(1, Ordering::Relaxed);
+                        }
+                        u64::from(match r {
+                            Out::Empty => 0,
+                            Out::Full => ctx.chunk_len(key),
+                            Out::Words => popcount(w),
+                        })
+                    },
+                )
+                .sum::<u64>()
+        })?;
+        Ok((
+            n,
+            ChunkStats {
+                chunks: u64::from(chunks),
+                touched: touched.into_inner(),
+                skipped: skipped.into_inner(),
+            },
+        ))
+    }
+
+    /// The exact count.
+    pub fn count(&self) -> Result<u64> {
+        self.count_with_stats().map(|(n, _)| n)
+    }
+
+    /// The members of chunks `from..to` (chunk keys), in id order.
+    pub fn members_in(&self, from: u32, to: u32) -> Result<RoaringBitmap> {
+        let to = to.min(self.chunks());
+        self.with_ctx(|ctx| {
+            let parts: Vec<Vec<u32>> = (from..to)
+                .into_par_iter()
+                .map_init(
+                    || (Box::new([0u64; CHUNK_WORDS]), Scratch(Vec::new())),
+                    |(w, s), key| {
+                        let mut early = false;
+                        let base = key << 16;
+                        match eval_root(&self.node, key, ctx, w, s, &mut early) {
+                            Out::Empty => Vec::new(),
+                            Out::Full => (base..base + ctx.chunk_len(key)).collect(),
+                            Out::Words => {
+                                let mut ids = Vec::with_capacity(popcount(w) as usize);
+                                for (i, &word) in w.iter().enumerate() {
+                                    let mut x = word;
+                                    while x != 0 {
+                                        let b = x.trailing_zeros();
+                                        ids.push(base + (i as u32) * 64 + b);
+                                        x &= x - 1;
+                                    }
+                                }
+                                ids
+                            }
+                        }
+                    },
+                )
+                .collect();
+            let mut bm = RoaringBitmap::new();
+            for p in parts {
+                // Chunks come in order, ids ascending within each.
+                let _ = bm.append(p);
+            }
+            bm
+        })
+    }
+
+    /// All members, in id order.
+    pub fn members(&self) -> Result<RoaringBitmap> {
+        self.members_in(0, self.chunks())
+    }
+
+    /// Whether one user is in the segment: one container per leaf.
+    pub fn contains(&self, user: UserId) -> Result<bool> {
+        if user.0 >= self.ws.users.len() {
+            return Ok(false);
+        }
+        self.with_ctx(|ctx| contains(&self.node, user.0, ctx))
+    }
+}
+
+fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
+    match node {
+        Node::All => true,
+        Node::Nothing => false,
+        Node::Cohort(i) => ctx.views[*i].contains(u),
+        Node::Bucket(lo, hi) => (*lo..=*hi).contains(&ctx.buckets[u as usize]),
+        Node::Not(c) => !contains(c, u, ctx),
+        Node::And(all, minus) => {
+            all.iter().all(|c| contains(c, u, ctx)) && !minus.iter().any(|c| contains(c, u, ctx))
+        }
+        Node::Or(any) => any.iter().any(|c| contains(c, u, ctx)),
+    }
+}
