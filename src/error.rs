@@ -85,6 +85,12 @@ pub enum Error {
     #[error("no data import key {id:?} in this workspace")]
     UnknownKey { id: String },
 
+    #[error("no saved segment {id:?} in this workspace")]
+    UnknownSegment { id: String },
+
+    #[error("invalid cursor: {0}")]
+    InvalidCursor(String),
+
     #[error("workspace {name:?} refuses writes until segq restarts: {reason}")]
     WorkspaceFailed { name: String, reason: String },
 

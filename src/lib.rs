@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod import;
 pub mod log;
+pub mod query;
 pub mod segment;
 pub mod server;
 pub mod snapshot;

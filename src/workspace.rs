@@ -22,6 +22,18 @@ pub struct KeyRecord {
     pub invalidated_at: Option<DateTime<Utc>>,
 }
 
+/// A named segment the workspace keeps. Its filter names cohorts by
+/// cohort_id (names are resolved when it is saved), so renaming a cohort
+/// changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SavedSegment {
+    pub id: String,
+    pub name: String,
+    pub filter: crate::segment::Filter,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// One customer's user base.
 #[derive(Clone, Debug)]
 pub struct Workspace {
@@ -33,6 +45,8 @@ pub struct Workspace {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Partners allowed to import into this workspace.
     pub enabled_partners: BTreeSet<Partner>,
+    /// Saved segments by id.
+    pub segments: BTreeMap<String, SavedSegment>,
 }
 
 impl Workspace {
@@ -45,6 +59,7 @@ impl Workspace {
             data_points: BTreeMap::new(),
             keys: BTreeMap::new(),
             enabled_partners: BTreeSet::new(),
+            segments: BTreeMap::new(),
         }
     }
 

@@ -24,8 +24,9 @@ use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef};
 use crate::import::{CohortRequest, UsersRequest};
 use crate::log::LogWriter;
+use crate::segment::{self, Filter};
 use crate::users::{NewUser, Upserted};
-use crate::workspace::Workspace;
+use crate::workspace::{SavedSegment, Workspace};
 
 /// Bulk loads cut their log records at about this many bytes, far below
 /// the log's record limit.
@@ -46,6 +47,7 @@ pub struct WorkspaceHandle {
     state: RwLock<Workspace>,
     log: LogWriter,
     failed: Mutex<Option<String>>,
+    bitmaps: crate::segment::fast::SerialCache,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -63,6 +65,7 @@ impl WorkspaceHandle {
             state: RwLock::new(ws),
             log,
             failed: Mutex::new(None),
+            bitmaps: Default::default(),
         }
     }
 
@@ -286,6 +289,71 @@ impl WorkspaceHandle {
             });
             Ok((id, change.into_iter().collect()))
         })
+    }
+
+    /// Saves a segment: creates it (`id` None: a new id is made) or
+    /// replaces the name and filter of an existing one. Cohorts named by
+    /// name are stored by cohort_id; a filter naming a cohort that does not
+    /// exist is refused. Returns the stored segment.
+    pub fn save_segment(
+        &self,
+        id: Option<&str>,
+        name: &str,
+        filter: &Filter,
+    ) -> Result<SavedSegment> {
+        if name.trim().is_empty() || name.len() > crate::cohorts::MAX_NAME_BYTES {
+            return Err(Error::InvalidArgument(
+                "a segment name must be a non-empty string of at most 1024 bytes".into(),
+            ));
+        }
+        self.write(|ws| {
+            let id = match id {
+                Some(id) if ws.segments.contains_key(id) => id.to_string(),
+                Some(id) => return Err(Error::UnknownSegment { id: id.into() }),
+                None => format!("seg_{}", super::keys::random_hex(8)),
+            };
+            let filter = segment::resolve(ws, filter)?;
+            let change = Change::SegmentSaved {
+                id: id.clone(),
+                name: name.to_string(),
+                filter,
+                at_ms: to_ms(Utc::now()),
+            };
+            super::record::apply(ws, &change)?;
+            let saved = ws
+                .segments
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::UnknownSegment { id: id.clone() })?;
+            Ok((saved, vec![change]))
+        })
+    }
+
+    /// Deletes a saved segment.
+    pub fn delete_segment(&self, id: &str) -> Result<()> {
+        self.write(|ws| {
+            if ws.segments.remove(id).is_none() {
+                return Err(Error::UnknownSegment { id: id.into() });
+            }
+            Ok(((), vec![Change::SegmentDeleted { id: id.into() }]))
+        })
+    }
+
+    /// A read view and the log sequence number of the last change it
+    /// holds: the generation a query was computed on.
+    pub fn view(&self) -> (RwLockReadGuard<'_, Workspace>, u64) {
+        let ws = self.read();
+        // Changes are applied and submitted under the write lock, so while
+        // the read lock is held the view holds exactly the records up to
+        // the last one submitted.
+        let seq = self.log.next_seq().saturating_sub(1);
+        (ws, seq)
+    }
+
+    /// Serialized cohort bitmaps for the chunk evaluator, reused while a
+    /// cohort does not change.
+    pub fn bitmaps(&self) -> &crate::segment::fast::SerialCache {
+        &self.bitmaps
     }
 
     /// Logs and applies a change computed by the engine (keys, partners).

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::cohorts::ResolvedChanges;
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId};
+use crate::segment::Filter;
 use crate::users::NewUser;
-use crate::workspace::{KeyRecord, Workspace};
+use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
 /// One logged change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,6 +78,16 @@ pub enum Change {
     },
     /// Several changes acknowledged together (bulk user loads).
     Batch(Vec<Change>),
+    /// A saved segment created or changed; its filter names cohort_ids.
+    SegmentSaved {
+        id: String,
+        name: String,
+        filter: Filter,
+        at_ms: i64,
+    },
+    SegmentDeleted {
+        id: String,
+    },
 }
 
 fn config() -> bincode::config::Configuration {
@@ -236,6 +247,28 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
             for c in changes {
                 apply(ws, c)?;
             }
+        }
+        Change::SegmentSaved {
+            id,
+            name,
+            filter,
+            at_ms,
+        } => {
+            let at = from_ms(*at_ms);
+            let created_at = ws.segments.get(id).map_or(at, |s| s.created_at);
+            ws.segments.insert(
+                id.clone(),
+                SavedSegment {
+                    id: id.clone(),
+                    name: name.clone(),
+                    filter: filter.clone(),
+                    created_at,
+                    updated_at: at,
+                },
+            );
+        }
+        Change::SegmentDeleted { id } => {
+            ws.segments.remove(id);
         }
     }
     Ok(())

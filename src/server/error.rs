@@ -98,7 +98,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::UnknownCohort { .. }
         | Error::NoSuchCohort { .. }
         | Error::UnknownWorkspace { .. }
-        | Error::UnknownKey { .. } => StatusCode::NOT_FOUND,
+        | Error::UnknownKey { .. }
+        | Error::UnknownSegment { .. } => StatusCode::NOT_FOUND,
         Error::DuplicateExternalId { .. }
         | Error::DuplicateAlias { .. }
         | Error::DuplicateDevice { .. }
@@ -109,7 +110,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::InvalidCohort(_)
         | Error::FilterParse(_)
         | Error::InvalidArgument(_)
-        | Error::InvalidWorkspaceName { .. } => StatusCode::BAD_REQUEST,
+        | Error::InvalidWorkspaceName { .. }
+        | Error::InvalidCursor(_) => StatusCode::BAD_REQUEST,
         Error::WorkspaceFailed { .. } | Error::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Log(_) | Error::Corrupt { .. } | Error::Config { .. } | Error::Io { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
