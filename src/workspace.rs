@@ -118,6 +118,12 @@ impl Workspace {
     }
 
     fn bill(&mut self, partner: Partner, day: NaiveDate, points: u64) {
+        self.add_data_points(partner, day, points);
+    }
+
+    /// Adds to the billable data points of a partner and day (loading a
+    /// snapshot).
+    pub fn add_data_points(&mut self, partner: Partner, day: NaiveDate, points: u64) {
         if points > 0 {
             *self.data_points.entry((partner, day)).or_default() += points;
         }

@@ -25,7 +25,8 @@ use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{popcount, BitmapView, Words, CHUNK_WORDS};
 use crate::cohorts::Cohort;
 use crate::error::{Error, Result};
-use crate::ids::{CohortKey, UserId};
+use crate::ids::{CohortKey, Partner, UserId};
+use crate::snapshot::Snapshot;
 use crate::workspace::Workspace;
 
 /// Supplies a cohort's members in the portable roaring format.
@@ -316,48 +317,70 @@ fn eval_root(
     r
 }
 
-/// A plan ready to run against one workspace.
+/// A leaf's bitmap bytes: serialized from memory, or borrowed from a
+/// mapped snapshot.
+enum Bytes<'w> {
+    Owned(Arc<Vec<u8>>),
+    Borrowed(&'w [u8]),
+}
+
+impl Bytes<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(b) => b,
+            Bytes::Borrowed(b) => b,
+        }
+    }
+}
+
+/// A plan ready to run: its leaves' bitmaps fetched, the buckets at hand.
 pub struct Prepared<'w> {
     node: Node,
-    bytes: Vec<Arc<Vec<u8>>>,
-    ws: &'w Workspace,
+    bytes: Vec<Bytes<'w>>,
+    buckets: &'w [u16],
+    users: u32,
     single: Option<u64>,
 }
 
-fn compile(
-    p: &Plan,
-    ws: &Workspace,
-    src: &dyn BitmapSource,
-    bytes: &mut Vec<Arc<Vec<u8>>>,
-) -> Result<Node> {
+type LeafBytes<'a, 'w> = dyn FnMut(Partner, &str) -> Result<Bytes<'w>> + 'a;
+
+fn compile<'w>(p: &Plan, leaf: &mut LeafBytes<'_, 'w>, bytes: &mut Vec<Bytes<'w>>) -> Result<Node> {
     Ok(match p {
         Plan::All => Node::All,
         Plan::Nothing => Node::Nothing,
         Plan::Leaf(Leaf::Cohort {
             partner, cohort_id, ..
         }) => {
-            let key = CohortKey::new(*partner, cohort_id.clone());
-            let c = ws.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
-            bytes.push(src.bytes(c));
+            bytes.push(leaf(*partner, cohort_id)?);
             Node::Cohort(bytes.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
-        Plan::Not { child } => Node::Not(Box::new(compile(child, ws, src, bytes)?)),
+        Plan::Not { child } => Node::Not(Box::new(compile(child, leaf, bytes)?)),
         Plan::And { all, minus } => Node::And(
             all.iter()
-                .map(|c| compile(c, ws, src, bytes))
+                .map(|c| compile(c, leaf, bytes))
                 .collect::<Result<_>>()?,
             minus
                 .iter()
-                .map(|c| compile(c, ws, src, bytes))
+                .map(|c| compile(c, leaf, bytes))
                 .collect::<Result<_>>()?,
         ),
         Plan::Or { any } => Node::Or(
             any.iter()
-                .map(|c| compile(c, ws, src, bytes))
+                .map(|c| compile(c, leaf, bytes))
                 .collect::<Result<_>>()?,
         ),
     })
+}
+
+/// A plan's count when it needs no evaluation.
+fn trivial(plan: &Plan, users: u32, trusted_leaf: bool) -> Option<u64> {
+    match plan {
+        Plan::Leaf(Leaf::Cohort { cardinality, .. }) if trusted_leaf => Some(*cardinality),
+        Plan::All => Some(u64::from(users)),
+        Plan::Nothing => Some(0),
+        _ => None,
+    }
 }
 
 impl<'w> Prepared<'w> {
@@ -365,27 +388,56 @@ impl<'w> Prepared<'w> {
     /// on the same workspace).
     pub fn new(ws: &'w Workspace, plan: &Plan, src: &dyn BitmapSource) -> Result<Self> {
         let mut bytes = Vec::new();
-        let node = compile(plan, ws, src, &mut bytes)?;
+        let mut leaf = |partner: Partner, id: &str| -> Result<Bytes<'w>> {
+            let key = CohortKey::new(partner, id);
+            let c = ws.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
+            Ok(Bytes::Owned(src.bytes(c)))
+        };
+        let node = compile(plan, &mut leaf, &mut bytes)?;
         let users = ws.users.len();
-        let single = match plan {
+        // A bitmap is only trusted to hold users that exist if its largest
+        // member says so.
+        let trusted = match plan {
             Plan::Leaf(Leaf::Cohort {
-                partner,
-                cohort_id,
-                cardinality,
+                partner, cohort_id, ..
             }) => ws
                 .cohorts
                 .get(&CohortKey::new(*partner, cohort_id.clone()))
-                .filter(|c| c.members.max().is_none_or(|m| m < users))
-                .map(|_| *cardinality),
-            Plan::All => Some(u64::from(ws.users.len())),
-            Plan::Nothing => Some(0),
-            _ => None,
+                .is_some_and(|c| c.members.max().is_none_or(|m| m < users)),
+            _ => false,
         };
         Ok(Prepared {
             node,
             bytes,
-            ws,
-            single,
+            buckets: ws.users.bucket_slice(),
+            users,
+            single: trivial(plan, users, trusted),
+        })
+    }
+
+    /// Runs `plan` (made by [`super::plan::plan`] on the snapshot) over a
+    /// snapshot's mapped bitmaps and buckets, without copying them.
+    pub fn for_snapshot(snap: &'w Snapshot, plan: &Plan) -> Result<Self> {
+        let meta = snap.meta()?;
+        let mut bytes = Vec::new();
+        let mut leaf = |partner: Partner, id: &str| -> Result<Bytes<'w>> {
+            let i = meta
+                .cohorts
+                .iter()
+                .position(|c| c.partner == partner && c.cohort_id == id)
+                .ok_or_else(|| Error::UnknownCohort {
+                    key: CohortKey::new(partner, id),
+                })?;
+            Ok(Bytes::Borrowed(snap.bitmap(i)?.as_bytes()))
+        };
+        let node = compile(plan, &mut leaf, &mut bytes)?;
+        // `verify` checks that snapshot bitmaps hold only existing users.
+        Ok(Prepared {
+            node,
+            bytes,
+            buckets: snap.buckets()?,
+            users: meta.users,
+            single: trivial(plan, meta.users, true),
         })
     }
 
@@ -393,7 +445,7 @@ impl<'w> Prepared<'w> {
         let views = self
             .bytes
             .iter()
-            .map(|b| BitmapView::parse(b))
+            .map(|b| BitmapView::parse(b.as_slice()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Corrupt {
                 path: "<cohort bitmap>".into(),
@@ -401,14 +453,14 @@ impl<'w> Prepared<'w> {
             })?;
         let ctx = Ctx {
             views,
-            buckets: self.ws.users.bucket_slice(),
-            users: self.ws.users.len(),
+            buckets: self.buckets,
+            users: self.users,
         };
         Ok(f(&ctx))
     }
 
     fn chunks(&self) -> u32 {
-        self.ws.users.len().div_ceil(1 << 16)
+        self.users.div_ceil(1 << 16)
     }
 
     /// The exact count, and what the chunks did.
@@ -508,7 +560,7 @@ impl<'w> Prepared<'w> {
 
     /// Whether one user is in the segment: one container per leaf.
     pub fn contains(&self, user: UserId) -> Result<bool> {
-        if user.0 >= self.ws.users.len() {
+        if user.0 >= self.users {
             return Ok(false);
         }
         self.with_ctx(|ctx| contains(&self.node, user.0, ctx))

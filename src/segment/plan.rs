@@ -134,11 +134,31 @@ fn bucket_estimate(users: u64, lo: u16, hi: u16) -> u64 {
     users * width / u64::from(crate::ids::BUCKETS)
 }
 
-/// Plans a filter against a workspace: resolves cohorts (by id or unique
-/// name), looks up cardinalities, and normalises.
-pub fn plan(ws: &Workspace, filter: &Filter) -> Result<Plan> {
-    let users = u64::from(ws.users.len());
-    let p = lower(ws, filter, false, users)?;
+/// What planning needs to know: the users, and each cohort a filter names.
+pub trait Catalog {
+    /// The number of users.
+    fn users(&self) -> u64;
+    /// The cohort_id and cardinality of the cohort a filter value names (a
+    /// cohort_id, or the unique name of one of the partner's cohorts).
+    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)>;
+}
+
+impl Catalog for Workspace {
+    fn users(&self) -> u64 {
+        u64::from(self.users.len())
+    }
+
+    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
+        let c = self.cohorts.resolve(partner, value)?;
+        Ok((c.key.cohort_id.clone(), c.len()))
+    }
+}
+
+/// Plans a filter: resolves cohorts (by id or unique name), looks up
+/// cardinalities, and normalises.
+pub fn plan(catalog: &dyn Catalog, filter: &Filter) -> Result<Plan> {
+    let users = catalog.users();
+    let p = lower(catalog, filter, false, users)?;
     Ok(order(p, users))
 }
 
@@ -155,18 +175,18 @@ fn leaf_or_nothing(leaf: Leaf, negated: bool) -> Plan {
 }
 
 /// Lowers `filter` (negated when `neg`) with NOT pushed to the leaves.
-fn lower(ws: &Workspace, filter: &Filter, neg: bool, users: u64) -> Result<Plan> {
+fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64) -> Result<Plan> {
     Ok(match filter {
         Filter::Cohort {
             partner,
             cohort,
             includes,
         } => {
-            let c = ws.cohorts.resolve(*partner, cohort)?;
+            let (cohort_id, cardinality) = ws.cohort(*partner, cohort)?;
             let leaf = Leaf::Cohort {
                 partner: *partner,
-                cohort_id: c.key.cohort_id.clone(),
-                cardinality: c.len(),
+                cohort_id,
+                cardinality,
             };
             leaf_or_nothing(leaf, neg == *includes)
         }

@@ -5,4 +5,9 @@
 
 pub mod dict;
 pub mod format;
+pub mod meta;
 pub mod mmap;
+pub mod reader;
+pub mod writer;
+
+pub use reader::Snapshot;

@@ -11,6 +11,7 @@ mod import;
 mod log;
 mod matching;
 mod segment_parse;
+mod snapshot;
 mod support;
 mod users;
 mod workload;

@@ -1,0 +1,437 @@
+//! Reads a snapshot in place: [`Snapshot::open`] maps the file and reads
+//! its footer (O(1)); every section is touched only when asked for.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use chrono::DateTime;
+use serde::Serialize;
+
+use super::dict::{alias_key, split_alias_key, Dict};
+use super::format::{Section, SectionKind, SnapshotFile};
+use super::meta::Meta;
+use super::mmap::Mapped;
+use super::writer::day_of;
+use crate::bitmap_view::{BitmapView, Container};
+use crate::cohorts::{Cohort, SyncStats};
+use crate::error::{Error, Result};
+use crate::ids::{CohortKey, UserId, UserRef, BUCKETS};
+use crate::users::NewUser;
+use crate::workspace::{KeyRecord, SavedSegment, Workspace};
+
+#[cfg(target_endian = "big")]
+compile_error!("segq's snapshot format is little-endian and read in place");
+
+/// The bytes of a snapshot: a memory map, or a buffer (tests, tools).
+#[derive(Debug)]
+pub enum Storage {
+    Mapped(Mapped),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Storage {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m.as_ref(),
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// An open snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    file: SnapshotFile<Storage>,
+    meta: OnceLock<std::result::Result<Meta, String>>,
+}
+
+/// What `segq snapshot inspect` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub file: String,
+    pub bytes: u64,
+    pub workspace: String,
+    pub seq: u64,
+    pub users: u32,
+    pub sections: Vec<SectionInfo>,
+    pub cohorts: Vec<CohortInfo>,
+    /// Containers of each kind over all cohorts.
+    pub containers: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SectionInfo {
+    pub kind: &'static str,
+    pub offset: u64,
+    pub len: u64,
+    pub crc: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CohortInfo {
+    pub partner: String,
+    pub cohort_id: String,
+    pub name: String,
+    pub members: u64,
+    pub bytes: u64,
+    pub arrays: u32,
+    pub bitmaps: u32,
+    pub runs: u32,
+}
+
+impl Snapshot {
+    /// Maps a snapshot file and reads its footer. Nothing else is read.
+    pub fn open(path: &Path) -> Result<Snapshot> {
+        let map = Mapped::open(path)?;
+        Self::new(Storage::Mapped(map), path.display().to_string())
+    }
+
+    /// A snapshot held in memory.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl Into<String>) -> Result<Snapshot> {
+        Self::new(Storage::Owned(bytes), name.into())
+    }
+
+    fn new(storage: Storage, name: String) -> Result<Snapshot> {
+        Ok(Snapshot {
+            file: SnapshotFile::open(storage, name)?,
+            meta: OnceLock::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.file.name()
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.file.name().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn sections(&self) -> &[Section] {
+        self.file.sections()
+    }
+
+    /// The workspace-level contents, decoded on first use.
+    pub fn meta(&self) -> Result<&Meta> {
+        let m = self.meta.get_or_init(|| {
+            let bytes = self
+                .file
+                .section(SectionKind::Meta)
+                .map_err(|e| e.to_string())?;
+            let (meta, used): (Meta, usize) =
+                bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                    .map_err(|e| format!("meta section does not decode: {e}"))?;
+            if used != bytes.len() {
+                return Err(format!(
+                    "meta section has {} trailing bytes",
+                    bytes.len() - used
+                ));
+            }
+            Ok(meta)
+        });
+        m.as_ref().map_err(|e| self.corrupt(e.clone()))
+    }
+
+    /// The number of users.
+    pub fn users(&self) -> Result<u32> {
+        Ok(self.meta()?.users)
+    }
+
+    /// Every user's random bucket, read in place.
+    pub fn buckets(&self) -> Result<&[u16]> {
+        let b = self.file.section(SectionKind::Buckets)?;
+        bytemuck::try_cast_slice(b).map_err(|e| self.corrupt(format!("buckets section: {e}")))
+    }
+
+    fn dict(&self, kind: SectionKind) -> Result<Dict<'_>> {
+        Dict::parse(self.file.section(kind)?)
+            .map_err(|e| self.corrupt(format!("{} section: {e}", kind.name())))
+    }
+
+    /// The external_id dictionary.
+    pub fn external_ids(&self) -> Result<Dict<'_>> {
+        self.dict(SectionKind::ExternalIds)
+    }
+
+    /// The device_id dictionary.
+    pub fn devices(&self) -> Result<Dict<'_>> {
+        self.dict(SectionKind::Devices)
+    }
+
+    /// The alias dictionary.
+    pub fn aliases(&self) -> Result<Dict<'_>> {
+        self.dict(SectionKind::Aliases)
+    }
+
+    /// Whoever holds an identifier, from the mapped dictionaries.
+    pub fn lookup(&self, r: &UserRef) -> Result<Option<UserId>> {
+        Ok(match r {
+            UserRef::ExternalId(e) => self.external_ids()?.get(e.as_bytes()),
+            UserRef::DeviceId(d) => self.devices()?.get(d.as_bytes()),
+            UserRef::Alias { label, name } => self.aliases()?.get(&alias_key(label, name)),
+        })
+    }
+
+    /// A user's external id, if identified.
+    pub fn external_id(&self, user: UserId) -> Result<Option<&str>> {
+        let d = self.external_ids()?;
+        match d.entries_of(user).next() {
+            None => Ok(None),
+            Some(i) => {
+                let (_, key) = d
+                    .entry(i)
+                    .ok_or_else(|| self.corrupt("external id outside its section"))?;
+                std::str::from_utf8(key)
+                    .map(Some)
+                    .map_err(|_| self.corrupt(format!("external id of user {user} is not UTF-8")))
+            }
+        }
+    }
+
+    /// The members of cohort `i` of the catalog, read in place.
+    pub fn bitmap(&self, i: usize) -> Result<BitmapView<'_>> {
+        let c = self
+            .meta()?
+            .cohorts
+            .get(i)
+            .ok_or_else(|| self.corrupt(format!("no cohort {i}")))?;
+        let section = self.file.section(SectionKind::Bitmaps)?;
+        let bytes = usize::try_from(c.offset)
+            .ok()
+            .and_then(|o| section.get(o..o.checked_add(usize::try_from(c.len).ok()?)?))
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "cohort {} lies outside the bitmaps section",
+                    c.cohort_id
+                ))
+            })?;
+        BitmapView::parse(bytes).map_err(|e| self.corrupt(format!("cohort {}: {e}", c.cohort_id)))
+    }
+
+    /// Checks everything: every checksum, the meta decodes, every bitmap
+    /// parses and verifies with the cardinality the catalog says, every
+    /// bucket is a bucket, and every dictionary is consistent.
+    pub fn verify(&self) -> Result<()> {
+        self.file.verify()?;
+        let meta = self.meta()?;
+        let buckets = self.buckets()?;
+        if buckets.len() != meta.users as usize {
+            return Err(self.corrupt(format!(
+                "{} buckets for {} users",
+                buckets.len(),
+                meta.users
+            )));
+        }
+        if let Some(u) = buckets.iter().position(|&b| b >= BUCKETS) {
+            return Err(self.corrupt(format!("user {u} has bucket {}", buckets[u])));
+        }
+        for kind in [
+            SectionKind::ExternalIds,
+            SectionKind::Devices,
+            SectionKind::Aliases,
+        ] {
+            self.dict(kind)?
+                .verify(meta.users)
+                .map_err(|e| self.corrupt(format!("{} dictionary: {e}", kind.name())))?;
+        }
+        for (i, c) in meta.cohorts.iter().enumerate() {
+            let v = self.bitmap(i)?;
+            v.verify()
+                .map_err(|e| self.corrupt(format!("cohort {}: {e}", c.cohort_id)))?;
+            if v.len() != c.cardinality {
+                return Err(self.corrupt(format!(
+                    "cohort {}: catalog says {} members, bitmap holds {}",
+                    c.cohort_id,
+                    c.cardinality,
+                    v.len()
+                )));
+            }
+            let max = v.containers().checked_sub(1).and_then(|last| {
+                let low = v.container(last).iter().last()?;
+                Some(u32::from(v.key(last)) << 16 | u32::from(low))
+            });
+            if max.is_some_and(|m| m >= meta.users) {
+                return Err(
+                    self.corrupt(format!("cohort {} names a user past the last", c.cohort_id))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Sections, sizes, cohorts and container kinds.
+    pub fn inspect(&self) -> Result<Inspection> {
+        let meta = self.meta()?;
+        let mut containers = BTreeMap::new();
+        let mut cohorts = Vec::new();
+        for (i, c) in meta.cohorts.iter().enumerate() {
+            let v = self.bitmap(i)?;
+            let (mut a, mut b, mut r) = (0, 0, 0);
+            for (_, cont) in v.iter_containers() {
+                match cont {
+                    Container::Array(_) => a += 1,
+                    Container::Bitmap(_) => b += 1,
+                    Container::Run(_) => r += 1,
+                }
+            }
+            *containers.entry("array").or_insert(0) += u64::from(a);
+            *containers.entry("bitmap").or_insert(0) += u64::from(b);
+            *containers.entry("run").or_insert(0) += u64::from(r);
+            cohorts.push(CohortInfo {
+                partner: c.partner.to_string(),
+                cohort_id: c.cohort_id.clone(),
+                name: c.name.clone(),
+                members: c.cardinality,
+                bytes: c.len,
+                arrays: a,
+                bitmaps: b,
+                runs: r,
+            });
+        }
+        Ok(Inspection {
+            file: self.name().to_string(),
+            bytes: self.file.bytes().len() as u64,
+            workspace: meta.workspace.clone(),
+            seq: meta.seq,
+            users: meta.users,
+            sections: self
+                .sections()
+                .iter()
+                .map(|s| SectionInfo {
+                    kind: s.kind.name(),
+                    offset: s.offset,
+                    len: s.len,
+                    crc: format!("{:08x}", s.crc),
+                })
+                .collect(),
+            cohorts,
+            containers,
+        })
+    }
+
+    /// Decodes the whole snapshot into an in-memory workspace.
+    pub fn to_workspace(&self) -> Result<Workspace> {
+        let meta = self.meta()?;
+        let mut ws = Workspace::new(meta.workspace.clone(), meta.seed);
+        let buckets = self.buckets()?;
+        let (ext, dev, ali) = (self.external_ids()?, self.devices()?, self.aliases()?);
+        let text = |b: &[u8], what: &str| {
+            std::str::from_utf8(b)
+                .map(str::to_string)
+                .map_err(|_| self.corrupt(format!("{what} is not UTF-8")))
+        };
+        let (mut ie, mut id, mut ia) = (0, 0, 0);
+        ws.users
+            .reserve(meta.users as usize, ext.len(), ali.len(), dev.len());
+        for u in 0..meta.users {
+            let mut new = NewUser {
+                bucket: Some(
+                    *buckets
+                        .get(u as usize)
+                        .ok_or_else(|| self.corrupt("too few buckets"))?,
+                ),
+                ..NewUser::default()
+            };
+            while let Some((owner, key)) = ext.entry(ie).filter(|(o, _)| o.0 == u) {
+                let _ = owner;
+                new.external_id = Some(text(key, "an external id")?);
+                ie += 1;
+            }
+            while let Some((_, key)) = dev.entry(id).filter(|(o, _)| o.0 == u) {
+                new.devices.push(text(key, "a device id")?);
+                id += 1;
+            }
+            while let Some((_, key)) = ali.entry(ia).filter(|(o, _)| o.0 == u) {
+                let (l, n) =
+                    split_alias_key(key).ok_or_else(|| self.corrupt("a malformed alias"))?;
+                new.aliases
+                    .push((text(l, "an alias label")?, text(n, "an alias name")?));
+                ia += 1;
+            }
+            ws.users.create(new)?;
+        }
+        for (i, c) in meta.cohorts.iter().enumerate() {
+            let created_at = match &c.created_at {
+                Some(t) => Some(DateTime::parse_from_rfc3339(t).map_err(|e| {
+                    self.corrupt(format!("cohort {} created_at: {e}", c.cohort_id))
+                })?),
+                None => None,
+            };
+            let mut cohort = Cohort::new(CohortKey::new(c.partner, c.cohort_id.clone()));
+            cohort.name = c.name.clone();
+            cohort.created_at = created_at;
+            cohort.members = self.bitmap(i)?.to_roaring();
+            cohort.sync = SyncStats {
+                last_sync: c.last_sync_ms.and_then(DateTime::from_timestamp_millis),
+                last_added: c.last_added,
+                last_removed: c.last_removed,
+                matched_total: c.matched_total,
+                unmatched_total: c.unmatched_total,
+                refused_total: c.refused_total,
+                recent_unmatched: c.recent_unmatched.iter().cloned().collect(),
+            };
+            ws.cohorts.insert(cohort)?;
+        }
+        for k in &meta.keys {
+            ws.keys.insert(
+                k.id.clone(),
+                KeyRecord {
+                    id: k.id.clone(),
+                    partner: k.partner,
+                    digest: k.digest,
+                    prefix: k.prefix.clone(),
+                    created_at: DateTime::from_timestamp_millis(k.created_ms).unwrap_or_default(),
+                    invalidated_at: k.invalidated_ms.and_then(DateTime::from_timestamp_millis),
+                },
+            );
+        }
+        ws.enabled_partners
+            .extend(meta.enabled_partners.iter().copied());
+        for &(p, day, n) in &meta.data_points {
+            ws.add_data_points(p, day_of(day), n);
+        }
+        for s in &meta.segments {
+            ws.segments.insert(
+                s.id.clone(),
+                SavedSegment {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    filter: s.filter.clone(),
+                    created_at: DateTime::from_timestamp_millis(s.created_ms).unwrap_or_default(),
+                    updated_at: DateTime::from_timestamp_millis(s.updated_ms).unwrap_or_default(),
+                },
+            );
+        }
+        Ok(ws)
+    }
+}
+
+impl crate::segment::plan::Catalog for Snapshot {
+    fn users(&self) -> u64 {
+        self.meta().map_or(0, |m| u64::from(m.users))
+    }
+
+    fn cohort(&self, partner: crate::ids::Partner, value: &str) -> Result<(String, u64)> {
+        let meta = self.meta()?;
+        let mine = || meta.cohorts.iter().filter(|c| c.partner == partner);
+        if let Some(c) = mine().find(|c| c.cohort_id == value) {
+            return Ok((c.cohort_id.clone(), c.cardinality));
+        }
+        let named: Vec<_> = mine().filter(|c| c.name == value).collect();
+        match named.as_slice() {
+            [one] => Ok((one.cohort_id.clone(), one.cardinality)),
+            [] => Err(Error::NoSuchCohort {
+                partner,
+                value: value.to_string(),
+            }),
+            many => Err(Error::AmbiguousCohortName {
+                partner,
+                name: value.to_string(),
+                ids: many.iter().map(|c| c.cohort_id.clone()).collect(),
+            }),
+        }
+    }
+}
