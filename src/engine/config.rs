@@ -4,7 +4,10 @@
 //! ```json
 //! {"partner_api_keys": {"amplitude": "pk_amplitude_…", …},
 //!  "rate_limit_per_hour": 250000,
-//!  "max_body_bytes": 1048576}
+//!  "max_body_bytes": 1048576,
+//!  "compact_after_records": 100000,
+//!  "compact_after_bytes": 268435456,
+//!  "compact_interval_secs": 3600}
 //! ```
 //!
 //! Every partner has one partner_api_key per deployment. Unknown fields are
@@ -43,7 +46,35 @@ pub struct Config {
     pub rate_limit_per_hour: u64,
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// Compact a workspace once its log holds this many records...
+    #[serde(default = "default_compact_records")]
+    pub compact_after_records: u64,
+    /// ...or this many bytes...
+    #[serde(default = "default_compact_bytes")]
+    pub compact_after_bytes: u64,
+    /// ...or when it has any and the last compaction is this old (seconds).
+    #[serde(default = "default_compact_interval")]
+    pub compact_interval_secs: u64,
 }
+
+fn default_compact_records() -> u64 {
+    DEFAULT_COMPACT_AFTER_RECORDS
+}
+
+fn default_compact_bytes() -> u64 {
+    DEFAULT_COMPACT_AFTER_BYTES
+}
+
+fn default_compact_interval() -> u64 {
+    DEFAULT_COMPACT_INTERVAL_SECS
+}
+
+/// Log records that trigger a compaction.
+pub const DEFAULT_COMPACT_AFTER_RECORDS: u64 = 100_000;
+/// Log bytes that trigger a compaction.
+pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 256 << 20;
+/// The longest a non-empty log waits for a compaction, in seconds.
+pub const DEFAULT_COMPACT_INTERVAL_SECS: u64 = 3600;
 
 impl Config {
     /// A configuration with a fresh random partner_api_key per partner.
@@ -55,6 +86,9 @@ impl Config {
                 .collect(),
             rate_limit_per_hour: DEFAULT_RATE_LIMIT_PER_HOUR,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            compact_after_records: DEFAULT_COMPACT_AFTER_RECORDS,
+            compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES,
+            compact_interval_secs: DEFAULT_COMPACT_INTERVAL_SECS,
         }
     }
 

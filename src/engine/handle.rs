@@ -13,11 +13,13 @@
 //! (`Error::WorkspaceFailed`) until segq restarts and replays its log: after
 //! a failed fsync, what is on disk cannot be trusted to match memory.
 
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::compact::{self, Compacted, Fs, Manifest, RealFs};
 use super::record::{from_ms, to_ms, Change};
 use crate::cohorts::{self, ChangeReport};
 use crate::error::{Error, Result};
@@ -45,9 +47,17 @@ pub struct BatchReport {
 pub struct WorkspaceHandle {
     name: String,
     state: RwLock<Workspace>,
-    log: LogWriter,
+    /// The current log; compaction replaces it by a fresh one.
+    log: RwLock<Arc<LogWriter>>,
     failed: Mutex<Option<String>>,
     bitmaps: crate::segment::fast::SerialCache,
+    /// The workspace's folder.
+    dir: PathBuf,
+    /// The manifest in force (None before the first compaction) and the
+    /// log file in use; also serialises compactions.
+    files: Mutex<(Option<Manifest>, PathBuf)>,
+    /// When the state was last folded into a snapshot (or loaded).
+    compacted_at: Mutex<std::time::Instant>,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -59,11 +69,20 @@ impl std::fmt::Debug for WorkspaceHandle {
 }
 
 impl WorkspaceHandle {
-    pub(crate) fn new(ws: Workspace, log: LogWriter) -> Self {
+    pub(crate) fn new(
+        ws: Workspace,
+        log: LogWriter,
+        dir: PathBuf,
+        manifest: Option<Manifest>,
+        log_path: PathBuf,
+    ) -> Self {
         WorkspaceHandle {
+            dir,
+            files: Mutex::new((manifest, log_path)),
+            compacted_at: Mutex::new(std::time::Instant::now()),
             name: ws.name().to_string(),
             state: RwLock::new(ws),
-            log,
+            log: RwLock::new(Arc::new(log)),
             failed: Mutex::new(None),
             bitmaps: Default::default(),
         }
@@ -81,8 +100,90 @@ impl WorkspaceHandle {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn log(&self) -> &LogWriter {
-        &self.log
+    pub(crate) fn log(&self) -> Arc<LogWriter> {
+        self.log.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The manifest in force, if the workspace was ever compacted.
+    pub fn manifest(&self) -> Option<Manifest> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Log records since the last snapshot, and the log's size in bytes.
+    pub fn log_backlog(&self) -> (u64, u64) {
+        let log = self.log();
+        let records = log.next_seq().saturating_sub(log.first_seq());
+        let bytes = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
+        (records, bytes)
+    }
+
+    /// Whether the log has grown past the configured thresholds.
+    pub fn compaction_due(&self, config: &super::Config) -> bool {
+        let (records, bytes) = self.log_backlog();
+        let age = self
+            .compacted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        records >= config.compact_after_records
+            || bytes >= config.compact_after_bytes
+            || (records > 0 && age.as_secs() >= config.compact_interval_secs)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Folds the log into a new snapshot generation (see
+    /// [`super::compact`]). Queries go on meanwhile on the view they hold;
+    /// writes wait until it is done.
+    pub fn compact(&self) -> Result<Compacted> {
+        self.compact_with(&mut RealFs)
+    }
+
+    /// [`Self::compact`] through the given file operations.
+    pub fn compact_with(&self, fs: &mut dyn Fs) -> Result<Compacted> {
+        self.check_failed()?;
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        // The read lock keeps writers out: the state is the log up to seq.
+        let ws = self.read();
+        let log = self.log();
+        let seq = log.next_seq().saturating_sub(1);
+        if seq >= log.first_seq() {
+            log.wait_durable(seq)
+                .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
+        }
+        let (old, old_log) = files.clone();
+        let (manifest, writer, done) = match compact::compact(fs, &self.dir, &ws, seq, old.as_ref())
+        {
+            Ok(x) => x,
+            Err(compact::Failed::Before(e)) => return Err(e),
+            Err(compact::Failed::During(e)) => {
+                return Err(self.fail(format!(
+                    "compaction failed at its commit point ({e}); restart to recover"
+                )))
+            }
+        };
+        *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
+        *files = (Some(manifest.clone()), self.dir.join(&manifest.log));
+        *self.compacted_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        drop(ws);
+        if let Err(e) = compact::cleanup(fs, &self.dir, &manifest, old.as_ref(), &old_log) {
+            // Litter only: start-up removes it.
+            eprintln!(
+                "segq: workspace {}: removing the previous generation: {e}",
+                self.name
+            );
+        }
+        Ok(done)
     }
 
     fn fail(&self, reason: String) -> Error {
@@ -124,8 +225,9 @@ impl WorkspaceHandle {
         f: impl FnOnce(&mut Workspace) -> Result<(T, Vec<Change>)>,
     ) -> Result<T> {
         self.check_failed()?;
-        let (out, last) = {
+        let (out, last, log) = {
             let mut ws = self.write_lock()?;
+            let log = self.log();
             let (out, changes) = f(&mut ws)?;
             if changes.is_empty() {
                 return Ok(out);
@@ -135,13 +237,12 @@ impl WorkspaceHandle {
                 .map(Change::encode)
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| self.fail(format!("a change applied but not logged: {e}")))?;
-            match self.log.submit_batch(&payloads) {
-                Ok(seqs) => (out, seqs.end - 1),
+            match log.submit_batch(&payloads) {
+                Ok(seqs) => (out, seqs.end - 1, log),
                 Err(e) => return Err(self.fail(format!("a change applied but not logged: {e}"))),
             }
         };
-        self.log
-            .wait_durable(last)
+        log.wait_durable(last)
             .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
         Ok(out)
     }
@@ -301,21 +402,61 @@ impl WorkspaceHandle {
         name: &str,
         filter: &Filter,
     ) -> Result<SavedSegment> {
-        if name.trim().is_empty() || name.len() > crate::cohorts::MAX_NAME_BYTES {
-            return Err(Error::InvalidArgument(
-                "a segment name must be a non-empty string of at most 1024 bytes".into(),
-            ));
+        self.store_segment(id, Some(name), Some(filter))
+    }
+
+    /// Renames a saved segment and/or replaces its filter (what is `None`
+    /// is kept), in one change: concurrent updates of different parts do
+    /// not undo each other.
+    pub fn update_segment(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        filter: Option<&Filter>,
+    ) -> Result<SavedSegment> {
+        self.store_segment(Some(id), name, filter)
+    }
+
+    fn store_segment(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+        filter: Option<&Filter>,
+    ) -> Result<SavedSegment> {
+        if let Some(name) = name {
+            if name.trim().is_empty() || name.len() > crate::cohorts::MAX_NAME_BYTES {
+                return Err(Error::InvalidArgument(
+                    "a segment name must be a non-empty string of at most 1024 bytes".into(),
+                ));
+            }
         }
         self.write(|ws| {
-            let id = match id {
-                Some(id) if ws.segments.contains_key(id) => id.to_string(),
-                Some(id) => return Err(Error::UnknownSegment { id: id.into() }),
-                None => format!("seg_{}", super::keys::random_hex(8)),
+            let (id, existing) = match id {
+                Some(id) => match ws.segments.get(id) {
+                    Some(s) => (id.to_string(), Some(s)),
+                    None => return Err(Error::UnknownSegment { id: id.into() }),
+                },
+                None => (format!("seg_{}", super::keys::random_hex(8)), None),
             };
-            let filter = segment::resolve(ws, filter)?;
+            let name = match (name, existing) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(s)) => s.name.clone(),
+                (None, None) => {
+                    return Err(Error::InvalidArgument("a new segment needs a name".into()))
+                }
+            };
+            let filter = match (filter, existing) {
+                (Some(f), _) => segment::resolve(ws, f)?,
+                (None, Some(s)) => s.filter.clone(),
+                (None, None) => {
+                    return Err(Error::InvalidArgument(
+                        "a new segment needs a filter".into(),
+                    ))
+                }
+            };
             let change = Change::SegmentSaved {
                 id: id.clone(),
-                name: name.to_string(),
+                name,
                 filter,
                 at_ms: to_ms(Utc::now()),
             };
@@ -346,7 +487,7 @@ impl WorkspaceHandle {
         // Changes are applied and submitted under the write lock, so while
         // the read lock is held the view holds exactly the records up to
         // the last one submitted.
-        let seq = self.log.next_seq().saturating_sub(1);
+        let seq = self.log().next_seq().saturating_sub(1);
         (ws, seq)
     }
 

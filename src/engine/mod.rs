@@ -13,11 +13,13 @@
 //! Every method may wait for an fsync: async callers run them on a blocking
 //! thread.
 
+pub mod compact;
 mod config;
 mod handle;
 pub mod keys;
 pub mod record;
 
+pub use compact::{Compacted, Fs, Manifest, RealFs};
 pub use config::{Config, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_PER_HOUR};
 pub use handle::{BatchReport, WorkspaceHandle};
 pub use record::Change;
@@ -132,10 +134,47 @@ pub fn valid_workspace_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Replays a workspace's log into memory. `Ok(None)`: the log holds no
-/// complete first record, so the workspace's creation was never
-/// acknowledged.
-fn load_workspace(name: &str, path: &Path) -> Result<Option<(WorkspaceHandle, Recovery)>> {
+/// Loads a workspace: the snapshot and log its manifest names, or, before
+/// its first compaction, its first log alone. `Ok(None)`: the workspace's
+/// creation was never acknowledged.
+fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Recovery)>> {
+    let Some(m) = compact::Manifest::read(dir)? else {
+        return load_first_log(name, dir);
+    };
+    let snap = compact::open_snapshot(dir, &m)?;
+    let mut ws = snap.to_workspace()?;
+    drop(snap);
+    let path = dir.join(&m.log);
+    let shown = path.display().to_string();
+    let (writer, replay) = log::open_file(&path)?;
+    if writer.first_seq() != m.seq + 1 {
+        return Err(Error::Corrupt {
+            path: shown,
+            reason: format!(
+                "starts at seq {}, the manifest's snapshot ends at {}",
+                writer.first_seq(),
+                m.seq
+            ),
+        });
+    }
+    for r in replay.records {
+        let change = Change::decode(&r.payload, &shown, r.seq)?;
+        record::apply(&mut ws, &change).map_err(|e| Error::Corrupt {
+            path: shown.clone(),
+            reason: format!("record {} does not apply: {e}", r.seq),
+        })?;
+    }
+    compact::remove_litter(dir, &m)?;
+    let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), Some(m), path);
+    Ok(Some((handle, replay.recovery)))
+}
+
+/// Replays a workspace's first log (no snapshot yet).
+fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Recovery)>> {
+    let path = &dir.join(LOG_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
     let shown = path.display().to_string();
     // Look before anything is cut: a log whose first record is damaged
     // (not merely torn off by a crash) is corruption, never a creation that
@@ -174,7 +213,8 @@ fn load_workspace(name: &str, path: &Path) -> Result<Option<(WorkspaceHandle, Re
             reason: format!("record {} does not apply: {e}", r.seq),
         })?;
     }
-    Ok(Some((WorkspaceHandle::new(ws, writer), replay.recovery)))
+    let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), None, path.to_path_buf());
+    Ok(Some((handle, replay.recovery)))
 }
 
 impl Engine {
@@ -229,16 +269,21 @@ impl Engine {
         let mut names: Vec<String> = fs::read_dir(&ws_dir)
             .map_err(io_error(&ws_dir))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(LOG_FILE).exists())
+            .filter(|e| {
+                e.path().join(LOG_FILE).exists() || e.path().join(compact::MANIFEST).exists()
+            })
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| valid_workspace_name(n))
             .collect();
         names.sort();
         for name in names {
-            let path = ws_dir.join(&name).join(LOG_FILE);
-            let Some((handle, recovery)) = load_workspace(&name, &path)? else {
+            let dir = ws_dir.join(&name);
+            let Some((handle, recovery)) = load_workspace(&name, &dir)? else {
                 // Never acknowledged: clear it so the name can be created.
-                fs::remove_file(&path).map_err(io_error(&path))?;
+                let path = dir.join(LOG_FILE);
+                if path.exists() {
+                    fs::remove_file(&path).map_err(io_error(&path))?;
+                }
                 continue;
             };
             for k in handle.read().keys.values() {
@@ -318,7 +363,13 @@ impl Engine {
         writer.append(&change.encode()?)?;
         all.insert(
             name.to_string(),
-            Arc::new(WorkspaceHandle::new(Workspace::new(name, seed), writer)),
+            Arc::new(WorkspaceHandle::new(
+                Workspace::new(name, seed),
+                writer,
+                folder,
+                None,
+                path,
+            )),
         );
         Ok(true)
     }
@@ -472,6 +523,48 @@ impl Engine {
             return Ok(());
         }
         handle.commit(Change::PartnerEnabled { partner })
+    }
+
+    /// Folds a workspace's log into a new snapshot generation now.
+    pub fn compact(&self, workspace: &str) -> Result<Compacted> {
+        self.existing(workspace)?.compact()
+    }
+
+    /// Compacts every workspace whose log passed a threshold of the
+    /// configuration; returns what was done.
+    pub fn compact_due(&self) -> Vec<(String, Result<Compacted>)> {
+        let all: Vec<Arc<WorkspaceHandle>> = {
+            let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        all.into_iter()
+            .filter(|h| h.compaction_due(&self.config))
+            .map(|h| (h.name().to_string(), h.compact()))
+            .collect()
+    }
+
+    /// Starts a thread that compacts due workspaces every `every`, until
+    /// the engine is dropped.
+    pub fn start_compactor(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(engine) = weak.upgrade() else {
+                return;
+            };
+            for (name, r) in engine.compact_due() {
+                match r {
+                    Ok(c) => eprintln!(
+                        "segq: compacted {name}: generation {} up to seq {} ({} bytes, {} ms)",
+                        c.generation, c.seq, c.snapshot_bytes, c.took_ms
+                    ),
+                    Err(e) => eprintln!("segq: compacting {name}: {e}"),
+                }
+            }
+        })
     }
 
     /// Waits until everything submitted to every log is durable (shutdown).

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cohorts;
+mod compaction;
 mod demo;
 mod engine;
 mod eval;

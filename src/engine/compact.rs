@@ -1,0 +1,312 @@
+//! Compaction: folding a workspace's log into a new snapshot generation,
+//! and the manifest that says which snapshot and log make up the state.
+//!
+//! ```text
+//! DATA/workspaces/NAME/
+//!   MANIFEST                       {"version":1,"generation":G,"seq":S,
+//!                                   "snapshot":"snap-G.segqsnap",
+//!                                   "log":"log-(S+1).segqlog","crc32":…}
+//!   snap-00000000000000000003.segqsnap   the state up to log seq S
+//!   log-00000000000000001235.segqlog     the changes after S
+//! ```
+//!
+//! Compaction, with the workspace's read lock held (queries go on; writers
+//! wait, so the state is exactly the log up to S):
+//! 1. wait until every submitted record up to S is durable;
+//! 2. write the snapshot to `snap-G.segqsnap.tmp`, fsync, rename, fsync the
+//!    folder;
+//! 3. create the next log `log-(S+1).segqlog` (header fsynced, renamed in);
+//! 4. write `MANIFEST.tmp`, fsync, rename over `MANIFEST`, fsync the folder:
+//!    **the commit point**;
+//! 5. switch the workspace to the new log, then remove the old log and
+//!    snapshot.
+//!
+//! A crash before step 4 leaves the old manifest (or none) in force, and
+//! the new files are litter that start-up removes; after it, the new
+//! generation is in force and the old files are litter. Every file
+//! operation goes through [`Fs`], so tests crash compaction after any
+//! write, fsync or rename.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::log::{self, LogWriter};
+use crate::snapshot::{self, Snapshot};
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "MANIFEST";
+
+/// The file operations compaction performs, so a test can stop after any.
+pub trait Fs {
+    fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()>;
+    fn fsync(&mut self, path: &Path) -> Result<()>;
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()>;
+    fn fsync_dir(&mut self, dir: &Path) -> Result<()>;
+    fn create_log(&mut self, path: &Path, first_seq: u64) -> Result<LogWriter>;
+    fn remove(&mut self, path: &Path) -> Result<()>;
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The real file system.
+#[derive(Debug, Default)]
+pub struct RealFs;
+
+impl Fs for RealFs {
+    fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let mut f = fs::File::create(path).map_err(io(path))?;
+        f.write_all(bytes).map_err(io(path))
+    }
+
+    fn fsync(&mut self, path: &Path) -> Result<()> {
+        fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(path))
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        fs::rename(from, to).map_err(io(to))
+    }
+
+    fn fsync_dir(&mut self, dir: &Path) -> Result<()> {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
+    }
+
+    fn create_log(&mut self, path: &Path, first_seq: u64) -> Result<LogWriter> {
+        Ok(log::create_file(path, first_seq)?)
+    }
+
+    fn remove(&mut self, path: &Path) -> Result<()> {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which snapshot and log make up a workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub generation: u64,
+    /// The last log seq the snapshot holds; the log starts at seq + 1.
+    pub seq: u64,
+    pub snapshot: String,
+    pub log: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    manifest: Manifest,
+    crc32: u32,
+}
+
+fn manifest_crc(m: &Manifest) -> u32 {
+    crc32fast::hash(
+        format!(
+            "{}|{}|{}|{}|{}",
+            m.version, m.generation, m.seq, m.snapshot, m.log
+        )
+        .as_bytes(),
+    )
+}
+
+impl Manifest {
+    /// Reads `dir/MANIFEST`: `None` if there is none, an error naming the
+    /// path if it is damaged.
+    pub fn read(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join(MANIFEST);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        };
+        let stored: Stored =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a manifest: {e}")))?;
+        let m = stored.manifest;
+        if stored.crc32 != manifest_crc(&m) {
+            return Err(corrupt(format!(
+                "checksum: stored {:#010x}, computed {:#010x}",
+                stored.crc32,
+                manifest_crc(&m)
+            )));
+        }
+        if m.version != 1 {
+            return Err(corrupt(format!(
+                "manifest version {} is not supported",
+                m.version
+            )));
+        }
+        for name in [&m.snapshot, &m.log] {
+            if name.contains('/') || name.contains("..") {
+                return Err(corrupt(format!("file name {name:?} leaves the folder")));
+            }
+        }
+        Ok(Some(m))
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(&Stored {
+            manifest: self.clone(),
+            crc32: manifest_crc(self),
+        })
+        .map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))
+    }
+}
+
+/// The snapshot file of generation `g`.
+pub fn snapshot_name(g: u64) -> String {
+    format!("snap-{g:020}.segqsnap")
+}
+
+/// The log file whose first record is `first_seq`.
+pub fn log_name(first_seq: u64) -> String {
+    format!("log-{first_seq:020}.segqlog")
+}
+
+/// What one compaction produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Compacted {
+    pub generation: u64,
+    pub seq: u64,
+    pub snapshot: String,
+    pub snapshot_bytes: u64,
+    pub took_ms: u64,
+}
+
+/// How far a failed compaction got.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// Before the manifest's rename: the old generation is in force.
+    Before(Error),
+    /// At or after it: which generation is in force is for start-up to
+    /// find out; the workspace must take no more writes.
+    During(Error),
+}
+
+/// Folds the workspace in `dir` into a new generation, up to the commit
+/// point. `ws` is the state up to `seq` (durable), held still by the
+/// caller; `current` is the manifest in force, if any. Returns the new
+/// manifest and the new log writer; the caller switches to it, then calls
+/// [`cleanup`].
+pub(crate) fn compact(
+    fs: &mut dyn Fs,
+    dir: &Path,
+    ws: &crate::workspace::Workspace,
+    seq: u64,
+    current: Option<&Manifest>,
+) -> std::result::Result<(Manifest, LogWriter, Compacted), Failed> {
+    let before = |e: Error| Failed::Before(e);
+    let t = std::time::Instant::now();
+    let generation = current.map_or(1, |m| m.generation + 1);
+    let bytes = snapshot::writer::write(ws, seq).map_err(before)?;
+    let snap_name = snapshot_name(generation);
+    let snap = dir.join(&snap_name);
+    let tmp: PathBuf = dir.join(format!("{snap_name}.tmp"));
+    fs.write(&tmp, &bytes).map_err(before)?;
+    fs.fsync(&tmp).map_err(before)?;
+    fs.rename(&tmp, &snap).map_err(before)?;
+    fs.fsync_dir(dir).map_err(before)?;
+
+    let log_file = log_name(seq + 1);
+    let log_path = dir.join(&log_file);
+    // A log left by an earlier compaction that crashed at this seq.
+    fs.remove(&log_path).map_err(before)?;
+    let writer = fs.create_log(&log_path, seq + 1).map_err(before)?;
+
+    let manifest = Manifest {
+        version: 1,
+        generation,
+        seq,
+        snapshot: snap_name.clone(),
+        log: log_file,
+    };
+    let mtmp = dir.join(format!("{MANIFEST}.tmp"));
+    fs.write(&mtmp, &manifest.bytes().map_err(before)?)
+        .map_err(before)?;
+    fs.fsync(&mtmp).map_err(before)?;
+    fs.rename(&mtmp, &dir.join(MANIFEST))
+        .map_err(Failed::During)?;
+    fs.fsync_dir(dir).map_err(Failed::During)?;
+    Ok((
+        manifest,
+        writer,
+        Compacted {
+            generation,
+            seq,
+            snapshot: snap_name,
+            snapshot_bytes: bytes.len() as u64,
+            took_ms: t.elapsed().as_millis() as u64,
+        },
+    ))
+}
+
+/// After the commit point: removes the previous generation's files.
+pub(crate) fn cleanup(
+    fs: &mut dyn Fs,
+    dir: &Path,
+    new: &Manifest,
+    old: Option<&Manifest>,
+    old_log: &Path,
+) -> Result<()> {
+    if old_log != dir.join(&new.log) {
+        fs.remove(old_log)?;
+    }
+    if let Some(old) = old {
+        if old.snapshot != new.snapshot {
+            fs.remove(&dir.join(&old.snapshot))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a crashed compaction or a finished one left behind: any
+/// snapshot, log or temporary file the manifest does not name (and, once a
+/// manifest exists, the first generation's log).
+pub(crate) fn remove_litter(dir: &Path, m: &Manifest) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let ours = name.starts_with("snap-")
+            || name.starts_with("log-")
+            || name.ends_with(".tmp")
+            || name == super::LOG_FILE;
+        if ours && name != m.snapshot && name != m.log {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the snapshot a manifest names, checking every checksum by
+/// reading the file (not through the map, so it stays out of the
+/// process's resident memory). Never serves from a file that fails.
+pub(crate) fn open_snapshot(dir: &Path, m: &Manifest) -> Result<Snapshot> {
+    let path = dir.join(&m.snapshot);
+    let snap = Snapshot::open(&path)?;
+    snap.verify_streaming(&path)?;
+    let meta = snap.meta()?;
+    if meta.seq != m.seq {
+        return Err(Error::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("holds log seq {}, the manifest says {}", meta.seq, m.seq),
+        });
+    }
+    Ok(snap)
+}
