@@ -28,7 +28,7 @@ use rand_distr::{Distribution, LogNormal};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
-use crate::cohorts::{Cohort, SyncStats};
+use crate::cohorts::Cohort;
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner, BUCKETS};
 use crate::segment::{BucketCmp, Filter};
@@ -202,37 +202,44 @@ fn created_at() -> chrono::DateTime<chrono::FixedOffset> {
         .fixed_offset()
 }
 
-/// Generates the workload into a new workspace named `name`.
-pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
+/// One generated user, in signup order.
+struct GenUser {
+    anonymous: bool,
+    alias: bool,
+    bucket: u16,
+}
+
+/// Draws the users in order (calling `each`), then their activity
+/// weights, then every cohort. Shared by [`generate`] and
+/// [`write_snapshot`], so both make the same workload.
+fn draw(
+    spec: Spec,
+    mut each: impl FnMut(u32, GenUser) -> Result<()>,
+) -> Result<Vec<(CohortInfo, RoaringBitmap)>> {
     if spec.users == 0 {
         return Err(Error::InvalidArgument("--users must be at least 1".into()));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(spec.seed, 0));
-    let mut ws = Workspace::new(name, sub_seed(spec.seed, 1));
     let n = spec.users;
-    ws.users
-        .reserve(n as usize, n as usize, n as usize / 9, n as usize);
     for u in 0..n {
         let anonymous = rng.gen_bool(0.2);
         let alias = rng.gen_bool(0.1);
         let bucket = rng.gen_range(0..BUCKETS);
-        ws.users.create(NewUser {
-            external_id: (!anonymous).then(|| format!("u{u}")),
-            devices: vec![format!("d{u}")],
-            aliases: if alias {
-                vec![("email".to_string(), format!("u{u}@example.com"))]
-            } else {
-                Vec::new()
+        each(
+            u,
+            GenUser {
+                anonymous,
+                alias,
+                bucket,
             },
-            bucket: Some(bucket),
-        })?;
+        )?;
     }
     let weights = activity(n, &mut rng);
     let ks = [0.5, 1.0, 2.0];
     let powers: Vec<Powered> = ks.iter().map(|&k| powered(&weights, k)).collect();
     drop(weights);
 
-    let made: Vec<(CohortInfo, RoaringBitmap)> = (0..spec.cohorts)
+    Ok((0..spec.cohorts)
         .into_par_iter()
         .map(|i| {
             let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(spec.seed, 1_000 + u64::from(i)));
@@ -265,18 +272,44 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
             };
             (info, members)
         })
-        .collect();
+        .collect())
+}
 
+fn cohort_name(info: &CohortInfo) -> String {
+    format!("{} cohort {}", info.band, info.index)
+}
+
+/// The seed of a generated workspace's own buckets.
+fn workspace_seed(spec: Spec) -> u64 {
+    sub_seed(spec.seed, 1)
+}
+
+/// Generates the workload into a new workspace named `name`.
+pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
+    let mut ws = Workspace::new(name, workspace_seed(spec));
+    let n = spec.users as usize;
+    ws.users.reserve(n, n, n / 9, n);
+    let made = draw(spec, |u, g| {
+        ws.users
+            .create(NewUser {
+                external_id: (!g.anonymous).then(|| format!("u{u}")),
+                devices: vec![format!("d{u}")],
+                aliases: if g.alias {
+                    vec![("email".to_string(), format!("u{u}@example.com"))]
+                } else {
+                    Vec::new()
+                },
+                bucket: Some(g.bucket),
+            })
+            .map(drop)
+    })?;
     let mut infos = Vec::with_capacity(made.len());
     for (info, members) in made {
-        ws.cohorts.insert(Cohort {
-            key: CohortKey::new(PARTNER, info.cohort_id.clone()),
-            name: format!("{} cohort {}", info.band, info.index),
-            created_at: Some(created_at()),
-            members,
-            sync: SyncStats::default(),
-            version: 0,
-        })?;
+        let mut cohort = Cohort::new(CohortKey::new(PARTNER, info.cohort_id.clone()));
+        cohort.name = cohort_name(&info);
+        cohort.created_at = Some(created_at());
+        cohort.members = members;
+        ws.cohorts.insert(cohort)?;
         infos.push(info);
     }
     Ok(Workload {
@@ -284,6 +317,89 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
         workspace: ws,
         cohorts: infos,
     })
+}
+
+/// Generates the workload straight into a snapshot file on `out`, without
+/// building the in-memory workspace: the way to make the large size
+/// (100M users) on a machine that could not hold it twice. The bytes are
+/// those [`crate::snapshot::writer::write`] makes of [`generate`]'s
+/// workspace at seq 0.
+pub fn write_snapshot<W: std::io::Write>(
+    name: &str,
+    spec: Spec,
+    out: W,
+) -> Result<(W, Vec<CohortInfo>)> {
+    use crate::snapshot::dict::{alias_key, DictWriter};
+    use crate::snapshot::format::{SectionKind, SnapshotWriter};
+    use crate::snapshot::meta::{CohortMeta, Meta};
+
+    let n = spec.users;
+    let mut buckets = Vec::with_capacity(n as usize * 2);
+    let (mut ext, mut dev, mut ali) = (DictWriter::new(), DictWriter::new(), DictWriter::new());
+    let mut made = draw(spec, |u, g| {
+        let id = crate::ids::UserId(u);
+        buckets.extend_from_slice(&g.bucket.to_le_bytes());
+        if !g.anonymous {
+            ext.push(id, format!("u{u}").as_bytes());
+        }
+        dev.push(id, format!("d{u}").as_bytes());
+        if g.alias {
+            ali.push(id, &alias_key("email", &format!("u{u}@example.com")));
+        }
+        Ok(())
+    })?;
+    // The catalog's order: by (partner, cohort_id).
+    made.sort_by(|a, b| a.0.cohort_id.cmp(&b.0.cohort_id));
+    let mut bitmaps = Vec::new();
+    let mut cohorts = Vec::with_capacity(made.len());
+    for (info, members) in &made {
+        while bitmaps.len() % 8 != 0 {
+            bitmaps.push(0);
+        }
+        let offset = bitmaps.len() as u64;
+        members
+            .serialize_into(&mut bitmaps)
+            .map_err(|e| Error::InvalidArgument(format!("serializing {}: {e}", info.cohort_id)))?;
+        cohorts.push(CohortMeta {
+            partner: PARTNER,
+            cohort_id: info.cohort_id.clone(),
+            name: cohort_name(info),
+            created_at: Some(created_at().to_rfc3339()),
+            cardinality: members.len(),
+            offset,
+            len: bitmaps.len() as u64 - offset,
+            last_sync_ms: None,
+            last_added: 0,
+            last_removed: 0,
+            matched_total: 0,
+            unmatched_total: 0,
+            refused_total: 0,
+            recent_unmatched: Vec::new(),
+        });
+    }
+    let meta = Meta {
+        workspace: name.to_string(),
+        seed: workspace_seed(spec),
+        seq: 0,
+        users: n,
+        cohorts,
+        keys: Vec::new(),
+        enabled_partners: Vec::new(),
+        data_points: Vec::new(),
+        segments: Vec::new(),
+    };
+    let meta = bincode::serde::encode_to_vec(&meta, bincode::config::standard())
+        .map_err(|e| Error::InvalidArgument(format!("encoding the snapshot meta: {e}")))?;
+    let mut w = SnapshotWriter::to(out)?;
+    w.section(SectionKind::Meta, &meta)?;
+    w.section(SectionKind::Buckets, &buckets)?;
+    drop(buckets);
+    w.section(SectionKind::ExternalIds, &ext.finish()?)?;
+    w.section(SectionKind::Devices, &dev.finish()?)?;
+    w.section(SectionKind::Aliases, &ali.finish()?)?;
+    w.section(SectionKind::Bitmaps, &bitmaps)?;
+    let out = w.finish()?;
+    Ok((out, made.into_iter().map(|(i, _)| i).collect()))
 }
 
 /// The query shapes of WORKLOAD.md, named, for a workload of `cohorts`

@@ -25,6 +25,8 @@
 //! Opening reads the tail and the table only (O(1) in the file's size);
 //! [`SnapshotFile::verify`] checks every section's checksum.
 
+use std::io::Write;
+
 use crate::error::{Error, Result};
 
 /// The bytes at the start and the end of every snapshot file.
@@ -93,31 +95,59 @@ pub struct Section {
     pub crc: u32,
 }
 
-fn pad_to(buf: &mut Vec<u8>, align: usize) {
-    let rem = buf.len() % align;
-    if rem != 0 {
-        buf.resize(buf.len() + align - rem, 0);
-    }
-}
-
-/// Builds a snapshot in memory, section by section.
-#[derive(Debug, Default)]
-pub struct SnapshotWriter {
-    buf: Vec<u8>,
+/// Writes a snapshot section by section to any sink (a `Vec<u8>`, or a
+/// buffered file for snapshots larger than memory should hold twice).
+#[derive(Debug)]
+pub struct SnapshotWriter<W: Write = Vec<u8>> {
+    out: W,
+    pos: u64,
     sections: Vec<Section>,
 }
 
-impl SnapshotWriter {
+impl SnapshotWriter<Vec<u8>> {
+    /// A snapshot built in memory.
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
-        buf.extend_from_slice(&MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
-        buf.extend_from_slice(&0u32.to_le_bytes());
-        buf.resize(HEADER_LEN, 0);
-        SnapshotWriter {
-            buf,
+        Self::to(Vec::with_capacity(1 << 20)).expect("writing to a Vec cannot fail")
+    }
+}
+
+impl Default for SnapshotWriter<Vec<u8>> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn write_err(e: std::io::Error) -> Error {
+    Error::Io {
+        path: "<snapshot>".into(),
+        source: e,
+    }
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Starts a snapshot on `out` (writes the header).
+    pub fn to(mut out: W) -> Result<Self> {
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out.write_all(&header).map_err(write_err)?;
+        Ok(SnapshotWriter {
+            out,
+            pos: HEADER_LEN as u64,
             sections: Vec::new(),
+        })
+    }
+
+    fn pad(&mut self) -> Result<()> {
+        let rem = (self.pos % ALIGN as u64) as usize;
+        if rem != 0 {
+            let zeros = [0u8; ALIGN];
+            self.out
+                .write_all(&zeros[..ALIGN - rem])
+                .map_err(write_err)?;
+            self.pos += (ALIGN - rem) as u64;
         }
+        Ok(())
     }
 
     /// Appends a section. Each kind may appear once.
@@ -128,9 +158,10 @@ impl SnapshotWriter {
                 kind.name()
             )));
         }
-        pad_to(&mut self.buf, ALIGN);
-        let offset = self.buf.len() as u64;
-        self.buf.extend_from_slice(bytes);
+        self.pad()?;
+        let offset = self.pos;
+        self.out.write_all(bytes).map_err(write_err)?;
+        self.pos += bytes.len() as u64;
         self.sections.push(Section {
             kind,
             offset,
@@ -140,10 +171,10 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// The finished file's bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        pad_to(&mut self.buf, ALIGN);
-        let table_offset = self.buf.len() as u64;
+    /// Writes the section table and the tail; returns the sink.
+    pub fn finish(mut self) -> Result<W> {
+        self.pad()?;
+        let table_offset = self.pos;
         let mut table = Vec::with_capacity(self.sections.len() * ENTRY_LEN);
         for s in &self.sections {
             table.extend_from_slice(&(s.kind as u32).to_le_bytes());
@@ -153,7 +184,6 @@ impl SnapshotWriter {
             table.extend_from_slice(&s.crc.to_le_bytes());
             table.extend_from_slice(&0u32.to_le_bytes());
         }
-        self.buf.extend_from_slice(&table);
         let mut tail = Vec::with_capacity(TAIL_LEN);
         tail.extend_from_slice(&table_offset.to_le_bytes());
         tail.extend_from_slice(&(self.sections.len() as u32).to_le_bytes());
@@ -162,8 +192,10 @@ impl SnapshotWriter {
         let tail_crc = crc32fast::hash(&tail);
         tail.extend_from_slice(&tail_crc.to_le_bytes());
         tail.extend_from_slice(&MAGIC);
-        self.buf.extend_from_slice(&tail);
-        self.buf
+        self.out.write_all(&table).map_err(write_err)?;
+        self.out.write_all(&tail).map_err(write_err)?;
+        self.out.flush().map_err(write_err)?;
+        Ok(self.out)
     }
 }
 
@@ -385,7 +417,7 @@ mod tests {
         w.section(SectionKind::Meta, b"meta bytes").unwrap();
         w.section(SectionKind::Buckets, &[1, 2, 3]).unwrap();
         w.section(SectionKind::Bitmaps, &[]).unwrap();
-        w.finish()
+        w.finish().unwrap()
     }
 
     #[test]

@@ -121,5 +121,5 @@ pub fn write(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
     w.section(SectionKind::Devices, &dev.finish()?)?;
     w.section(SectionKind::Aliases, &ali.finish()?)?;
     w.section(SectionKind::Bitmaps, &bitmaps)?;
-    Ok(w.finish())
+    w.finish()
 }

@@ -320,3 +320,17 @@ fn write_the_format_fixture() {
     )
     .unwrap();
 }
+
+#[test]
+fn the_streaming_generator_writes_the_snapshot_of_the_generated_workspace() {
+    let spec = Spec {
+        users: 70_000,
+        cohorts: 25,
+        seed: 8,
+    };
+    let ws = workload::generate("g", spec).unwrap().workspace;
+    let expected = snapshot::writer::write(&ws, 0).unwrap();
+    let (streamed, infos) = workload::write_snapshot("g", spec, Vec::new()).unwrap();
+    assert_eq!(infos.len(), 25);
+    assert!(streamed == expected, "the two ways of writing differ");
+}
