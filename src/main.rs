@@ -8,8 +8,11 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use segq::segment::{self, eval};
+use segq::server::segments;
 use segq::workload::{self, CohortKind, Spec};
 use segq::{Error, UserRef};
+
+mod snapshot_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -77,13 +80,90 @@ enum Command {
         /// The filter, in the text form or as JSON (see the README).
         filter: String,
     },
-    /// Serve the partner cohort import API and the admin API over HTTP.
+    /// Serve the partner cohort import API, the admin API and the segment
+    /// API over HTTP.
     Serve(ServeArgs),
+    /// Write, inspect, verify, bench and compact snapshot files.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot_cmd::SnapshotCommand,
+    },
     /// Manage the users of a data directory offline.
     Users {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Count the users of a segment (or estimate it from a sample), on a
+    /// running server or a data directory.
+    Count {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Estimate from a sample of the random buckets instead.
+        #[arg(long)]
+        estimate: bool,
+        /// With --estimate: how many of the 10,000 buckets to sample.
+        #[arg(long, requires = "estimate")]
+        sample_buckets: Option<u16>,
+        /// With --estimate: the first sampled bucket (random if not given).
+        #[arg(long, requires = "estimate")]
+        sample_start: Option<u16>,
+        /// Also show the plan: the normalised tree, each leaf's
+        /// cardinality, the evaluation order, chunks touched and skipped.
+        #[arg(long, conflicts_with = "estimate")]
+        explain: bool,
+        /// The filter (text form or JSON), or a saved segment's id (seg_…).
+        filter: String,
+    },
+    /// Print one page of a segment's members (JSON Lines or CSV); the next
+    /// page's cursor goes to stderr.
+    Members {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Members per page (1 to 1,000,000).
+        #[arg(long, default_value_t = segq::server::segments::DEFAULT_LIMIT)]
+        limit: u64,
+        /// Where to start: the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Extra fields, comma-separated: aliases, bucket.
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// The filter (text form or JSON), or a saved segment's id (seg_…).
+        filter: String,
+    },
+    /// Whether a user is in a segment.
+    Check {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The filter (text form or JSON), or a saved segment's id (seg_…).
+        filter: String,
+        /// `u42`, `external_id:u42`, `alias:email:u42@example.com` or
+        /// `device_id:d42`.
+        user: String,
+    },
+}
+
+/// Where a segment command runs: on a running server (--server, --token),
+/// or on a data directory opened directly (--data), which a running
+/// server holds locked.
+#[derive(Args)]
+struct TargetArgs {
+    /// The workspace.
+    #[arg(long)]
+    workspace: String,
+    /// A running server's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, conflicts_with = "data")]
+    server: Option<String>,
+    /// The admin token for --server (default: the SEGQ_TOKEN environment
+    /// variable).
+    #[arg(long, requires = "server")]
+    token: Option<String>,
+    /// The data directory (default ./segq-data when --server is not given).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -130,11 +210,29 @@ enum UsersCommand {
     },
 }
 
+/// Why a command failed.
+enum Failure {
+    Lib(Error),
+    /// A server's error answer.
+    Server {
+        status: u16,
+        message: String,
+    },
+    /// Anything else, said in full.
+    Other(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Lib(e)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Lib(e)) => {
             eprintln!("error: {e}");
             match e {
                 Error::FilterParse(_)
@@ -142,9 +240,22 @@ fn main() -> ExitCode {
                 | Error::NoSuchCohort { .. }
                 | Error::AmbiguousCohortName { .. }
                 | Error::InvalidArgument(_)
+                | Error::InvalidCursor(_)
                 | Error::InvalidIdentifier { .. } => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
+        }
+        Err(Failure::Server { status, message }) => {
+            eprintln!("error: the server answered {status}: {message}");
+            if (400..500).contains(&status) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -156,11 +267,74 @@ fn io_err(e: io::Error) -> Error {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<(), Failure> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     match cli.command {
+        Command::Count {
+            target,
+            estimate,
+            sample_buckets,
+            sample_start,
+            explain,
+            filter,
+        } => {
+            // Bad input fails before the data directory is opened.
+            Place::target(&filter)?;
+            let at = Place::open(&target)?;
+            let mode = if estimate {
+                use rand::Rng;
+                segments::CountMode::Estimate {
+                    start: match sample_start {
+                        Some(s) => s,
+                        None => rand::thread_rng().gen_range(0..segq::ids::BUCKETS),
+                    },
+                    width: sample_buckets.unwrap_or(segments::DEFAULT_SAMPLE_BUCKETS),
+                }
+            } else {
+                segments::CountMode::Exact { explain }
+            };
+            let answer = at.count(&filter, mode)?;
+            writeln!(out, "{answer}").map_err(io_err)?;
+        }
+        Command::Members {
+            target,
+            limit,
+            cursor,
+            format,
+            fields,
+            filter,
+        } => {
+            // Bad input fails before the data directory is opened.
+            Place::target(&filter)?;
+            let at = Place::open(&target)?;
+            let next = at.members(
+                &mut out,
+                &filter,
+                limit,
+                cursor.as_deref(),
+                &format,
+                &fields,
+            )?;
+            out.flush().map_err(io_err)?;
+            if let Some(c) = next {
+                eprintln!("next cursor: {c} (pass --cursor {c} for the next page)");
+            }
+        }
+        Command::Check {
+            target,
+            filter,
+            user,
+        } => {
+            // Bad input fails before the data directory is opened.
+            Place::target(&filter)?;
+            let user = UserRef::parse_cli(&user)?;
+            let at = Place::open(&target)?;
+            let answer = at.check(&filter, &user)?;
+            writeln!(out, "{answer}").map_err(io_err)?;
+        }
         Command::Serve(args) => serve(args)?,
+        Command::Snapshot { command } => snapshot_cmd::run(command, &mut out)?,
         Command::Users {
             command:
                 UsersCommand::Import {
@@ -217,7 +391,254 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
     }
-    out.flush().map_err(io_err)
+    out.flush().map_err(io_err)?;
+    Ok(())
+}
+
+/// A saved segment's id, as a segment command's FILTER may give it.
+fn is_segment_id(s: &str) -> bool {
+    s.strip_prefix("seg_")
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Where a segment command runs.
+enum Place {
+    Server {
+        client: reqwest::blocking::Client,
+        base: String,
+        token: String,
+        workspace: String,
+    },
+    Data {
+        handle: std::sync::Arc<segq::engine::WorkspaceHandle>,
+    },
+}
+
+impl Place {
+    fn open(t: &TargetArgs) -> Result<Place, Failure> {
+        if let Some(server) = &t.server {
+            let token = match &t.token {
+                Some(t) => t.clone(),
+                None => std::env::var("SEGQ_TOKEN").map_err(|_| {
+                    Failure::Other("--server needs --token TOKEN (or SEGQ_TOKEN in the environment): the admin token".into())
+                })?,
+            };
+            let client = reqwest::blocking::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .timeout(None)
+                .build()
+                .map_err(|e| Failure::Other(format!("cannot make an HTTP client: {e}")))?;
+            return Ok(Place::Server {
+                client,
+                base: server.trim_end_matches('/').to_string(),
+                token,
+                workspace: t.workspace.clone(),
+            });
+        }
+        let data = t
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./segq-data"));
+        if !data.join("workspaces").is_dir() {
+            return Err(Failure::Other(format!(
+                "{} is not a segq data directory (no workspaces folder)",
+                data.display()
+            )));
+        }
+        let engine = match segq::engine::Engine::open(&data) {
+            Ok((engine, _)) => engine,
+            Err(Error::Locked { path }) => {
+                return Err(Failure::Other(format!(
+                    "{path} is locked: a segq process (a running server?) holds {}; \
+                     a data directory cannot be opened read-only beside it, so query the \
+                     server instead: --server http://HOST:PORT --token TOKEN",
+                    data.display()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let handle = engine
+            .workspace(&t.workspace)
+            .ok_or_else(|| Error::UnknownWorkspace {
+                name: t.workspace.clone(),
+            })?;
+        // Nothing was written: exit without freeing the in-memory state.
+        std::mem::forget(engine);
+        Ok(Place::Data { handle })
+    }
+
+    fn target(filter: &str) -> Result<segments::Target, Failure> {
+        Ok(if is_segment_id(filter) {
+            segments::Target::Segment(filter.to_string())
+        } else {
+            segments::Target::Filter(segment::parse(filter)?)
+        })
+    }
+
+    /// The request body's `filter` or `segment_id`.
+    fn target_json(filter: &str) -> serde_json::Value {
+        if is_segment_id(filter) {
+            serde_json::json!({"segment_id": filter})
+        } else {
+            serde_json::json!({"filter": filter})
+        }
+    }
+
+    /// POSTs a JSON body; an error answer becomes a [`Failure::Server`].
+    fn post(
+        client: &reqwest::blocking::Client,
+        url: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::blocking::Response, Failure> {
+        let resp = client
+            .post(url)
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .map_err(|e| Failure::Other(format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let text = resp.text().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+                .unwrap_or(text);
+            return Err(Failure::Server { status, message });
+        }
+        Ok(resp)
+    }
+
+    fn post_json(
+        client: &reqwest::blocking::Client,
+        url: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, Failure> {
+        Self::post(client, url, token, body)?
+            .json()
+            .map_err(|e| Failure::Other(format!("{url}: not a JSON answer: {e}")))
+    }
+
+    fn count(&self, filter: &str, mode: segments::CountMode) -> Result<serde_json::Value, Failure> {
+        match self {
+            Place::Data { handle } => Ok(segments::count(handle, &Self::target(filter)?, mode)?),
+            Place::Server {
+                client,
+                base,
+                token,
+                workspace,
+            } => {
+                let mut body = Self::target_json(filter);
+                let mut url = format!("{base}/workspaces/{workspace}/segments/count");
+                match mode {
+                    segments::CountMode::Exact { explain } => {
+                        if explain {
+                            url.push_str("?explain=true");
+                        }
+                    }
+                    segments::CountMode::Estimate { start, width } => {
+                        body["estimate"] = true.into();
+                        body["sample_start"] = start.into();
+                        body["sample_buckets"] = width.into();
+                    }
+                }
+                Self::post_json(client, &url, token, &body)
+            }
+        }
+    }
+
+    /// Writes one page; returns the next page's cursor.
+    fn members(
+        &self,
+        out: &mut dyn Write,
+        filter: &str,
+        limit: u64,
+        cursor: Option<&str>,
+        format: &str,
+        fields: &[String],
+    ) -> Result<Option<String>, Failure> {
+        let fmt = segments::Format::parse(format)?;
+        let extras = segments::Extras::parse(fields)?;
+        match self {
+            Place::Data { handle } => {
+                let limit = segments::page_limit(Some(limit))?;
+                let page = segments::member_page(handle, &Self::target(filter)?, cursor, limit)?;
+                if fmt == segments::Format::Csv {
+                    out.write_all(segments::csv_header(extras).as_bytes())
+                        .map_err(io_err)?;
+                }
+                let mut buf = Vec::new();
+                for block in page.members.chunks(segments::STREAM_BLOCK) {
+                    buf.clear();
+                    segments::render_members(&handle.read(), block, fmt, extras, &mut buf);
+                    out.write_all(&buf).map_err(io_err)?;
+                }
+                Ok(page.next.map(|c| c.encode()))
+            }
+            Place::Server {
+                client,
+                base,
+                token,
+                workspace,
+            } => {
+                let mut body = Self::target_json(filter);
+                body["limit"] = limit.into();
+                body["format"] = format.into();
+                body["fields"] = fields.into();
+                if let Some(c) = cursor {
+                    body["cursor"] = c.into();
+                }
+                let url = format!("{base}/workspaces/{workspace}/segments/members");
+                let mut resp = Self::post(client, &url, token, &body)?;
+                let next = resp
+                    .headers()
+                    .get(segments::NEXT_CURSOR)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                resp.copy_to(&mut WriteAdapter(out))
+                    .map_err(|e| Failure::Other(format!("{url}: the page was cut: {e}")))?;
+                Ok(next)
+            }
+        }
+    }
+
+    fn check(&self, filter: &str, user: &UserRef) -> Result<serde_json::Value, Failure> {
+        match self {
+            Place::Data { handle } => {
+                Ok(segments::check_user(handle, &Self::target(filter)?, user)?)
+            }
+            Place::Server {
+                client,
+                base,
+                token,
+                workspace,
+            } => {
+                let mut body = Self::target_json(filter);
+                body["user"] = match user {
+                    UserRef::ExternalId(e) => serde_json::json!({"external_id": e}),
+                    UserRef::DeviceId(d) => serde_json::json!({"device_id": d}),
+                    UserRef::Alias { label, name } => {
+                        serde_json::json!({"alias_label": label, "alias_name": name})
+                    }
+                };
+                let url = format!("{base}/workspaces/{workspace}/segments/check");
+                Self::post_json(client, &url, token, &body)
+            }
+        }
+    }
+}
+
+/// `&mut dyn Write` as a sized writer.
+struct WriteAdapter<'a>(&'a mut dyn Write);
+
+impl Write for WriteAdapter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// `segq users import`: streams a file into a workspace in batches, with a
@@ -319,6 +740,12 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         eprintln!("admin token: {token}");
         eprintln!("(shown once: keep it; only its hash is stored)");
     }
+    for r in engine.recoveries() {
+        eprintln!("segq: recovered a damaged log: {r}");
+    }
+    // Fold logs into snapshots when they pass the configured thresholds; a
+    // compaction cut short by the process exiting is safe by construction.
+    engine.start_compactor(std::time::Duration::from_secs(30));
     let mut options = segq::server::ServerOptions::from_config(engine.config());
     if let Some(n) = args.rate_limit_per_hour {
         options.rate_limit_per_hour = n;

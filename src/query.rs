@@ -74,19 +74,32 @@ pub struct Estimate {
     pub low: u64,
     pub high: u64,
     pub confidence: f64,
-    /// Users in the sampled buckets, and how many of them matched.
+    /// Users whose membership is known (the sampled buckets, plus the
+    /// bucket ranges the filter decides without any cohort), and how many
+    /// of them matched.
     pub sample_size: u64,
     pub sample_matches: u64,
-    /// The sampled bucket range (inclusive; it may wrap past 9999).
-    pub sample_buckets: (u16, u16),
+    /// The sampled bucket ranges (inclusive, ascending).
+    pub sample_buckets: Vec<(u16, u16)>,
     pub took_us: u64,
 }
 
-/// Estimates a filter's size from the users of `width` consecutive random
-/// buckets starting at `start` (wrapping), with a 95% Wilson score interval
-/// corrected for sampling without replacement. Buckets are uniform and
-/// independent of everything else, so the sample is a uniform random
-/// subset of the users.
+/// Estimates a filter's size from the users of about `width` of the
+/// 10,000 random buckets, with a 95% Wilson score interval corrected for
+/// sampling without replacement.
+///
+/// Buckets are uniform and independent of everything else, so the users
+/// of a set of buckets are a uniform random sample of the users for any
+/// filter that does not test the bucket. A filter that does is cut into
+/// strata, the bucket ranges between its thresholds (on each the bucket
+/// tests are constant): a stratum the filter decides without a cohort is
+/// counted exactly from the bucket histogram; each other stratum of `L`
+/// buckets is sampled on `width * L / 10000` consecutive buckets of its
+/// own, starting (wrapping inside the stratum) at the same fraction
+/// `start / 10000` of it. The strata estimates are summed, and the
+/// interval is Wilson's with the stratified design's effective sample
+/// size. A filter without bucket tests is one stratum: `width`
+/// consecutive buckets from `start`, wrapping past 9999.
 pub fn estimate(
     ws: &Workspace,
     src: &dyn BitmapSource,
@@ -100,31 +113,212 @@ pub fn estimate(
             "sample of {width} buckets from {start}: need 1..=10000 buckets starting at 0..=9999"
         )));
     }
-    let end = (u32::from(start) + u32::from(width) - 1) % u32::from(BUCKETS);
-    let end = end as u16;
-    let window = if start <= end {
-        Filter::Bucket(BucketCmp::Between(start, end))
-    } else {
-        Filter::Or(vec![
-            Filter::Bucket(BucketCmp::Ge(start)),
-            Filter::Bucket(BucketCmp::Le(end)),
-        ])
-    };
-    let sampled = Filter::And(vec![window.clone(), filter.clone()]);
-    let x = Prepared::new(ws, &plan::plan(ws, &sampled)?, src)?.count()?;
-    let m = Prepared::new(ws, &plan::plan(ws, &window)?, src)?.count()?;
+    // Plans the whole filter first: an unknown cohort fails here, whatever
+    // the strata keep of it.
+    plan::plan(ws, filter)?;
+    let hist = bucket_histogram(ws.users.bucket_slice());
+    let users_in =
+        |lo: u16, hi: u16| -> u64 { hist[usize::from(lo)..=usize::from(hi)].iter().sum() };
+
+    let mut known = 0u64; // users whose membership is known
+    let mut known_matches = 0u64;
+    let mut exact = 0.0f64; // matches of the exactly counted strata
+    let mut sampled: Vec<(u64, u64, u64)> = Vec::new(); // (n, m, x) per sampled stratum
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in strata(filter) {
+        let n = users_in(lo, hi);
+        if n == 0 {
+            continue;
+        }
+        let fixed = fix_buckets(filter, lo);
+        let p = plan::plan(ws, &fixed)?;
+        let decided = match p {
+            Plan::All => Some(n),
+            Plan::Nothing => Some(0),
+            _ => None,
+        };
+        if let Some(x) = decided {
+            known += n;
+            known_matches += x;
+            exact += x as f64;
+            continue;
+        }
+        let len = u32::from(hi - lo) + 1;
+        let w =
+            ((u32::from(width) * len + u32::from(BUCKETS) / 2) / u32::from(BUCKETS)).clamp(1, len);
+        let offset = u32::from(start) * len / u32::from(BUCKETS);
+        let mut window = stratum_window(lo, len, offset, w);
+        let mut m: u64 = window.iter().map(|&(a, b)| users_in(a, b)).sum();
+        if m == 0 {
+            // No user in the sampled buckets: count the stratum whole.
+            window = vec![(lo, hi)];
+            m = n;
+        }
+        let bucket_filter = Filter::Or(
+            window
+                .iter()
+                .map(|&(a, b)| Filter::Bucket(BucketCmp::Between(a, b)))
+                .collect(),
+        );
+        let sample = Filter::And(vec![bucket_filter, fixed]);
+        let x = Prepared::new(ws, &plan::plan(ws, &sample)?, src)?.count()?;
+        known += m;
+        known_matches += x;
+        ranges.extend(window);
+        if m >= n {
+            exact += x as f64;
+        } else {
+            sampled.push((n, m, x));
+        }
+    }
+    ranges.sort_unstable();
     let n = u64::from(ws.users.len());
-    let (estimate, low, high) = wilson(x, m, n);
+    let (estimate, low, high) = match sampled.as_slice() {
+        [] => (known_matches, known_matches, known_matches),
+        // One stratum sampled, nothing known besides: the simple sample.
+        &[(sn, sm, sx)] if sn == n && sm == known => wilson(sx, sm, sn),
+        _ => stratified(&sampled, exact, n, known, known_matches),
+    };
     Ok(Estimate {
         estimate,
         low,
         high,
         confidence: 0.95,
-        sample_size: m,
-        sample_matches: x,
-        sample_buckets: (start, end),
+        sample_size: known,
+        sample_matches: known_matches,
+        sample_buckets: ranges,
         took_us: t.elapsed().as_micros() as u64,
     })
+}
+
+/// Users per bucket.
+fn bucket_histogram(buckets: &[u16]) -> Vec<u64> {
+    use rayon::prelude::*;
+    let size = usize::from(BUCKETS);
+    buckets
+        .par_chunks(1 << 16)
+        .fold(
+            || vec![0u64; size],
+            |mut h, chunk| {
+                for &b in chunk {
+                    if let Some(c) = h.get_mut(usize::from(b)) {
+                        *c += 1;
+                    }
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0u64; size],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// The bucket ranges between the thresholds of the filter's bucket tests:
+/// on each, every bucket test of the filter has one answer.
+fn strata(filter: &Filter) -> Vec<(u16, u16)> {
+    fn cuts(f: &Filter, out: &mut Vec<u32>) {
+        match f {
+            Filter::Bucket(c) => {
+                if let Some((lo, hi)) = c.range() {
+                    out.push(u32::from(lo));
+                    out.push(u32::from(hi) + 1);
+                }
+            }
+            Filter::Cohort { .. } => {}
+            Filter::And(c) | Filter::Or(c) => c.iter().for_each(|c| cuts(c, out)),
+            Filter::Not(c) => cuts(c, out),
+        }
+    }
+    let mut points = vec![0, u32::from(BUCKETS)];
+    cuts(filter, &mut points);
+    points.retain(|&p| p <= u32::from(BUCKETS));
+    points.sort_unstable();
+    points.dedup();
+    points
+        .windows(2)
+        .map(|w| (w[0] as u16, (w[1] - 1) as u16))
+        .collect()
+}
+
+/// The filter with every bucket test answered for `bucket`.
+fn fix_buckets(f: &Filter, bucket: u16) -> Filter {
+    match f {
+        Filter::Bucket(c) if c.accepts(bucket) => Filter::And(Vec::new()),
+        Filter::Bucket(_) => Filter::Or(Vec::new()),
+        Filter::Cohort { .. } => f.clone(),
+        Filter::And(c) => Filter::And(c.iter().map(|c| fix_buckets(c, bucket)).collect()),
+        Filter::Or(c) => Filter::Or(c.iter().map(|c| fix_buckets(c, bucket)).collect()),
+        Filter::Not(c) => Filter::Not(Box::new(fix_buckets(c, bucket))),
+    }
+}
+
+/// `w` consecutive buckets of the stratum `lo..lo + len` from `offset`,
+/// wrapping inside it: one or two inclusive ranges.
+fn stratum_window(lo: u16, len: u32, offset: u32, w: u32) -> Vec<(u16, u16)> {
+    let at = |i: u32| (u32::from(lo) + i) as u16;
+    let end = offset + w - 1;
+    if end < len {
+        vec![(at(offset), at(end))]
+    } else {
+        vec![(at(0), at(end - len)), (at(offset), at(len - 1))]
+    }
+}
+
+/// The stratified estimate and its Wilson interval. `sampled` holds
+/// `(users, sampled, matches)` per sampled stratum; `exact` the matches of
+/// the strata counted whole; `known`/`known_matches` what is known for
+/// sure.
+fn stratified(
+    sampled: &[(u64, u64, u64)],
+    exact: f64,
+    n: u64,
+    known: u64,
+    known_matches: u64,
+) -> (u64, u64, u64) {
+    let z2 = Z95 * Z95;
+    let pop: f64 = sampled.iter().map(|s| s.0 as f64).sum();
+    let sample: f64 = sampled.iter().map(|s| s.1 as f64).sum();
+    let (mut point, mut adj, mut var) = (0.0, 0.0, 0.0);
+    for &(sn, sm, sx) in sampled {
+        let (nf, mf, xf) = (sn as f64, sm as f64, sx as f64);
+        let share = nf / pop;
+        point += share * xf / mf;
+        // Agresti-Coull-adjusted proportions, so that a stratum whose
+        // sample is all in or all out still carries some variance.
+        let pt = (xf + z2 / 2.0) / (mf + z2);
+        adj += share * pt;
+        let fpc = if sn > 1 { (nf - mf) / (nf - 1.0) } else { 0.0 };
+        var += share * share * pt * (1.0 - pt) / (mf + z2) * fpc;
+    }
+    // The design effect against a simple random sample of the same size
+    // gives the effective sample size of the Wilson interval.
+    let fpc = (pop - sample) / (pop - 1.0).max(1.0);
+    let srs = adj * (1.0 - adj) / (sample + z2) * fpc;
+    let m_eff = if var > 0.0 && srs > 0.0 {
+        sample * (pop - 1.0) / (pop - sample).max(1.0) * (srs / var)
+    } else {
+        sample * (pop - 1.0) / (pop - sample).max(1.0)
+    };
+    let (lo, hi) = wilson_bounds(point, m_eff);
+    let to_count = |p: f64| exact + p * pop;
+    let lo = (to_count(lo).floor().max(0.0) as u64).max(known_matches);
+    let hi = (to_count(hi).ceil() as u64).min(n - (known - known_matches));
+    let est = (to_count(point).round() as u64).clamp(lo, hi);
+    (est, lo, hi)
+}
+
+/// The 95% Wilson score interval of a proportion `p` seen in a sample of
+/// effective size `m_eff`.
+fn wilson_bounds(p: f64, m_eff: f64) -> (f64, f64) {
+    let z2 = Z95 * Z95;
+    let denom = 1.0 + z2 / m_eff;
+    let center = (p + z2 / (2.0 * m_eff)) / denom;
+    let half = Z95 * (p * (1.0 - p) / m_eff + z2 / (4.0 * m_eff * m_eff)).sqrt() / denom;
+    ((center - half).max(0.0), (center + half).min(1.0))
 }
 
 /// Point estimate and 95% interval of a population count from `x` matches
@@ -141,16 +335,11 @@ pub fn wilson(x: u64, m: u64, n: u64) -> (u64, u64, u64) {
     // Without replacement the variance shrinks by (n - m) / (n - 1): the
     // same as a sample with replacement of this effective size.
     let m_eff = mf * (nf - 1.0) / (nf - mf);
-    let z2 = Z95 * Z95;
-    let denom = 1.0 + z2 / m_eff;
-    let center = (p + z2 / (2.0 * m_eff)) / denom;
-    let half = Z95 * (p * (1.0 - p) / m_eff + z2 / (4.0 * m_eff * m_eff)).sqrt() / denom;
+    let (lo, hi) = wilson_bounds(p, m_eff);
     // At least the x sampled matches are in; at most all but the sampled
     // non-matches.
-    let lo = ((center - half).max(0.0) * nf).floor() as u64;
-    let hi = ((center + half).min(1.0) * nf).ceil() as u64;
-    let lo = lo.max(x);
-    let hi = hi.min(n - (m - x));
+    let lo = ((lo * nf).floor() as u64).max(x);
+    let hi = ((hi * nf).ceil() as u64).min(n - (m - x));
     ((p * nf).round() as u64, lo, hi)
 }
 

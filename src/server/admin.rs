@@ -24,7 +24,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -40,7 +39,7 @@ use crate::error::Error;
 use crate::ids::{Partner, UserId, UserRef};
 
 use super::auth::require_json;
-use super::error::{body_rejection, json_response, path_rejection, query_rejection, ApiError};
+use super::error::{json_response, path_rejection, query_rejection, read_body, ApiError};
 use super::partner::run_blocking;
 use super::AppState;
 
@@ -69,9 +68,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         require_json(req.headers())?;
         let limit = state.options.max_body_bytes;
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| body_rejection(r, limit))?;
+        let bytes = read_body(req, limit).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request(
                 "request body is empty: expected a JSON object",

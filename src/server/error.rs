@@ -8,7 +8,8 @@
 //! with their detail and answered with a generic message: a response never
 //! carries a path, a secret or a key.
 
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,6 +26,9 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     /// Sent as `WWW-Authenticate` (admin 401s).
     pub authenticate: bool,
+    /// Sent with `Connection: close`: the request's body was not read to
+    /// its end, so the connection cannot carry another request.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -35,6 +39,7 @@ impl ApiError {
             body: json!({"message": message.into()}),
             retry_after_secs: None,
             authenticate: false,
+            close: false,
         }
     }
 
@@ -143,17 +148,49 @@ impl From<ProtocolError> for ApiError {
             body: e.body(),
             retry_after_secs,
             authenticate: false,
+            close: false,
         }
     }
 }
 
-/// A body that could not be read: over the limit (413), or broken.
-pub fn body_rejection(r: BytesRejection, limit: usize) -> ApiError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ProtocolError::PayloadTooLarge { limit }.into()
-    } else {
-        ApiError::new(r.status(), format!("could not read the request body: {r}"))
+/// How much of a body over the limit is read and thrown away, so that the
+/// client, still sending, reads the 413 instead of a connection reset.
+pub const DRAIN_BYTES: usize = 64 << 20;
+
+/// Reads a request body of at most `limit` bytes. A larger one is read on
+/// (and dropped) up to [`DRAIN_BYTES`] more, then refused with 413 and
+/// `Connection: close`: closing a connection while the client still
+/// sends makes the client see a reset rather than the answer.
+pub async fn read_body(req: axum::extract::Request, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut over = false;
+    let mut drained = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if !over && buf.len() + chunk.len() <= limit {
+            buf.extend_from_slice(&chunk);
+            continue;
+        }
+        over = true;
+        drained += chunk.len();
+        if drained > DRAIN_BYTES {
+            break;
+        }
     }
+    if over {
+        let mut e = ApiError::from(ProtocolError::PayloadTooLarge { limit });
+        e.close = true;
+        return Err(e);
+    }
+    Ok(Bytes::from(buf))
 }
 
 pub fn path_rejection(r: PathRejection) -> ApiError {
@@ -167,6 +204,10 @@ pub fn query_rejection(r: QueryRejection) -> ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body)).into_response();
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

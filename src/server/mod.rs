@@ -2,6 +2,8 @@
 //!
 //! - [`partner`]: the partner endpoints of PROTOCOL.md;
 //! - [`admin`] and [`import`]: the admin API (bearer token, [`auth`]);
+//! - [`segments`]: counts, estimates, member export, targeting look-ups
+//!   and saved segments (the same bearer token);
 //! - [`metrics`]: `GET /metrics` and the request counters;
 //! - [`ratelimit`]: the per-key token buckets;
 //! - [`error`]: every failure as a JSON response.
@@ -19,6 +21,7 @@ pub mod import;
 pub mod metrics;
 pub mod partner;
 pub mod ratelimit;
+pub mod segments;
 #[cfg(test)]
 mod tests;
 
@@ -97,9 +100,18 @@ pub mod routes {
     pub const IMPORT: &str = "/admin/workspaces/{ws}/users/import";
     pub const COHORT_STATS: &str = "/admin/workspaces/{ws}/cohorts";
     pub const DATA_POINTS: &str = "/admin/workspaces/{ws}/data_points";
+    pub const SEGMENT_COUNT: &str = "/workspaces/{ws}/segments/count";
+    pub const SEGMENT_BREAKDOWN: &str = "/workspaces/{ws}/segments/breakdown";
+    pub const SEGMENT_MEMBERS: &str = "/workspaces/{ws}/segments/members";
+    pub const SEGMENT_CHECK: &str = "/workspaces/{ws}/segments/check";
+    pub const USER_SEGMENTS: &str = "/workspaces/{ws}/users/segments";
+    pub const SEGMENTS: &str = "/workspaces/{ws}/segments";
+    pub const SEGMENT: &str = "/workspaces/{ws}/segments/{id}";
+    pub const SEGMENT_SIZE: &str = "/workspaces/{ws}/segments/{id}/size";
+    pub const PARTNER_COHORTS: &str = "/workspaces/{ws}/partners/{partner}/cohorts";
 
     /// Every route.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 24] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -115,6 +127,15 @@ pub mod routes {
         IMPORT,
         COHORT_STATS,
         DATA_POINTS,
+        SEGMENT_COUNT,
+        SEGMENT_BREAKDOWN,
+        SEGMENT_MEMBERS,
+        SEGMENT_CHECK,
+        USER_SEGMENTS,
+        SEGMENTS,
+        SEGMENT,
+        SEGMENT_SIZE,
+        PARTNER_COHORTS,
     ];
 }
 
@@ -163,9 +184,39 @@ pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> Router {
         .route(IMPORT, json_405(post(import::import)))
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
 
+    let segment_api = Router::new()
+        .route(SEGMENT_COUNT, json_405(post(segments::count_handler)))
+        .route(
+            SEGMENT_BREAKDOWN,
+            json_405(post(segments::breakdown_handler)),
+        )
+        .route(SEGMENT_MEMBERS, json_405(post(segments::members_handler)))
+        .route(SEGMENT_CHECK, json_405(post(segments::check_handler)))
+        .route(
+            USER_SEGMENTS,
+            json_405(post(segments::user_segments_handler)),
+        )
+        .route(
+            SEGMENTS,
+            json_405(get(segments::list_segments).post(segments::create_segment)),
+        )
+        .route(
+            SEGMENT,
+            json_405(
+                get(segments::get_segment)
+                    .put(segments::update_segment)
+                    .delete(segments::delete_segment),
+            ),
+        )
+        .route(SEGMENT_SIZE, json_405(get(segments::size_handler)))
+        .route(PARTNER_COHORTS, json_405(get(segments::partner_cohorts)))
+        .layer(body_limit)
+        .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
+
     Router::new()
         .merge(partner)
         .merge(admin)
+        .merge(segment_api)
         .route(METRICS, json_405(get(metrics::handler)))
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), metrics::track))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
@@ -30,7 +30,7 @@ use crate::import::{
 };
 
 use super::auth::require_json;
-use super::error::{body_rejection, json_response, path_rejection, ApiError};
+use super::error::{json_response, path_rejection, read_body, ApiError};
 use super::AppState;
 
 /// `POST /partners/{partner}/cohorts`.
@@ -96,9 +96,7 @@ async fn read(
         .map_err(|_| ProtocolError::UnknownPartner(partner))?;
     require_json(req.headers())?;
     let limit = state.options.max_body_bytes;
-    let body = Bytes::from_request(req, &())
-        .await
-        .map_err(|r| body_rejection(r, limit))?;
+    let body = read_body(req, limit).await?;
     Ok((partner, body))
 }
 

@@ -12,6 +12,7 @@ mod import;
 mod log;
 mod matching;
 mod segment_parse;
+mod segments;
 mod snapshot;
 mod support;
 mod users;

@@ -1,0 +1,217 @@
+//! `segq snapshot …`: write, inspect, verify, bench and compact snapshots.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Subcommand;
+
+use segq::engine::Engine;
+use segq::snapshot::{bench, Snapshot};
+use segq::workload::{self, Spec};
+use segq::Error;
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Generate a workload straight into a snapshot file (no workspace is
+    /// held in memory, so the large size fits).
+    Write {
+        #[arg(long, default_value_t = Spec::SMALL.users)]
+        users: u32,
+        #[arg(long, default_value_t = Spec::SMALL.cohorts)]
+        cohorts: u32,
+        #[arg(long, default_value_t = Spec::SMALL.seed)]
+        seed: u64,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a snapshot's sections, sizes, cohorts and container kinds.
+    Inspect {
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every checksum, that every bitmap decodes, and that the
+    /// identifier dictionaries are consistent.
+    Verify { file: PathBuf },
+    /// Open a snapshot and measure: open time, resident memory after open
+    /// and after a five-cohort query, and external-id look-ups.
+    Bench {
+        file: PathBuf,
+        /// How many external ids to look up.
+        #[arg(long, default_value_t = 1_000_000)]
+        lookups: usize,
+    },
+    /// Fold the logs of a data directory's workspaces into new snapshot
+    /// generations now (the server must not be running on it).
+    Compact {
+        #[arg(long, default_value = "segq-data")]
+        data: PathBuf,
+        /// Only this workspace (default: all).
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
+    let stdout = |e| Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    };
+    match cmd {
+        SnapshotCommand::Write {
+            users,
+            cohorts,
+            seed,
+            out: path,
+        } => {
+            let spec = Spec {
+                users,
+                cohorts,
+                seed,
+            };
+            let t = Instant::now();
+            let tmp = path.with_extension("tmp");
+            let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            let (w, _) = workload::write_snapshot("generated", spec, BufWriter::new(file))?;
+            let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+            file.sync_all().map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            let len = std::fs::metadata(&path).map_err(io(&path))?.len();
+            writeln!(
+                out,
+                "wrote {} ({}) for {users} users, {cohorts} cohorts, seed {seed} in {:.1?}",
+                path.display(),
+                mib(len),
+                t.elapsed()
+            )
+            .map_err(stdout)?;
+        }
+        SnapshotCommand::Inspect { file, json } => {
+            let snap = Snapshot::open(&file)?;
+            let i = snap.inspect()?;
+            if json {
+                let text = serde_json::to_string_pretty(&i)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                writeln!(out, "{text}").map_err(stdout)?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{}: {} ({} bytes), workspace {:?}, log seq {}, {} users, {} cohorts",
+                i.file,
+                mib(i.bytes),
+                i.bytes,
+                i.workspace,
+                i.seq,
+                i.users,
+                i.cohorts.len()
+            )
+            .map_err(stdout)?;
+            writeln!(out, "sections:").map_err(stdout)?;
+            for s in &i.sections {
+                writeln!(
+                    out,
+                    "  {:<13} offset {:>12}  {:>12} bytes ({})  crc {}",
+                    s.kind,
+                    s.offset,
+                    s.len,
+                    mib(s.len),
+                    s.crc
+                )
+                .map_err(stdout)?;
+            }
+            writeln!(out, "containers: {:?}", i.containers).map_err(stdout)?;
+            writeln!(out, "cohorts:").map_err(stdout)?;
+            for c in &i.cohorts {
+                writeln!(
+                    out,
+                    "  {}/{:<10} {:>10} members {:>12} bytes  array {:>5} bitmap {:>5} run {:>5}  {:?}",
+                    c.partner, c.cohort_id, c.members, c.bytes, c.arrays, c.bitmaps, c.runs, c.name
+                )
+                .map_err(stdout)?;
+            }
+        }
+        SnapshotCommand::Verify { file } => {
+            let t = Instant::now();
+            let snap = Snapshot::open(&file)?;
+            snap.verify()?;
+            writeln!(out, "{}: ok ({:.1?})", file.display(), t.elapsed()).map_err(stdout)?;
+        }
+        SnapshotCommand::Bench { file, lookups } => {
+            let r = bench::run(&file, lookups)?;
+            let opt = |x: Option<u64>| x.map_or("unknown".to_string(), mib);
+            writeln!(
+                out,
+                "snapshot {}: {} on disk; cohort bitmaps {} + identifier dictionaries {} => ratio {:.3}",
+                file.display(),
+                mib(r.file_bytes),
+                mib(r.bitmap_bytes),
+                mib(r.dictionary_bytes),
+                r.size_ratio
+            )
+            .map_err(stdout)?;
+            writeln!(out, "users {}, cohorts {}", r.users, r.cohorts).map_err(stdout)?;
+            writeln!(
+                out,
+                "open: {:.1} µs; resident memory before open {}, after open {}",
+                r.open_us,
+                opt(r.rss_before_open),
+                opt(r.rss_after_open)
+            )
+            .map_err(stdout)?;
+            writeln!(
+                out,
+                "query {} -> {} users in {:.2} ms; resident memory after {}",
+                r.query,
+                r.query_count,
+                r.query_ms,
+                opt(r.rss_after_query)
+            )
+            .map_err(stdout)?;
+            writeln!(
+                out,
+                "{} external-id look-ups ({} found) in {:.1} ms ({:.0} ns each); resident memory after {}",
+                r.lookups,
+                r.lookup_hits,
+                r.lookups_ms,
+                r.lookups_ms * 1e6 / r.lookups.max(1) as f64,
+                opt(r.rss_after_lookups)
+            )
+            .map_err(stdout)?;
+        }
+        SnapshotCommand::Compact { data, workspace } => {
+            let (engine, _) = Engine::open(&data)?;
+            let names = match workspace {
+                Some(w) => vec![w],
+                None => engine.workspace_names(),
+            };
+            for name in names {
+                let c = engine.compact(&name)?;
+                writeln!(
+                    out,
+                    "{name}: generation {} up to log seq {} ({}, {} ms)",
+                    c.generation,
+                    c.seq,
+                    mib(c.snapshot_bytes),
+                    c.took_ms
+                )
+                .map_err(stdout)?;
+            }
+        }
+    }
+    Ok(())
+}

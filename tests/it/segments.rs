@@ -1,0 +1,1724 @@
+//! The segment API on a real server (the in-process router on loopback,
+//! driven by a real HTTP client): counts with explain, estimates, the
+//! breakdown, member export with cursors, targeting look-ups, saved
+//! segments across a restart and a cohort rename, bad input, and the CLI
+//! against the server and against the data directory. Answers are checked
+//! against the reference evaluator on the same workspace.
+//!
+//! Also, at library level: the estimate's 95% interval covers the exact
+//! count about 95% of the time.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reqwest::blocking::Client;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use segq::engine::{Engine, WorkspaceHandle};
+use segq::query;
+use segq::segment::{self, eval, fast, BucketCmp, Filter};
+use segq::users::NewUser;
+use segq::workload::{self, Spec};
+use segq::{Partner, UserId};
+use serde_json::{json, Value};
+
+const WS: &str = "acme";
+/// Users of the fixture: enough for several stream blocks of members.
+const USERS: u32 = 10_000;
+
+// ----- a server on loopback -----
+
+fn open_engine(dir: &Path) -> (Arc<Engine>, Option<String>) {
+    // A child process another test is spawning can hold the directory
+    // lock for a moment (between its fork and exec): retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Engine::open(dir) {
+            Ok(x) => return x,
+            Err(segq::Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{} does not open: {e}", dir.display()),
+        }
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    }
+
+    /// Asserts a status and returns the JSON body.
+    fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        self.json()
+    }
+}
+
+struct Server {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    token: String,
+    engine: Option<Arc<Engine>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    client: Client,
+}
+
+impl Server {
+    /// Serves the data directory `dir`; `token` is the admin token of a
+    /// directory opened before.
+    fn start(dir: &Path, token: Option<String>) -> Server {
+        let (engine, new_token) = open_engine(dir);
+        let token = token.or(new_token).expect("an admin token");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("binds");
+        let base = format!("http://{}", listener.local_addr().expect("an address"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(segq::server::serve(engine.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let client = Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a client");
+        Server {
+            rt,
+            base,
+            token,
+            engine: Some(engine),
+            stop: Some(tx),
+            task: Some(task),
+            client,
+        }
+    }
+
+    /// Stops serving and closes the data directory; returns the token.
+    fn stop(mut self) -> String {
+        self.shutdown();
+        self.token.clone()
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let served = self.rt.block_on(task).expect("the server task ends");
+            served.expect("serves and syncs cleanly");
+        }
+        self.engine = None;
+    }
+
+    fn engine(&self) -> &Arc<Engine> {
+        self.engine.as_ref().expect("running")
+    }
+
+    fn handle(&self) -> Arc<WorkspaceHandle> {
+        self.engine().workspace(WS).expect("the workspace")
+    }
+
+    fn send(&self, method: Method, path: &str, body: Option<&Value>, auth: bool) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if auth {
+            req = req.bearer_auth(&self.token);
+        }
+        let r = req.send().expect("the server answers");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().expect("a body");
+        Resp {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Resp {
+        self.send(Method::POST, path, Some(body), true)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, None, true)
+    }
+
+    fn put(&self, path: &str, body: &Value) -> Resp {
+        self.send(Method::PUT, path, Some(body), true)
+    }
+
+    fn delete(&self, path: &str) -> Resp {
+        self.send(Method::DELETE, path, None, true)
+    }
+
+    /// `POST /workspaces/acme{path}`.
+    fn ws_post(&self, path: &str, body: &Value) -> Resp {
+        self.post(&format!("/workspaces/{WS}{path}"), body)
+    }
+
+    fn ws_get(&self, path: &str) -> Resp {
+        self.get(&format!("/workspaces/{WS}{path}"))
+    }
+
+    /// A partner request with a fresh data import key.
+    fn partner(&self, partner: &str, path: &str, mut body: Value) -> Resp {
+        let p: Partner = partner.parse().expect("a partner");
+        let key = self.post(
+            &format!("/admin/workspaces/{WS}/partners/{partner}/keys"),
+            &json!({}),
+        );
+        let key = key.expect(201)["key"].as_str().expect("a key").to_string();
+        body["partner_api_key"] = json!(self.engine().config().partner_api_keys[&p]);
+        body["client_secret"] = json!(key);
+        self.send(
+            Method::POST,
+            &format!("/partners/{partner}{path}"),
+            Some(&body),
+            false,
+        )
+    }
+
+    /// The exact count by the reference evaluator.
+    fn reference_count(&self, filter: &Filter) -> u64 {
+        eval::count(&self.handle().read(), filter).expect("the reference counts")
+    }
+
+    fn reference_members(&self, filter: &Filter) -> Vec<UserId> {
+        eval::members(&self.handle().read(), filter).expect("the reference lists")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.shutdown();
+        }
+    }
+}
+
+/// The fixture's users: `u{i}` (every fifth anonymous), device `d{i}`,
+/// alias (`email`, `u{i}@example.com`) for every tenth, a fixed bucket.
+fn fixture_user(i: u32) -> NewUser {
+    NewUser {
+        external_id: (i % 5 != 4).then(|| format!("u{i}")),
+        devices: vec![format!("d{i}")],
+        aliases: if i.is_multiple_of(10) {
+            vec![("email".into(), format!("u{i}@example.com"))]
+        } else {
+            Vec::new()
+        },
+        bucket: Some(bucket_of(i)),
+    }
+}
+
+/// The fixture's bucket of user `i`.
+fn bucket_of(i: u32) -> u16 {
+    ((u64::from(i) * 7919) % 10_000) as u16
+}
+
+/// The fixture's cohorts: (partner, cohort_id, name, members).
+fn fixture_cohorts() -> Vec<(&'static str, &'static str, &'static str, Vec<u32>)> {
+    vec![
+        (
+            "amplitude",
+            "c-even",
+            "Even users",
+            (0..USERS).step_by(2).collect(),
+        ),
+        (
+            "amplitude",
+            "c-third",
+            "Every third",
+            (0..USERS).step_by(3).collect(),
+        ),
+        (
+            "amplitude",
+            "c-band",
+            "Recent signups",
+            (2_000..8_000).collect(),
+        ),
+        ("amplitude", "c-vip", "VIPs", (0..60).collect()),
+        ("amplitude", "c-empty", "Nobody yet", Vec::new()),
+        (
+            "mixpanel",
+            "m-power",
+            "Power users",
+            (0..USERS).step_by(7).collect(),
+        ),
+    ]
+}
+
+/// A server on a fresh data directory with the fixture loaded: users
+/// through the engine, cohorts through the partner endpoints.
+fn fixture(dir: &Path) -> Server {
+    let s = Server::start(dir, None);
+    s.post("/admin/workspaces", &json!({"name": WS}))
+        .expect(201);
+    for p in ["amplitude", "mixpanel"] {
+        s.post(
+            &format!("/admin/workspaces/{WS}/partners/{p}/enable"),
+            &json!({}),
+        )
+        .expect(200);
+    }
+    let report = s
+        .handle()
+        .upsert_users((0..USERS).map(fixture_user).collect())
+        .expect("loads");
+    assert_eq!(report.created, u64::from(USERS));
+    for (partner, id, name, members) in fixture_cohorts() {
+        let r = s.partner(
+            partner,
+            "/cohorts",
+            json!({"cohort_id": id, "name": name, "created_at": "2024-01-01T00:00:00Z"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        for chunk in members.chunks(1_000) {
+            let user_ids: Vec<String> = chunk
+                .iter()
+                .filter(|&&i| i % 5 != 4)
+                .map(|i| format!("u{i}"))
+                .collect();
+            let device_ids: Vec<String> = chunk
+                .iter()
+                .filter(|&&i| i % 5 == 4)
+                .map(|i| format!("d{i}"))
+                .collect();
+            let r = s.partner(
+                partner,
+                "/cohorts/users",
+                json!({"cohort_id": id,
+                       "cohort_changes": [{"user_ids": user_ids, "device_ids": device_ids}]}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+    s
+}
+
+fn parse(text: &str) -> Filter {
+    segment::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+// ----- counts, explain, estimates, breakdown -----
+
+/// Every operator of both forms, in one filter.
+const EVERY_OPERATOR_TEXT: &str = r#"(amplitude_cohorts includes_value "c-even"
+    or mixpanel_cohorts includes_value "Power users")
+  and amplitude_cohorts does_not_include_value "c-vip"
+  and not (random_bucket < 1000 or random_bucket > 9000)
+  and (random_bucket <= 8000 and random_bucket >= 500)
+  and (random_bucket between 400 and 8500 or amplitude_cohorts includes_value "Recent signups")"#;
+
+fn every_operator_json() -> Value {
+    let cohort = |p: &str, cmp: &str, v: &str| json!({"filter": format!("{p}_cohorts"), "comparison": cmp, "value": v});
+    let bucket =
+        |cmp: &str, v: Value| json!({"filter": "random_bucket", "comparison": cmp, "value": v});
+    json!({
+        "groups": [
+            {"combinator": "or", "filters": [
+                cohort("amplitude", "includes_value", "c-even"),
+                cohort("mixpanel", "includes_value", "Power users")]},
+            {"combinator": "and", "filters": [
+                cohort("amplitude", "does_not_include_value", "c-vip"),
+                {"not": {"or": [bucket("less_than", json!(1000)), bucket("greater_than", json!(9000))]}},
+                bucket("less_than_or_equal_to", json!(8000)),
+                bucket("greater_than_or_equal_to", json!(500)),
+                {"or": [bucket("between", json!([400, 8500])),
+                        cohort("amplitude", "includes_value", "Recent signups")]}]}
+        ],
+        "groups_combinator": "and",
+        "exclusions": [{"combinator": "and", "filters": [
+            cohort("amplitude", "includes_value", "c-third"),
+            bucket("less_than", json!(3000))]}]
+    })
+}
+
+#[test]
+fn counts_explain_breakdown_and_estimates() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+
+    // Every operator, in the text form and in the JSON form (the builder's
+    // groups and exclusions), against the reference evaluator.
+    let text_filter = parse(EVERY_OPERATOR_TEXT);
+    let want = s.reference_count(&text_filter);
+    assert!(want > 100, "a filter that keeps somebody: {want}");
+    let c = s
+        .ws_post("/segments/count", &json!({"filter": EVERY_OPERATOR_TEXT}))
+        .expect(200);
+    assert_eq!(c["count"], want);
+    assert!(c["generation"].as_u64().is_some_and(|g| g > 0), "{c}");
+    assert!(c["took_us"].is_u64());
+    assert!(c.get("explain").is_none());
+
+    let json_filter = segment::json::parse(&every_operator_json().to_string()).expect("parses");
+    let want_json = s.reference_count(&json_filter);
+    assert_ne!(want_json, want, "the exclusion changes the count");
+    let c = s
+        .ws_post("/segments/count", &json!({"filter": every_operator_json()}))
+        .expect(200);
+    assert_eq!(c["count"], want_json);
+    // A JSON filter in a string is parsed as JSON.
+    let c = s
+        .ws_post(
+            "/segments/count",
+            &json!({"filter": every_operator_json().to_string()}),
+        )
+        .expect(200);
+    assert_eq!(c["count"], want_json);
+
+    // Explain: the normalised tree, leaf cardinalities in evaluation
+    // order, chunks.
+    let c = s
+        .ws_post(
+            "/segments/count?explain=true",
+            &json!({"filter": "amplitude_cohorts includes_value c-third and amplitude_cohorts includes_value VIPs and not amplitude_cohorts includes_value c-even"}),
+        )
+        .expect(200);
+    let e = &c["explain"];
+    assert_eq!(
+        c["count"],
+        (0..60).filter(|i| i % 3 == 0 && i % 2 == 1).count()
+    );
+    assert_eq!(e["plan"]["op"], "and", "{e}");
+    let order: Vec<(String, u64)> = e["evaluation_order"]
+        .as_array()
+        .expect("leaves")
+        .iter()
+        .map(|l| {
+            (
+                l["cohort_id"].as_str().expect("an id").to_string(),
+                l["cardinality"].as_u64().expect("a cardinality"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("c-vip".to_string(), 60),
+            ("c-third".to_string(), 3_334),
+            ("c-even".to_string(), 5_000)
+        ],
+        "smallest first, the subtracted cohort last"
+    );
+    assert!(e["normalised"]
+        .as_str()
+        .is_some_and(|t| t.contains("c-vip")));
+    assert_eq!(e["chunks"]["chunks"], 1);
+    assert_eq!(
+        e["chunks"]["touched"].as_u64().unwrap_or(0) + e["chunks"]["skipped"].as_u64().unwrap_or(0),
+        1
+    );
+
+    // Estimates: the interval and sample, the whole population exactly,
+    // the same start twice the same answer.
+    let exact = s.reference_count(&parse("amplitude_cohorts includes_value c-band"));
+    let e = s
+        .ws_post(
+            "/segments/count",
+            &json!({"filter": "amplitude_cohorts includes_value c-band", "estimate": true,
+                    "sample_start": 9_500, "sample_buckets": 1_000}),
+        )
+        .expect(200);
+    assert_eq!(e["confidence"], 0.95);
+    let (est, low, high) = (
+        e["estimate"].as_u64().expect("estimate"),
+        e["low"].as_u64().expect("low"),
+        e["high"].as_u64().expect("high"),
+    );
+    assert!(low <= est && est <= high, "{e}");
+    assert!(low <= exact && exact <= high, "{exact} outside {e}");
+    let size = e["sample_size"].as_u64().expect("a sample");
+    assert!((700..1_300).contains(&size), "about a tenth: {e}");
+    assert!(e["sample_matches"].as_u64().expect("matches") <= size);
+    assert_eq!(
+        e["sampled_ranges"],
+        json!([[0, 499], [9_500, 9_999]]),
+        "wraps"
+    );
+    assert!(e["generation"].is_u64() && e["took_us"].is_u64());
+    let again = s
+        .ws_post(
+            "/segments/count",
+            &json!({"filter": "amplitude_cohorts includes_value c-band", "estimate": true,
+                    "sample_start": 9_500, "sample_buckets": 1_000}),
+        )
+        .expect(200);
+    assert_eq!(again["estimate"], e["estimate"]);
+    let whole = s
+        .ws_post(
+            "/segments/count",
+            &json!({"filter": EVERY_OPERATOR_TEXT, "estimate": true, "sample_buckets": 10_000}),
+        )
+        .expect(200);
+    assert_eq!(
+        (
+            whole["estimate"].clone(),
+            whole["low"].clone(),
+            whole["high"].clone()
+        ),
+        (json!(want), json!(want), json!(want))
+    );
+    assert_eq!(whole["sample_size"], USERS);
+    // Defaults: 1,000 buckets from a random start.
+    let d = s
+        .ws_post(
+            "/segments/count",
+            &json!({"filter": "amplitude_cohorts includes_value c-even", "estimate": true}),
+        )
+        .expect(200);
+    assert_eq!(d["sample_buckets"], 1_000);
+    assert!(d["sample_start"].as_u64().is_some_and(|x| x < 10_000));
+
+    // The breakdown: each top-level filter and the running count.
+    let b = s
+        .ws_post(
+            "/segments/breakdown",
+            &json!({"filter": "amplitude_cohorts includes_value c-even and amplitude_cohorts includes_value c-third and random_bucket < 5000"}),
+        )
+        .expect(200);
+    assert_eq!(b["combinator"], "and");
+    let rows = b["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    let parts = [
+        "amplitude_cohorts includes_value c-even",
+        "amplitude_cohorts includes_value c-third",
+        "random_bucket < 5000",
+    ];
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["filter"], parse(parts[i]).to_string());
+        assert_eq!(row["count"], s.reference_count(&parse(parts[i])));
+        let so_far = Filter::And(parts[..=i].iter().map(|p| parse(p)).collect());
+        assert_eq!(row["running"], s.reference_count(&so_far), "row {i}");
+    }
+    let b = s
+        .ws_post(
+            "/segments/breakdown",
+            &json!({"filter": {"or": [
+                {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-vip"},
+                {"filter": "mixpanel_cohorts", "comparison": "includes_value", "value": "m-power"}]}}),
+        )
+        .expect(200);
+    assert_eq!(b["combinator"], "or");
+    assert_eq!(b["rows"][0]["running"], 60);
+    assert_eq!(
+        b["rows"][1]["running"],
+        s.reference_count(&parse(
+            "amplitude_cohorts includes_value c-vip or mixpanel_cohorts includes_value m-power"
+        ))
+    );
+}
+
+// ----- the estimate's coverage, at library level -----
+
+fn random_filter(rng: &mut ChaCha8Rng, cohorts: u32, depth: u32) -> Filter {
+    if depth == 0 || rng.gen_bool(0.3) {
+        return match rng.gen_range(0..10) {
+            0 | 1 => {
+                let lo = rng.gen_range(0..10_000u16);
+                let hi = rng.gen_range(lo..10_000u16);
+                Filter::Bucket(BucketCmp::Between(lo, hi))
+            }
+            2 => Filter::Bucket(BucketCmp::Lt(rng.gen_range(1..10_000u16))),
+            _ => {
+                let c = workload::cohort_id(rng.gen_range(0..cohorts));
+                if rng.gen_bool(0.8) {
+                    Filter::includes(workload::PARTNER, c)
+                } else {
+                    Filter::excludes(workload::PARTNER, c)
+                }
+            }
+        };
+    }
+    let n = rng.gen_range(2..5);
+    let children = (0..n)
+        .map(|_| random_filter(rng, cohorts, depth - 1))
+        .collect();
+    match rng.gen_range(0..3) {
+        0 => Filter::And(children),
+        1 => Filter::Or(children),
+        _ => Filter::And(children).not(),
+    }
+}
+
+fn has_bucket(f: &Filter) -> bool {
+    match f {
+        Filter::Bucket(_) => true,
+        Filter::Cohort { .. } => false,
+        Filter::And(c) | Filter::Or(c) => c.iter().any(has_bucket),
+        Filter::Not(c) => has_bucket(c),
+    }
+}
+
+/// Over 3 generated workspaces of 50k users, the query shapes and random
+/// trees (with and without bucket tests), a few random sample starts each:
+/// the 95% interval covers the exact count 90% to 99% of the time, both
+/// over all cases and over those whose filter tests the bucket.
+#[test]
+fn estimate_intervals_cover_the_exact_count() {
+    const COHORTS: u32 = 50;
+    let (mut covered, mut cases) = (0u32, 0u32);
+    let (mut b_covered, mut b_cases) = (0u32, 0u32);
+    let mut misses = Vec::new();
+    for seed in [101u64, 202, 303] {
+        let spec = Spec {
+            users: 50_000,
+            cohorts: COHORTS,
+            seed,
+        };
+        let ws = workload::generate("coverage", spec)
+            .expect("generates")
+            .workspace;
+        let src = fast::SerialCache::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut filters: Vec<Filter> = workload::query_shapes(COHORTS)
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        while filters.len() < 100 {
+            filters.push(random_filter(&mut rng, COHORTS, 3));
+        }
+        for f in &filters {
+            let exact = query::count(&ws, &src, f, false).expect("counts").count;
+            if exact == 0 {
+                continue;
+            }
+            for _ in 0..4 {
+                let start = rng.gen_range(0..10_000u16);
+                let e = query::estimate(&ws, &src, f, start, 1_000).expect("estimates");
+                assert!(e.low <= e.estimate && e.estimate <= e.high, "{e:?}");
+                assert!(e.sample_matches <= e.sample_size);
+                if e.sample_size >= u64::from(spec.users) {
+                    assert_eq!((e.low, e.high), (exact, exact), "{f}");
+                    continue;
+                }
+                let hit = e.low <= exact && exact <= e.high;
+                cases += 1;
+                covered += u32::from(hit);
+                if has_bucket(f) {
+                    b_cases += 1;
+                    b_covered += u32::from(hit);
+                }
+                if !hit && misses.len() < 5 {
+                    misses.push(format!("{f}: exact {exact}, {e:?}"));
+                }
+            }
+        }
+    }
+    let rate = f64::from(covered) / f64::from(cases);
+    let b_rate = f64::from(b_covered) / f64::from(b_cases);
+    eprintln!(
+        "coverage {covered}/{cases} = {rate:.3}; with bucket tests {b_covered}/{b_cases} = {b_rate:.3}"
+    );
+    assert!(cases > 800 && b_cases > 200, "{cases} {b_cases}");
+    assert!(
+        (0.90..=0.99).contains(&rate),
+        "coverage {rate:.3} over {cases} cases; misses such as {misses:#?}"
+    );
+    assert!(
+        (0.90..=0.99).contains(&b_rate),
+        "coverage {b_rate:.3} over {b_cases} cases testing the bucket; misses such as {misses:#?}"
+    );
+}
+
+// ----- member export -----
+
+/// Pages through a segment with `body` (plus cursors); returns the lines
+/// of every page and the number of pages.
+fn export(s: &Server, body: &Value) -> (Vec<String>, usize) {
+    let mut lines = Vec::new();
+    let mut pages = 0;
+    let mut body = body.clone();
+    loop {
+        let r = s.ws_post("/segments/members", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        pages += 1;
+        lines.extend(r.text.lines().map(String::from));
+        match r.header("x-next-cursor") {
+            Some(c) => body["cursor"] = json!(c),
+            None => return (lines, pages),
+        }
+        assert!(pages < 10_000, "the cursors end");
+    }
+}
+
+fn expected_line(i: u32, aliases: bool, bucket: bool) -> Value {
+    let u = fixture_user(i);
+    let mut v = match &u.external_id {
+        Some(e) => json!({"external_id": e}),
+        None => json!({"user_id": i}),
+    };
+    if aliases {
+        v["aliases"] = u
+            .aliases
+            .iter()
+            .map(|(l, n)| json!({"alias_label": l, "alias_name": n}))
+            .collect();
+    }
+    if bucket {
+        v["bucket"] = json!(bucket_of(i));
+    }
+    v
+}
+
+#[test]
+fn member_export_pages_with_cursors_in_jsonl_and_csv() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let text =
+        "amplitude_cohorts includes_value c-band and not amplitude_cohorts includes_value c-third";
+    let want: Vec<u32> = s
+        .reference_members(&parse(text))
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    assert_eq!(want.len(), 4_000);
+
+    // One page of everything (several stream blocks), JSON Lines.
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": text, "limit": 100_000, "fields": ["aliases", "bucket"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-ndjson")
+    );
+    assert_eq!(r.header("x-next-cursor"), None, "one page holds them all");
+    assert!(r.header("x-generation").is_some());
+    let got: Vec<Value> = r
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let expected: Vec<Value> = want.iter().map(|&i| expected_line(i, true, true)).collect();
+    assert_eq!(got, expected);
+    assert!(
+        got.iter().any(|v| v.get("user_id").is_some()),
+        "anonymous users"
+    );
+    assert!(
+        got.iter()
+            .any(|v| v["aliases"].as_array().is_some_and(|a| !a.is_empty())),
+        "aliases"
+    );
+
+    // Pages of 333 by cursor: the same members, in order, no repeats.
+    let (lines, pages) = export(&s, &json!({"filter": text, "limit": 333}));
+    assert_eq!(pages, 4_000usize.div_ceil(333));
+    let paged: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let expected: Vec<Value> = want
+        .iter()
+        .map(|&i| expected_line(i, false, false))
+        .collect();
+    assert_eq!(paged, expected);
+
+    // The default page is 10,000: all of c-even but the last in one page.
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": "amplitude_cohorts includes_value c-even or amplitude_cohorts includes_value c-third"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text.lines().count(), 6_667);
+    assert_eq!(r.header("x-next-cursor"), None);
+
+    // CSV, by pages of 1,500, with a header on each page.
+    let (lines, pages) = export(
+        &s,
+        &json!({"filter": text, "format": "csv", "limit": 1_500, "fields": ["bucket", "aliases"]}),
+    );
+    assert_eq!(pages, 3);
+    let header = "external_id,user_id,aliases,bucket";
+    assert_eq!(lines.iter().filter(|l| *l == header).count(), 3);
+    let rows: Vec<&String> = lines.iter().filter(|l| *l != header).collect();
+    assert_eq!(rows.len(), 4_000);
+    for (row, &i) in rows.iter().zip(&want) {
+        let u = fixture_user(i);
+        let aliases = if u.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\"[{{\"\"alias_label\"\":\"\"email\"\",\"\"alias_name\"\":\"\"u{i}@example.com\"\"}}]\""
+            )
+        };
+        let want_row = match &u.external_id {
+            Some(e) => format!("{e},,{aliases},{}", bucket_of(i)),
+            None => format!(",{i},{aliases},{}", bucket_of(i)),
+        };
+        assert_eq!(**row, want_row);
+    }
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": text, "format": "csv", "limit": 2}),
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/csv; charset=utf-8")
+    );
+    assert_eq!(r.text.lines().next(), Some("external_id,user_id"));
+
+    // An empty segment: an empty page, no cursor.
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": "amplitude_cohorts includes_value c-empty"}),
+    );
+    assert_eq!((r.status, r.text.as_str()), (200, ""));
+    assert_eq!(r.header("x-next-cursor"), None);
+
+    // Cursors belong to their segment; a cursor must be one.
+    let r = s.ws_post("/segments/members", &json!({"filter": text, "limit": 10}));
+    let cursor = r.header("x-next-cursor").expect("more pages");
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": "amplitude_cohorts includes_value c-even", "cursor": cursor}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.message().contains("another segment"), "{}", r.message());
+    // The same segment written otherwise (by name, as JSON) takes it.
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": {"and": [
+            {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "Recent signups"},
+            {"not": {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "Every third"}}]},
+            "cursor": cursor, "limit": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        serde_json::from_str::<Value>(r.text.trim()).expect("a line"),
+        expected_line(want[10], false, false)
+    );
+    for bad in ["nope", "", "zzzzzzzzzzzzzzzzzzzzzzzz", &cursor[..20]] {
+        let r = s.ws_post("/segments/members", &json!({"filter": text, "cursor": bad}));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert!(r.message().contains("cursor"), "{}", r.message());
+    }
+    let r = s.ws_post("/segments/members", &json!({"filter": text, "cursor": 12}));
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    // Absurd limits, unknown formats and fields.
+    for (body, needle) in [
+        (json!({"filter": text, "limit": 0}), "limit"),
+        (json!({"filter": text, "limit": 1_000_000_000u64}), "limit"),
+        (json!({"filter": text, "limit": 1_000_001}), "limit"),
+        (json!({"filter": text, "limit": -5}), "limit"),
+        (json!({"filter": text, "limit": "ten"}), "limit"),
+        (json!({"filter": text, "format": "xml"}), "format"),
+        (json!({"filter": text, "fields": ["email"]}), "fields"),
+        (json!({"filter": text, "fields": "bucket"}), "fields"),
+    ] {
+        let r = s.ws_post("/segments/members", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.message().contains(needle), "{body}: {}", r.message());
+    }
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": text, "limit": 1_000_000}),
+    );
+    assert_eq!(r.status, 200, "the largest page is allowed");
+}
+
+// ----- targeting look-ups -----
+
+#[test]
+fn targeting_look_ups_one_user_many_users_many_segments() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let f =
+        "amplitude_cohorts includes_value c-even and not amplitude_cohorts includes_value c-vip";
+
+    // One user by each kind of identifier.
+    for (user, id, member) in [
+        (json!({"external_id": "u100"}), 100, true),
+        (json!({"external_id": "u10"}), 10, false),
+        (json!({"external_id": "u101"}), 101, false),
+        (json!({"device_id": "d104"}), 104, true),
+        (json!({"device_id": "d9"}), 9, false),
+        (
+            json!({"alias_label": "email", "alias_name": "u200@example.com"}),
+            200,
+            true,
+        ),
+    ] {
+        let r = s
+            .ws_post("/segments/check", &json!({"filter": f, "user": user}))
+            .expect(200);
+        assert_eq!(r["member"], member, "{user}");
+        assert_eq!(r["user_id"], id, "{user}");
+        assert!(r.get("reason").is_none());
+        assert!(r["generation"].is_u64());
+    }
+    // An unknown user: 200, not a member, and why.
+    let r = s
+        .ws_post(
+            "/segments/check",
+            &json!({"filter": f, "user": {"external_id": "nobody"}}),
+        )
+        .expect(200);
+    assert_eq!(r["member"], false);
+    assert!(r.get("user_id").is_none());
+    assert!(
+        r["reason"].as_str().is_some_and(|m| m.contains("nobody")),
+        "{r}"
+    );
+
+    // Many users: answers in order, against the reference.
+    let users: Vec<Value> = (0..2_000)
+        .map(|i| {
+            if i % 7 == 0 {
+                json!({"device_id": format!("d{i}")})
+            } else {
+                json!({"external_id": format!("u{i}")})
+            }
+        })
+        .chain([json!({"external_id": "ghost"})])
+        .collect();
+    let r = s
+        .ws_post("/segments/check", &json!({"filter": f, "users": users}))
+        .expect(200);
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2_001);
+    let members: BTreeSet<u32> = s
+        .reference_members(&parse(f))
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    for i in 0..2_000u32 {
+        let known = i % 7 == 0 || i % 5 != 4;
+        let res = &results[i as usize];
+        if known {
+            assert_eq!(res["member"], members.contains(&i), "user {i}");
+            assert_eq!(res["user_id"], i);
+        } else {
+            // An anonymous user has no external_id: nobody holds it.
+            assert_eq!(res["member"], false, "user {i}");
+            assert!(res["reason"].is_string(), "user {i}: {res}");
+        }
+    }
+    assert_eq!(results[2_000]["member"], false);
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"external_id": format!("u{i}")}))
+        .collect();
+    let r = s.ws_post("/segments/check", &json!({"filter": f, "users": too_many}));
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("10000"), "{}", r.message());
+    let r = s.ws_post(
+        "/segments/check",
+        &json!({"filter": f, "users": [{"external_id": "u1"}, {"phone": "1"}]}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.message().starts_with("users[1]"), "{}", r.message());
+
+    // One user, many segments: saved ones and filters (the Canvas entry
+    // check).
+    let saved = s
+        .ws_post("/segments", &json!({"name": "evens", "filter": f}))
+        .expect(201);
+    let id = saved["id"].as_str().expect("an id").to_string();
+    let r = s
+        .ws_post(
+            "/users/segments",
+            &json!({"user": {"external_id": "u300"}, "segment_ids": [id],
+                    "filters": ["amplitude_cohorts includes_value c-third",
+                                {"filter": "random_bucket", "comparison": "less_than", "value": 1}]}),
+        )
+        .expect(200);
+    let bucket_300 = bucket_of(300);
+    assert_eq!(
+        r["results"],
+        json!([
+            {"member": true, "user_id": 300, "segment_id": id},
+            {"member": true, "user_id": 300, "filter": "amplitude_cohorts includes_value \"c-third\""},
+            {"member": bucket_300 < 1, "user_id": 300, "filter": "random_bucket < 1"},
+        ])
+    );
+    let r = s
+        .ws_post(
+            "/users/segments",
+            &json!({"user": {"alias_label": "email", "alias_name": "who@x"}, "segment_ids": [id]}),
+        )
+        .expect(200);
+    assert_eq!(r["results"][0]["member"], false);
+    assert!(r["results"][0]["reason"].is_string());
+    let r = s.ws_post(
+        "/users/segments",
+        &json!({"user": {"external_id": "u1"}, "segment_ids": ["seg_nope"]}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = s.ws_post("/users/segments", &json!({"user": {"external_id": "u1"}}));
+    assert_eq!(r.status, 400);
+    let r = s.ws_post(
+        "/users/segments",
+        &json!({"user": {"external_id": "u1"}, "filters": ["amplitude_cohorts includes_value c-even", "bogus"]}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.message().starts_with("filters[1]"), "{}", r.message());
+    // Checks by saved segment.
+    let r = s
+        .ws_post(
+            "/segments/check",
+            &json!({"segment_id": id, "user": {"external_id": "u102"}}),
+        )
+        .expect(200);
+    assert_eq!(r["member"], true);
+}
+
+// ----- saved segments -----
+
+#[test]
+fn saved_segments_survive_a_restart_and_a_cohort_rename() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+
+    // Saved by cohort name: stored by cohort_id, shown as JSON and text.
+    let by_name = r#"amplitude_cohorts includes_value "Recent signups" and not amplitude_cohorts includes_value "Every third""#;
+    let r = s.ws_post(
+        "/segments",
+        &json!({"name": "Band, not thirds", "filter": by_name}),
+    );
+    let seg = r.expect(201);
+    let id = seg["id"].as_str().expect("an id").to_string();
+    assert!(id.starts_with("seg_"), "{id}");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/workspaces/{WS}/segments/{id}"))
+    );
+    assert_eq!(seg["name"], "Band, not thirds");
+    let stored = parse(
+        r#"amplitude_cohorts includes_value "c-band" and not amplitude_cohorts includes_value "c-third""#,
+    );
+    assert_eq!(seg["text"], stored.to_string());
+    assert_eq!(
+        seg["filter"],
+        serde_json::to_value(&stored).expect("serialises")
+    );
+    assert!(seg["created_at"].is_string() && seg["updated_at"].is_string());
+    let want = s.reference_count(&stored);
+    assert_eq!(want, 4_000);
+
+    // Read back, listed, sized (with explain), counted and exported by id.
+    assert_eq!(s.ws_get(&format!("/segments/{id}")).expect(200), seg);
+    let other = s
+        .ws_post(
+            "/segments",
+            &json!({"name": "VIPs", "filter": {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-vip"}}),
+        )
+        .expect(201);
+    let list = s.ws_get("/segments").expect(200);
+    let ids: BTreeSet<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([id.as_str(), other["id"].as_str().unwrap_or("")])
+    );
+    let size = s.ws_get(&format!("/segments/{id}/size")).expect(200);
+    assert_eq!(
+        (size["count"].clone(), size["segment_id"].clone()),
+        (json!(want), json!(id))
+    );
+    assert!(size["generation"].is_u64() && size.get("explain").is_none());
+    let size = s
+        .ws_get(&format!("/segments/{id}/size?explain=true"))
+        .expect(200);
+    assert_eq!(
+        size["explain"]["evaluation_order"][0]["cohort_id"],
+        "c-band"
+    );
+    let c = s
+        .ws_post("/segments/count", &json!({"segment_id": id}))
+        .expect(200);
+    assert_eq!(c["count"], want);
+    let (lines, _) = export(&s, &json!({"segment_id": id, "limit": 1_500}));
+    assert_eq!(lines.len(), 4_000);
+
+    // The stored JSON form is accepted back as a filter.
+    let c = s
+        .ws_post("/segments/count", &json!({"filter": seg["filter"]}))
+        .expect(200);
+    assert_eq!(c["count"], want);
+
+    // Rename; then change the filter; each keeps the other part.
+    let renamed = s
+        .put(
+            &format!("/workspaces/{WS}/segments/{id}"),
+            &json!({"name": "Band minus thirds"}),
+        )
+        .expect(200);
+    assert_eq!(renamed["name"], "Band minus thirds");
+    assert_eq!(renamed["text"], seg["text"]);
+    assert_eq!(renamed["created_at"], seg["created_at"]);
+    let changed = s
+        .put(
+            &format!("/workspaces/{WS}/segments/{id}"),
+            &json!({"filter": "amplitude_cohorts includes_value \"Recent signups\" and random_bucket < 5000"}),
+        )
+        .expect(200);
+    assert_eq!(changed["name"], "Band minus thirds");
+    let stored = parse("amplitude_cohorts includes_value c-band and random_bucket < 5000");
+    assert_eq!(changed["text"], stored.to_string());
+    let want = s.reference_count(&stored);
+    assert_eq!(
+        s.ws_get(&format!("/segments/{id}/size")).expect(200)["count"],
+        want
+    );
+
+    // Refused: a cohort that does not exist, a bad name, nothing to change.
+    let r = s.ws_post(
+        "/segments",
+        &json!({"name": "ghosts", "filter": "amplitude_cohorts includes_value ghost-cohort"}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.message().contains("ghost-cohort"), "{}", r.message());
+    let r = s.put(
+        &format!("/workspaces/{WS}/segments/{id}"),
+        &json!({"filter": "mixpanel_cohorts includes_value c-band"}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text);
+    for body in [
+        json!({"name": "", "filter": "all"}),
+        json!({"name": "   ", "filter": "all"}),
+        json!({"name": "x".repeat(2_000), "filter": "all"}),
+        json!({"name": "no filter"}),
+        json!({"filter": "all"}),
+        json!({"name": "x", "filter": "all", "color": "red"}),
+        json!({"name": "x", "segment_id": id}),
+    ] {
+        let r = s.ws_post("/segments", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+    }
+    let r = s.put(&format!("/workspaces/{WS}/segments/{id}"), &json!({}));
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = s.put("/workspaces/acme/segments/seg_nope", &json!({"name": "x"}));
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    // A restart: the log brings the segments back.
+    let generation = s.ws_get(&format!("/segments/{id}/size")).expect(200)["generation"].clone();
+    let token = s.stop();
+    let s = Server::start(dir.path(), Some(token));
+    let after = s.ws_get(&format!("/segments/{id}")).expect(200);
+    assert_eq!(after, changed);
+    let size = s.ws_get(&format!("/segments/{id}/size")).expect(200);
+    assert_eq!(
+        (size["count"].clone(), size["generation"].clone()),
+        (json!(want), generation)
+    );
+    assert_eq!(
+        s.ws_get("/segments").expect(200).as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // A cohort rename by its partner breaks nothing: the segment names the
+    // cohort by id. The builder's dropdown shows the new name.
+    let r = s.partner(
+        "amplitude",
+        "/cohorts",
+        json!({"cohort_id": "c-band", "name": "Signups 2024", "created_at": "2024-01-01T00:00:00Z"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        s.ws_get(&format!("/segments/{id}/size")).expect(200)["count"],
+        want
+    );
+    assert_eq!(
+        s.ws_get(&format!("/segments/{id}")).expect(200)["text"],
+        after["text"]
+    );
+    let cohorts = s.ws_get("/partners/amplitude/cohorts").expect(200);
+    let band = cohorts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|c| c["cohort_id"] == "c-band")
+        .expect("listed")
+        .clone();
+    assert_eq!(band["name"], "Signups 2024");
+    assert_eq!(band["size"], 6_000);
+    assert!(band["last_sync"].is_string(), "{band}");
+    let ids: Vec<&str> = cohorts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["cohort_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["c-band", "c-empty", "c-even", "c-third", "c-vip"]);
+    let empty = &cohorts[1];
+    assert_eq!(
+        (empty["size"].clone(), empty["last_sync"].clone()),
+        (json!(0), Value::Null)
+    );
+    let mixpanel = s.ws_get("/partners/mixpanel/cohorts").expect(200);
+    assert_eq!(mixpanel.as_array().map(Vec::len), Some(1));
+    let m = &mixpanel[0];
+    assert_eq!(
+        (m["cohort_id"].clone(), m["name"].clone(), m["size"].clone()),
+        (json!("m-power"), json!("Power users"), json!(1_429))
+    );
+    assert!(m["last_sync"].is_string());
+    assert_eq!(s.ws_get("/partners/heap/cohorts").expect(200), json!([]));
+    let r = s.ws_get("/partners/acme-analytics/cohorts");
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    // Delete.
+    let r = s
+        .delete(&format!("/workspaces/{WS}/segments/{id}"))
+        .expect(200);
+    assert_eq!(r["id"], json!(id));
+    for r in [
+        s.ws_get(&format!("/segments/{id}")),
+        s.ws_get(&format!("/segments/{id}/size")),
+        s.delete(&format!("/workspaces/{WS}/segments/{id}")),
+        s.ws_post("/segments/count", &json!({"segment_id": id})),
+        s.ws_post("/segments/members", &json!({"segment_id": id})),
+    ] {
+        assert_eq!(r.status, 404, "{}", r.text);
+        assert!(r.message().contains(&id), "{}", r.message());
+    }
+    assert_eq!(
+        s.ws_get("/segments").expect(200).as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+// ----- bad input -----
+
+#[test]
+fn bad_input_gets_a_clear_4xx() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let ok = "amplitude_cohorts includes_value c-even";
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        // The segment.
+        ("/segments/count", json!({}), 400, "missing \"filter\""),
+        (
+            "/segments/count",
+            json!({"filter": ok, "segment_id": "seg_1"}),
+            400,
+            "not both",
+        ),
+        ("/segments/count", json!({"filter": null}), 400, "missing"),
+        (
+            "/segments/count",
+            json!({"filter": 42}),
+            400,
+            "filter must be",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ["a"]}),
+            400,
+            "filter must be",
+        ),
+        (
+            "/segments/count",
+            json!({"segment_id": "seg_nope"}),
+            404,
+            "seg_nope",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "amplitude_cohorts includes_value ghost"}),
+            404,
+            "ghost",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "acme_cohorts includes_value c-even"}),
+            400,
+            "acme_cohorts",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "amplitude_cohorts equals c-even"}),
+            400,
+            "includes_value",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "random_bucket ~ 5"}),
+            400,
+            "between",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "random_bucket < 10001"}),
+            400,
+            "filter",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "(amplitude_cohorts includes_value c-even"}),
+            400,
+            "line 1",
+        ),
+        ("/segments/count", json!({"filter": ""}), 400, "filter"),
+        (
+            "/segments/count",
+            json!({"filter": {"filter": "amplitude_cohorts", "comparison": "equals", "value": "c-even"}}),
+            400,
+            "$.comparison",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": {"and": [{"filter": "random_bucket", "comparison": "between", "value": [5, 3]}]}}),
+            400,
+            "$.and[0]",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": {"xor": []}}),
+            400,
+            "filter",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": "{\"and\": [}"}),
+            400,
+            "line 1",
+        ),
+        // The count's own options.
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": "yes"}),
+            400,
+            "estimate",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "sample_buckets": 10}),
+            400,
+            "estimate",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": true, "sample_buckets": 0}),
+            400,
+            "sample_buckets",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": true, "sample_buckets": 10_001}),
+            400,
+            "sample_buckets",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": true, "sample_start": 10_000}),
+            400,
+            "sample_start",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": true, "sample_start": -1}),
+            400,
+            "sample_start",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "limit": 5}),
+            400,
+            "limit",
+        ),
+        (
+            "/segments/count?explain=true",
+            json!({"filter": ok, "estimate": true}),
+            400,
+            "explain",
+        ),
+        (
+            "/segments/count?explain=maybe",
+            json!({"filter": ok}),
+            400,
+            "query string",
+        ),
+        (
+            "/segments/count?explian=true",
+            json!({"filter": ok}),
+            400,
+            "query string",
+        ),
+        (
+            "/segments/breakdown",
+            json!({"filter": ok, "estimate": true}),
+            400,
+            "estimate",
+        ),
+        // Checks.
+        (
+            "/segments/check",
+            json!({"filter": ok}),
+            400,
+            "missing \"user\"",
+        ),
+        (
+            "/segments/check",
+            json!({"filter": ok, "user": {"external_id": "u1"}, "users": []}),
+            400,
+            "not both",
+        ),
+        (
+            "/segments/check",
+            json!({"filter": ok, "user": "u1"}),
+            400,
+            "user must be an object",
+        ),
+        (
+            "/segments/check",
+            json!({"filter": ok, "user": {"email": "a@x"}}),
+            400,
+            "unknown key",
+        ),
+        (
+            "/segments/check",
+            json!({"filter": ok, "user": {"external_id": ""}}),
+            400,
+            "non-empty",
+        ),
+        (
+            "/segments/check",
+            json!({"filter": ok, "users": {"external_id": "u1"}}),
+            400,
+            "users",
+        ),
+        ("/users/segments", json!({"segment_ids": []}), 400, "user"),
+        (
+            "/users/segments",
+            json!({"user": {"external_id": "u1"}, "segment_ids": "seg_1"}),
+            400,
+            "segment_ids",
+        ),
+    ];
+    for (path, body, status, needle) in cases {
+        let r = s.ws_post(path, &body);
+        assert_eq!(r.status, status, "{path} {body}: {}", r.text);
+        assert!(
+            r.message().contains(needle),
+            "{path} {body}: {:?} lacks {needle:?}",
+            r.message()
+        );
+    }
+
+    // The workspace, the auth, the method, the body itself.
+    let r = s.post("/workspaces/nope/segments/count", &json!({"filter": ok}));
+    assert_eq!(r.status, 404);
+    assert!(r.message().contains("nope"));
+    for path in [
+        "/workspaces/nope/segments",
+        "/workspaces/nope/segments/seg_1",
+        "/workspaces/nope/segments/seg_1/size",
+        "/workspaces/nope/partners/amplitude/cohorts",
+    ] {
+        assert_eq!(s.get(path).status, 404, "{path}");
+    }
+    let r = s.send(
+        Method::POST,
+        &format!("/workspaces/{WS}/segments/count"),
+        Some(&json!({"filter": ok})),
+        false,
+    );
+    assert_eq!(r.status, 401);
+    let r = s
+        .client
+        .post(format!("{}/workspaces/{WS}/segments", s.base))
+        .bearer_auth("not-the-token")
+        .json(&json!({"name": "x", "filter": ok}))
+        .send()
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(s.ws_get("/segments/count").status, 405);
+    assert_eq!(
+        s.put(&format!("/workspaces/{WS}/segments"), &json!({}))
+            .status,
+        405
+    );
+    let r = s
+        .client
+        .post(format!("{}/workspaces/{WS}/segments/count", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/json")
+        .body("{\"filter\": ")
+        .send()
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 400);
+    let r = s
+        .client
+        .post(format!("{}/workspaces/{WS}/segments/count", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", "text/plain")
+        .body("amplitude_cohorts includes_value c-even")
+        .send()
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 415);
+    // Over the body limit: 413, unless the server's early answer reset
+    // the connection while the body was still going out.
+    let huge = "x".repeat(2 << 20);
+    let sent = s
+        .client
+        .post(format!("{}/workspaces/{WS}/segments/count", s.base))
+        .bearer_auth(&s.token)
+        .json(&json!({"filter": huge}))
+        .send();
+    match sent {
+        Ok(r) => assert_eq!(r.status().as_u16(), 413),
+        Err(e) => assert!(
+            e.is_request() || e.is_body() || e.is_connect(),
+            "not a reset: {e}"
+        ),
+    }
+
+    // Deeply nested filters are refused, not a stack overflow.
+    let deep = format!("{}all{}", "not (".repeat(5_000), ")".repeat(5_000));
+    let r = s.ws_post("/segments/count", &json!({"filter": deep}));
+    assert_eq!(r.status, 400, "{}", &r.text[..r.text.len().min(200)]);
+    let mut nested = json!({"filter": "random_bucket", "comparison": "less_than", "value": 5});
+    for _ in 0..100 {
+        nested = json!({"not": nested});
+    }
+    let r = s.ws_post("/segments/count", &json!({"filter": nested}));
+    assert_eq!(r.status, 400, "{}", r.text);
+}
+
+// ----- the CLI -----
+
+fn segq_once(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_segq"))
+        .args(args)
+        .env_remove("SEGQ_TOKEN")
+        .output()
+        .expect("segq runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Runs segq; on a data directory, retries while its lock is held for a
+/// moment by a process another test is spawning.
+fn segq(args: &[&str]) -> (i32, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = segq_once(args);
+        if code != 0 && err.contains("is locked") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        return (code, out, err);
+    }
+}
+
+#[test]
+fn the_cli_counts_lists_and_checks_on_a_server_and_on_a_data_directory() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let data = dir.path().to_str().expect("a UTF-8 path").to_string();
+    let f =
+        "amplitude_cohorts includes_value c-band and not amplitude_cohorts includes_value c-third";
+    let want = s.reference_count(&parse(f));
+    let members: Vec<u32> = s
+        .reference_members(&parse(f))
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    let saved = s
+        .ws_post("/segments", &json!({"name": "band", "filter": f}))
+        .expect(201);
+    let seg = saved["id"].as_str().expect("an id").to_string();
+
+    let server = [
+        "--server",
+        s.base.as_str(),
+        "--token",
+        s.token.as_str(),
+        "--workspace",
+        WS,
+    ];
+    let run = |via: &[&str], args: &[&str]| -> (i32, String, String) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(via);
+        segq(&all)
+    };
+    let json_of = |out: &str| -> Value { serde_json::from_str(out.trim()).expect("JSON output") };
+
+    let on_server = |args: &[&str]| run(&server, args);
+    let (code, out, err) = on_server(&["count", f]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["count"], want);
+    let (code, out, _) = on_server(&["count", &seg, "--explain"]);
+    assert_eq!(code, 0);
+    assert!(json_of(&out)["explain"]["plan"].is_object());
+    let (code, out, err) = on_server(&[
+        "count",
+        f,
+        "--estimate",
+        "--sample-buckets",
+        "2000",
+        "--sample-start",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let est = json_of(&out);
+    assert_eq!(est["sample_buckets"], 2_000);
+    let (code, out, err) = on_server(&["members", f, "--limit", "1500"]);
+    assert_eq!(code, 0, "{err}");
+    let first: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a line"))
+        .collect();
+    assert_eq!(
+        first,
+        members[..1_500]
+            .iter()
+            .map(|&i| expected_line(i, false, false))
+            .collect::<Vec<_>>()
+    );
+    let cursor = err
+        .split_whitespace()
+        .skip_while(|w| *w != "cursor:")
+        .nth(1)
+        .expect("a next cursor on stderr")
+        .to_string();
+    let (code, out, err) = on_server(&[
+        "members", &seg, "--limit", "1500", "--cursor", &cursor, "--format", "csv", "--fields",
+        "bucket",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("external_id,user_id,bucket"));
+    assert_eq!(lines.count(), 1_500);
+    let (code, out, err) = on_server(&["check", f, "u2000"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["member"], true);
+    let (code, out, _) = on_server(&["check", f, "device_id:d2004"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["user_id"], 2_004);
+    let (code, out, _) = on_server(&["check", f, "alias:email:u2020@example.com"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["member"], true);
+    let (code, out, _) = on_server(&["check", f, "nobody"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["member"], false);
+    // Errors: the server's message, exit code 2 for bad input.
+    let (code, _, err) = on_server(&["count", "amplitude_cohorts includes_value ghost"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("404") && err.contains("ghost"), "{err}");
+    let (code, _, err) = on_server(&["members", f, "--limit", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("limit"), "{err}");
+    let (code, _, err) = run(
+        &[
+            "--server",
+            s.base.as_str(),
+            "--token",
+            "wrong",
+            "--workspace",
+            WS,
+        ],
+        &["count", f],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("401"), "{err}");
+
+    // The data directory is locked while the server runs: say so.
+    let local = ["--data", data.as_str(), "--workspace", WS];
+    let (code, _, err) = segq_once(&["count", f, "--data", &data, "--workspace", WS]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--server"), "{err}");
+
+    // Stopped, the data directory answers the same.
+    let token = s.stop();
+    let (code, out, err) = run(&local, &["count", f]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["count"], want);
+    let (code, out, err) = run(
+        &local,
+        &[
+            "count",
+            f,
+            "--estimate",
+            "--sample-buckets",
+            "2000",
+            "--sample-start",
+            "10",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let local_est = json_of(&out);
+    for k in ["estimate", "low", "high", "sample_size", "sample_matches"] {
+        assert_eq!(local_est[k], est[k], "{k}");
+    }
+    let (code, out, err) = run(&local, &["members", &seg, "--limit", "1500"]);
+    assert_eq!(code, 0, "{err}");
+    let local_first: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a line"))
+        .collect();
+    assert_eq!(local_first, first);
+    assert!(err.contains(&cursor), "the same cursor: {err}");
+    let (code, out, _) = run(&local, &["check", &seg, "u2000"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["member"], true);
+    let (code, _, err) = run(&local, &["count", "amplitude_cohorts equals x"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&local, &["members", f, "--cursor", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cursor"), "{err}");
+    let (code, _, err) = run(&["--data", &data, "--workspace", "nope"], &["count", f]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+    let missing = dir.path().join("missing");
+    let (code, _, err) = run(
+        &[
+            "--data",
+            missing.to_str().expect("UTF-8"),
+            "--workspace",
+            WS,
+        ],
+        &["count", f],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not a segq data directory"), "{err}");
+    assert!(!missing.exists(), "a read command creates nothing");
+    drop(token);
+}
