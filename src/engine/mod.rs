@@ -232,14 +232,24 @@ impl Engine {
             .write(true)
             .open(&lock_path)
             .map_err(io_error(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    path: lock_path.display().to_string(),
-                })
+        // A child process being spawned holds a copy of the lock's file
+        // descriptor between its fork and its exec; a lock released just
+        // before may look held for that instant, so retry for a moment.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Locked {
+                        path: lock_path.display().to_string(),
+                    })
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
         let config = Config::load_or_create(&dir.join("segq.json"))?;
 

@@ -235,6 +235,14 @@ pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError>
     }
 }
 
+/// An identifier a user could hold: non-empty and at most
+/// [`MAX_IDENTIFIER_BYTES`](crate::users::MAX_IDENTIFIER_BYTES) long. A
+/// longer one could never match, and keeping it as an unmatched sample
+/// would let one request grow the server's memory and log.
+fn identifier_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= crate::users::MAX_IDENTIFIER_BYTES
+}
+
 /// An array of strings, where `null` or a missing key mean empty.
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
     match v {
@@ -242,7 +250,7 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
         Some(Value::Array(items)) => items
             .iter()
             .map(|i| match i {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::String(s) if identifier_ok(s) => Some(s.clone()),
                 _ => None,
             })
             .collect(),
@@ -259,7 +267,7 @@ fn aliases(v: Option<&Value>) -> Option<Vec<Alias>> {
                 let o = i.as_object()?;
                 let name = o.get("alias_name")?.as_str()?;
                 let label = o.get("alias_label")?.as_str()?;
-                if name.is_empty() || label.is_empty() || o.len() != 2 {
+                if !identifier_ok(name) || !identifier_ok(label) || o.len() != 2 {
                     return None;
                 }
                 Some(Alias {

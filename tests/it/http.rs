@@ -1,0 +1,663 @@
+//! Helpers for the tests that drive a real server: a `segq serve` child
+//! process (the real binary) on 127.0.0.1 with a port the OS picks, a
+//! blocking HTTP client that never goes through a proxy, and short-hands
+//! for the admin and partner APIs.
+//!
+//! The servers are not spawned by the test process itself but by one
+//! long-lived `sh` (the [launcher](launch)) that the test process spawns
+//! once. A process being spawned holds copies of its parent's file
+//! descriptors until it execs, data directory locks included: a test that
+//! closes an engine and reopens it at once would find the directory still
+//! locked if another test thread were spawning a server just then. The
+//! launcher holds no such descriptor, so spawning there disturbs no other
+//! test. The launcher writes each server's stderr, pid and exit status to
+//! files of a run folder, which the test process reads.
+//!
+//! A [`Server`] kills its process when dropped (also on panic), and every
+//! wait is bounded: the start-up waits at most [`START_TIMEOUT`] for
+//! `listening on`, a clean stop at most [`STOP_TIMEOUT`], a request at most
+//! [`REQUEST_TIMEOUT`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// The partner_api_key of the PROTOCOL.md examples; the tests' servers are
+/// configured with it for amplitude.
+pub const PARTNER_API_KEY: &str = "123456-1234-1234-12345678";
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a data directory lock is waited for.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Part of the error of a data directory whose lock is held.
+const LOCKED: &str = "is locked by another segq process";
+
+/// Opens a data directory in-process (its server must be stopped).
+///
+/// The directory lock can outlive its holder by a moment: a process that
+/// another test thread is spawning shares the test process's descriptors
+/// (the lock's among them) between its fork and its exec. So a held lock
+/// is retried, for at most [`LOCK_TIMEOUT`].
+pub fn open_engine(data: &Path) -> Arc<segq::engine::Engine> {
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    loop {
+        match segq::engine::Engine::open(data) {
+            Ok((engine, token)) => {
+                assert!(token.is_none(), "the admin token is kept");
+                return engine;
+            }
+            Err(segq::Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{} does not open: {e}", data.display()),
+        }
+    }
+}
+
+/// Every partner segq knows, as in URLs.
+pub const PARTNERS: [&str; 8] = [
+    "amplitude",
+    "mixpanel",
+    "heap",
+    "census",
+    "hightouch",
+    "segment",
+    "kubit",
+    "tinyclues",
+];
+
+/// The partner_api_key the tests configure for a partner.
+pub fn partner_api_key(partner: &str) -> String {
+    if partner == "amplitude" {
+        PARTNER_API_KEY.to_string()
+    } else {
+        format!("pk-{partner}-0000-test")
+    }
+}
+
+/// Writes `DATA/segq.json` with the tests' partner_api_keys (a data
+/// directory's configuration is otherwise generated with random keys).
+pub fn write_config(data: &Path) {
+    std::fs::create_dir_all(data).expect("creates the data directory");
+    let keys: serde_json::Map<String, Value> = PARTNERS
+        .iter()
+        .map(|p| (p.to_string(), Value::String(partner_api_key(p))))
+        .collect();
+    let config = json!({"partner_api_keys": keys});
+    std::fs::write(
+        data.join("segq.json"),
+        serde_json::to_vec_pretty(&config).expect("serialises"),
+    )
+    .expect("writes segq.json");
+}
+
+/// A blocking client for loopback: no proxy, bounded requests.
+pub fn client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("a client")
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    fn read(r: reqwest::blocking::Response) -> Resp {
+        Resp::try_read(r).expect("a response body")
+    }
+
+    fn try_read(r: reqwest::blocking::Response) -> Result<Resp, reqwest::Error> {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text()?;
+        Ok(Resp {
+            status,
+            headers,
+            text,
+        })
+    }
+
+    /// The body as JSON; panics (with the body) if it is not, or if the
+    /// content type does not say JSON.
+    pub fn json(&self) -> Value {
+        let ct = self.header("content-type").unwrap_or_default();
+        assert!(
+            ct.starts_with("application/json"),
+            "status {} content-type {ct:?}: {}",
+            self.status,
+            self.text
+        );
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("status {}: not JSON ({e}): {}", self.status, self.text))
+    }
+
+    /// The `message` of a JSON body.
+    pub fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message in {}", self.text))
+            .to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// Panics unless the status is `status`.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Resp {
+        assert_eq!(self.status, status, "{}", self.text);
+        self
+    }
+}
+
+/// The one `sh` that spawns servers and sends them signals, fed commands
+/// on its stdin. It ends when the test process does (its stdin closes).
+struct Launcher {
+    stdin: ChildStdin,
+    _sh: Child,
+}
+
+/// Runs a shell command line in the launcher (not waiting for it).
+fn launch(command: &str) {
+    static LAUNCHER: OnceLock<Mutex<Launcher>> = OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
+        let mut sh = Command::new("sh")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        let stdin = sh.stdin.take().expect("a stdin pipe");
+        Mutex::new(Launcher { stdin, _sh: sh })
+    });
+    let mut l = launcher.lock().unwrap_or_else(|p| p.into_inner());
+    l.stdin
+        .write_all(format!("{command}\n").as_bytes())
+        .and_then(|()| l.stdin.flush())
+        .expect("the launcher takes a command");
+}
+
+/// A word for `sh`, quoted.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Polls until `f` gives a value or `timeout` passes.
+fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A `segq serve` process.
+pub struct Server {
+    /// The folder of this process's stderr, pid and exit status files.
+    run: PathBuf,
+    pid: u32,
+    /// Whether its exit status was seen.
+    ended: bool,
+    pub base: String,
+    /// The admin token (printed at the first start of a data directory).
+    pub token: String,
+    pub client: Client,
+}
+
+impl Server {
+    /// Starts a server on a new data directory with the tests'
+    /// configuration; `args` are extra `segq serve` flags.
+    pub fn start(data: &Path, args: &[&str]) -> Server {
+        write_config(data);
+        Server::spawn(data, None, args)
+    }
+
+    /// Starts a server on an existing data directory whose admin token is
+    /// `token`.
+    pub fn restart(data: &Path, token: &str, args: &[&str]) -> Server {
+        Server::spawn(data, Some(token), args)
+    }
+
+    /// Spawns the server and waits for `listening on`. A data directory
+    /// lock still held is waited out, for a bounded time (see
+    /// [`open_engine`]).
+    fn spawn(data: &Path, token: Option<&str>, args: &[&str]) -> Server {
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        loop {
+            match Server::try_spawn(data, token, args) {
+                Ok(server) => return server,
+                Err(stderr) if stderr.contains(LOCKED) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(stderr) => {
+                    panic!("segq serve did not print `listening on`; stderr:\n{stderr}")
+                }
+            }
+        }
+    }
+
+    fn try_spawn(data: &Path, token: Option<&str>, args: &[&str]) -> Result<Server, String> {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let parent = data.parent().expect("the data directory has a parent");
+        let run = parent.join(format!("run-{}", RUNS.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&run).expect("creates a run folder");
+        let file = |name: &str| quote(&run.join(name).display().to_string());
+        let mut command = vec![
+            quote(env!("CARGO_BIN_EXE_segq")),
+            "serve".into(),
+            "--data".into(),
+            quote(&data.display().to_string()),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        command.extend(args.iter().map(|a| quote(a)));
+        // The pid and the status are written whole (renamed into place).
+        launch(&format!(
+            "( {} </dev/null >/dev/null 2>{} & echo $! >{} && mv {} {}; wait $!; echo $? >{} && mv {} {} ) &",
+            command.join(" "),
+            file("stderr"),
+            file("pid.tmp"),
+            file("pid.tmp"),
+            file("pid"),
+            file("status.tmp"),
+            file("status.tmp"),
+            file("status"),
+        ));
+        let pid: u32 = poll(START_TIMEOUT, || {
+            std::fs::read_to_string(run.join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .expect("the launcher starts segq serve");
+        let mut server = Server {
+            run,
+            pid,
+            ended: false,
+            base: String::new(),
+            token: token.unwrap_or_default().to_string(),
+            client: client(),
+        };
+        let listening = poll(START_TIMEOUT, || {
+            let text = server.stderr_text();
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            let addr = complete
+                .lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .map(|a| a.trim().to_string());
+            match addr {
+                Some(a) => Some(Ok(a)),
+                None if server.exit_status().is_some() => Some(Err(())),
+                None => None,
+            }
+        });
+        let addr = match listening {
+            Some(Ok(addr)) => addr,
+            _ => {
+                server.kill_process();
+                return Err(server.stderr_text());
+            }
+        };
+        let addr: std::net::SocketAddr = addr.parse().expect("an address after `listening on`");
+        assert!(addr.ip().is_loopback(), "{addr}");
+        server.base = format!("http://{addr}");
+        if let Some(t) = server
+            .stderr_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("admin token: "))
+        {
+            server.token = t.trim().to_string();
+        }
+        assert!(
+            !server.token.is_empty(),
+            "no admin token printed and none given"
+        );
+        Ok(server)
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(self.run.join("stderr")).unwrap_or_default()
+    }
+
+    /// The exit status, once the process ended.
+    fn exit_status(&self) -> Option<i32> {
+        std::fs::read_to_string(self.run.join("status"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Sends a signal and waits up to `timeout` for the exit status.
+    fn signal(&mut self, signal: &str, timeout: Duration) -> Option<i32> {
+        if self.ended {
+            return self.exit_status();
+        }
+        if self.exit_status().is_none() {
+            launch(&format!("kill -s {signal} {}", self.pid));
+        }
+        let status = poll(timeout, || self.exit_status());
+        self.ended = status.is_some();
+        status
+    }
+
+    /// Stops the server cleanly with SIGTERM and waits for it to exit;
+    /// panics unless it exits with success within [`STOP_TIMEOUT`].
+    /// Returns its stderr.
+    pub fn stop(mut self) -> String {
+        let status = self.signal("TERM", STOP_TIMEOUT);
+        let text = self.stderr_text();
+        assert_eq!(status, Some(0), "segq serve did not stop cleanly:\n{text}");
+        text
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush or sync anything)
+    /// and waits until it is gone.
+    pub fn kill(mut self) {
+        let status = self.signal("KILL", STOP_TIMEOUT);
+        assert!(status.is_some(), "segq serve survived SIGKILL");
+    }
+
+    fn kill_process(&mut self) {
+        let _ = self.signal("KILL", STOP_TIMEOUT);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Any request; `content_type` `None` sends no content type.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        admin: bool,
+    ) -> Resp {
+        let mut req = self.client.request(method, self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if admin {
+            req = req.bearer_auth(&self.token);
+        }
+        Resp::read(req.send().expect("the server answers"))
+    }
+
+    /// A POST with `client` that returns a transport error (a reset
+    /// connection, say) instead of panicking.
+    pub fn try_post(
+        &self,
+        client: &Client,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Resp, reqwest::Error> {
+        let mut req = client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().and_then(Resp::try_read)
+    }
+
+    /// POSTs a JSON value.
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.request(
+            Method::POST,
+            path,
+            Some("application/json"),
+            serde_json::to_vec(body).expect("serialises"),
+            false,
+        )
+    }
+
+    /// POSTs raw bytes with a content type.
+    pub fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Resp {
+        self.request(Method::POST, path, content_type, body, false)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, None, Vec::new(), false)
+    }
+
+    /// An admin GET with the admin token.
+    pub fn admin_get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, None, Vec::new(), true)
+    }
+
+    /// An admin POST of a JSON value with the admin token.
+    pub fn admin_post(&self, path: &str, body: &Value) -> Resp {
+        self.request(
+            Method::POST,
+            path,
+            Some("application/json"),
+            serde_json::to_vec(body).expect("serialises"),
+            true,
+        )
+    }
+
+    pub fn admin_delete(&self, path: &str) -> Resp {
+        self.request(Method::DELETE, path, None, Vec::new(), true)
+    }
+
+    /// Creates a workspace (201).
+    pub fn create_workspace(&self, name: &str) {
+        self.admin_post("/admin/workspaces", &json!({"name": name}))
+            .expect(201);
+    }
+
+    /// Generates a data import key: `(id, key)`.
+    pub fn create_key(&self, ws: &str, partner: &str) -> (String, String) {
+        let body = self
+            .admin_post(
+                &format!("/admin/workspaces/{ws}/partners/{partner}/keys"),
+                &json!({}),
+            )
+            .expect(201)
+            .json();
+        (
+            body["id"].as_str().expect("an id").to_string(),
+            body["key"].as_str().expect("a key").to_string(),
+        )
+    }
+
+    /// Creates or updates a user (`{"external_id", "devices", "aliases"}`);
+    /// returns its user id.
+    pub fn upsert_user(&self, ws: &str, user: &Value) -> u64 {
+        let r = self.admin_post(&format!("/admin/workspaces/{ws}/users"), user);
+        assert!(r.status == 200 || r.status == 201, "{}", r.text);
+        r.json()["user_id"].as_u64().expect("a user_id")
+    }
+
+    /// `GET /admin/workspaces/{ws}/cohorts`.
+    pub fn cohorts(&self, ws: &str) -> Vec<Value> {
+        let v = self
+            .admin_get(&format!("/admin/workspaces/{ws}/cohorts"))
+            .expect(200)
+            .json();
+        v.as_array().expect("an array").clone()
+    }
+
+    /// One cohort of the listing, if it is there.
+    pub fn cohort(&self, ws: &str, partner: &str, cohort_id: &str) -> Option<Value> {
+        self.cohorts(ws)
+            .into_iter()
+            .find(|c| c["partner"] == partner && c["cohort_id"] == cohort_id)
+    }
+
+    /// A cohort's size (panics if the listing does not have it).
+    pub fn size(&self, ws: &str, partner: &str, cohort_id: &str) -> u64 {
+        self.cohort(ws, partner, cohort_id)
+            .unwrap_or_else(|| panic!("no cohort {partner}/{cohort_id}"))["size"]
+            .as_u64()
+            .expect("a size")
+    }
+
+    /// `GET /admin/workspaces`.
+    pub fn workspaces(&self) -> Value {
+        self.admin_get("/admin/workspaces").expect(200).json()
+    }
+
+    /// POSTs to `/partners/{partner}/cohorts/users`.
+    pub fn users(&self, partner: &str, body: &Value) -> Resp {
+        self.post(&format!("/partners/{partner}/cohorts/users"), body)
+    }
+
+    /// POSTs to `/partners/{partner}/cohorts`.
+    pub fn create_cohort(&self, partner: &str, body: &Value) -> Resp {
+        self.post(&format!("/partners/{partner}/cohorts"), body)
+    }
+
+    /// `GET /metrics` as text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").expect(200).text
+    }
+
+    /// One sample of `/metrics` (its name with labels, as printed), or 0
+    /// when it is not printed.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_in(&self.metrics(), sample)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_process();
+    }
+}
+
+/// One sample of a metrics text, or 0 when it is not there.
+pub fn metric_in(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse::<f64>().expect("a number"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// A users request body of amplitude with the tests' partner_api_key.
+pub fn users_body(secret: &str, cohort_id: &str, changes: Value) -> Value {
+    json!({
+        "partner_api_key": PARTNER_API_KEY,
+        "client_secret": secret,
+        "cohort_id": cohort_id,
+        "cohort_changes": changes,
+    })
+}
+
+/// A create-or-rename body of amplitude with the tests' partner_api_key.
+pub fn cohort_body(secret: &str, cohort_id: &str, name: &str) -> Value {
+    json!({
+        "partner_api_key": PARTNER_API_KEY,
+        "client_secret": secret,
+        "cohort_id": cohort_id,
+        "name": name,
+        "created_at": "2021-01-21T19:20:30+05:00",
+    })
+}
+
+/// A server on a fresh temporary directory with one workspace and one
+/// amplitude key.
+pub struct Fixture {
+    pub server: Server,
+    pub ws: String,
+    pub key_id: String,
+    pub secret: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(args: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let server = Server::start(&dir.path().join("data"), args);
+        let ws = "acme".to_string();
+        server.create_workspace(&ws);
+        let (key_id, secret) = server.create_key(&ws, "amplitude");
+        Fixture {
+            server,
+            ws,
+            key_id,
+            secret,
+            dir,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The files of the workspace's folder (its log,
+    /// `DATA/workspaces/NAME/changes.segqlog`, and whatever a compaction
+    /// left) with their sizes, by name.
+    pub fn workspace_files(&self) -> Vec<(String, u64)> {
+        let folder = self.data().join("workspaces").join(&self.ws);
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(&folder)
+            .expect("the workspace folder")
+            .map(|e| {
+                let e = e.expect("a folder entry");
+                let len = e.metadata().expect("metadata").len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        files.sort();
+        assert!(
+            files.iter().any(|(name, _)| name.ends_with(".segqlog")),
+            "no log in {files:?}"
+        );
+        files
+    }
+}
+
+/// A cohort's members by external id (anonymous users as `#<user id>`),
+/// read by opening a data directory in-process: the server on it must be
+/// stopped (the engine locks the directory).
+pub fn members_on_disk(
+    data: &Path,
+    ws: &str,
+    partner: segq::Partner,
+    cohort_id: &str,
+) -> std::collections::BTreeSet<String> {
+    let engine = open_engine(data);
+    let handle = engine.workspace(ws).expect("the workspace is there");
+    let w = handle.read();
+    let Some(cohort) = w.cohorts.get(&segq::CohortKey::new(partner, cohort_id)) else {
+        return Default::default();
+    };
+    cohort
+        .members
+        .iter()
+        .map(|u| {
+            w.users
+                .get(segq::UserId(u))
+                .and_then(|r| r.external_id.as_deref().map(str::to_string))
+                .unwrap_or_else(|| format!("#{u}"))
+        })
+        .collect()
+}
