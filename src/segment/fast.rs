@@ -135,14 +135,19 @@ impl Ctx<'_> {
         let start = (key << 16) as usize;
         let slice = &self.buckets[start..start + self.chunk_len(key) as usize];
         w.fill(0);
-        let mut any = false;
-        for (i, b) in slice.iter().enumerate() {
-            if (lo..=hi).contains(b) {
-                w[i / 64] |= 1 << (i % 64);
-                any = true;
+        let span = hi - lo;
+        let mut any = 0u64;
+        // 64 users to a word, without branches: `b - lo <= span` (wrapping)
+        // is `lo <= b <= hi`.
+        for (word, block) in w.iter_mut().zip(slice.chunks(64)) {
+            let mut x = 0u64;
+            for (j, &b) in block.iter().enumerate() {
+                x |= u64::from(b.wrapping_sub(lo) <= span) << j;
             }
+            *word = x;
+            any |= x;
         }
-        any
+        any != 0
     }
 }
 
