@@ -5,8 +5,8 @@
 //! {"partner_api_keys": {"amplitude": "pk_amplitude_…", …},
 //!  "rate_limit_per_hour": 250000,
 //!  "max_body_bytes": 1048576,
-//!  "compact_after_records": 100000,
-//!  "compact_after_bytes": 268435456,
+//!  "compact_after_records": 1000000,
+//!  "compact_after_bytes": 1073741824,
 //!  "compact_interval_secs": 3600}
 //! ```
 //!
@@ -70,9 +70,9 @@ fn default_compact_interval() -> u64 {
 }
 
 /// Log records that trigger a compaction.
-pub const DEFAULT_COMPACT_AFTER_RECORDS: u64 = 100_000;
+pub const DEFAULT_COMPACT_AFTER_RECORDS: u64 = 1_000_000;
 /// Log bytes that trigger a compaction.
-pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 256 << 20;
+pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 1 << 30;
 /// The longest a non-empty log waits for a compaction, in seconds.
 pub const DEFAULT_COMPACT_INTERVAL_SECS: u64 = 3600;
 
