@@ -526,21 +526,22 @@ pub fn check_many(
     users: &[UserRef],
 ) -> Result<Vec<Check>> {
     let prepared = Prepared::new(ws, &plan::plan(ws, filter)?, src)?;
-    users
+    let checker = prepared.checker()?;
+    Ok(users
         .iter()
         .map(|u| match ws.users.lookup(u) {
-            None => Ok(Check {
+            None => Check {
                 member: false,
                 user_id: None,
                 reason: Some(format!("no user holds {u}")),
-            }),
-            Some(id) => Ok(Check {
-                member: prepared.contains(id)?,
+            },
+            Some(id) => Check {
+                member: checker.contains(id),
                 user_id: Some(id),
                 reason: None,
-            }),
+            },
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -447,21 +447,7 @@ impl<'w> Prepared<'w> {
     }
 
     fn with_ctx<T>(&self, f: impl FnOnce(&Ctx) -> T) -> Result<T> {
-        let views = self
-            .bytes
-            .iter()
-            .map(|b| BitmapView::parse(b.as_slice()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Corrupt {
-                path: "<cohort bitmap>".into(),
-                reason: e.to_string(),
-            })?;
-        let ctx = Ctx {
-            views,
-            buckets: self.buckets,
-            users: self.users,
-        };
-        Ok(f(&ctx))
+        Ok(f(&self.checker()?.ctx))
     }
 
     fn chunks(&self) -> u32 {
@@ -565,10 +551,42 @@ impl<'w> Prepared<'w> {
 
     /// Whether one user is in the segment: one container per leaf.
     pub fn contains(&self, user: UserId) -> Result<bool> {
-        if user.0 >= self.users {
-            return Ok(false);
-        }
-        self.with_ctx(|ctx| contains(&self.node, user.0, ctx))
+        Ok(self.checker()?.contains(user))
+    }
+
+    /// The leaves' bitmaps parsed once, for many one-user checks.
+    pub fn checker(&self) -> Result<Checker<'_>> {
+        let views = self
+            .bytes
+            .iter()
+            .map(|b| BitmapView::parse(b.as_slice()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Corrupt {
+                path: "<cohort bitmap>".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Checker {
+            node: &self.node,
+            ctx: Ctx {
+                views,
+                buckets: self.buckets,
+                users: self.users,
+            },
+        })
+    }
+}
+
+/// One-user checks against a prepared plan: a binary search of the chunk
+/// key and one container read per leaf, no allocation.
+pub struct Checker<'p> {
+    node: &'p Node,
+    ctx: Ctx<'p>,
+}
+
+impl Checker<'_> {
+    /// Whether `user` is in the segment.
+    pub fn contains(&self, user: UserId) -> bool {
+        user.0 < self.ctx.users && contains(self.node, user.0, &self.ctx)
     }
 }
 
