@@ -180,9 +180,9 @@ fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Rec
     // (not merely torn off by a crash) is corruption, never a creation that
     // did not happen.
     let mut file = log::FsFile::open(path).map_err(io_error(path))?;
-    let scanned = LogWriter::scan(&mut file)?;
-    if scanned.records.is_empty() {
-        return match scanned.recovery.reason {
+    let replay = LogWriter::scan(&mut file)?;
+    if replay.records.is_empty() {
+        return match replay.recovery.reason {
             Some(damage) if !damage.is_torn_tail() => Err(Error::Corrupt {
                 path: shown,
                 reason: format!("the workspace's first record is damaged: {damage}"),
@@ -190,8 +190,7 @@ fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Rec
             _ => Ok(None),
         };
     }
-    drop(scanned);
-    let (writer, replay) = LogWriter::open(file)?;
+    let writer = LogWriter::recover(file, &replay.recovery)?;
     let mut records = replay.records.into_iter();
     let Some(first) = records.next() else {
         return Ok(None);

@@ -158,19 +158,33 @@ impl LogWriter {
         let mut file = file;
         let path = file.name();
         let recovery = format::scan(&mut file, &path, &mut visit)?;
+        let writer = Self::recover(file, &recovery)?;
+        Ok((writer, recovery))
+    }
+
+    /// Makes a log that [`scan`](Self::scan) read into a writer: cuts the
+    /// file where the scan's `recovery` says, syncs it, and continues after
+    /// the last good record. `open` is `scan` then `recover`; a caller that
+    /// must look at the records before anything is cut scans first and
+    /// calls this, instead of reading the file twice.
+    pub fn recover(
+        file: impl LogFile + 'static,
+        recovery: &Recovery,
+    ) -> Result<LogWriter, LogError> {
+        let mut file = file;
+        let path = file.name();
         if recovery.bytes_cut > 0 {
             file.truncate(recovery.valid_len)
                 .map_err(|e| LogError::io(&path, "truncate damaged tail", e))?;
         }
         file.sync()
             .map_err(|e| LogError::io(&path, "sync after recovery", e))?;
-        let writer = Self::from_parts(
+        Ok(Self::from_parts(
             Box::new(file),
             path,
             recovery.first_seq,
             recovery.next_seq(),
-        );
-        Ok((writer, recovery))
+        ))
     }
 
     /// Reads a log without changing it: the records `open` would replay,
