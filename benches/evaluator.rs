@@ -15,19 +15,8 @@ use segq::segment::{eval, fast, plan, Filter};
 use segq::workload::{self, Spec};
 use segq::UserId;
 
-fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn bench(c: &mut Criterion) {
-    let spec = Spec {
-        users: env_or("SEGQ_BENCH_USERS", Spec::SMALL.users),
-        cohorts: env_or("SEGQ_BENCH_COHORTS", Spec::SMALL.cohorts),
-        seed: Spec::SMALL.seed,
-    };
+    let spec = Spec::from_env(Spec::SMALL);
     let ws = workload::generate("bench", spec)
         .expect("the workload generates")
         .workspace;

@@ -40,13 +40,6 @@ use serde_json::{json, Value};
 
 const WS: &str = "bench";
 
-fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Loads the generated workspace into `engine` through its write path.
 fn load(engine: &Engine, w: &workload::Workload) {
     let t = Instant::now();
@@ -155,11 +148,11 @@ impl Http {
 }
 
 fn bench(c: &mut Criterion) {
-    let spec = Spec {
-        users: env_or("SEGQ_BENCH_USERS", 1_000_000),
-        cohorts: env_or("SEGQ_BENCH_COHORTS", 200),
+    let spec = Spec::from_env(Spec {
+        users: 1_000_000,
+        cohorts: 200,
         seed: Spec::SMALL.seed,
-    };
+    });
     let w = workload::generate("generated", spec).expect("the workload generates");
     let dir = tempfile::tempdir().expect("a temp dir");
     let (engine, token) = Engine::open(dir.path()).expect("opens");

@@ -44,6 +44,20 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// `default`, with users, cohorts and seed overridden by the
+    /// environment variables `SEGQ_BENCH_USERS`, `SEGQ_BENCH_COHORTS` and
+    /// `SEGQ_BENCH_SEED` where they are set (benchmarks).
+    pub fn from_env(default: Spec) -> Spec {
+        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
+            std::env::var(name).ok().and_then(|v| v.parse().ok())
+        }
+        Spec {
+            users: var("SEGQ_BENCH_USERS").unwrap_or(default.users),
+            cohorts: var("SEGQ_BENCH_COHORTS").unwrap_or(default.cohorts),
+            seed: var("SEGQ_BENCH_SEED").unwrap_or(default.seed),
+        }
+    }
+
     /// 100k users, 50 cohorts: tests and the demo.
     pub const SMALL: Spec = Spec {
         users: 100_000,
