@@ -234,6 +234,10 @@ enum Offsets {
     Inline([usize; NO_OFFSET_THRESHOLD - 1]),
 }
 
+/// The portable serialization of the empty bitmap: the no-run cookie and
+/// zero containers.
+static EMPTY: [u8; 8] = [0x3A, 0x30, 0, 0, 0, 0, 0, 0];
+
 /// A validated, borrowed view of one portable roaring bitmap.
 #[derive(Debug, Clone, Copy)]
 pub struct BitmapView<'a> {
@@ -369,6 +373,28 @@ impl<'a> BitmapView<'a> {
             },
             len,
         })
+    }
+
+    /// The empty bitmap.
+    pub fn empty() -> BitmapView<'static> {
+        BitmapView {
+            bytes: &EMPTY,
+            count: 0,
+            run_bitset: None,
+            desc: 8,
+            offsets: Offsets::Header(8),
+            len: 0,
+        }
+    }
+
+    /// The largest value, if any.
+    pub fn max(&self) -> Option<u32> {
+        let last = self.count.checked_sub(1)?;
+        let low = match self.container(last) {
+            Container::Run(r) => r.runs().last().map(|(_, last)| last),
+            c => c.iter().last(),
+        }?;
+        Some(u32::from(self.key(last)) << 16 | u32::from(low))
     }
 
     /// Number of values (sum of the header cardinalities).
@@ -1920,6 +1946,32 @@ mod tests {
             let mut bytes = cookie.to_le_bytes().to_vec();
             bytes.extend_from_slice(&tail);
             exercise(&bytes);
+        }
+    }
+
+    #[test]
+    fn the_empty_view_is_the_empty_bitmap() {
+        let parsed = BitmapView::parse(&EMPTY).unwrap();
+        let e = BitmapView::empty();
+        assert_eq!((parsed.len(), parsed.containers()), (0, 0));
+        assert_eq!((e.len(), e.containers(), e.max()), (0, 0, None));
+        assert!(!e.contains(0) && e.as_bytes() == serialize(&RoaringBitmap::new()));
+    }
+
+    #[test]
+    fn max_is_the_largest_value_of_every_container_kind() {
+        let mut run: RoaringBitmap = (0..10).collect();
+        run.insert_range(131_000..=131_071);
+        run.optimize();
+        for rb in [
+            [5u32, 70_000, 1 << 20]
+                .into_iter()
+                .collect::<RoaringBitmap>(),
+            (0..100_000).step_by(3).collect(),
+            run,
+        ] {
+            let bytes = serialize(&rb);
+            assert_eq!(BitmapView::parse(&bytes).unwrap().max(), rb.max());
         }
     }
 }

@@ -838,7 +838,7 @@ fn generate(out: &mut dyn Write, spec: Spec) -> Result<(), Error> {
         )
         .map_err(e)?;
         if let Ok(cohort) = ws.cohorts.resolve(workload::PARTNER, &c.cohort_id) {
-            for m in cohort.members.iter() {
+            for m in cohort.members.bitmap().iter() {
                 fingerprint = (fingerprint ^ u64::from(m)).wrapping_mul(0x100_0000_01b3);
             }
         }

@@ -116,7 +116,8 @@ pub fn estimate(
     // Plans the whole filter first: an unknown cohort fails here, whatever
     // the strata keep of it.
     plan::plan(ws, filter)?;
-    let hist = bucket_histogram(ws.users.bucket_slice());
+    let b = ws.users.bucket_slices();
+    let hist = bucket_histogram(b.base, b.tail);
     let users_in =
         |lo: u16, hi: u16| -> u64 { hist[usize::from(lo)..=usize::from(hi)].iter().sum() };
 
@@ -192,11 +193,11 @@ pub fn estimate(
 }
 
 /// Users per bucket.
-fn bucket_histogram(buckets: &[u16]) -> Vec<u64> {
+fn bucket_histogram(base: &[u16], tail: &[u16]) -> Vec<u64> {
     use rayon::prelude::*;
     let size = usize::from(BUCKETS);
-    buckets
-        .par_chunks(1 << 16)
+    base.par_chunks(1 << 16)
+        .chain(tail.par_chunks(1 << 16))
         .fold(
             || vec![0u64; size],
             |mut h, chunk| {

@@ -322,7 +322,7 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
         let mut cohort = Cohort::new(CohortKey::new(PARTNER, info.cohort_id.clone()));
         cohort.name = cohort_name(&info);
         cohort.created_at = Some(created_at());
-        cohort.members = members;
+        cohort.members = members.into();
         ws.cohorts.insert(cohort)?;
         infos.push(info);
     }

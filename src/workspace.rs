@@ -5,9 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 
-use crate::cohorts::{self, ChangeReport, CohortCatalog, CohortChange, ResolvedChanges};
-use crate::error::Result;
+use std::sync::Arc;
+
+use crate::cohorts::{
+    self, BaseBitmap, ChangeReport, CohortCatalog, CohortChange, ResolvedChanges,
+};
+use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
+use crate::snapshot::Snapshot;
 use crate::users::UserRegistry;
 
 /// A data import key of a workspace, as stored: only its SHA-256 digest.
@@ -63,8 +68,42 @@ impl Workspace {
         }
     }
 
+    /// A workspace whose users are `users` (read from a snapshot); the
+    /// caller fills in the rest.
+    pub fn on_snapshot(name: impl Into<String>, users: UserRegistry) -> Self {
+        let mut ws = Workspace::new(name, users.seed());
+        ws.users = users;
+        ws
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Moves onto `snap`, a snapshot written from `frozen` (an earlier
+    /// clone of this workspace): what `frozen` held is read from the
+    /// snapshot from now on, and only what changed after it stays in
+    /// memory. The workspace's contents do not change.
+    pub fn rebase(&mut self, frozen: &Workspace, snap: Arc<Snapshot>) -> Result<()> {
+        // Everything that can fail comes first, so a refusal changes nothing.
+        let mut bases = Vec::new();
+        for c in frozen.cohorts.iter_sorted() {
+            let i = snap.cohort_index(&c.key)?.ok_or_else(|| Error::Corrupt {
+                path: snap.name().to_string(),
+                reason: format!("cohort {} is missing", c.key),
+            })?;
+            bases.push((c, BaseBitmap::new(snap.clone(), i)?));
+        }
+        self.users.rebase(&frozen.users, snap)?;
+        for (before, base) in bases {
+            // Cohorts are never deleted, so every frozen one is still here;
+            // those created after the freeze stay wholly in memory.
+            if let Some(c) = self.cohorts.get_mut(&before.key) {
+                c.members.rebase(&before.members, base);
+                c.touch();
+            }
+        }
+        Ok(())
     }
 
     /// Creates or renames a partner cohort. Returns whether it was created.

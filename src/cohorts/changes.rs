@@ -132,13 +132,9 @@ impl Cohort {
             data_points: resolved.matched,
             ..ChangeReport::default()
         };
-        for op in &resolved.ops {
-            if op.remove {
-                report.removed += u64::from(self.members.remove(op.user.0));
-            } else {
-                report.added += u64::from(self.members.insert(op.user.0));
-            }
-        }
+        (report.added, report.removed) = self
+            .members
+            .apply(resolved.ops.iter().map(|op| (op.user.0, op.remove)));
         if report.added + report.removed > 0 {
             self.touch();
         }

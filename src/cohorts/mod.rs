@@ -1,17 +1,19 @@
 //! The cohort catalog of one workspace: per partner, cohorts keyed by
 //! cohort_id with a display name, a creation time, sync statistics, and
-//! their members as a roaring bitmap over [`UserId`](crate::ids::UserId).
+//! their [`Members`] over [`UserId`](crate::ids::UserId)s: a snapshot's
+//! bitmap read in place plus the changes since, as roaring bitmaps.
 
 mod changes;
+mod members;
 
 pub use changes::{resolve, Alias, ChangeReport, CohortChange, MemberOp, ResolvedChanges};
+pub use members::{BaseBitmap, Members};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, FixedOffset, Utc};
 use hashbrown::HashMap;
-use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
@@ -45,7 +47,7 @@ pub struct Cohort {
     pub name: String,
     /// As the partner sent it; `None` for a cohort created by a users request.
     pub created_at: Option<DateTime<FixedOffset>>,
-    pub members: RoaringBitmap,
+    pub members: Members,
     pub sync: SyncStats,
     /// Changes whenever `members` may have changed (unique across cohorts
     /// and workspaces), so caches of the serialized members know when they
@@ -67,7 +69,7 @@ impl Cohort {
             name: key.cohort_id.clone(),
             key,
             created_at: None,
-            members: RoaringBitmap::new(),
+            members: Members::default(),
             sync: SyncStats::default(),
             version: next_version(),
         }
@@ -165,6 +167,10 @@ impl CohortCatalog {
         cohort.touch();
         self.cohorts.insert(cohort.key.clone(), cohort);
         Ok(())
+    }
+
+    pub fn get_mut(&mut self, key: &CohortKey) -> Option<&mut Cohort> {
+        self.cohorts.get_mut(key)
     }
 
     /// A partner's cohorts, by cohort_id.

@@ -10,22 +10,32 @@
 //!   log-00000000000000001235.segqlog     the changes after S
 //! ```
 //!
-//! Compaction, with the workspace's read lock held (queries go on; writers
-//! wait, so the state is exactly the log up to S):
-//! 1. wait until every submitted record up to S is durable;
-//! 2. write the snapshot to `snap-G.segqsnap.tmp`, fsync, rename, fsync the
+//! Compaction. Writers are held off only for step 1:
+//! 1. under the workspace's read lock (no change is applied or logged
+//!    meanwhile): make the log durable up to its last record S, start the
+//!    next log `log-(S+1).segqlog` (header fsynced, renamed in) and switch
+//!    writers to it, and freeze the state: a clone of the workspace, whose
+//!    snapshot part is shared and whose in-memory part is what changed
+//!    since the last snapshot;
+//! 2. with no lock held, writes going on into the new log: write the
+//!    frozen state to `snap-G.segqsnap.tmp`, fsync, rename, fsync the
 //!    folder;
-//! 3. create the next log `log-(S+1).segqlog` (header fsynced, renamed in);
-//! 4. write `MANIFEST.tmp`, fsync, rename over `MANIFEST`, fsync the folder:
+//! 3. write `MANIFEST.tmp`, fsync, rename over `MANIFEST`, fsync the folder:
 //!    **the commit point**;
-//! 5. switch the workspace to the new log, then remove the old log and
-//!    snapshot.
+//! 4. map the new snapshot and, under the write lock, move the live state
+//!    onto it (what changed after S stays in memory); remove the old
+//!    snapshot and the logs before `log-(S+1)`.
 //!
-//! A crash before step 4 leaves the old manifest (or none) in force, and
-//! the new files are litter that start-up removes; after it, the new
-//! generation is in force and the old files are litter. Every file
-//! operation goes through [`Fs`], so tests crash compaction after any
-//! write, fsync or rename.
+//! Start-up reads the manifest's snapshot and log, then follows the chain
+//! of logs: after a log whose records end at seq N comes `log-(N+1)` if it
+//! exists, so records written into a log started by a compaction that
+//! never committed are replayed too.
+//!
+//! A crash before step 3's rename leaves the old manifest (or none) in
+//! force, with the new log chained after the old; the new snapshot is
+//! litter that start-up removes. After it, the new generation is in force
+//! and the old files are litter. Every file operation goes through [`Fs`],
+//! so tests crash compaction after any write, fsync or rename.
 
 use std::fs;
 use std::io::Write;
@@ -200,18 +210,36 @@ pub(crate) enum Failed {
     During(Error),
 }
 
-/// Folds the workspace in `dir` into a new generation, up to the commit
-/// point. `ws` is the state up to `seq` (durable), held still by the
-/// caller; `current` is the manifest in force, if any. Returns the new
-/// manifest and the new log writer; the caller switches to it, then calls
-/// [`cleanup`].
-pub(crate) fn compact(
+/// The first seq of a log named by [`log_name`].
+pub fn log_first_seq(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("log-")?.strip_suffix(".segqlog")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Starts the next log, `log-(seq+1)`, for the records after `seq` (in
+/// step 1; the caller has made the current log durable up to `seq`).
+pub(crate) fn rotate(fs: &mut dyn Fs, dir: &Path, seq: u64) -> Result<(PathBuf, LogWriter)> {
+    let path = dir.join(log_name(seq + 1));
+    // Left by a rotation at this seq that failed before it was used.
+    fs.remove(&path)?;
+    let writer = fs.create_log(&path, seq + 1)?;
+    Ok((path, writer))
+}
+
+/// Writes the snapshot of `ws` (the state up to `seq`, durable) as the
+/// next generation and publishes it with `log` (the log holding the
+/// records after `seq`) in a new manifest: steps 2 and 3. `current` is the
+/// manifest in force, if any.
+pub(crate) fn publish(
     fs: &mut dyn Fs,
     dir: &Path,
     ws: &crate::workspace::Workspace,
     seq: u64,
     current: Option<&Manifest>,
-) -> std::result::Result<(Manifest, LogWriter, Compacted), Failed> {
+    log: &str,
+) -> std::result::Result<(Manifest, Compacted), Failed> {
     let before = |e: Error| Failed::Before(e);
     let t = std::time::Instant::now();
     let generation = current.map_or(1, |m| m.generation + 1);
@@ -224,18 +252,12 @@ pub(crate) fn compact(
     fs.rename(&tmp, &snap).map_err(before)?;
     fs.fsync_dir(dir).map_err(before)?;
 
-    let log_file = log_name(seq + 1);
-    let log_path = dir.join(&log_file);
-    // A log left by an earlier compaction that crashed at this seq.
-    fs.remove(&log_path).map_err(before)?;
-    let writer = fs.create_log(&log_path, seq + 1).map_err(before)?;
-
     let manifest = Manifest {
         version: 1,
         generation,
         seq,
         snapshot: snap_name.clone(),
-        log: log_file,
+        log: log.to_string(),
     };
     let mtmp = dir.join(format!("{MANIFEST}.tmp"));
     fs.write(&mtmp, &manifest.bytes().map_err(before)?)
@@ -246,7 +268,6 @@ pub(crate) fn compact(
     fs.fsync_dir(dir).map_err(Failed::During)?;
     Ok((
         manifest,
-        writer,
         Compacted {
             generation,
             seq,
@@ -257,16 +278,18 @@ pub(crate) fn compact(
     ))
 }
 
-/// After the commit point: removes the previous generation's files.
+/// After the commit point: removes the previous snapshot and the logs
+/// before `new.log` (the end of step 4).
 pub(crate) fn cleanup(
     fs: &mut dyn Fs,
     dir: &Path,
     new: &Manifest,
     old: Option<&Manifest>,
-    old_log: &Path,
+    old_logs: &[PathBuf],
 ) -> Result<()> {
-    if old_log != dir.join(&new.log) {
-        fs.remove(old_log)?;
+    let keep = dir.join(&new.log);
+    for p in old_logs.iter().filter(|p| **p != keep) {
+        fs.remove(p)?;
     }
     if let Some(old) = old {
         if old.snapshot != new.snapshot {
@@ -277,17 +300,17 @@ pub(crate) fn cleanup(
 }
 
 /// Removes what a crashed compaction or a finished one left behind: any
-/// snapshot, log or temporary file the manifest does not name (and, once a
-/// manifest exists, the first generation's log).
-pub(crate) fn remove_litter(dir: &Path, m: &Manifest) -> Result<()> {
+/// snapshot but `snapshot`, any log not in `chain` (the logs in use), and
+/// temporary files.
+pub(crate) fn remove_litter(dir: &Path, snapshot: Option<&str>, chain: &[PathBuf]) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(io(dir))?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let ours = name.starts_with("snap-")
             || name.starts_with("log-")
             || name.ends_with(".tmp")
             || name == super::LOG_FILE;
-        if ours && name != m.snapshot && name != m.log {
-            let p = entry.path();
+        let p = entry.path();
+        if ours && Some(name.as_str()) != snapshot && !chain.contains(&p) {
             fs::remove_file(&p).map_err(io(&p))?;
         }
     }

@@ -54,8 +54,9 @@ pub struct WorkspaceHandle {
     /// The workspace's folder.
     dir: PathBuf,
     /// The manifest in force (None before the first compaction) and the
-    /// log file in use; also serialises compactions.
-    files: Mutex<(Option<Manifest>, PathBuf)>,
+    /// logs after its snapshot, oldest first (the last is in use); also
+    /// serialises compactions.
+    files: Mutex<(Option<Manifest>, Vec<PathBuf>)>,
     /// When the state was last folded into a snapshot (or loaded).
     compacted_at: Mutex<std::time::Instant>,
 }
@@ -74,11 +75,11 @@ impl WorkspaceHandle {
         log: LogWriter,
         dir: PathBuf,
         manifest: Option<Manifest>,
-        log_path: PathBuf,
+        logs: Vec<PathBuf>,
     ) -> Self {
         WorkspaceHandle {
             dir,
-            files: Mutex::new((manifest, log_path)),
+            files: Mutex::new((manifest, logs)),
             compacted_at: Mutex::new(std::time::Instant::now()),
             name: ws.name().to_string(),
             state: RwLock::new(ws),
@@ -113,11 +114,18 @@ impl WorkspaceHandle {
             .clone()
     }
 
-    /// Log records since the last snapshot, and the log's size in bytes.
+    /// Log records since the last snapshot, and the size in bytes of the
+    /// logs holding them.
     pub fn log_backlog(&self) -> (u64, u64) {
-        let log = self.log();
-        let records = log.next_seq().saturating_sub(log.first_seq());
-        let bytes = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
+        let (base_seq, logs) = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            (files.0.as_ref().map_or(0, |m| m.seq), files.1.clone())
+        };
+        let records = self.log().next_seq().saturating_sub(base_seq + 1);
+        let bytes = logs
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
         (records, bytes)
     }
 
@@ -134,17 +142,9 @@ impl WorkspaceHandle {
             || (records > 0 && age.as_secs() >= config.compact_interval_secs)
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
-    }
-
-    /// Folds the log into a new snapshot generation (see
-    /// [`super::compact`]). Queries go on meanwhile on the view they hold;
-    /// writes wait until it is done.
+    /// Folds the changes since the last snapshot into a new snapshot
+    /// generation (see [`super::compact`]). Writers wait only while the
+    /// log is switched and the state frozen; queries go on throughout.
     pub fn compact(&self) -> Result<Compacted> {
         self.compact_with(&mut RealFs)
     }
@@ -153,30 +153,57 @@ impl WorkspaceHandle {
     pub fn compact_with(&self, fs: &mut dyn Fs) -> Result<Compacted> {
         self.check_failed()?;
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        // The read lock keeps writers out: the state is the log up to seq.
-        let ws = self.read();
-        let log = self.log();
-        let seq = log.next_seq().saturating_sub(1);
-        if seq >= log.first_seq() {
-            log.wait_durable(seq)
-                .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
-        }
-        let (old, old_log) = files.clone();
-        let (manifest, writer, done) = match compact::compact(fs, &self.dir, &ws, seq, old.as_ref())
-        {
-            Ok(x) => x,
-            Err(compact::Failed::Before(e)) => return Err(e),
-            Err(compact::Failed::During(e)) => {
-                return Err(self.fail(format!(
-                    "compaction failed at its commit point ({e}); restart to recover"
-                )))
+        // 1. Freeze. The read lock keeps writers out, so the state is
+        //    exactly the log up to `seq`.
+        let (frozen, seq) = {
+            let ws = self.read();
+            let log = self.log();
+            let seq = log.next_seq().saturating_sub(1);
+            if log.next_seq() > log.first_seq() {
+                log.wait_durable(seq)
+                    .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
+                let (path, writer) = compact::rotate(fs, &self.dir, seq)?;
+                *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
+                files.1.push(path);
             }
+            (ws.clone(), seq)
         };
-        *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
-        *files = (Some(manifest.clone()), self.dir.join(&manifest.log));
+        let log_name = files
+            .1
+            .last()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .ok_or_else(|| Error::InvalidArgument("the workspace has no log".into()))?;
+        // 2–3. Write the snapshot and commit it, writers going on.
+        let (old, old_logs) = files.clone();
+        let (manifest, done) =
+            match compact::publish(fs, &self.dir, &frozen, seq, old.as_ref(), &log_name) {
+                Ok(x) => x,
+                Err(compact::Failed::Before(e)) => return Err(e),
+                Err(compact::Failed::During(e)) => {
+                    return Err(self.fail(format!(
+                        "compaction failed at its commit point ({e}); restart to recover"
+                    )))
+                }
+            };
+        *files = (Some(manifest.clone()), vec![self.dir.join(&manifest.log)]);
         *self.compacted_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
-        drop(ws);
-        if let Err(e) = compact::cleanup(fs, &self.dir, &manifest, old.as_ref(), &old_log) {
+        // 4. Serve from the new snapshot. Should it not open, the old one
+        //    (still mapped) goes on serving; a restart reads the new one.
+        let path = self.dir.join(&manifest.snapshot);
+        let moved = crate::snapshot::Snapshot::open(&path).and_then(|snap| {
+            let mut ws = self.write_lock()?;
+            ws.rebase(&frozen, Arc::new(snap))
+        });
+        if let Err(e) = moved {
+            eprintln!(
+                "segq: workspace {}: serving from {} failed, the previous snapshot goes on: {e}",
+                self.name,
+                path.display()
+            );
+        }
+        drop(frozen);
+        if let Err(e) = compact::cleanup(fs, &self.dir, &manifest, old.as_ref(), &old_logs) {
             // Litter only: start-up removes it.
             eprintln!(
                 "segq: workspace {}: removing the previous generation: {e}",
@@ -378,11 +405,7 @@ impl WorkspaceHandle {
     pub fn identify(&self, user: &UserRef, external_id: &str) -> Result<UserId> {
         self.write(|ws| {
             let id = Self::find(ws, user)?;
-            let already = ws
-                .users
-                .get(id)
-                .and_then(|r| r.external_id.as_deref())
-                .is_some_and(|e| e == external_id);
+            let already = ws.users.external_id(id) == Some(external_id);
             ws.users.identify(id, external_id)?;
             let change = (!already).then(|| Change::UserIdentified {
                 user: id,

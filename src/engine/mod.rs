@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::ids::Partner;
 use crate::import::{texts, Credentials, ProtocolError};
 use crate::log::{self, LogWriter, Recovery};
+use crate::snapshot::Snapshot;
 use crate::workspace::Workspace;
 use record::{from_ms, to_ms};
 
@@ -134,22 +135,20 @@ pub fn valid_workspace_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Loads a workspace: the snapshot and log its manifest names, or, before
-/// its first compaction, its first log alone. `Ok(None)`: the workspace's
-/// creation was never acknowledged.
-fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Recovery)>> {
+/// Loads a workspace: the snapshot its manifest names, served in place,
+/// then the logs after it; before its first compaction, its first log.
+/// `Ok(None)`: the workspace's creation was never acknowledged.
+fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
     let Some(m) = compact::Manifest::read(dir)? else {
         return load_first_log(name, dir);
     };
-    let snap = compact::open_snapshot(dir, &m)?;
-    let mut ws = snap.to_workspace()?;
-    drop(snap);
+    let snap = Arc::new(compact::open_snapshot(dir, &m)?);
+    let mut ws = Snapshot::load(snap)?;
     let path = dir.join(&m.log);
-    let shown = path.display().to_string();
     let (writer, replay) = log::open_file(&path)?;
     if writer.first_seq() != m.seq + 1 {
         return Err(Error::Corrupt {
-            path: shown,
+            path: path.display().to_string(),
             reason: format!(
                 "starts at seq {}, the manifest's snapshot ends at {}",
                 writer.first_seq(),
@@ -157,21 +156,80 @@ fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Rec
             ),
         });
     }
-    for r in replay.records {
+    replay_records(&mut ws, &path, replay.records)?;
+    let mut recoveries = vec![replay.recovery];
+    let (writer, chain) = follow_chain(&mut ws, dir, path, writer, &mut recoveries)?;
+    compact::remove_litter(dir, Some(&m.snapshot), &chain)?;
+    let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), Some(m), chain);
+    Ok(Some((handle, recoveries)))
+}
+
+fn replay_records(ws: &mut Workspace, path: &Path, records: Vec<log::LogRecord>) -> Result<()> {
+    let shown = path.display().to_string();
+    for r in records {
         let change = Change::decode(&r.payload, &shown, r.seq)?;
-        record::apply(&mut ws, &change).map_err(|e| Error::Corrupt {
+        record::apply(ws, &change).map_err(|e| Error::Corrupt {
             path: shown.clone(),
             reason: format!("record {} does not apply: {e}", r.seq),
         })?;
     }
-    compact::remove_litter(dir, &m)?;
-    let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), Some(m), path);
-    Ok(Some((handle, replay.recovery)))
+    Ok(())
 }
 
-/// Replays a workspace's first log (no snapshot yet).
-fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Recovery)>> {
-    let path = &dir.join(LOG_FILE);
+/// After the log at `path` (replayed, `writer` open on it): the logs a
+/// compaction started (`log-N` where N is the next seq), in order. Returns
+/// the writer of the last and the whole chain. A log that starts past the
+/// chain's end means a change is missing between them: refused.
+fn follow_chain(
+    ws: &mut Workspace,
+    dir: &Path,
+    path: PathBuf,
+    mut writer: LogWriter,
+    recoveries: &mut Vec<Recovery>,
+) -> Result<(LogWriter, Vec<PathBuf>)> {
+    let mut chain = vec![path];
+    loop {
+        let next = dir.join(compact::log_name(writer.next_seq()));
+        if chain.contains(&next) || !next.exists() {
+            break;
+        }
+        let (w, replay) = log::open_file(&next)?;
+        if w.first_seq() != writer.next_seq() {
+            return Err(Error::Corrupt {
+                path: next.display().to_string(),
+                reason: format!(
+                    "starts at seq {}, its name says {}",
+                    w.first_seq(),
+                    writer.next_seq()
+                ),
+            });
+        }
+        replay_records(ws, &next, replay.records)?;
+        recoveries.push(replay.recovery);
+        writer = w;
+        chain.push(next);
+    }
+    let end = writer.next_seq();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(first) = compact::log_first_seq(&name) {
+            if first > end {
+                return Err(Error::Corrupt {
+                    path: entry.path().display().to_string(),
+                    reason: format!(
+                        "starts at seq {first}, but the logs before it end at seq {}",
+                        end - 1
+                    ),
+                });
+            }
+        }
+    }
+    Ok((writer, chain))
+}
+
+/// Replays a workspace's first log (no snapshot yet), and the logs after it.
+fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
+    let path = dir.join(LOG_FILE);
     if !path.exists() {
         return Ok(None);
     }
@@ -179,7 +237,7 @@ fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Rec
     // Look before anything is cut: a log whose first record is damaged
     // (not merely torn off by a crash) is corruption, never a creation that
     // did not happen.
-    let mut file = log::FsFile::open(path).map_err(io_error(path))?;
+    let mut file = log::FsFile::open(&path).map_err(io_error(&path))?;
     let replay = LogWriter::scan(&mut file)?;
     if replay.records.is_empty() {
         return match replay.recovery.reason {
@@ -205,15 +263,12 @@ fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Rec
         }
     };
     let mut ws = Workspace::new(name, seed);
-    for r in records {
-        let change = Change::decode(&r.payload, &shown, r.seq)?;
-        record::apply(&mut ws, &change).map_err(|e| Error::Corrupt {
-            path: shown.clone(),
-            reason: format!("record {} does not apply: {e}", r.seq),
-        })?;
-    }
-    let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), None, path.to_path_buf());
-    Ok(Some((handle, replay.recovery)))
+    replay_records(&mut ws, &path, records.collect())?;
+    let mut recoveries = vec![replay.recovery];
+    let (writer, chain) = follow_chain(&mut ws, dir, path, writer, &mut recoveries)?;
+    compact::remove_litter(dir, None, &chain)?;
+    let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), None, chain);
+    Ok(Some((handle, recoveries)))
 }
 
 impl Engine {
@@ -310,9 +365,7 @@ impl Engine {
                     );
                 }
             }
-            if !recovery.is_clean() {
-                recoveries.push(recovery);
-            }
+            recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
             workspaces.insert(name, Arc::new(handle));
         }
         let engine = Engine {
@@ -377,7 +430,7 @@ impl Engine {
                 writer,
                 folder,
                 None,
-                path,
+                vec![path],
             )),
         );
         Ok(true)

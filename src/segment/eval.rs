@@ -47,11 +47,11 @@ fn eval(ws: &Workspace, filter: &Filter, all: &RoaringBitmap) -> Result<RoaringB
             cohort,
             includes,
         } => {
-            let members = &ws.cohorts.resolve(*partner, cohort)?.members;
+            let members = ws.cohorts.resolve(*partner, cohort)?.members.bitmap();
             if *includes {
-                members & all
+                &*members & all
             } else {
-                all - members
+                all - &*members
             }
         }
         Filter::Bucket(cmp) => ws

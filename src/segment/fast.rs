@@ -10,9 +10,12 @@
 //! Counting allocates no result bitmap; listing members collects ids per
 //! chunk. A plan that is a single cohort is counted from its cardinality.
 //!
-//! The bitmap bytes come from a [`BitmapSource`]: cohorts serialized from
-//! memory today (cached per cohort version), mapped snapshot sections once
-//! snapshots hold them.
+//! A cohort leaf is layered like the workspace: the bitmap of the snapshot
+//! the workspace was loaded from, read in place from the map, plus the
+//! members added and removed since, serialized once per cohort version by
+//! a [`BitmapSource`]. Per chunk, a leaf whose delta has no container
+//! there is read straight from the snapshot's container; otherwise its
+//! words are `(base | added) & !removed`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,38 +25,59 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::plan::{Leaf, Plan};
-use crate::bitmap_view::{popcount, BitmapView, Words, CHUNK_WORDS};
+use crate::bitmap_view::{popcount, BitmapView, Container, Words, CHUNK_WORDS};
 use crate::cohorts::Cohort;
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner, UserId};
 use crate::snapshot::Snapshot;
+use crate::users::Buckets;
 use crate::workspace::Workspace;
 
-/// Supplies a cohort's members in the portable roaring format.
+/// A cohort's in-memory members in the portable roaring format: all of
+/// them when the cohort has no snapshot bitmap, else what changed since.
+#[derive(Debug, Default)]
+pub struct Serialized {
+    /// Members not in the snapshot's bitmap (`None`: none).
+    pub added: Option<Vec<u8>>,
+    /// Members of the snapshot's bitmap removed since (`None`: none).
+    pub removed: Option<Vec<u8>>,
+}
+
+/// Supplies a cohort's in-memory members, serialized.
 pub trait BitmapSource: Sync {
-    fn bytes(&self, cohort: &Cohort) -> Arc<Vec<u8>>;
+    fn bytes(&self, cohort: &Cohort) -> Arc<Serialized>;
 }
 
 /// Serializes on every call (no cache): for one-off queries and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Uncached;
 
-/// Serializes a cohort's members.
-pub fn serialize(cohort: &Cohort) -> Arc<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(cohort.members.serialized_size());
+fn portable(bm: &RoaringBitmap) -> Option<Vec<u8>> {
+    if bm.is_empty() {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(bm.serialized_size());
     // Writing into a Vec cannot fail.
-    let _ = cohort.members.serialize_into(&mut bytes);
-    Arc::new(bytes)
+    let _ = bm.serialize_into(&mut bytes);
+    Some(bytes)
+}
+
+/// Serializes a cohort's in-memory members.
+pub fn serialize(cohort: &Cohort) -> Arc<Serialized> {
+    Arc::new(Serialized {
+        added: portable(cohort.members.added()),
+        removed: portable(cohort.members.removed()),
+    })
 }
 
 impl BitmapSource for Uncached {
-    fn bytes(&self, cohort: &Cohort) -> Arc<Vec<u8>> {
+    fn bytes(&self, cohort: &Cohort) -> Arc<Serialized> {
         serialize(cohort)
     }
 }
 
 /// A cohort's serialized members and the version they were taken at.
-type Versioned = (u64, Arc<Vec<u8>>);
+type Versioned = (u64, Arc<Serialized>);
 
 /// Serialized cohorts kept while their version stays the same.
 #[derive(Debug, Default)]
@@ -62,7 +86,7 @@ pub struct SerialCache {
 }
 
 impl BitmapSource for SerialCache {
-    fn bytes(&self, cohort: &Cohort) -> Arc<Vec<u8>> {
+    fn bytes(&self, cohort: &Cohort) -> Arc<Serialized> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v, b)) = map.get(&cohort.key) {
             if *v == cohort.version {
@@ -104,9 +128,130 @@ enum Out {
     Words,
 }
 
+/// A cohort leaf's bitmaps, parsed.
+#[derive(Clone, Copy)]
+enum LeafView<'a> {
+    /// Nothing changed since the snapshot (or there is no snapshot).
+    Simple(BitmapView<'a>),
+    Layered {
+        base: Option<BitmapView<'a>>,
+        added: Option<BitmapView<'a>>,
+        removed: Option<BitmapView<'a>>,
+    },
+}
+
+/// A leaf's members in one chunk.
+enum Lc<'a> {
+    Empty,
+    One(Container<'a>),
+    /// `(base | added) & !removed`.
+    Merge(
+        Option<Container<'a>>,
+        Option<Container<'a>>,
+        Option<Container<'a>>,
+    ),
+}
+
+impl LeafView<'_> {
+    fn chunk(&self, key: u16) -> Lc<'_> {
+        match self {
+            LeafView::Simple(v) => v.container_for_key(key).map_or(Lc::Empty, Lc::One),
+            LeafView::Layered {
+                base,
+                added,
+                removed,
+            } => {
+                let b = base.and_then(|v| v.container_for_key(key));
+                let a = added.and_then(|v| v.container_for_key(key));
+                let r = removed.and_then(|v| v.container_for_key(key));
+                match (b, a, r) {
+                    (None, None, _) => Lc::Empty,
+                    (Some(x), None, None) | (None, Some(x), _) => Lc::One(x),
+                    (b, a, r) => Lc::Merge(b, a, r),
+                }
+            }
+        }
+    }
+
+    fn contains(&self, u: u32) -> bool {
+        match self {
+            LeafView::Simple(v) => v.contains(u),
+            LeafView::Layered {
+                base,
+                added,
+                removed,
+            } => {
+                added.is_some_and(|v| v.contains(u))
+                    || (base.is_some_and(|v| v.contains(u))
+                        && !removed.is_some_and(|v| v.contains(u)))
+            }
+        }
+    }
+}
+
+impl Lc<'_> {
+    /// Writes the chunk's members into `out`.
+    fn write_into(&self, out: &mut Words) {
+        match self {
+            Lc::Empty => out.fill(0),
+            Lc::One(c) => c.write_into(out),
+            Lc::Merge(b, a, r) => {
+                match b {
+                    Some(b) => b.write_into(out),
+                    None => out.fill(0),
+                }
+                if let Some(a) = a {
+                    a.or_into(out);
+                }
+                if let Some(r) = r {
+                    r.andnot_into(out);
+                }
+            }
+        }
+    }
+
+    /// `out (op) members`, through a scratch buffer when merged.
+    fn combine(&self, op: Op, out: &mut Words, s: &mut Scratch) {
+        match self {
+            Lc::Empty => match op {
+                Op::And => out.fill(0),
+                Op::Or | Op::AndNot => {}
+            },
+            Lc::One(c) => match op {
+                Op::And => c.and_into(out),
+                Op::Or => c.or_into(out),
+                Op::AndNot => c.andnot_into(out),
+            },
+            Lc::Merge(b, a, None) if op == Op::Or => {
+                for c in [b, a].into_iter().flatten() {
+                    c.or_into(out);
+                }
+            }
+            merged => {
+                let mut t = s.take();
+                merged.write_into(&mut t);
+                let it = out.iter_mut().zip(t.iter());
+                match op {
+                    Op::And => it.for_each(|(o, x)| *o &= x),
+                    Op::Or => it.for_each(|(o, x)| *o |= x),
+                    Op::AndNot => it.for_each(|(o, x)| *o &= !x),
+                }
+                s.give(t);
+            }
+        }
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Op {
+    And,
+    Or,
+    AndNot,
+}
+
 struct Ctx<'a> {
-    views: Vec<BitmapView<'a>>,
-    buckets: &'a [u16],
+    leaves: Vec<LeafView<'a>>,
+    buckets: Buckets<'a>,
     users: u32,
 }
 
@@ -133,7 +278,7 @@ impl Ctx<'_> {
 
     fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
         let start = (key << 16) as usize;
-        let slice = &self.buckets[start..start + self.chunk_len(key) as usize];
+        let slice = self.buckets.range(start, self.chunk_len(key) as usize);
         w.fill(0);
         let span = hi - lo;
         let mut any = 0u64;
@@ -176,10 +321,10 @@ fn eval(
     match node {
         Node::All => Out::Full,
         Node::Nothing => Out::Empty,
-        Node::Cohort(i) => match ctx.views[*i].container_for_key(key as u16) {
-            None => Out::Empty,
-            Some(c) => {
-                c.write_into(out);
+        Node::Cohort(i) => match ctx.leaves[*i].chunk(key as u16) {
+            Lc::Empty => Out::Empty,
+            lc => {
+                lc.write_into(out);
                 Out::Words
             }
         },
@@ -208,12 +353,12 @@ fn eval(
             for c in all {
                 // A cohort leaf combines straight from its container.
                 if let (Node::Cohort(i), Out::Words) = (c, &state) {
-                    match ctx.views[*i].container_for_key(key as u16) {
-                        None => {
+                    match ctx.leaves[*i].chunk(key as u16) {
+                        Lc::Empty => {
                             *early = true;
                             return Out::Empty;
                         }
-                        Some(cont) => cont.and_into(out),
+                        lc => lc.combine(Op::And, out, s),
                     }
                     continue;
                 }
@@ -248,9 +393,7 @@ fn eval(
                     state = Out::Words;
                 }
                 if let Node::Cohort(i) = c {
-                    if let Some(cont) = ctx.views[*i].container_for_key(key as u16) {
-                        cont.andnot_into(out);
-                    }
+                    ctx.leaves[*i].chunk(key as u16).combine(Op::AndNot, out, s);
                     continue;
                 }
                 let mut t = s.take();
@@ -271,9 +414,7 @@ fn eval(
             let mut state = Out::Empty;
             for c in any {
                 if let (Node::Cohort(i), Out::Words) = (c, &state) {
-                    if let Some(cont) = ctx.views[*i].container_for_key(key as u16) {
-                        cont.or_into(out);
-                    }
+                    ctx.leaves[*i].chunk(key as u16).combine(Op::Or, out, s);
                     continue;
                 }
                 match state {
@@ -322,34 +463,29 @@ fn eval_root(
     r
 }
 
-/// A leaf's bitmap bytes: serialized from memory, or borrowed from a
-/// mapped snapshot.
-enum Bytes<'w> {
-    Owned(Arc<Vec<u8>>),
-    Borrowed(&'w [u8]),
-}
-
-impl Bytes<'_> {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Owned(b) => b,
-            Bytes::Borrowed(b) => b,
-        }
-    }
+/// A cohort leaf's bytes: its snapshot bitmap, borrowed from the map, and
+/// its in-memory members.
+struct LeafBytes<'w> {
+    base: Option<&'w [u8]>,
+    delta: Option<Arc<Serialized>>,
 }
 
 /// A plan ready to run: its leaves' bitmaps fetched, the buckets at hand.
 pub struct Prepared<'w> {
     node: Node,
-    bytes: Vec<Bytes<'w>>,
-    buckets: &'w [u16],
+    bytes: Vec<LeafBytes<'w>>,
+    buckets: Buckets<'w>,
     users: u32,
     single: Option<u64>,
 }
 
-type LeafBytes<'a, 'w> = dyn FnMut(Partner, &str) -> Result<Bytes<'w>> + 'a;
+type FetchLeaf<'a, 'w> = dyn FnMut(Partner, &str) -> Result<LeafBytes<'w>> + 'a;
 
-fn compile<'w>(p: &Plan, leaf: &mut LeafBytes<'_, 'w>, bytes: &mut Vec<Bytes<'w>>) -> Result<Node> {
+fn compile<'w>(
+    p: &Plan,
+    leaf: &mut FetchLeaf<'_, 'w>,
+    bytes: &mut Vec<LeafBytes<'w>>,
+) -> Result<Node> {
     Ok(match p {
         Plan::All => Node::All,
         Plan::Nothing => Node::Nothing,
@@ -393,10 +529,16 @@ impl<'w> Prepared<'w> {
     /// on the same workspace).
     pub fn new(ws: &'w Workspace, plan: &Plan, src: &dyn BitmapSource) -> Result<Self> {
         let mut bytes = Vec::new();
-        let mut leaf = |partner: Partner, id: &str| -> Result<Bytes<'w>> {
+        let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'w>> {
             let key = CohortKey::new(partner, id);
             let c = ws.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
-            Ok(Bytes::Owned(src.bytes(c)))
+            let m = &c.members;
+            let base = m.base_bytes();
+            let unchanged = base.is_some() && m.added().is_empty() && m.removed().is_empty();
+            Ok(LeafBytes {
+                base,
+                delta: (!unchanged).then(|| src.bytes(c)),
+            })
         };
         let node = compile(plan, &mut leaf, &mut bytes)?;
         let users = ws.users.len();
@@ -408,13 +550,13 @@ impl<'w> Prepared<'w> {
             }) => ws
                 .cohorts
                 .get(&CohortKey::new(*partner, cohort_id.clone()))
-                .is_some_and(|c| c.members.max().is_none_or(|m| m < users)),
+                .is_some_and(|c| c.members.max_bound().is_none_or(|m| m < users)),
             _ => false,
         };
         Ok(Prepared {
             node,
             bytes,
-            buckets: ws.users.bucket_slice(),
+            buckets: ws.users.bucket_slices(),
             users,
             single: trivial(plan, users, trusted),
         })
@@ -425,7 +567,7 @@ impl<'w> Prepared<'w> {
     pub fn for_snapshot(snap: &'w Snapshot, plan: &Plan) -> Result<Self> {
         let meta = snap.meta()?;
         let mut bytes = Vec::new();
-        let mut leaf = |partner: Partner, id: &str| -> Result<Bytes<'w>> {
+        let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'w>> {
             let i = meta
                 .cohorts
                 .iter()
@@ -433,14 +575,17 @@ impl<'w> Prepared<'w> {
                 .ok_or_else(|| Error::UnknownCohort {
                     key: CohortKey::new(partner, id),
                 })?;
-            Ok(Bytes::Borrowed(snap.bitmap(i)?.as_bytes()))
+            Ok(LeafBytes {
+                base: Some(snap.bitmap_bytes(i)?),
+                delta: None,
+            })
         };
         let node = compile(plan, &mut leaf, &mut bytes)?;
         // `verify` checks that snapshot bitmaps hold only existing users.
         Ok(Prepared {
             node,
             bytes,
-            buckets: snap.buckets()?,
+            buckets: Buckets::contiguous(snap.buckets()?),
             users: meta.users,
             single: trivial(plan, meta.users, true),
         })
@@ -556,19 +701,34 @@ impl<'w> Prepared<'w> {
 
     /// The leaves' bitmaps parsed once, for many one-user checks.
     pub fn checker(&self) -> Result<Checker<'_>> {
-        let views = self
-            .bytes
-            .iter()
-            .map(|b| BitmapView::parse(b.as_slice()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Corrupt {
-                path: "<cohort bitmap>".into(),
-                reason: e.to_string(),
-            })?;
+        fn opt(b: Option<&[u8]>) -> Result<Option<BitmapView<'_>>> {
+            b.map(|b| {
+                BitmapView::parse(b).map_err(|e| Error::Corrupt {
+                    path: "<cohort bitmap>".into(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+        }
+        let mut leaves = Vec::with_capacity(self.bytes.len());
+        for b in &self.bytes {
+            let added = opt(b.delta.as_ref().and_then(|d| d.added.as_deref()))?;
+            let removed = opt(b.delta.as_ref().and_then(|d| d.removed.as_deref()))?;
+            let base = opt(b.base)?;
+            leaves.push(match (base, added, removed) {
+                (Some(v), None, None) | (None, Some(v), None) => LeafView::Simple(v),
+                (None, None, None) => LeafView::Simple(BitmapView::empty()),
+                (base, added, removed) => LeafView::Layered {
+                    base,
+                    added,
+                    removed,
+                },
+            });
+        }
         Ok(Checker {
             node: &self.node,
             ctx: Ctx {
-                views,
+                leaves,
                 buckets: self.buckets,
                 users: self.users,
             },
@@ -594,8 +754,8 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
     match node {
         Node::All => true,
         Node::Nothing => false,
-        Node::Cohort(i) => ctx.views[*i].contains(u),
-        Node::Bucket(lo, hi) => (*lo..=*hi).contains(&ctx.buckets[u as usize]),
+        Node::Cohort(i) => ctx.leaves[*i].contains(u),
+        Node::Bucket(lo, hi) => (*lo..=*hi).contains(&ctx.buckets.get(u as usize)),
         Node::Not(c) => !contains(c, u, ctx),
         Node::And(all, minus) => {
             all.iter().all(|c| contains(c, u, ctx)) && !minus.iter().any(|c| contains(c, u, ctx))

@@ -607,10 +607,11 @@ pub fn render_members(
     out: &mut Vec<u8>,
 ) {
     for &u in members {
-        let rec = ws.users.get(UserId(u));
-        let ext = rec.and_then(|r| r.external_id.as_deref());
-        let aliases = rec.map_or(&[][..], |r| &r.aliases[..]);
-        let bucket = rec.map_or(0, |r| r.bucket);
+        let user = UserId(u);
+        let ext = ws.users.external_id(user);
+        let rec = extras.aliases.then(|| ws.users.get(user)).flatten();
+        let aliases = rec.as_ref().map_or(&[][..], |r| &r.aliases[..]);
+        let bucket = ws.users.bucket(user).unwrap_or(0);
         match format {
             Format::Jsonl => {
                 match ext {

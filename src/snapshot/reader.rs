@@ -3,21 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::DateTime;
 use serde::Serialize;
 
-use super::dict::{alias_key, split_alias_key, Dict};
+use super::dict::{alias_key, Dict};
 use super::format::{Section, SectionKind, SnapshotFile};
 use super::meta::Meta;
 use super::mmap::Mapped;
 use super::writer::day_of;
 use crate::bitmap_view::{BitmapView, Container};
-use crate::cohorts::{Cohort, SyncStats};
+use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId, UserRef, BUCKETS};
-use crate::users::NewUser;
+use crate::users::UserRegistry;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
 #[cfg(target_endian = "big")]
@@ -193,6 +193,15 @@ impl Snapshot {
 
     /// The members of cohort `i` of the catalog, read in place.
     pub fn bitmap(&self, i: usize) -> Result<BitmapView<'_>> {
+        let bytes = self.bitmap_bytes(i)?;
+        BitmapView::parse(bytes).map_err(|e| {
+            let id = self.meta().map_or("?", |m| m.cohorts[i].cohort_id.as_str());
+            self.corrupt(format!("cohort {id}: {e}"))
+        })
+    }
+
+    /// The bytes of cohort `i`'s bitmap, not parsed (O(1)).
+    pub fn bitmap_bytes(&self, i: usize) -> Result<&[u8]> {
         let c = self
             .meta()?
             .cohorts
@@ -208,7 +217,7 @@ impl Snapshot {
                     c.cohort_id
                 ))
             })?;
-        BitmapView::parse(bytes).map_err(|e| self.corrupt(format!("cohort {}: {e}", c.cohort_id)))
+        Ok(bytes)
     }
 
     /// Checks everything: every checksum, the meta decodes, every bitmap
@@ -347,58 +356,36 @@ impl Snapshot {
         })
     }
 
-    /// Decodes the whole snapshot into an in-memory workspace.
-    pub fn to_workspace(&self) -> Result<Workspace> {
-        let meta = self.meta()?;
-        let mut ws = Workspace::new(meta.workspace.clone(), meta.seed);
-        let buckets = self.buckets()?;
-        let (ext, dev, ali) = (self.external_ids()?, self.devices()?, self.aliases()?);
-        let text = |b: &[u8], what: &str| {
-            std::str::from_utf8(b)
-                .map(str::to_string)
-                .map_err(|_| self.corrupt(format!("{what} is not UTF-8")))
-        };
-        let (mut ie, mut id, mut ia) = (0, 0, 0);
-        ws.users
-            .reserve(meta.users as usize, ext.len(), ali.len(), dev.len());
-        for u in 0..meta.users {
-            let mut new = NewUser {
-                bucket: Some(
-                    *buckets
-                        .get(u as usize)
-                        .ok_or_else(|| self.corrupt("too few buckets"))?,
-                ),
-                ..NewUser::default()
-            };
-            while let Some((owner, key)) = ext.entry(ie).filter(|(o, _)| o.0 == u) {
-                let _ = owner;
-                new.external_id = Some(text(key, "an external id")?);
-                ie += 1;
-            }
-            while let Some((_, key)) = dev.entry(id).filter(|(o, _)| o.0 == u) {
-                new.devices.push(text(key, "a device id")?);
-                id += 1;
-            }
-            while let Some((_, key)) = ali.entry(ia).filter(|(o, _)| o.0 == u) {
-                let (l, n) =
-                    split_alias_key(key).ok_or_else(|| self.corrupt("a malformed alias"))?;
-                new.aliases
-                    .push((text(l, "an alias label")?, text(n, "an alias name")?));
-                ia += 1;
-            }
-            ws.users.create(new)?;
-        }
+    /// The workspace this snapshot holds, served from it in place: users,
+    /// identifiers, buckets and cohort bitmaps stay in the map and only
+    /// the meta section (catalog, keys, partners, billing, saved segments)
+    /// is decoded. Changes made to the workspace afterwards are kept in
+    /// memory on top of the snapshot.
+    pub fn load(snap: Arc<Snapshot>) -> Result<Workspace> {
+        let meta = snap.meta()?;
+        let mut ws = Workspace::on_snapshot(
+            meta.workspace.clone(),
+            UserRegistry::on_snapshot(snap.clone())?,
+        );
         for (i, c) in meta.cohorts.iter().enumerate() {
             let created_at = match &c.created_at {
                 Some(t) => Some(DateTime::parse_from_rfc3339(t).map_err(|e| {
-                    self.corrupt(format!("cohort {} created_at: {e}", c.cohort_id))
+                    snap.corrupt(format!("cohort {} created_at: {e}", c.cohort_id))
                 })?),
                 None => None,
             };
             let mut cohort = Cohort::new(CohortKey::new(c.partner, c.cohort_id.clone()));
             cohort.name = c.name.clone();
             cohort.created_at = created_at;
-            cohort.members = self.bitmap(i)?.to_roaring();
+            cohort.members = Members::on_snapshot(BaseBitmap::new(snap.clone(), i)?);
+            if cohort.members.len() != c.cardinality {
+                return Err(snap.corrupt(format!(
+                    "cohort {}: catalog says {} members, bitmap holds {}",
+                    c.cohort_id,
+                    c.cardinality,
+                    cohort.members.len()
+                )));
+            }
             cohort.sync = SyncStats {
                 last_sync: c.last_sync_ms.and_then(DateTime::from_timestamp_millis),
                 last_added: c.last_added,
@@ -441,6 +428,15 @@ impl Snapshot {
             );
         }
         Ok(ws)
+    }
+
+    /// The index of a cohort in the catalog.
+    pub fn cohort_index(&self, key: &CohortKey) -> Result<Option<usize>> {
+        Ok(self
+            .meta()?
+            .cohorts
+            .iter()
+            .position(|c| c.partner == key.partner && c.cohort_id == key.cohort_id))
     }
 }
 

@@ -2,11 +2,10 @@
 
 use chrono::{DateTime, NaiveDate};
 
-use super::dict::{alias_key, DictWriter};
+use super::dict::DictWriter;
 use super::format::{SectionKind, SnapshotWriter};
 use super::meta::{CohortMeta, KeyMeta, Meta, SegmentMeta};
 use crate::error::{Error, Result};
-use crate::ids::UserId;
 use crate::workspace::Workspace;
 
 fn epoch() -> NaiveDate {
@@ -27,26 +26,13 @@ pub(crate) fn day_of(n: i32) -> NaiveDate {
 pub fn write(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
     let n = ws.users.len();
     let mut buckets = Vec::with_capacity(n as usize * 2);
-    let mut ext = DictWriter::new();
-    let mut dev = DictWriter::new();
-    let mut ali = DictWriter::new();
-    for u in 0..n {
-        let id = UserId(u);
-        let rec = ws
-            .users
-            .get(id)
-            .ok_or_else(|| Error::UnknownUser(format!("with id {u}")))?;
-        buckets.extend_from_slice(&rec.bucket.to_le_bytes());
-        if let Some(e) = &rec.external_id {
-            ext.push(id, e.as_bytes());
-        }
-        for d in &rec.devices {
-            dev.push(id, d.as_bytes());
-        }
-        for (l, nm) in &rec.aliases {
-            ali.push(id, &alias_key(l, nm));
-        }
+    for b in ws.users.buckets() {
+        buckets.extend_from_slice(&b.to_le_bytes());
     }
+    let mut dicts = [DictWriter::new(), DictWriter::new(), DictWriter::new()];
+    ws.users
+        .for_each_identifier(|kind, id, key| dicts[usize::from(kind)].push(id, key));
+    let [ext, dev, ali] = dicts;
 
     let mut bitmaps = Vec::new();
     let mut cohorts = Vec::new();

@@ -1,9 +1,17 @@
 //! The user registry of one workspace, and the identity matching rules of the
 //! partner cohort import protocol.
 //!
-//! Users get dense [`UserId`]s in creation order. Three indexes map
-//! identifiers to users: external_id, (alias_label, alias_name) and
-//! device_id. Every identifier is unique within the workspace.
+//! Users get dense [`UserId`]s in creation order. Every identifier
+//! (external_id, (alias_label, alias_name), device_id) is unique within the
+//! workspace.
+//!
+//! The registry is layered: users `0..n` of the snapshot it was loaded from
+//! are read in place from the mapped file (identifier dictionaries and
+//! buckets), and only what came since lives in memory: users created since,
+//! identifiers given since (to old or new users), and three hash indexes
+//! over those. Identifiers are only ever added, never removed or moved, so
+//! a look-up asks the in-memory index, then the snapshot's dictionary.
+//! [`UserRegistry::rebase`] moves onto a newer snapshot after compaction.
 //!
 //! Two ways to find a user:
 //! - [`UserRegistry::lookup`] finds whoever holds an identifier (targeting
@@ -14,10 +22,15 @@
 
 mod alias;
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use hashbrown::HashMap;
 
 use crate::error::{Error, Result};
 use crate::ids::{UserId, UserRef, BUCKETS};
+use crate::snapshot::dict::{alias_key, split_alias_key, Dict};
+use crate::snapshot::Snapshot;
 
 use alias::{AliasKey, AliasQuery};
 
@@ -66,12 +79,127 @@ pub struct Upserted {
     pub created: bool,
 }
 
+/// Identifiers held in memory: those of a user created since the snapshot,
+/// or those a snapshot user was given since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Idents {
+    external_id: Option<Box<str>>,
+    devices: Vec<Box<str>>,
+    aliases: Vec<(Box<str>, Box<str>)>,
+}
+
+impl Idents {
+    fn is_empty(&self) -> bool {
+        self.external_id.is_none() && self.devices.is_empty() && self.aliases.is_empty()
+    }
+
+    /// What `self` holds beyond `before`, an earlier state of the same
+    /// user (identifiers are only ever appended).
+    fn since(mut self, before: Option<&Idents>) -> Idents {
+        if let Some(b) = before {
+            if b.external_id.is_some() {
+                self.external_id = None;
+            }
+            self.devices
+                .drain(..b.devices.len().min(self.devices.len()));
+            self.aliases
+                .drain(..b.aliases.len().min(self.aliases.len()));
+        }
+        self
+    }
+}
+
+/// The snapshot the first `len` users are read from.
+#[derive(Clone, Debug)]
+struct Base {
+    snap: Arc<Snapshot>,
+    len: u32,
+}
+
+impl Base {
+    // The dictionaries and buckets were parsed when the registry was built
+    // on this snapshot (`UserRegistry::on_snapshot`); parsing the same
+    // immutable bytes again gives the same answer, so `ok()` loses nothing.
+    fn externals(&self) -> Option<Dict<'_>> {
+        self.snap.external_ids().ok()
+    }
+    fn devices(&self) -> Option<Dict<'_>> {
+        self.snap.devices().ok()
+    }
+    fn aliases(&self) -> Option<Dict<'_>> {
+        self.snap.aliases().ok()
+    }
+    fn buckets(&self) -> &[u16] {
+        self.snap.buckets().unwrap_or(&[])
+    }
+}
+
+fn text(b: &[u8]) -> Option<&str> {
+    std::str::from_utf8(b).ok()
+}
+
+/// Every user's random bucket, indexed by user id: the snapshot's users
+/// (read in place) then the users created since.
+#[derive(Copy, Clone, Debug)]
+pub struct Buckets<'a> {
+    pub base: &'a [u16],
+    pub tail: &'a [u16],
+}
+
+impl<'a> Buckets<'a> {
+    /// All buckets from one slice.
+    pub fn contiguous(b: &'a [u16]) -> Self {
+        Buckets { base: b, tail: &[] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.base.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bucket of user `u` (`u < len()`).
+    pub fn get(&self, u: usize) -> u16 {
+        match self.base.get(u) {
+            Some(&b) => b,
+            None => self.tail[u - self.base.len()],
+        }
+    }
+
+    /// Buckets `start..start + len`: borrowed, unless the range straddles
+    /// the two parts (one chunk at most).
+    pub fn range(&self, start: usize, len: usize) -> Cow<'a, [u16]> {
+        let end = start + len;
+        let n = self.base.len();
+        if end <= n {
+            Cow::Borrowed(&self.base[start..end])
+        } else if start >= n {
+            Cow::Borrowed(&self.tail[start - n..end - n])
+        } else {
+            let mut v = self.base[start..].to_vec();
+            v.extend_from_slice(&self.tail[..end - n]);
+            Cow::Owned(v)
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
+        self.base.iter().chain(self.tail.iter()).copied()
+    }
+}
+
 /// The users of one workspace and their identifier indexes.
 #[derive(Clone, Debug)]
 pub struct UserRegistry {
-    users: Vec<UserRecord>,
-    /// Every user's bucket again, contiguous, for evaluators that scan them.
+    base: Option<Base>,
+    /// Users created since the snapshot: ids `base_len()..`.
+    users: Vec<Idents>,
+    /// Their buckets, contiguous for the evaluator.
     buckets: Vec<u16>,
+    /// Identifiers snapshot users were given since the snapshot.
+    extras: HashMap<u32, Idents>,
+    /// Indexes over identifiers given since the snapshot.
     by_external: HashMap<Box<str>, UserId>,
     by_alias: HashMap<AliasKey, UserId>,
     by_device: HashMap<Box<str>, UserId>,
@@ -121,8 +249,10 @@ impl UserRegistry {
     /// An empty registry whose random buckets are drawn from `seed`.
     pub fn new(seed: u64) -> Self {
         UserRegistry {
+            base: None,
             users: Vec::new(),
             buckets: Vec::new(),
+            extras: HashMap::new(),
             by_external: HashMap::new(),
             by_alias: HashMap::new(),
             by_device: HashMap::new(),
@@ -130,9 +260,49 @@ impl UserRegistry {
         }
     }
 
+    /// The users of a snapshot, read in place: nothing is decoded. Checks
+    /// that the dictionaries' headers parse and that every user has a
+    /// bucket.
+    pub fn on_snapshot(snap: Arc<Snapshot>) -> Result<Self> {
+        let meta = snap.meta()?;
+        let (len, seed) = (meta.users, meta.seed);
+        snap.external_ids()?;
+        snap.devices()?;
+        snap.aliases()?;
+        let b = snap.buckets()?.len();
+        if b != len as usize {
+            return Err(Error::Corrupt {
+                path: snap.name().to_string(),
+                reason: format!("{b} buckets for {len} users"),
+            });
+        }
+        let mut reg = UserRegistry::new(seed);
+        reg.base = Some(Base { snap, len });
+        Ok(reg)
+    }
+
     /// The seed of the default random buckets.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// The snapshot the first users are read from, if any.
+    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.base.as_ref().map(|b| &b.snap)
+    }
+
+    /// Users read from the snapshot: ids `0..base_len()`.
+    pub fn base_len(&self) -> u32 {
+        self.base.as_ref().map_or(0, |b| b.len)
+    }
+
+    /// Users and identifiers held in memory (created or given since the
+    /// snapshot): `(users, identifiers)`.
+    pub fn delta_size(&self) -> (usize, usize) {
+        (
+            self.users.len(),
+            self.by_external.len() + self.by_alias.len() + self.by_device.len(),
+        )
     }
 
     /// Reserves room for `n` more users and their identifiers.
@@ -146,54 +316,157 @@ impl UserRegistry {
 
     /// The number of users; ids run `0..len()`.
     pub fn len(&self) -> u32 {
-        self.users.len() as u32
+        self.base_len() + self.users.len() as u32
     }
 
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.len() == 0
     }
 
-    /// The user with this id.
-    pub fn get(&self, user: UserId) -> Option<&UserRecord> {
-        self.users.get(user.0 as usize)
+    /// Where user `u` lives: `Ok(base user)` or `Err(index into users)`.
+    fn place(&self, user: UserId) -> Option<std::result::Result<&Base, usize>> {
+        let n = self.base_len();
+        if user.0 < n {
+            self.base.as_ref().map(Ok)
+        } else {
+            let i = (user.0 - n) as usize;
+            (i < self.users.len()).then_some(Err(i))
+        }
     }
 
-    fn record(&self, user: UserId) -> Result<&UserRecord> {
-        self.get(user)
-            .ok_or_else(|| Error::UnknownUser(format!("with id {user}")))
+    /// The user with this id (assembled from the snapshot and what came
+    /// since).
+    pub fn get(&self, user: UserId) -> Option<UserRecord> {
+        let (mut rec, mem) = match self.place(user)? {
+            Err(i) => (
+                UserRecord {
+                    bucket: self.buckets[i],
+                    ..UserRecord::default()
+                },
+                Some(&self.users[i]),
+            ),
+            Ok(base) => {
+                let mut rec = UserRecord {
+                    bucket: base.buckets().get(user.0 as usize).copied().unwrap_or(0),
+                    ..UserRecord::default()
+                };
+                if let Some(d) = base.externals() {
+                    rec.external_id = d
+                        .entries_of(user)
+                        .find_map(|i| d.entry(i).and_then(|(_, k)| text(k)))
+                        .map(Into::into);
+                }
+                if let Some(d) = base.devices() {
+                    rec.devices = d
+                        .entries_of(user)
+                        .filter_map(|i| d.entry(i).and_then(|(_, k)| text(k)))
+                        .map(Into::into)
+                        .collect();
+                }
+                if let Some(d) = base.aliases() {
+                    rec.aliases = d
+                        .entries_of(user)
+                        .filter_map(|i| {
+                            let (l, n) = split_alias_key(d.entry(i)?.1)?;
+                            Some((text(l)?.into(), text(n)?.into()))
+                        })
+                        .collect();
+                }
+                (rec, self.extras.get(&user.0))
+            }
+        };
+        if let Some(m) = mem {
+            if rec.external_id.is_none() {
+                rec.external_id.clone_from(&m.external_id);
+            }
+            rec.devices.extend(m.devices.iter().cloned());
+            rec.aliases.extend(m.aliases.iter().cloned());
+        }
+        Some(rec)
+    }
+
+    fn record_exists(&self, user: UserId) -> Result<()> {
+        if user.0 < self.len() {
+            Ok(())
+        } else {
+            Err(Error::UnknownUser(format!("with id {user}")))
+        }
+    }
+
+    /// A user's external_id, if identified.
+    pub fn external_id(&self, user: UserId) -> Option<&str> {
+        match self.place(user)? {
+            Err(i) => self.users[i].external_id.as_deref(),
+            Ok(base) => {
+                let from_base = base.externals().and_then(|d| {
+                    d.entries_of(user)
+                        .find_map(|i| d.entry(i).and_then(|(_, k)| text(k)))
+                });
+                from_base.or_else(|| self.extras.get(&user.0)?.external_id.as_deref())
+            }
+        }
+    }
+
+    /// Whether a user has no external_id (`None`: no such user).
+    pub fn is_anonymous(&self, user: UserId) -> Option<bool> {
+        self.record_exists(user).ok()?;
+        Some(self.external_id(user).is_none())
     }
 
     /// The random bucket of a user, if it exists.
     pub fn bucket(&self, user: UserId) -> Option<u16> {
-        self.get(user).map(|u| u.bucket)
+        match self.place(user)? {
+            Err(i) => Some(self.buckets[i]),
+            Ok(base) => base.buckets().get(user.0 as usize).copied(),
+        }
     }
 
-    /// All users' buckets, indexed by user id.
-    pub fn buckets(&self) -> impl ExactSizeIterator<Item = u16> + '_ {
-        self.buckets.iter().copied()
+    /// All users' buckets, in id order.
+    pub fn buckets(&self) -> impl Iterator<Item = u16> + '_ {
+        self.bucket_slices().iter()
     }
 
-    /// All users' buckets as a slice, indexed by user id.
-    pub fn bucket_slice(&self) -> &[u16] {
-        &self.buckets
+    /// All users' buckets, indexed by user id, for evaluators.
+    pub fn bucket_slices(&self) -> Buckets<'_> {
+        Buckets {
+            base: self.base.as_ref().map_or(&[][..], |b| b.buckets()),
+            tail: &self.buckets,
+        }
+    }
+
+    fn external_holder(&self, id: &str) -> Option<UserId> {
+        self.by_external
+            .get(id)
+            .copied()
+            .or_else(|| self.base.as_ref()?.externals()?.get(id.as_bytes()))
+    }
+
+    fn device_holder(&self, id: &str) -> Option<UserId> {
+        self.by_device
+            .get(id)
+            .copied()
+            .or_else(|| self.base.as_ref()?.devices()?.get(id.as_bytes()))
+    }
+
+    fn find_alias(&self, label: &str, name: &str) -> Option<UserId> {
+        self.by_alias
+            .get(&AliasQuery(label, name))
+            .copied()
+            .or_else(|| self.base.as_ref()?.aliases()?.get(&alias_key(label, name)))
     }
 
     /// Whoever holds this identifier, whatever the matching rules.
     pub fn lookup(&self, r: &UserRef) -> Option<UserId> {
         match r {
-            UserRef::ExternalId(id) => self.by_external.get(id.as_str()).copied(),
+            UserRef::ExternalId(id) => self.external_holder(id),
             UserRef::Alias { label, name } => self.find_alias(label, name),
-            UserRef::DeviceId(id) => self.by_device.get(id.as_str()).copied(),
+            UserRef::DeviceId(id) => self.device_holder(id),
         }
-    }
-
-    fn find_alias(&self, label: &str, name: &str) -> Option<UserId> {
-        self.by_alias.get(&AliasQuery(label, name)).copied()
     }
 
     /// Import rule: a user_id matches the user whose external_id it is.
     pub fn match_external_id(&self, external_id: &str) -> Option<UserId> {
-        self.by_external.get(external_id).copied()
+        self.external_holder(external_id)
     }
 
     /// Import rule: an alias matches the user holding exactly that
@@ -204,10 +477,10 @@ impl UserRegistry {
 
     /// Import rule: a device_id matches only an anonymous user holding it.
     pub fn match_device(&self, device_id: &str) -> DeviceMatch {
-        match self.by_device.get(device_id) {
+        match self.device_holder(device_id) {
             None => DeviceMatch::Unknown,
-            Some(&u) if self.users[u.0 as usize].is_anonymous() => DeviceMatch::Matched(u),
-            Some(&u) => DeviceMatch::Refused(u),
+            Some(u) if self.external_id(u).is_none() => DeviceMatch::Matched(u),
+            Some(u) => DeviceMatch::Refused(u),
         }
     }
 
@@ -225,7 +498,7 @@ impl UserRegistry {
         }
         if let Some(ext) = &new.external_id {
             check_identifier("external_id", ext)?;
-            if let Some(&holder) = self.by_external.get(ext.as_str()) {
+            if let Some(holder) = self.external_holder(ext) {
                 return Err(Error::DuplicateExternalId {
                     external_id: ext.clone(),
                     holder,
@@ -234,7 +507,7 @@ impl UserRegistry {
         }
         for (i, d) in new.devices.iter().enumerate() {
             check_identifier("device_id", d)?;
-            if let Some(&holder) = self.by_device.get(d.as_str()) {
+            if let Some(holder) = self.device_holder(d) {
                 return Err(Error::DuplicateDevice {
                     device_id: d.clone(),
                     holder,
@@ -274,23 +547,33 @@ impl UserRegistry {
         Ok(())
     }
 
+    /// The in-memory identifiers of a user, created for a snapshot user on
+    /// first use.
+    fn idents_mut(&mut self, user: UserId) -> &mut Idents {
+        let n = self.base_len();
+        if user.0 < n {
+            self.extras.entry(user.0).or_default()
+        } else {
+            &mut self.users[(user.0 - n) as usize]
+        }
+    }
+
     /// Creates a user. Fails, changing nothing, if any identifier is empty,
     /// named twice, or already held by another user.
     pub fn create(&mut self, new: NewUser) -> Result<UserId> {
         self.check_new(&new)?;
-        if self.users.len() as u64 >= MAX_USERS {
+        if u64::from(self.len()) >= MAX_USERS {
             return Err(Error::TooManyUsers { max: MAX_USERS });
         }
-        let id = UserId(self.users.len() as u32);
+        let id = UserId(self.len());
         let bucket = match new.bucket {
             Some(b) => b,
             None => default_bucket(self.seed, id),
         };
-        let mut rec = UserRecord {
+        let mut rec = Idents {
             external_id: None,
             devices: Vec::with_capacity(new.devices.len()),
             aliases: Vec::with_capacity(new.aliases.len()),
-            bucket,
         };
         if let Some(ext) = new.external_id {
             let ext: Box<str> = ext.into();
@@ -330,7 +613,7 @@ impl UserRegistry {
         let devices: Vec<String> = new
             .devices
             .into_iter()
-            .filter(|d| self.by_device.get(d.as_str()) != Some(&user))
+            .filter(|d| self.device_holder(d) != Some(user))
             .collect();
         let aliases: Vec<(String, String)> = new
             .aliases
@@ -359,12 +642,12 @@ impl UserRegistry {
     fn insert_device(&mut self, user: UserId, device_id: String) {
         let d: Box<str> = device_id.into();
         self.by_device.insert(d.clone(), user);
-        self.users[user.0 as usize].devices.push(d);
+        self.idents_mut(user).devices.push(d);
     }
 
     fn insert_alias(&mut self, user: UserId, label: String, name: String) {
         let key = AliasKey::new(label, name);
-        self.users[user.0 as usize]
+        self.idents_mut(user)
             .aliases
             .push((key.label().into(), key.name().into()));
         self.by_alias.insert(key, user);
@@ -373,7 +656,7 @@ impl UserRegistry {
     /// Gives a user an alias. Adding an alias the user already holds is a
     /// no-op; an alias held by another user is an error.
     pub fn add_alias(&mut self, user: UserId, label: &str, name: &str) -> Result<()> {
-        self.record(user)?;
+        self.record_exists(user)?;
         check_identifier("alias_label", label)?;
         check_identifier("alias_name", name)?;
         match self.find_alias(label, name) {
@@ -393,11 +676,11 @@ impl UserRegistry {
     /// Gives a user a device. Adding a device the user already holds is a
     /// no-op; a device held by another user is an error.
     pub fn add_device(&mut self, user: UserId, device_id: &str) -> Result<()> {
-        self.record(user)?;
+        self.record_exists(user)?;
         check_identifier("device_id", device_id)?;
-        match self.by_device.get(device_id) {
-            Some(&holder) if holder == user => Ok(()),
-            Some(&holder) => Err(Error::DuplicateDevice {
+        match self.device_holder(device_id) {
+            Some(holder) if holder == user => Ok(()),
+            Some(holder) => Err(Error::DuplicateDevice {
                 device_id: device_id.into(),
                 holder,
             }),
@@ -412,10 +695,10 @@ impl UserRegistry {
     /// its device_ids no longer match it in imports. Identifying a user again
     /// with the id it already has is a no-op.
     pub fn identify(&mut self, user: UserId, external_id: &str) -> Result<()> {
-        let rec = self.record(user)?;
+        self.record_exists(user)?;
         check_identifier("external_id", external_id)?;
-        if let Some(current) = &rec.external_id {
-            if &**current == external_id {
+        if let Some(current) = self.external_id(user) {
+            if current == external_id {
                 return Ok(());
             }
             return Err(Error::AlreadyIdentified {
@@ -424,7 +707,7 @@ impl UserRegistry {
                 requested: external_id.into(),
             });
         }
-        if let Some(&holder) = self.by_external.get(external_id) {
+        if let Some(holder) = self.external_holder(external_id) {
             return Err(Error::DuplicateExternalId {
                 external_id: external_id.into(),
                 holder,
@@ -432,17 +715,114 @@ impl UserRegistry {
         }
         let ext: Box<str> = external_id.into();
         self.by_external.insert(ext.clone(), user);
-        self.users[user.0 as usize].external_id = Some(ext);
+        self.idents_mut(user).external_id = Some(ext);
         Ok(())
     }
 
     /// How a member list names a user: its external_id, or, for an anonymous
     /// user, its internal id.
     pub fn display_id(&self, user: UserId) -> MemberId<'_> {
-        match self.get(user).and_then(|r| r.external_id.as_deref()) {
+        match self.external_id(user) {
             Some(ext) => MemberId::External(ext),
             None => MemberId::Anonymous(user),
         }
+    }
+
+    /// Every identifier, for writing a snapshot: `visit(kind, user, key)`
+    /// with kind 0 = external_id, 1 = device_id, 2 = alias (as
+    /// [`alias_key`]), users ascending within each kind.
+    pub fn for_each_identifier(&self, mut visit: impl FnMut(u8, UserId, &[u8])) {
+        let mut extras: Vec<(&u32, &Idents)> = self.extras.iter().collect();
+        extras.sort_unstable_by_key(|(u, _)| **u);
+        let n = self.base_len();
+        let base = self.base.as_ref();
+        let dicts = [
+            base.and_then(Base::externals),
+            base.and_then(Base::devices),
+            base.and_then(Base::aliases),
+        ];
+        for (kind, dict) in dicts.iter().enumerate() {
+            let kind = kind as u8;
+            let mine = |m: &Idents, visit: &mut dyn FnMut(UserId, &[u8]), u: UserId| match kind {
+                0 => {
+                    if let Some(e) = &m.external_id {
+                        visit(u, e.as_bytes());
+                    }
+                }
+                1 => m.devices.iter().for_each(|d| visit(u, d.as_bytes())),
+                _ => m
+                    .aliases
+                    .iter()
+                    .for_each(|(l, nm)| visit(u, &alias_key(l, nm))),
+            };
+            let mut out = |u: UserId, k: &[u8]| visit(kind, u, k);
+            // Base entries and extras, merged in user order.
+            let mut ex = extras.iter().peekable();
+            if let Some(d) = dict {
+                for i in 0..d.len() {
+                    let Some((u, k)) = d.entry(i) else { continue };
+                    while let Some((eu, m)) = ex.next_if(|(eu, _)| **eu < u.0) {
+                        mine(m, &mut out, UserId(**eu));
+                    }
+                    out(u, k);
+                }
+            }
+            for (eu, m) in ex {
+                mine(m, &mut out, UserId(**eu));
+            }
+            for (i, m) in self.users.iter().enumerate() {
+                mine(m, &mut out, UserId(n + i as u32));
+            }
+        }
+    }
+
+    /// Moves onto `snap`, a snapshot written from `frozen` (an earlier clone
+    /// of this registry): users and identifiers `frozen` held are read from
+    /// the snapshot from now on; only what came after stays in memory.
+    pub fn rebase(&mut self, frozen: &UserRegistry, snap: Arc<Snapshot>) -> Result<()> {
+        let same_base = match (&self.base, &frozen.base) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.snap, &b.snap),
+            _ => false,
+        };
+        let (old, new) = (self.base_len(), frozen.len());
+        if !same_base || new < old || new > self.len() || snap.users()? != new {
+            return Err(Error::InvalidArgument(format!(
+                "rebasing users onto {}: it holds {} users, the frozen state {new}, the live one {}",
+                snap.name(),
+                snap.users()?,
+                self.len()
+            )));
+        }
+        let mut rest = UserRegistry::on_snapshot(snap)?;
+        rest.seed = self.seed;
+        for (u, now) in self.extras.drain() {
+            let left = now.since(frozen.extras.get(&u));
+            if !left.is_empty() {
+                rest.extras.insert(u, left);
+            }
+        }
+        let moved = (new - old) as usize;
+        for (i, now) in self.users.drain(..moved).enumerate() {
+            let left = now.since(frozen.users.get(i));
+            if !left.is_empty() {
+                rest.extras.insert(old + i as u32, left);
+            }
+        }
+        self.buckets.drain(..moved);
+        rest.users = std::mem::take(&mut self.users);
+        rest.buckets = std::mem::take(&mut self.buckets);
+        rest.by_external = std::mem::take(&mut self.by_external);
+        rest.by_external
+            .retain(|k, _| !frozen.by_external.contains_key(k));
+        rest.by_device = std::mem::take(&mut self.by_device);
+        rest.by_device
+            .retain(|k, _| !frozen.by_device.contains_key(k));
+        rest.by_alias = std::mem::take(&mut self.by_alias);
+        rest.by_alias
+            .retain(|k, _| !frozen.by_alias.contains_key(k));
+        *self = rest;
+        Ok(())
     }
 }
 

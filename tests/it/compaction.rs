@@ -346,8 +346,10 @@ fn queries_keep_their_view_while_compaction_runs_and_nothing_is_counted_twice() 
     let during = segq::query::count(&view, h.bitmaps(), &f, false)
         .unwrap()
         .count;
-    let c = t.join().unwrap();
+    // The compaction moves the live state onto its snapshot under the
+    // write lock, once the queries holding the old view are done.
     drop(view);
+    let c = t.join().unwrap();
     assert_eq!(during, before);
     assert_eq!(c.seq, generation);
     assert_eq!(count(&h), before);
@@ -371,4 +373,182 @@ fn thresholds_trigger_compaction() {
     assert!(e.compact_due().is_empty(), "nothing new to fold");
     writes(&handle(&e), 3);
     assert_eq!(e.compact_due().len(), 1);
+}
+
+/// Real file operations; the snapshot's first write waits at a gate (so
+/// a test can act while a compaction is writing), and the manifest's
+/// write can be made to fail like a crash.
+struct GateFs {
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    fail_manifest: bool,
+}
+
+impl Fs for GateFs {
+    fn write(&mut self, path: &Path, bytes: &[u8]) -> segq::Result<()> {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".segqsnap.tmp") {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        if name == "MANIFEST.tmp" && self.fail_manifest {
+            return Err(Error::InvalidArgument("crash before the manifest".into()));
+        }
+        RealFs.write(path, bytes)
+    }
+    fn fsync(&mut self, path: &Path) -> segq::Result<()> {
+        RealFs.fsync(path)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> segq::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn fsync_dir(&mut self, dir: &Path) -> segq::Result<()> {
+        RealFs.fsync_dir(dir)
+    }
+    fn create_log(&mut self, path: &Path, first_seq: u64) -> segq::Result<LogWriter> {
+        RealFs.create_log(path, first_seq)
+    }
+    fn remove(&mut self, path: &Path) -> segq::Result<()> {
+        RealFs.remove(path)
+    }
+}
+
+/// Starts a compaction that stops at its snapshot write; returns it and
+/// the gate's release.
+fn compaction_at_the_gate(
+    h: &Arc<WorkspaceHandle>,
+    fail_manifest: bool,
+) -> (
+    std::thread::JoinHandle<segq::Result<compact::Compacted>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let h2 = h.clone();
+    let t = std::thread::spawn(move || {
+        h2.compact_with(&mut GateFs {
+            entered: entered_tx,
+            release: release_rx,
+            fail_manifest,
+        })
+    });
+    entered
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the compaction reaches its snapshot write");
+    (t, release)
+}
+
+/// Runs `writes(h, r)` on another thread; fails if it does not finish in
+/// time (a writer held off by the compaction).
+fn writes_finish(h: &Arc<WorkspaceHandle>, r: u32) {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let h2 = h.clone();
+    std::thread::spawn(move || {
+        writes(&h2, r);
+        done_tx.send(()).unwrap();
+    });
+    done.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("writes go on while the snapshot is written");
+}
+
+#[test]
+fn writes_go_on_while_a_compaction_writes_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    let h = handle(&e);
+    let frozen_at = h.view().1;
+    let (t, release) = compaction_at_the_gate(&h, false);
+    writes_finish(&h, 1);
+    let acknowledged = state(&h);
+    release.send(()).unwrap();
+    let c = t.join().unwrap().unwrap();
+    assert_eq!(
+        c.seq, frozen_at,
+        "the snapshot holds the state at the freeze"
+    );
+    assert_eq!(state(&h), acknowledged, "the writes made meanwhile stay");
+    // The writes made meanwhile are in the new generation's log.
+    let m = h.manifest().unwrap();
+    assert_eq!(m.log, compact::log_name(frozen_at + 1));
+    assert!(h.log_backlog().0 > 0);
+    drop((h, e));
+    assert_eq!(state(&handle(&open(dir.path()))), acknowledged);
+}
+
+#[test]
+fn a_crash_before_the_manifest_keeps_the_writes_made_during_the_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    let h = handle(&e);
+    let (t, release) = compaction_at_the_gate(&h, true);
+    writes_finish(&h, 1);
+    let acknowledged = state(&h);
+    release.send(()).unwrap();
+    assert!(t.join().unwrap().is_err());
+    assert_eq!(state(&h), acknowledged);
+    // The first log, then the log the compaction started: both replayed.
+    drop((h, e));
+    let e = open(dir.path());
+    let h = handle(&e);
+    assert_eq!(state(&h), acknowledged);
+    assert!(h.manifest().is_none(), "no generation was committed");
+    writes(&h, 2);
+    h.compact().unwrap();
+    let later = state(&h);
+    drop((h, e));
+    assert_eq!(state(&handle(&open(dir.path()))), later);
+    assert_eq!(files(dir.path()).len(), 3, "{:?}", files(dir.path()));
+}
+
+#[test]
+fn a_log_that_starts_past_the_end_of_the_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    handle(&e).compact().unwrap();
+    drop(e);
+    let stray = dir
+        .path()
+        .join("workspaces/w")
+        .join(compact::log_name(1_000));
+    segq::log::create_file(&stray, 1_000).unwrap();
+    match Engine::open(dir.path()) {
+        Err(Error::Corrupt { path, reason }) => {
+            assert_eq!(path, stray.display().to_string());
+            assert!(reason.contains("starts at seq 1000"), "{reason}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a gap between logs went unnoticed"),
+    }
+}
+
+#[test]
+fn a_compacted_workspace_holds_only_the_changes_since_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    let h = handle(&e);
+    let in_memory = |h: &WorkspaceHandle| {
+        let ws = h.read();
+        let changed: u64 = ws
+            .cohorts
+            .iter_sorted()
+            .iter()
+            .map(|c| c.members.added().len() + c.members.removed().len())
+            .sum();
+        (ws.users.delta_size(), changed)
+    };
+    assert_eq!(in_memory(&h).0 .0, 100, "before: every user in memory");
+    h.compact().unwrap();
+    assert_eq!(in_memory(&h), ((0, 0), 0), "after: all read from the map");
+    writes(&h, 1);
+    let ((users, identifiers), changed) = in_memory(&h);
+    assert_eq!(users, 100);
+    // 80 external ids, 100 devices, 14 aliases, one late identification.
+    assert_eq!(identifiers, 195);
+    assert!(changed > 0);
+    let acknowledged = state(&h);
+    drop((h, e));
+    let e = open(dir.path());
+    let h = handle(&e);
+    assert_eq!(in_memory(&h).0 .0, 100, "a restart replays only the log");
+    assert_eq!(state(&h), acknowledged);
 }

@@ -14,7 +14,7 @@ const PARTNERS: [Partner; 2] = [Partner::Amplitude, Partner::Mixpanel];
 
 /// One generated user.
 #[derive(Clone, Debug)]
-struct GenUser {
+pub(crate) struct GenUser {
     anonymous: bool,
     bucket: u16,
 }
@@ -22,20 +22,20 @@ struct GenUser {
 /// One generated cohort: member ids may exceed the user count (ids of no
 /// user, as a bulk-loaded cohort could hold); the model ignores those.
 #[derive(Clone, Debug)]
-struct GenCohort {
+pub(crate) struct GenCohort {
     members: BTreeSet<u32>,
 }
 
 #[derive(Clone, Debug)]
-struct GenWorkspace {
-    users: Vec<GenUser>,
-    cohorts: Vec<GenCohort>,
+pub(crate) struct GenWorkspace {
+    pub(crate) users: Vec<GenUser>,
+    pub(crate) cohorts: Vec<GenCohort>,
 }
 
 /// A filter tree whose cohort leaves name a cohort by index (taken modulo
 /// the number of cohorts), and by name or by id.
 #[derive(Clone, Debug)]
-enum GenFilter {
+pub(crate) enum GenFilter {
     Cohort {
         index: usize,
         includes: bool,
@@ -49,7 +49,7 @@ enum GenFilter {
 
 /// Cohort `i` belongs to partner `i % 2` with cohort_id `c{i / 2}`, so the
 /// two partners reuse the same cohort_ids.
-fn cohort_key(i: usize) -> CohortKey {
+pub(crate) fn cohort_key(i: usize) -> CohortKey {
     CohortKey::new(PARTNERS[i % 2], format!("c{}", i / 2))
 }
 
@@ -76,7 +76,7 @@ fn bucket_cmp() -> impl Strategy<Value = BucketCmp> {
     ]
 }
 
-fn gen_filter() -> impl Strategy<Value = GenFilter> {
+pub(crate) fn gen_filter() -> impl Strategy<Value = GenFilter> {
     let leaf = prop_oneof![
         3 => (0usize..6, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
             |(index, includes, by_name)| GenFilter::Cohort {
@@ -101,7 +101,7 @@ fn gen_filter() -> impl Strategy<Value = GenFilter> {
     })
 }
 
-fn gen_workspace() -> impl Strategy<Value = GenWorkspace> {
+pub(crate) fn gen_workspace() -> impl Strategy<Value = GenWorkspace> {
     let users = prop::collection::vec(
         (prop::bool::weighted(0.3), 0u16..10_000)
             .prop_map(|(anonymous, bucket)| GenUser { anonymous, bucket }),
@@ -134,7 +134,7 @@ fn gen_workspace() -> impl Strategy<Value = GenWorkspace> {
     })
 }
 
-fn build(g: &GenWorkspace) -> Workspace {
+pub(crate) fn build(g: &GenWorkspace) -> Workspace {
     let mut ws = Workspace::new("props", 0);
     for (u, user) in g.users.iter().enumerate() {
         let id = ws
@@ -163,7 +163,7 @@ fn build(g: &GenWorkspace) -> Workspace {
     ws
 }
 
-fn to_filter(f: &GenFilter, cohorts: usize) -> Filter {
+pub(crate) fn to_filter(f: &GenFilter, cohorts: usize) -> Filter {
     match f {
         GenFilter::Cohort {
             index,

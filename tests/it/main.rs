@@ -11,6 +11,7 @@ mod eval_props;
 mod fast;
 mod http;
 mod import;
+mod layered;
 mod log;
 mod malformed;
 mod matching;

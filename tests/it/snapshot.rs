@@ -95,7 +95,7 @@ fn a_workspace_written_and_read_back_is_the_same() {
     let snap = Snapshot::from_bytes(bytes, "mem").unwrap();
     snap.verify().unwrap();
     assert_eq!(snap.meta().unwrap().seq, 42);
-    let back = snap.to_workspace().unwrap();
+    let back = Snapshot::load(std::sync::Arc::new(snap)).unwrap();
     assert_eq!(fingerprint(&back), fingerprint(&ws));
 }
 

@@ -27,7 +27,8 @@ fn member_bitmaps(w: &Workload) -> Vec<roaring::RoaringBitmap> {
                 .get(&CohortKey::new(PARTNER, cohort_id(i)))
                 .unwrap()
                 .members
-                .clone()
+                .bitmap()
+                .into_owned()
         })
         .collect()
 }
@@ -152,7 +153,7 @@ fn cohorts_are_within_their_density_bands() {
             .get(&CohortKey::new(PARTNER, cohort_id(info.index)))
             .unwrap();
         assert_eq!(c.len(), info.members);
-        assert!(c.members.max().unwrap_or(0) < SPEC.users);
+        assert!(c.members.bitmap().max().unwrap_or(0) < SPEC.users);
         assert!(c.name.contains(band));
 
         let density = info.members as f64 / n;
@@ -176,7 +177,9 @@ fn cohorts_are_within_their_density_bands() {
                 let expected_len = (target / 0.8 * n).round().max(1.0);
                 assert!((f64::from(len) - expected_len).abs() <= 1.0);
                 // Every member is in the band of consecutive signups ...
-                if let (Some(first), Some(last)) = (c.members.min(), c.members.max()) {
+                if let (Some(first), Some(last)) =
+                    (c.members.bitmap().min(), c.members.bitmap().max())
+                {
                     assert!(
                         first >= start && last < start + len,
                         "cohort {}",

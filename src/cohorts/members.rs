@@ -1,0 +1,213 @@
+//! A cohort's members, layered like the user registry: the bitmap of the
+//! snapshot the workspace was loaded from, read in place, plus what changed
+//! since, in memory: members added (not in the snapshot's bitmap) and
+//! members removed (in it). `added ∩ base = ∅` and `removed ⊆ base` always
+//! hold, so the members are `(base ∪ added) \ removed` and the count is
+//! kept exactly.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+
+use crate::bitmap_view::BitmapView;
+use crate::error::{Error, Result};
+use crate::snapshot::Snapshot;
+
+/// A cohort's bitmap in a snapshot: catalog entry `index`.
+#[derive(Clone, Debug)]
+pub struct BaseBitmap {
+    snap: Arc<Snapshot>,
+    index: usize,
+    /// The largest member, read once.
+    max: Option<u32>,
+}
+
+impl BaseBitmap {
+    /// Catalog entry `index` of `snap`; checks that its bitmap parses.
+    pub fn new(snap: Arc<Snapshot>, index: usize) -> Result<Self> {
+        let max = snap.bitmap(index)?.max();
+        Ok(BaseBitmap { snap, index, max })
+    }
+
+    /// The bitmap, read in place. It parsed when this was made, and the
+    /// file never changes, so parsing it again cannot fail; an empty view
+    /// stands in should it ever.
+    pub fn view(&self) -> BitmapView<'_> {
+        self.snap
+            .bitmap(self.index)
+            .unwrap_or_else(|_| BitmapView::empty())
+    }
+
+    /// The bitmap's bytes, not parsed (O(1)).
+    pub fn bytes(&self) -> &[u8] {
+        self.snap.bitmap_bytes(self.index).unwrap_or_default()
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+}
+
+/// The members of a cohort.
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    base: Option<BaseBitmap>,
+    added: RoaringBitmap,
+    removed: RoaringBitmap,
+    len: u64,
+}
+
+impl PartialEq for Members {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.bitmap() == other.bitmap()
+    }
+}
+
+impl From<RoaringBitmap> for Members {
+    fn from(added: RoaringBitmap) -> Self {
+        Members {
+            base: None,
+            len: added.len(),
+            added,
+            removed: RoaringBitmap::new(),
+        }
+    }
+}
+
+impl FromIterator<u32> for Members {
+    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
+        RoaringBitmap::from_iter(iter).into()
+    }
+}
+
+impl Members {
+    /// The members a snapshot holds, read in place.
+    pub fn on_snapshot(base: BaseBitmap) -> Self {
+        let len = base.view().len();
+        Members {
+            base: Some(base),
+            added: RoaringBitmap::new(),
+            removed: RoaringBitmap::new(),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The snapshot's bitmap, if the cohort is in the snapshot.
+    pub fn base(&self) -> Option<BitmapView<'_>> {
+        self.base.as_ref().map(BaseBitmap::view)
+    }
+
+    /// The snapshot's bitmap's bytes, not parsed (O(1)).
+    pub fn base_bytes(&self) -> Option<&[u8]> {
+        self.base.as_ref().map(BaseBitmap::bytes)
+    }
+
+    /// Members added since the snapshot (none of them in its bitmap).
+    pub fn added(&self) -> &RoaringBitmap {
+        &self.added
+    }
+
+    /// Members of the snapshot's bitmap removed since.
+    pub fn removed(&self) -> &RoaringBitmap {
+        &self.removed
+    }
+
+    pub fn contains(&self, u: u32) -> bool {
+        self.added.contains(u)
+            || (self.base().is_some_and(|b| b.contains(u)) && !self.removed.contains(u))
+    }
+
+    /// A bound on the largest member: exact unless members were removed
+    /// since the snapshot (removals only lower it). Decodes nothing.
+    pub fn max_bound(&self) -> Option<u32> {
+        let b = self.base.as_ref().and_then(|b| b.max);
+        b.max(self.added.max())
+    }
+
+    /// Adds and removes members in order (`true`: remove). Returns how many
+    /// were actually added and removed.
+    pub fn apply(&mut self, ops: impl IntoIterator<Item = (u32, bool)>) -> (u64, u64) {
+        let base = self.base.clone();
+        let view = base.as_ref().map(BaseBitmap::view);
+        let in_base = |u: u32| view.is_some_and(|v| v.contains(u));
+        let (mut added, mut removed) = (0, 0);
+        for (u, remove) in ops {
+            let changed = match (remove, in_base(u)) {
+                (false, true) => self.removed.remove(u),
+                (false, false) => self.added.insert(u),
+                (true, true) => self.removed.insert(u),
+                (true, false) => self.added.remove(u),
+            };
+            if changed {
+                if remove {
+                    removed += 1;
+                } else {
+                    added += 1;
+                }
+            }
+        }
+        self.len = self.len + added - removed;
+        (added, removed)
+    }
+
+    /// The members as one bitmap: borrowed when nothing is read from a
+    /// snapshot, decoded otherwise.
+    pub fn bitmap(&self) -> Cow<'_, RoaringBitmap> {
+        match self.base() {
+            None => Cow::Borrowed(&self.added),
+            Some(v) => {
+                let mut bm = RoaringBitmap::deserialize_from(v.as_bytes())
+                    .unwrap_or_else(|_| v.to_roaring());
+                bm -= &self.removed;
+                bm |= &self.added;
+                Cow::Owned(bm)
+            }
+        }
+    }
+
+    /// The members in ascending order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
+        match self.bitmap() {
+            Cow::Borrowed(b) => Box::new(b.iter()),
+            Cow::Owned(b) => Box::new(b.into_iter()),
+        }
+    }
+
+    /// The members in the portable roaring format: the snapshot's bytes
+    /// as they are when nothing changed since.
+    pub fn serialize_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        if let Some(v) = self.base() {
+            if self.added.is_empty() && self.removed.is_empty() {
+                out.extend_from_slice(v.as_bytes());
+                return Ok(());
+            }
+        }
+        self.bitmap()
+            .serialize_into(out)
+            .map_err(|e| Error::InvalidArgument(format!("serializing members: {e}")))
+    }
+
+    /// Moves onto `base`, the same cohort in a snapshot written from
+    /// `frozen` (an earlier clone of these members, over the same base as
+    /// `self`): what changed after `frozen` stays in memory.
+    pub fn rebase(&mut self, frozen: &Members, base: BaseBitmap) {
+        // With B the old base, new base N = (B \ removed_f) ∪ added_f and
+        // members M = (B \ removed) ∪ added:
+        //   M \ N = (added \ added_f) ∪ (removed_f \ removed)
+        //   N \ M = (removed \ removed_f) ∪ (added_f \ added)
+        let added = (&self.added - &frozen.added) | (&frozen.removed - &self.removed);
+        let removed = (&self.removed - &frozen.removed) | (&frozen.added - &self.added);
+        self.base = Some(base);
+        self.added = added;
+        self.removed = removed;
+    }
+}
