@@ -12,6 +12,7 @@ use segq::server::segments;
 use segq::workload::{self, CohortKind, Spec};
 use segq::{Error, UserRef};
 
+mod bench_cmd;
 mod snapshot_cmd;
 
 #[derive(Parser)]
@@ -88,6 +89,12 @@ enum Command {
         #[command(subcommand)]
         command: snapshot_cmd::SnapshotCommand,
     },
+    /// Measure the segment evaluators on generated workloads.
+    ///
+    /// Count latency of the six query shapes (the fast evaluator over a
+    /// mapped snapshot, and the reference), a single cohort's count,
+    /// one-user checks, a member list, thread and size scaling.
+    Bench(bench_cmd::BenchArgs),
     /// Manage the users of a data directory offline.
     Users {
         #[command(subcommand)]
@@ -335,6 +342,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Serve(args) => serve(args)?,
         Command::Snapshot { command } => snapshot_cmd::run(command, &mut out)?,
+        Command::Bench(args) => bench_cmd::run(args, &mut out)?,
         Command::Users {
             command:
                 UsersCommand::Import {

@@ -1,5 +1,6 @@
 //! The integration test binary: one module per area of the library.
 
+mod bench_cmd;
 mod cli;
 mod cohorts;
 mod compaction;

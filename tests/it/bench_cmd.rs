@@ -1,0 +1,233 @@
+//! `segq bench`: every row is printed, the counts are the library's, the
+//! JSON form holds every figure, a kept snapshot is reused, and bad flag
+//! values fail with a clear message.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use segq::segment::eval;
+use segq::workload::{self, Spec};
+
+fn segq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segq"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("segq runs")
+}
+
+const TINY: [&str; 6] = ["--users", "30000", "--cohorts", "30", "--runs", "3"];
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("UTF-8")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("the output is JSON")
+}
+
+/// The reference counts of the six shapes on the tiny workload.
+fn reference_counts() -> Vec<(&'static str, u64)> {
+    let ws = workload::generate(
+        "x",
+        Spec {
+            users: 30_000,
+            cohorts: 30,
+            seed: 42,
+        },
+    )
+    .unwrap()
+    .workspace;
+    workload::query_shapes(30)
+        .into_iter()
+        .map(|(name, f)| (name, eval::count(&ws, &f).unwrap()))
+        .collect()
+}
+
+#[test]
+fn the_table_has_every_row() {
+    let text = ok(&segq(&TINY));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(text.contains("30000 users, 30 cohorts: snapshot"), "{text}");
+    assert!(text.contains("generated and written in"), "{text}");
+    for (i, (name, count)) in reference_counts().into_iter().enumerate() {
+        let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with(name)).collect();
+        // The count table, and the thread table for every multi-leaf shape.
+        assert_eq!(rows.len(), if i == 0 { 1 } else { 2 }, "{name}: {text}");
+        let printed: u64 = rows[0][name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(printed, count, "{name}");
+        // Five figures (two with their p90), a reference and a speed-up.
+        assert!(rows[0].trim_end().ends_with('x'), "{}", rows[0]);
+        assert!(!rows[0].contains(" - "), "{}", rows[0]);
+        if i > 0 {
+            assert!(rows[1].trim_end().ends_with('x'), "{}", rows[1]);
+        }
+    }
+    for start in [
+        "single cohort count (c0, ",
+        "one-user check (five large ANDed, Checker, ",
+        "members (",
+        "threads (fast, prepared)",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(start)),
+            "no {start:?} row: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_json_form_has_every_figure() {
+    let mut args = TINY.to_vec();
+    args.push("--json");
+    let v = json(&segq(&args));
+    assert_eq!(v["runs"], 3);
+    let size = &v["sizes"][0];
+    assert_eq!(size["users"], 30_000);
+    assert_eq!(size["cohorts"], 30);
+    assert!(size["generate_ms"].as_f64().unwrap() > 0.0);
+    assert!(size["open_us"].as_f64().is_some());
+    assert!(size["snapshot"].is_null(), "a temporary snapshot");
+    let positive = |t: &Value, what: &str| {
+        assert!(t["median_ns"].as_f64().unwrap() > 0.0, "{what}: {t}");
+        assert!(t["p90_ns"].as_f64().unwrap() >= t["median_ns"].as_f64().unwrap());
+        assert!(
+            (1..=3).contains(&t["runs"].as_u64().unwrap()),
+            "{what}: {t}"
+        );
+    };
+    let shapes = size["shapes"].as_array().unwrap();
+    let expected = reference_counts();
+    assert_eq!(shapes.len(), expected.len());
+    for (s, (name, count)) in shapes.iter().zip(expected) {
+        assert_eq!(s["shape"], name);
+        assert_eq!(s["count"], count, "{name}");
+        positive(&s["fast_with_planning"], name);
+        positive(&s["fast_prepared"], name);
+        positive(&s["reference"], name);
+        assert!(s["speedup"].as_f64().unwrap() > 0.0);
+        assert!(s["speedup_prepared"].as_f64().unwrap() > 0.0);
+    }
+    let single = &size["single_cohort"];
+    assert_eq!(single["cohort"], "c0");
+    assert_eq!(single["count"], shapes[0]["count"]);
+    positive(&single["timing"], "single cohort");
+    let check = &size["check"];
+    assert_eq!(check["shape"], "five large ANDed");
+    assert!(check["members"].as_u64().unwrap() <= check["users"].as_u64().unwrap());
+    positive(&check["timing"], "check");
+    let members = &size["members"];
+    let listed = shapes
+        .iter()
+        .find(|s| s["shape"] == members["shape"])
+        .unwrap();
+    assert_eq!(members["members"], listed["count"]);
+    positive(&members["timing"], "members");
+    let threads = size["thread_scaling"].as_array().unwrap();
+    assert_eq!(threads.len(), 5);
+    for t in threads {
+        positive(&t["one_thread"], "one thread");
+        positive(&t["all_threads"], "all threads");
+        assert!(t["speedup"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(v["scaling"]["users"], serde_json::json!([30_000]));
+    assert_eq!(v["scaling"]["rows"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn sizes_give_a_growth_factor_and_no_reference_skips_it() {
+    let v = json(&segq(&[
+        "--sizes",
+        "20000,2k",
+        "--cohorts",
+        "30",
+        "--runs",
+        "2",
+        "--no-reference",
+        "--json",
+    ]));
+    assert_eq!(v["scaling"]["users"], serde_json::json!([2_000, 20_000]));
+    for r in v["scaling"]["rows"].as_array().unwrap() {
+        assert_eq!(r["median_ns"].as_array().unwrap().len(), 2);
+        assert!(r["growth_per_10x"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for size in v["sizes"].as_array().unwrap() {
+        assert_eq!(size["reference_skipped"], "--no-reference");
+        for s in size["shapes"].as_array().unwrap() {
+            assert!(s["reference"].is_null() && s["speedup"].is_null());
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_file_is_kept_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.segqsnap");
+    let path = file.to_str().unwrap();
+    let args = [
+        "--users",
+        "20000",
+        "--cohorts",
+        "30",
+        "--runs",
+        "2",
+        "--no-reference",
+        "--json",
+        "--snapshot",
+        path,
+    ];
+    let first = json(&segq(&args));
+    assert!(first["sizes"][0]["generate_ms"].as_f64().is_some());
+    assert_eq!(first["sizes"][0]["snapshot"], path);
+    assert!(file.exists());
+    let again = json(&segq(&args[2..]));
+    assert!(again["sizes"][0]["generate_ms"].is_null(), "reused");
+    assert_eq!(again["sizes"][0]["users"], 20_000);
+    assert_eq!(
+        again["sizes"][0]["shapes"][3]["count"],
+        first["sizes"][0]["shapes"][3]["count"]
+    );
+    // A file of another size is not silently measured as --users.
+    let out = segq(&["--users", "30000", "--snapshot", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("holds 20000 users, not --users 30000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flag_values_fail_clearly() {
+    for (args, needle) in [
+        (&["--sizes", "abc"][..], "invalid value 'abc' for '--sizes"),
+        (&["--sizes", "1000,x"][..], "invalid value 'x' for '--sizes"),
+        (&["--users", "0"][..], "invalid value '0' for '--users"),
+        (&["--runs", "0"][..], "invalid value '0' for '--runs"),
+        (&["--threads", "0"][..], "invalid value '0' for '--threads"),
+        (
+            &["--users", "1000", "--sizes", "1000"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = segq(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = segq(&["--sizes", "abc"]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("expected a number of users"), "{err}");
+}
