@@ -17,10 +17,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use segq::cohorts::{MemberOp, ResolvedChanges};
 use segq::segment::{eval, fast, plan, Filter};
 use segq::snapshot::Snapshot;
+use segq::users::NewUser;
 use segq::workload::{self, Spec};
-use segq::{Error, UserId, Workspace};
+use segq::{CohortKey, Error, UserId, Workspace};
 
 use super::Failure;
 
@@ -36,6 +40,10 @@ const CHECK_USERS: usize = 100_000;
 const CHECK_BATCH: usize = 1_000;
 /// Single-cohort counts per timed run.
 const SINGLE_BATCH: usize = 100;
+/// The live delta measured: users created since the snapshot, as a share
+/// of its users, and members added (and as many removed) per cohort.
+const DELTA_NEW_USERS: f64 = 0.01;
+const DELTA_CHURN: f64 = 0.001;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -165,10 +173,62 @@ impl Sampler {
     }
 }
 
-/// The in-memory workspace the reference evaluator needs, from the
-/// snapshot.
-fn reference_workspace(snap: &Snapshot) -> Result<Workspace, Error> {
-    snap.to_workspace()
+/// The workspace the reference evaluator needs: loaded from the snapshot,
+/// with every cohort's members decoded into an in-memory bitmap, so that
+/// it measures whole-bitmap roaring algebra and not decoding.
+fn reference_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
+    let mut ws = Snapshot::load(snap.clone())?;
+    let keys: Vec<CohortKey> = ws
+        .cohorts
+        .iter_sorted()
+        .into_iter()
+        .map(|c| c.key.clone())
+        .collect();
+    for key in keys {
+        if let Some(c) = ws.cohorts.get_mut(&key) {
+            c.members = c.members.bitmap().into_owned().into();
+        }
+    }
+    Ok(ws)
+}
+
+/// The workspace as a live engine serves it between two compactions: the
+/// snapshot, mapped, plus a delta in memory: [`DELTA_NEW_USERS`] of the
+/// users created since, and in each cohort [`DELTA_CHURN`] of the users
+/// added and as many removed (new users among those added).
+fn live_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
+    let mut ws = Snapshot::load(snap.clone())?;
+    let base = ws.users.len();
+    for i in 0..(f64::from(base) * DELTA_NEW_USERS) as u32 {
+        ws.users.create(NewUser {
+            external_id: Some(format!("bench-new-{i}")),
+            ..NewUser::default()
+        })?;
+    }
+    let users = ws.users.len();
+    let churn = (f64::from(base) * DELTA_CHURN).max(1.0) as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let keys: Vec<CohortKey> = ws
+        .cohorts
+        .iter_sorted()
+        .into_iter()
+        .map(|c| c.key.clone())
+        .collect();
+    let now = chrono::Utc::now();
+    for key in keys {
+        let ops = (0..2 * churn)
+            .map(|i| MemberOp {
+                user: UserId(rng.gen_range(0..users)),
+                remove: i % 2 == 1,
+            })
+            .collect();
+        let resolved = ResolvedChanges {
+            ops,
+            ..ResolvedChanges::default()
+        };
+        ws.apply_resolved(key.partner, &key.cohort_id, &resolved, now)?;
+    }
+    Ok(ws)
 }
 
 #[derive(Debug, Serialize)]
@@ -180,11 +240,24 @@ struct ShapeRow {
     fast_with_planning: Timing,
     /// Counting a prepared plan.
     fast_prepared: Timing,
+    /// Counting a prepared plan over the snapshot plus a live delta.
+    fast_live: Timing,
+    /// The count with the delta.
+    live_count: u64,
     reference: Option<Timing>,
     /// Reference median / fast-with-planning median.
     speedup: Option<f64>,
     /// Reference median / fast-prepared median.
     speedup_prepared: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct LiveDelta {
+    users_created: u32,
+    /// Members added, and as many removed, in every cohort.
+    churn_per_cohort: u64,
+    /// Loading the snapshot and applying the delta.
+    applied_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -236,6 +309,7 @@ struct SizeReport {
     reference_load_ms: Option<f64>,
     /// Why the reference was skipped.
     reference_skipped: Option<String>,
+    live_delta: LiveDelta,
     shapes: Vec<ShapeRow>,
     single_cohort: SingleCohort,
     check: Check,
@@ -387,7 +461,7 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
             }
         };
         let t = Instant::now();
-        let snap = Snapshot::open(&path)?;
+        let snap = Arc::new(Snapshot::open(&path)?);
         let open_us = t.elapsed().as_secs_f64() * 1e6;
         let meta = snap.meta()?;
         if generate_ms.is_none() {
@@ -459,7 +533,8 @@ struct Setup<'a> {
 }
 
 /// Every figure for one mapped snapshot.
-fn measure(snap: &Snapshot, sampler: &Sampler, s: Setup) -> Result<SizeReport, Failure> {
+fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeReport, Failure> {
+    let snap: &Snapshot = shared;
     let meta = snap.meta()?;
     let users = meta.users;
     let cohorts = meta.cohorts.len();
@@ -476,15 +551,33 @@ fn measure(snap: &Snapshot, sampler: &Sampler, s: Setup) -> Result<SizeReport, F
     let (ws, reference_load_ms) = if reference_skipped.is_none() {
         eprintln!("loading the reference evaluator's workspace");
         let t = Instant::now();
-        let ws = reference_workspace(snap)?;
+        let ws = reference_workspace(shared)?;
         (Some(ws), Some(t.elapsed().as_secs_f64() * 1e3))
     } else {
         (None, None)
     };
 
+    eprintln!("applying a live delta");
+    let t = Instant::now();
+    let live = live_workspace(shared)?;
+    let live_ms = t.elapsed().as_secs_f64() * 1e3;
+    let live_cache = fast::SerialCache::default();
+
     let mut rows = Vec::new();
     let mut prepared_all = Vec::new();
     for (name, filter) in &shapes {
+        let lp = plan::plan(&live, filter)?;
+        let live_prepared = fast::Prepared::new(&live, &lp, &live_cache)?;
+        let (live_count, fast_live) = sampler.time(|| live_prepared.count())?;
+        if ws.is_some() {
+            // The reference over the same layers (decoding them).
+            let n = eval::count(&live, filter)?;
+            if n != live_count {
+                return Err(Failure::Other(format!(
+                    "{name} with the live delta: the fast evaluator counts {live_count}, the reference {n}"
+                )));
+            }
+        }
         let (count, fast_with_planning) = sampler.time(|| {
             let p = plan::plan(snap, black_box(filter))?;
             fast::Prepared::for_snapshot(snap, &p)?.count()
@@ -515,6 +608,8 @@ fn measure(snap: &Snapshot, sampler: &Sampler, s: Setup) -> Result<SizeReport, F
             count,
             fast_with_planning,
             fast_prepared,
+            fast_live,
+            live_count,
             reference,
             speedup: reference.map(|r| r.median_ns / fast_with_planning.median_ns),
             speedup_prepared: reference.map(|r| r.median_ns / fast_prepared.median_ns),
@@ -522,6 +617,12 @@ fn measure(snap: &Snapshot, sampler: &Sampler, s: Setup) -> Result<SizeReport, F
         prepared_all.push(prepared);
     }
     drop(ws);
+    let live_delta = LiveDelta {
+        users_created: live.users.len() - users,
+        churn_per_cohort: (f64::from(users) * DELTA_CHURN).max(1.0) as u64,
+        applied_ms: live_ms,
+    };
+    drop(live);
 
     // A single cohort: counted from its stored cardinality.
     let cohort = workload::cohort_id(0);
@@ -584,6 +685,7 @@ fn measure(snap: &Snapshot, sampler: &Sampler, s: Setup) -> Result<SizeReport, F
         open_us: s.open_us,
         reference_load_ms,
         reference_skipped,
+        live_delta,
         single_cohort: SingleCohort {
             cohort,
             count: single_count,
@@ -686,28 +788,43 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
         (None, Some(t)) => writeln!(out, "reference evaluator's workspace loaded in {}", ms(t))?,
         (None, None) => {}
     }
+    writeln!(
+        out,
+        "live delta: {} users created and, in every cohort, {} members added and {} removed since the snapshot (applied in {})",
+        r.live_delta.users_created,
+        r.live_delta.churn_per_cohort,
+        r.live_delta.churn_per_cohort,
+        ms(r.live_delta.applied_ms)
+    )?;
     writeln!(out)?;
     let cell = |t: &Timing| format!("{} ({})", dur(t.median_ns), dur(t.p90_ns));
     writeln!(
         out,
-        "{:<36} {:>10}  {:>21}  {:>21}  {:>10}  {:>8}",
-        "count", "users", "fast, with planning", "fast, prepared", "reference", "speed-up"
+        "{:<36} {:>10}  {:>21}  {:>21}  {:>21}  {:>10}  {:>8}",
+        "count",
+        "users",
+        "fast, with planning",
+        "fast, prepared",
+        "fast, live delta",
+        "reference",
+        "speed-up"
     )?;
     for s in &r.shapes {
         writeln!(
             out,
-            "{:<36} {:>10}  {:>21}  {:>21}  {:>10}  {:>8}",
+            "{:<36} {:>10}  {:>21}  {:>21}  {:>21}  {:>10}  {:>8}",
             s.shape,
             s.count,
             cell(&s.fast_with_planning),
             cell(&s.fast_prepared),
+            cell(&s.fast_live),
             s.reference.map_or("-".into(), |t| dur(t.median_ns)),
             s.speedup.map_or("-".into(), |x| format!("{x:.1}x"))
         )?;
     }
     writeln!(
         out,
-        "(speed-up: reference median / fast-with-planning median)"
+        "(fast: over the mapped snapshot; live delta: over the snapshot plus the delta, prepared;\n speed-up: reference median / fast-with-planning median)"
     )?;
     writeln!(out)?;
     writeln!(

@@ -56,6 +56,10 @@ fn the_table_has_every_row() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(text.contains("30000 users, 30 cohorts: snapshot"), "{text}");
     assert!(text.contains("generated and written in"), "{text}");
+    assert!(
+        text.contains("live delta: 300 users created and, in every cohort, 30 members added"),
+        "{text}"
+    );
     for (i, (name, count)) in reference_counts().into_iter().enumerate() {
         let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with(name)).collect();
         // The count table, and the thread table for every multi-leaf shape.
@@ -115,10 +119,15 @@ fn the_json_form_has_every_figure() {
         assert_eq!(s["count"], count, "{name}");
         positive(&s["fast_with_planning"], name);
         positive(&s["fast_prepared"], name);
+        positive(&s["fast_live"], name);
+        assert!(s["live_count"].as_u64().is_some(), "{name}");
         positive(&s["reference"], name);
         assert!(s["speedup"].as_f64().unwrap() > 0.0);
         assert!(s["speedup_prepared"].as_f64().unwrap() > 0.0);
     }
+    let live = &size["live_delta"];
+    assert_eq!(live["users_created"], 300, "1% of the users");
+    assert_eq!(live["churn_per_cohort"], 30, "0.1% of the users");
     let single = &size["single_cohort"];
     assert_eq!(single["cohort"], "c0");
     assert_eq!(single["count"], shapes[0]["count"]);
