@@ -1,6 +1,7 @@
 //! What is measured: the zero-copy roaring reader (`segq::bitmap_view`) on
 //! sparse (array), dense (bitmap) and range-shaped (run) cohorts of ~1M ids:
-//! header parse, 1024 `contains` probes, and the evaluator's inner loop — a
+//! header parse, 1024 `contains` probes, each container ORed into a chunk's
+//! words, and the evaluator's inner loop — a
 //! chunk-by-chunk AND of two views into a `[u64; 1024]` plus popcount —
 //! next to roaring's owned `intersection_len` on deserialized bitmaps.
 //! The bytes sit at an odd offset, as they may in a mapped snapshot.
@@ -89,6 +90,23 @@ fn bench(c: &mut Criterion) {
         });
     }
     let mut words: Box<Words> = Box::new([0u64; CHUNK_WORDS]);
+    // The evaluator's OR of a container into a chunk's words, over every
+    // chunk of each cohort (array: scattered single bits).
+    for (name, buf, at, rb) in &buffers {
+        let view = BitmapView::parse(&buf[*at..]).expect("valid bitmap");
+        group.bench_function(format!("or_into/{name}"), |b| {
+            b.iter(|| {
+                let mut n = 0u64;
+                for (_, c) in view.iter_containers() {
+                    words.fill(0);
+                    c.or_into(&mut words);
+                    n += u64::from(popcount(&words));
+                }
+                assert_eq!(n, rb.len());
+                n
+            })
+        });
+    }
     for (i, (left, lbuf, lat, lrb)) in buffers.iter().enumerate() {
         for (right, rbuf, rat, rrb) in &buffers[i..] {
             let a = BitmapView::parse(&lbuf[*lat..]).expect("valid bitmap");

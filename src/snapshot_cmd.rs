@@ -1,4 +1,5 @@
-//! `segq snapshot …`: write, inspect, verify, bench and compact snapshots.
+//! `segq snapshot …`: write, inspect, verify, bench, restore and compact
+//! snapshots.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,17 @@ pub enum SnapshotCommand {
         /// How many external ids to look up.
         #[arg(long, default_value_t = 1_000_000)]
         lookups: usize,
+    },
+    /// Create a workspace of a data directory from a snapshot file (a
+    /// backup, or a generated workload), checked whole first (the server
+    /// must not be running on it).
+    Restore {
+        file: PathBuf,
+        #[arg(long, default_value = "segq-data")]
+        data: PathBuf,
+        /// The workspace to create.
+        #[arg(long)]
+        workspace: String,
     },
     /// Fold the logs of a data directory's workspaces into new snapshot
     /// generations now (the server must not be running on it).
@@ -190,6 +202,28 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
                 r.lookups_ms,
                 r.lookups_ms * 1e6 / r.lookups.max(1) as f64,
                 opt(r.rss_after_lookups)
+            )
+            .map_err(stdout)?;
+        }
+        SnapshotCommand::Restore {
+            file,
+            data,
+            workspace,
+        } => {
+            let (engine, token) = Engine::open(&data)?;
+            if let Some(token) = token {
+                writeln!(out, "admin token (shown once): {token}").map_err(stdout)?;
+            }
+            let t = Instant::now();
+            let h = engine.restore_workspace(&workspace, &file)?;
+            let ws = h.read();
+            writeln!(
+                out,
+                "restored workspace {workspace} from {} ({} users, {} cohorts) in {:.1} s",
+                file.display(),
+                ws.users.len(),
+                ws.cohorts.len(),
+                t.elapsed().as_secs_f64()
             )
             .map_err(stdout)?;
         }

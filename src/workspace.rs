@@ -76,6 +76,10 @@ impl Workspace {
         ws
     }
 
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.name = name.into();
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

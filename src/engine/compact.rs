@@ -180,6 +180,12 @@ impl Manifest {
     }
 }
 
+/// Writes `dir/MANIFEST` atomically (temporary file, fsync, rename, fsync
+/// of the folder), outside a compaction (a restore).
+pub(crate) fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    super::write_atomically(&dir.join(MANIFEST), &m.bytes()?)
+}
+
 /// The snapshot file of generation `g`.
 pub fn snapshot_name(g: u64) -> String {
     format!("snap-{g:020}.segqsnap")

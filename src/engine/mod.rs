@@ -144,6 +144,8 @@ fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec
     };
     let snap = Arc::new(compact::open_snapshot(dir, &m)?);
     let mut ws = Snapshot::load(snap)?;
+    // A restored snapshot may come from a workspace of another name.
+    ws.set_name(name);
     let path = dir.join(&m.log);
     let (writer, replay) = log::open_file(&path)?;
     if writer.first_seq() != m.seq + 1 {
@@ -225,6 +227,29 @@ fn follow_chain(
         }
     }
     Ok((writer, chain))
+}
+
+/// Adds a workspace's valid data import keys to the engine's index.
+fn index_keys(
+    handle: &WorkspaceHandle,
+    key_index: &mut HashMap<[u8; 32], KeyEntry>,
+    last_used: &mut HashMap<String, Arc<AtomicI64>>,
+) {
+    for k in handle.read().keys.values() {
+        let used = Arc::new(AtomicI64::new(0));
+        last_used.insert(k.id.clone(), used.clone());
+        if k.invalidated_at.is_none() {
+            key_index.insert(
+                k.digest,
+                KeyEntry {
+                    workspace: handle.name().to_string(),
+                    key_id: k.id.clone(),
+                    partner: k.partner,
+                    last_used_ms: used,
+                },
+            );
+        }
+    }
 }
 
 /// Replays a workspace's first log (no snapshot yet), and the logs after it.
@@ -350,21 +375,7 @@ impl Engine {
                 }
                 continue;
             };
-            for k in handle.read().keys.values() {
-                let used = Arc::new(AtomicI64::new(0));
-                last_used.insert(k.id.clone(), used.clone());
-                if k.invalidated_at.is_none() {
-                    key_index.insert(
-                        k.digest,
-                        KeyEntry {
-                            workspace: name.clone(),
-                            key_id: k.id.clone(),
-                            partner: k.partner,
-                            last_used_ms: used,
-                        },
-                    );
-                }
-            }
+            index_keys(&handle, &mut key_index, &mut last_used);
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
             workspaces.insert(name, Arc::new(handle));
         }
@@ -434,6 +445,67 @@ impl Engine {
             )),
         );
         Ok(true)
+    }
+
+    /// Creates workspace `name` from a snapshot file (a backup, or a
+    /// generated workload): the file is checked whole (`verify`), copied in
+    /// as the first generation with an empty log after it, and served from
+    /// at once. Refused if the workspace exists.
+    pub fn restore_workspace(&self, name: &str, file: &Path) -> Result<Arc<WorkspaceHandle>> {
+        if !valid_workspace_name(name) {
+            return Err(Error::InvalidWorkspaceName { name: name.into() });
+        }
+        let mut all = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        let folder = self.dir.join("workspaces").join(name);
+        if all.contains_key(name)
+            || folder.join(LOG_FILE).exists()
+            || folder.join(compact::MANIFEST).exists()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "workspace {name} exists already"
+            )));
+        }
+        let seq = {
+            let snap = Snapshot::open(file)?;
+            snap.verify()?;
+            snap.meta()?.seq
+        };
+        fs::create_dir_all(&folder).map_err(io_error(&folder))?;
+        let snap_name = compact::snapshot_name(1);
+        let tmp = folder.join(format!("{snap_name}.tmp"));
+        fs::copy(file, &tmp).map_err(io_error(&tmp))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(&tmp))?;
+        fs::rename(&tmp, folder.join(&snap_name)).map_err(io_error(&folder))?;
+        let log_name = compact::log_name(seq + 1);
+        let log_path = folder.join(&log_name);
+        if log_path.exists() {
+            fs::remove_file(&log_path).map_err(io_error(&log_path))?;
+        }
+        drop(log::create_file(&log_path, seq + 1)?);
+        compact::write_manifest(
+            &folder,
+            &compact::Manifest {
+                version: 1,
+                generation: 1,
+                seq,
+                snapshot: snap_name,
+                log: log_name,
+            },
+        )?;
+        sync_dir(&self.dir.join("workspaces"))?;
+        let (handle, _) = load_workspace(name, &folder)?.ok_or_else(|| {
+            Error::InvalidArgument(format!("workspace {name} did not load after its restore"))
+        })?;
+        let handle = Arc::new(handle);
+        {
+            let mut key_index = self.keys.write().unwrap_or_else(|p| p.into_inner());
+            let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());
+            index_keys(&handle, &mut key_index, &mut last_used);
+        }
+        all.insert(name.to_string(), handle.clone());
+        Ok(handle)
     }
 
     /// The workspaces, by name.

@@ -210,7 +210,10 @@ impl Lc<'_> {
         }
     }
 
-    /// `out (op) members`, through a scratch buffer when merged.
+    /// `out (op) members`. A merged leaf whose added or removed part is
+    /// sparse (the usual delta) combines in place: the few bits of `out`
+    /// that the sparse part decides are noted first and put back after;
+    /// otherwise the leaf is written to a scratch buffer.
     fn combine(&self, op: Op, out: &mut Words, s: &mut Scratch) {
         match self {
             Lc::Empty => match op {
@@ -222,23 +225,78 @@ impl Lc<'_> {
                 Op::Or => c.or_into(out),
                 Op::AndNot => c.andnot_into(out),
             },
-            Lc::Merge(b, a, None) if op == Op::Or => {
-                for c in [b, a].into_iter().flatten() {
-                    c.or_into(out);
-                }
-            }
-            merged => {
-                let mut t = s.take();
-                merged.write_into(&mut t);
-                let it = out.iter_mut().zip(t.iter());
+            Lc::Merge(b, a, r) => {
+                let sparse = |c: &Option<Container>| c.is_none_or(|c| c.cardinality() <= SPARSE);
                 match op {
-                    Op::And => it.for_each(|(o, x)| *o &= x),
-                    Op::Or => it.for_each(|(o, x)| *o |= x),
-                    Op::AndNot => it.for_each(|(o, x)| *o &= !x),
+                    // out ∩ ((b ∪ a) \ r) = ((out ∩ b) ∪ (out ∩ a)) \ r
+                    Op::And if sparse(a) => {
+                        note(a.as_ref(), out, |_| true, &mut s.kept);
+                        match b {
+                            Some(b) => b.and_into(out),
+                            None => out.fill(0),
+                        }
+                        set_again(&s.kept, out);
+                        if let Some(r) = r {
+                            r.andnot_into(out);
+                        }
+                    }
+                    // out ∪ ((b ∪ a) \ r) = ((out ∪ b ∪ a) \ r) ∪ (out ∩ r)
+                    Op::Or if sparse(r) => {
+                        note(r.as_ref(), out, |_| true, &mut s.kept);
+                        for c in [b, a].into_iter().flatten() {
+                            c.or_into(out);
+                        }
+                        if let Some(r) = r {
+                            r.andnot_into(out);
+                        }
+                        set_again(&s.kept, out);
+                    }
+                    // out \ ((b ∪ a) \ r) = (out \ (b ∪ a)) ∪ (out ∩ r ∩ (b ∪ a))
+                    Op::AndNot if sparse(r) => {
+                        let in_leaf = |v: u16| {
+                            b.is_some_and(|c| c.contains(v)) || a.is_some_and(|c| c.contains(v))
+                        };
+                        note(r.as_ref(), out, in_leaf, &mut s.kept);
+                        for c in [b, a].into_iter().flatten() {
+                            c.andnot_into(out);
+                        }
+                        set_again(&s.kept, out);
+                    }
+                    _ => {
+                        let mut t = s.take();
+                        self.write_into(&mut t);
+                        let it = out.iter_mut().zip(t.iter());
+                        match op {
+                            Op::And => it.for_each(|(o, x)| *o &= x),
+                            Op::Or => it.for_each(|(o, x)| *o |= x),
+                            Op::AndNot => it.for_each(|(o, x)| *o &= !x),
+                        }
+                        s.give(t);
+                    }
                 }
-                s.give(t);
             }
         }
+    }
+}
+
+/// A delta container at most this large combines in place.
+const SPARSE: u32 = 4096;
+
+/// Notes (in `kept`) the values of a sparse container whose bits are set
+/// in `out` and that pass `keep`, to set again after `out` changes.
+fn note(c: Option<&Container>, out: &Words, keep: impl Fn(u16) -> bool, kept: &mut Vec<u16>) {
+    kept.clear();
+    if let Some(c) = c {
+        kept.extend(
+            c.iter()
+                .filter(|&v| out[usize::from(v >> 6)] >> (v & 63) & 1 == 1 && keep(v)),
+        );
+    }
+}
+
+fn set_again(kept: &[u16], out: &mut Words) {
+    for &v in kept {
+        out[usize::from(v >> 6)] |= 1 << (v & 63);
     }
 }
 
@@ -297,16 +355,21 @@ impl Ctx<'_> {
 }
 
 /// A scratch stack of chunk buffers, one per nesting level.
-struct Scratch(Vec<Box<Words>>);
+/// Also the values a sparse delta container keeps (see [`Lc::combine`]).
+#[derive(Default)]
+struct Scratch {
+    words: Vec<Box<Words>>,
+    kept: Vec<u16>,
+}
 
 impl Scratch {
     fn take(&mut self) -> Box<Words> {
-        self.0
+        self.words
             .pop()
             .unwrap_or_else(|| Box::new([0u64; CHUNK_WORDS]))
     }
     fn give(&mut self, w: Box<Words>) {
-        self.0.push(w);
+        self.words.push(w);
     }
 }
 
@@ -617,7 +680,7 @@ impl<'w> Prepared<'w> {
             (0..chunks)
                 .into_par_iter()
                 .map_init(
-                    || (Box::new([0u64; CHUNK_WORDS]), Scratch(Vec::new())),
+                    || (Box::new([0u64; CHUNK_WORDS]), Scratch::default()),
                     |(w, s), key| {
                         let mut early = false;
                         let r = eval_root(&self.node, key, ctx, w, s, &mut early);
@@ -657,7 +720,7 @@ impl<'w> Prepared<'w> {
             let parts: Vec<Vec<u32>> = (from..to)
                 .into_par_iter()
                 .map_init(
-                    || (Box::new([0u64; CHUNK_WORDS]), Scratch(Vec::new())),
+                    || (Box::new([0u64; CHUNK_WORDS]), Scratch::default()),
                     |(w, s), key| {
                         let mut early = false;
                         let base = key << 16;

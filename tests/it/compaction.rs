@@ -13,7 +13,7 @@ use segq::import::parse_users_request;
 use segq::log::LogWriter;
 use segq::snapshot;
 use segq::users::NewUser;
-use segq::{Error, Partner};
+use segq::{Error, Partner, UserId};
 use serde_json::json;
 
 fn open(dir: &Path) -> Arc<Engine> {
@@ -551,4 +551,75 @@ fn a_compacted_workspace_holds_only_the_changes_since_in_memory() {
     let h = handle(&e);
     assert_eq!(in_memory(&h).0 .0, 100, "a restart replays only the log");
     assert_eq!(state(&h), acknowledged);
+}
+
+#[test]
+fn a_workspace_restored_from_a_snapshot_file_serves_it_and_takes_writes() {
+    let spec = segq::workload::Spec {
+        users: 30_000,
+        cohorts: 12,
+        seed: 5,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gen.segqsnap");
+    let (bytes, _) = segq::workload::write_snapshot("gen", spec, Vec::new()).unwrap();
+    std::fs::write(&file, &bytes).unwrap();
+    let generated = segq::workload::generate("gen", spec).unwrap().workspace;
+    let data = dir.path().join("data");
+    let e = open(&data);
+
+    // A damaged file is refused with its path, and nothing is created.
+    let bad = dir.path().join("bad.segqsnap");
+    let mut damaged = bytes.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x10;
+    std::fs::write(&bad, &damaged).unwrap();
+    match e.restore_workspace("r", &bad) {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, bad.display().to_string()),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(e.workspace("r").is_none());
+    assert!(!data.join("workspaces/r/MANIFEST").exists());
+
+    let h = e.restore_workspace("r", &file).unwrap();
+    assert_eq!(h.name(), "r");
+    {
+        let ws = h.read();
+        assert_eq!(ws.users.len(), spec.users);
+        assert_eq!(ws.users.delta_size(), (0, 0), "served from the file");
+        for u in (0..spec.users).step_by(997) {
+            let id = UserId(u);
+            let rec = generated.users.get(id).unwrap();
+            assert_eq!(ws.users.get(id), Some(rec.clone()));
+            if let Some(ext) = &rec.external_id {
+                let r = segq::UserRef::ExternalId(ext.to_string());
+                assert_eq!(ws.users.lookup(&r), Some(id));
+            }
+        }
+        let f = segq::segment::parse(
+            "amplitude_cohorts includes c0 and not amplitude_cohorts includes c3",
+        )
+        .unwrap();
+        assert_eq!(
+            segq::segment::eval::count(&ws, &f).unwrap(),
+            segq::segment::eval::count(&generated, &f).unwrap()
+        );
+    }
+    assert!(
+        e.restore_workspace("r", &file).is_err(),
+        "a workspace is not restored over"
+    );
+    // It takes writes, and a restart finds the file and the writes.
+    e.create_key("r", Partner::Amplitude).unwrap();
+    h.upsert_user(NewUser {
+        external_id: Some("after-restore".into()),
+        ..NewUser::default()
+    })
+    .unwrap();
+    let acknowledged = snapshot::writer::write(&h.read(), 0).unwrap();
+    drop((h, e));
+    let e = open(&data);
+    let h = e.workspace("r").unwrap();
+    assert!(snapshot::writer::write(&h.read(), 0).unwrap() == acknowledged);
+    assert_eq!(h.read().users.len(), spec.users + 1);
 }
