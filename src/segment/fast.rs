@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
+use super::buckets;
 use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{popcount, BitmapView, Words, CHUNK_WORDS};
 use crate::cohorts::Cohort;
@@ -131,23 +132,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
+    /// The buckets of chunk `key`'s users.
+    fn chunk_buckets(&self, key: u32) -> &[u16] {
         let start = (key << 16) as usize;
-        let slice = &self.buckets[start..start + self.chunk_len(key) as usize];
-        w.fill(0);
-        let span = hi - lo;
-        let mut any = 0u64;
-        // 64 users to a word, without branches: `b - lo <= span` (wrapping)
-        // is `lo <= b <= hi`.
-        for (word, block) in w.iter_mut().zip(slice.chunks(64)) {
-            let mut x = 0u64;
-            for (j, &b) in block.iter().enumerate() {
-                x |= u64::from(b.wrapping_sub(lo) <= span) << j;
-            }
-            *word = x;
-            any |= x;
-        }
-        any != 0
+        &self.buckets[start..start + self.chunk_len(key) as usize]
+    }
+
+    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
+        buckets::write(self.chunk_buckets(key), lo, hi, w)
     }
 }
 
