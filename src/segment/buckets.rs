@@ -4,7 +4,9 @@
 //!
 //! A dense scan compares 64 buckets into 64 bytes of 0 or 1, which LLVM
 //! turns into SIMD subtract, compare and pack, then gathers each 8 bytes
-//! into 8 bits with one multiplication.
+//! into 8 bits with one multiplication. An AND with a set already computed
+//! only looks at what it needs: the members of a sparse set one by one, and
+//! for a denser set the blocks of 1,024 users that hold a member.
 
 use crate::bitmap_view::Words;
 
@@ -12,6 +14,20 @@ use crate::bitmap_view::Words;
 /// `56 + k`: the eight products that land in the top byte come from
 /// distinct bytes, and no two products share a bit, so nothing carries.
 const GATHER: u64 = 0x0102_0408_1020_4080;
+
+/// At most this many non-zero words (a quarter of a chunk) and an AND tests
+/// members one by one; more, and it scans whole blocks of buckets.
+const SPARSE_WORDS: usize = 256;
+
+/// A word with at most this many members is tested member by member (on
+/// the sparse path); more, and its 64 buckets are compared at once.
+const FEW_BITS: u32 = 8;
+
+/// Words per block the dense AND skips when it holds no member: 1,024
+/// users, large enough that a random set at the sparse threshold almost
+/// never leaves a block empty (so the branch predicts well), small enough
+/// to skip the gaps of clustered sets.
+const BLOCK_WORDS: usize = 16;
 
 /// Bit `j`: whether `lo <= block[j] <= lo + span` (wrapping subtraction
 /// turns the two comparisons into one, for any u16).
@@ -37,6 +53,27 @@ fn partial_mask(block: &[u16], lo: u16, span: u16) -> u64 {
     })
 }
 
+/// Word `i`'s users in range: the last word of a partial chunk covers only
+/// the users that exist; a word past them is 0.
+#[inline]
+fn word(buckets: &[u16], i: usize, lo: u16, span: u16) -> u64 {
+    let start = i * 64;
+    match buckets.get(start..start + 64) {
+        Some(b) => mask(b.try_into().expect("64 buckets"), lo, span),
+        None => partial_mask(buckets.get(start..).unwrap_or(&[]), lo, span),
+    }
+}
+
+/// The users (bit set) of a word past which no user exists.
+#[inline]
+fn existing(buckets: &[u16], i: usize) -> u64 {
+    match buckets.len().saturating_sub(i * 64) {
+        0 => 0,
+        n if n >= 64 => u64::MAX,
+        n => (1 << n) - 1,
+    }
+}
+
 /// Writes into `w` the users of the chunk whose bucket is in `lo..=hi`;
 /// `buckets` are the chunk's users' buckets (at most 2^16), words past them
 /// are 0. Whether any user is in range.
@@ -54,6 +91,62 @@ pub(crate) fn write(buckets: &[u16], lo: u16, hi: u16, w: &mut Words) -> bool {
         *o = partial_mask(&buckets[full * 64..], lo, span);
         any |= *o;
         rest.fill(0);
+    }
+    any != 0
+}
+
+/// Keeps in `w` the members whose bucket is in `lo..=hi` (`outside`:
+/// whose bucket is not), in place; members past the chunk's users are
+/// dropped. Whether any member remains.
+pub(crate) fn and(buckets: &[u16], lo: u16, hi: u16, outside: bool, w: &mut Words) -> bool {
+    debug_assert!(lo <= hi && buckets.len() <= w.len() * 64);
+    let span = hi - lo;
+    let flip = if outside { u64::MAX } else { 0 };
+    let keep = |i: usize| (word(buckets, i, lo, span) ^ flip) & existing(buckets, i);
+    let mut any = 0;
+    if w.iter().filter(|&&x| x != 0).count() <= SPARSE_WORDS {
+        for (i, o) in w.iter_mut().enumerate() {
+            if *o == 0 {
+                continue;
+            }
+            if o.count_ones() <= FEW_BITS {
+                let mut rest = *o;
+                while rest != 0 {
+                    let j = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    let inside = buckets
+                        .get(i * 64 + j as usize)
+                        .map(|&x| (x.wrapping_sub(lo) <= span) != outside);
+                    if inside != Some(true) {
+                        *o &= !(1 << j);
+                    }
+                }
+            } else {
+                *o &= keep(i);
+            }
+            any |= *o;
+        }
+    } else {
+        for (k, block) in w.chunks_exact_mut(BLOCK_WORDS).enumerate() {
+            if block.iter().fold(0, |a, &x| a | x) == 0 {
+                continue;
+            }
+            let first = k * BLOCK_WORDS;
+            match buckets.get(first * 64..(first + BLOCK_WORDS) * 64) {
+                Some(users) => {
+                    for (o, b) in block.iter_mut().zip(users.chunks_exact(64)) {
+                        *o &= mask(b.try_into().expect("64 buckets"), lo, span) ^ flip;
+                        any |= *o;
+                    }
+                }
+                None => {
+                    for (j, o) in block.iter_mut().enumerate() {
+                        *o &= keep(first + j);
+                        any |= *o;
+                    }
+                }
+            }
+        }
     }
     any != 0
 }
@@ -91,6 +184,22 @@ mod tests {
         w
     }
 
+    /// A random set of members of the given density (over the whole
+    /// chunk, past the users of a partial one too).
+    fn set(density: f64, seed: u64) -> Box<Words> {
+        let mut w = Box::new([0u64; CHUNK_WORDS]);
+        let mut s = seed | 1;
+        for u in 0..CHUNK_WORDS * 64 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            if ((s >> 11) as f64) < density * (1u64 << 53) as f64 {
+                w[u / 64] |= 1 << (u % 64);
+            }
+        }
+        w
+    }
+
     const RANGES: [(u16, u16); 8] = [
         (0, 0),
         (0, 9_998),
@@ -116,6 +225,57 @@ mod tests {
                 let want = model(&b, lo, hi);
                 assert_eq!(w, want, "len {len} {lo}..={hi}");
                 assert_eq!(any, want.iter().any(|&x| x != 0), "len {len} {lo}..={hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn and_matches_a_plain_intersection_on_sparse_and_dense_sets() {
+        // Densities on both sides of the sparse threshold, a full set, and
+        // sets with members past the chunk's users.
+        let densities = [0.0, 0.0005, 0.002, 0.004, 0.01, 0.1, 0.5, 1.0];
+        for len in LENS {
+            let b = buckets(len, 11);
+            for (di, &d) in densities.iter().enumerate() {
+                let acc = set(d, di as u64 + 3);
+                for (lo, hi) in RANGES {
+                    let inside = model(&b, lo, hi);
+                    for outside in [false, true] {
+                        let mut w = acc.clone();
+                        let any = and(&b, lo, hi, outside, &mut w);
+                        let mut want = acc.clone();
+                        for (i, o) in want.iter_mut().enumerate() {
+                            let keep = if outside { !inside[i] } else { inside[i] };
+                            *o &= keep & existing(&b, i);
+                        }
+                        assert_eq!(w, want, "len {len} density {d} {lo}..={hi} {outside}");
+                        assert_eq!(any, want.iter().any(|&x| x != 0));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn and_skips_blocks_and_handles_crowded_words_of_a_sparse_set() {
+        let b = buckets(65_536, 5);
+        // A few full words (crowded, on the sparse path), runs of members
+        // with empty blocks between them (on the dense path).
+        let mut crowded = Box::new([0u64; CHUNK_WORDS]);
+        crowded[3] = u64::MAX;
+        crowded[500] = 0xF0F0_F0F0_0000_0001;
+        crowded[1023] = 1 << 63;
+        let mut runs = Box::new([0u64; CHUNK_WORDS]);
+        for i in (0..CHUNK_WORDS).filter(|i| (i / 48) % 3 == 1) {
+            runs[i] = u64::MAX;
+        }
+        for acc in [crowded, runs] {
+            for (lo, hi) in RANGES {
+                let inside = model(&b, lo, hi);
+                let mut w = acc.clone();
+                and(&b, lo, hi, false, &mut w);
+                let want: Vec<u64> = acc.iter().zip(inside.iter()).map(|(a, m)| a & m).collect();
+                assert_eq!(&w[..], &want[..], "{lo}..={hi}");
             }
         }
     }

@@ -141,6 +141,12 @@ impl Ctx<'_> {
     fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
         buckets::write(self.chunk_buckets(key), lo, hi, w)
     }
+
+    /// Keeps in `w` the members whose bucket is in `lo..=hi` (`outside`:
+    /// is not), without a scratch buffer. Whether any remains.
+    fn bucket_and(&self, key: u32, lo: u16, hi: u16, outside: bool, w: &mut Words) -> bool {
+        buckets::and(self.chunk_buckets(key), lo, hi, outside, w)
+    }
 }
 
 /// A scratch stack of chunk buffers, one per nesting level.
@@ -197,7 +203,12 @@ fn eval(
         },
         Node::And(all, minus) => {
             let mut state = Out::Full;
+            // Bucket children come last, when the other children have made
+            // the set as small as they can: they read a bucket per user.
             for c in all {
+                if let Node::Bucket(..) = c {
+                    continue;
+                }
                 // A cohort leaf combines straight from its container.
                 if let (Node::Cohort(i), Out::Words) = (c, &state) {
                     match ctx.views[*i].container_for_key(key as u16) {
@@ -235,6 +246,9 @@ fn eval(
                 }
             }
             for c in minus {
+                if let Node::Bucket(..) = c {
+                    continue;
+                }
                 if let Out::Full = state {
                     ctx.universe(key, out);
                     state = Out::Words;
@@ -256,6 +270,27 @@ fn eval(
                     Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= !x),
                 }
                 s.give(t);
+            }
+            let all_buckets = all.iter().map(|c| (c, false));
+            for (c, outside) in all_buckets.chain(minus.iter().map(|c| (c, true))) {
+                let Node::Bucket(lo, hi) = *c else {
+                    continue;
+                };
+                if let (Out::Full, false) = (&state, outside) {
+                    if !ctx.bucket_words(key, lo, hi, out) {
+                        *early = true;
+                        return Out::Empty;
+                    }
+                } else {
+                    if let Out::Full = state {
+                        ctx.universe(key, out);
+                    }
+                    // Tests only the members, in place.
+                    if !ctx.bucket_and(key, lo, hi, outside, out) {
+                        return Out::Empty;
+                    }
+                }
+                state = Out::Words;
             }
             state
         }
