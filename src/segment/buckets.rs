@@ -2,18 +2,14 @@
 //! in `lo..=hi`, 64 users to a word (bit `j` of word `i` is user `64 i + j`
 //! of the chunk).
 //!
-//! A dense scan compares 64 buckets into 64 bytes of 0 or 1, which LLVM
-//! turns into SIMD subtract, compare and pack, then gathers each 8 bytes
-//! into 8 bits with one multiplication. An AND with a set already computed
-//! only looks at what it needs: the members of a sparse set one by one, and
-//! for a denser set the blocks of 1,024 users that hold a member.
+//! A dense scan turns 64 buckets into a word with no branch and no
+//! per-user shift: LLVM compiles the comparisons into SIMD subtract,
+//! compare, pack and mask, and an 8x8 bit transpose puts the bits in user
+//! order (see [`mask`]). An AND with a set already computed only looks at
+//! what it needs: the members of a sparse set one by one, and for a denser
+//! set the blocks of 1,024 users that hold a member.
 
 use crate::bitmap_view::Words;
-
-/// Multiplying a word whose bytes are 0 or 1 by this puts byte `k` on bit
-/// `56 + k`: the eight products that land in the top byte come from
-/// distinct bytes, and no two products share a bit, so nothing carries.
-const GATHER: u64 = 0x0102_0408_1020_4080;
 
 /// At most this many non-zero words (a quarter of a chunk) and an AND tests
 /// members one by one; more, and it scans whole blocks of buckets.
@@ -31,19 +27,39 @@ const BLOCK_WORDS: usize = 16;
 
 /// Bit `j`: whether `lo <= block[j] <= lo + span` (wrapping subtraction
 /// turns the two comparisons into one, for any u16).
+///
+/// User `j = 8 k + i` becomes bit `k` of byte `j`; ORing the eight 8-byte
+/// groups gives byte `i` bit `k` = user `8 k + i`, and the transpose moves
+/// it to bit `8 k + i`. Written this way (a byte array, constant shifts)
+/// the compiler keeps it in SIMD registers up to the transpose. On 10M
+/// buckets, one core: a shift per user takes 6 times as long, 16-bit masks
+/// built bit by bit 2.5 times, gathering each 8 bytes with a multiplication
+/// 1.2 times.
 #[inline(always)]
 fn mask(block: &[u16; 64], lo: u16, span: u16) -> u64 {
     let mut bytes = [0u8; 64];
-    for (b, &x) in bytes.iter_mut().zip(block) {
-        *b = u8::from(x.wrapping_sub(lo) <= span);
+    for (j, (b, &x)) in bytes.iter_mut().zip(block).enumerate() {
+        *b = u8::from(x.wrapping_sub(lo) <= span) << (j / 8);
     }
-    let mut m = 0;
-    for (k, eight) in bytes.chunks_exact(8).enumerate() {
+    let mut u = 0;
+    for eight in bytes.chunks_exact(8) {
         let mut le = [0u8; 8];
         le.copy_from_slice(eight);
-        m |= (u64::from_le_bytes(le).wrapping_mul(GATHER) >> 56) << (8 * k);
+        u |= u64::from_le_bytes(le);
     }
-    m
+    transpose8(u)
+}
+
+/// Transposes a word as an 8x8 bit matrix: bit `8 r + c` goes to bit
+/// `8 c + r` (three rounds of swapping blocks, Hacker's Delight 7-3).
+#[inline(always)]
+fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
 }
 
 /// The mask of a block of fewer than 64 users, one at a time.
@@ -214,6 +230,16 @@ mod tests {
     // Chunk lengths: full, partial at a word edge and inside a word, one
     // user, none.
     const LENS: [usize; 6] = [65_536, 65_472, 40_000, 63, 1, 0];
+
+    #[test]
+    fn transpose8_moves_bit_8r_plus_c_to_8c_plus_r() {
+        for r in 0..8 {
+            for c in 0..8 {
+                assert_eq!(transpose8(1 << (8 * r + c)), 1 << (8 * c + r));
+            }
+        }
+        assert_eq!(transpose8(u64::MAX), u64::MAX);
+    }
 
     #[test]
     fn write_matches_a_plain_scan() {
