@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
+use super::buckets;
 use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{popcount, BitmapView, Container, Words, CHUNK_WORDS};
 use crate::cohorts::Cohort;
@@ -334,23 +335,21 @@ impl Ctx<'_> {
         }
     }
 
-    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
+    /// The buckets of chunk `key`'s users (copied only for the one chunk
+    /// that straddles the snapshot's users and those created since).
+    fn chunk_buckets(&self, key: u32) -> std::borrow::Cow<'_, [u16]> {
         let start = (key << 16) as usize;
-        let slice = self.buckets.range(start, self.chunk_len(key) as usize);
-        w.fill(0);
-        let span = hi - lo;
-        let mut any = 0u64;
-        // 64 users to a word, without branches: `b - lo <= span` (wrapping)
-        // is `lo <= b <= hi`.
-        for (word, block) in w.iter_mut().zip(slice.chunks(64)) {
-            let mut x = 0u64;
-            for (j, &b) in block.iter().enumerate() {
-                x |= u64::from(b.wrapping_sub(lo) <= span) << j;
-            }
-            *word = x;
-            any |= x;
-        }
-        any != 0
+        self.buckets.range(start, self.chunk_len(key) as usize)
+    }
+
+    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
+        buckets::write(&self.chunk_buckets(key), lo, hi, w)
+    }
+
+    /// Keeps in `w` the members whose bucket is in `lo..=hi` (`outside`:
+    /// is not), without a scratch buffer. Whether any remains.
+    fn bucket_and(&self, key: u32, lo: u16, hi: u16, outside: bool, w: &mut Words) -> bool {
+        buckets::and(&self.chunk_buckets(key), lo, hi, outside, w)
     }
 }
 
@@ -413,7 +412,12 @@ fn eval(
         },
         Node::And(all, minus) => {
             let mut state = Out::Full;
+            // Bucket children come last, when the other children have made
+            // the set as small as they can: they read a bucket per user.
             for c in all {
+                if let Node::Bucket(..) = c {
+                    continue;
+                }
                 // A cohort leaf combines straight from its container.
                 if let (Node::Cohort(i), Out::Words) = (c, &state) {
                     match ctx.leaves[*i].chunk(key as u16) {
@@ -451,6 +455,9 @@ fn eval(
                 }
             }
             for c in minus {
+                if let Node::Bucket(..) = c {
+                    continue;
+                }
                 if let Out::Full = state {
                     ctx.universe(key, out);
                     state = Out::Words;
@@ -470,6 +477,27 @@ fn eval(
                     Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= !x),
                 }
                 s.give(t);
+            }
+            let all_buckets = all.iter().map(|c| (c, false));
+            for (c, outside) in all_buckets.chain(minus.iter().map(|c| (c, true))) {
+                let Node::Bucket(lo, hi) = *c else {
+                    continue;
+                };
+                if let (Out::Full, false) = (&state, outside) {
+                    if !ctx.bucket_words(key, lo, hi, out) {
+                        *early = true;
+                        return Out::Empty;
+                    }
+                } else {
+                    if let Out::Full = state {
+                        ctx.universe(key, out);
+                    }
+                    // Tests only the members, in place.
+                    if !ctx.bucket_and(key, lo, hi, outside, out) {
+                        return Out::Empty;
+                    }
+                }
+                state = Out::Words;
             }
             state
         }

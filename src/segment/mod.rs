@@ -3,6 +3,7 @@
 //! ([`eval`]).
 
 pub mod ast;
+mod buckets;
 pub mod eval;
 pub mod fast;
 pub mod json;

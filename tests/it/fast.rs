@@ -126,3 +126,82 @@ fn a_single_cohort_is_counted_from_its_cardinality_and_an_and_skips_chunks() {
     assert!(stats.skipped >= 1, "{stats:?}");
     assert_eq!(stats.touched + stats.skipped, 4);
 }
+
+#[test]
+fn bucket_leaves_agree_with_the_reference_at_chunk_edges_and_densities() {
+    // Two full chunks and a partial one of 20,000 users: enough words that
+    // an AND takes its dense path there too.
+    let spec = Spec {
+        users: 2 * 65_536 + 20_000,
+        cohorts: 70,
+        seed: 5,
+    };
+    let generated = workload::generate("buckets", spec).unwrap();
+    let ws = generated.workspace;
+    let last = 2 * 65_536usize;
+    // A bucket none of the last chunk's users has: the range is empty there.
+    let buckets: Vec<u16> = ws.users.buckets().collect();
+    let absent = (0..10_000u16)
+        .find(|v| !buckets[last..].contains(v))
+        .unwrap();
+    assert!(buckets[..last].contains(&absent));
+    let smallest = generated.cohorts.iter().min_by_key(|c| c.members).unwrap();
+    assert!(smallest.members < 2_000, "{}", smallest.members);
+
+    let dense = || Filter::includes(workload::PARTNER, "c0");
+    let medium = || Filter::includes(workload::PARTNER, "c25");
+    let sparse = || Filter::includes(workload::PARTNER, smallest.cohort_id.clone());
+    let ranges = [
+        (0, 0),
+        (0, 9_998),
+        (1, 9_999),
+        (0, 9_999),
+        (1_000, 5_999),
+        (4_321, 4_321),
+        (9_999, 9_999),
+        (absent, absent),
+    ];
+    let cache = fast::SerialCache::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for (lo, hi) in ranges {
+        let b = || Filter::Bucket(BucketCmp::Between(lo, hi));
+        let filters = [
+            b(),
+            b().not(),
+            Filter::And(vec![dense(), b()]),
+            Filter::And(vec![medium(), b()]),
+            Filter::And(vec![sparse(), b()]),
+            Filter::And(vec![dense(), b().not()]),
+            Filter::And(vec![sparse(), b().not()]),
+            Filter::And(vec![dense().not(), b()]),
+            Filter::And(vec![medium().not(), b().not()]),
+            Filter::And(vec![
+                dense(),
+                b(),
+                Filter::Bucket(BucketCmp::Between(lo / 2, 5_000)),
+            ]),
+            Filter::And(vec![
+                Filter::Or(vec![dense(), sparse()]),
+                medium().not(),
+                b(),
+            ]),
+            Filter::Or(vec![sparse(), b()]),
+            Filter::And(vec![Filter::Or(vec![sparse(), b()]), dense()]).not(),
+        ];
+        for f in &filters {
+            let p = plan::plan(&ws, f).unwrap();
+            let prepared = fast::Prepared::new(&ws, &p, &cache).unwrap();
+            let expected = eval::evaluate(&ws, f).unwrap();
+            assert_eq!(prepared.count().unwrap(), expected.len(), "{f}");
+            assert_eq!(prepared.members().unwrap(), expected, "{f}");
+            for _ in 0..20 {
+                let u = rng.gen_range(0..spec.users);
+                assert_eq!(
+                    prepared.contains(UserId(u)).unwrap(),
+                    expected.contains(u),
+                    "{f} user {u}"
+                );
+            }
+        }
+    }
+}
