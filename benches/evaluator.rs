@@ -2,7 +2,9 @@
 //! reference evaluator (`segment::eval`) on the six query shapes of
 //! ../shared/WORKLOAD.md, plus a single cohort's count, a one-user check of
 //! a five-leaf filter, and the member list of a segment; the fast counts
-//! also on rayon pools of 1 and 2 threads.
+//! also on rayon pools of 1 and 2 threads; and random-bucket leaves alone,
+//! ANDed with a dense and with a sparse set, and the mixed shape without its
+//! bucket leaf (what the bucket leaf adds to it).
 //!
 //! How to run: `cargo bench --bench evaluator` (small workload, 100k users);
 //! `SEGQ_BENCH_USERS=10000000 SEGQ_BENCH_COHORTS=200 cargo bench --bench
@@ -11,7 +13,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use segq::segment::{eval, fast, plan, Filter};
+use segq::segment::{eval, fast, plan, BucketCmp, Filter};
 use segq::workload::{self, Spec};
 use segq::UserId;
 
@@ -91,6 +93,45 @@ fn bench(c: &mut Criterion) {
     g.bench_function(format!("members/{n} members"), |b| {
         b.iter(|| prepared.members().expect("lists"))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group(format!("bucket/{tag}"));
+    g.sample_size(20);
+    let bucket = || Filter::Bucket(BucketCmp::Between(1_000, 5_999));
+    let large = |i: u32| Filter::includes(workload::PARTNER, workload::cohort_id(i));
+    // The last cohort, for a sparse set: small (0.001%-0.5% of the users)
+    // when there are more than 60 cohorts, medium (0.5%-5%) otherwise.
+    let sparse = large(spec.cohorts.max(1) - 1);
+    let without_bucket = match mixed {
+        Filter::And(c) => Filter::And(
+            c.iter()
+                .filter(|f| !matches!(f, Filter::Bucket(_)))
+                .cloned()
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    let filters = [
+        ("bucket 1000..=5999 alone", bucket()),
+        (
+            "bucket AND one large",
+            Filter::And(vec![large(0), bucket()]),
+        ),
+        (
+            "bucket AND NOT one large",
+            Filter::And(vec![large(0).not(), bucket()]),
+        ),
+        (
+            "bucket AND the last cohort",
+            Filter::And(vec![sparse, bucket()]),
+        ),
+        ("mixed shape without its bucket", without_bucket),
+    ];
+    for (name, filter) in &filters {
+        let p = plan::plan(&ws, filter).expect("plans");
+        let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+        g.bench_function(*name, |b| b.iter(|| prepared.count().expect("counts")));
+    }
     g.finish();
 }
 
