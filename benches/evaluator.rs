@@ -4,7 +4,11 @@
 //! a five-leaf filter, and the member list of a segment; the fast counts
 //! also on rayon pools of 1 and 2 threads; and random-bucket leaves alone,
 //! ANDed with a dense and with a sparse set, and the mixed shape without its
-//! bucket leaf (what the bucket leaf adds to it).
+//! bucket leaf (what the bucket leaf adds to it); and the fast counts and a
+//! one-user check over the workspace as a live server holds it: loaded
+//! from a mapped snapshot file, without and with a delta of changes since
+//! in memory (`LiveDelta::TYPICAL`: 1% more users, 0.1% of the users added
+//! and as many removed in every cohort).
 //!
 //! How to run: `cargo bench --bench evaluator` (small workload, 100k users);
 //! `SEGQ_BENCH_USERS=10000000 SEGQ_BENCH_COHORTS=200 cargo bench --bench
@@ -13,8 +17,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
+
 use segq::segment::{eval, fast, plan, BucketCmp, Filter};
-use segq::workload::{self, Spec};
+use segq::snapshot::{self, Snapshot};
+use segq::workload::{self, LiveDelta, Spec};
 use segq::UserId;
 
 fn bench(c: &mut Criterion) {
@@ -102,7 +109,8 @@ fn bench(c: &mut Criterion) {
     // The last cohort, for a sparse set: small (0.001%-0.5% of the users)
     // when there are more than 60 cohorts, medium (0.5%-5%) otherwise.
     let sparse = large(spec.cohorts.max(1) - 1);
-    let without_bucket = match mixed {
+    let (_, with_bucket) = &shapes[5];
+    let without_bucket = match with_bucket {
         Filter::And(c) => Filter::And(
             c.iter()
                 .filter(|f| !matches!(f, Filter::Bucket(_)))
@@ -132,6 +140,43 @@ fn bench(c: &mut Criterion) {
         let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
         g.bench_function(*name, |b| b.iter(|| prepared.count().expect("counts")));
     }
+    g.finish();
+
+    // As a live server holds the workspace: the snapshot, mapped from a
+    // file, plus the changes since in memory (`LiveDelta::TYPICAL`).
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("bench.segqsnap");
+    let bytes = snapshot::writer::write(&ws, 0).expect("writes");
+    std::fs::write(&path, bytes).expect("writes the file");
+    let snap = Arc::new(Snapshot::open(&path).expect("maps"));
+    let mapped = Snapshot::load(snap.clone()).expect("loads");
+    let mut live = Snapshot::load(snap).expect("loads");
+    LiveDelta::TYPICAL.apply(&mut live).expect("applies");
+    let live_cache = fast::SerialCache::default();
+    for (what, w) in [("mapped", &mapped), ("mapped+delta", &live)] {
+        let mut g = c.benchmark_group(format!("count/{tag}/{what}"));
+        g.sample_size(20);
+        for (name, filter) in &shapes {
+            let p = plan::plan(w, filter).expect("plans");
+            let prepared = fast::Prepared::new(w, &p, &live_cache).expect("prepares");
+            assert_eq!(
+                prepared.count().expect("counts"),
+                eval::count(w, filter).expect("counts"),
+                "{what} {name}"
+            );
+            g.bench_function(format!("fast/{name}"), |b| {
+                b.iter(|| prepared.count().expect("counts"))
+            });
+        }
+        g.finish();
+    }
+    let mut g = c.benchmark_group(format!("other/{tag}/mapped+delta"));
+    let p = plan::plan(&live, five).expect("plans");
+    let prepared = fast::Prepared::new(&live, &p, &live_cache).expect("prepares");
+    let checker = prepared.checker().expect("parses");
+    g.bench_function("contains/five large ANDed", |b| {
+        b.iter(|| checker.contains(black_box(user)))
+    });
     g.finish();
 }
 

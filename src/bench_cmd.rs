@@ -19,11 +19,9 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use segq::cohorts::{MemberOp, ResolvedChanges};
 use segq::segment::{eval, fast, plan, Filter};
 use segq::snapshot::Snapshot;
-use segq::users::NewUser;
-use segq::workload::{self, Spec};
+use segq::workload::{self, LiveDelta, Spec};
 use segq::{CohortKey, Error, UserId, Workspace};
 
 use super::Failure;
@@ -40,10 +38,6 @@ const CHECK_USERS: usize = 100_000;
 const CHECK_BATCH: usize = 1_000;
 /// Single-cohort counts per timed run.
 const SINGLE_BATCH: usize = 100;
-/// The live delta measured: users created since the snapshot, as a share
-/// of its users, and members added (and as many removed) per cohort.
-const DELTA_NEW_USERS: f64 = 0.01;
-const DELTA_CHURN: f64 = 0.001;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -193,41 +187,10 @@ fn reference_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
 }
 
 /// The workspace as a live engine serves it between two compactions: the
-/// snapshot, mapped, plus a delta in memory: [`DELTA_NEW_USERS`] of the
-/// users created since, and in each cohort [`DELTA_CHURN`] of the users
-/// added and as many removed (new users among those added).
+/// snapshot, mapped, plus [`LiveDelta::TYPICAL`] in memory.
 fn live_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
     let mut ws = Snapshot::load(snap.clone())?;
-    let base = ws.users.len();
-    for i in 0..(f64::from(base) * DELTA_NEW_USERS) as u32 {
-        ws.users.create(NewUser {
-            external_id: Some(format!("bench-new-{i}")),
-            ..NewUser::default()
-        })?;
-    }
-    let users = ws.users.len();
-    let churn = (f64::from(base) * DELTA_CHURN).max(1.0) as usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let keys: Vec<CohortKey> = ws
-        .cohorts
-        .iter_sorted()
-        .into_iter()
-        .map(|c| c.key.clone())
-        .collect();
-    let now = chrono::Utc::now();
-    for key in keys {
-        let ops = (0..2 * churn)
-            .map(|i| MemberOp {
-                user: UserId(rng.gen_range(0..users)),
-                remove: i % 2 == 1,
-            })
-            .collect();
-        let resolved = ResolvedChanges {
-            ops,
-            ..ResolvedChanges::default()
-        };
-        ws.apply_resolved(key.partner, &key.cohort_id, &resolved, now)?;
-    }
+    LiveDelta::TYPICAL.apply(&mut ws)?;
     Ok(ws)
 }
 
@@ -252,7 +215,7 @@ struct ShapeRow {
 }
 
 #[derive(Debug, Serialize)]
-struct LiveDelta {
+struct DeltaReport {
     users_created: u32,
     /// Members added, and as many removed, in every cohort.
     churn_per_cohort: u64,
@@ -309,7 +272,7 @@ struct SizeReport {
     reference_load_ms: Option<f64>,
     /// Why the reference was skipped.
     reference_skipped: Option<String>,
-    live_delta: LiveDelta,
+    live_delta: DeltaReport,
     shapes: Vec<ShapeRow>,
     single_cohort: SingleCohort,
     check: Check,
@@ -617,9 +580,9 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         prepared_all.push(prepared);
     }
     drop(ws);
-    let live_delta = LiveDelta {
+    let live_delta = DeltaReport {
         users_created: live.users.len() - users,
-        churn_per_cohort: (f64::from(users) * DELTA_CHURN).max(1.0) as u64,
+        churn_per_cohort: LiveDelta::TYPICAL.sizes(users).1,
         applied_ms: live_ms,
     };
     drop(live);

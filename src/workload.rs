@@ -453,3 +453,68 @@ pub fn query_shapes(cohorts: u32) -> Vec<(&'static str, Filter)> {
         ),
     ]
 }
+
+/// What changes between two compactions, for benchmarks of a live
+/// workspace: users created since the snapshot, and per cohort members
+/// added and removed, each as a share of the users.
+#[derive(Copy, Clone, Debug)]
+pub struct LiveDelta {
+    pub new_users: f64,
+    pub churn: f64,
+    pub seed: u64,
+}
+
+impl LiveDelta {
+    /// 1% more users; in every cohort 0.1% of the users added and as many
+    /// removed.
+    pub const TYPICAL: LiveDelta = LiveDelta {
+        new_users: 0.01,
+        churn: 0.001,
+        seed: 7,
+    };
+
+    /// Users to create, and adds (and removes) per cohort, for `users`.
+    pub fn sizes(&self, users: u32) -> (u32, u64) {
+        (
+            (f64::from(users) * self.new_users) as u32,
+            (f64::from(users) * self.churn).max(1.0) as u64,
+        )
+    }
+
+    /// Applies the delta to `ws` (typically loaded from a snapshot) through
+    /// the same operations imports use: users `bench-new-{i}` are created,
+    /// then each cohort gets random members added and removed, new users
+    /// among them.
+    pub fn apply(&self, ws: &mut Workspace) -> Result<()> {
+        let (create, churn) = self.sizes(ws.users.len());
+        for i in 0..create {
+            ws.users.create(NewUser {
+                external_id: Some(format!("bench-new-{i}")),
+                ..NewUser::default()
+            })?;
+        }
+        let users = ws.users.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let keys: Vec<CohortKey> = ws
+            .cohorts
+            .iter_sorted()
+            .into_iter()
+            .map(|c| c.key.clone())
+            .collect();
+        let now = Utc::now();
+        for key in keys {
+            let ops = (0..2 * churn)
+                .map(|i| crate::cohorts::MemberOp {
+                    user: crate::ids::UserId(rng.gen_range(0..users)),
+                    remove: i % 2 == 1,
+                })
+                .collect();
+            let resolved = crate::cohorts::ResolvedChanges {
+                ops,
+                ..Default::default()
+            };
+            ws.apply_resolved(key.partner, &key.cohort_id, &resolved, now)?;
+        }
+        Ok(())
+    }
+}
