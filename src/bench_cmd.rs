@@ -22,7 +22,7 @@ use std::sync::Arc;
 use segq::segment::{eval, fast, plan, Filter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
-use segq::{CohortKey, Error, UserId, Workspace};
+use segq::{Error, UserId, Workspace};
 
 use super::Failure;
 
@@ -172,13 +172,7 @@ impl Sampler {
 /// it measures whole-bitmap roaring algebra and not decoding.
 fn reference_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
     let mut ws = Snapshot::load(snap.clone())?;
-    let keys: Vec<CohortKey> = ws
-        .cohorts
-        .iter_sorted()
-        .into_iter()
-        .map(|c| c.key.clone())
-        .collect();
-    for key in keys {
+    for key in ws.cohorts.keys() {
         if let Some(c) = ws.cohorts.get_mut(&key) {
             c.members = c.members.bitmap().into_owned().into();
         }

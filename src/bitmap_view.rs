@@ -879,38 +879,37 @@ impl<'a> ArrayC<'a> {
         }
     }
 
-    /// Calls `f` on every value, four per 8-byte load so that the calls
-    /// (single-bit updates, in the word operations) do not wait on each
-    /// other's loads.
-    #[inline(always)]
-    fn each(&self, mut f: impl FnMut(u16)) {
+    /// `words |= array`: four values per 8-byte load (about 5% faster
+    /// than one value per 2-byte load).
+    pub fn or_into(&self, words: &mut Words) {
         let mut quads = self.bytes.chunks_exact(8);
         for q in &mut quads {
             let x = u64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]);
-            f(x as u16);
-            f((x >> 16) as u16);
-            f((x >> 32) as u16);
-            f((x >> 48) as u16);
+            for k in 0..4 {
+                let (w, m) = bit((x >> (16 * k)) as u16);
+                words[w] |= m;
+            }
         }
         for v in quads.remainder().chunks_exact(2) {
-            f(u16::from_le_bytes([v[0], v[1]]));
+            let (w, m) = bit(u16::from_le_bytes([v[0], v[1]]));
+            words[w] |= m;
         }
     }
 
-    /// `words |= array`.
-    pub fn or_into(&self, words: &mut Words) {
-        self.each(|v| {
-            let (w, m) = bit(v);
-            words[w] |= m;
-        });
-    }
-
-    /// `words &= !array`.
+    /// `words &= !array`, like [`Self::or_into`].
     pub fn andnot_into(&self, words: &mut Words) {
-        self.each(|v| {
-            let (w, m) = bit(v);
+        let mut quads = self.bytes.chunks_exact(8);
+        for q in &mut quads {
+            let x = u64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]);
+            for k in 0..4 {
+                let (w, m) = bit((x >> (16 * k)) as u16);
+                words[w] &= !m;
+            }
+        }
+        for v in quads.remainder().chunks_exact(2) {
+            let (w, m) = bit(u16::from_le_bytes([v[0], v[1]]));
             words[w] &= !m;
-        });
+        }
     }
 
     /// `words = array`.

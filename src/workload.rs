@@ -495,14 +495,8 @@ impl LiveDelta {
         }
         let users = ws.users.len();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let keys: Vec<CohortKey> = ws
-            .cohorts
-            .iter_sorted()
-            .into_iter()
-            .map(|c| c.key.clone())
-            .collect();
         let now = Utc::now();
-        for key in keys {
+        for key in ws.cohorts.keys() {
             let ops = (0..2 * churn)
                 .map(|i| crate::cohorts::MemberOp {
                     user: crate::ids::UserId(rng.gen_range(0..users)),

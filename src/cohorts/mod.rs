@@ -184,6 +184,13 @@ impl CohortCatalog {
         v
     }
 
+    /// Every cohort's key, ordered by partner then cohort_id.
+    pub fn keys(&self) -> Vec<CohortKey> {
+        let mut v: Vec<CohortKey> = self.cohorts.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Every cohort, ordered by partner then cohort_id.
     pub fn iter_sorted(&self) -> Vec<&Cohort> {
         let mut v: Vec<&Cohort> = self.cohorts.values().collect();

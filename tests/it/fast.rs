@@ -72,19 +72,7 @@ fn the_chunk_evaluator_agrees_with_the_reference_across_chunks() {
     filters.extend((0..60).map(|_| random_filter(&mut rng, 3)));
     let cache = fast::SerialCache::default();
     for f in &filters {
-        let p = plan::plan(&ws, f).unwrap();
-        let prepared = fast::Prepared::new(&ws, &p, &cache).unwrap();
-        let expected = eval::evaluate(&ws, f).unwrap();
-        assert_eq!(prepared.count().unwrap(), expected.len(), "{f}");
-        assert_eq!(prepared.members().unwrap(), expected, "{f}");
-        for _ in 0..50 {
-            let u = rng.gen_range(0..SPEC.users);
-            assert_eq!(
-                prepared.contains(UserId(u)).unwrap(),
-                expected.contains(u),
-                "{f} user {u}"
-            );
-        }
+        let (prepared, expected) = agrees_with_the_reference(&ws, f, &cache, &mut rng, 50);
         // The chunk range form gives the same members piecewise.
         let mut pieces = prepared.members_in(0, 2).unwrap();
         pieces |= prepared.members_in(2, 100).unwrap();
@@ -189,19 +177,33 @@ fn bucket_leaves_agree_with_the_reference_at_chunk_edges_and_densities() {
             Filter::And(vec![Filter::Or(vec![sparse(), b()]), dense()]).not(),
         ];
         for f in &filters {
-            let p = plan::plan(&ws, f).unwrap();
-            let prepared = fast::Prepared::new(&ws, &p, &cache).unwrap();
-            let expected = eval::evaluate(&ws, f).unwrap();
-            assert_eq!(prepared.count().unwrap(), expected.len(), "{f}");
-            assert_eq!(prepared.members().unwrap(), expected, "{f}");
-            for _ in 0..20 {
-                let u = rng.gen_range(0..spec.users);
-                assert_eq!(
-                    prepared.contains(UserId(u)).unwrap(),
-                    expected.contains(u),
-                    "{f} user {u}"
-                );
-            }
+            agrees_with_the_reference(&ws, f, &cache, &mut rng, 20);
         }
     }
+}
+
+/// Checks that the chunk evaluator's count, members and `checks` random
+/// one-user checks of `f` are the reference's; returns the prepared plan
+/// and the members.
+fn agrees_with_the_reference<'w>(
+    ws: &'w segq::Workspace,
+    f: &Filter,
+    cache: &fast::SerialCache,
+    rng: &mut impl Rng,
+    checks: usize,
+) -> (fast::Prepared<'w>, roaring::RoaringBitmap) {
+    let p = plan::plan(ws, f).unwrap();
+    let prepared = fast::Prepared::new(ws, &p, cache).unwrap();
+    let expected = eval::evaluate(ws, f).unwrap();
+    assert_eq!(prepared.count().unwrap(), expected.len(), "{f}");
+    assert_eq!(prepared.members().unwrap(), expected, "{f}");
+    for _ in 0..checks {
+        let u = rng.gen_range(0..ws.users.len());
+        assert_eq!(
+            prepared.contains(UserId(u)).unwrap(),
+            expected.contains(u),
+            "{f} user {u}"
+        );
+    }
+    (prepared, expected)
 }
