@@ -192,6 +192,10 @@ struct ServeArgs {
     /// The largest bulk user import body in bytes (0: no limit).
     #[arg(long, default_value_t = segq::server::DEFAULT_MAX_IMPORT_BYTES)]
     max_import_bytes: u64,
+    /// Threads that evaluate segment queries chunk by chunk (default: one
+    /// per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    query_threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -743,6 +747,12 @@ fn users_import(
 /// `segq serve`: opens the data directory, binds, and serves until SIGINT
 /// or SIGTERM.
 fn serve(args: ServeArgs) -> Result<(), Error> {
+    if let Some(n) = args.query_threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(usize::from(n))
+            .build_global()
+            .map_err(|e| Error::InvalidArgument(format!("sizing the query threads: {e}")))?;
+    }
     let (engine, new_token) = segq::engine::Engine::open(&args.data)?;
     if let Some(token) = new_token {
         eprintln!("admin token: {token}");

@@ -248,6 +248,12 @@ impl Metrics {
             "segq_rate_limited_total {}",
             self.rate_limited.load(Relaxed)
         )?;
+        writeln!(
+            out,
+            "# HELP segq_query_threads Threads that evaluate segment queries."
+        )?;
+        writeln!(out, "# TYPE segq_query_threads gauge")?;
+        writeln!(out, "segq_query_threads {}", rayon::current_num_threads())?;
         Ok(())
     }
 }

@@ -1154,3 +1154,26 @@ fn a_restart_keeps_everything() {
     assert_eq!(r.status, 401);
     s.stop();
 }
+
+#[test]
+fn query_threads_size_the_evaluator_pool() {
+    let f = Fixture::new(&["--query-threads", "3"]);
+    assert_eq!(f.server.metric("segq_query_threads"), 3.0);
+    let f = Fixture::new(&[]);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(f.server.metric("segq_query_threads"), cores as f64);
+    // Zero threads is refused before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_segq"))
+        .args([
+            "serve",
+            "--query-threads",
+            "0",
+            "--data",
+            "/nonexistent/segq",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--query-threads"), "{stderr}");
+}
