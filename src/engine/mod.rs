@@ -450,7 +450,9 @@ impl Engine {
     /// Creates workspace `name` from a snapshot file (a backup, or a
     /// generated workload): the file is checked whole (`verify`), copied in
     /// as the first generation with an empty log after it, and served from
-    /// at once. Refused if the workspace exists.
+    /// at once. Refused if the workspace exists. Meant for an engine not
+    /// serving requests (`segq snapshot restore`): it holds the table of
+    /// workspaces while it copies and checks the file.
     pub fn restore_workspace(&self, name: &str, file: &Path) -> Result<Arc<WorkspaceHandle>> {
         if !valid_workspace_name(name) {
             return Err(Error::InvalidWorkspaceName { name: name.into() });
