@@ -89,20 +89,20 @@ impl Workspace {
     /// snapshot from now on, and only what changed after it stays in
     /// memory. The workspace's contents do not change.
     pub fn rebase(&mut self, frozen: &Workspace, snap: Arc<Snapshot>) -> Result<()> {
-        // Everything that can fail comes first, so a refusal changes nothing.
-        let mut bases = Vec::new();
-        for c in frozen.cohorts.iter_sorted() {
-            let i = snap.cohort_index(&c.key)?.ok_or_else(|| Error::Corrupt {
-                path: snap.name().to_string(),
-                reason: format!("cohort {} is missing", c.key),
-            })?;
-            bases.push((c, BaseBitmap::new(snap.clone(), i)?));
-        }
-        self.users.rebase(&frozen.users, snap)?;
-        for (before, base) in bases {
+        let prepared = Rebase::prepare(frozen, snap)?;
+        self.apply_rebase(frozen, prepared)
+    }
+
+    /// The second half of [`Self::rebase`], with the snapshot's cohorts
+    /// found beforehand (compaction does that before it takes the write
+    /// lock): O(what changed since the freeze) plus O(1) per cohort.
+    pub fn apply_rebase(&mut self, frozen: &Workspace, r: Rebase) -> Result<()> {
+        self.users.rebase(&frozen.users, r.snap)?;
+        for (key, base) in r.bases {
             // Cohorts are never deleted, so every frozen one is still here;
             // those created after the freeze stay wholly in memory.
-            if let Some(c) = self.cohorts.get_mut(&before.key) {
+            if let (Some(c), Some(before)) = (self.cohorts.get_mut(&key), frozen.cohorts.get(&key))
+            {
                 c.members.rebase(&before.members, base);
                 c.touch();
             }
@@ -180,5 +180,41 @@ impl Workspace {
     /// Every (partner, day, data points) with a non-zero count.
     pub fn data_points_by_day(&self) -> impl Iterator<Item = (Partner, NaiveDate, u64)> + '_ {
         self.data_points.iter().map(|(&(p, d), &n)| (p, d, n))
+    }
+}
+
+/// A snapshot's bitmaps of the cohorts a frozen workspace holds, found and
+/// checked, ready for [`Workspace::apply_rebase`].
+#[derive(Debug)]
+pub struct Rebase {
+    snap: Arc<Snapshot>,
+    bases: Vec<(crate::ids::CohortKey, BaseBitmap)>,
+}
+
+impl Rebase {
+    /// Finds every cohort of `frozen` in `snap` (one pass over its
+    /// catalog) and checks its bitmap; fails, changing nothing, if one is
+    /// missing or damaged.
+    pub fn prepare(frozen: &Workspace, snap: Arc<Snapshot>) -> Result<Rebase> {
+        let index: hashbrown::HashMap<(Partner, &str), usize> = snap
+            .meta()?
+            .cohorts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((c.partner, c.cohort_id.as_str()), i))
+            .collect();
+        let mut bases = Vec::with_capacity(frozen.cohorts.len());
+        for key in frozen.cohorts.keys() {
+            let i = *index
+                .get(&(key.partner, key.cohort_id.as_str()))
+                .ok_or_else(|| Error::Corrupt {
+                    path: snap.name().to_string(),
+                    reason: format!("cohort {key} is missing"),
+                })?;
+            let base = BaseBitmap::new(snap.clone(), i)?;
+            bases.push((key, base));
+        }
+        drop(index);
+        Ok(Rebase { snap, bases })
     }
 }

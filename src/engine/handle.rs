@@ -192,8 +192,11 @@ impl WorkspaceHandle {
         //    (still mapped) goes on serving; a restart reads the new one.
         let path = self.dir.join(&manifest.snapshot);
         let moved = crate::snapshot::Snapshot::open(&path).and_then(|snap| {
+            // Found and checked before the lock: under it, only what
+            // changed since the freeze is moved.
+            let prepared = crate::workspace::Rebase::prepare(&frozen, Arc::new(snap))?;
             let mut ws = self.write_lock()?;
-            ws.rebase(&frozen, Arc::new(snap))
+            ws.apply_rebase(&frozen, prepared)
         });
         if let Err(e) = moved {
             eprintln!(

@@ -229,6 +229,24 @@ fn follow_chain(
     Ok((writer, chain))
 }
 
+/// Removes every file of a workspace folder that holds no workspace (no
+/// manifest and no acknowledged log): snapshots, logs and temporary files
+/// left by a creation never acknowledged or a restore that stopped. A
+/// folder with a manifest is refused: it holds a workspace that did not
+/// load.
+fn clear_unused_folder(folder: &Path) -> Result<()> {
+    let manifest = folder.join(compact::MANIFEST);
+    if manifest.exists() {
+        return Err(Error::Corrupt {
+            path: manifest.display().to_string(),
+            reason: "a workspace's manifest, but the workspace is not loaded; \
+                     move the folder away to reuse its name"
+                .into(),
+        });
+    }
+    compact::remove_litter(folder, None, &[])
+}
+
 /// Adds a workspace's valid data import keys to the engine's index.
 fn index_keys(
     handle: &WorkspaceHandle,
@@ -422,11 +440,10 @@ impl Engine {
         let folder = self.dir.join("workspaces").join(name);
         fs::create_dir_all(&folder).map_err(io_error(&folder))?;
         sync_dir(&self.dir.join("workspaces"))?;
+        // Left by a creation that was never acknowledged, or a restore
+        // that stopped before its manifest.
+        clear_unused_folder(&folder)?;
         let path = folder.join(LOG_FILE);
-        if path.exists() {
-            // Left by a creation that was never acknowledged.
-            fs::remove_file(&path).map_err(io_error(&path))?;
-        }
         let writer = log::create_file(&path, 1)?;
         let seed = rand::rngs::OsRng.next_u64();
         let change = Change::WorkspaceCreated {
@@ -459,10 +476,7 @@ impl Engine {
         }
         let mut all = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
         let folder = self.dir.join("workspaces").join(name);
-        if all.contains_key(name)
-            || folder.join(LOG_FILE).exists()
-            || folder.join(compact::MANIFEST).exists()
-        {
+        if all.contains_key(name) {
             return Err(Error::InvalidArgument(format!(
                 "workspace {name} exists already"
             )));
@@ -470,9 +484,23 @@ impl Engine {
         let seq = {
             let snap = Snapshot::open(file)?;
             snap.verify()?;
+            // A backup restored beside its original must not take over the
+            // original's imports.
+            let index = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            for k in &snap.meta()?.keys {
+                if let Some(other) = index.get(&k.digest) {
+                    return Err(Error::InvalidArgument(format!(
+                        "data import key {} of the snapshot is a key of workspace {}; \
+                         invalidate it there first",
+                        k.id, other.workspace
+                    )));
+                }
+            }
             snap.meta()?.seq
         };
         fs::create_dir_all(&folder).map_err(io_error(&folder))?;
+        // Left by a creation never acknowledged, or a restore that stopped.
+        clear_unused_folder(&folder)?;
         let snap_name = compact::snapshot_name(1);
         let tmp = folder.join(format!("{snap_name}.tmp"));
         fs::copy(file, &tmp).map_err(io_error(&tmp))?;
@@ -497,9 +525,21 @@ impl Engine {
             },
         )?;
         sync_dir(&self.dir.join("workspaces"))?;
-        let (handle, _) = load_workspace(name, &folder)?.ok_or_else(|| {
-            Error::InvalidArgument(format!("workspace {name} did not load after its restore"))
-        })?;
+        let loaded = load_workspace(name, &folder).and_then(|h| {
+            h.ok_or_else(|| {
+                Error::InvalidArgument(format!("workspace {name} did not load after its restore"))
+            })
+        });
+        let (handle, _) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                // Undo, so that neither a start-up nor a later creation
+                // meets a half-restored folder.
+                let _ = fs::remove_file(folder.join(compact::MANIFEST));
+                let _ = clear_unused_folder(&folder);
+                return Err(e);
+            }
+        };
         let handle = Arc::new(handle);
         {
             let mut key_index = self.keys.write().unwrap_or_else(|p| p.into_inner());

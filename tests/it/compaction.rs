@@ -623,3 +623,65 @@ fn a_workspace_restored_from_a_snapshot_file_serves_it_and_takes_writes() {
     assert!(snapshot::writer::write(&h.read(), 0).unwrap() == acknowledged);
     assert_eq!(h.read().users.len(), spec.users + 1);
 }
+
+#[test]
+fn files_of_a_restore_that_stopped_do_not_block_the_name_or_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let e = open(&data);
+    // What a restore leaves when it stops before its manifest: a snapshot
+    // and the empty log after it (here seq 5000).
+    let folder = data.join("workspaces/late");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join(compact::snapshot_name(1)), b"partial").unwrap();
+    segq::log::create_file(folder.join(compact::log_name(5_001)), 5_001).unwrap();
+    assert!(e.create_workspace("late").unwrap());
+    e.create_key("late", Partner::Amplitude).unwrap();
+    let h = e.workspace("late").unwrap();
+    h.upsert_user(NewUser {
+        external_id: Some("u1".into()),
+        ..NewUser::default()
+    })
+    .unwrap();
+    drop((h, e));
+    let e = open(&data);
+    assert_eq!(e.workspace("late").unwrap().read().users.len(), 1);
+    let mut left: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![segq::engine::LOG_FILE.to_string()]);
+}
+
+#[test]
+fn a_backup_is_not_restored_beside_the_workspace_whose_keys_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    let backup = dir.path().join("backup.segqsnap");
+    std::fs::write(
+        &backup,
+        snapshot::writer::write(&handle(&e).read(), 0).unwrap(),
+    )
+    .unwrap();
+    match e.restore_workspace("copy", &backup) {
+        Err(Error::InvalidArgument(m)) => {
+            assert!(m.contains("is a key of workspace w"), "{m}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(e.workspace("copy").is_none());
+    // Once the key is invalidated in the original, the copy may hold it
+    // (as invalidated there too: its snapshot is taken again).
+    let id = handle(&e).read().keys.keys().next().unwrap().clone();
+    e.invalidate_key("w", &id).unwrap();
+    std::fs::write(
+        &backup,
+        snapshot::writer::write(&handle(&e).read(), 0).unwrap(),
+    )
+    .unwrap();
+    e.restore_workspace("copy", &backup).unwrap();
+    drop(e);
+    let e = open(dir.path());
+    assert!(e.workspace("copy").is_some() && e.workspace("w").is_some());
+}
