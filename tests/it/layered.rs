@@ -39,6 +39,15 @@ enum Step {
         users: Vec<usize>,
         remove: bool,
     },
+    /// Members of a cohort that may not exist yet (created on first use).
+    NewCohort {
+        id: usize,
+        users: Vec<usize>,
+    },
+    Upsert {
+        user: usize,
+        device: usize,
+    },
     Freeze,
     Rebase,
 }
@@ -52,6 +61,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (any::<usize>(), 0usize..60).prop_map(|(user, name)| Step::Alias { user, name }),
         5 => (0usize..6, prop::collection::vec(any::<usize>(), 1..40), any::<bool>())
             .prop_map(|(cohort, users, remove)| Step::Members { cohort, users, remove }),
+        1 => (0usize..3, prop::collection::vec(any::<usize>(), 1..10))
+            .prop_map(|(id, users)| Step::NewCohort { id, users }),
+        1 => (any::<usize>(), 0usize..400).prop_map(|(user, device)| Step::Upsert { user, device }),
         1 => Just(Step::Freeze),
         1 => Just(Step::Rebase),
     ]
@@ -98,6 +110,39 @@ fn apply(ws: &mut Workspace, step: &Step, cohorts: usize) -> Result<(), String> 
             };
             let now = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
             ws.apply_resolved(key.partner, &key.cohort_id, &resolved, now)
+                .map(drop)
+        }
+        Step::NewCohort { id, users } => {
+            let resolved = ResolvedChanges {
+                ops: users
+                    .iter()
+                    .map(|u| MemberOp {
+                        user: user(u),
+                        remove: false,
+                    })
+                    .collect(),
+                matched: users.len() as u64,
+                ..ResolvedChanges::default()
+            };
+            let now = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap();
+            ws.apply_resolved(
+                segq::Partner::Amplitude,
+                &format!("late{id}"),
+                &resolved,
+                now,
+            )
+            .map(drop)
+        }
+        Step::Upsert { user: u, device } => {
+            let id = user(u);
+            let ext = ws.users.external_id(id).map(str::to_string);
+            ws.users
+                .upsert(NewUser {
+                    external_id: Some(ext.unwrap_or_else(|| format!("up{}", u % n))),
+                    devices: vec![format!("d{device}"), format!("ud{}", u % n)],
+                    aliases: vec![("crm".into(), format!("c{}", u % n))],
+                    bucket: None,
+                })
                 .map(drop)
         }
         Step::Freeze | Step::Rebase => unreachable!("not a change"),
@@ -169,6 +214,18 @@ proptest! {
             let l = layered.cohorts.get(&c.key).unwrap();
             prop_assert_eq!(c.members.len(), l.members.len(), "{}", c.key);
             prop_assert_eq!(c.members.bitmap(), l.members.bitmap(), "{}", c.key);
+            // Every cohort, those created after the snapshot included, as
+            // a filter of its own and excluded from all users.
+            for includes in [true, false] {
+                let f = segq::segment::Filter::Cohort {
+                    partner: c.key.partner,
+                    cohort: c.key.cohort_id.clone(),
+                    includes,
+                };
+                let p = plan::plan(&layered, &f).unwrap();
+                let prepared = fast::Prepared::new(&layered, &p, &fast::Uncached).unwrap();
+                prop_assert_eq!(prepared.count().unwrap(), eval::count(&plain, &f).unwrap(), "{}", f);
+            }
         }
         prop_assert!(
             snapshot::writer::write(&plain, 0).unwrap() == snapshot::writer::write(&layered, 0).unwrap(),
