@@ -19,15 +19,22 @@ use crate::snapshot::Snapshot;
 pub struct BaseBitmap {
     snap: Arc<Snapshot>,
     index: usize,
-    /// The largest member, read once.
+    /// The number of members and the largest, read once.
+    len: u64,
     max: Option<u32>,
 }
 
 impl BaseBitmap {
     /// Catalog entry `index` of `snap`; checks that its bitmap parses.
     pub fn new(snap: Arc<Snapshot>, index: usize) -> Result<Self> {
-        let max = snap.bitmap(index)?.max();
-        Ok(BaseBitmap { snap, index, max })
+        let view = snap.bitmap(index)?;
+        let (len, max) = (view.len(), view.max());
+        Ok(BaseBitmap {
+            snap,
+            index,
+            len,
+            max,
+        })
     }
 
     /// The bitmap, read in place. It parsed when this was made, and the
@@ -84,7 +91,7 @@ impl FromIterator<u32> for Members {
 impl Members {
     /// The members a snapshot holds, read in place.
     pub fn on_snapshot(base: BaseBitmap) -> Self {
-        let len = base.view().len();
+        let len = base.len;
         Members {
             base: Some(base),
             added: RoaringBitmap::new(),

@@ -504,16 +504,12 @@ impl Engine {
         let snap_name = compact::snapshot_name(1);
         let tmp = folder.join(format!("{snap_name}.tmp"));
         fs::copy(file, &tmp).map_err(io_error(&tmp))?;
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_error(&tmp))?;
-        fs::rename(&tmp, folder.join(&snap_name)).map_err(io_error(&folder))?;
+        let mut real = compact::RealFs;
+        real.fsync(&tmp)?;
+        real.rename(&tmp, &folder.join(&snap_name))?;
+        // The empty log after the snapshot, as a compaction starts one.
+        drop(compact::rotate(&mut real, &folder, seq)?);
         let log_name = compact::log_name(seq + 1);
-        let log_path = folder.join(&log_name);
-        if log_path.exists() {
-            fs::remove_file(&log_path).map_err(io_error(&log_path))?;
-        }
-        drop(log::create_file(&log_path, seq + 1)?);
         compact::write_manifest(
             &folder,
             &compact::Manifest {

@@ -350,12 +350,6 @@ impl UserRegistry {
                     bucket: base.buckets().get(user.0 as usize).copied().unwrap_or(0),
                     ..UserRecord::default()
                 };
-                if let Some(d) = base.externals() {
-                    rec.external_id = d
-                        .entries_of(user)
-                        .find_map(|i| d.entry(i).and_then(|(_, k)| text(k)))
-                        .map(Into::into);
-                }
                 if let Some(d) = base.devices() {
                     rec.devices = d
                         .entries_of(user)
@@ -375,10 +369,8 @@ impl UserRegistry {
                 (rec, self.extras.get(&user.0))
             }
         };
+        rec.external_id = self.external_id(user).map(Into::into);
         if let Some(m) = mem {
-            if rec.external_id.is_none() {
-                rec.external_id.clone_from(&m.external_id);
-            }
             rec.devices.extend(m.devices.iter().cloned());
             rec.aliases.extend(m.aliases.iter().cloned());
         }
