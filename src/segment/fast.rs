@@ -659,13 +659,10 @@ impl<'w> Prepared<'w> {
         let meta = snap.meta()?;
         let mut bytes = Vec::new();
         let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'w>> {
-            let i = meta
-                .cohorts
-                .iter()
-                .position(|c| c.partner == partner && c.cohort_id == id)
-                .ok_or_else(|| Error::UnknownCohort {
-                    key: CohortKey::new(partner, id),
-                })?;
+            let key = CohortKey::new(partner, id);
+            let i = snap
+                .cohort_index(&key)?
+                .ok_or(Error::UnknownCohort { key })?;
             Ok(LeafBytes {
                 base: Some(snap.bitmap_bytes(i)?),
                 delta: None,
