@@ -90,7 +90,7 @@ fn load(engine: &Engine, w: &workload::Workload) {
                 },
             )
             .expect("creates the cohort");
-        let ids: Vec<u32> = cohort.members.iter().collect();
+        let ids: Vec<u32> = cohort.members.iter().unwrap().collect();
         memberships += ids.len() as u64;
         for chunk in ids.chunks(1_000) {
             let (mut user_ids, mut device_ids) = (Vec::new(), Vec::new());

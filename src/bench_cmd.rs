@@ -174,7 +174,7 @@ fn reference_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
     let mut ws = Snapshot::load(snap.clone())?;
     for key in ws.cohorts.keys() {
         if let Some(c) = ws.cohorts.get_mut(&key) {
-            c.members = c.members.bitmap().into_owned().into();
+            c.members = c.members.bitmap()?.into_owned().into();
         }
     }
     Ok(ws)

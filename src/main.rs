@@ -586,7 +586,7 @@ impl Place {
                     segments::render_members(&handle.read(), block, fmt, extras, &mut buf);
                     out.write_all(&buf).map_err(io_err)?;
                 }
-                Ok(page.next.map(|c| c.encode()))
+                Ok(page.next)
             }
             Place::Server {
                 client,
@@ -856,7 +856,7 @@ fn generate(out: &mut dyn Write, spec: Spec) -> Result<(), Error> {
         )
         .map_err(e)?;
         if let Ok(cohort) = ws.cohorts.resolve(workload::PARTNER, &c.cohort_id) {
-            for m in cohort.members.bitmap().iter() {
+            for m in cohort.members.bitmap()?.iter() {
                 fingerprint = (fingerprint ^ u64::from(m)).wrapping_mul(0x100_0000_01b3);
             }
         }

@@ -154,7 +154,7 @@ impl Workspace {
         let (cohort, created) = self
             .cohorts
             .get_or_create(CohortKey::new(partner, cohort_id))?;
-        let mut report = cohort.apply(resolved, now);
+        let mut report = cohort.apply(resolved, now)?;
         report.cohort_created = created;
         self.bill(partner, now.date_naive(), report.data_points);
         Ok(report)

@@ -124,7 +124,12 @@ pub fn resolve(users: &UserRegistry, changes: &[CohortChange]) -> ResolvedChange
 
 impl Cohort {
     /// Applies resolved changes in order and records the sync statistics.
-    pub fn apply(&mut self, resolved: &ResolvedChanges, now: DateTime<Utc>) -> ChangeReport {
+    /// Fails, changing nothing, if the snapshot's bitmap cannot be read.
+    pub fn apply(
+        &mut self,
+        resolved: &ResolvedChanges,
+        now: DateTime<Utc>,
+    ) -> crate::error::Result<ChangeReport> {
         let mut report = ChangeReport {
             matched: resolved.matched,
             unmatched: resolved.unmatched,
@@ -134,7 +139,7 @@ impl Cohort {
         };
         (report.added, report.removed) = self
             .members
-            .apply(resolved.ops.iter().map(|op| (op.user.0, op.remove)));
+            .apply(resolved.ops.iter().map(|op| (op.user.0, op.remove)))?;
         if report.added + report.removed > 0 {
             self.touch();
         }
@@ -151,6 +156,6 @@ impl Cohort {
             }
             s.recent_unmatched.push_back(u.clone());
         }
-        report
+        Ok(report)
     }
 }

@@ -25,9 +25,20 @@ pub struct BaseBitmap {
 }
 
 impl BaseBitmap {
-    /// Catalog entry `index` of `snap`; checks that its bitmap parses.
+    /// Catalog entry `index` of `snap`; checks that its bitmap parses and
+    /// that its containers hold what their headers say (sorted arrays,
+    /// bitmap and run cardinalities), so that evaluating it cannot count
+    /// wrong.
     pub fn new(snap: Arc<Snapshot>, index: usize) -> Result<Self> {
         let view = snap.bitmap(index)?;
+        view.verify().map_err(|e| {
+            let id = snap
+                .meta()
+                .ok()
+                .and_then(|m| m.cohorts.get(index))
+                .map_or("?", |c| c.cohort_id.as_str());
+            snap.corrupt(format!("cohort {id}: {e}"))
+        })?;
         let (len, max) = (view.len(), view.max());
         Ok(BaseBitmap {
             snap,
@@ -37,18 +48,16 @@ impl BaseBitmap {
         })
     }
 
-    /// The bitmap, read in place. It parsed when this was made, and the
-    /// file never changes, so parsing it again cannot fail; an empty view
-    /// stands in should it ever.
-    pub fn view(&self) -> BitmapView<'_> {
-        self.snap
-            .bitmap(self.index)
-            .unwrap_or_else(|_| BitmapView::empty())
+    /// The bitmap, read in place. It was checked when this was made and
+    /// the file does not change, but should it fail to parse now, that is
+    /// an error (`Corrupt`), never an empty set.
+    pub fn view(&self) -> Result<BitmapView<'_>> {
+        self.snap.bitmap(self.index)
     }
 
     /// The bitmap's bytes, not parsed (O(1)).
-    pub fn bytes(&self) -> &[u8] {
-        self.snap.bitmap_bytes(self.index).unwrap_or_default()
+    pub fn bytes(&self) -> Result<&[u8]> {
+        self.snap.bitmap_bytes(self.index)
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
@@ -66,8 +75,10 @@ pub struct Members {
 }
 
 impl PartialEq for Members {
+    /// Members whose snapshot bitmap cannot be read equal nothing.
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.bitmap() == other.bitmap()
+        self.len == other.len
+            && matches!((self.bitmap(), other.bitmap()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
@@ -109,13 +120,18 @@ impl Members {
     }
 
     /// The snapshot's bitmap, if the cohort is in the snapshot.
-    pub fn base(&self) -> Option<BitmapView<'_>> {
-        self.base.as_ref().map(BaseBitmap::view)
+    pub fn base(&self) -> Result<Option<BitmapView<'_>>> {
+        self.base.as_ref().map(BaseBitmap::view).transpose()
     }
 
     /// The snapshot's bitmap's bytes, not parsed (O(1)).
-    pub fn base_bytes(&self) -> Option<&[u8]> {
-        self.base.as_ref().map(BaseBitmap::bytes)
+    pub fn base_bytes(&self) -> Result<Option<&[u8]>> {
+        self.base.as_ref().map(BaseBitmap::bytes).transpose()
+    }
+
+    /// The snapshot's bitmap, unparsed, if the cohort is in the snapshot.
+    pub fn base_bitmap(&self) -> Option<&BaseBitmap> {
+        self.base.as_ref()
     }
 
     /// Members added since the snapshot (none of them in its bitmap).
@@ -128,9 +144,9 @@ impl Members {
         &self.removed
     }
 
-    pub fn contains(&self, u: u32) -> bool {
-        self.added.contains(u)
-            || (self.base().is_some_and(|b| b.contains(u)) && !self.removed.contains(u))
+    pub fn contains(&self, u: u32) -> Result<bool> {
+        Ok(self.added.contains(u)
+            || (self.base()?.is_some_and(|b| b.contains(u)) && !self.removed.contains(u)))
     }
 
     /// A bound on the largest member: exact unless members were removed
@@ -141,10 +157,11 @@ impl Members {
     }
 
     /// Adds and removes members in order (`true`: remove). Returns how many
-    /// were actually added and removed.
-    pub fn apply(&mut self, ops: impl IntoIterator<Item = (u32, bool)>) -> (u64, u64) {
+    /// were actually added and removed. Fails, changing nothing, if the
+    /// snapshot's bitmap cannot be read.
+    pub fn apply(&mut self, ops: impl IntoIterator<Item = (u32, bool)>) -> Result<(u64, u64)> {
         let base = self.base.clone();
-        let view = base.as_ref().map(BaseBitmap::view);
+        let view = base.as_ref().map(BaseBitmap::view).transpose()?;
         let in_base = |u: u32| view.is_some_and(|v| v.contains(u));
         let (mut added, mut removed) = (0, 0);
         for (u, remove) in ops {
@@ -163,13 +180,13 @@ impl Members {
             }
         }
         self.len = self.len + added - removed;
-        (added, removed)
+        Ok((added, removed))
     }
 
     /// The members as one bitmap: borrowed when nothing is read from a
     /// snapshot, decoded otherwise.
-    pub fn bitmap(&self) -> Cow<'_, RoaringBitmap> {
-        match self.base() {
+    pub fn bitmap(&self) -> Result<Cow<'_, RoaringBitmap>> {
+        Ok(match self.base()? {
             None => Cow::Borrowed(&self.added),
             Some(v) => {
                 let mut bm = RoaringBitmap::deserialize_from(v.as_bytes())
@@ -178,27 +195,27 @@ impl Members {
                 bm |= &self.added;
                 Cow::Owned(bm)
             }
-        }
+        })
     }
 
     /// The members in ascending order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
-        match self.bitmap() {
+    pub fn iter(&self) -> Result<Box<dyn Iterator<Item = u32> + '_>> {
+        Ok(match self.bitmap()? {
             Cow::Borrowed(b) => Box::new(b.iter()),
             Cow::Owned(b) => Box::new(b.into_iter()),
-        }
+        })
     }
 
     /// The members in the portable roaring format: the snapshot's bytes
     /// as they are when nothing changed since.
     pub fn serialize_into(&self, out: &mut Vec<u8>) -> Result<()> {
-        if let Some(v) = self.base() {
+        if let Some(v) = self.base()? {
             if self.added.is_empty() && self.removed.is_empty() {
                 out.extend_from_slice(v.as_bytes());
                 return Ok(());
             }
         }
-        self.bitmap()
+        self.bitmap()?
             .serialize_into(out)
             .map_err(|e| Error::InvalidArgument(format!("serializing members: {e}")))
     }

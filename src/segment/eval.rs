@@ -47,7 +47,7 @@ fn eval(ws: &Workspace, filter: &Filter, all: &RoaringBitmap) -> Result<RoaringB
             cohort,
             includes,
         } => {
-            let members = ws.cohorts.resolve(*partner, cohort)?.members.bitmap();
+            let members = ws.cohorts.resolve(*partner, cohort)?.members.bitmap()?;
             if *includes {
                 &*members & all
             } else {
@@ -104,7 +104,7 @@ pub fn contains_user(ws: &Workspace, filter: &Filter, user: UserId) -> Result<bo
             ws.cohorts
                 .resolve(*partner, cohort)?
                 .members
-                .contains(user.0)
+                .contains(user.0)?
                 == *includes
         }
         Filter::Bucket(cmp) => ws.users.bucket(user).is_some_and(|b| cmp.accepts(b)),

@@ -624,7 +624,7 @@ impl<'w> Prepared<'w> {
             let key = CohortKey::new(partner, id);
             let c = ws.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
             let m = &c.members;
-            let base = m.base_bytes();
+            let base = m.base_bytes()?;
             let unchanged = base.is_some() && m.added().is_empty() && m.removed().is_empty();
             Ok(LeafBytes {
                 base,

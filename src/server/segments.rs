@@ -47,7 +47,7 @@ use serde_json::{json, Map, Value};
 use crate::engine::WorkspaceHandle;
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef, BUCKETS};
-use crate::query::{self, Check, Cursor};
+use crate::query::{self, Check, CursorScope};
 use crate::segment::{self, Filter};
 use crate::workspace::{SavedSegment, Workspace};
 
@@ -505,14 +505,15 @@ pub fn page_limit(limit: Option<u64>) -> Result<usize> {
 #[derive(Clone, Debug)]
 pub struct MemberPage {
     pub members: Vec<u32>,
-    pub next: Option<Cursor>,
+    /// The next page's cursor, in its text form.
+    pub next: Option<String>,
     /// The generation of the first chunk.
     pub generation: u64,
 }
 
 /// Gathers one page: the filter (cohort names resolved to ids, so that a
 /// cursor does not depend on how a cohort was named), the cursor checked
-/// against it, then `limit` members in chunks of [`PAGE_CHUNK`], the read
+/// against it and the workspace ([`CursorScope`]), then `limit` members in chunks of [`PAGE_CHUNK`], the read
 /// lock released between chunks.
 pub fn member_page(
     handle: &WorkspaceHandle,
@@ -520,11 +521,12 @@ pub fn member_page(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<MemberPage> {
-    let (filter, mut from, generation) = {
+    let (filter, scope, mut from, generation) = {
         let (ws, generation) = handle.view();
         let filter = segment::resolve(&ws, target.filter(&ws)?.as_ref())?;
-        let from = cursor.map(|c| Cursor::decode(c, &filter)).transpose()?;
-        (filter, from, generation)
+        let scope = CursorScope::new(&ws, &filter);
+        let from = cursor.map(|c| scope.decode(c)).transpose()?;
+        (filter, scope, from, generation)
     };
     let mut members: Vec<u32> = Vec::with_capacity(limit.min(PAGE_CHUNK));
     loop {
@@ -541,7 +543,7 @@ pub fn member_page(
     }
     Ok(MemberPage {
         members,
-        next: from,
+        next: from.map(|c| scope.encode(c)),
         generation,
     })
 }
@@ -559,7 +561,23 @@ pub fn csv_header(extras: Extras) -> String {
     h
 }
 
+/// Whether a spreadsheet would read a cell starting so as a formula.
+fn formula_like(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// Writes a text cell: a value a spreadsheet would take for a formula
+/// (one starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets
+/// a `'` before it, as spreadsheet exporters do; then the cell is quoted
+/// if it holds a comma, a quote or a line break.
 fn csv_field(out: &mut Vec<u8>, s: &str) {
+    let neutralised;
+    let s = if formula_like(s) {
+        neutralised = format!("'{s}");
+        neutralised.as_str()
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) {
         out.push(b'"');
         for part in s.split('"').enumerate() {
@@ -748,7 +766,7 @@ pub async fn members_handler(
     );
     h.insert(GENERATION, HeaderValue::from(page.generation));
     if let Some(next) = page.next {
-        let v = HeaderValue::from_str(&next.encode())
+        let v = HeaderValue::from_str(&next)
             .map_err(|e| ApiError::internal(format!("cursor header: {e}")))?;
         h.insert(NEXT_CURSOR, v);
     }
@@ -1102,5 +1120,24 @@ mod tests {
         out.push(b' ');
         csv_field(&mut out, "a,\"b\"\nc");
         assert_eq!(String::from_utf8_lossy(&out), "plain \"a,\"\"b\"\"\nc\"");
+    }
+
+    #[test]
+    fn csv_cells_that_look_like_formulas_are_neutralised() {
+        let cell = |v: &str| {
+            let mut out = Vec::new();
+            csv_field(&mut out, v);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(cell("=HYPERLINK(\"http://x\",\"y\")"), "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"");
+        assert_eq!(cell("=1+2"), "'=1+2");
+        assert_eq!(cell("+33 1 23"), "'+33 1 23");
+        assert_eq!(cell("-2"), "'-2");
+        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(cell("\tx"), "'\tx");
+        assert_eq!(cell("\rx"), "\"'\rx\"");
+        // Only the first character counts.
+        assert_eq!(cell("a=b"), "a=b");
+        assert_eq!(cell("u-1"), "u-1");
     }
 }

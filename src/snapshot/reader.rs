@@ -103,7 +103,8 @@ impl Snapshot {
         self.file.name()
     }
 
-    fn corrupt(&self, reason: impl Into<String>) -> Error {
+    /// A `Corrupt` error naming this snapshot.
+    pub fn corrupt(&self, reason: impl Into<String>) -> Error {
         Error::Corrupt {
             path: self.file.name().to_string(),
             reason: reason.into(),

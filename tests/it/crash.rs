@@ -122,7 +122,7 @@ fn read_data_dir(data: &Path, cohorts: &[String]) -> OnDisk {
             .unwrap_or_else(|| panic!("cohort {c} survives"));
         out.members.insert(
             c.clone(),
-            cohort.members.iter().map(|u| by_id[&u]).collect(),
+            cohort.members.iter().unwrap().map(|u| by_id[&u]).collect(),
         );
         out.matched.insert(c.clone(), cohort.sync.matched_total);
         out.unmatched.insert(c.clone(), cohort.sync.unmatched_total);

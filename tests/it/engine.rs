@@ -296,7 +296,7 @@ fn dump_workspace(engine: &Engine, name: &str) -> WorkspaceDump {
             key: c.key.clone(),
             name: c.name.clone(),
             created_at: c.created_at.map(|t| t.to_rfc3339()),
-            members: c.members.iter().collect(),
+            members: c.members.iter().unwrap().collect(),
             sync: c.sync.clone(),
             by_name: ws
                 .cohorts

@@ -78,7 +78,7 @@ fn fingerprint(ws: &Workspace) -> String {
             c.key,
             c.name,
             c.created_at,
-            c.members.iter().collect::<Vec<_>>(),
+            c.members.iter().unwrap().collect::<Vec<_>>(),
             c.sync
         );
     }

@@ -65,6 +65,7 @@ pub fn members(ws: &Workspace, partner: Partner, cohort_id: &str) -> Vec<u32> {
         .unwrap_or_else(|| panic!("no cohort {partner}/{cohort_id}"))
         .members
         .iter()
+        .expect("the cohort's bitmap reads")
         .collect()
 }
 

@@ -153,7 +153,7 @@ fn cohorts_are_within_their_density_bands() {
             .get(&CohortKey::new(PARTNER, cohort_id(info.index)))
             .unwrap();
         assert_eq!(c.len(), info.members);
-        assert!(c.members.bitmap().max().unwrap_or(0) < SPEC.users);
+        assert!(c.members.bitmap().unwrap().max().unwrap_or(0) < SPEC.users);
         assert!(c.name.contains(band));
 
         let density = info.members as f64 / n;
@@ -178,7 +178,7 @@ fn cohorts_are_within_their_density_bands() {
                 assert!((f64::from(len) - expected_len).abs() <= 1.0);
                 // Every member is in the band of consecutive signups ...
                 if let (Some(first), Some(last)) =
-                    (c.members.bitmap().min(), c.members.bitmap().max())
+                    (c.members.bitmap().unwrap().min(), c.members.bitmap().unwrap().max())
                 {
                     assert!(
                         first >= start && last < start + len,
