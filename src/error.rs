@@ -76,6 +76,9 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    #[error("the filter has {nodes} nodes (cohort and bucket tests, and, or, not); at most {limit} are allowed (max_filter_nodes)")]
+    FilterTooLarge { nodes: usize, limit: usize },
+
     #[error("no workspace {name:?}")]
     UnknownWorkspace { name: String },
 

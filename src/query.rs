@@ -13,10 +13,64 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::ids::{UserId, UserRef, BUCKETS};
-use crate::segment::fast::{BitmapSource, ChunkStats, Prepared};
-use crate::segment::plan::{self, Leaf, Plan};
+use crate::segment::fast::{self, BitmapSource, ChunkStats, Frozen, Prepared};
+use crate::segment::plan::{self, Catalog, Leaf, Plan};
 use crate::segment::{BucketCmp, Filter};
+use crate::users::Buckets;
 use crate::workspace::Workspace;
+
+/// What the counts, estimates and breakdowns read: a workspace (under its
+/// lock, [`Live`]) or a [`Frozen`] view of it (evaluated without the
+/// lock).
+pub trait View: Sync {
+    fn catalog(&self) -> &dyn Catalog;
+    /// The plan ready to run.
+    fn prepare(&self, plan: &Plan) -> Result<Prepared<'_>>;
+    /// Every user's bucket (a frozen view holds them when its filters test
+    /// buckets or it was taken with them).
+    fn buckets(&self) -> Buckets<'_>;
+    fn user_count(&self) -> u32;
+}
+
+/// A workspace read in place, with the serialized cohorts of `src`.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub ws: &'a Workspace,
+    pub src: &'a dyn BitmapSource,
+}
+
+impl View for Live<'_> {
+    fn catalog(&self) -> &dyn Catalog {
+        self.ws
+    }
+    fn prepare(&self, plan: &Plan) -> Result<Prepared<'_>> {
+        Prepared::new(self.ws, plan, self.src)
+    }
+    fn buckets(&self) -> Buckets<'_> {
+        self.ws.users.bucket_slices()
+    }
+    fn user_count(&self) -> u32 {
+        self.ws.users.len()
+    }
+}
+
+impl View for Frozen {
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+    fn prepare(&self, plan: &Plan) -> Result<Prepared<'_>> {
+        Prepared::frozen(self, plan)
+    }
+    fn buckets(&self) -> Buckets<'_> {
+        Frozen::buckets(self)
+    }
+    fn user_count(&self) -> u32 {
+        Frozen::user_count(self)
+    }
+}
+
+/// The most bucket ranges an estimate counts apart (see [`estimate`]).
+pub const MAX_ESTIMATE_STRATA: usize = 64;
 
 /// `z` of a two-sided 95% interval.
 const Z95: f64 = 1.959_963_984_540_054;
@@ -49,9 +103,14 @@ pub fn count(
     filter: &Filter,
     explain: bool,
 ) -> Result<Count> {
+    count_in(&Live { ws, src }, filter, explain)
+}
+
+/// [`count`] on any view.
+pub fn count_in(view: &dyn View, filter: &Filter, explain: bool) -> Result<Count> {
     let t = Instant::now();
-    let p = plan::plan(ws, filter)?;
-    let (count, chunks) = Prepared::new(ws, &p, src)?.count_with_stats()?;
+    let p = plan::plan(view.catalog(), filter)?;
+    let (count, chunks) = view.prepare(&p)?.count_with_stats()?;
     let took_us = t.elapsed().as_micros() as u64;
     let explain = explain.then(|| Explain {
         normalised: p.to_string(),
@@ -100,6 +159,10 @@ pub struct Estimate {
 /// interval is Wilson's with the stratified design's effective sample
 /// size. A filter without bucket tests is one stratum: `width`
 /// consecutive buckets from `start`, wrapping past 9999.
+///
+/// Each stratum is counted apart, so a filter whose bucket tests cut more
+/// than [`MAX_ESTIMATE_STRATA`] ranges is refused (an exact count serves
+/// it).
 pub fn estimate(
     ws: &Workspace,
     src: &dyn BitmapSource,
@@ -107,6 +170,11 @@ pub fn estimate(
     start: u16,
     width: u16,
 ) -> Result<Estimate> {
+    estimate_in(&Live { ws, src }, filter, start, width)
+}
+
+/// [`estimate`] on any view (a frozen one must hold the buckets).
+pub fn estimate_in(view: &dyn View, filter: &Filter, start: u16, width: u16) -> Result<Estimate> {
     let t = Instant::now();
     if width == 0 || width > BUCKETS || start >= BUCKETS {
         return Err(Error::InvalidArgument(format!(
@@ -115,8 +183,18 @@ pub fn estimate(
     }
     // Plans the whole filter first: an unknown cohort fails here, whatever
     // the strata keep of it.
+    let ws = view.catalog();
     plan::plan(ws, filter)?;
-    let b = ws.users.bucket_slices();
+    let cuts = strata(filter);
+    if cuts.len() > MAX_ESTIMATE_STRATA {
+        return Err(Error::InvalidArgument(format!(
+            "an estimate counts each range between the filter's bucket thresholds apart: \
+             this filter has {} ranges, at most {MAX_ESTIMATE_STRATA} are estimated; \
+             ask for an exact count",
+            cuts.len()
+        )));
+    }
+    let b = view.buckets();
     let hist = bucket_histogram(b.base, b.tail);
     let users_in =
         |lo: u16, hi: u16| -> u64 { hist[usize::from(lo)..=usize::from(hi)].iter().sum() };
@@ -126,7 +204,7 @@ pub fn estimate(
     let mut exact = 0.0f64; // matches of the exactly counted strata
     let mut sampled: Vec<(u64, u64, u64)> = Vec::new(); // (n, m, x) per sampled stratum
     let mut ranges: Vec<(u16, u16)> = Vec::new();
-    for (lo, hi) in strata(filter) {
+    for (lo, hi) in cuts {
         let n = users_in(lo, hi);
         if n == 0 {
             continue;
@@ -162,7 +240,7 @@ pub fn estimate(
                 .collect(),
         );
         let sample = Filter::And(vec![bucket_filter, fixed]);
-        let x = Prepared::new(ws, &plan::plan(ws, &sample)?, src)?.count()?;
+        let x = view.prepare(&plan::plan(ws, &sample)?)?.count()?;
         known += m;
         known_matches += x;
         ranges.extend(window);
@@ -173,7 +251,7 @@ pub fn estimate(
         }
     }
     ranges.sort_unstable();
-    let n = u64::from(ws.users.len());
+    let n = u64::from(view.user_count());
     let (estimate, low, high) = match sampled.as_slice() {
         [] => (known_matches, known_matches, known_matches),
         // One stratum sampled, nothing known besides: the simple sample.
@@ -363,27 +441,36 @@ pub fn breakdown(
     src: &dyn BitmapSource,
     filter: &Filter,
 ) -> Result<(String, Vec<BreakdownRow>)> {
-    let (op, children): (&str, Vec<Filter>) = match filter {
-        Filter::And(c) if !c.is_empty() => ("and", c.clone()),
-        Filter::Or(c) if !c.is_empty() => ("or", c.clone()),
-        other => ("and", vec![other.clone()]),
+    breakdown_in(&Live { ws, src }, filter)
+}
+
+/// [`breakdown`] on any view. The running count of filter `i` extends
+/// that of `i - 1` ([`fast::breakdown_counts`] keeps the running set per
+/// chunk), so the work is that of counting the whole filter once.
+pub fn breakdown_in(view: &dyn View, filter: &Filter) -> Result<(String, Vec<BreakdownRow>)> {
+    let (op, children): (&str, &[Filter]) = match filter {
+        Filter::And(c) if !c.is_empty() => ("and", c),
+        Filter::Or(c) if !c.is_empty() => ("or", c),
+        other => ("and", std::slice::from_ref(other)),
     };
-    let mut rows = Vec::with_capacity(children.len());
-    for i in 0..children.len() {
-        let own = Prepared::new(ws, &plan::plan(ws, &children[i])?, src)?.count()?;
-        let so_far = children[..=i].to_vec();
-        let combined = if op == "and" {
-            Filter::And(so_far)
-        } else {
-            Filter::Or(so_far)
-        };
-        let running = Prepared::new(ws, &plan::plan(ws, &combined)?, src)?.count()?;
-        rows.push(BreakdownRow {
-            filter: children[i].to_string(),
-            count: own,
+    let plans = children
+        .iter()
+        .map(|c| plan::plan(view.catalog(), c))
+        .collect::<Result<Vec<_>>>()?;
+    let parts = plans
+        .iter()
+        .map(|p| view.prepare(p))
+        .collect::<Result<Vec<_>>>()?;
+    let counts = fast::breakdown_counts(&parts, op == "and")?;
+    let rows = children
+        .iter()
+        .zip(counts)
+        .map(|(c, (count, running))| BreakdownRow {
+            filter: c.to_string(),
+            count,
             running,
-        });
-    }
+        })
+        .collect();
     Ok((op.to_string(), rows))
 }
 

@@ -7,7 +7,8 @@
 //!  "max_body_bytes": 1048576,
 //!  "compact_after_records": 1000000,
 //!  "compact_after_bytes": 1073741824,
-//!  "compact_interval_secs": 3600}
+//!  "compact_interval_secs": 3600,
+//!  "max_filter_nodes": 1000}
 //! ```
 //!
 //! Every partner has one partner_api_key per deployment. Unknown fields are
@@ -55,6 +56,15 @@ pub struct Config {
     /// ...or when it has any and the last compaction is this old (seconds).
     #[serde(default = "default_compact_interval")]
     pub compact_interval_secs: u64,
+    /// The most nodes (cohort and bucket tests, and, or, not) a segment
+    /// filter may have: queries and saved segments past it are refused
+    /// (400).
+    #[serde(default = "default_filter_nodes")]
+    pub max_filter_nodes: usize,
+}
+
+fn default_filter_nodes() -> usize {
+    crate::segment::DEFAULT_MAX_FILTER_NODES
 }
 
 fn default_compact_records() -> u64 {
@@ -89,6 +99,7 @@ impl Config {
             compact_after_records: DEFAULT_COMPACT_AFTER_RECORDS,
             compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES,
             compact_interval_secs: DEFAULT_COMPACT_INTERVAL_SECS,
+            max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
         }
     }
 
@@ -136,6 +147,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_filter_nodes == 0 {
+            return bad("max_filter_nodes must be at least 1".into());
         }
         Ok(())
     }

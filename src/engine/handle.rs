@@ -59,6 +59,8 @@ pub struct WorkspaceHandle {
     files: Mutex<(Option<Manifest>, Vec<PathBuf>)>,
     /// When the state was last folded into a snapshot (or loaded).
     compacted_at: Mutex<std::time::Instant>,
+    /// The most nodes a segment filter may have (`max_filter_nodes`).
+    max_filter_nodes: usize,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -86,7 +88,21 @@ impl WorkspaceHandle {
             log: RwLock::new(Arc::new(log)),
             failed: Mutex::new(None),
             bitmaps: Default::default(),
+            max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
         }
+    }
+
+    /// Bounds the filters of this workspace's queries and saved segments
+    /// to `max_filter_nodes` nodes (the configuration's value).
+    pub(crate) fn with_max_filter_nodes(mut self, max_filter_nodes: usize) -> Self {
+        self.max_filter_nodes = max_filter_nodes;
+        self
+    }
+
+    /// Refuses a filter past the configured number of nodes
+    /// ([`crate::segment::check_size`]).
+    pub fn check_filter(&self, filter: &Filter) -> Result<()> {
+        crate::segment::check_size(filter, self.max_filter_nodes)
     }
 
     pub fn name(&self) -> &str {
@@ -449,6 +465,9 @@ impl WorkspaceHandle {
         name: Option<&str>,
         filter: Option<&Filter>,
     ) -> Result<SavedSegment> {
+        if let Some(f) = filter {
+            self.check_filter(f)?;
+        }
         if let Some(name) = name {
             if name.trim().is_empty() || name.len() > crate::cohorts::MAX_NAME_BYTES {
                 return Err(Error::InvalidArgument(

@@ -395,6 +395,7 @@ impl Engine {
             };
             index_keys(&handle, &mut key_index, &mut last_used);
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
+            let handle = handle.with_max_filter_nodes(config.max_filter_nodes);
             workspaces.insert(name, Arc::new(handle));
         }
         let engine = Engine {
@@ -453,13 +454,10 @@ impl Engine {
         writer.append(&change.encode()?)?;
         all.insert(
             name.to_string(),
-            Arc::new(WorkspaceHandle::new(
-                Workspace::new(name, seed),
-                writer,
-                folder,
-                None,
-                vec![path],
-            )),
+            Arc::new(
+                WorkspaceHandle::new(Workspace::new(name, seed), writer, folder, None, vec![path])
+                    .with_max_filter_nodes(self.config.max_filter_nodes),
+            ),
         );
         Ok(true)
     }
@@ -536,7 +534,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        let handle = Arc::new(handle);
+        let handle = Arc::new(handle.with_max_filter_nodes(self.config.max_filter_nodes));
         {
             let mut key_index = self.keys.write().unwrap_or_else(|p| p.into_inner());
             let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());

@@ -112,6 +112,27 @@ impl Filter {
         }
     }
 
+    /// The number of nodes in the tree: leaves (cohort and bucket filters)
+    /// and operators (`and`, `or`, `not`). What a query's work is bounded
+    /// by (see [`crate::segment::check_size`]).
+    pub fn nodes(&self) -> usize {
+        match self {
+            Filter::Cohort { .. } | Filter::Bucket(_) => 1,
+            Filter::And(c) | Filter::Or(c) => 1 + c.iter().map(Filter::nodes).sum::<usize>(),
+            Filter::Not(c) => 1 + c.nodes(),
+        }
+    }
+
+    /// Whether the tree tests the random bucket anywhere.
+    pub fn tests_buckets(&self) -> bool {
+        match self {
+            Filter::Cohort { .. } => false,
+            Filter::Bucket(_) => true,
+            Filter::And(c) | Filter::Or(c) => c.iter().any(Filter::tests_buckets),
+            Filter::Not(c) => c.tests_buckets(),
+        }
+    }
+
     /// Visits every cohort leaf as `(partner, cohort, includes)`.
     pub fn for_each_cohort<'a>(&'a self, f: &mut impl FnMut(Partner, &'a str, bool)) {
         match self {

@@ -25,9 +25,10 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::buckets;
-use super::plan::{Leaf, Plan};
+use super::plan::{Catalog, Leaf, Plan};
+use super::Filter;
 use crate::bitmap_view::{popcount, BitmapView, Container, Words, CHUNK_WORDS};
-use crate::cohorts::Cohort;
+use crate::cohorts::{BaseBitmap, Cohort};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner, UserId};
 use crate::snapshot::Snapshot;
@@ -850,4 +851,269 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
         }
         Node::Or(any) => any.iter().any(|c| contains(c, u, ctx)),
     }
+}
+
+/// A cohort as a [`Frozen`] view keeps it.
+#[derive(Clone, Debug)]
+struct FrozenCohort {
+    cardinality: u64,
+    max_bound: Option<u32>,
+    base: Option<BaseBitmap>,
+    delta: Option<Arc<Serialized>>,
+}
+
+/// What queries need of a workspace for some filters, taken under the
+/// workspace's read lock and evaluated after it is released: the users'
+/// count, the cohorts the filters name (the snapshot's bitmaps shared by
+/// `Arc`, the in-memory changes as the serialized copies a
+/// [`BitmapSource`] keeps) and, when the filters test buckets or when
+/// asked, the buckets (the snapshot's shared, those of users created since
+/// copied). Taking it costs the filters' size plus, with buckets, two bytes
+/// per user created since the last snapshot; writers may change the
+/// workspace while the view is evaluated, and the view does not change.
+pub struct Frozen {
+    users: u32,
+    snap: Option<Arc<Snapshot>>,
+    tail: Vec<u16>,
+    /// `(partner, value as written)` -> cohort_id.
+    names: hashbrown::HashMap<(Partner, String), String>,
+    cohorts: hashbrown::HashMap<CohortKey, FrozenCohort>,
+}
+
+impl std::fmt::Debug for Frozen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frozen")
+            .field("users", &self.users)
+            .field("cohorts", &self.cohorts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frozen {
+    /// The view of `ws` that `filters` need (their cohort values resolved
+    /// now: an unknown or ambiguous one fails here); with the buckets if a
+    /// filter tests them or `buckets` is set.
+    pub fn new(
+        ws: &Workspace,
+        src: &dyn BitmapSource,
+        filters: &[&Filter],
+        buckets: bool,
+    ) -> Result<Frozen> {
+        let mut names = hashbrown::HashMap::new();
+        let mut cohorts = hashbrown::HashMap::new();
+        let mut first_err = None;
+        for f in filters {
+            f.for_each_cohort(&mut |partner, value, _| {
+                if first_err.is_some() || names.contains_key(&(partner, value.to_string())) {
+                    return;
+                }
+                match ws.cohorts.resolve(partner, value) {
+                    Ok(c) => {
+                        names.insert((partner, value.to_string()), c.key.cohort_id.clone());
+                        cohorts.entry(c.key.clone()).or_insert_with(|| {
+                            let m = &c.members;
+                            let base = m.base_bitmap().cloned();
+                            let unchanged = base.is_some()
+                                && m.added().is_empty()
+                                && m.removed().is_empty();
+                            FrozenCohort {
+                                cardinality: c.len(),
+                                max_bound: m.max_bound(),
+                                base,
+                                delta: (!unchanged).then(|| src.bytes(c)),
+                            }
+                        });
+                    }
+                    Err(e) => first_err = Some(e),
+                }
+            });
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let (snap, tail) = if buckets || filters.iter().any(|f| f.tests_buckets()) {
+            let b = ws.users.bucket_slices();
+            // The snapshot's buckets are shared if they are what the
+            // registry reads; anything else is copied.
+            let shared = ws.users.snapshot().filter(|s| {
+                s.buckets()
+                    .is_ok_and(|x| x.as_ptr() == b.base.as_ptr() && x.len() == b.base.len())
+            });
+            match shared {
+                Some(s) => (Some(s.clone()), b.tail.to_vec()),
+                None => (None, b.iter().collect()),
+            }
+        } else {
+            (None, Vec::new())
+        };
+        Ok(Frozen {
+            users: ws.users.len(),
+            snap,
+            tail,
+            names,
+            cohorts,
+        })
+    }
+
+    /// The users' count.
+    pub fn user_count(&self) -> u32 {
+        self.users
+    }
+
+    /// The buckets (empty unless the view was taken with them).
+    pub fn buckets(&self) -> Buckets<'_> {
+        Buckets {
+            base: self
+                .snap
+                .as_ref()
+                .and_then(|s| s.buckets().ok())
+                .unwrap_or(&[]),
+            tail: &self.tail,
+        }
+    }
+}
+
+impl Catalog for Frozen {
+    fn users(&self) -> u64 {
+        u64::from(self.users)
+    }
+
+    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
+        let id = self
+            .names
+            .get(&(partner, value.to_string()))
+            .ok_or_else(|| Error::NoSuchCohort {
+                partner,
+                value: value.to_string(),
+            })?;
+        let c = self
+            .cohorts
+            .get(&CohortKey::new(partner, id.clone()))
+            .ok_or_else(|| Error::UnknownCohort {
+                key: CohortKey::new(partner, id.clone()),
+            })?;
+        Ok((id.clone(), c.cardinality))
+    }
+}
+
+impl<'f> Prepared<'f> {
+    /// Fetches the leaves' bitmaps for `plan` (made by
+    /// [`super::plan::plan`] on the same view) from a frozen view.
+    pub fn frozen(f: &'f Frozen, plan: &Plan) -> Result<Self> {
+        let mut bytes = Vec::new();
+        let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'f>> {
+            let key = CohortKey::new(partner, id);
+            let c = f.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
+            Ok(LeafBytes {
+                base: c.base.as_ref().map(BaseBitmap::bytes).transpose()?,
+                delta: c.delta.clone(),
+            })
+        };
+        let node = compile(plan, &mut leaf, &mut bytes)?;
+        let users = f.users;
+        let trusted = match plan {
+            Plan::Leaf(Leaf::Cohort {
+                partner, cohort_id, ..
+            }) => f
+                .cohorts
+                .get(&CohortKey::new(*partner, cohort_id.clone()))
+                .is_some_and(|c| c.max_bound.is_none_or(|m| m < users)),
+            _ => false,
+        };
+        Ok(Prepared {
+            node,
+            bytes,
+            buckets: f.buckets(),
+            users,
+            single: trivial(plan, users, trusted),
+        })
+    }
+}
+
+/// A chunk's count of an evaluation's result.
+fn chunk_count(r: &Out, w: &Words, len: u32) -> u64 {
+    u64::from(match r {
+        Out::Empty => 0,
+        Out::Full => len,
+        Out::Words => popcount(w),
+    })
+}
+
+/// `run (and|or)= child` on one chunk, `state` and `r` saying what each
+/// holds (`Words`: the buffer).
+fn extend_running(state: Out, r: Out, run: &mut Words, child: &Words, and: bool) -> Out {
+    match (state, r, and) {
+        (Out::Empty, _, true) | (_, Out::Empty, true) => Out::Empty,
+        (Out::Full, _, false) | (_, Out::Full, false) => Out::Full,
+        (Out::Full, Out::Full, true) => Out::Full,
+        (Out::Empty, Out::Empty, false) => Out::Empty,
+        (Out::Full, Out::Words, true) | (Out::Empty, Out::Words, false) => {
+            run.copy_from_slice(child);
+            Out::Words
+        }
+        (Out::Words, Out::Full, true) | (Out::Words, Out::Empty, false) => Out::Words,
+        (Out::Words, Out::Words, true) => {
+            run.iter_mut().zip(child.iter()).for_each(|(o, x)| *o &= x);
+            Out::Words
+        }
+        (Out::Words, Out::Words, false) => {
+            run.iter_mut().zip(child.iter()).for_each(|(o, x)| *o |= x);
+            Out::Words
+        }
+    }
+}
+
+/// The builder's breakdown of `parts` (plans of one view, in order) as
+/// they are combined by AND (`and`) or OR: each part's own count and the
+/// running count of the parts so far, as `(own, running)`. One pass over
+/// the chunks: per chunk, the running set is kept and extended by each part
+/// in turn, so the work is that of evaluating every part once.
+pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>> {
+    let n = parts.len();
+    let Some(first) = parts.first() else {
+        return Ok(Vec::new());
+    };
+    let chunks = first.chunks();
+    let checkers = parts
+        .iter()
+        .map(Prepared::checker)
+        .collect::<Result<Vec<_>>>()?;
+    struct Acc {
+        own: Vec<u64>,
+        running: Vec<u64>,
+        run: Box<Words>,
+        child: Box<Words>,
+        scratch: Scratch,
+    }
+    let new_acc = || Acc {
+        own: vec![0; n],
+        running: vec![0; n],
+        run: Box::new([0u64; CHUNK_WORDS]),
+        child: Box::new([0u64; CHUNK_WORDS]),
+        scratch: Scratch::default(),
+    };
+    let sums = (0..chunks)
+        .into_par_iter()
+        .fold(new_acc, |mut a, key| {
+            let mut state = if and { Out::Full } else { Out::Empty };
+            for (i, c) in checkers.iter().enumerate() {
+                let mut early = false;
+                let r = eval_root(c.node, key, &c.ctx, &mut a.child, &mut a.scratch, &mut early);
+                let len = c.ctx.chunk_len(key);
+                a.own[i] += chunk_count(&r, &a.child, len);
+                state = extend_running(state, r, &mut a.run, &a.child, and);
+                a.running[i] += chunk_count(&state, &a.run, len);
+            }
+            a
+        })
+        .map(|a| (a.own, a.running))
+        .reduce(
+            || (vec![0; n], vec![0; n]),
+            |(mut o, mut r), (o2, r2)| {
+                o.iter_mut().zip(o2).for_each(|(x, y)| *x += y);
+                r.iter_mut().zip(r2).for_each(|(x, y)| *x += y);
+                (o, r)
+            },
+        );
+    Ok(sums.0.into_iter().zip(sums.1).collect())
 }

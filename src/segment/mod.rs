@@ -12,7 +12,24 @@ pub mod text;
 
 pub use ast::{BucketCmp, Filter};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The default bound on the nodes of a segment filter (see
+/// [`check_size`]); `max_filter_nodes` in `segq.json` changes it.
+pub const DEFAULT_MAX_FILTER_NODES: usize = 1_000;
+
+/// Refuses a filter of more than `limit` nodes ([`Filter::nodes`]: cohort
+/// and bucket tests, `and`, `or`, `not`). Every segment query (count,
+/// estimate, breakdown, members, checks) and every saved segment is bounded
+/// so, which bounds the work of one query and so how long it can keep the
+/// workspace's lock.
+pub fn check_size(filter: &Filter, limit: usize) -> Result<()> {
+    let nodes = filter.nodes();
+    if nodes > limit {
+        return Err(Error::FilterTooLarge { nodes, limit });
+    }
+    Ok(())
+}
 use crate::workspace::Workspace;
 
 /// Parses a filter in either form: input whose first non-blank character is

@@ -115,6 +115,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::InvalidCohort(_)
         | Error::FilterParse(_)
         | Error::InvalidArgument(_)
+        | Error::FilterTooLarge { .. }
         | Error::InvalidWorkspaceName { .. }
         | Error::InvalidCursor(_) => StatusCode::BAD_REQUEST,
         Error::WorkspaceFailed { .. } | Error::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,

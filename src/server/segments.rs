@@ -25,11 +25,15 @@
 //! Every answer computed on the workspace carries `"generation"`, the log
 //! sequence number of the last change it saw.
 //!
-//! The queries hold the workspace's read lock on a blocking thread, and
-//! only briefly: the member export computes its page in chunks of
+//! Every filter, given or saved, is refused (400) past the configured
+//! `max_filter_nodes` ([`crate::segment::check_size`]), which bounds a
+//! query's work. The queries take the workspace's read lock on a blocking
+//! thread, and only briefly: counts, estimates and breakdowns take a
+//! [`Frozen`] view under it (time proportional to the filter) and evaluate
+//! after releasing it; the member export computes its page in chunks of
 //! [`PAGE_CHUNK`] members, releasing the lock between them, then streams
 //! it in blocks of [`STREAM_BLOCK`] users, taking the lock again per block
-//! to read their identifiers.
+//! to read their identifiers; checks hold it for one bounded evaluation.
 
 use std::borrow::Cow;
 use std::io::Write as _;
@@ -48,6 +52,7 @@ use crate::engine::WorkspaceHandle;
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef, BUCKETS};
 use crate::query::{self, Check, CursorScope};
+use crate::segment::fast::Frozen;
 use crate::segment::{self, Filter};
 use crate::workspace::{SavedSegment, Workspace};
 
@@ -271,13 +276,29 @@ pub enum CountMode {
     },
 }
 
-/// The count (or estimate) of a segment, as the count endpoint answers it.
-pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Result<Value> {
+/// A frozen view of what `target` needs (with every bucket if `buckets`),
+/// taken under the workspace's read lock, which is released on return; the
+/// filter (checked against `max_filter_nodes`) and the generation seen.
+pub fn freeze(
+    handle: &WorkspaceHandle,
+    target: &Target,
+    buckets: bool,
+) -> Result<(Frozen, Filter, u64)> {
     let (ws, generation) = handle.view();
     let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
+    let frozen = Frozen::new(&ws, handle.bitmaps(), &[&filter], buckets)?;
+    Ok((frozen, filter.into_owned(), generation))
+}
+
+/// The count (or estimate) of a segment, as the count endpoint answers it.
+/// Evaluated on a frozen view, without the workspace's lock.
+pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Result<Value> {
+    let estimate = matches!(mode, CountMode::Estimate { .. });
+    let (frozen, filter, generation) = freeze(handle, target, estimate)?;
     match mode {
         CountMode::Exact { explain } => {
-            let c = query::count(&ws, handle.bitmaps(), &filter, explain)?;
+            let c = query::count_in(&frozen, &filter, explain)?;
             let mut out = json!({"count": c.count, "generation": generation, "took_us": c.took_us});
             if let Some(e) = &c.explain {
                 out["explain"] = to_value(e)?;
@@ -285,7 +306,7 @@ pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Resu
             Ok(out)
         }
         CountMode::Estimate { start, width } => {
-            let e = query::estimate(&ws, handle.bitmaps(), &filter, start, width)?;
+            let e = query::estimate_in(&frozen, &filter, start, width)?;
             Ok(json!({
                 "estimate": e.estimate,
                 "low": e.low,
@@ -301,6 +322,20 @@ pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Resu
             }))
         }
     }
+}
+
+/// The breakdown of a segment, as the breakdown endpoint answers it.
+/// Evaluated on a frozen view, without the workspace's lock.
+pub fn breakdown(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
+    let t = std::time::Instant::now();
+    let (frozen, filter, generation) = freeze(handle, target, false)?;
+    let (combinator, rows) = query::breakdown_in(&frozen, &filter)?;
+    Ok(json!({
+        "combinator": combinator,
+        "rows": to_value(&rows)?,
+        "generation": generation,
+        "took_us": t.elapsed().as_micros() as u64,
+    }))
 }
 
 /// The count endpoint's body.
@@ -418,23 +453,7 @@ pub async fn breakdown_handler(
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
     let target = Fields::new(body, &["filter", "segment_id"])?.target()?;
-    run_blocking(move || {
-        let t = std::time::Instant::now();
-        let (ws, generation) = handle.view();
-        let filter = target.filter(&ws)?;
-        let (combinator, rows) = query::breakdown(&ws, handle.bitmaps(), &filter)?;
-        drop(ws);
-        Ok(json_response(
-            StatusCode::OK,
-            json!({
-                "combinator": combinator,
-                "rows": to_value(&rows)?,
-                "generation": generation,
-                "took_us": t.elapsed().as_micros() as u64,
-            }),
-        ))
-    })
-    .await
+    run_blocking(move || Ok(json_response(StatusCode::OK, breakdown(&handle, &target)?))).await
 }
 
 // ----- member export -----
@@ -523,7 +542,9 @@ pub fn member_page(
 ) -> Result<MemberPage> {
     let (filter, scope, mut from, generation) = {
         let (ws, generation) = handle.view();
-        let filter = segment::resolve(&ws, target.filter(&ws)?.as_ref())?;
+        let given = target.filter(&ws)?;
+        handle.check_filter(&given)?;
+        let filter = segment::resolve(&ws, &given)?;
         let scope = CursorScope::new(&ws, &filter);
         let from = cursor.map(|c| scope.decode(c)).transpose()?;
         (filter, scope, from, generation)
@@ -791,6 +812,7 @@ fn check_json(c: &Check) -> Value {
 pub fn check_user(handle: &WorkspaceHandle, target: &Target, user: &UserRef) -> Result<Value> {
     let (ws, generation) = handle.view();
     let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
     let checks = query::check(&ws, handle.bitmaps(), &[&filter], user)?;
     let mut out = checks.first().map(check_json).unwrap_or_else(|| json!({}));
     out["generation"] = json!(generation);
@@ -834,6 +856,7 @@ pub async fn check_handler(
             run_blocking(move || {
                 let (ws, generation) = handle.view();
                 let filter = target.filter(&ws)?;
+                handle.check_filter(&filter)?;
                 let checks = query::check_many(&ws, handle.bitmaps(), &filter, &users)?;
                 drop(ws);
                 let results: Vec<Value> = checks.iter().map(check_json).collect();
@@ -897,6 +920,9 @@ pub async fn user_segments_handler(
             all.push(&s.filter);
         }
         all.extend(filters.iter());
+        for f in &all {
+            handle.check_filter(f)?;
+        }
         let checks = query::check(&ws, handle.bitmaps(), &all, &user)?;
         let results: Vec<Value> = checks
             .iter()
