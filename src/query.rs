@@ -753,8 +753,15 @@ mod tests {
         // Another position with the same tag, or a changed tag: refused.
         let moved = format!("{:08x}{}", 70_001, &text[8..]);
         assert!(matches!(here.decode(&moved), Err(Error::InvalidCursor(_))));
-        let flipped = format!("{}{}", &text[..39], if text.ends_with('0') { "1" } else { "0" });
-        assert!(matches!(here.decode(&flipped), Err(Error::InvalidCursor(_))));
+        let flipped = format!(
+            "{}{}",
+            &text[..39],
+            if text.ends_with('0') { "1" } else { "0" }
+        );
+        assert!(matches!(
+            here.decode(&flipped),
+            Err(Error::InvalidCursor(_))
+        ));
         assert!(here.decode("xyz").is_err());
         // The old 24-digit form is refused with the expected form.
         let old = format!("{:016x}{:08x}", 1u64, 70_000);

@@ -77,8 +77,7 @@ pub struct Members {
 impl PartialEq for Members {
     /// Members whose snapshot bitmap cannot be read equal nothing.
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len
-            && matches!((self.bitmap(), other.bitmap()), (Ok(a), Ok(b)) if a == b)
+        self.len == other.len && matches!((self.bitmap(), other.bitmap()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
@@ -233,5 +232,91 @@ impl Members {
         self.base = Some(base);
         self.added = added;
         self.removed = removed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{CohortKey, Partner};
+    use crate::segment::fast::Uncached;
+    use crate::segment::Filter;
+    use crate::snapshot::format::{SectionKind, SnapshotWriter};
+    use crate::users::NewUser;
+    use crate::workspace::Workspace;
+
+    /// A snapshot of 1,000 users and one cohort (the even users) whose
+    /// bitmap no longer parses (its cookie is gone), every checksum
+    /// written again so that only reading the bitmap can tell.
+    fn unreadable() -> (Arc<Snapshot>, u64, Option<u32>) {
+        let mut ws = Workspace::new("w", 1);
+        for i in 0..1_000 {
+            let u = NewUser {
+                external_id: Some(format!("u{i}")),
+                ..NewUser::default()
+            };
+            ws.users.create(u).unwrap();
+        }
+        let key = CohortKey::new(Partner::Amplitude, "evens");
+        ws.cohorts.get_or_create(key).unwrap().0.members = (0..1_000u32).step_by(2).collect();
+        let bytes = crate::snapshot::writer::write(&ws, 1).unwrap();
+        let good = Snapshot::from_bytes(bytes.clone(), "good").unwrap();
+        let at = good.meta().unwrap().cohorts[0].offset as usize;
+        let mut w = SnapshotWriter::new();
+        for s in good.sections() {
+            let mut b = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+            if s.kind == SectionKind::Bitmaps {
+                b[at..at + 4].fill(0);
+            }
+            w.section(s.kind, &b).unwrap();
+        }
+        let snap = Snapshot::from_bytes(w.finish().unwrap(), "bad").unwrap();
+        (Arc::new(snap), 500, Some(998))
+    }
+
+    #[test]
+    fn a_bitmap_that_cannot_be_read_is_an_error_not_an_empty_set() {
+        let (snap, len, max) = unreadable();
+        assert!(BaseBitmap::new(snap.clone(), 0).is_err(), "refused at load");
+        // Made as if it had parsed at load: every use fails.
+        let base = BaseBitmap {
+            snap,
+            index: 0,
+            len,
+            max,
+        };
+        assert!(matches!(base.view(), Err(Error::Corrupt { .. })));
+        let mut m = Members::on_snapshot(base);
+        assert!(m.contains(0).is_err());
+        assert!(m.bitmap().is_err());
+        assert!(m.iter().is_err());
+        assert!(m.serialize_into(&mut Vec::new()).is_err());
+        assert!(m.apply([(1, false)]).is_err());
+        assert_eq!(m.len(), 500, "a failed apply changes nothing");
+        assert!(m.added().is_empty());
+
+        // A query over it answers an error, not a count of an empty set.
+        let mut ws = Workspace::new("w", 1);
+        for i in 0..1_000 {
+            let u = NewUser {
+                external_id: Some(format!("u{i}")),
+                ..NewUser::default()
+            };
+            ws.users.create(u).unwrap();
+        }
+        let key = CohortKey::new(Partner::Amplitude, "evens");
+        ws.cohorts.get_or_create(key).unwrap().0.members = m;
+        for f in [
+            Filter::excludes(Partner::Amplitude, "evens"),
+            Filter::And(vec![
+                Filter::includes(Partner::Amplitude, "evens"),
+                Filter::Bucket(crate::segment::BucketCmp::Lt(5_000)),
+            ]),
+        ] {
+            let n = crate::query::count(&ws, &Uncached, &f, false);
+            assert!(matches!(n, Err(Error::Corrupt { .. })), "{f}: {n:?}");
+            let b = crate::query::breakdown(&ws, &Uncached, &f);
+            assert!(matches!(b, Err(Error::Corrupt { .. })), "{f}: {b:?}");
+        }
     }
 }

@@ -913,9 +913,8 @@ impl Frozen {
                         cohorts.entry(c.key.clone()).or_insert_with(|| {
                             let m = &c.members;
                             let base = m.base_bitmap().cloned();
-                            let unchanged = base.is_some()
-                                && m.added().is_empty()
-                                && m.removed().is_empty();
+                            let unchanged =
+                                base.is_some() && m.added().is_empty() && m.removed().is_empty();
                             FrozenCohort {
                                 cardinality: c.len(),
                                 max_bound: m.max_bound(),
@@ -1098,7 +1097,14 @@ pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>
             let mut state = if and { Out::Full } else { Out::Empty };
             for (i, c) in checkers.iter().enumerate() {
                 let mut early = false;
-                let r = eval_root(c.node, key, &c.ctx, &mut a.child, &mut a.scratch, &mut early);
+                let r = eval_root(
+                    c.node,
+                    key,
+                    &c.ctx,
+                    &mut a.child,
+                    &mut a.scratch,
+                    &mut early,
+                );
                 let len = c.ctx.chunk_len(key);
                 a.own[i] += chunk_count(&r, &a.child, len);
                 state = extend_running(state, r, &mut a.run, &a.child, and);

@@ -1155,7 +1155,10 @@ mod tests {
             csv_field(&mut out, v);
             String::from_utf8(out).unwrap()
         };
-        assert_eq!(cell("=HYPERLINK(\"http://x\",\"y\")"), "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"");
+        assert_eq!(
+            cell("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
         assert_eq!(cell("=1+2"), "'=1+2");
         assert_eq!(cell("+33 1 23"), "'+33 1 23");
         assert_eq!(cell("-2"), "'-2");

@@ -61,11 +61,22 @@ fn demo_state_matches_the_wire_examples() {
     let named = |r: &str| ws.users.lookup(&UserRef::parse_cli(r).unwrap()).unwrap();
     assert!(c.members.contains(named("u-1").0).unwrap());
     assert!(c.members.contains(named("u-2").0).unwrap());
-    assert!(c.members.contains(named("alias:email:ann@example.com").0).unwrap());
-    assert!(!c.members.contains(named("u-3").0).unwrap(), "removed by 03");
-    assert!(c.members.contains(named("device_id:web-anon-42").0).unwrap());
+    assert!(c
+        .members
+        .contains(named("alias:email:ann@example.com").0)
+        .unwrap());
     assert!(
-        !c.members.contains(named("device_id:android-late-7").0).unwrap(),
+        !c.members.contains(named("u-3").0).unwrap(),
+        "removed by 03"
+    );
+    assert!(c
+        .members
+        .contains(named("device_id:web-anon-42").0)
+        .unwrap());
+    assert!(
+        !c.members
+            .contains(named("device_id:android-late-7").0)
+            .unwrap(),
         "a device of an identified user is refused"
     );
     assert!(c

@@ -178,6 +178,7 @@ fn members(engine: &Engine, workspace: &str, partner: Partner, cohort_id: &str) 
         .unwrap_or_else(|| panic!("no cohort {partner}/{cohort_id}"))
         .members
         .iter()
+        .expect("the cohort's bitmap reads")
         .collect()
 }
 

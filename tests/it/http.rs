@@ -653,6 +653,7 @@ pub fn members_on_disk(
     cohort
         .members
         .iter()
+        .expect("the cohort's bitmap reads")
         .map(|u| {
             w.users
                 .get(segq::UserId(u))

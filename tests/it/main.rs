@@ -16,6 +16,7 @@ mod layered;
 mod log;
 mod malformed;
 mod matching;
+mod query_safety;
 mod segment_parse;
 mod segments;
 mod server;

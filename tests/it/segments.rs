@@ -1722,3 +1722,246 @@ fn the_cli_counts_lists_and_checks_on_a_server_and_on_a_data_directory() {
     assert!(!missing.exists(), "a read command creates nothing");
     drop(token);
 }
+
+// ----- query safety: bounded filters, bound cursors, safe CSV, writers -----
+
+/// `n` tests of c-even, ORed: `n + 1` nodes.
+fn wide_or(n: usize) -> String {
+    vec!["amplitude_cohorts includes_value c-even"; n].join(" or ")
+}
+
+#[test]
+fn filters_past_max_filter_nodes_are_refused_on_every_endpoint() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let limit = s.engine().config().max_filter_nodes;
+    assert_eq!(limit, segment::DEFAULT_MAX_FILTER_NODES);
+    let over = wide_or(limit); // limit + 1 nodes
+    let at = wide_or(limit - 1);
+    let want = s.reference_count(&parse("amplitude_cohorts includes_value c-even"));
+
+    // At the limit: answered.
+    let r = s.ws_post("/segments/count", &json!({"filter": at}));
+    assert_eq!(r.expect(200)["count"], want);
+    let r = s.ws_post("/segments/breakdown", &json!({"filter": at}));
+    assert_eq!(
+        r.expect(200)["rows"].as_array().map(Vec::len),
+        Some(limit - 1)
+    );
+
+    let refused = |r: Resp, what: &str| {
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        let m = r.message();
+        assert!(
+            m.contains(&format!("{} nodes", limit + 1)) && m.contains(&format!("at most {limit}")),
+            "{what}: {m}"
+        );
+    };
+    refused(
+        s.ws_post("/segments/count", &json!({"filter": over})),
+        "count",
+    );
+    refused(
+        s.ws_post(
+            "/segments/count",
+            &json!({"filter": over, "estimate": true}),
+        ),
+        "estimate",
+    );
+    refused(
+        s.ws_post("/segments/breakdown", &json!({"filter": over})),
+        "breakdown",
+    );
+    refused(
+        s.ws_post("/segments/members", &json!({"filter": over})),
+        "members",
+    );
+    refused(
+        s.ws_post(
+            "/segments/check",
+            &json!({"filter": over, "user": {"external_id": "u2"}}),
+        ),
+        "check",
+    );
+    refused(
+        s.ws_post(
+            "/segments/check",
+            &json!({"filter": over, "users": [{"external_id": "u2"}, {"external_id": "u3"}]}),
+        ),
+        "check many",
+    );
+    refused(
+        s.ws_post(
+            "/users/segments",
+            &json!({"user": {"external_id": "u2"}, "filters": ["amplitude_cohorts includes_value c-vip", over]}),
+        ),
+        "users/segments",
+    );
+    refused(
+        s.ws_post("/segments", &json!({"name": "too big", "filter": over})),
+        "save",
+    );
+    let saved = s.ws_post("/segments", &json!({"name": "fine", "filter": at}));
+    let id = saved.expect(201)["id"].as_str().expect("an id").to_string();
+    refused(
+        s.put(
+            &format!("/workspaces/{WS}/segments/{id}"),
+            &json!({"filter": over}),
+        ),
+        "update",
+    );
+    assert_eq!(
+        s.ws_get(&format!("/segments/{id}/size")).expect(200)["count"],
+        want
+    );
+    assert_eq!(
+        s.ws_get("/segments").expect(200).as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_member_cursor_works_only_for_its_workspace_and_segment() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    // A second workspace with users of its own: the same filter reads there.
+    s.post("/admin/workspaces", &json!({"name": "beta"}))
+        .expect(201);
+    let beta = s.engine().workspace("beta").expect("beta");
+    beta.upsert_users((0..USERS).map(fixture_user).collect())
+        .expect("loads");
+    let text = "random_bucket < 5000";
+    let r = s.ws_post("/segments/members", &json!({"filter": text, "limit": 10}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let cursor = r.header("x-next-cursor").expect("more pages");
+
+    // On its own workspace: the next page.
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": text, "limit": 10, "cursor": cursor}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    // On another workspace, for the same filter: refused.
+    let r = s.post(
+        "/workspaces/beta/segments/members",
+        &json!({"filter": text, "limit": 10, "cursor": cursor}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.message().contains("another workspace"), "{}", r.message());
+    // Moved to another position, or its tag changed: refused.
+    let moved = format!("{:08x}{}", 20, &cursor[8..]);
+    let last = if cursor.ends_with('0') { "1" } else { "0" };
+    let retagged = format!("{}{last}", &cursor[..cursor.len() - 1]);
+    for bad in [moved, retagged] {
+        let r = s.ws_post(
+            "/segments/members",
+            &json!({"filter": text, "limit": 10, "cursor": bad}),
+        );
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert!(r.message().contains("altered"), "{}", r.message());
+    }
+}
+
+#[test]
+fn csv_exports_neutralise_cells_that_read_as_formulas() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let odd = [
+        "=HYPERLINK(\"http://evil.example\",\"x\")",
+        "+1-555-0100",
+        "-2+3",
+        "@SUM(A1)",
+        "\tx",
+    ];
+    let users: Vec<NewUser> = odd
+        .iter()
+        .enumerate()
+        .map(|(i, e)| NewUser {
+            external_id: Some(e.to_string()),
+            devices: Vec::new(),
+            aliases: vec![("label".into(), format!("={i}+1"))],
+            bucket: Some(0),
+        })
+        .collect();
+    let report = s.handle().upsert_users(users).expect("loads");
+    assert_eq!(report.created, odd.len() as u64, "{:?}", report.failed);
+    let r = s.ws_post(
+        "/segments/members",
+        &json!({"filter": "random_bucket < 1", "format": "csv", "fields": ["aliases"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let lines: Vec<&str> = r.text.lines().collect();
+    for want in [
+        "\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",,",
+        "'+1-555-0100,,",
+        "'-2+3,,",
+        "'@SUM(A1),,",
+        "'\tx,,",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "{want:?} in {lines:?}"
+        );
+    }
+    // No cell of the export starts with a formula character.
+    for l in &lines[1..] {
+        assert!(!l.starts_with(['=', '+', '-', '@', '\t']), "{l:?}");
+    }
+    // JSON Lines carry the values as they are.
+    let r = s.ws_post("/segments/members", &json!({"filter": "random_bucket < 1"}));
+    assert!(r.text.contains("\"external_id\":\"-2+3\""), "{}", r.text);
+}
+
+#[test]
+fn imports_complete_while_large_breakdowns_run() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let handle = s.handle();
+    let group = [
+        "amplitude_cohorts includes_value c-even",
+        "amplitude_cohorts includes_value c-third",
+        "mixpanel_cohorts includes_value m-power",
+    ]
+    .repeat(300)
+    .join(" or ");
+    let target = segq::server::segments::Target::Filter(parse(&group));
+    let before = segq::server::segments::breakdown(&handle, &target).expect("a breakdown");
+
+    // A frozen view holds no lock: an import completes while it exists,
+    // and the view still answers for the moment it was taken.
+    let (frozen, filter, generation) =
+        segq::server::segments::freeze(&handle, &target, false).expect("a view");
+    let r = s.partner(
+        "amplitude",
+        "/cohorts/users",
+        json!({"cohort_id": "c-even", "cohort_changes": [{"user_ids": ["u1"]}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, rows) = query::breakdown_in(&frozen, &filter).expect("a breakdown");
+    assert_eq!(json!(rows), before["rows"]);
+    assert_eq!(json!(generation), before["generation"]);
+    let after = segq::server::segments::breakdown(&handle, &target).expect("a breakdown");
+    assert_eq!(after["rows"][0]["count"], json!(USERS / 2 + 1));
+
+    // Breakdowns in a loop on one thread, imports on this one: both finish
+    // (a bounded number of each).
+    let h = handle.clone();
+    let t = target.clone();
+    let worker = std::thread::spawn(move || {
+        (0..5)
+            .map(|_| segq::server::segments::breakdown(&h, &t).map(|v| v["rows"].clone()))
+            .collect::<Vec<_>>()
+    });
+    for i in 0..20 {
+        let r = s.partner(
+            "amplitude",
+            "/cohorts/users",
+            json!({"cohort_id": "c-vip", "cohort_changes": [{"user_ids": [format!("u{}", 100 + i)]}]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    for rows in worker.join().expect("the breakdowns finish") {
+        // c-vip is not in the group: every breakdown sees the same rows.
+        assert_eq!(rows.expect("a breakdown"), after["rows"]);
+    }
+}

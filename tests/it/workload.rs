@@ -28,6 +28,7 @@ fn member_bitmaps(w: &Workload) -> Vec<roaring::RoaringBitmap> {
                 .unwrap()
                 .members
                 .bitmap()
+                .unwrap()
                 .into_owned()
         })
         .collect()
@@ -177,9 +178,10 @@ fn cohorts_are_within_their_density_bands() {
                 let expected_len = (target / 0.8 * n).round().max(1.0);
                 assert!((f64::from(len) - expected_len).abs() <= 1.0);
                 // Every member is in the band of consecutive signups ...
-                if let (Some(first), Some(last)) =
-                    (c.members.bitmap().unwrap().min(), c.members.bitmap().unwrap().max())
-                {
+                if let (Some(first), Some(last)) = (
+                    c.members.bitmap().unwrap().min(),
+                    c.members.bitmap().unwrap().max(),
+                ) {
                     assert!(
                         first >= start && last < start + len,
                         "cohort {}",
