@@ -97,6 +97,13 @@ pub enum Error {
     #[error("workspace {name:?} refuses writes until segq restarts: {reason}")]
     WorkspaceFailed { name: String, reason: String },
 
+    /// A change whose log record did not become durable (the disk refused
+    /// a write or fsync, or the log has not taken appends again since): it
+    /// was not applied, or was undone. The workspace takes writes again
+    /// once the disk does.
+    #[error("workspace {name:?} could not make the change durable, so it was not applied: {reason}; try again later")]
+    NotDurable { name: String, reason: String },
+
     #[error("change log: {0}")]
     Log(#[from] crate::log::LogError),
 

@@ -721,7 +721,10 @@ fn users_import(
     );
     bar.finish_and_clear();
     let totals = totals?;
-    engine.sync_all()?;
+    if let Err(failed) = engine.sync_all() {
+        eprintln!("segq: {failed}");
+        return Err(failed.into_first());
+    }
     // Synced: exit without freeing the in-memory state (see `serve`).
     std::mem::forget(engine);
     for e in &totals.errors {

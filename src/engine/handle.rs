@@ -8,12 +8,26 @@
 //! order is therefore apply order, and concurrent writers share fsyncs.
 //!
 //! A change is visible to queries from the moment it is applied, slightly
-//! before it is acknowledged; an acknowledged change is always visible. If
-//! a log write or fsync fails, the workspace refuses every later write
-//! (`Error::WorkspaceFailed`) until segq restarts and replays its log: after
-//! a failed fsync, what is on disk cannot be trusted to match memory.
+//! before it is acknowledged; an acknowledged change is always visible.
+//!
+//! If a log write or fsync fails, the log abandons the failed batch and
+//! everything submitted after it (see `crate::log`), and the changes of
+//! those records are undone before any of their writers is answered
+//! (`Error::NotDurable`, a 503): under the write lock, the state is
+//! rebuilt as start-up builds it, from the mapped snapshot and the durable
+//! records of the logs after it ([`WorkspaceHandle::restore`]). The log is
+//! then reset: cut back to its durable end, with a filler record for each
+//! abandoned seq and one for the undo itself, so that no seq a query may
+//! have reported as its generation is given to another change, and the
+//! state after the undo has a generation of its own. While the disk still
+//! refuses, the reset fails, and each write tries it again before it
+//! changes anything: the workspace takes writes again as soon as the disk
+//! does, without a restart. Only when the durable state cannot be read
+//! back does the workspace refuse writes until a restart
+//! (`Error::WorkspaceFailed`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
@@ -25,7 +39,7 @@ use crate::cohorts::{self, ChangeReport};
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef};
 use crate::import::{CohortRequest, UsersRequest};
-use crate::log::LogWriter;
+use crate::log::{LogError, LogWriter};
 use crate::segment::{self, Filter};
 use crate::users::{NewUser, Upserted};
 use crate::workspace::{SavedSegment, Workspace};
@@ -50,6 +64,12 @@ pub struct WorkspaceHandle {
     /// The current log; compaction replaces it by a fresh one.
     log: RwLock<Arc<LogWriter>>,
     failed: Mutex<Option<String>>,
+    /// Set (under the write lock) when memory holds a change the log will
+    /// never hold: the next [`Self::restore`] rebuilds the state.
+    stale: AtomicBool,
+    /// The log failure (`LogWriter::failure_id`) whose changes were last
+    /// undone, so a reset retried later does not undo them again.
+    undone: Mutex<Option<u64>>,
     bitmaps: crate::segment::fast::SerialCache,
     /// The workspace's folder.
     dir: PathBuf,
@@ -87,6 +107,8 @@ impl WorkspaceHandle {
             state: RwLock::new(ws),
             log: RwLock::new(Arc::new(log)),
             failed: Mutex::new(None),
+            stale: AtomicBool::new(false),
+            undone: Mutex::new(None),
             bitmaps: Default::default(),
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
         }
@@ -174,10 +196,19 @@ impl WorkspaceHandle {
         let (frozen, seq) = {
             let ws = self.read();
             let log = self.log();
+            if self.stale.load(Ordering::SeqCst) || log.is_poisoned() {
+                // Memory may hold a change that is not durable: it must
+                // not reach a snapshot. The writer undoing it is waiting.
+                return Err(Error::NotDurable {
+                    name: self.name.clone(),
+                    reason: "a change that is not durable is being undone".into(),
+                });
+            }
             let seq = log.next_seq().saturating_sub(1);
             if log.next_seq() > log.first_seq() {
-                log.wait_durable(seq)
-                    .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
+                // On a failure, the writers whose records failed undo them
+                // (they wait for this lock); the compaction just stops.
+                log.wait_durable(seq).map_err(|e| self.not_durable(&e))?;
                 let (path, writer) = compact::rotate(fs, &self.dir, seq)?;
                 *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
                 files.1.push(path);
@@ -258,39 +289,165 @@ impl WorkspaceHandle {
             .map_err(|_| self.fail("a writer panicked while changing the workspace".into()))
     }
 
+    /// The error for a change that did not become durable (and was, or
+    /// will be, undone). The reason names the failed operation and the
+    /// OS error, never a path.
+    fn not_durable(&self, e: &LogError) -> Error {
+        let reason = match e.commit_failure() {
+            Some((op, source)) => format!("the log {op} failed: {source}"),
+            None => match e {
+                LogError::PayloadTooLarge { .. } => e.to_string(),
+                _ => "the change log refused the record".to_string(),
+            },
+        };
+        Error::NotDurable {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Takes the write lock for a change, once the log takes appends:
+    /// undoes what a failed commit left in memory and resets the log first
+    /// (see [`Self::restore`]). Fails, changing nothing, while the log
+    /// cannot be reset (the disk still refuses).
+    fn write_lock_for_change(&self) -> Result<(RwLockWriteGuard<'_, Workspace>, Arc<LogWriter>)> {
+        // A commit may fail again between the reset and the lock: a few
+        // rounds, then the caller is told to come back.
+        for _ in 0..3 {
+            self.restore()?;
+            let ws = self.write_lock()?;
+            let log = self.log();
+            if !log.is_poisoned() {
+                return Ok((ws, log));
+            }
+        }
+        Err(Error::NotDurable {
+            name: self.name.clone(),
+            reason: "the log keeps failing".into(),
+        })
+    }
+
     /// Runs `f` under the write lock; `f` changes the state (or refuses,
     /// changing nothing) and returns the records to log, if any. Returns
     /// once they are durable.
     ///
-    /// Identifier and name lengths are bounded where they are checked, and
-    /// bulk loads split their records (see [`RECORD_BUDGET`]), so a record
-    /// always fits the log; should the log still refuse one, the workspace
-    /// is marked failed, since memory would hold a change the log does not.
+    /// A change whose record the log does not make durable (a failed
+    /// write or fsync, of its own batch or an earlier one, or a record the
+    /// log refuses) is undone before the error is returned: once a write
+    /// is refused, its change is not visible.
     pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&mut Workspace) -> Result<(T, Vec<Change>)>,
     ) -> Result<T> {
         self.check_failed()?;
         let (out, last, log) = {
-            let mut ws = self.write_lock()?;
-            let log = self.log();
+            let (mut ws, log) = self.write_lock_for_change()?;
             let (out, changes) = f(&mut ws)?;
             if changes.is_empty() {
                 return Ok(out);
             }
-            let payloads = changes
+            let submitted = changes
                 .iter()
                 .map(Change::encode)
                 .collect::<Result<Vec<_>>>()
-                .map_err(|e| self.fail(format!("a change applied but not logged: {e}")))?;
-            match log.submit_batch(&payloads) {
+                .and_then(|payloads| {
+                    log.submit_batch(&payloads)
+                        .map_err(|e| self.not_durable(&e))
+                });
+            match submitted {
                 Ok(seqs) => (out, seqs.end - 1, log),
-                Err(e) => return Err(self.fail(format!("a change applied but not logged: {e}"))),
+                Err(e) => {
+                    // Applied, never to be logged: undo it.
+                    self.stale.store(true, Ordering::SeqCst);
+                    drop(ws);
+                    self.restore()?;
+                    return Err(e);
+                }
             }
         };
-        log.wait_durable(last)
-            .map_err(|e| self.fail(format!("the log could not be made durable: {e}")))?;
+        if let Err(e) = log.wait_durable(last) {
+            let err = self.not_durable(&e);
+            self.restore()?;
+            return Err(err);
+        }
         Ok(out)
+    }
+
+    /// Makes memory equal the durable log again after a log failure (or a
+    /// change applied but never logged), and resets the log so that it
+    /// takes appends. Does nothing when all is well.
+    ///
+    /// Under the compaction lock and then the write lock: everything
+    /// submitted is made durable or fails; if memory may hold a change
+    /// that is not durable, the state is rebuilt from the snapshot and the
+    /// durable records (as at start-up) and one seq is burned for the undo;
+    /// then the log is reset. An error says the log still refuses (the
+    /// undo is done; the state is the durable one), or, as
+    /// `WorkspaceFailed`, that the durable state could not be read back.
+    fn restore(&self) -> Result<()> {
+        if !self.log().is_poisoned() && !self.stale.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Lock order: compaction lock, then the state. A running
+        // compaction finishes first (or stops at the failed log).
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ws = self.write_lock()?;
+        let log = self.log();
+        if let Some(last) = log.next_seq().checked_sub(1) {
+            if last >= log.first_seq() {
+                // Ok, or it failed and the log is poisoned now: either way
+                // nothing submitted is in flight any more.
+                let _ = log.wait_durable(last);
+            }
+        }
+        let failure = log.failure_id();
+        let mut undone = self.undone.lock().unwrap_or_else(|p| p.into_inner());
+        let undo = self.stale.load(Ordering::SeqCst) || (failure.is_some() && *undone != failure);
+        if undo {
+            let rebuilt = rebuild(&self.name, &self.dir, &files, &log, &ws).map_err(|e| {
+                self.fail(format!(
+                    "a change that is not durable could not be undone: {e}"
+                ))
+            })?;
+            *ws = rebuilt;
+            self.stale.store(false, Ordering::SeqCst);
+            if failure.is_some() {
+                *undone = failure;
+                log.burn_seq();
+            }
+        }
+        drop(undone);
+        log.reset(|seqs| {
+            Change::SeqsAbandoned {
+                first: seqs.start,
+                last: seqs.end.saturating_sub(1),
+            }
+            .encode()
+        })
+        .map_err(|e| match e {
+            Error::Log(e) => self.not_durable(&e),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    /// Makes every change submitted so far durable (shutdown). After a
+    /// log failure, undoes what is not durable and tries to reset the log
+    /// first; an error says what could not be made durable.
+    pub fn sync(&self) -> Result<()> {
+        self.check_failed()?;
+        self.restore()?;
+        let log = self.log();
+        if let Some(last) = log.next_seq().checked_sub(1) {
+            if last >= log.first_seq() {
+                if let Err(e) = log.wait_durable(last) {
+                    let err = self.not_durable(&e);
+                    self.restore()?;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `POST /partners/{partner}/cohorts`, after authorization. Returns
@@ -526,7 +683,9 @@ impl WorkspaceHandle {
     }
 
     /// A read view and the log sequence number of the last change it
-    /// holds: the generation a query was computed on.
+    /// holds: the generation a query was computed on. A change undone
+    /// after a log failure keeps its seq (never given to another change),
+    /// and the undone state gets a new one.
     pub fn view(&self) -> (RwLockReadGuard<'_, Workspace>, u64) {
         let ws = self.read();
         // Changes are applied and submitted under the write lock, so while
@@ -543,6 +702,7 @@ impl WorkspaceHandle {
     }
 
     /// Logs and applies a change computed by the engine (keys, partners).
+    /// On an error the change is not applied (or was undone).
     pub(crate) fn commit(&self, change: Change) -> Result<()> {
         self.write(|ws| {
             super::record::apply(ws, &change)?;
@@ -601,4 +761,80 @@ fn upsert_logged(ws: &mut Workspace, new: NewUser) -> Result<(Upserted, Option<C
         }
     };
     Ok((up, change))
+}
+
+/// The durable state of a workspace, rebuilt as start-up builds it: the
+/// snapshot of the manifest in force (the one `live` is served from, when
+/// it is that one) and the durable records of the logs after it, the last
+/// being `log`, the one in use. Called with the compaction lock (`files`)
+/// and the write lock held.
+fn rebuild(
+    name: &str,
+    dir: &Path,
+    files: &(Option<Manifest>, Vec<PathBuf>),
+    log: &LogWriter,
+    live: &Workspace,
+) -> Result<Workspace> {
+    let (manifest, chain) = files;
+    let mut ws = match manifest {
+        Some(m) => {
+            let mapped = live
+                .users
+                .snapshot()
+                .filter(|s| s.meta().is_ok_and(|meta| meta.seq == m.seq))
+                .cloned();
+            let snap = match mapped {
+                Some(s) => s,
+                None => Arc::new(compact::open_snapshot(dir, m)?),
+            };
+            let mut ws = crate::snapshot::Snapshot::load(snap)?;
+            ws.set_name(name);
+            Some(ws)
+        }
+        None => None,
+    };
+    let mut replay = |path: &str, seq: u64, payload: &[u8]| -> Result<()> {
+        let change = Change::decode(payload, path, seq)?;
+        match (&mut ws, change) {
+            (None, Change::WorkspaceCreated { seed, .. }) => {
+                ws = Some(Workspace::new(name, seed));
+                Ok(())
+            }
+            (None, other) => Err(Error::Corrupt {
+                path: path.to_string(),
+                reason: format!("the first record is {other:?}, not WorkspaceCreated"),
+            }),
+            (Some(w), change) => super::record::apply(w, &change).map_err(|e| Error::Corrupt {
+                path: path.to_string(),
+                reason: format!("record {seq} does not apply: {e}"),
+            }),
+        }
+    };
+    let (current, before) = chain.split_last().ok_or_else(|| Error::Corrupt {
+        path: dir.display().to_string(),
+        reason: "the workspace has no log".into(),
+    })?;
+    for path in before {
+        // Logs before the one in use are complete; read, never cut.
+        let shown = path.display().to_string();
+        let mut file = crate::log::FsFile::open(path).map_err(|source| Error::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        for r in LogWriter::scan(&mut file)?.records {
+            replay(&shown, r.seq, &r.payload)?;
+        }
+    }
+    let shown = current.display().to_string();
+    let mut failed = Ok(());
+    log.read_durable(&mut |seq, payload| {
+        if failed.is_ok() {
+            failed = replay(&shown, seq, payload);
+        }
+    })?;
+    failed?;
+    ws.ok_or_else(|| Error::Corrupt {
+        path: shown,
+        reason: "no WorkspaceCreated record is durable".into(),
+    })
 }

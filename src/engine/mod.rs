@@ -44,6 +44,36 @@ use crate::snapshot::Snapshot;
 use crate::workspace::Workspace;
 use record::{from_ms, to_ms};
 
+/// The workspaces whose changes [`Engine::sync_all`] could not make
+/// durable, each with its error.
+#[derive(Debug)]
+pub struct SyncFailed {
+    pub failures: Vec<(String, Error)>,
+}
+
+impl std::fmt::Display for SyncFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} workspace(s) not synced", self.failures.len())?;
+        for (name, e) in &self.failures {
+            write!(f, "; {name}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SyncFailed {}
+
+impl SyncFailed {
+    /// The first workspace's error (for a caller that reports one).
+    pub fn into_first(self) -> Error {
+        self.failures
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
+            .unwrap_or_else(|| Error::InvalidArgument("no workspace failed to sync".into()))
+    }
+}
+
 /// The log file of a workspace, inside its folder.
 pub const LOG_FILE: &str = "changes.segqlog";
 
@@ -679,11 +709,23 @@ impl Engine {
         };
         // Refuse the key before the change is durable: a key must never
         // work after its invalidation was acknowledged.
-        index.remove(&digest);
-        handle.commit(Change::KeyInvalidated {
+        let entry = index.remove(&digest);
+        let result = handle.commit(Change::KeyInvalidated {
             id: key_id.to_string(),
             at_ms: to_ms(Utc::now()),
-        })
+        });
+        if result.is_err() {
+            // Not durable, so undone: the key stays valid, as memory says.
+            let valid = handle
+                .read()
+                .keys
+                .get(key_id)
+                .is_some_and(|k| k.invalidated_at.is_none());
+            if let Some(entry) = entry.filter(|_| valid) {
+                index.insert(digest, entry);
+            }
+        }
+        result
     }
 
     /// Enables a partner for a workspace without generating a key.
@@ -737,20 +779,21 @@ impl Engine {
         })
     }
 
-    /// Waits until everything submitted to every log is durable (shutdown).
-    pub fn sync_all(&self) -> Result<()> {
+    /// Waits until everything submitted to every log is durable
+    /// (shutdown). Tries every workspace, and reports each one that failed.
+    pub fn sync_all(&self) -> Result<(), SyncFailed> {
         let all: Vec<Arc<WorkspaceHandle>> = {
             let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
             map.values().cloned().collect()
         };
-        for h in all {
-            let log = h.log();
-            if let Some(last) = log.next_seq().checked_sub(1) {
-                if last >= log.first_seq() {
-                    log.wait_durable(last)?;
-                }
-            }
+        let failures: Vec<(String, Error)> = all
+            .iter()
+            .filter_map(|h| h.sync().err().map(|e| (h.name().to_string(), e)))
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(SyncFailed { failures })
         }
-        Ok(())
     }
 }

@@ -88,6 +88,14 @@ pub enum Change {
     SegmentDeleted {
         id: String,
     },
+    /// Fills a seq given up after a failed log write or fsync: the records
+    /// `first..=last` were not made durable and their changes were undone
+    /// (`last` is the seq burned for the undo itself). Applies nothing;
+    /// every seq of the range carries one.
+    SeqsAbandoned {
+        first: u64,
+        last: u64,
+    },
 }
 
 fn config() -> bincode::config::Configuration {
@@ -270,6 +278,7 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
         Change::SegmentDeleted { id } => {
             ws.segments.remove(id);
         }
+        Change::SeqsAbandoned { .. } => {}
     }
     Ok(())
 }

@@ -87,12 +87,18 @@ pub enum LogError {
         next_seq: u64,
     },
 
-    /// The write or fsync of the batch holding this record failed. The
-    /// record is not acknowledged: after a restart it may or may not be in
-    /// the log. The writer is poisoned from now on.
+    /// The write or fsync of the batch holding this record failed, or the
+    /// record was submitted after such a batch: it is not durable and never
+    /// will be (its seq is abandoned, never handed out again). After a
+    /// crash the file may still hold part of it; recovery cuts what does
+    /// not follow the durable records, and [`LogWriter::reset`] cuts it
+    /// before anything else is appended. The writer refuses appends until
+    /// it is reset.
+    ///
+    /// [`LogWriter::reset`]: super::LogWriter::reset
     #[error(
         "{path}: log {op} failed for records {first_seq}..={last_seq}, which are not durable: \
-         {source}; the log is poisoned: restart and replay it"
+         {source}; the log refuses appends until it is reset at its durable end"
     )]
     CommitFailed {
         path: String,
@@ -103,13 +109,15 @@ pub enum LogError {
         source: Arc<io::Error>,
     },
 
-    /// An earlier write or fsync failed: after a failed fsync the file's
-    /// state cannot be trusted (the kernel may have dropped the dirty pages),
-    /// so every later append is refused until the process restarts and
-    /// replays the log.
+    /// An earlier write or fsync failed, and the log was not reset since:
+    /// the file may hold bytes of records that are not durable, so nothing
+    /// is appended until [`LogWriter::reset`] has cut the file back to its
+    /// durable end.
+    ///
+    /// [`LogWriter::reset`]: super::LogWriter::reset
     #[error(
-        "{path}: the log is poisoned since a {op} failed ({source}); \
-         no more records can be appended: restart and replay it"
+        "{path}: the log refuses appends since a {op} failed ({source}); \
+         it must be reset at its durable end first"
     )]
     Poisoned {
         path: String,
@@ -140,8 +148,20 @@ impl LogError {
         )
     }
 
-    /// True when the writer is poisoned (this error or any later append
-    /// will fail the same way): the process must restart and replay.
+    /// The failed operation and its I/O error, for the errors of a failed
+    /// commit (no path: fit for a message to a client).
+    pub fn commit_failure(&self) -> Option<(&'static str, &io::Error)> {
+        match self {
+            LogError::CommitFailed { op, source, .. } | LogError::Poisoned { op, source, .. } => {
+                Some((op, source))
+            }
+            _ => None,
+        }
+    }
+
+    /// True when a write or fsync of the log failed: the record is not
+    /// durable, and the writer refuses appends until it is
+    /// [reset](super::LogWriter::reset).
     pub fn is_poisoned(&self) -> bool {
         matches!(
             self,

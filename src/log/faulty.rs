@@ -11,10 +11,16 @@
 //! file. (If a truncation was not synced yet, keeping 0 unsynced bytes
 //! gives back the old, longer disk image; keeping some means the truncation
 //! reached the disk too.)
+//!
+//! [`DiskFull`] is a switch over any other [`LogFile`] (a real file
+//! included): while it is on, appends land part of their bytes and fail as
+//! on a full disk, or syncs fail; turned off, the file works again. Tests
+//! give it to an engine's workspace through the compaction's
+//! `Fs::create_log` seam.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::storage::LogFile;
 
@@ -273,6 +279,158 @@ impl LogFile for FaultyFile {
         s.low_water = s.low_water.min(len);
         s.op_done();
         Ok(())
+    }
+}
+
+/// A disk that can run full and be freed again, shared by the files it
+/// wraps ([`DiskFull::wrap`]). Cloning gives another handle to the same
+/// switch.
+#[derive(Clone, Debug, Default)]
+pub struct DiskFull {
+    inner: Arc<(Mutex<DiskState>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    refuse_writes: bool,
+    refuse_syncs: bool,
+    /// Syncs block while this is set.
+    hold_syncs: bool,
+    /// Syncs blocked now.
+    held: u64,
+    /// Appends and syncs refused so far.
+    refused: u64,
+}
+
+fn disk_full_error(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        format!("no space left on device (injected: {what})"),
+    )
+}
+
+impl DiskFull {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.inner.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// While on, every append lands the first half of its bytes and fails
+    /// with "no space left on device" (a torn write).
+    pub fn refuse_writes(&self, on: bool) {
+        self.lock().refuse_writes = on;
+    }
+
+    /// While on, every sync fails and syncs nothing (appends succeed).
+    pub fn refuse_syncs(&self, on: bool) {
+        self.lock().refuse_syncs = on;
+    }
+
+    /// While on, every sync waits (before it does anything) until it is
+    /// turned off: a test holds a commit in flight with it.
+    pub fn hold_syncs(&self, on: bool) {
+        self.lock().hold_syncs = on;
+        self.inner.1.notify_all();
+    }
+
+    /// Waits until `n` syncs are held, at most `timeout`; returns whether
+    /// they are.
+    pub fn wait_held(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.held < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .inner
+                .1
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// How many appends and syncs were refused so far.
+    pub fn refused(&self) -> u64 {
+        self.lock().refused
+    }
+
+    /// `file`, on this disk.
+    pub fn wrap<F: LogFile>(&self, file: F) -> OnDisk<F> {
+        OnDisk {
+            file,
+            disk: self.clone(),
+        }
+    }
+}
+
+/// A [`LogFile`] on a [`DiskFull`]: the wrapped file while the disk takes
+/// writes. Reads, lengths and truncation always go through, as on a full
+/// disk.
+#[derive(Debug)]
+pub struct OnDisk<F> {
+    file: F,
+    disk: DiskFull,
+}
+
+impl<F: LogFile> LogFile for OnDisk<F> {
+    fn name(&self) -> String {
+        self.file.name()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read_at(offset, buf)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        {
+            let mut s = self.disk.lock();
+            if s.refuse_writes {
+                s.refused += 1;
+                drop(s);
+                self.file.append(&bytes[..bytes.len() / 2])?;
+                return Err(disk_full_error("write"));
+            }
+        }
+        self.file.append(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        {
+            let mut s = self.disk.lock();
+            if s.hold_syncs {
+                s.held += 1;
+                self.disk.inner.1.notify_all();
+                while s.hold_syncs {
+                    s = self
+                        .disk
+                        .inner
+                        .1
+                        .wait(s)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                s.held -= 1;
+            }
+            if s.refuse_syncs {
+                s.refused += 1;
+                return Err(disk_full_error("sync"));
+            }
+        }
+        self.file.sync()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.truncate(len)
     }
 }
 

@@ -57,6 +57,12 @@
 //! groups: concurrent appends share one write and one fsync (see
 //! `writer.rs` for the protocol, the failure rules and the async story).
 //!
+//! After a failed write or fsync the writer refuses appends until
+//! [`LogWriter::reset`]: that cuts the file back to its durable length and
+//! writes an ordinary record (a payload its owner chooses) for each seq
+//! it abandoned, so seqs stay consecutive and the format is unchanged: a
+//! recovery reads the fillers as records like any other.
+//!
 //! # Storage
 //!
 //! The log reads and writes through the [`LogFile`] trait: [`FsFile`] is the
@@ -82,7 +88,7 @@ use std::io;
 use std::path::Path;
 
 pub use error::LogError;
-pub use faulty::{FaultStats, FaultyFile};
+pub use faulty::{DiskFull, FaultStats, FaultyFile, OnDisk};
 pub use format::{
     encode_record, Damage, Recovery, HEADER_LEN, MAGIC, MAX_PAYLOAD, RECORD_HEADER_LEN, VERSION,
 };

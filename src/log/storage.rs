@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 /// Contract: [`append`](LogFile::append) adds bytes at the end (they may
 /// sit in a cache); [`sync`](LogFile::sync) returns once every byte
 /// appended before it, and the current length, are durable. After an error
-/// from `append` or `sync` the log never trusts the file again (the writer
-/// is poisoned), so implementations need not leave it in a defined state.
+/// from `append` or `sync` the writer appends nothing until it has cut the
+/// file back to its durable length with [`truncate`](LogFile::truncate)
+/// and synced that, so `truncate`, `sync` and reads must keep working on
+/// a file whose last append or sync failed (as on a full disk).
 pub trait LogFile: Send {
     /// A name for error messages: the path, or `memory:NAME`.
     fn name(&self) -> String;

@@ -24,12 +24,24 @@
 //!    one record and the rest: 8 appenders averaged about 4 records per
 //!    fsync in the tests; with it, about 7).
 //! 3. *Failure*: if the write or the sync fails, the writer is poisoned:
-//!    every waiter whose record is not durable gets an error
-//!    ([`LogError::CommitFailed`] for records in or before the failed batch,
-//!    [`LogError::Poisoned`] for the rest) and every later append fails. A
-//!    record is acknowledged (its `append` returns `Ok`) only after a sync
-//!    that covered it succeeded. An error does not say the record is absent:
-//!    a record that got an error may still be found by the next recovery.
+//!    the failed batch and every record submitted after it are abandoned
+//!    (their waiters get [`LogError::CommitFailed`]; their seqs are never
+//!    handed out again, nor acknowledged later), and every later submit
+//!    fails with [`LogError::Poisoned`] until the owner calls
+//!    [`reset`](LogWriter::reset). A record is acknowledged (its `append`
+//!    returns `Ok`) only after a sync that covered it succeeded.
+//! 4. *Reset*: cuts the file back to its durable length (the bytes of the
+//!    failed batch, whole or torn, go) and syncs the cut, appends one filler record per
+//!    abandoned seq (a payload the owner chooses, saying they were
+//!    abandoned: the log's seqs stay consecutive, and a recovery or replay
+//!    reads them as ordinary records), and syncs. Only then does the
+//!    writer take appends again, counting on from where it stopped. If the
+//!    disk still refuses, the file is cut back again and the writer stays
+//!    poisoned: reset can be retried. Until a reset succeeds, a crash may
+//!    leave part of a failed record in the file; recovery cuts it, since
+//!    it does not follow the durable records (or replays it whole, if a
+//!    write reached the disk whose sync failed: as for any crash, a record
+//!    that got an error may still be found by the next recovery).
 //!
 //! # Async callers
 //!
@@ -89,19 +101,39 @@ struct State {
     next_seq: u64,
     /// Every seq below this is durable.
     durable_end: u64,
+    /// Length of the file up to the last durable record: where a reset
+    /// cuts it.
+    durable_len: u64,
     /// Encoded records with seqs from the end of the running commit (or
     /// `durable_end`) up to `next_seq`.
     pending: Vec<Vec<u8>>,
     committing: bool,
     poison: Option<Poison>,
+    /// The seqs given up by failed commits, oldest first: never
+    /// acknowledged, even once later seqs are durable.
+    abandoned: Vec<Abandoned>,
     stats: WriterStats,
 }
 
 struct Poison {
     op: &'static str,
     source: Arc<io::Error>,
-    /// Seqs `durable_end..batch_end` were in or before the failed batch.
-    batch_end: u64,
+    /// Identifies this failure among all failures of all writers.
+    id: u64,
+}
+
+struct Abandoned {
+    seqs: Range<u64>,
+    op: &'static str,
+    source: Arc<io::Error>,
+}
+
+/// Numbers failures, so that an owner can tell whether it has handled
+/// the current one already (see [`LogWriter::failure_id`]).
+static FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_failure_id() -> u64 {
+    FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl LogWriter {
@@ -119,7 +151,13 @@ impl LogWriter {
             .map_err(|e| LogError::io(&path, "write header", e))?;
         file.sync()
             .map_err(|e| LogError::io(&path, "sync header", e))?;
-        Ok(Self::from_parts(Box::new(file), path, first_seq, first_seq))
+        Ok(Self::from_parts(
+            Box::new(file),
+            path,
+            first_seq,
+            first_seq,
+            format::HEADER_LEN,
+        ))
     }
 
     /// Opens an existing log: checks the header, reads every good record,
@@ -184,6 +222,7 @@ impl LogWriter {
             path,
             recovery.first_seq,
             recovery.next_seq(),
+            recovery.valid_len,
         ))
     }
 
@@ -201,7 +240,13 @@ impl LogWriter {
         Ok(Replay { records, recovery })
     }
 
-    fn from_parts(file: Box<dyn LogFile>, path: String, first_seq: u64, next_seq: u64) -> Self {
+    fn from_parts(
+        file: Box<dyn LogFile>,
+        path: String,
+        first_seq: u64,
+        next_seq: u64,
+        durable_len: u64,
+    ) -> Self {
         LogWriter {
             path,
             first_seq,
@@ -209,9 +254,11 @@ impl LogWriter {
                 file: Some(file),
                 next_seq,
                 durable_end: next_seq,
+                durable_len,
                 pending: Vec::new(),
                 committing: false,
                 poison: None,
+                abandoned: Vec::new(),
                 stats: WriterStats::default(),
             }),
             committed: Condvar::new(),
@@ -274,7 +321,8 @@ impl LogWriter {
 
     /// Blocks until the record with this seq (and every earlier one) is
     /// durable, leading a commit if none is running. Seqs below the log's
-    /// first seq are durable by definition.
+    /// first seq are durable by definition. A seq abandoned by a failed
+    /// commit gets [`LogError::CommitFailed`], also after a reset.
     pub fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
         let mut st = self.lock();
         if seq >= st.next_seq {
@@ -286,21 +334,22 @@ impl LogWriter {
         }
         let mut yielded = false;
         loop {
+            if let Some(a) = st.abandoned.iter().rev().find(|a| a.seqs.contains(&seq)) {
+                return Err(LogError::CommitFailed {
+                    path: self.path.clone(),
+                    op: a.op,
+                    first_seq: a.seqs.start,
+                    last_seq: a.seqs.end - 1,
+                    source: a.source.clone(),
+                });
+            }
             if seq < st.durable_end {
                 return Ok(());
             }
             if let Some(p) = &st.poison {
-                return Err(if seq < p.batch_end {
-                    LogError::CommitFailed {
-                        path: self.path.clone(),
-                        op: p.op,
-                        first_seq: st.durable_end,
-                        last_seq: p.batch_end - 1,
-                        source: p.source.clone(),
-                    }
-                } else {
-                    self.poisoned(p)
-                });
+                // Only a seq burned for an undo can get here: nobody waits
+                // for those.
+                return Err(self.poisoned(p));
             }
             if st.committing {
                 st = self
@@ -328,16 +377,16 @@ impl LogWriter {
     fn commit<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let Some(mut file) = st.file.take() else {
             // Only possible after a leader panicked; that poisoned the log.
-            let batch_end = st.next_seq;
-            st.poison.get_or_insert_with(|| Poison {
-                op: "commit",
-                source: Arc::new(io::Error::other("the log file was lost")),
-                batch_end,
-            });
+            self.fail_pending(
+                &mut st,
+                "commit",
+                Arc::new(io::Error::other("the log file was lost")),
+            );
             return st;
         };
         let batch = mem::take(&mut st.pending);
         let batch_end = st.next_seq;
+        let batch_len: u64 = batch.iter().map(|r| r.len() as u64).sum();
         st.committing = true;
         drop(st);
 
@@ -356,17 +405,178 @@ impl LogWriter {
                 st.stats.commits += 1;
                 st.stats.records += batch.len() as u64;
                 st.durable_end = batch_end;
+                st.durable_len += batch_len;
             }
-            Err((op, source)) => {
-                st.poison = Some(Poison {
-                    op,
-                    source: Arc::new(source),
-                    batch_end,
-                });
-            }
+            Err((op, source)) => self.fail_pending(&mut st, op, Arc::new(source)),
         }
         self.committed.notify_all();
         st
+    }
+
+    /// Poisons the writer after a failed commit: every seq not durable is
+    /// abandoned, and what is pending is dropped.
+    fn fail_pending(&self, st: &mut State, op: &'static str, source: Arc<io::Error>) {
+        st.pending.clear();
+        if st.durable_end < st.next_seq {
+            let seqs = st.durable_end..st.next_seq;
+            st.abandoned.push(Abandoned {
+                seqs,
+                op,
+                source: source.clone(),
+            });
+        }
+        if st.poison.is_none() {
+            st.poison = Some(Poison {
+                op,
+                source,
+                id: next_failure_id(),
+            });
+        }
+    }
+
+    /// Identifies the failure the writer is poisoned by, `None` when it is
+    /// not: an owner that undid the changes of the abandoned records keeps
+    /// it, so that it undoes them once however often it retries a reset.
+    pub fn failure_id(&self) -> Option<u64> {
+        self.lock().poison.as_ref().map(|p| p.id)
+    }
+
+    /// While the writer is poisoned, hands out one more seq that no record
+    /// will carry (the reset fills it with a filler) and returns it. The
+    /// owner takes one after undoing the abandoned changes, so that the
+    /// undone state has a seq of its own, never reported for another
+    /// state. `None` when the writer is not poisoned.
+    pub fn burn_seq(&self) -> Option<u64> {
+        let mut st = self.lock();
+        st.poison.as_ref()?;
+        let seq = st.next_seq;
+        st.next_seq = seq.checked_add(1)?;
+        Some(seq)
+    }
+
+    /// Makes a poisoned writer take appends again (see the module
+    /// documentation): cuts the file to its durable length, appends one
+    /// record with `filler(abandoned)` as payload for each seq not durable
+    /// (abandoned or burned) and syncs. Returns those seqs; the next record
+    /// gets the seq after them. A writer that is not poisoned is left
+    /// alone (an empty range). On an error the file is cut back again, as
+    /// far as the disk allows, and the writer stays poisoned: call again
+    /// later. An error of `filler` is returned as it is, nothing done.
+    pub fn reset<E: From<LogError>>(
+        &self,
+        filler: impl FnOnce(Range<u64>) -> Result<Vec<u8>, E>,
+    ) -> Result<Range<u64>, E> {
+        let mut st = self.lock();
+        while st.committing {
+            st = self
+                .committed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if st.poison.is_none() {
+            return Ok(st.next_seq..st.next_seq);
+        }
+        let seqs = st.durable_end..st.next_seq;
+        let payload = filler(seqs.clone())?;
+        let mut bytes = Vec::new();
+        for seq in seqs.clone() {
+            bytes.extend(PreparedRecord::new(&payload)?.seal(seq));
+        }
+        let durable_len = st.durable_len;
+        let Some(file) = st.file.as_mut() else {
+            return Err(self.file_lost(None).into());
+        };
+        // The cut is synced on its own first: a crash from here on finds
+        // no byte of an abandoned record, whatever becomes of the fillers.
+        let result = file
+            .truncate(durable_len)
+            .map_err(|e| ("truncate", e))
+            .and_then(|()| file.sync().map_err(|e| ("sync", e)))
+            .and_then(|()| write_and_sync(&mut **file, std::slice::from_ref(&bytes)));
+        if result.is_err() {
+            // Leave no filler bytes behind: the next reset starts from the
+            // durable length again.
+            let _ = file.truncate(durable_len).and_then(|()| file.sync());
+        }
+        match result {
+            Ok(()) => {
+                st.durable_end = seqs.end;
+                st.durable_len += bytes.len() as u64;
+                st.poison = None;
+                st.stats.commits += 1;
+                st.stats.records += seqs.end - seqs.start;
+                Ok(seqs)
+            }
+            Err((op, source)) => {
+                let source = Arc::new(source);
+                if let Some(p) = st.poison.as_mut() {
+                    p.op = op;
+                    p.source = source.clone();
+                }
+                Err(LogError::Poisoned {
+                    path: self.path.clone(),
+                    op,
+                    source,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Reads back the records of this file that are durable, in order,
+    /// handing each to `visit` (for an owner that rebuilds its state after
+    /// a failure). Waits for a running commit to end; appends wait while it
+    /// reads. Fails if the durable part does not read back whole.
+    pub fn read_durable(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<(), LogError> {
+        let mut st = self.lock();
+        while st.committing {
+            st = self
+                .committed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let State {
+            file,
+            durable_len,
+            durable_end,
+            poison,
+            ..
+        } = &mut *st;
+        let (durable_len, durable_end) = (*durable_len, *durable_end);
+        let Some(file) = file.as_mut() else {
+            return Err(self.file_lost(poison.as_ref()));
+        };
+        let mut prefix = Prefix {
+            file: &mut **file,
+            len: durable_len,
+        };
+        let recovery = format::scan(&mut prefix, &self.path, visit)?;
+        if recovery.valid_len != durable_len || recovery.next_seq() != durable_end {
+            return Err(LogError::io(
+                &self.path,
+                "read back",
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the durable records end at seq {} and offset {durable_len}, \
+                         but they read back as {recovery}",
+                        durable_end.saturating_sub(1)
+                    ),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn file_lost(&self, poison: Option<&Poison>) -> LogError {
+        match poison {
+            Some(p) => self.poisoned(p),
+            None => LogError::io(
+                &self.path,
+                "commit",
+                io::Error::other("the log file was lost"),
+            ),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -404,7 +614,8 @@ impl LogWriter {
         (end > self.first_seq).then(|| end - 1)
     }
 
-    /// True after a failed write or sync: every append fails from now on.
+    /// True after a failed write or sync, until a successful
+    /// [`reset`](Self::reset): every append fails meanwhile.
     pub fn is_poisoned(&self) -> bool {
         self.lock().poison.is_some()
     }
@@ -459,13 +670,44 @@ impl Drop for PanicGuard<'_> {
         if self.armed {
             let mut st = self.writer.lock();
             st.committing = false;
-            let batch_end = st.next_seq;
-            st.poison.get_or_insert_with(|| Poison {
-                op: "commit",
-                source: Arc::new(io::Error::other("a thread panicked while committing")),
-                batch_end,
-            });
+            // The file went with the panicking leader: the writer stays
+            // poisoned (a reset finds no file).
+            self.writer.fail_pending(
+                &mut st,
+                "commit",
+                Arc::new(io::Error::other("a thread panicked while committing")),
+            );
             self.writer.committed.notify_all();
         }
+    }
+}
+
+/// The first `len` bytes of a file, read-only: what a scan of the durable
+/// records sees.
+struct Prefix<'a> {
+    file: &'a mut dyn LogFile,
+    len: u64,
+}
+
+impl LogFile for Prefix<'_> {
+    fn name(&self) -> String {
+        self.file.name()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.len()?.min(self.len))
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.len.saturating_sub(offset);
+        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.file.read_at(offset, &mut buf[..n])
+    }
+    fn append(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("read-only view of a log"))
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Err(io::Error::other("read-only view of a log"))
+    }
+    fn truncate(&mut self, _: u64) -> io::Result<()> {
+        Err(io::Error::other("read-only view of a log"))
     }
 }

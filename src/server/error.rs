@@ -118,7 +118,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::FilterTooLarge { .. }
         | Error::InvalidWorkspaceName { .. }
         | Error::InvalidCursor(_) => StatusCode::BAD_REQUEST,
-        Error::WorkspaceFailed { .. } | Error::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::WorkspaceFailed { .. } | Error::NotDurable { .. } | Error::Locked { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Log(_) | Error::Corrupt { .. } | Error::Config { .. } | Error::Io { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -277,6 +279,13 @@ mod tests {
                 Error::WorkspaceFailed {
                     name: "acme".into(),
                     reason: "fsync failed".into(),
+                },
+                503,
+            ),
+            (
+                Error::NotDurable {
+                    name: "acme".into(),
+                    reason: "the log write failed: No space left on device (os error 28)".into(),
                 },
                 503,
             ),

@@ -521,7 +521,7 @@ fn a_flipped_byte_in_the_header_is_a_clear_error() {
 }
 
 #[test]
-fn a_failed_sync_poisons_the_writer() {
+fn a_failed_sync_poisons_the_writer_until_it_is_reset() {
     let f = FaultyFile::named("sync-fails");
     let w = LogWriter::create(f.clone(), 1).unwrap(); // sync #1
     assert_eq!(w.append(b"one").unwrap(), 1); // sync #2
@@ -539,7 +539,7 @@ fn a_failed_sync_poisons_the_writer() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("restart and replay"), "{err}");
+    assert!(err.to_string().contains("until it is reset"), "{err}");
     assert!(w.is_poisoned());
     for _ in 0..3 {
         let err = w.append(b"three").unwrap_err();
@@ -554,6 +554,11 @@ fn a_failed_sync_poisons_the_writer() {
     w.wait_durable(1).unwrap(); // still durable
     assert_eq!(w.durable_seq(), Some(1));
     assert_eq!(f.stats().syncs, 3, "nothing was tried after the poison");
+    // The failed record is never acknowledged.
+    assert!(matches!(
+        w.wait_durable(2),
+        Err(LogError::CommitFailed { first_seq: 2, .. })
+    ));
 
     // Whatever the failed sync left, a restart finds "one", maybe "two",
     // never "three".
@@ -723,4 +728,121 @@ fn real_files_that_are_not_logs_are_refused_with_their_path() {
     let err = open_file(&missing).unwrap_err();
     assert!(matches!(err, LogError::Io { op: "open", .. }), "{err}");
     assert!(err.to_string().contains("missing.log"));
+}
+
+/// After a failed commit, a reset cuts the file back to its durable end
+/// (the failed records' bytes go), fills every abandoned seq, and one
+/// burned for an undo, with a filler record, and the writer counts on: no
+/// seq is handed out twice, none abandoned is ever acknowledged. A reset
+/// the disk refuses leaves the writer poisoned, to be tried again.
+#[test]
+fn a_reset_cuts_the_failed_records_and_fills_their_seqs_and_appends_go_on() {
+    let f = FaultyFile::named("reset");
+    let w = LogWriter::create(f.clone(), 1).unwrap(); // write 1, sync 1
+    w.append(b"one").unwrap(); // write 2, sync 2
+    let durable = f.durable();
+    f.fail_write(3, 7);
+    let a = w.submit(b"two").unwrap();
+    let b = w.submit(b"three").unwrap();
+    assert_eq!((a, b), (2, 3));
+    for seq in [a, b] {
+        let err = w.wait_durable(seq).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::CommitFailed {
+                    op: "write",
+                    first_seq: 2,
+                    last_seq: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    assert!(matches!(w.submit(b"x"), Err(LogError::Poisoned { .. })));
+    let id = w.failure_id().expect("poisoned");
+
+    // The disk still refuses: the reset fails, the file is cut back.
+    f.fail_sync(4); // sync 3 syncs the cut, sync 4 the fillers
+    let err = w.reset(|_| Ok::<_, LogError>(b"gap".to_vec())).unwrap_err();
+    assert!(err.is_poisoned(), "{err}");
+    assert!(w.is_poisoned());
+    assert_eq!(w.failure_id(), Some(id), "the same failure");
+    assert_eq!(f.contents(), durable, "no byte of a failed record is left");
+    assert_eq!(f.durable(), durable);
+
+    // An undo takes a seq of its own; then the reset goes through.
+    assert_eq!(w.burn_seq(), Some(4));
+    let filled = w
+        .reset(|seqs| {
+            assert_eq!(seqs, 2..5);
+            Ok::<_, LogError>(b"gap".to_vec())
+        })
+        .unwrap();
+    assert_eq!(filled, 2..5);
+    assert!(!w.is_poisoned());
+    assert_eq!(w.failure_id(), None);
+    assert_eq!(w.burn_seq(), None, "nothing to burn on a healthy log");
+    assert_eq!(w.append(b"four").unwrap(), 5);
+    assert!(
+        matches!(w.wait_durable(a), Err(LogError::CommitFailed { .. })),
+        "an abandoned seq is never acknowledged, even below the durable end"
+    );
+    w.wait_durable(4).unwrap();
+    assert_eq!(w.durable_seq(), Some(5));
+
+    let mut read = Vec::new();
+    w.read_durable(&mut |seq, p| read.push((seq, p.to_vec())))
+        .unwrap();
+    let want: Vec<(u64, Vec<u8>)> = vec![
+        (1, b"one".to_vec()),
+        (2, b"gap".to_vec()),
+        (3, b"gap".to_vec()),
+        (4, b"gap".to_vec()),
+        (5, b"four".to_vec()),
+    ];
+    assert_eq!(read, want);
+    let (_, r) = reboot(f.crash(0));
+    let replay = r.unwrap().1;
+    assert!(replay.recovery.is_clean());
+    assert_eq!(seqs_and_payloads(&replay), want);
+}
+
+/// A crash at any point of a reset (after a failed sync) finds the
+/// durable records, perhaps the fillers, never a failed record.
+#[test]
+fn a_crash_during_a_reset_never_brings_back_a_failed_record() {
+    let setup = || {
+        let f = FaultyFile::named("reset-crash");
+        let w = LogWriter::create(f.clone(), 1).unwrap();
+        w.append(b"one").unwrap();
+        f.fail_sync(3);
+        assert!(w.append(b"two").is_err());
+        (f, w)
+    };
+    let (f, w) = setup();
+    let before = f.stats().ops;
+    w.reset(|_| Ok::<_, LogError>(b"gap".to_vec())).unwrap();
+    let ops = f.stats().ops - before;
+    assert!(ops >= 4, "cut, sync, fillers, sync: {ops}");
+    for k in 1..=ops {
+        let (f, w) = setup();
+        f.crash_after_ops(f.stats().ops + k);
+        let _ = w.reset(|_| Ok::<_, LogError>(b"gap".to_vec()));
+        for keep in 0..=f.unsynced_len() {
+            let (_, r) = reboot(f.crash(keep));
+            let payloads: Vec<Vec<u8>> = r
+                .unwrap()
+                .1
+                .records
+                .into_iter()
+                .map(|r| r.payload)
+                .collect();
+            assert!(
+                payloads == [b"one".to_vec()] || payloads == [b"one".to_vec(), b"gap".to_vec()],
+                "crash after op {k} of the reset, {keep} unsynced bytes kept: {payloads:?}"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod cohorts;
 mod compaction;
 mod crash;
 mod demo;
+mod disk_full;
 mod engine;
 mod eval;
 mod eval_props;
