@@ -85,6 +85,12 @@ pub enum Error {
     #[error("invalid workspace name {name:?}: expected 1 to 64 letters, digits, '_' or '-'")]
     InvalidWorkspaceName { name: String },
 
+    #[error("invalid workspace name {name:?}: a device name Windows reserves (con, prn, aux, nul, com0-com9, lpt0-lpt9, in any case) cannot name a folder")]
+    ReservedWorkspaceName { name: String },
+
+    #[error("workspace name {name:?} differs only in case from workspace {existing:?}; on a case-insensitive file system both would be one folder")]
+    WorkspaceNameClash { name: String, existing: String },
+
     #[error("no data import key {id:?} in this workspace")]
     UnknownKey { id: String },
 

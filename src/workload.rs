@@ -401,6 +401,7 @@ pub fn write_snapshot<W: std::io::Write>(
         enabled_partners: Vec::new(),
         data_points: Vec::new(),
         segments: Vec::new(),
+        ext: Default::default(),
     };
     let meta = bincode::serde::encode_to_vec(&meta, bincode::config::standard())
         .map_err(|e| Error::InvalidArgument(format!("encoding the snapshot meta: {e}")))?;

@@ -25,6 +25,10 @@ pub struct KeyRecord {
     pub prefix: String,
     pub created_at: DateTime<Utc>,
     pub invalidated_at: Option<DateTime<Utc>>,
+    /// The key's last use as logged: to the minute, the last time it
+    /// passed `Engine::authorize` (`None`: never, or not since it was
+    /// logged).
+    pub last_used: Option<DateTime<Utc>>,
 }
 
 /// A named segment the workspace keeps. Its filter names cohorts by

@@ -103,9 +103,8 @@ impl Config {
         }
     }
 
-    /// Loads `path`, or writes a generated configuration there if the file
-    /// does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Config> {
+    /// Loads `path`; `None` if the file does not exist. Creates nothing.
+    pub fn load_existing(path: &Path) -> Result<Option<Config>> {
         let shown = path.display().to_string();
         match std::fs::read(path) {
             Ok(bytes) => {
@@ -114,9 +113,23 @@ impl Config {
                     reason: e.to_string(),
                 })?;
                 c.check(&shown)?;
-                Ok(c)
+                Ok(Some(c))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    /// Loads `path`, or writes a generated configuration there if the file
+    /// does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Config> {
+        let shown = path.display().to_string();
+        match Self::load_existing(path) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => {
                 let c = Config::generate();
                 let text = serde_json::to_vec_pretty(&c).map_err(|e| Error::Config {
                     path: shown.clone(),
@@ -125,10 +138,7 @@ impl Config {
                 write_atomically(path, &text)?;
                 Ok(c)
             }
-            Err(source) => Err(Error::Io {
-                path: shown,
-                source,
-            }),
+            Err(e) => Err(e),
         }
     }
 

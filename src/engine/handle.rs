@@ -57,7 +57,9 @@ pub struct BatchReport {
     pub failed: Vec<(usize, String)>,
 }
 
-/// One workspace, shared by the server's tasks.
+/// One workspace, shared by the server's tasks. Its locks are taken in the
+/// order `files`, `state`, `log`, then the small mutexes (`failed`,
+/// `compacted_at`, `key_uses`), after any engine lock (see `super`).
 pub struct WorkspaceHandle {
     name: String,
     state: RwLock<Workspace>,
@@ -81,6 +83,9 @@ pub struct WorkspaceHandle {
     compacted_at: Mutex<std::time::Instant>,
     /// The most nodes a segment filter may have (`max_filter_nodes`).
     max_filter_nodes: usize,
+    /// Key uses to log with the next write (`Change::KeyUsed`), by key id:
+    /// milliseconds since the epoch.
+    key_uses: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -111,6 +116,7 @@ impl WorkspaceHandle {
             undone: Mutex::new(None),
             bitmaps: Default::default(),
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
+            key_uses: Mutex::default(),
         }
     }
 
@@ -127,6 +133,43 @@ impl WorkspaceHandle {
         crate::segment::check_size(filter, self.max_filter_nodes)
     }
 
+    /// Refuses every later write, saying why (a read-only engine).
+    pub(crate) fn refuse_writes(&self, reason: &str) {
+        let _ = self.fail(reason.to_string());
+    }
+
+    /// Notes that data import key `id` was used at `at_ms`, to be logged
+    /// with the next write of the workspace (or at shutdown, see
+    /// [`Self::log_key_uses`]): no fsync of its own.
+    pub(crate) fn note_key_used(&self, id: &str, at_ms: i64) {
+        let mut uses = self.key_uses.lock().unwrap_or_else(|p| p.into_inner());
+        let at = uses.entry(id.to_string()).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+    }
+
+    /// The noted key uses as changes, applied to `ws` (under the write
+    /// lock); a use of a key the workspace does not hold is dropped.
+    fn take_key_uses(&self, ws: &mut Workspace) -> Vec<Change> {
+        let uses = std::mem::take(&mut *self.key_uses.lock().unwrap_or_else(|p| p.into_inner()));
+        uses.into_iter()
+            .map(|(id, at_ms)| Change::KeyUsed { id, at_ms })
+            .filter(|c| super::record::apply(ws, c).is_ok())
+            .collect()
+    }
+
+    /// Logs the noted key uses now, if any (shutdown).
+    pub(crate) fn log_key_uses(&self) -> Result<()> {
+        let pending = !self
+            .key_uses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if !pending || self.check_failed().is_err() {
+            return Ok(());
+        }
+        self.write(|ws| Ok(((), self.take_key_uses(ws))))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -141,6 +184,11 @@ impl WorkspaceHandle {
 
     pub(crate) fn log(&self) -> Arc<LogWriter> {
         self.log.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The commits and records of the current log since it was opened.
+    pub fn log_stats(&self) -> crate::log::WriterStats {
+        self.log().stats()
     }
 
     /// The manifest in force, if the workspace was ever compacted.
@@ -342,10 +390,12 @@ impl WorkspaceHandle {
         self.check_failed()?;
         let (out, last, log) = {
             let (mut ws, log) = self.write_lock_for_change()?;
-            let (out, changes) = f(&mut ws)?;
+            let (out, mut changes) = f(&mut ws)?;
             if changes.is_empty() {
                 return Ok(out);
             }
+            // Key uses ride along: no fsync of their own.
+            changes.extend(self.take_key_uses(&mut ws));
             let submitted = changes
                 .iter()
                 .map(Change::encode)

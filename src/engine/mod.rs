@@ -3,15 +3,40 @@
 //! admin token and the data import keys.
 //!
 //! ```text
-//! DATA/
-//!   segq.json                 configuration (partner_api_keys, limits)
-//!   admin-token.sha256        hex SHA-256 of the admin bearer token
+//! DATA/                       0700 (Unix), like every folder below
+//!   segq.json                 configuration (partner_api_keys, limits), 0600
+//!   admin-token.sha256        hex SHA-256 of the admin bearer token, 0600
 //!   workspaces/NAME/
 //!     changes.segqlog         the workspace's change log (see crate::log)
 //! ```
 //!
 //! Every method may wait for an fsync: async callers run them on a blocking
 //! thread.
+//!
+//! # Lock order
+//!
+//! A thread that holds more than one lock took them in this order, and
+//! never takes an engine lock while it holds a workspace's:
+//!
+//! 1. `Engine::workspaces` (the table of workspaces and reserved names);
+//! 2. `Engine::keys` (the index of valid data import keys);
+//! 3. `Engine::last_used`;
+//! 4. a workspace's locks, in the order `WorkspaceHandle` documents
+//!    (`files`, then `state`, then `log`, then the small mutexes).
+//!
+//! Most methods hold one lock at a time: `authorize` copies what it needs
+//! out of the key index and releases it before it looks up the workspace,
+//! and `restore_workspace` reserves the name, checks and copies the file
+//! with no lock held, and takes the table, the index and `last_used`
+//! together (in this order) only to publish the workspace.
+//!
+//! # Read-only
+//!
+//! [`Engine::open_read_only`] serves queries from a data directory without
+//! creating, changing or deleting a file, and without its `LOCK`, so it
+//! also reads a directory a server is serving: a torn log tail (a record
+//! being written) is ignored in memory, not cut, and every write is
+//! refused.
 
 pub mod compact;
 mod config;
@@ -98,30 +123,100 @@ pub struct KeyInfo {
     pub invalidated_at: Option<DateTime<Utc>>,
 }
 
+/// How often a key's use is logged, at most: `last_used` is durable to
+/// this resolution (a minute).
+pub const KEY_USE_RESOLUTION_MS: i64 = 60_000;
+
+/// When a data import key was used, shared by the key's index entry and
+/// `Engine::last_used`.
+#[derive(Debug, Default)]
+struct KeyUse {
+    /// The last use, in milliseconds since the epoch; 0 = never.
+    last_ms: AtomicI64,
+    /// The use last logged (`Change::KeyUsed`), or the durable value read
+    /// at start-up; 0 = never.
+    logged_ms: AtomicI64,
+}
+
+impl KeyUse {
+    fn from_durable(at: Option<DateTime<Utc>>) -> Arc<KeyUse> {
+        let ms = at.map_or(0, to_ms);
+        Arc::new(KeyUse {
+            last_ms: AtomicI64::new(ms),
+            logged_ms: AtomicI64::new(ms),
+        })
+    }
+
+    /// Notes a use at `now`; true when it is to be logged (the first use
+    /// since the last logged one that is a minute or more after it).
+    fn used(&self, now: i64) -> bool {
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+        let logged = self.logged_ms.load(Ordering::Relaxed);
+        now.saturating_sub(logged) >= KEY_USE_RESOLUTION_MS
+            && self
+                .logged_ms
+                .compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// Where a valid data import key leads.
 struct KeyEntry {
     workspace: String,
     key_id: String,
     partner: Partner,
-    /// Milliseconds since the epoch; 0 = never. Kept in memory only: it
-    /// says when the key was last used since segq started.
-    last_used_ms: Arc<AtomicI64>,
+    used: Arc<KeyUse>,
+}
+
+/// The workspaces, and the names being restored (taken, not yet served).
+#[derive(Default)]
+struct Table {
+    live: BTreeMap<String, Arc<WorkspaceHandle>>,
+    reserved: std::collections::BTreeSet<String>,
+}
+
+impl Table {
+    /// Refuses `name` if it is served, being restored, or differs only in
+    /// case from such a name (one folder on a case-insensitive file
+    /// system). `Ok(true)`: `name` itself is served.
+    fn check_free(&self, name: &str) -> Result<bool> {
+        if self.live.contains_key(name) {
+            return Ok(true);
+        }
+        let clash = self
+            .live
+            .keys()
+            .chain(self.reserved.iter())
+            .find(|other| other.eq_ignore_ascii_case(name));
+        match clash {
+            Some(other) if other == name => Err(Error::InvalidArgument(format!(
+                "workspace {name} is being restored"
+            ))),
+            Some(other) => Err(Error::WorkspaceNameClash {
+                name: name.to_string(),
+                existing: other.clone(),
+            }),
+            None => Ok(false),
+        }
+    }
 }
 
 /// A data directory, open.
 pub struct Engine {
     dir: PathBuf,
     config: Config,
-    admin_digest: [u8; 32],
-    workspaces: RwLock<BTreeMap<String, Arc<WorkspaceHandle>>>,
+    /// None only read-only, when the directory has no admin token yet.
+    admin_digest: Option<[u8; 32]>,
+    workspaces: RwLock<Table>,
     /// Digest of every valid data import key.
     keys: RwLock<HashMap<[u8; 32], KeyEntry>>,
     recoveries: Vec<Recovery>,
-    /// When each key (valid or not) was last used since segq started, in
-    /// milliseconds since the epoch; shared with the key's index entry.
-    last_used: RwLock<HashMap<String, Arc<AtomicI64>>>,
-    /// Held for the engine's life: one process per data directory.
-    _lock: fs::File,
+    /// When each key (valid or not) was last used, by (workspace, key id).
+    last_used: RwLock<HashMap<(String, String), Arc<KeyUse>>>,
+    /// Held for the engine's life: one process per data directory (None
+    /// read-only).
+    _lock: Option<fs::File>,
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,9 +236,26 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Writes a small file so that it is either wholly there or not at all:
 /// a temporary file, fsynced, renamed over the target, directory fsynced.
+/// The file is readable by its owner only (0600 on Unix): these are the
+/// configuration with the partner_api_keys, the admin token's digest and
+/// manifests.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(PRIVATE_FILE);
+    }
+    let mut f = options.open(&tmp).map_err(io_error(&tmp))?;
+    #[cfg(unix)]
+    {
+        // A temporary file left behind may have been created looser.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))
+            .map_err(io_error(&tmp))?;
+    }
     f.write_all(bytes).map_err(io_error(&tmp))?;
     f.sync_all().map_err(io_error(&tmp))?;
     drop(f);
@@ -157,27 +269,240 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_error(dir))
 }
 
-/// Whether a workspace name is usable as a folder name everywhere.
-pub fn valid_workspace_name(name: &str) -> bool {
+/// The mode of secrets files (Unix).
+const PRIVATE_FILE: u32 = 0o600;
+/// The mode of the data directory and its folders (Unix).
+const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates a folder (and its missing parents) readable by its owner only,
+/// or makes an existing one so.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(PRIVATE_DIR);
+    }
+    builder.create(dir).map_err(io_error(dir))?;
+    restrict(dir, PRIVATE_DIR);
+    Ok(())
+}
+
+/// The permission bits of `path` beyond `mode`, if any (Unix; never
+/// elsewhere). A missing file has none.
+fn looser_than(path: &Path, mode: u32) -> Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match fs::metadata(path) {
+            Ok(m) => {
+                let bits = m.permissions().mode() & 0o777;
+                Ok((bits & !mode != 0).then_some(bits))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(path)(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(None)
+    }
+}
+
+/// Takes from `path` every permission beyond `mode` (Unix), saying so on
+/// stderr when it had more. Best effort: a file segq may not change (not
+/// its owner) is only warned about.
+fn restrict(path: &Path, mode: u32) {
+    let bits = match looser_than(path, mode) {
+        Ok(Some(bits)) => bits,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!(
+                "segq: warning: cannot read the mode of {}: {e}",
+                path.display()
+            );
+            return;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match fs::set_permissions(path, fs::Permissions::from_mode(bits & mode)) {
+            Ok(()) => eprintln!(
+                "segq: {} was open to others ({bits:o}); now {:o}",
+                path.display(),
+                bits & mode
+            ),
+            Err(e) => eprintln!(
+                "segq: warning: {} is open to others ({bits:o}) and cannot be made {:o}: {e}",
+                path.display(),
+                bits & mode
+            ),
+        }
+    }
+}
+
+/// Says on stderr that `path` is readable by others (read-only: nothing is
+/// changed).
+fn warn_if_loose(path: &Path, mode: u32) {
+    if let Ok(Some(bits)) = looser_than(path, mode) {
+        eprintln!(
+            "segq: warning: {} is open to others ({bits:o}); segq makes it {:o} when it \
+             opens the data directory for writing",
+            path.display(),
+            bits & mode
+        );
+    }
+}
+
+/// Whether `name` is made of the characters a workspace name may hold (1
+/// to 64 ASCII letters, digits, `_`, `-`): a folder found at start-up is
+/// loaded if so.
+fn name_characters_ok(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether `name` is a device name Windows reserves (`con`, `prn`, `aux`,
+/// `nul`, `com0`–`com9`, `lpt0`–`lpt9`), in any case, with or without an
+/// extension: no file or folder can have it there.
+pub fn reserved_device_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
+    let stem = stem.trim_end_matches(' ');
+    match stem.as_bytes() {
+        b"con" | b"prn" | b"aux" | b"nul" => true,
+        [b'c', b'o', b'm', d] | [b'l', b'p', b't', d] => d.is_ascii_digit(),
+        _ => false,
+    }
+}
+
+/// Whether a workspace name is usable as a folder name everywhere: 1 to 64
+/// ASCII letters, digits, `_` or `-`, and not a reserved device name. (That
+/// it differs from every other workspace's name in more than case is
+/// checked when the workspace is created.)
+pub fn valid_workspace_name(name: &str) -> bool {
+    name_characters_ok(name) && !reserved_device_name(name)
+}
+
+/// [`valid_workspace_name`], as an error saying why not.
+fn check_workspace_name(name: &str) -> Result<()> {
+    if !name_characters_ok(name) {
+        return Err(Error::InvalidWorkspaceName { name: name.into() });
+    }
+    if reserved_device_name(name) {
+        return Err(Error::ReservedWorkspaceName { name: name.into() });
+    }
+    Ok(())
+}
+
+/// How a data directory is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    ReadWrite,
+    /// Nothing on disk is created, changed or deleted.
+    ReadOnly,
+}
+
+/// A log file opened for reading only: a damaged tail is cut in memory
+/// (the file keeps it), and every append fails.
+struct ReadOnlyLog {
+    file: fs::File,
+    path: PathBuf,
+    /// Where the records the scan kept end (the cut), once known.
+    len: Option<u64>,
+}
+
+impl ReadOnlyLog {
+    fn open(path: &Path) -> Result<ReadOnlyLog> {
+        Ok(ReadOnlyLog {
+            file: fs::File::open(path).map_err(io_error(path))?,
+            path: path.to_path_buf(),
+            len: None,
+        })
+    }
+}
+
+impl log::LogFile for ReadOnlyLog {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        let on_disk = self.file.metadata()?.len();
+        Ok(self.len.map_or(on_disk, |l| l.min(on_disk)))
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Read, Seek, SeekFrom};
+        let end = self.len()?;
+        if offset >= end {
+            return Ok(0);
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(end - offset).unwrap_or(usize::MAX));
+        self.file.seek(SeekFrom::Start(offset))?;
+        loop {
+            match self.file.read(&mut buf[..n]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn append(&mut self, _bytes: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the data directory was opened read-only",
+        ))
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        // Nothing was appended: nothing to make durable.
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.len = Some(len);
+        Ok(())
+    }
+}
+
+/// Opens a log and reads its records: read-write, its damaged tail is cut
+/// and synced; read-only, ignored.
+fn open_log(path: &Path, mode: Mode) -> Result<(LogWriter, log::Replay)> {
+    match mode {
+        Mode::ReadWrite => Ok(log::open_file(path)?),
+        Mode::ReadOnly => {
+            let mut file = ReadOnlyLog::open(path)?;
+            let replay = LogWriter::scan(&mut file)?;
+            let writer = LogWriter::recover(file, &replay.recovery)?;
+            Ok((writer, replay))
+        }
+    }
+}
+
 /// Loads a workspace: the snapshot its manifest names, served in place,
 /// then the logs after it; before its first compaction, its first log.
 /// `Ok(None)`: the workspace's creation was never acknowledged.
-fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
+fn load_workspace(
+    name: &str,
+    dir: &Path,
+    mode: Mode,
+) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
     let Some(m) = compact::Manifest::read(dir)? else {
-        return load_first_log(name, dir);
+        return load_first_log(name, dir, mode);
     };
     let snap = Arc::new(compact::open_snapshot(dir, &m)?);
     let mut ws = Snapshot::load(snap)?;
     // A restored snapshot may come from a workspace of another name.
     ws.set_name(name);
     let path = dir.join(&m.log);
-    let (writer, replay) = log::open_file(&path)?;
+    let (writer, replay) = open_log(&path, mode)?;
     if writer.first_seq() != m.seq + 1 {
         return Err(Error::Corrupt {
             path: path.display().to_string(),
@@ -190,8 +515,10 @@ fn load_workspace(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec
     }
     replay_records(&mut ws, &path, replay.records)?;
     let mut recoveries = vec![replay.recovery];
-    let (writer, chain) = follow_chain(&mut ws, dir, path, writer, &mut recoveries)?;
-    compact::remove_litter(dir, Some(&m.snapshot), &chain)?;
+    let (writer, chain) = follow_chain(&mut ws, dir, path, writer, &mut recoveries, mode)?;
+    if mode == Mode::ReadWrite {
+        compact::remove_litter(dir, Some(&m.snapshot), &chain)?;
+    }
     let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), Some(m), chain);
     Ok(Some((handle, recoveries)))
 }
@@ -218,6 +545,7 @@ fn follow_chain(
     path: PathBuf,
     mut writer: LogWriter,
     recoveries: &mut Vec<Recovery>,
+    mode: Mode,
 ) -> Result<(LogWriter, Vec<PathBuf>)> {
     let mut chain = vec![path];
     loop {
@@ -225,7 +553,7 @@ fn follow_chain(
         if chain.contains(&next) || !next.exists() {
             break;
         }
-        let (w, replay) = log::open_file(&next)?;
+        let (w, replay) = open_log(&next, mode)?;
         if w.first_seq() != writer.next_seq() {
             return Err(Error::Corrupt {
                 path: next.display().to_string(),
@@ -277,15 +605,16 @@ fn clear_unused_folder(folder: &Path) -> Result<()> {
     compact::remove_litter(folder, None, &[])
 }
 
-/// Adds a workspace's valid data import keys to the engine's index.
+/// Adds a workspace's valid data import keys to the engine's index, and
+/// every key's durable `last_used` to `last_used`.
 fn index_keys(
     handle: &WorkspaceHandle,
     key_index: &mut HashMap<[u8; 32], KeyEntry>,
-    last_used: &mut HashMap<String, Arc<AtomicI64>>,
+    last_used: &mut HashMap<(String, String), Arc<KeyUse>>,
 ) {
     for k in handle.read().keys.values() {
-        let used = Arc::new(AtomicI64::new(0));
-        last_used.insert(k.id.clone(), used.clone());
+        let used = KeyUse::from_durable(k.last_used);
+        last_used.insert((handle.name().to_string(), k.id.clone()), used.clone());
         if k.invalidated_at.is_none() {
             key_index.insert(
                 k.digest,
@@ -293,15 +622,38 @@ fn index_keys(
                     workspace: handle.name().to_string(),
                     key_id: k.id.clone(),
                     partner: k.partner,
-                    last_used_ms: used,
+                    used,
                 },
             );
         }
     }
 }
 
+/// Loads a workspace for reading only. A server serving the directory may
+/// compact the workspace meanwhile and remove the files just found: the
+/// load is tried again (a few times) while the manifest changes under it.
+fn load_read_only(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
+    let mut tries = 0;
+    loop {
+        let before = compact::Manifest::read(dir)?;
+        match load_workspace(name, dir, Mode::ReadOnly) {
+            Ok(x) => return Ok(x),
+            Err(e) => {
+                tries += 1;
+                if tries >= 5 || compact::Manifest::read(dir)? == before {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 /// Replays a workspace's first log (no snapshot yet), and the logs after it.
-fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
+fn load_first_log(
+    name: &str,
+    dir: &Path,
+    mode: Mode,
+) -> Result<Option<(WorkspaceHandle, Vec<Recovery>)>> {
     let path = dir.join(LOG_FILE);
     if !path.exists() {
         return Ok(None);
@@ -310,7 +662,10 @@ fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec
     // Look before anything is cut: a log whose first record is damaged
     // (not merely torn off by a crash) is corruption, never a creation that
     // did not happen.
-    let mut file = log::FsFile::open(&path).map_err(io_error(&path))?;
+    let mut file: Box<dyn log::LogFile> = match mode {
+        Mode::ReadWrite => Box::new(log::FsFile::open(&path).map_err(io_error(&path))?),
+        Mode::ReadOnly => Box::new(ReadOnlyLog::open(&path)?),
+    };
     let replay = LogWriter::scan(&mut file)?;
     if replay.records.is_empty() {
         return match replay.recovery.reason {
@@ -338,25 +693,47 @@ fn load_first_log(name: &str, dir: &Path) -> Result<Option<(WorkspaceHandle, Vec
     let mut ws = Workspace::new(name, seed);
     replay_records(&mut ws, &path, records.collect())?;
     let mut recoveries = vec![replay.recovery];
-    let (writer, chain) = follow_chain(&mut ws, dir, path, writer, &mut recoveries)?;
-    compact::remove_litter(dir, None, &chain)?;
+    let (writer, chain) = follow_chain(&mut ws, dir, path, writer, &mut recoveries, mode)?;
+    if mode == Mode::ReadWrite {
+        compact::remove_litter(dir, None, &chain)?;
+    }
     let handle = WorkspaceHandle::new(ws, writer, dir.to_path_buf(), None, chain);
     Ok(Some((handle, recoveries)))
+}
+
+/// Reads the admin token's digest; `None` if the file does not exist.
+fn read_admin_digest(path: &Path) -> Result<Option<[u8; 32]>> {
+    match fs::read_to_string(path) {
+        Ok(text) => keys::unhex32(&text).map(Some).ok_or_else(|| Error::Config {
+            path: path.display().to_string(),
+            reason: "expected the 64 hex digits of a SHA-256 digest".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path)(e)),
+    }
 }
 
 impl Engine {
     /// Opens a data directory, creating it if needed: loads (or creates)
     /// the configuration and the admin token, and replays every workspace's
     /// log. Returns the admin token when it was generated now (it is shown
-    /// this once; only its digest is stored).
+    /// this once; only its digest is stored). The directory and its folders
+    /// are made readable by their owner only (0700 on Unix), and so are
+    /// `segq.json` and the admin token's digest (0600); looser ones found
+    /// are tightened, with a line on stderr.
     pub fn open(dir: impl AsRef<Path>) -> Result<(Arc<Engine>, Option<String>)> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(dir.join("workspaces")).map_err(io_error(&dir))?;
+        create_private_dir(&dir)?;
+        create_private_dir(&dir.join("workspaces"))?;
         let lock_path = dir.join("LOCK");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let mut lock_options = fs::OpenOptions::new();
+        lock_options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            lock_options.mode(PRIVATE_FILE);
+        }
+        let lock = lock_options
             .open(&lock_path)
             .map_err(io_error(&lock_path))?;
         // A child process being spawned holds a copy of the lock's file
@@ -378,27 +755,65 @@ impl Engine {
                 Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
             }
         }
-        let config = Config::load_or_create(&dir.join("segq.json"))?;
+        let config_path = dir.join("segq.json");
+        restrict(&config_path, PRIVATE_FILE);
+        let config = Config::load_or_create(&config_path)?;
 
         let token_path = dir.join("admin-token.sha256");
-        let (admin_digest, new_token) = match fs::read_to_string(&token_path) {
-            Ok(text) => {
-                let d = keys::unhex32(&text).ok_or_else(|| Error::Config {
-                    path: token_path.display().to_string(),
-                    reason: "expected the 64 hex digits of a SHA-256 digest".into(),
-                })?;
-                (d, None)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        restrict(&token_path, PRIVATE_FILE);
+        let (admin_digest, new_token) = match read_admin_digest(&token_path)? {
+            Some(d) => (d, None),
+            None => {
                 let token = keys::new_admin_token();
                 let d = keys::digest(&token);
                 write_atomically(&token_path, keys::hex(&d).as_bytes())?;
                 (d, Some(token))
             }
-            Err(e) => return Err(io_error(&token_path)(e)),
         };
+        let engine = Self::load(dir, config, Some(admin_digest), Some(lock), Mode::ReadWrite)?;
+        Ok((engine, new_token))
+    }
 
-        let mut workspaces = BTreeMap::new();
+    /// Opens a data directory for queries only: nothing on disk is
+    /// created, changed or deleted (a torn or damaged log tail is ignored
+    /// in memory, litter stays, no `segq.json` or admin token is made), and
+    /// the `LOCK` is not taken, so a directory a server is serving can be
+    /// read (what its logs held when they were read). Every write through
+    /// it is refused. A directory without a `workspaces` folder is refused.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Arc<Engine>> {
+        let dir = dir.as_ref().to_path_buf();
+        let ws_dir = dir.join("workspaces");
+        if !ws_dir.is_dir() {
+            return Err(Error::Config {
+                path: dir.display().to_string(),
+                reason: "not a segq data directory (no workspaces folder)".into(),
+            });
+        }
+        warn_if_loose(&dir, PRIVATE_DIR);
+        let config_path = dir.join("segq.json");
+        warn_if_loose(&config_path, PRIVATE_FILE);
+        let config = match Config::load_existing(&config_path)? {
+            Some(c) => c,
+            None => Config {
+                partner_api_keys: BTreeMap::new(),
+                ..Config::generate()
+            },
+        };
+        let token_path = dir.join("admin-token.sha256");
+        warn_if_loose(&token_path, PRIVATE_FILE);
+        let admin_digest = read_admin_digest(&token_path)?;
+        Self::load(dir, config, admin_digest, None, Mode::ReadOnly)
+    }
+
+    /// Loads every workspace of an opened data directory.
+    fn load(
+        dir: PathBuf,
+        config: Config,
+        admin_digest: Option<[u8; 32]>,
+        lock: Option<fs::File>,
+        mode: Mode,
+    ) -> Result<Arc<Engine>> {
+        let mut table = Table::default();
         let mut key_index = HashMap::new();
         let mut last_used = HashMap::new();
         let mut recoveries = Vec::new();
@@ -410,35 +825,61 @@ impl Engine {
                 e.path().join(LOG_FILE).exists() || e.path().join(compact::MANIFEST).exists()
             })
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| valid_workspace_name(n))
+            // Folders made before reserved names were refused still load.
+            .filter(|n| name_characters_ok(n))
             .collect();
         names.sort();
         for name in names {
             let dir = ws_dir.join(&name);
-            let Some((handle, recovery)) = load_workspace(&name, &dir)? else {
+            let loaded = match mode {
+                Mode::ReadWrite => {
+                    restrict(&dir, PRIVATE_DIR);
+                    load_workspace(&name, &dir, mode)?
+                }
+                Mode::ReadOnly => load_read_only(&name, &dir)?,
+            };
+            let Some((handle, recovery)) = loaded else {
                 // Never acknowledged: clear it so the name can be created.
                 let path = dir.join(LOG_FILE);
-                if path.exists() {
+                if mode == Mode::ReadWrite && path.exists() {
                     fs::remove_file(&path).map_err(io_error(&path))?;
                 }
                 continue;
             };
+            if mode == Mode::ReadOnly {
+                handle.refuse_writes("the data directory was opened read-only");
+            }
             index_keys(&handle, &mut key_index, &mut last_used);
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
             let handle = handle.with_max_filter_nodes(config.max_filter_nodes);
-            workspaces.insert(name, Arc::new(handle));
+            table.live.insert(name, Arc::new(handle));
         }
-        let engine = Engine {
+        Ok(Arc::new(Engine {
             dir,
             config,
             admin_digest,
-            workspaces: RwLock::new(workspaces),
+            workspaces: RwLock::new(table),
             keys: RwLock::new(key_index),
             recoveries,
             last_used: RwLock::new(last_used),
             _lock: lock,
-        };
-        Ok((Arc::new(engine), new_token))
+            read_only: mode == Mode::ReadOnly,
+        }))
+    }
+
+    /// Whether the engine was opened with [`Engine::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::InvalidArgument(format!(
+                "{} was opened read-only",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -456,20 +897,22 @@ impl Engine {
 
     /// Whether `token` is the admin token (constant time).
     pub fn check_admin_token(&self, token: &str) -> bool {
-        keys::same_digest(&keys::digest(token), &self.admin_digest)
+        self.admin_digest
+            .is_some_and(|d| keys::same_digest(&keys::digest(token), &d))
     }
 
-    /// Creates a workspace. Returns false if it exists already.
+    /// Creates a workspace. Returns false if it exists already. Refused:
+    /// a name not usable as a folder name everywhere, or one that differs
+    /// only in case from a workspace's (or a restore's) name.
     pub fn create_workspace(&self, name: &str) -> Result<bool> {
-        if !valid_workspace_name(name) {
-            return Err(Error::InvalidWorkspaceName { name: name.into() });
-        }
-        let mut all = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
-        if all.contains_key(name) {
+        check_workspace_name(name)?;
+        self.check_writable()?;
+        let mut table = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        if table.check_free(name)? {
             return Ok(false);
         }
         let folder = self.dir.join("workspaces").join(name);
-        fs::create_dir_all(&folder).map_err(io_error(&folder))?;
+        create_private_dir(&folder)?;
         sync_dir(&self.dir.join("workspaces"))?;
         // Left by a creation that was never acknowledged, or a restore
         // that stopped before its manifest.
@@ -482,7 +925,7 @@ impl Engine {
             at_ms: to_ms(Utc::now()),
         };
         writer.append(&change.encode()?)?;
-        all.insert(
+        table.live.insert(
             name.to_string(),
             Arc::new(
                 WorkspaceHandle::new(Workspace::new(name, seed), writer, folder, None, vec![path])
@@ -492,41 +935,82 @@ impl Engine {
         Ok(true)
     }
 
+    /// Refuses a snapshot whose valid keys are valid keys of a workspace
+    /// here: a backup restored beside its original must not take over the
+    /// original's imports.
+    fn check_restored_keys(
+        index: &HashMap<[u8; 32], KeyEntry>,
+        keys: &[crate::snapshot::meta::KeyMeta],
+    ) -> Result<()> {
+        for k in keys {
+            if let Some(other) = index.get(&k.digest) {
+                return Err(Error::InvalidArgument(format!(
+                    "data import key {} of the snapshot is a key of workspace {}; \
+                     invalidate it there first",
+                    k.id, other.workspace
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates workspace `name` from a snapshot file (a backup, or a
     /// generated workload): the file is checked whole (`verify`), copied in
     /// as the first generation with an empty log after it, and served from
-    /// at once. Refused if the workspace exists. Meant for an engine not
-    /// serving requests (`segq snapshot restore`): it holds the table of
-    /// workspaces while it copies and checks the file.
+    /// at once. Refused if the workspace exists (or its name is refused as
+    /// by [`Engine::create_workspace`]). The name is reserved while the file
+    /// is checked and copied, with no lock held: other workspaces go on
+    /// serving meanwhile.
     pub fn restore_workspace(&self, name: &str, file: &Path) -> Result<Arc<WorkspaceHandle>> {
-        if !valid_workspace_name(name) {
-            return Err(Error::InvalidWorkspaceName { name: name.into() });
+        check_workspace_name(name)?;
+        self.check_writable()?;
+        {
+            let mut table = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+            if table.check_free(name)? {
+                return Err(Error::InvalidArgument(format!(
+                    "workspace {name} exists already"
+                )));
+            }
+            table.reserved.insert(name.to_string());
         }
-        let mut all = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        let restored = self.restore_reserved(name, file);
+        let mut table = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        table.reserved.remove(name);
+        let (handle, snapshot_keys) = restored?;
         let folder = self.dir.join("workspaces").join(name);
-        if all.contains_key(name) {
-            return Err(Error::InvalidArgument(format!(
-                "workspace {name} exists already"
-            )));
+        let mut key_index = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        // Keys may have been created while the file was copied.
+        if let Err(e) = Self::check_restored_keys(&key_index, &snapshot_keys) {
+            drop(handle);
+            let _ = fs::remove_file(folder.join(compact::MANIFEST));
+            let _ = clear_unused_folder(&folder);
+            return Err(e);
         }
-        let seq = {
+        let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());
+        index_keys(&handle, &mut key_index, &mut last_used);
+        table.live.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    /// The work of a restore, `name` reserved, no lock held. Returns the
+    /// loaded workspace and the snapshot's keys.
+    fn restore_reserved(
+        &self,
+        name: &str,
+        file: &Path,
+    ) -> Result<(Arc<WorkspaceHandle>, Vec<crate::snapshot::meta::KeyMeta>)> {
+        let folder = self.dir.join("workspaces").join(name);
+        let (seq, snapshot_keys) = {
             let snap = Snapshot::open(file)?;
             snap.verify()?;
-            // A backup restored beside its original must not take over the
-            // original's imports.
-            let index = self.keys.read().unwrap_or_else(|p| p.into_inner());
-            for k in &snap.meta()?.keys {
-                if let Some(other) = index.get(&k.digest) {
-                    return Err(Error::InvalidArgument(format!(
-                        "data import key {} of the snapshot is a key of workspace {}; \
-                         invalidate it there first",
-                        k.id, other.workspace
-                    )));
-                }
+            let meta = snap.meta()?;
+            {
+                let index = self.keys.read().unwrap_or_else(|p| p.into_inner());
+                Self::check_restored_keys(&index, &meta.keys)?;
             }
-            snap.meta()?.seq
+            (meta.seq, meta.keys.clone())
         };
-        fs::create_dir_all(&folder).map_err(io_error(&folder))?;
+        create_private_dir(&folder)?;
         // Left by a creation never acknowledged, or a restore that stopped.
         clear_unused_folder(&folder)?;
         let snap_name = compact::snapshot_name(1);
@@ -549,40 +1033,35 @@ impl Engine {
             },
         )?;
         sync_dir(&self.dir.join("workspaces"))?;
-        let loaded = load_workspace(name, &folder).and_then(|h| {
+        let loaded = load_workspace(name, &folder, Mode::ReadWrite).and_then(|h| {
             h.ok_or_else(|| {
                 Error::InvalidArgument(format!("workspace {name} did not load after its restore"))
             })
         });
-        let (handle, _) = match loaded {
-            Ok(x) => x,
+        match loaded {
+            Ok((handle, _)) => Ok((
+                Arc::new(handle.with_max_filter_nodes(self.config.max_filter_nodes)),
+                snapshot_keys,
+            )),
             Err(e) => {
                 // Undo, so that neither a start-up nor a later creation
                 // meets a half-restored folder.
                 let _ = fs::remove_file(folder.join(compact::MANIFEST));
                 let _ = clear_unused_folder(&folder);
-                return Err(e);
+                Err(e)
             }
-        };
-        let handle = Arc::new(handle.with_max_filter_nodes(self.config.max_filter_nodes));
-        {
-            let mut key_index = self.keys.write().unwrap_or_else(|p| p.into_inner());
-            let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());
-            index_keys(&handle, &mut key_index, &mut last_used);
         }
-        all.insert(name.to_string(), handle.clone());
-        Ok(handle)
     }
 
     /// The workspaces, by name.
     pub fn workspace_names(&self) -> Vec<String> {
-        let all = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
-        all.keys().cloned().collect()
+        let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        table.live.keys().cloned().collect()
     }
 
     pub fn workspace(&self, name: &str) -> Option<Arc<WorkspaceHandle>> {
-        let all = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
-        all.get(name).cloned()
+        let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        table.live.get(name).cloned()
     }
 
     fn existing(&self, name: &str) -> Result<Arc<WorkspaceHandle>> {
@@ -599,26 +1078,50 @@ impl Engine {
         partner: Partner,
         creds: &Credentials,
     ) -> Result<(Arc<WorkspaceHandle>, String), ProtocolError> {
+        self.authorize_at(partner, creds, Utc::now())
+    }
+
+    /// [`Engine::authorize`] of a request made at `now`: the key's
+    /// `last_used`. A use a minute or more after the last one logged is
+    /// logged (`Change::KeyUsed`) with the workspace's next write, in the
+    /// same group commit.
+    pub fn authorize_at(
+        &self,
+        partner: Partner,
+        creds: &Credentials,
+        now: DateTime<Utc>,
+    ) -> Result<(Arc<WorkspaceHandle>, String), ProtocolError> {
         let expected = self.config.partner_api_keys.get(&partner);
         if !expected.is_some_and(|k| keys::same_secret(k, &creds.partner_api_key)) {
             return Err(ProtocolError::Unauthorized(texts::BAD_PARTNER_KEY));
         }
         let digest = keys::digest(&creds.client_secret);
-        let index = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = index.get(&digest) else {
+        // Copied out, so that the index is not held while the table of
+        // workspaces is read (see the lock order).
+        let (workspace, key_id, key_partner, used) = {
+            let index = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            let Some(entry) = index.get(&digest) else {
+                return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET));
+            };
+            (
+                entry.workspace.clone(),
+                entry.key_id.clone(),
+                entry.partner,
+                entry.used.clone(),
+            )
+        };
+        let Some(handle) = self.workspace(&workspace) else {
             return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET));
         };
-        let Some(handle) = self.workspace(&entry.workspace) else {
-            return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET));
-        };
-        let enabled = entry.partner == partner && handle.read().enabled_partners.contains(&partner);
+        let enabled = key_partner == partner && handle.read().enabled_partners.contains(&partner);
         if !enabled {
             return Err(ProtocolError::Unauthorized(texts::PARTNER_NOT_ENABLED));
         }
-        entry
-            .last_used_ms
-            .store(to_ms(Utc::now()), Ordering::Relaxed);
-        Ok((handle, entry.key_id.clone()))
+        let now = to_ms(now);
+        if used.used(now) {
+            handle.note_key_used(&key_id, now);
+        }
+        Ok((handle, key_id))
     }
 
     /// Generates a data import key for a partner of a workspace; the first
@@ -640,18 +1143,18 @@ impl Engine {
             prefix: prefix.clone(),
             at_ms: to_ms(now),
         })?;
-        let used = Arc::new(AtomicI64::new(0));
+        let used = KeyUse::from_durable(None);
         self.last_used
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), used.clone());
+            .insert((workspace.to_string(), id.clone()), used.clone());
         index.insert(
             digest,
             KeyEntry {
                 workspace: workspace.to_string(),
                 key_id: id.clone(),
                 partner,
-                last_used_ms: used,
+                used,
             },
         );
         Ok(NewKey {
@@ -664,6 +1167,8 @@ impl Engine {
     }
 
     /// The keys of a workspace (of one partner, if given), oldest first.
+    /// `last_used` is exact while segq runs, and kept across restarts to
+    /// the minute ([`KEY_USE_RESOLUTION_MS`]).
     pub fn list_keys(&self, workspace: &str, partner: Option<Partner>) -> Result<Vec<KeyInfo>> {
         let handle = self.existing(workspace)?;
         let last_used = self.last_used.read().unwrap_or_else(|p| p.into_inner());
@@ -673,17 +1178,16 @@ impl Engine {
             .values()
             .filter(|k| partner.is_none_or(|p| p == k.partner))
             .map(|k| {
-                let used = last_used
-                    .get(&k.id)
-                    .map(|u| u.load(Ordering::Relaxed))
-                    .filter(|&ms| ms > 0)
-                    .map(from_ms);
+                let in_memory = last_used
+                    .get(&(workspace.to_string(), k.id.clone()))
+                    .map_or(0, |u| u.last_ms.load(Ordering::Relaxed));
+                let used = k.last_used.map_or(in_memory, |d| in_memory.max(to_ms(d)));
                 KeyInfo {
                     id: k.id.clone(),
                     partner: k.partner,
                     prefix: k.prefix.clone(),
                     created_at: k.created_at,
-                    last_used: used,
+                    last_used: (used > 0).then(|| from_ms(used)),
                     invalidated_at: k.invalidated_at,
                 }
             })
@@ -746,8 +1250,8 @@ impl Engine {
     /// configuration; returns what was done.
     pub fn compact_due(&self) -> Vec<(String, Result<Compacted>)> {
         let all: Vec<Arc<WorkspaceHandle>> = {
-            let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
-            map.values().cloned().collect()
+            let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+            table.live.values().cloned().collect()
         };
         all.into_iter()
             .filter(|h| h.compaction_due(&self.config))
@@ -783,9 +1287,15 @@ impl Engine {
     /// (shutdown). Tries every workspace, and reports each one that failed.
     pub fn sync_all(&self) -> Result<(), SyncFailed> {
         let all: Vec<Arc<WorkspaceHandle>> = {
-            let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
-            map.values().cloned().collect()
+            let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+            table.live.values().cloned().collect()
         };
+        // Key uses noted since the last write, so `last_used` survives.
+        for h in &all {
+            if let Err(e) = h.log_key_uses() {
+                eprintln!("segq: workspace {}: logging key uses: {e}", h.name());
+            }
+        }
         let failures: Vec<(String, Error)> = all
             .iter()
             .filter_map(|h| h.sync().err().map(|e| (h.name().to_string(), e)))

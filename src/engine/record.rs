@@ -96,6 +96,12 @@ pub enum Change {
         first: u64,
         last: u64,
     },
+    /// A data import key was used (at most one record per key per
+    /// minute): its `last_used`, kept to the minute.
+    KeyUsed {
+        id: String,
+        at_ms: i64,
+    },
 }
 
 fn config() -> bincode::config::Configuration {
@@ -241,6 +247,7 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
                     prefix: prefix.clone(),
                     created_at: from_ms(*at_ms),
                     invalidated_at: None,
+                    last_used: None,
                 },
             );
         }
@@ -279,6 +286,14 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
             ws.segments.remove(id);
         }
         Change::SeqsAbandoned { .. } => {}
+        Change::KeyUsed { id, at_ms } => {
+            let key = ws
+                .keys
+                .get_mut(id)
+                .ok_or_else(|| Error::UnknownKey { id: id.clone() })?;
+            let at = from_ms(*at_ms);
+            key.last_used = Some(key.last_used.map_or(at, |t| t.max(at)));
+        }
     }
     Ok(())
 }

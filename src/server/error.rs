@@ -110,6 +110,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::DuplicateDevice { .. }
         | Error::AlreadyIdentified { .. }
         | Error::AmbiguousCohortName { .. }
+        | Error::WorkspaceNameClash { .. }
         | Error::TooManyUsers { .. } => StatusCode::CONFLICT,
         Error::InvalidIdentifier { .. }
         | Error::InvalidCohort(_)
@@ -117,6 +118,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::InvalidArgument(_)
         | Error::FilterTooLarge { .. }
         | Error::InvalidWorkspaceName { .. }
+        | Error::ReservedWorkspaceName { .. }
         | Error::InvalidCursor(_) => StatusCode::BAD_REQUEST,
         Error::WorkspaceFailed { .. } | Error::NotDurable { .. } | Error::Locked { .. } => {
             StatusCode::SERVICE_UNAVAILABLE

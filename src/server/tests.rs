@@ -231,3 +231,31 @@ async fn bulk_import_streams_and_reports_lines() {
     assert_eq!(st, 415);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_names_clashing_in_case_or_naming_a_device_are_refused() {
+    let s = start(|_| {}).await;
+    let c = reqwest::Client::new();
+    let create = |name: &str| {
+        c.post(format!("{}/admin/workspaces", s.base))
+            .bearer_auth(&s.token)
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    let (st, _) = json_of(create("acme").await.expect("sent")).await;
+    assert_eq!(st, 201);
+    let (st, body) = json_of(create("ACME").await.expect("sent")).await;
+    assert_eq!(st, 409, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("differs only in case")));
+    for device in ["con", "NUL", "com1", "Lpt9"] {
+        let (st, body) = json_of(create(device).await.expect("sent")).await;
+        assert_eq!(st, 400, "{device}: {body}");
+        assert!(body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reserves")));
+    }
+    assert_eq!(s.engine.workspace_names(), ["acme"]);
+    s.stop().await;
+}

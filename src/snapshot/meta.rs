@@ -1,6 +1,12 @@
 //! The `meta` section: everything of a workspace that is not per-user or a
 //! bitmap, as bincode 2 (standard configuration) of [`Meta`]. It is small
 //! (a few hundred bytes per cohort) and decoded on first use.
+//!
+//! The section grows only by appending: after [`Meta`] may come a
+//! [`MetaExt`] (bincode 2 as well), written only when it holds something.
+//! A section that ends after `Meta` (every file written before `MetaExt`
+//! existed) reads as an empty `MetaExt`. What is added later goes after
+//! `MetaExt` the same way, never into it.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,4 +70,53 @@ pub struct Meta {
     /// (partner, days since 1970-01-01, data points).
     pub data_points: Vec<(Partner, i32, u64)>,
     pub segments: Vec<SegmentMeta>,
+    /// Not part of `Meta`'s encoding: the [`MetaExt`] that follows it.
+    #[serde(skip)]
+    pub ext: MetaExt,
+}
+
+/// What follows [`Meta`] in the section, when anything does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaExt {
+    /// `(key id, milliseconds since the epoch)`: each data import key's
+    /// last use as logged (keys never used are left out).
+    pub key_last_used: Vec<(String, i64)>,
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Meta {
+    /// The section's bytes: `Meta`, then the `MetaExt` unless it is empty
+    /// (so a snapshot without one is byte for byte what older segq wrote).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = bincode::serde::encode_to_vec(self, config())
+            .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
+        if self.ext != MetaExt::default() {
+            bincode::serde::encode_into_std_write(&self.ext, &mut out, config())
+                .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
+        }
+        Ok(out)
+    }
+
+    /// Reads the section's bytes (see the module's documentation).
+    pub fn decode(bytes: &[u8]) -> Result<Meta, String> {
+        let (mut meta, used): (Meta, usize) = bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| format!("meta section does not decode: {e}"))?;
+        let rest = &bytes[used..];
+        if rest.is_empty() {
+            return Ok(meta);
+        }
+        let (ext, used): (MetaExt, usize) = bincode::serde::decode_from_slice(rest, config())
+            .map_err(|e| format!("meta section's extension does not decode: {e}"))?;
+        if used != rest.len() {
+            return Err(format!(
+                "meta section has {} trailing bytes",
+                rest.len() - used
+            ));
+        }
+        meta.ext = ext;
+        Ok(meta)
+    }
 }

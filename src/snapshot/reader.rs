@@ -122,16 +122,7 @@ impl Snapshot {
                 .file
                 .section(SectionKind::Meta)
                 .map_err(|e| e.to_string())?;
-            let (meta, used): (Meta, usize) =
-                bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                    .map_err(|e| format!("meta section does not decode: {e}"))?;
-            if used != bytes.len() {
-                return Err(format!(
-                    "meta section has {} trailing bytes",
-                    bytes.len() - used
-                ));
-            }
-            Ok(meta)
+            Meta::decode(bytes)
         });
         m.as_ref().map_err(|e| self.corrupt(e.clone()))
     }
@@ -408,8 +399,15 @@ impl Snapshot {
                     prefix: k.prefix.clone(),
                     created_at: DateTime::from_timestamp_millis(k.created_ms).unwrap_or_default(),
                     invalidated_at: k.invalidated_ms.and_then(DateTime::from_timestamp_millis),
+                    last_used: None,
                 },
             );
+        }
+        for (id, ms) in &meta.ext.key_last_used {
+            let k = ws.keys.get_mut(id).ok_or_else(|| {
+                snap.corrupt(format!("a last use of key {id}, which it does not hold"))
+            })?;
+            k.last_used = DateTime::from_timestamp_millis(*ms);
         }
         ws.enabled_partners
             .extend(meta.enabled_partners.iter().copied());

@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate};
 
 use super::dict::DictWriter;
 use super::format::{SectionKind, SnapshotWriter};
-use super::meta::{CohortMeta, KeyMeta, Meta, SegmentMeta};
+use super::meta::{CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta};
 use crate::error::{Error, Result};
 use crate::workspace::Workspace;
 
@@ -96,9 +96,15 @@ pub fn write(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
                 updated_ms: s.updated_at.timestamp_millis(),
             })
             .collect(),
+        ext: MetaExt {
+            key_last_used: ws
+                .keys
+                .values()
+                .filter_map(|k| Some((k.id.clone(), k.last_used?.timestamp_millis())))
+                .collect(),
+        },
     };
-    let meta = bincode::serde::encode_to_vec(&meta, bincode::config::standard())
-        .map_err(|e| Error::InvalidArgument(format!("encoding the snapshot meta: {e}")))?;
+    let meta = meta.encode().map_err(Error::InvalidArgument)?;
 
     let mut w = SnapshotWriter::new();
     w.section(SectionKind::Meta, &meta)?;

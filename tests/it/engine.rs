@@ -1894,3 +1894,443 @@ fn a_second_engine_on_a_live_data_directory_cannot_lose_writes() {
         engine.recoveries()
     );
 }
+
+// ---------------------------------------------------------------------------
+// 7. Locks, names, file modes, key uses, reading only
+// ---------------------------------------------------------------------------
+
+/// A snapshot file of a small generated workspace (no keys), to restore.
+fn generated_snapshot(dir: &Path) -> PathBuf {
+    let spec = segq::workload::Spec {
+        users: 500,
+        cohorts: 3,
+        seed: 11,
+    };
+    let (bytes, _) = segq::workload::write_snapshot("gen", spec, Vec::new()).unwrap();
+    let file = dir.join("gen.segqsnap");
+    fs::write(&file, bytes).unwrap();
+    file
+}
+
+/// Restores, key creation and invalidation, listing and partner imports run
+/// together from several threads. Restores took the table of workspaces and
+/// then the key index, authorization the index and then the table: with a
+/// key writer waiting between them, each waited for the other forever. A
+/// watchdog fails the test instead of letting it hang.
+#[test]
+fn restores_key_changes_and_imports_together_do_not_deadlock() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let engine = open(&data);
+    let file = generated_snapshot(dir.path());
+    let key = small_workspace(&engine, "acme");
+
+    let (done, finished) = mpsc::channel::<&'static str>();
+    let mut threads = Vec::new();
+    for t in 0..2 {
+        let (engine, file, done) = (engine.clone(), file.clone(), done.clone());
+        threads.push(std::thread::spawn(move || {
+            for i in 0..12 {
+                engine
+                    .restore_workspace(&format!("r-{t}-{i}"), &file)
+                    .unwrap();
+            }
+            done.send("restores").unwrap();
+        }));
+    }
+    for _ in 0..2 {
+        let (engine, done) = (engine.clone(), done.clone());
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..60 {
+                let k = engine.create_key("acme", Partner::Mixpanel).unwrap();
+                engine.list_keys("acme", None).unwrap();
+                engine.invalidate_key("acme", &k.id).unwrap();
+            }
+            done.send("keys").unwrap();
+        }));
+    }
+    for t in 0..3 {
+        let (engine, secret, done) = (engine.clone(), key.key.clone(), done.clone());
+        threads.push(std::thread::spawn(move || {
+            for i in 0..150 {
+                let id = format!("u-{}", (t * 7 + i) % 50);
+                let r = import(
+                    &engine,
+                    Partner::Amplitude,
+                    &secret,
+                    json!({"cohort_id": "c", "cohort_changes": [{"user_ids": [id]}]}),
+                    march(1),
+                );
+                assert_eq!(r.matched, 1);
+                let bad = creds(&engine, Partner::Amplitude, "not-a-key");
+                assert!(engine.authorize(Partner::Amplitude, &bad).is_err());
+            }
+            done.send("imports").unwrap();
+        }));
+    }
+    drop(done);
+    for _ in 0..threads.len() {
+        match finished.recv_timeout(Duration::from_secs(30)) {
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no thread finished within 30 s: deadlocked")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("a thread panicked"),
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(engine.workspace_names().len(), 1 + 2 * 12);
+}
+
+#[test]
+fn workspace_names_differing_only_in_case_or_naming_a_device_are_refused() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let engine = open(&data);
+    let file = generated_snapshot(dir.path());
+    assert!(engine.create_workspace("acme").unwrap());
+    for clash in ["ACME", "Acme", "acmE"] {
+        match engine.create_workspace(clash) {
+            Err(Error::WorkspaceNameClash { name, existing }) => {
+                assert_eq!((name.as_str(), existing.as_str()), (clash, "acme"))
+            }
+            other => panic!("{clash}: expected a clash, got {other:?}"),
+        }
+        match engine.restore_workspace(clash, &file) {
+            Err(Error::WorkspaceNameClash { existing, .. }) => assert_eq!(existing, "acme"),
+            other => panic!("{clash}: expected a clash, got {:?}", other.map(|_| ())),
+        }
+    }
+    engine.restore_workspace("Backup", &file).unwrap();
+    assert!(matches!(
+        engine.create_workspace("backup"),
+        Err(Error::WorkspaceNameClash { .. })
+    ));
+    for device in [
+        "con", "CON", "Prn", "aux", "NUL", "com1", "COM9", "com0", "lpt1", "LpT9",
+    ] {
+        match engine.create_workspace(device) {
+            Err(Error::ReservedWorkspaceName { name }) => assert_eq!(name, device),
+            other => panic!("{device}: expected a reserved name, got {other:?}"),
+        }
+        match engine.restore_workspace(device, &file) {
+            Err(Error::ReservedWorkspaceName { name }) => assert_eq!(name, device),
+            other => panic!(
+                "{device}: expected a reserved name, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        assert!(!segq::engine::valid_workspace_name(device));
+    }
+    for device_like in ["console", "com10", "lpt", "nul_1", "aux-2", "comx"] {
+        assert!(
+            engine.create_workspace(device_like).unwrap(),
+            "{device_like}"
+        );
+    }
+    for with_extension in ["con.txt", "NUL.tar.gz", "com1.x"] {
+        assert!(segq::engine::reserved_device_name(with_extension));
+        assert!(!segq::engine::valid_workspace_name(with_extension));
+    }
+    // Nothing was made on disk for the refused names.
+    let mut on_disk: Vec<String> = fs::read_dir(data.join("workspaces"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    on_disk.sort();
+    let mut expected = engine.workspace_names();
+    expected.sort();
+    assert_eq!(on_disk, expected);
+}
+
+#[cfg(unix)]
+#[test]
+fn secrets_are_0600_and_folders_0700_and_looser_ones_are_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let engine = open(&data);
+    small_workspace(&engine, "acme");
+    engine.compact("acme").unwrap();
+    drop(engine);
+    let folders = [
+        data.clone(),
+        data.join("workspaces"),
+        data.join("workspaces/acme"),
+    ];
+    let secrets = [data.join("segq.json"), data.join("admin-token.sha256")];
+    for f in &folders {
+        assert_eq!(mode(f), 0o700, "{}", f.display());
+    }
+    for f in &secrets {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    // Loosened by hand (or made by an older segq): tightened on open.
+    for f in &folders {
+        set(f, 0o755);
+    }
+    for f in &secrets {
+        set(f, 0o644);
+    }
+    drop(open(&data));
+    for f in &folders {
+        assert_eq!(mode(f), 0o700, "{}", f.display());
+    }
+    for f in &secrets {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    // A workspace created later, and a restored one, too.
+    let engine = open(&data);
+    engine.create_workspace("beta").unwrap();
+    engine
+        .restore_workspace("gamma", &generated_snapshot(dir.path()))
+        .unwrap();
+    assert_eq!(mode(&data.join("workspaces/beta")), 0o700);
+    assert_eq!(mode(&data.join("workspaces/gamma")), 0o700);
+}
+
+/// The `KeyUsed` records of a workspace's logs, in order.
+fn key_used_records(data: &Path, workspace: &str) -> Vec<(String, i64)> {
+    let folder = data.join("workspaces").join(workspace);
+    let mut logs: Vec<PathBuf> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "segqlog"))
+        .collect();
+    logs.sort();
+    let mut out = Vec::new();
+    for path in logs {
+        let mut file = segq::log::FsFile::open(&path).unwrap();
+        let replay = segq::log::LogWriter::scan(&mut file).unwrap();
+        for r in replay.records {
+            let change = segq::engine::Change::decode(&r.payload, "log", r.seq).unwrap();
+            if let segq::engine::Change::KeyUsed { id, at_ms } = change {
+                out.push((id, at_ms));
+            }
+        }
+    }
+    out
+}
+
+/// Authorizes at `at` and imports, as the server does.
+fn import_at(engine: &Engine, secret: &str, user: &str, at: DateTime<Utc>) {
+    let req = users_request(
+        engine,
+        Partner::Amplitude,
+        secret,
+        json!({"cohort_id": "c", "cohort_changes": [{"user_ids": [user]}]}),
+    );
+    let (h, _) = engine
+        .authorize_at(Partner::Amplitude, &req.credentials, at)
+        .unwrap_or_else(|e| panic!("refused: {e:?}"));
+    h.import_users(Partner::Amplitude, &req, at).unwrap();
+}
+
+/// A time after every real use the test makes (whole milliseconds).
+fn later() -> DateTime<Utc> {
+    let t = Utc::now() + chrono::Duration::days(1);
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
+}
+
+fn last_used(engine: &Engine, id: &str) -> Option<DateTime<Utc>> {
+    engine
+        .list_keys("acme", None)
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == id)
+        .expect("the key is listed")
+        .last_used
+}
+
+#[test]
+fn a_keys_use_is_logged_at_most_once_a_minute_with_the_import() {
+    let dir = tempdir();
+    let engine = open(dir.path());
+    let key = small_workspace(&engine, "acme");
+    let before = key_used_records(dir.path(), "acme");
+    let t0 = later();
+    let secs = |s: i64| t0 + chrono::Duration::seconds(s);
+    let h = handle(&engine, "acme");
+    let commits = h.log_stats().commits;
+    for (i, s) in [0, 1, 10, 30, 59].into_iter().enumerate() {
+        import_at(&engine, &key.key, &format!("u-{i}"), secs(s));
+    }
+    assert_eq!(
+        h.log_stats().commits - commits,
+        5,
+        "one commit per import: the key's use rides with the first"
+    );
+    assert_eq!(
+        last_used(&engine, &key.id),
+        Some(secs(59)),
+        "exact in memory"
+    );
+    import_at(&engine, &key.key, "u-9", secs(60));
+    import_at(&engine, &key.key, "u-10", secs(61));
+    let logged = key_used_records(dir.path(), "acme");
+    assert_eq!(
+        logged[before.len()..],
+        [
+            (key.id.clone(), t0.timestamp_millis()),
+            (key.id.clone(), secs(60).timestamp_millis())
+        ],
+        "at most one record per key per minute"
+    );
+}
+
+#[test]
+fn a_keys_last_use_survives_a_restart_and_a_compaction() {
+    let dir = tempdir();
+    let engine = open(dir.path());
+    let key = small_workspace(&engine, "acme");
+    let other = engine.create_key("acme", Partner::Amplitude).unwrap();
+    let t0 = later();
+    let secs = |s: i64| t0 + chrono::Duration::seconds(s);
+    import_at(&engine, &key.key, "u-1", secs(0));
+    import_at(&engine, &key.key, "u-2", secs(40));
+    drop(engine);
+
+    // Kept to the minute: the use logged is at most a minute before the
+    // last one.
+    let engine = open(dir.path());
+    assert_eq!(last_used(&engine, &key.id), Some(secs(0)));
+    assert_eq!(last_used(&engine, &other.id), None);
+    // A use within the minute of the logged one is not logged again.
+    let records = key_used_records(dir.path(), "acme").len();
+    import_at(&engine, &key.key, "u-3", secs(50));
+    assert_eq!(key_used_records(dir.path(), "acme").len(), records);
+    import_at(&engine, &key.key, "u-4", secs(130));
+    // A credentials test writes nothing; its use is logged at shutdown.
+    engine
+        .authorize_at(
+            Partner::Amplitude,
+            &creds(&engine, Partner::Amplitude, &other.key),
+            secs(140),
+        )
+        .unwrap();
+    engine.compact("acme").unwrap();
+    engine.sync_all().unwrap();
+    drop(engine);
+
+    let engine = open(dir.path());
+    assert_eq!(last_used(&engine, &key.id), Some(secs(130)));
+    assert_eq!(last_used(&engine, &other.id), Some(secs(140)));
+    // Both folded into a snapshot: the logs after it hold no key use.
+    engine.compact("acme").unwrap();
+    drop(engine);
+    assert!(key_used_records(dir.path(), "acme").is_empty());
+    let engine = open(dir.path());
+    assert_eq!(last_used(&engine, &key.id), Some(secs(130)));
+    assert_eq!(last_used(&engine, &other.id), Some(secs(140)));
+}
+
+/// Every file under `dir`: its path, length, modification time, mode and
+/// bytes.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime, bool, Vec<u8>)> {
+    let mut out: Vec<_> = all_files(dir)
+        .into_iter()
+        .map(|(p, bytes)| {
+            let m = fs::metadata(&p).unwrap();
+            (
+                p,
+                m.len(),
+                m.modified().unwrap(),
+                m.permissions().readonly(),
+                bytes,
+            )
+        })
+        .collect();
+    out.sort();
+    let mut dirs = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+                dirs.push(p);
+            }
+        }
+    }
+    dirs.sort();
+    out.extend(dirs.into_iter().map(|p| {
+        let m = fs::metadata(&p).unwrap();
+        (
+            p,
+            0,
+            m.modified().unwrap(),
+            m.permissions().readonly(),
+            Vec::new(),
+        )
+    }));
+    out
+}
+
+#[test]
+fn opening_read_only_changes_nothing_and_ignores_a_torn_tail_in_memory() {
+    let dir = tempdir();
+    let engine = open(dir.path());
+    let key = small_workspace(&engine, "acme");
+    engine.compact("acme").unwrap();
+    import(
+        &engine,
+        Partner::Amplitude,
+        &key.key,
+        json!({"cohort_id": "c", "cohort_changes": [{"user_ids": ["u-7"]}]}),
+        march(3),
+    );
+    small_workspace(&engine, "beta");
+    let expected: Vec<u32> = members(&engine, "acme", Partner::Amplitude, "c");
+    drop(engine);
+    // A torn tail on both kinds of log, litter a read-write open removes,
+    // and no configuration.
+    let acme = dir.path().join("workspaces/acme");
+    let acme_log = fs::read_dir(&acme)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "segqlog"))
+        .unwrap();
+    for log in [acme_log, log_path(dir.path(), "beta")] {
+        let mut bytes = fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
+        fs::write(&log, bytes).unwrap();
+    }
+    fs::write(acme.join("snap-00000000000000000009.segqsnap.tmp"), b"x").unwrap();
+    fs::remove_file(dir.path().join("segq.json")).unwrap();
+    let before = fingerprint(dir.path());
+
+    let ro = Engine::open_read_only(dir.path()).unwrap();
+    assert!(ro.is_read_only());
+    assert_eq!(members(&ro, "acme", Partner::Amplitude, "c"), expected);
+    assert_eq!(ro.recoveries().len(), 2, "both torn tails seen");
+    // Writes are refused, and change nothing.
+    assert!(ro.create_workspace("gamma").is_err());
+    assert!(ro.create_key("acme", Partner::Heap).is_err());
+    assert!(handle(&ro, "acme")
+        .upsert_user(user(Some("new"), &[], &[]))
+        .is_err());
+    assert!(ro.compact("acme").is_err());
+    let elsewhere = tempdir();
+    assert!(ro
+        .restore_workspace("delta", &generated_snapshot(elsewhere.path()))
+        .is_err());
+    drop(ro);
+    assert_eq!(fingerprint(dir.path()), before, "nothing changed");
+
+    // Beside a read-write engine holding the LOCK, too.
+    let rw = open(dir.path());
+    let ro = Engine::open_read_only(dir.path()).unwrap();
+    assert_eq!(members(&ro, "acme", Partner::Amplitude, "c"), expected);
+    drop((ro, rw));
+
+    // Not a data directory: refused, nothing made.
+    let missing = dir.path().join("missing");
+    assert!(Engine::open_read_only(&missing).is_err());
+    assert!(!missing.exists());
+}

@@ -38,6 +38,7 @@ fn rich_workspace() -> Workspace {
             prefix: "dik_0123".into(),
             created_at: t,
             invalidated_at: Some(t),
+            last_used: Some(t),
         },
     );
     ws.enabled_partners.insert(Partner::Amplitude);
