@@ -228,7 +228,16 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
             .map_err(stdout)?;
         }
         SnapshotCommand::Compact { data, workspace } => {
-            let (engine, _) = Engine::open(&data)?;
+            // Nothing to compact in a directory that is not one: refused
+            // rather than initialised.
+            if !data.join("workspaces").is_dir() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not a segq data directory (no workspaces folder)",
+                    data.display()
+                )));
+            }
+            let (engine, token) = Engine::open(&data)?;
+            crate::show_new_token(token.as_deref());
             let names = match workspace {
                 Some(w) => vec![w],
                 None => engine.workspace_names(),
