@@ -231,7 +231,8 @@ struct WorkspaceDump {
     cohorts: Vec<CohortDump>,
     data_points: Vec<(Partner, NaiveDate, u64)>,
     stored_keys: Vec<KeyRecord>,
-    /// `list_keys` without `last_used` (kept in memory only, by design).
+    /// `list_keys` without `last_used` (exact in memory, durable only to
+    /// the minute).
     listed_keys: Vec<KeyInfo>,
     enabled_partners: Vec<Partner>,
 }
