@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 use crate::error::Error;
 use crate::import::ProtocolError;
 
+use super::conn::{is_body_timeout, BodyBudget, BodyPermit, ConnHandle};
+
 /// An error response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -163,22 +165,51 @@ pub const DRAIN_BYTES: usize = 64 << 20;
 /// Reads a request body of at most `limit` bytes. A larger one is read on
 /// (and dropped) up to [`DRAIN_BYTES`] more, then refused with 413 and
 /// `Connection: close`: closing a connection while the client still
-/// sends makes the client see a reset rather than the answer.
+/// sends makes the client see a reset rather than the answer. Nothing is
+/// reserved from a declared `Content-Length`: memory follows the bytes
+/// that arrive.
 pub async fn read_body(req: axum::extract::Request, limit: usize) -> Result<Bytes, ApiError> {
+    read_body_within(req, limit, None).await.map(|(b, _)| b)
+}
+
+/// [`read_body`] for a request whose credentials are in its body, so not
+/// checked yet: the bytes are taken from the server's [`BodyBudget`]
+/// (waiting while it is spent) and held until the permit is dropped, and
+/// the connection may be closed meanwhile to make room for another.
+pub async fn read_unauthenticated_body(
+    budget: &BodyBudget,
+    req: axum::extract::Request,
+    limit: usize,
+) -> Result<(Bytes, BodyPermit), ApiError> {
+    let conn = req.extensions().get::<ConnHandle>().cloned();
+    if let Some(c) = &conn {
+        c.0.reading_unauthenticated_body(true);
+    }
+    let read = read_body_within(req, limit, Some(budget)).await;
+    if let Some(c) = &conn {
+        c.0.reading_unauthenticated_body(false);
+    }
+    let (bytes, permit) = read?;
+    Ok((bytes, permit.unwrap_or_else(|| budget.empty_permit())))
+}
+
+async fn read_body_within(
+    req: axum::extract::Request,
+    limit: usize,
+    budget: Option<&BodyBudget>,
+) -> Result<(Bytes, Option<BodyPermit>), ApiError> {
     use futures_util::StreamExt;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let mut stream = req.into_body().into_data_stream();
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut permit = budget.map(BodyBudget::empty_permit);
+    let mut buf = Vec::new();
     let mut over = false;
     let mut drained = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(body_error)?;
         if !over && buf.len() + chunk.len() <= limit {
+            if let (Some(budget), Some(permit)) = (budget, permit.as_mut()) {
+                budget.take(permit, chunk.len()).await;
+            }
             buf.extend_from_slice(&chunk);
             continue;
         }
@@ -193,7 +224,24 @@ pub async fn read_body(req: axum::extract::Request, limit: usize) -> Result<Byte
         e.close = true;
         return Err(e);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), permit))
+}
+
+/// A request body that could not be read: 408 if it did not arrive in
+/// time ([`crate::server::conn::TimedBody`]), 400 otherwise; either way the
+/// connection closes.
+pub fn body_error(e: axum::Error) -> ApiError {
+    let inner = e.into_inner();
+    let mut api = if is_body_timeout(inner.as_ref()) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )
+    } else {
+        ApiError::bad_request(format!("could not read the request body: {inner}"))
+    };
+    api.close = true;
+    api
 }
 
 pub fn path_rejection(r: PathRejection) -> ApiError {

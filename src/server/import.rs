@@ -129,9 +129,7 @@ pub async fn import(
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                outcome = Err(ApiError::bad_request(format!(
-                    "reading the request body failed: {e}"
-                )));
+                outcome = Err(super::error::body_error(e));
                 break;
             }
         };
