@@ -778,7 +778,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(usize::from(n))
             .build_global()
-            .map_err(|e| Error::InvalidArgument(format!("sizing the query threads: {e}")))?;
+            .map_err(|e| Error::Internal(format!("sizing the query threads: {e}")))?;
     }
     let (engine, new_token) = segq::engine::Engine::open(&args.data)?;
     if let Some(token) = new_token {

@@ -551,7 +551,7 @@ impl Engine {
         sync_dir(&self.dir.join("workspaces"))?;
         let loaded = load_workspace(name, &folder).and_then(|h| {
             h.ok_or_else(|| {
-                Error::InvalidArgument(format!("workspace {name} did not load after its restore"))
+                Error::Internal(format!("workspace {name} did not load after its restore"))
             })
         });
         let (handle, _) = match loaded {
