@@ -70,7 +70,7 @@ impl SyncFailed {
             .into_iter()
             .next()
             .map(|(_, e)| e)
-            .unwrap_or_else(|| Error::InvalidArgument("no workspace failed to sync".into()))
+            .unwrap_or_else(|| Error::Internal("no workspace failed to sync".into()))
     }
 }
 

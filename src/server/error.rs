@@ -411,7 +411,10 @@ mod tests {
         });
         assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
         let body = api.body.to_string();
-        assert!(!body.contains("/srv") && !body.contains("os error"), "{body}");
+        assert!(
+            !body.contains("/srv") && !body.contains("os error"),
+            "{body}"
+        );
         assert!(body.contains("not applied"), "{body}");
 
         let api = ApiError::from(Error::Locked {

@@ -96,7 +96,7 @@ fn import(h: &WorkspaceHandle, ids: std::ops::Range<u32>) -> segq::Result<()> {
 fn members(ws: &Workspace) -> Vec<u32> {
     ws.cohorts
         .get(&CohortKey::new(Partner::Amplitude, "c"))
-        .map(|c| c.members.iter().collect())
+        .map(|c| c.members.iter().expect("the members read").collect())
         .unwrap_or_default()
 }
 
