@@ -113,7 +113,7 @@ struct WireExample {
 }
 
 fn fixture_error(name: &str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("fixture {name}: {e}"))
+    Error::Internal(format!("fixture {name}: {e}"))
 }
 
 /// Adds the demo users to a workspace.

@@ -128,6 +128,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A failure of segq itself, not of its input (a value that does not
+    /// serialise, a state that should not occur).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -196,6 +196,30 @@ struct ServeArgs {
     /// per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     query_threads: Option<u16>,
+    /// Seconds a connection has to send a request's headers; overrides
+    /// the configuration file.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds to wait for the next part of a request body; overrides the
+    /// configuration file.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout_secs: Option<u64>,
+    /// The slowest average request body rate after the body timeout's
+    /// grace, in bytes per second (0: none); overrides the configuration
+    /// file.
+    #[arg(long)]
+    min_body_bytes_per_sec: Option<u64>,
+    /// Seconds a kept-alive connection may wait idle for its next request;
+    /// overrides the configuration file.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: Option<u64>,
+    /// Open connections at most; overrides the configuration file.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Partner request body bytes held in memory at once, all requests
+    /// together; overrides the configuration file.
+    #[arg(long)]
+    max_buffered_body_bytes: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -765,7 +789,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(usize::from(n))
             .build_global()
-            .map_err(|e| Error::InvalidArgument(format!("sizing the query threads: {e}")))?;
+            .map_err(|e| Error::Internal(format!("sizing the query threads: {e}")))?;
     }
     let (engine, new_token) = segq::engine::Engine::open(&args.data)?;
     show_new_token(new_token.as_deref());
@@ -783,6 +807,25 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         options.max_body_bytes = n;
     }
     options.max_import_bytes = (args.max_import_bytes > 0).then_some(args.max_import_bytes);
+    let limits = &mut options.limits;
+    if let Some(s) = args.header_read_timeout_secs {
+        limits.header_read_timeout = std::time::Duration::from_secs(s);
+    }
+    if let Some(s) = args.body_read_timeout_secs {
+        limits.body_read_timeout = std::time::Duration::from_secs(s);
+    }
+    if let Some(n) = args.min_body_bytes_per_sec {
+        limits.min_body_bytes_per_sec = n;
+    }
+    if let Some(s) = args.idle_timeout_secs {
+        limits.idle_timeout = std::time::Duration::from_secs(s);
+    }
+    if let Some(n) = args.max_connections {
+        limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = args.max_buffered_body_bytes {
+        limits.max_buffered_body_bytes = n;
+    }
     let listen_err = |e: io::Error| Error::Io {
         path: args.listen.clone(),
         source: e,

@@ -117,7 +117,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
             let i = snap.inspect()?;
             if json {
                 let text = serde_json::to_string_pretty(&i)
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                    .map_err(|e| Error::Internal(format!("encoding the inspection: {e}")))?;
                 writeln!(out, "{text}").map_err(stdout)?;
                 return Ok(());
             }

@@ -373,7 +373,7 @@ pub fn write_snapshot<W: std::io::Write>(
         let offset = bitmaps.len() as u64;
         members
             .serialize_into(&mut bitmaps)
-            .map_err(|e| Error::InvalidArgument(format!("serializing {}: {e}", info.cohort_id)))?;
+            .map_err(|e| Error::Internal(format!("serializing {}: {e}", info.cohort_id)))?;
         cohorts.push(CohortMeta {
             partner: PARTNER,
             cohort_id: info.cohort_id.clone(),
@@ -404,7 +404,7 @@ pub fn write_snapshot<W: std::io::Write>(
         ext: Default::default(),
     };
     let meta = bincode::serde::encode_to_vec(&meta, bincode::config::standard())
-        .map_err(|e| Error::InvalidArgument(format!("encoding the snapshot meta: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encoding the snapshot meta: {e}")))?;
     let mut w = SnapshotWriter::to(out)?;
     w.section(SectionKind::Meta, &meta)?;
     w.section(SectionKind::Buckets, &buckets)?;

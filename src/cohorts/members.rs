@@ -216,7 +216,7 @@ impl Members {
         }
         self.bitmap()?
             .serialize_into(out)
-            .map_err(|e| Error::InvalidArgument(format!("serializing members: {e}")))
+            .map_err(|e| Error::Internal(format!("serializing members: {e}")))
     }
 
     /// Moves onto `base`, the same cohort in a snapshot written from

@@ -176,7 +176,7 @@ impl Manifest {
             manifest: self.clone(),
             crc32: manifest_crc(self),
         })
-        .map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))
+        .map_err(|e| Error::Internal(format!("encoding the manifest: {e}")))
     }
 }
 

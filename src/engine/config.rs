@@ -8,8 +8,17 @@
 //!  "compact_after_records": 1000000,
 //!  "compact_after_bytes": 1073741824,
 //!  "compact_interval_secs": 3600,
-//!  "max_filter_nodes": 1000}
+//!  "max_filter_nodes": 1000,
+//!  "header_read_timeout_secs": 10,
+//!  "body_read_timeout_secs": 30,
+//!  "min_body_bytes_per_sec": 16384,
+//!  "idle_timeout_secs": 60,
+//!  "max_connections": 4096,
+//!  "max_buffered_body_bytes": 268435456}
 //! ```
+//!
+//! The last six bound what clients can hold before they are authenticated
+//! (see [`crate::server::conn`]).
 //!
 //! Every partner has one partner_api_key per deployment. Unknown fields are
 //! refused, so a typo in the file is an error, not a silent default.
@@ -61,6 +70,70 @@ pub struct Config {
     /// (400).
     #[serde(default = "default_filter_nodes")]
     pub max_filter_nodes: usize,
+    /// The longest a connection may take to send a request's headers,
+    /// counted from its accept or from the first byte of a request that
+    /// follows another (seconds).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// The longest wait for the next part of a request body (seconds);
+    /// also the grace period before `min_body_bytes_per_sec` applies.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// The average rate a body must keep after its grace period; 0 for
+    /// none.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_bytes_per_sec: u64,
+    /// How long a kept-alive connection may wait, idle, for its next
+    /// request (seconds).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; past it new ones wait, and the one that
+    /// waits longest for a request (or reads an unauthenticated body) is
+    /// closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Request body bytes held in memory at once by the partner endpoints
+    /// (bodies read before their credentials are checked), all requests
+    /// together; at least `max_body_bytes`.
+    #[serde(default = "default_max_buffered_body")]
+    pub max_buffered_body_bytes: usize,
+}
+
+/// Seconds to send a request's headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Seconds to wait for the next part of a request body.
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
+/// The slowest average body rate, after the grace period.
+pub const DEFAULT_MIN_BODY_BYTES_PER_SEC: u64 = 16 << 10;
+/// Seconds a kept-alive connection may stay idle.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Open connections at most.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Partner request body bytes buffered at once, all requests together.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 256 << 20;
+
+fn default_header_read_timeout() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_SECS
+}
+
+fn default_body_read_timeout() -> u64 {
+    DEFAULT_BODY_READ_TIMEOUT_SECS
+}
+
+fn default_min_body_rate() -> u64 {
+    DEFAULT_MIN_BODY_BYTES_PER_SEC
+}
+
+fn default_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_SECS
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+fn default_max_buffered_body() -> usize {
+    DEFAULT_MAX_BUFFERED_BODY_BYTES
 }
 
 fn default_filter_nodes() -> usize {
@@ -100,6 +173,12 @@ impl Config {
             compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES,
             compact_interval_secs: DEFAULT_COMPACT_INTERVAL_SECS,
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            body_read_timeout_secs: DEFAULT_BODY_READ_TIMEOUT_SECS,
+            min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
         }
     }
 
@@ -160,6 +239,24 @@ impl Config {
         }
         if self.max_filter_nodes == 0 {
             return bad("max_filter_nodes must be at least 1".into());
+        }
+        for (name, secs) in [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            if secs == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return bad(format!(
+                "max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
+                self.max_buffered_body_bytes, self.max_body_bytes
+            ));
         }
         Ok(())
     }

@@ -268,7 +268,7 @@ impl WorkspaceHandle {
             .last()
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().to_string())
-            .ok_or_else(|| Error::InvalidArgument("the workspace has no log".into()))?;
+            .ok_or_else(|| Error::Internal("the workspace has no log".into()))?;
         // 2–3. Write the snapshot and commit it, writers going on.
         let (old, old_logs) = files.clone();
         let (manifest, done) =

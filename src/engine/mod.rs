@@ -95,7 +95,7 @@ impl SyncFailed {
             .into_iter()
             .next()
             .map(|(_, e)| e)
-            .unwrap_or_else(|| Error::InvalidArgument("no workspace failed to sync".into()))
+            .unwrap_or_else(|| Error::Internal("no workspace failed to sync".into()))
     }
 }
 
@@ -1035,7 +1035,7 @@ impl Engine {
         sync_dir(&self.dir.join("workspaces"))?;
         let loaded = load_workspace(name, &folder, Mode::ReadWrite).and_then(|h| {
             h.ok_or_else(|| {
-                Error::InvalidArgument(format!("workspace {name} did not load after its restore"))
+                Error::Internal(format!("workspace {name} did not load after its restore"))
             })
         });
         match loaded {

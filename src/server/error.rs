@@ -4,9 +4,12 @@
 //! ([`ProtocolError`]) convert into it, and so do axum's own rejections
 //! (body too large, bad path), so that every response is JSON.
 //!
-//! Server-side failures (storage, I/O, corrupt files) are logged to stderr
-//! with their detail and answered with a generic message: a response never
-//! carries a path, a secret or a key.
+//! Server-side failures (internal errors, storage, I/O, corrupt files, a
+//! workspace that cannot take writes) are logged to stderr with their
+//! detail under a short random error id, and answered (500, or 503) with a
+//! generic message and that id (`"error_id"`), so that an operator can
+//! find the detail: a response never carries a path, an OS error, a secret
+//! or a key.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -17,6 +20,8 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::import::ProtocolError;
+
+use super::conn::{is_body_timeout, BodyBudget, BodyPermit, ConnHandle};
 
 /// An error response.
 #[derive(Debug)]
@@ -55,13 +60,29 @@ impl ApiError {
         ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
     }
 
-    /// A server-side failure: the detail goes to the log only.
+    /// A server-side failure: 500; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        eprintln!("segq: internal error: {detail}");
-        ApiError::new(
+        ApiError::hidden(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal server error; the server log has the detail",
+            "internal server error",
+            detail,
         )
+    }
+
+    /// `status` with `what` and a fresh error id; `detail` is logged to
+    /// stderr under that id and not sent.
+    pub fn hidden(status: StatusCode, what: &str, detail: impl std::fmt::Display) -> Self {
+        let id = format!("e-{}", crate::engine::keys::random_hex(6));
+        eprintln!("segq: error {id} ({}): {detail}", status.as_u16());
+        let message = format!("{what} (error id {id}; the server log has the detail)");
+        let mut e = ApiError::new(status, message.clone());
+        e.body = json!({"message": message, "error_id": id});
+        e
+    }
+
+    /// The error id of a server-side failure.
+    pub fn error_id(&self) -> Option<&str> {
+        self.body.get("error_id").and_then(Value::as_str)
     }
 
     /// The admin API's 401.
@@ -123,22 +144,37 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::WorkspaceFailed { .. } | Error::NotDurable { .. } | Error::Locked { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        Error::Log(_) | Error::Corrupt { .. } | Error::Config { .. } | Error::Io { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        Error::Log(_)
+        | Error::Corrupt { .. }
+        | Error::Config { .. }
+        | Error::Io { .. }
+        | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = status_of(&e);
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            return ApiError::internal(&e);
+        match &e {
+            _ if status == StatusCode::INTERNAL_SERVER_ERROR => ApiError::internal(&e),
+            // Their reason names files and OS errors: logged, not sent.
+            Error::WorkspaceFailed { name, .. } => ApiError::hidden(
+                status,
+                &format!("workspace {name:?} cannot store writes now"),
+                &e,
+            ),
+            Error::NotDurable { name, .. } => ApiError::hidden(
+                status,
+                &format!(
+                    "workspace {name:?} could not make the change durable, so it was not applied; try again later"
+                ),
+                &e,
+            ),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                ApiError::hidden(status, "the service is unavailable", &e)
+            }
+            _ => ApiError::new(status, e.to_string()),
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            eprintln!("segq: {e}");
-        }
-        ApiError::new(status, e.to_string())
     }
 }
 
@@ -165,22 +201,51 @@ pub const DRAIN_BYTES: usize = 64 << 20;
 /// Reads a request body of at most `limit` bytes. A larger one is read on
 /// (and dropped) up to [`DRAIN_BYTES`] more, then refused with 413 and
 /// `Connection: close`: closing a connection while the client still
-/// sends makes the client see a reset rather than the answer.
+/// sends makes the client see a reset rather than the answer. Nothing is
+/// reserved from a declared `Content-Length`: memory follows the bytes
+/// that arrive.
 pub async fn read_body(req: axum::extract::Request, limit: usize) -> Result<Bytes, ApiError> {
+    read_body_within(req, limit, None).await.map(|(b, _)| b)
+}
+
+/// [`read_body`] for a request whose credentials are in its body, so not
+/// checked yet: the bytes are taken from the server's [`BodyBudget`]
+/// (waiting while it is spent) and held until the permit is dropped, and
+/// the connection may be closed meanwhile to make room for another.
+pub async fn read_unauthenticated_body(
+    budget: &BodyBudget,
+    req: axum::extract::Request,
+    limit: usize,
+) -> Result<(Bytes, BodyPermit), ApiError> {
+    let conn = req.extensions().get::<ConnHandle>().cloned();
+    if let Some(c) = &conn {
+        c.0.reading_unauthenticated_body(true);
+    }
+    let read = read_body_within(req, limit, Some(budget)).await;
+    if let Some(c) = &conn {
+        c.0.reading_unauthenticated_body(false);
+    }
+    let (bytes, permit) = read?;
+    Ok((bytes, permit.unwrap_or_else(|| budget.empty_permit())))
+}
+
+async fn read_body_within(
+    req: axum::extract::Request,
+    limit: usize,
+    budget: Option<&BodyBudget>,
+) -> Result<(Bytes, Option<BodyPermit>), ApiError> {
     use futures_util::StreamExt;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let mut stream = req.into_body().into_data_stream();
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut permit = budget.map(BodyBudget::empty_permit);
+    let mut buf = Vec::new();
     let mut over = false;
     let mut drained = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(body_error)?;
         if !over && buf.len() + chunk.len() <= limit {
+            if let (Some(budget), Some(permit)) = (budget, permit.as_mut()) {
+                budget.take(permit, chunk.len()).await;
+            }
             buf.extend_from_slice(&chunk);
             continue;
         }
@@ -195,7 +260,24 @@ pub async fn read_body(req: axum::extract::Request, limit: usize) -> Result<Byte
         e.close = true;
         return Err(e);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), permit))
+}
+
+/// A request body that could not be read: 408 if it did not arrive in
+/// time ([`crate::server::conn::TimedBody`]), 400 otherwise; either way the
+/// connection closes.
+pub fn body_error(e: axum::Error) -> ApiError {
+    let inner = e.into_inner();
+    let mut api = if is_body_timeout(inner.as_ref()) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )
+    } else {
+        ApiError::bad_request(format!("could not read the request body: {inner}"))
+    };
+    api.close = true;
+    api
 }
 
 pub fn path_rejection(r: PathRejection) -> ApiError {
@@ -278,20 +360,6 @@ mod tests {
             ),
             (Error::InvalidWorkspaceName { name: "a b".into() }, 400),
             (
-                Error::WorkspaceFailed {
-                    name: "acme".into(),
-                    reason: "fsync failed".into(),
-                },
-                503,
-            ),
-            (
-                Error::NotDurable {
-                    name: "acme".into(),
-                    reason: "the log write failed: No space left on device (os error 28)".into(),
-                },
-                503,
-            ),
-            (
                 Error::NoSuchCohort {
                     partner: Partner::Heap,
                     value: "x".into(),
@@ -308,6 +376,57 @@ mod tests {
     }
 
     #[test]
+    fn internal_failures_are_500_with_an_id_and_no_path() {
+        let api = ApiError::from(Error::Internal(
+            "encoding /data/workspaces/acme/MANIFEST failed".into(),
+        ));
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let id = api.error_id().expect("an error id").to_string();
+        assert!(id.starts_with("e-") && id.len() == 14, "{id}");
+        assert!(api.message().contains(&id), "{}", api.message());
+        let body = api.body.to_string();
+        assert!(!body.contains('/') && !body.contains("MANIFEST"), "{body}");
+        // Each failure its own id.
+        let other = ApiError::from(Error::Internal("x".into()));
+        assert_ne!(other.error_id(), Some(id.as_str()));
+    }
+
+    #[test]
+    fn a_503_carries_no_path_nor_os_error() {
+        let e = Error::WorkspaceFailed {
+            name: "acme".into(),
+            reason: "I/O error on /srv/segq/workspaces/acme/log-1.segqlog: No space left on device (os error 28)".into(),
+        };
+        let api = ApiError::from(e);
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = api.body.to_string();
+        assert!(
+            !body.contains("/srv") && !body.contains("os error"),
+            "{body}"
+        );
+        assert!(body.contains("acme"), "{body}");
+        assert!(api.error_id().is_some(), "{body}");
+
+        let api = ApiError::from(Error::NotDurable {
+            name: "acme".into(),
+            reason: "the log write failed: I/O error on /srv/segq/workspaces/acme/log-1.segqlog: No space left on device (os error 28)".into(),
+        });
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = api.body.to_string();
+        assert!(
+            !body.contains("/srv") && !body.contains("os error"),
+            "{body}"
+        );
+        assert!(body.contains("not applied"), "{body}");
+
+        let api = ApiError::from(Error::Locked {
+            path: "/srv/segq/LOCK".into(),
+        });
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!api.body.to_string().contains("/srv"), "{}", api.body);
+    }
+
+    #[test]
     fn server_failures_hide_their_detail() {
         let e = Error::Io {
             path: "/secret/place/log".into(),
@@ -318,6 +437,7 @@ mod tests {
         let body = api.body.to_string();
         assert!(!body.contains("/secret"), "{body}");
         assert!(!body.contains("fire"), "{body}");
+        assert!(api.error_id().is_some(), "{body}");
     }
 
     #[test]

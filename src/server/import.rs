@@ -7,7 +7,8 @@
 //! and each batch is applied with `WorkspaceHandle::upsert_users` on the
 //! blocking pool while the next one is being read. The partner endpoints'
 //! body limit does not apply; the server's `max_import_bytes` does (413,
-//! with what was applied until then).
+//! with what was applied until then, and `Connection: close` once what the
+//! client still sends is drained, up to [`DRAIN_BYTES`]).
 //!
 //! A malformed line, or a user the engine refuses, is counted in `failed`,
 //! reported with its line number (the first 100 by line in `errors`) and
@@ -15,10 +16,13 @@
 //! `{"created", "updated", "failed", "errors": [{"line", "message"}]}`.
 //! Only an unusable input (a bad CSV header) is a 400, and earlier batches
 //! stay applied in that case as in every other: the load is not a
-//! transaction.
+//! transaction. A batch the workspace cannot store (503, 500) ends the
+//! load: the answer names the first line not applied and carries the
+//! totals of the batches applied before it.
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -31,7 +35,7 @@ use crate::engine::{BatchReport, WorkspaceHandle};
 use crate::error::Error;
 
 use super::admin::PathParams;
-use super::error::{json_response, ApiError};
+use super::error::{body_error, json_response, ApiError, DRAIN_BYTES};
 use super::AppState;
 
 type Pending = JoinHandle<(Vec<u64>, Result<BatchReport, Error>)>;
@@ -45,14 +49,28 @@ fn spawn_batch(handle: &Arc<WorkspaceHandle>, batch: Batch) -> Pending {
     })
 }
 
-/// Waits for a batch and adds its outcome to the totals.
+/// Waits for a batch and adds its outcome to the totals. A batch refused
+/// as a whole (the workspace could not store it) is an error naming the
+/// first line of that batch: nothing of it, nor of what follows, is
+/// applied.
 async fn settle(pending: Pending, totals: &mut Totals) -> Result<(), ApiError> {
     let (lines, report) = pending
         .await
         .map_err(|e| ApiError::internal(format!("import task failed: {e}")))?;
-    let report = report?;
-    totals.add_batch(&lines, report.created, report.updated, report.failed);
-    Ok(())
+    match report {
+        Ok(report) => {
+            totals.add_batch(&lines, report.created, report.updated, report.failed);
+            Ok(())
+        }
+        Err(e) => {
+            let mut api = ApiError::from(e);
+            if let Some(first) = lines.first() {
+                let message = format!("{}; lines from {first} on were not applied", api.message());
+                api.body["message"] = json!(message);
+            }
+            Err(api)
+        }
+    }
 }
 
 /// A parsed line goes to the batch or, failed, straight to the totals.
@@ -63,17 +81,49 @@ fn sink(p: Parsed, batch: &mut Batch, totals: &mut Totals) {
     }
 }
 
-fn partial(status: StatusCode, message: String, mut totals: Totals) -> ApiError {
+/// An error answer with the totals of what was applied before it.
+fn partial(mut e: ApiError, mut totals: Totals) -> ApiError {
     totals.finish();
-    let mut e = ApiError::new(status, message.clone());
-    e.body = json!({
+    let message = e.message().to_string();
+    let mut body = json!({
         "message": message,
         "created": totals.created,
         "updated": totals.updated,
         "failed": totals.failed,
         "errors": totals.errors,
     });
+    if let Some(id) = e.error_id() {
+        body["error_id"] = json!(id);
+    }
+    e.body = body;
     e
+}
+
+/// A body over the limit: 413 with `Connection: close`, once what the
+/// client still sends has been read and dropped (at most
+/// [`DRAIN_BYTES`] more), so that it reads the answer rather than a reset.
+async fn too_large<S>(stream: &mut S, message: String) -> ApiError
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    drain(stream).await;
+    let mut e = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message);
+    e.close = true;
+    e
+}
+
+/// Reads and drops at most [`DRAIN_BYTES`] of what is left of a body.
+async fn drain<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    let mut drained = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        drained += chunk.len();
+        if drained > DRAIN_BYTES {
+            break;
+        }
+    }
 }
 
 /// `POST /admin/workspaces/{ws}/users/import`.
@@ -103,18 +153,33 @@ pub async fn import(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = req.into_body().into_data_stream();
     if let (Some(limit), Some(declared)) = (limit, declared) {
         if declared > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            return Err(too_large(
+                &mut stream,
                 format!(
                     "the import body ({declared} bytes) is larger than the limit of {limit} bytes"
                 ),
-            ));
+            )
+            .await);
         }
     }
+    load(&mut stream, format, limit, |b| spawn_batch(&handle, b)).await
+}
 
-    let mut stream = req.into_body().into_data_stream();
+/// Parses `stream` and applies its batches with `apply`, one at a time
+/// while the next is read.
+async fn load<S, A>(
+    stream: &mut S,
+    format: Format,
+    limit: Option<u64>,
+    mut apply: A,
+) -> Result<Response, ApiError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+    A: FnMut(Batch) -> Pending,
+{
     let mut parser = Parser::new(format);
     let mut totals = Totals::default();
     let mut batch = Batch::new();
@@ -124,27 +189,36 @@ pub async fn import(
     // Full batches are handed over after each chunk.
     let mut full: Vec<Batch> = Vec::new();
 
+    // A failure while reading or parsing: what was read before it is still
+    // applied. A batch that fails stops everything after it.
     let mut outcome: Result<(), ApiError> = Ok(());
-    while let Some(chunk) = stream.next().await {
+    let mut batch_failed = false;
+    let mut ended = false;
+    'read: loop {
+        let Some(chunk) = stream.next().await else {
+            ended = true;
+            break;
+        };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                outcome = Err(ApiError::bad_request(format!(
-                    "reading the request body failed: {e}"
-                )));
+                outcome = Err(body_error(e));
+                ended = true;
                 break;
             }
         };
         read += chunk.len() as u64;
         if limit.is_some_and(|l| read > l) {
-            outcome = Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            outcome = Err(too_large(
+                stream,
                 format!(
                     "the import body is larger than the limit of {} bytes; lines up to {} were processed",
                     limit.unwrap_or_default(),
                     parser.lines()
                 ),
-            ));
+            )
+            .await);
+            ended = true;
             break;
         }
         let fed = parser.feed(&chunk, &mut |p| {
@@ -159,9 +233,13 @@ pub async fn import(
         }
         for b in full.drain(..) {
             if let Some(p) = pending.take() {
-                settle(p, &mut totals).await?;
+                if let Err(e) = settle(p, &mut totals).await {
+                    outcome = Err(e);
+                    batch_failed = true;
+                    break 'read;
+                }
             }
-            pending = Some(spawn_batch(&handle, b));
+            pending = Some(apply(b));
         }
     }
     if outcome.is_ok() {
@@ -169,17 +247,25 @@ pub async fn import(
             outcome = Err(ApiError::bad_request(msg));
         }
     }
-    // What was read before a failure is still applied: the response then
-    // says what was.
     if let Some(p) = pending.take() {
-        settle(p, &mut totals).await?;
+        if let Err(e) = settle(p, &mut totals).await {
+            outcome = Err(e);
+            batch_failed = true;
+        }
     }
-    if !batch.is_empty() {
-        settle(spawn_batch(&handle, batch.take()), &mut totals).await?;
+    if !batch_failed && !batch.is_empty() {
+        if let Err(e) = settle(apply(batch.take()), &mut totals).await {
+            outcome = Err(e);
+        }
     }
-    if let Err(e) = outcome {
-        let message = e.message().to_string();
-        return Err(partial(e.status, message, totals));
+    if let Err(mut e) = outcome {
+        if !ended {
+            // The rest of the body is not read: the connection cannot
+            // carry another request.
+            drain(stream).await;
+            e.close = true;
+        }
+        return Err(partial(e, totals));
     }
     totals.finish();
     Ok(json_response(
@@ -191,4 +277,83 @@ pub async fn import(
             "errors": totals.errors,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    /// A body of `n` JSON Lines users, in chunks of 1,000 lines.
+    fn body(n: usize) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin {
+        let lines: Vec<String> = (1..=n)
+            .map(|i| format!("{{\"external_id\": \"u{i}\"}}\n"))
+            .collect();
+        let chunks: Vec<Result<Bytes, axum::Error>> = lines
+            .chunks(1000)
+            .map(|c| Ok(Bytes::from(c.concat())))
+            .collect();
+        futures_util::stream::iter(chunks)
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_answers_with_the_totals_applied_before_it() {
+        let batch = crate::bulk::BATCH_SIZE;
+        let mut calls = 0;
+        let mut stream = body(batch * 3 + 5);
+        let result = load(&mut stream, Format::JsonLines, None, |b| {
+            calls += 1;
+            let fail = calls == 2;
+            tokio::task::spawn_blocking(move || {
+                let report = if fail {
+                    Err(Error::WorkspaceFailed {
+                        name: "acme".into(),
+                        reason: "I/O error on /data/workspaces/acme/log: disk full".into(),
+                    })
+                } else {
+                    Ok(BatchReport {
+                        created: b.users.len() as u64,
+                        ..BatchReport::default()
+                    })
+                };
+                (b.lines, report)
+            })
+        })
+        .await;
+        let Err(e) = result else {
+            panic!("a failed batch is an error")
+        };
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        // The first batch was applied; the second failed; nothing after.
+        assert_eq!(calls, 2);
+        assert_eq!(e.body["created"], batch as u64, "{}", e.body);
+        assert_eq!(e.body["updated"], 0);
+        assert_eq!(e.body["failed"], 0);
+        let message = e.message();
+        assert!(
+            message.contains(&format!("lines from {} on were not applied", batch + 1)),
+            "{message}"
+        );
+        assert!(!message.contains("/data"), "{message}");
+        assert!(e.body["error_id"].is_string(), "{}", e.body);
+        // The body was not read to its end: the connection closes.
+        assert!(e.close);
+    }
+
+    #[tokio::test]
+    async fn a_load_without_failures_applies_every_batch() {
+        let mut stream = body(crate::bulk::BATCH_SIZE + 7);
+        let resp = load(&mut stream, Format::JsonLines, None, |b| {
+            tokio::task::spawn_blocking(move || {
+                let report = BatchReport {
+                    created: b.users.len() as u64,
+                    ..BatchReport::default()
+                };
+                (b.lines, Ok(report))
+            })
+        })
+        .await
+        .expect("applied");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 }

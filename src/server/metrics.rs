@@ -9,7 +9,13 @@
 //!   applied, `matched`, `unmatched` or `refused` (device ids of identified
 //!   users);
 //! - `segq_data_points_total{partner}`: billable data points since start;
-//! - `segq_rate_limited_total`: requests refused by the rate limit.
+//! - `segq_rate_limited_total`: requests refused by the rate limit;
+//! - `segq_http_open_connections`: connections open now;
+//! - `segq_http_buffered_body_bytes`: partner request body bytes held now
+//!   (bounded by `max_buffered_body_bytes`);
+//! - `segq_http_connections_closed_total{reason}`: connections the server
+//!   closed itself, by `header_timeout`, `idle_timeout`, `body_timeout` or
+//!   `evicted` (to make room past `max_connections`).
 //!
 //! Routes are fixed when the router is built, so recording a request is a
 //! hash lookup and a few relaxed atomic adds: no lock, no allocation.
@@ -29,6 +35,7 @@ use hashbrown::HashMap;
 use crate::cohorts::ChangeReport;
 use crate::ids::Partner;
 
+use super::conn::{Closed, ConnStats};
 use super::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -281,9 +288,44 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     resp
 }
 
+/// The connection layer's gauges and counters, in the text format.
+pub fn render_connections(stats: &ConnStats, out: &mut String) {
+    // `write!` to a String cannot fail.
+    let _ = (|| -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP segq_http_open_connections HTTP connections open now."
+        )?;
+        writeln!(out, "# TYPE segq_http_open_connections gauge")?;
+        writeln!(out, "segq_http_open_connections {}", stats.open())?;
+        writeln!(
+            out,
+            "# HELP segq_http_buffered_body_bytes Partner request body bytes held in memory now."
+        )?;
+        writeln!(out, "# TYPE segq_http_buffered_body_bytes gauge")?;
+        writeln!(out, "segq_http_buffered_body_bytes {}", stats.budget.used())?;
+        writeln!(
+            out,
+            "# HELP segq_http_connections_closed_total Connections the server closed itself, by reason."
+        )?;
+        writeln!(out, "# TYPE segq_http_connections_closed_total counter")?;
+        for why in Closed::ALL {
+            writeln!(
+                out,
+                "segq_http_connections_closed_total{{reason=\"{}\"}} {}",
+                why.label(),
+                stats.closed(why)
+            )?;
+        }
+        Ok(())
+    })();
+}
+
 /// `GET /metrics`.
 pub async fn handler(State(state): State<Arc<AppState>>) -> Response {
-    let mut resp = state.metrics.render().into_response();
+    let mut text = state.metrics.render();
+    render_connections(&state.conns, &mut text);
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod import;
 pub mod metrics;
@@ -52,6 +53,8 @@ pub struct ServerOptions {
     pub rate_limit_per_hour: u64,
     /// The largest bulk import body; `None` for no limit.
     pub max_import_bytes: Option<u64>,
+    /// Timeouts, the connection limit and the body buffering budget.
+    pub limits: conn::Limits,
 }
 
 impl ServerOptions {
@@ -61,6 +64,7 @@ impl ServerOptions {
             max_body_bytes: config.max_body_bytes,
             rate_limit_per_hour: config.rate_limit_per_hour,
             max_import_bytes: Some(DEFAULT_MAX_IMPORT_BYTES),
+            limits: conn::Limits::from_config(config),
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct AppState {
     pub options: ServerOptions,
     pub limiter: RateLimiter,
     pub metrics: Metrics,
+    /// The connection gauges and the partner bodies' buffering budget.
+    pub conns: Arc<conn::ConnStats>,
 }
 
 impl AppState {
@@ -147,12 +153,24 @@ pub fn router(engine: Arc<Engine>) -> Router {
 
 /// The application with explicit limits.
 pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> Router {
+    build(engine, options).0
+}
+
+/// The application and its connection gauges.
+fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::ConnStats>) {
     use routes::*;
+    // One body may always be buffered whole.
+    let budget = options
+        .limits
+        .max_buffered_body_bytes
+        .max(options.max_body_bytes);
+    let conns = Arc::new(conn::ConnStats::new(budget));
     let state = Arc::new(AppState {
         engine,
         limiter: RateLimiter::new(options.rate_limit_per_hour),
         metrics: Metrics::new(&ALL),
         options,
+        conns: conns.clone(),
     });
     let body_limit = DefaultBodyLimit::max(state.options.max_body_bytes);
     // A known path with another method: 405 with a JSON body (and `Allow`).
@@ -213,18 +231,20 @@ pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> Router {
         .layer(body_limit)
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
 
-    Router::new()
+    let app = Router::new()
         .merge(partner)
         .merge(admin)
         .merge(segment_api)
         .route(METRICS, json_405(get(metrics::handler)))
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), metrics::track))
-        .with_state(state)
+        .with_state(state);
+    (app, conns)
 }
 
 /// Serves `engine` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish and syncs every log.
+/// in-flight requests finish and syncs every log. Connections are bounded
+/// in number and time as [`conn`] describes.
 pub async fn serve<F>(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
@@ -247,10 +267,9 @@ pub async fn serve_with<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let app = router_with(engine.clone(), options);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = options.limits.clone();
+    let (app, conns) = build(engine.clone(), options);
+    conn::run(listener, app, limits, conns, shutdown).await?;
     tokio::task::spawn_blocking(move || engine.sync_all())
         .await
         .map_err(io::Error::other)?

@@ -5,7 +5,9 @@
 //! The steps, each answering its own error:
 //! 1. the partner in the path (404 for an unknown one);
 //! 2. the content type: `application/json` or none (415 otherwise);
-//! 3. the body, read whole up to `max_body_bytes` (413 over it);
+//! 3. the body, read whole up to `max_body_bytes` (413 over it), its bytes
+//!    taken from the server's body budget until the request is done
+//!    (credentials are in the body: nothing is authenticated yet);
 //! 4. then, on one blocking thread (the apply waits for an fsync): parse and
 //!    validate (400; 401 for missing credentials), `Engine::authorize`
 //!    (401), the per-key rate limit (429 with `Retry-After`), and the
@@ -30,7 +32,8 @@ use crate::import::{
 };
 
 use super::auth::require_json;
-use super::error::{json_response, path_rejection, read_body, ApiError};
+use super::conn::BodyPermit;
+use super::error::{json_response, path_rejection, read_unauthenticated_body, ApiError};
 use super::AppState;
 
 /// `POST /partners/{partner}/cohorts`.
@@ -39,9 +42,10 @@ pub async fn cohorts(
     partner: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (partner, body) = read(&state, partner, req).await?;
+    let (partner, body, permit) = read(&state, partner, req).await?;
     let st = state.clone();
     run_blocking(move || {
+        let _permit = permit;
         let req = parse_cohort_request(&body)?;
         let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
         st.rate_limit(&key_id)?;
@@ -64,9 +68,10 @@ pub async fn users(
     partner: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (partner, body) = read(&state, partner, req).await?;
+    let (partner, body, permit) = read(&state, partner, req).await?;
     let st = state.clone();
     run_blocking(move || {
+        let _permit = permit;
         let req = parse_users_request(&body)?;
         let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
         st.rate_limit(&key_id)?;
@@ -89,15 +94,15 @@ async fn read(
     state: &AppState,
     partner: Result<Path<String>, PathRejection>,
     req: Request,
-) -> Result<(Partner, Bytes), ApiError> {
+) -> Result<(Partner, Bytes, BodyPermit), ApiError> {
     let Path(partner) = partner.map_err(path_rejection)?;
     let partner: Partner = partner
         .parse()
         .map_err(|_| ProtocolError::UnknownPartner(partner))?;
     require_json(req.headers())?;
     let limit = state.options.max_body_bytes;
-    let body = read_body(req, limit).await?;
-    Ok((partner, body))
+    let (body, permit) = read_unauthenticated_body(&state.conns.budget, req, limit).await?;
+    Ok((partner, body, permit))
 }
 
 /// Runs the blocking part of a request on tokio's blocking pool.

@@ -161,7 +161,7 @@ fn workspace(state: &AppState, name: &str) -> std::result::Result<Arc<WorkspaceH
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::InvalidArgument(format!("cannot serialise: {e}")))
+    serde_json::to_value(v).map_err(|e| Error::Internal(format!("cannot serialise: {e}")))
 }
 
 /// A request body's fields, read one by one so that an error names the

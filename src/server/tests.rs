@@ -259,3 +259,83 @@ async fn workspace_names_clashing_in_case_or_naming_a_device_are_refused() {
     assert_eq!(s.engine.workspace_names(), ["acme"]);
     s.stop().await;
 }
+
+/// Sends `head` then up to `max` body bytes (stopping when the server
+/// closes), while reading the answer until the server closes the
+/// connection. Returns the answer and the body bytes the socket took.
+async fn send_and_read(base: &str, head: String, chunked: bool, max: usize) -> (String, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return 0;
+        }
+        let line = b"{\"external_id\": \"u\"}\n".repeat(3000);
+        let mut sent = 0;
+        while sent < max {
+            let r = if chunked {
+                let mut c = format!("{:x}\r\n", line.len()).into_bytes();
+                c.extend_from_slice(&line);
+                c.extend_from_slice(b"\r\n");
+                wr.write_all(&c).await
+            } else {
+                wr.write_all(&line).await
+            };
+            if r.is_err() {
+                break;
+            }
+            sent += line.len();
+        }
+        sent
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    let sent = writer.await.expect("the writer ends");
+    (String::from_utf8_lossy(&answer).into_owned(), sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_over_its_limit_is_413_and_the_connection_closes() {
+    const LIMIT: u64 = 100_000;
+    let s = start(|o| o.max_import_bytes = Some(LIMIT)).await;
+    s.engine.create_workspace("acme").expect("creates");
+    let unbounded = 4 * super::error::DRAIN_BYTES;
+    // A declared length over the limit (refused before reading), and a
+    // chunked body that goes past it (refused while reading).
+    for (length, chunked) in [
+        (format!("Content-Length: {}\r\n", 1u64 << 40), false),
+        ("Transfer-Encoding: chunked\r\n".to_string(), true),
+    ] {
+        let head = format!(
+            "POST /admin/workspaces/acme/users/import HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\n{length}\r\n",
+            s.token
+        );
+        let (answer, sent) = send_and_read(&s.base, head, chunked, unbounded).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        if chunked {
+            assert!(answer.contains("lines up to"), "{answer}");
+        }
+        // Drained up to a bound, not read on without end.
+        assert!(sent < unbounded, "the server read {sent} bytes of the body");
+    }
+    s.stop().await;
+}

@@ -91,12 +91,10 @@ impl DictWriter {
     pub fn finish(self) -> Result<Vec<u8>> {
         let count = self.entries.len();
         if count >= u32::MAX as usize {
-            return Err(Error::InvalidArgument(format!(
-                "{count} dictionary entries"
-            )));
+            return Err(Error::Internal(format!("{count} dictionary entries")));
         }
         if self.entries.windows(2).any(|w| w[0].0 > w[1].0) {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Internal(
                 "dictionary entries must come in user order".into(),
             ));
         }

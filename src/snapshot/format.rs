@@ -153,7 +153,7 @@ impl<W: Write> SnapshotWriter<W> {
     /// Appends a section. Each kind may appear once.
     pub fn section(&mut self, kind: SectionKind, bytes: &[u8]) -> Result<()> {
         if self.sections.iter().any(|s| s.kind == kind) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "snapshot section {} written twice",
                 kind.name()
             )));

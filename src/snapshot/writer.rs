@@ -43,7 +43,7 @@ pub fn write(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
         let offset = bitmaps.len() as u64;
         c.members
             .serialize_into(&mut bitmaps)
-            .map_err(|e| Error::InvalidArgument(format!("serializing {}: {e}", c.key)))?;
+            .map_err(|e| Error::Internal(format!("serializing {}: {e}", c.key)))?;
         cohorts.push(CohortMeta {
             partner: c.key.partner,
             cohort_id: c.key.cohort_id.clone(),
@@ -104,7 +104,7 @@ pub fn write(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
                 .collect(),
         },
     };
-    let meta = meta.encode().map_err(Error::InvalidArgument)?;
+    let meta = meta.encode().map_err(Error::Internal)?;
 
     let mut w = SnapshotWriter::new();
     w.section(SectionKind::Meta, &meta)?;

@@ -779,7 +779,7 @@ impl UserRegistry {
         };
         let (old, new) = (self.base_len(), frozen.len());
         if !same_base || new < old || new > self.len() || snap.users()? != new {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "rebasing users onto {}: it holds {} users, the frozen state {new}, the live one {}",
                 snap.name(),
                 snap.users()?,

@@ -341,6 +341,11 @@ impl Server {
         Ok(server)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(self.run.join("stderr")).unwrap_or_default()

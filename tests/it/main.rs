@@ -21,6 +21,7 @@ mod query_safety;
 mod segment_parse;
 mod segments;
 mod server;
+mod slow_clients;
 mod snapshot;
 mod support;
 mod users;

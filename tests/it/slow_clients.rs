@@ -1,0 +1,176 @@
+//! Clients that connect and stall, before any credentials are checked:
+//! the server's connections and memory stay bounded, stalled connections
+//! are closed after the (short, here) timeouts, and normal requests are
+//! answered meanwhile.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::http::{users_body, Fixture};
+
+const STALLED: usize = 1000;
+const MAX_CONNECTIONS: usize = 600;
+/// What 1,000 stalled bodies of 1 MiB would hold if buffered as announced.
+const ANNOUNCED: u64 = STALLED as u64 / 2 * (1 << 20);
+
+/// The open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Reads until the server closes the connection; false if it stays open
+/// past the read timeout.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            // Reset: closed too.
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn stalled_clients_are_bounded_and_closed_and_others_are_served() {
+    let max = MAX_CONNECTIONS.to_string();
+    let f = Fixture::new(&[
+        "--header-read-timeout-secs",
+        "1",
+        "--body-read-timeout-secs",
+        "1",
+        "--max-connections",
+        &max,
+        "--max-buffered-body-bytes",
+        "4194304",
+    ]);
+    let s = &f.server;
+    let pid = s.pid();
+    s.post(
+        "/partners/amplitude/cohorts/users",
+        &users_body(&f.secret, "c1", json!([{"user_ids": ["u1"]}])),
+    )
+    .expect(201);
+    let fds_before = fds(pid);
+    let rss_before = rss(pid);
+
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::with_capacity(STALLED);
+    for i in 0..STALLED {
+        let mut c = TcpStream::connect(&addr).expect("connects");
+        c.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("sets a read timeout");
+        let head = if i % 2 == 0 {
+            // Half-sent headers.
+            "POST /partners/amplitude/cohorts/users HTTP/1.1\r\nHost: x\r\nContent-Ty".to_string()
+        } else {
+            // Whole headers announcing 1 MiB, then nothing.
+            format!(
+                "POST /partners/amplitude/cohorts/users HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                1 << 20
+            )
+        };
+        // The server may already have closed an early one to make room.
+        let _ = c.write_all(head.as_bytes());
+        stalled.push(c);
+    }
+
+    // Meanwhile: normal partner and segment requests are answered.
+    s.post(
+        "/partners/amplitude/cohorts/users",
+        &users_body(&f.secret, "c1", json!([{"user_ids": ["u2"]}])),
+    )
+    .expect(200);
+    let count = s
+        .request(
+            Method::POST,
+            "/workspaces/acme/segments/count",
+            Some("application/json"),
+            serde_json::to_vec(&json!({"filter": "amplitude_cohorts includes_value c1"}))
+                .expect("serialises"),
+            true,
+        )
+        .expect(200);
+    assert_eq!(count.json()["count"], 0, "{}", count.text);
+
+    // Bounded: connections (the server's own gauge and its descriptors)
+    // and memory (buffered bodies, and resident memory far below what
+    // buffering the announced bodies would take).
+    let open = s.metric("segq_http_open_connections");
+    assert!(open <= MAX_CONNECTIONS as f64, "{open} connections open");
+    let fds_now = fds(pid);
+    assert!(
+        fds_now <= fds_before + MAX_CONNECTIONS + 16,
+        "{fds_before} descriptors before, {fds_now} with {STALLED} stalled clients"
+    );
+    let buffered = s.metric("segq_http_buffered_body_bytes");
+    assert!(buffered <= 4194304.0, "{buffered} body bytes buffered");
+    let grown = rss(pid).saturating_sub(rss_before);
+    assert!(
+        grown < ANNOUNCED / 4,
+        "resident memory grew by {grown} bytes"
+    );
+
+    // Every stalled connection is closed by the server: the header ones
+    // by the header timeout (or to make room), the body ones by the body
+    // timeout (a 408) or to make room.
+    let still_open = stalled
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(still_open, 0, "stalled connections left open");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.metric("segq_http_open_connections") > 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = s.metrics();
+    let closed = |reason: &str| {
+        crate::http::metric_in(
+            &metrics,
+            &format!("segq_http_connections_closed_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(s.metric("segq_http_open_connections") <= 1.0, "{metrics}");
+    assert!(closed("header_timeout") > 0.0, "{metrics}");
+    assert!(closed("body_timeout") > 0.0, "{metrics}");
+    assert!(closed("evicted") > 0.0, "{metrics}");
+    assert!(
+        closed("header_timeout") + closed("body_timeout") + closed("evicted") >= STALLED as f64,
+        "{metrics}"
+    );
+
+    // And the server still serves.
+    s.post(
+        "/partners/amplitude/cohorts/users",
+        &users_body(&f.secret, "c1", json!([{"user_ids": ["u3"]}])),
+    )
+    .expect(200);
+}
