@@ -158,7 +158,7 @@ fn dump(h: &WorkspaceHandle) -> Dump {
                     c.name.clone(),
                     // With the offset: DateTime equality ignores it.
                     c.created_at.map(|t| t.to_rfc3339()),
-                    c.members.iter().collect(),
+                    c.members.iter().expect("readable members").collect(),
                     c.sync.clone(),
                 )
             })
@@ -576,11 +576,12 @@ fn deleting_a_cohort_survives_restart_and_compaction_and_it_can_come_back() {
     // Created again under the same id: a new, empty cohort.
     add(&s, "c1", &["u2"]);
     let members = |s: &Setup| {
-        s.handle()
-            .read()
-            .cohorts
-            .get(&key)
-            .map(|c| c.members.iter().collect::<Vec<_>>())
+        s.handle().read().cohorts.get(&key).map(|c| {
+            c.members
+                .iter()
+                .expect("readable members")
+                .collect::<Vec<_>>()
+        })
     };
     let u2 = s.handle().read().users.match_external_id("u2").unwrap().0;
     assert_eq!(members(&s), Some(vec![u2]));
@@ -637,7 +638,13 @@ fn a_cohort_deleted_and_created_again_during_a_compaction_keeps_only_its_own_mem
         .unwrap();
     compact(&mut ws, &frozen, 2);
     let c = ws.cohorts.get(&CohortKey::new(AMP, "c1")).unwrap();
-    assert_eq!(c.members.iter().collect::<Vec<_>>(), vec![u[2].0]);
+    assert_eq!(
+        c.members
+            .iter()
+            .expect("readable members")
+            .collect::<Vec<_>>(),
+        vec![u[2].0]
+    );
     assert_eq!(c.len(), 1);
 }
 
