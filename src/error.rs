@@ -1,11 +1,93 @@
 //! The library's error type. Every variant carries what was expected and what
 //! was found, so that a caller (the CLI, the HTTP layer) can say it clearly.
 
+use std::fmt;
+
 use crate::ids::{CohortKey, Partner, UserId};
+
+/// How many characters of an offending value an error message repeats.
+pub const ECHO_CHARS: usize = 64;
+
+/// How many characters of a free-text message (one that may have been
+/// composed with an input in it) an error repeats.
+pub const MESSAGE_CHARS: usize = 1024;
+
+/// The first `max` characters of `s` when it is longer (cut on a char
+/// boundary), `None` when it is not.
+pub fn prefix(s: &str, max: usize) -> Option<&str> {
+    s.char_indices().nth(max).map(|(i, _)| &s[..i])
+}
+
+/// An input value as an error message repeats it: quoted and escaped like
+/// `{:?}`, and, past [`ECHO_CHARS`] characters, cut to them, followed by
+/// `…` and its whole length: `"aaaa"… (900000 bytes)`. Every message that
+/// repeats what a caller sent goes through this (or [`Bare`], [`Clip`]), so
+/// a response or a CLI message never carries a whole large input.
+pub struct Echo<'a>(pub &'a str);
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match prefix(self.0, ECHO_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some(p) => write!(f, "{p:?}… ({} bytes)", self.0.len()),
+        }
+    }
+}
+
+/// [`Echo`] without the quotes and escapes, for values shown as they are
+/// (a cohort_id after its partner, a path).
+pub struct Bare<'a>(pub &'a str);
+
+impl fmt::Display for Bare<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match prefix(self.0, ECHO_CHARS) {
+            None => f.write_str(self.0),
+            Some(p) => write!(f, "{p}… ({} bytes)", self.0.len()),
+        }
+    }
+}
+
+/// A free-text message cut to [`MESSAGE_CHARS`] characters (with `…` and
+/// its whole length past them).
+pub struct Clip<'a>(pub &'a str);
+
+impl fmt::Display for Clip<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match prefix(self.0, MESSAGE_CHARS) {
+            None => f.write_str(self.0),
+            Some(p) => write!(f, "{p}… ({} bytes)", self.0.len()),
+        }
+    }
+}
+
+/// At most ten values, each as [`Echo`] shows it, then how many more.
+pub struct EchoList<'a>(pub &'a [String]);
+
+impl fmt::Display for EchoList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 10;
+        f.write_str("[")?;
+        for (i, v) in self.0.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", Echo(v))?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, ", and {} more", self.0.len() - SHOWN)?;
+        }
+        f.write_str("]")
+    }
+}
 
 /// Where a segment filter failed to parse, and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{location}: expected {expected}, found {found}")]
+#[error(
+    "{}: expected {}, found {}",
+    Clip(location),
+    Clip(expected),
+    Bare(found)
+)]
 pub struct FilterParseError {
     /// `line L, column C` for the text form and for JSON syntax errors, a
     /// path such as `$.and[1].comparison` for JSON structure errors.
@@ -20,24 +102,30 @@ pub struct FilterParseError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown partner {found:?}: expected one of amplitude, mixpanel, heap, census, hightouch, segment, kubit, tinyclues")]
+    #[error("unknown partner {}: expected one of amplitude, mixpanel, heap, census, hightouch, segment, kubit, tinyclues", Echo(found))]
     UnknownPartner { found: String },
 
-    #[error("external_id {external_id:?} is already held by user {holder}")]
+    #[error("external_id {} is already held by user {holder}", Echo(external_id))]
     DuplicateExternalId { external_id: String, holder: UserId },
 
-    #[error("alias ({label:?}, {name:?}) is already held by user {holder}")]
+    #[error(
+        "alias ({}, {}) is already held by user {holder}",
+        Echo(label),
+        Echo(name)
+    )]
     DuplicateAlias {
         label: String,
         name: String,
         holder: UserId,
     },
 
-    #[error("device_id {device_id:?} is already held by user {holder}")]
+    #[error("device_id {} is already held by user {holder}", Echo(device_id))]
     DuplicateDevice { device_id: String, holder: UserId },
 
     #[error(
-        "user {user} is already identified as {current:?}; cannot identify it as {requested:?}"
+        "user {user} is already identified as {}; cannot identify it as {}",
+        Echo(current),
+        Echo(requested)
     )]
     AlreadyIdentified {
         user: UserId,
@@ -45,59 +133,75 @@ pub enum Error {
         requested: String,
     },
 
-    #[error("no user {0}")]
+    #[error("no user {}", Bare(.0))]
     UnknownUser(String),
 
-    #[error("invalid {kind}: {reason}")]
+    #[error("invalid {kind}: {}", Clip(reason))]
     InvalidIdentifier { kind: &'static str, reason: String },
 
     #[error("the workspace is full: at most {max} users")]
     TooManyUsers { max: u64 },
 
-    #[error("unknown cohort {key}")]
+    #[error("unknown cohort {}/{}", key.partner, Bare(&key.cohort_id))]
     UnknownCohort { key: CohortKey },
 
-    #[error("{partner}_cohorts has no cohort with id or name {value:?}")]
+    #[error("{partner}_cohorts has no cohort with id or name {}", Echo(value))]
     NoSuchCohort { partner: Partner, value: String },
 
-    #[error("{partner}_cohorts: the name {name:?} is shared by cohorts {ids:?}; name one by its cohort_id")]
+    #[error(
+        "{partner}_cohorts: the name {} is shared by cohorts {}; name one by its cohort_id",
+        Echo(name),
+        EchoList(ids)
+    )]
     AmbiguousCohortName {
         partner: Partner,
         name: String,
         ids: Vec<String>,
     },
 
-    #[error("invalid cohort: {0}")]
+    #[error("{partner} has {max} cohorts in this workspace, the most it may create (max_cohorts_per_partner); delete one first")]
+    TooManyCohorts { partner: Partner, max: usize },
+
+    #[error("cohort {}/{} is used by saved segments {}; delete or change them first", key.partner, Bare(&key.cohort_id), EchoList(segments))]
+    CohortInUse {
+        key: CohortKey,
+        segments: Vec<String>,
+    },
+
+    #[error("invalid cohort: {}", Clip(.0))]
     InvalidCohort(String),
 
     #[error("filter parse error at {0}")]
     FilterParse(#[from] FilterParseError),
 
-    #[error("invalid argument: {0}")]
+    #[error("invalid argument: {}", Clip(.0))]
     InvalidArgument(String),
 
     #[error("the filter has {nodes} nodes (cohort and bucket tests, and, or, not); at most {limit} are allowed (max_filter_nodes)")]
     FilterTooLarge { nodes: usize, limit: usize },
 
-    #[error("no workspace {name:?}")]
+    #[error("no workspace {}", Echo(name))]
     UnknownWorkspace { name: String },
 
-    #[error("invalid workspace name {name:?}: expected 1 to 64 letters, digits, '_' or '-'")]
+    #[error(
+        "invalid workspace name {}: expected 1 to 64 letters, digits, '_' or '-'",
+        Echo(name)
+    )]
     InvalidWorkspaceName { name: String },
 
-    #[error("invalid workspace name {name:?}: a device name Windows reserves (con, prn, aux, nul, com0-com9, lpt0-lpt9, in any case) cannot name a folder")]
+    #[error("invalid workspace name {}: a device name Windows reserves (con, prn, aux, nul, com0-com9, lpt0-lpt9, in any case) cannot name a folder", Echo(name))]
     ReservedWorkspaceName { name: String },
 
-    #[error("workspace name {name:?} differs only in case from workspace {existing:?}; on a case-insensitive file system both would be one folder")]
+    #[error("workspace name {} differs only in case from workspace {}; on a case-insensitive file system both would be one folder", Echo(name), Echo(existing))]
     WorkspaceNameClash { name: String, existing: String },
 
-    #[error("no data import key {id:?} in this workspace")]
+    #[error("no data import key {} in this workspace", Echo(id))]
     UnknownKey { id: String },
 
-    #[error("no saved segment {id:?} in this workspace")]
+    #[error("no saved segment {} in this workspace", Echo(id))]
     UnknownSegment { id: String },
 
-    #[error("invalid cursor: {0}")]
+    #[error("invalid cursor: {}", Clip(.0))]
     InvalidCursor(String),
 
     #[error("workspace {name:?} refuses writes until segq restarts: {reason}")]

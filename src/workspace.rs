@@ -103,8 +103,11 @@ impl Workspace {
     pub fn apply_rebase(&mut self, frozen: &Workspace, r: Rebase) -> Result<()> {
         self.users.rebase(&frozen.users, r.snap)?;
         for (key, base) in r.bases {
-            // Cohorts are never deleted, so every frozen one is still here;
-            // those created after the freeze stay wholly in memory.
+            // A cohort deleted since the freeze is gone; one created since
+            // (also under the key of one deleted) stays wholly in memory.
+            if !self.cohorts.same_cohort(&frozen.cohorts, &key) {
+                continue;
+            }
             if let (Some(c), Some(before)) = (self.cohorts.get_mut(&key), frozen.cohorts.get(&key))
             {
                 c.members.rebase(&before.members, base);
@@ -124,6 +127,40 @@ impl Workspace {
     ) -> Result<bool> {
         self.cohorts
             .upsert(CohortKey::new(partner, cohort_id), name, created_at)
+    }
+
+    /// Deletes a partner cohort. Refused, changing nothing, if there is no
+    /// such cohort or a saved segment names it
+    /// ([`Error::CohortInUse`] lists them).
+    pub fn delete_cohort(&mut self, partner: Partner, cohort_id: &str) -> Result<()> {
+        let key = CohortKey::new(partner, cohort_id);
+        if self.cohorts.get(&key).is_none() {
+            return Err(Error::UnknownCohort { key });
+        }
+        let users = self.segments_using(&key);
+        if !users.is_empty() {
+            return Err(Error::CohortInUse {
+                key,
+                segments: users,
+            });
+        }
+        self.cohorts.remove(&key);
+        Ok(())
+    }
+
+    /// The ids of the saved segments whose filter names a cohort.
+    pub fn segments_using(&self, key: &CohortKey) -> Vec<String> {
+        self.segments
+            .values()
+            .filter(|s| {
+                let mut uses = false;
+                s.filter.for_each_cohort(&mut |p, id, _| {
+                    uses |= p == key.partner && id == key.cohort_id;
+                });
+                uses
+            })
+            .map(|s| s.id.clone())
+            .collect()
     }
 
     /// Applies a request's `cohort_changes` to a cohort (created on first use

@@ -7,9 +7,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Cohort, UNMATCHED_SAMPLE};
+use std::collections::VecDeque;
+
+use super::{push_sample, Cohort};
+use crate::error::Bare;
 use crate::ids::UserId;
-use crate::users::{DeviceMatch, UserRegistry};
+use crate::users::{DeviceMatch, UserRegistry, MAX_IDENTIFIER_BYTES};
 
 /// An alias as the protocol sends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +59,8 @@ pub struct ResolvedChanges {
     pub unmatched: u64,
     /// Device ids whose user is identified: neither added nor removed.
     pub refused_device_ids: u64,
-    /// The last (at most [`UNMATCHED_SAMPLE`]) unmatched identifiers.
+    /// The last unmatched identifiers, within the bounds of
+    /// [`SyncStats::recent_unmatched`](super::SyncStats::recent_unmatched).
     pub unmatched_sample: Vec<String>,
 }
 
@@ -75,50 +79,78 @@ pub struct ChangeReport {
     pub cohort_created: bool,
 }
 
+/// Whether no user could hold this identifier (it is too long).
+fn too_long(id: &str) -> bool {
+    id.len() > MAX_IDENTIFIER_BYTES
+}
+
+/// An identifier as the unmatched sample shows it: whole when a user could
+/// hold it, otherwise its beginning and its length.
+fn sampled(id: &str) -> String {
+    if too_long(id) {
+        Bare(id).to_string()
+    } else {
+        id.to_string()
+    }
+}
+
 /// Matches every identifier of `changes` against the registry, in order.
+/// An identifier longer than any user may hold matches nobody.
 pub fn resolve(users: &UserRegistry, changes: &[CohortChange]) -> ResolvedChanges {
     let mut out = ResolvedChanges::default();
-    let unmatched = |out: &mut ResolvedChanges, what: String| {
+    let mut sample = VecDeque::new();
+    let mut sample_bytes = 0;
+    let mut unmatched = |out: &mut ResolvedChanges, what: String| {
         out.unmatched += 1;
-        if out.unmatched_sample.len() == UNMATCHED_SAMPLE {
-            out.unmatched_sample.remove(0);
-        }
-        out.unmatched_sample.push(what);
+        push_sample(&mut sample, &mut sample_bytes, what);
     };
     for change in changes {
         let remove = change.should_remove;
         for ext in &change.user_ids {
-            match users.match_external_id(ext) {
+            let found = (!too_long(ext))
+                .then(|| users.match_external_id(ext))
+                .flatten();
+            match found {
                 Some(user) => {
                     out.matched += 1;
                     out.ops.push(MemberOp { user, remove });
                 }
-                None => unmatched(&mut out, format!("user_id:{ext}")),
+                None => unmatched(&mut out, format!("user_id:{}", sampled(ext))),
             }
         }
         for a in &change.aliases {
-            match users.match_alias(&a.alias_label, &a.alias_name) {
+            let (label, name) = (&a.alias_label, &a.alias_name);
+            let found = (!too_long(label) && !too_long(name))
+                .then(|| users.match_alias(label, name))
+                .flatten();
+            match found {
                 Some(user) => {
                     out.matched += 1;
                     out.ops.push(MemberOp { user, remove });
                 }
                 None => unmatched(
                     &mut out,
-                    format!("alias:{}:{}", a.alias_label, a.alias_name),
+                    format!("alias:{}:{}", sampled(label), sampled(name)),
                 ),
             }
         }
         for dev in &change.device_ids {
-            match users.match_device(dev) {
+            let found = if too_long(dev) {
+                DeviceMatch::Unknown
+            } else {
+                users.match_device(dev)
+            };
+            match found {
                 DeviceMatch::Matched(user) => {
                     out.matched += 1;
                     out.ops.push(MemberOp { user, remove });
                 }
                 DeviceMatch::Refused(_) => out.refused_device_ids += 1,
-                DeviceMatch::Unknown => unmatched(&mut out, format!("device_id:{dev}")),
+                DeviceMatch::Unknown => unmatched(&mut out, format!("device_id:{}", sampled(dev))),
             }
         }
     }
+    out.unmatched_sample = sample.into();
     out
 }
 
@@ -150,11 +182,11 @@ impl Cohort {
         s.matched_total += resolved.matched;
         s.unmatched_total += resolved.unmatched;
         s.refused_total += resolved.refused_device_ids;
+        // Records logged before the byte bound may carry bigger samples:
+        // the bound applies here too, so replay keeps memory bounded.
+        let mut bytes = s.recent_unmatched.iter().map(String::len).sum();
         for u in &resolved.unmatched_sample {
-            if s.recent_unmatched.len() == UNMATCHED_SAMPLE {
-                s.recent_unmatched.pop_front();
-            }
-            s.recent_unmatched.push_back(u.clone());
+            push_sample(&mut s.recent_unmatched, &mut bytes, u.clone());
         }
         Ok(report)
     }

@@ -21,6 +21,25 @@ use crate::ids::{CohortKey, Partner};
 /// How many recent unmatched identifiers a cohort keeps for troubleshooting.
 pub const UNMATCHED_SAMPLE: usize = 100;
 
+/// The most bytes (of the identifiers' text) that sample holds: the oldest
+/// go first past either bound. A request's sample in its log record has
+/// the same bounds.
+pub const UNMATCHED_SAMPLE_BYTES: usize = 4096;
+
+/// Appends `entry` to a sample of recent unmatched identifiers whose text
+/// is `bytes` long, dropping the oldest past [`UNMATCHED_SAMPLE`] entries
+/// or [`UNMATCHED_SAMPLE_BYTES`] bytes.
+pub(crate) fn push_sample(sample: &mut VecDeque<String>, bytes: &mut usize, entry: String) {
+    *bytes += entry.len();
+    sample.push_back(entry);
+    while sample.len() > UNMATCHED_SAMPLE || *bytes > UNMATCHED_SAMPLE_BYTES {
+        match sample.pop_front() {
+            Some(old) => *bytes -= old.len(),
+            None => break,
+        }
+    }
+}
+
 /// What the people who run syncs ask about a cohort.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
@@ -35,7 +54,9 @@ pub struct SyncStats {
     /// Device ids refused because their user is identified, over all requests.
     pub refused_total: u64,
     /// The most recent unmatched identifiers, oldest first, at most
-    /// [`UNMATCHED_SAMPLE`], e.g. `user_id:u-9` or `alias:email:x@y`.
+    /// [`UNMATCHED_SAMPLE`] of them and [`UNMATCHED_SAMPLE_BYTES`], e.g.
+    /// `user_id:u-9` or `alias:email:x@y`; an identifier longer than any
+    /// user may hold is kept as its beginning and its length.
     pub recent_unmatched: VecDeque<String>,
 }
 
@@ -100,6 +121,18 @@ pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a cohort name as the protocol requires: a non-empty string (not
+/// only white space) of at most [`MAX_NAME_BYTES`]. The wire validator and
+/// the catalog (so log replay too) use this one check.
+pub fn check_cohort_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Error::InvalidCohort(
+            "name must be a non-empty string".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The longest cohort_id or cohort name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 
@@ -107,6 +140,11 @@ pub const MAX_NAME_BYTES: usize = 1024;
 #[derive(Clone, Debug, Default)]
 pub struct CohortCatalog {
     cohorts: HashMap<CohortKey, Cohort>,
+    /// Per cohort, a number set when it is put in the catalog (unique like
+    /// versions): a cohort deleted and created again under the same key is
+    /// another cohort, which a compaction that froze the first must not
+    /// rebase.
+    lineage: HashMap<CohortKey, u64>,
 }
 
 impl CohortCatalog {
@@ -132,8 +170,10 @@ impl CohortCatalog {
     pub fn get_or_create(&mut self, key: CohortKey) -> Result<(&mut Cohort, bool)> {
         check_cohort_id(&key.cohort_id)?;
         let mut created = false;
+        let lineage = &mut self.lineage;
         let cohort = self.cohorts.entry(key).or_insert_with_key(|k| {
             created = true;
+            lineage.insert(k.clone(), next_version());
             Cohort::new(k.clone())
         });
         Ok((cohort, created))
@@ -148,11 +188,7 @@ impl CohortCatalog {
         name: &str,
         created_at: Option<DateTime<FixedOffset>>,
     ) -> Result<bool> {
-        if name.is_empty() {
-            return Err(Error::InvalidCohort(
-                "name must be a non-empty string".into(),
-            ));
-        }
+        check_cohort_name(name)?;
         let (cohort, created) = self.get_or_create(key)?;
         cohort.name = name.to_string();
         if cohort.created_at.is_none() {
@@ -165,12 +201,34 @@ impl CohortCatalog {
     pub fn insert(&mut self, mut cohort: Cohort) -> Result<()> {
         check_cohort_id(&cohort.key.cohort_id)?;
         cohort.touch();
+        self.lineage.insert(cohort.key.clone(), next_version());
         self.cohorts.insert(cohort.key.clone(), cohort);
         Ok(())
     }
 
     pub fn get_mut(&mut self, key: &CohortKey) -> Option<&mut Cohort> {
         self.cohorts.get_mut(key)
+    }
+
+    /// Removes a cohort; returns it, or `None` if there was none.
+    pub fn remove(&mut self, key: &CohortKey) -> Option<Cohort> {
+        self.lineage.remove(key);
+        self.cohorts.remove(key)
+    }
+
+    /// Whether the cohort under `key` here is the very one under it in
+    /// `earlier` (a clone of this catalog, taken before): not deleted and
+    /// created again since.
+    pub fn same_cohort(&self, earlier: &CohortCatalog, key: &CohortKey) -> bool {
+        matches!(
+            (self.lineage.get(key), earlier.lineage.get(key)),
+            (Some(a), Some(b)) if a == b
+        )
+    }
+
+    /// How many cohorts a partner has.
+    pub fn count(&self, partner: Partner) -> usize {
+        self.cohorts.keys().filter(|k| k.partner == partner).count()
     }
 
     /// A partner's cohorts, by cohort_id.

@@ -4,7 +4,7 @@
 //! ```json
 //! {"partner_api_keys": {"amplitude": "pk_amplitude_…", …},
 //!  "rate_limit_per_hour": 250000,
-//!  "max_body_bytes": 1048576,
+//!  "max_body_bytes": 16777216,
 //!  "compact_after_records": 1000000,
 //!  "compact_after_bytes": 1073741824,
 //!  "compact_interval_secs": 3600,
@@ -14,7 +14,8 @@
 //!  "min_body_bytes_per_sec": 16384,
 //!  "idle_timeout_secs": 60,
 //!  "max_connections": 4096,
-//!  "max_buffered_body_bytes": 268435456}
+//!  "max_buffered_body_bytes": 268435456,
+//!  "max_cohorts_per_partner": 1000}
 //! ```
 //!
 //! The last six bound what clients can hold before they are authenticated
@@ -35,9 +36,17 @@ use crate::ids::Partner;
 
 /// The platform's rate limit: requests per hour per data import key.
 pub const DEFAULT_RATE_LIMIT_PER_HOUR: u64 = 250_000;
-/// The largest partner request body accepted (1,000 identifiers fit with
-/// room to spare).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest partner request body accepted: 16 MiB, so that every
+/// request the protocol allows fits, written as compact JSON however its
+/// strings are escaped. The largest such request carries 1,000 aliases,
+/// each in its own `cohort_changes` object
+/// (`{"aliases":[{"alias_name":"…","alias_label":"…"}],"should_remove":false},`:
+/// 71 bytes of JSON) with a label and a name at the 1,024-byte limit,
+/// each byte escaped at worst as 6 (`\u001f`): 71 + 2 × 6,144 = 12,359
+/// bytes an alias, 12,359,000 for 1,000; the cohort_id (at most 6,144
+/// bytes escaped), the credentials and the keys around them add a few KB:
+/// about 12.4 MB, which leaves 16 MiB some 4 MB for white space.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 
 fn default_rate() -> u64 {
     DEFAULT_RATE_LIMIT_PER_HOUR
@@ -97,6 +106,10 @@ pub struct Config {
     /// together; at least `max_body_bytes`.
     #[serde(default = "default_max_buffered_body")]
     pub max_buffered_body_bytes: usize,
+    /// The most cohorts one partner may create in one workspace (through
+    /// the partner endpoints; 409 past it). Deleting one makes room.
+    #[serde(default = "default_max_cohorts")]
+    pub max_cohorts_per_partner: usize,
 }
 
 /// Seconds to send a request's headers.
@@ -140,6 +153,15 @@ fn default_filter_nodes() -> usize {
     crate::segment::DEFAULT_MAX_FILTER_NODES
 }
 
+fn default_max_cohorts() -> usize {
+    DEFAULT_MAX_COHORTS_PER_PARTNER
+}
+
+/// The most cohorts a partner may create per workspace, by default. With
+/// the per-cohort bounds on the unmatched sample, a partner's cohorts cost
+/// a workspace at most about 4 MiB of samples.
+pub const DEFAULT_MAX_COHORTS_PER_PARTNER: usize = 1_000;
+
 fn default_compact_records() -> u64 {
     DEFAULT_COMPACT_AFTER_RECORDS
 }
@@ -179,6 +201,7 @@ impl Config {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
+            max_cohorts_per_partner: DEFAULT_MAX_COHORTS_PER_PARTNER,
         }
     }
 
@@ -257,6 +280,9 @@ impl Config {
                 "max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
                 self.max_buffered_body_bytes, self.max_body_bytes
             ));
+        }
+        if self.max_cohorts_per_partner == 0 {
+            return bad("max_cohorts_per_partner must be at least 1".into());
         }
         Ok(())
     }

@@ -86,6 +86,9 @@ pub struct WorkspaceHandle {
     /// Key uses to log with the next write (`Change::KeyUsed`), by key id:
     /// milliseconds since the epoch.
     key_uses: Mutex<std::collections::BTreeMap<String, i64>>,
+    /// The most cohorts one partner may create through the partner
+    /// endpoints (`max_cohorts_per_partner` of the configuration).
+    cohort_limit: usize,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -117,6 +120,7 @@ impl WorkspaceHandle {
             bitmaps: Default::default(),
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
             key_uses: Mutex::default(),
+            cohort_limit: super::config::DEFAULT_MAX_COHORTS_PER_PARTNER,
         }
     }
 
@@ -168,6 +172,28 @@ impl WorkspaceHandle {
             return Ok(());
         }
         self.write(|ws| Ok(((), self.take_key_uses(ws))))
+    }
+
+    /// Bounds the cohorts one partner may create in this workspace
+    /// through [`Self::upsert_cohort`] and [`Self::import_users`] to `max`
+    /// (the configuration's `max_cohorts_per_partner`). Log replay and
+    /// snapshots are never refused by it.
+    pub(crate) fn with_cohort_limit(mut self, max: usize) -> Self {
+        self.cohort_limit = max;
+        self
+    }
+
+    /// Refuses a partner's new cohort past the limit.
+    fn check_cohort_room(&self, ws: &Workspace, partner: Partner, cohort_id: &str) -> Result<()> {
+        let max = self.cohort_limit;
+        let exists = ws
+            .cohorts
+            .get(&crate::ids::CohortKey::new(partner, cohort_id))
+            .is_some();
+        if !exists && ws.cohorts.count(partner) >= max {
+            return Err(Error::TooManyCohorts { partner, max });
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -504,13 +530,14 @@ impl WorkspaceHandle {
     /// whether the cohort was created.
     pub fn upsert_cohort(&self, partner: Partner, req: &CohortRequest) -> Result<bool> {
         self.write(|ws| {
+            self.check_cohort_room(ws, partner, &req.cohort_id)?;
             let created =
                 ws.upsert_cohort(partner, &req.cohort_id, &req.name, Some(req.created_at))?;
             let change = Change::CohortUpserted {
                 partner,
                 cohort_id: req.cohort_id.clone(),
                 name: req.name.clone(),
-                created_at: req.created_at.to_rfc3339(),
+                created_at: crate::import::format_created_at(&req.created_at),
             };
             Ok((created, vec![change]))
         })
@@ -530,6 +557,7 @@ impl WorkspaceHandle {
             if req.identifiers() == 0 {
                 return Ok((ChangeReport::default(), Vec::new()));
             }
+            self.check_cohort_room(ws, partner, &req.cohort_id)?;
             let resolved = cohorts::resolve(&ws.users, &req.cohort_changes);
             let report = ws.apply_resolved(partner, &req.cohort_id, &resolved, now)?;
             let change = Change::CohortChanged {
@@ -539,6 +567,20 @@ impl WorkspaceHandle {
                 resolved,
             };
             Ok((report, vec![change]))
+        })
+    }
+
+    /// Deletes a partner cohort (its partner's request, or an admin's).
+    /// Refused while a saved segment names it ([`Error::CohortInUse`]).
+    pub fn delete_cohort(&self, partner: Partner, cohort_id: &str) -> Result<()> {
+        self.write(|ws| {
+            let change = Change::CohortDeleted {
+                partner,
+                cohort_id: cohort_id.to_string(),
+                at_ms: to_ms(Utc::now()),
+            };
+            super::record::apply(ws, &change)?;
+            Ok(((), vec![change]))
         })
     }
 

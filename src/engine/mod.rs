@@ -45,7 +45,9 @@ pub mod keys;
 pub mod record;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
-pub use config::{Config, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_PER_HOUR};
+pub use config::{
+    Config, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_COHORTS_PER_PARTNER, DEFAULT_RATE_LIMIT_PER_HOUR,
+};
 pub use handle::{BatchReport, WorkspaceHandle};
 pub use record::Change;
 
@@ -851,7 +853,9 @@ impl Engine {
             }
             index_keys(&handle, &mut key_index, &mut last_used);
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
-            let handle = handle.with_max_filter_nodes(config.max_filter_nodes);
+            let handle = handle
+                .with_max_filter_nodes(config.max_filter_nodes)
+                .with_cohort_limit(config.max_cohorts_per_partner);
             table.live.insert(name, Arc::new(handle));
         }
         Ok(Arc::new(Engine {
@@ -929,7 +933,8 @@ impl Engine {
             name.to_string(),
             Arc::new(
                 WorkspaceHandle::new(Workspace::new(name, seed), writer, folder, None, vec![path])
-                    .with_max_filter_nodes(self.config.max_filter_nodes),
+                    .with_max_filter_nodes(self.config.max_filter_nodes)
+                    .with_cohort_limit(self.config.max_cohorts_per_partner),
             ),
         );
         Ok(true)
@@ -1040,7 +1045,11 @@ impl Engine {
         });
         match loaded {
             Ok((handle, _)) => Ok((
-                Arc::new(handle.with_max_filter_nodes(self.config.max_filter_nodes)),
+                Arc::new(
+                    handle
+                        .with_max_filter_nodes(self.config.max_filter_nodes)
+                        .with_cohort_limit(self.config.max_cohorts_per_partner),
+                ),
                 snapshot_keys,
             )),
             Err(e) => {

@@ -53,7 +53,9 @@ pub enum Change {
         partner: Partner,
         cohort_id: String,
         name: String,
-        /// RFC 3339, as the partner sent it (offset kept).
+        /// RFC 3339, as the partner sent it (offset kept): written by
+        /// [`crate::import::format_created_at`], read by
+        /// [`crate::import::parse_created_at`].
         created_at: String,
     },
     CohortChanged {
@@ -100,6 +102,13 @@ pub enum Change {
     /// minute): its `last_used`, kept to the minute.
     KeyUsed {
         id: String,
+        at_ms: i64,
+    },
+    /// A partner cohort deleted (by its partner or an admin); refused
+    /// while a saved segment names it.
+    CohortDeleted {
+        partner: Partner,
+        cohort_id: String,
         at_ms: i64,
     },
 }
@@ -215,8 +224,9 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
             name,
             created_at,
         } => {
-            let created_at = DateTime::parse_from_rfc3339(created_at)
-                .map_err(|e| mismatch(format!("created_at {created_at:?}: {e}")))?;
+            let created_at = crate::import::parse_created_at(created_at).ok_or_else(|| {
+                mismatch(format!("created_at {created_at:?} is not a valid time"))
+            })?;
             ws.upsert_cohort(*partner, cohort_id, name, Some(created_at))?;
         }
         Change::CohortChanged {
@@ -294,6 +304,9 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
             let at = from_ms(*at_ms);
             key.last_used = Some(key.last_used.map_or(at, |t| t.max(at)));
         }
+        Change::CohortDeleted {
+            partner, cohort_id, ..
+        } => ws.delete_cohort(*partner, cohort_id)?,
     }
     Ok(())
 }

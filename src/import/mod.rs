@@ -44,7 +44,7 @@ pub enum ProtocolError {
     #[error("{0}")]
     Unauthorized(&'static str),
     /// 404: the URL names no partner segq knows.
-    #[error("unknown partner {0:?}")]
+    #[error("unknown partner {}", crate::error::Echo(.0))]
     UnknownPartner(String),
     /// 413.
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -105,6 +105,14 @@ pub struct CohortRequest {
     pub cohort_id: String,
     pub name: String,
     pub created_at: DateTime<FixedOffset>,
+}
+
+/// `POST /partners/{partner}/cohorts/delete` (segq's own endpoint; the
+/// platform has none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeleteRequest {
+    pub credentials: Credentials,
+    pub cohort_id: String,
 }
 
 /// `POST /partners/{partner}/cohorts/users`.
@@ -179,9 +187,32 @@ fn cohort_id(m: &Map<String, Value>, errors: &mut Vec<String>) -> String {
     }
 }
 
-/// Parses an ISO-8601 time with an offset (`2021-01-21T19:20:30+05:00`,
-/// `...Z`, fractional seconds, or without seconds).
+/// Parses a cohort's `created_at`: an ISO-8601 time with an offset
+/// (`2021-01-21T19:20:30+05:00`, `...Z`, fractional seconds, or without
+/// seconds) that the store can keep.
+///
+/// This is the one parser of the value: the wire validator, log replay
+/// ([`crate::engine::record`]) and snapshot load use it, so whatever a
+/// request is allowed to store reads back at start-up. A cohort's time is
+/// stored as [`format_created_at`] writes it (RFC 3339), so a time that
+/// does not read back from that text as the same instant with the same
+/// offset is refused here: years outside 0000 to 9999 (RFC 3339 has four
+/// digits), offsets with seconds.
 pub fn parse_created_at(s: &str) -> Option<DateTime<FixedOffset>> {
+    let t = parse_iso8601(s)?;
+    let back = DateTime::parse_from_rfc3339(&format_created_at(&t)).ok()?;
+    (back == t && back.offset() == t.offset()).then_some(t)
+}
+
+/// How a cohort's `created_at` is stored (log records, snapshots): RFC
+/// 3339 with the offset the partner sent. [`parse_created_at`] reads it.
+pub fn format_created_at(t: &DateTime<FixedOffset>) -> String {
+    t.to_rfc3339()
+}
+
+/// The forms of ISO-8601 the wire accepts, before the check that the
+/// value can be stored.
+fn parse_iso8601(s: &str) -> Option<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t);
     }
@@ -207,11 +238,7 @@ pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError>
     let mut errors = Vec::new();
     let cohort_id = cohort_id(&m, &mut errors);
     let name = match m.get("name") {
-        Some(Value::String(s))
-            if !s.trim().is_empty() && s.len() <= crate::cohorts::MAX_NAME_BYTES =>
-        {
-            s.clone()
-        }
+        Some(Value::String(s)) if crate::cohorts::check_cohort_name(s).is_ok() => s.clone(),
         _ => {
             errors.push(texts::NAME.into());
             String::new()
@@ -235,12 +262,29 @@ pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError>
     }
 }
 
-/// An identifier a user could hold: non-empty and at most
-/// [`MAX_IDENTIFIER_BYTES`](crate::users::MAX_IDENTIFIER_BYTES) long. A
-/// longer one could never match, and keeping it as an unmatched sample
-/// would let one request grow the server's memory and log.
+/// Parses and validates a delete request: credentials (presence) and
+/// `cohort_id`, as the other endpoints check them.
+pub fn parse_delete_request(body: &[u8]) -> Result<DeleteRequest, ProtocolError> {
+    let m = parse_object(body)?;
+    let credentials = credentials(&m)?;
+    let mut errors = Vec::new();
+    let cohort_id = cohort_id(&m, &mut errors);
+    if !errors.is_empty() {
+        return Err(ProtocolError::bad(errors));
+    }
+    Ok(DeleteRequest {
+        credentials,
+        cohort_id,
+    })
+}
+
+/// An identifier the protocol accepts: a non-empty string. One longer
+/// than [`MAX_IDENTIFIER_BYTES`](crate::users::MAX_IDENTIFIER_BYTES) can
+/// never match: [`crate::cohorts::resolve`] counts it as unmatched (the
+/// platform never fails a batch for an unknown id) and samples only its
+/// beginning.
 fn identifier_ok(s: &str) -> bool {
-    !s.is_empty() && s.len() <= crate::users::MAX_IDENTIFIER_BYTES
+    !s.is_empty()
 }
 
 /// An array of strings, where `null` or a missing key mean empty.

@@ -16,6 +16,7 @@
 //! | `POST /admin/workspaces/{ws}/users/identify` | `{"user", "external_id"}` |
 //! | `POST /admin/workspaces/{ws}/users/import` | bulk load, see [`super::import`] |
 //! | `GET /admin/workspaces/{ws}/cohorts` | per cohort: size and sync statistics |
+//! | `DELETE /admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}` | delete a cohort (200; 404 unknown; 409 while a saved segment names it) |
 //! | `GET /admin/workspaces/{ws}/data_points` | `[{"partner","day","data_points"}]` |
 //!
 //! A user is named (`"user"`) by exactly one identifier:
@@ -382,6 +383,23 @@ pub async fn cohorts(
             })
             .collect();
         Ok(json_response(StatusCode::OK, Value::Array(list)))
+    })
+    .await
+}
+
+/// `DELETE /admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}`.
+pub async fn delete_cohort(
+    State(state): State<Arc<AppState>>,
+    PathParams((ws, p, cohort_id)): PathParams<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let p = partner(&p)?;
+    let handle = workspace(&state, &ws)?;
+    run_blocking(move || {
+        handle.delete_cohort(p, &cohort_id)?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"message": "cohort deleted", "partner": p.as_str(), "cohort_id": cohort_id}),
+        ))
     })
     .await
 }

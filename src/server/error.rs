@@ -37,11 +37,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// A status with `{"message": message}`.
+    /// A status with `{"message": message}` (cut, as every echo of an
+    /// input is: [`crate::error::Clip`]).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let message = message.into();
         ApiError {
             status,
-            body: json!({"message": message.into()}),
+            body: json!({"message": crate::error::Clip(&message).to_string()}),
             retry_after_secs: None,
             authenticate: false,
             close: false,
@@ -132,7 +134,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::AlreadyIdentified { .. }
         | Error::AmbiguousCohortName { .. }
         | Error::WorkspaceNameClash { .. }
-        | Error::TooManyUsers { .. } => StatusCode::CONFLICT,
+        | Error::TooManyUsers { .. }
+        | Error::TooManyCohorts { .. }
+        | Error::CohortInUse { .. } => StatusCode::CONFLICT,
         Error::InvalidIdentifier { .. }
         | Error::InvalidCohort(_)
         | Error::FilterParse(_)
@@ -281,11 +285,17 @@ pub fn body_error(e: axum::Error) -> ApiError {
 }
 
 pub fn path_rejection(r: PathRejection) -> ApiError {
-    ApiError::bad_request(format!("invalid path: {}", r.body_text()))
+    ApiError::bad_request(format!(
+        "invalid path: {}",
+        crate::error::Bare(&r.body_text())
+    ))
 }
 
 pub fn query_rejection(r: QueryRejection) -> ApiError {
-    ApiError::bad_request(format!("invalid query string: {}", r.body_text()))
+    ApiError::bad_request(format!(
+        "invalid query string: {}",
+        crate::error::Bare(&r.body_text())
+    ))
 }
 
 impl IntoResponse for ApiError {
@@ -311,7 +321,7 @@ impl IntoResponse for ApiError {
 
 /// The fallback for paths no route serves.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}", uri.path()))
+    ApiError::not_found(format!("no route for {}", crate::error::Bare(uri.path())))
 }
 
 /// The fallback for a known path with a method it does not serve (axum

@@ -93,6 +93,7 @@ impl AppState {
 pub mod routes {
     pub const COHORTS: &str = "/partners/{partner}/cohorts";
     pub const COHORT_USERS: &str = "/partners/{partner}/cohorts/users";
+    pub const COHORT_DELETE: &str = "/partners/{partner}/cohorts/delete";
     pub const METRICS: &str = "/metrics";
     pub const WORKSPACES: &str = "/admin/workspaces";
     pub const CREATE_KEY: &str = "/admin/workspaces/{ws}/partners/{partner}/keys";
@@ -106,6 +107,7 @@ pub mod routes {
     pub const IMPORT: &str = "/admin/workspaces/{ws}/users/import";
     pub const COHORT_STATS: &str = "/admin/workspaces/{ws}/cohorts";
     pub const DATA_POINTS: &str = "/admin/workspaces/{ws}/data_points";
+    pub const COHORT: &str = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}";
     pub const SEGMENT_COUNT: &str = "/workspaces/{ws}/segments/count";
     pub const SEGMENT_BREAKDOWN: &str = "/workspaces/{ws}/segments/breakdown";
     pub const SEGMENT_MEMBERS: &str = "/workspaces/{ws}/segments/members";
@@ -117,7 +119,7 @@ pub mod routes {
     pub const PARTNER_COHORTS: &str = "/workspaces/{ws}/partners/{partner}/cohorts";
 
     /// Every route.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 26] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -142,6 +144,8 @@ pub mod routes {
         SEGMENT,
         SEGMENT_SIZE,
         PARTNER_COHORTS,
+        COHORT_DELETE,
+        COHORT,
     ];
 }
 
@@ -179,6 +183,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::Conn
     let partner = Router::new()
         .route(COHORTS, json_405(post(partner::cohorts)))
         .route(COHORT_USERS, json_405(post(partner::users)))
+        .route(COHORT_DELETE, json_405(post(partner::delete)))
         .layer(body_limit);
 
     let admin = Router::new()
@@ -196,6 +201,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::Conn
         .route(IDENTIFY, json_405(post(admin::identify)))
         .route(COHORT_STATS, json_405(get(admin::cohorts)))
         .route(DATA_POINTS, json_405(get(admin::data_points)))
+        .route(COHORT, json_405(delete(admin::delete_cohort)))
         .layer(body_limit)
         // Added after the body limit: the bulk import streams its body
         // under its own limit (`max_import_bytes`).

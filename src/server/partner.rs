@@ -1,6 +1,9 @@
 //! The two partner endpoints of PROTOCOL.md:
 //! `POST /partners/{partner}/cohorts` and
-//! `POST /partners/{partner}/cohorts/users`.
+//! `POST /partners/{partner}/cohorts/users`; and segq's own
+//! `POST /partners/{partner}/cohorts/delete` (`{"partner_api_key",
+//! "client_secret", "cohort_id"}`: 200, 404 for an unknown cohort, 409
+//! while a saved segment names it), authenticated the same way.
 //!
 //! The steps, each answering its own error:
 //! 1. the partner in the path (404 for an unknown one);
@@ -27,8 +30,8 @@ use chrono::Utc;
 
 use crate::ids::Partner;
 use crate::import::{
-    cohort_success_body, parse_cohort_request, parse_users_request, users_success_body,
-    ProtocolError,
+    cohort_success_body, parse_cohort_request, parse_delete_request, parse_users_request,
+    users_success_body, ProtocolError,
 };
 
 use super::auth::require_json;
@@ -85,6 +88,27 @@ pub async fn users(
             StatusCode::OK
         };
         Ok(json_response(status, users_success_body(&report)))
+    })
+    .await
+}
+
+/// `POST /partners/{partner}/cohorts/delete`.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    partner: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (partner, body, permit) = read(&state, partner, req).await?;
+    let st = state.clone();
+    run_blocking(move || {
+        let _permit = permit;
+        let req = parse_delete_request(&body)?;
+        let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
+        st.rate_limit(&key_id)?;
+        handle
+            .delete_cohort(partner, &req.cohort_id)
+            .map_err(ApiError::from_partner)?;
+        Ok(json_response(StatusCode::OK, cohort_success_body()))
     })
     .await
 }

@@ -238,13 +238,10 @@ impl Fields {
     }
 }
 
-/// A value as an error message shows it: at most 60 characters.
+/// A value as an error message shows it (cut as every echo is:
+/// [`crate::error::Bare`]).
 fn short(v: &Value) -> String {
-    let s = v.to_string();
-    match s.char_indices().nth(60) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s,
-    }
+    crate::error::Bare(&v.to_string()).to_string()
 }
 
 /// The `?explain=` query string.

@@ -361,8 +361,11 @@ impl Snapshot {
         );
         for (i, c) in meta.cohorts.iter().enumerate() {
             let created_at = match &c.created_at {
-                Some(t) => Some(DateTime::parse_from_rfc3339(t).map_err(|e| {
-                    snap.corrupt(format!("cohort {} created_at: {e}", c.cohort_id))
+                Some(t) => Some(crate::import::parse_created_at(t).ok_or_else(|| {
+                    snap.corrupt(format!(
+                        "cohort {} created_at {t:?} is not a valid time",
+                        c.cohort_id
+                    ))
                 })?),
                 None => None,
             };

@@ -48,7 +48,7 @@ pub fn write(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
             partner: c.key.partner,
             cohort_id: c.key.cohort_id.clone(),
             name: c.name.clone(),
-            created_at: c.created_at.map(|t| t.to_rfc3339()),
+            created_at: c.created_at.as_ref().map(crate::import::format_created_at),
             cardinality: c.members.len(),
             offset,
             len: bitmaps.len() as u64 - offset,

@@ -25,4 +25,5 @@ mod slow_clients;
 mod snapshot;
 mod support;
 mod users;
+mod wire_safety;
 mod workload;

@@ -377,20 +377,27 @@ fn table(secret: &str) -> Vec<Case> {
     );
 
     // Huge strings.
-    let two_mib = "x".repeat(2 << 20);
+    let over_limit = "x".repeat(segq::engine::DEFAULT_MAX_BODY_BYTES);
     add(
-        "a 2 MiB user id",
+        "a user id over the body limit",
         USERS,
-        bytes(&users(json!([{"user_ids": [two_mib.clone()]}]))),
+        bytes(&users(json!([{"user_ids": [over_limit.clone()]}]))),
+        413,
+        "larger than the limit",
+    );
+    add(
+        "a name over the body limit",
+        COHORTS,
+        bytes(&with(&valid_cohort, "name", json!(over_limit))),
         413,
         "larger than the limit",
     );
     add(
         "a 2 MiB name",
         COHORTS,
-        bytes(&with(&valid_cohort, "name", json!(two_mib))),
-        413,
-        "larger than the limit",
+        bytes(&with(&valid_cohort, "name", json!("x".repeat(2 << 20)))),
+        400,
+        "name must be a non-empty string",
     );
     let big = "c".repeat(100 << 10);
     add(
@@ -599,7 +606,8 @@ fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
 /// connection and got a transport error for it.
 #[test]
 fn a_body_over_the_limit_gets_its_413_every_time() {
-    let f = Fixture::new(&[]);
+    // The default limit is 16 MiB; 1 MiB keeps the bodies sent here small.
+    let f = Fixture::new(&["--max-body-bytes", "1048576"]);
     let s = &f.server;
     let credential_test = bytes(&users_body(&f.secret, "c1", json!([])));
     let mut lost = Vec::new();

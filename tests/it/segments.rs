@@ -1492,7 +1492,7 @@ fn bad_input_gets_a_clear_4xx() {
     assert_eq!(r.status().as_u16(), 415);
     // Over the body limit: 413, unless the server's early answer reset
     // the connection while the body was still going out.
-    let huge = "x".repeat(2 << 20);
+    let huge = "x".repeat(segq::engine::DEFAULT_MAX_BODY_BYTES);
     let sent = s
         .client
         .post(format!("{}/workspaces/{WS}/segments/count", s.base))
