@@ -1,0 +1,116 @@
+//! [`Container`]: one container of a view, whatever its kind, and its value
+//! iterator; each call dispatches to the kind's own file.
+
+use std::iter::FusedIterator;
+
+use super::{ArrayC, ArrayIter, BitmapC, BitmapIter, RunC, RunValues, Words};
+
+/// One container (one 2^16-value chunk) borrowed from a
+/// [`BitmapView`](super::BitmapView).
+#[derive(Debug, Clone, Copy)]
+pub enum Container<'a> {
+    Array(ArrayC<'a>),
+    Bitmap(BitmapC<'a>),
+    Run(RunC<'a>),
+}
+
+impl<'a> Container<'a> {
+    /// Number of values (for arrays the stored length; for bitmaps and runs
+    /// the header cardinality).
+    #[inline]
+    pub fn cardinality(&self) -> u32 {
+        match self {
+            Container::Array(a) => a.len() as u32,
+            Container::Bitmap(b) => b.card,
+            Container::Run(r) => r.card,
+        }
+    }
+
+    /// Whether the low value is in the container.
+    #[inline]
+    pub fn contains(&self, low: u16) -> bool {
+        match self {
+            Container::Array(a) => a.contains(low),
+            Container::Bitmap(b) => b.contains(low),
+            Container::Run(r) => r.contains(low),
+        }
+    }
+
+    /// `words |= container`.
+    pub fn or_into(&self, words: &mut Words) {
+        match self {
+            Container::Array(a) => a.or_into(words),
+            Container::Bitmap(b) => b.or_into(words),
+            Container::Run(r) => r.or_into(words),
+        }
+    }
+
+    /// `words &= container`.
+    pub fn and_into(&self, words: &mut Words) {
+        match self {
+            Container::Array(a) => a.and_into(words),
+            Container::Bitmap(b) => b.and_into(words),
+            Container::Run(r) => r.and_into(words),
+        }
+    }
+
+    /// `words &= !container`.
+    pub fn andnot_into(&self, words: &mut Words) {
+        match self {
+            Container::Array(a) => a.andnot_into(words),
+            Container::Bitmap(b) => b.andnot_into(words),
+            Container::Run(r) => r.andnot_into(words),
+        }
+    }
+
+    /// `words = container` (every other bit cleared).
+    pub fn write_into(&self, words: &mut Words) {
+        match self {
+            Container::Array(a) => a.write_into(words),
+            Container::Bitmap(b) => b.write_into(words),
+            Container::Run(r) => r.write_into(words),
+        }
+    }
+
+    /// The container's low values in increasing order (for a verified view).
+    pub fn iter(&self) -> ContainerIter<'a> {
+        ContainerIter(match *self {
+            Container::Array(a) => IterInner::Array(a.iter()),
+            Container::Bitmap(b) => IterInner::Bitmap(b.iter()),
+            Container::Run(r) => IterInner::Run(r.iter()),
+        })
+    }
+}
+
+impl<'a> IntoIterator for Container<'a> {
+    type Item = u16;
+    type IntoIter = ContainerIter<'a>;
+    fn into_iter(self) -> ContainerIter<'a> {
+        self.iter()
+    }
+}
+
+/// Low values of one [`Container`].
+#[derive(Debug, Clone)]
+pub struct ContainerIter<'a>(IterInner<'a>);
+
+#[derive(Debug, Clone)]
+enum IterInner<'a> {
+    Array(ArrayIter<'a>),
+    Bitmap(BitmapIter<'a>),
+    Run(RunValues<'a>),
+}
+
+impl Iterator for ContainerIter<'_> {
+    type Item = u16;
+    #[inline]
+    fn next(&mut self) -> Option<u16> {
+        match &mut self.0 {
+            IterInner::Array(i) => i.next(),
+            IterInner::Bitmap(i) => i.next(),
+            IterInner::Run(i) => i.next(),
+        }
+    }
+}
+
+impl FusedIterator for ContainerIter<'_> {}

@@ -1,0 +1,104 @@
+//! [`ViewError`]: what is wrong with a malformed bitmap, and where.
+
+/// A malformed portable roaring bitmap. `offset` is the byte position, from
+/// the start of the parsed slice, of the field that is wrong; `index` is the
+/// container concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// The input ends before a field or container that the header announces.
+    #[error("truncated roaring bitmap: {what} at byte {offset} needs {expected} bytes, only {found} remain")]
+    Truncated {
+        what: &'static str,
+        offset: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// The first four bytes are not a portable roaring cookie.
+    #[error("not a portable roaring bitmap: cookie at byte {offset} is {found:#010x}, expected 12346 or 12347 in the low 16 bits")]
+    BadCookie { offset: usize, found: u32 },
+    /// The container count exceeds 65536.
+    #[error("container count at byte {offset} is {found}, at most {expected} allowed")]
+    TooManyContainers {
+        offset: usize,
+        expected: u64,
+        found: u64,
+    },
+    /// The run bitset has bits set past the last container.
+    #[error("run bitset byte at {offset} is {found:#04x}, only bits {expected:#04x} may be set")]
+    RunBitsetPadding {
+        offset: usize,
+        expected: u8,
+        found: u8,
+    },
+    /// A key is not greater than the one before it.
+    #[error("container {index}: key {found} at byte {offset} is not greater than the previous key {previous}")]
+    KeysNotIncreasing {
+        offset: usize,
+        index: usize,
+        previous: u16,
+        found: u16,
+    },
+    /// The offset header disagrees with the layout computed from the sizes.
+    #[error("container {index}: offset at byte {offset} is {found}, expected {expected}")]
+    BadOffset {
+        offset: usize,
+        index: usize,
+        expected: u64,
+        found: u32,
+    },
+    /// A run container's run count is 0 or larger than its cardinality.
+    #[error(
+        "container {index}: run count at byte {offset} is {found}, expected 1..={expected_max}"
+    )]
+    BadRunCount {
+        offset: usize,
+        index: usize,
+        expected_max: u32,
+        found: u16,
+    },
+    /// (verify) An array container's values are not strictly increasing.
+    #[error("container {index}: array value {found} at byte {offset} does not follow {previous}")]
+    ArrayNotSorted {
+        offset: usize,
+        index: usize,
+        previous: u16,
+        found: u16,
+    },
+    /// (verify) A bitmap container's popcount differs from the header.
+    #[error(
+        "container {index}: bitmap at byte {offset} holds {found} values, header says {expected}"
+    )]
+    BitmapCardinality {
+        offset: usize,
+        index: usize,
+        expected: u32,
+        found: u32,
+    },
+    /// (verify) A run starts at or before the end of the previous run.
+    #[error("container {index}: run at byte {offset} starts at {found}, not after the previous run's end {previous_end}")]
+    RunsOverlap {
+        offset: usize,
+        index: usize,
+        previous_end: u16,
+        found: u16,
+    },
+    /// (verify) A run extends past the end of the chunk (low value 65535).
+    #[error("container {index}: run at byte {offset} starts at {start} with length-1 {found}, past 65535")]
+    RunOverflow {
+        offset: usize,
+        index: usize,
+        start: u16,
+        found: u16,
+    },
+    /// (verify) The runs' total length differs from the header.
+    #[error(
+        "container {index}: runs at byte {offset} hold {found} values, header says {expected}"
+    )]
+    RunCardinality {
+        offset: usize,
+        index: usize,
+        expected: u32,
+        found: u32,
+    },
+}
