@@ -116,10 +116,12 @@ fn generate_is_deterministic() {
 // ----- data directories: admin tokens, reading only -----
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use segq::engine::{keys, Engine};
 use segq::Partner;
+
+use crate::support::state::files_fingerprint;
 
 fn text(out: &std::process::Output) -> (String, String) {
     (
@@ -209,31 +211,6 @@ fn commands_that_initialise_a_data_directory_print_its_admin_token_once() {
     assert_eq!(keys::hex(&keys::digest(&token)), stored_digest(&data));
 }
 
-/// Every entry under `dir`: path, length, modification time, permissions
-/// and bytes (folders: no bytes).
-type Entry = (PathBuf, u64, std::time::SystemTime, String, Vec<u8>);
-
-fn fingerprint(dir: &Path) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::metadata(&p).unwrap();
-            let bytes = if m.is_dir() {
-                todo.push(p.clone());
-                Vec::new()
-            } else {
-                fs::read(&p).unwrap()
-            };
-            let perms = format!("{:?}", m.permissions());
-            out.push((p, m.len(), m.modified().unwrap(), perms, bytes));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn count_members_and_check_on_a_data_directory_change_nothing_in_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,9 +281,13 @@ fn count_members_and_check_on_a_data_directory_change_nothing_in_it() {
         &["check", filter, "u4"],
     ];
     for cmd in commands {
-        let before = fingerprint(&data);
+        let before = files_fingerprint(&data);
         let out = run(cmd);
-        assert_eq!(fingerprint(&data), before, "{cmd:?} changed the directory");
+        assert_eq!(
+            files_fingerprint(&data),
+            before,
+            "{cmd:?} changed the directory"
+        );
         match cmd[0] {
             "count" => assert!(out.contains("\"count\":4"), "{out}"),
             "members" => assert_eq!(out.lines().count(), 5, "{out}"),

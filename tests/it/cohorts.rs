@@ -9,7 +9,7 @@ use segq::{CohortKey, Error, Partner, Workspace};
 use serde_json::json;
 
 use crate::support::{
-    cohort, import_ok, jan, members, new_user, snapshot, CLIENT_SECRET, PARTNER_API_KEY,
+    cohort, fingerprint, import_ok, jan, members, new_user, CLIENT_SECRET, PARTNER_API_KEY,
 };
 
 const AMP: Partner = Partner::Amplitude;
@@ -283,7 +283,7 @@ fn resolve_finds_a_cohort_by_id_or_unique_name() {
 #[test]
 fn invalid_cohort_ids_and_names_are_refused_and_change_nothing() {
     let mut ws = workspace();
-    let before = snapshot(&ws);
+    let before = fingerprint(&ws);
     assert!(matches!(
         ws.upsert_cohort(AMP, "", "Name", None),
         Err(Error::InvalidCohort(_))
@@ -302,7 +302,7 @@ fn invalid_cohort_ids_and_names_are_refused_and_change_nothing() {
         Err(Error::InvalidCohort(_))
     ));
     assert!(catalog.is_empty());
-    assert_eq!(snapshot(&ws), before);
+    assert_eq!(fingerprint(&ws), before);
     assert!(ws.cohorts.is_empty());
 
     // A rename to an empty name keeps the old name.

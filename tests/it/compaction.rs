@@ -16,19 +16,14 @@ use segq::users::NewUser;
 use segq::{Error, Partner, UserId};
 use serde_json::json;
 
+use crate::support::fingerprint;
+
 fn open(dir: &Path) -> Arc<Engine> {
     Engine::open(dir).unwrap().0
 }
 
 fn handle(e: &Engine) -> Arc<WorkspaceHandle> {
     e.workspace("w").unwrap()
-}
-
-/// Everything observable of the workspace, as snapshot bytes (users,
-/// identifiers, buckets, cohorts and their members and statistics, keys,
-/// partners, data points, saved segments).
-fn state(h: &WorkspaceHandle) -> Vec<u8> {
-    snapshot::writer::write(&h.read(), 0).unwrap()
 }
 
 /// Acknowledged writes of every kind, round `r`.
@@ -92,10 +87,14 @@ fn compaction_keeps_every_change_and_publishes_a_generation() {
     let dir = tempfile::tempdir().unwrap();
     let e = setup(dir.path());
     let h = handle(&e);
-    let before = state(&h);
+    let before = fingerprint(&h);
     let c = h.compact().unwrap();
     assert_eq!(c.generation, 1);
-    assert_eq!(state(&h), before, "compaction changes nothing visible");
+    assert_eq!(
+        fingerprint(&h),
+        before,
+        "compaction changes nothing visible"
+    );
     let m = h.manifest().unwrap();
     assert_eq!(
         files(dir.path()),
@@ -104,11 +103,11 @@ fn compaction_keeps_every_change_and_publishes_a_generation() {
     assert_eq!(m.log, compact::log_name(m.seq + 1));
     // Writes after the compaction go to the new log and survive a restart.
     writes(&h, 1);
-    let after = state(&h);
+    let after = fingerprint(&h);
     drop((h, e));
     let e = open(dir.path());
     let h = handle(&e);
-    assert_eq!(state(&h), after);
+    assert_eq!(fingerprint(&h), after);
     // A second generation replaces the first.
     let c2 = h.compact().unwrap();
     assert_eq!(c2.generation, 2);
@@ -118,9 +117,9 @@ fn compaction_keeps_every_change_and_publishes_a_generation() {
         vec!["MANIFEST".to_string(), m2.log, m2.snapshot]
     );
     writes(&h, 2);
-    let last = state(&h);
+    let last = fingerprint(&h);
     drop((h, e));
-    assert_eq!(state(&handle(&open(dir.path()))), last);
+    assert_eq!(fingerprint(&handle(&open(dir.path()))), last);
 }
 
 /// Runs the real operations and stops (with an error, like a crash) after
@@ -200,7 +199,7 @@ fn a_crash_after_any_step_of_a_compaction_recovers_exactly_the_acknowledged_chan
                 h.compact().unwrap();
                 writes(&h, 1);
             }
-            let acknowledged = state(&h);
+            let acknowledged = fingerprint(&h);
             let mut fs = CrashFs {
                 ops: 0,
                 crash_after: k,
@@ -214,7 +213,7 @@ fn a_crash_after_any_step_of_a_compaction_recovers_exactly_the_acknowledged_chan
             let e = open(dir.path());
             let h = handle(&e);
             assert_eq!(
-                state(&h),
+                fingerprint(&h),
                 acknowledged,
                 "crash after step {k} of {n} (second: {second})"
             );
@@ -222,9 +221,13 @@ fn a_crash_after_any_step_of_a_compaction_recovers_exactly_the_acknowledged_chan
             writes(&h, 7);
             h.compact().unwrap();
             writes(&h, 8);
-            let later = state(&h);
+            let later = fingerprint(&h);
             drop((h, e));
-            assert_eq!(state(&handle(&open(dir.path()))), later, "after step {k}");
+            assert_eq!(
+                fingerprint(&handle(&open(dir.path()))),
+                later,
+                "after step {k}"
+            );
         }
     }
 }
@@ -258,9 +261,9 @@ fn a_failure_at_the_commit_point_stops_writes_until_restart() {
         }),
         Err(Error::WorkspaceFailed { .. })
     ));
-    let acknowledged = state(&h);
+    let acknowledged = fingerprint(&h);
     drop((h, e));
-    assert_eq!(state(&handle(&open(dir.path()))), acknowledged);
+    assert_eq!(fingerprint(&handle(&open(dir.path()))), acknowledged);
 }
 
 fn snapshot_path(dir: &Path) -> PathBuf {
@@ -312,7 +315,7 @@ fn a_torn_tail_of_the_log_after_a_snapshot_is_cut() {
     let h = handle(&e);
     h.compact().unwrap();
     writes(&h, 1);
-    let acknowledged = state(&h);
+    let acknowledged = fingerprint(&h);
     let log = dir
         .path()
         .join("workspaces/w")
@@ -323,7 +326,7 @@ fn a_torn_tail_of_the_log_after_a_snapshot_is_cut() {
     drop(f);
     let e = open(dir.path());
     assert_eq!(e.recoveries().len(), 1);
-    assert_eq!(state(&handle(&e)), acknowledged);
+    assert_eq!(fingerprint(&handle(&e)), acknowledged);
 }
 
 #[test]
@@ -459,20 +462,24 @@ fn writes_go_on_while_a_compaction_writes_its_snapshot() {
     let frozen_at = h.view().1;
     let (t, release) = compaction_at_the_gate(&h, false);
     writes_finish(&h, 1);
-    let acknowledged = state(&h);
+    let acknowledged = fingerprint(&h);
     release.send(()).unwrap();
     let c = t.join().unwrap().unwrap();
     assert_eq!(
         c.seq, frozen_at,
         "the snapshot holds the state at the freeze"
     );
-    assert_eq!(state(&h), acknowledged, "the writes made meanwhile stay");
+    assert_eq!(
+        fingerprint(&h),
+        acknowledged,
+        "the writes made meanwhile stay"
+    );
     // The writes made meanwhile are in the new generation's log.
     let m = h.manifest().unwrap();
     assert_eq!(m.log, compact::log_name(frozen_at + 1));
     assert!(h.log_backlog().0 > 0);
     drop((h, e));
-    assert_eq!(state(&handle(&open(dir.path()))), acknowledged);
+    assert_eq!(fingerprint(&handle(&open(dir.path()))), acknowledged);
 }
 
 #[test]
@@ -482,21 +489,21 @@ fn a_crash_before_the_manifest_keeps_the_writes_made_during_the_compaction() {
     let h = handle(&e);
     let (t, release) = compaction_at_the_gate(&h, true);
     writes_finish(&h, 1);
-    let acknowledged = state(&h);
+    let acknowledged = fingerprint(&h);
     release.send(()).unwrap();
     assert!(t.join().unwrap().is_err());
-    assert_eq!(state(&h), acknowledged);
+    assert_eq!(fingerprint(&h), acknowledged);
     // The first log, then the log the compaction started: both replayed.
     drop((h, e));
     let e = open(dir.path());
     let h = handle(&e);
-    assert_eq!(state(&h), acknowledged);
+    assert_eq!(fingerprint(&h), acknowledged);
     assert!(h.manifest().is_none(), "no generation was committed");
     writes(&h, 2);
     h.compact().unwrap();
-    let later = state(&h);
+    let later = fingerprint(&h);
     drop((h, e));
-    assert_eq!(state(&handle(&open(dir.path()))), later);
+    assert_eq!(fingerprint(&handle(&open(dir.path()))), later);
     assert_eq!(files(dir.path()).len(), 3, "{:?}", files(dir.path()));
 }
 
@@ -545,12 +552,12 @@ fn a_compacted_workspace_holds_only_the_changes_since_in_memory() {
     // 80 external ids, 100 devices, 14 aliases, one late identification.
     assert_eq!(identifiers, 195);
     assert!(changed > 0);
-    let acknowledged = state(&h);
+    let acknowledged = fingerprint(&h);
     drop((h, e));
     let e = open(dir.path());
     let h = handle(&e);
     assert_eq!(in_memory(&h).0 .0, 100, "a restart replays only the log");
-    assert_eq!(state(&h), acknowledged);
+    assert_eq!(fingerprint(&h), acknowledged);
 }
 
 #[test]

@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use segq::{CohortKey, Partner};
 use serde_json::{json, Value};
 
-use super::http::{client, cohort_body, open_engine, users_body, Server};
+use crate::support::server::{client, cohort_body, open_engine, users_body, Server};
 
 const WS: &str = "crash";
 const USERS: usize = 2000;

@@ -9,18 +9,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use segq::cohorts::{CohortChange, SyncStats};
+use segq::cohorts::CohortChange;
 use segq::engine::{keys, Config, Engine, KeyInfo, NewKey, WorkspaceHandle, LOG_FILE};
 use segq::import::{
     parse_cohort_request, parse_users_request, texts, CohortRequest, Credentials, ProtocolError,
     UsersRequest,
 };
 use segq::log::{Damage, HEADER_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN};
-use segq::users::{DeviceMatch, NewUser, UserRecord};
-use segq::workspace::KeyRecord;
+use segq::users::{DeviceMatch, NewUser};
 use segq::{CohortKey, Error, Partner, UserId, UserRef};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+use crate::support::state::{engine_fingerprint, files_fingerprint};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -202,133 +203,6 @@ fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
-}
-
-// ---------------------------------------------------------------------------
-// Fingerprint: everything the public API lets a caller read
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, PartialEq)]
-struct CohortDump {
-    key: CohortKey,
-    name: String,
-    /// RFC 3339 with the offset the partner sent (DateTime<FixedOffset>
-    /// equality ignores the offset).
-    created_at: Option<String>,
-    members: Vec<u32>,
-    sync: SyncStats,
-    /// What the segment builder's name resolution finds for the name.
-    by_name: Result<String, String>,
-}
-
-#[derive(Debug, PartialEq)]
-struct WorkspaceDump {
-    name: String,
-    seed: u64,
-    users: Vec<UserRecord>,
-    /// Every identifier of every user, looked up and matched.
-    lookups: Vec<String>,
-    cohorts: Vec<CohortDump>,
-    data_points: Vec<(Partner, NaiveDate, u64)>,
-    stored_keys: Vec<KeyRecord>,
-    /// `list_keys` without `last_used` (exact in memory, durable only to
-    /// the minute).
-    listed_keys: Vec<KeyInfo>,
-    enabled_partners: Vec<Partner>,
-}
-
-#[derive(Debug, PartialEq)]
-struct EngineDump {
-    config: Config,
-    workspaces: Vec<WorkspaceDump>,
-}
-
-fn dump_workspace(engine: &Engine, name: &str) -> WorkspaceDump {
-    let listed_keys = engine
-        .list_keys(name, None)
-        .unwrap()
-        .into_iter()
-        .map(|mut k| {
-            k.last_used = None;
-            k
-        })
-        .collect();
-    let h = handle(engine, name);
-    let ws = h.read();
-    let users: Vec<UserRecord> = (0..ws.users.len())
-        .map(|u| ws.users.get(UserId(u)).expect("ids are dense").clone())
-        .collect();
-    let mut lookups = Vec::new();
-    for (i, u) in users.iter().enumerate() {
-        let id = UserId(i as u32);
-        lookups.push(format!("{id} shown as {}", ws.users.display_id(id)));
-        if let Some(e) = &u.external_id {
-            let r = UserRef::ExternalId(e.to_string());
-            lookups.push(format!(
-                "{r}: lookup {:?}, match {:?}",
-                ws.users.lookup(&r),
-                ws.users.match_external_id(e)
-            ));
-        }
-        for d in &u.devices {
-            let r = UserRef::DeviceId(d.to_string());
-            lookups.push(format!(
-                "{r}: lookup {:?}, match {:?}",
-                ws.users.lookup(&r),
-                ws.users.match_device(d)
-            ));
-        }
-        for (l, n) in &u.aliases {
-            let r = UserRef::Alias {
-                label: l.to_string(),
-                name: n.to_string(),
-            };
-            lookups.push(format!(
-                "{r}: lookup {:?}, match {:?}",
-                ws.users.lookup(&r),
-                ws.users.match_alias(l, n)
-            ));
-        }
-    }
-    let cohorts = ws
-        .cohorts
-        .iter_sorted()
-        .into_iter()
-        .map(|c| CohortDump {
-            key: c.key.clone(),
-            name: c.name.clone(),
-            created_at: c.created_at.map(|t| t.to_rfc3339()),
-            members: c.members.iter().unwrap().collect(),
-            sync: c.sync.clone(),
-            by_name: ws
-                .cohorts
-                .resolve(c.key.partner, &c.name)
-                .map(|c| c.key.cohort_id.clone())
-                .map_err(|e| e.to_string()),
-        })
-        .collect();
-    WorkspaceDump {
-        name: ws.name().to_string(),
-        seed: ws.users.seed(),
-        users,
-        lookups,
-        cohorts,
-        data_points: ws.data_points_by_day().collect(),
-        stored_keys: ws.keys.values().cloned().collect(),
-        listed_keys,
-        enabled_partners: ws.enabled_partners.iter().copied().collect(),
-    }
-}
-
-fn dump(engine: &Engine) -> EngineDump {
-    EngineDump {
-        config: engine.config().clone(),
-        workspaces: engine
-            .workspace_names()
-            .iter()
-            .map(|n| dump_workspace(engine, n))
-            .collect(),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -772,11 +646,11 @@ fn keys_rotate_and_invalidate_and_it_survives_reopen() {
             .invalidated_at,
         None
     );
-    let before = dump(&engine);
+    let before = engine_fingerprint(&engine);
     drop(engine);
 
     let engine = open(dir.path());
-    assert_eq!(dump(&engine), before);
+    assert_eq!(engine_fingerprint(&engine), before);
     assert_eq!(
         refusal(&engine, Partner::Amplitude, &pk, &first.key),
         ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET),
@@ -866,10 +740,10 @@ fn enable_partner_without_a_key_and_keys_lead_to_their_own_workspace() {
     }
     assert_eq!(members(&engine, "acme", Partner::Amplitude, "c"), vec![0]);
     assert_eq!(members(&engine, "beta", Partner::Amplitude, "c"), vec![0]);
-    let before = dump(&engine);
+    let before = engine_fingerprint(&engine);
     drop(engine);
     let engine = open(dir.path());
-    assert_eq!(dump(&engine), before);
+    assert_eq!(engine_fingerprint(&engine), before);
     assert!(handle(&engine, "acme")
         .read()
         .enabled_partners
@@ -1102,7 +976,7 @@ fn every_acknowledged_write_survives_a_restart() {
     let dir = tempdir();
     let engine = open(dir.path());
     let s = populate(&engine);
-    let before = dump(&engine);
+    let before = engine_fingerprint(&engine);
 
     // A few things the fingerprint must hold, so that equality means
     // something.
@@ -1147,7 +1021,7 @@ fn every_acknowledged_write_survives_a_restart() {
         acme.enabled_partners,
         vec![Partner::Amplitude, Partner::Mixpanel, Partner::Heap]
     );
-    assert_eq!(acme.stored_keys.len(), 3);
+    assert_eq!(acme.keys.len(), 3);
     let beta = &before.workspaces[1];
     assert_eq!(beta.data_points, vec![(Partner::Amplitude, day(1), 1)]);
     assert!(beta
@@ -1158,7 +1032,7 @@ fn every_acknowledged_write_survives_a_restart() {
     drop(engine);
     let engine = open(dir.path());
     assert!(engine.recoveries().is_empty(), "{:?}", engine.recoveries());
-    assert_eq!(dump(&engine), before);
+    assert_eq!(engine_fingerprint(&engine), before);
 
     // Keys: still valid, still invalidated, each leading to its workspace.
     let pk = partner_key(&engine, Partner::Amplitude);
@@ -1192,10 +1066,10 @@ fn every_acknowledged_write_survives_a_restart() {
     let created = h.upsert_user(user(Some("u-new"), &[], &[])).unwrap();
     assert_eq!(created.user, UserId(8), "ids stay dense after replay");
     drop(h);
-    let after_more = dump(&engine);
+    let after_more = engine_fingerprint(&engine);
     drop(engine);
     let engine = open(dir.path());
-    assert_eq!(dump(&engine), after_more);
+    assert_eq!(engine_fingerprint(&engine), after_more);
 }
 
 /// The log records the sync time with the precision it is given: a restart
@@ -1221,11 +1095,11 @@ fn import_time_survives_a_restart_exactly() {
         json!({"cohort_id": "c", "cohort_changes": [{"user_ids": ["u-1"]}]}),
         now,
     );
-    let before = dump(&engine);
+    let before = engine_fingerprint(&engine);
     drop(engine);
     let engine = open(dir.path());
     assert_eq!(
-        dump(&engine),
+        engine_fingerprint(&engine),
         before,
         "the state after a restart differs from the acknowledged state"
     );
@@ -1238,7 +1112,7 @@ fn refused_and_no_op_requests_log_nothing() {
     let s = populate(&engine);
     let path = log_path(dir.path(), "acme");
     let len = file_len(&path);
-    let state = dump(&engine);
+    let state = engine_fingerprint(&engine);
     let h = handle(&engine, "acme");
     let check = |what: &str| {
         assert_eq!(file_len(&path), len, "{what} wrote to the log");
@@ -1376,10 +1250,14 @@ fn refused_and_no_op_requests_log_nothing() {
     check("a no-op");
 
     drop(h);
-    assert_eq!(dump(&engine), state, "a refused request changed the state");
+    assert_eq!(
+        engine_fingerprint(&engine),
+        state,
+        "a refused request changed the state"
+    );
     drop(engine);
     let engine = open(dir.path());
-    assert_eq!(dump(&engine), state);
+    assert_eq!(engine_fingerprint(&engine), state);
 }
 
 // ---------------------------------------------------------------------------
@@ -1423,7 +1301,7 @@ fn write_after_recovery(dir: &Path, engine: Arc<Engine>, key: &NewKey) {
     assert_eq!(r.added, 2);
     let k2 = engine.create_key("acme", Partner::Mixpanel).unwrap();
     drop(h);
-    let expected = dump(&engine);
+    let expected = engine_fingerprint(&engine);
     drop(engine);
     let engine = open(dir);
     assert!(
@@ -1431,7 +1309,7 @@ fn write_after_recovery(dir: &Path, engine: Arc<Engine>, key: &NewKey) {
         "the recovered log should be clean now: {:?}",
         engine.recoveries()
     );
-    assert_eq!(dump(&engine), expected);
+    assert_eq!(engine_fingerprint(&engine), expected);
     assert_eq!(authorized(&engine, Partner::Mixpanel, &k2.key).0, "acme");
     assert_eq!(authorized(&engine, Partner::Amplitude, &key.key).0, "acme");
 }
@@ -1455,7 +1333,7 @@ fn a_torn_tail_is_cut_and_reported_and_writing_goes_on() {
         let engine = open(dir.path());
         let key = small_workspace(&engine, "acme");
         small_workspace(&engine, "other");
-        let acknowledged = dump(&engine);
+        let acknowledged = engine_fingerprint(&engine);
         drop(engine);
 
         let path = log_path(dir.path(), "acme");
@@ -1477,7 +1355,7 @@ fn a_torn_tail_is_cut_and_reported_and_writing_goes_on() {
         assert_eq!(damage.is_torn_tail(), torn, "{what}: {damage:?}");
         assert!(r.to_string().contains(&path.display().to_string()));
         assert_eq!(file_len(&path), len, "{what}: the tail is cut on disk");
-        assert_eq!(dump(&engine), acknowledged, "{what}");
+        assert_eq!(engine_fingerprint(&engine), acknowledged, "{what}");
         write_after_recovery(dir.path(), engine, &key);
     }
 }
@@ -1488,7 +1366,7 @@ fn a_last_record_cut_in_the_middle_is_dropped() {
     let engine = open(dir.path());
     let key = small_workspace(&engine, "acme");
     let path = log_path(dir.path(), "acme");
-    let state_before_last = dump(&engine);
+    let state_before_last = engine_fingerprint(&engine);
     let len_before_last = file_len(&path);
     let r = import(
         &engine,
@@ -1525,7 +1403,7 @@ fn a_last_record_cut_in_the_middle_is_dropped() {
             Some(Damage::TornPayload { .. } | Damage::TornFrame { .. })
         ));
         assert_eq!(file_len(&path2), len_before_last);
-        assert_eq!(dump(&engine), state_before_last);
+        assert_eq!(engine_fingerprint(&engine), state_before_last);
         write_after_recovery(dir2.path(), engine, &key);
     }
 }
@@ -1549,7 +1427,7 @@ fn a_damaged_log_header_stops_the_open_with_an_error_naming_the_file() {
     let engine = open(dir.path());
     small_workspace(&engine, "acme");
     small_workspace(&engine, "other");
-    let expected = dump(&engine);
+    let expected = engine_fingerprint(&engine);
     drop(engine);
     let path = log_path(dir.path(), "acme");
     let good = fs::read(&path).unwrap();
@@ -1583,7 +1461,7 @@ fn a_damaged_log_header_stops_the_open_with_an_error_naming_the_file() {
     fs::write(&path, &good).unwrap();
     let engine = open(dir.path());
     assert!(engine.recoveries().is_empty());
-    assert_eq!(dump(&engine), expected);
+    assert_eq!(engine_fingerprint(&engine), expected);
 }
 
 #[test]
@@ -1616,14 +1494,14 @@ fn a_workspace_whose_creation_was_never_acknowledged_is_dropped() {
             .upsert_user(user(Some("u-1"), &[], &[]))
             .unwrap();
     }
-    let expected = dump(&engine);
+    let expected = engine_fingerprint(&engine);
     drop(engine);
     let engine = open(dir.path());
     assert_eq!(
         engine.workspace_names(),
         vec!["acme", "ghost", "tmponly", "torn"]
     );
-    assert_eq!(dump(&engine), expected);
+    assert_eq!(engine_fingerprint(&engine), expected);
 }
 
 /// Damage to the first record of a workspace that holds data is not a
@@ -1748,11 +1626,11 @@ fn concurrent_imports_are_all_applied_and_survive_a_restart() {
             .data_points(Partner::Amplitude, day(1)),
         total
     );
-    let before = dump(&engine);
+    let before = engine_fingerprint(&engine);
     drop(engine);
     let engine = open(dir.path());
     assert!(engine.recoveries().is_empty());
-    assert_eq!(dump(&engine), before);
+    assert_eq!(engine_fingerprint(&engine), before);
 }
 
 // ---------------------------------------------------------------------------
@@ -2231,48 +2109,6 @@ fn a_keys_last_use_survives_a_restart_and_a_compaction() {
     assert_eq!(last_used(&engine, &other.id), Some(secs(140)));
 }
 
-/// Every file under `dir`: its path, length, modification time, mode and
-/// bytes.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime, bool, Vec<u8>)> {
-    let mut out: Vec<_> = all_files(dir)
-        .into_iter()
-        .map(|(p, bytes)| {
-            let m = fs::metadata(&p).unwrap();
-            (
-                p,
-                m.len(),
-                m.modified().unwrap(),
-                m.permissions().readonly(),
-                bytes,
-            )
-        })
-        .collect();
-    out.sort();
-    let mut dirs = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p.clone());
-                dirs.push(p);
-            }
-        }
-    }
-    dirs.sort();
-    out.extend(dirs.into_iter().map(|p| {
-        let m = fs::metadata(&p).unwrap();
-        (
-            p,
-            0,
-            m.modified().unwrap(),
-            m.permissions().readonly(),
-            Vec::new(),
-        )
-    }));
-    out
-}
-
 #[test]
 fn opening_read_only_changes_nothing_and_ignores_a_torn_tail_in_memory() {
     let dir = tempdir();
@@ -2304,7 +2140,7 @@ fn opening_read_only_changes_nothing_and_ignores_a_torn_tail_in_memory() {
     }
     fs::write(acme.join("snap-00000000000000000009.segqsnap.tmp"), b"x").unwrap();
     fs::remove_file(dir.path().join("segq.json")).unwrap();
-    let before = fingerprint(dir.path());
+    let before = files_fingerprint(dir.path());
 
     let ro = Engine::open_read_only(dir.path()).unwrap();
     assert!(ro.is_read_only());
@@ -2322,7 +2158,7 @@ fn opening_read_only_changes_nothing_and_ignores_a_torn_tail_in_memory() {
         .restore_workspace("delta", &generated_snapshot(elsewhere.path()))
         .is_err());
     drop(ro);
-    assert_eq!(fingerprint(dir.path()), before, "nothing changed");
+    assert_eq!(files_fingerprint(dir.path()), before, "nothing changed");
 
     // Beside a read-write engine holding the LOCK, too.
     let rw = open(dir.path());

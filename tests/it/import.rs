@@ -11,7 +11,7 @@ use segq::{Partner, Workspace};
 use serde_json::{json, Value};
 
 use crate::support::{
-    import, import_ok, jan, new_user, snapshot, users_body, CLIENT_SECRET, PARTNER_API_KEY,
+    fingerprint, import, import_ok, jan, new_user, users_body, CLIENT_SECRET, PARTNER_API_KEY,
 };
 
 const USERS_EXAMPLE: &str = r#"{"partner_api_key": "123456-1234-1234-12345678",
@@ -552,7 +552,7 @@ fn a_request_that_fails_validation_changes_nothing() {
         json!([{"user_ids": ["u-0", "u-1"]}]),
         jan(1),
     );
-    let before = snapshot(&ws);
+    let before = fingerprint(&ws);
 
     let valid_ids: Vec<String> = (0..1_000).map(|i| format!("u-{}", i % 5)).collect();
     let refused = [
@@ -577,7 +577,7 @@ fn a_request_that_fails_validation_changes_nothing() {
         let err = import(&mut ws, Partner::Amplitude, body, jan(2)).unwrap_err();
         assert!(matches!(err.status(), 400 | 401), "{err:?}");
         assert_eq!(
-            snapshot(&ws),
+            fingerprint(&ws),
             before,
             "refused: {}",
             String::from_utf8_lossy(body)

@@ -11,7 +11,6 @@ mod engine;
 mod eval;
 mod eval_props;
 mod fast;
-mod http;
 mod import;
 mod layered;
 mod log;

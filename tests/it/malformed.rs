@@ -8,7 +8,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::http::{client, cohort_body, users_body, Fixture, Resp};
+use crate::support::server::{client, cohort_body, users_body, Fixture, Resp};
 
 const COHORT_ID: &str = "cohort_id must be a valid string";
 const COHORT_CHANGES: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";

@@ -5,7 +5,7 @@ use segq::import::users_success_body;
 use segq::{Partner, UserId, UserRef, Workspace};
 use serde_json::json;
 
-use crate::support::{cohort, date, import_ok, jan, members, new_user, snapshot};
+use crate::support::{cohort, date, fingerprint, import_ok, jan, members, new_user};
 
 const AMP: Partner = Partner::Amplitude;
 const MIX: Partner = Partner::Mixpanel;
@@ -216,7 +216,7 @@ fn device_id_of_a_user_identified_later_is_refused_not_matched() {
 #[test]
 fn unknown_identifiers_match_nobody_and_create_no_user() {
     let mut ws = workspace();
-    let users_before = snapshot(&ws).users;
+    let users_before = fingerprint(&ws).users;
     let r = import_ok(
         &mut ws,
         AMP,
@@ -228,7 +228,7 @@ fn unknown_identifiers_match_nobody_and_create_no_user() {
         jan(1),
     );
     assert_eq!(ws.users.len(), 6, "the import never creates a user");
-    assert_eq!(snapshot(&ws).users, users_before);
+    assert_eq!(fingerprint(&ws).users, users_before);
     for r in [
         UserRef::ExternalId("ghost".into()),
         UserRef::ExternalId("ghost-2".into()),
@@ -274,9 +274,9 @@ fn adding_a_member_twice_is_a_no_op() {
     assert_eq!(members(&ws, AMP, "c"), [0]);
     assert_eq!((r.matched, r.added), (3, 1));
 
-    let state = snapshot(&ws).cohorts[0].members.clone();
+    let state = fingerprint(&ws).cohorts[0].members.clone();
     let r = import_ok(&mut ws, AMP, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
-    assert_eq!(snapshot(&ws).cohorts[0].members, state);
+    assert_eq!(fingerprint(&ws).cohorts[0].members, state);
     assert_eq!((r.matched, r.added, r.removed), (1, 0, 0));
     assert_eq!(cohort(&ws, AMP, "c").sync.last_added, 0);
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use segq::Partner;
 use serde_json::{json, Value};
 
-use super::http::{
+use crate::support::server::{
     cohort_body, members_on_disk, metric_in, partner_api_key, users_body, Fixture, Resp, Server,
     PARTNER_API_KEY,
 };
@@ -654,7 +654,7 @@ fn the_admin_api_wants_the_bearer_token() {
             "",
         ),
     ];
-    let client = super::http::client();
+    let client = crate::support::server::client();
     for (method, path, body) in &routes {
         for auth in [
             None,

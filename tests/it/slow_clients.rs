@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::http::{users_body, Fixture};
+use crate::support::server::{users_body, Fixture};
 
 const STALLED: usize = 1000;
 const MAX_CONNECTIONS: usize = 600;
@@ -153,7 +153,7 @@ fn stalled_clients_are_bounded_and_closed_and_others_are_served() {
     }
     let metrics = s.metrics();
     let closed = |reason: &str| {
-        crate::http::metric_in(
+        crate::support::server::metric_in(
             &metrics,
             &format!("segq_http_connections_closed_total{{reason=\"{reason}\"}}"),
         )
@@ -224,7 +224,7 @@ fn past_the_connection_limit_stalled_connections_are_evicted_for_new_ones() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let metrics = s.metrics();
-    let evicted = crate::http::metric_in(
+    let evicted = crate::support::server::metric_in(
         &metrics,
         "segq_http_connections_closed_total{reason=\"evicted\"}",
     );
@@ -234,7 +234,7 @@ fn past_the_connection_limit_stalled_connections_are_evicted_for_new_ones() {
         "{metrics}"
     );
     assert!(
-        crate::http::metric_in(
+        crate::support::server::metric_in(
             &metrics,
             "segq_http_connections_closed_total{reason=\"header_timeout\"}"
         ) == 0.0,

@@ -13,6 +13,8 @@ use segq::workload::{self, Spec};
 use segq::workspace::{KeyRecord, SavedSegment};
 use segq::{demo, Error, Partner, UserId, UserRef, Workspace};
 
+use crate::support::fingerprint;
+
 const SPEC: Spec = Spec {
     users: 20_000,
     cohorts: 30,
@@ -56,37 +58,6 @@ fn rich_workspace() -> Workspace {
         },
     );
     ws
-}
-
-/// Everything observable about a workspace, comparable.
-fn fingerprint(ws: &Workspace) -> String {
-    let mut out = format!(
-        "{} seed={} users={}\n",
-        ws.name(),
-        ws.users.seed(),
-        ws.users.len()
-    );
-    for u in 0..ws.users.len() {
-        let r = ws.users.get(UserId(u)).unwrap();
-        out += &format!(
-            "{u} {:?} {:?} {:?} {}\n",
-            r.external_id, r.devices, r.aliases, r.bucket
-        );
-    }
-    for c in ws.cohorts.iter_sorted() {
-        out += &format!(
-            "{} {:?} {:?} {:?} {:?}\n",
-            c.key,
-            c.name,
-            c.created_at,
-            c.members.iter().unwrap().collect::<Vec<_>>(),
-            c.sync
-        );
-    }
-    out += &format!("{:?}\n{:?}\n", ws.keys, ws.enabled_partners);
-    out += &format!("{:?}\n", ws.data_points_by_day().collect::<Vec<_>>());
-    out += &format!("{:?}\n", ws.segments);
-    out
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
-use segq::cohorts::{SyncStats, UNMATCHED_SAMPLE, UNMATCHED_SAMPLE_BYTES};
+use segq::cohorts::{UNMATCHED_SAMPLE, UNMATCHED_SAMPLE_BYTES};
 use segq::engine::{Engine, WorkspaceHandle, DEFAULT_MAX_BODY_BYTES};
 use segq::import::{
     parse_cohort_request, parse_created_at, parse_delete_request, parse_users_request, Credentials,
@@ -18,7 +18,8 @@ use segq::{CohortKey, Error, Partner, UserId};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::http::{cohort_body, partner_api_key, users_body, Fixture, Server};
+use crate::support::fingerprint;
+use crate::support::server::{cohort_body, partner_api_key, users_body, Fixture, Server};
 
 const CREATED_AT: &str = "created_at must be a valid time as an ISO-8601 string";
 const AMP: Partner = Partner::Amplitude;
@@ -132,40 +133,6 @@ enum Endpoint {
     Cohorts,
     Users,
     Delete,
-}
-
-/// A cohort: key, name, created_at, members, sync statistics.
-type CohortDump = (CohortKey, String, Option<String>, Vec<u32>, SyncStats);
-
-/// Everything a caller can read of the workspace's cohorts and billing.
-#[derive(Debug, PartialEq)]
-struct Dump {
-    cohorts: Vec<CohortDump>,
-    data_points: Vec<(Partner, chrono::NaiveDate, u64)>,
-    users: u32,
-}
-
-fn dump(h: &WorkspaceHandle) -> Dump {
-    let ws = h.read();
-    Dump {
-        cohorts: ws
-            .cohorts
-            .iter_sorted()
-            .into_iter()
-            .map(|c| {
-                (
-                    c.key.clone(),
-                    c.name.clone(),
-                    // With the offset: DateTime equality ignores it.
-                    c.created_at.map(|t| t.to_rfc3339()),
-                    c.members.iter().expect("readable members").collect(),
-                    c.sync.clone(),
-                )
-            })
-            .collect(),
-        data_points: ws.data_points_by_day().collect(),
-        users: ws.users.len(),
-    }
 }
 
 fn log_bytes(data: &Path) -> u64 {
@@ -400,13 +367,13 @@ proptest! {
                 accepted += 1;
             }
         }
-        let before = dump(&s.handle());
+        let before = fingerprint(&s.handle());
         s.reopen();
-        prop_assert_eq!(&dump(&s.handle()), &before, "after a restart ({} applied)", accepted);
+        prop_assert_eq!(&fingerprint(&s.handle()), &before, "after a restart ({} applied)", accepted);
         s.handle().compact().expect("compacts");
-        prop_assert_eq!(&dump(&s.handle()), &before, "after the compaction");
+        prop_assert_eq!(&fingerprint(&s.handle()), &before, "after the compaction");
         s.reopen();
-        prop_assert_eq!(&dump(&s.handle()), &before, "after a compaction and a restart");
+        prop_assert_eq!(&fingerprint(&s.handle()), &before, "after a compaction and a restart");
     }
 }
 
@@ -506,7 +473,7 @@ fn a_partner_creates_at_most_max_cohorts_per_partner_and_a_deletion_makes_room()
     b["partner_api_key"] = json!(partner_api_key("heap"));
     s.create_cohort("heap", &b).expect(201);
     // The partner deletes one of its own: room for another.
-    let del = json!({"partner_api_key": super::http::PARTNER_API_KEY,
+    let del = json!({"partner_api_key": crate::support::server::PARTNER_API_KEY,
                      "client_secret": f.secret, "cohort_id": "c1"});
     s.post("/partners/amplitude/cohorts/delete", &del)
         .expect(200);
@@ -567,12 +534,16 @@ fn deleting_a_cohort_survives_restart_and_compaction_and_it_can_come_back() {
         .expect("deleted");
     let key = CohortKey::new(AMP, "c1");
     assert!(s.handle().read().cohorts.get(&key).is_none());
-    let gone = dump(&s.handle());
+    let gone = fingerprint(&s.handle());
     s.reopen();
-    assert_eq!(dump(&s.handle()), gone, "after a restart");
+    assert_eq!(fingerprint(&s.handle()), gone, "after a restart");
     s.handle().compact().expect("compacts");
     s.reopen();
-    assert_eq!(dump(&s.handle()), gone, "after a compaction and a restart");
+    assert_eq!(
+        fingerprint(&s.handle()),
+        gone,
+        "after a compaction and a restart"
+    );
     // Created again under the same id: a new, empty cohort.
     add(&s, "c1", &["u2"]);
     let members = |s: &Setup| {
@@ -667,7 +638,7 @@ fn a_cohort_a_saved_segment_uses_is_not_deleted_409_naming_the_segments() {
     assert!(r.message().contains(&seg_id), "{}", r.text);
     let r = s.post(
         "/partners/amplitude/cohorts/delete",
-        &json!({"partner_api_key": super::http::PARTNER_API_KEY,
+        &json!({"partner_api_key": crate::support::server::PARTNER_API_KEY,
                 "client_secret": f.secret, "cohort_id": "c1"}),
     );
     assert_eq!(r.status, 409, "{}", r.text);
@@ -683,7 +654,7 @@ fn a_cohort_a_saved_segment_uses_is_not_deleted_409_naming_the_segments() {
     // Wrong credentials: 401, nothing deleted.
     let r = s.post(
         "/partners/amplitude/cohorts/delete",
-        &json!({"partner_api_key": super::http::PARTNER_API_KEY,
+        &json!({"partner_api_key": crate::support::server::PARTNER_API_KEY,
                 "client_secret": "wrong", "cohort_id": "c1"}),
     );
     assert_eq!(r.status, 401, "{}", r.text);

@@ -1,14 +1,22 @@
 //! Helpers shared by the test modules: request bodies as partner clients
-//! send them, the parse-then-apply path of the HTTP API, and snapshots of a
-//! workspace's whole observable state.
+//! send them and the parse-then-apply path of the HTTP API; the one way to
+//! start a server ([`server`]) and the one fingerprint of a workspace's
+//! whole observable state ([`state`]).
+
+pub mod server;
+pub mod state;
+
+pub use state::fingerprint;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use segq::cohorts::{ChangeReport, Cohort};
 use segq::import::{apply_users_request, parse_users_request, ProtocolError};
-use segq::users::{NewUser, UserRecord};
-use segq::{Partner, UserId, Workspace};
-use serde_json::{json, Value};
+use segq::users::NewUser;
+use segq::{Partner, Workspace};
+use serde_json::Value;
 
+/// The partner_api_key of the PROTOCOL.md examples; the tests' servers are
+/// configured with it for amplitude.
 pub const PARTNER_API_KEY: &str = "123456-1234-1234-12345678";
 pub const CLIENT_SECRET: &str = "234567-2345-2345-23456789";
 
@@ -25,13 +33,8 @@ pub fn date(day: u32) -> NaiveDate {
 
 /// A users request body with valid credentials.
 pub fn users_body(cohort_id: &str, changes: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "partner_api_key": PARTNER_API_KEY,
-        "client_secret": CLIENT_SECRET,
-        "cohort_id": cohort_id,
-        "cohort_changes": changes,
-    }))
-    .expect("a JSON value serialises")
+    serde_json::to_vec(&server::users_body(CLIENT_SECRET, cohort_id, changes))
+        .expect("a JSON value serialises")
 }
 
 /// What the HTTP API does with a users request: validate the whole body,
@@ -85,23 +88,5 @@ pub fn new_user(external_id: Option<&str>, devices: &[&str], aliases: &[(&str, &
             .map(|(l, n)| (l.to_string(), n.to_string()))
             .collect(),
         bucket: None,
-    }
-}
-
-/// Everything a workspace lets a caller observe.
-#[derive(Debug, PartialEq)]
-pub struct Snapshot {
-    pub users: Vec<UserRecord>,
-    pub cohorts: Vec<Cohort>,
-    pub data_points: Vec<(Partner, NaiveDate, u64)>,
-}
-
-pub fn snapshot(ws: &Workspace) -> Snapshot {
-    Snapshot {
-        users: (0..ws.users.len())
-            .map(|u| ws.users.get(UserId(u)).expect("ids are dense").clone())
-            .collect(),
-        cohorts: ws.cohorts.iter_sorted().into_iter().cloned().collect(),
-        data_points: ws.data_points_by_day().collect(),
     }
 }

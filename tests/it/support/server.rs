@@ -30,9 +30,7 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// The partner_api_key of the PROTOCOL.md examples; the tests' servers are
-/// configured with it for amplitude.
-pub const PARTNER_API_KEY: &str = "123456-1234-1234-12345678";
+pub use super::PARTNER_API_KEY;
 
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
