@@ -2,19 +2,16 @@
 //! JSON form holds every figure, a kept snapshot is reused, and bad flag
 //! values fail with a clear message.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
 use segq::segment::eval;
 use segq::workload::{self, Spec};
 
+/// `segq bench ARGS`.
 fn segq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segq"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("segq runs")
+    crate::support::server::segq(&[&["bench"], args].concat())
 }
 
 const TINY: [&str; 6] = ["--users", "30000", "--cohorts", "30", "--runs", "3"];

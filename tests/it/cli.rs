@@ -1,17 +1,10 @@
 //! The `segq` binary: query counts agree with the library, bad input exits
 //! 2 with a positioned message, generate is deterministic.
 
-use std::process::Command;
-
 use segq::segment::{self, eval};
 use segq::workload::{self, Spec};
 
-fn segq(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_segq"))
-        .args(args)
-        .output()
-        .expect("segq runs")
-}
+use crate::support::server::segq;
 
 const SIZE: [&str; 6] = ["--users", "3000", "--cohorts", "30", "--seed", "9"];
 

@@ -10,16 +10,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reqwest::blocking::Client;
-use reqwest::header::HeaderMap;
-use reqwest::Method;
-use segq::engine::{Engine, WorkspaceHandle};
+use segq::engine::WorkspaceHandle;
 use segq::query;
 use segq::segment::{self, eval, fast, BucketCmp, Filter};
 use segq::users::NewUser;
@@ -27,190 +23,52 @@ use segq::workload::{self, Spec};
 use segq::{Partner, UserId};
 use serde_json::{json, Value};
 
+use crate::support::server::{self, InProcess, Resp};
+
 const WS: &str = "acme";
 /// Users of the fixture: enough for several stream blocks of members.
 const USERS: u32 = 10_000;
 
 // ----- a server on loopback -----
 
-fn open_engine(dir: &Path) -> (Arc<Engine>, Option<String>) {
-    // A child process another test is spawning can hold the directory
-    // lock for a moment (between its fork and exec): retry briefly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Engine::open(dir) {
-            Ok(x) => return x,
-            Err(segq::Error::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("{} does not open: {e}", dir.display()),
-        }
-    }
+/// Short-hands of these tests for workspace `acme`.
+trait Acme {
+    fn handle(&self) -> Arc<WorkspaceHandle>;
+    fn ws_post(&self, path: &str, body: &Value) -> Resp;
+    fn ws_get(&self, path: &str) -> Resp;
+    fn partner(&self, partner: &str, path: &str, body: Value) -> Resp;
+    fn reference_count(&self, filter: &Filter) -> u64;
+    fn reference_members(&self, filter: &Filter) -> Vec<UserId>;
 }
 
-struct Resp {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
-    }
-
-    fn message(&self) -> String {
-        self.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    }
-
-    /// Asserts a status and returns the JSON body.
-    fn expect(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{}", self.text);
-        self.json()
-    }
-}
-
-struct Server {
-    rt: tokio::runtime::Runtime,
-    base: String,
-    token: String,
-    engine: Option<Arc<Engine>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    client: Client,
-}
-
-impl Server {
-    /// Serves the data directory `dir`; `token` is the admin token of a
-    /// directory opened before.
-    fn start(dir: &Path, token: Option<String>) -> Server {
-        let (engine, new_token) = open_engine(dir);
-        let token = token.or(new_token).expect("an admin token");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("binds");
-        let base = format!("http://{}", listener.local_addr().expect("an address"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(segq::server::serve(engine.clone(), listener, async {
-            let _ = rx.await;
-        }));
-        let client = Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("a client");
-        Server {
-            rt,
-            base,
-            token,
-            engine: Some(engine),
-            stop: Some(tx),
-            task: Some(task),
-            client,
-        }
-    }
-
-    /// Stops serving and closes the data directory; returns the token.
-    fn stop(mut self) -> String {
-        self.shutdown();
-        self.token.clone()
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let served = self.rt.block_on(task).expect("the server task ends");
-            served.expect("serves and syncs cleanly");
-        }
-        self.engine = None;
-    }
-
-    fn engine(&self) -> &Arc<Engine> {
-        self.engine.as_ref().expect("running")
-    }
-
+impl Acme for InProcess {
     fn handle(&self) -> Arc<WorkspaceHandle> {
         self.engine().workspace(WS).expect("the workspace")
     }
 
-    fn send(&self, method: Method, path: &str, body: Option<&Value>, auth: bool) -> Resp {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if auth {
-            req = req.bearer_auth(&self.token);
-        }
-        let r = req.send().expect("the server answers");
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let text = r.text().expect("a body");
-        Resp {
-            status,
-            headers,
-            text,
-        }
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Resp {
-        self.send(Method::POST, path, Some(body), true)
-    }
-
-    fn get(&self, path: &str) -> Resp {
-        self.send(Method::GET, path, None, true)
-    }
-
-    fn put(&self, path: &str, body: &Value) -> Resp {
-        self.send(Method::PUT, path, Some(body), true)
-    }
-
-    fn delete(&self, path: &str) -> Resp {
-        self.send(Method::DELETE, path, None, true)
-    }
-
     /// `POST /workspaces/acme{path}`.
     fn ws_post(&self, path: &str, body: &Value) -> Resp {
-        self.post(&format!("/workspaces/{WS}{path}"), body)
+        self.admin_post(&format!("/workspaces/{WS}{path}"), body)
     }
 
     fn ws_get(&self, path: &str) -> Resp {
-        self.get(&format!("/workspaces/{WS}{path}"))
+        self.admin_get(&format!("/workspaces/{WS}{path}"))
     }
 
     /// A partner request with a fresh data import key.
     fn partner(&self, partner: &str, path: &str, mut body: Value) -> Resp {
         let p: Partner = partner.parse().expect("a partner");
-        let key = self.post(
+        let key = self.admin_post(
             &format!("/admin/workspaces/{WS}/partners/{partner}/keys"),
             &json!({}),
         );
-        let key = key.expect(201)["key"].as_str().expect("a key").to_string();
+        let key = key.expect_json(201)["key"]
+            .as_str()
+            .expect("a key")
+            .to_string();
         body["partner_api_key"] = json!(self.engine().config().partner_api_keys[&p]);
         body["client_secret"] = json!(key);
-        self.send(
-            Method::POST,
-            &format!("/partners/{partner}{path}"),
-            Some(&body),
-            false,
-        )
+        self.post(&format!("/partners/{partner}{path}"), &body)
     }
 
     /// The exact count by the reference evaluator.
@@ -220,14 +78,6 @@ impl Server {
 
     fn reference_members(&self, filter: &Filter) -> Vec<UserId> {
         eval::members(&self.handle().read(), filter).expect("the reference lists")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            self.shutdown();
-        }
     }
 }
 
@@ -285,16 +135,16 @@ fn fixture_cohorts() -> Vec<(&'static str, &'static str, &'static str, Vec<u32>)
 
 /// A server on a fresh data directory with the fixture loaded: users
 /// through the engine, cohorts through the partner endpoints.
-fn fixture(dir: &Path) -> Server {
-    let s = Server::start(dir, None);
-    s.post("/admin/workspaces", &json!({"name": WS}))
-        .expect(201);
+fn fixture(dir: &Path) -> InProcess {
+    let s = InProcess::start(dir, None);
+    s.admin_post("/admin/workspaces", &json!({"name": WS}))
+        .expect_json(201);
     for p in ["amplitude", "mixpanel"] {
-        s.post(
+        s.admin_post(
             &format!("/admin/workspaces/{WS}/partners/{p}/enable"),
             &json!({}),
         )
-        .expect(200);
+        .expect_json(200);
     }
     let report = s
         .handle()
@@ -381,7 +231,7 @@ fn counts_explain_breakdown_and_estimates() {
     assert!(want > 100, "a filter that keeps somebody: {want}");
     let c = s
         .ws_post("/segments/count", &json!({"filter": EVERY_OPERATOR_TEXT}))
-        .expect(200);
+        .expect_json(200);
     assert_eq!(c["count"], want);
     assert!(c["generation"].as_u64().is_some_and(|g| g > 0), "{c}");
     assert!(c["took_us"].is_u64());
@@ -392,7 +242,7 @@ fn counts_explain_breakdown_and_estimates() {
     assert_ne!(want_json, want, "the exclusion changes the count");
     let c = s
         .ws_post("/segments/count", &json!({"filter": every_operator_json()}))
-        .expect(200);
+        .expect_json(200);
     assert_eq!(c["count"], want_json);
     // A JSON filter in a string is parsed as JSON.
     let c = s
@@ -400,7 +250,7 @@ fn counts_explain_breakdown_and_estimates() {
             "/segments/count",
             &json!({"filter": every_operator_json().to_string()}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(c["count"], want_json);
 
     // Explain: the normalised tree, leaf cardinalities in evaluation
@@ -410,7 +260,7 @@ fn counts_explain_breakdown_and_estimates() {
             "/segments/count?explain=true",
             &json!({"filter": "amplitude_cohorts includes_value c-third and amplitude_cohorts includes_value VIPs and not amplitude_cohorts includes_value c-even"}),
         )
-        .expect(200);
+        .expect_json(200);
     let e = &c["explain"];
     assert_eq!(
         c["count"],
@@ -455,7 +305,7 @@ fn counts_explain_breakdown_and_estimates() {
             &json!({"filter": "amplitude_cohorts includes_value c-band", "estimate": true,
                     "sample_start": 9_500, "sample_buckets": 1_000}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(e["confidence"], 0.95);
     let (est, low, high) = (
         e["estimate"].as_u64().expect("estimate"),
@@ -479,14 +329,14 @@ fn counts_explain_breakdown_and_estimates() {
             &json!({"filter": "amplitude_cohorts includes_value c-band", "estimate": true,
                     "sample_start": 9_500, "sample_buckets": 1_000}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(again["estimate"], e["estimate"]);
     let whole = s
         .ws_post(
             "/segments/count",
             &json!({"filter": EVERY_OPERATOR_TEXT, "estimate": true, "sample_buckets": 10_000}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(
         (
             whole["estimate"].clone(),
@@ -502,7 +352,7 @@ fn counts_explain_breakdown_and_estimates() {
             "/segments/count",
             &json!({"filter": "amplitude_cohorts includes_value c-even", "estimate": true}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(d["sample_buckets"], 1_000);
     assert!(d["sample_start"].as_u64().is_some_and(|x| x < 10_000));
 
@@ -512,7 +362,7 @@ fn counts_explain_breakdown_and_estimates() {
             "/segments/breakdown",
             &json!({"filter": "amplitude_cohorts includes_value c-even and amplitude_cohorts includes_value c-third and random_bucket < 5000"}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(b["combinator"], "and");
     let rows = b["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3);
@@ -534,7 +384,7 @@ fn counts_explain_breakdown_and_estimates() {
                 {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-vip"},
                 {"filter": "mixpanel_cohorts", "comparison": "includes_value", "value": "m-power"}]}}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(b["combinator"], "or");
     assert_eq!(b["rows"][0]["running"], 60);
     assert_eq!(
@@ -661,7 +511,7 @@ fn estimate_intervals_cover_the_exact_count() {
 
 /// Pages through a segment with `body` (plus cursors); returns the lines
 /// of every page and the number of pages.
-fn export(s: &Server, body: &Value) -> (Vec<String>, usize) {
+fn export(s: &InProcess, body: &Value) -> (Vec<String>, usize) {
     let mut lines = Vec::new();
     let mut pages = 0;
     let mut body = body.clone();
@@ -880,7 +730,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
     ] {
         let r = s
             .ws_post("/segments/check", &json!({"filter": f, "user": user}))
-            .expect(200);
+            .expect_json(200);
         assert_eq!(r["member"], member, "{user}");
         assert_eq!(r["user_id"], id, "{user}");
         assert!(r.get("reason").is_none());
@@ -892,7 +742,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
             "/segments/check",
             &json!({"filter": f, "user": {"external_id": "nobody"}}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(r["member"], false);
     assert!(r.get("user_id").is_none());
     assert!(
@@ -913,7 +763,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
         .collect();
     let r = s
         .ws_post("/segments/check", &json!({"filter": f, "users": users}))
-        .expect(200);
+        .expect_json(200);
     let results = r["results"].as_array().expect("results");
     assert_eq!(results.len(), 2_001);
     let members: BTreeSet<u32> = s
@@ -951,7 +801,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
     // check).
     let saved = s
         .ws_post("/segments", &json!({"name": "evens", "filter": f}))
-        .expect(201);
+        .expect_json(201);
     let id = saved["id"].as_str().expect("an id").to_string();
     let r = s
         .ws_post(
@@ -960,7 +810,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
                     "filters": ["amplitude_cohorts includes_value c-third",
                                 {"filter": "random_bucket", "comparison": "less_than", "value": 1}]}),
         )
-        .expect(200);
+        .expect_json(200);
     let bucket_300 = bucket_of(300);
     assert_eq!(
         r["results"],
@@ -975,7 +825,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
             "/users/segments",
             &json!({"user": {"alias_label": "email", "alias_name": "who@x"}, "segment_ids": [id]}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(r["results"][0]["member"], false);
     assert!(r["results"][0]["reason"].is_string());
     let r = s.ws_post(
@@ -997,7 +847,7 @@ fn targeting_look_ups_one_user_many_users_many_segments() {
             "/segments/check",
             &json!({"segment_id": id, "user": {"external_id": "u102"}}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(r["member"], true);
 }
 
@@ -1014,7 +864,7 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
         "/segments",
         &json!({"name": "Band, not thirds", "filter": by_name}),
     );
-    let seg = r.expect(201);
+    let seg = r.expect_json(201);
     let id = seg["id"].as_str().expect("an id").to_string();
     assert!(id.starts_with("seg_"), "{id}");
     assert_eq!(
@@ -1035,14 +885,14 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
     assert_eq!(want, 4_000);
 
     // Read back, listed, sized (with explain), counted and exported by id.
-    assert_eq!(s.ws_get(&format!("/segments/{id}")).expect(200), seg);
+    assert_eq!(s.ws_get(&format!("/segments/{id}")).expect_json(200), seg);
     let other = s
         .ws_post(
             "/segments",
             &json!({"name": "VIPs", "filter": {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-vip"}}),
         )
-        .expect(201);
-    let list = s.ws_get("/segments").expect(200);
+        .expect_json(201);
+    let list = s.ws_get("/segments").expect_json(200);
     let ids: BTreeSet<&str> = list
         .as_array()
         .expect("a list")
@@ -1053,7 +903,7 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
         ids,
         BTreeSet::from([id.as_str(), other["id"].as_str().unwrap_or("")])
     );
-    let size = s.ws_get(&format!("/segments/{id}/size")).expect(200);
+    let size = s.ws_get(&format!("/segments/{id}/size")).expect_json(200);
     assert_eq!(
         (size["count"].clone(), size["segment_id"].clone()),
         (json!(want), json!(id))
@@ -1061,14 +911,14 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
     assert!(size["generation"].is_u64() && size.get("explain").is_none());
     let size = s
         .ws_get(&format!("/segments/{id}/size?explain=true"))
-        .expect(200);
+        .expect_json(200);
     assert_eq!(
         size["explain"]["evaluation_order"][0]["cohort_id"],
         "c-band"
     );
     let c = s
         .ws_post("/segments/count", &json!({"segment_id": id}))
-        .expect(200);
+        .expect_json(200);
     assert_eq!(c["count"], want);
     let (lines, _) = export(&s, &json!({"segment_id": id, "limit": 1_500}));
     assert_eq!(lines.len(), 4_000);
@@ -1076,31 +926,31 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
     // The stored JSON form is accepted back as a filter.
     let c = s
         .ws_post("/segments/count", &json!({"filter": seg["filter"]}))
-        .expect(200);
+        .expect_json(200);
     assert_eq!(c["count"], want);
 
     // Rename; then change the filter; each keeps the other part.
     let renamed = s
-        .put(
+        .admin_put(
             &format!("/workspaces/{WS}/segments/{id}"),
             &json!({"name": "Band minus thirds"}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(renamed["name"], "Band minus thirds");
     assert_eq!(renamed["text"], seg["text"]);
     assert_eq!(renamed["created_at"], seg["created_at"]);
     let changed = s
-        .put(
+        .admin_put(
             &format!("/workspaces/{WS}/segments/{id}"),
             &json!({"filter": "amplitude_cohorts includes_value \"Recent signups\" and random_bucket < 5000"}),
         )
-        .expect(200);
+        .expect_json(200);
     assert_eq!(changed["name"], "Band minus thirds");
     let stored = parse("amplitude_cohorts includes_value c-band and random_bucket < 5000");
     assert_eq!(changed["text"], stored.to_string());
     let want = s.reference_count(&stored);
     assert_eq!(
-        s.ws_get(&format!("/segments/{id}/size")).expect(200)["count"],
+        s.ws_get(&format!("/segments/{id}/size")).expect_json(200)["count"],
         want
     );
 
@@ -1111,7 +961,7 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
     );
     assert_eq!(r.status, 404, "{}", r.text);
     assert!(r.message().contains("ghost-cohort"), "{}", r.message());
-    let r = s.put(
+    let r = s.admin_put(
         &format!("/workspaces/{WS}/segments/{id}"),
         &json!({"filter": "mixpanel_cohorts includes_value c-band"}),
     );
@@ -1128,24 +978,28 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
         let r = s.ws_post("/segments", &body);
         assert_eq!(r.status, 400, "{body}: {}", r.text);
     }
-    let r = s.put(&format!("/workspaces/{WS}/segments/{id}"), &json!({}));
+    let r = s.admin_put(&format!("/workspaces/{WS}/segments/{id}"), &json!({}));
     assert_eq!(r.status, 400, "{}", r.text);
-    let r = s.put("/workspaces/acme/segments/seg_nope", &json!({"name": "x"}));
+    let r = s.admin_put("/workspaces/acme/segments/seg_nope", &json!({"name": "x"}));
     assert_eq!(r.status, 404, "{}", r.text);
 
     // A restart: the log brings the segments back.
-    let generation = s.ws_get(&format!("/segments/{id}/size")).expect(200)["generation"].clone();
+    let generation =
+        s.ws_get(&format!("/segments/{id}/size")).expect_json(200)["generation"].clone();
     let token = s.stop();
-    let s = Server::start(dir.path(), Some(token));
-    let after = s.ws_get(&format!("/segments/{id}")).expect(200);
+    let s = InProcess::start(dir.path(), Some(token));
+    let after = s.ws_get(&format!("/segments/{id}")).expect_json(200);
     assert_eq!(after, changed);
-    let size = s.ws_get(&format!("/segments/{id}/size")).expect(200);
+    let size = s.ws_get(&format!("/segments/{id}/size")).expect_json(200);
     assert_eq!(
         (size["count"].clone(), size["generation"].clone()),
         (json!(want), generation)
     );
     assert_eq!(
-        s.ws_get("/segments").expect(200).as_array().map(Vec::len),
+        s.ws_get("/segments")
+            .expect_json(200)
+            .as_array()
+            .map(Vec::len),
         Some(2)
     );
 
@@ -1158,14 +1012,14 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
-        s.ws_get(&format!("/segments/{id}/size")).expect(200)["count"],
+        s.ws_get(&format!("/segments/{id}/size")).expect_json(200)["count"],
         want
     );
     assert_eq!(
-        s.ws_get(&format!("/segments/{id}")).expect(200)["text"],
+        s.ws_get(&format!("/segments/{id}")).expect_json(200)["text"],
         after["text"]
     );
-    let cohorts = s.ws_get("/partners/amplitude/cohorts").expect(200);
+    let cohorts = s.ws_get("/partners/amplitude/cohorts").expect_json(200);
     let band = cohorts
         .as_array()
         .expect("a list")
@@ -1188,7 +1042,7 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
         (empty["size"].clone(), empty["last_sync"].clone()),
         (json!(0), Value::Null)
     );
-    let mixpanel = s.ws_get("/partners/mixpanel/cohorts").expect(200);
+    let mixpanel = s.ws_get("/partners/mixpanel/cohorts").expect_json(200);
     assert_eq!(mixpanel.as_array().map(Vec::len), Some(1));
     let m = &mixpanel[0];
     assert_eq!(
@@ -1196,19 +1050,22 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
         (json!("m-power"), json!("Power users"), json!(1_429))
     );
     assert!(m["last_sync"].is_string());
-    assert_eq!(s.ws_get("/partners/heap/cohorts").expect(200), json!([]));
+    assert_eq!(
+        s.ws_get("/partners/heap/cohorts").expect_json(200),
+        json!([])
+    );
     let r = s.ws_get("/partners/acme-analytics/cohorts");
     assert_eq!(r.status, 404, "{}", r.text);
 
     // Delete.
     let r = s
-        .delete(&format!("/workspaces/{WS}/segments/{id}"))
-        .expect(200);
+        .admin_delete(&format!("/workspaces/{WS}/segments/{id}"))
+        .expect_json(200);
     assert_eq!(r["id"], json!(id));
     for r in [
         s.ws_get(&format!("/segments/{id}")),
         s.ws_get(&format!("/segments/{id}/size")),
-        s.delete(&format!("/workspaces/{WS}/segments/{id}")),
+        s.admin_delete(&format!("/workspaces/{WS}/segments/{id}")),
         s.ws_post("/segments/count", &json!({"segment_id": id})),
         s.ws_post("/segments/members", &json!({"segment_id": id})),
     ] {
@@ -1216,7 +1073,10 @@ fn saved_segments_survive_a_restart_and_a_cohort_rename() {
         assert!(r.message().contains(&id), "{}", r.message());
     }
     assert_eq!(
-        s.ws_get("/segments").expect(200).as_array().map(Vec::len),
+        s.ws_get("/segments")
+            .expect_json(200)
+            .as_array()
+            .map(Vec::len),
         Some(1)
     );
 }
@@ -1440,7 +1300,7 @@ fn bad_input_gets_a_clear_4xx() {
     }
 
     // The workspace, the auth, the method, the body itself.
-    let r = s.post("/workspaces/nope/segments/count", &json!({"filter": ok}));
+    let r = s.admin_post("/workspaces/nope/segments/count", &json!({"filter": ok}));
     assert_eq!(r.status, 404);
     assert!(r.message().contains("nope"));
     for path in [
@@ -1449,13 +1309,11 @@ fn bad_input_gets_a_clear_4xx() {
         "/workspaces/nope/segments/seg_1/size",
         "/workspaces/nope/partners/amplitude/cohorts",
     ] {
-        assert_eq!(s.get(path).status, 404, "{path}");
+        assert_eq!(s.admin_get(path).status, 404, "{path}");
     }
-    let r = s.send(
-        Method::POST,
+    let r = s.post(
         &format!("/workspaces/{WS}/segments/count"),
-        Some(&json!({"filter": ok})),
-        false,
+        &json!({"filter": ok}),
     );
     assert_eq!(r.status, 401);
     let r = s
@@ -1468,7 +1326,7 @@ fn bad_input_gets_a_clear_4xx() {
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(s.ws_get("/segments/count").status, 405);
     assert_eq!(
-        s.put(&format!("/workspaces/{WS}/segments"), &json!({}))
+        s.admin_put(&format!("/workspaces/{WS}/segments"), &json!({}))
             .status,
         405
     );
@@ -1521,12 +1379,8 @@ fn bad_input_gets_a_clear_4xx() {
 
 // ----- the CLI -----
 
-fn segq_once(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_segq"))
-        .args(args)
-        .env_remove("SEGQ_TOKEN")
-        .output()
-        .expect("segq runs");
+/// Exit code, stdout and stderr of a finished `segq`.
+fn text(out: Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -1534,18 +1388,12 @@ fn segq_once(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Runs segq; on a data directory, retries while its lock is held for a
-/// moment by a process another test is spawning.
 fn segq(args: &[&str]) -> (i32, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, out, err) = segq_once(args);
-        if code != 0 && err.contains("is locked") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        return (code, out, err);
-    }
+    text(server::segq(args))
+}
+
+fn segq_once(args: &[&str]) -> (i32, String, String) {
+    text(server::segq_once(args))
 }
 
 #[test]
@@ -1563,7 +1411,7 @@ fn the_cli_counts_lists_and_checks_on_a_server_and_on_a_data_directory() {
         .collect();
     let saved = s
         .ws_post("/segments", &json!({"name": "band", "filter": f}))
-        .expect(201);
+        .expect_json(201);
     let seg = saved["id"].as_str().expect("an id").to_string();
 
     let server = [
@@ -1742,10 +1590,10 @@ fn filters_past_max_filter_nodes_are_refused_on_every_endpoint() {
 
     // At the limit: answered.
     let r = s.ws_post("/segments/count", &json!({"filter": at}));
-    assert_eq!(r.expect(200)["count"], want);
+    assert_eq!(r.expect_json(200)["count"], want);
     let r = s.ws_post("/segments/breakdown", &json!({"filter": at}));
     assert_eq!(
-        r.expect(200)["rows"].as_array().map(Vec::len),
+        r.expect_json(200)["rows"].as_array().map(Vec::len),
         Some(limit - 1)
     );
 
@@ -1802,20 +1650,26 @@ fn filters_past_max_filter_nodes_are_refused_on_every_endpoint() {
         "save",
     );
     let saved = s.ws_post("/segments", &json!({"name": "fine", "filter": at}));
-    let id = saved.expect(201)["id"].as_str().expect("an id").to_string();
+    let id = saved.expect_json(201)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
     refused(
-        s.put(
+        s.admin_put(
             &format!("/workspaces/{WS}/segments/{id}"),
             &json!({"filter": over}),
         ),
         "update",
     );
     assert_eq!(
-        s.ws_get(&format!("/segments/{id}/size")).expect(200)["count"],
+        s.ws_get(&format!("/segments/{id}/size")).expect_json(200)["count"],
         want
     );
     assert_eq!(
-        s.ws_get("/segments").expect(200).as_array().map(Vec::len),
+        s.ws_get("/segments")
+            .expect_json(200)
+            .as_array()
+            .map(Vec::len),
         Some(1)
     );
 }
@@ -1825,8 +1679,8 @@ fn a_member_cursor_works_only_for_its_workspace_and_segment() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let s = fixture(dir.path());
     // A second workspace with users of its own: the same filter reads there.
-    s.post("/admin/workspaces", &json!({"name": "beta"}))
-        .expect(201);
+    s.admin_post("/admin/workspaces", &json!({"name": "beta"}))
+        .expect_json(201);
     let beta = s.engine().workspace("beta").expect("beta");
     beta.upsert_users((0..USERS).map(fixture_user).collect())
         .expect("loads");
@@ -1842,7 +1696,7 @@ fn a_member_cursor_works_only_for_its_workspace_and_segment() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     // On another workspace, for the same filter: refused.
-    let r = s.post(
+    let r = s.admin_post(
         "/workspaces/beta/segments/members",
         &json!({"filter": text, "limit": 10, "cursor": cursor}),
     );

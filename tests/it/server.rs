@@ -10,8 +10,8 @@ use segq::Partner;
 use serde_json::{json, Value};
 
 use crate::support::server::{
-    cohort_body, members_on_disk, metric_in, partner_api_key, users_body, Fixture, Resp, Server,
-    PARTNER_API_KEY,
+    cohort_body, members_on_disk, metric_in, partner_api_key, segq, users_body, Fixture, Resp,
+    Server, PARTNER_API_KEY,
 };
 
 /// The platform's texts, spelled out here rather than taken from the
@@ -1163,16 +1163,13 @@ fn query_threads_size_the_evaluator_pool() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(f.server.metric("segq_query_threads"), cores as f64);
     // Zero threads is refused before anything starts.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_segq"))
-        .args([
-            "serve",
-            "--query-threads",
-            "0",
-            "--data",
-            "/nonexistent/segq",
-        ])
-        .output()
-        .unwrap();
+    let out = segq(&[
+        "serve",
+        "--query-threads",
+        "0",
+        "--data",
+        "/nonexistent/segq",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--query-threads"), "{stderr}");

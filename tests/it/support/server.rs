@@ -1,7 +1,10 @@
-//! Helpers for the tests that drive a real server: a `segq serve` child
-//! process (the real binary) on 127.0.0.1 with a port the OS picks, a
-//! blocking HTTP client that never goes through a proxy, and short-hands
-//! for the admin and partner APIs.
+//! The one way the tests start a server: a `segq serve` child process
+//! (the real binary, [`Server`]) on 127.0.0.1 with a port the OS picks, or,
+//! for tests that must reach the [`Engine`](segq::engine::Engine) while it
+//! serves, the same router in-process ([`InProcess`]). Both are driven
+//! through a [`Conn`]: a blocking HTTP client that never goes through a
+//! proxy, with short-hands for the admin and partner APIs. [`segq`] runs
+//! the binary for one command.
 //!
 //! The servers are not spawned by the test process itself but by one
 //! long-lived `sh` (the [launcher](launch)) that the test process spawns
@@ -20,7 +23,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
+use segq::engine::Engine;
 use serde_json::{json, Value};
 
 pub use super::PARTNER_API_KEY;
@@ -47,14 +51,19 @@ const LOCKED: &str = "is locked by another segq process";
 /// another test thread is spawning shares the test process's descriptors
 /// (the lock's among them) between its fork and its exec. So a held lock
 /// is retried, for at most [`LOCK_TIMEOUT`].
-pub fn open_engine(data: &Path) -> Arc<segq::engine::Engine> {
+pub fn open_engine(data: &Path) -> Arc<Engine> {
+    let (engine, token) = open_engine_with_token(data);
+    assert!(token.is_none(), "the admin token is kept");
+    engine
+}
+
+/// [`open_engine`] of a directory that may be new: with the admin token
+/// a first open generates.
+pub fn open_engine_with_token(data: &Path) -> (Arc<Engine>, Option<String>) {
     let deadline = Instant::now() + LOCK_TIMEOUT;
     loop {
-        match segq::engine::Engine::open(data) {
-            Ok((engine, token)) => {
-                assert!(token.is_none(), "the admin token is kept");
-                return engine;
-            }
+        match Engine::open(data) {
+            Ok(opened) => return opened,
             Err(segq::Error::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -98,6 +107,30 @@ pub fn write_config(data: &Path) {
         serde_json::to_vec_pretty(&config).expect("serialises"),
     )
     .expect("writes segq.json");
+}
+
+/// Runs `segq ARGS` to its end (without a `SEGQ_TOKEN` from the
+/// environment). A data directory lock held for a moment by a process
+/// another test is spawning is waited out, for at most [`LOCK_TIMEOUT`].
+pub fn segq(args: &[&str]) -> Output {
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    loop {
+        let out = segq_once(args);
+        let locked = String::from_utf8_lossy(&out.stderr).contains(LOCKED);
+        if out.status.success() || !locked || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`segq`] without waiting for a lock.
+pub fn segq_once(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segq"))
+        .args(args)
+        .env_remove("SEGQ_TOKEN")
+        .output()
+        .expect("segq runs")
 }
 
 /// A blocking client for loopback: no proxy, bounded requests.
@@ -168,6 +201,13 @@ impl Resp {
         assert_eq!(self.status, status, "{}", self.text);
         self
     }
+
+    /// Panics unless the status is `status`; the JSON body.
+    #[track_caller]
+    pub fn expect_json(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        self.json()
+    }
 }
 
 /// The one `sh` that spawns servers and sends them signals, fed commands
@@ -216,6 +256,15 @@ fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// The client side of a running server: its address, its admin token and
+/// a client.
+pub struct Conn {
+    pub base: String,
+    /// The admin token (printed at the first start of a data directory).
+    pub token: String,
+    pub client: Client,
+}
+
 /// A `segq serve` process.
 pub struct Server {
     /// The folder of this process's stderr, pid and exit status files.
@@ -223,10 +272,15 @@ pub struct Server {
     pid: u32,
     /// Whether its exit status was seen.
     ended: bool,
-    pub base: String,
-    /// The admin token (printed at the first start of a data directory).
-    pub token: String,
-    pub client: Client,
+    conn: Conn,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
 }
 
 impl Server {
@@ -298,9 +352,11 @@ impl Server {
             run,
             pid,
             ended: false,
-            base: String::new(),
-            token: token.unwrap_or_default().to_string(),
-            client: client(),
+            conn: Conn {
+                base: String::new(),
+                token: token.unwrap_or_default().to_string(),
+                client: client(),
+            },
         };
         let listening = poll(START_TIMEOUT, || {
             let text = server.stderr_text();
@@ -324,13 +380,13 @@ impl Server {
         };
         let addr: std::net::SocketAddr = addr.parse().expect("an address after `listening on`");
         assert!(addr.ip().is_loopback(), "{addr}");
-        server.base = format!("http://{addr}");
+        server.conn.base = format!("http://{addr}");
         if let Some(t) = server
             .stderr_text()
             .lines()
             .find_map(|l| l.strip_prefix("admin token: "))
         {
-            server.token = t.trim().to_string();
+            server.conn.token = t.trim().to_string();
         }
         assert!(
             !server.token.is_empty(),
@@ -389,7 +445,9 @@ impl Server {
     fn kill_process(&mut self) {
         let _ = self.signal("KILL", STOP_TIMEOUT);
     }
+}
 
+impl Conn {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -458,6 +516,17 @@ impl Server {
     pub fn admin_post(&self, path: &str, body: &Value) -> Resp {
         self.request(
             Method::POST,
+            path,
+            Some("application/json"),
+            serde_json::to_vec(body).expect("serialises"),
+            true,
+        )
+    }
+
+    /// An admin PUT of a JSON value with the admin token.
+    pub fn admin_put(&self, path: &str, body: &Value) -> Resp {
+        self.request(
+            Method::PUT,
             path,
             Some("application/json"),
             serde_json::to_vec(body).expect("serialises"),
@@ -555,6 +624,89 @@ impl Drop for Server {
     }
 }
 
+/// The router of `segq serve` run in-process on loopback, for tests that
+/// must reach the engine while it serves. It stops (and syncs) when
+/// dropped, unless the test is panicking.
+pub struct InProcess {
+    rt: tokio::runtime::Runtime,
+    engine: Option<Arc<Engine>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    conn: Conn,
+}
+
+impl std::ops::Deref for InProcess {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl InProcess {
+    /// Serves the data directory `data`; `token` is the admin token of a
+    /// directory opened before (a new one makes its own).
+    pub fn start(data: &Path, token: Option<String>) -> InProcess {
+        let (engine, new_token) = open_engine_with_token(data);
+        let token = token.or(new_token).expect("an admin token");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("binds");
+        let base = format!("http://{}", listener.local_addr().expect("an address"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(segq::server::serve(engine.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        InProcess {
+            rt,
+            engine: Some(engine),
+            stop: Some(tx),
+            task: Some(task),
+            conn: Conn {
+                base,
+                token,
+                client: client(),
+            },
+        }
+    }
+
+    /// The engine it serves.
+    pub fn engine(&self) -> &Arc<Engine> {
+        self.engine.as_ref().expect("running")
+    }
+
+    /// Stops serving and closes the data directory; returns the admin
+    /// token.
+    pub fn stop(mut self) -> String {
+        self.shutdown();
+        self.conn.token.clone()
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let served = self.rt.block_on(task).expect("the server task ends");
+            served.expect("serves and syncs cleanly");
+        }
+        self.engine = None;
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.shutdown();
+        }
+    }
+}
+
 /// One sample of a metrics text, or 0 when it is not there.
 pub fn metric_in(text: &str, sample: &str) -> f64 {
     text.lines()
@@ -614,6 +766,15 @@ impl Fixture {
 
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// What a client of the running server can observe: the workspaces
+    /// listing, the cohorts listing, and the workspace's files with their
+    /// sizes (the in-memory [`fingerprint`](super::fingerprint) needs the
+    /// server stopped).
+    pub fn observed(&self) -> (Value, Vec<Value>, Vec<(String, u64)>) {
+        let s = &self.server;
+        (s.workspaces(), s.cohorts(&self.ws), self.workspace_files())
     }
 
     /// The files of the workspace's folder (its log,
