@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use segq::query::render;
+use segq::query::service as segments;
 use segq::segment::{self, eval};
-use segq::server::segments;
 use segq::workload::{self, CohortKind, Spec};
 use segq::{Error, UserRef};
 
@@ -127,7 +128,7 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
         /// Members per page (1 to 1,000,000).
-        #[arg(long, default_value_t = segq::server::segments::DEFAULT_LIMIT)]
+        #[arg(long, default_value_t = segq::query::service::DEFAULT_LIMIT)]
         limit: u64,
         /// Where to start: the cursor a previous page printed.
         #[arg(long)]
@@ -585,20 +586,20 @@ impl Place {
         format: &str,
         fields: &[String],
     ) -> Result<Option<String>, Failure> {
-        let fmt = segments::Format::parse(format)?;
-        let extras = segments::Extras::parse(fields)?;
+        let fmt = render::Format::parse(format)?;
+        let extras = render::Extras::parse(fields)?;
         match self {
             Place::Data { handle } => {
                 let limit = segments::page_limit(Some(limit))?;
                 let page = segments::member_page(handle, &Self::target(filter)?, cursor, limit)?;
-                if fmt == segments::Format::Csv {
-                    out.write_all(segments::csv_header(extras).as_bytes())
+                if fmt == render::Format::Csv {
+                    out.write_all(render::csv_header(extras).as_bytes())
                         .map_err(io_err)?;
                 }
                 let mut buf = Vec::new();
                 for block in page.members.chunks(segments::STREAM_BLOCK) {
                     buf.clear();
-                    segments::render_members(&handle.read(), block, fmt, extras, &mut buf);
+                    render::render_members(&handle.read(), block, fmt, extras, &mut buf);
                     out.write_all(&buf).map_err(io_err)?;
                 }
                 Ok(page.next)
@@ -620,7 +621,7 @@ impl Place {
                 let mut resp = Self::post(client, &url, token, &body)?;
                 let next = resp
                     .headers()
-                    .get(segments::NEXT_CURSOR)
+                    .get(segq::server::segments::NEXT_CURSOR)
                     .and_then(|v| v.to_str().ok())
                     .map(String::from);
                 resp.copy_to(&mut WriteAdapter(out))

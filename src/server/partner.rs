@@ -37,6 +37,7 @@ use crate::import::{
 use super::auth::require_json;
 use super::conn::BodyPermit;
 use super::error::{json_response, path_rejection, read_unauthenticated_body, ApiError};
+use super::extract::run_blocking;
 use super::AppState;
 
 /// `POST /partners/{partner}/cohorts`.
@@ -127,14 +128,4 @@ async fn read(
     let limit = state.options.max_body_bytes;
     let (body, permit) = read_unauthenticated_body(&state.conns.budget, req, limit).await?;
     Ok((partner, body, permit))
-}
-
-/// Runs the blocking part of a request on tokio's blocking pool.
-pub(super) async fn run_blocking<F>(f: F) -> Result<Response, ApiError>
-where
-    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
 }
