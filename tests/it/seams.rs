@@ -108,3 +108,41 @@ fn server_request_helpers_exist_once() {
         );
     }
 }
+
+#[test]
+fn the_command_line_is_not_in_the_library() {
+    for gone in [
+        "src/main.rs",
+        "src/bench_cmd.rs",
+        "src/snapshot_cmd.rs",
+        "src/snapshot/bench.rs",
+    ] {
+        assert!(!root().join(gone).exists(), "{gone} is back in the library");
+    }
+    assert!(root().join("src/bin/segq/main.rs").is_file());
+    // The binary-only dependencies: nothing outside src/bin/ uses them
+    // (unit test files may, as dev-dependencies).
+    let lib: Vec<(PathBuf, String)> = sources(&root().join("src"))
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(root().join("src/bin")) && !p.ends_with("tests.rs"))
+        .collect();
+    for dep in ["clap::", "reqwest::", "indicatif::", "use clap", "#[arg("] {
+        let found = lines_with(&lib, dep);
+        assert!(found.is_empty(), "the library uses {dep}: {found:#?}");
+    }
+    // ... and they are optional, behind the default `cli` feature.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .expect("a [dependencies] table");
+    for dep in ["clap", "reqwest", "indicatif"] {
+        let line = deps
+            .lines()
+            .find(|l| l.starts_with(&format!("{dep} ")))
+            .unwrap_or_else(|| panic!("{dep} is a dependency"));
+        assert!(line.contains("optional = true"), "{line}");
+    }
+    assert!(manifest.contains("required-features = [\"cli\"]"));
+}
