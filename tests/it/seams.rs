@@ -146,3 +146,17 @@ fn the_command_line_is_not_in_the_library() {
     }
     assert!(manifest.contains("required-features = [\"cli\"]"));
 }
+
+#[test]
+fn the_demo_runs_through_the_servers_paths() {
+    let demo = std::fs::read_to_string(root().join("src/bin/segq/demo.rs")).expect("demo.rs");
+    let examples = std::fs::read_to_string(root().join("src/examples.rs")).expect("examples.rs");
+    for text in [&demo, &examples] {
+        for other_path in ["import::handle", "apply_cohort_changes", "eval::count"] {
+            assert!(!text.contains(other_path), "the demo calls {other_path}");
+        }
+    }
+    assert!(demo.contains("WorkspaceHandle::in_memory"));
+    assert!(examples.contains("partner::answer"));
+    assert!(!root().join("src/demo.rs").exists());
+}

@@ -12,6 +12,7 @@ use segq::Error;
 mod args;
 mod bench;
 mod data;
+mod demo;
 mod generate;
 mod segments;
 mod serve;
@@ -145,7 +146,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(args) => bench::run(args, &mut out)?,
         Command::Users { command } => users::run(command, &mut out)?,
         Command::Demo { workload } => {
-            segq::demo::run(&mut out, workload.spec())?;
+            demo::run(&mut out, workload.spec())?;
         }
         Command::Generate { workload } => generate::generate(&mut out, workload.spec())?,
         Command::Query(args) => generate::query(args, &mut out)?,
