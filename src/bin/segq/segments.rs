@@ -100,9 +100,7 @@ pub fn count(args: CountArgs, out: &mut dyn Write) -> Result<(), Failure> {
         explain,
         filter,
     } = args;
-    // Bad input fails before the data directory is opened.
-    Place::target(&filter)?;
-    let at = Place::open(&target)?;
+    let at = Place::for_filter(&target, &filter)?;
     let mode = if estimate {
         use rand::Rng;
         service::CountMode::Estimate {
@@ -130,9 +128,7 @@ pub fn members(args: MembersArgs, out: &mut dyn Write) -> Result<(), Failure> {
         fields,
         filter,
     } = args;
-    // Bad input fails before the data directory is opened.
-    Place::target(&filter)?;
-    let at = Place::open(&target)?;
+    let at = Place::for_filter(&target, &filter)?;
     let next = at.members(out, &filter, limit, cursor.as_deref(), &format, &fields)?;
     out.flush().map_err(io_err)?;
     if let Some(c) = next {
@@ -149,9 +145,8 @@ pub fn check(args: CheckArgs, out: &mut dyn Write) -> Result<(), Failure> {
         user,
     } = args;
     // Bad input fails before the data directory is opened.
-    Place::target(&filter)?;
     let user = UserRef::parse_cli(&user)?;
-    let at = Place::open(&target)?;
+    let at = Place::for_filter(&target, &filter)?;
     let answer = at.check(&filter, &user)?;
     writeln!(out, "{answer}").map_err(io_err)?;
     Ok(())
@@ -177,6 +172,13 @@ pub enum Place {
 }
 
 impl Place {
+    /// Where `filter` runs, once it is known to parse: bad input fails
+    /// before the data directory is opened.
+    fn for_filter(t: &TargetArgs, filter: &str) -> Result<Place, Failure> {
+        Self::target(filter)?;
+        Self::open(t)
+    }
+
     fn open(t: &TargetArgs) -> Result<Place, Failure> {
         if let Some(server) = &t.server {
             let token = match &t.token {
