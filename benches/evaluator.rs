@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
     let ws = workload::generate("bench", spec)
         .expect("the workload generates")
         .workspace;
-    let cache = fast::SerialCache::default();
+    let cache = segq::query::SerialCache::default();
     let shapes = workload::query_shapes(spec.cohorts);
     let tag = format!("{}users", spec.users);
 
@@ -152,7 +152,7 @@ fn bench(c: &mut Criterion) {
     let mapped = Snapshot::load(snap.clone()).expect("loads");
     let mut live = Snapshot::load(snap).expect("loads");
     LiveDelta::TYPICAL.apply(&mut live).expect("applies");
-    let live_cache = fast::SerialCache::default();
+    let live_cache = segq::query::SerialCache::default();
     for (what, w) in [("mapped", &mapped), ("mapped+delta", &live)] {
         let mut g = c.benchmark_group(format!("count/{tag}/{what}"));
         g.sample_size(20);

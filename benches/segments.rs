@@ -32,7 +32,6 @@ use rayon::prelude::*;
 use reqwest::blocking::Client;
 use segq::engine::Engine;
 use segq::import::{parse_users_request, CohortRequest, Credentials};
-use segq::segment::fast;
 use segq::users::NewUser;
 use segq::workload::{self, Spec};
 use segq::{query, UserId};
@@ -183,7 +182,7 @@ fn bench(c: &mut Criterion) {
 
     let shapes = workload::query_shapes(spec.cohorts);
     // The loaded workspace answers as the generated one.
-    let src = fast::SerialCache::default();
+    let src = segq::query::SerialCache::default();
     for (name, filter) in &shapes {
         let want = query::count(&w.workspace, &src, filter, false)
             .expect("counts")
@@ -255,7 +254,7 @@ fn bench(c: &mut Criterion) {
     // costs.
     let refs: Vec<segq::UserRef> = users
         .iter()
-        .map(|u| segq::server::admin::parse_user_ref(u).expect("a user"))
+        .map(|u| segq::server::extract::parse_user_ref(u).expect("a user"))
         .collect();
     let filter = segq::segment::parse(&target).expect("parses");
     let handle = engine.workspace(WS).expect("the workspace");

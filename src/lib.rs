@@ -1,9 +1,9 @@
 pub mod bitmap_view;
 pub mod bulk;
 pub mod cohorts;
-pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod examples;
 pub mod ids;
 pub mod import;
 pub mod log;

@@ -259,3 +259,45 @@ impl Rebase {
         Ok(Rebase { snap, bases })
     }
 }
+
+// ----- what the segment evaluators read of a workspace -----
+
+use std::borrow::Cow;
+
+use roaring::RoaringBitmap;
+
+use crate::ids::{UserId, UserRef};
+use crate::segment::{eval, plan::Catalog};
+
+impl Catalog for Workspace {
+    fn users(&self) -> u64 {
+        u64::from(self.users.len())
+    }
+
+    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
+        let c = self.cohorts.resolve(partner, value)?;
+        Ok((c.key.cohort_id.clone(), c.len()))
+    }
+}
+
+impl eval::Data for Workspace {
+    fn cohort_members(&self, partner: Partner, value: &str) -> Result<Cow<'_, RoaringBitmap>> {
+        self.cohorts.resolve(partner, value)?.members.bitmap()
+    }
+
+    fn cohort_contains(&self, partner: Partner, value: &str, user: u32) -> Result<bool> {
+        self.cohorts.resolve(partner, value)?.members.contains(user)
+    }
+
+    fn all_buckets(&self) -> Box<dyn Iterator<Item = u16> + '_> {
+        Box::new(self.users.buckets())
+    }
+
+    fn bucket(&self, user: UserId) -> Option<u16> {
+        self.users.bucket(user)
+    }
+
+    fn lookup(&self, user: &UserRef) -> Option<UserId> {
+        self.users.lookup(user)
+    }
+}

@@ -239,7 +239,7 @@ impl Members {
 mod tests {
     use super::*;
     use crate::ids::{CohortKey, Partner};
-    use crate::segment::fast::Uncached;
+    use crate::query::Uncached;
     use crate::segment::Filter;
     use crate::snapshot::format::{SectionKind, SnapshotWriter};
     use crate::users::NewUser;

@@ -42,6 +42,7 @@ pub mod compact;
 mod config;
 mod handle;
 pub mod keys;
+mod memory;
 pub mod record;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
@@ -49,6 +50,7 @@ pub use config::{
     Config, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_COHORTS_PER_PARTNER, DEFAULT_RATE_LIMIT_PER_HOUR,
 };
 pub use handle::{BatchReport, WorkspaceHandle};
+pub use memory::MemoryFile;
 pub use record::Change;
 
 use std::collections::BTreeMap;

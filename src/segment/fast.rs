@@ -13,7 +13,8 @@
 //! A cohort leaf is layered like the workspace: the bitmap of the snapshot
 //! the workspace was loaded from, read in place from the map, plus the
 //! members added and removed since, serialized once per cohort version by
-//! a [`BitmapSource`]. Per chunk, a leaf whose delta has no container
+//! the layer that holds the cohort ([`Prepared::assemble`] takes them as
+//! [`LeafBytes`]; the workspace's glue is in [`crate::query`]). Per chunk, a leaf whose delta has no container
 //! there is read straight from the snapshot's container; otherwise its
 //! words are `(base | added) & !removed`.
 
@@ -25,15 +26,12 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::buckets;
-use super::plan::{Catalog, Leaf, Plan};
-use super::Filter;
+use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{popcount, BitmapView, Container, Words, CHUNK_WORDS};
-use crate::cohorts::{BaseBitmap, Cohort};
 use crate::error::{Error, Result};
-use crate::ids::{CohortKey, Partner, UserId};
+use crate::ids::{CohortKey, UserId};
 use crate::snapshot::Snapshot;
 use crate::users::Buckets;
-use crate::workspace::Workspace;
 
 /// A cohort's in-memory members in the portable roaring format: all of
 /// them when the cohort has no snapshot bitmap, else what changed since.
@@ -43,62 +41,6 @@ pub struct Serialized {
     pub added: Option<Vec<u8>>,
     /// Members of the snapshot's bitmap removed since (`None`: none).
     pub removed: Option<Vec<u8>>,
-}
-
-/// Supplies a cohort's in-memory members, serialized.
-pub trait BitmapSource: Sync {
-    fn bytes(&self, cohort: &Cohort) -> Arc<Serialized>;
-}
-
-/// Serializes on every call (no cache): for one-off queries and tests.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Uncached;
-
-fn portable(bm: &RoaringBitmap) -> Option<Vec<u8>> {
-    if bm.is_empty() {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(bm.serialized_size());
-    // Writing into a Vec cannot fail.
-    let _ = bm.serialize_into(&mut bytes);
-    Some(bytes)
-}
-
-/// Serializes a cohort's in-memory members.
-pub fn serialize(cohort: &Cohort) -> Arc<Serialized> {
-    Arc::new(Serialized {
-        added: portable(cohort.members.added()),
-        removed: portable(cohort.members.removed()),
-    })
-}
-
-impl BitmapSource for Uncached {
-    fn bytes(&self, cohort: &Cohort) -> Arc<Serialized> {
-        serialize(cohort)
-    }
-}
-
-/// A cohort's serialized members and the version they were taken at.
-type Versioned = (u64, Arc<Serialized>);
-
-/// Serialized cohorts kept while their version stays the same.
-#[derive(Debug, Default)]
-pub struct SerialCache {
-    map: std::sync::Mutex<hashbrown::HashMap<CohortKey, Versioned>>,
-}
-
-impl BitmapSource for SerialCache {
-    fn bytes(&self, cohort: &Cohort) -> Arc<Serialized> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, b)) = map.get(&cohort.key) {
-            if *v == cohort.version {
-                return b.clone();
-            }
-        }
-        let b = serialize(cohort);
-        map.insert(cohort.key.clone(), (cohort.version, b.clone()));
-        b
-    }
 }
 
 /// The compiled plan: leaves replaced by indexes into the views.
@@ -555,11 +497,19 @@ fn eval_root(
     r
 }
 
-/// A cohort leaf's bytes: its snapshot bitmap, borrowed from the map, and
-/// its in-memory members.
-struct LeafBytes<'w> {
-    base: Option<&'w [u8]>,
-    delta: Option<Arc<Serialized>>,
+/// A cohort leaf's bytes, as the layer that holds the cohort gives them
+/// to [`Prepared::assemble`]: its snapshot bitmap, borrowed from the map,
+/// and its in-memory members.
+pub struct LeafBytes<'w> {
+    /// The snapshot's bitmap in the portable format (`None`: no snapshot
+    /// bitmap).
+    pub base: Option<&'w [u8]>,
+    /// The members added and removed since (`None`: nothing changed).
+    pub delta: Option<Arc<Serialized>>,
+    /// The largest member, when it may lie past the users' count: a
+    /// single-cohort plan is counted from the cohort's cardinality only
+    /// when this is `None` or below the users' count.
+    pub max: Option<u32>,
 }
 
 /// A plan ready to run: its leaves' bitmaps fetched, the buckets at hand.
@@ -571,7 +521,7 @@ pub struct Prepared<'w> {
     single: Option<u64>,
 }
 
-type FetchLeaf<'a, 'w> = dyn FnMut(Partner, &str) -> Result<LeafBytes<'w>> + 'a;
+type FetchLeaf<'a, 'w> = dyn FnMut(&CohortKey) -> Result<LeafBytes<'w>> + 'a;
 
 fn compile<'w>(
     p: &Plan,
@@ -584,7 +534,7 @@ fn compile<'w>(
         Plan::Leaf(Leaf::Cohort {
             partner, cohort_id, ..
         }) => {
-            bytes.push(leaf(*partner, cohort_id)?);
+            bytes.push(leaf(&CohortKey::new(*partner, cohort_id.clone()))?);
             Node::Cohort(bytes.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
@@ -617,38 +567,28 @@ fn trivial(plan: &Plan, users: u32, trusted_leaf: bool) -> Option<u64> {
 }
 
 impl<'w> Prepared<'w> {
-    /// Fetches the leaves' bitmaps for `plan` (made by [`super::plan::plan`]
-    /// on the same workspace).
-    pub fn new(ws: &'w Workspace, plan: &Plan, src: &dyn BitmapSource) -> Result<Self> {
+    /// Compiles `plan` (made by [`super::plan::plan`] on the same view)
+    /// over `users` users with these buckets, fetching each cohort leaf's
+    /// bytes with `leaf`. The layers that hold cohorts (a workspace, a
+    /// frozen view of one) build their plans with this.
+    pub fn assemble(
+        plan: &Plan,
+        users: u32,
+        buckets: Buckets<'w>,
+        mut leaf: impl FnMut(&CohortKey) -> Result<LeafBytes<'w>>,
+    ) -> Result<Self> {
         let mut bytes = Vec::new();
-        let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'w>> {
-            let key = CohortKey::new(partner, id);
-            let c = ws.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
-            let m = &c.members;
-            let base = m.base_bytes()?;
-            let unchanged = base.is_some() && m.added().is_empty() && m.removed().is_empty();
-            Ok(LeafBytes {
-                base,
-                delta: (!unchanged).then(|| src.bytes(c)),
-            })
-        };
         let node = compile(plan, &mut leaf, &mut bytes)?;
-        let users = ws.users.len();
         // A bitmap is only trusted to hold users that exist if its largest
         // member says so.
-        let trusted = match plan {
-            Plan::Leaf(Leaf::Cohort {
-                partner, cohort_id, ..
-            }) => ws
-                .cohorts
-                .get(&CohortKey::new(*partner, cohort_id.clone()))
-                .is_some_and(|c| c.members.max_bound().is_none_or(|m| m < users)),
-            _ => false,
-        };
+        let trusted = matches!(plan, Plan::Leaf(Leaf::Cohort { .. }))
+            && bytes
+                .first()
+                .is_some_and(|b| b.max.is_none_or(|m| m < users));
         Ok(Prepared {
             node,
             bytes,
-            buckets: ws.users.bucket_slices(),
+            buckets,
             users,
             single: trivial(plan, users, trusted),
         })
@@ -659,14 +599,14 @@ impl<'w> Prepared<'w> {
     pub fn for_snapshot(snap: &'w Snapshot, plan: &Plan) -> Result<Self> {
         let meta = snap.meta()?;
         let mut bytes = Vec::new();
-        let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'w>> {
-            let key = CohortKey::new(partner, id);
+        let mut leaf = |key: &CohortKey| -> Result<LeafBytes<'w>> {
             let i = snap
-                .cohort_index(&key)?
-                .ok_or(Error::UnknownCohort { key })?;
+                .cohort_index(key)?
+                .ok_or_else(|| Error::UnknownCohort { key: key.clone() })?;
             Ok(LeafBytes {
                 base: Some(snap.bitmap_bytes(i)?),
                 delta: None,
+                max: None,
             })
         };
         let node = compile(plan, &mut leaf, &mut bytes)?;
@@ -850,182 +790,6 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
             all.iter().all(|c| contains(c, u, ctx)) && !minus.iter().any(|c| contains(c, u, ctx))
         }
         Node::Or(any) => any.iter().any(|c| contains(c, u, ctx)),
-    }
-}
-
-/// A cohort as a [`Frozen`] view keeps it.
-#[derive(Clone, Debug)]
-struct FrozenCohort {
-    cardinality: u64,
-    max_bound: Option<u32>,
-    base: Option<BaseBitmap>,
-    delta: Option<Arc<Serialized>>,
-}
-
-/// What queries need of a workspace for some filters, taken under the
-/// workspace's read lock and evaluated after it is released: the users'
-/// count, the cohorts the filters name (the snapshot's bitmaps shared by
-/// `Arc`, the in-memory changes as the serialized copies a
-/// [`BitmapSource`] keeps) and, when the filters test buckets or when
-/// asked, the buckets (the snapshot's shared, those of users created since
-/// copied). Taking it costs the filters' size plus, with buckets, two bytes
-/// per user created since the last snapshot; writers may change the
-/// workspace while the view is evaluated, and the view does not change.
-pub struct Frozen {
-    users: u32,
-    snap: Option<Arc<Snapshot>>,
-    tail: Vec<u16>,
-    /// `(partner, value as written)` -> cohort_id.
-    names: hashbrown::HashMap<(Partner, String), String>,
-    cohorts: hashbrown::HashMap<CohortKey, FrozenCohort>,
-}
-
-impl std::fmt::Debug for Frozen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frozen")
-            .field("users", &self.users)
-            .field("cohorts", &self.cohorts.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Frozen {
-    /// The view of `ws` that `filters` need (their cohort values resolved
-    /// now: an unknown or ambiguous one fails here); with the buckets if a
-    /// filter tests them or `buckets` is set.
-    pub fn new(
-        ws: &Workspace,
-        src: &dyn BitmapSource,
-        filters: &[&Filter],
-        buckets: bool,
-    ) -> Result<Frozen> {
-        let mut names = hashbrown::HashMap::new();
-        let mut cohorts = hashbrown::HashMap::new();
-        let mut first_err = None;
-        for f in filters {
-            f.for_each_cohort(&mut |partner, value, _| {
-                if first_err.is_some() || names.contains_key(&(partner, value.to_string())) {
-                    return;
-                }
-                match ws.cohorts.resolve(partner, value) {
-                    Ok(c) => {
-                        names.insert((partner, value.to_string()), c.key.cohort_id.clone());
-                        cohorts.entry(c.key.clone()).or_insert_with(|| {
-                            let m = &c.members;
-                            let base = m.base_bitmap().cloned();
-                            let unchanged =
-                                base.is_some() && m.added().is_empty() && m.removed().is_empty();
-                            FrozenCohort {
-                                cardinality: c.len(),
-                                max_bound: m.max_bound(),
-                                base,
-                                delta: (!unchanged).then(|| src.bytes(c)),
-                            }
-                        });
-                    }
-                    Err(e) => first_err = Some(e),
-                }
-            });
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        let (snap, tail) = if buckets || filters.iter().any(|f| f.tests_buckets()) {
-            let b = ws.users.bucket_slices();
-            // The snapshot's buckets are shared if they are what the
-            // registry reads; anything else is copied.
-            let shared = ws.users.snapshot().filter(|s| {
-                s.buckets()
-                    .is_ok_and(|x| x.as_ptr() == b.base.as_ptr() && x.len() == b.base.len())
-            });
-            match shared {
-                Some(s) => (Some(s.clone()), b.tail.to_vec()),
-                None => (None, b.iter().collect()),
-            }
-        } else {
-            (None, Vec::new())
-        };
-        Ok(Frozen {
-            users: ws.users.len(),
-            snap,
-            tail,
-            names,
-            cohorts,
-        })
-    }
-
-    /// The users' count.
-    pub fn user_count(&self) -> u32 {
-        self.users
-    }
-
-    /// The buckets (empty unless the view was taken with them).
-    pub fn buckets(&self) -> Buckets<'_> {
-        Buckets {
-            base: self
-                .snap
-                .as_ref()
-                .and_then(|s| s.buckets().ok())
-                .unwrap_or(&[]),
-            tail: &self.tail,
-        }
-    }
-}
-
-impl Catalog for Frozen {
-    fn users(&self) -> u64 {
-        u64::from(self.users)
-    }
-
-    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
-        let id = self
-            .names
-            .get(&(partner, value.to_string()))
-            .ok_or_else(|| Error::NoSuchCohort {
-                partner,
-                value: value.to_string(),
-            })?;
-        let c = self
-            .cohorts
-            .get(&CohortKey::new(partner, id.clone()))
-            .ok_or_else(|| Error::UnknownCohort {
-                key: CohortKey::new(partner, id.clone()),
-            })?;
-        Ok((id.clone(), c.cardinality))
-    }
-}
-
-impl<'f> Prepared<'f> {
-    /// Fetches the leaves' bitmaps for `plan` (made by
-    /// [`super::plan::plan`] on the same view) from a frozen view.
-    pub fn frozen(f: &'f Frozen, plan: &Plan) -> Result<Self> {
-        let mut bytes = Vec::new();
-        let mut leaf = |partner: Partner, id: &str| -> Result<LeafBytes<'f>> {
-            let key = CohortKey::new(partner, id);
-            let c = f.cohorts.get(&key).ok_or(Error::UnknownCohort { key })?;
-            Ok(LeafBytes {
-                base: c.base.as_ref().map(BaseBitmap::bytes).transpose()?,
-                delta: c.delta.clone(),
-            })
-        };
-        let node = compile(plan, &mut leaf, &mut bytes)?;
-        let users = f.users;
-        let trusted = match plan {
-            Plan::Leaf(Leaf::Cohort {
-                partner, cohort_id, ..
-            }) => f
-                .cohorts
-                .get(&CohortKey::new(*partner, cohort_id.clone()))
-                .is_some_and(|c| c.max_bound.is_none_or(|m| m < users)),
-            _ => false,
-        };
-        Ok(Prepared {
-            node,
-            bytes,
-            buckets: f.buckets(),
-            users,
-            single: trivial(plan, users, trusted),
-        })
     }
 }
 

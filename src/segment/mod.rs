@@ -30,7 +30,7 @@ pub fn check_size(filter: &Filter, limit: usize) -> Result<()> {
     }
     Ok(())
 }
-use crate::workspace::Workspace;
+use plan::Catalog;
 
 /// Parses a filter in either form: input whose first non-blank character is
 /// `{` is JSON, anything else is the text form.
@@ -45,7 +45,7 @@ pub fn parse(input: &str) -> Result<Filter> {
 /// Replaces every cohort value of the filter by the cohort_id it names (a
 /// cohort_id of the partner, or the unique name of one of its cohorts).
 /// Fails on the first value that names no cohort, or several.
-pub fn resolve(ws: &Workspace, filter: &Filter) -> Result<Filter> {
+pub fn resolve<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<Filter> {
     Ok(match filter {
         Filter::Cohort {
             partner,
@@ -53,7 +53,7 @@ pub fn resolve(ws: &Workspace, filter: &Filter) -> Result<Filter> {
             includes,
         } => Filter::Cohort {
             partner: *partner,
-            cohort: ws.cohorts.resolve(*partner, cohort)?.key.cohort_id.clone(),
+            cohort: ws.cohort(*partner, cohort)?.0,
             includes: *includes,
         },
         Filter::Bucket(c) => Filter::Bucket(*c),
@@ -64,11 +64,11 @@ pub fn resolve(ws: &Workspace, filter: &Filter) -> Result<Filter> {
 }
 
 /// Checks that every cohort value of the filter names exactly one cohort.
-pub fn check_cohorts(ws: &Workspace, filter: &Filter) -> Result<()> {
+pub fn check_cohorts<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<()> {
     let mut first_err = None;
     filter.for_each_cohort(&mut |partner, value, _| {
         if first_err.is_none() {
-            if let Err(e) = ws.cohorts.resolve(partner, value) {
+            if let Err(e) = ws.cohort(partner, value) {
                 first_err = Some(e);
             }
         }

@@ -22,7 +22,6 @@ use serde::Serialize;
 use super::ast::{BucketCmp, Filter};
 use crate::error::Result;
 use crate::ids::{CohortKey, Partner};
-use crate::workspace::Workspace;
 
 /// A leaf of a plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -141,17 +140,6 @@ pub trait Catalog {
     /// The cohort_id and cardinality of the cohort a filter value names (a
     /// cohort_id, or the unique name of one of the partner's cohorts).
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)>;
-}
-
-impl Catalog for Workspace {
-    fn users(&self) -> u64 {
-        u64::from(self.users.len())
-    }
-
-    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
-        let c = self.cohorts.resolve(partner, value)?;
-        Ok((c.key.cohort_id.clone(), c.len()))
-    }
 }
 
 /// Plans a filter: resolves cohorts (by id or unique name), looks up

@@ -26,106 +26,21 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::bulk::UserJson;
-use crate::engine::WorkspaceHandle;
-use crate::error::Error;
 use crate::ids::{Partner, UserId, UserRef};
 
-use super::auth::require_json;
-use super::error::{json_response, path_rejection, query_rejection, read_body, ApiError};
-use super::partner::run_blocking;
+use super::error::{json_response, query_rejection, ApiError};
+use super::extract::{parse_user_ref, run_blocking, workspace, JsonBody, PathParams};
 use super::AppState;
-
-/// Path parameters, with a JSON 400 when they do not decode.
-pub struct PathParams<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(t)| PathParams(t))
-            .map_err(path_rejection)
-    }
-}
-
-/// A JSON body: `application/json` or no content type, at most the
-/// server's `max_body_bytes`, decoded into `T` (400 with serde's message,
-/// which names the field, otherwise).
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        require_json(req.headers())?;
-        let limit = state.options.max_body_bytes;
-        let bytes = read_body(req, limit).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request(
-                "request body is empty: expected a JSON object",
-            ));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
-    }
-}
-
-fn workspace(state: &AppState, name: &str) -> Result<Arc<WorkspaceHandle>, ApiError> {
-    state.engine.workspace(name).ok_or_else(|| {
-        Error::UnknownWorkspace {
-            name: name.to_string(),
-        }
-        .into()
-    })
-}
 
 fn partner(name: &str) -> Result<Partner, ApiError> {
     name.parse::<Partner>().map_err(ApiError::from)
-}
-
-/// Parses the JSON form of a [`UserRef`].
-pub fn parse_user_ref(v: &Value) -> Result<UserRef, String> {
-    const FORMS: &str = "{\"external_id\": ...}, {\"device_id\": ...} or {\"alias_label\": ..., \"alias_name\": ...}";
-    let o: &Map<String, Value> = v
-        .as_object()
-        .ok_or_else(|| format!("user must be an object: {FORMS}"))?;
-    if let Some(k) = o
-        .keys()
-        .find(|k| !["external_id", "device_id", "alias_label", "alias_name"].contains(&k.as_str()))
-    {
-        return Err(format!("user: unknown key {k:?}; expected {FORMS}"));
-    }
-    let field = |k: &str| -> Result<Option<String>, String> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-            Some(_) => Err(format!("user.{k} must be a non-empty string")),
-        }
-    };
-    match (
-        field("external_id")?,
-        field("device_id")?,
-        field("alias_label")?,
-        field("alias_name")?,
-    ) {
-        (Some(e), None, None, None) => Ok(UserRef::ExternalId(e)),
-        (None, Some(d), None, None) => Ok(UserRef::DeviceId(d)),
-        (None, None, Some(label), Some(name)) => Ok(UserRef::Alias { label, name }),
-        (None, None, None, None) => Err(format!("user names no identifier; expected {FORMS}")),
-        (None, None, _, _) => Err("user: alias_label and alias_name go together".into()),
-        _ => Err(format!("user must name exactly one identifier: {FORMS}")),
-    }
 }
 
 fn user_ref(v: &Value) -> Result<UserRef, ApiError> {

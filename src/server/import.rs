@@ -34,8 +34,8 @@ use crate::bulk::{Batch, BulkError, Format, Parsed, Parser, Totals};
 use crate::engine::{BatchReport, WorkspaceHandle};
 use crate::error::Error;
 
-use super::admin::PathParams;
 use super::error::{body_error, json_response, ApiError, DRAIN_BYTES};
+use super::extract::{declared_length, workspace, PathParams};
 use super::AppState;
 
 type Pending = JoinHandle<(Vec<u64>, Result<BatchReport, Error>)>;
@@ -132,11 +132,7 @@ pub async fn import(
     PathParams(ws): PathParams<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let handle = state.engine.workspace(&ws).ok_or_else(|| {
-        ApiError::from(Error::UnknownWorkspace {
-            name: ws.to_string(),
-        })
-    })?;
+    let handle = workspace(&state, &ws)?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -148,11 +144,7 @@ pub async fn import(
         )
     })?;
     let limit = state.options.max_import_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(req.headers());
     let mut stream = req.into_body().into_data_stream();
     if let (Some(limit), Some(declared)) = (limit, declared) {
         if declared > limit {

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod auth;
 pub mod conn;
 pub mod error;
+pub mod extract;
 pub mod import;
 pub mod metrics;
 pub mod partner;

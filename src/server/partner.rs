@@ -26,17 +26,21 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 
+use crate::cohorts::ChangeReport;
+use crate::engine::WorkspaceHandle;
 use crate::ids::Partner;
 use crate::import::{
     cohort_success_body, parse_cohort_request, parse_delete_request, parse_users_request,
-    users_success_body, ProtocolError,
+    users_success_body, Credentials, Endpoint, ProtocolError,
 };
 
 use super::auth::require_json;
 use super::conn::BodyPermit;
 use super::error::{json_response, path_rejection, read_unauthenticated_body, ApiError};
+use super::extract::run_blocking;
 use super::AppState;
 
 /// `POST /partners/{partner}/cohorts`.
@@ -45,24 +49,7 @@ pub async fn cohorts(
     partner: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (partner, body, permit) = read(&state, partner, req).await?;
-    let st = state.clone();
-    run_blocking(move || {
-        let _permit = permit;
-        let req = parse_cohort_request(&body)?;
-        let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
-        st.rate_limit(&key_id)?;
-        let created = handle
-            .upsert_cohort(partner, &req)
-            .map_err(ApiError::from_partner)?;
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok(json_response(status, cohort_success_body()))
-    })
-    .await
+    serve(state, partner, req, Endpoint::Cohorts).await
 }
 
 /// `POST /partners/{partner}/cohorts/users`.
@@ -71,25 +58,88 @@ pub async fn users(
     partner: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    serve(state, partner, req, Endpoint::CohortUsers).await
+}
+
+/// Steps 1 to 3, then step 4 ([`answer`]) on a blocking thread, with the
+/// engine's keys and the per-key rate limit.
+async fn serve(
+    state: Arc<AppState>,
+    partner: Result<Path<String>, PathRejection>,
+    req: Request,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
     let (partner, body, permit) = read(&state, partner, req).await?;
-    let st = state.clone();
     run_blocking(move || {
         let _permit = permit;
-        let req = parse_users_request(&body)?;
-        let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
-        st.rate_limit(&key_id)?;
-        let report = handle
-            .import_users(partner, &req, Utc::now())
-            .map_err(ApiError::from_partner)?;
-        st.metrics.record_import(partner, &report);
-        let status = if report.cohort_created {
+        let answered = answer(partner, endpoint, &body, Utc::now(), |credentials| {
+            let (handle, key_id) = state.engine.authorize(partner, credentials)?;
+            state.rate_limit(&key_id)?;
+            Ok(handle)
+        })?;
+        if let Some(report) = &answered.report {
+            state.metrics.record_import(partner, report);
+        }
+        Ok(json_response(answered.status, answered.body))
+    })
+    .await
+}
+
+/// A partner request's answer.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    /// 201 when the cohort was created, 200 otherwise.
+    pub status: StatusCode,
+    pub body: Value,
+    /// What a users request changed (`None` for a cohort request).
+    pub report: Option<ChangeReport>,
+}
+
+/// Step 4, once the body is read: parse and validate it, `authorize` its
+/// credentials (the workspace they open, or the error to answer), and
+/// apply it durably to that workspace. The server runs every partner
+/// request through this, and `segq demo` the wire examples, so both
+/// answer the same.
+pub fn answer(
+    partner: Partner,
+    endpoint: Endpoint,
+    body: &[u8],
+    now: DateTime<Utc>,
+    authorize: impl FnOnce(&Credentials) -> Result<Arc<WorkspaceHandle>, ApiError>,
+) -> Result<Answered, ApiError> {
+    let status = |created: bool| {
+        if created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
-        };
-        Ok(json_response(status, users_success_body(&report)))
-    })
-    .await
+        }
+    };
+    match endpoint {
+        Endpoint::Cohorts => {
+            let req = parse_cohort_request(body)?;
+            let handle = authorize(&req.credentials)?;
+            let created = handle
+                .upsert_cohort(partner, &req)
+                .map_err(ApiError::from_partner)?;
+            Ok(Answered {
+                status: status(created),
+                body: cohort_success_body(),
+                report: None,
+            })
+        }
+        Endpoint::CohortUsers => {
+            let req = parse_users_request(body)?;
+            let handle = authorize(&req.credentials)?;
+            let report = handle
+                .import_users(partner, &req, now)
+                .map_err(ApiError::from_partner)?;
+            Ok(Answered {
+                status: status(report.cohort_created),
+                body: users_success_body(&report),
+                report: Some(report),
+            })
+        }
+    }
 }
 
 /// `POST /partners/{partner}/cohorts/delete`.
@@ -127,14 +177,4 @@ async fn read(
     let limit = state.options.max_body_bytes;
     let (body, permit) = read_unauthenticated_body(&state.conns.budget, req, limit).await?;
     Ok((partner, body, permit))
-}
-
-/// Runs the blocking part of a request on tokio's blocking pool.
-pub(super) async fn run_blocking<F>(f: F) -> Result<Response, ApiError>
-where
-    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
 }

@@ -27,16 +27,12 @@
 //!
 //! Every filter, given or saved, is refused (400) past the configured
 //! `max_filter_nodes` ([`crate::segment::check_size`]), which bounds a
-//! query's work. The queries take the workspace's read lock on a blocking
-//! thread, and only briefly: counts, estimates and breakdowns take a
-//! [`Frozen`] view under it (time proportional to the filter) and evaluate
-//! after releasing it; the member export computes its page in chunks of
-//! [`PAGE_CHUNK`] members, releasing the lock between them, then streams
-//! it in blocks of [`STREAM_BLOCK`] users, taking the lock again per block
-//! to read their identifiers; checks hold it for one bounded evaluation.
+//! query's work. This module only reads requests and writes responses:
+//! the queries are [`crate::query::service`]'s (the command line calls the
+//! same), run on a blocking thread; the member export streams its page in
+//! blocks of [`STREAM_BLOCK`] users, taking the workspace's read lock
+//! again per block to read their identifiers.
 
-use std::borrow::Cow;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -49,70 +45,44 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::engine::WorkspaceHandle;
-use crate::error::{Error, Result};
-use crate::ids::{Partner, UserId, UserRef, BUCKETS};
-use crate::query::{self, Check, CursorScope};
-use crate::segment::fast::Frozen;
+use crate::error::Error;
+use crate::ids::{Partner, BUCKETS};
+use crate::query::render::{csv_header, render_members, Extras, Format};
+use crate::query::service::{
+    breakdown, check_user, check_users, count, member_page, page_limit, user_segments, CountMode,
+    Target, DEFAULT_SAMPLE_BUCKETS, STREAM_BLOCK,
+};
+use crate::query::{self};
 use crate::segment::{self, Filter};
-use crate::workspace::{SavedSegment, Workspace};
+use crate::workspace::SavedSegment;
 
-use super::admin::{parse_user_ref, JsonBody, PathParams};
 use super::error::{json_response, query_rejection, ApiError};
-use super::partner::run_blocking;
+use super::extract::{parse_user_ref, run_blocking, workspace, JsonBody, PathParams};
 use super::AppState;
 
-/// The page size of the member export when the request names none.
-pub const DEFAULT_LIMIT: u64 = 10_000;
 /// The most users one batch check may name.
 pub const MAX_CHECK_USERS: usize = 10_000;
 /// The most segments and filters one user's check may name.
 pub const MAX_USER_SEGMENTS: usize = 1_000;
-/// The default sample of an estimate, in buckets (10% of the users).
-pub const DEFAULT_SAMPLE_BUCKETS: u16 = 1_000;
-/// Members computed per read lock while a page is gathered.
-pub const PAGE_CHUNK: usize = 65_536;
-/// Users rendered per read lock while a page is streamed.
-pub const STREAM_BLOCK: usize = 4_096;
 /// The response header that carries the next page's cursor.
 pub const NEXT_CURSOR: &str = "x-next-cursor";
 /// The response header that carries the generation a page was computed on.
 pub const GENERATION: &str = "x-generation";
 
-/// What a request names: a filter, or a saved segment.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Target {
-    Filter(Filter),
-    Segment(String),
-}
-
-impl Target {
-    /// From a request's `filter` and `segment_id`: exactly one of the two.
-    pub fn from_parts(
-        filter: Option<&Value>,
-        segment_id: Option<&str>,
-    ) -> std::result::Result<Target, ApiError> {
-        match (filter, segment_id) {
-            (Some(f), None) => Ok(Target::Filter(parse_filter(f, "filter")?)),
-            (None, Some(id)) => Ok(Target::Segment(id.to_string())),
-            (Some(_), Some(_)) => Err(ApiError::bad_request(
-                "name the segment by \"filter\" or by \"segment_id\", not both",
-            )),
-            (None, None) => Err(ApiError::bad_request(
-                "missing \"filter\" (a filter object or its text form) or \"segment_id\"",
-            )),
-        }
-    }
-
-    /// The filter, as the workspace holds it now.
-    pub fn filter<'a>(&'a self, ws: &'a Workspace) -> Result<Cow<'a, Filter>> {
-        match self {
-            Target::Filter(f) => Ok(Cow::Borrowed(f)),
-            Target::Segment(id) => ws
-                .segments
-                .get(id)
-                .map(|s| Cow::Borrowed(&s.filter))
-                .ok_or_else(|| Error::UnknownSegment { id: id.clone() }),
-        }
+/// From a request's `filter` and `segment_id`: exactly one of the two.
+pub fn target_from_parts(
+    filter: Option<&Value>,
+    segment_id: Option<&str>,
+) -> std::result::Result<Target, ApiError> {
+    match (filter, segment_id) {
+        (Some(f), None) => Ok(Target::Filter(parse_filter(f, "filter")?)),
+        (None, Some(id)) => Ok(Target::Segment(id.to_string())),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "name the segment by \"filter\" or by \"segment_id\", not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
+            "missing \"filter\" (a filter object or its text form) or \"segment_id\"",
+        )),
     }
 }
 
@@ -149,19 +119,6 @@ pub fn parse_filter(v: &Value, what: &str) -> std::result::Result<Filter, ApiErr
             "{what} must be a filter object or a string in the text form"
         ))),
     }
-}
-
-fn workspace(state: &AppState, name: &str) -> std::result::Result<Arc<WorkspaceHandle>, ApiError> {
-    state.engine.workspace(name).ok_or_else(|| {
-        Error::UnknownWorkspace {
-            name: name.to_string(),
-        }
-        .into()
-    })
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::Internal(format!("cannot serialise: {e}")))
 }
 
 /// A request body's fields, read one by one so that an error names the
@@ -234,7 +191,7 @@ impl Fields {
     pub fn target(&mut self) -> std::result::Result<Target, ApiError> {
         let filter = self.take("filter");
         let id = self.string("segment_id")?;
-        Target::from_parts(filter.as_ref(), id.as_deref())
+        target_from_parts(filter.as_ref(), id.as_deref())
     }
 }
 
@@ -259,81 +216,6 @@ fn explain_flag(
 }
 
 // ----- counts -----
-
-/// How to count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CountMode {
-    Exact {
-        explain: bool,
-    },
-    /// `width` buckets from `start`.
-    Estimate {
-        start: u16,
-        width: u16,
-    },
-}
-
-/// A frozen view of what `target` needs (with every bucket if `buckets`),
-/// taken under the workspace's read lock, which is released on return; the
-/// filter (checked against `max_filter_nodes`) and the generation seen.
-pub fn freeze(
-    handle: &WorkspaceHandle,
-    target: &Target,
-    buckets: bool,
-) -> Result<(Frozen, Filter, u64)> {
-    let (ws, generation) = handle.view();
-    let filter = target.filter(&ws)?;
-    handle.check_filter(&filter)?;
-    let frozen = Frozen::new(&ws, handle.bitmaps(), &[&filter], buckets)?;
-    Ok((frozen, filter.into_owned(), generation))
-}
-
-/// The count (or estimate) of a segment, as the count endpoint answers it.
-/// Evaluated on a frozen view, without the workspace's lock.
-pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Result<Value> {
-    let estimate = matches!(mode, CountMode::Estimate { .. });
-    let (frozen, filter, generation) = freeze(handle, target, estimate)?;
-    match mode {
-        CountMode::Exact { explain } => {
-            let c = query::count_in(&frozen, &filter, explain)?;
-            let mut out = json!({"count": c.count, "generation": generation, "took_us": c.took_us});
-            if let Some(e) = &c.explain {
-                out["explain"] = to_value(e)?;
-            }
-            Ok(out)
-        }
-        CountMode::Estimate { start, width } => {
-            let e = query::estimate_in(&frozen, &filter, start, width)?;
-            Ok(json!({
-                "estimate": e.estimate,
-                "low": e.low,
-                "high": e.high,
-                "confidence": e.confidence,
-                "sample_size": e.sample_size,
-                "sample_matches": e.sample_matches,
-                "sample_start": start,
-                "sample_buckets": width,
-                "sampled_ranges": e.sample_buckets,
-                "generation": generation,
-                "took_us": e.took_us,
-            }))
-        }
-    }
-}
-
-/// The breakdown of a segment, as the breakdown endpoint answers it.
-/// Evaluated on a frozen view, without the workspace's lock.
-pub fn breakdown(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
-    let t = std::time::Instant::now();
-    let (frozen, filter, generation) = freeze(handle, target, false)?;
-    let (combinator, rows) = query::breakdown_in(&frozen, &filter)?;
-    Ok(json!({
-        "combinator": combinator,
-        "rows": to_value(&rows)?,
-        "generation": generation,
-        "took_us": t.elapsed().as_micros() as u64,
-    }))
-}
 
 /// The count endpoint's body.
 pub struct CountBody {
@@ -455,246 +337,6 @@ pub async fn breakdown_handler(
 
 // ----- member export -----
 
-/// The export formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Jsonl,
-    Csv,
-}
-
-impl Format {
-    pub fn parse(s: &str) -> Result<Format> {
-        match s {
-            "jsonl" => Ok(Format::Jsonl),
-            "csv" => Ok(Format::Csv),
-            other => Err(Error::InvalidArgument(format!(
-                "format {other:?}: expected \"jsonl\" or \"csv\""
-            ))),
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Jsonl => "application/x-ndjson",
-            Format::Csv => "text/csv; charset=utf-8",
-        }
-    }
-}
-
-/// The optional columns of an export.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Extras {
-    pub aliases: bool,
-    pub bucket: bool,
-}
-
-impl Extras {
-    pub fn parse<S: AsRef<str>>(fields: &[S]) -> Result<Extras> {
-        let mut x = Extras::default();
-        for f in fields {
-            match f.as_ref() {
-                "aliases" => x.aliases = true,
-                "bucket" => x.bucket = true,
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "unknown field {other:?} in fields: expected \"aliases\" or \"bucket\""
-                    )))
-                }
-            }
-        }
-        Ok(x)
-    }
-}
-
-/// Checks a page size: 1..=[`query::MAX_PAGE`].
-pub fn page_limit(limit: Option<u64>) -> Result<usize> {
-    match limit.unwrap_or(DEFAULT_LIMIT) {
-        n @ 1.. if n <= query::MAX_PAGE as u64 => Ok(n as usize),
-        n => Err(Error::InvalidArgument(format!(
-            "limit must be 1..={}, found {n}",
-            query::MAX_PAGE
-        ))),
-    }
-}
-
-/// A page of members, gathered.
-#[derive(Clone, Debug)]
-pub struct MemberPage {
-    pub members: Vec<u32>,
-    /// The next page's cursor, in its text form.
-    pub next: Option<String>,
-    /// The generation of the first chunk.
-    pub generation: u64,
-}
-
-/// Gathers one page: the filter (cohort names resolved to ids, so that a
-/// cursor does not depend on how a cohort was named), the cursor checked
-/// against it and the workspace ([`CursorScope`]), then `limit` members in chunks of [`PAGE_CHUNK`], the read
-/// lock released between chunks.
-pub fn member_page(
-    handle: &WorkspaceHandle,
-    target: &Target,
-    cursor: Option<&str>,
-    limit: usize,
-) -> Result<MemberPage> {
-    let (filter, scope, mut from, generation) = {
-        let (ws, generation) = handle.view();
-        let given = target.filter(&ws)?;
-        handle.check_filter(&given)?;
-        let filter = segment::resolve(&ws, &given)?;
-        let scope = CursorScope::new(&ws, &filter);
-        let from = cursor.map(|c| scope.decode(c)).transpose()?;
-        (filter, scope, from, generation)
-    };
-    let mut members: Vec<u32> = Vec::with_capacity(limit.min(PAGE_CHUNK));
-    loop {
-        let take = (limit - members.len()).min(PAGE_CHUNK);
-        let page = {
-            let ws = handle.read();
-            query::members_page(&ws, handle.bitmaps(), &filter, from, take)?
-        };
-        members.extend(page.members.iter().map(|u| u.0));
-        from = page.next;
-        if from.is_none() || members.len() >= limit {
-            break;
-        }
-    }
-    Ok(MemberPage {
-        members,
-        next: from.map(|c| scope.encode(c)),
-        generation,
-    })
-}
-
-/// The CSV header line.
-pub fn csv_header(extras: Extras) -> String {
-    let mut h = String::from("external_id,user_id");
-    if extras.aliases {
-        h.push_str(",aliases");
-    }
-    if extras.bucket {
-        h.push_str(",bucket");
-    }
-    h.push('\n');
-    h
-}
-
-/// Whether a spreadsheet would read a cell starting so as a formula.
-fn formula_like(s: &str) -> bool {
-    s.starts_with(['=', '+', '-', '@', '\t', '\r'])
-}
-
-/// Writes a text cell: a value a spreadsheet would take for a formula
-/// (one starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets
-/// a `'` before it, as spreadsheet exporters do; then the cell is quoted
-/// if it holds a comma, a quote or a line break.
-fn csv_field(out: &mut Vec<u8>, s: &str) {
-    let neutralised;
-    let s = if formula_like(s) {
-        neutralised = format!("'{s}");
-        neutralised.as_str()
-    } else {
-        s
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        for part in s.split('"').enumerate() {
-            if part.0 > 0 {
-                out.extend_from_slice(b"\"\"");
-            }
-            out.extend_from_slice(part.1.as_bytes());
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(s.as_bytes());
-    }
-}
-
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn aliases_json(out: &mut Vec<u8>, aliases: &[(Box<str>, Box<str>)]) {
-    out.push(b'[');
-    for (i, (label, name)) in aliases.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"alias_label\":");
-        json_string(out, label);
-        out.extend_from_slice(b",\"alias_name\":");
-        json_string(out, name);
-        out.push(b'}');
-    }
-    out.push(b']');
-}
-
-/// Renders members: one JSON object per line
-/// (`{"external_id": …}`, or `{"user_id": N}` for an anonymous user, plus
-/// `"aliases"` and `"bucket"` when asked), or CSV rows under
-/// [`csv_header`], where exactly one of `external_id` and `user_id` is set,
-/// `aliases` is the JSON array of the line form (empty when none).
-pub fn render_members(
-    ws: &Workspace,
-    members: &[u32],
-    format: Format,
-    extras: Extras,
-    out: &mut Vec<u8>,
-) {
-    for &u in members {
-        let user = UserId(u);
-        let ext = ws.users.external_id(user);
-        let rec = extras.aliases.then(|| ws.users.get(user)).flatten();
-        let aliases = rec.as_ref().map_or(&[][..], |r| &r.aliases[..]);
-        let bucket = ws.users.bucket(user).unwrap_or(0);
-        match format {
-            Format::Jsonl => {
-                match ext {
-                    Some(e) => {
-                        out.extend_from_slice(b"{\"external_id\":");
-                        json_string(out, e);
-                    }
-                    None => {
-                        let _ = write!(out, "{{\"user_id\":{u}");
-                    }
-                }
-                if extras.aliases {
-                    out.extend_from_slice(b",\"aliases\":");
-                    aliases_json(out, aliases);
-                }
-                if extras.bucket {
-                    let _ = write!(out, ",\"bucket\":{bucket}");
-                }
-                out.extend_from_slice(b"}\n");
-            }
-            Format::Csv => {
-                match ext {
-                    Some(e) => {
-                        csv_field(out, e);
-                        out.push(b',');
-                    }
-                    None => {
-                        let _ = write!(out, ",{u}");
-                    }
-                }
-                if extras.aliases {
-                    out.push(b',');
-                    if !aliases.is_empty() {
-                        let mut a = Vec::new();
-                        aliases_json(&mut a, aliases);
-                        csv_field(out, &String::from_utf8_lossy(&a));
-                    }
-                }
-                if extras.bucket {
-                    let _ = write!(out, ",{bucket}");
-                }
-                out.push(b'\n');
-            }
-        }
-    }
-}
-
 /// What the streaming body carries from block to block.
 struct Streamer {
     handle: Arc<WorkspaceHandle>,
@@ -793,29 +435,6 @@ pub async fn members_handler(
 
 // ----- targeting look-ups -----
 
-fn check_json(c: &Check) -> Value {
-    let mut o = Map::new();
-    o.insert("member".into(), Value::Bool(c.member));
-    if let Some(u) = c.user_id {
-        o.insert("user_id".into(), json!(u.0));
-    }
-    if let Some(r) = &c.reason {
-        o.insert("reason".into(), Value::String(r.clone()));
-    }
-    Value::Object(o)
-}
-
-/// One user's check, as the check endpoint answers it.
-pub fn check_user(handle: &WorkspaceHandle, target: &Target, user: &UserRef) -> Result<Value> {
-    let (ws, generation) = handle.view();
-    let filter = target.filter(&ws)?;
-    handle.check_filter(&filter)?;
-    let checks = query::check(&ws, handle.bitmaps(), &[&filter], user)?;
-    let mut out = checks.first().map(check_json).unwrap_or_else(|| json!({}));
-    out["generation"] = json!(generation);
-    Ok(out)
-}
-
 /// `POST /workspaces/{ws}/segments/check`: `"user"` → one answer;
 /// `"users"` → `{"results": [...]}` in the same order.
 pub async fn check_handler(
@@ -851,15 +470,9 @@ pub async fn check_handler(
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(ApiError::bad_request)?;
             run_blocking(move || {
-                let (ws, generation) = handle.view();
-                let filter = target.filter(&ws)?;
-                handle.check_filter(&filter)?;
-                let checks = query::check_many(&ws, handle.bitmaps(), &filter, &users)?;
-                drop(ws);
-                let results: Vec<Value> = checks.iter().map(check_json).collect();
                 Ok(json_response(
                     StatusCode::OK,
-                    json!({"results": results, "generation": generation}),
+                    check_users(&handle, &target, &users)?,
                 ))
             })
             .await
@@ -907,40 +520,9 @@ pub async fn user_segments_handler(
         )));
     }
     run_blocking(move || {
-        let (ws, generation) = handle.view();
-        let mut all: Vec<&Filter> = Vec::with_capacity(ids.len() + filters.len());
-        for id in &ids {
-            let s = ws
-                .segments
-                .get(id)
-                .ok_or_else(|| Error::UnknownSegment { id: id.clone() })?;
-            all.push(&s.filter);
-        }
-        all.extend(filters.iter());
-        for f in &all {
-            handle.check_filter(f)?;
-        }
-        let checks = query::check(&ws, handle.bitmaps(), &all, &user)?;
-        let results: Vec<Value> = checks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut v = check_json(c);
-                match ids.get(i) {
-                    Some(id) => v["segment_id"] = Value::String(id.clone()),
-                    None => {
-                        if let Some(f) = all.get(i) {
-                            v["filter"] = Value::String(f.to_string());
-                        }
-                    }
-                }
-                v
-            })
-            .collect();
-        drop(ws);
         Ok(json_response(
             StatusCode::OK,
-            json!({"results": results, "generation": generation}),
+            user_segments(&handle, &ids, &filters, &user)?,
         ))
     })
     .await
@@ -1116,54 +698,5 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
             assert!(e.message().starts_with("filter"), "{}", e.message());
         }
-    }
-
-    #[test]
-    fn limits_formats_and_fields() {
-        assert_eq!(page_limit(None).ok(), Some(10_000));
-        assert_eq!(page_limit(Some(1)).ok(), Some(1));
-        assert_eq!(page_limit(Some(1_000_000)).ok(), Some(1_000_000));
-        assert!(page_limit(Some(0)).is_err());
-        assert!(page_limit(Some(1_000_000_000)).is_err());
-        assert!(Format::parse("xml").is_err());
-        assert_eq!(
-            Extras::parse(&["bucket"]).ok(),
-            Some(Extras {
-                aliases: false,
-                bucket: true
-            })
-        );
-        assert!(Extras::parse(&["email"]).is_err());
-    }
-
-    #[test]
-    fn csv_quoting() {
-        let mut out = Vec::new();
-        csv_field(&mut out, "plain");
-        out.push(b' ');
-        csv_field(&mut out, "a,\"b\"\nc");
-        assert_eq!(String::from_utf8_lossy(&out), "plain \"a,\"\"b\"\"\nc\"");
-    }
-
-    #[test]
-    fn csv_cells_that_look_like_formulas_are_neutralised() {
-        let cell = |v: &str| {
-            let mut out = Vec::new();
-            csv_field(&mut out, v);
-            String::from_utf8(out).unwrap()
-        };
-        assert_eq!(
-            cell("=HYPERLINK(\"http://x\",\"y\")"),
-            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
-        );
-        assert_eq!(cell("=1+2"), "'=1+2");
-        assert_eq!(cell("+33 1 23"), "'+33 1 23");
-        assert_eq!(cell("-2"), "'-2");
-        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(cell("\tx"), "'\tx");
-        assert_eq!(cell("\rx"), "\"'\rx\"");
-        // Only the first character counts.
-        assert_eq!(cell("a=b"), "a=b");
-        assert_eq!(cell("u-1"), "u-1");
     }
 }

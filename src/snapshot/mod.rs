@@ -3,7 +3,6 @@
 //! dictionaries read in place ([`dict`]), and the memory map ([`mmap`]).
 //! Cohort bitmaps are read in place by [`crate::bitmap_view`].
 
-pub mod bench;
 pub mod dict;
 pub mod format;
 pub mod meta;

@@ -353,7 +353,7 @@ proptest! {
         let filter = to_filter(&f, g.cohorts.len());
         let expected = model(&g, &f);
         let p = plan::plan(&ws, &filter).unwrap();
-        let prepared = fast::Prepared::new(&ws, &p, &fast::Uncached).unwrap();
+        let prepared = fast::Prepared::new(&ws, &p, &segq::query::Uncached).unwrap();
         prop_assert_eq!(prepared.count().unwrap(), expected.len() as u64, "plan {}", p);
         let members: Vec<u32> = prepared.members().unwrap().iter().collect();
         prop_assert_eq!(&members, &expected.iter().copied().collect::<Vec<_>>());

@@ -49,7 +49,7 @@ fn the_chunk_evaluator_agrees_with_the_reference_across_chunks() {
     // The workspace really has every container kind.
     let (mut arrays, mut bitmaps, mut runs) = (0, 0, 0);
     for c in ws.cohorts.iter_sorted() {
-        let bytes = fast::serialize(c);
+        let bytes = segq::query::serialize(c);
         let view = BitmapView::parse(bytes.added.as_deref().unwrap_or_default()).unwrap();
         for (_, cont) in view.iter_containers() {
             match cont {
@@ -70,7 +70,7 @@ fn the_chunk_evaluator_agrees_with_the_reference_across_chunks() {
         .map(|(_, f)| f)
         .collect();
     filters.extend((0..60).map(|_| random_filter(&mut rng, 3)));
-    let cache = fast::SerialCache::default();
+    let cache = segq::query::SerialCache::default();
     for f in &filters {
         let (prepared, expected) = agrees_with_the_reference(&ws, f, &cache, &mut rng, 50);
         // The chunk range form gives the same members piecewise.
@@ -85,7 +85,7 @@ fn a_single_cohort_is_counted_from_its_cardinality_and_an_and_skips_chunks() {
     let ws = workload::generate("fast", SPEC).unwrap().workspace;
     let one = Filter::includes(workload::PARTNER, "c0");
     let p = plan::plan(&ws, &one).unwrap();
-    let (n, stats) = fast::Prepared::new(&ws, &p, &fast::Uncached)
+    let (n, stats) = fast::Prepared::new(&ws, &p, &segq::query::Uncached)
         .unwrap()
         .count_with_stats()
         .unwrap();
@@ -105,7 +105,7 @@ fn a_single_cohort_is_counted_from_its_cardinality_and_an_and_skips_chunks() {
         Filter::includes(workload::PARTNER, clustered.cohort_id.clone()),
     ]);
     let p = plan::plan(&ws, &f).unwrap();
-    let (n, stats) = fast::Prepared::new(&ws, &p, &fast::Uncached)
+    let (n, stats) = fast::Prepared::new(&ws, &p, &segq::query::Uncached)
         .unwrap()
         .count_with_stats()
         .unwrap();
@@ -149,7 +149,7 @@ fn bucket_leaves_agree_with_the_reference_at_chunk_edges_and_densities() {
         (9_999, 9_999),
         (absent, absent),
     ];
-    let cache = fast::SerialCache::default();
+    let cache = segq::query::SerialCache::default();
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for (lo, hi) in ranges {
         let b = || Filter::Bucket(BucketCmp::Between(lo, hi));
@@ -188,7 +188,7 @@ fn bucket_leaves_agree_with_the_reference_at_chunk_edges_and_densities() {
 fn agrees_with_the_reference<'w>(
     ws: &'w segq::Workspace,
     f: &Filter,
-    cache: &fast::SerialCache,
+    cache: &segq::query::SerialCache,
     rng: &mut impl Rng,
     checks: usize,
 ) -> (fast::Prepared<'w>, roaring::RoaringBitmap) {

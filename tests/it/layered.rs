@@ -223,7 +223,7 @@ proptest! {
                     includes,
                 };
                 let p = plan::plan(&layered, &f).unwrap();
-                let prepared = fast::Prepared::new(&layered, &p, &fast::Uncached).unwrap();
+                let prepared = fast::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
                 prop_assert_eq!(prepared.count().unwrap(), eval::count(&plain, &f).unwrap(), "{}", f);
             }
         }
@@ -236,7 +236,7 @@ proptest! {
             let want: roaring::RoaringBitmap =
                 eval::members(&plain, &filter).unwrap().iter().map(|u| u.0).collect();
             let p = plan::plan(&layered, &filter).unwrap();
-            let prepared = fast::Prepared::new(&layered, &p, &fast::Uncached).unwrap();
+            let prepared = fast::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
             prop_assert_eq!(prepared.count().unwrap(), want.len(), "plan {}", p);
             prop_assert_eq!(prepared.members().unwrap(), want.clone());
             let check = prepared.checker().unwrap();

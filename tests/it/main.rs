@@ -17,6 +17,7 @@ mod log;
 mod malformed;
 mod matching;
 mod query_safety;
+mod seams;
 mod segment_parse;
 mod segments;
 mod server;

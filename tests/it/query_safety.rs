@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use segq::segment::fast::{Frozen, Uncached};
+use segq::query::{Frozen, Uncached};
 use segq::segment::{eval, BucketCmp, Filter};
 use segq::snapshot::format::{SectionKind, SnapshotWriter};
 use segq::snapshot::{self, Snapshot};

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use segq::engine::WorkspaceHandle;
 use segq::query;
-use segq::segment::{self, eval, fast, BucketCmp, Filter};
+use segq::segment::{self, eval, BucketCmp, Filter};
 use segq::users::NewUser;
 use segq::workload::{self, Spec};
 use segq::{Partner, UserId};
@@ -73,11 +73,11 @@ impl Acme for InProcess {
 
     /// The exact count by the reference evaluator.
     fn reference_count(&self, filter: &Filter) -> u64 {
-        eval::count(&self.handle().read(), filter).expect("the reference counts")
+        eval::count(&*self.handle().read(), filter).expect("the reference counts")
     }
 
     fn reference_members(&self, filter: &Filter) -> Vec<UserId> {
-        eval::members(&self.handle().read(), filter).expect("the reference lists")
+        eval::members(&*self.handle().read(), filter).expect("the reference lists")
     }
 }
 
@@ -455,7 +455,7 @@ fn estimate_intervals_cover_the_exact_count() {
         let ws = workload::generate("coverage", spec)
             .expect("generates")
             .workspace;
-        let src = fast::SerialCache::default();
+        let src = segq::query::SerialCache::default();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut filters: Vec<Filter> = workload::query_shapes(COHORTS)
             .into_iter()
@@ -1778,13 +1778,13 @@ fn imports_complete_while_large_breakdowns_run() {
     ]
     .repeat(300)
     .join(" or ");
-    let target = segq::server::segments::Target::Filter(parse(&group));
-    let before = segq::server::segments::breakdown(&handle, &target).expect("a breakdown");
+    let target = segq::query::service::Target::Filter(parse(&group));
+    let before = segq::query::service::breakdown(&handle, &target).expect("a breakdown");
 
     // A frozen view holds no lock: an import completes while it exists,
     // and the view still answers for the moment it was taken.
     let (frozen, filter, generation) =
-        segq::server::segments::freeze(&handle, &target, false).expect("a view");
+        segq::query::service::freeze(&handle, &target, false).expect("a view");
     let r = s.partner(
         "amplitude",
         "/cohorts/users",
@@ -1794,7 +1794,7 @@ fn imports_complete_while_large_breakdowns_run() {
     let (_, rows) = query::breakdown_in(&frozen, &filter).expect("a breakdown");
     assert_eq!(json!(rows), before["rows"]);
     assert_eq!(json!(generation), before["generation"]);
-    let after = segq::server::segments::breakdown(&handle, &target).expect("a breakdown");
+    let after = segq::query::service::breakdown(&handle, &target).expect("a breakdown");
     assert_eq!(after["rows"][0]["count"], json!(USERS / 2 + 1));
 
     // Breakdowns in a loop on one thread, imports on this one: both finish
@@ -1803,7 +1803,7 @@ fn imports_complete_while_large_breakdowns_run() {
     let t = target.clone();
     let worker = std::thread::spawn(move || {
         (0..5)
-            .map(|_| segq::server::segments::breakdown(&h, &t).map(|v| v["rows"].clone()))
+            .map(|_| segq::query::service::breakdown(&h, &t).map(|v| v["rows"].clone()))
             .collect::<Vec<_>>()
     });
     for i in 0..20 {

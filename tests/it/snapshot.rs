@@ -11,7 +11,7 @@ use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, VERS
 use segq::snapshot::{self, Snapshot};
 use segq::workload::{self, Spec};
 use segq::workspace::{KeyRecord, SavedSegment};
-use segq::{demo, Error, Partner, UserId, UserRef, Workspace};
+use segq::{examples, Error, Partner, UserId, UserRef, Workspace};
 
 use crate::support::fingerprint;
 
@@ -25,11 +25,13 @@ const SPEC: Spec = Spec {
 /// demo's users and wire examples (renames, unmatched ids, a user
 /// identified later), a key, a partner enabled, a saved segment.
 fn rich_workspace() -> Workspace {
-    let mut ws = workload::generate("snap", SPEC).unwrap().workspace;
-    demo::add_demo_users(&mut ws).unwrap();
-    for (name, text) in demo::WIRE {
-        demo::replay(&mut ws, name, text, demo::demo_now()).unwrap();
+    let ws = workload::generate("snap", SPEC).unwrap().workspace;
+    let handle = std::sync::Arc::new(segq::engine::WorkspaceHandle::in_memory(ws).unwrap());
+    examples::add_users(&handle).unwrap();
+    for (name, text) in examples::WIRE {
+        examples::replay(&handle, name, text, examples::demo_now()).unwrap();
     }
+    let mut ws = handle.read().clone();
     let t = Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap();
     ws.keys.insert(
         "key_1".into(),

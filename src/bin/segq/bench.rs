@@ -518,7 +518,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
     let t = Instant::now();
     let live = live_workspace(shared)?;
     let live_ms = t.elapsed().as_secs_f64() * 1e3;
-    let live_cache = fast::SerialCache::default();
+    let live_cache = segq::query::SerialCache::default();
 
     let mut rows = Vec::new();
     let mut prepared_all = Vec::new();

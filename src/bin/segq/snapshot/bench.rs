@@ -9,11 +9,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::format::SectionKind;
-use super::Snapshot;
-use crate::error::Result;
-use crate::ids::UserRef;
-use crate::segment::{fast, plan};
+use segq::segment::{fast, plan};
+use segq::snapshot::format::SectionKind;
+use segq::snapshot::Snapshot;
+use segq::{Result, UserRef};
 
 /// The figures.
 #[derive(Clone, Debug, Serialize)]
@@ -74,7 +73,7 @@ pub fn run(path: &Path, lookups: usize) -> Result<Report> {
         .sum();
 
     let cohorts = meta.cohorts.len() as u32;
-    let (name, filter) = crate::workload::query_shapes(cohorts)
+    let (name, filter) = segq::workload::query_shapes(cohorts)
         .into_iter()
         .nth(3)
         .expect("six query shapes");

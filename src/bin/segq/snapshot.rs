@@ -7,22 +7,23 @@ use std::time::Instant;
 
 use clap::Subcommand;
 
-use segq::engine::Engine;
-use segq::snapshot::{bench, Snapshot};
-use segq::workload::{self, Spec};
+use segq::snapshot::Snapshot;
+use segq::workload;
 use segq::Error;
+
+use crate::args::WorkloadArgs;
+use crate::data::{self, Access};
+use crate::Failure;
+
+mod bench;
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
     /// Generate a workload straight into a snapshot file (no workspace is
     /// held in memory, so the large size fits).
     Write {
-        #[arg(long, default_value_t = Spec::SMALL.users)]
-        users: u32,
-        #[arg(long, default_value_t = Spec::SMALL.cohorts)]
-        cohorts: u32,
-        #[arg(long, default_value_t = Spec::SMALL.seed)]
-        seed: u64,
+        #[command(flatten)]
+        workload: WorkloadArgs,
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
@@ -78,23 +79,22 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
-pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
+pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
     let stdout = |e| Error::Io {
         path: "<stdout>".into(),
         source: e,
     };
     match cmd {
         SnapshotCommand::Write {
-            users,
-            cohorts,
-            seed,
+            workload,
             out: path,
         } => {
-            let spec = Spec {
+            let spec = workload.spec();
+            let WorkloadArgs {
                 users,
                 cohorts,
                 seed,
-            };
+            } = workload;
             let t = Instant::now();
             let tmp = path.with_extension("tmp");
             let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -210,10 +210,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
             data,
             workspace,
         } => {
-            let (engine, token) = Engine::open(&data)?;
-            if let Some(token) = token {
-                writeln!(out, "admin token (shown once): {token}").map_err(stdout)?;
-            }
+            let engine = data::open(&data, Access::Write)?;
             let t = Instant::now();
             let h = engine.restore_workspace(&workspace, &file)?;
             let ws = h.read();
@@ -230,14 +227,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Error> {
         SnapshotCommand::Compact { data, workspace } => {
             // Nothing to compact in a directory that is not one: refused
             // rather than initialised.
-            if !data.join("workspaces").is_dir() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is not a segq data directory (no workspaces folder)",
-                    data.display()
-                )));
-            }
-            let (engine, token) = Engine::open(&data)?;
-            crate::show_new_token(token.as_deref());
+            let engine = data::open(&data, Access::WriteExisting { hint: "" })?;
             let names = match workspace {
                 Some(w) => vec![w],
                 None => engine.workspace_names(),

@@ -1,0 +1,156 @@
+//! The `segq` command line: one module per command family, over the
+//! library. Commands that open a data directory go through [`data`]; the
+//! generated workload's arguments are [`args::WorkloadArgs`].
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use segq::Error;
+
+mod args;
+mod bench;
+mod data;
+mod demo;
+mod generate;
+mod segments;
+mod serve;
+mod snapshot;
+mod users;
+
+use args::WorkloadArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "segq",
+    version,
+    about = "Segment query engine for partner cohorts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the small workload, replay the wire examples, and evaluate
+    /// combined segment filters.
+    Demo {
+        #[command(flatten)]
+        workload: WorkloadArgs,
+    },
+    /// Generate a workload and print what it holds.
+    Generate {
+        #[command(flatten)]
+        workload: WorkloadArgs,
+    },
+    /// Count (or list) the users of a segment filter on a generated workload.
+    Query(generate::QueryArgs),
+    /// Serve the partner cohort import API, the admin API and the segment
+    /// API over HTTP.
+    Serve(serve::ServeArgs),
+    /// Write, inspect, verify, bench and compact snapshot files.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
+    /// Measure the segment evaluators on generated workloads.
+    ///
+    /// Count latency of the six query shapes (the fast evaluator over a
+    /// mapped snapshot, and the reference), a single cohort's count,
+    /// one-user checks, a member list, thread and size scaling.
+    Bench(bench::BenchArgs),
+    /// Manage the users of a data directory offline.
+    Users {
+        #[command(subcommand)]
+        command: users::UsersCommand,
+    },
+    /// Count the users of a segment (or estimate it from a sample), on a
+    /// running server or a data directory.
+    Count(segments::CountArgs),
+    /// Print one page of a segment's members (JSON Lines or CSV); the next
+    /// page's cursor goes to stderr.
+    Members(segments::MembersArgs),
+    /// Whether a user is in a segment.
+    Check(segments::CheckArgs),
+}
+
+/// Why a command failed.
+pub enum Failure {
+    Lib(Error),
+    /// A server's error answer.
+    Server {
+        status: u16,
+        message: String,
+    },
+    /// Anything else, said in full.
+    Other(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Lib(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Lib(e)) => {
+            eprintln!("error: {e}");
+            match e {
+                Error::FilterParse(_)
+                | Error::UnknownPartner { .. }
+                | Error::NoSuchCohort { .. }
+                | Error::AmbiguousCohortName { .. }
+                | Error::InvalidArgument(_)
+                | Error::InvalidCursor(_)
+                | Error::InvalidIdentifier { .. } => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Err(Failure::Server { status, message }) => {
+            eprintln!("error: the server answered {status}: {message}");
+            if (400..500).contains(&status) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A write to stdout that failed.
+pub fn io_err(e: io::Error) -> Error {
+    Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match cli.command {
+        Command::Count(args) => segments::count(args, &mut out)?,
+        Command::Members(args) => segments::members(args, &mut out)?,
+        Command::Check(args) => segments::check(args, &mut out)?,
+        Command::Serve(args) => serve::run(args)?,
+        Command::Snapshot { command } => snapshot::run(command, &mut out)?,
+        Command::Bench(args) => bench::run(args, &mut out)?,
+        Command::Users { command } => users::run(command, &mut out)?,
+        Command::Demo { workload } => {
+            demo::run(&mut out, workload.spec())?;
+        }
+        Command::Generate { workload } => generate::generate(&mut out, workload.spec())?,
+        Command::Query(args) => generate::query(args, &mut out)?,
+    }
+    out.flush().map_err(io_err)?;
+    Ok(())
+}

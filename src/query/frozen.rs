@@ -1,0 +1,175 @@
+//! [`Frozen`]: what queries need of a workspace for some filters, copied
+//! under its read lock and evaluated after the lock is released.
+
+use std::sync::Arc;
+
+use super::BitmapSource;
+use crate::cohorts::BaseBitmap;
+use crate::error::{Error, Result};
+use crate::ids::{CohortKey, Partner};
+use crate::segment::fast::{LeafBytes, Prepared, Serialized};
+use crate::segment::plan::{Catalog, Plan};
+use crate::segment::Filter;
+use crate::snapshot::Snapshot;
+use crate::users::Buckets;
+use crate::workspace::Workspace;
+
+/// A cohort as a [`Frozen`] view keeps it.
+#[derive(Clone, Debug)]
+struct FrozenCohort {
+    cardinality: u64,
+    max_bound: Option<u32>,
+    base: Option<BaseBitmap>,
+    delta: Option<Arc<Serialized>>,
+}
+
+/// What queries need of a workspace for some filters, taken under the
+/// workspace's read lock and evaluated after it is released: the users'
+/// count, the cohorts the filters name (the snapshot's bitmaps shared by
+/// `Arc`, the in-memory changes as the serialized copies a
+/// [`BitmapSource`] keeps) and, when the filters test buckets or when
+/// asked, the buckets (the snapshot's shared, those of users created since
+/// copied). Taking it costs the filters' size plus, with buckets, two bytes
+/// per user created since the last snapshot; writers may change the
+/// workspace while the view is evaluated, and the view does not change.
+pub struct Frozen {
+    users: u32,
+    snap: Option<Arc<Snapshot>>,
+    tail: Vec<u16>,
+    /// `(partner, value as written)` -> cohort_id.
+    names: hashbrown::HashMap<(Partner, String), String>,
+    cohorts: hashbrown::HashMap<CohortKey, FrozenCohort>,
+}
+
+impl std::fmt::Debug for Frozen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frozen")
+            .field("users", &self.users)
+            .field("cohorts", &self.cohorts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frozen {
+    /// The view of `ws` that `filters` need (their cohort values resolved
+    /// now: an unknown or ambiguous one fails here); with the buckets if a
+    /// filter tests them or `buckets` is set.
+    pub fn new(
+        ws: &Workspace,
+        src: &dyn BitmapSource,
+        filters: &[&Filter],
+        buckets: bool,
+    ) -> Result<Frozen> {
+        let mut names = hashbrown::HashMap::new();
+        let mut cohorts = hashbrown::HashMap::new();
+        let mut first_err = None;
+        for f in filters {
+            f.for_each_cohort(&mut |partner, value, _| {
+                if first_err.is_some() || names.contains_key(&(partner, value.to_string())) {
+                    return;
+                }
+                match ws.cohorts.resolve(partner, value) {
+                    Ok(c) => {
+                        names.insert((partner, value.to_string()), c.key.cohort_id.clone());
+                        cohorts.entry(c.key.clone()).or_insert_with(|| {
+                            let m = &c.members;
+                            let base = m.base_bitmap().cloned();
+                            let unchanged =
+                                base.is_some() && m.added().is_empty() && m.removed().is_empty();
+                            FrozenCohort {
+                                cardinality: c.len(),
+                                max_bound: m.max_bound(),
+                                base,
+                                delta: (!unchanged).then(|| src.bytes(c)),
+                            }
+                        });
+                    }
+                    Err(e) => first_err = Some(e),
+                }
+            });
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let (snap, tail) = if buckets || filters.iter().any(|f| f.tests_buckets()) {
+            let b = ws.users.bucket_slices();
+            // The snapshot's buckets are shared if they are what the
+            // registry reads; anything else is copied.
+            let shared = ws.users.snapshot().filter(|s| {
+                s.buckets()
+                    .is_ok_and(|x| x.as_ptr() == b.base.as_ptr() && x.len() == b.base.len())
+            });
+            match shared {
+                Some(s) => (Some(s.clone()), b.tail.to_vec()),
+                None => (None, b.iter().collect()),
+            }
+        } else {
+            (None, Vec::new())
+        };
+        Ok(Frozen {
+            users: ws.users.len(),
+            snap,
+            tail,
+            names,
+            cohorts,
+        })
+    }
+
+    /// The users' count.
+    pub fn user_count(&self) -> u32 {
+        self.users
+    }
+
+    /// The buckets (empty unless the view was taken with them).
+    pub fn buckets(&self) -> Buckets<'_> {
+        Buckets {
+            base: self
+                .snap
+                .as_ref()
+                .and_then(|s| s.buckets().ok())
+                .unwrap_or(&[]),
+            tail: &self.tail,
+        }
+    }
+}
+
+impl Catalog for Frozen {
+    fn users(&self) -> u64 {
+        u64::from(self.users)
+    }
+
+    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
+        let id = self
+            .names
+            .get(&(partner, value.to_string()))
+            .ok_or_else(|| Error::NoSuchCohort {
+                partner,
+                value: value.to_string(),
+            })?;
+        let c = self
+            .cohorts
+            .get(&CohortKey::new(partner, id.clone()))
+            .ok_or_else(|| Error::UnknownCohort {
+                key: CohortKey::new(partner, id.clone()),
+            })?;
+        Ok((id.clone(), c.cardinality))
+    }
+}
+
+impl<'f> Prepared<'f> {
+    /// Fetches the leaves' bitmaps for `plan` (made by
+    /// [`crate::segment::plan::plan`] on the same view) from a frozen view.
+    pub fn frozen(f: &'f Frozen, plan: &Plan) -> Result<Self> {
+        Prepared::assemble(plan, f.users, f.buckets(), |key| {
+            let c = f
+                .cohorts
+                .get(key)
+                .ok_or_else(|| Error::UnknownCohort { key: key.clone() })?;
+            Ok(LeafBytes {
+                base: c.base.as_ref().map(BaseBitmap::bytes).transpose()?,
+                delta: c.delta.clone(),
+                max: c.max_bound,
+            })
+        })
+    }
+}

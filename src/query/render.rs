@@ -1,0 +1,237 @@
+//! Member pages as JSON Lines or CSV, the same bytes on the HTTP export
+//! and on `segq members --data`.
+
+use std::io::Write as _;
+
+use crate::error::{Error, Result};
+use crate::ids::UserId;
+use crate::workspace::Workspace;
+
+/// The export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format> {
+        match s {
+            "jsonl" => Ok(Format::Jsonl),
+            "csv" => Ok(Format::Csv),
+            other => Err(Error::InvalidArgument(format!(
+                "format {other:?}: expected \"jsonl\" or \"csv\""
+            ))),
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Jsonl => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+        }
+    }
+}
+
+/// The optional columns of an export.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub aliases: bool,
+    pub bucket: bool,
+}
+
+impl Extras {
+    pub fn parse<S: AsRef<str>>(fields: &[S]) -> Result<Extras> {
+        let mut x = Extras::default();
+        for f in fields {
+            match f.as_ref() {
+                "aliases" => x.aliases = true,
+                "bucket" => x.bucket = true,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown field {other:?} in fields: expected \"aliases\" or \"bucket\""
+                    )))
+                }
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// The CSV header line.
+pub fn csv_header(extras: Extras) -> String {
+    let mut h = String::from("external_id,user_id");
+    if extras.aliases {
+        h.push_str(",aliases");
+    }
+    if extras.bucket {
+        h.push_str(",bucket");
+    }
+    h.push('\n');
+    h
+}
+
+/// Whether a spreadsheet would read a cell starting so as a formula.
+fn formula_like(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// Writes a text cell: a value a spreadsheet would take for a formula
+/// (one starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets
+/// a `'` before it, as spreadsheet exporters do; then the cell is quoted
+/// if it holds a comma, a quote or a line break.
+fn csv_field(out: &mut Vec<u8>, s: &str) {
+    let neutralised;
+    let s = if formula_like(s) {
+        neutralised = format!("'{s}");
+        neutralised.as_str()
+    } else {
+        s
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        out.push(b'"');
+        for part in s.split('"').enumerate() {
+            if part.0 > 0 {
+                out.extend_from_slice(b"\"\"");
+            }
+            out.extend_from_slice(part.1.as_bytes());
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn aliases_json(out: &mut Vec<u8>, aliases: &[(Box<str>, Box<str>)]) {
+    out.push(b'[');
+    for (i, (label, name)) in aliases.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"alias_label\":");
+        json_string(out, label);
+        out.extend_from_slice(b",\"alias_name\":");
+        json_string(out, name);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// Renders members: one JSON object per line
+/// (`{"external_id": …}`, or `{"user_id": N}` for an anonymous user, plus
+/// `"aliases"` and `"bucket"` when asked), or CSV rows under
+/// [`csv_header`], where exactly one of `external_id` and `user_id` is set,
+/// `aliases` is the JSON array of the line form (empty when none).
+pub fn render_members(
+    ws: &Workspace,
+    members: &[u32],
+    format: Format,
+    extras: Extras,
+    out: &mut Vec<u8>,
+) {
+    for &u in members {
+        let user = UserId(u);
+        let ext = ws.users.external_id(user);
+        let rec = extras.aliases.then(|| ws.users.get(user)).flatten();
+        let aliases = rec.as_ref().map_or(&[][..], |r| &r.aliases[..]);
+        let bucket = ws.users.bucket(user).unwrap_or(0);
+        match format {
+            Format::Jsonl => {
+                match ext {
+                    Some(e) => {
+                        out.extend_from_slice(b"{\"external_id\":");
+                        json_string(out, e);
+                    }
+                    None => {
+                        let _ = write!(out, "{{\"user_id\":{u}");
+                    }
+                }
+                if extras.aliases {
+                    out.extend_from_slice(b",\"aliases\":");
+                    aliases_json(out, aliases);
+                }
+                if extras.bucket {
+                    let _ = write!(out, ",\"bucket\":{bucket}");
+                }
+                out.extend_from_slice(b"}\n");
+            }
+            Format::Csv => {
+                match ext {
+                    Some(e) => {
+                        csv_field(out, e);
+                        out.push(b',');
+                    }
+                    None => {
+                        let _ = write!(out, ",{u}");
+                    }
+                }
+                if extras.aliases {
+                    out.push(b',');
+                    if !aliases.is_empty() {
+                        let mut a = Vec::new();
+                        aliases_json(&mut a, aliases);
+                        csv_field(out, &String::from_utf8_lossy(&a));
+                    }
+                }
+                if extras.bucket {
+                    let _ = write!(out, ",{bucket}");
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_fields() {
+        assert!(Format::parse("xml").is_err());
+        assert_eq!(
+            Extras::parse(&["bucket"]).ok(),
+            Some(Extras {
+                aliases: false,
+                bucket: true
+            })
+        );
+        assert!(Extras::parse(&["email"]).is_err());
+    }
+
+    #[test]
+    fn csv_quoting() {
+        let mut out = Vec::new();
+        csv_field(&mut out, "plain");
+        out.push(b' ');
+        csv_field(&mut out, "a,\"b\"\nc");
+        assert_eq!(String::from_utf8_lossy(&out), "plain \"a,\"\"b\"\"\nc\"");
+    }
+
+    #[test]
+    fn csv_cells_that_look_like_formulas_are_neutralised() {
+        let cell = |v: &str| {
+            let mut out = Vec::new();
+            csv_field(&mut out, v);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            cell("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(cell("=1+2"), "'=1+2");
+        assert_eq!(cell("+33 1 23"), "'+33 1 23");
+        assert_eq!(cell("-2"), "'-2");
+        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(cell("\tx"), "'\tx");
+        assert_eq!(cell("\rx"), "\"'\rx\"");
+        // Only the first character counts.
+        assert_eq!(cell("a=b"), "a=b");
+        assert_eq!(cell("u-1"), "u-1");
+    }
+}

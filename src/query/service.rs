@@ -1,0 +1,285 @@
+//! The segment queries on a live workspace, as the segment API answers
+//! them: JSON values carrying `"generation"`, the log sequence number of
+//! the last change the answer saw. The HTTP handlers
+//! ([`crate::server::segments`]) and the command line (`segq count|members|
+//! check --data`) both call these, so both answer the same.
+//!
+//! Each takes the workspace's read lock only briefly: counts, estimates and
+//! breakdowns take a [`Frozen`] view under it (time proportional to the
+//! filter) and evaluate after releasing it; a member page is gathered in
+//! chunks of [`PAGE_CHUNK`] members, the lock released between them (and
+//! rendered in blocks of [`STREAM_BLOCK`] users, see [`super::render`]);
+//! checks hold it for one bounded evaluation.
+
+use std::borrow::Cow;
+
+use serde_json::{json, Map, Value};
+
+use super::{Check, CursorScope, Frozen};
+use crate::engine::WorkspaceHandle;
+use crate::error::{Error, Result};
+use crate::ids::UserRef;
+use crate::query;
+use crate::segment::{self, Filter};
+use crate::workspace::Workspace;
+
+/// The page size of the member export when the request names none.
+pub const DEFAULT_LIMIT: u64 = 10_000;
+/// The default sample of an estimate, in buckets (10% of the users).
+pub const DEFAULT_SAMPLE_BUCKETS: u16 = 1_000;
+/// Members computed per read lock while a page is gathered.
+pub const PAGE_CHUNK: usize = 65_536;
+/// Users rendered per read lock while a page is streamed.
+pub const STREAM_BLOCK: usize = 4_096;
+
+/// What a request names: a filter, or a saved segment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Filter(Filter),
+    Segment(String),
+}
+
+impl Target {
+    /// The filter, as the workspace holds it now.
+    pub fn filter<'a>(&'a self, ws: &'a Workspace) -> Result<Cow<'a, Filter>> {
+        match self {
+            Target::Filter(f) => Ok(Cow::Borrowed(f)),
+            Target::Segment(id) => ws
+                .segments
+                .get(id)
+                .map(|s| Cow::Borrowed(&s.filter))
+                .ok_or_else(|| Error::UnknownSegment { id: id.clone() }),
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::Internal(format!("cannot serialise: {e}")))
+}
+
+/// How to count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountMode {
+    Exact {
+        explain: bool,
+    },
+    /// `width` buckets from `start`.
+    Estimate {
+        start: u16,
+        width: u16,
+    },
+}
+
+/// A frozen view of what `target` needs (with every bucket if `buckets`),
+/// taken under the workspace's read lock, which is released on return; the
+/// filter (checked against `max_filter_nodes`) and the generation seen.
+pub fn freeze(
+    handle: &WorkspaceHandle,
+    target: &Target,
+    buckets: bool,
+) -> Result<(Frozen, Filter, u64)> {
+    let (ws, generation) = handle.view();
+    let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
+    let frozen = Frozen::new(&ws, handle.bitmaps(), &[&filter], buckets)?;
+    Ok((frozen, filter.into_owned(), generation))
+}
+
+/// The count (or estimate) of a segment, as the count endpoint answers it.
+/// Evaluated on a frozen view, without the workspace's lock.
+pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Result<Value> {
+    let estimate = matches!(mode, CountMode::Estimate { .. });
+    let (frozen, filter, generation) = freeze(handle, target, estimate)?;
+    match mode {
+        CountMode::Exact { explain } => {
+            let c = query::count_in(&frozen, &filter, explain)?;
+            let mut out = json!({"count": c.count, "generation": generation, "took_us": c.took_us});
+            if let Some(e) = &c.explain {
+                out["explain"] = to_value(e)?;
+            }
+            Ok(out)
+        }
+        CountMode::Estimate { start, width } => {
+            let e = query::estimate_in(&frozen, &filter, start, width)?;
+            Ok(json!({
+                "estimate": e.estimate,
+                "low": e.low,
+                "high": e.high,
+                "confidence": e.confidence,
+                "sample_size": e.sample_size,
+                "sample_matches": e.sample_matches,
+                "sample_start": start,
+                "sample_buckets": width,
+                "sampled_ranges": e.sample_buckets,
+                "generation": generation,
+                "took_us": e.took_us,
+            }))
+        }
+    }
+}
+
+/// The breakdown of a segment, as the breakdown endpoint answers it.
+/// Evaluated on a frozen view, without the workspace's lock.
+pub fn breakdown(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
+    let t = std::time::Instant::now();
+    let (frozen, filter, generation) = freeze(handle, target, false)?;
+    let (combinator, rows) = query::breakdown_in(&frozen, &filter)?;
+    Ok(json!({
+        "combinator": combinator,
+        "rows": to_value(&rows)?,
+        "generation": generation,
+        "took_us": t.elapsed().as_micros() as u64,
+    }))
+}
+
+/// Checks a page size: 1..=[`query::MAX_PAGE`].
+pub fn page_limit(limit: Option<u64>) -> Result<usize> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1.. if n <= query::MAX_PAGE as u64 => Ok(n as usize),
+        n => Err(Error::InvalidArgument(format!(
+            "limit must be 1..={}, found {n}",
+            query::MAX_PAGE
+        ))),
+    }
+}
+
+/// A page of members, gathered.
+#[derive(Clone, Debug)]
+pub struct MemberPage {
+    pub members: Vec<u32>,
+    /// The next page's cursor, in its text form.
+    pub next: Option<String>,
+    /// The generation of the first chunk.
+    pub generation: u64,
+}
+
+/// Gathers one page: the filter (cohort names resolved to ids, so that a
+/// cursor does not depend on how a cohort was named), the cursor checked
+/// against it and the workspace ([`CursorScope`]), then `limit` members in chunks of [`PAGE_CHUNK`], the read
+/// lock released between chunks.
+pub fn member_page(
+    handle: &WorkspaceHandle,
+    target: &Target,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<MemberPage> {
+    let (filter, scope, mut from, generation) = {
+        let (ws, generation) = handle.view();
+        let given = target.filter(&ws)?;
+        handle.check_filter(&given)?;
+        let filter = segment::resolve(&*ws, &given)?;
+        let scope = CursorScope::new(&ws, &filter);
+        let from = cursor.map(|c| scope.decode(c)).transpose()?;
+        (filter, scope, from, generation)
+    };
+    let mut members: Vec<u32> = Vec::with_capacity(limit.min(PAGE_CHUNK));
+    loop {
+        let take = (limit - members.len()).min(PAGE_CHUNK);
+        let page = {
+            let ws = handle.read();
+            query::members_page(&ws, handle.bitmaps(), &filter, from, take)?
+        };
+        members.extend(page.members.iter().map(|u| u.0));
+        from = page.next;
+        if from.is_none() || members.len() >= limit {
+            break;
+        }
+    }
+    Ok(MemberPage {
+        members,
+        next: from.map(|c| scope.encode(c)),
+        generation,
+    })
+}
+
+fn check_json(c: &Check) -> Value {
+    let mut o = Map::new();
+    o.insert("member".into(), Value::Bool(c.member));
+    if let Some(u) = c.user_id {
+        o.insert("user_id".into(), json!(u.0));
+    }
+    if let Some(r) = &c.reason {
+        o.insert("reason".into(), Value::String(r.clone()));
+    }
+    Value::Object(o)
+}
+
+/// One user's check, as the check endpoint answers it.
+pub fn check_user(handle: &WorkspaceHandle, target: &Target, user: &UserRef) -> Result<Value> {
+    let (ws, generation) = handle.view();
+    let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
+    let checks = query::check(&ws, handle.bitmaps(), &[&filter], user)?;
+    let mut out = checks.first().map(check_json).unwrap_or_else(|| json!({}));
+    out["generation"] = json!(generation);
+    Ok(out)
+}
+
+/// Whether each of `users` is in the segment, as the check endpoint
+/// answers a list: `{"results": [...], "generation"}` in the same order.
+pub fn check_users(handle: &WorkspaceHandle, target: &Target, users: &[UserRef]) -> Result<Value> {
+    let (ws, generation) = handle.view();
+    let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
+    let checks = query::check_many(&ws, handle.bitmaps(), &filter, users)?;
+    drop(ws);
+    let results: Vec<Value> = checks.iter().map(check_json).collect();
+    Ok(json!({"results": results, "generation": generation}))
+}
+
+/// Whether one user is in each of the saved segments `ids` (results first,
+/// in order, each with its `"segment_id"`) and of `filters` (then, in
+/// order, each with its `"filter"` in the text form).
+pub fn user_segments(
+    handle: &WorkspaceHandle,
+    ids: &[String],
+    filters: &[Filter],
+    user: &UserRef,
+) -> Result<Value> {
+    let (ws, generation) = handle.view();
+    let mut all: Vec<&Filter> = Vec::with_capacity(ids.len() + filters.len());
+    for id in ids {
+        let s = ws
+            .segments
+            .get(id)
+            .ok_or_else(|| Error::UnknownSegment { id: id.clone() })?;
+        all.push(&s.filter);
+    }
+    all.extend(filters.iter());
+    for f in &all {
+        handle.check_filter(f)?;
+    }
+    let checks = query::check(&ws, handle.bitmaps(), &all, user)?;
+    let results: Vec<Value> = checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = check_json(c);
+            match ids.get(i) {
+                Some(id) => v["segment_id"] = Value::String(id.clone()),
+                None => {
+                    if let Some(f) = all.get(i) {
+                        v["filter"] = Value::String(f.to_string());
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    drop(ws);
+    Ok(json!({"results": results, "generation": generation}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_limits() {
+        assert_eq!(page_limit(None).ok(), Some(10_000));
+        assert_eq!(page_limit(Some(1)).ok(), Some(1));
+        assert_eq!(page_limit(Some(1_000_000)).ok(), Some(1_000_000));
+        assert!(page_limit(Some(0)).is_err());
+        assert!(page_limit(Some(1_000_000_000)).is_err());
+    }
+}
