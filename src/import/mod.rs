@@ -1,10 +1,12 @@
 //! The partner cohort import protocol (../shared/PROTOCOL.md): request
-//! types, validation with the platform's error texts, and the step that
-//! applies a validated request to a workspace.
+//! types, validation with the platform's error texts, and the response
+//! bodies.
 //!
-//! Everything that speaks the protocol goes through here: the HTTP server,
-//! the demo and the tests. Parsing is strict about types and changes
-//! nothing; applying happens only after a request validated whole.
+//! Everything that speaks the protocol parses here: the HTTP server, the
+//! demo and the tests. Parsing is strict about types and changes nothing;
+//! a request validated whole is applied by
+//! [`WorkspaceHandle`](crate::engine::WorkspaceHandle)
+//! (`upsert_cohort`, `import_users`, `delete_cohort`), the one write path.
 
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
@@ -379,26 +381,6 @@ pub fn parse_users_request(body: &[u8]) -> Result<UsersRequest, ProtocolError> {
     })
 }
 
-/// Applies a create-or-rename request. Returns whether the cohort was
-/// created (201) or already existed (200).
-pub fn apply_cohort_request(
-    ws: &mut Workspace,
-    partner: Partner,
-    req: &CohortRequest,
-) -> Result<bool, Error> {
-    ws.upsert_cohort(partner, &req.cohort_id, &req.name, Some(req.created_at))
-}
-
-/// Applies a validated users request to a workspace.
-pub fn apply_users_request(
-    ws: &mut Workspace,
-    partner: Partner,
-    req: &UsersRequest,
-    now: DateTime<Utc>,
-) -> Result<ChangeReport, Error> {
-    ws.apply_cohort_changes(partner, &req.cohort_id, &req.cohort_changes, now)
-}
-
 /// The success body of the users endpoint.
 pub fn users_success_body(report: &ChangeReport) -> Value {
     json!({
@@ -457,9 +439,13 @@ impl From<ProtocolError> for Response {
 }
 
 /// Serves one partner request against a workspace: routes the partner,
-/// validates the body, checks the credentials with `authorize`, applies the
-/// change and builds the response. A request that fails any step changes
-/// nothing.
+/// validates the body, checks the credentials with `authorize`, and
+/// applies the change through an in-memory
+/// [`WorkspaceHandle`](crate::engine::WorkspaceHandle), the write path the
+/// server takes. A request that fails any step changes nothing.
+///
+/// Kept for the demo's replay of the wire examples; a library error after
+/// validation is answered 400 with its text.
 pub fn handle(
     ws: &mut Workspace,
     partner: &str,
@@ -471,30 +457,43 @@ pub fn handle(
     let Ok(partner) = partner.parse::<Partner>() else {
         return ProtocolError::UnknownPartner(partner.to_string()).into();
     };
-    let applied = match endpoint {
-        Endpoint::Cohorts => parse_cohort_request(body).and_then(|req| {
-            authorize(partner, &req.credentials)?;
-            apply_cohort_request(ws, partner, &req)
-                .map(|created| (if created { 201 } else { 200 }, cohort_success_body(), None))
-                .map_err(library_error)
-        }),
-        Endpoint::CohortUsers => parse_users_request(body).and_then(|req| {
-            authorize(partner, &req.credentials)?;
-            apply_users_request(ws, partner, &req, now)
-                .map(|r| {
-                    let status = if r.cohort_created { 201 } else { 200 };
-                    (status, users_success_body(&r), Some(r))
-                })
-                .map_err(library_error)
+    let parsed = match endpoint {
+        Endpoint::Cohorts => parse_cohort_request(body).map(Err),
+        Endpoint::CohortUsers => parse_users_request(body).map(Ok),
+    };
+    let req = match parsed.and_then(|req| {
+        let credentials = match &req {
+            Ok(users) => &users.credentials,
+            Err(cohort) => &cohort.credentials,
+        };
+        authorize(partner, credentials).map(|()| req)
+    }) {
+        Ok(req) => req,
+        Err(e) => return e.into(),
+    };
+    let placeholder = Workspace::new(ws.name(), ws.users.seed());
+    let served = match crate::engine::WorkspaceHandle::in_memory(std::mem::replace(ws, placeholder))
+    {
+        Ok(h) => h,
+        Err(e) => return library_error(e).into(),
+    };
+    let applied = match &req {
+        Err(cohort) => served
+            .upsert_cohort(partner, cohort)
+            .map(|created| (if created { 201 } else { 200 }, cohort_success_body(), None)),
+        Ok(users) => served.import_users(partner, users, now).map(|r| {
+            let status = if r.cohort_created { 201 } else { 200 };
+            (status, users_success_body(&r), Some(r))
         }),
     };
+    *ws = served.into_workspace();
     match applied {
         Ok((status, body, report)) => Response {
             status,
             body,
             report,
         },
-        Err(e) => e.into(),
+        Err(e) => library_error(e).into(),
     }
 }
 
