@@ -26,3 +26,4 @@ mod support;
 mod users;
 mod wire_safety;
 mod workload;
+mod write_path;
