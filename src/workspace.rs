@@ -7,9 +7,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 
 use std::sync::Arc;
 
-use crate::cohorts::{
-    self, BaseBitmap, ChangeReport, CohortCatalog, CohortChange, ResolvedChanges,
-};
+use crate::cohorts::{BaseBitmap, ChangeReport, CohortCatalog, ResolvedChanges};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
 use crate::snapshot::Snapshot;
@@ -129,10 +127,10 @@ impl Workspace {
             .upsert(CohortKey::new(partner, cohort_id), name, created_at)
     }
 
-    /// Deletes a partner cohort. Refused, changing nothing, if there is no
-    /// such cohort or a saved segment names it
-    /// ([`Error::CohortInUse`] lists them).
-    pub fn delete_cohort(&mut self, partner: Partner, cohort_id: &str) -> Result<()> {
+    /// Whether [`Self::delete_cohort`] would delete the cohort: refused if
+    /// there is no such cohort or a saved segment names it
+    /// ([`Error::CohortInUse`] lists them). Changes nothing.
+    pub fn check_delete_cohort(&self, partner: Partner, cohort_id: &str) -> Result<()> {
         let key = CohortKey::new(partner, cohort_id);
         if self.cohorts.get(&key).is_none() {
             return Err(Error::UnknownCohort { key });
@@ -144,7 +142,14 @@ impl Workspace {
                 segments: users,
             });
         }
-        self.cohorts.remove(&key);
+        Ok(())
+    }
+
+    /// Deletes a partner cohort. Refused, changing nothing, as
+    /// [`Self::check_delete_cohort`] says.
+    pub fn delete_cohort(&mut self, partner: Partner, cohort_id: &str) -> Result<()> {
+        self.check_delete_cohort(partner, cohort_id)?;
+        self.cohorts.remove(&CohortKey::new(partner, cohort_id));
         Ok(())
     }
 
@@ -163,28 +168,11 @@ impl Workspace {
             .collect()
     }
 
-    /// Applies a request's `cohort_changes` to a cohort (created on first use
-    /// with its id as name): matches identifiers under the protocol's rules,
-    /// changes membership in order, and counts billable data points for
-    /// `now`'s day. A request without identifiers (clients send one to test
-    /// their credentials) changes nothing and does not create the cohort.
-    pub fn apply_cohort_changes(
-        &mut self,
-        partner: Partner,
-        cohort_id: &str,
-        changes: &[CohortChange],
-        now: DateTime<Utc>,
-    ) -> Result<ChangeReport> {
-        cohorts::check_cohort_id(cohort_id)?;
-        if changes.iter().all(|c| c.identifiers() == 0) {
-            return Ok(ChangeReport::default());
-        }
-        let resolved = cohorts::resolve(&self.users, changes);
-        self.apply_resolved(partner, cohort_id, &resolved, now)
-    }
-
-    /// Applies changes already matched by [`cohorts::resolve`] (the second
-    /// half of [`Self::apply_cohort_changes`]; log replay starts here).
+    /// Applies changes already matched by [`crate::cohorts::resolve`] to a cohort
+    /// (created on first use with its id as name): membership in order, the
+    /// sync statistics, and the billable data points of `now`'s day. The
+    /// matching happened before (see `WorkspaceHandle::import_users`); a
+    /// `CohortChanged` log record is applied here, live and on replay.
     pub fn apply_resolved(
         &mut self,
         partner: Partner,

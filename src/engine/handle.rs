@@ -34,14 +34,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::compact::{self, Compacted, Fs, Manifest, RealFs};
-use super::record::{from_ms, to_ms, Change};
+use super::record::{self, to_ms, Applied, Change};
 use crate::cohorts::{self, ChangeReport};
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef};
 use crate::import::{CohortRequest, UsersRequest};
 use crate::log::{LogError, LogWriter};
 use crate::segment::{self, Filter};
-use crate::users::{NewUser, Upserted};
+use crate::users::{NewUser, UpsertPlan, Upserted};
 use crate::workspace::{SavedSegment, Workspace};
 
 /// Bulk loads cut their log records at about this many bytes, far below
@@ -89,6 +89,9 @@ pub struct WorkspaceHandle {
     /// The most cohorts one partner may create through the partner
     /// endpoints (`max_cohorts_per_partner` of the configuration).
     cohort_limit: usize,
+    /// For a workspace in memory ([`Self::in_memory`]): the state its log
+    /// starts from, which takes the place of a snapshot.
+    memory: Option<Box<Workspace>>,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -121,7 +124,52 @@ impl WorkspaceHandle {
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
             key_uses: Mutex::default(),
             cohort_limit: super::config::DEFAULT_MAX_COHORTS_PER_PARTNER,
+            memory: None,
         }
+    }
+
+    /// A workspace served from memory: `ws` is the state it starts from
+    /// (as a snapshot would be; `Workspace::new` for an empty one) and its
+    /// log is a file in memory. Writes take the path they take in a data
+    /// directory (computed from the state, applied as log replay applies
+    /// them, logged), so it answers what the server answers; nothing
+    /// touches the disk, and it is never compacted. The demo and tests
+    /// serve from it.
+    pub fn in_memory(ws: Workspace) -> Result<WorkspaceHandle> {
+        let file = super::memory::MemoryFile::new(ws.name());
+        let name = crate::log::LogFile::name(&file);
+        let log = LogWriter::create(file, 1)?;
+        let mut handle = WorkspaceHandle::new(
+            ws.clone(),
+            log,
+            PathBuf::new(),
+            None,
+            vec![PathBuf::from(name)],
+        );
+        handle.memory = Some(Box::new(ws));
+        Ok(handle)
+    }
+
+    /// The workspace's state, giving the handle up.
+    pub fn into_workspace(self) -> Workspace {
+        self.state.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state the log holds, rebuilt as start-up builds it: the
+    /// snapshot (or, in memory, the starting state) and the durable
+    /// records of the logs after it, each applied by the function live
+    /// writes use. Equal to [`Self::read`] once every write is answered.
+    pub fn durable_state(&self) -> Result<Workspace> {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let ws = self.read();
+        rebuild(
+            &self.name,
+            &self.dir,
+            &files,
+            &self.log(),
+            &ws,
+            self.memory.as_deref(),
+        )
     }
 
     /// Bounds the filters of this workspace's queries and saved segments
@@ -151,14 +199,16 @@ impl WorkspaceHandle {
         *at = (*at).max(at_ms);
     }
 
-    /// The noted key uses as changes, applied to `ws` (under the write
+    /// Applies the noted key uses as changes of `tx` (under the write
     /// lock); a use of a key the workspace does not hold is dropped.
-    fn take_key_uses(&self, ws: &mut Workspace) -> Vec<Change> {
+    fn take_key_uses(&self, tx: &mut Tx<'_>) -> Result<()> {
         let uses = std::mem::take(&mut *self.key_uses.lock().unwrap_or_else(|p| p.into_inner()));
-        uses.into_iter()
-            .map(|(id, at_ms)| Change::KeyUsed { id, at_ms })
-            .filter(|c| super::record::apply(ws, c).is_ok())
-            .collect()
+        for (id, at_ms) in uses {
+            if tx.state().keys.contains_key(&id) {
+                tx.apply(Change::KeyUsed { id, at_ms })?;
+            }
+        }
+        Ok(())
     }
 
     /// Logs the noted key uses now, if any (shutdown).
@@ -171,7 +221,7 @@ impl WorkspaceHandle {
         if !pending || self.check_failed().is_err() {
             return Ok(());
         }
-        self.write(|ws| Ok(((), self.take_key_uses(ws))))
+        self.write(|tx| self.take_key_uses(tx))
     }
 
     /// Bounds the cohorts one partner may create in this workspace
@@ -264,6 +314,12 @@ impl WorkspaceHandle {
     /// [`Self::compact`] through the given file operations.
     pub fn compact_with(&self, fs: &mut dyn Fs) -> Result<Compacted> {
         self.check_failed()?;
+        if self.memory.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "workspace {} is kept in memory: it has no files to compact",
+                self.name
+            )));
+        }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         // 1. Freeze. The read lock keeps writers out, so the state is
         //    exactly the log up to `seq`.
@@ -401,27 +457,44 @@ impl WorkspaceHandle {
         })
     }
 
-    /// Runs `f` under the write lock; `f` changes the state (or refuses,
-    /// changing nothing) and returns the records to log, if any. Returns
-    /// once they are durable.
+    /// Runs `f` under the write lock; `f` computes each change from the
+    /// state ([`Tx::state`], without changing it: matching, validation,
+    /// user ids and buckets happen there) and applies it with
+    /// [`Tx::apply`], the function log replay uses, or refuses, applying
+    /// nothing. Then the applied changes are logged; returns once they are
+    /// durable.
     ///
     /// A change whose record the log does not make durable (a failed
     /// write or fsync, of its own batch or an earlier one, or a record the
     /// log refuses) is undone before the error is returned: once a write
-    /// is refused, its change is not visible.
-    pub(crate) fn write<T>(
-        &self,
-        f: impl FnOnce(&mut Workspace) -> Result<(T, Vec<Change>)>,
-    ) -> Result<T> {
+    /// is refused, its change is not visible. So is a change that failed
+    /// to apply part way, or one applied before `f` refused.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         self.check_failed()?;
         let (out, last, log) = {
             let (mut ws, log) = self.write_lock_for_change()?;
-            let (out, mut changes) = f(&mut ws)?;
+            let mut tx = Tx::new(&mut ws);
+            let mut result = f(&mut tx);
+            if result.is_ok() && tx.changed() {
+                // Key uses ride along: no fsync of their own.
+                if let Err(e) = self.take_key_uses(&mut tx) {
+                    result = Err(e);
+                }
+            }
+            if tx.dirty || (result.is_err() && tx.changed()) {
+                // Applied, never to be logged: undo it.
+                self.stale.store(true, Ordering::SeqCst);
+                drop(ws);
+                self.restore()?;
+                return Err(result.err().unwrap_or_else(|| {
+                    Error::Internal("a change failed to apply and was undone".into())
+                }));
+            }
+            let out = result?;
+            let changes = tx.finish();
             if changes.is_empty() {
                 return Ok(out);
             }
-            // Key uses ride along: no fsync of their own.
-            changes.extend(self.take_key_uses(&mut ws));
             let submitted = changes
                 .iter()
                 .map(Change::encode)
@@ -480,7 +553,15 @@ impl WorkspaceHandle {
         let mut undone = self.undone.lock().unwrap_or_else(|p| p.into_inner());
         let undo = self.stale.load(Ordering::SeqCst) || (failure.is_some() && *undone != failure);
         if undo {
-            let rebuilt = rebuild(&self.name, &self.dir, &files, &log, &ws).map_err(|e| {
+            let rebuilt = rebuild(
+                &self.name,
+                &self.dir,
+                &files,
+                &log,
+                &ws,
+                self.memory.as_deref(),
+            )
+            .map_err(|e| {
                 self.fail(format!(
                     "a change that is not durable could not be undone: {e}"
                 ))
@@ -529,100 +610,102 @@ impl WorkspaceHandle {
     /// `POST /partners/{partner}/cohorts`, after authorization. Returns
     /// whether the cohort was created.
     pub fn upsert_cohort(&self, partner: Partner, req: &CohortRequest) -> Result<bool> {
-        self.write(|ws| {
+        self.write(|tx| {
+            let ws = tx.state();
+            cohorts::check_cohort_id(&req.cohort_id)?;
+            cohorts::check_cohort_name(&req.name)?;
             self.check_cohort_room(ws, partner, &req.cohort_id)?;
-            let created =
-                ws.upsert_cohort(partner, &req.cohort_id, &req.name, Some(req.created_at))?;
-            let change = Change::CohortUpserted {
+            let key = crate::ids::CohortKey::new(partner, &req.cohort_id);
+            let created = ws.cohorts.get(&key).is_none();
+            tx.apply(Change::CohortUpserted {
                 partner,
                 cohort_id: req.cohort_id.clone(),
                 name: req.name.clone(),
                 created_at: crate::import::format_created_at(&req.created_at),
-            };
-            Ok((created, vec![change]))
+            })?;
+            Ok(created)
         })
     }
 
-    /// `POST /partners/{partner}/cohorts/users`, after authorization.
+    /// `POST /partners/{partner}/cohorts/users`, after authorization:
+    /// matches the identifiers under the protocol's rules, then applies
+    /// the membership operations they resolved to. A request without
+    /// identifiers (a credentials test) changes nothing and does not
+    /// create the cohort.
     pub fn import_users(
         &self,
         partner: Partner,
         req: &UsersRequest,
         now: DateTime<Utc>,
     ) -> Result<ChangeReport> {
-        // Records keep milliseconds: apply what replay will apply.
-        let now = from_ms(to_ms(now));
-        self.write(|ws| {
+        self.write(|tx| {
+            let ws = tx.state();
             cohorts::check_cohort_id(&req.cohort_id)?;
             if req.identifiers() == 0 {
-                return Ok((ChangeReport::default(), Vec::new()));
+                return Ok(ChangeReport::default());
             }
             self.check_cohort_room(ws, partner, &req.cohort_id)?;
-            let resolved = cohorts::resolve(&ws.users, &req.cohort_changes);
-            let report = ws.apply_resolved(partner, &req.cohort_id, &resolved, now)?;
             let change = Change::CohortChanged {
                 partner,
                 cohort_id: req.cohort_id.clone(),
+                // Records keep milliseconds: live and replay apply the same.
                 at_ms: to_ms(now),
-                resolved,
+                resolved: cohorts::resolve(&ws.users, &req.cohort_changes),
             };
-            Ok((report, vec![change]))
+            tx.apply(change)?
+                .report
+                .ok_or_else(|| Error::Internal("a cohort change reported nothing".into()))
         })
     }
 
     /// Deletes a partner cohort (its partner's request, or an admin's).
     /// Refused while a saved segment names it ([`Error::CohortInUse`]).
     pub fn delete_cohort(&self, partner: Partner, cohort_id: &str) -> Result<()> {
-        self.write(|ws| {
-            let change = Change::CohortDeleted {
+        self.write(|tx| {
+            tx.state().check_delete_cohort(partner, cohort_id)?;
+            tx.apply(Change::CohortDeleted {
                 partner,
                 cohort_id: cohort_id.to_string(),
                 at_ms: to_ms(Utc::now()),
-            };
-            super::record::apply(ws, &change)?;
-            Ok(((), vec![change]))
+            })?;
+            Ok(())
         })
     }
 
     /// Creates a user, or adds identifiers to the user with that
     /// external_id.
     pub fn upsert_user(&self, new: NewUser) -> Result<Upserted> {
-        self.write(|ws| upsert_logged(ws, new).map(|(u, c)| (u, c.into_iter().collect())))
+        self.write(|tx| {
+            let (up, change) = user_change(tx.state(), new)?;
+            if let Some(c) = change {
+                tx.apply(c)?;
+            }
+            Ok(up)
+        })
     }
 
     /// Upserts many users; each is applied or refused on its own, and the
     /// applied ones are logged as few records (each under
     /// [`RECORD_BUDGET`]), acknowledged together.
     pub fn upsert_users(&self, batch: Vec<NewUser>) -> Result<BatchReport> {
-        self.write(|ws| {
+        self.write(|tx| {
             let mut report = BatchReport::default();
-            let mut records = Vec::new();
-            let mut pending = Vec::new();
-            let mut pending_bytes = 0;
             for (i, new) in batch.into_iter().enumerate() {
-                match upsert_logged(ws, new) {
+                match user_change(tx.state(), new) {
                     Ok((u, change)) => {
+                        if let Some(c) = change {
+                            tx.apply_grouped(c)?;
+                        }
                         if u.created {
                             report.created += 1;
                         } else {
                             report.updated += 1;
                         }
-                        if let Some(c) = change {
-                            pending_bytes += c.size_hint();
-                            pending.push(c);
-                        }
-                        if pending_bytes >= RECORD_BUDGET {
-                            records.push(Change::Batch(std::mem::take(&mut pending)));
-                            pending_bytes = 0;
-                        }
                     }
                     Err(e) => report.failed.push((i, e.to_string())),
                 }
             }
-            if !pending.is_empty() {
-                records.push(Change::Batch(pending));
-            }
-            Ok((report, records))
+            Ok(report)
         })
     }
 
@@ -634,52 +717,44 @@ impl WorkspaceHandle {
 
     /// Gives the user an alias (a no-op if it holds it already).
     pub fn add_alias(&self, user: &UserRef, label: &str, name: &str) -> Result<UserId> {
-        self.write(|ws| {
-            let id = Self::find(ws, user)?;
-            if ws.users.lookup(&UserRef::Alias {
-                label: label.into(),
-                name: name.into(),
-            }) == Some(id)
-            {
-                return Ok((id, Vec::new()));
+        self.write(|tx| {
+            let id = Self::find(tx.state(), user)?;
+            if tx.state().users.check_alias(id, label, name)? {
+                tx.apply(Change::AliasAdded {
+                    user: id,
+                    label: label.into(),
+                    name: name.into(),
+                })?;
             }
-            ws.users.add_alias(id, label, name)?;
-            let change = Change::AliasAdded {
-                user: id,
-                label: label.into(),
-                name: name.into(),
-            };
-            Ok((id, vec![change]))
+            Ok(id)
         })
     }
 
     /// Gives the user a device (a no-op if it holds it already).
     pub fn add_device(&self, user: &UserRef, device_id: &str) -> Result<UserId> {
-        self.write(|ws| {
-            let id = Self::find(ws, user)?;
-            if ws.users.lookup(&UserRef::DeviceId(device_id.into())) == Some(id) {
-                return Ok((id, Vec::new()));
+        self.write(|tx| {
+            let id = Self::find(tx.state(), user)?;
+            if tx.state().users.check_device(id, device_id)? {
+                tx.apply(Change::DeviceAdded {
+                    user: id,
+                    device_id: device_id.into(),
+                })?;
             }
-            ws.users.add_device(id, device_id)?;
-            let change = Change::DeviceAdded {
-                user: id,
-                device_id: device_id.into(),
-            };
-            Ok((id, vec![change]))
+            Ok(id)
         })
     }
 
     /// Identifies an anonymous user.
     pub fn identify(&self, user: &UserRef, external_id: &str) -> Result<UserId> {
-        self.write(|ws| {
-            let id = Self::find(ws, user)?;
-            let already = ws.users.external_id(id) == Some(external_id);
-            ws.users.identify(id, external_id)?;
-            let change = (!already).then(|| Change::UserIdentified {
-                user: id,
-                external_id: external_id.into(),
-            });
-            Ok((id, change.into_iter().collect()))
+        self.write(|tx| {
+            let id = Self::find(tx.state(), user)?;
+            if tx.state().users.check_identify(id, external_id)? {
+                tx.apply(Change::UserIdentified {
+                    user: id,
+                    external_id: external_id.into(),
+                })?;
+            }
+            Ok(id)
         })
     }
 
@@ -724,7 +799,8 @@ impl WorkspaceHandle {
                 ));
             }
         }
-        self.write(|ws| {
+        self.write(|tx| {
+            let ws = tx.state();
             let (id, existing) = match id {
                 Some(id) => match ws.segments.get(id) {
                     Some(s) => (id.to_string(), Some(s)),
@@ -748,29 +824,28 @@ impl WorkspaceHandle {
                     ))
                 }
             };
-            let change = Change::SegmentSaved {
+            tx.apply(Change::SegmentSaved {
                 id: id.clone(),
                 name,
                 filter,
                 at_ms: to_ms(Utc::now()),
-            };
-            super::record::apply(ws, &change)?;
-            let saved = ws
+            })?;
+            tx.state()
                 .segments
                 .get(&id)
                 .cloned()
-                .ok_or_else(|| Error::UnknownSegment { id: id.clone() })?;
-            Ok((saved, vec![change]))
+                .ok_or_else(|| Error::UnknownSegment { id: id.clone() })
         })
     }
 
     /// Deletes a saved segment.
     pub fn delete_segment(&self, id: &str) -> Result<()> {
-        self.write(|ws| {
-            if ws.segments.remove(id).is_none() {
+        self.write(|tx| {
+            if !tx.state().segments.contains_key(id) {
                 return Err(Error::UnknownSegment { id: id.into() });
             }
-            Ok(((), vec![Change::SegmentDeleted { id: id.into() }]))
+            tx.apply(Change::SegmentDeleted { id: id.into() })?;
+            Ok(())
         })
     }
 
@@ -793,66 +868,139 @@ impl WorkspaceHandle {
         &self.bitmaps
     }
 
-    /// Logs and applies a change computed by the engine (keys, partners).
-    /// On an error the change is not applied (or was undone).
+    /// Applies and logs a change the engine computed from the state
+    /// (keys, partners). On an error the change is not applied (or was
+    /// undone).
     pub(crate) fn commit(&self, change: Change) -> Result<()> {
-        self.write(|ws| {
-            super::record::apply(ws, &change)?;
-            Ok(((), vec![change]))
-        })
+        self.write(|tx| tx.apply(change).map(drop))
     }
 }
 
-/// Upserts a user and describes what changed, if anything.
-fn upsert_logged(ws: &mut Workspace, new: NewUser) -> Result<(Upserted, Option<Change>)> {
-    let before = new
-        .external_id
-        .as_deref()
-        .and_then(|e| ws.users.match_external_id(e))
-        .and_then(|u| ws.users.get(u))
-        .map(|r| (r.devices.len(), r.aliases.len()));
-    let up = ws.users.upsert(new)?;
-    let rec = ws
-        .users
-        .get(up.user)
-        .ok_or_else(|| Error::UnknownUser(format!("with id {}", up.user)))?;
-    let change = match before {
-        None => Some(Change::UserCreated {
-            user: up.user,
-            external_id: rec.external_id.as_deref().map(str::to_string),
-            devices: rec.devices.iter().map(|d| d.to_string()).collect(),
-            aliases: rec
-                .aliases
-                .iter()
-                .map(|(l, n)| (l.to_string(), n.to_string()))
-                .collect(),
-            bucket: rec.bucket,
-        }),
-        Some((devices, aliases)) => {
-            let mut added: Vec<Change> = rec.devices[devices..]
-                .iter()
-                .map(|d| Change::DeviceAdded {
-                    user: up.user,
-                    device_id: d.to_string(),
-                })
+/// The changes of one write, under the write lock: the state can be read,
+/// and changed only by applying a change ([`record::apply`], as log replay
+/// does), which is then logged with the write.
+pub(crate) struct Tx<'a> {
+    ws: &'a mut Workspace,
+    /// Applied changes, to log in this order.
+    records: Vec<Change>,
+    /// Applied changes to log as one `Batch` record, and its size.
+    group: (Vec<Change>, usize),
+    /// A change failed to apply: the state may be part way through it.
+    dirty: bool,
+}
+
+impl<'a> Tx<'a> {
+    fn new(ws: &'a mut Workspace) -> Self {
+        Tx {
+            ws,
+            records: Vec::new(),
+            group: (Vec::new(), 0),
+            dirty: false,
+        }
+    }
+
+    /// The state, with every change applied so far.
+    pub(crate) fn state(&self) -> &Workspace {
+        self.ws
+    }
+
+    /// Applies a change computed from [`Self::state`], to be logged as a
+    /// record of its own.
+    pub(crate) fn apply(&mut self, change: Change) -> Result<Applied> {
+        self.flush_group();
+        let applied = self.apply_only(&change)?;
+        self.records.push(change);
+        Ok(applied)
+    }
+
+    /// Applies a change computed from [`Self::state`], to be logged in a
+    /// `Batch` record with the changes applied by this before (up to
+    /// [`RECORD_BUDGET`] bytes each).
+    fn apply_grouped(&mut self, change: Change) -> Result<Applied> {
+        let applied = self.apply_only(&change)?;
+        self.group.1 += change.size_hint();
+        self.group.0.push(change);
+        if self.group.1 >= RECORD_BUDGET {
+            self.flush_group();
+        }
+        Ok(applied)
+    }
+
+    fn apply_only(&mut self, change: &Change) -> Result<Applied> {
+        record::apply(self.ws, change).inspect_err(|_| self.dirty = true)
+    }
+
+    fn flush_group(&mut self) {
+        if !self.group.0.is_empty() {
+            let (changes, _) = std::mem::take(&mut self.group);
+            self.records.push(Change::Batch(changes));
+        }
+    }
+
+    /// Whether a change was applied.
+    fn changed(&self) -> bool {
+        !self.records.is_empty() || !self.group.0.is_empty()
+    }
+
+    /// The records to log.
+    fn finish(mut self) -> Vec<Change> {
+        self.flush_group();
+        self.records
+    }
+}
+
+/// What upserting `new` would do, as a change (none if the user holds
+/// every identifier already), computed from the state without changing it:
+/// the new user's id and bucket are chosen here.
+fn user_change(ws: &Workspace, new: NewUser) -> Result<(Upserted, Option<Change>)> {
+    Ok(match ws.users.plan_upsert(new)? {
+        UpsertPlan::Create {
+            user,
+            external_id,
+            devices,
+            aliases,
+            bucket,
+        } => (
+            Upserted {
+                user,
+                created: true,
+            },
+            Some(Change::UserCreated {
+                user,
+                external_id,
+                devices,
+                aliases,
+                bucket,
+            }),
+        ),
+        UpsertPlan::Extend {
+            user,
+            devices,
+            aliases,
+        } => {
+            let mut added: Vec<Change> = devices
+                .into_iter()
+                .map(|device_id| Change::DeviceAdded { user, device_id })
                 .collect();
-            added.extend(
-                rec.aliases[aliases..]
-                    .iter()
-                    .map(|(l, n)| Change::AliasAdded {
-                        user: up.user,
-                        label: l.to_string(),
-                        name: n.to_string(),
-                    }),
-            );
-            match added.len() {
+            added.extend(aliases.into_iter().map(|(label, name)| Change::AliasAdded {
+                user,
+                label,
+                name,
+            }));
+            let change = match added.len() {
                 0 => None,
                 1 => added.pop(),
                 _ => Some(Change::Batch(added)),
-            }
+            };
+            (
+                Upserted {
+                    user,
+                    created: false,
+                },
+                change,
+            )
         }
-    };
-    Ok((up, change))
+    })
 }
 
 /// The durable state of a workspace, rebuilt as start-up builds it: the
@@ -866,6 +1014,7 @@ fn rebuild(
     files: &(Option<Manifest>, Vec<PathBuf>),
     log: &LogWriter,
     live: &Workspace,
+    base: Option<&Workspace>,
 ) -> Result<Workspace> {
     let (manifest, chain) = files;
     let mut ws = match manifest {
@@ -883,7 +1032,8 @@ fn rebuild(
             ws.set_name(name);
             Some(ws)
         }
-        None => None,
+        // A workspace in memory: its log follows the state it started from.
+        None => base.cloned(),
     };
     let mut replay = |path: &str, seq: u64, payload: &[u8]| -> Result<()> {
         let change = Change::decode(payload, path, seq)?;
@@ -896,10 +1046,12 @@ fn rebuild(
                 path: path.to_string(),
                 reason: format!("the first record is {other:?}, not WorkspaceCreated"),
             }),
-            (Some(w), change) => super::record::apply(w, &change).map_err(|e| Error::Corrupt {
-                path: path.to_string(),
-                reason: format!("record {seq} does not apply: {e}"),
-            }),
+            (Some(w), change) => record::apply(w, &change)
+                .map(drop)
+                .map_err(|e| Error::Corrupt {
+                    path: path.to_string(),
+                    reason: format!("record {seq} does not apply: {e}"),
+                }),
         }
     };
     let (current, before) = chain.split_last().ok_or_else(|| Error::Corrupt {

@@ -1,16 +1,11 @@
-//! A workspace served from memory: the same [`WorkspaceHandle`] as on
-//! disk, its change log on a [`MemoryFile`] that goes with it. Every write
-//! takes the path it takes on disk (the record built, applied, logged and
-//! made "durable"), so what it answers is what a server answers; nothing
-//! touches the file system. `segq demo` runs on one.
+//! The log file of a workspace served from memory
+//! ([`super::WorkspaceHandle::in_memory`]): every write takes the path it
+//! takes on disk (the record built, applied, logged and made "durable"),
+//! so what it answers is what a server answers; nothing touches the file
+//! system. `segq demo` runs on one.
 
+use crate::log::LogFile;
 use std::io;
-use std::path::PathBuf;
-
-use super::WorkspaceHandle;
-use crate::error::Result;
-use crate::log::{LogFile, LogWriter};
-use crate::workspace::Workspace;
 
 /// A log file held in memory: its bytes are durable as soon as they are
 /// appended, and lost with the process.
@@ -62,22 +57,5 @@ impl LogFile for MemoryFile {
         self.bytes
             .truncate(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(())
-    }
-}
-
-impl WorkspaceHandle {
-    /// `ws` served from memory, its log on an empty [`MemoryFile`]: the
-    /// log holds the changes made through the handle, never replayed. It
-    /// has no folder: it is not compacted.
-    pub fn in_memory(ws: Workspace) -> Result<WorkspaceHandle> {
-        let name = ws.name().to_string();
-        let writer = LogWriter::create(MemoryFile::new(&name), 1)?;
-        Ok(WorkspaceHandle::new(
-            ws,
-            writer,
-            PathBuf::from(format!("memory:{name}")),
-            None,
-            Vec::new(),
-        ))
     }
 }

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::cohorts::ResolvedChanges;
+use crate::cohorts::{ChangeReport, ResolvedChanges};
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId};
 use crate::segment::Filter;
@@ -189,9 +189,25 @@ fn mismatch(what: String) -> Error {
     }
 }
 
-/// Applies a logged change to a workspace (log replay). `WorkspaceCreated`
-/// is handled by whoever creates the [`Workspace`].
-pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
+/// What applying a change did, beyond the change itself: what a live
+/// write answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// For `CohortChanged`: the members actually added and removed, the
+    /// counts, and whether the cohort was created.
+    pub report: Option<ChangeReport>,
+}
+
+/// Applies a change to a workspace: the one way every record kind takes
+/// effect, for live writes (which compute the change from the state first,
+/// see [`super::handle`]) and log replay alike. `WorkspaceCreated` is
+/// handled by whoever creates the [`Workspace`].
+///
+/// A refused change changes nothing, except a `Batch` refused part way
+/// (its earlier parts stay applied): a live write undoes that by
+/// rebuilding the workspace, and replay stops on it as corruption.
+pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
+    let mut applied = Applied::default();
     match change {
         Change::WorkspaceCreated { .. } => {
             return Err(mismatch(
@@ -235,7 +251,8 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
             at_ms,
             resolved,
         } => {
-            ws.apply_resolved(*partner, cohort_id, resolved, from_ms(*at_ms))?;
+            let report = ws.apply_resolved(*partner, cohort_id, resolved, from_ms(*at_ms))?;
+            applied.report = Some(report);
         }
         Change::PartnerEnabled { partner } => {
             ws.enabled_partners.insert(*partner);
@@ -308,5 +325,5 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<()> {
             partner, cohort_id, ..
         } => ws.delete_cohort(*partner, cohort_id)?,
     }
-    Ok(())
+    Ok(applied)
 }

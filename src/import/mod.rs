@@ -1,18 +1,17 @@
 //! The partner cohort import protocol (../shared/PROTOCOL.md): request
-//! types, validation with the platform's error texts, and the step that
-//! applies a validated request to a workspace.
+//! types, validation with the platform's error texts, and the response
+//! bodies.
 //!
-//! Everything that speaks the protocol goes through here: the HTTP server,
-//! the demo and the tests. Parsing is strict about types and changes
-//! nothing; applying happens only after a request validated whole.
+//! Everything that speaks the protocol parses here: the HTTP server, the
+//! demo and the tests. Parsing is strict about types and changes nothing;
+//! a request validated whole is applied by
+//! [`WorkspaceHandle`](crate::engine::WorkspaceHandle)
+//! (`upsert_cohort`, `import_users`, `delete_cohort`), the one write path.
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset};
 use serde_json::{json, Map, Value};
 
 use crate::cohorts::{Alias, ChangeReport, CohortChange};
-use crate::error::Error;
-use crate::ids::Partner;
-use crate::workspace::Workspace;
 
 /// The most identifiers (user_ids, device_ids and aliases of all objects
 /// together) one users request may carry.
@@ -379,26 +378,6 @@ pub fn parse_users_request(body: &[u8]) -> Result<UsersRequest, ProtocolError> {
     })
 }
 
-/// Applies a create-or-rename request. Returns whether the cohort was
-/// created (201) or already existed (200).
-pub fn apply_cohort_request(
-    ws: &mut Workspace,
-    partner: Partner,
-    req: &CohortRequest,
-) -> Result<bool, Error> {
-    ws.upsert_cohort(partner, &req.cohort_id, &req.name, Some(req.created_at))
-}
-
-/// Applies a validated users request to a workspace.
-pub fn apply_users_request(
-    ws: &mut Workspace,
-    partner: Partner,
-    req: &UsersRequest,
-    now: DateTime<Utc>,
-) -> Result<ChangeReport, Error> {
-    ws.apply_cohort_changes(partner, &req.cohort_id, &req.cohort_changes, now)
-}
-
 /// The success body of the users endpoint.
 pub fn users_success_body(report: &ChangeReport) -> Value {
     json!({
@@ -435,71 +414,4 @@ impl Endpoint {
             _ => None,
         }
     }
-}
-
-/// A protocol response: status and JSON body.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Response {
-    pub status: u16,
-    pub body: Value,
-    /// For the users endpoint, what the request did.
-    pub report: Option<ChangeReport>,
-}
-
-impl From<ProtocolError> for Response {
-    fn from(e: ProtocolError) -> Self {
-        Response {
-            status: e.status(),
-            body: e.body(),
-            report: None,
-        }
-    }
-}
-
-/// Serves one partner request against a workspace: routes the partner,
-/// validates the body, checks the credentials with `authorize`, applies the
-/// change and builds the response. A request that fails any step changes
-/// nothing.
-pub fn handle(
-    ws: &mut Workspace,
-    partner: &str,
-    endpoint: Endpoint,
-    body: &[u8],
-    now: DateTime<Utc>,
-    authorize: &dyn Fn(Partner, &Credentials) -> Result<(), ProtocolError>,
-) -> Response {
-    let Ok(partner) = partner.parse::<Partner>() else {
-        return ProtocolError::UnknownPartner(partner.to_string()).into();
-    };
-    let applied = match endpoint {
-        Endpoint::Cohorts => parse_cohort_request(body).and_then(|req| {
-            authorize(partner, &req.credentials)?;
-            apply_cohort_request(ws, partner, &req)
-                .map(|created| (if created { 201 } else { 200 }, cohort_success_body(), None))
-                .map_err(library_error)
-        }),
-        Endpoint::CohortUsers => parse_users_request(body).and_then(|req| {
-            authorize(partner, &req.credentials)?;
-            apply_users_request(ws, partner, &req, now)
-                .map(|r| {
-                    let status = if r.cohort_created { 201 } else { 200 };
-                    (status, users_success_body(&r), Some(r))
-                })
-                .map_err(library_error)
-        }),
-    };
-    match applied {
-        Ok((status, body, report)) => Response {
-            status,
-            body,
-            report,
-        },
-        Err(e) => e.into(),
-    }
-}
-
-/// A library error met while applying a validated request (which validation
-/// should have caught) becomes a 400 with its text.
-fn library_error(e: Error) -> ProtocolError {
-    ProtocolError::bad(vec![e.to_string()])
 }

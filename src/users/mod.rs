@@ -79,6 +79,29 @@ pub struct Upserted {
     pub created: bool,
 }
 
+/// What [`UserRegistry::upsert`] would do, from
+/// [`UserRegistry::plan_upsert`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpsertPlan {
+    /// Create a user with these identifiers, as `user`, in `bucket`.
+    Create {
+        user: UserId,
+        external_id: Option<String>,
+        devices: Vec<String>,
+        /// `(alias_label, alias_name)` pairs.
+        aliases: Vec<(String, String)>,
+        bucket: u16,
+    },
+    /// Give an existing user the identifiers it does not hold yet (both
+    /// lists may be empty).
+    Extend {
+        user: UserId,
+        devices: Vec<String>,
+        /// `(alias_label, alias_name)` pairs.
+        aliases: Vec<(String, String)>,
+    },
+}
+
 /// Identifiers held in memory: those of a user created since the snapshot,
 /// or those a snapshot user was given since.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -550,10 +573,12 @@ impl UserRegistry {
         }
     }
 
-    /// Creates a user. Fails, changing nothing, if any identifier is empty,
-    /// named twice, or already held by another user.
-    pub fn create(&mut self, new: NewUser) -> Result<UserId> {
-        self.check_new(&new)?;
+    /// Where [`Self::create`] would put `new`: the id it gets and its
+    /// bucket (the one given, or the one drawn for that id). Fails, as
+    /// `create` would, if any identifier is empty, named twice, or already
+    /// held by another user. Changes nothing.
+    pub fn plan_create(&self, new: &NewUser) -> Result<(UserId, u16)> {
+        self.check_new(new)?;
         if u64::from(self.len()) >= MAX_USERS {
             return Err(Error::TooManyUsers { max: MAX_USERS });
         }
@@ -562,6 +587,13 @@ impl UserRegistry {
             Some(b) => b,
             None => default_bucket(self.seed, id),
         };
+        Ok((id, bucket))
+    }
+
+    /// Creates a user. Fails, changing nothing, if any identifier is empty,
+    /// named twice, or already held by another user.
+    pub fn create(&mut self, new: NewUser) -> Result<UserId> {
+        let (id, bucket) = self.plan_create(&new)?;
         let mut rec = Idents {
             external_id: None,
             devices: Vec::with_capacity(new.devices.len()),
@@ -587,21 +619,26 @@ impl UserRegistry {
         Ok(id)
     }
 
-    /// Creates a user, or, when `new.external_id` names an existing user,
-    /// adds the devices and aliases it does not hold yet to that user. Fails,
-    /// changing nothing, when an identifier is held by somebody else.
-    pub fn upsert(&mut self, new: NewUser) -> Result<Upserted> {
+    /// What [`Self::upsert`] would do with `new`, checked whole: create it
+    /// (with its id and bucket), or, when `new.external_id` names an
+    /// existing user, give that user the devices and aliases it does not
+    /// hold yet. Fails, as `upsert` would, when an identifier is held by
+    /// somebody else. Changes nothing.
+    pub fn plan_upsert(&self, new: NewUser) -> Result<UpsertPlan> {
         let existing = new
             .external_id
             .as_deref()
             .and_then(|e| self.match_external_id(e));
         let Some(user) = existing else {
-            return self.create(new).map(|user| Upserted {
+            let (user, bucket) = self.plan_create(&new)?;
+            return Ok(UpsertPlan::Create {
                 user,
-                created: true,
+                external_id: new.external_id,
+                devices: new.devices,
+                aliases: new.aliases,
+                bucket,
             });
         };
-        // Check everything before changing anything.
         let devices: Vec<String> = new
             .devices
             .into_iter()
@@ -619,16 +656,53 @@ impl UserRegistry {
             bucket: None,
         };
         self.check_new(&rest)?;
-        for d in rest.devices {
-            self.insert_device(user, d);
-        }
-        for (l, n) in rest.aliases {
-            self.insert_alias(user, l, n);
-        }
-        Ok(Upserted {
+        Ok(UpsertPlan::Extend {
             user,
-            created: false,
+            devices: rest.devices,
+            aliases: rest.aliases,
         })
+    }
+
+    /// Creates a user, or, when `new.external_id` names an existing user, adds
+    /// the devices and aliases it does not hold yet to that user. Fails,
+    /// changing nothing, when an identifier is held by somebody else.
+    pub fn upsert(&mut self, new: NewUser) -> Result<Upserted> {
+        match self.plan_upsert(new)? {
+            UpsertPlan::Create {
+                external_id,
+                devices,
+                aliases,
+                bucket,
+                ..
+            } => {
+                let new = NewUser {
+                    external_id,
+                    devices,
+                    aliases,
+                    bucket: Some(bucket),
+                };
+                self.create(new).map(|user| Upserted {
+                    user,
+                    created: true,
+                })
+            }
+            UpsertPlan::Extend {
+                user,
+                devices,
+                aliases,
+            } => {
+                for d in devices {
+                    self.insert_device(user, d);
+                }
+                for (l, n) in aliases {
+                    self.insert_alias(user, l, n);
+                }
+                Ok(Upserted {
+                    user,
+                    created: false,
+                })
+            }
+        }
     }
 
     fn insert_device(&mut self, user: UserId, device_id: String) {
@@ -645,53 +719,67 @@ impl UserRegistry {
         self.by_alias.insert(key, user);
     }
 
-    /// Gives a user an alias. Adding an alias the user already holds is a
-    /// no-op; an alias held by another user is an error.
-    pub fn add_alias(&mut self, user: UserId, label: &str, name: &str) -> Result<()> {
+    /// Whether [`Self::add_alias`] would give `user` the alias (false: it
+    /// holds it already). Fails, as `add_alias` would, for an unknown user,
+    /// an empty or too long label or name, or an alias another user
+    /// holds. Changes nothing.
+    pub fn check_alias(&self, user: UserId, label: &str, name: &str) -> Result<bool> {
         self.record_exists(user)?;
         check_identifier("alias_label", label)?;
         check_identifier("alias_name", name)?;
         match self.find_alias(label, name) {
-            Some(holder) if holder == user => Ok(()),
+            Some(holder) if holder == user => Ok(false),
             Some(holder) => Err(Error::DuplicateAlias {
                 label: label.into(),
                 name: name.into(),
                 holder,
             }),
-            None => {
-                self.insert_alias(user, label.into(), name.into());
-                Ok(())
-            }
+            None => Ok(true),
+        }
+    }
+
+    /// Gives a user an alias. Adding an alias the user already holds is a
+    /// no-op; an alias held by another user is an error.
+    pub fn add_alias(&mut self, user: UserId, label: &str, name: &str) -> Result<()> {
+        if self.check_alias(user, label, name)? {
+            self.insert_alias(user, label.into(), name.into());
+        }
+        Ok(())
+    }
+
+    /// Whether [`Self::add_device`] would give `user` the device (false:
+    /// it holds it already). Fails as `add_device` would. Changes nothing.
+    pub fn check_device(&self, user: UserId, device_id: &str) -> Result<bool> {
+        self.record_exists(user)?;
+        check_identifier("device_id", device_id)?;
+        match self.device_holder(device_id) {
+            Some(holder) if holder == user => Ok(false),
+            Some(holder) => Err(Error::DuplicateDevice {
+                device_id: device_id.into(),
+                holder,
+            }),
+            None => Ok(true),
         }
     }
 
     /// Gives a user a device. Adding a device the user already holds is a
     /// no-op; a device held by another user is an error.
     pub fn add_device(&mut self, user: UserId, device_id: &str) -> Result<()> {
-        self.record_exists(user)?;
-        check_identifier("device_id", device_id)?;
-        match self.device_holder(device_id) {
-            Some(holder) if holder == user => Ok(()),
-            Some(holder) => Err(Error::DuplicateDevice {
-                device_id: device_id.into(),
-                holder,
-            }),
-            None => {
-                self.insert_device(user, device_id.into());
-                Ok(())
-            }
+        if self.check_device(user, device_id)? {
+            self.insert_device(user, device_id.into());
         }
+        Ok(())
     }
 
-    /// Identifies an anonymous user: gives it an external_id. From then on
-    /// its device_ids no longer match it in imports. Identifying a user again
-    /// with the id it already has is a no-op.
-    pub fn identify(&mut self, user: UserId, external_id: &str) -> Result<()> {
+    /// Whether [`Self::identify`] would give `user` the external_id (false:
+    /// it has that one already). Fails as `identify` would. Changes
+    /// nothing.
+    pub fn check_identify(&self, user: UserId, external_id: &str) -> Result<bool> {
         self.record_exists(user)?;
         check_identifier("external_id", external_id)?;
         if let Some(current) = self.external_id(user) {
             if current == external_id {
-                return Ok(());
+                return Ok(false);
             }
             return Err(Error::AlreadyIdentified {
                 user,
@@ -705,9 +793,18 @@ impl UserRegistry {
                 holder,
             });
         }
-        let ext: Box<str> = external_id.into();
-        self.by_external.insert(ext.clone(), user);
-        self.idents_mut(user).external_id = Some(ext);
+        Ok(true)
+    }
+
+    /// Identifies an anonymous user: gives it an external_id. From then on
+    /// its device_ids no longer match it in imports. Identifying a user again
+    /// with the id it already has is a no-op.
+    pub fn identify(&mut self, user: UserId, external_id: &str) -> Result<()> {
+        if self.check_identify(user, external_id)? {
+            let ext: Box<str> = external_id.into();
+            self.by_external.insert(ext.clone(), user);
+            self.idents_mut(user).external_id = Some(ext);
+        }
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Duration};
 use segq::cohorts::{Cohort, CohortCatalog, SyncStats, UNMATCHED_SAMPLE};
-use segq::import::{apply_cohort_request, parse_cohort_request};
+use segq::engine::WorkspaceHandle;
+use segq::import::{parse_cohort_request, CohortRequest, Credentials, UsersRequest};
 use segq::segment::{self, Filter};
 use segq::{CohortKey, Error, Partner, Workspace};
 use serde_json::json;
@@ -15,15 +16,38 @@ use crate::support::{
 const AMP: Partner = Partner::Amplitude;
 const MIX: Partner = Partner::Mixpanel;
 
-/// Three identified users `u-0`, `u-1`, `u-2`.
-fn workspace() -> Workspace {
-    let mut ws = Workspace::new("cohorts", 5);
+/// Three identified users `u-0`, `u-1`, `u-2`, served from memory.
+fn workspace() -> WorkspaceHandle {
+    let h = WorkspaceHandle::in_memory(Workspace::new("cohorts", 5)).unwrap();
     for u in 0..3 {
-        ws.users
-            .create(new_user(Some(&format!("u-{u}")), &[], &[]))
+        h.upsert_user(new_user(Some(&format!("u-{u}")), &[], &[]))
             .unwrap();
     }
-    ws
+    h
+}
+
+fn credentials() -> Credentials {
+    Credentials {
+        partner_api_key: PARTNER_API_KEY.into(),
+        client_secret: CLIENT_SECRET.into(),
+    }
+}
+
+/// A validated create-or-rename request, applied as the server applies it.
+fn upsert(
+    h: &WorkspaceHandle,
+    partner: Partner,
+    cohort_id: &str,
+    name: &str,
+    created_at: DateTime<chrono::FixedOffset>,
+) -> Result<bool, Error> {
+    let req = CohortRequest {
+        credentials: credentials(),
+        cohort_id: cohort_id.into(),
+        name: name.into(),
+        created_at,
+    };
+    h.upsert_cohort(partner, &req)
 }
 
 fn time(s: &str) -> DateTime<chrono::FixedOffset> {
@@ -32,30 +56,29 @@ fn time(s: &str) -> DateTime<chrono::FixedOffset> {
 
 #[test]
 fn upsert_creates_then_renames_keeping_members() {
-    let mut ws = workspace();
+    let h = workspace();
     let t = time("2021-01-21T19:20:30+05:00");
-    assert!(ws
-        .upsert_cohort(AMP, "c-9f1e", "Power users", Some(t))
-        .unwrap());
+    assert!(upsert(&h, AMP, "c-9f1e", "Power users", t).unwrap());
+    let ws = h.read();
     let c = cohort(&ws, AMP, "c-9f1e");
     assert_eq!(c.name, "Power users");
     assert_eq!(c.created_at, Some(t));
     assert!(c.is_empty());
     assert_eq!(c.sync, SyncStats::default());
+    drop(ws);
 
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c-9f1e",
         json!([{"user_ids": ["u-0", "u-2"]}]),
         jan(1),
     );
-    let r = import_ok(&mut ws, AMP, "c-9f1e", json!([]), jan(1));
+    let r = import_ok(&h, AMP, "c-9f1e", json!([]), jan(1));
     assert!(!r.cohort_created, "the cohorts endpoint created it");
 
-    assert!(!ws
-        .upsert_cohort(AMP, "c-9f1e", "Power users (30d)", Some(t))
-        .unwrap());
+    assert!(!upsert(&h, AMP, "c-9f1e", "Power users (30d)", t).unwrap());
+    let ws = h.read();
     let c = cohort(&ws, AMP, "c-9f1e");
     assert_eq!(c.name, "Power users (30d)");
     assert_eq!(members(&ws, AMP, "c-9f1e"), [0, 2]);
@@ -66,7 +89,7 @@ fn upsert_creates_then_renames_keeping_members() {
 
 #[test]
 fn the_cohorts_endpoint_creates_then_renames() {
-    let mut ws = workspace();
+    let h = workspace();
     let body = |name: &str| {
         serde_json::to_vec(&json!({
             "partner_api_key": PARTNER_API_KEY,
@@ -77,16 +100,11 @@ fn the_cohorts_endpoint_creates_then_renames() {
         .unwrap()
     };
     let req = parse_cohort_request(&body("First")).unwrap();
-    assert!(
-        apply_cohort_request(&mut ws, MIX, &req).unwrap(),
-        "201: created"
-    );
-    import_ok(&mut ws, MIX, "c-1", json!([{"user_ids": ["u-1"]}]), jan(1));
+    assert!(h.upsert_cohort(MIX, &req).unwrap(), "201: created");
+    import_ok(&h, MIX, "c-1", json!([{"user_ids": ["u-1"]}]), jan(1));
     let req = parse_cohort_request(&body("Second")).unwrap();
-    assert!(
-        !apply_cohort_request(&mut ws, MIX, &req).unwrap(),
-        "200: renamed"
-    );
+    assert!(!h.upsert_cohort(MIX, &req).unwrap(), "200: renamed");
+    let ws = h.read();
     assert_eq!(cohort(&ws, MIX, "c-1").name, "Second");
     assert_eq!(members(&ws, MIX, "c-1"), [1]);
     assert_eq!(
@@ -97,68 +115,66 @@ fn the_cohorts_endpoint_creates_then_renames() {
 
 #[test]
 fn an_unknown_cohort_id_in_a_users_request_creates_the_cohort_named_by_its_id() {
-    let mut ws = workspace();
-    let r = import_ok(
-        &mut ws,
-        AMP,
-        "c-new",
-        json!([{"user_ids": ["u-1"]}]),
-        jan(1),
-    );
+    let h = workspace();
+    let r = import_ok(&h, AMP, "c-new", json!([{"user_ids": ["u-1"]}]), jan(1));
     assert!(r.cohort_created);
+    let ws = h.read();
     let c = cohort(&ws, AMP, "c-new");
     assert_eq!(c.name, "c-new");
     assert_eq!(c.created_at, None);
     assert_eq!(members(&ws, AMP, "c-new"), [1]);
+    drop(ws);
 
     // The next request finds it.
-    let r = import_ok(
-        &mut ws,
-        AMP,
-        "c-new",
-        json!([{"user_ids": ["u-2"]}]),
-        jan(1),
-    );
+    let r = import_ok(&h, AMP, "c-new", json!([{"user_ids": ["u-2"]}]), jan(1));
     assert!(!r.cohort_created);
     // An empty request (a credentials test) creates no phantom cohort.
-    let r = import_ok(&mut ws, AMP, "c-empty", json!([]), jan(1));
+    let r = import_ok(&h, AMP, "c-empty", json!([]), jan(1));
     assert!(!r.cohort_created);
-    assert!(ws.cohorts.get(&CohortKey::new(AMP, "c-empty")).is_none());
-    let r = import_ok(&mut ws, AMP, "c-empty", json!([{"user_ids": []}]), jan(1));
+    assert!(h
+        .read()
+        .cohorts
+        .get(&CohortKey::new(AMP, "c-empty"))
+        .is_none());
+    let r = import_ok(&h, AMP, "c-empty", json!([{"user_ids": []}]), jan(1));
     assert!(!r.cohort_created);
-    assert!(ws.cohorts.get(&CohortKey::new(AMP, "c-empty")).is_none());
+    assert!(h
+        .read()
+        .cohorts
+        .get(&CohortKey::new(AMP, "c-empty"))
+        .is_none());
 
     // The partner names it later: not a creation, members kept.
     let t = time("2021-01-21T19:20:30+05:00");
-    assert!(!ws.upsert_cohort(AMP, "c-new", "Named", Some(t)).unwrap());
-    assert_eq!(cohort(&ws, AMP, "c-new").name, "Named");
-    assert_eq!(cohort(&ws, AMP, "c-new").created_at, Some(t));
-    assert_eq!(members(&ws, AMP, "c-new"), [1, 2]);
+    assert!(!upsert(&h, AMP, "c-new", "Named", t).unwrap());
+    assert_eq!(cohort(&h.read(), AMP, "c-new").name, "Named");
+    assert_eq!(cohort(&h.read(), AMP, "c-new").created_at, Some(t));
+    assert_eq!(members(&h.read(), AMP, "c-new"), [1, 2]);
 
     // A second rename keeps the creation time the cohort has.
     let later = time("2022-02-02T00:00:00Z");
-    assert!(!ws
-        .upsert_cohort(AMP, "c-new", "Renamed", Some(later))
-        .unwrap());
-    assert_eq!(cohort(&ws, AMP, "c-new").name, "Renamed");
-    assert_eq!(cohort(&ws, AMP, "c-new").created_at, Some(t));
+    assert!(!upsert(&h, AMP, "c-new", "Renamed", later).unwrap());
+    assert_eq!(cohort(&h.read(), AMP, "c-new").name, "Renamed");
+    assert_eq!(cohort(&h.read(), AMP, "c-new").created_at, Some(t));
 }
 
 #[test]
 fn cohorts_of_different_partners_with_the_same_cohort_id_are_distinct() {
-    let mut ws = workspace();
-    assert!(ws.upsert_cohort(AMP, "c", "Amp", None).unwrap());
-    assert!(ws.upsert_cohort(MIX, "c", "Mix", None).unwrap());
-    import_ok(&mut ws, AMP, "c", json!([{"user_ids": ["u-0"]}]), jan(1));
+    let h = workspace();
+    let t = time("2021-01-21T19:20:30Z");
+    assert!(upsert(&h, AMP, "c", "Amp", t).unwrap());
+    assert!(upsert(&h, MIX, "c", "Mix", t).unwrap());
+    import_ok(&h, AMP, "c", json!([{"user_ids": ["u-0"]}]), jan(1));
     let r = import_ok(
-        &mut ws,
+        &h,
         Partner::Heap,
         "c",
         json!([{"user_ids": ["u-2"]}]),
         jan(1),
     );
     assert!(r.cohort_created, "heap/c is a new cohort");
-    import_ok(&mut ws, MIX, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
+    import_ok(&h, MIX, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
+    let ws = h.read();
 
     assert_eq!(ws.cohorts.len(), 3);
     assert_eq!(members(&ws, AMP, "c"), [0]);
@@ -197,7 +213,7 @@ fn cohorts_of_different_partners_with_the_same_cohort_id_are_distinct() {
 
 #[test]
 fn resolve_finds_a_cohort_by_id_or_unique_name() {
-    let mut ws = workspace();
+    let mut ws = workspace().into_workspace();
     ws.upsert_cohort(AMP, "c-1", "Power users", None).unwrap();
     ws.upsert_cohort(AMP, "c-3", "Churn", None).unwrap();
     ws.upsert_cohort(AMP, "c-2", "Churn", None).unwrap();
@@ -282,18 +298,34 @@ fn resolve_finds_a_cohort_by_id_or_unique_name() {
 
 #[test]
 fn invalid_cohort_ids_and_names_are_refused_and_change_nothing() {
-    let mut ws = workspace();
-    let before = fingerprint(&ws);
+    let h = workspace();
+    let before = fingerprint(&h);
+    let t = time("2021-01-21T19:20:30Z");
+    assert!(matches!(
+        upsert(&h, AMP, "", "Name", t),
+        Err(Error::InvalidCohort(_))
+    ));
+    assert!(matches!(
+        upsert(&h, AMP, "c", "", t),
+        Err(Error::InvalidCohort(_))
+    ));
+    let blank = UsersRequest {
+        credentials: credentials(),
+        cohort_id: String::new(),
+        cohort_changes: vec![],
+    };
+    assert!(matches!(
+        h.import_users(AMP, &blank, jan(1)),
+        Err(Error::InvalidCohort(_))
+    ));
+    // The catalog (what log replay applies) refuses them too.
+    let mut ws = h.into_workspace();
     assert!(matches!(
         ws.upsert_cohort(AMP, "", "Name", None),
         Err(Error::InvalidCohort(_))
     ));
     assert!(matches!(
         ws.upsert_cohort(AMP, "c", "", None),
-        Err(Error::InvalidCohort(_))
-    ));
-    assert!(matches!(
-        ws.apply_cohort_changes(AMP, "", &[], jan(1)),
         Err(Error::InvalidCohort(_))
     ));
     let mut catalog = CohortCatalog::new();
@@ -313,7 +345,7 @@ fn invalid_cohort_ids_and_names_are_refused_and_change_nothing() {
 
 #[test]
 fn by_partner_lists_a_partners_cohorts_by_id() {
-    let mut ws = workspace();
+    let mut ws = workspace().into_workspace();
     for id in ["b", "a", "c"] {
         ws.upsert_cohort(AMP, id, id, None).unwrap();
     }
@@ -353,10 +385,10 @@ fn insert_installs_a_cohort_as_it_is() {
 
 #[test]
 fn sync_stats_record_each_request() {
-    let mut ws = workspace();
+    let h = workspace();
     let t1 = jan(1);
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([
@@ -365,7 +397,7 @@ fn sync_stats_record_each_request() {
         t1,
     );
     assert_eq!((r.added, r.removed, r.matched, r.unmatched), (2, 1, 3, 1));
-    let s = &cohort(&ws, AMP, "c").sync;
+    let s = cohort(&h.read(), AMP, "c").sync.clone();
     assert_eq!(s.last_sync, Some(t1));
     assert_eq!((s.last_added, s.last_removed), (2, 1));
     assert_eq!(
@@ -377,33 +409,33 @@ fn sync_stats_record_each_request() {
     // The next request: last_* are replaced, totals accumulate.
     let t2 = t1 + Duration::minutes(1);
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["u-1", "u-2", "ghost-b"], "should_remove": true}]),
         t2,
     );
-    let s = &cohort(&ws, AMP, "c").sync;
+    let s = cohort(&h.read(), AMP, "c").sync.clone();
     assert_eq!(s.last_sync, Some(t2));
     assert_eq!((s.last_added, s.last_removed), (0, 1));
     assert_eq!((s.matched_total, s.unmatched_total), (5, 2));
     assert_eq!(s.recent_unmatched, ["user_id:ghost-a", "user_id:ghost-b"]);
-    assert!(members(&ws, AMP, "c").is_empty());
+    assert!(members(&h.read(), AMP, "c").is_empty());
 
     // Another cohort's stats are its own.
-    import_ok(&mut ws, AMP, "other", json!([{"user_ids": ["u-2"]}]), t2);
-    assert_eq!(cohort(&ws, AMP, "c").sync.matched_total, 5);
-    assert_eq!(cohort(&ws, AMP, "other").sync.matched_total, 1);
+    import_ok(&h, AMP, "other", json!([{"user_ids": ["u-2"]}]), t2);
+    assert_eq!(cohort(&h.read(), AMP, "c").sync.matched_total, 5);
+    assert_eq!(cohort(&h.read(), AMP, "other").sync.matched_total, 1);
 }
 
 #[test]
 fn recent_unmatched_keeps_the_newest_sample_oldest_first() {
     assert_eq!(UNMATCHED_SAMPLE, 100);
-    let mut ws = workspace();
+    let h = workspace();
     // One request with 150 unmatched ids: the last 100 are kept.
     let ghosts: Vec<String> = (0..150).map(|i| format!("ghost-{i}")).collect();
-    import_ok(&mut ws, AMP, "c", json!([{"user_ids": ghosts}]), jan(1));
-    let s = &cohort(&ws, AMP, "c").sync;
+    import_ok(&h, AMP, "c", json!([{"user_ids": ghosts}]), jan(1));
+    let s = cohort(&h.read(), AMP, "c").sync.clone();
     assert_eq!(s.unmatched_total, 150);
     assert_eq!(s.recent_unmatched.len(), UNMATCHED_SAMPLE);
     assert_eq!(s.recent_unmatched.front().unwrap(), "user_id:ghost-50");
@@ -411,8 +443,8 @@ fn recent_unmatched_keeps_the_newest_sample_oldest_first() {
 
     // Ten more: the ten oldest drop out.
     let more: Vec<String> = (0..10).map(|i| format!("d-{i}")).collect();
-    import_ok(&mut ws, AMP, "c", json!([{"device_ids": more}]), jan(1));
-    let s = &cohort(&ws, AMP, "c").sync;
+    import_ok(&h, AMP, "c", json!([{"device_ids": more}]), jan(1));
+    let s = cohort(&h.read(), AMP, "c").sync.clone();
     assert_eq!(s.unmatched_total, 160);
     assert_eq!(s.recent_unmatched.len(), UNMATCHED_SAMPLE);
     assert_eq!(s.recent_unmatched.front().unwrap(), "user_id:ghost-60");
@@ -421,9 +453,13 @@ fn recent_unmatched_keeps_the_newest_sample_oldest_first() {
     assert_eq!(s.recent_unmatched.back().unwrap(), "device_id:d-9");
 
     // Matched ids do not enter the sample.
-    import_ok(&mut ws, AMP, "c", json!([{"user_ids": ["u-0"]}]), jan(1));
+    import_ok(&h, AMP, "c", json!([{"user_ids": ["u-0"]}]), jan(1));
     assert_eq!(
-        cohort(&ws, AMP, "c").sync.recent_unmatched.back().unwrap(),
+        cohort(&h.read(), AMP, "c")
+            .sync
+            .recent_unmatched
+            .back()
+            .unwrap(),
         "device_id:d-9"
     );
 }

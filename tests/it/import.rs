@@ -3,6 +3,7 @@
 //! nothing".
 
 use segq::cohorts::{Alias, CohortChange};
+use segq::engine::WorkspaceHandle;
 use segq::import::{
     cohort_success_body, parse_cohort_request, parse_created_at, parse_users_request, texts,
     users_success_body, ProtocolError, MAX_IDENTIFIERS,
@@ -125,19 +126,12 @@ fn the_protocol_examples_parse() {
 
 #[test]
 fn the_protocol_example_applies() {
-    let mut ws = Workspace::new("example", 1);
-    ws.users.create(new_user(Some("u-1"), &[], &[])).unwrap();
-    ws.users
-        .create(new_user(None, &["d"], &[("email", "ann@example.com")]))
+    let h = WorkspaceHandle::in_memory(Workspace::new("example", 1)).unwrap();
+    h.upsert_user(new_user(Some("u-1"), &[], &[])).unwrap();
+    h.upsert_user(new_user(None, &["d"], &[("email", "ann@example.com")]))
         .unwrap();
-    ws.users.create(new_user(Some("u-3"), &[], &[])).unwrap();
-    let r = import(
-        &mut ws,
-        Partner::Amplitude,
-        USERS_EXAMPLE.as_bytes(),
-        jan(1),
-    )
-    .unwrap();
+    h.upsert_user(new_user(Some("u-3"), &[], &[])).unwrap();
+    let r = import(&h, Partner::Amplitude, USERS_EXAMPLE.as_bytes(), jan(1)).unwrap();
     assert_eq!((r.matched, r.unmatched, r.refused_device_ids), (3, 1, 0));
     assert_eq!(
         users_success_body(&r),
@@ -539,20 +533,19 @@ fn an_empty_name_is_refused() {
 
 #[test]
 fn a_request_that_fails_validation_changes_nothing() {
-    let mut ws = Workspace::new("refused", 3);
+    let h = WorkspaceHandle::in_memory(Workspace::new("refused", 3)).unwrap();
     for u in 0..5 {
-        ws.users
-            .create(new_user(Some(&format!("u-{u}")), &[&format!("d-{u}")], &[]))
+        h.upsert_user(new_user(Some(&format!("u-{u}")), &[&format!("d-{u}")], &[]))
             .unwrap();
     }
     import_ok(
-        &mut ws,
+        &h,
         Partner::Amplitude,
         "c",
         json!([{"user_ids": ["u-0", "u-1"]}]),
         jan(1),
     );
-    let before = fingerprint(&ws);
+    let before = fingerprint(&h);
 
     let valid_ids: Vec<String> = (0..1_000).map(|i| format!("u-{}", i % 5)).collect();
     let refused = [
@@ -574,15 +567,16 @@ fn a_request_that_fails_validation_changes_nothing() {
         b"{\"cohort_changes\": [{\"user_ids\": [\"u-2\"]}] ".to_vec(),
     ];
     for body in &refused {
-        let err = import(&mut ws, Partner::Amplitude, body, jan(2)).unwrap_err();
+        let err = import(&h, Partner::Amplitude, body, jan(2)).unwrap_err();
         assert!(matches!(err.status(), 400 | 401), "{err:?}");
         assert_eq!(
-            fingerprint(&ws),
+            fingerprint(&h),
             before,
             "refused: {}",
             String::from_utf8_lossy(body)
         );
     }
+    let ws = h.read();
     assert!(ws
         .cohorts
         .get(&segq::CohortKey::new(Partner::Amplitude, "new"))

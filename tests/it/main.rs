@@ -27,3 +27,4 @@ mod support;
 mod users;
 mod wire_safety;
 mod workload;
+mod write_path;

@@ -1,6 +1,7 @@
 //! The identity-matching rules of PROTOCOL.md ("Matching users"), one test
 //! per rule, driven through the JSON bodies the HTTP API receives.
 
+use segq::engine::WorkspaceHandle;
 use segq::import::users_success_body;
 use segq::{Partner, UserId, UserRef, Workspace};
 use serde_json::json;
@@ -17,8 +18,8 @@ const MIX: Partner = Partner::Mixpanel;
 /// - 3: anonymous, device `later-dev` (tests identify it later)
 /// - 4: `u-3`, alias (amplitude_id, 42)
 /// - 5: anonymous, devices `multi-1` and `multi-2`
-fn workspace() -> Workspace {
-    let mut ws = Workspace::new("matching", 11);
+fn workspace() -> WorkspaceHandle {
+    let h = WorkspaceHandle::in_memory(Workspace::new("matching", 11)).unwrap();
     let users = [
         new_user(Some("u-1"), &["dev-ann"], &[("email", "ann@example.com")]),
         new_user(Some("u-2"), &[], &[]),
@@ -28,42 +29,37 @@ fn workspace() -> Workspace {
         new_user(None, &["multi-1", "multi-2"], &[]),
     ];
     for (i, u) in users.into_iter().enumerate() {
-        assert_eq!(ws.users.create(u).unwrap(), UserId(i as u32));
+        let up = h.upsert_user(u).unwrap();
+        assert_eq!((up.user, up.created), (UserId(i as u32), true));
     }
-    ws
+    h
 }
 
 #[test]
 fn external_id_matches_the_user_whose_external_id_it_is() {
-    let mut ws = workspace();
-    let r = import_ok(
-        &mut ws,
-        AMP,
-        "c",
-        json!([{"user_ids": ["u-2", "u-3"]}]),
-        jan(1),
-    );
-    assert_eq!(members(&ws, AMP, "c"), [1, 4]);
+    let h = workspace();
+    let r = import_ok(&h, AMP, "c", json!([{"user_ids": ["u-2", "u-3"]}]), jan(1));
+    assert_eq!(members(&h.read(), AMP, "c"), [1, 4]);
     assert_eq!((r.matched, r.unmatched, r.refused_device_ids), (2, 0, 0));
     assert_eq!((r.added, r.removed), (2, 0));
 
     // A user_id equal to somebody's device id or alias name is not theirs.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["anon-dev", "ann@example.com", "42", "U-1", "u-1 "]}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "c"), [1, 4]);
+    assert_eq!(members(&h.read(), AMP, "c"), [1, 4]);
     assert_eq!((r.matched, r.unmatched), (0, 5));
 }
 
 #[test]
 fn alias_matches_the_user_holding_that_label_and_name_exactly() {
-    let mut ws = workspace();
+    let h = workspace();
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"aliases": [
@@ -71,13 +67,13 @@ fn alias_matches_the_user_holding_that_label_and_name_exactly() {
             {"alias_name": "42", "alias_label": "amplitude_id"}]}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "c"), [0, 4]);
+    assert_eq!(members(&h.read(), AMP, "c"), [0, 4]);
     assert_eq!((r.matched, r.unmatched), (2, 0));
 
     // The same name under another label, the pair swapped, another case:
     // all match nobody.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "d",
         json!([{"aliases": [
@@ -87,10 +83,10 @@ fn alias_matches_the_user_holding_that_label_and_name_exactly() {
             {"alias_name": "42", "alias_label": "email"}]}]),
         jan(1),
     );
-    assert!(members(&ws, AMP, "d").is_empty());
+    assert!(members(&h.read(), AMP, "d").is_empty());
     assert_eq!((r.matched, r.unmatched), (0, 4));
     assert_eq!(
-        cohort(&ws, AMP, "d").sync.recent_unmatched,
+        cohort(&h.read(), AMP, "d").sync.recent_unmatched,
         [
             "alias:work_email:ann@example.com",
             "alias:ann@example.com:email",
@@ -102,71 +98,63 @@ fn alias_matches_the_user_holding_that_label_and_name_exactly() {
 
 #[test]
 fn device_id_matches_an_anonymous_user() {
-    let mut ws = workspace();
+    let h = workspace();
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"device_ids": ["anon-dev", "multi-2"]}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "c"), [2, 5]);
+    assert_eq!(members(&h.read(), AMP, "c"), [2, 5]);
     assert_eq!((r.matched, r.unmatched, r.refused_device_ids), (2, 0, 0));
     // Either device of a user with two finds the same user.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"device_ids": ["multi-1"], "should_remove": true}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "c"), [2]);
+    assert_eq!(members(&h.read(), AMP, "c"), [2]);
     assert_eq!(r.removed, 1);
 }
 
 #[test]
 fn device_id_of_an_identified_user_is_refused_not_matched() {
-    let mut ws = workspace();
+    let h = workspace();
     // User 0 was identified from the start; its device never matches.
-    let r = import_ok(
-        &mut ws,
-        AMP,
-        "c",
-        json!([{"device_ids": ["dev-ann"]}]),
-        jan(1),
-    );
-    assert!(members(&ws, AMP, "c").is_empty());
+    let r = import_ok(&h, AMP, "c", json!([{"device_ids": ["dev-ann"]}]), jan(1));
+    assert!(members(&h.read(), AMP, "c").is_empty());
     assert_eq!((r.matched, r.unmatched, r.refused_device_ids), (0, 0, 1));
     assert_eq!(r.data_points, 0);
 }
 
 #[test]
 fn device_id_of_a_user_identified_later_is_refused_not_matched() {
-    let mut ws = workspace();
+    let h = workspace();
     // While anonymous, the device matches: add user 3 to "c".
-    let r = import_ok(
-        &mut ws,
-        AMP,
-        "c",
-        json!([{"device_ids": ["later-dev"]}]),
-        jan(1),
-    );
+    let r = import_ok(&h, AMP, "c", json!([{"device_ids": ["later-dev"]}]), jan(1));
     assert_eq!((r.matched, r.added), (1, 1));
-    assert_eq!(members(&ws, AMP, "c"), [3]);
+    assert_eq!(members(&h.read(), AMP, "c"), [3]);
 
-    ws.users.identify(UserId(3), "u-later").unwrap();
+    assert_eq!(
+        h.identify(&UserRef::DeviceId("later-dev".into()), "u-later")
+            .unwrap(),
+        UserId(3)
+    );
 
     // Now the device is refused: a remove does not remove ...
-    let before = ws.data_points(AMP, date(2));
+    let before = h.read().data_points(AMP, date(2));
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"device_ids": ["later-dev"], "should_remove": true}]),
         jan(2),
     );
     assert_eq!(
-        members(&ws, AMP, "c"),
+        members(&h.read(), AMP, "c"),
         [3],
         "a refused device removes nobody"
     );
@@ -175,28 +163,22 @@ fn device_id_of_a_user_identified_later_is_refused_not_matched() {
         (0, 0, 1, 0)
     );
     assert_eq!(
-        ws.data_points(AMP, date(2)),
+        h.read().data_points(AMP, date(2)),
         before,
         "refused ids cost nothing"
     );
     // ... and an add does not add.
-    let r = import_ok(
-        &mut ws,
-        AMP,
-        "d",
-        json!([{"device_ids": ["later-dev"]}]),
-        jan(2),
-    );
+    let r = import_ok(&h, AMP, "d", json!([{"device_ids": ["later-dev"]}]), jan(2));
     assert!(
-        members(&ws, AMP, "d").is_empty(),
+        members(&h.read(), AMP, "d").is_empty(),
         "a refused device adds nobody"
     );
     assert_eq!((r.matched, r.refused_device_ids, r.added), (0, 1, 0));
     assert!(
-        cohort(&ws, AMP, "d").sync.recent_unmatched.is_empty(),
+        cohort(&h.read(), AMP, "d").sync.recent_unmatched.is_empty(),
         "a refused id is not an unmatched one"
     );
-    assert_eq!(cohort(&ws, AMP, "c").sync.refused_total, 1);
+    assert_eq!(cohort(&h.read(), AMP, "c").sync.refused_total, 1);
     assert_eq!(
         users_success_body(&r),
         json!({"message": "success", "matched": 0, "unmatched": 0, "refused_device_ids": 1})
@@ -204,21 +186,21 @@ fn device_id_of_a_user_identified_later_is_refused_not_matched() {
 
     // The new external_id matches the user.
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["u-later"], "should_remove": true}]),
         jan(2),
     );
-    assert!(members(&ws, AMP, "c").is_empty());
+    assert!(members(&h.read(), AMP, "c").is_empty());
 }
 
 #[test]
 fn unknown_identifiers_match_nobody_and_create_no_user() {
-    let mut ws = workspace();
-    let users_before = fingerprint(&ws).users;
+    let h = workspace();
+    let users_before = fingerprint(&h).users;
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([
@@ -227,8 +209,8 @@ fn unknown_identifiers_match_nobody_and_create_no_user() {
             {"user_ids": ["ghost-2"], "should_remove": true}]),
         jan(1),
     );
-    assert_eq!(ws.users.len(), 6, "the import never creates a user");
-    assert_eq!(fingerprint(&ws).users, users_before);
+    assert_eq!(h.read().users.len(), 6, "the import never creates a user");
+    assert_eq!(fingerprint(&h).users, users_before);
     for r in [
         UserRef::ExternalId("ghost".into()),
         UserRef::ExternalId("ghost-2".into()),
@@ -238,13 +220,13 @@ fn unknown_identifiers_match_nobody_and_create_no_user() {
             name: "ghost@example.com".into(),
         },
     ] {
-        assert_eq!(ws.users.lookup(&r), None, "{r}");
+        assert_eq!(h.read().users.lookup(&r), None, "{r}");
     }
-    assert_eq!(members(&ws, AMP, "c"), [0]);
+    assert_eq!(members(&h.read(), AMP, "c"), [0]);
     assert_eq!((r.matched, r.unmatched, r.refused_device_ids), (1, 4, 0));
     assert_eq!(r.data_points, 1, "unmatched identifiers cost nothing");
 
-    let sync = &cohort(&ws, AMP, "c").sync;
+    let sync = cohort(&h.read(), AMP, "c").sync.clone();
     assert_eq!(sync.unmatched_total, 4);
     assert_eq!(sync.matched_total, 1);
     // Within an object: user_ids, then aliases, then device_ids.
@@ -261,9 +243,9 @@ fn unknown_identifiers_match_nobody_and_create_no_user() {
 
 #[test]
 fn adding_a_member_twice_is_a_no_op() {
-    let mut ws = workspace();
+    let h = workspace();
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([
@@ -271,40 +253,40 @@ fn adding_a_member_twice_is_a_no_op() {
             {"aliases": [{"alias_name": "ann@example.com", "alias_label": "email"}]}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "c"), [0]);
+    assert_eq!(members(&h.read(), AMP, "c"), [0]);
     assert_eq!((r.matched, r.added), (3, 1));
 
-    let state = fingerprint(&ws).cohorts[0].members.clone();
-    let r = import_ok(&mut ws, AMP, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
-    assert_eq!(fingerprint(&ws).cohorts[0].members, state);
+    let state = fingerprint(&h).cohorts[0].members.clone();
+    let r = import_ok(&h, AMP, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
+    assert_eq!(fingerprint(&h).cohorts[0].members, state);
     assert_eq!((r.matched, r.added, r.removed), (1, 0, 0));
-    assert_eq!(cohort(&ws, AMP, "c").sync.last_added, 0);
+    assert_eq!(cohort(&h.read(), AMP, "c").sync.last_added, 0);
 }
 
 #[test]
 fn removing_a_non_member_is_a_no_op() {
-    let mut ws = workspace();
-    import_ok(&mut ws, AMP, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
+    let h = workspace();
+    import_ok(&h, AMP, "c", json!([{"user_ids": ["u-1"]}]), jan(1));
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["u-2"], "device_ids": ["anon-dev"], "should_remove": true}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "c"), [0]);
+    assert_eq!(members(&h.read(), AMP, "c"), [0]);
     assert_eq!((r.matched, r.removed, r.added), (2, 0, 0));
 
     // Removing from a cohort that did not exist creates it, empty.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "new",
         json!([{"user_ids": ["u-1"], "should_remove": true}]),
         jan(1),
     );
     assert!(r.cohort_created);
-    assert!(members(&ws, AMP, "new").is_empty());
+    assert!(members(&h.read(), AMP, "new").is_empty());
     assert_eq!(r.removed, 0);
 }
 
@@ -326,38 +308,38 @@ fn replaying_a_request_gives_the_same_state() {
             json!([{"device_ids": ["multi-1", "dev-ann"], "should_remove": null}]),
         ),
     ];
-    let mut ws = workspace();
+    let h = workspace();
     for (id, changes) in &requests {
-        import_ok(&mut ws, AMP, id, changes.clone(), jan(1));
+        import_ok(&h, AMP, id, changes.clone(), jan(1));
     }
-    let once: Vec<_> = ["c", "d"].map(|c| members(&ws, AMP, c)).into();
+    let once: Vec<_> = ["c", "d"].map(|c| members(&h.read(), AMP, c)).into();
     assert_eq!(once, [vec![0, 2, 4], vec![5]]);
 
     // Each request replayed right after itself ...
-    let mut twice_each = workspace();
+    let twice_each = workspace();
     for (id, changes) in &requests {
-        import_ok(&mut twice_each, AMP, id, changes.clone(), jan(1));
-        let after_one = members(&twice_each, AMP, id);
-        let r = import_ok(&mut twice_each, AMP, id, changes.clone(), jan(1));
-        assert_eq!(members(&twice_each, AMP, id), after_one);
+        import_ok(&twice_each, AMP, id, changes.clone(), jan(1));
+        let after_one = members(&twice_each.read(), AMP, id);
+        let r = import_ok(&twice_each, AMP, id, changes.clone(), jan(1));
+        assert_eq!(members(&twice_each.read(), AMP, id), after_one);
         assert_eq!((r.added, r.removed), (0, 0), "a replay changes no member");
     }
     // ... and the whole sequence replayed: the same members.
     for (id, changes) in &requests {
-        import_ok(&mut ws, AMP, id, changes.clone(), jan(1));
+        import_ok(&h, AMP, id, changes.clone(), jan(1));
     }
-    for ws in [&ws, &twice_each] {
-        let again: Vec<_> = ["c", "d"].map(|c| members(ws, AMP, c)).into();
+    for ws in [&h, &twice_each] {
+        let again: Vec<_> = ["c", "d"].map(|c| members(&ws.read(), AMP, c)).into();
         assert_eq!(again, once);
     }
 }
 
 #[test]
 fn changes_apply_in_order() {
-    let mut ws = workspace();
+    let h = workspace();
     // Add then remove the same user in one request: out.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "add-remove",
         json!([
@@ -366,19 +348,19 @@ fn changes_apply_in_order() {
              "should_remove": true}]),
         jan(1),
     );
-    assert!(members(&ws, AMP, "add-remove").is_empty());
+    assert!(members(&h.read(), AMP, "add-remove").is_empty());
     assert_eq!((r.added, r.removed), (1, 1));
 
     // Remove then add: in.
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "remove-add",
         json!([{"device_ids": ["anon-dev"]}]),
         jan(1),
     );
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "remove-add",
         json!([
@@ -386,12 +368,12 @@ fn changes_apply_in_order() {
             {"device_ids": ["anon-dev"], "should_remove": false}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "remove-add"), [2]);
+    assert_eq!(members(&h.read(), AMP, "remove-add"), [2]);
     assert_eq!((r.added, r.removed), (1, 1));
 
     // Remove then add of a non-member: in; add, remove, add: in.
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "seq",
         json!([
@@ -402,17 +384,17 @@ fn changes_apply_in_order() {
             {"user_ids": ["u-2"], "should_remove": true}]),
         jan(1),
     );
-    assert_eq!(members(&ws, AMP, "seq"), [4]);
+    assert_eq!(members(&h.read(), AMP, "seq"), [4]);
 }
 
 #[test]
 fn every_matched_add_or_remove_is_one_data_point_per_partner_and_day() {
-    let mut ws = workspace();
-    assert_eq!(ws.data_points_by_day().count(), 0);
+    let h = workspace();
+    assert_eq!(h.read().data_points_by_day().count(), 0);
 
     // Day 1, amplitude: 3 matched adds, 2 unmatched, 1 refused.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["u-1", "u-2", "ghost"],
@@ -420,21 +402,21 @@ fn every_matched_add_or_remove_is_one_data_point_per_partner_and_day() {
         jan(1),
     );
     assert_eq!(r.data_points, 3);
-    assert_eq!(ws.data_points(AMP, date(1)), 3);
+    assert_eq!(h.read().data_points(AMP, date(1)), 3);
     // A matched remove, and a matched add of an existing member (a no-op
     // for membership, but a matched add all the same).
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["u-2"], "should_remove": true}, {"user_ids": ["u-1"]}]),
         jan(1),
     );
     assert_eq!(r.data_points, 2);
-    assert_eq!(ws.data_points(AMP, date(1)), 5);
+    assert_eq!(h.read().data_points(AMP, date(1)), 5);
     // Only unmatched and refused ids: nothing billed.
     let r = import_ok(
-        &mut ws,
+        &h,
         AMP,
         "c",
         json!([{"user_ids": ["nobody"], "device_ids": ["dev-ann"]}]),
@@ -442,13 +424,13 @@ fn every_matched_add_or_remove_is_one_data_point_per_partner_and_day() {
     );
     assert_eq!(r.data_points, 0);
     // An empty request (a credentials test) costs nothing.
-    import_ok(&mut ws, AMP, "c", json!([]), jan(1));
-    assert_eq!(ws.data_points(AMP, date(1)), 5);
+    import_ok(&h, AMP, "c", json!([]), jan(1));
+    assert_eq!(h.read().data_points(AMP, date(1)), 5);
 
     // Day 1, mixpanel: counted apart from amplitude, even for the same
     // cohort_id.
     import_ok(
-        &mut ws,
+        &h,
         MIX,
         "c",
         json!([{"aliases": [{"alias_name": "42", "alias_label": "amplitude_id"}],
@@ -457,7 +439,7 @@ fn every_matched_add_or_remove_is_one_data_point_per_partner_and_day() {
     );
     // Day 2, amplitude.
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "other",
         json!([{"device_ids": ["multi-1"]}]),
@@ -471,28 +453,28 @@ fn every_matched_add_or_remove_is_one_data_point_per_partner_and_day() {
         .and_utc();
     let midnight = jan(3).date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "other",
         json!([{"user_ids": ["u-3"]}]),
         before_midnight,
     );
     import_ok(
-        &mut ws,
+        &h,
         AMP,
         "other",
         json!([{"user_ids": ["u-3", "u-2"]}]),
         midnight,
     );
 
-    assert_eq!(ws.data_points(AMP, date(1)), 5);
-    assert_eq!(ws.data_points(MIX, date(1)), 2);
-    assert_eq!(ws.data_points(AMP, date(2)), 2);
-    assert_eq!(ws.data_points(MIX, date(2)), 0);
-    assert_eq!(ws.data_points(AMP, date(3)), 2);
-    assert_eq!(ws.data_points(Partner::Heap, date(1)), 0);
+    assert_eq!(h.read().data_points(AMP, date(1)), 5);
+    assert_eq!(h.read().data_points(MIX, date(1)), 2);
+    assert_eq!(h.read().data_points(AMP, date(2)), 2);
+    assert_eq!(h.read().data_points(MIX, date(2)), 0);
+    assert_eq!(h.read().data_points(AMP, date(3)), 2);
+    assert_eq!(h.read().data_points(Partner::Heap, date(1)), 0);
     assert_eq!(
-        ws.data_points_by_day().collect::<Vec<_>>(),
+        h.read().data_points_by_day().collect::<Vec<_>>(),
         [
             (AMP, date(1), 5),
             (AMP, date(2), 2),

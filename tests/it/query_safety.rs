@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use segq::engine::WorkspaceHandle;
 use segq::query::{Frozen, Uncached};
 use segq::segment::{eval, BucketCmp, Filter};
 use segq::snapshot::format::{SectionKind, SnapshotWriter};
@@ -121,11 +122,11 @@ fn the_breakdown_is_the_quadratic_definition_in_one_pass() {
     // it and members added and removed.
     let snap = Snapshot::from_bytes(snapshot::writer::write(&ws, 1).expect("writes"), "mem")
         .expect("opens");
-    let mut layered = Snapshot::load(Arc::new(snap)).expect("loads");
+    let layered = Snapshot::load(Arc::new(snap)).expect("loads");
+    let layered = WorkspaceHandle::in_memory(layered).expect("served");
     for i in 0..3_000 {
         layered
-            .users
-            .create(new_user(Some(&format!("late{i}")), &[], &[]))
+            .upsert_user(new_user(Some(&format!("late{i}")), &[], &[]))
             .expect("a new user");
     }
     let late: Vec<String> = (0..1_000).map(|i| format!("late{i}")).collect();
@@ -133,21 +134,21 @@ fn the_breakdown_is_the_quadratic_definition_in_one_pass() {
     for c in 0..spec.cohorts {
         let id = workload::cohort_id(c);
         import_ok(
-            &mut layered,
+            &layered,
             workload::PARTNER,
             &id,
             json!([{"user_ids": late}]),
             jan(2),
         );
         import_ok(
-            &mut layered,
+            &layered,
             workload::PARTNER,
             &id,
             json!([{"user_ids": early, "should_remove": c % 2 == 0}]),
             jan(3),
         );
     }
-    check_breakdowns(&layered, spec.cohorts, 2);
+    check_breakdowns(&layered.read(), spec.cohorts, 2);
 }
 
 #[test]
@@ -165,19 +166,20 @@ fn a_frozen_view_answers_for_the_moment_it_was_taken() {
     let before = query::count(&ws, &Uncached, &f, false).unwrap().count;
     // The view borrows nothing of the workspace: it may change meanwhile.
     let frozen = Frozen::new(&ws, &Uncached, &[&f], false).expect("a view");
+    let h = WorkspaceHandle::in_memory(ws).expect("served");
     for i in 0..500 {
-        ws.users
-            .create(new_user(Some(&format!("new{i}")), &[], &[]))
+        h.upsert_user(new_user(Some(&format!("new{i}")), &[], &[]))
             .unwrap();
     }
     let ids: Vec<String> = (0..500).map(|i| format!("new{i}")).collect();
     import_ok(
-        &mut ws,
+        &h,
         workload::PARTNER,
         &workload::cohort_id(0),
         json!([{"user_ids": ids}]),
         jan(2),
     );
+    ws = h.into_workspace();
     assert_eq!(query::count_in(&frozen, &f, false).unwrap().count, before);
     let after = query::count(&ws, &Uncached, &f, false).unwrap().count;
     assert_eq!(after, before + 500);

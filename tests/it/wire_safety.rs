@@ -598,15 +598,15 @@ fn a_cohort_deleted_and_created_again_during_a_compaction_keeps_only_its_own_mem
         ws.rebase(frozen, snap).unwrap();
     };
     // c1 = {u0, u1} lives in a first snapshot.
-    ws.apply_cohort_changes(AMP, "c1", &ch(&["u0", "u1"]), now)
-        .unwrap();
+    let resolved = segq::cohorts::resolve(&ws.users, &ch(&["u0", "u1"]));
+    ws.apply_resolved(AMP, "c1", &resolved, now).unwrap();
     let frozen = ws.clone();
     compact(&mut ws, &frozen, 1);
     // A second compaction freezes it; then it is deleted and made again.
     let frozen = ws.clone();
     ws.delete_cohort(AMP, "c1").unwrap();
-    ws.apply_cohort_changes(AMP, "c1", &ch(&["u2"]), now)
-        .unwrap();
+    let resolved = segq::cohorts::resolve(&ws.users, &ch(&["u2"]));
+    ws.apply_resolved(AMP, "c1", &resolved, now).unwrap();
     compact(&mut ws, &frozen, 2);
     let c = ws.cohorts.get(&CohortKey::new(AMP, "c1")).unwrap();
     assert_eq!(

@@ -10,7 +10,8 @@ pub use state::fingerprint;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use segq::cohorts::{ChangeReport, Cohort};
-use segq::import::{apply_users_request, parse_users_request, ProtocolError};
+use segq::engine::WorkspaceHandle;
+use segq::import::{parse_users_request, ProtocolError};
 use segq::users::NewUser;
 use segq::{Partner, Workspace};
 use serde_json::Value;
@@ -38,20 +39,21 @@ pub fn users_body(cohort_id: &str, changes: Value) -> Vec<u8> {
 }
 
 /// What the HTTP API does with a users request: validate the whole body,
-/// then apply it.
+/// then apply it through the workspace's write path.
 pub fn import(
-    ws: &mut Workspace,
+    h: &WorkspaceHandle,
     partner: Partner,
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<ChangeReport, ProtocolError> {
     let req = parse_users_request(body)?;
-    Ok(apply_users_request(ws, partner, &req, now).expect("a validated request applies"))
+    Ok(h.import_users(partner, &req, now)
+        .expect("a validated request applies"))
 }
 
 /// [`import`] of a body that must be valid.
 pub fn import_ok(
-    ws: &mut Workspace,
+    ws: &WorkspaceHandle,
     partner: Partner,
     cohort_id: &str,
     changes: Value,
