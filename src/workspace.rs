@@ -1,5 +1,9 @@
 //! A workspace: one customer's user base (an "app group"), with its users,
-//! its partner cohorts and its billing counters.
+//! its partner cohorts and its billing counters; [`source`], its cohorts'
+//! in-memory members serialized for the chunk evaluator (the cache a live
+//! workspace keeps) and a plan's leaves fetched from it.
+
+pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 

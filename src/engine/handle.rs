@@ -72,7 +72,7 @@ pub struct WorkspaceHandle {
     /// The log failure (`LogWriter::failure_id`) whose changes were last
     /// undone, so a reset retried later does not undo them again.
     undone: Mutex<Option<u64>>,
-    bitmaps: crate::query::SerialCache,
+    bitmaps: crate::workspace::source::SerialCache,
     /// The workspace's folder.
     dir: PathBuf,
     /// The manifest in force (None before the first compaction) and the
@@ -864,7 +864,7 @@ impl WorkspaceHandle {
 
     /// Serialized cohort bitmaps for the chunk evaluator, reused while a
     /// cohort does not change.
-    pub fn bitmaps(&self) -> &crate::query::SerialCache {
+    pub fn bitmaps(&self) -> &crate::workspace::source::SerialCache {
         &self.bitmaps
     }
 

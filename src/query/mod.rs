@@ -7,16 +7,16 @@
 //!
 //! This is where a workspace meets the chunk evaluator
 //! ([`crate::segment::fast`], which knows plans and bitmap bytes only):
-//! [`BitmapSource`] serializes a cohort's in-memory members and fetches a
-//! plan's leaves from a workspace, [`Frozen`] is a copy of what some
-//! filters need, taken under the workspace's lock and evaluated after.
+//! [`BitmapSource`] (in [`crate::workspace::source`], below the engine,
+//! whose live workspaces keep its cache) serializes a cohort's in-memory
+//! members and fetches a plan's leaves from a workspace, [`Frozen`] is a
+//! copy of what some filters need, taken under the workspace's lock and evaluated after.
 //!
 //! | File | Holds |
 //! |---|---|
 //! | `count.rs` | counts, `explain`, estimates, breakdown |
 //! | `members.rs` | member pages, cursors |
 //! | `check.rs` | one-user and batch checks |
-//! | `source.rs` | `BitmapSource`, the serialized-cohort cache, plans on a workspace |
 //! | `frozen.rs` | `Frozen`, the view evaluated without the lock |
 //! | `render.rs` | member pages as JSON Lines or CSV |
 //! | `service.rs` | the queries on a `WorkspaceHandle`, as JSON answers |
@@ -29,7 +29,6 @@ mod frozen;
 mod members;
 pub mod render;
 pub mod service;
-mod source;
 
 pub use check::{check, check_many, Check};
 pub use count::{
@@ -38,7 +37,7 @@ pub use count::{
 };
 pub use frozen::Frozen;
 pub use members::{members_page, Cursor, CursorScope, Page, MAX_PAGE};
-pub use source::{serialize, BitmapSource, SerialCache, Uncached};
+pub use crate::workspace::source::{serialize, BitmapSource, SerialCache, Uncached};
 
 use crate::error::Result;
 use crate::segment::fast::Prepared;
