@@ -19,10 +19,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use segq::cohorts::{MemberOp, ResolvedChanges};
+use segq::engine::persist;
 use segq::engine::record::{self, Change};
 use segq::log::{FaultyFile, LogWriter};
 use segq::segment::{BucketCmp, Filter};
-use segq::snapshot::{self, Snapshot};
+use segq::snapshot::Snapshot;
 use segq::{Partner, UserId, Workspace};
 
 const LOG: &str = "fixtures/log/v1-every-record.segqlog";
@@ -447,14 +448,14 @@ fn the_version_1_snapshot_of_every_record_reads_as_expected() {
     let bytes = read(SNAP);
     let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), SNAP).expect("opens"));
     snap.verify().expect("verifies");
-    let ws = Snapshot::load(snap.clone()).expect("loads");
+    let ws = persist::load_workspace(snap.clone()).expect("loads");
     let seq = snap.meta().expect("meta").seq;
     assert_eq!(
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(SNAP_EXPECTED)
     );
     assert!(
-        snapshot::writer::write(&ws, seq).expect("writes") == bytes,
+        persist::write_snapshot(&ws, seq).expect("writes") == bytes,
         "the loaded workspace writes other bytes than it was read from"
     );
 }
@@ -479,11 +480,11 @@ fn write_the_golden_fixtures() {
     std::fs::write(root().join(LOG_EXPECTED), text).unwrap();
     std::fs::write(
         root().join(SNAP),
-        snapshot::writer::write(&ws, seq).unwrap(),
+        persist::write_snapshot(&ws, seq).unwrap(),
     )
     .unwrap();
     let snap = Arc::new(Snapshot::open(&root().join(SNAP)).unwrap());
-    let loaded = Snapshot::load(snap).unwrap();
+    let loaded = persist::load_workspace(snap).unwrap();
     std::fs::write(
         root().join(SNAP_EXPECTED),
         format!("seq {seq}\n{}", describe(&loaded)),
