@@ -313,8 +313,7 @@ fn the_streaming_generator_writes_the_snapshot_of_the_generated_workspace() {
 /// The snapshot module is storage: bytes, sections, dictionaries and its
 /// own persisted types. It imports nothing of the domain (the workspace,
 /// users, cohorts, segments, the workload, queries) nor the engine, which
-/// converts between the two (`engine::persist`). `bench.rs` is the
-/// command line's and not counted.
+/// converts between the two (`engine::persist`).
 #[test]
 fn the_snapshot_module_imports_no_domain() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/snapshot");
@@ -333,7 +332,7 @@ fn the_snapshot_module_imports_no_domain() {
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|f| f.ends_with(".rs") && f != "bench.rs")
+        .filter(|f| f.ends_with(".rs"))
         .collect();
     files.sort();
     assert!(files.len() >= 7, "{files:?}");
