@@ -19,8 +19,9 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 
+use segq::engine::persist;
 use segq::segment::{eval, fast, plan, BucketCmp, Filter};
-use segq::snapshot::{self, Snapshot};
+use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
 use segq::UserId;
 
@@ -146,11 +147,11 @@ fn bench(c: &mut Criterion) {
     // file, plus the changes since in memory (`LiveDelta::TYPICAL`).
     let dir = tempfile::tempdir().expect("a temporary folder");
     let path = dir.path().join("bench.segqsnap");
-    let bytes = snapshot::writer::write(&ws, 0).expect("writes");
+    let bytes = persist::write_snapshot(&ws, 0).expect("writes");
     std::fs::write(&path, bytes).expect("writes the file");
     let snap = Arc::new(Snapshot::open(&path).expect("maps"));
-    let mapped = Snapshot::load(snap.clone()).expect("loads");
-    let mut live = Snapshot::load(snap).expect("loads");
+    let mapped = persist::load_workspace(snap.clone()).expect("loads");
+    let mut live = persist::load_workspace(snap).expect("loads");
     LiveDelta::TYPICAL.apply(&mut live).expect("applies");
     let live_cache = segq::query::SerialCache::default();
     for (what, w) in [("mapped", &mapped), ("mapped+delta", &live)] {

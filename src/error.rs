@@ -240,3 +240,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::ids::UnknownPartner> for Error {
+    fn from(e: crate::ids::UnknownPartner) -> Self {
+        Error::UnknownPartner { found: e.found }
+    }
+}
+
+impl From<crate::ids::BadUserRef> for Error {
+    fn from(e: crate::ids::BadUserRef) -> Self {
+        Error::InvalidIdentifier {
+            kind: e.kind,
+            reason: e.reason,
+        }
+    }
+}

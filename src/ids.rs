@@ -6,8 +6,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 /// A dense internal user id, assigned in creation order within a workspace.
 #[derive(
     Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
@@ -90,8 +88,24 @@ impl fmt::Display for Partner {
     }
 }
 
+/// A partner name that is none of [`Partner::ALL`] (converted into
+/// [`crate::error::Error::UnknownPartner`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownPartner {
+    /// The name as given.
+    pub found: String,
+}
+
+impl fmt::Display for UnknownPartner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown partner {:?}", self.found)
+    }
+}
+
+impl std::error::Error for UnknownPartner {}
+
 impl FromStr for Partner {
-    type Err = Error;
+    type Err = UnknownPartner;
 
     /// Exact, lower-case match: the wire protocol's partner names are lower
     /// case, and `Amplitude` in a URL is a different (unknown) partner.
@@ -99,7 +113,7 @@ impl FromStr for Partner {
         Partner::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| Error::UnknownPartner {
+            .ok_or_else(|| UnknownPartner {
                 found: s.to_string(),
             })
     }
@@ -140,7 +154,7 @@ pub enum UserRef {
 impl UserRef {
     /// Parses the command-line form: `external_id:u-1`, `device_id:d-1`,
     /// `alias:email:ann@example.com`, or a bare external id.
-    pub fn parse_cli(s: &str) -> Result<UserRef, Error> {
+    pub fn parse_cli(s: &str) -> Result<UserRef, BadUserRef> {
         if let Some(rest) = s.strip_prefix("external_id:") {
             Ok(UserRef::ExternalId(rest.to_string()))
         } else if let Some(rest) = s.strip_prefix("device_id:") {
@@ -151,7 +165,7 @@ impl UserRef {
                     label: label.to_string(),
                     name: name.to_string(),
                 }),
-                None => Err(Error::InvalidIdentifier {
+                None => Err(BadUserRef {
                     kind: "alias",
                     reason: format!("expected alias:LABEL:NAME, found {s:?}"),
                 }),
@@ -161,6 +175,24 @@ impl UserRef {
         }
     }
 }
+
+/// A command-line user reference that does not parse (converted into
+/// [`crate::error::Error::InvalidIdentifier`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadUserRef {
+    /// The identifier kind it names.
+    pub kind: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for BadUserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.kind, self.reason)
+    }
+}
+
+impl std::error::Error for BadUserRef {}
 
 impl fmt::Display for UserRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

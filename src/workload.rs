@@ -403,8 +403,7 @@ pub fn write_snapshot<W: std::io::Write>(
         segments: Vec::new(),
         ext: Default::default(),
     };
-    let meta = bincode::serde::encode_to_vec(&meta, bincode::config::standard())
-        .map_err(|e| Error::Internal(format!("encoding the snapshot meta: {e}")))?;
+    let meta = meta.encode().map_err(Error::Internal)?;
     let mut w = SnapshotWriter::to(out)?;
     w.section(SectionKind::Meta, &meta)?;
     w.section(SectionKind::Buckets, &buckets)?;

@@ -259,7 +259,7 @@ mod tests {
         }
         let key = CohortKey::new(Partner::Amplitude, "evens");
         ws.cohorts.get_or_create(key).unwrap().0.members = (0..1_000u32).step_by(2).collect();
-        let bytes = crate::snapshot::writer::write(&ws, 1).unwrap();
+        let bytes = crate::engine::persist::write_snapshot(&ws, 1).unwrap();
         let good = Snapshot::from_bytes(bytes.clone(), "good").unwrap();
         let at = good.meta().unwrap().cohorts[0].offset as usize;
         let mut w = SnapshotWriter::new();

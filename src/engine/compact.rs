@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::log::{self, LogWriter};
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST";
@@ -249,7 +249,7 @@ pub(crate) fn publish(
     let before = |e: Error| Failed::Before(e);
     let t = std::time::Instant::now();
     let generation = current.map_or(1, |m| m.generation + 1);
-    let bytes = snapshot::writer::write(ws, seq).map_err(before)?;
+    let bytes = super::persist::write_snapshot(ws, seq).map_err(before)?;
     let snap_name = snapshot_name(generation);
     let snap = dir.join(&snap_name);
     let tmp: PathBuf = dir.join(format!("{snap_name}.tmp"));

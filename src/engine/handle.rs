@@ -1028,7 +1028,7 @@ fn rebuild(
                 Some(s) => s,
                 None => Arc::new(compact::open_snapshot(dir, m)?),
             };
-            let mut ws = crate::snapshot::Snapshot::load(snap)?;
+            let mut ws = super::persist::load_workspace(snap)?;
             ws.set_name(name);
             Some(ws)
         }

@@ -43,6 +43,7 @@ mod config;
 mod handle;
 pub mod keys;
 mod memory;
+pub mod persist;
 pub mod record;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
@@ -502,7 +503,7 @@ fn load_workspace(
         return load_first_log(name, dir, mode);
     };
     let snap = Arc::new(compact::open_snapshot(dir, &m)?);
-    let mut ws = Snapshot::load(snap)?;
+    let mut ws = persist::load_workspace(snap)?;
     // A restored snapshot may come from a workspace of another name.
     ws.set_name(name);
     let path = dir.join(&m.log);

@@ -7,8 +7,9 @@
 //! cannot fail on a log that segq wrote; a record that does not apply is
 //! reported as corruption.
 //!
-//! Payloads are bincode 2 (standard configuration) of [`Change`]; times are
-//! milliseconds since the Unix epoch.
+//! Payloads are [`super::persist::record`]'s persisted form of [`Change`]
+//! (explicit, append-only tags); times are milliseconds since the Unix
+//! epoch.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -113,36 +114,15 @@ pub enum Change {
     },
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 impl Change {
-    /// The log payload.
+    /// The log payload (its persisted form: [`super::persist::record`]).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        bincode::serde::encode_to_vec(self, config()).map_err(|e| Error::Corrupt {
-            path: "<log record>".into(),
-            reason: format!("cannot encode a change: {e}"),
-        })
+        super::persist::record::encode(self)
     }
 
     /// Reads a log payload; `path` and `seq` name it in errors.
     pub fn decode(bytes: &[u8], path: &str, seq: u64) -> Result<Change> {
-        let (change, used) =
-            bincode::serde::decode_from_slice(bytes, config()).map_err(|e| Error::Corrupt {
-                path: path.to_string(),
-                reason: format!("record {seq} does not decode: {e}"),
-            })?;
-        if used != bytes.len() {
-            return Err(Error::Corrupt {
-                path: path.to_string(),
-                reason: format!(
-                    "record {seq} has {} trailing bytes after its change",
-                    bytes.len() - used
-                ),
-            });
-        }
-        Ok(change)
+        super::persist::record::decode(bytes, path, seq)
     }
 }
 

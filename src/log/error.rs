@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::format::{MAGIC, MAX_PAYLOAD};
+use super::layout::{MAGIC, MAX_PAYLOAD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

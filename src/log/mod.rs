@@ -80,6 +80,7 @@
 mod error;
 mod faulty;
 mod format;
+mod layout;
 mod storage;
 mod writer;
 

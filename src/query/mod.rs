@@ -30,6 +30,7 @@ mod members;
 pub mod render;
 pub mod service;
 
+pub use crate::workspace::source::{serialize, BitmapSource, SerialCache, Uncached};
 pub use check::{check, check_many, Check};
 pub use count::{
     breakdown, breakdown_in, count, count_in, estimate, estimate_in, wilson, BreakdownRow, Count,
@@ -37,7 +38,6 @@ pub use count::{
 };
 pub use frozen::Frozen;
 pub use members::{members_page, Cursor, CursorScope, Page, MAX_PAGE};
-pub use crate::workspace::source::{serialize, BitmapSource, SerialCache, Uncached};
 
 use crate::error::Result;
 use crate::segment::fast::Prepared;

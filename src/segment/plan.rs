@@ -142,6 +142,34 @@ pub trait Catalog {
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)>;
 }
 
+/// A snapshot's catalog, read from its meta section.
+impl Catalog for crate::snapshot::Snapshot {
+    fn users(&self) -> u64 {
+        self.meta().map_or(0, |m| u64::from(m.users))
+    }
+
+    fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
+        let meta = self.meta()?;
+        let mine = || meta.cohorts.iter().filter(|c| c.partner == partner);
+        if let Some(c) = mine().find(|c| c.cohort_id == value) {
+            return Ok((c.cohort_id.clone(), c.cardinality));
+        }
+        let named: Vec<_> = mine().filter(|c| c.name == value).collect();
+        match named.as_slice() {
+            [one] => Ok((one.cohort_id.clone(), one.cardinality)),
+            [] => Err(crate::error::Error::NoSuchCohort {
+                partner,
+                value: value.to_string(),
+            }),
+            many => Err(crate::error::Error::AmbiguousCohortName {
+                partner,
+                name: value.to_string(),
+                ids: many.iter().map(|c| c.cohort_id.clone()).collect(),
+            }),
+        }
+    }
+}
+
 /// Plans a filter: resolves cohorts (by id or unique name), looks up
 /// cardinalities, and normalises.
 pub fn plan(catalog: &dyn Catalog, filter: &Filter) -> Result<Plan> {

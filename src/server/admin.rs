@@ -40,7 +40,8 @@ use super::extract::{parse_user_ref, run_blocking, workspace, JsonBody, PathPara
 use super::AppState;
 
 fn partner(name: &str) -> Result<Partner, ApiError> {
-    name.parse::<Partner>().map_err(ApiError::from)
+    name.parse::<Partner>()
+        .map_err(|e| ApiError::from(crate::error::Error::from(e)))
 }
 
 fn user_ref(v: &Value) -> Result<UserRef, ApiError> {

@@ -646,7 +646,7 @@ pub async fn partner_cohorts(
     PathParams((ws, partner)): PathParams<(String, String)>,
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
-    let partner: Partner = partner.parse()?;
+    let partner: Partner = partner.parse().map_err(Error::from)?;
     run_blocking(move || {
         let ws = handle.read();
         let list: Vec<Value> = ws

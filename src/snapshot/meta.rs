@@ -1,6 +1,8 @@
 //! The `meta` section: everything of a workspace that is not per-user or a
-//! bitmap, as bincode 2 (standard configuration) of [`Meta`]. It is small
-//! (a few hundred bytes per cohort) and decoded on first use.
+//! bitmap, as bincode 2 (standard configuration) of [`Meta`], written by
+//! hand with explicit tags ([`super::codec`]). It is small (a few hundred
+//! bytes per cohort) and decoded on first use. These types are the
+//! snapshot's own: the engine converts a workspace to and from them.
 //!
 //! The section grows only by appending: after [`Meta`] may come a
 //! [`MetaExt`] (bincode 2 as well), written only when it holds something.
@@ -8,13 +10,17 @@
 //! existed) reads as an empty `MetaExt`. What is added later goes after
 //! `MetaExt` the same way, never into it.
 
-use serde::{Deserialize, Serialize};
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{Decode, Encode};
 
+use super::codec::{config, decode_partner, decode_seq, encode_partner, encode_seq};
+pub use super::codec::{PBucketCmp, PFilter};
 use crate::ids::Partner;
-use crate::segment::Filter;
 
 /// One cohort of the catalog.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CohortMeta {
     pub partner: Partner,
     pub cohort_id: String,
@@ -36,7 +42,7 @@ pub struct CohortMeta {
 }
 
 /// A data import key (its digest only).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyMeta {
     pub id: String,
     pub partner: Partner,
@@ -47,17 +53,17 @@ pub struct KeyMeta {
 }
 
 /// A saved segment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentMeta {
     pub id: String,
     pub name: String,
-    pub filter: Filter,
+    pub filter: PFilter,
     pub created_ms: i64,
     pub updated_ms: i64,
 }
 
 /// The workspace-level contents of a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
     pub workspace: String,
     pub seed: u64,
@@ -71,30 +77,25 @@ pub struct Meta {
     pub data_points: Vec<(Partner, i32, u64)>,
     pub segments: Vec<SegmentMeta>,
     /// Not part of `Meta`'s encoding: the [`MetaExt`] that follows it.
-    #[serde(skip)]
     pub ext: MetaExt,
 }
 
 /// What follows [`Meta`] in the section, when anything does.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetaExt {
     /// `(key id, milliseconds since the epoch)`: each data import key's
     /// last use as logged (keys never used are left out).
     pub key_last_used: Vec<(String, i64)>,
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 impl Meta {
     /// The section's bytes: `Meta`, then the `MetaExt` unless it is empty
     /// (so a snapshot without one is byte for byte what older segq wrote).
     pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let mut out = bincode::serde::encode_to_vec(self, config())
+        let mut out = bincode::encode_to_vec(self, config())
             .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
         if self.ext != MetaExt::default() {
-            bincode::serde::encode_into_std_write(&self.ext, &mut out, config())
+            bincode::encode_into_std_write(&self.ext, &mut out, config())
                 .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
         }
         Ok(out)
@@ -102,13 +103,13 @@ impl Meta {
 
     /// Reads the section's bytes (see the module's documentation).
     pub fn decode(bytes: &[u8]) -> Result<Meta, String> {
-        let (mut meta, used): (Meta, usize) = bincode::serde::decode_from_slice(bytes, config())
+        let (mut meta, used): (Meta, usize) = bincode::decode_from_slice(bytes, config())
             .map_err(|e| format!("meta section does not decode: {e}"))?;
         let rest = &bytes[used..];
         if rest.is_empty() {
             return Ok(meta);
         }
-        let (ext, used): (MetaExt, usize) = bincode::serde::decode_from_slice(rest, config())
+        let (ext, used): (MetaExt, usize) = bincode::decode_from_slice(rest, config())
             .map_err(|e| format!("meta section's extension does not decode: {e}"))?;
         if used != rest.len() {
             return Err(format!(
@@ -118,5 +119,143 @@ impl Meta {
         }
         meta.ext = ext;
         Ok(meta)
+    }
+}
+
+// The encodings: each struct's fields in declaration order (as bincode's
+// serde form wrote them), partners as their tags.
+
+impl Encode for CohortMeta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        encode_partner(self.partner, e)?;
+        (
+            &self.cohort_id,
+            &self.name,
+            &self.created_at,
+            self.cardinality,
+        )
+            .encode(e)?;
+        (self.offset, self.len, self.last_sync_ms, self.last_added).encode(e)?;
+        (self.last_removed, self.matched_total, self.unmatched_total).encode(e)?;
+        (self.refused_total, &self.recent_unmatched).encode(e)
+    }
+}
+
+impl<C> Decode<C> for CohortMeta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(CohortMeta {
+            partner: decode_partner(d)?,
+            cohort_id: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+            created_at: Decode::decode(d)?,
+            cardinality: Decode::decode(d)?,
+            offset: Decode::decode(d)?,
+            len: Decode::decode(d)?,
+            last_sync_ms: Decode::decode(d)?,
+            last_added: Decode::decode(d)?,
+            last_removed: Decode::decode(d)?,
+            matched_total: Decode::decode(d)?,
+            unmatched_total: Decode::decode(d)?,
+            refused_total: Decode::decode(d)?,
+            recent_unmatched: decode_seq(d, String::decode)?,
+        })
+    }
+}
+
+impl Encode for KeyMeta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.id.encode(e)?;
+        encode_partner(self.partner, e)?;
+        (
+            &self.digest,
+            &self.prefix,
+            self.created_ms,
+            self.invalidated_ms,
+        )
+            .encode(e)
+    }
+}
+
+impl<C> Decode<C> for KeyMeta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(KeyMeta {
+            id: Decode::decode(d)?,
+            partner: decode_partner(d)?,
+            digest: Decode::decode(d)?,
+            prefix: Decode::decode(d)?,
+            created_ms: Decode::decode(d)?,
+            invalidated_ms: Decode::decode(d)?,
+        })
+    }
+}
+
+impl Encode for SegmentMeta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (
+            &self.id,
+            &self.name,
+            &self.filter,
+            self.created_ms,
+            self.updated_ms,
+        )
+            .encode(e)
+    }
+}
+
+impl<C> Decode<C> for SegmentMeta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(SegmentMeta {
+            id: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+            filter: Decode::decode(d)?,
+            created_ms: Decode::decode(d)?,
+            updated_ms: Decode::decode(d)?,
+        })
+    }
+}
+
+impl Encode for Meta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (&self.workspace, self.seed, self.seq, self.users).encode(e)?;
+        (&self.cohorts, &self.keys).encode(e)?;
+        encode_seq(&self.enabled_partners, e, |p, e| encode_partner(*p, e))?;
+        encode_seq(&self.data_points, e, |(p, day, n), e| {
+            encode_partner(*p, e)?;
+            (day, n).encode(e)
+        })?;
+        self.segments.encode(e)
+    }
+}
+
+impl<C> Decode<C> for Meta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(Meta {
+            workspace: Decode::decode(d)?,
+            seed: Decode::decode(d)?,
+            seq: Decode::decode(d)?,
+            users: Decode::decode(d)?,
+            cohorts: decode_seq(d, CohortMeta::decode)?,
+            keys: decode_seq(d, KeyMeta::decode)?,
+            enabled_partners: decode_seq(d, decode_partner)?,
+            data_points: decode_seq(d, |d| {
+                Ok((decode_partner(d)?, i32::decode(d)?, u64::decode(d)?))
+            })?,
+            segments: decode_seq(d, SegmentMeta::decode)?,
+            ext: MetaExt::default(),
+        })
+    }
+}
+
+impl Encode for MetaExt {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.key_last_used.encode(e)
+    }
+}
+
+impl<C> Decode<C> for MetaExt {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(MetaExt {
+            key_last_used: decode_seq(d, |d| Ok((String::decode(d)?, i64::decode(d)?)))?,
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! dictionaries read in place ([`dict`]), and the memory map ([`mmap`]).
 //! Cohort bitmaps are read in place by [`crate::bitmap_view`].
 
+pub mod codec;
 pub mod dict;
 pub mod format;
 pub mod meta;

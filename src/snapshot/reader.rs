@@ -1,24 +1,20 @@
 //! Reads a snapshot in place: [`Snapshot::open`] maps the file and reads
-//! its footer (O(1)); every section is touched only when asked for.
+//! its footer (O(1)); every section is touched only when asked for. The
+//! workspace served from it is loaded by `engine::persist`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use chrono::DateTime;
 use serde::Serialize;
 
 use super::dict::{alias_key, Dict};
 use super::format::{Section, SectionKind, SnapshotFile};
 use super::meta::Meta;
 use super::mmap::Mapped;
-use super::writer::day_of;
 use crate::bitmap_view::{BitmapView, Container};
-use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId, UserRef, BUCKETS};
-use crate::users::UserRegistry;
-use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
 #[cfg(target_endian = "big")]
 compile_error!("segq's snapshot format is little-endian and read in place");
@@ -348,90 +344,6 @@ impl Snapshot {
         })
     }
 
-    /// The workspace this snapshot holds, served from it in place: users,
-    /// identifiers, buckets and cohort bitmaps stay in the map and only
-    /// the meta section (catalog, keys, partners, billing, saved segments)
-    /// is decoded. Changes made to the workspace afterwards are kept in
-    /// memory on top of the snapshot.
-    pub fn load(snap: Arc<Snapshot>) -> Result<Workspace> {
-        let meta = snap.meta()?;
-        let mut ws = Workspace::on_snapshot(
-            meta.workspace.clone(),
-            UserRegistry::on_snapshot(snap.clone())?,
-        );
-        for (i, c) in meta.cohorts.iter().enumerate() {
-            let created_at = match &c.created_at {
-                Some(t) => Some(crate::import::parse_created_at(t).ok_or_else(|| {
-                    snap.corrupt(format!(
-                        "cohort {} created_at {t:?} is not a valid time",
-                        c.cohort_id
-                    ))
-                })?),
-                None => None,
-            };
-            let mut cohort = Cohort::new(CohortKey::new(c.partner, c.cohort_id.clone()));
-            cohort.name = c.name.clone();
-            cohort.created_at = created_at;
-            cohort.members = Members::on_snapshot(BaseBitmap::new(snap.clone(), i)?);
-            if cohort.members.len() != c.cardinality {
-                return Err(snap.corrupt(format!(
-                    "cohort {}: catalog says {} members, bitmap holds {}",
-                    c.cohort_id,
-                    c.cardinality,
-                    cohort.members.len()
-                )));
-            }
-            cohort.sync = SyncStats {
-                last_sync: c.last_sync_ms.and_then(DateTime::from_timestamp_millis),
-                last_added: c.last_added,
-                last_removed: c.last_removed,
-                matched_total: c.matched_total,
-                unmatched_total: c.unmatched_total,
-                refused_total: c.refused_total,
-                recent_unmatched: c.recent_unmatched.iter().cloned().collect(),
-            };
-            ws.cohorts.insert(cohort)?;
-        }
-        for k in &meta.keys {
-            ws.keys.insert(
-                k.id.clone(),
-                KeyRecord {
-                    id: k.id.clone(),
-                    partner: k.partner,
-                    digest: k.digest,
-                    prefix: k.prefix.clone(),
-                    created_at: DateTime::from_timestamp_millis(k.created_ms).unwrap_or_default(),
-                    invalidated_at: k.invalidated_ms.and_then(DateTime::from_timestamp_millis),
-                    last_used: None,
-                },
-            );
-        }
-        for (id, ms) in &meta.ext.key_last_used {
-            let k = ws.keys.get_mut(id).ok_or_else(|| {
-                snap.corrupt(format!("a last use of key {id}, which it does not hold"))
-            })?;
-            k.last_used = DateTime::from_timestamp_millis(*ms);
-        }
-        ws.enabled_partners
-            .extend(meta.enabled_partners.iter().copied());
-        for &(p, day, n) in &meta.data_points {
-            ws.add_data_points(p, day_of(day), n);
-        }
-        for s in &meta.segments {
-            ws.segments.insert(
-                s.id.clone(),
-                SavedSegment {
-                    id: s.id.clone(),
-                    name: s.name.clone(),
-                    filter: s.filter.clone(),
-                    created_at: DateTime::from_timestamp_millis(s.created_ms).unwrap_or_default(),
-                    updated_at: DateTime::from_timestamp_millis(s.updated_ms).unwrap_or_default(),
-                },
-            );
-        }
-        Ok(ws)
-    }
-
     /// The index of a cohort in the catalog.
     pub fn cohort_index(&self, key: &CohortKey) -> Result<Option<usize>> {
         Ok(self
@@ -439,32 +351,5 @@ impl Snapshot {
             .cohorts
             .iter()
             .position(|c| c.partner == key.partner && c.cohort_id == key.cohort_id))
-    }
-}
-
-impl crate::segment::plan::Catalog for Snapshot {
-    fn users(&self) -> u64 {
-        self.meta().map_or(0, |m| u64::from(m.users))
-    }
-
-    fn cohort(&self, partner: crate::ids::Partner, value: &str) -> Result<(String, u64)> {
-        let meta = self.meta()?;
-        let mine = || meta.cohorts.iter().filter(|c| c.partner == partner);
-        if let Some(c) = mine().find(|c| c.cohort_id == value) {
-            return Ok((c.cohort_id.clone(), c.cardinality));
-        }
-        let named: Vec<_> = mine().filter(|c| c.name == value).collect();
-        match named.as_slice() {
-            [one] => Ok((one.cohort_id.clone(), one.cardinality)),
-            [] => Err(Error::NoSuchCohort {
-                partner,
-                value: value.to_string(),
-            }),
-            many => Err(Error::AmbiguousCohortName {
-                partner,
-                name: value.to_string(),
-                ids: many.iter().map(|c| c.cohort_id.clone()).collect(),
-            }),
-        }
     }
 }

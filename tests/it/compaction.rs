@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
+use segq::engine::persist;
 use segq::engine::{compact, Engine, Fs, RealFs, WorkspaceHandle};
 use segq::import::parse_users_request;
 use segq::log::LogWriter;
-use segq::snapshot;
 use segq::users::NewUser;
 use segq::{Error, Partner, UserId};
 use serde_json::json;
@@ -623,11 +623,11 @@ fn a_workspace_restored_from_a_snapshot_file_serves_it_and_takes_writes() {
         ..NewUser::default()
     })
     .unwrap();
-    let acknowledged = snapshot::writer::write(&h.read(), 0).unwrap();
+    let acknowledged = persist::write_snapshot(&h.read(), 0).unwrap();
     drop((h, e));
     let e = open(&data);
     let h = e.workspace("r").unwrap();
-    assert!(snapshot::writer::write(&h.read(), 0).unwrap() == acknowledged);
+    assert!(persist::write_snapshot(&h.read(), 0).unwrap() == acknowledged);
     assert_eq!(h.read().users.len(), spec.users + 1);
 }
 
@@ -668,7 +668,7 @@ fn a_backup_is_not_restored_beside_the_workspace_whose_keys_it_holds() {
     let backup = dir.path().join("backup.segqsnap");
     std::fs::write(
         &backup,
-        snapshot::writer::write(&handle(&e).read(), 0).unwrap(),
+        persist::write_snapshot(&handle(&e).read(), 0).unwrap(),
     )
     .unwrap();
     match e.restore_workspace("copy", &backup) {
@@ -684,7 +684,7 @@ fn a_backup_is_not_restored_beside_the_workspace_whose_keys_it_holds() {
     e.invalidate_key("w", &id).unwrap();
     std::fs::write(
         &backup,
-        snapshot::writer::write(&handle(&e).read(), 0).unwrap(),
+        persist::write_snapshot(&handle(&e).read(), 0).unwrap(),
     )
     .unwrap();
     e.restore_workspace("copy", &backup).unwrap();

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use segq::cohorts::{MemberOp, ResolvedChanges};
+use segq::engine::persist;
 use segq::segment::{eval, fast, plan};
-use segq::snapshot::{self, Snapshot};
+use segq::snapshot::Snapshot;
 use segq::users::NewUser;
 use segq::{UserId, UserRef, Workspace};
 
@@ -151,7 +152,7 @@ fn apply(ws: &mut Workspace, step: &Step, cohorts: usize) -> Result<(), String> 
 }
 
 fn snapshot_of(ws: &Workspace) -> Arc<Snapshot> {
-    let bytes = snapshot::writer::write(ws, 0).unwrap();
+    let bytes = persist::write_snapshot(ws, 0).unwrap();
     Arc::new(Snapshot::from_bytes(bytes, "layered").unwrap())
 }
 
@@ -192,7 +193,7 @@ proptest! {
     ) {
         let cohorts = g.cohorts.len();
         let mut plain = build(&g);
-        let mut layered = Snapshot::load(snapshot_of(&plain)).unwrap();
+        let mut layered = persist::load_workspace(snapshot_of(&plain)).unwrap();
         let mut frozen: Option<Workspace> = None;
         for s in &steps {
             match s {
@@ -228,7 +229,7 @@ proptest! {
             }
         }
         prop_assert!(
-            snapshot::writer::write(&plain, 0).unwrap() == snapshot::writer::write(&layered, 0).unwrap(),
+            persist::write_snapshot(&plain, 0).unwrap() == persist::write_snapshot(&layered, 0).unwrap(),
             "the two write different snapshots"
         );
         for f in &filters {

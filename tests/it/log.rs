@@ -846,3 +846,16 @@ fn a_crash_during_a_reset_never_brings_back_a_failed_record() {
         }
     }
 }
+
+/// The log's errors name the format's constants without importing the
+/// encoding (which imports the errors): the constants live apart.
+#[test]
+fn log_errors_do_not_import_the_format() {
+    let errors = crate::golden::code_of("src/log/error.rs");
+    assert!(
+        !errors.contains("format::"),
+        "src/log/error.rs imports format"
+    );
+    let layout = crate::golden::code_of("src/log/layout.rs");
+    assert!(!layout.contains("super::") && !layout.contains("crate::"));
+}

@@ -11,6 +11,7 @@ mod engine;
 mod eval;
 mod eval_props;
 mod fast;
+mod golden;
 mod import;
 mod layered;
 mod log;

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use segq::engine::persist;
 use segq::engine::WorkspaceHandle;
 use segq::query::{Frozen, Uncached};
 use segq::segment::{eval, BucketCmp, Filter};
 use segq::snapshot::format::{SectionKind, SnapshotWriter};
-use segq::snapshot::{self, Snapshot};
+use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
 use segq::{query, CohortKey, Error, Partner, Workspace};
 use serde_json::json;
@@ -120,9 +121,9 @@ fn the_breakdown_is_the_quadratic_definition_in_one_pass() {
 
     // Read in place from a snapshot, with changes since: users added past
     // it and members added and removed.
-    let snap = Snapshot::from_bytes(snapshot::writer::write(&ws, 1).expect("writes"), "mem")
+    let snap = Snapshot::from_bytes(persist::write_snapshot(&ws, 1).expect("writes"), "mem")
         .expect("opens");
-    let layered = Snapshot::load(Arc::new(snap)).expect("loads");
+    let layered = persist::load_workspace(Arc::new(snap)).expect("loads");
     let layered = WorkspaceHandle::in_memory(layered).expect("served");
     for i in 0..3_000 {
         layered
@@ -250,7 +251,7 @@ fn a_bitmap_whose_contents_disagree_with_its_header_is_refused_at_load() {
     }
     let key = CohortKey::new(Partner::Amplitude, "evens");
     ws.cohorts.get_or_create(key.clone()).unwrap().0.members = (0..10_000u32).step_by(2).collect();
-    let good = snapshot::writer::write(&ws, 1).unwrap();
+    let good = persist::write_snapshot(&ws, 1).unwrap();
     let snap = Snapshot::from_bytes(good.clone(), "good").unwrap();
     let meta = snap.meta().unwrap();
     let at = meta.cohorts[0].offset as usize;
@@ -264,7 +265,7 @@ fn a_bitmap_whose_contents_disagree_with_its_header_is_refused_at_load() {
     let bad = Snapshot::from_bytes(bad, "bad").expect("every checksum holds");
     assert!(matches!(bad.verify(), Err(Error::Corrupt { .. })));
     // Loading it would count `not evens` as 4,999: it is refused instead.
-    match Snapshot::load(Arc::new(bad)) {
+    match persist::load_workspace(Arc::new(bad)) {
         Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("evens"), "{reason}"),
         Err(e) => panic!("refused, but not as corrupt: {e}"),
         Ok(loaded) => {
@@ -278,7 +279,7 @@ fn a_bitmap_whose_contents_disagree_with_its_header_is_refused_at_load() {
         }
     }
     // The good one loads and counts.
-    let loaded = Snapshot::load(Arc::new(snap)).unwrap();
+    let loaded = persist::load_workspace(Arc::new(snap)).unwrap();
     let n = query::count(
         &loaded,
         &Uncached,

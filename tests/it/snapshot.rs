@@ -6,9 +6,10 @@
 use std::path::Path;
 
 use chrono::{TimeZone, Utc};
+use segq::engine::persist;
 use segq::segment::{eval, fast, plan};
 use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, VERSION};
-use segq::snapshot::{self, Snapshot};
+use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
 use segq::workspace::{KeyRecord, SavedSegment};
 use segq::{examples, Error, Partner, UserId, UserRef, Workspace};
@@ -65,11 +66,11 @@ fn rich_workspace() -> Workspace {
 #[test]
 fn a_workspace_written_and_read_back_is_the_same() {
     let ws = rich_workspace();
-    let bytes = snapshot::writer::write(&ws, 42).unwrap();
+    let bytes = persist::write_snapshot(&ws, 42).unwrap();
     let snap = Snapshot::from_bytes(bytes, "mem").unwrap();
     snap.verify().unwrap();
     assert_eq!(snap.meta().unwrap().seq, 42);
-    let back = Snapshot::load(std::sync::Arc::new(snap)).unwrap();
+    let back = persist::load_workspace(std::sync::Arc::new(snap)).unwrap();
     assert_eq!(fingerprint(&back), fingerprint(&ws));
 }
 
@@ -78,7 +79,7 @@ fn lookups_and_queries_run_on_the_mapped_file() {
     let ws = rich_workspace();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.segqsnap");
-    std::fs::write(&path, snapshot::writer::write(&ws, 1).unwrap()).unwrap();
+    std::fs::write(&path, persist::write_snapshot(&ws, 1).unwrap()).unwrap();
     let snap = Snapshot::open(&path).unwrap();
     assert_eq!(snap.users().unwrap(), ws.users.len());
     for u in 0..ws.users.len() {
@@ -158,7 +159,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 #[test]
 fn the_documented_byte_layout_is_what_is_written() {
     let ws = rich_workspace();
-    let b = snapshot::writer::write(&ws, 9).unwrap();
+    let b = persist::write_snapshot(&ws, 9).unwrap();
     // Header: magic, version, zero flags, zero to byte 64.
     assert_eq!(&b[..8], &MAGIC);
     assert_eq!(u32_at(&b, 8), VERSION);
@@ -207,7 +208,7 @@ fn a_flipped_byte_is_caught_and_reported_with_the_path() {
     )
     .unwrap()
     .workspace;
-    let good = snapshot::writer::write(&ws, 1).unwrap();
+    let good = persist::write_snapshot(&ws, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.segqsnap");
     let shown = path.display().to_string();
@@ -286,7 +287,7 @@ fn write_the_format_fixture() {
         .unwrap()
         .workspace;
     std::fs::create_dir_all(root.join("fixtures/snapshot")).unwrap();
-    std::fs::write(root.join(FIXTURE), snapshot::writer::write(&ws, 7).unwrap()).unwrap();
+    std::fs::write(root.join(FIXTURE), persist::write_snapshot(&ws, 7).unwrap()).unwrap();
     let snap = Snapshot::open(&root.join(FIXTURE)).unwrap();
     std::fs::write(
         root.join("fixtures/snapshot/v1-3000-users.expected"),
@@ -303,8 +304,45 @@ fn the_streaming_generator_writes_the_snapshot_of_the_generated_workspace() {
         seed: 8,
     };
     let ws = workload::generate("g", spec).unwrap().workspace;
-    let expected = snapshot::writer::write(&ws, 0).unwrap();
+    let expected = persist::write_snapshot(&ws, 0).unwrap();
     let (streamed, infos) = workload::write_snapshot("g", spec, Vec::new()).unwrap();
     assert_eq!(infos.len(), 25);
     assert!(streamed == expected, "the two ways of writing differ");
+}
+
+/// The snapshot module is storage: bytes, sections, dictionaries and its
+/// own persisted types. It imports nothing of the domain (the workspace,
+/// users, cohorts, segments, the workload, queries) nor the engine, which
+/// converts between the two (`engine::persist`).
+#[test]
+fn the_snapshot_module_imports_no_domain() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/snapshot");
+    let domain = [
+        "workspace",
+        "users",
+        "cohorts",
+        "segment",
+        "workload",
+        "query",
+        "engine",
+        "import",
+        "server",
+        "demo",
+    ];
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".rs"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    for f in files {
+        let code = crate::golden::code_of(&format!("src/snapshot/{f}"));
+        for m in domain {
+            assert!(
+                !code.contains(&format!("crate::{m}")),
+                "src/snapshot/{f} imports crate::{m}"
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use segq::ids::BUCKETS;
 use segq::users::{DeviceMatch, MemberId, NewUser, Upserted, UserRecord, UserRegistry};
-use segq::{Error, UserId, UserRef};
+use segq::{Error, Partner, UserId, UserRef};
 
 use crate::support::new_user;
 
@@ -672,10 +672,22 @@ fn user_refs_parse_from_the_command_line_form() {
         alias("url", "http://x")
     );
     assert!(matches!(
-        UserRef::parse_cli("alias:nolabel"),
+        UserRef::parse_cli("alias:nolabel").map_err(Error::from),
         Err(Error::InvalidIdentifier { kind: "alias", .. })
     ));
     for r in [ext("u-1"), dev("d-1"), alias("email", "a@b")] {
         assert_eq!(UserRef::parse_cli(&r.to_string()).unwrap(), r);
     }
+}
+
+/// `ids` is below `error`: its parse failures are types of its own,
+/// converted into [`Error`] where they meet it.
+#[test]
+fn ids_do_not_import_the_error_type() {
+    let ids = crate::golden::code_of("src/ids.rs");
+    assert!(!ids.contains("crate::error"), "src/ids.rs imports error");
+    assert!(matches!(
+        "Amplitude".parse::<Partner>().map_err(Error::from),
+        Err(Error::UnknownPartner { found }) if found == "Amplitude"
+    ));
 }

@@ -593,7 +593,11 @@ fn a_cohort_deleted_and_created_again_during_a_compaction_keeps_only_its_own_mem
     let dir = tempfile::tempdir().unwrap();
     let compact = |ws: &mut segq::Workspace, frozen: &segq::Workspace, n: u64| {
         let path = dir.path().join(format!("snap-{n}.segqsnap"));
-        std::fs::write(&path, segq::snapshot::writer::write(frozen, n).unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            segq::engine::persist::write_snapshot(frozen, n).unwrap(),
+        )
+        .unwrap();
         let snap = Arc::new(segq::snapshot::Snapshot::open(&path).unwrap());
         ws.rebase(frozen, snap).unwrap();
     };

@@ -171,7 +171,7 @@ impl Sampler {
 /// with every cohort's members decoded into an in-memory bitmap, so that
 /// it measures whole-bitmap roaring algebra and not decoding.
 fn reference_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
-    let mut ws = Snapshot::load(snap.clone())?;
+    let mut ws = segq::engine::persist::load_workspace(snap.clone())?;
     for key in ws.cohorts.keys() {
         if let Some(c) = ws.cohorts.get_mut(&key) {
             c.members = c.members.bitmap()?.into_owned().into();
@@ -183,7 +183,7 @@ fn reference_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
 /// The workspace as a live engine serves it between two compactions: the
 /// snapshot, mapped, plus [`LiveDelta::TYPICAL`] in memory.
 fn live_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
-    let mut ws = Snapshot::load(snap.clone())?;
+    let mut ws = segq::engine::persist::load_workspace(snap.clone())?;
     LiveDelta::TYPICAL.apply(&mut ws)?;
     Ok(ws)
 }

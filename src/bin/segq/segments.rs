@@ -145,7 +145,7 @@ pub fn check(args: CheckArgs, out: &mut dyn Write) -> Result<(), Failure> {
         user,
     } = args;
     // Bad input fails before the data directory is opened.
-    let user = UserRef::parse_cli(&user)?;
+    let user = UserRef::parse_cli(&user).map_err(Error::from)?;
     let at = Place::for_filter(&target, &filter)?;
     let answer = at.check(&filter, &user)?;
     writeln!(out, "{answer}").map_err(io_err)?;

@@ -1,0 +1,575 @@
+//! A log record's payload: [`Record`], the persisted form of a
+//! [`Change`], as bincode 2 (standard configuration) written by hand with
+//! an explicit tag per kind (see `snapshot::codec`). The tags are
+//! append-only: a new kind of change takes the next unused tag (after
+//! [`Record::COHORT_DELETED`]), and no tag is ever reused or renumbered.
+
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{Decode, Encode};
+
+use super::{from_persisted, to_persisted};
+use crate::cohorts::{MemberOp, ResolvedChanges};
+use crate::engine::record::Change;
+use crate::error::{Error, Result};
+use crate::ids::{Partner, UserId};
+use crate::snapshot::codec::{
+    config, decode_partner, decode_seq, decode_tag, encode_partner, encode_tag, unknown_tag,
+};
+use crate::snapshot::meta::PFilter;
+
+/// The outcome of matching a request, as persisted (mirrors
+/// [`ResolvedChanges`]): each membership operation as `(user, remove)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PResolved {
+    pub ops: Vec<(u32, bool)>,
+    pub matched: u64,
+    pub unmatched: u64,
+    pub refused_device_ids: u64,
+    pub unmatched_sample: Vec<String>,
+}
+
+/// A log record, as persisted (mirrors [`Change`]; the fields' meanings
+/// are documented there).
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    WorkspaceCreated {
+        seed: u64,
+        at_ms: i64,
+    },
+    UserCreated {
+        user: u32,
+        external_id: Option<String>,
+        devices: Vec<String>,
+        aliases: Vec<(String, String)>,
+        bucket: u16,
+    },
+    DeviceAdded {
+        user: u32,
+        device_id: String,
+    },
+    AliasAdded {
+        user: u32,
+        label: String,
+        name: String,
+    },
+    UserIdentified {
+        user: u32,
+        external_id: String,
+    },
+    CohortUpserted {
+        partner: Partner,
+        cohort_id: String,
+        name: String,
+        created_at: String,
+    },
+    CohortChanged {
+        partner: Partner,
+        cohort_id: String,
+        at_ms: i64,
+        resolved: PResolved,
+    },
+    PartnerEnabled {
+        partner: Partner,
+    },
+    KeyCreated {
+        id: String,
+        partner: Partner,
+        digest: [u8; 32],
+        prefix: String,
+        at_ms: i64,
+    },
+    KeyInvalidated {
+        id: String,
+        at_ms: i64,
+    },
+    Batch(Vec<Record>),
+    SegmentSaved {
+        id: String,
+        name: String,
+        filter: PFilter,
+        at_ms: i64,
+    },
+    SegmentDeleted {
+        id: String,
+    },
+    SeqsAbandoned {
+        first: u64,
+        last: u64,
+    },
+    KeyUsed {
+        id: String,
+        at_ms: i64,
+    },
+    CohortDeleted {
+        partner: Partner,
+        cohort_id: String,
+        at_ms: i64,
+    },
+}
+
+impl Record {
+    pub const WORKSPACE_CREATED: u32 = 0;
+    pub const USER_CREATED: u32 = 1;
+    pub const DEVICE_ADDED: u32 = 2;
+    pub const ALIAS_ADDED: u32 = 3;
+    pub const USER_IDENTIFIED: u32 = 4;
+    pub const COHORT_UPSERTED: u32 = 5;
+    pub const COHORT_CHANGED: u32 = 6;
+    pub const PARTNER_ENABLED: u32 = 7;
+    pub const KEY_CREATED: u32 = 8;
+    pub const KEY_INVALIDATED: u32 = 9;
+    pub const BATCH: u32 = 10;
+    pub const SEGMENT_SAVED: u32 = 11;
+    pub const SEGMENT_DELETED: u32 = 12;
+    pub const SEQS_ABANDONED: u32 = 13;
+    pub const KEY_USED: u32 = 14;
+    pub const COHORT_DELETED: u32 = 15;
+}
+
+fn strings<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Vec<String>, DecodeError> {
+    decode_seq(d, String::decode)
+}
+
+impl Encode for PResolved {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (
+            &self.ops,
+            self.matched,
+            self.unmatched,
+            self.refused_device_ids,
+        )
+            .encode(e)?;
+        self.unmatched_sample.encode(e)
+    }
+}
+
+impl<C> Decode<C> for PResolved {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(PResolved {
+            ops: decode_seq(d, |d| Ok((u32::decode(d)?, bool::decode(d)?)))?,
+            matched: Decode::decode(d)?,
+            unmatched: Decode::decode(d)?,
+            refused_device_ids: Decode::decode(d)?,
+            unmatched_sample: strings(d)?,
+        })
+    }
+}
+
+impl Encode for Record {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        match self {
+            Record::WorkspaceCreated { seed, at_ms } => {
+                (Self::WORKSPACE_CREATED, seed, at_ms).encode(e)
+            }
+            Record::UserCreated {
+                user,
+                external_id,
+                devices,
+                aliases,
+                bucket,
+            } => (
+                Self::USER_CREATED,
+                user,
+                external_id,
+                devices,
+                aliases,
+                bucket,
+            )
+                .encode(e),
+            Record::DeviceAdded { user, device_id } => {
+                (Self::DEVICE_ADDED, user, device_id).encode(e)
+            }
+            Record::AliasAdded { user, label, name } => {
+                (Self::ALIAS_ADDED, user, label, name).encode(e)
+            }
+            Record::UserIdentified { user, external_id } => {
+                (Self::USER_IDENTIFIED, user, external_id).encode(e)
+            }
+            Record::CohortUpserted {
+                partner,
+                cohort_id,
+                name,
+                created_at,
+            } => {
+                encode_tag(Self::COHORT_UPSERTED, e)?;
+                encode_partner(*partner, e)?;
+                (cohort_id, name, created_at).encode(e)
+            }
+            Record::CohortChanged {
+                partner,
+                cohort_id,
+                at_ms,
+                resolved,
+            } => {
+                encode_tag(Self::COHORT_CHANGED, e)?;
+                encode_partner(*partner, e)?;
+                (cohort_id, at_ms, resolved).encode(e)
+            }
+            Record::PartnerEnabled { partner } => {
+                encode_tag(Self::PARTNER_ENABLED, e)?;
+                encode_partner(*partner, e)
+            }
+            Record::KeyCreated {
+                id,
+                partner,
+                digest,
+                prefix,
+                at_ms,
+            } => {
+                (Self::KEY_CREATED, id).encode(e)?;
+                encode_partner(*partner, e)?;
+                (digest, prefix, at_ms).encode(e)
+            }
+            Record::KeyInvalidated { id, at_ms } => (Self::KEY_INVALIDATED, id, at_ms).encode(e),
+            Record::Batch(records) => (Self::BATCH, records).encode(e),
+            Record::SegmentSaved {
+                id,
+                name,
+                filter,
+                at_ms,
+            } => (Self::SEGMENT_SAVED, id, name, filter, at_ms).encode(e),
+            Record::SegmentDeleted { id } => (Self::SEGMENT_DELETED, id).encode(e),
+            Record::SeqsAbandoned { first, last } => (Self::SEQS_ABANDONED, first, last).encode(e),
+            Record::KeyUsed { id, at_ms } => (Self::KEY_USED, id, at_ms).encode(e),
+            Record::CohortDeleted {
+                partner,
+                cohort_id,
+                at_ms,
+            } => {
+                encode_tag(Self::COHORT_DELETED, e)?;
+                encode_partner(*partner, e)?;
+                (cohort_id, at_ms).encode(e)
+            }
+        }
+    }
+}
+
+impl<C> Decode<C> for Record {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(match decode_tag(d)? {
+            Self::WORKSPACE_CREATED => Record::WorkspaceCreated {
+                seed: Decode::decode(d)?,
+                at_ms: Decode::decode(d)?,
+            },
+            Self::USER_CREATED => Record::UserCreated {
+                user: Decode::decode(d)?,
+                external_id: Decode::decode(d)?,
+                devices: strings(d)?,
+                aliases: decode_seq(d, |d| Ok((String::decode(d)?, String::decode(d)?)))?,
+                bucket: Decode::decode(d)?,
+            },
+            Self::DEVICE_ADDED => Record::DeviceAdded {
+                user: Decode::decode(d)?,
+                device_id: Decode::decode(d)?,
+            },
+            Self::ALIAS_ADDED => Record::AliasAdded {
+                user: Decode::decode(d)?,
+                label: Decode::decode(d)?,
+                name: Decode::decode(d)?,
+            },
+            Self::USER_IDENTIFIED => Record::UserIdentified {
+                user: Decode::decode(d)?,
+                external_id: Decode::decode(d)?,
+            },
+            Self::COHORT_UPSERTED => Record::CohortUpserted {
+                partner: decode_partner(d)?,
+                cohort_id: Decode::decode(d)?,
+                name: Decode::decode(d)?,
+                created_at: Decode::decode(d)?,
+            },
+            Self::COHORT_CHANGED => Record::CohortChanged {
+                partner: decode_partner(d)?,
+                cohort_id: Decode::decode(d)?,
+                at_ms: Decode::decode(d)?,
+                resolved: PResolved::decode(d)?,
+            },
+            Self::PARTNER_ENABLED => Record::PartnerEnabled {
+                partner: decode_partner(d)?,
+            },
+            Self::KEY_CREATED => Record::KeyCreated {
+                id: Decode::decode(d)?,
+                partner: decode_partner(d)?,
+                digest: Decode::decode(d)?,
+                prefix: Decode::decode(d)?,
+                at_ms: Decode::decode(d)?,
+            },
+            Self::KEY_INVALIDATED => Record::KeyInvalidated {
+                id: Decode::decode(d)?,
+                at_ms: Decode::decode(d)?,
+            },
+            Self::BATCH => Record::Batch(decode_seq(d, Record::decode)?),
+            Self::SEGMENT_SAVED => Record::SegmentSaved {
+                id: Decode::decode(d)?,
+                name: Decode::decode(d)?,
+                filter: PFilter::decode(d)?,
+                at_ms: Decode::decode(d)?,
+            },
+            Self::SEGMENT_DELETED => Record::SegmentDeleted {
+                id: Decode::decode(d)?,
+            },
+            Self::SEQS_ABANDONED => Record::SeqsAbandoned {
+                first: Decode::decode(d)?,
+                last: Decode::decode(d)?,
+            },
+            Self::KEY_USED => Record::KeyUsed {
+                id: Decode::decode(d)?,
+                at_ms: Decode::decode(d)?,
+            },
+            Self::COHORT_DELETED => Record::CohortDeleted {
+                partner: decode_partner(d)?,
+                cohort_id: Decode::decode(d)?,
+                at_ms: Decode::decode(d)?,
+            },
+            tag => return Err(unknown_tag("log record", tag)),
+        })
+    }
+}
+
+/// A change's persisted form.
+pub fn to_record(c: &Change) -> Record {
+    match c {
+        Change::WorkspaceCreated { seed, at_ms } => Record::WorkspaceCreated {
+            seed: *seed,
+            at_ms: *at_ms,
+        },
+        Change::UserCreated {
+            user,
+            external_id,
+            devices,
+            aliases,
+            bucket,
+        } => Record::UserCreated {
+            user: user.0,
+            external_id: external_id.clone(),
+            devices: devices.clone(),
+            aliases: aliases.clone(),
+            bucket: *bucket,
+        },
+        Change::DeviceAdded { user, device_id } => Record::DeviceAdded {
+            user: user.0,
+            device_id: device_id.clone(),
+        },
+        Change::AliasAdded { user, label, name } => Record::AliasAdded {
+            user: user.0,
+            label: label.clone(),
+            name: name.clone(),
+        },
+        Change::UserIdentified { user, external_id } => Record::UserIdentified {
+            user: user.0,
+            external_id: external_id.clone(),
+        },
+        Change::CohortUpserted {
+            partner,
+            cohort_id,
+            name,
+            created_at,
+        } => Record::CohortUpserted {
+            partner: *partner,
+            cohort_id: cohort_id.clone(),
+            name: name.clone(),
+            created_at: created_at.clone(),
+        },
+        Change::CohortChanged {
+            partner,
+            cohort_id,
+            at_ms,
+            resolved,
+        } => Record::CohortChanged {
+            partner: *partner,
+            cohort_id: cohort_id.clone(),
+            at_ms: *at_ms,
+            resolved: PResolved {
+                ops: resolved.ops.iter().map(|o| (o.user.0, o.remove)).collect(),
+                matched: resolved.matched,
+                unmatched: resolved.unmatched,
+                refused_device_ids: resolved.refused_device_ids,
+                unmatched_sample: resolved.unmatched_sample.clone(),
+            },
+        },
+        Change::PartnerEnabled { partner } => Record::PartnerEnabled { partner: *partner },
+        Change::KeyCreated {
+            id,
+            partner,
+            digest,
+            prefix,
+            at_ms,
+        } => Record::KeyCreated {
+            id: id.clone(),
+            partner: *partner,
+            digest: *digest,
+            prefix: prefix.clone(),
+            at_ms: *at_ms,
+        },
+        Change::KeyInvalidated { id, at_ms } => Record::KeyInvalidated {
+            id: id.clone(),
+            at_ms: *at_ms,
+        },
+        Change::Batch(changes) => Record::Batch(changes.iter().map(to_record).collect()),
+        Change::SegmentSaved {
+            id,
+            name,
+            filter,
+            at_ms,
+        } => Record::SegmentSaved {
+            id: id.clone(),
+            name: name.clone(),
+            filter: to_persisted(filter),
+            at_ms: *at_ms,
+        },
+        Change::SegmentDeleted { id } => Record::SegmentDeleted { id: id.clone() },
+        Change::SeqsAbandoned { first, last } => Record::SeqsAbandoned {
+            first: *first,
+            last: *last,
+        },
+        Change::KeyUsed { id, at_ms } => Record::KeyUsed {
+            id: id.clone(),
+            at_ms: *at_ms,
+        },
+        Change::CohortDeleted {
+            partner,
+            cohort_id,
+            at_ms,
+        } => Record::CohortDeleted {
+            partner: *partner,
+            cohort_id: cohort_id.clone(),
+            at_ms: *at_ms,
+        },
+    }
+}
+
+/// The change a record holds.
+pub fn from_record(r: Record) -> Change {
+    match r {
+        Record::WorkspaceCreated { seed, at_ms } => Change::WorkspaceCreated { seed, at_ms },
+        Record::UserCreated {
+            user,
+            external_id,
+            devices,
+            aliases,
+            bucket,
+        } => Change::UserCreated {
+            user: UserId(user),
+            external_id,
+            devices,
+            aliases,
+            bucket,
+        },
+        Record::DeviceAdded { user, device_id } => Change::DeviceAdded {
+            user: UserId(user),
+            device_id,
+        },
+        Record::AliasAdded { user, label, name } => Change::AliasAdded {
+            user: UserId(user),
+            label,
+            name,
+        },
+        Record::UserIdentified { user, external_id } => Change::UserIdentified {
+            user: UserId(user),
+            external_id,
+        },
+        Record::CohortUpserted {
+            partner,
+            cohort_id,
+            name,
+            created_at,
+        } => Change::CohortUpserted {
+            partner,
+            cohort_id,
+            name,
+            created_at,
+        },
+        Record::CohortChanged {
+            partner,
+            cohort_id,
+            at_ms,
+            resolved,
+        } => Change::CohortChanged {
+            partner,
+            cohort_id,
+            at_ms,
+            resolved: ResolvedChanges {
+                ops: resolved
+                    .ops
+                    .into_iter()
+                    .map(|(user, remove)| MemberOp {
+                        user: UserId(user),
+                        remove,
+                    })
+                    .collect(),
+                matched: resolved.matched,
+                unmatched: resolved.unmatched,
+                refused_device_ids: resolved.refused_device_ids,
+                unmatched_sample: resolved.unmatched_sample,
+            },
+        },
+        Record::PartnerEnabled { partner } => Change::PartnerEnabled { partner },
+        Record::KeyCreated {
+            id,
+            partner,
+            digest,
+            prefix,
+            at_ms,
+        } => Change::KeyCreated {
+            id,
+            partner,
+            digest,
+            prefix,
+            at_ms,
+        },
+        Record::KeyInvalidated { id, at_ms } => Change::KeyInvalidated { id, at_ms },
+        Record::Batch(records) => Change::Batch(records.into_iter().map(from_record).collect()),
+        Record::SegmentSaved {
+            id,
+            name,
+            filter,
+            at_ms,
+        } => Change::SegmentSaved {
+            id,
+            name,
+            filter: from_persisted(&filter),
+            at_ms,
+        },
+        Record::SegmentDeleted { id } => Change::SegmentDeleted { id },
+        Record::SeqsAbandoned { first, last } => Change::SeqsAbandoned { first, last },
+        Record::KeyUsed { id, at_ms } => Change::KeyUsed { id, at_ms },
+        Record::CohortDeleted {
+            partner,
+            cohort_id,
+            at_ms,
+        } => Change::CohortDeleted {
+            partner,
+            cohort_id,
+            at_ms,
+        },
+    }
+}
+
+/// The log payload of a change.
+pub fn encode(c: &Change) -> Result<Vec<u8>> {
+    bincode::encode_to_vec(to_record(c), config()).map_err(|e| Error::Corrupt {
+        path: "<log record>".into(),
+        reason: format!("cannot encode a change: {e}"),
+    })
+}
+
+/// Reads a log payload; `path` and `seq` name it in errors.
+pub fn decode(bytes: &[u8], path: &str, seq: u64) -> Result<Change> {
+    let (record, used): (Record, usize) =
+        bincode::decode_from_slice(bytes, config()).map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            reason: format!("record {seq} does not decode: {e}"),
+        })?;
+    if used != bytes.len() {
+        return Err(Error::Corrupt {
+            path: path.to_string(),
+            reason: format!(
+                "record {seq} has {} trailing bytes after its change",
+                bytes.len() - used
+            ),
+        });
+    }
+    Ok(from_record(record))
+}

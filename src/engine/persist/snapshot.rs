@@ -1,0 +1,179 @@
+//! A workspace written as a snapshot's contents, and the workspace a
+//! mapped snapshot holds.
+
+use std::sync::Arc;
+
+use chrono::DateTime;
+
+use super::{day_number, day_of, from_persisted, to_persisted};
+use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
+use crate::error::{Error, Result};
+use crate::ids::CohortKey;
+use crate::snapshot::meta::{CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta};
+use crate::snapshot::writer::Contents;
+use crate::snapshot::Snapshot;
+use crate::users::UserRegistry;
+use crate::workspace::{KeyRecord, SavedSegment, Workspace};
+
+/// The snapshot of `ws` holding the log up to `seq`, as bytes.
+pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
+    let meta = Meta {
+        workspace: ws.name().to_string(),
+        seed: ws.users.seed(),
+        seq,
+        users: ws.users.len(),
+        cohorts: Vec::new(),
+        keys: ws
+            .keys
+            .values()
+            .map(|k| KeyMeta {
+                id: k.id.clone(),
+                partner: k.partner,
+                digest: k.digest,
+                prefix: k.prefix.clone(),
+                created_ms: k.created_at.timestamp_millis(),
+                invalidated_ms: k.invalidated_at.map(|t| t.timestamp_millis()),
+            })
+            .collect(),
+        enabled_partners: ws.enabled_partners.iter().copied().collect(),
+        data_points: ws
+            .data_points_by_day()
+            .map(|(p, d, x)| (p, day_number(d), x))
+            .collect(),
+        segments: ws
+            .segments
+            .values()
+            .map(|s| SegmentMeta {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                filter: to_persisted(&s.filter),
+                created_ms: s.created_at.timestamp_millis(),
+                updated_ms: s.updated_at.timestamp_millis(),
+            })
+            .collect(),
+        ext: MetaExt {
+            key_last_used: ws
+                .keys
+                .values()
+                .filter_map(|k| Some((k.id.clone(), k.last_used?.timestamp_millis())))
+                .collect(),
+        },
+    };
+    let mut out = Contents::new(meta);
+    for b in ws.users.buckets() {
+        out.push_bucket(b);
+    }
+    ws.users.for_each_identifier(|kind, id, key| match kind {
+        0 => out.external_ids.push(id, key),
+        1 => out.devices.push(id, key),
+        _ => out.aliases.push(id, key),
+    });
+    for c in ws.cohorts.iter_sorted() {
+        let entry = CohortMeta {
+            partner: c.key.partner,
+            cohort_id: c.key.cohort_id.clone(),
+            name: c.name.clone(),
+            created_at: c.created_at.as_ref().map(crate::import::format_created_at),
+            cardinality: c.members.len(),
+            offset: 0,
+            len: 0,
+            last_sync_ms: c.sync.last_sync.map(|t| t.timestamp_millis()),
+            last_added: c.sync.last_added,
+            last_removed: c.sync.last_removed,
+            matched_total: c.sync.matched_total,
+            unmatched_total: c.sync.unmatched_total,
+            refused_total: c.sync.refused_total,
+            recent_unmatched: c.sync.recent_unmatched.iter().cloned().collect(),
+        };
+        out.push_cohort(entry, |bytes| {
+            c.members
+                .serialize_into(bytes)
+                .map_err(|e| Error::Internal(format!("serializing {}: {e}", c.key)))
+        })?;
+    }
+    out.finish()
+}
+
+/// The workspace this snapshot holds, served from it in place: users,
+/// identifiers, buckets and cohort bitmaps stay in the map and only
+/// the meta section (catalog, keys, partners, billing, saved segments)
+/// is decoded. Changes made to the workspace afterwards are kept in
+/// memory on top of the snapshot.
+pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
+    let meta = snap.meta()?;
+    let mut ws = Workspace::on_snapshot(
+        meta.workspace.clone(),
+        UserRegistry::on_snapshot(snap.clone())?,
+    );
+    for (i, c) in meta.cohorts.iter().enumerate() {
+        let created_at = match &c.created_at {
+            Some(t) => Some(crate::import::parse_created_at(t).ok_or_else(|| {
+                snap.corrupt(format!(
+                    "cohort {} created_at {t:?} is not a valid time",
+                    c.cohort_id
+                ))
+            })?),
+            None => None,
+        };
+        let mut cohort = Cohort::new(CohortKey::new(c.partner, c.cohort_id.clone()));
+        cohort.name = c.name.clone();
+        cohort.created_at = created_at;
+        cohort.members = Members::on_snapshot(BaseBitmap::new(snap.clone(), i)?);
+        if cohort.members.len() != c.cardinality {
+            return Err(snap.corrupt(format!(
+                "cohort {}: catalog says {} members, bitmap holds {}",
+                c.cohort_id,
+                c.cardinality,
+                cohort.members.len()
+            )));
+        }
+        cohort.sync = SyncStats {
+            last_sync: c.last_sync_ms.and_then(DateTime::from_timestamp_millis),
+            last_added: c.last_added,
+            last_removed: c.last_removed,
+            matched_total: c.matched_total,
+            unmatched_total: c.unmatched_total,
+            refused_total: c.refused_total,
+            recent_unmatched: c.recent_unmatched.iter().cloned().collect(),
+        };
+        ws.cohorts.insert(cohort)?;
+    }
+    for k in &meta.keys {
+        ws.keys.insert(
+            k.id.clone(),
+            KeyRecord {
+                id: k.id.clone(),
+                partner: k.partner,
+                digest: k.digest,
+                prefix: k.prefix.clone(),
+                created_at: DateTime::from_timestamp_millis(k.created_ms).unwrap_or_default(),
+                invalidated_at: k.invalidated_ms.and_then(DateTime::from_timestamp_millis),
+                last_used: None,
+            },
+        );
+    }
+    for (id, ms) in &meta.ext.key_last_used {
+        let k = ws.keys.get_mut(id).ok_or_else(|| {
+            snap.corrupt(format!("a last use of key {id}, which it does not hold"))
+        })?;
+        k.last_used = DateTime::from_timestamp_millis(*ms);
+    }
+    ws.enabled_partners
+        .extend(meta.enabled_partners.iter().copied());
+    for &(p, day, n) in &meta.data_points {
+        ws.add_data_points(p, day_of(day), n);
+    }
+    for s in &meta.segments {
+        ws.segments.insert(
+            s.id.clone(),
+            SavedSegment {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                filter: from_persisted(&s.filter),
+                created_at: DateTime::from_timestamp_millis(s.created_ms).unwrap_or_default(),
+                updated_at: DateTime::from_timestamp_millis(s.updated_ms).unwrap_or_default(),
+            },
+        );
+    }
+    Ok(ws)
+}

@@ -1,0 +1,192 @@
+//! The persisted forms shared by the snapshot's meta section and the
+//! log's records: bincode 2 (standard configuration), written by hand so
+//! that every enum's variants carry an explicit tag.
+//!
+//! A tag is a varint `u32`, as bincode writes a variant index, so these
+//! forms read every file written when they were serde-derived. Tags are
+//! append-only: a new variant takes the next unused number, an existing
+//! tag never changes meaning, and reordering the declarations (here or in
+//! the domain types they mirror) changes nothing on disk. The golden
+//! fixtures (`fixtures/log`, `fixtures/snapshot`) fail a test if it does.
+
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{Decode, Encode};
+
+use crate::ids::Partner;
+
+/// The bincode configuration of every persisted form.
+pub fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Writes an enum's tag.
+pub fn encode_tag<E: Encoder>(tag: u32, e: &mut E) -> Result<(), EncodeError> {
+    tag.encode(e)
+}
+
+/// Reads an enum's tag.
+pub fn decode_tag<C, D: Decoder<Context = C>>(d: &mut D) -> Result<u32, DecodeError> {
+    u32::decode(d)
+}
+
+/// The error of a tag no variant of `what` carries.
+pub fn unknown_tag(what: &'static str, tag: u32) -> DecodeError {
+    DecodeError::OtherString(format!("unknown {what} tag {tag}"))
+}
+
+/// A partner's persisted tag (exhaustive: a new partner must be given one).
+pub fn partner_tag(p: Partner) -> u32 {
+    match p {
+        Partner::Amplitude => 0,
+        Partner::Mixpanel => 1,
+        Partner::Heap => 2,
+        Partner::Census => 3,
+        Partner::Hightouch => 4,
+        Partner::Segment => 5,
+        Partner::Kubit => 6,
+        Partner::Tinyclues => 7,
+    }
+}
+
+/// Writes a partner as its tag.
+pub fn encode_partner<E: Encoder>(p: Partner, e: &mut E) -> Result<(), EncodeError> {
+    encode_tag(partner_tag(p), e)
+}
+
+/// Reads a partner's tag.
+pub fn decode_partner<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Partner, DecodeError> {
+    let tag = decode_tag(d)?;
+    Partner::ALL
+        .into_iter()
+        .find(|&p| partner_tag(p) == tag)
+        .ok_or_else(|| unknown_tag("partner", tag))
+}
+
+/// Writes a sequence: its length, then each item.
+pub fn encode_seq<E: Encoder, T>(
+    items: &[T],
+    e: &mut E,
+    mut item: impl FnMut(&T, &mut E) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    (items.len() as u64).encode(e)?;
+    items.iter().try_for_each(|x| item(x, e))
+}
+
+/// Reads a sequence written by [`encode_seq`]. A corrupt length runs out
+/// of input instead of allocating it.
+pub fn decode_seq<C, D: Decoder<Context = C>, T>(
+    d: &mut D,
+    mut item: impl FnMut(&mut D) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let n = u64::decode(d)?;
+    let mut out = Vec::with_capacity(n.min(1024) as usize);
+    for _ in 0..n {
+        out.push(item(d)?);
+    }
+    Ok(out)
+}
+
+/// A comparison on the random bucket, as persisted (mirrors
+/// `segment::BucketCmp`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PBucketCmp {
+    Lt(u16),
+    Le(u16),
+    Gt(u16),
+    Ge(u16),
+    Between(u16, u16),
+}
+
+impl PBucketCmp {
+    pub const LT: u32 = 0;
+    pub const LE: u32 = 1;
+    pub const GT: u32 = 2;
+    pub const GE: u32 = 3;
+    pub const BETWEEN: u32 = 4;
+}
+
+impl Encode for PBucketCmp {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        match *self {
+            PBucketCmp::Lt(v) => (Self::LT, v).encode(e),
+            PBucketCmp::Le(v) => (Self::LE, v).encode(e),
+            PBucketCmp::Gt(v) => (Self::GT, v).encode(e),
+            PBucketCmp::Ge(v) => (Self::GE, v).encode(e),
+            PBucketCmp::Between(lo, hi) => (Self::BETWEEN, lo, hi).encode(e),
+        }
+    }
+}
+
+impl<C> Decode<C> for PBucketCmp {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(match decode_tag(d)? {
+            Self::LT => PBucketCmp::Lt(u16::decode(d)?),
+            Self::LE => PBucketCmp::Le(u16::decode(d)?),
+            Self::GT => PBucketCmp::Gt(u16::decode(d)?),
+            Self::GE => PBucketCmp::Ge(u16::decode(d)?),
+            Self::BETWEEN => PBucketCmp::Between(u16::decode(d)?, u16::decode(d)?),
+            tag => return Err(unknown_tag("bucket comparison", tag)),
+        })
+    }
+}
+
+/// A segment filter, as persisted (mirrors `segment::Filter`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PFilter {
+    Cohort {
+        partner: Partner,
+        cohort: String,
+        includes: bool,
+    },
+    Bucket(PBucketCmp),
+    And(Vec<PFilter>),
+    Or(Vec<PFilter>),
+    Not(Box<PFilter>),
+}
+
+impl PFilter {
+    pub const COHORT: u32 = 0;
+    pub const BUCKET: u32 = 1;
+    pub const AND: u32 = 2;
+    pub const OR: u32 = 3;
+    pub const NOT: u32 = 4;
+}
+
+impl Encode for PFilter {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        match self {
+            PFilter::Cohort {
+                partner,
+                cohort,
+                includes,
+            } => {
+                encode_tag(Self::COHORT, e)?;
+                encode_partner(*partner, e)?;
+                (cohort, includes).encode(e)
+            }
+            PFilter::Bucket(b) => (Self::BUCKET, b).encode(e),
+            PFilter::And(c) => (Self::AND, c).encode(e),
+            PFilter::Or(c) => (Self::OR, c).encode(e),
+            PFilter::Not(c) => (Self::NOT, c).encode(e),
+        }
+    }
+}
+
+impl<C> Decode<C> for PFilter {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(match decode_tag(d)? {
+            Self::COHORT => PFilter::Cohort {
+                partner: decode_partner(d)?,
+                cohort: String::decode(d)?,
+                includes: bool::decode(d)?,
+            },
+            Self::BUCKET => PFilter::Bucket(PBucketCmp::decode(d)?),
+            Self::AND => PFilter::And(decode_seq(d, PFilter::decode)?),
+            Self::OR => PFilter::Or(decode_seq(d, PFilter::decode)?),
+            Self::NOT => PFilter::Not(Box::new(PFilter::decode(d)?)),
+            tag => return Err(unknown_tag("filter", tag)),
+        })
+    }
+}
