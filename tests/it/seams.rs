@@ -160,3 +160,287 @@ fn the_demo_runs_through_the_servers_paths() {
     assert!(examples.contains("partner::answer"));
     assert!(!root().join("src/demo.rs").exists());
 }
+
+/// The library's top-level modules from the bottom up, each with what it
+/// may import: storage (`log`, `snapshot`) knows bytes and its own types,
+/// never the domain; the domain sits on storage; the engine on the
+/// domain; the services (queries, HTTP, the examples) on the engine. A
+/// module may import only modules listed before it, so the graph is a DAG
+/// by construction; ARCHITECTURE.md draws the same table.
+const LAYERS: &[(&str, &[&str])] = &[
+    // Base: newtypes, the error type, the portable bitmap reader.
+    ("ids", &[]),
+    ("log", &[]),
+    ("bitmap_view", &[]),
+    ("error", &["ids", "log"]),
+    // Storage.
+    ("snapshot", &["bitmap_view", "error", "ids"]),
+    // The domain.
+    ("users", &["error", "ids", "snapshot"]),
+    (
+        "segment",
+        &["bitmap_view", "error", "ids", "snapshot", "users"],
+    ),
+    (
+        "cohorts",
+        &["bitmap_view", "error", "ids", "snapshot", "users"],
+    ),
+    (
+        "workspace",
+        &[
+            "bitmap_view",
+            "cohorts",
+            "error",
+            "ids",
+            "segment",
+            "snapshot",
+            "users",
+        ],
+    ),
+    ("import", &["cohorts", "error", "ids"]),
+    ("bulk", &["error", "ids", "users"]),
+    (
+        "workload",
+        &[
+            "cohorts",
+            "error",
+            "ids",
+            "segment",
+            "snapshot",
+            "users",
+            "workspace",
+        ],
+    ),
+    // The engine: data directories, logs, compaction, live workspaces.
+    (
+        "engine",
+        &[
+            "bitmap_view",
+            "cohorts",
+            "error",
+            "ids",
+            "import",
+            "log",
+            "segment",
+            "snapshot",
+            "users",
+            "workspace",
+        ],
+    ),
+    // Services.
+    (
+        "query",
+        &[
+            "bitmap_view",
+            "cohorts",
+            "engine",
+            "error",
+            "ids",
+            "segment",
+            "snapshot",
+            "users",
+            "workspace",
+        ],
+    ),
+    (
+        "server",
+        &[
+            "bulk",
+            "cohorts",
+            "engine",
+            "error",
+            "ids",
+            "import",
+            "query",
+            "segment",
+            "snapshot",
+            "users",
+            "workspace",
+        ],
+    ),
+    (
+        "examples",
+        &[
+            "cohorts",
+            "engine",
+            "error",
+            "ids",
+            "import",
+            "query",
+            "segment",
+            "server",
+            "users",
+            "workspace",
+        ],
+    ),
+];
+
+/// The top-level modules `src/lib.rs` declares.
+fn top_level_modules() -> Vec<String> {
+    let lib = std::fs::read_to_string(root().join("src/lib.rs")).expect("src/lib.rs");
+    lib.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l
+                .strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("mod "))?;
+            Some(rest.strip_suffix(';')?.trim().to_string())
+        })
+        .collect()
+}
+
+/// Code only: a file's unit tests (its `#[cfg(test)] mod tests`, at the
+/// end by convention) and line comments left out.
+fn code_of(text: &str) -> String {
+    let mut end = text.len();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("#[cfg(test)]") {
+        let at = from + at;
+        if text[at + "#[cfg(test)]".len()..]
+            .trim_start()
+            .starts_with("mod tests")
+        {
+            end = at;
+            break;
+        }
+        from = at + 1;
+    }
+    text[..end]
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The names that follow `prefix` in `code`: `crate::a::…` gives `a`,
+/// `crate::{a, b::c}` gives `a` and `b`.
+fn names_after(code: &str, prefix: &str, into: &mut std::collections::BTreeSet<String>) {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        let after = &rest[at + prefix.len()..];
+        let before_ok = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        if before_ok {
+            if let Some(group) = after.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for part in group.split(',') {
+                    let name = ident(part.trim());
+                    if !name.is_empty() {
+                        into.insert(name);
+                    }
+                }
+            } else {
+                let name = ident(after);
+                if !name.is_empty() {
+                    into.insert(name);
+                }
+            }
+        }
+        rest = after;
+    }
+}
+
+/// What each top-level module imports of the others.
+fn module_imports() -> Vec<(String, Vec<String>)> {
+    let modules = top_level_modules();
+    modules
+        .iter()
+        .map(|m| {
+            let mut files = Vec::new();
+            let file = root().join(format!("src/{m}.rs"));
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                files.push((file.clone(), text));
+            }
+            files.extend(sources(&root().join("src").join(m)));
+            let mut names = std::collections::BTreeSet::new();
+            for (path, text) in &files {
+                if path.ends_with("tests.rs") {
+                    continue;
+                }
+                let code = code_of(text);
+                names_after(&code, "crate::", &mut names);
+                // In a module's root file, `super::` is the crate.
+                let is_root = path == &file || path.ends_with(format!("src/{m}/mod.rs"));
+                if is_root {
+                    names_after(&code, "super::", &mut names);
+                }
+            }
+            let deps = names
+                .into_iter()
+                .filter(|n| n != m && modules.contains(n))
+                .collect();
+            (m.clone(), deps)
+        })
+        .collect()
+}
+
+#[test]
+fn the_layer_table_is_ordered_and_storage_knows_no_domain() {
+    for (i, (module, allowed)) in LAYERS.iter().enumerate() {
+        for dep in *allowed {
+            let at = LAYERS.iter().position(|(m, _)| m == dep);
+            assert!(
+                at.is_some_and(|at| at < i),
+                "{module} may import {dep}, which is not below it"
+            );
+        }
+    }
+    let domain = [
+        "users",
+        "segment",
+        "cohorts",
+        "workspace",
+        "import",
+        "bulk",
+        "workload",
+        "engine",
+        "query",
+        "server",
+        "examples",
+    ];
+    for storage in ["log", "snapshot"] {
+        let allowed = LAYERS
+            .iter()
+            .find(|(m, _)| *m == storage)
+            .map(|(_, a)| *a)
+            .expect("listed");
+        assert!(allowed.iter().all(|d| !domain.contains(d)), "{storage}");
+    }
+}
+
+#[test]
+fn every_module_imports_only_what_its_layer_allows() {
+    let imports = module_imports();
+    assert!(imports.len() >= LAYERS.len(), "{imports:?}");
+    let mut wrong = Vec::new();
+    for (module, deps) in &imports {
+        let Some((_, allowed)) = LAYERS.iter().find(|(m, _)| m == module) else {
+            wrong.push(format!("{module} is in no layer: add it to LAYERS"));
+            continue;
+        };
+        for dep in deps {
+            if !allowed.contains(&dep.as_str()) {
+                wrong.push(format!("{module} imports {dep}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports against the layers: {wrong:#?}");
+}
+
+#[test]
+fn the_import_reader_sees_imports() {
+    let mut names = std::collections::BTreeSet::new();
+    let code = code_of(
+        "use crate::{a, b::c};\nuse crate::d::E; // crate::x\nfn f() { crate::g::h(); }\n\
+         #[cfg(test)]\nmod tests { use crate::t; }\n",
+    );
+    names_after(&code, "crate::", &mut names);
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b", "d", "g"]);
+}
