@@ -1,5 +1,5 @@
-//! What is measured: the chunk-wise evaluator (`segment::fast`) against the
-//! reference evaluator (`segment::eval`) on the six query shapes of
+//! What is measured: the chunk-wise evaluator (`segment::chunk`) against the
+//! reference evaluator (`segment::reference`) on the six query shapes of
 //! ../shared/WORKLOAD.md, plus a single cohort's count, a one-user check of
 //! a five-leaf filter, and the member list of a segment; the fast counts
 //! also on rayon pools of 1 and 2 threads; and random-bucket leaves alone,
@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 
 use segq::engine::persist;
-use segq::segment::{eval, fast, plan, BucketCmp, Filter};
+use segq::segment::{chunk, plan, reference, BucketCmp, Filter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
 use segq::UserId;
@@ -38,17 +38,17 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     for (name, filter) in &shapes {
         let p = plan::plan(&ws, filter).expect("plans");
-        let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+        let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
         g.bench_function(format!("fast/{name}"), |b| {
             b.iter(|| prepared.count().expect("counts"))
         });
         g.bench_function(format!("reference/{name}"), |b| {
-            b.iter(|| eval::count(&ws, black_box(filter)).expect("counts"))
+            b.iter(|| reference::count(&ws, black_box(filter)).expect("counts"))
         });
         g.bench_function(format!("fast-with-planning/{name}"), |b| {
             b.iter(|| {
                 let p = plan::plan(&ws, black_box(filter)).expect("plans");
-                fast::Prepared::new(&ws, &p, &cache)
+                chunk::Prepared::new(&ws, &p, &cache)
                     .expect("prepares")
                     .count()
                     .expect("counts")
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         g.sample_size(20);
         for (name, filter) in shapes.iter().skip(1) {
             let p = plan::plan(&ws, filter).expect("plans");
-            let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+            let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
             g.bench_function(*name, |b| {
                 b.iter(|| pool.install(|| prepared.count().expect("counts")))
             });
@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("other/{tag}"));
     let (_, five) = &shapes[3];
     let p = plan::plan(&ws, five).expect("plans");
-    let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+    let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
     let user = UserId(spec.users / 2 + 1);
     let checker = prepared.checker().expect("parses");
     g.bench_function("contains/five large ANDed", |b| {
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("count/single cohort (with planning)", |b| {
         b.iter(|| {
             let p = plan::plan(&ws, black_box(&single)).expect("plans");
-            fast::Prepared::new(&ws, &p, &cache)
+            chunk::Prepared::new(&ws, &p, &cache)
                 .expect("prepares")
                 .count()
                 .expect("counts")
@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
     // A segment of about 5% of the users (500,000 on the medium workload).
     let (_, mixed) = &shapes[2];
     let p = plan::plan(&ws, mixed).expect("plans");
-    let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+    let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
     let n = prepared.count().expect("counts");
     g.bench_function(format!("members/{n} members"), |b| {
         b.iter(|| prepared.members().expect("lists"))
@@ -138,7 +138,7 @@ fn bench(c: &mut Criterion) {
     ];
     for (name, filter) in &filters {
         let p = plan::plan(&ws, filter).expect("plans");
-        let prepared = fast::Prepared::new(&ws, &p, &cache).expect("prepares");
+        let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
         g.bench_function(*name, |b| b.iter(|| prepared.count().expect("counts")));
     }
     g.finish();
@@ -159,10 +159,10 @@ fn bench(c: &mut Criterion) {
         g.sample_size(20);
         for (name, filter) in &shapes {
             let p = plan::plan(w, filter).expect("plans");
-            let prepared = fast::Prepared::new(w, &p, &live_cache).expect("prepares");
+            let prepared = chunk::Prepared::new(w, &p, &live_cache).expect("prepares");
             assert_eq!(
                 prepared.count().expect("counts"),
-                eval::count(w, filter).expect("counts"),
+                reference::count(w, filter).expect("counts"),
                 "{what} {name}"
             );
             g.bench_function(format!("fast/{name}"), |b| {
@@ -173,7 +173,7 @@ fn bench(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group(format!("other/{tag}/mapped+delta"));
     let p = plan::plan(&live, five).expect("plans");
-    let prepared = fast::Prepared::new(&live, &p, &live_cache).expect("prepares");
+    let prepared = chunk::Prepared::new(&live, &p, &live_cache).expect("prepares");
     let checker = prepared.checker().expect("parses");
     g.bench_function("contains/five large ANDed", |b| {
         b.iter(|| checker.contains(black_box(user)))

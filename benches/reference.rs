@@ -10,7 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use segq::segment::eval;
+use segq::segment::reference;
 use segq::workload::{self, Spec};
 use segq::UserRef;
 
@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("reference/count/{}users", spec.users));
     for (name, filter) in &shapes {
         g.bench_function(*name, |b| {
-            b.iter(|| eval::count(&ws, black_box(filter)).expect("evaluates"))
+            b.iter(|| reference::count(&ws, black_box(filter)).expect("evaluates"))
         });
     }
     g.finish();
@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("reference/members/{}users", spec.users));
     let (name, filter) = &shapes[1];
     g.bench_function(*name, |b| {
-        b.iter(|| eval::members(&ws, black_box(filter)).expect("evaluates"))
+        b.iter(|| reference::members(&ws, black_box(filter)).expect("evaluates"))
     });
     g.finish();
 
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
     let (name, filter) = &shapes[3];
     let user = UserRef::ExternalId(format!("u{}", spec.users / 2 + 1));
     g.bench_function(*name, |b| {
-        b.iter(|| eval::contains(&ws, black_box(filter), black_box(&user)).expect("evaluates"))
+        b.iter(|| reference::contains(&ws, black_box(filter), black_box(&user)).expect("evaluates"))
     });
     g.finish();
 }

@@ -259,7 +259,7 @@ use std::borrow::Cow;
 use roaring::RoaringBitmap;
 
 use crate::ids::{UserId, UserRef};
-use crate::segment::{eval, plan::Catalog};
+use crate::segment::{plan::Catalog, reference};
 
 impl Catalog for Workspace {
     fn users(&self) -> u64 {
@@ -272,7 +272,7 @@ impl Catalog for Workspace {
     }
 }
 
-impl eval::Data for Workspace {
+impl reference::Data for Workspace {
     fn cohort_members(&self, partner: Partner, value: &str) -> Result<Cow<'_, RoaringBitmap>> {
         self.cohorts.resolve(partner, value)?.members.bitmap()
     }

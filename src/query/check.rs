@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::BitmapSource;
 use crate::error::Result;
 use crate::ids::{UserId, UserRef};
-use crate::segment::fast::Prepared;
+use crate::segment::chunk::Prepared;
 use crate::segment::plan;
 use crate::segment::Filter;
 use crate::workspace::Workspace;

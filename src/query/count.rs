@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Live, View};
 use crate::error::{Error, Result};
 use crate::ids::BUCKETS;
-use crate::segment::fast::{self, ChunkStats};
+use crate::segment::chunk::{self, ChunkStats};
 use crate::segment::plan::{self, Leaf, Plan};
 use crate::segment::{BucketCmp, Filter};
 use crate::workspace::Workspace;
@@ -391,7 +391,7 @@ pub fn breakdown(
 }
 
 /// [`breakdown`] on any view. The running count of filter `i` extends
-/// that of `i - 1` ([`fast::breakdown_counts`] keeps the running set per
+/// that of `i - 1` ([`chunk::breakdown_counts`] keeps the running set per
 /// chunk), so the work is that of counting the whole filter once.
 pub fn breakdown_in(view: &dyn View, filter: &Filter) -> Result<(String, Vec<BreakdownRow>)> {
     let (op, children): (&str, &[Filter]) = match filter {
@@ -407,7 +407,7 @@ pub fn breakdown_in(view: &dyn View, filter: &Filter) -> Result<(String, Vec<Bre
         .iter()
         .map(|p| view.prepare(p))
         .collect::<Result<Vec<_>>>()?;
-    let counts = fast::breakdown_counts(&parts, op == "and")?;
+    let counts = chunk::breakdown_counts(&parts, op == "and")?;
     let rows = children
         .iter()
         .zip(counts)

@@ -7,7 +7,7 @@ use super::BitmapSource;
 use crate::cohorts::BaseBitmap;
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
-use crate::segment::fast::{LeafBytes, Prepared, Serialized};
+use crate::segment::chunk::{LeafBytes, Prepared, Serialized};
 use crate::segment::plan::{Catalog, Plan};
 use crate::segment::Filter;
 use crate::snapshot::Snapshot;

@@ -6,7 +6,7 @@ use roaring::RoaringBitmap;
 use super::BitmapSource;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
-use crate::segment::fast::Prepared;
+use crate::segment::chunk::Prepared;
 use crate::segment::plan;
 use crate::segment::Filter;
 use crate::workspace::Workspace;

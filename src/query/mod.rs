@@ -6,7 +6,7 @@
 //! server answers them (the HTTP layer and the CLI both call it).
 //!
 //! This is where a workspace meets the chunk evaluator
-//! ([`crate::segment::fast`], which knows plans and bitmap bytes only):
+//! ([`crate::segment::chunk`], which knows plans and bitmap bytes only):
 //! [`BitmapSource`] (in [`crate::workspace::source`], below the engine,
 //! whose live workspaces keep its cache) serializes a cohort's in-memory
 //! members and fetches a plan's leaves from a workspace, [`Frozen`] is a
@@ -40,7 +40,7 @@ pub use frozen::Frozen;
 pub use members::{members_page, Cursor, CursorScope, Page, MAX_PAGE};
 
 use crate::error::Result;
-use crate::segment::fast::Prepared;
+use crate::segment::chunk::Prepared;
 use crate::segment::plan::{Catalog, Plan};
 use crate::users::Buckets;
 use crate::workspace::Workspace;

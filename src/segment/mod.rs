@@ -1,13 +1,14 @@
 //! Segment filters: the logical tree ([`ast`]), its two written forms
-//! ([`json`] and [`text`]), cohort resolution, and the reference evaluator
-//! ([`eval`]).
+//! ([`json`] and [`text`]), cohort resolution, the physical plan
+//! ([`plan`]), the chunk evaluator that answers queries ([`chunk`]) and
+//! the reference evaluator the others are tested against ([`reference`]).
 
 pub mod ast;
 mod buckets;
-pub mod eval;
-pub mod fast;
+pub mod chunk;
 pub mod json;
 pub mod plan;
+pub mod reference;
 pub mod text;
 
 pub use ast::{BucketCmp, Filter};

@@ -9,7 +9,7 @@ use roaring::RoaringBitmap;
 use crate::cohorts::Cohort;
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
-use crate::segment::fast::{LeafBytes, Prepared, Serialized};
+use crate::segment::chunk::{LeafBytes, Prepared, Serialized};
 use crate::segment::plan::Plan;
 use crate::workspace::Workspace;
 

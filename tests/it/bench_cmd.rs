@@ -6,7 +6,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use segq::segment::eval;
+use segq::segment::reference;
 use segq::workload::{self, Spec};
 
 /// `segq bench ARGS`.
@@ -43,7 +43,7 @@ fn reference_counts() -> Vec<(&'static str, u64)> {
     .workspace;
     workload::query_shapes(30)
         .into_iter()
-        .map(|(name, f)| (name, eval::count(&ws, &f).unwrap()))
+        .map(|(name, f)| (name, reference::count(&ws, &f).unwrap()))
         .collect()
 }
 

@@ -1,7 +1,7 @@
 //! The `segq` binary: query counts agree with the library, bad input exits
 //! 2 with a positioned message, generate is deterministic.
 
-use segq::segment::{self, eval};
+use segq::segment::{self, reference};
 use segq::workload::{self, Spec};
 
 use crate::support::server::segq;
@@ -39,7 +39,7 @@ fn query_prints_the_exact_count() {
     .unwrap()
     .workspace;
     let f = segment::parse(filter).unwrap();
-    assert_eq!(printed, eval::count(&ws, &f).unwrap());
+    assert_eq!(printed, reference::count(&ws, &f).unwrap());
 }
 
 #[test]

@@ -608,8 +608,8 @@ fn a_workspace_restored_from_a_snapshot_file_serves_it_and_takes_writes() {
         )
         .unwrap();
         assert_eq!(
-            segq::segment::eval::count(&*ws, &f).unwrap(),
-            segq::segment::eval::count(&generated, &f).unwrap()
+            segq::segment::reference::count(&*ws, &f).unwrap(),
+            segq::segment::reference::count(&generated, &f).unwrap()
         );
     }
     assert!(

@@ -4,7 +4,7 @@
 
 use segq::engine::WorkspaceHandle;
 use segq::examples;
-use segq::segment::{self, eval};
+use segq::segment::{self, reference};
 use segq::workload::Spec;
 use segq::{Partner, UserRef};
 
@@ -96,7 +96,7 @@ fn demo_counts_are_the_reference_counts() {
         let [count, filter] = pair else { continue };
         let n: u64 = count.split_whitespace().next().unwrap().parse().unwrap();
         let f = segment::parse(filter.trim()).expect("the printed filter parses");
-        assert_eq!(eval::count(&ws, &f).unwrap(), n, "{filter}");
+        assert_eq!(reference::count(&ws, &f).unwrap(), n, "{filter}");
         checked += 1;
     }
     assert_eq!(
@@ -159,8 +159,8 @@ fn demo_state_matches_the_wire_examples() {
     let by_name = segment::parse(r#"amplitude_cohorts includes "Power users (90d)""#).unwrap();
     let by_id = segment::parse(r#"amplitude_cohorts includes "c-9f1e""#).unwrap();
     assert_eq!(
-        eval::count(&ws, &by_name).unwrap(),
-        eval::count(&ws, &by_id).unwrap()
+        reference::count(&ws, &by_name).unwrap(),
+        reference::count(&ws, &by_id).unwrap()
     );
-    assert_eq!(eval::count(&ws, &by_id).unwrap(), c.len());
+    assert_eq!(reference::count(&ws, &by_id).unwrap(), c.len());
 }

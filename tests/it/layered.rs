@@ -13,12 +13,12 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use segq::cohorts::{MemberOp, ResolvedChanges};
 use segq::engine::persist;
-use segq::segment::{eval, fast, plan};
+use segq::segment::{chunk, plan, reference};
 use segq::snapshot::Snapshot;
 use segq::users::NewUser;
 use segq::{UserId, UserRef, Workspace};
 
-use super::eval_props::{build, cohort_key, gen_filter, gen_workspace, to_filter};
+use super::reference_props::{build, cohort_key, gen_filter, gen_workspace, to_filter};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -224,8 +224,8 @@ proptest! {
                     includes,
                 };
                 let p = plan::plan(&layered, &f).unwrap();
-                let prepared = fast::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
-                prop_assert_eq!(prepared.count().unwrap(), eval::count(&plain, &f).unwrap(), "{}", f);
+                let prepared = chunk::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
+                prop_assert_eq!(prepared.count().unwrap(), reference::count(&plain, &f).unwrap(), "{}", f);
             }
         }
         prop_assert!(
@@ -235,9 +235,9 @@ proptest! {
         for f in &filters {
             let filter = to_filter(f, cohorts);
             let want: roaring::RoaringBitmap =
-                eval::members(&plain, &filter).unwrap().iter().map(|u| u.0).collect();
+                reference::members(&plain, &filter).unwrap().iter().map(|u| u.0).collect();
             let p = plan::plan(&layered, &filter).unwrap();
-            let prepared = fast::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
+            let prepared = chunk::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
             prop_assert_eq!(prepared.count().unwrap(), want.len(), "plan {}", p);
             prop_assert_eq!(prepared.members().unwrap(), want.clone());
             let check = prepared.checker().unwrap();

@@ -1,6 +1,7 @@
 //! The integration test binary: one module per area of the library.
 
 mod bench_cmd;
+mod chunk;
 mod cli;
 mod cohorts;
 mod compaction;
@@ -8,9 +9,6 @@ mod crash;
 mod demo;
 mod disk_full;
 mod engine;
-mod eval;
-mod eval_props;
-mod fast;
 mod golden;
 mod import;
 mod layered;
@@ -18,6 +16,8 @@ mod log;
 mod malformed;
 mod matching;
 mod query_safety;
+mod reference;
+mod reference_props;
 mod seams;
 mod segment_parse;
 mod segments;

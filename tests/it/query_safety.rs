@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use segq::engine::persist;
 use segq::engine::WorkspaceHandle;
 use segq::query::{Frozen, Uncached};
-use segq::segment::{eval, BucketCmp, Filter};
+use segq::segment::{reference, BucketCmp, Filter};
 use segq::snapshot::format::{SectionKind, SnapshotWriter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
@@ -30,14 +30,14 @@ fn quadratic_breakdown(ws: &Workspace, filter: &Filter) -> (String, Vec<(String,
     };
     let rows = (0..children.len())
         .map(|i| {
-            let own = eval::count(ws, &children[i]).expect("counts");
+            let own = reference::count(ws, &children[i]).expect("counts");
             let so_far = children[..=i].to_vec();
             let combined = if op == "and" {
                 Filter::And(so_far)
             } else {
                 Filter::Or(so_far)
             };
-            let running = eval::count(ws, &combined).expect("counts");
+            let running = reference::count(ws, &combined).expect("counts");
             (children[i].to_string(), own, running)
         })
         .collect();
@@ -184,7 +184,7 @@ fn a_frozen_view_answers_for_the_moment_it_was_taken() {
     assert_eq!(query::count_in(&frozen, &f, false).unwrap().count, before);
     let after = query::count(&ws, &Uncached, &f, false).unwrap().count;
     assert_eq!(after, before + 500);
-    assert_eq!(after, eval::count(&ws, &f).unwrap());
+    assert_eq!(after, reference::count(&ws, &f).unwrap());
 }
 
 #[test]

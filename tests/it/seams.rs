@@ -152,7 +152,7 @@ fn the_demo_runs_through_the_servers_paths() {
     let demo = std::fs::read_to_string(root().join("src/bin/segq/demo.rs")).expect("demo.rs");
     let examples = std::fs::read_to_string(root().join("src/examples.rs")).expect("examples.rs");
     for text in [&demo, &examples] {
-        for other_path in ["import::handle", "apply_cohort_changes", "eval::count"] {
+        for other_path in ["import::handle", "apply_cohort_changes", "reference::count"] {
             assert!(!text.contains(other_path), "the demo calls {other_path}");
         }
     }

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use segq::engine::WorkspaceHandle;
 use segq::query;
-use segq::segment::{self, eval, BucketCmp, Filter};
+use segq::segment::{self, reference, BucketCmp, Filter};
 use segq::users::NewUser;
 use segq::workload::{self, Spec};
 use segq::{Partner, UserId};
@@ -73,11 +73,11 @@ impl Acme for InProcess {
 
     /// The exact count by the reference evaluator.
     fn reference_count(&self, filter: &Filter) -> u64 {
-        eval::count(&*self.handle().read(), filter).expect("the reference counts")
+        reference::count(&*self.handle().read(), filter).expect("the reference counts")
     }
 
     fn reference_members(&self, filter: &Filter) -> Vec<UserId> {
-        eval::members(&*self.handle().read(), filter).expect("the reference lists")
+        reference::members(&*self.handle().read(), filter).expect("the reference lists")
     }
 }
 

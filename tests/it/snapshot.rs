@@ -7,7 +7,7 @@ use std::path::Path;
 
 use chrono::{TimeZone, Utc};
 use segq::engine::persist;
-use segq::segment::{eval, fast, plan};
+use segq::segment::{chunk, plan, reference};
 use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, VERSION};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
@@ -123,15 +123,15 @@ fn lookups_and_queries_run_on_the_mapped_file() {
     // reference on the in-memory workspace.
     for (name, f) in workload::query_shapes(SPEC.cohorts) {
         let p = plan::plan(&snap, &f).unwrap();
-        let prepared = fast::Prepared::for_snapshot(&snap, &p).unwrap();
+        let prepared = chunk::Prepared::for_snapshot(&snap, &p).unwrap();
         assert_eq!(
             prepared.count().unwrap(),
-            eval::count(&ws, &f).unwrap(),
+            reference::count(&ws, &f).unwrap(),
             "{name}"
         );
         assert_eq!(
             prepared.members().unwrap(),
-            eval::evaluate(&ws, &f).unwrap(),
+            reference::evaluate(&ws, &f).unwrap(),
             "{name}"
         );
     }
@@ -140,11 +140,11 @@ fn lookups_and_queries_run_on_the_mapped_file() {
         segq::segment::parse(r#"amplitude_cohorts includes "Power users (90d)""#).unwrap();
     let p = plan::plan(&snap, &by_name).unwrap();
     assert_eq!(
-        fast::Prepared::for_snapshot(&snap, &p)
+        chunk::Prepared::for_snapshot(&snap, &p)
             .unwrap()
             .count()
             .unwrap(),
-        eval::count(&ws, &by_name).unwrap()
+        reference::count(&ws, &by_name).unwrap()
     );
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use segq::segment::eval;
+use segq::segment::reference;
 use segq::workload::{self, cohort_id, CohortKind, Spec, Workload, PARTNER};
 use segq::{CohortKey, Error, UserId, UserRef};
 
@@ -217,13 +217,14 @@ fn the_query_shapes_all_evaluate() {
     let shapes = workload::query_shapes(70);
     assert_eq!(shapes.len(), 6);
     for (name, filter) in &shapes {
-        let count = eval::count(&w.workspace, filter).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let count =
+            reference::count(&w.workspace, filter).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(count <= u64::from(SPEC.users), "{name}");
-        let members = eval::members(&w.workspace, filter).unwrap();
+        let members = reference::members(&w.workspace, filter).unwrap();
         assert_eq!(members.len() as u64, count, "{name}");
         if let Some(&u) = members.first() {
             let r = UserRef::DeviceId(format!("d{}", u.get()));
-            assert!(eval::contains(&w.workspace, filter, &r)
+            assert!(reference::contains(&w.workspace, filter, &r)
                 .unwrap()
                 .is_member());
         }
@@ -241,7 +242,7 @@ fn the_query_shapes_all_evaluate() {
         .unwrap();
         assert_eq!(small.workspace.users.len(), users);
         for (name, filter) in workload::query_shapes(cohorts) {
-            eval::count(&small.workspace, &filter)
+            reference::count(&small.workspace, &filter)
                 .unwrap_or_else(|e| panic!("{users} users, {cohorts} cohorts, {name}: {e}"));
         }
     }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use segq::segment::{eval, fast, plan, Filter};
+use segq::segment::{chunk, plan, reference, Filter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
 use segq::{Error, UserId, Workspace};
@@ -524,11 +524,11 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
     let mut prepared_all = Vec::new();
     for (name, filter) in &shapes {
         let lp = plan::plan(&live, filter)?;
-        let live_prepared = fast::Prepared::new(&live, &lp, &live_cache)?;
+        let live_prepared = chunk::Prepared::new(&live, &lp, &live_cache)?;
         let (live_count, fast_live) = sampler.time(|| live_prepared.count())?;
         if ws.is_some() {
             // The reference over the same layers (decoding them).
-            let n = eval::count(&live, filter)?;
+            let n = reference::count(&live, filter)?;
             if n != live_count {
                 return Err(Failure::Other(format!(
                     "{name} with the live delta: the fast evaluator counts {live_count}, the reference {n}"
@@ -537,10 +537,10 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         }
         let (count, fast_with_planning) = sampler.time(|| {
             let p = plan::plan(snap, black_box(filter))?;
-            fast::Prepared::for_snapshot(snap, &p)?.count()
+            chunk::Prepared::for_snapshot(snap, &p)?.count()
         })?;
         let p = plan::plan(snap, filter)?;
-        let prepared = fast::Prepared::for_snapshot(snap, &p)?;
+        let prepared = chunk::Prepared::for_snapshot(snap, &p)?;
         let (again, fast_prepared) = sampler.time(|| prepared.count())?;
         if again != count {
             return Err(Failure::Other(format!(
@@ -549,7 +549,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         }
         let reference = match &ws {
             Some(ws) => {
-                let (n, t) = sampler.time(|| eval::count(ws, black_box(filter)))?;
+                let (n, t) = sampler.time(|| reference::count(ws, black_box(filter)))?;
                 if n != count {
                     return Err(Failure::Other(format!(
                         "{name}: the fast evaluator counts {count}, the reference {n}"
@@ -587,7 +587,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
     let mut single_count = 0;
     let single_timing = sampler.batched(SINGLE_BATCH, || {
         let p = plan::plan(snap, black_box(&single))?;
-        single_count = fast::Prepared::for_snapshot(snap, &p)?.count()?;
+        single_count = chunk::Prepared::for_snapshot(snap, &p)?.count()?;
         Ok(())
     })?;
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use segq::segment::{self, eval};
+use segq::segment::{self, reference};
 use segq::workload::{self, CohortKind, Spec};
 use segq::{Error, UserRef};
 
@@ -50,22 +50,22 @@ pub fn query(args: QueryArgs, out: &mut dyn Write) -> Result<(), Error> {
     let filter = segment::resolve(&ws, &filter)?;
     let t = Instant::now();
     if members {
-        let ids = eval::members(&ws, &filter)?;
+        let ids = reference::members(&ws, &filter)?;
         for id in ids.iter().take(limit.unwrap_or(usize::MAX)) {
             writeln!(out, "{}", ws.users.display_id(*id)).map_err(io_err)?;
         }
         eprintln!("{} members in {:?}", ids.len(), t.elapsed());
     } else {
-        let n = eval::count(&ws, &filter)?;
+        let n = reference::count(&ws, &filter)?;
         writeln!(out, "{n}").map_err(io_err)?;
         eprintln!("counted in {:?}", t.elapsed());
     }
     if let Some(user) = check {
-        let m = eval::contains(&ws, &filter, &user)?;
+        let m = reference::contains(&ws, &filter, &user)?;
         let answer = match m {
-            eval::Membership::Member(_) => "yes",
-            eval::Membership::NotMember(_) => "no",
-            eval::Membership::UnknownUser => "no (unknown user)",
+            reference::Membership::Member(_) => "yes",
+            reference::Membership::NotMember(_) => "no",
+            reference::Membership::UnknownUser => "no (unknown user)",
         };
         writeln!(out, "{user}: {answer}").map_err(io_err)?;
     }

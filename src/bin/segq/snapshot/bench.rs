@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use segq::segment::{fast, plan};
+use segq::segment::{chunk, plan};
 use segq::snapshot::format::SectionKind;
 use segq::snapshot::Snapshot;
 use segq::{Result, UserRef};
@@ -79,7 +79,7 @@ pub fn run(path: &Path, lookups: usize) -> Result<Report> {
         .expect("six query shapes");
     let t = Instant::now();
     let p = plan::plan(&snap, &filter)?;
-    let query_count = fast::Prepared::for_snapshot(&snap, &p)?.count()?;
+    let query_count = chunk::Prepared::for_snapshot(&snap, &p)?.count()?;
     let query_ms = t.elapsed().as_secs_f64() * 1e3;
     let rss_after_query = rss_bytes();
 

@@ -2,7 +2,7 @@
 //! known.
 
 use segq::cohorts::{Cohort, SyncStats};
-use segq::segment::eval::{self, Membership};
+use segq::segment::reference::{self, Membership};
 use segq::segment::{BucketCmp, Filter};
 use segq::users::NewUser;
 use segq::{CohortKey, Error, Partner, UserId, UserRef, Workspace};
@@ -77,21 +77,28 @@ fn workspace() -> Workspace {
 }
 
 fn ids(ws: &Workspace, f: &Filter) -> Vec<u32> {
-    let members: Vec<u32> = eval::members(ws, f)
+    let members: Vec<u32> = reference::members(ws, f)
         .unwrap_or_else(|e| panic!("{f}: {e}"))
         .into_iter()
         .map(UserId::get)
         .collect();
     // count, members and evaluate agree, and contains agrees for every user.
-    assert_eq!(eval::count(ws, f).unwrap(), members.len() as u64, "{f}");
     assert_eq!(
-        eval::evaluate(ws, f).unwrap().iter().collect::<Vec<_>>(),
+        reference::count(ws, f).unwrap(),
+        members.len() as u64,
+        "{f}"
+    );
+    assert_eq!(
+        reference::evaluate(ws, f)
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
         members,
         "{f}"
     );
     for u in 0..ws.users.len() {
         assert_eq!(
-            eval::contains_user(ws, f, UserId(u)).unwrap(),
+            reference::contains_user(ws, f, UserId(u)).unwrap(),
             members.contains(&u),
             "{f}: user {u}"
         );
@@ -127,14 +134,14 @@ fn includes_is_the_cohorts_members() {
     assert_eq!(ids(&ws, &inc("empty")), [] as [u32; 0]);
     assert_eq!(ids(&ws, &Filter::includes(MIX, "c1")), [5]);
     assert_eq!(
-        eval::contains(&ws, &inc("c1"), &ext("alice")).unwrap(),
+        reference::contains(&ws, &inc("c1"), &ext("alice")).unwrap(),
         Membership::Member(UserId(0))
     );
     assert_eq!(
-        eval::contains(&ws, &inc("c1"), &ext("dave")).unwrap(),
+        reference::contains(&ws, &inc("c1"), &ext("dave")).unwrap(),
         Membership::NotMember(UserId(5))
     );
-    assert!(eval::contains(&ws, &inc("c2"), &dev("anon-1"))
+    assert!(reference::contains(&ws, &inc("c2"), &dev("anon-1"))
         .unwrap()
         .is_member());
 }
@@ -151,9 +158,9 @@ fn does_not_include_is_the_complement_within_existing_users() {
     assert_eq!(ids(&ws, &inc("stale")), [3]);
     assert_eq!(ids(&ws, &exc("stale")), [0, 1, 2, 4, 5, 6]);
     assert_eq!(ids(&ws, &inc("stale").not()), [0, 1, 2, 4, 5, 6]);
-    assert_eq!(eval::universe(&ws).iter().collect::<Vec<_>>(), ALL);
-    assert!(!eval::contains_user(&ws, &inc("stale"), UserId(100)).unwrap());
-    assert!(!eval::contains_user(&ws, &exc("empty"), UserId(7)).unwrap());
+    assert_eq!(reference::universe(&ws).iter().collect::<Vec<_>>(), ALL);
+    assert!(!reference::contains_user(&ws, &inc("stale"), UserId(100)).unwrap());
+    assert!(!reference::contains_user(&ws, &exc("empty"), UserId(7)).unwrap());
 }
 
 #[test]
@@ -267,9 +274,9 @@ fn empty_and_is_every_user_empty_or_is_nobody() {
         exc("c"),
         bucket(BucketCmp::Ge(0)),
     ] {
-        assert_eq!(eval::count(&empty, &f).unwrap(), 0, "{f}");
+        assert_eq!(reference::count(&empty, &f).unwrap(), 0, "{f}");
         assert_eq!(
-            eval::contains(&empty, &f, &ext("alice")).unwrap(),
+            reference::contains(&empty, &f, &ext("alice")).unwrap(),
             Membership::UnknownUser
         );
     }
@@ -290,13 +297,13 @@ fn an_unknown_cohort_is_an_error() {
     ];
     for f in &filters {
         for err in [
-            eval::count(&ws, f).unwrap_err(),
-            eval::members(&ws, f).unwrap_err(),
-            eval::evaluate(&ws, f).unwrap_err(),
+            reference::count(&ws, f).unwrap_err(),
+            reference::members(&ws, f).unwrap_err(),
+            reference::evaluate(&ws, f).unwrap_err(),
             // For a known user, an unknown user, and an unknown device.
-            eval::contains(&ws, f, &ext("alice")).unwrap_err(),
-            eval::contains(&ws, f, &ext("nobody")).unwrap_err(),
-            eval::contains(&ws, f, &dev("nobody")).unwrap_err(),
+            reference::contains(&ws, f, &ext("alice")).unwrap_err(),
+            reference::contains(&ws, f, &ext("nobody")).unwrap_err(),
+            reference::contains(&ws, f, &dev("nobody")).unwrap_err(),
         ] {
             assert!(
                 matches!(err, Error::NoSuchCohort { .. }),
@@ -305,7 +312,7 @@ fn an_unknown_cohort_is_an_error() {
         }
     }
     // The error names the partner and the value.
-    match eval::count(&ws, &Filter::includes(MIX, "c2")) {
+    match reference::count(&ws, &Filter::includes(MIX, "c2")) {
         Err(Error::NoSuchCohort { partner, value }) => {
             assert_eq!((partner, value.as_str()), (MIX, "c2"));
         }
@@ -313,8 +320,8 @@ fn an_unknown_cohort_is_an_error() {
     }
     // An ambiguous name is an error too.
     for err in [
-        eval::count(&ws, &inc("Dup")).unwrap_err(),
-        eval::contains(&ws, &inc("Dup"), &ext("nobody")).unwrap_err(),
+        reference::count(&ws, &inc("Dup")).unwrap_err(),
+        reference::contains(&ws, &inc("Dup"), &ext("nobody")).unwrap_err(),
     ] {
         match err {
             Error::AmbiguousCohortName { ids, .. } => assert_eq!(ids, ["dup-a", "dup-b"]),
@@ -330,7 +337,7 @@ fn contains_looks_users_up_by_any_identifier() {
     // By alias, and by the device of an identified user: a look-up, not the
     // import's matching rules.
     assert_eq!(
-        eval::contains(
+        reference::contains(
             &ws,
             &f,
             &UserRef::Alias {
@@ -342,25 +349,25 @@ fn contains_looks_users_up_by_any_identifier() {
         Membership::Member(UserId(0))
     );
     assert_eq!(
-        eval::contains(&ws, &f, &dev("d-alice")).unwrap(),
+        reference::contains(&ws, &f, &dev("d-alice")).unwrap(),
         Membership::Member(UserId(0))
     );
     assert_eq!(
-        eval::contains(&ws, &f, &dev("d-carol")).unwrap(),
+        reference::contains(&ws, &f, &dev("d-carol")).unwrap(),
         Membership::Member(UserId(3))
     );
     // User 6 was identified after it got its device: both find it.
     let late = Filter::includes(AMP, "dup-b");
     assert_eq!(
-        eval::contains(&ws, &late, &dev("d-late")).unwrap(),
+        reference::contains(&ws, &late, &dev("d-late")).unwrap(),
         Membership::Member(UserId(6))
     );
     assert_eq!(
-        eval::contains(&ws, &late, &ext("erin")).unwrap(),
+        reference::contains(&ws, &late, &ext("erin")).unwrap(),
         Membership::Member(UserId(6))
     );
     assert_eq!(
-        eval::contains(&ws, &f, &dev("anon-2")).unwrap(),
+        reference::contains(&ws, &f, &dev("anon-2")).unwrap(),
         Membership::NotMember(UserId(4))
     );
     assert!(!Membership::NotMember(UserId(4)).is_member());
@@ -381,12 +388,12 @@ fn contains_looks_users_up_by_any_identifier() {
         },
     ] {
         assert_eq!(
-            eval::contains(&ws, &f, &r).unwrap(),
+            reference::contains(&ws, &f, &r).unwrap(),
             Membership::UnknownUser,
             "{r}"
         );
         assert_eq!(
-            eval::contains(&ws, &Filter::And(vec![]), &r).unwrap(),
+            reference::contains(&ws, &Filter::And(vec![]), &r).unwrap(),
             Membership::UnknownUser,
             "{r}"
         );
@@ -412,8 +419,8 @@ fn a_cohort_named_by_its_unique_name_evaluates_like_its_id() {
         assert_eq!(ids(&ws, by_name), ids(&ws, by_id), "{by_name}");
         for u in ["alice", "bob", "carol", "dave", "erin"] {
             assert_eq!(
-                eval::contains(&ws, by_name, &ext(u)).unwrap(),
-                eval::contains(&ws, by_id, &ext(u)).unwrap()
+                reference::contains(&ws, by_name, &ext(u)).unwrap(),
+                reference::contains(&ws, by_id, &ext(u)).unwrap()
             );
         }
     }

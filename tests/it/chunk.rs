@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use segq::bitmap_view::{BitmapView, Container};
-use segq::segment::{eval, fast, plan, BucketCmp, Filter};
+use segq::segment::{chunk, plan, reference, BucketCmp, Filter};
 use segq::workload::{self, Spec};
 use segq::UserId;
 
@@ -85,11 +85,11 @@ fn a_single_cohort_is_counted_from_its_cardinality_and_an_and_skips_chunks() {
     let ws = workload::generate("fast", SPEC).unwrap().workspace;
     let one = Filter::includes(workload::PARTNER, "c0");
     let p = plan::plan(&ws, &one).unwrap();
-    let (n, stats) = fast::Prepared::new(&ws, &p, &segq::query::Uncached)
+    let (n, stats) = chunk::Prepared::new(&ws, &p, &segq::query::Uncached)
         .unwrap()
         .count_with_stats()
         .unwrap();
-    assert_eq!(n, eval::count(&ws, &one).unwrap());
+    assert_eq!(n, reference::count(&ws, &one).unwrap());
     assert_eq!(stats.touched + stats.skipped, 0, "no chunk evaluated");
 
     // A clustered cohort covers few chunks: ANDed with a large one, the
@@ -105,11 +105,11 @@ fn a_single_cohort_is_counted_from_its_cardinality_and_an_and_skips_chunks() {
         Filter::includes(workload::PARTNER, clustered.cohort_id.clone()),
     ]);
     let p = plan::plan(&ws, &f).unwrap();
-    let (n, stats) = fast::Prepared::new(&ws, &p, &segq::query::Uncached)
+    let (n, stats) = chunk::Prepared::new(&ws, &p, &segq::query::Uncached)
         .unwrap()
         .count_with_stats()
         .unwrap();
-    assert_eq!(n, eval::count(&ws, &f).unwrap());
+    assert_eq!(n, reference::count(&ws, &f).unwrap());
     assert_eq!(stats.chunks, 4);
     assert!(stats.skipped >= 1, "{stats:?}");
     assert_eq!(stats.touched + stats.skipped, 4);
@@ -191,10 +191,10 @@ fn agrees_with_the_reference<'w>(
     cache: &segq::query::SerialCache,
     rng: &mut impl Rng,
     checks: usize,
-) -> (fast::Prepared<'w>, roaring::RoaringBitmap) {
+) -> (chunk::Prepared<'w>, roaring::RoaringBitmap) {
     let p = plan::plan(ws, f).unwrap();
-    let prepared = fast::Prepared::new(ws, &p, cache).unwrap();
-    let expected = eval::evaluate(ws, f).unwrap();
+    let prepared = chunk::Prepared::new(ws, &p, cache).unwrap();
+    let expected = reference::evaluate(ws, f).unwrap();
     assert_eq!(prepared.count().unwrap(), expected.len(), "{f}");
     assert_eq!(prepared.members().unwrap(), expected, "{f}");
     for _ in 0..checks {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use segq::cohorts::{Cohort, SyncStats};
-use segq::segment::eval::{self, Membership};
+use segq::segment::reference::{self, Membership};
 use segq::segment::{BucketCmp, Filter};
 use segq::users::NewUser;
 use segq::{CohortKey, Partner, UserId, UserRef, Workspace};
@@ -241,8 +241,8 @@ proptest! {
         let filter = to_filter(&f, g.cohorts.len());
         let expected = model(&g, &f);
 
-        prop_assert_eq!(eval::count(&ws, &filter).unwrap(), expected.len() as u64);
-        let members: Vec<u32> = eval::members(&ws, &filter)
+        prop_assert_eq!(reference::count(&ws, &filter).unwrap(), expected.len() as u64);
+        let members: Vec<u32> = reference::members(&ws, &filter)
             .unwrap()
             .into_iter()
             .map(UserId::get)
@@ -261,10 +261,10 @@ proptest! {
             } else {
                 Membership::NotMember(id)
             };
-            prop_assert_eq!(eval::contains(&ws, &filter, &r).unwrap(), want, "user {}", u);
+            prop_assert_eq!(reference::contains(&ws, &filter, &r).unwrap(), want, "user {}", u);
         }
         prop_assert_eq!(
-            eval::contains(&ws, &filter, &UserRef::ExternalId("nobody".into())).unwrap(),
+            reference::contains(&ws, &filter, &UserRef::ExternalId("nobody".into())).unwrap(),
             Membership::UnknownUser
         );
     }
@@ -329,7 +329,7 @@ proptest! {
         let users = u64::from(ws.users.len());
         prop_assert_eq!(normalised(&p, users, true), Ok(()), "plan {:?}", p);
         let again = plan::to_filter(&p);
-        prop_assert_eq!(eval::count(&ws, &again).unwrap(), expected.len() as u64, "plan {}", p);
+        prop_assert_eq!(reference::count(&ws, &again).unwrap(), expected.len() as u64, "plan {}", p);
         for leaf in p.leaves() {
             if let plan::Leaf::Cohort { partner, cohort_id, cardinality } = leaf {
                 let c = ws.cohorts.resolve(*partner, cohort_id).unwrap();
@@ -348,12 +348,12 @@ proptest! {
         g in gen_workspace(),
         f in gen_filter(),
     ) {
-        use segq::segment::{fast, plan};
+        use segq::segment::{chunk, plan};
         let ws = build(&g);
         let filter = to_filter(&f, g.cohorts.len());
         let expected = model(&g, &f);
         let p = plan::plan(&ws, &filter).unwrap();
-        let prepared = fast::Prepared::new(&ws, &p, &segq::query::Uncached).unwrap();
+        let prepared = chunk::Prepared::new(&ws, &p, &segq::query::Uncached).unwrap();
         prop_assert_eq!(prepared.count().unwrap(), expected.len() as u64, "plan {}", p);
         let members: Vec<u32> = prepared.members().unwrap().iter().collect();
         prop_assert_eq!(&members, &expected.iter().copied().collect::<Vec<_>>());
