@@ -570,12 +570,7 @@ pub fn load(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::Io {
-                    path: name.to_string(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(Error::io(name, e)),
         };
         read += n as u64;
         let mut full = Vec::new();

@@ -2,6 +2,7 @@
 //! was found, so that a caller (the CLI, the HTTP layer) can say it clearly.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::ids::{CohortKey, Partner, UserId};
 
@@ -217,18 +218,19 @@ pub enum Error {
     #[error("change log: {0}")]
     Log(#[from] crate::log::LogError),
 
-    #[error("{path}: corrupt: {reason}")]
-    Corrupt { path: String, reason: String },
+    #[error("{}: corrupt: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
 
-    #[error("{path} is locked by another segq process; one data directory serves one process")]
-    Locked { path: String },
+    #[error("{} is locked by another segq process; one data directory serves one process", path.display())]
+    Locked { path: PathBuf },
 
-    #[error("configuration {path}: {reason}")]
-    Config { path: String, reason: String },
+    #[error("configuration {}: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
 
-    #[error("I/O error on {path}: {source}")]
+    /// Built with [`Error::io`].
+    #[error("I/O error on {}: {source}", path.display())]
     Io {
-        path: String,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -240,6 +242,24 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O failure on `path` (a file, a folder, or a stand-in such as
+    /// `<stdout>` for a stream that has no path).
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// [`Error::io`] as a function to hand to `map_err`:
+    /// `File::open(p).map_err(Error::io_at(p))`.
+    pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Error::io(path, source)
+    }
+}
 
 impl From<crate::ids::UnknownPartner> for Error {
     fn from(e: crate::ids::UnknownPartner) -> Self {
@@ -253,5 +273,46 @@ impl From<crate::ids::BadUserRef> for Error {
             kind: e.kind,
             reason: e.reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn io_keeps_the_path_and_shows_it_as_before() {
+        let e = Error::io(Path::new("/data/ws/log-1"), std::io::Error::other("full"));
+        match &e {
+            Error::Io { path, .. } => assert_eq!(path, Path::new("/data/ws/log-1")),
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+        assert_eq!(e.to_string(), "I/O error on /data/ws/log-1: full");
+        let mapped: Result<()> =
+            Err(std::io::Error::other("gone")).map_err(Error::io_at("<stdout>"));
+        assert_eq!(
+            mapped.unwrap_err().to_string(),
+            "I/O error on <stdout>: gone"
+        );
+    }
+
+    #[test]
+    fn paths_in_errors_are_paths() {
+        let path = PathBuf::from("/data/ws/snapshot-3.segq");
+        let e = Error::Corrupt {
+            path: path.clone(),
+            reason: "bad tail".into(),
+        };
+        assert_eq!(e.to_string(), "/data/ws/snapshot-3.segq: corrupt: bad tail");
+        let e = Error::Locked { path: path.clone() };
+        assert!(e
+            .to_string()
+            .starts_with("/data/ws/snapshot-3.segq is locked"));
+        let e = Error::Config {
+            path,
+            reason: "x".into(),
+        };
+        assert_eq!(e.to_string(), "configuration /data/ws/snapshot-3.segq: x");
     }
 }

@@ -241,7 +241,7 @@ impl Rebase {
             let i = *index
                 .get(&(key.partner, key.cohort_id.as_str()))
                 .ok_or_else(|| Error::Corrupt {
-                    path: snap.name().to_string(),
+                    path: snap.name().into(),
                     reason: format!("cohort {key} is missing"),
                 })?;
             let base = BaseBitmap::new(snap.clone(), i)?;

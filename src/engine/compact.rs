@@ -60,37 +60,30 @@ pub trait Fs {
     fn remove(&mut self, path: &Path) -> Result<()>;
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// The real file system.
 #[derive(Debug, Default)]
 pub struct RealFs;
 
 impl Fs for RealFs {
     fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let mut f = fs::File::create(path).map_err(io(path))?;
-        f.write_all(bytes).map_err(io(path))
+        let mut f = fs::File::create(path).map_err(Error::io_at(path))?;
+        f.write_all(bytes).map_err(Error::io_at(path))
     }
 
     fn fsync(&mut self, path: &Path) -> Result<()> {
         fs::File::open(path)
             .and_then(|f| f.sync_all())
-            .map_err(io(path))
+            .map_err(Error::io_at(path))
     }
 
     fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
-        fs::rename(from, to).map_err(io(to))
+        fs::rename(from, to).map_err(Error::io_at(to))
     }
 
     fn fsync_dir(&mut self, dir: &Path) -> Result<()> {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io(dir))
+            .map_err(Error::io_at(dir))
     }
 
     fn create_log(&mut self, path: &Path, first_seq: u64) -> Result<LogWriter> {
@@ -99,7 +92,7 @@ impl Fs for RealFs {
 
     fn remove(&mut self, path: &Path) -> Result<()> {
         match fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_at(path)(e)),
             _ => Ok(()),
         }
     }
@@ -141,10 +134,10 @@ impl Manifest {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
+            Err(e) => return Err(Error::io_at(&path)(e)),
         };
         let corrupt = |reason: String| Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             reason,
         };
         let stored: Stored =
@@ -309,7 +302,7 @@ pub(crate) fn cleanup(
 /// snapshot but `snapshot`, any log not in `chain` (the logs in use), and
 /// temporary files.
 pub(crate) fn remove_litter(dir: &Path, snapshot: Option<&str>, chain: &[PathBuf]) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(io(dir))?.flatten() {
+    for entry in fs::read_dir(dir).map_err(Error::io_at(dir))?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let ours = name.starts_with("snap-")
             || name.starts_with("log-")
@@ -317,7 +310,7 @@ pub(crate) fn remove_litter(dir: &Path, snapshot: Option<&str>, chain: &[PathBuf
             || name == super::LOG_FILE;
         let p = entry.path();
         if ours && Some(name.as_str()) != snapshot && !chain.contains(&p) {
-            fs::remove_file(&p).map_err(io(&p))?;
+            fs::remove_file(&p).map_err(Error::io_at(&p))?;
         }
     }
     Ok(())
@@ -333,7 +326,7 @@ pub(crate) fn open_snapshot(dir: &Path, m: &Manifest) -> Result<Snapshot> {
     let meta = snap.meta()?;
     if meta.seq != m.seq {
         return Err(Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             reason: format!("holds log seq {}, the manifest says {}", meta.seq, m.seq),
         });
     }

@@ -207,34 +207,29 @@ impl Config {
 
     /// Loads `path`; `None` if the file does not exist. Creates nothing.
     pub fn load_existing(path: &Path) -> Result<Option<Config>> {
-        let shown = path.display().to_string();
         match std::fs::read(path) {
             Ok(bytes) => {
                 let c: Config = serde_json::from_slice(&bytes).map_err(|e| Error::Config {
-                    path: shown.clone(),
+                    path: path.to_path_buf(),
                     reason: e.to_string(),
                 })?;
-                c.check(&shown)?;
+                c.check(path)?;
                 Ok(Some(c))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io {
-                path: shown,
-                source,
-            }),
+            Err(source) => Err(Error::io(path, source)),
         }
     }
 
     /// Loads `path`, or writes a generated configuration there if the file
     /// does not exist.
     pub fn load_or_create(path: &Path) -> Result<Config> {
-        let shown = path.display().to_string();
         match Self::load_existing(path) {
             Ok(Some(c)) => Ok(c),
             Ok(None) => {
                 let c = Config::generate();
                 let text = serde_json::to_vec_pretty(&c).map_err(|e| Error::Config {
-                    path: shown.clone(),
+                    path: path.to_path_buf(),
                     reason: e.to_string(),
                 })?;
                 write_atomically(path, &text)?;
@@ -244,10 +239,10 @@ impl Config {
         }
     }
 
-    fn check(&self, path: &str) -> Result<()> {
+    fn check(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| {
             Err(Error::Config {
-                path: path.to_string(),
+                path: path.into(),
                 reason,
             })
         };

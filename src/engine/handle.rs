@@ -1043,28 +1043,25 @@ fn rebuild(
                 Ok(())
             }
             (None, other) => Err(Error::Corrupt {
-                path: path.to_string(),
+                path: path.into(),
                 reason: format!("the first record is {other:?}, not WorkspaceCreated"),
             }),
             (Some(w), change) => record::apply(w, &change)
                 .map(drop)
                 .map_err(|e| Error::Corrupt {
-                    path: path.to_string(),
+                    path: path.into(),
                     reason: format!("record {seq} does not apply: {e}"),
                 }),
         }
     };
     let (current, before) = chain.split_last().ok_or_else(|| Error::Corrupt {
-        path: dir.display().to_string(),
+        path: dir.to_path_buf(),
         reason: "the workspace has no log".into(),
     })?;
     for path in before {
         // Logs before the one in use are complete; read, never cut.
         let shown = path.display().to_string();
-        let mut file = crate::log::FsFile::open(path).map_err(|source| Error::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let mut file = crate::log::FsFile::open(path).map_err(Error::io_at(path))?;
         for r in LogWriter::scan(&mut file)?.records {
             replay(&shown, r.seq, &r.payload)?;
         }
@@ -1078,7 +1075,7 @@ fn rebuild(
     })?;
     failed?;
     ws.ok_or_else(|| Error::Corrupt {
-        path: shown,
+        path: shown.into(),
         reason: "no WorkspaceCreated record is durable".into(),
     })
 }

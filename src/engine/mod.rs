@@ -232,13 +232,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Writes a small file so that it is either wholly there or not at all:
 /// a temporary file, fsynced, renamed over the target, directory fsynced.
 /// The file is readable by its owner only (0600 on Unix): these are the
@@ -253,25 +246,25 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(PRIVATE_FILE);
     }
-    let mut f = options.open(&tmp).map_err(io_error(&tmp))?;
+    let mut f = options.open(&tmp).map_err(Error::io_at(&tmp))?;
     #[cfg(unix)]
     {
         // A temporary file left behind may have been created looser.
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))
-            .map_err(io_error(&tmp))?;
+            .map_err(Error::io_at(&tmp))?;
     }
-    f.write_all(bytes).map_err(io_error(&tmp))?;
-    f.sync_all().map_err(io_error(&tmp))?;
+    f.write_all(bytes).map_err(Error::io_at(&tmp))?;
+    f.sync_all().map_err(Error::io_at(&tmp))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(io_error(path))?;
+    fs::rename(&tmp, path).map_err(Error::io_at(path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
+        .map_err(Error::io_at(dir))
 }
 
 /// The mode of secrets files (Unix).
@@ -289,7 +282,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(PRIVATE_DIR);
     }
-    builder.create(dir).map_err(io_error(dir))?;
+    builder.create(dir).map_err(Error::io_at(dir))?;
     restrict(dir, PRIVATE_DIR);
     Ok(())
 }
@@ -306,7 +299,7 @@ fn looser_than(path: &Path, mode: u32) -> Result<Option<u32>> {
                 Ok((bits & !mode != 0).then_some(bits))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(path)(e)),
+            Err(e) => Err(Error::io_at(path)(e)),
         }
     }
     #[cfg(not(unix))]
@@ -424,7 +417,7 @@ struct ReadOnlyLog {
 impl ReadOnlyLog {
     fn open(path: &Path) -> Result<ReadOnlyLog> {
         Ok(ReadOnlyLog {
-            file: fs::File::open(path).map_err(io_error(path))?,
+            file: fs::File::open(path).map_err(Error::io_at(path))?,
             path: path.to_path_buf(),
             len: None,
         })
@@ -510,7 +503,7 @@ fn load_workspace(
     let (writer, replay) = open_log(&path, mode)?;
     if writer.first_seq() != m.seq + 1 {
         return Err(Error::Corrupt {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             reason: format!(
                 "starts at seq {}, the manifest's snapshot ends at {}",
                 writer.first_seq(),
@@ -533,7 +526,7 @@ fn replay_records(ws: &mut Workspace, path: &Path, records: Vec<log::LogRecord>)
     for r in records {
         let change = Change::decode(&r.payload, &shown, r.seq)?;
         record::apply(ws, &change).map_err(|e| Error::Corrupt {
-            path: shown.clone(),
+            path: path.to_path_buf(),
             reason: format!("record {} does not apply: {e}", r.seq),
         })?;
     }
@@ -561,7 +554,7 @@ fn follow_chain(
         let (w, replay) = open_log(&next, mode)?;
         if w.first_seq() != writer.next_seq() {
             return Err(Error::Corrupt {
-                path: next.display().to_string(),
+                path: next.to_path_buf(),
                 reason: format!(
                     "starts at seq {}, its name says {}",
                     w.first_seq(),
@@ -575,12 +568,12 @@ fn follow_chain(
         chain.push(next);
     }
     let end = writer.next_seq();
-    for entry in fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+    for entry in fs::read_dir(dir).map_err(Error::io_at(dir))?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if let Some(first) = compact::log_first_seq(&name) {
             if first > end {
                 return Err(Error::Corrupt {
-                    path: entry.path().display().to_string(),
+                    path: entry.path(),
                     reason: format!(
                         "starts at seq {first}, but the logs before it end at seq {}",
                         end - 1
@@ -601,7 +594,7 @@ fn clear_unused_folder(folder: &Path) -> Result<()> {
     let manifest = folder.join(compact::MANIFEST);
     if manifest.exists() {
         return Err(Error::Corrupt {
-            path: manifest.display().to_string(),
+            path: manifest.to_path_buf(),
             reason: "a workspace's manifest, but the workspace is not loaded; \
                      move the folder away to reuse its name"
                 .into(),
@@ -668,14 +661,14 @@ fn load_first_log(
     // (not merely torn off by a crash) is corruption, never a creation that
     // did not happen.
     let mut file: Box<dyn log::LogFile> = match mode {
-        Mode::ReadWrite => Box::new(log::FsFile::open(&path).map_err(io_error(&path))?),
+        Mode::ReadWrite => Box::new(log::FsFile::open(&path).map_err(Error::io_at(&path))?),
         Mode::ReadOnly => Box::new(ReadOnlyLog::open(&path)?),
     };
     let replay = LogWriter::scan(&mut file)?;
     if replay.records.is_empty() {
         return match replay.recovery.reason {
             Some(damage) if !damage.is_torn_tail() => Err(Error::Corrupt {
-                path: shown,
+                path: shown.into(),
                 reason: format!("the workspace's first record is damaged: {damage}"),
             }),
             _ => Ok(None),
@@ -690,7 +683,7 @@ fn load_first_log(
         Change::WorkspaceCreated { seed, .. } => seed,
         other => {
             return Err(Error::Corrupt {
-                path: shown,
+                path: shown.into(),
                 reason: format!("the first record is {other:?}, not WorkspaceCreated"),
             })
         }
@@ -710,11 +703,11 @@ fn load_first_log(
 fn read_admin_digest(path: &Path) -> Result<Option<[u8; 32]>> {
     match fs::read_to_string(path) {
         Ok(text) => keys::unhex32(&text).map(Some).ok_or_else(|| Error::Config {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             reason: "expected the 64 hex digits of a SHA-256 digest".into(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error(path)(e)),
+        Err(e) => Err(Error::io_at(path)(e)),
     }
 }
 
@@ -740,7 +733,7 @@ impl Engine {
         }
         let lock = lock_options
             .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
+            .map_err(Error::io_at(&lock_path))?;
         // A child process being spawned holds a copy of the lock's file
         // descriptor between its fork and its exec; a lock released just
         // before may look held for that instant, so retry for a moment.
@@ -754,10 +747,10 @@ impl Engine {
                 }
                 Err(fs::TryLockError::WouldBlock) => {
                     return Err(Error::Locked {
-                        path: lock_path.display().to_string(),
+                        path: lock_path.to_path_buf(),
                     })
                 }
-                Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io_at(&lock_path)(e)),
             }
         }
         let config_path = dir.join("segq.json");
@@ -790,7 +783,7 @@ impl Engine {
         let ws_dir = dir.join("workspaces");
         if !ws_dir.is_dir() {
             return Err(Error::Config {
-                path: dir.display().to_string(),
+                path: dir.to_path_buf(),
                 reason: "not a segq data directory (no workspaces folder)".into(),
             });
         }
@@ -824,7 +817,7 @@ impl Engine {
         let mut recoveries = Vec::new();
         let ws_dir = dir.join("workspaces");
         let mut names: Vec<String> = fs::read_dir(&ws_dir)
-            .map_err(io_error(&ws_dir))?
+            .map_err(Error::io_at(&ws_dir))?
             .filter_map(|e| e.ok())
             .filter(|e| {
                 e.path().join(LOG_FILE).exists() || e.path().join(compact::MANIFEST).exists()
@@ -847,7 +840,7 @@ impl Engine {
                 // Never acknowledged: clear it so the name can be created.
                 let path = dir.join(LOG_FILE);
                 if mode == Mode::ReadWrite && path.exists() {
-                    fs::remove_file(&path).map_err(io_error(&path))?;
+                    fs::remove_file(&path).map_err(Error::io_at(&path))?;
                 }
                 continue;
             };
@@ -1023,7 +1016,7 @@ impl Engine {
         clear_unused_folder(&folder)?;
         let snap_name = compact::snapshot_name(1);
         let tmp = folder.join(format!("{snap_name}.tmp"));
-        fs::copy(file, &tmp).map_err(io_error(&tmp))?;
+        fs::copy(file, &tmp).map_err(Error::io_at(&tmp))?;
         let mut real = compact::RealFs;
         real.fsync(&tmp)?;
         real.rename(&tmp, &folder.join(&snap_name))?;

@@ -438,10 +438,7 @@ mod tests {
 
     #[test]
     fn server_failures_hide_their_detail() {
-        let e = Error::Io {
-            path: "/secret/place/log".into(),
-            source: std::io::Error::other("disk on fire"),
-        };
+        let e = Error::io("/secret/place/log", std::io::Error::other("disk on fire"));
         let api = ApiError::from(e);
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
         let body = api.body.to_string();

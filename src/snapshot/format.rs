@@ -26,6 +26,7 @@
 //! [`SnapshotFile::verify`] checks every section's checksum.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
@@ -118,10 +119,7 @@ impl Default for SnapshotWriter<Vec<u8>> {
 }
 
 fn write_err(e: std::io::Error) -> Error {
-    Error::Io {
-        path: "<snapshot>".into(),
-        source: e,
-    }
+    Error::io("<snapshot>", e)
 }
 
 impl<W: Write> SnapshotWriter<W> {
@@ -227,7 +225,7 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
     pub fn open(bytes: B, name: impl Into<String>) -> Result<Self> {
         let name = name.into();
         let corrupt = |reason: String| Error::Corrupt {
-            path: name.clone(),
+            path: PathBuf::from(&name),
             reason,
         };
         let b = bytes.as_ref();
@@ -354,7 +352,7 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
             .iter()
             .find(|s| s.kind == kind)
             .ok_or_else(|| Error::Corrupt {
-                path: self.name.clone(),
+                path: PathBuf::from(&self.name),
                 reason: format!("no {} section", kind.name()),
             })?;
         Ok(&self.bytes.as_ref()[s.offset as usize..(s.offset + s.len) as usize])
@@ -375,14 +373,14 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
         for (start, end) in spans.into_iter().chain([(table_offset, table_offset)]) {
             if start < at {
                 return Err(Error::Corrupt {
-                    path: self.name.clone(),
+                    path: PathBuf::from(&self.name),
                     reason: format!("sections overlap at offset {start}"),
                 });
             }
             let gap = &self.bytes.as_ref()[at as usize..start as usize];
             if let Some(i) = gap.iter().position(|&x| x != 0) {
                 return Err(Error::Corrupt {
-                    path: self.name.clone(),
+                    path: PathBuf::from(&self.name),
                     reason: format!("padding byte at offset {} is not zero", at as usize + i),
                 });
             }
@@ -393,7 +391,7 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
             let computed = crc32fast::hash(bytes);
             if computed != s.crc {
                 return Err(Error::Corrupt {
-                    path: self.name.clone(),
+                    path: PathBuf::from(&self.name),
                     reason: format!(
                         "section {} (offset {}, {} bytes): checksum stored {:#010x}, computed {computed:#010x}",
                         s.kind.name(),

@@ -21,10 +21,7 @@ pub struct Mapped {
 impl Mapped {
     /// Maps the whole file read-only. Reads nothing but the file's size.
     pub fn open(path: &Path) -> Result<Mapped> {
-        let io = |source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| Error::io(path, source);
         let file = File::open(path).map_err(io)?;
         // SAFETY: `path` is a published snapshot, which segq never modifies
         // or truncates after publishing (see the module contract), so the

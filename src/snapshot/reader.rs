@@ -102,7 +102,7 @@ impl Snapshot {
     /// A `Corrupt` error naming this snapshot.
     pub fn corrupt(&self, reason: impl Into<String>) -> Error {
         Error::Corrupt {
-            path: self.file.name().to_string(),
+            path: self.file.name().into(),
             reason: reason.into(),
         }
     }
@@ -264,10 +264,7 @@ impl Snapshot {
     /// snapshot does not fill the process's resident memory.
     pub fn verify_streaming(&self, path: &Path) -> Result<()> {
         use std::io::{Read, Seek, SeekFrom};
-        let io = |source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| Error::io(path, source);
         let mut f = std::fs::File::open(path).map_err(io)?;
         let mut buf = vec![0u8; 1 << 20];
         for s in self.sections() {

@@ -295,7 +295,7 @@ impl UserRegistry {
         let b = snap.buckets()?.len();
         if b != len as usize {
             return Err(Error::Corrupt {
-                path: snap.name().to_string(),
+                path: snap.name().into(),
                 reason: format!("{b} buckets for {len} users"),
             });
         }

@@ -49,10 +49,7 @@ impl Fs for OnDiskFs {
     }
     fn create_log(&mut self, path: &Path, first_seq: u64) -> segq::Result<LogWriter> {
         drop(RealFs.create_log(path, first_seq)?);
-        let file = FsFile::open(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let file = FsFile::open(path).map_err(Error::io_at(path))?;
         Ok(LogWriter::open(self.0.wrap(file))?.0)
     }
     fn remove(&mut self, path: &Path) -> segq::Result<()> {

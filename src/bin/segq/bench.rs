@@ -311,13 +311,6 @@ impl Drop for TempFile {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Generates `spec` into a new snapshot file at `path`.
 fn write_file(spec: Spec, path: &Path, create_new: bool) -> Result<(), Error> {
     let file = std::fs::OpenOptions::new()
@@ -326,17 +319,11 @@ fn write_file(spec: Spec, path: &Path, create_new: bool) -> Result<(), Error> {
         .create_new(create_new)
         .truncate(true)
         .open(path)
-        .map_err(io_err(path))?;
+        .map_err(Error::io_at(path))?;
     let (w, _) = workload::write_snapshot("bench", spec, BufWriter::new(file))?;
-    w.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+    w.into_inner()
+        .map_err(|e| Error::io_at(path)(e.into_error()))?;
     Ok(())
-}
-
-fn stdout_err(e: std::io::Error) -> Error {
-    Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    }
 }
 
 pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
@@ -375,8 +362,8 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
             args.runs,
             BUDGET.as_secs()
         )
-        .map_err(stdout_err)?;
-        out.flush().map_err(stdout_err)?;
+        .map_err(crate::io_err)?;
+        out.flush().map_err(crate::io_err)?;
     }
 
     let mut reports = Vec::new();
@@ -401,7 +388,7 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
                     let _ = std::fs::remove_file(&tmp);
                     return Err(e.into());
                 }
-                std::fs::rename(&tmp, p).map_err(io_err(p))?;
+                std::fs::rename(&tmp, p).map_err(Error::io_at(p))?;
                 (p.clone(), true, Some(t.elapsed().as_secs_f64() * 1e3))
             }
             None => {
@@ -454,8 +441,8 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
         drop(snap);
         drop(temp);
         if !args.json {
-            print_size(out, &report).map_err(stdout_err)?;
-            out.flush().map_err(stdout_err)?;
+            print_size(out, &report).map_err(crate::io_err)?;
+            out.flush().map_err(crate::io_err)?;
         }
         reports.push(report);
     }
@@ -472,9 +459,9 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
         };
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::Other(format!("cannot print JSON: {e}")))?;
-        writeln!(out, "{text}").map_err(stdout_err)?;
+        writeln!(out, "{text}").map_err(crate::io_err)?;
     } else if reports.len() > 1 {
-        print_scaling(out, &scaling).map_err(stdout_err)?;
+        print_scaling(out, &scaling).map_err(crate::io_err)?;
     }
     Ok(())
 }

@@ -128,10 +128,7 @@ fn main() -> ExitCode {
 
 /// A write to stdout that failed.
 pub fn io_err(e: io::Error) -> Error {
-    Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    }
+    Error::io("<stdout>", e)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

@@ -102,17 +102,11 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(n) = args.max_buffered_body_bytes {
         limits.max_buffered_body_bytes = n;
     }
-    let listen_err = |e: io::Error| Error::Io {
-        path: args.listen.clone(),
-        source: e,
-    };
+    let listen_err = |e: io::Error| Error::io(&args.listen, e);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Io {
-            path: "<tokio runtime>".into(),
-            source: e,
-        })?;
+        .map_err(Error::io_at("<tokio runtime>"))?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -128,10 +122,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             eprintln!("shutting down: finishing in-flight requests");
         })
         .await
-        .map_err(|e| Error::Io {
-            path: format!("serving on {addr}"),
-            source: e,
-        })?;
+        .map_err(Error::io_at(format!("serving on {addr}")))?;
         eprintln!("stopped");
         Ok::<(), Error>(())
     })?;

@@ -2,7 +2,7 @@
 //! snapshots.
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Subcommand;
@@ -68,22 +68,11 @@ pub enum SnapshotCommand {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
-    let stdout = |e| Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    };
     match cmd {
         SnapshotCommand::Write {
             workload,
@@ -97,12 +86,14 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
             } = workload;
             let t = Instant::now();
             let tmp = path.with_extension("tmp");
-            let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            let file = std::fs::File::create(&tmp).map_err(Error::io_at(&tmp))?;
             let (w, _) = workload::write_snapshot("generated", spec, BufWriter::new(file))?;
-            let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-            file.sync_all().map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
-            let len = std::fs::metadata(&path).map_err(io(&path))?.len();
+            let file = w
+                .into_inner()
+                .map_err(|e| Error::io_at(&tmp)(e.into_error()))?;
+            file.sync_all().map_err(Error::io_at(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(Error::io_at(&path))?;
+            let len = std::fs::metadata(&path).map_err(Error::io_at(&path))?.len();
             writeln!(
                 out,
                 "wrote {} ({}) for {users} users, {cohorts} cohorts, seed {seed} in {:.1?}",
@@ -110,7 +101,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 mib(len),
                 t.elapsed()
             )
-            .map_err(stdout)?;
+            .map_err(crate::io_err)?;
         }
         SnapshotCommand::Inspect { file, json } => {
             let snap = Snapshot::open(&file)?;
@@ -118,7 +109,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if json {
                 let text = serde_json::to_string_pretty(&i)
                     .map_err(|e| Error::Internal(format!("encoding the inspection: {e}")))?;
-                writeln!(out, "{text}").map_err(stdout)?;
+                writeln!(out, "{text}").map_err(crate::io_err)?;
                 return Ok(());
             }
             writeln!(
@@ -132,8 +123,8 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 i.users,
                 i.cohorts.len()
             )
-            .map_err(stdout)?;
-            writeln!(out, "sections:").map_err(stdout)?;
+            .map_err(crate::io_err)?;
+            writeln!(out, "sections:").map_err(crate::io_err)?;
             for s in &i.sections {
                 writeln!(
                     out,
@@ -144,24 +135,24 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                     mib(s.len),
                     s.crc
                 )
-                .map_err(stdout)?;
+                .map_err(crate::io_err)?;
             }
-            writeln!(out, "containers: {:?}", i.containers).map_err(stdout)?;
-            writeln!(out, "cohorts:").map_err(stdout)?;
+            writeln!(out, "containers: {:?}", i.containers).map_err(crate::io_err)?;
+            writeln!(out, "cohorts:").map_err(crate::io_err)?;
             for c in &i.cohorts {
                 writeln!(
                     out,
                     "  {}/{:<10} {:>10} members {:>12} bytes  array {:>5} bitmap {:>5} run {:>5}  {:?}",
                     c.partner, c.cohort_id, c.members, c.bytes, c.arrays, c.bitmaps, c.runs, c.name
                 )
-                .map_err(stdout)?;
+                .map_err(crate::io_err)?;
             }
         }
         SnapshotCommand::Verify { file } => {
             let t = Instant::now();
             let snap = Snapshot::open(&file)?;
             snap.verify()?;
-            writeln!(out, "{}: ok ({:.1?})", file.display(), t.elapsed()).map_err(stdout)?;
+            writeln!(out, "{}: ok ({:.1?})", file.display(), t.elapsed()).map_err(crate::io_err)?;
         }
         SnapshotCommand::Bench { file, lookups } => {
             let r = bench::run(&file, lookups)?;
@@ -175,8 +166,8 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 mib(r.dictionary_bytes),
                 r.size_ratio
             )
-            .map_err(stdout)?;
-            writeln!(out, "users {}, cohorts {}", r.users, r.cohorts).map_err(stdout)?;
+            .map_err(crate::io_err)?;
+            writeln!(out, "users {}, cohorts {}", r.users, r.cohorts).map_err(crate::io_err)?;
             writeln!(
                 out,
                 "open: {:.1} µs; resident memory before open {}, after open {}",
@@ -184,7 +175,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 opt(r.rss_before_open),
                 opt(r.rss_after_open)
             )
-            .map_err(stdout)?;
+            .map_err(crate::io_err)?;
             writeln!(
                 out,
                 "query {} -> {} users in {:.2} ms; resident memory after {}",
@@ -193,7 +184,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 r.query_ms,
                 opt(r.rss_after_query)
             )
-            .map_err(stdout)?;
+            .map_err(crate::io_err)?;
             writeln!(
                 out,
                 "{} external-id look-ups ({} found) in {:.1} ms ({:.0} ns each); resident memory after {}",
@@ -203,7 +194,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 r.lookups_ms * 1e6 / r.lookups.max(1) as f64,
                 opt(r.rss_after_lookups)
             )
-            .map_err(stdout)?;
+            .map_err(crate::io_err)?;
         }
         SnapshotCommand::Restore {
             file,
@@ -222,7 +213,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 ws.cohorts.len(),
                 t.elapsed().as_secs_f64()
             )
-            .map_err(stdout)?;
+            .map_err(crate::io_err)?;
         }
         SnapshotCommand::Compact { data, workspace } => {
             // Nothing to compact in a directory that is not one: refused
@@ -242,7 +233,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                     mib(c.snapshot_bytes),
                     c.took_ms
                 )
-                .map_err(stdout)?;
+                .map_err(crate::io_err)?;
             }
         }
     }

@@ -77,10 +77,7 @@ pub fn import(
         })?,
     };
     let name = file.display().to_string();
-    let io_error = |e: io::Error| Error::Io {
-        path: name.clone(),
-        source: e,
-    };
+    let io_error = |e: io::Error| Error::io(&name, e);
     let f = std::fs::File::open(file).map_err(io_error)?;
     let len = f.metadata().map_err(io_error)?.len();
 

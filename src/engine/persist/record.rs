@@ -559,12 +559,12 @@ pub fn encode(c: &Change) -> Result<Vec<u8>> {
 pub fn decode(bytes: &[u8], path: &str, seq: u64) -> Result<Change> {
     let (record, used): (Record, usize) =
         bincode::decode_from_slice(bytes, config()).map_err(|e| Error::Corrupt {
-            path: path.to_string(),
+            path: path.into(),
             reason: format!("record {seq} does not decode: {e}"),
         })?;
     if used != bytes.len() {
         return Err(Error::Corrupt {
-            path: path.to_string(),
+            path: path.into(),
             reason: format!(
                 "record {seq} has {} trailing bytes after its change",
                 bytes.len() - used
