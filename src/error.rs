@@ -253,6 +253,23 @@ impl Error {
         }
     }
 
+    /// A checksum that does not match the bytes it covers: `what` names
+    /// them (a snapshot's footer, section table or one section, a
+    /// manifest). Every checksum check above the log builds its error here;
+    /// the log reports its own ([`crate::log::LogError::HeaderChecksum`],
+    /// [`crate::log::Damage::BadChecksum`]).
+    pub fn checksum_mismatch(
+        path: impl Into<PathBuf>,
+        what: impl fmt::Display,
+        stored: u32,
+        computed: u32,
+    ) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            reason: format!("{what} checksum: stored {stored:#010x}, computed {computed:#010x}"),
+        }
+    }
+
     /// [`Error::io`] as a function to hand to `map_err`:
     /// `File::open(p).map_err(Error::io_at(p))`.
     pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

@@ -143,12 +143,14 @@ impl Manifest {
         let stored: Stored =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a manifest: {e}")))?;
         let m = stored.manifest;
-        if stored.crc32 != manifest_crc(&m) {
-            return Err(corrupt(format!(
-                "checksum: stored {:#010x}, computed {:#010x}",
+        let computed = manifest_crc(&m);
+        if stored.crc32 != computed {
+            return Err(Error::checksum_mismatch(
+                path,
+                "manifest",
                 stored.crc32,
-                manifest_crc(&m)
-            )));
+                computed,
+            ));
         }
         if m.version != 1 {
             return Err(corrupt(format!(

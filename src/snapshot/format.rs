@@ -105,6 +105,23 @@ pub struct SnapshotWriter<W: Write = Vec<u8>> {
     sections: Vec<Section>,
 }
 
+impl Section {
+    /// `Ok` when `computed` (the checksum of this section's bytes in the
+    /// file `name`) is the one the section table stores.
+    pub fn check(&self, name: &str, computed: u32) -> Result<()> {
+        if computed == self.crc {
+            return Ok(());
+        }
+        let what = format!(
+            "section {} (offset {}, {} bytes)",
+            self.kind.name(),
+            self.offset,
+            self.len
+        );
+        Err(Error::checksum_mismatch(name, what, self.crc, computed))
+    }
+}
+
 impl SnapshotWriter<Vec<u8>> {
     /// A snapshot built in memory.
     pub fn new() -> Self {
@@ -268,9 +285,9 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
         let tail_crc = u32_at(tail, 20);
         let computed = crc32fast::hash(&tail[..20]);
         if tail_crc != computed {
-            return Err(corrupt(format!(
-                "footer checksum: stored {tail_crc:#010x}, computed {computed:#010x}"
-            )));
+            return Err(Error::checksum_mismatch(
+                &name, "footer", tail_crc, computed,
+            ));
         }
         if u32_at(tail, 16) != VERSION {
             return Err(corrupt(format!(
@@ -293,9 +310,12 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
         let stored = u32_at(tail, 12);
         let computed = crc32fast::hash(table);
         if stored != computed {
-            return Err(corrupt(format!(
-                "section table checksum: stored {stored:#010x}, computed {computed:#010x}"
-            )));
+            return Err(Error::checksum_mismatch(
+                &name,
+                "section table",
+                stored,
+                computed,
+            ));
         }
         let mut sections = Vec::with_capacity(count);
         for e in table.chunks_exact(ENTRY_LEN) {
@@ -388,19 +408,7 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
         }
         for s in &self.sections {
             let bytes = &self.bytes.as_ref()[s.offset as usize..(s.offset + s.len) as usize];
-            let computed = crc32fast::hash(bytes);
-            if computed != s.crc {
-                return Err(Error::Corrupt {
-                    path: PathBuf::from(&self.name),
-                    reason: format!(
-                        "section {} (offset {}, {} bytes): checksum stored {:#010x}, computed {computed:#010x}",
-                        s.kind.name(),
-                        s.offset,
-                        s.len,
-                        s.crc
-                    ),
-                });
-            }
+            s.check(&self.name, crc32fast::hash(bytes))?;
         }
         Ok(())
     }
@@ -430,6 +438,31 @@ mod tests {
             assert_eq!(s.offset % ALIGN as u64, 0);
         }
         assert_eq!(f.sections()[0].offset, HEADER_LEN as u64);
+    }
+
+    #[test]
+    fn checksum_mismatches_read_alike() {
+        let good = sample();
+        let f = SnapshotFile::open(good.clone(), "t").unwrap();
+        let s = f.sections()[1];
+        assert!(s.check("t", s.crc).is_ok());
+        let mut bad = good.clone();
+        bad[s.offset as usize] ^= 1;
+        let e = SnapshotFile::open(bad, "t").unwrap().verify().unwrap_err();
+        let expected = format!(
+            "t: corrupt: section buckets (offset {}, 3 bytes) checksum: stored {:#010x}, computed",
+            s.offset, s.crc
+        );
+        assert!(e.to_string().starts_with(&expected), "{e}");
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - TAIL_LEN - 1] ^= 1; // the section table's last byte
+        let e = SnapshotFile::open(bad, "t").map(|_| ()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t: corrupt: section table checksum: stored"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -277,16 +277,7 @@ impl Snapshot {
                 h.update(&buf[..n]);
                 left -= n as u64;
             }
-            let computed = h.finalize();
-            if computed != s.crc {
-                return Err(self.corrupt(format!(
-                    "section {} (offset {}, {} bytes): checksum stored {:#010x}, computed {computed:#010x}",
-                    s.kind.name(),
-                    s.offset,
-                    s.len,
-                    s.crc
-                )));
-            }
+            s.check(self.name(), h.finalize())?;
         }
         Ok(())
     }
