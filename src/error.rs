@@ -284,6 +284,19 @@ impl From<crate::ids::UnknownPartner> for Error {
     }
 }
 
+impl From<crate::ids::CohortNameError> for Error {
+    fn from(e: crate::ids::CohortNameError) -> Self {
+        match e {
+            crate::ids::CohortNameError::NoSuch { partner, value } => {
+                Error::NoSuchCohort { partner, value }
+            }
+            crate::ids::CohortNameError::Ambiguous { partner, name, ids } => {
+                Error::AmbiguousCohortName { partner, name, ids }
+            }
+        }
+    }
+}
+
 impl From<crate::ids::BadUserRef> for Error {
     fn from(e: crate::ids::BadUserRef) -> Self {
         Error::InvalidIdentifier {

@@ -143,6 +143,59 @@ impl fmt::Display for CohortKey {
 }
 
 /// A user named by one of its identifiers, as a caller knows it.
+/// Why a segment filter's cohort value names no single cohort (the
+/// library's `Error` has a variant for each).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CohortNameError {
+    /// No cohort of the partner has `value` as its cohort_id or its name.
+    NoSuch { partner: Partner, value: String },
+    /// No cohort has `name` as its cohort_id, and these (sorted) share it
+    /// as their name.
+    Ambiguous {
+        partner: Partner,
+        name: String,
+        ids: Vec<String>,
+    },
+}
+
+/// The one rule by which a segment filter's cohort value names one of a
+/// partner's cohorts, for every catalog (a live workspace, a snapshot):
+/// the cohort whose cohort_id is `value` (`by_id` finds it); else the one
+/// cohort named `value` among `cohorts` (the partner's cohorts, each as its
+/// cohort_id, its name and what to return). A cohort_id wins over another
+/// cohort's equal name; a name several cohorts share is ambiguous.
+pub fn resolve_cohort<'a, T>(
+    partner: Partner,
+    value: &str,
+    by_id: impl FnOnce(&str) -> Option<T>,
+    cohorts: impl IntoIterator<Item = (&'a str, &'a str, T)>,
+) -> Result<T, CohortNameError> {
+    if let Some(c) = by_id(value) {
+        return Ok(c);
+    }
+    let mut named: Vec<(&str, T)> = cohorts
+        .into_iter()
+        .filter(|(_, name, _)| *name == value)
+        .map(|(id, _, c)| (id, c))
+        .collect();
+    match named.len() {
+        0 => Err(CohortNameError::NoSuch {
+            partner,
+            value: value.to_string(),
+        }),
+        1 => Ok(named.swap_remove(0).1),
+        _ => {
+            let mut ids: Vec<String> = named.iter().map(|(id, _)| id.to_string()).collect();
+            ids.sort();
+            Err(CohortNameError::Ambiguous {
+                partner,
+                name: value.to_string(),
+                ids,
+            })
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserRef {
@@ -206,3 +259,45 @@ impl fmt::Display for UserRef {
 
 /// The number of random buckets: every user holds one in `0..BUCKETS`.
 pub const BUCKETS: u16 = 10_000;
+
+#[cfg(test)]
+mod cohort_name_tests {
+    use super::*;
+
+    const COHORTS: [(&str, &str); 4] = [
+        ("z9", "Power"),
+        ("a1", "Power"),
+        ("c3", "c4"),
+        ("c4", "Other"),
+    ];
+
+    fn resolve(value: &str) -> Result<&'static str, CohortNameError> {
+        resolve_cohort(
+            Partner::Amplitude,
+            value,
+            |v| COHORTS.iter().find(|(id, _)| *id == v).map(|(id, _)| *id),
+            COHORTS.iter().map(|(id, name)| (*id, *name, *id)),
+        )
+    }
+
+    #[test]
+    fn an_id_wins_over_a_name_and_a_shared_name_lists_sorted_ids() {
+        assert_eq!(resolve("c4"), Ok("c4"));
+        assert_eq!(resolve("Other"), Ok("c4"));
+        assert_eq!(
+            resolve("Power"),
+            Err(CohortNameError::Ambiguous {
+                partner: Partner::Amplitude,
+                name: "Power".into(),
+                ids: vec!["a1".into(), "z9".into()],
+            })
+        );
+        assert_eq!(
+            resolve("none"),
+            Err(CohortNameError::NoSuch {
+                partner: Partner::Amplitude,
+                value: "none".into(),
+            })
+        );
+    }
+}

@@ -259,29 +259,16 @@ impl CohortCatalog {
     /// Resolves a filter's cohort value: a cohort_id of the partner, or else
     /// the name of exactly one of its cohorts.
     pub fn resolve(&self, partner: Partner, value: &str) -> Result<&Cohort> {
-        if let Some(c) = self.cohorts.get(&CohortKey::new(partner, value)) {
-            return Ok(c);
-        }
-        let named: Vec<&Cohort> = self
+        let mine = self
             .cohorts
             .values()
-            .filter(|c| c.key.partner == partner && c.name == value)
-            .collect();
-        match named.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Error::NoSuchCohort {
-                partner,
-                value: value.to_string(),
-            }),
-            many => {
-                let mut ids: Vec<String> = many.iter().map(|c| c.key.cohort_id.clone()).collect();
-                ids.sort();
-                Err(Error::AmbiguousCohortName {
-                    partner,
-                    name: value.to_string(),
-                    ids,
-                })
-            }
-        }
+            .filter(|c| c.key.partner == partner)
+            .map(|c| (c.key.cohort_id.as_str(), c.name.as_str(), c));
+        Ok(crate::ids::resolve_cohort(
+            partner,
+            value,
+            |id| self.cohorts.get(&CohortKey::new(partner, id)),
+            mine,
+        )?)
     }
 }

@@ -151,22 +151,13 @@ impl Catalog for crate::snapshot::Snapshot {
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
         let meta = self.meta()?;
         let mine = || meta.cohorts.iter().filter(|c| c.partner == partner);
-        if let Some(c) = mine().find(|c| c.cohort_id == value) {
-            return Ok((c.cohort_id.clone(), c.cardinality));
-        }
-        let named: Vec<_> = mine().filter(|c| c.name == value).collect();
-        match named.as_slice() {
-            [one] => Ok((one.cohort_id.clone(), one.cardinality)),
-            [] => Err(crate::error::Error::NoSuchCohort {
-                partner,
-                value: value.to_string(),
-            }),
-            many => Err(crate::error::Error::AmbiguousCohortName {
-                partner,
-                name: value.to_string(),
-                ids: many.iter().map(|c| c.cohort_id.clone()).collect(),
-            }),
-        }
+        let c = crate::ids::resolve_cohort(
+            partner,
+            value,
+            |id| mine().find(|c| c.cohort_id == id),
+            mine().map(|c| (c.cohort_id.as_str(), c.name.as_str(), c)),
+        )?;
+        Ok((c.cohort_id.clone(), c.cardinality))
     }
 }
 

@@ -346,3 +346,45 @@ fn the_snapshot_module_imports_no_domain() {
         }
     }
 }
+
+#[test]
+fn a_workspace_and_its_snapshot_resolve_cohort_values_alike() {
+    use segq::segment::plan::Catalog;
+    let mut ws = Workspace::new("names", 1);
+    for (partner, id, name) in [
+        (Partner::Amplitude, "z9", "Power"),
+        (Partner::Amplitude, "a1", "Power"),
+        (Partner::Amplitude, "c3", "c4"),
+        (Partner::Amplitude, "c4", "Other"),
+        (Partner::Amplitude, "c5", "Solo"),
+        (Partner::Mixpanel, "m1", "Solo"),
+        (Partner::Mixpanel, "m2", "Power"),
+    ] {
+        ws.upsert_cohort(partner, id, name, None).unwrap();
+    }
+    let bytes = persist::write_snapshot(&ws, 1).unwrap();
+    let snap = Snapshot::from_bytes(bytes, "mem").unwrap();
+    let shown = |r: segq::Result<(String, u64)>| match r {
+        Ok((id, n)) => format!("{id} ({n})"),
+        Err(e @ (Error::NoSuchCohort { .. } | Error::AmbiguousCohortName { .. })) => {
+            format!("error: {e}")
+        }
+        Err(e) => panic!("unexpected error {e:?}"),
+    };
+    let cases = [
+        (Partner::Amplitude, "Power", "error: amplitude_cohorts: the name \"Power\" is shared by cohorts [\"a1\", \"z9\"]; name one by its cohort_id"),
+        (Partner::Amplitude, "c4", "c4 (0)"),
+        (Partner::Amplitude, "Other", "c4 (0)"),
+        (Partner::Amplitude, "c3", "c3 (0)"),
+        (Partner::Amplitude, "Solo", "c5 (0)"),
+        (Partner::Mixpanel, "Power", "m2 (0)"),
+        (Partner::Amplitude, "m1", "error: amplitude_cohorts has no cohort with id or name \"m1\""),
+        (Partner::Amplitude, "nobody", "error: amplitude_cohorts has no cohort with id or name \"nobody\""),
+    ];
+    for (partner, value, expected) in cases {
+        let live = shown(ws.cohort(partner, value));
+        let frozen = shown(snap.cohort(partner, value));
+        assert_eq!(live, expected, "{partner} {value} in the workspace");
+        assert_eq!(frozen, expected, "{partner} {value} in the snapshot");
+    }
+}
