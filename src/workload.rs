@@ -64,18 +64,6 @@ impl Spec {
         cohorts: 50,
         seed: 42,
     };
-    /// 10M users, 200 cohorts: benchmarks.
-    pub const MEDIUM: Spec = Spec {
-        users: 10_000_000,
-        cohorts: 200,
-        seed: 42,
-    };
-    /// 100M users, 1,000 cohorts: scale runs.
-    pub const LARGE: Spec = Spec {
-        users: 100_000_000,
-        cohorts: 1_000,
-        seed: 42,
-    };
 }
 
 /// How a cohort's members were drawn.

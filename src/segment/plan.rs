@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::ast::{BucketCmp, Filter};
 use crate::error::Result;
-use crate::ids::{CohortKey, Partner};
+use crate::ids::Partner;
 
 /// A leaf of a plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -322,16 +322,6 @@ pub fn to_filter(p: &Plan) -> Filter {
                 .collect(),
         ),
         Plan::Or { any } => Filter::Or(any.iter().map(to_filter).collect()),
-    }
-}
-
-/// The cohort key of a cohort leaf.
-pub fn leaf_key(leaf: &Leaf) -> Option<CohortKey> {
-    match leaf {
-        Leaf::Cohort {
-            partner, cohort_id, ..
-        } => Some(CohortKey::new(*partner, cohort_id.clone())),
-        Leaf::Bucket { .. } => None,
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`ratelimit`]: the per-key token buckets;
 //! - [`error`]: every failure as a JSON response.
 //!
-//! [`router`] builds the whole application for an [`Engine`] (tests drive
+//! [`router_with`] builds the whole application for an [`Engine`] (tests drive
 //! it directly); [`serve`] runs it on a bound listener until a shutdown
 //! future resolves, lets in-flight requests finish, then syncs every log.
 //! Blocking engine calls (they may wait for an fsync) run on tokio's
@@ -148,12 +148,6 @@ pub mod routes {
         COHORT_DELETE,
         COHORT,
     ];
-}
-
-/// The application with the configuration's limits.
-pub fn router(engine: Arc<Engine>) -> Router {
-    let options = ServerOptions::from_config(engine.config());
-    router_with(engine, options)
 }
 
 /// The application with explicit limits.
