@@ -7,6 +7,7 @@ pub mod codec;
 pub mod dict;
 pub mod format;
 pub mod meta;
+#[allow(unsafe_code)] // the one memory map: see the module's contract
 pub mod mmap;
 pub mod reader;
 pub mod writer;

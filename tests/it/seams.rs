@@ -444,3 +444,40 @@ fn the_import_reader_sees_imports() {
     names_after(&code, "crate::", &mut names);
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b", "d", "g"]);
 }
+
+#[test]
+fn the_crate_root_is_documented_and_unsafe_code_lives_in_the_map_module_only() {
+    let lib = std::fs::read_to_string(root().join("src/lib.rs")).expect("src/lib.rs");
+    assert!(
+        lib.starts_with("//! "),
+        "src/lib.rs opens with the crate docs"
+    );
+    for layer in ["base", "storage", "domain", "engine", "services"] {
+        assert!(
+            lib.contains(&format!("//! - **{layer}**")),
+            "the crate docs name the {layer} layer"
+        );
+    }
+    assert!(
+        lib.contains("\n#![deny(unsafe_code)]\n"),
+        "unsafe code is denied"
+    );
+    let allowed: Vec<String> = lines_with(&sources(&root().join("src")), "allow(unsafe_code)");
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    let snapshot_mod =
+        std::fs::read_to_string(root().join("src/snapshot/mod.rs")).expect("src/snapshot/mod.rs");
+    assert!(
+        snapshot_mod.contains(
+            "#[allow(unsafe_code)] // the one memory map: see the module's contract\npub mod mmap;"
+        ),
+        "the one allowance is on the map module"
+    );
+    let unsafe_blocks = lines_with(&sources(&root().join("src")), "unsafe {");
+    assert!(
+        unsafe_blocks.iter().all(|l| l.starts_with(&format!(
+            "{}",
+            root().join("src/snapshot/mmap.rs").display()
+        ))),
+        "{unsafe_blocks:?}"
+    );
+}
