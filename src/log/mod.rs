@@ -78,6 +78,7 @@
 //! once the snapshot's manifest is published.
 
 mod error;
+#[cfg(any(test, feature = "test-support"))]
 mod faulty;
 mod format;
 mod layout;
@@ -89,6 +90,7 @@ use std::io;
 use std::path::Path;
 
 pub use error::LogError;
+#[cfg(any(test, feature = "test-support"))]
 pub use faulty::{DiskFull, FaultStats, FaultyFile, OnDisk};
 pub use format::{
     encode_record, Damage, Recovery, HEADER_LEN, MAGIC, MAX_PAYLOAD, RECORD_HEADER_LEN, VERSION,

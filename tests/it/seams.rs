@@ -481,3 +481,26 @@ fn the_crate_root_is_documented_and_unsafe_code_lives_in_the_map_module_only() {
         "{unsafe_blocks:?}"
     );
 }
+
+#[test]
+fn fault_injection_is_behind_the_test_support_feature() {
+    let log = std::fs::read_to_string(root().join("src/log/mod.rs")).expect("log/mod.rs");
+    for item in ["mod faulty;", "pub use faulty::"] {
+        let line = log
+            .lines()
+            .position(|l| l.trim_start().starts_with(item))
+            .unwrap_or_else(|| panic!("{item} in log/mod.rs"));
+        let gate = log.lines().nth(line.saturating_sub(1)).unwrap_or("");
+        assert_eq!(
+            gate.trim(),
+            "#[cfg(any(test, feature = \"test-support\"))]",
+            "{item} is not gated"
+        );
+    }
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let default = manifest
+        .lines()
+        .find(|l| l.starts_with("default ="))
+        .expect("default features");
+    assert!(!default.contains("test-support"), "{default}");
+}
