@@ -393,13 +393,15 @@ pub fn cohort_success_body() -> Value {
     json!({"message": "success"})
 }
 
-/// The two partner endpoints.
+/// The partner endpoints.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// `POST /partners/{partner}/cohorts`
     Cohorts,
     /// `POST /partners/{partner}/cohorts/users`
     CohortUsers,
+    /// `POST /partners/{partner}/cohorts/delete`
+    CohortDelete,
 }
 
 impl Endpoint {
@@ -411,6 +413,7 @@ impl Endpoint {
         match tail {
             "cohorts" => Some((partner, Endpoint::Cohorts)),
             "cohorts/users" => Some((partner, Endpoint::CohortUsers)),
+            "cohorts/delete" => Some((partner, Endpoint::CohortDelete)),
             _ => None,
         }
     }

@@ -139,6 +139,18 @@ pub fn answer(
                 report: Some(report),
             })
         }
+        Endpoint::CohortDelete => {
+            let req = parse_delete_request(body)?;
+            let handle = authorize(&req.credentials)?;
+            handle
+                .delete_cohort(partner, &req.cohort_id)
+                .map_err(ApiError::from_partner)?;
+            Ok(Answered {
+                status: StatusCode::OK,
+                body: cohort_success_body(),
+                report: None,
+            })
+        }
     }
 }
 
@@ -148,19 +160,7 @@ pub async fn delete(
     partner: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (partner, body, permit) = read(&state, partner, req).await?;
-    let st = state.clone();
-    run_blocking(move || {
-        let _permit = permit;
-        let req = parse_delete_request(&body)?;
-        let (handle, key_id) = st.engine.authorize(partner, &req.credentials)?;
-        st.rate_limit(&key_id)?;
-        handle
-            .delete_cohort(partner, &req.cohort_id)
-            .map_err(ApiError::from_partner)?;
-        Ok(json_response(StatusCode::OK, cohort_success_body()))
-    })
-    .await
+    serve(state, partner, req, Endpoint::CohortDelete).await
 }
 
 /// Steps 1 to 3: the partner, the content type and the body.
