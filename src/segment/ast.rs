@@ -133,6 +133,46 @@ impl Filter {
         }
     }
 
+    /// Whether a user in no cohort may satisfy the filter (its random
+    /// bucket unknown): three-valued, cohorts false, buckets unknown. A
+    /// segment for which this is false never gains a user by a user being
+    /// created (a new user is in no cohort until a cohort change adds it).
+    pub fn may_hold_cohortless(&self) -> bool {
+        self.cohortless() != Some(false)
+    }
+
+    /// The filter's value for a user in no cohort: `None` when it depends
+    /// on the bucket.
+    fn cohortless(&self) -> Option<bool> {
+        match self {
+            Filter::Cohort { includes, .. } => Some(!*includes),
+            Filter::Bucket(_) => None,
+            Filter::Not(c) => c.cohortless().map(|v| !v),
+            Filter::And(c) => {
+                let mut out = Some(true);
+                for v in c.iter().map(Filter::cohortless) {
+                    match v {
+                        Some(false) => return Some(false),
+                        None => out = None,
+                        Some(true) => {}
+                    }
+                }
+                out
+            }
+            Filter::Or(c) => {
+                let mut out = Some(false);
+                for v in c.iter().map(Filter::cohortless) {
+                    match v {
+                        Some(true) => return Some(true),
+                        None => out = None,
+                        Some(false) => {}
+                    }
+                }
+                out
+            }
+        }
+    }
+
     /// Visits every cohort leaf as `(partner, cohort, includes)`.
     pub fn for_each_cohort<'a>(&'a self, f: &mut impl FnMut(Partner, &'a str, bool)) {
         match self {

@@ -305,6 +305,68 @@ fn order(p: Plan, users: u64) -> Plan {
     }
 }
 
+/// A plan's identity, whatever the order of its children and the
+/// cardinalities it was planned with: two plans with the same key select
+/// the same users of the same state. The key of a plan made on a state
+/// names the cohorts by cohort_id (each cohort's members as of that
+/// state), so keys compare only between plans of one state; live segments
+/// and the result cache look counts up by it.
+pub fn key(p: &Plan) -> String {
+    let mut out = String::new();
+    write_key(p, &mut out);
+    out
+}
+
+fn write_key(p: &Plan, out: &mut String) {
+    use std::fmt::Write;
+    let sorted = |children: &[Plan]| {
+        let mut keys: Vec<String> = children.iter().map(key).collect();
+        keys.sort_unstable();
+        keys.join(",")
+    };
+    // Writing into a String cannot fail.
+    let _ = match p {
+        Plan::All => write!(out, "*"),
+        Plan::Nothing => write!(out, "0"),
+        // Length-prefixed: a cohort_id may hold any character.
+        Plan::Leaf(Leaf::Cohort {
+            partner, cohort_id, ..
+        }) => write!(out, "c{partner}/{}/{cohort_id}", cohort_id.len()),
+        Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => write!(out, "b{lo}-{hi}"),
+        Plan::Not { child } => write!(out, "!({})", key(child)),
+        Plan::And { all, minus } => write!(out, "&({};{})", sorted(all), sorted(minus)),
+        Plan::Or { any } => write!(out, "|({})", sorted(any)),
+    };
+}
+
+/// The cohorts a plan reads, as `(partner, cohort_id)`, each once.
+pub fn cohorts(p: &Plan) -> Vec<(Partner, &str)> {
+    let mut out: Vec<(Partner, &str)> = p
+        .leaves()
+        .into_iter()
+        .filter_map(|l| match l {
+            Leaf::Cohort {
+                partner, cohort_id, ..
+            } => Some((*partner, cohort_id.as_str())),
+            Leaf::Bucket { .. } => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether a plan's result depends on the users themselves (their number
+/// or their buckets), beyond the members of its cohorts.
+pub fn reads_users(p: &Plan) -> bool {
+    match p {
+        Plan::All | Plan::Not { .. } | Plan::Leaf(Leaf::Bucket { .. }) => true,
+        Plan::Nothing | Plan::Leaf(Leaf::Cohort { .. }) => false,
+        Plan::And { all, minus } => all.is_empty() || all.iter().chain(minus).any(reads_users),
+        Plan::Or { any } => any.iter().any(reads_users),
+    }
+}
+
 /// The plan as a filter again (for tests: it must mean the same).
 pub fn to_filter(p: &Plan) -> Filter {
     match p {
