@@ -3,6 +3,8 @@
 //! in-memory members serialized for the chunk evaluator (the cache a live
 //! workspace keeps) and a plan's leaves fetched from it.
 
+pub mod cache;
+pub mod live;
 pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet};

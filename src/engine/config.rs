@@ -110,6 +110,10 @@ pub struct Config {
     /// the partner endpoints; 409 past it). Deleting one makes room.
     #[serde(default = "default_max_cohorts")]
     pub max_cohorts_per_partner: usize,
+    /// Bytes each workspace's result cache (counts of filters that are not
+    /// saved segments) may hold; 0 turns it off.
+    #[serde(default = "default_result_cache_bytes")]
+    pub result_cache_bytes: usize,
 }
 
 /// Seconds to send a request's headers.
@@ -151,6 +155,10 @@ fn default_max_buffered_body() -> usize {
 
 fn default_filter_nodes() -> usize {
     crate::segment::DEFAULT_MAX_FILTER_NODES
+}
+
+fn default_result_cache_bytes() -> usize {
+    crate::workspace::cache::DEFAULT_BYTES
 }
 
 fn default_max_cohorts() -> usize {
@@ -195,6 +203,7 @@ impl Config {
             compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES,
             compact_interval_secs: DEFAULT_COMPACT_INTERVAL_SECS,
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
+            result_cache_bytes: crate::workspace::cache::DEFAULT_BYTES,
             header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
             body_read_timeout_secs: DEFAULT_BODY_READ_TIMEOUT_SECS,
             min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,

@@ -42,6 +42,8 @@ use crate::import::{CohortRequest, UsersRequest};
 use crate::log::{LogError, LogWriter};
 use crate::segment::{self, Filter};
 use crate::users::{NewUser, UpsertPlan, Upserted};
+use crate::workspace::cache::ResultCache;
+use crate::workspace::live::{LiveSegments, Touched};
 use crate::workspace::{SavedSegment, Workspace};
 
 /// Bulk loads cut their log records at about this many bytes, far below
@@ -73,6 +75,12 @@ pub struct WorkspaceHandle {
     /// undone, so a reset retried later does not undo them again.
     undone: Mutex<Option<u64>>,
     bitmaps: crate::workspace::source::SerialCache,
+    /// Every saved segment, materialised; refreshed under the write lock
+    /// after a write's changes are applied (lock order: `state`, then
+    /// this).
+    live: RwLock<LiveSegments>,
+    /// Counts of filters that are not saved segments.
+    results: ResultCache,
     /// The workspace's folder.
     dir: PathBuf,
     /// The manifest in force (None before the first compaction) and the
@@ -110,6 +118,8 @@ impl WorkspaceHandle {
         manifest: Option<Manifest>,
         logs: Vec<PathBuf>,
     ) -> Self {
+        let bitmaps = crate::workspace::source::SerialCache::default();
+        let live = RwLock::new(LiveSegments::build(&ws, &bitmaps));
         WorkspaceHandle {
             dir,
             files: Mutex::new((manifest, logs)),
@@ -120,7 +130,9 @@ impl WorkspaceHandle {
             failed: Mutex::new(None),
             stale: AtomicBool::new(false),
             undone: Mutex::new(None),
-            bitmaps: Default::default(),
+            bitmaps,
+            live,
+            results: ResultCache::default(),
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
             key_uses: Mutex::default(),
             cohort_limit: super::config::DEFAULT_MAX_COHORTS_PER_PARTNER,
@@ -183,6 +195,28 @@ impl WorkspaceHandle {
     /// ([`crate::segment::check_size`]).
     pub fn check_filter(&self, filter: &Filter) -> Result<()> {
         crate::segment::check_size(filter, self.max_filter_nodes)
+    }
+
+    /// Gives the result cache a budget of `bytes` (the configuration's
+    /// `result_cache_bytes`; 0 turns it off).
+    pub(crate) fn with_result_cache(mut self, bytes: usize) -> Self {
+        self.results = ResultCache::new(bytes);
+        self
+    }
+
+    /// The live segments. Take it after [`Self::read`] or [`Self::view`]
+    /// when both are wanted (a writer holds the state, then this).
+    pub fn live(&self) -> RwLockReadGuard<'_, LiveSegments> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, LiveSegments> {
+        self.live.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The result cache of counts.
+    pub fn results(&self) -> &ResultCache {
+        &self.results
     }
 
     /// Refuses every later write, saying why (a read-only engine).
@@ -491,6 +525,10 @@ impl WorkspaceHandle {
                 }));
             }
             let out = result?;
+            if !tx.touched.is_empty() {
+                // Under the write lock, before any reader sees the state.
+                self.live_mut().refresh(tx.ws, &tx.touched, &self.bitmaps);
+            }
             let changes = tx.finish();
             if changes.is_empty() {
                 return Ok(out);
@@ -567,6 +605,8 @@ impl WorkspaceHandle {
                 ))
             })?;
             *ws = rebuilt;
+            *self.live_mut() = LiveSegments::build(&ws, &self.bitmaps);
+            self.results.clear();
             self.stale.store(false, Ordering::SeqCst);
             if failure.is_some() {
                 *undone = failure;
@@ -887,6 +927,8 @@ pub(crate) struct Tx<'a> {
     group: (Vec<Change>, usize),
     /// A change failed to apply: the state may be part way through it.
     dirty: bool,
+    /// What the applied changes touched, for the live segments.
+    touched: Touched,
 }
 
 impl<'a> Tx<'a> {
@@ -896,6 +938,7 @@ impl<'a> Tx<'a> {
             records: Vec::new(),
             group: (Vec::new(), 0),
             dirty: false,
+            touched: Touched::default(),
         }
     }
 
@@ -927,7 +970,9 @@ impl<'a> Tx<'a> {
     }
 
     fn apply_only(&mut self, change: &Change) -> Result<Applied> {
-        record::apply(self.ws, change).inspect_err(|_| self.dirty = true)
+        let applied = record::apply(self.ws, change).inspect_err(|_| self.dirty = true)?;
+        record::touched(change, &mut self.touched);
+        Ok(applied)
     }
 
     fn flush_group(&mut self) {

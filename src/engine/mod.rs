@@ -851,7 +851,8 @@ impl Engine {
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
             let handle = handle
                 .with_max_filter_nodes(config.max_filter_nodes)
-                .with_cohort_limit(config.max_cohorts_per_partner);
+                .with_cohort_limit(config.max_cohorts_per_partner)
+                .with_result_cache(config.result_cache_bytes);
             table.live.insert(name, Arc::new(handle));
         }
         Ok(Arc::new(Engine {
@@ -930,7 +931,8 @@ impl Engine {
             Arc::new(
                 WorkspaceHandle::new(Workspace::new(name, seed), writer, folder, None, vec![path])
                     .with_max_filter_nodes(self.config.max_filter_nodes)
-                    .with_cohort_limit(self.config.max_cohorts_per_partner),
+                    .with_cohort_limit(self.config.max_cohorts_per_partner)
+                    .with_result_cache(self.config.result_cache_bytes),
             ),
         );
         Ok(true)
@@ -1044,7 +1046,8 @@ impl Engine {
                 Arc::new(
                     handle
                         .with_max_filter_nodes(self.config.max_filter_nodes)
-                        .with_cohort_limit(self.config.max_cohorts_per_partner),
+                        .with_cohort_limit(self.config.max_cohorts_per_partner)
+                        .with_result_cache(self.config.result_cache_bytes),
                 ),
                 snapshot_keys,
             )),

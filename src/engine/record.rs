@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId};
 use crate::segment::Filter;
 use crate::users::NewUser;
+use crate::workspace::live::Touched;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
 /// One logged change.
@@ -306,4 +307,37 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
         } => ws.delete_cohort(*partner, cohort_id)?,
     }
     Ok(applied)
+}
+
+/// Notes what an applied change touched, for the live segments kept
+/// beside the workspace ([`crate::workspace::live`]): the users of a
+/// cohort change, a user created, a segment saved or deleted. Identifiers,
+/// names, keys and partners select no user, and a cohort deleted is one no
+/// saved segment names.
+pub fn touched(change: &Change, t: &mut Touched) {
+    match change {
+        Change::UserCreated { user, .. } => t.user_created(*user),
+        Change::CohortChanged {
+            partner,
+            cohort_id,
+            resolved,
+            ..
+        } => t.cohort(
+            crate::ids::CohortKey::new(*partner, cohort_id.as_str()),
+            resolved.ops.iter().map(|op| op.user),
+        ),
+        Change::Batch(changes) => changes.iter().for_each(|c| touched(c, t)),
+        Change::SegmentSaved { id, .. } | Change::SegmentDeleted { id } => t.segment(id),
+        Change::WorkspaceCreated { .. }
+        | Change::DeviceAdded { .. }
+        | Change::AliasAdded { .. }
+        | Change::UserIdentified { .. }
+        | Change::CohortUpserted { .. }
+        | Change::PartnerEnabled { .. }
+        | Change::KeyCreated { .. }
+        | Change::KeyInvalidated { .. }
+        | Change::SeqsAbandoned { .. }
+        | Change::KeyUsed { .. }
+        | Change::CohortDeleted { .. } => {}
+    }
 }

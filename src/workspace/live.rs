@@ -1,0 +1,280 @@
+//! Live segments: every saved segment of a workspace kept materialised as
+//! a bitmap, and maintained as the workspace changes.
+//!
+//! A live workspace keeps one [`LiveSegments`] beside its state and
+//! refreshes it under the same write lock, after the changes of a write
+//! are applied and before the lock is released, from what they touched
+//! ([`Touched`]): the users whose membership of a cohort changed, the
+//! users created, the segments saved or deleted. Only the live segments
+//! that read a touched cohort (or, for users created, that a user in no
+//! cohort may satisfy: [`Filter::may_hold_cohortless`]) are looked at, and
+//! only for the touched users: per 2^16-user chunk, each user is checked
+//! (one container per leaf) when few are touched, the chunk re-evaluated
+//! whole otherwise. Compaction changes no member, so it touches nothing.
+//!
+//! Nothing is persisted: the bitmaps are evaluated whole when a workspace
+//! is opened (after its log is replayed) or rebuilt after an undo. A
+//! segment that cannot be evaluated (a damaged bitmap) is left out, and
+//! queries on it evaluate its filter as for any other.
+
+use std::collections::{BTreeSet, HashMap};
+
+use roaring::RoaringBitmap;
+
+use super::source::BitmapSource;
+use super::Workspace;
+use crate::error::Result;
+use crate::ids::{CohortKey, UserId};
+use crate::segment::chunk::Prepared;
+use crate::segment::{plan, Filter};
+
+/// Touched users of a chunk above which the chunk is re-evaluated whole
+/// rather than user by user (a chunk costs about as much as this many
+/// one-user checks of a multi-leaf plan).
+pub const DENSE_CHUNK: u64 = 96;
+
+/// What the changes of one write touched, as far as segments go.
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    /// Per cohort, the users whose membership may have changed.
+    cohorts: HashMap<CohortKey, RoaringBitmap>,
+    /// Users created.
+    users: RoaringBitmap,
+    /// Saved segments created, changed or deleted.
+    segments: BTreeSet<String>,
+}
+
+impl Touched {
+    /// Notes users whose membership of `key` may have changed.
+    pub fn cohort(&mut self, key: CohortKey, users: impl IntoIterator<Item = UserId>) {
+        let b = self.cohorts.entry(key).or_default();
+        b.extend(users.into_iter().map(|u| u.0));
+    }
+
+    /// Notes a user created.
+    pub fn user_created(&mut self, user: UserId) {
+        self.users.insert(user.0);
+    }
+
+    /// Notes a saved segment created, changed or deleted.
+    pub fn segment(&mut self, id: &str) {
+        self.segments.insert(id.to_string());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cohorts.is_empty() && self.users.is_empty() && self.segments.is_empty()
+    }
+}
+
+/// One saved segment, materialised.
+#[derive(Clone, Debug)]
+struct Segment {
+    members: RoaringBitmap,
+    /// [`plan::key`] of its plan on the current state.
+    key: String,
+    cohorts: Vec<CohortKey>,
+    /// Whether a user created may join it.
+    new_users: bool,
+}
+
+/// The live segments of a workspace.
+#[derive(Clone, Debug, Default)]
+pub struct LiveSegments {
+    segments: HashMap<String, Segment>,
+    /// A segment id per plan key.
+    by_key: HashMap<String, String>,
+}
+
+/// A saved segment's filter, planned and evaluated whole.
+fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<Segment> {
+    let p = plan::plan(ws, filter)?;
+    let members = Prepared::new(ws, &p, src)?.members()?;
+    let mut cohorts = Vec::new();
+    filter.for_each_cohort(&mut |partner, id, _| cohorts.push(CohortKey::new(partner, id)));
+    cohorts.sort_unstable();
+    cohorts.dedup();
+    Ok(Segment {
+        members,
+        key: plan::key(&p),
+        cohorts,
+        new_users: filter.may_hold_cohortless(),
+    })
+}
+
+impl LiveSegments {
+    /// Every saved segment of `ws`, evaluated whole.
+    pub fn build(ws: &Workspace, src: &dyn BitmapSource) -> LiveSegments {
+        let mut live = LiveSegments::default();
+        for (id, s) in &ws.segments {
+            live.load(ws, id, &s.filter, src);
+        }
+        live.index();
+        live
+    }
+
+    fn load(&mut self, ws: &Workspace, id: &str, filter: &Filter, src: &dyn BitmapSource) {
+        match evaluate(ws, filter, src) {
+            Ok(seg) => {
+                self.segments.insert(id.to_string(), seg);
+            }
+            Err(e) => {
+                eprintln!(
+                    "segq: workspace {}: segment {id} is not kept live: {e}",
+                    ws.name()
+                );
+                self.segments.remove(id);
+            }
+        }
+    }
+
+    fn index(&mut self) {
+        self.by_key.clear();
+        let mut ids: Vec<&String> = self.segments.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(s) = self.segments.get(id) {
+                self.by_key
+                    .entry(s.key.clone())
+                    .or_insert_with(|| id.clone());
+            }
+        }
+    }
+
+    /// Brings the live segments up to date with `ws` after changes that
+    /// touched `t` (applied to `ws` already).
+    pub fn refresh(&mut self, ws: &Workspace, t: &Touched, src: &dyn BitmapSource) {
+        let mut rekey = false;
+        for id in &t.segments {
+            rekey = true;
+            match ws.segments.get(id) {
+                Some(s) => self.load(ws, id, &s.filter, src),
+                None => {
+                    self.segments.remove(id);
+                }
+            }
+        }
+        if !t.cohorts.is_empty() || !t.users.is_empty() {
+            let mut failed = Vec::new();
+            for (id, seg) in &mut self.segments {
+                if t.segments.contains(id) {
+                    continue; // evaluated whole just now
+                }
+                match update(ws, id, seg, t, src) {
+                    Ok(changed_key) => rekey |= changed_key,
+                    Err(e) => {
+                        eprintln!(
+                            "segq: workspace {}: segment {id} is not kept live: {e}",
+                            ws.name()
+                        );
+                        failed.push(id.clone());
+                    }
+                }
+            }
+            rekey |= !failed.is_empty();
+            for id in failed {
+                self.segments.remove(&id);
+            }
+        }
+        if rekey {
+            self.index();
+        }
+    }
+
+    /// A live segment's members.
+    pub fn members(&self, id: &str) -> Option<&RoaringBitmap> {
+        self.segments.get(id).map(|s| &s.members)
+    }
+
+    /// A live segment's size: O(1).
+    pub fn len(&self, id: &str) -> Option<u64> {
+        self.members(id).map(RoaringBitmap::len)
+    }
+
+    /// Whether a user is in a live segment: one bitmap probe.
+    pub fn contains(&self, id: &str, user: UserId) -> Option<bool> {
+        self.members(id).map(|m| m.contains(user.0))
+    }
+
+    /// The size of a live segment whose plan has this [`plan::key`] (made
+    /// on the same state), if there is one.
+    pub fn len_by_key(&self, key: &str) -> Option<u64> {
+        self.by_key.get(key).and_then(|id| self.len(id))
+    }
+
+    /// How many segments are live.
+    pub fn count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// About how many bytes the live bitmaps take.
+    pub fn bytes(&self) -> u64 {
+        self.segments
+            .values()
+            .map(|s| s.members.serialized_size() as u64)
+            .sum()
+    }
+}
+
+/// Updates one segment for the touched users; returns whether its plan
+/// key changed.
+fn update(
+    ws: &Workspace,
+    id: &str,
+    seg: &mut Segment,
+    t: &Touched,
+    src: &dyn BitmapSource,
+) -> Result<bool> {
+    let mut users = RoaringBitmap::new();
+    let mut read = false;
+    for c in &seg.cohorts {
+        if let Some(b) = t.cohorts.get(c) {
+            users |= b;
+            read = true;
+        }
+    }
+    if seg.new_users {
+        users |= &t.users;
+    }
+    if !read && users.is_empty() {
+        return Ok(false);
+    }
+    let filter = match ws.segments.get(id) {
+        Some(s) => &s.filter,
+        None => return Ok(false),
+    };
+    let p = plan::plan(ws, filter)?;
+    let key = plan::key(&p);
+    let changed = key != seg.key;
+    seg.key = key;
+    if users.is_empty() {
+        return Ok(changed);
+    }
+    let prepared = Prepared::new(ws, &p, src)?;
+    let checker = prepared.checker()?;
+    let mut it = users.iter().peekable();
+    while let Some(&first) = it.peek() {
+        let chunk = first >> 16;
+        let mut in_chunk = Vec::new();
+        while let Some(&u) = it.peek() {
+            if u >> 16 != chunk {
+                break;
+            }
+            in_chunk.push(u);
+            it.next();
+        }
+        if in_chunk.len() as u64 > DENSE_CHUNK {
+            let lo = chunk << 16;
+            seg.members.remove_range(lo..=lo | 0xFFFF);
+            seg.members |= prepared.members_in(chunk, chunk + 1)?;
+        } else {
+            for u in in_chunk {
+                if checker.contains(UserId(u)) {
+                    seg.members.insert(u);
+                } else {
+                    seg.members.remove(u);
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
