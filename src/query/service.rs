@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::ids::UserRef;
 use crate::query;
 use crate::segment::{self, Filter};
+use crate::workspace::cache::Key;
+use crate::workspace::live::LiveSegments;
 use crate::workspace::Workspace;
 
 /// The page size of the member export when the request names none.
@@ -86,8 +88,15 @@ pub fn freeze(
 }
 
 /// The count (or estimate) of a segment, as the count endpoint answers it.
-/// Evaluated on a frozen view, without the workspace's lock.
+/// An exact count without `explain` is answered, in this order, by the
+/// live segment the target names, by a live segment whose plan is the
+/// filter's ([`segment::plan::key`] on the same state), by the result
+/// cache, or else evaluated on a frozen view, without the workspace's
+/// lock (and filed in the cache).
 pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Result<Value> {
+    if mode == (CountMode::Exact { explain: false }) {
+        return exact_count(handle, target);
+    }
     let estimate = matches!(mode, CountMode::Estimate { .. });
     let (frozen, filter, generation) = freeze(handle, target, estimate)?;
     match mode {
@@ -116,6 +125,35 @@ pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Resu
             }))
         }
     }
+}
+
+fn exact_count(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
+    let t = std::time::Instant::now();
+    let answer = |count: u64, generation: u64| json!({"count": count, "generation": generation, "took_us": t.elapsed().as_micros() as u64});
+    let (ws, generation) = handle.view();
+    let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
+    if let Target::Segment(id) = target {
+        if let Some(n) = handle.live().len(id) {
+            return Ok(answer(n, generation));
+        }
+    }
+    let p = segment::plan::plan(&*ws, &filter)?;
+    if let Some(n) = handle.live().len_by_key(&segment::plan::key(&p)) {
+        return Ok(answer(n, generation));
+    }
+    let key = Key::new(&ws, &p);
+    if let Some(n) = key.as_ref().and_then(|k| handle.results().get(k)) {
+        return Ok(answer(n, generation));
+    }
+    let frozen = Frozen::new(&ws, handle.bitmaps(), &[&filter], false)?;
+    let filter = filter.into_owned();
+    drop(ws);
+    let c = query::count_in(&frozen, &filter, false)?;
+    if let Some(k) = key {
+        handle.results().insert(k, c.count);
+    }
+    Ok(answer(c.count, generation))
 }
 
 /// The breakdown of a segment, as the breakdown endpoint answers it.
@@ -204,13 +242,40 @@ fn check_json(c: &Check) -> Value {
     Value::Object(o)
 }
 
-/// One user's check, as the check endpoint answers it.
+/// A user's check against a live segment: one bitmap probe (unknown
+/// users answer `false` with a reason, as [`query::check`] does).
+fn live_check(ws: &Workspace, live: &LiveSegments, id: &str, user: &UserRef) -> Option<Check> {
+    let Some(uid) = ws.users.lookup(user) else {
+        return live.members(id).map(|_| Check {
+            member: false,
+            user_id: None,
+            reason: Some(format!("no user holds {user}")),
+        });
+    };
+    live.contains(id, uid).map(|member| Check {
+        member,
+        user_id: Some(uid),
+        reason: None,
+    })
+}
+
+/// One user's check, as the check endpoint answers it; a saved segment
+/// kept live answers with one bitmap probe.
 pub fn check_user(handle: &WorkspaceHandle, target: &Target, user: &UserRef) -> Result<Value> {
     let (ws, generation) = handle.view();
     let filter = target.filter(&ws)?;
     handle.check_filter(&filter)?;
-    let checks = query::check(&ws, handle.bitmaps(), &[&filter], user)?;
-    let mut out = checks.first().map(check_json).unwrap_or_else(|| json!({}));
+    let live = match target {
+        Target::Segment(id) => live_check(&ws, &handle.live(), id, user),
+        Target::Filter(_) => None,
+    };
+    let mut out = match live {
+        Some(c) => check_json(&c),
+        None => {
+            let checks = query::check(&ws, handle.bitmaps(), &[&filter], user)?;
+            checks.first().map(check_json).unwrap_or_else(|| json!({}))
+        }
+    };
     out["generation"] = json!(generation);
     Ok(out)
 }
@@ -221,15 +286,29 @@ pub fn check_users(handle: &WorkspaceHandle, target: &Target, users: &[UserRef])
     let (ws, generation) = handle.view();
     let filter = target.filter(&ws)?;
     handle.check_filter(&filter)?;
-    let checks = query::check_many(&ws, handle.bitmaps(), &filter, users)?;
+    let live = match target {
+        Target::Segment(id) => {
+            let live = handle.live();
+            users
+                .iter()
+                .map(|u| live_check(&ws, &live, id, u))
+                .collect::<Option<Vec<_>>>()
+        }
+        Target::Filter(_) => None,
+    };
+    let checks = match live {
+        Some(c) => c,
+        None => query::check_many(&ws, handle.bitmaps(), &filter, users)?,
+    };
     drop(ws);
     let results: Vec<Value> = checks.iter().map(check_json).collect();
     Ok(json!({"results": results, "generation": generation}))
 }
 
 /// Whether one user is in each of the saved segments `ids` (results first,
-/// in order, each with its `"segment_id"`) and of `filters` (then, in
-/// order, each with its `"filter"` in the text form).
+/// in order, each with its `"segment_id"`; live ones by a bitmap probe)
+/// and of `filters` (then, in order, each with its `"filter"` in the text
+/// form).
 pub fn user_segments(
     handle: &WorkspaceHandle,
     ids: &[String],
@@ -249,7 +328,22 @@ pub fn user_segments(
     for f in &all {
         handle.check_filter(f)?;
     }
-    let checks = query::check(&ws, handle.bitmaps(), &all, user)?;
+    let live = {
+        let live = handle.live();
+        ids.iter()
+            .map(|id| live_check(&ws, &live, id, user))
+            .collect::<Option<Vec<_>>>()
+    };
+    let checks = match live {
+        Some(mut checks) => {
+            let rest = &all[ids.len()..];
+            if !rest.is_empty() {
+                checks.extend(query::check(&ws, handle.bitmaps(), rest, user)?);
+            }
+            checks
+        }
+        None => query::check(&ws, handle.bitmaps(), &all, user)?,
+    };
     let results: Vec<Value> = checks
         .iter()
         .enumerate()
