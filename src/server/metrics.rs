@@ -15,7 +15,14 @@
 //!   (bounded by `max_buffered_body_bytes`);
 //! - `segq_http_connections_closed_total{reason}`: connections the server
 //!   closed itself, by `header_timeout`, `idle_timeout`, `body_timeout` or
-//!   `evicted` (to make room past `max_connections`).
+//!   `evicted` (to make room past `max_connections`);
+//! - `segq_result_cache_hits_total{workspace}`,
+//!   `segq_result_cache_misses_total{workspace}`: exact counts answered
+//!   from, and computed past, a workspace's result cache;
+//!   `segq_result_cache_bytes{workspace}` (and `_entries`): what it holds
+//!   now, within `result_cache_bytes`;
+//! - `segq_live_segments{workspace}`, `segq_live_segment_bytes{workspace}`:
+//!   saved segments kept materialised, and their bitmaps' size.
 //!
 //! Routes are fixed when the router is built, so recording a request is a
 //! hash lookup and a few relaxed atomic adds: no lock, no allocation.
@@ -321,10 +328,74 @@ pub fn render_connections(stats: &ConnStats, out: &mut String) {
     })();
 }
 
+/// Each workspace's result cache and live segments.
+pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
+    let rows: Vec<(String, crate::workspace::cache::Stats, usize, u64)> = engine
+        .workspace_names()
+        .into_iter()
+        .filter_map(|name| {
+            let h = engine.workspace(&name)?;
+            let stats = h.results().stats();
+            let live = h.live();
+            Some((name, stats, live.count(), live.bytes()))
+        })
+        .collect();
+    let _ = (|| -> std::fmt::Result {
+        type Get = fn(&(String, crate::workspace::cache::Stats, usize, u64)) -> u64;
+        let series: [(&str, &str, &str, Get); 6] = [
+            (
+                "segq_result_cache_hits_total",
+                "counter",
+                "Exact counts answered from the result cache.",
+                |r| r.1.hits,
+            ),
+            (
+                "segq_result_cache_misses_total",
+                "counter",
+                "Exact counts looked up in the result cache and computed.",
+                |r| r.1.misses,
+            ),
+            (
+                "segq_result_cache_bytes",
+                "gauge",
+                "Bytes the result cache holds now.",
+                |r| r.1.bytes,
+            ),
+            (
+                "segq_result_cache_entries",
+                "gauge",
+                "Counts the result cache holds now.",
+                |r| r.1.entries,
+            ),
+            (
+                "segq_live_segments",
+                "gauge",
+                "Saved segments kept materialised.",
+                |r| r.2 as u64,
+            ),
+            (
+                "segq_live_segment_bytes",
+                "gauge",
+                "Bytes of the live segments' bitmaps (serialized size).",
+                |r| r.3,
+            ),
+        ];
+        for (name, kind, help, get) in series {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} {kind}")?;
+            for r in &rows {
+                writeln!(out, "{name}{{workspace=\"{}\"}} {}", escape(&r.0), get(r))?;
+            }
+        }
+        Ok(())
+    })();
+}
+
 /// `GET /metrics`.
 pub async fn handler(State(state): State<Arc<AppState>>) -> Response {
     let mut text = state.metrics.render();
     render_connections(&state.conns, &mut text);
+    render_workspaces(&state.engine, &mut text);
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

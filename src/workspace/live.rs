@@ -232,7 +232,21 @@ fn update(
             read = true;
         }
     }
-    if seg.new_users {
+    // A user created joins a segment a user in no cohort may satisfy, or
+    // one reading a cohort that already names the new id (a bulk-loaded
+    // cohort may hold ids of no user yet).
+    let named = |first: u32| {
+        seg.cohorts.iter().any(|c| {
+            ws.cohorts
+                .get(c)
+                .and_then(|c| c.members.max_bound())
+                .is_some_and(|m| m >= first)
+        })
+    };
+    if t.users
+        .min()
+        .is_some_and(|first| seg.new_users || named(first))
+    {
         users |= &t.users;
     }
     if !read && users.is_empty() {
