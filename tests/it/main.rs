@@ -12,6 +12,7 @@ mod engine;
 mod golden;
 mod import;
 mod layered;
+mod live_segments;
 mod log;
 mod malformed;
 mod matching;
