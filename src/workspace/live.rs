@@ -70,6 +70,8 @@ impl Touched {
 #[derive(Clone, Debug)]
 struct Segment {
     members: RoaringBitmap,
+    /// `members.len()`, kept (the bitmap counts container by container).
+    len: u64,
     /// [`plan::key`] of its plan on the current state.
     key: String,
     cohorts: Vec<CohortKey>,
@@ -94,6 +96,7 @@ fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<S
     cohorts.sort_unstable();
     cohorts.dedup();
     Ok(Segment {
+        len: members.len(),
         members,
         key: plan::key(&p),
         cohorts,
@@ -154,19 +157,24 @@ impl LiveSegments {
             }
         }
         if !t.cohorts.is_empty() || !t.users.is_empty() {
+            use rayon::prelude::*;
+            // Segments in parallel (each one's users in order).
+            let results: Vec<(String, Result<bool>)> = self
+                .segments
+                .par_iter_mut()
+                .filter(|(id, _)| !t.segments.contains(*id)) // evaluated whole just now
+                .map(|(id, seg)| (id.clone(), update(ws, id, seg, t, src)))
+                .collect();
             let mut failed = Vec::new();
-            for (id, seg) in &mut self.segments {
-                if t.segments.contains(id) {
-                    continue; // evaluated whole just now
-                }
-                match update(ws, id, seg, t, src) {
+            for (id, r) in results {
+                match r {
                     Ok(changed_key) => rekey |= changed_key,
                     Err(e) => {
                         eprintln!(
                             "segq: workspace {}: segment {id} is not kept live: {e}",
                             ws.name()
                         );
-                        failed.push(id.clone());
+                        failed.push(id);
                     }
                 }
             }
@@ -187,7 +195,7 @@ impl LiveSegments {
 
     /// A live segment's size: O(1).
     pub fn len(&self, id: &str) -> Option<u64> {
-        self.members(id).map(RoaringBitmap::len)
+        self.segments.get(id).map(|s| s.len)
     }
 
     /// Whether a user is in a live segment: one bitmap probe.
@@ -290,5 +298,6 @@ fn update(
             }
         }
     }
+    seg.len = seg.members.len();
     Ok(changed)
 }
