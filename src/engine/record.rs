@@ -12,7 +12,6 @@
 //! epoch.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::cohorts::{ChangeReport, ResolvedChanges};
 use crate::error::{Error, Result};
@@ -22,7 +21,7 @@ use crate::users::NewUser;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
 /// One logged change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// The first record of every workspace log.
     WorkspaceCreated {
