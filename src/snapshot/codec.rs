@@ -152,6 +152,12 @@ impl PFilter {
     pub const AND: u32 = 2;
     pub const OR: u32 = 3;
     pub const NOT: u32 = 4;
+
+    /// How deeply a persisted filter may nest (the root is level 1).
+    /// The parsers accept at most 64 levels of parentheses and `not`s
+    /// (`segment::text::MAX_DEPTH`) or of JSON nodes, which make trees of
+    /// about twice that depth at most; decoding refuses deeper bytes.
+    pub const MAX_DEPTH: usize = 256;
 }
 
 impl Encode for PFilter {
@@ -176,17 +182,68 @@ impl Encode for PFilter {
 
 impl<C> Decode<C> for PFilter {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
-        Ok(match decode_tag(d)? {
-            Self::COHORT => PFilter::Cohort {
-                partner: decode_partner(d)?,
-                cohort: String::decode(d)?,
-                includes: bool::decode(d)?,
-            },
-            Self::BUCKET => PFilter::Bucket(PBucketCmp::decode(d)?),
-            Self::AND => PFilter::And(decode_seq(d, PFilter::decode)?),
-            Self::OR => PFilter::Or(decode_seq(d, PFilter::decode)?),
-            Self::NOT => PFilter::Not(Box::new(PFilter::decode(d)?)),
-            tag => return Err(unknown_tag("filter", tag)),
-        })
+        decode_filter(d, 1)
+    }
+}
+
+/// A filter node at `depth` (the root is 1). The depth is checked before
+/// going one level further, so bytes that nest without end (a corrupt or
+/// crafted file) are an error instead of a stack overflow.
+fn decode_filter<C, D: Decoder<Context = C>>(
+    d: &mut D,
+    depth: usize,
+) -> Result<PFilter, DecodeError> {
+    if depth > PFilter::MAX_DEPTH {
+        return Err(DecodeError::OtherString(format!(
+            "a filter nested more than {} levels deep",
+            PFilter::MAX_DEPTH
+        )));
+    }
+    let child = |d: &mut D| decode_filter(d, depth + 1);
+    Ok(match decode_tag(d)? {
+        PFilter::COHORT => PFilter::Cohort {
+            partner: decode_partner(d)?,
+            cohort: String::decode(d)?,
+            includes: bool::decode(d)?,
+        },
+        PFilter::BUCKET => PFilter::Bucket(PBucketCmp::decode(d)?),
+        PFilter::AND => PFilter::And(decode_seq(d, child)?),
+        PFilter::OR => PFilter::Or(decode_seq(d, child)?),
+        PFilter::NOT => PFilter::Not(Box::new(child(d)?)),
+        tag => return Err(unknown_tag("filter", tag)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` NOT tags and a bucket leaf, as bincode writes them.
+    fn nested_nots(n: usize) -> Vec<u8> {
+        let mut bytes = vec![PFilter::NOT as u8; n];
+        bytes.extend([PFilter::BUCKET as u8, PBucketCmp::LT as u8, 5]);
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<PFilter, DecodeError> {
+        bincode::decode_from_slice(bytes, config()).map(|(f, _)| f)
+    }
+
+    #[test]
+    fn a_deeply_nested_filter_is_an_error_not_a_stack_overflow() {
+        let mut f = decode(&nested_nots(PFilter::MAX_DEPTH - 1)).unwrap();
+        let mut levels = 1;
+        while let PFilter::Not(inner) = f {
+            (f, levels) = (*inner, levels + 1);
+        }
+        assert_eq!(levels, PFilter::MAX_DEPTH);
+        let e = decode(&nested_nots(PFilter::MAX_DEPTH)).unwrap_err();
+        assert!(e.to_string().contains("nested more than 256 levels"), "{e}");
+        let e = decode(&nested_nots(1_000_000)).unwrap_err();
+        assert!(e.to_string().contains("nested more than 256 levels"), "{e}");
+        // Nested through ANDs (a one-child list each) too.
+        let mut bytes = [PFilter::AND as u8, 1].repeat(100_000);
+        bytes.extend(nested_nots(0));
+        assert!(decode(&bytes).is_err());
     }
 }
