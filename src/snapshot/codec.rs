@@ -92,18 +92,28 @@ pub fn decode_seq<C, D: Decoder<Context = C>, T>(
 /// `segment::BucketCmp`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PBucketCmp {
+    /// `random_bucket < v`
     Lt(u16),
+    /// `random_bucket <= v`
     Le(u16),
+    /// `random_bucket > v`
     Gt(u16),
+    /// `random_bucket >= v`
     Ge(u16),
+    /// `random_bucket between lo and hi`, both ends included.
     Between(u16, u16),
 }
 
 impl PBucketCmp {
+    /// The tag of [`PBucketCmp::Lt`].
     pub const LT: u32 = 0;
+    /// The tag of [`PBucketCmp::Le`].
     pub const LE: u32 = 1;
+    /// The tag of [`PBucketCmp::Gt`].
     pub const GT: u32 = 2;
+    /// The tag of [`PBucketCmp::Ge`].
     pub const GE: u32 = 3;
+    /// The tag of [`PBucketCmp::Between`].
     pub const BETWEEN: u32 = 4;
 }
 
@@ -135,22 +145,35 @@ impl<C> Decode<C> for PBucketCmp {
 /// A segment filter, as persisted (mirrors `segment::Filter`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PFilter {
+    /// A cohort test.
     Cohort {
+        /// The cohort's partner.
         partner: Partner,
+        /// Its cohort_id.
         cohort: String,
+        /// `includes_value` (true) or `does_not_include_value`.
         includes: bool,
     },
+    /// A random-bucket test.
     Bucket(PBucketCmp),
+    /// Every child holds (none: every user).
     And(Vec<PFilter>),
+    /// Some child holds (none: nobody).
     Or(Vec<PFilter>),
+    /// The child does not hold.
     Not(Box<PFilter>),
 }
 
 impl PFilter {
+    /// The tag of [`PFilter::Cohort`].
     pub const COHORT: u32 = 0;
+    /// The tag of [`PFilter::Bucket`].
     pub const BUCKET: u32 = 1;
+    /// The tag of [`PFilter::And`].
     pub const AND: u32 = 2;
+    /// The tag of [`PFilter::Or`].
     pub const OR: u32 = 3;
+    /// The tag of [`PFilter::Not`].
     pub const NOT: u32 = 4;
 
     /// How deeply a persisted filter may nest (the root is level 1).
