@@ -23,10 +23,15 @@ use crate::snapshot::meta::PFilter;
 /// [`ResolvedChanges`]): each membership operation as `(user, remove)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PResolved {
+    /// Each membership operation as `(user id, remove)`.
     pub ops: Vec<(u32, bool)>,
+    /// Identifiers that matched a user.
     pub matched: u64,
+    /// Identifiers that matched nobody.
     pub unmatched: u64,
+    /// Device ids refused because their user is identified.
     pub refused_device_ids: u64,
+    /// A bounded sample of the unmatched identifiers.
     pub unmatched_sample: Vec<String>,
 }
 
@@ -111,21 +116,37 @@ pub enum Record {
 }
 
 impl Record {
+    /// The tag of [`Record::WorkspaceCreated`].
     pub const WORKSPACE_CREATED: u32 = 0;
+    /// The tag of [`Record::UserCreated`].
     pub const USER_CREATED: u32 = 1;
+    /// The tag of [`Record::DeviceAdded`].
     pub const DEVICE_ADDED: u32 = 2;
+    /// The tag of [`Record::AliasAdded`].
     pub const ALIAS_ADDED: u32 = 3;
+    /// The tag of [`Record::UserIdentified`].
     pub const USER_IDENTIFIED: u32 = 4;
+    /// The tag of [`Record::CohortUpserted`].
     pub const COHORT_UPSERTED: u32 = 5;
+    /// The tag of [`Record::CohortChanged`].
     pub const COHORT_CHANGED: u32 = 6;
+    /// The tag of [`Record::PartnerEnabled`].
     pub const PARTNER_ENABLED: u32 = 7;
+    /// The tag of [`Record::KeyCreated`].
     pub const KEY_CREATED: u32 = 8;
+    /// The tag of [`Record::KeyInvalidated`].
     pub const KEY_INVALIDATED: u32 = 9;
+    /// The tag of [`Record::Batch`].
     pub const BATCH: u32 = 10;
+    /// The tag of [`Record::SegmentSaved`].
     pub const SEGMENT_SAVED: u32 = 11;
+    /// The tag of [`Record::SegmentDeleted`].
     pub const SEGMENT_DELETED: u32 = 12;
+    /// The tag of [`Record::SeqsAbandoned`].
     pub const SEQS_ABANDONED: u32 = 13;
+    /// The tag of [`Record::KeyUsed`].
     pub const KEY_USED: u32 = 14;
+    /// The tag of [`Record::CohortDeleted`].
     pub const COHORT_DELETED: u32 = 15;
 
     /// How deeply batches may nest (a record of its own is level 1). segq
