@@ -67,6 +67,7 @@ pub struct DictWriter {
 }
 
 impl DictWriter {
+    /// An empty dictionary.
     pub fn new() -> Self {
         Self::default()
     }
@@ -79,10 +80,12 @@ impl DictWriter {
         self.entries.push((user.0, off, key.len() as u32));
     }
 
+    /// The keys added.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no key was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -187,10 +190,12 @@ impl<'a> Dict<'a> {
         })
     }
 
+    /// The keys in the dictionary.
     pub fn len(&self) -> usize {
         self.count
     }
 
+    /// Whether the dictionary holds no key.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
