@@ -38,8 +38,11 @@ use crate::workspace::Workspace;
 /// What to generate.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
+    /// Users to generate.
     pub users: u32,
+    /// Cohorts to generate.
     pub cohorts: u32,
+    /// The seed: the same spec generates the same workspace.
     pub seed: u64,
 }
 
@@ -69,26 +72,45 @@ impl Spec {
 /// How a cohort's members were drawn.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum CohortKind {
-    Behavioural { k: f64 },
-    Clustered { start: u32, len: u32 },
+    /// Member with probability `min(1, density * w_u^k / mean(w^k))` for activity weight `w_u`.
+    Behavioural {
+        /// The exponent on the activity weight (0.5, 1 or 2).
+        k: f64,
+    },
+    /// 80% of a band of consecutive users.
+    Clustered {
+        /// The band's first user id.
+        start: u32,
+        /// The band's length in users.
+        len: u32,
+    },
 }
 
 /// What the generator made of one cohort.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CohortInfo {
+    /// The cohort's number `i` (its cohort_id is `c{i}`).
     pub index: u32,
+    /// Its cohort_id.
     pub cohort_id: String,
+    /// Its density band: `large`, `medium` or `small`.
     pub band: &'static str,
+    /// The density drawn in the band (a share of the users).
     pub target_density: f64,
+    /// How its members were drawn.
     pub kind: CohortKind,
+    /// The members it got.
     pub members: u64,
 }
 
 /// A generated workspace and what went into it.
 #[derive(Debug)]
 pub struct Workload {
+    /// What was generated.
     pub spec: Spec,
+    /// The generated workspace.
     pub workspace: Workspace,
+    /// Each cohort, in order.
     pub cohorts: Vec<CohortInfo>,
 }
 
@@ -447,8 +469,11 @@ pub fn query_shapes(cohorts: u32) -> Vec<(&'static str, Filter)> {
 /// added and removed, each as a share of the users.
 #[derive(Copy, Clone, Debug)]
 pub struct LiveDelta {
+    /// Users to create, as a share of the users.
     pub new_users: f64,
+    /// Members added (and as many removed) per cohort, as a share of the users.
     pub churn: f64,
+    /// The seed of the draws.
     pub seed: u64,
 }
 

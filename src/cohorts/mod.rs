@@ -47,9 +47,11 @@ pub struct SyncStats {
     pub last_sync: Option<DateTime<Utc>>,
     /// Members the last request added and removed (actual changes).
     pub last_added: u64,
+    /// Members the last request removed (actual changes).
     pub last_removed: u64,
     /// Identifiers that matched a user / matched nobody, over all requests.
     pub matched_total: u64,
+    /// Identifiers that matched nobody, over all requests.
     pub unmatched_total: u64,
     /// Device ids refused because their user is identified, over all requests.
     pub refused_total: u64,
@@ -63,12 +65,15 @@ pub struct SyncStats {
 /// One partner cohort.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cohort {
+    /// Its partner and cohort_id.
     pub key: CohortKey,
     /// Shown in the segment builder; the cohort_id until the partner names it.
     pub name: String,
     /// As the partner sent it; `None` for a cohort created by a users request.
     pub created_at: Option<DateTime<FixedOffset>>,
+    /// Its members.
     pub members: Members,
+    /// What its partner's requests did.
     pub sync: SyncStats,
     /// Changes whenever `members` may have changed (unique across cohorts
     /// and workspaces), so caches of the serialized members know when they
@@ -106,6 +111,7 @@ impl Cohort {
         self.members.len()
     }
 
+    /// Whether it has no members.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
@@ -148,6 +154,7 @@ pub struct CohortCatalog {
 }
 
 impl CohortCatalog {
+    /// An empty catalog.
     pub fn new() -> Self {
         Self::default()
     }
@@ -157,10 +164,12 @@ impl CohortCatalog {
         self.cohorts.len()
     }
 
+    /// Whether the catalog holds no cohort.
     pub fn is_empty(&self) -> bool {
         self.cohorts.is_empty()
     }
 
+    /// The cohort of this key, if there is one.
     pub fn get(&self, key: &CohortKey) -> Option<&Cohort> {
         self.cohorts.get(key)
     }
@@ -206,6 +215,7 @@ impl CohortCatalog {
         Ok(())
     }
 
+    /// The cohort of this key, to change, if there is one.
     pub fn get_mut(&mut self, key: &CohortKey) -> Option<&mut Cohort> {
         self.cohorts.get_mut(key)
     }
