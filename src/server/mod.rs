@@ -81,7 +81,7 @@ pub struct AppState {
     /// The counters `/metrics` shows.
     pub metrics: Metrics,
     /// The connection gauges and the partner bodies' buffering budget.
-    pub conns: Arc<conn::ConnStats>,
+    pub(crate) conns: Arc<conn::ConnStats>,
 }
 
 impl AppState {
