@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use crate::ids::{CohortKey, Partner, UserId};
 
 /// How many characters of an offending value an error message repeats.
-pub const ECHO_CHARS: usize = 64;
+pub(crate) const ECHO_CHARS: usize = 64;
 
 /// How many characters of a free-text message (one that may have been
 /// composed with an input in it) an error repeats.
-pub const MESSAGE_CHARS: usize = 1024;
+pub(crate) const MESSAGE_CHARS: usize = 1024;
 
 /// The first `max` characters of `s` when it is longer (cut on a char
 /// boundary), `None` when it is not.
@@ -24,7 +24,7 @@ pub fn prefix(s: &str, max: usize) -> Option<&str> {
 /// `…` and its whole length: `"aaaa"… (900000 bytes)`. Every message that
 /// repeats what a caller sent goes through this (or [`Bare`], [`Clip`]), so
 /// a response or a CLI message never carries a whole large input.
-pub struct Echo<'a>(pub &'a str);
+pub(crate) struct Echo<'a>(pub &'a str);
 
 impl fmt::Display for Echo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,7 +37,7 @@ impl fmt::Display for Echo<'_> {
 
 /// [`Echo`] without the quotes and escapes, for values shown as they are
 /// (a cohort_id after its partner, a path).
-pub struct Bare<'a>(pub &'a str);
+pub(crate) struct Bare<'a>(pub &'a str);
 
 impl fmt::Display for Bare<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,7 +50,7 @@ impl fmt::Display for Bare<'_> {
 
 /// A free-text message cut to [`MESSAGE_CHARS`] characters (with `…` and
 /// its whole length past them).
-pub struct Clip<'a>(pub &'a str);
+pub(crate) struct Clip<'a>(pub &'a str);
 
 impl fmt::Display for Clip<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -62,7 +62,7 @@ impl fmt::Display for Clip<'_> {
 }
 
 /// At most ten values, each as [`Echo`] shows it, then how many more.
-pub struct EchoList<'a>(pub &'a [String]);
+pub(crate) struct EchoList<'a>(pub &'a [String]);
 
 impl fmt::Display for EchoList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

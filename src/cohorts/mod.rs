@@ -84,7 +84,7 @@ pub struct Cohort {
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 /// A version no cohort has had.
-pub fn next_version() -> u64 {
+pub(crate) fn next_version() -> u64 {
     VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -118,7 +118,7 @@ impl Cohort {
 }
 
 /// Checks a cohort_id as the protocol requires: a non-empty string.
-pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
+pub(crate) fn check_cohort_id(cohort_id: &str) -> Result<()> {
     if cohort_id.trim().is_empty() || cohort_id.len() > MAX_NAME_BYTES {
         return Err(Error::InvalidCohort(
             "cohort_id must be a valid string".into(),
@@ -130,7 +130,7 @@ pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
 /// Checks a cohort name as the protocol requires: a non-empty string (not
 /// only white space) of at most [`MAX_NAME_BYTES`]. The wire validator and
 /// the catalog (so log replay too) use this one check.
-pub fn check_cohort_name(name: &str) -> Result<()> {
+pub(crate) fn check_cohort_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(Error::InvalidCohort(
             "name must be a non-empty string".into(),

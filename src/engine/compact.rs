@@ -227,7 +227,7 @@ pub(crate) enum Failed {
 }
 
 /// The first seq of a log named by [`log_name`].
-pub fn log_first_seq(name: &str) -> Option<u64> {
+pub(crate) fn log_first_seq(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("log-")?.strip_suffix(".segqlog")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())

@@ -202,12 +202,12 @@ impl Change {
 }
 
 /// Milliseconds since the epoch, for records.
-pub fn to_ms(t: DateTime<Utc>) -> i64 {
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 /// The time a record stores, back as a `DateTime`.
-pub fn from_ms(ms: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 

@@ -22,22 +22,22 @@ pub fn config() -> bincode::config::Configuration {
 }
 
 /// Writes an enum's tag.
-pub fn encode_tag<E: Encoder>(tag: u32, e: &mut E) -> Result<(), EncodeError> {
+pub(crate) fn encode_tag<E: Encoder>(tag: u32, e: &mut E) -> Result<(), EncodeError> {
     tag.encode(e)
 }
 
 /// Reads an enum's tag.
-pub fn decode_tag<C, D: Decoder<Context = C>>(d: &mut D) -> Result<u32, DecodeError> {
+pub(crate) fn decode_tag<C, D: Decoder<Context = C>>(d: &mut D) -> Result<u32, DecodeError> {
     u32::decode(d)
 }
 
 /// The error of a tag no variant of `what` carries.
-pub fn unknown_tag(what: &'static str, tag: u32) -> DecodeError {
+pub(crate) fn unknown_tag(what: &'static str, tag: u32) -> DecodeError {
     DecodeError::OtherString(format!("unknown {what} tag {tag}"))
 }
 
 /// A partner's persisted tag (exhaustive: a new partner must be given one).
-pub fn partner_tag(p: Partner) -> u32 {
+pub(crate) fn partner_tag(p: Partner) -> u32 {
     match p {
         Partner::Amplitude => 0,
         Partner::Mixpanel => 1,
@@ -51,12 +51,14 @@ pub fn partner_tag(p: Partner) -> u32 {
 }
 
 /// Writes a partner as its tag.
-pub fn encode_partner<E: Encoder>(p: Partner, e: &mut E) -> Result<(), EncodeError> {
+pub(crate) fn encode_partner<E: Encoder>(p: Partner, e: &mut E) -> Result<(), EncodeError> {
     encode_tag(partner_tag(p), e)
 }
 
 /// Reads a partner's tag.
-pub fn decode_partner<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Partner, DecodeError> {
+pub(crate) fn decode_partner<C, D: Decoder<Context = C>>(
+    d: &mut D,
+) -> Result<Partner, DecodeError> {
     let tag = decode_tag(d)?;
     Partner::ALL
         .into_iter()
@@ -65,7 +67,7 @@ pub fn decode_partner<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Partner, 
 }
 
 /// Writes a sequence: its length, then each item.
-pub fn encode_seq<E: Encoder, T>(
+pub(crate) fn encode_seq<E: Encoder, T>(
     items: &[T],
     e: &mut E,
     mut item: impl FnMut(&T, &mut E) -> Result<(), EncodeError>,
@@ -76,7 +78,7 @@ pub fn encode_seq<E: Encoder, T>(
 
 /// Reads a sequence written by [`encode_seq`]. A corrupt length runs out
 /// of input instead of allocating it.
-pub fn decode_seq<C, D: Decoder<Context = C>, T>(
+pub(crate) fn decode_seq<C, D: Decoder<Context = C>, T>(
     d: &mut D,
     mut item: impl FnMut(&mut D) -> Result<T, DecodeError>,
 ) -> Result<Vec<T>, DecodeError> {

@@ -44,7 +44,7 @@ pub fn hash(key: &[u8]) -> u64 {
 }
 
 /// The dictionary key of an alias.
-pub fn alias_key(label: &str, name: &str) -> Vec<u8> {
+pub(crate) fn alias_key(label: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + label.len() + name.len());
     k.extend_from_slice(&(label.len() as u32).to_le_bytes());
     k.extend_from_slice(label.as_bytes());
@@ -53,7 +53,7 @@ pub fn alias_key(label: &str, name: &str) -> Vec<u8> {
 }
 
 /// Splits an alias key back into (label, name).
-pub fn split_alias_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_alias_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
     let n = u32::from_le_bytes(key.get(..4)?.try_into().ok()?) as usize;
     let rest = &key[4..];
     (n <= rest.len()).then(|| rest.split_at(n))

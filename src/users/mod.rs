@@ -252,7 +252,7 @@ pub struct UserRegistry {
 /// The random bucket a user gets when none is given: a hash of (seed, id),
 /// uniform over `0..BUCKETS`, so it needs no state that a restart could
 /// reset, and the same user always gets the same bucket.
-pub fn default_bucket(seed: u64, user: UserId) -> u16 {
+pub(crate) fn default_bucket(seed: u64, user: UserId) -> u16 {
     // splitmix64 of the pair, then Lemire's multiply-shift onto 0..BUCKETS.
     let mut z = seed ^ u64::from(user.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

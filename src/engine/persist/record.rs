@@ -371,7 +371,7 @@ fn decode_record<C, D: Decoder<Context = C>>(
 }
 
 /// A change's persisted form.
-pub fn to_record(c: &Change) -> Record {
+pub(crate) fn to_record(c: &Change) -> Record {
     match c {
         Change::WorkspaceCreated { seed, at_ms } => Record::WorkspaceCreated {
             seed: *seed,
@@ -483,7 +483,7 @@ pub fn to_record(c: &Change) -> Record {
 }
 
 /// The change a record holds.
-pub fn from_record(r: Record) -> Change {
+pub(crate) fn from_record(r: Record) -> Change {
     match r {
         Record::WorkspaceCreated { seed, at_ms } => Change::WorkspaceCreated { seed, at_ms },
         Record::UserCreated {
