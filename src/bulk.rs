@@ -49,7 +49,9 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// The input format.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// JSON Lines: one [`UserJson`] object a line.
     JsonLines,
+    /// CSV with a header naming the columns.
     Csv,
 }
 
@@ -98,7 +100,9 @@ impl Format {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AliasJson {
+    /// The alias label.
     pub alias_label: String,
+    /// The alias name.
     pub alias_name: String,
 }
 
@@ -107,10 +111,13 @@ pub struct AliasJson {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserJson {
+    /// The user's external_id, if any.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// Device_ids to give the user.
     #[serde(default)]
     pub devices: Option<Vec<String>>,
+    /// Aliases to give the user.
     #[serde(default)]
     pub aliases: Option<Vec<AliasJson>>,
 }
@@ -159,7 +166,9 @@ impl std::error::Error for BulkError {}
 /// One parsed line: its 1-based number, and the user or why not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Parsed {
+    /// The line's 1-based number.
     pub line: u64,
+    /// The user, or why the line is refused.
     pub user: Result<NewUser, String>,
 }
 
@@ -188,6 +197,7 @@ pub struct Parser {
 }
 
 impl Parser {
+    /// A parser of `format` input, at its first line.
     pub fn new(format: Format) -> Self {
         Parser {
             format,
@@ -444,11 +454,14 @@ fn csv_row(line: &str, columns: &[Column], fields: &mut Vec<String>) -> Result<N
 /// Users waiting to be applied, with their line numbers.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The users, in input order.
     pub users: Vec<NewUser>,
+    /// Each user's line number.
     pub lines: Vec<u64>,
 }
 
 impl Batch {
+    /// An empty batch, with room for [`BATCH_SIZE`] users.
     pub fn new() -> Self {
         Batch {
             users: Vec::with_capacity(BATCH_SIZE),
@@ -456,19 +469,23 @@ impl Batch {
         }
     }
 
+    /// Adds a user read from `line`.
     pub fn push(&mut self, line: u64, user: NewUser) {
         self.users.push(user);
         self.lines.push(line);
     }
 
+    /// The users in the batch.
     pub fn len(&self) -> usize {
         self.users.len()
     }
 
+    /// Whether the batch holds no user.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
 
+    /// Whether the batch holds [`BATCH_SIZE`] users, so it is to be applied.
     pub fn is_full(&self) -> bool {
         self.users.len() >= BATCH_SIZE
     }
@@ -482,14 +499,18 @@ impl Batch {
 /// A line that failed, as the import response and the CLI report it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineError {
+    /// The line's 1-based number.
     pub line: u64,
+    /// Why it failed.
     pub message: String,
 }
 
 /// What a load did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
+    /// Users created.
     pub created: u64,
+    /// Users found and updated.
     pub updated: u64,
     /// Lines that failed, all of them.
     pub failed: u64,

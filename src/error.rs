@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use crate::ids::{CohortKey, Partner, UserId};
 
 /// How many characters of an offending value an error message repeats.
-pub const ECHO_CHARS: usize = 64;
+pub(crate) const ECHO_CHARS: usize = 64;
 
 /// How many characters of a free-text message (one that may have been
 /// composed with an input in it) an error repeats.
-pub const MESSAGE_CHARS: usize = 1024;
+pub(crate) const MESSAGE_CHARS: usize = 1024;
 
 /// The first `max` characters of `s` when it is longer (cut on a char
 /// boundary), `None` when it is not.
@@ -24,7 +24,7 @@ pub fn prefix(s: &str, max: usize) -> Option<&str> {
 /// `…` and its whole length: `"aaaa"… (900000 bytes)`. Every message that
 /// repeats what a caller sent goes through this (or [`Bare`], [`Clip`]), so
 /// a response or a CLI message never carries a whole large input.
-pub struct Echo<'a>(pub &'a str);
+pub(crate) struct Echo<'a>(pub &'a str);
 
 impl fmt::Display for Echo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,7 +37,7 @@ impl fmt::Display for Echo<'_> {
 
 /// [`Echo`] without the quotes and escapes, for values shown as they are
 /// (a cohort_id after its partner, a path).
-pub struct Bare<'a>(pub &'a str);
+pub(crate) struct Bare<'a>(pub &'a str);
 
 impl fmt::Display for Bare<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,7 +50,7 @@ impl fmt::Display for Bare<'_> {
 
 /// A free-text message cut to [`MESSAGE_CHARS`] characters (with `…` and
 /// its whole length past them).
-pub struct Clip<'a>(pub &'a str);
+pub(crate) struct Clip<'a>(pub &'a str);
 
 impl fmt::Display for Clip<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -62,7 +62,7 @@ impl fmt::Display for Clip<'_> {
 }
 
 /// At most ten values, each as [`Echo`] shows it, then how many more.
-pub struct EchoList<'a>(pub &'a [String]);
+pub(crate) struct EchoList<'a>(pub &'a [String]);
 
 impl fmt::Display for EchoList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,140 +97,267 @@ pub struct FilterParseError {
     pub line: Option<usize>,
     /// 1-based column (in characters), when known.
     pub column: Option<usize>,
+    /// What the parser expected there.
     pub expected: String,
+    /// What it found there instead.
     pub found: String,
 }
 
+/// The library's error: every fallible operation of segq returns it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A partner name that is none of the known partners.
     #[error("unknown partner {}: expected one of amplitude, mixpanel, heap, census, hightouch, segment, kubit, tinyclues", Echo(found))]
-    UnknownPartner { found: String },
+    UnknownPartner {
+        /// The name given.
+        found: String,
+    },
 
+    /// An external_id that another user already holds.
     #[error("external_id {} is already held by user {holder}", Echo(external_id))]
-    DuplicateExternalId { external_id: String, holder: UserId },
+    DuplicateExternalId {
+        /// The external_id given.
+        external_id: String,
+        /// The user that holds it.
+        holder: UserId,
+    },
 
+    /// An alias `(label, name)` that another user already holds.
     #[error(
         "alias ({}, {}) is already held by user {holder}",
         Echo(label),
         Echo(name)
     )]
     DuplicateAlias {
+        /// The alias label.
         label: String,
+        /// The alias name.
         name: String,
+        /// The user that holds it.
         holder: UserId,
     },
 
+    /// A device_id that another user already holds.
     #[error("device_id {} is already held by user {holder}", Echo(device_id))]
-    DuplicateDevice { device_id: String, holder: UserId },
+    DuplicateDevice {
+        /// The device_id given.
+        device_id: String,
+        /// The user that holds it.
+        holder: UserId,
+    },
 
+    /// Identifying a user that already has another external_id.
     #[error(
         "user {user} is already identified as {}; cannot identify it as {}",
         Echo(current),
         Echo(requested)
     )]
     AlreadyIdentified {
+        /// The user.
         user: UserId,
+        /// The external_id it has.
         current: String,
+        /// The external_id asked for.
         requested: String,
     },
 
+    /// No user has the identifier given (its description: `external_id:…`, `with id …`).
     #[error("no user {}", Bare(.0))]
     UnknownUser(String),
 
+    /// An identifier (external_id, device_id, alias) that is empty, too long or otherwise invalid.
     #[error("invalid {kind}: {}", Clip(reason))]
-    InvalidIdentifier { kind: &'static str, reason: String },
+    InvalidIdentifier {
+        /// Which identifier (`external_id`, `device_id`, …).
+        kind: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 
+    /// The workspace holds the most users its dense ids allow.
     #[error("the workspace is full: at most {max} users")]
-    TooManyUsers { max: u64 },
+    TooManyUsers {
+        /// That many users.
+        max: u64,
+    },
 
+    /// No cohort has this key.
     #[error("unknown cohort {}/{}", key.partner, Bare(&key.cohort_id))]
-    UnknownCohort { key: CohortKey },
+    UnknownCohort {
+        /// The partner and cohort_id given.
+        key: CohortKey,
+    },
 
+    /// A filter's cohort value names no cohort of its partner (by id or name).
     #[error("{partner}_cohorts has no cohort with id or name {}", Echo(value))]
-    NoSuchCohort { partner: Partner, value: String },
+    NoSuchCohort {
+        /// The filter's partner.
+        partner: Partner,
+        /// The cohort value as written.
+        value: String,
+    },
 
+    /// A filter's cohort value is the name of several cohorts of its partner.
     #[error(
         "{partner}_cohorts: the name {} is shared by cohorts {}; name one by its cohort_id",
         Echo(name),
         EchoList(ids)
     )]
     AmbiguousCohortName {
+        /// The filter's partner.
         partner: Partner,
+        /// The name.
         name: String,
+        /// The cohort_ids of the cohorts with that name.
         ids: Vec<String>,
     },
 
+    /// A partner may create no more cohorts in the workspace (`max_cohorts_per_partner`).
     #[error("{partner} has {max} cohorts in this workspace, the most it may create (max_cohorts_per_partner); delete one first")]
-    TooManyCohorts { partner: Partner, max: usize },
+    TooManyCohorts {
+        /// The partner.
+        partner: Partner,
+        /// Its cohort limit.
+        max: usize,
+    },
 
+    /// Deleting a cohort that saved segments name.
     #[error("cohort {}/{} is used by saved segments {}; delete or change them first", key.partner, Bare(&key.cohort_id), EchoList(segments))]
     CohortInUse {
+        /// The cohort.
         key: CohortKey,
+        /// The ids of the saved segments that name it.
         segments: Vec<String>,
     },
 
+    /// A cohort's fields are invalid (e.g. an empty or too long cohort_id or name).
     #[error("invalid cohort: {}", Clip(.0))]
     InvalidCohort(String),
 
+    /// A segment filter that does not parse, in either form.
     #[error("filter parse error at {0}")]
     FilterParse(#[from] FilterParseError),
 
+    /// An argument of a call is invalid; answered 400 (never used for a failure of segq itself: see [`Error::Internal`]).
     #[error("invalid argument: {}", Clip(.0))]
     InvalidArgument(String),
 
+    /// A filter of more nodes than `max_filter_nodes` allows.
     #[error("the filter has {nodes} nodes (cohort and bucket tests, and, or, not); at most {limit} are allowed (max_filter_nodes)")]
-    FilterTooLarge { nodes: usize, limit: usize },
+    FilterTooLarge {
+        /// The filter's nodes ([`crate::segment::Filter::nodes`]).
+        nodes: usize,
+        /// The limit (`max_filter_nodes`).
+        limit: usize,
+    },
 
+    /// No workspace of this name.
     #[error("no workspace {}", Echo(name))]
-    UnknownWorkspace { name: String },
+    UnknownWorkspace {
+        /// The name given.
+        name: String,
+    },
 
+    /// A workspace name that is not 1 to 64 letters, digits, `_` or `-`.
     #[error(
         "invalid workspace name {}: expected 1 to 64 letters, digits, '_' or '-'",
         Echo(name)
     )]
-    InvalidWorkspaceName { name: String },
+    InvalidWorkspaceName {
+        /// The name given.
+        name: String,
+    },
 
+    /// A workspace name that Windows reserves for a device (`con`, `nul`, …).
     #[error("invalid workspace name {}: a device name Windows reserves (con, prn, aux, nul, com0-com9, lpt0-lpt9, in any case) cannot name a folder", Echo(name))]
-    ReservedWorkspaceName { name: String },
+    ReservedWorkspaceName {
+        /// The name given.
+        name: String,
+    },
 
+    /// A workspace name equal, ignoring case, to an existing one's.
     #[error("workspace name {} differs only in case from workspace {}; on a case-insensitive file system both would be one folder", Echo(name), Echo(existing))]
-    WorkspaceNameClash { name: String, existing: String },
+    WorkspaceNameClash {
+        /// The name given.
+        name: String,
+        /// The existing workspace's name.
+        existing: String,
+    },
 
+    /// No data import key with this id in the workspace.
     #[error("no data import key {} in this workspace", Echo(id))]
-    UnknownKey { id: String },
+    UnknownKey {
+        /// The key id given.
+        id: String,
+    },
 
+    /// No saved segment with this id in the workspace.
     #[error("no saved segment {} in this workspace", Echo(id))]
-    UnknownSegment { id: String },
+    UnknownSegment {
+        /// The segment id given.
+        id: String,
+    },
 
+    /// A member-page cursor that does not decode or belongs to another workspace or segment.
     #[error("invalid cursor: {}", Clip(.0))]
     InvalidCursor(String),
 
+    /// A workspace that refuses writes after a failure it could not undo, until segq restarts.
     #[error("workspace {name:?} refuses writes until segq restarts: {reason}")]
-    WorkspaceFailed { name: String, reason: String },
+    WorkspaceFailed {
+        /// The workspace.
+        name: String,
+        /// The failure.
+        reason: String,
+    },
 
     /// A change whose log record did not become durable (the disk refused
     /// a write or fsync, or the log has not taken appends again since): it
     /// was not applied, or was undone. The workspace takes writes again
     /// once the disk does.
     #[error("workspace {name:?} could not make the change durable, so it was not applied: {reason}; try again later")]
-    NotDurable { name: String, reason: String },
+    NotDurable {
+        /// The workspace.
+        name: String,
+        /// Why the record is not durable.
+        reason: String,
+    },
 
+    /// The change log failed (I/O, corruption found on reading).
     #[error("change log: {0}")]
     Log(#[from] crate::log::LogError),
 
+    /// A file segq wrote does not read back as it should (checksum, format, a record that does not apply).
     #[error("{}: corrupt: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 
+    /// The data directory is held by another segq process.
     #[error("{} is locked by another segq process; one data directory serves one process", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// Its `LOCK` file.
+        path: PathBuf,
+    },
 
+    /// The configuration file `segq.json` is invalid.
     #[error("configuration {}: {reason}", path.display())]
-    Config { path: PathBuf, reason: String },
+    Config {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// Built with [`Error::io`].
     #[error("I/O error on {}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -241,6 +368,7 @@ pub enum Error {
     Internal(String),
 }
 
+/// A result whose error is, by default, segq's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

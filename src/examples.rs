@@ -132,7 +132,9 @@ pub fn add_users(handle: &WorkspaceHandle) -> Result<usize> {
 pub struct Replayed {
     /// `POST` to this path.
     pub path: String,
+    /// The status the server answers.
     pub status: u16,
+    /// The JSON body it answers.
     pub body: Value,
 }
 

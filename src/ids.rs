@@ -32,13 +32,21 @@ impl fmt::Display for UserId {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Partner {
+    /// Amplitude (`amplitude`).
     Amplitude,
+    /// Mixpanel (`mixpanel`).
     Mixpanel,
+    /// Heap (`heap`).
     Heap,
+    /// Census (`census`).
     Census,
+    /// Hightouch (`hightouch`).
     Hightouch,
+    /// Segment (`segment`).
     Segment,
+    /// Kubit (`kubit`).
     Kubit,
+    /// Tinyclues (`tinyclues`).
     Tinyclues,
 }
 
@@ -123,11 +131,14 @@ impl FromStr for Partner {
 /// partner's cohort_id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CohortKey {
+    /// The partner that owns the cohort.
     pub partner: Partner,
+    /// The partner's cohort_id.
     pub cohort_id: String,
 }
 
 impl CohortKey {
+    /// The key of `partner`'s cohort `cohort_id`.
     pub fn new(partner: Partner, cohort_id: impl Into<String>) -> Self {
         CohortKey {
             partner,
@@ -142,18 +153,25 @@ impl fmt::Display for CohortKey {
     }
 }
 
-/// A user named by one of its identifiers, as a caller knows it.
 /// Why a segment filter's cohort value names no single cohort (the
 /// library's `Error` has a variant for each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CohortNameError {
     /// No cohort of the partner has `value` as its cohort_id or its name.
-    NoSuch { partner: Partner, value: String },
+    NoSuch {
+        /// The filter's partner.
+        partner: Partner,
+        /// The cohort value as written.
+        value: String,
+    },
     /// No cohort has `name` as its cohort_id, and these (sorted) share it
     /// as their name.
     Ambiguous {
+        /// The filter's partner.
         partner: Partner,
+        /// The name.
         name: String,
+        /// The cohort_ids of the cohorts with that name.
         ids: Vec<String>,
     },
 }
@@ -196,11 +214,20 @@ pub fn resolve_cohort<'a, T>(
     }
 }
 
+/// A user named by one of its identifiers, as a caller knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserRef {
+    /// By its external_id.
     ExternalId(String),
-    Alias { label: String, name: String },
+    /// By an alias.
+    Alias {
+        /// The alias label.
+        label: String,
+        /// The alias name.
+        name: String,
+    },
+    /// By a device_id.
     DeviceId(String),
 }
 

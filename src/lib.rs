@@ -42,6 +42,7 @@
 //! API.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bitmap_view;
 pub mod bulk;

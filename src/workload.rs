@@ -38,8 +38,11 @@ use crate::workspace::Workspace;
 /// What to generate.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
+    /// Users to generate.
     pub users: u32,
+    /// Cohorts to generate.
     pub cohorts: u32,
+    /// The seed: the same spec generates the same workspace.
     pub seed: u64,
 }
 
@@ -69,26 +72,45 @@ impl Spec {
 /// How a cohort's members were drawn.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum CohortKind {
-    Behavioural { k: f64 },
-    Clustered { start: u32, len: u32 },
+    /// Member with probability `min(1, density * w_u^k / mean(w^k))` for activity weight `w_u`.
+    Behavioural {
+        /// The exponent on the activity weight (0.5, 1 or 2).
+        k: f64,
+    },
+    /// 80% of a band of consecutive users.
+    Clustered {
+        /// The band's first user id.
+        start: u32,
+        /// The band's length in users.
+        len: u32,
+    },
 }
 
 /// What the generator made of one cohort.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CohortInfo {
+    /// The cohort's number `i` (its cohort_id is `c{i}`).
     pub index: u32,
+    /// Its cohort_id.
     pub cohort_id: String,
+    /// Its density band: `large`, `medium` or `small`.
     pub band: &'static str,
+    /// The density drawn in the band (a share of the users).
     pub target_density: f64,
+    /// How its members were drawn.
     pub kind: CohortKind,
+    /// The members it got.
     pub members: u64,
 }
 
 /// A generated workspace and what went into it.
 #[derive(Debug)]
 pub struct Workload {
+    /// What was generated.
     pub spec: Spec,
+    /// The generated workspace.
     pub workspace: Workspace,
+    /// Each cohort, in order.
     pub cohorts: Vec<CohortInfo>,
 }
 
@@ -323,53 +345,57 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
 
 /// Generates the workload straight into a snapshot file on `out`, without
 /// building the in-memory workspace: the way to make the large size
-/// (100M users) on a machine that could not hold it twice. The bytes are
-/// those [`crate::snapshot::writer::write`] makes of [`generate`]'s
-/// workspace at seq 0.
+/// (100M users) on a machine that could not hold it twice. It is laid out
+/// by the snapshot writer's [`Contents`](crate::snapshot::writer::Contents),
+/// as the engine's snapshots are, and its bytes are those the engine
+/// writes of [`generate`]'s workspace at seq 0 (a test compares them).
 pub fn write_snapshot<W: std::io::Write>(
     name: &str,
     spec: Spec,
     out: W,
 ) -> Result<(W, Vec<CohortInfo>)> {
-    use crate::snapshot::dict::{alias_key, DictWriter};
-    use crate::snapshot::format::{SectionKind, SnapshotWriter};
+    use crate::snapshot::dict::alias_key;
     use crate::snapshot::meta::{CohortMeta, Meta};
+    use crate::snapshot::writer::Contents;
 
     let n = spec.users;
-    let mut buckets = Vec::with_capacity(n as usize * 2);
-    let (mut ext, mut dev, mut ali) = (DictWriter::new(), DictWriter::new(), DictWriter::new());
+    let mut contents = Contents::new(Meta {
+        workspace: name.to_string(),
+        seed: workspace_seed(spec),
+        seq: 0,
+        users: n,
+        cohorts: Vec::new(),
+        keys: Vec::new(),
+        enabled_partners: Vec::new(),
+        data_points: Vec::new(),
+        segments: Vec::new(),
+        ext: Default::default(),
+    });
+    contents.reserve_buckets(n as usize);
     let mut made = draw(spec, |u, g| {
         let id = crate::ids::UserId(u);
-        buckets.extend_from_slice(&g.bucket.to_le_bytes());
+        contents.push_bucket(g.bucket);
         if !g.anonymous {
-            ext.push(id, format!("u{u}").as_bytes());
+            contents.external_ids.push(id, format!("u{u}").as_bytes());
         }
-        dev.push(id, format!("d{u}").as_bytes());
+        contents.devices.push(id, format!("d{u}").as_bytes());
         if g.alias {
-            ali.push(id, &alias_key("email", &format!("u{u}@example.com")));
+            let key = alias_key("email", &format!("u{u}@example.com"));
+            contents.aliases.push(id, &key);
         }
         Ok(())
     })?;
     // The catalog's order: by (partner, cohort_id).
     made.sort_by(|a, b| a.0.cohort_id.cmp(&b.0.cohort_id));
-    let mut bitmaps = Vec::new();
-    let mut cohorts = Vec::with_capacity(made.len());
     for (info, members) in &made {
-        while bitmaps.len() % 8 != 0 {
-            bitmaps.push(0);
-        }
-        let offset = bitmaps.len() as u64;
-        members
-            .serialize_into(&mut bitmaps)
-            .map_err(|e| Error::Internal(format!("serializing {}: {e}", info.cohort_id)))?;
-        cohorts.push(CohortMeta {
+        let entry = CohortMeta {
             partner: PARTNER,
             cohort_id: info.cohort_id.clone(),
             name: cohort_name(info),
             created_at: Some(created_at().to_rfc3339()),
             cardinality: members.len(),
-            offset,
-            len: bitmaps.len() as u64 - offset,
+            offset: 0,
+            len: 0,
             last_sync_ms: None,
             last_added: 0,
             last_removed: 0,
@@ -377,30 +403,14 @@ pub fn write_snapshot<W: std::io::Write>(
             unmatched_total: 0,
             refused_total: 0,
             recent_unmatched: Vec::new(),
-        });
+        };
+        contents.push_cohort(entry, |bytes| {
+            members
+                .serialize_into(bytes)
+                .map_err(|e| Error::Internal(format!("serializing {}: {e}", info.cohort_id)))
+        })?;
     }
-    let meta = Meta {
-        workspace: name.to_string(),
-        seed: workspace_seed(spec),
-        seq: 0,
-        users: n,
-        cohorts,
-        keys: Vec::new(),
-        enabled_partners: Vec::new(),
-        data_points: Vec::new(),
-        segments: Vec::new(),
-        ext: Default::default(),
-    };
-    let meta = meta.encode().map_err(Error::Internal)?;
-    let mut w = SnapshotWriter::to(out)?;
-    w.section(SectionKind::Meta, &meta)?;
-    w.section(SectionKind::Buckets, &buckets)?;
-    drop(buckets);
-    w.section(SectionKind::ExternalIds, &ext.finish()?)?;
-    w.section(SectionKind::Devices, &dev.finish()?)?;
-    w.section(SectionKind::Aliases, &ali.finish()?)?;
-    w.section(SectionKind::Bitmaps, &bitmaps)?;
-    let out = w.finish()?;
+    let out = contents.write_to(out)?;
     Ok((out, made.into_iter().map(|(i, _)| i).collect()))
 }
 
@@ -447,8 +457,11 @@ pub fn query_shapes(cohorts: u32) -> Vec<(&'static str, Filter)> {
 /// added and removed, each as a share of the users.
 #[derive(Copy, Clone, Debug)]
 pub struct LiveDelta {
+    /// Users to create, as a share of the users.
     pub new_users: f64,
+    /// Members added (and as many removed) per cohort, as a share of the users.
     pub churn: f64,
+    /// The seed of the draws.
     pub seed: u64,
 }
 

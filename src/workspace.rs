@@ -22,12 +22,17 @@ use crate::users::UserRegistry;
 /// A data import key of a workspace, as stored: only its SHA-256 digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
+    /// The key's id.
     pub id: String,
+    /// The partner it is for.
     pub partner: Partner,
+    /// The SHA-256 digest of the key.
     pub digest: [u8; 32],
     /// The first characters of the key, to tell keys apart in listings.
     pub prefix: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was invalidated, if it was.
     pub invalidated_at: Option<DateTime<Utc>>,
     /// The key's last use as logged: to the minute, the last time it
     /// passed `Engine::authorize` (`None`: never, or not since it was
@@ -40,10 +45,15 @@ pub struct KeyRecord {
 /// changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SavedSegment {
+    /// Its id.
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// Its filter, cohorts by cohort_id.
     pub filter: crate::segment::Filter,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -51,7 +61,9 @@ pub struct SavedSegment {
 #[derive(Clone, Debug)]
 pub struct Workspace {
     name: String,
+    /// The users and their identifiers.
     pub users: UserRegistry,
+    /// The partner cohorts.
     pub cohorts: CohortCatalog,
     data_points: BTreeMap<(Partner, NaiveDate), u64>,
     /// Data import keys by id, invalidated ones included.
@@ -84,10 +96,12 @@ impl Workspace {
         ws
     }
 
+    /// Renames the workspace.
     pub fn set_name(&mut self, name: impl Into<String>) {
         self.name = name.into();
     }
 
+    /// The workspace's name.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -9,8 +9,11 @@ use super::{ArrayC, ArrayIter, BitmapC, BitmapIter, RunC, RunValues, Words};
 /// [`BitmapView`](super::BitmapView).
 #[derive(Debug, Clone, Copy)]
 pub enum Container<'a> {
+    /// An array container: up to 4096 sorted values.
     Array(ArrayC<'a>),
+    /// A bitmap container: 1024 words of 64 bits.
     Bitmap(BitmapC<'a>),
+    /// A run container: sorted runs of values.
     Run(RunC<'a>),
 }
 

@@ -17,17 +17,22 @@ use crate::users::{DeviceMatch, UserRegistry, MAX_IDENTIFIER_BYTES};
 /// An alias as the protocol sends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alias {
+    /// The alias name.
     pub alias_name: String,
+    /// The alias label.
     pub alias_label: String,
 }
 
 /// One object of a request's `cohort_changes`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CohortChange {
+    /// External ids (`user_ids` on the wire) to add or remove.
     #[serde(default)]
     pub user_ids: Vec<String>,
+    /// Device ids to add or remove.
     #[serde(default)]
     pub device_ids: Vec<String>,
+    /// Aliases to add or remove.
     #[serde(default)]
     pub aliases: Vec<Alias>,
     /// Remove instead of add.
@@ -45,13 +50,16 @@ impl CohortChange {
 /// One membership change, in request order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberOp {
+    /// The user.
     pub user: UserId,
+    /// Removed (true) or added.
     pub remove: bool,
 }
 
 /// The outcome of matching a request's identifiers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedChanges {
+    /// The membership operations, in request order.
     pub ops: Vec<MemberOp>,
     /// Identifiers that matched a user.
     pub matched: u64,
@@ -67,11 +75,15 @@ pub struct ResolvedChanges {
 /// What applying a request did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeReport {
+    /// Identifiers that matched a user.
     pub matched: u64,
+    /// Identifiers that matched nobody.
     pub unmatched: u64,
+    /// Device ids whose user is identified: neither added nor removed.
     pub refused_device_ids: u64,
     /// Members actually added and removed (no-ops not counted).
     pub added: u64,
+    /// Members actually removed.
     pub removed: u64,
     /// Billable data points: one per matched add or remove identifier.
     pub data_points: u64,

@@ -60,6 +60,7 @@ impl BaseBitmap {
         self.snap.bitmap_bytes(self.index)
     }
 
+    /// The snapshot the bitmap is read from.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snap
     }
@@ -110,10 +111,12 @@ impl Members {
         }
     }
 
+    /// The number of members.
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// Whether there are no members.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -143,6 +146,7 @@ impl Members {
         &self.removed
     }
 
+    /// Whether user `u` is a member (an error when the snapshot's bitmap does not read).
     pub fn contains(&self, u: u32) -> Result<bool> {
         Ok(self.added.contains(u)
             || (self.base()?.is_some_and(|b| b.contains(u)) && !self.removed.contains(u)))

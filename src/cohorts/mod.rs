@@ -47,9 +47,11 @@ pub struct SyncStats {
     pub last_sync: Option<DateTime<Utc>>,
     /// Members the last request added and removed (actual changes).
     pub last_added: u64,
+    /// Members the last request removed (actual changes).
     pub last_removed: u64,
     /// Identifiers that matched a user / matched nobody, over all requests.
     pub matched_total: u64,
+    /// Identifiers that matched nobody, over all requests.
     pub unmatched_total: u64,
     /// Device ids refused because their user is identified, over all requests.
     pub refused_total: u64,
@@ -63,12 +65,15 @@ pub struct SyncStats {
 /// One partner cohort.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cohort {
+    /// Its partner and cohort_id.
     pub key: CohortKey,
     /// Shown in the segment builder; the cohort_id until the partner names it.
     pub name: String,
     /// As the partner sent it; `None` for a cohort created by a users request.
     pub created_at: Option<DateTime<FixedOffset>>,
+    /// Its members.
     pub members: Members,
+    /// What its partner's requests did.
     pub sync: SyncStats,
     /// Changes whenever `members` may have changed (unique across cohorts
     /// and workspaces), so caches of the serialized members know when they
@@ -79,7 +84,7 @@ pub struct Cohort {
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 /// A version no cohort has had.
-pub fn next_version() -> u64 {
+pub(crate) fn next_version() -> u64 {
     VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -106,13 +111,14 @@ impl Cohort {
         self.members.len()
     }
 
+    /// Whether it has no members.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 }
 
 /// Checks a cohort_id as the protocol requires: a non-empty string.
-pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
+pub(crate) fn check_cohort_id(cohort_id: &str) -> Result<()> {
     if cohort_id.trim().is_empty() || cohort_id.len() > MAX_NAME_BYTES {
         return Err(Error::InvalidCohort(
             "cohort_id must be a valid string".into(),
@@ -124,7 +130,7 @@ pub fn check_cohort_id(cohort_id: &str) -> Result<()> {
 /// Checks a cohort name as the protocol requires: a non-empty string (not
 /// only white space) of at most [`MAX_NAME_BYTES`]. The wire validator and
 /// the catalog (so log replay too) use this one check.
-pub fn check_cohort_name(name: &str) -> Result<()> {
+pub(crate) fn check_cohort_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(Error::InvalidCohort(
             "name must be a non-empty string".into(),
@@ -148,6 +154,7 @@ pub struct CohortCatalog {
 }
 
 impl CohortCatalog {
+    /// An empty catalog.
     pub fn new() -> Self {
         Self::default()
     }
@@ -157,10 +164,12 @@ impl CohortCatalog {
         self.cohorts.len()
     }
 
+    /// Whether the catalog holds no cohort.
     pub fn is_empty(&self) -> bool {
         self.cohorts.is_empty()
     }
 
+    /// The cohort of this key, if there is one.
     pub fn get(&self, key: &CohortKey) -> Option<&Cohort> {
         self.cohorts.get(key)
     }
@@ -206,6 +215,7 @@ impl CohortCatalog {
         Ok(())
     }
 
+    /// The cohort of this key, to change, if there is one.
     pub fn get_mut(&mut self, key: &CohortKey) -> Option<&mut Cohort> {
         self.cohorts.get_mut(key)
     }

@@ -52,11 +52,17 @@ pub const MANIFEST: &str = "MANIFEST";
 
 /// The file operations compaction performs, so a test can stop after any.
 pub trait Fs {
+    /// Writes `bytes` to a new file at `path`.
     fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()>;
+    /// Fsyncs the file at `path` (its contents).
     fn fsync(&mut self, path: &Path) -> Result<()>;
+    /// Renames `from` to `to`.
     fn rename(&mut self, from: &Path, to: &Path) -> Result<()>;
+    /// Fsyncs the directory `dir`.
     fn fsync_dir(&mut self, dir: &Path) -> Result<()>;
+    /// Creates a log at `path` whose first record will be `first_seq`.
     fn create_log(&mut self, path: &Path, first_seq: u64) -> Result<LogWriter>;
+    /// Removes the file at `path`.
     fn remove(&mut self, path: &Path) -> Result<()>;
 }
 
@@ -101,11 +107,15 @@ impl Fs for RealFs {
 /// Which snapshot and log make up a workspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The manifest format's version.
     pub version: u32,
+    /// The generation: numbers the snapshot and grows with each compaction.
     pub generation: u64,
     /// The last log seq the snapshot holds; the log starts at seq + 1.
     pub seq: u64,
+    /// The snapshot file's name, in the workspace's folder.
     pub snapshot: String,
+    /// The log file's name, in the workspace's folder.
     pub log: String,
 }
 
@@ -194,10 +204,15 @@ pub fn log_name(first_seq: u64) -> String {
 /// What one compaction produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Compacted {
+    /// The new generation.
     pub generation: u64,
+    /// The last log seq the snapshot holds.
     pub seq: u64,
+    /// The snapshot file's name.
     pub snapshot: String,
+    /// Its size in bytes.
     pub snapshot_bytes: u64,
+    /// How long the compaction took, in milliseconds.
     pub took_ms: u64,
 }
 
@@ -212,7 +227,7 @@ pub(crate) enum Failed {
 }
 
 /// The first seq of a log named by [`log_name`].
-pub fn log_first_seq(name: &str) -> Option<u64> {
+pub(crate) fn log_first_seq(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("log-")?.strip_suffix(".segqlog")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())

@@ -56,13 +56,16 @@ fn default_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
 
+/// The configuration of a data directory: `segq.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// One partner_api_key per partner.
     pub partner_api_keys: BTreeMap<Partner, String>,
+    /// Partner requests per data import key per hour; 0 for no limit.
     #[serde(default = "default_rate")]
     pub rate_limit_per_hour: u64,
+    /// The largest partner (and admin JSON) request body, in bytes; 413 above.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
     /// Compact a workspace once its log holds this many records...

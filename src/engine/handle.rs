@@ -53,7 +53,9 @@ pub const RECORD_BUDGET: usize = 4 << 20;
 /// What a bulk upsert did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BatchReport {
+    /// Users created.
     pub created: u64,
+    /// Users that existed already (found by an identifier).
     pub updated: u64,
     /// `(index in the batch, why)` of each user refused.
     pub failed: Vec<(usize, String)>,
@@ -280,6 +282,7 @@ impl WorkspaceHandle {
         Ok(())
     }
 
+    /// The workspace's name.
     pub fn name(&self) -> &str {
         &self.name
     }

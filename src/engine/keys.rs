@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// `n` random bytes from the OS generator, as lower-case hex.
-pub fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex(&bytes)
@@ -25,7 +25,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Parses lower- or upper-case hex into exactly 32 bytes.
-pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
     let s = s.trim().as_bytes();
     if s.len() != 64 {
         return None;
@@ -44,28 +44,28 @@ pub fn digest(secret: &str) -> [u8; 32] {
 }
 
 /// Whether two digests are equal, in time independent of where they differ.
-pub fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
 }
 
 /// Whether two strings are equal, in time independent of where they differ
 /// (their lengths may leak; partner_api_keys are fixed-format).
-pub fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     same_digest(&digest(a), &digest(b))
 }
 
 /// A new data import key.
-pub fn new_data_import_key() -> String {
+pub(crate) fn new_data_import_key() -> String {
     format!("dik_{}", random_hex(32))
 }
 
 /// A new key id (not secret).
-pub fn new_key_id() -> String {
+pub(crate) fn new_key_id() -> String {
     format!("key_{}", random_hex(8))
 }
 
 /// A new admin token.
-pub fn new_admin_token() -> String {
+pub(crate) fn new_admin_token() -> String {
     format!("adm_{}", random_hex(32))
 }
 

@@ -78,6 +78,7 @@ use record::{from_ms, to_ms};
 /// durable, each with its error.
 #[derive(Debug)]
 pub struct SyncFailed {
+    /// Each workspace not synced, by name, with its error.
     pub failures: Vec<(String, Error)>,
 }
 
@@ -110,21 +111,32 @@ pub const LOG_FILE: &str = "changes.segqlog";
 /// A data import key as generated: the only time the key itself is seen.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewKey {
+    /// The key's id.
     pub id: String,
+    /// The key itself (the client secret): shown once, never stored.
     pub key: String,
+    /// Its first characters, kept to recognise it by.
     pub prefix: String,
+    /// The partner it is for.
     pub partner: Partner,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// A data import key as listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KeyInfo {
+    /// The key's id.
     pub id: String,
+    /// The partner it is for.
     pub partner: Partner,
+    /// Its first characters, to recognise it by.
     pub prefix: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was last used (to the minute), if ever.
     pub last_used: Option<DateTime<Utc>>,
+    /// When it was invalidated, if it was.
     pub invalidated_at: Option<DateTime<Utc>>,
 }
 
@@ -883,10 +895,12 @@ impl Engine {
         Ok(())
     }
 
+    /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The configuration (`segq.json`).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -1067,6 +1081,7 @@ impl Engine {
         table.live.keys().cloned().collect()
     }
 
+    /// The live workspace of this name, if there is one.
     pub fn workspace(&self, name: &str) -> Option<Arc<WorkspaceHandle>> {
         let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
         table.live.get(name).cloned()

@@ -12,7 +12,6 @@
 //! epoch.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::cohorts::{ChangeReport, ResolvedChanges};
 use crate::error::{Error, Result};
@@ -23,73 +22,116 @@ use crate::workspace::live::Touched;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
 /// One logged change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// The first record of every workspace log.
     WorkspaceCreated {
+        /// The workspace's seed (random buckets are a hash of it and the user id).
         seed: u64,
+        /// When it was created (ms since the Unix epoch).
         at_ms: i64,
     },
+    /// A user created, with the identifiers it was created with.
     UserCreated {
+        /// Its id.
         user: UserId,
+        /// Its external_id, if it has one.
         external_id: Option<String>,
+        /// Its device_ids.
         devices: Vec<String>,
         /// `(alias_label, alias_name)`.
         aliases: Vec<(String, String)>,
+        /// Its random bucket (0..=9999).
         bucket: u16,
     },
+    /// A device_id given to a user.
     DeviceAdded {
+        /// The user.
         user: UserId,
+        /// The device_id.
         device_id: String,
     },
+    /// An alias given to a user.
     AliasAdded {
+        /// The user.
         user: UserId,
+        /// The alias label.
         label: String,
+        /// The alias name.
         name: String,
     },
+    /// A user identified: given its external_id.
     UserIdentified {
+        /// The user.
         user: UserId,
+        /// The external_id.
         external_id: String,
     },
+    /// A partner cohort created or renamed.
     CohortUpserted {
+        /// Its partner.
         partner: Partner,
+        /// Its cohort_id.
         cohort_id: String,
+        /// Its name.
         name: String,
         /// RFC 3339, as the partner sent it (offset kept): written by
         /// [`crate::import::format_created_at`], read by
         /// [`crate::import::parse_created_at`].
         created_at: String,
     },
+    /// A partner cohort's members changed (a users request, resolved to user ids).
     CohortChanged {
+        /// The cohort's partner.
         partner: Partner,
+        /// Its cohort_id.
         cohort_id: String,
+        /// When (ms since the Unix epoch).
         at_ms: i64,
+        /// The membership operations and the request's counts.
         resolved: ResolvedChanges,
     },
+    /// A partner enabled for the workspace.
     PartnerEnabled {
+        /// The partner.
         partner: Partner,
     },
+    /// A data import key created.
     KeyCreated {
+        /// Its id.
         id: String,
+        /// The partner it is for.
         partner: Partner,
+        /// The SHA-256 digest of its secret.
         digest: [u8; 32],
+        /// The first characters of its secret, to recognise it by.
         prefix: String,
+        /// When (ms since the Unix epoch).
         at_ms: i64,
     },
+    /// A data import key invalidated.
     KeyInvalidated {
+        /// Its id.
         id: String,
+        /// When (ms since the Unix epoch).
         at_ms: i64,
     },
     /// Several changes acknowledged together (bulk user loads).
     Batch(Vec<Change>),
     /// A saved segment created or changed; its filter names cohort_ids.
     SegmentSaved {
+        /// Its id.
         id: String,
+        /// Its name.
         name: String,
+        /// Its filter, cohorts by cohort_id.
         filter: Filter,
+        /// When (ms since the Unix epoch).
         at_ms: i64,
     },
+    /// A saved segment deleted.
     SegmentDeleted {
+        /// Its id.
         id: String,
     },
     /// Fills a seq given up after a failed log write or fsync: the records
@@ -97,20 +139,27 @@ pub enum Change {
     /// (`last` is the seq burned for the undo itself). Applies nothing;
     /// every seq of the range carries one.
     SeqsAbandoned {
+        /// The first seq not made durable.
         first: u64,
+        /// The seq burned for the undo.
         last: u64,
     },
     /// A data import key was used (at most one record per key per
     /// minute): its `last_used`, kept to the minute.
     KeyUsed {
+        /// The key's id.
         id: String,
+        /// When it was used, to the minute (ms since the Unix epoch).
         at_ms: i64,
     },
     /// A partner cohort deleted (by its partner or an admin); refused
     /// while a saved segment names it.
     CohortDeleted {
+        /// The cohort's partner.
         partner: Partner,
+        /// Its cohort_id.
         cohort_id: String,
+        /// When (ms since the Unix epoch).
         at_ms: i64,
     },
 }
@@ -154,12 +203,12 @@ impl Change {
 }
 
 /// Milliseconds since the epoch, for records.
-pub fn to_ms(t: DateTime<Utc>) -> i64 {
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 /// The time a record stores, back as a `DateTime`.
-pub fn from_ms(ms: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 

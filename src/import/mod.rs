@@ -19,14 +19,22 @@ pub const MAX_IDENTIFIERS: usize = 1_000;
 
 /// The platform's error texts, word for word.
 pub mod texts {
+    /// A cohort_id that is missing or not a valid string.
     pub const COHORT_ID: &str = "cohort_id must be a valid string";
+    /// A `cohort_changes` of the wrong shape.
     pub const COHORT_CHANGES: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
+    /// More than [`MAX_IDENTIFIERS`](super::MAX_IDENTIFIERS) identifiers in one request.
     pub const TOO_MANY: &str =
         "Only 1,000 user_ids, device_ids, and aliases are allowed per request";
+    /// A name that is missing or empty.
     pub const NAME: &str = "name must be a non-empty string";
+    /// A `created_at` that is not a valid ISO 8601 time.
     pub const CREATED_AT: &str = "created_at must be a valid time as an ISO-8601 string";
+    /// A wrong partner API key.
     pub const BAD_PARTNER_KEY: &str = "Invalid Partner API key";
+    /// A client secret that is no data import key of the partner.
     pub const BAD_CLIENT_SECRET: &str = "Invalid client secret";
+    /// A partner the workspace has not enabled.
     pub const PARTNER_NOT_ENABLED: &str = "Partner not enabled for client";
 }
 
@@ -36,7 +44,9 @@ pub enum ProtocolError {
     /// 400 with `{"message", "errors"}`.
     #[error("{message}")]
     BadRequest {
+        /// The first error, the platform's `message`.
         message: String,
+        /// Every error found.
         errors: Vec<String>,
     },
     /// 401; never carries the secret.
@@ -47,10 +57,16 @@ pub enum ProtocolError {
     UnknownPartner(String),
     /// 413.
     #[error("request body is larger than the limit of {limit} bytes")]
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// 429 with `Retry-After`.
     #[error("rate limit exceeded; retry after {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        /// Seconds until the key's bucket holds a token again.
+        retry_after_secs: u64,
+    },
 }
 
 impl ProtocolError {
@@ -86,6 +102,7 @@ impl ProtocolError {
 /// The credentials every request carries in its body.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The partner's API key (`partner_api_key` in `segq.json`).
     pub partner_api_key: String,
     /// The data import key.
     pub client_secret: String,
@@ -100,9 +117,13 @@ impl std::fmt::Debug for Credentials {
 /// `POST /partners/{partner}/cohorts`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CohortRequest {
+    /// The partner's credentials.
     pub credentials: Credentials,
+    /// The partner's cohort_id.
     pub cohort_id: String,
+    /// The cohort's name.
     pub name: String,
+    /// When the partner created the cohort.
     pub created_at: DateTime<FixedOffset>,
 }
 
@@ -110,15 +131,20 @@ pub struct CohortRequest {
 /// platform has none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeleteRequest {
+    /// The partner's credentials.
     pub credentials: Credentials,
+    /// The partner's cohort_id.
     pub cohort_id: String,
 }
 
 /// `POST /partners/{partner}/cohorts/users`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UsersRequest {
+    /// The partner's credentials.
     pub credentials: Credentials,
+    /// The partner's cohort_id.
     pub cohort_id: String,
+    /// The membership changes, in order.
     pub cohort_changes: Vec<CohortChange>,
 }
 

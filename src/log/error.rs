@@ -7,14 +7,18 @@ use std::sync::Arc;
 
 use super::layout::{MAGIC, MAX_PAYLOAD};
 
+/// An error of the change log: opening, reading, appending or resetting it.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// An I/O call on the log file failed outside a commit (create, open,
     /// recovery). `op` is what was being done: "read", "truncate", ...
     #[error("{path}: I/O error during {op}: {source}")]
     Io {
+        /// The log file.
         path: String,
+        /// What was being done: "read", "truncate", …
         op: &'static str,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -26,8 +30,11 @@ pub enum LogError {
          (an empty file, or one whose creation never completed)"
     )]
     TruncatedHeader {
+        /// The log file.
         path: String,
+        /// The header's size in bytes.
         expected: u64,
+        /// The file's size in bytes.
         found: u64,
     },
 
@@ -37,13 +44,21 @@ pub enum LogError {
         String::from_utf8_lossy(&MAGIC),
         String::from_utf8_lossy(found)
     )]
-    BadMagic { path: String, found: Vec<u8> },
+    BadMagic {
+        /// The log file.
+        path: String,
+        /// The first bytes read.
+        found: Vec<u8>,
+    },
 
     /// A format version this build cannot read.
     #[error("{path}: unsupported log format version {found} at offset 8: this build reads version {expected}")]
     UnsupportedVersion {
+        /// The log file.
         path: String,
+        /// The version this build reads.
         expected: u32,
+        /// The version in the header.
         found: u32,
     },
 
@@ -54,36 +69,56 @@ pub enum LogError {
          the header bytes hash to {computed:#010x}"
     )]
     HeaderChecksum {
+        /// The log file.
         path: String,
+        /// The checksum in the header.
         stored: u32,
+        /// The checksum of the header's bytes.
         computed: u32,
     },
 
     /// `create` was given a file that already holds bytes.
     #[error("{path}: cannot create a log here: expected an empty file, found {found} bytes")]
-    NotEmpty { path: String, found: u64 },
+    NotEmpty {
+        /// The log file.
+        path: String,
+        /// The file's size in bytes.
+        found: u64,
+    },
 
     /// `create_file` was given a path that already exists.
     #[error("{path}: cannot create a log here: the file already exists")]
-    AlreadyExists { path: String },
+    AlreadyExists {
+        /// The path given.
+        path: String,
+    },
 
     /// A payload larger than [`MAX_PAYLOAD`] was refused; nothing was appended.
     #[error("log payload of {found} bytes refused: at most {max} bytes per record", max = MAX_PAYLOAD)]
-    PayloadTooLarge { found: usize },
+    PayloadTooLarge {
+        /// The payload's size in bytes.
+        found: usize,
+    },
 
     /// The sequence numbers ran out (the next one would not fit in a u64).
     #[error("{path}: sequence numbers exhausted: cannot append {count} more record(s) after seq {next_seq}")]
     SeqExhausted {
+        /// The log file.
         path: String,
+        /// The next seq it would hand out.
         next_seq: u64,
+        /// The records asked for.
         count: u64,
     },
 
     /// `wait_durable` was asked about a sequence number never handed out.
     #[error("{path}: seq {seq} was never submitted: the next seq to be handed out is {next_seq}")]
     NotSubmitted {
+        /// The log file.
         path: String,
+        /// The seq asked about.
         seq: u64,
+        /// The next seq to be handed out.
         next_seq: u64,
     },
 
@@ -101,10 +136,15 @@ pub enum LogError {
          {source}; the log refuses appends until it is reset at its durable end"
     )]
     CommitFailed {
+        /// The log file.
         path: String,
+        /// What failed: "write", "fsync", …
         op: &'static str,
+        /// The first seq of the records that are not durable.
         first_seq: u64,
+        /// The last seq of them.
         last_seq: u64,
+        /// The operating system's error.
         #[source]
         source: Arc<io::Error>,
     },
@@ -120,8 +160,11 @@ pub enum LogError {
          it must be reset at its durable end first"
     )]
     Poisoned {
+        /// The log file.
         path: String,
+        /// What failed first: "write", "fsync", …
         op: &'static str,
+        /// The operating system's error.
         #[source]
         source: Arc<io::Error>,
     },

@@ -165,10 +165,12 @@ impl FaultyFile {
         self.lock().disk.clone()
     }
 
+    /// Whether the file has crashed (by [`crash`](Self::crash) or a planned crash point): every call fails.
     pub fn is_crashed(&self) -> bool {
         self.lock().crashed
     }
 
+    /// The calls the file has seen.
     pub fn stats(&self) -> FaultStats {
         let s = self.lock();
         FaultStats {
@@ -310,6 +312,7 @@ fn disk_full_error(what: &str) -> io::Error {
 }
 
 impl DiskFull {
+    /// A disk with room, until [`DiskFull`]'s switch is turned.
     pub fn new() -> Self {
         Self::default()
     }

@@ -111,25 +111,44 @@ pub fn encode_record(seq: u64, payload: &[u8]) -> Result<Vec<u8>, LogError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Damage {
     /// Fewer than 16 bytes remain: a record frame was torn.
-    TornFrame { offset: u64, available: u64 },
+    TornFrame {
+        /// Where the record starts.
+        offset: u64,
+        /// The bytes after it.
+        available: u64,
+    },
     /// The frame is whole but the payload runs past the end of the file.
     TornPayload {
+        /// Where the record starts.
         offset: u64,
+        /// The payload length its frame announces.
         len: u32,
+        /// The bytes after the frame.
         available: u64,
     },
     /// The length field is above [`MAX_PAYLOAD`]: garbage, not a record.
-    Oversized { offset: u64, len: u32 },
+    Oversized {
+        /// Where the record starts.
+        offset: u64,
+        /// The length field read.
+        len: u32,
+    },
     /// The stored checksum does not match the record's bytes.
     BadChecksum {
+        /// Where the record starts.
         offset: u64,
+        /// The checksum in the frame.
         stored: u32,
+        /// The checksum of the record's bytes.
         computed: u32,
     },
     /// The checksum holds but the sequence number is not the next one.
     WrongSeq {
+        /// Where the record starts.
         offset: u64,
+        /// The seq that should come next.
         expected: u64,
+        /// The seq in the frame.
         found: u64,
     },
 }

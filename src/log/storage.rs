@@ -92,6 +92,7 @@ impl FsFile {
         Ok(FsFile { file, path })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -65,7 +65,9 @@ use super::storage::LogFile;
 /// One record read back from a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
+    /// Its sequence number.
     pub seq: u64,
+    /// Its payload.
     pub payload: Vec<u8>,
 }
 
@@ -73,7 +75,9 @@ pub struct LogRecord {
 /// recovery report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replay {
+    /// The good records, in seq order.
     pub records: Vec<LogRecord>,
+    /// What recovery found and cut.
     pub recovery: Recovery,
 }
 
@@ -620,6 +624,7 @@ impl LogWriter {
         self.lock().poison.is_some()
     }
 
+    /// The writer's counters since it was opened.
     pub fn stats(&self) -> WriterStats {
         self.lock().stats
     }

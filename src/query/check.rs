@@ -14,7 +14,9 @@ use crate::workspace::Workspace;
 /// A one-user answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
+    /// Whether the user is in the segment.
     pub member: bool,
+    /// The user found, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<UserId>,
     /// Why the answer is `false` when no user was found.

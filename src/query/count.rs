@@ -30,14 +30,18 @@ pub struct Explain {
     pub normalised: String,
     /// The leaves in the order they are evaluated, with cardinalities.
     pub evaluation_order: Vec<Leaf>,
+    /// What the chunk evaluator met.
     pub chunks: ChunkStats,
 }
 
 /// An exact count.
 #[derive(Clone, Debug, Serialize)]
 pub struct Count {
+    /// The users that match.
     pub count: u64,
+    /// How long the count took, in microseconds.
     pub took_us: u64,
+    /// The plan and what evaluating it met, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<Explain>,
 }
@@ -74,18 +78,23 @@ pub fn count_in(view: &dyn View, filter: &Filter, explain: bool) -> Result<Count
 /// A sampled estimate.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Estimate {
+    /// The estimated number of users that match.
     pub estimate: u64,
     /// The 95% confidence interval.
     pub low: u64,
+    /// The interval's upper end.
     pub high: u64,
+    /// The interval's confidence level (0.95).
     pub confidence: f64,
     /// Users whose membership is known (the sampled buckets, plus the
     /// bucket ranges the filter decides without any cohort), and how many
     /// of them matched.
     pub sample_size: u64,
+    /// How many users of the sample matched.
     pub sample_matches: u64,
     /// The sampled bucket ranges (inclusive, ascending).
     pub sample_buckets: Vec<(u16, u16)>,
+    /// How long the estimate took, in microseconds.
     pub took_us: u64,
 }
 

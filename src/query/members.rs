@@ -14,6 +14,7 @@ use crate::workspace::Workspace;
 /// A page of members.
 #[derive(Clone, Debug)]
 pub struct Page {
+    /// The members, in user id order.
     pub members: Vec<UserId>,
     /// Where the next page starts; `None` when this is the last.
     pub next: Option<Cursor>,
@@ -24,6 +25,7 @@ pub struct Page {
 /// [`CursorScope`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursor {
+    /// The first user id of the next page.
     pub next_user: u32,
 }
 

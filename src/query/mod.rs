@@ -49,19 +49,23 @@ use crate::workspace::Workspace;
 /// lock, [`Live`]) or a [`Frozen`] view of it (evaluated without the
 /// lock).
 pub trait View: Sync {
+    /// The cohorts the filter's leaves are resolved against.
     fn catalog(&self) -> &dyn Catalog;
     /// The plan ready to run.
     fn prepare(&self, plan: &Plan) -> Result<Prepared<'_>>;
     /// Every user's bucket (a frozen view holds them when its filters test
     /// buckets or it was taken with them).
     fn buckets(&self) -> Buckets<'_>;
+    /// The workspace's users (ids `0..user_count`).
     fn user_count(&self) -> u32;
 }
 
 /// A workspace read in place, with the serialized cohorts of `src`.
 #[derive(Clone, Copy)]
 pub struct Live<'a> {
+    /// The workspace.
     pub ws: &'a Workspace,
+    /// The serialized in-memory changes of its cohorts.
     pub src: &'a dyn BitmapSource,
 }
 

@@ -10,11 +10,14 @@ use crate::workspace::Workspace;
 /// The export formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// JSON Lines: one JSON object a member.
     Jsonl,
+    /// CSV with a header line.
     Csv,
 }
 
 impl Format {
+    /// `jsonl` or `csv`.
     pub fn parse(s: &str) -> Result<Format> {
         match s {
             "jsonl" => Ok(Format::Jsonl),
@@ -25,6 +28,7 @@ impl Format {
         }
     }
 
+    /// The HTTP `Content-Type` of the format.
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Jsonl => "application/x-ndjson",
@@ -36,11 +40,14 @@ impl Format {
 /// The optional columns of an export.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Extras {
+    /// A column with the member's aliases.
     pub aliases: bool,
+    /// A column with the member's random bucket.
     pub bucket: bool,
 }
 
 impl Extras {
+    /// The columns named (`aliases`, `bucket`); any other name is an error.
     pub fn parse<S: AsRef<str>>(fields: &[S]) -> Result<Extras> {
         let mut x = Extras::default();
         for f in fields {

@@ -37,7 +37,9 @@ pub const STREAM_BLOCK: usize = 4_096;
 /// What a request names: a filter, or a saved segment.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
+    /// A filter, as given.
     Filter(Filter),
+    /// A saved segment, by id.
     Segment(String),
 }
 
@@ -62,12 +64,16 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
 /// How to count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CountMode {
+    /// An exact count.
     Exact {
+        /// With the plan and what evaluating it met.
         explain: bool,
     },
     /// `width` buckets from `start`.
     Estimate {
+        /// The first sampled bucket.
         start: u16,
+        /// How many buckets to sample.
         width: u16,
     },
 }
@@ -184,6 +190,7 @@ pub fn page_limit(limit: Option<u64>) -> Result<usize> {
 /// A page of members, gathered.
 #[derive(Clone, Debug)]
 pub struct MemberPage {
+    /// The members' user ids, in page order.
     pub members: Vec<u32>,
     /// The next page's cursor, in its text form.
     pub next: Option<String>,

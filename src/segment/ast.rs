@@ -64,8 +64,11 @@ pub enum Filter {
     /// [`crate::segment::resolve`]) a unique cohort name. After resolution it
     /// is always the cohort_id.
     Cohort {
+        /// The partner whose cohort is tested.
         partner: Partner,
+        /// The cohort value: a cohort_id or a unique cohort name.
         cohort: String,
+        /// `includes_value` (true) or `does_not_include_value`.
         includes: bool,
     },
     /// `random_bucket <cmp> <value>`.

@@ -73,10 +73,10 @@ fn partial_mask(block: &[u16], lo: u16, span: u16) -> u64 {
 /// the users that exist; a word past them is 0.
 #[inline]
 fn word(buckets: &[u16], i: usize, lo: u16, span: u16) -> u64 {
-    let start = i * 64;
-    match buckets.get(start..start + 64) {
-        Some(b) => mask(b.try_into().expect("64 buckets"), lo, span),
-        None => partial_mask(buckets.get(start..).unwrap_or(&[]), lo, span),
+    let rest = buckets.get(i * 64..).unwrap_or(&[]);
+    match rest.first_chunk::<64>() {
+        Some(b) => mask(b, lo, span),
+        None => partial_mask(rest, lo, span),
     }
 }
 
@@ -99,8 +99,8 @@ pub(crate) fn write(buckets: &[u16], lo: u16, hi: u16, w: &mut Words) -> bool {
     let full = buckets.len() / 64;
     let (head, tail) = w.split_at_mut(full);
     let mut any = 0;
-    for (o, b) in head.iter_mut().zip(buckets.chunks_exact(64)) {
-        *o = mask(b.try_into().expect("64 buckets"), lo, span);
+    for (o, b) in head.iter_mut().zip(buckets.as_chunks::<64>().0) {
+        *o = mask(b, lo, span);
         any |= *o;
     }
     if let Some((o, rest)) = tail.split_first_mut() {
@@ -150,8 +150,8 @@ pub(crate) fn and(buckets: &[u16], lo: u16, hi: u16, outside: bool, w: &mut Word
             let first = k * BLOCK_WORDS;
             match buckets.get(first * 64..(first + BLOCK_WORDS) * 64) {
                 Some(users) => {
-                    for (o, b) in block.iter_mut().zip(users.chunks_exact(64)) {
-                        *o &= mask(b.try_into().expect("64 buckets"), lo, span) ^ flip;
+                    for (o, b) in block.iter_mut().zip(users.as_chunks::<64>().0) {
+                        *o &= mask(b, lo, span) ^ flip;
                         any |= *o;
                     }
                 }

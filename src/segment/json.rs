@@ -363,14 +363,11 @@ fn combinator(obj: &Map<String, Value>, path: &str, key: &str) -> Result<bool, F
 }
 
 /// The `And` (or `Or`) of `children`; one child is itself.
-fn combine(and: bool, mut children: Vec<Filter>) -> Filter {
-    if children.len() == 1 {
-        return children.pop().expect("one child");
-    }
-    if and {
-        Filter::And(children)
-    } else {
-        Filter::Or(children)
+fn combine(and: bool, children: Vec<Filter>) -> Filter {
+    match <[Filter; 1]>::try_from(children) {
+        Ok([only]) => only,
+        Err(children) if and => Filter::And(children),
+        Err(children) => Filter::Or(children),
     }
 }
 

@@ -29,12 +29,22 @@ use crate::ids::Partner;
 pub enum Leaf {
     /// The members of a cohort.
     Cohort {
+        /// The cohort's partner.
         partner: Partner,
+        /// Its cohort_id.
         cohort_id: String,
+        /// Its members.
         cardinality: u64,
     },
     /// Users whose bucket lies in `lo..=hi`.
-    Bucket { lo: u16, hi: u16, estimate: u64 },
+    Bucket {
+        /// The lowest bucket.
+        lo: u16,
+        /// The highest bucket.
+        hi: u16,
+        /// The users expected in the range (users times its share of buckets).
+        estimate: u64,
+    },
 }
 
 impl Leaf {
@@ -55,20 +65,25 @@ pub enum Plan {
     All,
     /// Nobody.
     Nothing,
+    /// A cohort or bucket test.
     Leaf(Leaf),
     /// The users of the workspace not in the child (only over leaves and
     /// ORs: NOT is pushed down as far as it goes).
     Not {
+        /// The plan negated.
         child: Box<Plan>,
     },
     /// In every `all` child (every user when `all` is empty) and in no
     /// `minus` child.
     And {
+        /// Plans that must all hold.
         all: Vec<Plan>,
+        /// Plans that must not hold.
         minus: Vec<Plan>,
     },
     /// In some child (at least two).
     Or {
+        /// Plans of which one must hold.
         any: Vec<Plan>,
     },
 }

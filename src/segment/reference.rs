@@ -39,13 +39,16 @@ fn user_count<D: Data + ?Sized>(ws: &D) -> u32 {
 /// Whether one user is in a segment.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Membership {
+    /// The user is in the segment.
     Member(UserId),
+    /// The user exists but is not in the segment.
     NotMember(UserId),
     /// No user holds the identifier.
     UnknownUser,
 }
 
 impl Membership {
+    /// Whether the answer is [`Membership::Member`].
     pub fn is_member(self) -> bool {
         matches!(self, Membership::Member(_))
     }

@@ -374,10 +374,9 @@ impl Parser {
         while self.eat_word("or")? {
             children.push(self.and()?);
         }
-        Ok(if children.len() == 1 {
-            children.pop().expect("one child")
-        } else {
-            Filter::Or(children)
+        Ok(match <[Filter; 1]>::try_from(children) {
+            Ok([only]) => only,
+            Err(children) => Filter::Or(children),
         })
     }
 
@@ -386,10 +385,9 @@ impl Parser {
         while self.eat_word("and")? {
             children.push(self.unary()?);
         }
-        Ok(if children.len() == 1 {
-            children.pop().expect("one child")
-        } else {
-            Filter::And(children)
+        Ok(match <[Filter; 1]>::try_from(children) {
+            Ok([only]) => only,
+            Err(children) => Filter::And(children),
         })
     }
 

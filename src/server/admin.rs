@@ -54,6 +54,7 @@ fn user_id_response(id: UserId) -> Response {
 
 // ----- workspaces -----
 
+/// The body of `POST /admin/workspaces`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceBody {
@@ -114,6 +115,7 @@ pub async fn create_key(
     .await
 }
 
+/// The query of `GET /admin/workspaces/{ws}/keys`.
 #[derive(Deserialize)]
 pub struct KeysQuery {
     partner: Option<String>,
@@ -198,6 +200,7 @@ pub async fn upsert_user(
     .await
 }
 
+/// The body of `POST /admin/workspaces/{ws}/users/aliases`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AliasBody {
@@ -221,6 +224,7 @@ pub async fn add_alias(
     .await
 }
 
+/// The body of `POST /admin/workspaces/{ws}/users/devices`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceBody {
@@ -243,6 +247,7 @@ pub async fn add_device(
     .await
 }
 
+/// The body of `POST /admin/workspaces/{ws}/users/identify`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentifyBody {

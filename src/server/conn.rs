@@ -47,16 +47,22 @@ use crate::engine::Config;
 /// The connection limits (see the module's documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// The longest wait for a request's headers.
     pub header_read_timeout: Duration,
+    /// The longest wait for the next part of a request's body.
     pub body_read_timeout: Duration,
     /// 0 for no minimum.
     pub min_body_bytes_per_sec: u64,
+    /// The longest a connection may stay idle between requests.
     pub idle_timeout: Duration,
+    /// The most connections open at once.
     pub max_connections: usize,
+    /// The partner request body bytes held at once, over every request.
     pub max_buffered_body_bytes: usize,
 }
 
 impl Limits {
+    /// The configuration's limits.
     pub fn from_config(c: &Config) -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(c.header_read_timeout_secs),
@@ -71,7 +77,7 @@ impl Limits {
 
 /// Why the server closed a connection itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closed {
+pub(crate) enum Closed {
     HeaderTimeout,
     IdleTimeout,
     BodyTimeout,
@@ -98,7 +104,7 @@ impl Closed {
 
 /// The gauges and counters of the connection layer, and the body budget.
 #[derive(Debug)]
-pub struct ConnStats {
+pub(crate) struct ConnStats {
     open: AtomicUsize,
     closed: [AtomicU64; 4],
     pub budget: BodyBudget,
@@ -131,14 +137,14 @@ impl ConnStats {
 /// every request: a body takes its bytes as they arrive and gives them
 /// back when its request is done; a body that would pass the budget waits.
 #[derive(Debug)]
-pub struct BodyBudget {
+pub(crate) struct BodyBudget {
     total: usize,
     sem: Arc<Semaphore>,
 }
 
 /// Bytes taken from the [`BodyBudget`], given back on drop.
 #[derive(Debug)]
-pub struct BodyPermit(Option<OwnedSemaphorePermit>);
+pub(crate) struct BodyPermit(Option<OwnedSemaphorePermit>);
 
 impl BodyBudget {
     pub fn new(total: usize) -> Self {
@@ -179,10 +185,10 @@ impl BodyBudget {
 /// A body that did not arrive in time (see [`TimedBody`]).
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time")]
-pub struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 /// Whether a body error is a [`BodyTimeout`].
-pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<BodyTimeout>() {
@@ -195,7 +201,7 @@ pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// A request body with a read timeout and a minimum average rate. The
 /// clock starts when the handler first reads it.
-pub struct TimedBody {
+pub(crate) struct TimedBody {
     inner: Body,
     timeout: Duration,
     min_rate: u64,
@@ -291,7 +297,7 @@ impl http_body::Body for TimedBody {
 
 /// What the watchdog of one connection knows of it.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     id: u64,
     opened: Instant,
     /// Requests begun and not finished (the response body sent).
@@ -552,7 +558,7 @@ impl Table {
 /// Accepts and serves connections on `listener` with `limits` until
 /// `shutdown` resolves; then lets open requests finish and returns once
 /// every connection is closed.
-pub async fn run<F>(
+pub(crate) async fn run<F>(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: Limits,
@@ -679,7 +685,7 @@ fn service(app: Router, limits: Arc<Limits>, state: Arc<ConnState>) -> Service {
 
 /// The connection a request came on (a request extension).
 #[derive(Clone, Debug)]
-pub struct ConnHandle(pub Arc<ConnState>);
+pub(crate) struct ConnHandle(pub Arc<ConnState>);
 
 /// Serves one connection, closing it when its watchdog says so.
 async fn connection(

@@ -26,8 +26,11 @@ use super::conn::{is_body_timeout, BodyBudget, BodyPermit, ConnHandle};
 /// An error response.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The response's status.
     pub status: StatusCode,
+    /// The response's JSON body.
     pub body: Value,
+    /// Sent as `Retry-After` (429s).
     pub retry_after_secs: Option<u64>,
     /// Sent as `WWW-Authenticate` (admin 401s).
     pub authenticate: bool,
@@ -50,14 +53,17 @@ impl ApiError {
         }
     }
 
+    /// A 400 with `{"message": message}`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// A 404 with `{"message": message}`.
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// A 415 with `{"message": message}`.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
     }
@@ -216,7 +222,7 @@ pub async fn read_body(req: axum::extract::Request, limit: usize) -> Result<Byte
 /// checked yet: the bytes are taken from the server's [`BodyBudget`]
 /// (waiting while it is spent) and held until the permit is dropped, and
 /// the connection may be closed meanwhile to make room for another.
-pub async fn read_unauthenticated_body(
+pub(crate) async fn read_unauthenticated_body(
     budget: &BodyBudget,
     req: axum::extract::Request,
     limit: usize,
@@ -284,6 +290,7 @@ pub fn body_error(e: axum::Error) -> ApiError {
     api
 }
 
+/// A path that does not parse (a 400 naming the path).
 pub fn path_rejection(r: PathRejection) -> ApiError {
     ApiError::bad_request(format!(
         "invalid path: {}",
@@ -291,6 +298,7 @@ pub fn path_rejection(r: PathRejection) -> ApiError {
     ))
 }
 
+/// A query string that does not parse (a 400 naming it).
 pub fn query_rejection(r: QueryRejection) -> ApiError {
     ApiError::bad_request(format!(
         "invalid query string: {}",

@@ -153,6 +153,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a request refused by the rate limiter.
     pub fn record_rate_limited(&self) {
         self.rate_limited.fetch_add(1, Relaxed);
     }
@@ -296,7 +297,7 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
 }
 
 /// The connection layer's gauges and counters, in the text format.
-pub fn render_connections(stats: &ConnStats, out: &mut String) {
+pub(crate) fn render_connections(stats: &ConnStats, out: &mut String) {
     // `write!` to a String cannot fail.
     let _ = (|| -> std::fmt::Result {
         writeln!(

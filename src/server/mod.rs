@@ -72,12 +72,16 @@ impl ServerOptions {
 
 /// What every handler shares.
 pub struct AppState {
+    /// The engine the server answers for.
     pub engine: Arc<Engine>,
+    /// The server's limits and options.
     pub options: ServerOptions,
+    /// The data import keys' rate limiter.
     pub limiter: RateLimiter,
+    /// The counters `/metrics` shows.
     pub metrics: Metrics,
     /// The connection gauges and the partner bodies' buffering budget.
-    pub conns: Arc<conn::ConnStats>,
+    pub(crate) conns: Arc<conn::ConnStats>,
 }
 
 impl AppState {
@@ -92,31 +96,57 @@ impl AppState {
 
 /// The route templates (the metrics label requests with them).
 pub mod routes {
+    /// Partner cohort upsert.
     pub const COHORTS: &str = "/partners/{partner}/cohorts";
+    /// Partner cohort membership changes.
     pub const COHORT_USERS: &str = "/partners/{partner}/cohorts/users";
+    /// Partner cohort deletion.
     pub const COHORT_DELETE: &str = "/partners/{partner}/cohorts/delete";
+    /// Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// Workspaces: list and create.
     pub const WORKSPACES: &str = "/admin/workspaces";
+    /// Create a data import key for a partner.
     pub const CREATE_KEY: &str = "/admin/workspaces/{ws}/partners/{partner}/keys";
+    /// List a workspace's data import keys.
     pub const KEYS: &str = "/admin/workspaces/{ws}/keys";
+    /// Invalidate a data import key.
     pub const KEY: &str = "/admin/workspaces/{ws}/keys/{id}";
+    /// Enable a partner for a workspace.
     pub const ENABLE_PARTNER: &str = "/admin/workspaces/{ws}/partners/{partner}/enable";
+    /// Upsert users.
     pub const USERS: &str = "/admin/workspaces/{ws}/users";
+    /// Give a user an alias.
     pub const ALIASES: &str = "/admin/workspaces/{ws}/users/aliases";
+    /// Give a user a device_id.
     pub const DEVICES: &str = "/admin/workspaces/{ws}/users/devices";
+    /// Identify a user (give it an external_id).
     pub const IDENTIFY: &str = "/admin/workspaces/{ws}/users/identify";
+    /// Streamed bulk user import (JSON Lines or CSV).
     pub const IMPORT: &str = "/admin/workspaces/{ws}/users/import";
+    /// The cohorts' sync statistics.
     pub const COHORT_STATS: &str = "/admin/workspaces/{ws}/cohorts";
+    /// The billing counters (data points per partner and day).
     pub const DATA_POINTS: &str = "/admin/workspaces/{ws}/data_points";
+    /// Delete a cohort.
     pub const COHORT: &str = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}";
+    /// Count a segment filter's members (or estimate, with `explain`).
     pub const SEGMENT_COUNT: &str = "/workspaces/{ws}/segments/count";
+    /// The segment builder's breakdown of a filter.
     pub const SEGMENT_BREAKDOWN: &str = "/workspaces/{ws}/segments/breakdown";
+    /// A page of a segment filter's members.
     pub const SEGMENT_MEMBERS: &str = "/workspaces/{ws}/segments/members";
+    /// Check users against a segment filter.
     pub const SEGMENT_CHECK: &str = "/workspaces/{ws}/segments/check";
+    /// The saved segments a user is in.
     pub const USER_SEGMENTS: &str = "/workspaces/{ws}/users/segments";
+    /// Saved segments: list and create.
     pub const SEGMENTS: &str = "/workspaces/{ws}/segments";
+    /// One saved segment: read, change, delete.
     pub const SEGMENT: &str = "/workspaces/{ws}/segments/{id}";
+    /// A saved segment's member count.
     pub const SEGMENT_SIZE: &str = "/workspaces/{ws}/segments/{id}/size";
+    /// A partner's cohorts in a workspace.
     pub const PARTNER_COHORTS: &str = "/workspaces/{ws}/partners/{partner}/cohorts";
 
     /// Every route.

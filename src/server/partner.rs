@@ -90,6 +90,7 @@ async fn serve(
 pub struct Answered {
     /// 201 when the cohort was created, 200 otherwise.
     pub status: StatusCode,
+    /// The response's JSON body.
     pub body: Value,
     /// What a users request changed (`None` for a cohort request).
     pub report: Option<ChangeReport>,

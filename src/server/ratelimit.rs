@@ -28,6 +28,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter of `per_hour` requests per key (0: no limit).
     pub fn new(per_hour: u64) -> Self {
         RateLimiter {
             per_hour,

@@ -162,22 +162,27 @@ impl Fields {
         }
     }
 
+    /// The field `k` as a boolean, if present.
     pub fn bool(&mut self, k: &str) -> std::result::Result<Option<bool>, ApiError> {
         self.typed(k, "true or false", Value::as_bool)
     }
 
+    /// The field `k` as a whole number, if present.
     pub fn u64(&mut self, k: &str) -> std::result::Result<Option<u64>, ApiError> {
         self.typed(k, "a whole number", Value::as_u64)
     }
 
+    /// The field `k` as a string, if present.
     pub fn string(&mut self, k: &str) -> std::result::Result<Option<String>, ApiError> {
         self.typed(k, "a string", |v| v.as_str().map(String::from))
     }
 
+    /// The field `k` as an array, if present.
     pub fn array(&mut self, k: &str) -> std::result::Result<Option<Vec<Value>>, ApiError> {
         self.typed(k, "an array", |v| v.as_array().cloned())
     }
 
+    /// The field `k` as an array of strings, if present.
     pub fn strings(&mut self, k: &str) -> std::result::Result<Option<Vec<String>>, ApiError> {
         self.typed(k, "an array of strings", |v| {
             v.as_array()?

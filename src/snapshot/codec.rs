@@ -22,22 +22,22 @@ pub fn config() -> bincode::config::Configuration {
 }
 
 /// Writes an enum's tag.
-pub fn encode_tag<E: Encoder>(tag: u32, e: &mut E) -> Result<(), EncodeError> {
+pub(crate) fn encode_tag<E: Encoder>(tag: u32, e: &mut E) -> Result<(), EncodeError> {
     tag.encode(e)
 }
 
 /// Reads an enum's tag.
-pub fn decode_tag<C, D: Decoder<Context = C>>(d: &mut D) -> Result<u32, DecodeError> {
+pub(crate) fn decode_tag<C, D: Decoder<Context = C>>(d: &mut D) -> Result<u32, DecodeError> {
     u32::decode(d)
 }
 
 /// The error of a tag no variant of `what` carries.
-pub fn unknown_tag(what: &'static str, tag: u32) -> DecodeError {
+pub(crate) fn unknown_tag(what: &'static str, tag: u32) -> DecodeError {
     DecodeError::OtherString(format!("unknown {what} tag {tag}"))
 }
 
 /// A partner's persisted tag (exhaustive: a new partner must be given one).
-pub fn partner_tag(p: Partner) -> u32 {
+pub(crate) fn partner_tag(p: Partner) -> u32 {
     match p {
         Partner::Amplitude => 0,
         Partner::Mixpanel => 1,
@@ -51,12 +51,14 @@ pub fn partner_tag(p: Partner) -> u32 {
 }
 
 /// Writes a partner as its tag.
-pub fn encode_partner<E: Encoder>(p: Partner, e: &mut E) -> Result<(), EncodeError> {
+pub(crate) fn encode_partner<E: Encoder>(p: Partner, e: &mut E) -> Result<(), EncodeError> {
     encode_tag(partner_tag(p), e)
 }
 
 /// Reads a partner's tag.
-pub fn decode_partner<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Partner, DecodeError> {
+pub(crate) fn decode_partner<C, D: Decoder<Context = C>>(
+    d: &mut D,
+) -> Result<Partner, DecodeError> {
     let tag = decode_tag(d)?;
     Partner::ALL
         .into_iter()
@@ -65,7 +67,7 @@ pub fn decode_partner<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Partner, 
 }
 
 /// Writes a sequence: its length, then each item.
-pub fn encode_seq<E: Encoder, T>(
+pub(crate) fn encode_seq<E: Encoder, T>(
     items: &[T],
     e: &mut E,
     mut item: impl FnMut(&T, &mut E) -> Result<(), EncodeError>,
@@ -76,7 +78,7 @@ pub fn encode_seq<E: Encoder, T>(
 
 /// Reads a sequence written by [`encode_seq`]. A corrupt length runs out
 /// of input instead of allocating it.
-pub fn decode_seq<C, D: Decoder<Context = C>, T>(
+pub(crate) fn decode_seq<C, D: Decoder<Context = C>, T>(
     d: &mut D,
     mut item: impl FnMut(&mut D) -> Result<T, DecodeError>,
 ) -> Result<Vec<T>, DecodeError> {
@@ -92,18 +94,28 @@ pub fn decode_seq<C, D: Decoder<Context = C>, T>(
 /// `segment::BucketCmp`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PBucketCmp {
+    /// `random_bucket < v`
     Lt(u16),
+    /// `random_bucket <= v`
     Le(u16),
+    /// `random_bucket > v`
     Gt(u16),
+    /// `random_bucket >= v`
     Ge(u16),
+    /// `random_bucket between lo and hi`, both ends included.
     Between(u16, u16),
 }
 
 impl PBucketCmp {
+    /// The tag of [`PBucketCmp::Lt`].
     pub const LT: u32 = 0;
+    /// The tag of [`PBucketCmp::Le`].
     pub const LE: u32 = 1;
+    /// The tag of [`PBucketCmp::Gt`].
     pub const GT: u32 = 2;
+    /// The tag of [`PBucketCmp::Ge`].
     pub const GE: u32 = 3;
+    /// The tag of [`PBucketCmp::Between`].
     pub const BETWEEN: u32 = 4;
 }
 
@@ -135,23 +147,42 @@ impl<C> Decode<C> for PBucketCmp {
 /// A segment filter, as persisted (mirrors `segment::Filter`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PFilter {
+    /// A cohort test.
     Cohort {
+        /// The cohort's partner.
         partner: Partner,
+        /// Its cohort_id.
         cohort: String,
+        /// `includes_value` (true) or `does_not_include_value`.
         includes: bool,
     },
+    /// A random-bucket test.
     Bucket(PBucketCmp),
+    /// Every child holds (none: every user).
     And(Vec<PFilter>),
+    /// Some child holds (none: nobody).
     Or(Vec<PFilter>),
+    /// The child does not hold.
     Not(Box<PFilter>),
 }
 
 impl PFilter {
+    /// The tag of [`PFilter::Cohort`].
     pub const COHORT: u32 = 0;
+    /// The tag of [`PFilter::Bucket`].
     pub const BUCKET: u32 = 1;
+    /// The tag of [`PFilter::And`].
     pub const AND: u32 = 2;
+    /// The tag of [`PFilter::Or`].
     pub const OR: u32 = 3;
+    /// The tag of [`PFilter::Not`].
     pub const NOT: u32 = 4;
+
+    /// How deeply a persisted filter may nest (the root is level 1).
+    /// The parsers accept at most 64 levels of parentheses and `not`s
+    /// (`segment::text::MAX_DEPTH`) or of JSON nodes, which make trees of
+    /// about twice that depth at most; decoding refuses deeper bytes.
+    pub const MAX_DEPTH: usize = 256;
 }
 
 impl Encode for PFilter {
@@ -176,17 +207,68 @@ impl Encode for PFilter {
 
 impl<C> Decode<C> for PFilter {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
-        Ok(match decode_tag(d)? {
-            Self::COHORT => PFilter::Cohort {
-                partner: decode_partner(d)?,
-                cohort: String::decode(d)?,
-                includes: bool::decode(d)?,
-            },
-            Self::BUCKET => PFilter::Bucket(PBucketCmp::decode(d)?),
-            Self::AND => PFilter::And(decode_seq(d, PFilter::decode)?),
-            Self::OR => PFilter::Or(decode_seq(d, PFilter::decode)?),
-            Self::NOT => PFilter::Not(Box::new(PFilter::decode(d)?)),
-            tag => return Err(unknown_tag("filter", tag)),
-        })
+        decode_filter(d, 1)
+    }
+}
+
+/// A filter node at `depth` (the root is 1). The depth is checked before
+/// going one level further, so bytes that nest without end (a corrupt or
+/// crafted file) are an error instead of a stack overflow.
+fn decode_filter<C, D: Decoder<Context = C>>(
+    d: &mut D,
+    depth: usize,
+) -> Result<PFilter, DecodeError> {
+    if depth > PFilter::MAX_DEPTH {
+        return Err(DecodeError::OtherString(format!(
+            "a filter nested more than {} levels deep",
+            PFilter::MAX_DEPTH
+        )));
+    }
+    let child = |d: &mut D| decode_filter(d, depth + 1);
+    Ok(match decode_tag(d)? {
+        PFilter::COHORT => PFilter::Cohort {
+            partner: decode_partner(d)?,
+            cohort: String::decode(d)?,
+            includes: bool::decode(d)?,
+        },
+        PFilter::BUCKET => PFilter::Bucket(PBucketCmp::decode(d)?),
+        PFilter::AND => PFilter::And(decode_seq(d, child)?),
+        PFilter::OR => PFilter::Or(decode_seq(d, child)?),
+        PFilter::NOT => PFilter::Not(Box::new(child(d)?)),
+        tag => return Err(unknown_tag("filter", tag)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` NOT tags and a bucket leaf, as bincode writes them.
+    fn nested_nots(n: usize) -> Vec<u8> {
+        let mut bytes = vec![PFilter::NOT as u8; n];
+        bytes.extend([PFilter::BUCKET as u8, PBucketCmp::LT as u8, 5]);
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<PFilter, DecodeError> {
+        bincode::decode_from_slice(bytes, config()).map(|(f, _)| f)
+    }
+
+    #[test]
+    fn a_deeply_nested_filter_is_an_error_not_a_stack_overflow() {
+        let mut f = decode(&nested_nots(PFilter::MAX_DEPTH - 1)).unwrap();
+        let mut levels = 1;
+        while let PFilter::Not(inner) = f {
+            (f, levels) = (*inner, levels + 1);
+        }
+        assert_eq!(levels, PFilter::MAX_DEPTH);
+        let e = decode(&nested_nots(PFilter::MAX_DEPTH)).unwrap_err();
+        assert!(e.to_string().contains("nested more than 256 levels"), "{e}");
+        let e = decode(&nested_nots(1_000_000)).unwrap_err();
+        assert!(e.to_string().contains("nested more than 256 levels"), "{e}");
+        // Nested through ANDs (a one-child list each) too.
+        let mut bytes = [PFilter::AND as u8, 1].repeat(100_000);
+        bytes.extend(nested_nots(0));
+        assert!(decode(&bytes).is_err());
     }
 }

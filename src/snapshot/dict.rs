@@ -44,7 +44,7 @@ pub fn hash(key: &[u8]) -> u64 {
 }
 
 /// The dictionary key of an alias.
-pub fn alias_key(label: &str, name: &str) -> Vec<u8> {
+pub(crate) fn alias_key(label: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + label.len() + name.len());
     k.extend_from_slice(&(label.len() as u32).to_le_bytes());
     k.extend_from_slice(label.as_bytes());
@@ -53,7 +53,7 @@ pub fn alias_key(label: &str, name: &str) -> Vec<u8> {
 }
 
 /// Splits an alias key back into (label, name).
-pub fn split_alias_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_alias_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
     let n = u32::from_le_bytes(key.get(..4)?.try_into().ok()?) as usize;
     let rest = &key[4..];
     (n <= rest.len()).then(|| rest.split_at(n))
@@ -67,6 +67,7 @@ pub struct DictWriter {
 }
 
 impl DictWriter {
+    /// An empty dictionary.
     pub fn new() -> Self {
         Self::default()
     }
@@ -79,10 +80,12 @@ impl DictWriter {
         self.entries.push((user.0, off, key.len() as u32));
     }
 
+    /// The keys added.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no key was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -187,10 +190,12 @@ impl<'a> Dict<'a> {
         })
     }
 
+    /// The keys in the dictionary.
     pub fn len(&self) -> usize {
         self.count
     }
 
+    /// Whether the dictionary holds no key.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

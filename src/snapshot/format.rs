@@ -62,6 +62,7 @@ pub enum SectionKind {
 }
 
 impl SectionKind {
+    /// Every kind, in tag order.
     pub const ALL: [SectionKind; 6] = [
         SectionKind::Meta,
         SectionKind::Buckets,
@@ -75,6 +76,7 @@ impl SectionKind {
         SectionKind::ALL.into_iter().find(|k| *k as u32 == v)
     }
 
+    /// The kind's name, as `segq snapshot inspect` shows it.
     pub fn name(self) -> &'static str {
         match self {
             SectionKind::Meta => "meta",
@@ -90,9 +92,13 @@ impl SectionKind {
 /// Where a section lies.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Section {
+    /// What the section holds.
     pub kind: SectionKind,
+    /// Where it starts in the file (bytes).
     pub offset: u64,
+    /// Its length in bytes.
     pub len: u64,
+    /// The CRC-32 of its bytes.
     pub crc: u32,
 }
 
@@ -351,10 +357,12 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
         })
     }
 
+    /// The file's name or path.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The sections, as the section table lists them.
     pub fn sections(&self) -> &[Section] {
         &self.sections
     }

@@ -22,8 +22,11 @@ use crate::ids::Partner;
 /// One cohort of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CohortMeta {
+    /// Its partner.
     pub partner: Partner,
+    /// Its cohort_id.
     pub cohort_id: String,
+    /// Its name.
     pub name: String,
     /// RFC 3339, as the partner sent it.
     pub created_at: Option<String>,
@@ -31,50 +34,76 @@ pub struct CohortMeta {
     pub cardinality: u64,
     /// The bitmap's bytes within the bitmaps section (8-byte aligned).
     pub offset: u64,
+    /// The bitmap's length in bytes.
     pub len: u64,
+    /// When its last users request was applied (ms since the Unix epoch), if ever.
     pub last_sync_ms: Option<i64>,
+    /// Members the last request added (actual changes).
     pub last_added: u64,
+    /// Members the last request removed (actual changes).
     pub last_removed: u64,
+    /// Identifiers that matched a user, over all requests.
     pub matched_total: u64,
+    /// Identifiers that matched nobody, over all requests.
     pub unmatched_total: u64,
+    /// Device ids refused because their user is identified, over all requests.
     pub refused_total: u64,
+    /// The most recent unmatched identifiers, oldest first (a bounded sample).
     pub recent_unmatched: Vec<String>,
 }
 
 /// A data import key (its digest only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyMeta {
+    /// Its id.
     pub id: String,
+    /// The partner it is for.
     pub partner: Partner,
+    /// The SHA-256 digest of its secret.
     pub digest: [u8; 32],
+    /// The first characters of its secret, to recognise it by.
     pub prefix: String,
+    /// When it was created (ms since the Unix epoch).
     pub created_ms: i64,
+    /// When it was invalidated (ms since the Unix epoch), if it was.
     pub invalidated_ms: Option<i64>,
 }
 
 /// A saved segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentMeta {
+    /// Its id.
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// Its filter, cohorts by cohort_id.
     pub filter: PFilter,
+    /// When it was created (ms since the Unix epoch).
     pub created_ms: i64,
+    /// When it last changed (ms since the Unix epoch).
     pub updated_ms: i64,
 }
 
 /// The workspace-level contents of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
+    /// The workspace's name.
     pub workspace: String,
+    /// The workspace's seed (random buckets are a hash of it and the user id).
     pub seed: u64,
     /// The last log sequence number the snapshot holds.
     pub seq: u64,
+    /// Users, ids `0..users`.
     pub users: u32,
+    /// The cohorts, in the order of their bitmaps.
     pub cohorts: Vec<CohortMeta>,
+    /// The data import keys.
     pub keys: Vec<KeyMeta>,
+    /// The partners enabled for the workspace.
     pub enabled_partners: Vec<Partner>,
     /// (partner, days since 1970-01-01, data points).
     pub data_points: Vec<(Partner, i32, u64)>,
+    /// The saved segments.
     pub segments: Vec<SegmentMeta>,
     /// Not part of `Meta`'s encoding: the [`MetaExt`] that follows it.
     pub ext: MetaExt,

@@ -22,7 +22,9 @@ compile_error!("segq's snapshot format is little-endian and read in place");
 /// The bytes of a snapshot: a memory map, or a buffer (tests, tools).
 #[derive(Debug)]
 pub enum Storage {
+    /// The file, memory-mapped.
     Mapped(Mapped),
+    /// The bytes, in memory.
     Owned(Vec<u8>),
 }
 
@@ -45,34 +47,55 @@ pub struct Snapshot {
 /// What `segq snapshot inspect` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
+    /// The file's name or path.
     pub file: String,
+    /// Its size in bytes.
     pub bytes: u64,
+    /// The workspace it holds.
     pub workspace: String,
+    /// The last log seq it holds.
     pub seq: u64,
+    /// Its users.
     pub users: u32,
+    /// Its sections, in file order.
     pub sections: Vec<SectionInfo>,
+    /// Its cohorts, in the order of their bitmaps.
     pub cohorts: Vec<CohortInfo>,
     /// Containers of each kind over all cohorts.
     pub containers: BTreeMap<&'static str, u64>,
 }
 
+/// One section of a snapshot file, as `segq snapshot inspect` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SectionInfo {
+    /// Its kind (`meta`, `buckets`, …).
     pub kind: &'static str,
+    /// Where it starts in the file (bytes).
     pub offset: u64,
+    /// Its length in bytes.
     pub len: u64,
+    /// Its CRC-32, in hex.
     pub crc: String,
 }
 
+/// One cohort of a snapshot, as `segq snapshot inspect` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CohortInfo {
+    /// Its partner.
     pub partner: String,
+    /// Its cohort_id.
     pub cohort_id: String,
+    /// Its name.
     pub name: String,
+    /// Its members.
     pub members: u64,
+    /// Its bitmap's size in bytes.
     pub bytes: u64,
+    /// Array containers in its bitmap.
     pub arrays: u32,
+    /// Bitmap containers in its bitmap.
     pub bitmaps: u32,
+    /// Run containers in its bitmap.
     pub runs: u32,
 }
 
@@ -95,6 +118,7 @@ impl Snapshot {
         })
     }
 
+    /// The snapshot's name: its path, or the name given to [`Snapshot::from_bytes`].
     pub fn name(&self) -> &str {
         self.file.name()
     }
@@ -107,6 +131,7 @@ impl Snapshot {
         }
     }
 
+    /// The sections of the file, as its section table lists them.
     pub fn sections(&self) -> &[Section] {
         self.file.sections()
     }

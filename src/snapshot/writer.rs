@@ -62,16 +62,37 @@ impl Contents {
         Ok(())
     }
 
+    /// Room for `users` more buckets (a writer that knows its users).
+    pub fn reserve_buckets(&mut self, users: usize) {
+        self.buckets.reserve(users * 2);
+    }
+
     /// The file's bytes.
     pub fn finish(self) -> Result<Vec<u8>> {
-        let meta = self.meta.encode().map_err(Error::Internal)?;
-        let mut w = SnapshotWriter::new();
+        self.write_to(Vec::with_capacity(1 << 20))
+    }
+
+    /// Writes the file to `out`, section by section in the format's order
+    /// (each section's memory is given back once it is written), and
+    /// returns `out`.
+    pub fn write_to<W: std::io::Write>(self, out: W) -> Result<W> {
+        let Contents {
+            meta,
+            external_ids,
+            devices,
+            aliases,
+            buckets,
+            bitmaps,
+        } = self;
+        let meta = meta.encode().map_err(Error::Internal)?;
+        let mut w = SnapshotWriter::to(out)?;
         w.section(SectionKind::Meta, &meta)?;
-        w.section(SectionKind::Buckets, &self.buckets)?;
-        w.section(SectionKind::ExternalIds, &self.external_ids.finish()?)?;
-        w.section(SectionKind::Devices, &self.devices.finish()?)?;
-        w.section(SectionKind::Aliases, &self.aliases.finish()?)?;
-        w.section(SectionKind::Bitmaps, &self.bitmaps)?;
+        w.section(SectionKind::Buckets, &buckets)?;
+        drop(buckets);
+        w.section(SectionKind::ExternalIds, &external_ids.finish()?)?;
+        w.section(SectionKind::Devices, &devices.finish()?)?;
+        w.section(SectionKind::Aliases, &aliases.finish()?)?;
+        w.section(SectionKind::Bitmaps, &bitmaps)?;
         w.finish()
     }
 }

@@ -37,14 +37,18 @@ use alias::{AliasKey, AliasQuery};
 /// One user: its identifiers and its random bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserRecord {
+    /// Its external_id, if it is identified.
     pub external_id: Option<Box<str>>,
+    /// Its device_ids.
     pub devices: Vec<Box<str>>,
+    /// Its aliases, `(alias_label, alias_name)` pairs.
     pub aliases: Vec<(Box<str>, Box<str>)>,
     /// Uniform in `0..10_000`, fixed when the user is created.
     pub bucket: u16,
 }
 
 impl UserRecord {
+    /// Whether the user has no external_id.
     pub fn is_anonymous(&self) -> bool {
         self.external_id.is_none()
     }
@@ -54,10 +58,13 @@ impl UserRecord {
 /// and log replay set it; otherwise the registry draws one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewUser {
+    /// An external_id, if any.
     pub external_id: Option<String>,
+    /// Device_ids.
     pub devices: Vec<String>,
     /// `(alias_label, alias_name)` pairs.
     pub aliases: Vec<(String, String)>,
+    /// The random bucket to give it (0..=9999); drawn by the registry when `None`.
     pub bucket: Option<u16>,
 }
 
@@ -75,7 +82,9 @@ pub enum DeviceMatch {
 /// The result of [`UserRegistry::upsert`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Upserted {
+    /// The user.
     pub user: UserId,
+    /// Whether it was created (rather than found).
     pub created: bool,
 }
 
@@ -85,17 +94,23 @@ pub struct Upserted {
 pub enum UpsertPlan {
     /// Create a user with these identifiers, as `user`, in `bucket`.
     Create {
+        /// The new user's id.
         user: UserId,
+        /// Its external_id, if any.
         external_id: Option<String>,
+        /// Its device_ids.
         devices: Vec<String>,
         /// `(alias_label, alias_name)` pairs.
         aliases: Vec<(String, String)>,
+        /// Its random bucket.
         bucket: u16,
     },
     /// Give an existing user the identifiers it does not hold yet (both
     /// lists may be empty).
     Extend {
+        /// The user.
         user: UserId,
+        /// The device_ids it does not hold yet.
         devices: Vec<String>,
         /// `(alias_label, alias_name)` pairs.
         aliases: Vec<(String, String)>,
@@ -165,7 +180,9 @@ fn text(b: &[u8]) -> Option<&str> {
 /// (read in place) then the users created since.
 #[derive(Copy, Clone, Debug)]
 pub struct Buckets<'a> {
+    /// The buckets of the snapshot's users.
     pub base: &'a [u16],
+    /// The buckets of the users created since.
     pub tail: &'a [u16],
 }
 
@@ -175,10 +192,12 @@ impl<'a> Buckets<'a> {
         Buckets { base: b, tail: &[] }
     }
 
+    /// The number of users.
     pub fn len(&self) -> usize {
         self.base.len() + self.tail.len()
     }
 
+    /// Whether there are no users.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -207,6 +226,7 @@ impl<'a> Buckets<'a> {
         }
     }
 
+    /// The buckets in user id order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
         self.base.iter().chain(self.tail.iter()).copied()
     }
@@ -232,7 +252,7 @@ pub struct UserRegistry {
 /// The random bucket a user gets when none is given: a hash of (seed, id),
 /// uniform over `0..BUCKETS`, so it needs no state that a restart could
 /// reset, and the same user always gets the same bucket.
-pub fn default_bucket(seed: u64, user: UserId) -> u16 {
+pub(crate) fn default_bucket(seed: u64, user: UserId) -> u16 {
     // splitmix64 of the pair, then Lemire's multiply-shift onto 0..BUCKETS.
     let mut z = seed ^ u64::from(user.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -342,6 +362,7 @@ impl UserRegistry {
         self.base_len() + self.users.len() as u32
     }
 
+    /// Whether the registry holds no users.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -918,7 +939,9 @@ impl UserRegistry {
 /// A member of a segment as a list shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum MemberId<'a> {
+    /// An identified user, by its external_id.
     External(&'a str),
+    /// An anonymous user, by its id.
     Anonymous(UserId),
 }
 

@@ -15,6 +15,7 @@ use crate::workspace::Workspace;
 
 /// Supplies a cohort's in-memory members, serialized.
 pub trait BitmapSource: Sync {
+    /// The cohort's in-memory members, serialized (see [`Serialized`]).
     fn bytes(&self, cohort: &Cohort) -> Arc<Serialized>;
 }
 

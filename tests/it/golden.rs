@@ -493,3 +493,60 @@ fn write_the_golden_fixtures() {
     )
     .unwrap();
 }
+
+/// The bytes of a `SegmentSaved` record whose filter is `nots` NOTs around
+/// a bucket test (tags as `engine::persist::record` writes them).
+fn segment_saved_nesting(nots: usize) -> Vec<u8> {
+    let mut bytes = vec![persist::record::Record::SEGMENT_SAVED as u8];
+    bytes.extend([1, b's', 1, b'n']); // id "s", name "n"
+    bytes.extend(vec![segq::snapshot::meta::PFilter::NOT as u8; nots]);
+    bytes.extend([segq::snapshot::meta::PFilter::BUCKET as u8, 0, 5]);
+    bytes.push(0); // at_ms
+    bytes
+}
+
+#[test]
+fn a_record_nested_without_end_is_corrupt_not_a_stack_overflow() {
+    assert!(matches!(
+        Change::decode(&segment_saved_nesting(10), LOG, 1),
+        Ok(Change::SegmentSaved { .. })
+    ));
+    for bytes in [
+        segment_saved_nesting(1_000_000),
+        // A batch of one batch of one batch ...
+        [persist::record::Record::BATCH as u8, 1].repeat(1_000_000),
+    ] {
+        match Change::decode(&bytes, LOG, 7) {
+            Err(e @ segq::Error::Corrupt { .. }) => {
+                let e = e.to_string();
+                assert!(e.contains("record 7 does not decode"), "{e}");
+                assert!(e.contains("nested more than"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_deepest_filters_the_parsers_accept_are_logged_and_read_back() {
+    let leaf = "random_bucket < 5";
+    // Each level of parentheses makes an Or over an And: two levels of the
+    // tree per level of the text.
+    let text = format!(
+        "{}{leaf}{}",
+        "(all or all and ".repeat(segq::segment::text::MAX_DEPTH),
+        ")".repeat(segq::segment::text::MAX_DEPTH)
+    );
+    let nots = format!("{}{leaf}", "not ".repeat(segq::segment::text::MAX_DEPTH));
+    for filter in [text, nots] {
+        let filter = segq::segment::parse(&filter).expect("parses");
+        let change = Change::SegmentSaved {
+            id: s("deep"),
+            name: s("deep"),
+            filter,
+            at_ms: 0,
+        };
+        let bytes = change.encode().expect("encodes");
+        assert_eq!(Change::decode(&bytes, LOG, 1).expect("decodes"), change);
+    }
+}

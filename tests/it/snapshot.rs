@@ -388,3 +388,58 @@ fn a_workspace_and_its_snapshot_resolve_cohort_values_alike() {
         assert_eq!(frozen, expected, "{partner} {value} in the snapshot");
     }
 }
+
+/// A snapshot whose saved segment's filter is `nots` NOTs around a bucket
+/// test, its checksums right: written with a one-leaf filter, whose bytes
+/// in the meta section are then replaced.
+fn snapshot_with_nested_filter(nots: usize) -> Vec<u8> {
+    use segq::snapshot::format::{SectionKind, SnapshotWriter};
+    use segq::snapshot::meta::{PBucketCmp, PFilter};
+    let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut ws = Workspace::new("deep", 3);
+    ws.segments.insert(
+        "deep".into(),
+        SavedSegment {
+            id: "deep".into(),
+            name: "deepname".into(),
+            filter: segq::segment::parse("random_bucket < 5").unwrap(),
+            created_at: t,
+            updated_at: t,
+        },
+    );
+    let bytes = persist::write_snapshot(&ws, 1).unwrap();
+    let snap = Snapshot::from_bytes(bytes.clone(), "orig").unwrap();
+    let leaf = [PFilter::BUCKET as u8, PBucketCmp::LT as u8, 5];
+    let mut w = SnapshotWriter::new();
+    for s in snap.sections() {
+        let mut section = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+        if s.kind == SectionKind::Meta {
+            let name = section
+                .windows(8)
+                .position(|w| w == b"deepname")
+                .expect("the segment's name")
+                + 8;
+            assert_eq!(section[name..name + 3], leaf);
+            let mut filter = vec![PFilter::NOT as u8; nots];
+            filter.extend(leaf);
+            section.splice(name..name + 3, filter);
+        }
+        w.section(s.kind, &section).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+#[test]
+fn a_snapshot_whose_filter_nests_without_end_is_refused_not_a_crash() {
+    let shallow = Snapshot::from_bytes(snapshot_with_nested_filter(3), "shallow").unwrap();
+    assert!(persist::load_workspace(std::sync::Arc::new(shallow)).is_ok());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deep.segqsnap");
+    std::fs::write(&file, snapshot_with_nested_filter(1_000_000)).unwrap();
+    let out = crate::support::server::segq(&["snapshot", "inspect", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert!(stderr.contains("nested more than 256 levels"), "{stderr}");
+}

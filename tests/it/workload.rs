@@ -247,3 +247,25 @@ fn the_query_shapes_all_evaluate() {
         }
     }
 }
+
+#[test]
+fn the_streamed_snapshot_is_the_engines_snapshot_of_the_generated_workspace() {
+    for spec in [
+        Spec {
+            users: 20_000,
+            cohorts: 9,
+            seed: 11,
+        },
+        Spec {
+            users: 1,
+            cohorts: 3,
+            seed: 2,
+        },
+    ] {
+        let (streamed, infos) = workload::write_snapshot("gen", spec, Vec::new()).unwrap();
+        let generated = workload::generate("gen", spec).unwrap();
+        let written = segq::engine::persist::write_snapshot(&generated.workspace, 0).unwrap();
+        assert!(streamed == written, "{spec:?}: the bytes differ");
+        assert_eq!(infos, generated.cohorts);
+    }
+}

@@ -23,10 +23,15 @@ use crate::snapshot::meta::PFilter;
 /// [`ResolvedChanges`]): each membership operation as `(user, remove)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PResolved {
+    /// Each membership operation as `(user id, remove)`.
     pub ops: Vec<(u32, bool)>,
+    /// Identifiers that matched a user.
     pub matched: u64,
+    /// Identifiers that matched nobody.
     pub unmatched: u64,
+    /// Device ids refused because their user is identified.
     pub refused_device_ids: u64,
+    /// A bounded sample of the unmatched identifiers.
     pub unmatched_sample: Vec<String>,
 }
 
@@ -111,22 +116,43 @@ pub enum Record {
 }
 
 impl Record {
+    /// The tag of [`Record::WorkspaceCreated`].
     pub const WORKSPACE_CREATED: u32 = 0;
+    /// The tag of [`Record::UserCreated`].
     pub const USER_CREATED: u32 = 1;
+    /// The tag of [`Record::DeviceAdded`].
     pub const DEVICE_ADDED: u32 = 2;
+    /// The tag of [`Record::AliasAdded`].
     pub const ALIAS_ADDED: u32 = 3;
+    /// The tag of [`Record::UserIdentified`].
     pub const USER_IDENTIFIED: u32 = 4;
+    /// The tag of [`Record::CohortUpserted`].
     pub const COHORT_UPSERTED: u32 = 5;
+    /// The tag of [`Record::CohortChanged`].
     pub const COHORT_CHANGED: u32 = 6;
+    /// The tag of [`Record::PartnerEnabled`].
     pub const PARTNER_ENABLED: u32 = 7;
+    /// The tag of [`Record::KeyCreated`].
     pub const KEY_CREATED: u32 = 8;
+    /// The tag of [`Record::KeyInvalidated`].
     pub const KEY_INVALIDATED: u32 = 9;
+    /// The tag of [`Record::Batch`].
     pub const BATCH: u32 = 10;
+    /// The tag of [`Record::SegmentSaved`].
     pub const SEGMENT_SAVED: u32 = 11;
+    /// The tag of [`Record::SegmentDeleted`].
     pub const SEGMENT_DELETED: u32 = 12;
+    /// The tag of [`Record::SeqsAbandoned`].
     pub const SEQS_ABANDONED: u32 = 13;
+    /// The tag of [`Record::KeyUsed`].
     pub const KEY_USED: u32 = 14;
+    /// The tag of [`Record::CohortDeleted`].
     pub const COHORT_DELETED: u32 = 15;
+
+    /// How deeply batches may nest (a record of its own is level 1). segq
+    /// writes at most two levels (a batch of upserts, some of them a batch
+    /// of a user's added identifiers); decoding refuses deeper bytes.
+    pub const MAX_BATCH_DEPTH: usize = 16;
 }
 
 fn strings<C, D: Decoder<Context = C>>(d: &mut D) -> Result<Vec<String>, DecodeError> {
@@ -249,87 +275,103 @@ impl Encode for Record {
 
 impl<C> Decode<C> for Record {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
-        Ok(match decode_tag(d)? {
-            Self::WORKSPACE_CREATED => Record::WorkspaceCreated {
-                seed: Decode::decode(d)?,
-                at_ms: Decode::decode(d)?,
-            },
-            Self::USER_CREATED => Record::UserCreated {
-                user: Decode::decode(d)?,
-                external_id: Decode::decode(d)?,
-                devices: strings(d)?,
-                aliases: decode_seq(d, |d| Ok((String::decode(d)?, String::decode(d)?)))?,
-                bucket: Decode::decode(d)?,
-            },
-            Self::DEVICE_ADDED => Record::DeviceAdded {
-                user: Decode::decode(d)?,
-                device_id: Decode::decode(d)?,
-            },
-            Self::ALIAS_ADDED => Record::AliasAdded {
-                user: Decode::decode(d)?,
-                label: Decode::decode(d)?,
-                name: Decode::decode(d)?,
-            },
-            Self::USER_IDENTIFIED => Record::UserIdentified {
-                user: Decode::decode(d)?,
-                external_id: Decode::decode(d)?,
-            },
-            Self::COHORT_UPSERTED => Record::CohortUpserted {
-                partner: decode_partner(d)?,
-                cohort_id: Decode::decode(d)?,
-                name: Decode::decode(d)?,
-                created_at: Decode::decode(d)?,
-            },
-            Self::COHORT_CHANGED => Record::CohortChanged {
-                partner: decode_partner(d)?,
-                cohort_id: Decode::decode(d)?,
-                at_ms: Decode::decode(d)?,
-                resolved: PResolved::decode(d)?,
-            },
-            Self::PARTNER_ENABLED => Record::PartnerEnabled {
-                partner: decode_partner(d)?,
-            },
-            Self::KEY_CREATED => Record::KeyCreated {
-                id: Decode::decode(d)?,
-                partner: decode_partner(d)?,
-                digest: Decode::decode(d)?,
-                prefix: Decode::decode(d)?,
-                at_ms: Decode::decode(d)?,
-            },
-            Self::KEY_INVALIDATED => Record::KeyInvalidated {
-                id: Decode::decode(d)?,
-                at_ms: Decode::decode(d)?,
-            },
-            Self::BATCH => Record::Batch(decode_seq(d, Record::decode)?),
-            Self::SEGMENT_SAVED => Record::SegmentSaved {
-                id: Decode::decode(d)?,
-                name: Decode::decode(d)?,
-                filter: PFilter::decode(d)?,
-                at_ms: Decode::decode(d)?,
-            },
-            Self::SEGMENT_DELETED => Record::SegmentDeleted {
-                id: Decode::decode(d)?,
-            },
-            Self::SEQS_ABANDONED => Record::SeqsAbandoned {
-                first: Decode::decode(d)?,
-                last: Decode::decode(d)?,
-            },
-            Self::KEY_USED => Record::KeyUsed {
-                id: Decode::decode(d)?,
-                at_ms: Decode::decode(d)?,
-            },
-            Self::COHORT_DELETED => Record::CohortDeleted {
-                partner: decode_partner(d)?,
-                cohort_id: Decode::decode(d)?,
-                at_ms: Decode::decode(d)?,
-            },
-            tag => return Err(unknown_tag("log record", tag)),
-        })
+        decode_record(d, 1)
     }
 }
 
+/// A record at batch level `depth` (a record of its own is 1). The depth is
+/// checked before going one level further, so batches nested without end (a
+/// corrupt or crafted log) are an error instead of a stack overflow.
+fn decode_record<C, D: Decoder<Context = C>>(
+    d: &mut D,
+    depth: usize,
+) -> Result<Record, DecodeError> {
+    if depth > Record::MAX_BATCH_DEPTH {
+        return Err(DecodeError::OtherString(format!(
+            "batches nested more than {} levels deep",
+            Record::MAX_BATCH_DEPTH
+        )));
+    }
+    Ok(match decode_tag(d)? {
+        Record::WORKSPACE_CREATED => Record::WorkspaceCreated {
+            seed: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::USER_CREATED => Record::UserCreated {
+            user: Decode::decode(d)?,
+            external_id: Decode::decode(d)?,
+            devices: strings(d)?,
+            aliases: decode_seq(d, |d| Ok((String::decode(d)?, String::decode(d)?)))?,
+            bucket: Decode::decode(d)?,
+        },
+        Record::DEVICE_ADDED => Record::DeviceAdded {
+            user: Decode::decode(d)?,
+            device_id: Decode::decode(d)?,
+        },
+        Record::ALIAS_ADDED => Record::AliasAdded {
+            user: Decode::decode(d)?,
+            label: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+        },
+        Record::USER_IDENTIFIED => Record::UserIdentified {
+            user: Decode::decode(d)?,
+            external_id: Decode::decode(d)?,
+        },
+        Record::COHORT_UPSERTED => Record::CohortUpserted {
+            partner: decode_partner(d)?,
+            cohort_id: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+            created_at: Decode::decode(d)?,
+        },
+        Record::COHORT_CHANGED => Record::CohortChanged {
+            partner: decode_partner(d)?,
+            cohort_id: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+            resolved: PResolved::decode(d)?,
+        },
+        Record::PARTNER_ENABLED => Record::PartnerEnabled {
+            partner: decode_partner(d)?,
+        },
+        Record::KEY_CREATED => Record::KeyCreated {
+            id: Decode::decode(d)?,
+            partner: decode_partner(d)?,
+            digest: Decode::decode(d)?,
+            prefix: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::KEY_INVALIDATED => Record::KeyInvalidated {
+            id: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::BATCH => Record::Batch(decode_seq(d, |d| decode_record(d, depth + 1))?),
+        Record::SEGMENT_SAVED => Record::SegmentSaved {
+            id: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+            filter: PFilter::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::SEGMENT_DELETED => Record::SegmentDeleted {
+            id: Decode::decode(d)?,
+        },
+        Record::SEQS_ABANDONED => Record::SeqsAbandoned {
+            first: Decode::decode(d)?,
+            last: Decode::decode(d)?,
+        },
+        Record::KEY_USED => Record::KeyUsed {
+            id: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::COHORT_DELETED => Record::CohortDeleted {
+            partner: decode_partner(d)?,
+            cohort_id: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        tag => return Err(unknown_tag("log record", tag)),
+    })
+}
+
 /// A change's persisted form.
-pub fn to_record(c: &Change) -> Record {
+pub(crate) fn to_record(c: &Change) -> Record {
     match c {
         Change::WorkspaceCreated { seed, at_ms } => Record::WorkspaceCreated {
             seed: *seed,
@@ -441,7 +483,7 @@ pub fn to_record(c: &Change) -> Record {
 }
 
 /// The change a record holds.
-pub fn from_record(r: Record) -> Change {
+pub(crate) fn from_record(r: Record) -> Change {
     match r {
         Record::WorkspaceCreated { seed, at_ms } => Change::WorkspaceCreated { seed, at_ms },
         Record::UserCreated {
