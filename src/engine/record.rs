@@ -203,7 +203,7 @@ impl Change {
 }
 
 /// Milliseconds since the epoch, for records.
-pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+pub fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 

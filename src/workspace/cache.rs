@@ -65,10 +65,15 @@ impl Key {
 /// Hits, misses and size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Counts answered from the cache since the workspace was opened.
     pub hits: u64,
+    /// Counts looked up and not found (then evaluated and stored).
     pub misses: u64,
+    /// Results held now.
     pub entries: u64,
+    /// Estimated bytes the held results take.
     pub bytes: u64,
+    /// The byte budget (`result_cache_bytes`); 0: the cache is off.
     pub budget: u64,
 }
 
@@ -174,6 +179,7 @@ impl ResultCache {
         e.bytes = 0;
     }
 
+    /// The cache's hits, misses and size now.
     pub fn stats(&self) -> Stats {
         let e = self.lock();
         Stats {

@@ -61,6 +61,7 @@ impl Touched {
         self.segments.insert(id.to_string());
     }
 
+    /// Whether the write touched nothing a live segment reads.
     pub fn is_empty(&self) -> bool {
         self.cohorts.is_empty() && self.users.is_empty() && self.segments.is_empty()
     }
