@@ -10,6 +10,13 @@
 //! in memory (`LiveDelta::TYPICAL`: 1% more users, 0.1% of the users added
 //! and as many removed in every cohort).
 //!
+//! With them, on the mapped snapshot: the same counts by CRoaring and
+//! roaring-rs (`src/bin/segq/peers.rs`, which `segq bench --peers` uses:
+//! bitmaps decoded from the snapshot's bytes, random-bucket leaves as a
+//! bitmap built before timing, one thread each), checked against segq's
+//! count first; criterion runs each function in turn, so `segq bench
+//! --peers` is the one that interleaves them run by run.
+//!
 //! How to run: `cargo bench --bench evaluator` (small workload, 100k users);
 //! `SEGQ_BENCH_USERS=10000000 SEGQ_BENCH_COHORTS=200 cargo bench --bench
 //! evaluator` for the medium workload.
@@ -24,6 +31,11 @@ use segq::segment::{chunk, plan, reference, BucketCmp, Filter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
 use segq::UserId;
+
+/// The peers, from the command line's source.
+#[allow(dead_code)]
+#[path = "../src/bin/segq/peers.rs"]
+mod peers;
 
 fn bench(c: &mut Criterion) {
     let spec = Spec::from_env(Spec::SMALL);
@@ -151,7 +163,7 @@ fn bench(c: &mut Criterion) {
     std::fs::write(&path, bytes).expect("writes the file");
     let snap = Arc::new(Snapshot::open(&path).expect("maps"));
     let mapped = persist::load_workspace(snap.clone()).expect("loads");
-    let mut live = persist::load_workspace(snap).expect("loads");
+    let mut live = persist::load_workspace(snap.clone()).expect("loads");
     LiveDelta::TYPICAL.apply(&mut live).expect("applies");
     let live_cache = segq::query::SerialCache::default();
     for (what, w) in [("mapped", &mapped), ("mapped+delta", &live)] {
@@ -171,6 +183,37 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // The peers, on the mapped snapshot's bitmaps, beside segq's count
+    // over the same snapshot.
+    let mut g = c.benchmark_group(format!("count/{tag}/peers"));
+    g.sample_size(20);
+    for (name, filter) in &shapes {
+        let p = plan::plan(&*snap, filter).expect("plans");
+        let want = chunk::Prepared::for_snapshot(&snap, &p)
+            .expect("prepares")
+            .count()
+            .expect("counts");
+        let peers = peers::Peers::new(&snap, &p).expect("the peers read the snapshot");
+        assert_eq!(peers.croaring.count(), want, "CRoaring {name}");
+        assert_eq!(peers.roaring_rs.count(), want, "roaring-rs {name}");
+        g.bench_function(format!("segq/{name}"), |b| {
+            b.iter(|| {
+                let p = plan::plan(&*snap, black_box(filter)).expect("plans");
+                chunk::Prepared::for_snapshot(&snap, &p)
+                    .expect("prepares")
+                    .count()
+                    .expect("counts")
+            })
+        });
+        g.bench_function(format!("croaring/{name}"), |b| {
+            b.iter(|| black_box(&peers.croaring).count())
+        });
+        g.bench_function(format!("roaring-rs/{name}"), |b| {
+            b.iter(|| black_box(&peers.roaring_rs).count())
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group(format!("other/{tag}/mapped+delta"));
     let p = plan::plan(&live, five).expect("plans");
     let prepared = chunk::Prepared::new(&live, &p, &live_cache).expect("prepares");

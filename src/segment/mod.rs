@@ -1,11 +1,13 @@
 //! Segment filters: the logical tree ([`ast`]), its two written forms
 //! ([`json`] and [`text`]), cohort resolution, the physical plan
-//! ([`plan`]), the chunk evaluator that answers queries ([`chunk`]) and
-//! the reference evaluator the others are tested against ([`reference`]).
+//! ([`plan`]), the chunk evaluator that answers queries ([`chunk`]), what
+//! a count of a plan reads ([`footprint`]) and the reference evaluator the
+//! others are tested against ([`reference`]).
 
 pub mod ast;
 mod buckets;
 pub mod chunk;
+pub mod footprint;
 pub mod json;
 pub mod plan;
 pub mod reference;

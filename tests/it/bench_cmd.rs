@@ -1,6 +1,8 @@
 //! `segq bench`: every row is printed, the counts are the library's, the
 //! JSON form holds every figure, a kept snapshot is reused, and bad flag
-//! values fail with a clear message.
+//! values fail with a clear message; with `--peers`, CRoaring and
+//! roaring-rs are timed beside segq and count the same; what each count
+//! reads is the library's footprint of its plan.
 
 use std::process::Output;
 
@@ -59,8 +61,9 @@ fn the_table_has_every_row() {
     );
     for (i, (name, count)) in reference_counts().into_iter().enumerate() {
         let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with(name)).collect();
-        // The count table, and the thread table for every multi-leaf shape.
-        assert_eq!(rows.len(), if i == 0 { 1 } else { 2 }, "{name}: {text}");
+        // The count table, the reads table, and the thread table for every
+        // multi-leaf shape.
+        assert_eq!(rows.len(), if i == 0 { 2 } else { 3 }, "{name}: {text}");
         let printed: u64 = rows[0][name.len()..]
             .split_whitespace()
             .next()
@@ -71,11 +74,19 @@ fn the_table_has_every_row() {
         // Five figures (two with their p90), a reference and a speed-up.
         assert!(rows[0].trim_end().ends_with('x'), "{}", rows[0]);
         assert!(!rows[0].contains(" - "), "{}", rows[0]);
-        if i > 0 {
-            assert!(rows[1].trim_end().ends_with('x'), "{}", rows[1]);
+        // Containers, their MB, bucket MB, a median, GB/s, a share.
+        let reads: Vec<&str> = rows[1][name.len()..].split_whitespace().collect();
+        if i == 0 {
+            assert!(reads.ends_with(&["-", "-"]), "reads nothing: {}", rows[1]);
+        } else {
+            assert!(reads[reads.len() - 1].ends_with('%'), "{}", rows[1]);
+            assert!(reads[0].parse::<u64>().unwrap() > 0, "{}", rows[1]);
+            assert!(rows[2].trim_end().ends_with('x'), "{}", rows[2]);
         }
     }
     for start in [
+        "machine read bandwidth: ",
+        "reads (fast, prepared)",
         "single cohort count (c0, ",
         "one-user check (five large ANDed, Checker, ",
         "members (",
@@ -121,7 +132,15 @@ fn the_json_form_has_every_figure() {
         positive(&s["reference"], name);
         assert!(s["speedup"].as_f64().unwrap() > 0.0);
         assert!(s["speedup_prepared"].as_f64().unwrap() > 0.0);
+        assert!(s["peers"].is_null(), "no --peers");
+        assert!(s["reads"]["container_bytes"].as_u64().is_some(), "{name}");
     }
+    let bandwidth = &v["read_bandwidth"];
+    assert!(bandwidth["gb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(bandwidth["buffer_bytes"].as_u64().unwrap() >= 256 << 20);
+    assert_eq!(bandwidth["threads"], v["threads"]);
+    positive(&bandwidth["timing"], "read bandwidth");
+    assert!(size["peers"].is_null());
     let live = &size["live_delta"];
     assert_eq!(live["users_created"], 300, "1% of the users");
     assert_eq!(live["churn_per_cohort"], 30, "0.1% of the users");
@@ -236,4 +255,100 @@ fn bad_flag_values_fail_clearly() {
     let out = segq(&["--sizes", "abc"]);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("expected a number of users"), "{err}");
+}
+
+/// The six shapes' plans over a snapshot file.
+fn plans(snap: &segq::snapshot::Snapshot) -> Vec<segq::segment::plan::Plan> {
+    let cohorts = snap.meta().unwrap().cohorts.len() as u32;
+    workload::query_shapes(cohorts)
+        .iter()
+        .map(|(_, f)| segq::segment::plan::plan(snap, f).unwrap())
+        .collect()
+}
+
+#[test]
+fn peers_are_timed_beside_segq_and_count_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.segqsnap");
+    let mut args = TINY.to_vec();
+    args.extend(["--peers", "--json", "--snapshot", file.to_str().unwrap()]);
+    // A count of a peer that differs from segq's fails the run.
+    let v = json(&segq(&args));
+    let size = &v["sizes"][0];
+    let how = size["peers"]["how"].as_str().unwrap();
+    assert!(how.contains("random-bucket leaves precomputed"), "{how}");
+    assert!(size["peers"]["load_ms"].as_f64().unwrap() > 0.0);
+    let shapes = size["shapes"].as_array().unwrap();
+    for (s, (name, count)) in shapes.iter().zip(reference_counts()) {
+        assert_eq!(s["count"], count, "{name}");
+        let segq_ns = s["fast_with_planning"]["median_ns"].as_f64().unwrap();
+        for peer in ["croaring", "roaring_rs"] {
+            let p = &s["peers"][peer];
+            let median = p["median_ns"].as_f64().unwrap();
+            assert!(median > 0.0, "{name} {peer}: {p}");
+            assert!(p["p90_ns"].as_f64().unwrap() >= median, "{name} {peer}");
+            // Run by run in turn with segq: as many runs each.
+            assert_eq!(p["runs"], s["fast_with_planning"]["runs"], "{name} {peer}");
+            let ratio = p["ratio"].as_f64().unwrap();
+            assert!(
+                (ratio - median / segq_ns).abs() <= 1e-9 * ratio,
+                "{name} {peer}"
+            );
+        }
+    }
+
+    // What each count reads is the library's footprint of its plan, and
+    // the GB/s are those bytes over the prepared count's median.
+    let snap = segq::snapshot::Snapshot::open(&file).unwrap();
+    let bandwidth = v["read_bandwidth"]["gb_per_s"].as_f64().unwrap();
+    for (s, p) in shapes.iter().zip(plans(&snap)) {
+        let f = segq::segment::footprint::for_snapshot(&snap, &p).unwrap();
+        let name = &s["shape"];
+        assert_eq!(s["reads"], serde_json::to_value(&f).unwrap(), "{name}");
+        match s["read_gb_per_s"].as_f64() {
+            None => assert_eq!(f.total(), 0, "{name}"),
+            Some(g) => {
+                let median = s["fast_prepared"]["median_ns"].as_f64().unwrap();
+                assert!((g - f.total() as f64 / median).abs() <= 1e-9 * g, "{name}");
+                let share = s["of_read_bandwidth"].as_f64().unwrap();
+                assert!((share - g / bandwidth).abs() <= 1e-9 * share, "{name}");
+            }
+        }
+    }
+    // One cohort is counted from its cardinality; the others read
+    // containers; only the mixed shape has a bucket leaf.
+    let bytes = |i: usize, what: &str| shapes[i]["reads"][what].as_u64().unwrap();
+    assert_eq!(bytes(0, "container_bytes"), 0);
+    for i in 1..6 {
+        assert!(bytes(i, "container_bytes") > 0, "{i}");
+        assert_eq!(bytes(i, "bucket_bytes") > 0, i == 5, "{i}");
+    }
+    assert!(bytes(5, "bucket_bytes") <= 2 * 30_000);
+}
+
+#[test]
+fn the_table_has_the_peers() {
+    let mut args = TINY.to_vec();
+    args.extend(["--peers", "--no-reference"]);
+    let text = ok(&segq(&args));
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("peers (count)"))
+        .unwrap_or_else(|| panic!("no peers table: {text}"));
+    assert!(lines[header].contains("CRoaring") && lines[header].contains("roaring-rs"));
+    for (i, (name, _)) in reference_counts().into_iter().enumerate() {
+        let row = lines[header + 1 + i];
+        assert!(row.starts_with(name), "{row}");
+        // segq's median, and each peer's median (p90) and ratio.
+        let ratios = row
+            .split_whitespace()
+            .filter(|t| {
+                t.strip_suffix('x')
+                    .is_some_and(|n| n.parse::<f64>().is_ok())
+            })
+            .count();
+        assert_eq!(ratios, 2, "{row}");
+    }
+    assert!(text.contains("random-bucket leaves: a bitmap per shape built before timing"));
 }

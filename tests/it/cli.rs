@@ -104,6 +104,54 @@ fn generate_is_deterministic() {
         "10",
     ];
     assert_ne!(fp(&a), fp(&segq(&other)));
+    // The shared workload arguments take `k` (and `M`) sizes.
+    let short = [
+        "generate",
+        "--users",
+        "3k",
+        "--cohorts",
+        "30",
+        "--seed",
+        "9",
+    ];
+    assert_eq!(fp(&a), fp(&segq(&short)));
+}
+
+#[test]
+fn every_workload_command_shares_one_definition_of_its_arguments() {
+    let help = |cmd: &[&str]| {
+        let out = segq(&[cmd, &["--help"]].concat());
+        assert!(out.status.success(), "{cmd:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for cmd in [
+        &["generate"][..],
+        &["demo"],
+        &["query"],
+        &["snapshot", "write"],
+    ] {
+        let text = help(cmd);
+        assert!(
+            text.contains("Number of users (`500k`, `10M` also work) [default: 100000]"),
+            "{cmd:?}: {text}"
+        );
+        assert!(text.contains("[default: 50]"), "{cmd:?}: {text}");
+    }
+    // `segq bench` has its own defaults, on the same arguments.
+    let text = help(&["bench"]);
+    assert!(
+        text.contains("(`500k`, `10M` also work) [default: 1000000]"),
+        "{text}"
+    );
+    assert!(text.contains("[default: 200]"), "{text}");
+    assert!(text.contains("--seed <SEED>"), "{text}");
+    // A size every command takes, and one none does.
+    for cmd in [&["generate"][..], &["bench"]] {
+        let out = segq(&[cmd, &["--users", "12q"]].concat());
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("expected a number of users"), "{cmd:?}: {err}");
+    }
 }
 
 // ----- data directories: admin tokens, reading only -----

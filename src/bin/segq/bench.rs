@@ -15,16 +15,20 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use std::sync::Arc;
 
+use segq::segment::footprint::{self, Footprint};
 use segq::segment::{chunk, plan, reference, Filter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
 use segq::{Error, UserId, Workspace};
 
 use super::Failure;
+use crate::args::{users_value, WorkloadArgs};
+use crate::peers::{Algebra, CRoaring, Peers, RoaringRs};
 
 /// How long one figure may keep adding runs (once it has three).
 const BUDGET: Duration = Duration::from_secs(3);
@@ -39,17 +43,23 @@ const CHECK_BATCH: usize = 1_000;
 /// Single-cohort counts per timed run.
 const SINGLE_BATCH: usize = 100;
 
+/// The workload measured when `--users` and `--cohorts` are not given.
+const DEFAULT: Spec = Spec {
+    users: 1_000_000,
+    cohorts: 200,
+    seed: Spec::SMALL.seed,
+};
+
 #[derive(Args)]
+#[command(
+    mut_arg("users", |a| a.help("Users of the workload (`500k`, `10M` also work) [default: 1000000]")),
+    mut_arg("cohorts", |a| a
+        .help("Cohorts of the workload [default: 200]")
+        .value_parser(clap::value_parser!(u32).range(1..))),
+)]
 pub struct BenchArgs {
-    /// Users of the workload [default: 1000000]; `10M`, `500k` also work.
-    #[arg(long, value_parser = users_value)]
-    users: Option<u32>,
-    /// Cohorts of the workload [default: 200].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    cohorts: Option<u32>,
-    /// Random seed of the workload.
-    #[arg(long, default_value_t = Spec::SMALL.seed)]
-    seed: u64,
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// Several sizes, comma-separated (e.g. 1M,10M,100M): every
     /// measurement at each size in turn, then a table of count latency
     /// by size.
@@ -69,6 +79,10 @@ pub struct BenchArgs {
     /// Skip the reference evaluator (always skipped above 20M users).
     #[arg(long)]
     no_reference: bool,
+    /// Also time CRoaring and roaring-rs on the same bitmaps and shapes,
+    /// run by run in turn with segq, and check that their counts agree.
+    #[arg(long)]
+    peers: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
@@ -76,31 +90,6 @@ pub struct BenchArgs {
     /// cohorts are the workload), else written there and kept.
     #[arg(long)]
     snapshot: Option<PathBuf>,
-}
-
-/// A number of users: digits (underscores allowed), optionally followed by
-/// `k` or `M`; at least 1.
-fn users_value(s: &str) -> Result<u32, String> {
-    let bad = || "expected a number of users of at least 1, such as 1000000 or 10M".to_string();
-    let t = s.trim().replace('_', "");
-    let (digits, scale) = match t.as_bytes().last() {
-        Some(b'k' | b'K') => (&t[..t.len() - 1], 1_000u64),
-        Some(b'm' | b'M') => (&t[..t.len() - 1], 1_000_000u64),
-        _ => (&t[..], 1u64),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(bad)?;
-    match u32::try_from(n) {
-        Ok(0) => Err(bad()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("at most {} users", u32::MAX)),
-    }
 }
 
 /// Median and 90th percentile of timed runs, in nanoseconds.
@@ -136,6 +125,9 @@ impl Timing {
     }
 }
 
+/// A way of counting, named.
+type Way<'a> = (&'a str, &'a mut dyn FnMut() -> Result<u64, Error>);
+
 struct Sampler {
     runs: usize,
 }
@@ -157,6 +149,42 @@ impl Sampler {
             ns.push(t.elapsed().as_nanos() as f64 / batch as f64);
         }
         Ok(Timing::of(ns))
+    }
+
+    /// Several ways of counting the same set, timed run by run in turn
+    /// (run 1 of each, then run 2 of each, ...) after one warm-up call
+    /// each, so that they share the machine's moods. Every answer, warm-up
+    /// or timed, must be the first one's warm-up answer: a mismatch is an
+    /// error. Returns that count and a timing per way, in order.
+    fn interleaved(&self, shape: &str, ways: &mut [Way]) -> Result<(u64, Vec<Timing>), Failure> {
+        let mut want = None;
+        let mut check = |name: &str, n: u64| match want {
+            None => {
+                want = Some((name.to_string(), n));
+                Ok(())
+            }
+            Some((ref first, w)) if w != n => Err(Failure::Other(format!(
+                "{shape}: {name} counts {n}, {first} counts {w}"
+            ))),
+            Some(_) => Ok(()),
+        };
+        for (name, f) in ways.iter_mut() {
+            check(name, f()?)?;
+        }
+        let start = Instant::now();
+        let mut ns = vec![Vec::with_capacity(self.runs); ways.len()];
+        while ns[0].len() < self.runs
+            && (ns[0].len() < self.runs.min(3) || start.elapsed() < BUDGET)
+        {
+            for ((name, f), ns) in ways.iter_mut().zip(&mut ns) {
+                let t = Instant::now();
+                let n = black_box(f()?);
+                ns.push(t.elapsed().as_nanos() as f64);
+                check(name, n)?;
+            }
+        }
+        let count = want.map_or(0, |(_, n)| n);
+        Ok((count, ns.into_iter().map(Timing::of).collect()))
     }
 
     /// One warm-up call of `f` (its answer is returned), then timed runs.
@@ -188,6 +216,84 @@ fn live_workspace(snap: &Arc<Snapshot>) -> Result<Workspace, Error> {
     Ok(ws)
 }
 
+/// Timed sums of the bandwidth buffer (after one warm-up sum), at most.
+const BANDWIDTH_RUNS: usize = 7;
+
+/// The size of the largest cache of CPU 0 at the highest level, as Linux
+/// reports it (None elsewhere).
+fn last_level_cache() -> Option<u64> {
+    let size = |t: &str| -> Option<u64> {
+        let (digits, scale) = match t.as_bytes().last()? {
+            b'K' => (&t[..t.len() - 1], 1 << 10),
+            b'M' => (&t[..t.len() - 1], 1 << 20),
+            b'G' => (&t[..t.len() - 1], 1 << 30),
+            _ => (t, 1),
+        };
+        digits.parse::<u64>().ok()?.checked_mul(scale)
+    };
+    std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
+            let level: u32 = read("level")?.trim().parse().ok()?;
+            Some((level, size(read("size")?.trim())?))
+        })
+        .max()
+        .map(|(_, bytes)| bytes)
+}
+
+/// A sum that the compiler vectorises: eight independent lanes.
+fn sum_words(w: &[u64]) -> u64 {
+    let mut lanes = [0u64; 8];
+    let mut it = w.chunks_exact(8);
+    for c in &mut it {
+        for (a, x) in lanes.iter_mut().zip(c) {
+            *a = a.wrapping_add(*x);
+        }
+    }
+    it.remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(0, |s, x| s.wrapping_add(*x))
+}
+
+/// The machine's read bandwidth on `pool`'s threads: the median time to
+/// sum a buffer 8 times the last-level cache (256 MiB to 1 GiB), split in
+/// one part per thread, over `runs` runs.
+fn read_bandwidth(pool: &rayon::ThreadPool, runs: usize) -> Bandwidth {
+    let llc = last_level_cache();
+    let bytes = (8 * llc.unwrap_or(32 << 20)).clamp(256 << 20, 1 << 30);
+    // Written whole, so every page is mapped before the timing.
+    let words = vec![1u64; (bytes / 8) as usize];
+    let threads = pool.current_num_threads();
+    let part = words.len().div_ceil(threads);
+    let sum = || {
+        let w = black_box(words.as_slice());
+        pool.install(|| {
+            w.par_chunks(part)
+                .map(sum_words)
+                .reduce(|| 0, u64::wrapping_add)
+        })
+    };
+    black_box(sum());
+    let ns = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            black_box(sum());
+            t.elapsed().as_nanos() as f64
+        })
+        .collect();
+    let timing = Timing::of(ns);
+    Bandwidth {
+        gb_per_s: bytes as f64 / timing.median_ns,
+        buffer_bytes: bytes,
+        last_level_cache_bytes: llc,
+        threads,
+        timing,
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct ShapeRow {
     shape: &'static str,
@@ -206,6 +312,55 @@ struct ShapeRow {
     speedup: Option<f64>,
     /// Reference median / fast-prepared median.
     speedup_prepared: Option<f64>,
+    /// CRoaring and roaring-rs on the same bitmaps (with `--peers`).
+    peers: Option<PeerFigures>,
+    /// What a prepared count reads.
+    reads: Footprint,
+    /// Bytes read (containers and buckets) / fast-prepared median, in GB/s
+    /// (None: the count reads nothing).
+    read_gb_per_s: Option<f64>,
+    /// `read_gb_per_s` / the machine's measured read bandwidth.
+    of_read_bandwidth: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct PeerFigures {
+    croaring: PeerFigure,
+    roaring_rs: PeerFigure,
+}
+
+#[derive(Debug, Serialize)]
+struct PeerFigure {
+    #[serde(flatten)]
+    timing: Timing,
+    /// The peer's median / segq's fast-with-planning median.
+    ratio: f64,
+}
+
+/// How the peers were set up, for one size.
+#[derive(Debug, Serialize)]
+struct PeersSetup {
+    /// Decoding their bitmaps from the snapshot's bytes and building the
+    /// bucket ranges' bitmaps, every shape.
+    load_ms: f64,
+    how: &'static str,
+}
+
+const PEERS_HOW: &str = "CRoaring (croaring crate) and roaring-rs, one thread each, \
+    on bitmaps decoded from the snapshot's bytes; timed run by run in turn with segq's \
+    count with planning; random-bucket leaves precomputed as a bitmap per shape, \
+    outside the timed region; ratio: peer median / segq median";
+
+/// The machine's read bandwidth: a sum over a buffer several times the
+/// last-level cache, on the bench's threads.
+#[derive(Debug, Serialize)]
+struct Bandwidth {
+    gb_per_s: f64,
+    buffer_bytes: u64,
+    /// The last-level cache's size, as the system reports it.
+    last_level_cache_bytes: Option<u64>,
+    threads: usize,
+    timing: Timing,
 }
 
 #[derive(Debug, Serialize)]
@@ -267,6 +422,8 @@ struct SizeReport {
     /// Why the reference was skipped.
     reference_skipped: Option<String>,
     live_delta: DeltaReport,
+    /// With `--peers`.
+    peers: Option<PeersSetup>,
     shapes: Vec<ShapeRow>,
     single_cohort: SingleCohort,
     check: Check,
@@ -298,6 +455,7 @@ struct Report {
     threads: usize,
     runs: u32,
     budget_ms: u64,
+    read_bandwidth: Bandwidth,
     sizes: Vec<SizeReport>,
     scaling: Scaling,
 }
@@ -334,13 +492,14 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
             .map_err(|e| Failure::Other(format!("cannot size the thread pool: {e}")))?;
     }
     let threads = rayon::current_num_threads();
+    let workload = args.workload.spec_or(DEFAULT);
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
     if sizes.is_empty() {
-        sizes.push(args.users.unwrap_or(1_000_000));
+        sizes.push(workload.users);
     }
-    let cohorts = args.cohorts.unwrap_or(200);
+    let Spec { cohorts, seed, .. } = workload;
     let sampler = Sampler {
         runs: args.runs as usize,
     };
@@ -358,11 +517,17 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
             out,
             "segq bench: seed {}, {threads} threads, up to {} runs a figure \
              (fewer once a figure has taken {} s); medians, p90 in brackets",
-            args.seed,
+            seed,
             args.runs,
             BUDGET.as_secs()
         )
         .map_err(crate::io_err)?;
+        out.flush().map_err(crate::io_err)?;
+    }
+    eprintln!("measuring the machine's read bandwidth");
+    let bandwidth = read_bandwidth(&all, BANDWIDTH_RUNS.min(args.runs as usize));
+    if !args.json {
+        print_bandwidth(out, &bandwidth).map_err(crate::io_err)?;
         out.flush().map_err(crate::io_err)?;
     }
 
@@ -371,7 +536,7 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
         let spec = Spec {
             users,
             cohorts,
-            seed: args.seed,
+            seed,
         };
         // The temporary file (if any) outlives the mapping, declared first.
         let mut temp = None;
@@ -410,14 +575,18 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
         let meta = snap.meta()?;
         if generate_ms.is_none() {
             // An existing file: its workload is the one measured.
-            if let Some(u) = args.users.filter(|&u| u != meta.users) {
+            if let Some(u) = args.workload.users.filter(|&u| u != meta.users) {
                 return Err(Failure::Other(format!(
                     "{} holds {} users, not --users {u}",
                     path.display(),
                     meta.users
                 )));
             }
-            if let Some(c) = args.cohorts.filter(|&c| c as usize != meta.cohorts.len()) {
+            if let Some(c) = args
+                .workload
+                .cohorts
+                .filter(|&c| c as usize != meta.cohorts.len())
+            {
                 return Err(Failure::Other(format!(
                     "{} holds {} cohorts, not --cohorts {c}",
                     path.display(),
@@ -434,6 +603,8 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 generate_ms,
                 open_us,
                 no_reference: args.no_reference,
+                peers: args.peers,
+                bandwidth: bandwidth.gb_per_s,
                 one: &one,
                 all: &all,
             },
@@ -450,10 +621,11 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let scaling = scaling(&reports);
     if args.json {
         let report = Report {
-            seed: args.seed,
+            seed,
             threads,
             runs: args.runs,
             budget_ms: BUDGET.as_millis() as u64,
+            read_bandwidth: bandwidth,
             sizes: reports,
             scaling,
         };
@@ -472,6 +644,9 @@ struct Setup<'a> {
     generate_ms: Option<f64>,
     open_us: f64,
     no_reference: bool,
+    peers: bool,
+    /// The measured read bandwidth, GB/s.
+    bandwidth: f64,
     one: &'a rayon::ThreadPool,
     all: &'a rayon::ThreadPool,
 }
@@ -507,9 +682,26 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
     let live_ms = t.elapsed().as_secs_f64() * 1e3;
     let live_cache = segq::query::SerialCache::default();
 
+    // The peers' bitmaps, decoded and built before anything is timed.
+    let (peers, peers_setup) = if s.peers {
+        eprintln!("loading the peers' bitmaps");
+        let t = Instant::now();
+        let peers = shapes
+            .iter()
+            .map(|(_, f)| Peers::new(snap, &plan::plan(snap, f)?).map(Some))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let setup = PeersSetup {
+            load_ms: t.elapsed().as_secs_f64() * 1e3,
+            how: PEERS_HOW,
+        };
+        (peers, Some(setup))
+    } else {
+        (shapes.iter().map(|_| None).collect(), None)
+    };
+
     let mut rows = Vec::new();
     let mut prepared_all = Vec::new();
-    for (name, filter) in &shapes {
+    for ((name, filter), peers) in shapes.iter().zip(&peers) {
         let lp = plan::plan(&live, filter)?;
         let live_prepared = chunk::Prepared::new(&live, &lp, &live_cache)?;
         let (live_count, fast_live) = sampler.time(|| live_prepared.count())?;
@@ -522,13 +714,42 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
                 )));
             }
         }
-        let (count, fast_with_planning) = sampler.time(|| {
+        // segq's count with planning, and the peers' run by run in turn.
+        let mut segq = || {
             let p = plan::plan(snap, black_box(filter))?;
             chunk::Prepared::for_snapshot(snap, &p)?.count()
-        })?;
+        };
+        let (count, timings) = match peers {
+            None => sampler.interleaved(name, &mut [("segq", &mut segq)])?,
+            Some(peers) => {
+                let (c, r) = (&peers.croaring, &peers.roaring_rs);
+                sampler.interleaved(
+                    name,
+                    &mut [
+                        ("segq", &mut segq),
+                        (CRoaring::NAME, &mut || Ok(black_box(c).count())),
+                        (RoaringRs::NAME, &mut || Ok(black_box(r).count())),
+                    ],
+                )?
+            }
+        };
+        let fast_with_planning = timings[0];
+        let peers = peers.as_ref().map(|_| {
+            let figure = |timing: Timing| PeerFigure {
+                timing,
+                ratio: timing.median_ns / fast_with_planning.median_ns,
+            };
+            PeerFigures {
+                croaring: figure(timings[1]),
+                roaring_rs: figure(timings[2]),
+            }
+        });
         let p = plan::plan(snap, filter)?;
         let prepared = chunk::Prepared::for_snapshot(snap, &p)?;
         let (again, fast_prepared) = sampler.time(|| prepared.count())?;
+        let reads = footprint::for_snapshot(snap, &p)?;
+        let read_gb_per_s =
+            (reads.total() > 0).then(|| reads.total() as f64 / fast_prepared.median_ns);
         if again != count {
             return Err(Failure::Other(format!(
                 "{name}: the prepared count {again} differs from {count}"
@@ -557,6 +778,10 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
             reference,
             speedup: reference.map(|r| r.median_ns / fast_with_planning.median_ns),
             speedup_prepared: reference.map(|r| r.median_ns / fast_prepared.median_ns),
+            peers,
+            reads,
+            read_gb_per_s,
+            of_read_bandwidth: read_gb_per_s.map(|g| g / s.bandwidth),
         });
         prepared_all.push(prepared);
     }
@@ -630,6 +855,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         reference_load_ms,
         reference_skipped,
         live_delta,
+        peers: peers_setup,
         single_cohort: SingleCohort {
             cohort,
             count: single_count,
@@ -770,6 +996,10 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
         out,
         "(fast: over the mapped snapshot; live delta: over the snapshot plus the delta, prepared;\n speed-up: reference median / fast-with-planning median)"
     )?;
+    if r.peers.is_some() {
+        print_peers(out, r)?;
+    }
+    print_reads(out, r)?;
     writeln!(out)?;
     writeln!(
         out,
@@ -815,6 +1045,92 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
     Ok(())
 }
 
+fn print_bandwidth(out: &mut dyn Write, b: &Bandwidth) -> std::io::Result<()> {
+    let cache = b
+        .last_level_cache_bytes
+        .map_or("an unknown".to_string(), |c| format!("a {}", mib(c)));
+    writeln!(
+        out,
+        "machine read bandwidth: {:.1} GB/s ({} threads summing a {} buffer, {cache} last-level cache; median of {} runs, p90 {})",
+        b.gb_per_s,
+        b.threads,
+        mib(b.buffer_bytes),
+        b.timing.runs,
+        dur(b.timing.p90_ns)
+    )
+}
+
+fn print_peers(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<36} {:>10}  {:>21}  {:>8}  {:>21}  {:>8}",
+        "peers (count)", "segq", "CRoaring", "ratio", "roaring-rs", "ratio"
+    )?;
+    let cell = |t: &Timing| format!("{} ({})", dur(t.median_ns), dur(t.p90_ns));
+    for s in &r.shapes {
+        let Some(p) = &s.peers else { continue };
+        writeln!(
+            out,
+            "{:<36} {:>10}  {:>21}  {:>8}  {:>21}  {:>8}",
+            s.shape,
+            dur(s.fast_with_planning.median_ns),
+            cell(&p.croaring.timing),
+            format!("{:.2}x", p.croaring.ratio),
+            cell(&p.roaring_rs.timing),
+            format!("{:.2}x", p.roaring_rs.ratio)
+        )?;
+    }
+    if let Some(setup) = &r.peers {
+        writeln!(
+            out,
+            "(segq: fast, with planning, on every thread; the peers: one thread each, on bitmaps decoded\n \
+             from the same snapshot bytes (in {}); every run of each in turn, every count checked;\n \
+             random-bucket leaves: a bitmap per shape built before timing, as a platform would keep it;\n \
+             ratio: peer median / segq median)",
+            ms(setup.load_ms)
+        )?;
+    }
+    Ok(())
+}
+
+fn print_reads(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<36} {:>10}  {:>12}  {:>9}  {:>10}  {:>8}  {:>12}",
+        "reads (fast, prepared)",
+        "containers",
+        "container MB",
+        "bucket MB",
+        "median",
+        "GB/s",
+        "of bandwidth"
+    )?;
+    for s in &r.shapes {
+        let mb = |b: u64| format!("{:.3}", b as f64 / 1e6);
+        writeln!(
+            out,
+            "{:<36} {:>10}  {:>12}  {:>9}  {:>10}  {:>8}  {:>12}",
+            s.shape,
+            s.reads.containers,
+            mb(s.reads.container_bytes),
+            mb(s.reads.bucket_bytes),
+            dur(s.fast_prepared.median_ns),
+            s.read_gb_per_s.map_or("-".into(), |g| format!("{g:.2}")),
+            s.of_read_bandwidth
+                .map_or("-".into(), |f| format!("{:.0}%", f * 100.0))
+        )?;
+    }
+    writeln!(
+        out,
+        "(the containers' payload bytes a count reads: per chunk, an AND stops at its first leaf with\n \
+         no container there; buckets: at most 2 bytes per user of each chunk a bucket leaf is reached in;\n \
+         GB/s: containers and buckets / the prepared count's median; reads smaller than the last-level\n \
+         cache stay in it from one run to the next, so they can go faster than the memory bandwidth)"
+    )
+}
+
 fn print_scaling(out: &mut dyn Write, s: &Scaling) -> std::io::Result<()> {
     writeln!(out)?;
     write!(out, "{:<36}", "count, fast with planning, by users")?;
@@ -834,4 +1150,59 @@ fn print_scaling(out: &mut dyn Write, s: &Scaling) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<(u64, Vec<Timing>), Failure>) -> String {
+        match r {
+            Err(Failure::Other(m)) => m,
+            Ok((n, _)) => panic!("counted {n}"),
+            Err(_) => panic!("another failure"),
+        }
+    }
+
+    #[test]
+    fn ways_are_timed_in_turn_and_must_count_the_same() {
+        let sampler = Sampler { runs: 4 };
+        let order = std::cell::RefCell::new(Vec::new());
+        let mut a = || {
+            order.borrow_mut().push('a');
+            Ok(5)
+        };
+        let mut b = || {
+            order.borrow_mut().push('b');
+            Ok(5)
+        };
+        let (n, timings) = sampler
+            .interleaved("shape", &mut [("a", &mut a), ("b", &mut b)])
+            .ok()
+            .unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(timings.len(), 2);
+        assert!(timings.iter().all(|t| t.runs == 4));
+        // A warm-up each, then run by run in turn.
+        assert_eq!(order.borrow().iter().collect::<String>(), "ababababab");
+
+        let mut segq = || Ok(5);
+        let mut other = || Ok(6);
+        let m = message(sampler.interleaved(
+            "shape",
+            &mut [("segq", &mut segq), ("CRoaring", &mut other)],
+        ));
+        assert_eq!(m, "shape: CRoaring counts 6, segq counts 5");
+        // A timed run that differs fails too.
+        let mut calls = 0;
+        let mut late = || {
+            calls += 1;
+            Ok(if calls == 3 { 4 } else { 5 })
+        };
+        let m = message(sampler.interleaved(
+            "shape",
+            &mut [("segq", &mut segq), ("roaring-rs", &mut late)],
+        ));
+        assert_eq!(m, "shape: roaring-rs counts 4, segq counts 5");
+    }
 }

@@ -14,6 +14,7 @@ mod bench;
 mod data;
 mod demo;
 mod generate;
+mod peers;
 mod segments;
 mod serve;
 mod snapshot;

@@ -79,11 +79,11 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
             out: path,
         } => {
             let spec = workload.spec();
-            let WorkloadArgs {
+            let workload::Spec {
                 users,
                 cohorts,
                 seed,
-            } = workload;
+            } = spec;
             let t = Instant::now();
             let tmp = path.with_extension("tmp");
             let file = std::fs::File::create(&tmp).map_err(Error::io_at(&tmp))?;
