@@ -3,8 +3,7 @@
 use std::iter::FusedIterator;
 
 use super::header::le_u16;
-use super::words::bit;
-use super::{ViewError, Words, CHUNK_WORDS};
+use super::{Kernels, ViewError, Words, CHUNK_WORDS};
 
 /// Array container: sorted u16 low values.
 #[derive(Debug, Clone, Copy)]
@@ -48,53 +47,35 @@ impl<'a> ArrayC<'a> {
         }
     }
 
+    /// The values' bytes (little-endian u16s), for the [`Kernels`].
+    #[inline]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// `words |= array`: four values per 8-byte load (about 5% faster
     /// than one value per 2-byte load).
-    pub fn or_into(&self, words: &mut Words) {
-        let mut quads = self.bytes.chunks_exact(8);
-        for q in &mut quads {
-            let x = u64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]);
-            for k in 0..4 {
-                let (w, m) = bit((x >> (16 * k)) as u16);
-                words[w] |= m;
-            }
-        }
-        for v in quads.remainder().chunks_exact(2) {
-            let (w, m) = bit(u16::from_le_bytes([v[0], v[1]]));
-            words[w] |= m;
-        }
+    pub fn or_into(&self, k: Kernels, words: &mut Words) {
+        k.array_or(words, self.bytes);
     }
 
     /// `words &= !array`, like [`Self::or_into`].
-    pub fn andnot_into(&self, words: &mut Words) {
-        let mut quads = self.bytes.chunks_exact(8);
-        for q in &mut quads {
-            let x = u64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]);
-            for k in 0..4 {
-                let (w, m) = bit((x >> (16 * k)) as u16);
-                words[w] &= !m;
-            }
-        }
-        for v in quads.remainder().chunks_exact(2) {
-            let (w, m) = bit(u16::from_le_bytes([v[0], v[1]]));
-            words[w] &= !m;
-        }
+    pub fn andnot_into(&self, k: Kernels, words: &mut Words) {
+        k.array_andnot(words, self.bytes);
     }
 
     /// `words = array`.
-    pub fn write_into(&self, words: &mut Words) {
+    pub fn write_into(&self, k: Kernels, words: &mut Words) {
         words.fill(0);
-        self.or_into(words);
+        self.or_into(k, words);
     }
 
     /// `words &= array`: the array's bits go into a scratch chunk on the
     /// stack (branch-free, unlike a merge walk), then one AND pass.
-    pub fn and_into(&self, words: &mut Words) {
+    pub fn and_into(&self, k: Kernels, words: &mut Words) {
         let mut mask = [0u64; CHUNK_WORDS];
-        self.or_into(&mut mask);
-        for (w, m) in words.iter_mut().zip(mask.iter()) {
-            *w &= m;
-        }
+        self.or_into(k, &mut mask);
+        k.words_and(words, &mask);
     }
 
     /// Checks that the values strictly increase; `index` is the container's

@@ -4,7 +4,7 @@
 use std::iter::FusedIterator;
 
 use super::words::bit;
-use super::{ViewError, Words, CHUNK_WORDS};
+use super::{Kernels, ViewError, Words, CHUNK_WORDS};
 
 /// Bytes of a bitmap container.
 pub(super) const BITMAP_BYTES: usize = CHUNK_WORDS * 8;
@@ -56,32 +56,31 @@ impl<'a> BitmapC<'a> {
         }
     }
 
+    /// The container's 8,192 bytes (1024 little-endian words), for the
+    /// [`Kernels`] that combine several containers at once.
+    #[inline]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// `words |= bitmap`.
-    pub fn or_into(&self, words: &mut Words) {
-        for (w, c) in words.iter_mut().zip(self.words()) {
-            *w |= c;
-        }
+    pub fn or_into(&self, k: Kernels, words: &mut Words) {
+        k.bitmap_or(words, self.bytes);
     }
 
     /// `words &= bitmap`.
-    pub fn and_into(&self, words: &mut Words) {
-        for (w, c) in words.iter_mut().zip(self.words()) {
-            *w &= c;
-        }
+    pub fn and_into(&self, k: Kernels, words: &mut Words) {
+        k.bitmap_and(words, self.bytes);
     }
 
     /// `words &= !bitmap`.
-    pub fn andnot_into(&self, words: &mut Words) {
-        for (w, c) in words.iter_mut().zip(self.words()) {
-            *w &= !c;
-        }
+    pub fn andnot_into(&self, k: Kernels, words: &mut Words) {
+        k.bitmap_andnot(words, self.bytes);
     }
 
     /// `words = bitmap`.
-    pub fn write_into(&self, words: &mut Words) {
-        for (w, c) in words.iter_mut().zip(self.words()) {
-            *w = c;
-        }
+    pub fn write_into(&self, k: Kernels, words: &mut Words) {
+        k.bitmap_copy(words, self.bytes);
     }
 
     /// Checks that the popcount equals the header cardinality; `index` is

@@ -3,7 +3,7 @@
 
 use std::iter::FusedIterator;
 
-use super::{ArrayC, ArrayIter, BitmapC, BitmapIter, RunC, RunValues, Words};
+use super::{ArrayC, ArrayIter, BitmapC, BitmapIter, Kernels, RunC, RunValues, Words};
 
 /// One container (one 2^16-value chunk) borrowed from a
 /// [`BitmapView`](super::BitmapView).
@@ -41,36 +41,56 @@ impl<'a> Container<'a> {
 
     /// `words |= container`.
     pub fn or_into(&self, words: &mut Words) {
+        self.or_into_with(Kernels::active(), words);
+    }
+
+    /// [`Self::or_into`] with these kernels.
+    pub fn or_into_with(&self, k: Kernels, words: &mut Words) {
         match self {
-            Container::Array(a) => a.or_into(words),
-            Container::Bitmap(b) => b.or_into(words),
+            Container::Array(a) => a.or_into(k, words),
+            Container::Bitmap(b) => b.or_into(k, words),
             Container::Run(r) => r.or_into(words),
         }
     }
 
     /// `words &= container`.
     pub fn and_into(&self, words: &mut Words) {
+        self.and_into_with(Kernels::active(), words);
+    }
+
+    /// [`Self::and_into`] with these kernels.
+    pub fn and_into_with(&self, k: Kernels, words: &mut Words) {
         match self {
-            Container::Array(a) => a.and_into(words),
-            Container::Bitmap(b) => b.and_into(words),
+            Container::Array(a) => a.and_into(k, words),
+            Container::Bitmap(b) => b.and_into(k, words),
             Container::Run(r) => r.and_into(words),
         }
     }
 
     /// `words &= !container`.
     pub fn andnot_into(&self, words: &mut Words) {
+        self.andnot_into_with(Kernels::active(), words);
+    }
+
+    /// [`Self::andnot_into`] with these kernels.
+    pub fn andnot_into_with(&self, k: Kernels, words: &mut Words) {
         match self {
-            Container::Array(a) => a.andnot_into(words),
-            Container::Bitmap(b) => b.andnot_into(words),
+            Container::Array(a) => a.andnot_into(k, words),
+            Container::Bitmap(b) => b.andnot_into(k, words),
             Container::Run(r) => r.andnot_into(words),
         }
     }
 
     /// `words = container` (every other bit cleared).
     pub fn write_into(&self, words: &mut Words) {
+        self.write_into_with(Kernels::active(), words);
+    }
+
+    /// [`Self::write_into`] with these kernels.
+    pub fn write_into_with(&self, k: Kernels, words: &mut Words) {
         match self {
-            Container::Array(a) => a.write_into(words),
-            Container::Bitmap(b) => b.write_into(words),
+            Container::Array(a) => a.write_into(k, words),
+            Container::Bitmap(b) => b.write_into(k, words),
             Container::Run(r) => r.write_into(words),
         }
     }

@@ -67,6 +67,8 @@ mod bitmap;
 mod container;
 mod error;
 mod header;
+#[allow(unsafe_code)] // run-time CPU dispatch: see the module's contract
+mod kernels;
 mod run;
 mod words;
 
@@ -81,6 +83,7 @@ pub use header::{
     ARRAY_MAX_CARDINALITY, MAX_CONTAINERS, NO_OFFSET_THRESHOLD, SERIAL_COOKIE,
     SERIAL_COOKIE_NO_RUNCONTAINER,
 };
+pub use kernels::{Kernels, Level};
 pub use run::{RunC, RunValues};
 pub use words::{popcount, Words, CHUNK_WORDS};
 

@@ -1,6 +1,8 @@
 //! The chunk bitset ([`Words`]) the evaluator combines containers into, its
 //! popcount, and the bit and bit-range helpers the container kinds share.
 
+use super::Kernels;
+
 /// Number of u64 words that cover one 2^16-value chunk.
 pub const CHUNK_WORDS: usize = 1024;
 
@@ -8,10 +10,10 @@ pub const CHUNK_WORDS: usize = 1024;
 /// value `w * 64 + b`.
 pub type Words = [u64; CHUNK_WORDS];
 
-/// Popcount of a chunk bitset.
+/// Popcount of a chunk bitset (with the [`Kernels`] this CPU has).
 #[inline]
 pub fn popcount(words: &Words) -> u32 {
-    words.iter().map(|w| w.count_ones()).sum()
+    Kernels::active().popcount(words)
 }
 
 /// Word index and mask of the bit for low value `low`.

@@ -9,7 +9,7 @@
 //! what it needs: the members of a sparse set one by one, and for a denser
 //! set the blocks of 1,024 users that hold a member.
 
-use crate::bitmap_view::Words;
+use crate::bitmap_view::{Kernels, Words};
 
 /// At most this many non-zero words (a quarter of a chunk) and an AND tests
 /// members one by one; more, and it scans whole blocks of buckets.
@@ -25,43 +25,6 @@ const FEW_BITS: u32 = 8;
 /// to skip the gaps of clustered sets.
 const BLOCK_WORDS: usize = 16;
 
-/// Bit `j`: whether `lo <= block[j] <= lo + span` (wrapping subtraction
-/// turns the two comparisons into one, for any u16).
-///
-/// User `j = 8 k + i` becomes bit `k` of byte `j`; ORing the eight 8-byte
-/// groups gives byte `i` bit `k` = user `8 k + i`, and the transpose moves
-/// it to bit `8 k + i`. Written this way (a byte array, constant shifts)
-/// the compiler keeps it in SIMD registers up to the transpose. On 10M
-/// buckets, one core: a shift per user takes 6 times as long, 16-bit masks
-/// built bit by bit 2.5 times, gathering each 8 bytes with a multiplication
-/// 1.2 times.
-#[inline(always)]
-fn mask(block: &[u16; 64], lo: u16, span: u16) -> u64 {
-    let mut bytes = [0u8; 64];
-    for (j, (b, &x)) in bytes.iter_mut().zip(block).enumerate() {
-        *b = u8::from(x.wrapping_sub(lo) <= span) << (j / 8);
-    }
-    let mut u = 0;
-    for eight in bytes.chunks_exact(8) {
-        let mut le = [0u8; 8];
-        le.copy_from_slice(eight);
-        u |= u64::from_le_bytes(le);
-    }
-    transpose8(u)
-}
-
-/// Transposes a word as an 8x8 bit matrix: bit `8 r + c` goes to bit
-/// `8 c + r` (three rounds of swapping blocks, Hacker's Delight 7-3).
-#[inline(always)]
-fn transpose8(mut x: u64) -> u64 {
-    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
-    x ^= t ^ (t << 7);
-    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
-    x ^= t ^ (t << 14);
-    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
-    x ^ t ^ (t << 28)
-}
-
 /// The mask of a block of fewer than 64 users, one at a time.
 fn partial_mask(block: &[u16], lo: u16, span: u16) -> u64 {
     block.iter().enumerate().fold(0, |m, (j, &x)| {
@@ -72,10 +35,14 @@ fn partial_mask(block: &[u16], lo: u16, span: u16) -> u64 {
 /// Word `i`'s users in range: the last word of a partial chunk covers only
 /// the users that exist; a word past them is 0.
 #[inline]
-fn word(buckets: &[u16], i: usize, lo: u16, span: u16) -> u64 {
+fn word(k: Kernels, buckets: &[u16], i: usize, lo: u16, span: u16) -> u64 {
     let rest = buckets.get(i * 64..).unwrap_or(&[]);
     match rest.first_chunk::<64>() {
-        Some(b) => mask(b, lo, span),
+        Some(b) => {
+            let mut w = [0u64];
+            k.bucket_masks(b, lo, span, &mut w);
+            w[0]
+        }
         None => partial_mask(rest, lo, span),
     }
 }
@@ -92,34 +59,37 @@ fn existing(buckets: &[u16], i: usize) -> u64 {
 
 /// Writes into `w` the users of the chunk whose bucket is in `lo..=hi`;
 /// `buckets` are the chunk's users' buckets (at most 2^16), words past them
-/// are 0. Whether any user is in range.
-pub(crate) fn write(buckets: &[u16], lo: u16, hi: u16, w: &mut Words) -> bool {
+/// are 0. How many users are in range.
+pub(crate) fn write(k: Kernels, buckets: &[u16], lo: u16, hi: u16, w: &mut Words) -> u32 {
     debug_assert!(lo <= hi && buckets.len() <= w.len() * 64);
     let span = hi - lo;
     let full = buckets.len() / 64;
     let (head, tail) = w.split_at_mut(full);
-    let mut any = 0;
-    for (o, b) in head.iter_mut().zip(buckets.as_chunks::<64>().0) {
-        *o = mask(b, lo, span);
-        any |= *o;
-    }
+    let mut n = k.bucket_masks(&buckets[..full * 64], lo, span, head);
     if let Some((o, rest)) = tail.split_first_mut() {
         *o = partial_mask(&buckets[full * 64..], lo, span);
-        any |= *o;
+        n += o.count_ones();
         rest.fill(0);
     }
-    any != 0
+    n
 }
 
 /// Keeps in `w` the members whose bucket is in `lo..=hi` (`outside`:
 /// whose bucket is not), in place; members past the chunk's users are
-/// dropped. Whether any member remains.
-pub(crate) fn and(buckets: &[u16], lo: u16, hi: u16, outside: bool, w: &mut Words) -> bool {
+/// dropped. How many members remain.
+pub(crate) fn and(
+    k: Kernels,
+    buckets: &[u16],
+    lo: u16,
+    hi: u16,
+    outside: bool,
+    w: &mut Words,
+) -> u32 {
     debug_assert!(lo <= hi && buckets.len() <= w.len() * 64);
     let span = hi - lo;
     let flip = if outside { u64::MAX } else { 0 };
-    let keep = |i: usize| (word(buckets, i, lo, span) ^ flip) & existing(buckets, i);
-    let mut any = 0;
+    let keep = |i: usize| (word(k, buckets, i, lo, span) ^ flip) & existing(buckets, i);
+    let mut n = 0;
     if w.iter().filter(|&&x| x != 0).count() <= SPARSE_WORDS {
         for (i, o) in w.iter_mut().enumerate() {
             if *o == 0 {
@@ -140,31 +110,26 @@ pub(crate) fn and(buckets: &[u16], lo: u16, hi: u16, outside: bool, w: &mut Word
             } else {
                 *o &= keep(i);
             }
-            any |= *o;
+            n += o.count_ones();
         }
     } else {
-        for (k, block) in w.chunks_exact_mut(BLOCK_WORDS).enumerate() {
+        for (b, block) in w.chunks_exact_mut(BLOCK_WORDS).enumerate() {
             if block.iter().fold(0, |a, &x| a | x) == 0 {
                 continue;
             }
-            let first = k * BLOCK_WORDS;
+            let first = b * BLOCK_WORDS;
             match buckets.get(first * 64..(first + BLOCK_WORDS) * 64) {
-                Some(users) => {
-                    for (o, b) in block.iter_mut().zip(users.as_chunks::<64>().0) {
-                        *o &= mask(b, lo, span) ^ flip;
-                        any |= *o;
-                    }
-                }
+                Some(users) => n += k.bucket_masks_and(users, lo, span, flip, block),
                 None => {
                     for (j, o) in block.iter_mut().enumerate() {
                         *o &= keep(first + j);
-                        any |= *o;
+                        n += o.count_ones();
                     }
                 }
             }
         }
     }
-    any != 0
+    n
 }
 
 #[cfg(test)]
@@ -231,26 +196,24 @@ mod tests {
     // user, none.
     const LENS: [usize; 6] = [65_536, 65_472, 40_000, 63, 1, 0];
 
-    #[test]
-    fn transpose8_moves_bit_8r_plus_c_to_8c_plus_r() {
-        for r in 0..8 {
-            for c in 0..8 {
-                assert_eq!(transpose8(1 << (8 * r + c)), 1 << (8 * c + r));
-            }
-        }
-        assert_eq!(transpose8(u64::MAX), u64::MAX);
+    /// Every kernel level this CPU has (the portable one always).
+    fn levels() -> Vec<Kernels> {
+        Kernels::available()
     }
 
     #[test]
-    fn write_matches_a_plain_scan() {
-        for len in LENS {
-            let b = buckets(len, 7);
-            for (lo, hi) in RANGES {
-                let mut w = Box::new([u64::MAX; CHUNK_WORDS]);
-                let any = write(&b, lo, hi, &mut w);
-                let want = model(&b, lo, hi);
-                assert_eq!(w, want, "len {len} {lo}..={hi}");
-                assert_eq!(any, want.iter().any(|&x| x != 0), "len {len} {lo}..={hi}");
+    fn write_matches_a_plain_scan_with_every_kernel_level() {
+        for k in levels() {
+            for len in LENS {
+                let b = buckets(len, 7);
+                for (lo, hi) in RANGES {
+                    let mut w = Box::new([u64::MAX; CHUNK_WORDS]);
+                    let n = write(k, &b, lo, hi, &mut w);
+                    let want = model(&b, lo, hi);
+                    assert_eq!(w, want, "{k:?} len {len} {lo}..={hi}");
+                    let count: u32 = want.iter().map(|x| x.count_ones()).sum();
+                    assert_eq!(n, count, "{k:?} len {len} {lo}..={hi}");
+                }
             }
         }
     }
@@ -260,7 +223,7 @@ mod tests {
         // Densities on both sides of the sparse threshold, a full set, and
         // sets with members past the chunk's users.
         let densities = [0.0, 0.0005, 0.002, 0.004, 0.01, 0.1, 0.5, 1.0];
-        for len in LENS {
+        for (k, len) in levels().into_iter().flat_map(|k| LENS.map(|l| (k, l))) {
             let b = buckets(len, 11);
             for (di, &d) in densities.iter().enumerate() {
                 let acc = set(d, di as u64 + 3);
@@ -268,14 +231,14 @@ mod tests {
                     let inside = model(&b, lo, hi);
                     for outside in [false, true] {
                         let mut w = acc.clone();
-                        let any = and(&b, lo, hi, outside, &mut w);
+                        let n = and(k, &b, lo, hi, outside, &mut w);
                         let mut want = acc.clone();
                         for (i, o) in want.iter_mut().enumerate() {
                             let keep = if outside { !inside[i] } else { inside[i] };
                             *o &= keep & existing(&b, i);
                         }
-                        assert_eq!(w, want, "len {len} density {d} {lo}..={hi} {outside}");
-                        assert_eq!(any, want.iter().any(|&x| x != 0));
+                        assert_eq!(w, want, "{k:?} len {len} density {d} {lo}..={hi} {outside}");
+                        assert_eq!(n, want.iter().map(|x| x.count_ones()).sum::<u32>());
                     }
                 }
             }
@@ -295,11 +258,14 @@ mod tests {
         for i in (0..CHUNK_WORDS).filter(|i| (i / 48) % 3 == 1) {
             runs[i] = u64::MAX;
         }
-        for acc in [crowded, runs] {
+        for (k, acc) in levels()
+            .into_iter()
+            .flat_map(|k| [(k, crowded.clone()), (k, runs.clone())])
+        {
             for (lo, hi) in RANGES {
                 let inside = model(&b, lo, hi);
                 let mut w = acc.clone();
-                and(&b, lo, hi, false, &mut w);
+                and(k, &b, lo, hi, false, &mut w);
                 let want: Vec<u64> = acc.iter().zip(inside.iter()).map(|(a, m)| a & m).collect();
                 assert_eq!(&w[..], &want[..], "{lo}..={hi}");
             }

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::buckets;
 use super::plan::{Leaf, Plan};
-use crate::bitmap_view::{popcount, BitmapView, Container, Words, CHUNK_WORDS};
+use crate::bitmap_view::{BitmapView, Container, Kernels, Words, CHUNK_WORDS};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId};
 use crate::snapshot::Snapshot;
@@ -70,6 +70,9 @@ enum Out {
     Empty,
     Full,
     Words,
+    /// Only when the caller asked for a count (`fuse`): the chunk's count,
+    /// computed with the last combine, nothing written.
+    Count(u32),
 }
 
 /// A cohort leaf's bitmaps, parsed.
@@ -135,39 +138,56 @@ impl LeafView<'_> {
 
 impl Lc<'_> {
     /// Writes the chunk's members into `out`.
-    fn write_into(&self, out: &mut Words) {
+    fn write_into(&self, k: Kernels, out: &mut Words) {
         match self {
             Lc::Empty => out.fill(0),
-            Lc::One(c) => c.write_into(out),
+            Lc::One(c) => c.write_into_with(k, out),
             Lc::Merge(b, a, r) => {
                 match b {
-                    Some(b) => b.write_into(out),
+                    Some(b) => b.write_into_with(k, out),
                     None => out.fill(0),
                 }
                 if let Some(a) = a {
-                    a.or_into(out);
+                    a.or_into_with(k, out);
                 }
                 if let Some(r) = r {
-                    r.andnot_into(out);
+                    r.andnot_into_with(k, out);
                 }
             }
         }
+    }
+
+    /// The count of `out (op) members` when it is cheap to get without
+    /// writing `out` (one container of array or bitmap kind, or none).
+    fn count(&self, k: Kernels, op: Op, out: &Words) -> Option<u32> {
+        Some(match (self, op) {
+            (Lc::Empty, Op::And) => 0,
+            (Lc::Empty, Op::Or | Op::AndNot) => k.popcount(out),
+            (Lc::One(Container::Bitmap(b)), Op::And) => k.bitmap_and_count(out, b.bytes()),
+            (Lc::One(Container::Bitmap(b)), Op::Or) => k.bitmap_or_count(out, b.bytes()),
+            (Lc::One(Container::Bitmap(b)), Op::AndNot) => k.bitmap_andnot_count(out, b.bytes()),
+            (Lc::One(Container::Array(a)), Op::And) => k.array_count_in(out, a.bytes()),
+            (Lc::One(Container::Array(a)), Op::AndNot) => {
+                k.popcount(out) - k.array_count_in(out, a.bytes())
+            }
+            _ => return None,
+        })
     }
 
     /// `out (op) members`. A merged leaf whose added or removed part is
     /// sparse (the usual delta) combines in place: the few bits of `out`
     /// that the sparse part decides are noted first and put back after;
     /// otherwise the leaf is written to a scratch buffer.
-    fn combine(&self, op: Op, out: &mut Words, s: &mut Scratch) {
+    fn combine(&self, k: Kernels, op: Op, out: &mut Words, s: &mut Scratch) {
         match self {
             Lc::Empty => match op {
                 Op::And => out.fill(0),
                 Op::Or | Op::AndNot => {}
             },
             Lc::One(c) => match op {
-                Op::And => c.and_into(out),
-                Op::Or => c.or_into(out),
-                Op::AndNot => c.andnot_into(out),
+                Op::And => c.and_into_with(k, out),
+                Op::Or => c.or_into_with(k, out),
+                Op::AndNot => c.andnot_into_with(k, out),
             },
             Lc::Merge(b, a, r) => {
                 let sparse = |c: &Option<Container>| c.is_none_or(|c| c.cardinality() <= SPARSE);
@@ -176,22 +196,22 @@ impl Lc<'_> {
                     Op::And if sparse(a) => {
                         note(a.as_ref(), out, |_| true, &mut s.kept);
                         match b {
-                            Some(b) => b.and_into(out),
+                            Some(b) => b.and_into_with(k, out),
                             None => out.fill(0),
                         }
                         set_again(&s.kept, out);
                         if let Some(r) = r {
-                            r.andnot_into(out);
+                            r.andnot_into_with(k, out);
                         }
                     }
                     // out ∪ ((b ∪ a) \ r) = ((out ∪ b ∪ a) \ r) ∪ (out ∩ r)
                     Op::Or if sparse(r) => {
                         note(r.as_ref(), out, |_| true, &mut s.kept);
                         for c in [b, a].into_iter().flatten() {
-                            c.or_into(out);
+                            c.or_into_with(k, out);
                         }
                         if let Some(r) = r {
-                            r.andnot_into(out);
+                            r.andnot_into_with(k, out);
                         }
                         set_again(&s.kept, out);
                     }
@@ -202,18 +222,17 @@ impl Lc<'_> {
                         };
                         note(r.as_ref(), out, in_leaf, &mut s.kept);
                         for c in [b, a].into_iter().flatten() {
-                            c.andnot_into(out);
+                            c.andnot_into_with(k, out);
                         }
                         set_again(&s.kept, out);
                     }
                     _ => {
                         let mut t = s.take();
-                        self.write_into(&mut t);
-                        let it = out.iter_mut().zip(t.iter());
+                        self.write_into(k, &mut t);
                         match op {
-                            Op::And => it.for_each(|(o, x)| *o &= x),
-                            Op::Or => it.for_each(|(o, x)| *o |= x),
-                            Op::AndNot => it.for_each(|(o, x)| *o &= !x),
+                            Op::And => k.words_and(out, &t),
+                            Op::Or => k.words_or(out, &t),
+                            Op::AndNot => k.words_andnot(out, &t),
                         }
                         s.give(t);
                     }
@@ -255,6 +274,7 @@ struct Ctx<'a> {
     leaves: Vec<LeafView<'a>>,
     buckets: Buckets<'a>,
     users: u32,
+    k: Kernels,
 }
 
 impl Ctx<'_> {
@@ -285,14 +305,22 @@ impl Ctx<'_> {
         self.buckets.range(start, self.chunk_len(key) as usize)
     }
 
-    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> bool {
-        buckets::write(&self.chunk_buckets(key), lo, hi, w)
+    /// Writes the users of chunk `key` whose bucket is in `lo..=hi`; how
+    /// many there are.
+    fn bucket_words(&self, key: u32, lo: u16, hi: u16, w: &mut Words) -> u32 {
+        buckets::write(self.k, &self.chunk_buckets(key), lo, hi, w)
     }
 
     /// Keeps in `w` the members whose bucket is in `lo..=hi` (`outside`:
-    /// is not), without a scratch buffer. Whether any remains.
-    fn bucket_and(&self, key: u32, lo: u16, hi: u16, outside: bool, w: &mut Words) -> bool {
-        buckets::and(&self.chunk_buckets(key), lo, hi, outside, w)
+    /// is not), without a scratch buffer. How many remain.
+    fn bucket_and(&self, key: u32, lo: u16, hi: u16, outside: bool, w: &mut Words) -> u32 {
+        buckets::and(self.k, &self.chunk_buckets(key), lo, hi, outside, w)
+    }
+
+    /// Whether chunk `key` holds every user a chunk can (no partial last
+    /// chunk): only then may a count skip cutting the result to the users.
+    fn full_chunk(&self, key: u32) -> bool {
+        self.chunk_len(key) == 1 << 16
     }
 }
 
@@ -315,6 +343,49 @@ impl Scratch {
     }
 }
 
+/// A count of at most this many chunks runs on the calling thread.
+const SERIAL_CHUNKS: usize = 2;
+
+/// A count's chunks are cut into about this many pieces per thread.
+const PIECES_PER_THREAD: usize = 4;
+
+/// The chunks a count evaluates, in order: for an AND with a cohort leaf
+/// among its `all` children, the chunks where the first such leaf (the
+/// smallest: the planner orders them) has a container; else all of them.
+fn candidates(node: &Node, ctx: &Ctx, chunks: u32) -> Vec<u32> {
+    let first = match node {
+        Node::And(all, _) => all.iter().find_map(|c| match c {
+            Node::Cohort(i) => Some(*i),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let keys = |v: &Option<BitmapView>| {
+        v.iter()
+            .flat_map(|v| (0..v.containers()).map(|i| u32::from(v.key(i))))
+            .collect::<Vec<u32>>()
+    };
+    let mut out = match first.map(|i| &ctx.leaves[i]) {
+        None => return (0..chunks).collect(),
+        Some(LeafView::Simple(v)) => keys(&Some(*v)),
+        Some(LeafView::Layered { base, added, .. }) => {
+            let mut k = keys(base);
+            k.extend(keys(added));
+            k.sort_unstable();
+            k.dedup();
+            k
+        }
+    };
+    out.retain(|&k| k < chunks);
+    out
+}
+
+/// At most this many inputs go through one multi-input kernel call.
+const GROUP: usize = 8;
+
+/// Evaluates `node` on chunk `key` into `out`. With `fuse` (the root of a
+/// count, on a full chunk) the node may return [`Out::Count`] instead of
+/// writing its last combine.
 fn eval(
     node: &Node,
     key: u32,
@@ -322,58 +393,74 @@ fn eval(
     out: &mut Words,
     s: &mut Scratch,
     early: &mut bool,
+    fuse: bool,
 ) -> Out {
+    let k = ctx.k;
     match node {
         Node::All => Out::Full,
         Node::Nothing => Out::Empty,
         Node::Cohort(i) => match ctx.leaves[*i].chunk(key as u16) {
             Lc::Empty => Out::Empty,
             lc => {
-                lc.write_into(out);
+                lc.write_into(k, out);
                 Out::Words
             }
         },
         Node::Bucket(lo, hi) => {
-            if ctx.bucket_words(key, *lo, *hi, out) {
+            if ctx.bucket_words(key, *lo, *hi, out) != 0 {
                 Out::Words
             } else {
                 Out::Empty
             }
         }
-        Node::Not(child) => match eval(child, key, ctx, out, s, early) {
+        Node::Not(child) => match eval(child, key, ctx, out, s, early, false) {
             Out::Empty => Out::Full,
             Out::Full => Out::Empty,
-            Out::Words => {
+            Out::Words | Out::Count(_) => {
                 let mut u = s.take();
                 ctx.universe(key, &mut u);
-                for (o, m) in out.iter_mut().zip(u.iter()) {
-                    *o = !*o & m;
-                }
+                k.words_not_within(out, &u);
                 s.give(u);
                 Out::Words
             }
         },
         Node::And(all, minus) => {
+            if fuse {
+                if let Some(r) = and_of_bitmaps(all, minus, key, ctx, early) {
+                    return r;
+                }
+            }
+            let is_bucket = |c: &Node| matches!(c, Node::Bucket(..));
+            let buckets = all.iter().chain(minus).any(is_bucket);
+            // The step a count may fuse: the last `minus` leaf, else the
+            // last `all` one (buckets, when there are any, come after both
+            // and count as they go).
+            let fuse_all = fuse && !buckets && minus.is_empty();
+            let fuse_minus = fuse && !buckets && !minus.is_empty();
             let mut state = Out::Full;
             // Bucket children come last, when the other children have made
             // the set as small as they can: they read a bucket per user.
-            for c in all {
-                if let Node::Bucket(..) = c {
+            for (j, c) in all.iter().enumerate() {
+                if is_bucket(c) {
                     continue;
                 }
                 // A cohort leaf combines straight from its container.
                 if let (Node::Cohort(i), Out::Words) = (c, &state) {
-                    match ctx.leaves[*i].chunk(key as u16) {
-                        Lc::Empty => {
-                            *early = true;
-                            return Out::Empty;
-                        }
-                        lc => lc.combine(Op::And, out, s),
+                    let lc = ctx.leaves[*i].chunk(key as u16);
+                    if let Lc::Empty = lc {
+                        *early = true;
+                        return Out::Empty;
                     }
+                    if fuse_all && j + 1 == all.len() {
+                        if let Some(n) = lc.count(k, Op::And, out) {
+                            return Out::Count(n);
+                        }
+                    }
+                    lc.combine(k, Op::And, out, s);
                     continue;
                 }
                 match state {
-                    Out::Full => match eval(c, key, ctx, out, s, early) {
+                    Out::Full => match eval(c, key, ctx, out, s, early, false) {
                         Out::Empty => {
                             *early = true;
                             return Out::Empty;
@@ -382,7 +469,7 @@ fn eval(
                     },
                     Out::Words => {
                         let mut t = s.take();
-                        let r = eval(c, key, ctx, &mut t, s, early);
+                        let r = eval(c, key, ctx, &mut t, s, early, false);
                         match r {
                             Out::Empty => {
                                 s.give(t);
@@ -390,15 +477,15 @@ fn eval(
                                 return Out::Empty;
                             }
                             Out::Full => {}
-                            Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= x),
+                            Out::Words | Out::Count(_) => k.words_and(out, &t),
                         }
                         s.give(t);
                     }
-                    Out::Empty => unreachable!("an empty AND returns at once"),
+                    Out::Empty | Out::Count(_) => unreachable!("an empty AND returns at once"),
                 }
             }
-            for c in minus {
-                if let Node::Bucket(..) = c {
+            for (j, c) in minus.iter().enumerate() {
+                if is_bucket(c) {
                     continue;
                 }
                 if let Out::Full = state {
@@ -406,63 +493,118 @@ fn eval(
                     state = Out::Words;
                 }
                 if let Node::Cohort(i) = c {
-                    ctx.leaves[*i].chunk(key as u16).combine(Op::AndNot, out, s);
+                    let lc = ctx.leaves[*i].chunk(key as u16);
+                    if fuse_minus && j + 1 == minus.len() {
+                        if let Some(n) = lc.count(k, Op::AndNot, out) {
+                            return Out::Count(n);
+                        }
+                    }
+                    lc.combine(k, Op::AndNot, out, s);
                     continue;
                 }
                 let mut t = s.take();
-                let r = eval(c, key, ctx, &mut t, s, early);
+                let r = eval(c, key, ctx, &mut t, s, early, false);
                 match r {
                     Out::Empty => {}
                     Out::Full => {
                         s.give(t);
                         return Out::Empty;
                     }
-                    Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= !x),
+                    Out::Words | Out::Count(_) => k.words_andnot(out, &t),
                 }
                 s.give(t);
             }
             let all_buckets = all.iter().map(|c| (c, false));
+            let mut counted = None;
             for (c, outside) in all_buckets.chain(minus.iter().map(|c| (c, true))) {
                 let Node::Bucket(lo, hi) = *c else {
                     continue;
                 };
-                if let (Out::Full, false) = (&state, outside) {
-                    if !ctx.bucket_words(key, lo, hi, out) {
+                let n = if let (Out::Full, false) = (&state, outside) {
+                    let n = ctx.bucket_words(key, lo, hi, out);
+                    if n == 0 {
                         *early = true;
                         return Out::Empty;
                     }
+                    n
                 } else {
                     if let Out::Full = state {
                         ctx.universe(key, out);
                     }
                     // Tests only the members, in place.
-                    if !ctx.bucket_and(key, lo, hi, outside, out) {
+                    let n = ctx.bucket_and(key, lo, hi, outside, out);
+                    if n == 0 {
                         return Out::Empty;
                     }
-                }
+                    n
+                };
+                // Exact for a partial chunk too: users past the chunk's
+                // are dropped.
+                counted = Some(n);
                 state = Out::Words;
             }
-            state
+            match counted {
+                Some(n) if fuse => Out::Count(n),
+                _ => state,
+            }
         }
         Node::Or(any) => {
             let mut state = Out::Empty;
+            // The children's bitmap containers first, several per pass
+            // over `out`; the other containers set or clear bits.
+            let mut group: [&[u8]; GROUP] = [&[]; GROUP];
+            let mut g = 0;
+            let flush = |group: &[&[u8]], state: &mut Out, out: &mut Words| {
+                let rest = match (&*state, group.split_first()) {
+                    (_, None) => return,
+                    (Out::Empty, Some((first, rest))) => {
+                        k.bitmap_copy(out, first);
+                        *state = Out::Words;
+                        rest
+                    }
+                    _ => group,
+                };
+                if !rest.is_empty() {
+                    k.bitmaps_or(out, rest);
+                }
+            };
             for c in any {
-                if let (Node::Cohort(i), Out::Words) = (c, &state) {
-                    ctx.leaves[*i].chunk(key as u16).combine(Op::Or, out, s);
+                if let Node::Cohort(i) = c {
+                    if let Lc::One(Container::Bitmap(b)) = ctx.leaves[*i].chunk(key as u16) {
+                        group[g] = b.bytes();
+                        g += 1;
+                        if g == GROUP {
+                            flush(&group, &mut state, out);
+                            g = 0;
+                        }
+                    }
+                }
+            }
+            flush(&group[..g], &mut state, out);
+            for c in any {
+                if let Node::Cohort(i) = c {
+                    match (ctx.leaves[*i].chunk(key as u16), &state) {
+                        (Lc::Empty | Lc::One(Container::Bitmap(_)), _) => {}
+                        (lc, Out::Empty) => {
+                            lc.write_into(k, out);
+                            state = Out::Words;
+                        }
+                        (lc, _) => lc.combine(k, Op::Or, out, s),
+                    }
                     continue;
                 }
                 match state {
-                    Out::Empty => state = eval(c, key, ctx, out, s, early),
-                    Out::Words => {
+                    Out::Empty => state = eval(c, key, ctx, out, s, early, false),
+                    Out::Words | Out::Count(_) => {
                         let mut t = s.take();
-                        let r = eval(c, key, ctx, &mut t, s, early);
+                        let r = eval(c, key, ctx, &mut t, s, early, false);
                         match r {
                             Out::Empty => {}
                             Out::Full => {
                                 s.give(t);
                                 return Out::Full;
                             }
-                            Out::Words => out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o |= x),
+                            Out::Words | Out::Count(_) => k.words_or(out, &t),
                         }
                         s.give(t);
                     }
@@ -474,9 +616,52 @@ fn eval(
     }
 }
 
+/// An AND of cohort leaves whose containers in this chunk are all bitmaps
+/// (the `minus` ones may be missing), counted in one pass that reads each
+/// container once and writes nothing. `None` when the AND has another
+/// shape here.
+fn and_of_bitmaps(
+    all: &[Node],
+    minus: &[Node],
+    key: u32,
+    ctx: &Ctx,
+    early: &mut bool,
+) -> Option<Out> {
+    if all.is_empty() || all.len() > GROUP || minus.len() > GROUP {
+        return None;
+    }
+    let mut a: [&[u8]; GROUP] = [&[]; GROUP];
+    let mut m: [&[u8]; GROUP] = [&[]; GROUP];
+    let mut nm = 0;
+    for (j, c) in all.iter().enumerate() {
+        let Node::Cohort(i) = c else { return None };
+        match ctx.leaves[*i].chunk(key as u16) {
+            Lc::Empty => {
+                *early = true;
+                return Some(Out::Empty);
+            }
+            Lc::One(Container::Bitmap(b)) => a[j] = b.bytes(),
+            _ => return None,
+        }
+    }
+    for c in minus {
+        let Node::Cohort(i) = c else { return None };
+        match ctx.leaves[*i].chunk(key as u16) {
+            Lc::Empty => {}
+            Lc::One(Container::Bitmap(b)) => {
+                m[nm] = b.bytes();
+                nm += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(Out::Count(ctx.k.bitmaps_count(&a[..all.len()], &m[..nm])))
+}
+
 /// Evaluates the whole plan for one chunk. Cohort bitmaps may hold ids
 /// past the last user (a bitmap is only trusted to be a set of u32), so the
-/// last, partial chunk is cut to the users that exist.
+/// last, partial chunk is cut to the users that exist. With `fuse`, the
+/// result may be a count.
 fn eval_root(
     node: &Node,
     key: u32,
@@ -484,13 +669,15 @@ fn eval_root(
     out: &mut Words,
     s: &mut Scratch,
     early: &mut bool,
+    fuse: bool,
 ) -> Out {
-    let r = eval(node, key, ctx, out, s, early);
+    let full = ctx.full_chunk(key);
+    let r = eval(node, key, ctx, out, s, early, fuse && full);
     if let Out::Words = r {
-        if ctx.chunk_len(key) < 1 << 16 {
+        if !full {
             let mut u = s.take();
             ctx.universe(key, &mut u);
-            out.iter_mut().zip(u.iter()).for_each(|(o, m)| *o &= m);
+            ctx.k.words_and(out, &u);
             s.give(u);
         }
     }
@@ -620,8 +807,10 @@ impl<'w> Prepared<'w> {
         })
     }
 
-    fn with_ctx<T>(&self, f: impl FnOnce(&Ctx) -> T) -> Result<T> {
-        Ok(f(&self.checker()?.ctx))
+    fn with_ctx<T>(&self, k: Kernels, f: impl FnOnce(&Ctx) -> T) -> Result<T> {
+        let mut checker = self.checker()?;
+        checker.ctx.k = k;
+        Ok(f(&checker.ctx))
     }
 
     fn chunks(&self) -> u32 {
@@ -630,6 +819,16 @@ impl<'w> Prepared<'w> {
 
     /// The exact count, and what the chunks did.
     pub fn count_with_stats(&self) -> Result<(u64, ChunkStats)> {
+        self.count_with_stats_using(Kernels::active())
+    }
+
+    /// The exact count with these kernels (the same answer whichever the
+    /// CPU has: a test compares them).
+    pub fn count_with(&self, k: Kernels) -> Result<u64> {
+        self.count_with_stats_using(k).map(|(n, _)| n)
+    }
+
+    fn count_with_stats_using(&self, k: Kernels) -> Result<(u64, ChunkStats)> {
         let chunks = self.chunks();
         if let Some(n) = self.single {
             return Ok((
@@ -642,27 +841,40 @@ impl<'w> Prepared<'w> {
         }
         let touched = AtomicU64::new(0);
         let skipped = AtomicU64::new(0);
-        let n = self.with_ctx(|ctx| {
-            (0..chunks)
-                .into_par_iter()
-                .map_init(
-                    || (Box::new([0u64; CHUNK_WORDS]), Scratch::default()),
-                    |(w, s), key| {
-                        let mut early = false;
-                        let r = eval_root(&self.node, key, ctx, w, s, &mut early);
-                        if early {
-                            skipped.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            touched.fetch_add(1, Ordering::Relaxed);
-                        }
-                        u64::from(match r {
-                            Out::Empty => 0,
-                            Out::Full => ctx.chunk_len(key),
-                            Out::Words => popcount(w),
-                        })
-                    },
-                )
-                .sum::<u64>()
+        let n = self.with_ctx(k, |ctx| {
+            let keys = candidates(&self.node, ctx, chunks);
+            // Chunks no candidate: an AND child has nothing there.
+            skipped.fetch_add(u64::from(chunks) - keys.len() as u64, Ordering::Relaxed);
+            let one = |(w, s): &mut (Box<Words>, Scratch), key: u32| {
+                let mut early = false;
+                let r = eval_root(&self.node, key, ctx, w, s, &mut early, true);
+                if early {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    touched.fetch_add(1, Ordering::Relaxed);
+                }
+                u64::from(match r {
+                    Out::Empty => 0,
+                    Out::Full => ctx.chunk_len(key),
+                    Out::Words => k.popcount(w),
+                    Out::Count(n) => n,
+                })
+            };
+            let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
+            let threads = rayon::current_num_threads();
+            if keys.len() <= SERIAL_CHUNKS || threads == 1 {
+                let mut b = buffers();
+                keys.iter().map(|&key| one(&mut b, key)).sum::<u64>()
+            } else {
+                // Pieces of a few chunks each, so that the work of a
+                // skewed plan (its chunks clustered in a band) still
+                // spreads over every thread.
+                let piece = (keys.len() / (threads * PIECES_PER_THREAD)).max(1);
+                keys.par_iter()
+                    .with_max_len(piece)
+                    .map_init(buffers, |b, &key| one(b, key))
+                    .sum::<u64>()
+            }
         })?;
         Ok((
             n,
@@ -682,19 +894,20 @@ impl<'w> Prepared<'w> {
     /// The members of chunks `from..to` (chunk keys), in id order.
     pub fn members_in(&self, from: u32, to: u32) -> Result<RoaringBitmap> {
         let to = to.min(self.chunks());
-        self.with_ctx(|ctx| {
+        self.with_ctx(Kernels::active(), |ctx| {
             let parts: Vec<Vec<u32>> = (from..to)
                 .into_par_iter()
+                .with_max_len(4)
                 .map_init(
                     || (Box::new([0u64; CHUNK_WORDS]), Scratch::default()),
                     |(w, s), key| {
                         let mut early = false;
                         let base = key << 16;
-                        match eval_root(&self.node, key, ctx, w, s, &mut early) {
-                            Out::Empty => Vec::new(),
+                        match eval_root(&self.node, key, ctx, w, s, &mut early, false) {
+                            Out::Empty | Out::Count(_) => Vec::new(),
                             Out::Full => (base..base + ctx.chunk_len(key)).collect(),
                             Out::Words => {
-                                let mut ids = Vec::with_capacity(popcount(w) as usize);
+                                let mut ids = Vec::with_capacity(ctx.k.popcount(w) as usize);
                                 for (i, &word) in w.iter().enumerate() {
                                     let mut x = word;
                                     while x != 0 {
@@ -760,6 +973,7 @@ impl<'w> Prepared<'w> {
                 leaves,
                 buckets: self.buckets,
                 users: self.users,
+                k: Kernels::active(),
             },
         })
     }
@@ -794,18 +1008,29 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
 }
 
 /// A chunk's count of an evaluation's result.
-fn chunk_count(r: &Out, w: &Words, len: u32) -> u64 {
+fn chunk_count(k: Kernels, r: &Out, w: &Words, len: u32) -> u64 {
     u64::from(match r {
         Out::Empty => 0,
         Out::Full => len,
-        Out::Words => popcount(w),
+        Out::Words => k.popcount(w),
+        Out::Count(n) => *n,
     })
 }
 
 /// `run (and|or)= child` on one chunk, `state` and `r` saying what each
 /// holds (`Words`: the buffer).
-fn extend_running(state: Out, r: Out, run: &mut Words, child: &Words, and: bool) -> Out {
+fn extend_running(
+    k: Kernels,
+    state: Out,
+    r: Out,
+    run: &mut Words,
+    child: &Words,
+    and: bool,
+) -> Out {
     match (state, r, and) {
+        (Out::Count(_), _, _) | (_, Out::Count(_), _) => {
+            unreachable!("a breakdown evaluates without counting")
+        }
         (Out::Empty, _, true) | (_, Out::Empty, true) => Out::Empty,
         (Out::Full, _, false) | (_, Out::Full, false) => Out::Full,
         (Out::Full, Out::Full, true) => Out::Full,
@@ -816,11 +1041,11 @@ fn extend_running(state: Out, r: Out, run: &mut Words, child: &Words, and: bool)
         }
         (Out::Words, Out::Full, true) | (Out::Words, Out::Empty, false) => Out::Words,
         (Out::Words, Out::Words, true) => {
-            run.iter_mut().zip(child.iter()).for_each(|(o, x)| *o &= x);
+            k.words_and(run, child);
             Out::Words
         }
         (Out::Words, Out::Words, false) => {
-            run.iter_mut().zip(child.iter()).for_each(|(o, x)| *o |= x);
+            k.words_or(run, child);
             Out::Words
         }
     }
@@ -868,11 +1093,13 @@ pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>
                     &mut a.child,
                     &mut a.scratch,
                     &mut early,
+                    false,
                 );
                 let len = c.ctx.chunk_len(key);
-                a.own[i] += chunk_count(&r, &a.child, len);
-                state = extend_running(state, r, &mut a.run, &a.child, and);
-                a.running[i] += chunk_count(&state, &a.run, len);
+                let k = c.ctx.k;
+                a.own[i] += chunk_count(k, &r, &a.child, len);
+                state = extend_running(k, state, r, &mut a.run, &a.child, and);
+                a.running[i] += chunk_count(k, &state, &a.run, len);
             }
             a
         })

@@ -4,7 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use segq::bitmap_view::{BitmapView, Container};
+use segq::bitmap_view::{BitmapView, Container, Kernels};
 use segq::segment::{chunk, plan, reference, BucketCmp, Filter};
 use segq::workload::{self, Spec};
 use segq::UserId;
@@ -196,6 +196,10 @@ fn agrees_with_the_reference<'w>(
     let prepared = chunk::Prepared::new(ws, &p, cache).unwrap();
     let expected = reference::evaluate(ws, f).unwrap();
     assert_eq!(prepared.count().unwrap(), expected.len(), "{f}");
+    // Every kernel level the CPU has counts the same.
+    for k in Kernels::available() {
+        assert_eq!(prepared.count_with(k).unwrap(), expected.len(), "{f} {k:?}");
+    }
     assert_eq!(prepared.members().unwrap(), expected, "{f}");
     for _ in 0..checks {
         let u = rng.gen_range(0..ws.users.len());
@@ -206,4 +210,96 @@ fn agrees_with_the_reference<'w>(
         );
     }
     (prepared, expected)
+}
+
+#[test]
+fn ands_and_ors_of_bitmap_containers_agree_with_the_reference_at_every_kernel_level() {
+    // The large cohorts are bitmap containers in most chunks: ANDs of up to
+    // ten of them (one pass over all the containers, more than one group
+    // of inputs), with and without minus children, and ORs of many (several
+    // at a time, with arrays and runs mixed in).
+    let ws = workload::generate("fast", SPEC).unwrap().workspace;
+    let large = |j: u32| Filter::includes(workload::PARTNER, workload::cohort_id(j));
+    let mut filters = Vec::new();
+    for n in [2u32, 3, 5, 8, 9, 10] {
+        filters.push(Filter::And((0..n).map(large).collect()));
+        filters.push(Filter::And(
+            (0..n).map(large).chain([large(n + 1).not()]).collect(),
+        ));
+        filters.push(Filter::And(
+            (0..n)
+                .map(large)
+                .chain((10..19).map(|j| large(j).not()))
+                .collect(),
+        ));
+        filters.push(Filter::Or((0..n).map(large).collect()));
+        filters.push(Filter::Or((0..n * 6).map(large).collect()));
+        filters.push(Filter::And(vec![
+            Filter::Or((20..20 + n * 3).map(large).collect()),
+            large(n).not(),
+        ]));
+    }
+    let cache = segq::query::SerialCache::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    for f in &filters {
+        agrees_with_the_reference(&ws, f, &cache, &mut rng, 10);
+    }
+}
+
+#[test]
+fn segq_kernels_portable_gives_the_same_counts() {
+    // The binary with the portable kernels forced: the bench's counts are
+    // the reference's (the bench checks every shape's count too).
+    let run = |level: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_segq"));
+        cmd.args([
+            "bench",
+            "--users",
+            "70000",
+            "--cohorts",
+            "30",
+            "--runs",
+            "1",
+            "--json",
+        ]);
+        match level {
+            Some(l) => cmd.env("SEGQ_KERNELS", l),
+            None => cmd.env_remove("SEGQ_KERNELS"),
+        };
+        let out = cmd.output().expect("segq runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["sizes"][0]["shapes"]
+            .as_array()
+            .expect("shapes")
+            .iter()
+            .map(|s| {
+                (
+                    s["shape"].to_string(),
+                    s["count"].as_u64(),
+                    s["live_count"].as_u64(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let portable = run(Some("portable"));
+    assert_eq!(portable.len(), 6);
+    assert_eq!(portable, run(None));
+    let ws = workload::generate(
+        "x",
+        Spec {
+            users: 70_000,
+            cohorts: 30,
+            seed: 42,
+        },
+    )
+    .unwrap()
+    .workspace;
+    for ((name, f), (_, count, _)) in workload::query_shapes(30).into_iter().zip(&portable) {
+        assert_eq!(*count, Some(reference::count(&ws, &f).unwrap()), "{name}");
+    }
 }

@@ -1,0 +1,894 @@
+//! The hot word kernels of the chunk evaluator, picked once at run time
+//! for the CPU that is there: AVX-512, AVX2 or a portable version, with no
+//! build flag.
+//!
+//! Each kernel is written once, as an `#[inline(always)]` body over plain
+//! slices; the x86-64 modules instantiate every body inside a function
+//! compiled with `#[target_feature(enable = ...)]`, so LLVM vectorises the
+//! same code for each instruction set (512-bit vectors and `VPOPCNTQ`,
+//! 256-bit vectors and a `VPSHUFB` popcount, or baseline SSE2), and BMI2
+//! shifts set array bits. The bucket masks use explicit AVX-512BW compares
+//! (64 buckets give a 64-bit mask in two instructions).
+//!
+//! # Contract (why the `unsafe` here is sound)
+//!
+//! A [`Kernels`] value names one [`Level`], and one is only made for a
+//! level whose every feature `is_x86_feature_detected!` found on this CPU
+//! ([`Kernels::new`], [`Kernels::active`]). Calling a `#[target_feature]`
+//! function is `unsafe` because it is undefined on a CPU without the
+//! features; every such call below goes through a [`Kernels`] of that level,
+//! so the features were detected. Apart from that, the only `unsafe` is
+//! the unaligned vector loads of the bucket masks, each from a slice of
+//! exactly the loaded length.
+//!
+//! `SEGQ_KERNELS=portable` (or `avx2`) caps the level [`Kernels::active`]
+//! picks, to compare the paths on a real workload; a level the CPU lacks is
+//! never picked.
+
+use std::sync::OnceLock;
+
+use super::Words;
+
+/// An instruction-set level of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Plain Rust for the build's baseline target.
+    Portable,
+    /// AVX2, BMI1/2, POPCNT, LZCNT.
+    Avx2,
+    /// AVX-512 F/BW/VL/VPOPCNTDQ on top of [`Level::Avx2`].
+    Avx512,
+}
+
+impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512];
+
+    /// The level's name, as `SEGQ_KERNELS` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU has every feature the level is compiled for.
+    pub fn detected(self) -> bool {
+        match self {
+            Level::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("bmi1")
+                    && std::is_x86_feature_detected!("bmi2")
+                    && std::is_x86_feature_detected!("popcnt")
+                    && std::is_x86_feature_detected!("lzcnt")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => {
+                Level::Avx2.detected()
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vpopcntdq")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// The kernels of one [`Level`] the CPU has (see the module's contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernels {
+    level: Level,
+}
+
+impl Kernels {
+    /// The portable kernels (every CPU).
+    pub const PORTABLE: Kernels = Kernels {
+        level: Level::Portable,
+    };
+
+    /// The kernels of `level`, if this CPU has its features.
+    pub fn new(level: Level) -> Option<Kernels> {
+        level.detected().then_some(Kernels { level })
+    }
+
+    /// The highest level this CPU has, capped by `SEGQ_KERNELS` (a level
+    /// name); detected once per process.
+    pub fn active() -> Kernels {
+        static ACTIVE: OnceLock<Kernels> = OnceLock::new();
+        *ACTIVE.get_or_init(|| Kernels::pick(std::env::var("SEGQ_KERNELS").ok().as_deref()))
+    }
+
+    /// The highest level this CPU has at or below the level named `cap`
+    /// (no cap, or a name that is no level: the highest it has).
+    pub fn pick(cap: Option<&str>) -> Kernels {
+        let cap = cap
+            .and_then(|v| Level::ALL.into_iter().find(|l| l.name() == v.trim()))
+            .unwrap_or(Level::Avx512);
+        Level::ALL
+            .into_iter()
+            .rev()
+            .filter(|&l| l <= cap)
+            .find_map(Kernels::new)
+            .unwrap_or(Kernels::PORTABLE)
+    }
+
+    /// Every level this CPU has, lowest first.
+    pub fn available() -> Vec<Kernels> {
+        Level::ALL.into_iter().filter_map(Kernels::new).collect()
+    }
+
+    /// The level.
+    pub fn level(self) -> Level {
+        self.level
+    }
+}
+
+#[inline(always)]
+fn le64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_le_bytes(a)
+}
+
+/// Words per block of the multi-input kernels: the block's running value
+/// stays in registers while each input is read once.
+const BLOCK: usize = 16;
+
+/// The kernel bodies, each compiled once per level.
+mod body {
+    use super::{le64, Words, BLOCK};
+
+    #[inline(always)]
+    pub fn popcount(w: &Words) -> u32 {
+        w.iter().map(|x| x.count_ones()).sum()
+    }
+
+    #[inline(always)]
+    pub fn bitmap_copy(out: &mut Words, c: &[u8]) {
+        for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
+            *o = le64(b);
+        }
+    }
+
+    #[inline(always)]
+    pub fn bitmap_and(out: &mut Words, c: &[u8]) {
+        for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
+            *o &= le64(b);
+        }
+    }
+
+    #[inline(always)]
+    pub fn bitmap_or(out: &mut Words, c: &[u8]) {
+        for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
+            *o |= le64(b);
+        }
+    }
+
+    #[inline(always)]
+    pub fn bitmap_andnot(out: &mut Words, c: &[u8]) {
+        for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
+            *o &= !le64(b);
+        }
+    }
+
+    #[inline(always)]
+    pub fn bitmap_and_count(w: &Words, c: &[u8]) -> u32 {
+        w.iter()
+            .zip(c.chunks_exact(8))
+            .map(|(o, b)| (o & le64(b)).count_ones())
+            .sum()
+    }
+
+    #[inline(always)]
+    pub fn bitmap_or_count(w: &Words, c: &[u8]) -> u32 {
+        w.iter()
+            .zip(c.chunks_exact(8))
+            .map(|(o, b)| (o | le64(b)).count_ones())
+            .sum()
+    }
+
+    #[inline(always)]
+    pub fn bitmap_andnot_count(w: &Words, c: &[u8]) -> u32 {
+        w.iter()
+            .zip(c.chunks_exact(8))
+            .map(|(o, b)| (o & !le64(b)).count_ones())
+            .sum()
+    }
+
+    /// Popcount of `AND(all) & !OR(minus)`, a block of words at a time.
+    #[inline(always)]
+    pub fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
+        let Some((first, rest)) = all.split_first() else {
+            return 0;
+        };
+        let mut n = 0;
+        for (k, f) in first.chunks_exact(8 * BLOCK).enumerate() {
+            let mut acc = [0u64; BLOCK];
+            for (a, b) in acc.iter_mut().zip(f.chunks_exact(8)) {
+                *a = le64(b);
+            }
+            let at = k * 8 * BLOCK..(k + 1) * 8 * BLOCK;
+            for c in rest {
+                let Some(c) = c.get(at.clone()) else { continue };
+                for (a, b) in acc.iter_mut().zip(c.chunks_exact(8)) {
+                    *a &= le64(b);
+                }
+            }
+            for c in minus {
+                let Some(c) = c.get(at.clone()) else { continue };
+                for (a, b) in acc.iter_mut().zip(c.chunks_exact(8)) {
+                    *a &= !le64(b);
+                }
+            }
+            n += acc.iter().map(|x| x.count_ones()).sum::<u32>();
+        }
+        n
+    }
+
+    /// `out |= OR(cs)`, a block of words at a time.
+    #[inline(always)]
+    pub fn bitmaps_or(out: &mut Words, cs: &[&[u8]]) {
+        for (k, o) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let mut acc = [0u64; BLOCK];
+            acc.copy_from_slice(o);
+            let at = k * 8 * BLOCK..(k + 1) * 8 * BLOCK;
+            for c in cs {
+                let Some(c) = c.get(at.clone()) else { continue };
+                for (a, b) in acc.iter_mut().zip(c.chunks_exact(8)) {
+                    *a |= le64(b);
+                }
+            }
+            o.copy_from_slice(&acc);
+        }
+    }
+
+    #[inline(always)]
+    pub fn words_and(out: &mut Words, x: &Words) {
+        out.iter_mut().zip(x).for_each(|(o, x)| *o &= x);
+    }
+
+    #[inline(always)]
+    pub fn words_or(out: &mut Words, x: &Words) {
+        out.iter_mut().zip(x).for_each(|(o, x)| *o |= x);
+    }
+
+    #[inline(always)]
+    pub fn words_andnot(out: &mut Words, x: &Words) {
+        out.iter_mut().zip(x).for_each(|(o, x)| *o &= !x);
+    }
+
+    #[inline(always)]
+    pub fn words_not_within(out: &mut Words, universe: &Words) {
+        out.iter_mut().zip(universe).for_each(|(o, m)| *o = !*o & m);
+    }
+
+    #[inline(always)]
+    pub fn words_and_count(w: &Words, x: &Words) -> u32 {
+        w.iter().zip(x).map(|(a, b)| (a & b).count_ones()).sum()
+    }
+
+    #[inline(always)]
+    pub fn words_or_count(w: &Words, x: &Words) -> u32 {
+        w.iter().zip(x).map(|(a, b)| (a | b).count_ones()).sum()
+    }
+
+    #[inline(always)]
+    pub fn words_andnot_count(w: &Words, x: &Words) -> u32 {
+        w.iter().zip(x).map(|(a, b)| (a & !b).count_ones()).sum()
+    }
+
+    /// Sets the bits of an array container's values (little-endian u16s),
+    /// four values per 8-byte load. The two halves of the array go in
+    /// turn: consecutive values often share a word, and interleaving two
+    /// far-apart streams gives the read-modify-writes of one word time to
+    /// complete (about 10% faster than one stream; four streams were
+    /// slower).
+    #[inline(always)]
+    pub fn array_or(out: &mut Words, a: &[u8]) {
+        #[inline(always)]
+        fn set4(out: &mut Words, x: u64) {
+            for k in 0..4 {
+                let v = (x >> (16 * k)) as u16;
+                out[usize::from(v >> 6)] |= 1u64 << (v & 63);
+            }
+        }
+        let half = a.len() / 16 * 8;
+        let (p, q) = a.split_at(half);
+        let mut qs = q.chunks_exact(8);
+        for (x, y) in p.chunks_exact(8).zip(&mut qs) {
+            set4(out, le64(x));
+            set4(out, le64(y));
+        }
+        for y in &mut qs {
+            set4(out, le64(y));
+        }
+        for v in qs.remainder().chunks_exact(2) {
+            let v = u16::from_le_bytes([v[0], v[1]]);
+            out[usize::from(v >> 6)] |= 1u64 << (v & 63);
+        }
+    }
+
+    #[inline(always)]
+    pub fn array_andnot(out: &mut Words, a: &[u8]) {
+        let mut quads = a.chunks_exact(8);
+        for q in &mut quads {
+            let x = le64(q);
+            for k in 0..4 {
+                let v = (x >> (16 * k)) as u16;
+                out[usize::from(v >> 6)] &= !(1u64 << (v & 63));
+            }
+        }
+        for v in quads.remainder().chunks_exact(2) {
+            let v = u16::from_le_bytes([v[0], v[1]]);
+            out[usize::from(v >> 6)] &= !(1u64 << (v & 63));
+        }
+    }
+
+    /// How many of an array container's values are set in `w`
+    /// (branch-free bit tests).
+    #[inline(always)]
+    pub fn array_count_in(w: &Words, a: &[u8]) -> u32 {
+        let mut n = 0u32;
+        let mut quads = a.chunks_exact(8);
+        for q in &mut quads {
+            let x = le64(q);
+            for k in 0..4 {
+                let v = (x >> (16 * k)) as u16;
+                n += (w[usize::from(v >> 6)] >> (v & 63)) as u32 & 1;
+            }
+        }
+        for v in quads.remainder().chunks_exact(2) {
+            let v = u16::from_le_bytes([v[0], v[1]]);
+            n += (w[usize::from(v >> 6)] >> (v & 63)) as u32 & 1;
+        }
+        n
+    }
+
+    /// Bit `j` of the result: whether `lo <= block[j] <= lo + span`
+    /// (wrapping subtraction turns the two comparisons into one).
+    ///
+    /// User `j = 8 k + i` becomes bit `k` of byte `j`; ORing the eight
+    /// 8-byte groups gives byte `i` bit `k` = user `8 k + i`, and the
+    /// transpose moves it to bit `8 k + i`. Written this way (a byte
+    /// array, constant shifts) the compiler keeps it in SIMD registers up
+    /// to the transpose.
+    #[inline(always)]
+    pub fn mask(block: &[u16], lo: u16, span: u16) -> u64 {
+        let mut bytes = [0u8; 64];
+        for (j, (b, &x)) in bytes.iter_mut().zip(block).enumerate() {
+            *b = u8::from(x.wrapping_sub(lo) <= span) << (j / 8);
+        }
+        let mut u = 0;
+        for eight in bytes.chunks_exact(8) {
+            u |= le64(eight);
+        }
+        transpose8(u)
+    }
+
+    /// Transposes a word as an 8x8 bit matrix: bit `8 r + c` goes to bit
+    /// `8 c + r` (three rounds of swapping blocks, Hacker's Delight 7-3).
+    #[inline(always)]
+    pub fn transpose8(mut x: u64) -> u64 {
+        let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+        x ^= t ^ (t << 7);
+        let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+        x ^= t ^ (t << 14);
+        let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+        x ^ t ^ (t << 28)
+    }
+
+    /// `out[i] = mask(buckets[64 i..64 i + 64])`; the bits set.
+    #[inline(always)]
+    pub fn bucket_masks(buckets: &[u16], lo: u16, span: u16, out: &mut [u64]) -> u32 {
+        let mut n = 0;
+        for (o, b) in out.iter_mut().zip(buckets.chunks_exact(64)) {
+            *o = mask(b, lo, span);
+            n += o.count_ones();
+        }
+        n
+    }
+
+    /// `out[i] &= mask(buckets[64 i..64 i + 64]) ^ flip`; the bits left.
+    #[inline(always)]
+    pub fn bucket_masks_and(
+        buckets: &[u16],
+        lo: u16,
+        span: u16,
+        flip: u64,
+        out: &mut [u64],
+    ) -> u32 {
+        let mut n = 0;
+        for (o, b) in out.iter_mut().zip(buckets.chunks_exact(64)) {
+            *o &= mask(b, lo, span) ^ flip;
+            n += o.count_ones();
+        }
+        n
+    }
+}
+
+/// The AVX-512BW bucket masks: one unsigned compare of 32 buckets gives 32
+/// bits in user order, no transpose.
+#[cfg(target_arch = "x86_64")]
+mod avx512_buckets {
+    use std::arch::x86_64::{
+        __m512i, _mm512_cmple_epu16_mask, _mm512_loadu_si512, _mm512_set1_epi16, _mm512_sub_epi16,
+    };
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn mask(b: &[u16], lo: __m512i, span: __m512i) -> u64 {
+        debug_assert_eq!(b.len(), 64);
+        let p = b.as_ptr();
+        // SAFETY: `b` holds 64 u16s (the callers pass `chunks_exact(64)`
+        // items), 128 bytes: both 64-byte unaligned loads are inside it. The
+        // callers are compiled with avx512f and avx512bw (see the module's
+        // contract).
+        let (x, y) = unsafe {
+            (
+                _mm512_loadu_si512(p.cast::<__m512i>()),
+                _mm512_loadu_si512(p.add(32).cast::<__m512i>()),
+            )
+        };
+        let mx = _mm512_cmple_epu16_mask(_mm512_sub_epi16(x, lo), span);
+        let my = _mm512_cmple_epu16_mask(_mm512_sub_epi16(y, lo), span);
+        u64::from(mx) | u64::from(my) << 32
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn splat(v: u16) -> __m512i {
+        _mm512_set1_epi16(v as i16)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub fn bucket_masks(buckets: &[u16], lo: u16, span: u16, out: &mut [u64]) -> u32 {
+        let (l, s) = (splat(lo), splat(span));
+        let mut n = 0;
+        for (o, b) in out.iter_mut().zip(buckets.chunks_exact(64)) {
+            *o = mask(b, l, s);
+            n += o.count_ones();
+        }
+        n
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub fn bucket_masks_and(
+        buckets: &[u16],
+        lo: u16,
+        span: u16,
+        flip: u64,
+        out: &mut [u64],
+    ) -> u32 {
+        let (l, s) = (splat(lo), splat(span));
+        let mut n = 0;
+        for (o, b) in out.iter_mut().zip(buckets.chunks_exact(64)) {
+            *o &= mask(b, l, s) ^ flip;
+            n += o.count_ones();
+        }
+        n
+    }
+}
+
+/// Declares every kernel: the portable instance, one per x86-64 level
+/// (the same body compiled with the level's features, or an override),
+/// and the [`Kernels`] method that dispatches on the level.
+macro_rules! kernels {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?
+            $(=> avx512: $avx512:path)?;
+    )*) => {
+        #[cfg(target_arch = "x86_64")]
+        mod avx2 {
+            use super::*;
+            $(
+                #[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt")]
+                pub fn $name($($arg: $ty),*) $(-> $ret)? {
+                    body::$name($($arg),*)
+                }
+            )*
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        mod avx512 {
+            use super::*;
+            $(
+                #[target_feature(
+                    enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,bmi1,bmi2,popcnt,lzcnt"
+                )]
+                pub fn $name($($arg: $ty),*) $(-> $ret)? {
+                    let f = kernels!(@pick body::$name $(, $avx512)?);
+                    f($($arg),*)
+                }
+            )*
+        }
+
+        impl Kernels {
+            $(
+                $(#[$doc])*
+                #[inline]
+                pub fn $name(self, $($arg: $ty),*) $(-> $ret)? {
+                    match self.level {
+                        Level::Portable => body::$name($($arg),*),
+                        // SAFETY: a `Kernels` of this level exists only if
+                        // the CPU has its features (`Kernels::new`).
+                        #[cfg(target_arch = "x86_64")]
+                        Level::Avx2 => unsafe { avx2::$name($($arg),*) },
+                        // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        Level::Avx512 => unsafe { avx512::$name($($arg),*) },
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => body::$name($($arg),*),
+                    }
+                }
+            )*
+        }
+    };
+    (@pick $default:path) => { $default };
+    (@pick $default:path, $over:path) => { $over };
+}
+
+kernels! {
+    /// Popcount of a chunk bitset.
+    fn popcount(w: &Words) -> u32;
+    /// `out = bitmap container` (its 8,192 bytes).
+    fn bitmap_copy(out: &mut Words, c: &[u8]);
+    /// `out &= bitmap container`.
+    fn bitmap_and(out: &mut Words, c: &[u8]);
+    /// `out |= bitmap container`.
+    fn bitmap_or(out: &mut Words, c: &[u8]);
+    /// `out &= !bitmap container`.
+    fn bitmap_andnot(out: &mut Words, c: &[u8]);
+    /// Popcount of `w & bitmap container`, nothing written.
+    fn bitmap_and_count(w: &Words, c: &[u8]) -> u32;
+    /// Popcount of `w | bitmap container`, nothing written.
+    fn bitmap_or_count(w: &Words, c: &[u8]) -> u32;
+    /// Popcount of `w & !bitmap container`, nothing written.
+    fn bitmap_andnot_count(w: &Words, c: &[u8]) -> u32;
+    /// Popcount of the AND of the `all` bitmap containers (at least one)
+    /// without any of the `minus` ones, each input read once, nothing
+    /// written.
+    fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32;
+    /// `out |=` the OR of bitmap containers, each read once and `out`
+    /// written once.
+    fn bitmaps_or(out: &mut Words, cs: &[&[u8]]);
+    /// `out &= x`.
+    fn words_and(out: &mut Words, x: &Words);
+    /// `out |= x`.
+    fn words_or(out: &mut Words, x: &Words);
+    /// `out &= !x`.
+    fn words_andnot(out: &mut Words, x: &Words);
+    /// `out = !out & universe`.
+    fn words_not_within(out: &mut Words, universe: &Words);
+    /// Popcount of `w & x`.
+    fn words_and_count(w: &Words, x: &Words) -> u32;
+    /// Popcount of `w | x`.
+    fn words_or_count(w: &Words, x: &Words) -> u32;
+    /// Popcount of `w & !x`.
+    fn words_andnot_count(w: &Words, x: &Words) -> u32;
+    /// Sets the bits of an array container's values (its bytes).
+    fn array_or(out: &mut Words, a: &[u8]);
+    /// Clears the bits of an array container's values.
+    fn array_andnot(out: &mut Words, a: &[u8]);
+    /// How many of an array container's values are set in `w`.
+    fn array_count_in(w: &Words, a: &[u8]) -> u32;
+    /// `out[i]` = the users of `buckets[64 i..64 i + 64]` whose bucket is
+    /// in `lo..=lo + span` (bit `j`: user `64 i + j`); `buckets` holds 64
+    /// per word of `out`. How many bits are set.
+    fn bucket_masks(buckets: &[u16], lo: u16, span: u16, out: &mut [u64]) -> u32
+        => avx512: avx512_buckets::bucket_masks;
+    /// `out[i] &=` that mask `^ flip`. How many bits are left.
+    fn bucket_masks_and(buckets: &[u16], lo: u16, span: u16, flip: u64, out: &mut [u64]) -> u32
+        => avx512: avx512_buckets::bucket_masks_and;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitmap_view::CHUNK_WORDS;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Chunk bitsets of every shape the kernels meet: empty, full, one bit
+    /// (at word edges), word-boundary patterns, random densities.
+    fn word_sets() -> Vec<Box<Words>> {
+        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut sets = vec![
+            Box::new([0u64; CHUNK_WORDS]),
+            Box::new([!0u64; CHUNK_WORDS]),
+        ];
+        for bit in [0usize, 63, 64, 65_535, 32_768] {
+            let mut w = Box::new([0u64; CHUNK_WORDS]);
+            w[bit / 64] |= 1 << (bit % 64);
+            sets.push(w);
+        }
+        let mut edges = Box::new([0u64; CHUNK_WORDS]);
+        for (i, x) in edges.iter_mut().enumerate() {
+            *x = if i % 2 == 0 {
+                1 | 1 << 63
+            } else {
+                0x8000_0000_0000_0001 >> 1
+            };
+        }
+        sets.push(edges);
+        for shift in [1u32, 3, 6, 20] {
+            let mut w = Box::new([0u64; CHUNK_WORDS]);
+            for x in w.iter_mut() {
+                // Density about 2^-shift .. 1/2.
+                let mut v = r.next();
+                for _ in 1..shift.min(6) {
+                    v &= r.next();
+                }
+                *x = if shift == 20 {
+                    v & r.next() & r.next()
+                } else {
+                    v
+                };
+            }
+            sets.push(w);
+        }
+        sets
+    }
+
+    fn bytes_of(w: &Words) -> Vec<u8> {
+        w.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Array containers (sorted, distinct values, as bytes): empty, one
+    /// value at each edge, word-edge values, random sizes up to 4096.
+    fn arrays() -> Vec<Vec<u8>> {
+        let mut r = Rng(0xD1B5_4A32_D192_ED03);
+        let mut out: Vec<Vec<u16>> = vec![
+            vec![],
+            vec![0],
+            vec![65_535],
+            vec![63, 64],
+            vec![0, 1, 2, 3, 4, 63, 64, 127, 128, 65_534, 65_535],
+            (0..4096).map(|i| i * 16).collect(),
+        ];
+        for n in [5usize, 17, 300, 1000, 4096] {
+            let mut v: Vec<u16> = (0..n).map(|_| r.next() as u16).collect();
+            v.sort_unstable();
+            v.dedup();
+            out.push(v);
+        }
+        // Values crowded into a few words (same-word read-modify-writes).
+        out.push((1000..1400).collect());
+        out.into_iter()
+            .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect()
+    }
+
+    /// Every level but the portable one this CPU has; says which it skips.
+    fn others() -> Vec<Kernels> {
+        for l in Level::ALL {
+            if !l.detected() {
+                eprintln!("kernels: this CPU lacks {}: not tested", l.name());
+            }
+        }
+        Kernels::available()
+            .into_iter()
+            .filter(|k| k.level() != Level::Portable)
+            .collect()
+    }
+
+    const P: Kernels = Kernels::PORTABLE;
+
+    #[test]
+    fn the_active_level_is_detected_and_portable_is_always_there() {
+        assert!(Kernels::active().level().detected());
+        assert_eq!(Kernels::available()[0], Kernels::PORTABLE);
+        assert_eq!(Kernels::new(Level::Portable), Some(Kernels::PORTABLE));
+        for l in Level::ALL {
+            assert_eq!(Kernels::new(l).is_some(), l.detected());
+        }
+        let best = *Kernels::available().last().expect("portable");
+        assert_eq!(Kernels::pick(None), best);
+        assert_eq!(Kernels::pick(Some("no such level")), best);
+        assert_eq!(Kernels::pick(Some("avx512")), best);
+        assert_eq!(Kernels::pick(Some("portable")), Kernels::PORTABLE);
+        assert_eq!(Kernels::pick(Some(" portable\n")), Kernels::PORTABLE);
+        let avx2 = Kernels::pick(Some("avx2"));
+        assert!(avx2.level() <= Level::Avx2);
+        assert_eq!(avx2.level() == Level::Avx2, Level::Avx2.detected());
+    }
+
+    #[test]
+    fn portable_kernels_match_a_plain_model() {
+        let sets = word_sets();
+        for a in &sets {
+            assert_eq!(P.popcount(a), a.iter().map(|x| x.count_ones()).sum::<u32>());
+            for b in &sets {
+                let c = bytes_of(b);
+                let mut w = a.clone();
+                P.bitmap_andnot(&mut w, &c);
+                let want: Vec<u64> = a.iter().zip(b.iter()).map(|(x, y)| x & !y).collect();
+                assert_eq!(&w[..], &want[..]);
+                assert_eq!(
+                    P.bitmaps_count(&[&bytes_of(a)], &[&c]),
+                    want.iter().map(|x| x.count_ones()).sum::<u32>()
+                );
+            }
+        }
+        for arr in arrays() {
+            let vals: Vec<u16> = arr
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let mut w = Box::new([0u64; CHUNK_WORDS]);
+            P.array_or(&mut w, &arr);
+            assert_eq!(P.popcount(&w) as usize, vals.len());
+            for &v in &vals {
+                assert_eq!(w[usize::from(v >> 6)] >> (v & 63) & 1, 1);
+            }
+            assert_eq!(P.array_count_in(&w, &arr) as usize, vals.len());
+            P.array_andnot(&mut w, &arr);
+            assert_eq!(P.popcount(&w), 0);
+        }
+    }
+
+    #[test]
+    fn transpose8_moves_bit_8r_plus_c_to_8c_plus_r() {
+        for r in 0..8 {
+            for c in 0..8 {
+                assert_eq!(body::transpose8(1 << (8 * r + c)), 1 << (8 * c + r));
+            }
+        }
+        assert_eq!(body::transpose8(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn every_level_matches_the_portable_kernels_on_bitmaps() {
+        let sets = word_sets();
+        let bytes: Vec<Vec<u8>> = sets.iter().map(|w| bytes_of(w)).collect();
+        for k in others() {
+            for (a, ab) in sets.iter().zip(&bytes) {
+                assert_eq!(k.popcount(a), P.popcount(a), "{k:?}");
+                let mut w = a.clone();
+                k.bitmap_copy(&mut w, ab);
+                assert_eq!(w, *a, "{k:?} copy");
+                for (b, bb) in sets.iter().zip(&bytes) {
+                    type Into = fn(Kernels, &mut Words, &[u8]);
+                    let ops: [(&str, Into); 3] = [
+                        ("and", Kernels::bitmap_and),
+                        ("or", Kernels::bitmap_or),
+                        ("andnot", Kernels::bitmap_andnot),
+                    ];
+                    for (name, op) in ops {
+                        let (mut x, mut y) = (a.clone(), a.clone());
+                        op(k, &mut x, bb);
+                        op(P, &mut y, bb);
+                        assert_eq!(x, y, "{k:?} bitmap {name}");
+                    }
+                    type Count = fn(Kernels, &Words, &[u8]) -> u32;
+                    let counts: [(&str, Count); 3] = [
+                        ("and", Kernels::bitmap_and_count),
+                        ("or", Kernels::bitmap_or_count),
+                        ("andnot", Kernels::bitmap_andnot_count),
+                    ];
+                    for (name, op) in counts {
+                        assert_eq!(op(k, a, bb), op(P, a, bb), "{k:?} {name} count");
+                    }
+                    type Words2 = fn(Kernels, &mut Words, &Words);
+                    let ops: [(&str, Words2); 4] = [
+                        ("and", Kernels::words_and),
+                        ("or", Kernels::words_or),
+                        ("andnot", Kernels::words_andnot),
+                        ("not within", Kernels::words_not_within),
+                    ];
+                    for (name, op) in ops {
+                        let (mut x, mut y) = (a.clone(), a.clone());
+                        op(k, &mut x, b);
+                        op(P, &mut y, b);
+                        assert_eq!(x, y, "{k:?} words {name}");
+                    }
+                    type WCount = fn(Kernels, &Words, &Words) -> u32;
+                    let counts: [(&str, WCount); 3] = [
+                        ("and", Kernels::words_and_count),
+                        ("or", Kernels::words_or_count),
+                        ("andnot", Kernels::words_andnot_count),
+                    ];
+                    for (name, op) in counts {
+                        assert_eq!(op(k, a, b), op(P, a, b), "{k:?} words {name} count");
+                    }
+                }
+            }
+            // Several inputs at once: every prefix of the sets, as the
+            // AND side and as the minus side.
+            for n in 1..=bytes.len().min(8) {
+                let all: Vec<&[u8]> = bytes[..n].iter().map(Vec::as_slice).collect();
+                let minus: Vec<&[u8]> = bytes[n..].iter().take(3).map(Vec::as_slice).collect();
+                for m in [&minus[..], &[]] {
+                    assert_eq!(
+                        k.bitmaps_count(&all, m),
+                        P.bitmaps_count(&all, m),
+                        "{k:?} {n} inputs"
+                    );
+                }
+                for start in [&sets[0], &sets[6]] {
+                    let (mut x, mut y) = (start.clone(), start.clone());
+                    k.bitmaps_or(&mut x, &all);
+                    P.bitmaps_or(&mut y, &all);
+                    assert_eq!(x, y, "{k:?} or of {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_portable_kernels_on_arrays() {
+        let sets = word_sets();
+        for k in others() {
+            for arr in arrays() {
+                for a in &sets {
+                    let (mut x, mut y) = (a.clone(), a.clone());
+                    k.array_or(&mut x, &arr);
+                    P.array_or(&mut y, &arr);
+                    assert_eq!(x, y, "{k:?} array or");
+                    let (mut x, mut y) = (a.clone(), a.clone());
+                    k.array_andnot(&mut x, &arr);
+                    P.array_andnot(&mut y, &arr);
+                    assert_eq!(x, y, "{k:?} array andnot");
+                    assert_eq!(k.array_count_in(a, &arr), P.array_count_in(a, &arr));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_portable_kernels_on_bucket_masks() {
+        let mut r = Rng(0x2545_F491_4F6C_DD1D);
+        let buckets: Vec<u16> = (0..65_536)
+            .map(|i| match i % 101 {
+                0 => 0,
+                1 => u16::MAX,
+                2 => 9_999,
+                _ => (r.next() % 10_000) as u16,
+            })
+            .collect();
+        let ranges = [
+            (0u16, 0u16),
+            (0, 9_999),
+            (1_000, 5_999),
+            (9_999, 9_999),
+            (0, u16::MAX),
+            (u16::MAX, u16::MAX),
+        ];
+        let sets = word_sets();
+        for k in others() {
+            for (lo, hi) in ranges {
+                let span = hi - lo;
+                for words in [1usize, 16, 1024] {
+                    let b = &buckets[..64 * words];
+                    let (mut x, mut y) = (vec![7u64; words], vec![7u64; words]);
+                    let nx = k.bucket_masks(b, lo, span, &mut x);
+                    let ny = P.bucket_masks(b, lo, span, &mut y);
+                    assert_eq!((nx, &x), (ny, &y), "{k:?} masks {lo}..={hi}");
+                    for a in &sets {
+                        for flip in [0, u64::MAX] {
+                            let (mut x, mut y) = (a[..words].to_vec(), a[..words].to_vec());
+                            let nx = k.bucket_masks_and(b, lo, span, flip, &mut x);
+                            let ny = P.bucket_masks_and(b, lo, span, flip, &mut y);
+                            assert_eq!((nx, &x), (ny, &y), "{k:?} and {lo}..={hi} {flip}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
