@@ -40,6 +40,13 @@
 //!
 //! The `segq` binary (`src/bin/segq/`) is the command line on top of this
 //! API.
+//!
+//! # Unsafe code
+//!
+//! Denied, with two allowances, each on one module with its contract:
+//! `snapshot::mmap` (the one memory map) and `bitmap_view`'s kernels (word
+//! kernels compiled for AVX-512 and AVX2, called only once the CPU's
+//! features were detected; [`bitmap_view::Kernels`]).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
