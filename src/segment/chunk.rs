@@ -550,8 +550,9 @@ fn eval(
         }
         Node::Or(any) => {
             let mut state = Out::Empty;
-            // The children's bitmap containers first, several per pass
-            // over `out`; the other containers set or clear bits.
+            // The children's bitmap containers go several per pass over
+            // `out` (in groups, as they come); the other containers set
+            // bits.
             let mut group: [&[u8]; GROUP] = [&[]; GROUP];
             let mut g = 0;
             let flush = |group: &[&[u8]], state: &mut Out, out: &mut Words| {
@@ -570,21 +571,16 @@ fn eval(
             };
             for c in any {
                 if let Node::Cohort(i) = c {
-                    if let Lc::One(Container::Bitmap(b)) = ctx.leaves[*i].chunk(key as u16) {
-                        group[g] = b.bytes();
-                        g += 1;
-                        if g == GROUP {
-                            flush(&group, &mut state, out);
-                            g = 0;
-                        }
-                    }
-                }
-            }
-            flush(&group[..g], &mut state, out);
-            for c in any {
-                if let Node::Cohort(i) = c {
                     match (ctx.leaves[*i].chunk(key as u16), &state) {
-                        (Lc::Empty | Lc::One(Container::Bitmap(_)), _) => {}
+                        (Lc::Empty, _) => {}
+                        (Lc::One(Container::Bitmap(b)), _) => {
+                            group[g] = b.bytes();
+                            g += 1;
+                            if g == GROUP {
+                                flush(&group, &mut state, out);
+                                g = 0;
+                            }
+                        }
                         (lc, Out::Empty) => {
                             lc.write_into(k, out);
                             state = Out::Words;
@@ -594,7 +590,12 @@ fn eval(
                     continue;
                 }
                 match state {
-                    Out::Empty => state = eval(c, key, ctx, out, s, early, false),
+                    Out::Empty => {
+                        state = eval(c, key, ctx, out, s, early, false);
+                        if let Out::Full = state {
+                            return Out::Full;
+                        }
+                    }
                     Out::Words | Out::Count(_) => {
                         let mut t = s.take();
                         let r = eval(c, key, ctx, &mut t, s, early, false);
@@ -611,6 +612,7 @@ fn eval(
                     Out::Full => return Out::Full,
                 }
             }
+            flush(&group[..g], &mut state, out);
             state
         }
     }
