@@ -3,9 +3,10 @@
 //! of the chunk).
 //!
 //! A dense scan turns 64 buckets into a word with no branch and no
-//! per-user shift: LLVM compiles the comparisons into SIMD subtract,
-//! compare, pack and mask, and an 8x8 bit transpose puts the bits in user
-//! order (see [`mask`]). An AND with a set already computed only looks at
+//! per-user shift ([`Kernels::bucket_masks`]): with AVX-512BW two unsigned
+//! compares of 32 buckets give the word; otherwise LLVM compiles the
+//! comparisons into SIMD subtract, compare, pack and mask, and an 8x8 bit
+//! transpose puts the bits in user order. An AND with a set already computed only looks at
 //! what it needs: the members of a sparse set one by one, and for a denser
 //! set the blocks of 1,024 users that hold a member.
 
