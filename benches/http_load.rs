@@ -22,7 +22,9 @@
 //! a request, reads the whole response (checking its status), and only
 //! then sends the next, so a connection has one request in flight. Every
 //! request's latency (write to last byte read) is recorded; the rate is
-//! requests over wall time. The cases:
+//! requests over wall time; a server started by the run also shows its CPU
+//! time (user and system, from `/proc`) per request, the figure least
+//! moved by other load on the machine. The cases:
 //!
 //! - `count`: `POST /segments/count` of one cohort;
 //! - `check`: `POST /segments/check` of one cohort for one user named by
@@ -294,9 +296,41 @@ struct Figures {
     p50_us: f64,
     p90_us: f64,
     p99_us: f64,
+    /// Server CPU time (user + system, all threads) per request, when the
+    /// server is a child of this run.
+    cpu_us: f64,
 }
 
-fn run_case(addr: SocketAddr, case: &Case, conns: usize, opts: &Opts) -> Res<Figures> {
+/// A process's CPU time so far (user + system, all its threads), in
+/// microseconds; `None` where `/proc` does not say.
+fn cpu_us(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 1e6 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+fn run_case(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    case: &Case,
+    conns: usize,
+    opts: &Opts,
+) -> Res<Figures> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(conns + 1));
@@ -339,11 +373,13 @@ fn run_case(addr: SocketAddr, case: &Case, conns: usize, opts: &Opts) -> Res<Fig
     }
     barrier.wait();
     std::thread::sleep(Duration::from_secs_f64(opts.warmup));
+    let cpu0 = cpu_us(pid);
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(opts.secs));
     measuring.store(false, Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_us(pid);
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut errors = 0;
@@ -367,6 +403,10 @@ fn run_case(addr: SocketAddr, case: &Case, conns: usize, opts: &Opts) -> Res<Fig
         p50_us: pct(0.50),
         p90_us: pct(0.90),
         p99_us: pct(0.99),
+        cpu_us: match (cpu0, cpu1) {
+            (Some(a), Some(b)) if !all.is_empty() => (b - a) / all.len() as f64,
+            _ => f64::NAN,
+        },
     })
 }
 
@@ -620,13 +660,14 @@ fn wanted(opts: &Opts, name: &str) -> bool {
 fn time_cases(
     target: &str,
     addr: SocketAddr,
+    pid: Option<u32>,
     cases: &[Case],
     opts: &Opts,
     table: &mut Table,
 ) -> Res<()> {
     for case in cases.iter().filter(|c| wanted(opts, &c.name)) {
         for &n in &opts.conns {
-            let f = run_case(addr, case, n, opts)?;
+            let f = run_case(addr, pid, case, n, opts)?;
             eprintln!(
                 "  {target} {:<12} conns {n:>2}: {:>9.0} req/s, p50 {:>7.1} µs{}",
                 case.name,
@@ -655,7 +696,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_table(table: &Table, first: Option<&str>) {
     println!(
-        "{:<16} {:<13} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7}{}",
+        "{:<14} {:<12} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6}{}",
         "target",
         "case",
         "conns",
@@ -664,9 +705,10 @@ fn print_table(table: &Table, first: Option<&str>) {
         "p50 µs",
         "p90 µs",
         "p99 µs",
+        "cpu µs/r",
         "errors",
         if first.is_some() {
-            "   p50 ratio  req/s ratio"
+            "  p50 ratio req/s ratio cpu ratio"
         } else {
             ""
         }
@@ -674,6 +716,7 @@ fn print_table(table: &Table, first: Option<&str>) {
     let med = |runs: &[Figures], f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
     for (target, case, conns, runs) in table {
         let (p50, rate) = (med(runs, |f| f.p50_us), med(runs, |f| f.rate));
+        let cpu = med(runs, |f| f.cpu_us);
         let mut ratios = String::new();
         if let Some(base) = first.and_then(|b| {
             table
@@ -681,10 +724,16 @@ fn print_table(table: &Table, first: Option<&str>) {
                 .find(|(t, c, n, _)| t == b && c == case && n == conns)
         }) {
             let (bp50, brate) = (med(&base.3, |f| f.p50_us), med(&base.3, |f| f.rate));
-            ratios = format!("   {:>9.2} {:>12.2}", p50 / bp50, rate / brate);
+            let bcpu = med(&base.3, |f| f.cpu_us);
+            ratios = format!(
+                "  {:>9.2} {:>11.2} {:>9.2}",
+                p50 / bp50,
+                rate / brate,
+                cpu / bcpu
+            );
         }
         println!(
-            "{:<16} {:<13} {:>5} {:>10} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7}{}",
+            "{:<14} {:<12} {:>5} {:>9} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6}{}",
             target,
             case,
             conns,
@@ -693,6 +742,7 @@ fn print_table(table: &Table, first: Option<&str>) {
             p50,
             med(runs, |f| f.p90_us),
             med(runs, |f| f.p99_us),
+            cpu,
             runs.iter().map(|f| f.errors).sum::<u64>(),
             ratios
         );
@@ -714,7 +764,7 @@ fn run() -> Res<()> {
         let token = opts.token.clone().unwrap_or_default();
         let cases = http_cases(addr, &host, &token, &opts)?;
         for _ in 0..opts.rounds {
-            time_cases("server", addr, &cases, &opts, &mut table)?;
+            time_cases("server", addr, None, &cases, &opts, &mut table)?;
         }
     } else {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -750,23 +800,20 @@ fn run() -> Res<()> {
                 let server = start_server(bin, data)?;
                 let host = server.addr.to_string();
                 let cases = http_cases(server.addr, &host, token, &opts)?;
-                time_cases(name, server.addr, &cases, &opts, &mut table)?;
+                let pid = Some(server.child.id());
+                time_cases(name, server.addr, pid, &cases, &opts, &mut table)?;
                 drop(server);
             }
         }
     }
     if opts.redis && wanted(&opts, "redis_getbit") {
         match start_redis() {
-            Ok((_redis, addr)) => {
+            Ok((redis, addr)) => {
                 let case = redis_case();
+                let pid = Some(redis.0.id());
                 for _ in 0..opts.rounds {
-                    time_cases(
-                        "redis-server",
-                        addr,
-                        std::slice::from_ref(&case),
-                        &opts,
-                        &mut table,
-                    )?;
+                    let cases = std::slice::from_ref(&case);
+                    time_cases("redis-server", addr, pid, cases, &opts, &mut table)?;
                 }
             }
             Err(e) => eprintln!("redis peer skipped: {e}"),
