@@ -29,8 +29,9 @@
 //! `max_filter_nodes` ([`crate::segment::check_size`]), which bounds a
 //! query's work. This module only reads requests and writes responses:
 //! the queries are [`crate::query::service`]'s (the command line calls the
-//! same), run on a blocking thread, but for O(1) work: a one-cohort count
-//! (or a saved segment's size) and a one-user check of a filter of at most
+//! same), run on a blocking thread, but for O(1) work: a one-cohort count,
+//! a live segment's size and a one-user check of a live segment or of a
+//! filter of at most
 //! [`crate::query::service::QUICK_CHECK_NODES`] nodes are answered on the
 //! async worker when the workspace's lock is free (`count_quick`,
 //! `check_user_quick`), with no hop to the blocking pool; the member
