@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -210,6 +210,15 @@ impl WorkspaceHandle {
     /// when both are wanted (a writer holds the state, then this).
     pub fn live(&self) -> RwLockReadGuard<'_, LiveSegments> {
         self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Self::live`] if no writer holds (or waits for) it now.
+    pub fn try_live(&self) -> Option<RwLockReadGuard<'_, LiveSegments>> {
+        match self.live.try_read() {
+            Ok(l) => Some(l),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, LiveSegments> {
@@ -905,6 +914,23 @@ impl WorkspaceHandle {
         (ws, seq)
     }
 
+    /// [`Self::view`] if it can be had without waiting: `None` while a
+    /// writer holds (or waits for) the workspace's lock or its log is being
+    /// switched. For answers given on a thread that must not block.
+    pub fn try_view(&self) -> Option<(RwLockReadGuard<'_, Workspace>, u64)> {
+        let ws = match self.state.try_read() {
+            Ok(ws) => ws,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let seq = match self.log.try_read() {
+            Ok(log) => log.next_seq(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().next_seq(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some((ws, seq.saturating_sub(1)))
+    }
+
     /// Serialized cohort bitmaps for the chunk evaluator, reused while a
     /// cohort does not change.
     pub fn bitmaps(&self) -> &crate::workspace::source::SerialCache {
@@ -1126,4 +1152,28 @@ fn rebuild(
         path: shown.into(),
         reason: "no WorkspaceCreated record is durable".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_view_does_not_wait_for_a_writer() {
+        let h = WorkspaceHandle::in_memory(Workspace::new("tv", 1)).expect("served");
+        let seq = h.view().1;
+        assert_eq!(h.try_view().map(|(_, s)| s), Some(seq));
+        {
+            // Readers share the lock.
+            let _reader = h.read();
+            assert!(h.try_view().is_some());
+        }
+        let writer = h.state.write().expect("the write lock");
+        assert!(h.try_view().is_none());
+        drop(writer);
+        let log = h.log.write().expect("the log's lock");
+        assert!(h.try_view().is_none());
+        drop(log);
+        assert!(h.try_view().is_some());
+    }
 }

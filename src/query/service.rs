@@ -20,6 +20,7 @@ use crate::engine::WorkspaceHandle;
 use crate::error::{Error, Result};
 use crate::ids::UserRef;
 use crate::query;
+use crate::segment::reference::Membership;
 use crate::segment::{self, Filter};
 use crate::workspace::cache::Key;
 use crate::workspace::live::LiveSegments;
@@ -160,6 +161,140 @@ fn exact_count(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
         handle.results().insert(k, c.count);
     }
     Ok(answer(c.count, generation))
+}
+
+/// The most nodes of a filter a quick one-user check evaluates
+/// ([`check_user_quick`]): a bound on its work, one membership probe per
+/// leaf.
+pub const QUICK_CHECK_NODES: usize = 64;
+
+/// Whether [`count_quick`] answers a count of `filter` in `mode` (`live`:
+/// the request names a saved segment kept live): an exact count, without
+/// `explain`, of a live segment (its size) or of one cohort, included or
+/// excluded (read from the cohort's cardinality).
+pub fn count_is_quick(filter: &Filter, live: bool, mode: CountMode) -> bool {
+    mode == (CountMode::Exact { explain: false })
+        && (live || matches!(filter, Filter::Cohort { .. }))
+}
+
+/// Whether [`check_user_quick`] answers a one-user check of `filter`
+/// (`live`: the request names a saved segment kept live): a live segment
+/// (one bitmap probe), or a filter of at most [`QUICK_CHECK_NODES`] nodes
+/// (one probe per leaf).
+pub fn check_is_quick(filter: &Filter, live: bool) -> bool {
+    live || filter.nodes() <= QUICK_CHECK_NODES
+}
+
+/// The workspace's state, the generation, the target's filter (checked
+/// against `max_filter_nodes`) and whether the target is a live segment,
+/// if the locks are free now; `None` otherwise and on any error.
+fn quick_view<'h>(
+    handle: &'h WorkspaceHandle,
+    target: &Target,
+) -> Option<(
+    std::sync::RwLockReadGuard<'h, Workspace>,
+    u64,
+    std::sync::RwLockReadGuard<'h, LiveSegments>,
+)> {
+    let (ws, generation) = handle.try_view()?;
+    let filter = target.filter(&ws).ok()?;
+    handle.check_filter(&filter).ok()?;
+    let live = handle.try_live()?;
+    Some((ws, generation, live))
+}
+
+/// [`count`]'s answer when it costs O(1) ([`count_is_quick`]) and the
+/// workspace's locks are free now; `None` otherwise (and on any error:
+/// [`count`] then answers, or says what is wrong). Never waits, so the
+/// server gives it on an async worker.
+pub fn count_quick(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Option<Value> {
+    let t = std::time::Instant::now();
+    let (ws, generation, live) = quick_view(handle, target)?;
+    let filter = target.filter(&ws).ok()?;
+    let live_len = match target {
+        Target::Segment(id) => live.len(id),
+        Target::Filter(_) => None,
+    };
+    if !count_is_quick(&filter, live_len.is_some(), mode) {
+        return None;
+    }
+    let count = match (live_len, &*filter) {
+        (Some(n), _) => n,
+        (
+            None,
+            Filter::Cohort {
+                partner,
+                cohort,
+                includes,
+            },
+        ) => {
+            let c = ws.cohorts.resolve(*partner, cohort).ok()?;
+            let users = ws.users.len();
+            // The cardinality counts the members among the users only if
+            // the largest member is one (as the chunk evaluator trusts it).
+            if c.members.max_bound().is_some_and(|m| m >= users) {
+                return None;
+            }
+            if *includes {
+                c.len()
+            } else {
+                u64::from(users).checked_sub(c.len())?
+            }
+        }
+        (None, _) => return None,
+    };
+    drop((ws, live));
+    Some(
+        json!({"count": count, "generation": generation, "took_us": t.elapsed().as_micros() as u64}),
+    )
+}
+
+/// [`check_user`]'s answer when it is bounded ([`check_is_quick`]) and the
+/// workspace's locks are free now; `None` otherwise (and on any error).
+/// The filter, given or saved, is neither parsed nor planned again: a live
+/// segment is one bitmap probe, any other filter one membership probe per
+/// leaf ([`segment::reference::contains`]). Never waits, so the server
+/// gives it on an async worker.
+pub fn check_user_quick(
+    handle: &WorkspaceHandle,
+    target: &Target,
+    user: &UserRef,
+) -> Option<Value> {
+    let (ws, generation, live) = quick_view(handle, target)?;
+    let filter = target.filter(&ws).ok()?;
+    let from_live = match target {
+        Target::Segment(id) => live_check(&ws, &live, id, user),
+        Target::Filter(_) => None,
+    };
+    let check = match from_live {
+        Some(c) => c,
+        None => {
+            if !check_is_quick(&filter, false) {
+                return None;
+            }
+            match segment::reference::contains(&*ws, &filter, user).ok()? {
+                Membership::Member(id) => Check {
+                    member: true,
+                    user_id: Some(id),
+                    reason: None,
+                },
+                Membership::NotMember(id) => Check {
+                    member: false,
+                    user_id: Some(id),
+                    reason: None,
+                },
+                Membership::UnknownUser => Check {
+                    member: false,
+                    user_id: None,
+                    reason: Some(format!("no user holds {user}")),
+                },
+            }
+        }
+    };
+    drop((ws, live));
+    let mut out = check_json(&check);
+    out["generation"] = json!(generation);
+    Some(out)
 }
 
 /// The breakdown of a segment, as the breakdown endpoint answers it.
@@ -374,6 +509,62 @@ pub fn user_segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_o1_counts_and_bounded_checks_are_quick() {
+        use crate::ids::Partner;
+        use crate::segment::BucketCmp;
+        let exact = CountMode::Exact { explain: false };
+        let c = |i: u32| Filter::includes(Partner::Amplitude, format!("c{i}"));
+        // A count: one cohort, included or excluded, exact, no explain.
+        assert!(count_is_quick(&c(0), false, exact));
+        assert!(count_is_quick(
+            &Filter::excludes(Partner::Amplitude, "c0"),
+            false,
+            exact
+        ));
+        assert!(!count_is_quick(
+            &c(0),
+            false,
+            CountMode::Exact { explain: true }
+        ));
+        assert!(!count_is_quick(
+            &c(0),
+            false,
+            CountMode::Estimate {
+                start: 0,
+                width: 100
+            }
+        ));
+        for multi in [
+            Filter::And(vec![c(0), c(1)]),
+            Filter::Or(vec![c(0), c(1)]),
+            c(0).not(),
+            Filter::And(vec![c(0)]),
+            Filter::Bucket(BucketCmp::Lt(10)),
+            Filter::And(Vec::new()),
+        ] {
+            assert!(!count_is_quick(&multi, false, exact), "{multi}");
+            // A live segment's size is O(1) whatever its filter.
+            assert!(count_is_quick(&multi, true, exact), "{multi}");
+            assert!(!count_is_quick(
+                &multi,
+                true,
+                CountMode::Exact { explain: true }
+            ));
+        }
+        // A check: at most QUICK_CHECK_NODES nodes.
+        assert!(check_is_quick(&c(0), false));
+        let wide = |n: u32| Filter::Or((0..n).map(c).collect());
+        assert!(check_is_quick(&wide(QUICK_CHECK_NODES as u32 - 1), false));
+        assert!(!check_is_quick(&wide(QUICK_CHECK_NODES as u32), false));
+        assert!(check_is_quick(&wide(QUICK_CHECK_NODES as u32), true));
+        let mut deep = c(0);
+        for _ in 0..QUICK_CHECK_NODES {
+            deep = deep.not();
+        }
+        assert!(!check_is_quick(&deep, false));
+    }
 
     #[test]
     fn page_limits() {

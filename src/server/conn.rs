@@ -703,18 +703,24 @@ async fn connection(
     if stopping {
         conn.as_mut().graceful_shutdown();
     }
+    // One timer, armed for the next deadline only when it is earlier than
+    // the one armed: a deadline that moved later (the next request of a
+    // kept-alive connection) is found when the armed one passes, so a busy
+    // connection touches the timer once per timeout, not once per request.
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    let mut sleep = std::pin::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         if state.evict.load(Relaxed) {
             stats.record_closed(Closed::Evicted);
             return;
         }
-        let deadline = state.deadline(&limits);
-        let sleep = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+        if let Some((at, _)) = state.deadline(&limits) {
+            if armed.is_none_or(|a| at < a) {
+                sleep.as_mut().reset(at.into());
+                armed = Some(at);
             }
-        };
+        }
         tokio::select! {
             _ = conn.as_mut() => {
                 if state.body_timed_out.load(Relaxed) {
@@ -722,7 +728,8 @@ async fn connection(
                 }
                 return;
             }
-            () = sleep => {
+            () = sleep.as_mut(), if armed.is_some() => {
+                armed = None;
                 // Still due (the state may have moved on meanwhile)?
                 if let Some((at, why)) = state.deadline(&limits) {
                     if Instant::now() >= at {

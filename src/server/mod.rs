@@ -12,7 +12,9 @@
 //! it directly); [`serve`] runs it on a bound listener until a shutdown
 //! future resolves, lets in-flight requests finish, then syncs every log.
 //! Blocking engine calls (they may wait for an fsync) run on tokio's
-//! blocking pool, never on the async workers.
+//! blocking pool, never on the async workers; only answers that cost O(1)
+//! and take no lock that is not free at once are given on the async
+//! workers ([`segments`]).
 
 pub mod admin;
 pub mod auth;

@@ -29,7 +29,13 @@
 //! `max_filter_nodes` ([`crate::segment::check_size`]), which bounds a
 //! query's work. This module only reads requests and writes responses:
 //! the queries are [`crate::query::service`]'s (the command line calls the
-//! same), run on a blocking thread; the member export streams its page in
+//! same), run on a blocking thread, but for O(1) work: a one-cohort count,
+//! a live segment's size and a one-user check of a live segment or of a
+//! filter of at most
+//! [`crate::query::service::QUICK_CHECK_NODES`] nodes are answered on the
+//! async worker when the workspace's lock is free (`count_quick`,
+//! `check_user_quick`), with no hop to the blocking pool; the member
+//! export streams its page in
 //! blocks of [`STREAM_BLOCK`] users, taking the workspace's read lock
 //! again per block to read their identifiers.
 
@@ -49,8 +55,8 @@ use crate::error::Error;
 use crate::ids::{Partner, BUCKETS};
 use crate::query::render::{csv_header, render_members, Extras, Format};
 use crate::query::service::{
-    breakdown, check_user, check_users, count, member_page, page_limit, user_segments, CountMode,
-    Target, DEFAULT_SAMPLE_BUCKETS, STREAM_BLOCK,
+    breakdown, check_user, check_user_quick, check_users, count, count_quick, member_page,
+    page_limit, user_segments, CountMode, Target, DEFAULT_SAMPLE_BUCKETS, STREAM_BLOCK,
 };
 use crate::query::{self};
 use crate::segment::{self, Filter};
@@ -298,6 +304,9 @@ pub async fn count_handler(
     let body = CountBody::parse(body)?;
     let mode = count_mode(&body, explain)?;
     let target = body.target;
+    if let Some(out) = count_quick(&handle, &target, mode) {
+        return Ok(json_response(StatusCode::OK, out));
+    }
     run_blocking(move || {
         Ok(json_response(
             StatusCode::OK,
@@ -315,16 +324,18 @@ pub async fn size_handler(
 ) -> std::result::Result<Response, ApiError> {
     let explain = explain_flag(query)?;
     let handle = workspace(&state, &ws)?;
-    run_blocking(move || {
-        let mut out = count(
-            &handle,
-            &Target::Segment(id.clone()),
-            CountMode::Exact { explain },
-        )?;
-        out["segment_id"] = Value::String(id);
-        Ok(json_response(StatusCode::OK, out))
-    })
-    .await
+    let target = Target::Segment(id);
+    let mode = CountMode::Exact { explain };
+    let answer = |mut out: Value, target: Target| {
+        if let Target::Segment(id) = target {
+            out["segment_id"] = Value::String(id);
+        }
+        json_response(StatusCode::OK, out)
+    };
+    if let Some(out) = count_quick(&handle, &target, mode) {
+        return Ok(answer(out, target));
+    }
+    run_blocking(move || Ok(answer(count(&handle, &target, mode)?, target))).await
 }
 
 // ----- breakdown -----
@@ -453,6 +464,9 @@ pub async fn check_handler(
     match (f.take("user"), f.array("users")?) {
         (Some(u), None) => {
             let user = parse_user_ref(&u).map_err(ApiError::bad_request)?;
+            if let Some(out) = check_user_quick(&handle, &target, &user) {
+                return Ok(json_response(StatusCode::OK, out));
+            }
             run_blocking(move || {
                 Ok(json_response(
                     StatusCode::OK,

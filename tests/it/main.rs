@@ -17,6 +17,7 @@ mod log;
 mod malformed;
 mod matching;
 mod query_safety;
+mod quick_answers;
 mod reference;
 mod reference_props;
 mod seams;

@@ -251,3 +251,69 @@ fn past_the_connection_limit_stalled_connections_are_evicted_for_new_ones() {
         .count();
     assert_eq!(closed, 3 * LIMIT, "of the {} oldest", 3 * LIMIT);
 }
+
+/// Sends `GET /metrics` on `s` and reads the whole response; its status
+/// (0 if the connection failed).
+fn get_metrics(s: &mut TcpStream) -> u16 {
+    if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return 0;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    // Bounded: a response is far smaller than 64 reads.
+    for _ in 0..64 {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => n,
+        };
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if got.len() >= end + 4 + len {
+            return head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        }
+    }
+    0
+}
+
+#[test]
+fn a_kept_alive_connection_stays_open_while_used_and_closes_once_idle() {
+    let f = Fixture::new(&[
+        "--idle-timeout-secs",
+        "1",
+        "--header-read-timeout-secs",
+        "1",
+    ]);
+    let addr = f.server.base.trim_start_matches("http://").to_string();
+    let mut c = TcpStream::connect(&addr).expect("connects");
+    c.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("sets a read timeout");
+    // Requests 100 ms apart for three idle timeouts: the connection's
+    // deadline moves on with each, and it is never closed.
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(3) && served < 100 {
+        assert_eq!(get_metrics(&mut c), 200, "request {served} answered");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served >= 10, "{served}");
+    // Then idle: closed by the server.
+    assert!(closed_by_server(&mut c), "closed once idle");
+    let text = f.server.get("/metrics").expect(200).text;
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("segq_http_connections_closed_total{reason=\"idle_timeout\"}")
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
+}

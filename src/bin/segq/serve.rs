@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     query_threads: Option<u16>,
+    /// Threads that serve the HTTP connections (default: half the cores,
+    /// at least one). Segment queries that are not O(1) run on the query
+    /// threads and the blocking pool, not on these.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    http_threads: Option<u16>,
     /// Seconds a connection has to send a request's headers; overrides
     /// the configuration file.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -103,7 +108,16 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         limits.max_buffered_body_bytes = n;
     }
     let listen_err = |e: io::Error| Error::io(&args.listen, e);
+    let http_threads = args.http_threads.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1)
+        },
+        usize::from,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(http_threads)
         .enable_all()
         .build()
         .map_err(Error::io_at("<tokio runtime>"))?;
