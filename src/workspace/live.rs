@@ -8,15 +8,20 @@
 //! users created, the segments saved or deleted. Only the live segments
 //! that read a touched cohort (or, for users created, that a user in no
 //! cohort may satisfy: [`Filter::may_hold_cohortless`]) are looked at, and
-//! only for the touched users: per 2^16-user chunk, each user is checked
-//! (one container per leaf) when few are touched, the chunk re-evaluated
-//! whole otherwise. Compaction changes no member, so it touches nothing.
+//! only for the touched users: a 2^16-user chunk with many touched users
+//! is re-evaluated whole, the other touched users are checked in one batch
+//! on the cohorts' in-memory structures (their snapshot bitmaps in place,
+//! their added and removed members as kept: nothing is serialized, so a
+//! write leaves the evaluator's serialized deltas to the first query that
+//! needs them; see `batch`). Compaction changes no member, so it touches
+//! nothing.
 //!
 //! Nothing is persisted: the bitmaps are evaluated whole when a workspace
 //! is opened (after its log is replayed) or rebuilt after an undo. A
 //! segment that cannot be evaluated (a damaged bitmap) is left out, and
 //! queries on it evaluate its filter as for any other.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use roaring::RoaringBitmap;
@@ -27,10 +32,13 @@ use crate::error::Result;
 use crate::ids::{CohortKey, UserId};
 use crate::segment::chunk::Prepared;
 use crate::segment::{plan, Filter};
+use batch::Batch;
+
+mod batch;
 
 /// Touched users of a chunk above which the chunk is re-evaluated whole
-/// rather than user by user (a chunk costs about as much as this many
-/// one-user checks of a multi-leaf plan).
+/// rather than checked in the batch (a chunk costs about as much as this
+/// many one-user checks of a multi-leaf plan).
 pub const DENSE_CHUNK: u64 = 96;
 
 /// What the changes of one write touched, as far as segments go.
@@ -233,11 +241,16 @@ fn update(
     t: &Touched,
     src: &dyn BitmapSource,
 ) -> Result<bool> {
-    let mut users = RoaringBitmap::new();
+    // Borrowed when one cohort it reads was touched (the usual import).
+    let mut users: Cow<RoaringBitmap> = Cow::Owned(RoaringBitmap::new());
     let mut read = false;
     for c in &seg.cohorts {
         if let Some(b) = t.cohorts.get(c) {
-            users |= b;
+            users = if read {
+                Cow::Owned(users.into_owned() | b)
+            } else {
+                Cow::Borrowed(b)
+            };
             read = true;
         }
     }
@@ -256,7 +269,7 @@ fn update(
         .min()
         .is_some_and(|first| seg.new_users || named(first))
     {
-        users |= &t.users;
+        *users.to_mut() |= &t.users;
     }
     if !read && users.is_empty() {
         return Ok(false);
@@ -272,31 +285,42 @@ fn update(
     if users.is_empty() {
         return Ok(changed);
     }
-    let prepared = Prepared::new(ws, &p, src)?;
-    let checker = prepared.checker()?;
+    // Users past the last are in no segment; chunks with many touched
+    // users are evaluated whole, the other users checked in one batch.
+    let count = ws.users.len();
+    let mut dense = Vec::new();
+    let mut sparse = Vec::with_capacity(users.len() as usize);
     let mut it = users.iter().peekable();
     while let Some(&first) = it.peek() {
         let chunk = first >> 16;
-        let mut in_chunk = Vec::new();
+        let from = sparse.len();
         while let Some(&u) = it.peek() {
             if u >> 16 != chunk {
                 break;
             }
-            in_chunk.push(u);
+            if u < count {
+                sparse.push(u);
+            } else {
+                seg.members.remove(u);
+            }
             it.next();
         }
-        if in_chunk.len() as u64 > DENSE_CHUNK {
+        if (sparse.len() - from) as u64 > DENSE_CHUNK {
+            sparse.truncate(from);
+            dense.push(chunk);
+        }
+    }
+    let batch = Batch::new(sparse);
+    if !batch.is_empty() {
+        let masks = batch::evaluate(ws, &p, &batch, src)?;
+        batch::apply(&batch, &masks, &mut seg.members);
+    }
+    if !dense.is_empty() {
+        let prepared = Prepared::new(ws, &p, src)?;
+        for chunk in dense {
             let lo = chunk << 16;
             seg.members.remove_range(lo..=lo | 0xFFFF);
             seg.members |= prepared.members_in(chunk, chunk + 1)?;
-        } else {
-            for u in in_chunk {
-                if checker.contains(UserId(u)) {
-                    seg.members.insert(u);
-                } else {
-                    seg.members.remove(u);
-                }
-            }
         }
     }
     seg.len = seg.members.len();

@@ -17,6 +17,12 @@ use crate::workspace::Workspace;
 pub trait BitmapSource: Sync {
     /// The cohort's in-memory members, serialized (see [`Serialized`]).
     fn bytes(&self, cohort: &Cohort) -> Arc<Serialized>;
+
+    /// The cohort's in-memory members, serialized, if they are at hand at
+    /// its version already (this serializes nothing).
+    fn cached(&self, _cohort: &Cohort) -> Option<Arc<Serialized>> {
+        None
+    }
 }
 
 /// Serializes on every call (no cache): for one-off queries and tests.
@@ -57,6 +63,13 @@ pub struct SerialCache {
 }
 
 impl BitmapSource for SerialCache {
+    fn cached(&self, cohort: &Cohort) -> Option<Arc<Serialized>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&cohort.key)
+            .filter(|(v, _)| *v == cohort.version)
+            .map(|(_, b)| b.clone())
+    }
+
     fn bytes(&self, cohort: &Cohort) -> Arc<Serialized> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v, b)) = map.get(&cohort.key) {

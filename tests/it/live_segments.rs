@@ -462,3 +462,174 @@ fn sizes_checks_and_equal_counts_come_from_the_live_segment() {
     .unwrap();
     assert_eq!(v["member"], json!(true));
 }
+
+/// The batch path of a refresh on a workspace held in memory: touched
+/// users in more than 64 of one chunk (two groups), across a chunk
+/// boundary, in a chunk re-evaluated whole, past the last user, and users
+/// created and added to a cohort in the same write; each cohort's changes
+/// read both as the evaluator's serialized copy (cached) and as the
+/// in-memory bitmaps (nothing cached).
+#[test]
+fn a_batch_refresh_equals_a_fresh_evaluation() {
+    use segq::cohorts::{MemberOp, ResolvedChanges};
+    use segq::engine::record::{self, Change};
+    use segq::workspace::live::{LiveSegments, Touched};
+    use segq::workspace::source::{BitmapSource, SerialCache};
+    use segq::{UserId, Workspace};
+
+    fn created(u: u32) -> Change {
+        Change::UserCreated {
+            user: UserId(u),
+            external_id: Some(format!("u{u}")),
+            devices: vec![],
+            aliases: vec![],
+            bucket: (u * 7 % 10_000) as u16,
+        }
+    }
+    fn changed(cohort: usize, add: &[u32], remove: &[u32]) -> Change {
+        let ops = add
+            .iter()
+            .map(|&u| (u, false))
+            .chain(remove.iter().map(|&u| (u, true)))
+            .map(|(u, remove)| MemberOp {
+                user: UserId(u),
+                remove,
+            })
+            .collect::<Vec<_>>();
+        Change::CohortChanged {
+            partner: P,
+            cohort_id: format!("c{cohort}"),
+            at_ms: 0,
+            resolved: ResolvedChanges {
+                matched: ops.len() as u64,
+                ops,
+                ..ResolvedChanges::default()
+            },
+        }
+    }
+    fn write(ws: &mut Workspace, live: &mut LiveSegments, src: &dyn BitmapSource, c: Change) {
+        record::apply(ws, &c).unwrap();
+        let mut t = Touched::default();
+        record::touched(&c, &mut t);
+        live.refresh(ws, &t, src);
+        for (id, s) in &ws.segments {
+            let p = plan::plan(&*ws, &s.filter).unwrap();
+            let want = Prepared::new(ws, &p, &Uncached).unwrap().members().unwrap();
+            assert_eq!(live.members(id), Some(&want), "segment {id} = {}", s.filter);
+            assert_eq!(live.len(id), Some(want.len()));
+        }
+    }
+
+    let mut ws = Workspace::new("w", 1);
+    let users = 140_000u32;
+    for u in 0..users {
+        record::apply(&mut ws, &created(u)).unwrap();
+    }
+    for c in 0..3u32 {
+        let add: Vec<u32> = (0..users).filter(|u| u % (c + 2) == 0).collect();
+        record::apply(&mut ws, &changed(c as usize, &add, &[])).unwrap();
+    }
+    let c = |i: usize| Filter::includes(P, format!("c{i}"));
+    let filters = [
+        c(0),
+        Filter::And(vec![c(0), c(1)]),
+        Filter::Or(vec![c(0), c(1), c(2)]),
+        Filter::And(vec![Filter::Or(vec![c(1), c(2)]), c(0).not()]),
+        Filter::And(vec![c(0), Filter::Bucket(BucketCmp::Between(1_000, 5_999))]),
+        c(2).not(),
+    ];
+    for (i, f) in filters.iter().enumerate() {
+        record::apply(
+            &mut ws,
+            &Change::SegmentSaved {
+                id: format!("s{i}"),
+                name: format!("s{i}"),
+                filter: f.clone(),
+                at_ms: 0,
+            },
+        )
+        .unwrap();
+    }
+    let cached = SerialCache::default();
+    let mut live = LiveSegments::build(&ws, &cached);
+    // 70 users of chunk 0 (two groups of it), both sides of the first
+    // chunk boundary, 120 users of chunk 1 (evaluated whole), users past
+    // the last.
+    let mut add: Vec<u32> = (1..71).map(|i| i * 13).collect();
+    add.extend(65_530..65_542);
+    add.extend((0..120).map(|i| 70_001 + i * 3));
+    add.extend([users + 5, users + 70_000]);
+    let remove: Vec<u32> = (0..40).map(|i| i * 17 + 1).collect();
+    for src in [&cached as &dyn BitmapSource, &Uncached] {
+        write(&mut ws, &mut live, src, changed(0, &add, &remove));
+        write(&mut ws, &mut live, src, changed(1, &remove, &add));
+        write(&mut ws, &mut live, src, changed(0, &remove, &add));
+    }
+    // Users created and added to a cohort (and removed from another) in
+    // the same write.
+    let new: Vec<u32> = (users..users + 10).collect();
+    let mut batch: Vec<Change> = new.iter().map(|&u| created(u)).collect();
+    batch.push(changed(1, &new, &[]));
+    batch.push(changed(2, &new[..3], &[]));
+    batch.push(changed(2, &[], &new[..1]));
+    write(&mut ws, &mut live, &cached, Change::Batch(batch));
+    // Every cohort serialized at its version: the cached copies are read.
+    for c in ws.cohorts.iter_sorted() {
+        cached.bytes(c);
+    }
+    write(&mut ws, &mut live, &cached, changed(2, &add, &new[3..]));
+}
+
+/// The batch path of a refresh over a snapshot: a cohort's changes since
+/// the snapshot read as the evaluator's serialized copy (a query took it
+/// at the cohort's version) and, once the cohort changes again, as the
+/// in-memory bitmaps.
+#[test]
+fn a_batch_refresh_reads_a_snapshot_and_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine.create_workspace("w").unwrap();
+    let h = handle(&engine);
+    add_users(&h, 0, 70_000);
+    let evens: Vec<u32> = (0..4_000).map(|u| u * 2).collect();
+    let thirds: Vec<u32> = (0..4_000).map(|u| u * 3).collect();
+    for part in evens.chunks(1_000) {
+        import(&h, 0, part, &[]);
+    }
+    for part in thirds.chunks(1_000) {
+        import(&h, 1, part, &[]);
+    }
+    import(&h, 2, &[1], &[]);
+    let both = parse("amplitude_cohorts includes c0 and amplitude_cohorts includes c1");
+    let either = parse("amplitude_cohorts includes c0 or amplitude_cohorts includes c1");
+    let s_both = h.save_segment(None, "both", &both).unwrap().id;
+    let s_either = h.save_segment(None, "either", &either).unwrap().id;
+    h.compact().unwrap();
+    let check = |h: &WorkspaceHandle| {
+        for (id, f) in [(&s_both, &both), (&s_either, &either)] {
+            assert_eq!(h.live().members(id), Some(&fresh(h, f).unwrap()), "{f}");
+        }
+    };
+    // Members of the snapshot's bitmap removed, in chunk 0 and 1.
+    let removed: Vec<u32> = (0..200).map(|u| u * 12).chain([65_538, 66_000]).collect();
+    import(&h, 0, &[], &removed);
+    check(&h);
+    // A query takes c0's changes serialized; a change to c1 then reads
+    // them (c0 unchanged).
+    count(
+        &h,
+        Target::Filter(parse(
+            "amplitude_cohorts includes c0 and not amplitude_cohorts includes c2",
+        )),
+    )
+    .unwrap();
+    // Fewer than `DENSE_CHUNK` a chunk: checked in a batch.
+    let touched: Vec<u32> = (0..70).map(|u| u * 4).chain(65_530..65_545).collect();
+    import(&h, 1, &touched, &[]);
+    check(&h);
+    import(&h, 1, &[], &touched[..40]);
+    check(&h);
+    // c0 changed again: its changes are read in memory.
+    import(&h, 0, &touched[..30], &touched[30..]);
+    check(&h);
+}
