@@ -18,6 +18,20 @@ pub enum Container<'a> {
 }
 
 impl<'a> Container<'a> {
+    /// A container over bytes the crate built itself (not read from a
+    /// file): an array of `bytes.len() / 2` sorted little-endian values
+    /// when `card` is at most 4,096, else a bitmap of 1,024 little-endian
+    /// words holding `card` values. `None` when the length does not fit
+    /// the kind.
+    pub(crate) fn from_parts(bytes: &'a [u8], card: u32) -> Option<Container<'a>> {
+        if card as usize <= super::ARRAY_MAX_CARDINALITY as usize {
+            (bytes.len() == 2 * card as usize).then_some(Container::Array(ArrayC { bytes }))
+        } else {
+            (bytes.len() == super::CHUNK_WORDS * 8)
+                .then_some(Container::Bitmap(BitmapC { bytes, card }))
+        }
+    }
+
     /// Number of values (for arrays the stored length; for bitmaps and runs
     /// the header cardinality).
     #[inline]

@@ -117,6 +117,11 @@ pub struct Config {
     /// saved segments) may hold; 0 turns it off.
     #[serde(default = "default_result_cache_bytes")]
     pub result_cache_bytes: usize,
+    /// Bytes each workspace's cache of bucket-range masks (per full chunk
+    /// of users, those whose random bucket is in a range counted before)
+    /// may hold; 0 turns it off.
+    #[serde(default = "default_bucket_mask_cache_bytes")]
+    pub bucket_mask_cache_bytes: usize,
 }
 
 /// Seconds to send a request's headers.
@@ -164,6 +169,10 @@ fn default_result_cache_bytes() -> usize {
     crate::workspace::cache::DEFAULT_BYTES
 }
 
+fn default_bucket_mask_cache_bytes() -> usize {
+    crate::segment::masks::DEFAULT_BYTES
+}
+
 fn default_max_cohorts() -> usize {
     DEFAULT_MAX_COHORTS_PER_PARTNER
 }
@@ -207,6 +216,7 @@ impl Config {
             compact_interval_secs: DEFAULT_COMPACT_INTERVAL_SECS,
             max_filter_nodes: crate::segment::DEFAULT_MAX_FILTER_NODES,
             result_cache_bytes: crate::workspace::cache::DEFAULT_BYTES,
+            bucket_mask_cache_bytes: crate::segment::masks::DEFAULT_BYTES,
             header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
             body_read_timeout_secs: DEFAULT_BODY_READ_TIMEOUT_SECS,
             min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,

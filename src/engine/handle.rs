@@ -120,7 +120,9 @@ impl WorkspaceHandle {
         manifest: Option<Manifest>,
         logs: Vec<PathBuf>,
     ) -> Self {
-        let bitmaps = crate::workspace::source::SerialCache::default();
+        let bitmaps = crate::workspace::source::SerialCache::with_bucket_masks(
+            crate::segment::masks::DEFAULT_BYTES,
+        );
         let live = RwLock::new(LiveSegments::build(&ws, &bitmaps));
         WorkspaceHandle {
             dir,
@@ -203,6 +205,13 @@ impl WorkspaceHandle {
     /// `result_cache_bytes`; 0 turns it off).
     pub(crate) fn with_result_cache(mut self, bytes: usize) -> Self {
         self.results = ResultCache::new(bytes);
+        self
+    }
+
+    /// Gives the bucket-range mask cache a budget of `bytes` (the
+    /// configuration's `bucket_mask_cache_bytes`; 0 turns it off).
+    pub(crate) fn with_bucket_mask_cache(mut self, bytes: usize) -> Self {
+        self.bitmaps.set_bucket_masks(bytes);
         self
     }
 
@@ -617,6 +626,8 @@ impl WorkspaceHandle {
                 ))
             })?;
             *ws = rebuilt;
+            // Users created and abandoned may come back with other buckets.
+            self.bitmaps.clear_bucket_masks();
             *self.live_mut() = LiveSegments::build(&ws, &self.bitmaps);
             self.results.clear();
             self.stale.store(false, Ordering::SeqCst);

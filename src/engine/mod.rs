@@ -864,7 +864,8 @@ impl Engine {
             let handle = handle
                 .with_max_filter_nodes(config.max_filter_nodes)
                 .with_cohort_limit(config.max_cohorts_per_partner)
-                .with_result_cache(config.result_cache_bytes);
+                .with_result_cache(config.result_cache_bytes)
+                .with_bucket_mask_cache(config.bucket_mask_cache_bytes);
             table.live.insert(name, Arc::new(handle));
         }
         Ok(Arc::new(Engine {
@@ -946,7 +947,8 @@ impl Engine {
                 WorkspaceHandle::new(Workspace::new(name, seed), writer, folder, None, vec![path])
                     .with_max_filter_nodes(self.config.max_filter_nodes)
                     .with_cohort_limit(self.config.max_cohorts_per_partner)
-                    .with_result_cache(self.config.result_cache_bytes),
+                    .with_result_cache(self.config.result_cache_bytes)
+                    .with_bucket_mask_cache(self.config.bucket_mask_cache_bytes),
             ),
         );
         Ok(true)
@@ -1061,7 +1063,8 @@ impl Engine {
                     handle
                         .with_max_filter_nodes(self.config.max_filter_nodes)
                         .with_cohort_limit(self.config.max_cohorts_per_partner)
-                        .with_result_cache(self.config.result_cache_bytes),
+                        .with_result_cache(self.config.result_cache_bytes)
+                        .with_bucket_mask_cache(self.config.bucket_mask_cache_bytes),
                 ),
                 snapshot_keys,
             )),

@@ -8,6 +8,7 @@ use crate::cohorts::BaseBitmap;
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
 use crate::segment::chunk::{LeafBytes, Prepared, Serialized};
+use crate::segment::masks::MaskSource;
 use crate::segment::plan::{Catalog, Plan};
 use crate::segment::Filter;
 use crate::snapshot::Snapshot;
@@ -39,6 +40,8 @@ pub struct Frozen {
     /// `(partner, value as written)` -> cohort_id.
     names: hashbrown::HashMap<(Partner, String), String>,
     cohorts: hashbrown::HashMap<CohortKey, FrozenCohort>,
+    /// The workspace's bucket-range masks, at the epoch of the freeze.
+    masks: Option<MaskSource>,
 }
 
 impl std::fmt::Debug for Frozen {
@@ -112,6 +115,7 @@ impl Frozen {
             tail,
             names,
             cohorts,
+            masks: src.bucket_masks(),
         })
     }
 
@@ -160,7 +164,7 @@ impl<'f> Prepared<'f> {
     /// Fetches the leaves' bitmaps for `plan` (made by
     /// [`crate::segment::plan::plan`] on the same view) from a frozen view.
     pub fn frozen(f: &'f Frozen, plan: &Plan) -> Result<Self> {
-        Prepared::assemble(plan, f.users, f.buckets(), |key| {
+        let p = Prepared::assemble(plan, f.users, f.buckets(), |key| {
             let c = f
                 .cohorts
                 .get(key)
@@ -170,6 +174,7 @@ impl<'f> Prepared<'f> {
                 delta: c.delta.clone(),
                 max: c.max_bound,
             })
-        })
+        })?;
+        Ok(p.with_bucket_masks(f.masks.clone()))
     }
 }

@@ -26,6 +26,7 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::buckets;
+use super::masks::{Mask, MaskSource, RangeMasks};
 use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{BitmapView, Container, Kernels, Words, CHUNK_WORDS};
 use crate::error::{Error, Result};
@@ -275,6 +276,10 @@ struct Ctx<'a> {
     buckets: Buckets<'a>,
     users: u32,
     k: Kernels,
+    /// The bucket-range masks, and the plan's ranges looked up in them
+    /// (none for one-user checks).
+    masks: Option<&'a MaskSource>,
+    ranges: Vec<Arc<RangeMasks>>,
 }
 
 impl Ctx<'_> {
@@ -315,6 +320,35 @@ impl Ctx<'_> {
     /// is not), without a scratch buffer. How many remain.
     fn bucket_and(&self, key: u32, lo: u16, hi: u16, outside: bool, w: &mut Words) -> u32 {
         buckets::and(self.k, &self.chunk_buckets(key), lo, hi, outside, w)
+    }
+
+    /// The range `lo..=hi` of the mask cache, when chunk `key` is read
+    /// through it (a full chunk that has a slot there).
+    fn masked(&self, key: u32, lo: u16, hi: u16) -> Option<&RangeMasks> {
+        self.masks?;
+        self.ranges
+            .iter()
+            .find(|r| r.lo() == lo && r.hi() == hi && r.slots() > key as usize)
+            .map(|r| &**r)
+    }
+
+    /// The mask of chunk `key` for `range` (see [`Self::masked`]): kept,
+    /// or built from the buckets now.
+    fn mask(&self, range: &RangeMasks, key: u32, s: &mut Scratch) -> Option<Arc<Mask>> {
+        let cache = self.masks?.cache();
+        if let Some(m) = cache.get(range, key) {
+            return Some(m);
+        }
+        let mut t = s.take();
+        let m = cache.build(range, key, self.k, &self.chunk_buckets(key), &mut t);
+        s.give(t);
+        Some(m)
+    }
+
+    /// The users of chunk `key` in `lo..=hi` as a mask, when the chunk is
+    /// read through the cache.
+    fn bucket_mask(&self, key: u32, lo: u16, hi: u16, s: &mut Scratch) -> Option<Arc<Mask>> {
+        self.mask(self.masked(key, lo, hi)?, key, s)
     }
 
     /// Whether chunk `key` holds every user a chunk can (no partial last
@@ -425,6 +459,15 @@ fn eval(
             }
         },
         Node::Bucket(lo, hi) => {
+            if let Some(m) = ctx.bucket_mask(key, *lo, *hi, s) {
+                return match m.container() {
+                    None => Out::Empty,
+                    Some(c) => {
+                        c.write_into_with(k, out);
+                        Out::Words
+                    }
+                };
+            }
             if ctx.bucket_words(key, *lo, *hi, out) != 0 {
                 Out::Words
             } else {
@@ -448,7 +491,13 @@ fn eval(
                     return r;
                 }
             }
-            let is_bucket = |c: &Node| matches!(c, Node::Bucket(..));
+            // A bucket child read through the mask cache is a leaf like a
+            // cohort's; the others are left to the end.
+            let masked = |c: &Node| match c {
+                Node::Bucket(lo, hi) => ctx.masked(key, *lo, *hi).is_some(),
+                _ => false,
+            };
+            let is_bucket = |c: &Node| matches!(c, Node::Bucket(..)) && !masked(c);
             let buckets = all.iter().chain(minus).any(is_bucket);
             // The step a count may fuse: the last `minus` leaf, else the
             // last `all` one (buckets, when there are any, come after both
@@ -476,6 +525,22 @@ fn eval(
                     }
                     lc.combine(k, Op::And, out, s);
                     continue;
+                }
+                if let (Node::Bucket(lo, hi), Out::Words) = (c, &state) {
+                    if let Some(m) = ctx.bucket_mask(key, *lo, *hi, s) {
+                        let lc = m.container().map_or(Lc::Empty, Lc::One);
+                        if let Lc::Empty = lc {
+                            *early = true;
+                            return Out::Empty;
+                        }
+                        if fuse_all && j + 1 == all.len() {
+                            if let Some(n) = lc.count(k, Op::And, out) {
+                                return Out::Count(n);
+                            }
+                        }
+                        lc.combine(k, Op::And, out, s);
+                        continue;
+                    }
                 }
                 match state {
                     Out::Full => match eval(c, key, ctx, out, s, early, false) {
@@ -520,6 +585,18 @@ fn eval(
                     lc.combine(k, Op::AndNot, out, s);
                     continue;
                 }
+                if let Node::Bucket(lo, hi) = c {
+                    if let Some(m) = ctx.bucket_mask(key, *lo, *hi, s) {
+                        let lc = m.container().map_or(Lc::Empty, Lc::One);
+                        if fuse_minus && j + 1 == minus.len() {
+                            if let Some(n) = lc.count(k, Op::AndNot, out) {
+                                return Out::Count(n);
+                            }
+                        }
+                        lc.combine(k, Op::AndNot, out, s);
+                        continue;
+                    }
+                }
                 let mut t = s.take();
                 let r = eval(c, key, ctx, &mut t, s, early, false);
                 match r {
@@ -538,6 +615,9 @@ fn eval(
                 let Node::Bucket(lo, hi) = *c else {
                     continue;
                 };
+                if masked(c) {
+                    continue;
+                }
                 let n = if let (Out::Full, false) = (&state, outside) {
                     let n = ctx.bucket_words(key, lo, hi, out);
                     if n == 0 {
@@ -726,6 +806,7 @@ pub struct Prepared<'w> {
     buckets: Buckets<'w>,
     users: u32,
     single: Option<u64>,
+    masks: Option<MaskSource>,
 }
 
 type FetchLeaf<'a, 'w> = dyn FnMut(&CohortKey) -> Result<LeafBytes<'w>> + 'a;
@@ -798,6 +879,7 @@ impl<'w> Prepared<'w> {
             buckets,
             users,
             single: trivial(plan, users, trusted),
+            masks: None,
         })
     }
 
@@ -824,11 +906,36 @@ impl<'w> Prepared<'w> {
             buckets: Buckets::contiguous(snap.buckets()?),
             users: meta.users,
             single: trivial(plan, meta.users, true),
+            masks: None,
         })
     }
 
-    fn with_ctx<T>(&self, k: Kernels, f: impl FnOnce(&Ctx) -> T) -> Result<T> {
+    /// Reads the plan's bucket ranges through `masks` (the cache of the
+    /// workspace or snapshot the plan runs on; `None`: from the buckets).
+    pub fn with_bucket_masks(mut self, masks: Option<MaskSource>) -> Self {
+        self.masks = masks;
+        self
+    }
+
+    /// A context for evaluating chunks: the checker's, with the plan's
+    /// bucket ranges looked up in the mask cache.
+    fn chunk_ctx(&self) -> Result<Checker<'_>> {
         let mut checker = self.checker()?;
+        if let Some(m) = &self.masks {
+            let full = self.users >> 16;
+            let mut ranges = Vec::new();
+            bucket_ranges(&self.node, &mut ranges);
+            checker.ctx.ranges = ranges
+                .into_iter()
+                .filter_map(|(lo, hi)| m.range(lo, hi, full))
+                .collect();
+            checker.ctx.masks = Some(m);
+        }
+        Ok(checker)
+    }
+
+    fn with_ctx<T>(&self, k: Kernels, f: impl FnOnce(&Ctx) -> T) -> Result<T> {
+        let mut checker = self.chunk_ctx()?;
         checker.ctx.k = k;
         Ok(f(&checker.ctx))
     }
@@ -994,6 +1101,8 @@ impl<'w> Prepared<'w> {
                 buckets: self.buckets,
                 users: self.users,
                 k: Kernels::active(),
+                masks: None,
+                ranges: Vec::new(),
             },
         })
     }
@@ -1024,6 +1133,21 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
             all.iter().all(|c| contains(c, u, ctx)) && !minus.iter().any(|c| contains(c, u, ctx))
         }
         Node::Or(any) => any.iter().any(|c| contains(c, u, ctx)),
+    }
+}
+
+/// The distinct bucket ranges of a plan.
+fn bucket_ranges(node: &Node, out: &mut Vec<(u16, u16)>) {
+    match node {
+        Node::All | Node::Nothing | Node::Cohort(_) => {}
+        Node::Bucket(lo, hi) => {
+            if !out.contains(&(*lo, *hi)) {
+                out.push((*lo, *hi));
+            }
+        }
+        Node::Not(c) => bucket_ranges(c, out),
+        Node::And(all, minus) => all.iter().chain(minus).for_each(|c| bucket_ranges(c, out)),
+        Node::Or(any) => any.iter().for_each(|c| bucket_ranges(c, out)),
     }
 }
 
@@ -1084,7 +1208,7 @@ pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>
     let chunks = first.chunks();
     let checkers = parts
         .iter()
-        .map(Prepared::checker)
+        .map(Prepared::chunk_ctx)
         .collect::<Result<Vec<_>>>()?;
     struct Acc {
         own: Vec<u64>,

@@ -9,6 +9,7 @@ mod buckets;
 pub mod chunk;
 pub mod footprint;
 pub mod json;
+pub mod masks;
 pub mod plan;
 pub mod reference;
 pub mod text;

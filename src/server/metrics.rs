@@ -21,6 +21,11 @@
 //!   from, and computed past, a workspace's result cache;
 //!   `segq_result_cache_bytes{workspace}` (and `_entries`): what it holds
 //!   now, within `result_cache_bytes`;
+//! - `segq_bucket_mask_hits_total{workspace}`,
+//!   `segq_bucket_mask_misses_total{workspace}`: chunk masks of bucket
+//!   ranges read from, and built past, a workspace's mask cache;
+//!   `segq_bucket_mask_bytes{workspace}` (and `_ranges`): what it holds
+//!   now, within `bucket_mask_cache_bytes`;
 //! - `segq_live_segments{workspace}`, `segq_live_segment_bytes{workspace}`:
 //!   saved segments kept materialised, and their bitmaps' size.
 //!
@@ -331,19 +336,31 @@ pub(crate) fn render_connections(stats: &ConnStats, out: &mut String) {
 
 /// Each workspace's result cache and live segments.
 pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
-    let rows: Vec<(String, crate::workspace::cache::Stats, usize, u64)> = engine
+    type Row = (
+        String,
+        crate::workspace::cache::Stats,
+        usize,
+        u64,
+        crate::segment::masks::MaskStats,
+    );
+    let rows: Vec<Row> = engine
         .workspace_names()
         .into_iter()
         .filter_map(|name| {
             let h = engine.workspace(&name)?;
             let stats = h.results().stats();
+            let masks = h
+                .bitmaps()
+                .bucket_mask_cache()
+                .map(|m| m.stats())
+                .unwrap_or_default();
             let live = h.live();
-            Some((name, stats, live.count(), live.bytes()))
+            Some((name, stats, live.count(), live.bytes(), masks))
         })
         .collect();
     let _ = (|| -> std::fmt::Result {
-        type Get = fn(&(String, crate::workspace::cache::Stats, usize, u64)) -> u64;
-        let series: [(&str, &str, &str, Get); 6] = [
+        type Get = fn(&Row) -> u64;
+        let series: [(&str, &str, &str, Get); 10] = [
             (
                 "segq_result_cache_hits_total",
                 "counter",
@@ -379,6 +396,30 @@ pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
                 "gauge",
                 "Bytes of the live segments' bitmaps (serialized size).",
                 |r| r.3,
+            ),
+            (
+                "segq_bucket_mask_hits_total",
+                "counter",
+                "Chunk masks of bucket ranges read from the mask cache.",
+                |r| r.4.hits,
+            ),
+            (
+                "segq_bucket_mask_misses_total",
+                "counter",
+                "Chunk masks of bucket ranges built from the buckets.",
+                |r| r.4.misses,
+            ),
+            (
+                "segq_bucket_mask_bytes",
+                "gauge",
+                "Bytes the bucket mask cache holds now.",
+                |r| r.4.bytes,
+            ),
+            (
+                "segq_bucket_mask_ranges",
+                "gauge",
+                "Bucket ranges the mask cache holds now.",
+                |r| r.4.ranges,
             ),
         ];
         for (name, kind, help, get) in series {

@@ -10,6 +10,7 @@ use crate::cohorts::Cohort;
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
 use crate::segment::chunk::{LeafBytes, Prepared, Serialized};
+use crate::segment::masks::{BucketMasks, MaskSource};
 use crate::segment::plan::Plan;
 use crate::workspace::Workspace;
 
@@ -21,6 +22,12 @@ pub trait BitmapSource: Sync {
     /// The cohort's in-memory members, serialized, if they are at hand at
     /// its version already (this serializes nothing).
     fn cached(&self, _cohort: &Cohort) -> Option<Arc<Serialized>> {
+        None
+    }
+
+    /// The workspace's cache of bucket-range masks, if it keeps one (at
+    /// its epoch now).
+    fn bucket_masks(&self) -> Option<MaskSource> {
         None
     }
 }
@@ -56,10 +63,43 @@ impl BitmapSource for Uncached {
 /// A cohort's serialized members and the version they were taken at.
 type Versioned = (u64, Arc<Serialized>);
 
-/// Serialized cohorts kept while their version stays the same.
+/// Serialized cohorts kept while their version stays the same; and, for
+/// one workspace only (a live workspace's handle keeps it for the
+/// workspace's life), its bucket-range masks.
 #[derive(Debug, Default)]
 pub struct SerialCache {
     map: std::sync::Mutex<hashbrown::HashMap<CohortKey, Versioned>>,
+    masks: Option<Arc<BucketMasks>>,
+}
+
+impl SerialCache {
+    /// A cache that also keeps one workspace's bucket-range masks, within
+    /// `bytes` (0: none kept).
+    pub fn with_bucket_masks(bytes: usize) -> Self {
+        SerialCache {
+            map: Default::default(),
+            masks: (bytes > 0).then(|| Arc::new(BucketMasks::new(bytes))),
+        }
+    }
+
+    /// Keeps the bucket-range masks within `bytes` from now on (0: none),
+    /// dropping those kept.
+    pub fn set_bucket_masks(&mut self, bytes: usize) {
+        self.masks = (bytes > 0).then(|| Arc::new(BucketMasks::new(bytes)));
+    }
+
+    /// Drops every bucket-range mask (the users' buckets may have changed:
+    /// the workspace was rebuilt); views taken before read the buckets.
+    pub fn clear_bucket_masks(&self) {
+        if let Some(m) = &self.masks {
+            m.clear();
+        }
+    }
+
+    /// The bucket-range masks' cache, if kept.
+    pub fn bucket_mask_cache(&self) -> Option<&BucketMasks> {
+        self.masks.as_deref()
+    }
 }
 
 impl BitmapSource for SerialCache {
@@ -81,6 +121,10 @@ impl BitmapSource for SerialCache {
         map.insert(cohort.key.clone(), (cohort.version, b.clone()));
         b
     }
+
+    fn bucket_masks(&self) -> Option<MaskSource> {
+        self.masks.clone().map(MaskSource::new)
+    }
 }
 
 impl<'w> Prepared<'w> {
@@ -88,13 +132,14 @@ impl<'w> Prepared<'w> {
     /// [`crate::segment::plan::plan`] on the same workspace): each cohort's
     /// snapshot bitmap in place, its in-memory changes from `src`.
     pub fn new(ws: &'w Workspace, plan: &Plan, src: &dyn BitmapSource) -> Result<Self> {
-        Prepared::assemble(plan, ws.users.len(), ws.users.bucket_slices(), |key| {
+        let p = Prepared::assemble(plan, ws.users.len(), ws.users.bucket_slices(), |key| {
             let c = ws
                 .cohorts
                 .get(key)
                 .ok_or_else(|| Error::UnknownCohort { key: key.clone() })?;
             leaf_bytes(c, src)
-        })
+        })?;
+        Ok(p.with_bucket_masks(src.bucket_masks()))
     }
 }
 

