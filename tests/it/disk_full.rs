@@ -3,7 +3,8 @@
 //! sequence numbers are never handed out again, the workspace takes writes
 //! again once the disk does (no restart), a refused key invalidation
 //! leaves the key usable, every writer of a failed group commit gets an
-//! error, and shutdown reports every workspace it could not sync.
+//! error, shutdown reports every workspace it could not sync, and an undo
+//! drops the bucket-range masks its abandoned users had filled.
 //!
 //! The log of a workspace is put on a [`DiskFull`] through the
 //! compaction's `Fs::create_log` seam: a compaction starts the next log on
@@ -393,4 +394,58 @@ fn shutdown_tries_every_workspace_and_reports_each_failure() {
         handle(&e, name).upsert_user(user("y")).unwrap();
     }
     e.sync_all().unwrap();
+}
+
+/// Users of a bucket range counted through the handle's mask cache, and
+/// by the reference.
+fn bucket_counts(h: &WorkspaceHandle, lo: u16, hi: u16) -> (u64, u64) {
+    use segq::segment::{chunk::Prepared, plan, reference, BucketCmp, Filter};
+    let f = Filter::Bucket(BucketCmp::Between(lo, hi));
+    let (ws, _) = h.view();
+    let p = plan::plan(&*ws, &f).unwrap();
+    let fast = Prepared::new(&ws, &p, h.bitmaps())
+        .unwrap()
+        .count()
+        .unwrap();
+    (fast, reference::count(&*ws, &f).unwrap())
+}
+
+#[test]
+fn an_undo_drops_the_bucket_masks_of_a_chunk_its_users_had_filled() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.create_workspace("w").unwrap();
+    let h = handle(&e, "w");
+    let with_bucket = |prefix: &str, n: u32, bucket: u16| -> Vec<NewUser> {
+        (0..n)
+            .map(|i| NewUser {
+                bucket: Some(bucket),
+                ..user(&format!("{prefix}{i}"))
+            })
+            .collect()
+    };
+    h.upsert_users(with_bucket("a", 65_000, 5)).unwrap();
+    let disk = DiskFull::new();
+    put_on(&h, &disk);
+
+    // A batch that fills the first chunk, all in bucket 0, visible while
+    // its sync is held: a count of bucket 0 keeps that chunk's mask.
+    disk.hold_syncs(true);
+    let h2 = h.clone();
+    let batch = with_bucket("b", 1_000, 0);
+    let refused = std::thread::spawn(move || h2.upsert_users(batch));
+    assert!(disk.wait_held(1, Duration::from_secs(30)));
+    assert_eq!(bucket_counts(&h, 0, 0), (1_000, 1_000));
+    let masks = h.bitmaps().bucket_mask_cache().unwrap();
+    assert!(masks.stats().bytes > 0, "{:?}", masks.stats());
+    disk.refuse_syncs(true);
+    disk.hold_syncs(false);
+    assert!(refused.join().unwrap().is_err());
+    disk.refuse_syncs(false);
+
+    // Undone: the same ids come back in another bucket.
+    h.upsert_users(with_bucket("c", 1_000, 9)).unwrap();
+    assert_eq!(h.read().users.len(), 66_000);
+    assert_eq!(bucket_counts(&h, 0, 0), (0, 0));
+    assert_eq!(bucket_counts(&h, 9, 9), (1_000, 1_000));
 }
