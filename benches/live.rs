@@ -1,7 +1,8 @@
-//! What is measured: live segments on a mapped snapshot (by default the
-//! medium workload of ../shared/WORKLOAD.md at
-//! `/work/bench-data/medium.segqsnap`, or `SEGQ_BENCH_SNAPSHOT`; opened
-//! read-only, never written), with ten saved segments of the six query
+//! What is measured: live segments on a mapped snapshot (the file named by
+//! `SEGQ_BENCH_SNAPSHOT`, opened read-only and never written; else the
+//! medium workload of ../shared/WORKLOAD.md, 10M users and 200 cohorts,
+//! seed 42, written once to `target/bench-data/medium-42.segqsnap` and
+//! reused), with ten saved segments of the six query
 //! shapes (each shape, and four more over other cohorts), kept live:
 //!
 //! - `refresh_1000`: bringing every live segment up to date after one
@@ -34,10 +35,34 @@ use segq::workspace::live::{LiveSegments, Touched};
 use segq::workspace::source::SerialCache;
 use segq::{UserId, Workspace};
 
+/// The medium workload's snapshot, written once under the target
+/// directory (through a temporary name, so an interrupted write is never
+/// taken for a whole file).
+fn medium_snapshot() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    let path = dir.join("medium-42.segqsnap");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).expect("creates target/bench-data");
+        let tmp = dir.join("medium-42.segqsnap.tmp");
+        let spec = workload::Spec {
+            users: 10_000_000,
+            cohorts: 200,
+            seed: 42,
+        };
+        let file = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("creates"));
+        let (mut file, _) = workload::write_snapshot("bench", spec, file).expect("writes");
+        std::io::Write::flush(&mut file).expect("flushes");
+        std::fs::rename(&tmp, &path).expect("renames");
+    }
+    path
+}
+
 fn workspace() -> Workspace {
-    let path = std::env::var("SEGQ_BENCH_SNAPSHOT")
-        .unwrap_or_else(|_| "/work/bench-data/medium.segqsnap".into());
-    let snap = Arc::new(Snapshot::open(std::path::Path::new(&path)).expect("opens the snapshot"));
+    let path = match std::env::var_os("SEGQ_BENCH_SNAPSHOT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => medium_snapshot(),
+    };
+    let snap = Arc::new(Snapshot::open(&path).expect("opens the snapshot"));
     let mut ws = segq::engine::persist::load_workspace(snap).expect("loads the workspace");
     let shapes = workload::query_shapes(200);
     let mut filters: Vec<Filter> = shapes.iter().map(|(_, f)| f.clone()).collect();
