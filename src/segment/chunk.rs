@@ -89,6 +89,7 @@ enum LeafView<'a> {
 }
 
 /// A leaf's members in one chunk.
+#[derive(Clone, Copy)]
 enum Lc<'a> {
     Empty,
     One(Container<'a>),
@@ -156,6 +157,26 @@ impl Lc<'_> {
                 }
             }
         }
+    }
+
+    /// One step of an AND or AND NOT: with `fuse` (the step is a count's
+    /// last), the count of `out (op) members` when it is cheap to get,
+    /// leaving `out` as it was; else `out (op)= members` and `None`.
+    fn step(
+        &self,
+        k: Kernels,
+        op: Op,
+        out: &mut Words,
+        s: &mut Scratch,
+        fuse: bool,
+    ) -> Option<u32> {
+        if fuse {
+            if let Some(n) = self.count(k, op, out) {
+                return Some(n);
+            }
+        }
+        self.combine(k, op, out, s);
+        None
     }
 
     /// The count of `out (op) members` when it is cheap to get without
@@ -239,6 +260,32 @@ impl Lc<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A node read like one container in a chunk: a cohort leaf's members,
+/// or a bucket range's kept mask (held here while it is read).
+enum Held<'a> {
+    Leaf(Lc<'a>),
+    Mask(Arc<Mask>),
+}
+
+impl<'a> Held<'a> {
+    /// `c`'s members in chunk `key`, when `c` is a cohort leaf or a bucket
+    /// range with a mask for the chunk (`None`: another node).
+    fn of(c: &Node, key: u32, ctx: &'a Ctx, s: &mut Scratch) -> Option<Self> {
+        match c {
+            Node::Cohort(i) => Some(Held::Leaf(ctx.leaves[*i].chunk(key as u16))),
+            Node::Bucket(lo, hi) => ctx.bucket_mask(key, *lo, *hi, s).map(Held::Mask),
+            _ => None,
+        }
+    }
+
+    fn lc(&self) -> Lc<'_> {
+        match self {
+            Held::Leaf(lc) => *lc,
+            Held::Mask(m) => m.container().map_or(Lc::Empty, Lc::One),
         }
     }
 }
@@ -511,34 +558,19 @@ fn eval(
                 if is_bucket(c) {
                     continue;
                 }
-                // A cohort leaf combines straight from its container.
-                if let (Node::Cohort(i), Out::Words) = (c, &state) {
-                    let lc = ctx.leaves[*i].chunk(key as u16);
-                    if let Lc::Empty = lc {
-                        *early = true;
-                        return Out::Empty;
-                    }
-                    if fuse_all && j + 1 == all.len() {
-                        if let Some(n) = lc.count(k, Op::And, out) {
-                            return Out::Count(n);
-                        }
-                    }
-                    lc.combine(k, Op::And, out, s);
-                    continue;
-                }
-                if let (Node::Bucket(lo, hi), Out::Words) = (c, &state) {
-                    if let Some(m) = ctx.bucket_mask(key, *lo, *hi, s) {
-                        let lc = m.container().map_or(Lc::Empty, Lc::One);
+                // A cohort leaf or a masked bucket range combines straight
+                // from its container.
+                if let Out::Words = state {
+                    if let Some(held) = Held::of(c, key, ctx, s) {
+                        let lc = held.lc();
                         if let Lc::Empty = lc {
                             *early = true;
                             return Out::Empty;
                         }
-                        if fuse_all && j + 1 == all.len() {
-                            if let Some(n) = lc.count(k, Op::And, out) {
-                                return Out::Count(n);
-                            }
+                        let fuse = fuse_all && j + 1 == all.len();
+                        if let Some(n) = lc.step(k, Op::And, out, s, fuse) {
+                            return Out::Count(n);
                         }
-                        lc.combine(k, Op::And, out, s);
                         continue;
                     }
                 }
@@ -575,27 +607,12 @@ fn eval(
                     ctx.universe(key, out);
                     state = Out::Words;
                 }
-                if let Node::Cohort(i) = c {
-                    let lc = ctx.leaves[*i].chunk(key as u16);
-                    if fuse_minus && j + 1 == minus.len() {
-                        if let Some(n) = lc.count(k, Op::AndNot, out) {
-                            return Out::Count(n);
-                        }
+                if let Some(held) = Held::of(c, key, ctx, s) {
+                    let fuse = fuse_minus && j + 1 == minus.len();
+                    if let Some(n) = held.lc().step(k, Op::AndNot, out, s, fuse) {
+                        return Out::Count(n);
                     }
-                    lc.combine(k, Op::AndNot, out, s);
                     continue;
-                }
-                if let Node::Bucket(lo, hi) = c {
-                    if let Some(m) = ctx.bucket_mask(key, *lo, *hi, s) {
-                        let lc = m.container().map_or(Lc::Empty, Lc::One);
-                        if fuse_minus && j + 1 == minus.len() {
-                            if let Some(n) = lc.count(k, Op::AndNot, out) {
-                                return Out::Count(n);
-                            }
-                        }
-                        lc.combine(k, Op::AndNot, out, s);
-                        continue;
-                    }
                 }
                 let mut t = s.take();
                 let r = eval(c, key, ctx, &mut t, s, early, false);
