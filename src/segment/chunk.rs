@@ -18,7 +18,7 @@
 //! there is read straight from the snapshot's container; otherwise its
 //! words are `(base | added) & !removed`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -445,8 +445,55 @@ fn units(node: &Node) -> usize {
     }
 }
 
-/// A count's chunks are cut into about this many pieces per thread.
-const PIECES_PER_THREAD: usize = 4;
+/// A count's chunks are cut into about this many pieces per thread: small
+/// enough that a skewed plan (its chunks clustered in a band) still spreads
+/// over every thread, and that a helper which wakes late finds work left.
+const PIECES_PER_THREAD: usize = 8;
+
+/// The sum of `f` over `keys`, computed by the calling thread together with
+/// up to `threads - 1` pool threads that join as they wake, each taking the
+/// next piece of keys until none is left.
+///
+/// Handing the whole job to the pool (`par_iter` from outside it) makes the
+/// caller sleep until a worker wakes, does the work and wakes it again: two
+/// wake-ups, tens of microseconds on a virtual machine, for counts that
+/// take about as long. Here the caller starts at once, and a helper that
+/// wakes after the last piece was taken returns without work. Inside the
+/// pool (a count run from a pool thread) the caller steals work while it
+/// waits, as rayon's scopes do.
+fn spread_sum<S>(
+    keys: &[u32],
+    threads: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, u32) -> u64 + Sync,
+) -> u64 {
+    let piece = (keys.len() / (threads * PIECES_PER_THREAD)).max(1);
+    let next = AtomicUsize::new(0);
+    let total = AtomicU64::new(0);
+    let run = || {
+        let mut state = None;
+        let mut n = 0;
+        loop {
+            let at = next.fetch_add(piece, Ordering::Relaxed);
+            let Some(these) = keys.get(at..(at + piece).min(keys.len())) else {
+                break;
+            };
+            if these.is_empty() {
+                break;
+            }
+            let s = state.get_or_insert_with(&init);
+            n += these.iter().map(|&key| f(s, key)).sum::<u64>();
+        }
+        total.fetch_add(n, Ordering::Relaxed);
+    };
+    rayon::in_place_scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|_| run());
+        }
+        run();
+    });
+    total.into_inner()
+}
 
 /// The chunks a count evaluates, in order: for an AND with a cohort leaf
 /// among its `all` children, the chunks where the first such leaf (the
@@ -1010,14 +1057,7 @@ impl<'w> Prepared<'w> {
                 let mut b = buffers();
                 keys.iter().map(|&key| one(&mut b, key)).sum::<u64>()
             } else {
-                // Pieces of a few chunks each, so that the work of a
-                // skewed plan (its chunks clustered in a band) still
-                // spreads over every thread.
-                let piece = (keys.len() / (threads * PIECES_PER_THREAD)).max(1);
-                keys.par_iter()
-                    .with_max_len(piece)
-                    .map_init(buffers, |b, &key| one(b, key))
-                    .sum::<u64>()
+                spread_sum(&keys, threads, buffers, one)
             }
         })?;
         Ok((
@@ -1274,4 +1314,39 @@ pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>
             },
         );
     Ok(sums.0.into_iter().zip(sums.1).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread_sum;
+
+    #[test]
+    fn spread_sum_visits_every_key_once_from_outside_and_inside_the_pool() {
+        for len in [0usize, 1, 7, 64, 1000] {
+            let keys: Vec<u32> = (0..len as u32).collect();
+            let want: u64 = keys.iter().map(|&k| u64::from(k) * 3 + 1).sum();
+            for threads in [1, 2, 3, 8] {
+                let got = spread_sum(
+                    &keys,
+                    threads,
+                    || 0u32,
+                    |seen, k| {
+                        *seen += 1;
+                        u64::from(k) * 3 + 1
+                    },
+                );
+                assert_eq!(got, want, "len {len}, threads {threads}");
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap();
+                let inside =
+                    pool.install(|| spread_sum(&keys, threads, || (), |_, k| u64::from(k) * 3 + 1));
+                assert_eq!(
+                    inside, want,
+                    "inside the pool: len {len}, threads {threads}"
+                );
+            }
+        }
+    }
 }
