@@ -362,6 +362,23 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A custom attribute's value does not fit the attribute (its type, its
+    /// size), or its name is not a valid name.
+    #[error("attribute {}: {reason}", Bare(attribute))]
+    AttributeType {
+        /// The attribute.
+        attribute: String,
+        /// What is wrong, with the attribute's type and the value's.
+        reason: String,
+    },
+
+    /// A filter names an attribute no user of the workspace was ever given.
+    #[error("no custom attribute named {}", Echo(attribute))]
+    UnknownAttribute {
+        /// The attribute as written.
+        attribute: String,
+    },
+
     /// A failure of segq itself, not of its input (a value that does not
     /// serialise, a state that should not occur).
     #[error("internal error: {0}")]

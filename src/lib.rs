@@ -51,6 +51,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attributes;
 pub mod bitmap_view;
 pub mod bulk;
 pub mod cohorts;

@@ -13,6 +13,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 
 use std::sync::Arc;
 
+use crate::attributes::Attributes;
 use crate::cohorts::{BaseBitmap, ChangeReport, CohortCatalog, ResolvedChanges};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
@@ -72,6 +73,8 @@ pub struct Workspace {
     pub enabled_partners: BTreeSet<Partner>,
     /// Saved segments by id.
     pub segments: BTreeMap<String, SavedSegment>,
+    /// The users' custom attributes, with their indexes.
+    pub attributes: Attributes,
 }
 
 impl Workspace {
@@ -85,6 +88,7 @@ impl Workspace {
             keys: BTreeMap::new(),
             enabled_partners: BTreeSet::new(),
             segments: BTreeMap::new(),
+            attributes: Attributes::new(),
         }
     }
 

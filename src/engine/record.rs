@@ -13,6 +13,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::attributes::{AttrType, AttrValue};
 use crate::cohorts::{ChangeReport, ResolvedChanges};
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId};
@@ -161,6 +162,21 @@ pub enum Change {
         cohort_id: String,
         /// When (ms since the Unix epoch).
         at_ms: i64,
+    },
+    /// A user's custom attributes set (`None`: unset), checked against
+    /// the attributes' types before it was logged.
+    AttributesSet {
+        /// The user.
+        user: UserId,
+        /// `(attribute, value)` in the order given.
+        values: Vec<(String, Option<AttrValue>)>,
+    },
+    /// A custom attribute's type declared before any user has it.
+    AttributeDeclared {
+        /// The attribute.
+        name: String,
+        /// Its type.
+        ty: AttrType,
     },
 }
 
@@ -354,6 +370,13 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
         Change::CohortDeleted {
             partner, cohort_id, ..
         } => ws.delete_cohort(*partner, cohort_id)?,
+        Change::AttributesSet { user, values } => {
+            if user.0 >= ws.users.len() {
+                return Err(Error::UnknownUser(user.to_string()));
+            }
+            ws.attributes.set(user.0, values)?
+        }
+        Change::AttributeDeclared { name, ty } => ws.attributes.declare(name, *ty)?,
     }
     Ok(applied)
 }
@@ -376,6 +399,11 @@ pub fn touched(change: &Change, t: &mut Touched) {
             resolved.ops.iter().map(|op| op.user),
         ),
         Change::Batch(changes) => changes.iter().for_each(|c| touched(c, t)),
+        Change::AttributesSet { user, values } => {
+            for (name, _) in values {
+                t.attribute(name, *user);
+            }
+        }
         Change::SegmentSaved { id, .. } | Change::SegmentDeleted { id } => t.segment(id),
         Change::WorkspaceCreated { .. }
         | Change::DeviceAdded { .. }
@@ -387,6 +415,7 @@ pub fn touched(change: &Change, t: &mut Touched) {
         | Change::KeyInvalidated { .. }
         | Change::SeqsAbandoned { .. }
         | Change::KeyUsed { .. }
-        | Change::CohortDeleted { .. } => {}
+        | Change::CohortDeleted { .. }
+        | Change::AttributeDeclared { .. } => {}
     }
 }

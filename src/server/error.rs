@@ -133,7 +133,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::NoSuchCohort { .. }
         | Error::UnknownWorkspace { .. }
         | Error::UnknownKey { .. }
-        | Error::UnknownSegment { .. } => StatusCode::NOT_FOUND,
+        | Error::UnknownSegment { .. }
+        | Error::UnknownAttribute { .. } => StatusCode::NOT_FOUND,
         Error::DuplicateExternalId { .. }
         | Error::DuplicateAlias { .. }
         | Error::DuplicateDevice { .. }
@@ -150,7 +151,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::FilterTooLarge { .. }
         | Error::InvalidWorkspaceName { .. }
         | Error::ReservedWorkspaceName { .. }
-        | Error::InvalidCursor(_) => StatusCode::BAD_REQUEST,
+        | Error::InvalidCursor(_)
+        | Error::AttributeType { .. } => StatusCode::BAD_REQUEST,
         Error::WorkspaceFailed { .. } | Error::NotDurable { .. } | Error::Locked { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -32,8 +32,11 @@ use crate::error::{Error, Result};
 
 /// The bytes at the start and the end of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"SEGQSNAP";
-/// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build writes. Version 2 added the optional
+/// attributes section; versions [`MIN_VERSION`]`..=VERSION` are read.
+pub const VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const MIN_VERSION: u32 = 1;
 /// Header length; sections start here.
 pub const HEADER_LEN: usize = 64;
 /// Sections start at multiples of this.
@@ -59,18 +62,29 @@ pub enum SectionKind {
     Aliases = 5,
     /// Cohort bitmaps, portable roaring format, each 8-byte aligned.
     Bitmaps = 6,
+    /// Users' custom attributes and their indexes (version 2 on).
+    Attributes = 7,
 }
 
 impl SectionKind {
     /// Every kind, in tag order.
-    pub const ALL: [SectionKind; 6] = [
+    pub const ALL: [SectionKind; 7] = [
         SectionKind::Meta,
         SectionKind::Buckets,
         SectionKind::ExternalIds,
         SectionKind::Devices,
         SectionKind::Aliases,
         SectionKind::Bitmaps,
+        SectionKind::Attributes,
     ];
+
+    /// The first format version with this kind of section.
+    pub fn since(self) -> u32 {
+        match self {
+            SectionKind::Attributes => 2,
+            _ => 1,
+        }
+    }
 
     fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.into_iter().find(|k| *k as u32 == v)
@@ -85,6 +99,7 @@ impl SectionKind {
             SectionKind::Devices => "devices",
             SectionKind::Aliases => "aliases",
             SectionKind::Bitmaps => "bitmaps",
+            SectionKind::Attributes => "attributes",
         }
     }
 }
@@ -239,6 +254,7 @@ pub struct SnapshotFile<B> {
     bytes: B,
     name: String,
     sections: Vec<Section>,
+    version: u32,
 }
 
 impl<B: AsRef<[u8]>> SnapshotFile<B> {
@@ -267,9 +283,9 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
             )));
         }
         let version = u32_at(b, 8);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(corrupt(format!(
-                "format version {version} is not supported (this build reads {VERSION})"
+                "format version {version} is not supported (this build reads {MIN_VERSION} to {VERSION})"
             )));
         }
         if let Some(i) = b[12..HEADER_LEN].iter().position(|&x| x != 0) {
@@ -295,9 +311,9 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
                 &name, "footer", tail_crc, computed,
             ));
         }
-        if u32_at(tail, 16) != VERSION {
+        if u32_at(tail, 16) != version {
             return Err(corrupt(format!(
-                "footer version {} does not match the header's {VERSION}",
+                "footer version {} does not match the header's {version}",
                 u32_at(tail, 16)
             )));
         }
@@ -340,6 +356,13 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
                     kind.name()
                 )));
             }
+            if kind.since() > version {
+                return Err(corrupt(format!(
+                    "section {} in a version {version} file (it exists from version {})",
+                    kind.name(),
+                    kind.since()
+                )));
+            }
             if sections.iter().any(|s: &Section| s.kind == kind) {
                 return Err(corrupt(format!("section {} appears twice", kind.name())));
             }
@@ -354,7 +377,13 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
             bytes,
             name,
             sections,
+            version,
         })
+    }
+
+    /// The file's format version.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The file's name or path.
@@ -384,6 +413,15 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
                 reason: format!("no {} section", kind.name()),
             })?;
         Ok(&self.bytes.as_ref()[s.offset as usize..(s.offset + s.len) as usize])
+    }
+
+    /// A section's bytes (unverified), or `None` when the file has no such
+    /// section (a kind a file may lack: see [`SectionKind::since`]).
+    pub fn optional_section(&self, kind: SectionKind) -> Option<&[u8]> {
+        self.sections
+            .iter()
+            .find(|s| s.kind == kind)
+            .map(|s| &self.bytes.as_ref()[s.offset as usize..(s.offset + s.len) as usize])
     }
 
     /// Checks every section's checksum, and that the padding between

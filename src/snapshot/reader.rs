@@ -164,6 +164,17 @@ impl Snapshot {
             .map_err(|e| self.corrupt(format!("{} section: {e}", kind.name())))
     }
 
+    /// The attributes section's bytes (`None`: the file has none, as no
+    /// version 1 file does).
+    pub fn attributes_bytes(&self) -> Option<&[u8]> {
+        self.file.optional_section(SectionKind::Attributes)
+    }
+
+    /// The file's format version.
+    pub fn version(&self) -> u32 {
+        self.file.version()
+    }
+
     /// The external_id dictionary.
     pub fn external_ids(&self) -> Result<Dict<'_>> {
         self.dict(SectionKind::ExternalIds)

@@ -19,6 +19,9 @@ pub struct Contents {
     pub devices: DictWriter,
     /// The alias dictionary (keys made by [`super::dict::alias_key`]).
     pub aliases: DictWriter,
+    /// The attributes section ([`crate::attributes`] encodes it; empty:
+    /// no section).
+    pub attributes: Vec<u8>,
     buckets: Vec<u8>,
     bitmaps: Vec<u8>,
 }
@@ -33,6 +36,7 @@ impl Contents {
             external_ids: DictWriter::new(),
             devices: DictWriter::new(),
             aliases: DictWriter::new(),
+            attributes: Vec::new(),
             buckets: Vec::new(),
             bitmaps: Vec::new(),
         }
@@ -81,6 +85,7 @@ impl Contents {
             external_ids,
             devices,
             aliases,
+            attributes,
             buckets,
             bitmaps,
         } = self;
@@ -93,6 +98,10 @@ impl Contents {
         w.section(SectionKind::Devices, &devices.finish()?)?;
         w.section(SectionKind::Aliases, &aliases.finish()?)?;
         w.section(SectionKind::Bitmaps, &bitmaps)?;
+        drop(bitmaps);
+        if !attributes.is_empty() {
+            w.section(SectionKind::Attributes, &attributes)?;
+        }
         w.finish()
     }
 }

@@ -50,6 +50,8 @@ pub struct Touched {
     users: RoaringBitmap,
     /// Saved segments created, changed or deleted.
     segments: BTreeSet<String>,
+    /// Per custom attribute, the users whose value changed.
+    attributes: HashMap<String, RoaringBitmap>,
 }
 
 impl Touched {
@@ -64,6 +66,19 @@ impl Touched {
         self.users.insert(user.0);
     }
 
+    /// Notes a user whose value of a custom attribute changed.
+    pub fn attribute(&mut self, name: &str, user: UserId) {
+        match self.attributes.get_mut(name) {
+            Some(b) => {
+                b.insert(user.0);
+            }
+            None => {
+                self.attributes
+                    .insert(name.to_string(), std::iter::once(user.0).collect());
+            }
+        }
+    }
+
     /// Notes a saved segment created, changed or deleted.
     pub fn segment(&mut self, id: &str) {
         self.segments.insert(id.to_string());
@@ -71,7 +86,10 @@ impl Touched {
 
     /// Whether the write touched nothing a live segment reads.
     pub fn is_empty(&self) -> bool {
-        self.cohorts.is_empty() && self.users.is_empty() && self.segments.is_empty()
+        self.cohorts.is_empty()
+            && self.users.is_empty()
+            && self.segments.is_empty()
+            && self.attributes.is_empty()
     }
 }
 

@@ -177,9 +177,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("snapshot", &["bitmap_view", "error", "ids"]),
     // The domain.
     ("users", &["error", "ids", "snapshot"]),
+    ("attributes", &["error"]),
     (
         "segment",
-        &["bitmap_view", "error", "ids", "snapshot", "users"],
+        &["attributes", "bitmap_view", "error", "ids", "snapshot", "users"],
     ),
     (
         "cohorts",
@@ -188,6 +189,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "workspace",
         &[
+            "attributes",
             "bitmap_view",
             "cohorts",
             "error",
@@ -198,10 +200,11 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("import", &["cohorts", "error", "ids"]),
-    ("bulk", &["error", "ids", "users"]),
+    ("bulk", &["attributes", "error", "ids", "users"]),
     (
         "workload",
         &[
+            "attributes",
             "cohorts",
             "error",
             "ids",
@@ -215,6 +218,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "engine",
         &[
+            "attributes",
             "bitmap_view",
             "cohorts",
             "error",
@@ -231,6 +235,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "query",
         &[
+            "attributes",
             "bitmap_view",
             "cohorts",
             "engine",
@@ -245,6 +250,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "attributes",
             "bulk",
             "cohorts",
             "engine",
@@ -394,6 +400,7 @@ fn the_layer_table_is_ordered_and_storage_knows_no_domain() {
     }
     let domain = [
         "users",
+        "attributes",
         "segment",
         "cohorts",
         "workspace",

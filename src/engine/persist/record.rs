@@ -2,7 +2,7 @@
 //! [`Change`], as bincode 2 (standard configuration) written by hand with
 //! an explicit tag per kind (see `snapshot::codec`). The tags are
 //! append-only: a new kind of change takes the next unused tag (after
-//! [`Record::COHORT_DELETED`]), and no tag is ever reused or renumbered.
+//! [`Record::ATTRIBUTE_DECLARED`]), and no tag is ever reused or renumbered.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -10,6 +10,7 @@ use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
 use super::{from_persisted, to_persisted};
+use crate::attributes::{AttrType, AttrValue};
 use crate::cohorts::{MemberOp, ResolvedChanges};
 use crate::engine::record::Change;
 use crate::error::{Error, Result};
@@ -113,6 +114,46 @@ pub enum Record {
         cohort_id: String,
         at_ms: i64,
     },
+    AttributesSet {
+        user: u32,
+        values: Vec<(String, Option<PValue>)>,
+    },
+    AttributeDeclared {
+        name: String,
+        ty: AttrType,
+    },
+}
+
+/// A custom attribute's value, as persisted: its type's tag
+/// ([`AttrType`]'s, append-only) then the value (a string, an `i64` for
+/// integers, decimal units and times, a `bool`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PValue(pub AttrValue);
+
+impl Encode for PValue {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.0.ty().tag().encode(e)?;
+        match &self.0 {
+            AttrValue::String(s) => s.encode(e),
+            AttrValue::Integer(v) | AttrValue::Decimal(v) | AttrValue::Time(v) => v.encode(e),
+            AttrValue::Boolean(b) => b.encode(e),
+        }
+    }
+}
+
+impl<C> Decode<C> for PValue {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        let tag = u8::decode(d)?;
+        let ty = AttrType::from_tag(tag).ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?;
+        Ok(PValue(match ty {
+            AttrType::String => AttrValue::String(String::decode(d)?),
+            AttrType::Boolean => AttrValue::Boolean(bool::decode(d)?),
+            AttrType::Integer | AttrType::Decimal | AttrType::Time => {
+                let v = i64::decode(d)?;
+                AttrValue::from_number(ty, v).ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?
+            }
+        }))
+    }
 }
 
 impl Record {
@@ -148,6 +189,10 @@ impl Record {
     pub const KEY_USED: u32 = 14;
     /// The tag of [`Record::CohortDeleted`].
     pub const COHORT_DELETED: u32 = 15;
+    /// The tag of [`Record::AttributesSet`].
+    pub const ATTRIBUTES_SET: u32 = 16;
+    /// The tag of [`Record::AttributeDeclared`].
+    pub const ATTRIBUTE_DECLARED: u32 = 17;
 
     /// How deeply batches may nest (a record of its own is level 1). segq
     /// writes at most two levels (a batch of upserts, some of them a batch
@@ -269,6 +314,12 @@ impl Encode for Record {
                 encode_partner(*partner, e)?;
                 (cohort_id, at_ms).encode(e)
             }
+            Record::AttributesSet { user, values } => {
+                (Self::ATTRIBUTES_SET, user, values).encode(e)
+            }
+            Record::AttributeDeclared { name, ty } => {
+                (Self::ATTRIBUTE_DECLARED, name, ty.tag()).encode(e)
+            }
         }
     }
 }
@@ -365,6 +416,18 @@ fn decode_record<C, D: Decoder<Context = C>>(
             partner: decode_partner(d)?,
             cohort_id: Decode::decode(d)?,
             at_ms: Decode::decode(d)?,
+        },
+        Record::ATTRIBUTES_SET => Record::AttributesSet {
+            user: Decode::decode(d)?,
+            values: decode_seq(d, |d| Ok((String::decode(d)?, Option::<PValue>::decode(d)?)))?,
+        },
+        Record::ATTRIBUTE_DECLARED => Record::AttributeDeclared {
+            name: Decode::decode(d)?,
+            ty: {
+                let tag = u8::decode(d)?;
+                AttrType::from_tag(tag)
+                    .ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?
+            },
         },
         tag => return Err(unknown_tag("log record", tag)),
     })
@@ -479,6 +542,17 @@ pub(crate) fn to_record(c: &Change) -> Record {
             cohort_id: cohort_id.clone(),
             at_ms: *at_ms,
         },
+        Change::AttributesSet { user, values } => Record::AttributesSet {
+            user: user.0,
+            values: values
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone().map(PValue)))
+                .collect(),
+        },
+        Change::AttributeDeclared { name, ty } => Record::AttributeDeclared {
+            name: name.clone(),
+            ty: *ty,
+        },
     }
 }
 
@@ -586,6 +660,11 @@ pub(crate) fn from_record(r: Record) -> Change {
             cohort_id,
             at_ms,
         },
+        Record::AttributesSet { user, values } => Change::AttributesSet {
+            user: UserId(user),
+            values: values.into_iter().map(|(n, v)| (n, v.map(|v| v.0))).collect(),
+        },
+        Record::AttributeDeclared { name, ty } => Change::AttributeDeclared { name, ty },
     }
 }
 

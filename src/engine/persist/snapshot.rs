@@ -60,6 +60,7 @@ pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
         },
     };
     let mut out = Contents::new(meta);
+    out.attributes = crate::attributes::codec::encode(&ws.attributes).map_err(Error::Internal)?;
     for b in ws.users.buckets() {
         out.push_bucket(b);
     }
@@ -162,6 +163,10 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
         .extend(meta.enabled_partners.iter().copied());
     for &(p, day, n) in &meta.data_points {
         ws.add_data_points(p, day_of(day), n);
+    }
+    if let Some(bytes) = snap.attributes_bytes() {
+        ws.attributes = crate::attributes::codec::decode(bytes, meta.users)
+            .map_err(|e| snap.corrupt(e))?;
     }
     for s in &meta.segments {
         ws.segments.insert(

@@ -1,0 +1,604 @@
+//! The attributes of a workspace's users, each with its index.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use roaring::RoaringBitmap;
+use serde::Serialize;
+
+use super::bsi::Bsi;
+use super::value::{AttrType, AttrValue};
+use crate::error::{Error, Result};
+
+/// Marks "no value" in a string attribute's per-user column.
+const NONE: u32 = u32::MAX;
+
+/// A string attribute's index: a bitmap per distinct value.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Strings {
+    has: RoaringBitmap,
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+    members: Vec<RoaringBitmap>,
+    /// Each user's value id, built on the first change of a user that
+    /// already has a value (updates need the old value; loading and
+    /// queries do not).
+    column: Option<Vec<u32>>,
+}
+
+impl Strings {
+    fn column(&mut self) -> &mut Vec<u32> {
+        let (members, has) = (&self.members, &self.has);
+        self.column.get_or_insert_with(|| {
+            let len = has.max().map_or(0, |m| m as usize + 1);
+            let mut c = vec![NONE; len];
+            for (id, m) in members.iter().enumerate() {
+                for u in m {
+                    c[u as usize] = id as u32;
+                }
+            }
+            c
+        })
+    }
+
+    fn value_id(&self, user: u32) -> Option<u32> {
+        if !self.has.contains(user) {
+            return None;
+        }
+        if let Some(c) = &self.column {
+            return c.get(user as usize).copied().filter(|&v| v != NONE);
+        }
+        self.members
+            .iter()
+            .position(|m| m.contains(user))
+            .map(|i| i as u32)
+    }
+
+    fn remove(&mut self, user: u32) {
+        if !self.has.contains(user) {
+            return;
+        }
+        let c = self.column();
+        let old = c.get(user as usize).copied().unwrap_or(NONE);
+        if let Some(x) = c.get_mut(user as usize) {
+            *x = NONE;
+        }
+        if let Some(m) = self.members.get_mut(old as usize) {
+            m.remove(user);
+        }
+        self.has.remove(user);
+    }
+
+    fn set(&mut self, user: u32, v: &str) {
+        self.remove(user);
+        let id = match self.ids.get(v) {
+            Some(&id) => id,
+            None => {
+                let id = self.names.len() as u32;
+                self.ids.insert(v.to_string(), id);
+                self.names.push(v.to_string());
+                self.members.push(RoaringBitmap::new());
+                id
+            }
+        };
+        self.members[id as usize].insert(user);
+        self.has.insert(user);
+        if let Some(c) = &mut self.column {
+            if c.len() <= user as usize {
+                c.resize(user as usize + 1, NONE);
+            }
+            c[user as usize] = id;
+        }
+    }
+}
+
+/// An attribute's index, by type.
+#[derive(Clone, Debug)]
+pub(crate) enum Index {
+    Strings(Strings),
+    Booleans {
+        has: RoaringBitmap,
+        truth: RoaringBitmap,
+    },
+    Numbers(Bsi),
+}
+
+/// One custom attribute: its type and its index.
+#[derive(Clone, Debug)]
+pub struct Attribute {
+    name: String,
+    ty: AttrType,
+    index: Index,
+    version: u64,
+}
+
+/// A string value and how many users have it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommonValue {
+    /// The value.
+    pub value: String,
+    /// Users with it.
+    pub users: u64,
+}
+
+/// What the attribute list shows of an attribute.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttributeSummary {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: AttrType,
+    /// How many users have a value.
+    pub users: u64,
+    /// For strings: how many distinct values users have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_values: Option<u64>,
+    /// For strings: the most common values, most users first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub common_values: Option<Vec<CommonValue>>,
+    /// For booleans: how many users have `true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_users: Option<u64>,
+    /// For numbers and times: the smallest and largest value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Value>,
+    /// See `min`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Value>,
+}
+
+/// A comparison an index answers, in the index's own terms (the segment
+/// layer turns a filter's comparison into one of these).
+pub enum AttrQuery<'a> {
+    /// Users with a value.
+    Exists,
+    /// Users whose string is one of these.
+    AnyOf(&'a [String]),
+    /// Users whose string satisfies a predicate (run once per distinct
+    /// value, never per user).
+    Matching(&'a (dyn Fn(&str) -> bool + Sync)),
+    /// Users whose boolean is this.
+    Is(bool),
+    /// Users whose number lies in `lo..=hi` (an end `None`: unbounded).
+    Range(Option<i64>, Option<i64>),
+}
+
+impl Attribute {
+    fn new(name: &str, ty: AttrType) -> Attribute {
+        let index = match ty {
+            AttrType::String => Index::Strings(Strings::default()),
+            AttrType::Boolean => Index::Booleans {
+                has: RoaringBitmap::new(),
+                truth: RoaringBitmap::new(),
+            },
+            AttrType::Integer | AttrType::Decimal | AttrType::Time => Index::Numbers(Bsi::default()),
+        };
+        Attribute {
+            name: name.to_string(),
+            ty,
+            index,
+            version: 0,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its type.
+    pub fn ty(&self) -> AttrType {
+        self.ty
+    }
+
+    /// Changes with every change of a value (for caches).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The users that have a value.
+    pub fn has(&self) -> &RoaringBitmap {
+        match &self.index {
+            Index::Strings(s) => &s.has,
+            Index::Booleans { has, .. } => has,
+            Index::Numbers(b) => b.has(),
+        }
+    }
+
+    /// One user's value.
+    pub fn get(&self, user: u32) -> Option<AttrValue> {
+        match &self.index {
+            Index::Strings(s) => s
+                .value_id(user)
+                .map(|id| AttrValue::String(s.names[id as usize].clone())),
+            Index::Booleans { has, truth } => has
+                .contains(user)
+                .then(|| AttrValue::Boolean(truth.contains(user))),
+            Index::Numbers(b) => b.get(user).and_then(|v| AttrValue::from_number(self.ty, v)),
+        }
+    }
+
+    /// The users a query selects. A query that does not fit the type (a
+    /// range on strings) is [`Error::AttributeType`].
+    pub fn select(&self, q: &AttrQuery<'_>) -> Result<RoaringBitmap> {
+        Ok(match (&self.index, q) {
+            (_, AttrQuery::Exists) => self.has().clone(),
+            (Index::Strings(s), AttrQuery::AnyOf(values)) => {
+                let mut out = RoaringBitmap::new();
+                for v in values.iter() {
+                    if let Some(&id) = s.ids.get(v.as_str()) {
+                        out |= &s.members[id as usize];
+                    }
+                }
+                out
+            }
+            (Index::Strings(s), AttrQuery::Matching(p)) => {
+                let hits: Vec<&RoaringBitmap> = s
+                    .names
+                    .iter()
+                    .zip(&s.members)
+                    .filter(|(n, m)| !m.is_empty() && p(n))
+                    .map(|(_, m)| m)
+                    .collect();
+                let mut out = RoaringBitmap::new();
+                for m in hits {
+                    out |= m;
+                }
+                out
+            }
+            (Index::Booleans { has, truth }, AttrQuery::Is(b)) => {
+                if *b {
+                    truth.clone()
+                } else {
+                    has - truth
+                }
+            }
+            (Index::Numbers(b), AttrQuery::Range(lo, hi)) => b.range(*lo, *hi),
+            _ => {
+                return Err(Error::AttributeType {
+                    attribute: self.name.clone(),
+                    reason: format!("a {} attribute cannot be compared this way", self.ty),
+                })
+            }
+        })
+    }
+
+    fn set(&mut self, user: u32, v: Option<&AttrValue>) {
+        self.version += 1;
+        match (&mut self.index, v) {
+            (Index::Strings(s), None) => s.remove(user),
+            (Index::Strings(s), Some(AttrValue::String(v))) => s.set(user, v),
+            (Index::Booleans { has, truth }, v) => match v {
+                Some(AttrValue::Boolean(b)) => {
+                    has.insert(user);
+                    if *b {
+                        truth.insert(user);
+                    } else {
+                        truth.remove(user);
+                    }
+                }
+                _ => {
+                    has.remove(user);
+                    truth.remove(user);
+                }
+            },
+            (Index::Numbers(b), v) => match v.and_then(AttrValue::number) {
+                Some(x) => b.set(user, x),
+                None => {
+                    b.remove(user);
+                }
+            },
+            // Values are checked against the type before they are set.
+            (Index::Strings(_), Some(_)) => {}
+        }
+    }
+
+    /// The attribute list's view of it, with up to `top` common values.
+    pub fn summary(&self, top: usize) -> AttributeSummary {
+        let mut s = AttributeSummary {
+            name: self.name.clone(),
+            ty: self.ty,
+            users: self.has().len(),
+            distinct_values: None,
+            common_values: None,
+            true_users: None,
+            min: None,
+            max: None,
+        };
+        match &self.index {
+            Index::Strings(st) => {
+                let mut all: Vec<CommonValue> = st
+                    .names
+                    .iter()
+                    .zip(&st.members)
+                    .filter(|(_, m)| !m.is_empty())
+                    .map(|(n, m)| CommonValue {
+                        value: n.clone(),
+                        users: m.len(),
+                    })
+                    .collect();
+                s.distinct_values = Some(all.len() as u64);
+                all.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.value.cmp(&b.value)));
+                all.truncate(top);
+                s.common_values = Some(all);
+            }
+            Index::Booleans { truth, .. } => s.true_users = Some(truth.len()),
+            Index::Numbers(b) => {
+                s.min = b.min().and_then(|v| AttrValue::from_number(self.ty, v)).map(|v| v.to_json());
+                s.max = b.max().and_then(|v| AttrValue::from_number(self.ty, v)).map(|v| v.to_json());
+            }
+        }
+        s
+    }
+
+    /// Its parts for persistence: strings as `(value, members)` pairs,
+    /// booleans as `(has, truth)`, numbers as the bit-sliced index.
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// An attribute from its persisted parts.
+    pub(crate) fn from_index(name: String, ty: AttrType, index: Index) -> Attribute {
+        Attribute {
+            name,
+            ty,
+            index,
+            version: 0,
+        }
+    }
+}
+
+impl Index {
+    /// A string index from its values and their members (a value appears
+    /// once; users are in at most one value's bitmap).
+    pub(crate) fn strings(values: Vec<(String, RoaringBitmap)>) -> Index {
+        let mut s = Strings::default();
+        for (name, m) in values {
+            s.has |= &m;
+            s.ids.insert(name.clone(), s.names.len() as u32);
+            s.names.push(name);
+            s.members.push(m);
+        }
+        Index::Strings(s)
+    }
+
+    /// A string index's values and members, in dictionary order.
+    pub(crate) fn string_values(&self) -> Option<Vec<(&str, &RoaringBitmap)>> {
+        match self {
+            Index::Strings(s) => {
+                let mut v: Vec<(&str, &RoaringBitmap)> = s
+                    .names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(&s.members)
+                    .filter(|(_, m)| !m.is_empty())
+                    .collect();
+                v.sort_by(|a, b| a.0.cmp(b.0));
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Every custom attribute of a workspace, by name. Cloning shares each
+/// attribute until one side changes it.
+#[derive(Clone, Debug, Default)]
+pub struct Attributes {
+    by_name: BTreeMap<String, Arc<Attribute>>,
+}
+
+impl Attributes {
+    /// No attributes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// An attribute by name.
+    pub fn get(&self, name: &str) -> Option<&Attribute> {
+        self.by_name.get(name).map(|a| &**a)
+    }
+
+    /// Every attribute, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Attribute> {
+        self.by_name.values().map(|a| &**a)
+    }
+
+    /// A user's values, by attribute name.
+    pub fn values_of(&self, user: u32) -> BTreeMap<String, AttrValue> {
+        self.by_name
+            .iter()
+            .filter_map(|(n, a)| a.get(user).map(|v| (n.clone(), v)))
+            .collect()
+    }
+
+    /// The type `name` has, or would take from the first of `pending`
+    /// declared before it.
+    pub fn type_of(&self, name: &str) -> Option<AttrType> {
+        self.get(name).map(Attribute::ty)
+    }
+
+    /// Reads a JSON object of attribute values into typed values, checking
+    /// each name and each value against its attribute's type (or the type
+    /// an earlier value in `sets` gave it). Changes nothing.
+    pub fn parse(
+        &self,
+        obj: &serde_json::Map<String, serde_json::Value>,
+        pending: &mut BTreeMap<String, AttrType>,
+    ) -> Result<Vec<(String, Option<AttrValue>)>> {
+        let mut out = Vec::with_capacity(obj.len());
+        for (name, v) in obj {
+            super::check_name(name)?;
+            let ty = self.type_of(name).or_else(|| pending.get(name).copied());
+            let value = AttrValue::from_json(name, v, ty)?;
+            if let (None, Some(v)) = (ty, &value) {
+                pending.insert(name.clone(), v.ty());
+            }
+            out.push((name.clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// Checks values against the attributes' types; changes nothing.
+    pub fn check(&self, sets: &[(String, Option<AttrValue>)]) -> Result<()> {
+        let mut pending = BTreeMap::new();
+        for (name, v) in sets {
+            super::check_name(name)?;
+            let Some(v) = v else { continue };
+            let ty = self
+                .type_of(name)
+                .or_else(|| pending.get(name.as_str()).copied());
+            match ty {
+                Some(t) if t != v.ty() => {
+                    return Err(Error::AttributeType {
+                        attribute: name.clone(),
+                        reason: format!("the attribute is of type {t}, the value of type {}", v.ty()),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    pending.insert(name.as_str(), v.ty());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares an attribute's type before any user has it; declaring the
+    /// type it has is a no-op, another type is [`Error::AttributeType`].
+    pub fn declare(&mut self, name: &str, ty: AttrType) -> Result<()> {
+        super::check_name(name)?;
+        match self.type_of(name) {
+            Some(t) if t == ty => Ok(()),
+            Some(t) => Err(Error::AttributeType {
+                attribute: name.to_string(),
+                reason: format!("the attribute is already of type {t}, not {ty}"),
+            }),
+            None => {
+                self.by_name
+                    .insert(name.to_string(), Arc::new(Attribute::new(name, ty)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets (or, with `None`, unsets) a user's values. Checked whole
+    /// first: on an error nothing changed.
+    pub fn set(&mut self, user: u32, sets: &[(String, Option<AttrValue>)]) -> Result<()> {
+        self.check(sets)?;
+        for (name, v) in sets {
+            match (self.by_name.get_mut(name.as_str()), v) {
+                (Some(a), v) => Arc::make_mut(a).set(user, v.as_ref()),
+                (None, Some(v)) => {
+                    let mut a = Attribute::new(name, v.ty());
+                    a.set(user, Some(v));
+                    self.by_name.insert(name.clone(), Arc::new(a));
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a persisted attribute in place (loading a snapshot).
+    pub(crate) fn insert(&mut self, a: Attribute) {
+        self.by_name.insert(a.name.clone(), Arc::new(a));
+    }
+
+    /// The attribute list: every attribute's summary, with up to `top`
+    /// common values for strings.
+    pub fn summaries(&self, top: usize) -> Vec<AttributeSummary> {
+        self.iter().map(|a| a.summary(top)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(a: &mut Attributes, user: u32, j: serde_json::Value) -> Result<()> {
+        let obj = j.as_object().unwrap().clone();
+        let sets = a.parse(&obj, &mut BTreeMap::new())?;
+        a.set(user, &sets)
+    }
+
+    #[test]
+    fn values_set_read_back_and_unset() {
+        let mut a = Attributes::new();
+        set(&mut a, 3, json!({"country": "BR", "spend": 120.5, "sub": true, "seen": "2026-11-01T10:00:00Z", "n": 7})).unwrap();
+        set(&mut a, 5, json!({"country": "DE", "spend": 3, "sub": false})).unwrap();
+        set(&mut a, 3, json!({"country": "DE", "n": null})).unwrap();
+        let v = a.values_of(3);
+        assert_eq!(v["country"], AttrValue::String("DE".into()));
+        assert_eq!(v["spend"], AttrValue::Decimal(1_205_000));
+        assert!(!v.contains_key("n"));
+        assert_eq!(a.get("n").unwrap().has().len(), 0);
+        let de = a
+            .get("country")
+            .unwrap()
+            .select(&AttrQuery::AnyOf(&["DE".to_string()]))
+            .unwrap();
+        assert_eq!(de.iter().collect::<Vec<_>>(), vec![3, 5]);
+        let f = a.get("sub").unwrap().select(&AttrQuery::Is(false)).unwrap();
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec![5]);
+        let s = a.get("spend").unwrap().select(&AttrQuery::Range(Some(30_000), Some(30_000))).unwrap();
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_changes_nothing_of_the_request() {
+        let mut a = Attributes::new();
+        set(&mut a, 1, json!({"country": "BR", "n": 1})).unwrap();
+        let e = set(&mut a, 2, json!({"country": "AR", "n": "x"})).unwrap_err();
+        assert!(e.to_string().contains("attribute n"), "{e}");
+        assert!(a.get("country").unwrap().get(2).is_none());
+        // The same attribute twice in one request with two types.
+        let sets = vec![
+            ("m".to_string(), Some(AttrValue::Integer(1))),
+            ("m".to_string(), Some(AttrValue::Boolean(true))),
+        ];
+        assert!(a.set(4, &sets).is_err());
+        assert!(a.get("m").is_none());
+    }
+
+    #[test]
+    fn summaries_show_types_counts_common_values_and_bounds() {
+        let mut a = Attributes::new();
+        for u in 0..10u32 {
+            let c = if u < 6 { "BR" } else if u < 9 { "DE" } else { "FR" };
+            set(&mut a, u, json!({"country": c, "n": i64::from(u) - 3, "b": u % 2 == 0})).unwrap();
+        }
+        let s = a.summaries(2);
+        let c = s.iter().find(|s| s.name == "country").unwrap();
+        assert_eq!(c.users, 10);
+        assert_eq!(c.distinct_values, Some(3));
+        assert_eq!(
+            c.common_values.as_ref().unwrap(),
+            &vec![
+                CommonValue { value: "BR".into(), users: 6 },
+                CommonValue { value: "DE".into(), users: 3 }
+            ]
+        );
+        let n = s.iter().find(|s| s.name == "n").unwrap();
+        assert_eq!((n.min.clone(), n.max.clone()), (Some(json!(-3)), Some(json!(6))));
+        assert_eq!(s.iter().find(|s| s.name == "b").unwrap().true_users, Some(5));
+    }
+
+    #[test]
+    fn a_clone_keeps_its_values_when_the_original_changes() {
+        let mut a = Attributes::new();
+        set(&mut a, 1, json!({"country": "BR"})).unwrap();
+        let frozen = a.clone();
+        set(&mut a, 1, json!({"country": "AR"})).unwrap();
+        assert_eq!(frozen.values_of(1)["country"], AttrValue::String("BR".into()));
+        assert_eq!(a.values_of(1)["country"], AttrValue::String("AR".into()));
+    }
+}
