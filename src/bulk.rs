@@ -11,14 +11,16 @@
 //! # Formats
 //!
 //! JSON Lines: one user object per line,
-//! `{"external_id": "u1", "devices": ["d1"], "aliases": [{"alias_label": "email", "alias_name": "a@x"}]}`;
+//! `{"external_id": "u1", "devices": ["d1"], "aliases": [{"alias_label": "email", "alias_name": "a@x"}], "attributes": {"country": "BR"}}`;
 //! every key is optional, `null` means absent, and any other key is an
-//! error (a typo must not silently drop an identifier). Blank lines are
-//! skipped.
+//! error (a typo must not silently drop an identifier). In `attributes`,
+//! a `null` value unsets the attribute. Blank lines are skipped.
 //!
 //! CSV: a header line naming some of the columns `external_id`,
-//! `device_id`, `alias_label`, `alias_name` (any order), then one row per
-//! user. An empty cell is absent. Fields may be quoted with `"` (a quote
+//! `device_id`, `alias_label`, `alias_name` and custom attributes as
+//! `attr:NAME` (any order), then one row per user. An empty cell is
+//! absent (an attribute left as it is); an attribute cell is read as the
+//! attribute's type, or its type is inferred (see [`crate::attributes`]). Fields may be quoted with `"` (a quote
 //! inside doubled as `""`); a quoted field cannot span lines. Rows that name
 //! the same external_id again add their device and alias to that user
 //! (an upsert), so a user with two devices is two rows.
@@ -35,6 +37,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::{AttrInput, AttrInputs};
 use crate::users::NewUser;
 
 /// Users applied per batch (one durable log record each).
@@ -120,9 +123,22 @@ pub struct UserJson {
     /// Aliases to give the user.
     #[serde(default)]
     pub aliases: Option<Vec<AliasJson>>,
+    /// Custom attributes to set (a `null` value unsets one).
+    #[serde(default)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl UserJson {
+    /// Takes the custom attributes out, in the order given.
+    pub fn take_attributes(&mut self) -> AttrInputs {
+        self.attributes
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, AttrInput::Json(v)))
+            .collect()
+    }
+
     /// The user to upsert. A user needs at least one identifier: one
     /// without any could never be found again.
     pub fn into_new_user(self) -> Result<NewUser, String> {
@@ -170,14 +186,17 @@ pub struct Parsed {
     pub line: u64,
     /// The user, or why the line is refused.
     pub user: Result<NewUser, String>,
+    /// Its custom attributes (none when the line is refused).
+    pub attributes: AttrInputs,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Column {
     ExternalId,
     DeviceId,
     AliasLabel,
     AliasName,
+    Attribute(String),
 }
 
 /// Splits chunks of input into lines and parses them.
@@ -281,6 +300,7 @@ impl Parser {
         out(Parsed {
             line: self.line,
             user: Err(format!("line is longer than {MAX_LINE_BYTES} bytes")),
+            attributes: Vec::new(),
         });
     }
 
@@ -292,7 +312,7 @@ impl Parser {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let user = match self.format {
+        let parsed = match self.format {
             Format::JsonLines => parse_json_line(raw),
             Format::Csv => {
                 let Ok(text) = std::str::from_utf8(raw) else {
@@ -311,9 +331,14 @@ impl Parser {
                 }
             }
         };
+        let (user, attributes) = match parsed {
+            Ok((u, a)) => (Ok(u), a),
+            Err(e) => (Err(e), Vec::new()),
+        };
         out(Parsed {
             line: self.line,
             user,
+            attributes,
         });
         Ok(())
     }
@@ -327,20 +352,22 @@ impl Parser {
         out(Parsed {
             line: self.line,
             user: Err("line is not valid UTF-8".into()),
+            attributes: Vec::new(),
         });
         Ok(())
     }
 }
 
-fn parse_json_line(raw: &[u8]) -> Result<NewUser, String> {
-    let user: UserJson = serde_json::from_slice(raw).map_err(|e| {
+fn parse_json_line(raw: &[u8]) -> Result<(NewUser, AttrInputs), String> {
+    let mut user: UserJson = serde_json::from_slice(raw).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             format!("not valid JSON: {e}")
         } else {
             format!("not a user object: {e}")
         }
     })?;
-    user.into_new_user()
+    let attributes = user.take_attributes();
+    Ok((user.into_new_user()?, attributes))
 }
 
 /// Splits one CSV line into `fields` (cleared first).
@@ -398,11 +425,18 @@ fn parse_header(line: &str, fields: &mut Vec<String>) -> Result<Vec<Column>, Bul
             "device_id" => Column::DeviceId,
             "alias_label" => Column::AliasLabel,
             "alias_name" => Column::AliasName,
-            other => {
-                return Err(BulkError(format!(
-                    "line 1 (the CSV header): unknown column {other:?}: expected external_id, device_id, alias_label, alias_name"
-                )))
-            }
+            other => match other.strip_prefix("attr:") {
+                Some(attr) => {
+                    crate::attributes::check_name(attr)
+                        .map_err(|e| BulkError(format!("line 1 (the CSV header): {e}")))?;
+                    Column::Attribute(attr.to_string())
+                }
+                None => {
+                    return Err(BulkError(format!(
+                        "line 1 (the CSV header): unknown column {other:?}: expected external_id, device_id, alias_label, alias_name or attr:NAME"
+                    )))
+                }
+            },
         };
         if columns.contains(&column) {
             return Err(BulkError(format!(
@@ -420,7 +454,11 @@ fn parse_header(line: &str, fields: &mut Vec<String>) -> Result<Vec<Column>, Bul
     Ok(columns)
 }
 
-fn csv_row(line: &str, columns: &[Column], fields: &mut Vec<String>) -> Result<NewUser, String> {
+fn csv_row(
+    line: &str,
+    columns: &[Column],
+    fields: &mut Vec<String>,
+) -> Result<(NewUser, AttrInputs), String> {
     split_csv(line, fields)?;
     if fields.len() != columns.len() {
         return Err(format!(
@@ -430,6 +468,7 @@ fn csv_row(line: &str, columns: &[Column], fields: &mut Vec<String>) -> Result<N
         ));
     }
     let mut user = NewUser::default();
+    let mut attributes = Vec::new();
     let (mut label, mut name) = (None, None);
     for (column, value) in columns.iter().zip(fields.drain(..)) {
         if value.is_empty() {
@@ -440,6 +479,7 @@ fn csv_row(line: &str, columns: &[Column], fields: &mut Vec<String>) -> Result<N
             Column::DeviceId => user.devices.push(value),
             Column::AliasLabel => label = Some(value),
             Column::AliasName => name = Some(value),
+            Column::Attribute(a) => attributes.push((a.clone(), AttrInput::Text(value))),
         }
     }
     match (label, name) {
@@ -448,7 +488,7 @@ fn csv_row(line: &str, columns: &[Column], fields: &mut Vec<String>) -> Result<N
         _ => return Err("alias_label and alias_name must both be set or both be empty".into()),
     }
     check_has_identifier(&user)?;
-    Ok(user)
+    Ok((user, attributes))
 }
 
 /// Users waiting to be applied, with their line numbers.
@@ -458,6 +498,8 @@ pub struct Batch {
     pub users: Vec<NewUser>,
     /// Each user's line number.
     pub lines: Vec<u64>,
+    /// Each user's custom attributes.
+    pub attributes: Vec<AttrInputs>,
 }
 
 impl Batch {
@@ -466,13 +508,25 @@ impl Batch {
         Batch {
             users: Vec::with_capacity(BATCH_SIZE),
             lines: Vec::with_capacity(BATCH_SIZE),
+            attributes: Vec::with_capacity(BATCH_SIZE),
         }
     }
 
     /// Adds a user read from `line`.
     pub fn push(&mut self, line: u64, user: NewUser) {
+        self.push_with(line, user, Vec::new());
+    }
+
+    /// Adds a user read from `line`, with its custom attributes.
+    pub fn push_with(&mut self, line: u64, user: NewUser, attributes: AttrInputs) {
         self.users.push(user);
         self.lines.push(line);
+        self.attributes.push(attributes);
+    }
+
+    /// The users with their attributes, for `upsert_users_with`.
+    pub fn into_users(self) -> Vec<(NewUser, AttrInputs)> {
+        self.users.into_iter().zip(self.attributes).collect()
     }
 
     /// The users in the batch.
@@ -598,7 +652,7 @@ pub fn load(
         parser
             .feed(&buf[..n], &mut |p| {
                 match p.user {
-                    Ok(u) => batch.push(p.line, u),
+                    Ok(u) => batch.push_with(p.line, u, p.attributes),
                     Err(message) => totals.fail(p.line, message),
                 }
                 if batch.is_full() {
@@ -613,7 +667,7 @@ pub fn load(
     }
     parser
         .finish(&mut |p| match p.user {
-            Ok(u) => batch.push(p.line, u),
+            Ok(u) => batch.push_with(p.line, u, p.attributes),
             Err(message) => totals.fail(p.line, message),
         })
         .map_err(fatal)?;

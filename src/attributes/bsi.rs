@@ -208,7 +208,12 @@ impl Bsi {
 
     /// Bytes of the bitmaps (serialized).
     pub fn bytes(&self) -> usize {
-        self.has.serialized_size() + self.slices.iter().map(|s| s.serialized_size()).sum::<usize>()
+        self.has.serialized_size()
+            + self
+                .slices
+                .iter()
+                .map(|s| s.serialized_size())
+                .sum::<usize>()
     }
 }
 

@@ -120,7 +120,9 @@ pub fn decode(bytes: &[u8], users: u32) -> Result<Attributes, String> {
         let (name, tag): (String, u8) = r.get("attribute")?;
         super::check_name(&name).map_err(|e| format!("attributes section: {e}"))?;
         if out.get(&name).is_some() {
-            return Err(format!("attributes section: attribute {name:?} appears twice"));
+            return Err(format!(
+                "attributes section: attribute {name:?} appears twice"
+            ));
         }
         let ty = AttrType::from_tag(tag)
             .ok_or_else(|| format!("attributes section: {name}: unknown type tag {tag}"))?;
@@ -139,9 +141,7 @@ pub fn decode(bytes: &[u8], users: u32) -> Result<Attributes, String> {
                         ));
                     }
                     if !seen.is_disjoint(&m) {
-                        return Err(format!(
-                            "attributes section: {name}: a user has two values"
-                        ));
+                        return Err(format!("attributes section: {name}: a user has two values"));
                     }
                     seen |= &m;
                     values.push((v, m));
@@ -165,7 +165,9 @@ pub fn decode(bytes: &[u8], users: u32) -> Result<Attributes, String> {
                 within(&has, &name)?;
                 let n: u32 = r.get(&name)?;
                 if n > 64 {
-                    return Err(format!("attributes section: {name}: {n} bit slices (at most 64)"));
+                    return Err(format!(
+                        "attributes section: {name}: {n} bit slices (at most 64)"
+                    ));
                 }
                 let mut slices = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -201,10 +203,22 @@ mod tests {
         let mut a = Attributes::new();
         for u in 0..300u32 {
             let sets = vec![
-                ("country".to_string(), Some(AttrValue::String(["BR", "DE", "AR"][u as usize % 3].into()))),
-                ("spend".to_string(), Some(AttrValue::Decimal(i64::from(u) * 1234 - 5000))),
-                ("sub".to_string(), (u % 5 != 0).then_some(AttrValue::Boolean(u % 2 == 0))),
-                ("seen".to_string(), Some(AttrValue::Time(1_700_000_000 + i64::from(u)))),
+                (
+                    "country".to_string(),
+                    Some(AttrValue::String(["BR", "DE", "AR"][u as usize % 3].into())),
+                ),
+                (
+                    "spend".to_string(),
+                    Some(AttrValue::Decimal(i64::from(u) * 1234 - 5000)),
+                ),
+                (
+                    "sub".to_string(),
+                    (u % 5 != 0).then_some(AttrValue::Boolean(u % 2 == 0)),
+                ),
+                (
+                    "seen".to_string(),
+                    Some(AttrValue::Time(1_700_000_000 + i64::from(u))),
+                ),
             ];
             a.set(u, &sets).unwrap();
         }
@@ -217,11 +231,15 @@ mod tests {
         assert_eq!(b.get("empty").map(Attribute::ty), Some(AttrType::Integer));
         assert_eq!(encode(&b).unwrap(), bytes);
         // Users past the count, cut bytes, trailing bytes.
-        assert!(decode(&bytes, 100).unwrap_err().contains("past the 100 users"));
+        assert!(decode(&bytes, 100)
+            .unwrap_err()
+            .contains("past the 100 users"));
         assert!(decode(&bytes[..bytes.len() - 3], 300).is_err());
         let mut more = bytes.clone();
         more.push(0);
-        assert!(decode(&more, 300).unwrap_err().contains("after the last attribute"));
+        assert!(decode(&more, 300)
+            .unwrap_err()
+            .contains("after the last attribute"));
         assert!(decode(&[], 0).unwrap().is_empty());
     }
 }

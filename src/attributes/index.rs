@@ -173,7 +173,9 @@ impl Attribute {
                 has: RoaringBitmap::new(),
                 truth: RoaringBitmap::new(),
             },
-            AttrType::Integer | AttrType::Decimal | AttrType::Time => Index::Numbers(Bsi::default()),
+            AttrType::Integer | AttrType::Decimal | AttrType::Time => {
+                Index::Numbers(Bsi::default())
+            }
         };
         Attribute {
             name: name.to_string(),
@@ -326,8 +328,14 @@ impl Attribute {
             }
             Index::Booleans { truth, .. } => s.true_users = Some(truth.len()),
             Index::Numbers(b) => {
-                s.min = b.min().and_then(|v| AttrValue::from_number(self.ty, v)).map(|v| v.to_json());
-                s.max = b.max().and_then(|v| AttrValue::from_number(self.ty, v)).map(|v| v.to_json());
+                s.min = b
+                    .min()
+                    .and_then(|v| AttrValue::from_number(self.ty, v))
+                    .map(|v| v.to_json());
+                s.max = b
+                    .max()
+                    .and_then(|v| AttrValue::from_number(self.ty, v))
+                    .map(|v| v.to_json());
             }
         }
         s
@@ -446,6 +454,30 @@ impl Attributes {
         Ok(out)
     }
 
+    /// Types a request's values (see [`Attributes::parse`]); an empty
+    /// CSV cell is left out.
+    pub fn parse_inputs(
+        &self,
+        inputs: &[(String, super::AttrInput)],
+    ) -> Result<Vec<(String, Option<AttrValue>)>> {
+        let mut pending = BTreeMap::new();
+        let mut out = Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            super::check_name(name)?;
+            let ty = self.type_of(name).or_else(|| pending.get(name).copied());
+            let value = match input {
+                super::AttrInput::Json(v) => AttrValue::from_json(name, v, ty)?,
+                super::AttrInput::Text(t) if t.is_empty() => continue,
+                super::AttrInput::Text(t) => AttrValue::from_text(name, t, ty)?,
+            };
+            if let (None, Some(v)) = (ty, &value) {
+                pending.insert(name.clone(), v.ty());
+            }
+            out.push((name.clone(), value));
+        }
+        Ok(out)
+    }
+
     /// Checks values against the attributes' types; changes nothing.
     pub fn check(&self, sets: &[(String, Option<AttrValue>)]) -> Result<()> {
         let mut pending = BTreeMap::new();
@@ -459,7 +491,10 @@ impl Attributes {
                 Some(t) if t != v.ty() => {
                     return Err(Error::AttributeType {
                         attribute: name.clone(),
-                        reason: format!("the attribute is of type {t}, the value of type {}", v.ty()),
+                        reason: format!(
+                            "the attribute is of type {t}, the value of type {}",
+                            v.ty()
+                        ),
                     })
                 }
                 Some(_) => {}
@@ -534,7 +569,12 @@ mod tests {
     fn values_set_read_back_and_unset() {
         let mut a = Attributes::new();
         set(&mut a, 3, json!({"country": "BR", "spend": 120.5, "sub": true, "seen": "2026-11-01T10:00:00Z", "n": 7})).unwrap();
-        set(&mut a, 5, json!({"country": "DE", "spend": 3, "sub": false})).unwrap();
+        set(
+            &mut a,
+            5,
+            json!({"country": "DE", "spend": 3, "sub": false}),
+        )
+        .unwrap();
         set(&mut a, 3, json!({"country": "DE", "n": null})).unwrap();
         let v = a.values_of(3);
         assert_eq!(v["country"], AttrValue::String("DE".into()));
@@ -549,7 +589,11 @@ mod tests {
         assert_eq!(de.iter().collect::<Vec<_>>(), vec![3, 5]);
         let f = a.get("sub").unwrap().select(&AttrQuery::Is(false)).unwrap();
         assert_eq!(f.iter().collect::<Vec<_>>(), vec![5]);
-        let s = a.get("spend").unwrap().select(&AttrQuery::Range(Some(30_000), Some(30_000))).unwrap();
+        let s = a
+            .get("spend")
+            .unwrap()
+            .select(&AttrQuery::Range(Some(30_000), Some(30_000)))
+            .unwrap();
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![5]);
     }
 
@@ -573,8 +617,19 @@ mod tests {
     fn summaries_show_types_counts_common_values_and_bounds() {
         let mut a = Attributes::new();
         for u in 0..10u32 {
-            let c = if u < 6 { "BR" } else if u < 9 { "DE" } else { "FR" };
-            set(&mut a, u, json!({"country": c, "n": i64::from(u) - 3, "b": u % 2 == 0})).unwrap();
+            let c = if u < 6 {
+                "BR"
+            } else if u < 9 {
+                "DE"
+            } else {
+                "FR"
+            };
+            set(
+                &mut a,
+                u,
+                json!({"country": c, "n": i64::from(u) - 3, "b": u % 2 == 0}),
+            )
+            .unwrap();
         }
         let s = a.summaries(2);
         let c = s.iter().find(|s| s.name == "country").unwrap();
@@ -583,13 +638,25 @@ mod tests {
         assert_eq!(
             c.common_values.as_ref().unwrap(),
             &vec![
-                CommonValue { value: "BR".into(), users: 6 },
-                CommonValue { value: "DE".into(), users: 3 }
+                CommonValue {
+                    value: "BR".into(),
+                    users: 6
+                },
+                CommonValue {
+                    value: "DE".into(),
+                    users: 3
+                }
             ]
         );
         let n = s.iter().find(|s| s.name == "n").unwrap();
-        assert_eq!((n.min.clone(), n.max.clone()), (Some(json!(-3)), Some(json!(6))));
-        assert_eq!(s.iter().find(|s| s.name == "b").unwrap().true_users, Some(5));
+        assert_eq!(
+            (n.min.clone(), n.max.clone()),
+            (Some(json!(-3)), Some(json!(6)))
+        );
+        assert_eq!(
+            s.iter().find(|s| s.name == "b").unwrap().true_users,
+            Some(5)
+        );
     }
 
     #[test]
@@ -598,7 +665,10 @@ mod tests {
         set(&mut a, 1, json!({"country": "BR"})).unwrap();
         let frozen = a.clone();
         set(&mut a, 1, json!({"country": "AR"})).unwrap();
-        assert_eq!(frozen.values_of(1)["country"], AttrValue::String("BR".into()));
+        assert_eq!(
+            frozen.values_of(1)["country"],
+            AttrValue::String("BR".into())
+        );
         assert_eq!(a.values_of(1)["country"], AttrValue::String("AR".into()));
     }
 }

@@ -23,6 +23,20 @@ pub mod codec;
 mod index;
 mod value;
 
+/// An attribute value as a request carries it, before it is typed by the
+/// workspace: a JSON value (`null`: unset), or a CSV cell's text (empty:
+/// unchanged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttrInput {
+    /// From JSON.
+    Json(serde_json::Value),
+    /// From a CSV cell.
+    Text(String),
+}
+
+/// A user's attribute values as a request carries them, in order.
+pub type AttrInputs = Vec<(String, AttrInput)>;
+
 pub use index::{AttrQuery, Attribute, AttributeSummary, Attributes, CommonValue};
 pub use value::{AttrType, AttrValue, DECIMAL_SCALE};
 

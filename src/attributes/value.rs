@@ -186,6 +186,36 @@ impl AttrValue {
         Ok(Some(out))
     }
 
+    /// Reads a text value (a CSV cell) for attribute `name`: with `ty`,
+    /// as that type; without, `true`/`false` is a boolean, an integer an
+    /// integer, another number a decimal, an RFC 3339 time a time, and
+    /// anything else a string. An empty text is `Ok(None)`: no change.
+    pub fn from_text(name: &str, s: &str, ty: Option<AttrType>) -> Result<Option<AttrValue>> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let j = match ty {
+            Some(AttrType::String) => serde_json::Value::String(s.to_string()),
+            Some(AttrType::Time) => match s.parse::<i64>() {
+                Ok(n) => serde_json::Value::from(n),
+                Err(_) => serde_json::Value::String(s.to_string()),
+            },
+            _ => match s {
+                "true" => serde_json::Value::Bool(true),
+                "false" => serde_json::Value::Bool(false),
+                _ => match (s.parse::<i64>(), s.parse::<f64>()) {
+                    (Ok(i), _) => serde_json::Value::from(i),
+                    (_, Ok(f)) if f.is_finite() => serde_json::Number::from_f64(f).map_or_else(
+                        || serde_json::Value::String(s.into()),
+                        serde_json::Value::Number,
+                    ),
+                    _ => serde_json::Value::String(s.to_string()),
+                },
+            },
+        };
+        AttrValue::from_json(name, &j, ty)
+    }
+
     /// The value as JSON (times in RFC 3339, UTC; decimals as numbers).
     pub fn to_json(&self) -> serde_json::Value {
         match self {
@@ -263,10 +293,19 @@ mod tests {
     #[test]
     fn types_are_inferred_from_the_first_value_and_checked_after() {
         let v = |j, t| AttrValue::from_json("a", &j, t);
-        assert_eq!(v(json!("BR"), None).unwrap(), Some(AttrValue::String("BR".into())));
+        assert_eq!(
+            v(json!("BR"), None).unwrap(),
+            Some(AttrValue::String("BR".into()))
+        );
         assert_eq!(v(json!(3), None).unwrap(), Some(AttrValue::Integer(3)));
-        assert_eq!(v(json!(120.5), None).unwrap(), Some(AttrValue::Decimal(1_205_000)));
-        assert_eq!(v(json!(true), None).unwrap(), Some(AttrValue::Boolean(true)));
+        assert_eq!(
+            v(json!(120.5), None).unwrap(),
+            Some(AttrValue::Decimal(1_205_000))
+        );
+        assert_eq!(
+            v(json!(true), None).unwrap(),
+            Some(AttrValue::Boolean(true))
+        );
         assert_eq!(
             v(json!("2026-11-01T10:00:00Z"), None).unwrap(),
             Some(AttrValue::Time(1_793_527_200))
@@ -277,9 +316,13 @@ mod tests {
             v(json!(3), Some(AttrType::Decimal)).unwrap(),
             Some(AttrValue::Decimal(30_000))
         );
-        let e = v(json!(2.5), Some(AttrType::Integer)).unwrap_err().to_string();
+        let e = v(json!(2.5), Some(AttrType::Integer))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("attribute a") && e.contains("integer"), "{e}");
-        let e = v(json!("x"), Some(AttrType::Boolean)).unwrap_err().to_string();
+        let e = v(json!("x"), Some(AttrType::Boolean))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("boolean") && e.contains("a string"), "{e}");
         assert!(v(json!("x".repeat(2000)), None).is_err());
         assert!(v(json!([1]), None).is_err());
@@ -287,8 +330,33 @@ mod tests {
     }
 
     #[test]
+    fn text_cells_are_typed_by_the_attribute_or_inferred() {
+        let t = |s, ty| AttrValue::from_text("a", s, ty).unwrap();
+        assert_eq!(
+            t("00123", Some(AttrType::String)),
+            Some(AttrValue::String("00123".into()))
+        );
+        assert_eq!(t("00123", None), Some(AttrValue::Integer(123)));
+        assert_eq!(t("2.5", None), Some(AttrValue::Decimal(25_000)));
+        assert_eq!(t("true", None), Some(AttrValue::Boolean(true)));
+        assert_eq!(t("BR", None), Some(AttrValue::String("BR".into())));
+        assert_eq!(t("", Some(AttrType::Integer)), None);
+        assert_eq!(
+            t("1700000000", Some(AttrType::Time)),
+            Some(AttrValue::Time(1_700_000_000))
+        );
+        assert!(AttrValue::from_text("a", "x", Some(AttrType::Integer)).is_err());
+    }
+
+    #[test]
     fn values_print_back_as_they_were_given() {
-        for j in [json!("BR"), json!(3), json!(120.5), json!(false), json!("2026-11-01T10:00:00Z")] {
+        for j in [
+            json!("BR"),
+            json!(3),
+            json!(120.5),
+            json!(false),
+            json!("2026-11-01T10:00:00Z"),
+        ] {
             let v = AttrValue::from_json("a", &j, None).unwrap().unwrap();
             assert_eq!(v.to_json(), j);
             assert_eq!(AttrType::from_tag(v.ty().tag()), Some(v.ty()));

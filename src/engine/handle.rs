@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use super::compact::{self, Compacted, Fs, Manifest, RealFs};
 use super::record::{self, to_ms, Applied, Change};
+use crate::attributes::{AttrInput, AttrInputs, AttrType, AttrValue};
 use crate::cohorts::{self, ChangeReport};
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef};
@@ -738,12 +739,67 @@ impl WorkspaceHandle {
     /// Creates a user, or adds identifiers to the user with that
     /// external_id.
     pub fn upsert_user(&self, new: NewUser) -> Result<Upserted> {
+        self.upsert_user_with(new, &[])
+    }
+
+    /// [`Self::upsert_user`], also setting (or unsetting) custom
+    /// attributes. The values are typed and checked before anything is
+    /// applied: a value of the wrong type refuses the whole request.
+    pub fn upsert_user_with(
+        &self,
+        new: NewUser,
+        attributes: &[(String, AttrInput)],
+    ) -> Result<Upserted> {
         self.write(|tx| {
+            let values = tx.state().attributes.parse_inputs(attributes)?;
             let (up, change) = user_change(tx.state(), new)?;
             if let Some(c) = change {
                 tx.apply(c)?;
             }
+            if !values.is_empty() {
+                tx.apply(Change::AttributesSet {
+                    user: up.user,
+                    values,
+                })?;
+            }
             Ok(up)
+        })
+    }
+
+    /// Sets (or, with `null`, unsets) custom attributes of an existing
+    /// user; returns the user and all its values after the change.
+    pub fn set_attributes(
+        &self,
+        user: &UserRef,
+        attributes: &[(String, AttrInput)],
+    ) -> Result<(UserId, std::collections::BTreeMap<String, AttrValue>)> {
+        self.write(|tx| {
+            let id = Self::find(tx.state(), user)?;
+            let values = tx.state().attributes.parse_inputs(attributes)?;
+            if !values.is_empty() {
+                tx.apply(Change::AttributesSet { user: id, values })?;
+            }
+            Ok((id, tx.state().attributes.values_of(id.0)))
+        })
+    }
+
+    /// Declares a custom attribute's type before any user has it (a no-op
+    /// when it has that type; another type is refused).
+    pub fn declare_attribute(&self, name: &str, ty: AttrType) -> Result<()> {
+        self.write(|tx| match tx.state().attributes.type_of(name) {
+            Some(t) if t == ty => Ok(()),
+            Some(t) => Err(Error::AttributeType {
+                attribute: name.to_string(),
+                reason: format!("the attribute is already of type {t}, not {ty}"),
+            }),
+            None => {
+                crate::attributes::check_name(name)?;
+                tx.apply(Change::AttributeDeclared {
+                    name: name.to_string(),
+                    ty,
+                })?;
+                Ok(())
+            }
         })
     }
 
@@ -751,13 +807,30 @@ impl WorkspaceHandle {
     /// applied ones are logged as few records (each under
     /// [`RECORD_BUDGET`]), acknowledged together.
     pub fn upsert_users(&self, batch: Vec<NewUser>) -> Result<BatchReport> {
+        self.upsert_users_with(batch.into_iter().map(|u| (u, Vec::new())).collect())
+    }
+
+    /// [`Self::upsert_users`] with each user's custom attributes (a user
+    /// whose values do not fit is refused whole).
+    pub fn upsert_users_with(&self, batch: Vec<(NewUser, AttrInputs)>) -> Result<BatchReport> {
         self.write(|tx| {
             let mut report = BatchReport::default();
-            for (i, new) in batch.into_iter().enumerate() {
-                match user_change(tx.state(), new) {
-                    Ok((u, change)) => {
+            for (i, (new, attributes)) in batch.into_iter().enumerate() {
+                let typed = tx
+                    .state()
+                    .attributes
+                    .parse_inputs(&attributes)
+                    .and_then(|values| Ok((values, user_change(tx.state(), new)?)));
+                match typed {
+                    Ok((values, (u, change))) => {
                         if let Some(c) = change {
                             tx.apply_grouped(c)?;
+                        }
+                        if !values.is_empty() {
+                            tx.apply_grouped(Change::AttributesSet {
+                                user: u.user,
+                                values,
+                            })?;
                         }
                         if u.created {
                             report.created += 1;

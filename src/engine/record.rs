@@ -213,6 +213,19 @@ impl Change {
             Change::AliasAdded { label, name, .. } => 8 + label.len() + name.len(),
             Change::UserIdentified { external_id, .. } => 8 + external_id.len(),
             Change::Batch(c) => 4 + c.iter().map(Change::size_hint).sum::<usize>(),
+            Change::AttributesSet { values, .. } => {
+                8 + values
+                    .iter()
+                    .map(|(n, v)| {
+                        n.len()
+                            + 12
+                            + match v {
+                                Some(AttrValue::String(s)) => s.len(),
+                                _ => 0,
+                            }
+                    })
+                    .sum::<usize>()
+            }
             _ => 64,
         }
     }

@@ -32,6 +32,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::attributes::{AttrInput, AttrType};
 use crate::bulk::UserJson;
 use crate::ids::{Partner, UserId, UserRef};
 
@@ -181,12 +182,13 @@ pub async fn enable_partner(
 pub async fn upsert_user(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
-    JsonBody(body): JsonBody<UserJson>,
+    JsonBody(mut body): JsonBody<UserJson>,
 ) -> Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
+    let attributes = body.take_attributes();
     let new = body.into_new_user().map_err(ApiError::bad_request)?;
     run_blocking(move || {
-        let up = handle.upsert_user(new)?;
+        let up = handle.upsert_user_with(new, &attributes)?;
         let status = if up.created {
             StatusCode::CREATED
         } else {
@@ -195,6 +197,75 @@ pub async fn upsert_user(
         Ok(json_response(
             status,
             json!({"user_id": up.user.0, "created": up.created}),
+        ))
+    })
+    .await
+}
+
+/// The body of `POST /admin/workspaces/{ws}/users/attributes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributesBody {
+    user: Value,
+    attributes: serde_json::Map<String, Value>,
+}
+
+/// `POST /admin/workspaces/{ws}/users/attributes`: sets (a `null` value
+/// unsets) an existing user's custom attributes; answers the user's id
+/// and all its values. A value that does not fit its attribute is a 400
+/// naming it, and nothing of the request is applied.
+pub async fn set_attributes(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<AttributesBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let user = user_ref(&body.user)?;
+    let inputs: Vec<(String, AttrInput)> = body
+        .attributes
+        .into_iter()
+        .map(|(k, v)| (k, AttrInput::Json(v)))
+        .collect();
+    run_blocking(move || {
+        let (id, values) = handle.set_attributes(&user, &inputs)?;
+        let values: serde_json::Map<String, Value> =
+            values.into_iter().map(|(k, v)| (k, v.to_json())).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"user_id": id.0, "attributes": values}),
+        ))
+    })
+    .await
+}
+
+/// The body of `PUT /admin/workspaces/{ws}/attributes/{name}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclareBody {
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+/// `PUT /admin/workspaces/{ws}/attributes/{name}`: declares an attribute's
+/// type (`string`, `integer`, `decimal`, `boolean`, `time`) before any
+/// user has it, so that its first values are not left to inference.
+pub async fn declare_attribute(
+    State(state): State<Arc<AppState>>,
+    PathParams((ws, name)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<DeclareBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let ty = AttrType::parse(&body.ty).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "type must be one of string, integer, decimal, boolean, time; found {:?}",
+            crate::error::prefix(&body.ty, 64).unwrap_or(&body.ty)
+        ))
+    })?;
+    run_blocking(move || {
+        handle.declare_attribute(&name, ty)?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"name": name, "type": ty.name()}),
         ))
     })
     .await

@@ -44,8 +44,8 @@ type Pending = JoinHandle<(Vec<u64>, Result<BatchReport, Error>)>;
 fn spawn_batch(handle: &Arc<WorkspaceHandle>, batch: Batch) -> Pending {
     let handle = handle.clone();
     tokio::task::spawn_blocking(move || {
-        let Batch { users, lines } = batch;
-        (lines, handle.upsert_users(users))
+        let lines = batch.lines.clone();
+        (lines, handle.upsert_users_with(batch.into_users()))
     })
 }
 
@@ -76,7 +76,7 @@ async fn settle(pending: Pending, totals: &mut Totals) -> Result<(), ApiError> {
 /// A parsed line goes to the batch or, failed, straight to the totals.
 fn sink(p: Parsed, batch: &mut Batch, totals: &mut Totals) {
     match p.user {
-        Ok(u) => batch.push(p.line, u),
+        Ok(u) => batch.push_with(p.line, u, p.attributes),
         Err(message) => totals.fail(p.line, message),
     }
 }

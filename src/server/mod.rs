@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::engine::{Config, Engine};
@@ -150,9 +150,15 @@ pub mod routes {
     pub const SEGMENT_SIZE: &str = "/workspaces/{ws}/segments/{id}/size";
     /// A partner's cohorts in a workspace.
     pub const PARTNER_COHORTS: &str = "/workspaces/{ws}/partners/{partner}/cohorts";
+    /// The custom attributes: types, users, common values.
+    pub const ATTRIBUTES: &str = "/workspaces/{ws}/attributes";
+    /// Declare a custom attribute's type.
+    pub const ATTRIBUTE: &str = "/admin/workspaces/{ws}/attributes/{name}";
+    /// Set or unset an existing user's custom attributes.
+    pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 29] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -179,6 +185,9 @@ pub mod routes {
         PARTNER_COHORTS,
         COHORT_DELETE,
         COHORT,
+        ATTRIBUTES,
+        ATTRIBUTE,
+        USER_ATTRIBUTES,
     ];
 }
 
@@ -226,6 +235,8 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::Conn
         .route(ALIASES, json_405(post(admin::add_alias)))
         .route(DEVICES, json_405(post(admin::add_device)))
         .route(IDENTIFY, json_405(post(admin::identify)))
+        .route(USER_ATTRIBUTES, json_405(post(admin::set_attributes)))
+        .route(ATTRIBUTE, json_405(put(admin::declare_attribute)))
         .route(COHORT_STATS, json_405(get(admin::cohorts)))
         .route(DATA_POINTS, json_405(get(admin::data_points)))
         .route(COHORT, json_405(delete(admin::delete_cohort)))
@@ -261,6 +272,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::Conn
         )
         .route(SEGMENT_SIZE, json_405(get(segments::size_handler)))
         .route(PARTNER_COHORTS, json_405(get(segments::partner_cohorts)))
+        .route(ATTRIBUTES, json_405(get(segments::attributes)))
         .layer(body_limit)
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
 

@@ -686,6 +686,34 @@ pub async fn partner_cohorts(
     .await
 }
 
+/// The query of `GET /workspaces/{ws}/attributes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributesQuery {
+    /// Common values shown per string attribute (default 10, at most 100).
+    top: Option<usize>,
+}
+
+/// `GET /workspaces/{ws}/attributes`: every custom attribute with its
+/// type, how many users have it, and for strings the most common values
+/// (for the builder's pickers).
+pub async fn attributes(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    query: std::result::Result<Query<AttributesQuery>, QueryRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let Query(q) = query.map_err(query_rejection)?;
+    let handle = workspace(&state, &ws)?;
+    let top = q.top.unwrap_or(10).min(100);
+    run_blocking(move || {
+        let ws = handle.read();
+        let list = serde_json::to_value(ws.attributes.summaries(top))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(json_response(StatusCode::OK, list))
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

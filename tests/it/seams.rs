@@ -180,7 +180,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("attributes", &["error"]),
     (
         "segment",
-        &["attributes", "bitmap_view", "error", "ids", "snapshot", "users"],
+        &[
+            "attributes",
+            "bitmap_view",
+            "error",
+            "ids",
+            "snapshot",
+            "users",
+        ],
     ),
     (
         "cohorts",

@@ -115,7 +115,7 @@ pub fn import(
         &name,
         format,
         |batch| {
-            let r = handle.upsert_users(batch.users)?;
+            let r = handle.upsert_users_with(batch.into_users())?;
             Ok((r.created, r.updated, r.failed))
         },
         |read, totals| {

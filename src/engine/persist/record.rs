@@ -144,13 +144,15 @@ impl Encode for PValue {
 impl<C> Decode<C> for PValue {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
         let tag = u8::decode(d)?;
-        let ty = AttrType::from_tag(tag).ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?;
+        let ty =
+            AttrType::from_tag(tag).ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?;
         Ok(PValue(match ty {
             AttrType::String => AttrValue::String(String::decode(d)?),
             AttrType::Boolean => AttrValue::Boolean(bool::decode(d)?),
             AttrType::Integer | AttrType::Decimal | AttrType::Time => {
                 let v = i64::decode(d)?;
-                AttrValue::from_number(ty, v).ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?
+                AttrValue::from_number(ty, v)
+                    .ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?
             }
         }))
     }
@@ -419,7 +421,9 @@ fn decode_record<C, D: Decoder<Context = C>>(
         },
         Record::ATTRIBUTES_SET => Record::AttributesSet {
             user: Decode::decode(d)?,
-            values: decode_seq(d, |d| Ok((String::decode(d)?, Option::<PValue>::decode(d)?)))?,
+            values: decode_seq(d, |d| {
+                Ok((String::decode(d)?, Option::<PValue>::decode(d)?))
+            })?,
         },
         Record::ATTRIBUTE_DECLARED => Record::AttributeDeclared {
             name: Decode::decode(d)?,
@@ -662,7 +666,10 @@ pub(crate) fn from_record(r: Record) -> Change {
         },
         Record::AttributesSet { user, values } => Change::AttributesSet {
             user: UserId(user),
-            values: values.into_iter().map(|(n, v)| (n, v.map(|v| v.0))).collect(),
+            values: values
+                .into_iter()
+                .map(|(n, v)| (n, v.map(|v| v.0)))
+                .collect(),
         },
         Record::AttributeDeclared { name, ty } => Change::AttributeDeclared { name, ty },
     }

@@ -165,8 +165,8 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
         ws.add_data_points(p, day_of(day), n);
     }
     if let Some(bytes) = snap.attributes_bytes() {
-        ws.attributes = crate::attributes::codec::decode(bytes, meta.users)
-            .map_err(|e| snap.corrupt(e))?;
+        ws.attributes =
+            crate::attributes::codec::decode(bytes, meta.users).map_err(|e| snap.corrupt(e))?;
     }
     for s in &meta.segments {
         ws.segments.insert(
