@@ -251,6 +251,14 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A filter that parses but that this build cannot answer yet (a
+    /// custom attribute or a saved segment reference); answered 400.
+    #[error("{} is not supported yet", Clip(what))]
+    FilterNotSupported {
+        /// The filter, e.g. `the custom_attribute filter on "country"`.
+        what: String,
+    },
+
     /// No workspace of this name.
     #[error("no workspace {}", Echo(name))]
     UnknownWorkspace {

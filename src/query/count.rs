@@ -262,7 +262,7 @@ fn strata(filter: &Filter) -> Vec<(u16, u16)> {
                     out.push(u32::from(hi) + 1);
                 }
             }
-            Filter::Cohort { .. } => {}
+            Filter::Cohort { .. } | Filter::Attribute { .. } | Filter::Segment { .. } => {}
             Filter::And(c) | Filter::Or(c) => c.iter().for_each(|c| cuts(c, out)),
             Filter::Not(c) => cuts(c, out),
         }
@@ -283,7 +283,7 @@ fn fix_buckets(f: &Filter, bucket: u16) -> Filter {
     match f {
         Filter::Bucket(c) if c.accepts(bucket) => Filter::And(Vec::new()),
         Filter::Bucket(_) => Filter::Or(Vec::new()),
-        Filter::Cohort { .. } => f.clone(),
+        Filter::Cohort { .. } | Filter::Attribute { .. } | Filter::Segment { .. } => f.clone(),
         Filter::And(c) => Filter::And(c.iter().map(|c| fix_buckets(c, bucket)).collect()),
         Filter::Or(c) => Filter::Or(c.iter().map(|c| fix_buckets(c, bucket)).collect()),
         Filter::Not(c) => Filter::Not(Box::new(fix_buckets(c, bucket))),

@@ -23,7 +23,10 @@
 
 use serde_json::{Map, Value};
 
-use super::ast::{BucketCmp, Filter};
+use super::ast::{
+    check_name, check_regex, AttrCmp, BucketCmp, Filter, Number, Time, MAX_ANY_OF, MAX_DAYS,
+    MAX_HOURS, MAX_NAME_CHARS, MAX_REGEX_CHARS,
+};
 use super::text::partner_filter_names;
 use crate::error::FilterParseError;
 use crate::ids::{Partner, BUCKETS};
@@ -40,6 +43,8 @@ const EXPECTED_COHORT_CMP: &str = "includes_value or does_not_include_value";
 const EXPECTED_BUCKET_CMP: &str =
     "less_than, less_than_or_equal_to, greater_than, greater_than_or_equal_to or between";
 const EXPECTED_COHORT_VALUE: &str = "a non-empty string: the cohort id or name";
+const EXPECTED_ATTR_CMP: &str = "equals, does_not_equal, is_any_of, matches_regex, starts_with, exists, does_not_exist, less_than, less_than_or_equal_to, greater_than, greater_than_or_equal_to, between, is_true, is_false, before, after, within_last_days, within_last_hours or more_than_days_ago";
+const EXPECTED_SEGMENT_CMP: &str = "in or not_in";
 const EXPECTED_COMBINATOR: &str = "\"and\" or \"or\"";
 const EXPECTED_GROUP: &str = "a group: {\"combinator\": \"and\" | \"or\", \"filters\": [...]}";
 
@@ -242,9 +247,14 @@ fn filter_list(v: &Value, path: &str, depth: usize) -> Result<Vec<Filter>, Filte
 
 /// `{"filter": ..., "comparison": ..., "value": ...}`.
 fn leaf(obj: &Map<String, Value>, path: &str) -> Result<Filter, FilterParseError> {
+    match obj.get("filter").and_then(Value::as_str) {
+        Some("custom_attribute") => return attribute(obj, path),
+        Some("segment") => return segment_ref(obj, path),
+        _ => {}
+    }
     check_keys(obj, path, &["filter", "comparison", "value"])?;
     let expected_name = format!(
-        "random_bucket or a partner's cohorts filter: {}",
+        "random_bucket, custom_attribute, segment or a partner's cohorts filter: {}",
         partner_filter_names()
     );
     let name = required(obj, path, "filter", &expected_name)?;
@@ -348,6 +358,201 @@ fn int(v: &Value, path: &str, min: u16) -> Result<u16, FilterParseError> {
             describe(v),
         )),
     }
+}
+
+/// `{"filter": "segment", "comparison": "in" | "not_in", "value": "seg_…"}`.
+fn segment_ref(obj: &Map<String, Value>, path: &str) -> Result<Filter, FilterParseError> {
+    check_keys(obj, path, &["filter", "comparison", "value"])?;
+    let cmp = required(obj, path, "comparison", EXPECTED_SEGMENT_CMP)?;
+    let included = match cmp.as_str() {
+        Some("in") => true,
+        Some("not_in") => false,
+        _ => {
+            return Err(error(
+                &child(path, "comparison"),
+                EXPECTED_SEGMENT_CMP,
+                describe_comparison(cmp),
+            ))
+        }
+    };
+    let expected = format!("a saved segment id: a string of 1 to {MAX_NAME_CHARS} characters");
+    let value = required(obj, path, "value", &expected)?;
+    match value.as_str() {
+        Some(id) if check_name(id) => Ok(Filter::Segment {
+            id: id.to_string(),
+            included,
+        }),
+        _ => Err(error(&child(path, "value"), expected, describe(value))),
+    }
+}
+
+/// `{"filter": "custom_attribute", "attribute": ..., "comparison": ..., "value": ...}`.
+fn attribute(obj: &Map<String, Value>, path: &str) -> Result<Filter, FilterParseError> {
+    check_keys(obj, path, &["filter", "attribute", "comparison", "value"])?;
+    let expected = format!("an attribute name: a string of 1 to {MAX_NAME_CHARS} characters");
+    let name = required(obj, path, "attribute", &expected)?;
+    let attribute = match name.as_str() {
+        Some(a) if check_name(a) => a.to_string(),
+        _ => return Err(error(&child(path, "attribute"), expected, describe(name))),
+    };
+    let cmp_value = required(obj, path, "comparison", EXPECTED_ATTR_CMP)?;
+    let bad_cmp = || {
+        error(
+            &child(path, "comparison"),
+            EXPECTED_ATTR_CMP,
+            describe_comparison(cmp_value),
+        )
+    };
+    let cmp = cmp_value.as_str().ok_or_else(bad_cmp)?;
+    let vpath = child(path, "value");
+    // What the value must be, naming the comparison and the attribute.
+    let of = |what: &str| format!("{what} for {cmp} on the attribute {attribute:?}");
+    let value = |what: &str| required(obj, path, "value", &of(what));
+    let no_value = || match obj.get("value") {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => Err(error(&vpath, of("no value"), describe(v))),
+    };
+    let string = |what: &str| {
+        let v = value(what)?;
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| error(&vpath, of(what), describe(v)))
+    };
+    let num = |what: &str| number(value(what)?, &vpath, &of(what));
+    let time = || {
+        let v = value(Time::EXPECTED)?;
+        v.as_str()
+            .and_then(|s| s.parse::<Time>().ok())
+            .ok_or_else(|| error(&vpath, of(Time::EXPECTED), describe(v)))
+    };
+    let count = |max: u32| {
+        let what = format!("a whole number from 1 to {max}");
+        let v = value(&what)?;
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| error(&vpath, of(&what), describe(v)))
+    };
+    let cmp = match cmp {
+        "equals" | "does_not_equal" => {
+            let positive = cmp == "equals";
+            let v = value("a string, a number or a boolean")?;
+            match v {
+                Value::String(s) if positive => AttrCmp::Equals(s.clone()),
+                Value::String(s) => AttrCmp::DoesNotEqual(s.clone()),
+                Value::Number(_) => {
+                    let n = number(v, &vpath, &of("a number"))?;
+                    if positive {
+                        AttrCmp::Eq(n)
+                    } else {
+                        AttrCmp::Ne(n)
+                    }
+                }
+                Value::Bool(b) => {
+                    let cmp = if *b {
+                        AttrCmp::IsTrue
+                    } else {
+                        AttrCmp::IsFalse
+                    };
+                    let leaf = Filter::Attribute { attribute, cmp };
+                    // `does_not_equal true` holds for the users without the
+                    // attribute too: `not (is true)`, not `is false`.
+                    return Ok(if positive { leaf } else { leaf.not() });
+                }
+                _ => {
+                    return Err(error(
+                        &vpath,
+                        of("a string, a number or a boolean"),
+                        describe(v),
+                    ))
+                }
+            }
+        }
+        "is_any_of" => {
+            let what = format!("an array of 1 to {MAX_ANY_OF} strings");
+            let v = value(&what)?;
+            let items = match v.as_array() {
+                Some(items) if !items.is_empty() && items.len() <= MAX_ANY_OF => items,
+                Some(items) if items.len() > MAX_ANY_OF => {
+                    return Err(error(
+                        &vpath,
+                        of(&what),
+                        format!("an array of {} values", items.len()),
+                    ))
+                }
+                _ => return Err(error(&vpath, of(&what), describe(v))),
+            };
+            let values = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    item.as_str().map(str::to_string).ok_or_else(|| {
+                        error(&format!("{vpath}[{i}]"), of("a string"), describe(item))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            AttrCmp::IsAnyOf(values)
+        }
+        "matches_regex" => {
+            let what = format!("a regular expression of at most {MAX_REGEX_CHARS} characters");
+            let pattern = string(&what)?;
+            check_regex(&pattern).map_err(|found| error(&vpath, of(&what), found))?;
+            AttrCmp::MatchesRegex(pattern)
+        }
+        "starts_with" => {
+            let what = "a non-empty string";
+            let prefix = string(what)?;
+            if prefix.is_empty() {
+                return Err(error(&vpath, of(what), "an empty string"));
+            }
+            AttrCmp::StartsWith(prefix)
+        }
+        "exists" => no_value().map(|()| AttrCmp::Exists)?,
+        "does_not_exist" => no_value().map(|()| AttrCmp::DoesNotExist)?,
+        "less_than" => AttrCmp::Lt(num("a number")?),
+        "less_than_or_equal_to" => AttrCmp::Le(num("a number")?),
+        "greater_than" => AttrCmp::Gt(num("a number")?),
+        "greater_than_or_equal_to" => AttrCmp::Ge(num("a number")?),
+        "between" => {
+            let what = "an array [lo, hi] of two numbers, lo <= hi";
+            let v = value(what)?;
+            let Some([lo, hi]) = v.as_array().map(Vec::as_slice) else {
+                return Err(error(&vpath, of(what), describe(v)));
+            };
+            let lo = number(lo, &format!("{vpath}[0]"), &of("a number"))?;
+            let hi_path = format!("{vpath}[1]");
+            let hi_expected = of(&format!("a number no less than {lo}"));
+            let hi = number(hi, &hi_path, &hi_expected)?;
+            if hi < lo {
+                return Err(error(&hi_path, hi_expected, hi.to_string()));
+            }
+            AttrCmp::Between(lo, hi)
+        }
+        "is_true" => no_value().map(|()| AttrCmp::IsTrue)?,
+        "is_false" => no_value().map(|()| AttrCmp::IsFalse)?,
+        "before" => AttrCmp::Before(time()?),
+        "after" => AttrCmp::After(time()?),
+        "within_last_days" => AttrCmp::WithinLastDays(count(MAX_DAYS)?),
+        "within_last_hours" => AttrCmp::WithinLastHours(count(MAX_HOURS)?),
+        "more_than_days_ago" => AttrCmp::MoreThanDaysAgo(count(MAX_DAYS)?),
+        _ => return Err(bad_cmp()),
+    };
+    Ok(Filter::Attribute { attribute, cmp })
+}
+
+/// A JSON number as a [`Number`]: an integer as it is, a fraction by the
+/// shortest decimal that reads back as the same `f64` (`120.5`, `0.1`).
+fn number(v: &Value, path: &str, expected: &str) -> Result<Number, FilterParseError> {
+    let Value::Number(n) = v else {
+        return Err(error(path, expected, describe(v)));
+    };
+    let parsed = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Ok(Number::int(i)),
+        // Rust prints an f64 in full decimal, never with an exponent.
+        (None, Some(f)) if n.as_u64().is_none() => f.to_string().parse::<Number>(),
+        _ => Err(super::ast::NumberError::Range),
+    };
+    parsed.map_err(|e| error(path, format!("{expected}: {}", e.expected()), describe(v)))
 }
 
 /// An optional `"and"`/`"or"` under `key`; `true` for `and`, the default.

@@ -14,7 +14,7 @@ pub mod plan;
 pub mod reference;
 pub mod text;
 
-pub use ast::{BucketCmp, Filter};
+pub use ast::{AttrCmp, BucketCmp, Filter, Number, Time};
 
 use crate::error::{Error, Result};
 
@@ -64,11 +64,17 @@ pub fn resolve<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<Filter> {
         Filter::And(c) => Filter::And(c.iter().map(|c| resolve(ws, c)).collect::<Result<_>>()?),
         Filter::Or(c) => Filter::Or(c.iter().map(|c| resolve(ws, c)).collect::<Result<_>>()?),
         Filter::Not(c) => Filter::Not(Box::new(resolve(ws, c)?)),
+        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
     })
 }
 
-/// Checks that every cohort value of the filter names exactly one cohort.
+/// Checks that every cohort value of the filter names exactly one cohort
+/// (and, until they are evaluated, that it has no custom attribute or
+/// segment leaf: [`Filter::unsupported`]).
 pub fn check_cohorts<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<()> {
+    if let Some(leaf) = filter.unsupported_leaf() {
+        return Err(leaf.unsupported());
+    }
     let mut first_err = None;
     filter.for_each_cohort(&mut |partner, value, _| {
         if first_err.is_none() {

@@ -232,6 +232,7 @@ fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64) -> Result<Pla
             }
         },
         Filter::Not(c) => lower(ws, c, !neg, users)?,
+        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
         Filter::And(children) | Filter::Or(children) => {
             // not (a and b) = not a or not b; not (a or b) = not a and not b.
             let is_and = matches!(filter, Filter::And(_)) != neg;

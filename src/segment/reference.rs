@@ -102,6 +102,7 @@ fn eval<D: Data + ?Sized>(ws: &D, filter: &Filter, all: &RoaringBitmap) -> Resul
             acc
         }
         Filter::Not(c) => all - eval(ws, c, all)?,
+        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
     })
 }
 
@@ -145,6 +146,7 @@ pub fn contains_user<D: Data + ?Sized>(ws: &D, filter: &Filter, user: UserId) ->
             false
         }
         Filter::Not(c) => !contains_user(ws, c, user)?,
+        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
     })
 }
 

@@ -27,7 +27,10 @@
 //! written (`(a and b) and c` is `And[And[a, b], c]`), so the parser inverts
 //! [`Filter`]'s `Display`. `all` is the empty `And`, `none` the empty `Or`.
 
-use super::ast::{BucketCmp, Filter};
+use super::ast::{
+    check_name, check_regex, is_word_char, AttrCmp, BucketCmp, Filter, Number, Time, MAX_ANY_OF,
+    MAX_DAYS, MAX_HOURS, MAX_NAME_CHARS,
+};
 use crate::error::FilterParseError;
 use crate::ids::{Partner, BUCKETS};
 
@@ -35,7 +38,9 @@ use crate::ids::{Partner, BUCKETS};
 /// far away from the end of the stack.
 pub const MAX_DEPTH: usize = 64;
 
-const EXPECTED_FILTER: &str = "a filter: {partner}_cohorts, random_bucket, not, all, none or (";
+const EXPECTED_FILTER: &str = "a filter: {partner}_cohorts, random_bucket, attribute, in_segment, not_in_segment, not, all, none or (";
+const EXPECTED_ATTR_CMP: &str = "a comparison: equals, does_not_equal, is_any_of, matches_regex, starts_with, exists, does_not_exist, =, !=, <, <=, >, >=, between, is, before, after, within or more";
+const EXPECTED_STRING: &str = "a \"quoted string\" or a bare word";
 const EXPECTED_COMPARISON: &str = "includes_value or does_not_include_value";
 const EXPECTED_BUCKET_CMP: &str = "<, <=, >, >= or between";
 const EXPECTED_VALUE: &str = "a cohort id or name: a \"quoted string\" or a bare word";
@@ -57,6 +62,10 @@ const KEYWORDS: [&str; 12] = [
     "does_not_include",
     "excludes",
 ];
+
+fn is_keyword(w: &str) -> bool {
+    KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k))
+}
 
 /// Parses the text form of a segment filter.
 pub fn parse(input: &str) -> Result<Filter, FilterParseError> {
@@ -85,6 +94,12 @@ enum Kind {
     Le,
     Gt,
     Ge,
+    /// `=`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `,`
+    Comma,
     /// A character that starts no token.
     Other(char),
     Eof,
@@ -110,6 +125,9 @@ impl Token {
             Kind::Le => "\"<=\"".to_string(),
             Kind::Gt => "\">\"".to_string(),
             Kind::Ge => "\">=\"".to_string(),
+            Kind::Eq => "\"=\"".to_string(),
+            Kind::Ne => "\"!=\"".to_string(),
+            Kind::Comma => "\",\"".to_string(),
             Kind::Other(c) => format!("{:?}", c.to_string()),
             Kind::Eof => "end of input".to_string(),
             Kind::Error(e) => e.found.clone(),
@@ -154,10 +172,6 @@ fn error_at(line: usize, column: usize, expected: String, found: String) -> Filt
         expected,
         found,
     }
-}
-
-fn is_word_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')
 }
 
 /// A character cursor that knows its line and column (1-based, in chars).
@@ -209,6 +223,12 @@ fn lex(input: &str) -> Vec<Token> {
         let kind = match c {
             '(' => Kind::LParen,
             ')' => Kind::RParen,
+            ',' => Kind::Comma,
+            '=' => Kind::Eq,
+            '!' if cur.peek() == Some('=') => {
+                cur.bump();
+                Kind::Ne
+            }
             '<' | '>' => {
                 let eq = cur.peek() == Some('=');
                 if eq {
@@ -433,6 +453,18 @@ impl Parser {
                 self.pos += 1;
                 self.bucket().map(Filter::Bucket)
             }
+            "attribute" => {
+                self.pos += 1;
+                self.attribute()
+            }
+            "in_segment" | "not_in_segment" => {
+                self.pos += 1;
+                let id = self.name("a saved segment id")?;
+                Ok(Filter::Segment {
+                    id,
+                    included: word == "in_segment",
+                })
+            }
             w if w.ends_with("_cohorts") => {
                 let Some(partner) = Partner::from_filter_name(w) else {
                     return Err(tok.error(format!(
@@ -462,7 +494,7 @@ impl Parser {
         let tok = self.next()?;
         let cohort = match tok.kind {
             Kind::Str(s) => s,
-            Kind::Word(w) if !KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) => w,
+            Kind::Word(w) if !is_keyword(&w) => w,
             Kind::Word(_) => {
                 let found = format!("the keyword {}", tok.describe());
                 return Err(tok.error_found(EXPECTED_VALUE, found));
@@ -496,6 +528,248 @@ impl Parser {
             _ => return Err(tok.error(EXPECTED_BUCKET_CMP)),
         };
         Ok(cmp(self.int(0)?))
+    }
+
+    /// An attribute name or a segment id: any word, or a quoted string, of
+    /// 1 to `MAX_NAME_CHARS` characters.
+    fn name(&mut self, what: &str) -> Result<String, FilterParseError> {
+        let tok = self.next()?;
+        let expected =
+            || format!("{what}: a word or a \"quoted string\" of 1 to {MAX_NAME_CHARS} characters");
+        match tok.kind {
+            Kind::Word(ref w) if check_name(w) => Ok(w.clone()),
+            Kind::Str(ref s) if check_name(s) => Ok(s.clone()),
+            _ => Err(tok.error(expected())),
+        }
+    }
+
+    /// The rest of an attribute filter, after `attribute`.
+    fn attribute(&mut self) -> Result<Filter, FilterParseError> {
+        let attribute = self.name("an attribute name")?;
+        let of = |expected: &str| format!("{expected} (attribute {attribute:?})");
+        let tok = self.next()?;
+        let number = |p: &mut Self| p.number(&attribute);
+        let cmp = match &tok.kind {
+            Kind::Eq => return self.equality(attribute, true),
+            Kind::Ne => return self.equality(attribute, false),
+            Kind::Lt => AttrCmp::Lt(number(self)?),
+            Kind::Le => AttrCmp::Le(number(self)?),
+            Kind::Gt => AttrCmp::Gt(number(self)?),
+            Kind::Ge => AttrCmp::Ge(number(self)?),
+            Kind::Word(_) => match tok.word().as_deref().unwrap_or_default() {
+                "equals" => return self.equality(attribute, true),
+                "does_not_equal" => return self.equality(attribute, false),
+                "is_any_of" => AttrCmp::IsAnyOf(self.string_list(&attribute)?),
+                "matches_regex" => {
+                    let tok = self.next()?;
+                    let Kind::Str(pattern) = &tok.kind else {
+                        return Err(tok.error(of("a \"quoted\" regular expression")));
+                    };
+                    if let Err(found) = check_regex(pattern) {
+                        return Err(tok.error_found(
+                            of("a valid regular expression of at most 1024 characters"),
+                            found,
+                        ));
+                    }
+                    AttrCmp::MatchesRegex(pattern.clone())
+                }
+                "starts_with" => {
+                    let tok = self.next()?;
+                    match self.string(&tok) {
+                        Some(prefix) if !prefix.is_empty() => AttrCmp::StartsWith(prefix),
+                        _ => {
+                            return Err(tok.error(of(
+                                "a non-empty prefix: a \"quoted string\" or a bare word",
+                            )))
+                        }
+                    }
+                }
+                "exists" => AttrCmp::Exists,
+                "does_not_exist" => AttrCmp::DoesNotExist,
+                "between" => {
+                    let lo = number(self)?;
+                    let tok = self.next()?;
+                    if !tok.is_word("and") {
+                        return Err(tok.error("and"));
+                    }
+                    let tok = self.peek()?.clone();
+                    let hi = number(self)?;
+                    if hi < lo {
+                        return Err(tok.error(of(&format!("a number no less than {lo}"))));
+                    }
+                    AttrCmp::Between(lo, hi)
+                }
+                "is" => {
+                    let tok = self.next()?;
+                    match tok.word().as_deref() {
+                        Some("true") => AttrCmp::IsTrue,
+                        Some("false") => AttrCmp::IsFalse,
+                        _ => return Err(tok.error(of("true or false"))),
+                    }
+                }
+                "before" => AttrCmp::Before(self.time(&attribute)?),
+                "after" => AttrCmp::After(self.time(&attribute)?),
+                "within" => {
+                    self.eat_word("the")?;
+                    self.keyword("last")?;
+                    let tok = self.peek()?.clone();
+                    let n = self.count(&attribute, MAX_HOURS)?;
+                    let unit = self.next()?;
+                    match unit.word().as_deref() {
+                        Some("days" | "day") if n <= MAX_DAYS => AttrCmp::WithinLastDays(n),
+                        Some("days" | "day") => {
+                            return Err(tok.error(of(&format!(
+                                "a whole number of days from 1 to {MAX_DAYS}"
+                            ))))
+                        }
+                        Some("hours" | "hour") => AttrCmp::WithinLastHours(n),
+                        _ => return Err(unit.error("days or hours")),
+                    }
+                }
+                "more" => {
+                    self.keyword("than")?;
+                    let n = self.count(&attribute, MAX_DAYS)?;
+                    let unit = self.next()?;
+                    if !matches!(unit.word().as_deref(), Some("days" | "day")) {
+                        return Err(unit.error("days"));
+                    }
+                    self.keyword("ago")?;
+                    AttrCmp::MoreThanDaysAgo(n)
+                }
+                _ => {
+                    let found = format!("unknown comparison {}", tok.describe());
+                    return Err(tok.error_found(EXPECTED_ATTR_CMP, found));
+                }
+            },
+            _ => return Err(tok.error(EXPECTED_ATTR_CMP)),
+        };
+        Ok(Filter::Attribute { attribute, cmp })
+    }
+
+    /// Consumes the keyword, or fails naming it.
+    fn keyword(&mut self, keyword: &str) -> Result<(), FilterParseError> {
+        let tok = self.next()?;
+        if tok.is_word(keyword) {
+            Ok(())
+        } else {
+            Err(tok.error(keyword))
+        }
+    }
+
+    /// A string value: a quoted string, or a bare word that is not a
+    /// keyword.
+    fn string(&self, tok: &Token) -> Option<String> {
+        match &tok.kind {
+            Kind::Str(s) => Some(s.clone()),
+            Kind::Word(w) if !is_keyword(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+
+    /// The value of `equals`/`=` (`positive`) or `does_not_equal`/`!=`: a
+    /// string, a number or `true`/`false`. The value's kind picks the
+    /// comparison; `!= true` is `not (attribute is true)`, which holds for
+    /// the users without the attribute as every negative comparison does.
+    fn equality(&mut self, attribute: String, positive: bool) -> Result<Filter, FilterParseError> {
+        let tok = self.next()?;
+        let cmp = match &tok.kind {
+            Kind::Word(w) if w.eq_ignore_ascii_case("true") || w.eq_ignore_ascii_case("false") => {
+                let cmp = if w.eq_ignore_ascii_case("true") {
+                    AttrCmp::IsTrue
+                } else {
+                    AttrCmp::IsFalse
+                };
+                let leaf = Filter::Attribute { attribute, cmp };
+                return Ok(if positive { leaf } else { leaf.not() });
+            }
+            Kind::Word(w) if w.starts_with(|c: char| c.is_ascii_digit() || c == '-') => {
+                let n = w.parse::<Number>().map_err(|e| {
+                    tok.error(format!("{} (attribute {attribute:?})", e.expected()))
+                })?;
+                if positive {
+                    AttrCmp::Eq(n)
+                } else {
+                    AttrCmp::Ne(n)
+                }
+            }
+            _ => match self.string(&tok) {
+                Some(s) if positive => AttrCmp::Equals(s),
+                Some(s) => AttrCmp::DoesNotEqual(s),
+                None => {
+                    return Err(tok.error(format!(
+                    "a value: {EXPECTED_STRING}, a number, true or false (attribute {attribute:?})"
+                )))
+                }
+            },
+        };
+        Ok(Filter::Attribute { attribute, cmp })
+    }
+
+    /// `("a", "b", ...)`: 1 to `MAX_ANY_OF` strings.
+    fn string_list(&mut self, attribute: &str) -> Result<Vec<String>, FilterParseError> {
+        let open = self.next()?;
+        if open.kind != Kind::LParen {
+            return Err(open.error(format!(
+                "( and a list of 1 to {MAX_ANY_OF} strings (attribute {attribute:?})"
+            )));
+        }
+        let mut values = Vec::new();
+        loop {
+            let tok = self.next()?;
+            let Some(v) = self.string(&tok) else {
+                return Err(tok.error(format!(
+                    "a value: {EXPECTED_STRING} (attribute {attribute:?})"
+                )));
+            };
+            if values.len() == MAX_ANY_OF {
+                return Err(tok.error_found(
+                    format!("at most {MAX_ANY_OF} values (attribute {attribute:?})"),
+                    format!("a value past the {MAX_ANY_OF}th"),
+                ));
+            }
+            values.push(v);
+            let tok = self.next()?;
+            match tok.kind {
+                Kind::Comma => {}
+                Kind::RParen => return Ok(values),
+                _ => return Err(tok.error(", or )")),
+            }
+        }
+    }
+
+    /// A number such as `42`, `-7` or `120.5`.
+    fn number(&mut self, attribute: &str) -> Result<Number, FilterParseError> {
+        let tok = self.next()?;
+        let parsed = match &tok.kind {
+            Kind::Word(w) => w.parse::<Number>(),
+            _ => Err(super::ast::NumberError::Syntax),
+        };
+        parsed.map_err(|e| tok.error(format!("{} (attribute {attribute:?})", e.expected())))
+    }
+
+    /// An RFC 3339 time, bare or quoted.
+    fn time(&mut self, attribute: &str) -> Result<Time, FilterParseError> {
+        let tok = self.next()?;
+        let parsed = match &tok.kind {
+            Kind::Word(w) | Kind::Str(w) => w.parse::<Time>().ok(),
+            _ => None,
+        };
+        parsed.ok_or_else(|| tok.error(format!("{} (attribute {attribute:?})", Time::EXPECTED)))
+    }
+
+    /// A count of days or hours in `1..=max`.
+    fn count(&mut self, attribute: &str, max: u32) -> Result<u32, FilterParseError> {
+        let tok = self.next()?;
+        let value = match &tok.kind {
+            Kind::Word(w) if w.bytes().all(|b| b.is_ascii_digit()) => w.parse::<u32>().ok(),
+            _ => None,
+        };
+        match value {
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            _ => Err(tok.error(format!(
+                "a whole number from 1 to {max} (attribute {attribute:?})"
+            ))),
+        }
     }
 
     /// An integer bucket in `min..BUCKETS`.

@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use segq::error::FilterParseError;
 use segq::ids::{Partner, BUCKETS};
-use segq::segment::{json, text, BucketCmp, Filter};
+use segq::segment::ast::{MAX_ANY_OF, MAX_DAYS, MAX_HOURS, MAX_REGEX_CHARS};
+use segq::segment::{json, text, AttrCmp, BucketCmp, Filter, Number, Time};
 use serde_json::json;
 
 // ---------------------------------------------------------------- helpers
@@ -71,7 +72,7 @@ fn or(c: Vec<Filter>) -> Filter {
     Filter::Or(c)
 }
 
-const EXPECTED_FILTER: &str = "a filter: {partner}_cohorts, random_bucket, not, all, none or (";
+const EXPECTED_FILTER: &str = "a filter: {partner}_cohorts, random_bucket, attribute, in_segment, not_in_segment, not, all, none or (";
 const EXPECTED_CMP: &str = "includes_value or does_not_include_value";
 const EXPECTED_INT: &str = "an integer from 0 to 9999";
 
@@ -706,7 +707,8 @@ fn json_leaf_errors() {
     assert_eq!(e.location, "$.and[1].filter");
     assert_eq!(e.found, "\"foo_cohorts\"");
     assert!(
-        e.expected.starts_with("random_bucket or "),
+        e.expected
+            .starts_with("random_bucket, custom_attribute, segment or "),
         "{}",
         e.expected
     );
@@ -872,6 +874,592 @@ fn json_depth_limit() {
     assert!(e.location.starts_with("$.groups[0].filters[0].not"), "{e}");
 }
 
+// ------------------------------------- custom attributes and segments
+
+fn attr(attribute: &str, cmp: AttrCmp) -> Filter {
+    Filter::Attribute {
+        attribute: attribute.to_string(),
+        cmp,
+    }
+}
+
+fn n(s: &str) -> Number {
+    s.parse().unwrap()
+}
+
+fn time(s: &str) -> Time {
+    s.parse().unwrap()
+}
+
+/// A JSON attribute leaf.
+fn attr_json(attribute: &str, cmp: &str, value: Option<serde_json::Value>) -> String {
+    let mut leaf = json!({"filter": "custom_attribute", "attribute": attribute, "comparison": cmp});
+    if let Some(v) = value {
+        leaf["value"] = v;
+    }
+    leaf.to_string()
+}
+
+/// Every comparison: its JSON leaf, a text form, the tree, and the text
+/// the tree prints.
+#[test]
+fn attribute_comparisons_parse_in_both_forms_and_print_back() {
+    let br = || Some(json!("BR"));
+    let cases: Vec<(String, &str, Filter, &str)> = vec![
+        (
+            attr_json("country", "equals", br()),
+            r#"attribute country equals "BR""#,
+            attr("country", AttrCmp::Equals("BR".into())),
+            r#"attribute country equals "BR""#,
+        ),
+        (
+            attr_json("country", "does_not_equal", br()),
+            "attribute country does_not_equal BR",
+            attr("country", AttrCmp::DoesNotEqual("BR".into())),
+            r#"attribute country does_not_equal "BR""#,
+        ),
+        (
+            attr_json("country", "is_any_of", Some(json!(["BR", "PT", "a \"b\""]))),
+            r#"attribute country is_any_of (BR, "PT", "a \"b\"")"#,
+            attr(
+                "country",
+                AttrCmp::IsAnyOf(vec!["BR".into(), "PT".into(), "a \"b\"".into()]),
+            ),
+            r#"attribute country is_any_of ("BR", "PT", "a \"b\"")"#,
+        ),
+        (
+            attr_json("favourite_product", "matches_regex", Some(json!("^ab\\d+"))),
+            r#"attribute favourite_product matches_regex "^ab\\d+""#,
+            attr("favourite_product", AttrCmp::MatchesRegex("^ab\\d+".into())),
+            r#"attribute favourite_product matches_regex "^ab\\d+""#,
+        ),
+        (
+            attr_json("favourite_product", "starts_with", Some(json!("ab"))),
+            "attribute favourite_product starts_with ab",
+            attr("favourite_product", AttrCmp::StartsWith("ab".into())),
+            r#"attribute favourite_product starts_with "ab""#,
+        ),
+        (
+            attr_json("plan", "exists", None),
+            "attribute plan exists",
+            attr("plan", AttrCmp::Exists),
+            "attribute plan exists",
+        ),
+        (
+            attr_json("plan", "does_not_exist", Some(serde_json::Value::Null)),
+            "ATTRIBUTE plan DOES_NOT_EXIST",
+            attr("plan", AttrCmp::DoesNotExist),
+            "attribute plan does_not_exist",
+        ),
+        (
+            attr_json("sessions", "equals", Some(json!(12))),
+            "attribute sessions equals 12",
+            attr("sessions", AttrCmp::Eq(Number::int(12))),
+            "attribute sessions = 12",
+        ),
+        (
+            attr_json("sessions", "does_not_equal", Some(json!(-3))),
+            "attribute sessions != -3",
+            attr("sessions", AttrCmp::Ne(Number::int(-3))),
+            "attribute sessions != -3",
+        ),
+        (
+            attr_json("lifetime_spend", "less_than", Some(json!(100.5))),
+            "attribute lifetime_spend < 100.50",
+            attr("lifetime_spend", AttrCmp::Lt(n("100.5"))),
+            "attribute lifetime_spend < 100.5",
+        ),
+        (
+            attr_json("lifetime_spend", "less_than_or_equal_to", Some(json!(0.1))),
+            "attribute lifetime_spend <= 0.1",
+            attr("lifetime_spend", AttrCmp::Le(n("0.1"))),
+            "attribute lifetime_spend <= 0.1",
+        ),
+        (
+            attr_json("lifetime_spend", "greater_than", Some(json!(100))),
+            "attribute lifetime_spend>100",
+            attr("lifetime_spend", AttrCmp::Gt(Number::int(100))),
+            "attribute lifetime_spend > 100",
+        ),
+        (
+            attr_json(
+                "lifetime_spend",
+                "greater_than_or_equal_to",
+                Some(json!(1e3)),
+            ),
+            "attribute lifetime_spend >= 1000.0",
+            attr("lifetime_spend", AttrCmp::Ge(Number::int(1000))),
+            "attribute lifetime_spend >= 1000",
+        ),
+        (
+            attr_json("lifetime_spend", "between", Some(json!([100, 200.25]))),
+            "attribute lifetime_spend between 100 and 200.25",
+            attr(
+                "lifetime_spend",
+                AttrCmp::Between(Number::int(100), n("200.25")),
+            ),
+            "attribute lifetime_spend between 100 and 200.25",
+        ),
+        (
+            attr_json("email_subscribed", "is_true", None),
+            "attribute email_subscribed is true",
+            attr("email_subscribed", AttrCmp::IsTrue),
+            "attribute email_subscribed is true",
+        ),
+        (
+            attr_json("email_subscribed", "is_false", None),
+            "attribute email_subscribed is FALSE",
+            attr("email_subscribed", AttrCmp::IsFalse),
+            "attribute email_subscribed is false",
+        ),
+        (
+            attr_json("email_subscribed", "equals", Some(json!(true))),
+            "attribute email_subscribed = true",
+            attr("email_subscribed", AttrCmp::IsTrue),
+            "attribute email_subscribed is true",
+        ),
+        (
+            attr_json("email_subscribed", "does_not_equal", Some(json!(true))),
+            "attribute email_subscribed does_not_equal true",
+            attr("email_subscribed", AttrCmp::IsTrue).not(),
+            "not attribute email_subscribed is true",
+        ),
+        (
+            attr_json(
+                "last_seen_at",
+                "before",
+                Some(json!("2026-11-01T12:00:00+02:00")),
+            ),
+            r#"attribute last_seen_at before "2026-11-01T10:00:00.000Z""#,
+            attr(
+                "last_seen_at",
+                AttrCmp::Before(time("2026-11-01T10:00:00Z")),
+            ),
+            "attribute last_seen_at before 2026-11-01T10:00:00Z",
+        ),
+        (
+            attr_json("last_seen_at", "after", Some(json!("2026-11-01T10:00:00Z"))),
+            "attribute last_seen_at after 2026-11-01T10:00:00Z",
+            attr("last_seen_at", AttrCmp::After(time("2026-11-01T10:00:00Z"))),
+            "attribute last_seen_at after 2026-11-01T10:00:00Z",
+        ),
+        (
+            attr_json("last_seen_at", "within_last_days", Some(json!(30))),
+            "attribute last_seen_at within the last 30 days",
+            attr("last_seen_at", AttrCmp::WithinLastDays(30)),
+            "attribute last_seen_at within last 30 days",
+        ),
+        (
+            attr_json("last_seen_at", "within_last_hours", Some(json!(1))),
+            "attribute last_seen_at within last 1 hour",
+            attr("last_seen_at", AttrCmp::WithinLastHours(1)),
+            "attribute last_seen_at within last 1 hours",
+        ),
+        (
+            attr_json("last_seen_at", "more_than_days_ago", Some(json!(90))),
+            "attribute last_seen_at more than 90 days ago",
+            attr("last_seen_at", AttrCmp::MoreThanDaysAgo(90)),
+            "attribute last_seen_at more than 90 days ago",
+        ),
+    ];
+    for (json_form, text_form, tree, printed) in cases {
+        assert_eq!(j(&json_form), tree, "{json_form}");
+        assert_eq!(t(text_form), tree, "{text_form}");
+        assert_eq!(tree.to_string(), printed);
+        assert_eq!(t(printed), tree, "{printed}");
+    }
+}
+
+#[test]
+fn segment_references_parse_in_both_forms_and_print_back() {
+    let seg = |id: &str, included| Filter::Segment {
+        id: id.to_string(),
+        included,
+    };
+    let cases = [
+        (
+            json!({"filter": "segment", "comparison": "in", "value": "seg_123"}),
+            "in_segment seg_123",
+            seg("seg_123", true),
+            "in_segment seg_123",
+        ),
+        (
+            json!({"filter": "segment", "comparison": "not_in", "value": "seg 9"}),
+            r#"not_in_segment "seg 9""#,
+            seg("seg 9", false),
+            r#"not_in_segment "seg 9""#,
+        ),
+    ];
+    for (json_form, text_form, tree, printed) in cases {
+        assert_eq!(j(&json_form.to_string()), tree);
+        assert_eq!(t(text_form), tree);
+        assert_eq!(tree.to_string(), printed);
+    }
+    // `not in_segment` is the negation of the reference: a different tree
+    // for the same users.
+    assert_eq!(t("not in_segment seg_1"), seg("seg_1", true).not());
+}
+
+#[test]
+fn attribute_leaves_mix_with_the_grammar() {
+    let f = t("amplitude_cohorts includes power_users\n\
+         and attribute country equals \"BR\"\n\
+         and attribute lifetime_spend between 100 and 200\n\
+         and attribute last_seen_at within last 30 days\n\
+         and not_in_segment seg_churned");
+    assert_eq!(
+        f,
+        and(vec![
+            amp("power_users"),
+            attr("country", AttrCmp::Equals("BR".into())),
+            attr(
+                "lifetime_spend",
+                AttrCmp::Between(Number::int(100), Number::int(200))
+            ),
+            attr("last_seen_at", AttrCmp::WithinLastDays(30)),
+            Filter::Segment {
+                id: "seg_churned".into(),
+                included: false
+            },
+        ])
+    );
+    assert_eq!(f.leaves(), 5);
+    assert_eq!(t(&f.to_string()), f);
+    // Names that are keywords or need quotes sit after `attribute`.
+    assert_eq!(
+        t(r#"attribute and exists or attribute "a b" exists"#),
+        or(vec![
+            attr("and", AttrCmp::Exists),
+            attr("a b", AttrCmp::Exists)
+        ])
+    );
+    let odd = attr("a b", AttrCmp::Exists);
+    assert_eq!(odd.to_string(), r#"attribute "a b" exists"#);
+    // The same builder JSON in groups.
+    let g = json!({"groups": [{"filters": [
+        {"filter": "custom_attribute", "attribute": "plan", "comparison": "equals", "value": "pro"},
+        {"filter": "segment", "comparison": "in", "value": "seg_1"}
+    ]}]});
+    assert_eq!(
+        j(&g.to_string()),
+        and(vec![
+            attr("plan", AttrCmp::Equals("pro".into())),
+            Filter::Segment {
+                id: "seg_1".into(),
+                included: true
+            }
+        ])
+    );
+}
+
+#[test]
+fn text_attribute_errors_name_the_attribute() {
+    let e = text_err("attribute lifetime_spend < abc");
+    assert_at(
+        &e,
+        1,
+        28,
+        "a number such as 42, -7 or 120.5 (attribute \"lifetime_spend\")",
+    );
+    let e = text_err("attribute x between 5 and 3");
+    assert_at(&e, 1, 27, "a number no less than 5 (attribute \"x\")");
+    let e = text_err("attribute x > 1e5");
+    assert!(e.expected.contains("attribute \"x\""), "{e}");
+    let e = text_err("attribute x > 99999999999999999999");
+    assert!(e.expected.starts_with("a number of at most 18"), "{e}");
+    let e = text_err("attribute x contains \"a\"");
+    assert_at(&e, 1, 13, EXPECTED_ATTR_CMP_TEXT);
+    assert_eq!(e.found, "unknown comparison \"contains\"");
+    let e = text_err("attribute x");
+    assert_at(&e, 1, 12, EXPECTED_ATTR_CMP_TEXT);
+    assert_eq!(e.found, "end of input");
+    let e = text_err("attribute x matches_regex \"(ab\"");
+    assert_at(
+        &e,
+        1,
+        27,
+        "a valid regular expression of at most 1024 characters (attribute \"x\")",
+    );
+    assert!(e.found.contains("unclosed group"), "{}", e.found);
+    let long = format!(
+        "attribute x matches_regex \"{}\"",
+        "a".repeat(MAX_REGEX_CHARS + 1)
+    );
+    assert_eq!(text_err(&long).found, "a pattern of 1025 characters");
+    let e = text_err("attribute x matches_regex ab");
+    assert_at(
+        &e,
+        1,
+        27,
+        "a \"quoted\" regular expression (attribute \"x\")",
+    );
+    let e = text_err("attribute x starts_with \"\"");
+    assert!(e.expected.starts_with("a non-empty prefix"), "{e}");
+    let e = text_err("attribute x before yesterday");
+    assert_at(
+        &e,
+        1,
+        20,
+        "an RFC 3339 time to the second, such as 2026-11-01T10:00:00Z (attribute \"x\")",
+    );
+    assert!(text_err("attribute x after 2026-11-01T10:00:00.5Z")
+        .expected
+        .starts_with("an RFC 3339 time"));
+    let e = text_err("attribute x within last 0 days");
+    assert_at(
+        &e,
+        1,
+        25,
+        "a whole number from 1 to 876000 (attribute \"x\")",
+    );
+    let e = text_err(&format!("attribute x within last {} days", MAX_DAYS + 1));
+    assert_at(
+        &e,
+        1,
+        25,
+        "a whole number of days from 1 to 36500 (attribute \"x\")",
+    );
+    let e = text_err("attribute x within last 3 weeks");
+    assert_at(&e, 1, 27, "days or hours");
+    let e = text_err("attribute x more than 3 days");
+    assert_at(&e, 1, 29, "ago");
+    let e = text_err("attribute x is maybe");
+    assert_at(&e, 1, 16, "true or false (attribute \"x\")");
+    let e = text_err("attribute x equals and");
+    assert!(e.expected.starts_with("a value: "), "{e}");
+    let e = text_err("attribute x = 12abc");
+    assert!(e.expected.starts_with("a number such as"), "{e}");
+    let e = text_err("attribute x is_any_of ()");
+    assert_at(
+        &e,
+        1,
+        24,
+        "a value: a \"quoted string\" or a bare word (attribute \"x\")",
+    );
+    let e = text_err("attribute x is_any_of (a b)");
+    assert_at(&e, 1, 26, ", or )");
+    let e = text_err("attribute x is_any_of a");
+    assert!(e.expected.starts_with("( and a list of 1 to 256"), "{e}");
+    let many: Vec<String> = (0..=MAX_ANY_OF).map(|i| format!("v{i}")).collect();
+    let e = text_err(&format!("attribute x is_any_of ({})", many.join(", ")));
+    assert_eq!(e.expected, "at most 256 values (attribute \"x\")");
+    let ok: Vec<String> = (0..MAX_ANY_OF).map(|i| format!("v{i}")).collect();
+    assert!(text::parse(&format!("attribute x is_any_of ({})", ok.join(", "))).is_ok());
+    let e = text_err("attribute");
+    assert!(e.expected.starts_with("an attribute name"), "{e}");
+    let e = text_err("attribute \"\" exists");
+    assert_at(
+        &e,
+        1,
+        11,
+        "an attribute name: a word or a \"quoted string\" of 1 to 256 characters",
+    );
+    let e = text_err("in_segment (");
+    assert!(e.expected.starts_with("a saved segment id"), "{e}");
+    let e = text_err("attribute x = 1 !");
+    assert_at(&e, 1, 17, "end of input");
+}
+
+const EXPECTED_ATTR_CMP_TEXT: &str = "a comparison: equals, does_not_equal, is_any_of, matches_regex, starts_with, exists, does_not_exist, =, !=, <, <=, >, >=, between, is, before, after, within or more";
+
+#[test]
+fn json_attribute_errors_name_the_path_and_attribute() {
+    let leaf =
+        |v: serde_json::Value| json_err(&json!({"or": [leaf_json("heap", "h"), v]}).to_string());
+    let a = |cmp: &str, value: serde_json::Value| {
+        leaf(
+            json!({"filter": "custom_attribute", "attribute": "spend", "comparison": cmp, "value": value}),
+        )
+    };
+    // Wrong type for the comparison.
+    let e = a("less_than", json!("100"));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a number for less_than on the attribute \"spend\"",
+    );
+    assert_eq!(e.found, "\"100\"");
+    let e = a("equals", json!([1]));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a string, a number or a boolean for equals on the attribute \"spend\"",
+    );
+    let e = a("starts_with", json!(5));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a non-empty string for starts_with on the attribute \"spend\"",
+    );
+    let e = a("starts_with", json!(""));
+    assert_eq!(e.found, "an empty string");
+    let e = a("is_any_of", json!("BR"));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "an array of 1 to 256 strings for is_any_of on the attribute \"spend\"",
+    );
+    let e = a("is_any_of", json!([]));
+    assert_eq!(e.found, "an empty array");
+    let e = a("is_any_of", json!(["a", 2]));
+    assert_path(
+        &e,
+        "$.or[1].value[1]",
+        "a string for is_any_of on the attribute \"spend\"",
+    );
+    // Too many values.
+    let many: Vec<String> = (0..=MAX_ANY_OF).map(|i| i.to_string()).collect();
+    let e = a("is_any_of", json!(many));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "an array of 1 to 256 strings for is_any_of on the attribute \"spend\"",
+    );
+    assert_eq!(e.found, "an array of 257 values");
+    // A bad regex.
+    let e = a("matches_regex", json!("[a-"));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a regular expression of at most 1024 characters for matches_regex on the attribute \"spend\"",
+    );
+    assert!(e.found.starts_with("the pattern \"[a-\": "), "{}", e.found);
+    let e = a("matches_regex", json!("a".repeat(MAX_REGEX_CHARS + 1)));
+    assert_eq!(e.found, "a pattern of 1025 characters");
+    // A bad time.
+    let e = a("before", json!("2026-13-01T00:00:00Z"));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "an RFC 3339 time to the second, such as 2026-11-01T10:00:00Z for before on the attribute \"spend\"",
+    );
+    let e = a("after", json!(1_700_000_000));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "an RFC 3339 time to the second, such as 2026-11-01T10:00:00Z for after on the attribute \"spend\"",
+    );
+    // Counts.
+    let e = a("within_last_days", json!(0));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a whole number from 1 to 36500 for within_last_days on the attribute \"spend\"",
+    );
+    let e = a("within_last_hours", json!(2.5));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a whole number from 1 to 876000 for within_last_hours on the attribute \"spend\"",
+    );
+    let e = a("more_than_days_ago", json!("7"));
+    assert_eq!(e.location, "$.or[1].value");
+    // between.
+    let e = a("between", json!([200, 100]));
+    assert_path(
+        &e,
+        "$.or[1].value[1]",
+        "a number no less than 200 for between on the attribute \"spend\"",
+    );
+    assert_eq!(e.found, "100");
+    let e = a("between", json!({"lo": 1, "hi": 2}));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "an array [lo, hi] of two numbers, lo <= hi for between on the attribute \"spend\"",
+    );
+    let e = a("between", json!([1, "2"]));
+    assert_eq!(e.location, "$.or[1].value[1]");
+    // Numbers beyond the representation.
+    let e = a("greater_than", json!(u64::MAX));
+    assert!(e.expected.contains("at most 18 significant digits"), "{e}");
+    let e = a("greater_than", json!(1e-30));
+    assert!(e.expected.contains("18 decimal places"), "{e}");
+    // A value where none belongs.
+    let e = a("exists", json!(true));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "no value for exists on the attribute \"spend\"",
+    );
+    let e = a("is_true", json!(true));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "no value for is_true on the attribute \"spend\"",
+    );
+    // Missing value.
+    let e =
+        leaf(json!({"filter": "custom_attribute", "attribute": "spend", "comparison": "equals"}));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a string, a number or a boolean for equals on the attribute \"spend\"",
+    );
+    assert_eq!(e.found, "no \"value\" key");
+    // Unknown comparison.
+    let e = a("contains", json!("x"));
+    assert_eq!(e.location, "$.or[1].comparison");
+    assert_eq!(e.found, "unknown comparison \"contains\"");
+    assert!(e.expected.contains("more_than_days_ago"), "{e}");
+    let e = a("includes_value", json!("x"));
+    assert_eq!(e.location, "$.or[1].comparison");
+    // The attribute itself.
+    let e = leaf(json!({"filter": "custom_attribute", "comparison": "exists"}));
+    assert_path(
+        &e,
+        "$.or[1].attribute",
+        "an attribute name: a string of 1 to 256 characters",
+    );
+    let e = leaf(json!({"filter": "custom_attribute", "attribute": "", "comparison": "exists"}));
+    assert_eq!(e.location, "$.or[1].attribute");
+    let e = leaf(
+        json!({"filter": "custom_attribute", "attribute": "x".repeat(257), "comparison": "exists"}),
+    );
+    assert_eq!(e.location, "$.or[1].attribute");
+    let e = leaf(
+        json!({"filter": "custom_attribute", "attribute": "a", "comparison": "exists", "extra": 1}),
+    );
+    assert_eq!(e.location, "$.or[1].extra");
+    // A segment reference.
+    let e = leaf(json!({"filter": "segment", "comparison": "includes_value", "value": "s"}));
+    assert_path(&e, "$.or[1].comparison", "in or not_in");
+    let e = leaf(json!({"filter": "segment", "comparison": "in", "value": ""}));
+    assert_path(
+        &e,
+        "$.or[1].value",
+        "a saved segment id: a string of 1 to 256 characters",
+    );
+    let e = leaf(json!({"filter": "segment", "comparison": "in"}));
+    assert_eq!(e.found, "no \"value\" key");
+    let e = leaf(json!({"filter": "segment", "comparison": "in", "value": "s", "attribute": "a"}));
+    assert_eq!(e.location, "$.or[1].attribute");
+}
+
+#[test]
+fn json_numbers_are_read_as_written() {
+    let gt = |v: serde_json::Value| j(&attr_json("x", "greater_than", Some(v)));
+    assert_eq!(gt(json!(120.5)), attr("x", AttrCmp::Gt(n("120.5"))));
+    assert_eq!(gt(json!(0.1)), attr("x", AttrCmp::Gt(n("0.1"))));
+    assert_eq!(
+        gt(json!(i64::MIN)),
+        attr("x", AttrCmp::Gt(Number::int(i64::MIN)))
+    );
+    assert_eq!(gt(json!(-0.0)), attr("x", AttrCmp::Gt(Number::int(0))));
+    assert_eq!(
+        j(
+            r#"{"filter": "custom_attribute", "attribute": "x", "comparison": "greater_than", "value": 1.50}"#
+        ),
+        attr("x", AttrCmp::Gt(n("1.5")))
+    );
+    assert_eq!(
+        j(
+            r#"{"filter": "custom_attribute", "attribute": "x", "comparison": "greater_than", "value": 2E2}"#
+        ),
+        attr("x", AttrCmp::Gt(Number::int(200)))
+    );
+}
+
 // ------------------------------------------------------------- proptests
 
 fn partner() -> impl Strategy<Value = Partner> {
@@ -904,12 +1492,98 @@ fn cohort_leaf(values: BoxedStrategy<String>) -> impl Strategy<Value = Filter> {
     })
 }
 
+/// A number: any mantissa and scale (`exact_in_f64`: at most 15
+/// significant digits when it has a fraction, what the JSON form, read as
+/// doubles, keeps exactly).
+fn number(exact_in_f64: bool) -> impl Strategy<Value = Number> {
+    (any::<i64>(), 0u8..=18, any::<bool>()).prop_map(move |(m, scale, small)| {
+        let m = if small { m % 1_000 } else { m };
+        let m = if exact_in_f64 && scale > 0 {
+            m % 1_000_000_000_000_000
+        } else {
+            m
+        };
+        Number::new(m, if small { scale % 4 } else { scale }).unwrap()
+    })
+}
+
+fn any_time() -> impl Strategy<Value = Time> {
+    prop_oneof![
+        (Time::MIN..=Time::MAX),
+        Just(Time::MIN),
+        Just(Time::MAX),
+        (1_700_000_000i64..1_900_000_000)
+    ]
+    .prop_map(|s| Time::from_unix(s).unwrap())
+}
+
+/// Attribute names and segment ids: words, and strings that need quotes.
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9_.:@-]{1,12}",
+        Just("and".to_string()),
+        Just("not".to_string()),
+        "[ a-z\"\\\\éß=!,()]{1,8}",
+    ]
+}
+
+fn attr_cmp(json: bool) -> impl Strategy<Value = AttrCmp> {
+    let string = cohort_string().boxed();
+    let non_empty = cohort_string()
+        .prop_filter("non-empty", |s| !s.is_empty())
+        .boxed();
+    let pattern = prop::sample::select(vec![
+        "^ab",
+        "",
+        "a|b",
+        "[0-9]+$",
+        "(?i)caf\u{e9}",
+        "\\d{2,3}",
+        "\"q\"",
+        "\\\\",
+    ])
+    .prop_map(str::to_string);
+    prop_oneof![
+        string.clone().prop_map(AttrCmp::Equals),
+        string.clone().prop_map(AttrCmp::DoesNotEqual),
+        prop::collection::vec(string, 1..=5).prop_map(AttrCmp::IsAnyOf),
+        pattern.prop_map(AttrCmp::MatchesRegex),
+        non_empty.prop_map(AttrCmp::StartsWith),
+        Just(AttrCmp::Exists),
+        Just(AttrCmp::DoesNotExist),
+        number(json).prop_map(AttrCmp::Eq),
+        number(json).prop_map(AttrCmp::Ne),
+        number(json).prop_map(AttrCmp::Lt),
+        number(json).prop_map(AttrCmp::Le),
+        number(json).prop_map(AttrCmp::Gt),
+        number(json).prop_map(AttrCmp::Ge),
+        (number(json), number(json)).prop_map(|(a, b)| AttrCmp::Between(a.min(b), a.max(b))),
+        Just(AttrCmp::IsTrue),
+        Just(AttrCmp::IsFalse),
+        any_time().prop_map(AttrCmp::Before),
+        any_time().prop_map(AttrCmp::After),
+        (1..=MAX_DAYS).prop_map(AttrCmp::WithinLastDays),
+        (1..=MAX_HOURS).prop_map(AttrCmp::WithinLastHours),
+        (1..=MAX_DAYS).prop_map(AttrCmp::MoreThanDaysAgo),
+    ]
+}
+
+fn attribute_leaf(json: bool) -> impl Strategy<Value = Filter> {
+    (name(), attr_cmp(json)).prop_map(|(attribute, cmp)| Filter::Attribute { attribute, cmp })
+}
+
+fn segment_leaf() -> impl Strategy<Value = Filter> {
+    (name(), any::<bool>()).prop_map(|(id, included)| Filter::Segment { id, included })
+}
+
 /// Trees whose And/Or nodes have 0 or 2..=4 children, at most 4 levels of
 /// operators above the leaves.
 fn text_filter() -> impl Strategy<Value = Filter> {
     let leaf = prop_oneof![
         3 => cohort_leaf(cohort_string().boxed()),
         2 => bucket_cmp().prop_map(Filter::Bucket),
+        3 => attribute_leaf(false),
+        1 => segment_leaf(),
         1 => Just(Filter::And(vec![])),
         1 => Just(Filter::Or(vec![])),
     ];
@@ -928,7 +1602,12 @@ fn json_filter() -> impl Strategy<Value = Filter> {
     let values = cohort_string()
         .prop_filter("non-empty", |s| !s.is_empty())
         .boxed();
-    let leaf = prop_oneof![cohort_leaf(values), bucket_cmp().prop_map(Filter::Bucket),];
+    let leaf = prop_oneof![
+        cohort_leaf(values),
+        bucket_cmp().prop_map(Filter::Bucket),
+        attribute_leaf(true),
+        segment_leaf(),
+    ];
     leaf.prop_recursive(4, 48, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 1..=4).prop_map(Filter::And),
@@ -962,6 +1641,75 @@ fn to_json(f: &Filter) -> serde_json::Value {
         Filter::And(c) => json!({"and": c.iter().map(to_json).collect::<Vec<_>>()}),
         Filter::Or(c) => json!({"or": c.iter().map(to_json).collect::<Vec<_>>()}),
         Filter::Not(c) => json!({"not": to_json(c)}),
+        Filter::Attribute { attribute, cmp } => {
+            let mut leaf = json!({
+                "filter": "custom_attribute",
+                "attribute": attribute,
+                "comparison": json_cmp_name(cmp),
+            });
+            let value = match cmp {
+                AttrCmp::Equals(s)
+                | AttrCmp::DoesNotEqual(s)
+                | AttrCmp::MatchesRegex(s)
+                | AttrCmp::StartsWith(s) => json!(s),
+                AttrCmp::IsAnyOf(v) => json!(v),
+                AttrCmp::Exists | AttrCmp::DoesNotExist | AttrCmp::IsTrue | AttrCmp::IsFalse => {
+                    return leaf
+                }
+                AttrCmp::Eq(n)
+                | AttrCmp::Ne(n)
+                | AttrCmp::Lt(n)
+                | AttrCmp::Le(n)
+                | AttrCmp::Gt(n)
+                | AttrCmp::Ge(n) => json_number(*n),
+                AttrCmp::Between(lo, hi) => json!([json_number(*lo), json_number(*hi)]),
+                AttrCmp::Before(t) | AttrCmp::After(t) => json!(t.to_string()),
+                AttrCmp::WithinLastDays(n)
+                | AttrCmp::WithinLastHours(n)
+                | AttrCmp::MoreThanDaysAgo(n) => json!(n),
+            };
+            leaf["value"] = value;
+            leaf
+        }
+        Filter::Segment { id, included } => json!({
+            "filter": "segment",
+            "comparison": if *included { "in" } else { "not_in" },
+            "value": id,
+        }),
+    }
+}
+
+/// The JSON form's name of an attribute comparison (by hand, not by the
+/// library, so the test checks the library's names).
+fn json_cmp_name(cmp: &AttrCmp) -> &'static str {
+    match cmp {
+        AttrCmp::Equals(_) | AttrCmp::Eq(_) => "equals",
+        AttrCmp::DoesNotEqual(_) | AttrCmp::Ne(_) => "does_not_equal",
+        AttrCmp::IsAnyOf(_) => "is_any_of",
+        AttrCmp::MatchesRegex(_) => "matches_regex",
+        AttrCmp::StartsWith(_) => "starts_with",
+        AttrCmp::Exists => "exists",
+        AttrCmp::DoesNotExist => "does_not_exist",
+        AttrCmp::Lt(_) => "less_than",
+        AttrCmp::Le(_) => "less_than_or_equal_to",
+        AttrCmp::Gt(_) => "greater_than",
+        AttrCmp::Ge(_) => "greater_than_or_equal_to",
+        AttrCmp::Between(..) => "between",
+        AttrCmp::IsTrue => "is_true",
+        AttrCmp::IsFalse => "is_false",
+        AttrCmp::Before(_) => "before",
+        AttrCmp::After(_) => "after",
+        AttrCmp::WithinLastDays(_) => "within_last_days",
+        AttrCmp::WithinLastHours(_) => "within_last_hours",
+        AttrCmp::MoreThanDaysAgo(_) => "more_than_days_ago",
+    }
+}
+
+/// A number as a client writes it: an integer, or a double.
+fn json_number(n: Number) -> serde_json::Value {
+    match n.as_i64() {
+        Some(i) => json!(i),
+        None => json!(n.to_string().parse::<f64>().unwrap()),
     }
 }
 

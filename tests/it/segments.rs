@@ -430,7 +430,7 @@ fn random_filter(rng: &mut ChaCha8Rng, cohorts: u32, depth: u32) -> Filter {
 fn has_bucket(f: &Filter) -> bool {
     match f {
         Filter::Bucket(_) => true,
-        Filter::Cohort { .. } => false,
+        Filter::Cohort { .. } | Filter::Attribute { .. } | Filter::Segment { .. } => false,
         Filter::And(c) | Filter::Or(c) => c.iter().any(has_bucket),
         Filter::Not(c) => has_bucket(c),
     }

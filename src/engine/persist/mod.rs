@@ -42,6 +42,8 @@ pub(crate) fn to_persisted(f: &Filter) -> PFilter {
         Filter::And(c) => PFilter::And(c.iter().map(to_persisted).collect()),
         Filter::Or(c) => PFilter::Or(c.iter().map(to_persisted).collect()),
         Filter::Not(c) => PFilter::Not(Box::new(to_persisted(c))),
+        // Refused before a save (`segment::resolve`); no persisted form yet.
+        Filter::Attribute { .. } | Filter::Segment { .. } => unreachable!("{}", f.unsupported()),
     }
 }
 
