@@ -1674,6 +1674,85 @@ fn filters_past_max_filter_nodes_are_refused_on_every_endpoint() {
     );
 }
 
+/// Custom attribute and segment reference leaves parse, but every query
+/// and every save answers a clear 400 naming the leaf until they are
+/// evaluated; nothing is saved.
+#[test]
+fn attribute_and_segment_leaves_are_refused_clearly_on_every_endpoint() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = fixture(dir.path());
+    let attr = json!({"and": [
+        {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-even"},
+        {"filter": "custom_attribute", "attribute": "country", "comparison": "equals", "value": "BR"}
+    ]});
+    let seg = json!("amplitude_cohorts includes_value c-even and not_in_segment seg_churned");
+    for (filter, names) in [
+        (attr, "the custom_attribute filter on \"country\""),
+        (seg, "the segment filter on \"seg_churned\""),
+    ] {
+        let refused = |r: Resp, what: &str| {
+            assert_eq!(r.status, 400, "{what}: {}", r.text);
+            let m = r.message();
+            assert_eq!(m, format!("{names} is not supported yet"), "{what}");
+        };
+        refused(
+            s.ws_post("/segments/count", &json!({"filter": filter})),
+            "count",
+        );
+        refused(
+            s.ws_post(
+                "/segments/count",
+                &json!({"filter": filter, "estimate": true}),
+            ),
+            "estimate",
+        );
+        refused(
+            s.ws_post("/segments/count?explain=true", &json!({"filter": filter})),
+            "explain",
+        );
+        refused(
+            s.ws_post("/segments/breakdown", &json!({"filter": filter})),
+            "breakdown",
+        );
+        refused(
+            s.ws_post("/segments/members", &json!({"filter": filter})),
+            "members",
+        );
+        refused(
+            s.ws_post(
+                "/segments/check",
+                &json!({"filter": filter, "user": {"external_id": "u2"}}),
+            ),
+            "check",
+        );
+        refused(
+            s.ws_post(
+                "/segments/check",
+                &json!({"filter": filter, "user": {"external_id": "nobody"}}),
+            ),
+            "check of an unknown user",
+        );
+        refused(
+            s.ws_post(
+                "/segments/check",
+                &json!({"filter": filter, "users": [{"external_id": "u2"}, {"external_id": "u3"}]}),
+            ),
+            "check many",
+        );
+        refused(
+            s.ws_post("/segments", &json!({"name": "attrs", "filter": filter})),
+            "save",
+        );
+    }
+    assert_eq!(
+        s.ws_get("/segments")
+            .expect_json(200)
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+}
+
 #[test]
 fn a_member_cursor_works_only_for_its_workspace_and_segment() {
     let dir = tempfile::tempdir().expect("a temp dir");
