@@ -230,6 +230,19 @@ pub enum Error {
         segments: Vec<String>,
     },
 
+    /// Deleting a saved segment that other saved segments refer to.
+    #[error(
+        "segment {} is used by saved segments {}; delete or change them first",
+        Bare(id),
+        EchoList(segments)
+    )]
+    SegmentInUse {
+        /// The segment.
+        id: String,
+        /// The ids of the saved segments that refer to it.
+        segments: Vec<String>,
+    },
+
     /// A cohort's fields are invalid (e.g. an empty or too long cohort_id or name).
     #[error("invalid cohort: {}", Clip(.0))]
     InvalidCohort(String),

@@ -299,6 +299,154 @@ fn draw(
         .collect())
 }
 
+/// The countries of the workload's `country` attribute, most common first.
+const COUNTRIES: [&str; 50] = [
+    "US", "BR", "IN", "GB", "DE", "FR", "MX", "ID", "JP", "ES", "IT", "CA", "TR", "PH", "AR", "CO",
+    "PL", "NL", "KR", "AU", "VN", "TH", "EG", "NG", "PK", "SA", "ZA", "CL", "PE", "MY", "RO", "SE",
+    "BE", "CH", "AT", "PT", "CZ", "GR", "HU", "IL", "DK", "FI", "NO", "IE", "NZ", "SG", "UA", "KE",
+    "MA", "BD",
+];
+/// The languages of the `language` attribute, most common first.
+const LANGUAGES: [&str; 20] = [
+    "en", "pt", "es", "hi", "de", "fr", "id", "ja", "it", "tr", "ar", "ko", "pl", "nl", "vi", "th",
+    "ru", "ro", "sv", "uk",
+];
+/// Distinct values of `favourite_product`.
+pub const PRODUCTS: u32 = 100_000;
+/// The time `last_seen_at` counts back from: 2026-11-01T00:00:00Z.
+pub const SEEN_BASE: i64 = 1_793_491_200;
+
+/// An index drawn from a Zipf-like law over `n` ranks (rank r has weight
+/// `1 / (r + 1)^s`), by inverting its cumulative weights.
+fn zipf(cumulative: &[f64], rng: &mut ChaCha8Rng) -> u32 {
+    let total = cumulative.last().copied().unwrap_or(1.0);
+    let x = rng.gen::<f64>() * total;
+    cumulative
+        .partition_point(|&c| c < x)
+        .min(cumulative.len() - 1) as u32
+}
+
+fn cumulative(n: usize, s: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    (0..n)
+        .map(|r| {
+            acc += 1.0 / ((r + 1) as f64).powf(s);
+            acc
+        })
+        .collect()
+}
+
+/// The users' custom attributes (see the module's notes), each drawn from
+/// its own RNG stream so they are built in parallel and do not depend on
+/// the thread count:
+/// - `country` (95% of users): 50 codes, Zipf-like (s = 1.1), `US` first;
+/// - `language` (90%): 20 codes, Zipf-like (s = 1.0);
+/// - `plan` (everyone): free 70%, pro 20%, team 8%, enterprise 2%;
+/// - `lifetime_spend` (decimal, 80%): 0 for half of them, else log-normal
+///   around 40 (sigma 1.2), in cents;
+/// - `sessions` (integer, everyone): 1 + log-normal around 12 (sigma 1.0);
+/// - `last_seen_at` (time, 97%): [`SEEN_BASE`] minus an exponential
+///   number of days (mean 20, at most 365), to the second;
+/// - `email_subscribed` (boolean, 90%): true for 60% of them;
+/// - `favourite_product` (70%): `p00000`..`p99999`, Zipf-like (s = 1.0)
+///   over [`PRODUCTS`] values.
+pub fn generate_attributes(spec: Spec) -> crate::attributes::Attributes {
+    use crate::attributes::{AttrType, Attribute, Attributes};
+    let n = spec.users;
+    let rng = |k: u64| ChaCha8Rng::seed_from_u64(sub_seed(spec.seed, 500_000 + k));
+    let strings = |name: &str, k: u64, values: Vec<String>, share: f64, s: f64| {
+        let cum = cumulative(values.len(), s);
+        let mut r = rng(k);
+        let users: Vec<(u32, u32)> = (0..n)
+            .filter_map(|u| {
+                let v = zipf(&cum, &mut r);
+                (r.gen::<f64>() < share).then_some((u, v))
+            })
+            .collect();
+        Attribute::build_strings(name, values, users.into_iter())
+    };
+    let builders: Vec<Box<dyn Fn() -> Attribute + Sync>> = vec![
+        Box::new(move || {
+            let values = COUNTRIES.iter().map(|c| c.to_string()).collect();
+            strings("country", 1, values, 0.95, 1.1)
+        }),
+        Box::new(move || {
+            let values = LANGUAGES.iter().map(|c| c.to_string()).collect();
+            strings("language", 2, values, 0.90, 1.0)
+        }),
+        Box::new(move || {
+            let mut r = rng(3);
+            let values = ["free", "pro", "team", "enterprise"]
+                .map(String::from)
+                .to_vec();
+            let users = (0..n).map(move |u| {
+                let x: f64 = r.gen();
+                let v = if x < 0.70 {
+                    0
+                } else if x < 0.90 {
+                    1
+                } else if x < 0.98 {
+                    2
+                } else {
+                    3
+                };
+                (u, v)
+            });
+            Attribute::build_strings("plan", values, users)
+        }),
+        Box::new(move || {
+            let mut r = rng(4);
+            let spend = LogNormal::new(40f64.ln(), 1.2).expect("valid parameters");
+            let users = (0..n).filter_map(move |u| {
+                let has = r.gen::<f64>() < 0.8;
+                let zero = r.gen::<bool>();
+                let cents = (spend.sample(&mut r) * 100.0).round().min(1e9) as i64;
+                has.then_some((u, if zero { 0 } else { cents * 100 }))
+            });
+            Attribute::build_numbers("lifetime_spend", AttrType::Decimal, 0, users)
+        }),
+        Box::new(move || {
+            let mut r = rng(5);
+            let sessions = LogNormal::new(12f64.ln(), 1.0).expect("valid parameters");
+            let users = (0..n).map(move |u| (u, 1 + sessions.sample(&mut r).min(1e6) as i64));
+            Attribute::build_numbers("sessions", AttrType::Integer, 0, users)
+        }),
+        Box::new(move || {
+            let mut r = rng(6);
+            let users = (0..n).filter_map(move |u| {
+                let has = r.gen::<f64>() < 0.97;
+                let days = (-20.0 * (1.0 - r.gen::<f64>()).ln()).min(365.0);
+                has.then_some((u, SEEN_BASE - (days * 86_400.0) as i64))
+            });
+            Attribute::build_numbers(
+                "last_seen_at",
+                AttrType::Time,
+                SEEN_BASE - 366 * 86_400,
+                users,
+            )
+        }),
+        Box::new(move || {
+            let mut r = rng(7);
+            let users = (0..n).filter_map(move |u| {
+                let has = r.gen::<f64>() < 0.9;
+                let yes = r.gen::<f64>() < 0.6;
+                has.then_some((u, yes))
+            });
+            Attribute::build_booleans("email_subscribed", users)
+        }),
+        Box::new(move || {
+            let values = (0..PRODUCTS).map(|p| format!("p{p:05}")).collect();
+            strings("favourite_product", 8, values, 0.70, 1.0)
+        }),
+    ];
+    let built: Vec<Attribute> = builders.par_iter().map(|b| b()).collect();
+    let mut out = Attributes::new();
+    for a in built {
+        out.insert(a);
+    }
+    out
+}
+
 fn cohort_name(info: &CohortInfo) -> String {
     format!("{} cohort {}", info.band, info.index)
 }
@@ -327,6 +475,7 @@ pub fn generate(name: &str, spec: Spec) -> Result<Workload> {
             })
             .map(drop)
     })?;
+    ws.attributes = generate_attributes(spec);
     let mut infos = Vec::with_capacity(made.len());
     for (info, members) in made {
         let mut cohort = Cohort::new(CohortKey::new(PARTNER, info.cohort_id.clone()));
@@ -410,6 +559,8 @@ pub fn write_snapshot<W: std::io::Write>(
                 .map_err(|e| Error::Internal(format!("serializing {}: {e}", info.cohort_id)))
         })?;
     }
+    contents.attributes =
+        crate::attributes::codec::encode(&generate_attributes(spec)).map_err(Error::Internal)?;
     let out = contents.write_to(out)?;
     Ok((out, made.into_iter().map(|(i, _)| i).collect()))
 }

@@ -279,6 +279,8 @@ use std::borrow::Cow;
 use roaring::RoaringBitmap;
 
 use crate::ids::{UserId, UserRef};
+use crate::segment::attr::Test;
+use crate::segment::plan::Selected;
 use crate::segment::{plan::Catalog, reference};
 
 impl Catalog for Workspace {
@@ -289,6 +291,31 @@ impl Catalog for Workspace {
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
         let c = self.cohorts.resolve(partner, value)?;
         Ok((c.key.cohort_id.clone(), c.len()))
+    }
+
+    fn attribute_type(&self, name: &str) -> Result<crate::attributes::AttrType> {
+        self.attributes
+            .type_of(name)
+            .ok_or_else(|| Error::UnknownAttribute {
+                attribute: name.to_string(),
+            })
+    }
+
+    fn select(&self, name: &str, test: &Test) -> Result<(u64, Selected)> {
+        let a = self
+            .attributes
+            .get(name)
+            .ok_or_else(|| Error::UnknownAttribute {
+                attribute: name.to_string(),
+            })?;
+        Ok((a.version(), Selected(Arc::new(test.select(a)?))))
+    }
+
+    fn saved_filter(&self, id: &str) -> Result<crate::segment::Filter> {
+        self.segments
+            .get(id)
+            .map(|s| s.filter.clone())
+            .ok_or_else(|| Error::UnknownSegment { id: id.to_string() })
     }
 }
 
@@ -311,5 +338,19 @@ impl reference::Data for Workspace {
 
     fn lookup(&self, user: &UserRef) -> Option<UserId> {
         self.users.lookup(user)
+    }
+
+    fn attribute_values(&self, name: &str) -> Result<Vec<(u32, crate::attributes::AttrValue)>> {
+        let a = self
+            .attributes
+            .get(name)
+            .ok_or_else(|| Error::UnknownAttribute {
+                attribute: name.to_string(),
+            })?;
+        Ok(a.values())
+    }
+
+    fn attribute_value(&self, name: &str, user: u32) -> Option<crate::attributes::AttrValue> {
+        self.attributes.get(name).and_then(|a| a.get(user))
     }
 }

@@ -11,6 +11,14 @@ use super::bsi::Bsi;
 use super::value::{AttrType, AttrValue};
 use crate::error::{Error, Result};
 
+/// Adds `u` to `b`: an append when it is past the largest member (the
+/// builders' case), an insert otherwise.
+fn append(b: &mut RoaringBitmap, u: u32) {
+    if b.try_push(u).is_err() {
+        b.insert(u);
+    }
+}
+
 /// Marks "no value" in a string attribute's per-user column.
 const NONE: u32 = u32::MAX;
 
@@ -222,6 +230,26 @@ impl Attribute {
         }
     }
 
+    /// Every user's value, as `(user, value)` in user order (strings read
+    /// per value, so this costs the users, not users times values).
+    pub fn values(&self) -> Vec<(u32, AttrValue)> {
+        let mut out: Vec<(u32, AttrValue)> = match &self.index {
+            Index::Strings(s) => s
+                .names
+                .iter()
+                .zip(&s.members)
+                .flat_map(|(n, m)| m.iter().map(move |u| (u, AttrValue::String(n.clone()))))
+                .collect(),
+            _ => self
+                .has()
+                .iter()
+                .filter_map(|u| self.get(u).map(|v| (u, v)))
+                .collect(),
+        };
+        out.sort_unstable_by_key(|(u, _)| *u);
+        out
+    }
+
     /// The users a query selects. A query that does not fit the type (a
     /// range on strings) is [`Error::AttributeType`].
     pub fn select(&self, q: &AttrQuery<'_>) -> Result<RoaringBitmap> {
@@ -339,6 +367,81 @@ impl Attribute {
             }
         }
         s
+    }
+
+    /// A string attribute built in one pass: `values` are the distinct
+    /// values, `users` yields `(user, index into values)` in ascending
+    /// user order (a generator's way: no per-user updates).
+    pub fn build_strings(
+        name: &str,
+        values: Vec<String>,
+        users: impl Iterator<Item = (u32, u32)>,
+    ) -> Attribute {
+        let mut members = vec![RoaringBitmap::new(); values.len()];
+        let mut has = RoaringBitmap::new();
+        for (u, v) in users {
+            if let Some(m) = members.get_mut(v as usize) {
+                append(m, u);
+                append(&mut has, u);
+            }
+        }
+        let mut s = Strings {
+            has,
+            ..Strings::default()
+        };
+        for (v, m) in values.into_iter().zip(members) {
+            s.ids.insert(v.clone(), s.names.len() as u32);
+            s.names.push(v);
+            s.members.push(m);
+        }
+        Attribute::from_index(name.to_string(), AttrType::String, Index::Strings(s))
+    }
+
+    /// A boolean attribute built in one pass (users in ascending order).
+    pub fn build_booleans(name: &str, users: impl Iterator<Item = (u32, bool)>) -> Attribute {
+        let (mut has, mut truth) = (RoaringBitmap::new(), RoaringBitmap::new());
+        for (u, b) in users {
+            append(&mut has, u);
+            if b {
+                append(&mut truth, u);
+            }
+        }
+        Attribute::from_index(
+            name.to_string(),
+            AttrType::Boolean,
+            Index::Booleans { has, truth },
+        )
+    }
+
+    /// A numeric attribute of type `ty` built in one pass (users in
+    /// ascending order, values at least `base`; a value below it is
+    /// raised to it).
+    pub fn build_numbers(
+        name: &str,
+        ty: AttrType,
+        base: i64,
+        users: impl Iterator<Item = (u32, i64)>,
+    ) -> Attribute {
+        let mut has = RoaringBitmap::new();
+        let mut slices: Vec<RoaringBitmap> = Vec::new();
+        for (u, v) in users {
+            let off = (i128::from(v.max(base)) - i128::from(base)) as u64;
+            append(&mut has, u);
+            let bits = 64 - off.leading_zeros() as usize;
+            if slices.len() < bits {
+                slices.resize_with(bits, RoaringBitmap::new);
+            }
+            for (i, s) in slices.iter_mut().enumerate().take(bits) {
+                if off >> i & 1 == 1 {
+                    append(s, u);
+                }
+            }
+        }
+        Attribute::from_index(
+            name.to_string(),
+            ty,
+            Index::Numbers(Bsi::from_parts(base, has, slices)),
+        )
     }
 
     /// Its parts for persistence: strings as `(value, members)` pairs,
@@ -542,8 +645,9 @@ impl Attributes {
         Ok(())
     }
 
-    /// Puts a persisted attribute in place (loading a snapshot).
-    pub(crate) fn insert(&mut self, a: Attribute) {
+    /// Puts an attribute in place, replacing one of the same name (loading
+    /// a snapshot, generating a workload).
+    pub fn insert(&mut self, a: Attribute) {
         self.by_name.insert(a.name.clone(), Arc::new(a));
     }
 

@@ -952,7 +952,11 @@ impl WorkspaceHandle {
                 }
             };
             let filter = match (filter, existing) {
-                (Some(f), _) => segment::resolve(ws, f)?,
+                (Some(f), _) => {
+                    let f = segment::resolve(ws, f)?;
+                    segment::check_references(ws, Some(&id), &f)?;
+                    f
+                }
                 (None, Some(s)) => s.filter.clone(),
                 (None, None) => {
                     return Err(Error::InvalidArgument(
@@ -979,6 +983,19 @@ impl WorkspaceHandle {
         self.write(|tx| {
             if !tx.state().segments.contains_key(id) {
                 return Err(Error::UnknownSegment { id: id.into() });
+            }
+            let users: Vec<String> = tx
+                .state()
+                .segments
+                .values()
+                .filter(|s| s.id != id && s.filter.refers_to(id))
+                .map(|s| s.id.clone())
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::SegmentInUse {
+                    id: id.into(),
+                    segments: users,
+                });
             }
             tx.apply(Change::SegmentDeleted { id: id.into() })?;
             Ok(())

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use super::BitmapSource;
+use crate::attributes::AttrType;
 use crate::cohorts::BaseBitmap;
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, Partner};
+use crate::segment::attr::Test;
 use crate::segment::chunk::{LeafBytes, Prepared, Serialized};
 use crate::segment::masks::MaskSource;
-use crate::segment::plan::{Catalog, Plan};
+use crate::segment::plan::{Catalog, Plan, Selected};
 use crate::segment::Filter;
 use crate::snapshot::Snapshot;
 use crate::users::Buckets;
@@ -42,6 +44,44 @@ pub struct Frozen {
     cohorts: hashbrown::HashMap<CohortKey, FrozenCohort>,
     /// The workspace's bucket-range masks, at the epoch of the freeze.
     masks: Option<MaskSource>,
+    /// When the view was taken: relative time tests count back from it.
+    now: i64,
+    /// The types of the attributes the filters test.
+    types: hashbrown::HashMap<String, AttrType>,
+    /// The users each attribute test selected, with the attribute's
+    /// version, taken under the lock.
+    selections: hashbrown::HashMap<(String, Test), (u64, Selected)>,
+    /// The saved segments the filters refer to, by id.
+    segments: hashbrown::HashMap<String, Filter>,
+}
+
+/// Runs every attribute test of `f` (segment references expanded) on the
+/// workspace, as the planner will ask for them.
+fn select_all(
+    ws: &Workspace,
+    f: &Filter,
+    now: i64,
+    types: &mut hashbrown::HashMap<String, AttrType>,
+    selections: &mut hashbrown::HashMap<(String, Test), (u64, Selected)>,
+) -> Result<()> {
+    match f {
+        Filter::Attribute { attribute, cmp } => {
+            let ty = ws.attribute_type(attribute)?;
+            types.insert(attribute.clone(), ty);
+            let (test, _) = crate::segment::attr::lower(attribute, cmp, ty, now)?;
+            let key = (attribute.clone(), test);
+            if !selections.contains_key(&key) {
+                let got = ws.select(attribute, &key.1)?;
+                selections.insert(key, got);
+            }
+            Ok(())
+        }
+        Filter::And(c) | Filter::Or(c) => c
+            .iter()
+            .try_for_each(|c| select_all(ws, c, now, types, selections)),
+        Filter::Not(c) => select_all(ws, c, now, types, selections),
+        Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Segment { .. } => Ok(()),
+    }
 }
 
 impl std::fmt::Debug for Frozen {
@@ -63,10 +103,30 @@ impl Frozen {
         filters: &[&Filter],
         buckets: bool,
     ) -> Result<Frozen> {
+        let now = chrono::Utc::now().timestamp();
+        // Saved segments referred to are part of the filters: their
+        // cohorts, attributes and buckets are frozen too.
+        let mut segments = hashbrown::HashMap::new();
+        let mut expanded = Vec::with_capacity(filters.len());
+        for f in filters {
+            expanded.push(crate::segment::expand_references(
+                ws,
+                f,
+                &mut |id, inner| {
+                    segments.insert(id.to_string(), inner.clone());
+                },
+            )?);
+        }
+        let filters: Vec<&Filter> = expanded.iter().collect();
+        let mut types = hashbrown::HashMap::new();
+        let mut selections = hashbrown::HashMap::new();
+        for f in &filters {
+            select_all(ws, f, now, &mut types, &mut selections)?;
+        }
         let mut names = hashbrown::HashMap::new();
         let mut cohorts = hashbrown::HashMap::new();
         let mut first_err = None;
-        for f in filters {
+        for f in &filters {
             f.for_each_cohort(&mut |partner, value, _| {
                 if first_err.is_some() || names.contains_key(&(partner, value.to_string())) {
                     return;
@@ -116,6 +176,10 @@ impl Frozen {
             names,
             cohorts,
             masks: src.bucket_masks(),
+            now,
+            types,
+            selections,
+            segments,
         })
     }
 
@@ -157,6 +221,37 @@ impl Catalog for Frozen {
                 key: CohortKey::new(partner, id.clone()),
             })?;
         Ok((id.clone(), c.cardinality))
+    }
+
+    fn attribute_type(&self, name: &str) -> Result<AttrType> {
+        self.types
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::UnknownAttribute {
+                attribute: name.to_string(),
+            })
+    }
+
+    fn select(&self, name: &str, test: &Test) -> Result<(u64, Selected)> {
+        self.selections
+            .get(&(name.to_string(), test.clone()))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "attribute test on {name} was not taken with the view"
+                ))
+            })
+    }
+
+    fn saved_filter(&self, id: &str) -> Result<Filter> {
+        self.segments
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownSegment { id: id.to_string() })
+    }
+
+    fn now(&self) -> i64 {
+        self.now
     }
 }
 

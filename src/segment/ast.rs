@@ -137,6 +137,48 @@ impl Filter {
         Error::FilterNotSupported { what }
     }
 
+    /// Whether the tree tests a time relative to now (`within_last_days`,
+    /// `within_last_hours`, `more_than_days_ago`).
+    pub fn is_relative(&self) -> bool {
+        match self {
+            Filter::Attribute { cmp, .. } => super::attr::is_relative(cmp),
+            Filter::And(c) | Filter::Or(c) => c.iter().any(Filter::is_relative),
+            Filter::Not(c) => c.is_relative(),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Segment { .. } => false,
+        }
+    }
+
+    /// Calls `f` with the name of every custom attribute the tree tests.
+    pub fn for_each_attribute(&self, f: &mut dyn FnMut(&str)) {
+        match self {
+            Filter::Attribute { attribute, .. } => f(attribute),
+            Filter::And(c) | Filter::Or(c) => c.iter().for_each(|c| c.for_each_attribute(f)),
+            Filter::Not(c) => c.for_each_attribute(f),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Segment { .. } => {}
+        }
+    }
+
+    /// Whether the tree refers to any saved segment.
+    pub fn refers_to_any(&self) -> bool {
+        match self {
+            Filter::Segment { .. } => true,
+            Filter::And(c) | Filter::Or(c) => c.iter().any(Filter::refers_to_any),
+            Filter::Not(c) => c.refers_to_any(),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Attribute { .. } => false,
+        }
+    }
+
+    /// Whether the tree has an `in_segment` / `not_in_segment` leaf naming
+    /// saved segment `id`.
+    pub fn refers_to(&self, id: &str) -> bool {
+        match self {
+            Filter::Segment { id: to, .. } => to == id,
+            Filter::And(c) | Filter::Or(c) => c.iter().any(|c| c.refers_to(id)),
+            Filter::Not(c) => c.refers_to(id),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Attribute { .. } => false,
+        }
+    }
+
     /// The first custom attribute or segment leaf of the tree, if any.
     pub fn unsupported_leaf(&self) -> Option<&Filter> {
         match self {
@@ -533,6 +575,8 @@ impl Time {
     pub const MIN: i64 = -62_167_219_200;
     /// The latest time: 9999-12-31T23:59:59Z.
     pub const MAX: i64 = 253_402_300_799;
+    /// 1970-01-01T00:00:00Z.
+    pub const EPOCH: Time = Time(0);
 
     /// The time `secs` seconds after the epoch, when it is of year 0000 to 9999.
     pub fn from_unix(secs: i64) -> Option<Time> {

@@ -890,6 +890,24 @@ fn compile<'w>(
             Node::Cohort(bytes.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
+        // Read like a cohort with no snapshot bitmap: all its users are
+        // the serialized delta.
+        Plan::Leaf(Leaf::Attribute { members, .. }) => {
+            let mut added = Vec::with_capacity(members.0.serialized_size());
+            members
+                .0
+                .serialize_into(&mut added)
+                .map_err(|e| Error::Internal(format!("serializing an attribute test: {e}")))?;
+            bytes.push(LeafBytes {
+                base: None,
+                delta: Some(Arc::new(Serialized {
+                    added: Some(added),
+                    removed: None,
+                })),
+                max: members.0.max(),
+            });
+            Node::Cohort(bytes.len() - 1)
+        }
         Plan::Not { child } => Node::Not(Box::new(compile(child, leaf, bytes)?)),
         Plan::And { all, minus } => Node::And(
             all.iter()
@@ -911,7 +929,12 @@ fn compile<'w>(
 /// A plan's count when it needs no evaluation.
 fn trivial(plan: &Plan, users: u32, trusted_leaf: bool) -> Option<u64> {
     match plan {
-        Plan::Leaf(Leaf::Cohort { cardinality, .. }) if trusted_leaf => Some(*cardinality),
+        Plan::Leaf(Leaf::Cohort { cardinality, .. })
+        | Plan::Leaf(Leaf::Attribute { cardinality, .. })
+            if trusted_leaf =>
+        {
+            Some(*cardinality)
+        }
         Plan::All => Some(u64::from(users)),
         Plan::Nothing => Some(0),
         _ => None,
@@ -933,10 +956,12 @@ impl<'w> Prepared<'w> {
         let node = compile(plan, &mut leaf, &mut bytes)?;
         // A bitmap is only trusted to hold users that exist if its largest
         // member says so.
-        let trusted = matches!(plan, Plan::Leaf(Leaf::Cohort { .. }))
-            && bytes
-                .first()
-                .is_some_and(|b| b.max.is_none_or(|m| m < users));
+        let trusted = matches!(
+            plan,
+            Plan::Leaf(Leaf::Cohort { .. }) | Plan::Leaf(Leaf::Attribute { .. })
+        ) && bytes
+            .first()
+            .is_some_and(|b| b.max.is_none_or(|m| m < users));
         Ok(Prepared {
             node,
             bytes,

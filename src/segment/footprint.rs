@@ -56,6 +56,9 @@ enum Node<'a> {
     All,
     Nothing,
     Cohort(BitmapView<'a>),
+    /// An attribute test's users: their bitmap, counted as the portable
+    /// format would hold each chunk's container.
+    Selected(std::sync::Arc<roaring::RoaringBitmap>),
     Bucket,
     Not(Box<Node<'a>>),
     And(Vec<Node<'a>>, Vec<Node<'a>>),
@@ -85,6 +88,7 @@ fn compile<'a>(
             partner, cohort_id, ..
         }) => Node::Cohort(leaf(&CohortKey::new(*partner, cohort_id.clone()))?),
         Plan::Leaf(Leaf::Bucket { .. }) => Node::Bucket,
+        Plan::Leaf(Leaf::Attribute { members, .. }) => Node::Selected(members.0.clone()),
         Plan::Not { child } => Node::Not(Box::new(compile(child, leaf)?)),
         Plan::And { all: a, minus } => {
             let a = all(a)?;
@@ -107,6 +111,17 @@ fn walk(node: &Node, key: u16, len: u64, f: &mut Footprint) -> Reach {
                 Reach::Some
             }
         },
+        Node::Selected(b) => {
+            let lo = u32::from(key) << 16;
+            match b.range_cardinality(lo..=lo | 0xFFFF) {
+                0 => Reach::Empty,
+                n => {
+                    f.containers += 1;
+                    f.container_bytes += (2 * n).min(8192);
+                    Reach::Some
+                }
+            }
+        }
         Node::Bucket => {
             f.bucket_bytes += 2 * len;
             Reach::Some

@@ -5,6 +5,7 @@
 //! others are tested against ([`reference`]).
 
 pub mod ast;
+pub mod attr;
 mod buckets;
 pub mod chunk;
 pub mod footprint;
@@ -64,17 +65,23 @@ pub fn resolve<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<Filter> {
         Filter::And(c) => Filter::And(c.iter().map(|c| resolve(ws, c)).collect::<Result<_>>()?),
         Filter::Or(c) => Filter::Or(c.iter().map(|c| resolve(ws, c)).collect::<Result<_>>()?),
         Filter::Not(c) => Filter::Not(Box::new(resolve(ws, c)?)),
-        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
+        Filter::Attribute { attribute, cmp } => {
+            let ty = ws.attribute_type(attribute)?;
+            attr::lower(attribute, cmp, ty, 0)?;
+            filter.clone()
+        }
+        Filter::Segment { id, .. } => {
+            ws.saved_filter(id)?;
+            filter.clone()
+        }
     })
 }
 
-/// Checks that every cohort value of the filter names exactly one cohort
-/// (and, until they are evaluated, that it has no custom attribute or
-/// segment leaf: [`Filter::unsupported`]).
+/// Checks that every cohort value of the filter names exactly one cohort,
+/// every attribute it tests exists and fits its comparison, and every
+/// saved segment it refers to exists.
 pub fn check_cohorts<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<()> {
-    if let Some(leaf) = filter.unsupported_leaf() {
-        return Err(leaf.unsupported());
-    }
+    check_leaves(ws, filter)?;
     let mut first_err = None;
     filter.for_each_cohort(&mut |partner, value, _| {
         if first_err.is_none() {
@@ -84,4 +91,99 @@ pub fn check_cohorts<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<()>
         }
     });
     first_err.map_or(Ok(()), Err)
+}
+
+/// The attribute and segment leaves of [`check_cohorts`].
+fn check_leaves<C: Catalog + ?Sized>(ws: &C, filter: &Filter) -> Result<()> {
+    match filter {
+        Filter::Attribute { attribute, cmp } => {
+            let ty = ws.attribute_type(attribute)?;
+            attr::lower(attribute, cmp, ty, 0).map(drop)
+        }
+        Filter::Segment { id, .. } => ws.saved_filter(id).map(drop),
+        Filter::Cohort { .. } | Filter::Bucket(_) => Ok(()),
+        Filter::And(c) | Filter::Or(c) => c.iter().try_for_each(|c| check_leaves(ws, c)),
+        Filter::Not(c) => check_leaves(ws, c),
+    }
+}
+
+/// Refuses a filter for saved segment `id` (`None`: a new one) whose
+/// segment references lead back to `id` or nest more than
+/// [`plan::MAX_SEGMENT_DEPTH`] deep.
+pub fn check_references<C: Catalog + ?Sized>(
+    ws: &C,
+    id: Option<&str>,
+    filter: &Filter,
+) -> Result<()> {
+    fn walk<C: Catalog + ?Sized>(ws: &C, id: Option<&str>, f: &Filter, depth: usize) -> Result<()> {
+        match f {
+            Filter::Segment { id: to, .. } => {
+                if Some(to.as_str()) == id {
+                    return Err(Error::InvalidArgument(format!(
+                        "segment {} would refer to itself through in_segment (a cycle)",
+                        crate::error::prefix(to, 64).unwrap_or(to)
+                    )));
+                }
+                if depth >= plan::MAX_SEGMENT_DEPTH {
+                    return Err(Error::InvalidArgument(format!(
+                        "saved segments would refer to saved segments more than {} deep",
+                        plan::MAX_SEGMENT_DEPTH
+                    )));
+                }
+                walk(ws, id, &ws.saved_filter(to)?, depth + 1)
+            }
+            Filter::And(c) | Filter::Or(c) => c.iter().try_for_each(|c| walk(ws, id, c, depth)),
+            Filter::Not(c) => walk(ws, id, c, depth),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Attribute { .. } => Ok(()),
+        }
+    }
+    walk(ws, id, filter, 0)
+}
+
+/// `f` with every saved segment reference replaced by the segment's filter
+/// (negated for `not_in_segment`), each segment met passed to `met`;
+/// refused past [`plan::MAX_SEGMENT_DEPTH`] levels.
+pub fn expand_references<C: Catalog + ?Sized>(
+    ws: &C,
+    f: &Filter,
+    met: &mut dyn FnMut(&str, &Filter),
+) -> Result<Filter> {
+    fn go<C: Catalog + ?Sized>(
+        ws: &C,
+        f: &Filter,
+        met: &mut dyn FnMut(&str, &Filter),
+        depth: usize,
+    ) -> Result<Filter> {
+        Ok(match f {
+            Filter::Segment { id, included } => {
+                if depth >= plan::MAX_SEGMENT_DEPTH {
+                    return Err(Error::InvalidArgument(format!(
+                        "saved segments refer to saved segments more than {} deep",
+                        plan::MAX_SEGMENT_DEPTH
+                    )));
+                }
+                let inner = ws.saved_filter(id)?;
+                met(id, &inner);
+                let inner = go(ws, &inner, met, depth + 1)?;
+                if *included {
+                    inner
+                } else {
+                    inner.not()
+                }
+            }
+            Filter::And(c) => Filter::And(
+                c.iter()
+                    .map(|c| go(ws, c, met, depth))
+                    .collect::<Result<_>>()?,
+            ),
+            Filter::Or(c) => Filter::Or(
+                c.iter()
+                    .map(|c| go(ws, c, met, depth))
+                    .collect::<Result<_>>()?,
+            ),
+            Filter::Not(c) => go(ws, c, met, depth)?.not(),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Attribute { .. } => f.clone(),
+        })
+    }
+    go(ws, f, met, 0)
 }

@@ -16,11 +16,15 @@
 //! is counted without evaluation.
 
 use std::fmt;
+use std::sync::Arc;
 
+use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::ast::{BucketCmp, Filter};
-use crate::error::Result;
+use super::attr::Test;
+use crate::attributes::AttrType;
+use crate::error::{Error, Result};
 use crate::ids::Partner;
 
 /// A leaf of a plan.
@@ -45,6 +49,47 @@ pub enum Leaf {
         /// The users expected in the range (users times its share of buckets).
         estimate: u64,
     },
+    /// Users a custom attribute test selects (always a positive test:
+    /// negative comparisons are NOT of one), read from the attribute's
+    /// index when the plan is made.
+    Attribute {
+        /// The attribute.
+        attribute: String,
+        /// The test, in the text form's words (`equals "BR"`).
+        test: String,
+        /// The attribute's type.
+        #[serde(skip)]
+        ty: AttrType,
+        /// The test, in the index's units.
+        #[serde(skip)]
+        what: Test,
+        /// The attribute's version when the users were selected.
+        version: u64,
+        /// The users selected.
+        cardinality: u64,
+        /// Them.
+        #[serde(skip)]
+        members: Selected,
+    },
+}
+
+/// The users an attribute test selected, shared by the plans and views
+/// that hold it.
+#[derive(Clone, Default)]
+pub struct Selected(pub Arc<RoaringBitmap>);
+
+impl PartialEq for Selected {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Selected {}
+
+impl fmt::Debug for Selected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Selected({} users)", self.0.len())
+    }
 }
 
 impl Leaf {
@@ -53,6 +98,7 @@ impl Leaf {
         match self {
             Leaf::Cohort { cardinality, .. } => *cardinality,
             Leaf::Bucket { estimate, .. } => *estimate,
+            Leaf::Attribute { cardinality, .. } => *cardinality,
         }
     }
 }
@@ -113,7 +159,8 @@ impl Plan {
         match self {
             Plan::All => users,
             Plan::Nothing => 0,
-            Plan::Leaf(Leaf::Cohort { cardinality, .. }) => *cardinality,
+            Plan::Leaf(Leaf::Cohort { cardinality, .. })
+            | Plan::Leaf(Leaf::Attribute { cardinality, .. }) => *cardinality,
             Plan::Leaf(Leaf::Bucket { .. }) => 0,
             Plan::Not { child } => users - child.upper_bound(users),
             Plan::And { .. } => 0,
@@ -148,14 +195,42 @@ fn bucket_estimate(users: u64, lo: u16, hi: u16) -> u64 {
     users * width / u64::from(crate::ids::BUCKETS)
 }
 
-/// What planning needs to know: the users, and each cohort a filter names.
+/// What planning needs to know: the users, each cohort a filter names,
+/// the custom attributes it tests and the saved segments it refers to.
 pub trait Catalog {
     /// The number of users.
     fn users(&self) -> u64;
     /// The cohort_id and cardinality of the cohort a filter value names (a
     /// cohort_id, or the unique name of one of the partner's cohorts).
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)>;
+    /// A custom attribute's type ([`Error::UnknownAttribute`] when no user
+    /// was ever given it and it was not declared).
+    fn attribute_type(&self, name: &str) -> Result<AttrType> {
+        Err(Error::UnknownAttribute {
+            attribute: name.to_string(),
+        })
+    }
+    /// The users an attribute test selects, with the attribute's version.
+    fn select(&self, name: &str, test: &Test) -> Result<(u64, Selected)> {
+        let _ = test;
+        Err(Error::UnknownAttribute {
+            attribute: name.to_string(),
+        })
+    }
+    /// A saved segment's filter, for `in_segment` tests.
+    fn saved_filter(&self, id: &str) -> Result<Filter> {
+        Err(Error::UnknownSegment { id: id.to_string() })
+    }
+    /// The time relative time tests count back from (seconds since the
+    /// epoch).
+    fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp()
+    }
 }
+
+/// How deeply saved segments may refer to saved segments (a cycle is
+/// refused when a segment is saved; this bounds what a query expands).
+pub const MAX_SEGMENT_DEPTH: usize = 16;
 
 /// A snapshot's catalog, read from its meta section.
 impl Catalog for crate::snapshot::Snapshot {
@@ -180,12 +255,12 @@ impl Catalog for crate::snapshot::Snapshot {
 /// cardinalities, and normalises.
 pub fn plan(catalog: &dyn Catalog, filter: &Filter) -> Result<Plan> {
     let users = catalog.users();
-    let p = lower(catalog, filter, false, users)?;
+    let p = lower(catalog, filter, false, users, 0)?;
     Ok(order(p, users))
 }
 
 fn leaf_or_nothing(leaf: Leaf, negated: bool) -> Plan {
-    let empty = leaf.cardinality() == 0 && matches!(leaf, Leaf::Cohort { .. });
+    let empty = leaf.cardinality() == 0 && !matches!(leaf, Leaf::Bucket { .. });
     match (empty, negated) {
         (true, false) => Plan::Nothing,
         (true, true) => Plan::All,
@@ -196,8 +271,9 @@ fn leaf_or_nothing(leaf: Leaf, negated: bool) -> Plan {
     }
 }
 
-/// Lowers `filter` (negated when `neg`) with NOT pushed to the leaves.
-fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64) -> Result<Plan> {
+/// Lowers `filter` (negated when `neg`) with NOT pushed to the leaves;
+/// `depth` counts the saved segments expanded on the way.
+fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64, depth: usize) -> Result<Plan> {
     Ok(match filter {
         Filter::Cohort {
             partner,
@@ -231,14 +307,38 @@ fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64) -> Result<Pla
                 leaf_or_nothing(leaf, neg)
             }
         },
-        Filter::Not(c) => lower(ws, c, !neg, users)?,
-        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
+        Filter::Not(c) => lower(ws, c, !neg, users, depth)?,
+        Filter::Attribute { attribute, cmp } => {
+            let ty = ws.attribute_type(attribute)?;
+            let (what, negated) = super::attr::lower(attribute, cmp, ty, ws.now())?;
+            let (version, members) = ws.select(attribute, &what)?;
+            let leaf = Leaf::Attribute {
+                attribute: attribute.clone(),
+                test: what.describe(ty),
+                ty,
+                what,
+                version,
+                cardinality: members.0.len(),
+                members,
+            };
+            leaf_or_nothing(leaf, neg != negated)
+        }
+        Filter::Segment { id, included } => {
+            if depth >= MAX_SEGMENT_DEPTH {
+                return Err(Error::InvalidArgument(format!(
+                    "saved segments refer to saved segments more than {MAX_SEGMENT_DEPTH} deep (at {})",
+                    crate::error::prefix(id, 64).unwrap_or(id)
+                )));
+            }
+            let inner = ws.saved_filter(id)?;
+            lower(ws, &inner, neg == *included, users, depth + 1)?
+        }
         Filter::And(children) | Filter::Or(children) => {
             // not (a and b) = not a or not b; not (a or b) = not a and not b.
             let is_and = matches!(filter, Filter::And(_)) != neg;
             let lowered = children
                 .iter()
-                .map(|c| lower(ws, c, neg, users))
+                .map(|c| lower(ws, c, neg, users, depth))
                 .collect::<Result<Vec<_>>>()?;
             if is_and {
                 and_of(lowered)
@@ -349,6 +449,19 @@ fn write_key(p: &Plan, out: &mut String) {
             partner, cohort_id, ..
         }) => write!(out, "c{partner}/{}/{cohort_id}", cohort_id.len()),
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => write!(out, "b{lo}-{hi}"),
+        // The version: the same test selects other users once a value
+        // changed.
+        Plan::Leaf(Leaf::Attribute {
+            attribute,
+            test,
+            version,
+            ..
+        }) => write!(
+            out,
+            "a{}/{attribute}@{version}/{}/{test}",
+            attribute.len(),
+            test.len()
+        ),
         Plan::Not { child } => write!(out, "!({})", key(child)),
         Plan::And { all, minus } => write!(out, "&({};{})", sorted(all), sorted(minus)),
         Plan::Or { any } => write!(out, "|({})", sorted(any)),
@@ -364,7 +477,7 @@ pub fn cohorts(p: &Plan) -> Vec<(Partner, &str)> {
             Leaf::Cohort {
                 partner, cohort_id, ..
             } => Some((*partner, cohort_id.as_str())),
-            Leaf::Bucket { .. } => None,
+            Leaf::Bucket { .. } | Leaf::Attribute { .. } => None,
         })
         .collect();
     out.sort_unstable();
@@ -377,7 +490,9 @@ pub fn cohorts(p: &Plan) -> Vec<(Partner, &str)> {
 pub fn reads_users(p: &Plan) -> bool {
     match p {
         Plan::All | Plan::Not { .. } | Plan::Leaf(Leaf::Bucket { .. }) => true,
-        Plan::Nothing | Plan::Leaf(Leaf::Cohort { .. }) => false,
+        Plan::Nothing | Plan::Leaf(Leaf::Cohort { .. }) | Plan::Leaf(Leaf::Attribute { .. }) => {
+            false
+        }
         Plan::And { all, minus } => all.is_empty() || all.iter().chain(minus).any(reads_users),
         Plan::Or { any } => any.iter().any(reads_users),
     }
@@ -392,6 +507,12 @@ pub fn to_filter(p: &Plan) -> Filter {
             partner, cohort_id, ..
         }) => Filter::includes(*partner, cohort_id.clone()),
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Filter::Bucket(BucketCmp::Between(*lo, *hi)),
+        Plan::Leaf(Leaf::Attribute {
+            attribute,
+            ty,
+            what,
+            ..
+        }) => super::attr::to_filter(attribute, *ty, what),
         Plan::Not { child } => to_filter(child).not(),
         Plan::And { all, minus } => Filter::And(
             all.iter()

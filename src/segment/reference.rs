@@ -9,8 +9,9 @@ use std::borrow::Cow;
 
 use roaring::RoaringBitmap;
 
-use super::ast::Filter;
+use super::ast::{AttrCmp, Filter, Number};
 use super::plan::Catalog;
+use crate::attributes::AttrValue;
 use crate::error::Result;
 use crate::ids::{Partner, UserId, UserRef};
 
@@ -29,6 +30,61 @@ pub trait Data: Catalog {
     fn bucket(&self, user: UserId) -> Option<u16>;
     /// The user holding an identifier.
     fn lookup(&self, user: &UserRef) -> Option<UserId>;
+    /// Every user's value of a custom attribute, as `(user, value)`.
+    fn attribute_values(&self, name: &str) -> Result<Vec<(u32, AttrValue)>>;
+    /// One user's value of a custom attribute.
+    fn attribute_value(&self, name: &str, user: u32) -> Option<AttrValue>;
+}
+
+/// Whether a value (`None`: the user has none) satisfies a comparison,
+/// read the plainest way: values compared one by one.
+pub fn attr_holds(cmp: &AttrCmp, v: Option<&AttrValue>, now: i64) -> bool {
+    use AttrCmp as C;
+    let string = || match v {
+        Some(AttrValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let number = || match v {
+        Some(AttrValue::Integer(i)) => Some(Number::int(*i)),
+        Some(AttrValue::Decimal(d)) => Number::new(*d, 4),
+        _ => None,
+    };
+    let time = || match v {
+        Some(AttrValue::Time(t)) => Some(*t),
+        _ => None,
+    };
+    let day = 86_400i64;
+    match cmp {
+        C::Exists => v.is_some(),
+        C::DoesNotExist => v.is_none(),
+        C::Equals(x) => string() == Some(x.as_str()),
+        C::DoesNotEqual(x) => string() != Some(x.as_str()),
+        C::IsAnyOf(xs) => string().is_some_and(|s| xs.iter().any(|x| x == s)),
+        C::MatchesRegex(r) => {
+            string().is_some_and(|s| regex::Regex::new(r).is_ok_and(|re| re.is_match(s)))
+        }
+        C::StartsWith(p) => string().is_some_and(|s| s.starts_with(p.as_str())),
+        C::Eq(n) => number() == Some(*n),
+        C::Ne(n) => number() != Some(*n),
+        C::Lt(n) => number().is_some_and(|x| x < *n),
+        C::Le(n) => number().is_some_and(|x| x <= *n),
+        C::Gt(n) => number().is_some_and(|x| x > *n),
+        C::Ge(n) => number().is_some_and(|x| x >= *n),
+        C::Between(lo, hi) => number().is_some_and(|x| *lo <= x && x <= *hi),
+        C::IsTrue => v == Some(&AttrValue::Boolean(true)),
+        C::IsFalse => v == Some(&AttrValue::Boolean(false)),
+        C::Before(t) => time().is_some_and(|x| x < t.unix()),
+        C::After(t) => time().is_some_and(|x| x > t.unix()),
+        C::WithinLastDays(n) => {
+            time().is_some_and(|x| now.saturating_sub(i64::from(*n) * day) <= x && x <= now)
+        }
+        C::WithinLastHours(n) => {
+            time().is_some_and(|x| now.saturating_sub(i64::from(*n) * 3_600) <= x && x <= now)
+        }
+        C::MoreThanDaysAgo(n) => {
+            time().is_some_and(|x| x < now.saturating_sub(i64::from(*n) * day))
+        }
+    }
 }
 
 /// The number of users, as user ids count them.
@@ -102,7 +158,33 @@ fn eval<D: Data + ?Sized>(ws: &D, filter: &Filter, all: &RoaringBitmap) -> Resul
             acc
         }
         Filter::Not(c) => all - eval(ws, c, all)?,
-        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
+        Filter::Attribute { attribute, cmp } => {
+            // The same refusals as the planner (an unknown attribute, a
+            // comparison that does not fit its type).
+            let ty = ws.attribute_type(attribute)?;
+            super::attr::lower(attribute, cmp, ty, 0)?;
+            let now = ws.now();
+            let mut with = RoaringBitmap::new();
+            let mut out = RoaringBitmap::new();
+            for (u, v) in ws.attribute_values(attribute)? {
+                with.insert(u);
+                if attr_holds(cmp, Some(&v), now) {
+                    out.insert(u);
+                }
+            }
+            if attr_holds(cmp, None, now) {
+                out |= all - &with;
+            }
+            out & all
+        }
+        Filter::Segment { id, included } => {
+            let inner = eval(ws, &ws.saved_filter(id)?, all)?;
+            if *included {
+                inner
+            } else {
+                all - inner
+            }
+        }
     })
 }
 
@@ -146,7 +228,18 @@ pub fn contains_user<D: Data + ?Sized>(ws: &D, filter: &Filter, user: UserId) ->
             false
         }
         Filter::Not(c) => !contains_user(ws, c, user)?,
-        Filter::Attribute { .. } | Filter::Segment { .. } => return Err(filter.unsupported()),
+        Filter::Attribute { attribute, cmp } => {
+            let ty = ws.attribute_type(attribute)?;
+            super::attr::lower(attribute, cmp, ty, 0)?;
+            attr_holds(
+                cmp,
+                ws.attribute_value(attribute, user.0).as_ref(),
+                ws.now(),
+            )
+        }
+        Filter::Segment { id, included } => {
+            contains_user(ws, &ws.saved_filter(id)?, user)? == *included
+        }
     })
 }
 

@@ -143,7 +143,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::WorkspaceNameClash { .. }
         | Error::TooManyUsers { .. }
         | Error::TooManyCohorts { .. }
-        | Error::CohortInUse { .. } => StatusCode::CONFLICT,
+        | Error::CohortInUse { .. }
+        | Error::SegmentInUse { .. } => StatusCode::CONFLICT,
         Error::InvalidIdentifier { .. }
         | Error::InvalidCohort(_)
         | Error::FilterParse(_)

@@ -164,6 +164,163 @@ pub enum PFilter {
     Or(Vec<PFilter>),
     /// The child does not hold.
     Not(Box<PFilter>),
+    /// A custom attribute test.
+    Attribute {
+        /// The attribute.
+        attribute: String,
+        /// The comparison.
+        cmp: PAttrCmp,
+    },
+    /// A saved segment reference.
+    Segment {
+        /// The saved segment's id.
+        id: String,
+        /// `in_segment` (true) or `not_in_segment`.
+        included: bool,
+    },
+}
+
+/// A number as persisted: `mantissa × 10^-scale`.
+pub type PNumber = (i64, u8);
+
+/// The most decimal places a persisted number has (the filter parsers'
+/// bound).
+pub const MAX_NUMBER_SCALE: u8 = 18;
+/// The times a persisted filter holds: years 0000 to 9999, in seconds.
+pub const TIME_RANGE: std::ops::RangeInclusive<i64> = -62_167_219_200..=253_402_300_799;
+
+/// A custom attribute comparison, as persisted (mirrors
+/// `segment::ast::AttrCmp`; tags are append-only like every other).
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PAttrCmp {
+    Equals(String),
+    DoesNotEqual(String),
+    IsAnyOf(Vec<String>),
+    MatchesRegex(String),
+    StartsWith(String),
+    Exists,
+    DoesNotExist,
+    Eq(PNumber),
+    Ne(PNumber),
+    Lt(PNumber),
+    Le(PNumber),
+    Gt(PNumber),
+    Ge(PNumber),
+    Between(PNumber, PNumber),
+    IsTrue,
+    IsFalse,
+    Before(i64),
+    After(i64),
+    WithinLastDays(u32),
+    WithinLastHours(u32),
+    MoreThanDaysAgo(u32),
+}
+
+impl PAttrCmp {
+    /// The tag of each comparison, in declaration order from 0.
+    fn tag(&self) -> u32 {
+        match self {
+            PAttrCmp::Equals(_) => 0,
+            PAttrCmp::DoesNotEqual(_) => 1,
+            PAttrCmp::IsAnyOf(_) => 2,
+            PAttrCmp::MatchesRegex(_) => 3,
+            PAttrCmp::StartsWith(_) => 4,
+            PAttrCmp::Exists => 5,
+            PAttrCmp::DoesNotExist => 6,
+            PAttrCmp::Eq(_) => 7,
+            PAttrCmp::Ne(_) => 8,
+            PAttrCmp::Lt(_) => 9,
+            PAttrCmp::Le(_) => 10,
+            PAttrCmp::Gt(_) => 11,
+            PAttrCmp::Ge(_) => 12,
+            PAttrCmp::Between(..) => 13,
+            PAttrCmp::IsTrue => 14,
+            PAttrCmp::IsFalse => 15,
+            PAttrCmp::Before(_) => 16,
+            PAttrCmp::After(_) => 17,
+            PAttrCmp::WithinLastDays(_) => 18,
+            PAttrCmp::WithinLastHours(_) => 19,
+            PAttrCmp::MoreThanDaysAgo(_) => 20,
+        }
+    }
+}
+
+impl Encode for PAttrCmp {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        encode_tag(self.tag(), e)?;
+        match self {
+            PAttrCmp::Equals(v)
+            | PAttrCmp::DoesNotEqual(v)
+            | PAttrCmp::MatchesRegex(v)
+            | PAttrCmp::StartsWith(v) => v.encode(e),
+            PAttrCmp::IsAnyOf(v) => v.encode(e),
+            PAttrCmp::Exists | PAttrCmp::DoesNotExist | PAttrCmp::IsTrue | PAttrCmp::IsFalse => {
+                Ok(())
+            }
+            PAttrCmp::Eq(n)
+            | PAttrCmp::Ne(n)
+            | PAttrCmp::Lt(n)
+            | PAttrCmp::Le(n)
+            | PAttrCmp::Gt(n)
+            | PAttrCmp::Ge(n) => n.encode(e),
+            PAttrCmp::Between(lo, hi) => (lo, hi).encode(e),
+            PAttrCmp::Before(t) | PAttrCmp::After(t) => t.encode(e),
+            PAttrCmp::WithinLastDays(n)
+            | PAttrCmp::WithinLastHours(n)
+            | PAttrCmp::MoreThanDaysAgo(n) => n.encode(e),
+        }
+    }
+}
+
+fn decode_number<C, D: Decoder<Context = C>>(d: &mut D) -> Result<PNumber, DecodeError> {
+    let n: PNumber = Decode::decode(d)?;
+    if n.1 > MAX_NUMBER_SCALE {
+        return Err(DecodeError::OtherString(format!(
+            "a number with {} decimal places (at most {MAX_NUMBER_SCALE})",
+            n.1
+        )));
+    }
+    Ok(n)
+}
+
+fn decode_time<C, D: Decoder<Context = C>>(d: &mut D) -> Result<i64, DecodeError> {
+    let t = i64::decode(d)?;
+    if !TIME_RANGE.contains(&t) {
+        return Err(DecodeError::OtherString(format!(
+            "a time {t} out of years 0000 to 9999"
+        )));
+    }
+    Ok(t)
+}
+
+impl<C> Decode<C> for PAttrCmp {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(match decode_tag(d)? {
+            0 => PAttrCmp::Equals(String::decode(d)?),
+            1 => PAttrCmp::DoesNotEqual(String::decode(d)?),
+            2 => PAttrCmp::IsAnyOf(decode_seq(d, String::decode)?),
+            3 => PAttrCmp::MatchesRegex(String::decode(d)?),
+            4 => PAttrCmp::StartsWith(String::decode(d)?),
+            5 => PAttrCmp::Exists,
+            6 => PAttrCmp::DoesNotExist,
+            7 => PAttrCmp::Eq(decode_number(d)?),
+            8 => PAttrCmp::Ne(decode_number(d)?),
+            9 => PAttrCmp::Lt(decode_number(d)?),
+            10 => PAttrCmp::Le(decode_number(d)?),
+            11 => PAttrCmp::Gt(decode_number(d)?),
+            12 => PAttrCmp::Ge(decode_number(d)?),
+            13 => PAttrCmp::Between(decode_number(d)?, decode_number(d)?),
+            14 => PAttrCmp::IsTrue,
+            15 => PAttrCmp::IsFalse,
+            16 => PAttrCmp::Before(decode_time(d)?),
+            17 => PAttrCmp::After(decode_time(d)?),
+            18 => PAttrCmp::WithinLastDays(u32::decode(d)?),
+            19 => PAttrCmp::WithinLastHours(u32::decode(d)?),
+            20 => PAttrCmp::MoreThanDaysAgo(u32::decode(d)?),
+            tag => return Err(unknown_tag("attribute comparison", tag)),
+        })
+    }
 }
 
 impl PFilter {
@@ -177,6 +334,10 @@ impl PFilter {
     pub const OR: u32 = 3;
     /// The tag of [`PFilter::Not`].
     pub const NOT: u32 = 4;
+    /// The tag of [`PFilter::Attribute`].
+    pub const ATTRIBUTE: u32 = 5;
+    /// The tag of [`PFilter::Segment`].
+    pub const SEGMENT: u32 = 6;
 
     /// How deeply a persisted filter may nest (the root is level 1).
     /// The parsers accept at most 64 levels of parentheses and `not`s
@@ -201,6 +362,8 @@ impl Encode for PFilter {
             PFilter::And(c) => (Self::AND, c).encode(e),
             PFilter::Or(c) => (Self::OR, c).encode(e),
             PFilter::Not(c) => (Self::NOT, c).encode(e),
+            PFilter::Attribute { attribute, cmp } => (Self::ATTRIBUTE, attribute, cmp).encode(e),
+            PFilter::Segment { id, included } => (Self::SEGMENT, id, included).encode(e),
         }
     }
 }
@@ -235,6 +398,14 @@ fn decode_filter<C, D: Decoder<Context = C>>(
         PFilter::AND => PFilter::And(decode_seq(d, child)?),
         PFilter::OR => PFilter::Or(decode_seq(d, child)?),
         PFilter::NOT => PFilter::Not(Box::new(child(d)?)),
+        PFilter::ATTRIBUTE => PFilter::Attribute {
+            attribute: String::decode(d)?,
+            cmp: PAttrCmp::decode(d)?,
+        },
+        PFilter::SEGMENT => PFilter::Segment {
+            id: String::decode(d)?,
+            included: bool::decode(d)?,
+        },
         tag => return Err(unknown_tag("filter", tag)),
     })
 }

@@ -104,6 +104,12 @@ struct Segment {
     cohorts: Vec<CohortKey>,
     /// Whether a user created may join it.
     new_users: bool,
+    /// The custom attributes it tests (saved segments it refers to
+    /// included): a change of one re-evaluates it whole.
+    attributes: Vec<String>,
+    /// Whether it refers to other saved segments (re-evaluated whole when
+    /// any segment is saved or deleted).
+    refers: bool,
 }
 
 /// The live segments of a workspace.
@@ -114,20 +120,34 @@ pub struct LiveSegments {
     by_key: HashMap<String, String>,
 }
 
-/// A saved segment's filter, planned and evaluated whole.
+/// A saved segment's filter, planned and evaluated whole. A filter with a
+/// relative time test (`within_last_days`, ...) changes with the clock,
+/// not with writes: it is not kept live (an error here).
 fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<Segment> {
+    let expanded = crate::segment::expand_references(ws, filter, &mut |_, _| {})?;
+    if expanded.is_relative() {
+        return Err(crate::error::Error::InvalidArgument(
+            "it tests a time relative to now".into(),
+        ));
+    }
     let p = plan::plan(ws, filter)?;
     let members = Prepared::new(ws, &p, src)?.members()?;
     let mut cohorts = Vec::new();
-    filter.for_each_cohort(&mut |partner, id, _| cohorts.push(CohortKey::new(partner, id)));
+    expanded.for_each_cohort(&mut |partner, id, _| cohorts.push(CohortKey::new(partner, id)));
     cohorts.sort_unstable();
     cohorts.dedup();
+    let mut attributes = Vec::new();
+    expanded.for_each_attribute(&mut |a| attributes.push(a.to_string()));
+    attributes.sort_unstable();
+    attributes.dedup();
     Ok(Segment {
         len: members.len(),
         members,
         key: plan::key(&p),
         cohorts,
-        new_users: filter.may_hold_cohortless(),
+        new_users: expanded.may_hold_cohortless(),
+        attributes,
+        refers: filter.refers_to_any(),
     })
 }
 
@@ -174,7 +194,22 @@ impl LiveSegments {
     /// touched `t` (applied to `ws` already).
     pub fn refresh(&mut self, ws: &Workspace, t: &Touched, src: &dyn BitmapSource) {
         let mut rekey = false;
-        for id in &t.segments {
+        // Evaluated whole: segments saved or deleted, those that refer to
+        // saved segments when one was, and those that test an attribute a
+        // write changed or that a write touched at all (attribute tests
+        // are not checked in the batch).
+        let mut whole: BTreeSet<String> = t.segments.clone();
+        for (id, seg) in &self.segments {
+            let refers = seg.refers && !t.segments.is_empty();
+            let attrs = !seg.attributes.is_empty()
+                && (seg.attributes.iter().any(|a| t.attributes.contains_key(a))
+                    || !t.users.is_empty()
+                    || seg.cohorts.iter().any(|c| t.cohorts.contains_key(c)));
+            if refers || attrs {
+                whole.insert(id.clone());
+            }
+        }
+        for id in &whole {
             rekey = true;
             match ws.segments.get(id) {
                 Some(s) => self.load(ws, id, &s.filter, src),
@@ -189,7 +224,7 @@ impl LiveSegments {
             let results: Vec<(String, Result<bool>)> = self
                 .segments
                 .par_iter_mut()
-                .filter(|(id, _)| !t.segments.contains(*id)) // evaluated whole just now
+                .filter(|(id, _)| !whole.contains(*id)) // evaluated whole just now
                 .map(|(id, seg)| (id.clone(), update(ws, id, seg, t, src)))
                 .collect();
             let mut failed = Vec::new();

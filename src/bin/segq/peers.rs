@@ -208,6 +208,10 @@ impl<A: Algebra> PeerPlan<A> {
                 leaves.push(b);
                 Expr::Leaf(leaves.len() - 1)
             }
+            Plan::Leaf(Leaf::Attribute { members, .. }) => {
+                leaves.push(A::from_sorted(members.0.iter()));
+                Expr::Leaf(leaves.len() - 1)
+            }
             Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => {
                 let buckets = snap.buckets()?;
                 let range = *lo..=*hi;

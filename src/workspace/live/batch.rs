@@ -297,6 +297,12 @@ fn compile<'w>(ws: &'w Workspace, p: &Plan, found: &mut Vec<&'w Cohort>) -> Resu
             Node::Cohort(found.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
+        // A segment that tests attributes is evaluated whole (see `live`).
+        Plan::Leaf(Leaf::Attribute { .. }) => {
+            return Err(Error::Internal(
+                "attribute tests are not checked in batches".into(),
+            ))
+        }
         Plan::Not { child } => Node::Not(Box::new(compile(ws, child, found)?)),
         Plan::And { all, minus } => Node::And(
             all.iter()
