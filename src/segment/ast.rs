@@ -4,8 +4,9 @@
 //! parse to this tree, and [`Filter`]'s `Display` prints the text form, so
 //! `text::parse(&f.to_string()) == f` for every tree whose `And`/`Or` nodes
 //! have zero or at least two children (a one-child `And` prints as `(x)`,
-//! which reads back as `x`) and whose bucket values are buckets (0..=9999,
-//! `between` with lo <= hi): the parser refuses the others.
+//! which reads back as `x`), whose bucket values are buckets (0..=9999,
+//! `between` with lo <= hi) and whose attribute and segment leaves are
+//! within the limits [`AttrCmp`] lists: the parser refuses the others.
 
 use std::fmt;
 

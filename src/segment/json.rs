@@ -7,6 +7,8 @@
 //! {"filter": "random_bucket", "comparison": "less_than" | "less_than_or_equal_to"
 //!      | "greater_than" | "greater_than_or_equal_to", "value": 500}
 //! {"filter": "random_bucket", "comparison": "between", "value": [lo, hi]}
+//! {"filter": "custom_attribute", "attribute": "country", "comparison": C, "value": V}
+//! {"filter": "segment", "comparison": "in" | "not_in", "value": "seg_…"}
 //! {"and": [node, ...]}      {"or": [node, ...]}      {"not": node}
 //! {"groups": [G, ...], "groups_combinator": "and" | "or", "exclusions": [G, ...]}
 //!     where G = {"combinator": "and" | "or", "filters": [node, ...]}
@@ -17,6 +19,18 @@
 //! combined by `groups_combinator` (default `and`; one group is just that
 //! group), and each exclusion group is subtracted:
 //! `And([base, Not(exclusion_1), ...])`. Combinators default to `and`.
+//!
+//! A `custom_attribute` comparison `C` takes a value `V` by kind:
+//! `equals`/`does_not_equal` a string, number or boolean (the value's type
+//! picks [`AttrCmp::Equals`], [`AttrCmp::Eq`] or [`AttrCmp::IsTrue`]/
+//! [`AttrCmp::IsFalse`]; `does_not_equal` a boolean is `not` of it);
+//! `is_any_of` an array of 1..=256 strings; `matches_regex` and
+//! `starts_with` a string; `exists`, `does_not_exist`, `is_true`,
+//! `is_false` none (absent or `null`); `less_than`,
+//! `less_than_or_equal_to`, `greater_than`, `greater_than_or_equal_to` a
+//! number; `between` an array `[lo, hi]` as for `random_bucket`; `before`
+//! and `after` an RFC 3339 string; `within_last_days`,
+//! `within_last_hours`, `more_than_days_ago` a whole number.
 //!
 //! Syntax errors carry serde_json's line and column (in characters);
 //! structural errors carry a JSON path such as `$.and[1].comparison`.

@@ -13,14 +13,34 @@
 //! or         := and ("or" and)*
 //! and        := unary ("and" unary)*
 //! unary      := "not" unary | primary
-//! primary    := "(" expr ")" | "all" | "none" | cohort | bucket
+//! primary    := "(" expr ")" | "all" | "none" | cohort | bucket | attr | segment
 //! cohort     := {partner}_cohorts COMPARISON VALUE
 //! COMPARISON := "includes_value" | "includes"
 //!             | "does_not_include_value" | "does_not_include" | "excludes"
 //! VALUE      := "double-quoted string" | bare word of [A-Za-z0-9_.:@-]+ (not a keyword)
 //! bucket     := "random_bucket" ("<" | "<=" | ">" | ">=") INT
 //!             | "random_bucket" "between" INT "and" INT
+//! attr       := "attribute" NAME ATTR_TEST
+//! segment    := ("in_segment" | "not_in_segment") NAME
+//! NAME       := any bare word | "double-quoted string"   (1..=256 chars)
+//! ATTR_TEST  := ("equals" | "=" | "does_not_equal" | "!=") (VALUE | NUMBER | "true" | "false")
+//!             | "is_any_of" "(" VALUE ("," VALUE)* ")"   (1..=256 values)
+//!             | "matches_regex" "pattern" | "starts_with" VALUE
+//!             | "exists" | "does_not_exist"
+//!             | ("<" | "<=" | ">" | ">=") NUMBER | "between" NUMBER "and" NUMBER
+//!             | "is" ("true" | "false")
+//!             | ("before" | "after") TIME
+//!             | "within" ["the"] "last" N ("days" | "day" | "hours" | "hour")
+//!             | "more" "than" N ("days" | "day") "ago"
+//! NUMBER     := -?[0-9]+(.[0-9]+)?          (see [`Number`])
+//! TIME       := an RFC 3339 time, bare or quoted (see [`Time`])
 //! ```
+//!
+//! After `equals`/`=`, the value's kind picks the comparison: a quoted
+//! string or a bare word is a string (`Equals`), a bare word starting with
+//! a digit or `-` a number (`Eq`), `true`/`false` a boolean (`IsTrue`,
+//! `IsFalse`); `!= true` is `not (attribute … is true)`, which holds for the
+//! users without the attribute as every negative comparison does.
 //!
 //! `and` binds tighter than `or`, `not` tighter than both. A chain such as
 //! `a and b and c` is one n-ary [`Filter::And`]; parentheses are kept as
