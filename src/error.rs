@@ -256,20 +256,12 @@ pub enum Error {
     InvalidArgument(String),
 
     /// A filter of more nodes than `max_filter_nodes` allows.
-    #[error("the filter has {nodes} nodes (cohort and bucket tests, and, or, not); at most {limit} are allowed (max_filter_nodes)")]
+    #[error("the filter has {nodes} nodes (tests of cohorts, buckets, attributes and segments, and, or, not); at most {limit} are allowed (max_filter_nodes)")]
     FilterTooLarge {
         /// The filter's nodes ([`crate::segment::Filter::nodes`]).
         nodes: usize,
         /// The limit (`max_filter_nodes`).
         limit: usize,
-    },
-
-    /// A filter that parses but that this build cannot answer yet (a
-    /// custom attribute or a saved segment reference); answered 400.
-    #[error("{} is not supported yet", Clip(what))]
-    FilterNotSupported {
-        /// The filter, e.g. `the custom_attribute filter on "country"`.
-        what: String,
     },
 
     /// No workspace of this name.

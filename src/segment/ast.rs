@@ -12,7 +12,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
 use crate::ids::{Partner, BUCKETS};
 
 /// A comparison on the user's random bucket (0..=9999).
@@ -124,20 +123,6 @@ impl Filter {
         Filter::Not(Box::new(self))
     }
 
-    /// [`Error::FilterNotSupported`] for a custom attribute or segment
-    /// leaf: what a query or a save answers while they are parsed but
-    /// not yet evaluated.
-    pub fn unsupported(&self) -> Error {
-        let what = match self {
-            Filter::Attribute { attribute, .. } => {
-                format!("the custom_attribute filter on {attribute:?}")
-            }
-            Filter::Segment { id, .. } => format!("the segment filter on {id:?}"),
-            other => format!("the filter {other}"),
-        };
-        Error::FilterNotSupported { what }
-    }
-
     /// Whether the tree tests a time relative to now (`within_last_days`,
     /// `within_last_hours`, `more_than_days_ago`).
     pub fn is_relative(&self) -> bool {
@@ -177,16 +162,6 @@ impl Filter {
             Filter::And(c) | Filter::Or(c) => c.iter().any(|c| c.refers_to(id)),
             Filter::Not(c) => c.refers_to(id),
             Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Attribute { .. } => false,
-        }
-    }
-
-    /// The first custom attribute or segment leaf of the tree, if any.
-    pub fn unsupported_leaf(&self) -> Option<&Filter> {
-        match self {
-            Filter::Attribute { .. } | Filter::Segment { .. } => Some(self),
-            Filter::Cohort { .. } | Filter::Bucket(_) => None,
-            Filter::And(c) | Filter::Or(c) => c.iter().find_map(Filter::unsupported_leaf),
-            Filter::Not(c) => c.unsupported_leaf(),
         }
     }
 

@@ -150,7 +150,6 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::FilterParse(_)
         | Error::InvalidArgument(_)
         | Error::FilterTooLarge { .. }
-        | Error::FilterNotSupported { .. }
         | Error::InvalidWorkspaceName { .. }
         | Error::ReservedWorkspaceName { .. }
         | Error::InvalidCursor(_)

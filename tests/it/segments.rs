@@ -1674,83 +1674,160 @@ fn filters_past_max_filter_nodes_are_refused_on_every_endpoint() {
     );
 }
 
-/// Custom attribute and segment reference leaves parse, but every query
-/// and every save answers a clear 400 naming the leaf until they are
-/// evaluated; nothing is saved.
+/// Custom attribute and segment reference leaves work on every endpoint:
+/// counts, estimates, explain, breakdown, members, checks, saved segments
+/// and their sizes; an unknown attribute or segment is a 404 naming it, a
+/// comparison that does not fit its attribute a 400, a cycle of segment
+/// references is refused, and a segment in use cannot be deleted.
 #[test]
-fn attribute_and_segment_leaves_are_refused_clearly_on_every_endpoint() {
+fn attribute_and_segment_leaves_work_on_every_endpoint() {
+    use segq::attributes::AttrInput;
     let dir = tempfile::tempdir().expect("a temp dir");
     let s = fixture(dir.path());
-    let attr = json!({"and": [
-        {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-even"},
-        {"filter": "custom_attribute", "attribute": "country", "comparison": "equals", "value": "BR"}
-    ]});
-    let seg = json!("amplitude_cohorts includes_value c-even and not_in_segment seg_churned");
-    for (filter, names) in [
-        (attr, "the custom_attribute filter on \"country\""),
-        (seg, "the segment filter on \"seg_churned\""),
-    ] {
-        let refused = |r: Resp, what: &str| {
-            assert_eq!(r.status, 400, "{what}: {}", r.text);
-            let m = r.message();
-            assert_eq!(m, format!("{names} is not supported yet"), "{what}");
-        };
-        refused(
-            s.ws_post("/segments/count", &json!({"filter": filter})),
-            "count",
-        );
-        refused(
-            s.ws_post(
+    // Users with an external_id (i % 5 != 4): spend = i / 2, and country
+    // BR for every fourth user, DE for the others but one in ten (none).
+    // Anonymous users have no attributes.
+    let batch = (0..USERS)
+        .filter(|i| i % 5 != 4)
+        .map(|i| {
+            let mut a = vec![(
+                "spend".to_string(),
+                AttrInput::Json(json!(f64::from(i) / 2.0)),
+            )];
+            if i % 10 != 9 {
+                let c = if i % 4 == 0 { "BR" } else { "DE" };
+                a.push(("country".to_string(), AttrInput::Json(json!(c))));
+            }
+            (fixture_user(i), a)
+        })
+        .collect();
+    let r = s.handle().upsert_users_with(batch).expect("sets");
+    assert!(r.failed.is_empty(), "{r:?}");
+    let churned = s
+        .ws_post(
+            "/segments",
+            &json!({"name": "churned", "filter": "amplitude_cohorts includes_value c-third"}),
+        )
+        .expect_json(201)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let cases = [
+        (
+            json!({"and": [
+                {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-even"},
+                {"filter": "custom_attribute", "attribute": "country", "comparison": "does_not_equal", "value": "BR"},
+                {"filter": "custom_attribute", "attribute": "spend", "comparison": "between", "value": [100, 2000.5]}
+            ]}),
+            (0..USERS)
+                .filter(|i| {
+                    i % 2 == 0
+                        && i % 5 != 4
+                        && (i % 4 != 0 || i % 10 == 9)
+                        && (200..=4001).contains(i)
+                })
+                .count() as u64,
+        ),
+        (
+            json!(format!(
+                "amplitude_cohorts includes_value c-even and not_in_segment {churned}"
+            )),
+            (0..USERS).filter(|i| i % 2 == 0 && i % 3 != 0).count() as u64,
+        ),
+    ];
+    for (filter, want) in &cases {
+        let c = s
+            .ws_post("/segments/count", &json!({"filter": filter}))
+            .expect_json(200);
+        assert_eq!(&c["count"], &json!(want), "{filter}: {c}");
+        let e = s
+            .ws_post(
                 "/segments/count",
                 &json!({"filter": filter, "estimate": true}),
-            ),
-            "estimate",
-        );
-        refused(
-            s.ws_post("/segments/count?explain=true", &json!({"filter": filter})),
-            "explain",
-        );
-        refused(
-            s.ws_post("/segments/breakdown", &json!({"filter": filter})),
-            "breakdown",
-        );
-        refused(
-            s.ws_post("/segments/members", &json!({"filter": filter})),
-            "members",
-        );
-        refused(
-            s.ws_post(
+            )
+            .expect_json(200);
+        assert!(e["estimate"].as_u64().is_some(), "{e}");
+        let x = s
+            .ws_post("/segments/count?explain=true", &json!({"filter": filter}))
+            .expect_json(200);
+        assert_eq!(&x["count"], &json!(want), "{x}");
+        let b = s
+            .ws_post("/segments/breakdown", &json!({"filter": filter}))
+            .expect_json(200);
+        assert!(b.to_string().contains(&want.to_string()), "{b}");
+        let m = s
+            .ws_post(
+                "/segments/members",
+                &json!({"filter": filter, "limit": 100_000}),
+            )
+            .expect(200);
+        let listed = m
+            .text
+            .lines()
+            .filter(|l| l.contains("\"external_id\"") || l.contains("\"user_id\""))
+            .count() as u64;
+        assert_eq!(listed, *want, "{filter}");
+        let ch = s
+            .ws_post(
                 "/segments/check",
-                &json!({"filter": filter, "user": {"external_id": "u2"}}),
-            ),
-            "check",
+                &json!({"filter": filter, "users": [{"external_id": "u2"}, {"external_id": "u6"}]}),
+            )
+            .expect_json(200);
+        assert!(
+            ch.to_string().contains("true") || ch.to_string().contains("false"),
+            "{ch}"
         );
-        refused(
-            s.ws_post(
-                "/segments/check",
-                &json!({"filter": filter, "user": {"external_id": "nobody"}}),
-            ),
-            "check of an unknown user",
-        );
-        refused(
-            s.ws_post(
-                "/segments/check",
-                &json!({"filter": filter, "users": [{"external_id": "u2"}, {"external_id": "u3"}]}),
-            ),
-            "check many",
-        );
-        refused(
-            s.ws_post("/segments", &json!({"name": "attrs", "filter": filter})),
-            "save",
+        let saved = s
+            .ws_post("/segments", &json!({"name": "mixed", "filter": filter}))
+            .expect_json(201);
+        let id = saved["id"].as_str().expect("an id");
+        assert_eq!(
+            s.ws_get(&format!("/segments/{id}/size")).expect_json(200)["count"],
+            json!(want)
         );
     }
-    assert_eq!(
-        s.ws_get("/segments")
-            .expect_json(200)
-            .as_array()
-            .map(Vec::len),
-        Some(0)
+    // The user check agrees with the definition: u2 is even, not a third,
+    // DE, spend 1 (outside 100..=2000.5); u6 is a third.
+    let ch = s
+        .ws_post(
+            "/segments/check",
+            &json!({"filter": cases[1].0, "user": {"external_id": "u2"}}),
+        )
+        .expect_json(200);
+    assert_eq!(ch["member"], json!(true), "{ch}");
+    // Unknown names, a comparison that does not fit, a cycle, a segment in use.
+    let r = s.ws_post(
+        "/segments/count",
+        &json!({"filter": {"filter": "custom_attribute", "attribute": "nope", "comparison": "exists"}}),
     );
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.message().contains("nope"), "{}", r.text);
+    let r = s.ws_post("/segments/count", &json!({"filter": "in_segment seg_nope"}));
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = s.ws_post(
+        "/segments/count",
+        &json!({"filter": {"filter": "custom_attribute", "attribute": "country", "comparison": "less_than", "value": 3}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.message().contains("country"), "{}", r.text);
+    let outer = s
+        .ws_post(
+            "/segments",
+            &json!({"name": "outer", "filter": format!("in_segment {churned}")}),
+        )
+        .expect_json(201)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let r = s.admin_put(
+        &format!("/workspaces/{WS}/segments/{churned}"),
+        &json!({"filter": format!("in_segment {outer}")}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.message().contains("cycle"), "{}", r.text);
+    let r = s.admin_delete(&format!("/workspaces/{WS}/segments/{churned}"));
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.message().contains(&outer), "{}", r.text);
 }
 
 #[test]

@@ -174,7 +174,9 @@ fn the_documented_byte_layout_is_what_is_written() {
     assert_eq!(table + count * ENTRY_LEN, t);
     assert_eq!(u32_at(&b, t + 12), crc32fast::hash(&b[table..t]));
     // Entries: kind, 0, offset, len, crc, 0; sections 64-aligned, checksummed.
-    assert_eq!(count, 6);
+    // Seven: the generated workload's users have custom attributes.
+    assert!(!ws.attributes.is_empty());
+    assert_eq!(count, 7);
     for e in b[table..t].chunks_exact(ENTRY_LEN) {
         let (off, len) = (u64_at(e, 8) as usize, u64_at(e, 16) as usize);
         assert_eq!(off % ALIGN, 0);
