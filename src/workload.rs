@@ -603,6 +603,55 @@ pub fn query_shapes(cohorts: u32) -> Vec<(&'static str, Filter)> {
     ]
 }
 
+/// The query shapes on custom attributes (issue shapes beside WORKLOAD.md's
+/// cohort shapes), for a workload of `cohorts` cohorts with the attributes
+/// of [`generate_attributes`]. "Within 30 days" is pinned to the
+/// workload's date ([`SEEN_BASE`]), so counts do not drift with the clock.
+pub fn attribute_shapes(cohorts: u32) -> Vec<(&'static str, Filter)> {
+    use crate::segment::ast::{AttrCmp, Number, Time};
+    let m = cohorts.max(1);
+    let medium = |j: u32| {
+        if m > 20 {
+            Filter::includes(PARTNER, cohort_id(20 + j % (m.min(60) - 20)))
+        } else {
+            Filter::includes(PARTNER, cohort_id(j % m))
+        }
+    };
+    let attr = |a: &str, cmp: AttrCmp| Filter::Attribute {
+        attribute: a.to_string(),
+        cmp,
+    };
+    let month_ago = Time::from_unix(SEEN_BASE - 30 * 86_400).unwrap_or(Time::EPOCH);
+    vec![
+        (
+            "cohort AND country AND spend between",
+            Filter::And(vec![
+                Filter::includes(PARTNER, cohort_id(0)),
+                attr("country", AttrCmp::Equals("BR".into())),
+                attr(
+                    "lifetime_spend",
+                    AttrCmp::Between(Number::int(100), Number::int(500)),
+                ),
+            ]),
+        ),
+        (
+            "three ORed AND NOT subscribed AND seen in 30 days",
+            Filter::And(vec![
+                Filter::Or(vec![medium(0), medium(1), medium(2)]),
+                attr("email_subscribed", AttrCmp::IsTrue).not(),
+                attr("last_seen_at", AttrCmp::After(month_ago)),
+            ]),
+        ),
+        (
+            "regex over 100k products",
+            attr(
+                "favourite_product",
+                AttrCmp::MatchesRegex("^p0[0-9]{3}7$".into()),
+            ),
+        ),
+    ]
+}
+
 /// What changes between two compactions, for benchmarks of a live
 /// workspace: users created since the snapshot, and per cohort members
 /// added and removed, each as a share of the users.

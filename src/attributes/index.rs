@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use serde::Serialize;
 
 use super::bsi::Bsi;
@@ -255,29 +255,19 @@ impl Attribute {
     pub fn select(&self, q: &AttrQuery<'_>) -> Result<RoaringBitmap> {
         Ok(match (&self.index, q) {
             (_, AttrQuery::Exists) => self.has().clone(),
-            (Index::Strings(s), AttrQuery::AnyOf(values)) => {
-                let mut out = RoaringBitmap::new();
-                for v in values.iter() {
-                    if let Some(&id) = s.ids.get(v.as_str()) {
-                        out |= &s.members[id as usize];
-                    }
-                }
-                out
-            }
-            (Index::Strings(s), AttrQuery::Matching(p)) => {
-                let hits: Vec<&RoaringBitmap> = s
-                    .names
-                    .iter()
-                    .zip(&s.members)
-                    .filter(|(n, m)| !m.is_empty() && p(n))
-                    .map(|(_, m)| m)
-                    .collect();
-                let mut out = RoaringBitmap::new();
-                for m in hits {
-                    out |= m;
-                }
-                out
-            }
+            // Many values: one n-way union, not one union per value.
+            (Index::Strings(s), AttrQuery::AnyOf(values)) => values
+                .iter()
+                .filter_map(|v| s.ids.get(v.as_str()))
+                .map(|&id| &s.members[id as usize])
+                .union(),
+            (Index::Strings(s), AttrQuery::Matching(p)) => s
+                .names
+                .iter()
+                .zip(&s.members)
+                .filter(|(n, m)| !m.is_empty() && p(n))
+                .map(|(_, m)| m)
+                .union(),
             (Index::Booleans { has, truth }, AttrQuery::Is(b)) => {
                 if *b {
                     truth.clone()

@@ -425,6 +425,8 @@ struct SizeReport {
     /// With `--peers`.
     peers: Option<PeersSetup>,
     shapes: Vec<ShapeRow>,
+    /// The attribute shapes, when the workload has the attributes.
+    attribute_shapes: Vec<AttributeRow>,
     single_cohort: SingleCohort,
     check: Check,
     members: Members,
@@ -651,6 +653,60 @@ struct Setup<'a> {
     all: &'a rayon::ThreadPool,
 }
 
+/// One attribute shape's figures.
+#[derive(Debug, Serialize)]
+struct AttributeRow {
+    shape: &'static str,
+    filter: String,
+    count: u64,
+    /// Planning (the attribute tests run on their indexes) and counting
+    /// over the live workspace.
+    with_planning: Timing,
+    /// Counting a plan made before.
+    prepared: Timing,
+}
+
+/// The attribute shapes over the live workspace (its attributes decoded
+/// from the snapshot), checked against the reference evaluator once;
+/// nothing when the workload has no attributes (a version 1 file).
+fn attribute_rows(
+    live: &Workspace,
+    cache: &segq::query::SerialCache,
+    sampler: &Sampler,
+) -> Result<Vec<AttributeRow>, Failure> {
+    let shapes = workload::attribute_shapes(live.cohorts.len() as u32);
+    let mut rows = Vec::new();
+    for (name, filter) in shapes {
+        let mut known = true;
+        filter.for_each_attribute(&mut |a| known &= live.attributes.get(a).is_some());
+        if !known {
+            continue;
+        }
+        let run = || -> Result<u64, Error> {
+            let p = plan::plan(live, black_box(&filter))?;
+            chunk::Prepared::new(live, &p, cache)?.count()
+        };
+        let (count, with_planning) = sampler.time(run)?;
+        let p = plan::plan(live, &filter)?;
+        let prepared = chunk::Prepared::new(live, &p, cache)?;
+        let (again, prepared_t) = sampler.time(|| prepared.count())?;
+        let n = reference::count(live, &filter)?;
+        if n != count || again != count {
+            return Err(Failure::Other(format!(
+                "{name}: the fast evaluator counts {count} ({again} prepared), the reference {n}"
+            )));
+        }
+        rows.push(AttributeRow {
+            shape: name,
+            filter: filter.to_string(),
+            count,
+            with_planning,
+            prepared: prepared_t,
+        });
+    }
+    Ok(rows)
+}
+
 /// Every figure for one mapped snapshot.
 fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeReport, Failure> {
     let snap: &Snapshot = shared;
@@ -794,6 +850,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         prepared_all.push(prepared);
     }
     drop(ws);
+    let attribute_rows = attribute_rows(&live, &live_cache, sampler)?;
     let live_delta = DeltaReport {
         users_created: live.users.len() - users,
         churn_per_cohort: LiveDelta::TYPICAL.sizes(users).1,
@@ -864,6 +921,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         reference_skipped,
         live_delta,
         peers: peers_setup,
+        attribute_shapes: attribute_rows,
         single_cohort: SingleCohort {
             cohort,
             count: single_count,
@@ -1008,6 +1066,28 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
         print_peers(out, r)?;
     }
     print_reads(out, r)?;
+    if !r.attribute_shapes.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<52} {:>9}  {:>21}  {:>21}",
+            "attribute shapes (live workspace)", "count", "with planning", "prepared"
+        )?;
+        for a in &r.attribute_shapes {
+            writeln!(
+                out,
+                "{:<52} {:>9}  {:>21}  {:>21}",
+                a.shape,
+                a.count,
+                cell(&a.with_planning),
+                cell(&a.prepared)
+            )?;
+        }
+        writeln!(
+            out,
+            "(with planning: each attribute test run on its index, then the chunk count;\n checked against the reference evaluator)"
+        )?;
+    }
     writeln!(out)?;
     writeln!(
         out,
