@@ -396,6 +396,34 @@ pub enum Error {
     /// serialise, a state that should not occur).
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A partner server refused a sync's request with a status that is
+    /// not retried (a 4xx other than 429): its message, as sent.
+    #[error("the server answered {status} to {}: {}", Bare(what), Clip(message))]
+    SyncRefused {
+        /// The request: `create cohort` or `batch N`.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The response's `message` (or its text).
+        message: String,
+    },
+
+    /// A sync's request kept failing with retryable errors (timeouts,
+    /// connection errors, 429, 5xx) until its attempts ran out.
+    #[error(
+        "{} failed after {attempts} attempts; last: {}",
+        Bare(what),
+        Clip(last)
+    )]
+    SyncGaveUp {
+        /// The request: `create cohort` or `batch N`.
+        what: String,
+        /// How many times it was sent.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
 }
 
 /// A result whose error is, by default, segq's [`Error`].

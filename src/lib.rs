@@ -26,7 +26,9 @@
 //! - **engine**: [`engine`] (data directories, logs, live workspaces, and
 //!   the conversion between the domain and its persisted form).
 //! - **services**: [`query`] (the query service), [`server`] (the HTTP
-//!   API), [`examples`] (the demo's requests).
+//!   API), [`examples`] (the demo's requests), [`sync`] (the partner
+//!   sync client: diffing, batching, its state file and retries; the
+//!   HTTP is the binary's).
 //!
 //! # Entry points
 //!
@@ -65,6 +67,7 @@ pub mod query;
 pub mod segment;
 pub mod server;
 pub mod snapshot;
+pub mod sync;
 pub mod users;
 pub mod workload;
 pub mod workspace;

@@ -161,7 +161,10 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::Corrupt { .. }
         | Error::Config { .. }
         | Error::Io { .. }
-        | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Error::Internal(_)
+        // A sync client's errors are never answered by the server.
+        | Error::SyncRefused { .. }
+        | Error::SyncGaveUp { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

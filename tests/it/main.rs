@@ -29,6 +29,7 @@ mod server;
 mod slow_clients;
 mod snapshot;
 mod support;
+mod sync;
 mod users;
 mod wire_safety;
 mod workload;

@@ -286,6 +286,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "workspace",
         ],
     ),
+    // The partner sync client: the protocol's other side (the HTTP is the
+    // binary's).
+    ("sync", &["error", "ids", "import"]),
 ];
 
 /// The top-level modules `src/lib.rs` declares.

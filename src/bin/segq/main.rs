@@ -18,6 +18,7 @@ mod peers;
 mod segments;
 mod serve;
 mod snapshot;
+mod sync;
 mod users;
 
 use args::WorkloadArgs;
@@ -75,6 +76,11 @@ enum Command {
     Members(segments::MembersArgs),
     /// Whether a user is in a segment.
     Check(segments::CheckArgs),
+    /// Keep a partner cohort on a server equal to a file of identifiers:
+    /// creates or renames the cohort, then sends only who entered and
+    /// who left since the last sync (kept in a local state file), once or
+    /// every period.
+    Sync(Box<sync::SyncArgs>),
 }
 
 /// Why a command failed.
@@ -87,6 +93,8 @@ pub enum Failure {
     },
     /// Anything else, said in full.
     Other(String),
+    /// Exit with this status, having said why already.
+    Exit(u8),
 }
 
 impl From<Error> for Failure {
@@ -124,6 +132,7 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }
 
@@ -139,6 +148,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Count(args) => segments::count(args, &mut out)?,
         Command::Members(args) => segments::members(args, &mut out)?,
         Command::Check(args) => segments::check(args, &mut out)?,
+        Command::Sync(args) => sync::run(*args, &mut out)?,
         Command::Serve(args) => serve::run(args)?,
         Command::Snapshot { command } => snapshot::run(command, &mut out)?,
         Command::Bench(args) => bench::run(args, &mut out)?,
