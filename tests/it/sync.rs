@@ -1493,3 +1493,62 @@ fn ctrl_c_finishes_the_batches_in_flight_and_saves_the_state() {
     assert_eq!(proxy.users().len(), 20);
     assert_eq!(members_on(&f.server, &f.ws, "c1"), target);
 }
+
+#[test]
+fn every_period_rereads_the_file_and_ctrl_c_between_runs_exits_cleanly() {
+    let stub = Stub::start("", |path, body, _| {
+        if path.ends_with("/cohorts") {
+            return Action::Respond(200, vec![], json!({"message": "success"}));
+        }
+        let n = batch_of(body).1.len();
+        Action::Respond(200, vec![], json!({"message": "success", "matched": n}))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = members_file(dir.path(), "m.txt", &set(&["a", "b"]));
+    let state = dir.path().join("state.json");
+    let child = sync_cmd(&stub.base, "secret", &file, &state, &["--every", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the first run's batch", || stub.users().len() == 1);
+    // The file changes; a later run sends only the new member.
+    let tmp = dir.path().join("m.tmp");
+    std::fs::write(&tmp, "a\nb\nc\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    wait_for("a run that sends c", || stub.users().len() == 2);
+    wait_for("one more run", || {
+        stub.seen()
+            .iter()
+            .filter(|s| s.path.ends_with("/cohorts"))
+            .count()
+            >= 3
+    });
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-s", "INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = wait_output(child);
+    assert_eq!(out.status.code(), Some(0));
+    let users = stub.users();
+    assert_eq!(users.len(), 2, "no run stacked or resent");
+    assert_eq!(
+        batch_of(&users[0].body),
+        (false, vec!["a".into(), "b".into()])
+    );
+    assert_eq!(batch_of(&users[1].body), (false, vec!["c".into()]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let runs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(runs.len() >= 3, "{text}");
+    let sending: Vec<&Value> = runs
+        .iter()
+        .map(|r| &r["entered"])
+        .filter(|e| *e != 0)
+        .collect();
+    assert_eq!(sending, [&json!(2), &json!(1)], "{text}");
+}
