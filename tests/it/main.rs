@@ -15,6 +15,7 @@ mod golden;
 mod import;
 mod layered;
 mod live_segments;
+mod loadtest;
 mod log;
 mod malformed;
 mod matching;

@@ -14,6 +14,7 @@ mod bench;
 mod data;
 mod demo;
 mod generate;
+mod loadtest;
 mod peers;
 mod segments;
 mod serve;
@@ -81,6 +82,11 @@ enum Command {
     /// who left since the last sync (kept in a local state file), once or
     /// every period.
     Sync(Box<sync::SyncArgs>),
+    /// Load a server on loopback: sync clients whose cohorts evolve, query
+    /// clients counting and checking, a compaction in the middle; then the
+    /// figures and a check that every cohort holds what its client last
+    /// had acknowledged.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// Why a command failed.
@@ -149,6 +155,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Members(args) => segments::members(args, &mut out)?,
         Command::Check(args) => segments::check(args, &mut out)?,
         Command::Sync(args) => sync::run(*args, &mut out)?,
+        Command::Loadtest(args) => loadtest::run(args, &mut out)?,
         Command::Serve(args) => serve::run(args)?,
         Command::Snapshot { command } => snapshot::run(command, &mut out)?,
         Command::Bench(args) => bench::run(args, &mut out)?,

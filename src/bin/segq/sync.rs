@@ -297,13 +297,13 @@ fn watch_signals(stop: Arc<AtomicBool>) {
 
 /// The HTTP transport: a blocking client shared by the requests in
 /// flight, keep-alive.
-struct Http {
+pub struct Http {
     client: reqwest::blocking::Client,
     base: String,
 }
 
 impl Http {
-    fn new(base: &str, timeout: Duration) -> Result<Http, Failure> {
+    pub fn new(base: &str, timeout: Duration) -> Result<Http, Failure> {
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout)
