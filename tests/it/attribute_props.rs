@@ -120,8 +120,11 @@ fn gen_value(attr: usize) -> BoxedStrategy<GenValue> {
     }
 }
 
+/// Some of a user's attributes (by index in [`ATTRS`]): `None` unsets.
+type GenAttrs = Vec<(usize, Option<GenValue>)>;
+
 /// A new user's attributes: each (but `never`) most of the time.
-fn full_attrs() -> impl Strategy<Value = Vec<(usize, Option<GenValue>)>> {
+fn full_attrs() -> impl Strategy<Value = GenAttrs> {
     let each: Vec<_> = (0..ATTRS.len() - 1)
         .map(|a| prop::option::weighted(0.75, gen_value(a)))
         .collect();
@@ -135,7 +138,7 @@ fn full_attrs() -> impl Strategy<Value = Vec<(usize, Option<GenValue>)>> {
 }
 
 /// Some attributes of one user: `None` unsets (JSON `null`).
-fn gen_attrs() -> impl Strategy<Value = Vec<(usize, Option<GenValue>)>> {
+fn gen_attrs() -> impl Strategy<Value = GenAttrs> {
     prop::collection::vec(
         // Not `never` (the last).
         (0..ATTRS.len() - 1)
@@ -326,9 +329,9 @@ fn gen_filter() -> impl Strategy<Value = GenFilter> {
 enum Op {
     /// Users created (or, for existing external ids, updated) with
     /// attributes, in one batch.
-    Users(Vec<(u32, Vec<(usize, Option<GenValue>)>)>),
+    Users(Vec<(u32, GenAttrs)>),
     /// One user's attributes set and unset.
-    Set(u32, Vec<(usize, Option<GenValue>)>),
+    Set(u32, GenAttrs),
     Import {
         cohort: usize,
         add: Vec<u32>,
@@ -483,7 +486,7 @@ fn check_all(
 }
 
 fn run(
-    initial: Vec<Vec<(usize, Option<GenValue>)>>,
+    initial: Vec<GenAttrs>,
     ops: Vec<Op>,
     queries: Vec<GenFilter>,
     probe: Vec<u32>,
