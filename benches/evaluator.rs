@@ -1,6 +1,7 @@
 //! What is measured: the chunk-wise evaluator (`segment::chunk`) against the
 //! reference evaluator (`segment::reference`) on the six query shapes of
-//! ../shared/WORKLOAD.md, plus a single cohort's count, a one-user check of
+//! ../shared/WORKLOAD.md, the three custom attribute shapes
+//! (`workload::attribute_shapes`, with and without planning), plus a single cohort's count, a one-user check of
 //! a five-leaf filter, and the member list of a segment; the fast counts
 //! also on rayon pools of 1 and 2 threads; and random-bucket leaves alone,
 //! ANDed with a dense and with a sparse set, and the mixed shape without its
@@ -60,6 +61,33 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("fast-with-planning/{name}"), |b| {
             b.iter(|| {
                 let p = plan::plan(&ws, black_box(filter)).expect("plans");
+                chunk::Prepared::new(&ws, &p, &cache)
+                    .expect("prepares")
+                    .count()
+                    .expect("counts")
+            })
+        });
+    }
+    g.finish();
+
+    // The attribute shapes: each attribute test run on its index when the
+    // plan is made, then counted like a cohort leaf.
+    let mut g = c.benchmark_group(format!("attributes/{tag}"));
+    g.sample_size(20);
+    for (name, filter) in workload::attribute_shapes(spec.cohorts) {
+        let p = plan::plan(&ws, &filter).expect("plans");
+        let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
+        assert_eq!(
+            prepared.count().expect("counts"),
+            reference::count(&ws, &filter).expect("counts"),
+            "{name}"
+        );
+        g.bench_function(format!("fast/{name}"), |b| {
+            b.iter(|| prepared.count().expect("counts"))
+        });
+        g.bench_function(format!("fast-with-planning/{name}"), |b| {
+            b.iter(|| {
+                let p = plan::plan(&ws, black_box(&filter)).expect("plans");
                 chunk::Prepared::new(&ws, &p, &cache)
                     .expect("prepares")
                     .count()
