@@ -38,7 +38,7 @@ pub enum AttrInput {
 pub type AttrInputs = Vec<(String, AttrInput)>;
 
 pub use index::{AttrQuery, Attribute, AttributeSummary, Attributes, CommonValue};
-pub use value::{AttrType, AttrValue, DECIMAL_SCALE};
+pub use value::{format_time, parse_time, AttrType, AttrValue, DECIMAL_SCALE};
 
 use crate::error::{Error, Result};
 

@@ -123,6 +123,52 @@ impl Filter {
         Filter::Not(Box::new(self))
     }
 
+    /// The tree with every relative time test made absolute at `now`
+    /// (seconds since the epoch): `within last N days|hours` becomes
+    /// `after (now minus N, less 1s) and before (now plus 1s)`, both ends
+    /// included as the relative test has them, and `more than N days ago`
+    /// becomes `before (now minus N days)`. A request pins its `now` so;
+    /// saved segments it refers to keep their relative tests (read at the
+    /// query's time).
+    pub fn pin_now(&self, now: i64) -> Result<Filter, crate::error::Error> {
+        let time = |t: i64| {
+            Time::from_unix(t).ok_or_else(|| {
+                crate::error::Error::InvalidArgument(format!(
+                    "now {now} puts a relative time test outside years 0000 to 9999"
+                ))
+            })
+        };
+        let at = |attribute: &str, cmp: AttrCmp| Filter::Attribute {
+            attribute: attribute.to_string(),
+            cmp,
+        };
+        let within = |attribute: &str, secs: i64| -> Result<Filter, crate::error::Error> {
+            Ok(Filter::And(vec![
+                at(attribute, AttrCmp::After(time(now - secs - 1)?)),
+                at(attribute, AttrCmp::Before(time(now + 1)?)),
+            ]))
+        };
+        Ok(match self {
+            Filter::Attribute { attribute, cmp } => match cmp {
+                AttrCmp::WithinLastDays(n) => within(attribute, i64::from(*n) * 86_400)?,
+                AttrCmp::WithinLastHours(n) => within(attribute, i64::from(*n) * 3_600)?,
+                AttrCmp::MoreThanDaysAgo(n) => at(
+                    attribute,
+                    AttrCmp::Before(time(now - i64::from(*n) * 86_400)?),
+                ),
+                _ => self.clone(),
+            },
+            Filter::And(c) => {
+                Filter::And(c.iter().map(|c| c.pin_now(now)).collect::<Result<_, _>>()?)
+            }
+            Filter::Or(c) => {
+                Filter::Or(c.iter().map(|c| c.pin_now(now)).collect::<Result<_, _>>()?)
+            }
+            Filter::Not(c) => Filter::Not(Box::new(c.pin_now(now)?)),
+            Filter::Cohort { .. } | Filter::Bucket(_) | Filter::Segment { .. } => self.clone(),
+        })
+    }
+
     /// Whether the tree tests a time relative to now (`within_last_days`,
     /// `within_last_hours`, `more_than_days_ago`).
     pub fn is_relative(&self) -> bool {

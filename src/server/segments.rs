@@ -246,10 +246,23 @@ impl CountBody {
                 "estimate",
                 "sample_buckets",
                 "sample_start",
+                "now",
             ],
         )?;
+        let mut target = f.target()?;
+        if let Some(now) = f.string("now")? {
+            let t = crate::attributes::parse_time(&now).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "now must be an RFC 3339 time such as 2026-11-01T10:00:00Z, found {}",
+                    short(&Value::String(now.clone()))
+                ))
+            })?;
+            if let Target::Filter(filter) = &target {
+                target = Target::Filter(filter.pin_now(t)?);
+            }
+        }
         Ok(CountBody {
-            target: f.target()?,
+            target,
             estimate: f.bool("estimate")?.unwrap_or(false),
             sample_buckets: f.u64("sample_buckets")?,
             sample_start: f.u64("sample_start")?,

@@ -283,3 +283,46 @@ fn the_users_api_sets_lists_and_refuses_attributes_over_http() {
         json!("2026-11-01T10:00:00Z")
     );
 }
+
+#[test]
+fn a_count_request_may_pin_now_for_relative_time_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &[]);
+    s.create_workspace("w");
+    // Seen at 2020-01-01T00:00Z plus i hours, i = 0..100.
+    for i in 0..100i64 {
+        let t = segq::attributes::format_time(1_577_836_800 + i * 3_600);
+        s.upsert_user(
+            "w",
+            &json!({"external_id": format!("u{i}"), "attributes": {"last_seen_at": t}}),
+        );
+    }
+    let count = |body: Value| {
+        s.admin_post("/workspaces/w/segments/count", &body)
+            .expect_json(200)["count"]
+            .clone()
+    };
+    let within = json!("attribute last_seen_at within last 1 days");
+    let ago = json!("attribute last_seen_at more than 2 days ago");
+    // At 2020-01-03T00:00Z: the last day is hours 24..=48; more than two
+    // days ago is before hour 0: nobody.
+    let now = "2020-01-03T00:00:00Z";
+    assert_eq!(count(json!({"filter": within, "now": now})), json!(25));
+    assert_eq!(count(json!({"filter": ago, "now": now})), json!(0));
+    // At 2020-01-05T12:00Z (hour 108): the last day is hours 84..=99; more
+    // than two days ago is before hour 60.
+    let now = "2020-01-05T12:00:00Z";
+    assert_eq!(count(json!({"filter": within, "now": now})), json!(16));
+    assert_eq!(count(json!({"filter": ago, "now": now})), json!(60));
+    // Unpinned, the query's own time (years later): nobody in the last
+    // day, everybody more than two days ago.
+    assert_eq!(count(json!({"filter": within})), json!(0));
+    assert_eq!(count(json!({"filter": ago})), json!(100));
+    let r = s.admin_post(
+        "/workspaces/w/segments/count",
+        &json!({"filter": within, "now": "yesterday"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.message().contains("now"), "{}", r.text);
+}
