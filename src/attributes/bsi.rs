@@ -205,16 +205,6 @@ impl Bsi {
         }
         Some((i128::from(self.base) + i128::from(off)) as i64)
     }
-
-    /// Bytes of the bitmaps (serialized).
-    pub fn bytes(&self) -> usize {
-        self.has.serialized_size()
-            + self
-                .slices
-                .iter()
-                .map(|s| s.serialized_size())
-                .sum::<usize>()
-    }
 }
 
 #[cfg(test)]

@@ -520,35 +520,14 @@ impl Attributes {
             .collect()
     }
 
-    /// The type `name` has, or would take from the first of `pending`
-    /// declared before it.
+    /// The type of attribute `name`, if it exists.
     pub fn type_of(&self, name: &str) -> Option<AttrType> {
         self.get(name).map(Attribute::ty)
     }
 
-    /// Reads a JSON object of attribute values into typed values, checking
-    /// each name and each value against its attribute's type (or the type
-    /// an earlier value in `sets` gave it). Changes nothing.
-    pub fn parse(
-        &self,
-        obj: &serde_json::Map<String, serde_json::Value>,
-        pending: &mut BTreeMap<String, AttrType>,
-    ) -> Result<Vec<(String, Option<AttrValue>)>> {
-        let mut out = Vec::with_capacity(obj.len());
-        for (name, v) in obj {
-            super::check_name(name)?;
-            let ty = self.type_of(name).or_else(|| pending.get(name).copied());
-            let value = AttrValue::from_json(name, v, ty)?;
-            if let (None, Some(v)) = (ty, &value) {
-                pending.insert(name.clone(), v.ty());
-            }
-            out.push((name.clone(), value));
-        }
-        Ok(out)
-    }
-
-    /// Types a request's values (see [`Attributes::parse`]); an empty
-    /// CSV cell is left out.
+    /// Types a request's values, checking each name and each value
+    /// against its attribute's type (or the type an earlier value of the
+    /// request gave it); an empty CSV cell is left out. Changes nothing.
     pub fn parse_inputs(
         &self,
         inputs: &[(String, super::AttrInput)],
@@ -599,22 +578,29 @@ impl Attributes {
         Ok(())
     }
 
-    /// Declares an attribute's type before any user has it; declaring the
-    /// type it has is a no-op, another type is [`Error::AttributeType`].
-    pub fn declare(&mut self, name: &str, ty: AttrType) -> Result<()> {
+    /// Whether declaring attribute `name` of type `ty` changes anything:
+    /// `false` when it has that type already; a bad name or another type
+    /// is [`Error::AttributeType`].
+    pub fn check_declare(&self, name: &str, ty: AttrType) -> Result<bool> {
         super::check_name(name)?;
         match self.type_of(name) {
-            Some(t) if t == ty => Ok(()),
+            Some(t) if t == ty => Ok(false),
             Some(t) => Err(Error::AttributeType {
                 attribute: name.to_string(),
                 reason: format!("the attribute is already of type {t}, not {ty}"),
             }),
-            None => {
-                self.by_name
-                    .insert(name.to_string(), Arc::new(Attribute::new(name, ty)));
-                Ok(())
-            }
+            None => Ok(true),
         }
+    }
+
+    /// Declares an attribute's type before any user has it; declaring the
+    /// type it has is a no-op, another type is [`Error::AttributeType`].
+    pub fn declare(&mut self, name: &str, ty: AttrType) -> Result<()> {
+        if self.check_declare(name, ty)? {
+            self.by_name
+                .insert(name.to_string(), Arc::new(Attribute::new(name, ty)));
+        }
+        Ok(())
     }
 
     /// Sets (or, with `None`, unsets) a user's values. Checked whole
@@ -654,8 +640,13 @@ mod tests {
     use serde_json::json;
 
     fn set(a: &mut Attributes, user: u32, j: serde_json::Value) -> Result<()> {
-        let obj = j.as_object().unwrap().clone();
-        let sets = a.parse(&obj, &mut BTreeMap::new())?;
+        let inputs: Vec<(String, crate::attributes::AttrInput)> = j
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), crate::attributes::AttrInput::Json(v.clone())))
+            .collect();
+        let sets = a.parse_inputs(&inputs)?;
         a.set(user, &sets)
     }
 

@@ -53,11 +53,6 @@ impl AttrType {
         })
     }
 
-    /// Whether values of this type are kept in a bit-sliced index.
-    pub fn is_numeric(self) -> bool {
-        matches!(self, AttrType::Integer | AttrType::Decimal | AttrType::Time)
-    }
-
     /// The persisted tag (append only).
     pub(crate) fn tag(self) -> u8 {
         match self {

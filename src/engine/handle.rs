@@ -786,20 +786,14 @@ impl WorkspaceHandle {
     /// Declares a custom attribute's type before any user has it (a no-op
     /// when it has that type; another type is refused).
     pub fn declare_attribute(&self, name: &str, ty: AttrType) -> Result<()> {
-        self.write(|tx| match tx.state().attributes.type_of(name) {
-            Some(t) if t == ty => Ok(()),
-            Some(t) => Err(Error::AttributeType {
-                attribute: name.to_string(),
-                reason: format!("the attribute is already of type {t}, not {ty}"),
-            }),
-            None => {
-                crate::attributes::check_name(name)?;
+        self.write(|tx| {
+            if tx.state().attributes.check_declare(name, ty)? {
                 tx.apply(Change::AttributeDeclared {
                     name: name.to_string(),
                     ty,
                 })?;
-                Ok(())
             }
+            Ok(())
         })
     }
 
