@@ -58,6 +58,25 @@ impl Target {
     }
 }
 
+/// `target` with its relative time tests read as absolute times at `now`
+/// (seconds since the epoch), for reproducible answers: the saved segments
+/// it refers to are expanded first, so their relative tests are pinned
+/// too. A target without relative tests is returned as it is (keeping the
+/// answers of live segments and the result cache).
+pub fn pin(handle: &WorkspaceHandle, target: Target, now: Option<i64>) -> Result<Target> {
+    let Some(now) = now else {
+        return Ok(target);
+    };
+    let (ws, _) = handle.view();
+    let filter = target.filter(&ws)?;
+    handle.check_filter(&filter)?;
+    let expanded = segment::expand_references(&*ws, &filter, &mut |_, _| {})?;
+    if !expanded.is_relative() {
+        return Ok(target);
+    }
+    Ok(Target::Filter(expanded.pin_now(now)?))
+}
+
 fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Internal(format!("cannot serialise: {e}")))
 }
@@ -456,6 +475,7 @@ pub fn user_segments(
     ids: &[String],
     filters: &[Filter],
     user: &UserRef,
+    now: Option<i64>,
 ) -> Result<Value> {
     let (ws, generation) = handle.view();
     let mut all: Vec<&Filter> = Vec::with_capacity(ids.len() + filters.len());
@@ -470,21 +490,47 @@ pub fn user_segments(
     for f in &all {
         handle.check_filter(f)?;
     }
-    let live = {
-        let live = handle.live();
-        ids.iter()
-            .map(|id| live_check(&ws, &live, id, user))
-            .collect::<Option<Vec<_>>>()
+    // Pinned at `now`: each filter with its references expanded and its
+    // relative time tests read at that time (live segments do not apply).
+    let pinned = match now {
+        None => None,
+        Some(now) => Some(
+            all.iter()
+                .map(|f| {
+                    let e = segment::expand_references(&*ws, f, &mut |_, _| {})?;
+                    if e.is_relative() {
+                        e.pin_now(now)
+                    } else {
+                        Ok((*f).clone())
+                    }
+                })
+                .collect::<Result<Vec<Filter>>>()?,
+        ),
     };
-    let checks = match live {
-        Some(mut checks) => {
-            let rest = &all[ids.len()..];
-            if !rest.is_empty() {
-                checks.extend(query::check(&ws, handle.bitmaps(), rest, user)?);
-            }
-            checks
+    let live = match pinned {
+        Some(_) => None,
+        None => {
+            let live = handle.live();
+            ids.iter()
+                .map(|id| live_check(&ws, &live, id, user))
+                .collect::<Option<Vec<_>>>()
         }
-        None => query::check(&ws, handle.bitmaps(), &all, user)?,
+    };
+    let checks = match (live, &pinned) {
+        (_, Some(p)) => {
+            let p: Vec<&Filter> = p.iter().collect();
+            query::check(&ws, handle.bitmaps(), &p, user)?
+        }
+        (live, None) => match live {
+            Some(mut checks) => {
+                let rest = &all[ids.len()..];
+                if !rest.is_empty() {
+                    checks.extend(query::check(&ws, handle.bitmaps(), rest, user)?);
+                }
+                checks
+            }
+            None => query::check(&ws, handle.bitmaps(), &all, user)?,
+        },
     };
     let results: Vec<Value> = checks
         .iter()

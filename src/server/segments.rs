@@ -198,6 +198,22 @@ impl Fields {
         })
     }
 
+    /// The `now` relative time tests are read at (RFC 3339), as seconds
+    /// since the epoch, if present.
+    pub fn now(&mut self) -> std::result::Result<Option<i64>, ApiError> {
+        match self.string("now")? {
+            None => Ok(None),
+            Some(now) => crate::attributes::parse_time(&now)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "now must be an RFC 3339 time such as 2026-11-01T10:00:00Z, found {}",
+                        short(&Value::String(now.clone()))
+                    ))
+                }),
+        }
+    }
+
     /// The `filter` or `segment_id` naming the segment.
     pub fn target(&mut self) -> std::result::Result<Target, ApiError> {
         let filter = self.take("filter");
@@ -231,6 +247,7 @@ fn explain_flag(
 /// The count endpoint's body.
 pub struct CountBody {
     target: Target,
+    now: Option<i64>,
     estimate: bool,
     sample_buckets: Option<u64>,
     sample_start: Option<u64>,
@@ -249,20 +266,10 @@ impl CountBody {
                 "now",
             ],
         )?;
-        let mut target = f.target()?;
-        if let Some(now) = f.string("now")? {
-            let t = crate::attributes::parse_time(&now).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "now must be an RFC 3339 time such as 2026-11-01T10:00:00Z, found {}",
-                    short(&Value::String(now.clone()))
-                ))
-            })?;
-            if let Target::Filter(filter) = &target {
-                target = Target::Filter(filter.pin_now(t)?);
-            }
-        }
+        let target = f.target()?;
         Ok(CountBody {
             target,
+            now: f.now()?,
             estimate: f.bool("estimate")?.unwrap_or(false),
             sample_buckets: f.u64("sample_buckets")?,
             sample_start: f.u64("sample_start")?,
@@ -316,11 +323,14 @@ pub async fn count_handler(
     let handle = workspace(&state, &ws)?;
     let body = CountBody::parse(body)?;
     let mode = count_mode(&body, explain)?;
-    let target = body.target;
-    if let Some(out) = count_quick(&handle, &target, mode) {
-        return Ok(json_response(StatusCode::OK, out));
+    let (target, now) = (body.target, body.now);
+    if now.is_none() {
+        if let Some(out) = count_quick(&handle, &target, mode) {
+            return Ok(json_response(StatusCode::OK, out));
+        }
     }
     run_blocking(move || {
+        let target = query::service::pin(&handle, target, now)?;
         Ok(json_response(
             StatusCode::OK,
             count(&handle, &target, mode)?,
@@ -360,8 +370,13 @@ pub async fn breakdown_handler(
     JsonBody(body): JsonBody<Value>,
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
-    let target = Fields::new(body, &["filter", "segment_id"])?.target()?;
-    run_blocking(move || Ok(json_response(StatusCode::OK, breakdown(&handle, &target)?))).await
+    let mut f = Fields::new(body, &["filter", "segment_id", "now"])?;
+    let (target, now) = (f.target()?, f.now()?);
+    run_blocking(move || {
+        let target = query::service::pin(&handle, target, now)?;
+        Ok(json_response(StatusCode::OK, breakdown(&handle, &target)?))
+    })
+    .await
 }
 
 // ----- member export -----
@@ -416,9 +431,10 @@ pub async fn members_handler(
             "limit",
             "cursor",
             "fields",
+            "now",
         ],
     )?;
-    let target = f.target()?;
+    let (target, now) = (f.target()?, f.now()?);
     let format = Format::parse(f.string("format")?.as_deref().unwrap_or("jsonl"))?;
     let extras = Extras::parse(&f.strings("fields")?.unwrap_or_default())?;
     let limit = match f.take("limit") {
@@ -433,10 +449,12 @@ pub async fn members_handler(
     };
     let cursor = f.string("cursor")?;
     let h = handle.clone();
-    let page =
-        tokio::task::spawn_blocking(move || member_page(&h, &target, cursor.as_deref(), limit))
-            .await
-            .map_err(|e| ApiError::internal(format!("request task failed: {e}")))??;
+    let page = tokio::task::spawn_blocking(move || {
+        let target = query::service::pin(&h, target, now)?;
+        member_page(&h, &target, cursor.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request task failed: {e}")))??;
 
     let streamer = Streamer {
         handle,
@@ -472,15 +490,18 @@ pub async fn check_handler(
     JsonBody(body): JsonBody<Value>,
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
-    let mut f = Fields::new(body, &["filter", "segment_id", "user", "users"])?;
-    let target = f.target()?;
+    let mut f = Fields::new(body, &["filter", "segment_id", "user", "users", "now"])?;
+    let (target, now) = (f.target()?, f.now()?);
     match (f.take("user"), f.array("users")?) {
         (Some(u), None) => {
             let user = parse_user_ref(&u).map_err(ApiError::bad_request)?;
-            if let Some(out) = check_user_quick(&handle, &target, &user) {
-                return Ok(json_response(StatusCode::OK, out));
+            if now.is_none() {
+                if let Some(out) = check_user_quick(&handle, &target, &user) {
+                    return Ok(json_response(StatusCode::OK, out));
+                }
             }
             run_blocking(move || {
+                let target = query::service::pin(&handle, target, now)?;
                 Ok(json_response(
                     StatusCode::OK,
                     check_user(&handle, &target, &user)?,
@@ -502,6 +523,7 @@ pub async fn check_handler(
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(ApiError::bad_request)?;
             run_blocking(move || {
+                let target = query::service::pin(&handle, target, now)?;
                 Ok(json_response(
                     StatusCode::OK,
                     check_users(&handle, &target, &users)?,
@@ -526,7 +548,8 @@ pub async fn user_segments_handler(
     JsonBody(body): JsonBody<Value>,
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
-    let mut f = Fields::new(body, &["user", "segment_ids", "filters"])?;
+    let mut f = Fields::new(body, &["user", "segment_ids", "filters", "now"])?;
+    let now = f.now()?;
     let user = f
         .take("user")
         .ok_or_else(|| ApiError::bad_request("missing \"user\": the user to check"))?;
@@ -554,7 +577,7 @@ pub async fn user_segments_handler(
     run_blocking(move || {
         Ok(json_response(
             StatusCode::OK,
-            user_segments(&handle, &ids, &filters, &user)?,
+            user_segments(&handle, &ids, &filters, &user, now)?,
         ))
     })
     .await

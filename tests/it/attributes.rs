@@ -326,3 +326,107 @@ fn a_count_request_may_pin_now_for_relative_time_tests() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.message().contains("now"), "{}", r.text);
 }
+
+#[test]
+fn every_query_endpoint_may_pin_now_through_saved_segments_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &[]);
+    s.create_workspace("w");
+    // Seen at 2020-01-01T00:00Z plus i hours, i = 0..100.
+    for i in 0..100i64 {
+        let t = segq::attributes::format_time(1_577_836_800 + i * 3_600);
+        s.upsert_user(
+            "w",
+            &json!({"external_id": format!("u{i}"), "attributes": {"last_seen_at": t}}),
+        );
+    }
+    let within = "attribute last_seen_at within last 1 days";
+    let saved = s
+        .admin_post(
+            "/workspaces/w/segments",
+            &json!({"name": "recent", "filter": within}),
+        )
+        .expect_json(201);
+    let id = saved["id"].as_str().unwrap().to_string();
+    // At 2020-01-03T00:00Z the last day is hours 24..=48: users u24..=u48.
+    let now = "2020-01-03T00:00:00Z";
+    let post = |path: &str, body: Value| s.admin_post(&format!("/workspaces/w{path}"), &body);
+    let count = |body: Value| post("/segments/count", body).expect_json(200)["count"].clone();
+    // By saved segment, and through a reference to it.
+    assert_eq!(count(json!({"segment_id": id, "now": now})), json!(25));
+    let refers = format!("in_segment {id}");
+    assert_eq!(count(json!({"filter": refers, "now": now})), json!(25));
+    assert_eq!(count(json!({"segment_id": id})), json!(0));
+    // Estimates too (a sample of every bucket is exact).
+    let e = post(
+        "/segments/count",
+        json!({"segment_id": id, "now": now, "estimate": true, "sample_buckets": 10000}),
+    )
+    .expect_json(200);
+    assert_eq!(e["estimate"], json!(25), "{e}");
+    // Breakdown.
+    let b = post(
+        "/segments/breakdown",
+        json!({"filter": format!("{within} and not in_segment {id}"), "now": now}),
+    )
+    .expect_json(200);
+    let rows = b["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["count"], json!(25), "{b}");
+    assert_eq!(rows[1]["count"], json!(75), "{b}");
+    assert_eq!(rows[1]["running"], json!(0), "{b}");
+    // Members.
+    let r = post("/segments/members", json!({"segment_id": id, "now": now}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ids: Vec<String> = r
+        .text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["external_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let want: Vec<String> = (24..=48).map(|i| format!("u{i}")).collect();
+    assert_eq!(ids, want);
+    // One-user and batch checks, and one user against many segments.
+    let check = |user: &str, pinned: bool| {
+        let mut body = json!({"segment_id": id, "user": {"external_id": user}});
+        if pinned {
+            body["now"] = json!(now);
+        }
+        post("/segments/check", body).expect_json(200)["member"].clone()
+    };
+    assert_eq!(check("u30", true), json!(true));
+    assert_eq!(check("u30", false), json!(false));
+    assert_eq!(check("u60", true), json!(false));
+    let r = post(
+        "/segments/check",
+        json!({"filter": refers, "now": now, "users": [{"external_id": "u23"}, {"external_id": "u24"}]}),
+    )
+    .expect_json(200);
+    assert_eq!(r["results"][0]["member"], json!(false), "{r}");
+    assert_eq!(r["results"][1]["member"], json!(true), "{r}");
+    let r = post(
+        "/users/segments",
+        json!({"user": {"external_id": "u40"}, "segment_ids": [id], "filters": [within], "now": now}),
+    )
+    .expect_json(200);
+    assert_eq!(r["results"][0]["member"], json!(true), "{r}");
+    assert_eq!(r["results"][0]["segment_id"], json!(id), "{r}");
+    assert_eq!(r["results"][1]["member"], json!(true), "{r}");
+    // A bad now is a 400 everywhere.
+    for path in [
+        "/segments/breakdown",
+        "/segments/members",
+        "/segments/check",
+    ] {
+        let r = post(
+            path,
+            json!({"segment_id": id, "now": "soon", "user": {"external_id": "u1"}}),
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(r.message().contains("now"), "{path}: {}", r.text);
+    }
+}
