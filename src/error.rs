@@ -365,6 +365,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An environment variable that sets a configuration field (`SEGQ_*`)
+    /// is invalid.
+    #[error("environment variable {var}: {reason}")]
+    ConfigEnv {
+        /// The variable.
+        var: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+
     /// Built with [`Error::io`].
     #[error("I/O error on {}: {source}", path.display())]
     Io {

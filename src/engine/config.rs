@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::keys::random_hex;
 use super::write_atomically;
@@ -122,6 +123,11 @@ pub struct Config {
     /// may hold; 0 turns it off.
     #[serde(default = "default_bucket_mask_cache_bytes")]
     pub bucket_mask_cache_bytes: usize,
+    /// Seconds `/readyz` answers 503 after a shutdown signal before the
+    /// server stops taking connections (so that load balancers stop
+    /// sending first); 0 stops at once.
+    #[serde(default)]
+    pub shutdown_delay_secs: u64,
 }
 
 /// Seconds to send a request's headers.
@@ -224,6 +230,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             max_cohorts_per_partner: DEFAULT_MAX_COHORTS_PER_PARTNER,
+            shutdown_delay_secs: 0,
         }
     }
 
@@ -262,23 +269,39 @@ impl Config {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| {
-            Err(Error::Config {
+        match self.problem() {
+            None => Ok(()),
+            Some((_, reason)) => Err(Error::Config {
                 path: path.into(),
                 reason,
-            })
-        };
+            }),
+        }
+    }
+
+    /// What is wrong with the values, if anything: the fields it is about
+    /// and why.
+    fn problem(&self) -> Option<(Vec<&'static str>, String)> {
+        let bad = |field: &'static str, reason: String| Some((vec![field], reason));
         if let Some((p, _)) = self.partner_api_keys.iter().find(|(_, k)| k.is_empty()) {
-            return bad(format!("partner_api_keys.{p} is empty"));
+            return bad("partner_api_keys", format!("partner_api_keys.{p} is empty"));
         }
         if self.rate_limit_per_hour == 0 {
-            return bad("rate_limit_per_hour must be at least 1".into());
+            return bad(
+                "rate_limit_per_hour",
+                "rate_limit_per_hour must be at least 1".into(),
+            );
         }
         if self.max_body_bytes < 1024 {
-            return bad("max_body_bytes must be at least 1024".into());
+            return bad(
+                "max_body_bytes",
+                "max_body_bytes must be at least 1024".into(),
+            );
         }
         if self.max_filter_nodes == 0 {
-            return bad("max_filter_nodes must be at least 1".into());
+            return bad(
+                "max_filter_nodes",
+                "max_filter_nodes must be at least 1".into(),
+            );
         }
         for (name, secs) in [
             ("header_read_timeout_secs", self.header_read_timeout_secs),
@@ -286,21 +309,280 @@ impl Config {
             ("idle_timeout_secs", self.idle_timeout_secs),
         ] {
             if secs == 0 {
-                return bad(format!("{name} must be at least 1"));
+                return bad(name, format!("{name} must be at least 1"));
             }
         }
         if self.max_connections == 0 {
-            return bad("max_connections must be at least 1".into());
+            return bad(
+                "max_connections",
+                "max_connections must be at least 1".into(),
+            );
         }
         if self.max_buffered_body_bytes < self.max_body_bytes {
-            return bad(format!(
-                "max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
-                self.max_buffered_body_bytes, self.max_body_bytes
+            return Some((
+                vec!["max_buffered_body_bytes", "max_body_bytes"],
+                format!(
+                    "max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
+                    self.max_buffered_body_bytes, self.max_body_bytes
+                ),
             ));
         }
         if self.max_cohorts_per_partner == 0 {
-            return bad("max_cohorts_per_partner must be at least 1".into());
+            return bad(
+                "max_cohorts_per_partner",
+                "max_cohorts_per_partner must be at least 1".into(),
+            );
         }
-        Ok(())
+        None
+    }
+
+    /// The environment variable that sets `field`: `SEGQ_` and the
+    /// field's name in capitals (`max_body_bytes`: `SEGQ_MAX_BODY_BYTES`).
+    pub fn env_var(field: &str) -> String {
+        format!("{ENV_PREFIX}{}", field.to_ascii_uppercase())
+    }
+
+    /// The fields of the file, in order.
+    pub fn fields() -> Vec<String> {
+        match serde_json::to_value(Config::generate()) {
+            Ok(Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sets every field whose environment variable (see [`Self::env_var`])
+    /// `var` gives, over the file's value. A number field takes digits; a
+    /// map field (`partner_api_keys`) takes a JSON object, which replaces
+    /// the file's whole map. Returns the variables used, in field order.
+    /// A bad value is an [`Error::ConfigEnv`] naming its variable, and
+    /// changes nothing; so is a rule the values break (such as
+    /// `max_buffered_body_bytes` below `max_body_bytes`), naming the
+    /// variables of the fields it is about.
+    pub fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<Vec<String>> {
+        let internal = |e: serde_json::Error| Error::Internal(format!("configuration: {e}"));
+        let file = serde_json::to_value(&*self).map_err(internal)?;
+        let Value::Object(file) = file else {
+            return Err(Error::Internal("configuration: not an object".into()));
+        };
+        let mut merged = file.clone();
+        let mut used: Vec<(String, String)> = Vec::new();
+        for (field, value) in &file {
+            let name = Self::env_var(field);
+            let Some(text) = var(&name) else { continue };
+            let bad = |reason: String| Error::ConfigEnv {
+                var: name.clone(),
+                reason,
+            };
+            let clipped = crate::error::Clip(&text).to_string();
+            let new = match value {
+                Value::Number(_) => {
+                    let t = text.trim();
+                    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(bad(format!(
+                            "expected a whole number of 0 or more, got {clipped:?}"
+                        )));
+                    }
+                    let n: u64 = t
+                        .parse()
+                        .map_err(|_| bad(format!("{clipped} is too large")))?;
+                    Value::from(n)
+                }
+                Value::Object(_) => match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => {
+                        return Err(bad(format!(
+                            "expected a JSON object such as {{\"amplitude\": \"...\"}}, got {clipped:?}"
+                        )))
+                    }
+                },
+                Value::String(_) => Value::String(text.clone()),
+                _ => return Err(bad("this field cannot be set from the environment".into())),
+            };
+            // Read alone over the file's values, so that a value of the
+            // wrong shape (a partner segq does not know, a number too
+            // large) names its variable.
+            let mut alone = file.clone();
+            alone.insert(field.clone(), new.clone());
+            serde_json::from_value::<Config>(Value::Object(alone))
+                .map_err(|e| bad(format!("{e}")))?;
+            merged.insert(field.clone(), new);
+            used.push((field.clone(), name));
+        }
+        let config: Config = serde_json::from_value(Value::Object(merged)).map_err(internal)?;
+        if let Some((fields, reason)) = config.problem() {
+            let vars: Vec<&str> = used
+                .iter()
+                .filter(|(f, _)| fields.contains(&f.as_str()))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if !vars.is_empty() {
+                return Err(Error::ConfigEnv {
+                    var: vars.join(", "),
+                    reason,
+                });
+            }
+        }
+        *self = config;
+        Ok(used.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// The configuration as JSON with every secret masked: the values of
+    /// each field whose name speaks of a key, token, secret, password or
+    /// digest (`partner_api_keys`), whatever their shape.
+    pub fn masked(&self) -> Value {
+        fn mask(v: &mut Value) {
+            match v {
+                Value::Object(map) => map.values_mut().for_each(mask),
+                Value::Array(items) => items.iter_mut().for_each(mask),
+                Value::Null => {}
+                other => *other = Value::String(MASK.into()),
+            }
+        }
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut v {
+            for (field, value) in map.iter_mut() {
+                if is_secret(field) {
+                    mask(value);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// What a masked secret shows.
+pub const MASK: &str = "********";
+
+/// The prefix of the variables that set configuration fields.
+pub const ENV_PREFIX: &str = "SEGQ_";
+
+/// Whether a field holds secrets, by its name.
+fn is_secret(field: &str) -> bool {
+    ["key", "token", "secret", "password", "digest"]
+        .iter()
+        .any(|w| field.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn every_field_has_a_variable_that_wins_over_the_file() {
+        let fields = Config::fields();
+        assert!(fields.len() >= 17, "{fields:?}");
+        let file = Config::generate();
+        for field in &fields {
+            let var = Config::env_var(field);
+            assert_eq!(var, format!("SEGQ_{}", field.to_uppercase()));
+            let value = if field == "partner_api_keys" {
+                r#"{"heap": "pk-env"}"#.to_string()
+            } else {
+                // Above every lower bound, and max_buffered_body_bytes
+                // stays above max_body_bytes.
+                "200000000".to_string()
+            };
+            let mut c = file.clone();
+            let used = c.apply_env(&env(&[(&var, &value)])).unwrap();
+            assert_eq!(used, vec![var.clone()]);
+            let got = serde_json::to_value(&c).unwrap()[field].clone();
+            let want: Value = serde_json::from_str(&value).unwrap();
+            assert_eq!(got, want, "{var}");
+            assert_ne!(c, file, "{var}");
+        }
+        let mut c = file.clone();
+        assert!(c.apply_env(&|_| None).unwrap().is_empty());
+        assert_eq!(c, file);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable_and_changes_nothing() {
+        let file = Config::generate();
+        for (pairs, var, says) in [
+            (
+                &[("SEGQ_MAX_BODY_BYTES", "1k")][..],
+                "SEGQ_MAX_BODY_BYTES",
+                "whole number",
+            ),
+            (
+                &[("SEGQ_MAX_BODY_BYTES", "")][..],
+                "SEGQ_MAX_BODY_BYTES",
+                "whole number",
+            ),
+            (
+                &[("SEGQ_COMPACT_AFTER_BYTES", "99999999999999999999")][..],
+                "SEGQ_COMPACT_AFTER_BYTES",
+                "too large",
+            ),
+            (
+                &[("SEGQ_MAX_FILTER_NODES", "0")][..],
+                "SEGQ_MAX_FILTER_NODES",
+                "at least 1",
+            ),
+            (
+                &[("SEGQ_PARTNER_API_KEYS", r#"{"heap": ""}"#)][..],
+                "SEGQ_PARTNER_API_KEYS",
+                "partner_api_keys.heap is empty",
+            ),
+            (
+                &[("SEGQ_PARTNER_API_KEYS", r#"{"heap": 3}"#)][..],
+                "SEGQ_PARTNER_API_KEYS",
+                "invalid type",
+            ),
+            // Two values that together break a rule: both named.
+            (
+                &[
+                    ("SEGQ_MAX_BODY_BYTES", "4096"),
+                    ("SEGQ_MAX_BUFFERED_BODY_BYTES", "2048"),
+                ][..],
+                "SEGQ_MAX_BODY_BYTES, SEGQ_MAX_BUFFERED_BODY_BYTES",
+                "must be at least max_body_bytes",
+            ),
+        ] {
+            let mut c = file.clone();
+            let e = c.apply_env(&env(pairs)).unwrap_err();
+            let Error::ConfigEnv { var: got, reason } = &e else {
+                panic!("{e}");
+            };
+            assert_eq!(got, var, "{e}");
+            assert!(reason.contains(says), "{e}");
+            assert!(e.to_string().starts_with("environment variable "), "{e}");
+            assert_eq!(c, file);
+        }
+        // A rule broken by the file's value and fixed by a variable holds.
+        let mut c = file.clone();
+        c.max_buffered_body_bytes = 4096;
+        c.apply_env(&env(&[("SEGQ_MAX_BUFFERED_BODY_BYTES", "99999999")]))
+            .unwrap();
+        assert_eq!(c.max_buffered_body_bytes, 99_999_999);
+    }
+
+    #[test]
+    fn masked_hides_every_secret_and_nothing_else() {
+        let c = Config::generate();
+        let m = c.masked();
+        let text = m.to_string();
+        for key in c.partner_api_keys.values() {
+            assert!(!text.contains(key.as_str()), "{text}");
+        }
+        assert_eq!(m["partner_api_keys"]["amplitude"], MASK);
+        assert_eq!(m["max_body_bytes"], c.max_body_bytes);
+        let plain = serde_json::to_value(&c).unwrap();
+        for (field, value) in plain.as_object().unwrap() {
+            if field != "partner_api_keys" {
+                assert_eq!(&m[field], value, "{field}");
+            }
+        }
+        assert!(is_secret("admin_token_digest") && is_secret("webhook_secret"));
+        assert!(!is_secret("max_body_bytes"));
     }
 }

@@ -301,6 +301,29 @@ impl WorkspaceHandle {
         Ok(())
     }
 
+    /// Why the workspace cannot take writes now, `None` when it can: it
+    /// failed for good, or a write or fsync of its log failed and the log
+    /// has not been reset since (the next write, or [`Self::recover`],
+    /// resets it once the disk takes writes again). Takes only small
+    /// locks, never the state's, and does no I/O: readiness checks call it.
+    pub fn write_trouble(&self) -> Option<String> {
+        if let Some(reason) = &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(reason.clone());
+        }
+        self.log()
+            .is_poisoned()
+            .then(|| "a write or fsync of the change log failed; not reset yet".to_string())
+    }
+
+    /// Undoes what a failed log write left in memory and resets the log,
+    /// as the next write would do first: a workspace whose disk takes
+    /// writes again is writable without waiting for a write. Does nothing
+    /// when all is well; an error says the log still refuses.
+    pub fn recover(&self) -> Result<()> {
+        self.check_failed()?;
+        self.restore()
+    }
+
     /// The workspace's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -432,18 +455,18 @@ impl WorkspaceHandle {
             ws.apply_rebase(&frozen, prepared)
         });
         if let Err(e) = moved {
-            eprintln!(
-                "segq: workspace {}: serving from {} failed, the previous snapshot goes on: {e}",
-                self.name,
+            tracing::error!(
+                workspace = %self.name,
+                "serving from {} failed, the previous snapshot goes on: {e}",
                 path.display()
             );
         }
         drop(frozen);
         if let Err(e) = compact::cleanup(fs, &self.dir, &manifest, old.as_ref(), &old_logs) {
             // Litter only: start-up removes it.
-            eprintln!(
-                "segq: workspace {}: removing the previous generation: {e}",
-                self.name
+            tracing::warn!(
+                workspace = %self.name,
+                "removing the previous generation: {e}"
             );
         }
         Ok(done)

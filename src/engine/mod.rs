@@ -329,10 +329,7 @@ fn restrict(path: &Path, mode: u32) {
         Ok(Some(bits)) => bits,
         Ok(None) => return,
         Err(e) => {
-            eprintln!(
-                "segq: warning: cannot read the mode of {}: {e}",
-                path.display()
-            );
+            tracing::warn!("cannot read the mode of {}: {e}", path.display());
             return;
         }
     };
@@ -340,13 +337,13 @@ fn restrict(path: &Path, mode: u32) {
     {
         use std::os::unix::fs::PermissionsExt;
         match fs::set_permissions(path, fs::Permissions::from_mode(bits & mode)) {
-            Ok(()) => eprintln!(
-                "segq: {} was open to others ({bits:o}); now {:o}",
+            Ok(()) => tracing::warn!(
+                "{} was open to others ({bits:o}); now {:o}",
                 path.display(),
                 bits & mode
             ),
-            Err(e) => eprintln!(
-                "segq: warning: {} is open to others ({bits:o}) and cannot be made {:o}: {e}",
+            Err(e) => tracing::warn!(
+                "{} is open to others ({bits:o}) and cannot be made {:o}: {e}",
                 path.display(),
                 bits & mode
             ),
@@ -358,8 +355,8 @@ fn restrict(path: &Path, mode: u32) {
 /// changed).
 fn warn_if_loose(path: &Path, mode: u32) {
     if let Ok(Some(bits)) = looser_than(path, mode) {
-        eprintln!(
-            "segq: warning: {} is open to others ({bits:o}); segq makes it {:o} when it \
+        tracing::warn!(
+            "{} is open to others ({bits:o}); segq makes it {:o} when it \
              opens the data directory for writing",
             path.display(),
             bits & mode
@@ -732,7 +729,20 @@ impl Engine {
     /// `segq.json` and the admin token's digest (0600); looser ones found
     /// are tightened, with a line on stderr.
     pub fn open(dir: impl AsRef<Path>) -> Result<(Arc<Engine>, Option<String>)> {
+        Self::open_with_env(dir, &|_| None)
+    }
+
+    /// [`Engine::open`] with configuration fields set by environment
+    /// variables (`var` looks one up) over `segq.json`'s values, as
+    /// [`Config::apply_env`] says; the file is left as it is. A bad
+    /// variable is refused before anything is created.
+    pub fn open_with_env(
+        dir: impl AsRef<Path>,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Arc<Engine>, Option<String>)> {
         let dir = dir.as_ref().to_path_buf();
+        let existing = Config::load_existing(&dir.join("segq.json")).ok().flatten();
+        existing.unwrap_or_else(Config::generate).apply_env(var)?;
         create_private_dir(&dir)?;
         create_private_dir(&dir.join("workspaces"))?;
         let lock_path = dir.join("LOCK");
@@ -767,7 +777,8 @@ impl Engine {
         }
         let config_path = dir.join("segq.json");
         restrict(&config_path, PRIVATE_FILE);
-        let config = Config::load_or_create(&config_path)?;
+        let mut config = Config::load_or_create(&config_path)?;
+        config.apply_env(var)?;
 
         let token_path = dir.join("admin-token.sha256");
         restrict(&token_path, PRIVATE_FILE);
@@ -791,6 +802,15 @@ impl Engine {
     /// read (what its logs held when they were read). Every write through
     /// it is refused. A directory without a `workspaces` folder is refused.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Arc<Engine>> {
+        Self::open_read_only_with_env(dir, &|_| None)
+    }
+
+    /// [`Engine::open_read_only`] with configuration fields set by
+    /// environment variables, as [`Engine::open_with_env`].
+    pub fn open_read_only_with_env(
+        dir: impl AsRef<Path>,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Arc<Engine>> {
         let dir = dir.as_ref().to_path_buf();
         let ws_dir = dir.join("workspaces");
         if !ws_dir.is_dir() {
@@ -802,13 +822,14 @@ impl Engine {
         warn_if_loose(&dir, PRIVATE_DIR);
         let config_path = dir.join("segq.json");
         warn_if_loose(&config_path, PRIVATE_FILE);
-        let config = match Config::load_existing(&config_path)? {
+        let mut config = match Config::load_existing(&config_path)? {
             Some(c) => c,
             None => Config {
                 partner_api_keys: BTreeMap::new(),
                 ..Config::generate()
             },
         };
+        config.apply_env(var)?;
         let token_path = dir.join("admin-token.sha256");
         warn_if_loose(&token_path, PRIVATE_FILE);
         let admin_digest = read_admin_digest(&token_path)?;
@@ -1084,6 +1105,12 @@ impl Engine {
         table.live.keys().cloned().collect()
     }
 
+    /// Every live workspace.
+    pub fn handles(&self) -> Vec<Arc<WorkspaceHandle>> {
+        let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        table.live.values().cloned().collect()
+    }
+
     /// The live workspace of this name, if there is one.
     pub fn workspace(&self, name: &str) -> Option<Arc<WorkspaceHandle>> {
         let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
@@ -1299,11 +1326,12 @@ impl Engine {
             };
             for (name, r) in engine.compact_due() {
                 match r {
-                    Ok(c) => eprintln!(
-                        "segq: compacted {name}: generation {} up to seq {} ({} bytes, {} ms)",
+                    Ok(c) => tracing::info!(
+                        workspace = %name,
+                        "compacted: generation {} up to seq {} ({} bytes, {} ms)",
                         c.generation, c.seq, c.snapshot_bytes, c.took_ms
                     ),
-                    Err(e) => eprintln!("segq: compacting {name}: {e}"),
+                    Err(e) => tracing::error!(workspace = %name, "compacting: {e}"),
                 }
             }
         })
@@ -1319,7 +1347,7 @@ impl Engine {
         // Key uses noted since the last write, so `last_used` survives.
         for h in &all {
             if let Err(e) = h.log_key_uses() {
-                eprintln!("segq: workspace {}: logging key uses: {e}", h.name());
+                tracing::error!(workspace = h.name(), "logging key uses: {e}");
             }
         }
         let failures: Vec<(String, Error)> = all

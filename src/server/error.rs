@@ -81,7 +81,7 @@ impl ApiError {
     /// stderr under that id and not sent.
     pub fn hidden(status: StatusCode, what: &str, detail: impl std::fmt::Display) -> Self {
         let id = format!("e-{}", crate::engine::keys::random_hex(6));
-        eprintln!("segq: error {id} ({}): {detail}", status.as_u16());
+        tracing::error!(error_id = %id, status = status.as_u16(), "{detail}");
         let message = format!("{what} (error id {id}; the server log has the detail)");
         let mut e = ApiError::new(status, message.clone());
         e.body = json!({"message": message, "error_id": id});
@@ -160,6 +160,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Log(_)
         | Error::Corrupt { .. }
         | Error::Config { .. }
+        | Error::ConfigEnv { .. }
         | Error::Io { .. }
         | Error::Internal(_)
         // A sync client's errors are never answered by the server.

@@ -168,10 +168,7 @@ impl LiveSegments {
                 self.segments.insert(id.to_string(), seg);
             }
             Err(e) => {
-                eprintln!(
-                    "segq: workspace {}: segment {id} is not kept live: {e}",
-                    ws.name()
-                );
+                tracing::warn!(workspace = ws.name(), "segment {id} is not kept live: {e}");
                 self.segments.remove(id);
             }
         }
@@ -232,10 +229,7 @@ impl LiveSegments {
                 match r {
                     Ok(changed_key) => rekey |= changed_key,
                     Err(e) => {
-                        eprintln!(
-                            "segq: workspace {}: segment {id} is not kept live: {e}",
-                            ws.name()
-                        );
+                        tracing::warn!(workspace = ws.name(), "segment {id} is not kept live: {e}");
                         failed.push(id);
                     }
                 }
