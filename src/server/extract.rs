@@ -116,7 +116,9 @@ pub async fn run_blocking<F>(f: F) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
+    // The request's span (and so its id) goes along.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
 }

@@ -43,7 +43,9 @@ type Pending = JoinHandle<(Vec<u64>, Result<BatchReport, Error>)>;
 /// Applies one batch on the blocking pool.
 fn spawn_batch(handle: &Arc<WorkspaceHandle>, batch: Batch) -> Pending {
     let handle = handle.clone();
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _request = span.enter();
         let lines = batch.lines.clone();
         (lines, handle.upsert_users_with(batch.into_users()))
     })

@@ -6,6 +6,8 @@
 //!   and saved segments (the same bearer token);
 //! - [`metrics`]: `GET /metrics` and the request counters;
 //! - [`ratelimit`]: the per-key token buckets;
+//! - [`ops`]: `GET /healthz`, `GET /readyz`, request ids and the request
+//!   log line;
 //! - [`error`]: every failure as a JSON response.
 //!
 //! [`router_with`] builds the whole application for an [`Engine`] (tests drive
@@ -23,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod import;
 pub mod metrics;
+pub mod ops;
 pub mod partner;
 pub mod ratelimit;
 pub mod segments;
@@ -58,6 +61,9 @@ pub struct ServerOptions {
     pub max_import_bytes: Option<u64>,
     /// Timeouts, the connection limit and the body buffering budget.
     pub limits: conn::Limits,
+    /// How long `/readyz` answers 503 before the server stops taking
+    /// connections, once shutdown begins.
+    pub shutdown_delay: std::time::Duration,
 }
 
 impl ServerOptions {
@@ -68,6 +74,7 @@ impl ServerOptions {
             rate_limit_per_hour: config.rate_limit_per_hour,
             max_import_bytes: Some(DEFAULT_MAX_IMPORT_BYTES),
             limits: conn::Limits::from_config(config),
+            shutdown_delay: std::time::Duration::from_secs(config.shutdown_delay_secs),
         }
     }
 }
@@ -84,6 +91,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The connection gauges and the partner bodies' buffering budget.
     pub(crate) conns: Arc<conn::ConnStats>,
+    /// What `/readyz` reads besides the workspaces.
+    pub ready: ops::Readiness,
 }
 
 impl AppState {
@@ -106,6 +115,10 @@ pub mod routes {
     pub const COHORT_DELETE: &str = "/partners/{partner}/cohorts/delete";
     /// Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// Liveness: 200 while the process serves.
+    pub const HEALTHZ: &str = "/healthz";
+    /// Readiness: 200, or 503 naming what is not ready.
+    pub const READYZ: &str = "/readyz";
     /// Workspaces: list and create.
     pub const WORKSPACES: &str = "/admin/workspaces";
     /// Create a data import key for a partner.
@@ -158,7 +171,7 @@ pub mod routes {
     pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 31] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -188,6 +201,8 @@ pub mod routes {
         ATTRIBUTES,
         ATTRIBUTE,
         USER_ATTRIBUTES,
+        HEALTHZ,
+        READYZ,
     ];
 }
 
@@ -197,7 +212,7 @@ pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> Router {
 }
 
 /// The application and its connection gauges.
-fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::ConnStats>) {
+fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>) {
     use routes::*;
     // One body may always be buffered whole.
     let budget = options
@@ -210,7 +225,8 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::Conn
         limiter: RateLimiter::new(options.rate_limit_per_hour),
         metrics: Metrics::new(&ALL),
         options,
-        conns: conns.clone(),
+        conns,
+        ready: ops::Readiness::default(),
     });
     let body_limit = DefaultBodyLimit::max(state.options.max_body_bytes);
     // A known path with another method: 405 with a JSON body (and `Allow`).
@@ -281,10 +297,13 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<conn::Conn
         .merge(admin)
         .merge(segment_api)
         .route(METRICS, json_405(get(metrics::handler)))
+        .route(HEALTHZ, json_405(get(ops::healthz)))
+        .route(READYZ, json_405(get(ops::readyz)))
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), metrics::track))
-        .with_state(state);
-    (app, conns)
+        .layer(axum::middleware::from_fn(ops::request_id))
+        .with_state(state.clone());
+    (app, state)
 }
 
 /// Serves `engine` on `listener` until `shutdown` resolves, then lets
@@ -313,35 +332,57 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let limits = options.limits.clone();
-    let (app, conns) = build(engine.clone(), options);
-    conn::run(listener, app, limits, conns, shutdown).await?;
+    let delay = options.shutdown_delay;
+    let (app, state) = build(engine.clone(), options);
+    let watch = tokio::spawn(ops::watch_logs(engine.clone()));
+    let ready = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        ready.ready.set_shutting_down();
+        tracing::info!(
+            delay_secs = delay.as_secs_f64(),
+            "shutting down: not ready; finishing in-flight requests"
+        );
+        tokio::time::sleep(delay).await;
+    };
+    let served = conn::run(listener, app, limits, state.conns.clone(), shutdown).await;
+    watch.abort();
+    served?;
     tokio::task::spawn_blocking(move || engine.sync_all())
         .await
         .map_err(io::Error::other)?
         .map_err(io::Error::other)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. On Unix the handlers are
+/// installed when it is called (inside a runtime), not when it is first
+/// polled: a signal sent once the server says it listens is never missed.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            // A handler that could not be installed never resolves.
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(int) => {}
+                () = wait(term) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
-            // No handler could be installed: never resolve on this one.
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

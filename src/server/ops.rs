@@ -1,0 +1,205 @@
+//! Operations: `GET /healthz`, `GET /readyz`, the request id and the
+//! request log line.
+//!
+//! - `/healthz` answers 200 while the process serves at all.
+//! - `/readyz` answers 200 when every workspace is loaded and takes
+//!   writes, and the server is not shutting down; otherwise 503 with what
+//!   is not ready. Both are unauthenticated and cheap: a flag, and for
+//!   each workspace two small locks, no disk I/O ([`Readiness`]).
+//! - Every request gets an id: the client's `X-Request-Id` when it is
+//!   1 to [`MAX_REQUEST_ID_LEN`] visible ASCII characters, else a fresh
+//!   one. It is sent back as `X-Request-Id`, and every log line of the
+//!   request carries it (one, `answered`, with the status and the
+//!   microseconds taken, is written for every request) (the `request` span; blocking work carries the
+//!   span along, [`super::extract::run_blocking`]).
+//! - A workspace whose log failed a write or fsync is not ready until its
+//!   log is reset; [`watch_logs`] tries the reset every second, so that it
+//!   becomes ready again once the disk takes writes, without waiting for
+//!   a write that a load balancer would no longer send.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use super::AppState;
+use crate::engine::Engine;
+
+/// The request id header, in and out.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client request id kept; a longer one is replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What `/readyz` reads besides the workspaces.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    /// From now on `/readyz` answers 503 (`shutting_down`).
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// What is not ready: `(check, workspace, message)` triples as JSON
+/// objects; empty when ready.
+fn not_ready(engine: &Engine, ready: &Readiness) -> Vec<Value> {
+    let mut out = Vec::new();
+    if ready.is_shutting_down() {
+        out.push(json!({"check": "shutting_down", "message": "the server is shutting down"}));
+    }
+    for h in engine.handles() {
+        if let Some(reason) = h.write_trouble() {
+            out.push(json!({"check": "log_writable", "workspace": h.name(), "message": reason}));
+        }
+    }
+    out
+}
+
+/// `GET /healthz`: the process serves.
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: 200 when ready, 503 naming what is not.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let problems = not_ready(&state.engine, &state.ready);
+    let workspaces = state.engine.workspace_names().len();
+    if problems.is_empty() {
+        Json(json!({"status": "ready", "workspaces": workspaces})).into_response()
+    } else {
+        let body = json!({"status": "not ready", "workspaces": workspaces, "not_ready": problems});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// The id of a request (an extension of every request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// A client's request id, if it is one segq keeps: 1 to
+/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters (no space, no
+/// control character).
+pub fn valid_request_id(v: &HeaderValue) -> Option<&str> {
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > MAX_REQUEST_ID_LEN || !b.iter().all(|c| c.is_ascii_graphic()) {
+        return None;
+    }
+    v.to_str().ok()
+}
+
+/// A fresh request id: 16 random hex digits.
+pub fn new_request_id() -> String {
+    crate::engine::keys::random_hex(8)
+}
+
+/// The outermost layer: gives the request its id, runs it in a `request`
+/// span that carries the id, logs one line when it is answered (status
+/// and milliseconds), and sends the id back.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(valid_request_id)
+        .map_or_else(new_request_id, str::to_string);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let start = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "answered"
+        )
+    });
+    // Checked above, or made of hex digits: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    resp
+}
+
+/// Every second, tries to reset the log of each workspace whose log
+/// failed (on the blocking pool: a reset truncates and syncs), and logs
+/// when a workspace stops or starts taking writes. Runs until dropped.
+pub async fn watch_logs(engine: Arc<Engine>) {
+    let mut troubled: BTreeSet<String> = BTreeSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let engine = engine.clone();
+        let was = troubled.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            let mut now = BTreeSet::new();
+            for h in engine.handles() {
+                if h.write_trouble().is_none() {
+                    continue;
+                }
+                if let Err(e) = h.recover() {
+                    if !was.contains(h.name()) {
+                        tracing::warn!(workspace = h.name(), "not ready: {e}");
+                    }
+                    now.insert(h.name().to_string());
+                }
+            }
+            // Reset just now, or by a write in the meantime.
+            for name in was.difference(&now) {
+                if engine
+                    .workspace(name)
+                    .is_some_and(|h| h.write_trouble().is_none())
+                {
+                    tracing::info!(workspace = %name, "the change log takes writes again");
+                }
+            }
+            now
+        })
+        .await;
+        if let Ok(now) = now {
+            troubled = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        let ok = |s: &str| valid_request_id(&HeaderValue::from_str(s).unwrap()).is_some();
+        assert!(ok("abc-123"));
+        assert!(ok("a:b/c=d+e_f.g"));
+        assert!(ok(&"x".repeat(MAX_REQUEST_ID_LEN)));
+        assert!(!ok(&"x".repeat(MAX_REQUEST_ID_LEN + 1)));
+        assert!(!ok(""));
+        assert!(!ok("has space"));
+        assert!(!ok("tab\there"));
+        let opaque = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        assert!(valid_request_id(&opaque).is_none());
+        let id = new_request_id();
+        assert_eq!(id.len(), 16);
+        assert!(ok(&id));
+    }
+}
