@@ -41,7 +41,10 @@ pub fn open(data: &Path, access: Access) -> Result<Arc<Engine>, Failure> {
             if !is_data_dir(data) {
                 return Err(Failure::Other(not_a_data_dir(data)));
             }
-            Ok(Engine::open_read_only(data)?)
+            Ok(Engine::open_read_only_with_env(
+                data,
+                &crate::serve::env_var,
+            )?)
         }
         Access::WriteExisting { hint } => {
             if !is_data_dir(data) {
@@ -56,7 +59,7 @@ pub fn open(data: &Path, access: Access) -> Result<Arc<Engine>, Failure> {
 }
 
 fn open_writing(data: &Path) -> Result<Arc<Engine>, Failure> {
-    let (engine, new_token) = Engine::open(data)?;
+    let (engine, new_token) = Engine::open_with_env(data, &crate::serve::env_var)?;
     show_new_token(new_token.as_deref());
     Ok(engine)
 }

@@ -15,6 +15,7 @@ mod data;
 mod demo;
 mod generate;
 mod loadtest;
+mod logging;
 mod peers;
 mod segments;
 mod serve;
@@ -31,6 +32,12 @@ use args::WorkloadArgs;
     about = "Segment query engine for partner cohorts"
 )]
 struct Cli {
+    /// How diagnostics are written to stderr: `text` lines for people, or
+    /// `json`, one object a line (default: $SEGQ_LOG_FORMAT, else text).
+    /// Levels come from $SEGQ_LOG, else $RUST_LOG (such as `warn` or
+    /// `info,segq::server=debug`); default `info`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<logging::Format>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +60,10 @@ enum Command {
     /// Serve the partner cohort import API, the admin API and the segment
     /// API over HTTP.
     Serve(serve::ServeArgs),
+    /// Print the configuration `segq serve` would run with, as JSON:
+    /// `segq.json`, overridden by `SEGQ_*` environment variables, then by
+    /// the flags; secrets masked.
+    Config(serve::ConfigArgs),
     /// Write, inspect, verify, bench and compact snapshot files.
     Snapshot {
         #[command(subcommand)]
@@ -111,6 +122,10 @@ impl From<Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = logging::init(cli.log_format, &serve::env_var) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Lib(e)) => {
@@ -122,7 +137,8 @@ fn main() -> ExitCode {
                 | Error::AmbiguousCohortName { .. }
                 | Error::InvalidArgument(_)
                 | Error::InvalidCursor(_)
-                | Error::InvalidIdentifier { .. } => ExitCode::from(2),
+                | Error::InvalidIdentifier { .. }
+                | Error::ConfigEnv { .. } => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -157,6 +173,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Sync(args) => sync::run(*args, &mut out)?,
         Command::Loadtest(args) => loadtest::run(args, &mut out)?,
         Command::Serve(args) => serve::run(args)?,
+        Command::Config(args) => serve::show_config(args, &mut out)?,
         Command::Snapshot { command } => snapshot::run(command, &mut out)?,
         Command::Bench(args) => bench::run(args, &mut out)?,
         Command::Users { command } => users::run(command, &mut out)?,

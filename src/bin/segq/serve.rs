@@ -1,10 +1,11 @@
 //! `segq serve`: the HTTP server on a data directory.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args;
 
+use segq::engine::Config;
 use segq::Error;
 
 use crate::data::{self, Access};
@@ -12,20 +13,11 @@ use crate::Failure;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The data directory (created if missing).
-    #[arg(long, default_value = "./segq-data")]
-    data: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Partner requests per data import key per hour (0: no limit);
-    /// overrides the configuration file.
-    #[arg(long)]
-    rate_limit_per_hour: Option<u64>,
-    /// The largest partner request body in bytes; overrides the
-    /// configuration file.
-    #[arg(long)]
-    max_body_bytes: Option<usize>,
     /// The largest bulk user import body in bytes (0: no limit).
     #[arg(long, default_value_t = segq::server::DEFAULT_MAX_IMPORT_BYTES)]
     max_import_bytes: u64,
@@ -38,6 +30,24 @@ pub struct ServeArgs {
     /// threads and the blocking pool, not on these.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     http_threads: Option<u16>,
+}
+
+/// The data directory and the flags that override its configuration
+/// (`segq serve` and `segq config` take the same). A flag wins over its
+/// `SEGQ_*` environment variable, which wins over `segq.json`.
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// The data directory (created if missing).
+    #[arg(long, default_value = "./segq-data")]
+    pub data: PathBuf,
+    /// Partner requests per data import key per hour (0: no limit);
+    /// overrides the configuration file.
+    #[arg(long)]
+    rate_limit_per_hour: Option<u64>,
+    /// The largest partner request body in bytes; overrides the
+    /// configuration file.
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
     /// Seconds a connection has to send a request's headers; overrides
     /// the configuration file.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -64,6 +74,72 @@ pub struct ServeArgs {
     max_buffered_body_bytes: Option<usize>,
 }
 
+impl ConfigArgs {
+    /// Sets the fields given as flags.
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(n) = self.rate_limit_per_hour {
+            c.rate_limit_per_hour = n;
+        }
+        if let Some(n) = self.max_body_bytes {
+            c.max_body_bytes = n;
+        }
+        if let Some(s) = self.header_read_timeout_secs {
+            c.header_read_timeout_secs = s;
+        }
+        if let Some(s) = self.body_read_timeout_secs {
+            c.body_read_timeout_secs = s;
+        }
+        if let Some(n) = self.min_body_bytes_per_sec {
+            c.min_body_bytes_per_sec = n;
+        }
+        if let Some(s) = self.idle_timeout_secs {
+            c.idle_timeout_secs = s;
+        }
+        if let Some(n) = self.max_connections {
+            c.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.max_buffered_body_bytes {
+            c.max_buffered_body_bytes = n;
+        }
+    }
+}
+
+/// Looks an environment variable up (`SEGQ_*` configuration fields).
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `segq config`: the effective configuration (`segq.json`, then the
+/// `SEGQ_*` variables, then the flags) as JSON, secrets masked. Reads the
+/// file only: creates nothing, takes no lock. The variables used go to
+/// stderr.
+pub fn show_config(args: ConfigArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let path = args.data.join("segq.json");
+    let mut config = match Config::load_existing(&path)? {
+        Some(c) => c,
+        None => {
+            eprintln!(
+                "{} does not exist: these are the defaults; the first `segq serve` \
+                 generates the partner_api_keys",
+                path.display()
+            );
+            Config {
+                partner_api_keys: Default::default(),
+                ..Config::generate()
+            }
+        }
+    };
+    let used = config.apply_env(&env_var)?;
+    if !used.is_empty() {
+        eprintln!("from the environment: {}", used.join(", "));
+    }
+    args.apply(&mut config);
+    let text = serde_json::to_string_pretty(&config.masked())
+        .map_err(|e| Error::Internal(format!("configuration: {e}")))?;
+    writeln!(out, "{text}").map_err(crate::io_err)?;
+    Ok(())
+}
+
 /// `segq serve`: opens the data directory, binds, and serves until SIGINT
 /// or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -73,40 +149,17 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .build_global()
             .map_err(|e| Error::Internal(format!("sizing the query threads: {e}")))?;
     }
-    let engine = data::open(&args.data, Access::Write)?;
+    let engine = data::open(&args.config.data, Access::Write)?;
     for r in engine.recoveries() {
-        eprintln!("segq: recovered a damaged log: {r}");
+        tracing::warn!("recovered a damaged log: {r}");
     }
     // Fold logs into snapshots when they pass the configured thresholds; a
     // compaction cut short by the process exiting is safe by construction.
     engine.start_compactor(std::time::Duration::from_secs(30));
-    let mut options = segq::server::ServerOptions::from_config(engine.config());
-    if let Some(n) = args.rate_limit_per_hour {
-        options.rate_limit_per_hour = n;
-    }
-    if let Some(n) = args.max_body_bytes {
-        options.max_body_bytes = n;
-    }
+    let mut config = engine.config().clone();
+    args.config.apply(&mut config);
+    let mut options = segq::server::ServerOptions::from_config(&config);
     options.max_import_bytes = (args.max_import_bytes > 0).then_some(args.max_import_bytes);
-    let limits = &mut options.limits;
-    if let Some(s) = args.header_read_timeout_secs {
-        limits.header_read_timeout = std::time::Duration::from_secs(s);
-    }
-    if let Some(s) = args.body_read_timeout_secs {
-        limits.body_read_timeout = std::time::Duration::from_secs(s);
-    }
-    if let Some(n) = args.min_body_bytes_per_sec {
-        limits.min_body_bytes_per_sec = n;
-    }
-    if let Some(s) = args.idle_timeout_secs {
-        limits.idle_timeout = std::time::Duration::from_secs(s);
-    }
-    if let Some(n) = args.max_connections {
-        limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(n) = args.max_buffered_body_bytes {
-        limits.max_buffered_body_bytes = n;
-    }
     let listen_err = |e: io::Error| Error::io(&args.listen, e);
     let http_threads = args.http_threads.map_or_else(
         || {
@@ -126,18 +179,16 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(listen_err)?;
         let addr = listener.local_addr().map_err(listen_err)?;
-        eprintln!("listening on {addr}");
+        let signal = segq::server::shutdown_signal();
+        tracing::info!("listening on {addr}");
         // Everything is synced when `serve_with` returns: the process then
         // exits without freeing the in-memory state (seconds for millions
         // of users); the OS reclaims it and releases the directory lock.
         std::mem::forget(engine.clone());
-        segq::server::serve_with(engine, options, listener, async {
-            segq::server::shutdown_signal().await;
-            eprintln!("shutting down: finishing in-flight requests");
-        })
-        .await
-        .map_err(Error::io_at(format!("serving on {addr}")))?;
-        eprintln!("stopped");
+        segq::server::serve_with(engine, options, listener, signal)
+            .await
+            .map_err(Error::io_at(format!("serving on {addr}")))?;
+        tracing::info!("stopped");
         Ok::<(), Error>(())
     })?;
     Ok(())
