@@ -33,7 +33,7 @@ fn handle(e: &Engine, name: &str) -> Arc<WorkspaceHandle> {
 }
 
 /// The real file operations, except that a new log is put on `disk`.
-struct OnDiskFs(DiskFull);
+pub(crate) struct OnDiskFs(pub(crate) DiskFull);
 
 impl Fs for OnDiskFs {
     fn write(&mut self, path: &Path, bytes: &[u8]) -> segq::Result<()> {
@@ -59,7 +59,7 @@ impl Fs for OnDiskFs {
 }
 
 /// Moves the workspace's log onto `disk` (by a compaction).
-fn put_on(h: &WorkspaceHandle, disk: &DiskFull) {
+pub(crate) fn put_on(h: &WorkspaceHandle, disk: &DiskFull) {
     h.compact_with(&mut OnDiskFs(disk.clone())).unwrap();
 }
 

@@ -20,6 +20,7 @@ mod loadtest;
 mod log;
 mod malformed;
 mod matching;
+mod ops;
 mod query_safety;
 mod quick_answers;
 mod reference;

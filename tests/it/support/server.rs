@@ -291,6 +291,22 @@ impl Server {
         Server::spawn(data, None, args)
     }
 
+    /// [`Server::start`] with environment variables set for the process.
+    pub fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        write_config(data);
+        Server::spawn_with_env(data, None, args, env)
+    }
+
+    /// [`Server::restart`] with environment variables set for the process.
+    pub fn restart_with_env(
+        data: &Path,
+        token: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        Server::spawn_with_env(data, Some(token), args, env)
+    }
+
     /// Starts a server on an existing data directory whose admin token is
     /// `token`.
     pub fn restart(data: &Path, token: &str, args: &[&str]) -> Server {
@@ -301,9 +317,18 @@ impl Server {
     /// lock still held is waited out, for a bounded time (see
     /// [`open_engine`]).
     fn spawn(data: &Path, token: Option<&str>, args: &[&str]) -> Server {
+        Server::spawn_with_env(data, token, args, &[])
+    }
+
+    fn spawn_with_env(
+        data: &Path,
+        token: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
-            match Server::try_spawn(data, token, args) {
+            match Server::try_spawn(data, token, args, env) {
                 Ok(server) => return server,
                 Err(stderr) if stderr.contains(LOCKED) && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -315,20 +340,30 @@ impl Server {
         }
     }
 
-    fn try_spawn(data: &Path, token: Option<&str>, args: &[&str]) -> Result<Server, String> {
+    /// Spawns the server with `env` added to its environment.
+    pub fn try_spawn(
+        data: &Path,
+        token: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let parent = data.parent().expect("the data directory has a parent");
         let run = parent.join(format!("run-{}", RUNS.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&run).expect("creates a run folder");
         let file = |name: &str| quote(&run.join(name).display().to_string());
-        let mut command = vec![
+        let mut command: Vec<String> = env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        command.extend([
             quote(env!("CARGO_BIN_EXE_segq")),
             "serve".into(),
             "--data".into(),
             quote(&data.display().to_string()),
             "--listen".into(),
             "127.0.0.1:0".into(),
-        ];
+        ]);
         command.extend(args.iter().map(|a| quote(a)));
         // The pid and the status are written whole (renamed into place).
         launch(&format!(
@@ -361,10 +396,12 @@ impl Server {
         let listening = poll(START_TIMEOUT, || {
             let text = server.stderr_text();
             let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            // As a text or a JSON log line.
             let addr = complete
                 .lines()
-                .find_map(|l| l.strip_prefix("listening on "))
-                .map(|a| a.trim().to_string());
+                .find_map(|l| l.split_once("listening on "))
+                .and_then(|(_, a)| a.split([' ', '"']).next())
+                .map(str::to_string);
             match addr {
                 Some(a) => Some(Ok(a)),
                 None if server.exit_status().is_some() => Some(Err(())),
@@ -422,6 +459,18 @@ impl Server {
         }
         let status = poll(timeout, || self.exit_status());
         self.ended = status.is_some();
+        status
+    }
+
+    /// Sends SIGTERM without waiting for the process to end.
+    pub fn terminate(&self) {
+        launch(&format!("kill -s TERM {}", self.pid));
+    }
+
+    /// Waits up to `timeout` for the process to end; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let status = poll(timeout, || self.exit_status());
+        self.ended |= status.is_some();
         status
     }
 
