@@ -16,7 +16,8 @@
 //!
 //! - **base**: [`ids`] (users, partners, cohort keys), [`error`] (the
 //!   library's [`Error`]), [`log`] (the change log's bytes and records),
-//!   [`bitmap_view`] (roaring bitmaps read in place from bytes).
+//!   [`bitmap_view`] (roaring bitmaps read in place from bytes),
+//!   [`csv_records`] (the one CSV reader).
 //! - **storage**: [`snapshot`] (the snapshot file format, its reader and the
 //!   one memory map); it knows bytes and sections, not the domain.
 //! - **domain**: [`users`], [`cohorts`], [`segment`] (filters, their plans
@@ -57,6 +58,7 @@ pub mod attributes;
 pub mod bitmap_view;
 pub mod bulk;
 pub mod cohorts;
+pub mod csv_records;
 pub mod engine;
 pub mod error;
 pub mod examples;

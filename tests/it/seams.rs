@@ -172,6 +172,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ids", &[]),
     ("log", &[]),
     ("bitmap_view", &[]),
+    ("csv_records", &[]),
     ("error", &["ids", "log"]),
     // Storage.
     ("snapshot", &["bitmap_view", "error", "ids"]),
@@ -207,7 +208,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("import", &["cohorts", "error", "ids"]),
-    ("bulk", &["attributes", "error", "ids", "users"]),
+    (
+        "bulk",
+        &["attributes", "csv_records", "error", "ids", "users"],
+    ),
     (
         "workload",
         &[
@@ -288,7 +292,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // The partner sync client: the protocol's other side (the HTTP is the
     // binary's).
-    ("sync", &["error", "ids", "import"]),
+    ("sync", &["csv_records", "error", "ids", "import"]),
 ];
 
 /// The top-level modules `src/lib.rs` declares.
