@@ -20,15 +20,19 @@
 //! `device_id`, `alias_label`, `alias_name` and custom attributes as
 //! `attr:NAME` (any order), then one row per user. An empty cell is
 //! absent (an attribute left as it is); an attribute cell is read as the
-//! attribute's type, or its type is inferred (see [`crate::attributes`]). Fields may be quoted with `"` (a quote
-//! inside doubled as `""`); a quoted field cannot span lines. Rows that name
-//! the same external_id again add their device and alias to that user
-//! (an upsert), so a user with two devices is two rows.
+//! attribute's type, or its type is inferred (see [`crate::attributes`]).
+//! The CSV is read by [`crate::csv_records`]: fields may be quoted with `"`
+//! and then hold commas, line breaks and quotes (doubled, `""`); lines may
+//! end in `\r\n`; a UTF-8 byte-order mark at the start is skipped. Rows
+//! that name the same external_id again add their device and alias to that
+//! user (an upsert), so a user with two devices is two rows. A row's line
+//! number is the line it starts on.
 //!
 //! # Errors
 //!
-//! A malformed line (bad JSON, wrong number of CSV fields, no identifier,
-//! a line over [`MAX_LINE_BYTES`]) is reported with its line number and
+//! A malformed line or CSV record (bad JSON, wrong number of CSV fields,
+//! no identifier, a quoted field never closed, a line or record over
+//! [`MAX_LINE_BYTES`]) is reported with its line number and
 //! skipped; the load goes on. So is a user the engine refuses (for example
 //! an identifier held by another user). Only a missing or invalid CSV
 //! header stops the whole load ([`BulkError`]).
@@ -38,6 +42,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::attributes::{AttrInput, AttrInputs};
+use crate::csv_records::{self, Records, Row};
 use crate::users::NewUser;
 
 /// Users applied per batch (one durable log record each).
@@ -46,7 +51,7 @@ pub const BATCH_SIZE: usize = 10_000;
 /// Errors kept in [`Totals::errors`]: the first ones, by line number.
 pub const MAX_ERRORS: usize = 100;
 
-/// The longest line the parser accepts.
+/// The longest line (JSON Lines) or record (CSV) the parser accepts.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// The input format.
@@ -199,20 +204,22 @@ enum Column {
     Attribute(String),
 }
 
-/// Splits chunks of input into lines and parses them.
+/// Splits chunks of input into lines (JSON Lines) or records (CSV) and
+/// parses them.
 #[derive(Debug)]
 pub struct Parser {
     format: Format,
-    /// The start of a line whose end has not arrived yet.
+    /// JSON Lines only: the start of a line whose end has not arrived yet.
     pending: Vec<u8>,
-    /// The line being read is over [`MAX_LINE_BYTES`]: drop it up to its end.
+    /// JSON Lines only: the line being read is over [`MAX_LINE_BYTES`]:
+    /// drop it up to its end.
     too_long: bool,
-    /// Lines seen so far.
+    /// JSON Lines only: lines seen so far.
     line: u64,
+    /// CSV only: the records.
+    records: Records,
     /// CSV only: the columns, once the header is read.
     columns: Option<Vec<Column>>,
-    /// CSV only: reused field buffer.
-    fields: Vec<String>,
 }
 
 impl Parser {
@@ -223,20 +230,29 @@ impl Parser {
             pending: Vec::new(),
             too_long: false,
             line: 0,
+            records: Records::new(MAX_LINE_BYTES),
             columns: None,
-            fields: Vec::new(),
         }
     }
 
     /// Lines seen so far (the number of the last complete line).
     pub fn lines(&self) -> u64 {
-        self.line
+        match self.format {
+            Format::JsonLines => self.line,
+            Format::Csv => self.records.lines(),
+        }
     }
 
     /// Parses every complete line of `chunk` (with what is left of earlier
     /// chunks) and passes each non-blank one to `out`. Fails only on a bad
     /// CSV header.
     pub fn feed(&mut self, chunk: &[u8], out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
+        if self.format == Format::Csv {
+            let Parser {
+                records, columns, ..
+            } = self;
+            return records.feed(chunk, &mut |item| csv_record(item, columns, out));
+        }
         let mut rest = chunk;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (head, tail) = rest.split_at(nl);
@@ -279,6 +295,18 @@ impl Parser {
     /// Parses the last line if the input did not end with a newline, and
     /// checks that a CSV input had its header.
     pub fn finish(&mut self, out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
+        if self.format == Format::Csv {
+            let Parser {
+                records, columns, ..
+            } = self;
+            records.finish(&mut |item| csv_record(item, columns, out))?;
+            if columns.is_none() {
+                return Err(BulkError(
+                    "the CSV input is empty: expected a header line such as external_id,device_id,alias_label,alias_name".into(),
+                ));
+            }
+            return Ok(());
+        }
         if self.too_long {
             self.too_long = false;
             self.line += 1;
@@ -287,11 +315,6 @@ impl Parser {
             let line = std::mem::take(&mut self.pending);
             self.line += 1;
             self.parse_line(&line, out)?;
-        }
-        if self.format == Format::Csv && self.columns.is_none() {
-            return Err(BulkError(
-                "the CSV input is empty: expected a header line such as external_id,device_id,alias_label,alias_name".into(),
-            ));
         }
         Ok(())
     }
@@ -304,6 +327,7 @@ impl Parser {
         });
     }
 
+    /// One JSON Lines line.
     fn parse_line(&mut self, raw: &[u8], out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
         let mut raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if self.line == 1 {
@@ -312,49 +336,48 @@ impl Parser {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let parsed = match self.format {
-            Format::JsonLines => parse_json_line(raw),
-            Format::Csv => {
-                let Ok(text) = std::str::from_utf8(raw) else {
-                    return self.csv_utf8_error(out);
-                };
-                match self.columns.take() {
-                    None => {
-                        self.columns = Some(parse_header(text, &mut self.fields)?);
-                        return Ok(());
-                    }
-                    Some(columns) => {
-                        let user = csv_row(text, &columns, &mut self.fields);
-                        self.columns = Some(columns);
-                        user
-                    }
-                }
-            }
-        };
-        let (user, attributes) = match parsed {
-            Ok((u, a)) => (Ok(u), a),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        out(Parsed {
-            line: self.line,
-            user,
-            attributes,
-        });
+        out(parsed(self.line, parse_json_line(raw)));
         Ok(())
     }
+}
 
-    fn csv_utf8_error(&mut self, out: &mut impl FnMut(Parsed)) -> Result<(), BulkError> {
-        if self.columns.is_none() {
-            return Err(BulkError(
-                "line 1: the CSV header is not valid UTF-8".into(),
-            ));
+fn parsed(line: u64, result: Result<(NewUser, AttrInputs), String>) -> Parsed {
+    let (user, attributes) = match result {
+        Ok((u, a)) => (Ok(u), a),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    Parsed {
+        line,
+        user,
+        attributes,
+    }
+}
+
+/// One CSV record: the header while `columns` is unset, else a user. A
+/// header that cannot be read is fatal; a bad row is reported.
+fn csv_record(
+    item: csv_records::Item<'_>,
+    columns: &mut Option<Vec<Column>>,
+    out: &mut impl FnMut(Parsed),
+) -> Result<(), BulkError> {
+    match (item, columns.as_ref()) {
+        (Err(e), None) => Err(BulkError(format!(
+            "line {} (the CSV header): {}",
+            e.line, e.message
+        ))),
+        (Err(e), Some(_)) => {
+            out(parsed(e.line, Err(e.message)));
+            Ok(())
         }
-        out(Parsed {
-            line: self.line,
-            user: Err("line is not valid UTF-8".into()),
-            attributes: Vec::new(),
-        });
-        Ok(())
+        (Ok(row), _) if row.is_blank() => Ok(()),
+        (Ok(row), None) => {
+            *columns = Some(parse_header(&row)?);
+            Ok(())
+        }
+        (Ok(row), Some(columns)) => {
+            out(parsed(row.line(), csv_row(&row, columns)));
+            Ok(())
+        }
     }
 }
 
@@ -370,56 +393,10 @@ fn parse_json_line(raw: &[u8]) -> Result<(NewUser, AttrInputs), String> {
     Ok((user.into_new_user()?, attributes))
 }
 
-/// Splits one CSV line into `fields` (cleared first).
-fn split_csv(line: &str, fields: &mut Vec<String>) -> Result<(), String> {
-    fields.clear();
-    let mut chars = line.chars().peekable();
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    None => return Err("a quoted field is not closed on its line".into()),
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(());
-                }
-                Some(',') => fields.push(field),
-                Some(c) => return Err(format!("expected ',' after a quoted field, found {c:?}")),
-            }
-        } else {
-            loop {
-                match chars.next() {
-                    None => {
-                        fields.push(field);
-                        return Ok(());
-                    }
-                    Some(',') => break,
-                    Some('"') => {
-                        return Err("a '\"' inside an unquoted field: quote the whole field".into())
-                    }
-                    Some(c) => field.push(c),
-                }
-            }
-            fields.push(field);
-        }
-    }
-}
-
-fn parse_header(line: &str, fields: &mut Vec<String>) -> Result<Vec<Column>, BulkError> {
-    split_csv(line, fields).map_err(|e| BulkError(format!("line 1 (the CSV header): {e}")))?;
-    let mut columns = Vec::with_capacity(fields.len());
-    for name in fields.iter() {
+fn parse_header(row: &Row<'_>) -> Result<Vec<Column>, BulkError> {
+    let at = row.line();
+    let mut columns = Vec::with_capacity(row.len());
+    for name in row.fields() {
         let column = match name.trim() {
             "external_id" => Column::ExternalId,
             "device_id" => Column::DeviceId,
@@ -428,52 +405,42 @@ fn parse_header(line: &str, fields: &mut Vec<String>) -> Result<Vec<Column>, Bul
             other => match other.strip_prefix("attr:") {
                 Some(attr) => {
                     crate::attributes::check_name(attr)
-                        .map_err(|e| BulkError(format!("line 1 (the CSV header): {e}")))?;
+                        .map_err(|e| BulkError(format!("line {at} (the CSV header): {e}")))?;
                     Column::Attribute(attr.to_string())
                 }
                 None => {
                     return Err(BulkError(format!(
-                        "line 1 (the CSV header): unknown column {other:?}: expected external_id, device_id, alias_label, alias_name or attr:NAME"
+                        "line {at} (the CSV header): unknown column {other:?}: expected external_id, device_id, alias_label, alias_name or attr:NAME"
                     )))
                 }
             },
         };
         if columns.contains(&column) {
             return Err(BulkError(format!(
-                "line 1 (the CSV header): column {:?} is named twice",
+                "line {at} (the CSV header): column {:?} is named twice",
                 name.trim()
             )));
         }
         columns.push(column);
     }
     if columns.contains(&Column::AliasLabel) != columns.contains(&Column::AliasName) {
-        return Err(BulkError(
-            "line 1 (the CSV header): alias_label and alias_name go together".into(),
-        ));
+        return Err(BulkError(format!(
+            "line {at} (the CSV header): alias_label and alias_name go together"
+        )));
     }
     Ok(columns)
 }
 
-fn csv_row(
-    line: &str,
-    columns: &[Column],
-    fields: &mut Vec<String>,
-) -> Result<(NewUser, AttrInputs), String> {
-    split_csv(line, fields)?;
-    if fields.len() != columns.len() {
-        return Err(format!(
-            "expected {} fields as the header names, found {}",
-            columns.len(),
-            fields.len()
-        ));
-    }
+fn csv_row(row: &Row<'_>, columns: &[Column]) -> Result<(NewUser, AttrInputs), String> {
+    csv_records::check_width(row, columns.len())?;
     let mut user = NewUser::default();
     let mut attributes = Vec::new();
     let (mut label, mut name) = (None, None);
-    for (column, value) in columns.iter().zip(fields.drain(..)) {
+    for (column, value) in columns.iter().zip(row.fields()) {
         if value.is_empty() {
             continue;
         }
+        let value = value.to_string();
         match column {
             Column::ExternalId => user.external_id = Some(value),
             Column::DeviceId => user.devices.push(value),
@@ -729,7 +696,7 @@ mod tests {
 
     #[test]
     fn csv_rows_quotes_and_errors() {
-        let input = "\u{feff}external_id,device_id,alias_label,alias_name\nu1,d1,,\n,d2,email,\"a,\"\"b\"\"\"\nu3,,email\n\"open,,,\n,,,\n";
+        let input = "\u{feff}external_id,device_id,alias_label,alias_name\nu1,d1,,\n,d2,email,\"a,\"\"b\"\"\"\nu3,,email\n,,,\n\"open,,,\n,,,\n";
         let out = parse_all(Format::Csv, input.as_bytes(), 5).expect("header is fine");
         assert_eq!(out.len(), 5);
         assert_eq!(out[0].line, 2);
@@ -753,17 +720,116 @@ mod tests {
             .user
             .as_ref()
             .is_err_and(|e| e.contains("expected 4 fields")));
+        assert_eq!(out[3].line, 5);
         assert!(out[3]
             .user
             .as_ref()
-            .is_err_and(|e| e.contains("not closed")));
+            .is_err_and(|e| e.contains("identifier")));
+        // An open quote takes every line after it: one error, on its line.
         assert_eq!(out[4].line, 6);
-        assert!(out[4].user.is_err());
+        assert!(out[4]
+            .user
+            .as_ref()
+            .is_err_and(|e| e.contains("not closed")));
+    }
+
+    /// Each CSV rule, alone, in every chunking: the users read, by line.
+    #[test]
+    fn csv_by_the_rules_in_any_chunking() {
+        let user = |ext: &str, dev: &str| NewUser {
+            external_id: Some(ext.into()),
+            devices: vec![dev.into()],
+            ..NewUser::default()
+        };
+        type Case = (&'static str, &'static str, Vec<(u64, NewUser)>);
+        let cases: &[Case] = &[
+            (
+                "quoted",
+                "\"external_id\",\"device_id\"\n\"u1\",\"d1\"\n",
+                vec![(2, user("u1", "d1"))],
+            ),
+            (
+                "embedded comma",
+                "external_id,device_id\n\"u,1\",d1\n",
+                vec![(2, user("u,1", "d1"))],
+            ),
+            (
+                "embedded newline",
+                "external_id,device_id\n\"u\n1\",\"d\r\n1\"\nu2,d2\n",
+                vec![(2, user("u\n1", "d\r\n1")), (5, user("u2", "d2"))],
+            ),
+            (
+                "doubled quote",
+                "external_id,device_id\n\"u\"\"1\"\"\",d1\n",
+                vec![(2, user("u\"1\"", "d1"))],
+            ),
+            (
+                "CRLF",
+                "external_id,device_id\r\nu1,d1\r\n\r\nu2,\"d2\"\r\n",
+                vec![(2, user("u1", "d1")), (4, user("u2", "d2"))],
+            ),
+            // Lines are counted by their `\n`s.
+            (
+                "CR alone",
+                "external_id,device_id\ru1,d1\ru2,d2",
+                vec![(1, user("u1", "d1")), (1, user("u2", "d2"))],
+            ),
+            (
+                "byte-order mark",
+                "\u{feff}external_id,device_id\nu1,d1\n",
+                vec![(2, user("u1", "d1"))],
+            ),
+        ];
+        for (name, input, want) in cases {
+            for chunk in [1, 2, 3, 4, 1000] {
+                let out = parse_all(Format::Csv, input.as_bytes(), chunk)
+                    .unwrap_or_else(|e| panic!("{name}, chunk {chunk}: {e}"));
+                let got: Vec<(u64, NewUser)> = out
+                    .into_iter()
+                    .map(|p| (p.line, p.user.expect(name)))
+                    .collect();
+                assert_eq!(&got, want, "{name}, chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn csv_attribute_cells_keep_their_commas_quotes_and_line_breaks() {
+        let input = "external_id,attr:note\nu1,\"a, \"\"b\"\"\nc\"\n";
+        let out = parse_all(Format::Csv, input.as_bytes(), 3).expect("ok");
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].attributes,
+            vec![("note".to_string(), AttrInput::Text("a, \"b\"\nc".into()))]
+        );
+    }
+
+    /// One rule where the old line splitters differed: a stray quote is
+    /// read as the csv crate reads it, in the header and in rows.
+    #[test]
+    fn csv_stray_quotes_read_as_the_csv_crate_reads_them() {
+        let out = parse_all(Format::Csv, b"external_id,device_id\nu\"1,\"d\"1\n", 100).expect("ok");
+        assert_eq!(out[0].user, Ok(user_with("u\"1", "d1")));
+    }
+
+    fn user_with(ext: &str, dev: &str) -> NewUser {
+        NewUser {
+            external_id: Some(ext.into()),
+            devices: vec![dev.into()],
+            ..NewUser::default()
+        }
     }
 
     #[test]
     fn csv_header_errors_are_fatal() {
         assert!(parse_all(Format::Csv, b"", 10).is_err());
+        assert!(parse_all(Format::Csv, b"\xef\xbb\xbf\r\n", 1).is_err());
+        assert!(parse_all(Format::Csv, b"\n\n\"external_id\nu1\n", 10)
+            .is_err_and(
+                |e| e.0.starts_with("line 3 (the CSV header)") && e.0.contains("not closed")
+            ));
+        assert!(parse_all(Format::Csv, b"external_\xffid\nu1\n", 10)
+            .is_err_and(|e| e.0.contains("UTF-8")));
         assert!(parse_all(Format::Csv, b"external_id,email\nu1,x\n", 10)
             .is_err_and(|e| e.0.contains("unknown column \"email\"")));
         assert!(parse_all(Format::Csv, b"external_id,alias_label\n", 10).is_err());
