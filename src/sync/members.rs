@@ -4,7 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::csv_records::{self, Records};
 use crate::error::{Error, Result};
+
+/// The longest CSV record read, in bytes.
+const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// How a members file is laid out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,10 +16,10 @@ pub enum Layout {
     /// One identifier a line. Surrounding spaces and tabs (and a `\r`
     /// before the newline) are trimmed; blank lines are skipped.
     Lines,
-    /// CSV: a header line naming the columns, then rows; the identifiers
-    /// are the named column's cells (trimmed; empty cells skipped). A field
-    /// may be quoted with `"` (a quote inside doubled as `""`); a quoted
-    /// field cannot span lines.
+    /// CSV, as [`crate::csv_records`] reads it (quoted fields with commas,
+    /// line breaks and doubled quotes, CRLF, a byte-order mark): a header
+    /// naming the columns, then rows of as many fields; the identifiers are
+    /// the named column's cells (trimmed; empty cells skipped).
     Csv {
         /// The column's name in the header.
         column: String,
@@ -50,85 +54,38 @@ pub fn parse_members(text: &str, layout: &Layout) -> std::result::Result<BTreeSe
             }
         }
         Layout::Csv { column } => {
-            let mut lines = text.lines().enumerate();
-            let header = loop {
-                match lines.next() {
-                    None => return Err(format!("no header line naming column {column:?}")),
-                    Some((_, l)) if l.trim().is_empty() => continue,
-                    Some((n, l)) => {
-                        break csv_fields(l).map_err(|m| format!("line {}: {m}", n + 1))?
-                    }
+            let mut records = Records::new(MAX_RECORD_BYTES);
+            let mut at: Option<(usize, usize)> = None;
+            let mut take = |item: csv_records::Item<'_>| -> std::result::Result<(), String> {
+                let row = item.map_err(|e| e.to_string())?;
+                if row.is_blank() {
+                    return Ok(());
                 }
-            };
-            let at = header
-                .iter()
-                .position(|h| h.trim() == column)
-                .ok_or_else(|| {
-                    format!("the header has no column {column:?} (it has {header:?})")
-                })?;
-            for (n, line) in lines {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let fields = csv_fields(line).map_err(|m| format!("line {}: {m}", n + 1))?;
-                let cell = fields.get(at).ok_or_else(|| {
-                    format!(
-                        "line {}: {} fields, but column {column:?} is field {}",
-                        n + 1,
-                        fields.len(),
-                        at + 1
-                    )
-                })?;
-                let id = cell.trim();
+                let line = row.line();
+                let Some((at, width)) = at else {
+                    let found = row
+                        .fields()
+                        .position(|h| h.trim() == column)
+                        .ok_or_else(|| {
+                            let header: Vec<&str> = row.fields().collect();
+                            format!("the header has no column {column:?} (it has {header:?})")
+                        })?;
+                    at = Some((found, row.len()));
+                    return Ok(());
+                };
+                csv_records::check_width(&row, width).map_err(|m| format!("line {line}: {m}"))?;
+                let id = row.get(at).unwrap_or_default().trim();
                 if !id.is_empty() {
                     out.insert(id.to_string());
                 }
+                Ok(())
+            };
+            records.feed(text.as_bytes(), &mut take)?;
+            records.finish(&mut take)?;
+            if at.is_none() {
+                return Err(format!("no header line naming column {column:?}"));
             }
         }
     }
     Ok(out)
-}
-
-/// The fields of one CSV line.
-fn csv_fields(line: &str) -> std::result::Result<Vec<String>, String> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    None => return Err("a quoted field is not closed".into()),
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => fields.push(field),
-                Some(c) => return Err(format!("{c:?} after a closing quote")),
-            }
-        } else {
-            loop {
-                match chars.next() {
-                    None => {
-                        fields.push(field);
-                        return Ok(fields);
-                    }
-                    Some(',') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            fields.push(field);
-        }
-    }
 }

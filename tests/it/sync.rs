@@ -63,6 +63,47 @@ fn members_files_read_lines_and_csv_columns() {
     assert!(parse_members("", &by("a")).is_err());
 }
 
+/// Each CSV rule alone: the members read from the named column.
+#[test]
+fn members_csv_files_by_the_csv_rules() {
+    let by = |c: &str| Layout::Csv { column: c.into() };
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("quoted", "\"id\",\"x\"\n\"u1\",\"a\"\n", &["u1"]),
+        ("embedded comma", "x,id\na,\"u,1\"\n", &["u,1"]),
+        (
+            "embedded newline",
+            "id,x\n\"u\n1\",\"a\nb\"\nu2,c\n",
+            &["u\n1", "u2"],
+        ),
+        ("doubled quote", "id,x\n\"u\"\"1\"\"\",a\n", &["u\"1\""]),
+        (
+            "CRLF",
+            "x,id\r\na,u1\r\n\r\nb,\"u\r\n2\"\r\n",
+            &["u1", "u\r\n2"],
+        ),
+        ("CR alone", "x,id\ra,u1\rb,u2\r", &["u1", "u2"]),
+        ("byte-order mark", "\u{feff}id,x\nu1,a\n", &["u1"]),
+    ];
+    for (name, text, want) in cases {
+        let got = parse_members(text, &by("id")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, set(want), "{name}");
+    }
+    // A row of another width than the header is an error, as in the bulk
+    // import; so is a quote never closed (on the line it opens).
+    let err = parse_members("a,b\nx,y,z\n", &by("a")).unwrap_err();
+    assert!(err.starts_with("line 2: expected 2 fields"), "{err}");
+    let err = parse_members("a,b\n\"x\n\ny,z\n", &by("a")).unwrap_err();
+    assert!(
+        err.starts_with("line 2: a quoted field is not closed"),
+        "{err}"
+    );
+    // A stray quote reads as the csv crate reads it.
+    assert_eq!(
+        parse_members("a\nx\"y\n\"z\"w\n", &by("a")).unwrap(),
+        set(&["x\"y", "zw"])
+    );
+}
+
 #[test]
 fn a_members_file_that_does_not_read_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -1174,6 +1215,38 @@ fn aliases_from_a_csv_column_sync_too() {
     let s = ok_summary(&run_sync(c));
     assert_eq!((&s["entered"], &s["matched"]), (&json!(20), &json!(20)));
     assert_eq!(members_on(&f.server, &f.ws, "c1"), names("u", 0..20));
+}
+
+/// `segq sync` reads a spreadsheet's CSV: a byte-order mark, CRLF line
+/// ends, and a name cell holding commas, quotes and a line break.
+#[test]
+fn a_spreadsheet_csv_members_file_syncs() {
+    let f = fixture_with_users(10);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.csv");
+    let mut csv = String::from("\u{feff}email,name\r\n");
+    for i in 0..5 {
+        csv.push_str(&format!("u{i}@x,\"Doe, \"\"J{i}\"\"\r\nSales\"\r\n"));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let state = dir.path().join("state.json");
+    let c = sync_cmd(
+        &f.server.base,
+        &f.secret,
+        &file,
+        &state,
+        &[
+            "--column",
+            "email",
+            "--id-type",
+            "alias",
+            "--alias-label",
+            "email",
+        ],
+    );
+    let s = ok_summary(&run_sync(c));
+    assert_eq!((&s["entered"], &s["matched"]), (&json!(5), &json!(5)));
+    assert_eq!(members_on(&f.server, &f.ws, "c1"), names("u", 0..5));
 }
 
 #[test]
