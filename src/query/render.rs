@@ -65,17 +65,41 @@ impl Extras {
     }
 }
 
+/// A CSV writer (the `csv` crate's) appending to `out`: fields quoted
+/// when they hold a comma, a quote or a line break, records ended by `\n`.
+fn csv_writer(out: &mut Vec<u8>) -> csv::Writer<&mut Vec<u8>> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(out)
+}
+
+/// Writes `records` with [`csv_writer`].
+fn write_csv<I, R>(out: &mut Vec<u8>, records: I)
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
+    let mut w = csv_writer(out);
+    for r in records {
+        // Writing into a Vec cannot fail.
+        let _ = w.write_record(r);
+    }
+    let _ = w.flush();
+}
+
 /// The CSV header line.
 pub fn csv_header(extras: Extras) -> String {
-    let mut h = String::from("external_id,user_id");
+    let mut h = vec!["external_id", "user_id"];
     if extras.aliases {
-        h.push_str(",aliases");
+        h.push("aliases");
     }
     if extras.bucket {
-        h.push_str(",bucket");
+        h.push("bucket");
     }
-    h.push('\n');
-    h
+    let mut out = Vec::new();
+    write_csv(&mut out, [h]);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether a spreadsheet would read a cell starting so as a formula.
@@ -83,29 +107,14 @@ fn formula_like(s: &str) -> bool {
     s.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-/// Writes a text cell: a value a spreadsheet would take for a formula
-/// (one starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets
-/// a `'` before it, as spreadsheet exporters do; then the cell is quoted
-/// if it holds a comma, a quote or a line break.
-fn csv_field(out: &mut Vec<u8>, s: &str) {
-    let neutralised;
-    let s = if formula_like(s) {
-        neutralised = format!("'{s}");
-        neutralised.as_str()
+/// A text cell: a value a spreadsheet would take for a formula (one
+/// starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a `'`
+/// before it, as spreadsheet exporters do. (Quoting is the writer's.)
+fn text_cell(s: &str) -> String {
+    if formula_like(s) {
+        format!("'{s}")
     } else {
-        s
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        for part in s.split('"').enumerate() {
-            if part.0 > 0 {
-                out.extend_from_slice(b"\"\"");
-            }
-            out.extend_from_slice(part.1.as_bytes());
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(s.as_bytes());
+        s.to_string()
     }
 }
 
@@ -141,57 +150,59 @@ pub fn render_members(
     extras: Extras,
     out: &mut Vec<u8>,
 ) {
+    if format == Format::Csv {
+        let rows = members.iter().map(|&u| csv_row(ws, UserId(u), extras));
+        write_csv(out, rows);
+        return;
+    }
     for &u in members {
         let user = UserId(u);
         let ext = ws.users.external_id(user);
         let rec = extras.aliases.then(|| ws.users.get(user)).flatten();
         let aliases = rec.as_ref().map_or(&[][..], |r| &r.aliases[..]);
         let bucket = ws.users.bucket(user).unwrap_or(0);
-        match format {
-            Format::Jsonl => {
-                match ext {
-                    Some(e) => {
-                        out.extend_from_slice(b"{\"external_id\":");
-                        json_string(out, e);
-                    }
-                    None => {
-                        let _ = write!(out, "{{\"user_id\":{u}");
-                    }
-                }
-                if extras.aliases {
-                    out.extend_from_slice(b",\"aliases\":");
-                    aliases_json(out, aliases);
-                }
-                if extras.bucket {
-                    let _ = write!(out, ",\"bucket\":{bucket}");
-                }
-                out.extend_from_slice(b"}\n");
+        match ext {
+            Some(e) => {
+                out.extend_from_slice(b"{\"external_id\":");
+                json_string(out, e);
             }
-            Format::Csv => {
-                match ext {
-                    Some(e) => {
-                        csv_field(out, e);
-                        out.push(b',');
-                    }
-                    None => {
-                        let _ = write!(out, ",{u}");
-                    }
-                }
-                if extras.aliases {
-                    out.push(b',');
-                    if !aliases.is_empty() {
-                        let mut a = Vec::new();
-                        aliases_json(&mut a, aliases);
-                        csv_field(out, &String::from_utf8_lossy(&a));
-                    }
-                }
-                if extras.bucket {
-                    let _ = write!(out, ",{bucket}");
-                }
-                out.push(b'\n');
+            None => {
+                let _ = write!(out, "{{\"user_id\":{u}");
             }
         }
+        if extras.aliases {
+            out.extend_from_slice(b",\"aliases\":");
+            aliases_json(out, aliases);
+        }
+        if extras.bucket {
+            let _ = write!(out, ",\"bucket\":{bucket}");
+        }
+        out.extend_from_slice(b"}\n");
     }
+}
+
+/// One member's CSV cells, in [`csv_header`]'s order.
+fn csv_row(ws: &Workspace, user: UserId, extras: Extras) -> Vec<String> {
+    let mut row = Vec::with_capacity(4);
+    match ws.users.external_id(user) {
+        Some(e) => row.extend([text_cell(e), String::new()]),
+        None => row.extend([String::new(), user.0.to_string()]),
+    }
+    if extras.aliases {
+        let rec = ws.users.get(user);
+        let aliases = rec.as_ref().map_or(&[][..], |r| &r.aliases[..]);
+        let mut cell = String::new();
+        if !aliases.is_empty() {
+            let mut a = Vec::new();
+            aliases_json(&mut a, aliases);
+            cell = text_cell(&String::from_utf8_lossy(&a));
+        }
+        row.push(cell);
+    }
+    if extras.bucket {
+        row.push(ws.users.bucket(user).unwrap_or(0).to_string());
+    }
+    row
 }
 
 #[cfg(test)]
@@ -214,18 +225,20 @@ mod tests {
     #[test]
     fn csv_quoting() {
         let mut out = Vec::new();
-        csv_field(&mut out, "plain");
-        out.push(b' ');
-        csv_field(&mut out, "a,\"b\"\nc");
-        assert_eq!(String::from_utf8_lossy(&out), "plain \"a,\"\"b\"\"\nc\"");
+        write_csv(&mut out, [["plain", "a,\"b\"\nc", "x\ry", ""]]);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "plain,\"a,\"\"b\"\"\nc\",\"x\ry\",\n"
+        );
     }
 
     #[test]
     fn csv_cells_that_look_like_formulas_are_neutralised() {
         let cell = |v: &str| {
             let mut out = Vec::new();
-            csv_field(&mut out, v);
-            String::from_utf8(out).unwrap()
+            write_csv(&mut out, [[text_cell(v), "-".into()]]);
+            let text = String::from_utf8(out).unwrap();
+            text.strip_suffix(",-\n").unwrap().to_string()
         };
         assert_eq!(
             cell("=HYPERLINK(\"http://x\",\"y\")"),
