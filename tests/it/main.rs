@@ -9,6 +9,7 @@ mod cli;
 mod cohorts;
 mod compaction;
 mod crash;
+mod csv;
 mod demo;
 mod disk_full;
 mod engine;
