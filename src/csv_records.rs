@@ -273,6 +273,10 @@ impl Records {
                     }
                 }
             }
+            if self.nout == 0 && self.nend == 0 && !self.too_long {
+                // Nothing of a record yet: only empty lines were skipped.
+                self.record_bytes = 0;
+            }
             if self.record_bytes > self.max_bytes && !self.too_long {
                 self.too_long = true;
             }
@@ -369,6 +373,10 @@ mod tests {
         assert_eq!(got[2].clone().unwrap_err().line, 5);
         assert!(got[2].clone().unwrap_err().message.contains("UTF-8"));
         assert_eq!(got[3], ok(6, &["b"]));
+        // Empty lines before a record do not count towards its size.
+        let mut input = vec![b'\n'; 100];
+        input.extend_from_slice(b"short\n");
+        assert_eq!(read(&input, 7, 20), vec![ok(101, &["short"])]);
     }
 
     #[test]
