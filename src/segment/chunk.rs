@@ -1061,20 +1061,15 @@ impl<'w> Prepared<'w> {
             let keys = candidates(&self.node, ctx, chunks);
             // Chunks no candidate: an AND child has nothing there.
             skipped.fetch_add(u64::from(chunks) - keys.len() as u64, Ordering::Relaxed);
-            let one = |(w, s): &mut (Box<Words>, Scratch), key: u32| {
+            let one = |b: &mut (Box<Words>, Scratch), key: u32| {
                 let mut early = false;
-                let r = eval_root(&self.node, key, ctx, w, s, &mut early, true);
+                let n = self.count_chunk(ctx, key, b, &mut early);
                 if early {
                     skipped.fetch_add(1, Ordering::Relaxed);
                 } else {
                     touched.fetch_add(1, Ordering::Relaxed);
                 }
-                u64::from(match r {
-                    Out::Empty => 0,
-                    Out::Full => ctx.chunk_len(key),
-                    Out::Words => k.popcount(w),
-                    Out::Count(n) => n,
-                })
+                n
             };
             let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
             let threads = rayon::current_num_threads();
@@ -1095,9 +1090,126 @@ impl<'w> Prepared<'w> {
         ))
     }
 
+    /// The count of chunk `key` (`early`: an AND found it empty early).
+    fn count_chunk(
+        &self,
+        ctx: &Ctx,
+        key: u32,
+        (w, s): &mut (Box<Words>, Scratch),
+        early: &mut bool,
+    ) -> u64 {
+        let r = eval_root(&self.node, key, ctx, w, s, early, true);
+        chunk_count(ctx.k, &r, w, ctx.chunk_len(key))
+    }
+
     /// The exact count.
     pub fn count(&self) -> Result<u64> {
         self.count_with_stats().map(|(n, _)| n)
+    }
+
+    /// The workspace's chunks (2^16 users each, the last one partial).
+    pub fn chunk_count(&self) -> u32 {
+        self.chunks()
+    }
+
+    /// The count when it needs no evaluation (a single trusted cohort
+    /// leaf, every user, nobody).
+    pub fn stored_count(&self) -> Option<u64> {
+        self.single
+    }
+
+    /// The users of chunk `key`.
+    pub fn chunk_users(&self, key: u32) -> u32 {
+        let start = u64::from(key) << 16;
+        (u64::from(self.users).saturating_sub(start)).min(1 << 16) as u32
+    }
+
+    /// What the exact count would evaluate: the chunks it visits (see
+    /// [`candidates`]), and the plan's work per chunk in the units of
+    /// [`SERIAL_UNITS`] (a cohort container in one chunk is one, a bucket
+    /// range eight).
+    pub fn exact_cost(&self) -> Result<(u64, u64)> {
+        let chunks = self.chunks();
+        self.with_ctx(Kernels::active(), |ctx| {
+            (
+                candidates(&self.node, ctx, chunks).len() as u64,
+                units(&self.node) as u64,
+            )
+        })
+    }
+
+    /// A prediction of every chunk's count from its leaves' container
+    /// sizes alone (read from the bitmaps' headers, no container is
+    /// evaluated): the leaves taken as independent within a chunk, a
+    /// bucket range as its share of the buckets. For a sampled estimate,
+    /// which then samples only what the prediction misses.
+    pub fn predict_chunks(&self) -> Result<Vec<f64>> {
+        let chunks = self.chunks();
+        self.with_ctx(Kernels::active(), |ctx| {
+            // Each leaf's members per chunk, from the containers' headers
+            // in one pass over each bitmap's descriptors.
+            let sizes: Vec<Vec<f64>> = ctx
+                .leaves
+                .iter()
+                .map(|leaf| {
+                    let mut n = vec![0.0; chunks as usize];
+                    let mut add = |v: &Option<BitmapView>, sign: f64| {
+                        for i in v.iter().flat_map(|v| 0..v.containers()) {
+                            let Some(v) = v else { continue };
+                            if let Some(c) = n.get_mut(usize::from(v.key(i))) {
+                                *c += sign * f64::from(v.cardinality(i));
+                            }
+                        }
+                    };
+                    match leaf {
+                        LeafView::Simple(v) => add(&Some(*v), 1.0),
+                        LeafView::Layered {
+                            base,
+                            added,
+                            removed,
+                        } => {
+                            add(base, 1.0);
+                            add(added, 1.0);
+                            add(removed, -1.0);
+                        }
+                    }
+                    n
+                })
+                .collect();
+            (0..chunks)
+                .map(|key| {
+                    let len = f64::from(ctx.chunk_len(key));
+                    let share = |i: usize| (sizes[i][key as usize] / len.max(1.0)).clamp(0.0, 1.0);
+                    predict(&self.node, &share) * len
+                })
+                .collect()
+        })
+    }
+
+    /// The count of each of the chunks `keys` (in that order), evaluated as
+    /// the exact count evaluates them: the work is that of these chunks
+    /// only. Keys past the last chunk count 0.
+    pub fn count_chunks(&self, keys: &[u32]) -> Result<Vec<u64>> {
+        let chunks = self.chunks();
+        self.with_ctx(Kernels::active(), |ctx| {
+            let one = |b: &mut (Box<Words>, Scratch), key: u32| {
+                if key >= chunks {
+                    return 0;
+                }
+                let mut early = false;
+                self.count_chunk(ctx, key, b, &mut early)
+            };
+            let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
+            if keys.len() * units(&self.node) <= SERIAL_UNITS || rayon::current_num_threads() == 1 {
+                let mut b = buffers();
+                keys.iter().map(|&key| one(&mut b, key)).collect()
+            } else {
+                keys.par_iter()
+                    .with_max_len(1)
+                    .map_init(buffers, |b, &key| one(b, key))
+                    .collect()
+            }
+        })
     }
 
     /// The members of chunks `from..to` (chunk keys), in id order.
@@ -1218,6 +1330,27 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
     }
 }
 
+/// The share of a chunk's users that `node` is expected to hold, given
+/// each cohort leaf's share there, the leaves taken as independent (see
+/// [`Prepared::predict_chunks`]).
+fn predict(node: &Node, share: &dyn Fn(usize) -> f64) -> f64 {
+    match node {
+        Node::All => 1.0,
+        Node::Nothing => 0.0,
+        Node::Cohort(i) => share(*i),
+        Node::Bucket(lo, hi) => (f64::from(*hi) - f64::from(*lo) + 1.0) / 10_000.0,
+        Node::Not(c) => 1.0 - predict(c, share),
+        Node::And(all, minus) => {
+            all.iter().map(|c| predict(c, share)).product::<f64>()
+                * minus
+                    .iter()
+                    .map(|c| 1.0 - predict(c, share))
+                    .product::<f64>()
+        }
+        Node::Or(any) => 1.0 - any.iter().map(|c| 1.0 - predict(c, share)).product::<f64>(),
+    }
+}
+
 /// The distinct bucket ranges of a plan.
 fn bucket_ranges(node: &Node, out: &mut Vec<(u16, u16)>) {
     match node {
@@ -1309,24 +1442,20 @@ pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>
     let sums = (0..chunks)
         .into_par_iter()
         .fold(new_acc, |mut a, key| {
-            let mut state = if and { Out::Full } else { Out::Empty };
-            for (i, c) in checkers.iter().enumerate() {
-                let mut early = false;
-                let r = eval_root(
-                    c.node,
-                    key,
-                    &c.ctx,
-                    &mut a.child,
-                    &mut a.scratch,
-                    &mut early,
-                    false,
-                );
-                let len = c.ctx.chunk_len(key);
-                let k = c.ctx.k;
-                a.own[i] += chunk_count(k, &r, &a.child, len);
-                state = extend_running(k, state, r, &mut a.run, &a.child, and);
-                a.running[i] += chunk_count(k, &state, &a.run, len);
-            }
+            breakdown_chunk(
+                &checkers,
+                key,
+                and,
+                &mut a.run,
+                &mut a.child,
+                &mut a.scratch,
+            )
+            .into_iter()
+            .enumerate()
+            .for_each(|(i, (own, running))| {
+                a.own[i] += own;
+                a.running[i] += running;
+            });
             a
         })
         .map(|a| (a.own, a.running))
@@ -1339,6 +1468,73 @@ pub fn breakdown_counts(parts: &[Prepared], and: bool) -> Result<Vec<(u64, u64)>
             },
         );
     Ok(sums.0.into_iter().zip(sums.1).collect())
+}
+
+/// One chunk of a breakdown: each part's own count there and the running
+/// count of the parts so far.
+fn breakdown_chunk(
+    checkers: &[Checker],
+    key: u32,
+    and: bool,
+    run: &mut Words,
+    child: &mut Words,
+    scratch: &mut Scratch,
+) -> Vec<(u64, u64)> {
+    let mut state = if and { Out::Full } else { Out::Empty };
+    checkers
+        .iter()
+        .map(|c| {
+            let mut early = false;
+            let r = eval_root(c.node, key, &c.ctx, child, scratch, &mut early, false);
+            let len = c.ctx.chunk_len(key);
+            let k = c.ctx.k;
+            let own = chunk_count(k, &r, child, len);
+            state = extend_running(
+                k,
+                std::mem::replace(&mut state, Out::Empty),
+                r,
+                run,
+                child,
+                and,
+            );
+            (own, chunk_count(k, &state, run, len))
+        })
+        .collect()
+}
+
+/// [`breakdown_counts`] on the chunks `keys` only, chunk by chunk: per key
+/// (in that order), each part's own count and the running count there.
+/// The work is that of these chunks (a sampled breakdown).
+pub fn breakdown_chunks(
+    parts: &[Prepared],
+    and: bool,
+    keys: &[u32],
+) -> Result<Vec<Vec<(u64, u64)>>> {
+    let Some(first) = parts.first() else {
+        return Ok(keys.iter().map(|_| Vec::new()).collect());
+    };
+    let chunks = first.chunks();
+    let checkers = parts
+        .iter()
+        .map(Prepared::chunk_ctx)
+        .collect::<Result<Vec<_>>>()?;
+    let buffers = || {
+        (
+            Box::new([0u64; CHUNK_WORDS]),
+            Box::new([0u64; CHUNK_WORDS]),
+            Scratch::default(),
+        )
+    };
+    Ok(keys
+        .par_iter()
+        .with_max_len(1)
+        .map_init(buffers, |(run, child, scratch), &key| {
+            if key >= chunks {
+                return vec![(0, 0); parts.len()];
+            }
+            breakdown_chunk(&checkers, key, and, run, child, scratch)
+        })
+        .collect())
 }
 
 #[cfg(test)]
