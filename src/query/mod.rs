@@ -14,7 +14,8 @@
 //!
 //! | File | Holds |
 //! |---|---|
-//! | `count.rs` | counts, `explain`, estimates, breakdown |
+//! | `count.rs` | counts, `explain`, bucket-sampled estimates, breakdown |
+//! | `sample.rs` | chunk-sampled estimates of counts and breakdowns |
 //! | `members.rs` | member pages, cursors |
 //! | `check.rs` | one-user and batch checks |
 //! | `frozen.rs` | `Frozen`, the view evaluated without the lock |
@@ -28,6 +29,7 @@ mod count;
 mod frozen;
 mod members;
 pub mod render;
+pub mod sample;
 pub mod service;
 
 pub use crate::workspace::source::{serialize, BitmapSource, SerialCache, Uncached};
@@ -38,6 +40,7 @@ pub use count::{
 };
 pub use frozen::Frozen;
 pub use members::{members_page, Cursor, CursorScope, Page, MAX_PAGE};
+pub use sample::{sampled_breakdown, sampled_count, SampledCount, Tradeoff};
 
 use crate::error::Result;
 use crate::segment::chunk::Prepared;
@@ -81,6 +84,23 @@ impl View for Live<'_> {
     }
     fn user_count(&self) -> u32 {
         self.ws.users.len()
+    }
+}
+
+/// A snapshot read in place (its mapped bitmaps and buckets), as `segq
+/// bench` and tests read one.
+impl View for crate::snapshot::Snapshot {
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+    fn prepare(&self, plan: &Plan) -> Result<Prepared<'_>> {
+        Prepared::for_snapshot(self, plan)
+    }
+    fn buckets(&self) -> Buckets<'_> {
+        Buckets::contiguous(crate::snapshot::Snapshot::buckets(self).unwrap_or(&[]))
+    }
+    fn user_count(&self) -> u32 {
+        self.meta().map_or(0, |m| m.users)
     }
 }
 

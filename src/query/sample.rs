@@ -1,0 +1,842 @@
+//! Chunk-sampled estimates: a count (or a breakdown) read from a sample of
+//! whole 65,536-user chunks, so that the work is the sampled fraction of
+//! the exact count's.
+//!
+//! User ids follow sign-up order and cohort density drifts with them, so
+//! the chunks are sampled by a stratified design: the workspace's `C`
+//! chunks are cut into `H` strata of consecutive chunks (sizes differing
+//! by at most one), and two distinct chunks are drawn uniformly in each.
+//! Before the sample is drawn, every chunk's count is predicted from its
+//! leaves' container sizes (read from the bitmaps' headers, the leaves
+//! taken as independent: `Prepared::predict_chunks`), which follows the
+//! drift and the bands of clustered cohorts at no evaluation cost. The
+//! estimate is the predictions' sum plus the Horvitz-Thompson estimate of
+//! what they miss, `sum over strata of C_h * (r1 + r2) / 2` for the
+//! residuals `r = x - prediction` of the two chunks drawn: unbiased
+//! whatever the drift and however good the prediction (and whatever the
+//! filter: a `random_bucket` test is counted in the sampled chunks like
+//! any other leaf). Its variance is estimated without bias from the two
+//! draws of each stratum, `C_h^2 (1 - 2 / C_h) (r1 - r2)^2 / 4`, and the
+//! 95% interval takes Student's t with Satterthwaite's degrees of
+//! freedom (each stratum's estimate has one), so that a sample of a few
+//! chunks gets the wide interval it deserves; but never less than the
+//! binomial noise of the sampled chunks' rates (then with the normal
+//! quantile), which a rare filter's chunks, counting 0 or 1, would
+//! otherwise hide. Bounds never pass what the sample proves: at least
+//! the matches seen, at most all but the non-matches seen.
+//!
+//! The caller picks the trade-off ([`Tradeoff`]): a fraction of the
+//! chunks, a relative error to reach or a time budget; the last two size
+//! the sample from a pilot of [`MIN_STRATA`] strata, then draw a fresh
+//! one (a relative error) or keep the pilot when no more fits (a budget).
+//! The estimate is never dearer than the exact count: a plan counted
+//! without evaluation (one cohort, from its stored cardinality), a plan
+//! whose exact count is small ([`EXACT_WORK`]) or reads no more chunks
+//! than the sample, and a workspace too small for [`MIN_STRATA`] strata
+//! in at most half its chunks are answered exactly, with a zero-width
+//! interval and `exact: true`.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::View;
+use crate::error::{Error, Result};
+use crate::segment::chunk;
+use crate::segment::plan;
+use crate::segment::Filter;
+
+/// The fraction of chunks an estimate samples unless told otherwise.
+pub const DEFAULT_SAMPLE_FRACTION: f64 = 0.05;
+/// The fewest strata (two chunks each) a sample has.
+pub const MIN_STRATA: u32 = 4;
+/// An exact count whose estimated work is at most this many units (a
+/// cohort container in one chunk is one, a bucket range eight) is cheaper
+/// than any sample worth taking: it is answered exactly.
+pub const EXACT_WORK: u64 = 256;
+/// The largest time budget, in milliseconds.
+pub const MAX_BUDGET_MS: f64 = 60_000.0;
+
+/// `z` of a two-sided 95% interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// How an estimate trades accuracy for work.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tradeoff {
+    /// [`DEFAULT_SAMPLE_FRACTION`] of the chunks.
+    Default,
+    /// This fraction of the chunks (0 < f <= 1).
+    SampleFraction(f64),
+    /// A sample large enough that the 95% interval's half-width is about
+    /// this fraction of the estimate (0 < e < 1).
+    MaxRelativeError(f64),
+    /// As large a sample as fits this many milliseconds (0 < b <= 60,000).
+    BudgetMs(f64),
+}
+
+impl Tradeoff {
+    /// The name the API gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tradeoff::Default => "default",
+            Tradeoff::SampleFraction(_) => "sample_fraction",
+            Tradeoff::MaxRelativeError(_) => "max_relative_error",
+            Tradeoff::BudgetMs(_) => "budget_ms",
+        }
+    }
+
+    /// Its value (the default's is its sample fraction).
+    pub fn value(&self) -> f64 {
+        match *self {
+            Tradeoff::Default => DEFAULT_SAMPLE_FRACTION,
+            Tradeoff::SampleFraction(v) | Tradeoff::MaxRelativeError(v) | Tradeoff::BudgetMs(v) => {
+                v
+            }
+        }
+    }
+
+    /// The trade-off named `name` with `value`, checked.
+    pub fn parse(name: &str, value: f64) -> Result<Tradeoff> {
+        let (t, ok, range) = match name {
+            "sample_fraction" => (
+                Tradeoff::SampleFraction(value),
+                value > 0.0 && value <= 1.0,
+                "0 < sample_fraction <= 1",
+            ),
+            "max_relative_error" => (
+                Tradeoff::MaxRelativeError(value),
+                value > 0.0 && value < 1.0,
+                "0 < max_relative_error < 1",
+            ),
+            "budget_ms" => (
+                Tradeoff::BudgetMs(value),
+                value > 0.0 && value <= MAX_BUDGET_MS,
+                "0 < budget_ms <= 60000",
+            ),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown estimate option {other:?}; expected \"sample_fraction\", \
+                     \"max_relative_error\" or \"budget_ms\""
+                )))
+            }
+        };
+        if !(ok && value.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "{name} must be a number with {range}, found {value}"
+            )));
+        }
+        Ok(t)
+    }
+}
+
+/// One estimated quantity: the estimate and its 95% interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Interval {
+    /// The estimated number of users.
+    pub estimate: u64,
+    /// The interval's lower end.
+    pub low: u64,
+    /// Its upper end.
+    pub high: u64,
+    /// Matches among the sampled users.
+    pub sample_matches: u64,
+}
+
+impl Interval {
+    fn exact(n: u64) -> Interval {
+        Interval {
+            estimate: n,
+            low: n,
+            high: n,
+            sample_matches: n,
+        }
+    }
+}
+
+/// What a sample was and what it cost.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SampleInfo {
+    /// Answered exactly, the interval of zero width.
+    pub exact: bool,
+    /// Why it was answered exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact_reason: Option<String>,
+    /// The trade-off asked for (`default`, `sample_fraction`,
+    /// `max_relative_error`, `budget_ms`).
+    pub option: &'static str,
+    /// Its value.
+    pub option_value: f64,
+    /// The workspace's chunks.
+    pub chunks: u32,
+    /// The chunks sampled (all, when exact).
+    pub sample_chunks: u32,
+    /// The strata (two sampled chunks each; 0 when exact).
+    pub strata: u32,
+    /// The users of the sampled chunks.
+    pub sample_users: u64,
+    /// The degrees of freedom of the interval (none when exact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degrees_of_freedom: Option<f64>,
+    /// The seed the chunks were drawn with.
+    pub seed: u64,
+    /// The chunks drawn by the pilot that sized the sample (0: none).
+    pub pilot_chunks: u32,
+}
+
+/// A sampled count.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SampledCount {
+    /// The estimate and interval.
+    #[serde(flatten)]
+    pub interval: Interval,
+    /// The sample.
+    #[serde(flatten)]
+    pub sample: SampleInfo,
+    /// The interval's half-width over the estimate (0 when exact; none
+    /// when the estimate is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_error: Option<f64>,
+    /// How long it took, in microseconds.
+    pub took_us: u64,
+}
+
+/// The stratified design: strata of consecutive chunks, two drawn in each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Design {
+    /// Each stratum's chunks `lo..hi`.
+    pub strata: Vec<(u32, u32)>,
+    /// The two chunks drawn in each stratum, stratum by stratum.
+    pub picks: Vec<u32>,
+}
+
+impl Design {
+    /// `strata` strata over `chunks` chunks (needs `chunks >= 2 * strata`),
+    /// two distinct chunks drawn uniformly in each.
+    pub fn draw(chunks: u32, strata: u32, rng: &mut impl Rng) -> Design {
+        assert!(
+            strata >= 1 && chunks >= 2 * strata,
+            "{strata} strata of {chunks} chunks"
+        );
+        let bound = |h: u32| (u64::from(h) * u64::from(chunks) / u64::from(strata)) as u32;
+        let mut s = Vec::with_capacity(strata as usize);
+        let mut picks = Vec::with_capacity(2 * strata as usize);
+        for h in 0..strata {
+            let (lo, hi) = (bound(h), bound(h + 1));
+            let size = hi - lo;
+            let a = rng.gen_range(0..size);
+            let mut b = rng.gen_range(0..size - 1);
+            if b >= a {
+                b += 1;
+            }
+            s.push((lo, hi));
+            picks.push(lo + a);
+            picks.push(lo + b);
+        }
+        Design { strata: s, picks }
+    }
+
+    /// The estimate of a total, its variance and the degrees of freedom,
+    /// from the values `x` of the picks (in their order).
+    pub fn combine(&self, x: &[f64]) -> (f64, f64, f64) {
+        let (mut total, mut var, mut var2) = (0.0, 0.0, 0.0);
+        for (h, &(lo, hi)) in self.strata.iter().enumerate() {
+            let c = f64::from(hi - lo);
+            let (x1, x2) = (x[2 * h], x[2 * h + 1]);
+            total += c * (x1 + x2) / 2.0;
+            let v = c * c * (1.0 - 2.0 / c) * (x1 - x2) * (x1 - x2) / 4.0;
+            var += v;
+            var2 += v * v;
+        }
+        let df = if var2 > 0.0 { var * var / var2 } else { 0.0 };
+        (total, var, df)
+    }
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom
+/// (fractional: interpolated in `1 / df`; at least one).
+pub fn t975(df: f64) -> f64 {
+    // The quantiles at 1..=30 degrees of freedom.
+    const T: [f64; 30] = [
+        12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010,
+        2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739,
+        2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+    ];
+    let df = if df.is_nan() { 1.0 } else { df.max(1.0) };
+    if df >= 30.0 {
+        // Cornish-Fisher: the normal quantile corrected in powers of 1/df.
+        let z = Z95;
+        let (z3, z5, z7) = (z.powi(3), z.powi(5), z.powi(7));
+        return z
+            + (z3 + z) / (4.0 * df)
+            + (5.0 * z5 + 16.0 * z3 + 3.0 * z) / (96.0 * df * df)
+            + (3.0 * z7 + 19.0 * z5 + 17.0 * z3 - 15.0 * z) / (384.0 * df.powi(3));
+    }
+    let lo = df.floor();
+    let i = lo as usize - 1;
+    if df == lo {
+        return T[i];
+    }
+    let hi = lo + 1.0;
+    // Linear in 1/df between the neighbours.
+    let w = (1.0 / lo - 1.0 / df) / (1.0 / lo - 1.0 / hi);
+    T[i] + w * (T[i + 1] - T[i])
+}
+
+/// The interval of a quantity from its counts `x` in the design's picks
+/// (of `users` users each), given its prediction `pred` for every chunk:
+/// `n` users in all. `(interval, degrees of freedom, half-width)`.
+///
+/// The difference estimator: the predictions summed over every chunk,
+/// plus the Horvitz-Thompson estimate of what they miss (the residuals
+/// of the sampled chunks). The predictions are fixed before the sample
+/// is drawn, so the estimate is unbiased however good they are; the
+/// better they are, the smaller the residuals' variance. That variance is
+/// taken no smaller than the binomial noise of the sampled chunks' own
+/// rates (Agresti-Coull-adjusted, per stratum; then with the normal
+/// quantile): the design's estimate from two chunks a stratum is too
+/// noisy to trust below it, as when a rare filter's chunks count 0 or 1.
+fn interval(d: &Design, x: &[u64], users: &[u64], pred: &[f64], n: u64) -> (Interval, f64, f64) {
+    let r: Vec<f64> = x
+        .iter()
+        .zip(&d.picks)
+        .map(|(&x, &k)| x as f64 - pred.get(k as usize).copied().unwrap_or(0.0))
+        .collect();
+    let (rest, var, df) = d.combine(&r);
+    let total = pred.iter().sum::<f64>() + rest;
+    let matches: u64 = x.iter().sum();
+    let sampled: u64 = users.iter().sum();
+    let mut floor_var = 0.0;
+    for (h, &(lo, hi)) in d.strata.iter().enumerate() {
+        let c = f64::from(hi - lo);
+        let xs = (x[2 * h] + x[2 * h + 1]) as f64;
+        let ns = (users[2 * h] + users[2 * h + 1]) as f64;
+        let p = (xs + 2.0) / (ns + 4.0);
+        floor_var += c * c * (1.0 - 2.0 / c) * (ns / 2.0) * p * (1.0 - p) / 2.0;
+    }
+    let (var, df) = if var >= floor_var {
+        (var, df)
+    } else {
+        (floor_var, f64::INFINITY)
+    };
+    let half = t975(df) * var.sqrt();
+    let floor = matches;
+    let ceil = n - (sampled - matches);
+    let low = ((total - half).floor().max(0.0) as u64).clamp(floor, ceil);
+    let high = ((total + half).ceil().max(0.0) as u64).clamp(floor, ceil);
+    let estimate = (total.round().max(0.0) as u64).clamp(floor, ceil);
+    (
+        Interval {
+            estimate,
+            low,
+            high,
+            sample_matches: matches,
+        },
+        df,
+        half,
+    )
+}
+
+/// What a sampled query evaluates: per chunk of `keys`, its quantities
+/// (one for a count; own and running per row for a breakdown).
+type EvalChunks<'a> = dyn Fn(&[u32]) -> Result<Vec<Vec<u64>>> + 'a;
+
+/// The outcome of [`run`].
+enum Outcome {
+    Exact(String),
+    Sampled {
+        design: Design,
+        per_chunk: Vec<Vec<u64>>,
+        pilot: u32,
+    },
+}
+
+/// Strata for a fraction `f` of `chunks` chunks: `None` when such a
+/// sample is not worth taking (the workspace is too small, or it would
+/// read at least half the chunks).
+fn strata_for(chunks: u32, f: f64) -> Option<u32> {
+    let h = ((f * f64::from(chunks) / 2.0).round() as u32).max(MIN_STRATA);
+    (4 * h <= chunks).then_some(h)
+}
+
+/// What a sampled query runs over: the workspace's chunks and users, and
+/// the chunks its exact answer evaluates.
+#[derive(Clone, Copy)]
+struct Scope {
+    chunks: u32,
+    users: u64,
+    exact_chunks: u64,
+}
+
+/// Sizes and draws the sample for `t`, or says why the exact answer is
+/// the better one. `exact_chunks`: the chunks the exact answer evaluates;
+/// `target`: the quantity a relative error is about.
+fn run(
+    scope: Scope,
+    t: Tradeoff,
+    seed: u64,
+    target: usize,
+    pred: &[f64],
+    users_of: &dyn Fn(u32) -> u64,
+    eval: &EvalChunks,
+) -> Result<Outcome> {
+    let Scope {
+        chunks,
+        users,
+        exact_chunks,
+    } = scope;
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let too_small = || {
+        Outcome::Exact(format!(
+            "{chunks} chunks: a sample of at least {MIN_STRATA} strata of two chunks \
+             would read half of them or more"
+        ))
+    };
+    let cheaper = |h: u32| -> Option<Outcome> {
+        (exact_chunks <= u64::from(2 * h)).then(|| {
+            Outcome::Exact(format!(
+                "the exact count evaluates {exact_chunks} chunks, the sample would {}",
+                2 * h
+            ))
+        })
+    };
+    let fraction = match t {
+        Tradeoff::Default | Tradeoff::SampleFraction(_) => Some(t.value()),
+        _ => None,
+    };
+    if let Some(f) = fraction {
+        let Some(h) = strata_for(chunks, f) else {
+            return Ok(too_small());
+        };
+        if let Some(o) = cheaper(h) {
+            return Ok(o);
+        }
+        let design = Design::draw(chunks, h, &mut rng);
+        let per_chunk = eval(&design.picks)?;
+        return Ok(Outcome::Sampled {
+            design,
+            per_chunk,
+            pilot: 0,
+        });
+    }
+    // A pilot of the smallest sample sizes the real one.
+    let Some(h0) = strata_for(chunks, 0.0) else {
+        return Ok(too_small());
+    };
+    if let Some(o) = cheaper(h0) {
+        return Ok(o);
+    }
+    let pilot = Design::draw(chunks, h0, &mut rng);
+    let pilot_counts = eval(&pilot.picks)?;
+    let pilot_chunks = pilot.picks.len() as u32;
+    let max_h = chunks / 4;
+    let h = match t {
+        Tradeoff::MaxRelativeError(e) => {
+            let x: Vec<u64> = pilot_counts.iter().map(|q| q[target]).collect();
+            let sampled: Vec<u64> = pilot.picks.iter().map(|&k| users_of(k)).collect();
+            let (iv, _, half) = interval(&pilot, &x, &sampled, pred, users);
+            if iv.estimate == 0 {
+                return Ok(Outcome::Exact(
+                    "the pilot sample found no match: no relative error can be reached \
+                     short of the exact count"
+                        .into(),
+                ));
+            }
+            // The variance of a sample of m chunks goes as 1/m - 1/C.
+            let c = f64::from(chunks);
+            let m0 = f64::from(2 * h0);
+            let goal = e * iv.estimate as f64;
+            let mut m = m0;
+            for _ in 0..3 {
+                let tq = t975(m / 2.0) / t975(f64::from(h0));
+                let ratio = (goal / (half * tq)).powi(2);
+                m = 1.0 / (ratio * (1.0 / m0 - 1.0 / c) + 1.0 / c);
+            }
+            let h = ((m / 2.0).ceil() as u32).max(MIN_STRATA);
+            if h > max_h {
+                return Ok(Outcome::Exact(format!(
+                    "a relative error of {e} needs about {} of the {chunks} chunks: \
+                     the exact count is cheaper",
+                    2 * h
+                )));
+            }
+            h
+        }
+        Tradeoff::BudgetMs(ms) => {
+            let spent = started.elapsed().as_secs_f64() * 1e3;
+            let per_chunk = (spent / f64::from(pilot_chunks)).max(1e-6);
+            let left = ms - spent;
+            if (exact_chunks as f64) * per_chunk <= left {
+                return Ok(Outcome::Exact(format!(
+                    "the exact count ({exact_chunks} chunks) fits in the budget"
+                )));
+            }
+            let h = ((left / per_chunk / 2.0).floor().max(0.0) as u32).min(max_h);
+            if h <= h0 {
+                // No larger sample fits: the pilot is the sample.
+                return Ok(Outcome::Sampled {
+                    design: pilot,
+                    per_chunk: pilot_counts,
+                    pilot: 0,
+                });
+            }
+            h
+        }
+        Tradeoff::Default | Tradeoff::SampleFraction(_) => unreachable!("sized above"),
+    };
+    if let Some(o) = cheaper(h) {
+        return Ok(o);
+    }
+    let design = Design::draw(chunks, h, &mut rng);
+    let per_chunk = eval(&design.picks)?;
+    Ok(Outcome::Sampled {
+        design,
+        per_chunk,
+        pilot: pilot_chunks,
+    })
+}
+
+fn exact_info(t: Tradeoff, chunks: u32, users: u64, seed: u64, reason: String) -> SampleInfo {
+    SampleInfo {
+        exact: true,
+        exact_reason: Some(reason),
+        option: t.name(),
+        option_value: t.value(),
+        chunks,
+        sample_chunks: chunks,
+        strata: 0,
+        sample_users: users,
+        degrees_of_freedom: None,
+        seed,
+        pilot_chunks: 0,
+    }
+}
+
+/// Estimates `filter`'s count from a sample of chunks drawn with `seed`,
+/// as `t` asks (see the module's documentation).
+pub fn sampled_count(
+    view: &dyn View,
+    filter: &Filter,
+    t: Tradeoff,
+    seed: u64,
+) -> Result<SampledCount> {
+    let started = Instant::now();
+    let p = plan::plan(view.catalog(), filter)?;
+    let prepared = view.prepare(&p)?;
+    let users = u64::from(view.user_count());
+    let chunks = prepared.chunk_count();
+    let exact = |reason: String, n: u64| SampledCount {
+        interval: Interval::exact(n),
+        sample: exact_info(t, chunks, users, seed, reason),
+        relative_error: Some(0.0),
+        took_us: started.elapsed().as_micros() as u64,
+    };
+    if let Some(n) = prepared.stored_count() {
+        return Ok(exact("the count is stored (no evaluation)".into(), n));
+    }
+    let (exact_chunks, per_chunk) = prepared.exact_cost()?;
+    let work = exact_chunks * per_chunk;
+    if work <= EXACT_WORK {
+        return Ok(exact(
+            format!("the exact count's work is small ({work} units)"),
+            prepared.count()?,
+        ));
+    }
+    let eval = |keys: &[u32]| -> Result<Vec<Vec<u64>>> {
+        Ok(prepared
+            .count_chunks(keys)?
+            .into_iter()
+            .map(|n| vec![n])
+            .collect())
+    };
+    let users_of = |k: u32| u64::from(prepared.chunk_users(k));
+    let scope = Scope {
+        chunks,
+        users,
+        exact_chunks,
+    };
+    let pred = prepared.predict_chunks()?;
+    match run(scope, t, seed, 0, &pred, &users_of, &eval)? {
+        Outcome::Exact(reason) => Ok(exact(reason, prepared.count()?)),
+        Outcome::Sampled {
+            design,
+            per_chunk,
+            pilot,
+        } => {
+            let x: Vec<u64> = per_chunk.iter().map(|q| q[0]).collect();
+            let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
+            let sampled: u64 = per_pick.iter().sum();
+            let (iv, df, half) = interval(&design, &x, &per_pick, &pred, users);
+            Ok(SampledCount {
+                relative_error: (iv.estimate > 0).then(|| half / iv.estimate as f64),
+                interval: iv,
+                sample: SampleInfo {
+                    exact: false,
+                    exact_reason: None,
+                    option: t.name(),
+                    option_value: t.value(),
+                    chunks,
+                    sample_chunks: design.picks.len() as u32,
+                    strata: design.strata.len() as u32,
+                    sample_users: sampled,
+                    degrees_of_freedom: df.is_finite().then_some(df),
+                    seed,
+                    pilot_chunks: pilot,
+                },
+                took_us: started.elapsed().as_micros() as u64,
+            })
+        }
+    }
+}
+
+/// One row of a sampled breakdown.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SampledRow {
+    /// The filter, in the text form.
+    pub filter: String,
+    /// Its own count, estimated.
+    pub count: Interval,
+    /// The running count, estimated.
+    pub running: Interval,
+}
+
+/// The builder's breakdown ([`super::breakdown_in`]) on one sample of
+/// chunks: every row's own and running count estimated from the same
+/// chunks, so the work is about that of one sampled count. A relative
+/// error is sought for the last running count (the whole filter).
+pub fn sampled_breakdown(
+    view: &dyn View,
+    filter: &Filter,
+    t: Tradeoff,
+    seed: u64,
+) -> Result<(String, Vec<SampledRow>, SampleInfo)> {
+    let (op, children): (&str, &[Filter]) = match filter {
+        Filter::And(c) if !c.is_empty() => ("and", c),
+        Filter::Or(c) if !c.is_empty() => ("or", c),
+        other => ("and", std::slice::from_ref(other)),
+    };
+    let plans = children
+        .iter()
+        .map(|c| plan::plan(view.catalog(), c))
+        .collect::<Result<Vec<_>>>()?;
+    let parts = plans
+        .iter()
+        .map(|p| view.prepare(p))
+        .collect::<Result<Vec<_>>>()?;
+    let users = u64::from(view.user_count());
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::Internal("a breakdown has a part".into()))?;
+    let chunks = first.chunk_count();
+    // Every part is evaluated on every chunk the breakdown visits.
+    let work: u64 = u64::from(chunks)
+        * parts
+            .iter()
+            .map(|p| p.exact_cost().map(|(_, units)| units))
+            .sum::<Result<u64>>()?;
+    let rows_of = |sums: Vec<(Interval, Interval)>| -> Vec<SampledRow> {
+        children
+            .iter()
+            .zip(sums)
+            .map(|(c, (count, running))| SampledRow {
+                filter: c.to_string(),
+                count,
+                running,
+            })
+            .collect()
+    };
+    let exact = |reason: String| -> Result<(String, Vec<SampledRow>, SampleInfo)> {
+        let counts = chunk::breakdown_counts(&parts, op == "and")?;
+        let rows = rows_of(
+            counts
+                .into_iter()
+                .map(|(o, r)| (Interval::exact(o), Interval::exact(r)))
+                .collect(),
+        );
+        Ok((
+            op.to_string(),
+            rows,
+            exact_info(t, chunks, users, seed, reason),
+        ))
+    };
+    if work <= EXACT_WORK {
+        return exact(format!(
+            "the exact breakdown's work is small ({work} units)"
+        ));
+    }
+    let n = parts.len();
+    let eval = |keys: &[u32]| -> Result<Vec<Vec<u64>>> {
+        Ok(chunk::breakdown_chunks(&parts, op == "and", keys)?
+            .into_iter()
+            .map(|rows| rows.into_iter().flat_map(|(o, r)| [o, r]).collect())
+            .collect())
+    };
+    let users_of = |k: u32| u64::from(first.chunk_users(k));
+    let target = 2 * n - 1;
+    // Each row's prediction, and the running ones composed from them as
+    // the rows combine (independent within a chunk).
+    let mut pred: Vec<Vec<f64>> = Vec::with_capacity(2 * n);
+    for (i, p) in parts.iter().enumerate() {
+        let own = p.predict_chunks()?;
+        let running: Vec<f64> = if i == 0 {
+            own.clone()
+        } else {
+            let before = &pred[2 * i - 1];
+            own.iter()
+                .zip(before)
+                .enumerate()
+                .map(|(k, (&a, &b))| {
+                    let len = f64::from(first.chunk_users(k as u32)).max(1.0);
+                    let (a, b) = (a / len, b / len);
+                    len * if op == "and" {
+                        a * b
+                    } else {
+                        1.0 - (1.0 - a) * (1.0 - b)
+                    }
+                })
+                .collect()
+        };
+        pred.push(own);
+        pred.push(running);
+    }
+    let scope = Scope {
+        chunks,
+        users,
+        exact_chunks: u64::from(chunks),
+    };
+    match run(scope, t, seed, target, &pred[target], &users_of, &eval)? {
+        Outcome::Exact(reason) => exact(reason),
+        Outcome::Sampled {
+            design,
+            per_chunk,
+            pilot,
+        } => {
+            let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
+            let sampled: u64 = per_pick.iter().sum();
+            let q = |i: usize| -> (Interval, f64) {
+                let x: Vec<u64> = per_chunk.iter().map(|c| c[i]).collect();
+                let (iv, df, _) = interval(&design, &x, &per_pick, &pred[i], users);
+                (iv, df)
+            };
+            let sums = (0..n).map(|i| (q(2 * i).0, q(2 * i + 1).0)).collect();
+            let info = SampleInfo {
+                exact: false,
+                exact_reason: None,
+                option: t.name(),
+                option_value: t.value(),
+                chunks,
+                sample_chunks: design.picks.len() as u32,
+                strata: design.strata.len() as u32,
+                sample_users: sampled,
+                degrees_of_freedom: Some(q(target).1).filter(|df| df.is_finite()),
+                seed,
+                pilot_chunks: pilot,
+            };
+            Ok((op.to_string(), rows_of(sums), info))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t_quantiles_match_the_tables_and_fall_to_z() {
+        assert!((t975(1.0) - 12.7062).abs() < 1e-4);
+        assert!((t975(4.0) - 2.7764).abs() < 1e-4);
+        assert!((t975(0.3) - 12.7062).abs() < 1e-4, "at least one");
+        let mid = t975(4.5);
+        assert!(mid < 2.7764 && mid > 2.5706, "{mid}");
+        // Past the table: 2.0211 at 40, 2.0003 at 60, 1.9840 at 100.
+        assert!((t975(40.0) - 2.0211).abs() < 2e-3, "{}", t975(40.0));
+        assert!((t975(60.0) - 2.0003).abs() < 1e-3);
+        assert!((t975(100.0) - 1.9840).abs() < 1e-3);
+        assert!((t975(1e9) - Z95).abs() < 1e-6);
+        // Continuous at 30.
+        assert!((t975(29.999) - t975(30.0)).abs() < 2e-3);
+    }
+
+    #[test]
+    fn the_design_covers_every_chunk_with_equal_probability() {
+        // Strata partition the chunks, two distinct picks in each, and over
+        // many draws every chunk is picked 2 / C_h of the time.
+        let (chunks, strata) = (23u32, 5u32);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut seen = vec![0u32; chunks as usize];
+        let draws = 20_000;
+        for _ in 0..draws {
+            let d = Design::draw(chunks, strata, &mut rng);
+            assert_eq!(d.strata.first().map(|s| s.0), Some(0));
+            assert_eq!(d.strata.last().map(|s| s.1), Some(chunks));
+            for (w, &(lo, hi)) in d.strata.windows(2).zip(&d.strata) {
+                assert_eq!(w[0].1, w[1].0);
+                assert!(hi - lo >= 4 && hi - lo <= 5);
+            }
+            for (h, &(lo, hi)) in d.strata.iter().enumerate() {
+                let (a, b) = (d.picks[2 * h], d.picks[2 * h + 1]);
+                assert!(a != b && (lo..hi).contains(&a) && (lo..hi).contains(&b));
+                seen[a as usize] += 1;
+                seen[b as usize] += 1;
+            }
+        }
+        let d = Design::draw(chunks, strata, &mut rng);
+        for (k, &n) in seen.iter().enumerate() {
+            let (lo, hi) = *d
+                .strata
+                .iter()
+                .find(|s| (s.0..s.1).contains(&(k as u32)))
+                .expect("in a stratum");
+            let want = f64::from(draws) * 2.0 / f64::from(hi - lo);
+            assert!(
+                (f64::from(n) - want).abs() < 5.0 * want.sqrt(),
+                "chunk {k}: {n} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_estimate_is_unbiased_and_the_variance_estimate_too() {
+        // A population of chunk counts that drifts (and jumps) with the
+        // chunk: the mean of the estimates is the total and the mean of the
+        // variance estimates the variance of the estimates.
+        let chunks = 60u32;
+        let x: Vec<u64> = (0..chunks)
+            .map(|k| 1_000 + 50 * u64::from(k) + if k % 7 == 0 { 3_000 } else { 0 })
+            .collect();
+        let truth: u64 = x.iter().sum();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let runs = 40_000;
+        let (mut sum, mut sum2, mut vsum) = (0.0, 0.0, 0.0);
+        for _ in 0..runs {
+            let d = Design::draw(chunks, 6, &mut rng);
+            let picked: Vec<f64> = d.picks.iter().map(|&k| x[k as usize] as f64).collect();
+            let (t, v, _) = d.combine(&picked);
+            sum += t;
+            sum2 += t * t;
+            vsum += v;
+        }
+        let mean = sum / f64::from(runs);
+        let var = sum2 / f64::from(runs) - mean * mean;
+        let se = (var / f64::from(runs)).sqrt();
+        assert!((mean - truth as f64).abs() < 4.0 * se, "{mean} vs {truth}");
+        let vmean = vsum / f64::from(runs);
+        assert!((vmean / var - 1.0).abs() < 0.05, "{vmean} vs {var}");
+    }
+
+    #[test]
+    fn tradeoffs_are_checked() {
+        assert!(Tradeoff::parse("sample_fraction", 0.05).is_ok());
+        assert!(Tradeoff::parse("sample_fraction", 1.0).is_ok());
+        assert!(Tradeoff::parse("sample_fraction", 0.0).is_err());
+        assert!(Tradeoff::parse("sample_fraction", 1.5).is_err());
+        assert!(Tradeoff::parse("max_relative_error", 1.0).is_err());
+        assert!(Tradeoff::parse("max_relative_error", f64::NAN).is_err());
+        assert!(Tradeoff::parse("budget_ms", 2.0).is_ok());
+        assert!(Tradeoff::parse("budget_ms", -1.0).is_err());
+        assert!(Tradeoff::parse("budget_ms", 1e9).is_err());
+        assert!(Tradeoff::parse("sample_size", 0.1).is_err());
+    }
+}
