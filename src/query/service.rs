@@ -20,6 +20,7 @@ use crate::engine::WorkspaceHandle;
 use crate::error::{Error, Result};
 use crate::ids::UserRef;
 use crate::query;
+use crate::query::sample::{Interval, SampleInfo, SampledCount, Tradeoff};
 use crate::segment::reference::Membership;
 use crate::segment::{self, Filter};
 use crate::workspace::cache::Key;
@@ -82,7 +83,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
 }
 
 /// How to count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CountMode {
     /// An exact count.
     Exact {
@@ -96,6 +97,77 @@ pub enum CountMode {
         /// How many buckets to sample.
         width: u16,
     },
+    /// A sample of whole chunks ([`query::sample`]).
+    Sampled(Sampling),
+}
+
+/// A chunk sample: the trade-off asked for and the seed the chunks are
+/// drawn with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// What the caller picked.
+    pub tradeoff: Tradeoff,
+    /// The seed (the same seed on the same state draws the same chunks).
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// `tradeoff` with `seed`, or a random seed (below 2^53, so that a
+    /// JSON client reads it back exactly).
+    pub fn new(tradeoff: Tradeoff, seed: Option<u64>) -> Sampling {
+        use rand::Rng;
+        Sampling {
+            tradeoff,
+            seed: seed.unwrap_or_else(|| rand::thread_rng().gen_range(0..1u64 << 53)),
+        }
+    }
+}
+
+/// A sampled count's answer.
+fn sampled_json(e: &SampledCount, generation: u64) -> Result<Value> {
+    let mut out = to_value(e)?;
+    out["design"] = json!("chunks");
+    out["confidence"] = json!(0.95);
+    out["sample_size"] = json!(e.sample.sample_users);
+    out["generation"] = json!(generation);
+    Ok(out)
+}
+
+/// The answer of a sampled count answered exactly without evaluation (a
+/// live segment's size, a cohort's cardinality).
+fn stored_estimate(
+    n: u64,
+    s: Sampling,
+    users: u32,
+    reason: &str,
+    generation: u64,
+    took_us: u64,
+) -> Result<Value> {
+    let chunks = users.div_ceil(1 << 16);
+    let e = SampledCount {
+        interval: Interval {
+            estimate: n,
+            low: n,
+            high: n,
+            sample_matches: n,
+        },
+        sample: SampleInfo {
+            exact: true,
+            exact_reason: Some(reason.to_string()),
+            option: s.tradeoff.name(),
+            option_value: s.tradeoff.value(),
+            chunks,
+            sample_chunks: chunks,
+            strata: 0,
+            sample_users: u64::from(users),
+            degrees_of_freedom: None,
+            seed: s.seed,
+            pilot_chunks: 0,
+        },
+        relative_error: Some(0.0),
+        took_us,
+    };
+    sampled_json(&e, generation)
 }
 
 /// A frozen view of what `target` needs (with every bucket if `buckets`),
@@ -123,9 +195,22 @@ pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Resu
     if mode == (CountMode::Exact { explain: false }) {
         return exact_count(handle, target);
     }
+    if let (CountMode::Sampled(s), Target::Segment(id)) = (mode, target) {
+        let t = std::time::Instant::now();
+        let (ws, generation) = handle.view();
+        handle.check_filter(&*target.filter(&ws)?)?;
+        if let Some(n) = handle.live().len(id) {
+            let took = t.elapsed().as_micros() as u64;
+            return stored_estimate(n, s, ws.users.len(), LIVE, generation, took);
+        }
+    }
     let estimate = matches!(mode, CountMode::Estimate { .. });
     let (frozen, filter, generation) = freeze(handle, target, estimate)?;
     match mode {
+        CountMode::Sampled(s) => {
+            let e = query::sampled_count(&frozen, &filter, s.tradeoff, s.seed)?;
+            sampled_json(&e, generation)
+        }
         CountMode::Exact { explain } => {
             let c = query::count_in(&frozen, &filter, explain)?;
             let mut out = json!({"count": c.count, "generation": generation, "took_us": c.took_us});
@@ -137,6 +222,7 @@ pub fn count(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -> Resu
         CountMode::Estimate { start, width } => {
             let e = query::estimate_in(&frozen, &filter, start, width)?;
             Ok(json!({
+                "design": "buckets",
                 "estimate": e.estimate,
                 "low": e.low,
                 "high": e.high,
@@ -187,13 +273,21 @@ fn exact_count(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
 /// leaf.
 pub const QUICK_CHECK_NODES: usize = 64;
 
+/// Why a sampled count of a live segment is exact.
+const LIVE: &str = "a saved segment kept live: its size is stored";
+/// Why a sampled count of one cohort is exact.
+const STORED: &str = "the count is stored (no evaluation)";
+
 /// Whether [`count_quick`] answers a count of `filter` in `mode` (`live`:
 /// the request names a saved segment kept live): an exact count, without
-/// `explain`, of a live segment (its size) or of one cohort, included or
-/// excluded (read from the cohort's cardinality).
+/// `explain`, or a chunk-sampled estimate (answered exactly), of a live
+/// segment (its size) or of one cohort, included or excluded (read from
+/// the cohort's cardinality).
 pub fn count_is_quick(filter: &Filter, live: bool, mode: CountMode) -> bool {
-    mode == (CountMode::Exact { explain: false })
-        && (live || matches!(filter, Filter::Cohort { .. }))
+    matches!(
+        mode,
+        CountMode::Exact { explain: false } | CountMode::Sampled(_)
+    ) && (live || matches!(filter, Filter::Cohort { .. }))
 }
 
 /// Whether [`check_user_quick`] answers a one-user check of `filter`
@@ -262,10 +356,16 @@ pub fn count_quick(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -
         }
         (None, _) => return None,
     };
+    let users = ws.users.len();
     drop((ws, live));
-    Some(
-        json!({"count": count, "generation": generation, "took_us": t.elapsed().as_micros() as u64}),
-    )
+    let took_us = t.elapsed().as_micros() as u64;
+    match mode {
+        CountMode::Sampled(s) => {
+            let why = if live_len.is_some() { LIVE } else { STORED };
+            stored_estimate(count, s, users, why, generation, took_us).ok()
+        }
+        _ => Some(json!({"count": count, "generation": generation, "took_us": took_us})),
+    }
 }
 
 /// [`check_user`]'s answer when it is bounded ([`check_is_quick`]) and the
@@ -316,18 +416,48 @@ pub fn check_user_quick(
     Some(out)
 }
 
-/// The breakdown of a segment, as the breakdown endpoint answers it.
-/// Evaluated on a frozen view, without the workspace's lock.
-pub fn breakdown(handle: &WorkspaceHandle, target: &Target) -> Result<Value> {
+/// The breakdown of a segment, as the breakdown endpoint answers it:
+/// exact, or estimated on one chunk sample (`sampling`). Evaluated on a
+/// frozen view, without the workspace's lock.
+pub fn breakdown(
+    handle: &WorkspaceHandle,
+    target: &Target,
+    sampling: Option<Sampling>,
+) -> Result<Value> {
     let t = std::time::Instant::now();
     let (frozen, filter, generation) = freeze(handle, target, false)?;
-    let (combinator, rows) = query::breakdown_in(&frozen, &filter)?;
-    Ok(json!({
-        "combinator": combinator,
-        "rows": to_value(&rows)?,
-        "generation": generation,
-        "took_us": t.elapsed().as_micros() as u64,
-    }))
+    let Some(s) = sampling else {
+        let (combinator, rows) = query::breakdown_in(&frozen, &filter)?;
+        return Ok(json!({
+            "combinator": combinator,
+            "rows": to_value(&rows)?,
+            "generation": generation,
+            "took_us": t.elapsed().as_micros() as u64,
+        }));
+    };
+    let (combinator, rows, info) = query::sampled_breakdown(&frozen, &filter, s.tradeoff, s.seed)?;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "filter": r.filter,
+                "count": r.count.estimate,
+                "low": r.count.low,
+                "high": r.count.high,
+                "running": r.running.estimate,
+                "running_low": r.running.low,
+                "running_high": r.running.high,
+            })
+        })
+        .collect();
+    let mut out = to_value(&info)?;
+    out["combinator"] = json!(combinator);
+    out["rows"] = json!(rows);
+    out["design"] = json!("chunks");
+    out["confidence"] = json!(0.95);
+    out["generation"] = json!(generation);
+    out["took_us"] = json!(t.elapsed().as_micros() as u64);
+    Ok(out)
 }
 
 /// Checks a page size: 1..=[`query::MAX_PAGE`].

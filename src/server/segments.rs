@@ -5,8 +5,8 @@
 //!
 //! | Route | Does |
 //! |---|---|
-//! | `POST /workspaces/{ws}/segments/count[?explain=true]` | exact count, or an estimate with `"estimate": true` |
-//! | `POST /workspaces/{ws}/segments/breakdown` | each top-level filter's count and the running count |
+//! | `POST /workspaces/{ws}/segments/count[?explain=true]` | exact count, or an estimate with `"estimate": true` or `{...}` |
+//! | `POST /workspaces/{ws}/segments/breakdown` | each top-level filter's count and the running count (estimated with `"estimate"`) |
 //! | `POST /workspaces/{ws}/segments/members` | one page of members, JSON Lines or CSV, streamed |
 //! | `POST /workspaces/{ws}/segments/check` | is a user (`"user"`) or are users (`"users"`) in the segment |
 //! | `POST /workspaces/{ws}/users/segments` | is a user in each of `"segment_ids"` and/or `"filters"` |
@@ -56,8 +56,9 @@ use crate::ids::{Partner, BUCKETS};
 use crate::query::render::{csv_header, render_members, Extras, Format};
 use crate::query::service::{
     breakdown, check_user, check_user_quick, check_users, count, count_quick, member_page,
-    page_limit, user_segments, CountMode, Target, DEFAULT_SAMPLE_BUCKETS, STREAM_BLOCK,
+    page_limit, user_segments, CountMode, Sampling, Target, DEFAULT_SAMPLE_BUCKETS, STREAM_BLOCK,
 };
+use crate::query::Tradeoff;
 use crate::query::{self};
 use crate::segment::{self, Filter};
 use crate::workspace::SavedSegment;
@@ -244,11 +245,84 @@ fn explain_flag(
 
 // ----- counts -----
 
+/// What a request's `"estimate"` asks for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EstimateAsk {
+    /// `true`: the default chunk sample (or, with `sample_buckets` or
+    /// `sample_start`, the bucket sample).
+    Default,
+    /// An object: one trade-off at most, and perhaps a seed.
+    Options(Sampling),
+}
+
+/// Reads `"estimate"`: `true`/`false`, or an object with at most one of
+/// `sample_fraction`, `max_relative_error`, `budget_ms` (a number in its
+/// range) and an optional `seed` (a whole number). `None`: no estimate.
+pub fn estimate_ask(v: Option<Value>) -> std::result::Result<Option<EstimateAsk>, ApiError> {
+    const KEYS: [&str; 3] = ["sample_fraction", "max_relative_error", "budget_ms"];
+    let map = match v {
+        None | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => return Ok(Some(EstimateAsk::Default)),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "estimate must be true, false or an object with one of \"sample_fraction\", \
+                 \"max_relative_error\" or \"budget_ms\" (and optionally \"seed\"), found {}",
+                short(&other)
+            )))
+        }
+    };
+    if let Some(k) = map
+        .keys()
+        .find(|k| !KEYS.contains(&k.as_str()) && k.as_str() != "seed")
+    {
+        return Err(ApiError::bad_request(format!(
+            "estimate: unknown option {k:?}; expected one of \"sample_fraction\", \
+             \"max_relative_error\", \"budget_ms\", and optionally \"seed\""
+        )));
+    }
+    let given: Vec<&str> = KEYS
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .collect();
+    if given.len() > 1 {
+        return Err(ApiError::bad_request(format!(
+            "estimate: give one of \"sample_fraction\", \"max_relative_error\" and \
+             \"budget_ms\", not {}",
+            given.join(" and ")
+        )));
+    }
+    let tradeoff = match given.first() {
+        None => Tradeoff::Default,
+        Some(&k) => {
+            let v = &map[k];
+            let x = v.as_f64().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "estimate: {k} must be a number, found {}",
+                    short(v)
+                ))
+            })?;
+            Tradeoff::parse(k, x).map_err(|e| ApiError::bad_request(format!("estimate: {e}")))?
+        }
+    };
+    let seed = match map.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "estimate: seed must be a whole number, found {}",
+                short(v)
+            ))
+        })?),
+    };
+    Ok(Some(EstimateAsk::Options(Sampling::new(tradeoff, seed))))
+}
+
 /// The count endpoint's body.
 pub struct CountBody {
     target: Target,
     now: Option<i64>,
-    estimate: bool,
+    estimate: Option<EstimateAsk>,
     sample_buckets: Option<u64>,
     sample_start: Option<u64>,
 }
@@ -266,11 +340,12 @@ impl CountBody {
                 "now",
             ],
         )?;
+        let estimate = estimate_ask(f.take("estimate"))?;
         let target = f.target()?;
         Ok(CountBody {
             target,
             now: f.now()?,
-            estimate: f.bool("estimate")?.unwrap_or(false),
+            estimate,
             sample_buckets: f.u64("sample_buckets")?,
             sample_start: f.u64("sample_start")?,
         })
@@ -278,18 +353,32 @@ impl CountBody {
 }
 
 fn count_mode(body: &CountBody, explain: bool) -> std::result::Result<CountMode, ApiError> {
-    if !body.estimate {
-        if body.sample_buckets.is_some() || body.sample_start.is_some() {
+    let buckets = body.sample_buckets.is_some() || body.sample_start.is_some();
+    let Some(ask) = body.estimate else {
+        if buckets {
             return Err(ApiError::bad_request(
                 "sample_buckets and sample_start go with \"estimate\": true",
             ));
         }
         return Ok(CountMode::Exact { explain });
-    }
+    };
     if explain {
         return Err(ApiError::bad_request(
             "explain applies to exact counts, not to estimates",
         ));
+    }
+    match ask {
+        EstimateAsk::Options(_) if buckets => {
+            return Err(ApiError::bad_request(
+                "sample_buckets and sample_start go with \"estimate\": true (the bucket \
+                 sample), not with estimate options",
+            ))
+        }
+        EstimateAsk::Options(s) => return Ok(CountMode::Sampled(s)),
+        EstimateAsk::Default if !buckets => {
+            return Ok(CountMode::Sampled(Sampling::new(Tradeoff::Default, None)))
+        }
+        EstimateAsk::Default => {}
     }
     let width = match body.sample_buckets {
         None => DEFAULT_SAMPLE_BUCKETS,
@@ -370,11 +459,18 @@ pub async fn breakdown_handler(
     JsonBody(body): JsonBody<Value>,
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
-    let mut f = Fields::new(body, &["filter", "segment_id", "now"])?;
+    let mut f = Fields::new(body, &["filter", "segment_id", "estimate", "now"])?;
+    let sampling = estimate_ask(f.take("estimate"))?.map(|ask| match ask {
+        EstimateAsk::Default => Sampling::new(Tradeoff::Default, None),
+        EstimateAsk::Options(s) => s,
+    });
     let (target, now) = (f.target()?, f.now()?);
     run_blocking(move || {
         let target = query::service::pin(&handle, target, now)?;
-        Ok(json_response(StatusCode::OK, breakdown(&handle, &target)?))
+        Ok(json_response(
+            StatusCode::OK,
+            breakdown(&handle, &target, sampling)?,
+        ))
     })
     .await
 }

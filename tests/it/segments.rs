@@ -346,15 +346,106 @@ fn counts_explain_breakdown_and_estimates() {
         (json!(want), json!(want), json!(want))
     );
     assert_eq!(whole["sample_size"], USERS);
-    // Defaults: 1,000 buckets from a random start.
+    // The bucket sample's defaults: 1,000 buckets from a random start.
     let d = s
         .ws_post(
             "/segments/count",
-            &json!({"filter": "amplitude_cohorts includes_value c-even", "estimate": true}),
+            &json!({"filter": "amplitude_cohorts includes_value c-even", "estimate": true,
+                    "sample_start": 20}),
         )
         .expect_json(200);
     assert_eq!(d["sample_buckets"], 1_000);
-    assert!(d["sample_start"].as_u64().is_some_and(|x| x < 10_000));
+    assert_eq!(d["design"], "buckets");
+
+    // A chunk sample: `true` is the default design (5% of the chunks),
+    // an object picks the trade-off. This workspace is one chunk, so
+    // every one is answered exactly, and says so.
+    let mixed = "amplitude_cohorts includes_value c-even and not amplitude_cohorts includes_value c-third or random_bucket < 300";
+    let want_mixed = s.reference_count(&parse(mixed));
+    for (ask, option, value) in [
+        (json!(true), "default", json!(0.05)),
+        (json!({}), "default", json!(0.05)),
+        (
+            json!({"sample_fraction": 0.2}),
+            "sample_fraction",
+            json!(0.2),
+        ),
+        (
+            json!({"max_relative_error": 0.01}),
+            "max_relative_error",
+            json!(0.01),
+        ),
+        (json!({"budget_ms": 2}), "budget_ms", json!(2.0)),
+        (json!({"budget_ms": 2, "seed": 77}), "budget_ms", json!(2.0)),
+    ] {
+        let e = s
+            .ws_post(
+                "/segments/count",
+                &json!({"filter": mixed, "estimate": ask}),
+            )
+            .expect_json(200);
+        assert_eq!(e["design"], "chunks", "{e}");
+        assert_eq!(
+            (&e["option"], &e["option_value"]),
+            (&json!(option), &value),
+            "{e}"
+        );
+        assert_eq!(e["exact"], true, "{e}");
+        assert!(
+            e["exact_reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{e}"
+        );
+        for k in ["estimate", "low", "high"] {
+            assert_eq!(e[k], want_mixed, "{k}: {e}");
+        }
+        assert_eq!((&e["chunks"], &e["sample_chunks"]), (&json!(1), &json!(1)));
+        assert_eq!(e["sample_users"], USERS);
+        assert_eq!(e["sample_size"], USERS);
+        assert_eq!(e["confidence"], 0.95);
+        assert!(e["seed"].is_u64() && e["generation"].is_u64() && e["took_us"].is_u64());
+        if ask.get("seed").is_some() {
+            assert_eq!(e["seed"], 77);
+        }
+    }
+    // One cohort: its stored size, on the quick path too.
+    let one = s
+        .ws_post(
+            "/segments/count",
+            &json!({"filter": "amplitude_cohorts includes_value c-even",
+                    "estimate": {"sample_fraction": 0.05}}),
+        )
+        .expect_json(200);
+    assert_eq!(
+        (&one["estimate"], &one["exact"]),
+        (&json!(5_000), &json!(true))
+    );
+    assert!(
+        one["exact_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stored")),
+        "{one}"
+    );
+    // A breakdown with an estimate: the same shape per row, exact here.
+    let b = s
+        .ws_post(
+            "/segments/breakdown",
+            &json!({"filter": mixed, "estimate": {"sample_fraction": 0.1, "seed": 5}}),
+        )
+        .expect_json(200);
+    assert_eq!(
+        (&b["design"], &b["exact"], &b["seed"]),
+        (&json!("chunks"), &json!(true), &json!(5))
+    );
+    let rows = b["rows"].as_array().expect("rows");
+    let last = rows.last().expect("a row");
+    for k in ["running", "running_low", "running_high"] {
+        assert_eq!(last[k], want_mixed, "{k}: {b}");
+    }
+    assert!(
+        rows.iter()
+            .all(|r| r["low"] == r["count"] && r["high"] == r["count"]),
+        "{b}"
+    );
 
     // The breakdown: each top-level filter and the running count.
     let b = s
@@ -1238,11 +1329,85 @@ fn bad_input_gets_a_clear_4xx() {
             400,
             "query string",
         ),
+        // Estimate options: one trade-off at most, in range, no unknown
+        // key, not with the bucket sample's fields.
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"sample_fraction": 0.05, "budget_ms": 2}}),
+            400,
+            "not sample_fraction and budget_ms",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"sample_fraction": 0}}),
+            400,
+            "0 < sample_fraction <= 1",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"sample_fraction": 1.5}}),
+            400,
+            "sample_fraction",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"max_relative_error": 1}}),
+            400,
+            "0 < max_relative_error < 1",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"budget_ms": -2}}),
+            400,
+            "0 < budget_ms <= 60000",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"budget_ms": "2"}}),
+            400,
+            "budget_ms must be a number",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"sample_size": 100}}),
+            400,
+            "unknown option \"sample_size\"",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"seed": -1}}),
+            400,
+            "seed must be a whole number",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": {"sample_fraction": 0.1}, "sample_buckets": 100}),
+            400,
+            "not with estimate options",
+        ),
+        (
+            "/segments/count",
+            json!({"filter": ok, "estimate": 1}),
+            400,
+            "estimate must be true, false or an object",
+        ),
+        (
+            "/segments/count?explain=true",
+            json!({"filter": ok, "estimate": {"sample_fraction": 0.1}}),
+            400,
+            "explain",
+        ),
         (
             "/segments/breakdown",
-            json!({"filter": ok, "estimate": true}),
+            json!({"filter": ok, "estimate": {"budget_ms": 0}}),
             400,
-            "estimate",
+            "budget_ms",
+        ),
+        (
+            "/segments/breakdown",
+            json!({"filter": ok, "sample_buckets": 10}),
+            400,
+            "sample_buckets",
         ),
         // Checks.
         (
@@ -1935,7 +2100,7 @@ fn imports_complete_while_large_breakdowns_run() {
     .repeat(300)
     .join(" or ");
     let target = segq::query::service::Target::Filter(parse(&group));
-    let before = segq::query::service::breakdown(&handle, &target).expect("a breakdown");
+    let before = segq::query::service::breakdown(&handle, &target, None).expect("a breakdown");
 
     // A frozen view holds no lock: an import completes while it exists,
     // and the view still answers for the moment it was taken.
@@ -1950,7 +2115,7 @@ fn imports_complete_while_large_breakdowns_run() {
     let (_, rows) = query::breakdown_in(&frozen, &filter).expect("a breakdown");
     assert_eq!(json!(rows), before["rows"]);
     assert_eq!(json!(generation), before["generation"]);
-    let after = segq::query::service::breakdown(&handle, &target).expect("a breakdown");
+    let after = segq::query::service::breakdown(&handle, &target, None).expect("a breakdown");
     assert_eq!(after["rows"][0]["count"], json!(USERS / 2 + 1));
 
     // Breakdowns in a loop on one thread, imports on this one: both finish
@@ -1959,7 +2124,7 @@ fn imports_complete_while_large_breakdowns_run() {
     let t = target.clone();
     let worker = std::thread::spawn(move || {
         (0..5)
-            .map(|_| segq::query::service::breakdown(&h, &t).map(|v| v["rows"].clone()))
+            .map(|_| segq::query::service::breakdown(&h, &t, None).map(|v| v["rows"].clone()))
             .collect::<Vec<_>>()
     });
     for i in 0..20 {

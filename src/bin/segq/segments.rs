@@ -40,9 +40,26 @@ pub struct TargetArgs {
 pub struct CountArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Estimate from a sample of the random buckets instead.
+    /// Estimate from a sample of whole chunks of users instead (5% of
+    /// them unless told otherwise; with --sample-buckets or
+    /// --sample-start, from a sample of the random buckets).
     #[arg(long)]
     estimate: bool,
+    /// With --estimate: the fraction of chunks to sample (0 < f <= 1).
+    #[arg(long, requires = "estimate", conflicts_with_all = ["max_relative_error", "budget_ms", "sample_buckets", "sample_start"])]
+    sample_fraction: Option<f64>,
+    /// With --estimate: sample enough chunks for about this relative
+    /// error (0 < e < 1).
+    #[arg(long, requires = "estimate", conflicts_with_all = ["budget_ms", "sample_buckets", "sample_start"])]
+    max_relative_error: Option<f64>,
+    /// With --estimate: sample as many chunks as fit this many
+    /// milliseconds.
+    #[arg(long, requires = "estimate", conflicts_with_all = ["sample_buckets", "sample_start"])]
+    budget_ms: Option<f64>,
+    /// With --estimate: the seed the chunks are drawn with (random if
+    /// not given).
+    #[arg(long, requires = "estimate", conflicts_with_all = ["sample_buckets", "sample_start"])]
+    seed: Option<u64>,
     /// With --estimate: how many of the 10,000 buckets to sample.
     #[arg(long, requires = "estimate")]
     sample_buckets: Option<u16>,
@@ -95,13 +112,30 @@ pub fn count(args: CountArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let CountArgs {
         target,
         estimate,
+        sample_fraction,
+        max_relative_error,
+        budget_ms,
+        seed,
         sample_buckets,
         sample_start,
         explain,
         filter,
     } = args;
     let at = Place::for_filter(&target, &filter)?;
-    let mode = if estimate {
+    let tradeoff = [
+        ("sample_fraction", sample_fraction),
+        ("max_relative_error", max_relative_error),
+        ("budget_ms", budget_ms),
+    ]
+    .into_iter()
+    .find_map(|(name, v)| v.map(|v| segq::query::Tradeoff::parse(name, v)))
+    .transpose()?;
+    let mode = if estimate && sample_buckets.is_none() && sample_start.is_none() {
+        service::CountMode::Sampled(service::Sampling::new(
+            tradeoff.unwrap_or(segq::query::Tradeoff::Default),
+            seed,
+        ))
+    } else if estimate {
         use rand::Rng;
         service::CountMode::Estimate {
             start: match sample_start {
@@ -290,6 +324,13 @@ impl Place {
                         body["estimate"] = true.into();
                         body["sample_start"] = start.into();
                         body["sample_buckets"] = width.into();
+                    }
+                    CountMode::Sampled(s) => {
+                        let mut o = serde_json::json!({ "seed": s.seed });
+                        if s.tradeoff != segq::query::Tradeoff::Default {
+                            o[s.tradeoff.name()] = s.tradeoff.value().into();
+                        }
+                        body["estimate"] = o;
                     }
                 }
                 Self::post_json(client, &url, token, &body)
