@@ -13,6 +13,7 @@ mod csv;
 mod demo;
 mod disk_full;
 mod engine;
+mod estimates;
 mod golden;
 mod import;
 mod layered;
