@@ -18,6 +18,11 @@
 //! count first; criterion runs each function in turn, so `segq bench
 //! --peers` is the one that interleaves them run by run.
 //!
+//! Beside them, `estimates`: the chunk-sampled estimate at 5% against the
+//! exact count, per query shape (`cargo bench --bench evaluator --
+//! estimate`; `SEGQ_BENCH_SNAPSHOT=path` reads a snapshot file instead of
+//! generating one).
+//!
 //! How to run: `cargo bench --bench evaluator` (small workload, 100k users);
 //! `SEGQ_BENCH_USERS=10000000 SEGQ_BENCH_COHORTS=200 cargo bench --bench
 //! evaluator` for the medium workload.
@@ -252,5 +257,52 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Chunk-sampled estimates (`query::sample`) against the exact count, both
+/// with planning, on a snapshot read in place: per query shape, the exact
+/// count and the estimate at a 5% sample (a fixed seed; the shapes the
+/// estimator answers exactly say so once, on stderr), and a single
+/// cohort's estimate (answered from its stored size). The snapshot is
+/// `SEGQ_BENCH_SNAPSHOT` when set (e.g. the medium workload's file),
+/// else the workload of `SEGQ_BENCH_USERS` generated into memory.
+fn estimates(c: &mut Criterion) {
+    use segq::query::sample::{sampled_count, Tradeoff};
+    let snap = match std::env::var("SEGQ_BENCH_SNAPSHOT") {
+        Ok(path) => Snapshot::open(std::path::Path::new(&path)).expect("the snapshot opens"),
+        Err(_) => {
+            let spec = Spec::from_env(Spec::SMALL);
+            let (bytes, _) =
+                workload::write_snapshot("bench", spec, Vec::new()).expect("the workload writes");
+            Snapshot::from_bytes(bytes, "bench").expect("the snapshot reads")
+        }
+    };
+    let users = snap.meta().expect("a meta").users;
+    let cohorts = snap.meta().expect("a meta").cohorts.len() as u32;
+    let mut g = c.benchmark_group(format!("estimate/{users}users"));
+    g.sample_size(20);
+    let five = Tradeoff::SampleFraction(0.05);
+    for (name, filter) in workload::query_shapes(cohorts) {
+        let e = sampled_count(&snap, &filter, five, 7).expect("estimates");
+        if let Some(why) = &e.sample.exact_reason {
+            eprintln!("{name}: answered exactly ({why})");
+        }
+        g.bench_function(format!("exact/{name}"), |b| {
+            b.iter(|| {
+                segq::query::count_in(&snap, black_box(&filter), false)
+                    .expect("counts")
+                    .count
+            })
+        });
+        g.bench_function(format!("5% sample/{name}"), |b| {
+            b.iter(|| {
+                sampled_count(&snap, black_box(&filter), five, 7)
+                    .expect("estimates")
+                    .interval
+                    .estimate
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, estimates);
 criterion_main!(benches);
