@@ -399,23 +399,29 @@ pub fn breakdown(
     breakdown_in(&Live { ws, src }, filter)
 }
 
-/// [`breakdown`] on any view. The running count of filter `i` extends
-/// that of `i - 1` ([`chunk::breakdown_counts`] keeps the running set per
-/// chunk), so the work is that of counting the whole filter once.
-pub fn breakdown_in(view: &dyn View, filter: &Filter) -> Result<(String, Vec<BreakdownRow>)> {
-    let (op, children): (&str, &[Filter]) = match filter {
+/// A breakdown's combinator (`"and"` or `"or"`), its top-level filters
+/// (a filter of neither kind is one row) and each one's prepared plan.
+pub(crate) fn breakdown_parts<'v, 'f>(
+    view: &'v dyn View,
+    filter: &'f Filter,
+) -> Result<(&'static str, &'f [Filter], Vec<chunk::Prepared<'v>>)> {
+    let (op, children): (&'static str, &[Filter]) = match filter {
         Filter::And(c) if !c.is_empty() => ("and", c),
         Filter::Or(c) if !c.is_empty() => ("or", c),
         other => ("and", std::slice::from_ref(other)),
     };
-    let plans = children
+    let parts = children
         .iter()
-        .map(|c| plan::plan(view.catalog(), c))
+        .map(|c| view.prepare(&plan::plan(view.catalog(), c)?))
         .collect::<Result<Vec<_>>>()?;
-    let parts = plans
-        .iter()
-        .map(|p| view.prepare(p))
-        .collect::<Result<Vec<_>>>()?;
+    Ok((op, children, parts))
+}
+
+/// [`breakdown`] on any view. The running count of filter `i` extends
+/// that of `i - 1` ([`chunk::breakdown_counts`] keeps the running set per
+/// chunk), so the work is that of counting the whole filter once.
+pub fn breakdown_in(view: &dyn View, filter: &Filter) -> Result<(String, Vec<BreakdownRow>)> {
+    let (op, children, parts) = breakdown_parts(view, filter)?;
     let counts = chunk::breakdown_counts(&parts, op == "and")?;
     let rows = children
         .iter()

@@ -612,19 +612,7 @@ pub fn sampled_breakdown(
     t: Tradeoff,
     seed: u64,
 ) -> Result<(String, Vec<SampledRow>, SampleInfo)> {
-    let (op, children): (&str, &[Filter]) = match filter {
-        Filter::And(c) if !c.is_empty() => ("and", c),
-        Filter::Or(c) if !c.is_empty() => ("or", c),
-        other => ("and", std::slice::from_ref(other)),
-    };
-    let plans = children
-        .iter()
-        .map(|c| plan::plan(view.catalog(), c))
-        .collect::<Result<Vec<_>>>()?;
-    let parts = plans
-        .iter()
-        .map(|p| view.prepare(p))
-        .collect::<Result<Vec<_>>>()?;
+    let (op, children, parts) = super::count::breakdown_parts(view, filter)?;
     let users = u64::from(view.user_count());
     let first = parts
         .first()
