@@ -873,23 +873,22 @@ fn serve_conn(conn: TcpStream, inner: &StubInner) {
             return;
         }
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let users_before = inner
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.path.ends_with("/cohorts/users"))
-            .count();
         let seen = Seen {
             path: path.clone(),
             body: body.clone(),
             at: Instant::now(),
             status: None,
         };
-        let at = {
+        // Counted and recorded under one lock: two requests arriving
+        // together must not both see the same number before them.
+        let (at, users_before) = {
             let mut s = inner.seen.lock().unwrap();
-            s.push(seen.clone());
-            s.len() - 1
+            let before = s
+                .iter()
+                .filter(|s| s.path.ends_with("/cohorts/users"))
+                .count();
+            s.push(seen);
+            (s.len() - 1, before)
         };
         let answer = match (inner.handler)(&path, &body, users_before) {
             Action::Respond(status, headers, v) => Some((status, headers, v.to_string())),
