@@ -67,7 +67,49 @@ pub(super) enum Offsets {
     Inline([usize; NO_OFFSET_THRESHOLD - 1]),
 }
 
+/// What [`BitmapView::parse`] found in a bitmap's header, without the
+/// bytes: the owner of immutable bytes keeps it, so that later views of
+/// the same bytes ([`BitmapView::with_header`]) skip the O(containers)
+/// checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    size: usize,
+    count: usize,
+    run_bitset: Option<usize>,
+    desc: usize,
+    offsets: Offsets,
+    len: u64,
+}
+
 impl<'a> BitmapView<'a> {
+    /// The header this view was parsed with.
+    pub fn header(&self) -> Header {
+        Header {
+            size: self.bytes.len(),
+            count: self.count,
+            run_bitset: self.run_bitset,
+            desc: self.desc,
+            offsets: self.offsets,
+            len: self.len,
+        }
+    }
+
+    /// A view of `bytes` with the header that [`BitmapView::parse`] found in
+    /// these same bytes before (the bytes are not read again). Bytes
+    /// shorter than the parsed bitmap are refused; a header taken from
+    /// other bytes gives wrong answers, never an out-of-bounds read.
+    pub fn with_header(bytes: &'a [u8], h: Header) -> Result<Self, ViewError> {
+        need(bytes, 0, h.size, "bitmap of a parsed header")?;
+        Ok(Self {
+            bytes: &bytes[..h.size],
+            count: h.count,
+            run_bitset: h.run_bitset,
+            desc: h.desc,
+            offsets: h.offsets,
+            len: h.len,
+        })
+    }
+
     /// Parses and validates the header of the bitmap at the start of `bytes`.
     ///
     /// O(number of containers), no allocation. Trailing bytes are ignored.

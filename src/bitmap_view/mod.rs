@@ -80,7 +80,7 @@ pub use bitmap::{BitmapC, BitmapIter};
 pub use container::{Container, ContainerIter};
 pub use error::ViewError;
 pub use header::{
-    ARRAY_MAX_CARDINALITY, MAX_CONTAINERS, NO_OFFSET_THRESHOLD, SERIAL_COOKIE,
+    Header, ARRAY_MAX_CARDINALITY, MAX_CONTAINERS, NO_OFFSET_THRESHOLD, SERIAL_COOKIE,
     SERIAL_COOKIE_NO_RUNCONTAINER,
 };
 pub use kernels::{Kernels, Level};

@@ -544,3 +544,24 @@ fn max_is_the_largest_value_of_every_container_kind() {
         assert_eq!(BitmapView::parse(&bytes).unwrap().max(), rb.max());
     }
 }
+
+/// A header kept from a parse gives a view of the same bytes that reads
+/// as the parsed one (every fixture, misaligned), and bytes shorter than
+/// the parsed bitmap are refused.
+#[test]
+fn a_kept_header_views_the_same_bytes_without_parsing_again() {
+    for (name, rb) in fixtures() {
+        let (buf, at) = misaligned(&serialize(&rb));
+        let bytes = &buf[at..];
+        let parsed = BitmapView::parse(bytes).unwrap();
+        let again = BitmapView::with_header(bytes, parsed.header()).unwrap();
+        assert_eq!(again.header(), parsed.header(), "{name}");
+        assert_eq!(again.len(), rb.len(), "{name}");
+        assert!(again.iter().eq(rb.iter()), "{name}");
+        let size = rb.serialized_size();
+        assert!(
+            BitmapView::with_header(&bytes[..size - 1], parsed.header()).is_err(),
+            "{name}"
+        );
+    }
+}

@@ -126,11 +126,6 @@ impl Members {
         self.base.as_ref().map(BaseBitmap::view).transpose()
     }
 
-    /// The snapshot's bitmap's bytes, not parsed (O(1)).
-    pub fn base_bytes(&self) -> Result<Option<&[u8]>> {
-        self.base.as_ref().map(BaseBitmap::bytes).transpose()
-    }
-
     /// The snapshot's bitmap, unparsed, if the cohort is in the snapshot.
     pub fn base_bitmap(&self) -> Option<&BaseBitmap> {
         self.base.as_ref()

@@ -265,7 +265,7 @@ impl<'f> Prepared<'f> {
                 .get(key)
                 .ok_or_else(|| Error::UnknownCohort { key: key.clone() })?;
             Ok(LeafBytes {
-                base: c.base.as_ref().map(BaseBitmap::bytes).transpose()?,
+                base: c.base.as_ref().map(BaseBitmap::view).transpose()?,
                 delta: c.delta.clone(),
                 max: c.max_bound,
             })

@@ -2,13 +2,17 @@
 //! whole 65,536-user chunks, so that the work is the sampled fraction of
 //! the exact count's.
 //!
-//! User ids follow sign-up order and cohort density drifts with them, so
-//! the chunks are sampled by a stratified design: the workspace's `C`
-//! chunks are cut into `H` strata of consecutive chunks (sizes differing
-//! by at most one), and two distinct chunks are drawn uniformly in each.
+//! The sample is drawn among the chunks the exact count evaluates (an AND
+//! of cohorts skips the chunks where its smallest cohort has no
+//! container: they hold no match), so a fraction is a fraction of the
+//! exact count's work. User ids follow sign-up order and cohort density
+//! drifts with them, so those `C` chunks are sampled by a stratified
+//! design: they are cut into `H` strata of consecutive chunks (sizes
+//! differing by at most one), and two distinct chunks are drawn uniformly
+//! in each.
 //! Before the sample is drawn, every chunk's count is predicted from its
 //! leaves' container sizes (read from the bitmaps' headers, the leaves
-//! taken as independent: `Prepared::predict_chunks`), which follows the
+//! taken as independent: `Sampler::predict`), which follows the
 //! drift and the bands of clustered cohorts at no evaluation cost. The
 //! estimate is the predictions' sum plus the Horvitz-Thompson estimate of
 //! what they miss, `sum over strata of C_h * (r1 + r2) / 2` for the
@@ -31,10 +35,10 @@
 //! one (a relative error) or keep the pilot when no more fits (a budget).
 //! The estimate is never dearer than the exact count: a plan counted
 //! without evaluation (one cohort, from its stored cardinality), a plan
-//! whose exact count is small ([`EXACT_WORK`]) or reads no more chunks
-//! than the sample, and a workspace too small for [`MIN_STRATA`] strata
-//! in at most half its chunks are answered exactly, with a zero-width
-//! interval and `exact: true`.
+//! whose exact count is small ([`EXACT_WORK`]), and one whose exact count
+//! evaluates too few chunks for [`MIN_STRATA`] strata in at most half of
+//! them are answered exactly, with a zero-width interval and `exact:
+//! true`.
 
 use std::time::Instant;
 
@@ -170,6 +174,10 @@ pub struct SampleInfo {
     pub option_value: f64,
     /// The workspace's chunks.
     pub chunks: u32,
+    /// The chunks the exact count evaluates (0: none, the count is
+    /// stored): the sample is drawn among them, every other chunk holding
+    /// no match.
+    pub evaluated_chunks: u32,
     /// The chunks sampled (all, when exact).
     pub sample_chunks: u32,
     /// The strata (two sampled chunks each; 0 when exact).
@@ -360,18 +368,16 @@ fn strata_for(chunks: u32, f: f64) -> Option<u32> {
     (4 * h <= chunks).then_some(h)
 }
 
-/// What a sampled query runs over: the workspace's chunks and users, and
-/// the chunks its exact answer evaluates.
+/// What a sampled query runs over: the chunks its exact answer evaluates
+/// (the sample is drawn among them), and the workspace's users.
 #[derive(Clone, Copy)]
 struct Scope {
     chunks: u32,
     users: u64,
-    exact_chunks: u64,
 }
 
 /// Sizes and draws the sample for `t`, or says why the exact answer is
-/// the better one. `exact_chunks`: the chunks the exact answer evaluates;
-/// `target`: the quantity a relative error is about.
+/// the better one. `target`: the quantity a relative error is about.
 fn run(
     scope: Scope,
     t: Tradeoff,
@@ -381,26 +387,14 @@ fn run(
     users_of: &dyn Fn(u32) -> u64,
     eval: &EvalChunks,
 ) -> Result<Outcome> {
-    let Scope {
-        chunks,
-        users,
-        exact_chunks,
-    } = scope;
+    let Scope { chunks, users } = scope;
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let too_small = || {
         Outcome::Exact(format!(
-            "{chunks} chunks: a sample of at least {MIN_STRATA} strata of two chunks \
-             would read half of them or more"
+            "the exact count evaluates {chunks} chunks: a sample of at least \
+             {MIN_STRATA} strata of two chunks would read more than half of them"
         ))
-    };
-    let cheaper = |h: u32| -> Option<Outcome> {
-        (exact_chunks <= u64::from(2 * h)).then(|| {
-            Outcome::Exact(format!(
-                "the exact count evaluates {exact_chunks} chunks, the sample would {}",
-                2 * h
-            ))
-        })
     };
     let fraction = match t {
         Tradeoff::Default | Tradeoff::SampleFraction(_) => Some(t.value()),
@@ -410,9 +404,6 @@ fn run(
         let Some(h) = strata_for(chunks, f) else {
             return Ok(too_small());
         };
-        if let Some(o) = cheaper(h) {
-            return Ok(o);
-        }
         let design = Design::draw(chunks, h, &mut rng);
         let per_chunk = eval(&design.picks)?;
         return Ok(Outcome::Sampled {
@@ -425,9 +416,6 @@ fn run(
     let Some(h0) = strata_for(chunks, 0.0) else {
         return Ok(too_small());
     };
-    if let Some(o) = cheaper(h0) {
-        return Ok(o);
-    }
     let pilot = Design::draw(chunks, h0, &mut rng);
     let pilot_counts = eval(&pilot.picks)?;
     let pilot_chunks = pilot.picks.len() as u32;
@@ -468,9 +456,9 @@ fn run(
             let spent = started.elapsed().as_secs_f64() * 1e3;
             let per_chunk = (spent / f64::from(pilot_chunks)).max(1e-6);
             let left = ms - spent;
-            if (exact_chunks as f64) * per_chunk <= left {
+            if f64::from(chunks) * per_chunk <= left {
                 return Ok(Outcome::Exact(format!(
-                    "the exact count ({exact_chunks} chunks) fits in the budget"
+                    "the exact count ({chunks} chunks) fits in the budget"
                 )));
             }
             let h = ((left / per_chunk / 2.0).floor().max(0.0) as u32).min(max_h);
@@ -486,9 +474,6 @@ fn run(
         }
         Tradeoff::Default | Tradeoff::SampleFraction(_) => unreachable!("sized above"),
     };
-    if let Some(o) = cheaper(h) {
-        return Ok(o);
-    }
     let design = Design::draw(chunks, h, &mut rng);
     let per_chunk = eval(&design.picks)?;
     Ok(Outcome::Sampled {
@@ -498,19 +483,39 @@ fn run(
     })
 }
 
-fn exact_info(t: Tradeoff, chunks: u32, users: u64, seed: u64, reason: String) -> SampleInfo {
-    SampleInfo {
-        exact: true,
-        exact_reason: Some(reason),
-        option: t.name(),
-        option_value: t.value(),
-        chunks,
-        sample_chunks: chunks,
-        strata: 0,
-        sample_users: users,
-        degrees_of_freedom: None,
-        seed,
-        pilot_chunks: 0,
+/// The workspace's chunks and those the exact answer evaluates.
+#[derive(Clone, Copy)]
+struct Chunks {
+    all: u32,
+    evaluated: u32,
+}
+
+impl SampleInfo {
+    /// An answer given exactly (`reason`), over a workspace of `chunks`
+    /// chunks and `users` users, of which the exact count evaluated
+    /// `evaluated_chunks`.
+    pub fn exact(
+        t: Tradeoff,
+        chunks: u32,
+        evaluated_chunks: u32,
+        users: u64,
+        seed: u64,
+        reason: impl Into<String>,
+    ) -> SampleInfo {
+        SampleInfo {
+            exact: true,
+            exact_reason: Some(reason.into()),
+            option: t.name(),
+            option_value: t.value(),
+            chunks,
+            evaluated_chunks,
+            sample_chunks: chunks,
+            strata: 0,
+            sample_users: users,
+            degrees_of_freedom: None,
+            seed,
+            pilot_chunks: 0,
+        }
     }
 }
 
@@ -527,39 +532,40 @@ pub fn sampled_count(
     let prepared = view.prepare(&p)?;
     let users = u64::from(view.user_count());
     let chunks = prepared.chunk_count();
-    let exact = |reason: String, n: u64| SampledCount {
+    let exact = |reason: String, n: u64, evaluated: u32| SampledCount {
         interval: Interval::exact(n),
-        sample: exact_info(t, chunks, users, seed, reason),
+        sample: SampleInfo::exact(t, chunks, evaluated, users, seed, reason),
         relative_error: Some(0.0),
         took_us: started.elapsed().as_micros() as u64,
     };
     if let Some(n) = prepared.stored_count() {
-        return Ok(exact("the count is stored (no evaluation)".into(), n));
+        return Ok(exact("the count is stored (no evaluation)".into(), n, 0));
     }
-    let (exact_chunks, per_chunk) = prepared.exact_cost()?;
-    let work = exact_chunks * per_chunk;
+    // The sample is drawn among the chunks the exact count evaluates: the
+    // others hold no match.
+    let s = prepared.sampler()?;
+    let keys = s.candidates();
+    let evaluated = keys.len() as u32;
+    let work = keys.len() as u64 * prepared.units();
     if work <= EXACT_WORK {
         return Ok(exact(
             format!("the exact count's work is small ({work} units)"),
-            prepared.count()?,
+            s.exact_count(),
+            evaluated,
         ));
     }
-    let eval = |keys: &[u32]| -> Result<Vec<Vec<u64>>> {
-        Ok(prepared
-            .count_chunks(keys)?
-            .into_iter()
-            .map(|n| vec![n])
-            .collect())
+    let eval = |picks: &[u32]| -> Result<Vec<Vec<u64>>> {
+        let at: Vec<u32> = picks.iter().map(|&i| keys[i as usize]).collect();
+        Ok(s.count(&at).into_iter().map(|n| vec![n]).collect())
     };
-    let users_of = |k: u32| u64::from(prepared.chunk_users(k));
+    let users_of = |i: u32| u64::from(prepared.chunk_users(keys[i as usize]));
     let scope = Scope {
-        chunks,
+        chunks: keys.len() as u32,
         users,
-        exact_chunks,
     };
-    let pred = prepared.predict_chunks()?;
+    let pred = s.predict(&keys);
     match run(scope, t, seed, 0, &pred, &users_of, &eval)? {
-        Outcome::Exact(reason) => Ok(exact(reason, prepared.count()?)),
+        Outcome::Exact(reason) => Ok(exact(reason, s.exact_count(), evaluated)),
         Outcome::Sampled {
             design,
             per_chunk,
@@ -567,27 +573,51 @@ pub fn sampled_count(
         } => {
             let x: Vec<u64> = per_chunk.iter().map(|q| q[0]).collect();
             let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
-            let sampled: u64 = per_pick.iter().sum();
             let (iv, df, half) = interval(&design, &x, &per_pick, &pred, users);
             Ok(SampledCount {
                 relative_error: (iv.estimate > 0).then(|| half / iv.estimate as f64),
                 interval: iv,
-                sample: SampleInfo {
-                    exact: false,
-                    exact_reason: None,
-                    option: t.name(),
-                    option_value: t.value(),
-                    chunks,
-                    sample_chunks: design.picks.len() as u32,
-                    strata: design.strata.len() as u32,
-                    sample_users: sampled,
-                    degrees_of_freedom: df.is_finite().then_some(df),
+                sample: sampled_info(
+                    t,
+                    Chunks {
+                        all: chunks,
+                        evaluated,
+                    },
+                    &design,
+                    &per_pick,
+                    df,
                     seed,
-                    pilot_chunks: pilot,
-                },
+                    pilot,
+                ),
                 took_us: started.elapsed().as_micros() as u64,
             })
         }
+    }
+}
+
+/// What a drawn sample was: `per_pick`, the users of each chunk drawn.
+fn sampled_info(
+    t: Tradeoff,
+    chunks: Chunks,
+    design: &Design,
+    per_pick: &[u64],
+    df: f64,
+    seed: u64,
+    pilot: u32,
+) -> SampleInfo {
+    SampleInfo {
+        exact: false,
+        exact_reason: None,
+        option: t.name(),
+        option_value: t.value(),
+        chunks: chunks.all,
+        evaluated_chunks: chunks.evaluated,
+        sample_chunks: design.picks.len() as u32,
+        strata: design.strata.len() as u32,
+        sample_users: per_pick.iter().sum(),
+        degrees_of_freedom: df.is_finite().then_some(df),
+        seed,
+        pilot_chunks: pilot,
     }
 }
 
@@ -619,11 +649,7 @@ pub fn sampled_breakdown(
         .ok_or_else(|| Error::Internal("a breakdown has a part".into()))?;
     let chunks = first.chunk_count();
     // Every part is evaluated on every chunk the breakdown visits.
-    let work: u64 = u64::from(chunks)
-        * parts
-            .iter()
-            .map(|p| p.exact_cost().map(|(_, units)| units))
-            .sum::<Result<u64>>()?;
+    let work: u64 = u64::from(chunks) * parts.iter().map(|p| p.units()).sum::<u64>();
     let rows_of = |sums: Vec<(Interval, Interval)>| -> Vec<SampledRow> {
         children
             .iter()
@@ -646,7 +672,7 @@ pub fn sampled_breakdown(
         Ok((
             op.to_string(),
             rows,
-            exact_info(t, chunks, users, seed, reason),
+            SampleInfo::exact(t, chunks, chunks, users, seed, reason),
         ))
     };
     if work <= EXACT_WORK {
@@ -689,11 +715,7 @@ pub fn sampled_breakdown(
         pred.push(own);
         pred.push(running);
     }
-    let scope = Scope {
-        chunks,
-        users,
-        exact_chunks: u64::from(chunks),
-    };
+    let scope = Scope { chunks, users };
     match run(scope, t, seed, target, &pred[target], &users_of, &eval)? {
         Outcome::Exact(reason) => exact(reason),
         Outcome::Sampled {
@@ -702,26 +724,17 @@ pub fn sampled_breakdown(
             pilot,
         } => {
             let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
-            let sampled: u64 = per_pick.iter().sum();
             let q = |i: usize| -> (Interval, f64) {
                 let x: Vec<u64> = per_chunk.iter().map(|c| c[i]).collect();
                 let (iv, df, _) = interval(&design, &x, &per_pick, &pred[i], users);
                 (iv, df)
             };
             let sums = (0..n).map(|i| (q(2 * i).0, q(2 * i + 1).0)).collect();
-            let info = SampleInfo {
-                exact: false,
-                exact_reason: None,
-                option: t.name(),
-                option_value: t.value(),
-                chunks,
-                sample_chunks: design.picks.len() as u32,
-                strata: design.strata.len() as u32,
-                sample_users: sampled,
-                degrees_of_freedom: Some(q(target).1).filter(|df| df.is_finite()),
-                seed,
-                pilot_chunks: pilot,
+            let all = Chunks {
+                all: chunks,
+                evaluated: chunks,
             };
+            let info = sampled_info(t, all, &design, &per_pick, q(target).1, seed, pilot);
             Ok((op.to_string(), rows_of(sums), info))
         }
     }

@@ -19,7 +19,7 @@
 //! words are `(base | added) & !removed`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
@@ -432,6 +432,12 @@ impl Scratch {
 /// 30 µs spread over the pool; two large ANDed (about 300 units) gains from
 /// the second core on an idle machine.
 const SERIAL_UNITS: usize = 256;
+
+/// The elements of array containers that cost about one unit of
+/// [`SERIAL_UNITS`]: measured on the medium workload, a chunk of twenty
+/// medium cohorts ORed (arrays of about 1,300 elements) took about 1.2 µs
+/// a leaf, a chunk's two large bitmaps ANDed about 0.15 µs each.
+const ARRAY_ELEMENTS_PER_UNIT: f64 = 150.0;
 
 /// A plan's estimated work per chunk, in [`SERIAL_UNITS`] units.
 fn units(node: &Node) -> usize {
@@ -852,9 +858,8 @@ fn eval_root(
 /// to [`Prepared::assemble`]: its snapshot bitmap, borrowed from the map,
 /// and its in-memory members.
 pub struct LeafBytes<'w> {
-    /// The snapshot's bitmap in the portable format (`None`: no snapshot
-    /// bitmap).
-    pub base: Option<&'w [u8]>,
+    /// The snapshot's bitmap, read in place (`None`: no snapshot bitmap).
+    pub base: Option<BitmapView<'w>>,
     /// The members added and removed since (`None`: nothing changed).
     pub delta: Option<Arc<Serialized>>,
     /// The largest member, when it may lie past the users' count: a
@@ -982,7 +987,7 @@ impl<'w> Prepared<'w> {
                 .cohort_index(key)?
                 .ok_or_else(|| Error::UnknownCohort { key: key.clone() })?;
             Ok(LeafBytes {
-                base: Some(snap.bitmap_bytes(i)?),
+                base: Some(snap.bitmap(i)?),
                 delta: None,
                 max: None,
             })
@@ -1045,49 +1050,52 @@ impl<'w> Prepared<'w> {
     }
 
     fn count_with_stats_using(&self, k: Kernels) -> Result<(u64, ChunkStats)> {
-        let chunks = self.chunks();
         if let Some(n) = self.single {
             return Ok((
                 n,
                 ChunkStats {
-                    chunks: u64::from(chunks),
+                    chunks: u64::from(self.chunks()),
                     ..ChunkStats::default()
                 },
             ));
         }
+        self.with_ctx(k, |ctx| self.count_in(ctx))
+    }
+
+    /// The exact count with this context (not a stored one).
+    fn count_in(&self, ctx: &Ctx) -> (u64, ChunkStats) {
+        let chunks = self.chunks();
         let touched = AtomicU64::new(0);
         let skipped = AtomicU64::new(0);
-        let n = self.with_ctx(k, |ctx| {
-            let keys = candidates(&self.node, ctx, chunks);
-            // Chunks no candidate: an AND child has nothing there.
-            skipped.fetch_add(u64::from(chunks) - keys.len() as u64, Ordering::Relaxed);
-            let one = |b: &mut (Box<Words>, Scratch), key: u32| {
-                let mut early = false;
-                let n = self.count_chunk(ctx, key, b, &mut early);
-                if early {
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    touched.fetch_add(1, Ordering::Relaxed);
-                }
-                n
-            };
-            let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
-            let threads = rayon::current_num_threads();
-            if keys.len() * units(&self.node) <= SERIAL_UNITS || threads == 1 {
-                let mut b = buffers();
-                keys.iter().map(|&key| one(&mut b, key)).sum::<u64>()
+        let keys = candidates(&self.node, ctx, chunks);
+        // Chunks no candidate: an AND child has nothing there.
+        skipped.fetch_add(u64::from(chunks) - keys.len() as u64, Ordering::Relaxed);
+        let one = |b: &mut (Box<Words>, Scratch), key: u32| {
+            let mut early = false;
+            let n = self.count_chunk(ctx, key, b, &mut early);
+            if early {
+                skipped.fetch_add(1, Ordering::Relaxed);
             } else {
-                spread_sum(&keys, threads, buffers, one)
+                touched.fetch_add(1, Ordering::Relaxed);
             }
-        })?;
-        Ok((
+            n
+        };
+        let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
+        let threads = rayon::current_num_threads();
+        let n = if keys.len() * units(&self.node) <= SERIAL_UNITS || threads == 1 {
+            let mut b = buffers();
+            keys.iter().map(|&key| one(&mut b, key)).sum::<u64>()
+        } else {
+            spread_sum(&keys, threads, buffers, one)
+        };
+        (
             n,
             ChunkStats {
                 chunks: u64::from(chunks),
                 touched: touched.into_inner(),
                 skipped: skipped.into_inner(),
             },
-        ))
+        )
     }
 
     /// The count of chunk `key` (`early`: an AND found it empty early).
@@ -1124,91 +1132,26 @@ impl<'w> Prepared<'w> {
         (u64::from(self.users).saturating_sub(start)).min(1 << 16) as u32
     }
 
-    /// What the exact count would evaluate: the chunks it visits (see
-    /// [`candidates`]), and the plan's work per chunk in the units of
-    /// [`SERIAL_UNITS`] (a cohort container in one chunk is one, a bucket
-    /// range eight).
-    pub fn exact_cost(&self) -> Result<(u64, u64)> {
-        let chunks = self.chunks();
-        self.with_ctx(Kernels::active(), |ctx| {
-            (
-                candidates(&self.node, ctx, chunks).len() as u64,
-                units(&self.node) as u64,
-            )
-        })
+    /// The plan's work per chunk in the units of [`SERIAL_UNITS`] (a cohort
+    /// container in one chunk is one, a bucket range eight).
+    pub fn units(&self) -> u64 {
+        units(&self.node) as u64
     }
 
     /// A prediction of every chunk's count from its leaves' container
-    /// sizes alone (read from the bitmaps' headers, no container is
-    /// evaluated): the leaves taken as independent within a chunk, a
-    /// bucket range as its share of the buckets. For a sampled estimate,
-    /// which then samples only what the prediction misses.
+    /// sizes alone ([`Sampler::predict`] of every chunk).
     pub fn predict_chunks(&self) -> Result<Vec<f64>> {
-        let chunks = self.chunks();
-        self.with_ctx(Kernels::active(), |ctx| {
-            // Each leaf's members per chunk, from the containers' headers
-            // in one pass over each bitmap's descriptors.
-            let sizes: Vec<Vec<f64>> = ctx
-                .leaves
-                .iter()
-                .map(|leaf| {
-                    let mut n = vec![0.0; chunks as usize];
-                    let mut add = |v: &Option<BitmapView>, sign: f64| {
-                        for i in v.iter().flat_map(|v| 0..v.containers()) {
-                            let Some(v) = v else { continue };
-                            if let Some(c) = n.get_mut(usize::from(v.key(i))) {
-                                *c += sign * f64::from(v.cardinality(i));
-                            }
-                        }
-                    };
-                    match leaf {
-                        LeafView::Simple(v) => add(&Some(*v), 1.0),
-                        LeafView::Layered {
-                            base,
-                            added,
-                            removed,
-                        } => {
-                            add(base, 1.0);
-                            add(added, 1.0);
-                            add(removed, -1.0);
-                        }
-                    }
-                    n
-                })
-                .collect();
-            (0..chunks)
-                .map(|key| {
-                    let len = f64::from(ctx.chunk_len(key));
-                    let share = |i: usize| (sizes[i][key as usize] / len.max(1.0)).clamp(0.0, 1.0);
-                    predict(&self.node, &share) * len
-                })
-                .collect()
-        })
+        let keys: Vec<u32> = (0..self.chunks()).collect();
+        Ok(self.sampler()?.predict(&keys))
     }
 
-    /// The count of each of the chunks `keys` (in that order), evaluated as
-    /// the exact count evaluates them: the work is that of these chunks
-    /// only. Keys past the last chunk count 0.
-    pub fn count_chunks(&self, keys: &[u32]) -> Result<Vec<u64>> {
-        let chunks = self.chunks();
-        self.with_ctx(Kernels::active(), |ctx| {
-            let one = |b: &mut (Box<Words>, Scratch), key: u32| {
-                if key >= chunks {
-                    return 0;
-                }
-                let mut early = false;
-                self.count_chunk(ctx, key, b, &mut early)
-            };
-            let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
-            if keys.len() * units(&self.node) <= SERIAL_UNITS || rayon::current_num_threads() == 1 {
-                let mut b = buffers();
-                keys.iter().map(|&key| one(&mut b, key)).collect()
-            } else {
-                keys.par_iter()
-                    .with_max_len(1)
-                    .map_init(buffers, |b, &key| one(b, key))
-                    .collect()
-            }
+    /// The plan's leaves parsed once for a sampled estimate's several
+    /// questions (see [`Sampler`]).
+    pub fn sampler(&self) -> Result<Sampler<'_, 'w>> {
+        Ok(Sampler {
+            prepared: self,
+            checker: self.chunk_ctx()?,
+            sizes: OnceLock::new(),
         })
     }
 
@@ -1277,7 +1220,7 @@ impl<'w> Prepared<'w> {
         for b in &self.bytes {
             let added = opt(b.delta.as_ref().and_then(|d| d.added.as_deref()))?;
             let removed = opt(b.delta.as_ref().and_then(|d| d.removed.as_deref()))?;
-            let base = opt(b.base)?;
+            let base = b.base;
             leaves.push(match (base, added, removed) {
                 (Some(v), None, None) | (None, Some(v), None) => LeafView::Simple(v),
                 (None, None, None) => LeafView::Simple(BitmapView::empty()),
@@ -1313,6 +1256,144 @@ impl Checker<'_> {
     /// Whether `user` is in the segment.
     pub fn contains(&self, user: UserId) -> bool {
         user.0 < self.ctx.users && contains(self.node, user.0, &self.ctx)
+    }
+}
+
+/// A sampled estimate's hold on a prepared plan: the leaves parsed once
+/// for every question the estimate asks (the chunks the exact count would
+/// visit, their predicted counts, the counts of the chunks drawn, and the
+/// exact count where that is no dearer).
+pub struct Sampler<'p, 'w> {
+    prepared: &'p Prepared<'w>,
+    checker: Checker<'p>,
+    /// Each leaf's members per chunk, read from its containers' headers
+    /// when first asked.
+    sizes: OnceLock<Vec<Vec<f64>>>,
+}
+
+impl Sampler<'_, '_> {
+    /// The chunks the exact count evaluates (see [`candidates`]): every
+    /// other chunk holds no match.
+    pub fn candidates(&self) -> Vec<u32> {
+        candidates(
+            &self.prepared.node,
+            &self.checker.ctx,
+            self.prepared.chunks(),
+        )
+    }
+
+    /// The exact count (the stored one when there is one).
+    pub fn exact_count(&self) -> u64 {
+        match self.prepared.single {
+            Some(n) => n,
+            None => self.prepared.count_in(&self.checker.ctx).0,
+        }
+    }
+
+    /// Each leaf's members per chunk, from the containers' headers in one
+    /// pass over each bitmap's descriptors.
+    fn sizes(&self) -> &[Vec<f64>] {
+        self.sizes.get_or_init(|| {
+            let chunks = self.prepared.chunks() as usize;
+            self.checker
+                .ctx
+                .leaves
+                .iter()
+                .map(|leaf| {
+                    let mut n = vec![0.0; chunks];
+                    let mut add = |v: &Option<BitmapView>, sign: f64| {
+                        for i in v.iter().flat_map(|v| 0..v.containers()) {
+                            let Some(v) = v else { continue };
+                            if let Some(c) = n.get_mut(usize::from(v.key(i))) {
+                                *c += sign * f64::from(v.cardinality(i));
+                            }
+                        }
+                    };
+                    match leaf {
+                        LeafView::Simple(v) => add(&Some(*v), 1.0),
+                        LeafView::Layered {
+                            base,
+                            added,
+                            removed,
+                        } => {
+                            add(base, 1.0);
+                            add(added, 1.0);
+                            add(removed, -1.0);
+                        }
+                    }
+                    n
+                })
+                .collect()
+        })
+    }
+
+    /// A prediction of the count of each chunk of `keys` from its leaves'
+    /// container sizes alone (no container is evaluated): the leaves taken
+    /// as independent within a chunk, a bucket range as its share of the
+    /// buckets. A sampled estimate then samples only what the prediction
+    /// misses.
+    pub fn predict(&self, keys: &[u32]) -> Vec<f64> {
+        let sizes = self.sizes();
+        let ctx = &self.checker.ctx;
+        keys.iter()
+            .map(|&key| {
+                let len = f64::from(ctx.chunk_len(key));
+                let share = |i: usize| {
+                    let n = sizes[i].get(key as usize).copied().unwrap_or(0.0);
+                    (n / len.max(1.0)).clamp(0.0, 1.0)
+                };
+                predict(self.checker.node, &share) * len
+            })
+            .collect()
+    }
+
+    /// The work of evaluating chunk `key`, in [`SERIAL_UNITS`] units: the
+    /// plan's units, and an array container's elements on top (an array
+    /// is scattered element by element, a bitmap is read word by word).
+    fn chunk_work(&self, key: u32) -> usize {
+        let arrays: f64 = self
+            .sizes()
+            .iter()
+            .map(|n| {
+                let c = n.get(key as usize).copied().unwrap_or(0.0);
+                if c <= 4_096.0 {
+                    c / ARRAY_ELEMENTS_PER_UNIT
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        units(self.checker.node) + arrays as usize
+    }
+
+    /// The count of each chunk of `keys` (in that order), evaluated as the
+    /// exact count evaluates them: the work is that of these chunks only,
+    /// spread over the pool when it is worth a wake-up. Keys past the last
+    /// chunk count 0.
+    pub fn count(&self, keys: &[u32]) -> Vec<u64> {
+        let chunks = self.prepared.chunks();
+        let ctx = &self.checker.ctx;
+        let one = |b: &mut (Box<Words>, Scratch), key: u32| {
+            if key >= chunks {
+                return 0;
+            }
+            let mut early = false;
+            self.prepared.count_chunk(ctx, key, b, &mut early)
+        };
+        let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
+        let threads = rayon::current_num_threads();
+        let work: usize = keys.iter().map(|&k| self.chunk_work(k)).sum();
+        if threads == 1 || keys.len() < 2 || work <= SERIAL_UNITS {
+            let mut b = buffers();
+            return keys.iter().map(|&key| one(&mut b, key)).collect();
+        }
+        let out: Vec<AtomicU64> = keys.iter().map(|_| AtomicU64::new(0)).collect();
+        let at: Vec<u32> = (0..keys.len() as u32).collect();
+        spread_sum(&at, threads, buffers, |b, i| {
+            out[i as usize].store(one(b, keys[i as usize]), Ordering::Relaxed);
+            0
+        });
+        out.into_iter().map(AtomicU64::into_inner).collect()
     }
 }
 

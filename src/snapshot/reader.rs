@@ -12,7 +12,7 @@ use super::dict::{alias_key, Dict};
 use super::format::{Section, SectionKind, SnapshotFile};
 use super::meta::Meta;
 use super::mmap::Mapped;
-use crate::bitmap_view::{BitmapView, Container};
+use crate::bitmap_view::{BitmapView, Container, Header};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId, UserRef, BUCKETS};
 
@@ -42,6 +42,9 @@ impl AsRef<[u8]> for Storage {
 pub struct Snapshot {
     file: SnapshotFile<Storage>,
     meta: OnceLock<std::result::Result<Meta, String>>,
+    /// Each cohort bitmap's header, parsed the first time it is read: the
+    /// file does not change, so later reads skip the parse.
+    headers: OnceLock<Vec<OnceLock<Header>>>,
 }
 
 /// What `segq snapshot inspect` shows.
@@ -115,6 +118,7 @@ impl Snapshot {
         Ok(Snapshot {
             file: SnapshotFile::open(storage, name)?,
             meta: OnceLock::new(),
+            headers: OnceLock::new(),
         })
     }
 
@@ -216,12 +220,27 @@ impl Snapshot {
     }
 
     /// The members of cohort `i` of the catalog, read in place.
+    /// Its header is parsed once (the first read), then kept.
     pub fn bitmap(&self, i: usize) -> Result<BitmapView<'_>> {
         let bytes = self.bitmap_bytes(i)?;
-        BitmapView::parse(bytes).map_err(|e| {
+        let corrupt = |e: crate::bitmap_view::ViewError| {
             let id = self.meta().map_or("?", |m| m.cohorts[i].cohort_id.as_str());
             self.corrupt(format!("cohort {id}: {e}"))
-        })
+        };
+        let headers = self.headers.get_or_init(|| {
+            let n = self.meta().map_or(0, |m| m.cohorts.len());
+            (0..n).map(|_| OnceLock::new()).collect()
+        });
+        match headers.get(i).and_then(OnceLock::get) {
+            Some(h) => BitmapView::with_header(bytes, *h).map_err(corrupt),
+            None => {
+                let v = BitmapView::parse(bytes).map_err(corrupt)?;
+                if let Some(slot) = headers.get(i) {
+                    let _ = slot.set(v.header());
+                }
+                Ok(v)
+            }
+        }
     }
 
     /// The bytes of cohort `i`'s bitmap, not parsed (O(1)).

@@ -146,7 +146,7 @@ impl<'w> Prepared<'w> {
 /// A workspace cohort's bytes for the evaluator.
 fn leaf_bytes<'w>(c: &'w Cohort, src: &dyn BitmapSource) -> Result<LeafBytes<'w>> {
     let m = &c.members;
-    let base = m.base_bytes()?;
+    let base = m.base()?;
     let unchanged = base.is_some() && m.added().is_empty() && m.removed().is_empty();
     Ok(LeafBytes {
         base,

@@ -1,22 +1,27 @@
 //! Chunk-sampled estimates (`query::sample`) on a generated snapshot whose
-//! cohort density drifts with the user id: the coverage of the 95%
-//! interval over random filter trees, the absence of bias, the exact
-//! answers where the exact count is no dearer, the caller's trade-offs,
-//! and the breakdown on the same sample.
+//! cohort density and attribute values drift with the user id: the
+//! coverage of the 95% interval over random filter trees (over the
+//! workspace loaded from it, as the server reads one), the absence of
+//! bias, the exact answers where the exact count is no dearer, the
+//! caller's trade-offs, and the breakdown on the same sample.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use roaring::RoaringBitmap;
 
+use segq::attributes::{AttrType, Attribute, Attributes};
 use segq::ids::Partner;
 use segq::query::sample::{sampled_breakdown, sampled_count, SampledCount, Tradeoff};
+use segq::query::{Live, SerialCache};
+use segq::segment::ast::{AttrCmp, Number};
 use segq::segment::chunk::Prepared;
 use segq::segment::{plan, BucketCmp, Filter};
 use segq::snapshot::meta::{CohortMeta, Meta};
 use segq::snapshot::writer::Contents;
 use segq::snapshot::Snapshot;
+use segq::workspace::Workspace;
 
 /// 160 chunks, the last one partial.
 const USERS: u32 = 160 * 65_536 - 12_345;
@@ -62,8 +67,8 @@ fn cohort(i: usize) -> String {
 }
 
 /// The generated snapshot (built once for the module's tests).
-fn snapshot() -> &'static Snapshot {
-    static SNAP: OnceLock<Snapshot> = OnceLock::new();
+fn snapshot() -> &'static Arc<Snapshot> {
+    static SNAP: OnceLock<Arc<Snapshot>> = OnceLock::new();
     SNAP.get_or_init(|| {
         let mut contents = Contents::new(Meta {
             workspace: "drift".into(),
@@ -136,12 +141,81 @@ fn snapshot() -> &'static Snapshot {
                 })
                 .expect("a cohort");
         }
-        Snapshot::from_bytes(contents.finish().expect("written"), "drift").expect("reads")
+        contents.attributes = segq::attributes::codec::encode(&attributes()).expect("encodes");
+        Arc::new(Snapshot::from_bytes(contents.finish().expect("written"), "drift").expect("reads"))
     })
 }
 
+/// The plans of the attribute `plan`, most common first.
+const PLANS: [&str; 4] = ["free", "pro", "team", "enterprise"];
+
+/// Three attributes whose values drift with sign-up order: `sessions`
+/// (integer, 70% of users, exponential with a mean from 3 to 33),
+/// `plan` (string, 90%, paid plans growing more common) and `subscribed`
+/// (boolean, 80%, true from 20% to 70% of them).
+fn attributes() -> Attributes {
+    let n = f64::from(USERS);
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let (mut sessions, mut plans, mut subscribed) = (Vec::new(), Vec::new(), Vec::new());
+    for u in 0..USERS {
+        let x = f64::from(u) / n;
+        if rng.gen_bool(0.7) {
+            let r: f64 = rng.gen_range(f64::EPSILON..1.0);
+            sessions.push((u, (-r.ln() * (3.0 + 30.0 * x)) as i64));
+        }
+        if rng.gen_bool(0.9) {
+            let r: f64 = rng.gen();
+            let p = if r < 0.6 - 0.3 * x {
+                0
+            } else if r < 0.85 - 0.2 * x {
+                1
+            } else if r < 0.97 {
+                2
+            } else {
+                3
+            };
+            plans.push((u, p));
+        }
+        if rng.gen_bool(0.8) {
+            subscribed.push((u, rng.gen_bool(0.2 + 0.5 * x)));
+        }
+    }
+    let mut a = Attributes::new();
+    a.insert(Attribute::build_numbers(
+        "sessions",
+        AttrType::Integer,
+        0,
+        sessions.into_iter(),
+    ));
+    a.insert(Attribute::build_strings(
+        "plan",
+        PLANS.iter().map(|p| p.to_string()).collect(),
+        plans.into_iter(),
+    ));
+    a.insert(Attribute::build_booleans(
+        "subscribed",
+        subscribed.into_iter(),
+    ));
+    a
+}
+
+/// The workspace loaded from the snapshot (its attributes decoded), and
+/// the cache its in-memory bitmaps are serialized through.
+fn workspace() -> &'static (Workspace, SerialCache) {
+    static WS: OnceLock<(Workspace, SerialCache)> = OnceLock::new();
+    WS.get_or_init(|| {
+        let ws = segq::engine::persist::load_workspace(snapshot().clone()).expect("loads");
+        (ws, SerialCache::with_bucket_masks(0))
+    })
+}
+
+fn live() -> Live<'static> {
+    let (ws, src) = workspace();
+    Live { ws, src }
+}
+
 fn exact(f: &Filter) -> u64 {
-    let snap = snapshot();
+    let snap: &Snapshot = snapshot();
     let p = plan::plan(snap, f).expect("plans");
     Prepared::for_snapshot(snap, &p)
         .expect("prepares")
@@ -149,7 +223,43 @@ fn exact(f: &Filter) -> u64 {
         .expect("counts")
 }
 
+/// A test of one of the attributes.
+fn attribute_leaf(rng: &mut ChaCha8Rng) -> Filter {
+    let (attribute, cmp) = match rng.gen_range(0..6) {
+        0 => {
+            let a = rng.gen_range(0..40);
+            let b = rng.gen_range(0..40);
+            (
+                "sessions",
+                AttrCmp::Between(Number::int(a.min(b)), Number::int(a.max(b))),
+            )
+        }
+        1 => ("sessions", AttrCmp::Gt(Number::int(rng.gen_range(0..60)))),
+        2 => ("sessions", AttrCmp::Le(Number::int(rng.gen_range(0..20)))),
+        3 => (
+            "plan",
+            AttrCmp::Equals(PLANS[rng.gen_range(0..PLANS.len())].into()),
+        ),
+        4 => ("plan", AttrCmp::DoesNotEqual("free".into())),
+        _ => (
+            "subscribed",
+            if rng.gen_bool(0.5) {
+                AttrCmp::IsTrue
+            } else {
+                AttrCmp::IsFalse
+            },
+        ),
+    };
+    Filter::Attribute {
+        attribute: attribute.into(),
+        cmp,
+    }
+}
+
 fn leaf(rng: &mut ChaCha8Rng) -> Filter {
+    if rng.gen_bool(0.15) {
+        return attribute_leaf(rng);
+    }
     if rng.gen_bool(0.2) {
         let a = rng.gen_range(0..10_000u16);
         let b = rng.gen_range(0..10_000u16);
@@ -167,7 +277,7 @@ fn leaf(rng: &mut ChaCha8Rng) -> Filter {
     }
 }
 
-/// A random tree of cohorts, NOTs and bucket ranges.
+/// A random tree of cohorts, attribute tests, NOTs and bucket ranges.
 fn tree(rng: &mut ChaCha8Rng, depth: u32) -> Filter {
     if depth == 0 || rng.gen_bool(0.3) {
         return leaf(rng);
@@ -192,7 +302,7 @@ fn covers(e: &SampledCount, truth: u64) -> bool {
 
 #[test]
 fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
-    let snap = snapshot();
+    let view = live();
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     let tradeoffs = [
         Tradeoff::Default,
@@ -203,13 +313,16 @@ fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
     let mut errors: Vec<f64> = Vec::new();
     let mut trees = 0;
     let mut by_design = [(0u32, 0u32); 3];
+    let mut with_attributes = 0u32;
     while sampled < 1_000 {
         trees += 1;
         assert!(trees < 5_000, "too few trees are sampled");
         let f = tree(&mut rng, 3);
-        let truth = exact(&f);
+        let truth = segq::query::count_in(&view, &f, false)
+            .expect("counts")
+            .count;
         let t = tradeoffs[trees % tradeoffs.len()];
-        let e = sampled_count(snap, &f, t, rng.gen()).expect("estimates");
+        let e = sampled_count(&view, &f, t, rng.gen()).expect("estimates");
         if e.sample.exact {
             assert_eq!(e.interval.estimate, truth, "{f}");
             assert_eq!((e.interval.low, e.interval.high), (truth, truth));
@@ -219,6 +332,9 @@ fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
         assert!(e.interval.low <= e.interval.estimate && e.interval.estimate <= e.interval.high);
         assert!(e.sample.sample_chunks < e.sample.chunks / 2, "{e:?}");
         sampled += 1;
+        let mut tests_attributes = false;
+        f.for_each_attribute(&mut |_| tests_attributes = true);
+        with_attributes += u32::from(tests_attributes);
         covered += u32::from(covers(&e, truth));
         let k = match t {
             Tradeoff::Default => 0,
@@ -235,8 +351,13 @@ fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
     let sd = (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
     let se = sd / n.sqrt();
     println!(
-        "{sampled} sampled ({exact_answers} exact) of {trees} trees: {covered} covered; \
-         mean signed error {mean:.1} users, standard error {se:.1}"
+        "{sampled} sampled ({exact_answers} exact) of {trees} trees, {with_attributes} of them \
+         testing attributes: {covered} covered; mean signed error {mean:.1} users, \
+         standard error {se:.1}"
+    );
+    assert!(
+        with_attributes >= 200,
+        "{with_attributes} trees test attributes"
     );
     assert!(
         (930..=970).contains(&covered),
@@ -250,7 +371,7 @@ fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
 
 #[test]
 fn the_exact_count_answers_where_it_is_no_dearer() {
-    let snap = snapshot();
+    let snap: &Snapshot = snapshot();
     let c = |i: usize| Filter::includes(Partner::Amplitude, cohort(i));
     // One cohort: its stored cardinality, whatever the trade-off.
     for t in [
@@ -295,9 +416,43 @@ fn the_exact_count_answers_where_it_is_no_dearer() {
     );
 }
 
+/// An AND with a clustered cohort evaluates only the chunks of its band:
+/// the sample is drawn there, so every draw finds matches (drawn over all
+/// 160 chunks, 8 picks in 4 strata would miss the band about a quarter of
+/// the time).
+#[test]
+fn the_sample_is_drawn_among_the_chunks_the_exact_count_evaluates() {
+    let snap: &Snapshot = snapshot();
+    let c = |i: usize| Filter::includes(Partner::Amplitude, cohort(i));
+    // Work enough not to be answered exactly: 15 units a chunk.
+    let band = Filter::And(vec![
+        c(8),
+        Filter::Or((0..6).map(c).collect()),
+        Filter::Bucket(BucketCmp::Lt(5_000)),
+    ]);
+    // The band: 30% to 42% of the users, the chunks where cohort 8 has a
+    // container.
+    let banded = snap
+        .bitmap(
+            snap.cohort_index(&segq::ids::CohortKey::new(Partner::Amplitude, cohort(8)))
+                .expect("reads")
+                .expect("a cohort"),
+        )
+        .expect("parses")
+        .containers() as u32;
+    assert!((18..=21).contains(&banded), "{banded}");
+    for seed in 0..20 {
+        let e = sampled_count(snap, &band, Tradeoff::Default, seed).expect("estimates");
+        assert!(!e.sample.exact, "{e:?}");
+        assert_eq!(e.sample.evaluated_chunks, banded);
+        assert_eq!((e.sample.sample_chunks, e.sample.chunks), (8, 160));
+        assert!(e.interval.sample_matches > 0, "seed {seed}: {e:?}");
+    }
+}
+
 #[test]
 fn a_relative_error_or_a_budget_sizes_the_sample() {
-    let snap = snapshot();
+    let snap: &Snapshot = snapshot();
     let c = |i: usize| Filter::includes(Partner::Amplitude, cohort(i));
     let f = Filter::Or(vec![
         Filter::And(vec![c(0), c(2)]),
@@ -340,7 +495,7 @@ fn a_relative_error_or_a_budget_sizes_the_sample() {
 
 #[test]
 fn a_breakdown_estimates_every_row_on_the_count_s_sample() {
-    let snap = snapshot();
+    let snap: &Snapshot = snapshot();
     let c = |i: usize| Filter::includes(Partner::Amplitude, cohort(i));
     let parts = vec![
         c(0),

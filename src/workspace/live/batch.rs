@@ -163,7 +163,7 @@ pub(super) fn evaluate(
             },
         };
         cohorts.push(CohortLeaf {
-            base: view(m.base_bytes()?)?,
+            base: m.base()?,
             delta,
         });
     }
