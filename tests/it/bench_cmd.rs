@@ -61,9 +61,9 @@ fn the_table_has_every_row() {
     );
     for (i, (name, count)) in reference_counts().into_iter().enumerate() {
         let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with(name)).collect();
-        // The count table, the reads table, and the thread table for every
-        // multi-leaf shape.
-        assert_eq!(rows.len(), if i == 0 { 2 } else { 3 }, "{name}: {text}");
+        // The count table, the reads table, the estimates table, and the
+        // thread table for every multi-leaf shape.
+        assert_eq!(rows.len(), if i == 0 { 3 } else { 4 }, "{name}: {text}");
         let printed: u64 = rows[0][name.len()..]
             .split_whitespace()
             .next()
@@ -81,9 +81,21 @@ fn the_table_has_every_row() {
         } else {
             assert!(reads[reads.len() - 1].ends_with('%'), "{}", rows[1]);
             assert!(reads[0].parse::<u64>().unwrap() > 0, "{}", rows[1]);
-            assert!(rows[2].trim_end().ends_with('x'), "{}", rows[2]);
+            assert!(rows[3].trim_end().ends_with('x'), "{}", rows[3]);
         }
+        // The exact count, an estimate [interval], the chunks, two
+        // timings and their ratio.
+        let est: Vec<&str> = rows[2][name.len()..].split_whitespace().collect();
+        assert_eq!(est[0].parse::<u64>().unwrap(), count, "{}", rows[2]);
+        assert!(est[2].starts_with('['), "{}", rows[2]);
+        assert!(rows[2].trim_end().ends_with('x'), "{}", rows[2]);
     }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("estimate at a 5% chunk sample")),
+        "{text}"
+    );
     for start in [
         "machine read bandwidth: ",
         "reads (fast, prepared)",
@@ -159,6 +171,26 @@ fn the_json_form_has_every_figure() {
         .unwrap();
     assert_eq!(members["members"], listed["count"]);
     positive(&members["timing"], "members");
+    let estimates = size["estimates"].as_array().unwrap();
+    assert_eq!(estimates.len(), shapes.len());
+    for (e, s) in estimates.iter().zip(shapes) {
+        let name = e["shape"].as_str().unwrap();
+        assert_eq!(e["shape"], s["shape"]);
+        assert_eq!(e["count"], s["count"], "{name}");
+        let (low, high) = (e["low"].as_u64().unwrap(), e["high"].as_u64().unwrap());
+        assert!(low <= e["estimate"].as_u64().unwrap() && e["estimate"].as_u64().unwrap() <= high);
+        if e["exact_reason"].is_string() {
+            assert_eq!(e["estimate"], e["count"], "{name}");
+        }
+        positive(&e["exact"], name);
+        positive(&e["sampled"], name);
+        assert!(e["ratio"].as_f64().unwrap() > 0.0);
+    }
+    // One cohort is answered from its stored size.
+    assert!(estimates[0]["exact_reason"]
+        .as_str()
+        .unwrap()
+        .contains("stored"));
     let threads = size["thread_scaling"].as_array().unwrap();
     assert_eq!(threads.len(), 5);
     for t in threads {

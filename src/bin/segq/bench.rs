@@ -157,34 +157,48 @@ impl Sampler {
     /// or timed, must be the first one's warm-up answer: a mismatch is an
     /// error. Returns that count and a timing per way, in order.
     fn interleaved(&self, shape: &str, ways: &mut [Way]) -> Result<(u64, Vec<Timing>), Failure> {
-        let mut want = None;
-        let mut check = |name: &str, n: u64| match want {
+        let mut want: Option<(String, u64)> = None;
+        let names: Vec<String> = ways.iter().map(|(n, _)| n.to_string()).collect();
+        let timings = self.alternate(ways, &mut |i, n| match &want {
             None => {
-                want = Some((name.to_string(), n));
+                want = Some((names[i].clone(), n));
                 Ok(())
             }
-            Some((ref first, w)) if w != n => Err(Failure::Other(format!(
-                "{shape}: {name} counts {n}, {first} counts {w}"
+            Some((first, w)) if *w != n => Err(Failure::Other(format!(
+                "{shape}: {} counts {n}, {first} counts {w}",
+                names[i]
             ))),
             Some(_) => Ok(()),
-        };
-        for (name, f) in ways.iter_mut() {
-            check(name, f()?)?;
+        })?;
+        let count = want.map_or(0, |(_, n)| n);
+        Ok((count, timings))
+    }
+
+    /// Several ways timed run by run in turn (run 1 of each, then run 2
+    /// of each, ...) after one warm-up call each, so that they share the
+    /// machine's moods; every answer, warm-up or timed, goes to `check`
+    /// with its way's index. A timing per way, in order.
+    fn alternate(
+        &self,
+        ways: &mut [Way],
+        check: &mut dyn FnMut(usize, u64) -> Result<(), Failure>,
+    ) -> Result<Vec<Timing>, Failure> {
+        for (i, (_, f)) in ways.iter_mut().enumerate() {
+            check(i, f()?)?;
         }
         let start = Instant::now();
         let mut ns = vec![Vec::with_capacity(self.runs); ways.len()];
         while ns[0].len() < self.runs
             && (ns[0].len() < self.runs.min(3) || start.elapsed() < BUDGET)
         {
-            for ((name, f), ns) in ways.iter_mut().zip(&mut ns) {
+            for (i, ((_, f), ns)) in ways.iter_mut().zip(&mut ns).enumerate() {
                 let t = Instant::now();
                 let n = black_box(f()?);
                 ns.push(t.elapsed().as_nanos() as f64);
-                check(name, n)?;
+                check(i, n)?;
             }
         }
-        let count = want.map_or(0, |(_, n)| n);
-        Ok((count, ns.into_iter().map(Timing::of).collect()))
+        Ok(ns.into_iter().map(Timing::of).collect())
     }
 
     /// One warm-up call of `f` (its answer is returned), then timed runs.
@@ -363,6 +377,30 @@ struct Bandwidth {
     timing: Timing,
 }
 
+/// One shape's chunk-sampled estimate at 5% beside its exact count.
+#[derive(Debug, Serialize)]
+struct EstimateRow {
+    shape: &'static str,
+    count: u64,
+    estimate: u64,
+    low: u64,
+    high: u64,
+    /// Answered exactly (why), the sample being no cheaper.
+    exact_reason: Option<String>,
+    sample_chunks: u32,
+    chunks: u32,
+    /// The exact count with planning, timed in turn with the estimate.
+    exact: Timing,
+    /// The estimate with planning.
+    sampled: Timing,
+    /// Exact median / estimate median.
+    ratio: f64,
+}
+
+/// The sample fraction and seed of the estimate rows.
+const ESTIMATE_FRACTION: f64 = 0.05;
+const ESTIMATE_SEED: u64 = 7;
+
 #[derive(Debug, Serialize)]
 struct DeltaReport {
     users_created: u32,
@@ -427,6 +465,8 @@ struct SizeReport {
     shapes: Vec<ShapeRow>,
     /// The attribute shapes, when the workload has the attributes.
     attribute_shapes: Vec<AttributeRow>,
+    /// Every shape's 5% chunk-sampled estimate against its exact count.
+    estimates: Vec<EstimateRow>,
     single_cohort: SingleCohort,
     check: Check,
     members: Members,
@@ -707,6 +747,58 @@ fn attribute_rows(
     Ok(rows)
 }
 
+/// Every shape's estimate at a 5% chunk sample (`query::sample`, a fixed
+/// seed) and its exact count, both with planning over the mapped
+/// snapshot, timed run by run in turn; every run's exact count must be
+/// the shape's, every estimate the first one (the seed fixes it).
+fn estimate_rows(
+    snap: &Snapshot,
+    shapes: &[(&'static str, Filter)],
+    rows: &[ShapeRow],
+    sampler: &Sampler,
+) -> Result<Vec<EstimateRow>, Failure> {
+    use segq::query::sample::{sampled_count, Tradeoff};
+    let t = Tradeoff::SampleFraction(ESTIMATE_FRACTION);
+    let mut out = Vec::new();
+    for ((name, filter), row) in shapes.iter().zip(rows) {
+        let first = sampled_count(snap, filter, t, ESTIMATE_SEED)?;
+        let mut exact = || Ok(segq::query::count_in(snap, black_box(filter), false)?.count);
+        let mut sampled = || {
+            Ok(sampled_count(snap, black_box(filter), t, ESTIMATE_SEED)?
+                .interval
+                .estimate)
+        };
+        let want = [row.count, first.interval.estimate];
+        let timings = sampler.alternate(
+            &mut [("exact", &mut exact), ("estimate", &mut sampled)],
+            &mut |i, n| {
+                if n == want[i] {
+                    Ok(())
+                } else {
+                    Err(Failure::Other(format!(
+                        "{name}: a run answered {n} where the first answered {}",
+                        want[i]
+                    )))
+                }
+            },
+        )?;
+        out.push(EstimateRow {
+            shape: name,
+            count: row.count,
+            estimate: first.interval.estimate,
+            low: first.interval.low,
+            high: first.interval.high,
+            exact_reason: first.sample.exact_reason,
+            sample_chunks: first.sample.sample_chunks,
+            chunks: first.sample.chunks,
+            ratio: timings[0].median_ns / timings[1].median_ns,
+            exact: timings[0],
+            sampled: timings[1],
+        });
+    }
+    Ok(out)
+}
+
 /// Every figure for one mapped snapshot.
 fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeReport, Failure> {
     let snap: &Snapshot = shared;
@@ -850,6 +942,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         prepared_all.push(prepared);
     }
     drop(ws);
+    let estimates = estimate_rows(snap, &shapes, &rows, sampler)?;
     let attribute_rows = attribute_rows(&live, &live_cache, sampler)?;
     let live_delta = DeltaReport {
         users_created: live.users.len() - users,
@@ -922,6 +1015,7 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         live_delta,
         peers: peers_setup,
         attribute_shapes: attribute_rows,
+        estimates,
         single_cohort: SingleCohort {
             cohort,
             count: single_count,
@@ -1088,6 +1182,7 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
             "(with planning: each attribute test run on its index, then the chunk count;\n checked against the reference evaluator)"
         )?;
     }
+    print_estimates(out, r)?;
     writeln!(out)?;
     writeln!(
         out,
@@ -1131,6 +1226,48 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn print_estimates(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
+    let cell = |t: &Timing| format!("{} ({})", dur(t.median_ns), dur(t.p90_ns));
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<36} {:>10}  {:>27}  {:>9}  {:>21}  {:>21}  {:>6}",
+        "estimate at a 5% chunk sample",
+        "count",
+        "estimate [95% interval]",
+        "chunks",
+        "exact",
+        "estimate",
+        "ratio"
+    )?;
+    for e in &r.estimates {
+        let chunks = match &e.exact_reason {
+            Some(_) => "exact".to_string(),
+            None => format!("{}/{}", e.sample_chunks, e.chunks),
+        };
+        writeln!(
+            out,
+            "{:<36} {:>10}  {:>27}  {:>9}  {:>21}  {:>21}  {:>6}",
+            e.shape,
+            e.count,
+            format!("{} [{}, {}]", e.estimate, e.low, e.high),
+            chunks,
+            cell(&e.exact),
+            cell(&e.sampled),
+            format!("{:.1}x", e.ratio)
+        )?;
+    }
+    for e in &r.estimates {
+        if let Some(why) = &e.exact_reason {
+            writeln!(out, "({}: answered exactly: {why})", e.shape)?;
+        }
+    }
+    writeln!(
+        out,
+        "(both with planning over the mapped snapshot, timed run by run in turn; seed {ESTIMATE_SEED};\n ratio: exact median / estimate median)"
+    )
 }
 
 fn print_bandwidth(out: &mut dyn Write, b: &Bandwidth) -> std::io::Result<()> {
