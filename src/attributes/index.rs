@@ -13,9 +13,37 @@ use crate::error::{Error, Result};
 
 /// Adds `u` to `b`: an append when it is past the largest member (the
 /// builders' case), an insert otherwise.
-fn append(b: &mut RoaringBitmap, u: u32) {
-    if b.try_push(u).is_err() {
-        b.insert(u);
+/// A bitmap built from users in ascending order, a run of them at a
+/// time: roaring's one-value push looks for a bitmap container's maximum
+/// by scanning its words from the end, for every value.
+#[derive(Clone, Default)]
+struct Ascending {
+    bitmap: RoaringBitmap,
+    pending: Vec<u32>,
+}
+
+impl Ascending {
+    /// Users held before they are appended together.
+    const RUN: usize = 512;
+
+    fn push(&mut self, u: u32) {
+        self.pending.push(u);
+        if self.pending.len() >= Self::RUN {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.bitmap.append(self.pending.iter().copied()).is_err() {
+            // Out of order after all: inserted one by one.
+            self.bitmap.extend(self.pending.iter().copied());
+        }
+        self.pending.clear();
+    }
+
+    fn finish(mut self) -> RoaringBitmap {
+        self.flush();
+        self.bitmap
     }
 }
 
@@ -367,19 +395,22 @@ impl Attribute {
         values: Vec<String>,
         users: impl Iterator<Item = (u32, u32)>,
     ) -> Attribute {
-        let mut members = vec![RoaringBitmap::new(); values.len()];
-        let mut has = RoaringBitmap::new();
+        let mut members = vec![Ascending::default(); values.len()];
+        let mut has = Ascending::default();
         for (u, v) in users {
             if let Some(m) = members.get_mut(v as usize) {
-                append(m, u);
-                append(&mut has, u);
+                m.push(u);
+                has.push(u);
             }
         }
         let mut s = Strings {
-            has,
+            has: has.finish(),
             ..Strings::default()
         };
-        for (v, m) in values.into_iter().zip(members) {
+        for (v, m) in values
+            .into_iter()
+            .zip(members.into_iter().map(Ascending::finish))
+        {
             s.ids.insert(v.clone(), s.names.len() as u32);
             s.names.push(v);
             s.members.push(m);
@@ -389,17 +420,20 @@ impl Attribute {
 
     /// A boolean attribute built in one pass (users in ascending order).
     pub fn build_booleans(name: &str, users: impl Iterator<Item = (u32, bool)>) -> Attribute {
-        let (mut has, mut truth) = (RoaringBitmap::new(), RoaringBitmap::new());
+        let (mut has, mut truth) = (Ascending::default(), Ascending::default());
         for (u, b) in users {
-            append(&mut has, u);
+            has.push(u);
             if b {
-                append(&mut truth, u);
+                truth.push(u);
             }
         }
         Attribute::from_index(
             name.to_string(),
             AttrType::Boolean,
-            Index::Booleans { has, truth },
+            Index::Booleans {
+                has: has.finish(),
+                truth: truth.finish(),
+            },
         )
     }
 
@@ -412,25 +446,26 @@ impl Attribute {
         base: i64,
         users: impl Iterator<Item = (u32, i64)>,
     ) -> Attribute {
-        let mut has = RoaringBitmap::new();
-        let mut slices: Vec<RoaringBitmap> = Vec::new();
+        let mut has = Ascending::default();
+        let mut slices: Vec<Ascending> = Vec::new();
         for (u, v) in users {
             let off = (i128::from(v.max(base)) - i128::from(base)) as u64;
-            append(&mut has, u);
+            has.push(u);
             let bits = 64 - off.leading_zeros() as usize;
             if slices.len() < bits {
-                slices.resize_with(bits, RoaringBitmap::new);
+                slices.resize_with(bits, Ascending::default);
             }
             for (i, s) in slices.iter_mut().enumerate().take(bits) {
                 if off >> i & 1 == 1 {
-                    append(s, u);
+                    s.push(u);
                 }
             }
         }
+        let slices = slices.into_iter().map(Ascending::finish).collect();
         Attribute::from_index(
             name.to_string(),
             ty,
-            Index::Numbers(Bsi::from_parts(base, has, slices)),
+            Index::Numbers(Bsi::from_parts(base, has.finish(), slices)),
         )
     }
 
@@ -755,5 +790,51 @@ mod tests {
             AttrValue::String("BR".into())
         );
         assert_eq!(a.values_of(1)["country"], AttrValue::String("AR".into()));
+    }
+
+    /// The one-pass builders hold exactly the users and values given, over
+    /// chunks dense enough for bitmap containers and sparse ones, and their
+    /// ranges agree with a scan.
+    #[test]
+    fn built_indexes_hold_what_they_were_given() {
+        let users: Vec<u32> = (0..300_000u32)
+            .filter(|u| u % 3 != 0 || (100_000..110_000).contains(u))
+            .filter(|u| !(150_000..200_000).contains(u) || u % 97 == 0)
+            .collect();
+        let value = |u: u32| i64::from(u.wrapping_mul(2_654_435_761) % 5_000);
+        let n = Attribute::build_numbers(
+            "n",
+            AttrType::Integer,
+            0,
+            users.iter().map(|&u| (u, value(u))),
+        );
+        let want: Vec<(u32, AttrValue)> = users
+            .iter()
+            .map(|&u| (u, AttrValue::Integer(value(u))))
+            .collect();
+        assert_eq!(n.values(), want);
+        let Index::Numbers(bsi) = n.index() else {
+            panic!("numbers")
+        };
+        let scan: RoaringBitmap = users
+            .iter()
+            .copied()
+            .filter(|&u| (1_000..=3_000).contains(&value(u)))
+            .collect();
+        assert_eq!(bsi.range(Some(1_000), Some(3_000)), scan);
+        let s = Attribute::build_strings(
+            "s",
+            vec!["a".into(), "b".into()],
+            users.iter().map(|&u| (u, u % 2)),
+        );
+        let b = Attribute::build_booleans("b", users.iter().map(|&u| (u, u % 5 == 0)));
+        for &u in users.iter().step_by(101) {
+            let want = if u % 2 == 0 { "a" } else { "b" };
+            assert_eq!(s.get(u), Some(AttrValue::String(want.into())));
+            assert_eq!(b.get(u), Some(AttrValue::Boolean(u % 5 == 0)));
+        }
+        assert_eq!(s.has().len(), users.len() as u64);
+        assert_eq!(b.has().len(), users.len() as u64);
+        assert_eq!(s.get(0), None);
     }
 }
