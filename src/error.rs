@@ -304,6 +304,13 @@ pub enum Error {
         id: String,
     },
 
+    /// No workspace API key with this id in the workspace.
+    #[error("no API key {} in this workspace", Echo(id))]
+    UnknownApiKey {
+        /// The key id given.
+        id: String,
+    },
+
     /// No saved segment with this id in the workspace.
     #[error("no saved segment {} in this workspace", Echo(id))]
     UnknownSegment {

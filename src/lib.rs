@@ -54,6 +54,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod attributes;
 pub mod bitmap_view;
 pub mod bulk;

@@ -519,6 +519,7 @@ pub fn write_snapshot<W: std::io::Write>(
         data_points: Vec::new(),
         segments: Vec::new(),
         ext: Default::default(),
+        api_keys: Default::default(),
     });
     contents.reserve_buckets(n as usize);
     let mut made = draw(spec, |u, g| {

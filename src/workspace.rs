@@ -69,6 +69,8 @@ pub struct Workspace {
     data_points: BTreeMap<(Partner, NaiveDate), u64>,
     /// Data import keys by id, invalidated ones included.
     pub keys: BTreeMap<String, KeyRecord>,
+    /// Workspace API keys by id, revoked ones included.
+    pub api_keys: BTreeMap<String, crate::access::ApiKeyRecord>,
     /// Partners allowed to import into this workspace.
     pub enabled_partners: BTreeSet<Partner>,
     /// Saved segments by id.
@@ -86,6 +88,7 @@ impl Workspace {
             cohorts: CohortCatalog::new(),
             data_points: BTreeMap::new(),
             keys: BTreeMap::new(),
+            api_keys: BTreeMap::new(),
             enabled_partners: BTreeSet::new(),
             segments: BTreeMap::new(),
             attributes: Attributes::new(),

@@ -1,4 +1,4 @@
-//! Secrets: data import keys and the admin token. A secret is 32 random
+//! Secrets: data import keys, workspace API keys and the admin token. A secret is 32 random
 //! bytes from the operating system's generator, shown once as hex; only
 //! its SHA-256 digest is stored, and digests are compared in constant time.
 
@@ -62,6 +62,16 @@ pub(crate) fn new_data_import_key() -> String {
 /// A new key id (not secret).
 pub(crate) fn new_key_id() -> String {
     format!("key_{}", random_hex(8))
+}
+
+/// A new workspace API key.
+pub(crate) fn new_api_key() -> String {
+    format!("sqk_{}", random_hex(32))
+}
+
+/// A new workspace API key id (not secret).
+pub(crate) fn new_api_key_id() -> String {
+    format!("ak_{}", random_hex(8))
 }
 
 /// A new admin token.

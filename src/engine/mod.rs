@@ -20,8 +20,9 @@
 //!
 //! 1. `Engine::workspaces` (the table of workspaces and reserved names);
 //! 2. `Engine::keys` (the index of valid data import keys);
-//! 3. `Engine::last_used`;
-//! 4. a workspace's locks, in the order `WorkspaceHandle` documents
+//! 3. `Engine::api_keys` (the index of valid workspace API keys);
+//! 4. `Engine::last_used`;
+//! 5. a workspace's locks, in the order `WorkspaceHandle` documents
 //!    (`files`, then `state`, then `log`, then the small mutexes).
 //!
 //! Most methods hold one lock at a time: `authorize` copies what it needs
@@ -66,6 +67,7 @@ use hashbrown::HashMap;
 use rand::RngCore;
 use serde::Serialize;
 
+use crate::access::Scope;
 use crate::error::{Error, Result};
 use crate::ids::Partner;
 use crate::import::{texts, Credentials, ProtocolError};
@@ -185,6 +187,62 @@ struct KeyEntry {
     used: Arc<KeyUse>,
 }
 
+/// A valid workspace API key, as the index holds it.
+#[derive(Clone, Debug)]
+struct ApiKeyEntry {
+    workspace: String,
+    key_id: String,
+    scopes: Vec<Scope>,
+}
+
+/// Who a bearer token is ([`Engine::caller`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The server admin token.
+    Admin,
+    /// A valid workspace API key.
+    Key {
+        /// The workspace it belongs to.
+        workspace: String,
+        /// Its id.
+        key_id: String,
+        /// Its scopes.
+        scopes: Vec<Scope>,
+    },
+    /// Neither: no such token, or a revoked key.
+    Unknown,
+}
+
+/// A workspace API key as created: the only time the key itself is seen.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewApiKey {
+    /// The key's id.
+    pub id: String,
+    /// The key itself: shown once, never stored.
+    pub key: String,
+    /// Its name.
+    pub name: String,
+    /// Its scopes' names.
+    pub scopes: Vec<&'static str>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A workspace API key as listed (never the key or its digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApiKeyInfo {
+    /// The key's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its scopes' names.
+    pub scopes: Vec<&'static str>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// The workspaces, and the names being restored (taken, not yet served).
 #[derive(Default)]
 struct Table {
@@ -227,6 +285,8 @@ pub struct Engine {
     workspaces: RwLock<Table>,
     /// Digest of every valid data import key.
     keys: RwLock<HashMap<[u8; 32], KeyEntry>>,
+    /// Digest of every valid workspace API key.
+    api_keys: RwLock<HashMap<[u8; 32], ApiKeyEntry>>,
     recoveries: Vec<Recovery>,
     /// When each key (valid or not) was last used, by (workspace, key id).
     last_used: RwLock<HashMap<(String, String), Arc<KeyUse>>>,
@@ -636,6 +696,21 @@ fn index_keys(
     }
 }
 
+/// Adds a workspace's valid API keys to the engine's index. A digest
+/// already indexed (a folder copied by hand) stays with the workspace
+/// that had it first: a key never reaches two workspaces.
+fn index_api_keys(handle: &WorkspaceHandle, index: &mut HashMap<[u8; 32], ApiKeyEntry>) {
+    for k in handle.read().api_keys.values() {
+        if k.revoked_at.is_none() {
+            index.entry(k.digest).or_insert_with(|| ApiKeyEntry {
+                workspace: handle.name().to_string(),
+                key_id: k.id.clone(),
+                scopes: k.scopes.clone(),
+            });
+        }
+    }
+}
+
 /// Loads a workspace for reading only. A server serving the directory may
 /// compact the workspace meanwhile and remove the files just found: the
 /// load is tried again (a few times) while the manifest changes under it.
@@ -846,6 +921,7 @@ impl Engine {
     ) -> Result<Arc<Engine>> {
         let mut table = Table::default();
         let mut key_index = HashMap::new();
+        let mut api_key_index = HashMap::new();
         let mut last_used = HashMap::new();
         let mut recoveries = Vec::new();
         let ws_dir = dir.join("workspaces");
@@ -881,6 +957,7 @@ impl Engine {
                 handle.refuse_writes("the data directory was opened read-only");
             }
             index_keys(&handle, &mut key_index, &mut last_used);
+            index_api_keys(&handle, &mut api_key_index);
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
             let handle = handle
                 .with_max_filter_nodes(config.max_filter_nodes)
@@ -895,6 +972,7 @@ impl Engine {
             admin_digest,
             workspaces: RwLock::new(table),
             keys: RwLock::new(key_index),
+            api_keys: RwLock::new(api_key_index),
             recoveries,
             last_used: RwLock::new(last_used),
             _lock: lock,
@@ -994,6 +1072,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses a restored workspace whose valid API keys are valid keys
+    /// of a workspace here: a key never reaches two workspaces.
+    fn check_restored_api_keys(
+        index: &HashMap<[u8; 32], ApiKeyEntry>,
+        handle: &WorkspaceHandle,
+    ) -> Result<()> {
+        for k in handle.read().api_keys.values() {
+            if let Some(other) = index.get(&k.digest).filter(|_| k.revoked_at.is_none()) {
+                return Err(Error::InvalidArgument(format!(
+                    "API key {} of the snapshot is a key of workspace {}; revoke it there first",
+                    k.id, other.workspace
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates workspace `name` from a snapshot file (a backup, or a
     /// generated workload): the file is checked whole (`verify`), copied in
     /// as the first generation with an empty log after it, and served from
@@ -1019,8 +1114,11 @@ impl Engine {
         let (handle, snapshot_keys) = restored?;
         let folder = self.dir.join("workspaces").join(name);
         let mut key_index = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut api_key_index = self.api_keys.write().unwrap_or_else(|p| p.into_inner());
         // Keys may have been created while the file was copied.
-        if let Err(e) = Self::check_restored_keys(&key_index, &snapshot_keys) {
+        let checked = Self::check_restored_keys(&key_index, &snapshot_keys)
+            .and_then(|()| Self::check_restored_api_keys(&api_key_index, &handle));
+        if let Err(e) = checked {
             drop(handle);
             let _ = fs::remove_file(folder.join(compact::MANIFEST));
             let _ = clear_unused_folder(&folder);
@@ -1028,6 +1126,7 @@ impl Engine {
         }
         let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());
         index_keys(&handle, &mut key_index, &mut last_used);
+        index_api_keys(&handle, &mut api_key_index);
         table.live.insert(name.to_string(), handle.clone());
         Ok(handle)
     }
@@ -1292,6 +1391,126 @@ impl Engine {
             return Ok(());
         }
         handle.commit(Change::PartnerEnabled { partner })
+    }
+
+    /// Who a bearer token is: the admin token, a valid workspace API key
+    /// (digests compared, the admin token's in constant time), or neither.
+    pub fn caller(&self, token: &str) -> Caller {
+        if self.check_admin_token(token) {
+            return Caller::Admin;
+        }
+        let digest = keys::digest(token);
+        let index = self.api_keys.read().unwrap_or_else(|p| p.into_inner());
+        match index.get(&digest) {
+            Some(e) => Caller::Key {
+                workspace: e.workspace.clone(),
+                key_id: e.key_id.clone(),
+                scopes: e.scopes.clone(),
+            },
+            None => Caller::Unknown,
+        }
+    }
+
+    /// Creates a workspace API key: `name` checked (1 to 100 characters),
+    /// `scopes` as [`crate::access::parse_scopes`] gives them. The key is
+    /// in the result and nowhere else; it works once this returns.
+    pub fn create_api_key(
+        &self,
+        workspace: &str,
+        name: &str,
+        scopes: Vec<Scope>,
+    ) -> Result<NewApiKey> {
+        crate::access::check_name(name).map_err(Error::InvalidArgument)?;
+        if scopes.is_empty() {
+            return Err(Error::InvalidArgument(
+                "scopes must name at least one scope".into(),
+            ));
+        }
+        let handle = self.existing(workspace)?;
+        let key = keys::new_api_key();
+        let id = keys::new_api_key_id();
+        let digest = keys::digest(&key);
+        let now = from_ms(to_ms(Utc::now()));
+        // Held while logging: the key works exactly when it is acknowledged.
+        let mut index = self.api_keys.write().unwrap_or_else(|p| p.into_inner());
+        handle.commit(Change::ApiKeyCreated {
+            id: id.clone(),
+            name: name.to_string(),
+            scopes: scopes.clone(),
+            digest,
+            at_ms: to_ms(now),
+        })?;
+        index.insert(
+            digest,
+            ApiKeyEntry {
+                workspace: workspace.to_string(),
+                key_id: id.clone(),
+                scopes: scopes.clone(),
+            },
+        );
+        Ok(NewApiKey {
+            id,
+            key,
+            name: name.to_string(),
+            scopes: scopes.iter().map(|s| s.name()).collect(),
+            created_at: now,
+        })
+    }
+
+    /// The API keys of a workspace, revoked ones included, oldest first.
+    pub fn list_api_keys(&self, workspace: &str) -> Result<Vec<ApiKeyInfo>> {
+        let handle = self.existing(workspace)?;
+        let ws = handle.read();
+        let mut out: Vec<ApiKeyInfo> = ws
+            .api_keys
+            .values()
+            .map(|k| ApiKeyInfo {
+                id: k.id.clone(),
+                name: k.name.clone(),
+                scopes: k.scopes.iter().map(|s| s.name()).collect(),
+                created_at: k.created_at,
+                revoked_at: k.revoked_at,
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Revokes a workspace API key: refused from this call on, before the
+    /// revocation is durable (undone if it cannot be made durable).
+    /// Revoking a revoked key changes nothing.
+    pub fn revoke_api_key(&self, workspace: &str, key_id: &str) -> Result<()> {
+        let handle = self.existing(workspace)?;
+        let mut index = self.api_keys.write().unwrap_or_else(|p| p.into_inner());
+        let digest = {
+            let ws = handle.read();
+            let k = ws
+                .api_keys
+                .get(key_id)
+                .ok_or_else(|| Error::UnknownApiKey {
+                    id: key_id.to_string(),
+                })?;
+            if k.revoked_at.is_some() {
+                return Ok(());
+            }
+            k.digest
+        };
+        let entry = index.remove(&digest);
+        let result = handle.commit(Change::ApiKeyRevoked {
+            id: key_id.to_string(),
+            at_ms: to_ms(Utc::now()),
+        });
+        if result.is_err() {
+            let valid = handle
+                .read()
+                .api_keys
+                .get(key_id)
+                .is_some_and(|k| k.revoked_at.is_none());
+            if let Some(entry) = entry.filter(|_| valid) {
+                index.insert(digest, entry);
+            }
+        }
+        result
     }
 
     /// Folds a workspace's log into a new snapshot generation now.

@@ -13,6 +13,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::access::{ApiKeyRecord, Scope};
 use crate::attributes::{AttrType, AttrValue};
 use crate::cohorts::{ChangeReport, ResolvedChanges};
 use crate::error::{Error, Result};
@@ -177,6 +178,26 @@ pub enum Change {
         name: String,
         /// Its type.
         ty: AttrType,
+    },
+    /// A workspace API key created.
+    ApiKeyCreated {
+        /// Its id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// What it may do (checked, folded, in `Scope::ALL`'s order).
+        scopes: Vec<Scope>,
+        /// The SHA-256 digest of the key.
+        digest: [u8; 32],
+        /// When (ms since the Unix epoch).
+        at_ms: i64,
+    },
+    /// A workspace API key revoked.
+    ApiKeyRevoked {
+        /// Its id.
+        id: String,
+        /// When (ms since the Unix epoch).
+        at_ms: i64,
     },
 }
 
@@ -390,6 +411,35 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
             ws.attributes.set(user.0, values)?
         }
         Change::AttributeDeclared { name, ty } => ws.attributes.declare(name, *ty)?,
+        Change::ApiKeyCreated {
+            id,
+            name,
+            scopes,
+            digest,
+            at_ms,
+        } => {
+            if ws.api_keys.contains_key(id) {
+                return Err(mismatch(format!("API key {id} created twice")));
+            }
+            ws.api_keys.insert(
+                id.clone(),
+                ApiKeyRecord {
+                    id: id.clone(),
+                    name: name.clone(),
+                    scopes: scopes.clone(),
+                    digest: *digest,
+                    created_at: from_ms(*at_ms),
+                    revoked_at: None,
+                },
+            );
+        }
+        Change::ApiKeyRevoked { id, at_ms } => {
+            let key = ws
+                .api_keys
+                .get_mut(id)
+                .ok_or_else(|| Error::UnknownApiKey { id: id.clone() })?;
+            key.revoked_at.get_or_insert(from_ms(*at_ms));
+        }
     }
     Ok(applied)
 }
@@ -429,6 +479,8 @@ pub fn touched(change: &Change, t: &mut Touched) {
         | Change::SeqsAbandoned { .. }
         | Change::KeyUsed { .. }
         | Change::CohortDeleted { .. }
-        | Change::AttributeDeclared { .. } => {}
+        | Change::AttributeDeclared { .. }
+        | Change::ApiKeyCreated { .. }
+        | Change::ApiKeyRevoked { .. } => {}
     }
 }

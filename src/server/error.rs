@@ -133,6 +133,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::NoSuchCohort { .. }
         | Error::UnknownWorkspace { .. }
         | Error::UnknownKey { .. }
+        | Error::UnknownApiKey { .. }
         | Error::UnknownSegment { .. }
         | Error::UnknownAttribute { .. } => StatusCode::NOT_FOUND,
         Error::DuplicateExternalId { .. }

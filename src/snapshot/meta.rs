@@ -8,7 +8,9 @@
 //! [`MetaExt`] (bincode 2 as well), written only when it holds something.
 //! A section that ends after `Meta` (every file written before `MetaExt`
 //! existed) reads as an empty `MetaExt`. What is added later goes after
-//! `MetaExt` the same way, never into it.
+//! `MetaExt` the same way, never into it: the workspace API keys
+//! ([`ApiKeysExt`]) follow `MetaExt` (written, empty or not, whenever
+//! there are API keys), and a section that ends before them holds none.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -107,6 +109,32 @@ pub struct Meta {
     pub segments: Vec<SegmentMeta>,
     /// Not part of `Meta`'s encoding: the [`MetaExt`] that follows it.
     pub ext: MetaExt,
+    /// Not part of `Meta`'s encoding: the [`ApiKeysExt`] after `ext`.
+    pub api_keys: ApiKeysExt,
+}
+
+/// A workspace API key (its digest only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyMeta {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its scopes' tags (`access::Scope::tag`, append-only).
+    pub scopes: Vec<u8>,
+    /// The SHA-256 digest of the key.
+    pub digest: [u8; 32],
+    /// When it was created (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// When it was revoked (ms since the Unix epoch), if it was.
+    pub revoked_ms: Option<i64>,
+}
+
+/// What follows [`MetaExt`] in the section, when there are API keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiKeysExt {
+    /// The workspace API keys, revoked ones included.
+    pub keys: Vec<ApiKeyMeta>,
 }
 
 /// What follows [`Meta`] in the section, when anything does.
@@ -123,8 +151,13 @@ impl Meta {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let mut out = bincode::encode_to_vec(self, config())
             .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
-        if self.ext != MetaExt::default() {
+        let api_keys = self.api_keys != ApiKeysExt::default();
+        if api_keys || self.ext != MetaExt::default() {
             bincode::encode_into_std_write(&self.ext, &mut out, config())
+                .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
+        }
+        if api_keys {
+            bincode::encode_into_std_write(&self.api_keys, &mut out, config())
                 .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
         }
         Ok(out)
@@ -140,13 +173,20 @@ impl Meta {
         }
         let (ext, used): (MetaExt, usize) = bincode::decode_from_slice(rest, config())
             .map_err(|e| format!("meta section's extension does not decode: {e}"))?;
+        meta.ext = ext;
+        let rest = &rest[used..];
+        if rest.is_empty() {
+            return Ok(meta);
+        }
+        let (api_keys, used): (ApiKeysExt, usize) = bincode::decode_from_slice(rest, config())
+            .map_err(|e| format!("meta section's API keys do not decode: {e}"))?;
         if used != rest.len() {
             return Err(format!(
                 "meta section has {} trailing bytes",
                 rest.len() - used
             ));
         }
-        meta.ext = ext;
+        meta.api_keys = api_keys;
         Ok(meta)
     }
 }
@@ -271,6 +311,7 @@ impl<C> Decode<C> for Meta {
             })?,
             segments: decode_seq(d, SegmentMeta::decode)?,
             ext: MetaExt::default(),
+            api_keys: ApiKeysExt::default(),
         })
     }
 }
@@ -285,6 +326,40 @@ impl<C> Decode<C> for MetaExt {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
         Ok(MetaExt {
             key_last_used: decode_seq(d, |d| Ok((String::decode(d)?, i64::decode(d)?)))?,
+        })
+    }
+}
+
+impl Encode for ApiKeyMeta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (&self.id, &self.name, &self.scopes, &self.digest).encode(e)?;
+        (self.created_ms, self.revoked_ms).encode(e)
+    }
+}
+
+impl<C> Decode<C> for ApiKeyMeta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(ApiKeyMeta {
+            id: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+            scopes: decode_seq(d, u8::decode)?,
+            digest: Decode::decode(d)?,
+            created_ms: Decode::decode(d)?,
+            revoked_ms: Decode::decode(d)?,
+        })
+    }
+}
+
+impl Encode for ApiKeysExt {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.keys.encode(e)
+    }
+}
+
+impl<C> Decode<C> for ApiKeysExt {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(ApiKeysExt {
+            keys: decode_seq(d, ApiKeyMeta::decode)?,
         })
     }
 }

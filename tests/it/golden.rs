@@ -20,6 +20,7 @@ pub fn code_of(file: &str) -> String {
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use segq::access::Scope;
 use segq::attributes::{AttrType, AttrValue};
 use segq::cohorts::{MemberOp, ResolvedChanges};
 use segq::engine::persist;
@@ -37,6 +38,10 @@ const ATTR_LOG: &str = "fixtures/log/v1-attributes.segqlog";
 const ATTR_LOG_EXPECTED: &str = "fixtures/log/v1-attributes.expected";
 const ATTR_SNAP: &str = "fixtures/snapshot/v2-attributes.segqsnap";
 const ATTR_SNAP_EXPECTED: &str = "fixtures/snapshot/v2-attributes.expected";
+const KEYS_LOG: &str = "fixtures/log/v1-api-keys.segqlog";
+const KEYS_LOG_EXPECTED: &str = "fixtures/log/v1-api-keys.expected";
+const KEYS_SNAP: &str = "fixtures/snapshot/v2-api-keys.segqsnap";
+const KEYS_SNAP_EXPECTED: &str = "fixtures/snapshot/v2-api-keys.expected";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -65,6 +70,8 @@ fn kind(c: &Change) -> &'static str {
         Change::CohortDeleted { .. } => "CohortDeleted",
         Change::AttributesSet { .. } => "AttributesSet",
         Change::AttributeDeclared { .. } => "AttributeDeclared",
+        Change::ApiKeyCreated { .. } => "ApiKeyCreated",
+        Change::ApiKeyRevoked { .. } => "ApiKeyRevoked",
     }
 }
 
@@ -91,6 +98,10 @@ const EVERY_KIND: [&str; 16] = [
 
 /// The record kinds added since, held by the attributes log fixture.
 const ATTRIBUTE_KINDS: [&str; 2] = ["AttributesSet", "AttributeDeclared"];
+
+/// The record kinds of workspace API keys, held by the API keys log
+/// fixture.
+const API_KEY_KINDS: [&str; 2] = ["ApiKeyCreated", "ApiKeyRevoked"];
 
 /// The kinds of a record and of the records nested in it.
 fn kinds(c: &Change, out: &mut Vec<&'static str>) {
@@ -438,6 +449,46 @@ fn attr(name: &str, cmp: AttrCmp) -> Filter {
     }
 }
 
+/// The records of the API keys log fixture: a user, two workspace API
+/// keys (one with every scope, one with one), the first revoked.
+fn api_key_records() -> Vec<Change> {
+    vec![
+        Change::WorkspaceCreated {
+            seed: 7,
+            at_ms: at(0),
+        },
+        Change::UserCreated {
+            user: UserId(0),
+            external_id: Some(s("u-0")),
+            devices: vec![],
+            aliases: vec![],
+            bucket: 12,
+        },
+        Change::ApiKeyCreated {
+            id: s("ak_00000000000000a1"),
+            name: s("ops, every scope"),
+            scopes: vec![
+                Scope::WorkspaceAdmin,
+                Scope::SegmentsRead,
+                Scope::UsersWrite,
+            ],
+            digest: [0xa1; 32],
+            at_ms: at(1),
+        },
+        Change::ApiKeyCreated {
+            id: s("ak_00000000000000b2"),
+            name: s("dashboard"),
+            scopes: vec![Scope::SegmentsRead],
+            digest: [0xb2; 32],
+            at_ms: at(2),
+        },
+        Change::ApiKeyRevoked {
+            id: s("ak_00000000000000a1"),
+            at_ms: at(3),
+        },
+    ]
+}
+
 fn num(x: &str) -> Number {
     x.parse().expect("a number")
 }
@@ -623,6 +674,10 @@ fn describe(ws: &Workspace) -> String {
     for seg in ws.segments.values() {
         writeln!(out, "segment {seg:?}\n  text {}", seg.filter).unwrap();
     }
+    // Only for a workspace with API keys, as attributes above.
+    for k in ws.api_keys.values() {
+        writeln!(out, "api key {k:?}").unwrap();
+    }
     out
 }
 
@@ -750,6 +805,62 @@ fn the_attributes_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         &ATTRIBUTE_FILTER_KINDS,
     );
     assert_eq!((describe(&from_log), last), (describe(&ws), seq));
+}
+
+#[test]
+fn the_api_keys_log_fixture_replays_as_expected() {
+    let (text, _, _) = replay(read(KEYS_LOG), KEYS_LOG, &API_KEY_KINDS, &[]);
+    assert_eq!(text, read_text(KEYS_LOG_EXPECTED));
+}
+
+#[test]
+fn the_api_keys_snapshot_reads_as_expected_and_writes_the_same_bytes() {
+    let bytes = read(KEYS_SNAP);
+    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), KEYS_SNAP).expect("opens"));
+    snap.verify().expect("verifies");
+    let ws = persist::load_workspace(snap.clone()).expect("loads");
+    let seq = snap.meta().expect("meta").seq;
+    assert_eq!(
+        format!("seq {seq}\n{}", describe(&ws)),
+        read_text(KEYS_SNAP_EXPECTED)
+    );
+    let again = persist::write_snapshot(&ws, seq).expect("writes");
+    assert!(
+        again == bytes,
+        "the API keys snapshot writes to other bytes than it was read from"
+    );
+    let (_, from_log, last) = replay(read(KEYS_LOG), KEYS_LOG, &API_KEY_KINDS, &[]);
+    assert_eq!((describe(&from_log), last), (describe(&ws), seq));
+}
+
+/// Writes the API keys fixtures (`cargo test --test it
+/// write_the_api_key_fixtures -- --ignored`): once, when they were added;
+/// never rewritten.
+#[test]
+#[ignore = "writes the API keys fixtures in fixtures/log and fixtures/snapshot; run by hand"]
+fn write_the_api_key_fixtures() {
+    let file = FaultyFile::named("golden-api-keys");
+    let log = LogWriter::create(file.clone(), 1).unwrap();
+    for c in api_key_records() {
+        log.append(&c.encode().unwrap()).unwrap();
+    }
+    drop(log);
+    let bytes = file.contents();
+    std::fs::write(root().join(KEYS_LOG), &bytes).unwrap();
+    let (text, ws, seq) = replay(bytes, KEYS_LOG, &API_KEY_KINDS, &[]);
+    std::fs::write(root().join(KEYS_LOG_EXPECTED), text).unwrap();
+    std::fs::write(
+        root().join(KEYS_SNAP),
+        persist::write_snapshot(&ws, seq).unwrap(),
+    )
+    .unwrap();
+    let snap = Arc::new(Snapshot::open(&root().join(KEYS_SNAP)).unwrap());
+    let loaded = persist::load_workspace(snap).unwrap();
+    std::fs::write(
+        root().join(KEYS_SNAP_EXPECTED),
+        format!("seq {seq}\n{}", describe(&loaded)),
+    )
+    .unwrap();
 }
 
 /// Writes the attributes fixtures (`cargo test --test it

@@ -179,6 +179,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The domain.
     ("users", &["error", "ids", "snapshot"]),
     ("attributes", &["error"]),
+    // Workspace API keys' scopes and records.
+    ("access", &["error"]),
     (
         "segment",
         &[
@@ -197,6 +199,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "workspace",
         &[
+            "access",
             "attributes",
             "bitmap_view",
             "cohorts",
@@ -229,6 +232,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "engine",
         &[
+            "access",
             "attributes",
             "bitmap_view",
             "cohorts",
@@ -261,6 +265,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "access",
             "attributes",
             "bulk",
             "cohorts",
@@ -414,6 +419,7 @@ fn the_layer_table_is_ordered_and_storage_knows_no_domain() {
     }
     let domain = [
         "users",
+        "access",
         "attributes",
         "segment",
         "cohorts",

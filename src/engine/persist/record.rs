@@ -2,7 +2,7 @@
 //! [`Change`], as bincode 2 (standard configuration) written by hand with
 //! an explicit tag per kind (see `snapshot::codec`). The tags are
 //! append-only: a new kind of change takes the next unused tag (after
-//! [`Record::ATTRIBUTE_DECLARED`]), and no tag is ever reused or renumbered.
+//! [`Record::API_KEY_REVOKED`]), and no tag is ever reused or renumbered.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -10,6 +10,7 @@ use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
 use super::{from_persisted, to_persisted};
+use crate::access::Scope;
 use crate::attributes::{AttrType, AttrValue};
 use crate::cohorts::{MemberOp, ResolvedChanges};
 use crate::engine::record::Change;
@@ -122,6 +123,18 @@ pub enum Record {
         name: String,
         ty: AttrType,
     },
+    /// Scopes as their tags ([`Scope::tag`], append-only).
+    ApiKeyCreated {
+        id: String,
+        name: String,
+        scopes: Vec<Scope>,
+        digest: [u8; 32],
+        at_ms: i64,
+    },
+    ApiKeyRevoked {
+        id: String,
+        at_ms: i64,
+    },
 }
 
 /// A custom attribute's value, as persisted: its type's tag
@@ -195,6 +208,10 @@ impl Record {
     pub const ATTRIBUTES_SET: u32 = 16;
     /// The tag of [`Record::AttributeDeclared`].
     pub const ATTRIBUTE_DECLARED: u32 = 17;
+    /// The tag of [`Record::ApiKeyCreated`].
+    pub const API_KEY_CREATED: u32 = 18;
+    /// The tag of [`Record::ApiKeyRevoked`].
+    pub const API_KEY_REVOKED: u32 = 19;
 
     /// How deeply batches may nest (a record of its own is level 1). segq
     /// writes at most two levels (a batch of upserts, some of them a batch
@@ -322,6 +339,17 @@ impl Encode for Record {
             Record::AttributeDeclared { name, ty } => {
                 (Self::ATTRIBUTE_DECLARED, name, ty.tag()).encode(e)
             }
+            Record::ApiKeyCreated {
+                id,
+                name,
+                scopes,
+                digest,
+                at_ms,
+            } => {
+                let tags: Vec<u8> = scopes.iter().map(|s| s.tag()).collect();
+                (Self::API_KEY_CREATED, id, name, tags, digest, at_ms).encode(e)
+            }
+            Record::ApiKeyRevoked { id, at_ms } => (Self::API_KEY_REVOKED, id, at_ms).encode(e),
         }
     }
 }
@@ -432,6 +460,20 @@ fn decode_record<C, D: Decoder<Context = C>>(
                 AttrType::from_tag(tag)
                     .ok_or_else(|| unknown_tag("attribute type", u32::from(tag)))?
             },
+        },
+        Record::API_KEY_CREATED => Record::ApiKeyCreated {
+            id: Decode::decode(d)?,
+            name: Decode::decode(d)?,
+            scopes: decode_seq(d, |d| {
+                let tag = u8::decode(d)?;
+                Scope::from_tag(tag).ok_or_else(|| unknown_tag("scope", u32::from(tag)))
+            })?,
+            digest: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::API_KEY_REVOKED => Record::ApiKeyRevoked {
+            id: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
         },
         tag => return Err(unknown_tag("log record", tag)),
     })
@@ -557,6 +599,23 @@ pub(crate) fn to_record(c: &Change) -> Record {
             name: name.clone(),
             ty: *ty,
         },
+        Change::ApiKeyCreated {
+            id,
+            name,
+            scopes,
+            digest,
+            at_ms,
+        } => Record::ApiKeyCreated {
+            id: id.clone(),
+            name: name.clone(),
+            scopes: scopes.clone(),
+            digest: *digest,
+            at_ms: *at_ms,
+        },
+        Change::ApiKeyRevoked { id, at_ms } => Record::ApiKeyRevoked {
+            id: id.clone(),
+            at_ms: *at_ms,
+        },
     }
 }
 
@@ -672,6 +731,20 @@ pub(crate) fn from_record(r: Record) -> Change {
                 .collect(),
         },
         Record::AttributeDeclared { name, ty } => Change::AttributeDeclared { name, ty },
+        Record::ApiKeyCreated {
+            id,
+            name,
+            scopes,
+            digest,
+            at_ms,
+        } => Change::ApiKeyCreated {
+            id,
+            name,
+            scopes,
+            digest,
+            at_ms,
+        },
+        Record::ApiKeyRevoked { id, at_ms } => Change::ApiKeyRevoked { id, at_ms },
     }
 }
 

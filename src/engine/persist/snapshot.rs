@@ -6,10 +6,13 @@ use std::sync::Arc;
 use chrono::DateTime;
 
 use super::{day_number, day_of, from_persisted, to_persisted};
+use crate::access::{ApiKeyRecord, Scope};
 use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
-use crate::snapshot::meta::{CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta};
+use crate::snapshot::meta::{
+    ApiKeyMeta, ApiKeysExt, CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta,
+};
 use crate::snapshot::writer::Contents;
 use crate::snapshot::Snapshot;
 use crate::users::UserRegistry;
@@ -56,6 +59,20 @@ pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
                 .keys
                 .values()
                 .filter_map(|k| Some((k.id.clone(), k.last_used?.timestamp_millis())))
+                .collect(),
+        },
+        api_keys: ApiKeysExt {
+            keys: ws
+                .api_keys
+                .values()
+                .map(|k| ApiKeyMeta {
+                    id: k.id.clone(),
+                    name: k.name.clone(),
+                    scopes: k.scopes.iter().map(|s| s.tag()).collect(),
+                    digest: k.digest,
+                    created_ms: k.created_at.timestamp_millis(),
+                    revoked_ms: k.revoked_at.map(|t| t.timestamp_millis()),
+                })
                 .collect(),
         },
     };
@@ -158,6 +175,28 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
             snap.corrupt(format!("a last use of key {id}, which it does not hold"))
         })?;
         k.last_used = DateTime::from_timestamp_millis(*ms);
+    }
+    for k in &meta.api_keys.keys {
+        let scopes = k
+            .scopes
+            .iter()
+            .map(|&t| {
+                Scope::from_tag(t).ok_or_else(|| {
+                    snap.corrupt(format!("API key {} has an unknown scope tag {t}", k.id))
+                })
+            })
+            .collect::<Result<Vec<Scope>>>()?;
+        ws.api_keys.insert(
+            k.id.clone(),
+            ApiKeyRecord {
+                id: k.id.clone(),
+                name: k.name.clone(),
+                scopes,
+                digest: k.digest,
+                created_at: DateTime::from_timestamp_millis(k.created_ms).unwrap_or_default(),
+                revoked_at: k.revoked_ms.and_then(DateTime::from_timestamp_millis),
+            },
+        );
     }
     ws.enabled_partners
         .extend(meta.enabled_partners.iter().copied());
