@@ -1072,18 +1072,29 @@ impl Engine {
         Ok(())
     }
 
-    /// Refuses a restored workspace whose valid API keys are valid keys
-    /// of a workspace here: a key never reaches two workspaces.
-    fn check_restored_api_keys(
-        index: &HashMap<[u8; 32], ApiKeyEntry>,
-        handle: &WorkspaceHandle,
-    ) -> Result<()> {
-        for k in handle.read().api_keys.values() {
-            if let Some(other) = index.get(&k.digest).filter(|_| k.revoked_at.is_none()) {
-                return Err(Error::InvalidArgument(format!(
-                    "API key {} of the snapshot is a key of workspace {}; revoke it there first",
-                    k.id, other.workspace
-                )));
+    /// Refuses a restored workspace whose valid API keys are (or were)
+    /// keys of a workspace here: a key never reaches two workspaces, and a
+    /// key revoked in the original does not come back in its copy.
+    fn check_restored_api_keys(table: &Table, handle: &WorkspaceHandle) -> Result<()> {
+        let restored: Vec<([u8; 32], String)> = handle
+            .read()
+            .api_keys
+            .values()
+            .filter(|k| k.revoked_at.is_none())
+            .map(|k| (k.digest, k.id.clone()))
+            .collect();
+        if restored.is_empty() {
+            return Ok(());
+        }
+        for (name, other) in &table.live {
+            let ws = other.read();
+            for (digest, id) in &restored {
+                if ws.api_keys.values().any(|k| k.digest == *digest) {
+                    return Err(Error::InvalidArgument(format!(
+                        "API key {id} of the snapshot is (or was) a key of workspace {name}; \
+                         a key never reaches two workspaces"
+                    )));
+                }
             }
         }
         Ok(())
@@ -1117,7 +1128,7 @@ impl Engine {
         let mut api_key_index = self.api_keys.write().unwrap_or_else(|p| p.into_inner());
         // Keys may have been created while the file was copied.
         let checked = Self::check_restored_keys(&key_index, &snapshot_keys)
-            .and_then(|()| Self::check_restored_api_keys(&api_key_index, &handle));
+            .and_then(|()| Self::check_restored_api_keys(&table, &handle));
         if let Err(e) = checked {
             drop(handle);
             let _ = fs::remove_file(folder.join(compact::MANIFEST));
