@@ -6,6 +6,7 @@
 //! cargo bench --bench http_load -- --conns 1,8,16 --secs 5 --users 10000000
 //! cargo bench --bench http_load -- --bin OLD/segq --bin NEW/segq --rounds 5
 //! cargo bench --bench http_load -- --url http://127.0.0.1:8080 --token T --workspace WS
+//! (T: a workspace API key with workspace:admin and segments:read)
 //! ```
 //!
 //! Without `--url` it writes a generated workload (`--users`, default
@@ -115,7 +116,10 @@ fn parse_opts() -> Res<Opts> {
         return Err("--users at least 10 and --cohorts at least 3".into());
     }
     if o.url.is_some() && o.token.is_none() {
-        return Err("--url needs --token (the admin token)".into());
+        return Err(
+            "--url needs --token (a workspace API key with workspace:admin and segments:read)"
+                .into(),
+        );
     }
     if o.bins.is_empty() {
         o.bins.push(PathBuf::from(env!("CARGO_BIN_EXE_segq")));
@@ -498,6 +502,32 @@ fn resolve(url: &str) -> Res<(SocketAddr, String)> {
     Ok((addr, hostport.to_string()))
 }
 
+/// The token the cases send to a server restored with admin token
+/// `admin`: a new workspace API key with the scopes they need, or the
+/// admin token itself on a segq from before workspace API keys (which
+/// has no such route).
+fn workspace_key(addr: SocketAddr, host: &str, admin: &str, ws: &str) -> Res<String> {
+    let mut conn = Conn::open(addr)?;
+    let (status, body) = conn.http(&http_request(
+        "POST",
+        &format!("/admin/workspaces/{ws}/api_keys"),
+        host,
+        admin,
+        "{\"name\":\"http_load\",\"scopes\":[\"workspace:admin\",\"segments:read\"]}",
+    ))?;
+    let body = String::from_utf8_lossy(&body);
+    match status {
+        201 => body
+            .split("\"key\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no key in {body}")),
+        404 if body.contains("no route") => Ok(admin.to_string()),
+        _ => Err(format!("creating a workspace API key: {status} {body}")),
+    }
+}
+
 /// The HTTP cases on a server at `addr`; saves the segment `check_saved`
 /// checks.
 fn http_cases(addr: SocketAddr, host: &str, token: &str, opts: &Opts) -> Res<Vec<Case>> {
@@ -799,7 +829,8 @@ fn run() -> Res<()> {
                 eprintln!("round {}/{}: {name}", round + 1, opts.rounds);
                 let server = start_server(bin, data)?;
                 let host = server.addr.to_string();
-                let cases = http_cases(server.addr, &host, token, &opts)?;
+                let key = workspace_key(server.addr, &host, token, &opts.workspace)?;
+                let cases = http_cases(server.addr, &host, &key, &opts)?;
                 let pid = Some(server.child.id());
                 time_cases(name, server.addr, pid, &cases, &opts, &mut table)?;
                 drop(server);

@@ -155,8 +155,14 @@ fn bench(c: &mut Criterion) {
     let w = workload::generate("generated", spec).expect("the workload generates");
     let dir = tempfile::tempdir().expect("a temp dir");
     let (engine, token) = Engine::open(dir.path()).expect("opens");
-    let token = token.expect("a new admin token");
+    token.expect("a new admin token");
     load(&engine, &w);
+    // The queries' workspace API key (the admin token reads no workspace
+    // data).
+    let token = engine
+        .create_api_key(WS, "bench", vec![segq::access::Scope::SegmentsRead])
+        .expect("a workspace API key")
+        .key;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

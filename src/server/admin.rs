@@ -1,11 +1,15 @@
-//! The admin API: workspaces, data import keys, users, and what operators
-//! look at (cohort sync statistics, billable data points). Every route sits
-//! behind [`super::auth::require_admin`]; bodies and responses are JSON.
+//! The admin API: workspaces, workspace API keys, data import keys, users,
+//! and what operators look at (cohort sync statistics, billable data
+//! points). Every route sits behind [`super::auth::require_access`] (its
+//! `ACCESS` table says who may call it); bodies and responses are JSON.
 //!
 //! | Route | Does |
 //! |---|---|
 //! | `POST /admin/workspaces` `{"name"}` | create (201) or find (200) a workspace |
 //! | `GET /admin/workspaces` | `[{"name","users","cohorts"}]` |
+//! | `POST /admin/workspaces/{ws}/api_keys` `{"name","scopes"}` | 201 with the new API key, shown once |
+//! | `GET /admin/workspaces/{ws}/api_keys` | the API keys, never the key itself |
+//! | `DELETE /admin/workspaces/{ws}/api_keys/{id}` | revoke (200; 404 unknown) |
 //! | `POST /admin/workspaces/{ws}/partners/{partner}/keys` | 201 with the new key, shown once |
 //! | `GET /admin/workspaces/{ws}/keys[?partner=P]` | the keys, never the key itself |
 //! | `DELETE /admin/workspaces/{ws}/keys/{id}` | invalidate (200; 404 unknown) |
@@ -32,6 +36,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{check_name, parse_scopes};
 use crate::attributes::{AttrInput, AttrType};
 use crate::bulk::UserJson;
 use crate::ids::{Partner, UserId, UserRef};
@@ -100,7 +105,64 @@ pub async fn list_workspaces(State(state): State<Arc<AppState>>) -> Result<Respo
     .await
 }
 
-// ----- keys -----
+// ----- workspace API keys -----
+
+/// The body of `POST /admin/workspaces/{ws}/api_keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyBody {
+    name: String,
+    scopes: Vec<String>,
+}
+
+/// `POST /admin/workspaces/{ws}/api_keys`: 201 with
+/// `{"id","key","name","scopes","created_at"}`, the key shown this once.
+pub async fn create_api_key(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<ApiKeyBody>,
+) -> Result<Response, ApiError> {
+    // An unknown workspace is a 404 before the body is judged.
+    workspace(&state, &ws)?;
+    check_name(&body.name).map_err(ApiError::bad_request)?;
+    let scopes = parse_scopes(&body.scopes).map_err(ApiError::bad_request)?;
+    run_blocking(move || {
+        let key = state.engine.create_api_key(&ws, &body.name, scopes)?;
+        let body = serde_json::to_value(&key).map_err(ApiError::internal)?;
+        Ok(json_response(StatusCode::CREATED, body))
+    })
+    .await
+}
+
+/// `GET /admin/workspaces/{ws}/api_keys`.
+pub async fn list_api_keys(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+) -> Result<Response, ApiError> {
+    run_blocking(move || {
+        let keys = state.engine.list_api_keys(&ws)?;
+        let body = serde_json::to_value(&keys).map_err(ApiError::internal)?;
+        Ok(json_response(StatusCode::OK, body))
+    })
+    .await
+}
+
+/// `DELETE /admin/workspaces/{ws}/api_keys/{id}`.
+pub async fn revoke_api_key(
+    State(state): State<Arc<AppState>>,
+    PathParams((ws, id)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    run_blocking(move || {
+        state.engine.revoke_api_key(&ws, &id)?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"message": "API key revoked", "id": id}),
+        ))
+    })
+    .await
+}
+
+// ----- data import keys -----
 
 /// `POST /admin/workspaces/{ws}/partners/{partner}/keys`.
 pub async fn create_key(

@@ -97,7 +97,7 @@ impl ApiError {
     pub fn admin_unauthorized() -> Self {
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing or invalid admin token: send Authorization: Bearer <admin token>",
+            "missing or invalid token: send Authorization: Bearer <admin token or workspace API key>",
         );
         e.authenticate = true;
         e

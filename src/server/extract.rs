@@ -59,12 +59,19 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
 /// The workspace a request's path names (404 if there is none).
 pub fn workspace(state: &AppState, name: &str) -> Result<Arc<WorkspaceHandle>, ApiError> {
-    state.engine.workspace(name).ok_or_else(|| {
-        Error::UnknownWorkspace {
-            name: name.to_string(),
-        }
-        .into()
-    })
+    state
+        .engine
+        .workspace(name)
+        .ok_or_else(|| unknown_workspace(name))
+}
+
+/// The answer for a workspace that is not there (also what a key of
+/// another workspace gets, word for word).
+pub fn unknown_workspace(name: &str) -> ApiError {
+    Error::UnknownWorkspace {
+        name: name.to_string(),
+    }
+    .into()
 }
 
 /// The `Content-Length` a request declares, if it declares a valid one.

@@ -1,9 +1,11 @@
 //! The HTTP server (`segq serve`): axum on a multi-threaded tokio runtime.
 //!
 //! - [`partner`]: the partner endpoints of PROTOCOL.md;
-//! - [`admin`] and [`import`]: the admin API (bearer token, [`auth`]);
+//! - [`admin`] and [`import`]: the admin API;
 //! - [`segments`]: counts, estimates, member export, targeting look-ups
-//!   and saved segments (the same bearer token);
+//!   and saved segments;
+//! - [`auth`]: who may call each route (the server admin token, or a
+//!   workspace API key with a scope);
 //! - [`metrics`]: `GET /metrics` and the request counters;
 //! - [`ratelimit`]: the per-key token buckets;
 //! - [`ops`]: `GET /healthz`, `GET /readyz`, request ids and the request
@@ -121,6 +123,10 @@ pub mod routes {
     pub const READYZ: &str = "/readyz";
     /// Workspaces: list and create.
     pub const WORKSPACES: &str = "/admin/workspaces";
+    /// A workspace's API keys: list and create.
+    pub const API_KEYS: &str = "/admin/workspaces/{ws}/api_keys";
+    /// Revoke a workspace API key.
+    pub const API_KEY: &str = "/admin/workspaces/{ws}/api_keys/{id}";
     /// Create a data import key for a partner.
     pub const CREATE_KEY: &str = "/admin/workspaces/{ws}/partners/{partner}/keys";
     /// List a workspace's data import keys.
@@ -171,11 +177,13 @@ pub mod routes {
     pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 33] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
         WORKSPACES,
+        API_KEYS,
+        API_KEY,
         CREATE_KEY,
         KEYS,
         KEY,
@@ -243,6 +251,11 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
             WORKSPACES,
             json_405(get(admin::list_workspaces).post(admin::create_workspace)),
         )
+        .route(
+            API_KEYS,
+            json_405(get(admin::list_api_keys).post(admin::create_api_key)),
+        )
+        .route(API_KEY, json_405(delete(admin::revoke_api_key)))
         .route(CREATE_KEY, json_405(post(admin::create_key)))
         .route(KEYS, json_405(get(admin::list_keys)))
         .route(KEY, json_405(delete(admin::invalidate_key)))
@@ -260,7 +273,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         // Added after the body limit: the bulk import streams its body
         // under its own limit (`max_import_bytes`).
         .route(IMPORT, json_405(post(import::import)))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(from_fn_with_state(state.clone(), auth::require_access));
 
     let segment_api = Router::new()
         .route(SEGMENT_COUNT, json_405(post(segments::count_handler)))
@@ -290,7 +303,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .route(PARTNER_COHORTS, json_405(get(segments::partner_cohorts)))
         .route(ATTRIBUTES, json_405(get(segments::attributes)))
         .layer(body_limit)
-        .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(from_fn_with_state(state.clone(), auth::require_access));
 
     let app = Router::new()
         .merge(partner)

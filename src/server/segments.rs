@@ -1,6 +1,6 @@
 //! The segment API: audience sizes and estimates, the builder's breakdown,
 //! member export, targeting look-ups and saved segments. Every route sits
-//! behind the admin bearer token ([`super::auth::require_admin`]); bodies
+//! behind a workspace API key ([`super::auth::require_access`]); bodies
 //! and responses are JSON but for the member export.
 //!
 //! | Route | Does |

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{serve_with, ServerOptions};
+use crate::access::Scope;
 use crate::engine::Engine;
 
 struct Server {
@@ -198,6 +199,12 @@ async fn bulk_import_streams_and_reports_lines() {
     )
     .await;
     assert_eq!(st, 201);
+    let key = s
+        .engine
+        .create_api_key("acme", "import", vec![Scope::UsersWrite])
+        .expect("a key")
+        .key;
+    let admin = |req: reqwest::RequestBuilder| req.bearer_auth(&key);
 
     let body = "external_id,device_id\nu1,d1\nu2,d1\nbroken\n\nu3,\n";
     let (st, body) = json_of(
@@ -313,6 +320,11 @@ async fn a_bulk_import_over_its_limit_is_413_and_the_connection_closes() {
     const LIMIT: u64 = 100_000;
     let s = start(|o| o.max_import_bytes = Some(LIMIT)).await;
     s.engine.create_workspace("acme").expect("creates");
+    let key = s
+        .engine
+        .create_api_key("acme", "import", vec![Scope::UsersWrite])
+        .expect("a key")
+        .key;
     let unbounded = 4 * super::error::DRAIN_BYTES;
     // A declared length over the limit (refused before reading), and a
     // chunked body that goes past it (refused while reading).
@@ -322,8 +334,7 @@ async fn a_bulk_import_over_its_limit_is_413_and_the_connection_closes() {
     ] {
         let head = format!(
             "POST /admin/workspaces/acme/users/import HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\n{length}\r\n",
-            s.token
+             Authorization: Bearer {key}\r\nContent-Type: application/x-ndjson\r\n{length}\r\n",
         );
         let (answer, sent) = send_and_read(&s.base, head, chunked, unbounded).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

@@ -1495,10 +1495,11 @@ fn bad_input_gets_a_clear_4xx() {
             .status,
         405
     );
+    let key = s.workspace_key(WS).expect("a workspace key");
     let r = s
         .client
         .post(format!("{}/workspaces/{WS}/segments/count", s.base))
-        .bearer_auth(&s.token)
+        .bearer_auth(&key)
         .header("content-type", "application/json")
         .body("{\"filter\": ")
         .send()
@@ -1507,7 +1508,7 @@ fn bad_input_gets_a_clear_4xx() {
     let r = s
         .client
         .post(format!("{}/workspaces/{WS}/segments/count", s.base))
-        .bearer_auth(&s.token)
+        .bearer_auth(&key)
         .header("content-type", "text/plain")
         .body("amplitude_cohorts includes_value c-even")
         .send()
@@ -1519,7 +1520,7 @@ fn bad_input_gets_a_clear_4xx() {
     let sent = s
         .client
         .post(format!("{}/workspaces/{WS}/segments/count", s.base))
-        .bearer_auth(&s.token)
+        .bearer_auth(&key)
         .json(&json!({"filter": huge}))
         .send();
     match sent {
@@ -1579,11 +1580,13 @@ fn the_cli_counts_lists_and_checks_on_a_server_and_on_a_data_directory() {
         .expect_json(201);
     let seg = saved["id"].as_str().expect("an id").to_string();
 
+    // A workspace API key (the admin token reads no workspace data).
+    let key = s.workspace_key(WS).expect("a workspace key");
     let server = [
         "--server",
         s.base.as_str(),
         "--token",
-        s.token.as_str(),
+        key.as_str(),
         "--workspace",
         WS,
     ];
@@ -1672,6 +1675,22 @@ fn the_cli_counts_lists_and_checks_on_a_server_and_on_a_data_directory() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("401"), "{err}");
+    let (code, _, err) = run(
+        &[
+            "--server",
+            s.base.as_str(),
+            "--token",
+            s.token.as_str(),
+            "--workspace",
+            WS,
+        ],
+        &["count", f],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("403") && err.contains("segments:read"),
+        "{err}"
+    );
 
     // The data directory is read (read-only) while the server runs.
     let local = ["--data", data.as_str(), "--workspace", WS];

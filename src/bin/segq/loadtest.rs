@@ -189,8 +189,7 @@ fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Fa
     open.open(&config_path)
         .and_then(|mut f| f.write_all(config.to_string().as_bytes()))
         .map_err(|e| Error::io(&config_path, e))?;
-    let (engine, token) = Engine::open(&data)?;
-    let token = token.ok_or_else(|| Failure::Other("no admin token for a new directory".into()))?;
+    let (engine, _admin_token) = Engine::open(&data)?;
     eprintln!(
         "segq loadtest: generating {} users, {} cohorts",
         spec.users, spec.cohorts
@@ -205,6 +204,11 @@ fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Fa
     engine.restore_workspace(WS, &snap)?;
     let _ = std::fs::remove_file(&snap);
     let secret = engine.create_key(WS, Partner::Amplitude)?.key;
+    // The query clients' workspace API key (the admin token reads no
+    // workspace data).
+    let token = engine
+        .create_api_key(WS, "loadtest", vec![segq::access::Scope::SegmentsRead])?
+        .key;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

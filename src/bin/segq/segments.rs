@@ -26,8 +26,9 @@ pub struct TargetArgs {
     /// A running server's base URL, e.g. http://127.0.0.1:8080.
     #[arg(long, conflicts_with = "data")]
     pub server: Option<String>,
-    /// The admin token for --server (default: the SEGQ_TOKEN environment
-    /// variable).
+    /// A workspace API key with segments:read for --server (default: the
+    /// SEGQ_TOKEN environment variable). The server admin token is taken
+    /// as well, and the server answers 403 to it on these routes.
     #[arg(long, requires = "server")]
     pub token: Option<String>,
     /// The data directory (default ./segq-data when --server is not given).
@@ -218,7 +219,7 @@ impl Place {
             let token = match &t.token {
                 Some(t) => t.clone(),
                 None => std::env::var("SEGQ_TOKEN").map_err(|_| {
-                    Failure::Other("--server needs --token TOKEN (or SEGQ_TOKEN in the environment): the admin token".into())
+                    Failure::Other("--server needs --token TOKEN (or SEGQ_TOKEN in the environment): a workspace API key with segments:read".into())
                 })?,
             };
             let client = reqwest::blocking::Client::builder()

@@ -263,6 +263,35 @@ pub struct Conn {
     /// The admin token (printed at the first start of a data directory).
     pub token: String,
     pub client: Client,
+    /// The workspace API keys with every scope the admin short-hands use,
+    /// by workspace: shared by every server of the data directory.
+    keys: Arc<Mutex<std::collections::HashMap<String, String>>>,
+}
+
+/// Every scope a workspace API key may have.
+pub const ALL_SCOPES: [&str; 3] = ["workspace:admin", "segments:read", "users:write"];
+
+/// The all-scope workspace keys of a data directory, by workspace, kept
+/// across restarts of its server (so that a restart creates no new key).
+fn keys_of(data: &Path) -> Arc<Mutex<std::collections::HashMap<String, String>>> {
+    type Keys = Arc<Mutex<std::collections::HashMap<String, String>>>;
+    static BY_DIR: OnceLock<Mutex<std::collections::HashMap<PathBuf, Keys>>> = OnceLock::new();
+    let mut by_dir = BY_DIR
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    by_dir.entry(data.to_path_buf()).or_default().clone()
+}
+
+/// The workspace a path of a workspace route names, and whether the
+/// route is one of its API keys routes (the admin token's).
+fn workspace_of(path: &str) -> Option<(&str, bool)> {
+    let path = path.split('?').next().unwrap_or(path);
+    let rest = path
+        .strip_prefix("/admin/workspaces/")
+        .or_else(|| path.strip_prefix("/workspaces/"))?;
+    let (ws, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    (!ws.is_empty()).then_some((ws, tail == "api_keys" || tail.starts_with("api_keys/")))
 }
 
 /// A `segq serve` process.
@@ -391,6 +420,7 @@ impl Server {
                 base: String::new(),
                 token: token.unwrap_or_default().to_string(),
                 client: client(),
+                keys: keys_of(data),
             },
         };
         let listening = poll(START_TIMEOUT, || {
@@ -501,7 +531,10 @@ impl Conn {
         format!("{}{path}", self.base)
     }
 
-    /// Any request; `content_type` `None` sends no content type.
+    /// Any request; `content_type` `None` sends no content type. With
+    /// `admin`, the credential the route needs: the admin token for
+    /// `/admin/workspaces` and a workspace's API keys, otherwise the
+    /// workspace's all-scope API key ([`Conn::workspace_key`]).
     pub fn request(
         &self,
         method: Method,
@@ -510,14 +543,77 @@ impl Conn {
         body: Vec<u8>,
         admin: bool,
     ) -> Resp {
-        let mut req = self.client.request(method, self.url(path)).body(body);
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
+        let send = |token: Option<&str>| {
+            let mut req = self
+                .client
+                .request(method.clone(), self.url(path))
+                .body(body.clone());
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            Resp::read(req.send().expect("the server answers"))
+        };
+        match workspace_of(path).filter(|_| admin) {
+            None => send(admin.then_some(self.token.as_str())),
+            Some((_, true)) => send(Some(&self.token)),
+            Some((ws, false)) => {
+                let Some(key) = self.workspace_key(ws) else {
+                    // No such workspace: the 404 a key of another one
+                    // gets (the admin token would get a 403).
+                    let other = self
+                        .keys
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .next()
+                        .cloned();
+                    return send(Some(other.as_deref().unwrap_or(&self.token)));
+                };
+                let r = send(Some(&key));
+                if r.status != 401 {
+                    return r;
+                }
+                // A key of a workspace since restored or made anew.
+                self.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(ws);
+                match self.workspace_key(ws) {
+                    Some(key) => send(Some(&key)),
+                    None => r,
+                }
+            }
         }
-        if admin {
-            req = req.bearer_auth(&self.token);
+    }
+
+    /// The workspace's API key with every scope, created with the admin
+    /// token the first time it is needed; `None` if there is no such
+    /// workspace.
+    pub fn workspace_key(&self, ws: &str) -> Option<String> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = keys.get(ws) {
+            return Some(k.clone());
         }
-        Resp::read(req.send().expect("the server answers"))
+        let r = self
+            .client
+            .post(self.url(&format!("/admin/workspaces/{ws}/api_keys")))
+            .bearer_auth(&self.token)
+            .json(&json!({"name": "tests", "scopes": ALL_SCOPES}))
+            .send()
+            .expect("the server answers");
+        let r = Resp::read(r);
+        if r.status == 404 {
+            return None;
+        }
+        let key = r.expect_json(201)["key"]
+            .as_str()
+            .expect("a key")
+            .to_string();
+        keys.insert(ws.to_string(), key.clone());
+        Some(key)
     }
 
     /// A POST with `client` that returns a transport error (a reset
@@ -720,6 +816,7 @@ impl InProcess {
                 base,
                 token,
                 client: client(),
+                keys: keys_of(data),
             },
         }
     }
