@@ -1,5 +1,6 @@
 //! The integration test binary: one module per area of the library.
 
+mod api_keys;
 mod attribute_props;
 mod attributes;
 mod bench_cmd;
