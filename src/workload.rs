@@ -538,22 +538,13 @@ pub fn write_snapshot<W: std::io::Write>(
     // The catalog's order: by (partner, cohort_id).
     made.sort_by(|a, b| a.0.cohort_id.cmp(&b.0.cohort_id));
     for (info, members) in &made {
-        let entry = CohortMeta {
-            partner: PARTNER,
-            cohort_id: info.cohort_id.clone(),
-            name: cohort_name(info),
-            created_at: Some(created_at().to_rfc3339()),
-            cardinality: members.len(),
-            offset: 0,
-            len: 0,
-            last_sync_ms: None,
-            last_added: 0,
-            last_removed: 0,
-            matched_total: 0,
-            unmatched_total: 0,
-            refused_total: 0,
-            recent_unmatched: Vec::new(),
-        };
+        let entry = CohortMeta::unsynced(
+            PARTNER,
+            info.cohort_id.clone(),
+            cohort_name(info),
+            Some(created_at().to_rfc3339()),
+            members.len(),
+        );
         contents.push_cohort(entry, |bytes| {
             members
                 .serialize_into(bytes)

@@ -547,10 +547,12 @@ pub fn sampled_count(
     let keys = s.candidates();
     let evaluated = keys.len() as u32;
     let work = keys.len() as u64 * prepared.units();
+    // The exact count, when that is the answer: the same chunks counted.
+    let all = || s.count(&keys).into_iter().sum::<u64>();
     if work <= EXACT_WORK {
         return Ok(exact(
             format!("the exact count's work is small ({work} units)"),
-            s.exact_count(),
+            all(),
             evaluated,
         ));
     }
@@ -565,7 +567,7 @@ pub fn sampled_count(
     };
     let pred = s.predict(&keys);
     match run(scope, t, seed, 0, &pred, &users_of, &eval)? {
-        Outcome::Exact(reason) => Ok(exact(reason, s.exact_count(), evaluated)),
+        Outcome::Exact(reason) => Ok(exact(reason, all(), evaluated)),
         Outcome::Sampled {
             design,
             per_chunk,

@@ -1261,8 +1261,8 @@ impl Checker<'_> {
 
 /// A sampled estimate's hold on a prepared plan: the leaves parsed once
 /// for every question the estimate asks (the chunks the exact count would
-/// visit, their predicted counts, the counts of the chunks drawn, and the
-/// exact count where that is no dearer).
+/// visit, their predicted counts, and the counts of the chunks drawn, or of
+/// all of them where the exact count is no dearer).
 pub struct Sampler<'p, 'w> {
     prepared: &'p Prepared<'w>,
     checker: Checker<'p>,
@@ -1282,14 +1282,6 @@ impl Sampler<'_, '_> {
         )
     }
 
-    /// The exact count (the stored one when there is one).
-    pub fn exact_count(&self) -> u64 {
-        match self.prepared.single {
-            Some(n) => n,
-            None => self.prepared.count_in(&self.checker.ctx).0,
-        }
-    }
-
     /// Each leaf's members per chunk, from the containers' headers in one
     /// pass over each bitmap's descriptors.
     fn sizes(&self) -> &[Vec<f64>] {
@@ -1301,24 +1293,24 @@ impl Sampler<'_, '_> {
                 .iter()
                 .map(|leaf| {
                     let mut n = vec![0.0; chunks];
-                    let mut add = |v: &Option<BitmapView>, sign: f64| {
-                        for i in v.iter().flat_map(|v| 0..v.containers()) {
-                            let Some(v) = v else { continue };
+                    let mut add = |v: Option<&BitmapView>, sign: f64| {
+                        let Some(v) = v else { return };
+                        for i in 0..v.containers() {
                             if let Some(c) = n.get_mut(usize::from(v.key(i))) {
                                 *c += sign * f64::from(v.cardinality(i));
                             }
                         }
                     };
                     match leaf {
-                        LeafView::Simple(v) => add(&Some(*v), 1.0),
+                        LeafView::Simple(v) => add(Some(v), 1.0),
                         LeafView::Layered {
                             base,
                             added,
                             removed,
                         } => {
-                            add(base, 1.0);
-                            add(added, 1.0);
-                            add(removed, -1.0);
+                            add(base.as_ref(), 1.0);
+                            add(added.as_ref(), 1.0);
+                            add(removed.as_ref(), -1.0);
                         }
                     }
                     n

@@ -54,6 +54,35 @@ pub struct CohortMeta {
     pub recent_unmatched: Vec<String>,
 }
 
+impl CohortMeta {
+    /// A cohort no users request has reached, of `cardinality` members
+    /// (its bitmap's place is set by the writer).
+    pub fn unsynced(
+        partner: Partner,
+        cohort_id: String,
+        name: String,
+        created_at: Option<String>,
+        cardinality: u64,
+    ) -> CohortMeta {
+        CohortMeta {
+            partner,
+            cohort_id,
+            name,
+            created_at,
+            cardinality,
+            offset: 0,
+            len: 0,
+            last_sync_ms: None,
+            last_added: 0,
+            last_removed: 0,
+            matched_total: 0,
+            unmatched_total: 0,
+            refused_total: 0,
+            recent_unmatched: Vec::new(),
+        }
+    }
+}
+
 /// A data import key (its digest only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyMeta {

@@ -229,13 +229,20 @@ fn bad_key_requests_are_a_400_naming_the_problem_and_change_nothing() {
     assert_eq!(r.status, 404, "{}", r.text);
 }
 
-#[test]
-fn keys_and_revocations_survive_restarts_and_compactions() {
+/// An in-process server on a fresh data directory (returned with its
+/// folder, which must outlive it) with the workspace `acme`.
+fn in_process_with_acme() -> (tempfile::TempDir, std::path::PathBuf, InProcess) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     crate::support::server::write_config(&data);
     let s = InProcess::start(&data, None);
     s.create_workspace("acme");
+    (dir, data, s)
+}
+
+#[test]
+fn keys_and_revocations_survive_restarts_and_compactions() {
+    let (_dir, data, s) = in_process_with_acme();
     let admin = s.token.clone();
     let (_, reader) = new_key(&s, "acme", "reader", &["segments:read"], &admin);
     let (gone_id, gone) = new_key(&s, "acme", "gone", &ALL_SCOPES, &admin);
@@ -897,11 +904,7 @@ fn every_route_answers_every_kind_of_caller_as_documented() {
 
 #[test]
 fn a_backup_restored_beside_its_workspace_does_not_bring_a_second_life_to_its_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    crate::support::server::write_config(&data);
-    let s = InProcess::start(&data, None);
-    s.create_workspace("acme");
+    let (dir, data, s) = in_process_with_acme();
     let admin = s.token.clone();
     let (id, key) = new_key(&s, "acme", "k", &["segments:read"], &admin);
     s.engine().compact("acme").expect("compacts");

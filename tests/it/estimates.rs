@@ -118,22 +118,13 @@ fn snapshot() -> &'static Arc<Snapshot> {
                 }
             }
             let members = RoaringBitmap::from_sorted_iter(ids).expect("ascending");
-            let meta = CohortMeta {
-                partner: Partner::Amplitude,
-                cohort_id: cohort(i),
-                name: cohort(i),
-                created_at: None,
-                cardinality: members.len(),
-                offset: 0,
-                len: 0,
-                last_sync_ms: None,
-                last_added: 0,
-                last_removed: 0,
-                matched_total: 0,
-                unmatched_total: 0,
-                refused_total: 0,
-                recent_unmatched: Vec::new(),
-            };
+            let meta = CohortMeta::unsynced(
+                Partner::Amplitude,
+                cohort(i),
+                cohort(i),
+                None,
+                members.len(),
+            );
             contents
                 .push_cohort(meta, |b| {
                     members
