@@ -6,6 +6,10 @@
 //! `Change::ApiKeyCreated`, kept in snapshots); the key itself is shown
 //! once, when it is created. Which scope each route needs is the table
 //! of `server::auth::ACCESS`.
+//!
+//! The audit log ([`AuditLog`]) records who changed what through the
+//! admin API: each [`AuditEntry`] names the caller by its key id (or
+//! `admin`, the server admin token), never by a secret.
 
 use chrono::{DateTime, Utc};
 
@@ -135,9 +139,180 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// The most audit entries a workspace keeps: when one more is recorded,
+/// the oldest is dropped (from memory at once, from storage at the next
+/// compaction). About 200 bytes each: some 20 MB at most per workspace.
+pub const AUDIT_RETENTION: usize = 100_000;
+
+/// One change made through the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Its number in the workspace: 1, 2, ... in the order recorded.
+    pub seq: u64,
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Who: a workspace API key's id (`ak_...`), or `admin` for the
+    /// server admin token. Never a secret.
+    pub actor: String,
+    /// What was done, e.g. `api_key.created`, `segment.updated`.
+    pub action: String,
+    /// What it was done to: a key id, a segment id, a user id, ...
+    pub target: String,
+    /// A small JSON object with the particulars (never a secret).
+    pub detail: String,
+    /// The client's address (the connection's peer).
+    pub address: String,
+    /// The request's id (`X-Request-Id`).
+    pub request_id: String,
+}
+
+/// A workspace's audit entries, oldest first: the last
+/// [`AUDIT_RETENTION`] recorded, and the number the next one takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditLog {
+    entries: std::collections::VecDeque<AuditEntry>,
+    /// The seq of the next entry; 0 (as 1) before any.
+    next_seq: u64,
+}
+
+impl AuditLog {
+    /// The seq the next entry takes.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.max(1)
+    }
+
+    /// The entries kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries kept, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &AuditEntry> {
+        self.entries.iter()
+    }
+
+    /// Records an entry; its seq must be at least [`Self::next_seq`]
+    /// (seqs only grow). Drops the oldest beyond [`AUDIT_RETENTION`].
+    pub fn push(&mut self, entry: AuditEntry) -> Result<(), String> {
+        if entry.seq < self.next_seq() {
+            return Err(format!(
+                "audit entry {} recorded after entry {}",
+                entry.seq,
+                self.next_seq() - 1
+            ));
+        }
+        self.next_seq = entry.seq + 1;
+        self.entries.push_back(entry);
+        while self.entries.len() > AUDIT_RETENTION {
+            self.entries.pop_front();
+        }
+        Ok(())
+    }
+
+    /// A log of `entries` (oldest first, seqs growing) whose next entry
+    /// takes `next_seq`, as a snapshot holds it.
+    pub fn restore(next_seq: u64, entries: Vec<AuditEntry>) -> Result<AuditLog, String> {
+        let mut log = AuditLog::default();
+        for e in entries {
+            log.push(e)?;
+        }
+        if next_seq.max(1) < log.next_seq() {
+            return Err(format!(
+                "audit log's next seq {next_seq} is not after its last entry {}",
+                log.next_seq() - 1
+            ));
+        }
+        log.next_seq = next_seq;
+        Ok(log)
+    }
+
+    /// Up to `limit` entries with `after < seq < before` (a bound `None`
+    /// is open), newest first or oldest first, and whether more such
+    /// entries follow the page.
+    pub fn page(
+        &self,
+        after: Option<u64>,
+        before: Option<u64>,
+        newest_first: bool,
+        limit: usize,
+    ) -> (Vec<&AuditEntry>, bool) {
+        let lo = after.map_or(0, |a| a.saturating_add(1));
+        let hi = before.unwrap_or(u64::MAX);
+        // Entries are sorted by seq: find the range by binary search.
+        let start = self.entries.partition_point(|e| e.seq < lo);
+        let end = self.entries.partition_point(|e| e.seq < hi).max(start);
+        let range = self.entries.range(start..end);
+        let total = end - start;
+        let page: Vec<&AuditEntry> = if newest_first {
+            range.rev().take(limit).collect()
+        } else {
+            range.take(limit).collect()
+        };
+        let more = total > page.len();
+        (page, more)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(seq: u64) -> AuditEntry {
+        AuditEntry {
+            seq,
+            at_ms: 0,
+            actor: "admin".into(),
+            action: "x".into(),
+            target: String::new(),
+            detail: "{}".into(),
+            address: "-".into(),
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn audit_pages_both_ways_and_keeps_the_last_entries() {
+        let mut log = AuditLog::default();
+        assert_eq!(log.next_seq(), 1);
+        for seq in 1..=5 {
+            log.push(entry(seq)).unwrap();
+        }
+        assert!(log.push(entry(5)).is_err(), "seqs only grow");
+        let seqs = |(page, more): (Vec<&AuditEntry>, bool)| {
+            (page.iter().map(|e| e.seq).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(seqs(log.page(None, None, true, 2)), (vec![5, 4], true));
+        assert_eq!(seqs(log.page(None, Some(4), true, 2)), (vec![3, 2], true));
+        assert_eq!(seqs(log.page(None, Some(2), true, 2)), (vec![1], false));
+        assert_eq!(seqs(log.page(Some(3), None, false, 5)), (vec![4, 5], false));
+        assert_eq!(
+            seqs(log.page(Some(1), Some(5), false, 2)),
+            (vec![2, 3], true)
+        );
+        assert_eq!(seqs(log.page(Some(9), None, false, 2)), (vec![], false));
+        assert_eq!(seqs(log.page(Some(4), Some(2), true, 2)), (vec![], false));
+        // Restored as a snapshot holds it; a seq that goes back is refused.
+        let again = AuditLog::restore(6, log.iter().cloned().collect()).unwrap();
+        assert_eq!(again, log);
+        assert!(AuditLog::restore(3, log.iter().cloned().collect()).is_err());
+        assert_eq!(
+            AuditLog::restore(0, Vec::new()).unwrap(),
+            AuditLog::default()
+        );
+        // Retention: the oldest go first.
+        let mut big = AuditLog::default();
+        for seq in 1..=(AUDIT_RETENTION as u64 + 3) {
+            big.push(entry(seq)).unwrap();
+        }
+        assert_eq!(big.len(), AUDIT_RETENTION);
+        assert_eq!(big.iter().next().map(|e| e.seq), Some(4));
+        assert_eq!(big.next_seq(), AUDIT_RETENTION as u64 + 4);
+    }
 
     #[test]
     fn scopes_parse_fold_and_name_the_unknown() {

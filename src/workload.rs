@@ -520,6 +520,7 @@ pub fn write_snapshot<W: std::io::Write>(
         segments: Vec::new(),
         ext: Default::default(),
         api_keys: Default::default(),
+        audit: Default::default(),
     });
     contents.reserve_buckets(n as usize);
     let mut made = draw(spec, |u, g| {

@@ -77,6 +77,9 @@ pub struct Workspace {
     pub segments: BTreeMap<String, SavedSegment>,
     /// The users' custom attributes, with their indexes.
     pub attributes: Attributes,
+    /// Who changed what through the admin API (the last
+    /// [`crate::access::AUDIT_RETENTION`] entries).
+    pub audit: crate::access::AuditLog,
 }
 
 impl Workspace {
@@ -92,6 +95,7 @@ impl Workspace {
             enabled_partners: BTreeSet::new(),
             segments: BTreeMap::new(),
             attributes: Attributes::new(),
+            audit: crate::access::AuditLog::default(),
         }
     }
 

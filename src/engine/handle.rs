@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockEr
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::audit;
 use super::compact::{self, Compacted, Fs, Manifest, RealFs};
 use super::record::{self, to_ms, Applied, Change};
 use crate::attributes::{AttrInput, AttrInputs, AttrType, AttrValue};
@@ -560,6 +561,13 @@ impl WorkspaceHandle {
                     result = Err(e);
                 }
             }
+            if result.is_ok() && tx.changed() {
+                // The audit entry of a request's changes goes last, in the
+                // same commit: durable exactly when they are.
+                if let Err(e) = tx.audit() {
+                    result = Err(e);
+                }
+            }
             if tx.dirty || (result.is_err() && tx.changed()) {
                 // Applied, never to be logged: undo it.
                 self.stale.store(true, Ordering::SeqCst);
@@ -995,6 +1003,23 @@ impl WorkspaceHandle {
         })
     }
 
+    /// Records an audit entry of its own (`action` on `target`, by
+    /// `ctx`): for a request whose changes were made by several writes
+    /// (a bulk import), once they are made. Returns once it is durable.
+    pub fn record_audit(
+        &self,
+        ctx: &audit::AuditContext,
+        action: &str,
+        target: &str,
+        detail: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let seq = tx.state().audit.next_seq();
+            let entry = audit::new_entry(ctx, action, seq, target, detail);
+            tx.apply(Change::Audited(entry)).map(drop)
+        })
+    }
+
     /// Deletes a saved segment.
     pub fn delete_segment(&self, id: &str) -> Result<()> {
         self.write(|tx| {
@@ -1127,6 +1152,25 @@ impl<'a> Tx<'a> {
             let (changes, _) = std::mem::take(&mut self.group);
             self.records.push(Change::Batch(changes));
         }
+    }
+
+    /// Applies (to be logged last) the audit entry of the changes applied
+    /// so far, when [`audit::audited`] set a context on this thread.
+    fn audit(&mut self) -> Result<()> {
+        let Some((ctx, action)) = audit::current() else {
+            return Ok(());
+        };
+        let seq = self.ws.audit.next_seq();
+        let entry = audit::entry(
+            &ctx,
+            action,
+            seq,
+            self.records.iter().chain(self.group.0.iter()),
+        );
+        if let Some(entry) = entry {
+            self.apply(Change::Audited(entry))?;
+        }
+        Ok(())
     }
 
     /// Whether a change was applied.

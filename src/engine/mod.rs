@@ -39,6 +39,7 @@
 //! being written) is ignored in memory, not cut, and every write is
 //! refused.
 
+pub mod audit;
 pub mod compact;
 mod config;
 mod handle;
@@ -1039,11 +1040,21 @@ impl Engine {
             seed,
             at_ms: to_ms(Utc::now()),
         };
-        writer.append(&change.encode()?)?;
+        let mut ws = Workspace::new(name, seed);
+        let mut payloads = vec![change.encode()?];
+        // Created by a request: its audit entry is the log's second
+        // record, durable with the first.
+        if let Some((ctx, action)) = audit::current() {
+            let entry = audit::new_entry(&ctx, action, 1, name, serde_json::Map::new());
+            let audited = Change::Audited(entry);
+            payloads.push(audited.encode()?);
+            record::apply(&mut ws, &audited)?;
+        }
+        writer.append_batch(&payloads)?;
         table.live.insert(
             name.to_string(),
             Arc::new(
-                WorkspaceHandle::new(Workspace::new(name, seed), writer, folder, None, vec![path])
+                WorkspaceHandle::new(ws, writer, folder, None, vec![path])
                     .with_max_filter_nodes(self.config.max_filter_nodes)
                     .with_cohort_limit(self.config.max_cohorts_per_partner)
                     .with_result_cache(self.config.result_cache_bytes)

@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::access::{ApiKeyRecord, Scope};
+use crate::access::{ApiKeyRecord, AuditEntry, Scope};
 use crate::attributes::{AttrType, AttrValue};
 use crate::cohorts::{ChangeReport, ResolvedChanges};
 use crate::error::{Error, Result};
@@ -199,6 +199,9 @@ pub enum Change {
         /// When (ms since the Unix epoch).
         at_ms: i64,
     },
+    /// An audit entry: who made the changes logged before it in the same
+    /// write, through the admin API (see [`super::audit`]).
+    Audited(AuditEntry),
 }
 
 impl Change {
@@ -234,6 +237,14 @@ impl Change {
             Change::AliasAdded { label, name, .. } => 8 + label.len() + name.len(),
             Change::UserIdentified { external_id, .. } => 8 + external_id.len(),
             Change::Batch(c) => 4 + c.iter().map(Change::size_hint).sum::<usize>(),
+            Change::Audited(e) => {
+                24 + e.actor.len()
+                    + e.action.len()
+                    + e.target.len()
+                    + e.detail.len()
+                    + e.address.len()
+                    + e.request_id.len()
+            }
             Change::AttributesSet { values, .. } => {
                 8 + values
                     .iter()
@@ -440,6 +451,7 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
                 .ok_or_else(|| Error::UnknownApiKey { id: id.clone() })?;
             key.revoked_at.get_or_insert(from_ms(*at_ms));
         }
+        Change::Audited(entry) => ws.audit.push(entry.clone()).map_err(mismatch)?,
     }
     Ok(applied)
 }
@@ -481,6 +493,7 @@ pub fn touched(change: &Change, t: &mut Touched) {
         | Change::CohortDeleted { .. }
         | Change::AttributeDeclared { .. }
         | Change::ApiKeyCreated { .. }
-        | Change::ApiKeyRevoked { .. } => {}
+        | Change::ApiKeyRevoked { .. }
+        | Change::Audited(_) => {}
     }
 }

@@ -11,6 +11,10 @@
 //! `MetaExt` the same way, never into it: the workspace API keys
 //! ([`ApiKeysExt`]) follow `MetaExt` (written, empty or not, whenever
 //! there are API keys), and a section that ends before them holds none.
+//! The audit entries ([`AuditExt`]) follow the API keys the same way:
+//! written (after a `MetaExt` and an `ApiKeysExt`, empty or not) whenever
+//! an audit entry was ever recorded; a section that ends before them
+//! holds none.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -140,6 +144,39 @@ pub struct Meta {
     pub ext: MetaExt,
     /// Not part of `Meta`'s encoding: the [`ApiKeysExt`] after `ext`.
     pub api_keys: ApiKeysExt,
+    /// Not part of `Meta`'s encoding: the [`AuditExt`] after `api_keys`.
+    pub audit: AuditExt,
+}
+
+/// One audit entry (see `access::AuditEntry`, whose fields these are).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditMeta {
+    /// Its number in the workspace.
+    pub seq: u64,
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// A workspace API key's id, or `admin`.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// What it was done to.
+    pub target: String,
+    /// A small JSON object.
+    pub detail: String,
+    /// The client's address.
+    pub address: String,
+    /// The request's id.
+    pub request_id: String,
+}
+
+/// What follows [`ApiKeysExt`] in the section, once an audit entry was
+/// recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditExt {
+    /// The seq the next entry takes (0 before any).
+    pub next_seq: u64,
+    /// The entries kept, oldest first.
+    pub entries: Vec<AuditMeta>,
 }
 
 /// A workspace API key (its digest only).
@@ -180,13 +217,18 @@ impl Meta {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let mut out = bincode::encode_to_vec(self, config())
             .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
-        let api_keys = self.api_keys != ApiKeysExt::default();
+        let audit = self.audit != AuditExt::default();
+        let api_keys = audit || self.api_keys != ApiKeysExt::default();
         if api_keys || self.ext != MetaExt::default() {
             bincode::encode_into_std_write(&self.ext, &mut out, config())
                 .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
         }
         if api_keys {
             bincode::encode_into_std_write(&self.api_keys, &mut out, config())
+                .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
+        }
+        if audit {
+            bincode::encode_into_std_write(&self.audit, &mut out, config())
                 .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
         }
         Ok(out)
@@ -209,13 +251,20 @@ impl Meta {
         }
         let (api_keys, used): (ApiKeysExt, usize) = bincode::decode_from_slice(rest, config())
             .map_err(|e| format!("meta section's API keys do not decode: {e}"))?;
+        meta.api_keys = api_keys;
+        let rest = &rest[used..];
+        if rest.is_empty() {
+            return Ok(meta);
+        }
+        let (audit, used): (AuditExt, usize) = bincode::decode_from_slice(rest, config())
+            .map_err(|e| format!("meta section's audit entries do not decode: {e}"))?;
         if used != rest.len() {
             return Err(format!(
                 "meta section has {} trailing bytes",
                 rest.len() - used
             ));
         }
-        meta.api_keys = api_keys;
+        meta.audit = audit;
         Ok(meta)
     }
 }
@@ -341,6 +390,7 @@ impl<C> Decode<C> for Meta {
             segments: decode_seq(d, SegmentMeta::decode)?,
             ext: MetaExt::default(),
             api_keys: ApiKeysExt::default(),
+            audit: AuditExt::default(),
         })
     }
 }
@@ -389,6 +439,43 @@ impl<C> Decode<C> for ApiKeysExt {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
         Ok(ApiKeysExt {
             keys: decode_seq(d, ApiKeyMeta::decode)?,
+        })
+    }
+}
+
+impl Encode for AuditMeta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (self.seq, self.at_ms, &self.actor, &self.action).encode(e)?;
+        (&self.target, &self.detail, &self.address, &self.request_id).encode(e)
+    }
+}
+
+impl<C> Decode<C> for AuditMeta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(AuditMeta {
+            seq: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+            actor: Decode::decode(d)?,
+            action: Decode::decode(d)?,
+            target: Decode::decode(d)?,
+            detail: Decode::decode(d)?,
+            address: Decode::decode(d)?,
+            request_id: Decode::decode(d)?,
+        })
+    }
+}
+
+impl Encode for AuditExt {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (self.next_seq, &self.entries).encode(e)
+    }
+}
+
+impl<C> Decode<C> for AuditExt {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(AuditExt {
+            next_seq: Decode::decode(d)?,
+            entries: decode_seq(d, AuditMeta::decode)?,
         })
     }
 }

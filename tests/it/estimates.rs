@@ -82,6 +82,7 @@ fn snapshot() -> &'static Arc<Snapshot> {
             segments: Vec::new(),
             ext: Default::default(),
             api_keys: Default::default(),
+            audit: Default::default(),
         });
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         contents.reserve_buckets(USERS as usize);

@@ -20,7 +20,7 @@ pub fn code_of(file: &str) -> String {
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use segq::access::Scope;
+use segq::access::{AuditEntry, Scope};
 use segq::attributes::{AttrType, AttrValue};
 use segq::cohorts::{MemberOp, ResolvedChanges};
 use segq::engine::persist;
@@ -42,6 +42,10 @@ const KEYS_LOG: &str = "fixtures/log/v1-api-keys.segqlog";
 const KEYS_LOG_EXPECTED: &str = "fixtures/log/v1-api-keys.expected";
 const KEYS_SNAP: &str = "fixtures/snapshot/v2-api-keys.segqsnap";
 const KEYS_SNAP_EXPECTED: &str = "fixtures/snapshot/v2-api-keys.expected";
+const AUDIT_LOG: &str = "fixtures/log/v1-audit.segqlog";
+const AUDIT_LOG_EXPECTED: &str = "fixtures/log/v1-audit.expected";
+const AUDIT_SNAP: &str = "fixtures/snapshot/v2-audit.segqsnap";
+const AUDIT_SNAP_EXPECTED: &str = "fixtures/snapshot/v2-audit.expected";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,6 +76,7 @@ fn kind(c: &Change) -> &'static str {
         Change::AttributeDeclared { .. } => "AttributeDeclared",
         Change::ApiKeyCreated { .. } => "ApiKeyCreated",
         Change::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+        Change::Audited(_) => "Audited",
     }
 }
 
@@ -102,6 +107,9 @@ const ATTRIBUTE_KINDS: [&str; 2] = ["AttributesSet", "AttributeDeclared"];
 /// The record kinds of workspace API keys, held by the API keys log
 /// fixture.
 const API_KEY_KINDS: [&str; 2] = ["ApiKeyCreated", "ApiKeyRevoked"];
+
+/// The record kind of the audit log, held by the audit log fixture.
+const AUDIT_KINDS: [&str; 1] = ["Audited"];
 
 /// The kinds of a record and of the records nested in it.
 fn kinds(c: &Change, out: &mut Vec<&'static str>) {
@@ -489,6 +497,87 @@ fn api_key_records() -> Vec<Change> {
     ]
 }
 
+/// The records of the audit log fixture: a workspace created by the
+/// server admin token, an API key it created, a data import key and a
+/// user that key made, each followed by its audit entry (as the engine
+/// logs them: the entry last, in the same commit).
+fn audit_records() -> Vec<Change> {
+    let entry = |seq: u64, minute: i64, actor: &str, action: &str, target: &str, detail: &str| {
+        Change::Audited(AuditEntry {
+            seq,
+            at_ms: at(minute),
+            actor: s(actor),
+            action: s(action),
+            target: s(target),
+            detail: s(detail),
+            address: s(if actor == "admin" {
+                "127.0.0.1:50100"
+            } else {
+                "[2001:db8::7]:443"
+            }),
+            request_id: format!("req-{seq}"),
+        })
+    };
+    vec![
+        Change::WorkspaceCreated {
+            seed: 7,
+            at_ms: at(0),
+        },
+        entry(1, 0, "admin", "workspace.created", "golden", "{}"),
+        Change::ApiKeyCreated {
+            id: s("ak_00000000000000c3"),
+            name: s("ops"),
+            scopes: vec![Scope::WorkspaceAdmin, Scope::UsersWrite],
+            digest: [0xc3; 32],
+            at_ms: at(1),
+        },
+        entry(
+            2,
+            1,
+            "admin",
+            "api_key.created",
+            "ak_00000000000000c3",
+            r#"{"name":"ops","scopes":["workspace:admin","users:write"]}"#,
+        ),
+        Change::KeyCreated {
+            id: s("key_00000000000000d4"),
+            partner: Partner::Amplitude,
+            digest: [0xd4; 32],
+            prefix: s("sk_live_d4d4"),
+            at_ms: at(2),
+        },
+        entry(
+            3,
+            2,
+            "ak_00000000000000c3",
+            "import_key.created",
+            "key_00000000000000d4",
+            r#"{"partner":"amplitude","prefix":"sk_live_d4d4"}"#,
+        ),
+        Change::Batch(vec![
+            Change::UserCreated {
+                user: UserId(0),
+                external_id: Some(s("u-0")),
+                devices: vec![],
+                aliases: vec![],
+                bucket: 12,
+            },
+            Change::DeviceAdded {
+                user: UserId(0),
+                device_id: s("d-0"),
+            },
+        ]),
+        entry(
+            4,
+            3,
+            "ak_00000000000000c3",
+            "user.upserted",
+            "user:0",
+            r#"{"users_created":1,"devices_added":1}"#,
+        ),
+    ]
+}
+
 fn num(x: &str) -> Number {
     x.parse().expect("a number")
 }
@@ -678,6 +767,13 @@ fn describe(ws: &Workspace) -> String {
     for k in ws.api_keys.values() {
         writeln!(out, "api key {k:?}").unwrap();
     }
+    // Only for a workspace with audit entries, likewise.
+    if ws.audit.next_seq() > 1 {
+        writeln!(out, "audit next seq {}", ws.audit.next_seq()).unwrap();
+    }
+    for e in ws.audit.iter() {
+        writeln!(out, "audit {e:?}").unwrap();
+    }
     out
 }
 
@@ -831,6 +927,78 @@ fn the_api_keys_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     );
     let (_, from_log, last) = replay(read(KEYS_LOG), KEYS_LOG, &API_KEY_KINDS, &[]);
     assert_eq!((describe(&from_log), last), (describe(&ws), seq));
+}
+
+#[test]
+fn the_audit_log_fixture_replays_as_expected() {
+    let (text, ws, _) = replay(read(AUDIT_LOG), AUDIT_LOG, &AUDIT_KINDS, &[]);
+    assert_eq!(text, read_text(AUDIT_LOG_EXPECTED));
+    let seqs: Vec<u64> = ws.audit.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(ws.audit.next_seq(), 5);
+}
+
+#[test]
+fn the_audit_snapshot_reads_as_expected_and_writes_the_same_bytes() {
+    let bytes = read(AUDIT_SNAP);
+    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), AUDIT_SNAP).expect("opens"));
+    snap.verify().expect("verifies");
+    let ws = persist::load_workspace(snap.clone()).expect("loads");
+    let seq = snap.meta().expect("meta").seq;
+    assert_eq!(
+        format!("seq {seq}\n{}", describe(&ws)),
+        read_text(AUDIT_SNAP_EXPECTED)
+    );
+    let again = persist::write_snapshot(&ws, seq).expect("writes");
+    assert!(
+        again == bytes,
+        "the audit snapshot writes to other bytes than it was read from"
+    );
+    let (_, from_log, last) = replay(read(AUDIT_LOG), AUDIT_LOG, &AUDIT_KINDS, &[]);
+    assert_eq!((describe(&from_log), last), (describe(&ws), seq));
+}
+
+/// The snapshots written before the audit log read with none, and their
+/// meta sections end where they did (nothing is appended for an empty
+/// audit log).
+#[test]
+fn snapshots_before_the_audit_log_read_with_an_empty_one() {
+    for path in [SNAP, ATTR_SNAP, KEYS_SNAP] {
+        let snap = Arc::new(Snapshot::from_bytes(read(path), path).expect("opens"));
+        let ws = persist::load_workspace(snap).expect("loads");
+        assert!(ws.audit.is_empty(), "{path}");
+        assert_eq!(ws.audit.next_seq(), 1, "{path}");
+    }
+}
+
+/// Writes the audit fixtures (`cargo test --test it
+/// write_the_audit_fixtures -- --ignored`): once, when they were added;
+/// never rewritten.
+#[test]
+#[ignore = "writes the audit fixtures in fixtures/log and fixtures/snapshot; run by hand"]
+fn write_the_audit_fixtures() {
+    let file = FaultyFile::named("golden-audit");
+    let log = LogWriter::create(file.clone(), 1).unwrap();
+    for c in audit_records() {
+        log.append(&c.encode().unwrap()).unwrap();
+    }
+    drop(log);
+    let bytes = file.contents();
+    std::fs::write(root().join(AUDIT_LOG), &bytes).unwrap();
+    let (text, ws, seq) = replay(bytes, AUDIT_LOG, &AUDIT_KINDS, &[]);
+    std::fs::write(root().join(AUDIT_LOG_EXPECTED), text).unwrap();
+    std::fs::write(
+        root().join(AUDIT_SNAP),
+        persist::write_snapshot(&ws, seq).unwrap(),
+    )
+    .unwrap();
+    let snap = Arc::new(Snapshot::open(&root().join(AUDIT_SNAP)).unwrap());
+    let loaded = persist::load_workspace(snap).unwrap();
+    std::fs::write(
+        root().join(AUDIT_SNAP_EXPECTED),
+        format!("seq {seq}\n{}", describe(&loaded)),
+    )
+    .unwrap();
 }
 
 /// Writes the API keys fixtures (`cargo test --test it

@@ -2,7 +2,7 @@
 //! [`Change`], as bincode 2 (standard configuration) written by hand with
 //! an explicit tag per kind (see `snapshot::codec`). The tags are
 //! append-only: a new kind of change takes the next unused tag (after
-//! [`Record::API_KEY_REVOKED`]), and no tag is ever reused or renumbered.
+//! [`Record::AUDITED`]), and no tag is ever reused or renumbered.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -10,7 +10,7 @@ use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
 use super::{from_persisted, to_persisted};
-use crate::access::Scope;
+use crate::access::{AuditEntry, Scope};
 use crate::attributes::{AttrType, AttrValue};
 use crate::cohorts::{MemberOp, ResolvedChanges};
 use crate::engine::record::Change;
@@ -135,6 +135,8 @@ pub enum Record {
         id: String,
         at_ms: i64,
     },
+    /// Its fields in declaration order.
+    Audited(AuditEntry),
 }
 
 /// A custom attribute's value, as persisted: its type's tag
@@ -212,6 +214,8 @@ impl Record {
     pub const API_KEY_CREATED: u32 = 18;
     /// The tag of [`Record::ApiKeyRevoked`].
     pub const API_KEY_REVOKED: u32 = 19;
+    /// The tag of [`Record::Audited`].
+    pub const AUDITED: u32 = 20;
 
     /// How deeply batches may nest (a record of its own is level 1). segq
     /// writes at most two levels (a batch of upserts, some of them a batch
@@ -350,6 +354,10 @@ impl Encode for Record {
                 (Self::API_KEY_CREATED, id, name, tags, digest, at_ms).encode(e)
             }
             Record::ApiKeyRevoked { id, at_ms } => (Self::API_KEY_REVOKED, id, at_ms).encode(e),
+            Record::Audited(a) => {
+                (Self::AUDITED, a.seq, a.at_ms, &a.actor, &a.action).encode(e)?;
+                (&a.target, &a.detail, &a.address, &a.request_id).encode(e)
+            }
         }
     }
 }
@@ -475,6 +483,16 @@ fn decode_record<C, D: Decoder<Context = C>>(
             id: Decode::decode(d)?,
             at_ms: Decode::decode(d)?,
         },
+        Record::AUDITED => Record::Audited(AuditEntry {
+            seq: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+            actor: Decode::decode(d)?,
+            action: Decode::decode(d)?,
+            target: Decode::decode(d)?,
+            detail: Decode::decode(d)?,
+            address: Decode::decode(d)?,
+            request_id: Decode::decode(d)?,
+        }),
         tag => return Err(unknown_tag("log record", tag)),
     })
 }
@@ -616,6 +634,7 @@ pub(crate) fn to_record(c: &Change) -> Record {
             id: id.clone(),
             at_ms: *at_ms,
         },
+        Change::Audited(entry) => Record::Audited(entry.clone()),
     }
 }
 
@@ -745,6 +764,7 @@ pub(crate) fn from_record(r: Record) -> Change {
             at_ms,
         },
         Record::ApiKeyRevoked { id, at_ms } => Change::ApiKeyRevoked { id, at_ms },
+        Record::Audited(entry) => Change::Audited(entry),
     }
 }
 

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use chrono::DateTime;
 
 use super::{day_number, day_of, from_persisted, to_persisted};
-use crate::access::{ApiKeyRecord, Scope};
+use crate::access::{ApiKeyRecord, AuditEntry, AuditLog, Scope};
 use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
 use crate::snapshot::meta::{
-    ApiKeyMeta, ApiKeysExt, CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta,
+    ApiKeyMeta, ApiKeysExt, AuditExt, AuditMeta, CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta,
 };
 use crate::snapshot::writer::Contents;
 use crate::snapshot::Snapshot;
@@ -72,6 +72,27 @@ pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
                     digest: k.digest,
                     created_ms: k.created_at.timestamp_millis(),
                     revoked_ms: k.revoked_at.map(|t| t.timestamp_millis()),
+                })
+                .collect(),
+        },
+        audit: AuditExt {
+            next_seq: if ws.audit.next_seq() > 1 {
+                ws.audit.next_seq()
+            } else {
+                0
+            },
+            entries: ws
+                .audit
+                .iter()
+                .map(|a| AuditMeta {
+                    seq: a.seq,
+                    at_ms: a.at_ms,
+                    actor: a.actor.clone(),
+                    action: a.action.clone(),
+                    target: a.target.clone(),
+                    detail: a.detail.clone(),
+                    address: a.address.clone(),
+                    request_id: a.request_id.clone(),
                 })
                 .collect(),
         },
@@ -198,6 +219,22 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
             },
         );
     }
+    let entries = meta
+        .audit
+        .entries
+        .iter()
+        .map(|a| AuditEntry {
+            seq: a.seq,
+            at_ms: a.at_ms,
+            actor: a.actor.clone(),
+            action: a.action.clone(),
+            target: a.target.clone(),
+            detail: a.detail.clone(),
+            address: a.address.clone(),
+            request_id: a.request_id.clone(),
+        })
+        .collect();
+    ws.audit = AuditLog::restore(meta.audit.next_seq, entries).map_err(|e| snap.corrupt(e))?;
     ws.enabled_partners
         .extend(meta.enabled_partners.iter().copied());
     for &(p, day, n) in &meta.data_points {
