@@ -22,6 +22,10 @@
 //! | `GET /admin/workspaces/{ws}/cohorts` | per cohort: size and sync statistics |
 //! | `DELETE /admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}` | delete a cohort (200; 404 unknown; 409 while a saved segment names it) |
 //! | `GET /admin/workspaces/{ws}/data_points` | `[{"partner","day","data_points"}]` |
+//! | `GET /admin/workspaces/{ws}/audit[?limit&before&after&order]` | the audit log, a page at a time |
+//!
+//! Every change a request makes is recorded in the workspace's audit log
+//! with it ([`crate::engine::audit`], [`Auditor`]).
 //!
 //! A user is named (`"user"`) by exactly one identifier:
 //! `{"external_id": "u1"}`, `{"device_id": "d1"}` or
@@ -42,7 +46,7 @@ use crate::bulk::UserJson;
 use crate::ids::{Partner, UserId, UserRef};
 
 use super::error::{json_response, query_rejection, ApiError};
-use super::extract::{parse_user_ref, run_blocking, workspace, JsonBody, PathParams};
+use super::extract::{parse_user_ref, run_blocking, workspace, Auditor, JsonBody, PathParams};
 use super::AppState;
 
 fn partner(name: &str) -> Result<Partner, ApiError> {
@@ -70,10 +74,13 @@ pub struct WorkspaceBody {
 /// `POST /admin/workspaces`.
 pub async fn create_workspace(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     JsonBody(body): JsonBody<WorkspaceBody>,
 ) -> Result<Response, ApiError> {
     run_blocking(move || {
-        let created = state.engine.create_workspace(&body.name)?;
+        let created = audit.run("workspace.created", || {
+            state.engine.create_workspace(&body.name)
+        })?;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -119,6 +126,7 @@ pub struct ApiKeyBody {
 /// `{"id","key","name","scopes","created_at"}`, the key shown this once.
 pub async fn create_api_key(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(body): JsonBody<ApiKeyBody>,
 ) -> Result<Response, ApiError> {
@@ -127,7 +135,9 @@ pub async fn create_api_key(
     check_name(&body.name).map_err(ApiError::bad_request)?;
     let scopes = parse_scopes(&body.scopes).map_err(ApiError::bad_request)?;
     run_blocking(move || {
-        let key = state.engine.create_api_key(&ws, &body.name, scopes)?;
+        let key = audit.run("api_key.created", || {
+            state.engine.create_api_key(&ws, &body.name, scopes)
+        })?;
         let body = serde_json::to_value(&key).map_err(ApiError::internal)?;
         Ok(json_response(StatusCode::CREATED, body))
     })
@@ -150,10 +160,11 @@ pub async fn list_api_keys(
 /// `DELETE /admin/workspaces/{ws}/api_keys/{id}`.
 pub async fn revoke_api_key(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     run_blocking(move || {
-        state.engine.revoke_api_key(&ws, &id)?;
+        audit.run("api_key.revoked", || state.engine.revoke_api_key(&ws, &id))?;
         Ok(json_response(
             StatusCode::OK,
             json!({"message": "API key revoked", "id": id}),
@@ -162,16 +173,115 @@ pub async fn revoke_api_key(
     .await
 }
 
+// ----- audit log -----
+
+/// The default page of `GET /admin/workspaces/{ws}/audit`.
+pub const AUDIT_DEFAULT_LIMIT: usize = 100;
+/// The largest page of `GET /admin/workspaces/{ws}/audit`.
+pub const AUDIT_MAX_LIMIT: usize = 1000;
+
+/// The query of `GET /admin/workspaces/{ws}/audit`, read by hand so that
+/// each bad value gets its own message.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    limit: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+    order: Option<String>,
+}
+
+fn audit_number(name: &str, v: Option<&str>) -> Result<Option<u64>, ApiError> {
+    v.map(|v| {
+        v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be an entry's seq (a whole number); found {}",
+                crate::error::Echo(v)
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// `GET /admin/workspaces/{ws}/audit`: the entries with
+/// `after < seq < before`, newest first (`order=desc`, the default) or
+/// oldest first (`order=asc`), at most `limit` (default 100, at most
+/// 1000). The answer's `next` holds the query parameter of the next page
+/// (`{"before": seq}` newest first, `{"after": seq}` oldest first), or
+/// `null` after the last.
+pub async fn audit_log(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let Query(q) = query.map_err(query_rejection)?;
+    let limit = match audit_number("limit", q.limit.as_deref())? {
+        None => AUDIT_DEFAULT_LIMIT,
+        Some(n) if (1..=AUDIT_MAX_LIMIT as u64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {AUDIT_MAX_LIMIT}; found {n}"
+            )))
+        }
+    };
+    let before = audit_number("before", q.before.as_deref())?;
+    let after = audit_number("after", q.after.as_deref())?;
+    let newest_first = match q.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be asc or desc; found {}",
+                crate::error::Echo(other)
+            )))
+        }
+    };
+    run_blocking(move || {
+        let ws = handle.read();
+        let (page, more) = ws.audit.page(after, before, newest_first, limit);
+        let next = match page.last() {
+            Some(last) if more && newest_first => json!({"before": last.seq}),
+            Some(last) if more => json!({"after": last.seq}),
+            _ => Value::Null,
+        };
+        let entries: Vec<Value> = page.into_iter().map(audit_entry_json).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"entries": entries, "next": next, "next_seq": ws.audit.next_seq()}),
+        ))
+    })
+    .await
+}
+
+/// An audit entry's JSON form.
+pub fn audit_entry_json(e: &crate::access::AuditEntry) -> Value {
+    let at = chrono::DateTime::from_timestamp_millis(e.at_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let detail: Value = serde_json::from_str(&e.detail).unwrap_or_else(|_| json!(e.detail));
+    json!({
+        "seq": e.seq,
+        "at": at,
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": detail,
+        "address": e.address,
+        "request_id": e.request_id,
+    })
+}
+
 // ----- data import keys -----
 
 /// `POST /admin/workspaces/{ws}/partners/{partner}/keys`.
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, p)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let p = partner(&p)?;
     run_blocking(move || {
-        let key = state.engine.create_key(&ws, p)?;
+        let key = audit.run("import_key.created", || state.engine.create_key(&ws, p))?;
         let body = serde_json::to_value(&key).map_err(ApiError::internal)?;
         Ok(json_response(StatusCode::CREATED, body))
     })
@@ -209,10 +319,13 @@ pub async fn list_keys(
 /// `DELETE /admin/workspaces/{ws}/keys/{id}`.
 pub async fn invalidate_key(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     run_blocking(move || {
-        state.engine.invalidate_key(&ws, &id)?;
+        audit.run("import_key.invalidated", || {
+            state.engine.invalidate_key(&ws, &id)
+        })?;
         Ok(json_response(
             StatusCode::OK,
             json!({"message": "key invalidated", "id": id}),
@@ -224,11 +337,12 @@ pub async fn invalidate_key(
 /// `POST /admin/workspaces/{ws}/partners/{partner}/enable`.
 pub async fn enable_partner(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, p)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let p = partner(&p)?;
     run_blocking(move || {
-        state.engine.enable_partner(&ws, p)?;
+        audit.run("partner.enabled", || state.engine.enable_partner(&ws, p))?;
         Ok(json_response(
             StatusCode::OK,
             json!({"message": "partner enabled", "partner": p.as_str()}),
@@ -243,6 +357,7 @@ pub async fn enable_partner(
 /// aliases to the user holding `external_id`.
 pub async fn upsert_user(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(mut body): JsonBody<UserJson>,
 ) -> Result<Response, ApiError> {
@@ -250,7 +365,9 @@ pub async fn upsert_user(
     let attributes = body.take_attributes();
     let new = body.into_new_user().map_err(ApiError::bad_request)?;
     run_blocking(move || {
-        let up = handle.upsert_user_with(new, &attributes)?;
+        let up = audit.run("user.upserted", || {
+            handle.upsert_user_with(new, &attributes)
+        })?;
         let status = if up.created {
             StatusCode::CREATED
         } else {
@@ -278,6 +395,7 @@ pub struct AttributesBody {
 /// naming it, and nothing of the request is applied.
 pub async fn set_attributes(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(body): JsonBody<AttributesBody>,
 ) -> Result<Response, ApiError> {
@@ -289,7 +407,9 @@ pub async fn set_attributes(
         .map(|(k, v)| (k, AttrInput::Json(v)))
         .collect();
     run_blocking(move || {
-        let (id, values) = handle.set_attributes(&user, &inputs)?;
+        let (id, values) = audit.run("user.attributes_set", || {
+            handle.set_attributes(&user, &inputs)
+        })?;
         let values: serde_json::Map<String, Value> =
             values.into_iter().map(|(k, v)| (k, v.to_json())).collect();
         Ok(json_response(
@@ -313,6 +433,7 @@ pub struct DeclareBody {
 /// user has it, so that its first values are not left to inference.
 pub async fn declare_attribute(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, name)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<DeclareBody>,
 ) -> Result<Response, ApiError> {
@@ -324,7 +445,7 @@ pub async fn declare_attribute(
         ))
     })?;
     run_blocking(move || {
-        handle.declare_attribute(&name, ty)?;
+        audit.run("attribute.declared", || handle.declare_attribute(&name, ty))?;
         Ok(json_response(
             StatusCode::OK,
             json!({"name": name, "type": ty.name()}),
@@ -345,13 +466,16 @@ pub struct AliasBody {
 /// `POST /admin/workspaces/{ws}/users/aliases`.
 pub async fn add_alias(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(body): JsonBody<AliasBody>,
 ) -> Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
     let user = user_ref(&body.user)?;
     run_blocking(move || {
-        let id = handle.add_alias(&user, &body.alias_label, &body.alias_name)?;
+        let id = audit.run("user.alias_added", || {
+            handle.add_alias(&user, &body.alias_label, &body.alias_name)
+        })?;
         Ok(user_id_response(id))
     })
     .await
@@ -368,13 +492,16 @@ pub struct DeviceBody {
 /// `POST /admin/workspaces/{ws}/users/devices`.
 pub async fn add_device(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(body): JsonBody<DeviceBody>,
 ) -> Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
     let user = user_ref(&body.user)?;
     run_blocking(move || {
-        let id = handle.add_device(&user, &body.device_id)?;
+        let id = audit.run("user.device_added", || {
+            handle.add_device(&user, &body.device_id)
+        })?;
         Ok(user_id_response(id))
     })
     .await
@@ -391,13 +518,16 @@ pub struct IdentifyBody {
 /// `POST /admin/workspaces/{ws}/users/identify`.
 pub async fn identify(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(body): JsonBody<IdentifyBody>,
 ) -> Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
     let user = user_ref(&body.user)?;
     run_blocking(move || {
-        let id = handle.identify(&user, &body.external_id)?;
+        let id = audit.run("user.identified", || {
+            handle.identify(&user, &body.external_id)
+        })?;
         Ok(user_id_response(id))
     })
     .await
@@ -444,12 +574,13 @@ pub async fn cohorts(
 /// `DELETE /admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}`.
 pub async fn delete_cohort(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, p, cohort_id)): PathParams<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let p = partner(&p)?;
     let handle = workspace(&state, &ws)?;
     run_blocking(move || {
-        handle.delete_cohort(p, &cohort_id)?;
+        audit.run("cohort.deleted", || handle.delete_cohort(p, &cohort_id))?;
         Ok(json_response(
             StatusCode::OK,
             json!({"message": "cohort deleted", "partner": p.as_str(), "cohort_id": cohort_id}),

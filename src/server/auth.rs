@@ -40,7 +40,7 @@ pub enum Access {
     /// The server admin token only.
     ServerAdmin,
     /// The server admin token, or a key of the route's workspace with
-    /// `workspace:admin`: the workspace's API keys.
+    /// `workspace:admin`: the workspace's API keys and its audit log.
     KeysAdmin,
     /// A key of the route's workspace with this scope.
     Scope(Scope),
@@ -78,6 +78,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", API_KEYS, Access::KeysAdmin),
     ("POST", API_KEYS, Access::KeysAdmin),
     ("DELETE", API_KEY, Access::KeysAdmin),
+    ("GET", AUDIT, Access::KeysAdmin),
     ("POST", CREATE_KEY, ADMIN),
     ("GET", KEYS, ADMIN),
     ("DELETE", KEY, ADMIN),
@@ -233,6 +234,8 @@ pub async fn require_access(
     if let Some(refused) = refusal(&caller, access, ws.as_deref()) {
         return refused.into_response();
     }
+    // Who is calling, for the audit log (`extract::Auditor`).
+    parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, body)).await
 }
 

@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -579,7 +580,7 @@ where
     let http = Arc::new(http);
 
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.as_mut() => break,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -614,7 +615,7 @@ where
             inner: stream,
             state: state.clone(),
         });
-        let svc = service(app.clone(), limits.clone(), state.clone());
+        let svc = service(app.clone(), limits.clone(), state.clone(), peer);
         let task = connection(
             http.clone(),
             io,
@@ -650,6 +651,9 @@ struct Service {
     app: Router,
     limits: Arc<Limits>,
     state: Arc<ConnState>,
+    /// The connection's peer, given to every request as axum's
+    /// `ConnectInfo<SocketAddr>` (the audit log's client address).
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service {
@@ -665,6 +669,8 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service 
         let mut req: Request =
             req.map(|b| Body::new(TimedBody::new(b, &self.limits, Some(conn.clone()))));
         req.extensions_mut().insert(ConnHandle(conn));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let app = self.app.clone();
         Box::pin(async move {
             let resp: Response = match app.oneshot(req).await {
@@ -679,8 +685,13 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service 
     }
 }
 
-fn service(app: Router, limits: Arc<Limits>, state: Arc<ConnState>) -> Service {
-    Service { app, limits, state }
+fn service(app: Router, limits: Arc<Limits>, state: Arc<ConnState>, peer: SocketAddr) -> Service {
+    Service {
+        app,
+        limits,
+        state,
+        peer,
+    }
 }
 
 /// The connection a request came on (a request extension).

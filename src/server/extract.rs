@@ -12,13 +12,65 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::engine::WorkspaceHandle;
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+
+use crate::engine::audit::{audited, AuditContext, ADMIN_ACTOR};
+use crate::engine::{Caller, WorkspaceHandle};
 use crate::error::Error;
 use crate::ids::UserRef;
 
 use super::auth::require_json;
 use super::error::{path_rejection, read_body, ApiError};
+use super::ops::RequestId;
 use super::AppState;
+
+/// Who makes a request's changes, for the audit log
+/// ([`crate::engine::audit`]): the caller [`super::auth::require_access`]
+/// let through (a key's id, or `admin`), the connection's peer address
+/// (`-` when served without one, as in tests that call the router
+/// directly), and the request id. A client's `X-Forwarded-For` and the
+/// like are not read: the address is the socket's peer.
+#[derive(Clone, Debug)]
+pub struct Auditor(pub AuditContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Auditor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let actor = match parts.extensions.get::<Caller>() {
+            Some(Caller::Admin) => ADMIN_ACTOR.to_string(),
+            Some(Caller::Key { key_id, .. }) => key_id.clone(),
+            // Every audited route sits behind `require_access`.
+            Some(Caller::Unknown) | None => {
+                return Err(ApiError::internal("an audited route without a caller"))
+            }
+        };
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "-".to_string(), |c| c.0.to_string());
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(String::new, |r| r.0.clone());
+        Ok(Auditor(AuditContext {
+            actor,
+            address,
+            request_id,
+        }))
+    }
+}
+
+impl Auditor {
+    /// Runs `f` with the writes it makes audited as `action`
+    /// ([`crate::engine::audit::audited`]); call it on the thread that
+    /// writes (inside [`run_blocking`]).
+    pub fn run<T>(&self, action: &'static str, f: impl FnOnce() -> T) -> T {
+        audited(&self.0, action, f)
+    }
+}
 
 /// Path parameters, with a JSON 400 when they do not decode.
 pub struct PathParams<T>(pub T);

@@ -35,7 +35,7 @@ use crate::engine::{BatchReport, WorkspaceHandle};
 use crate::error::Error;
 
 use super::error::{body_error, json_response, ApiError, DRAIN_BYTES};
-use super::extract::{declared_length, workspace, PathParams};
+use super::extract::{declared_length, workspace, Auditor, PathParams};
 use super::AppState;
 
 type Pending = JoinHandle<(Vec<u64>, Result<BatchReport, Error>)>;
@@ -132,6 +132,7 @@ where
 pub async fn import(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
+    audit: Auditor,
     req: Request,
 ) -> Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
@@ -159,17 +160,79 @@ pub async fn import(
             .await);
         }
     }
-    load(&mut stream, format, limit, |b| spawn_batch(&handle, b)).await
+    let (totals, mut outcome) =
+        load_totals(&mut stream, format, limit, |b| spawn_batch(&handle, b)).await;
+    // One audit entry for the request, once its batches are applied (a
+    // load that applied nothing records none).
+    if totals.created + totals.updated > 0 {
+        let mut detail = serde_json::Map::new();
+        let format = match format {
+            Format::JsonLines => "jsonl",
+            Format::Csv => "csv",
+        };
+        detail.insert("format".into(), json!(format));
+        detail.insert("created".into(), json!(totals.created));
+        detail.insert("updated".into(), json!(totals.updated));
+        detail.insert("failed".into(), json!(totals.failed));
+        detail.insert("complete".into(), json!(outcome.is_ok()));
+        let span = tracing::Span::current();
+        let recorded = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| handle.record_audit(&audit.0, "users.imported", "users", detail))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("import task failed: {e}")))
+        .and_then(|r| r.map_err(ApiError::from));
+        if let (Err(e), true) = (recorded, outcome.is_ok()) {
+            outcome = Err(e);
+        }
+    }
+    respond(totals, outcome)
 }
 
 /// Parses `stream` and applies its batches with `apply`, one at a time
-/// while the next is read.
+/// while the next is read; answers with the totals.
+#[cfg(test)]
 async fn load<S, A>(
     stream: &mut S,
     format: Format,
     limit: Option<u64>,
-    mut apply: A,
+    apply: A,
 ) -> Result<Response, ApiError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+    A: FnMut(Batch) -> Pending,
+{
+    let (totals, outcome) = load_totals(stream, format, limit, apply).await;
+    respond(totals, outcome)
+}
+
+/// The answer of a load: the totals, or the error with the totals of what
+/// was applied before it.
+fn respond(mut totals: Totals, outcome: Result<(), ApiError>) -> Result<Response, ApiError> {
+    if let Err(e) = outcome {
+        return Err(partial(e, totals));
+    }
+    totals.finish();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "created": totals.created,
+            "updated": totals.updated,
+            "failed": totals.failed,
+            "errors": totals.errors,
+        }),
+    ))
+}
+
+/// Parses `stream` and applies its batches with `apply`, one at a time
+/// while the next is read; returns the totals and how it ended (an error
+/// is marked to close the connection if the body was not read whole).
+async fn load_totals<S, A>(
+    stream: &mut S,
+    format: Format,
+    limit: Option<u64>,
+    mut apply: A,
+) -> (Totals, Result<(), ApiError>)
 where
     S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
     A: FnMut(Batch) -> Pending,
@@ -252,25 +315,15 @@ where
             outcome = Err(e);
         }
     }
-    if let Err(mut e) = outcome {
+    if let Err(e) = &mut outcome {
         if !ended {
             // The rest of the body is not read: the connection cannot
             // carry another request.
             drain(stream).await;
             e.close = true;
         }
-        return Err(partial(e, totals));
     }
-    totals.finish();
-    Ok(json_response(
-        StatusCode::OK,
-        json!({
-            "created": totals.created,
-            "updated": totals.updated,
-            "failed": totals.failed,
-            "errors": totals.errors,
-        }),
-    ))
+    (totals, outcome)
 }
 
 #[cfg(test)]

@@ -127,6 +127,8 @@ pub mod routes {
     pub const API_KEYS: &str = "/admin/workspaces/{ws}/api_keys";
     /// Revoke a workspace API key.
     pub const API_KEY: &str = "/admin/workspaces/{ws}/api_keys/{id}";
+    /// A workspace's audit log: who changed what through the admin API.
+    pub const AUDIT: &str = "/admin/workspaces/{ws}/audit";
     /// Create a data import key for a partner.
     pub const CREATE_KEY: &str = "/admin/workspaces/{ws}/partners/{partner}/keys";
     /// List a workspace's data import keys.
@@ -177,13 +179,14 @@ pub mod routes {
     pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 33] = [
+    pub const ALL: [&str; 34] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
         WORKSPACES,
         API_KEYS,
         API_KEY,
+        AUDIT,
         CREATE_KEY,
         KEYS,
         KEY,
@@ -256,6 +259,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
             json_405(get(admin::list_api_keys).post(admin::create_api_key)),
         )
         .route(API_KEY, json_405(delete(admin::revoke_api_key)))
+        .route(AUDIT, json_405(get(admin::audit_log)))
         .route(CREATE_KEY, json_405(post(admin::create_key)))
         .route(KEYS, json_405(get(admin::list_keys)))
         .route(KEY, json_405(delete(admin::invalidate_key)))

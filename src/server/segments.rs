@@ -64,7 +64,7 @@ use crate::segment::{self, Filter};
 use crate::workspace::SavedSegment;
 
 use super::error::{json_response, query_rejection, ApiError};
-use super::extract::{parse_user_ref, run_blocking, workspace, JsonBody, PathParams};
+use super::extract::{parse_user_ref, run_blocking, workspace, Auditor, JsonBody, PathParams};
 use super::AppState;
 
 /// The most users one batch check may name.
@@ -697,6 +697,7 @@ pub fn segment_json(s: &SavedSegment) -> Value {
 /// `POST /workspaces/{ws}/segments`: 201 with the stored segment.
 pub async fn create_segment(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams(ws): PathParams<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> std::result::Result<Response, ApiError> {
@@ -710,7 +711,9 @@ pub async fn create_segment(
         .ok_or_else(|| ApiError::bad_request("missing \"filter\": the segment's filter"))?;
     let filter = parse_filter(&filter, "filter")?;
     run_blocking(move || {
-        let saved = handle.save_segment(None, &name, &filter)?;
+        let saved = audit.run("segment.created", || {
+            handle.save_segment(None, &name, &filter)
+        })?;
         let mut resp = json_response(StatusCode::CREATED, segment_json(&saved));
         let location = format!("/workspaces/{}/segments/{}", handle.name(), saved.id);
         if let Ok(v) = HeaderValue::from_str(&location) {
@@ -752,6 +755,7 @@ pub async fn get_segment(
 /// `PUT /workspaces/{ws}/segments/{id}`: rename and/or change the filter.
 pub async fn update_segment(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, id)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> std::result::Result<Response, ApiError> {
@@ -768,7 +772,9 @@ pub async fn update_segment(
         ));
     }
     run_blocking(move || {
-        let saved = handle.update_segment(&id, name.as_deref(), filter.as_ref())?;
+        let saved = audit.run("segment.updated", || {
+            handle.update_segment(&id, name.as_deref(), filter.as_ref())
+        })?;
         Ok(json_response(StatusCode::OK, segment_json(&saved)))
     })
     .await
@@ -777,11 +783,12 @@ pub async fn update_segment(
 /// `DELETE /workspaces/{ws}/segments/{id}`.
 pub async fn delete_segment(
     State(state): State<Arc<AppState>>,
+    audit: Auditor,
     PathParams((ws, id)): PathParams<(String, String)>,
 ) -> std::result::Result<Response, ApiError> {
     let handle = workspace(&state, &ws)?;
     run_blocking(move || {
-        handle.delete_segment(&id)?;
+        audit.run("segment.deleted", || handle.delete_segment(&id))?;
         Ok(json_response(
             StatusCode::OK,
             json!({"message": "segment deleted", "id": id}),

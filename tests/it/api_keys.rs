@@ -566,6 +566,13 @@ fn cases(st: &Setup) -> Vec<Case> {
             200,
         ),
         case(
+            "GET",
+            AUDIT,
+            "/admin/workspaces/acme/audit?limit=5",
+            Body::None,
+            200,
+        ),
+        case(
             "POST",
             CREATE_KEY,
             "/admin/workspaces/acme/partners/amplitude/keys",

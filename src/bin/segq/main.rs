@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use segq::Error;
 
 mod args;
+mod audit;
 mod bench;
 mod data;
 mod demo;
@@ -75,6 +76,9 @@ enum Command {
     /// mapped snapshot, and the reference), a single cohort's count,
     /// one-user checks, a member list, thread and size scaling.
     Bench(bench::BenchArgs),
+    /// A workspace's audit log (who changed what through the admin API),
+    /// on a running server or a data directory.
+    Audit(audit::AuditArgs),
     /// Manage the users of a data directory offline.
     Users {
         #[command(subcommand)]
@@ -177,6 +181,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Snapshot { command } => snapshot::run(command, &mut out)?,
         Command::Bench(args) => bench::run(args, &mut out)?,
         Command::Users { command } => users::run(command, &mut out)?,
+        Command::Audit(args) => audit::run(args, &mut out)?,
         Command::Demo { workload } => {
             demo::run(&mut out, workload.spec())?;
         }

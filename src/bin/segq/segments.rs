@@ -214,7 +214,7 @@ impl Place {
         Self::open(t)
     }
 
-    fn open(t: &TargetArgs) -> Result<Place, Failure> {
+    pub(crate) fn open(t: &TargetArgs) -> Result<Place, Failure> {
         if let Some(server) = &t.server {
             let token = match &t.token {
                 Some(t) => t.clone(),
