@@ -3,6 +3,7 @@
 mod api_keys;
 mod attribute_props;
 mod attributes;
+mod audit;
 mod bench_cmd;
 mod bucket_masks;
 mod chunk;
