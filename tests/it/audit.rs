@@ -927,6 +927,10 @@ fn no_secret_reaches_a_log_line_a_response_or_an_audit_entry() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let tokenless = segq(&["audit", "--workspace", "acme", "--server", &s.url("")]);
+    assert!(!tokenless.status.success());
+    let said = String::from_utf8_lossy(&tokenless.stderr);
+    assert!(said.contains("workspace:admin"), "{said}");
     let oldest: Vec<Value> = entries.iter().rev().take(5).cloned().collect();
     assert_eq!(first, oldest);
     assert!(String::from_utf8_lossy(&cli.stderr).contains("--after 5"));

@@ -41,6 +41,16 @@ pub fn run(args: AuditArgs, out: &mut dyn Write) -> Result<(), Failure> {
             "--limit must be 1 to {AUDIT_MAX_LIMIT}"
         )));
     }
+    if args.target.server.is_some()
+        && args.target.token.is_none()
+        && std::env::var_os("SEGQ_TOKEN").is_none()
+    {
+        return Err(Failure::Other(
+            "--server needs --token TOKEN (or SEGQ_TOKEN in the environment): the server \
+             admin token, or a workspace API key with workspace:admin"
+                .into(),
+        ));
+    }
     let order = if args.oldest_first { "asc" } else { "desc" };
     let (entries, next) = match Place::open(&args.target)? {
         Place::Server {
