@@ -3,18 +3,15 @@
 //! `Content-Length`, the JSON form of a user, and running the blocking
 //! part of a request off the async workers.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-
-use std::net::SocketAddr;
-
-use axum::extract::ConnectInfo;
 
 use crate::engine::audit::{audited, AuditContext, ADMIN_ACTOR};
 use crate::engine::{Caller, WorkspaceHandle};

@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::server::{
-    cohort_body, partner_api_key, segq, users_body, Conn, InProcess, Resp, Server, ALL_SCOPES,
-    PARTNERS, PARTNER_API_KEY,
+    cohort_body, note_secret, partner_api_key, segq, users_body, Conn, InProcess, Resp, Server,
+    ALL_SCOPES, PARTNERS, PARTNER_API_KEY,
 };
 
 /// A request body.
@@ -91,10 +91,10 @@ fn new_key(c: &Conn, ws: &str, name: &str, scopes: &[&str], token: &str) -> (Str
         token,
     )
     .expect_json(201);
-    (
-        v["id"].as_str().expect("an id").to_string(),
-        v["key"].as_str().expect("a key").to_string(),
-    )
+    let key = v["key"].as_str().expect("a key").to_string();
+    // Searched for in every server log of the suite, too.
+    note_secret(&key);
+    (v["id"].as_str().expect("an id").to_string(), key)
 }
 
 /// Every audit entry of `ws`, oldest first, read a page of `limit` at a
@@ -183,6 +183,7 @@ fn make_every_change(c: &Conn, admin: &str, seen: &mut Seen) -> Made {
         201,
     );
     let dik_secret = dik["key"].as_str().unwrap().to_string();
+    note_secret(&dik_secret);
     let spare_dik = keep(
         call(
             c,
@@ -194,6 +195,7 @@ fn make_every_change(c: &Conn, admin: &str, seen: &mut Seen) -> Made {
         201,
     );
     let spare_dik_id = spare_dik["id"].as_str().unwrap();
+    note_secret(spare_dik["key"].as_str().unwrap());
     keep(
         call(
             c,

@@ -142,6 +142,43 @@ pub fn client() -> Client {
         .expect("a client")
 }
 
+/// The secrets the harness saw created ([`Conn::workspace_key`],
+/// [`Conn::create_key`]) or configured (every partner API key): no log
+/// line of a [`Server`] may hold one (checked when it stops or is
+/// dropped), nor may any response the harness reads, but for the one
+/// answer that shows a created key its own `"key"`.
+fn secrets() -> &'static Mutex<Vec<String>> {
+    static SECRETS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| Mutex::new(PARTNERS.iter().map(|p| partner_api_key(p)).collect()))
+}
+
+/// Notes a secret a test created (see [`secrets`]).
+pub fn note_secret(secret: &str) {
+    secrets()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(secret.to_string());
+}
+
+/// The noted secrets `text` holds.
+pub fn secrets_in(text: &str) -> Vec<String> {
+    secrets()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|s| text.contains(s.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Panics if a line of a server's log holds a noted secret.
+fn check_log(stderr: &str) {
+    for line in stderr.lines() {
+        let found = secrets_in(line);
+        assert!(found.is_empty(), "a server log line holds a secret: {line}");
+    }
+}
+
 /// A response, read whole.
 #[derive(Debug)]
 pub struct Resp {
@@ -159,6 +196,21 @@ impl Resp {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text()?;
+        let found = secrets_in(&text);
+        if !found.is_empty() {
+            // A key's creation answer shows that key, and nothing else.
+            let own = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("key").and_then(Value::as_str).map(str::to_string));
+            assert!(
+                status == 201 && found.iter().all(|s| Some(s) == own.as_ref()),
+                "a response holds a secret (status {status}): {text}"
+            );
+        }
+        for (name, value) in &headers {
+            let found = secrets_in(value.to_str().unwrap_or_default());
+            assert!(found.is_empty(), "a response header holds a secret: {name}");
+        }
         Ok(Resp {
             status,
             headers,
@@ -511,6 +563,7 @@ impl Server {
         let status = self.signal("TERM", STOP_TIMEOUT);
         let text = self.stderr_text();
         assert_eq!(status, Some(0), "segq serve did not stop cleanly:\n{text}");
+        check_log(&text);
         text
     }
 
@@ -612,6 +665,7 @@ impl Conn {
             .as_str()
             .expect("a key")
             .to_string();
+        note_secret(&key);
         keys.insert(ws.to_string(), key.clone());
         Some(key)
     }
@@ -698,10 +752,9 @@ impl Conn {
             )
             .expect(201)
             .json();
-        (
-            body["id"].as_str().expect("an id").to_string(),
-            body["key"].as_str().expect("a key").to_string(),
-        )
+        let key = body["key"].as_str().expect("a key").to_string();
+        note_secret(&key);
+        (body["id"].as_str().expect("an id").to_string(), key)
     }
 
     /// Creates or updates a user (`{"external_id", "devices", "aliases"}`);
@@ -766,6 +819,9 @@ impl Conn {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill_process();
+        if !std::thread::panicking() {
+            check_log(&self.stderr_text());
+        }
     }
 }
 
