@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::attributes::Attributes;
 use crate::cohorts::{BaseBitmap, ChangeReport, CohortCatalog, ResolvedChanges};
 use crate::error::{Error, Result};
-use crate::ids::{CohortKey, Partner};
+use crate::ids::{CohortKey, Partner, UserId};
 use crate::snapshot::Snapshot;
 use crate::users::UserRegistry;
 
@@ -146,6 +146,113 @@ impl Workspace {
         Ok(())
     }
 
+    /// Whether [`Self::delete_users`] may delete `users`: each exists, is
+    /// not deleted, and is named once. Changes nothing.
+    pub fn check_delete_users(&self, users: &[UserId]) -> Result<()> {
+        let mut seen = RoaringBitmap::new();
+        for &u in users {
+            self.users.check_delete(u)?;
+            if !seen.insert(u.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "user {u} is named twice in one deletion"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes users: out of every cohort and attribute, their
+    /// identifiers freed, their ids holes from now on. Refused, changing
+    /// nothing, as [`Self::check_delete_users`] says; an error reading a
+    /// snapshot bitmap part way leaves the state part way (a live write
+    /// undoes it). Returns the memberships and values removed.
+    pub fn delete_users(&mut self, users: &[UserId]) -> Result<LifecycleReport> {
+        self.check_delete_users(users)?;
+        let set: RoaringBitmap = users.iter().map(|u| u.0).collect();
+        let mut report = LifecycleReport::default();
+        for (key, members) in self.members_among(&set)? {
+            if let Some(c) = self.cohorts.get_mut(&key) {
+                let (_, removed) = c.members.apply(members.iter().map(|&u| (u, true)))?;
+                report.memberships += removed;
+                c.touch();
+            }
+        }
+        report.values = self.attributes.remove_users(&set).0;
+        for &u in users {
+            self.users.delete(u)?;
+        }
+        Ok(report)
+    }
+
+    /// Per cohort with members among `users`, those members (cohorts read
+    /// in parallel).
+    fn members_among(&self, users: &RoaringBitmap) -> Result<Vec<(CohortKey, Vec<u32>)>> {
+        use rayon::prelude::*;
+        let cohorts = self.cohorts.iter_sorted();
+        let found = cohorts
+            .par_iter()
+            .map(|c| {
+                let mut hit = Vec::new();
+                for u in users {
+                    if c.members.contains(u)? {
+                        hit.push(u);
+                    }
+                }
+                Ok((c.key.clone(), hit))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(found.into_iter().filter(|(_, h)| !h.is_empty()).collect())
+    }
+
+    /// Whether [`Self::merge_users`] may merge `source` into `target`:
+    /// both exist, are not deleted, and differ. Changes nothing.
+    pub fn check_merge(&self, source: UserId, target: UserId) -> Result<()> {
+        self.users.check_delete(source)?;
+        self.users.check_delete(target)?;
+        if source == target {
+            return Err(Error::InvalidArgument(format!(
+                "user {source} cannot be merged into itself"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Merges `source` into `target`, as the platform does: the target
+    /// keeps its identifiers and gains the source's device_ids and aliases
+    /// (the source's external_id is dropped), joins every cohort the
+    /// source is in, and takes the source's value of each attribute it has
+    /// none of (its own values win); then the source is deleted. Refused,
+    /// changing nothing, as [`Self::check_merge`] says.
+    pub fn merge_users(&mut self, source: UserId, target: UserId) -> Result<LifecycleReport> {
+        self.check_merge(source, target)?;
+        let mut report = LifecycleReport::default();
+        let pair: RoaringBitmap = [source.0, target.0].into_iter().collect();
+        for (key, members) in self.members_among(&pair)? {
+            if members == [source.0] {
+                if let Some(c) = self.cohorts.get_mut(&key) {
+                    let (added, _) = c.members.apply([(target.0, false)])?;
+                    report.memberships += added;
+                    c.touch();
+                }
+            }
+        }
+        let mine = self.attributes.values_of(target.0);
+        let fill: Vec<(String, Option<crate::attributes::AttrValue>)> = self
+            .attributes
+            .values_of(source.0)
+            .into_iter()
+            .filter(|(name, _)| !mine.contains_key(name))
+            .map(|(name, v)| (name, Some(v)))
+            .collect();
+        report.values = fill.len() as u64;
+        self.attributes.set(target.0, &fill)?;
+        let (devices, aliases) = self.users.move_identifiers(source, target)?;
+        report.devices = devices as u64;
+        report.aliases = aliases as u64;
+        self.delete_users(&[source])?;
+        Ok(report)
+    }
+
     /// Creates or renames a partner cohort. Returns whether it was created.
     pub fn upsert_cohort(
         &mut self,
@@ -243,6 +350,19 @@ impl Workspace {
     }
 }
 
+/// What a deletion or a merge did beyond the users themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LifecycleReport {
+    /// Deletion: memberships removed; merge: cohorts the target joined.
+    pub memberships: u64,
+    /// Deletion: attribute values removed; merge: values the target took.
+    pub values: u64,
+    /// Merge: device_ids moved to the target.
+    pub devices: u64,
+    /// Merge: aliases moved to the target.
+    pub aliases: u64,
+}
+
 /// A snapshot's bitmaps of the cohorts a frozen workspace holds, found and
 /// checked, ready for [`Workspace::apply_rebase`].
 #[derive(Debug)]
@@ -285,7 +405,7 @@ use std::borrow::Cow;
 
 use roaring::RoaringBitmap;
 
-use crate::ids::{UserId, UserRef};
+use crate::ids::UserRef;
 use crate::segment::attr::Test;
 use crate::segment::plan::Selected;
 use crate::segment::{plan::Catalog, reference};
@@ -316,6 +436,11 @@ impl Catalog for Workspace {
                 attribute: name.to_string(),
             })?;
         Ok((a.version(), Selected(Arc::new(test.select(a)?))))
+    }
+
+    fn deleted(&self) -> Option<Selected> {
+        let d = self.users.deleted();
+        (!d.is_empty()).then(|| Selected(d.clone()))
     }
 
     fn saved_filter(&self, id: &str) -> Result<crate::segment::Filter> {

@@ -656,6 +656,26 @@ impl Attributes {
         Ok(())
     }
 
+    /// Unsets every value of `users` (deleted users); returns the values
+    /// removed, and per attribute that changed, the users it lost.
+    pub fn remove_users(&mut self, users: &RoaringBitmap) -> (u64, Vec<(String, RoaringBitmap)>) {
+        let mut removed = 0;
+        let mut changed = Vec::new();
+        for (name, a) in self.by_name.iter_mut() {
+            let hit = a.has() & users;
+            if hit.is_empty() {
+                continue;
+            }
+            let a = Arc::make_mut(a);
+            for u in &hit {
+                a.set(u, None);
+            }
+            removed += hit.len();
+            changed.push((name.clone(), hit));
+        }
+        (removed, changed)
+    }
+
     /// Puts an attribute in place, replacing one of the same name (loading
     /// a snapshot, generating a workload).
     pub fn insert(&mut self, a: Attribute) {

@@ -186,6 +186,21 @@ impl Summary {
                 let scopes: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
                 self.set("scopes", json!(scopes));
             }
+            Change::UsersDeleted { users, .. } => {
+                self.users.extend(users.iter().map(|u| u.0));
+                self.count("users_deleted", users.len() as u64);
+            }
+            Change::UserMerged { source, target, .. } => {
+                self.users.insert(target.0);
+                self.set("merged_from", json!(format!("user:{}", source.0)));
+                self.count("users_merged", 1);
+            }
+            // The user's id only: identifiers are personal data the
+            // audit log does not copy.
+            Change::ExternalIdRenamed { user, .. } => {
+                self.users.insert(user.0);
+                self.count("external_ids_renamed", 1);
+            }
             // Not changes made by the request.
             Change::WorkspaceCreated { .. }
             | Change::KeyUsed { .. }

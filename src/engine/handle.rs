@@ -919,6 +919,100 @@ impl WorkspaceHandle {
         })
     }
 
+    /// Deletes the users the identifiers name (several may name one
+    /// user; an identifier nobody holds is counted, not an error): out of
+    /// every cohort, attribute and saved segment, their identifiers free
+    /// for reuse, their ids never given again. Durable before it returns.
+    pub fn delete_users(&self, refs: &[UserRef]) -> Result<DeletedUsers> {
+        self.write(|tx| {
+            let ws = tx.state();
+            let mut users = Vec::new();
+            let mut seen = roaring::RoaringBitmap::new();
+            let mut not_found = Vec::new();
+            for (i, r) in refs.iter().enumerate() {
+                match ws.users.lookup(r) {
+                    Some(u) => {
+                        if seen.insert(u.0) {
+                            users.push(u);
+                        }
+                    }
+                    None => not_found.push(i),
+                }
+            }
+            let mut report = DeletedUsers {
+                deleted: users.len() as u64,
+                user_ids: users.iter().map(|u| u.0).collect(),
+                not_found,
+                ..DeletedUsers::default()
+            };
+            if !users.is_empty() {
+                let applied = tx.apply(Change::UsersDeleted {
+                    users,
+                    at_ms: to_ms(Utc::now()),
+                })?;
+                let done = applied.lifecycle.unwrap_or_default();
+                report.memberships_removed = done.memberships;
+                report.values_removed = done.values;
+            }
+            Ok(report)
+        })
+    }
+
+    /// Merges the user `source` names into the one `target` names (the
+    /// platform's merge, see [`Workspace::merge_users`]): the source is
+    /// deleted. An unknown source or target is [`Error::UnknownUser`]
+    /// saying which; the same user for both is refused.
+    pub fn merge_users(&self, source: &UserRef, target: &UserRef) -> Result<MergedUsers> {
+        self.write(|tx| {
+            let ws = tx.state();
+            let s = ws
+                .users
+                .lookup(source)
+                .ok_or_else(|| Error::UnknownUser(format!("{source} (the source)")))?;
+            let t = ws
+                .users
+                .lookup(target)
+                .ok_or_else(|| Error::UnknownUser(format!("{target} (the target)")))?;
+            ws.check_merge(s, t)?;
+            let applied = tx.apply(Change::UserMerged {
+                source: s,
+                target: t,
+                at_ms: to_ms(Utc::now()),
+            })?;
+            let done = applied.lifecycle.unwrap_or_default();
+            Ok(MergedUsers {
+                source_user_id: s.0,
+                target_user_id: t.0,
+                cohorts_joined: done.memberships,
+                attributes_taken: done.values,
+                devices_moved: done.devices,
+                aliases_moved: done.aliases,
+            })
+        })
+    }
+
+    /// Renames an identified user's external_id: the user holding `old`
+    /// holds `new` from now on, and `old` is free. Unknown `old`:
+    /// [`Error::UnknownUser`]; `new` held by another user:
+    /// [`Error::DuplicateExternalId`]. Renaming to the same id is a no-op.
+    pub fn rename_external_id(&self, old: &str, new: &str) -> Result<UserId> {
+        self.write(|tx| {
+            let ws = tx.state();
+            let user = ws
+                .users
+                .match_external_id(old)
+                .ok_or_else(|| Error::UnknownUser(UserRef::ExternalId(old.into()).to_string()))?;
+            if ws.users.check_rename(user, new)? {
+                tx.apply(Change::ExternalIdRenamed {
+                    user,
+                    from: old.into(),
+                    to: new.into(),
+                })?;
+            }
+            Ok(user)
+        })
+    }
+
     /// Saves a segment: creates it (`id` None: a new id is made) or
     /// replaces the name and filter of an existing one. Cohorts named by
     /// name are stored by cohort_id; a filter naming a cohort that does not
@@ -1183,6 +1277,38 @@ impl<'a> Tx<'a> {
         self.flush_group();
         self.records
     }
+}
+
+/// What [`WorkspaceHandle::delete_users`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeletedUsers {
+    /// Users deleted (each once, however many identifiers named it).
+    pub deleted: u64,
+    /// Their ids, in the order first named.
+    pub user_ids: Vec<u32>,
+    /// The positions (from 0) of the identifiers nobody held.
+    pub not_found: Vec<usize>,
+    /// Cohort memberships removed with them.
+    pub memberships_removed: u64,
+    /// Custom attribute values removed with them.
+    pub values_removed: u64,
+}
+
+/// What [`WorkspaceHandle::merge_users`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MergedUsers {
+    /// The user merged away (deleted).
+    pub source_user_id: u32,
+    /// The user that stays.
+    pub target_user_id: u32,
+    /// Cohorts the target joined (the source's, less its own).
+    pub cohorts_joined: u64,
+    /// Attribute values the target took from the source.
+    pub attributes_taken: u64,
+    /// Device_ids moved to the target.
+    pub devices_moved: u64,
+    /// Aliases moved to the target.
+    pub aliases_moved: u64,
 }
 
 /// What upserting `new` would do, as a change (none if the user holds

@@ -202,6 +202,35 @@ pub enum Change {
     /// An audit entry: who made the changes logged before it in the same
     /// write, through the admin API (see [`super::audit`]).
     Audited(AuditEntry),
+    /// Users deleted: out of every cohort and attribute, their
+    /// identifiers freed, their ids holes (checked before it was logged:
+    /// each existed, once).
+    UsersDeleted {
+        /// The users, in the order the request named them.
+        users: Vec<UserId>,
+        /// When (ms since the Unix epoch).
+        at_ms: i64,
+    },
+    /// A user merged into another (the platform's merge): the target
+    /// gains the source's device_ids, aliases, cohorts and the attribute
+    /// values it lacks; the source is deleted.
+    UserMerged {
+        /// The user merged away (deleted).
+        source: UserId,
+        /// The user that stays.
+        target: UserId,
+        /// When (ms since the Unix epoch).
+        at_ms: i64,
+    },
+    /// An identified user's external_id renamed; the old one is free.
+    ExternalIdRenamed {
+        /// The user.
+        user: UserId,
+        /// Its external_id before (checked on replay).
+        from: String,
+        /// Its external_id from now on.
+        to: String,
+    },
 }
 
 impl Change {
@@ -245,6 +274,8 @@ impl Change {
                     + e.address.len()
                     + e.request_id.len()
             }
+            Change::UsersDeleted { users, .. } => 16 + 5 * users.len(),
+            Change::ExternalIdRenamed { from, to, .. } => 8 + from.len() + to.len(),
             Change::AttributesSet { values, .. } => {
                 8 + values
                     .iter()
@@ -287,6 +318,8 @@ pub struct Applied {
     /// For `CohortChanged`: the members actually added and removed, the
     /// counts, and whether the cohort was created.
     pub report: Option<ChangeReport>,
+    /// For `UsersDeleted` and `UserMerged`: what else changed.
+    pub lifecycle: Option<crate::workspace::LifecycleReport>,
 }
 
 /// Applies a change to a workspace: the one way every record kind takes
@@ -452,6 +485,21 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
             key.revoked_at.get_or_insert(from_ms(*at_ms));
         }
         Change::Audited(entry) => ws.audit.push(entry.clone()).map_err(mismatch)?,
+        Change::UsersDeleted { users, .. } => {
+            applied.lifecycle = Some(ws.delete_users(users)?);
+        }
+        Change::UserMerged { source, target, .. } => {
+            applied.lifecycle = Some(ws.merge_users(*source, *target)?);
+        }
+        Change::ExternalIdRenamed { user, from, to } => {
+            let current = ws.users.external_id(*user);
+            if current != Some(from.as_str()) {
+                return Err(mismatch(format!(
+                    "external_id of user {user} renamed from {from:?}, but it is {current:?}"
+                )));
+            }
+            ws.users.rename_external_id(*user, to)?;
+        }
     }
     Ok(applied)
 }
@@ -480,6 +528,11 @@ pub fn touched(change: &Change, t: &mut Touched) {
             }
         }
         Change::SegmentSaved { id, .. } | Change::SegmentDeleted { id } => t.segment(id),
+        Change::UsersDeleted { users, .. } => users.iter().for_each(|&u| t.user_deleted(u)),
+        Change::UserMerged { source, target, .. } => {
+            t.user_deleted(*source);
+            t.user_changed(*target);
+        }
         Change::WorkspaceCreated { .. }
         | Change::DeviceAdded { .. }
         | Change::AliasAdded { .. }
@@ -494,6 +547,7 @@ pub fn touched(change: &Change, t: &mut Touched) {
         | Change::AttributeDeclared { .. }
         | Change::ApiKeyCreated { .. }
         | Change::ApiKeyRevoked { .. }
-        | Change::Audited(_) => {}
+        | Change::Audited(_)
+        | Change::ExternalIdRenamed { .. } => {}
     }
 }

@@ -53,6 +53,8 @@ pub struct Frozen {
     selections: hashbrown::HashMap<(String, Test), (u64, Selected)>,
     /// The saved segments the filters refer to, by id.
     segments: hashbrown::HashMap<String, Filter>,
+    /// The deleted users (shared with the registry until it changes).
+    deleted: Option<Selected>,
 }
 
 /// Runs every attribute test of `f` (segment references expanded) on the
@@ -180,6 +182,7 @@ impl Frozen {
             types,
             selections,
             segments,
+            deleted: ws.deleted(),
         })
     }
 
@@ -204,6 +207,10 @@ impl Frozen {
 impl Catalog for Frozen {
     fn users(&self) -> u64 {
         u64::from(self.users)
+    }
+
+    fn deleted(&self) -> Option<Selected> {
+        self.deleted.clone()
     }
 
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {

@@ -339,7 +339,8 @@ pub fn count_quick(handle: &WorkspaceHandle, target: &Target, mode: CountMode) -
             if *includes {
                 c.len()
             } else {
-                u64::from(users).checked_sub(c.len())?
+                // Deleted users are in no cohort and in no complement.
+                ws.users.live_len().checked_sub(c.len())?
             }
         }
         (None, _) => return None,

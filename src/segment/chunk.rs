@@ -897,7 +897,7 @@ fn compile<'w>(
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
         // Read like a cohort with no snapshot bitmap: all its users are
         // the serialized delta.
-        Plan::Leaf(Leaf::Attribute { members, .. }) => {
+        Plan::Leaf(Leaf::Attribute { members, .. }) | Plan::Leaf(Leaf::Deleted { members, .. }) => {
             let mut added = Vec::with_capacity(members.0.serialized_size());
             members
                 .0

@@ -88,7 +88,9 @@ fn compile<'a>(
             partner, cohort_id, ..
         }) => Node::Cohort(leaf(&CohortKey::new(*partner, cohort_id.clone()))?),
         Plan::Leaf(Leaf::Bucket { .. }) => Node::Bucket,
-        Plan::Leaf(Leaf::Attribute { members, .. }) => Node::Selected(members.0.clone()),
+        Plan::Leaf(Leaf::Attribute { members, .. }) | Plan::Leaf(Leaf::Deleted { members, .. }) => {
+            Node::Selected(members.0.clone())
+        }
         Plan::Not { child } => Node::Not(Box::new(compile(child, leaf)?)),
         Plan::And { all: a, minus } => {
             let a = all(a)?;

@@ -71,6 +71,17 @@ pub enum Leaf {
         #[serde(skip)]
         members: Selected,
     },
+    /// The deleted users: the planner subtracts them from every plan that
+    /// reads the users themselves (NOT, every user, a bucket range), so no
+    /// deleted user is counted, listed or checked.
+    Deleted {
+        /// How many users were deleted when the plan was made (they are
+        /// only ever added: the count names the set).
+        cardinality: u64,
+        /// Them.
+        #[serde(skip)]
+        members: Selected,
+    },
 }
 
 /// The users an attribute test selected, shared by the plans and views
@@ -99,6 +110,7 @@ impl Leaf {
             Leaf::Cohort { cardinality, .. } => *cardinality,
             Leaf::Bucket { estimate, .. } => *estimate,
             Leaf::Attribute { cardinality, .. } => *cardinality,
+            Leaf::Deleted { cardinality, .. } => *cardinality,
         }
     }
 }
@@ -160,7 +172,8 @@ impl Plan {
             Plan::All => users,
             Plan::Nothing => 0,
             Plan::Leaf(Leaf::Cohort { cardinality, .. })
-            | Plan::Leaf(Leaf::Attribute { cardinality, .. }) => *cardinality,
+            | Plan::Leaf(Leaf::Attribute { cardinality, .. })
+            | Plan::Leaf(Leaf::Deleted { cardinality, .. }) => *cardinality,
             Plan::Leaf(Leaf::Bucket { .. }) => 0,
             Plan::Not { child } => users - child.upper_bound(users),
             Plan::And { .. } => 0,
@@ -226,6 +239,11 @@ pub trait Catalog {
     fn now(&self) -> i64 {
         chrono::Utc::now().timestamp()
     }
+    /// The deleted users (`None`: none), which every plan reading the
+    /// users themselves leaves out.
+    fn deleted(&self) -> Option<Selected> {
+        None
+    }
 }
 
 /// How deeply saved segments may refer to saved segments (a cycle is
@@ -256,6 +274,18 @@ impl Catalog for crate::snapshot::Snapshot {
 pub fn plan(catalog: &dyn Catalog, filter: &Filter) -> Result<Plan> {
     let users = catalog.users();
     let p = lower(catalog, filter, false, users, 0)?;
+    let p = match catalog.deleted() {
+        Some(d) if !d.0.is_empty() && reads_users(&p) => and_of(vec![
+            p,
+            Plan::Not {
+                child: Box::new(Plan::Leaf(Leaf::Deleted {
+                    cardinality: d.0.len(),
+                    members: d,
+                })),
+            },
+        ]),
+        _ => p,
+    };
     Ok(order(p, users))
 }
 
@@ -462,6 +492,8 @@ fn write_key(p: &Plan, out: &mut String) {
             attribute.len(),
             test.len()
         ),
+        // The number of deleted users names the set: it only grows.
+        Plan::Leaf(Leaf::Deleted { cardinality, .. }) => write!(out, "d{cardinality}"),
         Plan::Not { child } => write!(out, "!({})", key(child)),
         Plan::And { all, minus } => write!(out, "&({};{})", sorted(all), sorted(minus)),
         Plan::Or { any } => write!(out, "|({})", sorted(any)),
@@ -477,7 +509,7 @@ pub fn cohorts(p: &Plan) -> Vec<(Partner, &str)> {
             Leaf::Cohort {
                 partner, cohort_id, ..
             } => Some((*partner, cohort_id.as_str())),
-            Leaf::Bucket { .. } | Leaf::Attribute { .. } => None,
+            Leaf::Bucket { .. } | Leaf::Attribute { .. } | Leaf::Deleted { .. } => None,
         })
         .collect();
     out.sort_unstable();
@@ -490,9 +522,10 @@ pub fn cohorts(p: &Plan) -> Vec<(Partner, &str)> {
 pub fn reads_users(p: &Plan) -> bool {
     match p {
         Plan::All | Plan::Not { .. } | Plan::Leaf(Leaf::Bucket { .. }) => true,
-        Plan::Nothing | Plan::Leaf(Leaf::Cohort { .. }) | Plan::Leaf(Leaf::Attribute { .. }) => {
-            false
-        }
+        Plan::Nothing
+        | Plan::Leaf(Leaf::Cohort { .. })
+        | Plan::Leaf(Leaf::Attribute { .. })
+        | Plan::Leaf(Leaf::Deleted { .. }) => false,
         Plan::And { all, minus } => all.is_empty() || all.iter().chain(minus).any(reads_users),
         Plan::Or { any } => any.iter().any(reads_users),
     }
@@ -513,6 +546,8 @@ pub fn to_filter(p: &Plan) -> Filter {
             what,
             ..
         }) => super::attr::to_filter(attribute, *ty, what),
+        // No filter names them: among the users there are, nobody.
+        Plan::Leaf(Leaf::Deleted { .. }) => Filter::Or(vec![]),
         Plan::Not { child } => to_filter(child).not(),
         Plan::And { all, minus } => Filter::And(
             all.iter()

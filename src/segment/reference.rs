@@ -110,10 +110,13 @@ impl Membership {
     }
 }
 
-/// Every user of the workspace.
+/// Every user of the workspace (deleted users are none of them).
 pub fn universe<D: Data + ?Sized>(ws: &D) -> RoaringBitmap {
     let mut all = RoaringBitmap::new();
     all.insert_range(0..user_count(ws));
+    if let Some(d) = ws.deleted() {
+        all -= &*d.0;
+    }
     all
 }
 
@@ -137,12 +140,15 @@ fn eval<D: Data + ?Sized>(ws: &D, filter: &Filter, all: &RoaringBitmap) -> Resul
                 all - &*members
             }
         }
-        Filter::Bucket(cmp) => ws
-            .all_buckets()
-            .enumerate()
-            .filter(|&(_, b)| cmp.accepts(b))
-            .map(|(u, _)| u as u32)
-            .collect(),
+        Filter::Bucket(cmp) => {
+            let with: RoaringBitmap = ws
+                .all_buckets()
+                .enumerate()
+                .filter(|&(_, b)| cmp.accepts(b))
+                .map(|(u, _)| u as u32)
+                .collect();
+            with & all
+        }
         Filter::And(children) => {
             let mut acc = all.clone();
             for c in children {
@@ -201,7 +207,7 @@ pub fn members<D: Data + ?Sized>(ws: &D, filter: &Filter) -> Result<Vec<UserId>>
 /// Whether one user satisfies the filter, reading one membership bit per
 /// leaf.
 pub fn contains_user<D: Data + ?Sized>(ws: &D, filter: &Filter, user: UserId) -> Result<bool> {
-    if user.0 >= user_count(ws) {
+    if user.0 >= user_count(ws) || ws.deleted().is_some_and(|d| d.0.contains(user.0)) {
         return Ok(false);
     }
     Ok(match filter {

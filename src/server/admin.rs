@@ -19,6 +19,9 @@
 //! | `POST /admin/workspaces/{ws}/users/devices` | `{"user", "device_id"}` |
 //! | `POST /admin/workspaces/{ws}/users/identify` | `{"user", "external_id"}` |
 //! | `POST /admin/workspaces/{ws}/users/import` | bulk load, see [`super::import`] |
+//! | `POST /admin/workspaces/{ws}/users/delete` | `{"users": [user, ...]}`: delete, durably |
+//! | `POST /admin/workspaces/{ws}/users/merge` | `{"source": user, "target": user}` |
+//! | `POST /admin/workspaces/{ws}/users/rename` | `{"external_id", "new_external_id"}` |
 //! | `GET /admin/workspaces/{ws}/cohorts` | per cohort: size and sync statistics |
 //! | `DELETE /admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}` | delete a cohort (200; 404 unknown; 409 while a saved segment names it) |
 //! | `GET /admin/workspaces/{ws}/data_points` | `[{"partner","day","data_points"}]` |
@@ -104,7 +107,7 @@ pub async fn list_workspaces(State(state): State<Arc<AppState>>) -> Result<Respo
             .filter_map(|name| state.engine.workspace(&name))
             .map(|h| {
                 let ws = h.read();
-                json!({"name": h.name(), "users": ws.users.len(), "cohorts": ws.cohorts.len()})
+                json!({"name": h.name(), "users": ws.users.live_len(), "cohorts": ws.cohorts.len()})
             })
             .collect();
         Ok(json_response(StatusCode::OK, Value::Array(list)))
@@ -529,6 +532,132 @@ pub async fn identify(
             handle.identify(&user, &body.external_id)
         })?;
         Ok(user_id_response(id))
+    })
+    .await
+}
+
+/// The most identifiers one `users/delete` request may name.
+pub const MAX_DELETE: usize = 100_000;
+
+/// The body of `POST /admin/workspaces/{ws}/users/delete`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteUsersBody {
+    users: Vec<Value>,
+}
+
+/// `POST /admin/workspaces/{ws}/users/delete`: deletes every user the
+/// identifiers name, durably before the answer. The request is checked
+/// whole first (1 to [`MAX_DELETE`] identifiers, each of the `user`
+/// forms): a bad one is a 400 naming its position and nothing is deleted.
+/// An identifier nobody holds is not an error: its position is listed in
+/// `not_found`, so a retried request answers the same users as gone.
+pub async fn delete_users(
+    State(state): State<Arc<AppState>>,
+    audit: Auditor,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<DeleteUsersBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    if body.users.is_empty() || body.users.len() > MAX_DELETE {
+        return Err(ApiError::bad_request(format!(
+            "users must name 1 to {MAX_DELETE} users, found {}",
+            body.users.len()
+        )));
+    }
+    let refs = body
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            parse_user_ref(v).map_err(|e| ApiError::bad_request(format!("users[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<UserRef>, ApiError>>()?;
+    run_blocking(move || {
+        let report = audit.run("users.deleted", || handle.delete_users(&refs))?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({
+                "deleted": report.deleted,
+                "not_found": report.not_found.len(),
+                "not_found_positions": report.not_found,
+                "user_ids": report.user_ids,
+                "memberships_removed": report.memberships_removed,
+                "attribute_values_removed": report.values_removed,
+            }),
+        ))
+    })
+    .await
+}
+
+/// The body of `POST /admin/workspaces/{ws}/users/merge`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeBody {
+    source: Value,
+    target: Value,
+}
+
+/// `POST /admin/workspaces/{ws}/users/merge`: merges the source user into
+/// the target (the platform's merge: the target keeps its identifiers and
+/// gains the source's device_ids, aliases, cohorts and the attribute
+/// values it lacks; the source and its external_id are gone). 404 names
+/// the unknown one; the same user for both is a 400.
+pub async fn merge_users(
+    State(state): State<Arc<AppState>>,
+    audit: Auditor,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<MergeBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let source =
+        parse_user_ref(&body.source).map_err(|e| ApiError::bad_request(format!("source: {e}")))?;
+    let target =
+        parse_user_ref(&body.target).map_err(|e| ApiError::bad_request(format!("target: {e}")))?;
+    run_blocking(move || {
+        let m = audit.run("user.merged", || handle.merge_users(&source, &target))?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({
+                "source_user_id": m.source_user_id,
+                "user_id": m.target_user_id,
+                "cohorts_joined": m.cohorts_joined,
+                "attributes_taken": m.attributes_taken,
+                "device_ids_moved": m.devices_moved,
+                "aliases_moved": m.aliases_moved,
+            }),
+        ))
+    })
+    .await
+}
+
+/// The body of `POST /admin/workspaces/{ws}/users/rename`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    external_id: String,
+    new_external_id: String,
+}
+
+/// `POST /admin/workspaces/{ws}/users/rename`: the user holding
+/// `external_id` holds `new_external_id` from now on (the old one is
+/// free). 404 for an unknown `external_id`, 409 when the new one is
+/// another user's.
+pub async fn rename_user(
+    State(state): State<Arc<AppState>>,
+    audit: Auditor,
+    PathParams(ws): PathParams<String>,
+    JsonBody(body): JsonBody<RenameBody>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    run_blocking(move || {
+        let id = audit.run("user.renamed", || {
+            handle.rename_external_id(&body.external_id, &body.new_external_id)
+        })?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"user_id": id.0, "external_id": body.new_external_id}),
+        ))
     })
     .await
 }

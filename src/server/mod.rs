@@ -145,6 +145,12 @@ pub mod routes {
     pub const DEVICES: &str = "/admin/workspaces/{ws}/users/devices";
     /// Identify a user (give it an external_id).
     pub const IDENTIFY: &str = "/admin/workspaces/{ws}/users/identify";
+    /// Delete users (by any identifier, in bulk).
+    pub const DELETE_USERS: &str = "/admin/workspaces/{ws}/users/delete";
+    /// Merge a user into another.
+    pub const MERGE_USERS: &str = "/admin/workspaces/{ws}/users/merge";
+    /// Rename a user's external_id.
+    pub const RENAME_USER: &str = "/admin/workspaces/{ws}/users/rename";
     /// Streamed bulk user import (JSON Lines or CSV).
     pub const IMPORT: &str = "/admin/workspaces/{ws}/users/import";
     /// The cohorts' sync statistics.
@@ -179,7 +185,7 @@ pub mod routes {
     pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 34] = [
+    pub const ALL: [&str; 37] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -214,6 +220,9 @@ pub mod routes {
         USER_ATTRIBUTES,
         HEALTHZ,
         READYZ,
+        DELETE_USERS,
+        MERGE_USERS,
+        RENAME_USER,
     ];
 }
 
@@ -268,6 +277,9 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .route(ALIASES, json_405(post(admin::add_alias)))
         .route(DEVICES, json_405(post(admin::add_device)))
         .route(IDENTIFY, json_405(post(admin::identify)))
+        .route(DELETE_USERS, json_405(post(admin::delete_users)))
+        .route(MERGE_USERS, json_405(post(admin::merge_users)))
+        .route(RENAME_USER, json_405(post(admin::rename_user)))
         .route(USER_ATTRIBUTES, json_405(post(admin::set_attributes)))
         .route(ATTRIBUTE, json_405(put(admin::declare_attribute)))
         .route(COHORT_STATS, json_405(get(admin::cohorts)))

@@ -32,9 +32,15 @@ use crate::error::{Error, Result};
 
 /// The bytes at the start and the end of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"SEGQSNAP";
-/// The format version this build writes. Version 2 added the optional
-/// attributes section; versions [`MIN_VERSION`]`..=VERSION` are read.
-pub const VERSION: u32 = 2;
+/// The newest format version this build writes. Version 2 added the
+/// optional attributes section, version 3 the optional deleted users
+/// section; versions [`MIN_VERSION`]`..=VERSION` are read. A file is
+/// written at the oldest version that holds its sections, never older
+/// than [`WRITTEN_SINCE`] ([`SnapshotWriter::to_version`]): a workspace
+/// that never deleted a user writes the same version 2 bytes as before.
+pub const VERSION: u32 = 3;
+/// The oldest format version this build writes.
+pub const WRITTEN_SINCE: u32 = 2;
 /// The oldest format version this build reads.
 pub const MIN_VERSION: u32 = 1;
 /// Header length; sections start here.
@@ -64,11 +70,14 @@ pub enum SectionKind {
     Bitmaps = 6,
     /// Users' custom attributes and their indexes (version 2 on).
     Attributes = 7,
+    /// The ids of deleted users, portable roaring format (version 3 on):
+    /// holes, never given again and counted nowhere.
+    Deleted = 8,
 }
 
 impl SectionKind {
     /// Every kind, in tag order.
-    pub const ALL: [SectionKind; 7] = [
+    pub const ALL: [SectionKind; 8] = [
         SectionKind::Meta,
         SectionKind::Buckets,
         SectionKind::ExternalIds,
@@ -76,12 +85,14 @@ impl SectionKind {
         SectionKind::Aliases,
         SectionKind::Bitmaps,
         SectionKind::Attributes,
+        SectionKind::Deleted,
     ];
 
     /// The first format version with this kind of section.
     pub fn since(self) -> u32 {
         match self {
             SectionKind::Attributes => 2,
+            SectionKind::Deleted => 3,
             _ => 1,
         }
     }
@@ -100,6 +111,7 @@ impl SectionKind {
             SectionKind::Aliases => "aliases",
             SectionKind::Bitmaps => "bitmaps",
             SectionKind::Attributes => "attributes",
+            SectionKind::Deleted => "deleted",
         }
     }
 }
@@ -124,6 +136,7 @@ pub struct SnapshotWriter<W: Write = Vec<u8>> {
     out: W,
     pos: u64,
     sections: Vec<Section>,
+    version: u32,
 }
 
 impl Section {
@@ -161,16 +174,30 @@ fn write_err(e: std::io::Error) -> Error {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    /// Starts a snapshot on `out` (writes the header).
-    pub fn to(mut out: W) -> Result<Self> {
+    /// Starts a snapshot on `out` (writes the header) at version
+    /// [`WRITTEN_SINCE`]: it takes no section of a later version.
+    pub fn to(out: W) -> Result<Self> {
+        Self::to_version(out, WRITTEN_SINCE)
+    }
+
+    /// Starts a snapshot of format `version` (`WRITTEN_SINCE..=VERSION`)
+    /// on `out`: the header says it, and a section kind newer than it is
+    /// refused.
+    pub fn to_version(mut out: W, version: u32) -> Result<Self> {
+        if !(WRITTEN_SINCE..=VERSION).contains(&version) {
+            return Err(Error::Internal(format!(
+                "a snapshot of version {version} cannot be written (this build writes {WRITTEN_SINCE} to {VERSION})"
+            )));
+        }
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(&MAGIC);
-        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&version.to_le_bytes());
         out.write_all(&header).map_err(write_err)?;
         Ok(SnapshotWriter {
             out,
             pos: HEADER_LEN as u64,
             sections: Vec::new(),
+            version,
         })
     }
 
@@ -192,6 +219,13 @@ impl<W: Write> SnapshotWriter<W> {
             return Err(Error::Internal(format!(
                 "snapshot section {} written twice",
                 kind.name()
+            )));
+        }
+        if kind.since() > self.version {
+            return Err(Error::Internal(format!(
+                "snapshot section {} in a version {} file",
+                kind.name(),
+                self.version
             )));
         }
         self.pad()?;
@@ -224,7 +258,7 @@ impl<W: Write> SnapshotWriter<W> {
         tail.extend_from_slice(&table_offset.to_le_bytes());
         tail.extend_from_slice(&(self.sections.len() as u32).to_le_bytes());
         tail.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
-        tail.extend_from_slice(&VERSION.to_le_bytes());
+        tail.extend_from_slice(&self.version.to_le_bytes());
         let tail_crc = crc32fast::hash(&tail);
         tail.extend_from_slice(&tail_crc.to_le_bytes());
         tail.extend_from_slice(&MAGIC);

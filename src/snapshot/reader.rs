@@ -174,6 +174,13 @@ impl Snapshot {
         self.file.optional_section(SectionKind::Attributes)
     }
 
+    /// The deleted users section's bytes, the ids in the portable roaring
+    /// format (`None`: the file has none: no user was deleted, or it is
+    /// older than version 3).
+    pub fn deleted_bytes(&self) -> Option<&[u8]> {
+        self.file.optional_section(SectionKind::Deleted)
+    }
+
     /// The file's format version.
     pub fn version(&self) -> u32 {
         self.file.version()

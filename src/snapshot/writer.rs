@@ -22,6 +22,9 @@ pub struct Contents {
     /// The attributes section ([`crate::attributes`] encodes it; empty:
     /// no section).
     pub attributes: Vec<u8>,
+    /// The deleted users section (the ids in the portable roaring format;
+    /// empty: no section, and the file is written as version 2).
+    pub deleted: Vec<u8>,
     buckets: Vec<u8>,
     bitmaps: Vec<u8>,
 }
@@ -37,6 +40,7 @@ impl Contents {
             devices: DictWriter::new(),
             aliases: DictWriter::new(),
             attributes: Vec::new(),
+            deleted: Vec::new(),
             buckets: Vec::new(),
             bitmaps: Vec::new(),
         }
@@ -86,11 +90,17 @@ impl Contents {
             devices,
             aliases,
             attributes,
+            deleted,
             buckets,
             bitmaps,
         } = self;
         let meta = meta.encode().map_err(Error::Internal)?;
-        let mut w = SnapshotWriter::to(out)?;
+        let version = if deleted.is_empty() {
+            super::format::WRITTEN_SINCE
+        } else {
+            SectionKind::Deleted.since()
+        };
+        let mut w = SnapshotWriter::to_version(out, version)?;
         w.section(SectionKind::Meta, &meta)?;
         w.section(SectionKind::Buckets, &buckets)?;
         drop(buckets);
@@ -101,6 +111,9 @@ impl Contents {
         drop(bitmaps);
         if !attributes.is_empty() {
             w.section(SectionKind::Attributes, &attributes)?;
+        }
+        if !deleted.is_empty() {
+            w.section(SectionKind::Deleted, &deleted)?;
         }
         w.finish()
     }

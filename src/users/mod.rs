@@ -9,8 +9,12 @@
 //! are read in place from the mapped file (identifier dictionaries and
 //! buckets), and only what came since lives in memory: users created since,
 //! identifiers given since (to old or new users), and three hash indexes
-//! over those. Identifiers are only ever added, never removed or moved, so
-//! a look-up asks the in-memory index, then the snapshot's dictionary.
+//! over those. A look-up asks the in-memory index, then the snapshot's
+//! dictionary, whose answer counts only while its holder still holds it:
+//! a deleted user holds nothing ([`UserRegistry::delete`]: its id stays a
+//! hole, never given again, and its identifiers are free at once), and a
+//! snapshot user whose external_id was renamed since
+//! ([`UserRegistry::rename_external_id`]) no longer holds the old one.
 //! [`UserRegistry::rebase`] moves onto a newer snapshot after compaction.
 //!
 //! Two ways to find a user:
@@ -25,7 +29,8 @@ mod alias;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
+use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 use crate::ids::{UserId, UserRef, BUCKETS};
@@ -132,7 +137,8 @@ impl Idents {
     }
 
     /// What `self` holds beyond `before`, an earlier state of the same
-    /// user (identifiers are only ever appended).
+    /// live user (its device_ids and aliases are only ever appended; its
+    /// external_id is the caller's to compare).
     fn since(mut self, before: Option<&Idents>) -> Idents {
         if let Some(b) = before {
             if b.external_id.is_some() {
@@ -247,6 +253,12 @@ pub struct UserRegistry {
     by_alias: HashMap<AliasKey, UserId>,
     by_device: HashMap<Box<str>, UserId>,
     seed: u64,
+    /// Deleted users (of the snapshot and since): holes, shared with the
+    /// plans and views that exclude them.
+    deleted: Arc<RoaringBitmap>,
+    /// Snapshot users whose external_id in the snapshot's dictionary was
+    /// renamed since: their external_id is in `extras`.
+    renamed: HashSet<u32>,
 }
 
 /// The random bucket a user gets when none is given: a hash of (seed, id),
@@ -300,6 +312,8 @@ impl UserRegistry {
             by_alias: HashMap::new(),
             by_device: HashMap::new(),
             seed,
+            deleted: Arc::new(RoaringBitmap::new()),
+            renamed: HashSet::new(),
         }
     }
 
@@ -320,6 +334,19 @@ impl UserRegistry {
             });
         }
         let mut reg = UserRegistry::new(seed);
+        if let Some(bytes) = snap.deleted_bytes() {
+            let deleted = RoaringBitmap::deserialize_from(bytes).map_err(|e| Error::Corrupt {
+                path: snap.name().into(),
+                reason: format!("deleted users section: {e}"),
+            })?;
+            if deleted.max().is_some_and(|m| m >= len) {
+                return Err(Error::Corrupt {
+                    path: snap.name().into(),
+                    reason: format!("a deleted user past the last of {len} users"),
+                });
+            }
+            reg.deleted = Arc::new(deleted);
+        }
         reg.base = Some(Base { snap, len });
         Ok(reg)
     }
@@ -357,9 +384,26 @@ impl UserRegistry {
         self.by_device.reserve(devices);
     }
 
-    /// The number of users; ids run `0..len()`.
+    /// The number of user ids given; ids run `0..len()`, deleted users
+    /// ([`Self::deleted`]) included.
     pub fn len(&self) -> u32 {
         self.base_len() + self.users.len() as u32
+    }
+
+    /// The users there are: ids given, less the deleted.
+    pub fn live_len(&self) -> u64 {
+        u64::from(self.len()) - self.deleted.len()
+    }
+
+    /// The deleted users: holes in the ids, in no cohort, attribute,
+    /// count or list.
+    pub fn deleted(&self) -> &Arc<RoaringBitmap> {
+        &self.deleted
+    }
+
+    /// Whether user `u` was deleted.
+    pub fn is_deleted(&self, user: UserId) -> bool {
+        self.deleted.contains(user.0)
     }
 
     /// Whether the registry holds no users.
@@ -379,8 +423,11 @@ impl UserRegistry {
     }
 
     /// The user with this id (assembled from the snapshot and what came
-    /// since).
+    /// since); `None` for a deleted user.
     pub fn get(&self, user: UserId) -> Option<UserRecord> {
+        if self.is_deleted(user) {
+            return None;
+        }
         let (mut rec, mem) = match self.place(user)? {
             Err(i) => (
                 UserRecord {
@@ -422,17 +469,23 @@ impl UserRegistry {
     }
 
     fn record_exists(&self, user: UserId) -> Result<()> {
-        if user.0 < self.len() {
+        if user.0 < self.len() && !self.is_deleted(user) {
             Ok(())
         } else {
             Err(Error::UnknownUser(format!("with id {user}")))
         }
     }
 
-    /// A user's external_id, if identified.
+    /// A user's external_id, if identified (`None` for a deleted user).
     pub fn external_id(&self, user: UserId) -> Option<&str> {
+        if self.is_deleted(user) {
+            return None;
+        }
         match self.place(user)? {
             Err(i) => self.users[i].external_id.as_deref(),
+            Ok(_) if self.renamed.contains(&user.0) => {
+                self.extras.get(&user.0)?.external_id.as_deref()
+            }
             Ok(base) => {
                 let from_base = base.externals().and_then(|d| {
                     d.entries_of(user)
@@ -470,25 +523,40 @@ impl UserRegistry {
         }
     }
 
+    /// Whether the snapshot's dictionary entry naming `user` still
+    /// counts: its holder was not deleted (nor, for an external_id,
+    /// renamed) since.
+    fn base_holds(&self, user: UserId, external: bool) -> bool {
+        let renamed = external && self.renamed.contains(&user.0);
+        !self.is_deleted(user) && !renamed
+    }
+
     fn external_holder(&self, id: &str) -> Option<UserId> {
-        self.by_external
-            .get(id)
-            .copied()
-            .or_else(|| self.base.as_ref()?.externals()?.get(id.as_bytes()))
+        self.by_external.get(id).copied().or_else(|| {
+            let u = self.base.as_ref()?.externals()?.get(id.as_bytes())?;
+            self.base_holds(u, true).then_some(u)
+        })
     }
 
     fn device_holder(&self, id: &str) -> Option<UserId> {
-        self.by_device
-            .get(id)
-            .copied()
-            .or_else(|| self.base.as_ref()?.devices()?.get(id.as_bytes()))
+        self.by_device.get(id).copied().or_else(|| {
+            let u = self.base.as_ref()?.devices()?.get(id.as_bytes())?;
+            self.base_holds(u, false).then_some(u)
+        })
     }
 
     fn find_alias(&self, label: &str, name: &str) -> Option<UserId> {
         self.by_alias
             .get(&AliasQuery(label, name))
             .copied()
-            .or_else(|| self.base.as_ref()?.aliases()?.get(&alias_key(label, name)))
+            .or_else(|| {
+                let u = self
+                    .base
+                    .as_ref()?
+                    .aliases()?
+                    .get(&alias_key(label, name))?;
+                self.base_holds(u, false).then_some(u)
+            })
     }
 
     /// Whoever holds this identifier, whatever the matching rules.
@@ -829,6 +897,150 @@ impl UserRegistry {
         Ok(())
     }
 
+    /// Whether [`Self::delete`] may delete `user`: it exists and was not
+    /// deleted. Changes nothing.
+    pub fn check_delete(&self, user: UserId) -> Result<()> {
+        self.record_exists(user)
+    }
+
+    /// Deletes a user: its id becomes a hole (never given again, counted
+    /// nowhere), and every identifier it held is free from now on. Its
+    /// cohort memberships and attribute values are the workspace's to
+    /// remove. Fails, changing nothing, for an unknown or deleted user.
+    pub fn delete(&mut self, user: UserId) -> Result<()> {
+        self.check_delete(user)?;
+        let n = self.base_len();
+        let held = if user.0 < n {
+            self.renamed.remove(&user.0);
+            self.extras.remove(&user.0)
+        } else {
+            Some(std::mem::take(&mut self.users[(user.0 - n) as usize]))
+        };
+        if let Some(m) = held {
+            self.unindex(user, &m);
+        }
+        Arc::make_mut(&mut self.deleted).insert(user.0);
+        Ok(())
+    }
+
+    /// Takes the in-memory identifiers `m` of `user` out of the indexes.
+    fn unindex(&mut self, user: UserId, m: &Idents) {
+        if let Some(e) = &m.external_id {
+            if self.by_external.get(e) == Some(&user) {
+                self.by_external.remove(e);
+            }
+        }
+        for d in &m.devices {
+            if self.by_device.get(d) == Some(&user) {
+                self.by_device.remove(d);
+            }
+        }
+        for (l, nm) in &m.aliases {
+            if self.by_alias.get(&AliasQuery(l, nm)) == Some(&user) {
+                self.by_alias.remove(&AliasQuery(l, nm));
+            }
+        }
+    }
+
+    /// Whether [`Self::rename_external_id`] would change anything (false:
+    /// `user` has `new` already). Fails, as it would, for an unknown or
+    /// anonymous user, or an external_id that is invalid or held by
+    /// another user. Changes nothing.
+    pub fn check_rename(&self, user: UserId, new: &str) -> Result<bool> {
+        self.record_exists(user)?;
+        check_identifier("external_id", new)?;
+        let Some(current) = self.external_id(user) else {
+            return Err(Error::InvalidArgument(format!(
+                "user {user} is anonymous: it has no external_id to rename (identify it instead)"
+            )));
+        };
+        if current == new {
+            return Ok(false);
+        }
+        if let Some(holder) = self.external_holder(new) {
+            return Err(Error::DuplicateExternalId {
+                external_id: new.into(),
+                holder,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Gives an identified user another external_id; the old one is free
+    /// from then on. Renaming to the external_id it has is a no-op.
+    pub fn rename_external_id(&mut self, user: UserId, new: &str) -> Result<()> {
+        if !self.check_rename(user, new)? {
+            return Ok(());
+        }
+        let n = self.base_len();
+        let in_memory = if user.0 < n {
+            self.extras
+                .get(&user.0)
+                .is_some_and(|m| m.external_id.is_some())
+        } else {
+            true
+        };
+        if in_memory {
+            if let Some(old) = self.idents_mut(user).external_id.take() {
+                if self.by_external.get(&old) == Some(&user) {
+                    self.by_external.remove(&old);
+                }
+            }
+        } else {
+            // The snapshot's dictionary names the old one: it no longer
+            // counts for this user.
+            self.renamed.insert(user.0);
+        }
+        let ext: Box<str> = new.into();
+        self.by_external.insert(ext.clone(), user);
+        self.idents_mut(user).external_id = Some(ext);
+        Ok(())
+    }
+
+    /// Moves every device_id and alias of `source` to `target` (the
+    /// platform's merge; the caller then deletes `source`). Returns how
+    /// many device_ids and aliases moved. Fails, changing nothing, for an
+    /// unknown or deleted user, or `source == target`.
+    pub fn move_identifiers(&mut self, source: UserId, target: UserId) -> Result<(usize, usize)> {
+        self.record_exists(source)?;
+        self.record_exists(target)?;
+        if source == target {
+            return Err(Error::InvalidArgument(format!(
+                "user {source} cannot be merged into itself"
+            )));
+        }
+        let from = self.get(source).unwrap_or_default();
+        let n = self.base_len();
+        // The source's in-memory identifiers leave the indexes (its
+        // snapshot ones stop counting once it is deleted); its external_id
+        // stays its own until then.
+        let held = if source.0 < n {
+            self.extras.get_mut(&source.0).map(|m| Idents {
+                external_id: None,
+                devices: std::mem::take(&mut m.devices),
+                aliases: std::mem::take(&mut m.aliases),
+            })
+        } else {
+            let m = &mut self.users[(source.0 - n) as usize];
+            Some(Idents {
+                external_id: None,
+                devices: std::mem::take(&mut m.devices),
+                aliases: std::mem::take(&mut m.aliases),
+            })
+        };
+        if let Some(m) = held {
+            self.unindex(source, &m);
+        }
+        let moved = (from.devices.len(), from.aliases.len());
+        for d in from.devices {
+            self.insert_device(target, d.into());
+        }
+        for (l, nm) in from.aliases {
+            self.insert_alias(target, l.into(), nm.into());
+        }
+        Ok(moved)
+    }
+
     /// How a member list names a user: its external_id, or, for an anonymous
     /// user, its internal id.
     pub fn display_id(&self, user: UserId) -> MemberId<'_> {
@@ -874,7 +1086,9 @@ impl UserRegistry {
                     while let Some((eu, m)) = ex.next_if(|(eu, _)| **eu < u.0) {
                         mine(m, &mut out, UserId(**eu));
                     }
-                    out(u, k);
+                    if self.base_holds(u, kind == 0) {
+                        out(u, k);
+                    }
                 }
             }
             for (eu, m) in ex {
@@ -906,31 +1120,72 @@ impl UserRegistry {
         }
         let mut rest = UserRegistry::on_snapshot(snap)?;
         rest.seed = self.seed;
-        for (u, now) in self.extras.drain() {
-            let left = now.since(frozen.extras.get(&u));
-            if !left.is_empty() {
-                rest.extras.insert(u, left);
+        // What each user held in memory holds beyond what the snapshot
+        // wrote for it. Deleted users hold nothing (the snapshot wrote
+        // nothing for them, or their deletion came after and masks what it
+        // wrote). Device_ids and aliases of a live user are only appended
+        // (a merge appends to its target); an external_id may have been
+        // given (identify) or renamed since the freeze.
+        let moved = (new - old) as usize;
+        let touched: Vec<u32> = self
+            .extras
+            .keys()
+            .copied()
+            .chain(old..new)
+            .filter(|&u| !self.deleted.contains(u))
+            .collect();
+        let mut externals: HashMap<u32, (bool, Option<Box<str>>)> = HashMap::new();
+        for &u in &touched {
+            let (was, is) = (frozen.external_id(UserId(u)), self.external_id(UserId(u)));
+            if was != is {
+                externals.insert(u, (was.is_some(), is.map(Into::into)));
             }
         }
-        let moved = (new - old) as usize;
-        for (i, now) in self.users.drain(..moved).enumerate() {
-            let left = now.since(frozen.users.get(i));
+        let extras = std::mem::take(&mut self.extras);
+        let users: Vec<Idents> = self.users.drain(..moved).collect();
+        let befores = extras
+            .into_iter()
+            .map(|(u, now)| (u, now, frozen.extras.get(&u)))
+            .chain(
+                users
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, now)| (old + i as u32, now, frozen.users.get(i))),
+            );
+        for (u, now, before) in befores {
+            if self.deleted.contains(u) {
+                continue;
+            }
+            let mut left = now.since(before);
+            left.external_id = match externals.remove(&u) {
+                None => None,
+                Some((was, is)) => {
+                    if was {
+                        rest.renamed.insert(u);
+                    }
+                    is
+                }
+            };
             if !left.is_empty() {
-                rest.extras.insert(old + i as u32, left);
+                rest.extras.insert(u, left);
             }
         }
         self.buckets.drain(..moved);
         rest.users = std::mem::take(&mut self.users);
         rest.buckets = std::mem::take(&mut self.buckets);
+        rest.deleted = self.deleted.clone();
+        // An index entry the freeze held with the same holder is in the
+        // snapshot now; one given since, or to another holder since (an
+        // identifier freed and given again, or moved by a merge), stays.
         rest.by_external = std::mem::take(&mut self.by_external);
         rest.by_external
-            .retain(|k, _| !frozen.by_external.contains_key(k));
+            .retain(|k, v| frozen.by_external.get(k) != Some(v));
         rest.by_device = std::mem::take(&mut self.by_device);
         rest.by_device
-            .retain(|k, _| !frozen.by_device.contains_key(k));
+            .retain(|k, v| frozen.by_device.get(k) != Some(v));
         rest.by_alias = std::mem::take(&mut self.by_alias);
         rest.by_alias
-            .retain(|k, _| !frozen.by_alias.contains_key(k));
+            .retain(|k, v| frozen.by_alias.get(k) != Some(v));
         *self = rest;
         Ok(())
     }

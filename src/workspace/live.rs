@@ -52,6 +52,11 @@ pub struct Touched {
     segments: BTreeSet<String>,
     /// Per custom attribute, the users whose value changed.
     attributes: HashMap<String, RoaringBitmap>,
+    /// Users deleted: taken out of every segment.
+    deleted: RoaringBitmap,
+    /// Users whose memberships and values may have changed in any way (a
+    /// merge's target): checked against every segment.
+    changed: RoaringBitmap,
 }
 
 impl Touched {
@@ -79,6 +84,16 @@ impl Touched {
         }
     }
 
+    /// Notes a user deleted.
+    pub fn user_deleted(&mut self, user: UserId) {
+        self.deleted.insert(user.0);
+    }
+
+    /// Notes a user whose memberships and values may all have changed.
+    pub fn user_changed(&mut self, user: UserId) {
+        self.changed.insert(user.0);
+    }
+
     /// Notes a saved segment created, changed or deleted.
     pub fn segment(&mut self, id: &str) {
         self.segments.insert(id.to_string());
@@ -90,6 +105,8 @@ impl Touched {
             && self.users.is_empty()
             && self.segments.is_empty()
             && self.attributes.is_empty()
+            && self.deleted.is_empty()
+            && self.changed.is_empty()
     }
 }
 
@@ -201,6 +218,8 @@ impl LiveSegments {
             let attrs = !seg.attributes.is_empty()
                 && (seg.attributes.iter().any(|a| t.attributes.contains_key(a))
                     || !t.users.is_empty()
+                    || !t.changed.is_empty()
+                    || !t.deleted.is_empty()
                     || seg.cohorts.iter().any(|c| t.cohorts.contains_key(c)));
             if refers || attrs {
                 whole.insert(id.clone());
@@ -215,7 +234,11 @@ impl LiveSegments {
                 }
             }
         }
-        if !t.cohorts.is_empty() || !t.users.is_empty() {
+        if !t.cohorts.is_empty()
+            || !t.users.is_empty()
+            || !t.deleted.is_empty()
+            || !t.changed.is_empty()
+        {
             use rayon::prelude::*;
             // Segments in parallel (each one's users in order).
             let results: Vec<(String, Result<bool>)> = self
@@ -318,7 +341,18 @@ fn update(
     {
         *users.to_mut() |= &t.users;
     }
-    if !read && users.is_empty() {
+    if !t.changed.is_empty() {
+        *users.to_mut() |= &t.changed;
+    }
+    // Deleted users leave every segment; a segment reading the users
+    // themselves plans anew (its key names the deleted users).
+    let deleted = !t.deleted.is_empty();
+    if deleted {
+        seg.members -= &t.deleted;
+        seg.len = seg.members.len();
+        *users.to_mut() -= &t.deleted;
+    }
+    if !read && users.is_empty() && !deleted {
         return Ok(false);
     }
     let filter = match ws.segments.get(id) {
@@ -345,7 +379,7 @@ fn update(
             if u >> 16 != chunk {
                 break;
             }
-            if u < count {
+            if u < count && !ws.users.is_deleted(UserId(u)) {
                 sparse.push(u);
             } else {
                 seg.members.remove(u);

@@ -435,6 +435,9 @@ fn set_up(s: &Server) -> Setup {
     let (spare_dik_id, _) = s.create_key("acme", "amplitude");
     s.upsert_user("acme", &json!({"external_id": "u-secret-1"}));
     s.upsert_user("acme", &json!({"devices": ["d-anon-secret"]}));
+    for spare in ["u-spare-del", "u-merge-src", "u-merge-dst", "u-rename-old"] {
+        s.upsert_user("acme", &json!({"external_id": spare}));
+    }
     for cohort in ["c-secret", "c-spare"] {
         s.create_cohort("amplitude", &cohort_body(&dik, cohort, "Secret cohort"))
             .expect(201);
@@ -758,6 +761,29 @@ fn cases(st: &Setup) -> Vec<Case> {
             ATTRIBUTES,
             "/workspaces/acme/attributes",
             Body::None,
+            200,
+        ),
+        case(
+            "POST",
+            DELETE_USERS,
+            "/admin/workspaces/acme/users/delete",
+            j(json!({"users": [{"external_id": "u-spare-del"}]})),
+            200,
+        ),
+        case(
+            "POST",
+            MERGE_USERS,
+            "/admin/workspaces/acme/users/merge",
+            j(
+                json!({"source": {"external_id": "u-merge-src"}, "target": {"external_id": "u-merge-dst"}}),
+            ),
+            200,
+        ),
+        case(
+            "POST",
+            RENAME_USER,
+            "/admin/workspaces/acme/users/rename",
+            j(json!({"external_id": "u-rename-old", "new_external_id": "u-rename-new"})),
             200,
         ),
     ]

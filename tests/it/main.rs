@@ -38,6 +38,7 @@ mod snapshot;
 mod support;
 mod sync;
 mod users;
+mod users_lifecycle;
 mod wire_safety;
 mod workload;
 mod write_path;

@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::{TimeZone, Utc};
 use segq::engine::persist;
 use segq::segment::{chunk, plan, reference};
-use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, VERSION};
+use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, WRITTEN_SINCE};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
 use segq::workspace::{KeyRecord, SavedSegment};
@@ -162,12 +162,12 @@ fn the_documented_byte_layout_is_what_is_written() {
     let b = persist::write_snapshot(&ws, 9).unwrap();
     // Header: magic, version, zero flags, zero to byte 64.
     assert_eq!(&b[..8], &MAGIC);
-    assert_eq!(u32_at(&b, 8), VERSION);
+    assert_eq!(u32_at(&b, 8), WRITTEN_SINCE);
     assert!(b[12..HEADER_LEN].iter().all(|&x| x == 0));
     // Tail: table offset, count, table crc, version, tail crc, magic.
     let t = b.len() - TAIL_LEN;
     assert_eq!(&b[t + 24..], &MAGIC);
-    assert_eq!(u32_at(&b, t + 16), VERSION);
+    assert_eq!(u32_at(&b, t + 16), WRITTEN_SINCE);
     assert_eq!(u32_at(&b, t + 20), crc32fast::hash(&b[t..t + 20]));
     let table = u64_at(&b, t) as usize;
     let count = u32_at(&b, t + 8) as usize;

@@ -208,7 +208,8 @@ impl<A: Algebra> PeerPlan<A> {
                 leaves.push(b);
                 Expr::Leaf(leaves.len() - 1)
             }
-            Plan::Leaf(Leaf::Attribute { members, .. }) => {
+            Plan::Leaf(Leaf::Attribute { members, .. })
+            | Plan::Leaf(Leaf::Deleted { members, .. }) => {
                 leaves.push(A::from_sorted(members.0.iter()));
                 Expr::Leaf(leaves.len() - 1)
             }

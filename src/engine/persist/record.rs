@@ -2,7 +2,8 @@
 //! [`Change`], as bincode 2 (standard configuration) written by hand with
 //! an explicit tag per kind (see `snapshot::codec`). The tags are
 //! append-only: a new kind of change takes the next unused tag (after
-//! [`Record::AUDITED`]), and no tag is ever reused or renumbered.
+//! [`Record::EXTERNAL_ID_RENAMED`]), and no tag is ever reused or
+//! renumbered.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -137,6 +138,21 @@ pub enum Record {
     },
     /// Its fields in declaration order.
     Audited(AuditEntry),
+    /// User ids in the order given.
+    UsersDeleted {
+        users: Vec<u32>,
+        at_ms: i64,
+    },
+    UserMerged {
+        source: u32,
+        target: u32,
+        at_ms: i64,
+    },
+    ExternalIdRenamed {
+        user: u32,
+        from: String,
+        to: String,
+    },
 }
 
 /// A custom attribute's value, as persisted: its type's tag
@@ -216,6 +232,12 @@ impl Record {
     pub const API_KEY_REVOKED: u32 = 19;
     /// The tag of [`Record::Audited`].
     pub const AUDITED: u32 = 20;
+    /// The tag of [`Record::UsersDeleted`].
+    pub const USERS_DELETED: u32 = 21;
+    /// The tag of [`Record::UserMerged`].
+    pub const USER_MERGED: u32 = 22;
+    /// The tag of [`Record::ExternalIdRenamed`].
+    pub const EXTERNAL_ID_RENAMED: u32 = 23;
 
     /// How deeply batches may nest (a record of its own is level 1). segq
     /// writes at most two levels (a batch of upserts, some of them a batch
@@ -358,6 +380,15 @@ impl Encode for Record {
                 (Self::AUDITED, a.seq, a.at_ms, &a.actor, &a.action).encode(e)?;
                 (&a.target, &a.detail, &a.address, &a.request_id).encode(e)
             }
+            Record::UsersDeleted { users, at_ms } => (Self::USERS_DELETED, users, at_ms).encode(e),
+            Record::UserMerged {
+                source,
+                target,
+                at_ms,
+            } => (Self::USER_MERGED, source, target, at_ms).encode(e),
+            Record::ExternalIdRenamed { user, from, to } => {
+                (Self::EXTERNAL_ID_RENAMED, user, from, to).encode(e)
+            }
         }
     }
 }
@@ -493,6 +524,20 @@ fn decode_record<C, D: Decoder<Context = C>>(
             address: Decode::decode(d)?,
             request_id: Decode::decode(d)?,
         }),
+        Record::USERS_DELETED => Record::UsersDeleted {
+            users: decode_seq(d, |d| u32::decode(d))?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::USER_MERGED => Record::UserMerged {
+            source: Decode::decode(d)?,
+            target: Decode::decode(d)?,
+            at_ms: Decode::decode(d)?,
+        },
+        Record::EXTERNAL_ID_RENAMED => Record::ExternalIdRenamed {
+            user: Decode::decode(d)?,
+            from: Decode::decode(d)?,
+            to: Decode::decode(d)?,
+        },
         tag => return Err(unknown_tag("log record", tag)),
     })
 }
@@ -635,6 +680,24 @@ pub(crate) fn to_record(c: &Change) -> Record {
             at_ms: *at_ms,
         },
         Change::Audited(entry) => Record::Audited(entry.clone()),
+        Change::UsersDeleted { users, at_ms } => Record::UsersDeleted {
+            users: users.iter().map(|u| u.0).collect(),
+            at_ms: *at_ms,
+        },
+        Change::UserMerged {
+            source,
+            target,
+            at_ms,
+        } => Record::UserMerged {
+            source: source.0,
+            target: target.0,
+            at_ms: *at_ms,
+        },
+        Change::ExternalIdRenamed { user, from, to } => Record::ExternalIdRenamed {
+            user: user.0,
+            from: from.clone(),
+            to: to.clone(),
+        },
     }
 }
 
@@ -765,6 +828,24 @@ pub(crate) fn from_record(r: Record) -> Change {
         },
         Record::ApiKeyRevoked { id, at_ms } => Change::ApiKeyRevoked { id, at_ms },
         Record::Audited(entry) => Change::Audited(entry),
+        Record::UsersDeleted { users, at_ms } => Change::UsersDeleted {
+            users: users.into_iter().map(UserId).collect(),
+            at_ms,
+        },
+        Record::UserMerged {
+            source,
+            target,
+            at_ms,
+        } => Change::UserMerged {
+            source: UserId(source),
+            target: UserId(target),
+            at_ms,
+        },
+        Record::ExternalIdRenamed { user, from, to } => Change::ExternalIdRenamed {
+            user: UserId(user),
+            from,
+            to,
+        },
     }
 }
 

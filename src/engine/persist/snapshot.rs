@@ -102,6 +102,14 @@ pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
     for b in ws.users.buckets() {
         out.push_bucket(b);
     }
+    // Deleted users keep their ids (and a bucket no plan reads); the
+    // dictionaries below hold none of their identifiers.
+    let deleted = ws.users.deleted();
+    if !deleted.is_empty() {
+        deleted
+            .serialize_into(&mut out.deleted)
+            .map_err(|e| Error::Internal(format!("serializing the deleted users: {e}")))?;
+    }
     ws.users.for_each_identifier(|kind, id, key| match kind {
         0 => out.external_ids.push(id, key),
         1 => out.devices.push(id, key),

@@ -297,6 +297,9 @@ fn compile<'w>(ws: &'w Workspace, p: &Plan, found: &mut Vec<&'w Cohort>) -> Resu
             Node::Cohort(found.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
+        // The users of a batch are never deleted ones (`live::update`
+        // takes those out of the segment instead).
+        Plan::Leaf(Leaf::Deleted { .. }) => Node::Nothing,
         // A segment that tests attributes is evaluated whole (see `live`).
         Plan::Leaf(Leaf::Attribute { .. }) => {
             return Err(Error::Internal(
