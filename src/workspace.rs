@@ -191,15 +191,7 @@ impl Workspace {
         let cohorts = self.cohorts.iter_sorted();
         let found = cohorts
             .par_iter()
-            .map(|c| {
-                let mut hit = Vec::new();
-                for u in users {
-                    if c.members.contains(u)? {
-                        hit.push(u);
-                    }
-                }
-                Ok((c.key.clone(), hit))
-            })
+            .map(|c| Ok((c.key.clone(), c.members.among(users)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(found.into_iter().filter(|(_, h)| !h.is_empty()).collect())
     }

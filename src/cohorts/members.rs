@@ -147,6 +147,19 @@ impl Members {
             || (self.base()?.is_some_and(|b| b.contains(u)) && !self.removed.contains(u)))
     }
 
+    /// The members among `users`, ascending (the snapshot's bitmap parsed
+    /// once for all of them).
+    pub fn among(&self, users: &RoaringBitmap) -> Result<Vec<u32>> {
+        let view = self.base()?;
+        Ok(users
+            .iter()
+            .filter(|&u| {
+                self.added.contains(u)
+                    || (view.as_ref().is_some_and(|v| v.contains(u)) && !self.removed.contains(u))
+            })
+            .collect())
+    }
+
     /// A bound on the largest member: exact unless members were removed
     /// since the snapshot (removals only lower it). Decodes nothing.
     pub fn max_bound(&self) -> Option<u32> {

@@ -767,3 +767,78 @@ fn the_users_delete_merge_and_rename_routes_end_to_end() {
         .expect_json(200);
     assert_eq!(r["user_id"], 4);
 }
+
+// ----- the command line -----
+
+#[test]
+fn segq_users_delete_merge_and_rename_work_on_a_data_directory() {
+    use crate::support::server::segq;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let users = dir.path().join("users.jsonl");
+    let lines: String = (0..6)
+        .map(|i| format!("{{\"external_id\": \"u{i}\", \"devices\": [\"d{i}\"]}}\n"))
+        .collect();
+    std::fs::write(&users, lines).unwrap();
+    let ids = dir.path().join("delete.txt");
+    std::fs::write(&ids, "u0\n\ndevice_id:d1\nnobody\n").unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = segq(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, _, stderr) = run(&[
+        "users",
+        "import",
+        &p(&users),
+        "--data",
+        &p(&data),
+        "--workspace",
+        "acme",
+        "--create-workspace",
+    ]);
+    assert!(ok, "{stderr}");
+    let local = ["--data", &p(&data), "--workspace", "acme"];
+    let with = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&local);
+        run(&all)
+    };
+    let (ok, stdout, stderr) = with(&["users", "delete", "--file", &p(&ids), "alias:email:none"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("deleted 2, not found 2"), "{stdout}");
+    let (ok, stdout, stderr) = with(&["users", "merge", "u2", "device_id:d3"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("merged user 2 into 3"), "{stdout}");
+    let (ok, _, stderr) = with(&["users", "merge", "u2", "u3"]);
+    assert!(
+        !ok && stderr.contains("u2") && stderr.contains("source"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = with(&["users", "rename", "u3", "three"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("user 3: external id three"), "{stdout}");
+    let (ok, _, stderr) = with(&["users", "rename", "u4", "u5"]);
+    assert!(!ok && stderr.contains("u5"), "{stderr}");
+    let (ok, stdout, stderr) = with(&["count", "random_bucket >= 0"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"count\":3"), "{stdout}");
+    let (ok, stdout, _) = with(&["members", "random_bucket >= 0", "--format", "csv"]);
+    assert!(ok);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(listed, ["three", "u4", "u5"], "{stdout}");
+    let (ok, stdout, _) = with(&["check", "random_bucket >= 0", "device_id:d2"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("\"member\":true") && stdout.contains("\"user_id\":3"),
+        "{stdout}"
+    );
+}

@@ -1,4 +1,6 @@
-//! `segq users import`: bulk user loads into a data directory.
+//! `segq users import|delete|merge|rename`: bulk user loads and the user
+//! lifecycle on a data directory (the server must not be running on it;
+//! a running server takes the same requests on its admin API).
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -32,6 +34,52 @@ pub enum UsersCommand {
         #[arg(long)]
         create_workspace: bool,
     },
+    /// Delete users, durably: out of every cohort, attribute and saved
+    /// segment, their identifiers free for reuse. Prints how many were
+    /// deleted and not found, and the time taken.
+    Delete {
+        /// Users: external_id:ID, device_id:ID, alias:LABEL:NAME, or a
+        /// bare external id.
+        users: Vec<String>,
+        /// A file of users in the same form, one a line (empty lines
+        /// skipped).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The data directory.
+        #[arg(long, default_value = "./segq-data")]
+        data: PathBuf,
+        /// The workspace.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Merge a user into another (the platform's merge): the target
+    /// keeps its identifiers and gains the source's device ids, aliases,
+    /// cohorts and the attribute values it lacks; the source is deleted.
+    Merge {
+        /// The user merged away, in the form `delete` takes.
+        source: String,
+        /// The user that stays.
+        target: String,
+        /// The data directory.
+        #[arg(long, default_value = "./segq-data")]
+        data: PathBuf,
+        /// The workspace.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Rename a user's external id; the old one is free from then on.
+    Rename {
+        /// The external id now.
+        external_id: String,
+        /// The external id from now on.
+        new_external_id: String,
+        /// The data directory.
+        #[arg(long, default_value = "./segq-data")]
+        data: PathBuf,
+        /// The workspace.
+        #[arg(long)]
+        workspace: String,
+    },
 }
 
 /// Runs a `segq users` command.
@@ -51,7 +99,108 @@ pub fn run(cmd: UsersCommand, out: &mut dyn Write) -> Result<(), Failure> {
             format.as_deref(),
             create_workspace,
         ),
+        UsersCommand::Delete {
+            users,
+            file,
+            data,
+            workspace,
+        } => delete(out, users, file.as_deref(), &data, &workspace),
+        UsersCommand::Merge {
+            source,
+            target,
+            data,
+            workspace,
+        } => {
+            let (source, target) = (parse_ref(&source)?, parse_ref(&target)?);
+            lifecycle(&data, &workspace, |h| {
+                let m = h.merge_users(&source, &target)?;
+                Ok(format!(
+                    "merged user {} into {}: cohorts joined {}, attribute values taken {}, device ids moved {}, aliases moved {}",
+                    m.source_user_id,
+                    m.target_user_id,
+                    m.cohorts_joined,
+                    m.attributes_taken,
+                    m.devices_moved,
+                    m.aliases_moved
+                ))
+            })
+            .and_then(|line| Ok(writeln!(out, "{line}").map_err(io_err)?))
+        }
+        UsersCommand::Rename {
+            external_id,
+            new_external_id,
+            data,
+            workspace,
+        } => lifecycle(&data, &workspace, |h| {
+            let id = h.rename_external_id(&external_id, &new_external_id)?;
+            Ok(format!("user {id}: external id {new_external_id}"))
+        })
+        .and_then(|line| Ok(writeln!(out, "{line}").map_err(io_err)?)),
     }
+}
+
+fn parse_ref(s: &str) -> Result<segq::UserRef, Failure> {
+    Ok(segq::UserRef::parse_cli(s).map_err(Error::from)?)
+}
+
+/// Opens the workspace of an existing data directory, runs `f` on it and
+/// syncs; returns what `f` says.
+fn lifecycle(
+    data: &std::path::Path,
+    workspace: &str,
+    f: impl FnOnce(&segq::engine::WorkspaceHandle) -> segq::Result<String>,
+) -> Result<String, Failure> {
+    let engine = data::open(data, Access::WriteExisting { hint: "" })?;
+    let handle = engine
+        .workspace(workspace)
+        .ok_or_else(|| Error::UnknownWorkspace {
+            name: workspace.to_string(),
+        })?;
+    let said = f(&handle)?;
+    if let Err(failed) = engine.sync_all() {
+        eprintln!("segq: {failed}");
+        return Err(failed.into_first().into());
+    }
+    // Synced: exit without freeing the in-memory state (see `serve`).
+    std::mem::forget(engine);
+    Ok(said)
+}
+
+/// `segq users delete`: one request of every user named, timed.
+fn delete(
+    out: &mut dyn Write,
+    users: Vec<String>,
+    file: Option<&std::path::Path>,
+    data: &std::path::Path,
+    workspace: &str,
+) -> Result<(), Failure> {
+    let mut refs = users
+        .iter()
+        .map(|u| parse_ref(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = file {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|e| Error::io(&name, e))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            refs.push(parse_ref(line)?);
+        }
+    }
+    if refs.is_empty() {
+        return Err(Error::InvalidArgument("name at least one user, or --file".into()).into());
+    }
+    lifecycle(data, workspace, |h| {
+        let t = Instant::now();
+        let d = h.delete_users(&refs)?;
+        Ok(format!(
+            "deleted {}, not found {}, memberships removed {}, attribute values removed {} in {:.2?}",
+            d.deleted,
+            d.not_found.len(),
+            d.memberships_removed,
+            d.values_removed,
+            t.elapsed()
+        ))
+    })
+    .and_then(|line| Ok(writeln!(out, "{line}").map_err(io_err)?))
 }
 
 /// `segq users import`: streams a file into a workspace in batches, with a
