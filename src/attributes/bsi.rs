@@ -51,6 +51,16 @@ impl Bsi {
         Some((i128::from(self.base) + i128::from(off)) as i64)
     }
 
+    /// Takes the values of `users` out.
+    pub fn remove_many(&mut self, users: &RoaringBitmap) {
+        self.has -= users;
+        for s in &mut self.slices {
+            if !s.is_disjoint(users) {
+                *s -= users;
+            }
+        }
+    }
+
     /// Removes a user's value; whether it had one.
     pub fn remove(&mut self, user: u32) -> bool {
         if !self.has.remove(user) {

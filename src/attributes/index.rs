@@ -91,6 +91,26 @@ impl Strings {
             .map(|i| i as u32)
     }
 
+    /// Takes the values of `users` out (deleted users): a difference per
+    /// value bitmap that holds one of them, no per-user column needed.
+    fn remove_many(&mut self, users: &RoaringBitmap) {
+        use rayon::prelude::*;
+        // In parallel: an attribute may have 100,000 values.
+        self.members.par_iter_mut().for_each(|m| {
+            if !m.is_disjoint(users) {
+                *m -= users;
+            }
+        });
+        if let Some(c) = &mut self.column {
+            for u in users {
+                if let Some(x) = c.get_mut(u as usize) {
+                    *x = NONE;
+                }
+            }
+        }
+        self.has -= users;
+    }
+
     fn remove(&mut self, user: u32) {
         if !self.has.contains(user) {
             return;
@@ -311,6 +331,19 @@ impl Attribute {
                 })
             }
         })
+    }
+
+    /// Unsets the values of `users` (each of which has one).
+    fn remove_many(&mut self, users: &RoaringBitmap) {
+        self.version += 1;
+        match &mut self.index {
+            Index::Strings(s) => s.remove_many(users),
+            Index::Booleans { has, truth } => {
+                *has -= users;
+                *truth -= users;
+            }
+            Index::Numbers(b) => b.remove_many(users),
+        }
     }
 
     fn set(&mut self, user: u32, v: Option<&AttrValue>) {
@@ -666,10 +699,7 @@ impl Attributes {
             if hit.is_empty() {
                 continue;
             }
-            let a = Arc::make_mut(a);
-            for u in &hit {
-                a.set(u, None);
-            }
+            Arc::make_mut(a).remove_many(&hit);
             removed += hit.len();
             changed.push((name.clone(), hit));
         }

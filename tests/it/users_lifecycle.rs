@@ -17,7 +17,7 @@ use roaring::RoaringBitmap;
 use segq::engine::{Engine, WorkspaceHandle};
 use segq::import::parse_users_request;
 use segq::query::service::{self, CountMode, Target};
-use segq::segment::{reference, BucketCmp, Filter};
+use segq::segment::{reference, AttrCmp, BucketCmp, Filter};
 use segq::users::NewUser;
 use segq::{Partner, UserId, UserRef};
 use serde_json::{json, Value};
@@ -90,7 +90,20 @@ fn filters() -> Vec<Filter> {
             Filter::includes(P, "c2"),
             Filter::Bucket(BucketCmp::Ge(9_000)),
         ]),
+        attr("plan", AttrCmp::Equals("pro".into())),
+        attr("plan", AttrCmp::DoesNotExist),
+        attr("visits", AttrCmp::Ge("100".parse().unwrap())),
+        attr("visits", AttrCmp::Lt("-5".parse().unwrap())),
+        attr("subscribed", AttrCmp::IsTrue),
+        attr("subscribed", AttrCmp::IsFalse),
     ]
+}
+
+fn attr(name: &str, cmp: AttrCmp) -> Filter {
+    Filter::Attribute {
+        attribute: name.into(),
+        cmp,
+    }
 }
 
 /// Checks every way of reading a segment against the reference evaluator
@@ -150,6 +163,23 @@ fn set_up(dir: &Path) -> Arc<Engine> {
                 "plan".into(),
                 segq::attributes::AttrInput::Json(json!(if u % 2 == 0 { "pro" } else { "free" })),
             )],
+        )
+        .unwrap();
+    }
+    for u in (0..300).step_by(3) {
+        let visits = (i64::from(u) * 7919) % 1000 - 10;
+        h.set_attributes(
+            &ext(u),
+            &[
+                (
+                    "visits".into(),
+                    segq::attributes::AttrInput::Json(json!(visits)),
+                ),
+                (
+                    "subscribed".into(),
+                    segq::attributes::AttrInput::Json(json!(u % 2 == 0)),
+                ),
+            ],
         )
         .unwrap();
     }
