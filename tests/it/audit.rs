@@ -306,6 +306,36 @@ fn make_every_change(c: &Conn, admin: &str, seen: &mut Seen) -> Made {
         (import["created"].clone(), import["failed"].clone()),
         (json!(2), json!(1))
     );
+    keep(
+        call(
+            c,
+            "POST",
+            &format!("{ws}/users/rename"),
+            Body::Json(json!({"external_id": "u3", "new_external_id": "u3b"})),
+            &ops,
+        ),
+        200,
+    );
+    keep(
+        call(
+            c,
+            "POST",
+            &format!("{ws}/users/merge"),
+            Body::Json(json!({"source": {"external_id": "u4"}, "target": {"external_id": "u1"}})),
+            &ops,
+        ),
+        200,
+    );
+    keep(
+        call(
+            c,
+            "POST",
+            &format!("{ws}/users/delete"),
+            Body::Json(json!({"users": [{"external_id": "u3b"}, {"external_id": "nobody"}]})),
+            &ops,
+        ),
+        200,
+    );
     // Partner requests: not admin changes, not audited.
     for cohort in ["c1", "c2"] {
         let r = c.create_cohort("amplitude", &cohort_body(&dik_secret, cohort, "Cohort"));
@@ -396,6 +426,9 @@ fn make_every_change(c: &Conn, admin: &str, seen: &mut Seen) -> Made {
             "user.identified",
             "user.attributes_set",
             "users.imported",
+            "user.renamed",
+            "user.merged",
+            "users.deleted",
             "segment.created",
             "segment.updated",
             "cohort.deleted",
@@ -440,6 +473,26 @@ fn every_admin_change_is_recorded_with_its_caller_address_and_request_id() {
     let by = |action: &str| -> Vec<&Value> {
         entries.iter().filter(|e| e["action"] == action).collect()
     };
+    // Users by their internal ids, never by an identifier.
+    let user_of = |action: &str| by(action)[0]["target"].as_str().unwrap().to_string();
+    assert_eq!(user_of("user.renamed"), user_of("users.deleted"));
+    assert_eq!(user_of("user.merged"), user_of("user.alias_added"));
+    assert_eq!(
+        by("users.deleted")[0]["detail"],
+        json!({"users_deleted": 1})
+    );
+    assert_eq!(
+        by("user.renamed")[0]["detail"],
+        json!({"external_ids_renamed": 1})
+    );
+    let merged = &by("user.merged")[0]["detail"];
+    assert_eq!(merged["users_merged"], 1);
+    assert!(merged["merged_from"].as_str().unwrap().starts_with("user:"));
+    for e in &entries {
+        for id in ["u3b", "nobody"] {
+            assert!(!e.to_string().contains(id), "{e}");
+        }
+    }
     let created = by("api_key.created");
     assert_eq!(created[0]["target"], made.ops_id.as_str());
     assert_eq!(
