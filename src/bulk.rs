@@ -105,7 +105,7 @@ impl Format {
 }
 
 /// An alias as the admin API and JSON Lines spell it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasJson {
     /// The alias label.
@@ -116,8 +116,11 @@ pub struct AliasJson {
 
 /// One user as the admin API (`POST /admin/workspaces/{ws}/users`) and
 /// JSON Lines take it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"external_id": "u-1", "devices": ["ios-1"],
+    "aliases": [{"alias_label": "email", "alias_name": "ann@example.com"}],
+    "attributes": {"country": "BR", "lifetime_spend": 120.5}}))]
 pub struct UserJson {
     /// The user's external_id, if any.
     #[serde(default)]
@@ -130,6 +133,7 @@ pub struct UserJson {
     pub aliases: Option<Vec<AliasJson>>,
     /// Custom attributes to set (a `null` value unsets one).
     #[serde(default)]
+    #[schema(value_type = Option<crate::server::openapi::AttributeValues>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

@@ -170,7 +170,7 @@ pub struct Attribute {
 }
 
 /// A string value and how many users have it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CommonValue {
     /// The value.
     pub value: String,
@@ -179,12 +179,15 @@ pub struct CommonValue {
 }
 
 /// What the attribute list shows of an attribute.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "country", "type": "string", "users": 1200,
+    "distinct_values": 14, "common_values": [{"value": "BR", "users": 700}]}))]
 pub struct AttributeSummary {
     /// Its name.
     pub name: String,
-    /// Its type.
+    /// Its type: `string`, `integer`, `decimal`, `boolean` or `time`.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub ty: AttrType,
     /// How many users have a value.
     pub users: u64,

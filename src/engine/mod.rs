@@ -112,7 +112,9 @@ impl SyncFailed {
 pub const LOG_FILE: &str = "changes.segqlog";
 
 /// A data import key as generated: the only time the key itself is seen.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "key_5f2c9e0b7a1d4c3e", "key": "dik_9b1f…", "prefix": "dik_9b1f",
+    "partner": "amplitude", "created_at": "2026-11-01T10:00:00Z"}))]
 pub struct NewKey {
     /// The key's id.
     pub id: String,
@@ -121,17 +123,19 @@ pub struct NewKey {
     /// Its first characters, kept to recognise it by.
     pub prefix: String,
     /// The partner it is for.
+    #[schema(value_type = String, example = "amplitude")]
     pub partner: Partner,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// A data import key as listed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// The key's id.
     pub id: String,
     /// The partner it is for.
+    #[schema(value_type = String, example = "amplitude")]
     pub partner: Partner,
     /// Its first characters, to recognise it by.
     pub prefix: String,
@@ -215,7 +219,9 @@ pub enum Caller {
 }
 
 /// A workspace API key as created: the only time the key itself is seen.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "ak_5f2c9e0b7a1d4c3e", "key": "sqk_…", "name": "ops",
+    "scopes": ["segments:read"], "created_at": "2026-11-01T10:00:00Z"}))]
 pub struct NewApiKey {
     /// The key's id.
     pub id: String,
@@ -224,19 +230,21 @@ pub struct NewApiKey {
     /// Its name.
     pub name: String,
     /// Its scopes' names.
+    #[schema(value_type = Vec<String>)]
     pub scopes: Vec<&'static str>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// A workspace API key as listed (never the key or its digest).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     /// The key's id.
     pub id: String,
     /// Its name.
     pub name: String,
     /// Its scopes' names.
+    #[schema(value_type = Vec<String>)]
     pub scopes: Vec<&'static str>,
     /// When it was created.
     pub created_at: DateTime<Utc>,

@@ -42,6 +42,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::access::{check_name, parse_scopes};
 use crate::attributes::{AttrInput, AttrType};
@@ -50,7 +51,150 @@ use crate::ids::{Partner, UserId, UserRef};
 
 use super::error::{json_response, query_rejection, ApiError};
 use super::extract::{parse_user_ref, run_blocking, workspace, Auditor, JsonBody, PathParams};
+use super::openapi::{AttributeValues, ErrorBody, UserRef as UserRefSchema};
 use super::AppState;
+use crate::engine::{ApiKeyInfo, KeyInfo, NewApiKey, NewKey};
+
+// ----- the answers' schemas (the handlers build them with `json!`) -----
+
+/// A workspace as listed.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct WorkspaceSummary {
+    /// Its name.
+    name: String,
+    /// Its users.
+    users: u64,
+    /// Its cohorts.
+    cohorts: u64,
+}
+
+/// A workspace created or found.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct WorkspaceCreated {
+    /// Its name.
+    name: String,
+    /// Whether this request created it.
+    created: bool,
+}
+
+/// A key revoked or invalidated, or a saved segment deleted.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct Removed {
+    /// What was done.
+    message: String,
+    /// The id of what it was done to.
+    id: String,
+}
+
+/// A partner enabled.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct PartnerEnabled {
+    /// `partner enabled`.
+    message: String,
+    /// The partner.
+    partner: String,
+}
+
+/// A user created or updated.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct UserUpserted {
+    /// The user's id in the workspace.
+    user_id: u64,
+    /// Whether this request created the user.
+    created: bool,
+}
+
+/// The user a change applied to.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct UserIdAnswer {
+    /// The user's id in the workspace.
+    user_id: u64,
+}
+
+/// A user's custom attributes after a change.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct UserAttributes {
+    /// The user's id in the workspace.
+    user_id: u64,
+    /// All the user's values now.
+    #[schema(value_type = AttributeValues)]
+    attributes: Value,
+}
+
+/// An attribute's declared type.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct AttributeDeclared {
+    /// The attribute.
+    name: String,
+    /// Its type.
+    #[schema(rename = "type")]
+    ty: String,
+}
+
+/// A cohort's size and sync statistics.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct CohortStats {
+    /// The partner.
+    partner: String,
+    /// The partner's id of the cohort.
+    cohort_id: String,
+    /// Its name.
+    name: String,
+    /// Its members.
+    size: u64,
+    /// When the partner created it (its `created_at`), if it said.
+    #[schema(format = DateTime)]
+    created_at: Option<String>,
+    /// The last users request.
+    #[schema(format = DateTime)]
+    last_sync: Option<String>,
+    /// Members added by the last users request.
+    last_added: u64,
+    /// Members removed by the last users request.
+    last_removed: u64,
+    /// Identifiers matched, all requests together.
+    matched_total: u64,
+    /// Identifiers that matched nobody, all requests together.
+    unmatched_total: u64,
+    /// Device ids refused (their user is identified), all requests together.
+    refused_total: u64,
+    /// The last unmatched identifiers (at most 100, 4 KiB of text).
+    recent_unmatched: Vec<String>,
+}
+
+/// A cohort deleted.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct CohortDeleted {
+    /// `cohort deleted`.
+    message: String,
+    /// The partner.
+    partner: String,
+    /// The cohort's id.
+    cohort_id: String,
+}
+
+/// Billable data points of a partner on a UTC day.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct DataPoints {
+    /// The partner.
+    partner: String,
+    /// The UTC day.
+    #[schema(format = Date)]
+    day: String,
+    /// Matched identifiers that day.
+    data_points: u64,
+}
 
 fn partner(name: &str) -> Result<Partner, ApiError> {
     name.parse::<Partner>()
@@ -68,13 +212,32 @@ fn user_id_response(id: UserId) -> Response {
 // ----- workspaces -----
 
 /// The body of `POST /admin/workspaces`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceBody {
+    /// 1 to 64 ASCII letters, digits, `_` or `-`; not a device name
+    /// Windows reserves, not another workspace's name in another case.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
 }
 
 /// `POST /admin/workspaces`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces",
+    operation_id = "create_workspace",
+    tag = "workspaces",
+    summary = "Create (or find) a workspace",
+    request_body(content = WorkspaceBody, example = json!({"name": "acme"})),
+    responses(
+        (status = 201, description = "Created.", body = WorkspaceCreated,
+         example = json!({"name": "acme", "created": true})),
+        (status = 200, description = "It existed.", body = WorkspaceCreated,
+         example = json!({"name": "acme", "created": false})),
+        (status = 409, description = "The name differs only in case from another \
+            workspace's.", body = ErrorBody),
+    )
+)]
 pub async fn create_workspace(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -98,6 +261,17 @@ pub async fn create_workspace(
 }
 
 /// `GET /admin/workspaces`.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces",
+    operation_id = "list_workspaces",
+    tag = "workspaces",
+    summary = "List the workspaces",
+    responses(
+        (status = 200, description = "Every workspace.", body = Vec<WorkspaceSummary>,
+         example = json!([{"name": "acme", "users": 100000, "cohorts": 50}])),
+    )
+)]
 pub async fn list_workspaces(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     run_blocking(move || {
         let list: Vec<Value> = state
@@ -118,15 +292,51 @@ pub async fn list_workspaces(State(state): State<Arc<AppState>>) -> Result<Respo
 // ----- workspace API keys -----
 
 /// The body of `POST /admin/workspaces/{ws}/api_keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyBody {
+    /// 1 to 100 characters, no control characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// `workspace:admin`, `segments:read`, `users:write` (duplicates are
+    /// folded; an unknown one is a 400 naming it).
+    #[schema(inline, value_type = Vec<ScopeName>)]
     scopes: Vec<String>,
+}
+
+/// A scope of a workspace API key.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub enum ScopeName {
+    /// The workspace's keys, data import keys, partners, cohorts and
+    /// saved segments.
+    #[schema(rename = "workspace:admin")]
+    WorkspaceAdmin,
+    /// Counts, members, checks and the saved segments' reads.
+    #[schema(rename = "segments:read")]
+    SegmentsRead,
+    /// Users and their identifiers and attributes.
+    #[schema(rename = "users:write")]
+    UsersWrite,
 }
 
 /// `POST /admin/workspaces/{ws}/api_keys`: 201 with
 /// `{"id","key","name","scopes","created_at"}`, the key shown this once.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/api_keys",
+    operation_id = "create_api_key",
+    tag = "workspaces",
+    summary = "Create a workspace API key",
+    description = "The key (`sqk_…`) is in this answer only; segq keeps its SHA-256 digest.",
+    request_body(content = ApiKeyBody,
+        example = json!({"name": "ops", "scopes": ["workspace:admin", "segments:read", "users:write"]})),
+    responses(
+        (status = 201, description = "Created; the key is shown this once.", body = NewApiKey),
+        (status = 400, description = "A bad name or an unknown scope.", body = ErrorBody,
+         example = json!({"message": "unknown scope \"segments:write\"; expected workspace:admin, segments:read or users:write"})),
+    )
+)]
 pub async fn create_api_key(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -148,6 +358,19 @@ pub async fn create_api_key(
 }
 
 /// `GET /admin/workspaces/{ws}/api_keys`.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces/{ws}/api_keys",
+    operation_id = "list_api_keys",
+    tag = "workspaces",
+    summary = "List a workspace's API keys",
+    description = "Never the key nor its digest.",
+    responses(
+        (status = 200, description = "The keys, revoked ones included.", body = Vec<ApiKeyInfo>,
+         example = json!([{"id": "ak_5f2c9e0b7a1d4c3e", "name": "ops", "scopes": ["segments:read"],
+                           "created_at": "2026-11-01T10:00:00Z", "revoked_at": null}])),
+    )
+)]
 pub async fn list_api_keys(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -161,6 +384,20 @@ pub async fn list_api_keys(
 }
 
 /// `DELETE /admin/workspaces/{ws}/api_keys/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/admin/workspaces/{ws}/api_keys/{id}",
+    operation_id = "revoke_api_key",
+    tag = "workspaces",
+    summary = "Revoke a workspace API key",
+    description = "The key is refused from the next request on.",
+    responses(
+        (status = 200, description = "Revoked.", body = Removed,
+         example = json!({"message": "API key revoked", "id": "ak_5f2c9e0b7a1d4c3e"})),
+        (status = 404, description = "No such key (or no such workspace).", body = ErrorBody,
+         example = json!({"message": "no API key \"ak_x\" in this workspace"})),
+    )
+)]
 pub async fn revoke_api_key(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -277,6 +514,18 @@ pub fn audit_entry_json(e: &crate::access::AuditEntry) -> Value {
 // ----- data import keys -----
 
 /// `POST /admin/workspaces/{ws}/partners/{partner}/keys`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/partners/{partner}/keys",
+    operation_id = "create_data_import_key",
+    tag = "data import keys",
+    summary = "Generate a data import key",
+    description = "The partner's `client_secret` for this workspace; the first one enables the \
+        partner. Generating another while the first stays valid is a rotation. No body.",
+    responses(
+        (status = 201, description = "Created; the key is shown this once.", body = NewKey),
+    )
+)]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -292,12 +541,30 @@ pub async fn create_key(
 }
 
 /// The query of `GET /admin/workspaces/{ws}/keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeysQuery {
+    /// Only this partner's keys.
+    #[param(example = "amplitude")]
     partner: Option<String>,
 }
 
 /// `GET /admin/workspaces/{ws}/keys[?partner=P]`.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces/{ws}/keys",
+    operation_id = "list_data_import_keys",
+    tag = "data import keys",
+    summary = "List the data import keys",
+    description = "Never the key itself: its id, prefix, partner, creation, last use (exact \
+        while segq runs, kept to the minute) and invalidation.",
+    params(KeysQuery),
+    responses(
+        (status = 200, description = "The keys.", body = Vec<KeyInfo>,
+         example = json!([{"id": "key_5f2c9e0b7a1d4c3e", "partner": "amplitude", "prefix": "dik_9b1f",
+                           "created_at": "2026-11-01T10:00:00Z", "last_used": null, "invalidated_at": null}])),
+    )
+)]
 pub async fn list_keys(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -320,6 +587,19 @@ pub async fn list_keys(
 }
 
 /// `DELETE /admin/workspaces/{ws}/keys/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/admin/workspaces/{ws}/keys/{id}",
+    operation_id = "invalidate_data_import_key",
+    tag = "data import keys",
+    summary = "Invalidate a data import key",
+    responses(
+        (status = 200, description = "Invalidated.", body = Removed,
+         example = json!({"message": "key invalidated", "id": "key_5f2c9e0b7a1d4c3e"})),
+        (status = 404, description = "No such key (or no such workspace).", body = ErrorBody,
+         example = json!({"message": "no data import key \"key_x\" in this workspace"})),
+    )
+)]
 pub async fn invalidate_key(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -338,6 +618,18 @@ pub async fn invalidate_key(
 }
 
 /// `POST /admin/workspaces/{ws}/partners/{partner}/enable`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/partners/{partner}/enable",
+    operation_id = "enable_partner",
+    tag = "data import keys",
+    summary = "Enable a partner for a workspace",
+    description = "No body.",
+    responses(
+        (status = 200, description = "Enabled.", body = PartnerEnabled,
+         example = json!({"message": "partner enabled", "partner": "amplitude"})),
+    )
+)]
 pub async fn enable_partner(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -358,6 +650,25 @@ pub async fn enable_partner(
 
 /// `POST /admin/workspaces/{ws}/users`: creates a user, or adds devices and
 /// aliases to the user holding `external_id`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users",
+    operation_id = "upsert_user",
+    tag = "users",
+    summary = "Create or update a user",
+    description = "Creates a user, or adds device_ids, aliases and attribute values to the user \
+        holding `external_id`. A user needs at least one identifier.",
+    request_body(content = UserJson,
+        example = json!({"external_id": "u-1", "devices": ["ios-1"]})),
+    responses(
+        (status = 201, description = "Created.", body = UserUpserted,
+         example = json!({"user_id": 0, "created": true})),
+        (status = 200, description = "Updated.", body = UserUpserted,
+         example = json!({"user_id": 0, "created": false})),
+        (status = 409, description = "An identifier is held by another user.", body = ErrorBody,
+         example = json!({"message": "device_id \"ios-1\" is already held by user 3"})),
+    )
+)]
 pub async fn upsert_user(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -385,10 +696,14 @@ pub async fn upsert_user(
 }
 
 /// The body of `POST /admin/workspaces/{ws}/users/attributes`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttributesBody {
+    /// The user.
+    #[schema(value_type = UserRefSchema)]
     user: Value,
+    /// The values to set; `null` unsets one.
+    #[schema(value_type = AttributeValues)]
     attributes: serde_json::Map<String, Value>,
 }
 
@@ -396,6 +711,24 @@ pub struct AttributesBody {
 /// unsets) an existing user's custom attributes; answers the user's id
 /// and all its values. A value that does not fit its attribute is a 400
 /// naming it, and nothing of the request is applied.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/attributes",
+    operation_id = "set_user_attributes",
+    tag = "users",
+    summary = "Set or unset a user's custom attributes",
+    description = "A value that does not fit its attribute is a 400 naming it, and nothing of \
+        the request is applied.",
+    request_body(content = AttributesBody,
+        example = json!({"user": {"external_id": "u-1"},
+                         "attributes": {"country": "BR", "lifetime_spend": 120.5, "plan": null}})),
+    responses(
+        (status = 200, description = "The user's id and all its values now.", body = UserAttributes,
+         example = json!({"user_id": 0, "attributes": {"country": "BR", "lifetime_spend": 120.5}})),
+        (status = 404, description = "No such user (or no such workspace).", body = ErrorBody,
+         example = json!({"message": "no user external_id:u-9"})),
+    )
+)]
 pub async fn set_attributes(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -424,16 +757,48 @@ pub async fn set_attributes(
 }
 
 /// The body of `PUT /admin/workspaces/{ws}/attributes/{name}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeclareBody {
+    /// The attribute's type.
     #[serde(rename = "type")]
+    #[schema(inline, value_type = AttrTypeName)]
     ty: String,
+}
+
+/// A custom attribute's type.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum AttrTypeName {
+    /// Text.
+    String,
+    /// A whole number.
+    Integer,
+    /// A decimal number.
+    Decimal,
+    /// `true` or `false`.
+    Boolean,
+    /// An RFC 3339 time.
+    Time,
 }
 
 /// `PUT /admin/workspaces/{ws}/attributes/{name}`: declares an attribute's
 /// type (`string`, `integer`, `decimal`, `boolean`, `time`) before any
 /// user has it, so that its first values are not left to inference.
+#[utoipa::path(
+    put,
+    path = "/admin/workspaces/{ws}/attributes/{name}",
+    operation_id = "declare_attribute",
+    tag = "users",
+    summary = "Declare a custom attribute's type",
+    description = "Before any user has it, so that its first values are not left to inference.",
+    request_body(content = DeclareBody, example = json!({"type": "decimal"})),
+    responses(
+        (status = 200, description = "Declared.", body = AttributeDeclared,
+         example = json!({"name": "lifetime_spend", "type": "decimal"})),
+    )
+)]
 pub async fn declare_attribute(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -458,15 +823,35 @@ pub async fn declare_attribute(
 }
 
 /// The body of `POST /admin/workspaces/{ws}/users/aliases`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasBody {
+    /// The user.
+    #[schema(value_type = UserRefSchema)]
     user: Value,
+    /// The alias's label.
+    #[schema(min_length = 1)]
     alias_label: String,
+    /// The alias's name.
+    #[schema(min_length = 1)]
     alias_name: String,
 }
 
 /// `POST /admin/workspaces/{ws}/users/aliases`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/aliases",
+    operation_id = "add_alias",
+    tag = "users",
+    summary = "Give a user an alias",
+    request_body(content = AliasBody,
+        example = json!({"user": {"external_id": "u-1"}, "alias_label": "email", "alias_name": "ann@example.com"})),
+    responses(
+        (status = 200, description = "Done.", body = UserIdAnswer, example = json!({"user_id": 0})),
+        (status = 404, description = "No such user (or no such workspace).", body = ErrorBody),
+        (status = 409, description = "Another user holds the alias.", body = ErrorBody),
+    )
+)]
 pub async fn add_alias(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -485,14 +870,32 @@ pub async fn add_alias(
 }
 
 /// The body of `POST /admin/workspaces/{ws}/users/devices`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceBody {
+    /// The user.
+    #[schema(value_type = UserRefSchema)]
     user: Value,
+    /// The device id to give it.
+    #[schema(min_length = 1)]
     device_id: String,
 }
 
 /// `POST /admin/workspaces/{ws}/users/devices`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/devices",
+    operation_id = "add_device",
+    tag = "users",
+    summary = "Give a user a device_id",
+    request_body(content = DeviceBody,
+        example = json!({"user": {"external_id": "u-1"}, "device_id": "android-2"})),
+    responses(
+        (status = 200, description = "Done.", body = UserIdAnswer, example = json!({"user_id": 0})),
+        (status = 404, description = "No such user (or no such workspace).", body = ErrorBody),
+        (status = 409, description = "Another user holds the device_id.", body = ErrorBody),
+    )
+)]
 pub async fn add_device(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -511,14 +914,34 @@ pub async fn add_device(
 }
 
 /// The body of `POST /admin/workspaces/{ws}/users/identify`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentifyBody {
+    /// The (anonymous) user.
+    #[schema(value_type = UserRefSchema)]
     user: Value,
+    /// The external_id to give it.
+    #[schema(min_length = 1)]
     external_id: String,
 }
 
 /// `POST /admin/workspaces/{ws}/users/identify`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/identify",
+    operation_id = "identify_user",
+    tag = "users",
+    summary = "Identify a user (give it an external_id)",
+    description = "From then on the partner endpoints no longer match the user by device_id.",
+    request_body(content = IdentifyBody,
+        example = json!({"user": {"device_id": "web-anon-42"}, "external_id": "u-42"})),
+    responses(
+        (status = 200, description = "Done.", body = UserIdAnswer, example = json!({"user_id": 41})),
+        (status = 404, description = "No such user (or no such workspace).", body = ErrorBody),
+        (status = 409, description = "The user is identified already, or another user holds \
+            the external_id.", body = ErrorBody),
+    )
+)]
 pub async fn identify(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -666,6 +1089,20 @@ pub async fn rename_user(
 
 /// `GET /admin/workspaces/{ws}/cohorts`: every cohort, by partner then
 /// cohort_id, with its size and sync statistics.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces/{ws}/cohorts",
+    operation_id = "cohort_stats",
+    tag = "cohorts",
+    summary = "Every cohort's size and sync statistics",
+    responses(
+        (status = 200, description = "By partner, then cohort_id.", body = Vec<CohortStats>,
+         example = json!([{"partner": "amplitude", "cohort_id": "c-9f1e", "name": "Power users (30d)",
+            "size": 3, "created_at": "2021-01-21T19:20:30+05:00", "last_sync": "2026-11-01T10:00:00+00:00",
+            "last_added": 3, "last_removed": 0, "matched_total": 3, "unmatched_total": 1,
+            "refused_total": 0, "recent_unmatched": ["nobody-1"]}])),
+    )
+)]
 pub async fn cohorts(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -701,6 +1138,20 @@ pub async fn cohorts(
 }
 
 /// `DELETE /admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}`.
+#[utoipa::path(
+    delete,
+    path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}",
+    operation_id = "delete_cohort",
+    tag = "cohorts",
+    summary = "Delete a cohort",
+    responses(
+        (status = 200, description = "Deleted, durably.", body = CohortDeleted,
+         example = json!({"message": "cohort deleted", "partner": "amplitude", "cohort_id": "c-9f1e"})),
+        (status = 404, description = "No such cohort (or no such workspace).", body = ErrorBody),
+        (status = 409, description = "Saved segments use it; the message names them.", body = ErrorBody,
+         example = json!({"message": "cohort amplitude/c-9f1e is used by saved segments \"seg_1\"; delete or change them first"})),
+    )
+)]
 pub async fn delete_cohort(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -720,6 +1171,18 @@ pub async fn delete_cohort(
 
 /// `GET /admin/workspaces/{ws}/data_points`: billable data points by
 /// partner and UTC day.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces/{ws}/data_points",
+    operation_id = "data_points",
+    tag = "cohorts",
+    summary = "Billable data points by partner and UTC day",
+    responses(
+        (status = 200, description = "Every matched identifier is one data point.",
+         body = Vec<DataPoints>,
+         example = json!([{"partner": "amplitude", "day": "2026-11-01", "data_points": 998}])),
+    )
+)]
 pub async fn data_points(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,

@@ -70,6 +70,8 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", HEALTHZ, Access::Public),
     ("GET", READYZ, Access::Public),
     ("GET", METRICS, Access::Public),
+    ("GET", OPENAPI, Access::Public),
+    ("GET", DOCS, Access::Public),
     ("POST", COHORTS, Access::Partner),
     ("POST", COHORT_USERS, Access::Partner),
     ("POST", COHORT_DELETE, Access::Partner),

@@ -128,7 +128,66 @@ where
     }
 }
 
+/// A bulk import's answer.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"created": 9998, "updated": 0, "failed": 2, "errors": [
+    {"line": 17, "message": "external_id: must be a non-empty string"},
+    {"line": 912, "message": "expected 3 fields, found 4"}]}))]
+pub struct ImportAnswer {
+    /// Users created.
+    created: u64,
+    /// Users updated.
+    updated: u64,
+    /// Lines skipped: malformed, or refused by the engine.
+    failed: u64,
+    /// The first 100 failed lines, by line.
+    errors: Vec<ImportLineError>,
+}
+
+/// A line an import skipped.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ImportLineError {
+    /// The line number (1-based; a CSV row that spans lines: the line it
+    /// starts on).
+    line: u64,
+    /// Why it was skipped.
+    message: String,
+}
+
 /// `POST /admin/workspaces/{ws}/users/import`.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/import",
+    operation_id = "import_users",
+    tag = "users",
+    summary = "Bulk-load users (JSON Lines or CSV, streamed)",
+    description = "The body is streamed, in batches applied while the next is read; the \
+        partner body limit does not apply, `max_import_bytes` does. A malformed line or a user \
+        the engine refuses is counted in `failed`, reported by line number and skipped. Not a \
+        transaction: batches applied before an error stay applied.",
+    request_body(
+        description = "JSON Lines: one user object (as `POST …/users` takes) a line. CSV: a \
+            header naming `external_id`, `devices`, `aliases` and `attr:NAME` columns.",
+        content(
+            (crate::server::openapi::ImportBody = "application/x-ndjson",
+             example = json!("{\"external_id\":\"u-1\",\"devices\":[\"ios-1\"]}\n{\"external_id\":\"u-2\"}\n")),
+            (crate::server::openapi::ImportBody = "text/csv",
+             example = json!("external_id,devices,attr:country\nu-1,ios-1,BR\nu-2,,PT\n")),
+        )
+    ),
+    responses(
+        (status = 200, description = "The totals, and the lines skipped.", body = ImportAnswer),
+        (status = 400, description = "An unusable input (a bad CSV header); batches before it \
+            stay applied.", body = crate::server::openapi::ErrorBody),
+        (status = 413, description = "Past `max_import_bytes`: the totals of what was applied \
+            until then, and `Connection: close`.", body = crate::server::openapi::ErrorBody),
+        (status = 415, description = "Neither `application/x-ndjson` nor `text/csv`.",
+         body = crate::server::openapi::ErrorBody,
+         example = json!({"message": "send the users as JSON Lines (Content-Type: application/x-ndjson) or CSV (Content-Type: text/csv)"})),
+    )
+)]
 pub async fn import(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,

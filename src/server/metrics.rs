@@ -434,6 +434,21 @@ pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Requests, statuses and latencies by route, identifiers applied, data points, \
+        connections and buffered bodies; per workspace the result and bucket mask caches and \
+        the live segments.",
+    responses(
+        (status = 200, description = "The Prometheus text format.",
+         content_type = "text/plain; version=0.0.4", body = String,
+         example = json!("# TYPE segq_http_requests_total counter\nsegq_http_requests_total{route=\"/healthz\",status=\"200\"} 1\n")),
+    )
+)]
 pub async fn handler(State(state): State<Arc<AppState>>) -> Response {
     let mut text = state.metrics.render();
     render_connections(&state.conns, &mut text);

@@ -10,6 +10,8 @@
 //! - [`ratelimit`]: the per-key token buckets;
 //! - [`ops`]: `GET /healthz`, `GET /readyz`, request ids and the request
 //!   log line;
+//! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) and the
+//!   reference page (`GET /docs`);
 //! - [`error`]: every failure as a JSON response.
 //!
 //! [`router_with`] builds the whole application for an [`Engine`] (tests drive
@@ -27,6 +29,7 @@ pub mod error;
 pub mod extract;
 pub mod import;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod partner;
 pub mod ratelimit;
@@ -121,6 +124,10 @@ pub mod routes {
     pub const HEALTHZ: &str = "/healthz";
     /// Readiness: 200, or 503 naming what is not ready.
     pub const READYZ: &str = "/readyz";
+    /// The OpenAPI 3.1 document.
+    pub const OPENAPI: &str = "/openapi.json";
+    /// The API reference page.
+    pub const DOCS: &str = "/docs";
     /// Workspaces: list and create.
     pub const WORKSPACES: &str = "/admin/workspaces";
     /// A workspace's API keys: list and create.
@@ -185,7 +192,7 @@ pub mod routes {
     pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 37] = [
+    pub const ALL: [&str; 39] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -223,6 +230,8 @@ pub mod routes {
         DELETE_USERS,
         MERGE_USERS,
         RENAME_USER,
+        OPENAPI,
+        DOCS,
     ];
 }
 
@@ -328,6 +337,8 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .route(METRICS, json_405(get(metrics::handler)))
         .route(HEALTHZ, json_405(get(ops::healthz)))
         .route(READYZ, json_405(get(ops::readyz)))
+        .route(OPENAPI, json_405(get(openapi::openapi_json)))
+        .route(DOCS, json_405(get(openapi::docs)))
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(axum::middleware::from_fn(ops::request_id))

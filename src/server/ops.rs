@@ -72,12 +72,61 @@ fn not_ready(engine: &Engine, ready: &Readiness) -> Vec<Value> {
     out
 }
 
+/// `GET /healthz`'s and `GET /readyz`'s answers.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (`/healthz`), `ready` or `not ready` (`/readyz`).
+    status: String,
+    /// `/readyz`: the workspaces served.
+    workspaces: Option<u64>,
+    /// `/readyz` when not ready: what is not.
+    not_ready: Option<Vec<NotReady>>,
+}
+
+/// What is not ready.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct NotReady {
+    /// `shutting_down` or `log_writable`.
+    check: String,
+    /// The workspace whose log does not take writes.
+    workspace: Option<String>,
+    /// Why.
+    message: String,
+}
+
 /// `GET /healthz`: the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness",
+    description = "200 while the process serves; reads no disk.",
+    responses((status = 200, description = "Alive.", body = Health, example = json!({"status": "ok"})))
+)]
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
 /// `GET /readyz`: 200 when ready, 503 naming what is not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "Readiness",
+    description = "Ready when every workspace is loaded, its log takes writes, and the server \
+        is not shutting down; reads only flags.",
+    responses(
+        (status = 200, description = "Ready.", body = Health,
+         example = json!({"status": "ready", "workspaces": 3})),
+        (status = 503, description = "Not ready, and why.", body = Health,
+         example = json!({"status": "not ready", "workspaces": 3, "not_ready": [
+            {"check": "shutting_down", "message": "the server is shutting down"}]})),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let problems = not_ready(&state.engine, &state.ready);
     let workspaces = state.engine.workspace_names().len();

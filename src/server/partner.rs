@@ -27,7 +27,9 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::cohorts::ChangeReport;
 use crate::engine::WorkspaceHandle;
@@ -41,9 +43,165 @@ use super::auth::require_json;
 use super::conn::BodyPermit;
 use super::error::{json_response, path_rejection, read_unauthenticated_body, ApiError};
 use super::extract::run_blocking;
+use super::openapi::ErrorBody;
+use super::openapi::Identifier;
 use super::AppState;
 
+// ----- the bodies' schemas -----
+//
+// The bodies are read field by field (`crate::import::parse_*`), so that
+// each problem gets the platform's own text; these types only describe
+// them for the OpenAPI document (`Deserialize` lets the serde attributes
+// shape the schemas). A top-level key the protocol does not name is
+// ignored; a `cohort_changes` object's unknown key is refused.
+
+/// The body of `POST /partners/{partner}/cohorts`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"partner_api_key": "123456-1234-1234-12345678",
+    "client_secret": "234567-2345-2345-23456789", "cohort_id": "c-9f1e",
+    "name": "Power users (30d)", "created_at": "2021-01-21T19:20:30+05:00"}))]
+pub struct CohortBody {
+    /// The partner's API key (`partner_api_key` of the server's
+    /// configuration).
+    #[schema(min_length = 1)]
+    partner_api_key: String,
+    /// A data import key of the workspace (it names the workspace).
+    #[schema(min_length = 1)]
+    client_secret: String,
+    /// The partner's id of the cohort: not only white space, at most 1,024
+    /// bytes.
+    #[schema(min_length = 1, pattern = r"\S")]
+    cohort_id: String,
+    /// The name the segment builder shows: not only white space, at most
+    /// 1,024 bytes.
+    #[schema(min_length = 1, pattern = r"\S")]
+    name: String,
+    /// When the partner created the cohort: ISO-8601 with an offset
+    /// (`Z`, fractional seconds, or no seconds accepted).
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+/// The body of `POST /partners/{partner}/cohorts/users`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"partner_api_key": "123456-1234-1234-12345678",
+    "client_secret": "234567-2345-2345-23456789", "cohort_id": "c-9f1e",
+    "cohort_changes": [
+        {"user_ids": ["u-1", "u-2"], "device_ids": [],
+         "aliases": [{"alias_name": "ann@example.com", "alias_label": "email"}]},
+        {"user_ids": ["u-3"], "should_remove": true}]}))]
+pub struct UsersBody {
+    /// The partner's API key.
+    #[schema(min_length = 1)]
+    partner_api_key: String,
+    /// A data import key of the workspace.
+    #[schema(min_length = 1)]
+    client_secret: String,
+    /// The partner's id of the cohort; a cohort_id never named by the
+    /// cohorts endpoint is created, named by its id.
+    #[schema(min_length = 1, pattern = r"\S")]
+    cohort_id: String,
+    /// The changes, applied in order. At most 1,000 identifiers in all
+    /// objects together; an empty array tests the credentials and changes
+    /// nothing.
+    cohort_changes: Vec<CohortChange>,
+}
+
+/// One object of `cohort_changes`: any of the identifier arrays (`null`
+/// or absent: none), added, or removed with `should_remove`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CohortChange {
+    /// External ids.
+    #[schema(value_type = Option<Vec<Identifier>>)]
+    user_ids: Option<Vec<String>>,
+    /// Device ids: they match anonymous users only (one of an identified
+    /// user is refused and counted in `refused_device_ids`).
+    #[schema(value_type = Option<Vec<Identifier>>)]
+    device_ids: Option<Vec<String>>,
+    /// Aliases.
+    aliases: Option<Vec<PartnerAlias>>,
+    /// Remove instead of add (`null` or absent: add).
+    should_remove: Option<bool>,
+}
+
+/// An alias in a partner request.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerAlias {
+    /// The alias's name (the value).
+    #[schema(min_length = 1)]
+    alias_name: String,
+    /// The alias's label (the namespace: `email`, `amplitude_id`, …).
+    #[schema(min_length = 1)]
+    alias_label: String,
+}
+
+/// The body of `POST /partners/{partner}/cohorts/delete`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"partner_api_key": "123456-1234-1234-12345678",
+    "client_secret": "234567-2345-2345-23456789", "cohort_id": "c-9f1e"}))]
+pub struct DeleteBody {
+    /// The partner's API key.
+    #[schema(min_length = 1)]
+    partner_api_key: String,
+    /// A data import key of the workspace.
+    #[schema(min_length = 1)]
+    client_secret: String,
+    /// The cohort to delete.
+    #[schema(min_length = 1, pattern = r"\S")]
+    cohort_id: String,
+}
+
+/// The platform's success answer.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"message": "success"}))]
+pub struct Success {
+    /// Always `success`.
+    #[schema(pattern = "^success$")]
+    message: String,
+}
+
+/// The users endpoint's success answer, with what segq adds.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"message": "success", "matched": 998, "unmatched": 2, "refused_device_ids": 0}))]
+pub struct UsersSuccess {
+    /// Always `success`.
+    #[schema(pattern = "^success$")]
+    message: String,
+    /// Identifiers that matched a user (each one billable data point).
+    matched: u64,
+    /// Identifiers that matched nobody (nothing changed for them).
+    unmatched: u64,
+    /// Device ids of identified users: refused, as the platform does.
+    refused_device_ids: u64,
+}
+
 /// `POST /partners/{partner}/cohorts`.
+#[utoipa::path(
+    post,
+    path = "/partners/{partner}/cohorts",
+    operation_id = "partner_upsert_cohort",
+    tag = "partner",
+    summary = "Create or rename a cohort",
+    description = "An upsert keyed by (workspace, partner, cohort_id): the workspace is the \
+        one the `client_secret` names. Durable (fsynced) before the answer.",
+    request_body(content = CohortBody, description = "All fields required."),
+    responses(
+        (status = 201, description = "The cohort was created.", body = Success),
+        (status = 200, description = "The cohort existed: renamed (or unchanged).", body = Success),
+        (status = 409, description = "The partner already has `max_cohorts_per_partner` \
+            cohorts in the workspace (renames of existing ones go on).", body = ErrorBody,
+         example = json!({"message": "amplitude already has 1000 cohorts in workspace \"acme\", the most allowed"})),
+    )
+)]
 pub async fn cohorts(
     State(state): State<Arc<AppState>>,
     partner: Result<Path<String>, PathRejection>,
@@ -53,6 +211,25 @@ pub async fn cohorts(
 }
 
 /// `POST /partners/{partner}/cohorts/users`.
+#[utoipa::path(
+    post,
+    path = "/partners/{partner}/cohorts/users",
+    operation_id = "partner_cohort_users",
+    tag = "partner",
+    summary = "Add or remove users of a cohort",
+    description = "Applies `cohort_changes` in order: `user_ids` match by external_id, \
+        `aliases` by (label, name), `device_ids` only anonymous users. Unknown identifiers \
+        never create a user: they are counted as unmatched. Replaying a request gives the \
+        same state. Durable (fsynced) before the answer.",
+    request_body(content = UsersBody),
+    responses(
+        (status = 200, description = "Applied.", body = UsersSuccess),
+        (status = 201, description = "Applied; the cohort_id was new, so the cohort was \
+            created (named by its id).", body = UsersSuccess),
+        (status = 409, description = "The cohort would be new, and the partner already has \
+            `max_cohorts_per_partner` cohorts in the workspace.", body = ErrorBody),
+    )
+)]
 pub async fn users(
     State(state): State<Arc<AppState>>,
     partner: Result<Path<String>, PathRejection>,
@@ -156,6 +333,24 @@ pub fn answer(
 }
 
 /// `POST /partners/{partner}/cohorts/delete`.
+#[utoipa::path(
+    post,
+    path = "/partners/{partner}/cohorts/delete",
+    operation_id = "partner_delete_cohort",
+    tag = "partner",
+    summary = "Delete a cohort (segq's own)",
+    description = "segq's own endpoint (the platform has none), authenticated as the others. \
+        Durable before the answer; a later users request for the same cohort_id creates it \
+        again, empty.",
+    request_body(content = DeleteBody),
+    responses(
+        (status = 200, description = "Deleted.", body = Success),
+        (status = 404, description = "No such cohort (or an unknown partner in the path).",
+         body = ErrorBody),
+        (status = 409, description = "Saved segments still use the cohort; the message names \
+            them.", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     partner: Result<Path<String>, PathRejection>,

@@ -49,6 +49,7 @@ use axum::response::Response;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::engine::WorkspaceHandle;
 use crate::error::Error;
@@ -63,9 +64,320 @@ use crate::query::{self};
 use crate::segment::{self, Filter};
 use crate::workspace::SavedSegment;
 
+use super::admin::Removed;
 use super::error::{json_response, query_rejection, ApiError};
 use super::extract::{parse_user_ref, run_blocking, workspace, Auditor, JsonBody, PathParams};
+use super::openapi::{ErrorBody, Estimate, Filter as FilterSchema, UserRef as UserRefSchema};
 use super::AppState;
+use crate::attributes::AttributeSummary;
+
+// ----- the bodies' and answers' schemas -----
+//
+// The bodies are read field by field ([`Fields`]) so that an error names
+// the field; these types describe them for the OpenAPI document. Every
+// body is an object whose unknown keys are refused, and a `null` field
+// counts as absent. A segment is named by exactly one of `filter` and
+// `segment_id`.
+
+/// The body of `POST /workspaces/{ws}/segments/count`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"filter": "amplitude_cohorts includes \"c-9f1e\" and random_bucket < 5000",
+    "estimate": {"sample_fraction": 0.05, "seed": 7}}))]
+pub struct CountRequest {
+    /// The filter to count (or name a saved segment with `segment_id`).
+    #[schema(value_type = Option<FilterSchema>)]
+    filter: Option<Value>,
+    /// A saved segment's id.
+    segment_id: Option<String>,
+    /// An estimate instead of the exact count.
+    #[schema(value_type = Option<Estimate>)]
+    estimate: Option<Value>,
+    /// With `"estimate": true`: the bucket sample's width, 1..=10000.
+    #[schema(minimum = 1, maximum = 10000)]
+    sample_buckets: Option<u64>,
+    /// With `"estimate": true`: the bucket sample's first bucket, 0..=9999.
+    #[schema(minimum = 0, maximum = 9999)]
+    sample_start: Option<u64>,
+    /// The time relative time tests count back from (RFC 3339).
+    #[schema(format = DateTime)]
+    now: Option<String>,
+}
+
+/// The body of `POST /workspaces/{ws}/segments/breakdown`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"filter": {"groups": [
+    {"filters": [{"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-9f1e"}]},
+    {"filters": [{"filter": "random_bucket", "comparison": "less_than", "value": 5000}]}]}}))]
+pub struct BreakdownRequest {
+    /// The filter to break down.
+    #[schema(value_type = Option<FilterSchema>)]
+    filter: Option<Value>,
+    /// A saved segment's id.
+    segment_id: Option<String>,
+    /// Estimate every row on one chunk sample (as for counts).
+    #[schema(value_type = Option<Estimate>)]
+    estimate: Option<Value>,
+    /// The time relative time tests count back from (RFC 3339).
+    #[schema(format = DateTime)]
+    now: Option<String>,
+}
+
+/// The format of a member page.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberFormat {
+    /// JSON Lines (`application/x-ndjson`), the default.
+    Jsonl,
+    /// CSV with a header line (`text/csv`).
+    Csv,
+}
+
+/// An optional column of a member page.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberField {
+    /// The member's aliases.
+    Aliases,
+    /// The member's random bucket.
+    Bucket,
+}
+
+/// The body of `POST /workspaces/{ws}/segments/members`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"segment_id": "seg_5f2c9e0b7a1d4c3e", "format": "csv", "limit": 1000,
+    "fields": ["aliases"]}))]
+pub struct MembersRequest {
+    /// The filter whose members to list.
+    #[schema(value_type = Option<FilterSchema>)]
+    filter: Option<Value>,
+    /// A saved segment's id.
+    segment_id: Option<String>,
+    /// `jsonl` (the default) or `csv`.
+    #[schema(inline)]
+    format: Option<MemberFormat>,
+    /// The page size.
+    #[schema(minimum = 1)]
+    limit: Option<u64>,
+    /// The previous page's `X-Next-Cursor`.
+    cursor: Option<String>,
+    /// Extra columns.
+    #[schema(inline)]
+    fields: Option<Vec<MemberField>>,
+    /// The time relative time tests count back from (RFC 3339).
+    #[schema(format = DateTime)]
+    now: Option<String>,
+}
+
+/// The body of `POST /workspaces/{ws}/segments/check`: one `user`, or
+/// `users` (at most 10,000).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"segment_id": "seg_5f2c9e0b7a1d4c3e", "user": {"external_id": "u-1"}}))]
+pub struct CheckRequest {
+    /// The filter to check against.
+    #[schema(value_type = Option<FilterSchema>)]
+    filter: Option<Value>,
+    /// A saved segment's id.
+    segment_id: Option<String>,
+    /// One user.
+    #[schema(value_type = Option<UserRefSchema>)]
+    user: Option<Value>,
+    /// Many users, answered in order.
+    #[schema(max_items = 10000)]
+    #[schema(value_type = Option<Vec<UserRefSchema>>)]
+    users: Option<Vec<Value>>,
+    /// The time relative time tests count back from (RFC 3339).
+    #[schema(format = DateTime)]
+    now: Option<String>,
+}
+
+/// The body of `POST /workspaces/{ws}/users/segments`: one user against
+/// saved segments and filters (at most 1,000 in all).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"user": {"external_id": "u-1"}, "segment_ids": ["seg_5f2c9e0b7a1d4c3e"],
+    "filters": ["amplitude_cohorts includes \"c-9f1e\""]}))]
+pub struct UserSegmentsRequest {
+    /// The user.
+    #[schema(value_type = UserRefSchema)]
+    user: Value,
+    /// Saved segments (answered first, in order).
+    segment_ids: Option<Vec<String>>,
+    /// Filters (answered next, in order).
+    #[schema(value_type = Option<Vec<FilterSchema>>)]
+    filters: Option<Vec<Value>>,
+    /// The time relative time tests count back from (RFC 3339).
+    #[schema(format = DateTime)]
+    now: Option<String>,
+}
+
+/// The body of `POST /workspaces/{ws}/segments`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Power users, half", "filter":
+    "amplitude_cohorts includes \"c-9f1e\" and random_bucket < 5000"}))]
+pub struct SegmentCreate {
+    /// The segment's name.
+    name: String,
+    /// Its filter.
+    #[schema(value_type = FilterSchema)]
+    filter: Value,
+}
+
+/// The body of `PUT /workspaces/{ws}/segments/{id}`: a new name, a new
+/// filter, or both.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Power users"}))]
+pub struct SegmentUpdate {
+    /// A new name.
+    name: Option<String>,
+    /// A new filter.
+    #[schema(value_type = Option<FilterSchema>)]
+    filter: Option<Value>,
+}
+
+/// A count: exact (`count`), or an estimate (`estimate`, `low`, `high`
+/// and how it was sampled).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"count": 61234, "generation": 1042, "took_us": 180}))]
+pub struct CountAnswer {
+    /// The exact count (absent from an estimate).
+    count: Option<u64>,
+    /// The log sequence number the answer was computed on.
+    generation: u64,
+    /// The time taken, in microseconds.
+    took_us: Option<u64>,
+    /// With `?explain=true`: the plan.
+    #[schema(value_type = Option<Object>)]
+    explain: Option<Value>,
+    /// A saved segment's size: its id.
+    segment_id: Option<String>,
+    /// An estimate: the estimated count.
+    estimate: Option<f64>,
+    /// An estimate: the 95% interval's low end.
+    low: Option<f64>,
+    /// An estimate: the 95% interval's high end.
+    high: Option<f64>,
+    /// An estimate: 0.95.
+    confidence: Option<f64>,
+    /// An estimate: `chunks` or `buckets`.
+    design: Option<String>,
+    /// An estimate answered exactly (a single cohort, a live segment, a
+    /// small plan): `true`, with the reason.
+    exact: Option<bool>,
+    /// An estimate: sampled users.
+    sample_size: Option<u64>,
+    /// An estimate: sampled users that matched.
+    sample_matches: Option<u64>,
+}
+
+/// The builder's breakdown: each filter's own count and the running
+/// count as the filters combine.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"combinator": "and", "rows": [
+    {"filter": "amplitude_cohorts includes \"c-9f1e\"", "count": 3, "running": 3},
+    {"filter": "random_bucket < 5000", "count": 50210, "running": 2}],
+    "generation": 1042, "took_us": 410}))]
+pub struct BreakdownAnswer {
+    /// How the top-level filters combine: `and` or `or`.
+    combinator: String,
+    /// One row per top-level filter (with `low`/`high` and
+    /// `running_low`/`running_high` when estimated).
+    #[schema(value_type = Vec<Object>)]
+    rows: Vec<Value>,
+    /// The log sequence number the answer was computed on.
+    generation: u64,
+    /// The time taken, in microseconds.
+    took_us: u64,
+}
+
+/// Whether one user is in a segment.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"member": true, "user_id": 0, "generation": 1042}))]
+pub struct CheckAnswer {
+    /// Whether the user is a member.
+    member: bool,
+    /// The user's id, when the user exists.
+    user_id: Option<u64>,
+    /// Why the answer is `false` without a test (an unknown user).
+    reason: Option<String>,
+    /// The log sequence number the answer was computed on.
+    generation: Option<u64>,
+    /// In a user's segment list: the saved segment.
+    segment_id: Option<String>,
+    /// In a user's segment list: the filter, in the text form.
+    filter: Option<String>,
+}
+
+/// Many answers, in the order asked.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"results": [{"member": true, "user_id": 0},
+    {"member": false, "reason": "no user external_id:u-9"}], "generation": 1042}))]
+pub struct CheckAnswers {
+    /// One answer per user (or segment), in order.
+    results: Vec<CheckAnswer>,
+    /// The log sequence number the answers were computed on.
+    generation: u64,
+}
+
+/// A saved segment.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"id": "seg_5f2c9e0b7a1d4c3e", "name": "Power users, half",
+    "filter": {"and": [{"cohort": {"partner": "amplitude", "cohort": "c-9f1e", "includes": true}},
+                       {"bucket": {"lt": 5000}}]},
+    "text": "amplitude_cohorts includes \"c-9f1e\" and random_bucket < 5000",
+    "created_at": "2026-11-01T10:00:00+00:00", "updated_at": "2026-11-01T10:00:00+00:00"}))]
+pub struct SavedSegmentAnswer {
+    /// Its id.
+    id: String,
+    /// Its name.
+    name: String,
+    /// Its filter as stored (cohorts by cohort_id), accepted back as a
+    /// filter.
+    #[schema(value_type = Object)]
+    filter: Value,
+    /// Its filter in the text form.
+    text: String,
+    /// When it was created.
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When it was last changed.
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// A partner's cohort, for the builder's list.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct PartnerCohort {
+    /// The partner's id of the cohort.
+    cohort_id: String,
+    /// Its name.
+    name: String,
+    /// Its members.
+    size: u64,
+    /// Its last users request.
+    #[schema(format = DateTime)]
+    last_sync: Option<String>,
+}
 
 /// The most users one batch check may name.
 pub const MAX_CHECK_USERS: usize = 10_000;
@@ -230,11 +542,24 @@ fn short(v: &Value) -> String {
 }
 
 /// The `?explain=` query string.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExplainQuery {
+    /// Add the plan to an exact count.
     #[serde(default)]
     explain: bool,
+}
+
+/// The check endpoint's answer: one, or many.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CheckOneOrMany {
+    /// For `user`.
+    One(CheckAnswer),
+    /// For `users`.
+    Many(CheckAnswers),
 }
 
 fn explain_flag(
@@ -402,6 +727,27 @@ fn count_mode(body: &CountBody, explain: bool) -> std::result::Result<CountMode,
 }
 
 /// `POST /workspaces/{ws}/segments/count[?explain=true]`.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{ws}/segments/count",
+    operation_id = "count",
+    tag = "segments",
+    summary = "Count a segment's members, or estimate them",
+    description = "The exact count, or with `estimate` an estimate with a 95% interval read \
+        from a sample of whole chunks (65,536 consecutive users). An estimate is never dearer \
+        than the exact count: when it would be, the answer is exact with `\"exact\": true` and \
+        the reason. `?explain=true` adds the plan to an exact count.",
+    params(ExplainQuery),
+    request_body(content = CountRequest),
+    responses(
+        (status = 200, description = "The count or estimate.", body = CountAnswer),
+        (status = 400, description = "A filter that does not parse or is too large, an unknown \
+            field, an estimate option out of range.", body = ErrorBody,
+         example = json!({"message": "unknown field \"filters\"; expected \"filter\", \"segment_id\", \"estimate\", \"sample_buckets\", \"sample_start\", \"now\""})),
+        (status = 404, description = "No such saved segment, cohort or attribute (or no such \
+            workspace).", body = ErrorBody),
+    )
+)]
 pub async fn count_handler(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -429,6 +775,20 @@ pub async fn count_handler(
 }
 
 /// `GET /workspaces/{ws}/segments/{id}/size[?explain=true]`.
+#[utoipa::path(
+    get,
+    path = "/workspaces/{ws}/segments/{id}/size",
+    operation_id = "segment_size",
+    tag = "saved segments",
+    summary = "A saved segment's member count",
+    description = "O(1): every saved segment is kept live.",
+    params(ExplainQuery),
+    responses(
+        (status = 200, description = "The count.", body = CountAnswer,
+         example = json!({"count": 3, "generation": 1042, "took_us": 1, "segment_id": "seg_5f2c9e0b7a1d4c3e"})),
+        (status = 404, description = "No such saved segment (or no such workspace).", body = ErrorBody),
+    )
+)]
 pub async fn size_handler(
     State(state): State<Arc<AppState>>,
     PathParams((ws, id)): PathParams<(String, String)>,
@@ -453,6 +813,21 @@ pub async fn size_handler(
 // ----- breakdown -----
 
 /// `POST /workspaces/{ws}/segments/breakdown`.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{ws}/segments/breakdown",
+    operation_id = "breakdown",
+    tag = "segments",
+    summary = "The segment builder's breakdown of a filter",
+    description = "Each top-level filter's own count and the running count as the builder \
+        combines them, in one pass; with `estimate`, every row on one chunk sample.",
+    request_body(content = BreakdownRequest),
+    responses(
+        (status = 200, description = "The rows.", body = BreakdownAnswer),
+        (status = 404, description = "No such saved segment, cohort or attribute (or no such \
+            workspace).", body = ErrorBody),
+    )
+)]
 pub async fn breakdown_handler(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -512,6 +887,33 @@ async fn next_block(
 
 /// `POST /workspaces/{ws}/segments/members`: one page, streamed; the next
 /// page's cursor in `X-Next-Cursor` (absent on the last page).
+#[utoipa::path(
+    post,
+    path = "/workspaces/{ws}/segments/members",
+    operation_id = "members",
+    tag = "segments",
+    summary = "A page of a segment's members",
+    description = "JSON Lines (`{\"external_id\", \"user_id\"}` a line, plus the fields asked \
+        for) or CSV, streamed. A cursor is bound to the workspace and the segment it was made \
+        for; one from elsewhere, or altered, is a 400. In CSV a text cell a spreadsheet would \
+        read as a formula is written with a `'` before it.",
+    request_body(content = MembersRequest),
+    responses(
+        (status = 200, description = "One page.",
+         headers(
+            ("X-Next-Cursor" = String, description = "The next page's cursor; absent on the last page."),
+            ("X-Generation" = u64, description = "The log sequence number the page was computed on."),
+         ),
+         content(
+            (String = "application/x-ndjson",
+             example = json!("{\"external_id\":\"u-1\",\"user_id\":0}\n{\"external_id\":\"u-2\",\"user_id\":1}\n")),
+            (String = "text/csv",
+             example = json!("external_id,user_id\nu-1,0\nu-2,1\n")),
+         )),
+        (status = 404, description = "No such saved segment, cohort or attribute (or no such \
+            workspace).", body = ErrorBody),
+    )
+)]
 pub async fn members_handler(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -580,6 +982,23 @@ pub async fn members_handler(
 
 /// `POST /workspaces/{ws}/segments/check`: `"user"` → one answer;
 /// `"users"` → `{"results": [...]}` in the same order.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{ws}/segments/check",
+    operation_id = "check",
+    tag = "segments",
+    summary = "Is a user (or are users) in a segment",
+    description = "`user`: one answer; `users` (at most 10,000): `{\"results\"}` in the same \
+        order. An unknown user answers `false` with a reason. A saved segment is answered from \
+        its live bitmap.",
+    request_body(content = CheckRequest),
+    responses(
+        (status = 200, description = "One answer (`user`), or the list (`users`).",
+         body = CheckOneOrMany),
+        (status = 404, description = "No such saved segment, cohort or attribute (or no such \
+            workspace).", body = ErrorBody),
+    )
+)]
 pub async fn check_handler(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -638,6 +1057,23 @@ pub async fn check_handler(
 
 /// `POST /workspaces/{ws}/users/segments`: whether one user is in each of
 /// `segment_ids` (results first, in order) and `filters` (then, in order).
+#[utoipa::path(
+    post,
+    path = "/workspaces/{ws}/users/segments",
+    operation_id = "user_segments",
+    tag = "segments",
+    summary = "Which of these segments is a user in",
+    description = "The saved segments first (each answer with its `segment_id`), then the \
+        filters (each with its `filter` in the text form), in order; at most 1,000 in all.",
+    request_body(content = UserSegmentsRequest),
+    responses(
+        (status = 200, description = "The answers.", body = CheckAnswers,
+         example = json!({"results": [{"segment_id": "seg_5f2c9e0b7a1d4c3e", "member": true, "user_id": 0},
+            {"filter": "amplitude_cohorts includes \"c-9f1e\"", "member": true, "user_id": 0}],
+            "generation": 1042})),
+        (status = 404, description = "No such saved segment (or no such workspace).", body = ErrorBody),
+    )
+)]
 pub async fn user_segments_handler(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -695,6 +1131,22 @@ pub fn segment_json(s: &SavedSegment) -> Value {
 }
 
 /// `POST /workspaces/{ws}/segments`: 201 with the stored segment.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{ws}/segments",
+    operation_id = "create_segment",
+    tag = "saved segments",
+    summary = "Save a segment",
+    description = "The filter is stored with cohorts by cohort_id, so renames break nothing, and \
+        kept live: evaluated once, then updated by each write.",
+    request_body(content = SegmentCreate),
+    responses(
+        (status = 201, description = "Saved.", body = SavedSegmentAnswer,
+         headers(("Location" = String, description = "The segment's URL."))),
+        (status = 404, description = "A cohort, attribute or saved segment the filter names does \
+            not exist (or no such workspace).", body = ErrorBody),
+    )
+)]
 pub async fn create_segment(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -725,6 +1177,16 @@ pub async fn create_segment(
 }
 
 /// `GET /workspaces/{ws}/segments`.
+#[utoipa::path(
+    get,
+    path = "/workspaces/{ws}/segments",
+    operation_id = "list_segments",
+    tag = "saved segments",
+    summary = "List the saved segments",
+    responses(
+        (status = 200, description = "Every saved segment.", body = Vec<SavedSegmentAnswer>),
+    )
+)]
 pub async fn list_segments(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,
@@ -739,6 +1201,18 @@ pub async fn list_segments(
 }
 
 /// `GET /workspaces/{ws}/segments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/workspaces/{ws}/segments/{id}",
+    operation_id = "get_segment",
+    tag = "saved segments",
+    summary = "Read a saved segment",
+    responses(
+        (status = 200, description = "The segment.", body = SavedSegmentAnswer),
+        (status = 404, description = "No such saved segment (or no such workspace).", body = ErrorBody,
+         example = json!({"message": "no saved segment \"seg_x\" in this workspace"})),
+    )
+)]
 pub async fn get_segment(
     State(state): State<Arc<AppState>>,
     PathParams((ws, id)): PathParams<(String, String)>,
@@ -753,6 +1227,20 @@ pub async fn get_segment(
 }
 
 /// `PUT /workspaces/{ws}/segments/{id}`: rename and/or change the filter.
+#[utoipa::path(
+    put,
+    path = "/workspaces/{ws}/segments/{id}",
+    operation_id = "update_segment",
+    tag = "saved segments",
+    summary = "Rename a saved segment or change its filter",
+    request_body(content = SegmentUpdate),
+    responses(
+        (status = 200, description = "The segment as now stored.", body = SavedSegmentAnswer),
+        (status = 404, description = "No such saved segment (or no such workspace).", body = ErrorBody),
+        (status = 409, description = "The new filter would make segments refer to each other \
+            in a cycle.", body = ErrorBody),
+    )
+)]
 pub async fn update_segment(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -781,6 +1269,20 @@ pub async fn update_segment(
 }
 
 /// `DELETE /workspaces/{ws}/segments/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/workspaces/{ws}/segments/{id}",
+    operation_id = "delete_segment",
+    tag = "saved segments",
+    summary = "Delete a saved segment",
+    responses(
+        (status = 200, description = "Deleted.", body = Removed,
+         example = json!({"message": "segment deleted", "id": "seg_5f2c9e0b7a1d4c3e"})),
+        (status = 404, description = "No such saved segment (or no such workspace).", body = ErrorBody),
+        (status = 409, description = "Other saved segments use it; the message names them.",
+         body = ErrorBody),
+    )
+)]
 pub async fn delete_segment(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -799,6 +1301,18 @@ pub async fn delete_segment(
 
 /// `GET /workspaces/{ws}/partners/{partner}/cohorts`: the partner's cohorts
 /// by cohort_id, for the builder's dropdown.
+#[utoipa::path(
+    get,
+    path = "/workspaces/{ws}/partners/{partner}/cohorts",
+    operation_id = "partner_cohorts",
+    tag = "segments",
+    summary = "A partner's cohorts, for the builder's list",
+    responses(
+        (status = 200, description = "By cohort_id.", body = Vec<PartnerCohort>,
+         example = json!([{"cohort_id": "c-9f1e", "name": "Power users (30d)", "size": 3,
+                           "last_sync": "2026-11-01T10:00:00+00:00"}])),
+    )
+)]
 pub async fn partner_cohorts(
     State(state): State<Arc<AppState>>,
     PathParams((ws, partner)): PathParams<(String, String)>,
@@ -826,16 +1340,32 @@ pub async fn partner_cohorts(
 }
 
 /// The query of `GET /workspaces/{ws}/attributes`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AttributesQuery {
-    /// Common values shown per string attribute (default 10, at most 100).
+    /// How many common values to show per string attribute (default 10,
+    /// at most 100).
+    #[param(minimum = 0, example = 10)]
     top: Option<usize>,
 }
 
 /// `GET /workspaces/{ws}/attributes`: every custom attribute with its
 /// type, how many users have it, and for strings the most common values
 /// (for the builder's pickers).
+#[utoipa::path(
+    get,
+    path = "/workspaces/{ws}/attributes",
+    operation_id = "attributes",
+    tag = "segments",
+    summary = "The custom attributes",
+    description = "Every custom attribute with its type, how many users have it and, for \
+        strings, the most common values (for the builder's pickers).",
+    params(AttributesQuery),
+    responses(
+        (status = 200, description = "The attributes.", body = Vec<AttributeSummary>),
+    )
+)]
 pub async fn attributes(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,

@@ -512,6 +512,8 @@ fn cases(st: &Setup) -> Vec<Case> {
         case("GET", HEALTHZ, "/healthz", Body::None, 200),
         case("GET", READYZ, "/readyz", Body::None, 200),
         case("GET", METRICS, "/metrics", Body::None, 200),
+        case("GET", OPENAPI, "/openapi.json", Body::None, 200),
+        case("GET", DOCS, "/docs", Body::None, 200),
         case(
             "POST",
             COHORTS,
