@@ -24,6 +24,7 @@ mod loadtest;
 mod log;
 mod malformed;
 mod matching;
+mod openapi;
 mod ops;
 mod query_safety;
 mod quick_answers;
