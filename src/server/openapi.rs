@@ -672,7 +672,9 @@ fn complete(op: &mut Value, method: &str, route: &str, access: Access) {
             add("413", "PayloadTooLarge");
             add("415", "UnsupportedMediaType");
         }
-        if method != "GET" {
+        // A write the workspace cannot make durable now.
+        let reads = method == "GET" || access == Access::Scope(crate::access::Scope::SegmentsRead);
+        if !reads {
             add("503", "Unavailable");
         }
     }
