@@ -133,7 +133,7 @@ pub struct UserJson {
     pub aliases: Option<Vec<AliasJson>>,
     /// Custom attributes to set (a `null` value unsets one).
     #[serde(default)]
-    #[schema(value_type = Option<crate::server::openapi::AttributeValues>)]
+    #[schema(value_type = Option<crate::attributes::AttributeValues>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

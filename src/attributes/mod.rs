@@ -42,6 +42,38 @@ pub use value::{format_time, parse_time, AttrType, AttrValue, DECIMAL_SCALE};
 
 use crate::error::{Error, Result};
 
+/// The OpenAPI schema of a user's custom attribute values as the API
+/// takes and shows them (`"attributes": {...}`): the type, for
+/// `#[schema(value_type = AttributeValues)]` on the fields that hold
+/// them as JSON.
+pub struct AttributeValues;
+
+impl utoipa::PartialSchema for AttributeValues {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let value = ObjectBuilder::new().schema_type(
+            [Type::String, Type::Number, Type::Boolean, Type::Null]
+                .into_iter()
+                .collect::<utoipa::openapi::schema::SchemaType>(),
+        );
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Custom attribute values by name: a string, number, boolean or RFC 3339 time \
+                 string; `null` unsets one. A value must fit the attribute's type (declared, or \
+                 inferred from its first value).",
+            ))
+            .additional_properties(Some(value))
+            .examples(
+                [serde_json::json!({"country": "BR", "lifetime_spend": 120.5,
+                "email_subscribed": true, "last_seen_at": "2026-11-01T10:00:00Z"})],
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AttributeValues {}
+
 /// Longest attribute name accepted.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest string value accepted.

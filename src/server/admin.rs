@@ -51,8 +51,9 @@ use crate::ids::{Partner, UserId, UserRef};
 
 use super::error::{json_response, query_rejection, ApiError};
 use super::extract::{parse_user_ref, run_blocking, workspace, Auditor, JsonBody, PathParams};
-use super::openapi::{AttributeValues, ErrorBody, UserRef as UserRefSchema};
+use super::openapi::{ErrorBody, UserRef as UserRefSchema};
 use super::AppState;
+use crate::attributes::AttributeValues;
 use crate::engine::{ApiKeyInfo, KeyInfo, NewApiKey, NewKey};
 
 // ----- the answers' schemas (the handlers build them with `json!`) -----

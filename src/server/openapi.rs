@@ -188,8 +188,6 @@ hand_written_schema! {
     Filter;
     /// What an `estimate` asks for.
     Estimate;
-    /// A user's custom attribute values.
-    AttributeValues;
     /// The users of a bulk import.
     ImportBody;
     /// An identifier in a partner request: a non-empty string.
@@ -364,18 +362,6 @@ fn hand_written() -> Vec<(&'static str, Value)> {
                      ]}}
                 ],
                 "examples": [true, {"sample_fraction": 0.05, "seed": 7}, {"max_relative_error": 0.01}]
-            }),
-        ),
-        (
-            "AttributeValues",
-            json!({
-                "description": "Custom attribute values by name: a string, number, boolean or \
-                    RFC 3339 time string; `null` unsets one. A value must fit the attribute's \
-                    type (declared, or inferred from its first value).",
-                "type": "object",
-                "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-                "examples": [{"country": "BR", "lifetime_spend": 120.5,
-                              "email_subscribed": true, "last_seen_at": "2026-11-01T10:00:00Z"}]
             }),
         ),
         ("Identifier", json!({"type": "string", "minLength": 1})),
