@@ -423,13 +423,87 @@ pub const AUDIT_MAX_LIMIT: usize = 1000;
 
 /// The query of `GET /admin/workspaces/{ws}/audit`, read by hand so that
 /// each bad value gets its own message.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// At most this many entries: 1 to 1,000 (default 100).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 1000, example = 100)]
     limit: Option<String>,
+    /// Only entries with a smaller seq (the next page, newest first).
+    #[param(value_type = Option<u64>)]
     before: Option<String>,
+    /// Only entries with a larger seq (the next page, oldest first).
+    #[param(value_type = Option<u64>)]
     after: Option<String>,
+    /// `desc` (newest first, the default) or `asc`.
+    #[param(inline, value_type = Option<AuditOrder>)]
     order: Option<String>,
+}
+
+/// The order of an audit page.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum AuditOrder {
+    /// Newest first.
+    Desc,
+    /// Oldest first.
+    Asc,
+}
+
+/// A page of the audit log.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"entries": [{"seq": 7, "at": "2026-11-01T10:00:00.000Z",
+    "actor": "ak_5f2c9e0b7a1d4c3e", "action": "segment.updated", "target": "seg_5f2c9e0b7a1d4c3e",
+    "detail": {"name": "Power users"}, "address": "10.0.0.7:51812",
+    "request_id": "7868f724d7004dc2"}], "next": {"before": 7}, "next_seq": 8}))]
+pub struct AuditPage {
+    /// The entries, in the order asked.
+    entries: Vec<AuditEntryAnswer>,
+    /// The query parameter of the next page (`{"before": seq}` newest
+    /// first, `{"after": seq}` oldest first); `null` after the last.
+    next: Option<AuditNext>,
+    /// The seq the next entry recorded will take.
+    next_seq: u64,
+}
+
+/// The next page's parameter.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct AuditNext {
+    /// For `before=`.
+    before: Option<u64>,
+    /// For `after=`.
+    after: Option<u64>,
+}
+
+/// One audit entry.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct AuditEntryAnswer {
+    /// 1, 2, … per workspace, in the order recorded.
+    seq: u64,
+    /// When (RFC 3339, milliseconds).
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    /// A workspace API key's id, or `admin` (the server admin token);
+    /// never a secret.
+    actor: String,
+    /// What was done: `api_key.created`, `segment.updated`,
+    /// `users.imported`, …
+    action: String,
+    /// What it was done to: a key or segment id, `user:ID`, a partner,
+    /// `partner/cohort_id`.
+    target: String,
+    /// The particulars (names, scopes, a key's prefix, counts); never a
+    /// secret.
+    detail: Value,
+    /// The client's address (the connection's peer).
+    address: String,
+    /// The request's `X-Request-Id`.
+    request_id: String,
 }
 
 fn audit_number(name: &str, v: Option<&str>) -> Result<Option<u64>, ApiError> {
@@ -450,6 +524,22 @@ fn audit_number(name: &str, v: Option<&str>) -> Result<Option<u64>, ApiError> {
 /// 1000). The answer's `next` holds the query parameter of the next page
 /// (`{"before": seq}` newest first, `{"after": seq}` oldest first), or
 /// `null` after the last.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces/{ws}/audit",
+    operation_id = "audit_log",
+    tag = "workspaces",
+    summary = "Page through the workspace's audit log",
+    description = "Every change made through the admin API: when, who (a key's id, or \
+        `admin`), what, to what, from which address, with which request id. Entries with \
+        `after < seq < before`, newest first by default; `next` is the next page's parameter.",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of entries.", body = AuditPage),
+        (status = 400, description = "A bad or unknown parameter, named.", body = ErrorBody,
+         example = json!({"message": "limit must be 1 to 1000; found 0"})),
+    )
+)]
 pub async fn audit_log(
     State(state): State<Arc<AppState>>,
     PathParams(ws): PathParams<String>,

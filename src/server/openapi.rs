@@ -88,6 +88,7 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
         super::admin::list_api_keys,
         super::admin::create_api_key,
         super::admin::revoke_api_key,
+        super::admin::audit_log,
         super::admin::create_key,
         super::admin::list_keys,
         super::admin::invalidate_key,

@@ -1039,6 +1039,28 @@ fn the_answers_are_what_the_document_says() {
         200,
     );
 
+    call(
+        "GET",
+        "/admin/workspaces/acme/audit?limit=2",
+        None,
+        key,
+        200,
+    );
+    call(
+        "GET",
+        "/admin/workspaces/acme/audit?order=asc&after=1",
+        None,
+        admin,
+        200,
+    );
+    call(
+        "GET",
+        "/admin/workspaces/acme/audit?limit=0",
+        None,
+        key,
+        400,
+    );
+
     // Every operation was called.
     let all: BTreeSet<(String, &'static str)> =
         ACCESS.iter().map(|(m, r, _)| (m.to_string(), *r)).collect();
