@@ -1054,10 +1054,62 @@ pub async fn identify(
 pub const MAX_DELETE: usize = 100_000;
 
 /// The body of `POST /admin/workspaces/{ws}/users/delete`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteUsersBody {
+    /// The users to delete: 1 to 100,000.
+    #[schema(value_type = Vec<UserRefSchema>, min_items = 1, max_items = 100000)]
     users: Vec<Value>,
+}
+
+/// What a deletion did.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"deleted": 2, "not_found": 1, "not_found_positions": [2],
+    "user_ids": [0, 7], "memberships_removed": 5, "attribute_values_removed": 1}))]
+pub struct UsersDeleted {
+    /// Users deleted (a user named twice is deleted once).
+    deleted: u64,
+    /// Identifiers nobody holds.
+    not_found: u64,
+    /// Their positions in `users`.
+    not_found_positions: Vec<u64>,
+    /// The ids of the users deleted.
+    user_ids: Vec<u64>,
+    /// Cohort memberships removed.
+    memberships_removed: u64,
+    /// Custom attribute values removed.
+    attribute_values_removed: u64,
+}
+
+/// What a merge did.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(example = json!({"user_id": 0, "source_user_id": 41, "cohorts_joined": 2,
+    "attributes_taken": 1, "device_ids_moved": 1, "aliases_moved": 0}))]
+pub struct UsersMerged {
+    /// The target user, who remains.
+    user_id: u64,
+    /// The source user, now deleted.
+    source_user_id: u64,
+    /// Cohorts the target joined.
+    cohorts_joined: u64,
+    /// Attribute values the target took (those it had none of).
+    attributes_taken: u64,
+    /// Device ids moved to the target.
+    device_ids_moved: u64,
+    /// Aliases moved to the target.
+    aliases_moved: u64,
+}
+
+/// A renamed user.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct UserRenamed {
+    /// The user's id (unchanged).
+    user_id: u64,
+    /// Its external_id now.
+    external_id: String,
 }
 
 /// `POST /admin/workspaces/{ws}/users/delete`: deletes every user the
@@ -1066,6 +1118,27 @@ pub struct DeleteUsersBody {
 /// forms): a bad one is a 400 naming its position and nothing is deleted.
 /// An identifier nobody holds is not an error: its position is listed in
 /// `not_found`, so a retried request answers the same users as gone.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/delete",
+    operation_id = "delete_users",
+    tag = "users",
+    summary = "Delete users",
+    description = "Deletes every user named: out of every cohort, attribute and saved \
+        segment, in no later count, member page, check or estimate, gone from the next \
+        snapshot; their identifiers are free at once. Durable before the answer. The request \
+        is checked whole first: a bad entry is a 400 naming its position and nothing is \
+        deleted. An identifier nobody holds is not an error, so a retry is safe.",
+    request_body(content = DeleteUsersBody,
+        example = json!({"users": [{"external_id": "u-1"}, {"device_id": "ios-9"},
+                                   {"alias_label": "email", "alias_name": "ann@example.com"}]})),
+    responses(
+        (status = 200, description = "Deleted.", body = UsersDeleted),
+        (status = 400, description = "An entry that names no user properly (its position \
+            named), or no entries, or too many; nothing is deleted.", body = ErrorBody,
+         example = json!({"message": "users[1]: user names no identifier; expected {\"external_id\": ...}, {\"device_id\": ...} or {\"alias_label\": ..., \"alias_name\": ...}"})),
+    )
+)]
 pub async fn delete_users(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -1105,10 +1178,14 @@ pub async fn delete_users(
 }
 
 /// The body of `POST /admin/workspaces/{ws}/users/merge`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MergeBody {
+    /// The user merged away (deleted).
+    #[schema(value_type = UserRefSchema)]
     source: Value,
+    /// The user that remains.
+    #[schema(value_type = UserRefSchema)]
     target: Value,
 }
 
@@ -1117,6 +1194,26 @@ pub struct MergeBody {
 /// gains the source's device_ids, aliases, cohorts and the attribute
 /// values it lacks; the source and its external_id are gone). 404 names
 /// the unknown one; the same user for both is a 400.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/merge",
+    operation_id = "merge_users",
+    tag = "users",
+    summary = "Merge a user into another",
+    description = "The platform's merge: the target keeps its identifiers and gains the \
+        source's device ids and aliases (the source's external_id is dropped: rename first to \
+        keep it), joins every cohort the source is in, and takes the source's value of each \
+        attribute it has none of; then the source is deleted. Durable before the answer.",
+    request_body(content = MergeBody,
+        example = json!({"source": {"device_id": "web-anon-42"}, "target": {"external_id": "u-1"}})),
+    responses(
+        (status = 200, description = "Merged.", body = UsersMerged),
+        (status = 400, description = "A bad user, or the same user for both.", body = ErrorBody),
+        (status = 404, description = "No such user (the message says which), or no such \
+            workspace.", body = ErrorBody,
+         example = json!({"message": "no user external_id:u9 (the source)"})),
+    )
+)]
 pub async fn merge_users(
     State(state): State<Arc<AppState>>,
     audit: Auditor,
@@ -1146,10 +1243,14 @@ pub async fn merge_users(
 }
 
 /// The body of `POST /admin/workspaces/{ws}/users/rename`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameBody {
+    /// The user's external_id now.
+    #[schema(min_length = 1)]
     external_id: String,
+    /// The external_id it answers to from now on.
+    #[schema(min_length = 1)]
     new_external_id: String,
 }
 
@@ -1157,6 +1258,26 @@ pub struct RenameBody {
 /// `external_id` holds `new_external_id` from now on (the old one is
 /// free). 404 for an unknown `external_id`, 409 when the new one is
 /// another user's.
+#[utoipa::path(
+    post,
+    path = "/admin/workspaces/{ws}/users/rename",
+    operation_id = "rename_user",
+    tag = "users",
+    summary = "Rename a user's external_id",
+    description = "The same user, memberships and values answer to the new external_id from \
+        now on, and the old one is free. Renaming to the same id changes nothing.",
+    request_body(content = RenameBody,
+        example = json!({"external_id": "u-1", "new_external_id": "customer-1"})),
+    responses(
+        (status = 200, description = "Renamed.", body = UserRenamed,
+         example = json!({"user_id": 0, "external_id": "customer-1"})),
+        (status = 400, description = "An anonymous user (identify it instead), or a bad id.",
+         body = ErrorBody),
+        (status = 404, description = "No user holds `external_id` (or no such workspace).",
+         body = ErrorBody),
+        (status = 409, description = "Another user holds `new_external_id`.", body = ErrorBody),
+    )
+)]
 pub async fn rename_user(
     State(state): State<Arc<AppState>>,
     audit: Auditor,

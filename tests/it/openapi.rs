@@ -1061,6 +1061,57 @@ fn the_answers_are_what_the_document_says() {
         400,
     );
 
+    // The user lifecycle.
+    call(
+        "POST",
+        "/admin/workspaces/acme/users",
+        Some(json!({"devices": ["web-anon-7"], "attributes": {"country": "PT"}})),
+        key,
+        201,
+    );
+    call(
+        "POST",
+        "/admin/workspaces/acme/users/merge",
+        Some(json!({"source": {"device_id": "web-anon-7"}, "target": {"external_id": "u-2"}})),
+        key,
+        200,
+    );
+    call(
+        "POST",
+        "/admin/workspaces/acme/users/merge",
+        Some(json!({"source": {"external_id": "u-9"}, "target": {"external_id": "u-2"}})),
+        key,
+        404,
+    );
+    call(
+        "POST",
+        "/admin/workspaces/acme/users/rename",
+        Some(json!({"external_id": "u-2", "new_external_id": "customer-2"})),
+        key,
+        200,
+    );
+    call(
+        "POST",
+        "/admin/workspaces/acme/users/rename",
+        Some(json!({"external_id": "customer-2", "new_external_id": "u-1"})),
+        key,
+        409,
+    );
+    call(
+        "POST",
+        "/admin/workspaces/acme/users/delete",
+        Some(json!({"users": [{"external_id": "customer-2"}, {"external_id": "nobody"}]})),
+        key,
+        200,
+    );
+    call(
+        "POST",
+        "/admin/workspaces/acme/users/delete",
+        Some(json!({"users": [{"external_id": "u-1"}, {}]})),
+        key,
+        400,
+    );
+
     // Every operation was called.
     let all: BTreeSet<(String, &'static str)> =
         ACCESS.iter().map(|(m, r, _)| (m.to_string(), *r)).collect();
