@@ -243,6 +243,96 @@ fn the_docs_page_renders_the_document_from_this_server_only() {
 
 // ----- the examples -----
 
+/// A headless Chromium (or Chrome) to render pages with: `SEGQ_BROWSER`,
+/// else the first of the usual names on the `PATH`.
+fn browser() -> Option<std::path::PathBuf> {
+    if let Some(b) = std::env::var_os("SEGQ_BROWSER") {
+        return Some(b.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome", "chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |d| d.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// `/docs` as a real browser draws it (headless Chromium, the DOM after
+/// its script ran): every operation of the document is an article of the
+/// page with the id the page gives it, and no loading error is shown.
+/// Without a browser the test says so and passes, unless
+/// `SEGQ_REQUIRE_BROWSER` is set, as `.ci/run` sets it (and installs
+/// Chromium).
+#[test]
+fn the_docs_page_renders_every_operation_in_a_browser() {
+    let Some(browser) = browser() else {
+        assert!(
+            std::env::var_os("SEGQ_REQUIRE_BROWSER").is_none(),
+            "SEGQ_REQUIRE_BROWSER is set but no chromium is on the PATH (or in SEGQ_BROWSER)"
+        );
+        eprintln!("no chromium on the PATH: /docs not rendered in a browser");
+        return;
+    };
+    let (_dir, s) = served();
+    let doc: Value = serde_json::from_str(&fetch(&s, "/openapi.json").text).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=20000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(s.url("/docs"))
+        .output()
+        .expect("the browser runs");
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        browser.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !dom.contains("class=\"intro error\""),
+        "the page shows an error:\n{dom}"
+    );
+    assert!(
+        !dom.contains("Loading the OpenAPI document"),
+        "never loaded:\n{dom}"
+    );
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in METHODS {
+            let Some(op) = item.get(m) else { continue };
+            operations += 1;
+            let name = op["operationId"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{m}{path}"));
+            let id: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            assert!(
+                dom.contains(&format!("<article id=\"op-{id}\"")),
+                "{m} {path} (op-{id}) is not drawn"
+            );
+        }
+    }
+    assert_eq!(dom.matches("<article ").count(), operations);
+    assert_eq!(operations, ACCESS.len());
+}
+
 /// The curl commands of the README's shell blocks: (method, path,
 /// JSON body).
 fn readme_requests() -> Vec<(String, String, Option<Value>)> {
