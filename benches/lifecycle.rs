@@ -27,27 +27,9 @@ use segq::snapshot::Snapshot;
 use segq::workload::{self, cohort_id, PARTNER};
 use segq::UserRef;
 
-fn medium_snapshot() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("SEGQ_BENCH_SNAPSHOT") {
-        return p.into();
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let path = dir.join("medium-42.segqsnap");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir).expect("creates target/bench-data");
-        let tmp = dir.join("medium-42.segqsnap.tmp");
-        let spec = workload::Spec {
-            users: 10_000_000,
-            cohorts: 200,
-            seed: 42,
-        };
-        let file = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("creates"));
-        let (mut file, _) = workload::write_snapshot("bench", spec, file).expect("writes");
-        std::io::Write::flush(&mut file).expect("flushes");
-        std::fs::rename(&tmp, &path).expect("renames");
-    }
-    path
-}
+#[path = "common/medium.rs"]
+mod medium;
+use medium::medium_snapshot;
 
 fn bench(c: &mut Criterion) {
     let t = Instant::now();

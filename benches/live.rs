@@ -35,33 +35,12 @@ use segq::workspace::live::{LiveSegments, Touched};
 use segq::workspace::source::SerialCache;
 use segq::{UserId, Workspace};
 
-/// The medium workload's snapshot, written once under the target
-/// directory (through a temporary name, so an interrupted write is never
-/// taken for a whole file).
-fn medium_snapshot() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let path = dir.join("medium-42.segqsnap");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir).expect("creates target/bench-data");
-        let tmp = dir.join("medium-42.segqsnap.tmp");
-        let spec = workload::Spec {
-            users: 10_000_000,
-            cohorts: 200,
-            seed: 42,
-        };
-        let file = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("creates"));
-        let (mut file, _) = workload::write_snapshot("bench", spec, file).expect("writes");
-        std::io::Write::flush(&mut file).expect("flushes");
-        std::fs::rename(&tmp, &path).expect("renames");
-    }
-    path
-}
+#[path = "common/medium.rs"]
+mod medium;
+use medium::medium_snapshot;
 
 fn workspace() -> Workspace {
-    let path = match std::env::var_os("SEGQ_BENCH_SNAPSHOT") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => medium_snapshot(),
-    };
+    let path = medium_snapshot();
     let snap = Arc::new(Snapshot::open(&path).expect("opens the snapshot"));
     let mut ws = segq::engine::persist::load_workspace(snap).expect("loads the workspace");
     let shapes = workload::query_shapes(200);
