@@ -212,8 +212,13 @@ pub struct Compacted {
     pub snapshot: String,
     /// Its size in bytes.
     pub snapshot_bytes: u64,
-    /// How long the compaction took, in milliseconds.
+    /// How long the compaction took, in milliseconds, from freezing the
+    /// state to serving from the new snapshot.
     pub took_ms: u64,
+    /// How long writers were kept out, in milliseconds: while the state
+    /// was frozen and the log switched, and while the changes made since
+    /// were moved onto the new snapshot. Queries are never kept out.
+    pub writers_held_ms: u64,
 }
 
 /// How far a failed compaction got.
@@ -290,6 +295,7 @@ pub(crate) fn publish(
             snapshot: snap_name,
             snapshot_bytes: bytes.len() as u64,
             took_ms: t.elapsed().as_millis() as u64,
+            writers_held_ms: 0,
         },
     ))
 }

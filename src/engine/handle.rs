@@ -27,7 +27,7 @@
 //! (`Error::WorkspaceFailed`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use chrono::{DateTime, Utc};
@@ -93,6 +93,8 @@ pub struct WorkspaceHandle {
     files: Mutex<(Option<Manifest>, Vec<PathBuf>)>,
     /// When the state was last folded into a snapshot (or loaded).
     compacted_at: Mutex<std::time::Instant>,
+    /// What the compactions of this workspace did since it was opened.
+    compactions: CompactionCounters,
     /// The most nodes a segment filter may have (`max_filter_nodes`).
     max_filter_nodes: usize,
     /// Key uses to log with the next write (`Change::KeyUsed`), by key id:
@@ -130,6 +132,7 @@ impl WorkspaceHandle {
             dir,
             files: Mutex::new((manifest, logs)),
             compacted_at: Mutex::new(std::time::Instant::now()),
+            compactions: CompactionCounters::default(),
             name: ws.name().to_string(),
             state: RwLock::new(ws),
             log: RwLock::new(Arc::new(log)),
@@ -393,6 +396,24 @@ impl WorkspaceHandle {
 
     /// [`Self::compact`] through the given file operations.
     pub fn compact_with(&self, fs: &mut dyn Fs) -> Result<Compacted> {
+        let started = std::time::Instant::now();
+        let running = self.compactions.start();
+        let mut held = std::time::Duration::ZERO;
+        let mut r = self.compact_timed(fs, &mut held);
+        if let Ok(c) = &mut r {
+            c.took_ms = started.elapsed().as_millis() as u64;
+            c.writers_held_ms = held.as_millis() as u64;
+        }
+        running.finish(r.as_ref().ok(), held);
+        r
+    }
+
+    /// What this workspace's compactions did since it was opened.
+    pub fn compaction_stats(&self) -> CompactionStats {
+        self.compactions.stats()
+    }
+
+    fn compact_timed(&self, fs: &mut dyn Fs, held: &mut std::time::Duration) -> Result<Compacted> {
         self.check_failed()?;
         if self.memory.is_some() {
             return Err(Error::InvalidArgument(format!(
@@ -405,6 +426,8 @@ impl WorkspaceHandle {
         //    exactly the log up to `seq`.
         let (frozen, seq) = {
             let ws = self.read();
+            let frozen_at = std::time::Instant::now();
+            let _held = Held(held, frozen_at);
             let log = self.log();
             if self.stale.load(Ordering::SeqCst) || log.is_poisoned() {
                 // Memory may hold a change that is not durable: it must
@@ -453,6 +476,7 @@ impl WorkspaceHandle {
             // changed since the freeze is moved.
             let prepared = crate::workspace::Rebase::prepare(&frozen, Arc::new(snap))?;
             let mut ws = self.write_lock()?;
+            let _held = Held(held, std::time::Instant::now());
             ws.apply_rebase(&frozen, prepared)
         });
         if let Err(e) = moved {
@@ -1463,5 +1487,102 @@ mod tests {
         assert!(h.try_view().is_none());
         drop(log);
         assert!(h.try_view().is_some());
+    }
+}
+
+/// Adds the time from its start to its drop to a total: how long a lock
+/// that keeps writers out was held.
+struct Held<'a>(&'a mut std::time::Duration, std::time::Instant);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.0 += self.1.elapsed();
+    }
+}
+
+/// A workspace's compactions since it was opened (`/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Compactions that committed a snapshot.
+    pub done: u64,
+    /// Compactions that failed.
+    pub failed: u64,
+    /// Compactions under way now (0 or 1: they are serialised).
+    pub running: u64,
+    /// Time spent compacting, committed or not, in milliseconds.
+    pub millis: u64,
+    /// Of that, how long writers were kept out, in milliseconds.
+    pub writers_held_millis: u64,
+    /// The last committed compaction's time, in milliseconds.
+    pub last_millis: u64,
+}
+
+#[derive(Default)]
+struct CompactionCounters {
+    done: AtomicU64,
+    failed: AtomicU64,
+    running: AtomicU64,
+    millis: AtomicU64,
+    writers_held_millis: AtomicU64,
+    last_millis: AtomicU64,
+}
+
+/// One compaction under way: counted as running until finished (or
+/// dropped, as a failure, should it unwind).
+struct Running<'a> {
+    counters: &'a CompactionCounters,
+    started: std::time::Instant,
+    finished: bool,
+}
+
+impl CompactionCounters {
+    fn start(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Running {
+            counters: self,
+            started: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn stats(&self) -> CompactionStats {
+        CompactionStats {
+            done: self.done.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            running: self.running.load(Ordering::SeqCst),
+            millis: self.millis.load(Ordering::SeqCst),
+            writers_held_millis: self.writers_held_millis.load(Ordering::SeqCst),
+            last_millis: self.last_millis.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Running<'_> {
+    fn finish(mut self, done: Option<&Compacted>, held: std::time::Duration) {
+        let c = self.counters;
+        c.writers_held_millis
+            .fetch_add(held.as_millis() as u64, Ordering::SeqCst);
+        match done {
+            Some(d) => {
+                c.last_millis.store(d.took_ms, Ordering::SeqCst);
+                c.done.fetch_add(1, Ordering::SeqCst);
+            }
+            None => {
+                c.failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let c = self.counters;
+        if !self.finished {
+            c.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        c.millis
+            .fetch_add(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
+        c.running.fetch_sub(1, Ordering::SeqCst);
     }
 }

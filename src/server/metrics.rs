@@ -27,7 +27,15 @@
 //!   `segq_bucket_mask_bytes{workspace}` (and `_ranges`): what it holds
 //!   now, within `bucket_mask_cache_bytes`;
 //! - `segq_live_segments{workspace}`, `segq_live_segment_bytes{workspace}`:
-//!   saved segments kept materialised, and their bitmaps' size.
+//!   saved segments kept materialised, and their bitmaps' size;
+//! - `segq_compactions_total{workspace}`,
+//!   `segq_compaction_failures_total{workspace}`,
+//!   `segq_compaction_running{workspace}` (0 or 1),
+//!   `segq_compaction_seconds_total{workspace}`,
+//!   `segq_compaction_writers_held_seconds_total{workspace}` (of that time,
+//!   how long writers were kept out) and
+//!   `segq_compaction_last_seconds{workspace}`: the compactions since the
+//!   workspace was opened.
 //!
 //! Routes are fixed when the router is built, so recording a request is a
 //! hash lookup and a few relaxed atomic adds: no lock, no allocation.
@@ -342,6 +350,7 @@ pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
         usize,
         u64,
         crate::segment::masks::MaskStats,
+        crate::engine::CompactionStats,
     );
     let rows: Vec<Row> = engine
         .workspace_names()
@@ -355,71 +364,108 @@ pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
                 .map(|m| m.stats())
                 .unwrap_or_default();
             let live = h.live();
-            Some((name, stats, live.count(), live.bytes(), masks))
+            let compactions = h.compaction_stats();
+            Some((name, stats, live.count(), live.bytes(), masks, compactions))
         })
         .collect();
     let _ = (|| -> std::fmt::Result {
-        type Get = fn(&Row) -> u64;
-        let series: [(&str, &str, &str, Get); 10] = [
+        type Get = fn(&Row) -> f64;
+        let series: [(&str, &str, &str, Get); 16] = [
             (
                 "segq_result_cache_hits_total",
                 "counter",
                 "Exact counts answered from the result cache.",
-                |r| r.1.hits,
+                |r| r.1.hits as f64,
             ),
             (
                 "segq_result_cache_misses_total",
                 "counter",
                 "Exact counts looked up in the result cache and computed.",
-                |r| r.1.misses,
+                |r| r.1.misses as f64,
             ),
             (
                 "segq_result_cache_bytes",
                 "gauge",
                 "Bytes the result cache holds now.",
-                |r| r.1.bytes,
+                |r| r.1.bytes as f64,
             ),
             (
                 "segq_result_cache_entries",
                 "gauge",
                 "Counts the result cache holds now.",
-                |r| r.1.entries,
+                |r| r.1.entries as f64,
             ),
             (
                 "segq_live_segments",
                 "gauge",
                 "Saved segments kept materialised.",
-                |r| r.2 as u64,
+                |r| r.2 as f64,
             ),
             (
                 "segq_live_segment_bytes",
                 "gauge",
                 "Bytes of the live segments' bitmaps (serialized size).",
-                |r| r.3,
+                |r| r.3 as f64,
             ),
             (
                 "segq_bucket_mask_hits_total",
                 "counter",
                 "Chunk masks of bucket ranges read from the mask cache.",
-                |r| r.4.hits,
+                |r| r.4.hits as f64,
             ),
             (
                 "segq_bucket_mask_misses_total",
                 "counter",
                 "Chunk masks of bucket ranges built from the buckets.",
-                |r| r.4.misses,
+                |r| r.4.misses as f64,
             ),
             (
                 "segq_bucket_mask_bytes",
                 "gauge",
                 "Bytes the bucket mask cache holds now.",
-                |r| r.4.bytes,
+                |r| r.4.bytes as f64,
             ),
             (
                 "segq_bucket_mask_ranges",
                 "gauge",
                 "Bucket ranges the mask cache holds now.",
-                |r| r.4.ranges,
+                |r| r.4.ranges as f64,
+            ),
+            (
+                "segq_compactions_total",
+                "counter",
+                "Compactions that committed a snapshot since the workspace was opened.",
+                |r| r.5.done as f64,
+            ),
+            (
+                "segq_compaction_failures_total",
+                "counter",
+                "Compactions that failed since the workspace was opened.",
+                |r| r.5.failed as f64,
+            ),
+            (
+                "segq_compaction_running",
+                "gauge",
+                "Compactions under way now.",
+                |r| r.5.running as f64,
+            ),
+            (
+                "segq_compaction_seconds_total",
+                "counter",
+                "Time spent compacting.",
+                |r| r.5.millis as f64 / 1000.0,
+            ),
+            (
+                "segq_compaction_writers_held_seconds_total",
+                "counter",
+                "Of the compactions' time, how long writers were kept out (queries never are).",
+                |r| r.5.writers_held_millis as f64 / 1000.0,
+            ),
+            (
+                "segq_compaction_last_seconds",
+                "gauge",
+                "The last committed compaction's time.",
+                |r| r.5.last_millis as f64 / 1000.0,
             ),
         ];
         for (name, kind, help, get) in series {
@@ -441,8 +487,8 @@ pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
     tag = "operations",
     summary = "Prometheus metrics",
     description = "Requests, statuses and latencies by route, identifiers applied, data points, \
-        connections and buffered bodies; per workspace the result and bucket mask caches and \
-        the live segments.",
+        connections and buffered bodies; per workspace the result and bucket mask caches, \
+        the live segments and the compactions.",
     responses(
         (status = 200, description = "The Prometheus text format.",
          content_type = "text/plain; version=0.0.4", body = String,

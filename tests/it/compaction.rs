@@ -692,3 +692,32 @@ fn a_backup_is_not_restored_beside_the_workspace_whose_keys_it_holds() {
     let e = open(dir.path());
     assert!(e.workspace("copy").is_some() && e.workspace("w").is_some());
 }
+
+#[test]
+fn a_workspace_counts_its_compactions_their_time_and_how_long_writers_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    let h = handle(&e);
+    assert_eq!(
+        h.compaction_stats(),
+        segq::engine::CompactionStats::default()
+    );
+    let c = h.compact().unwrap();
+    assert!(c.writers_held_ms <= c.took_ms, "{c:?}");
+    let s = h.compaction_stats();
+    assert_eq!((s.done, s.failed, s.running), (1, 0, 0), "{s:?}");
+    assert_eq!(s.last_millis, c.took_ms);
+    assert!(
+        s.millis >= c.took_ms && s.writers_held_millis <= s.millis,
+        "{s:?}"
+    );
+    // A compaction that fails before its commit point counts as failed.
+    writes(&h, 1);
+    let mut fs = CrashFs {
+        ops: 0,
+        crash_after: 1,
+    };
+    assert!(h.compact_with(&mut fs).is_err());
+    let s = h.compaction_stats();
+    assert_eq!((s.done, s.failed, s.running), (1, 1, 0), "{s:?}");
+}

@@ -1,8 +1,9 @@
-//! `segq loadtest`: a server on loopback with a generated workspace, sync
-//! clients whose cohorts evolve every round, query clients counting the
-//! six workload shapes and checking single users, a compaction forced in
-//! the middle; then the figures and a check that every synced cohort holds
-//! exactly what its client last had acknowledged.
+//! `segq loadtest`: a server on loopback with a generated workspace (or a
+//! running server, `--server`), sync clients whose cohorts evolve every
+//! round, query clients counting the six workload shapes and checking
+//! single users, compactions started by the server's own thresholds
+//! (lowered for the run); then the figures and a check that every synced
+//! cohort holds exactly what its client last had acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -16,10 +17,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use segq::engine::Engine;
+use segq::engine::{CompactionStats, Engine};
 use segq::sync::{self, IdKind, Job, NoReply, Reply, RetryPolicy, Transport};
 use segq::workload::{self, Spec};
-use segq::{CohortKey, Error, Partner, UserRef};
+use segq::{Error, Partner};
 
 use crate::sync::Http;
 use crate::{io_err, Failure};
@@ -53,6 +54,33 @@ pub struct LoadtestArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// With the server on loopback: compact once the log holds this many
+    /// records (one a sync request), checked every 200 ms; a compaction
+    /// also starts once half of `--seconds` passed since the last one, so
+    /// every run has at least one.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    compact_after_records: u64,
+    /// Load a running server instead (its base URL): its workspace
+    /// `--workspace` must hold the generated workload's users (external
+    /// ids `u0` .. `u{--users - 1}`, as `segq snapshot write` makes them);
+    /// compactions follow the server's own thresholds.
+    #[arg(long)]
+    server: Option<String>,
+    /// With --server: the workspace.
+    #[arg(long, default_value = WS, requires = "server")]
+    workspace: String,
+    /// With --server: amplitude's partner_api_key (default: the
+    /// SEGQ_PARTNER_API_KEY environment variable).
+    #[arg(long, requires = "server")]
+    partner_api_key: Option<String>,
+    /// With --server: a data import key of the workspace for amplitude
+    /// (default: SEGQ_DATA_IMPORT_KEY).
+    #[arg(long, requires = "server")]
+    data_import_key: Option<String>,
+    /// With --server: a workspace API key with segments:read, for the
+    /// query clients and the final check (default: SEGQ_TOKEN).
+    #[arg(long, requires = "server")]
+    token: Option<String>,
 }
 
 const WS: &str = "load";
@@ -88,26 +116,34 @@ struct Figures {
     rounds: u64,
 }
 
-/// The window of the compaction, as offsets from the start.
-#[derive(Default, Clone, Copy)]
-struct Window {
-    from: Option<Instant>,
-    to: Option<Instant>,
-}
+/// When compactions ran: each started one, and its end once it ended.
+#[derive(Default)]
+struct Windows(Vec<(Instant, Option<Instant>)>);
 
-impl Window {
+impl Windows {
     fn overlaps(&self, start: Instant, end: Instant) -> bool {
-        match (self.from, self.to) {
-            (Some(f), Some(t)) => start < t && end > f,
-            (Some(f), None) => end > f,
-            _ => false,
+        self.0.iter().any(|&(f, t)| match t {
+            Some(t) => start < t && end > f,
+            None => end > f,
+        })
+    }
+
+    /// Notes whether a compaction runs now.
+    fn note(&mut self, running: bool, now: Instant) {
+        let open = matches!(self.0.last(), Some((_, None)));
+        if running && !open {
+            self.0.push((now, None));
+        } else if !running && open {
+            if let Some(last) = self.0.last_mut() {
+                last.1 = Some(now);
+            }
         }
     }
 }
 
 struct Shared {
     figures: Mutex<Figures>,
-    window: Mutex<Window>,
+    windows: Mutex<Windows>,
 }
 
 impl Shared {
@@ -134,7 +170,7 @@ impl Transport for Timed<'_> {
                 if path.ends_with("/users") {
                     let during = self
                         .shared
-                        .window
+                        .windows
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .overlaps(start, end);
@@ -158,17 +194,35 @@ impl Transport for Timed<'_> {
 
 /// `segq loadtest`.
 pub fn run(args: LoadtestArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    if let Some(server) = &args.server {
+        return run_remote(&args, server, out);
+    }
     let dir = std::env::temp_dir().join(format!(
         "segq-loadtest-{}-{}",
         std::process::id(),
         rand::random::<u32>()
     ));
-    let result = run_in(&args, &dir, out);
+    let result = run_local(&args, &dir, out);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Failure> {
+/// Where the load goes, and how its compactions are seen.
+struct Target {
+    base: String,
+    workspace: String,
+    partner_api_key: String,
+    data_import_key: String,
+    /// A workspace API key with segments:read.
+    token: String,
+    /// How often the compactions are looked at.
+    poll: Duration,
+}
+
+/// The compactions so far, as the target tells them.
+type StatsFn<'a> = &'a (dyn Fn() -> Option<CompactionStats> + Sync);
+
+fn run_local(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Failure> {
     let spec = Spec {
         users: args.users,
         cohorts: args.cohorts,
@@ -180,7 +234,13 @@ fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Fa
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut mkdir, 0o700);
     mkdir.create(&data).map_err(|e| Error::io(&data, e))?;
-    let config = json!({"partner_api_keys": {"amplitude": PARTNER_API_KEY}});
+    // Compactions come from the thresholds, lowered for the run: a record
+    // count, and an age of half the run so that at least one happens.
+    let config = json!({
+        "partner_api_keys": {"amplitude": PARTNER_API_KEY},
+        "compact_after_records": args.compact_after_records,
+        "compact_interval_secs": (args.seconds / 2).max(1),
+    });
     let config_path = data.join("segq.json");
     let mut open = std::fs::OpenOptions::new();
     open.write(true).create_new(true);
@@ -209,6 +269,7 @@ fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Fa
     let token = engine
         .create_api_key(WS, "loadtest", vec![segq::access::Scope::SegmentsRead])?
         .key;
+    let compactor = engine.start_compactor(Duration::from_millis(200));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -221,95 +282,193 @@ fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Fa
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Other(format!("the address: {e}")))?;
-    let base = format!("http://{addr}");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = rt.spawn(segq::server::serve(engine.clone(), listener, async {
         let _ = rx.await;
     }));
-    eprintln!(
-        "segq loadtest: serving on {base}; {} sync clients, {} query clients, {} s",
-        args.sync_clients, args.query_clients, args.seconds
-    );
+    let target = Target {
+        base: format!("http://{addr}"),
+        workspace: WS.into(),
+        partner_api_key: PARTNER_API_KEY.into(),
+        data_import_key: secret,
+        token,
+        poll: Duration::from_millis(5),
+    };
+    let stats = || engine.workspace(WS).map(|h| h.compaction_stats());
+    let report = drive(args, &target, &stats);
+    let _ = tx.send(());
+    let _ = rt.block_on(served);
+    drop(engine);
+    let _ = compactor.join();
+    finish(args, report?, out)
+}
 
+fn run_remote(args: &LoadtestArgs, server: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let target = Target {
+        base: crate::sync::server_url(server)?,
+        workspace: args.workspace.clone(),
+        partner_api_key: crate::sync::secret(
+            &args.partner_api_key,
+            "SEGQ_PARTNER_API_KEY",
+            "--partner-api-key",
+        )?,
+        data_import_key: crate::sync::secret(
+            &args.data_import_key,
+            "SEGQ_DATA_IMPORT_KEY",
+            "--data-import-key",
+        )?,
+        token: crate::sync::secret(&args.token, "SEGQ_TOKEN", "--token")?,
+        poll: Duration::from_millis(50),
+    };
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot make an HTTP client: {e}")))?;
+    let url = format!("{}/metrics", target.base);
+    let stats = || -> Option<CompactionStats> {
+        let text = client.get(&url).send().ok()?.text().ok()?;
+        compaction_stats_in(&text, &target.workspace)
+    };
+    if stats().is_none() {
+        return Err(Failure::Other(format!(
+            "{url} shows no workspace {:?}: is it the server's?",
+            target.workspace
+        )));
+    }
+    let report = drive(args, &target, &stats)?;
+    finish(args, report, out)
+}
+
+/// A workspace's compactions in the Prometheus text of `GET /metrics`.
+fn compaction_stats_in(text: &str, workspace: &str) -> Option<CompactionStats> {
+    let label = format!(
+        "{{workspace=\"{}\"}} ",
+        workspace.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let get = |name: &str| -> Option<f64> {
+        let prefix = format!("{name}{label}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let ms = |name: &str| get(name).map(|s| (s * 1000.0).round() as u64);
+    Some(CompactionStats {
+        done: get("segq_compactions_total")? as u64,
+        failed: get("segq_compaction_failures_total")? as u64,
+        running: get("segq_compaction_running")? as u64,
+        millis: ms("segq_compaction_seconds_total")?,
+        writers_held_millis: ms("segq_compaction_writers_held_seconds_total")?,
+        last_millis: ms("segq_compaction_last_seconds")?,
+    })
+}
+
+/// Runs the clients against the target, watches its compactions, then
+/// checks every synced cohort; returns the figures.
+fn drive(args: &LoadtestArgs, target: &Target, stats: StatsFn<'_>) -> Result<Value, Failure> {
+    eprintln!(
+        "segq loadtest: loading {}; {} sync clients, {} query clients, {} s",
+        target.base, args.sync_clients, args.query_clients, args.seconds
+    );
     let shared = Shared {
         figures: Mutex::new(Figures::default()),
-        window: Mutex::new(Window::default()),
+        windows: Mutex::new(Windows::default()),
     };
-    let shapes: Vec<String> = workload::query_shapes(spec.cohorts)
+    let shapes: Vec<String> = workload::query_shapes(args.cohorts)
         .into_iter()
         .map(|(_, f)| f.to_string())
         .collect();
-    let members = args.members.unwrap_or(spec.users / 10).clamp(1, spec.users);
+    let members = args.members.unwrap_or(args.users / 10).clamp(1, args.users);
+    let dir = std::env::temp_dir().join(format!(
+        "segq-loadtest-state-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let before = stats().unwrap_or_default();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
-    let done = AtomicBool::new(false);
-    let mut compaction_ms = 0u64;
+    let (done, syncing) = (AtomicBool::new(false), AtomicBool::new(true));
     let mut acked: Vec<BTreeSet<String>> = Vec::new();
-    std::thread::scope(|s| -> Result<(), Failure> {
+    let mut after = before;
+    let ran = std::thread::scope(|s| -> Result<(), Failure> {
         let syncs: Vec<_> = (0..args.sync_clients)
             .map(|i| {
-                let (shared, base, secret, dir) = (&shared, &base, &secret, dir);
-                s.spawn(move || sync_client(i, args, base, secret, dir, members, deadline, shared))
+                let (shared, dir) = (&shared, &dir);
+                s.spawn(move || sync_client(i, args, target, dir, members, deadline, shared))
             })
             .collect();
         for q in 0..args.query_clients {
-            let (shared, base, token, shapes, done) = (&shared, &base, &token, &shapes, &done);
-            s.spawn(move || query_client(q, args, base, token, shapes, done, shared));
+            let (shared, shapes, done) = (&shared, &shapes, &done);
+            s.spawn(move || query_client(q, args, target, shapes, done, shared));
         }
-        // The compaction, halfway.
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()) / 2);
-        shared.window.lock().unwrap_or_else(|p| p.into_inner()).from = Some(Instant::now());
-        let c = engine.compact(WS);
-        shared.window.lock().unwrap_or_else(|p| p.into_inner()).to = Some(Instant::now());
-        match c {
-            Ok(c) => compaction_ms = c.took_ms,
-            Err(e) => shared.error(format!("compaction: {e}")),
-        }
+        // The compactions, as they start and end.
+        let watcher = {
+            let (shared, syncing) = (&shared, &syncing);
+            s.spawn(move || {
+                let mut last = None;
+                while syncing.load(Ordering::SeqCst) {
+                    if let Some(now) = stats() {
+                        let running = now.running > 0
+                            || last.is_some_and(|l: CompactionStats| {
+                                now.done + now.failed > l.done + l.failed
+                            });
+                        shared
+                            .windows
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .note(running, Instant::now());
+                        last = Some(now);
+                    }
+                    std::thread::sleep(target.poll);
+                }
+            })
+        };
         for h in syncs {
             acked.push(
                 h.join()
                     .map_err(|_| Failure::Other("a sync client panicked".into()))?,
             );
         }
+        syncing.store(false, Ordering::SeqCst);
+        let _ = watcher.join();
+        after = stats().unwrap_or(after);
         done.store(true, Ordering::SeqCst);
         Ok(())
-    })?;
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    ran?;
     let elapsed = start.elapsed().as_secs_f64();
 
     // Every synced cohort holds exactly what its client last had
-    // acknowledged (identifiers that match nobody aside).
-    let handle = engine
-        .workspace(WS)
-        .ok_or_else(|| Failure::Other("the workspace is gone".into()))?;
-    let (mut lost, mut extra) = (0u64, 0u64);
-    {
-        let w = handle.read();
-        for (i, want) in acked.iter().enumerate() {
-            let key = CohortKey::new(Partner::Amplitude, cohort_of(i as u16));
-            let held: BTreeSet<u32> = match w.cohorts.get(&key) {
-                Some(c) => c.members.iter()?.collect(),
-                None => BTreeSet::new(),
-            };
-            let want: BTreeSet<u32> = want
-                .iter()
-                .filter_map(|e| w.users.lookup(&UserRef::ExternalId(e.clone())))
-                .map(|u| u.0)
-                .collect();
-            lost += want.difference(&held).count() as u64;
-            extra += held.difference(&want).count() as u64;
-        }
+    // acknowledged (identifiers that match no user aside).
+    let (mut lost, mut extra, mut unmatched) = (0u64, 0u64, 0u64);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot make an HTTP client: {e}")))?;
+    for (i, want) in acked.iter().enumerate() {
+        let filter = format!("amplitude_cohorts includes {}", cohort_of(i as u16));
+        let held = cohort_members(&http, target, &filter)?;
+        let (missing, unknown) = not_members(&http, target, &filter, want)?;
+        lost += missing;
+        unmatched += unknown;
+        extra += held.difference(want).count() as u64;
     }
-    let _ = tx.send(());
-    let _ = rt.block_on(served);
 
     let mut f = shared
         .figures
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
+    let windows = shared
+        .windows
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let errors: u64 = f.errors.values().sum();
-    let report = json!({
-        "users": spec.users,
-        "cohorts": spec.cohorts,
+    let compactions = after.done.saturating_sub(before.done);
+    Ok(json!({
+        "server": args.server.is_some(),
+        "users": args.users,
+        "cohorts": args.cohorts,
         "seconds": elapsed,
         "sync_clients": args.sync_clients,
         "query_clients": args.query_clients,
@@ -328,44 +487,156 @@ fn run_in(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(), Fa
         "check_p50_ms": f.check.ms(0.5),
         "check_p99_ms": f.check.ms(0.99),
         "check_max_ms": f.check.ms(1.0),
-        "compaction_ms": compaction_ms,
+        "compactions": compactions,
+        "compaction_failures": after.failed.saturating_sub(before.failed),
+        "compaction_ms": after.millis.saturating_sub(before.millis),
+        "compaction_writers_held_ms": after.writers_held_millis.saturating_sub(before.writers_held_millis),
         "during_compaction": {
+            "windows": windows.0.len(),
             "batches": f.batch_during_compaction.0.len(),
             "batch_max_ms": f.batch_during_compaction.ms(1.0),
+            "counts": f.count_during_compaction.0.len(),
             "count_p99_ms": f.count_during_compaction.ms(0.99),
+            "checks": f.check_during_compaction.0.len(),
             "check_p99_ms": f.check_during_compaction.ms(0.99),
         },
         "errors": errors,
         "errors_by_status": f.errors,
         "lost": lost,
         "extra": extra,
-    });
+        "unmatched": unmatched,
+    }))
+}
+
+/// Prints the figures; fails when a cohort differs from what its client
+/// had acknowledged.
+fn finish(args: &LoadtestArgs, r: Value, out: &mut dyn Write) -> Result<(), Failure> {
+    let n = |v: &Value| v.as_f64().unwrap_or(0.0);
     if args.json {
-        writeln!(out, "{report}").map_err(io_err)?;
+        writeln!(out, "{r}").map_err(io_err)?;
     } else {
-        let r = &report;
+        let d = &r["during_compaction"];
         writeln!(
             out,
-            "{} users, {} s: {} identifier changes acknowledged ({:.0}/s) in {} rounds, batch p50 {:.2} ms p99 {:.2} ms\n\
+            "{} users, {:.1} s: {} identifier changes acknowledged ({:.0}/s) in {} rounds, batch p50 {:.2} ms p99 {:.2} ms\n\
              counts: {} (p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms); checks: {} (p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)\n\
-             compaction: {} ms; during it: {} batches (longest {:.2} ms), count p99 {:.2} ms, check p99 {:.2} ms\n\
+             compactions: {} ({} ms, writers kept out {} ms); during them: {} batches (longest {:.2} ms), count p99 {:.2} ms, check p99 {:.2} ms\n\
              errors: {} {}; lost {}, extra {}",
-            spec.users, args.seconds, f.changes, r["changes_per_sec"].as_f64().unwrap_or(0.0), f.rounds,
-            r["batch_p50_ms"].as_f64().unwrap_or(0.0), r["batch_p99_ms"].as_f64().unwrap_or(0.0),
-            r["counts"], r["count_p50_ms"].as_f64().unwrap_or(0.0), r["count_p99_ms"].as_f64().unwrap_or(0.0), r["count_max_ms"].as_f64().unwrap_or(0.0),
-            r["checks"], r["check_p50_ms"].as_f64().unwrap_or(0.0), r["check_p99_ms"].as_f64().unwrap_or(0.0), r["check_max_ms"].as_f64().unwrap_or(0.0),
-            compaction_ms, r["during_compaction"]["batches"], r["during_compaction"]["batch_max_ms"].as_f64().unwrap_or(0.0),
-            r["during_compaction"]["count_p99_ms"].as_f64().unwrap_or(0.0), r["during_compaction"]["check_p99_ms"].as_f64().unwrap_or(0.0),
-            errors, r["errors_by_status"], lost, extra
+            r["users"], n(&r["seconds"]), r["changes"], n(&r["changes_per_sec"]), r["rounds"],
+            n(&r["batch_p50_ms"]), n(&r["batch_p99_ms"]),
+            r["counts"], n(&r["count_p50_ms"]), n(&r["count_p99_ms"]), n(&r["count_max_ms"]),
+            r["checks"], n(&r["check_p50_ms"]), n(&r["check_p99_ms"]), n(&r["check_max_ms"]),
+            r["compactions"], r["compaction_ms"], r["compaction_writers_held_ms"],
+            d["batches"], n(&d["batch_max_ms"]), n(&d["count_p99_ms"]), n(&d["check_p99_ms"]),
+            r["errors"], r["errors_by_status"], r["lost"], r["extra"]
         )
         .map_err(io_err)?;
     }
+    let (lost, extra) = (
+        r["lost"].as_u64().unwrap_or(0),
+        r["extra"].as_u64().unwrap_or(0),
+    );
     if lost > 0 || extra > 0 {
         return Err(Failure::Other(format!(
             "the cohorts differ from what their clients had acknowledged: {lost} lost, {extra} extra"
         )));
     }
     Ok(())
+}
+
+fn post(
+    http: &reqwest::blocking::Client,
+    target: &Target,
+    path: &str,
+    body: &Value,
+) -> Result<reqwest::blocking::Response, Failure> {
+    let url = format!(
+        "{}/workspaces/{}/segments/{path}",
+        target.base, target.workspace
+    );
+    let resp = http
+        .post(&url)
+        .bearer_auth(&target.token)
+        .json(body)
+        .send()
+        .map_err(|e| Failure::Other(format!("{url}: {e}")))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        return Err(Failure::Other(format!("{url}: {status}: {text}")));
+    }
+    Ok(resp)
+}
+
+/// The external ids of a segment's members, page by page.
+fn cohort_members(
+    http: &reqwest::blocking::Client,
+    target: &Target,
+    filter: &str,
+) -> Result<BTreeSet<String>, Failure> {
+    let mut held = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut body = json!({"filter": filter, "limit": 1_000_000, "format": "jsonl"});
+        if let Some(c) = &cursor {
+            body["cursor"] = c.clone().into();
+        }
+        let resp = post(http, target, "members", &body)?;
+        cursor = resp
+            .headers()
+            .get(segq::server::segments::NEXT_CURSOR)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let text = resp
+            .text()
+            .map_err(|e| Failure::Other(format!("members of {filter}: {e}")))?;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| Failure::Other(format!("members of {filter}: {e}: {line}")))?;
+            // Members without an external id were never synced by a client.
+            if let Some(e) = v["external_id"].as_str() {
+                held.insert(e.to_string());
+            }
+        }
+        if cursor.is_none() {
+            return Ok(held);
+        }
+    }
+}
+
+/// Of the users a client had acknowledged, how many exist but are not in
+/// the segment, and how many match no user.
+fn not_members(
+    http: &reqwest::blocking::Client,
+    target: &Target,
+    filter: &str,
+    want: &BTreeSet<String>,
+) -> Result<(u64, u64), Failure> {
+    let (mut missing, mut unknown) = (0u64, 0u64);
+    let want: Vec<&String> = want.iter().collect();
+    for block in want.chunks(segq::server::segments::MAX_CHECK_USERS) {
+        let users: Vec<Value> = block.iter().map(|e| json!({"external_id": e})).collect();
+        let answer: Value = post(
+            http,
+            target,
+            "check",
+            &json!({"filter": filter, "users": users}),
+        )?
+        .json()
+        .map_err(|e| Failure::Other(format!("checks of {filter}: {e}")))?;
+        let results = answer["results"]
+            .as_array()
+            .filter(|r| r.len() == block.len())
+            .ok_or_else(|| Failure::Other(format!("checks of {filter}: no results in {answer}")))?;
+        for r in results {
+            match (r["member"].as_bool(), r["user_id"].is_u64()) {
+                (Some(true), _) => {}
+                (Some(false), true) => missing += 1,
+                _ => unknown += 1,
+            }
+        }
+    }
+    Ok((missing, unknown))
 }
 
 fn cohort_of(client: u16) -> String {
@@ -378,8 +649,7 @@ fn cohort_of(client: u16) -> String {
 fn sync_client(
     i: u16,
     args: &LoadtestArgs,
-    base: &str,
-    secret: &str,
+    target: &Target,
     dir: &Path,
     members: u32,
     deadline: Instant,
@@ -387,10 +657,10 @@ fn sync_client(
 ) -> BTreeSet<String> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ (u64::from(i) << 32));
     let job = Job {
-        server: base.to_string(),
+        server: target.base.clone(),
         partner: Partner::Amplitude,
-        partner_api_key: PARTNER_API_KEY.into(),
-        data_import_key: secret.to_string(),
+        partner_api_key: target.partner_api_key.clone(),
+        data_import_key: target.data_import_key.clone(),
         cohort_id: cohort_of(i),
         name: format!("Load {i}"),
         kind: IdKind::ExternalId,
@@ -400,7 +670,7 @@ fn sync_client(
         in_flight: sync::IN_FLIGHT,
         retry: RetryPolicy::default(),
     };
-    let Ok(http) = Http::new(base, Duration::from_secs(60)) else {
+    let Ok(http) = Http::new(&target.base, Duration::from_secs(60)) else {
         shared.error("sync client".into());
         return BTreeSet::new();
     };
@@ -446,8 +716,7 @@ fn sync_client(
 fn query_client(
     q: u16,
     args: &LoadtestArgs,
-    base: &str,
-    token: &str,
+    target: &Target,
     shapes: &[String],
     done: &AtomicBool,
     shared: &Shared,
@@ -474,9 +743,16 @@ fn query_client(
         } else {
             ("count", json!({"filter": shape}))
         };
-        let url = format!("{base}/workspaces/{WS}/segments/{path}");
+        let url = format!(
+            "{}/workspaces/{}/segments/{path}",
+            target.base, target.workspace
+        );
         let start = Instant::now();
-        let r = client.post(&url).bearer_auth(token).json(&body).send();
+        let r = client
+            .post(&url)
+            .bearer_auth(&target.token)
+            .json(&body)
+            .send();
         let status = match r {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -490,7 +766,7 @@ fn query_client(
         // "no user holds" is a check's answer, not an error.
         if status == 200 || (check && status == 404) {
             let during = shared
-                .window
+                .windows
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .overlaps(start, end);

@@ -153,9 +153,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     for r in engine.recoveries() {
         tracing::warn!("recovered a damaged log: {r}");
     }
-    // Fold logs into snapshots when they pass the configured thresholds; a
-    // compaction cut short by the process exiting is safe by construction.
-    engine.start_compactor(std::time::Duration::from_secs(30));
+    // Fold logs into snapshots when they pass the configured thresholds,
+    // looked at every second (two file sizes a workspace); a compaction
+    // cut short by the process exiting is safe by construction.
+    engine.start_compactor(std::time::Duration::from_secs(1));
     let mut config = engine.config().clone();
     args.config.apply(&mut config);
     let mut options = segq::server::ServerOptions::from_config(&config);

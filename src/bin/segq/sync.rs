@@ -173,14 +173,6 @@ fn job_of(args: &SyncArgs) -> Result<(Job, Layout), Failure> {
         found: args.partner.clone(),
     })?;
     let kind = IdKind::parse(&args.id_type, args.alias_label.as_deref())?;
-    let secret = |given: &Option<String>, var: &str, flag: &str| -> Result<String, Failure> {
-        match given {
-            Some(v) => Ok(v.clone()),
-            None => std::env::var(var).map_err(|_| {
-                Failure::Other(format!("{flag} is needed (or {var} in the environment)"))
-            }),
-        }
-    };
     let partner_api_key = secret(
         &args.partner_api_key,
         "SEGQ_PARTNER_API_KEY",
@@ -191,14 +183,7 @@ fn job_of(args: &SyncArgs) -> Result<(Job, Layout), Failure> {
         "SEGQ_DATA_IMPORT_KEY",
         "--data-import-key",
     )?;
-    let server = args.server.trim_end_matches('/').to_string();
-    if !(server.starts_with("http://") || server.starts_with("https://")) {
-        return Err(Error::InvalidArgument(format!(
-            "--server {:?}: expected a URL starting with http:// or https://",
-            args.server
-        ))
-        .into());
-    }
+    let server = server_url(&args.server)?;
     if args.retry_base_ms == 0 || args.retry_max_ms < args.retry_base_ms {
         return Err(Error::InvalidArgument(
             "--retry-base-ms must be at least 1 and at most --retry-max-ms".into(),
@@ -235,6 +220,27 @@ fn job_of(args: &SyncArgs) -> Result<(Job, Layout), Failure> {
 }
 
 /// Where state files go by default.
+/// A secret given by its flag, else by its environment variable.
+pub(crate) fn secret(given: &Option<String>, var: &str, flag: &str) -> Result<String, Failure> {
+    match given {
+        Some(v) => Ok(v.clone()),
+        None => std::env::var(var)
+            .map_err(|_| Failure::Other(format!("{flag} is needed (or {var} in the environment)"))),
+    }
+}
+
+/// A server's base URL, without a trailing `/`.
+pub(crate) fn server_url(given: &str) -> Result<String, Failure> {
+    let server = given.trim_end_matches('/').to_string();
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(Error::InvalidArgument(format!(
+            "--server {given:?}: expected a URL starting with http:// or https://"
+        ))
+        .into());
+    }
+    Ok(server)
+}
+
 fn state_dir() -> PathBuf {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(d) = var("SEGQ_SYNC_STATE_DIR") {
