@@ -1,6 +1,7 @@
 //! What a sync sends: the users who entered and left since the last
 //! successful sync, cut into batches.
 
+use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use crate::import::MAX_IDENTIFIERS;
@@ -40,14 +41,44 @@ impl Plan {
         full: bool,
         batch_size: usize,
     ) -> Plan {
-        let entered = if full {
-            target.iter().cloned().collect()
-        } else {
-            target.difference(synced).cloned().collect()
-        };
+        Plan::between(synced.iter(), target.iter(), full, batch_size)
+    }
+
+    /// [`Plan::new`] from two ascending sequences without repeats (a
+    /// state file's sorted lists, a set's iterator): one merge, with no
+    /// set built and only the identifiers that changed copied.
+    pub fn between<'a>(
+        synced: impl IntoIterator<Item = &'a String>,
+        target: impl IntoIterator<Item = &'a String>,
+        full: bool,
+        batch_size: usize,
+    ) -> Plan {
+        let (mut entered, mut left) = (Vec::new(), Vec::new());
+        let (mut a, mut b) = (synced.into_iter().peekable(), target.into_iter().peekable());
+        loop {
+            let step = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(x), Some(y)) => x.cmp(y),
+            };
+            match step {
+                // Only in `synced`: left.
+                Ordering::Less => left.extend(a.next().cloned()),
+                // Only in `target`: entered.
+                Ordering::Greater => entered.extend(b.next().cloned()),
+                Ordering::Equal => {
+                    a.next();
+                    let stays = b.next();
+                    if full {
+                        entered.extend(stays.cloned());
+                    }
+                }
+            }
+        }
         Plan {
             entered,
-            left: synced.difference(target).cloned().collect(),
+            left,
             batch_size: batch_size.clamp(1, MAX_IDENTIFIERS),
         }
     }

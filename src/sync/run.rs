@@ -166,7 +166,7 @@ impl Run<'_> {
                 return Ok(());
             }
         }
-        let plan = Plan::new(&state.synced(), members, job.full, job.batch_size);
+        let plan = Plan::between(&state.members, members, job.full, job.batch_size);
         if plan.is_empty() {
             if state.synced_at.is_none() {
                 // A first sync of an empty cohort: remember it was done.
@@ -196,8 +196,12 @@ impl Run<'_> {
         summary: &mut Summary,
     ) -> Result<bool> {
         let path = &self.job.state;
-        let target: BTreeSet<String> = pending.target.iter().cloned().collect();
-        let plan = Plan::new(&state.synced(), &target, pending.full, pending.batch_size);
+        let plan = Plan::between(
+            &state.members,
+            &pending.target,
+            pending.full,
+            pending.batch_size,
+        );
         summary.entered += plan.entered.len() as u64;
         summary.left += plan.left.len() as u64;
         let batches = plan.batches();

@@ -112,6 +112,16 @@ impl State {
         };
         let state: State = serde_json::from_slice(&bytes)
             .map_err(|e| corrupt(format!("not a sync state file: {e}")))?;
+        // The lists are diffed by one merge: they must be sorted, without
+        // repeats, as this code writes them.
+        let ascending = |v: &[String]| v.windows(2).all(|w| w[0] < w[1]);
+        if !ascending(&state.members)
+            || !state.pending.as_ref().is_none_or(|p| ascending(&p.target))
+        {
+            return Err(corrupt(
+                "its member lists are not sorted without repeats, as segq writes them".into(),
+            ));
+        }
         if state.format != FORMAT || state.version != VERSION {
             return Err(corrupt(format!(
                 "format {:?} version {}, expected {FORMAT:?} version {VERSION}",

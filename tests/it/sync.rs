@@ -140,6 +140,40 @@ fn the_plan_sends_who_entered_and_who_left() {
 }
 
 #[test]
+fn the_merged_plan_agrees_with_set_differences_on_random_sets() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for round in 0..200 {
+        let mut draw = |n: usize| -> BTreeSet<String> {
+            (0..rng.gen_range(0..n))
+                .map(|_| format!("u{}", rng.gen_range(0..60)))
+                .collect()
+        };
+        let (synced, target) = (draw(50), draw(50));
+        for full in [false, true] {
+            let plan = Plan::new(&synced, &target, full, 7);
+            let entered: Vec<String> = if full {
+                target.iter().cloned().collect()
+            } else {
+                target.difference(&synced).cloned().collect()
+            };
+            let left: Vec<String> = synced.difference(&target).cloned().collect();
+            assert_eq!(
+                (&plan.entered, &plan.left),
+                (&entered, &left),
+                "round {round}"
+            );
+            // The same from the state file's sorted lists.
+            let (a, b): (Vec<String>, Vec<String>) = (
+                synced.iter().cloned().collect(),
+                target.iter().cloned().collect(),
+            );
+            assert_eq!(Plan::between(&a, &b, full, 7), plan, "round {round}");
+        }
+    }
+}
+
+#[test]
 fn batches_hold_at_most_1000_entered_then_left() {
     let synced = names("old", 0..1500);
     let target = names("new", 0..2001);
@@ -256,6 +290,25 @@ fn the_state_file_is_replaced_atomically_and_names_its_cohort() {
     std::fs::write(&path, b"{\"members\": []}").unwrap();
     let e = State::load(&path, &id).unwrap_err();
     assert!(matches!(e, segq::Error::Corrupt { .. }), "{e}");
+    // Lists out of order or with repeats (edited by hand) would be diffed
+    // wrongly: refused, not used.
+    for (members, target) in [
+        (vec!["b", "a"], None),
+        (vec!["a", "a"], None),
+        (vec!["a"], Some(vec!["c", "b"])),
+    ] {
+        let mut bad = s.clone();
+        bad.members = members.iter().map(|m| m.to_string()).collect();
+        bad.pending = target.map(|t| segq::sync::state::Pending {
+            id: "p".into(),
+            target: t.iter().map(|m| m.to_string()).collect(),
+            full: false,
+            batch_size: 1000,
+        });
+        std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let e = State::load(&path, &id).unwrap_err();
+        assert!(e.to_string().contains("not sorted"), "{e}");
+    }
 }
 
 #[test]

@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -684,7 +683,12 @@ fn sync_client(
     while current.len() < members as usize {
         current.insert(pick(&mut rng));
     }
-    let mut last_acked = BTreeSet::new();
+    // What changed since the last acknowledged sync, to undo on `current`
+    // should the last round fail: (identifier, whether it entered). No
+    // round copies the whole cohort.
+    // Before the first acknowledged sync, every member is a change.
+    let mut since_acked: Vec<(String, bool)> =
+        current.iter().map(|id| (id.clone(), true)).collect();
     let never = AtomicBool::new(false);
     while Instant::now() < deadline {
         match sync::sync_once(&job, &current, &t, &sync::Quiet, &never) {
@@ -692,21 +696,43 @@ fn sync_client(
                 let mut f = shared.figures.lock().unwrap_or_else(|p| p.into_inner());
                 f.changes += s.entered + s.left;
                 f.rounds += 1;
-                last_acked = current.clone();
+                since_acked.clear();
             }
             Err(e) => shared.error(format!("sync: {e}")),
         }
         // A tenth leave, as many enter.
-        let churn = (members / 10).max(1) as usize;
-        let mut v: Vec<String> = current.iter().cloned().collect();
-        v.shuffle(&mut rng);
-        for gone in v.iter().take(churn) {
-            current.remove(gone);
+        let churn = ((members / 10).max(1) as usize).min(current.len());
+        let mut leaving: Vec<usize> =
+            rand::seq::index::sample(&mut rng, current.len(), churn).into_vec();
+        leaving.sort_unstable();
+        let mut leaving = leaving.into_iter().peekable();
+        let gone: Vec<String> = current
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| leaving.next_if_eq(i).is_some())
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in gone {
+            current.remove(&id);
+            since_acked.push((id, false));
         }
         let mut bound = 0;
         while current.len() < members as usize && bound < 100 * members as usize {
-            current.insert(pick(&mut rng));
+            let id = pick(&mut rng);
+            if current.insert(id.clone()) {
+                since_acked.push((id, true));
+            }
             bound += 1;
+        }
+    }
+    // The members last acknowledged: `current` with the changes since
+    // undone, latest first.
+    let mut last_acked = current;
+    for (id, entered) in since_acked.into_iter().rev() {
+        if entered {
+            last_acked.remove(&id);
+        } else {
+            last_acked.insert(id);
         }
     }
     last_acked
