@@ -274,7 +274,7 @@ mod tests {
         let bytes = crate::engine::persist::write_snapshot(&ws, 1).unwrap();
         let good = Snapshot::from_bytes(bytes.clone(), "good").unwrap();
         let at = good.meta().unwrap().cohorts[0].offset as usize;
-        let mut w = SnapshotWriter::new();
+        let mut w = SnapshotWriter::to_version(Vec::new(), good.version()).unwrap();
         for s in good.sections() {
             let mut b = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
             if s.kind == SectionKind::Bitmaps {

@@ -493,7 +493,7 @@ pub fn apply(ws: &mut Workspace, change: &Change) -> Result<Applied> {
         }
         Change::ExternalIdRenamed { user, from, to } => {
             let current = ws.users.external_id(*user);
-            if current != Some(from.as_str()) {
+            if current.as_deref() != Some(from.as_str()) {
                 return Err(mismatch(format!(
                     "external_id of user {user} renamed from {from:?}, but it is {current:?}"
                 )));

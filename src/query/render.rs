@@ -164,7 +164,7 @@ pub fn render_members(
         match ext {
             Some(e) => {
                 out.extend_from_slice(b"{\"external_id\":");
-                json_string(out, e);
+                json_string(out, &e);
             }
             None => {
                 let _ = write!(out, "{{\"user_id\":{u}");
@@ -185,7 +185,7 @@ pub fn render_members(
 fn csv_row(ws: &Workspace, user: UserId, extras: Extras) -> Vec<String> {
     let mut row = Vec::with_capacity(4);
     match ws.users.external_id(user) {
-        Some(e) => row.extend([text_cell(e), String::new()]),
+        Some(e) => row.extend([text_cell(&e), String::new()]),
         None => row.extend([String::new(), user.0.to_string()]),
     }
     if extras.aliases {

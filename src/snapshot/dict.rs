@@ -23,6 +23,9 @@
 //! hash's high 32 bits) before the bytes. The table is at most 3/4 full.
 //! An alias key is `label.len() as u32 LE ++ label ++ name`.
 
+use std::borrow::Cow;
+
+use super::compact::{CompactDict, Keys};
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 
@@ -290,6 +293,103 @@ impl<'a> Dict<'a> {
             return Err(format!("{used} slots in use for {} entries", self.count));
         }
         Ok(())
+    }
+}
+
+/// An identifier dictionary of either format: the hashed one of versions
+/// 1 to 3 ([`Dict`]) or the compact one of version 4 on
+/// ([`CompactDict`]). Both answer the same questions the same way.
+#[derive(Clone, Debug)]
+pub enum Ids<'a> {
+    /// Versions 1 to 3.
+    Hashed(Dict<'a>),
+    /// Version 4 on.
+    Compact(CompactDict<'a>),
+}
+
+impl<'a> Ids<'a> {
+    /// The keys in the dictionary.
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Hashed(d) => d.len(),
+            Ids::Compact(d) => d.len(),
+        }
+    }
+
+    /// Whether the dictionary holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The user holding `key`.
+    pub fn get(&self, key: &[u8]) -> Option<UserId> {
+        match self {
+            Ids::Hashed(d) => d.get(key),
+            Ids::Compact(d) => d.get(key),
+        }
+    }
+
+    /// The keys `user` holds, in the order they were written. An entry
+    /// that does not decode (a corrupt file: `verify` says where) is
+    /// left out.
+    pub fn keys_of(&self, user: UserId) -> KeysOf<'a> {
+        match self {
+            Ids::Hashed(d) => KeysOf::Hashed(*d, d.entries_of(user)),
+            Ids::Compact(d) => KeysOf::Compact(d.keys_of(user)),
+        }
+    }
+
+    /// Every (user, key) in user order. `Err` says where the dictionary
+    /// does not decode.
+    pub fn for_each(
+        &self,
+        mut visit: impl FnMut(UserId, &[u8]),
+    ) -> std::result::Result<(), String> {
+        match self {
+            Ids::Hashed(d) => {
+                for i in 0..d.len() {
+                    let (u, k) = d
+                        .entry(i)
+                        .ok_or_else(|| format!("entry {i} points outside the key bytes"))?;
+                    visit(u, k);
+                }
+                Ok(())
+            }
+            Ids::Compact(d) => d.for_each(visit),
+        }
+    }
+
+    /// Checks the whole dictionary against `users` users.
+    pub fn verify(&self, users: u32) -> std::result::Result<(), String> {
+        match self {
+            Ids::Hashed(d) => d.verify(users),
+            Ids::Compact(d) => d.verify(users),
+        }
+    }
+}
+
+/// The keys of one user ([`Ids::keys_of`]).
+#[derive(Clone, Debug)]
+pub enum KeysOf<'a> {
+    /// From a hashed dictionary: entries in place.
+    Hashed(Dict<'a>, std::ops::Range<usize>),
+    /// From a compact one: decoded.
+    Compact(Keys<'a>),
+}
+
+impl<'a> Iterator for KeysOf<'a> {
+    type Item = Cow<'a, [u8]>;
+
+    fn next(&mut self) -> Option<Cow<'a, [u8]>> {
+        match self {
+            KeysOf::Hashed(d, r) => loop {
+                let i = r.next()?;
+                if let Some((_, k)) = d.entry(i) {
+                    return Some(Cow::Borrowed(k));
+                }
+            },
+            KeysOf::Compact(k) => k.next(),
+        }
     }
 }
 

@@ -34,11 +34,14 @@ use crate::error::{Error, Result};
 pub const MAGIC: [u8; 8] = *b"SEGQSNAP";
 /// The newest format version this build writes. Version 2 added the
 /// optional attributes section, version 3 the optional deleted users
-/// section; versions [`MIN_VERSION`]`..=VERSION` are read. A file is
-/// written at the oldest version that holds its sections, never older
-/// than [`WRITTEN_SINCE`] ([`SnapshotWriter::to_version`]): a workspace
-/// that never deleted a user writes the same version 2 bytes as before.
-pub const VERSION: u32 = 3;
+/// section, version 4 the compact identifier dictionaries (kinds 9 to 11,
+/// which replace kinds 3 to 5); versions [`MIN_VERSION`]`..=VERSION` are
+/// read. A file is written at the oldest version that holds its sections,
+/// never older than [`WRITTEN_SINCE`] ([`SnapshotWriter::to_version`]).
+/// Every snapshot segq writes holds the compact dictionaries, so it is a
+/// version 4 file; versions 1 to 3 (with the hashed dictionaries) keep
+/// reading the same.
+pub const VERSION: u32 = 4;
 /// The oldest format version this build writes.
 pub const WRITTEN_SINCE: u32 = 2;
 /// The oldest format version this build reads.
@@ -73,11 +76,18 @@ pub enum SectionKind {
     /// The ids of deleted users, portable roaring format (version 3 on):
     /// holes, never given again and counted nowhere.
     Deleted = 8,
+    /// external_id dictionary, compact (version 4 on; replaces kind 3).
+    ExternalIdsCompact = 9,
+    /// device_id dictionary, compact (version 4 on; replaces kind 4).
+    DevicesCompact = 10,
+    /// (alias_label, alias_name) dictionary, compact (version 4 on;
+    /// replaces kind 5).
+    AliasesCompact = 11,
 }
 
 impl SectionKind {
     /// Every kind, in tag order.
-    pub const ALL: [SectionKind; 8] = [
+    pub const ALL: [SectionKind; 11] = [
         SectionKind::Meta,
         SectionKind::Buckets,
         SectionKind::ExternalIds,
@@ -86,6 +96,9 @@ impl SectionKind {
         SectionKind::Bitmaps,
         SectionKind::Attributes,
         SectionKind::Deleted,
+        SectionKind::ExternalIdsCompact,
+        SectionKind::DevicesCompact,
+        SectionKind::AliasesCompact,
     ];
 
     /// The first format version with this kind of section.
@@ -93,6 +106,9 @@ impl SectionKind {
         match self {
             SectionKind::Attributes => 2,
             SectionKind::Deleted => 3,
+            SectionKind::ExternalIdsCompact
+            | SectionKind::DevicesCompact
+            | SectionKind::AliasesCompact => 4,
             _ => 1,
         }
     }
@@ -112,7 +128,25 @@ impl SectionKind {
             SectionKind::Bitmaps => "bitmaps",
             SectionKind::Attributes => "attributes",
             SectionKind::Deleted => "deleted",
+            SectionKind::ExternalIdsCompact => "external_ids_fst",
+            SectionKind::DevicesCompact => "devices_fst",
+            SectionKind::AliasesCompact => "aliases_fst",
         }
+    }
+
+    /// The identifier dictionary kinds: (hashed, versions 1 to 3;
+    /// compact, version 4 on) for external ids, devices and aliases.
+    pub const DICTIONARIES: [(SectionKind, SectionKind); 3] = [
+        (SectionKind::ExternalIds, SectionKind::ExternalIdsCompact),
+        (SectionKind::Devices, SectionKind::DevicesCompact),
+        (SectionKind::Aliases, SectionKind::AliasesCompact),
+    ];
+
+    /// Whether this kind is an identifier dictionary (either format).
+    pub fn is_dictionary(self) -> bool {
+        Self::DICTIONARIES
+            .iter()
+            .any(|&(a, b)| a == self || b == self)
     }
 }
 
@@ -406,6 +440,16 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
                 len,
                 crc: u32_at(e, 24),
             });
+        }
+        for (hashed, compact) in SectionKind::DICTIONARIES {
+            let has = |k| sections.iter().any(|s: &Section| s.kind == k);
+            if has(hashed) && has(compact) {
+                return Err(corrupt(format!(
+                    "sections {} and {} both hold the same identifiers",
+                    hashed.name(),
+                    compact.name()
+                )));
+            }
         }
         Ok(SnapshotFile {
             bytes,

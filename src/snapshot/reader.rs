@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use super::dict::{alias_key, Dict};
+use super::compact::CompactDict;
+use super::dict::{alias_key, Dict, Ids};
 use super::format::{Section, SectionKind, SnapshotFile};
 use super::meta::Meta;
 use super::mmap::Mapped;
@@ -66,6 +67,30 @@ pub struct Inspection {
     pub cohorts: Vec<CohortInfo>,
     /// Containers of each kind over all cohorts.
     pub containers: BTreeMap<&'static str, u64>,
+    /// The identifier dictionaries: external ids, devices, aliases.
+    pub dictionaries: Vec<DictionaryInfo>,
+}
+
+/// One identifier dictionary, as `segq snapshot inspect` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DictionaryInfo {
+    /// Its section's kind.
+    pub kind: &'static str,
+    /// `hashed` (versions 1 to 3) or `compact` (version 4 on).
+    pub format: &'static str,
+    /// The identifiers it holds.
+    pub entries: u64,
+    /// Its section's size in bytes.
+    pub bytes: u64,
+    /// Bytes per user of the snapshot.
+    pub bytes_per_user: f64,
+    /// A compact one's parts: identifier -> user FST, group offsets and
+    /// front-coded groups (bytes).
+    pub fst: Option<u64>,
+    /// See `fst`.
+    pub offsets: Option<u64>,
+    /// See `fst`.
+    pub blocks: Option<u64>,
 }
 
 /// One section of a snapshot file, as `segq snapshot inspect` shows it.
@@ -163,9 +188,17 @@ impl Snapshot {
         bytemuck::try_cast_slice(b).map_err(|e| self.corrupt(format!("buckets section: {e}")))
     }
 
-    fn dict(&self, kind: SectionKind) -> Result<Dict<'_>> {
-        Dict::parse(self.file.section(kind)?)
-            .map_err(|e| self.corrupt(format!("{} section: {e}", kind.name())))
+    /// The dictionary of `kinds` (hashed, compact): the compact one if the
+    /// file has it (version 4 on), else the hashed one.
+    fn dict(&self, (hashed, compact): (SectionKind, SectionKind)) -> Result<Ids<'_>> {
+        if let Some(b) = self.file.optional_section(compact) {
+            return CompactDict::parse(b)
+                .map(Ids::Compact)
+                .map_err(|e| self.corrupt(format!("{} section: {e}", compact.name())));
+        }
+        Dict::parse(self.file.section(hashed)?)
+            .map(Ids::Hashed)
+            .map_err(|e| self.corrupt(format!("{} section: {e}", hashed.name())))
     }
 
     /// The attributes section's bytes (`None`: the file has none, as no
@@ -187,18 +220,18 @@ impl Snapshot {
     }
 
     /// The external_id dictionary.
-    pub fn external_ids(&self) -> Result<Dict<'_>> {
-        self.dict(SectionKind::ExternalIds)
+    pub fn external_ids(&self) -> Result<Ids<'_>> {
+        self.dict(SectionKind::DICTIONARIES[0])
     }
 
     /// The device_id dictionary.
-    pub fn devices(&self) -> Result<Dict<'_>> {
-        self.dict(SectionKind::Devices)
+    pub fn devices(&self) -> Result<Ids<'_>> {
+        self.dict(SectionKind::DICTIONARIES[1])
     }
 
     /// The alias dictionary.
-    pub fn aliases(&self) -> Result<Dict<'_>> {
-        self.dict(SectionKind::Aliases)
+    pub fn aliases(&self) -> Result<Ids<'_>> {
+        self.dict(SectionKind::DICTIONARIES[2])
     }
 
     /// Whoever holds an identifier, from the mapped dictionaries.
@@ -211,18 +244,12 @@ impl Snapshot {
     }
 
     /// A user's external id, if identified.
-    pub fn external_id(&self, user: UserId) -> Result<Option<&str>> {
-        let d = self.external_ids()?;
-        match d.entries_of(user).next() {
+    pub fn external_id(&self, user: UserId) -> Result<Option<String>> {
+        match self.external_ids()?.keys_of(user).next() {
             None => Ok(None),
-            Some(i) => {
-                let (_, key) = d
-                    .entry(i)
-                    .ok_or_else(|| self.corrupt("external id outside its section"))?;
-                std::str::from_utf8(key)
-                    .map(Some)
-                    .map_err(|_| self.corrupt(format!("external id of user {user} is not UTF-8")))
-            }
+            Some(key) => String::from_utf8(key.into_owned())
+                .map(Some)
+                .map_err(|_| self.corrupt(format!("external id of user {user} is not UTF-8"))),
         }
     }
 
@@ -287,14 +314,14 @@ impl Snapshot {
         if let Some(u) = buckets.iter().position(|&b| b >= BUCKETS) {
             return Err(self.corrupt(format!("user {u} has bucket {}", buckets[u])));
         }
-        for kind in [
-            SectionKind::ExternalIds,
-            SectionKind::Devices,
-            SectionKind::Aliases,
-        ] {
-            self.dict(kind)?
-                .verify(meta.users)
-                .map_err(|e| self.corrupt(format!("{} dictionary: {e}", kind.name())))?;
+        for kinds in SectionKind::DICTIONARIES {
+            let d = self.dict(kinds)?;
+            let name = match d {
+                Ids::Hashed(_) => kinds.0.name(),
+                Ids::Compact(_) => kinds.1.name(),
+            };
+            d.verify(meta.users)
+                .map_err(|e| self.corrupt(format!("{name} dictionary: {e}")))?;
         }
         for (i, c) in meta.cohorts.iter().enumerate() {
             let v = self.bitmap(i)?;
@@ -323,21 +350,98 @@ impl Snapshot {
 
     /// Checks every section's checksum by reading the file at `path` with
     /// plain reads rather than through the map, so that checking a large
-    /// snapshot does not fill the process's resident memory.
+    /// snapshot does not fill the process's resident memory: the start-up
+    /// check. One thread reads the file front to back in 8 MiB chunks
+    /// (sequential reads, at the disk's rate); the others compute each
+    /// chunk's CRC-32 meanwhile, and a section's checksum is its chunks'
+    /// combined in order.
     pub fn verify_streaming(&self, path: &Path) -> Result<()> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        self.verify_streaming_with(path, workers, 8 << 20)
+    }
+
+    /// [`Self::verify_streaming`] with `workers` checksum threads and
+    /// chunks of `chunk` bytes.
+    pub fn verify_streaming_with(&self, path: &Path, workers: usize, chunk: usize) -> Result<()> {
         use std::io::{Read, Seek, SeekFrom};
+        use std::sync::mpsc;
+        use std::sync::Mutex;
+
         let io = |source| Error::io(path, source);
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let mut buf = vec![0u8; 1 << 20];
-        for s in self.sections() {
-            f.seek(SeekFrom::Start(s.offset)).map_err(io)?;
+        let chunk = chunk.max(1);
+        let sections = self.sections();
+        // (section, chunk, bytes) to the workers; (section, chunk, crc,
+        // len) back; spent buffers back to the reader.
+        let (jobs, job_rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(workers * 2);
+        let job_rx = Mutex::new(job_rx);
+        let (done, results) = mpsc::channel::<(usize, usize, u32, u64)>();
+        let (spent, free) = mpsc::channel::<Vec<u8>>();
+        let read = std::thread::scope(|scope| -> Result<()> {
+            for _ in 0..workers.max(1) {
+                let (job_rx, done, spent) = (&job_rx, done.clone(), spent.clone());
+                scope.spawn(move || loop {
+                    let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((s, c, buf)) = job else { return };
+                    let crc = crc32fast::hash(&buf);
+                    let _ = done.send((s, c, crc, buf.len() as u64));
+                    let _ = spent.send(buf);
+                });
+            }
+            drop((done, spent));
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            let mut at = None;
+            let mut buffers = 0;
+            for (i, s) in sections.iter().enumerate() {
+                if at != Some(s.offset) {
+                    f.seek(SeekFrom::Start(s.offset)).map_err(io)?;
+                }
+                let mut left = s.len;
+                let mut c = 0;
+                while left > 0 {
+                    let n = left.min(chunk as u64) as usize;
+                    let mut buf = match free.try_recv() {
+                        Ok(b) => b,
+                        // At most workers * 3 buffers are ever made.
+                        Err(_) if buffers < workers * 3 => {
+                            buffers += 1;
+                            Vec::with_capacity(chunk)
+                        }
+                        Err(_) => free.recv().unwrap_or_default(),
+                    };
+                    buf.resize(n, 0);
+                    f.read_exact(&mut buf).map_err(io)?;
+                    if jobs.send((i, c, buf)).is_err() {
+                        break;
+                    }
+                    left -= n as u64;
+                    c += 1;
+                }
+                at = Some(s.offset + s.len);
+            }
+            drop(jobs);
+            Ok(())
+        });
+        read?;
+        let mut parts: Vec<Vec<(usize, u32, u64)>> = vec![Vec::new(); sections.len()];
+        for (s, c, crc, len) in results.try_iter() {
+            parts[s].push((c, crc, len));
+        }
+        for (s, mut p) in sections.iter().zip(parts) {
+            p.sort_unstable_by_key(|x| x.0);
             let mut h = crc32fast::Hasher::new();
-            let mut left = s.len;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                f.read_exact(&mut buf[..n]).map_err(io)?;
-                h.update(&buf[..n]);
-                left -= n as u64;
+            let mut seen = 0u64;
+            for (_, crc, len) in p {
+                h.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+                seen += len;
+            }
+            if seen != s.len {
+                return Err(Error::Internal(format!(
+                    "checked {seen} of the {} bytes of section {}",
+                    s.len,
+                    s.kind.name()
+                )));
             }
             s.check(self.name(), h.finalize())?;
         }
@@ -373,7 +477,31 @@ impl Snapshot {
                 runs: r,
             });
         }
+        let mut dictionaries = Vec::new();
+        for kinds in SectionKind::DICTIONARIES {
+            let d = self.dict(kinds)?;
+            let (kind, format, parts) = match &d {
+                Ids::Hashed(_) => (kinds.0, "hashed", None),
+                Ids::Compact(c) => (kinds.1, "compact", Some(c.parts())),
+            };
+            let bytes = self
+                .sections()
+                .iter()
+                .find(|s| s.kind == kind)
+                .map_or(0, |s| s.len);
+            dictionaries.push(DictionaryInfo {
+                kind: kind.name(),
+                format,
+                entries: d.len() as u64,
+                bytes,
+                bytes_per_user: bytes as f64 / f64::from(meta.users.max(1)),
+                fst: parts.map(|p| p.fst),
+                offsets: parts.map(|p| p.offsets),
+                blocks: parts.map(|p| p.blocks),
+            });
+        }
         Ok(Inspection {
+            dictionaries,
             file: self.name().to_string(),
             bytes: self.file.bytes().len() as u64,
             workspace: meta.workspace.clone(),

@@ -3,7 +3,7 @@
 //! bitmaps as bytes. What a workspace puts in it is the engine's business
 //! (`engine::persist`).
 
-use super::dict::DictWriter;
+use super::compact::CompactWriter;
 use super::format::{SectionKind, SnapshotWriter};
 use super::meta::{CohortMeta, Meta};
 use crate::error::{Error, Result};
@@ -14,16 +14,16 @@ pub struct Contents {
     /// adds.
     pub meta: Meta,
     /// The external_id dictionary.
-    pub external_ids: DictWriter,
+    pub external_ids: CompactWriter,
     /// The device_id dictionary.
-    pub devices: DictWriter,
+    pub devices: CompactWriter,
     /// The alias dictionary (keys made by [`super::dict::alias_key`]).
-    pub aliases: DictWriter,
+    pub aliases: CompactWriter,
     /// The attributes section ([`crate::attributes`] encodes it; empty:
     /// no section).
     pub attributes: Vec<u8>,
     /// The deleted users section (the ids in the portable roaring format;
-    /// empty: no section, and the file is written as version 2).
+    /// empty: no section).
     pub deleted: Vec<u8>,
     buckets: Vec<u8>,
     bitmaps: Vec<u8>,
@@ -36,9 +36,9 @@ impl Contents {
         meta.cohorts.clear();
         Contents {
             meta,
-            external_ids: DictWriter::new(),
-            devices: DictWriter::new(),
-            aliases: DictWriter::new(),
+            external_ids: CompactWriter::new(),
+            devices: CompactWriter::new(),
+            aliases: CompactWriter::new(),
             attributes: Vec::new(),
             deleted: Vec::new(),
             buckets: Vec::new(),
@@ -95,18 +95,17 @@ impl Contents {
             bitmaps,
         } = self;
         let meta = meta.encode().map_err(Error::Internal)?;
-        let version = if deleted.is_empty() {
-            super::format::WRITTEN_SINCE
-        } else {
-            SectionKind::Deleted.since()
-        };
+        // The compact dictionaries make every file a version 4 one.
+        let version = SectionKind::ExternalIdsCompact.since();
         let mut w = SnapshotWriter::to_version(out, version)?;
         w.section(SectionKind::Meta, &meta)?;
         w.section(SectionKind::Buckets, &buckets)?;
         drop(buckets);
-        w.section(SectionKind::ExternalIds, &external_ids.finish()?)?;
-        w.section(SectionKind::Devices, &devices.finish()?)?;
-        w.section(SectionKind::Aliases, &aliases.finish()?)?;
+        // One dictionary built at a time: its keys are given back before
+        // the next is built.
+        w.section(SectionKind::ExternalIdsCompact, &external_ids.finish()?)?;
+        w.section(SectionKind::DevicesCompact, &devices.finish()?)?;
+        w.section(SectionKind::AliasesCompact, &aliases.finish()?)?;
         w.section(SectionKind::Bitmaps, &bitmaps)?;
         drop(bitmaps);
         if !attributes.is_empty() {

@@ -34,7 +34,7 @@ use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 use crate::ids::{UserId, UserRef, BUCKETS};
-use crate::snapshot::dict::{alias_key, split_alias_key, Dict};
+use crate::snapshot::dict::{alias_key, split_alias_key, Ids};
 use crate::snapshot::Snapshot;
 
 use alias::{AliasKey, AliasQuery};
@@ -164,18 +164,22 @@ impl Base {
     // The dictionaries and buckets were parsed when the registry was built
     // on this snapshot (`UserRegistry::on_snapshot`); parsing the same
     // immutable bytes again gives the same answer, so `ok()` loses nothing.
-    fn externals(&self) -> Option<Dict<'_>> {
+    fn externals(&self) -> Option<Ids<'_>> {
         self.snap.external_ids().ok()
     }
-    fn devices(&self) -> Option<Dict<'_>> {
+    fn devices(&self) -> Option<Ids<'_>> {
         self.snap.devices().ok()
     }
-    fn aliases(&self) -> Option<Dict<'_>> {
+    fn aliases(&self) -> Option<Ids<'_>> {
         self.snap.aliases().ok()
     }
     fn buckets(&self) -> &[u16] {
         self.snap.buckets().unwrap_or(&[])
     }
+}
+
+fn borrowed(s: Option<&str>) -> Option<Cow<'_, str>> {
+    s.map(Cow::Borrowed)
 }
 
 fn text(b: &[u8]) -> Option<&str> {
@@ -443,16 +447,15 @@ impl UserRegistry {
                 };
                 if let Some(d) = base.devices() {
                     rec.devices = d
-                        .entries_of(user)
-                        .filter_map(|i| d.entry(i).and_then(|(_, k)| text(k)))
-                        .map(Into::into)
+                        .keys_of(user)
+                        .filter_map(|k| text(&k).map(Into::into))
                         .collect();
                 }
                 if let Some(d) = base.aliases() {
                     rec.aliases = d
-                        .entries_of(user)
-                        .filter_map(|i| {
-                            let (l, n) = split_alias_key(d.entry(i)?.1)?;
+                        .keys_of(user)
+                        .filter_map(|k| {
+                            let (l, n) = split_alias_key(&k)?;
                             Some((text(l)?.into(), text(n)?.into()))
                         })
                         .collect();
@@ -460,7 +463,7 @@ impl UserRegistry {
                 (rec, self.extras.get(&user.0))
             }
         };
-        rec.external_id = self.external_id(user).map(Into::into);
+        rec.external_id = self.external_id(user).map(|e| e.into_owned().into());
         if let Some(m) = mem {
             rec.devices.extend(m.devices.iter().cloned());
             rec.aliases.extend(m.aliases.iter().cloned());
@@ -476,22 +479,26 @@ impl UserRegistry {
         }
     }
 
-    /// A user's external_id, if identified (`None` for a deleted user).
-    pub fn external_id(&self, user: UserId) -> Option<&str> {
+    /// A user's external_id, if identified (`None` for a deleted user):
+    /// borrowed from memory or a version 1 to 3 snapshot, decoded from a
+    /// compact (version 4) one.
+    pub fn external_id(&self, user: UserId) -> Option<Cow<'_, str>> {
         if self.is_deleted(user) {
             return None;
         }
         match self.place(user)? {
-            Err(i) => self.users[i].external_id.as_deref(),
+            Err(i) => borrowed(self.users[i].external_id.as_deref()),
             Ok(_) if self.renamed.contains(&user.0) => {
-                self.extras.get(&user.0)?.external_id.as_deref()
+                borrowed(self.extras.get(&user.0)?.external_id.as_deref())
             }
             Ok(base) => {
                 let from_base = base.externals().and_then(|d| {
-                    d.entries_of(user)
-                        .find_map(|i| d.entry(i).and_then(|(_, k)| text(k)))
+                    d.keys_of(user).find_map(|k| match k {
+                        Cow::Borrowed(b) => text(b).map(Cow::Borrowed),
+                        Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
+                    })
                 });
-                from_base.or_else(|| self.extras.get(&user.0)?.external_id.as_deref())
+                from_base.or_else(|| borrowed(self.extras.get(&user.0)?.external_id.as_deref()))
             }
         }
     }
@@ -1081,15 +1088,17 @@ impl UserRegistry {
             // Base entries and extras, merged in user order.
             let mut ex = extras.iter().peekable();
             if let Some(d) = dict {
-                for i in 0..d.len() {
-                    let Some((u, k)) = d.entry(i) else { continue };
+                // The dictionary was checked whole (its checksum when it
+                // was opened, or `verify`): an entry that does not decode
+                // ends the walk as it would end a look-up.
+                let _ = d.for_each(|u, k| {
                     while let Some((eu, m)) = ex.next_if(|(eu, _)| **eu < u.0) {
                         mine(m, &mut out, UserId(**eu));
                     }
                     if self.base_holds(u, kind == 0) {
                         out(u, k);
                     }
-                }
+                });
             }
             for (eu, m) in ex {
                 mine(m, &mut out, UserId(**eu));
@@ -1192,10 +1201,10 @@ impl UserRegistry {
 }
 
 /// A member of a segment as a list shows it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemberId<'a> {
     /// An identified user, by its external_id.
-    External(&'a str),
+    External(Cow<'a, str>),
     /// An anonymous user, by its id.
     Anonymous(UserId),
 }

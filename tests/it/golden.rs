@@ -27,6 +27,7 @@ use segq::engine::persist;
 use segq::engine::record::{self, Change};
 use segq::log::{FaultyFile, LogWriter};
 use segq::segment::{AttrCmp, BucketCmp, Filter, Number, Time};
+use segq::snapshot::format::SectionKind;
 use segq::snapshot::Snapshot;
 use segq::{Partner, UserId, Workspace};
 
@@ -50,6 +51,26 @@ const LIFE_LOG: &str = "fixtures/log/v1-users-lifecycle.segqlog";
 const LIFE_LOG_EXPECTED: &str = "fixtures/log/v1-users-lifecycle.expected";
 const LIFE_SNAP: &str = "fixtures/snapshot/v3-users-lifecycle.segqsnap";
 const LIFE_SNAP_EXPECTED: &str = "fixtures/snapshot/v3-users-lifecycle.expected";
+const V4_LIFE_SNAP: &str = "fixtures/snapshot/v4-users-lifecycle.segqsnap";
+const V4_LIFE_SNAP_EXPECTED: &str = "fixtures/snapshot/v4-users-lifecycle.expected";
+const V4_IDS_SNAP: &str = "fixtures/snapshot/v4-identifiers.segqsnap";
+const V4_IDS_SNAP_EXPECTED: &str = "fixtures/snapshot/v4-identifiers.expected";
+
+/// A fixture written again by this build: a version 4 file, with the
+/// compact dictionaries, holding the same workspace.
+fn rewritten_reads_the_same(ws: &Workspace, again: Vec<u8>, old: &[u8]) {
+    let snap = Snapshot::from_bytes(again, "again").expect("opens");
+    snap.verify().expect("verifies");
+    assert_eq!(snap.version(), 4);
+    assert!(snap.sections().iter().all(|s| !matches!(
+        s.kind,
+        SectionKind::ExternalIds | SectionKind::Devices | SectionKind::Aliases
+    )));
+    let old = Snapshot::from_bytes(old.to_vec(), "old").expect("opens");
+    assert!(old.version() < 4);
+    let ws2 = persist::load_workspace(Arc::new(snap)).expect("loads");
+    assert_eq!(describe(&ws2), describe(ws));
+}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -979,10 +1000,10 @@ fn the_version_1_snapshot_of_every_record_reads_as_expected() {
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(SNAP_EXPECTED)
     );
-    // Written again, it is a version 2 file that reads the same.
+    // Written again, it is a version 4 file that reads the same.
     let again = persist::write_snapshot(&ws, seq).expect("writes");
     let snap2 = Arc::new(Snapshot::from_bytes(again, "again").expect("opens"));
-    assert_eq!((snap.version(), snap2.version()), (1, 2));
+    assert_eq!((snap.version(), snap2.version()), (1, 4));
     let ws2 = persist::load_workspace(snap2).expect("loads");
     assert_eq!(describe(&ws2), describe(&ws));
 }
@@ -1010,12 +1031,10 @@ fn the_attributes_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(ATTR_SNAP_EXPECTED)
     );
-    // Written again: the same bytes (a changed tag or layout shows here).
+    // Written again: a version 4 file (compact dictionaries) that reads
+    // the same; fixtures/snapshot/v4-* pin the version 4 bytes.
     let again = persist::write_snapshot(&ws, seq).expect("writes");
-    assert!(
-        again == bytes,
-        "the attributes snapshot writes to other bytes than it was read from"
-    );
+    rewritten_reads_the_same(&ws, again, &bytes);
     // And the log fixture builds the workspace it holds.
     let (_, from_log, last) = replay(
         read(ATTR_LOG),
@@ -1044,10 +1063,7 @@ fn the_api_keys_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         read_text(KEYS_SNAP_EXPECTED)
     );
     let again = persist::write_snapshot(&ws, seq).expect("writes");
-    assert!(
-        again == bytes,
-        "the API keys snapshot writes to other bytes than it was read from"
-    );
+    rewritten_reads_the_same(&ws, again, &bytes);
     let (_, from_log, last) = replay(read(KEYS_LOG), KEYS_LOG, &API_KEY_KINDS, &[]);
     assert_eq!((describe(&from_log), last), (describe(&ws), seq));
 }
@@ -1073,10 +1089,7 @@ fn the_audit_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         read_text(AUDIT_SNAP_EXPECTED)
     );
     let again = persist::write_snapshot(&ws, seq).expect("writes");
-    assert!(
-        again == bytes,
-        "the audit snapshot writes to other bytes than it was read from"
-    );
+    rewritten_reads_the_same(&ws, again, &bytes);
     let (_, from_log, last) = replay(read(AUDIT_LOG), AUDIT_LOG, &AUDIT_KINDS, &[]);
     assert_eq!((describe(&from_log), last), (describe(&ws), seq));
 }
@@ -1292,10 +1305,7 @@ fn the_users_lifecycle_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         read_text(LIFE_SNAP_EXPECTED)
     );
     let again = persist::write_snapshot(&ws, seq).expect("writes");
-    assert!(
-        again == bytes,
-        "the users lifecycle snapshot writes to other bytes than it was read from"
-    );
+    rewritten_reads_the_same(&ws, again, &bytes);
     let (_, from_log, last) = replay(read(LIFE_LOG), LIFE_LOG, &LIFECYCLE_KINDS, &[]);
     assert_eq!((describe(&from_log), last), (describe(&ws), seq));
     // Nothing of a deleted user is in its dictionaries: every identifier
@@ -1339,6 +1349,175 @@ fn write_the_users_lifecycle_fixtures() {
     std::fs::write(
         root().join(LIFE_SNAP_EXPECTED),
         format!("seq {seq}\n{}", describe(&loaded)),
+    )
+    .unwrap();
+}
+
+/// A workspace whose identifiers stress the compact dictionaries: unicode,
+/// 1,024-byte ids, long shared prefixes, several devices and aliases per
+/// user, anonymous users, and users with no identifier at all.
+fn identifiers_workspace() -> Workspace {
+    let mut ws = Workspace::new("golden", 17);
+    let long = "p".repeat(1_020);
+    for u in 0..70u32 {
+        let external_id = match u % 5 {
+            0 => None,
+            1 => Some(format!("{long}{u:04}")),
+            2 => Some(format!("ünïcødé-用户-{u}")),
+            _ => Some(format!("u{u}")),
+        };
+        let devices = match u % 7 {
+            0 => vec![],
+            3 => vec![format!("d{u}"), format!("d{u}-b"), format!("{long}d{u:03}")],
+            _ => vec![format!("d{u}")],
+        };
+        let aliases = if u % 4 == 1 {
+            vec![
+                ("email".to_string(), format!("{u}@example.com")),
+                ("phône".to_string(), format!("+33 {u}")),
+            ]
+        } else {
+            vec![]
+        };
+        if u == 69 {
+            // The last user holds nothing: past every dictionary's end.
+            ws.users
+                .create(segq::users::NewUser {
+                    bucket: Some(1),
+                    ..Default::default()
+                })
+                .expect("creates");
+            continue;
+        }
+        ws.users
+            .create(segq::users::NewUser {
+                external_id,
+                devices,
+                aliases,
+                bucket: Some((u * 137 % 10_000) as u16),
+            })
+            .expect("creates");
+    }
+    ws
+}
+
+/// What the identifier look-ups of a snapshot answer, as text.
+fn describe_lookups(snap: &Snapshot, ws: &Workspace) -> String {
+    let mut out = String::new();
+    for u in 0..ws.users.len() {
+        let r = ws.users.get(UserId(u)).expect("a user");
+        let mut refs: Vec<segq::UserRef> = Vec::new();
+        refs.extend(
+            r.external_id
+                .iter()
+                .map(|e| segq::UserRef::ExternalId(e.to_string())),
+        );
+        refs.extend(
+            r.devices
+                .iter()
+                .map(|d| segq::UserRef::DeviceId(d.to_string())),
+        );
+        refs.extend(r.aliases.iter().map(|(l, n)| segq::UserRef::Alias {
+            label: l.to_string(),
+            name: n.to_string(),
+        }));
+        for r in refs {
+            assert_eq!(snap.lookup(&r).expect("looks up"), Some(UserId(u)), "{r}");
+        }
+        writeln!(
+            out,
+            "user {u}: {:?}",
+            snap.external_id(UserId(u)).expect("reads")
+        )
+        .unwrap();
+    }
+    for unknown in ["", "u0", "u", "d", "d3-", "x"] {
+        assert_eq!(
+            snap.lookup(&segq::UserRef::ExternalId(unknown.into()))
+                .expect("looks up"),
+            None
+        );
+        assert_eq!(
+            snap.lookup(&segq::UserRef::DeviceId(unknown.into()))
+                .expect("looks up"),
+            None
+        );
+    }
+    out
+}
+
+#[test]
+fn the_version_4_users_lifecycle_snapshot_reads_as_the_version_3_one_and_writes_the_same_bytes() {
+    let bytes = read(V4_LIFE_SNAP);
+    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), V4_LIFE_SNAP).expect("opens"));
+    snap.verify().expect("verifies");
+    assert_eq!(snap.version(), 4);
+    let ws = persist::load_workspace(snap.clone()).expect("loads");
+    let seq = snap.meta().expect("meta").seq;
+    let text = format!("seq {seq}\n{}", describe(&ws));
+    assert_eq!(text, read_text(V4_LIFE_SNAP_EXPECTED));
+    // The same workspace as the version 3 fixture holds.
+    assert_eq!(text, read_text(LIFE_SNAP_EXPECTED));
+    let again = persist::write_snapshot(&ws, seq).expect("writes");
+    assert!(
+        again == bytes,
+        "the version 4 users lifecycle snapshot writes to other bytes than it was read from"
+    );
+}
+
+#[test]
+fn the_version_4_identifiers_snapshot_reads_as_expected_and_writes_the_same_bytes() {
+    let bytes = read(V4_IDS_SNAP);
+    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), V4_IDS_SNAP).expect("opens"));
+    snap.verify().expect("verifies");
+    assert_eq!(snap.version(), 4);
+    let ws = persist::load_workspace(snap.clone()).expect("loads");
+    let text = format!("{}\n{}", describe(&ws), describe_lookups(&snap, &ws));
+    assert_eq!(text, read_text(V4_IDS_SNAP_EXPECTED));
+    // It holds the workspace it was written from.
+    assert_eq!(describe(&ws), describe(&identifiers_workspace()));
+    let again = persist::write_snapshot(&ws, 0).expect("writes");
+    assert!(
+        again == bytes,
+        "the version 4 identifiers snapshot writes to other bytes than it was read from"
+    );
+}
+
+/// Writes the version 4 fixtures (`cargo test --test it
+/// write_the_version_4_fixtures -- --ignored`): once, when the compact
+/// dictionaries were added; never rewritten.
+#[test]
+#[ignore = "writes the version 4 fixtures in fixtures/snapshot; run by hand"]
+fn write_the_version_4_fixtures() {
+    let (_, ws, seq) = replay(read(LIFE_LOG), LIFE_LOG, &LIFECYCLE_KINDS, &[]);
+    std::fs::write(
+        root().join(V4_LIFE_SNAP),
+        persist::write_snapshot(&ws, seq).unwrap(),
+    )
+    .unwrap();
+    let snap = Arc::new(Snapshot::open(&root().join(V4_LIFE_SNAP)).unwrap());
+    let loaded = persist::load_workspace(snap).unwrap();
+    std::fs::write(
+        root().join(V4_LIFE_SNAP_EXPECTED),
+        format!("seq {seq}\n{}", describe(&loaded)),
+    )
+    .unwrap();
+
+    let ws = identifiers_workspace();
+    std::fs::write(
+        root().join(V4_IDS_SNAP),
+        persist::write_snapshot(&ws, 0).unwrap(),
+    )
+    .unwrap();
+    let snap = Arc::new(Snapshot::open(&root().join(V4_IDS_SNAP)).unwrap());
+    let loaded = persist::load_workspace(snap.clone()).unwrap();
+    std::fs::write(
+        root().join(V4_IDS_SNAP_EXPECTED),
+        format!(
+            "{}\n{}",
+            describe(&loaded),
+            describe_lookups(&snap, &loaded)
+        ),
     )
     .unwrap();
 }

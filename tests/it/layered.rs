@@ -136,7 +136,7 @@ fn apply(ws: &mut Workspace, step: &Step, cohorts: usize) -> Result<(), String> 
         }
         Step::Upsert { user: u, device } => {
             let id = user(u);
-            let ext = ws.users.external_id(id).map(str::to_string);
+            let ext = ws.users.external_id(id).map(|e| e.into_owned());
             ws.users
                 .upsert(NewUser {
                     external_id: Some(ext.unwrap_or_else(|| format!("up{}", u % n))),

@@ -13,6 +13,7 @@ mod compaction;
 mod crash;
 mod csv;
 mod demo;
+mod dict_props;
 mod disk_full;
 mod engine;
 mod estimates;

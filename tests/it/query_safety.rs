@@ -225,7 +225,7 @@ fn an_estimate_counts_a_bounded_number_of_bucket_ranges() {
 /// checksum written again, so that only a content check can tell.
 fn rewrite_bitmaps(bytes: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let snap = Snapshot::from_bytes(bytes.to_vec(), "orig").expect("opens");
-    let mut w = SnapshotWriter::new();
+    let mut w = SnapshotWriter::to_version(Vec::new(), snap.version()).expect("writes");
     let mut f = Some(f);
     for s in snap.sections() {
         let mut section = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();

@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::{TimeZone, Utc};
 use segq::engine::persist;
 use segq::segment::{chunk, plan, reference};
-use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, WRITTEN_SINCE};
+use segq::snapshot::format::{ALIGN, ENTRY_LEN, HEADER_LEN, MAGIC, TAIL_LEN, VERSION};
 use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
 use segq::workspace::{KeyRecord, SavedSegment};
@@ -91,7 +91,7 @@ fn lookups_and_queries_run_on_the_mapped_file() {
             );
         }
         assert_eq!(
-            snap.external_id(UserId(u)).unwrap(),
+            snap.external_id(UserId(u)).unwrap().as_deref(),
             r.external_id.as_deref()
         );
         for d in &r.devices {
@@ -162,12 +162,13 @@ fn the_documented_byte_layout_is_what_is_written() {
     let b = persist::write_snapshot(&ws, 9).unwrap();
     // Header: magic, version, zero flags, zero to byte 64.
     assert_eq!(&b[..8], &MAGIC);
-    assert_eq!(u32_at(&b, 8), WRITTEN_SINCE);
+    // Every snapshot holds the compact dictionaries: the newest version.
+    assert_eq!(u32_at(&b, 8), VERSION);
     assert!(b[12..HEADER_LEN].iter().all(|&x| x == 0));
     // Tail: table offset, count, table crc, version, tail crc, magic.
     let t = b.len() - TAIL_LEN;
     assert_eq!(&b[t + 24..], &MAGIC);
-    assert_eq!(u32_at(&b, t + 16), WRITTEN_SINCE);
+    assert_eq!(u32_at(&b, t + 16), VERSION);
     assert_eq!(u32_at(&b, t + 20), crc32fast::hash(&b[t..t + 20]));
     let table = u64_at(&b, t) as usize;
     let count = u32_at(&b, t + 8) as usize;
@@ -412,7 +413,7 @@ fn snapshot_with_nested_filter(nots: usize) -> Vec<u8> {
     let bytes = persist::write_snapshot(&ws, 1).unwrap();
     let snap = Snapshot::from_bytes(bytes.clone(), "orig").unwrap();
     let leaf = [PFilter::BUCKET as u8, PBucketCmp::LT as u8, 5];
-    let mut w = SnapshotWriter::new();
+    let mut w = SnapshotWriter::to_version(Vec::new(), snap.version()).unwrap();
     for s in snap.sections() {
         let mut section = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
         if s.kind == SectionKind::Meta {
@@ -444,4 +445,37 @@ fn a_snapshot_whose_filter_nests_without_end_is_refused_not_a_crash() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("corrupt"), "{stderr}");
     assert!(stderr.contains("nested more than 256 levels"), "{stderr}");
+}
+
+#[test]
+fn the_start_up_check_computes_checksums_in_parallel_chunks_and_catches_any_flip() {
+    let ws = rich_workspace();
+    let bytes = persist::write_snapshot(&ws, 9).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.segqsnap");
+    std::fs::write(&path, &bytes).unwrap();
+    let snap = Snapshot::open(&path).unwrap();
+    snap.verify_streaming(&path).unwrap();
+    // Chunks of every size from one byte, with one to four workers.
+    for (workers, chunk) in [(1, 1), (2, 7), (3, 64), (4, 1000), (2, 1 << 20)] {
+        snap.verify_streaming_with(&path, workers, chunk)
+            .unwrap_or_else(|e| panic!("{workers} workers, {chunk}-byte chunks: {e}"));
+    }
+    // A flipped byte in any section is caught, whatever the chunking.
+    for s in snap.sections().to_vec() {
+        if s.len == 0 {
+            continue;
+        }
+        for at in [s.offset, s.offset + s.len / 2, s.offset + s.len - 1] {
+            let mut bad = bytes.clone();
+            bad[at as usize] ^= 0x10;
+            let p = dir.path().join("bad.segqsnap");
+            std::fs::write(&p, &bad).unwrap();
+            let e = Snapshot::open(&p)
+                .unwrap()
+                .verify_streaming_with(&p, 3, 13)
+                .unwrap_err();
+            assert!(e.to_string().contains(s.kind.name()), "{e}");
+        }
+    }
 }

@@ -145,7 +145,7 @@ fn an_anonymous_user_has_no_external_id() {
     assert_eq!(anon.external_id, None);
     assert_eq!(reg.display_id(UserId(1)), MemberId::Anonymous(UserId(1)));
     assert_eq!(reg.display_id(UserId(1)).to_string(), "user_id:1");
-    assert_eq!(reg.display_id(UserId(0)), MemberId::External("ann"));
+    assert_eq!(reg.display_id(UserId(0)), MemberId::External("ann".into()));
     assert_eq!(reg.display_id(UserId(0)).to_string(), "ann");
 }
 

@@ -137,6 +137,34 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 )
                 .map_err(crate::io_err)?;
             }
+            writeln!(out, "identifier dictionaries:").map_err(crate::io_err)?;
+            let total: u64 = i.dictionaries.iter().map(|d| d.bytes).sum();
+            for d in &i.dictionaries {
+                let parts = match (d.fst, d.offsets, d.blocks) {
+                    (Some(f), Some(o), Some(b)) => {
+                        format!("  (FST {}, offsets {}, groups {})", mib(f), mib(o), mib(b))
+                    }
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "  {:<16} {:<7} {:>11} ids {:>12} bytes ({}), {:.2} bytes/user{parts}",
+                    d.kind,
+                    d.format,
+                    d.entries,
+                    d.bytes,
+                    mib(d.bytes),
+                    d.bytes_per_user
+                )
+                .map_err(crate::io_err)?;
+            }
+            writeln!(
+                out,
+                "  total {} ({:.2} bytes/user)",
+                mib(total),
+                total as f64 / f64::from(i.users.max(1))
+            )
+            .map_err(crate::io_err)?;
             writeln!(out, "containers: {:?}", i.containers).map_err(crate::io_err)?;
             writeln!(out, "cohorts:").map_err(crate::io_err)?;
             for c in &i.cohorts {
@@ -193,6 +221,12 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 r.lookups_ms,
                 r.lookups_ms * 1e6 / r.lookups.max(1) as f64,
                 opt(r.rss_after_lookups)
+            )
+            .map_err(crate::io_err)?;
+            writeln!(
+                out,
+                "median ns per call (batches of 100): known external id -> user {:.0}, unknown external id {:.0}, user -> external id {:.0}",
+                r.known_median_ns, r.unknown_median_ns, r.user_to_external_median_ns
             )
             .map_err(crate::io_err)?;
         }

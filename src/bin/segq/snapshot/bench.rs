@@ -10,7 +10,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use segq::segment::{chunk, plan};
-use segq::snapshot::format::SectionKind;
 use segq::snapshot::Snapshot;
 use segq::{Result, UserRef};
 
@@ -37,6 +36,28 @@ pub struct Report {
     pub lookup_hits: usize,
     pub lookups_ms: f64,
     pub rss_after_lookups: Option<u64>,
+    /// Median ns per look-up of a known external id (over batches of 100).
+    pub known_median_ns: f64,
+    /// Median ns per look-up of an unknown external id.
+    pub unknown_median_ns: f64,
+    /// Median ns per user -> external id.
+    pub user_to_external_median_ns: f64,
+}
+
+/// The median over batches of `BATCH` calls of the time per call (ns).
+fn median_ns<T>(items: &[T], mut f: impl FnMut(&T) -> bool) -> (f64, usize) {
+    const BATCH: usize = 100;
+    let mut per = Vec::with_capacity(items.len() / BATCH + 1);
+    let mut hits = 0;
+    for batch in items.chunks(BATCH) {
+        let t = Instant::now();
+        for x in batch {
+            hits += usize::from(std::hint::black_box(f(x)));
+        }
+        per.push(t.elapsed().as_secs_f64() * 1e9 / batch.len() as f64);
+    }
+    per.sort_by(f64::total_cmp);
+    (per.get(per.len() / 2).copied().unwrap_or(0.0), hits)
 }
 
 /// The process's resident set size in bytes (Linux), if known.
@@ -63,12 +84,7 @@ pub fn run(path: &Path, lookups: usize) -> Result<Report> {
     let dictionary_bytes: u64 = snap
         .sections()
         .iter()
-        .filter(|s| {
-            matches!(
-                s.kind,
-                SectionKind::ExternalIds | SectionKind::Devices | SectionKind::Aliases
-            )
-        })
+        .filter(|s| s.kind.is_dictionary())
         .map(|s| s.len)
         .sum();
 
@@ -102,7 +118,38 @@ pub fn run(path: &Path, lookups: usize) -> Result<Report> {
             dict.get(first.as_bytes())
         );
     }
+    // Medians: known ids (those found above), unknown ids (past the
+    // last user, and of another form), user -> external id.
+    let known: Vec<&String> = ids
+        .iter()
+        .filter(|id| dict.get(id.as_bytes()).is_some())
+        .collect();
+    let (known_median_ns, _) = median_ns(&known, |id| dict.get(id.as_bytes()).is_some());
+    let unknown: Vec<String> = (0..lookups)
+        .map(|i| match i % 2 {
+            0 => format!(
+                "u{}",
+                u64::from(users) + rng.gen_range(0..u64::from(users.max(1)))
+            ),
+            _ => format!("x{}", rng.gen_range(0..users.max(1))),
+        })
+        .collect();
+    let (unknown_median_ns, found) = median_ns(&unknown, |id| dict.get(id.as_bytes()).is_some());
+    if found != 0 {
+        return Err(segq::Error::Internal(format!(
+            "{found} unknown ids were found"
+        )));
+    }
+    let user_ids: Vec<u32> = (0..lookups)
+        .map(|_| rng.gen_range(0..users.max(1)))
+        .collect();
+    let (user_to_external_median_ns, _) = median_ns(&user_ids, |&u| {
+        dict.keys_of(segq::UserId(u)).next().is_some()
+    });
     Ok(Report {
+        known_median_ns,
+        unknown_median_ns,
+        user_to_external_median_ns,
         file_bytes,
         bitmap_bytes,
         dictionary_bytes,
