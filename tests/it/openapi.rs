@@ -245,7 +245,7 @@ fn the_docs_page_renders_the_document_from_this_server_only() {
 
 /// A headless Chromium (or Chrome) to render pages with: `SEGQ_BROWSER`,
 /// else the first of the usual names on the `PATH`.
-fn browser() -> Option<std::path::PathBuf> {
+pub fn browser() -> Option<std::path::PathBuf> {
     if let Some(b) = std::env::var_os("SEGQ_BROWSER") {
         return Some(b.into());
     }
