@@ -118,7 +118,8 @@ pub async fn index(headers: HeaderMap) -> Response {
     description = "`app.js` (an ES module) or `style.css`. Answers 304 to a matching \
         `If-None-Match`.",
     responses(
-        (status = 200, description = "The asset.", content_type = "text/javascript", body = String),
+        (status = 200, description = "The asset.",
+         content((String = "text/javascript"), (String = "text/css"))),
         (status = 304, description = "The copy the browser holds is current."),
         (status = 404, description = "No such asset.", body = super::openapi::ErrorBody),
     )
