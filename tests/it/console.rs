@@ -267,7 +267,10 @@ fn sign_in(b: &Browser, url: &str, key: &str) {
 fn pick_cohort(b: &Browser, leaf: &str, id: &str) {
     b.wait(
         "the cohort list",
-        &format!("document.querySelector('{leaf} .cohort-list option')"),
+        &format!(
+            "document.querySelector({})",
+            json!(format!("{leaf} .cohort-list option"))
+        ),
     );
     b.type_into(&format!("{leaf} .cohort-search"), id);
     let option = format!("{leaf} .cohort-list option[value='{id}']");
