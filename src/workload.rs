@@ -521,6 +521,7 @@ pub fn write_snapshot<W: std::io::Write>(
         ext: Default::default(),
         api_keys: Default::default(),
         audit: Default::default(),
+        history: Default::default(),
     });
     contents.reserve_buckets(n as usize);
     let mut made = draw(spec, |u, g| {

@@ -200,6 +200,8 @@ impl Cohort {
         for u in &resolved.unmatched_sample {
             push_sample(&mut s.recent_unmatched, &mut bytes, u.clone());
         }
+        let size = self.members.len();
+        self.record_size(now.timestamp_millis(), size);
         Ok(report)
     }
 }

@@ -21,6 +21,10 @@ use crate::ids::{CohortKey, Partner};
 /// How many recent unmatched identifiers a cohort keeps for troubleshooting.
 pub const UNMATCHED_SAMPLE: usize = 100;
 
+/// How many sizes a cohort's [`Cohort::size_history`] keeps: the oldest
+/// go first.
+pub const SIZE_HISTORY: usize = 256;
+
 /// The most bytes (of the identifiers' text) that sample holds: the oldest
 /// go first past either bound. A request's sample in its log record has
 /// the same bounds.
@@ -75,6 +79,10 @@ pub struct Cohort {
     pub members: Members,
     /// What its partner's requests did.
     pub sync: SyncStats,
+    /// `(ms since the Unix epoch, members)` after each of its partner's
+    /// users requests, oldest first, at most [`SIZE_HISTORY`]: kept by the
+    /// apply that log replay runs too, and in snapshots.
+    pub size_history: VecDeque<(i64, u64)>,
     /// Changes whenever `members` may have changed (unique across cohorts
     /// and workspaces), so caches of the serialized members know when they
     /// are stale. Whoever changes `members` directly calls [`Cohort::touch`].
@@ -97,7 +105,17 @@ impl Cohort {
             created_at: None,
             members: Members::default(),
             sync: SyncStats::default(),
+            size_history: VecDeque::new(),
             version: next_version(),
+        }
+    }
+
+    /// Records the size after a sync at `at_ms`, dropping the oldest past
+    /// [`SIZE_HISTORY`].
+    pub fn record_size(&mut self, at_ms: i64, size: u64) {
+        self.size_history.push_back((at_ms, size));
+        while self.size_history.len() > SIZE_HISTORY {
+            self.size_history.pop_front();
         }
     }
 

@@ -237,6 +237,9 @@ fn node(v: &Value, path: &str, depth: usize) -> Result<Filter, FilterParseError>
         check_keys(obj, path, &["not"])?;
         return Ok(node(inner, &child(path, "not"), depth + 1)?.not());
     }
+    if obj.len() == 1 && STORED_LEAVES.iter().any(|k| obj.contains_key(*k)) {
+        return stored_leaf(v, path);
+    }
     match obj.keys().next() {
         Some(key) => Err(error(
             &child(path, key),
@@ -245,6 +248,27 @@ fn node(v: &Value, path: &str, depth: usize) -> Result<Filter, FilterParseError>
         )),
         None => Err(error(path, EXPECTED_NODE, "an empty object")),
     }
+}
+
+/// The leaves of the stored form (a saved segment's `"filter"`).
+const STORED_LEAVES: [&str; 4] = ["cohort", "bucket", "attribute", "segment"];
+
+/// A leaf in the stored form (`{"cohort": {...}}`, `{"bucket": {...}}`,
+/// `{"attribute": {...}}`, `{"segment": {...}}`), as a saved segment shows
+/// its filter: accepted wherever a node is, so that a saved filter's parts
+/// go back into a builder's groups. Checked as the text form checks it.
+fn stored_leaf(v: &Value, path: &str) -> Result<Filter, FilterParseError> {
+    const EXPECTED: &str = "a leaf of the stored form (cohort, bucket, attribute or segment)";
+    let f: Filter =
+        serde_json::from_value(v.clone()).map_err(|e| error(path, EXPECTED, e.to_string()))?;
+    let checked =
+        super::text::parse(&f.to_string()).map_err(|e| error(path, EXPECTED, e.to_string()))?;
+    let mut empty = false;
+    checked.for_each_cohort(&mut |_, c, _| empty |= c.is_empty());
+    if empty {
+        return Err(error(path, "a cohort id", "an empty one"));
+    }
+    Ok(checked)
 }
 
 /// A non-empty array of filter nodes at `path`, each at `depth`.
@@ -646,6 +670,30 @@ fn group(v: &Value, path: &str, depth: usize) -> Result<Filter, FilterParseError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_leaves_go_back_into_builder_groups() {
+        let stored = r#"{"groups": [{"combinator": "or", "filters": [
+            {"cohort": {"partner": "amplitude", "cohort": "c-1", "includes": true}},
+            {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-2"}]},
+            {"filters": [{"bucket": {"lt": 5000}}]}]}"#;
+        let api = r#"{"groups": [{"combinator": "or", "filters": [
+            {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-1"},
+            {"filter": "amplitude_cohorts", "comparison": "includes_value", "value": "c-2"}]},
+            {"filters": [{"filter": "random_bucket", "comparison": "less_than", "value": 5000}]}]}"#;
+        assert_eq!(super::parse(stored).unwrap(), super::parse(api).unwrap());
+        // Checked as the text form checks them: no empty cohort, buckets
+        // in range, and one key only.
+        for bad in [
+            r#"{"and": [{"cohort": {"partner": "amplitude", "cohort": "", "includes": true}}]}"#,
+            r#"{"and": [{"bucket": {"lt": 123456}}]}"#,
+            r#"{"and": [{"cohort": {"partner": "nobody", "cohort": "c", "includes": true}}]}"#,
+            r#"{"and": [{"cohort": {"partner": "amplitude", "cohort": "c", "includes": true}, "x": 1}]}"#,
+        ] {
+            let e = super::parse(bad).unwrap_err();
+            assert!(e.location.starts_with("$.and[0]"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -170,6 +170,20 @@ pub struct CohortStats {
     refused_total: u64,
     /// The last unmatched identifiers (at most 100, 4 KiB of text).
     recent_unmatched: Vec<String>,
+    /// Its size after each of its partner's users requests, oldest
+    /// first: the last 256.
+    size_history: Vec<SizeAt>,
+}
+
+/// A cohort's size after a sync.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct SizeAt {
+    /// When the users request was applied.
+    #[schema(format = DateTime)]
+    at: String,
+    /// Its members then.
+    size: u64,
 }
 
 /// A cohort deleted.
@@ -195,6 +209,24 @@ pub struct DataPoints {
     day: String,
     /// Matched identifiers that day.
     data_points: u64,
+}
+
+/// A partner as the workspace's partner page shows it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct PartnerInfo {
+    /// The partner.
+    partner: String,
+    /// Whether the workspace has enabled it (enabling it, or generating
+    /// one of its data import keys).
+    enabled: bool,
+    /// The partner API key of this deployment, which the partner sends as
+    /// `partner_api_key`.
+    partner_api_key: String,
+    /// The partner's data import keys not invalidated.
+    valid_keys: u64,
+    /// The partner's cohorts in the workspace.
+    cohorts: u64,
 }
 
 fn partner(name: &str) -> Result<Partner, ApiError> {
@@ -1312,7 +1344,8 @@ pub async fn rename_user(
          example = json!([{"partner": "amplitude", "cohort_id": "c-9f1e", "name": "Power users (30d)",
             "size": 3, "created_at": "2021-01-21T19:20:30+05:00", "last_sync": "2026-11-01T10:00:00+00:00",
             "last_added": 3, "last_removed": 0, "matched_total": 3, "unmatched_total": 1,
-            "refused_total": 0, "recent_unmatched": ["nobody-1"]}])),
+            "refused_total": 0, "recent_unmatched": ["nobody-1"],
+            "size_history": [{"at": "2026-11-01T10:00:00+00:00", "size": 3}]}])),
     )
 )]
 pub async fn cohorts(
@@ -1341,6 +1374,10 @@ pub async fn cohorts(
                     "unmatched_total": s.unmatched_total,
                     "refused_total": s.refused_total,
                     "recent_unmatched": s.recent_unmatched,
+                    "size_history": c.size_history.iter().filter_map(|&(ms, n)| {
+                        let at = chrono::DateTime::from_timestamp_millis(ms)?;
+                        Some(json!({"at": at.to_rfc3339(), "size": n}))
+                    }).collect::<Vec<Value>>(),
                 })
             })
             .collect();
@@ -1406,6 +1443,53 @@ pub async fn data_points(
             .data_points_by_day()
             .map(|(p, day, n)| {
                 json!({"partner": p.as_str(), "day": day.to_string(), "data_points": n})
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, Value::Array(list)))
+    })
+    .await
+}
+
+/// `GET /admin/workspaces/{ws}/partners`: every partner, with what a
+/// workspace admin needs to connect it.
+#[utoipa::path(
+    get,
+    path = "/admin/workspaces/{ws}/partners",
+    operation_id = "partners",
+    tag = "data import keys",
+    summary = "The partners and their connection",
+    description = "Every partner: whether the workspace enabled it, the deployment's partner \
+        API key it sends, how many of its data import keys are valid and how many cohorts it \
+        has synced. The data import keys themselves are never shown again.",
+    responses(
+        (status = 200, description = "Every partner, in the protocol's order.", body = Vec<PartnerInfo>,
+         example = json!([{"partner": "amplitude", "enabled": true,
+                           "partner_api_key": "123456-1234-1234-12345678", "valid_keys": 1, "cohorts": 4}])),
+    )
+)]
+pub async fn partners(
+    State(state): State<Arc<AppState>>,
+    PathParams(ws): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let handle = workspace(&state, &ws)?;
+    let api_keys = state.engine.config().partner_api_keys.clone();
+    run_blocking(move || {
+        let ws = handle.read();
+        let list: Vec<Value> = Partner::ALL
+            .iter()
+            .map(|&p| {
+                let valid_keys = ws
+                    .keys
+                    .values()
+                    .filter(|k| k.partner == p && k.invalidated_at.is_none())
+                    .count();
+                json!({
+                    "partner": p.as_str(),
+                    "enabled": ws.enabled_partners.contains(&p),
+                    "partner_api_key": api_keys.get(&p).cloned().unwrap_or_default(),
+                    "valid_keys": valid_keys,
+                    "cohorts": ws.cohorts.by_partner(p).len(),
+                })
             })
             .collect();
         Ok(json_response(StatusCode::OK, Value::Array(list)))

@@ -12,6 +12,7 @@
 //!   log line;
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) and the
 //!   reference page (`GET /docs`);
+//! - [`console`]: the web console (`GET /` and its assets);
 //! - [`error`]: every failure as a JSON response.
 //!
 //! [`router_with`] builds the whole application for an [`Engine`] (tests drive
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod auth;
 pub mod conn;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod import;
@@ -128,6 +130,10 @@ pub mod routes {
     pub const OPENAPI: &str = "/openapi.json";
     /// The API reference page.
     pub const DOCS: &str = "/docs";
+    /// The web console's page.
+    pub const CONSOLE: &str = "/";
+    /// The web console's script and styles.
+    pub const CONSOLE_ASSET: &str = "/console/{asset}";
     /// Workspaces: list and create.
     pub const WORKSPACES: &str = "/admin/workspaces";
     /// A workspace's API keys: list and create.
@@ -162,6 +168,8 @@ pub mod routes {
     pub const IMPORT: &str = "/admin/workspaces/{ws}/users/import";
     /// The cohorts' sync statistics.
     pub const COHORT_STATS: &str = "/admin/workspaces/{ws}/cohorts";
+    /// The partners: enabled or not, their partner API keys, their keys.
+    pub const PARTNERS: &str = "/admin/workspaces/{ws}/partners";
     /// The billing counters (data points per partner and day).
     pub const DATA_POINTS: &str = "/admin/workspaces/{ws}/data_points";
     /// Delete a cohort.
@@ -192,7 +200,7 @@ pub mod routes {
     pub const USER_ATTRIBUTES: &str = "/admin/workspaces/{ws}/users/attributes";
 
     /// Every route.
-    pub const ALL: [&str; 39] = [
+    pub const ALL: [&str; 42] = [
         COHORTS,
         COHORT_USERS,
         METRICS,
@@ -232,6 +240,9 @@ pub mod routes {
         RENAME_USER,
         OPENAPI,
         DOCS,
+        CONSOLE,
+        CONSOLE_ASSET,
+        PARTNERS,
     ];
 }
 
@@ -293,6 +304,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .route(ATTRIBUTE, json_405(put(admin::declare_attribute)))
         .route(COHORT_STATS, json_405(get(admin::cohorts)))
         .route(DATA_POINTS, json_405(get(admin::data_points)))
+        .route(PARTNERS, json_405(get(admin::partners)))
         .route(COHORT, json_405(delete(admin::delete_cohort)))
         .layer(body_limit)
         // Added after the body limit: the bulk import streams its body
@@ -339,6 +351,8 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .route(READYZ, json_405(get(ops::readyz)))
         .route(OPENAPI, json_405(get(openapi::openapi_json)))
         .route(DOCS, json_405(get(openapi::docs)))
+        .route(CONSOLE, json_405(get(console::index)))
+        .route(CONSOLE_ASSET, json_405(get(console::console_asset)))
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(axum::middleware::from_fn(ops::request_id))

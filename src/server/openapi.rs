@@ -66,7 +66,7 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
             own, credentials in the body), the admin API (workspaces, API keys, data import \
             keys, users) and the segment API (counts, estimates, breakdowns, members, checks, \
             saved segments). Every route but the partner endpoints, `/healthz`, `/readyz`, \
-            `/metrics`, `/openapi.json` and `/docs` takes `Authorization: Bearer <token>`: \
+            `/metrics`, `/openapi.json`, `/docs` and the console (`/`, `/console/…`) takes `Authorization: Bearer <token>`: \
             the server admin token (workspaces and their API keys only) or a workspace API \
             key with the scope the operation names (`x-required-scope`). A key of another \
             workspace gets the unknown workspace's 404, word for word. Every error is JSON: \
@@ -80,6 +80,8 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
         super::metrics::handler,
         openapi_json,
         docs,
+        super::console::index,
+        super::console::console_asset,
         super::partner::cohorts,
         super::partner::users,
         super::partner::delete,
@@ -105,6 +107,7 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
         super::admin::declare_attribute,
         super::admin::cohorts,
         super::admin::data_points,
+        super::admin::partners,
         super::admin::delete_cohort,
         super::segments::count_handler,
         super::segments::breakdown_handler,
@@ -518,6 +521,7 @@ fn path_parameter(route: &str, name: &str) -> Value {
         ),
         "cohort_id" => ("The partner's cohort_id.", "c-9f1e"),
         "name" => ("The custom attribute's name.", "lifetime_spend"),
+        "asset" => ("The console asset: `app.js` or `style.css`.", "app.js"),
         "id" if route.contains("/api_keys/") => ("The API key's id.", "ak_5f2c9e0b7a1d4c3e"),
         "id" if route.contains("/keys/") => ("The data import key's id.", "key_5f2c9e0b7a1d4c3e"),
         "id" => ("The saved segment's id.", "seg_5f2c9e0b7a1d4c3e"),

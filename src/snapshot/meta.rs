@@ -14,7 +14,10 @@
 //! The audit entries ([`AuditExt`]) follow the API keys the same way:
 //! written (after a `MetaExt` and an `ApiKeysExt`, empty or not) whenever
 //! an audit entry was ever recorded; a section that ends before them
-//! holds none.
+//! holds none. The cohorts' size histories ([`HistoryExt`]) follow the
+//! audit entries the same way: written (after a `MetaExt`, an
+//! `ApiKeysExt` and an `AuditExt`, empty or not) whenever a cohort has
+//! one; a section that ends before them holds none.
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -146,6 +149,27 @@ pub struct Meta {
     pub api_keys: ApiKeysExt,
     /// Not part of `Meta`'s encoding: the [`AuditExt`] after `api_keys`.
     pub audit: AuditExt,
+    /// Not part of `Meta`'s encoding: the [`HistoryExt`] after `audit`.
+    pub history: HistoryExt,
+}
+
+/// One cohort's sizes after its syncs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CohortHistoryMeta {
+    /// The cohort's partner.
+    pub partner: Partner,
+    /// Its cohort_id.
+    pub cohort_id: String,
+    /// `(ms since the Unix epoch, members)`, oldest first.
+    pub sizes: Vec<(i64, u64)>,
+}
+
+/// What follows [`AuditExt`] in the section, when a cohort has a size
+/// history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryExt {
+    /// The cohorts with a history, by (partner, cohort_id).
+    pub cohorts: Vec<CohortHistoryMeta>,
 }
 
 /// One audit entry (see `access::AuditEntry`, whose fields these are).
@@ -217,7 +241,8 @@ impl Meta {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let mut out = bincode::encode_to_vec(self, config())
             .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
-        let audit = self.audit != AuditExt::default();
+        let history = self.history != HistoryExt::default();
+        let audit = history || self.audit != AuditExt::default();
         let api_keys = audit || self.api_keys != ApiKeysExt::default();
         if api_keys || self.ext != MetaExt::default() {
             bincode::encode_into_std_write(&self.ext, &mut out, config())
@@ -229,6 +254,10 @@ impl Meta {
         }
         if audit {
             bincode::encode_into_std_write(&self.audit, &mut out, config())
+                .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
+        }
+        if history {
+            bincode::encode_into_std_write(&self.history, &mut out, config())
                 .map_err(|e| format!("encoding the snapshot meta: {e}"))?;
         }
         Ok(out)
@@ -258,13 +287,20 @@ impl Meta {
         }
         let (audit, used): (AuditExt, usize) = bincode::decode_from_slice(rest, config())
             .map_err(|e| format!("meta section's audit entries do not decode: {e}"))?;
+        meta.audit = audit;
+        let rest = &rest[used..];
+        if rest.is_empty() {
+            return Ok(meta);
+        }
+        let (history, used): (HistoryExt, usize) = bincode::decode_from_slice(rest, config())
+            .map_err(|e| format!("meta section's cohort size histories do not decode: {e}"))?;
         if used != rest.len() {
             return Err(format!(
                 "meta section has {} trailing bytes",
                 rest.len() - used
             ));
         }
-        meta.audit = audit;
+        meta.history = history;
         Ok(meta)
     }
 }
@@ -391,6 +427,7 @@ impl<C> Decode<C> for Meta {
             ext: MetaExt::default(),
             api_keys: ApiKeysExt::default(),
             audit: AuditExt::default(),
+            history: HistoryExt::default(),
         })
     }
 }
@@ -476,6 +513,37 @@ impl<C> Decode<C> for AuditExt {
         Ok(AuditExt {
             next_seq: Decode::decode(d)?,
             entries: decode_seq(d, AuditMeta::decode)?,
+        })
+    }
+}
+
+impl Encode for CohortHistoryMeta {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        encode_partner(self.partner, e)?;
+        (&self.cohort_id, &self.sizes).encode(e)
+    }
+}
+
+impl<C> Decode<C> for CohortHistoryMeta {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(CohortHistoryMeta {
+            partner: decode_partner(d)?,
+            cohort_id: Decode::decode(d)?,
+            sizes: decode_seq(d, |d| Ok((i64::decode(d)?, u64::decode(d)?)))?,
+        })
+    }
+}
+
+impl Encode for HistoryExt {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.cohorts.encode(e)
+    }
+}
+
+impl<C> Decode<C> for HistoryExt {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(HistoryExt {
+            cohorts: decode_seq(d, CohortHistoryMeta::decode)?,
         })
     }
 }

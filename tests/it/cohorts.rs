@@ -370,6 +370,7 @@ fn insert_installs_a_cohort_as_it_is() {
         created_at: None,
         members: [1u32, 5, 70_000].into_iter().collect(),
         sync: SyncStats::default(),
+        size_history: Default::default(),
         version: 0,
     };
     catalog.insert(c.clone()).unwrap();

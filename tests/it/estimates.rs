@@ -83,6 +83,7 @@ fn snapshot() -> &'static Arc<Snapshot> {
             ext: Default::default(),
             api_keys: Default::default(),
             audit: Default::default(),
+            history: Default::default(),
         });
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         contents.reserve_buckets(USERS as usize);

@@ -10,6 +10,7 @@ mod chunk;
 mod cli;
 mod cohorts;
 mod compaction;
+mod console;
 mod crash;
 mod csv;
 mod demo;

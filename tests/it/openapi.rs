@@ -245,7 +245,7 @@ fn the_docs_page_renders_the_document_from_this_server_only() {
 
 /// A headless Chromium (or Chrome) to render pages with: `SEGQ_BROWSER`,
 /// else the first of the usual names on the `PATH`.
-fn browser() -> Option<std::path::PathBuf> {
+pub fn browser() -> Option<std::path::PathBuf> {
     if let Some(b) = std::env::var_os("SEGQ_BROWSER") {
         return Some(b.into());
     }
@@ -703,6 +703,10 @@ fn the_answers_are_what_the_document_says() {
     call("GET", "/metrics", None, None, 200);
     call("GET", "/openapi.json", None, None, 200);
     call("GET", "/docs", None, None, 200);
+    call("GET", "/", None, None, 200);
+    call("GET", "/console/app.js", None, None, 200);
+    call("GET", "/console/style.css", None, None, 200);
+    call("GET", "/console/nope.js", None, None, 404);
 
     call(
         "POST",
@@ -924,6 +928,7 @@ fn the_answers_are_what_the_document_says() {
     );
     call("GET", "/admin/workspaces/acme/cohorts", None, key, 200);
     call("GET", "/admin/workspaces/acme/data_points", None, key, 200);
+    call("GET", "/admin/workspaces/acme/partners", None, key, 200);
 
     // Segments.
     let f = json!("amplitude_cohorts includes \"c-9f1e\"");

@@ -69,6 +69,7 @@ fn workspace() -> Workspace {
                 created_at: None,
                 members: members.iter().copied().collect(),
                 sync: SyncStats::default(),
+                size_history: Default::default(),
                 version: 0,
             })
             .unwrap();

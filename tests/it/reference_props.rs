@@ -156,6 +156,7 @@ pub(crate) fn build(g: &GenWorkspace) -> Workspace {
                 created_at: None,
                 members: c.members.iter().copied().collect(),
                 sync: SyncStats::default(),
+                size_history: Default::default(),
                 version: 0,
             })
             .unwrap();

@@ -46,10 +46,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate the small workload, replay the wire examples, and evaluate
-    /// combined segment filters.
+    /// combined segment filters; with --serve, serve it with the web
+    /// console on loopback instead.
     Demo {
         #[command(flatten)]
         workload: WorkloadArgs,
+        #[command(flatten)]
+        serve: demo::ServeDemoArgs,
     },
     /// Generate a workload and print what it holds.
     Generate {
@@ -182,7 +185,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(args) => bench::run(args, &mut out)?,
         Command::Users { command } => users::run(command, &mut out)?,
         Command::Audit(args) => audit::run(args, &mut out)?,
-        Command::Demo { workload } => {
+        Command::Demo { workload, serve } => {
+            if serve.serve {
+                drop(out);
+                demo::serve(serve, workload.spec())?;
+                return Ok(());
+            }
             demo::run(&mut out, workload.spec())?;
         }
         Command::Generate { workload } => generate::generate(&mut out, workload.spec())?,

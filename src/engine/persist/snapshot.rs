@@ -11,7 +11,8 @@ use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
 use crate::snapshot::meta::{
-    ApiKeyMeta, ApiKeysExt, AuditExt, AuditMeta, CohortMeta, KeyMeta, Meta, MetaExt, SegmentMeta,
+    ApiKeyMeta, ApiKeysExt, AuditExt, AuditMeta, CohortHistoryMeta, CohortMeta, HistoryExt,
+    KeyMeta, Meta, MetaExt, SegmentMeta,
 };
 use crate::snapshot::writer::Contents;
 use crate::snapshot::Snapshot;
@@ -96,6 +97,19 @@ pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
                 })
                 .collect(),
         },
+        history: HistoryExt {
+            cohorts: ws
+                .cohorts
+                .iter_sorted()
+                .into_iter()
+                .filter(|c| !c.size_history.is_empty())
+                .map(|c| CohortHistoryMeta {
+                    partner: c.key.partner,
+                    cohort_id: c.key.cohort_id.clone(),
+                    sizes: c.size_history.iter().copied().collect(),
+                })
+                .collect(),
+        },
     };
     let mut out = Contents::new(meta);
     out.attributes = crate::attributes::codec::encode(&ws.attributes).map_err(Error::Internal)?;
@@ -152,6 +166,12 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
         meta.workspace.clone(),
         UserRegistry::on_snapshot(snap.clone())?,
     );
+    let mut histories: std::collections::HashMap<(crate::ids::Partner, &str), &[(i64, u64)]> = meta
+        .history
+        .cohorts
+        .iter()
+        .map(|h| ((h.partner, h.cohort_id.as_str()), h.sizes.as_slice()))
+        .collect();
     for (i, c) in meta.cohorts.iter().enumerate() {
         let created_at = match &c.created_at {
             Some(t) => Some(crate::import::parse_created_at(t).ok_or_else(|| {
@@ -183,6 +203,9 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
             refused_total: c.refused_total,
             recent_unmatched: c.recent_unmatched.iter().cloned().collect(),
         };
+        if let Some(sizes) = histories.remove(&(c.partner, c.cohort_id.as_str())) {
+            cohort.size_history = sizes.iter().copied().collect();
+        }
         ws.cohorts.insert(cohort)?;
     }
     for k in &meta.keys {
@@ -198,6 +221,11 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
                 last_used: None,
             },
         );
+    }
+    if let Some(((p, id), _)) = histories.into_iter().next() {
+        return Err(snap.corrupt(format!(
+            "a size history of cohort {p}/{id}, which it does not hold"
+        )));
     }
     for (id, ms) in &meta.ext.key_last_used {
         let k = ws.keys.get_mut(id).ok_or_else(|| {
