@@ -427,12 +427,12 @@ impl Catalog for Workspace {
             .ok_or_else(|| Error::UnknownAttribute {
                 attribute: name.to_string(),
             })?;
-        Ok((a.version(), Selected(Arc::new(test.selection(a)?))))
+        Ok((a.version(), Selected(Arc::new(test.select(a)?))))
     }
 
     fn deleted(&self) -> Option<Selected> {
         let d = self.users.deleted();
-        (!d.is_empty()).then(|| Selected::of(self.users.deleted_portable(), d.len()))
+        (!d.is_empty()).then(|| Selected(d.clone()))
     }
 
     fn saved_filter(&self, id: &str) -> Result<crate::segment::Filter> {
@@ -444,11 +444,6 @@ impl Catalog for Workspace {
 }
 
 impl reference::Data for Workspace {
-    fn deleted_users(&self) -> Option<Arc<RoaringBitmap>> {
-        let d = self.users.deleted();
-        (!d.is_empty()).then(|| d.clone())
-    }
-
     fn cohort_members(&self, partner: Partner, value: &str) -> Result<Cow<'_, RoaringBitmap>> {
         self.cohorts.resolve(partner, value)?.members.bitmap()
     }

@@ -110,43 +110,6 @@ impl Bsi {
         }
     }
 
-    /// The range `lo..=hi` (an end `None`: unbounded) as offsets from
-    /// the base that the slices can hold: `None` when it selects nobody;
-    /// an end that every value passes is `None` in the answer too.
-    pub fn offsets(&self, lo: Option<i64>, hi: Option<i64>) -> Option<(Option<u64>, Option<u64>)> {
-        if self.has.is_empty() {
-            return None;
-        }
-        if let (Some(l), Some(h)) = (lo, hi) {
-            if l > h {
-                return None;
-            }
-        }
-        let bits = self.slices.len();
-        // The largest offset the slices hold.
-        let top = if bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << bits) - 1
-        };
-        let hi = match hi {
-            Some(h) if h < self.base => return None,
-            Some(h) => Some(offset(h, self.base)).filter(|&o| o < top),
-            None => None,
-        };
-        let lo = match lo {
-            Some(l) if l > self.base => {
-                let o = offset(l, self.base);
-                if o > top {
-                    return None;
-                }
-                Some(o)
-            }
-            _ => None,
-        };
-        Some((lo, hi))
-    }
-
     /// The users whose value is at most `c`.
     pub fn le(&self, c: i64) -> RoaringBitmap {
         if self.has.is_empty() || c < self.base {

@@ -8,7 +8,6 @@ use roaring::{MultiOps, RoaringBitmap};
 use serde::Serialize;
 
 use super::bsi::Bsi;
-use super::selection::{self, PortableCache, Selection, Slot};
 use super::value::{AttrType, AttrValue};
 use crate::error::{Error, Result};
 
@@ -168,26 +167,7 @@ pub struct Attribute {
     ty: AttrType,
     index: Index,
     version: u64,
-    /// Portable copies of the index's bitmaps that queries read, kept
-    /// until a value changes.
-    cache: PortableCache,
 }
-
-/// What a query selects of an attribute (see [`Attribute::selection`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Selected {
-    /// The users, as the chunk evaluator reads them.
-    pub selection: Selection,
-    /// How many: exactly when `exact`, else at most.
-    pub cardinality: u64,
-    /// Whether `cardinality` is exact (a range's is the users with a
-    /// value, known only once the chunks are compared).
-    pub exact: bool,
-}
-
-/// A query's values (strings) at most this many are read per chunk as
-/// they are; more are united into one bitmap first.
-const UNION_IN_CHUNKS: usize = 16;
 
 /// A string value and how many users have it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -261,7 +241,6 @@ impl Attribute {
             ty,
             index,
             version: 0,
-            cache: PortableCache::default(),
         }
     }
 
@@ -357,91 +336,9 @@ impl Attribute {
         })
     }
 
-    /// What a query selects, as the chunk evaluator reads it: the index's
-    /// own bitmaps (portable copies made once per version of the
-    /// attribute), combined per chunk when the query runs. Many string
-    /// values are united into one bitmap here. A query that does not fit
-    /// the type is [`Error::AttributeType`].
-    pub fn selection(&self, q: &AttrQuery<'_>) -> Result<Selected> {
-        let exact = |selection: Selection, cardinality: u64| Selected {
-            selection,
-            cardinality,
-            exact: true,
-        };
-        let has = || self.cache.get(Slot::Has, self.has());
-        let values = |s: &Strings, ids: Vec<u32>| -> Selected {
-            let n: u64 = ids.iter().map(|&id| s.members[id as usize].len()).sum();
-            if ids.len() <= UNION_IN_CHUNKS {
-                let parts = ids
-                    .iter()
-                    .map(|&id| self.cache.get(Slot::Value(id), &s.members[id as usize]))
-                    .collect();
-                exact(Selection::Union(parts), n)
-            } else {
-                let all = ids.iter().map(|&id| &s.members[id as usize]).union();
-                exact(Selection::Union(vec![selection::portable(&all)]), n)
-            }
-        };
-        Ok(match (&self.index, q) {
-            (_, AttrQuery::Exists) => exact(Selection::Union(vec![has()]), self.has().len()),
-            (Index::Strings(s), AttrQuery::AnyOf(wanted)) => {
-                let mut ids: Vec<u32> = wanted
-                    .iter()
-                    .filter_map(|v| s.ids.get(v.as_str()).copied())
-                    .filter(|&id| !s.members[id as usize].is_empty())
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
-                values(s, ids)
-            }
-            (Index::Strings(s), AttrQuery::Matching(p)) => {
-                let ids = (0..s.names.len() as u32)
-                    .filter(|&id| !s.members[id as usize].is_empty() && p(&s.names[id as usize]))
-                    .collect();
-                values(s, ids)
-            }
-            (Index::Booleans { has: h, truth }, AttrQuery::Is(b)) => {
-                let t = self.cache.get(Slot::Truth, truth);
-                if *b {
-                    exact(Selection::Union(vec![t]), truth.len())
-                } else {
-                    exact(Selection::Minus(has(), t), h.len() - truth.len())
-                }
-            }
-            (Index::Numbers(b), AttrQuery::Range(lo, hi)) => match b.offsets(*lo, *hi) {
-                None => exact(Selection::nobody(), 0),
-                Some((None, None)) => exact(Selection::Union(vec![has()]), b.has().len()),
-                Some((lo, hi)) => {
-                    let (_, _, slices) = b.parts();
-                    Selected {
-                        selection: Selection::Range {
-                            has: has(),
-                            slices: slices
-                                .iter()
-                                .enumerate()
-                                .map(|(i, s)| self.cache.get(Slot::Slice(i as u32), s))
-                                .collect(),
-                            lo,
-                            hi,
-                        },
-                        cardinality: b.has().len(),
-                        exact: false,
-                    }
-                }
-            },
-            _ => {
-                return Err(Error::AttributeType {
-                    attribute: self.name.clone(),
-                    reason: format!("a {} attribute cannot be compared this way", self.ty),
-                })
-            }
-        })
-    }
-
     /// Unsets the values of `users` (each of which has one).
     fn remove_many(&mut self, users: &RoaringBitmap) {
         self.version += 1;
-        self.cache.clear();
         match &mut self.index {
             Index::Strings(s) => s.remove_many(users),
             Index::Booleans { has, truth } => {
@@ -454,7 +351,6 @@ impl Attribute {
 
     fn set(&mut self, user: u32, v: Option<&AttrValue>) {
         self.version += 1;
-        self.cache.clear();
         match (&mut self.index, v) {
             (Index::Strings(s), None) => s.remove(user),
             (Index::Strings(s), Some(AttrValue::String(v))) => s.set(user, v),
@@ -622,7 +518,6 @@ impl Attribute {
             ty,
             index,
             version: 0,
-            cache: PortableCache::default(),
         }
     }
 }

@@ -21,7 +21,6 @@
 pub mod bsi;
 pub mod codec;
 mod index;
-pub mod selection;
 mod value;
 
 /// An attribute value as a request carries it, before it is typed by the
@@ -38,8 +37,7 @@ pub enum AttrInput {
 /// A user's attribute values as a request carries them, in order.
 pub type AttrInputs = Vec<(String, AttrInput)>;
 
-pub use index::{AttrQuery, Attribute, AttributeSummary, Attributes, CommonValue, Selected};
-pub use selection::{Portable, Selection};
+pub use index::{AttrQuery, Attribute, AttributeSummary, Attributes, CommonValue};
 pub use value::{format_time, parse_time, AttrType, AttrValue, DECIMAL_SCALE};
 
 use crate::error::{Error, Result};

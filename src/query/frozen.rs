@@ -274,7 +274,6 @@ impl<'f> Prepared<'f> {
             Ok(LeafBytes {
                 base: c.base.as_ref().map(BaseBitmap::view).transpose()?,
                 delta: c.delta.clone(),
-                shared: None,
                 max: c.max_bound,
             })
         })?;

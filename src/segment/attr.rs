@@ -4,7 +4,7 @@
 use roaring::RoaringBitmap;
 
 use super::ast::{AttrCmp, Filter, Number, Time};
-use crate::attributes::{AttrQuery, AttrType, AttrValue, Attribute, Selected};
+use crate::attributes::{AttrQuery, AttrType, AttrValue, Attribute};
 use crate::error::{Error, Result};
 
 /// A positive test on one attribute (negative comparisons are NOT of one),
@@ -48,38 +48,22 @@ impl Test {
         }
     }
 
-    /// The users of `a` the test selects, as one bitmap. A regex is
-    /// compiled here and run over the attribute's distinct values, never
-    /// over users.
+    /// The users of `a` the test selects. A regex is compiled here and run
+    /// over the attribute's distinct values, never over users.
     pub fn select(&self, a: &Attribute) -> Result<RoaringBitmap> {
-        self.with_query(a, |q| a.select(q))
-    }
-
-    /// What the test selects of `a` as the chunk evaluator reads it: the
-    /// index's bitmaps, combined per chunk when the query runs (see
-    /// [`Attribute::selection`]).
-    pub fn selection(&self, a: &Attribute) -> Result<Selected> {
-        self.with_query(a, |q| a.selection(q))
-    }
-
-    fn with_query<T>(
-        &self,
-        a: &Attribute,
-        f: impl FnOnce(&AttrQuery<'_>) -> Result<T>,
-    ) -> Result<T> {
         match self {
-            Test::Exists => f(&AttrQuery::Exists),
-            Test::AnyOf(v) => f(&AttrQuery::AnyOf(v)),
+            Test::Exists => a.select(&AttrQuery::Exists),
+            Test::AnyOf(v) => a.select(&AttrQuery::AnyOf(v)),
             Test::Regex(r) => {
                 let re = regex::Regex::new(r).map_err(|e| Error::AttributeType {
                     attribute: a.name().to_string(),
                     reason: format!("not a valid regular expression: {e}"),
                 })?;
-                f(&AttrQuery::Matching(&|s: &str| re.is_match(s)))
+                a.select(&AttrQuery::Matching(&|s: &str| re.is_match(s)))
             }
-            Test::Prefix(p) => f(&AttrQuery::Matching(&|s: &str| s.starts_with(p.as_str()))),
-            Test::Is(b) => f(&AttrQuery::Is(*b)),
-            Test::Range(lo, hi) => f(&AttrQuery::Range(*lo, *hi)),
+            Test::Prefix(p) => a.select(&AttrQuery::Matching(&|s: &str| s.starts_with(p.as_str()))),
+            Test::Is(b) => a.select(&AttrQuery::Is(*b)),
+            Test::Range(lo, hi) => a.select(&AttrQuery::Range(*lo, *hi)),
         }
     }
 }

@@ -28,8 +28,6 @@ use serde::Serialize;
 use super::buckets;
 use super::masks::{Mask, MaskSource, RangeMasks};
 use super::plan::{Leaf, Plan};
-use super::range::BsiView;
-use crate::attributes::{Portable, Selection};
 use crate::bitmap_view::{BitmapView, Container, Kernels, Words, CHUNK_WORDS};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId};
@@ -52,12 +50,6 @@ enum Node {
     All,
     Nothing,
     Cohort(usize),
-    /// A range of a bit-sliced index: the leaf of its users with a
-    /// value, and its slices and bounds (an index into [`Ctx::bsi`]).
-    Range {
-        has: usize,
-        bsi: usize,
-    },
     Bucket(u16, u16),
     Not(Box<Node>),
     And(Vec<Node>, Vec<Node>),
@@ -328,8 +320,6 @@ enum Op {
 
 struct Ctx<'a> {
     leaves: Vec<LeafView<'a>>,
-    /// The bit-sliced ranges' slices and bounds.
-    bsi: Vec<BsiView<'a>>,
     buckets: Buckets<'a>,
     users: u32,
     k: Kernels,
@@ -454,8 +444,6 @@ fn units(node: &Node) -> usize {
     match node {
         Node::All | Node::Nothing => 0,
         Node::Cohort(_) => 1,
-        // A slice read per bit, most chunks' blocks leaving early.
-        Node::Range { .. } => 4,
         Node::Bucket(..) => 8,
         Node::Not(c) => units(c),
         Node::And(all, minus) => all.iter().chain(minus).map(units).sum(),
@@ -570,14 +558,6 @@ fn eval(
                 Out::Words
             }
         },
-        Node::Range { has, bsi } => match ctx.leaves[*has].chunk(key as u16) {
-            Lc::Empty => Out::Empty,
-            lc => {
-                lc.write_into(k, out);
-                ctx.bsi[*bsi].narrow(key as u16, out, k, &mut s.words);
-                Out::Words
-            }
-        },
         Node::Bucket(lo, hi) => {
             if let Some(m) = ctx.bucket_mask(key, *lo, *hi, s) {
                 return match m.container() {
@@ -644,18 +624,6 @@ fn eval(
                         if let Some(n) = lc.step(k, Op::And, out, s, fuse) {
                             return Out::Count(n);
                         }
-                        continue;
-                    }
-                    // A range narrows the set so far in place: its
-                    // blocks with no user left are not compared.
-                    if let Node::Range { has, bsi } = c {
-                        let lc = ctx.leaves[*has].chunk(key as u16);
-                        if let Lc::Empty = lc {
-                            *early = true;
-                            return Out::Empty;
-                        }
-                        lc.combine(k, Op::And, out, s);
-                        ctx.bsi[*bsi].narrow(key as u16, out, k, &mut s.words);
                         continue;
                     }
                 }
@@ -894,10 +862,6 @@ pub struct LeafBytes<'w> {
     pub base: Option<BitmapView<'w>>,
     /// The members added and removed since (`None`: nothing changed).
     pub delta: Option<Arc<Serialized>>,
-    /// Members held in memory in the portable format and read in place
-    /// like a snapshot bitmap (an attribute index's bitmap, the deleted
-    /// users); `None` for a cohort.
-    pub shared: Option<Portable>,
     /// The largest member, when it may lie past the users' count: a
     /// single-cohort plan is counted from the cohort's cardinality only
     /// when this is `None` or below the users' count.
@@ -908,8 +872,6 @@ pub struct LeafBytes<'w> {
 pub struct Prepared<'w> {
     node: Node,
     bytes: Vec<LeafBytes<'w>>,
-    /// The bit-sliced ranges' slices and bounds.
-    ranges: Vec<RangeBytes>,
     buckets: Buckets<'w>,
     users: u32,
     single: Option<u64>,
@@ -918,79 +880,10 @@ pub struct Prepared<'w> {
 
 type FetchLeaf<'a, 'w> = dyn FnMut(&CohortKey) -> Result<LeafBytes<'w>> + 'a;
 
-/// A bit-sliced range's slices and bounds, as the plan holds them.
-struct RangeBytes {
-    slices: Vec<Portable>,
-    lo: Option<u64>,
-    hi: Option<u64>,
-}
-
-fn parse_shared(b: &[u8]) -> Result<BitmapView<'_>> {
-    BitmapView::parse(b).map_err(|e| Error::Internal(format!("an attribute index's bitmap: {e}")))
-}
-
-/// A leaf read in place from a bitmap held in memory.
-fn shared_leaf<'w>(b: &Portable, bytes: &mut Vec<LeafBytes<'w>>) -> Result<Node> {
-    let max = parse_shared(b)?.max();
-    bytes.push(LeafBytes {
-        base: None,
-        delta: None,
-        shared: Some(b.clone()),
-        max,
-    });
-    Ok(Node::Cohort(bytes.len() - 1))
-}
-
-/// The nodes of an attribute test's (or the deleted users') selection:
-/// its bitmaps as leaves read in place, combined per chunk.
-fn compile_selection<'w>(
-    sel: &Selection,
-    bytes: &mut Vec<LeafBytes<'w>>,
-    ranges: &mut Vec<RangeBytes>,
-) -> Result<Node> {
-    Ok(match sel {
-        Selection::Union(parts) => match parts.as_slice() {
-            [] => Node::Nothing,
-            [one] => shared_leaf(one, bytes)?,
-            many => Node::Or(
-                many.iter()
-                    .map(|b| shared_leaf(b, bytes))
-                    .collect::<Result<_>>()?,
-            ),
-        },
-        Selection::Minus(a, b) => {
-            Node::And(vec![shared_leaf(a, bytes)?], vec![shared_leaf(b, bytes)?])
-        }
-        Selection::Range {
-            has,
-            slices,
-            lo,
-            hi,
-        } => {
-            let Node::Cohort(has) = shared_leaf(has, bytes)? else {
-                unreachable!("a shared leaf is a cohort node")
-            };
-            for sl in slices {
-                parse_shared(sl)?;
-            }
-            ranges.push(RangeBytes {
-                slices: slices.clone(),
-                lo: *lo,
-                hi: *hi,
-            });
-            Node::Range {
-                has,
-                bsi: ranges.len() - 1,
-            }
-        }
-    })
-}
-
 fn compile<'w>(
     p: &Plan,
     leaf: &mut FetchLeaf<'_, 'w>,
     bytes: &mut Vec<LeafBytes<'w>>,
-    ranges: &mut Vec<RangeBytes>,
 ) -> Result<Node> {
     Ok(match p {
         Plan::All => Node::All,
@@ -1002,24 +895,37 @@ fn compile<'w>(
             Node::Cohort(bytes.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
-        // The index's bitmaps, read in place as the chunks are evaluated:
-        // nothing is serialized or united here.
+        // Read like a cohort with no snapshot bitmap: all its users are
+        // the serialized delta.
         Plan::Leaf(Leaf::Attribute { members, .. }) | Plan::Leaf(Leaf::Deleted { members, .. }) => {
-            compile_selection(&members.0.selection, bytes, ranges)?
+            let mut added = Vec::with_capacity(members.0.serialized_size());
+            members
+                .0
+                .serialize_into(&mut added)
+                .map_err(|e| Error::Internal(format!("serializing an attribute test: {e}")))?;
+            bytes.push(LeafBytes {
+                base: None,
+                delta: Some(Arc::new(Serialized {
+                    added: Some(added),
+                    removed: None,
+                })),
+                max: members.0.max(),
+            });
+            Node::Cohort(bytes.len() - 1)
         }
-        Plan::Not { child } => Node::Not(Box::new(compile(child, leaf, bytes, ranges)?)),
+        Plan::Not { child } => Node::Not(Box::new(compile(child, leaf, bytes)?)),
         Plan::And { all, minus } => Node::And(
             all.iter()
-                .map(|c| compile(c, leaf, bytes, ranges))
+                .map(|c| compile(c, leaf, bytes))
                 .collect::<Result<_>>()?,
             minus
                 .iter()
-                .map(|c| compile(c, leaf, bytes, ranges))
+                .map(|c| compile(c, leaf, bytes))
                 .collect::<Result<_>>()?,
         ),
         Plan::Or { any } => Node::Or(
             any.iter()
-                .map(|c| compile(c, leaf, bytes, ranges))
+                .map(|c| compile(c, leaf, bytes))
                 .collect::<Result<_>>()?,
         ),
     })
@@ -1029,11 +935,11 @@ fn compile<'w>(
 fn trivial(plan: &Plan, users: u32, trusted_leaf: bool) -> Option<u64> {
     match plan {
         Plan::Leaf(Leaf::Cohort { cardinality, .. })
-        | Plan::Leaf(Leaf::Attribute {
-            cardinality,
-            exact: true,
-            ..
-        }) if trusted_leaf => Some(*cardinality),
+        | Plan::Leaf(Leaf::Attribute { cardinality, .. })
+            if trusted_leaf =>
+        {
+            Some(*cardinality)
+        }
         Plan::All => Some(u64::from(users)),
         Plan::Nothing => Some(0),
         _ => None,
@@ -1052,8 +958,7 @@ impl<'w> Prepared<'w> {
         mut leaf: impl FnMut(&CohortKey) -> Result<LeafBytes<'w>>,
     ) -> Result<Self> {
         let mut bytes = Vec::new();
-        let mut ranges = Vec::new();
-        let node = compile(plan, &mut leaf, &mut bytes, &mut ranges)?;
+        let node = compile(plan, &mut leaf, &mut bytes)?;
         // A bitmap is only trusted to hold users that exist if its largest
         // member says so.
         let trusted = matches!(
@@ -1065,7 +970,6 @@ impl<'w> Prepared<'w> {
         Ok(Prepared {
             node,
             bytes,
-            ranges,
             buckets,
             users,
             single: trivial(plan, users, trusted),
@@ -1085,17 +989,14 @@ impl<'w> Prepared<'w> {
             Ok(LeafBytes {
                 base: Some(snap.bitmap(i)?),
                 delta: None,
-                shared: None,
                 max: None,
             })
         };
-        let mut ranges = Vec::new();
-        let node = compile(plan, &mut leaf, &mut bytes, &mut ranges)?;
+        let node = compile(plan, &mut leaf, &mut bytes)?;
         // `verify` checks that snapshot bitmaps hold only existing users.
         Ok(Prepared {
             node,
             bytes,
-            ranges,
             buckets: Buckets::contiguous(snap.buckets()?),
             users: meta.users,
             single: trivial(plan, meta.users, true),
@@ -1319,11 +1220,7 @@ impl<'w> Prepared<'w> {
         for b in &self.bytes {
             let added = opt(b.delta.as_ref().and_then(|d| d.added.as_deref()))?;
             let removed = opt(b.delta.as_ref().and_then(|d| d.removed.as_deref()))?;
-            let base = match (&b.base, &b.shared) {
-                (Some(v), _) => Some(*v),
-                (None, Some(s)) => Some(parse_shared(s)?),
-                (None, None) => None,
-            };
+            let base = b.base;
             leaves.push(match (base, added, removed) {
                 (Some(v), None, None) | (None, Some(v), None) => LeafView::Simple(v),
                 (None, None, None) => LeafView::Simple(BitmapView::empty()),
@@ -1334,26 +1231,10 @@ impl<'w> Prepared<'w> {
                 },
             });
         }
-        let bsi = self
-            .ranges
-            .iter()
-            .map(|r| {
-                Ok(BsiView {
-                    slices: r
-                        .slices
-                        .iter()
-                        .map(|b| parse_shared(b))
-                        .collect::<Result<_>>()?,
-                    lo: r.lo,
-                    hi: r.hi,
-                })
-            })
-            .collect::<Result<_>>()?;
         Ok(Checker {
             node: &self.node,
             ctx: Ctx {
                 leaves,
-                bsi,
                 buckets: self.buckets,
                 users: self.users,
                 k: Kernels::active(),
@@ -1513,7 +1394,6 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
         Node::All => true,
         Node::Nothing => false,
         Node::Cohort(i) => ctx.leaves[*i].contains(u),
-        Node::Range { has, bsi } => ctx.leaves[*has].contains(u) && ctx.bsi[*bsi].contains(u),
         Node::Bucket(lo, hi) => (*lo..=*hi).contains(&ctx.buckets.get(u as usize)),
         Node::Not(c) => !contains(c, u, ctx),
         Node::And(all, minus) => {
@@ -1531,8 +1411,6 @@ fn predict(node: &Node, share: &dyn Fn(usize) -> f64) -> f64 {
         Node::All => 1.0,
         Node::Nothing => 0.0,
         Node::Cohort(i) => share(*i),
-        // At most its users with a value.
-        Node::Range { has, .. } => share(*has),
         Node::Bucket(lo, hi) => (f64::from(*hi) - f64::from(*lo) + 1.0) / 10_000.0,
         Node::Not(c) => 1.0 - predict(c, share),
         Node::And(all, minus) => {
@@ -1549,7 +1427,7 @@ fn predict(node: &Node, share: &dyn Fn(usize) -> f64) -> f64 {
 /// The distinct bucket ranges of a plan.
 fn bucket_ranges(node: &Node, out: &mut Vec<(u16, u16)>) {
     match node {
-        Node::All | Node::Nothing | Node::Cohort(_) | Node::Range { .. } => {}
+        Node::All | Node::Nothing | Node::Cohort(_) => {}
         Node::Bucket(lo, hi) => {
             if !out.contains(&(*lo, *hi)) {
                 out.push((*lo, *hi));

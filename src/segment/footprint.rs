@@ -89,7 +89,7 @@ fn compile<'a>(
         }) => Node::Cohort(leaf(&CohortKey::new(*partner, cohort_id.clone()))?),
         Plan::Leaf(Leaf::Bucket { .. }) => Node::Bucket,
         Plan::Leaf(Leaf::Attribute { members, .. }) | Plan::Leaf(Leaf::Deleted { members, .. }) => {
-            Node::Selected(std::sync::Arc::new(members.0.selection.to_bitmap()))
+            Node::Selected(members.0.clone())
         }
         Plan::Not { child } => Node::Not(Box::new(compile(child, leaf)?)),
         Plan::And { all: a, minus } => {

@@ -12,7 +12,6 @@ pub mod footprint;
 pub mod json;
 pub mod masks;
 pub mod plan;
-mod range;
 pub mod reference;
 pub mod text;
 

@@ -65,12 +65,8 @@ pub enum Leaf {
         what: Test,
         /// The attribute's version when the users were selected.
         version: u64,
-        /// The users selected: exactly, or at most when `exact` is false
-        /// (a range's users are known only once its chunks are compared).
+        /// The users selected.
         cardinality: u64,
-        /// Whether `cardinality` is exact.
-        #[serde(skip_serializing_if = "is_true")]
-        exact: bool,
         /// Them.
         #[serde(skip)]
         members: Selected,
@@ -88,38 +84,10 @@ pub enum Leaf {
     },
 }
 
-/// The users an attribute test selected (or the deleted users), shared
-/// by the plans and views that hold it: the index's bitmaps in the
-/// portable format, which the chunk evaluator combines per chunk as it
-/// runs (see [`crate::attributes::Selection`]).
-#[derive(Clone)]
-pub struct Selected(pub Arc<crate::attributes::Selected>);
-
-impl Selected {
-    /// Every user of `b`, counted exactly (the deleted users).
-    pub fn bitmap(b: &RoaringBitmap) -> Selected {
-        Selected::of(crate::attributes::selection::portable(b), b.len())
-    }
-
-    /// The users of one portable bitmap holding `cardinality` users.
-    pub fn of(bytes: crate::attributes::Portable, cardinality: u64) -> Selected {
-        Selected(Arc::new(crate::attributes::Selected {
-            selection: crate::attributes::Selection::Union(vec![bytes]),
-            cardinality,
-            exact: true,
-        }))
-    }
-
-    /// How many users: exactly, or at most (see [`Self::exact`]).
-    pub fn cardinality(&self) -> u64 {
-        self.0.cardinality
-    }
-
-    /// Whether [`Self::cardinality`] is exact.
-    pub fn exact(&self) -> bool {
-        self.0.exact
-    }
-}
+/// The users an attribute test selected, shared by the plans and views
+/// that hold it.
+#[derive(Clone, Default)]
+pub struct Selected(pub Arc<RoaringBitmap>);
 
 impl PartialEq for Selected {
     fn eq(&self, other: &Self) -> bool {
@@ -131,23 +99,12 @@ impl Eq for Selected {}
 
 impl fmt::Debug for Selected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at_most = if self.exact() { "" } else { "at most " };
-        write!(
-            f,
-            "Selected({at_most}{} users: {:?})",
-            self.cardinality(),
-            self.0.selection
-        )
+        write!(f, "Selected({} users)", self.0.len())
     }
 }
 
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
 impl Leaf {
-    /// Exact for cohorts, expected for bucket ranges, exact or an upper
-    /// bound for attribute tests.
+    /// Exact for cohorts, expected for bucket ranges.
     pub fn cardinality(&self) -> u64 {
         match self {
             Leaf::Cohort { cardinality, .. } => *cardinality,
@@ -215,16 +172,8 @@ impl Plan {
             Plan::All => users,
             Plan::Nothing => 0,
             Plan::Leaf(Leaf::Cohort { cardinality, .. })
+            | Plan::Leaf(Leaf::Attribute { cardinality, .. })
             | Plan::Leaf(Leaf::Deleted { cardinality, .. }) => *cardinality,
-            Plan::Leaf(Leaf::Attribute {
-                cardinality, exact, ..
-            }) => {
-                if *exact {
-                    *cardinality
-                } else {
-                    0
-                }
-            }
             Plan::Leaf(Leaf::Bucket { .. }) => 0,
             Plan::Not { child } => users - child.upper_bound(users),
             Plan::And { .. } => 0,
@@ -326,11 +275,11 @@ pub fn plan(catalog: &dyn Catalog, filter: &Filter) -> Result<Plan> {
     let users = catalog.users();
     let p = lower(catalog, filter, false, users, 0)?;
     let p = match catalog.deleted() {
-        Some(d) if d.cardinality() > 0 && reads_users(&p) => and_of(vec![
+        Some(d) if !d.0.is_empty() && reads_users(&p) => and_of(vec![
             p,
             Plan::Not {
                 child: Box::new(Plan::Leaf(Leaf::Deleted {
-                    cardinality: d.cardinality(),
+                    cardinality: d.0.len(),
                     members: d,
                 })),
             },
@@ -399,8 +348,7 @@ fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64, depth: usize)
                 ty,
                 what,
                 version,
-                cardinality: members.cardinality(),
-                exact: members.exact(),
+                cardinality: members.0.len(),
                 members,
             };
             leaf_or_nothing(leaf, neg != negated)

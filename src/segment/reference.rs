@@ -34,8 +34,6 @@ pub trait Data: Catalog {
     fn attribute_values(&self, name: &str) -> Result<Vec<(u32, AttrValue)>>;
     /// One user's value of a custom attribute.
     fn attribute_value(&self, name: &str, user: u32) -> Option<AttrValue>;
-    /// The deleted users (`None`: none).
-    fn deleted_users(&self) -> Option<std::sync::Arc<RoaringBitmap>>;
 }
 
 /// Whether a value (`None`: the user has none) satisfies a comparison,
@@ -116,8 +114,8 @@ impl Membership {
 pub fn universe<D: Data + ?Sized>(ws: &D) -> RoaringBitmap {
     let mut all = RoaringBitmap::new();
     all.insert_range(0..user_count(ws));
-    if let Some(d) = ws.deleted_users() {
-        all -= &*d;
+    if let Some(d) = ws.deleted() {
+        all -= &*d.0;
     }
     all
 }
@@ -209,7 +207,7 @@ pub fn members<D: Data + ?Sized>(ws: &D, filter: &Filter) -> Result<Vec<UserId>>
 /// Whether one user satisfies the filter, reading one membership bit per
 /// leaf.
 pub fn contains_user<D: Data + ?Sized>(ws: &D, filter: &Filter, user: UserId) -> Result<bool> {
-    if user.0 >= user_count(ws) || ws.deleted_users().is_some_and(|d| d.contains(user.0)) {
+    if user.0 >= user_count(ws) || ws.deleted().is_some_and(|d| d.0.contains(user.0)) {
         return Ok(false);
     }
     Ok(match filter {

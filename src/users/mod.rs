@@ -242,40 +242,6 @@ impl<'a> Buckets<'a> {
     }
 }
 
-/// The deleted users' portable copy, tagged with their number (the set
-/// only grows, so the number names it).
-#[derive(Debug, Default)]
-struct DeletedPortable(std::sync::Mutex<Option<(u64, Arc<[u8]>)>>);
-
-impl Clone for DeletedPortable {
-    fn clone(&self) -> Self {
-        DeletedPortable(std::sync::Mutex::new(
-            self.0.lock().ok().and_then(|c| c.clone()),
-        ))
-    }
-}
-
-impl DeletedPortable {
-    fn get(&self, deleted: &RoaringBitmap) -> Arc<[u8]> {
-        let n = deleted.len();
-        if let Ok(c) = self.0.lock() {
-            if let Some((m, bytes)) = &*c {
-                if *m == n {
-                    return bytes.clone();
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(deleted.serialized_size());
-        // Writing to a Vec cannot fail.
-        let _ = deleted.serialize_into(&mut out);
-        let bytes: Arc<[u8]> = out.into();
-        if let Ok(mut c) = self.0.lock() {
-            *c = Some((n, bytes.clone()));
-        }
-        bytes
-    }
-}
-
 /// The users of one workspace and their identifier indexes.
 #[derive(Clone, Debug)]
 pub struct UserRegistry {
@@ -294,8 +260,6 @@ pub struct UserRegistry {
     /// Deleted users (of the snapshot and since): holes, shared with the
     /// plans and views that exclude them.
     deleted: Arc<RoaringBitmap>,
-    /// `deleted` in the portable roaring format, for the chunk evaluator.
-    deleted_portable: DeletedPortable,
     /// Snapshot users whose external_id in the snapshot's dictionary was
     /// renamed since: their external_id is in `extras`.
     renamed: HashSet<u32>,
@@ -353,7 +317,6 @@ impl UserRegistry {
             by_device: HashMap::new(),
             seed,
             deleted: Arc::new(RoaringBitmap::new()),
-            deleted_portable: DeletedPortable::default(),
             renamed: HashSet::new(),
         }
     }
@@ -440,12 +403,6 @@ impl UserRegistry {
     /// count or list.
     pub fn deleted(&self) -> &Arc<RoaringBitmap> {
         &self.deleted
-    }
-
-    /// The deleted users in the portable roaring format, serialized once
-    /// per set of deleted users (it only grows, so its size names it).
-    pub fn deleted_portable(&self) -> Arc<[u8]> {
-        self.deleted_portable.get(&self.deleted)
     }
 
     /// Whether user `u` was deleted.

@@ -151,7 +151,6 @@ fn leaf_bytes<'w>(c: &'w Cohort, src: &dyn BitmapSource) -> Result<LeafBytes<'w>
     Ok(LeafBytes {
         base,
         delta: (!unchanged).then(|| src.bytes(c)),
-        shared: None,
         max: m.max_bound(),
     })
 }

@@ -210,7 +210,7 @@ impl<A: Algebra> PeerPlan<A> {
             }
             Plan::Leaf(Leaf::Attribute { members, .. })
             | Plan::Leaf(Leaf::Deleted { members, .. }) => {
-                leaves.push(A::from_sorted(members.0.selection.to_bitmap().iter()));
+                leaves.push(A::from_sorted(members.0.iter()));
                 Expr::Leaf(leaves.len() - 1)
             }
             Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => {
