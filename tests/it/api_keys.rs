@@ -514,6 +514,15 @@ fn cases(st: &Setup) -> Vec<Case> {
         case("GET", METRICS, "/metrics", Body::None, 200),
         case("GET", OPENAPI, "/openapi.json", Body::None, 200),
         case("GET", DOCS, "/docs", Body::None, 200),
+        case("GET", CONSOLE, "/", Body::None, 200),
+        case("GET", CONSOLE_ASSET, "/console/app.js", Body::None, 200),
+        case(
+            "GET",
+            PARTNERS,
+            "/admin/workspaces/acme/partners",
+            Body::None,
+            200,
+        ),
         case(
             "POST",
             COHORTS,
