@@ -109,6 +109,73 @@ impl<'a> Container<'a> {
         }
     }
 
+    /// `out = container` on the window of words `first..first + out.len()`
+    /// of the chunk (word `i` holds the low values `64 * i..64 * i + 64`):
+    /// only the part of the container inside the window is read (a binary
+    /// search finds where an array's or a run's values enter it).
+    ///
+    /// # Panics
+    /// If the window passes the chunk's 1024 words.
+    pub fn write_window(&self, first: usize, out: &mut [u64]) {
+        let end = first + out.len();
+        assert!(end <= super::CHUNK_WORDS, "window {first}..{end}");
+        match self {
+            Container::Bitmap(b) => {
+                let bytes = &b.bytes()[8 * first..8 * end];
+                for (w, x) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *w = u64::from_le_bytes(x.try_into().expect("eight bytes"));
+                }
+            }
+            Container::Array(a) => {
+                out.fill(0);
+                let (lo, hi) = (first * 64, end * 64);
+                let bytes = a.bytes();
+                let value =
+                    |i: usize| usize::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]));
+                // The first value at or past the window's start.
+                let (mut l, mut h) = (0usize, a.len());
+                while l < h {
+                    let mid = l + (h - l) / 2;
+                    if value(mid) < lo {
+                        l = mid + 1;
+                    } else {
+                        h = mid;
+                    }
+                }
+                for i in l..a.len() {
+                    let v = value(i);
+                    if v >= hi {
+                        break;
+                    }
+                    let at = v - lo;
+                    out[at / 64] |= 1 << (at % 64);
+                }
+            }
+            Container::Run(r) => {
+                out.fill(0);
+                let (lo, hi) = (first * 64, end * 64);
+                // The first run that ends at or past the window's start.
+                let (mut l, mut h) = (0usize, r.run_count());
+                while l < h {
+                    let mid = l + (h - l) / 2;
+                    if usize::from(r.run(mid).1) < lo {
+                        l = mid + 1;
+                    } else {
+                        h = mid;
+                    }
+                }
+                for i in l..r.run_count() {
+                    let (a, b) = r.run(i);
+                    let (a, b) = (usize::from(a).max(lo), usize::from(b).min(hi - 1));
+                    if a >= hi {
+                        break;
+                    }
+                    set_bits(out, a - lo, b - lo);
+                }
+            }
+        }
+    }
+
     /// The container's low values in increasing order (for a verified view).
     pub fn iter(&self) -> ContainerIter<'a> {
         ContainerIter(match *self {
@@ -117,6 +184,46 @@ impl<'a> Container<'a> {
             Container::Run(r) => IterInner::Run(r.iter()),
         })
     }
+}
+
+impl Container<'_> {
+    /// `out &= container` on the window of words `first..` (see
+    /// [`Self::write_window`]); a bitmap is read word by word into `out`,
+    /// another kind written to `scratch` first (of `out`'s length).
+    ///
+    /// # Panics
+    /// If the window passes the chunk's 1024 words, or `scratch` is
+    /// shorter than `out`.
+    pub fn and_window(&self, first: usize, out: &mut [u64], scratch: &mut [u64]) {
+        match self {
+            Container::Bitmap(b) => {
+                let end = first + out.len();
+                let bytes = &b.bytes()[8 * first..8 * end];
+                for (w, x) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *w &= u64::from_le_bytes(x.try_into().expect("eight bytes"));
+                }
+            }
+            _ => {
+                let t = &mut scratch[..out.len()];
+                self.write_window(first, t);
+                out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= x);
+            }
+        }
+    }
+}
+
+/// Sets bits `a..=b` of `out`.
+fn set_bits(out: &mut [u64], a: usize, b: usize) {
+    let (wa, wb) = (a / 64, b / 64);
+    let from = |bit: usize| u64::MAX << (bit % 64);
+    let upto = |bit: usize| u64::MAX >> (63 - bit % 64);
+    if wa == wb {
+        out[wa] |= from(a) & upto(b);
+        return;
+    }
+    out[wa] |= from(a);
+    out[wa + 1..wb].fill(u64::MAX);
+    out[wb] |= upto(b);
 }
 
 impl<'a> IntoIterator for Container<'a> {

@@ -189,6 +189,24 @@ fn check_against(rb: &RoaringBitmap, others: &[RoaringBitmap]) {
             let want = expected[usize::from(low >> 6)] >> (low & 63) & 1 == 1;
             assert_eq!(c.contains(low), want, "key {key} low {low}");
         }
+        // Windows of every width the sampler uses, at the chunk's start,
+        // end and inside; each holds exactly the chunk's words there.
+        for width in [1usize, 64, 128, 1024] {
+            for first in [
+                0,
+                CHUNK_WORDS - width,
+                (CHUNK_WORDS / 2 / width) * width,
+                37 % (CHUNK_WORDS - width + 1),
+            ] {
+                let mut out = vec![u64::MAX; width];
+                c.write_window(first, &mut out);
+                assert_eq!(
+                    out[..],
+                    expected[first..first + width],
+                    "window {first}+{width} of key {key}"
+                );
+            }
+        }
         for (j, o) in others.iter().enumerate() {
             let start = chunk_words(o, key);
             let mut w = start.clone();

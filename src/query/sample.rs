@@ -29,16 +29,25 @@
 //! otherwise hide. Bounds never pass what the sample proves: at least
 //! the matches seen, at most all but the non-matches seen.
 //!
+//! When the exact count evaluates few chunks (an AND led by a clustered
+//! cohort), whole chunks are too coarse a unit: 5% of 20 chunks is one
+//! chunk, and a variance needs two per stratum. Each chunk is then cut
+//! into `P` windows of `1024 / P` words (`P` the smallest power of two up
+//! to [`MAX_PARTS`] that gives the fraction [`MIN_STRATA`] strata), and
+//! the same design draws windows instead of chunks
+//! ([`chunk::Sampler::count_windows`] reads only the drawn windows'
+//! words of each container); a window's prediction is its chunk's, in
+//! proportion to its users.
+//!
 //! The caller picks the trade-off ([`Tradeoff`]): a fraction of the
 //! chunks, a relative error to reach or a time budget; the last two size
 //! the sample from a pilot of [`MIN_STRATA`] strata, then draw a fresh
 //! one (a relative error) or keep the pilot when no more fits (a budget).
 //! The estimate is never dearer than the exact count: a plan counted
 //! without evaluation (one cohort, from its stored cardinality), a plan
-//! whose exact count is small ([`EXACT_WORK`]), and one whose exact count
-//! evaluates too few chunks for [`MIN_STRATA`] strata in at most half of
-//! them are answered exactly, with a zero-width interval and `exact:
-//! true`.
+//! whose exact count is small ([`EXACT_WORK`]), and a sample that would
+//! read more than half of the exact count's chunks (or windows) are
+//! answered exactly, with a zero-width interval and `exact: true`.
 
 use std::time::Instant;
 
@@ -58,8 +67,15 @@ pub const DEFAULT_SAMPLE_FRACTION: f64 = 0.05;
 pub const MIN_STRATA: u32 = 4;
 /// An exact count whose estimated work is at most this many units (a
 /// cohort container in one chunk is one, a bucket range eight) is cheaper
-/// than any sample worth taking: it is answered exactly.
-pub const EXACT_WORK: u64 = 256;
+/// than any sample worth taking: it is answered exactly. Past it, a
+/// sample can be cut into windows small enough to cost a fraction of the
+/// exact count.
+pub const EXACT_WORK: u64 = 32;
+/// The same for a breakdown, whose sample is of whole chunks (at least
+/// [`MIN_STRATA`] strata of two): below it, the exact breakdown.
+pub const EXACT_BREAKDOWN_WORK: u64 = 256;
+/// The most windows a chunk is cut into for a sample (of 64 words each).
+pub const MAX_PARTS: u32 = 16;
 /// The largest time budget, in milliseconds.
 pub const MAX_BUDGET_MS: f64 = 60_000.0;
 
@@ -178,9 +194,15 @@ pub struct SampleInfo {
     /// stored): the sample is drawn among them, every other chunk holding
     /// no match.
     pub evaluated_chunks: u32,
-    /// The chunks sampled (all, when exact).
+    /// The chunks the sample read (all, when exact).
     pub sample_chunks: u32,
-    /// The strata (two sampled chunks each; 0 when exact).
+    /// The windows each chunk was cut into for the sample: 1, whole
+    /// chunks were drawn; `P`, windows of `1024 / P` words (0 when exact).
+    pub chunk_parts: u32,
+    /// The sampling units drawn: chunks, or windows when `chunk_parts`
+    /// is past 1 (0 when exact).
+    pub sample_units: u32,
+    /// The strata (two sampled units each; 0 when exact).
     pub strata: u32,
     /// The users of the sampled chunks.
     pub sample_users: u64,
@@ -189,7 +211,8 @@ pub struct SampleInfo {
     pub degrees_of_freedom: Option<f64>,
     /// The seed the chunks were drawn with.
     pub seed: u64,
-    /// The chunks drawn by the pilot that sized the sample (0: none).
+    /// The units (chunks or windows) drawn by the pilot that sized the
+    /// sample (0: none).
     pub pilot_chunks: u32,
 }
 
@@ -305,7 +328,14 @@ pub fn t975(df: f64) -> f64 {
 /// rates (Agresti-Coull-adjusted, per stratum; then with the normal
 /// quantile): the design's estimate from two chunks a stratum is too
 /// noisy to trust below it, as when a rare filter's chunks count 0 or 1.
-fn interval(d: &Design, x: &[u64], users: &[u64], pred: &[f64], n: u64) -> (Interval, f64, f64) {
+fn interval(
+    d: &Design,
+    x: &[u64],
+    users: &[u64],
+    pred: &[f64],
+    n: u64,
+    windowed: bool,
+) -> (Interval, f64, f64) {
     let r: Vec<f64> = x
         .iter()
         .zip(&d.picks)
@@ -323,8 +353,17 @@ fn interval(d: &Design, x: &[u64], users: &[u64], pred: &[f64], n: u64) -> (Inte
         let p = (xs + 2.0) / (ns + 4.0);
         floor_var += c * c * (1.0 - 2.0 / c) * (ns / 2.0) * p * (1.0 - p) / 2.0;
     }
+    // Below the floor, the design's estimate was low by chance (its two
+    // draws a stratum agreed): the floor is taken. The users of a window
+    // of a chunk are far from a binomial sample of the stratum (a window
+    // sits in one cohort band or outside it), so there the floor itself
+    // is uncertain and takes as many degrees of freedom as strata: with
+    // the normal quantile, windowed samples covered about 92% in the
+    // coverage test, against 94-95% so.
     let (var, df) = if var >= floor_var {
         (var, df)
+    } else if windowed {
+        (floor_var, d.strata.len() as f64)
     } else {
         (floor_var, f64::INFINITY)
     };
@@ -368,12 +407,51 @@ fn strata_for(chunks: u32, f: f64) -> Option<u32> {
     (4 * h <= chunks).then_some(h)
 }
 
+/// The windows each of `chunks` chunks is cut into for a sample sized by
+/// `t`: 1 (whole chunks) when a fraction of the chunks makes
+/// [`MIN_STRATA`] strata, or the pilot of a relative error or a budget is
+/// at most an eighth of them; else the smallest power of two (up to
+/// [`MAX_PARTS`]) that does.
+fn parts_for(chunks: u32, t: Tradeoff) -> u32 {
+    let enough = |p: u32| {
+        let units = f64::from(chunks) * f64::from(p);
+        match t {
+            Tradeoff::Default | Tradeoff::SampleFraction(_) => {
+                (t.value() * units / 2.0).round() >= f64::from(MIN_STRATA)
+            }
+            Tradeoff::MaxRelativeError(_) | Tradeoff::BudgetMs(_) => {
+                units >= f64::from(16 * MIN_STRATA)
+            }
+        }
+    };
+    let mut p = 1;
+    while p < MAX_PARTS && !enough(p) {
+        p *= 2;
+    }
+    p
+}
+
+/// The users of window `part` of `parts` of a chunk of `chunk_users`.
+fn window_users(chunk_users: u32, part: u32, parts: u32) -> u64 {
+    let width = (1u32 << 16) / parts;
+    u64::from(chunk_users.saturating_sub(part * width).min(width))
+}
+
 /// What a sampled query runs over: the chunks its exact answer evaluates
 /// (the sample is drawn among them), and the workspace's users.
 #[derive(Clone, Copy)]
 struct Scope {
+    /// The sampling units: chunks, or windows of them.
     chunks: u32,
     users: u64,
+    /// What a unit is, for the answers' reasons: "chunks" or "windows".
+    unit: &'static str,
+}
+
+impl Scope {
+    fn windowed(&self) -> bool {
+        self.unit == "windows"
+    }
 }
 
 /// Sizes and draws the sample for `t`, or says why the exact answer is
@@ -387,13 +465,18 @@ fn run(
     users_of: &dyn Fn(u32) -> u64,
     eval: &EvalChunks,
 ) -> Result<Outcome> {
-    let Scope { chunks, users } = scope;
+    let Scope {
+        chunks,
+        users,
+        unit,
+    } = scope;
+    let windowed = scope.windowed();
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let too_small = || {
         Outcome::Exact(format!(
-            "the exact count evaluates {chunks} chunks: a sample of at least \
-             {MIN_STRATA} strata of two chunks would read more than half of them"
+            "the exact count evaluates {chunks} {unit}: a sample of at least \
+             {MIN_STRATA} strata of two {unit} would read more than half of them"
         ))
     };
     let fraction = match t {
@@ -424,7 +507,7 @@ fn run(
         Tradeoff::MaxRelativeError(e) => {
             let x: Vec<u64> = pilot_counts.iter().map(|q| q[target]).collect();
             let sampled: Vec<u64> = pilot.picks.iter().map(|&k| users_of(k)).collect();
-            let (iv, _, half) = interval(&pilot, &x, &sampled, pred, users);
+            let (iv, _, half) = interval(&pilot, &x, &sampled, pred, users, windowed);
             if iv.estimate == 0 {
                 return Ok(Outcome::Exact(
                     "the pilot sample found no match: no relative error can be reached \
@@ -445,7 +528,7 @@ fn run(
             let h = ((m / 2.0).ceil() as u32).max(MIN_STRATA);
             if h > max_h {
                 return Ok(Outcome::Exact(format!(
-                    "a relative error of {e} needs about {} of the {chunks} chunks: \
+                    "a relative error of {e} needs about {} of the {chunks} {unit}: \
                      the exact count is cheaper",
                     2 * h
                 )));
@@ -458,7 +541,7 @@ fn run(
             let left = ms - spent;
             if f64::from(chunks) * per_chunk <= left {
                 return Ok(Outcome::Exact(format!(
-                    "the exact count ({chunks} chunks) fits in the budget"
+                    "the exact count ({chunks} {unit}) fits in the budget"
                 )));
             }
             let h = ((left / per_chunk / 2.0).floor().max(0.0) as u32).min(max_h);
@@ -483,11 +566,13 @@ fn run(
     })
 }
 
-/// The workspace's chunks and those the exact answer evaluates.
+/// The workspace's chunks, those the exact answer evaluates, and the
+/// windows each was cut into for the sample.
 #[derive(Clone, Copy)]
 struct Chunks {
     all: u32,
     evaluated: u32,
+    parts: u32,
 }
 
 impl SampleInfo {
@@ -510,6 +595,8 @@ impl SampleInfo {
             chunks,
             evaluated_chunks,
             sample_chunks: chunks,
+            chunk_parts: 0,
+            sample_units: 0,
             strata: 0,
             sample_users: users,
             degrees_of_freedom: None,
@@ -556,16 +643,40 @@ pub fn sampled_count(
             evaluated,
         ));
     }
+    // The sampling units: the chunks, or each cut into `parts` windows.
+    let parts = parts_for(evaluated, t);
+    let unit = |i: u32| (keys[(i / parts) as usize], i % parts);
     let eval = |picks: &[u32]| -> Result<Vec<Vec<u64>>> {
-        let at: Vec<u32> = picks.iter().map(|&i| keys[i as usize]).collect();
-        Ok(s.count(&at).into_iter().map(|n| vec![n]).collect())
+        let counts = if parts == 1 {
+            let at: Vec<u32> = picks.iter().map(|&i| keys[i as usize]).collect();
+            s.count(&at)
+        } else {
+            let at: Vec<(u32, u32)> = picks.iter().map(|&i| unit(i)).collect();
+            s.count_windows(&at, parts)
+        };
+        Ok(counts.into_iter().map(|n| vec![n]).collect())
     };
-    let users_of = |i: u32| u64::from(prepared.chunk_users(keys[i as usize]));
+    let users_of = |i: u32| {
+        let (key, part) = unit(i);
+        window_users(prepared.chunk_users(key), part, parts)
+    };
     let scope = Scope {
-        chunks: keys.len() as u32,
+        chunks: evaluated * parts,
         users,
+        unit: if parts == 1 { "chunks" } else { "windows" },
     };
-    let pred = s.predict(&keys);
+    let chunk_pred = s.predict(&keys);
+    let pred: Vec<f64> = if parts == 1 {
+        chunk_pred
+    } else {
+        (0..scope.chunks)
+            .map(|i| {
+                let (key, _) = unit(i);
+                let all = f64::from(prepared.chunk_users(key)).max(1.0);
+                chunk_pred[(i / parts) as usize] * users_of(i) as f64 / all
+            })
+            .collect()
+    };
     match run(scope, t, seed, 0, &pred, &users_of, &eval)? {
         Outcome::Exact(reason) => Ok(exact(reason, all(), evaluated)),
         Outcome::Sampled {
@@ -575,7 +686,7 @@ pub fn sampled_count(
         } => {
             let x: Vec<u64> = per_chunk.iter().map(|q| q[0]).collect();
             let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
-            let (iv, df, half) = interval(&design, &x, &per_pick, &pred, users);
+            let (iv, df, half) = interval(&design, &x, &per_pick, &pred, users, parts > 1);
             Ok(SampledCount {
                 relative_error: (iv.estimate > 0).then(|| half / iv.estimate as f64),
                 interval: iv,
@@ -584,6 +695,7 @@ pub fn sampled_count(
                     Chunks {
                         all: chunks,
                         evaluated,
+                        parts,
                     },
                     &design,
                     &per_pick,
@@ -614,7 +726,14 @@ fn sampled_info(
         option_value: t.value(),
         chunks: chunks.all,
         evaluated_chunks: chunks.evaluated,
-        sample_chunks: design.picks.len() as u32,
+        sample_chunks: {
+            let mut read: Vec<u32> = design.picks.iter().map(|&i| i / chunks.parts).collect();
+            read.sort_unstable();
+            read.dedup();
+            read.len() as u32
+        },
+        chunk_parts: chunks.parts,
+        sample_units: design.picks.len() as u32,
         strata: design.strata.len() as u32,
         sample_users: per_pick.iter().sum(),
         degrees_of_freedom: df.is_finite().then_some(df),
@@ -677,7 +796,7 @@ pub fn sampled_breakdown(
             SampleInfo::exact(t, chunks, chunks, users, seed, reason),
         ))
     };
-    if work <= EXACT_WORK {
+    if work <= EXACT_BREAKDOWN_WORK {
         return exact(format!(
             "the exact breakdown's work is small ({work} units)"
         ));
@@ -717,7 +836,11 @@ pub fn sampled_breakdown(
         pred.push(own);
         pred.push(running);
     }
-    let scope = Scope { chunks, users };
+    let scope = Scope {
+        chunks,
+        users,
+        unit: "chunks",
+    };
     match run(scope, t, seed, target, &pred[target], &users_of, &eval)? {
         Outcome::Exact(reason) => exact(reason),
         Outcome::Sampled {
@@ -728,13 +851,14 @@ pub fn sampled_breakdown(
             let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
             let q = |i: usize| -> (Interval, f64) {
                 let x: Vec<u64> = per_chunk.iter().map(|c| c[i]).collect();
-                let (iv, df, _) = interval(&design, &x, &per_pick, &pred[i], users);
+                let (iv, df, _) = interval(&design, &x, &per_pick, &pred[i], users, false);
                 (iv, df)
             };
             let sums = (0..n).map(|i| (q(2 * i).0, q(2 * i + 1).0)).collect();
             let all = Chunks {
                 all: chunks,
                 evaluated: chunks,
+                parts: 1,
             };
             let info = sampled_info(t, all, &design, &per_pick, q(target).1, seed, pilot);
             Ok((op.to_string(), rows_of(sums), info))

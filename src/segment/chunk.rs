@@ -26,6 +26,7 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::buckets;
+mod window;
 use super::masks::{Mask, MaskSource, RangeMasks};
 use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{BitmapView, Container, Kernels, Words, CHUNK_WORDS};
@@ -1386,6 +1387,52 @@ impl Sampler<'_, '_> {
             0
         });
         out.into_iter().map(AtomicU64::into_inner).collect()
+    }
+}
+
+impl Sampler<'_, '_> {
+    /// The count of each window of `windows`, `(chunk key, part)` with the
+    /// chunk cut into `parts` windows of `1024 / parts` words (users
+    /// `part * 65536 / parts..` of the chunk), in that order. Only the
+    /// windows' words of each container are read; each chunk's containers
+    /// are looked up once for its consecutive windows. Keys past the last
+    /// chunk count 0.
+    ///
+    /// # Panics
+    /// If `parts` is not a power of two in `1..=1024`, or a part is not
+    /// below it.
+    pub fn count_windows(&self, windows: &[(u32, u32)], parts: u32) -> Vec<u64> {
+        assert!(
+            parts.is_power_of_two() && parts as usize <= CHUNK_WORDS,
+            "{parts} parts"
+        );
+        let width = CHUNK_WORDS / parts as usize;
+        let ctx = &self.checker.ctx;
+        let chunks = self.prepared.chunks();
+        let mut pool = window::Pool::new(width);
+        let mut lcs: Vec<Lc> = Vec::with_capacity(ctx.leaves.len());
+        let mut at_key = None;
+        windows
+            .iter()
+            .map(|&(key, part)| {
+                assert!(part < parts, "part {part} of {parts}");
+                if key >= chunks {
+                    return 0;
+                }
+                if at_key != Some(key) {
+                    lcs.clear();
+                    lcs.extend(ctx.leaves.iter().map(|l| l.chunk(key as u16)));
+                    at_key = Some(key);
+                }
+                let at = window::At {
+                    ctx,
+                    key,
+                    lcs: &lcs,
+                    first: part as usize * width,
+                };
+                at.count(self.checker.node, &mut pool)
+            })
+            .collect()
     }
 }
 

@@ -240,6 +240,20 @@ proptest! {
             let prepared = chunk::Prepared::new(&layered, &p, &segq::query::Uncached).unwrap();
             prop_assert_eq!(prepared.count().unwrap(), want.len(), "plan {}", p);
             prop_assert_eq!(prepared.members().unwrap(), want.clone());
+            // Counted window by window, as a sample over few chunks reads
+            // them: the windows of each chunk sum to its count.
+            let sampler = prepared.sampler().unwrap();
+            let keys: Vec<u32> = (0..prepared.chunk_count()).collect();
+            let by_chunk = sampler.count(&keys);
+            for parts in [2u32, 16] {
+                let windows: Vec<(u32, u32)> =
+                    keys.iter().flat_map(|&k| (0..parts).map(move |p| (k, p))).collect();
+                let counts = sampler.count_windows(&windows, parts);
+                for (k, want) in by_chunk.iter().enumerate() {
+                    let got: u64 = counts[k * parts as usize..(k + 1) * parts as usize].iter().sum();
+                    prop_assert_eq!(got, *want, "chunk {} in {} windows, plan {}", k, parts, p);
+                }
+            }
             let check = prepared.checker().unwrap();
             for u in 0..plain.users.len() {
                 prop_assert_eq!(check.contains(UserId(u)), want.contains(u), "user {}", u);

@@ -1,0 +1,247 @@
+//! A plan counted on a window of a chunk: the words `first..first + width`
+//! of its 1024 (users `64 * first..64 * (first + width)` of the chunk).
+//! Sampled estimates over few chunks cut each chunk into windows and
+//! count only the windows drawn ([`super::Sampler::count_windows`]), so a
+//! 5% sample reads about 5% of each container's words.
+//!
+//! Every node writes its window in full (a window is at most a chunk, and
+//! usually 64 or 128 words: it stays in the first-level cache); an AND
+//! stops at its first empty child.
+
+use super::{Ctx, Lc, Node};
+
+/// What a node holds on the window.
+enum St {
+    Empty,
+    Full,
+    Words,
+}
+
+/// Buffers of one window's width, one per nesting level.
+pub(super) struct Pool {
+    width: usize,
+    free: Vec<Vec<u64>>,
+}
+
+impl Pool {
+    pub(super) fn new(width: usize) -> Pool {
+        Pool {
+            width,
+            free: Vec::new(),
+        }
+    }
+    fn take(&mut self) -> Vec<u64> {
+        self.free.pop().unwrap_or_else(|| vec![0; self.width])
+    }
+    fn give(&mut self, w: Vec<u64>) {
+        self.free.push(w);
+    }
+}
+
+/// One window of one chunk, with the chunk's leaves looked up once.
+pub(super) struct At<'c, 'a> {
+    pub ctx: &'c Ctx<'a>,
+    pub key: u32,
+    /// Each leaf's members in the chunk.
+    pub lcs: &'c [Lc<'a>],
+    pub first: usize,
+}
+
+impl At<'_, '_> {
+    /// The chunk's users inside the window: bits `0..n` of it.
+    fn users(&self, width: usize) -> usize {
+        (self.ctx.chunk_len(self.key) as usize)
+            .saturating_sub(64 * self.first)
+            .min(64 * width)
+    }
+
+    /// `out` = the chunk's users inside the window.
+    fn universe(&self, out: &mut [u64]) {
+        let n = self.users(out.len());
+        let full = n / 64;
+        out[..full].fill(u64::MAX);
+        if full < out.len() {
+            out[full] = if n.is_multiple_of(64) {
+                0
+            } else {
+                (1u64 << (n % 64)) - 1
+            };
+            out[full + 1..].fill(0);
+        }
+    }
+
+    /// The count of `node` on the window.
+    pub(super) fn count(&self, node: &Node, pool: &mut Pool) -> u64 {
+        let mut out = pool.take();
+        let n = match self.eval(node, &mut out, pool) {
+            St::Empty => 0,
+            St::Full => self.users(out.len()) as u64,
+            St::Words if self.users(out.len()) == 64 * out.len() => {
+                out.iter().map(|w| u64::from(w.count_ones())).sum()
+            }
+            St::Words => {
+                // Cohort bitmaps may hold ids past the last user.
+                let mut u = pool.take();
+                self.universe(&mut u);
+                let n = out
+                    .iter()
+                    .zip(&u)
+                    .map(|(a, b)| u64::from((a & b).count_ones()))
+                    .sum();
+                pool.give(u);
+                n
+            }
+        };
+        pool.give(out);
+        n
+    }
+
+    fn eval(&self, node: &Node, out: &mut [u64], pool: &mut Pool) -> St {
+        match node {
+            Node::All => St::Full,
+            Node::Nothing => St::Empty,
+            Node::Cohort(i) => match self.lcs[*i] {
+                Lc::Empty => St::Empty,
+                Lc::One(c) => {
+                    c.write_window(self.first, out);
+                    St::Words
+                }
+                Lc::Merge(b, a, r) => {
+                    match b {
+                        Some(b) => b.write_window(self.first, out),
+                        None => out.fill(0),
+                    }
+                    let mut t = pool.take();
+                    if let Some(a) = a {
+                        a.write_window(self.first, &mut t);
+                        out.iter_mut().zip(&t).for_each(|(o, x)| *o |= x);
+                    }
+                    if let Some(r) = r {
+                        r.write_window(self.first, &mut t);
+                        out.iter_mut().zip(&t).for_each(|(o, x)| *o &= !x);
+                    }
+                    pool.give(t);
+                    St::Words
+                }
+            },
+            Node::Bucket(lo, hi) => {
+                out.fill(0);
+                let n = self.users(out.len());
+                if n == 0 {
+                    return St::Empty;
+                }
+                let start = ((self.key << 16) as usize) + 64 * self.first;
+                let buckets = self.ctx.buckets.range(start, n);
+                let mut any = false;
+                for (i, b) in buckets.iter().enumerate() {
+                    if (*lo..=*hi).contains(b) {
+                        out[i / 64] |= 1 << (i % 64);
+                        any = true;
+                    }
+                }
+                if any {
+                    St::Words
+                } else {
+                    St::Empty
+                }
+            }
+            Node::Not(c) => match self.eval(c, out, pool) {
+                St::Empty => St::Full,
+                St::Full => St::Empty,
+                St::Words => {
+                    let mut u = pool.take();
+                    self.universe(&mut u);
+                    out.iter_mut().zip(&u).for_each(|(o, x)| *o = !*o & x);
+                    pool.give(u);
+                    St::Words
+                }
+            },
+            Node::And(all, minus) => {
+                let mut state = St::Full;
+                let mut t = pool.take();
+                for c in all {
+                    // A leaf of one container ANDs straight into `out`.
+                    if let (St::Words, Node::Cohort(i)) = (&state, c) {
+                        match self.lcs[*i] {
+                            Lc::Empty => {
+                                pool.give(t);
+                                return St::Empty;
+                            }
+                            Lc::One(container) => {
+                                container.and_window(self.first, out, &mut t);
+                                if out.iter().all(|&w| w == 0) {
+                                    pool.give(t);
+                                    return St::Empty;
+                                }
+                                continue;
+                            }
+                            Lc::Merge(..) => {}
+                        }
+                    }
+                    let into: &mut [u64] = match state {
+                        St::Full => &mut *out,
+                        _ => &mut t,
+                    };
+                    match (self.eval(c, into, pool), &state) {
+                        (St::Empty, _) => {
+                            pool.give(t);
+                            return St::Empty;
+                        }
+                        (St::Full, _) => {}
+                        (St::Words, St::Full) => state = St::Words,
+                        (St::Words, _) => {
+                            let mut any = 0;
+                            for (o, x) in out.iter_mut().zip(&t) {
+                                *o &= x;
+                                any |= *o;
+                            }
+                            if any == 0 {
+                                pool.give(t);
+                                return St::Empty;
+                            }
+                        }
+                    }
+                }
+                for c in minus {
+                    match self.eval(c, &mut t, pool) {
+                        St::Empty => {}
+                        St::Full => {
+                            pool.give(t);
+                            return St::Empty;
+                        }
+                        St::Words => {
+                            if let St::Full = state {
+                                self.universe(out);
+                                state = St::Words;
+                            }
+                            out.iter_mut().zip(&t).for_each(|(o, x)| *o &= !x);
+                        }
+                    }
+                }
+                pool.give(t);
+                state
+            }
+            Node::Or(any) => {
+                let mut state = St::Empty;
+                let mut t = pool.take();
+                for c in any {
+                    let into: &mut [u64] = match state {
+                        St::Empty => &mut *out,
+                        _ => &mut t,
+                    };
+                    match (self.eval(c, into, pool), &state) {
+                        (St::Empty, _) => {}
+                        (St::Full, _) => {
+                            pool.give(t);
+                            return St::Full;
+                        }
+                        (St::Words, St::Empty) => state = St::Words,
+                        (St::Words, _) => out.iter_mut().zip(&t).for_each(|(o, x)| *o |= x),
+                    }
+                }
+                pool.give(t);
+                state
+            }
+        }
+    }
+}
