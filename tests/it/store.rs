@@ -572,3 +572,64 @@ fn write_store_fixtures() {
     )
     .unwrap();
 }
+
+#[test]
+fn segq_serve_with_a_store_ships_and_a_new_node_starts_from_it_with_the_same_keys() {
+    use crate::support::server::{users_body, Server};
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/bucket", store.path().display());
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Server::start(&a_dir.path().join("data"), &["--store", &url]);
+    a.create_workspace("w");
+    let (_, key) = a.create_key("w", "amplitude");
+    for u in ["u1", "u2", "u3", "u4", "u5"] {
+        a.upsert_user("w", &json!({"external_id": u}));
+    }
+    a.users(
+        "amplitude",
+        &users_body(&key, "c1", json!([{"user_ids": ["u1", "u2", "u3"]}])),
+    )
+    .expect(201);
+    let ready = a.get("/readyz").expect_json(200);
+    assert!(ready.get("degraded").is_none(), "{ready}");
+    let token = a.token.clone();
+    // Within the ship interval, the bucket holds the import.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while a.metric("segq_store_manifests_total") < 1.0 {
+        assert!(std::time::Instant::now() < until, "nothing shipped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(a.metric("segq_store_uploads_total") >= 3.0);
+    // After the last shipment (at shutdown), a new node on an empty data
+    // directory serves the same workspace to the same partner key.
+    a.users(
+        "amplitude",
+        &users_body(&key, "c1", json!([{"user_ids": ["u4"]}])),
+    )
+    .expect(200);
+    a.stop();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Server::restart(&b_dir.path().join("data"), &token, &["--store", &url]);
+    assert_eq!(b.size("w", "amplitude", "c1"), 4);
+    b.users(
+        "amplitude",
+        &users_body(&key, "c1", json!([{"user_ids": ["u5"]}])),
+    )
+    .expect(200);
+    assert_eq!(b.size("w", "amplitude", "c1"), 5);
+    b.stop();
+    // A store that cannot be used stops the start with its reason.
+    let out = crate::support::server::segq(&[
+        "serve",
+        "--data",
+        &b_dir.path().join("other").display().to_string(),
+        "--store",
+        "ftp://host/x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ftp://host/x"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
