@@ -102,6 +102,12 @@ pub trait Bucket: Send + Sync {
     fn describe(&self) -> String;
     /// Writes the object `key` (whole or not at all).
     fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Writes the object `key` from the first `len` bytes of `file`
+    /// (a snapshot): by default read whole and [`Bucket::put`]; a store
+    /// may upload it in parts instead, never holding it all in memory.
+    fn put_file(&self, key: &str, file: &mut fs::File, len: u64) -> Result<()> {
+        self.put(key, read_range(file, 0, len, key)?)
+    }
     /// Reads the object `key`; `None` if there is none.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Every object whose key starts with `prefix` (a folder: `a/b`).
@@ -278,6 +284,50 @@ impl Bucket for ObjectBucket {
         r.map_err(store_err(format!("{}/{key}", self.url)))
     }
 
+    fn put_file(&self, key: &str, file: &mut fs::File, len: u64) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        if len <= MULTIPART_ABOVE as u64 {
+            return self.put(key, read_range(file, 0, len, key)?);
+        }
+        let store = self.store.clone();
+        let path = self.path(key);
+        let at = format!("{}/{key}", self.url);
+        let mut upload = self
+            .run(async move { store.put_multipart(&path).await })?
+            .map_err(store_err(at.clone()))?;
+        let mut start = 0;
+        let mut failed = None;
+        while start < len && failed.is_none() {
+            let end = (start + PART_BYTES as u64).min(len);
+            let part = match read_range(file, start, end, key) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let fut = upload.put_part(part.into());
+            if let Err(e) = self.run(fut)? {
+                failed = Some(store_err(at.clone())(e));
+            }
+            start = end;
+        }
+        if failed.is_none() {
+            match self.run(async move {
+                let r = upload.complete().await;
+                if r.is_err() {
+                    let _ = upload.abort().await;
+                }
+                r
+            })? {
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(store_err(at)(e)),
+            }
+        }
+        let _ = self.run(async move { upload.abort().await });
+        Err(failed.unwrap_or_else(|| Error::Internal("a multipart upload failed".into())))
+    }
+
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         use object_store::ObjectStoreExt;
         let store = self.store.clone();
@@ -339,6 +389,18 @@ impl Bucket for ObjectBucket {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     keys::hex(&Sha256::digest(bytes))
+}
+
+/// The SHA-256 of the first `len` bytes of `f`, read a MiB at a time.
+fn sha256_file(f: &mut fs::File, len: u64, shown: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut at = 0;
+    while at < len {
+        let end = (at + (1 << 20)).min(len);
+        h.update(read_range(f, at, end, shown)?);
+        at = end;
+    }
+    Ok(keys::hex(&h.finalize()))
 }
 
 /// One object a manifest names, with its size and digest.
@@ -757,11 +819,15 @@ impl Shipper {
     fn put(&self, key: &str, bytes: Vec<u8>, done: &mut Shipment) -> Result<()> {
         let n = bytes.len() as u64;
         self.bucket.put(key, bytes)?;
+        self.uploaded(n, done);
+        Ok(())
+    }
+
+    fn uploaded(&self, n: u64, done: &mut Shipment) {
         done.uploads += 1;
         done.bytes += n;
         self.status.uploads.fetch_add(1, Ordering::Relaxed);
         self.status.bytes.fetch_add(n, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Ships everything durable now: the server's state, then each
@@ -847,7 +913,7 @@ impl Shipper {
         if let (Some(obj), Some((local, f))) = (&m.snapshot, files.snapshot.as_mut()) {
             if m.manifest.as_ref().map(|x| &x.snapshot) == Some(local) {
                 let len = f.metadata().map_err(Error::io_at(local.as_str()))?.len();
-                if len == obj.size && sha256_hex(&read_range(f, 0, len, local)?) == obj.sha256 {
+                if len == obj.size && sha256_file(f, len, local)? == obj.sha256 {
                     s.snapshot = Some((local.clone(), obj.clone()));
                 }
             }
@@ -886,14 +952,14 @@ impl Shipper {
             (Some(m), Some((local, f))) => {
                 if s.snapshot.as_ref().map(|(n, _)| n) != Some(local) {
                     let len = f.metadata().map_err(Error::io_at(local.as_str()))?.len();
-                    let bytes = read_range(f, 0, len, local)?;
-                    let sha = sha256_hex(&bytes);
+                    let sha = sha256_file(f, len, local)?;
                     let obj = ObjectRef {
                         key: format!("{folder}snap-{:020}-{}.segqsnap", m.generation, &sha[..16]),
                         size: len,
                         sha256: sha,
                     };
-                    self.put(&obj.key, bytes, done)?;
+                    self.bucket.put_file(&obj.key, f, len)?;
+                    self.uploaded(len, done);
                     s.snapshot = Some((local.clone(), obj));
                 }
                 s.snapshot.as_ref().map(|(_, o)| o.clone())
@@ -1383,4 +1449,49 @@ fn install(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_object_goes_up_in_parts_and_reads_back_whole() {
+        let b = ObjectBucket::in_memory().unwrap();
+        let bytes: Vec<u8> = (0..MULTIPART_ABOVE + PART_BYTES + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        b.put("workspaces/w/big", bytes.clone()).unwrap();
+        assert_eq!(b.get("workspaces/w/big").unwrap().unwrap(), bytes);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("snap");
+        fs::write(&p, &bytes).unwrap();
+        let mut f = fs::File::open(&p).unwrap();
+        let len = bytes.len() as u64 - 3;
+        b.put_file("workspaces/w/file", &mut f, len).unwrap();
+        let back = b.get("workspaces/w/file").unwrap().unwrap();
+        assert_eq!(back, bytes[..len as usize]);
+        assert_eq!(sha256_file(&mut f, len, "snap").unwrap(), sha256_hex(&back));
+        b.delete("workspaces/w/file").unwrap();
+        let listed = b.list("workspaces").unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "workspaces/w/big");
+        assert_eq!(listed[0].size, bytes.len() as u64);
+        b.delete("workspaces/w/big").unwrap();
+        assert!(b.get("workspaces/w/big").unwrap().is_none());
+        b.delete("workspaces/w/big").unwrap();
+    }
+
+    #[test]
+    fn keys_under_a_prefix_are_listed_relative_to_it() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let a = ObjectBucket::new(store.clone(), "team/segq", "memory:///team/segq").unwrap();
+        let other = ObjectBucket::new(store, "team/other", "memory:///team/other").unwrap();
+        a.put("workspaces/w/MANIFEST", b"x".to_vec()).unwrap();
+        other.put("workspaces/w/MANIFEST", b"y".to_vec()).unwrap();
+        let listed = a.list("workspaces").unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "workspaces/w/MANIFEST");
+        assert_eq!(a.get("workspaces/w/MANIFEST").unwrap().unwrap(), b"x");
+    }
 }
