@@ -102,14 +102,26 @@ pub trait Bucket: Send + Sync {
     fn describe(&self) -> String;
     /// Writes the object `key` (whole or not at all).
     fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
-    /// Writes the object `key` from the first `len` bytes of `file`
-    /// (a snapshot): by default read whole and [`Bucket::put`]; a store
-    /// may upload it in parts instead, never holding it all in memory.
-    fn put_file(&self, key: &str, file: &mut fs::File, len: u64) -> Result<()> {
-        self.put(key, read_range(file, 0, len, key)?)
+    /// Writes the object `key` from bytes `start..end` of `file` (a
+    /// snapshot, a log's bytes): by default read whole and
+    /// [`Bucket::put`]; a store may upload them in parts instead, never
+    /// holding them all in memory.
+    fn put_file(&self, key: &str, file: &mut fs::File, start: u64, end: u64) -> Result<()> {
+        self.put(key, read_range(file, start, end, key)?)
     }
     /// Reads the object `key`; `None` if there is none.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Appends the object `key` to `out`; its size and SHA-256 (hex), or
+    /// `None` if there is none. By default [`Bucket::get`] then a write;
+    /// a store may stream it instead.
+    fn get_into(&self, key: &str, out: &mut fs::File) -> Result<Option<(u64, String)>> {
+        use std::io::Write;
+        let Some(bytes) = self.get(key)? else {
+            return Ok(None);
+        };
+        out.write_all(&bytes).map_err(Error::io_at(key))?;
+        Ok(Some((bytes.len() as u64, sha256_hex(&bytes))))
+    }
     /// Every object whose key starts with `prefix` (a folder: `a/b`).
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Deletes the object `key` (no error if it is gone).
@@ -284,10 +296,10 @@ impl Bucket for ObjectBucket {
         r.map_err(store_err(format!("{}/{key}", self.url)))
     }
 
-    fn put_file(&self, key: &str, file: &mut fs::File, len: u64) -> Result<()> {
+    fn put_file(&self, key: &str, file: &mut fs::File, mut start: u64, len: u64) -> Result<()> {
         use object_store::ObjectStoreExt;
-        if len <= MULTIPART_ABOVE as u64 {
-            return self.put(key, read_range(file, 0, len, key)?);
+        if len - start <= MULTIPART_ABOVE as u64 {
+            return self.put(key, read_range(file, start, len, key)?);
         }
         let store = self.store.clone();
         let path = self.path(key);
@@ -295,7 +307,6 @@ impl Bucket for ObjectBucket {
         let mut upload = self
             .run(async move { store.put_multipart(&path).await })?
             .map_err(store_err(at.clone()))?;
-        let mut start = 0;
         let mut failed = None;
         while start < len && failed.is_none() {
             let end = (start + PART_BYTES as u64).min(len);
@@ -340,6 +351,44 @@ impl Bucket for ObjectBucket {
             }
         })?;
         r.map_err(store_err(format!("{}/{key}", self.url)))
+    }
+
+    fn get_into(&self, key: &str, out: &mut fs::File) -> Result<Option<(u64, String)>> {
+        use futures_util::StreamExt;
+        use object_store::ObjectStoreExt;
+        use std::io::Write;
+        let store = self.store.clone();
+        let path = self.path(key);
+        let at = format!("{}/{key}", self.url);
+        let got = self.run(async move {
+            match store.get(&path).await {
+                Ok(g) => Ok(Some(g.into_stream())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let Some(mut stream) = got.map_err(store_err(at.clone()))? else {
+            return Ok(None);
+        };
+        let mut h = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let (chunk, rest) = self.run(async move {
+                let c = stream.next().await;
+                (c, stream)
+            })?;
+            stream = rest;
+            match chunk {
+                None => break,
+                Some(Err(e)) => return Err(store_err(at)(e)),
+                Some(Ok(bytes)) => {
+                    h.update(&bytes);
+                    size += bytes.len() as u64;
+                    out.write_all(&bytes).map_err(Error::io_at(key))?;
+                }
+            }
+        }
+        Ok(Some((size, keys::hex(&h.finalize()))))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -391,10 +440,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     keys::hex(&Sha256::digest(bytes))
 }
 
-/// The SHA-256 of the first `len` bytes of `f`, read a MiB at a time.
-fn sha256_file(f: &mut fs::File, len: u64, shown: &str) -> Result<String> {
+/// The SHA-256 of bytes `at..len` of `f`, read a MiB at a time.
+fn sha256_file(f: &mut fs::File, mut at: u64, len: u64, shown: &str) -> Result<String> {
     let mut h = Sha256::new();
-    let mut at = 0;
     while at < len {
         let end = (at + (1 << 20)).min(len);
         h.update(read_range(f, at, end, shown)?);
@@ -913,7 +961,7 @@ impl Shipper {
         if let (Some(obj), Some((local, f))) = (&m.snapshot, files.snapshot.as_mut()) {
             if m.manifest.as_ref().map(|x| &x.snapshot) == Some(local) {
                 let len = f.metadata().map_err(Error::io_at(local.as_str()))?.len();
-                if len == obj.size && sha256_file(f, len, local)? == obj.sha256 {
+                if len == obj.size && sha256_file(f, 0, len, local)? == obj.sha256 {
                     s.snapshot = Some((local.clone(), obj.clone()));
                 }
             }
@@ -924,9 +972,7 @@ impl Shipper {
             };
             let mut kept = Vec::new();
             for p in &log.pieces {
-                if p.end > *len
-                    || sha256_hex(&read_range(f, p.start, p.end, &log.name)?) != p.object.sha256
-                {
+                if p.end > *len || sha256_file(f, p.start, p.end, &log.name)? != p.object.sha256 {
                     break;
                 }
                 kept.push(p.clone());
@@ -952,13 +998,13 @@ impl Shipper {
             (Some(m), Some((local, f))) => {
                 if s.snapshot.as_ref().map(|(n, _)| n) != Some(local) {
                     let len = f.metadata().map_err(Error::io_at(local.as_str()))?.len();
-                    let sha = sha256_file(f, len, local)?;
+                    let sha = sha256_file(f, 0, len, local)?;
                     let obj = ObjectRef {
                         key: format!("{folder}snap-{:020}-{}.segqsnap", m.generation, &sha[..16]),
                         size: len,
                         sha256: sha,
                     };
-                    self.bucket.put_file(&obj.key, f, len)?;
+                    self.bucket.put_file(&obj.key, f, 0, len)?;
                     self.uploaded(len, done);
                     s.snapshot = Some((local.clone(), obj));
                 }
@@ -982,8 +1028,7 @@ impl Shipper {
                 } else {
                     covered
                 };
-                let bytes = read_range(f, start, *len, log)?;
-                let sha = sha256_hex(&bytes);
+                let sha = sha256_file(f, start, *len, log)?;
                 let piece = Piece {
                     start,
                     end: *len,
@@ -993,7 +1038,8 @@ impl Shipper {
                         sha256: sha,
                     },
                 };
-                self.put(&piece.object.key, bytes, done)?;
+                self.bucket.put_file(&piece.object.key, f, start, *len)?;
+                self.uploaded(*len - start, done);
                 if start == 0 {
                     pieces.clear();
                 }
@@ -1266,19 +1312,19 @@ fn local_end(dir: &Path) -> Result<Option<u64>> {
     Ok(end)
 }
 
-fn fetch(bucket: &dyn Bucket, o: &ObjectRef, bytes: &mut u64) -> Result<Vec<u8>> {
+/// Appends the object `o` to `out`, checking its size and SHA-256.
+fn fetch(bucket: &dyn Bucket, o: &ObjectRef, out: &mut fs::File, bytes: &mut u64) -> Result<()> {
     let at = format!("{}/{}", bucket.describe(), o.key);
-    let data = bucket.get(&o.key)?.ok_or_else(|| Error::Store {
+    let (size, sha) = bucket.get_into(&o.key, out)?.ok_or_else(|| Error::Store {
         location: at.clone(),
         reason: "missing: the manifest names it".into(),
     })?;
-    if data.len() as u64 != o.size {
+    if size != o.size {
         return Err(Error::Store {
             location: at,
-            reason: format!("{} bytes, the manifest says {}", data.len(), o.size),
+            reason: format!("{size} bytes, the manifest says {}", o.size),
         });
     }
-    let sha = sha256_hex(&data);
     if sha != o.sha256 {
         return Err(Error::Store {
             location: at,
@@ -1289,7 +1335,7 @@ fn fetch(bucket: &dyn Bucket, o: &ObjectRef, bytes: &mut u64) -> Result<Vec<u8>>
         });
     }
     *bytes += o.size;
-    Ok(data)
+    Ok(())
 }
 
 /// Downloads a workspace into `dir` (empty) and checks it whole.
@@ -1302,25 +1348,26 @@ fn download(bucket: &dyn Bucket, m: &StoreManifest, dir: &Path, bytes: &mut u64)
     };
     let mut next = 1;
     if let (Some(lm), Some(o)) = (&m.manifest, &m.snapshot) {
-        let data = fetch(bucket, o, bytes)?;
         let p = dir.join(&lm.snapshot);
-        fs::write(&p, data).map_err(Error::io_at(&p))?;
+        let mut f = fs::File::create(&p).map_err(Error::io_at(&p))?;
+        fetch(bucket, o, &mut f, bytes)?;
+        drop(f);
         compact::open_snapshot(dir, lm).map_err(|e| bad(format!("the snapshot: {e}")))?;
         compact::write_manifest(dir, lm)?;
         next = lm.seq + 1;
     }
     let mut end = next.saturating_sub(1);
     for log in &m.logs {
-        let mut data = Vec::with_capacity(log.len() as usize);
-        for p in &log.pieces {
-            data.extend(fetch(bucket, &p.object, bytes)?);
-        }
         let p = dir.join(&log.name);
-        fs::write(&p, &data).map_err(Error::io_at(&p))?;
+        let mut out = fs::File::create(&p).map_err(Error::io_at(&p))?;
+        for piece in &log.pieces {
+            fetch(bucket, &piece.object, &mut out, bytes)?;
+        }
+        drop(out);
         let mut f = FsFile::open(&p).map_err(Error::io_at(&p))?;
         let replay = LogWriter::scan(&mut f).map_err(|e| bad(format!("{}: {e}", log.name)))?;
         let r = &replay.recovery;
-        if !r.is_clean() || r.valid_len != data.len() as u64 {
+        if !r.is_clean() || r.valid_len != log.len() {
             return Err(bad(format!("{} does not read back whole: {r}", log.name)));
         }
         if r.first_seq != next {
@@ -1468,10 +1515,19 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         let mut f = fs::File::open(&p).unwrap();
         let len = bytes.len() as u64 - 3;
-        b.put_file("workspaces/w/file", &mut f, len).unwrap();
+        b.put_file("workspaces/w/file", &mut f, 2, len).unwrap();
         let back = b.get("workspaces/w/file").unwrap().unwrap();
-        assert_eq!(back, bytes[..len as usize]);
-        assert_eq!(sha256_file(&mut f, len, "snap").unwrap(), sha256_hex(&back));
+        assert_eq!(back, bytes[2..len as usize]);
+        assert_eq!(
+            sha256_file(&mut f, 2, len, "snap").unwrap(),
+            sha256_hex(&back)
+        );
+        let streamed = dir.path().join("streamed");
+        let mut out = fs::File::create(&streamed).unwrap();
+        let (size, sha) = b.get_into("workspaces/w/file", &mut out).unwrap().unwrap();
+        assert_eq!((size, sha), (back.len() as u64, sha256_hex(&back)));
+        assert_eq!(fs::read(&streamed).unwrap(), back);
+        assert!(b.get_into("workspaces/w/none", &mut out).unwrap().is_none());
         b.delete("workspaces/w/file").unwrap();
         let listed = b.list("workspaces").unwrap();
         assert_eq!(listed.len(), 1);
