@@ -356,6 +356,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The object store (`--store`) failed, or holds objects that do not
+    /// read back as they should (checksums, sizes, a workspace whose
+    /// pieces do not fit together).
+    #[error("object store {location}: {reason}")]
+    Store {
+        /// The store's URL, or the object's key under it.
+        location: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The data directory is held by another segq process.
     #[error("{} is locked by another segq process; one data directory serves one process", path.display())]
     Locked {

@@ -15,7 +15,9 @@
 //!  "idle_timeout_secs": 60,
 //!  "max_connections": 4096,
 //!  "max_buffered_body_bytes": 268435456,
-//!  "max_cohorts_per_partner": 1000}
+//!  "max_cohorts_per_partner": 1000,
+//!  "ship_interval_ms": 1000,
+//!  "store_retention_secs": 3600}
 //! ```
 //!
 //! The last six bound what clients can hold before they are authenticated
@@ -128,6 +130,31 @@ pub struct Config {
     /// sending first); 0 stops at once.
     #[serde(default)]
     pub shutdown_delay_secs: u64,
+    /// With an object store (`segq serve --store`): the longest the live
+    /// log's durable records wait before they are shipped to it
+    /// (milliseconds); at most this much of what was acknowledged is lost
+    /// with the machine.
+    #[serde(default = "default_ship_interval_ms")]
+    pub ship_interval_ms: u64,
+    /// With an object store: how long an object no published manifest
+    /// names any more (a previous generation's snapshot, log pieces
+    /// merged into one) stays in the bucket before it is deleted
+    /// (seconds).
+    #[serde(default = "default_store_retention_secs")]
+    pub store_retention_secs: u64,
+}
+
+/// Milliseconds between two shipments of the live log to the object store.
+pub const DEFAULT_SHIP_INTERVAL_MS: u64 = 1000;
+/// Seconds an object no manifest names stays in the object store.
+pub const DEFAULT_STORE_RETENTION_SECS: u64 = 3600;
+
+fn default_ship_interval_ms() -> u64 {
+    DEFAULT_SHIP_INTERVAL_MS
+}
+
+fn default_store_retention_secs() -> u64 {
+    DEFAULT_STORE_RETENTION_SECS
 }
 
 /// Seconds to send a request's headers.
@@ -231,6 +258,8 @@ impl Config {
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             max_cohorts_per_partner: DEFAULT_MAX_COHORTS_PER_PARTNER,
             shutdown_delay_secs: 0,
+            ship_interval_ms: DEFAULT_SHIP_INTERVAL_MS,
+            store_retention_secs: DEFAULT_STORE_RETENTION_SECS,
         }
     }
 
@@ -268,7 +297,7 @@ impl Config {
         }
     }
 
-    fn check(&self, path: &Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         match self.problem() {
             None => Ok(()),
             Some((_, reason)) => Err(Error::Config {
@@ -311,6 +340,12 @@ impl Config {
             if secs == 0 {
                 return bad(name, format!("{name} must be at least 1"));
             }
+        }
+        if self.ship_interval_ms == 0 {
+            return bad(
+                "ship_interval_ms",
+                "ship_interval_ms must be at least 1".into(),
+            );
         }
         if self.max_connections == 0 {
             return bad(

@@ -359,6 +359,46 @@ impl WorkspaceHandle {
             .clone()
     }
 
+    /// What is to be shipped to an object store (see [`super::store`]): the
+    /// manifest in force, its snapshot and the logs after it opened (an
+    /// open file stays readable after a compaction removes it), each log
+    /// with the length of its durable part, and the seq after the last
+    /// durable record. Taken under `files`, so it waits for a running
+    /// compaction, never for a writer. `None` for a workspace in memory.
+    pub(crate) fn ship_view(&self) -> Result<Option<super::store::LocalFiles>> {
+        if self.memory.is_some() {
+            return Ok(None);
+        }
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.log();
+        let (live_len, end) = log.durable_position();
+        let open = |p: &std::path::Path| std::fs::File::open(p).map_err(Error::io_at(p));
+        let snapshot = match &files.0 {
+            Some(m) => Some((m.snapshot.clone(), open(&self.dir.join(&m.snapshot))?)),
+            None => None,
+        };
+        let mut logs = Vec::with_capacity(files.1.len());
+        for (i, p) in files.1.iter().enumerate() {
+            let f = open(p)?;
+            let len = if i + 1 == files.1.len() {
+                live_len
+            } else {
+                f.metadata().map_err(Error::io_at(p))?.len()
+            };
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .ok_or_else(|| Error::Internal(format!("a log without a name: {}", p.display())))?;
+            logs.push((name, f, len));
+        }
+        Ok(Some(super::store::LocalFiles {
+            manifest: files.0.clone(),
+            snapshot,
+            logs,
+            end_seq: end.saturating_sub(1),
+        }))
+    }
+
     /// Log records since the last snapshot, and the size in bytes of the
     /// logs holding them.
     pub fn log_backlog(&self) -> (u64, u64) {

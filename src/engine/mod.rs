@@ -47,6 +47,7 @@ pub mod keys;
 mod memory;
 pub mod persist;
 pub mod record;
+pub mod store;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
 pub use config::{
@@ -303,6 +304,8 @@ pub struct Engine {
     /// read-only).
     _lock: Option<fs::File>,
     read_only: bool,
+    /// The object store's counters, once a shipper is attached.
+    store: std::sync::OnceLock<Arc<store::StoreStatus>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -824,6 +827,20 @@ impl Engine {
         dir: impl AsRef<Path>,
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Arc<Engine>, Option<String>)> {
+        Self::open_with_store(dir, var, None).map(|(e, t, _)| (e, t))
+    }
+
+    /// [`Engine::open_with_env`] from an object store: once the directory
+    /// is locked, and before anything in it is read, what `bucket` holds
+    /// past the local files is restored ([`store::restore`]: the server's
+    /// state when there is none, every workspace that is missing or
+    /// behind). A bucket that does not check out is refused, the directory
+    /// unchanged. Returns what was restored too.
+    pub fn open_with_store(
+        dir: impl AsRef<Path>,
+        var: &dyn Fn(&str) -> Option<String>,
+        bucket: Option<&dyn store::Bucket>,
+    ) -> Result<(Arc<Engine>, Option<String>, store::Restored)> {
         let dir = dir.as_ref().to_path_buf();
         let existing = Config::load_existing(&dir.join("segq.json")).ok().flatten();
         existing.unwrap_or_else(Config::generate).apply_env(var)?;
@@ -859,6 +876,10 @@ impl Engine {
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io_at(&lock_path)(e)),
             }
         }
+        let restored = match bucket {
+            Some(b) => store::restore(&dir, b)?,
+            None => store::Restored::default(),
+        };
         let config_path = dir.join("segq.json");
         restrict(&config_path, PRIVATE_FILE);
         let mut config = Config::load_or_create(&config_path)?;
@@ -876,7 +897,7 @@ impl Engine {
             }
         };
         let engine = Self::load(dir, config, Some(admin_digest), Some(lock), Mode::ReadWrite)?;
-        Ok((engine, new_token))
+        Ok((engine, new_token, restored))
     }
 
     /// Opens a data directory for queries only: nothing on disk is
@@ -986,7 +1007,20 @@ impl Engine {
             last_used: RwLock::new(last_used),
             _lock: lock,
             read_only: mode == Mode::ReadOnly,
+            store: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Notes the object store shipping this data directory (its status is
+    /// shown by `/metrics` and `/readyz`); the first one attached stays.
+    pub(crate) fn attach_store(&self, status: Arc<store::StoreStatus>) {
+        let _ = self.store.set(status);
+    }
+
+    /// The object store's counters, when the data directory is shipped to
+    /// one.
+    pub fn store_status(&self) -> Option<&Arc<store::StoreStatus>> {
+        self.store.get()
     }
 
     /// Whether the engine was opened with [`Engine::open_read_only`].

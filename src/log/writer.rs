@@ -618,6 +618,15 @@ impl LogWriter {
         (end > self.first_seq).then(|| end - 1)
     }
 
+    /// The durable part of the file: its length in bytes (header
+    /// included) and the seq after its last durable record. Bytes past
+    /// the length may be a commit under way or a failed one: only this
+    /// prefix is ever to be copied elsewhere.
+    pub fn durable_position(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.durable_len, st.durable_end)
+    }
+
     /// True after a failed write or sync, until a successful
     /// [`reset`](Self::reset): every append fails meanwhile.
     pub fn is_poisoned(&self) -> bool {

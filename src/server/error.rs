@@ -160,6 +160,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         }
         Error::Log(_)
         | Error::Corrupt { .. }
+        | Error::Store { .. }
         | Error::Config { .. }
         | Error::ConfigEnv { .. }
         | Error::Io { .. }

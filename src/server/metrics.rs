@@ -35,7 +35,15 @@
 //!   `segq_compaction_writers_held_seconds_total{workspace}` (of that time,
 //!   how long writers were kept out) and
 //!   `segq_compaction_last_seconds{workspace}`: the compactions since the
-//!   workspace was opened.
+//!   workspace was opened;
+//! - with an object store (`--store`): `segq_store_uploads_total`,
+//!   `segq_store_upload_failures_total` (shipments that failed),
+//!   `segq_store_uploaded_bytes_total`, `segq_store_manifests_total`,
+//!   `segq_store_gc_deleted_total`, `segq_store_degraded` (0 or 1),
+//!   `segq_store_last_ship_timestamp_seconds` (the last shipment that
+//!   shipped everything), `segq_store_lag_seconds` (since then), and by
+//!   workspace `segq_store_shipped_seq` and `segq_store_unshipped_records`
+//!   (durable records not in the bucket yet).
 //!
 //! Routes are fixed when the router is built, so recording a request is a
 //! hash lookup and a few relaxed atomic adds: no lock, no allocation.
@@ -342,6 +350,109 @@ pub(crate) fn render_connections(stats: &ConnStats, out: &mut String) {
     })();
 }
 
+/// The object store's counters and gauges, when there is one.
+pub fn render_store(engine: &crate::engine::Engine, out: &mut String) {
+    let Some(st) = engine.store_status() else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let last = st.last_success_ms.load(Relaxed);
+    let _ = (|| -> std::fmt::Result {
+        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} {kind}")?;
+            writeln!(out, "{name} {v}")
+        };
+        one(
+            out,
+            "segq_store_uploads_total",
+            "counter",
+            "Objects uploaded to the object store.",
+            st.uploads.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_upload_failures_total",
+            "counter",
+            "Shipments to the object store that failed (tried again with backoff).",
+            st.failures.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_uploaded_bytes_total",
+            "counter",
+            "Bytes uploaded to the object store.",
+            st.bytes.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_manifests_total",
+            "counter",
+            "Workspace manifests published.",
+            st.manifests.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_gc_deleted_total",
+            "counter",
+            "Objects no manifest names deleted after the retention period.",
+            st.deleted.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_degraded",
+            "gauge",
+            "1 while shipping fails or lags (see /readyz).",
+            if st.degraded(now).is_some() { 1.0 } else { 0.0 },
+        )?;
+        one(
+            out,
+            "segq_store_last_ship_timestamp_seconds",
+            "gauge",
+            "When the last shipment that shipped everything ended (0: none yet).",
+            last as f64 / 1000.0,
+        )?;
+        one(
+            out,
+            "segq_store_lag_seconds",
+            "gauge",
+            "Seconds since the last shipment that shipped everything.",
+            if last > 0 {
+                (now - last).max(0) as f64 / 1000.0
+            } else {
+                0.0
+            },
+        )?;
+        let shipped = st.shipped();
+        writeln!(
+            out,
+            "# HELP segq_store_shipped_seq The last log seq in the object store."
+        )?;
+        writeln!(out, "# TYPE segq_store_shipped_seq gauge")?;
+        for (name, (seq, _)) in &shipped {
+            writeln!(
+                out,
+                "segq_store_shipped_seq{{workspace=\"{}\"}} {seq}",
+                escape(name)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP segq_store_unshipped_records Durable log records not in the object store yet."
+        )?;
+        writeln!(out, "# TYPE segq_store_unshipped_records gauge")?;
+        for (name, (seq, durable)) in &shipped {
+            writeln!(
+                out,
+                "segq_store_unshipped_records{{workspace=\"{}\"}} {}",
+                escape(name),
+                durable.saturating_sub(*seq)
+            )?;
+        }
+        Ok(())
+    })();
+}
+
 /// Each workspace's result cache and live segments.
 pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
     type Row = (
@@ -499,6 +610,7 @@ pub async fn handler(State(state): State<Arc<AppState>>) -> Response {
     let mut text = state.metrics.render();
     render_connections(&state.conns, &mut text);
     render_workspaces(&state.engine, &mut text);
+    render_store(&state.engine, &mut text);
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -72,6 +72,18 @@ fn not_ready(engine: &Engine, ready: &Readiness) -> Vec<Value> {
     out
 }
 
+/// What works but not as it should, without taking the node out of
+/// service: the object store's shipments failing or lagging (imports go
+/// on; what is not shipped is at risk with the machine).
+fn degraded(engine: &Engine) -> Vec<Value> {
+    let now = chrono::Utc::now().timestamp_millis();
+    engine
+        .store_status()
+        .and_then(|st| st.degraded(now))
+        .map(|message| vec![json!({"check": "object_store", "message": message})])
+        .unwrap_or_default()
+}
+
 /// `GET /healthz`'s and `GET /readyz`'s answers.
 #[allow(dead_code)]
 #[derive(utoipa::ToSchema)]
@@ -82,13 +94,16 @@ pub struct Health {
     workspaces: Option<u64>,
     /// `/readyz` when not ready: what is not.
     not_ready: Option<Vec<NotReady>>,
+    /// `/readyz`: what serves but is degraded (`object_store`: shipments
+    /// to the object store fail or lag).
+    degraded: Option<Vec<NotReady>>,
 }
 
 /// What is not ready.
 #[allow(dead_code)]
 #[derive(utoipa::ToSchema)]
 pub struct NotReady {
-    /// `shutting_down` or `log_writable`.
+    /// `shutting_down` or `log_writable`; under `degraded`, `object_store`.
     check: String,
     /// The workspace whose log does not take writes.
     workspace: Option<String>,
@@ -118,7 +133,9 @@ pub async fn healthz() -> Response {
     tag = "operations",
     summary = "Readiness",
     description = "Ready when every workspace is loaded, its log takes writes, and the server \
-        is not shutting down; reads only flags.",
+        is not shutting down; reads only flags. `degraded` names what serves but not as it \
+        should (`object_store`: shipments to the object store fail or lag) without making the \
+        node unready.",
     responses(
         (status = 200, description = "Ready.", body = Health,
          example = json!({"status": "ready", "workspaces": 3})),
@@ -130,10 +147,18 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let problems = not_ready(&state.engine, &state.ready);
     let workspaces = state.engine.workspace_names().len();
-    if problems.is_empty() {
-        Json(json!({"status": "ready", "workspaces": workspaces})).into_response()
+    let mut body = if problems.is_empty() {
+        json!({"status": "ready", "workspaces": workspaces})
     } else {
-        let body = json!({"status": "not ready", "workspaces": workspaces, "not_ready": problems});
+        json!({"status": "not ready", "workspaces": workspaces, "not_ready": problems})
+    };
+    let degraded = degraded(&state.engine);
+    if !degraded.is_empty() {
+        body["degraded"] = Value::from(degraded);
+    }
+    if problems.is_empty() {
+        Json(body).into_response()
+    } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

@@ -38,6 +38,7 @@ mod segments;
 mod server;
 mod slow_clients;
 mod snapshot;
+mod store;
 mod support;
 mod sync;
 mod users;

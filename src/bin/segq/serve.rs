@@ -30,6 +30,15 @@ pub struct ServeArgs {
     /// threads and the blocking pool, not on these.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     http_threads: Option<u16>,
+    /// An object store the data directory is shipped to and restored from:
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`
+    /// (credentials from the usual environment variables) or
+    /// `file:///folder`. At start, what the store holds past the local
+    /// files is restored (an empty data directory gets everything); then
+    /// snapshots, log generations and the live log are uploaded in the
+    /// background (every `ship_interval_ms`, and at shutdown).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 /// The data directory and the flags that override its configuration
@@ -149,7 +158,17 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .build_global()
             .map_err(|e| Error::Internal(format!("sizing the query threads: {e}")))?;
     }
-    let engine = data::open(&args.config.data, Access::Write)?;
+    let bucket: Option<std::sync::Arc<dyn segq::engine::store::Bucket>> = match &args.store {
+        Some(url) => Some(std::sync::Arc::new(
+            segq::engine::store::ObjectBucket::from_url(url)?,
+        )),
+        None => None,
+    };
+    let engine = match &bucket {
+        Some(b) => data::open_from_store(&args.config.data, &**b)?,
+        None => data::open(&args.config.data, Access::Write)?,
+    };
+    let shipping = bucket.map(|b| segq::engine::store::Shipper::new(engine.clone(), b).start());
     for r in engine.recoveries() {
         tracing::warn!("recovered a damaged log: {r}");
     }
@@ -189,8 +208,19 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         segq::server::serve_with(engine, options, listener, signal)
             .await
             .map_err(Error::io_at(format!("serving on {addr}")))?;
-        tracing::info!("stopped");
         Ok::<(), Error>(())
     })?;
+    // The logs are synced: ship what they hold a last time.
+    if let Some(t) = shipping {
+        match t.stop() {
+            Ok(s) => tracing::info!(
+                uploads = s.uploads,
+                bytes = s.bytes,
+                "shipped to the object store"
+            ),
+            Err(e) => tracing::error!("the last shipment to the object store failed: {e}"),
+        }
+    }
+    tracing::info!("stopped");
     Ok(())
 }
