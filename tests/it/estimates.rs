@@ -290,6 +290,27 @@ fn tree(rng: &mut ChaCha8Rng, depth: u32) -> Filter {
     }
 }
 
+/// The mean of signed errors and its standard error.
+fn mean_and_se(errors: &[f64]) -> (f64, f64) {
+    let n = errors.len() as f64;
+    let mean = errors.iter().sum::<f64>() / n;
+    let sd = (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    (mean, sd / n.sqrt())
+}
+
+/// 93-97% of 1,000 intervals cover, and the mean signed error is within
+/// one standard error of zero.
+fn covers_95_percent_without_bias(covered: u32, mean: f64, se: f64) {
+    assert!(
+        (930..=970).contains(&covered),
+        "coverage {covered} of 1000 outside 93-97%"
+    );
+    assert!(
+        mean.abs() <= se,
+        "mean signed error {mean:.1} past one standard error {se:.1}"
+    );
+}
+
 fn covers(e: &SampledCount, truth: u64) -> bool {
     e.interval.low <= truth && truth <= e.interval.high
 }
@@ -346,10 +367,7 @@ fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
         errors.push(e.interval.estimate as f64 - truth as f64);
     }
     eprintln!("(cases, covered) at 5%, 10%, 20%: {by_design:?}; in windows: {windowed:?}");
-    let n = errors.len() as f64;
-    let mean = errors.iter().sum::<f64>() / n;
-    let sd = (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    let se = sd / n.sqrt();
+    let (mean, se) = mean_and_se(&errors);
     println!(
         "{sampled} sampled ({exact_answers} exact) of {trees} trees, {with_attributes} of them \
          testing attributes: {covered} covered; mean signed error {mean:.1} users, \
@@ -359,14 +377,7 @@ fn intervals_cover_the_true_count_about_95_percent_of_the_time_without_bias() {
         with_attributes >= 200,
         "{with_attributes} trees test attributes"
     );
-    assert!(
-        (930..=970).contains(&covered),
-        "coverage {covered} of 1000 outside 93-97%"
-    );
-    assert!(
-        mean.abs() <= se,
-        "mean signed error {mean:.1} past one standard error {se:.1}"
-    );
+    covers_95_percent_without_bias(covered, mean, se);
 }
 
 /// A sample over few chunks counts windows of them: over random trees
@@ -435,22 +446,12 @@ fn windowed_samples_cover_the_true_count_about_95_percent_of_the_time_without_bi
         covered += u32::from(covers(&e, truth));
         errors.push(e.interval.estimate as f64 - truth as f64);
     }
-    let n = errors.len() as f64;
-    let mean = errors.iter().sum::<f64>() / n;
-    let sd = (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    let se = sd / n.sqrt();
+    let (mean, se) = mean_and_se(&errors);
     println!(
         "{sampled} sampled in windows of {trees} trees (windows per chunk: {parts_seen:?}): \
          {covered} covered; mean signed error {mean:.1} users, standard error {se:.1}"
     );
-    assert!(
-        (930..=970).contains(&covered),
-        "coverage {covered} of 1000 outside 93-97%"
-    );
-    assert!(
-        mean.abs() <= se,
-        "mean signed error {mean:.1} past one standard error {se:.1}"
-    );
+    covers_95_percent_without_bias(covered, mean, se);
 }
 
 #[test]
