@@ -258,12 +258,18 @@ impl Catalog for crate::snapshot::Snapshot {
 
     fn cohort(&self, partner: Partner, value: &str) -> Result<(String, u64)> {
         let meta = self.meta()?;
-        let mine = || meta.cohorts.iter().filter(|c| c.partner == partner);
+        let by_id = self
+            .cohort_with_id(partner, value)?
+            .map(|i| &meta.cohorts[i]);
+        let named = self.cohorts_named(partner, value)?;
         let c = crate::ids::resolve_cohort(
             partner,
             value,
-            |id| mine().find(|c| c.cohort_id == id),
-            mine().map(|c| (c.cohort_id.as_str(), c.name.as_str(), c)),
+            |_| by_id,
+            named.iter().map(|&i| {
+                let c = &meta.cohorts[i];
+                (c.cohort_id.as_str(), c.name.as_str(), c)
+            }),
         )?;
         Ok((c.cohort_id.clone(), c.cardinality))
     }

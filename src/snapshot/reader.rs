@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use super::compact::CompactDict;
@@ -15,7 +16,7 @@ use super::meta::Meta;
 use super::mmap::Mapped;
 use crate::bitmap_view::{BitmapView, Container, Header};
 use crate::error::{Error, Result};
-use crate::ids::{CohortKey, UserId, UserRef, BUCKETS};
+use crate::ids::{CohortKey, Partner, UserId, UserRef, BUCKETS};
 
 #[cfg(target_endian = "big")]
 compile_error!("segq's snapshot format is little-endian and read in place");
@@ -46,6 +47,38 @@ pub struct Snapshot {
     /// Each cohort bitmap's header, parsed the first time it is read: the
     /// file does not change, so later reads skip the parse.
     headers: OnceLock<Vec<OnceLock<Header>>>,
+    /// The cohorts by partner and id, and by partner and name, built from
+    /// the meta section the first time a filter names a cohort.
+    cohorts: OnceLock<CohortIndex>,
+}
+
+/// A snapshot's cohorts, indexed for a plan's lookups: each partner's by
+/// id (unique), and by name (names may repeat), as indexes into the meta
+/// section's cohorts.
+#[derive(Debug, Default)]
+struct CohortIndex {
+    by_id: HashMap<Partner, HashMap<String, usize>>,
+    by_name: HashMap<Partner, HashMap<String, Vec<usize>>>,
+}
+
+impl CohortIndex {
+    fn new(meta: &Meta) -> CohortIndex {
+        let mut ix = CohortIndex::default();
+        for (i, c) in meta.cohorts.iter().enumerate() {
+            ix.by_id
+                .entry(c.partner)
+                .or_default()
+                .entry(c.cohort_id.clone())
+                .or_insert(i);
+            ix.by_name
+                .entry(c.partner)
+                .or_default()
+                .entry(c.name.clone())
+                .or_default()
+                .push(i);
+        }
+        ix
+    }
 }
 
 /// What `segq snapshot inspect` shows.
@@ -144,6 +177,7 @@ impl Snapshot {
             file: SnapshotFile::open(storage, name)?,
             meta: OnceLock::new(),
             headers: OnceLock::new(),
+            cohorts: OnceLock::new(),
         })
     }
 
@@ -524,10 +558,31 @@ impl Snapshot {
 
     /// The index of a cohort in the catalog.
     pub fn cohort_index(&self, key: &CohortKey) -> Result<Option<usize>> {
+        self.cohort_with_id(key.partner, &key.cohort_id)
+    }
+
+    /// The index of `partner`'s cohort `cohort_id`, if the snapshot has it.
+    pub fn cohort_with_id(&self, partner: Partner, cohort_id: &str) -> Result<Option<usize>> {
         Ok(self
-            .meta()?
-            .cohorts
-            .iter()
-            .position(|c| c.partner == key.partner && c.cohort_id == key.cohort_id))
+            .cohort_lookup()?
+            .by_id
+            .get(&partner)
+            .and_then(|m| m.get(cohort_id))
+            .copied())
+    }
+
+    fn cohort_lookup(&self) -> Result<&CohortIndex> {
+        let meta = self.meta()?;
+        Ok(self.cohorts.get_or_init(|| CohortIndex::new(meta)))
+    }
+
+    /// The indexes of `partner`'s cohorts named `name` (names may repeat).
+    pub fn cohorts_named(&self, partner: Partner, name: &str) -> Result<&[usize]> {
+        Ok(self
+            .cohort_lookup()?
+            .by_name
+            .get(&partner)
+            .and_then(|m| m.get(name))
+            .map_or(&[], Vec::as_slice))
     }
 }
