@@ -188,25 +188,34 @@ impl<'a> Container<'a> {
 
 impl Container<'_> {
     /// `out &= container` on the window of words `first..` (see
-    /// [`Self::write_window`]); a bitmap is read word by word into `out`,
-    /// another kind written to `scratch` first (of `out`'s length).
+    /// [`Self::write_window`]); a bitmap is read word by word into `out`
+    /// (with `k`'s kernel), another kind written to `scratch` first (of
+    /// `out`'s length). Whether any bit is left.
     ///
     /// # Panics
     /// If the window passes the chunk's 1024 words, or `scratch` is
     /// shorter than `out`.
-    pub fn and_window(&self, first: usize, out: &mut [u64], scratch: &mut [u64]) {
+    pub fn and_window(
+        &self,
+        k: Kernels,
+        first: usize,
+        out: &mut [u64],
+        scratch: &mut [u64],
+    ) -> bool {
         match self {
             Container::Bitmap(b) => {
                 let end = first + out.len();
-                let bytes = &b.bytes()[8 * first..8 * end];
-                for (w, x) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                    *w &= u64::from_le_bytes(x.try_into().expect("eight bytes"));
-                }
+                k.window_and_bytes(out, &b.bytes()[8 * first..8 * end]) != 0
             }
             _ => {
                 let t = &mut scratch[..out.len()];
                 self.write_window(first, t);
-                out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o &= x);
+                let mut any = 0;
+                for (o, x) in out.iter_mut().zip(t.iter()) {
+                    *o &= x;
+                    any |= *o;
+                }
+                any != 0
             }
         }
     }

@@ -149,6 +149,26 @@ mod body {
     }
 
     #[inline(always)]
+    pub fn window_popcount(w: &[u64]) -> u32 {
+        w.iter().map(|x| x.count_ones()).sum()
+    }
+
+    #[inline(always)]
+    pub fn window_and_count(w: &[u64], x: &[u64]) -> u32 {
+        w.iter().zip(x).map(|(a, b)| (a & b).count_ones()).sum()
+    }
+
+    #[inline(always)]
+    pub fn window_and_bytes(out: &mut [u64], c: &[u8]) -> u64 {
+        let mut any = 0;
+        for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
+            *o &= le64(b);
+            any |= *o;
+        }
+        any
+    }
+
+    #[inline(always)]
     pub fn bitmap_copy(out: &mut Words, c: &[u8]) {
         for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
             *o = le64(b);
@@ -538,6 +558,14 @@ macro_rules! kernels {
 kernels! {
     /// Popcount of a chunk bitset.
     fn popcount(w: &Words) -> u32;
+    /// Popcount of a window (a slice of a chunk's words).
+    fn window_popcount(w: &[u64]) -> u32;
+    /// Popcount of `w & x`, two windows of one width.
+    fn window_and_count(w: &[u64], x: &[u64]) -> u32;
+    /// `out &=` the words of a bitmap container's window (`c`: their
+    /// bytes, eight per word of `out`); the OR of the words left (0: the
+    /// window is empty).
+    fn window_and_bytes(out: &mut [u64], c: &[u8]) -> u64;
     /// `out = bitmap container` (its 8,192 bytes).
     fn bitmap_copy(out: &mut Words, c: &[u8]);
     /// `out &= bitmap container`.
@@ -713,8 +741,18 @@ mod tests {
         let sets = word_sets();
         for a in &sets {
             assert_eq!(P.popcount(a), a.iter().map(|x| x.count_ones()).sum::<u32>());
+            assert_eq!(P.window_popcount(&a[..]), P.popcount(a));
             for b in &sets {
                 let c = bytes_of(b);
+                for (from, to) in [(0, 1024), (0, 64), (5, 6), (960, 1024)] {
+                    let want: Vec<u64> = (from..to).map(|i| a[i] & b[i]).collect();
+                    let n: u32 = want.iter().map(|x| x.count_ones()).sum();
+                    assert_eq!(P.window_and_count(&a[from..to], &b[from..to]), n);
+                    let mut w = a[from..to].to_vec();
+                    let any = P.window_and_bytes(&mut w, &c[8 * from..8 * to]);
+                    assert_eq!(w, want);
+                    assert_eq!(any, want.iter().fold(0, |x, y| x | y));
+                }
                 let mut w = a.clone();
                 P.bitmap_andnot(&mut w, &c);
                 let want: Vec<u64> = a.iter().zip(b.iter()).map(|(x, y)| x & !y).collect();
@@ -759,6 +797,10 @@ mod tests {
         for k in others() {
             for (a, ab) in sets.iter().zip(&bytes) {
                 assert_eq!(k.popcount(a), P.popcount(a), "{k:?}");
+                for (from, to) in [(0, 1024), (0, 64), (5, 6), (128, 256), (960, 1024)] {
+                    let wa = &a[from..to];
+                    assert_eq!(k.window_popcount(wa), P.window_popcount(wa), "{k:?}");
+                }
                 let mut w = a.clone();
                 k.bitmap_copy(&mut w, ab);
                 assert_eq!(w, *a, "{k:?} copy");
@@ -783,6 +825,22 @@ mod tests {
                     ];
                     for (name, op) in counts {
                         assert_eq!(op(k, a, bb), op(P, a, bb), "{k:?} {name} count");
+                    }
+                    for (from, to) in [(0, 1024), (0, 64), (5, 6), (960, 1024)] {
+                        let (wa, wb) = (&a[from..to], &b[from..to]);
+                        assert_eq!(
+                            k.window_and_count(wa, wb),
+                            P.window_and_count(wa, wb),
+                            "{k:?} window and count"
+                        );
+                        let (mut x, mut y) = (wa.to_vec(), wa.to_vec());
+                        let rb = &bb[8 * from..8 * to];
+                        assert_eq!(
+                            k.window_and_bytes(&mut x, rb),
+                            P.window_and_bytes(&mut y, rb),
+                            "{k:?} window and"
+                        );
+                        assert_eq!(x, y, "{k:?} window and");
                     }
                     type Words2 = fn(Kernels, &mut Words, &Words);
                     let ops: [(&str, Words2); 4] = [

@@ -203,8 +203,22 @@ impl<'a> BitmapView<'a> {
     }
 
     /// Index of the container with `key`, by binary search over the keys.
+    /// The keys rise strictly, so `key`'s index is at most `key`: a
+    /// bitmap with a container in every chunk up to `key` answers at
+    /// once, and any other searches no further than `key`.
     pub fn find(&self, key: u16) -> Option<usize> {
-        let (mut lo, mut hi) = (0usize, self.count);
+        let hi = self.count.min(usize::from(key) + 1);
+        if hi == 0 {
+            return None;
+        }
+        let last = le_u16(self.bytes, self.desc + 4 * (hi - 1));
+        if last == key {
+            return Some(hi - 1);
+        }
+        if last < key {
+            return None;
+        }
+        let (mut lo, mut hi) = (0usize, hi - 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let k = le_u16(self.bytes, self.desc + 4 * mid);
@@ -215,6 +229,38 @@ impl<'a> BitmapView<'a> {
             }
         }
         None
+    }
+
+    /// Looks `key` up among the containers from index `from` on, for a
+    /// walk over rising keys: `Ok(i)`, container `i` has it; `Err(i)`, it
+    /// would go at `i` (the `from` of the next, larger key). Galloping
+    /// from `from`: a key a few containers on costs a few reads.
+    pub fn seek(&self, key: u16, from: usize) -> std::result::Result<usize, usize> {
+        let key_at = |i: usize| le_u16(self.bytes, self.desc + 4 * i);
+        if from < self.count && key_at(from) == key {
+            // The next container: a walk over a bitmap's own keys.
+            return Ok(from);
+        }
+        let mut lo = from.min(self.count);
+        let mut step = 1;
+        let mut hi = lo;
+        // Grow [lo, hi) until key(hi) >= key or hi reaches the end.
+        while hi < self.count && key_at(hi) < key {
+            lo = hi + 1;
+            hi = (hi + step).min(self.count);
+            step *= 2;
+        }
+        // key(lo - 1) < key (or lo = from) and key <= key(hi) (or the end).
+        let mut hi = (hi + 1).min(self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match key_at(mid).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
     }
 
     /// Container `i`, borrowing the bytes.

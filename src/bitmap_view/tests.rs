@@ -205,6 +205,23 @@ fn check_against(rb: &RoaringBitmap, others: &[RoaringBitmap]) {
                     expected[first..first + width],
                     "window {first}+{width} of key {key}"
                 );
+                // ANDed into a window of another pattern, with every
+                // kernel level: the AND of the two, and whether it is empty.
+                for k in Kernels::available() {
+                    let mask: Vec<u64> = (0..width as u64)
+                        .map(|i| 0x5555_5555_5555_5555u64.rotate_left((i % 64) as u32) ^ i)
+                        .collect();
+                    let mut out = mask.clone();
+                    let mut scratch = vec![u64::MAX; width];
+                    let any = c.and_window(k, first, &mut out, &mut scratch);
+                    let want: Vec<u64> = mask
+                        .iter()
+                        .zip(&expected[first..first + width])
+                        .map(|(a, b)| a & b)
+                        .collect();
+                    assert_eq!(out, want, "{k:?} and window {first}+{width} of key {key}");
+                    assert_eq!(any, want.iter().any(|&w| w != 0));
+                }
             }
         }
         for (j, o) in others.iter().enumerate() {
@@ -240,6 +257,30 @@ fn check_against(rb: &RoaringBitmap, others: &[RoaringBitmap]) {
     // Keys between and around the containers are absent.
     for k in [0u16, 1, 2, 100, 65534, 65535] {
         assert_eq!(view.find(k), keys.binary_search(&k).ok());
+    }
+    // Every key (present, between, around), sought from every start at
+    // or before its place, answers as a binary search does; a walk over
+    // rising keys carrying the answer on finds each container.
+    let mut probes: Vec<u16> = keys
+        .iter()
+        .flat_map(|&k| [k.saturating_sub(1), k, k.saturating_add(1)])
+        .chain([0, 1, 100, 65534, 65535])
+        .collect();
+    probes.sort_unstable();
+    probes.dedup();
+    for &k in &probes {
+        let want = keys.binary_search(&k);
+        let place = want.unwrap_or_else(|i| i);
+        for from in (0..=place).step_by(1 + place / 8).chain([place]) {
+            assert_eq!(view.seek(k, from), want, "key {k} from {from}");
+        }
+        assert_eq!(view.find(k), want.ok(), "find {k}");
+    }
+    let mut at = 0;
+    for &k in &probes {
+        let r = view.seek(k, at);
+        assert_eq!(r, keys.binary_search(&k), "walk {k}");
+        at = r.unwrap_or_else(|i| i);
     }
 }
 

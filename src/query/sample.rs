@@ -646,13 +646,17 @@ pub fn sampled_count(
     // The sampling units: the chunks, or each cut into `parts` windows.
     let parts = parts_for(evaluated, t);
     let unit = |i: u32| (keys[(i / parts) as usize], i % parts);
+    let survey = s.survey(&keys);
     let eval = |picks: &[u32]| -> Result<Vec<Vec<u64>>> {
         let counts = if parts == 1 {
             let at: Vec<u32> = picks.iter().map(|&i| keys[i as usize]).collect();
             s.count(&at)
         } else {
-            let at: Vec<(u32, u32)> = picks.iter().map(|&i| unit(i)).collect();
-            s.count_windows(&at, parts)
+            let at: Vec<(usize, u32)> = picks
+                .iter()
+                .map(|&i| ((i / parts) as usize, i % parts))
+                .collect();
+            survey.count_windows(&at, parts)
         };
         Ok(counts.into_iter().map(|n| vec![n]).collect())
     };
@@ -665,17 +669,18 @@ pub fn sampled_count(
         users,
         unit: if parts == 1 { "chunks" } else { "windows" },
     };
-    let chunk_pred = s.predict(&keys);
+    let chunk_pred = survey.predict();
     let pred: Vec<f64> = if parts == 1 {
         chunk_pred
     } else {
-        (0..scope.chunks)
-            .map(|i| {
-                let (key, _) = unit(i);
-                let all = f64::from(prepared.chunk_users(key)).max(1.0);
-                chunk_pred[(i / parts) as usize] * users_of(i) as f64 / all
-            })
-            .collect()
+        // Each window's prediction: its chunk's, in proportion to its users.
+        let mut pred = Vec::with_capacity(scope.chunks as usize);
+        for (&key, &p) in keys.iter().zip(&chunk_pred) {
+            let users = prepared.chunk_users(key);
+            let per_user = p / f64::from(users).max(1.0);
+            pred.extend((0..parts).map(|part| per_user * window_users(users, part, parts) as f64));
+        }
+        pred
     };
     match run(scope, t, seed, 0, &pred, &users_of, &eval)? {
         Outcome::Exact(reason) => Ok(exact(reason, all(), evaluated)),

@@ -19,14 +19,16 @@
 //! words are `(base | added) & !removed`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::buckets;
+mod survey;
 mod window;
+
 use super::masks::{Mask, MaskSource, RangeMasks};
 use super::plan::{Leaf, Plan};
 use crate::bitmap_view::{BitmapView, Container, Kernels, Words, CHUNK_WORDS};
@@ -34,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId};
 use crate::snapshot::Snapshot;
 use crate::users::Buckets;
+pub use survey::Survey;
 
 /// A cohort's in-memory members in the portable roaring format: all of
 /// them when the cohort has no snapshot bitmap, else what changed since.
@@ -102,24 +105,35 @@ enum Lc<'a> {
     ),
 }
 
-impl LeafView<'_> {
-    fn chunk(&self, key: u16) -> Lc<'_> {
+impl<'a> Lc<'a> {
+    /// A layered leaf's members in a chunk, from its base, added and
+    /// removed containers there.
+    fn layered(
+        b: Option<Container<'a>>,
+        a: Option<Container<'a>>,
+        r: Option<Container<'a>>,
+    ) -> Lc<'a> {
+        match (b, a, r) {
+            (None, None, _) => Lc::Empty,
+            (Some(x), None, None) | (None, Some(x), _) => Lc::One(x),
+            (b, a, r) => Lc::Merge(b, a, r),
+        }
+    }
+}
+
+impl<'a> LeafView<'a> {
+    fn chunk(&self, key: u16) -> Lc<'a> {
         match self {
             LeafView::Simple(v) => v.container_for_key(key).map_or(Lc::Empty, Lc::One),
             LeafView::Layered {
                 base,
                 added,
                 removed,
-            } => {
-                let b = base.and_then(|v| v.container_for_key(key));
-                let a = added.and_then(|v| v.container_for_key(key));
-                let r = removed.and_then(|v| v.container_for_key(key));
-                match (b, a, r) {
-                    (None, None, _) => Lc::Empty,
-                    (Some(x), None, None) | (None, Some(x), _) => Lc::One(x),
-                    (b, a, r) => Lc::Merge(b, a, r),
-                }
-            }
+            } => Lc::layered(
+                base.and_then(|v| v.container_for_key(key)),
+                added.and_then(|v| v.container_for_key(key)),
+                removed.and_then(|v| v.container_for_key(key)),
+            ),
         }
     }
 
@@ -1152,7 +1166,6 @@ impl<'w> Prepared<'w> {
         Ok(Sampler {
             prepared: self,
             checker: self.chunk_ctx()?,
-            sizes: OnceLock::new(),
         })
     }
 
@@ -1267,9 +1280,6 @@ impl Checker<'_> {
 pub struct Sampler<'p, 'w> {
     prepared: &'p Prepared<'w>,
     checker: Checker<'p>,
-    /// Each leaf's members per chunk, read from its containers' headers
-    /// when first asked.
-    sizes: OnceLock<Vec<Vec<f64>>>,
 }
 
 impl Sampler<'_, '_> {
@@ -1283,72 +1293,52 @@ impl Sampler<'_, '_> {
         )
     }
 
-    /// Each leaf's members per chunk, from the containers' headers in one
-    /// pass over each bitmap's descriptors.
-    fn sizes(&self) -> &[Vec<f64>] {
-        self.sizes.get_or_init(|| {
-            let chunks = self.prepared.chunks() as usize;
-            self.checker
-                .ctx
-                .leaves
-                .iter()
-                .map(|leaf| {
-                    let mut n = vec![0.0; chunks];
-                    let mut add = |v: Option<&BitmapView>, sign: f64| {
-                        let Some(v) = v else { return };
-                        for i in 0..v.containers() {
-                            if let Some(c) = n.get_mut(usize::from(v.key(i))) {
-                                *c += sign * f64::from(v.cardinality(i));
-                            }
-                        }
-                    };
-                    match leaf {
-                        LeafView::Simple(v) => add(Some(v), 1.0),
-                        LeafView::Layered {
-                            base,
-                            added,
-                            removed,
-                        } => {
-                            add(base.as_ref(), 1.0);
-                            add(added.as_ref(), 1.0);
-                            add(removed.as_ref(), -1.0);
-                        }
-                    }
-                    n
-                })
-                .collect()
-        })
+    /// The plan's leaves looked up in each chunk of `keys` (rising), for
+    /// a sampled estimate's questions about those chunks (see [`Survey`]).
+    /// Keys past the last chunk are left out.
+    ///
+    /// # Panics
+    /// If `keys` do not rise.
+    pub fn survey(&self, keys: &[u32]) -> Survey<'_> {
+        Survey::new(&self.checker, keys, self.prepared.chunks())
     }
 
-    /// A prediction of the count of each chunk of `keys` from its leaves'
-    /// container sizes alone (no container is evaluated): the leaves taken
-    /// as independent within a chunk, a bucket range as its share of the
-    /// buckets. A sampled estimate then samples only what the prediction
-    /// misses.
+    /// A prediction of the count of each chunk of `keys` (rising) from its
+    /// leaves' container sizes alone (see [`Survey::predict`]).
     pub fn predict(&self, keys: &[u32]) -> Vec<f64> {
-        let sizes = self.sizes();
-        let ctx = &self.checker.ctx;
-        keys.iter()
-            .map(|&key| {
-                let len = f64::from(ctx.chunk_len(key));
-                let share = |i: usize| {
-                    let n = sizes[i].get(key as usize).copied().unwrap_or(0.0);
-                    (n / len.max(1.0)).clamp(0.0, 1.0)
-                };
-                predict(self.checker.node, &share) * len
-            })
-            .collect()
+        let survey = self.survey(keys);
+        let mut p = survey.predict();
+        p.resize(keys.len(), 0.0);
+        p
+    }
+
+    /// Leaf `leaf`'s members in chunk `key`, from its containers' headers
+    /// (no container is read).
+    fn leaf_size(&self, leaf: usize, key: u32) -> f64 {
+        let Ok(key) = u16::try_from(key) else {
+            return 0.0;
+        };
+        let card = |v: Option<&BitmapView>| {
+            v.and_then(|v| v.find(key).map(|i| f64::from(v.cardinality(i))))
+                .unwrap_or(0.0)
+        };
+        match &self.checker.ctx.leaves[leaf] {
+            LeafView::Simple(v) => card(Some(v)),
+            LeafView::Layered {
+                base,
+                added,
+                removed,
+            } => card(base.as_ref()) + card(added.as_ref()) - card(removed.as_ref()),
+        }
     }
 
     /// The work of evaluating chunk `key`, in [`SERIAL_UNITS`] units: the
     /// plan's units, and an array container's elements on top (an array
     /// is scattered element by element, a bitmap is read word by word).
     fn chunk_work(&self, key: u32) -> usize {
-        let arrays: f64 = self
-            .sizes()
-            .iter()
-            .map(|n| {
-                let c = n.get(key as usize).copied().unwrap_or(0.0);
+        let arrays: f64 = (0..self.checker.ctx.leaves.len())
+            .map(|i| {
+                let c = self.leaf_size(i, key);
                 if c <= 4_096.0 {
                     c / ARRAY_ELEMENTS_PER_UNIT
                 } else {
@@ -1392,45 +1382,33 @@ impl Sampler<'_, '_> {
 
 impl Sampler<'_, '_> {
     /// The count of each window of `windows`, `(chunk key, part)` with the
-    /// chunk cut into `parts` windows of `1024 / parts` words (users
-    /// `part * 65536 / parts..` of the chunk), in that order. Only the
-    /// windows' words of each container are read; each chunk's containers
-    /// are looked up once for its consecutive windows. Keys past the last
-    /// chunk count 0.
+    /// chunk cut into `parts` windows (see [`Survey::count_windows`]), in
+    /// that order. Keys past the last chunk count 0.
     ///
     /// # Panics
     /// If `parts` is not a power of two in `1..=1024`, or a part is not
     /// below it.
     pub fn count_windows(&self, windows: &[(u32, u32)], parts: u32) -> Vec<u64> {
-        assert!(
-            parts.is_power_of_two() && parts as usize <= CHUNK_WORDS,
-            "{parts} parts"
-        );
-        let width = CHUNK_WORDS / parts as usize;
-        let ctx = &self.checker.ctx;
-        let chunks = self.prepared.chunks();
-        let mut pool = window::Pool::new(width);
-        let mut lcs: Vec<Lc> = Vec::with_capacity(ctx.leaves.len());
-        let mut at_key = None;
-        windows
-            .iter()
-            .map(|&(key, part)| {
-                assert!(part < parts, "part {part} of {parts}");
-                if key >= chunks {
-                    return 0;
+        let mut keys: Vec<u32> = windows.iter().map(|&(k, _)| k).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let survey = self.survey(&keys);
+        let mut at = Vec::with_capacity(windows.len());
+        let mut past = Vec::new();
+        for (i, &(key, part)) in windows.iter().enumerate() {
+            match survey.keys().binary_search(&key) {
+                Ok(j) => at.push((j, part)),
+                Err(_) => past.push(i),
+            }
+        }
+        let mut counts = survey.count_windows(&at, parts).into_iter();
+        (0..windows.len())
+            .map(|i| {
+                if past.binary_search(&i).is_ok() {
+                    0
+                } else {
+                    counts.next().expect("one count a window")
                 }
-                if at_key != Some(key) {
-                    lcs.clear();
-                    lcs.extend(ctx.leaves.iter().map(|l| l.chunk(key as u16)));
-                    at_key = Some(key);
-                }
-                let at = window::At {
-                    ctx,
-                    key,
-                    lcs: &lcs,
-                    first: part as usize * width,
-                };
-                at.count(self.checker.node, &mut pool)
             })
             .collect()
     }

@@ -77,17 +77,13 @@ impl At<'_, '_> {
             St::Empty => 0,
             St::Full => self.users(out.len()) as u64,
             St::Words if self.users(out.len()) == 64 * out.len() => {
-                out.iter().map(|w| u64::from(w.count_ones())).sum()
+                u64::from(self.ctx.k.window_popcount(&out))
             }
             St::Words => {
                 // Cohort bitmaps may hold ids past the last user.
                 let mut u = pool.take();
                 self.universe(&mut u);
-                let n = out
-                    .iter()
-                    .zip(&u)
-                    .map(|(a, b)| u64::from((a & b).count_ones()))
-                    .sum();
+                let n = u64::from(self.ctx.k.window_and_count(&out, &u));
                 pool.give(u);
                 n
             }
@@ -168,8 +164,7 @@ impl At<'_, '_> {
                                 return St::Empty;
                             }
                             Lc::One(container) => {
-                                container.and_window(self.first, out, &mut t);
-                                if out.iter().all(|&w| w == 0) {
+                                if !container.and_window(self.ctx.k, self.first, out, &mut t) {
                                     pool.give(t);
                                     return St::Empty;
                                 }

@@ -1,0 +1,175 @@
+//! A sampled estimate's look at the chunks it may draw: the plan's leaves
+//! looked up once in each of them ([`Survey`]), then asked for the chunks'
+//! predicted counts and for the counts of the windows drawn, without
+//! looking any container up again.
+
+use super::{predict, window, Checker, Ctx, Lc, LeafView, Node, CHUNK_WORDS};
+use crate::bitmap_view::BitmapView;
+
+/// No container: the bitmap has none in the chunk.
+const NONE: u32 = u32::MAX;
+
+/// The plan's leaves looked up in each of some chunks (rising keys), by
+/// one walk over each leaf's containers.
+pub struct Survey<'s> {
+    node: &'s Node,
+    ctx: &'s Ctx<'s>,
+    keys: Vec<u32>,
+    /// Where leaf `l`'s containers for chunk `keys[j]` are in its bitmaps
+    /// (base, added, removed; a simple leaf's in the first; [`NONE`]):
+    /// `at[j * leaves + l]`.
+    at: Vec<[u32; 3]>,
+}
+
+/// Index `i` of `v` if it is a container (`i` not [`NONE`]).
+fn container_at<'a>(
+    v: Option<&BitmapView<'a>>,
+    i: u32,
+) -> Option<crate::bitmap_view::Container<'a>> {
+    v.filter(|_| i != NONE).map(|v| v.container(i as usize))
+}
+
+/// The cardinality of container `i` of `v` (0: [`NONE`]).
+fn size_at(v: Option<&BitmapView>, i: u32) -> f64 {
+    v.filter(|_| i != NONE)
+        .map_or(0.0, |v| f64::from(v.cardinality(i as usize)))
+}
+
+impl<'s> Survey<'s> {
+    /// # Panics
+    /// If `keys` do not rise.
+    pub(super) fn new(checker: &'s Checker<'s>, keys: &[u32], chunks: u32) -> Survey<'s> {
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "a survey's keys rise");
+        let ctx = &checker.ctx;
+        let keys: Vec<u32> = keys.iter().copied().take_while(|&k| k < chunks).collect();
+        let leaves = ctx.leaves.len();
+        let mut at = vec![[NONE; 3]; keys.len() * leaves];
+        for (l, leaf) in ctx.leaves.iter().enumerate() {
+            let bitmaps: [Option<&BitmapView>; 3] = match leaf {
+                LeafView::Simple(v) => [Some(v), None, None],
+                LeafView::Layered {
+                    base,
+                    added,
+                    removed,
+                } => [base.as_ref(), added.as_ref(), removed.as_ref()],
+            };
+            for (b, v) in bitmaps.into_iter().enumerate() {
+                let Some(v) = v else { continue };
+                let mut from = 0;
+                for (j, &key) in keys.iter().enumerate() {
+                    // `chunks` is at most 65,536: every key fits a u16.
+                    match v.seek(key as u16, from) {
+                        Ok(i) => {
+                            at[j * leaves + l][b] = i as u32;
+                            from = i + 1;
+                        }
+                        Err(i) => from = i,
+                    }
+                }
+            }
+        }
+        Survey {
+            node: checker.node,
+            ctx,
+            keys,
+            at,
+        }
+    }
+
+    /// The chunks surveyed (those asked for, up to the last chunk).
+    pub fn keys(&self) -> &[u32] {
+        &self.keys
+    }
+
+    /// Leaf `l`'s members in chunk `keys[j]`, from its containers' headers.
+    fn size(&self, j: usize, l: usize) -> f64 {
+        let [b, a, r] = self.at[j * self.ctx.leaves.len() + l];
+        match &self.ctx.leaves[l] {
+            LeafView::Simple(v) => size_at(Some(v), b),
+            LeafView::Layered {
+                base,
+                added,
+                removed,
+            } => {
+                size_at(base.as_ref(), b) + size_at(added.as_ref(), a)
+                    - size_at(removed.as_ref(), r)
+            }
+        }
+    }
+
+    /// The leaves' members in chunk `keys[j]`, into `out`.
+    fn leaves_in(&self, j: usize, out: &mut Vec<Lc<'s>>) {
+        out.clear();
+        let n = self.ctx.leaves.len();
+        out.extend(
+            self.ctx
+                .leaves
+                .iter()
+                .zip(&self.at[j * n..(j + 1) * n])
+                .map(|(leaf, &[b, a, r])| match leaf {
+                    LeafView::Simple(v) => container_at(Some(v), b).map_or(Lc::Empty, Lc::One),
+                    LeafView::Layered {
+                        base,
+                        added,
+                        removed,
+                    } => Lc::layered(
+                        container_at(base.as_ref(), b),
+                        container_at(added.as_ref(), a),
+                        container_at(removed.as_ref(), r),
+                    ),
+                }),
+        );
+    }
+
+    /// A prediction of each surveyed chunk's count from its leaves'
+    /// container sizes alone (no container is read): the leaves taken as
+    /// independent within a chunk, a bucket range as its share of the
+    /// buckets. A sampled estimate then samples only what the prediction
+    /// misses.
+    pub fn predict(&self) -> Vec<f64> {
+        (0..self.keys.len())
+            .map(|j| {
+                let len = f64::from(self.ctx.chunk_len(self.keys[j])).max(1.0);
+                let per_user = 1.0 / len;
+                let share = |l: usize| (self.size(j, l) * per_user).clamp(0.0, 1.0);
+                predict(self.node, &share) * len
+            })
+            .collect()
+    }
+
+    /// The count of each window of `windows`, `(j, part)`: window `part`
+    /// of chunk `keys()[j]` cut into `parts` windows of `1024 / parts`
+    /// words (users `part * 65536 / parts..` of the chunk), in that order.
+    /// Only the windows' words of each container are read.
+    ///
+    /// # Panics
+    /// If `parts` is not a power of two in `1..=1024`, a part is not below
+    /// it, or `j` is past the surveyed chunks.
+    pub fn count_windows(&self, windows: &[(usize, u32)], parts: u32) -> Vec<u64> {
+        assert!(
+            parts.is_power_of_two() && parts as usize <= CHUNK_WORDS,
+            "{parts} parts"
+        );
+        let width = CHUNK_WORDS / parts as usize;
+        let mut pool = window::Pool::new(width);
+        let mut lcs = Vec::with_capacity(self.ctx.leaves.len());
+        let mut lcs_of = None;
+        windows
+            .iter()
+            .map(|&(j, part)| {
+                assert!(part < parts, "part {part} of {parts}");
+                if lcs_of != Some(j) {
+                    self.leaves_in(j, &mut lcs);
+                    lcs_of = Some(j);
+                }
+                let at = window::At {
+                    ctx: self.ctx,
+                    key: self.keys[j],
+                    lcs: &lcs,
+                    first: part as usize * width,
+                };
+                at.count(self.node, &mut pool)
+            })
+            .collect()
+    }
+}
