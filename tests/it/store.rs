@@ -4,6 +4,11 @@
 //! uploads leaves a bucket that restores to an acknowledged state; a node
 //! behind the bucket catches up; garbage collection keeps what the
 //! manifest names; damaged buckets are refused with nothing changed.
+//! Only one writer: a second primary is refused naming the lease's holder,
+//! a lapsed lease is taken over with the next epoch, the old primary then
+//! refuses writes (in process and as a served node), and uploads carry the
+//! epoch; the same against a real S3-compatible server (`moto_server`,
+//! started by the tests; skipped without it unless `SEGQ_REQUIRE_S3=1`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
