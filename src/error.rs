@@ -367,6 +367,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// This node is not the object store's primary: another node took the
+    /// store's lease (or it could not be renewed), so writes are refused.
+    #[error("this node does not hold the object store's lease and takes no writes: {reason}")]
+    NotPrimary {
+        /// Who holds the lease now, or why it lapsed.
+        reason: String,
+    },
+
     /// The data directory is held by another segq process.
     #[error("{} is locked by another segq process; one data directory serves one process", path.display())]
     Locked {

@@ -17,7 +17,9 @@
 //!  "max_buffered_body_bytes": 268435456,
 //!  "max_cohorts_per_partner": 1000,
 //!  "ship_interval_ms": 1000,
-//!  "store_retention_secs": 3600}
+//!  "store_retention_secs": 3600,
+//!  "store_lease_secs": 30,
+//!  "store_lease_renew_ms": 0}
 //! ```
 //!
 //! The last six bound what clients can hold before they are authenticated
@@ -142,6 +144,17 @@ pub struct Config {
     /// (seconds).
     #[serde(default = "default_store_retention_secs")]
     pub store_retention_secs: u64,
+    /// With an object store: how long the primary's lease on the bucket
+    /// lasts from its last renewal (seconds). Another node takes over
+    /// only once it expired; a primary that could not renew it for this
+    /// long stops publishing.
+    #[serde(default = "default_store_lease_secs")]
+    pub store_lease_secs: u64,
+    /// With an object store: the least time between two renewals of the
+    /// lease (milliseconds); 0 renews it with every shipment. Renewals
+    /// happen at shipments, so at most every `ship_interval_ms`.
+    #[serde(default)]
+    pub store_lease_renew_ms: u64,
 }
 
 /// Milliseconds between two shipments of the live log to the object store.
@@ -155,6 +168,13 @@ fn default_ship_interval_ms() -> u64 {
 
 fn default_store_retention_secs() -> u64 {
     DEFAULT_STORE_RETENTION_SECS
+}
+
+/// Seconds the primary's lease on the object store lasts.
+pub const DEFAULT_STORE_LEASE_SECS: u64 = 30;
+
+fn default_store_lease_secs() -> u64 {
+    DEFAULT_STORE_LEASE_SECS
 }
 
 /// Seconds to send a request's headers.
@@ -260,6 +280,8 @@ impl Config {
             shutdown_delay_secs: 0,
             ship_interval_ms: DEFAULT_SHIP_INTERVAL_MS,
             store_retention_secs: DEFAULT_STORE_RETENTION_SECS,
+            store_lease_secs: DEFAULT_STORE_LEASE_SECS,
+            store_lease_renew_ms: 0,
         }
     }
 
@@ -346,6 +368,23 @@ impl Config {
                 "ship_interval_ms",
                 "ship_interval_ms must be at least 1".into(),
             );
+        }
+        if self.store_lease_secs == 0 {
+            return bad(
+                "store_lease_secs",
+                "store_lease_secs must be at least 1".into(),
+            );
+        }
+        let renew = self.ship_interval_ms.max(self.store_lease_renew_ms);
+        if renew.saturating_mul(2) > self.store_lease_secs.saturating_mul(1000) {
+            return Some((
+                vec!["store_lease_secs", "ship_interval_ms", "store_lease_renew_ms"],
+                format!(
+                    "store_lease_secs ({} s) must be at least twice the time between lease renewals \
+                     (ship_interval_ms {}, store_lease_renew_ms {}), or the lease lapses between them",
+                    self.store_lease_secs, self.ship_interval_ms, self.store_lease_renew_ms
+                ),
+            ));
         }
         if self.max_connections == 0 {
             return bad(
@@ -521,6 +560,9 @@ mod tests {
             assert_eq!(var, format!("SEGQ_{}", field.to_uppercase()));
             let value = if field == "partner_api_keys" {
                 r#"{"heap": "pk-env"}"#.to_string()
+            } else if field == "ship_interval_ms" || field == "store_lease_renew_ms" {
+                // At most half the lease (30 s by default).
+                "2000".to_string()
             } else {
                 // Above every lower bound, and max_buffered_body_bytes
                 // stays above max_body_bytes.
@@ -547,6 +589,16 @@ mod tests {
                 &[("SEGQ_MAX_BODY_BYTES", "1k")][..],
                 "SEGQ_MAX_BODY_BYTES",
                 "whole number",
+            ),
+            (
+                &[("SEGQ_STORE_LEASE_SECS", "1")][..],
+                "SEGQ_STORE_LEASE_SECS",
+                "twice the time between lease renewals",
+            ),
+            (
+                &[("SEGQ_STORE_LEASE_SECS", "0")][..],
+                "SEGQ_STORE_LEASE_SECS",
+                "at least 1",
             ),
             (
                 &[("SEGQ_MAX_BODY_BYTES", "")][..],

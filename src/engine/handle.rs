@@ -106,6 +106,9 @@ pub struct WorkspaceHandle {
     /// For a workspace in memory ([`Self::in_memory`]): the state its log
     /// starts from, which takes the place of a snapshot.
     memory: Option<Box<Workspace>>,
+    /// The engine's: refuses writes once the node lost the object
+    /// store's lease.
+    fence: std::sync::OnceLock<Arc<super::store::Fence>>,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -146,6 +149,7 @@ impl WorkspaceHandle {
             key_uses: Mutex::default(),
             cohort_limit: super::config::DEFAULT_MAX_COHORTS_PER_PARTNER,
             memory: None,
+            fence: std::sync::OnceLock::new(),
         }
     }
 
@@ -546,6 +550,12 @@ impl WorkspaceHandle {
         }
     }
 
+    /// Refuses this workspace's writes once `fence` does (the first one
+    /// set stays).
+    pub(crate) fn set_fence(&self, fence: Arc<super::store::Fence>) {
+        let _ = self.fence.set(fence);
+    }
+
     fn check_failed(&self) -> Result<()> {
         let f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         match &*f {
@@ -615,6 +625,9 @@ impl WorkspaceHandle {
     /// to apply part way, or one applied before `f` refused.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         self.check_failed()?;
+        if let Some(fence) = self.fence.get() {
+            fence.check()?;
+        }
         let (out, last, log) = {
             let (mut ws, log) = self.write_lock_for_change()?;
             let mut tx = Tx::new(&mut ws);

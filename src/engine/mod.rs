@@ -306,6 +306,8 @@ pub struct Engine {
     read_only: bool,
     /// The object store's counters, once a shipper is attached.
     store: std::sync::OnceLock<Arc<store::StoreStatus>>,
+    /// Refuses writes once another node took the object store's lease.
+    fence: Arc<store::Fence>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -841,9 +843,49 @@ impl Engine {
         var: &dyn Fn(&str) -> Option<String>,
         bucket: Option<&dyn store::Bucket>,
     ) -> Result<(Arc<Engine>, Option<String>, store::Restored)> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_inner(dir.as_ref(), var, bucket, None).map(|(e, t, r, _)| (e, t, r))
+    }
+
+    /// [`Engine::open_with_store`] for the store's primary: once the
+    /// directory is locked, and before anything is restored, the store's
+    /// lease is taken for this data directory's node id
+    /// ([`store::Lease::take`]: refused, naming the holder, while another
+    /// node holds it; refused on a store without conditional puts), and
+    /// its epoch is noted in `store-epoch` once the restore is done. The
+    /// lease lasts `store_lease_secs` of the local `segq.json` (or the
+    /// default, on an empty directory) until the shipper renews it.
+    #[allow(clippy::type_complexity)]
+    pub fn open_primary(
+        dir: impl AsRef<Path>,
+        var: &dyn Fn(&str) -> Option<String>,
+        bucket: Arc<dyn store::Bucket>,
+    ) -> Result<(
+        Arc<Engine>,
+        Option<String>,
+        store::Restored,
+        Arc<store::Lease>,
+    )> {
+        let (e, t, r, lease) = Self::open_inner(dir.as_ref(), var, Some(&*bucket), Some(&bucket))?;
+        let lease = lease.ok_or_else(|| Error::Internal("no lease was taken".into()))?;
+        Ok((e, t, r, lease))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_inner(
+        dir: &Path,
+        var: &dyn Fn(&str) -> Option<String>,
+        bucket: Option<&dyn store::Bucket>,
+        primary: Option<&Arc<dyn store::Bucket>>,
+    ) -> Result<(
+        Arc<Engine>,
+        Option<String>,
+        store::Restored,
+        Option<Arc<store::Lease>>,
+    )> {
+        let dir = dir.to_path_buf();
         let existing = Config::load_existing(&dir.join("segq.json")).ok().flatten();
-        existing.unwrap_or_else(Config::generate).apply_env(var)?;
+        let mut before = existing.unwrap_or_else(Config::generate);
+        before.apply_env(var)?;
         create_private_dir(&dir)?;
         create_private_dir(&dir.join("workspaces"))?;
         let lock_path = dir.join("LOCK");
@@ -876,10 +918,21 @@ impl Engine {
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io_at(&lock_path)(e)),
             }
         }
+        let lease = match primary {
+            Some(b) => {
+                let node = store::node_id(&dir)?;
+                let d = std::time::Duration::from_secs(before.store_lease_secs);
+                Some(Arc::new(store::Lease::take(b.clone(), &node, d)?))
+            }
+            None => None,
+        };
         let restored = match bucket {
             Some(b) => store::restore(&dir, b)?,
             None => store::Restored::default(),
         };
+        if let Some(l) = &lease {
+            store::write_local_epoch(&dir, l.epoch())?;
+        }
         let config_path = dir.join("segq.json");
         restrict(&config_path, PRIVATE_FILE);
         let mut config = Config::load_or_create(&config_path)?;
@@ -897,7 +950,7 @@ impl Engine {
             }
         };
         let engine = Self::load(dir, config, Some(admin_digest), Some(lock), Mode::ReadWrite)?;
-        Ok((engine, new_token, restored))
+        Ok((engine, new_token, restored, lease))
     }
 
     /// Opens a data directory for queries only: nothing on disk is
@@ -949,6 +1002,7 @@ impl Engine {
         lock: Option<fs::File>,
         mode: Mode,
     ) -> Result<Arc<Engine>> {
+        let fence = Arc::new(store::Fence::default());
         let mut table = Table::default();
         let mut key_index = HashMap::new();
         let mut api_key_index = HashMap::new();
@@ -994,6 +1048,7 @@ impl Engine {
                 .with_cohort_limit(config.max_cohorts_per_partner)
                 .with_result_cache(config.result_cache_bytes)
                 .with_bucket_mask_cache(config.bucket_mask_cache_bytes);
+            handle.set_fence(fence.clone());
             table.live.insert(name, Arc::new(handle));
         }
         Ok(Arc::new(Engine {
@@ -1008,6 +1063,7 @@ impl Engine {
             _lock: lock,
             read_only: mode == Mode::ReadOnly,
             store: std::sync::OnceLock::new(),
+            fence,
         }))
     }
 
@@ -1028,7 +1084,13 @@ impl Engine {
         self.read_only
     }
 
+    /// What refuses writes once this node lost the object store's lease.
+    pub fn fence(&self) -> &Arc<store::Fence> {
+        &self.fence
+    }
+
     fn check_writable(&self) -> Result<()> {
+        self.fence.check()?;
         if self.read_only {
             return Err(Error::InvalidArgument(format!(
                 "{} was opened read-only",
@@ -1093,16 +1155,13 @@ impl Engine {
             record::apply(&mut ws, &audited)?;
         }
         writer.append_batch(&payloads)?;
-        table.live.insert(
-            name.to_string(),
-            Arc::new(
-                WorkspaceHandle::new(ws, writer, folder, None, vec![path])
-                    .with_max_filter_nodes(self.config.max_filter_nodes)
-                    .with_cohort_limit(self.config.max_cohorts_per_partner)
-                    .with_result_cache(self.config.result_cache_bytes)
-                    .with_bucket_mask_cache(self.config.bucket_mask_cache_bytes),
-            ),
-        );
+        let handle = WorkspaceHandle::new(ws, writer, folder, None, vec![path])
+            .with_max_filter_nodes(self.config.max_filter_nodes)
+            .with_cohort_limit(self.config.max_cohorts_per_partner)
+            .with_result_cache(self.config.result_cache_bytes)
+            .with_bucket_mask_cache(self.config.bucket_mask_cache_bytes);
+        handle.set_fence(self.fence.clone());
+        table.live.insert(name.to_string(), Arc::new(handle));
         Ok(true)
     }
 
@@ -1191,6 +1250,7 @@ impl Engine {
         let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());
         index_keys(&handle, &mut key_index, &mut last_used);
         index_api_keys(&handle, &mut api_key_index);
+        handle.set_fence(self.fence.clone());
         table.live.insert(name.to_string(), handle.clone());
         Ok(handle)
     }

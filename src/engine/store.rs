@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! URL prefix/
+//!   server/LEASE                  the primary's lease (format
+//!                                 "segq-store-lease", version 1)
 //!   server/STATE                  segq.json and the admin token's digest
 //!                                 (format "segq-store-server", version 1)
 //!   workspaces/NAME/MANIFEST      what makes up the workspace in the bucket
@@ -42,6 +44,33 @@
 //! seqs running on from the snapshot to the manifest's last seq), and
 //! only once every workspace checks out moves them into place. A bucket
 //! that does not check out is refused with nothing changed.
+//!
+//! # Only one writer: the lease
+//!
+//! A server's primary ([`Engine::open_primary`]) takes `server/LEASE`
+//! ([`Lease::take`]) before it restores anything: a conditional put
+//! ([`Bucket::put_if`]: `PutMode::Create` when there is none, epoch 1;
+//! `PutMode::Update` on the version read when it lapsed or is this node's
+//! own, epoch + 1), refused while another node's lease is live (the error
+//! names it). The shipper renews it (`Update` on the version it last
+//! wrote, the same epoch) at each shipment, publishes only within the
+//! lease less a fifth of it ([`Lease::check`]), and writes the epoch into
+//! every `MANIFEST` and `STATE` (an appended field; absent, read as 0, in
+//! objects written without a lease). A renewal that finds another node's
+//! lease, or a `MANIFEST` of a later epoch, loses the lease for good: the
+//! engine's [`Fence`] refuses every write (`Error::NotPrimary`, naming the
+//! holder) and shipping stops. A store without conditional puts is
+//! refused for a primary; a `file://` store makes them under a lock file.
+//!
+//! Restore rule: the node keeps the epoch it last took in
+//! `DATA/store-epoch`. A `MANIFEST` of a later epoch was published by
+//! another primary after this node's tenure, so the local files may hold
+//! records under the same seqs that the bucket's history does not have:
+//! the bucket's workspace replaces the local one whatever the seqs say.
+//! Otherwise the seq rule holds (restore what is missing or behind). A
+//! `MANIFEST` of an epoch below the live lease is not refused: it is the
+//! last state a previous primary published, which the holder republishes
+//! with its epoch at its first shipment.
 //!
 //! # Garbage collection
 //!
@@ -126,6 +155,55 @@ pub trait Bucket: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Deletes the object `key` (no error if it is gone).
     fn delete(&self, key: &str) -> Result<()>;
+    /// Reads the object `key` with its version; `None` if there is none.
+    /// By default, refused: the store cannot do conditional puts.
+    fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectVersion)>> {
+        Err(no_conditional_puts(&self.describe(), key))
+    }
+    /// Writes the object `key` only if it is as `cond` says (absent, or at
+    /// a version), atomically: of two puts with the same condition, one
+    /// is [`Conditional::Conflict`]. By default, refused.
+    fn put_if(&self, key: &str, bytes: Vec<u8>, cond: &PutIf) -> Result<Conditional> {
+        let _ = (bytes, cond);
+        Err(no_conditional_puts(&self.describe(), key))
+    }
+}
+
+fn no_conditional_puts(url: &str, key: &str) -> Error {
+    Error::Store {
+        location: format!("{url}/{key}"),
+        reason: "this store does not do conditional puts, which the primary's lease needs \
+                 (so that two primaries never write to one store); for S3-compatible stores \
+                 set AWS_CONDITIONAL_PUT=etag and use a store that honours If-Match and If-None-Match"
+            .into(),
+    }
+}
+
+/// The version of an object, as a conditional put checks it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// Its entity tag.
+    pub e_tag: Option<String>,
+    /// Its version, on stores that version objects.
+    pub version: Option<String>,
+}
+
+/// What a conditional put requires of the object already there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutIf {
+    /// There is none.
+    Absent,
+    /// It is at this version.
+    Matches(ObjectVersion),
+}
+
+/// What a conditional put did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conditional {
+    /// The object was written; its new version.
+    Written(ObjectVersion),
+    /// The object was not as required: nothing was written.
+    Conflict,
 }
 
 /// A [`Bucket`] over an `object_store` store, run on a runtime of its own
@@ -134,6 +212,9 @@ pub struct ObjectBucket {
     store: Arc<dyn object_store::ObjectStore>,
     prefix: object_store::path::Path,
     url: String,
+    /// The folder of a `file://` store: its conditional puts are made
+    /// under a lock on a file there (the backend has no `PutMode::Update`).
+    local: Option<PathBuf>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -182,6 +263,7 @@ impl ObjectBucket {
             store,
             prefix,
             url: url.to_string(),
+            local: None,
             rt: Some(rt),
         })
     }
@@ -201,6 +283,14 @@ impl ObjectBucket {
     /// usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), or
     /// `file:///absolute/folder` (created if missing).
     pub fn from_url(url: &str) -> Result<ObjectBucket> {
+        Self::from_url_with(url, &[])
+    }
+
+    /// [`ObjectBucket::from_url`] with options of the store's builder set
+    /// over the environment's (`object_store`'s names: `aws_endpoint`,
+    /// `aws_allow_http`, `aws_conditional_put`, …; for `s3://`, `gs://`
+    /// and `az://` stores only).
+    pub fn from_url_with(url: &str, options: &[(&str, &str)]) -> Result<ObjectBucket> {
         use object_store::ObjectStoreScheme as S;
         let bad = |reason: String| Error::Store {
             location: url.to_string(),
@@ -209,24 +299,30 @@ impl ObjectBucket {
         let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
         let (scheme, path) = S::parse(&parsed).map_err(|e| bad(e.to_string()))?;
         let store: Arc<dyn object_store::ObjectStore> = match scheme {
-            S::AmazonS3 => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(store_err(url))?,
-            ),
-            S::GoogleCloudStorage => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(store_err(url))?,
-            ),
-            S::MicrosoftAzure => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(store_err(url))?,
-            ),
+            S::AmazonS3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(store_err(url))?, *v);
+                }
+                Arc::new(b.build().map_err(store_err(url))?)
+            }
+            S::GoogleCloudStorage => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(store_err(url))?, *v);
+                }
+                Arc::new(b.build().map_err(store_err(url))?)
+            }
+            S::MicrosoftAzure => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(store_err(url))?, *v);
+                }
+                Arc::new(b.build().map_err(store_err(url))?)
+            }
+            _ if !options.is_empty() => {
+                return Err(bad("options are for s3://, gs:// and az:// stores".into()))
+            }
             S::Local => {
                 let folder = parsed
                     .to_file_path()
@@ -234,12 +330,66 @@ impl ObjectBucket {
                 fs::create_dir_all(&folder).map_err(Error::io_at(&folder))?;
                 let local = object_store::local::LocalFileSystem::new_with_prefix(&folder)
                     .map_err(store_err(url))?;
-                return Self::new(Arc::new(local), "", url);
+                let mut b = Self::new(Arc::new(local), "", url)?;
+                b.local = Some(folder);
+                return Ok(b);
             }
             S::Memory => Arc::new(object_store::memory::InMemory::new()),
             other => return Err(bad(format!("{other:?} stores are not supported"))),
         };
         Self::new(store, path.as_ref(), url)
+    }
+
+    /// A conditional put on the local filesystem: the backend creates
+    /// atomically but cannot replace on a version, so both are done under
+    /// an exclusive lock on `.segq-conditional.lock` in the store's
+    /// folder, which every segq process on that folder takes for them.
+    fn put_if_local(
+        &self,
+        folder: &Path,
+        key: &str,
+        bytes: Vec<u8>,
+        cond: &PutIf,
+    ) -> Result<Conditional> {
+        use object_store::ObjectStoreExt;
+        let lock_path = folder.join(".segq-conditional.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io_at(&lock_path))?;
+        lock.lock().map_err(Error::io_at(&lock_path))?;
+        let store = self.store.clone();
+        let path = self.path(key);
+        let cond = cond.clone();
+        let r = self.run(async move {
+            let current = match store.head(&path).await {
+                Ok(m) => Some(ObjectVersion {
+                    e_tag: m.e_tag,
+                    version: m.version,
+                }),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let holds = match (&cond, &current) {
+                (PutIf::Absent, None) => true,
+                (PutIf::Matches(want), Some(have)) => {
+                    want.e_tag.is_some() && want.e_tag == have.e_tag
+                }
+                _ => false,
+            };
+            if !holds {
+                return Ok(Conditional::Conflict);
+            }
+            let r = store.put(&path, bytes.into()).await?;
+            Ok(Conditional::Written(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            }))
+        });
+        let _ = lock.unlock();
+        r?.map_err(store_err(format!("{}/{key}", self.url)))
     }
 
     fn path(&self, key: &str) -> object_store::path::Path {
@@ -434,6 +584,58 @@ impl Bucket for ObjectBucket {
         })?;
         r.map_err(store_err(format!("{}/{key}", self.url)))
     }
+
+    fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectVersion)>> {
+        use object_store::ObjectStoreExt;
+        let store = self.store.clone();
+        let path = self.path(key);
+        let r = self.run(async move {
+            match store.get(&path).await {
+                Ok(g) => {
+                    let v = ObjectVersion {
+                        e_tag: g.meta.e_tag.clone(),
+                        version: g.meta.version.clone(),
+                    };
+                    g.bytes().await.map(|b| Some((b.to_vec(), v)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        r.map_err(store_err(format!("{}/{key}", self.url)))
+    }
+
+    fn put_if(&self, key: &str, bytes: Vec<u8>, cond: &PutIf) -> Result<Conditional> {
+        if let Some(folder) = &self.local {
+            return self.put_if_local(folder, key, bytes, cond);
+        }
+        let store = self.store.clone();
+        let path = self.path(key);
+        let mode = match cond {
+            PutIf::Absent => object_store::PutMode::Create,
+            PutIf::Matches(v) => object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: v.e_tag.clone(),
+                version: v.version.clone(),
+            }),
+        };
+        let r = self.run(async move {
+            store
+                .put_opts(&path, bytes.into(), object_store::PutOptions::from(mode))
+                .await
+        })?;
+        match r {
+            Ok(r) => Ok(Conditional::Written(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(Conditional::Conflict),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                Err(no_conditional_puts(&self.url, key))
+            }
+            Err(e) => Err(store_err(format!("{}/{key}", self.url))(e)),
+        }
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -515,6 +717,14 @@ pub struct StoreManifest {
     pub end_seq: u64,
     /// When it was published.
     pub published_at: DateTime<Utc>,
+    /// The epoch of the lease its publisher held (0, and absent from the
+    /// object: published without a lease, or before leases existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -666,6 +876,10 @@ pub struct ServerState {
     pub config: String,
     /// `admin-token.sha256`: the hex SHA-256 of the admin token.
     pub admin_token_sha256: String,
+    /// The epoch of the lease its writer held (0, and absent from the
+    /// object: written without a lease, or before leases existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
 }
 
 impl ServerState {
@@ -751,6 +965,11 @@ pub struct StoreStatus {
     last_error: Mutex<Option<String>>,
     /// By workspace: the last seq in the bucket, and the last durable one.
     shipped: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// The epoch of the lease this node holds (0: shipped without one).
+    pub lease_epoch: AtomicU64,
+    /// Why the lease was lost, once it was: the node no longer ships or
+    /// takes writes.
+    lease_lost: Mutex<Option<String>>,
 }
 
 impl StoreStatus {
@@ -775,9 +994,23 @@ impl StoreStatus {
             .clone()
     }
 
-    /// Why the tier is degraded, if it is: shipments failing, or none
-    /// succeeded for ten intervals (at least ten seconds).
+    /// Why the lease was lost, once this node lost it.
+    pub fn lease_lost(&self) -> Option<String> {
+        self.lease_lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why the tier is degraded, if it is: the lease lost, shipments
+    /// failing, or none succeeded for ten intervals (at least ten seconds).
     pub fn degraded(&self, now_ms: i64) -> Option<String> {
+        if let Some(why) = self.lease_lost() {
+            return Some(format!(
+                "this node lost the lease of {} and neither ships nor takes writes: {why}",
+                self.url
+            ));
+        }
         if self.failing.load(Ordering::SeqCst) > 0 {
             return Some(format!(
                 "shipping to {} fails: {}",
@@ -828,6 +1061,11 @@ pub struct Shipper {
     retention: Duration,
     server: Mutex<Option<ServerState>>,
     workspaces: Mutex<BTreeMap<String, Shipped>>,
+    /// The primary's lease ([`Shipper::with_lease`]): renewed with the
+    /// shipments, its epoch written into every manifest and server state.
+    lease: Option<Arc<Lease>>,
+    /// The least time between two renewals.
+    renew_every: Duration,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -842,21 +1080,99 @@ impl Shipper {
     /// A shipper of `engine`'s data directory to `bucket`, with the
     /// engine's `ship_interval_ms` and `store_retention_secs`. Its status
     /// is attached to the engine (for `/metrics` and `/readyz`).
+    ///
+    /// Without a lease: for a bucket that no other node writes (tools,
+    /// tests). A server's primary uses [`Shipper::with_lease`].
     pub fn new(engine: Arc<Engine>, bucket: Arc<dyn Bucket>) -> Arc<Shipper> {
+        Self::build(engine, bucket, None)
+    }
+
+    /// A shipper for the primary holding `lease` on `bucket` (taken by
+    /// [`Engine::open_primary`]): each shipment renews the lease first
+    /// (at most every `store_lease_renew_ms`), nothing is published while
+    /// it is not held, and once another node holds it the engine refuses
+    /// writes ([`Fence`]) and shipping stops.
+    pub fn with_lease(
+        engine: Arc<Engine>,
+        bucket: Arc<dyn Bucket>,
+        lease: Arc<Lease>,
+    ) -> Arc<Shipper> {
+        lease.set_duration(Duration::from_secs(engine.config().store_lease_secs));
+        Self::build(engine, bucket, Some(lease))
+    }
+
+    fn build(
+        engine: Arc<Engine>,
+        bucket: Arc<dyn Bucket>,
+        lease: Option<Arc<Lease>>,
+    ) -> Arc<Shipper> {
         let status = Arc::new(StoreStatus {
             url: bucket.describe(),
             ship_interval_ms: engine.config().ship_interval_ms,
+            lease_epoch: AtomicU64::new(lease.as_ref().map_or(0, |l| l.epoch())),
             ..StoreStatus::default()
         });
         engine.attach_store(status.clone());
         Arc::new(Shipper {
             retention: Duration::from_secs(engine.config().store_retention_secs),
+            renew_every: Duration::from_millis(engine.config().store_lease_renew_ms),
             engine,
             bucket,
             status,
             server: Mutex::new(None),
             workspaces: Mutex::new(BTreeMap::new()),
+            lease,
         })
+    }
+
+    /// The epoch of the lease written into uploads (0 without a lease).
+    pub fn epoch(&self) -> u64 {
+        self.lease.as_ref().map_or(0, |l| l.epoch())
+    }
+
+    /// Notes that this node lost its lease: it stops shipping and the
+    /// engine refuses writes. Returns the error to answer.
+    fn lose(&self, why: String) -> Error {
+        if let Some(l) = &self.lease {
+            l.lose(why.clone());
+        }
+        self.engine.fence().lose(why.clone());
+        let mut lost = self
+            .status
+            .lease_lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if lost.is_none() {
+            tracing::error!(store = %self.bucket.describe(), "lost the store's lease: {why}; writes are refused from now on");
+            *lost = Some(why.clone());
+        }
+        Error::NotPrimary { reason: why }
+    }
+
+    /// Whether this node may publish now: it holds its lease, renewed
+    /// recently enough (or it has none).
+    fn check_lease(&self) -> Result<()> {
+        match &self.lease {
+            None => Ok(()),
+            Some(l) => l.check(),
+        }
+    }
+
+    /// Renews the lease when it is due; a lease another node took is lost.
+    fn renew_lease(&self) -> Result<()> {
+        let Some(l) = &self.lease else {
+            return Ok(());
+        };
+        if let Some(why) = l.lost() {
+            return Err(Error::NotPrimary { reason: why });
+        }
+        if !l.due(self.renew_every) {
+            return Ok(());
+        }
+        match l.renew() {
+            Err(Error::NotPrimary { reason }) => Err(self.lose(reason)),
+            r => r,
+        }
     }
 
     /// The counters and gauges.
@@ -911,6 +1227,7 @@ impl Shipper {
     }
 
     fn ship_all(&self, done: &mut Shipment) -> Result<()> {
+        self.renew_lease()?;
         self.ship_server(done)?;
         for h in self.engine.handles() {
             let Some(files) = h.ship_view()? else {
@@ -932,6 +1249,7 @@ impl Shipper {
             version: FORMAT_VERSION,
             config: read("segq.json")?,
             admin_token_sha256: read("admin-token.sha256")?.trim().to_string(),
+            epoch: self.epoch(),
         };
         let mut shipped = self.server.lock().unwrap_or_else(|p| p.into_inner());
         if shipped.is_none() {
@@ -940,6 +1258,7 @@ impl Shipper {
             }
         }
         if shipped.as_ref() != Some(&state) {
+            self.check_lease()?;
             self.put(SERVER_STATE, state.to_bytes()?, done)?;
             *shipped = Some(state);
         }
@@ -958,6 +1277,15 @@ impl Shipper {
             // Damaged: published over by this shipment.
             return Ok(());
         };
+        if self.lease.is_some() && m.epoch > self.epoch() {
+            // A later primary published it: this one lost the lease.
+            return Err(self.lose(format!(
+                "workspace {name}'s manifest in the bucket was published under lease epoch {}, \
+                 after this node's epoch {}",
+                m.epoch,
+                self.epoch()
+            )));
+        }
         if let (Some(obj), Some((local, f))) = (&m.snapshot, files.snapshot.as_mut()) {
             if m.manifest.as_ref().map(|x| &x.snapshot) == Some(local) {
                 let len = f.metadata().map_err(Error::io_at(local.as_str()))?.len();
@@ -1073,15 +1401,18 @@ impl Shipper {
             logs,
             end_seq: files.end_seq,
             published_at: Utc::now(),
+            epoch: self.epoch(),
         };
         let same = s.published.as_ref().is_some_and(|p| {
             p.manifest == m.manifest
                 && p.snapshot == m.snapshot
                 && p.logs == m.logs
                 && p.end_seq == m.end_seq
+                && p.epoch == m.epoch
         });
         if !same {
             let key = manifest_key(name);
+            self.check_lease()?;
             let bytes = m.to_bytes()?;
             self.put(&key, bytes, done)?;
             done.manifests += 1;
@@ -1104,6 +1435,7 @@ impl Shipper {
     /// once it was written more than the retention period before `now`.
     /// Returns how many were deleted.
     pub fn collect_garbage(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.check_lease()?;
         let names: Vec<String> = self
             .workspaces
             .lock()
@@ -1246,7 +1578,9 @@ impl ShipperThread {
     }
 
     /// Stops the thread and ships a last time (at shutdown, once the
-    /// logs are synced), trying a few times.
+    /// logs are synced), trying a few times; once that shipment went
+    /// through, gives up the lease ([`Lease::release`]) so that another
+    /// node may take over at once (if it did not, the lease lapses).
     pub fn stop(mut self) -> Result<Shipment> {
         {
             let (lock, cv) = &*self.signal;
@@ -1259,7 +1593,17 @@ impl ShipperThread {
         let mut last = None;
         for attempt in 0..3 {
             match self.shipper.ship_once() {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    if let Some(l) = &self.shipper.lease {
+                        // Everything is shipped: the next primary may
+                        // start at once.
+                        if let Err(e) = l.release() {
+                            tracing::warn!("giving up the store's lease: {e}");
+                        }
+                    }
+                    return Ok(s);
+                }
+                Err(e @ Error::NotPrimary { .. }) => return Err(e),
                 Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(200 << attempt));
@@ -1277,6 +1621,374 @@ impl Drop for ShipperThread {
             let _ = t.join();
         }
     }
+}
+
+/// The lease object's format name.
+pub const LEASE_FORMAT: &str = "segq-store-lease";
+/// The key of the primary's lease.
+pub const LEASE: &str = "server/LEASE";
+/// The file of the data directory holding the epoch of the lease this
+/// node last took.
+pub const EPOCH_FILE: &str = "store-epoch";
+/// The file of the data directory holding the node's id.
+pub const NODE_FILE: &str = "node-id";
+
+/// The primary's lease: `server/LEASE`, written only by conditional puts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRecord {
+    /// Always [`LEASE_FORMAT`].
+    pub format: String,
+    /// The format's version ([`FORMAT_VERSION`]).
+    pub version: u32,
+    /// The holder's node id (its data directory's `node-id`).
+    pub node: String,
+    /// Grows by one with each take (a start-up or a takeover), never with
+    /// a renewal.
+    pub epoch: u64,
+    /// When this holder took it.
+    pub taken_at: DateTime<Utc>,
+    /// When it was last renewed.
+    pub renewed_at: DateTime<Utc>,
+    /// When it lapses unless renewed before.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl LeaseRecord {
+    /// Encodes the object.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        seal(self)
+    }
+
+    /// Decodes and checks the object: format, version, checksum, a node
+    /// id and an epoch of at least 1.
+    pub fn from_bytes(location: &str, bytes: &[u8]) -> Result<LeaseRecord> {
+        let l: LeaseRecord = unseal(location, bytes, LEASE_FORMAT, |l: &LeaseRecord| {
+            (&l.format, l.version)
+        })?;
+        if l.node.is_empty() || l.epoch == 0 {
+            return Err(Error::Store {
+                location: location.to_string(),
+                reason: "a lease without a node or an epoch".into(),
+            });
+        }
+        Ok(l)
+    }
+
+    fn holder(&self) -> String {
+        format!(
+            "node {} holds it (epoch {}, renewed {}, expires {})",
+            self.node,
+            self.epoch,
+            self.renewed_at.to_rfc3339(),
+            self.expires_at.to_rfc3339()
+        )
+    }
+}
+
+/// Refuses writes once this node is no longer the store's primary. Every
+/// write of the engine checks it ([`Engine::fence`]).
+#[derive(Debug, Default)]
+pub struct Fence {
+    lost: Mutex<Option<String>>,
+}
+
+impl Fence {
+    /// `NotPrimary` once the lease was lost.
+    pub fn check(&self) -> Result<()> {
+        match self.lost() {
+            None => Ok(()),
+            Some(reason) => Err(Error::NotPrimary { reason }),
+        }
+    }
+
+    /// Why the lease was lost, once it was.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Refuses every write from now on (the first reason stays).
+    pub fn lose(&self, why: String) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        if lost.is_none() {
+            *lost = Some(why);
+        }
+    }
+}
+
+struct LeaseState {
+    version: ObjectVersion,
+    taken_at: DateTime<Utc>,
+    /// When the holder last renewed it (by this process's clock).
+    renewed: std::time::Instant,
+    /// Until when this node publishes: the written expiry less a fifth of
+    /// the lease (the margin for clocks that disagree).
+    valid_until: std::time::Instant,
+    lost: Option<String>,
+}
+
+/// The lease this node holds on a bucket: taken at start-up
+/// ([`Lease::take`]), renewed by the shipper.
+pub struct Lease {
+    bucket: Arc<dyn Bucket>,
+    node: String,
+    epoch: u64,
+    duration: Mutex<Duration>,
+    state: Mutex<LeaseState>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("node", &self.node)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lease_record(node: &str, epoch: u64, taken_at: DateTime<Utc>, d: Duration) -> LeaseRecord {
+    let now = Utc::now();
+    LeaseRecord {
+        format: LEASE_FORMAT.into(),
+        version: FORMAT_VERSION,
+        node: node.to_string(),
+        epoch,
+        taken_at,
+        renewed_at: now,
+        expires_at: now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+    }
+}
+
+fn valid_until(from: std::time::Instant, d: Duration) -> std::time::Instant {
+    from + d - d / 5
+}
+
+impl Lease {
+    /// Takes the lease of `bucket` for `node`, for `duration`: when there
+    /// is none (epoch 1), when it lapsed, or when it is `node`'s own (its
+    /// previous process: the data directory's lock says it is gone), with
+    /// the epoch one more than the last. Refuses, naming the holder, while
+    /// another node holds it; refuses a store without conditional puts.
+    pub fn take(bucket: Arc<dyn Bucket>, node: &str, duration: Duration) -> Result<Lease> {
+        let at = format!("{}/{LEASE}", bucket.describe());
+        let current = bucket.get_versioned(LEASE)?;
+        let now = Utc::now();
+        let (cond, epoch) = match current {
+            None => (PutIf::Absent, 1),
+            Some((bytes, version)) => {
+                let held = LeaseRecord::from_bytes(&at, &bytes)?;
+                if held.node != node && held.expires_at > now {
+                    return Err(Error::Store {
+                        location: at,
+                        reason: format!(
+                            "another primary writes to this store: {}; a node takes it over \
+                             only once it lapses",
+                            held.holder()
+                        ),
+                    });
+                }
+                (PutIf::Matches(version), held.epoch + 1)
+            }
+        };
+        let started = std::time::Instant::now();
+        let record = lease_record(node, epoch, now, duration);
+        match bucket.put_if(LEASE, record.to_bytes()?, &cond)? {
+            Conditional::Written(version) => Ok(Lease {
+                bucket,
+                node: node.to_string(),
+                epoch,
+                duration: Mutex::new(duration),
+                state: Mutex::new(LeaseState {
+                    version,
+                    taken_at: now,
+                    renewed: started,
+                    valid_until: valid_until(started, duration),
+                    lost: None,
+                }),
+            }),
+            Conditional::Conflict => {
+                let holder = match bucket.get(LEASE)? {
+                    Some(b) => LeaseRecord::from_bytes(&at, &b)?.holder(),
+                    None => "it was deleted".into(),
+                };
+                Err(Error::Store {
+                    location: at,
+                    reason: format!("another node took the lease at the same time: {holder}"),
+                })
+            }
+        }
+    }
+
+    /// The node holding it.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Its epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Sets how long each renewal holds it for.
+    pub fn set_duration(&self, d: Duration) {
+        *self.duration.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why it was lost, once it was.
+    pub fn lost(&self) -> Option<String> {
+        self.state().lost.clone()
+    }
+
+    fn lose(&self, why: String) {
+        let mut st = self.state();
+        if st.lost.is_none() {
+            st.lost = Some(why);
+        }
+    }
+
+    /// Whether a renewal is due: `every` passed since the last one (or
+    /// half of the validity left is gone, whichever is sooner).
+    pub fn due(&self, every: Duration) -> bool {
+        let st = self.state();
+        let d = *self.duration.lock().unwrap_or_else(|p| p.into_inner());
+        st.renewed.elapsed() >= every.min(d / 4)
+    }
+
+    /// Renews it, conditionally on the version this node last wrote. Another
+    /// node's lease in its place is `NotPrimary` naming it (and the lease
+    /// is lost for good); a failed put is an error to try again.
+    pub fn renew(&self) -> Result<()> {
+        let at = format!("{}/{LEASE}", self.bucket.describe());
+        let d = *self.duration.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state();
+        if let Some(reason) = &st.lost {
+            return Err(Error::NotPrimary {
+                reason: reason.clone(),
+            });
+        }
+        let started = std::time::Instant::now();
+        let record = lease_record(&self.node, self.epoch, st.taken_at, d);
+        let cond = PutIf::Matches(st.version.clone());
+        match self.bucket.put_if(LEASE, record.to_bytes()?, &cond)? {
+            Conditional::Written(v) => {
+                st.version = v;
+                st.renewed = started;
+                st.valid_until = valid_until(started, d);
+                Ok(())
+            }
+            Conditional::Conflict => {
+                let (now, version) = match self.bucket.get_versioned(LEASE)? {
+                    None => (None, None),
+                    Some((b, v)) => (Some(LeaseRecord::from_bytes(&at, &b)?), Some(v)),
+                };
+                match (now, version) {
+                    // Its own record (a put retried after it went through).
+                    (Some(l), Some(v)) if l.node == self.node && l.epoch == self.epoch => {
+                        st.version = v;
+                        st.renewed = started;
+                        st.valid_until = valid_until(started, d);
+                        Ok(())
+                    }
+                    (held, _) => {
+                        let why = match held {
+                            Some(l) => format!(
+                                "the lease of {} was taken over: {}",
+                                self.bucket.describe(),
+                                l.holder()
+                            ),
+                            None => format!("the lease of {} was deleted", self.bucket.describe()),
+                        };
+                        st.lost = Some(why.clone());
+                        Err(Error::NotPrimary { reason: why })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives it up (at a clean shutdown, after the last shipment): the
+    /// record stays, with this epoch, expiring now, so that another node
+    /// takes it over at once. Nothing is published under it afterwards.
+    pub fn release(&self) -> Result<()> {
+        let mut st = self.state();
+        if st.lost.is_some() {
+            return Ok(());
+        }
+        let mut record = lease_record(&self.node, self.epoch, st.taken_at, Duration::ZERO);
+        record.expires_at = record.renewed_at;
+        let cond = PutIf::Matches(st.version.clone());
+        st.lost = Some(format!(
+            "this node gave up the lease of {}",
+            self.bucket.describe()
+        ));
+        st.valid_until = std::time::Instant::now();
+        match self.bucket.put_if(LEASE, record.to_bytes()?, &cond)? {
+            Conditional::Written(v) => {
+                st.version = v;
+                Ok(())
+            }
+            // Taken over already: nothing to give up.
+            Conditional::Conflict => Ok(()),
+        }
+    }
+
+    /// Whether this node may publish now: not lost, and renewed within
+    /// the lease less its margin.
+    pub fn check(&self) -> Result<()> {
+        let st = self.state();
+        if let Some(reason) = &st.lost {
+            return Err(Error::NotPrimary {
+                reason: reason.clone(),
+            });
+        }
+        if std::time::Instant::now() >= st.valid_until {
+            return Err(Error::Store {
+                location: format!("{}/{LEASE}", self.bucket.describe()),
+                reason: format!(
+                    "the lease was not renewed for {} s: nothing is published until it is",
+                    st.renewed.elapsed().as_secs()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The node id of the data directory `data` (its `node-id` file, made
+/// with a random id the first time). The caller holds its `LOCK`.
+pub fn node_id(data: &Path) -> Result<String> {
+    let p = data.join(NODE_FILE);
+    match fs::read_to_string(&p) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io_at(&p)(e)),
+    }
+    let id = format!("node-{}", keys::random_hex(8));
+    super::write_atomically(&p, id.as_bytes())?;
+    Ok(id)
+}
+
+/// The epoch of the lease this data directory's node last took (0: none).
+pub fn local_epoch(data: &Path) -> Result<u64> {
+    let p = data.join(EPOCH_FILE);
+    match fs::read_to_string(&p) {
+        Ok(s) => s.trim().parse().map_err(|_| Error::Corrupt {
+            path: p.clone(),
+            reason: format!("not an epoch: \"{}\"", crate::error::Clip(s.trim())),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io_at(&p)(e)),
+    }
+}
+
+/// Notes (durably) the epoch of the lease this node took.
+pub fn write_local_epoch(data: &Path, epoch: u64) -> Result<()> {
+    super::write_atomically(&data.join(EPOCH_FILE), epoch.to_string().as_bytes())
 }
 
 /// What [`restore`] did.
@@ -1423,6 +2135,7 @@ type Prepared = (Restored, Option<ServerState>);
 
 fn prepare(data: &Path, bucket: &dyn Bucket, staging: &Path) -> Result<Prepared> {
     let mut out = Restored::default();
+    let seen = local_epoch(data)?;
     let server = match bucket.get(SERVER_STATE)? {
         Some(bytes) if !data.join("segq.json").exists() => Some(ServerState::from_bytes(
             &format!("{}/{SERVER_STATE}", bucket.describe()),
@@ -1454,9 +2167,14 @@ fn prepare(data: &Path, bucket: &dyn Bucket, staging: &Path) -> Result<Prepared>
             });
         }
         let local = data.join("workspaces").join(&name);
+        // A manifest of a later lease than this node last held was
+        // published by another primary: the local files may hold records
+        // that primary never had (acknowledged here after the takeover,
+        // or never shipped), at the same seqs as its own. The bucket is
+        // the workspace's history from then on: it replaces them.
         let behind = match local_end(&local)? {
             None => true,
-            Some(end) => end < m.end_seq,
+            Some(end) => end < m.end_seq || m.epoch > seen,
         };
         if behind {
             download(bucket, &m, &staging.join(&name), &mut out.bytes)?;
@@ -1536,6 +2254,40 @@ mod tests {
         b.delete("workspaces/w/big").unwrap();
         assert!(b.get("workspaces/w/big").unwrap().is_none());
         b.delete("workspaces/w/big").unwrap();
+    }
+
+    fn conditional_puts(b: &dyn Bucket) {
+        let Conditional::Written(v1) = b.put_if("server/L", b"1".to_vec(), &PutIf::Absent).unwrap()
+        else {
+            panic!("the first create is written")
+        };
+        assert_eq!(
+            b.put_if("server/L", b"2".to_vec(), &PutIf::Absent).unwrap(),
+            Conditional::Conflict
+        );
+        let Conditional::Written(v2) = b
+            .put_if("server/L", b"3".to_vec(), &PutIf::Matches(v1.clone()))
+            .unwrap()
+        else {
+            panic!("an update at the current version is written")
+        };
+        assert_ne!(v1, v2);
+        assert_eq!(
+            b.put_if("server/L", b"4".to_vec(), &PutIf::Matches(v1))
+                .unwrap(),
+            Conditional::Conflict
+        );
+        let (bytes, v) = b.get_versioned("server/L").unwrap().unwrap();
+        assert_eq!((bytes, v.e_tag), (b"3".to_vec(), v2.e_tag));
+        assert!(b.get_versioned("server/none").unwrap().is_none());
+    }
+
+    #[test]
+    fn conditional_puts_create_once_and_update_only_the_version_read() {
+        conditional_puts(&ObjectBucket::in_memory().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/b", dir.path().display());
+        conditional_puts(&ObjectBucket::from_url(&url).unwrap());
     }
 
     #[test]

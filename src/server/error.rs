@@ -155,9 +155,10 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::ReservedWorkspaceName { .. }
         | Error::InvalidCursor(_)
         | Error::AttributeType { .. } => StatusCode::BAD_REQUEST,
-        Error::WorkspaceFailed { .. } | Error::NotDurable { .. } | Error::Locked { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::WorkspaceFailed { .. }
+        | Error::NotDurable { .. }
+        | Error::Locked { .. }
+        | Error::NotPrimary { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Log(_)
         | Error::Corrupt { .. }
         | Error::Store { .. }
@@ -189,6 +190,8 @@ impl From<Error> for ApiError {
                 ),
                 &e,
             ),
+            // Names the node holding the lease: said, so clients go there.
+            Error::NotPrimary { .. } => ApiError::new(status, e.to_string()),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 ApiError::hidden(status, "the service is unavailable", &e)
             }

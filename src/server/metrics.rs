@@ -40,6 +40,7 @@
 //!   `segq_store_upload_failures_total` (shipments that failed),
 //!   `segq_store_uploaded_bytes_total`, `segq_store_manifests_total`,
 //!   `segq_store_gc_deleted_total`, `segq_store_degraded` (0 or 1),
+//!   `segq_store_lease_epoch`, `segq_store_lease_lost` (0 or 1),
 //!   `segq_store_last_ship_timestamp_seconds` (the last shipment that
 //!   shipped everything), `segq_store_lag_seconds` (since then), and by
 //!   workspace `segq_store_shipped_seq` and `segq_store_unshipped_records`
@@ -404,6 +405,20 @@ pub fn render_store(engine: &crate::engine::Engine, out: &mut String) {
             "gauge",
             "1 while shipping fails or lags (see /readyz).",
             if st.degraded(now).is_some() { 1.0 } else { 0.0 },
+        )?;
+        one(
+            out,
+            "segq_store_lease_epoch",
+            "gauge",
+            "The epoch of the store's lease this node took (0: shipping without a lease).",
+            st.lease_epoch.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_lease_lost",
+            "gauge",
+            "1 once another node took the store's lease: this node neither ships nor takes writes.",
+            if st.lease_lost().is_some() { 1.0 } else { 0.0 },
         )?;
         one(
             out,

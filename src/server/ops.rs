@@ -74,13 +74,22 @@ fn not_ready(engine: &Engine, ready: &Readiness) -> Vec<Value> {
 
 /// What works but not as it should, without taking the node out of
 /// service: the object store's shipments failing or lagging (imports go
-/// on; what is not shipped is at risk with the machine).
+/// on; what is not shipped is at risk with the machine), or the store's
+/// lease lost to another node (reads go on; writes are refused).
 fn degraded(engine: &Engine) -> Vec<Value> {
     let now = chrono::Utc::now().timestamp_millis();
     engine
         .store_status()
-        .and_then(|st| st.degraded(now))
-        .map(|message| vec![json!({"check": "object_store", "message": message})])
+        .and_then(|st| {
+            // Lost to another node: the node serves reads, refuses writes.
+            let check = if st.lease_lost().is_some() {
+                "object_store_lease"
+            } else {
+                "object_store"
+            };
+            st.degraded(now).map(|m| (check, m))
+        })
+        .map(|(check, message)| vec![json!({"check": check, "message": message})])
         .unwrap_or_default()
 }
 
@@ -95,7 +104,8 @@ pub struct Health {
     /// `/readyz` when not ready: what is not.
     not_ready: Option<Vec<NotReady>>,
     /// `/readyz`: what serves but is degraded (`object_store`: shipments
-    /// to the object store fail or lag).
+    /// to the object store fail or lag; `object_store_lease`: another
+    /// node took the store's lease, and writes are refused).
     degraded: Option<Vec<NotReady>>,
 }
 

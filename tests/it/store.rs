@@ -4,6 +4,11 @@
 //! uploads leaves a bucket that restores to an acknowledged state; a node
 //! behind the bucket catches up; garbage collection keeps what the
 //! manifest names; damaged buckets are refused with nothing changed.
+//! Only one writer: a second primary is refused naming the lease's holder,
+//! a lapsed lease is taken over with the next epoch, the old primary then
+//! refuses writes (in process and as a served node), and uploads carry the
+//! epoch; the same against a real S3-compatible server (`moto_server`,
+//! started by the tests; skipped without it unless `SEGQ_REQUIRE_S3=1`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +16,8 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use segq::engine::store::{
-    Bucket, ObjectBucket, ObjectInfo, ServerState, Shipper, StoreManifest, MAX_PIECES,
+    Bucket, Lease, LeaseRecord, ObjectBucket, ObjectInfo, ServerState, Shipper, StoreManifest,
+    MAX_PIECES,
 };
 use segq::engine::{Engine, WorkspaceHandle};
 use segq::import::{parse_users_request, Credentials};
@@ -632,4 +638,480 @@ fn segq_serve_with_a_store_ships_and_a_new_node_starts_from_it_with_the_same_key
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---- The primary's lease ------------------------------------------------
+
+/// Configuration from the environment: a lease of `secs` seconds.
+fn lease_env(secs: &'static str) -> impl Fn(&str) -> Option<String> {
+    move |name: &str| (name == "SEGQ_STORE_LEASE_SECS").then(|| secs.to_string())
+}
+
+type Primary = (Arc<Engine>, Arc<Lease>);
+
+fn primary(
+    dir: &Path,
+    bucket: &Arc<dyn Bucket>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> segq::Result<Primary> {
+    Engine::open_primary(dir, env, bucket.clone()).map(|(e, _, _, l)| (e, l))
+}
+
+fn lease_record(bucket: &dyn Bucket) -> LeaseRecord {
+    LeaseRecord::from_bytes("lease", &bucket.get("server/LEASE").unwrap().unwrap()).unwrap()
+}
+
+fn server_state(bucket: &dyn Bucket) -> ServerState {
+    ServerState::from_bytes("state", &bucket.get("server/STATE").unwrap().unwrap()).unwrap()
+}
+
+fn node_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("node-id")).unwrap()
+}
+
+/// A second primary on the store is refused, naming the holder, and
+/// changes nothing; the first one's uploads carry its epoch.
+fn a_second_primary_is_refused(bucket: Arc<dyn Bucket>) {
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a, lease) = primary(a_dir.path(), &bucket, &no_env).unwrap();
+    assert_eq!(lease.epoch(), 1);
+    assert_eq!(lease.node(), node_of(a_dir.path()));
+    a.create_workspace("w").unwrap();
+    let h = a.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 1);
+    let shipper = Shipper::with_lease(a.clone(), bucket.clone(), lease.clone());
+    shipper.ship_once().unwrap();
+    assert_eq!(manifest(&*bucket).epoch, 1);
+    assert_eq!(server_state(&*bucket).epoch, 1);
+    let held = lease_record(&*bucket);
+    assert_eq!((held.node.as_str(), held.epoch), (lease.node(), 1));
+
+    let b_dir = tempfile::tempdir().unwrap();
+    let err = primary(b_dir.path(), &bucket, &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another primary"), "{err}");
+    assert!(err.contains(lease.node()), "the holder is named: {err}");
+    assert!(
+        !b_dir.path().join("workspaces/w").exists(),
+        "nothing restored"
+    );
+    assert_eq!(lease_record(&*bucket), held, "the lease is unchanged");
+    // The holder goes on renewing and shipping.
+    writes(&h, 2);
+    shipper.ship_once().unwrap();
+    assert!(lease_record(&*bucket).renewed_at > held.renewed_at);
+    // A restore without the lease (no writer) reads what it published.
+    let (_d, r) = restored(&*bucket);
+    assert_eq!(fingerprint(&r.workspace("w").unwrap()), fingerprint(&h));
+}
+
+#[test]
+fn a_second_primary_on_an_in_memory_store_is_refused_naming_the_holder() {
+    a_second_primary_is_refused(memory());
+}
+
+#[test]
+fn a_second_primary_on_a_local_filesystem_store_is_refused_naming_the_holder() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/bucket", store_dir.path().display());
+    a_second_primary_is_refused(Arc::new(ObjectBucket::from_url(&url).unwrap()));
+}
+
+#[test]
+fn a_store_without_conditional_puts_is_refused_for_a_primary() {
+    let plain: Arc<dyn Bucket> = Arc::new(FailAfter {
+        inner: memory(),
+        fail_from: usize::MAX,
+        puts: AtomicUsize::new(0),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let err = primary(dir.path(), &plain, &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conditional puts"), "{err}");
+}
+
+/// Primary A ships; B takes over once A's lease lapses (epoch 2) and
+/// restores A's shipped state; A's next shipment finds B's lease: A
+/// refuses writes from then on, says so, and publishes nothing more;
+/// when A starts again as primary later, B's history replaces what A
+/// holds locally that B never had.
+fn a_lapsed_lease_is_taken_over(bucket: Arc<dyn Bucket>) {
+    let env = lease_env("2");
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a, lease_a) = primary(a_dir.path(), &bucket, &env).unwrap();
+    a.create_workspace("w").unwrap();
+    let ha = a.workspace("w").unwrap();
+    writes(&ha, 0);
+    let ship_a = Shipper::with_lease(a.clone(), bucket.clone(), lease_a.clone());
+    ship_a.ship_once().unwrap();
+    let shipped_a = fingerprint(&ha);
+    let b_dir = tempfile::tempdir().unwrap();
+    assert!(primary(b_dir.path(), &bucket, &env).is_err());
+    // A stops renewing (paused, cut off); its lease lapses.
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    let (b, lease_b) = primary(b_dir.path(), &bucket, &env).unwrap();
+    assert_eq!(lease_b.epoch(), 2);
+    assert_eq!(lease_record(&*bucket).node, lease_b.node());
+    let hb = b.workspace("w").unwrap();
+    assert_eq!(fingerprint(&hb), shipped_a);
+    writes(&hb, 1);
+    let ship_b = Shipper::with_lease(b.clone(), bucket.clone(), lease_b.clone());
+    ship_b.ship_once().unwrap();
+    assert_eq!(manifest(&*bucket).epoch, 2);
+    assert_eq!(server_state(&*bucket).epoch, 2);
+    let want = fingerprint(&hb);
+
+    // A, back, took a write it never shipped; its shipment finds B's lease.
+    writes(&ha, 5);
+    let err = ship_a.ship_once().unwrap_err();
+    assert!(matches!(err, Error::NotPrimary { .. }), "{err}");
+    assert!(err.to_string().contains(lease_b.node()), "{err}");
+    let refused = ha
+        .upsert_users(vec![NewUser {
+            external_id: Some("late".into()),
+            devices: vec![],
+            aliases: vec![],
+            bucket: None,
+        }])
+        .unwrap_err();
+    assert!(matches!(refused, Error::NotPrimary { .. }), "{refused}");
+    assert!(refused.to_string().contains(lease_b.node()), "{refused}");
+    assert!(matches!(
+        a.create_workspace("v"),
+        Err(Error::NotPrimary { .. })
+    ));
+    assert!(matches!(
+        a.create_key("w", Partner::Amplitude),
+        Err(Error::NotPrimary { .. })
+    ));
+    let st = a.store_status().unwrap();
+    assert!(st.lease_lost().unwrap().contains(lease_b.node()));
+    let why = st.degraded(Utc::now().timestamp_millis()).unwrap();
+    assert!(why.contains("lost the lease"), "{why}");
+    let mut text = String::new();
+    segq::server::metrics::render_store(&a, &mut text);
+    assert!(text.contains("segq_store_lease_lost 1"), "{text}");
+    assert!(text.contains("segq_store_lease_epoch 1"), "{text}");
+    // Nothing of A's reaches the bucket any more.
+    assert!(ship_a.ship_once().is_err());
+    assert_eq!(manifest(&*bucket).epoch, 2);
+    assert_eq!(lease_record(&*bucket).node, lease_b.node());
+    let (_d, r) = restored(&*bucket);
+    assert_eq!(fingerprint(&r.workspace("w").unwrap()), want);
+
+    // B stops; later A starts again as primary: its local files hold a
+    // write B never had, at seqs B used for its own: B's history wins.
+    drop(ship_b);
+    drop(b);
+    drop(ship_a);
+    drop(ha);
+    drop(a);
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    let (a, _, report, lease_a2) =
+        Engine::open_primary(a_dir.path(), &env, bucket.clone()).unwrap();
+    assert_eq!(lease_a2.epoch(), 3);
+    assert_eq!(report.workspaces.len(), 1, "{report:?}");
+    assert_eq!(fingerprint(&a.workspace("w").unwrap()), want);
+    assert_eq!(
+        std::fs::read_to_string(a_dir.path().join("store-epoch")).unwrap(),
+        "3"
+    );
+}
+
+#[test]
+fn a_lapsed_lease_is_taken_over_with_the_next_epoch_and_the_old_primary_refuses_writes() {
+    a_lapsed_lease_is_taken_over(memory());
+}
+
+#[test]
+fn a_lapsed_lease_on_a_local_filesystem_store_is_taken_over_too() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/bucket", store_dir.path().display());
+    a_lapsed_lease_is_taken_over(Arc::new(ObjectBucket::from_url(&url).unwrap()));
+}
+
+#[test]
+fn the_objects_with_epochs_read_their_fixtures() {
+    let bytes = include_bytes!("../../fixtures/store/MANIFEST.v1.epoch.json");
+    let m = StoreManifest::from_bytes("fixture", bytes).unwrap();
+    assert_eq!((m.workspace.as_str(), m.epoch), ("w", 1));
+    let bytes = include_bytes!("../../fixtures/store/STATE.v1.epoch.json");
+    assert_eq!(ServerState::from_bytes("fixture", bytes).unwrap().epoch, 1);
+    let bytes = include_bytes!("../../fixtures/store/LEASE.v1.json");
+    let l = LeaseRecord::from_bytes("fixture", bytes).unwrap();
+    assert_eq!(l.epoch, 1);
+    assert!(l.expires_at > l.renewed_at);
+    // Objects written before leases read with epoch 0.
+    let bytes = include_bytes!("../../fixtures/store/MANIFEST.v1.json");
+    assert_eq!(
+        StoreManifest::from_bytes("fixture", bytes).unwrap().epoch,
+        0
+    );
+}
+
+/// Writes the fixtures of the objects a primary writes (run by hand with
+/// `--ignored`; the files are checked in).
+#[test]
+#[ignore]
+fn write_lease_fixtures() {
+    let bucket = memory();
+    let dir = tempfile::tempdir().unwrap();
+    let (e, lease) = primary(dir.path(), &bucket, &no_env).unwrap();
+    e.create_workspace("w").unwrap();
+    let h = e.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 1);
+    Shipper::with_lease(e.clone(), bucket.clone(), lease)
+        .ship_once()
+        .unwrap();
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store");
+    for (key, file) in [
+        ("workspaces/w/MANIFEST", "MANIFEST.v1.epoch.json"),
+        ("server/STATE", "STATE.v1.epoch.json"),
+        ("server/LEASE", "LEASE.v1.json"),
+    ] {
+        std::fs::write(out.join(file), bucket.get(key).unwrap().unwrap()).unwrap();
+    }
+}
+
+// ---- Against a real S3-compatible server (moto) ---------------------------
+
+/// `moto_server` on a free port, killed when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// Starts one, or `None` (saying why) when `moto_server` is not
+    /// installed; with `SEGQ_REQUIRE_S3=1` that fails the test instead.
+    fn start() -> Option<Moto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spawned = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("SEGQ_REQUIRE_S3").as_deref() != Ok("1"),
+                    "SEGQ_REQUIRE_S3=1 but moto_server does not start: {e} \
+                     (pip install 'moto[server]')"
+                );
+                eprintln!("skipped: moto_server does not start ({e}); pip install 'moto[server]'");
+                return None;
+            }
+        };
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let client = crate::support::server::client();
+        while client.get(&moto.endpoint).send().is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "moto_server did not answer in 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// Creates the bucket `name`.
+    fn bucket(&self, name: &str) {
+        let r = crate::support::server::client()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "creating bucket {name}: {}",
+            r.status()
+        );
+    }
+
+    /// The options that point a store at it (dummy credentials).
+    fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", self.endpoint.clone()),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "testing".into()),
+            ("aws_secret_access_key", "testing".into()),
+            ("aws_region", "us-east-1".into()),
+            ("aws_conditional_put", "etag".into()),
+        ]
+    }
+
+    fn store(&self, url: &str) -> Arc<dyn Bucket> {
+        let opts = self.options();
+        let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Arc::new(ObjectBucket::from_url_with(url, &opts).unwrap())
+    }
+}
+
+#[test]
+fn s3_conditional_puts_lease_ship_and_restore_an_empty_node() {
+    let Some(moto) = Moto::start() else { return };
+    moto.bucket("segq");
+    let bucket = moto.store("s3://segq/team/prod");
+    // The conditional puts themselves.
+    use segq::engine::store::{Conditional, PutIf};
+    let Conditional::Written(v1) = bucket
+        .put_if("probe", b"1".to_vec(), &PutIf::Absent)
+        .unwrap()
+    else {
+        panic!("the first create is written")
+    };
+    assert_eq!(
+        bucket
+            .put_if("probe", b"2".to_vec(), &PutIf::Absent)
+            .unwrap(),
+        Conditional::Conflict
+    );
+    let Conditional::Written(v2) = bucket
+        .put_if("probe", b"3".to_vec(), &PutIf::Matches(v1.clone()))
+        .unwrap()
+    else {
+        panic!("an update at the current version is written")
+    };
+    assert_eq!(
+        bucket
+            .put_if("probe", b"4".to_vec(), &PutIf::Matches(v1))
+            .unwrap(),
+        Conditional::Conflict
+    );
+    assert_eq!(
+        bucket.get_versioned("probe").unwrap().unwrap(),
+        (b"3".to_vec(), v2)
+    );
+    bucket.delete("probe").unwrap();
+
+    // Ship, a second primary refused, a restore on an empty node.
+    a_second_primary_is_refused(bucket.clone());
+    let keys = bucket.list("workspaces").unwrap();
+    assert!(
+        keys.iter().any(|o| o.key == "workspaces/w/MANIFEST"),
+        "{keys:?}"
+    );
+}
+
+#[test]
+fn s3_a_lapsed_lease_is_taken_over_and_the_old_primary_refuses_writes() {
+    let Some(moto) = Moto::start() else { return };
+    moto.bucket("segq");
+    a_lapsed_lease_is_taken_over(moto.store("s3://segq/lease"));
+}
+
+#[test]
+fn segq_serve_refuses_a_second_primary_and_one_that_lost_its_lease_answers_503() {
+    use crate::support::server::{users_body, Server};
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/bucket", store.path().display());
+    let env = [("SEGQ_STORE_LEASE_SECS", "2")];
+    let a_dir = tempfile::tempdir().unwrap();
+    let a_data = a_dir.path().join("data");
+    let a = Server::start_with_env(&a_data, &["--store", &url], &env);
+    a.create_workspace("w");
+    let (_, key) = a.create_key("w", "amplitude");
+    for u in ["u1", "u2", "u3"] {
+        a.upsert_user("w", &json!({"external_id": u}));
+    }
+    a.users(
+        "amplitude",
+        &users_body(&key, "c1", json!([{"user_ids": ["u1", "u2"]}])),
+    )
+    .expect(201);
+    assert_eq!(a.size("w", "amplitude", "c1"), 2);
+    let node_a = std::fs::read_to_string(a_data.join("node-id")).unwrap();
+    assert_eq!(a.metric("segq_store_lease_epoch"), 1.0);
+
+    // A second server on the same store does not start; it names A.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_data = b_dir.path().join("data");
+    let out = crate::support::server::segq(&[
+        "serve",
+        "--data",
+        &b_data.display().to_string(),
+        "--store",
+        &url,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&node_a), "{stderr}");
+    assert!(!b_data.join("workspaces/w").exists());
+
+    // A paused past its lease (a stalled machine): B takes over, and
+    // answers from what A shipped.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while a.metric("segq_store_manifests_total") < 1.0
+        || a.metric("segq_store_unshipped_records{workspace=\"w\"}") > 0.0
+    {
+        assert!(std::time::Instant::now() < until, "not shipped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &a.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let b = Server::restart_with_env(&b_data, &a.token, &["--store", &url], &env);
+    signal("-CONT");
+    let node_b = std::fs::read_to_string(b_data.join("node-id")).unwrap();
+    assert_eq!(b.metric("segq_store_lease_epoch"), 2.0);
+    assert_eq!(b.size("w", "amplitude", "c1"), 2);
+
+    // A's next shipment finds B's lease: A refuses writes, naming B.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while a.metric("segq_store_lease_lost") < 1.0 {
+        assert!(std::time::Instant::now() < until, "A did not notice");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = a.users(
+        "amplitude",
+        &users_body(&key, "c1", json!([{"user_ids": ["u3"]}])),
+    );
+    let r = r.expect(503);
+    assert!(r.message().contains(&node_b), "{}", r.message());
+    let r = a.admin_post("/admin/workspaces", &json!({"name": "v"}));
+    assert_eq!(r.status, 503, "{}", r.text);
+    let ready = a.get("/readyz").expect_json(200);
+    assert_eq!(
+        ready["degraded"][0]["check"], "object_store_lease",
+        "{ready}"
+    );
+    // Reads go on at A; writes go to B.
+    assert_eq!(a.size("w", "amplitude", "c1"), 2);
+    b.users(
+        "amplitude",
+        &users_body(&key, "c1", json!([{"user_ids": ["u3"]}])),
+    )
+    .expect(200);
+    assert_eq!(b.size("w", "amplitude", "c1"), 3);
+    a.stop();
+    b.stop();
 }

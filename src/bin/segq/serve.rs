@@ -36,7 +36,10 @@ pub struct ServeArgs {
     /// `file:///folder`. At start, what the store holds past the local
     /// files is restored (an empty data directory gets everything); then
     /// snapshots, log generations and the live log are uploaded in the
-    /// background (every `ship_interval_ms`, and at shutdown).
+    /// background (every `ship_interval_ms`, and at shutdown). The node
+    /// takes the store's lease first (`server/LEASE`): it refuses to start
+    /// while another node holds it, and stops taking writes if another
+    /// node takes it over.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
 }
@@ -164,11 +167,19 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         )),
         None => None,
     };
-    let engine = match &bucket {
-        Some(b) => data::open_from_store(&args.config.data, &**b)?,
-        None => data::open(&args.config.data, Access::Write)?,
+    let (engine, lease) = match &bucket {
+        Some(b) => {
+            let (e, l) = data::open_from_store(&args.config.data, b.clone())?;
+            (e, Some(l))
+        }
+        None => (data::open(&args.config.data, Access::Write)?, None),
     };
-    let shipping = bucket.map(|b| segq::engine::store::Shipper::new(engine.clone(), b).start());
+    let shipping = match (bucket, lease) {
+        (Some(b), Some(l)) => {
+            Some(segq::engine::store::Shipper::with_lease(engine.clone(), b, l).start())
+        }
+        _ => None,
+    };
     for r in engine.recoveries() {
         tracing::warn!("recovered a damaged log: {r}");
     }
