@@ -145,7 +145,7 @@ mod body {
 
     #[inline(always)]
     pub fn popcount(w: &Words) -> u32 {
-        w.iter().map(|x| x.count_ones()).sum()
+        window_popcount(w)
     }
 
     #[inline(always)]

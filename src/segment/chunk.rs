@@ -1389,27 +1389,25 @@ impl Sampler<'_, '_> {
     /// If `parts` is not a power of two in `1..=1024`, or a part is not
     /// below it.
     pub fn count_windows(&self, windows: &[(u32, u32)], parts: u32) -> Vec<u64> {
+        assert!(windows.iter().all(|&(_, p)| p < parts), "a part of {parts}");
         let mut keys: Vec<u32> = windows.iter().map(|&(k, _)| k).collect();
         keys.sort_unstable();
         keys.dedup();
         let survey = self.survey(&keys);
-        let mut at = Vec::with_capacity(windows.len());
-        let mut past = Vec::new();
-        for (i, &(key, part)) in windows.iter().enumerate() {
-            match survey.keys().binary_search(&key) {
-                Ok(j) => at.push((j, part)),
-                Err(_) => past.push(i),
-            }
-        }
+        // Each window's chunk among those surveyed (none: past the last).
+        let found: Vec<Option<usize>> = windows
+            .iter()
+            .map(|&(key, _)| survey.keys().binary_search(&key).ok())
+            .collect();
+        let at: Vec<(usize, u32)> = found
+            .iter()
+            .zip(windows)
+            .filter_map(|(j, &(_, part))| j.map(|j| (j, part)))
+            .collect();
         let mut counts = survey.count_windows(&at, parts).into_iter();
-        (0..windows.len())
-            .map(|i| {
-                if past.binary_search(&i).is_ok() {
-                    0
-                } else {
-                    counts.next().expect("one count a window")
-                }
-            })
+        found
+            .iter()
+            .map(|j| j.map_or(0, |_| counts.next().expect("one count a window")))
             .collect()
     }
 }

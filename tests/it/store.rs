@@ -65,6 +65,12 @@ fn memory() -> Arc<dyn Bucket> {
     Arc::new(ObjectBucket::in_memory().unwrap())
 }
 
+/// A bucket in a folder of `dir`, through a `file://` URL.
+fn file_bucket(dir: &Path) -> Arc<dyn Bucket> {
+    let url = format!("file://{}/bucket", dir.display());
+    Arc::new(ObjectBucket::from_url(&url).unwrap())
+}
+
 fn no_env(_: &str) -> Option<String> {
     None
 }
@@ -180,8 +186,7 @@ fn an_empty_node_restores_the_server_and_its_workspaces_and_answers_the_same() {
 #[test]
 fn the_local_filesystem_backend_from_a_file_url_restores_too() {
     let store_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}/bucket", store_dir.path().display());
-    let bucket: Arc<dyn Bucket> = Arc::new(ObjectBucket::from_url(&url).unwrap());
+    let bucket = file_bucket(store_dir.path());
     let a_dir = tempfile::tempdir().unwrap();
     let a = open(a_dir.path(), Some(&*bucket)).unwrap();
     a.create_workspace("w").unwrap();
@@ -194,8 +199,8 @@ fn the_local_filesystem_backend_from_a_file_url_restores_too() {
         .join("bucket/workspaces/w/MANIFEST")
         .is_file());
     // Reopened from the URL: a new client on the same folder.
-    let again = ObjectBucket::from_url(&url).unwrap();
-    let (_d, b) = restored(&again);
+    let again = file_bucket(store_dir.path());
+    let (_d, b) = restored(&*again);
     assert_eq!(fingerprint(&b.workspace("w").unwrap()), fingerprint(&h));
     assert!(ObjectBucket::from_url("ftp://x/y").is_err());
 }
@@ -716,8 +721,7 @@ fn a_second_primary_on_an_in_memory_store_is_refused_naming_the_holder() {
 #[test]
 fn a_second_primary_on_a_local_filesystem_store_is_refused_naming_the_holder() {
     let store_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}/bucket", store_dir.path().display());
-    a_second_primary_is_refused(Arc::new(ObjectBucket::from_url(&url).unwrap()));
+    a_second_primary_is_refused(file_bucket(store_dir.path()));
 }
 
 #[test]
@@ -830,8 +834,7 @@ fn a_lapsed_lease_is_taken_over_with_the_next_epoch_and_the_old_primary_refuses_
 #[test]
 fn a_lapsed_lease_on_a_local_filesystem_store_is_taken_over_too() {
     let store_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}/bucket", store_dir.path().display());
-    a_lapsed_lease_is_taken_over(Arc::new(ObjectBucket::from_url(&url).unwrap()));
+    a_lapsed_lease_is_taken_over(file_bucket(store_dir.path()));
 }
 
 #[test]
