@@ -19,7 +19,9 @@
 //!  "ship_interval_ms": 1000,
 //!  "store_retention_secs": 3600,
 //!  "store_lease_secs": 30,
-//!  "store_lease_renew_ms": 0}
+//!  "store_lease_renew_ms": 0,
+//!  "replica_poll_ms": 500,
+//!  "replica_max_lag_ms": 10000}
 //! ```
 //!
 //! The last six bound what clients can hold before they are authenticated
@@ -155,6 +157,27 @@ pub struct Config {
     /// happen at shipments, so at most every `ship_interval_ms`.
     #[serde(default)]
     pub store_lease_renew_ms: u64,
+    /// A read replica (`segq serve --replica-of`): how often it looks for
+    /// new manifests and log data in the object store (milliseconds).
+    #[serde(default = "default_replica_poll_ms")]
+    pub replica_poll_ms: u64,
+    /// A read replica: the lag past which `/readyz` calls it degraded
+    /// (milliseconds since it last held everything the store held).
+    #[serde(default = "default_replica_max_lag_ms")]
+    pub replica_max_lag_ms: u64,
+}
+
+/// Milliseconds between two looks of a read replica at the object store.
+pub const DEFAULT_REPLICA_POLL_MS: u64 = 500;
+/// A read replica's lag past which it is degraded (milliseconds).
+pub const DEFAULT_REPLICA_MAX_LAG_MS: u64 = 10_000;
+
+fn default_replica_poll_ms() -> u64 {
+    DEFAULT_REPLICA_POLL_MS
+}
+
+fn default_replica_max_lag_ms() -> u64 {
+    DEFAULT_REPLICA_MAX_LAG_MS
 }
 
 /// Milliseconds between two shipments of the live log to the object store.
@@ -282,6 +305,8 @@ impl Config {
             store_retention_secs: DEFAULT_STORE_RETENTION_SECS,
             store_lease_secs: DEFAULT_STORE_LEASE_SECS,
             store_lease_renew_ms: 0,
+            replica_poll_ms: DEFAULT_REPLICA_POLL_MS,
+            replica_max_lag_ms: DEFAULT_REPLICA_MAX_LAG_MS,
         }
     }
 
@@ -368,6 +393,14 @@ impl Config {
                 "ship_interval_ms",
                 "ship_interval_ms must be at least 1".into(),
             );
+        }
+        for (name, ms) in [
+            ("replica_poll_ms", self.replica_poll_ms),
+            ("replica_max_lag_ms", self.replica_max_lag_ms),
+        ] {
+            if ms == 0 {
+                return bad(name, format!("{name} must be at least 1"));
+            }
         }
         if self.store_lease_secs == 0 {
             return bad(

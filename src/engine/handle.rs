@@ -109,6 +109,10 @@ pub struct WorkspaceHandle {
     /// The engine's: refuses writes once the node lost the object
     /// store's lease.
     fence: std::sync::OnceLock<Arc<super::store::Fence>>,
+    /// Set on a read replica's workspace: the seq of the last record
+    /// applied from the primary's log ([`Self::follow`]), which its
+    /// answers' generation is (the local log writer never writes).
+    followed: std::sync::OnceLock<AtomicU64>,
 }
 
 impl std::fmt::Debug for WorkspaceHandle {
@@ -150,6 +154,7 @@ impl WorkspaceHandle {
             cohort_limit: super::config::DEFAULT_MAX_COHORTS_PER_PARTNER,
             memory: None,
             fence: std::sync::OnceLock::new(),
+            followed: std::sync::OnceLock::new(),
         }
     }
 
@@ -459,6 +464,12 @@ impl WorkspaceHandle {
 
     fn compact_timed(&self, fs: &mut dyn Fs, held: &mut std::time::Duration) -> Result<Compacted> {
         self.check_failed()?;
+        if self.followed.get().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "workspace {} is a read replica's: its primary compacts it",
+                self.name
+            )));
+        }
         if self.memory.is_some() {
             return Err(Error::InvalidArgument(format!(
                 "workspace {} is kept in memory: it has no files to compact",
@@ -547,6 +558,70 @@ impl WorkspaceHandle {
         Error::WorkspaceFailed {
             name: self.name.clone(),
             reason,
+        }
+    }
+
+    /// Makes this a read replica's workspace: from now on its state moves
+    /// only by [`Self::follow`], and its generation is the last record
+    /// followed (now: what its log holds).
+    pub(crate) fn become_follower(&self) {
+        let seq = self.log().next_seq().saturating_sub(1);
+        let _ = self.followed.set(AtomicU64::new(seq));
+    }
+
+    /// The seq of the last record a follower applied; `None` for a
+    /// workspace that is not a read replica's.
+    pub fn followed_seq(&self) -> Option<u64> {
+        self.followed.get().map(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Applies records of the primary's log that follow the last one
+    /// applied ([`Self::become_follower`]), as log replay applies them,
+    /// under the write lock, and refreshes the saved segments they touch;
+    /// the generation becomes the last one's seq. `records` must continue
+    /// the seqs with no gap. A record that does not apply leaves the state
+    /// part way: the error says so, and the workspace must be reloaded
+    /// (the caller drops this handle).
+    pub(crate) fn follow(&self, shown: &str, records: &[crate::log::LogRecord]) -> Result<u64> {
+        let followed = self
+            .followed
+            .get()
+            .ok_or_else(|| Error::Internal(format!("workspace {} follows no log", self.name)))?;
+        let mut ws = self.write_lock()?;
+        let mut last = followed.load(Ordering::SeqCst);
+        let mut tx = Tx::new(&mut ws);
+        let mut failed = None;
+        for r in records {
+            if r.seq != last + 1 {
+                failed = Some(Error::Corrupt {
+                    path: shown.into(),
+                    reason: format!("record {} follows record {last}", r.seq),
+                });
+                break;
+            }
+            let applied = Change::decode(&r.payload, shown, r.seq)
+                .and_then(|change| tx.apply_only(&change).map(drop));
+            if let Err(e) = applied {
+                failed = Some(Error::Corrupt {
+                    path: shown.into(),
+                    reason: format!("record {} does not apply: {e}", r.seq),
+                });
+                break;
+            }
+            last = r.seq;
+        }
+        let touched = std::mem::take(&mut tx.touched);
+        let dirty = tx.dirty;
+        drop(tx);
+        if !touched.is_empty() {
+            // Under the write lock, before any reader sees the state.
+            self.live_mut().refresh(&ws, &touched, &self.bitmaps);
+        }
+        followed.store(last, Ordering::SeqCst);
+        match failed {
+            Some(e) if dirty => Err(self.fail(format!("following the primary's log: {e}"))),
+            Some(e) => Err(e),
+            None => Ok(last),
         }
     }
 
@@ -1221,6 +1296,10 @@ impl WorkspaceHandle {
     /// and the undone state gets a new one.
     pub fn view(&self) -> (RwLockReadGuard<'_, Workspace>, u64) {
         let ws = self.read();
+        if let Some(f) = self.followed.get() {
+            // Stored under the write lock with the records applied.
+            return (ws, f.load(Ordering::SeqCst));
+        }
         // Changes are applied and submitted under the write lock, so while
         // the read lock is held the view holds exactly the records up to
         // the last one submitted.
@@ -1237,6 +1316,9 @@ impl WorkspaceHandle {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
+        if let Some(f) = self.followed.get() {
+            return Some((ws, f.load(Ordering::SeqCst)));
+        }
         let seq = match self.log.try_read() {
             Ok(log) => log.next_seq(),
             Err(TryLockError::Poisoned(p)) => p.into_inner().next_seq(),

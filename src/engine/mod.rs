@@ -47,6 +47,7 @@ pub mod keys;
 mod memory;
 pub mod persist;
 pub mod record;
+pub mod replica;
 pub mod store;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
@@ -291,7 +292,8 @@ pub struct Engine {
     dir: PathBuf,
     config: Config,
     /// None only read-only, when the directory has no admin token yet.
-    admin_digest: Option<[u8; 32]>,
+    /// A read replica takes a new one from the store's server state.
+    admin_digest: RwLock<Option<[u8; 32]>>,
     workspaces: RwLock<Table>,
     /// Digest of every valid data import key.
     keys: RwLock<HashMap<[u8; 32], KeyEntry>>,
@@ -308,6 +310,8 @@ pub struct Engine {
     store: std::sync::OnceLock<Arc<store::StoreStatus>>,
     /// Refuses writes once another node took the object store's lease.
     fence: Arc<store::Fence>,
+    /// A read replica's follower status (`segq serve --replica-of`).
+    replica: std::sync::OnceLock<Arc<replica::ReplicaStatus>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -797,6 +801,57 @@ fn load_first_log(
     Ok(Some((handle, recoveries)))
 }
 
+/// Takes a data directory's `LOCK`: one process per directory.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let lock_path = dir.join("LOCK");
+    let mut lock_options = fs::OpenOptions::new();
+    lock_options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        lock_options.mode(PRIVATE_FILE);
+    }
+    let lock = lock_options
+        .open(&lock_path)
+        .map_err(Error::io_at(&lock_path))?;
+    // A child process being spawned holds a copy of the lock's file
+    // descriptor between its fork and its exec; a lock released just
+    // before may look held for that instant, so retry for a moment.
+    let mut tries = 0;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: lock_path.to_path_buf(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io_at(&lock_path)(e)),
+        }
+    }
+    Ok(lock)
+}
+
+/// A loaded workspace set up as the configuration says, its writes
+/// refused by `fence` once it is lost.
+fn configured(
+    handle: WorkspaceHandle,
+    config: &Config,
+    fence: &Arc<store::Fence>,
+) -> WorkspaceHandle {
+    let handle = handle
+        .with_max_filter_nodes(config.max_filter_nodes)
+        .with_cohort_limit(config.max_cohorts_per_partner)
+        .with_result_cache(config.result_cache_bytes)
+        .with_bucket_mask_cache(config.bucket_mask_cache_bytes);
+    handle.set_fence(fence.clone());
+    handle
+}
+
 /// Reads the admin token's digest; `None` if the file does not exist.
 fn read_admin_digest(path: &Path) -> Result<Option<[u8; 32]>> {
     match fs::read_to_string(path) {
@@ -888,36 +943,7 @@ impl Engine {
         before.apply_env(var)?;
         create_private_dir(&dir)?;
         create_private_dir(&dir.join("workspaces"))?;
-        let lock_path = dir.join("LOCK");
-        let mut lock_options = fs::OpenOptions::new();
-        lock_options.create(true).truncate(false).write(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            lock_options.mode(PRIVATE_FILE);
-        }
-        let lock = lock_options
-            .open(&lock_path)
-            .map_err(Error::io_at(&lock_path))?;
-        // A child process being spawned holds a copy of the lock's file
-        // descriptor between its fork and its exec; a lock released just
-        // before may look held for that instant, so retry for a moment.
-        let mut tries = 0;
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) if tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Locked {
-                        path: lock_path.to_path_buf(),
-                    })
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io_at(&lock_path)(e)),
-            }
-        }
+        let lock = lock_dir(&dir)?;
         let lease = match primary {
             Some(b) => {
                 let node = store::node_id(&dir)?;
@@ -951,6 +977,111 @@ impl Engine {
         };
         let engine = Self::load(dir, config, Some(admin_digest), Some(lock), Mode::ReadWrite)?;
         Ok((engine, new_token, restored, lease))
+    }
+
+    /// Opens `dir` as a read replica of the object store `bucket`
+    /// (`segq serve --replica-of`): the directory becomes a copy of the
+    /// bucket (the server's state and every workspace, downloaded and
+    /// checked whole; see [`store::mirror`]), and the engine serves it
+    /// read-only: every write is refused with `NotPrimary`, naming the
+    /// store and its primary. A directory holding workspaces that is not
+    /// a replica's (no `replica-of` file) is refused, never overwritten.
+    /// [`replica::Follower`] then keeps it up with the bucket.
+    pub fn open_replica(
+        dir: impl AsRef<Path>,
+        var: &dyn Fn(&str) -> Option<String>,
+        bucket: &dyn store::Bucket,
+    ) -> Result<(Arc<Engine>, Vec<store::StoreManifest>)> {
+        let dir = dir.as_ref().to_path_buf();
+        create_private_dir(&dir)?;
+        create_private_dir(&dir.join("workspaces"))?;
+        let lock = lock_dir(&dir)?;
+        let marker = dir.join(replica::MARKER_FILE);
+        if !marker.exists() {
+            let ws = dir.join("workspaces");
+            let held = fs::read_dir(&ws)
+                .map_err(Error::io_at(&ws))?
+                .flatten()
+                .any(|e| e.path().is_dir());
+            if held {
+                return Err(Error::Config {
+                    path: dir.clone(),
+                    reason: "holds workspaces and is not a read replica's data directory: \
+                             a replica replaces its directory's contents with the store's; \
+                             give it an empty directory"
+                        .into(),
+                });
+            }
+        }
+        write_atomically(&marker, bucket.describe().as_bytes())?;
+        let (_, manifests) = store::mirror(&dir, bucket)?;
+        let config_path = dir.join("segq.json");
+        let mut config = Config::load_existing(&config_path)?.ok_or_else(|| Error::Config {
+            path: config_path.clone(),
+            reason: "missing after the store's server state was copied".into(),
+        })?;
+        config.apply_env(var)?;
+        let admin_digest = read_admin_digest(&dir.join("admin-token.sha256"))?;
+        let engine = Self::load(dir, config, admin_digest, Some(lock), Mode::ReadWrite)?;
+        let status = Arc::new(replica::ReplicaStatus::new(
+            bucket.describe(),
+            engine.config.replica_max_lag_ms,
+        ));
+        engine.fence.lose(status.refusal(None));
+        for h in engine.handles() {
+            h.become_follower();
+        }
+        let _ = engine.replica.set(status);
+        Ok((engine, manifests))
+    }
+
+    /// A read replica's follower status; `None` on a primary.
+    pub fn replica_status(&self) -> Option<&Arc<replica::ReplicaStatus>> {
+        self.replica.get()
+    }
+
+    /// A read replica: serves `handle` (loaded from `dir/workspaces/NAME`,
+    /// a follower) as workspace `name` in place of the one served, if any,
+    /// with its keys in the indexes in place of the old one's.
+    pub(crate) fn replica_install(&self, name: &str, handle: WorkspaceHandle) {
+        let handle = configured(handle, &self.config, &self.fence);
+        handle.become_follower();
+        let handle = Arc::new(handle);
+        let mut table = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        table.live.insert(name.to_string(), handle);
+        drop(table);
+        self.replica_reindex(name);
+    }
+
+    /// A read replica: stops serving workspace `name` (gone from the
+    /// store) and drops its keys.
+    pub(crate) fn replica_remove(&self, name: &str) {
+        let mut table = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        table.live.remove(name);
+        drop(table);
+        self.replica_reindex(name);
+    }
+
+    /// A read replica: indexes workspace `name`'s keys as its state now
+    /// holds them (created and revoked by the records it followed).
+    pub(crate) fn replica_reindex(&self, name: &str) {
+        let handle = self.workspace(name);
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut api_keys = self.api_keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut last_used = self.last_used.write().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|_, e| e.workspace != name);
+        api_keys.retain(|_, e| e.workspace != name);
+        last_used.retain(|(w, _), _| w != name);
+        if let Some(h) = handle {
+            index_keys(&h, &mut keys, &mut last_used);
+            index_api_keys(&h, &mut api_keys);
+        }
+    }
+
+    /// A read replica: takes the admin token's digest of the store's
+    /// server state.
+    pub(crate) fn set_admin_digest(&self, digest: [u8; 32]) {
+        *self.admin_digest.write().unwrap_or_else(|p| p.into_inner()) = Some(digest);
     }
 
     /// Opens a data directory for queries only: nothing on disk is
@@ -1043,18 +1174,14 @@ impl Engine {
             index_keys(&handle, &mut key_index, &mut last_used);
             index_api_keys(&handle, &mut api_key_index);
             recoveries.extend(recovery.into_iter().filter(|r| !r.is_clean()));
-            let handle = handle
-                .with_max_filter_nodes(config.max_filter_nodes)
-                .with_cohort_limit(config.max_cohorts_per_partner)
-                .with_result_cache(config.result_cache_bytes)
-                .with_bucket_mask_cache(config.bucket_mask_cache_bytes);
-            handle.set_fence(fence.clone());
-            table.live.insert(name, Arc::new(handle));
+            table
+                .live
+                .insert(name, Arc::new(configured(handle, &config, &fence)));
         }
         Ok(Arc::new(Engine {
             dir,
             config,
-            admin_digest,
+            admin_digest: RwLock::new(admin_digest),
             workspaces: RwLock::new(table),
             keys: RwLock::new(key_index),
             api_keys: RwLock::new(api_key_index),
@@ -1064,6 +1191,7 @@ impl Engine {
             read_only: mode == Mode::ReadOnly,
             store: std::sync::OnceLock::new(),
             fence,
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -1087,6 +1215,15 @@ impl Engine {
     /// What refuses writes once this node lost the object store's lease.
     pub fn fence(&self) -> &Arc<store::Fence> {
         &self.fence
+    }
+
+    fn check_not_replica(&self) -> Result<()> {
+        match self.replica.get() {
+            Some(r) => Err(Error::NotPrimary {
+                reason: r.refusal(None),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -1117,8 +1254,8 @@ impl Engine {
 
     /// Whether `token` is the admin token (constant time).
     pub fn check_admin_token(&self, token: &str) -> bool {
-        self.admin_digest
-            .is_some_and(|d| keys::same_digest(&keys::digest(token), &d))
+        let digest = *self.admin_digest.read().unwrap_or_else(|p| p.into_inner());
+        digest.is_some_and(|d| keys::same_digest(&keys::digest(token), &d))
     }
 
     /// Creates a workspace. Returns false if it exists already. Refused:
@@ -1394,7 +1531,7 @@ impl Engine {
             return Err(ProtocolError::Unauthorized(texts::PARTNER_NOT_ENABLED));
         }
         let now = to_ms(now);
-        if used.used(now) {
+        if used.used(now) && self.replica.get().is_none() {
             handle.note_key_used(&key_id, now);
         }
         Ok((handle, key_id))
@@ -1639,12 +1776,17 @@ impl Engine {
 
     /// Folds a workspace's log into a new snapshot generation now.
     pub fn compact(&self, workspace: &str) -> Result<Compacted> {
+        self.check_not_replica()?;
         self.existing(workspace)?.compact()
     }
 
     /// Compacts every workspace whose log passed a threshold of the
     /// configuration; returns what was done.
     pub fn compact_due(&self) -> Vec<(String, Result<Compacted>)> {
+        if self.replica.get().is_some() {
+            // The primary compacts; its snapshots arrive through the store.
+            return Vec::new();
+        }
         let all: Vec<Arc<WorkspaceHandle>> = {
             let table = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
             table.live.values().cloned().collect()

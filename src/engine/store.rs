@@ -688,7 +688,7 @@ pub struct StoredLog {
 }
 
 impl StoredLog {
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.pieces.last().map_or(0, |p| p.end)
     }
 }
@@ -913,7 +913,7 @@ fn workspace_prefix(name: &str) -> String {
     format!("workspaces/{name}/")
 }
 
-fn manifest_key(name: &str) -> String {
+pub(crate) fn manifest_key(name: &str) -> String {
     format!("workspaces/{name}/MANIFEST")
 }
 
@@ -1707,6 +1707,12 @@ impl Fence {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Refuses every write from now on, saying `why` in place of any
+    /// reason before (a read replica names the primary it last saw).
+    pub(crate) fn refuse_with(&self, why: String) {
+        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
     /// Refuses every write from now on (the first reason stays).
     pub fn lose(&self, why: String) {
         let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
@@ -2025,7 +2031,12 @@ fn local_end(dir: &Path) -> Result<Option<u64>> {
 }
 
 /// Appends the object `o` to `out`, checking its size and SHA-256.
-fn fetch(bucket: &dyn Bucket, o: &ObjectRef, out: &mut fs::File, bytes: &mut u64) -> Result<()> {
+pub(crate) fn fetch(
+    bucket: &dyn Bucket,
+    o: &ObjectRef,
+    out: &mut fs::File,
+    bytes: &mut u64,
+) -> Result<()> {
     let at = format!("{}/{}", bucket.describe(), o.key);
     let (size, sha) = bucket.get_into(&o.key, out)?.ok_or_else(|| Error::Store {
         location: at.clone(),
@@ -2051,7 +2062,12 @@ fn fetch(bucket: &dyn Bucket, o: &ObjectRef, out: &mut fs::File, bytes: &mut u64
 }
 
 /// Downloads a workspace into `dir` (empty) and checks it whole.
-fn download(bucket: &dyn Bucket, m: &StoreManifest, dir: &Path, bytes: &mut u64) -> Result<()> {
+pub(crate) fn download(
+    bucket: &dyn Bucket,
+    m: &StoreManifest,
+    dir: &Path,
+    bytes: &mut u64,
+) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io_at(dir))?;
     let at = format!("{}/{}", bucket.describe(), manifest_key(&m.workspace));
     let bad = |reason: String| Error::Store {
@@ -2143,29 +2159,8 @@ fn prepare(data: &Path, bucket: &dyn Bucket, staging: &Path) -> Result<Prepared>
         )?),
         _ => None,
     };
-    let mut names = BTreeSet::new();
-    for o in bucket.list("workspaces")? {
-        if let Some(name) = o
-            .key
-            .strip_prefix("workspaces/")
-            .and_then(|k| k.strip_suffix("/MANIFEST"))
-        {
-            names.insert(name.to_string());
-        }
-    }
-    for name in names {
-        let key = manifest_key(&name);
-        let at = format!("{}/{key}", bucket.describe());
-        let Some(bytes) = bucket.get(&key)? else {
-            continue;
-        };
-        let m = StoreManifest::from_bytes(&at, &bytes)?;
-        if m.workspace != name {
-            return Err(Error::Store {
-                location: at,
-                reason: format!("names workspace {:?}", m.workspace),
-            });
-        }
+    for m in bucket_manifests(bucket)? {
+        let name = m.workspace.clone();
         let local = data.join("workspaces").join(&name);
         // A manifest of a later lease than this node last held was
         // published by another primary: the local files may hold records
@@ -2183,6 +2178,96 @@ fn prepare(data: &Path, bucket: &dyn Bucket, staging: &Path) -> Result<Prepared>
     }
     out.server = server.is_some();
     Ok((out, server))
+}
+
+/// Every workspace's `MANIFEST` in the bucket, checked, by name.
+pub(crate) fn bucket_manifests(bucket: &dyn Bucket) -> Result<Vec<StoreManifest>> {
+    let mut names = BTreeSet::new();
+    for o in bucket.list("workspaces")? {
+        if let Some(name) = o
+            .key
+            .strip_prefix("workspaces/")
+            .and_then(|k| k.strip_suffix("/MANIFEST"))
+        {
+            names.insert(name.to_string());
+        }
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let key = manifest_key(&name);
+        let at = format!("{}/{key}", bucket.describe());
+        // Listed, then gone: the workspace was deleted meanwhile.
+        let Some(bytes) = bucket.get(&key)? else {
+            continue;
+        };
+        let m = StoreManifest::from_bytes(&at, &bytes)?;
+        if m.workspace != name {
+            return Err(Error::Store {
+                location: at,
+                reason: format!("names workspace {:?}", m.workspace),
+            });
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// The server's state in the bucket, checked; `None` if there is none.
+pub(crate) fn bucket_server_state(bucket: &dyn Bucket) -> Result<Option<ServerState>> {
+    match bucket.get(SERVER_STATE)? {
+        Some(bytes) => Ok(Some(ServerState::from_bytes(
+            &format!("{}/{SERVER_STATE}", bucket.describe()),
+            &bytes,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// Makes `data` (locked by the caller) a copy of the bucket for a read
+/// replica: the server's state (required: a store no primary shipped to
+/// yet is refused) and every workspace, downloaded and checked whole
+/// whatever the local files hold; local workspaces the bucket does not
+/// hold are removed. Changes nothing when a download fails. Returns the
+/// manifests the copy is of.
+pub(crate) fn mirror(data: &Path, bucket: &dyn Bucket) -> Result<(Restored, Vec<StoreManifest>)> {
+    let staging = data.join(RESTORE_DIR);
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(Error::io_at(&staging))?;
+    }
+    let prepared = (|| {
+        let server = bucket_server_state(bucket)?.ok_or_else(|| Error::Store {
+            location: format!("{}/{SERVER_STATE}", bucket.describe()),
+            reason: "missing: no primary has shipped to this store yet".into(),
+        })?;
+        let manifests = bucket_manifests(bucket)?;
+        let mut out = Restored {
+            server: true,
+            ..Restored::default()
+        };
+        for m in &manifests {
+            download(bucket, m, &staging.join(&m.workspace), &mut out.bytes)?;
+            out.workspaces.push((m.workspace.clone(), m.end_seq));
+        }
+        Ok((out, server, manifests))
+    })();
+    let out = prepared.and_then(|(out, server, manifests)| {
+        let keep: BTreeSet<&str> = manifests.iter().map(|m| m.workspace.as_str()).collect();
+        let ws = data.join("workspaces");
+        if ws.is_dir() {
+            for entry in fs::read_dir(&ws).map_err(Error::io_at(&ws))?.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !keep.contains(name.as_str()) && entry.path().is_dir() {
+                    fs::remove_dir_all(entry.path()).map_err(Error::io_at(entry.path()))?;
+                }
+            }
+        }
+        let out = install(data, &staging, out, Some(server))?;
+        Ok((out, manifests))
+    });
+    if staging.exists() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    out
 }
 
 fn install(

@@ -282,8 +282,46 @@ pub(crate) fn scan(
     let n = HEADER_LEN.min(file_len) as usize;
     reader.read_exact(&mut header[..n])?;
     let first_seq = decode_header(path, &header[..n])?;
+    scan_records(reader, file_len, HEADER_LEN, first_seq, visit)
+}
 
-    let mut offset = HEADER_LEN;
+/// [`scan`] of the records from byte `offset` on (a record boundary past
+/// the header, as a [`Recovery::valid_len`] is), the first expected to be
+/// `first_seq`: what a reader following a growing log reads of its new
+/// bytes. The `Recovery` speaks of those records only (`first_seq` is the
+/// one given; `valid_len` and `file_len` are offsets in the whole file).
+pub(crate) fn scan_from(
+    file: &mut dyn LogFile,
+    path: &str,
+    offset: u64,
+    first_seq: u64,
+    visit: &mut dyn FnMut(u64, &[u8]),
+) -> Result<Recovery, LogError> {
+    let file_len = file.len().map_err(|e| LogError::io(path, "stat", e))?;
+    if offset < HEADER_LEN || offset > file_len {
+        return Err(LogError::io(
+            path,
+            "read",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("offset {offset} is not a record boundary of a {file_len}-byte log"),
+            ),
+        ));
+    }
+    let mut reader = Reader::new(file, path);
+    reader.pos = offset;
+    scan_records(reader, file_len, offset, first_seq, visit)
+}
+
+/// The records of `reader` from `offset` (where it stands) to `file_len`.
+fn scan_records(
+    mut reader: Reader<'_>,
+    file_len: u64,
+    mut offset: u64,
+    first_seq: u64,
+    visit: &mut dyn FnMut(u64, &[u8]),
+) -> Result<Recovery, LogError> {
+    let path = reader.path;
     let mut expected = first_seq;
     let mut records = 0u64;
     let mut payload = Vec::new();

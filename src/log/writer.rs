@@ -244,6 +244,25 @@ impl LogWriter {
         Ok(Replay { records, recovery })
     }
 
+    /// [`Self::scan`] of the records from byte `offset` on, the first
+    /// expected to be `first_seq`: the new bytes of a log that grew since
+    /// it was read up to `offset` (a record boundary).
+    pub fn scan_from(
+        file: &mut dyn LogFile,
+        offset: u64,
+        first_seq: u64,
+    ) -> Result<Replay, LogError> {
+        let path = file.name();
+        let mut records = Vec::new();
+        let recovery = format::scan_from(file, &path, offset, first_seq, &mut |seq, payload| {
+            records.push(LogRecord {
+                seq,
+                payload: payload.to_vec(),
+            })
+        })?;
+        Ok(Replay { records, recovery })
+    }
+
     fn from_parts(
         file: Box<dyn LogFile>,
         path: String,

@@ -44,7 +44,14 @@
 //!   `segq_store_last_ship_timestamp_seconds` (the last shipment that
 //!   shipped everything), `segq_store_lag_seconds` (since then), and by
 //!   workspace `segq_store_shipped_seq` and `segq_store_unshipped_records`
-//!   (durable records not in the bucket yet).
+//!   (durable records not in the bucket yet);
+//! - on a read replica (`--replica-of`): `segq_replica_lag_seconds` (since
+//!   it last held everything the store held), `segq_replica_polls_total`,
+//!   `segq_replica_poll_errors_total`, `segq_replica_downloaded_bytes_total`,
+//!   `segq_replica_records_applied_total`, `segq_replica_reloads_total`
+//!   (workspaces downloaded whole and swapped in), `segq_replica_degraded`
+//!   (0 or 1), and by workspace `segq_replica_applied_seq` and
+//!   `segq_replica_store_seq` (the last seq the store's manifest names).
 //!
 //! Routes are fixed when the router is built, so recording a request is a
 //! hash lookup and a few relaxed atomic adds: no lock, no allocation.
@@ -468,6 +475,92 @@ pub fn render_store(engine: &crate::engine::Engine, out: &mut String) {
     })();
 }
 
+/// A read replica's counters and gauges, when it is one.
+pub fn render_replica(engine: &crate::engine::Engine, out: &mut String) {
+    let Some(st) = engine.replica_status() else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let _ = (|| -> std::fmt::Result {
+        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} {kind}")?;
+            writeln!(out, "{name} {v}")
+        };
+        one(
+            out,
+            "segq_replica_lag_seconds",
+            "gauge",
+            "Seconds since this replica last held everything the object store held.",
+            st.lag_ms(now) as f64 / 1000.0,
+        )?;
+        for (name, help, v) in [
+            (
+                "segq_replica_polls_total",
+                "Looks at the object store.",
+                &st.polls,
+            ),
+            (
+                "segq_replica_poll_errors_total",
+                "Looks at the object store that failed.",
+                &st.poll_errors,
+            ),
+            (
+                "segq_replica_downloaded_bytes_total",
+                "Bytes downloaded from the object store.",
+                &st.bytes,
+            ),
+            (
+                "segq_replica_records_applied_total",
+                "Log records of the primary applied.",
+                &st.records,
+            ),
+            (
+                "segq_replica_reloads_total",
+                "Workspaces downloaded whole and swapped in after the first copy.",
+                &st.reloads,
+            ),
+        ] {
+            one(out, name, "counter", help, v.load(Relaxed) as f64)?;
+        }
+        one(
+            out,
+            "segq_replica_degraded",
+            "gauge",
+            "1 while the replica lags past replica_max_lag_ms or its looks fail (see /readyz).",
+            if st.degraded(now).is_some() { 1.0 } else { 0.0 },
+        )?;
+        let following = st.following();
+        writeln!(
+            out,
+            "# HELP segq_replica_applied_seq The last log seq applied: the generation answered."
+        )?;
+        writeln!(out, "# TYPE segq_replica_applied_seq gauge")?;
+        for (name, f) in &following {
+            writeln!(
+                out,
+                "segq_replica_applied_seq{{workspace=\"{}\"}} {}",
+                escape(name),
+                f.seq
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP segq_replica_store_seq The last log seq the object store's manifest names."
+        )?;
+        writeln!(out, "# TYPE segq_replica_store_seq gauge")?;
+        for (name, f) in &following {
+            writeln!(
+                out,
+                "segq_replica_store_seq{{workspace=\"{}\"}} {}",
+                escape(name),
+                f.bucket_seq
+            )?;
+        }
+        Ok(())
+    })();
+}
+
 /// Each workspace's result cache and live segments.
 pub fn render_workspaces(engine: &crate::engine::Engine, out: &mut String) {
     type Row = (
@@ -626,6 +719,7 @@ pub async fn handler(State(state): State<Arc<AppState>>) -> Response {
     render_connections(&state.conns, &mut text);
     render_workspaces(&state.engine, &mut text);
     render_store(&state.engine, &mut text);
+    render_replica(&state.engine, &mut text);
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -355,6 +355,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .route(CONSOLE_ASSET, json_405(get(console::console_asset)))
         .fallback(error::not_found)
         .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(state.clone(), ops::replica_lag))
         .layer(axum::middleware::from_fn(ops::request_id))
         .with_state(state.clone());
     (app, state)

@@ -90,7 +90,30 @@ fn degraded(engine: &Engine) -> Vec<Value> {
             st.degraded(now).map(|m| (check, m))
         })
         .map(|(check, message)| vec![json!({"check": check, "message": message})])
-        .unwrap_or_default()
+        .into_iter()
+        .chain(
+            engine
+                .replica_status()
+                .and_then(|r| r.degraded(now))
+                .map(|message| vec![json!({"check": "replica_lag", "message": message})]),
+        )
+        .flatten()
+        .collect()
+}
+
+/// The header a read replica puts on every answer: milliseconds since it
+/// last held everything the object store held.
+pub static X_REPLICA_LAG_MS: HeaderName = HeaderName::from_static("x-replica-lag-ms");
+
+/// On a read replica: adds [`X_REPLICA_LAG_MS`] to every answer.
+pub async fn replica_lag(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if let Some(r) = state.engine.replica_status() {
+        let lag = r.lag_ms(chrono::Utc::now().timestamp_millis());
+        resp.headers_mut()
+            .insert(X_REPLICA_LAG_MS.clone(), HeaderValue::from(lag));
+    }
+    resp
 }
 
 /// `GET /healthz`'s and `GET /readyz`'s answers.
@@ -105,7 +128,9 @@ pub struct Health {
     not_ready: Option<Vec<NotReady>>,
     /// `/readyz`: what serves but is degraded (`object_store`: shipments
     /// to the object store fail or lag; `object_store_lease`: another
-    /// node took the store's lease, and writes are refused).
+    /// node took the store's lease, and writes are refused;
+    /// `replica_lag`: a read replica lags past `replica_max_lag_ms` or
+    /// cannot read the store).
     degraded: Option<Vec<NotReady>>,
 }
 
@@ -113,7 +138,8 @@ pub struct Health {
 #[allow(dead_code)]
 #[derive(utoipa::ToSchema)]
 pub struct NotReady {
-    /// `shutting_down` or `log_writable`; under `degraded`, `object_store`.
+    /// `shutting_down` or `log_writable`; under `degraded`,
+    /// `object_store`, `object_store_lease` or `replica_lag`.
     check: String,
     /// The workspace whose log does not take writes.
     workspace: Option<String>,

@@ -859,3 +859,43 @@ fn log_errors_do_not_import_the_format() {
     let layout = crate::golden::code_of("src/log/layout.rs");
     assert!(!layout.contains("super::") && !layout.contains("crate::"));
 }
+
+#[test]
+fn scan_from_reads_only_the_records_after_a_boundary_and_checks_their_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grows.segqlog");
+    let w = create_file(&path, 7).unwrap();
+    for i in 0..3u8 {
+        w.append(&[i; 10]).unwrap();
+    }
+    let mut f = segq::log::FsFile::open(&path).unwrap();
+    let first = LogWriter::scan(&mut f).unwrap();
+    let boundary = first.recovery.valid_len;
+    for i in 3..5u8 {
+        w.append(&[i; 20]).unwrap();
+    }
+    let mut f = segq::log::FsFile::open(&path).unwrap();
+    let all = LogWriter::scan(&mut f).unwrap();
+    let tail = LogWriter::scan_from(&mut f, boundary, 10).unwrap();
+    assert!(tail.recovery.is_clean(), "{}", tail.recovery);
+    assert_eq!(tail.recovery.valid_len, all.recovery.valid_len);
+    let seqs: Vec<u64> = tail.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![10, 11]);
+    assert_eq!(tail.records[1].payload, vec![4u8; 20]);
+    // A seq that does not follow is damage, nothing read.
+    let wrong = LogWriter::scan_from(&mut f, boundary, 11).unwrap();
+    assert!(matches!(
+        wrong.recovery.reason,
+        Some(Damage::WrongSeq { expected: 11, found: 10, .. })
+    ));
+    assert!(wrong.records.is_empty());
+    // Not at a record boundary: nothing good is read.
+    let off = LogWriter::scan_from(&mut f, boundary + 1, 10).unwrap();
+    assert!(!off.recovery.is_clean() && off.records.is_empty());
+    // Inside the header or past the end: refused.
+    assert!(LogWriter::scan_from(&mut f, 3, 7).is_err());
+    assert!(LogWriter::scan_from(&mut f, all.recovery.valid_len + 1, 12).is_err());
+    // At the end: nothing, clean.
+    let end = LogWriter::scan_from(&mut f, all.recovery.valid_len, 12).unwrap();
+    assert!(end.recovery.is_clean() && end.records.is_empty());
+}

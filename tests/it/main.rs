@@ -32,6 +32,7 @@ mod query_safety;
 mod quick_answers;
 mod reference;
 mod reference_props;
+mod replica;
 mod seams;
 mod segment_parse;
 mod segments;

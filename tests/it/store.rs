@@ -61,17 +61,17 @@ impl Bucket for FailAfter {
     }
 }
 
-fn memory() -> Arc<dyn Bucket> {
+pub(crate) fn memory() -> Arc<dyn Bucket> {
     Arc::new(ObjectBucket::in_memory().unwrap())
 }
 
 /// A bucket in a folder of `dir`, through a `file://` URL.
-fn file_bucket(dir: &Path) -> Arc<dyn Bucket> {
+pub(crate) fn file_bucket(dir: &Path) -> Arc<dyn Bucket> {
     let url = format!("file://{}/bucket", dir.display());
     Arc::new(ObjectBucket::from_url(&url).unwrap())
 }
 
-fn no_env(_: &str) -> Option<String> {
+pub(crate) fn no_env(_: &str) -> Option<String> {
     None
 }
 
@@ -81,7 +81,7 @@ fn open(dir: &Path, bucket: Option<&dyn Bucket>) -> segq::Result<Arc<Engine>> {
 
 /// Acknowledged writes, round `r`: users, a partner import, a saved
 /// segment.
-fn writes(h: &WorkspaceHandle, r: u32) {
+pub(crate) fn writes(h: &WorkspaceHandle, r: u32) {
     let base = r * 50;
     let users: Vec<NewUser> = (base..base + 50)
         .map(|i| NewUser {
@@ -109,7 +109,7 @@ fn writes(h: &WorkspaceHandle, r: u32) {
     .unwrap();
 }
 
-fn count(h: &WorkspaceHandle, filter: &str) -> u64 {
+pub(crate) fn count(h: &WorkspaceHandle, filter: &str) -> u64 {
     let f = segq::segment::parse(filter).unwrap();
     let (ws, _) = h.view();
     segq::query::count(&ws, h.bitmaps(), &f, false)
@@ -885,7 +885,7 @@ fn write_lease_fixtures() {
 // ---- Against a real S3-compatible server (moto) ---------------------------
 
 /// `moto_server` on a free port, killed when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: std::process::Child,
     endpoint: String,
 }
@@ -900,7 +900,7 @@ impl Drop for Moto {
 impl Moto {
     /// Starts one, or `None` (saying why) when `moto_server` is not
     /// installed; with `SEGQ_REQUIRE_S3=1` that fails the test instead.
-    fn start() -> Option<Moto> {
+    pub(crate) fn start() -> Option<Moto> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -941,7 +941,7 @@ impl Moto {
     }
 
     /// Creates the bucket `name`.
-    fn bucket(&self, name: &str) {
+    pub(crate) fn bucket(&self, name: &str) {
         let r = crate::support::server::client()
             .put(format!("{}/{name}", self.endpoint))
             .send()
@@ -954,7 +954,7 @@ impl Moto {
     }
 
     /// The options that point a store at it (dummy credentials).
-    fn options(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn options(&self) -> Vec<(&'static str, String)> {
         vec![
             ("aws_endpoint", self.endpoint.clone()),
             ("aws_allow_http", "true".into()),
@@ -965,7 +965,7 @@ impl Moto {
         ]
     }
 
-    fn store(&self, url: &str) -> Arc<dyn Bucket> {
+    pub(crate) fn store(&self, url: &str) -> Arc<dyn Bucket> {
         let opts = self.options();
         let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Arc::new(ObjectBucket::from_url_with(url, &opts).unwrap())

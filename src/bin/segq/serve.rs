@@ -42,6 +42,14 @@ pub struct ServeArgs {
     /// node takes it over.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Serves as a read replica of the object store a primary ships to
+    /// (the URL its `--store` names): the data directory (empty, or a
+    /// replica's) becomes a copy of the store, then new manifests and log
+    /// data are applied every `replica_poll_ms`. Counts, estimates,
+    /// members and checks are answered; writes are refused, naming the
+    /// primary. Each answer carries `X-Replica-Lag-Ms`.
+    #[arg(long, value_name = "URL", conflicts_with = "store")]
+    replica_of: Option<String>,
 }
 
 /// The data directory and the flags that override its configuration
@@ -167,12 +175,25 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         )),
         None => None,
     };
-    let (engine, lease) = match &bucket {
-        Some(b) => {
+    let replica: Option<std::sync::Arc<dyn segq::engine::store::Bucket>> = match &args.replica_of {
+        Some(url) => Some(std::sync::Arc::new(
+            segq::engine::store::ObjectBucket::from_url(url)?,
+        )),
+        None => None,
+    };
+    let mut following = None;
+    let (engine, lease) = match (&bucket, replica) {
+        (Some(b), _) => {
             let (e, l) = data::open_from_store(&args.config.data, b.clone())?;
             (e, Some(l))
         }
-        None => (data::open(&args.config.data, Access::Write)?, None),
+        (None, Some(r)) => {
+            let (e, f) = data::open_replica(&args.config.data, r)?;
+            let every = std::time::Duration::from_millis(e.config().replica_poll_ms.max(1));
+            following = Some(f.start(every));
+            (e, None)
+        }
+        (None, None) => (data::open(&args.config.data, Access::Write)?, None),
     };
     let shipping = match (bucket, lease) {
         (Some(b), Some(l)) => {
@@ -186,7 +207,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     // Fold logs into snapshots when they pass the configured thresholds,
     // looked at every second (two file sizes a workspace); a compaction
     // cut short by the process exiting is safe by construction.
-    engine.start_compactor(std::time::Duration::from_secs(1));
+    // A replica's primary compacts: its snapshots come through the store.
+    if following.is_none() {
+        engine.start_compactor(std::time::Duration::from_secs(1));
+    }
     let mut config = engine.config().clone();
     args.config.apply(&mut config);
     let mut options = segq::server::ServerOptions::from_config(&config);
@@ -221,6 +245,9 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .map_err(Error::io_at(format!("serving on {addr}")))?;
         Ok::<(), Error>(())
     })?;
+    if let Some(f) = following {
+        f.stop();
+    }
     // The logs are synced: ship what they hold a last time.
     if let Some(t) = shipping {
         match t.stop() {
