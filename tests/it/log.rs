@@ -886,7 +886,11 @@ fn scan_from_reads_only_the_records_after_a_boundary_and_checks_their_seqs() {
     let wrong = LogWriter::scan_from(&mut f, boundary, 11).unwrap();
     assert!(matches!(
         wrong.recovery.reason,
-        Some(Damage::WrongSeq { expected: 11, found: 10, .. })
+        Some(Damage::WrongSeq {
+            expected: 11,
+            found: 10,
+            ..
+        })
     ));
     assert!(wrong.records.is_empty());
     // Not at a record boundary: nothing good is read.

@@ -80,6 +80,13 @@ pub struct LoadtestArgs {
     /// query clients and the final check (default: SEGQ_TOKEN).
     #[arg(long, requires = "server")]
     token: Option<String>,
+    /// With --server: the base URL of a read replica of it (`segq serve
+    /// --replica-of` its store). Every 200 ms a probe reads the server's
+    /// generation and times how long until the replica answers at that
+    /// generation or later (the replica lag, shipping included); at equal
+    /// generations the two counts must agree.
+    #[arg(long, requires = "server")]
+    replica: Option<String>,
 }
 
 const WS: &str = "load";
@@ -113,6 +120,14 @@ struct Figures {
     errors: BTreeMap<String, u64>,
     changes: u64,
     rounds: u64,
+    /// From a state of the server to the replica answering it.
+    replica_lag: Latencies,
+    /// Probes the replica did not answer within a minute.
+    replica_timeouts: u64,
+    /// Probes that met the replica at the server's very generation, and
+    /// of those, the counts that differed.
+    replica_equal: u64,
+    replica_mismatches: u64,
 }
 
 /// When compactions ran: each started one, and its end once it ended.
@@ -216,6 +231,8 @@ struct Target {
     token: String,
     /// How often the compactions are looked at.
     poll: Duration,
+    /// A read replica of the server, to time its lag.
+    replica: Option<String>,
 }
 
 /// The compactions so far, as the target tells them.
@@ -292,6 +309,7 @@ fn run_local(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(),
         data_import_key: secret,
         token,
         poll: Duration::from_millis(5),
+        replica: None,
     };
     let stats = || engine.workspace(WS).map(|h| h.compaction_stats());
     let report = drive(args, &target, &stats);
@@ -318,6 +336,10 @@ fn run_remote(args: &LoadtestArgs, server: &str, out: &mut dyn Write) -> Result<
         )?,
         token: crate::sync::secret(&args.token, "SEGQ_TOKEN", "--token")?,
         poll: Duration::from_millis(50),
+        replica: match &args.replica {
+            Some(r) => Some(crate::sync::server_url(r)?),
+            None => None,
+        },
     };
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -399,6 +421,10 @@ fn drive(args: &LoadtestArgs, target: &Target, stats: StatsFn<'_>) -> Result<Val
         for q in 0..args.query_clients {
             let (shared, shapes, done) = (&shared, &shapes, &done);
             s.spawn(move || query_client(q, args, target, shapes, done, shared));
+        }
+        if let Some(replica) = &target.replica {
+            let (shared, shapes, syncing) = (&shared, &shapes, &syncing);
+            s.spawn(move || replica_probe(target, replica, &shapes[0], syncing, shared));
         }
         // The compactions, as they start and end.
         let watcher = {
@@ -504,7 +530,91 @@ fn drive(args: &LoadtestArgs, target: &Target, stats: StatsFn<'_>) -> Result<Val
         "lost": lost,
         "extra": extra,
         "unmatched": unmatched,
+        "replica": target.replica.as_ref().map(|_| json!({
+            "probes": f.replica_lag.0.len(),
+            "lag_p50_ms": f.replica_lag.ms(0.5),
+            "lag_p99_ms": f.replica_lag.ms(0.99),
+            "lag_max_ms": f.replica_lag.ms(1.0),
+            "timeouts": f.replica_timeouts,
+            "equal_generations": f.replica_equal,
+            "mismatches": f.replica_mismatches,
+        })),
     }))
+}
+
+/// A count's answer and generation at `base`.
+fn count_at(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    target: &Target,
+    filter: &str,
+) -> Option<(u64, u64)> {
+    let url = format!("{base}/workspaces/{}/segments/count", target.workspace);
+    let r = client
+        .post(&url)
+        .bearer_auth(&target.token)
+        .json(&json!({ "filter": filter }))
+        .send()
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: Value = r.json().ok()?;
+    Some((v["count"].as_u64()?, v["generation"].as_u64()?))
+}
+
+/// Every 200 ms while the clients sync: the server's generation, then
+/// the time until the replica answers at it or later.
+fn replica_probe(
+    target: &Target,
+    replica: &str,
+    filter: &str,
+    syncing: &AtomicBool,
+    shared: &Shared,
+) {
+    let Ok(client) = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+    else {
+        shared.error("replica probe".into());
+        return;
+    };
+    while syncing.load(Ordering::SeqCst) {
+        let t0 = Instant::now();
+        let Some((count, generation)) = count_at(&client, &target.base, target, filter) else {
+            shared.error("probe of the server".into());
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        loop {
+            match count_at(&client, replica, target, filter) {
+                Some((c, g)) if g >= generation => {
+                    let us = t0.elapsed().as_micros() as u64;
+                    let mut f = shared.figures.lock().unwrap_or_else(|p| p.into_inner());
+                    f.replica_lag.0.push(us);
+                    if g == generation {
+                        f.replica_equal += 1;
+                        if c != count {
+                            f.replica_mismatches += 1;
+                        }
+                    }
+                    break;
+                }
+                Some(_) => {}
+                None => shared.error("probe of the replica".into()),
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                shared
+                    .figures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replica_timeouts += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Prints the figures; fails when a cohort differs from what its client
@@ -530,11 +640,33 @@ fn finish(args: &LoadtestArgs, r: Value, out: &mut dyn Write) -> Result<(), Fail
             r["errors"], r["errors_by_status"], r["lost"], r["extra"]
         )
         .map_err(io_err)?;
+        let rep = &r["replica"];
+        if !rep.is_null() {
+            writeln!(
+                out,
+                "replica: {} probes, lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} timeouts; \
+                 {} at equal generations, {} counts differed",
+                rep["probes"],
+                n(&rep["lag_p50_ms"]),
+                n(&rep["lag_p99_ms"]),
+                n(&rep["lag_max_ms"]),
+                rep["timeouts"],
+                rep["equal_generations"],
+                rep["mismatches"]
+            )
+            .map_err(io_err)?;
+        }
     }
     let (lost, extra) = (
         r["lost"].as_u64().unwrap_or(0),
         r["extra"].as_u64().unwrap_or(0),
     );
+    let mismatches = r["replica"]["mismatches"].as_u64().unwrap_or(0);
+    if mismatches > 0 {
+        return Err(Failure::Other(format!(
+            "the replica answered {mismatches} counts unlike the server's at the same generation"
+        )));
+    }
     if lost > 0 || extra > 0 {
         return Err(Failure::Other(format!(
             "the cohorts differ from what their clients had acknowledged: {lost} lost, {extra} extra"
