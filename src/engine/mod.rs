@@ -1014,7 +1014,7 @@ impl Engine {
             }
         }
         write_atomically(&marker, bucket.describe().as_bytes())?;
-        let (_, manifests) = store::mirror(&dir, bucket)?;
+        let (restored, manifests) = store::mirror(&dir, bucket)?;
         let config_path = dir.join("segq.json");
         let mut config = Config::load_existing(&config_path)?.ok_or_else(|| Error::Config {
             path: config_path.clone(),
@@ -1027,6 +1027,9 @@ impl Engine {
             bucket.describe(),
             engine.config.replica_max_lag_ms,
         ));
+        status
+            .bytes
+            .fetch_add(restored.bytes, std::sync::atomic::Ordering::Relaxed);
         engine.fence.lose(status.refusal(None));
         for h in engine.handles() {
             h.become_follower();

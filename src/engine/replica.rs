@@ -439,12 +439,14 @@ impl Follower {
         Ok(())
     }
 
-    /// Appends the new pieces to the local logs and applies their records.
+    /// Appends the new pieces to the local logs (or, for a log whose
+    /// pieces the primary merged, replaces it by the merged one, checked
+    /// to hold the local bytes) and applies their records.
     fn append(
         &self,
         m: &StoreManifest,
         prev: &StoreManifest,
-        new: Vec<(usize, usize)>,
+        new: Vec<Grow>,
         out: &mut Polled,
     ) -> Result<()> {
         let handle =
@@ -454,10 +456,18 @@ impl Follower {
                     name: m.workspace.clone(),
                 })?;
         let dir = self.engine.dir().join("workspaces").join(&m.workspace);
-        for (i, from) in new {
+        for Grow {
+            log: i,
+            from,
+            merged,
+        } in new
+        {
             let log = &m.logs[i];
             let path = dir.join(&log.name);
             let had = prev.logs.get(i).map_or(0, |l| l.len());
+            if merged {
+                self.replace_log(&path, log, had, &mut out.bytes)?;
+            }
             let mut f = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -467,14 +477,15 @@ impl Follower {
             let len = f
                 .seek(std::io::SeekFrom::End(0))
                 .map_err(Error::io_at(&path))?;
-            if len != had {
+            let expected = if merged { log.len() } else { had };
+            if len != expected {
                 return Err(Error::Corrupt {
                     path: path.clone(),
-                    reason: format!("{len} bytes, the manifest followed says {had}"),
+                    reason: format!("{len} bytes, {expected} expected"),
                 });
             }
             let fetched = (|| {
-                for piece in &log.pieces[from..] {
+                for piece in log.pieces.iter().skip(from) {
                     let at = f
                         .seek(std::io::SeekFrom::End(0))
                         .map_err(Error::io_at(&path))?;
@@ -533,6 +544,52 @@ impl Follower {
         // Keys created or revoked by the records: a handful a workspace.
         self.engine.replica_reindex(&m.workspace);
         Ok(())
+    }
+
+    /// Replaces the local log at `path` (its first `had` bytes applied) by
+    /// the bucket's `log`, whose pieces the primary merged: downloaded
+    /// beside it, checked (sizes, SHA-256, its first `had` bytes the local
+    /// ones), then renamed over it. Only the bytes past `had` are new.
+    fn replace_log(
+        &self,
+        path: &std::path::Path,
+        log: &store::StoredLog,
+        had: u64,
+        bytes: &mut u64,
+    ) -> Result<()> {
+        let tmp = path.with_extension("replica-tmp");
+        let r = (|| {
+            let mut f = fs::File::create(&tmp).map_err(Error::io_at(&tmp))?;
+            for piece in &log.pieces {
+                let at = f
+                    .seek(std::io::SeekFrom::End(0))
+                    .map_err(Error::io_at(&tmp))?;
+                if piece.start != at {
+                    return Err(Error::Store {
+                        location: format!("{}/{}", self.status.url, piece.object.key),
+                        reason: format!("starts at byte {}, the log ends at {at}", piece.start),
+                    });
+                }
+                store::fetch(&*self.bucket, &piece.object, &mut f, bytes)?;
+            }
+            f.sync_data().map_err(Error::io_at(&tmp))?;
+            let mut local = fs::File::open(path).map_err(Error::io_at(path))?;
+            let mut fresh = fs::File::open(&tmp).map_err(Error::io_at(&tmp))?;
+            let shown = path.display().to_string();
+            if store::sha256_file(&mut local, 0, had, &shown)?
+                != store::sha256_file(&mut fresh, 0, had, &shown)?
+            {
+                return Err(Error::Store {
+                    location: format!("{}/{}", self.status.url, log.name),
+                    reason: format!("its first {had} bytes differ from the log followed"),
+                });
+            }
+            fs::rename(&tmp, path).map_err(Error::io_at(path))
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
     }
 
     /// Downloads the workspace whole, checks it, and swaps it in.
@@ -601,11 +658,21 @@ fn same(a: &StoreManifest, b: &StoreManifest) -> bool {
     a.serial == b.serial && a.epoch == b.epoch && a.end_seq == b.end_seq && a.logs == b.logs
 }
 
+/// How one log of a manifest grew since the one followed.
+struct Grow {
+    /// Its index in the manifest.
+    log: usize,
+    /// Its first piece not appended locally yet.
+    from: usize,
+    /// Its pieces were merged (the log uploaded whole again): the local
+    /// log is replaced, then the pieces from `from` (none) appended.
+    merged: bool,
+}
+
 /// When `m` only adds to `prev` (the same snapshot, the same epoch, each
-/// log of `prev` a prefix of `m`'s, maybe new logs after them): by log of
-/// `m`, the index of its first new piece. `None`: `m` must be downloaded
-/// whole.
-fn appended(prev: &StoreManifest, m: &StoreManifest) -> Option<Vec<(usize, usize)>> {
+/// log of `prev` at least as long in `m`, maybe new logs after them): the
+/// logs of `m` that grew. `None`: `m` must be downloaded whole.
+fn appended(prev: &StoreManifest, m: &StoreManifest) -> Option<Vec<Grow>> {
     if prev.epoch != m.epoch
         || prev.manifest != m.manifest
         || prev.snapshot != m.snapshot
@@ -616,13 +683,28 @@ fn appended(prev: &StoreManifest, m: &StoreManifest) -> Option<Vec<(usize, usize
     }
     let mut new = Vec::new();
     for (i, log) in m.logs.iter().enumerate() {
-        let had = match prev.logs.get(i) {
-            Some(p) if p.name == log.name && log.pieces.starts_with(&p.pieces) => p.pieces.len(),
-            Some(_) => return None,
-            None => 0,
+        let grow = match prev.logs.get(i) {
+            Some(p) if p.name != log.name || log.len() < p.len() => return None,
+            Some(p) if log.pieces.starts_with(&p.pieces) => Grow {
+                log: i,
+                from: p.pieces.len(),
+                merged: false,
+            },
+            // Merged, no byte more: the local log holds them all.
+            Some(p) if log.len() == p.len() => continue,
+            Some(_) => Grow {
+                log: i,
+                from: log.pieces.len(),
+                merged: true,
+            },
+            None => Grow {
+                log: i,
+                from: 0,
+                merged: false,
+            },
         };
-        if log.pieces.len() > had {
-            new.push((i, had));
+        if grow.merged || log.pieces.len() > grow.from {
+            new.push(grow);
         }
     }
     Some(new)

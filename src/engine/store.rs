@@ -643,7 +643,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The SHA-256 of bytes `at..len` of `f`, read a MiB at a time.
-fn sha256_file(f: &mut fs::File, mut at: u64, len: u64, shown: &str) -> Result<String> {
+pub(crate) fn sha256_file(f: &mut fs::File, mut at: u64, len: u64, shown: &str) -> Result<String> {
     let mut h = Sha256::new();
     while at < len {
         let end = (at + (1 << 20)).min(len);
