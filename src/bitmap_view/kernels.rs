@@ -136,8 +136,10 @@ fn le64(b: &[u8]) -> u64 {
 }
 
 /// Words per block of the multi-input kernels: the block's running value
-/// stays in registers while each input is read once.
-const BLOCK: usize = 16;
+/// stays in registers while each input is read once. Their inputs are
+/// whole bitmap containers, or the same window of each: a window's words
+/// must be a multiple of it.
+pub const BLOCK: usize = 16;
 
 /// The kernel bodies, each compiled once per level.
 mod body {
@@ -582,7 +584,8 @@ kernels! {
     fn bitmap_andnot_count(w: &Words, c: &[u8]) -> u32;
     /// Popcount of the AND of the `all` bitmap containers (at least one)
     /// without any of the `minus` ones, each input read once, nothing
-    /// written.
+    /// written. The inputs may instead be the same window of each
+    /// container, of a multiple of [`BLOCK`] words.
     fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32;
     /// `out |=` the OR of bitmap containers, each read once and `out`
     /// written once.
@@ -877,6 +880,22 @@ mod tests {
                         P.bitmaps_count(&all, m),
                         "{k:?} {n} inputs"
                     );
+                }
+                // The same window of each input, as a windowed sample
+                // counts an AND: against the words ANDed one by one.
+                for (from, to) in [(0, 16), (16, 80), (512, 640), (896, 1024)] {
+                    let span = 8 * from..8 * to;
+                    let wa: Vec<&[u8]> = all.iter().map(|b| &b[span.clone()]).collect();
+                    let wm: Vec<&[u8]> = minus.iter().map(|b| &b[span.clone()]).collect();
+                    let want: u32 = (from..to)
+                        .map(|i| {
+                            let word = |b: &[u8]| le64(&b[8 * i..8 * i + 8]);
+                            let and = all.iter().fold(u64::MAX, |w, b| w & word(b));
+                            (and & !minus.iter().fold(0, |w, b| w | word(b))).count_ones()
+                        })
+                        .sum();
+                    assert_eq!(k.bitmaps_count(&wa, &wm), want, "{k:?} {n} windows");
+                    assert_eq!(P.bitmaps_count(&wa, &wm), want, "portable {n} windows");
                 }
                 for start in [&sets[0], &sets[6]] {
                     let (mut x, mut y) = (start.clone(), start.clone());

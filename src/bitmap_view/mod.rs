@@ -83,7 +83,7 @@ pub use header::{
     Header, ARRAY_MAX_CARDINALITY, MAX_CONTAINERS, NO_OFFSET_THRESHOLD, SERIAL_COOKIE,
     SERIAL_COOKIE_NO_RUNCONTAINER,
 };
-pub use kernels::{Kernels, Level};
+pub use kernels::{Kernels, Level, BLOCK as KERNEL_BLOCK};
 pub use run::{RunC, RunValues};
 pub use words::{popcount, Words, CHUNK_WORDS};
 

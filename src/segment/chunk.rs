@@ -548,7 +548,7 @@ fn candidates(node: &Node, ctx: &Ctx, chunks: u32) -> Vec<u32> {
 }
 
 /// At most this many inputs go through one multi-input kernel call.
-const GROUP: usize = 8;
+pub(super) const GROUP: usize = 8;
 
 /// Evaluates `node` on chunk `key` into `out`. With `fuse` (the root of a
 /// count, on a full chunk) the node may return [`Out::Count`] instead of
@@ -1427,23 +1427,37 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
 }
 
 /// The share of a chunk's users that `node` is expected to hold, given
-/// each cohort leaf's share there, the leaves taken as independent (see
-/// [`Prepared::predict_chunks`]).
-fn predict(node: &Node, share: &dyn Fn(usize) -> f64) -> f64 {
+/// each cohort leaf's share there (`share[leaf]`), the leaves taken as
+/// independent (see [`Prepared::predict_chunks`]).
+fn predict(node: &Node, share: &[f64]) -> f64 {
+    // A cohort child is read in place, without a call: most children are.
+    let child = |c: &Node| match c {
+        Node::Cohort(i) => share[*i],
+        c => predict(c, share),
+    };
     match node {
         Node::All => 1.0,
         Node::Nothing => 0.0,
-        Node::Cohort(i) => share(*i),
+        Node::Cohort(i) => share[*i],
         Node::Bucket(lo, hi) => (f64::from(*hi) - f64::from(*lo) + 1.0) / 10_000.0,
-        Node::Not(c) => 1.0 - predict(c, share),
+        Node::Not(c) => 1.0 - child(c),
         Node::And(all, minus) => {
-            all.iter().map(|c| predict(c, share)).product::<f64>()
-                * minus
-                    .iter()
-                    .map(|c| 1.0 - predict(c, share))
-                    .product::<f64>()
+            let mut p = 1.0;
+            for c in all {
+                p *= child(c);
+            }
+            for c in minus {
+                p *= 1.0 - child(c);
+            }
+            p
         }
-        Node::Or(any) => 1.0 - any.iter().map(|c| 1.0 - predict(c, share)).product::<f64>(),
+        Node::Or(any) => {
+            let mut none = 1.0;
+            for c in any {
+                none *= 1.0 - child(c);
+            }
+            1.0 - none
+        }
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Survey<'s> {
     /// (base, added, removed; a simple leaf's in the first; [`NONE`]):
     /// `at[j * leaves + l]`.
     at: Vec<[u32; 3]>,
+    /// Leaf `l`'s members in chunk `keys[j]`, from its containers'
+    /// headers (read on the walk): `size[j * leaves + l]`.
+    size: Vec<f64>,
 }
 
 /// Index `i` of `v` if it is a container (`i` not [`NONE`]).
@@ -29,21 +32,16 @@ fn container_at<'a>(
     v.filter(|_| i != NONE).map(|v| v.container(i as usize))
 }
 
-/// The cardinality of container `i` of `v` (0: [`NONE`]).
-fn size_at(v: Option<&BitmapView>, i: u32) -> f64 {
-    v.filter(|_| i != NONE)
-        .map_or(0.0, |v| f64::from(v.cardinality(i as usize)))
-}
-
 impl<'s> Survey<'s> {
     /// # Panics
     /// If `keys` do not rise.
     pub(super) fn new(checker: &'s Checker<'s>, keys: &[u32], chunks: u32) -> Survey<'s> {
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "a survey's keys rise");
         let ctx = &checker.ctx;
-        let keys: Vec<u32> = keys.iter().copied().take_while(|&k| k < chunks).collect();
+        let keys = keys[..keys.partition_point(|&k| k < chunks)].to_vec();
         let leaves = ctx.leaves.len();
         let mut at = vec![[NONE; 3]; keys.len() * leaves];
+        let mut size = vec![0.0; keys.len() * leaves];
         for (l, leaf) in ctx.leaves.iter().enumerate() {
             let bitmaps: [Option<&BitmapView>; 3] = match leaf {
                 LeafView::Simple(v) => [Some(v), None, None],
@@ -55,12 +53,15 @@ impl<'s> Survey<'s> {
             };
             for (b, v) in bitmaps.into_iter().enumerate() {
                 let Some(v) = v else { continue };
+                // The removed members count against the leaf.
+                let sign = if b == 2 { -1.0 } else { 1.0 };
                 let mut from = 0;
                 for (j, &key) in keys.iter().enumerate() {
                     // `chunks` is at most 65,536: every key fits a u16.
                     match v.seek(key as u16, from) {
                         Ok(i) => {
                             at[j * leaves + l][b] = i as u32;
+                            size[j * leaves + l] += sign * f64::from(v.cardinality(i));
                             from = i + 1;
                         }
                         Err(i) => from = i,
@@ -73,28 +74,13 @@ impl<'s> Survey<'s> {
             ctx,
             keys,
             at,
+            size,
         }
     }
 
     /// The chunks surveyed (those asked for, up to the last chunk).
     pub fn keys(&self) -> &[u32] {
         &self.keys
-    }
-
-    /// Leaf `l`'s members in chunk `keys[j]`, from its containers' headers.
-    fn size(&self, j: usize, l: usize) -> f64 {
-        let [b, a, r] = self.at[j * self.ctx.leaves.len() + l];
-        match &self.ctx.leaves[l] {
-            LeafView::Simple(v) => size_at(Some(v), b),
-            LeafView::Layered {
-                base,
-                added,
-                removed,
-            } => {
-                size_at(base.as_ref(), b) + size_at(added.as_ref(), a)
-                    - size_at(removed.as_ref(), r)
-            }
-        }
     }
 
     /// The leaves' members in chunk `keys[j]`, into `out`.
@@ -127,11 +113,17 @@ impl<'s> Survey<'s> {
     /// buckets. A sampled estimate then samples only what the prediction
     /// misses.
     pub fn predict(&self) -> Vec<f64> {
-        (0..self.keys.len())
-            .map(|j| {
-                let len = f64::from(self.ctx.chunk_len(self.keys[j])).max(1.0);
+        let n = self.ctx.leaves.len();
+        let mut share = vec![0.0; n];
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(j, &key)| {
+                let len = f64::from(self.ctx.chunk_len(key)).max(1.0);
                 let per_user = 1.0 / len;
-                let share = |l: usize| (self.size(j, l) * per_user).clamp(0.0, 1.0);
+                for (s, &size) in share.iter_mut().zip(&self.size[j * n..(j + 1) * n]) {
+                    *s = (size * per_user).clamp(0.0, 1.0);
+                }
                 predict(self.node, &share) * len
             })
             .collect()

@@ -6,9 +6,13 @@
 //!
 //! Every node writes its window in full (a window is at most a chunk, and
 //! usually 64 or 128 words: it stays in the first-level cache); an AND
-//! stops at its first empty child.
+//! stops at its first empty child. An AND of cohort leaves whose
+//! containers are all bitmaps is counted as the exact count counts it on
+//! a whole chunk: the containers' windows read once each, in one pass,
+//! nothing written.
 
-use super::{Ctx, Lc, Node};
+use super::{Ctx, Lc, Node, GROUP};
+use crate::bitmap_view::{Container, KERNEL_BLOCK};
 
 /// What a node holds on the window.
 enum St {
@@ -72,6 +76,9 @@ impl At<'_, '_> {
 
     /// The count of `node` on the window.
     pub(super) fn count(&self, node: &Node, pool: &mut Pool) -> u64 {
+        if let Some(n) = self.and_of_bitmaps(node, pool.width) {
+            return n;
+        }
         let mut out = pool.take();
         let n = match self.eval(node, &mut out, pool) {
             St::Empty => 0,
@@ -90,6 +97,51 @@ impl At<'_, '_> {
         };
         pool.give(out);
         n
+    }
+
+    /// The count of an AND of cohort leaves whose containers in this
+    /// chunk are all bitmaps (the `minus` ones may be missing), on a
+    /// window of `width` words that holds only users: the windows of the
+    /// containers read once each in one pass, nothing written. `None`
+    /// when the node has another shape here.
+    fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
+        let Node::And(all, minus) = node else {
+            return None;
+        };
+        if all.is_empty()
+            || all.len() > GROUP
+            || minus.len() > GROUP
+            || !width.is_multiple_of(KERNEL_BLOCK)
+            || self.users(width) != 64 * width
+        {
+            return None;
+        }
+        let span = 8 * self.first..8 * (self.first + width);
+        let mut a: [&[u8]; GROUP] = [&[]; GROUP];
+        let mut m: [&[u8]; GROUP] = [&[]; GROUP];
+        let mut nm = 0;
+        for (j, c) in all.iter().enumerate() {
+            let Node::Cohort(i) = c else { return None };
+            match self.lcs[*i] {
+                Lc::Empty => return Some(0),
+                Lc::One(Container::Bitmap(b)) => a[j] = &b.bytes()[span.clone()],
+                _ => return None,
+            }
+        }
+        for c in minus {
+            let Node::Cohort(i) = c else { return None };
+            match self.lcs[*i] {
+                Lc::Empty => {}
+                Lc::One(Container::Bitmap(b)) => {
+                    m[nm] = &b.bytes()[span.clone()];
+                    nm += 1;
+                }
+                _ => return None,
+            }
+        }
+        Some(u64::from(
+            self.ctx.k.bitmaps_count(&a[..all.len()], &m[..nm]),
+        ))
     }
 
     fn eval(&self, node: &Node, out: &mut [u64], pool: &mut Pool) -> St {
