@@ -348,8 +348,15 @@ impl Follower {
                 }
                 Err(e) => {
                     tracing::warn!(workspace = %name, "following {}: {e}", self.status.url);
-                    // Downloaded whole at the next poll.
-                    seen.insert(name.clone(), None);
+                    // Nothing applied (a download that failed is cut back):
+                    // the next poll tries the same again. Else the local
+                    // files or the state moved part way: downloaded whole.
+                    let untouched = prev.filter(|p| {
+                        self.engine.workspace(&name).is_some_and(|h| {
+                            h.followed_seq() == Some(p.end_seq) && h.write_trouble().is_none()
+                        })
+                    });
+                    seen.insert(name.clone(), untouched);
                     let mut f = self
                         .status
                         .following

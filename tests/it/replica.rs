@@ -285,7 +285,11 @@ fn a_damaged_object_leaves_the_replica_serving_what_it_had_until_the_store_check
     assert!(r.follower.poll_once().is_err());
     assert_eq!(r.engine.workspace("w").unwrap().view().1, gen);
     damaging.on.store(false, Ordering::SeqCst);
-    r.follower.poll_once().unwrap();
+    let polled = r.follower.poll_once().unwrap();
+    assert!(
+        polled.reloaded.is_empty() && polled.records > 0,
+        "nothing was applied: the pieces are fetched again, not the workspace: {polled:?}"
+    );
     same_answers(&h, &r.engine.workspace("w").unwrap());
     assert!(r
         .follower
