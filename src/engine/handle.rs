@@ -457,6 +457,42 @@ impl WorkspaceHandle {
         r
     }
 
+    /// Seals the log in use, as a compaction's first step does without
+    /// the snapshot: once every record submitted is durable, writers are
+    /// switched to a fresh log (`log-N`, N the next seq) that continues
+    /// the chain after the manifest's snapshot. The object-store shipper
+    /// seals a live log once it is shipped in `MAX_PIECES - 1` pieces, so
+    /// no log is uploaded twice. Returns the fresh log's path, or `None`
+    /// when the log in use holds no record (nothing to seal).
+    pub(crate) fn seal_log(&self) -> Result<Option<PathBuf>> {
+        self.check_failed()?;
+        if self.memory.is_some() || self.followed.get().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "workspace {} has no log of its own to seal",
+                self.name
+            )));
+        }
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        // The read lock keeps writers out while the log is switched.
+        let _ws = self.read();
+        let log = self.log();
+        if self.stale.load(Ordering::SeqCst) || log.is_poisoned() {
+            return Err(Error::NotDurable {
+                name: self.name.clone(),
+                reason: "a change that is not durable is being undone".into(),
+            });
+        }
+        if log.next_seq() == log.first_seq() {
+            return Ok(None);
+        }
+        let seq = log.next_seq() - 1;
+        log.wait_durable(seq).map_err(|e| self.not_durable(&e))?;
+        let (path, writer) = compact::rotate(&mut RealFs, &self.dir, seq)?;
+        *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
+        files.1.push(path.clone());
+        Ok(Some(path))
+    }
+
     /// What this workspace's compactions did since it was opened.
     pub fn compaction_stats(&self) -> CompactionStats {
         self.compactions.stats()

@@ -1230,12 +1230,39 @@ impl Shipper {
         self.renew_lease()?;
         self.ship_server(done)?;
         for h in self.engine.handles() {
-            let Some(files) = h.ship_view()? else {
+            let Some(mut files) = h.ship_view()? else {
                 continue;
             };
+            if self.live_log_full(h.name(), &files) {
+                // Sealed, its rest goes up as its last piece and the
+                // records after it start a fresh log: nothing is uploaded
+                // twice. Should it fail, the log is merged as before.
+                match h.seal_log() {
+                    Ok(Some(_)) => match h.ship_view()? {
+                        Some(f) => files = f,
+                        None => continue,
+                    },
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(workspace = h.name(), "sealing the live log: {e}"),
+                }
+            }
             self.ship_workspace(h.name(), files, done)?;
         }
         Ok(())
+    }
+
+    /// Whether the log in use has durable bytes not shipped and is in
+    /// `MAX_PIECES - 1` pieces already: one more would make it merge.
+    fn live_log_full(&self, name: &str, files: &LocalFiles) -> bool {
+        let Some((log, _, len)) = files.logs.last() else {
+            return false;
+        };
+        let all = self.workspaces.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(name)
+            .and_then(|s| s.logs.get(log.as_str()))
+            .is_some_and(|pieces| {
+                pieces.len() + 1 >= MAX_PIECES && pieces.last().map_or(0, |p| p.end) < *len
+            })
     }
 
     fn ship_server(&self, done: &mut Shipment) -> Result<()> {

@@ -1118,3 +1118,64 @@ fn segq_serve_refuses_a_second_primary_and_one_that_lost_its_lease_answers_503()
     a.stop();
     b.stop();
 }
+
+#[test]
+fn the_live_log_is_sealed_before_it_would_merge_so_no_log_byte_is_uploaded_twice() {
+    let bucket = memory();
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), None).unwrap();
+    e.create_workspace("w").unwrap();
+    let h = e.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    let shipper = Shipper::new(e.clone(), bucket.clone());
+    let rounds = 3 * MAX_PIECES as u32;
+    for r in 1..=rounds {
+        writes(&h, r);
+        shipper.ship_once().unwrap();
+    }
+    let m = manifest(&*bucket);
+    assert!(m.logs.len() >= 3, "{} logs", m.logs.len());
+    let mut part_bytes = 0;
+    for log in &m.logs {
+        assert!(log.pieces.len() <= MAX_PIECES, "{}", log.name);
+        // Contiguous from byte 0: each byte in one piece.
+        let mut at = 0;
+        for p in &log.pieces {
+            assert_eq!(p.start, at, "{}", log.name);
+            at = p.end;
+        }
+        let len = std::fs::metadata(dir.path().join("workspaces/w").join(&log.name))
+            .unwrap()
+            .len();
+        assert_eq!(at, len, "{} is shipped whole", log.name);
+        part_bytes += len;
+    }
+    // Every piece ever put is one the manifest names: none merged away.
+    let parts: u64 = bucket
+        .list("workspaces")
+        .unwrap()
+        .iter()
+        .filter(|o| o.key.ends_with(".part"))
+        .map(|o| o.size)
+        .sum();
+    assert_eq!(parts, part_bytes, "no log byte was uploaded twice");
+    // The sealed chain reopens, and restores on an empty node, the same.
+    let want = fingerprint(&h);
+    drop(h);
+    drop(shipper);
+    drop(e);
+    let e = open(dir.path(), None).unwrap();
+    assert_eq!(fingerprint(&e.workspace("w").unwrap()), want);
+    let (_d, r) = restored(&*bucket);
+    assert_eq!(fingerprint(&r.workspace("w").unwrap()), want);
+    // A compaction folds the whole chain.
+    e.workspace("w").unwrap().compact().unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("workspaces/w"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("log") || n.ends_with(".segqlog"))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
