@@ -18,8 +18,11 @@
 //! names its contents, so an object is never overwritten, and a manifest
 //! never names an object that another upload could change. A log is
 //! shipped in pieces (the durable bytes added since the last shipment);
-//! once a log has [`MAX_PIECES`] pieces, its whole durable prefix is
-//! uploaded as one piece in their place.
+//! once the live log is shipped in `MAX_PIECES - 1` pieces, the shipper
+//! seals it (`WorkspaceHandle::seal_log`: writers go on in a fresh
+//! `log-N`), so its rest is its last piece and no byte is uploaded twice.
+//! Should a log still reach [`MAX_PIECES`] pieces (sealing failed), its
+//! whole durable prefix is uploaded as one piece in their place.
 //!
 //! # Order
 //!
