@@ -367,6 +367,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// With `durability = "object-store"`: a change applied and durable
+    /// on this node whose log record did not reach the object store within
+    /// `store_ack_timeout_ms`. It stays applied and is shipped once the
+    /// store takes puts again; retrying the request is safe.
+    #[error("workspace {name:?} applied the change, but it was not in the object store {store} within {waited_ms} ms (durability \"object-store\"); it stays applied and is shipped once the store takes puts; retrying is safe")]
+    NotShipped {
+        /// The workspace.
+        name: String,
+        /// The store's URL.
+        store: String,
+        /// How long the change waited.
+        waited_ms: u64,
+    },
+
     /// This node is not the object store's primary: another node took the
     /// store's lease (or it could not be renewed), so writes are refused.
     #[error("this node does not hold the object store's lease and takes no writes: {reason}")]

@@ -21,7 +21,9 @@
 //!  "store_lease_secs": 30,
 //!  "store_lease_renew_ms": 0,
 //!  "replica_poll_ms": 500,
-//!  "replica_max_lag_ms": 10000}
+//!  "replica_max_lag_ms": 10000,
+//!  "durability": "local",
+//!  "store_ack_timeout_ms": 10000}
 //! ```
 //!
 //! The last six bound what clients can hold before they are authenticated
@@ -165,6 +167,38 @@ pub struct Config {
     /// (milliseconds since it last held everything the store held).
     #[serde(default = "default_replica_max_lag_ms")]
     pub replica_max_lag_ms: u64,
+    /// When a change is acknowledged: `"local"` once its log record is
+    /// fsynced on this node; `"object-store"` (a primary with `--store`
+    /// only) once, in addition, a manifest naming it is published in the
+    /// object store, so that losing the machine loses nothing
+    /// acknowledged.
+    #[serde(default)]
+    pub durability: Durability,
+    /// With `durability = "object-store"`: the longest a change waits for
+    /// its shipment (milliseconds); past it the request fails with 503
+    /// (the change stays applied and is shipped later; retrying is safe).
+    #[serde(default = "default_store_ack_timeout_ms")]
+    pub store_ack_timeout_ms: u64,
+}
+
+/// When a change is acknowledged (the `durability` field).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Once its log record is fsynced on this node.
+    #[default]
+    Local,
+    /// Once its log record is, besides, in the object store (named by a
+    /// published manifest).
+    ObjectStore,
+}
+
+/// Milliseconds a change waits for its shipment with object-store
+/// durability.
+pub const DEFAULT_STORE_ACK_TIMEOUT_MS: u64 = 10_000;
+
+fn default_store_ack_timeout_ms() -> u64 {
+    DEFAULT_STORE_ACK_TIMEOUT_MS
 }
 
 /// Milliseconds between two looks of a read replica at the object store.
@@ -307,6 +341,8 @@ impl Config {
             store_lease_renew_ms: 0,
             replica_poll_ms: DEFAULT_REPLICA_POLL_MS,
             replica_max_lag_ms: DEFAULT_REPLICA_MAX_LAG_MS,
+            durability: Durability::Local,
+            store_ack_timeout_ms: DEFAULT_STORE_ACK_TIMEOUT_MS,
         }
     }
 
@@ -397,6 +433,7 @@ impl Config {
         for (name, ms) in [
             ("replica_poll_ms", self.replica_poll_ms),
             ("replica_max_lag_ms", self.replica_max_lag_ms),
+            ("store_ack_timeout_ms", self.store_ack_timeout_ms),
         ] {
             if ms == 0 {
                 return bad(name, format!("{name} must be at least 1"));
@@ -593,6 +630,8 @@ mod tests {
             assert_eq!(var, format!("SEGQ_{}", field.to_uppercase()));
             let value = if field == "partner_api_keys" {
                 r#"{"heap": "pk-env"}"#.to_string()
+            } else if field == "durability" {
+                "object-store".to_string()
             } else if field == "ship_interval_ms" || field == "store_lease_renew_ms" {
                 // At most half the lease (30 s by default).
                 "2000".to_string()
@@ -605,7 +644,8 @@ mod tests {
             let used = c.apply_env(&env(&[(&var, &value)])).unwrap();
             assert_eq!(used, vec![var.clone()]);
             let got = serde_json::to_value(&c).unwrap()[field].clone();
-            let want: Value = serde_json::from_str(&value).unwrap();
+            let want: Value =
+                serde_json::from_str(&value).unwrap_or_else(|_| Value::String(value.clone()));
             assert_eq!(got, want, "{var}");
             assert_ne!(c, file, "{var}");
         }
@@ -642,6 +682,16 @@ mod tests {
                 &[("SEGQ_COMPACT_AFTER_BYTES", "99999999999999999999")][..],
                 "SEGQ_COMPACT_AFTER_BYTES",
                 "too large",
+            ),
+            (
+                &[("SEGQ_DURABILITY", "s3")][..],
+                "SEGQ_DURABILITY",
+                "unknown variant `s3`, expected `local` or `object-store`",
+            ),
+            (
+                &[("SEGQ_STORE_ACK_TIMEOUT_MS", "0")][..],
+                "SEGQ_STORE_ACK_TIMEOUT_MS",
+                "at least 1",
             ),
             (
                 &[("SEGQ_MAX_FILTER_NODES", "0")][..],

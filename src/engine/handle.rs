@@ -772,6 +772,15 @@ impl WorkspaceHandle {
             }
             let changes = tx.finish();
             if changes.is_empty() {
+                // Nothing to log: the state it read, though, may hold a
+                // change not shipped yet (this very request, made before
+                // and refused with `NotShipped`): with object-store
+                // durability, acknowledged once that is shipped.
+                let last = log.next_seq().saturating_sub(1);
+                drop(ws);
+                if last > 0 {
+                    self.wait_shipped(last)?;
+                }
                 return Ok(out);
             }
             let submitted = changes
@@ -798,7 +807,17 @@ impl WorkspaceHandle {
             self.restore()?;
             return Err(err);
         }
+        self.wait_shipped(last)?;
         Ok(out)
+    }
+
+    /// With object-store durability, returns once record `last` (submitted
+    /// to the log) is in the object store; at once otherwise.
+    fn wait_shipped(&self, last: u64) -> Result<()> {
+        match (self.fence.get(), &self.memory) {
+            (Some(fence), None) => fence.shipped(&self.name, last),
+            _ => Ok(()),
+        }
     }
 
     /// Makes memory equal the durable log again after a log failure (or a

@@ -52,7 +52,8 @@ pub mod store;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
 pub use config::{
-    Config, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_COHORTS_PER_PARTNER, DEFAULT_RATE_LIMIT_PER_HOUR,
+    Config, Durability, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_COHORTS_PER_PARTNER,
+    DEFAULT_RATE_LIMIT_PER_HOUR,
 };
 pub use handle::{BatchReport, CompactionStats, DeletedUsers, MergedUsers, WorkspaceHandle};
 pub use memory::MemoryFile;

@@ -973,6 +973,12 @@ pub struct StoreStatus {
     /// Why the lease was lost, once it was: the node no longer ships or
     /// takes writes.
     lease_lost: Mutex<Option<String>>,
+    /// With object-store durability: writes that waited for a shipment.
+    pub ack_waits: AtomicU64,
+    /// ... of which the shipment did not come in `store_ack_timeout_ms`.
+    pub ack_timeouts: AtomicU64,
+    /// ... and the milliseconds they waited, all together.
+    pub ack_wait_ms: AtomicU64,
 }
 
 impl StoreStatus {
@@ -1116,9 +1122,15 @@ impl Shipper {
             ..StoreStatus::default()
         });
         engine.attach_store(status.clone());
+        if engine.config().durability == super::Durability::ObjectStore {
+            let timeout = Duration::from_millis(engine.config().store_ack_timeout_ms);
+            engine
+                .fence()
+                .hold_acks(Arc::new(ShipAcks::new(timeout, status.clone())));
+        }
         Arc::new(Shipper {
             retention: Duration::from_secs(engine.config().store_retention_secs),
-            renew_every: Duration::from_millis(engine.config().store_lease_renew_ms),
+            renew_every: Duration::from_millis(renew_every(engine.config())),
             engine,
             bucket,
             status,
@@ -1230,6 +1242,8 @@ impl Shipper {
     }
 
     fn ship_all(&self, done: &mut Shipment) -> Result<()> {
+        let acks = self.engine.fence().acks();
+        let n = acks.map_or(0, |a| a.begin());
         self.renew_lease()?;
         self.ship_server(done)?;
         for h in self.engine.handles() {
@@ -1249,7 +1263,10 @@ impl Shipper {
                     Err(e) => tracing::warn!(workspace = h.name(), "sealing the live log: {e}"),
                 }
             }
-            self.ship_workspace(h.name(), files, done)?;
+            let end = self.ship_workspace(h.name(), files, done)?;
+            if let Some(a) = acks {
+                a.publish(n, h.name(), end);
+            }
         }
         Ok(())
     }
@@ -1343,7 +1360,14 @@ impl Shipper {
         Ok(())
     }
 
-    fn ship_workspace(&self, name: &str, mut files: LocalFiles, done: &mut Shipment) -> Result<()> {
+    /// Ships one workspace; returns the last seq the bucket's manifest
+    /// names.
+    fn ship_workspace(
+        &self,
+        name: &str,
+        mut files: LocalFiles,
+        done: &mut Shipment,
+    ) -> Result<u64> {
         let mut all = self.workspaces.lock().unwrap_or_else(|p| p.into_inner());
         let s = all.entry(name.to_string()).or_default();
         if !s.adopted {
@@ -1449,15 +1473,13 @@ impl Shipper {
             self.status.manifests.fetch_add(1, Ordering::Relaxed);
             s.published = Some(m);
         }
+        let in_bucket = s.published.as_ref().map_or(0, |p| p.end_seq);
         self.status
             .shipped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name.to_string(),
-                (s.published.as_ref().map_or(0, |p| p.end_seq), files.end_seq),
-            );
-        Ok(())
+            .insert(name.to_string(), (in_bucket, files.end_seq));
+        Ok(in_bucket)
     }
 
     /// Deletes every object of a shipped workspace that neither its
@@ -1518,6 +1540,16 @@ impl Shipper {
     /// every minute. [`ShipperThread::stop`] ships a last time.
     pub fn start(self: &Arc<Self>) -> ShipperThread {
         let signal = Arc::new((Mutex::new(Signal::default()), Condvar::new()));
+        if let Some(acks) = self.engine.fence().acks() {
+            let sig = Arc::downgrade(&signal);
+            let _ = acks.wake.set(Box::new(move || {
+                if let Some(sig) = sig.upgrade() {
+                    let (lock, cv) = &*sig;
+                    lock.lock().unwrap_or_else(|p| p.into_inner()).now = true;
+                    cv.notify_all();
+                }
+            }));
+        }
         let me = self.clone();
         let sig = signal.clone();
         let interval = Duration::from_millis(self.engine.config().ship_interval_ms.max(1));
@@ -1540,7 +1572,10 @@ impl Shipper {
                 let (lock, cv) = signal;
                 let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
                 let deadline = std::time::Instant::now() + wait;
-                while !s.stop && !s.now {
+                // Writes waiting for a shipment wake it, but not while the
+                // store fails (the backoff stands: they time out).
+                let backing_off = wait > interval;
+                while !(s.stop || (s.now && !backing_off)) {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
                         break;
@@ -1569,6 +1604,17 @@ impl Shipper {
                 }
             }
         }
+    }
+}
+
+/// The least time between two lease renewals: `store_lease_renew_ms`;
+/// 0 renews at every shipment, but with object-store durability (where
+/// writes wake shipments, many a second) at most every `ship_interval_ms`,
+/// so that a write does not wait for a renewal too.
+fn renew_every(c: &Config) -> u64 {
+    match (c.store_lease_renew_ms, c.durability) {
+        (0, super::Durability::ObjectStore) => c.ship_interval_ms,
+        (ms, _) => ms,
     }
 }
 
@@ -1717,10 +1763,13 @@ impl LeaseRecord {
 }
 
 /// Refuses writes once this node is no longer the store's primary. Every
-/// write of the engine checks it ([`Engine::fence`]).
+/// write of the engine checks it ([`Engine::fence`]); with object-store
+/// durability, every write also waits behind it for its shipment
+/// ([`Fence::shipped`]).
 #[derive(Debug, Default)]
 pub struct Fence {
     lost: Mutex<Option<String>>,
+    acks: std::sync::OnceLock<Arc<ShipAcks>>,
 }
 
 impl Fence {
@@ -1743,12 +1792,151 @@ impl Fence {
         *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
-    /// Refuses every write from now on (the first reason stays).
+    /// Refuses every write from now on (the first reason stays). Writes
+    /// waiting for a shipment that will not come are told at once.
     pub fn lose(&self, why: String) {
-        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
-        if lost.is_none() {
-            *lost = Some(why);
+        {
+            let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+            if lost.is_none() {
+                *lost = Some(why);
+            }
         }
+        if let Some(acks) = self.acks.get() {
+            acks.notify();
+        }
+    }
+
+    /// Holds acknowledgments until shipped (`durability = "object-store"`)
+    /// from now on: set once, by the primary's shipper.
+    pub(crate) fn hold_acks(&self, acks: Arc<ShipAcks>) {
+        let _ = self.acks.set(acks);
+    }
+
+    /// The acknowledgments held until shipped, with object-store
+    /// durability.
+    pub fn acks(&self) -> Option<&Arc<ShipAcks>> {
+        self.acks.get()
+    }
+
+    /// Returns once workspace `name`'s durable record `seq` is in the
+    /// object store, with object-store durability (at once without it).
+    /// Fails with `NotShipped` past `store_ack_timeout_ms`, and with
+    /// `NotPrimary` once the lease is lost (the record will never be
+    /// shipped from this node).
+    pub(crate) fn shipped(&self, name: &str, seq: u64) -> Result<()> {
+        match self.acks.get() {
+            None => Ok(()),
+            Some(acks) => acks.wait(name, seq, self),
+        }
+    }
+}
+
+/// Acknowledgments held until shipped (`durability = "object-store"`): a
+/// write whose record is durable on this node waits until a shipment that
+/// started after it published a manifest naming it; the write wakes the
+/// shipper, so it waits for one shipment (group commit: every write that
+/// came during a shipment rides the next), not for `ship_interval_ms`.
+pub struct ShipAcks {
+    timeout: Duration,
+    status: Arc<StoreStatus>,
+    state: Mutex<AckState>,
+    published: Condvar,
+    wake: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// The shipments started.
+    started: u64,
+    /// By workspace: the shipment that last published it, and the last
+    /// seq it named.
+    published: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl std::fmt::Debug for ShipAcks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipAcks")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShipAcks {
+    fn new(timeout: Duration, status: Arc<StoreStatus>) -> ShipAcks {
+        ShipAcks {
+            timeout,
+            status,
+            state: Mutex::new(AckState::default()),
+            published: Condvar::new(),
+            wake: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self) {
+        let _held = self.lock();
+        self.published.notify_all();
+    }
+
+    /// A shipment starts: its number. What is durable now is in it.
+    fn begin(&self) -> u64 {
+        let mut st = self.lock();
+        st.started += 1;
+        st.started
+    }
+
+    /// Shipment `n` published workspace `name` up to `end_seq`.
+    fn publish(&self, n: u64, name: &str, end_seq: u64) {
+        let mut st = self.lock();
+        st.published.insert(name.to_string(), (n, end_seq));
+        self.published.notify_all();
+    }
+
+    fn wait(&self, name: &str, seq: u64, fence: &Fence) -> Result<()> {
+        let started = std::time::Instant::now();
+        let deadline = started + self.timeout;
+        let mut st = self.lock();
+        // A shipment already running may have read the logs before this
+        // record was durable: only one started after now is sure to hold it.
+        let after = st.started;
+        self.status.ack_waits.fetch_add(1, Ordering::Relaxed);
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+        let r = loop {
+            if st
+                .published
+                .get(name)
+                .is_some_and(|&(n, end)| n > after && end >= seq)
+            {
+                break Ok(());
+            }
+            if let Some(reason) = fence.lost() {
+                break Err(Error::NotPrimary { reason });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                self.status.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                break Err(Error::NotShipped {
+                    name: name.to_string(),
+                    store: self.status.url.clone(),
+                    waited_ms: self.timeout.as_millis() as u64,
+                });
+            }
+            st = self
+                .published
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        drop(st);
+        self.status
+            .ack_wait_ms
+            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        r
     }
 }
 

@@ -157,6 +157,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::AttributeType { .. } => StatusCode::BAD_REQUEST,
         Error::WorkspaceFailed { .. }
         | Error::NotDurable { .. }
+        | Error::NotShipped { .. }
         | Error::Locked { .. }
         | Error::NotPrimary { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Log(_)
@@ -190,6 +191,20 @@ impl From<Error> for ApiError {
                 ),
                 &e,
             ),
+            // The store's URL is the operator's business: not sent.
+            Error::NotShipped { name, waited_ms, .. } => {
+                let mut api = ApiError::hidden(
+                    status,
+                    &format!(
+                        "workspace {name:?} applied the change, but could not put it in the object \
+                         store within {waited_ms} ms (durability \"object-store\"); it stays applied \
+                         and is shipped once the store takes puts; retrying is safe"
+                    ),
+                    &e,
+                );
+                api.retry_after_secs = Some(1);
+                api
+            }
             // Names the node holding the lease: said, so clients go there.
             Error::NotPrimary { .. } => ApiError::new(status, e.to_string()),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {
@@ -448,6 +463,17 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("not applied"), "{body}");
+
+        let api = ApiError::from(Error::NotShipped {
+            name: "acme".into(),
+            store: "s3://segq-prod/eu".into(),
+            waited_ms: 10_000,
+        });
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(api.retry_after_secs, Some(1));
+        let body = api.body.to_string();
+        assert!(!body.contains("segq-prod"), "{body}");
+        assert!(body.contains("retrying is safe"), "{body}");
 
         let api = ApiError::from(Error::Locked {
             path: "/srv/segq/LOCK".into(),

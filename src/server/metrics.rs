@@ -408,6 +408,27 @@ pub fn render_store(engine: &crate::engine::Engine, out: &mut String) {
         )?;
         one(
             out,
+            "segq_store_ack_waits_total",
+            "counter",
+            "Writes that waited for their shipment (durability \"object-store\").",
+            st.ack_waits.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_ack_timeouts_total",
+            "counter",
+            "Writes whose shipment did not come within store_ack_timeout_ms (answered 503).",
+            st.ack_timeouts.load(Relaxed) as f64,
+        )?;
+        one(
+            out,
+            "segq_store_ack_wait_seconds_total",
+            "counter",
+            "Seconds writes waited for their shipments, all together.",
+            st.ack_wait_ms.load(Relaxed) as f64 / 1000.0,
+        )?;
+        one(
+            out,
             "segq_store_degraded",
             "gauge",
             "1 while shipping fails or lags (see /readyz).",

@@ -40,6 +40,7 @@ mod server;
 mod slow_clients;
 mod snapshot;
 mod store;
+mod store_durability;
 mod support;
 mod sync;
 mod users;

@@ -4,7 +4,6 @@
 //! `segq config` with its secrets masked.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -12,7 +11,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::disk_full::put_on;
-use crate::support::server::{write_config, InProcess, Server, PARTNER_API_KEY};
+use crate::support::server::{segq_env, write_config, InProcess, Server, PARTNER_API_KEY};
 use segq::log::DiskFull;
 
 /// Polls `f` every 20 ms until it is true or `timeout` passes.
@@ -46,21 +45,6 @@ fn get_with_id(s: &Server, path: &str, id: &str) -> (u16, Option<String>) {
 
 fn is_generated_id(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// `segq ARGS` with `env` added (and no `SEGQ_*` variable of the test's
-/// own environment).
-fn segq_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_segq"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SEGQ_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("segq runs")
 }
 
 fn text(b: &[u8]) -> String {

@@ -195,6 +195,18 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         }
         (None, None) => (data::open(&args.config.data, Access::Write)?, None),
     };
+    if engine.config().durability == segq::engine::Durability::ObjectStore
+        && bucket.is_none()
+        && following.is_none()
+    {
+        return Err(Error::Config {
+            path: args.config.data.join("segq.json"),
+            reason: "durability \"object-store\" acknowledges a change once it is in the object \
+                     store, so it needs --store URL (or durability \"local\")"
+                .into(),
+        }
+        .into());
+    }
     let shipping = match (bucket, lease) {
         (Some(b), Some(l)) => {
             Some(segq::engine::store::Shipper::with_lease(engine.clone(), b, l).start())

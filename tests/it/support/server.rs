@@ -133,6 +133,21 @@ pub fn segq_once(args: &[&str]) -> Output {
         .expect("segq runs")
 }
 
+/// `segq ARGS` once, to its end, with `env` added (and no `SEGQ_*`
+/// variable of the test's own environment).
+pub fn segq_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segq"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SEGQ_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("segq runs")
+}
+
 /// A blocking client for loopback: no proxy, bounded requests.
 pub fn client() -> Client {
     Client::builder()
