@@ -35,7 +35,10 @@
 //! names, so the bucket always restores to a state the node acknowledged
 //! (the durable prefix of its log at some shipment). What is lost with
 //! the machine: the changes acknowledged since the last shipment, at most
-//! `ship_interval_ms` of them while the bucket takes puts.
+//! `ship_interval_ms` of them while the bucket takes puts; none with
+//! `durability = "object-store"`, where a write is answered only once a
+//! shipment started after its record was durable published a manifest
+//! naming it ([`ShipAcks`], held in the engine's [`Fence`]).
 //!
 //! # Restore
 //!
@@ -1765,7 +1768,7 @@ impl LeaseRecord {
 /// Refuses writes once this node is no longer the store's primary. Every
 /// write of the engine checks it ([`Engine::fence`]); with object-store
 /// durability, every write also waits behind it for its shipment
-/// ([`Fence::shipped`]).
+/// (`Fence::shipped`).
 #[derive(Debug, Default)]
 pub struct Fence {
     lost: Mutex<Option<String>>,

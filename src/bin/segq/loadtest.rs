@@ -87,6 +87,12 @@ pub struct LoadtestArgs {
     /// generations the two counts must agree.
     #[arg(long, requires = "server")]
     replica: Option<String>,
+    /// With --server: the synced cohorts are `PREFIX-0`, `PREFIX-1`, ...
+    /// (default `load-RUN`, RUN random: every run syncs cohorts of its
+    /// own, since one left by an earlier run would hold members this run
+    /// never acknowledged; they stay in the workspace).
+    #[arg(long, requires = "server")]
+    cohort_prefix: Option<String>,
 }
 
 const WS: &str = "load";
@@ -233,6 +239,8 @@ struct Target {
     poll: Duration,
     /// A read replica of the server, to time its lag.
     replica: Option<String>,
+    /// The cohorts synced are `PREFIX-N`.
+    cohort_prefix: String,
 }
 
 /// The compactions so far, as the target tells them.
@@ -310,6 +318,7 @@ fn run_local(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(),
         token,
         poll: Duration::from_millis(5),
         replica: None,
+        cohort_prefix: "load".into(),
     };
     let stats = || engine.workspace(WS).map(|h| h.compaction_stats());
     let report = drive(args, &target, &stats);
@@ -340,6 +349,12 @@ fn run_remote(args: &LoadtestArgs, server: &str, out: &mut dyn Write) -> Result<
             Some(r) => Some(crate::sync::server_url(r)?),
             None => None,
         },
+        // Cohorts of this run's own: one left by an earlier run on the
+        // same workspace would hold members this run never acknowledged.
+        cohort_prefix: args
+            .cohort_prefix
+            .clone()
+            .unwrap_or_else(|| format!("load-{:08x}", rand::random::<u32>())),
     };
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -472,7 +487,7 @@ fn drive(args: &LoadtestArgs, target: &Target, stats: StatsFn<'_>) -> Result<Val
         .build()
         .map_err(|e| Failure::Other(format!("cannot make an HTTP client: {e}")))?;
     for (i, want) in acked.iter().enumerate() {
-        let filter = format!("amplitude_cohorts includes {}", cohort_of(i as u16));
+        let filter = format!("amplitude_cohorts includes {}", cohort_of(target, i as u16));
         let held = cohort_members(&http, target, &filter)?;
         let (missing, unknown) = not_members(&http, target, &filter, want)?;
         lost += missing;
@@ -770,8 +785,8 @@ fn not_members(
     Ok((missing, unknown))
 }
 
-fn cohort_of(client: u16) -> String {
-    format!("load-{client}")
+fn cohort_of(target: &Target, client: u16) -> String {
+    format!("{}-{client}", target.cohort_prefix)
 }
 
 /// One sync client: rounds until the deadline, each a whole sync (the
@@ -792,7 +807,7 @@ fn sync_client(
         partner: Partner::Amplitude,
         partner_api_key: target.partner_api_key.clone(),
         data_import_key: target.data_import_key.clone(),
-        cohort_id: cohort_of(i),
+        cohort_id: cohort_of(target, i),
         name: format!("Load {i}"),
         kind: IdKind::ExternalId,
         state: PathBuf::from(dir).join(format!("sync-{i}.json")),
