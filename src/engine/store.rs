@@ -60,7 +60,9 @@
 //! own, epoch + 1), refused while another node's lease is live (the error
 //! names it). The shipper renews it (`Update` on the version it last
 //! wrote, the same epoch) at each shipment, publishes only within the
-//! lease less a fifth of it ([`Lease::check`]), and writes the epoch into
+//! lease less a fifth of it ([`Lease::check`]; uploads that outlasted
+//! that, a large snapshot, are followed by a renewal before the
+//! publication), and writes the epoch into
 //! every `MANIFEST` and `STATE` (an appended field; absent, read as 0, in
 //! objects written without a lease). A renewal that finds another node's
 //! lease, or a `MANIFEST` of a later epoch, loses the lease for good: the
@@ -1169,10 +1171,24 @@ impl Shipper {
 
     /// Whether this node may publish now: it holds its lease, renewed
     /// recently enough (or it has none).
+    ///
+    /// A shipment's uploads may outlast the lease's margin (a large
+    /// snapshot on a slow store): the lease is then renewed before
+    /// anything is published, by a put conditional on the version this
+    /// node last wrote, which fails if another node took it meanwhile.
     fn check_lease(&self) -> Result<()> {
-        match &self.lease {
-            None => Ok(()),
-            Some(l) => l.check(),
+        let Some(l) = &self.lease else {
+            return Ok(());
+        };
+        match l.check() {
+            Err(Error::Store { .. }) => {
+                match l.renew() {
+                    Err(Error::NotPrimary { reason }) => return Err(self.lose(reason)),
+                    r => r?,
+                }
+                l.check()
+            }
+            r => r,
         }
     }
 

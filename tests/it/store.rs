@@ -738,6 +738,74 @@ fn a_store_without_conditional_puts_is_refused_for_a_primary() {
     assert!(err.contains("conditional puts"), "{err}");
 }
 
+/// Takes `delay` over every snapshot put.
+struct SlowSnapshots {
+    inner: Arc<dyn Bucket>,
+    delay: std::time::Duration,
+}
+
+impl Bucket for SlowSnapshots {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
+        if key.ends_with(".segqsnap") {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.put(key, bytes)
+    }
+    fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> segq::Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> segq::Result<()> {
+        self.inner.delete(key)
+    }
+    fn get_versioned(
+        &self,
+        key: &str,
+    ) -> segq::Result<Option<(Vec<u8>, segq::engine::store::ObjectVersion)>> {
+        self.inner.get_versioned(key)
+    }
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        cond: &segq::engine::store::PutIf,
+    ) -> segq::Result<segq::engine::store::Conditional> {
+        self.inner.put_if(key, bytes, cond)
+    }
+}
+
+#[test]
+fn a_snapshot_upload_that_outlasts_the_lease_is_published_after_a_renewal() {
+    // A 2 s lease publishes within 1.6 s of a renewal; the snapshot's put
+    // takes 2.2 s. The manifest goes up in the same shipment, once the
+    // lease is renewed; a node that took the lease meanwhile would make
+    // that renewal fail instead (the takeover tests below).
+    let slow: Arc<dyn Bucket> = Arc::new(SlowSnapshots {
+        inner: memory(),
+        delay: std::time::Duration::from_millis(2200),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (e, lease) = primary(dir.path(), &slow, &lease_env("2")).unwrap();
+    e.create_workspace("w").unwrap();
+    let h = e.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 1);
+    let shipper = Shipper::with_lease(e.clone(), slow.clone(), lease.clone());
+    let done = shipper.ship_once().unwrap();
+    assert_eq!(done.manifests, 1);
+    let m = manifest(&*slow);
+    assert!(m.snapshot.is_some());
+    assert_eq!(lease_record(&*slow).node, node_of(dir.path()));
+    let (_d, r) = restored(&*slow);
+    assert_eq!(fingerprint(&r.workspace("w").unwrap()), fingerprint(&h));
+}
+
 /// Primary A ships; B takes over once A's lease lapses (epoch 2) and
 /// restores A's shipped state; A's next shipment finds B's lease: A
 /// refuses writes from then on, says so, and publishes nothing more;
