@@ -491,21 +491,9 @@ impl Follower {
                     reason: format!("{len} bytes, {expected} expected"),
                 });
             }
-            let fetched = (|| {
-                for piece in log.pieces.iter().skip(from) {
-                    let at = f
-                        .seek(std::io::SeekFrom::End(0))
-                        .map_err(Error::io_at(&path))?;
-                    if piece.start != at {
-                        return Err(Error::Store {
-                            location: format!("{}/{}", self.status.url, piece.object.key),
-                            reason: format!("starts at byte {}, the log ends at {at}", piece.start),
-                        });
-                    }
-                    store::fetch(&*self.bucket, &piece.object, &mut f, &mut out.bytes)?;
-                }
-                f.sync_data().map_err(Error::io_at(&path))
-            })();
+            let pieces = log.pieces.get(from..).unwrap_or_default();
+            let fetched = store::fetch_pieces(&*self.bucket, pieces, &mut f, &path, &mut out.bytes)
+                .and_then(|()| f.sync_data().map_err(Error::io_at(&path)));
             if let Err(e) = fetched {
                 // Back to what was applied: the next poll starts there.
                 let _ = f.set_len(had);
@@ -567,18 +555,7 @@ impl Follower {
         let tmp = path.with_extension("replica-tmp");
         let r = (|| {
             let mut f = fs::File::create(&tmp).map_err(Error::io_at(&tmp))?;
-            for piece in &log.pieces {
-                let at = f
-                    .seek(std::io::SeekFrom::End(0))
-                    .map_err(Error::io_at(&tmp))?;
-                if piece.start != at {
-                    return Err(Error::Store {
-                        location: format!("{}/{}", self.status.url, piece.object.key),
-                        reason: format!("starts at byte {}, the log ends at {at}", piece.start),
-                    });
-                }
-                store::fetch(&*self.bucket, &piece.object, &mut f, bytes)?;
-            }
+            store::fetch_pieces(&*self.bucket, &log.pieces, &mut f, &tmp, bytes)?;
             f.sync_data().map_err(Error::io_at(&tmp))?;
             let mut local = fs::File::open(path).map_err(Error::io_at(path))?;
             let mut fresh = fs::File::open(&tmp).map_err(Error::io_at(&tmp))?;

@@ -2298,6 +2298,28 @@ pub(crate) fn fetch(
     Ok(())
 }
 
+/// Appends `pieces` of a log to `f` (at `path`), each checked to start
+/// where the file ends and, by [`fetch`], its size and SHA-256.
+pub(crate) fn fetch_pieces(
+    bucket: &dyn Bucket,
+    pieces: &[Piece],
+    f: &mut fs::File,
+    path: &Path,
+    bytes: &mut u64,
+) -> Result<()> {
+    for piece in pieces {
+        let at = f.seek(SeekFrom::End(0)).map_err(Error::io_at(path))?;
+        if piece.start != at {
+            return Err(Error::Store {
+                location: format!("{}/{}", bucket.describe(), piece.object.key),
+                reason: format!("starts at byte {}, the log ends at {at}", piece.start),
+            });
+        }
+        fetch(bucket, &piece.object, f, bytes)?;
+    }
+    Ok(())
+}
+
 /// Downloads a workspace into `dir` (empty) and checks it whole.
 pub(crate) fn download(
     bucket: &dyn Bucket,
@@ -2325,9 +2347,7 @@ pub(crate) fn download(
     for log in &m.logs {
         let p = dir.join(&log.name);
         let mut out = fs::File::create(&p).map_err(Error::io_at(&p))?;
-        for piece in &log.pieces {
-            fetch(bucket, &piece.object, &mut out, bytes)?;
-        }
+        fetch_pieces(bucket, &log.pieces, &mut out, &p, bytes)?;
         drop(out);
         let mut f = FsFile::open(&p).map_err(Error::io_at(&p))?;
         let replay = LogWriter::scan(&mut f).map_err(|e| bad(format!("{}: {e}", log.name)))?;
