@@ -358,6 +358,13 @@ pub(crate) fn render_connections(stats: &ConnStats, out: &mut String) {
     })();
 }
 
+/// One unlabelled sample with its `HELP` and `TYPE` lines.
+fn one(out: &mut String, name: &str, kind: &str, help: &str, v: f64) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")?;
+    writeln!(out, "{name} {v}")
+}
+
 /// The object store's counters and gauges, when there is one.
 pub fn render_store(engine: &crate::engine::Engine, out: &mut String) {
     let Some(st) = engine.store_status() else {
@@ -366,11 +373,6 @@ pub fn render_store(engine: &crate::engine::Engine, out: &mut String) {
     let now = chrono::Utc::now().timestamp_millis();
     let last = st.last_success_ms.load(Relaxed);
     let _ = (|| -> std::fmt::Result {
-        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} {kind}")?;
-            writeln!(out, "{name} {v}")
-        };
         one(
             out,
             "segq_store_uploads_total",
@@ -503,11 +505,6 @@ pub fn render_replica(engine: &crate::engine::Engine, out: &mut String) {
     };
     let now = chrono::Utc::now().timestamp_millis();
     let _ = (|| -> std::fmt::Result {
-        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} {kind}")?;
-            writeln!(out, "{name} {v}")
-        };
         one(
             out,
             "segq_replica_lag_seconds",
