@@ -1563,9 +1563,7 @@ impl Shipper {
             let sig = Arc::downgrade(&signal);
             let _ = acks.wake.set(Box::new(move || {
                 if let Some(sig) = sig.upgrade() {
-                    let (lock, cv) = &*sig;
-                    lock.lock().unwrap_or_else(|p| p.into_inner()).now = true;
-                    cv.notify_all();
+                    ship_soon(&sig);
                 }
             }));
         }
@@ -1651,6 +1649,14 @@ struct Signal {
     now: bool,
 }
 
+/// Wakes the shipping thread to ship once its wait allows (at once, but
+/// during a failure's backoff).
+fn ship_soon(signal: &(Mutex<Signal>, Condvar)) {
+    let (lock, cv) = signal;
+    lock.lock().unwrap_or_else(|p| p.into_inner()).now = true;
+    cv.notify_all();
+}
+
 /// The background shipping thread of [`Shipper::start`].
 pub struct ShipperThread {
     shipper: Arc<Shipper>,
@@ -1665,11 +1671,10 @@ impl std::fmt::Debug for ShipperThread {
 }
 
 impl ShipperThread {
-    /// Wakes the thread to ship now.
+    /// Wakes the thread to ship now (once the backoff is over, while
+    /// shipments fail).
     pub fn ship_now(&self) {
-        let (lock, cv) = &*self.signal;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).now = true;
-        cv.notify_all();
+        ship_soon(&self.signal);
     }
 
     /// Stops the thread and ships a last time (at shutdown, once the

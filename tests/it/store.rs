@@ -738,20 +738,23 @@ fn a_store_without_conditional_puts_is_refused_for_a_primary() {
     assert!(err.contains("conditional puts"), "{err}");
 }
 
-/// Takes `delay` over every snapshot put.
-struct SlowSnapshots {
-    inner: Arc<dyn Bucket>,
-    delay: std::time::Duration,
+/// A bucket that runs `before` ahead of every put (to fail it, or to
+/// take time over it); every other operation, conditional puts included,
+/// goes to `inner`.
+pub(crate) struct BeforePut {
+    pub(crate) inner: Arc<dyn Bucket>,
+    pub(crate) before: PutHook,
 }
 
-impl Bucket for SlowSnapshots {
+/// What [`BeforePut`] runs ahead of a put, given the object's key.
+pub(crate) type PutHook = Box<dyn Fn(&str) -> segq::Result<()> + Send + Sync>;
+
+impl Bucket for BeforePut {
     fn describe(&self) -> String {
         self.inner.describe()
     }
     fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
-        if key.ends_with(".segqsnap") {
-            std::thread::sleep(self.delay);
-        }
+        (self.before)(key)?;
         self.inner.put(key, bytes)
     }
     fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
@@ -785,9 +788,14 @@ fn a_snapshot_upload_that_outlasts_the_lease_is_published_after_a_renewal() {
     // takes 2.2 s. The manifest goes up in the same shipment, once the
     // lease is renewed; a node that took the lease meanwhile would make
     // that renewal fail instead (the takeover tests below).
-    let slow: Arc<dyn Bucket> = Arc::new(SlowSnapshots {
+    let slow: Arc<dyn Bucket> = Arc::new(BeforePut {
         inner: memory(),
-        delay: std::time::Duration::from_millis(2200),
+        before: Box::new(|key| {
+            if key.ends_with(".segqsnap") {
+                std::thread::sleep(std::time::Duration::from_millis(2200));
+            }
+            Ok(())
+        }),
     });
     let dir = tempfile::tempdir().unwrap();
     let (e, lease) = primary(dir.path(), &slow, &lease_env("2")).unwrap();

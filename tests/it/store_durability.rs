@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use segq::engine::store::{Bucket, ObjectInfo, Shipper, StoreManifest};
+use segq::engine::store::{Bucket, Shipper, StoreManifest};
 use segq::engine::{Engine, WorkspaceHandle};
 use segq::users::NewUser;
 use segq::Error;
 use serde_json::json;
 
-use crate::store::{count, file_bucket, memory, writes};
+use crate::store::{count, file_bucket, memory, writes, BeforePut};
 use crate::support::fingerprint;
 
 /// Configuration from the environment: `durability`, an hour between
@@ -112,50 +112,36 @@ fn with_local_durability_the_same_changes_are_acknowledged_before_they_are_shipp
     assert!(in_bucket(&*bucket) >= h.log_stats().records);
 }
 
-/// Refuses every put while `down` is set.
-struct Flaky {
-    inner: Arc<dyn Bucket>,
-    down: AtomicBool,
-}
-
-impl Bucket for Flaky {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::Store {
-                location: key.into(),
-                reason: "the store is down".into(),
-            });
-        }
-        self.inner.put(key, bytes)
-    }
-    fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
-        self.inner.get(key)
-    }
-    fn list(&self, prefix: &str) -> segq::Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> segq::Result<()> {
-        self.inner.delete(key)
-    }
+/// A bucket that refuses every put while the flag it returns is set.
+fn flaky(inner: Arc<dyn Bucket>, down: bool) -> (Arc<dyn Bucket>, Arc<AtomicBool>) {
+    let flag = Arc::new(AtomicBool::new(down));
+    let down = flag.clone();
+    let bucket = BeforePut {
+        inner,
+        before: Box::new(move |key| {
+            if down.load(Ordering::SeqCst) {
+                return Err(Error::Store {
+                    location: key.into(),
+                    reason: "the store is down".into(),
+                });
+            }
+            Ok(())
+        }),
+    };
+    (Arc::new(bucket), flag)
 }
 
 #[test]
 fn a_store_refusing_puts_fails_the_write_after_the_timeout_and_ships_it_later() {
     let tmp = tempfile::tempdir().unwrap();
     let inner = memory();
-    let flaky = Arc::new(Flaky {
-        inner: inner.clone(),
-        down: AtomicBool::new(false),
-    });
+    let (flaky, down) = flaky(inner.clone(), false);
     let e = open(&tmp.path().join("data"), &env("object-store", "300"));
     e.create_workspace("w").unwrap();
     let h = e.workspace("w").unwrap();
     let thread = Shipper::new(e.clone(), flaky.clone()).start();
     h.upsert_users(vec![user(0)]).unwrap();
-    flaky.down.store(true, Ordering::SeqCst);
+    down.store(true, Ordering::SeqCst);
     let err = h.upsert_users(vec![user(1)]).unwrap_err();
     match &err {
         Error::NotShipped {
@@ -174,7 +160,7 @@ fn a_store_refusing_puts_fails_the_write_after_the_timeout_and_ships_it_later() 
     assert_eq!(st.ack_timeouts.load(Ordering::SeqCst), 1);
     // The store comes back: a retry (as a client would) is acknowledged
     // once shipped, and the bucket holds both changes.
-    flaky.down.store(false, Ordering::SeqCst);
+    down.store(false, Ordering::SeqCst);
     let mut tries = 0;
     while let Err(e) = h.upsert_users(vec![user(1)]) {
         assert!(matches!(e, Error::NotShipped { .. }), "{e}");
@@ -188,10 +174,7 @@ fn a_store_refusing_puts_fails_the_write_after_the_timeout_and_ships_it_later() 
 #[test]
 fn a_write_waiting_for_its_shipment_is_refused_at_once_when_the_lease_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let flaky = Arc::new(Flaky {
-        inner: memory(),
-        down: AtomicBool::new(true),
-    });
+    let (flaky, _down) = flaky(memory(), true);
     // An hour's timeout: only the lost lease can end the wait.
     let e = open(&tmp.path().join("data"), &env("object-store", "3600000"));
     e.create_workspace("w").unwrap();
