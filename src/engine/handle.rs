@@ -88,9 +88,13 @@ pub struct WorkspaceHandle {
     /// The workspace's folder.
     dir: PathBuf,
     /// The manifest in force (None before the first compaction) and the
-    /// logs after its snapshot, oldest first (the last is in use); also
-    /// serialises compactions.
+    /// logs after its snapshot, oldest first (the last is in use). Held
+    /// only briefly: a compaction takes it to switch the log and again to
+    /// commit, so the shipper's view never waits for a snapshot write.
     files: Mutex<(Option<Manifest>, Vec<PathBuf>)>,
+    /// Serialises compactions, log seals and the undo of a failed write
+    /// (taken before `files`).
+    compacting: Mutex<()>,
     /// When the state was last folded into a snapshot (or loaded).
     compacted_at: Mutex<std::time::Instant>,
     /// What the compactions of this workspace did since it was opened.
@@ -138,6 +142,7 @@ impl WorkspaceHandle {
         WorkspaceHandle {
             dir,
             files: Mutex::new((manifest, logs)),
+            compacting: Mutex::new(()),
             compacted_at: Mutex::new(std::time::Instant::now()),
             compactions: CompactionCounters::default(),
             name: ws.name().to_string(),
@@ -190,6 +195,7 @@ impl WorkspaceHandle {
     /// records of the logs after it, each applied by the function live
     /// writes use. Equal to [`Self::read`] once every write is answered.
     pub fn durable_state(&self) -> Result<Workspace> {
+        let _compacting = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let ws = self.read();
         rebuild(
@@ -372,8 +378,10 @@ impl WorkspaceHandle {
     /// manifest in force, its snapshot and the logs after it opened (an
     /// open file stays readable after a compaction removes it), each log
     /// with the length of its durable part, and the seq after the last
-    /// durable record. Taken under `files`, so it waits for a running
-    /// compaction, never for a writer. `None` for a workspace in memory.
+    /// durable record. Taken under `files`, which a running compaction
+    /// holds only to switch the log and to commit (between the two, the
+    /// view is the previous snapshot, the sealed logs and the fresh log);
+    /// it never waits for a writer. `None` for a workspace in memory.
     pub(crate) fn ship_view(&self) -> Result<Option<super::store::LocalFiles>> {
         if self.memory.is_some() {
             return Ok(None);
@@ -464,6 +472,8 @@ impl WorkspaceHandle {
     /// seals a live log once it is shipped in `MAX_PIECES - 1` pieces, so
     /// no log is uploaded twice. Returns the fresh log's path, or `None`
     /// when the log in use holds no record (nothing to seal).
+    /// A running compaction is not waited for: it switches the log itself,
+    /// so `None` is returned then too.
     pub(crate) fn seal_log(&self) -> Result<Option<PathBuf>> {
         self.check_failed()?;
         if self.memory.is_some() || self.followed.get().is_some() {
@@ -472,6 +482,11 @@ impl WorkspaceHandle {
                 self.name
             )));
         }
+        let _compacting = match self.compacting.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         // The read lock keeps writers out while the log is switched.
         let _ws = self.read();
@@ -512,6 +527,7 @@ impl WorkspaceHandle {
                 self.name
             )));
         }
+        let _compacting = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         // 1. Freeze. The read lock keeps writers out, so the state is
         //    exactly the log up to `seq`.
@@ -545,8 +561,12 @@ impl WorkspaceHandle {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().to_string())
             .ok_or_else(|| Error::Internal("the workspace has no log".into()))?;
-        // 2–3. Write the snapshot and commit it, writers going on.
+        // 2–3. Write the snapshot and commit it, writers going on. `files`
+        //    is let go meanwhile: the shipper reads the previous snapshot,
+        //    the sealed logs and the fresh one (`compacting` keeps every
+        //    other switch of the log out).
         let (old, old_logs) = files.clone();
+        drop(files);
         let (manifest, done) =
             match compact::publish(fs, &self.dir, &frozen, seq, old.as_ref(), &log_name) {
                 Ok(x) => x,
@@ -557,7 +577,8 @@ impl WorkspaceHandle {
                     )))
                 }
             };
-        *files = (Some(manifest.clone()), vec![self.dir.join(&manifest.log)]);
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Some(manifest.clone()), vec![self.dir.join(&manifest.log)]);
         *self.compacted_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         // 4. Serve from the new snapshot. Should it not open, the old one
         //    (still mapped) goes on serving; a restart reads the new one.
@@ -837,6 +858,7 @@ impl WorkspaceHandle {
         }
         // Lock order: compaction lock, then the state. A running
         // compaction finishes first (or stops at the failed log).
+        let _compacting = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut ws = self.write_lock()?;
         let log = self.log();
@@ -1582,8 +1604,8 @@ fn user_change(ws: &Workspace, new: NewUser) -> Result<(Upserted, Option<Change>
 /// The durable state of a workspace, rebuilt as start-up builds it: the
 /// snapshot of the manifest in force (the one `live` is served from, when
 /// it is that one) and the durable records of the logs after it, the last
-/// being `log`, the one in use. Called with the compaction lock (`files`)
-/// and the write lock held.
+/// being `log`, the one in use. Called with the compaction lock
+/// (`compacting`), `files` and the write lock held.
 fn rebuild(
     name: &str,
     dir: &Path,
