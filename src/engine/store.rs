@@ -30,7 +30,10 @@
 //! server's state (when it changed); then for each workspace, the
 //! snapshot its local manifest names (once), the durable bytes of each log
 //! after it not shipped yet, and **last** the workspace's `MANIFEST`,
-//! naming only objects already uploaded. A crash (or a failed put) at any
+//! naming only objects already uploaded. (The shipping thread uploads a
+//! compaction's new snapshot on a thread of its own; until it is in the
+//! bucket, the manifests name the previous snapshot and every log since
+//! it: see [`Shipper::ship_once`].) A crash (or a failed put) at any
 //! point leaves the previous `MANIFEST` in force with every object it
 //! names, so the bucket always restores to a state the node acknowledged
 //! (the durable prefix of its log at some shipment). What is lost with
@@ -1064,6 +1067,36 @@ struct Shipped {
     published: Option<StoreManifest>,
     snapshot: Option<(String, ObjectRef)>,
     logs: BTreeMap<String, Vec<Piece>>,
+    /// A compaction's snapshot being uploaded off the shipping thread.
+    upload: Option<Upload>,
+}
+
+/// A snapshot upload running on a thread of its own: until it is in the
+/// bucket, manifests name the previous snapshot and the logs since it.
+struct Upload {
+    /// The local snapshot's file name.
+    local: String,
+    /// The start of its object's key (the digest follows, once read):
+    /// garbage collection leaves such objects alone meanwhile.
+    prefix: String,
+    /// Its result, set before the shipping thread is woken.
+    result: Arc<Mutex<Option<Result<ObjectRef>>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Upload {
+    /// Its result, once the upload ended (with `wait`, waits for it).
+    fn result(self, wait: bool) -> std::result::Result<Result<ObjectRef>, Upload> {
+        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if r.is_none() && wait {
+            let _ = self.thread.join();
+            r = self.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Ok(
+                r.unwrap_or_else(|| Err(Error::Internal("the snapshot's upload panicked".into())))
+            );
+        }
+        r.ok_or(self)
+    }
 }
 
 /// Uploads a data directory's files to a bucket, in the order the module
@@ -1080,6 +1113,9 @@ pub struct Shipper {
     lease: Option<Arc<Lease>>,
     /// The least time between two renewals.
     renew_every: Duration,
+    /// The shipping thread's signal ([`Shipper::start`]): a finished
+    /// snapshot upload wakes it, to publish the manifest naming it.
+    wake: std::sync::OnceLock<std::sync::Weak<(Mutex<Signal>, Condvar)>>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -1142,6 +1178,7 @@ impl Shipper {
             server: Mutex::new(None),
             workspaces: Mutex::new(BTreeMap::new()),
             lease,
+            wake: std::sync::OnceLock::new(),
         })
     }
 
@@ -1231,10 +1268,22 @@ impl Shipper {
     /// Ships everything durable now: the server's state, then each
     /// workspace's new objects and last its manifest. Stops at the first
     /// failure (what was uploaded stays known, so the next shipment goes
-    /// on from there).
+    /// on from there). A new snapshot is in the bucket when it returns;
+    /// the background thread ([`Shipper::start`]) does not wait for one:
+    /// until it is uploaded, its manifests name the previous snapshot and
+    /// every log since it (the sealed logs and the fresh one).
     pub fn ship_once(&self) -> Result<Shipment> {
+        self.ship(true)
+    }
+
+    /// [`Self::ship_once`]; unless `wait`, a compaction's new snapshot is
+    /// uploaded on a thread of its own, and until it is in the bucket the
+    /// manifests name the previous snapshot and every log since it (the
+    /// sealed logs and the fresh one), so that the records shipped meanwhile
+    /// are published at once.
+    fn ship(&self, wait: bool) -> Result<Shipment> {
         let mut done = Shipment::default();
-        let r = self.ship_all(&mut done);
+        let r = self.ship_all(&mut done, wait);
         match &r {
             Ok(()) => {
                 self.status.failing.store(0, Ordering::SeqCst);
@@ -1260,7 +1309,7 @@ impl Shipper {
         r.map(|()| done)
     }
 
-    fn ship_all(&self, done: &mut Shipment) -> Result<()> {
+    fn ship_all(&self, done: &mut Shipment, wait: bool) -> Result<()> {
         let acks = self.engine.fence().acks();
         let n = acks.map_or(0, |a| a.begin());
         self.renew_lease()?;
@@ -1282,7 +1331,7 @@ impl Shipper {
                     Err(e) => tracing::warn!(workspace = h.name(), "sealing the live log: {e}"),
                 }
             }
-            let end = self.ship_workspace(h.name(), files, done)?;
+            let end = self.ship_workspace(h.name(), files, done, wait)?;
             if let Some(a) = acks {
                 a.publish(n, h.name(), end);
             }
@@ -1386,6 +1435,7 @@ impl Shipper {
         name: &str,
         mut files: LocalFiles,
         done: &mut Shipment,
+        wait: bool,
     ) -> Result<u64> {
         let mut all = self.workspaces.lock().unwrap_or_else(|p| p.into_inner());
         let s = all.entry(name.to_string()).or_default();
@@ -1394,22 +1444,21 @@ impl Shipper {
             s.adopted = true;
         }
         let folder = workspace_prefix(name);
-        // 1. The snapshot, once.
-        let snapshot = match (&files.manifest, files.snapshot.as_mut()) {
+        // 1. The snapshot, once (see `Self::ship` for a new one).
+        let mut uploading = false;
+        let snapshot = match (&files.manifest, files.snapshot.take()) {
             (Some(m), Some((local, f))) => {
-                if s.snapshot.as_ref().map(|(n, _)| n) != Some(local) {
-                    let len = f.metadata().map_err(Error::io_at(local.as_str()))?.len();
-                    let sha = sha256_file(f, 0, len, local)?;
-                    let obj = ObjectRef {
-                        key: format!("{folder}snap-{:020}-{}.segqsnap", m.generation, &sha[..16]),
-                        size: len,
-                        sha256: sha,
-                    };
-                    self.bucket.put_file(&obj.key, f, 0, len)?;
-                    self.uploaded(len, done);
-                    s.snapshot = Some((local.clone(), obj));
+                if s.snapshot.as_ref().map(|(n, _)| n) != Some(&local) {
+                    let prefix = format!("{folder}snap-{:020}-", m.generation);
+                    match self.upload_snapshot(s, prefix, &local, f, wait, done)? {
+                        Some(obj) => s.snapshot = Some((local, obj)),
+                        None => uploading = true,
+                    }
                 }
-                s.snapshot.as_ref().map(|(_, o)| o.clone())
+                match uploading {
+                    true => None,
+                    false => s.snapshot.as_ref().map(|(_, o)| o.clone()),
+                }
             }
             _ => None,
         };
@@ -1463,34 +1512,43 @@ impl Shipper {
                 "workspace {name}: a log has no durable bytes"
             )));
         }
-        // 3. Last, the manifest.
-        let m = StoreManifest {
-            format: MANIFEST_FORMAT.into(),
-            version: FORMAT_VERSION,
-            workspace: name.to_string(),
-            serial: s.published.as_ref().map_or(1, |p| p.serial + 1),
-            manifest: files.manifest.clone(),
-            snapshot,
-            logs,
-            end_seq: files.end_seq,
-            published_at: Utc::now(),
-            epoch: self.epoch(),
+        // 3. Last, the manifest: while the snapshot uploads, the previous
+        //    one's, with the logs that reach from it to the local ones.
+        let chain = match uploading {
+            false => Some((files.manifest.clone(), snapshot, logs)),
+            // None: the sealed logs' rest never reached the bucket, so the
+            // records are published with the snapshot.
+            true => s.published.as_ref().and_then(|p| interim(p, &files, logs)),
         };
-        let same = s.published.as_ref().is_some_and(|p| {
-            p.manifest == m.manifest
-                && p.snapshot == m.snapshot
-                && p.logs == m.logs
-                && p.end_seq == m.end_seq
-                && p.epoch == m.epoch
-        });
-        if !same {
-            let key = manifest_key(name);
-            self.check_lease()?;
-            let bytes = m.to_bytes()?;
-            self.put(&key, bytes, done)?;
-            done.manifests += 1;
-            self.status.manifests.fetch_add(1, Ordering::Relaxed);
-            s.published = Some(m);
+        if let Some((manifest, snapshot, logs)) = chain {
+            let m = StoreManifest {
+                format: MANIFEST_FORMAT.into(),
+                version: FORMAT_VERSION,
+                workspace: name.to_string(),
+                serial: s.published.as_ref().map_or(1, |p| p.serial + 1),
+                manifest,
+                snapshot,
+                logs,
+                end_seq: files.end_seq,
+                published_at: Utc::now(),
+                epoch: self.epoch(),
+            };
+            let same = s.published.as_ref().is_some_and(|p| {
+                p.manifest == m.manifest
+                    && p.snapshot == m.snapshot
+                    && p.logs == m.logs
+                    && p.end_seq == m.end_seq
+                    && p.epoch == m.epoch
+            });
+            if !same {
+                let key = manifest_key(name);
+                self.check_lease()?;
+                let bytes = m.to_bytes()?;
+                self.put(&key, bytes, done)?;
+                done.manifests += 1;
+                self.status.manifests.fetch_add(1, Ordering::Relaxed);
+                s.published = Some(m);
+            }
         }
         let in_bucket = s.published.as_ref().map_or(0, |p| p.end_seq);
         self.status
@@ -1499,6 +1557,71 @@ impl Shipper {
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), (in_bucket, files.end_seq));
         Ok(in_bucket)
+    }
+
+    /// The object of a compaction's new snapshot (`local`, open as `file`,
+    /// its key starting with `prefix`), once uploaded: `None` while its
+    /// upload runs (started here if none does). An upload of an older
+    /// snapshot still running is let finish first, and its object is left
+    /// to garbage collection. With `wait`, waits for the upload.
+    fn upload_snapshot(
+        &self,
+        s: &mut Shipped,
+        prefix: String,
+        local: &str,
+        file: fs::File,
+        wait: bool,
+        done: &mut Shipment,
+    ) -> Result<Option<ObjectRef>> {
+        let mut file = Some(file);
+        loop {
+            match s.upload.take() {
+                Some(u) => {
+                    let mine = u.local == local;
+                    match u.result(wait) {
+                        Ok(r) if mine => {
+                            let obj = r?;
+                            self.uploaded(obj.size, done);
+                            return Ok(Some(obj));
+                        }
+                        Ok(_) => {}
+                        Err(running) => {
+                            s.upload = Some(running);
+                            return Ok(None);
+                        }
+                    }
+                }
+                None => {
+                    let Some(mut f) = file.take() else {
+                        return Err(Error::Internal("a snapshot uploaded twice".into()));
+                    };
+                    let bucket = self.bucket.clone();
+                    let wake = self.wake.get().cloned();
+                    let (key, shown) = (prefix.clone(), local.to_string());
+                    let result = Arc::new(Mutex::new(None));
+                    let slot = result.clone();
+                    let thread = std::thread::Builder::new()
+                        .name("segq-ship-snapshot".into())
+                        .spawn(move || {
+                            let r = upload_file(&*bucket, &key, &mut f, &shown);
+                            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                            if let Some(sig) = wake.and_then(|w| w.upgrade()) {
+                                ship_soon(&sig);
+                            }
+                        })
+                        .map_err(|e| Error::Internal(format!("starting an upload: {e}")))?;
+                    s.upload = Some(Upload {
+                        local: local.to_string(),
+                        prefix: prefix.clone(),
+                        result,
+                        thread,
+                    });
+                    if !wait {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 
     /// Deletes every object of a shipped workspace that neither its
@@ -1541,9 +1664,14 @@ impl Shipper {
                     needed.extend(pieces.iter().map(|p| p.object.key.clone()));
                 }
             }
+            let uploading = all
+                .get(&name)
+                .and_then(|s| s.upload.as_ref())
+                .map(|u| u.prefix.clone());
             drop(all);
             for o in listed {
-                if !needed.contains(&o.key) && o.last_modified + retention <= now {
+                let in_flight = uploading.as_ref().is_some_and(|p| o.key.starts_with(p));
+                if !needed.contains(&o.key) && !in_flight && o.last_modified + retention <= now {
                     self.bucket.delete(&o.key)?;
                     deleted += 1;
                     self.status.deleted.fetch_add(1, Ordering::Relaxed);
@@ -1559,6 +1687,7 @@ impl Shipper {
     /// every minute. [`ShipperThread::stop`] ships a last time.
     pub fn start(self: &Arc<Self>) -> ShipperThread {
         let signal = Arc::new((Mutex::new(Signal::default()), Condvar::new()));
+        let _ = self.wake.set(Arc::downgrade(&signal));
         if let Some(acks) = self.engine.fence().acks() {
             let sig = Arc::downgrade(&signal);
             let _ = acks.wake.set(Box::new(move || {
@@ -1607,7 +1736,7 @@ impl Shipper {
                 }
                 s.now = false;
             }
-            match self.ship_once() {
+            match self.ship(false) {
                 Ok(_) => wait = interval,
                 Err(e) => {
                     tracing::warn!(store = %self.bucket.describe(), "shipping failed: {e}");
@@ -1633,6 +1762,51 @@ fn renew_every(c: &Config) -> u64 {
         (0, super::Durability::ObjectStore) => c.ship_interval_ms,
         (ms, _) => ms,
     }
+}
+
+/// Uploads a whole file as the object `prefix` + the first 16 hex digits
+/// of its SHA-256 + `.segqsnap`.
+fn upload_file(
+    bucket: &dyn Bucket,
+    prefix: &str,
+    f: &mut fs::File,
+    shown: &str,
+) -> Result<ObjectRef> {
+    let len = f.metadata().map_err(Error::io_at(shown))?.len();
+    let sha = sha256_file(f, 0, len, shown)?;
+    let obj = ObjectRef {
+        key: format!("{prefix}{}.segqsnap", &sha[..16]),
+        size: len,
+        sha256: sha,
+    };
+    bucket.put_file(&obj.key, f, 0, len)?;
+    Ok(obj)
+}
+
+/// The manifest to publish while a compaction's snapshot uploads: the
+/// previous snapshot (with its local manifest) from `published`, its logs
+/// up to the oldest local one, then `logs` (the local logs as shipped).
+/// `None` unless `published` names the oldest local log, after the logs
+/// sealed before it: those were shipped whole, as a log is shipped to
+/// its end once another follows it. (A shipment that saw a log switched
+/// may have come only after the compaction removed the sealed logs.)
+fn interim(
+    published: &StoreManifest,
+    files: &LocalFiles,
+    logs: Vec<StoredLog>,
+) -> Option<(Option<Manifest>, Option<ObjectRef>, Vec<StoredLog>)> {
+    if published.manifest == files.manifest {
+        return None;
+    }
+    let oldest = &files.logs.first()?.0;
+    let k = published.logs.iter().position(|l| &l.name == oldest)?;
+    let mut chain = published.logs[..k].to_vec();
+    chain.extend(logs);
+    Some((
+        published.manifest.clone(),
+        published.snapshot.clone(),
+        chain,
+    ))
 }
 
 fn referenced(m: &StoreManifest) -> impl Iterator<Item = String> + '_ {

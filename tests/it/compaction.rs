@@ -418,7 +418,7 @@ impl Fs for GateFs {
 
 /// Starts a compaction that stops at its snapshot write; returns it and
 /// the gate's release.
-fn compaction_at_the_gate(
+pub(crate) fn compaction_at_the_gate(
     h: &Arc<WorkspaceHandle>,
     fail_manifest: bool,
 ) -> (

@@ -4,7 +4,10 @@
 //! the shipper (they do not wait for the interval); a store that refuses
 //! puts fails the write with `NotShipped` (503 over HTTP, the change kept
 //! and shipped later); a lost lease answers a waiting write at once; a
-//! server with this durability and no `--store` does not start.
+//! server with this durability and no `--store` does not start; writes
+//! during a compaction and its snapshot's upload are acknowledged from
+//! manifests naming the previous snapshot and the logs since it, and
+//! garbage collection spares the snapshot uploaded but not yet named.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,4 +231,177 @@ fn segq_serve_acknowledges_a_partner_import_once_shipped_and_needs_a_store_for_i
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs --store"), "{stderr}");
+}
+
+/// A bucket whose snapshot puts wait while the flag it returns is set
+/// (a minute at most, so that a failed test ends).
+fn snapshots_held(inner: Arc<dyn Bucket>) -> (Arc<dyn Bucket>, Arc<AtomicBool>) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let held = flag.clone();
+    let bucket = BeforePut {
+        inner,
+        before: Box::new(move |key| {
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            while key.ends_with(".segqsnap")
+                && held.load(Ordering::SeqCst)
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        }),
+    };
+    (Arc::new(bucket), flag)
+}
+
+fn manifest_of(bucket: &dyn Bucket) -> StoreManifest {
+    StoreManifest::from_bytes("m", &bucket.get("workspaces/w/MANIFEST").unwrap().unwrap()).unwrap()
+}
+
+#[test]
+fn writes_during_a_compaction_and_its_snapshot_upload_are_acknowledged_from_the_logs() {
+    // A 5 s timeout; the compaction's snapshot write, then its upload,
+    // are held far longer. Writes meanwhile ride manifests that name the
+    // previous snapshot and every log since it.
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = memory();
+    let (bucket, held) = snapshots_held(inner.clone());
+    let e = open(&tmp.path().join("data"), &env("object-store", "5000"));
+    e.create_workspace("w").unwrap();
+    let h = e.workspace("w").unwrap();
+    let thread = Shipper::new(e.clone(), bucket.clone()).start();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 1);
+    let first = manifest_of(&*inner);
+    let previous = first
+        .snapshot
+        .clone()
+        .expect("the first snapshot is in the bucket");
+    held.store(true, Ordering::SeqCst);
+    // 1. While the compaction writes its snapshot (the shipper reads the
+    //    previous snapshot, the sealed log and the fresh one).
+    let (compaction, release) = crate::compaction::compaction_at_the_gate(&h, false);
+    writes(&h, 2);
+    let during = manifest_of(&*inner);
+    assert_eq!(during.snapshot.as_ref(), Some(&previous));
+    assert_eq!(during.logs.len(), 2, "the sealed log and the fresh one");
+    assert!(during.end_seq >= h.log_stats().records);
+    release.send(()).unwrap();
+    compaction.join().unwrap().unwrap();
+    // 2. While its snapshot uploads: the new local snapshot is not in the
+    //    bucket, the records after it are.
+    for r in 3..6 {
+        writes(&h, r);
+    }
+    let m = manifest_of(&*inner);
+    assert_eq!(m.snapshot.as_ref(), Some(&previous));
+    assert_eq!(m.manifest, first.manifest, "the previous local manifest");
+    assert_eq!(m.logs.len(), 2);
+    assert_eq!(m.logs[0], during.logs[0], "the sealed log, whole");
+    let st = e.store_status().unwrap();
+    assert_eq!(st.ack_timeouts.load(Ordering::SeqCst), 0);
+    // The machine is lost now: an empty node restores every change.
+    let (_d, r) = restored(&*inner);
+    assert_eq!(fingerprint(&*r), fingerprint(&*h));
+    // 3. The upload ends: the next manifest names the new snapshot and
+    //    only the log after it.
+    held.store(false, Ordering::SeqCst);
+    let local = h.manifest().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let m = manifest_of(&*inner);
+        if m.manifest.as_ref() == Some(&local) {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never published: {:?}",
+            e.store_status().unwrap().last_error()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(last.snapshot.as_ref(), Some(&previous));
+    assert_eq!(last.logs.len(), 1);
+    assert_eq!(last.logs[0].name, local.log);
+    thread.stop().unwrap();
+    let (_d, r) = restored(&*inner);
+    assert_eq!(fingerprint(&*r), fingerprint(&*h));
+}
+
+/// A bucket whose snapshot puts, once done, wait while the flag it
+/// returns is set (a minute at most): the object is in the bucket, no
+/// manifest names it yet.
+struct HeldAfterPut {
+    inner: Arc<dyn Bucket>,
+    held: Arc<AtomicBool>,
+}
+
+impl Bucket for HeldAfterPut {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
+        self.inner.put(key, bytes)?;
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while key.ends_with(".segqsnap")
+            && self.held.load(Ordering::SeqCst)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+    fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> segq::Result<Vec<segq::engine::store::ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> segq::Result<()> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn garbage_collection_spares_the_snapshot_whose_upload_is_not_published_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = memory();
+    let held = Arc::new(AtomicBool::new(false));
+    let bucket: Arc<dyn Bucket> = Arc::new(HeldAfterPut {
+        inner: inner.clone(),
+        held: held.clone(),
+    });
+    let e = open(&tmp.path().join("data"), &env("local", "60000"));
+    e.create_workspace("w").unwrap();
+    let h = e.workspace("w").unwrap();
+    let shipper = Shipper::new(e.clone(), bucket.clone());
+    let thread = shipper.start();
+    writes(&h, 0);
+    h.compact().unwrap();
+    held.store(true, Ordering::SeqCst);
+    thread.ship_now();
+    let snapshots = || {
+        inner
+            .list("workspaces/w/")
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.key.ends_with(".segqsnap"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while snapshots() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never uploaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Put, not yet named by a manifest: a collection long past the
+    // retention period leaves it alone.
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    shipper.collect_garbage(later).unwrap();
+    assert_eq!(snapshots(), 1);
+    held.store(false, Ordering::SeqCst);
+    thread.stop().unwrap();
+    assert!(manifest_of(&*inner).snapshot.is_some());
+    let (_d, r) = restored(&*inner);
+    assert_eq!(fingerprint(&*r), fingerprint(&*h));
 }
