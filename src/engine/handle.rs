@@ -431,8 +431,16 @@ impl WorkspaceHandle {
         (records, bytes)
     }
 
-    /// Whether the log has grown past the configured thresholds.
+    /// Whether the log has grown past the configured thresholds; never
+    /// while a compaction runs (it folds that backlog already, though
+    /// until it commits the backlog still counts the logs it sealed).
     pub fn compaction_due(&self, config: &super::Config) -> bool {
+        if matches!(
+            self.compacting.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        ) {
+            return false;
+        }
         let (records, bytes) = self.log_backlog();
         let age = self
             .compacted_at

@@ -483,6 +483,28 @@ fn writes_go_on_while_a_compaction_writes_its_snapshot() {
 }
 
 #[test]
+fn a_workspace_is_not_due_for_compaction_while_one_runs() {
+    // The compaction lets go of the file list while it writes its
+    // snapshot, so the backlog still counts the logs it sealed; the
+    // compactor must not queue a second compaction behind it.
+    let dir = tempfile::tempdir().unwrap();
+    drop(setup(dir.path()));
+    let cfg = dir.path().join("segq.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c["compact_after_records"] = json!(3);
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let e = open(dir.path());
+    let h = handle(&e);
+    assert!(h.compaction_due(e.config()));
+    let (t, release) = compaction_at_the_gate(&h, false);
+    assert!(!h.compaction_due(e.config()), "one runs");
+    assert!(e.compact_due().is_empty());
+    release.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    assert!(!h.compaction_due(e.config()), "folded");
+}
+
+#[test]
 fn a_crash_before_the_manifest_keeps_the_writes_made_during_the_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let e = setup(dir.path());
