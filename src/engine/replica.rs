@@ -17,6 +17,13 @@
 //!                             records read from where the last ones ended
 //!                             and applied under the workspace's write lock
 //!                             (WorkspaceHandle::follow, as log replay does)
+//!                           a new snapshot generation whose first log the
+//!                           one followed names too (the primary compacted
+//!                           while it shipped): the records after it
+//!                           applied from those logs as above, while the
+//!                           new snapshot downloads on a thread of its own
+//!                           (`replica-prefetch/`); once it is here, the
+//!                           workspace is loaded from it and swapped in
 //!                           anything else (a new snapshot generation, a
 //!                           new epoch, pieces merged, a new workspace):
 //!                             downloaded whole and checked, swapped in for
@@ -52,6 +59,17 @@ pub const MARKER_FILE: &str = "replica-of";
 
 /// Where a workspace downloaded whole waits to be swapped in.
 const STAGING_DIR: &str = "replica-staging";
+/// The folder of the data directory where new snapshots download while
+/// the logs are followed (see [`Follower::poll_once`]).
+const PREFETCH_DIR: &str = "replica-prefetch";
+
+/// A primary's new snapshot downloading on a thread of its own.
+struct Prefetch {
+    object: store::ObjectRef,
+    path: std::path::PathBuf,
+    /// Set when the download ended: the bytes fetched, or why not.
+    result: Arc<Mutex<Option<Result<u64>>>>,
+}
 
 /// Where a replica stands with one workspace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -223,6 +241,8 @@ pub struct Follower {
     seen: Mutex<BTreeMap<String, Option<StoreManifest>>>,
     /// The server state last taken (its bytes' digest).
     server: Mutex<Option<String>>,
+    /// By workspace: a new snapshot generation downloading beside.
+    prefetch: Mutex<BTreeMap<String, Prefetch>>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -246,6 +266,11 @@ impl Follower {
             .replica_status()
             .cloned()
             .ok_or_else(|| Error::Internal("the engine is not a read replica's".into()))?;
+        // Snapshots a previous run was downloading: started afresh.
+        let prefetch = engine.dir().join(PREFETCH_DIR);
+        if prefetch.exists() {
+            fs::remove_dir_all(&prefetch).map_err(Error::io_at(&prefetch))?;
+        }
         let started = now_ms();
         let mut seen = BTreeMap::new();
         for m in manifests {
@@ -270,6 +295,7 @@ impl Follower {
             status,
             seen: Mutex::new(seen),
             server: Mutex::new(None),
+            prefetch: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -321,15 +347,15 @@ impl Follower {
             let prev = seen.get(&name).cloned().flatten();
             let served = self.engine.workspace(&name).is_some();
             let step = match prev.as_ref() {
-                Some(p) if served && same(p, &m) => Ok(()),
+                Some(p) if served && same(p, &m) => Ok(m.clone()),
                 Some(p) if served => match appended(p, &m) {
-                    Some(new) => self.append(&m, p, new, &mut out),
-                    None => self.reload(&m, &mut out),
+                    Some(new) => self.append(&m, p, new, &mut out).map(|()| m.clone()),
+                    None => self.rebase(p, &m, &mut out),
                 },
-                _ => self.reload(&m, &mut out),
+                _ => self.reload(&m, None, &mut out).map(|()| m.clone()),
             };
             match step {
-                Ok(()) => {
+                Ok(followed) => {
                     let seq = self
                         .engine
                         .workspace(&name)
@@ -344,7 +370,7 @@ impl Follower {
                             caught_up_ms: started,
                         },
                     );
-                    seen.insert(name, Some(m));
+                    seen.insert(name, Some(followed));
                 }
                 Err(e) => {
                     tracing::warn!(workspace = %name, "following {}: {e}", self.status.url);
@@ -576,15 +602,106 @@ impl Follower {
         r
     }
 
-    /// Downloads the workspace whole, checks it, and swaps it in.
-    fn reload(&self, m: &StoreManifest, out: &mut Polled) -> Result<()> {
+    /// Follows `m`, which does not only add to `prev`, the manifest
+    /// followed: downloaded whole, unless it is a new snapshot generation
+    /// whose logs continue those of `prev` (the primary compacted, and
+    /// `prev` named its fresh log): then the records after `prev` are
+    /// applied from those logs at once, as if `m` named `prev`'s snapshot
+    /// (returned: the manifest followed now), while the new snapshot
+    /// downloads on a thread of its own; once it is here, the workspace is
+    /// loaded from it and the logs and swapped in.
+    fn rebase(
+        &self,
+        prev: &StoreManifest,
+        m: &StoreManifest,
+        out: &mut Polled,
+    ) -> Result<StoreManifest> {
+        let Some(bridge) = bridged(prev, m) else {
+            return self.reload(m, None, out).map(|()| m.clone());
+        };
+        let Some(new) = appended(prev, &bridge) else {
+            return self.reload(m, None, out).map(|()| m.clone());
+        };
+        if let Some(snapshot) = self.prefetched(m, out)? {
+            self.reload(m, Some(&snapshot), out)?;
+            return Ok(m.clone());
+        }
+        self.append(&bridge, prev, new, out)?;
+        Ok(bridge)
+    }
+
+    /// The path of `m`'s snapshot once downloaded beside and checked;
+    /// `None` while it downloads (started here if it was not). A download
+    /// of an older snapshot is let finish first; a failed one is started
+    /// again at the next poll.
+    fn prefetched(
+        &self,
+        m: &StoreManifest,
+        out: &mut Polled,
+    ) -> Result<Option<std::path::PathBuf>> {
+        let Some(object) = m.snapshot.clone() else {
+            return Ok(None);
+        };
+        let mut all = self.prefetch.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = all.get(&m.workspace) {
+            let Some(r) = p.result.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return Ok(None);
+            };
+            let p = all.remove(&m.workspace).expect("looked up");
+            match r {
+                Ok(bytes) if p.object == object => {
+                    out.bytes += bytes;
+                    return Ok(Some(p.path));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(workspace = %m.workspace, "downloading {}: {e}", object.key)
+                }
+            }
+            let _ = fs::remove_file(&p.path);
+        }
+        let dir = self.engine.dir().join(PREFETCH_DIR);
+        fs::create_dir_all(&dir).map_err(Error::io_at(&dir))?;
+        let path = dir.join(format!("{}.{}", m.workspace, &object.sha256[..16]));
+        let mut f = fs::File::create(&path).map_err(Error::io_at(&path))?;
+        let result = Arc::new(Mutex::new(None));
+        let (slot, bucket, o) = (result.clone(), self.bucket.clone(), object.clone());
+        std::thread::Builder::new()
+            .name("segq-replica-snapshot".into())
+            .spawn(move || {
+                let mut bytes = 0;
+                let r = store::fetch(&*bucket, &o, &mut f, &mut bytes)
+                    .and_then(|()| f.sync_data().map_err(Error::io_at(o.key.as_str())))
+                    .map(|()| bytes);
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            })
+            .map_err(|e| Error::Internal(format!("starting a download: {e}")))?;
+        all.insert(
+            m.workspace.clone(),
+            Prefetch {
+                object,
+                path,
+                result,
+            },
+        );
+        Ok(None)
+    }
+
+    /// Downloads the workspace whole (but its snapshot, when `snapshot`
+    /// holds it already, checked), checks it, and swaps it in.
+    fn reload(
+        &self,
+        m: &StoreManifest,
+        snapshot: Option<&std::path::Path>,
+        out: &mut Polled,
+    ) -> Result<()> {
         let data = self.engine.dir();
         let staging = data.join(STAGING_DIR);
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(Error::io_at(&staging))?;
         }
         let fresh = staging.join(&m.workspace);
-        let r = store::download(&*self.bucket, m, &fresh, &mut out.bytes);
+        let r = store::download(&*self.bucket, m, &fresh, snapshot, &mut out.bytes);
         if let Err(e) = r {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -651,6 +768,30 @@ struct Grow {
     /// Its pieces were merged (the log uploaded whole again): the local
     /// log is replaced, then the pieces from `from` (none) appended.
     merged: bool,
+}
+
+/// `m` as the continuation of `prev`'s chain when `m` is a later snapshot
+/// generation whose first log `prev` names too (after the logs it sealed):
+/// `prev`'s snapshot and logs up to that one, then `m`'s logs.
+fn bridged(prev: &StoreManifest, m: &StoreManifest) -> Option<StoreManifest> {
+    let later = match (&prev.manifest, &m.manifest) {
+        (Some(a), Some(b)) => b.generation > a.generation && b.seq >= a.seq,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    if !later || prev.epoch != m.epoch || prev.end_seq > m.end_seq {
+        return None;
+    }
+    let first = &m.logs.first()?.name;
+    let k = prev.logs.iter().position(|l| &l.name == first)?;
+    let mut logs = prev.logs[..k].to_vec();
+    logs.extend(m.logs.iter().cloned());
+    Some(StoreManifest {
+        manifest: prev.manifest.clone(),
+        snapshot: prev.snapshot.clone(),
+        logs,
+        ..m.clone()
+    })
 }
 
 /// When `m` only adds to `prev` (the same snapshot, the same epoch, each

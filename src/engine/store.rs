@@ -2499,11 +2499,14 @@ pub(crate) fn fetch_pieces(
     Ok(())
 }
 
-/// Downloads a workspace into `dir` (empty) and checks it whole.
+/// Downloads a workspace into `dir` (empty) and checks it whole; its
+/// snapshot is moved from `snapshot` instead, when given (fetched already,
+/// its size and SHA-256 checked against the manifest's).
 pub(crate) fn download(
     bucket: &dyn Bucket,
     m: &StoreManifest,
     dir: &Path,
+    snapshot: Option<&Path>,
     bytes: &mut u64,
 ) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io_at(dir))?;
@@ -2515,9 +2518,14 @@ pub(crate) fn download(
     let mut next = 1;
     if let (Some(lm), Some(o)) = (&m.manifest, &m.snapshot) {
         let p = dir.join(&lm.snapshot);
-        let mut f = fs::File::create(&p).map_err(Error::io_at(&p))?;
-        fetch(bucket, o, &mut f, bytes)?;
-        drop(f);
+        match snapshot {
+            // Fetched already (and checked against `o`).
+            Some(done) => fs::rename(done, &p).map_err(Error::io_at(&p))?,
+            None => {
+                let mut f = fs::File::create(&p).map_err(Error::io_at(&p))?;
+                fetch(bucket, o, &mut f, bytes)?;
+            }
+        }
         compact::open_snapshot(dir, lm).map_err(|e| bad(format!("the snapshot: {e}")))?;
         compact::write_manifest(dir, lm)?;
         next = lm.seq + 1;
@@ -2608,7 +2616,7 @@ fn prepare(data: &Path, bucket: &dyn Bucket, staging: &Path) -> Result<Prepared>
             Some(end) => end < m.end_seq || m.epoch > seen,
         };
         if behind {
-            download(bucket, &m, &staging.join(&name), &mut out.bytes)?;
+            download(bucket, &m, &staging.join(&name), None, &mut out.bytes)?;
             out.workspaces.push((name, m.end_seq));
         }
     }
@@ -2681,7 +2689,7 @@ pub(crate) fn mirror(data: &Path, bucket: &dyn Bucket) -> Result<(Restored, Vec<
             ..Restored::default()
         };
         for m in &manifests {
-            download(bucket, m, &staging.join(&m.workspace), &mut out.bytes)?;
+            download(bucket, m, &staging.join(&m.workspace), None, &mut out.bytes)?;
             out.workspaces.push((m.workspace.clone(), m.end_seq));
         }
         Ok((out, server, manifests))

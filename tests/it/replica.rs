@@ -474,3 +474,92 @@ fn a_replica_follows_sealed_logs_without_downloading_the_workspace_again() {
         "never downloaded whole"
     );
 }
+
+/// A bucket whose snapshot reads wait while `held` is set (a minute at
+/// most, so that a failed test ends).
+struct HeldSnapshotReads {
+    inner: Arc<dyn Bucket>,
+    held: Arc<AtomicBool>,
+}
+
+impl Bucket for HeldSnapshotReads {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
+        self.inner.put(key, bytes)
+    }
+    fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while key.ends_with(".segqsnap")
+            && self.held.load(Ordering::SeqCst)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> segq::Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> segq::Result<()> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn a_replica_follows_the_logs_through_a_compaction_while_the_new_snapshot_downloads() {
+    let bucket = memory();
+    let p = primary(&bucket);
+    p.engine.create_workspace("w").unwrap();
+    let h = p.engine.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 10);
+    p.shipper.ship_once().unwrap();
+    let held = Arc::new(AtomicBool::new(false));
+    let slow: Arc<dyn Bucket> = Arc::new(HeldSnapshotReads {
+        inner: bucket.clone(),
+        held: held.clone(),
+    });
+    let r = replica(&slow);
+    let rw = || r.engine.workspace("w").unwrap();
+    // The primary compacts; shipped meanwhile, the bucket names the
+    // fresh log beside the sealed one before it names the new snapshot.
+    let (t, release) = crate::compaction::compaction_at_the_gate(&h, false);
+    writes(&h, 1);
+    p.shipper.ship_once().unwrap();
+    r.follower.poll_once().unwrap();
+    same_answers(&h, &rw());
+    release.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    // The new snapshot cannot be read yet: the records after it are
+    // applied from the fresh log all the same, poll after poll.
+    held.store(true, Ordering::SeqCst);
+    for round in 2..5 {
+        writes(&h, round);
+        p.shipper.ship_once().unwrap();
+        let polled = r.follower.poll_once().unwrap();
+        assert!(polled.reloaded.is_empty(), "{polled:?}");
+        assert!(polled.records > 0, "{polled:?}");
+        same_answers(&h, &rw());
+    }
+    assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
+    // Once it is here, the workspace is loaded from it and swapped in, at
+    // the same generation.
+    held.store(false, Ordering::SeqCst);
+    wait_for("the new snapshot swapped in", || {
+        r.follower.poll_once().unwrap();
+        r.follower.status().reloads.load(Ordering::Relaxed) == 1
+    });
+    same_answers(&h, &rw());
+    assert_eq!(rw().manifest(), h.manifest());
+    writes(&h, 5);
+    p.shipper.ship_once().unwrap();
+    let polled = r.follower.poll_once().unwrap();
+    assert!(
+        polled.reloaded.is_empty() && polled.records > 0,
+        "{polled:?}"
+    );
+    same_answers(&h, &rw());
+}
