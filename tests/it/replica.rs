@@ -490,13 +490,7 @@ impl Bucket for HeldSnapshotReads {
         self.inner.put(key, bytes)
     }
     fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while key.ends_with(".segqsnap")
-            && self.held.load(Ordering::SeqCst)
-            && std::time::Instant::now() < until
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        crate::store::wait_while_held(key, &self.held);
         self.inner.get(key)
     }
     fn list(&self, prefix: &str) -> segq::Result<Vec<ObjectInfo>> {

@@ -738,6 +738,18 @@ fn a_store_without_conditional_puts_is_refused_for_a_primary() {
     assert!(err.contains("conditional puts"), "{err}");
 }
 
+/// Waits while `held` is set when `key` is a snapshot's (a minute at
+/// most, so that a failed test ends): a snapshot upload or read held up.
+pub(crate) fn wait_while_held(key: &str, held: &std::sync::atomic::AtomicBool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while key.ends_with(".segqsnap")
+        && held.load(std::sync::atomic::Ordering::SeqCst)
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A bucket that runs `before` ahead of every put (to fail it, or to
 /// take time over it); every other operation, conditional puts included,
 /// goes to `inner`.

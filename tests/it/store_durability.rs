@@ -241,13 +241,7 @@ fn snapshots_held(inner: Arc<dyn Bucket>) -> (Arc<dyn Bucket>, Arc<AtomicBool>) 
     let bucket = BeforePut {
         inner,
         before: Box::new(move |key| {
-            let until = std::time::Instant::now() + Duration::from_secs(60);
-            while key.ends_with(".segqsnap")
-                && held.load(Ordering::SeqCst)
-                && std::time::Instant::now() < until
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            crate::store::wait_while_held(key, &held);
             Ok(())
         }),
     };
@@ -343,13 +337,7 @@ impl Bucket for HeldAfterPut {
     }
     fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
         self.inner.put(key, bytes)?;
-        let until = std::time::Instant::now() + Duration::from_secs(60);
-        while key.ends_with(".segqsnap")
-            && self.held.load(Ordering::SeqCst)
-            && std::time::Instant::now() < until
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::store::wait_while_held(key, &self.held);
         Ok(())
     }
     fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
