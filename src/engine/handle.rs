@@ -85,8 +85,8 @@ pub struct WorkspaceHandle {
     live: RwLock<LiveSegments>,
     /// Counts of filters that are not saved segments.
     results: ResultCache,
-    /// The workspace's folder.
-    dir: PathBuf,
+    /// The workspace's folder (see [`Self::relocate`]).
+    dir: RwLock<PathBuf>,
     /// The manifest in force (None before the first compaction) and the
     /// logs after its snapshot, oldest first (the last is in use). Held
     /// only briefly: a compaction takes it to switch the log and again to
@@ -128,6 +128,24 @@ impl std::fmt::Debug for WorkspaceHandle {
 }
 
 impl WorkspaceHandle {
+    /// The workspace's folder.
+    pub(crate) fn folder(&self) -> PathBuf {
+        self.dir.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A read replica's workspace built beside the one served, whose
+    /// folder was then renamed to `dir`: its paths follow.
+    pub(crate) fn relocate(&self, dir: &Path) {
+        let _compacting = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for log in files.1.iter_mut() {
+            if let Some(name) = log.file_name() {
+                *log = dir.join(name);
+            }
+        }
+        *self.dir.write().unwrap_or_else(|p| p.into_inner()) = dir.to_path_buf();
+    }
+
     pub(crate) fn new(
         ws: Workspace,
         log: LogWriter,
@@ -140,7 +158,7 @@ impl WorkspaceHandle {
         );
         let live = RwLock::new(LiveSegments::build(&ws, &bitmaps));
         WorkspaceHandle {
-            dir,
+            dir: RwLock::new(dir),
             files: Mutex::new((manifest, logs)),
             compacting: Mutex::new(()),
             compacted_at: Mutex::new(std::time::Instant::now()),
@@ -200,7 +218,7 @@ impl WorkspaceHandle {
         let ws = self.read();
         rebuild(
             &self.name,
-            &self.dir,
+            &self.folder(),
             &files,
             &self.log(),
             &ws,
@@ -391,7 +409,7 @@ impl WorkspaceHandle {
         let (live_len, end) = log.durable_position();
         let open = |p: &std::path::Path| std::fs::File::open(p).map_err(Error::io_at(p));
         let snapshot = match &files.0 {
-            Some(m) => Some((m.snapshot.clone(), open(&self.dir.join(&m.snapshot))?)),
+            Some(m) => Some((m.snapshot.clone(), open(&self.folder().join(&m.snapshot))?)),
             None => None,
         };
         let mut logs = Vec::with_capacity(files.1.len());
@@ -510,7 +528,7 @@ impl WorkspaceHandle {
         }
         let seq = log.next_seq() - 1;
         log.wait_durable(seq).map_err(|e| self.not_durable(&e))?;
-        let (path, writer) = compact::rotate(&mut RealFs, &self.dir, seq)?;
+        let (path, writer) = compact::rotate(&mut RealFs, &self.folder(), seq)?;
         *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
         files.1.push(path.clone());
         Ok(Some(path))
@@ -557,7 +575,7 @@ impl WorkspaceHandle {
                 // On a failure, the writers whose records failed undo them
                 // (they wait for this lock); the compaction just stops.
                 log.wait_durable(seq).map_err(|e| self.not_durable(&e))?;
-                let (path, writer) = compact::rotate(fs, &self.dir, seq)?;
+                let (path, writer) = compact::rotate(fs, &self.folder(), seq)?;
                 *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
                 files.1.push(path);
             }
@@ -576,7 +594,7 @@ impl WorkspaceHandle {
         let (old, old_logs) = files.clone();
         drop(files);
         let (manifest, done) =
-            match compact::publish(fs, &self.dir, &frozen, seq, old.as_ref(), &log_name) {
+            match compact::publish(fs, &self.folder(), &frozen, seq, old.as_ref(), &log_name) {
                 Ok(x) => x,
                 Err(compact::Failed::Before(e)) => return Err(e),
                 Err(compact::Failed::During(e)) => {
@@ -585,12 +603,14 @@ impl WorkspaceHandle {
                     )))
                 }
             };
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) =
-            (Some(manifest.clone()), vec![self.dir.join(&manifest.log)]);
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = (
+            Some(manifest.clone()),
+            vec![self.folder().join(&manifest.log)],
+        );
         *self.compacted_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         // 4. Serve from the new snapshot. Should it not open, the old one
         //    (still mapped) goes on serving; a restart reads the new one.
-        let path = self.dir.join(&manifest.snapshot);
+        let path = self.folder().join(&manifest.snapshot);
         let moved = crate::snapshot::Snapshot::open(&path).and_then(|snap| {
             // Found and checked before the lock: under it, only what
             // changed since the freeze is moved.
@@ -607,7 +627,7 @@ impl WorkspaceHandle {
             );
         }
         drop(frozen);
-        if let Err(e) = compact::cleanup(fs, &self.dir, &manifest, old.as_ref(), &old_logs) {
+        if let Err(e) = compact::cleanup(fs, &self.folder(), &manifest, old.as_ref(), &old_logs) {
             // Litter only: start-up removes it.
             tracing::warn!(
                 workspace = %self.name,
@@ -883,7 +903,7 @@ impl WorkspaceHandle {
         if undo {
             let rebuilt = rebuild(
                 &self.name,
-                &self.dir,
+                &self.folder(),
                 &files,
                 &log,
                 &ws,

@@ -43,6 +43,7 @@ pub mod audit;
 pub mod compact;
 mod config;
 mod handle;
+mod job;
 pub mod keys;
 mod memory;
 pub mod persist;
@@ -1048,13 +1049,31 @@ impl Engine {
     /// a follower) as workspace `name` in place of the one served, if any,
     /// with its keys in the indexes in place of the old one's.
     pub(crate) fn replica_install(&self, name: &str, handle: WorkspaceHandle) {
+        drop(self.replica_put(name, self.replica_prepare(handle)));
+    }
+
+    /// A read replica: `handle`, loaded from its files, configured as the
+    /// engine's and following from its last record.
+    pub(crate) fn replica_prepare(&self, handle: WorkspaceHandle) -> WorkspaceHandle {
         let handle = configured(handle, &self.config, &self.fence);
         handle.become_follower();
+        handle
+    }
+
+    /// A read replica: serves `handle` ([`Self::replica_prepare`]d) as
+    /// workspace `name`, in place of the one served.
+    /// Returns the one it replaced.
+    pub(crate) fn replica_put(
+        &self,
+        name: &str,
+        handle: WorkspaceHandle,
+    ) -> Option<Arc<WorkspaceHandle>> {
         let handle = Arc::new(handle);
         let mut table = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
-        table.live.insert(name.to_string(), handle);
+        let replaced = table.live.insert(name.to_string(), handle);
         drop(table);
         self.replica_reindex(name);
+        replaced
     }
 
     /// A read replica: stops serving workspace `name` (gone from the

@@ -21,9 +21,14 @@
 //!                           one followed names too (the primary compacted
 //!                           while it shipped): the records after it
 //!                           applied from those logs as above, while the
-//!                           new snapshot downloads on a thread of its own
-//!                           (`replica-prefetch/`); once it is here, the
-//!                           workspace is loaded from it and swapped in
+//!                           new generation comes in beside, each step on
+//!                           a thread of its own: the snapshot downloads
+//!                           (`replica-prefetch/`), then a workspace loads
+//!                           from it and copies of the local logs and
+//!                           catches up with the bucket; a poll applies
+//!                           the few records since to it and swaps it in
+//!                           (no log downloaded again, no poll waiting on
+//!                           a download or a load)
 //!                           anything else (a new snapshot generation, a
 //!                           new epoch, pieces merged, a new workspace):
 //!                             downloaded whole and checked, swapped in for
@@ -43,12 +48,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Seek;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use super::job::Job;
 use super::store::{self, Bucket, LeaseRecord, StoreManifest};
-use super::{Engine, Mode};
+use super::{compact, Engine, Mode, WorkspaceHandle};
 use crate::error::{Error, Result};
 use crate::log::{FsFile, LogWriter};
 
@@ -57,18 +64,210 @@ use crate::log::{FsFile, LogWriter};
 /// replica's, and it is never overwritten.
 pub const MARKER_FILE: &str = "replica-of";
 
+/// A workspace loaded beside the one served catches up with the bucket
+/// on its own thread in at most this many rounds, and stops once a round
+/// applies at most [`CAUGHT_UP_RECORDS`].
+const CATCH_UP_ROUNDS: usize = 16;
+const CAUGHT_UP_RECORDS: u64 = 50;
+
 /// Where a workspace downloaded whole waits to be swapped in.
 const STAGING_DIR: &str = "replica-staging";
-/// The folder of the data directory where new snapshots download while
-/// the logs are followed (see [`Follower::poll_once`]).
+/// Where the folder of a workspace swapped out waits to be removed.
+const RETIRED_DIR: &str = "replica-retired";
+/// The folder of the data directory where new snapshots download, and
+/// workspaces load from them, while the logs are followed (see
+/// [`Follower::rebase`]).
 const PREFETCH_DIR: &str = "replica-prefetch";
 
-/// A primary's new snapshot downloading on a thread of its own.
-struct Prefetch {
-    object: store::ObjectRef,
-    path: std::path::PathBuf,
-    /// Set when the download ended: the bytes fetched, or why not.
-    result: Arc<Mutex<Option<Result<u64>>>>,
+/// Files fetched or built beside the workspace served (a snapshot, a
+/// workspace's folder): removed when dropped, unless kept.
+struct Staged(Option<PathBuf>);
+
+impl Staged {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The files stay: they were moved where they belong.
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// A workspace loaded beside the one served, from a primary's new
+/// snapshot and the logs the replica followed.
+struct Built {
+    handle: WorkspaceHandle,
+    dir: Staged,
+    /// The manifest it holds: the bucket's, or a bridge from it into a
+    /// newer generation's logs.
+    manifest: StoreManifest,
+}
+
+/// A primary's new snapshot generation on its way in, beside the
+/// workspace served (see [`Follower::rebase`]).
+enum Swap {
+    /// The snapshot downloading, checked against the manifest: the file
+    /// and the bytes fetched.
+    Download {
+        object: store::ObjectRef,
+        job: Job<(Staged, u64)>,
+    },
+    /// The workspace loading from it.
+    Build { job: Job<Built> },
+}
+
+/// The bucket followed, as each thread that reads it holds it.
+#[derive(Clone)]
+struct Source {
+    bucket: Arc<dyn Bucket>,
+    url: String,
+}
+
+impl Source {
+    /// The bucket's manifest of workspace `name`, if any.
+    fn manifest(&self, name: &str) -> Result<Option<StoreManifest>> {
+        let key = store::manifest_key(name);
+        let Some(bytes) = self.bucket.get(&key)? else {
+            return Ok(None);
+        };
+        StoreManifest::from_bytes(&format!("{}/{key}", self.url), &bytes).map(Some)
+    }
+
+    /// Appends the new pieces to the logs in `handle`'s folder (or, for a
+    /// log whose pieces the primary merged, replaces it by the merged one,
+    /// checked to hold the local bytes) and applies their records.
+    fn append_to(
+        &self,
+        handle: &WorkspaceHandle,
+        m: &StoreManifest,
+        prev: &StoreManifest,
+        new: Vec<Grow>,
+        out: &mut Polled,
+    ) -> Result<()> {
+        let dir = handle.folder();
+        for Grow {
+            log: i,
+            from,
+            merged,
+        } in new
+        {
+            let log = &m.logs[i];
+            let path = dir.join(&log.name);
+            let had = prev.logs.get(i).map_or(0, |l| l.len());
+            if merged {
+                self.replace_log(&path, log, had, &mut out.bytes)?;
+            }
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&path)
+                .map_err(Error::io_at(&path))?;
+            let len = f
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(Error::io_at(&path))?;
+            let expected = if merged { log.len() } else { had };
+            if len != expected {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("{len} bytes, {expected} expected"),
+                });
+            }
+            let pieces = log.pieces.get(from..).unwrap_or_default();
+            let fetched = store::fetch_pieces(&*self.bucket, pieces, &mut f, &path, &mut out.bytes)
+                .and_then(|()| f.sync_data().map_err(Error::io_at(&path)));
+            if let Err(e) = fetched {
+                // Back to what was applied: the next poll starts there.
+                let _ = f.set_len(had);
+                let _ = f.sync_data();
+                return Err(e);
+            }
+            drop(f);
+            let mut file = FsFile::open(&path).map_err(Error::io_at(&path))?;
+            let next = handle.followed_seq().unwrap_or(0) + 1;
+            let replay = if had == 0 {
+                LogWriter::scan(&mut file)?
+            } else {
+                LogWriter::scan_from(&mut file, had, next)?
+            };
+            let r = &replay.recovery;
+            if !r.is_clean() || r.valid_len != log.len() {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("does not read back whole: {r}"),
+                });
+            }
+            if had == 0 && r.first_seq != next {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!(
+                        "starts at seq {}, the records applied end at {}",
+                        r.first_seq,
+                        next - 1
+                    ),
+                });
+            }
+            let shown = path.display().to_string();
+            handle.follow(&shown, &replay.records)?;
+            out.records += replay.records.len() as u64;
+        }
+        let seq = handle.followed_seq().unwrap_or(0);
+        if seq != m.end_seq {
+            return Err(Error::Store {
+                location: format!("{}/{}", self.url, store::manifest_key(&m.workspace)),
+                reason: format!("names seq {}, its logs end at {seq}", m.end_seq),
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces the local log at `path` (its first `had` bytes applied) by
+    /// the bucket's `log`, whose pieces the primary merged: downloaded
+    /// beside it, checked (sizes, SHA-256, its first `had` bytes the local
+    /// ones), then renamed over it. Only the bytes past `had` are new.
+    fn replace_log(
+        &self,
+        path: &std::path::Path,
+        log: &store::StoredLog,
+        had: u64,
+        bytes: &mut u64,
+    ) -> Result<()> {
+        let tmp = path.with_extension("replica-tmp");
+        let r = (|| {
+            let mut f = fs::File::create(&tmp).map_err(Error::io_at(&tmp))?;
+            store::fetch_pieces(&*self.bucket, &log.pieces, &mut f, &tmp, bytes)?;
+            f.sync_data().map_err(Error::io_at(&tmp))?;
+            let mut local = fs::File::open(path).map_err(Error::io_at(path))?;
+            let mut fresh = fs::File::open(&tmp).map_err(Error::io_at(&tmp))?;
+            let shown = path.display().to_string();
+            if store::sha256_file(&mut local, 0, had, &shown)?
+                != store::sha256_file(&mut fresh, 0, had, &shown)?
+            {
+                return Err(Error::Store {
+                    location: format!("{}/{}", self.url, log.name),
+                    reason: format!("its first {had} bytes differ from the log followed"),
+                });
+            }
+            fs::rename(&tmp, path).map_err(Error::io_at(path))
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
 }
 
 /// Where a replica stands with one workspace.
@@ -101,6 +300,10 @@ pub struct ReplicaStatus {
     pub records: AtomicU64,
     /// Workspaces downloaded whole and swapped in after the first copy.
     pub reloads: AtomicU64,
+    /// New snapshot generations taken in without a whole download: the
+    /// snapshot fetched and the workspace loaded beside, while the logs
+    /// were followed.
+    pub swaps: AtomicU64,
     started_ms: i64,
     last_error: Mutex<Option<String>>,
     primary: Mutex<Option<String>>,
@@ -117,6 +320,7 @@ impl ReplicaStatus {
             bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
+            swaps: AtomicU64::new(0),
             started_ms: now_ms(),
             last_error: Mutex::new(None),
             primary: Mutex::new(None),
@@ -241,8 +445,10 @@ pub struct Follower {
     seen: Mutex<BTreeMap<String, Option<StoreManifest>>>,
     /// The server state last taken (its bytes' digest).
     server: Mutex<Option<String>>,
-    /// By workspace: a new snapshot generation downloading beside.
-    prefetch: Mutex<BTreeMap<String, Prefetch>>,
+    /// By workspace: a new snapshot generation on its way in.
+    swaps: Mutex<BTreeMap<String, Swap>>,
+    /// Numbers the folders workspaces are built in.
+    builds: AtomicU64,
 }
 
 impl std::fmt::Debug for Follower {
@@ -266,10 +472,13 @@ impl Follower {
             .replica_status()
             .cloned()
             .ok_or_else(|| Error::Internal("the engine is not a read replica's".into()))?;
-        // Snapshots a previous run was downloading: started afresh.
-        let prefetch = engine.dir().join(PREFETCH_DIR);
-        if prefetch.exists() {
-            fs::remove_dir_all(&prefetch).map_err(Error::io_at(&prefetch))?;
+        // Snapshots a previous run was bringing in: started afresh; and
+        // what it had swapped out.
+        for dir in [PREFETCH_DIR, RETIRED_DIR] {
+            let dir = engine.dir().join(dir);
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(Error::io_at(&dir))?;
+            }
         }
         let started = now_ms();
         let mut seen = BTreeMap::new();
@@ -295,8 +504,16 @@ impl Follower {
             status,
             seen: Mutex::new(seen),
             server: Mutex::new(None),
-            prefetch: Mutex::new(BTreeMap::new()),
+            swaps: Mutex::new(BTreeMap::new()),
+            builds: AtomicU64::new(0),
         }))
+    }
+
+    fn source(&self) -> Source {
+        Source {
+            bucket: self.bucket.clone(),
+            url: self.status.url.clone(),
+        }
     }
 
     /// The status this follower keeps.
@@ -335,6 +552,16 @@ impl Follower {
     }
 
     fn poll(&self, started: i64) -> Result<Polled> {
+        let t = std::time::Instant::now();
+        let r = self.poll_inner(started);
+        let ms = t.elapsed().as_millis() as u64;
+        if ms >= 500 {
+            tracing::info!(ms, "a look at {} took long", self.status.url);
+        }
+        r
+    }
+
+    fn poll_inner(&self, started: i64) -> Result<Polled> {
         let mut out = Polled::default();
         self.look_at_lease()?;
         self.look_at_server()?;
@@ -347,12 +574,15 @@ impl Follower {
             let prev = seen.get(&name).cloned().flatten();
             let served = self.engine.workspace(&name).is_some();
             let step = match prev.as_ref() {
-                Some(p) if served && same(p, &m) => Ok(m.clone()),
-                Some(p) if served => match appended(p, &m) {
-                    Some(new) => self.append(&m, p, new, &mut out).map(|()| m.clone()),
-                    None => self.rebase(p, &m, &mut out),
+                Some(p) if served => match self.built(&name) {
+                    Some(b) => match self.swap(b, &m, &mut out) {
+                        Ok(Some(followed)) => Ok(followed),
+                        Ok(None) => self.follow(p, &m, &mut out),
+                        Err(e) => Err(e),
+                    },
+                    None => self.follow(p, &m, &mut out),
                 },
-                _ => self.reload(&m, None, &mut out).map(|()| m.clone()),
+                _ => self.reload(&m, &mut out).map(|()| m.clone()),
             };
             match step {
                 Ok(followed) => {
@@ -405,6 +635,10 @@ impl Follower {
             .collect();
         for name in gone {
             seen.remove(&name);
+            self.swaps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
             self.engine.replica_remove(&name);
             self.status.forget(&name);
             let dir = self.engine.dir().join("workspaces").join(&name);
@@ -472,9 +706,27 @@ impl Follower {
         Ok(())
     }
 
-    /// Appends the new pieces to the local logs (or, for a log whose
-    /// pieces the primary merged, replaces it by the merged one, checked
-    /// to hold the local bytes) and applies their records.
+    /// Follows `m` from `prev`, the manifest followed, in the workspace
+    /// served: its records applied when it only adds to `prev`, else
+    /// [`Self::rebase`]. Returns the manifest followed now.
+    fn follow(
+        &self,
+        prev: &StoreManifest,
+        m: &StoreManifest,
+        out: &mut Polled,
+    ) -> Result<StoreManifest> {
+        if same(prev, m) {
+            return Ok(m.clone());
+        }
+        let Some(new) = appended(prev, m) else {
+            return self.rebase(prev, m, out);
+        };
+        self.append(m, prev, new, out)?;
+        Ok(m.clone())
+    }
+
+    /// [`Source::append_to`] the workspace served, whose keys are then
+    /// indexed again.
     fn append(
         &self,
         m: &StoreManifest,
@@ -488,220 +740,293 @@ impl Follower {
                 .ok_or_else(|| Error::UnknownWorkspace {
                     name: m.workspace.clone(),
                 })?;
-        let dir = self.engine.dir().join("workspaces").join(&m.workspace);
-        for Grow {
-            log: i,
-            from,
-            merged,
-        } in new
-        {
-            let log = &m.logs[i];
-            let path = dir.join(&log.name);
-            let had = prev.logs.get(i).map_or(0, |l| l.len());
-            if merged {
-                self.replace_log(&path, log, had, &mut out.bytes)?;
-            }
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .open(&path)
-                .map_err(Error::io_at(&path))?;
-            let len = f
-                .seek(std::io::SeekFrom::End(0))
-                .map_err(Error::io_at(&path))?;
-            let expected = if merged { log.len() } else { had };
-            if len != expected {
-                return Err(Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("{len} bytes, {expected} expected"),
-                });
-            }
-            let pieces = log.pieces.get(from..).unwrap_or_default();
-            let fetched = store::fetch_pieces(&*self.bucket, pieces, &mut f, &path, &mut out.bytes)
-                .and_then(|()| f.sync_data().map_err(Error::io_at(&path)));
-            if let Err(e) = fetched {
-                // Back to what was applied: the next poll starts there.
-                let _ = f.set_len(had);
-                let _ = f.sync_data();
-                return Err(e);
-            }
-            drop(f);
-            let mut file = FsFile::open(&path).map_err(Error::io_at(&path))?;
-            let next = handle.followed_seq().unwrap_or(0) + 1;
-            let replay = if had == 0 {
-                LogWriter::scan(&mut file)?
-            } else {
-                LogWriter::scan_from(&mut file, had, next)?
-            };
-            let r = &replay.recovery;
-            if !r.is_clean() || r.valid_len != log.len() {
-                return Err(Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("does not read back whole: {r}"),
-                });
-            }
-            if had == 0 && r.first_seq != next {
-                return Err(Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!(
-                        "starts at seq {}, the records applied end at {}",
-                        r.first_seq,
-                        next - 1
-                    ),
-                });
-            }
-            let shown = path.display().to_string();
-            handle.follow(&shown, &replay.records)?;
-            out.records += replay.records.len() as u64;
-        }
-        let seq = handle.followed_seq().unwrap_or(0);
-        if seq != m.end_seq {
-            return Err(Error::Store {
-                location: format!("{}/{}", self.status.url, store::manifest_key(&m.workspace)),
-                reason: format!("names seq {}, its logs end at {seq}", m.end_seq),
-            });
-        }
+        self.source().append_to(&handle, m, prev, new, out)?;
         // Keys created or revoked by the records: a handful a workspace.
         self.engine.replica_reindex(&m.workspace);
         Ok(())
     }
 
-    /// Replaces the local log at `path` (its first `had` bytes applied) by
-    /// the bucket's `log`, whose pieces the primary merged: downloaded
-    /// beside it, checked (sizes, SHA-256, its first `had` bytes the local
-    /// ones), then renamed over it. Only the bytes past `had` are new.
-    fn replace_log(
-        &self,
-        path: &std::path::Path,
-        log: &store::StoredLog,
-        had: u64,
-        bytes: &mut u64,
-    ) -> Result<()> {
-        let tmp = path.with_extension("replica-tmp");
-        let r = (|| {
-            let mut f = fs::File::create(&tmp).map_err(Error::io_at(&tmp))?;
-            store::fetch_pieces(&*self.bucket, &log.pieces, &mut f, &tmp, bytes)?;
-            f.sync_data().map_err(Error::io_at(&tmp))?;
-            let mut local = fs::File::open(path).map_err(Error::io_at(path))?;
-            let mut fresh = fs::File::open(&tmp).map_err(Error::io_at(&tmp))?;
-            let shown = path.display().to_string();
-            if store::sha256_file(&mut local, 0, had, &shown)?
-                != store::sha256_file(&mut fresh, 0, had, &shown)?
-            {
-                return Err(Error::Store {
-                    location: format!("{}/{}", self.status.url, log.name),
-                    reason: format!("its first {had} bytes differ from the log followed"),
-                });
-            }
-            fs::rename(&tmp, path).map_err(Error::io_at(path))
-        })();
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r
-    }
-
     /// Follows `m`, which does not only add to `prev`, the manifest
     /// followed: downloaded whole, unless it is a new snapshot generation
     /// whose logs continue those of `prev` (the primary compacted, and
-    /// `prev` named its fresh log): then the records after `prev` are
+    /// `prev` named its fresh log). Then the records after `prev` are
     /// applied from those logs at once, as if `m` named `prev`'s snapshot
-    /// (returned: the manifest followed now), while the new snapshot
-    /// downloads on a thread of its own; once it is here, the workspace is
-    /// loaded from it and the logs and swapped in.
+    /// (returned: the manifest followed now), and the new generation is
+    /// brought in beside ([`Self::advance`]).
     fn rebase(
         &self,
         prev: &StoreManifest,
         m: &StoreManifest,
         out: &mut Polled,
     ) -> Result<StoreManifest> {
-        let Some(bridge) = bridged(prev, m) else {
-            return self.reload(m, None, out).map(|()| m.clone());
+        // `m` does not only add to `prev`: onward, if at all, by a bridge.
+        let Some((bridge, new)) = onward(prev, m) else {
+            return self.reload(m, out).map(|()| m.clone());
         };
-        let Some(new) = appended(prev, &bridge) else {
-            return self.reload(m, None, out).map(|()| m.clone());
-        };
-        if let Some(snapshot) = self.prefetched(m, out)? {
-            self.reload(m, Some(&snapshot), out)?;
-            return Ok(m.clone());
-        }
         self.append(&bridge, prev, new, out)?;
+        self.advance(m, out);
         Ok(bridge)
     }
 
-    /// The path of `m`'s snapshot once downloaded beside and checked;
-    /// `None` while it downloads (started here if it was not). A download
-    /// of an older snapshot is let finish first; a failed one is started
-    /// again at the next poll.
-    fn prefetched(
-        &self,
-        m: &StoreManifest,
-        out: &mut Polled,
-    ) -> Result<Option<std::path::PathBuf>> {
+    /// Brings `m`'s snapshot generation in beside the workspace served,
+    /// one step a poll, each on a thread of its own: the snapshot is
+    /// downloaded into `replica-prefetch/` (checked against `m`); then a
+    /// workspace is loaded from it and copies of the local logs as `m`
+    /// names them (`m`'s logs are those the bridge followed), and catches
+    /// up with the bucket; a later poll swaps it in ([`Self::swap`]).
+    /// A download of an older snapshot is let finish first; a step that
+    /// failed is started again at the next poll.
+    fn advance(&self, m: &StoreManifest, out: &mut Polled) {
         let Some(object) = m.snapshot.clone() else {
-            return Ok(None);
+            return;
         };
-        let mut all = self.prefetch.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = all.get(&m.workspace) {
-            let Some(r) = p.result.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-                return Ok(None);
-            };
-            let p = all.remove(&m.workspace).expect("looked up");
-            match r {
-                Ok(bytes) if p.object == object => {
+        let name = &m.workspace;
+        let mut swaps = self.swaps.lock().unwrap_or_else(|p| p.into_inner());
+        match swaps.remove(name) {
+            Some(Swap::Download { object: o, job }) => match job.result(false) {
+                Err(running) => {
+                    let job = running;
+                    swaps.insert(name.clone(), Swap::Download { object: o, job });
+                    return;
+                }
+                Ok(Ok((file, bytes))) => {
                     out.bytes += bytes;
-                    return Ok(Some(p.path));
+                    if o == object {
+                        match self.build(m, file) {
+                            Ok(job) => {
+                                swaps.insert(name.clone(), Swap::Build { job });
+                            }
+                            Err(e) => tracing::warn!(workspace = %name, "loading {}: {e}", o.key),
+                        }
+                        return;
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(workspace = %m.workspace, "downloading {}: {e}", object.key)
-                }
-            }
-            let _ = fs::remove_file(&p.path);
-        }
-        let dir = self.engine.dir().join(PREFETCH_DIR);
-        fs::create_dir_all(&dir).map_err(Error::io_at(&dir))?;
-        let path = dir.join(format!("{}.{}", m.workspace, &object.sha256[..16]));
-        let mut f = fs::File::create(&path).map_err(Error::io_at(&path))?;
-        let result = Arc::new(Mutex::new(None));
-        let (slot, bucket, o) = (result.clone(), self.bucket.clone(), object.clone());
-        std::thread::Builder::new()
-            .name("segq-replica-snapshot".into())
-            .spawn(move || {
-                let mut bytes = 0;
-                let r = store::fetch(&*bucket, &o, &mut f, &mut bytes)
-                    .and_then(|()| f.sync_data().map_err(Error::io_at(o.key.as_str())))
-                    .map(|()| bytes);
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-            })
-            .map_err(|e| Error::Internal(format!("starting a download: {e}")))?;
-        all.insert(
-            m.workspace.clone(),
-            Prefetch {
-                object,
-                path,
-                result,
+                Ok(Err(e)) => tracing::warn!(workspace = %name, "downloading {}: {e}", o.key),
             },
-        );
-        Ok(None)
+            Some(build) => {
+                // Swapped in at the start of a poll, once loaded.
+                swaps.insert(name.clone(), build);
+                return;
+            }
+            None => {}
+        }
+        match self.download(m, object) {
+            Ok(swap) => {
+                swaps.insert(name.clone(), swap);
+            }
+            Err(e) => tracing::warn!(workspace = %name, "downloading a snapshot: {e}"),
+        }
     }
 
-    /// Downloads the workspace whole (but its snapshot, when `snapshot`
-    /// holds it already, checked), checks it, and swaps it in.
-    fn reload(
-        &self,
-        m: &StoreManifest,
-        snapshot: Option<&std::path::Path>,
-        out: &mut Polled,
-    ) -> Result<()> {
+    /// Starts downloading `object`, `m`'s snapshot.
+    fn download(&self, m: &StoreManifest, object: store::ObjectRef) -> Result<Swap> {
+        let dir = self.engine.dir().join(PREFETCH_DIR);
+        fs::create_dir_all(&dir).map_err(Error::io_at(&dir))?;
+        let n = self.builds.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}.{}.{n}", m.workspace, &object.sha256[..16]));
+        let mut f = fs::File::create(&path).map_err(Error::io_at(&path))?;
+        let file = Staged(Some(path));
+        let (bucket, o) = (self.bucket.clone(), object.clone());
+        let job = Job::spawn(
+            "segq-replica-snapshot",
+            move || {
+                let mut bytes = 0;
+                store::fetch(&*bucket, &o, &mut f, &mut bytes)?;
+                f.sync_data().map_err(Error::io_at(file.path()))?;
+                Ok((file, bytes))
+            },
+            || {},
+        )?;
+        Ok(Swap::Download { object, job })
+    }
+
+    /// Starts loading a workspace from `snapshot`, `m`'s, downloaded, and
+    /// copies of the local logs `m` names (as long as `m` names them).
+    fn build(&self, m: &StoreManifest, snapshot: Staged) -> Result<Job<Built>> {
+        let served = self.engine.workspace(&m.workspace).map(|h| h.folder());
+        let (Some(served), Some(lm)) = (served, m.manifest.clone()) else {
+            return Err(Error::UnknownWorkspace {
+                name: m.workspace.clone(),
+            });
+        };
+        // Opened here: a later poll may append to them (past these
+        // lengths) or rename a merged log over one.
+        let mut logs = Vec::with_capacity(m.logs.len());
+        for log in &m.logs {
+            let path = served.join(&log.name);
+            let f = fs::File::open(&path).map_err(Error::io_at(&path))?;
+            logs.push((log.name.clone(), f, log.len()));
+        }
+        let n = self.builds.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .engine
+            .dir()
+            .join(PREFETCH_DIR)
+            .join(format!("{}.build-{n}", m.workspace));
+        let (engine, m) = (self.engine.clone(), m.clone());
+        let (source, status) = (self.source(), self.status.clone());
+        Job::spawn(
+            "segq-replica-build",
+            move || {
+                fs::create_dir_all(&dir).map_err(Error::io_at(&dir))?;
+                let staged = Staged(Some(dir.clone()));
+                let path = dir.join(&lm.snapshot);
+                fs::rename(snapshot.path(), &path).map_err(Error::io_at(&path))?;
+                snapshot.keep();
+                for (name, f, len) in logs {
+                    let path = dir.join(&name);
+                    let mut copy = fs::File::create(&path).map_err(Error::io_at(&path))?;
+                    let copied = std::io::copy(&mut std::io::Read::take(f, len), &mut copy)
+                        .map_err(Error::io_at(&path))?;
+                    if copied != len {
+                        return Err(Error::Corrupt {
+                            path,
+                            reason: format!("{copied} bytes of the log followed, {len} expected"),
+                        });
+                    }
+                    copy.sync_data().map_err(Error::io_at(&path))?;
+                }
+                compact::write_manifest(&dir, &lm)?;
+                super::sync_dir(&dir)?;
+                let loaded = super::load_workspace(&m.workspace, &dir, Mode::ReadWrite)?;
+                let Some((handle, _)) = loaded else {
+                    return Err(Error::Corrupt {
+                        path: dir,
+                        reason: "holds no workspace".into(),
+                    });
+                };
+                let handle = engine.replica_prepare(handle);
+                if handle.followed_seq() != Some(m.end_seq) {
+                    return Err(Error::Corrupt {
+                        path: dir,
+                        reason: format!(
+                            "ends at seq {:?}, the manifest at {}",
+                            handle.followed_seq(),
+                            m.end_seq
+                        ),
+                    });
+                }
+                // The records the bucket gained while it loaded: applied
+                // here, until a round finds few, so that the poll that
+                // swaps it in has little left to apply.
+                let mut from = m;
+                for _ in 0..CATCH_UP_ROUNDS {
+                    let Some(now) = source.manifest(&from.workspace)? else {
+                        break;
+                    };
+                    let Some((followed, new)) = onward(&from, &now) else {
+                        break;
+                    };
+                    let mut done = Polled::default();
+                    let r = source.append_to(&handle, &followed, &from, new, &mut done);
+                    status.bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                    r?;
+                    from = followed;
+                    if done.records <= CAUGHT_UP_RECORDS {
+                        break;
+                    }
+                }
+                Ok(Built {
+                    handle,
+                    dir: staged,
+                    manifest: from,
+                })
+            },
+            || {},
+        )
+    }
+
+    /// A workspace loaded beside the one served, once it is ([`Self::advance`]).
+    fn built(&self, name: &str) -> Option<Built> {
+        let mut swaps = self.swaps.lock().unwrap_or_else(|p| p.into_inner());
+        match swaps.remove(name)? {
+            Swap::Build { job } => match job.result(false) {
+                Ok(Ok(built)) => Some(built),
+                Ok(Err(e)) => {
+                    tracing::warn!(workspace = %name, "loading the new snapshot: {e}");
+                    None
+                }
+                Err(running) => {
+                    swaps.insert(name.into(), Swap::Build { job: running });
+                    None
+                }
+            },
+            download => {
+                swaps.insert(name.into(), download);
+                None
+            }
+        }
+    }
+
+    /// Swaps `b` in for the workspace served, once its records reach
+    /// `m` (the bucket's manifest now; applied from the logs in its own
+    /// folder first, so no answer goes back a generation). Returns the
+    /// manifest followed then, or `None` (`b` dropped) when `m` does not
+    /// continue what `b` holds.
+    fn swap(&self, b: Built, m: &StoreManifest, out: &mut Polled) -> Result<Option<StoreManifest>> {
+        let from = &b.manifest;
+        let Some((followed, new)) = onward(from, m) else {
+            return Ok(None);
+        };
+        self.source()
+            .append_to(&b.handle, &followed, from, new, out)?;
+        let ws = self.engine.dir().join("workspaces");
+        let target = ws.join(&m.workspace);
+        let retired = self.engine.dir().join(RETIRED_DIR);
+        fs::create_dir_all(&retired).map_err(Error::io_at(&retired))?;
+        // The workspace served keeps its files open and mapped: it serves
+        // until the new one is in the table.
+        let n = self.builds.fetch_add(1, Ordering::Relaxed);
+        let old = retired.join(format!("{}.{n}", m.workspace));
+        if target.exists() {
+            fs::rename(&target, &old).map_err(Error::io_at(&target))?;
+        }
+        let Built { handle, dir, .. } = b;
+        match fs::rename(dir.path(), &target) {
+            Ok(()) => {
+                dir.keep();
+                handle.relocate(&target);
+            }
+            // Followed where it was built (a replica's folders are copied
+            // from the bucket again when it starts).
+            Err(e) => {
+                tracing::warn!(workspace = %m.workspace, "moving {} in: {e}", dir.path().display());
+                dir.keep();
+            }
+        }
+        tracing::info!(
+            workspace = %m.workspace,
+            seq = followed.end_seq,
+            snapshot = from.manifest.as_ref().map(|lm| lm.snapshot.as_str()),
+            "a new snapshot generation swapped in"
+        );
+        let replaced = self.engine.replica_put(&m.workspace, handle);
+        // Freeing the old state and unlinking its snapshot take a while:
+        // on a thread of their own (inline if none starts).
+        let _ = std::thread::Builder::new()
+            .name("segq-replica-retire".into())
+            .spawn(move || {
+                drop(replaced);
+                let _ = fs::remove_dir_all(&old);
+            });
+        self.status.swaps.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(followed))
+    }
+
+    /// Downloads the workspace whole, checks it, and swaps it in.
+    fn reload(&self, m: &StoreManifest, out: &mut Polled) -> Result<()> {
+        // Whatever was on its way in is of another state.
+        self.swaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&m.workspace);
         let data = self.engine.dir();
         let staging = data.join(STAGING_DIR);
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(Error::io_at(&staging))?;
         }
         let fresh = staging.join(&m.workspace);
-        let r = store::download(&*self.bucket, m, &fresh, snapshot, &mut out.bytes);
+        let r = store::download(&*self.bucket, m, &fresh, &mut out.bytes);
         if let Err(e) = r {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -723,6 +1048,7 @@ impl Follower {
                 reason: "holds no workspace after its download".into(),
             });
         };
+        tracing::info!(workspace = %m.workspace, seq = m.end_seq, "downloaded whole and swapped in");
         self.engine.replica_install(&m.workspace, handle);
         let _ = fs::remove_dir_all(&staging);
         self.status.reloads.fetch_add(1, Ordering::Relaxed);
@@ -782,16 +1108,25 @@ fn bridged(prev: &StoreManifest, m: &StoreManifest) -> Option<StoreManifest> {
     if !later || prev.epoch != m.epoch || prev.end_seq > m.end_seq {
         return None;
     }
-    let first = &m.logs.first()?.name;
-    let k = prev.logs.iter().position(|l| &l.name == first)?;
-    let mut logs = prev.logs[..k].to_vec();
-    logs.extend(m.logs.iter().cloned());
+    let logs = store::continued(&prev.logs, &m.logs.first()?.name, m.logs.iter().cloned())?;
     Some(StoreManifest {
         manifest: prev.manifest.clone(),
         snapshot: prev.snapshot.clone(),
         logs,
         ..m.clone()
     })
+}
+
+/// How to follow `m` from `prev`: `m` itself when it only adds to `prev`,
+/// else the bridge from `prev` into `m`'s generation ([`bridged`]); with
+/// the logs that grew. `None`: `m` must be downloaded whole.
+fn onward(prev: &StoreManifest, m: &StoreManifest) -> Option<(StoreManifest, Vec<Grow>)> {
+    if let Some(new) = appended(prev, m) {
+        return Some((m.clone(), new));
+    }
+    let bridge = bridged(prev, m)?;
+    let new = appended(prev, &bridge)?;
+    Some((bridge, new))
 }
 
 /// When `m` only adds to `prev` (the same snapshot, the same epoch, each

@@ -103,6 +103,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::compact::{self, Fs as _, Manifest};
+use super::job::Job;
 use super::{keys, Config, Engine, LOG_FILE};
 use crate::error::{Error, Result};
 use crate::log::{FsFile, LogWriter};
@@ -1079,24 +1080,8 @@ struct Upload {
     /// The start of its object's key (the digest follows, once read):
     /// garbage collection leaves such objects alone meanwhile.
     prefix: String,
-    /// Its result, set before the shipping thread is woken.
-    result: Arc<Mutex<Option<Result<ObjectRef>>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Upload {
-    /// Its result, once the upload ended (with `wait`, waits for it).
-    fn result(self, wait: bool) -> std::result::Result<Result<ObjectRef>, Upload> {
-        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if r.is_none() && wait {
-            let _ = self.thread.join();
-            r = self.result.lock().unwrap_or_else(|p| p.into_inner()).take();
-            return Ok(
-                r.unwrap_or_else(|| Err(Error::Internal("the snapshot's upload panicked".into())))
-            );
-        }
-        r.ok_or(self)
-    }
+    /// The upload; its result is set before the shipping thread is woken.
+    job: Job<ObjectRef>,
 }
 
 /// Uploads a data directory's files to a bucket, in the order the module
@@ -1576,17 +1561,25 @@ impl Shipper {
         let mut file = Some(file);
         loop {
             match s.upload.take() {
-                Some(u) => {
-                    let mine = u.local == local;
-                    match u.result(wait) {
+                Some(Upload {
+                    local: l,
+                    prefix,
+                    job,
+                }) => {
+                    let mine = l == local;
+                    match job.result(wait) {
                         Ok(r) if mine => {
                             let obj = r?;
                             self.uploaded(obj.size, done);
                             return Ok(Some(obj));
                         }
                         Ok(_) => {}
-                        Err(running) => {
-                            s.upload = Some(running);
+                        Err(job) => {
+                            s.upload = Some(Upload {
+                                local: l,
+                                prefix,
+                                job,
+                            });
                             return Ok(None);
                         }
                     }
@@ -1598,23 +1591,19 @@ impl Shipper {
                     let bucket = self.bucket.clone();
                     let wake = self.wake.get().cloned();
                     let (key, shown) = (prefix.clone(), local.to_string());
-                    let result = Arc::new(Mutex::new(None));
-                    let slot = result.clone();
-                    let thread = std::thread::Builder::new()
-                        .name("segq-ship-snapshot".into())
-                        .spawn(move || {
-                            let r = upload_file(&*bucket, &key, &mut f, &shown);
-                            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    let job = Job::spawn(
+                        "segq-ship-snapshot",
+                        move || upload_file(&*bucket, &key, &mut f, &shown),
+                        move || {
                             if let Some(sig) = wake.and_then(|w| w.upgrade()) {
                                 ship_soon(&sig);
                             }
-                        })
-                        .map_err(|e| Error::Internal(format!("starting an upload: {e}")))?;
+                        },
+                    )?;
                     s.upload = Some(Upload {
                         local: local.to_string(),
                         prefix: prefix.clone(),
-                        result,
-                        thread,
+                        job,
                     });
                     if !wait {
                         return Ok(None);
@@ -1799,14 +1788,26 @@ fn interim(
         return None;
     }
     let oldest = &files.logs.first()?.0;
-    let k = published.logs.iter().position(|l| &l.name == oldest)?;
-    let mut chain = published.logs[..k].to_vec();
-    chain.extend(logs);
     Some((
         published.manifest.clone(),
         published.snapshot.clone(),
-        chain,
+        continued(&published.logs, oldest, logs)?,
     ))
+}
+
+/// A chain of logs that goes on from `older` (a snapshot generation's)
+/// into a newer generation's `logs`, whose first is `first`: the logs of
+/// `older` before the one named `first`, then `logs`. `None` when `older`
+/// does not name `first`.
+pub(crate) fn continued(
+    older: &[StoredLog],
+    first: &str,
+    logs: impl IntoIterator<Item = StoredLog>,
+) -> Option<Vec<StoredLog>> {
+    let k = older.iter().position(|l| l.name == first)?;
+    let mut chain = older[..k].to_vec();
+    chain.extend(logs);
+    Some(chain)
 }
 
 fn referenced(m: &StoreManifest) -> impl Iterator<Item = String> + '_ {
@@ -2506,7 +2507,6 @@ pub(crate) fn download(
     bucket: &dyn Bucket,
     m: &StoreManifest,
     dir: &Path,
-    snapshot: Option<&Path>,
     bytes: &mut u64,
 ) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io_at(dir))?;
@@ -2518,14 +2518,8 @@ pub(crate) fn download(
     let mut next = 1;
     if let (Some(lm), Some(o)) = (&m.manifest, &m.snapshot) {
         let p = dir.join(&lm.snapshot);
-        match snapshot {
-            // Fetched already (and checked against `o`).
-            Some(done) => fs::rename(done, &p).map_err(Error::io_at(&p))?,
-            None => {
-                let mut f = fs::File::create(&p).map_err(Error::io_at(&p))?;
-                fetch(bucket, o, &mut f, bytes)?;
-            }
-        }
+        let mut f = fs::File::create(&p).map_err(Error::io_at(&p))?;
+        fetch(bucket, o, &mut f, bytes)?;
         compact::open_snapshot(dir, lm).map_err(|e| bad(format!("the snapshot: {e}")))?;
         compact::write_manifest(dir, lm)?;
         next = lm.seq + 1;
@@ -2616,7 +2610,7 @@ fn prepare(data: &Path, bucket: &dyn Bucket, staging: &Path) -> Result<Prepared>
             Some(end) => end < m.end_seq || m.epoch > seen,
         };
         if behind {
-            download(bucket, &m, &staging.join(&name), None, &mut out.bytes)?;
+            download(bucket, &m, &staging.join(&name), &mut out.bytes)?;
             out.workspaces.push((name, m.end_seq));
         }
     }
@@ -2689,7 +2683,7 @@ pub(crate) fn mirror(data: &Path, bucket: &dyn Bucket) -> Result<(Restored, Vec<
             ..Restored::default()
         };
         for m in &manifests {
-            download(bucket, m, &staging.join(&m.workspace), None, &mut out.bytes)?;
+            download(bucket, m, &staging.join(&m.workspace), &mut out.bytes)?;
             out.workspaces.push((m.workspace.clone(), m.end_seq));
         }
         Ok((out, server, manifests))

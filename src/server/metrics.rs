@@ -49,7 +49,9 @@
 //!   it last held everything the store held), `segq_replica_polls_total`,
 //!   `segq_replica_poll_errors_total`, `segq_replica_downloaded_bytes_total`,
 //!   `segq_replica_records_applied_total`, `segq_replica_reloads_total`
-//!   (workspaces downloaded whole and swapped in), `segq_replica_degraded`
+//!   (workspaces downloaded whole and swapped in),
+//!   `segq_replica_snapshot_swaps_total` (new snapshot generations loaded
+//!   beside and swapped in), `segq_replica_degraded`
 //!   (0 or 1), and by workspace `segq_replica_applied_seq` and
 //!   `segq_replica_store_seq` (the last seq the store's manifest names).
 //!
@@ -537,6 +539,11 @@ pub fn render_replica(engine: &crate::engine::Engine, out: &mut String) {
                 "segq_replica_reloads_total",
                 "Workspaces downloaded whole and swapped in after the first copy.",
                 &st.reloads,
+            ),
+            (
+                "segq_replica_snapshot_swaps_total",
+                "New snapshot generations loaded beside the workspace served and swapped in, without a whole download.",
+                &st.swaps,
             ),
         ] {
             one(out, name, "counter", help, v.load(Relaxed) as f64)?;

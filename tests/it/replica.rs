@@ -482,6 +482,108 @@ struct HeldSnapshotReads {
     held: Arc<AtomicBool>,
 }
 
+/// A bucket whose reads from the thread that loads a new snapshot beside
+/// the workspace served wait while `held` is set (a minute at most);
+/// `waiting` says one does.
+struct HeldBuildReads {
+    inner: Arc<dyn Bucket>,
+    held: Arc<AtomicBool>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Bucket for HeldBuildReads {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
+        self.inner.put(key, bytes)
+    }
+    fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
+        if std::thread::current().name() == Some("segq-replica-build") {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while self.held.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                self.waiting.store(true, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> segq::Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> segq::Result<()> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn a_snapshot_loaded_beside_catches_up_on_its_own_thread_so_the_swap_applies_little() {
+    let bucket = memory();
+    let p = primary(&bucket);
+    p.engine.create_workspace("w").unwrap();
+    let h = p.engine.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 10);
+    p.shipper.ship_once().unwrap();
+    let (held, waiting) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let slow: Arc<dyn Bucket> = Arc::new(HeldBuildReads {
+        inner: bucket.clone(),
+        held: held.clone(),
+        waiting: waiting.clone(),
+    });
+    let r = replica(&slow);
+    let rw = || r.engine.workspace("w").unwrap();
+    let (t, release) = crate::compaction::compaction_at_the_gate(&h, false);
+    writes(&h, 1);
+    p.shipper.ship_once().unwrap();
+    r.follower.poll_once().unwrap();
+    release.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    writes(&h, 2);
+    p.shipper.ship_once().unwrap();
+    // The new snapshot downloads, loads, and its catch-up waits.
+    wait_for("the new snapshot loaded beside", || {
+        r.follower.poll_once().unwrap();
+        waiting.load(Ordering::SeqCst)
+    });
+    // Meanwhile the workspace served follows the primary.
+    for round in 3..6 {
+        writes(&h, round);
+        p.shipper.ship_once().unwrap();
+        let polled = r.follower.poll_once().unwrap();
+        assert!(polled.records > 0, "{polled:?}");
+        same_answers(&h, &rw());
+    }
+    assert_eq!(r.follower.status().swaps.load(Ordering::Relaxed), 0);
+    // Let go, it applies those records on its own thread: the poll that
+    // swaps it in has none left to apply.
+    held.store(false, Ordering::SeqCst);
+    let mut swapped = None;
+    wait_for("the new snapshot swapped in", || {
+        let polled = r.follower.poll_once().unwrap();
+        let done = r.follower.status().swaps.load(Ordering::Relaxed) == 1;
+        if done {
+            swapped = Some(polled);
+        }
+        done
+    });
+    let swapped = swapped.unwrap();
+    assert_eq!(swapped.records, 0, "{swapped:?}");
+    assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
+    same_answers(&h, &rw());
+    assert_eq!(rw().manifest(), h.manifest());
+    nothing_staged(&r);
+    writes(&h, 6);
+    p.shipper.ship_once().unwrap();
+    let polled = r.follower.poll_once().unwrap();
+    assert!(polled.records > 0, "{polled:?}");
+    same_answers(&h, &rw());
+}
+
 impl Bucket for HeldSnapshotReads {
     fn describe(&self) -> String {
         self.inner.describe()
@@ -539,15 +641,25 @@ fn a_replica_follows_the_logs_through_a_compaction_while_the_new_snapshot_downlo
         same_answers(&h, &rw());
     }
     assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
-    // Once it is here, the workspace is loaded from it and swapped in, at
-    // the same generation.
+    // Once it is here, a workspace is loaded from it and the logs already
+    // followed, on a thread of its own, and swapped in at the same
+    // generation: the polls download the snapshot and nothing else (no
+    // log again), and nothing is downloaded whole.
+    let snapshot = h.manifest().unwrap().snapshot;
+    let snapshot = std::fs::metadata(p.engine.dir().join("workspaces/w").join(snapshot))
+        .unwrap()
+        .len();
     held.store(false, Ordering::SeqCst);
+    let mut fetched = 0;
     wait_for("the new snapshot swapped in", || {
-        r.follower.poll_once().unwrap();
-        r.follower.status().reloads.load(Ordering::Relaxed) == 1
+        fetched += r.follower.poll_once().unwrap().bytes;
+        r.follower.status().swaps.load(Ordering::Relaxed) == 1
     });
+    assert_eq!(fetched, snapshot, "the snapshot only");
+    assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
     same_answers(&h, &rw());
     assert_eq!(rw().manifest(), h.manifest());
+    nothing_staged(&r);
     writes(&h, 5);
     p.shipper.ship_once().unwrap();
     let polled = r.follower.poll_once().unwrap();
@@ -555,5 +667,78 @@ fn a_replica_follows_the_logs_through_a_compaction_while_the_new_snapshot_downlo
         polled.reloaded.is_empty() && polled.records > 0,
         "{polled:?}"
     );
+    same_answers(&h, &rw());
+}
+
+/// No snapshot or workspace is left beside the one served (the one
+/// swapped out is removed on a thread of its own).
+fn nothing_staged(r: &Replica) {
+    let left = |dir: &str| -> Vec<_> {
+        std::fs::read_dir(r.engine.dir().join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    for dir in ["replica-prefetch", "replica-staging"] {
+        assert!(left(dir).is_empty(), "{dir}: {:?}", left(dir));
+    }
+    wait_for("the workspace swapped out removed", || {
+        left("replica-retired").is_empty()
+    });
+}
+
+#[test]
+fn a_replica_swaps_in_the_newest_snapshot_when_the_primary_compacts_twice_during_a_download() {
+    let bucket = memory();
+    let p = primary(&bucket);
+    p.engine.create_workspace("w").unwrap();
+    let h = p.engine.workspace("w").unwrap();
+    writes(&h, 0);
+    h.compact().unwrap();
+    writes(&h, 10);
+    p.shipper.ship_once().unwrap();
+    let held = Arc::new(AtomicBool::new(true));
+    let slow: Arc<dyn Bucket> = Arc::new(HeldSnapshotReads {
+        inner: bucket.clone(),
+        held: held.clone(),
+    });
+    // The first copy reads the snapshot whole: let through.
+    held.store(false, Ordering::SeqCst);
+    let r = replica(&slow);
+    held.store(true, Ordering::SeqCst);
+    let rw = || r.engine.workspace("w").unwrap();
+    // Two compactions, each shipped while it runs and once it is done;
+    // the first new snapshot's download is held throughout.
+    for round in [1, 3] {
+        let (t, release) = crate::compaction::compaction_at_the_gate(&h, false);
+        writes(&h, round);
+        p.shipper.ship_once().unwrap();
+        r.follower.poll_once().unwrap();
+        same_answers(&h, &rw());
+        release.send(()).unwrap();
+        t.join().unwrap().unwrap();
+        writes(&h, round + 1);
+        p.shipper.ship_once().unwrap();
+        let polled = r.follower.poll_once().unwrap();
+        assert!(
+            polled.reloaded.is_empty() && polled.records > 0,
+            "{polled:?}"
+        );
+        same_answers(&h, &rw());
+    }
+    // Released: the first download ends, is dropped for the newer
+    // snapshot, which is downloaded, loaded and swapped in.
+    held.store(false, Ordering::SeqCst);
+    wait_for("the newest snapshot swapped in", || {
+        r.follower.poll_once().unwrap();
+        same_answers(&h, &rw());
+        r.follower.status().swaps.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
+    assert_eq!(rw().manifest(), h.manifest());
+    same_answers(&h, &rw());
+    nothing_staged(&r);
+    writes(&h, 6);
+    p.shipper.ship_once().unwrap();
+    r.follower.poll_once().unwrap();
     same_answers(&h, &rw());
 }
