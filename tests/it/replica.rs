@@ -477,21 +477,40 @@ fn a_replica_follows_sealed_logs_without_downloading_the_workspace_again() {
 
 /// A bucket whose snapshot reads wait while `held` is set (a minute at
 /// most, so that a failed test ends).
-struct HeldSnapshotReads {
+/// A bucket whose reads of the keys `holds` picks wait while `held` is
+/// set (a minute at most, so that a failed test ends); `waiting` says
+/// one does.
+struct HeldReads {
     inner: Arc<dyn Bucket>,
-    held: Arc<AtomicBool>,
-}
-
-/// A bucket whose reads from the thread that loads a new snapshot beside
-/// the workspace served wait while `held` is set (a minute at most);
-/// `waiting` says one does.
-struct HeldBuildReads {
-    inner: Arc<dyn Bucket>,
+    holds: fn(&str) -> bool,
     held: Arc<AtomicBool>,
     waiting: Arc<AtomicBool>,
 }
 
-impl Bucket for HeldBuildReads {
+impl HeldReads {
+    /// Over `inner`, holding the reads `holds` picks once `held` is set.
+    fn over(inner: &Arc<dyn Bucket>, holds: fn(&str) -> bool, held: &Arc<AtomicBool>) -> Self {
+        HeldReads {
+            inner: inner.clone(),
+            holds,
+            held: held.clone(),
+            waiting: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// A snapshot's reads.
+fn snapshot_reads(key: &str) -> bool {
+    key.ends_with(".segqsnap")
+}
+
+/// The reads of the thread that loads a new snapshot beside the
+/// workspace served.
+fn build_reads(_: &str) -> bool {
+    std::thread::current().name() == Some("segq-replica-build")
+}
+
+impl Bucket for HeldReads {
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -499,7 +518,7 @@ impl Bucket for HeldBuildReads {
         self.inner.put(key, bytes)
     }
     fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
-        if std::thread::current().name() == Some("segq-replica-build") {
+        if (self.holds)(key) {
             let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
             while self.held.load(Ordering::SeqCst) && std::time::Instant::now() < until {
                 self.waiting.store(true, Ordering::SeqCst);
@@ -516,25 +535,27 @@ impl Bucket for HeldBuildReads {
     }
 }
 
-#[test]
-fn a_snapshot_loaded_beside_catches_up_on_its_own_thread_so_the_swap_applies_little() {
-    let bucket = memory();
-    let p = primary(&bucket);
+/// A primary whose workspace `w` (returned) holds records before and
+/// after a compaction, shipped.
+fn compacted_primary(bucket: &Arc<dyn Bucket>) -> (Primary, Arc<WorkspaceHandle>) {
+    let p = primary(bucket);
     p.engine.create_workspace("w").unwrap();
     let h = p.engine.workspace("w").unwrap();
     writes(&h, 0);
     h.compact().unwrap();
     writes(&h, 10);
     p.shipper.ship_once().unwrap();
-    let (held, waiting) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let slow: Arc<dyn Bucket> = Arc::new(HeldBuildReads {
-        inner: bucket.clone(),
-        held: held.clone(),
-        waiting: waiting.clone(),
-    });
+    (p, h)
+}
+
+#[test]
+fn a_snapshot_loaded_beside_catches_up_on_its_own_thread_so_the_swap_applies_little() {
+    let bucket = memory();
+    let (p, h) = compacted_primary(&bucket);
+    let held = Arc::new(AtomicBool::new(true));
+    let slow = HeldReads::over(&bucket, build_reads, &held);
+    let waiting = slow.waiting.clone();
+    let slow: Arc<dyn Bucket> = Arc::new(slow);
     let r = replica(&slow);
     let rw = || r.engine.workspace("w").unwrap();
     let (t, release) = crate::compaction::compaction_at_the_gate(&h, false);
@@ -573,51 +594,15 @@ fn a_snapshot_loaded_beside_catches_up_on_its_own_thread_so_the_swap_applies_lit
     });
     let swapped = swapped.unwrap();
     assert_eq!(swapped.records, 0, "{swapped:?}");
-    assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
-    same_answers(&h, &rw());
-    assert_eq!(rw().manifest(), h.manifest());
-    nothing_staged(&r);
-    writes(&h, 6);
-    p.shipper.ship_once().unwrap();
-    let polled = r.follower.poll_once().unwrap();
-    assert!(polled.records > 0, "{polled:?}");
-    same_answers(&h, &rw());
-}
-
-impl Bucket for HeldSnapshotReads {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn put(&self, key: &str, bytes: Vec<u8>) -> segq::Result<()> {
-        self.inner.put(key, bytes)
-    }
-    fn get(&self, key: &str) -> segq::Result<Option<Vec<u8>>> {
-        crate::store::wait_while_held(key, &self.held);
-        self.inner.get(key)
-    }
-    fn list(&self, prefix: &str) -> segq::Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> segq::Result<()> {
-        self.inner.delete(key)
-    }
+    swapped_in_and_following(&p, &h, &r, 6);
 }
 
 #[test]
 fn a_replica_follows_the_logs_through_a_compaction_while_the_new_snapshot_downloads() {
     let bucket = memory();
-    let p = primary(&bucket);
-    p.engine.create_workspace("w").unwrap();
-    let h = p.engine.workspace("w").unwrap();
-    writes(&h, 0);
-    h.compact().unwrap();
-    writes(&h, 10);
-    p.shipper.ship_once().unwrap();
+    let (p, h) = compacted_primary(&bucket);
     let held = Arc::new(AtomicBool::new(false));
-    let slow: Arc<dyn Bucket> = Arc::new(HeldSnapshotReads {
-        inner: bucket.clone(),
-        held: held.clone(),
-    });
+    let slow: Arc<dyn Bucket> = Arc::new(HeldReads::over(&bucket, snapshot_reads, &held));
     let r = replica(&slow);
     let rw = || r.engine.workspace("w").unwrap();
     // The primary compacts; shipped meanwhile, the bucket names the
@@ -656,18 +641,26 @@ fn a_replica_follows_the_logs_through_a_compaction_while_the_new_snapshot_downlo
         r.follower.status().swaps.load(Ordering::Relaxed) == 1
     });
     assert_eq!(fetched, snapshot, "the snapshot only");
+    swapped_in_and_following(&p, &h, &r, 5);
+}
+
+/// After a new snapshot generation was swapped in without a whole
+/// download: the replica answers as `h`, holds its manifest, has nothing
+/// left beside, and follows the records of `round` in the same way.
+fn swapped_in_and_following(p: &Primary, h: &WorkspaceHandle, r: &Replica, round: u32) {
+    let rw = || r.engine.workspace("w").unwrap();
     assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
-    same_answers(&h, &rw());
+    same_answers(h, &rw());
     assert_eq!(rw().manifest(), h.manifest());
-    nothing_staged(&r);
-    writes(&h, 5);
+    nothing_staged(r);
+    writes(h, round);
     p.shipper.ship_once().unwrap();
     let polled = r.follower.poll_once().unwrap();
     assert!(
         polled.reloaded.is_empty() && polled.records > 0,
         "{polled:?}"
     );
-    same_answers(&h, &rw());
+    same_answers(h, &rw());
 }
 
 /// No snapshot or workspace is left beside the one served (the one
@@ -689,18 +682,9 @@ fn nothing_staged(r: &Replica) {
 #[test]
 fn a_replica_swaps_in_the_newest_snapshot_when_the_primary_compacts_twice_during_a_download() {
     let bucket = memory();
-    let p = primary(&bucket);
-    p.engine.create_workspace("w").unwrap();
-    let h = p.engine.workspace("w").unwrap();
-    writes(&h, 0);
-    h.compact().unwrap();
-    writes(&h, 10);
-    p.shipper.ship_once().unwrap();
+    let (p, h) = compacted_primary(&bucket);
     let held = Arc::new(AtomicBool::new(true));
-    let slow: Arc<dyn Bucket> = Arc::new(HeldSnapshotReads {
-        inner: bucket.clone(),
-        held: held.clone(),
-    });
+    let slow: Arc<dyn Bucket> = Arc::new(HeldReads::over(&bucket, snapshot_reads, &held));
     // The first copy reads the snapshot whole: let through.
     held.store(false, Ordering::SeqCst);
     let r = replica(&slow);
@@ -733,12 +717,5 @@ fn a_replica_swaps_in_the_newest_snapshot_when_the_primary_compacts_twice_during
         same_answers(&h, &rw());
         r.follower.status().swaps.load(Ordering::Relaxed) == 1
     });
-    assert_eq!(r.follower.status().reloads.load(Ordering::Relaxed), 0);
-    assert_eq!(rw().manifest(), h.manifest());
-    same_answers(&h, &rw());
-    nothing_staged(&r);
-    writes(&h, 6);
-    p.shipper.ship_once().unwrap();
-    r.follower.poll_once().unwrap();
-    same_answers(&h, &rw());
+    swapped_in_and_following(&p, &h, &r, 6);
 }
