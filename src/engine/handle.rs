@@ -554,6 +554,8 @@ impl WorkspaceHandle {
             )));
         }
         let _compacting = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        // Fixed while the compacting lock is held (see `relocate`).
+        let dir = self.folder();
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         // 1. Freeze. The read lock keeps writers out, so the state is
         //    exactly the log up to `seq`.
@@ -575,7 +577,7 @@ impl WorkspaceHandle {
                 // On a failure, the writers whose records failed undo them
                 // (they wait for this lock); the compaction just stops.
                 log.wait_durable(seq).map_err(|e| self.not_durable(&e))?;
-                let (path, writer) = compact::rotate(fs, &self.folder(), seq)?;
+                let (path, writer) = compact::rotate(fs, &dir, seq)?;
                 *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
                 files.1.push(path);
             }
@@ -594,7 +596,7 @@ impl WorkspaceHandle {
         let (old, old_logs) = files.clone();
         drop(files);
         let (manifest, done) =
-            match compact::publish(fs, &self.folder(), &frozen, seq, old.as_ref(), &log_name) {
+            match compact::publish(fs, &dir, &frozen, seq, old.as_ref(), &log_name) {
                 Ok(x) => x,
                 Err(compact::Failed::Before(e)) => return Err(e),
                 Err(compact::Failed::During(e)) => {
@@ -603,14 +605,12 @@ impl WorkspaceHandle {
                     )))
                 }
             };
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = (
-            Some(manifest.clone()),
-            vec![self.folder().join(&manifest.log)],
-        );
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Some(manifest.clone()), vec![dir.join(&manifest.log)]);
         *self.compacted_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         // 4. Serve from the new snapshot. Should it not open, the old one
         //    (still mapped) goes on serving; a restart reads the new one.
-        let path = self.folder().join(&manifest.snapshot);
+        let path = dir.join(&manifest.snapshot);
         let moved = crate::snapshot::Snapshot::open(&path).and_then(|snap| {
             // Found and checked before the lock: under it, only what
             // changed since the freeze is moved.
@@ -627,7 +627,7 @@ impl WorkspaceHandle {
             );
         }
         drop(frozen);
-        if let Err(e) = compact::cleanup(fs, &self.folder(), &manifest, old.as_ref(), &old_logs) {
+        if let Err(e) = compact::cleanup(fs, &dir, &manifest, old.as_ref(), &old_logs) {
             // Litter only: start-up removes it.
             tracing::warn!(
                 workspace = %self.name,

@@ -137,15 +137,6 @@ struct Source {
 }
 
 impl Source {
-    /// The bucket's manifest of workspace `name`, if any.
-    fn manifest(&self, name: &str) -> Result<Option<StoreManifest>> {
-        let key = store::manifest_key(name);
-        let Some(bytes) = self.bucket.get(&key)? else {
-            return Ok(None);
-        };
-        StoreManifest::from_bytes(&format!("{}/{key}", self.url), &bytes).map(Some)
-    }
-
     /// Appends the new pieces to the logs in `handle`'s folder (or, for a
     /// log whose pieces the primary merged, replaces it by the merged one,
     /// checked to hold the local bytes) and applies their records.
@@ -240,7 +231,7 @@ impl Source {
     /// ones), then renamed over it. Only the bytes past `had` are new.
     fn replace_log(
         &self,
-        path: &std::path::Path,
+        path: &Path,
         log: &store::StoredLog,
         had: u64,
         bytes: &mut u64,
@@ -784,8 +775,7 @@ impl Follower {
         let mut swaps = self.swaps.lock().unwrap_or_else(|p| p.into_inner());
         match swaps.remove(name) {
             Some(Swap::Download { object: o, job }) => match job.result(false) {
-                Err(running) => {
-                    let job = running;
+                Err(job) => {
                     swaps.insert(name.clone(), Swap::Download { object: o, job });
                     return;
                 }
@@ -911,7 +901,8 @@ impl Follower {
                 // swaps it in has little left to apply.
                 let mut from = m;
                 for _ in 0..CATCH_UP_ROUNDS {
-                    let Some(now) = source.manifest(&from.workspace)? else {
+                    let Some(now) = store::bucket_manifest(&*source.bucket, &from.workspace)?
+                    else {
                         break;
                     };
                     let Some((followed, new)) = onward(&from, &now) else {

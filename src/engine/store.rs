@@ -1561,13 +1561,9 @@ impl Shipper {
         let mut file = Some(file);
         loop {
             match s.upload.take() {
-                Some(Upload {
-                    local: l,
-                    prefix,
-                    job,
-                }) => {
-                    let mine = l == local;
-                    match job.result(wait) {
+                Some(u) => {
+                    let mine = u.local == local;
+                    match u.job.result(wait) {
                         Ok(r) if mine => {
                             let obj = r?;
                             self.uploaded(obj.size, done);
@@ -1575,11 +1571,7 @@ impl Shipper {
                         }
                         Ok(_) => {}
                         Err(job) => {
-                            s.upload = Some(Upload {
-                                local: l,
-                                prefix,
-                                job,
-                            });
+                            s.upload = Some(Upload { job, ..u });
                             return Ok(None);
                         }
                     }
@@ -2500,9 +2492,7 @@ pub(crate) fn fetch_pieces(
     Ok(())
 }
 
-/// Downloads a workspace into `dir` (empty) and checks it whole; its
-/// snapshot is moved from `snapshot` instead, when given (fetched already,
-/// its size and SHA-256 checked against the manifest's).
+/// Downloads a workspace into `dir` (empty) and checks it whole.
 pub(crate) fn download(
     bucket: &dyn Bucket,
     m: &StoreManifest,
@@ -2520,6 +2510,7 @@ pub(crate) fn download(
         let p = dir.join(&lm.snapshot);
         let mut f = fs::File::create(&p).map_err(Error::io_at(&p))?;
         fetch(bucket, o, &mut f, bytes)?;
+        drop(f);
         compact::open_snapshot(dir, lm).map_err(|e| bad(format!("the snapshot: {e}")))?;
         compact::write_manifest(dir, lm)?;
         next = lm.seq + 1;
@@ -2632,22 +2623,30 @@ pub(crate) fn bucket_manifests(bucket: &dyn Bucket) -> Result<Vec<StoreManifest>
     }
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let key = manifest_key(&name);
-        let at = format!("{}/{key}", bucket.describe());
         // Listed, then gone: the workspace was deleted meanwhile.
-        let Some(bytes) = bucket.get(&key)? else {
-            continue;
-        };
-        let m = StoreManifest::from_bytes(&at, &bytes)?;
-        if m.workspace != name {
-            return Err(Error::Store {
-                location: at,
-                reason: format!("names workspace {:?}", m.workspace),
-            });
+        if let Some(m) = bucket_manifest(bucket, &name)? {
+            out.push(m);
         }
-        out.push(m);
     }
     Ok(out)
+}
+
+/// The bucket's manifest of workspace `name`, if it has one; checked to
+/// name that workspace.
+pub(crate) fn bucket_manifest(bucket: &dyn Bucket, name: &str) -> Result<Option<StoreManifest>> {
+    let key = manifest_key(name);
+    let Some(bytes) = bucket.get(&key)? else {
+        return Ok(None);
+    };
+    let at = format!("{}/{key}", bucket.describe());
+    let m = StoreManifest::from_bytes(&at, &bytes)?;
+    if m.workspace != name {
+        return Err(Error::Store {
+            location: at,
+            reason: format!("names workspace {:?}", m.workspace),
+        });
+    }
+    Ok(Some(m))
 }
 
 /// The server's state in the bucket, checked; `None` if there is none.
