@@ -813,7 +813,8 @@ impl Follower {
         let dir = self.engine.dir().join(PREFETCH_DIR);
         fs::create_dir_all(&dir).map_err(Error::io_at(&dir))?;
         let n = self.builds.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}.{}.{n}", m.workspace, &object.sha256[..16]));
+        // Named by a counter: nothing of the manifest's text goes into it.
+        let path = dir.join(format!("{}.snapshot-{n}", m.workspace));
         let mut f = fs::File::create(&path).map_err(Error::io_at(&path))?;
         let file = Staged(Some(path));
         let (bucket, o) = (self.bucket.clone(), object.clone());
