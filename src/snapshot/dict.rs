@@ -298,7 +298,8 @@ impl<'a> Dict<'a> {
 
 /// An identifier dictionary of either format: the hashed one of versions
 /// 1 to 3 ([`Dict`]) or the compact one of version 4 on
-/// ([`CompactDict`]). Both answer the same questions the same way.
+/// ([`CompactDict`], in either layout). Both answer the same questions
+/// the same way.
 #[derive(Clone, Debug)]
 pub enum Ids<'a> {
     /// Versions 1 to 3.
@@ -336,6 +337,23 @@ impl<'a> Ids<'a> {
         match self {
             Ids::Hashed(d) => KeysOf::Hashed(*d, d.entries_of(user)),
             Ids::Compact(d) => KeysOf::Compact(d.keys_of(user)),
+        }
+    }
+
+    /// `user`'s first key, written over `out` (`false`, and `out` empty:
+    /// none). It allocates nothing once `out` has room: the way to read
+    /// many users' external ids.
+    pub fn key_into(&self, user: UserId, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        match self {
+            Ids::Hashed(d) => match d.entries_of(user).find_map(|i| d.entry(i)) {
+                Some((_, k)) => {
+                    out.extend_from_slice(k);
+                    true
+                }
+                None => false,
+            },
+            Ids::Compact(d) => d.key_into(user, out),
         }
     }
 

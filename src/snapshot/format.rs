@@ -35,13 +35,14 @@ pub const MAGIC: [u8; 8] = *b"SEGQSNAP";
 /// The newest format version this build writes. Version 2 added the
 /// optional attributes section, version 3 the optional deleted users
 /// section, version 4 the compact identifier dictionaries (kinds 9 to 11,
-/// which replace kinds 3 to 5); versions [`MIN_VERSION`]`..=VERSION` are
+/// which replace kinds 3 to 5), version 5 their packed layout (kinds 12
+/// to 14, which replace kinds 9 to 11); versions [`MIN_VERSION`]`..=VERSION` are
 /// read. A file is written at the oldest version that holds its sections,
 /// never older than [`WRITTEN_SINCE`] ([`SnapshotWriter::to_version`]).
-/// Every snapshot segq writes holds the compact dictionaries, so it is a
-/// version 4 file; versions 1 to 3 (with the hashed dictionaries) keep
-/// reading the same.
-pub const VERSION: u32 = 4;
+/// Every snapshot segq writes holds the packed dictionaries, so it is a
+/// version 5 file (a version 4 one when asked: [`super::writer::Contents`]);
+/// versions 1 to 4 keep reading the same.
+pub const VERSION: u32 = 5;
 /// The oldest format version this build writes.
 pub const WRITTEN_SINCE: u32 = 2;
 /// The oldest format version this build reads.
@@ -83,11 +84,20 @@ pub enum SectionKind {
     /// (alias_label, alias_name) dictionary, compact (version 4 on;
     /// replaces kind 5).
     AliasesCompact = 11,
+    /// external_id dictionary, compact and packed (version 5 on;
+    /// replaces kind 9).
+    ExternalIdsPacked = 12,
+    /// device_id dictionary, compact and packed (version 5 on; replaces
+    /// kind 10).
+    DevicesPacked = 13,
+    /// (alias_label, alias_name) dictionary, compact and packed (version
+    /// 5 on; replaces kind 11).
+    AliasesPacked = 14,
 }
 
 impl SectionKind {
     /// Every kind, in tag order.
-    pub const ALL: [SectionKind; 11] = [
+    pub const ALL: [SectionKind; 14] = [
         SectionKind::Meta,
         SectionKind::Buckets,
         SectionKind::ExternalIds,
@@ -99,6 +109,9 @@ impl SectionKind {
         SectionKind::ExternalIdsCompact,
         SectionKind::DevicesCompact,
         SectionKind::AliasesCompact,
+        SectionKind::ExternalIdsPacked,
+        SectionKind::DevicesPacked,
+        SectionKind::AliasesPacked,
     ];
 
     /// The first format version with this kind of section.
@@ -109,6 +122,9 @@ impl SectionKind {
             SectionKind::ExternalIdsCompact
             | SectionKind::DevicesCompact
             | SectionKind::AliasesCompact => 4,
+            SectionKind::ExternalIdsPacked
+            | SectionKind::DevicesPacked
+            | SectionKind::AliasesPacked => 5,
             _ => 1,
         }
     }
@@ -131,22 +147,36 @@ impl SectionKind {
             SectionKind::ExternalIdsCompact => "external_ids_fst",
             SectionKind::DevicesCompact => "devices_fst",
             SectionKind::AliasesCompact => "aliases_fst",
+            SectionKind::ExternalIdsPacked => "external_ids_packed",
+            SectionKind::DevicesPacked => "devices_packed",
+            SectionKind::AliasesPacked => "aliases_packed",
         }
     }
 
-    /// The identifier dictionary kinds: (hashed, versions 1 to 3;
-    /// compact, version 4 on) for external ids, devices and aliases.
-    pub const DICTIONARIES: [(SectionKind, SectionKind); 3] = [
-        (SectionKind::ExternalIds, SectionKind::ExternalIdsCompact),
-        (SectionKind::Devices, SectionKind::DevicesCompact),
-        (SectionKind::Aliases, SectionKind::AliasesCompact),
+    /// The identifier dictionary kinds, newest first: (packed, version 5
+    /// on; compact, version 4; hashed, versions 1 to 3) for external ids,
+    /// devices and aliases.
+    pub const DICTIONARIES: [[SectionKind; 3]; 3] = [
+        [
+            SectionKind::ExternalIdsPacked,
+            SectionKind::ExternalIdsCompact,
+            SectionKind::ExternalIds,
+        ],
+        [
+            SectionKind::DevicesPacked,
+            SectionKind::DevicesCompact,
+            SectionKind::Devices,
+        ],
+        [
+            SectionKind::AliasesPacked,
+            SectionKind::AliasesCompact,
+            SectionKind::Aliases,
+        ],
     ];
 
-    /// Whether this kind is an identifier dictionary (either format).
+    /// Whether this kind is an identifier dictionary (any format).
     pub fn is_dictionary(self) -> bool {
-        Self::DICTIONARIES
-            .iter()
-            .any(|&(a, b)| a == self || b == self)
+        Self::DICTIONARIES.iter().flatten().any(|&k| k == self)
     }
 }
 
@@ -441,13 +471,16 @@ impl<B: AsRef<[u8]>> SnapshotFile<B> {
                 crc: u32_at(e, 24),
             });
         }
-        for (hashed, compact) in SectionKind::DICTIONARIES {
-            let has = |k| sections.iter().any(|s: &Section| s.kind == k);
-            if has(hashed) && has(compact) {
+        for kinds in SectionKind::DICTIONARIES {
+            let has: Vec<&str> = kinds
+                .iter()
+                .filter(|&&k| sections.iter().any(|s: &Section| s.kind == k))
+                .map(|k| k.name())
+                .collect();
+            if has.len() > 1 {
                 return Err(corrupt(format!(
-                    "sections {} and {} both hold the same identifiers",
-                    hashed.name(),
-                    compact.name()
+                    "sections {} both hold the same identifiers",
+                    has.join(" and ")
                 )));
             }
         }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use hashbrown::HashMap;
 use serde::Serialize;
 
-use super::compact::CompactDict;
+use super::compact::{CompactDict, Layout};
 use super::dict::{alias_key, Dict, Ids};
 use super::format::{Section, SectionKind, SnapshotFile};
 use super::meta::Meta;
@@ -222,17 +222,27 @@ impl Snapshot {
         bytemuck::try_cast_slice(b).map_err(|e| self.corrupt(format!("buckets section: {e}")))
     }
 
-    /// The dictionary of `kinds` (hashed, compact): the compact one if the
-    /// file has it (version 4 on), else the hashed one.
-    fn dict(&self, (hashed, compact): (SectionKind, SectionKind)) -> Result<Ids<'_>> {
-        if let Some(b) = self.file.optional_section(compact) {
-            return CompactDict::parse(b)
-                .map(Ids::Compact)
-                .map_err(|e| self.corrupt(format!("{} section: {e}", compact.name())));
+    /// The dictionary of `kinds` (packed, compact, hashed): the newest
+    /// the file has (packed from version 5, compact in version 4, hashed
+    /// before), and the kind of its section.
+    fn dict_of(
+        &self,
+        [packed, compact, hashed]: [SectionKind; 3],
+    ) -> Result<(SectionKind, Ids<'_>)> {
+        for (kind, layout) in [(packed, Layout::Packed), (compact, Layout::Plain)] {
+            if let Some(b) = self.file.optional_section(kind) {
+                return CompactDict::parse(b, layout)
+                    .map(|d| (kind, Ids::Compact(d)))
+                    .map_err(|e| self.corrupt(format!("{} section: {e}", kind.name())));
+            }
         }
         Dict::parse(self.file.section(hashed)?)
-            .map(Ids::Hashed)
+            .map(|d| (hashed, Ids::Hashed(d)))
             .map_err(|e| self.corrupt(format!("{} section: {e}", hashed.name())))
+    }
+
+    fn dict(&self, kinds: [SectionKind; 3]) -> Result<Ids<'_>> {
+        self.dict_of(kinds).map(|(_, d)| d)
     }
 
     /// The attributes section's bytes (`None`: the file has none, as no
@@ -279,12 +289,13 @@ impl Snapshot {
 
     /// A user's external id, if identified.
     pub fn external_id(&self, user: UserId) -> Result<Option<String>> {
-        match self.external_ids()?.keys_of(user).next() {
-            None => Ok(None),
-            Some(key) => String::from_utf8(key.into_owned())
-                .map(Some)
-                .map_err(|_| self.corrupt(format!("external id of user {user} is not UTF-8"))),
+        let mut key = Vec::new();
+        if !self.external_ids()?.key_into(user, &mut key) {
+            return Ok(None);
         }
+        String::from_utf8(key)
+            .map(Some)
+            .map_err(|_| self.corrupt(format!("external id of user {user} is not UTF-8")))
     }
 
     /// The members of cohort `i` of the catalog, read in place.
@@ -349,13 +360,9 @@ impl Snapshot {
             return Err(self.corrupt(format!("user {u} has bucket {}", buckets[u])));
         }
         for kinds in SectionKind::DICTIONARIES {
-            let d = self.dict(kinds)?;
-            let name = match d {
-                Ids::Hashed(_) => kinds.0.name(),
-                Ids::Compact(_) => kinds.1.name(),
-            };
+            let (kind, d) = self.dict_of(kinds)?;
             d.verify(meta.users)
-                .map_err(|e| self.corrupt(format!("{name} dictionary: {e}")))?;
+                .map_err(|e| self.corrupt(format!("{} dictionary: {e}", kind.name())))?;
         }
         for (i, c) in meta.cohorts.iter().enumerate() {
             let v = self.bitmap(i)?;
@@ -513,10 +520,11 @@ impl Snapshot {
         }
         let mut dictionaries = Vec::new();
         for kinds in SectionKind::DICTIONARIES {
-            let d = self.dict(kinds)?;
-            let (kind, format, parts) = match &d {
-                Ids::Hashed(_) => (kinds.0, "hashed", None),
-                Ids::Compact(c) => (kinds.1, "compact", Some(c.parts())),
+            let (kind, d) = self.dict_of(kinds)?;
+            let (format, parts) = match &d {
+                Ids::Hashed(_) => ("hashed", None),
+                Ids::Compact(c) if c.layout() == Layout::Plain => ("compact", Some(c.parts())),
+                Ids::Compact(c) => ("packed", Some(c.parts())),
             };
             let bytes = self
                 .sections()

@@ -3,8 +3,8 @@
 //! bitmaps as bytes. What a workspace puts in it is the engine's business
 //! (`engine::persist`).
 
-use super::compact::CompactWriter;
-use super::format::{SectionKind, SnapshotWriter};
+use super::compact::{CompactWriter, Layout};
+use super::format::{SectionKind, SnapshotWriter, VERSION};
 use super::meta::{CohortMeta, Meta};
 use crate::error::{Error, Result};
 
@@ -25,6 +25,10 @@ pub struct Contents {
     /// The deleted users section (the ids in the portable roaring format;
     /// empty: no section).
     pub deleted: Vec<u8>,
+    /// The format version written: [`VERSION`] (packed dictionaries), or
+    /// 4 (the compact layout of version 4, for a build that reads no
+    /// newer file).
+    pub version: u32,
     buckets: Vec<u8>,
     bitmaps: Vec<u8>,
 }
@@ -41,6 +45,7 @@ impl Contents {
             aliases: CompactWriter::new(),
             attributes: Vec::new(),
             deleted: Vec::new(),
+            version: VERSION,
             buckets: Vec::new(),
             bitmaps: Vec::new(),
         }
@@ -91,21 +96,34 @@ impl Contents {
             aliases,
             attributes,
             deleted,
+            version,
             buckets,
             bitmaps,
         } = self;
         let meta = meta.encode().map_err(Error::Internal)?;
-        // The compact dictionaries make every file a version 4 one.
-        let version = SectionKind::ExternalIdsCompact.since();
+        // The dictionaries' layout makes every file a version 5 one (or 4).
+        let (layout, slot) = match version {
+            5 => (Layout::Packed, 0),
+            4 => (Layout::Plain, 1),
+            v => {
+                return Err(Error::Internal(format!(
+                    "snapshots are written at version 4 or 5, not {v}"
+                )))
+            }
+        };
         let mut w = SnapshotWriter::to_version(out, version)?;
         w.section(SectionKind::Meta, &meta)?;
         w.section(SectionKind::Buckets, &buckets)?;
         drop(buckets);
         // One dictionary built at a time: its keys are given back before
         // the next is built.
-        w.section(SectionKind::ExternalIdsCompact, &external_ids.finish()?)?;
-        w.section(SectionKind::DevicesCompact, &devices.finish()?)?;
-        w.section(SectionKind::AliasesCompact, &aliases.finish()?)?;
+        for (kinds, dict) in
+            SectionKind::DICTIONARIES
+                .into_iter()
+                .zip([external_ids, devices, aliases])
+        {
+            w.section(kinds[slot], &dict.finish(layout)?)?;
+        }
         w.section(SectionKind::Bitmaps, &bitmaps)?;
         drop(bitmaps);
         if !attributes.is_empty() {

@@ -492,11 +492,17 @@ impl UserRegistry {
                 borrowed(self.extras.get(&user.0)?.external_id.as_deref())
             }
             Ok(base) => {
-                let from_base = base.externals().and_then(|d| {
-                    d.keys_of(user).find_map(|k| match k {
+                let from_base = base.externals().and_then(|d| match d {
+                    // Decoded into one buffer of the key's size.
+                    Ids::Compact(c) => {
+                        let mut key = Vec::new();
+                        c.key_into(user, &mut key).then_some(())?;
+                        String::from_utf8(key).ok().map(Cow::Owned)
+                    }
+                    Ids::Hashed(_) => d.keys_of(user).find_map(|k| match k {
                         Cow::Borrowed(b) => text(b).map(Cow::Borrowed),
                         Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
-                    })
+                    }),
                 });
                 from_base.or_else(|| borrowed(self.extras.get(&user.0)?.external_id.as_deref()))
             }

@@ -1,15 +1,16 @@
 //! Property tests: random identifier sets (none at all, unicode, 1,024-byte
 //! ids, long shared prefixes, several per user) written to a snapshot and
 //! looked up exactly like a `HashMap` model, in a version 3 file (hashed
-//! dictionaries), in the version 4 file a compaction makes of it (compact
-//! dictionaries), and straight from the dictionaries themselves.
+//! dictionaries) and a version 4 file (compact dictionaries), in the
+//! version 5 file a compaction makes of either (packed dictionaries), and
+//! straight from the dictionaries of every layout.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use segq::engine::persist;
-use segq::snapshot::compact::{CompactDict, CompactWriter};
+use segq::snapshot::compact::{CompactDict, CompactWriter, Layout};
 use segq::snapshot::dict::{DictWriter, Ids};
 use segq::snapshot::format::{SectionKind, SnapshotFile, SnapshotWriter};
 use segq::snapshot::Snapshot;
@@ -94,27 +95,32 @@ fn build(specs: &[Spec]) -> (Workspace, HashMap<UserRef, UserId>) {
     (ws, model)
 }
 
-/// The same snapshot with hashed (version 1 to 3) dictionaries, as a
-/// version 3 file: what a workspace written before version 4 holds.
-fn as_version_3(bytes: &[u8]) -> Vec<u8> {
-    let f = SnapshotFile::open(bytes, "v4").expect("opens");
-    let mut w = SnapshotWriter::to_version(Vec::new(), 3).expect("writes");
+/// The same snapshot with older dictionaries: hashed ones in a version 3
+/// file, or compact ones in a version 4 file; what a workspace written
+/// before version 4 or 5 holds.
+fn as_version(bytes: &[u8], version: u32) -> Vec<u8> {
+    let f = SnapshotFile::open(bytes, "v5").expect("opens");
+    let mut w = SnapshotWriter::to_version(Vec::new(), version).expect("writes");
     for s in f.sections() {
         let b = f.section(s.kind).expect("a section");
         let old = SectionKind::DICTIONARIES
             .iter()
-            .find(|(_, compact)| *compact == s.kind);
-        match old {
-            None => w.section(s.kind, b).expect("a section"),
-            Some(&(hashed, _)) => {
-                let mut d = DictWriter::new();
-                CompactDict::parse(b)
-                    .expect("parses")
-                    .for_each(|u, k| d.push(u, k))
-                    .expect("decodes");
-                w.section(hashed, &d.finish().expect("builds"))
-                    .expect("a section");
-            }
+            .find(|kinds| kinds[0] == s.kind);
+        let Some(&[_, compact, hashed]) = old else {
+            w.section(s.kind, b).expect("a section");
+            continue;
+        };
+        let packed = CompactDict::parse(b, Layout::Packed).expect("parses");
+        if version == 4 {
+            let mut d = CompactWriter::new();
+            packed.for_each(|u, k| d.push(u, k)).expect("decodes");
+            w.section(compact, &d.finish(Layout::Plain).expect("builds"))
+                .expect("a section");
+        } else {
+            let mut d = DictWriter::new();
+            packed.for_each(|u, k| d.push(u, k)).expect("decodes");
+            w.section(hashed, &d.finish().expect("builds"))
+                .expect("a section");
         }
     }
     w.finish().expect("finishes")
@@ -175,22 +181,24 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn identifiers_look_up_like_a_hash_map_across_a_version_3_to_4_compaction(
+    fn identifiers_look_up_like_a_hash_map_across_version_3_and_4_to_5_compactions(
         specs in users()
     ) {
         let (ws, model) = build(&specs);
-        let v4 = persist::write_snapshot(&ws, 1).expect("writes");
-        let v3 = as_version_3(&v4);
-        let old = Arc::new(Snapshot::from_bytes(v3, "v3").expect("opens"));
-        prop_assert_eq!(old.version(), 3);
-        check(&old, &model, ws.users.len());
-        // The compaction of the version 3 file: a version 4 file, the
-        // same bytes as one written from memory.
-        let loaded = persist::load_workspace(old).expect("loads");
-        let compacted = persist::write_snapshot(&loaded, 1).expect("writes");
-        prop_assert!(compacted == v4, "the compaction writes other bytes");
-        let new = Arc::new(Snapshot::from_bytes(compacted, "v4").expect("opens"));
-        prop_assert_eq!(new.version(), 4);
+        let v5 = persist::write_snapshot(&ws, 1).expect("writes");
+        for version in [3, 4] {
+            let old = as_version(&v5, version);
+            let old = Arc::new(Snapshot::from_bytes(old, "old").expect("opens"));
+            prop_assert_eq!(old.version(), version);
+            check(&old, &model, ws.users.len());
+            // The compaction of the older file: a version 5 file, the
+            // same bytes as one written from memory.
+            let loaded = persist::load_workspace(old).expect("loads");
+            let compacted = persist::write_snapshot(&loaded, 1).expect("writes");
+            prop_assert!(compacted == v5, "the compaction of version {} writes other bytes", version);
+        }
+        let new = Arc::new(Snapshot::from_bytes(v5, "v5").expect("opens"));
+        prop_assert_eq!(new.version(), 5);
         check(&new, &model, ws.users.len());
     }
 
@@ -226,12 +234,19 @@ proptest! {
             old.push(UserId(user), &k);
             order.push((UserId(user), k));
         }
-        let bytes = w.finish().expect("builds");
+        let mut again = CompactWriter::new();
+        for (u, k) in &order {
+            again.push(*u, k);
+        }
+        let packed = w.finish(Layout::Packed).expect("builds");
+        let plain = again.finish(Layout::Plain).expect("builds");
         let hashed = old.finish().expect("builds");
         let dicts = [
-            Ids::Compact(CompactDict::parse(&bytes).expect("parses")),
+            Ids::Compact(CompactDict::parse(&packed, Layout::Packed).expect("parses")),
+            Ids::Compact(CompactDict::parse(&plain, Layout::Plain).expect("parses")),
             Ids::Hashed(segq::snapshot::dict::Dict::parse(&hashed).expect("parses")),
         ];
+        let mut first = Vec::new();
         for d in &dicts {
             d.verify(user + 1).expect("verifies");
             prop_assert_eq!(d.len(), model.len());
@@ -251,6 +266,8 @@ proptest! {
                     .map(|(_, k)| &k[..])
                     .collect();
                 let got: Vec<Vec<u8>> = d.keys_of(UserId(u)).map(|k| k.into_owned()).collect();
+                let found = d.key_into(UserId(u), &mut first);
+                prop_assert_eq!(found.then_some(&first[..]), want.first().copied());
                 prop_assert_eq!(got, want);
             }
         }

@@ -55,17 +55,20 @@ const V4_LIFE_SNAP: &str = "fixtures/snapshot/v4-users-lifecycle.segqsnap";
 const V4_LIFE_SNAP_EXPECTED: &str = "fixtures/snapshot/v4-users-lifecycle.expected";
 const V4_IDS_SNAP: &str = "fixtures/snapshot/v4-identifiers.segqsnap";
 const V4_IDS_SNAP_EXPECTED: &str = "fixtures/snapshot/v4-identifiers.expected";
+const V5_LIFE_SNAP: &str = "fixtures/snapshot/v5-users-lifecycle.segqsnap";
+const V5_LIFE_SNAP_EXPECTED: &str = "fixtures/snapshot/v5-users-lifecycle.expected";
+const V5_IDS_SNAP: &str = "fixtures/snapshot/v5-identifiers.segqsnap";
+const V5_IDS_SNAP_EXPECTED: &str = "fixtures/snapshot/v5-identifiers.expected";
 
-/// A fixture written again by this build: a version 4 file, with the
-/// compact dictionaries, holding the same workspace.
+/// A fixture written again by this build: a version 5 file, with the
+/// packed dictionaries, holding the same workspace.
 fn rewritten_reads_the_same(ws: &Workspace, again: Vec<u8>, old: &[u8]) {
     let snap = Snapshot::from_bytes(again, "again").expect("opens");
     snap.verify().expect("verifies");
-    assert_eq!(snap.version(), 4);
-    assert!(snap.sections().iter().all(|s| !matches!(
-        s.kind,
-        SectionKind::ExternalIds | SectionKind::Devices | SectionKind::Aliases
-    )));
+    assert_eq!(snap.version(), 5);
+    assert!(snap.sections().iter().all(
+        |s| !s.kind.is_dictionary() || SectionKind::DICTIONARIES.iter().any(|k| k[0] == s.kind)
+    ));
     let old = Snapshot::from_bytes(old.to_vec(), "old").expect("opens");
     assert!(old.version() < 4);
     let ws2 = persist::load_workspace(Arc::new(snap)).expect("loads");
@@ -1003,10 +1006,10 @@ fn the_version_1_snapshot_of_every_record_reads_as_expected() {
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(SNAP_EXPECTED)
     );
-    // Written again, it is a version 4 file that reads the same.
+    // Written again, it is a version 5 file that reads the same.
     let again = persist::write_snapshot(&ws, seq).expect("writes");
     let snap2 = Arc::new(Snapshot::from_bytes(again, "again").expect("opens"));
-    assert_eq!((snap.version(), snap2.version()), (1, 4));
+    assert_eq!((snap.version(), snap2.version()), (1, 5));
     let ws2 = persist::load_workspace(snap2).expect("loads");
     assert_eq!(describe(&ws2), describe(&ws));
 }
@@ -1034,7 +1037,7 @@ fn the_attributes_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(ATTR_SNAP_EXPECTED)
     );
-    // Written again: a version 4 file (compact dictionaries) that reads
+    // Written again: a version 5 file (packed dictionaries) that reads
     // the same; fixtures/snapshot/v4-* pin the version 4 bytes.
     let again = persist::write_snapshot(&ws, seq).expect("writes");
     rewritten_reads_the_same(&ws, again, &bytes);
@@ -1138,10 +1141,20 @@ fn the_size_history_snapshot_reads_as_expected_and_writes_the_same_bytes() {
         format!("seq {seq}\n{}{}", describe(&ws), describe_history(&ws)),
         read_text(HISTORY_SNAP_EXPECTED)
     );
-    let again = persist::write_snapshot(&ws, seq).expect("writes");
+    let again = persist::write_snapshot_at(&ws, seq, 4).expect("writes");
     assert!(
         again == bytes,
         "the size history snapshot writes to other bytes than it was read from"
+    );
+    // Written by this build: a version 5 file with the same histories.
+    let v5 = Snapshot::from_bytes(persist::write_snapshot(&ws, seq).expect("writes"), "v5")
+        .expect("opens");
+    v5.verify().expect("verifies");
+    assert_eq!(v5.version(), 5);
+    let ws5 = persist::load_workspace(Arc::new(v5)).expect("loads");
+    assert_eq!(
+        (describe(&ws5), describe_history(&ws5)),
+        (describe(&ws), describe_history(&ws))
     );
     let (_, from_log, last) = replay(read(LOG), LOG, &EVERY_KIND, &[]);
     assert_eq!(
@@ -1549,10 +1562,16 @@ fn the_version_4_users_lifecycle_snapshot_reads_as_the_version_3_one_and_writes_
     assert_eq!(text, read_text(V4_LIFE_SNAP_EXPECTED));
     // The same workspace as the version 3 fixture holds.
     assert_eq!(text, read_text(LIFE_SNAP_EXPECTED));
-    let again = persist::write_snapshot(&ws, seq).expect("writes");
+    let again = persist::write_snapshot_at(&ws, seq, 4).expect("writes");
     assert!(
         again == bytes,
         "the version 4 users lifecycle snapshot writes to other bytes than it was read from"
+    );
+    // This build writes it as the version 5 fixture.
+    let v5 = persist::write_snapshot(&ws, seq).expect("writes");
+    assert!(
+        v5 == read(V5_LIFE_SNAP),
+        "the version 4 users lifecycle snapshot is written again as other bytes than the version 5 fixture"
     );
 }
 
@@ -1567,11 +1586,75 @@ fn the_version_4_identifiers_snapshot_reads_as_expected_and_writes_the_same_byte
     assert_eq!(text, read_text(V4_IDS_SNAP_EXPECTED));
     // It holds the workspace it was written from.
     assert_eq!(describe(&ws), describe(&identifiers_workspace()));
-    let again = persist::write_snapshot(&ws, 0).expect("writes");
+    let again = persist::write_snapshot_at(&ws, 0, 4).expect("writes");
     assert!(
         again == bytes,
         "the version 4 identifiers snapshot writes to other bytes than it was read from"
     );
+    let v5 = persist::write_snapshot(&ws, 0).expect("writes");
+    assert!(
+        v5 == read(V5_IDS_SNAP),
+        "the version 4 identifiers snapshot is written again as other bytes than the version 5 fixture"
+    );
+}
+
+/// The version 5 fixtures (packed dictionaries) hold the same workspaces
+/// as the version 4 ones, read as their texts say, verify whole, and write
+/// back to the same bytes.
+#[test]
+fn the_version_5_snapshots_read_as_the_version_4_ones_and_write_the_same_bytes() {
+    for (path, expected, v4_expected) in [
+        (V5_LIFE_SNAP, V5_LIFE_SNAP_EXPECTED, V4_LIFE_SNAP_EXPECTED),
+        (V5_IDS_SNAP, V5_IDS_SNAP_EXPECTED, V4_IDS_SNAP_EXPECTED),
+    ] {
+        let bytes = read(path);
+        let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), path).expect("opens"));
+        snap.verify().expect("verifies");
+        assert_eq!(snap.version(), 5);
+        let ws = persist::load_workspace(snap.clone()).expect("loads");
+        let seq = snap.meta().expect("meta").seq;
+        let text = if path == V5_IDS_SNAP {
+            format!("{}\n{}", describe(&ws), describe_lookups(&snap, &ws))
+        } else {
+            format!("seq {seq}\n{}", describe(&ws))
+        };
+        assert_eq!(text, read_text(expected), "{path}");
+        assert_eq!(text, read_text(v4_expected), "{path}");
+        let again = persist::write_snapshot(&ws, seq).expect("writes");
+        assert!(
+            again == bytes,
+            "{path} writes to other bytes than it was read from"
+        );
+    }
+}
+
+/// Writes the version 5 fixtures (`cargo test --test it
+/// write_the_version_5_fixtures -- --ignored`) from the version 4 ones:
+/// once, when the packed dictionaries were added; never rewritten.
+#[test]
+#[ignore = "writes the version 5 fixtures in fixtures/snapshot; run by hand"]
+fn write_the_version_5_fixtures() {
+    for (from, to, expected) in [
+        (V4_LIFE_SNAP, V5_LIFE_SNAP, V5_LIFE_SNAP_EXPECTED),
+        (V4_IDS_SNAP, V5_IDS_SNAP, V5_IDS_SNAP_EXPECTED),
+    ] {
+        let snap = Arc::new(Snapshot::open(&root().join(from)).unwrap());
+        let seq = snap.meta().unwrap().seq;
+        let ws = persist::load_workspace(snap).unwrap();
+        std::fs::write(root().join(to), persist::write_snapshot(&ws, seq).unwrap()).unwrap();
+        let snap = Arc::new(Snapshot::open(&root().join(to)).unwrap());
+        let loaded = persist::load_workspace(snap.clone()).unwrap();
+        let text = if to == V5_IDS_SNAP {
+            format!(
+                "{}\n{}",
+                describe(&loaded),
+                describe_lookups(&snap, &loaded)
+            )
+        } else {
+            format!("seq {seq}\n{}", describe(&loaded))
+        };
+        std::fs::write(root().join(expected), text).unwrap();
+    }
 }
 
 /// Writes the version 4 fixtures (`cargo test --test it

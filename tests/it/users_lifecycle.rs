@@ -272,7 +272,7 @@ fn deleted_users_are_in_no_count_page_check_or_segment_across_restart_and_compac
             assert_eq!(snap.lookup(&r).unwrap(), None, "{r} in the snapshot");
         }
     }
-    assert_eq!(snap.version(), 4);
+    assert_eq!(snap.version(), 5);
     drop(h);
     drop(e);
     let e = open(dir.path());

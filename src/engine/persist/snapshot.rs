@@ -19,8 +19,15 @@ use crate::snapshot::Snapshot;
 use crate::users::UserRegistry;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
 
-/// The snapshot of `ws` holding the log up to `seq`, as bytes.
+/// The snapshot of `ws` holding the log up to `seq`, as bytes (a file of
+/// the newest format version).
 pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
+    write_snapshot_at(ws, seq, crate::snapshot::format::VERSION)
+}
+
+/// [`write_snapshot`] at format `version`: the newest, or 4 (the compact
+/// dictionaries' first layout), for a build that reads no newer file.
+pub fn write_snapshot_at(ws: &Workspace, seq: u64, version: u32) -> Result<Vec<u8>> {
     let meta = Meta {
         workspace: ws.name().to_string(),
         seed: ws.users.seed(),
@@ -112,6 +119,7 @@ pub fn write_snapshot(ws: &Workspace, seq: u64) -> Result<Vec<u8>> {
         },
     };
     let mut out = Contents::new(meta);
+    out.version = version;
     out.attributes = crate::attributes::codec::encode(&ws.attributes).map_err(Error::Internal)?;
     for b in ws.users.buckets() {
         out.push_bucket(b);

@@ -143,9 +143,10 @@ pub fn run(path: &Path, lookups: usize) -> Result<Report> {
     let user_ids: Vec<u32> = (0..lookups)
         .map(|_| rng.gen_range(0..users.max(1)))
         .collect();
-    let (user_to_external_median_ns, _) = median_ns(&user_ids, |&u| {
-        dict.keys_of(segq::UserId(u)).next().is_some()
-    });
+    // Into one reused buffer, as a member export reads them.
+    let mut key = Vec::new();
+    let (user_to_external_median_ns, _) =
+        median_ns(&user_ids, |&u| dict.key_into(segq::UserId(u), &mut key));
     Ok(Report {
         known_median_ns,
         unknown_median_ns,

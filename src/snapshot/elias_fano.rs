@@ -1,0 +1,312 @@
+//! Elias–Fano coding of a non-decreasing sequence of integers, read in
+//! place: the group offsets of a version 5 compact dictionary
+//! ([`super::compact`]), about two bits plus `l` bits a value instead of
+//! four or eight bytes.
+//!
+//! For `n` values in `0..=universe`, `l` is `floor(log2(universe / n))`
+//! (0 when `universe < n`); it is derived, not stored. Three arrays of
+//! little-endian `u64` words follow each other:
+//!
+//! ```text
+//! samples  ceil(n / 64) words: the position in `high` of the one bit of
+//!          value 64k
+//! high     ceil(((universe >> l) + n) / 64) words: value i sets bit
+//!          (v_i >> l) + i
+//! low      ceil(n * l / 64) words: value i's low l bits at bits
+//!          i * l .. i * l + l
+//! ```
+//!
+//! Every bit past the values' bits is zero. Value i is found by starting
+//! at sample i / 64 and counting ones: at most 63 ones, in a word or two
+//! when `l` fits the values' spacing.
+
+/// Values between samples.
+pub const SAMPLE: usize = 64;
+
+fn rd64(b: &[u8], word: usize) -> Option<u64> {
+    let at = word.checked_mul(8)?;
+    let x: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(x))
+}
+
+/// `l`: the low bits of each value.
+pub fn low_bits(n: u64, universe: u64) -> u32 {
+    if n == 0 || universe < n {
+        0
+    } else {
+        (universe / n).ilog2()
+    }
+}
+
+/// The byte lengths of the three arrays, or `None` when they overflow.
+fn sizes(n: u64, universe: u64) -> Option<(u64, u64, u64)> {
+    let l = u64::from(low_bits(n, universe));
+    let samples = n.div_ceil(SAMPLE as u64).checked_mul(8)?;
+    let high_bits = (universe >> l).checked_add(n)?;
+    let high = high_bits.div_ceil(64).checked_mul(8)?;
+    let low = n.checked_mul(l)?.div_ceil(64).checked_mul(8)?;
+    Some((samples, high, low))
+}
+
+/// The bytes `n` values in `0..=universe` take, or `None` when that
+/// overflows.
+pub fn encoded_len(n: u64, universe: u64) -> Option<u64> {
+    let (s, h, l) = sizes(n, universe)?;
+    s.checked_add(h)?.checked_add(l)
+}
+
+/// Encodes `values` (non-decreasing, each at most `universe`); `None`
+/// when they are not.
+pub fn encode(values: &[u64], universe: u64) -> Option<Vec<u8>> {
+    let n = values.len() as u64;
+    let l = low_bits(n, universe);
+    let (s, h, lo) = sizes(n, universe)?;
+    let mut samples = vec![0u64; (s / 8) as usize];
+    let mut high = vec![0u64; (h / 8) as usize];
+    let mut low = vec![0u64; (lo / 8) as usize];
+    let mask = (1u64 << l) - 1;
+    let mut last = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v < last || v > universe {
+            return None;
+        }
+        last = v;
+        let pos = (v >> l) + i as u64;
+        high[(pos / 64) as usize] |= 1 << (pos % 64);
+        if i % SAMPLE == 0 {
+            samples[i / SAMPLE] = pos;
+        }
+        if l > 0 {
+            let bit = i as u64 * u64::from(l);
+            let (w, o) = ((bit / 64) as usize, bit % 64);
+            low[w] |= (v & mask) << o;
+            if o + u64::from(l) > 64 {
+                low[w + 1] |= (v & mask) >> (64 - o);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity((s + h + lo) as usize);
+    for w in samples.iter().chain(&high).chain(&low) {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// The `r`-th (from 0) set bit of `x`, which has more than `r`.
+fn select_in_word(mut x: u64, r: u32) -> u32 {
+    for _ in 0..r {
+        x &= x - 1;
+    }
+    x.trailing_zeros()
+}
+
+/// An Elias–Fano sequence read in place.
+#[derive(Copy, Clone, Debug)]
+pub struct EliasFano<'a> {
+    n: usize,
+    universe: u64,
+    l: u32,
+    samples: &'a [u8],
+    high: &'a [u8],
+    low: &'a [u8],
+}
+
+impl<'a> EliasFano<'a> {
+    /// Reads `n` values in `0..=universe` from `b`, which must be exactly
+    /// [`encoded_len`] bytes long. The values are checked as they are
+    /// read (a corrupt sequence answers `None`), and all at once by
+    /// [`EliasFano::verify`].
+    pub fn parse(b: &'a [u8], n: u64, universe: u64) -> Result<EliasFano<'a>, String> {
+        let (s, h, lo) =
+            sizes(n, universe).ok_or_else(|| format!("{n} values up to {universe} overflow"))?;
+        if s + h + lo != b.len() as u64 {
+            return Err(format!(
+                "{n} values up to {universe} take {} bytes, not {}",
+                s + h + lo,
+                b.len()
+            ));
+        }
+        let (s, h) = (s as usize, h as usize);
+        Ok(EliasFano {
+            n: n as usize,
+            universe,
+            l: low_bits(n, universe),
+            samples: &b[..s],
+            high: &b[s..s + h],
+            low: &b[s + h..],
+        })
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn low(&self, i: usize) -> Option<u64> {
+        if self.l == 0 {
+            return Some(0);
+        }
+        let bit = i as u64 * u64::from(self.l);
+        let (w, o) = ((bit / 64) as usize, (bit % 64) as u32);
+        let mut v = rd64(self.low, w)? >> o;
+        if o + self.l > 64 {
+            v |= rd64(self.low, w + 1)? << (64 - o);
+        }
+        Some(v & ((1u64 << self.l) - 1))
+    }
+
+    /// The position of the `r`-th (from 0) one at or after bit `from`.
+    fn select_from(&self, from: u64, mut r: u32) -> Option<u64> {
+        let mut w = (from / 64) as usize;
+        let mut word = rd64(self.high, w)? & (!0u64 << (from % 64));
+        loop {
+            let c = word.count_ones();
+            if r < c {
+                return Some(w as u64 * 64 + u64::from(select_in_word(word, r)));
+            }
+            r -= c;
+            w += 1;
+            word = rd64(self.high, w)?;
+        }
+    }
+
+    fn value(&self, i: usize, pos: u64) -> Option<u64> {
+        let high = pos.checked_sub(i as u64)?;
+        let v = high << self.l | self.low(i)?;
+        (v <= self.universe).then_some(v)
+    }
+
+    fn position(&self, i: usize) -> Option<u64> {
+        let k = i / SAMPLE;
+        let start = rd64(self.samples, k)?;
+        self.select_from(start, (i % SAMPLE) as u32)
+    }
+
+    /// Value `i`.
+    pub fn get(&self, i: usize) -> Option<u64> {
+        if i >= self.n {
+            return None;
+        }
+        self.value(i, self.position(i)?)
+    }
+
+    /// Values `i` and `i + 1`.
+    pub fn pair(&self, i: usize) -> Option<(u64, u64)> {
+        if i + 1 >= self.n {
+            return None;
+        }
+        let p = self.position(i)?;
+        let q = self.select_from(p + 1, 0)?;
+        Some((self.value(i, p)?, self.value(i + 1, q)?))
+    }
+
+    /// Every value, in order (one pass over `high`), or `None` where the
+    /// bits do not hold `n` values.
+    pub fn values(&self) -> Option<Vec<u64>> {
+        let mut out = Vec::with_capacity(self.n);
+        let mut pos = 0u64;
+        for i in 0..self.n {
+            pos = if i == 0 {
+                self.select_from(0, 0)?
+            } else {
+                self.select_from(pos + 1, 0)?
+            };
+            out.push(self.value(i, pos)?);
+        }
+        Some(out)
+    }
+
+    /// Checks every bit: the values decode in order within the universe,
+    /// and encoding them again gives exactly these bytes (samples,
+    /// padding and all).
+    pub fn verify(&self) -> Result<Vec<u64>, String> {
+        let values = self
+            .values()
+            .ok_or("the offsets' high bits hold too few values")?;
+        let again = encode(&values, self.universe).ok_or("the offsets are out of order")?;
+        let len = self.samples.len() + self.high.len() + self.low.len();
+        let mine = [self.samples, self.high, self.low].concat();
+        if again.len() != len || again != mine {
+            return Err("the offsets' bits differ from their values' encoding".into());
+        }
+        Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(values: &[u64], universe: u64) {
+        let b = encode(values, universe).unwrap();
+        assert_eq!(
+            b.len() as u64,
+            encoded_len(values.len() as u64, universe).unwrap()
+        );
+        let ef = EliasFano::parse(&b, values.len() as u64, universe).unwrap();
+        for (i, &v) in values.iter().enumerate() {
+            assert_eq!(ef.get(i), Some(v), "value {i}");
+            if i + 1 < values.len() {
+                assert_eq!(ef.pair(i), Some((v, values[i + 1])), "pair {i}");
+            }
+        }
+        assert_eq!(ef.get(values.len()), None);
+        assert_eq!(ef.pair(values.len().saturating_sub(1)), None);
+        assert_eq!(ef.verify().unwrap(), values);
+    }
+
+    #[test]
+    fn sequences_round_trip() {
+        round_trip(&[0], 0);
+        round_trip(&[0, 0, 0], 0);
+        round_trip(&[0, 5, 5, 9, 1000], 1000);
+        round_trip(&[7], 7);
+        round_trip(&[0, u64::from(u32::MAX) * 3], u64::from(u32::MAX) * 3);
+        let mut x = 0u64;
+        let mut seq = Vec::new();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            x += seed % 200;
+            seq.push(x);
+        }
+        round_trip(&seq, x);
+        round_trip(&seq, x + 1_000_000);
+        let dense: Vec<u64> = (0..1000).collect();
+        round_trip(&dense, 999);
+    }
+
+    #[test]
+    fn out_of_order_values_are_refused() {
+        assert!(encode(&[3, 2], 3).is_none());
+        assert!(encode(&[0, 9], 8).is_none());
+    }
+
+    #[test]
+    fn no_flipped_bit_reads_as_the_same_values() {
+        let values: Vec<u64> = (0..600u64).map(|i| i * 37 + i % 5).collect();
+        let universe = 600 * 37;
+        let good = encode(&values, universe).unwrap();
+        for byte in 0..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[byte] ^= 1 << bit;
+                // Refused, or read as other values (which the dictionary
+                // checks against its groups).
+                let ef = EliasFano::parse(&bad, 600, universe).unwrap();
+                assert!(
+                    ef.verify().map_or(true, |v| v != values),
+                    "bit {bit} of byte {byte}"
+                );
+            }
+        }
+        assert!(EliasFano::parse(&good[1..], 600, universe).is_err());
+    }
+}
