@@ -448,6 +448,41 @@ fn a_snapshot_whose_filter_nests_without_end_is_refused_not_a_crash() {
 }
 
 #[test]
+fn snapshot_verify_checksums_runs_the_start_up_check_alone() {
+    let bytes = persist::write_snapshot(&rich_workspace(), 9).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.segqsnap");
+    std::fs::write(&file, &bytes).unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::support::server::segq(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let path = file.to_str().unwrap();
+    let (code, text) = run(&["snapshot", "verify", "--checksums", path]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("checksums ok") && text.contains("MiB/s"),
+        "{text}"
+    );
+    // A byte flipped inside the buckets section: the checksums catch it.
+    let snap = Snapshot::from_bytes(bytes.clone(), "s").unwrap();
+    let buckets = snap
+        .sections()
+        .iter()
+        .find(|s| s.kind == segq::snapshot::format::SectionKind::Buckets)
+        .unwrap()
+        .offset as usize;
+    let mut bad = bytes;
+    bad[buckets] ^= 1;
+    std::fs::write(&file, &bad).unwrap();
+    let (code, text) = run(&["snapshot", "verify", "--checksums", path]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("buckets"), "{text}");
+}
+
+#[test]
 fn the_start_up_check_computes_checksums_in_parallel_chunks_and_catches_any_flip() {
     let ws = rich_workspace();
     let bytes = persist::write_snapshot(&ws, 9).unwrap();
