@@ -18,7 +18,11 @@
 //!
 //! How to run: `cargo bench --bench import` (about a minute, most of it
 //! creating the users). `SEGQ_BENCH_IMPORT_USERS=100000 cargo bench --bench
-//! import` runs on a smaller workspace. The data directory is a temporary
+//! import` runs on a smaller workspace. `SEGQ_BENCH_IMPORT_SNAPSHOT=1`
+//! compacts the workspace once its users are created, so every identifier
+//! is matched through the snapshot's mapped dictionaries (as in a
+//! workspace whose users came before its last compaction) rather than the
+//! in-memory index. The data directory is a temporary
 //! directory (on the same file system as `std::env::temp_dir()`, so `TMPDIR`
 //! chooses the disk whose fsync is measured).
 
@@ -119,6 +123,11 @@ fn bench(c: &mut Criterion) {
         assert!(r.failed.is_empty(), "{:?}", &r.failed[..1]);
     }
     eprintln!("created {users} users in {:.2?}", t.elapsed());
+    if env_or("SEGQ_BENCH_IMPORT_SNAPSHOT", 0) != 0 {
+        let c = handle.compact().expect("compacts");
+        eprintln!("compacted them into a snapshot in {} ms", c.took_ms);
+        assert_eq!(handle.read().users.len() as usize, users);
+    }
     let key = engine
         .create_key("bench", Partner::Amplitude)
         .expect("a key")
