@@ -221,6 +221,18 @@ impl<'a> EliasFano<'a> {
         }
     }
 
+    /// The position of the first one at or after bit `from`.
+    #[inline]
+    fn next_one(&self, from: u64) -> Option<u64> {
+        let mut w = (from / 64) as usize;
+        let mut word = rd64(self.high, w)? & (!0u64 << (from % 64));
+        while word == 0 {
+            w += 1;
+            word = rd64(self.high, w)?;
+        }
+        Some(w as u64 * 64 + u64::from(word.trailing_zeros()))
+    }
+
     fn value(&self, i: usize, pos: u64) -> Option<u64> {
         let high = pos.checked_sub(i as u64)?;
         let v = high << self.l | self.low(i)?;
@@ -247,7 +259,7 @@ impl<'a> EliasFano<'a> {
             return None;
         }
         let p = self.position(i)?;
-        let q = self.select_from(p + 1, 0)?;
+        let q = self.next_one(p + 1)?;
         Some((self.value(i, p)?, self.value(i + 1, q)?))
     }
 
@@ -257,11 +269,7 @@ impl<'a> EliasFano<'a> {
         let mut out = Vec::with_capacity(self.n);
         let mut pos = 0u64;
         for i in 0..self.n {
-            pos = if i == 0 {
-                self.select_from(0, 0)?
-            } else {
-                self.select_from(pos + 1, 0)?
-            };
+            pos = self.next_one(if i == 0 { 0 } else { pos + 1 })?;
             out.push(self.value(i, pos)?);
         }
         Some(out)
