@@ -135,7 +135,7 @@ fn select_in_word(x: u64, r: u32) -> u32 {
     // Byte i of `prefix`: the set bits of bytes 0..=i (at most 64).
     let prefix = byte_counts(x).wrapping_mul(ONES);
     // High bit of byte i set where prefix_i <= r: a run of low bytes.
-    let below = ((u64::from(r) * ONES | HIGHS) - prefix) & HIGHS;
+    let below = (((u64::from(r) * ONES) | HIGHS) - prefix) & HIGHS;
     let byte = ((below >> 7).wrapping_mul(ONES) >> 56) as u32;
     let before = if byte == 0 {
         0
