@@ -1598,6 +1598,17 @@ fn the_version_4_identifiers_snapshot_reads_as_expected_and_writes_the_same_byte
     );
 }
 
+/// A version 5 fixture's text: the identifiers one with its look-ups, the
+/// users lifecycle one with its log seq (as their version 4 texts).
+fn describe_identifier_fixture(path: &str, snap: &Snapshot, ws: &Workspace) -> String {
+    if path == V5_IDS_SNAP {
+        format!("{}\n{}", describe(ws), describe_lookups(snap, ws))
+    } else {
+        let seq = snap.meta().expect("meta").seq;
+        format!("seq {seq}\n{}", describe(ws))
+    }
+}
+
 /// The version 5 fixtures (packed dictionaries) hold the same workspaces
 /// as the version 4 ones, read as their texts say, verify whole, and write
 /// back to the same bytes.
@@ -1613,11 +1624,7 @@ fn the_version_5_snapshots_read_as_the_version_4_ones_and_write_the_same_bytes()
         assert_eq!(snap.version(), 5);
         let ws = persist::load_workspace(snap.clone()).expect("loads");
         let seq = snap.meta().expect("meta").seq;
-        let text = if path == V5_IDS_SNAP {
-            format!("{}\n{}", describe(&ws), describe_lookups(&snap, &ws))
-        } else {
-            format!("seq {seq}\n{}", describe(&ws))
-        };
+        let text = describe_identifier_fixture(path, &snap, &ws);
         assert_eq!(text, read_text(expected), "{path}");
         assert_eq!(text, read_text(v4_expected), "{path}");
         let again = persist::write_snapshot(&ws, seq).expect("writes");
@@ -1644,15 +1651,7 @@ fn write_the_version_5_fixtures() {
         std::fs::write(root().join(to), persist::write_snapshot(&ws, seq).unwrap()).unwrap();
         let snap = Arc::new(Snapshot::open(&root().join(to)).unwrap());
         let loaded = persist::load_workspace(snap.clone()).unwrap();
-        let text = if to == V5_IDS_SNAP {
-            format!(
-                "{}\n{}",
-                describe(&loaded),
-                describe_lookups(&snap, &loaded)
-            )
-        } else {
-            format!("seq {seq}\n{}", describe(&loaded))
-        };
+        let text = describe_identifier_fixture(to, &snap, &loaded);
         std::fs::write(root().join(expected), text).unwrap();
     }
 }
