@@ -356,6 +356,15 @@ enum Offsets<'a> {
     EliasFano(EliasFano<'a>),
 }
 
+/// Plain offset `i` (parse checked that `bytes` holds every one).
+fn plain_offset(bytes: &[u8], width: usize, i: usize) -> u64 {
+    if width == 4 {
+        u64::from(rd32(bytes, i * 4))
+    } else {
+        rd64(bytes, i * 8)
+    }
+}
+
 /// A compact dictionary read in place.
 #[derive(Clone)]
 pub struct CompactDict<'a> {
@@ -533,24 +542,25 @@ impl<'a> CompactDict<'a> {
             return None;
         }
         let (start, end) = match self.offsets {
-            Offsets::Plain { bytes, width: 4 } => {
-                (rd32(bytes, g * 4) as usize, rd32(bytes, g * 4 + 4) as usize)
-            }
-            Offsets::Plain { bytes, .. } => {
-                (rd64(bytes, g * 8) as usize, rd64(bytes, g * 8 + 8) as usize)
-            }
-            Offsets::EliasFano(ef) => {
-                let (a, b) = ef.pair(g)?;
-                (a as usize, b as usize)
-            }
+            Offsets::Plain { bytes, width } => (
+                plain_offset(bytes, width, g),
+                plain_offset(bytes, width, g + 1),
+            ),
+            Offsets::EliasFano(ef) => ef.pair(g)?,
         };
-        self.blocks.get(start..end)
+        self.blocks.get(start as usize..end as usize)
     }
 
-    /// A cursor at the start of group `g`.
+    /// A cursor at the start of group `g` (empty where the group's
+    /// offsets are corrupt).
     fn cursor(&self, g: usize) -> Cursor<'a> {
+        self.cursor_on(g, self.group(g).unwrap_or(&[]))
+    }
+
+    /// A cursor at the start of group `g`, whose bytes are `group`.
+    fn cursor_on(&self, g: usize, group: &'a [u8]) -> Cursor<'a> {
         Cursor {
-            group: self.group(g).unwrap_or(&[]),
+            group,
             pos: 0,
             user: (g as u64) << self.bits,
             end: ((g as u64) + 1) << self.bits,
@@ -571,21 +581,12 @@ impl<'a> CompactDict<'a> {
     /// when the user holds none. Nothing is allocated once `out` has
     /// room, and in version 5 only the target key's bytes are copied.
     pub fn key_into(&self, user: UserId, out: &mut Vec<u8>) -> bool {
+        if self.layout == Layout::Plain {
+            return self.key_forward(user, out);
+        }
         out.clear();
         let target = u64::from(user.0);
         let mut c = self.cursor((user.0 >> self.bits) as usize);
-        if self.layout == Layout::Plain {
-            while let Some(u) = c.next(out) {
-                if u == target {
-                    return true;
-                }
-                if u > target {
-                    break;
-                }
-            }
-            out.clear();
-            return false;
-        }
         let mut links: [Link; LINKS] = [(0, 0, 0); LINKS];
         let (mut n, mut prev_len) = (0usize, 0usize);
         while c.pos < c.group.len() {
@@ -633,6 +634,8 @@ impl<'a> CompactDict<'a> {
         false
     }
 
+    /// [`CompactDict::key_into`] by decoding the group forward, each
+    /// entry into `out` (version 4, or a long chain in version 5).
     fn key_forward(&self, user: UserId, out: &mut Vec<u8>) -> bool {
         out.clear();
         let mut c = self.cursor((user.0 >> self.bits) as usize);
@@ -659,10 +662,7 @@ impl<'a> CompactDict<'a> {
             let group = self
                 .group(g)
                 .ok_or_else(|| format!("group {g} lies outside the blocks"))?;
-            let mut c = Cursor {
-                group,
-                ..self.cursor(g)
-            };
+            let mut c = self.cursor_on(g, group);
             let mut last = c.user;
             prev.clear();
             while c.pos < c.group.len() {
@@ -695,16 +695,10 @@ impl<'a> CompactDict<'a> {
                 let v = ef.verify()?;
                 (v[0], v[v.len() - 1])
             }
-            Offsets::Plain { bytes, width } => {
-                let at = |i: usize| {
-                    if width == 4 {
-                        u64::from(rd32(bytes, i * 4))
-                    } else {
-                        rd64(bytes, i * 8)
-                    }
-                };
-                (at(0), at(self.groups))
-            }
+            Offsets::Plain { bytes, width } => (
+                plain_offset(bytes, width, 0),
+                plain_offset(bytes, width, self.groups),
+            ),
         };
         if first != 0 || last != self.blocks.len() as u64 {
             return Err(format!(

@@ -480,8 +480,8 @@ impl UserRegistry {
     }
 
     /// A user's external_id, if identified (`None` for a deleted user):
-    /// borrowed from memory or a version 1 to 3 snapshot, decoded from a
-    /// compact (version 4) one.
+    /// borrowed from memory, read out of the snapshot's dictionary into
+    /// a string of its own.
     pub fn external_id(&self, user: UserId) -> Option<Cow<'_, str>> {
         if self.is_deleted(user) {
             return None;
@@ -492,17 +492,11 @@ impl UserRegistry {
                 borrowed(self.extras.get(&user.0)?.external_id.as_deref())
             }
             Ok(base) => {
-                let from_base = base.externals().and_then(|d| match d {
-                    // Decoded into one buffer of the key's size.
-                    Ids::Compact(c) => {
-                        let mut key = Vec::new();
-                        c.key_into(user, &mut key).then_some(())?;
-                        String::from_utf8(key).ok().map(Cow::Owned)
-                    }
-                    Ids::Hashed(_) => d.keys_of(user).find_map(|k| match k {
-                        Cow::Borrowed(b) => text(b).map(Cow::Borrowed),
-                        Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
-                    }),
+                // Decoded (or copied) into one buffer of the key's size.
+                let from_base = base.externals().and_then(|d| {
+                    let mut key = Vec::new();
+                    d.key_into(user, &mut key).then_some(())?;
+                    String::from_utf8(key).ok().map(Cow::Owned)
                 });
                 from_base.or_else(|| borrowed(self.extras.get(&user.0)?.external_id.as_deref()))
             }
