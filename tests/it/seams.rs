@@ -178,7 +178,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("snapshot", &["bitmap_view", "error", "ids"]),
     // The domain.
     ("users", &["error", "ids", "snapshot"]),
-    ("attributes", &["error"]),
+    ("attributes", &["error", "bitmap_view"]),
     // Workspace API keys' scopes and records.
     ("access", &["error"]),
     (
