@@ -6,7 +6,7 @@
 //! kept exactly.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
@@ -22,6 +22,10 @@ pub struct BaseBitmap {
     /// The number of members and the largest, read once.
     len: u64,
     max: Option<u32>,
+    /// Whether the containers hold what their headers say: checked once,
+    /// when made ([`BaseBitmap::new`]) or on the first read
+    /// ([`BaseBitmap::open`]); shared by the clones.
+    checked: Arc<OnceLock<std::result::Result<(), String>>>,
 }
 
 impl BaseBitmap {
@@ -30,33 +34,59 @@ impl BaseBitmap {
     /// bitmap and run cardinalities), so that evaluating it cannot count
     /// wrong.
     pub fn new(snap: Arc<Snapshot>, index: usize) -> Result<Self> {
+        let b = BaseBitmap::open(snap, index)?;
+        b.check()?;
+        Ok(b)
+    }
+
+    /// Catalog entry `index` of `snap`, its header parsed (the count and
+    /// the largest member read from it); the containers are checked as
+    /// [`BaseBitmap::new`] checks them on the first read of the bitmap,
+    /// which fails if they do not hold what their headers say. Opening a
+    /// workspace so costs O(containers), not O(bytes).
+    pub fn open(snap: Arc<Snapshot>, index: usize) -> Result<Self> {
         let view = snap.bitmap(index)?;
-        view.verify().map_err(|e| {
-            let id = snap
-                .meta()
-                .ok()
-                .and_then(|m| m.cohorts.get(index))
-                .map_or("?", |c| c.cohort_id.as_str());
-            snap.corrupt(format!("cohort {id}: {e}"))
-        })?;
         let (len, max) = (view.len(), view.max());
         Ok(BaseBitmap {
             snap,
             index,
             len,
             max,
+            checked: Arc::default(),
         })
     }
 
-    /// The bitmap, read in place. It was checked when this was made and
-    /// the file does not change, but should it fail to parse now, that is
-    /// an error (`Corrupt`), never an empty set.
+    /// The containers' check, run the first time.
+    fn check(&self) -> Result<()> {
+        let checked = self.checked.get_or_init(|| {
+            let view = self.snap.bitmap(self.index).map_err(|e| e.to_string())?;
+            view.verify().map_err(|e| {
+                let id = self
+                    .snap
+                    .meta()
+                    .ok()
+                    .and_then(|m| m.cohorts.get(self.index))
+                    .map_or("?", |c| c.cohort_id.as_str());
+                format!("cohort {id}: {e}")
+            })
+        });
+        match checked {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.snap.corrupt(e.clone())),
+        }
+    }
+
+    /// The bitmap, read in place. It was checked when this was made or is
+    /// checked now, and the file does not change, but should it fail to
+    /// parse or check, that is an error (`Corrupt`), never an empty set.
     pub fn view(&self) -> Result<BitmapView<'_>> {
+        self.check()?;
         self.snap.bitmap(self.index)
     }
 
-    /// The bitmap's bytes, not parsed (O(1)).
+    /// The bitmap's bytes, not parsed (O(1) once checked).
     pub fn bytes(&self) -> Result<&[u8]> {
+        self.check()?;
         self.snap.bitmap_bytes(self.index)
     }
 
@@ -296,6 +326,7 @@ mod tests {
             index: 0,
             len,
             max,
+            checked: Arc::default(),
         };
         assert!(matches!(base.view(), Err(Error::Corrupt { .. })));
         let mut m = Members::on_snapshot(base);

@@ -166,7 +166,8 @@ pub fn write_snapshot_at(ws: &Workspace, seq: u64, version: u32) -> Result<Vec<u
 /// The workspace this snapshot holds, served from it in place: users,
 /// identifiers, buckets and cohort bitmaps stay in the map and only
 /// the meta section (catalog, keys, partners, billing, saved segments)
-/// is decoded. Changes made to the workspace afterwards are kept in
+/// is decoded; a cohort bitmap's header is parsed now and its
+/// containers checked on its first read ([`BaseBitmap::open`]). Changes made to the workspace afterwards are kept in
 /// memory on top of the snapshot.
 pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
     let meta = snap.meta()?;
@@ -193,7 +194,7 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
         let mut cohort = Cohort::new(CohortKey::new(c.partner, c.cohort_id.clone()));
         cohort.name = c.name.clone();
         cohort.created_at = created_at;
-        cohort.members = Members::on_snapshot(BaseBitmap::new(snap.clone(), i)?);
+        cohort.members = Members::on_snapshot(BaseBitmap::open(snap.clone(), i)?);
         if cohort.members.len() != c.cardinality {
             return Err(snap.corrupt(format!(
                 "cohort {}: catalog says {} members, bitmap holds {}",
