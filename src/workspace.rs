@@ -130,6 +130,11 @@ impl Workspace {
     /// found beforehand (compaction does that before it takes the write
     /// lock): O(what changed since the freeze) plus O(1) per cohort.
     pub fn apply_rebase(&mut self, frozen: &Workspace, r: Rebase) -> Result<()> {
+        if let Some(list) = r.attributes {
+            let users = r.snap.meta()?.users;
+            self.attributes
+                .rebase(AttributesSection::of(r.snap.clone()), list, users);
+        }
         self.users.rebase(&frozen.users, r.snap)?;
         for (key, base) in r.bases {
             // A cohort deleted since the freeze is gone; one created since
@@ -355,13 +360,39 @@ pub struct LifecycleReport {
     pub aliases: u64,
 }
 
+/// A snapshot's attributes section, kept mapped while an attribute still
+/// reads from it.
+pub(crate) struct AttributesSection(Arc<Snapshot>);
+
+impl AttributesSection {
+    /// `snap`'s section, for [`crate::attributes::Attributes`] to read.
+    pub(crate) fn of(snap: Arc<Snapshot>) -> Arc<dyn crate::attributes::SectionBytes> {
+        Arc::new(AttributesSection(snap))
+    }
+}
+
+impl crate::attributes::SectionBytes for AttributesSection {
+    fn section(&self) -> &[u8] {
+        self.0.attributes_bytes().unwrap_or(&[])
+    }
+
+    fn file(&self) -> String {
+        self.0.name().to_string()
+    }
+}
+
 /// A snapshot's bitmaps of the cohorts a frozen workspace holds, found and
 /// checked, ready for [`Workspace::apply_rebase`].
 #[derive(Debug)]
 pub struct Rebase {
     snap: Arc<Snapshot>,
     bases: Vec<(crate::ids::CohortKey, BaseBitmap)>,
+    /// The snapshot's custom attributes, listed (names, types, where each
+    /// index lies).
+    attributes: Option<AttributeList>,
 }
+
+type AttributeList = Vec<(String, crate::attributes::AttrType, std::ops::Range<usize>)>;
 
 impl Rebase {
     /// Finds every cohort of `frozen` in `snap` (one pass over its
@@ -387,7 +418,15 @@ impl Rebase {
             bases.push((key, base));
         }
         drop(index);
-        Ok(Rebase { snap, bases })
+        let attributes = match snap.attributes_bytes() {
+            Some(b) => Some(crate::attributes::codec::directory(b).map_err(|e| snap.corrupt(e))?),
+            None => None,
+        };
+        Ok(Rebase {
+            snap,
+            bases,
+            attributes,
+        })
     }
 }
 

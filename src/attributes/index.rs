@@ -1,7 +1,8 @@
 //! The attributes of a workspace's users, each with its index.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::HashMap;
 use roaring::{MultiOps, RoaringBitmap};
@@ -160,12 +161,64 @@ pub(crate) enum Index {
     Numbers(Bsi),
 }
 
-/// One custom attribute: its type and its index.
+/// Bytes an attribute's index is read from on first use: a mapped
+/// snapshot's attributes section, held open while any attribute still
+/// needs it.
+pub trait SectionBytes: Send + Sync {
+    /// The whole section.
+    fn section(&self) -> &[u8];
+
+    /// The file it is in, for errors.
+    fn file(&self) -> String {
+        String::new()
+    }
+}
+
+impl SectionBytes for Vec<u8> {
+    fn section(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Where an attribute's index is read from until it is first needed.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub(crate) bytes: Arc<dyn SectionBytes>,
+    /// The attribute's index within the section.
+    pub(crate) range: Range<usize>,
+    /// The users any bitmap may hold.
+    pub(crate) users: u32,
+}
+
+impl Source {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.bytes.section().get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source({:?})", self.range)
+    }
+}
+
+/// One custom attribute: its type and its index. An attribute loaded from
+/// a snapshot reads its index from the snapshot's bytes the first time
+/// anything needs it, so opening a workspace costs no index; an index
+/// found damaged then reads as empty, and the damage is logged and
+/// reported by [`Attribute::damage`] (the section's checksum is checked
+/// when the snapshot opens, so only a writer's bug gets this far).
 #[derive(Clone, Debug)]
 pub struct Attribute {
     name: String,
     ty: AttrType,
-    index: Index,
+    /// Shared by the clones until one changes it.
+    index: OnceLock<Arc<Index>>,
+    /// Until the index is changed: where it is read from (a snapshot
+    /// writer copies these bytes as they are).
+    source: Option<Source>,
+    /// What was wrong with the source's bytes, if anything.
+    damage: OnceLock<String>,
     version: u64,
 }
 
@@ -226,22 +279,63 @@ pub enum AttrQuery<'a> {
 
 impl Attribute {
     fn new(name: &str, ty: AttrType) -> Attribute {
-        let index = match ty {
-            AttrType::String => Index::Strings(Strings::default()),
-            AttrType::Boolean => Index::Booleans {
-                has: RoaringBitmap::new(),
-                truth: RoaringBitmap::new(),
-            },
-            AttrType::Integer | AttrType::Decimal | AttrType::Time => {
-                Index::Numbers(Bsi::default())
-            }
-        };
-        Attribute {
-            name: name.to_string(),
-            ty,
-            index,
-            version: 0,
+        let index = Index::empty(ty);
+        Attribute::from_index(name.to_string(), ty, index)
+    }
+
+    /// The index, read from the source the first time.
+    fn ix(&self) -> &Index {
+        self.index.get_or_init(|| Arc::new(self.load()))
+    }
+
+    /// The index to change: read first if need be; the source is let go.
+    fn ix_mut(&mut self) -> &mut Index {
+        if self.index.get().is_none() {
+            let ix = self.load();
+            let _ = self.index.set(Arc::new(ix));
         }
+        self.source = None;
+        match self.index.get_mut() {
+            Some(ix) => Arc::make_mut(ix),
+            None => unreachable!("the index was set above"),
+        }
+    }
+
+    /// Reads the index from the source (an empty one if there is none, or
+    /// it is damaged).
+    fn load(&self) -> Index {
+        let Some(src) = &self.source else {
+            return Index::empty(self.ty);
+        };
+        match super::codec::read_index(&self.name, self.ty, src.bytes(), src.users) {
+            Ok(ix) => ix,
+            Err(e) => {
+                tracing::error!(attribute = %self.name, "{e}");
+                let _ = self.damage.set(e);
+                Index::empty(self.ty)
+            }
+        }
+    }
+
+    /// Reads the index now if it is still in the source; what was wrong
+    /// with the source, if anything (then the attribute reads as empty).
+    pub fn damage(&self) -> Option<&str> {
+        self.ix();
+        self.damage.get().map(String::as_str)
+    }
+
+    /// Whether the index is still only in the source (not read yet).
+    pub fn is_loaded(&self) -> bool {
+        self.index.get().is_some()
+    }
+
+    /// The source's bytes, while the index is unchanged since it was read
+    /// from them (a snapshot writer copies them as they are).
+    pub(crate) fn source_bytes(&self) -> Option<&[u8]> {
+        self.source
+            .as_ref()
+            .filter(|_| self.damage.get().is_none())
+            .map(Source::bytes)
     }
 
     /// Its name.
@@ -261,16 +355,12 @@ impl Attribute {
 
     /// The users that have a value.
     pub fn has(&self) -> &RoaringBitmap {
-        match &self.index {
-            Index::Strings(s) => &s.has,
-            Index::Booleans { has, .. } => has,
-            Index::Numbers(b) => b.has(),
-        }
+        self.ix().has()
     }
 
     /// One user's value.
     pub fn get(&self, user: u32) -> Option<AttrValue> {
-        match &self.index {
+        match self.ix() {
             Index::Strings(s) => s
                 .value_id(user)
                 .map(|id| AttrValue::String(s.names[id as usize].clone())),
@@ -284,7 +374,7 @@ impl Attribute {
     /// Every user's value, as `(user, value)` in user order (strings read
     /// per value, so this costs the users, not users times values).
     pub fn values(&self) -> Vec<(u32, AttrValue)> {
-        let mut out: Vec<(u32, AttrValue)> = match &self.index {
+        let mut out: Vec<(u32, AttrValue)> = match self.ix() {
             Index::Strings(s) => s
                 .names
                 .iter()
@@ -304,7 +394,19 @@ impl Attribute {
     /// The users a query selects. A query that does not fit the type (a
     /// range on strings) is [`Error::AttributeType`].
     pub fn select(&self, q: &AttrQuery<'_>) -> Result<RoaringBitmap> {
-        Ok(match (&self.index, q) {
+        let ix = self.ix();
+        if let Some(reason) = self.damage.get() {
+            return Err(Error::Corrupt {
+                path: self
+                    .source
+                    .as_ref()
+                    .map(|s| s.bytes.file())
+                    .unwrap_or_default()
+                    .into(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(match (ix, q) {
             (_, AttrQuery::Exists) => self.has().clone(),
             // Many values: one n-way union, not one union per value.
             (Index::Strings(s), AttrQuery::AnyOf(values)) => values
@@ -339,7 +441,7 @@ impl Attribute {
     /// Unsets the values of `users` (each of which has one).
     fn remove_many(&mut self, users: &RoaringBitmap) {
         self.version += 1;
-        match &mut self.index {
+        match self.ix_mut() {
             Index::Strings(s) => s.remove_many(users),
             Index::Booleans { has, truth } => {
                 *has -= users;
@@ -351,7 +453,7 @@ impl Attribute {
 
     fn set(&mut self, user: u32, v: Option<&AttrValue>) {
         self.version += 1;
-        match (&mut self.index, v) {
+        match (self.ix_mut(), v) {
             (Index::Strings(s), None) => s.remove(user),
             (Index::Strings(s), Some(AttrValue::String(v))) => s.set(user, v),
             (Index::Booleans { has, truth }, v) => match v {
@@ -391,7 +493,7 @@ impl Attribute {
             min: None,
             max: None,
         };
-        match &self.index {
+        match self.ix() {
             Index::Strings(st) => {
                 let mut all: Vec<CommonValue> = st
                     .names
@@ -508,7 +610,7 @@ impl Attribute {
     /// Its parts for persistence: strings as `(value, members)` pairs,
     /// booleans as `(has, truth)`, numbers as the bit-sliced index.
     pub(crate) fn index(&self) -> &Index {
-        &self.index
+        self.ix()
     }
 
     /// An attribute from its persisted parts.
@@ -516,13 +618,50 @@ impl Attribute {
         Attribute {
             name,
             ty,
-            index,
+            index: OnceLock::from(Arc::new(index)),
+            source: None,
+            damage: OnceLock::new(),
+            version: 0,
+        }
+    }
+
+    /// An attribute whose index is read from `source` when first needed.
+    pub(crate) fn from_source(name: String, ty: AttrType, source: Source) -> Attribute {
+        Attribute {
+            name,
+            ty,
+            index: OnceLock::new(),
+            source: Some(source),
+            damage: OnceLock::new(),
             version: 0,
         }
     }
 }
 
 impl Index {
+    /// The users that have a value.
+    pub(crate) fn has(&self) -> &RoaringBitmap {
+        match self {
+            Index::Strings(s) => &s.has,
+            Index::Booleans { has, .. } => has,
+            Index::Numbers(b) => b.has(),
+        }
+    }
+
+    /// An index of type `ty` with no values.
+    pub(crate) fn empty(ty: AttrType) -> Index {
+        match ty {
+            AttrType::String => Index::Strings(Strings::default()),
+            AttrType::Boolean => Index::Booleans {
+                has: RoaringBitmap::new(),
+                truth: RoaringBitmap::new(),
+            },
+            AttrType::Integer | AttrType::Decimal | AttrType::Time => {
+                Index::Numbers(Bsi::default())
+            }
+        }
+    }
+
     /// A string index from its values and their members (a value appears
     /// once; users are in at most one value's bitmap).
     pub(crate) fn strings(values: Vec<(String, RoaringBitmap)>) -> Index {
@@ -556,10 +695,30 @@ impl Index {
 }
 
 /// Every custom attribute of a workspace, by name. Cloning shares each
-/// attribute until one side changes it.
+/// attribute until one side changes it. Attributes loaded from a
+/// snapshot are listed from its section on first use (names, types and
+/// where each index lies), each index read when first needed.
 #[derive(Clone, Debug, Default)]
 pub struct Attributes {
-    by_name: BTreeMap<String, Arc<Attribute>>,
+    by_name: OnceLock<BTreeMap<String, Arc<Attribute>>>,
+    /// Until first use: the section they are listed from.
+    pending: Option<Pending>,
+    /// What was wrong with the section's list, if anything (then there
+    /// are no attributes).
+    damage: OnceLock<String>,
+}
+
+/// A snapshot's attributes section, not listed yet.
+#[derive(Clone)]
+struct Pending {
+    bytes: Arc<dyn SectionBytes>,
+    users: u32,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pending({} bytes)", self.bytes.section().len())
+    }
 }
 
 impl Attributes {
@@ -568,24 +727,122 @@ impl Attributes {
         Self::default()
     }
 
+    /// The attributes a snapshot's section holds, listed from `bytes` on
+    /// first use; `users` bounds the user ids their bitmaps may hold.
+    pub(crate) fn on_section(bytes: Arc<dyn SectionBytes>, users: u32) -> Self {
+        Attributes {
+            by_name: OnceLock::new(),
+            pending: Some(Pending { bytes, users }),
+            damage: OnceLock::new(),
+        }
+    }
+
+    /// The attributes by name, listed from the section the first time.
+    fn map(&self) -> &BTreeMap<String, Arc<Attribute>> {
+        self.by_name.get_or_init(|| {
+            let Some(p) = &self.pending else {
+                return BTreeMap::new();
+            };
+            match super::codec::directory(p.bytes.section()) {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|(name, ty, range)| {
+                        let source = Source {
+                            bytes: p.bytes.clone(),
+                            range,
+                            users: p.users,
+                        };
+                        let a = Attribute::from_source(name.clone(), ty, source);
+                        (name, Arc::new(a))
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    let _ = self.damage.set(e);
+                    BTreeMap::new()
+                }
+            }
+        })
+    }
+
+    /// The attributes to change (listed first if need be).
+    fn map_mut(&mut self) -> &mut BTreeMap<String, Arc<Attribute>> {
+        self.map();
+        self.pending = None;
+        match self.by_name.get_mut() {
+            Some(m) => m,
+            None => unreachable!("listed above"),
+        }
+    }
+
+    /// Lists the attributes now if they are still only in the section;
+    /// what was wrong with the list, if anything (then there are none).
+    pub fn damage(&self) -> Option<&str> {
+        self.map();
+        self.damage.get().map(String::as_str)
+    }
+
+    /// Moves onto a new snapshot's attributes section, written from an
+    /// earlier clone of these: every attribute unchanged since it was
+    /// loaded (so unchanged in that clone too) reads from the new section
+    /// from now on, its index kept if it was read, so the old snapshot is
+    /// no longer held. `list` is the new section's list
+    /// ([`super::codec::directory`], made before the caller took its
+    /// lock). The attributes themselves do not change.
+    pub(crate) fn rebase(
+        &mut self,
+        bytes: Arc<dyn SectionBytes>,
+        list: Vec<(String, AttrType, Range<usize>)>,
+        users: u32,
+    ) {
+        if self.pending.is_some() && self.by_name.get().is_none() {
+            // Never listed, so never changed: the new section holds them.
+            *self = Attributes::on_section(bytes, users);
+            return;
+        }
+        let at: HashMap<String, (AttrType, Range<usize>)> = list
+            .into_iter()
+            .map(|(name, ty, range)| (name, (ty, range)))
+            .collect();
+        for (name, a) in self.map_mut().iter_mut() {
+            let Some((ty, range)) = at.get(name).filter(|(ty, _)| *ty == a.ty) else {
+                continue;
+            };
+            if a.source.is_none() || a.damage.get().is_some() {
+                continue;
+            }
+            let source = Source {
+                bytes: bytes.clone(),
+                range: range.clone(),
+                users,
+            };
+            let mut moved = Attribute::from_source(name.clone(), *ty, source);
+            moved.version = a.version;
+            if let Some(ix) = a.index.get() {
+                let _ = moved.index.set(ix.clone());
+            }
+            *a = Arc::new(moved);
+        }
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.map().is_empty()
     }
 
     /// An attribute by name.
     pub fn get(&self, name: &str) -> Option<&Attribute> {
-        self.by_name.get(name).map(|a| &**a)
+        self.map().get(name).map(|a| &**a)
     }
 
     /// Every attribute, by name.
     pub fn iter(&self) -> impl Iterator<Item = &Attribute> {
-        self.by_name.values().map(|a| &**a)
+        self.map().values().map(|a| &**a)
     }
 
     /// A user's values, by attribute name.
     pub fn values_of(&self, user: u32) -> BTreeMap<String, AttrValue> {
-        self.by_name
+        self.map()
             .iter()
             .filter_map(|(n, a)| a.get(user).map(|v| (n.clone(), v)))
             .collect()
@@ -668,7 +925,7 @@ impl Attributes {
     /// type it has is a no-op, another type is [`Error::AttributeType`].
     pub fn declare(&mut self, name: &str, ty: AttrType) -> Result<()> {
         if self.check_declare(name, ty)? {
-            self.by_name
+            self.map_mut()
                 .insert(name.to_string(), Arc::new(Attribute::new(name, ty)));
         }
         Ok(())
@@ -679,12 +936,12 @@ impl Attributes {
     pub fn set(&mut self, user: u32, sets: &[(String, Option<AttrValue>)]) -> Result<()> {
         self.check(sets)?;
         for (name, v) in sets {
-            match (self.by_name.get_mut(name.as_str()), v) {
+            match (self.map_mut().get_mut(name.as_str()), v) {
                 (Some(a), v) => Arc::make_mut(a).set(user, v.as_ref()),
                 (None, Some(v)) => {
                     let mut a = Attribute::new(name, v.ty());
                     a.set(user, Some(v));
-                    self.by_name.insert(name.clone(), Arc::new(a));
+                    self.map_mut().insert(name.clone(), Arc::new(a));
                 }
                 (None, None) => {}
             }
@@ -697,7 +954,7 @@ impl Attributes {
     pub fn remove_users(&mut self, users: &RoaringBitmap) -> (u64, Vec<(String, RoaringBitmap)>) {
         let mut removed = 0;
         let mut changed = Vec::new();
-        for (name, a) in self.by_name.iter_mut() {
+        for (name, a) in self.map_mut().iter_mut() {
             let hit = a.has() & users;
             if hit.is_empty() {
                 continue;
@@ -712,7 +969,7 @@ impl Attributes {
     /// Puts an attribute in place, replacing one of the same name (loading
     /// a snapshot, generating a workload).
     pub fn insert(&mut self, a: Attribute) {
-        self.by_name.insert(a.name.clone(), Arc::new(a));
+        self.map_mut().insert(a.name.clone(), Arc::new(a));
     }
 
     /// The attribute list: every attribute's summary, with up to `top`

@@ -37,7 +37,7 @@ pub enum AttrInput {
 /// A user's attribute values as a request carries them, in order.
 pub type AttrInputs = Vec<(String, AttrInput)>;
 
-pub use index::{AttrQuery, Attribute, AttributeSummary, Attributes, CommonValue};
+pub use index::{AttrQuery, Attribute, AttributeSummary, Attributes, CommonValue, SectionBytes};
 pub use value::{format_time, parse_time, AttrType, AttrValue, DECIMAL_SCALE};
 
 use crate::error::{Error, Result};

@@ -1426,6 +1426,7 @@ impl Engine {
         let (seq, snapshot_keys) = {
             let snap = Snapshot::open(file)?;
             snap.verify()?;
+            persist::verify_attributes(&snap)?;
             let meta = snap.meta()?;
             {
                 let index = self.keys.read().unwrap_or_else(|p| p.into_inner());

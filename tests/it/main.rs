@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod attribute_props;
+mod attribute_sections;
 mod attributes;
 mod audit;
 mod bench_cmd;

@@ -202,6 +202,7 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 .map_err(crate::io_err)?;
             } else {
                 snap.verify()?;
+                segq::engine::persist::verify_attributes(&snap)?;
                 writeln!(out, "{}: ok ({:.1?})", file.display(), t.elapsed())
                     .map_err(crate::io_err)?;
             }
@@ -251,6 +252,15 @@ pub fn run(cmd: SnapshotCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 out,
                 "median ns per call (batches of 100): known external id -> user {:.0}, unknown external id {:.0}, user -> external id {:.0}",
                 r.known_median_ns, r.unknown_median_ns, r.user_to_external_median_ns
+            )
+            .map_err(crate::io_err)?;
+            writeln!(
+                out,
+                "workspace open: {:.2} ms (median of {}); its {} custom attributes' indexes, read on first use: {:.0} ms in all",
+                r.workspace_open_ms,
+                bench::OPENS,
+                r.attributes,
+                r.attributes_read_ms
             )
             .map_err(crate::io_err)?;
         }

@@ -13,7 +13,7 @@
 pub mod record;
 pub mod snapshot;
 
-pub use snapshot::{load_workspace, write_snapshot, write_snapshot_at};
+pub use snapshot::{load_workspace, verify_attributes, write_snapshot, write_snapshot_at};
 
 use chrono::{DateTime, NaiveDate};
 

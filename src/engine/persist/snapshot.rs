@@ -163,11 +163,23 @@ pub fn write_snapshot_at(ws: &Workspace, seq: u64, version: u32) -> Result<Vec<u
     out.finish()
 }
 
+/// Reads every custom attribute's index of `snap` whole, as a workspace
+/// loaded from it reads each on first use, and fails naming the damage:
+/// restoring a snapshot and `segq snapshot verify` check it so.
+pub fn verify_attributes(snap: &Snapshot) -> Result<()> {
+    if let Some(bytes) = snap.attributes_bytes() {
+        crate::attributes::codec::decode(bytes, snap.meta()?.users).map_err(|e| snap.corrupt(e))?;
+    }
+    Ok(())
+}
+
 /// The workspace this snapshot holds, served from it in place: users,
 /// identifiers, buckets and cohort bitmaps stay in the map and only
 /// the meta section (catalog, keys, partners, billing, saved segments)
 /// is decoded; a cohort bitmap's header is parsed now and its
-/// containers checked on its first read ([`BaseBitmap::open`]). Changes made to the workspace afterwards are kept in
+/// containers checked on its first read ([`BaseBitmap::open`]), and each
+/// custom attribute's index is read from the map when first needed (the
+/// start-up check has found every section's checksum right before). Changes made to the workspace afterwards are kept in
 /// memory on top of the snapshot.
 pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
     let meta = snap.meta()?;
@@ -285,9 +297,11 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
     for &(p, day, n) in &meta.data_points {
         ws.add_data_points(p, day_of(day), n);
     }
-    if let Some(bytes) = snap.attributes_bytes() {
-        ws.attributes =
-            crate::attributes::codec::decode(bytes, meta.users).map_err(|e| snap.corrupt(e))?;
+    if snap.attributes_bytes().is_some() {
+        // Listed from the mapped section on first use, each index read
+        // when first needed: the open reads nothing of it.
+        let bytes = crate::workspace::AttributesSection::of(snap.clone());
+        ws.attributes = crate::attributes::codec::decode_lazy(bytes, meta.users);
     }
     for s in &meta.segments {
         ws.segments.insert(
