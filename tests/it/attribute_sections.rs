@@ -12,11 +12,13 @@ use segq::engine::{persist, Engine};
 use segq::query::{self, Uncached};
 use segq::segment::ast::{AttrCmp, Number};
 use segq::segment::Filter;
-use segq::snapshot::format::{SectionKind, SnapshotWriter};
+use segq::snapshot::format::SectionKind;
 use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
 use segq::workspace::Rebase;
 use segq::Error;
+
+use crate::support::rewrite_section;
 
 /// Users over two chunks, with the workload's eight attributes.
 fn workspace() -> segq::Workspace {
@@ -112,24 +114,6 @@ fn a_loaded_workspace_reads_each_index_on_first_use_and_writes_unchanged_ones_ba
     );
 }
 
-/// `bytes` with the attributes section replaced by `f` of it (every
-/// checksum right).
-fn rewrite_attributes(bytes: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let snap = Snapshot::from_bytes(bytes.to_vec(), "orig").unwrap();
-    let mut w = SnapshotWriter::to_version(Vec::new(), snap.version()).unwrap();
-    let mut f = Some(f);
-    for s in snap.sections() {
-        let mut section = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
-        if s.kind == SectionKind::Attributes {
-            if let Some(f) = f.take() {
-                f(&mut section);
-            }
-        }
-        w.section(s.kind, &section).unwrap();
-    }
-    w.finish().unwrap()
-}
-
 #[test]
 fn a_damaged_index_is_refused_as_corrupt_on_use_and_found_by_verify_and_restore() {
     let ws = workspace();
@@ -143,7 +127,7 @@ fn a_damaged_index_is_refused_as_corrupt_on_use_and_found_by_verify_and_restore(
         .windows(2)
         .rposition(|w| w == [0x3a, 0x30] || w == [0x3b, 0x30])
         .expect("a roaring cookie");
-    let bad_bytes = rewrite_attributes(&good, |b| b[at..at + 2].fill(0));
+    let bad_bytes = rewrite_section(&good, SectionKind::Attributes, |b| b[at..at + 2].fill(0));
     let bad =
         Arc::new(Snapshot::from_bytes(bad_bytes.clone(), "bad").expect("every checksum holds"));
 

@@ -13,13 +13,13 @@ use segq::engine::persist;
 use segq::engine::WorkspaceHandle;
 use segq::query::{Frozen, Uncached};
 use segq::segment::{reference, BucketCmp, Filter};
-use segq::snapshot::format::{SectionKind, SnapshotWriter};
+use segq::snapshot::format::SectionKind;
 use segq::snapshot::Snapshot;
 use segq::workload::{self, Spec};
 use segq::{query, CohortKey, Error, Partner, Workspace};
 use serde_json::json;
 
-use crate::support::{import_ok, jan, new_user};
+use crate::support::{import_ok, jan, new_user, rewrite_section};
 
 /// The breakdown by its definition: every filter counted alone, and every
 /// prefix of the group counted whole (quadratic in the filters).
@@ -222,24 +222,6 @@ fn an_estimate_counts_a_bounded_number_of_bucket_ranges() {
     );
 }
 
-/// `bytes` (a snapshot) with `f` applied to the bitmaps section and every
-/// checksum written again, so that only a content check can tell.
-fn rewrite_bitmaps(bytes: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let snap = Snapshot::from_bytes(bytes.to_vec(), "orig").expect("opens");
-    let mut w = SnapshotWriter::to_version(Vec::new(), snap.version()).expect("writes");
-    let mut f = Some(f);
-    for s in snap.sections() {
-        let mut section = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
-        if s.kind == SectionKind::Bitmaps {
-            if let Some(f) = f.take() {
-                f(&mut section);
-            }
-        }
-        w.section(s.kind, &section).expect("a section");
-    }
-    w.finish().expect("finishes")
-}
-
 #[test]
 fn a_bitmap_whose_contents_disagree_with_its_header_is_refused_when_first_read() {
     // 10,000 users; cohort "evens" holds the even ones: one bitmap
@@ -259,7 +241,7 @@ fn a_bitmap_whose_contents_disagree_with_its_header_is_refused_when_first_read()
     // The portable format of one bitmap container without runs: cookie,
     // size, key and cardinality, offset, then the 1024 words.
     let words = at + 16;
-    let bad = rewrite_bitmaps(&good, |b| {
+    let bad = rewrite_section(&good, SectionKind::Bitmaps, |b| {
         assert_eq!(b[words], 0x55, "users 0, 2, 4, 6 in the first byte");
         b[words] |= 0x02; // user 1, whom the header does not count
     });

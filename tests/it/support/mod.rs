@@ -92,3 +92,27 @@ pub fn new_user(external_id: Option<&str>, devices: &[&str], aliases: &[(&str, &
         bucket: None,
     }
 }
+
+/// A snapshot file's bytes with the section of `kind` replaced by `f` of
+/// it, written again so every checksum holds (damage only a writer's bug
+/// could make).
+pub fn rewrite_section(
+    bytes: &[u8],
+    kind: segq::snapshot::format::SectionKind,
+    f: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    use segq::snapshot::format::SnapshotWriter;
+    let snap = segq::snapshot::Snapshot::from_bytes(bytes.to_vec(), "orig").expect("opens");
+    let mut w = SnapshotWriter::to_version(Vec::new(), snap.version()).expect("writes");
+    let mut f = Some(f);
+    for s in snap.sections() {
+        let mut section = bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+        if s.kind == kind {
+            if let Some(f) = f.take() {
+                f(&mut section);
+            }
+        }
+        w.section(s.kind, &section).expect("a section");
+    }
+    w.finish().expect("finishes")
+}
