@@ -130,11 +130,8 @@ impl Workspace {
     /// found beforehand (compaction does that before it takes the write
     /// lock): O(what changed since the freeze) plus O(1) per cohort.
     pub fn apply_rebase(&mut self, frozen: &Workspace, r: Rebase) -> Result<()> {
-        if let Some(list) = r.attributes {
-            let users = r.snap.meta()?.users;
-            self.attributes
-                .rebase(AttributesSection::of(r.snap.clone()), list, users);
-        }
+        let users = r.snap.meta()?.users;
+        let section = AttributesSection::of(r.snap.clone());
         self.users.rebase(&frozen.users, r.snap)?;
         for (key, base) in r.bases {
             // A cohort deleted since the freeze is gone; one created since
@@ -147,6 +144,9 @@ impl Workspace {
                 c.members.rebase(&before.members, base);
                 c.touch();
             }
+        }
+        if let Some(list) = r.attributes {
+            self.attributes.rebase(section, list, users);
         }
         Ok(())
     }

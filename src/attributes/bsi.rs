@@ -57,7 +57,7 @@ impl fmt::Debug for Frozen {
 }
 
 impl Frozen {
-    fn of(bitmaps: impl Iterator<Item = impl std::ops::Deref<Target = RoaringBitmap>>) -> Frozen {
+    fn of<'a>(bitmaps: impl Iterator<Item = &'a RoaringBitmap>) -> Frozen {
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         for b in bitmaps {

@@ -14,13 +14,12 @@
 //! never changed.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bincode::Decode;
 use roaring::RoaringBitmap;
 
 use super::bsi::Bsi;
-use super::index::{Attribute, Index, SectionBytes};
+use super::index::{Attribute, Index};
 use super::{AttrType, Attributes};
 
 /// The layout number this build writes and reads.
@@ -152,13 +151,6 @@ pub fn decode(bytes: &[u8], users: u32) -> Result<Attributes, String> {
         out.insert(Attribute::from_index(name, ty, index));
     }
     Ok(out)
-}
-
-/// The attributes a section holds, listed from `bytes` on first use and
-/// each index read from them only when it is first needed
-/// ([`Attribute`]): nothing is read now.
-pub fn decode_lazy(bytes: Arc<dyn SectionBytes>, users: u32) -> Attributes {
-    Attributes::on_section(bytes, users)
 }
 
 /// Every attribute of a section: its name, type, and where its index

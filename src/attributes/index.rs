@@ -174,12 +174,6 @@ pub trait SectionBytes: Send + Sync {
     }
 }
 
-impl SectionBytes for Vec<u8> {
-    fn section(&self) -> &[u8] {
-        self
-    }
-}
-
 /// Where an attribute's index is read from until it is first needed.
 #[derive(Clone)]
 pub(crate) struct Source {
@@ -204,8 +198,9 @@ impl std::fmt::Debug for Source {
 
 /// One custom attribute: its type and its index. An attribute loaded from
 /// a snapshot reads its index from the snapshot's bytes the first time
-/// anything needs it, so opening a workspace costs no index; an index
-/// found damaged then reads as empty, and the damage is logged and
+/// anything needs it, so opening a workspace costs no index. An index
+/// found damaged then is refused as corrupt by [`Attribute::select`] (a
+/// filter's test) and reads as empty elsewhere; the damage is logged and
 /// reported by [`Attribute::damage`] (the section's checksum is checked
 /// when the snapshot opens, so only a writer's bug gets this far).
 #[derive(Clone, Debug)]
@@ -625,13 +620,24 @@ impl Attribute {
         }
     }
 
-    /// An attribute whose index is read from `source` when first needed.
-    pub(crate) fn from_source(name: String, ty: AttrType, source: Source) -> Attribute {
+    /// An attribute whose index is read from `bytes[range]` (part of a
+    /// section) when first needed; `users` bounds its bitmaps' user ids.
+    fn from_section(
+        name: String,
+        ty: AttrType,
+        bytes: &Arc<dyn SectionBytes>,
+        range: Range<usize>,
+        users: u32,
+    ) -> Attribute {
         Attribute {
             name,
             ty,
             index: OnceLock::new(),
-            source: Some(source),
+            source: Some(Source {
+                bytes: bytes.clone(),
+                range,
+                users,
+            }),
             damage: OnceLock::new(),
             version: 0,
         }
@@ -728,8 +734,10 @@ impl Attributes {
     }
 
     /// The attributes a snapshot's section holds, listed from `bytes` on
-    /// first use; `users` bounds the user ids their bitmaps may hold.
-    pub(crate) fn on_section(bytes: Arc<dyn SectionBytes>, users: u32) -> Self {
+    /// first use and each index read from them only when it is first
+    /// needed: nothing is read now. `users` bounds the user ids their
+    /// bitmaps may hold.
+    pub fn on_section(bytes: Arc<dyn SectionBytes>, users: u32) -> Self {
         Attributes {
             by_name: OnceLock::new(),
             pending: Some(Pending { bytes, users }),
@@ -747,12 +755,7 @@ impl Attributes {
                 Ok(list) => list
                     .into_iter()
                     .map(|(name, ty, range)| {
-                        let source = Source {
-                            bytes: p.bytes.clone(),
-                            range,
-                            users: p.users,
-                        };
-                        let a = Attribute::from_source(name.clone(), ty, source);
+                        let a = Attribute::from_section(name.clone(), ty, &p.bytes, range, p.users);
                         (name, Arc::new(a))
                     })
                     .collect(),
@@ -811,12 +814,8 @@ impl Attributes {
             if a.source.is_none() || a.damage.get().is_some() {
                 continue;
             }
-            let source = Source {
-                bytes: bytes.clone(),
-                range: range.clone(),
-                users,
-            };
-            let mut moved = Attribute::from_source(name.clone(), *ty, source);
+            let mut moved =
+                Attribute::from_section(name.clone(), *ty, &bytes, range.clone(), users);
             moved.version = a.version;
             if let Some(ix) = a.index.get() {
                 let _ = moved.index.set(ix.clone());

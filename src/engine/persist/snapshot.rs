@@ -179,8 +179,9 @@ pub fn verify_attributes(snap: &Snapshot) -> Result<()> {
 /// is decoded; a cohort bitmap's header is parsed now and its
 /// containers checked on its first read ([`BaseBitmap::open`]), and each
 /// custom attribute's index is read from the map when first needed (the
-/// start-up check has found every section's checksum right before). Changes made to the workspace afterwards are kept in
-/// memory on top of the snapshot.
+/// start-up check has found every section's checksum right before).
+/// Changes made to the workspace afterwards are kept in memory on top of
+/// the snapshot.
 pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
     let meta = snap.meta()?;
     let mut ws = Workspace::on_snapshot(
@@ -301,7 +302,7 @@ pub fn load_workspace(snap: Arc<Snapshot>) -> Result<Workspace> {
         // Listed from the mapped section on first use, each index read
         // when first needed: the open reads nothing of it.
         let bytes = crate::workspace::AttributesSection::of(snap.clone());
-        ws.attributes = crate::attributes::codec::decode_lazy(bytes, meta.users);
+        ws.attributes = crate::attributes::Attributes::on_section(bytes, meta.users);
     }
     for s in &meta.segments {
         ws.segments.insert(

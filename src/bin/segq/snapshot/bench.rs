@@ -43,9 +43,8 @@ pub struct Report {
     /// Median ns per user -> external id.
     pub user_to_external_median_ns: f64,
     /// Opening the snapshot as a workspace (mapping it, then
-    /// `load_workspace`: catalog,
-    /// keys, saved segments, the custom attributes' names and types), ms;
-    /// the median of [`OPENS`] opens.
+    /// `load_workspace`: catalog, keys, saved segments, cohort headers),
+    /// ms; the median of [`OPENS`] opens.
     pub workspace_open_ms: f64,
     /// Custom attributes in the snapshot.
     pub attributes: usize,
