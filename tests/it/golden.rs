@@ -989,6 +989,16 @@ fn read_text(file: &str) -> String {
     std::fs::read_to_string(root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
+/// A golden snapshot's bytes opened as a workspace: mapped, checked
+/// whole, loaded; with its log sequence number.
+fn open_golden(bytes: &[u8], path: &str) -> (Arc<Snapshot>, Workspace, u64) {
+    let snap = Arc::new(Snapshot::from_bytes(bytes.to_vec(), path).expect("opens"));
+    snap.verify().expect("verifies");
+    let ws = persist::load_workspace(snap.clone()).expect("loads");
+    let seq = snap.meta().expect("meta").seq;
+    (snap, ws, seq)
+}
+
 #[test]
 fn the_version_1_log_fixture_replays_as_expected() {
     let (text, _, _) = replay(read(LOG), LOG, &EVERY_KIND, &EVERY_FILTER_KIND);
@@ -998,10 +1008,7 @@ fn the_version_1_log_fixture_replays_as_expected() {
 #[test]
 fn the_version_1_snapshot_of_every_record_reads_as_expected() {
     let bytes = read(SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), SNAP).expect("opens"));
-    snap.verify().expect("verifies");
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
+    let (snap, ws, seq) = open_golden(&bytes, SNAP);
     assert_eq!(
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(SNAP_EXPECTED)
@@ -1028,11 +1035,8 @@ fn the_attributes_log_fixture_replays_as_expected() {
 #[test]
 fn the_attributes_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     let bytes = read(ATTR_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), ATTR_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
+    let (snap, ws, seq) = open_golden(&bytes, ATTR_SNAP);
     assert_eq!(snap.version(), 2);
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
     assert_eq!(
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(ATTR_SNAP_EXPECTED)
@@ -1060,10 +1064,7 @@ fn the_api_keys_log_fixture_replays_as_expected() {
 #[test]
 fn the_api_keys_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     let bytes = read(KEYS_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), KEYS_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
+    let (_, ws, seq) = open_golden(&bytes, KEYS_SNAP);
     assert_eq!(
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(KEYS_SNAP_EXPECTED)
@@ -1086,10 +1087,7 @@ fn the_audit_log_fixture_replays_as_expected() {
 #[test]
 fn the_audit_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     let bytes = read(AUDIT_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), AUDIT_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
+    let (_, ws, seq) = open_golden(&bytes, AUDIT_SNAP);
     assert_eq!(
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(AUDIT_SNAP_EXPECTED)
@@ -1132,10 +1130,7 @@ fn describe_history(ws: &Workspace) -> String {
 #[test]
 fn the_size_history_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     let bytes = read(HISTORY_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), HISTORY_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
+    let (snap, ws, seq) = open_golden(&bytes, HISTORY_SNAP);
     assert!(!snap.meta().expect("meta").history.cohorts.is_empty());
     assert_eq!(
         format!("seq {seq}\n{}{}", describe(&ws), describe_history(&ws)),
@@ -1399,11 +1394,8 @@ fn the_users_lifecycle_log_fixture_replays_as_expected() {
 #[test]
 fn the_users_lifecycle_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     let bytes = read(LIFE_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), LIFE_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
+    let (snap, ws, seq) = open_golden(&bytes, LIFE_SNAP);
     assert_eq!(snap.version(), 3);
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
     assert_eq!(
         format!("seq {seq}\n{}", describe(&ws)),
         read_text(LIFE_SNAP_EXPECTED)
@@ -1553,11 +1545,8 @@ fn describe_lookups(snap: &Snapshot, ws: &Workspace) -> String {
 #[test]
 fn the_version_4_users_lifecycle_snapshot_reads_as_the_version_3_one_and_writes_the_same_bytes() {
     let bytes = read(V4_LIFE_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), V4_LIFE_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
+    let (snap, ws, seq) = open_golden(&bytes, V4_LIFE_SNAP);
     assert_eq!(snap.version(), 4);
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
-    let seq = snap.meta().expect("meta").seq;
     let text = format!("seq {seq}\n{}", describe(&ws));
     assert_eq!(text, read_text(V4_LIFE_SNAP_EXPECTED));
     // The same workspace as the version 3 fixture holds.
@@ -1578,10 +1567,8 @@ fn the_version_4_users_lifecycle_snapshot_reads_as_the_version_3_one_and_writes_
 #[test]
 fn the_version_4_identifiers_snapshot_reads_as_expected_and_writes_the_same_bytes() {
     let bytes = read(V4_IDS_SNAP);
-    let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), V4_IDS_SNAP).expect("opens"));
-    snap.verify().expect("verifies");
+    let (snap, ws, _) = open_golden(&bytes, V4_IDS_SNAP);
     assert_eq!(snap.version(), 4);
-    let ws = persist::load_workspace(snap.clone()).expect("loads");
     let text = format!("{}\n{}", describe(&ws), describe_lookups(&snap, &ws));
     assert_eq!(text, read_text(V4_IDS_SNAP_EXPECTED));
     // It holds the workspace it was written from.
@@ -1619,11 +1606,8 @@ fn the_version_5_snapshots_read_as_the_version_4_ones_and_write_the_same_bytes()
         (V5_IDS_SNAP, V5_IDS_SNAP_EXPECTED, V4_IDS_SNAP_EXPECTED),
     ] {
         let bytes = read(path);
-        let snap = Arc::new(Snapshot::from_bytes(bytes.clone(), path).expect("opens"));
-        snap.verify().expect("verifies");
+        let (snap, ws, seq) = open_golden(&bytes, path);
         assert_eq!(snap.version(), 5);
-        let ws = persist::load_workspace(snap.clone()).expect("loads");
-        let seq = snap.meta().expect("meta").seq;
         let text = describe_identifier_fixture(path, &snap, &ws);
         assert_eq!(text, read_text(expected), "{path}");
         assert_eq!(text, read_text(v4_expected), "{path}");
