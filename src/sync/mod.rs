@@ -32,8 +32,8 @@ use crate::ids::Partner;
 pub use members::{parse_members, read_members, Layout};
 pub use plan::{Batch, Plan};
 pub use retry::{next_start, parse_period, RetryPolicy};
-pub use run::{sync_once, NoReply, Observer, Quiet, Reply, Summary, Transport};
-pub use state::{Journal, State};
+pub use run::{sync_once, NoReply, Observer, Quiet, Reply, Summary, Syncer, Transport};
+pub use state::{Journal, Ledger, State};
 
 /// Requests in flight by default.
 pub const IN_FLIGHT: usize = 4;

@@ -18,6 +18,55 @@ pub struct Plan {
     pub batch_size: usize,
 }
 
+/// Where a plan's changes fall in the members it was made from, so the
+/// members after it are made by moving them, without comparing any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Places {
+    /// For each identifier that left: its index among the members.
+    pub left_at: Vec<usize>,
+    /// For each that entered: how many members sort before it.
+    pub entered_at: Vec<usize>,
+    /// Whether members who stay were sent as entered too (a full plan's
+    /// `entered` is not placed).
+    pub full: bool,
+}
+
+impl Places {
+    /// Whether these places can be those of a plan of `entered` and
+    /// `left` identifiers made from `members` members (never for a full
+    /// plan).
+    pub fn fit(&self, members: usize, entered: usize, left: usize) -> bool {
+        !self.full
+            && entered == self.entered_at.len()
+            && left == self.left_at.len()
+            && self.left_at.last().is_none_or(|&l| l < members)
+            && self.entered_at.last().is_none_or(|&e| e <= members)
+    }
+
+    /// `members` (those the plan was made from, as [`Places::fit`]
+    /// checks) after the plan: without who left and with who `entered`
+    /// (the plan's own list).
+    pub fn apply(&self, members: Vec<String>, entered: Vec<String>) -> Vec<String> {
+        let old = members;
+        let mut out = Vec::with_capacity(old.len() + entered.len() - self.left_at.len());
+        let mut left = self.left_at.iter().copied().peekable();
+        let mut new = entered
+            .into_iter()
+            .zip(self.entered_at.iter().copied())
+            .peekable();
+        for (i, m) in old.into_iter().enumerate() {
+            while let Some((e, _)) = new.next_if(|(_, at)| *at <= i) {
+                out.push(e);
+            }
+            if left.next_if_eq(&i).is_none() {
+                out.push(m);
+            }
+        }
+        out.extend(new.map(|(e, _)| e));
+        out
+    }
+}
+
 /// One request's worth of a [`Plan`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batch<'a> {
@@ -47,14 +96,27 @@ impl Plan {
     /// [`Plan::new`] from two ascending sequences without repeats (a
     /// state file's sorted lists, a set's iterator): one merge, with no
     /// set built and only the identifiers that changed copied.
-    pub fn between<'a>(
+    pub fn between<'a, 'b>(
         synced: impl IntoIterator<Item = &'a String>,
-        target: impl IntoIterator<Item = &'a String>,
+        target: impl IntoIterator<Item = &'b String>,
         full: bool,
         batch_size: usize,
     ) -> Plan {
+        Plan::placed(synced, target, full, batch_size).0
+    }
+
+    /// [`Plan::between`], and where its changes fall in `synced`.
+    pub fn placed<'a, 'b>(
+        synced: impl IntoIterator<Item = &'a String>,
+        target: impl IntoIterator<Item = &'b String>,
+        full: bool,
+        batch_size: usize,
+    ) -> (Plan, Places) {
         let (mut entered, mut left) = (Vec::new(), Vec::new());
+        let mut places = Places::default();
         let (mut a, mut b) = (synced.into_iter().peekable(), target.into_iter().peekable());
+        // How many of `synced` were passed.
+        let mut at = 0;
         loop {
             let step = match (a.peek(), b.peek()) {
                 (None, None) => break,
@@ -64,23 +126,33 @@ impl Plan {
             };
             match step {
                 // Only in `synced`: left.
-                Ordering::Less => left.extend(a.next().cloned()),
+                Ordering::Less => {
+                    left.extend(a.next().cloned());
+                    places.left_at.push(at);
+                    at += 1;
+                }
                 // Only in `target`: entered.
-                Ordering::Greater => entered.extend(b.next().cloned()),
+                Ordering::Greater => {
+                    entered.extend(b.next().cloned());
+                    places.entered_at.push(at);
+                }
                 Ordering::Equal => {
                     a.next();
+                    at += 1;
                     let stays = b.next();
                     if full {
                         entered.extend(stays.cloned());
+                        places.full = true;
                     }
                 }
             }
         }
-        Plan {
+        let plan = Plan {
             entered,
             left,
             batch_size: batch_size.clamp(1, MAX_IDENTIFIERS),
-        }
+        };
+        (plan, places)
     }
 
     /// Whether there is nothing to send.
@@ -93,9 +165,18 @@ impl Plan {
     /// plan, so that a resumed sync names its batches as the interrupted
     /// one did.
     pub fn batches(&self) -> Vec<Batch<'_>> {
-        let size = self.batch_size.clamp(1, MAX_IDENTIFIERS);
-        let adds = self.entered.chunks(size).map(|ids| (false, ids));
-        let removes = self.left.chunks(size).map(|ids| (true, ids));
+        Plan::batches_of(&self.entered, &self.left, self.batch_size)
+    }
+
+    /// [`Plan::batches`] of a plan's lists, not copied.
+    pub fn batches_of<'a>(
+        entered: &'a [String],
+        left: &'a [String],
+        batch_size: usize,
+    ) -> Vec<Batch<'a>> {
+        let size = batch_size.clamp(1, MAX_IDENTIFIERS);
+        let adds = entered.chunks(size).map(|ids| (false, ids));
+        let removes = left.chunks(size).map(|ids| (true, ids));
         adds.chain(removes)
             .enumerate()
             .map(|(index, (remove, ids))| Batch { index, remove, ids })

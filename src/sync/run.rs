@@ -14,7 +14,7 @@ use crate::import::format_created_at;
 
 use super::plan::{Batch, Plan};
 use super::retry::{verdict, Verdict};
-use super::state::{Identity, Journal, Pending, State};
+use super::state::{Identity, Journal, Ledger, Pending, State};
 use super::{IdKind, Job};
 
 /// An HTTP response as a sync needs it.
@@ -113,7 +113,8 @@ impl std::fmt::Display for Summary {
 /// batches its journal does not hold), then sends who entered and who
 /// left since the last successful sync, and commits the state. When
 /// `stop` is set, no new batch is started: the batches in flight finish,
-/// are journaled, and the summary says `interrupted`.
+/// are journaled, and the summary says `interrupted`. (A [`Syncer`] does
+/// the same and keeps the state in memory for the next run.)
 pub fn sync_once(
     job: &Job,
     members: &BTreeSet<String>,
@@ -121,19 +122,7 @@ pub fn sync_once(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<Summary> {
-    let started = Instant::now();
-    let run = Run {
-        job,
-        transport,
-        observer,
-        stop,
-        retries: AtomicU64::new(0),
-    };
-    let mut summary = Summary::default();
-    let out = run.sync(members, &mut summary);
-    summary.retries = run.retries.load(Ordering::Relaxed);
-    summary.seconds = started.elapsed().as_secs_f64();
-    out.map(|()| summary)
+    Syncer::new(job.clone()).sync(members, transport, observer, stop)
 }
 
 /// The identity of `job`'s state file.
@@ -146,6 +135,74 @@ pub fn identity(job: &Job) -> Identity {
     }
 }
 
+/// One cohort's syncs, run after run, with the state read once and kept
+/// in memory: a run then reads and writes only what changed (its plan in
+/// the state's log), besides the one pass over the members that finds
+/// the change. After a failed run the state is read again from its files
+/// by the next one.
+pub struct Syncer {
+    job: Job,
+    /// The state, while it is known to equal its files.
+    ledger: Option<Ledger>,
+}
+
+impl Syncer {
+    /// The syncs of `job` (nothing is read yet).
+    pub fn new(job: Job) -> Syncer {
+        Syncer { job, ledger: None }
+    }
+
+    /// The job.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    fn ledger(&mut self) -> Result<&mut Ledger> {
+        if self.ledger.is_none() {
+            self.ledger = Some(Ledger::open(&self.job.state, &identity(&self.job))?);
+        }
+        Ok(self.ledger.as_mut().expect("opened above"))
+    }
+
+    /// The state: the members of the last successful sync and the pending
+    /// sync, if any.
+    pub fn state(&mut self) -> Result<&State> {
+        Ok(self.ledger()?.state())
+    }
+
+    /// One sync (as [`sync_once`]) to `members`, given in ascending order
+    /// without repeats (a `BTreeSet`'s or a sorted list's order; anything
+    /// else is refused before a request is sent).
+    pub fn sync<'m>(
+        &mut self,
+        members: impl IntoIterator<Item = &'m String>,
+        transport: &dyn Transport,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<Summary> {
+        let started = Instant::now();
+        let mut ledger = match self.ledger.take() {
+            Some(l) => l,
+            None => Ledger::open(&self.job.state, &identity(&self.job))?,
+        };
+        let run = Run {
+            job: &self.job,
+            transport,
+            observer,
+            stop,
+            retries: AtomicU64::new(0),
+        };
+        let mut summary = Summary::default();
+        let out = run.sync(&mut ledger, members, &mut summary);
+        if out.is_ok() {
+            self.ledger = Some(ledger);
+        }
+        summary.retries = run.retries.load(Ordering::Relaxed);
+        summary.seconds = started.elapsed().as_secs_f64();
+        out.map(|()| summary)
+    }
+}
+
 struct Run<'a> {
     job: &'a Job,
     transport: &'a dyn Transport,
@@ -155,77 +212,85 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn sync(&self, members: &BTreeSet<String>, summary: &mut Summary) -> Result<()> {
+    fn sync<'m>(
+        &self,
+        ledger: &mut Ledger,
+        members: impl IntoIterator<Item = &'m String>,
+        summary: &mut Summary,
+    ) -> Result<()> {
         let job = self.job;
-        let path = &job.state;
-        let mut state = State::load(path, &identity(job))?;
         self.upsert_cohort()?;
-        if let Some(pending) = state.pending.clone() {
+        if ledger.state().pending.is_some() {
             summary.resumed = true;
-            if !self.carry_out(&mut state, pending, summary)? {
+            if !self.carry_out(ledger, summary)? {
                 return Ok(());
             }
         }
-        let plan = Plan::between(&state.members, members, job.full, job.batch_size);
+        let mut unsorted = false;
+        let mut previous: Option<&String> = None;
+        let checked = members.into_iter().inspect(|m| {
+            unsorted |= previous.is_some_and(|p| p >= *m);
+            previous = Some(m);
+        });
+        let (plan, places) =
+            Plan::placed(&ledger.state().members, checked, job.full, job.batch_size);
+        if unsorted {
+            // Before the plan is begun: nothing of it is sent.
+            return Err(Error::InvalidArgument(
+                "sync members must be given in ascending order without repeats".into(),
+            ));
+        }
         if plan.is_empty() {
-            if state.synced_at.is_none() {
+            if ledger.state().synced_at.is_none() {
                 // A first sync of an empty cohort: remember it was done.
-                state.synced_at = Some(now());
-                state.save(path)?;
+                ledger.mark_synced(now())?;
             }
             return Ok(());
         }
-        let pending = Pending {
-            id: format!("{:016x}", rand::random::<u64>()),
-            target: members.iter().cloned().collect(),
-            full: job.full,
-            batch_size: plan.batch_size,
-        };
-        state.pending = Some(pending.clone());
-        state.save(path)?;
-        self.carry_out(&mut state, pending, summary)?;
+        ledger.begin(
+            Pending {
+                id: format!("{:016x}", rand::random::<u64>()),
+                entered: plan.entered,
+                left: plan.left,
+                full: job.full,
+                batch_size: plan.batch_size,
+            },
+            Some(places),
+        )?;
+        self.carry_out(ledger, summary)?;
         Ok(())
     }
 
-    /// Sends the batches of `pending` its journal does not hold, then
-    /// commits it; `false` when stopped before the end.
-    fn carry_out(
-        &self,
-        state: &mut State,
-        pending: Pending,
-        summary: &mut Summary,
-    ) -> Result<bool> {
+    /// Sends the batches of the pending sync its journal does not hold,
+    /// then commits it; `false` when stopped before the end.
+    fn carry_out(&self, ledger: &mut Ledger, summary: &mut Summary) -> Result<bool> {
         let path = &self.job.state;
-        let plan = Plan::between(
-            &state.members,
-            &pending.target,
-            pending.full,
-            pending.batch_size,
-        );
-        summary.entered += plan.entered.len() as u64;
-        summary.left += plan.left.len() as u64;
-        let batches = plan.batches();
-        let done = Journal::acknowledged(path, &pending.id)?;
-        let todo: Vec<Batch<'_>> = batches
-            .iter()
-            .filter(|b| !done.contains(&b.index))
-            .copied()
-            .collect();
-        summary.skipped_batches += (batches.len() - todo.len()) as u64;
-        self.observer
-            .planned(todo.len(), todo.iter().map(|b| b.ids.len()).sum());
-        if !todo.is_empty() {
-            let journal = Mutex::new(Journal::open(path)?);
-            let sent = self.send_batches(&todo, &pending.id, &journal, summary)?;
-            if sent < todo.len() {
-                summary.interrupted = true;
-                return Ok(false);
+        {
+            let Some(pending) = ledger.state().pending.as_ref() else {
+                return Ok(true);
+            };
+            summary.entered += pending.entered.len() as u64;
+            summary.left += pending.left.len() as u64;
+            let batches = pending.batches();
+            let done = Journal::acknowledged(path, &pending.id)?;
+            let todo: Vec<Batch<'_>> = batches
+                .iter()
+                .filter(|b| !done.contains(&b.index))
+                .copied()
+                .collect();
+            summary.skipped_batches += (batches.len() - todo.len()) as u64;
+            self.observer
+                .planned(todo.len(), todo.iter().map(|b| b.ids.len()).sum());
+            if !todo.is_empty() {
+                let journal = Mutex::new(Journal::open(path)?);
+                let sent = self.send_batches(&todo, &pending.id, &journal, summary)?;
+                if sent < todo.len() {
+                    summary.interrupted = true;
+                    return Ok(false);
+                }
             }
         }
-        state.members = pending.target;
-        state.pending = None;
-        state.synced_at = Some(now());
-        state.save(path)?;
+        ledger.commit(now())?;
         Journal::remove(path)?;
         Ok(true)
     }

@@ -1,21 +1,28 @@
 //! A sync's local state: the members of the last successful sync, and the
 //! sync under way, if any, with a journal of its acknowledged batches.
 //!
-//! Two files:
+//! Three files:
 //! - `STATE` (JSON, [`State`]): which cohort on which server it is for,
-//!   the members last synced, and the pending sync (the members it is
-//!   bringing the cohort to, and its batch size, from which its batches
-//!   follow). It is replaced whole and atomically: written to
-//!   `STATE.tmp`, fsynced, renamed over `STATE`, and the folder fsynced.
+//!   the members, and the pending sync, as of log record `seq`. It is
+//!   replaced whole and atomically (written to `STATE.tmp`, fsynced,
+//!   renamed over `STATE`, the folder fsynced), but only now and then:
+//!   when the log has grown past it.
+//! - `STATE.log` (the [`Ledger`]'s log, JSON Lines, version 2): what
+//!   happened since, one fsynced line per step: `begin` (a sync's
+//!   pending plan: who enters, who leaves, its batch size) before its
+//!   first request, and `commit` once every batch was acknowledged. So a
+//!   sync writes what it changes, not the whole cohort. Records numbered
+//!   `seq` or lower are already in `STATE` and skipped; a torn last line
+//!   was never acted on and is ignored.
 //! - `STATE.acks` (the [`Journal`]): one line `PENDING-ID BATCH` for each
 //!   batch the server acknowledged, appended and fsynced as the answer
 //!   arrives. Only lines of the pending sync's id count: a journal left by
 //!   an older sync is ignored (and a torn last line too).
 //!
-//! A sync writes its pending plan before its first request and commits
-//! (the members become the pending target, the pending sync is cleared)
-//! only once every batch was acknowledged; a sync killed in between
-//! resumes from the journal.
+//! A sync killed between its `begin` and its `commit` resumes from the
+//! journal. Version 1 state files (the pending sync kept as its whole
+//! target list, no log) still read: their pending sync becomes the same
+//! plan, with the same batches, so their journals stay valid.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -26,17 +33,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+use super::plan::{Batch, Places, Plan};
+
 /// The `format` field of a state file.
 pub const FORMAT: &str = "segq-sync-state";
-/// The version this code writes and reads.
-pub const VERSION: u32 = 1;
+/// The version this code writes (it reads 1 and 2).
+pub const VERSION: u32 = 2;
 
-/// What a state file holds.
+/// The log is folded into the state file once it is larger than the state
+/// file and than this.
+const FOLD_AFTER_BYTES: u64 = 1 << 20;
+
+/// A cohort's sync state, as the state file and its log give it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Always [`FORMAT`].
     pub format: String,
-    /// Always [`VERSION`].
+    /// [`VERSION`] (1 in a version 1 file just read).
     pub version: u32,
     /// The server's base URL (without a trailing `/`).
     pub server: String,
@@ -53,19 +66,31 @@ pub struct State {
     pub members: Vec<String>,
     /// The sync under way, if one was interrupted.
     pub pending: Option<Pending>,
+    /// The last log record this state holds (0: none).
+    #[serde(default)]
+    pub seq: u64,
 }
 
-/// A sync that was started and not yet committed.
+/// A sync that was started and not yet committed: its plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     /// Names it in the journal: random, fresh for every sync.
     pub id: String,
-    /// The members it brings the cohort to, sorted.
-    pub target: Vec<String>,
-    /// Whether everyone in `target` is sent as entered (a full sync).
+    /// Who it sends as entered, sorted (everyone, for a full sync).
+    pub entered: Vec<String>,
+    /// Who it sends as left, sorted.
+    pub left: Vec<String>,
+    /// Whether everyone is sent as entered (a full sync).
     pub full: bool,
     /// Identifiers per batch.
     pub batch_size: usize,
+}
+
+impl Pending {
+    /// Its batches, as [`Plan::batches`] numbers them.
+    pub fn batches(&self) -> Vec<Batch<'_>> {
+        Plan::batches_of(&self.entered, &self.left, self.batch_size)
+    }
 }
 
 /// Which cohort a state file is for.
@@ -81,6 +106,63 @@ pub struct Identity {
     pub id_type: String,
 }
 
+/// A state file as read: version 1's pending sync holds its target list,
+/// version 2's its plan.
+#[derive(Deserialize)]
+struct OnDisk {
+    format: String,
+    version: u32,
+    server: String,
+    partner: String,
+    cohort_id: String,
+    id_type: String,
+    synced_at: Option<String>,
+    members: Vec<String>,
+    pending: Option<PendingOnDisk>,
+    #[serde(default)]
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct PendingOnDisk {
+    id: String,
+    full: bool,
+    batch_size: usize,
+    /// Version 1.
+    target: Option<Vec<String>>,
+    /// Version 2.
+    entered: Option<Vec<String>>,
+    /// Version 2.
+    left: Option<Vec<String>>,
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum Record {
+    /// A sync started: its plan.
+    Begin { seq: u64, pending: Pending },
+    /// The pending sync `id` was acknowledged whole at `synced_at`.
+    Commit {
+        seq: u64,
+        id: String,
+        synced_at: String,
+    },
+}
+
+impl Record {
+    fn seq(&self) -> u64 {
+        match self {
+            Record::Begin { seq, .. } | Record::Commit { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Whether `v` is sorted without repeats.
+fn ascending(v: &[String]) -> bool {
+    v.windows(2).all(|w| w[0] < w[1])
+}
+
 impl State {
     /// The state before a cohort's first sync.
     pub fn new(id: &Identity) -> State {
@@ -94,40 +176,89 @@ impl State {
             synced_at: None,
             members: Vec::new(),
             pending: None,
+            seq: 0,
         }
     }
 
-    /// The state at `path`, a new one if there is no file, or an error if
-    /// the file is not a state file or is for another cohort, server or
-    /// identifier kind (its diff would be wrong there).
+    /// The state at `path` with its log applied, a new one if there is no
+    /// state file, or an error if the file is not a state file, is for
+    /// another cohort, server or identifier kind (its diff would be wrong
+    /// there), or its log does not follow from it.
     pub fn load(path: &Path, id: &Identity) -> Result<State> {
+        Ok(Ledger::open(path, id)?.state)
+    }
+
+    /// The state file alone, without its log.
+    fn read_base(path: &Path, id: &Identity) -> Result<Option<(State, u64)>> {
         let bytes = match fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::new(id)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
         let corrupt = |reason: String| Error::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
-        let state: State = serde_json::from_slice(&bytes)
+        let disk: OnDisk = serde_json::from_slice(&bytes)
             .map_err(|e| corrupt(format!("not a sync state file: {e}")))?;
-        // The lists are diffed by one merge: they must be sorted, without
-        // repeats, as this code writes them.
-        let ascending = |v: &[String]| v.windows(2).all(|w| w[0] < w[1]);
-        if !ascending(&state.members)
-            || !state.pending.as_ref().is_none_or(|p| ascending(&p.target))
-        {
-            return Err(corrupt(
-                "its member lists are not sorted without repeats, as segq writes them".into(),
-            ));
-        }
-        if state.format != FORMAT || state.version != VERSION {
+        if disk.format != FORMAT || !(1..=VERSION).contains(&disk.version) {
             return Err(corrupt(format!(
-                "format {:?} version {}, expected {FORMAT:?} version {VERSION}",
-                state.format, state.version
+                "format {:?} version {}, expected {FORMAT:?} version 1 to {VERSION}",
+                disk.format, disk.version
             )));
         }
+        let not_sorted = || {
+            corrupt("its member lists are not sorted without repeats, as segq writes them".into())
+        };
+        // The lists are diffed by one merge: they must be sorted, without
+        // repeats, as this code writes them.
+        if !ascending(&disk.members) {
+            return Err(not_sorted());
+        }
+        let pending = match disk.pending {
+            None => None,
+            Some(p) => {
+                let (entered, left) = match (disk.version, p.target, p.entered, p.left) {
+                    (1, Some(target), None, None) => {
+                        if !ascending(&target) {
+                            return Err(not_sorted());
+                        }
+                        // The plan version 1 derived its batches from.
+                        let plan = Plan::between(&disk.members, &target, p.full, p.batch_size);
+                        (plan.entered, plan.left)
+                    }
+                    (2, None, Some(entered), Some(left)) => (entered, left),
+                    _ => {
+                        return Err(corrupt(format!(
+                            "its pending sync does not have the fields of version {}",
+                            disk.version
+                        )))
+                    }
+                };
+                if !ascending(&entered) || !ascending(&left) {
+                    return Err(not_sorted());
+                }
+                Some(Pending {
+                    id: p.id,
+                    entered,
+                    left,
+                    full: p.full,
+                    batch_size: p.batch_size,
+                })
+            }
+        };
+        let state = State {
+            format: disk.format,
+            version: disk.version,
+            server: disk.server,
+            partner: disk.partner,
+            cohort_id: disk.cohort_id,
+            id_type: disk.id_type,
+            synced_at: disk.synced_at,
+            members: disk.members,
+            pending,
+            seq: disk.seq,
+        };
         let mine = State::new(id);
         let theirs = (
             &state.server,
@@ -149,20 +280,296 @@ impl State {
                 mine.server
             )));
         }
-        Ok(state)
+        Ok(Some((state, bytes.len() as u64)))
     }
 
-    /// Writes the state to `path` atomically: a temporary file beside it,
-    /// fsynced, renamed over it, then the folder fsynced.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the state to `path` atomically (a temporary file beside it,
+    /// fsynced, renamed over it, then the folder fsynced) as version
+    /// [`VERSION`], then removes the log it holds. The size written.
+    pub fn save(&self, path: &Path) -> Result<u64> {
+        // As version VERSION, whatever version it was read as.
+        #[derive(Serialize)]
+        struct Out<'a> {
+            format: &'a str,
+            version: u32,
+            server: &'a str,
+            partner: &'a str,
+            cohort_id: &'a str,
+            id_type: &'a str,
+            synced_at: &'a Option<String>,
+            members: &'a [String],
+            pending: &'a Option<Pending>,
+            seq: u64,
+        }
+        let out = Out {
+            format: &self.format,
+            version: VERSION,
+            server: &self.server,
+            partner: &self.partner,
+            cohort_id: &self.cohort_id,
+            id_type: &self.id_type,
+            synced_at: &self.synced_at,
+            members: &self.members,
+            pending: &self.pending,
+            seq: self.seq,
+        };
         let bytes =
-            serde_json::to_vec(self).map_err(|e| Error::Internal(format!("sync state: {e}")))?;
-        write_atomically(path, &bytes)
+            serde_json::to_vec(&out).map_err(|e| Error::Internal(format!("sync state: {e}")))?;
+        write_atomically(path, &bytes)?;
+        // Every record of the log is in the file now (numbered `seq` or
+        // lower): a crash before this removal only leaves records that
+        // are skipped.
+        let log = Ledger::log_path(path);
+        match fs::remove_file(&log) {
+            Ok(()) => sync_dir(&parent_of(path))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&log, e)),
+        }
+        Ok(bytes.len() as u64)
     }
 
     /// The members of the last successful sync, as a set.
     pub fn synced(&self) -> BTreeSet<String> {
         self.members.iter().cloned().collect()
+    }
+
+    /// Applies `r`, the record after [`State::seq`]; a commit moves the
+    /// members by `places` when they are its plan's.
+    fn apply(&mut self, r: Record, places: Option<Places>) -> std::result::Result<(), String> {
+        if r.seq() != self.seq + 1 {
+            return Err(format!(
+                "record {} follows record {}: the log is missing records",
+                r.seq(),
+                self.seq
+            ));
+        }
+        match r {
+            Record::Begin { seq, pending } => {
+                if let Some(p) = &self.pending {
+                    return Err(format!(
+                        "record {seq} begins a sync while sync {} is pending",
+                        p.id
+                    ));
+                }
+                if !ascending(&pending.entered) || !ascending(&pending.left) {
+                    return Err(format!("record {seq}: its lists are not sorted"));
+                }
+                self.pending = Some(pending);
+                self.seq = seq;
+            }
+            Record::Commit { seq, id, synced_at } => {
+                match self.pending.take() {
+                    Some(p) if p.id == id => {
+                        let members = std::mem::take(&mut self.members);
+                        self.members = match places {
+                            Some(pl) if pl.fit(members.len(), p.entered.len(), p.left.len()) => {
+                                pl.apply(members, p.entered)
+                            }
+                            _ => applied(members, p),
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "record {seq} commits sync {id}, but {} is pending",
+                            other.map_or("none".to_string(), |p| p.id)
+                        ))
+                    }
+                }
+                self.synced_at = Some(synced_at);
+                self.seq = seq;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `members` after `p`: without who left, with who entered (both sorted).
+fn applied(members: Vec<String>, p: Pending) -> Vec<String> {
+    let mut left = p.left.iter().peekable();
+    let kept = members.into_iter().filter(|m| {
+        while left.next_if(|l| *l < m).is_some() {}
+        left.next_if(|l| *l == m).is_none()
+    });
+    let mut out = Vec::with_capacity(p.entered.len());
+    let mut entered = p.entered.into_iter().peekable();
+    for m in kept {
+        while let Some(e) = entered.next_if(|e| *e < m) {
+            out.push(e);
+        }
+        // A full sync sends members who stay as entered: one copy.
+        entered.next_if(|e| *e == m);
+        out.push(m);
+    }
+    out.extend(entered);
+    out
+}
+
+/// A state file with its log, open for a sync's steps: the state in
+/// memory, each step appended to the log (fsynced) as it happens, and the
+/// log folded into the state file once it outgrows it.
+pub struct Ledger {
+    path: PathBuf,
+    state: State,
+    /// The state file's size (0 while there is none).
+    base_bytes: u64,
+    /// The log's size.
+    log_bytes: u64,
+    /// The log, opened on the first append.
+    log: Option<File>,
+    /// Where the pending sync's plan falls among the members, when it was
+    /// begun here.
+    places: Option<Places>,
+}
+
+impl Ledger {
+    /// The log's path beside the state file at `state`.
+    pub fn log_path(state: &Path) -> PathBuf {
+        with_suffix(state, ".log")
+    }
+
+    /// The state at `path` with its log applied (a new one if there is no
+    /// state file: a log without one is left from a removed state and is
+    /// ignored).
+    pub fn open(path: &Path, id: &Identity) -> Result<Ledger> {
+        let Some((mut state, base_bytes)) = State::read_base(path, id)? else {
+            return Ok(Ledger {
+                path: path.to_path_buf(),
+                state: State::new(id),
+                base_bytes: 0,
+                log_bytes: 0,
+                log: None,
+                places: None,
+            });
+        };
+        let log = Ledger::log_path(path);
+        let bytes = match fs::read(&log) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&log, e)),
+        };
+        // Complete lines only: a torn last line was never acted on.
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for (n, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let corrupt = |reason: String| Error::Corrupt {
+                path: log.clone(),
+                reason: format!("line {}: {reason}", n + 1),
+            };
+            let r: Record = serde_json::from_slice(line)
+                .map_err(|e| corrupt(format!("not a sync log record: {e}")))?;
+            if r.seq() <= state.seq {
+                continue;
+            }
+            state.apply(r, None).map_err(corrupt)?;
+        }
+        Ok(Ledger {
+            path: path.to_path_buf(),
+            state,
+            base_bytes,
+            log_bytes: complete as u64,
+            log: None,
+            places: None,
+        })
+    }
+
+    /// The state: the members of the last successful sync, and the pending
+    /// sync.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Records that sync `pending` starts (before its first request);
+    /// `places` are where its plan falls among the members, if known.
+    pub fn begin(&mut self, pending: Pending, places: Option<Places>) -> Result<()> {
+        if self.base_bytes == 0 {
+            // The log's records follow a state file: write it first.
+            self.base_bytes = self.state.save(&self.path)?;
+        }
+        let r = Record::Begin {
+            seq: self.state.seq + 1,
+            pending,
+        };
+        self.append(&r)?;
+        self.places = places;
+        self.state
+            .apply(r, None)
+            .map_err(|reason| Error::Internal(format!("sync state: {reason}")))
+    }
+
+    /// Records that the pending sync was acknowledged whole at `synced_at`:
+    /// its target becomes the members.
+    pub fn commit(&mut self, synced_at: String) -> Result<()> {
+        let Some(p) = &self.state.pending else {
+            return Err(Error::Internal(
+                "sync state: nothing pending to commit".into(),
+            ));
+        };
+        let r = Record::Commit {
+            seq: self.state.seq + 1,
+            id: p.id.clone(),
+            synced_at,
+        };
+        self.append(&r)?;
+        let places = self.places.take();
+        self.state
+            .apply(r, places)
+            .map_err(|reason| Error::Internal(format!("sync state: {reason}")))?;
+        if self.log_bytes > self.base_bytes.max(FOLD_AFTER_BYTES) {
+            self.fold()?;
+        }
+        Ok(())
+    }
+
+    /// Records a sync with nothing to send (a first sync of an empty
+    /// cohort) as done at `synced_at`.
+    pub fn mark_synced(&mut self, synced_at: String) -> Result<()> {
+        self.state.synced_at = Some(synced_at);
+        self.fold()
+    }
+
+    /// Writes the state file whole and empties the log.
+    fn fold(&mut self) -> Result<()> {
+        self.log = None;
+        self.base_bytes = self.state.save(&self.path)?;
+        self.state.version = VERSION;
+        self.log_bytes = 0;
+        Ok(())
+    }
+
+    fn append(&mut self, r: &Record) -> Result<()> {
+        let path = Ledger::log_path(&self.path);
+        let mut line =
+            serde_json::to_vec(r).map_err(|e| Error::Internal(format!("sync log: {e}")))?;
+        line.push(b'\n');
+        if self.log.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            // A torn last line (a crash in the middle of an append) was
+            // never acted on: cut it off, so that the next record does
+            // not complete it.
+            let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+            if len != self.log_bytes {
+                file.set_len(self.log_bytes)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| Error::io(&path, e))?;
+            }
+            sync_dir(&parent_of(&path))?;
+            self.log = Some(file);
+        }
+        let file = self.log.as_mut().expect("opened above");
+        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            // Part of the line may be written: reopen (and cut it off)
+            // before the next record.
+            self.log = None;
+            return Err(Error::io(&path, e));
+        }
+        self.log_bytes += line.len() as u64;
+        Ok(())
     }
 }
 

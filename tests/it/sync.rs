@@ -169,6 +169,19 @@ fn the_merged_plan_agrees_with_set_differences_on_random_sets() {
                 target.iter().cloned().collect(),
             );
             assert_eq!(Plan::between(&a, &b, full, 7), plan, "round {round}");
+            // Its places make the new members from the old by moving
+            // them (a full plan's, only where no member stayed).
+            let (placed, places) = Plan::placed(&a, &b, full, 7);
+            assert_eq!(placed, plan, "round {round}");
+            let fit = places.fit(a.len(), plan.entered.len(), plan.left.len());
+            assert_eq!(fit, !full || synced.intersection(&target).next().is_none());
+            if fit {
+                assert_eq!(
+                    places.apply(a.clone(), plan.entered.clone()),
+                    b,
+                    "round {round}"
+                );
+            }
         }
     }
 }
@@ -301,7 +314,8 @@ fn the_state_file_is_replaced_atomically_and_names_its_cohort() {
         bad.members = members.iter().map(|m| m.to_string()).collect();
         bad.pending = target.map(|t| segq::sync::state::Pending {
             id: "p".into(),
-            target: t.iter().map(|m| m.to_string()).collect(),
+            entered: t.iter().map(|m| m.to_string()).collect(),
+            left: vec![],
             full: false,
             batch_size: 1000,
         });
@@ -1676,4 +1690,238 @@ fn every_period_rereads_the_file_and_ctrl_c_between_runs_exits_cleanly() {
         .filter(|e| *e != 0)
         .collect();
     assert_eq!(sending, [&json!(2), &json!(1)], "{text}");
+}
+
+// ----- the state's log (version 2), and version 1 files -----
+
+fn log_of(state: &Path) -> String {
+    std::fs::read_to_string(segq::sync::Ledger::log_path(state)).unwrap_or_default()
+}
+
+#[test]
+fn a_sync_writes_its_changes_to_the_log_not_the_whole_cohort() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(&dir.path().join("state.json"));
+    let stop = AtomicBool::new(false);
+    let t = Scripted::new(vec![]);
+    let mut syncer = sync::Syncer::new(j.clone());
+    let first = names("u", 0..5000);
+    syncer.sync(&first, &t, &sync::Quiet, &stop).unwrap();
+    // The state file is written once, before the first record (no
+    // members yet); the log holds the plan, then its commit.
+    let base = std::fs::read(&j.state).unwrap();
+    let written: State = serde_json::from_slice(&base).unwrap();
+    assert!(written.members.is_empty());
+    let log = log_of(&j.state);
+    let kinds: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("begin"), json!("commit")]);
+
+    // Ten changes: two lines of about their size; the state file is not
+    // written again.
+    let mut second = first.clone();
+    for i in 0..5 {
+        second.remove(&format!("u{i}"));
+        second.insert(format!("v{i}"));
+    }
+    syncer.sync(&second, &t, &sync::Quiet, &stop).unwrap();
+    let grown = log_of(&j.state).len() - log.len();
+    assert!(grown < 600, "{grown} bytes for ten changes");
+    assert_eq!(log_of(&j.state).lines().count(), 4);
+    assert_eq!(std::fs::read(&j.state).unwrap(), base);
+    // Read from the files by a new client: the same members.
+    let st = State::load(&j.state, &sync::run::identity(&j)).unwrap();
+    assert_eq!(st.synced(), second);
+    assert_eq!(st.members, syncer.state().unwrap().members);
+
+    // Once the log outgrows the state file and 1 MiB, it is folded in.
+    let big = names("w", 0..150_000);
+    syncer.sync(&big, &t, &sync::Quiet, &stop).unwrap();
+    assert!(!segq::sync::Ledger::log_path(&j.state).exists());
+    let st: State = serde_json::from_slice(&std::fs::read(&j.state).unwrap()).unwrap();
+    assert_eq!((st.version, st.seq), (2, 6));
+    assert_eq!(st.synced(), big);
+    assert!(st.pending.is_none());
+    assert_eq!(State::load(&j.state, &sync::run::identity(&j)).unwrap(), st);
+}
+
+#[test]
+fn the_log_replays_past_a_torn_line_skips_what_the_file_holds_and_refuses_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(&dir.path().join("state.json"));
+    let id = sync::run::identity(&j);
+    let stop = AtomicBool::new(false);
+    let t = Scripted::new(vec![]);
+    let mut syncer = sync::Syncer::new(j.clone());
+    syncer
+        .sync(&names("u", 0..10), &t, &sync::Quiet, &stop)
+        .unwrap();
+    syncer
+        .sync(&names("u", 5..15), &t, &sync::Quiet, &stop)
+        .unwrap();
+    let path = segq::sync::Ledger::log_path(&j.state);
+    let log = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4);
+
+    // The last commit torn (a crash while it was written): the second
+    // sync is still pending; a rerun finishes it.
+    std::fs::write(
+        &path,
+        format!("{}\n{}", lines[..3].join("\n"), &lines[3][..12]),
+    )
+    .unwrap();
+    let st = State::load(&j.state, &id).unwrap();
+    assert_eq!(st.synced(), names("u", 0..10));
+    let p = st.pending.expect("the second sync is pending");
+    assert_eq!((p.entered.len(), p.left.len()), (5, 5));
+    let mut again = sync::Syncer::new(j.clone());
+    let s = again
+        .sync(&names("u", 5..15), &t, &sync::Quiet, &stop)
+        .unwrap();
+    assert!(s.resumed);
+    let st = State::load(&j.state, &id).unwrap();
+    assert_eq!(st.synced(), names("u", 5..15));
+    assert!(st.pending.is_none());
+
+    // Records the state file already holds are skipped: a fold that
+    // stopped before it removed the log.
+    let log = std::fs::read_to_string(&path).unwrap();
+    st.save(&j.state).unwrap();
+    assert!(!path.exists());
+    std::fs::write(&path, &log).unwrap();
+    assert_eq!(State::load(&j.state, &id).unwrap(), st);
+
+    // A record missing in the middle: refused, not guessed around.
+    std::fs::remove_file(&j.state).unwrap();
+    let mut fresh = sync::Syncer::new(j.clone());
+    fresh
+        .sync(&names("u", 0..10), &t, &sync::Quiet, &stop)
+        .unwrap();
+    fresh
+        .sync(&names("u", 5..15), &t, &sync::Quiet, &stop)
+        .unwrap();
+    let log = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+    let e = State::load(&j.state, &id).unwrap_err();
+    assert!(matches!(e, segq::Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("missing records"), "{e}");
+    // A line that is not a record: refused too.
+    std::fs::write(&path, "{\"record\":\"begin\"}\n").unwrap();
+    let e = State::load(&j.state, &id).unwrap_err();
+    assert!(e.to_string().contains("not a sync log record"), "{e}");
+}
+
+#[test]
+fn a_version_1_state_file_still_reads_and_resumes_its_own_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sync/v1-state.json");
+    let state = dir.path().join("state.json");
+    std::fs::copy(&fixture, &state).unwrap();
+    let mut j = job(&state);
+    j.batch_size = 2;
+    // Its pending sync's plan: entered d, e, f (batches 0 and 1), left a
+    // (batch 2), as version 1 numbered them; batch 0 was acknowledged.
+    let st = State::load(&state, &sync::run::identity(&j)).unwrap();
+    assert_eq!(st.version, 1);
+    assert_eq!(st.members, ["a", "b", "c"]);
+    let p = st.pending.clone().unwrap();
+    assert_eq!(
+        (p.entered, p.left),
+        (
+            vec!["d".into(), "e".into(), "f".into()],
+            vec!["a".to_string()]
+        )
+    );
+    std::fs::write(Journal::path_for(&state), "p1 0\n").unwrap();
+    let t = Scripted::new(vec![]);
+    let stop = AtomicBool::new(false);
+    let target = set(&["b", "c", "d", "e", "f"]);
+    let s = sync::sync_once(&j, &target, &t, &sync::Quiet, &stop).unwrap();
+    assert!(s.resumed);
+    assert_eq!((s.batches, s.skipped_batches), (2, 1));
+    let mut sent: Vec<(bool, Vec<String>)> = t.users_requests().iter().map(batch_of).collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (false, vec!["f".to_string()]),
+            (true, vec!["a".to_string()])
+        ]
+    );
+    let st = State::load(&state, &sync::run::identity(&j)).unwrap();
+    assert_eq!(st.synced(), target);
+    assert!(st.pending.is_none());
+}
+
+#[test]
+fn members_out_of_order_are_refused_before_any_change_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(&dir.path().join("state.json"));
+    let stop = AtomicBool::new(false);
+    let t = Scripted::new(vec![]);
+    let mut syncer = sync::Syncer::new(j);
+    for bad in [vec!["b", "a"], vec!["a", "a"]] {
+        let bad: Vec<String> = bad.into_iter().map(String::from).collect();
+        let e = syncer.sync(&bad, &t, &sync::Quiet, &stop).unwrap_err();
+        assert!(e.to_string().contains("ascending order"), "{e}");
+    }
+    assert!(t.users_requests().is_empty());
+    let ok: Vec<String> = vec!["a".into(), "b".into()];
+    syncer.sync(&ok, &t, &sync::Quiet, &stop).unwrap();
+    assert_eq!(syncer.state().unwrap().members, ok);
+}
+
+#[test]
+fn a_syncer_in_memory_agrees_with_its_files_and_the_server_over_random_syncs() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = job(&dir.path().join("state.json"));
+    j.batch_size = 7;
+    j.in_flight = 2;
+    let id = sync::run::identity(&j);
+    let stop = AtomicBool::new(false);
+    let mut syncer = sync::Syncer::new(j.clone());
+    let mut server: BTreeSet<String> = BTreeSet::new();
+    for round in 0..80 {
+        let target: BTreeSet<String> = (0..rng.gen_range(0..60))
+            .map(|_| format!("u{}", rng.gen_range(0..90)))
+            .collect();
+        // Now and then a full sync, by a client that reads the files
+        // afresh.
+        if rng.gen_bool(0.15) {
+            let mut full = j.clone();
+            full.full = true;
+            syncer = sync::Syncer::new(full);
+        } else if syncer.job().full {
+            syncer = sync::Syncer::new(j.clone());
+        }
+        let t = Scripted::new(vec![]);
+        syncer.sync(&target, &t, &sync::Quiet, &stop).unwrap();
+        for (remove, ids) in t.users_requests().iter().map(batch_of) {
+            for id in ids {
+                if remove {
+                    server.remove(&id);
+                } else {
+                    server.insert(id);
+                }
+            }
+        }
+        assert_eq!(server, target, "round {round}: the server");
+        let want: Vec<String> = target.iter().cloned().collect();
+        assert_eq!(
+            syncer.state().unwrap().members,
+            want,
+            "round {round}: memory"
+        );
+        assert_eq!(
+            State::load(&j.state, &id).unwrap().members,
+            want,
+            "round {round}: files"
+        );
+    }
 }
