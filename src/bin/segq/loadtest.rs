@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use segq::engine::{CompactionStats, Engine};
-use segq::sync::{self, IdKind, Job, NoReply, Reply, RetryPolicy, Transport};
+use segq::sync::{self, IdKind, Job, NoReply, Reply, RetryPolicy, Syncer, Transport};
 use segq::workload::{self, Spec};
 use segq::{Error, Partner};
 
@@ -825,25 +825,29 @@ fn sync_client(
         shared,
     };
     let users = args.users;
-    let pick = |rng: &mut rand_chacha::ChaCha8Rng| format!("u{}", rng.gen_range(0..users));
-    let mut current: BTreeSet<String> = BTreeSet::new();
+    // The cohort as user numbers (a bit per user, for picking who enters)
+    // and as the sorted identifiers the sync is given. A round changes
+    // both by its churn alone: nothing copies the whole cohort.
+    let mut held = vec![0u64; (users as usize).div_ceil(64)];
+    let mut current: Vec<String> = Vec::with_capacity(members as usize);
     while current.len() < members as usize {
-        current.insert(pick(&mut rng));
+        let u = rng.gen_range(0..users);
+        if !flip(&mut held, u, true) {
+            current.push(format!("u{u}"));
+        }
     }
-    // What changed since the last acknowledged sync, to undo on `current`
-    // should the last round fail: (identifier, whether it entered). No
-    // round copies the whole cohort.
-    // Before the first acknowledged sync, every member is a change.
-    let mut since_acked: Vec<(String, bool)> =
-        current.iter().map(|id| (id.clone(), true)).collect();
+    current.sort_unstable();
+    // Strings laid out in memory in their order make each round's merges
+    // a sequential read, not a cache miss per member.
+    let mut current: Vec<String> = current.iter().map(|m| m.as_str().to_owned()).collect();
+    let mut syncer = Syncer::new(job);
     let never = AtomicBool::new(false);
     while Instant::now() < deadline {
-        match sync::sync_once(&job, &current, &t, &sync::Quiet, &never) {
+        match syncer.sync(&current, &t, &sync::Quiet, &never) {
             Ok(s) => {
                 let mut f = shared.figures.lock().unwrap_or_else(|p| p.into_inner());
                 f.changes += s.entered + s.left;
                 f.rounds += 1;
-                since_acked.clear();
             }
             Err(e) => shared.error(format!("sync: {e}")),
         }
@@ -852,37 +856,65 @@ fn sync_client(
         let mut leaving: Vec<usize> =
             rand::seq::index::sample(&mut rng, current.len(), churn).into_vec();
         leaving.sort_unstable();
-        let mut leaving = leaving.into_iter().peekable();
-        let gone: Vec<String> = current
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| leaving.next_if_eq(i).is_some())
-            .map(|(_, id)| id.clone())
-            .collect();
-        for id in gone {
-            current.remove(&id);
-            since_acked.push((id, false));
-        }
+        // Who enters is drawn among those not in the cohort before the
+        // round (not one who is leaving).
+        let mut entering = Vec::with_capacity(churn);
         let mut bound = 0;
-        while current.len() < members as usize && bound < 100 * members as usize {
-            let id = pick(&mut rng);
-            if current.insert(id.clone()) {
-                since_acked.push((id, true));
+        while entering.len() < churn && bound < 100 * churn {
+            let u = rng.gen_range(0..users);
+            if !flip(&mut held, u, true) {
+                entering.push(format!("u{u}"));
             }
             bound += 1;
         }
+        for &i in &leaving {
+            let u = current[i][1..].parse().expect("a generated identifier");
+            flip(&mut held, u, false);
+        }
+        entering.sort_unstable();
+        let entering = entering.iter().map(|m| m.as_str().to_owned()).collect();
+        current = churned(current, &leaving, entering);
     }
-    // The members last acknowledged: `current` with the changes since
-    // undone, latest first.
-    let mut last_acked = current;
-    for (id, entered) in since_acked.into_iter().rev() {
-        if entered {
-            last_acked.remove(&id);
-        } else {
-            last_acked.insert(id);
+    // The members last acknowledged (a failed last round is an error
+    // already, and what it left on the server shows as lost or extra).
+    match syncer.state() {
+        Ok(state) => state.members.iter().cloned().collect(),
+        Err(e) => {
+            shared.error(format!("sync state: {e}"));
+            BTreeSet::new()
         }
     }
-    last_acked
+}
+
+/// Sets user `u`'s bit in `held` to `to`; whether it was set.
+fn flip(held: &mut [u64], u: u32, to: bool) -> bool {
+    let (w, bit) = (u as usize / 64, 1u64 << (u % 64));
+    let was = held[w] & bit != 0;
+    if to {
+        held[w] |= bit;
+    } else {
+        held[w] &= !bit;
+    }
+    was
+}
+
+/// `current` without the members at `leaving` (sorted indexes), with
+/// `entering` (sorted, none of them in `current`): one merge.
+fn churned(current: Vec<String>, leaving: &[usize], entering: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(current.len() + entering.len() - leaving.len());
+    let mut gone = leaving.iter().copied().peekable();
+    let mut new = entering.into_iter().peekable();
+    for (i, m) in current.into_iter().enumerate() {
+        if gone.next_if_eq(&i).is_some() {
+            continue;
+        }
+        while let Some(e) = new.next_if(|e| *e < m) {
+            out.push(e);
+        }
+        out.push(m);
+    }
+    out.extend(new);
+    out
 }
 
 /// One query client: counts and checks, alternately, until `done`.
