@@ -258,6 +258,12 @@ impl Snapshot {
         self.file.optional_section(SectionKind::Deleted)
     }
 
+    /// The bytes of section `kind`, if the file has one (a dictionary's,
+    /// for a writer that copies it unchanged).
+    pub fn section_bytes(&self, kind: SectionKind) -> Option<&[u8]> {
+        self.file.optional_section(kind)
+    }
+
     /// The file's format version.
     pub fn version(&self) -> u32 {
         self.file.version()

@@ -3,9 +3,12 @@
 //! bitmaps as bytes. What a workspace puts in it is the engine's business
 //! (`engine::persist`).
 
+use std::sync::Arc;
+
 use super::compact::{CompactWriter, Layout};
 use super::format::{SectionKind, SnapshotWriter, VERSION};
 use super::meta::{CohortMeta, Meta};
+use super::reader::Snapshot;
 use crate::error::{Error, Result};
 
 /// The contents of a snapshot being written.
@@ -25,6 +28,10 @@ pub struct Contents {
     /// The deleted users section (the ids in the portable roaring format;
     /// empty: no section).
     pub deleted: Vec<u8>,
+    /// A snapshot whose identifier dictionaries are written instead of the
+    /// three above, copied as they are (it must hold them in the layout of
+    /// `version`): for a workspace whose users did not change since.
+    pub dictionaries_from: Option<Arc<Snapshot>>,
     /// The format version written: [`VERSION`] (packed dictionaries), or
     /// 4 (the compact layout of version 4, for a build that reads no
     /// newer file).
@@ -43,6 +50,7 @@ impl Contents {
             external_ids: CompactWriter::new(),
             devices: CompactWriter::new(),
             aliases: CompactWriter::new(),
+            dictionaries_from: None,
             attributes: Vec::new(),
             deleted: Vec::new(),
             version: VERSION,
@@ -94,6 +102,7 @@ impl Contents {
             external_ids,
             devices,
             aliases,
+            dictionaries_from,
             attributes,
             deleted,
             version,
@@ -122,7 +131,19 @@ impl Contents {
                 .into_iter()
                 .zip([external_ids, devices, aliases])
         {
-            w.section(kinds[slot], &dict.finish(layout)?)?;
+            match &dictionaries_from {
+                Some(snap) => {
+                    let bytes = snap.section_bytes(kinds[slot]).ok_or_else(|| {
+                        Error::Internal(format!(
+                            "{} has no {} section to copy",
+                            snap.name(),
+                            kinds[slot].name()
+                        ))
+                    })?;
+                    w.section(kinds[slot], bytes)?;
+                }
+                None => w.section(kinds[slot], &dict.finish(layout)?)?,
+            }
         }
         w.section(SectionKind::Bitmaps, &bitmaps)?;
         drop(bitmaps);

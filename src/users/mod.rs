@@ -158,6 +158,8 @@ impl Idents {
 struct Base {
     snap: Arc<Snapshot>,
     len: u32,
+    /// How many users the snapshot holds as deleted.
+    deleted: u64,
 }
 
 impl Base {
@@ -351,7 +353,8 @@ impl UserRegistry {
             }
             reg.deleted = Arc::new(deleted);
         }
-        reg.base = Some(Base { snap, len });
+        let deleted = reg.deleted.len();
+        reg.base = Some(Base { snap, len, deleted });
         Ok(reg)
     }
 
@@ -363,6 +366,24 @@ impl UserRegistry {
     /// The snapshot the first users are read from, if any.
     pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
         self.base.as_ref().map(|b| &b.snap)
+    }
+
+    /// The snapshot the users are read from, when no user and no
+    /// identifier changed since (none created, given or taken an
+    /// identifier, renamed, merged or deleted): its identifier
+    /// dictionaries are then this registry's, byte for byte, and a
+    /// snapshot writer may copy them instead of building them again.
+    pub fn unchanged_snapshot(&self) -> Option<&Arc<Snapshot>> {
+        let base = self.base.as_ref()?;
+        let unchanged = self.users.is_empty()
+            && self.extras.is_empty()
+            && self.renamed.is_empty()
+            && self.by_external.is_empty()
+            && self.by_device.is_empty()
+            && self.by_alias.is_empty()
+            // Users are only ever added to the deleted ones.
+            && self.deleted.len() == base.deleted;
+        unchanged.then_some(&base.snap)
     }
 
     /// Users read from the snapshot: ids `0..base_len()`.

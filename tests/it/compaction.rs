@@ -12,6 +12,7 @@ use segq::engine::persist;
 use segq::engine::{compact, Engine, Fs, RealFs, WorkspaceHandle};
 use segq::import::parse_users_request;
 use segq::log::LogWriter;
+use segq::snapshot::format::SectionKind;
 use segq::users::NewUser;
 use segq::{Error, Partner, UserId};
 use serde_json::json;
@@ -742,4 +743,141 @@ fn a_workspace_counts_its_compactions_their_time_and_how_long_writers_waited() {
     assert!(h.compact_with(&mut fs).is_err());
     let s = h.compaction_stats();
     assert_eq!((s.done, s.failed, s.running), (1, 1, 0), "{s:?}");
+}
+
+/// The three identifier dictionaries of the snapshot `h`'s users are read
+/// from, as bytes.
+fn dictionaries(h: &WorkspaceHandle) -> Vec<Vec<u8>> {
+    let ws = h.read();
+    let snap = ws.users.snapshot().expect("on a snapshot").clone();
+    SectionKind::DICTIONARIES
+        .iter()
+        .map(|k| snap.section_bytes(k[0]).expect("a version 5 file").to_vec())
+        .collect()
+}
+
+#[test]
+fn a_compaction_copies_the_dictionaries_only_while_no_user_changed() {
+    use segq::UserRef::{Alias, DeviceId, ExternalId};
+    let dir = tempfile::tempdir().unwrap();
+    let e = setup(dir.path());
+    let h = handle(&e);
+    h.compact().unwrap();
+    assert!(h.read().users.unchanged_snapshot().is_some());
+    let first = dictionaries(&h);
+
+    // Cohort changes only: the dictionaries are the same bytes.
+    let body = json!({"partner_api_key": "k", "client_secret": "s", "cohort_id": "c9",
+        "cohort_changes": [{"user_ids": ["u1", "u2", "u3"]}]});
+    let req = parse_users_request(body.to_string().as_bytes()).unwrap();
+    h.import_users(Partner::Amplitude, &req, Utc::now())
+        .unwrap();
+    assert!(h.read().users.unchanged_snapshot().is_some());
+    h.compact().unwrap();
+    assert_eq!(dictionaries(&h), first);
+
+    // Each kind of change to users: the registry no longer says it is
+    // unchanged, and the next snapshot's own dictionaries hold the change
+    // (found, and gone, reading the file, not the memory).
+    type Change = Box<dyn Fn(&WorkspaceHandle)>;
+    let u = |s: &str| ExternalId(s.to_string());
+    let d = |s: &str| DeviceId(s.to_string());
+    let steps: Vec<(&str, Change, Vec<segq::UserRef>, Vec<segq::UserRef>)> = vec![
+        (
+            "a new user",
+            Box::new(|h| {
+                h.upsert_user(NewUser {
+                    external_id: Some("new1".into()),
+                    devices: vec!["dnew1".into()],
+                    aliases: vec![],
+                    bucket: None,
+                })
+                .unwrap();
+            }),
+            vec![u("new1"), d("dnew1")],
+            vec![],
+        ),
+        (
+            "a device for a snapshot user",
+            Box::new(|h| {
+                h.add_device(&ExternalId("u1".into()), "dx1").unwrap();
+            }),
+            vec![d("dx1")],
+            vec![],
+        ),
+        (
+            "an alias for a snapshot user",
+            Box::new(|h| {
+                h.add_alias(&ExternalId("u2".into()), "email", "two@x")
+                    .unwrap();
+            }),
+            vec![Alias {
+                label: "email".into(),
+                name: "two@x".into(),
+            }],
+            vec![],
+        ),
+        (
+            "an anonymous snapshot user identified",
+            Box::new(|h| {
+                h.identify(&DeviceId("d5".into()), "five").unwrap();
+            }),
+            vec![u("five")],
+            vec![],
+        ),
+        (
+            "a rename",
+            Box::new(|h| {
+                h.rename_external_id("u1", "u1b").unwrap();
+            }),
+            vec![u("u1b"), d("dx1")],
+            vec![u("u1")],
+        ),
+        (
+            "a deletion",
+            Box::new(|h| {
+                h.delete_users(&[ExternalId("u2".into())]).unwrap();
+            }),
+            vec![],
+            vec![u("u2"), d("d2")],
+        ),
+        (
+            "a merge",
+            Box::new(|h| {
+                h.merge_users(&ExternalId("u3".into()), &ExternalId("u4".into()))
+                    .unwrap();
+            }),
+            vec![u("u4")],
+            vec![u("u3")],
+        ),
+    ];
+    for (what, change, found, gone) in steps {
+        change(&h);
+        assert!(h.read().users.unchanged_snapshot().is_none(), "{what}");
+        h.compact().unwrap();
+        assert!(h.read().users.unchanged_snapshot().is_some(), "{what}");
+        let ws = h.read();
+        let snap = ws.users.snapshot().unwrap().clone();
+        for r in &found {
+            let holder = snap.lookup(r).unwrap();
+            assert!(holder.is_some(), "{what}: {r:?} is in the file");
+            assert_eq!(holder, ws.users.lookup(r), "{what}: {r:?}");
+        }
+        for r in &gone {
+            assert_eq!(
+                snap.lookup(r).unwrap(),
+                None,
+                "{what}: {r:?} is not in the file"
+            );
+            assert_eq!(ws.users.lookup(r), None, "{what}: {r:?} is gone");
+        }
+    }
+    // The merged device moved to its target, in the file.
+    let ws = h.read();
+    let snap = ws.users.snapshot().unwrap().clone();
+    assert_eq!(
+        snap.lookup(&d("d3")).unwrap(),
+        ws.users.lookup(&u("u4")),
+        "the merged device is the target's"
+    );
 }

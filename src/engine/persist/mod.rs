@@ -13,7 +13,9 @@
 pub mod record;
 pub mod snapshot;
 
-pub use snapshot::{load_workspace, verify_attributes, write_snapshot, write_snapshot_at};
+pub use snapshot::{
+    load_workspace, snapshot_contents, verify_attributes, write_snapshot, write_snapshot_at,
+};
 
 use chrono::{DateTime, NaiveDate};
 
