@@ -54,6 +54,20 @@ pub const MANIFEST: &str = "MANIFEST";
 pub trait Fs {
     /// Writes `bytes` to a new file at `path`.
     fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()>;
+    /// Writes a new file at `path` with what `fill` writes to the writer
+    /// it is given; the file's size. By default the bytes are gathered and
+    /// given to [`Fs::write`]; the real file system streams them to the
+    /// file, so a compaction never holds the whole new snapshot.
+    fn write_from(
+        &mut self,
+        path: &Path,
+        fill: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<u64> {
+        let mut bytes = Vec::new();
+        fill(&mut bytes)?;
+        self.write(path, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
     /// Fsyncs the file at `path` (its contents).
     fn fsync(&mut self, path: &Path) -> Result<()>;
     /// Renames `from` to `to`.
@@ -74,6 +88,21 @@ impl Fs for RealFs {
     fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = fs::File::create(path).map_err(Error::io_at(path))?;
         f.write_all(bytes).map_err(Error::io_at(path))
+    }
+
+    fn write_from(
+        &mut self,
+        path: &Path,
+        fill: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<u64> {
+        let f = fs::File::create(path).map_err(Error::io_at(path))?;
+        let mut out = Counted {
+            inner: std::io::BufWriter::with_capacity(1 << 20, f),
+            bytes: 0,
+        };
+        fill(&mut out)?;
+        out.inner.flush().map_err(Error::io_at(path))?;
+        Ok(out.bytes)
     }
 
     fn fsync(&mut self, path: &Path) -> Result<()> {
@@ -101,6 +130,24 @@ impl Fs for RealFs {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_at(path)(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A writer that counts what passes through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -264,11 +311,21 @@ pub(crate) fn publish(
     let before = |e: Error| Failed::Before(e);
     let t = std::time::Instant::now();
     let generation = current.map_or(1, |m| m.generation + 1);
-    let bytes = super::persist::write_snapshot(ws, seq).map_err(before)?;
+    let mut contents = Some(
+        super::persist::snapshot_contents(ws, seq, crate::snapshot::format::VERSION)
+            .map_err(before)?,
+    );
     let snap_name = snapshot_name(generation);
     let snap = dir.join(&snap_name);
     let tmp: PathBuf = dir.join(format!("{snap_name}.tmp"));
-    fs.write(&tmp, &bytes).map_err(before)?;
+    let snapshot_bytes = fs
+        .write_from(&tmp, &mut |out| {
+            let c = contents
+                .take()
+                .ok_or_else(|| Error::Internal("a snapshot's contents written twice".into()))?;
+            c.write_to(out).map(drop)
+        })
+        .map_err(before)?;
     fs.fsync(&tmp).map_err(before)?;
     fs.rename(&tmp, &snap).map_err(before)?;
     fs.fsync_dir(dir).map_err(before)?;
@@ -293,7 +350,7 @@ pub(crate) fn publish(
             generation,
             seq,
             snapshot: snap_name,
-            snapshot_bytes: bytes.len() as u64,
+            snapshot_bytes,
             took_ms: t.elapsed().as_millis() as u64,
             writers_held_ms: 0,
         },
