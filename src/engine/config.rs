@@ -179,7 +179,30 @@ pub struct Config {
     /// (the change stays applied and is shipped later; retrying is safe).
     #[serde(default = "default_store_ack_timeout_ms")]
     pub store_ack_timeout_ms: u64,
+    /// The nice value (0 to 19) of the server's threads that apply partner
+    /// imports and bulk user imports: above 0, they give way to queries
+    /// when the cores are busy and still take every idle cycle. 0 runs
+    /// them as queries run.
+    #[serde(default = "default_import_nice")]
+    pub import_nice: i32,
+    /// The nice value (0 to 19) of the thread that compacts in the
+    /// background.
+    #[serde(default = "default_compaction_nice")]
+    pub compaction_nice: i32,
 }
+
+fn default_import_nice() -> i32 {
+    DEFAULT_IMPORT_NICE
+}
+
+fn default_compaction_nice() -> i32 {
+    DEFAULT_COMPACTION_NICE
+}
+
+/// The import threads' nice value by default.
+pub const DEFAULT_IMPORT_NICE: i32 = 5;
+/// The compaction thread's nice value by default.
+pub const DEFAULT_COMPACTION_NICE: i32 = 10;
 
 /// When a change is acknowledged (the `durability` field).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +366,8 @@ impl Config {
             replica_max_lag_ms: DEFAULT_REPLICA_MAX_LAG_MS,
             durability: Durability::Local,
             store_ack_timeout_ms: DEFAULT_STORE_ACK_TIMEOUT_MS,
+            import_nice: DEFAULT_IMPORT_NICE,
+            compaction_nice: DEFAULT_COMPACTION_NICE,
         }
     }
 
@@ -408,6 +433,14 @@ impl Config {
                 "max_body_bytes",
                 "max_body_bytes must be at least 1024".into(),
             );
+        }
+        for (name, nice) in [
+            ("import_nice", self.import_nice),
+            ("compaction_nice", self.compaction_nice),
+        ] {
+            if !(0..=super::priority::MAX_NICE).contains(&nice) {
+                return bad(name, format!("{name} must be 0 to 19, not {nice}"));
+            }
         }
         if self.max_filter_nodes == 0 {
             return bad(
@@ -632,6 +665,8 @@ mod tests {
                 r#"{"heap": "pk-env"}"#.to_string()
             } else if field == "durability" {
                 "object-store".to_string()
+            } else if field.ends_with("_nice") {
+                "12".to_string()
             } else if field == "ship_interval_ms" || field == "store_lease_renew_ms" {
                 // At most half the lease (30 s by default).
                 "2000".to_string()
@@ -692,6 +727,16 @@ mod tests {
                 &[("SEGQ_STORE_ACK_TIMEOUT_MS", "0")][..],
                 "SEGQ_STORE_ACK_TIMEOUT_MS",
                 "at least 1",
+            ),
+            (
+                &[("SEGQ_IMPORT_NICE", "20")][..],
+                "SEGQ_IMPORT_NICE",
+                "import_nice must be 0 to 19, not 20",
+            ),
+            (
+                &[("SEGQ_COMPACTION_NICE", "99")][..],
+                "SEGQ_COMPACTION_NICE",
+                "compaction_nice must be 0 to 19, not 99",
             ),
             (
                 &[("SEGQ_MAX_FILTER_NODES", "0")][..],

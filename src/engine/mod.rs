@@ -47,14 +47,15 @@ mod job;
 pub mod keys;
 mod memory;
 pub mod persist;
+pub mod priority;
 pub mod record;
 pub mod replica;
 pub mod store;
 
 pub use compact::{Compacted, Fs, Manifest, RealFs};
 pub use config::{
-    Config, Durability, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_COHORTS_PER_PARTNER,
-    DEFAULT_RATE_LIMIT_PER_HOUR,
+    Config, Durability, DEFAULT_COMPACTION_NICE, DEFAULT_IMPORT_NICE, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_COHORTS_PER_PARTNER, DEFAULT_RATE_LIMIT_PER_HOUR,
 };
 pub use handle::{BatchReport, CompactionStats, DeletedUsers, MergedUsers, WorkspaceHandle};
 pub use memory::MemoryFile;
@@ -1821,29 +1822,40 @@ impl Engine {
             .collect()
     }
 
-    /// Starts a thread that compacts due workspaces every `every`, until
-    /// the engine is dropped.
+    /// Starts a thread (`segq-compactor`, at the nice value
+    /// `compaction_nice`) that compacts due workspaces every `every`,
+    /// until the engine is dropped.
     pub fn start_compactor(
         self: &Arc<Self>,
         every: std::time::Duration,
-    ) -> std::thread::JoinHandle<()> {
+    ) -> Result<std::thread::JoinHandle<()>> {
         let weak = Arc::downgrade(self);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(engine) = weak.upgrade() else {
-                return;
-            };
-            for (name, r) in engine.compact_due() {
-                match r {
-                    Ok(c) => tracing::info!(
-                        workspace = %name,
-                        "compacted: generation {} up to seq {} ({} bytes, {} ms)",
-                        c.generation, c.seq, c.snapshot_bytes, c.took_ms
-                    ),
-                    Err(e) => tracing::error!(workspace = %name, "compacting: {e}"),
+        let nice = self.config.compaction_nice;
+        let thread = std::thread::Builder::new().name("segq-compactor".into());
+        let started = thread.spawn(move || {
+            // Compactions yield to queries (`priority`); one that could
+            // not be lowered runs as it is.
+            if let Err(e) = priority::lower_current_thread(nice) {
+                tracing::warn!("compactions at normal priority: {e}");
+            }
+            loop {
+                std::thread::sleep(every);
+                let Some(engine) = weak.upgrade() else {
+                    return;
+                };
+                for (name, r) in engine.compact_due() {
+                    match r {
+                        Ok(c) => tracing::info!(
+                            workspace = %name,
+                            "compacted: generation {} up to seq {} ({} bytes, {} ms)",
+                            c.generation, c.seq, c.snapshot_bytes, c.took_ms
+                        ),
+                        Err(e) => tracing::error!(workspace = %name, "compacting: {e}"),
+                    }
                 }
             }
-        })
+        });
+        started.map_err(|e| Error::Internal(format!("starting the compactor: {e}")))
     }
 
     /// Waits until everything submitted to every log is durable

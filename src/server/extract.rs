@@ -167,6 +167,20 @@ pub fn parse_user_ref(v: &Value) -> Result<UserRef, String> {
     }
 }
 
+/// Runs the blocking part of an import request on the import threads
+/// (`import_threads`: lowered below the queries').
+pub async fn on_import_thread<F>(state: &AppState, f: F) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
+{
+    let span = tracing::Span::current();
+    state
+        .imports
+        .spawn(move || span.in_scope(f))
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
+
 /// Runs the blocking part of a request on tokio's blocking pool.
 pub async fn run_blocking<F>(f: F) -> Result<Response, ApiError>
 where

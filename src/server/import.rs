@@ -40,11 +40,11 @@ use super::AppState;
 
 type Pending = JoinHandle<(Vec<u64>, Result<BatchReport, Error>)>;
 
-/// Applies one batch on the blocking pool.
-fn spawn_batch(handle: &Arc<WorkspaceHandle>, batch: Batch) -> Pending {
+/// Applies one batch on the import threads.
+fn spawn_batch(state: &AppState, handle: &Arc<WorkspaceHandle>, batch: Batch) -> Pending {
     let handle = handle.clone();
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
+    state.imports.spawn(move || {
         let _request = span.enter();
         let lines = batch.lines.clone();
         (lines, handle.upsert_users_with(batch.into_users()))
@@ -219,8 +219,10 @@ pub async fn import(
             .await);
         }
     }
-    let (totals, mut outcome) =
-        load_totals(&mut stream, format, limit, |b| spawn_batch(&handle, b)).await;
+    let (totals, mut outcome) = load_totals(&mut stream, format, limit, |b| {
+        spawn_batch(&state, &handle, b)
+    })
+    .await;
     // One audit entry for the request, once its batches are applied (a
     // load that applied nothing records none).
     if totals.created + totals.updated > 0 {

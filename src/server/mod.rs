@@ -30,6 +30,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod import;
+pub mod import_threads;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -71,6 +72,8 @@ pub struct ServerOptions {
     /// How long `/readyz` answers 503 before the server stops taking
     /// connections, once shutdown begins.
     pub shutdown_delay: std::time::Duration,
+    /// The import threads' nice value ([`import_threads`]).
+    pub import_nice: i32,
 }
 
 impl ServerOptions {
@@ -82,6 +85,7 @@ impl ServerOptions {
             max_import_bytes: Some(DEFAULT_MAX_IMPORT_BYTES),
             limits: conn::Limits::from_config(config),
             shutdown_delay: std::time::Duration::from_secs(config.shutdown_delay_secs),
+            import_nice: config.import_nice,
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct AppState {
     pub(crate) conns: Arc<conn::ConnStats>,
     /// What `/readyz` reads besides the workspaces.
     pub ready: ops::Readiness,
+    /// Where partner requests and bulk imports are applied.
+    pub imports: import_threads::ImportThreads,
 }
 
 impl AppState {
@@ -247,12 +253,12 @@ pub mod routes {
 }
 
 /// The application with explicit limits.
-pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> Router {
-    build(engine, options).0
+pub fn router_with(engine: Arc<Engine>, options: ServerOptions) -> io::Result<Router> {
+    Ok(build(engine, options)?.0)
 }
 
 /// The application and its connection gauges.
-fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>) {
+fn build(engine: Arc<Engine>, options: ServerOptions) -> io::Result<(Router, Arc<AppState>)> {
     use routes::*;
     // One body may always be buffered whole.
     let budget = options
@@ -260,8 +266,10 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .max_buffered_body_bytes
         .max(options.max_body_bytes);
     let conns = Arc::new(conn::ConnStats::new(budget));
+    let imports = import_threads::ImportThreads::new(options.import_nice)?;
     let state = Arc::new(AppState {
         engine,
+        imports,
         limiter: RateLimiter::new(options.rate_limit_per_hour),
         metrics: Metrics::new(&ALL),
         options,
@@ -358,7 +366,7 @@ fn build(engine: Arc<Engine>, options: ServerOptions) -> (Router, Arc<AppState>)
         .layer(from_fn_with_state(state.clone(), ops::replica_lag))
         .layer(axum::middleware::from_fn(ops::request_id))
         .with_state(state.clone());
-    (app, state)
+    Ok((app, state))
 }
 
 /// Serves `engine` on `listener` until `shutdown` resolves, then lets
@@ -388,7 +396,7 @@ where
 {
     let limits = options.limits.clone();
     let delay = options.shutdown_delay;
-    let (app, state) = build(engine.clone(), options);
+    let (app, state) = build(engine.clone(), options)?;
     let watch = tokio::spawn(ops::watch_logs(engine.clone()));
     let ready = state.clone();
     let shutdown = async move {

@@ -42,7 +42,7 @@ use crate::import::{
 use super::auth::require_json;
 use super::conn::BodyPermit;
 use super::error::{json_response, path_rejection, read_unauthenticated_body, ApiError};
-use super::extract::run_blocking;
+use super::extract::on_import_thread;
 use super::openapi::ErrorBody;
 use super::openapi::Identifier;
 use super::AppState;
@@ -247,7 +247,8 @@ async fn serve(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let (partner, body, permit) = read(&state, partner, req).await?;
-    run_blocking(move || {
+    let imports = state.clone();
+    on_import_thread(&imports, move || {
         let _permit = permit;
         let answered = answer(partner, endpoint, &body, Utc::now(), |credentials| {
             let (handle, key_id) = state.engine.authorize(partner, credentials)?;

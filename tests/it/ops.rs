@@ -330,3 +330,99 @@ fn segq_config_prints_every_field_with_the_secrets_masked() {
     assert_eq!(std::fs::read(data.join("segq.json")).unwrap(), file_before);
     assert!(!data.join("LOCK").exists());
 }
+
+/// The nice values of `pid`'s threads, by thread name.
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    for task in tasks.flatten() {
+        // A thread that ended meanwhile has no files left.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // After the name's closing parenthesis come fields 3 on; the nice
+        // value is field 19.
+        let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+        let nice = rest.split(' ').nth(16).expect("a nice field");
+        out.push((comm.trim_end().to_string(), nice.parse().expect("a number")));
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn imports_and_compactions_give_way_to_queries() {
+    use crate::support::server::{cohort_body, users_body};
+    let dir = TempDir::new().unwrap();
+    let s = Server::start_with_env(
+        &dir.path().join("data"),
+        &[],
+        &[("SEGQ_IMPORT_NICE", "7"), ("SEGQ_COMPACTION_NICE", "12")],
+    );
+    let nice_of = |threads: &[(String, i32)], wanted: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(name, _)| name == wanted)
+            .map(|t| t.1)
+            .collect()
+    };
+    let threads = thread_nice(s.pid());
+    let base = nice_of(&threads, "segq")[0];
+    // Import threads start on demand; the compactor waits on its own.
+    assert!(nice_of(&threads, "segq-import").is_empty(), "{threads:?}");
+    assert_eq!(nice_of(&threads, "segq-compactor"), vec![base.max(12)]);
+
+    // A partner request is applied on a lowered import thread.
+    s.create_workspace("acme");
+    let (_, secret) = s.create_key("acme", "amplitude");
+    s.create_cohort("amplitude", &cohort_body(&secret, "c1", "One"))
+        .expect(201);
+    s.users(
+        "amplitude",
+        &users_body(&secret, "c1", json!([{"user_ids": ["u1", "u2"]}])),
+    )
+    .expect(200);
+    let threads = thread_nice(s.pid());
+    let imports = nice_of(&threads, "segq-import");
+    assert!(!imports.is_empty(), "{threads:?}");
+    assert!(imports.iter().all(|&n| n == base.max(7)), "{threads:?}");
+
+    // A bulk import, then queries: every thread but the import threads
+    // and the compactor (HTTP, query pool, blocking pool) is as the
+    // process started.
+    let ndjson = "{\"external_id\": \"u1\"}\n{\"external_id\": \"u2\"}\n";
+    s.request(
+        Method::POST,
+        "/admin/workspaces/acme/users/import",
+        Some("application/x-ndjson"),
+        ndjson.into(),
+        true,
+    )
+    .expect(200);
+    s.users(
+        "amplitude",
+        &users_body(&secret, "c1", json!([{"user_ids": ["u1", "u2"]}])),
+    )
+    .expect(200);
+    let filter = json!({"filter": "amplitude_cohorts includes_value \"One\""});
+    let count = s
+        .request(
+            Method::POST,
+            "/workspaces/acme/segments/count",
+            Some("application/json"),
+            serde_json::to_vec(&filter).unwrap(),
+            true,
+        )
+        .expect_json(200);
+    assert_eq!(count["count"], 2, "{count}");
+    let threads = thread_nice(s.pid());
+    let others: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name != "segq-import" && name != "segq-compactor")
+        .collect();
+    assert!(others.iter().all(|t| t.1 == base), "{threads:?}");
+}

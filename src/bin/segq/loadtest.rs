@@ -59,6 +59,16 @@ pub struct LoadtestArgs {
     /// every run has at least one.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     compact_after_records: u64,
+    /// The nice value of the import work: the server's `import_nice` (with
+    /// the server on loopback) and the sync clients' threads, which stand
+    /// in for partners on machines of their own (0: as the queries).
+    #[arg(long, default_value_t = segq::engine::DEFAULT_IMPORT_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    import_nice: i32,
+    /// With the server on loopback: its `compaction_nice`.
+    #[arg(long, default_value_t = segq::engine::DEFAULT_COMPACTION_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    compaction_nice: i32,
     /// Load a running server instead (its base URL): its workspace
     /// `--workspace` must hold the generated workload's users (external
     /// ids `u0` .. `u{--users - 1}`, as `segq snapshot write` makes them);
@@ -264,6 +274,8 @@ fn run_local(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(),
         "partner_api_keys": {"amplitude": PARTNER_API_KEY},
         "compact_after_records": args.compact_after_records,
         "compact_interval_secs": (args.seconds / 2).max(1),
+        "import_nice": args.import_nice,
+        "compaction_nice": args.compaction_nice,
     });
     let config_path = data.join("segq.json");
     let mut open = std::fs::OpenOptions::new();
@@ -293,7 +305,7 @@ fn run_local(args: &LoadtestArgs, dir: &Path, out: &mut dyn Write) -> Result<(),
     let token = engine
         .create_api_key(WS, "loadtest", vec![segq::access::Scope::SegmentsRead])?
         .key;
-    let compactor = engine.start_compactor(Duration::from_millis(200));
+    let compactor = engine.start_compactor(Duration::from_millis(200))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -545,6 +557,7 @@ fn drive(args: &LoadtestArgs, target: &Target, stats: StatsFn<'_>) -> Result<Val
         "lost": lost,
         "extra": extra,
         "unmatched": unmatched,
+        "priorities": {"import_nice": args.import_nice, "compaction_nice": args.compaction_nice},
         "replica": target.replica.as_ref().map(|_| json!({
             "probes": f.replica_lag.0.len(),
             "lag_p50_ms": f.replica_lag.ms(0.5),
@@ -801,6 +814,10 @@ fn sync_client(
     deadline: Instant,
     shared: &Shared,
 ) -> BTreeSet<String> {
+    // Before the client starts its HTTP threads: they inherit it.
+    if let Err(e) = segq::engine::priority::lower_current_thread(args.import_nice) {
+        eprintln!("segq loadtest: sync client {i} at normal priority: {e}");
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ (u64::from(i) << 32));
     let job = Job {
         server: target.base.clone(),

@@ -221,7 +221,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     // cut short by the process exiting is safe by construction.
     // A replica's primary compacts: its snapshots come through the store.
     if following.is_none() {
-        engine.start_compactor(std::time::Duration::from_secs(1));
+        engine.start_compactor(std::time::Duration::from_secs(1))?;
     }
     let mut config = engine.config().clone();
     args.config.apply(&mut config);
