@@ -57,7 +57,8 @@ pub trait Fs {
     /// Writes a new file at `path` with what `fill` writes to the writer
     /// it is given; the file's size. By default the bytes are gathered and
     /// given to [`Fs::write`]; the real file system streams them to the
-    /// file, so a compaction never holds the whole new snapshot.
+    /// file, so a compaction does not hold the laid-out file besides the
+    /// contents it is written from.
     fn write_from(
         &mut self,
         path: &Path,

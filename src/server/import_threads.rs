@@ -78,7 +78,8 @@ impl ImportThreads {
 impl Drop for ImportThreads {
     fn drop(&mut self) {
         // Dropped from async code too (the server's state): no waiting.
-        // Requests await their work, so none is running by then.
+        // Work still running (its request's client went away) finishes on
+        // its thread; it was never acknowledged.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }

@@ -110,16 +110,7 @@ impl Contents {
             bitmaps,
         } = self;
         let meta = meta.encode().map_err(Error::Internal)?;
-        // The dictionaries' layout makes every file a version 5 one (or 4).
-        let (layout, slot) = match version {
-            5 => (Layout::Packed, 0),
-            4 => (Layout::Plain, 1),
-            v => {
-                return Err(Error::Internal(format!(
-                    "snapshots are written at version 4 or 5, not {v}"
-                )))
-            }
-        };
+        let (layout, slot) = dictionary_layout(version)?;
         let mut w = SnapshotWriter::to_version(out, version)?;
         w.section(SectionKind::Meta, &meta)?;
         w.section(SectionKind::Buckets, &buckets)?;
@@ -154,5 +145,19 @@ impl Contents {
             w.section(SectionKind::Deleted, &deleted)?;
         }
         w.finish()
+    }
+}
+
+/// How a file of `version` lays out its identifier dictionaries, and which
+/// of [`SectionKind::DICTIONARIES`]' kinds (the index into each) it writes
+/// them as: the dictionaries' layout makes every file a version 5 one (or
+/// 4).
+pub fn dictionary_layout(version: u32) -> Result<(Layout, usize)> {
+    match version {
+        5 => Ok((Layout::Packed, 0)),
+        4 => Ok((Layout::Plain, 1)),
+        v => Err(Error::Internal(format!(
+            "snapshots are written at version 4 or 5, not {v}"
+        ))),
     }
 }

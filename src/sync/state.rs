@@ -6,7 +6,8 @@
 //!   the members, and the pending sync, as of log record `seq`. It is
 //!   replaced whole and atomically (written to `STATE.tmp`, fsynced,
 //!   renamed over `STATE`, the folder fsynced), but only now and then:
-//!   when the log has grown past it.
+//!   before the first record (a new state), when the log has grown past
+//!   it, and when a sync with nothing to send is marked done.
 //! - `STATE.log` (the [`Ledger`]'s log, JSON Lines, version 2): what
 //!   happened since, one fsynced line per step: `begin` (a sync's
 //!   pending plan: who enters, who leaves, its batch size) before its
@@ -318,13 +319,9 @@ impl State {
         write_atomically(path, &bytes)?;
         // Every record of the log is in the file now (numbered `seq` or
         // lower): a crash before this removal only leaves records that
-        // are skipped.
-        let log = Ledger::log_path(path);
-        match fs::remove_file(&log) {
-            Ok(()) => sync_dir(&parent_of(path))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&log, e)),
-        }
+        // are skipped. (A log left from a removed state file is removed
+        // when the ledger opens, before a new state file is written.)
+        remove_log(path)?;
         Ok(bytes.len() as u64)
     }
 
@@ -429,9 +426,12 @@ impl Ledger {
 
     /// The state at `path` with its log applied (a new one if there is no
     /// state file: a log without one is left from a removed state and is
-    /// ignored).
+    /// removed).
     pub fn open(path: &Path, id: &Identity) -> Result<Ledger> {
         let Some((mut state, base_bytes)) = State::read_base(path, id)? else {
+            // Removed now, durably: the new state file starts again at
+            // record 0, and the old records must never be read after it.
+            remove_log(path)?;
             return Ok(Ledger {
                 path: path.to_path_buf(),
                 state: State::new(id),
@@ -591,6 +591,17 @@ fn parent_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// Removes the log beside the state file at `path`, if any, and fsyncs
+/// the folder.
+fn remove_log(path: &Path) -> Result<()> {
+    let log = Ledger::log_path(path);
+    match fs::remove_file(&log) {
+        Ok(()) => sync_dir(&parent_of(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&log, e)),
     }
 }
 

@@ -1813,6 +1813,29 @@ fn the_log_replays_past_a_torn_line_skips_what_the_file_holds_and_refuses_a_gap(
     std::fs::write(&path, "{\"record\":\"begin\"}\n").unwrap();
     let e = State::load(&j.state, &id).unwrap_err();
     assert!(e.to_string().contains("not a sync log record"), "{e}");
+
+    // A log left from a removed state file is removed before a new state
+    // file (at record 0) is written: a crash after that write must not
+    // find the old records numbered above it.
+    let mut older = sync::Syncer::new(j.clone());
+    std::fs::remove_file(&path).unwrap();
+    older
+        .sync(&names("u", 0..10), &t, &sync::Quiet, &stop)
+        .unwrap();
+    older
+        .sync(&names("u", 5..15), &t, &sync::Quiet, &stop)
+        .unwrap();
+    assert!(path.exists());
+    std::fs::remove_file(&j.state).unwrap();
+    let opened = sync::Ledger::open(&j.state, &id).unwrap();
+    assert!(opened.state().members.is_empty());
+    assert!(!path.exists(), "the stale log is gone once opened");
+    drop(opened);
+    let mut anew = sync::Syncer::new(j.clone());
+    anew.sync(&names("u", 0..3), &t, &sync::Quiet, &stop)
+        .unwrap();
+    let st = State::load(&j.state, &id).unwrap();
+    assert_eq!(st.synced(), names("u", 0..3));
 }
 
 #[test]

@@ -10,11 +10,12 @@ use crate::access::{ApiKeyRecord, AuditEntry, AuditLog, Scope};
 use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
+use crate::snapshot::format::SectionKind;
 use crate::snapshot::meta::{
     ApiKeyMeta, ApiKeysExt, AuditExt, AuditMeta, CohortHistoryMeta, CohortMeta, HistoryExt,
     KeyMeta, Meta, MetaExt, SegmentMeta,
 };
-use crate::snapshot::writer::Contents;
+use crate::snapshot::writer::{dictionary_layout, Contents};
 use crate::snapshot::Snapshot;
 use crate::users::UserRegistry;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
@@ -141,8 +142,17 @@ pub fn snapshot_contents(ws: &Workspace, seq: u64, version: u32) -> Result<Conte
     // Users unchanged since the snapshot they are read from, in this
     // version's layout: its dictionaries are copied, not built again (at
     // 10M users that is most of a compaction's work).
+    // Copied only where the file holds them as this version writes them
+    // (a version 5 file may hold older dictionary sections).
+    let (_, slot) = dictionary_layout(version)?;
+    let copyable = |snap: &Snapshot| {
+        snap.version() == version
+            && SectionKind::DICTIONARIES
+                .iter()
+                .all(|kinds| snap.section_bytes(kinds[slot]).is_some())
+    };
     match ws.users.unchanged_snapshot() {
-        Some(snap) if snap.version() == version => out.dictionaries_from = Some(snap.clone()),
+        Some(snap) if copyable(snap) => out.dictionaries_from = Some(snap.clone()),
         _ => ws.users.for_each_identifier(|kind, id, key| match kind {
             0 => out.external_ids.push(id, key),
             1 => out.devices.push(id, key),
