@@ -97,13 +97,12 @@ impl Fs for RealFs {
         fill: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
     ) -> Result<u64> {
         let f = fs::File::create(path).map_err(Error::io_at(path))?;
-        let mut out = Counted {
-            inner: std::io::BufWriter::with_capacity(1 << 20, f),
-            bytes: 0,
-        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
         fill(&mut out)?;
-        out.inner.flush().map_err(Error::io_at(path))?;
-        Ok(out.bytes)
+        let f = out
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        Ok(f.metadata().map_err(Error::io_at(path))?.len())
     }
 
     fn fsync(&mut self, path: &Path) -> Result<()> {
@@ -131,24 +130,6 @@ impl Fs for RealFs {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io_at(path)(e)),
             _ => Ok(()),
         }
-    }
-}
-
-/// A writer that counts what passes through it.
-struct Counted<W> {
-    inner: W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -173,12 +173,7 @@ pub async fn on_import_thread<F>(state: &AppState, f: F) -> Result<Response, Api
 where
     F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
 {
-    let span = tracing::Span::current();
-    state
-        .imports
-        .spawn(move || span.in_scope(f))
-        .await
-        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+    answered(state.imports.spawn(in_request_span(f))).await
 }
 
 /// Runs the blocking part of a request on tokio's blocking pool.
@@ -186,9 +181,19 @@ pub async fn run_blocking<F>(f: F) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
 {
-    // The request's span (and so its id) goes along.
+    answered(tokio::task::spawn_blocking(in_request_span(f))).await
+}
+
+/// `f`, run in the request's span (and so with its id) wherever it runs.
+fn in_request_span<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
-        .await
+    move || span.in_scope(f)
+}
+
+/// The answer of a request's blocking part.
+async fn answered(
+    task: tokio::task::JoinHandle<Result<Response, ApiError>>,
+) -> Result<Response, ApiError> {
+    task.await
         .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
 }

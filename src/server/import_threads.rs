@@ -21,18 +21,10 @@ use crate::engine::priority;
 pub const MAX_THREADS: usize = 256;
 
 /// The import threads.
+#[derive(Debug)]
 pub struct ImportThreads {
     runtime: Option<Runtime>,
     handle: Handle,
-    nice: i32,
-}
-
-impl std::fmt::Debug for ImportThreads {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImportThreads")
-            .field("nice", &self.nice)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ImportThreads {
@@ -56,7 +48,6 @@ impl ImportThreads {
         Ok(ImportThreads {
             runtime: Some(runtime),
             handle,
-            nice,
         })
     }
 
@@ -67,11 +58,6 @@ impl ImportThreads {
         R: Send + 'static,
     {
         self.handle.spawn_blocking(f)
-    }
-
-    /// The threads' nice value.
-    pub fn nice(&self) -> i32 {
-        self.nice
     }
 }
 

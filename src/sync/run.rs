@@ -181,10 +181,8 @@ impl Syncer {
         stop: &AtomicBool,
     ) -> Result<Summary> {
         let started = Instant::now();
-        let mut ledger = match self.ledger.take() {
-            Some(l) => l,
-            None => Ledger::open(&self.job.state, &identity(&self.job))?,
-        };
+        self.ledger()?;
+        let mut ledger = self.ledger.take().expect("opened above");
         let run = Run {
             job: &self.job,
             transport,

@@ -544,20 +544,8 @@ impl Ledger {
             serde_json::to_vec(r).map_err(|e| Error::Internal(format!("sync log: {e}")))?;
         line.push(b'\n');
         if self.log.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            // A torn last line (a crash in the middle of an append) was
-            // never acted on: cut it off, so that the next record does
-            // not complete it.
-            let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-            if len != self.log_bytes {
-                file.set_len(self.log_bytes)
-                    .and_then(|()| file.sync_data())
-                    .map_err(|e| Error::io(&path, e))?;
-            }
+            // A torn last line was never acted on.
+            let file = open_appending(&path, self.log_bytes)?;
             sync_dir(&parent_of(&path))?;
             self.log = Some(file);
         }
@@ -597,12 +585,38 @@ fn parent_of(path: &Path) -> PathBuf {
 /// Removes the log beside the state file at `path`, if any, and fsyncs
 /// the folder.
 fn remove_log(path: &Path) -> Result<()> {
-    let log = Ledger::log_path(path);
-    match fs::remove_file(&log) {
-        Ok(()) => sync_dir(&parent_of(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(&log, e)),
+    if remove_if_there(&Ledger::log_path(path))? {
+        sync_dir(&parent_of(path))?;
     }
+    Ok(())
+}
+
+/// Removes the file at `path`; whether there was one.
+fn remove_if_there(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Opens the JSON Lines file at `path` for appending (created if
+/// missing), cut to its first `complete` bytes if it is longer: a torn
+/// last line (a crash in the middle of an append) is cut off, so that the
+/// next line does not complete it.
+fn open_appending(path: &Path, complete: u64) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len != complete {
+        file.set_len(complete)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -663,23 +677,15 @@ impl Journal {
     /// missing).
     pub fn open(state: &Path) -> Result<Journal> {
         let path = Journal::path_for(state);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        // A torn last line (a crash in the middle of an append) was never
-        // an acknowledgement: cut it off, so that the next record does not
-        // complete it.
-        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        if bytes.last().is_some_and(|b| *b != b'\n') {
-            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            file.set_len(keep as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| Error::io(&path, e))?;
-        }
-        let j = Journal { path, file };
-        Ok(j)
+        // A torn last line was never an acknowledgement.
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let file = open_appending(&path, complete as u64)?;
+        Ok(Journal { path, file })
     }
 
     /// Records batch `batch` of pending sync `id` as acknowledged, durably.
@@ -696,11 +702,6 @@ impl Journal {
 
     /// Removes the journal beside `state` (once its sync is committed).
     pub fn remove(state: &Path) -> Result<()> {
-        let path = Journal::path_for(state);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&path, e)),
-        }
+        remove_if_there(&Journal::path_for(state)).map(drop)
     }
 }
