@@ -109,61 +109,133 @@ fn sampled(id: &str) -> String {
 /// Matches every identifier of `changes` against the registry, in order.
 /// An identifier longer than any user may hold matches nobody.
 pub fn resolve(users: &UserRegistry, changes: &[CohortChange]) -> ResolvedChanges {
-    let mut out = ResolvedChanges::default();
-    let mut sample = VecDeque::new();
-    let mut sample_bytes = 0;
-    let mut unmatched = |out: &mut ResolvedChanges, what: String| {
-        out.unmatched += 1;
-        push_sample(&mut sample, &mut sample_bytes, what);
-    };
-    for change in changes {
-        let remove = change.should_remove;
-        for ext in &change.user_ids {
-            let found = (!too_long(ext))
-                .then(|| users.match_external_id(ext))
-                .flatten();
-            match found {
-                Some(user) => {
-                    out.matched += 1;
-                    out.ops.push(MemberOp { user, remove });
-                }
-                None => unmatched(&mut out, format!("user_id:{}", sampled(ext))),
-            }
-        }
-        for a in &change.aliases {
-            let (label, name) = (&a.alias_label, &a.alias_name);
-            let found = (!too_long(label) && !too_long(name))
-                .then(|| users.match_alias(label, name))
-                .flatten();
-            match found {
-                Some(user) => {
-                    out.matched += 1;
-                    out.ops.push(MemberOp { user, remove });
-                }
-                None => unmatched(
-                    &mut out,
-                    format!("alias:{}:{}", sampled(label), sampled(name)),
-                ),
-            }
-        }
-        for dev in &change.device_ids {
-            let found = if too_long(dev) {
-                DeviceMatch::Unknown
-            } else {
-                users.match_device(dev)
-            };
-            match found {
-                DeviceMatch::Matched(user) => {
-                    out.matched += 1;
-                    out.ops.push(MemberOp { user, remove });
-                }
-                DeviceMatch::Refused(_) => out.refused_device_ids += 1,
-                DeviceMatch::Unknown => unmatched(&mut out, format!("device_id:{}", sampled(dev))),
-            }
+    let mut r = Resolving::new(changes);
+    r.step(users, usize::MAX);
+    r.finish()
+}
+
+/// [`resolve`] a few identifiers at a time: each [`Self::step`] matches
+/// the next ones against the registry it is given, so a caller can hold
+/// the workspace's read lock for one step at a time. The steps' registry
+/// must be the same ([`UserRegistry::stamp`] equal) for the outcome to be
+/// [`resolve`]'s.
+#[derive(Debug)]
+pub struct Resolving<'c> {
+    changes: &'c [CohortChange],
+    /// The object of `changes` being matched, its part (external ids,
+    /// aliases, device ids) and the next identifier in that part.
+    change: usize,
+    part: u8,
+    at: usize,
+    out: ResolvedChanges,
+    sample: VecDeque<String>,
+    sample_bytes: usize,
+}
+
+impl<'c> Resolving<'c> {
+    /// Nothing matched yet.
+    pub fn new(changes: &'c [CohortChange]) -> Self {
+        Resolving {
+            changes,
+            change: 0,
+            part: 0,
+            at: 0,
+            out: ResolvedChanges::default(),
+            sample: VecDeque::new(),
+            sample_bytes: 0,
         }
     }
-    out.unmatched_sample = sample.into();
-    out
+
+    /// Matches up to `n` more identifiers; returns whether every one is.
+    pub fn step(&mut self, users: &UserRegistry, n: usize) -> bool {
+        let mut left = n;
+        while let Some(change) = self.changes.get(self.change) {
+            if left == 0 {
+                return false;
+            }
+            let remove = change.should_remove;
+            let len = match self.part {
+                0 => change.user_ids.len(),
+                1 => change.aliases.len(),
+                _ => change.device_ids.len(),
+            };
+            if self.at >= len {
+                (self.part, self.at) = if self.part < 2 {
+                    (self.part + 1, 0)
+                } else {
+                    self.change += 1;
+                    (0, 0)
+                };
+                continue;
+            }
+            let take = left.min(len - self.at);
+            let range = self.at..self.at + take;
+            match self.part {
+                0 => {
+                    for ext in &change.user_ids[range] {
+                        let found = (!too_long(ext))
+                            .then(|| users.match_external_id(ext))
+                            .flatten();
+                        match found {
+                            Some(user) => self.matched(user, remove),
+                            None => self.unmatched(format!("user_id:{}", sampled(ext))),
+                        }
+                    }
+                }
+                1 => {
+                    for a in &change.aliases[range] {
+                        let (label, name) = (&a.alias_label, &a.alias_name);
+                        let found = (!too_long(label) && !too_long(name))
+                            .then(|| users.match_alias(label, name))
+                            .flatten();
+                        match found {
+                            Some(user) => self.matched(user, remove),
+                            None => self.unmatched(format!(
+                                "alias:{}:{}",
+                                sampled(label),
+                                sampled(name)
+                            )),
+                        }
+                    }
+                }
+                _ => {
+                    for dev in &change.device_ids[range] {
+                        let found = if too_long(dev) {
+                            DeviceMatch::Unknown
+                        } else {
+                            users.match_device(dev)
+                        };
+                        match found {
+                            DeviceMatch::Matched(user) => self.matched(user, remove),
+                            DeviceMatch::Refused(_) => self.out.refused_device_ids += 1,
+                            DeviceMatch::Unknown => {
+                                self.unmatched(format!("device_id:{}", sampled(dev)))
+                            }
+                        }
+                    }
+                }
+            }
+            self.at += take;
+            left -= take;
+        }
+        true
+    }
+
+    fn matched(&mut self, user: UserId, remove: bool) {
+        self.out.matched += 1;
+        self.out.ops.push(MemberOp { user, remove });
+    }
+
+    fn unmatched(&mut self, what: String) {
+        self.out.unmatched += 1;
+        push_sample(&mut self.sample, &mut self.sample_bytes, what);
+    }
+
+    /// What the steps matched.
+    pub fn finish(mut self) -> ResolvedChanges {
+        self.out.unmatched_sample = self.sample.into();
+        self.out
+    }
 }
 
 impl Cohort {

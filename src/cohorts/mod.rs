@@ -6,7 +6,9 @@
 mod changes;
 mod members;
 
-pub use changes::{resolve, Alias, ChangeReport, CohortChange, MemberOp, ResolvedChanges};
+pub use changes::{
+    resolve, Alias, ChangeReport, CohortChange, MemberOp, ResolvedChanges, Resolving,
+};
 pub use members::{BaseBitmap, Members};
 
 use std::collections::VecDeque;

@@ -51,7 +51,7 @@ use crate::snapshot::Snapshot;
 pub const MANIFEST: &str = "MANIFEST";
 
 /// The file operations compaction performs, so a test can stop after any.
-pub trait Fs {
+pub trait Fs: Send {
     /// Writes `bytes` to a new file at `path`.
     fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()>;
     /// Writes a new file at `path` with what `fill` writes to the writer

@@ -35,22 +35,41 @@ use serde::Serialize;
 
 use super::audit;
 use super::compact::{self, Compacted, Fs, Manifest, RealFs};
+use super::priority;
 use super::record::{self, to_ms, Applied, Change};
 use crate::attributes::{AttrInput, AttrInputs, AttrType, AttrValue};
-use crate::cohorts::{self, ChangeReport};
+use crate::cohorts::{self, ChangeReport, CohortChange, ResolvedChanges};
 use crate::error::{Error, Result};
 use crate::ids::{Partner, UserId, UserRef};
 use crate::import::{CohortRequest, UsersRequest};
 use crate::log::{LogError, LogWriter};
 use crate::segment::{self, Filter};
-use crate::users::{NewUser, UpsertPlan, Upserted};
+use crate::users::{NewUser, Stamp, UpsertPlan, Upserted};
 use crate::workspace::cache::ResultCache;
 use crate::workspace::live::{LiveSegments, Touched};
 use crate::workspace::{SavedSegment, Workspace};
 
+/// Identifiers a partner request's matching takes per hold of the read
+/// lock ([`WorkspaceHandle::resolve_ahead`]): some tens of microseconds.
+const RESOLVE_STEP: usize = 64;
+
 /// Bulk loads cut their log records at about this many bytes, far below
 /// the log's record limit.
 pub const RECORD_BUDGET: usize = 4 << 20;
+
+/// How [`WorkspaceHandle::write_locked`] left the write lock.
+enum Locked<T> {
+    /// The log was failed: undo and reset it, then again.
+    LogFailed,
+    /// Refused with nothing applied.
+    Refused(Error),
+    /// Applied and not to be logged: to be undone, then the error.
+    Undo(Error),
+    /// Nothing to log; the log's last seq when the lock was let go.
+    Unlogged(T, u64),
+    /// Submitted up to this seq, to wait for.
+    Logged(T, u64, Arc<LogWriter>),
+}
 
 /// What a bulk upsert did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -558,8 +577,10 @@ impl WorkspaceHandle {
         let dir = self.folder();
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         // 1. Freeze. The read lock keeps writers out, so the state is
-        //    exactly the log up to `seq`.
-        let (frozen, seq) = {
+        //    exactly the log up to `seq`. It runs at the normal priority
+        //    (`priority::holding_locks`): the writers it keeps out keep
+        //    the queries out.
+        let (frozen, seq, rotated) = priority::holding_locks(|| {
             let ws = self.read();
             let frozen_at = std::time::Instant::now();
             let _held = Held(held, frozen_at);
@@ -573,16 +594,18 @@ impl WorkspaceHandle {
                 });
             }
             let seq = log.next_seq().saturating_sub(1);
+            let mut rotated = None;
             if log.next_seq() > log.first_seq() {
                 // On a failure, the writers whose records failed undo them
                 // (they wait for this lock); the compaction just stops.
                 log.wait_durable(seq).map_err(|e| self.not_durable(&e))?;
                 let (path, writer) = compact::rotate(fs, &dir, seq)?;
                 *self.log.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(writer);
-                files.1.push(path);
+                rotated = Some(path);
             }
-            (ws.clone(), seq)
-        };
+            Ok((ws.clone(), seq, rotated))
+        })?;
+        files.1.extend(rotated);
         let log_name = files
             .1
             .last()
@@ -615,9 +638,11 @@ impl WorkspaceHandle {
             // Found and checked before the lock: under it, only what
             // changed since the freeze is moved.
             let prepared = crate::workspace::Rebase::prepare(&frozen, Arc::new(snap))?;
-            let mut ws = self.write_lock()?;
-            let _held = Held(held, std::time::Instant::now());
-            ws.apply_rebase(&frozen, prepared)
+            priority::holding_locks(|| {
+                let mut ws = self.write_lock()?;
+                let _held = Held(held, std::time::Instant::now());
+                ws.apply_rebase(&frozen, prepared)
+            })
         });
         if let Err(e) = moved {
             tracing::error!(
@@ -750,27 +775,6 @@ impl WorkspaceHandle {
         }
     }
 
-    /// Takes the write lock for a change, once the log takes appends:
-    /// undoes what a failed commit left in memory and resets the log first
-    /// (see [`Self::restore`]). Fails, changing nothing, while the log
-    /// cannot be reset (the disk still refuses).
-    fn write_lock_for_change(&self) -> Result<(RwLockWriteGuard<'_, Workspace>, Arc<LogWriter>)> {
-        // A commit may fail again between the reset and the lock: a few
-        // rounds, then the caller is told to come back.
-        for _ in 0..3 {
-            self.restore()?;
-            let ws = self.write_lock()?;
-            let log = self.log();
-            if !log.is_poisoned() {
-                return Ok((ws, log));
-            }
-        }
-        Err(Error::NotDurable {
-            name: self.name.clone(),
-            reason: "the log keeps failing".into(),
-        })
-    }
-
     /// Runs `f` under the write lock; `f` computes each change from the
     /// state ([`Tx::state`], without changing it: matching, validation,
     /// user ids and buckets happen there) and applies it with
@@ -783,81 +787,127 @@ impl WorkspaceHandle {
     /// log refuses) is undone before the error is returned: once a write
     /// is refused, its change is not visible. So is a change that failed
     /// to apply part way, or one applied before `f` refused.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+    ///
+    /// The steps under the lock run at the normal priority even when the
+    /// caller is lowered ([`priority::holding_locks`]); the undoing and
+    /// the waits for the log do not.
+    pub(crate) fn write<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T> + Send,
+    ) -> Result<T> {
         self.check_failed()?;
         if let Some(fence) = self.fence.get() {
             fence.check()?;
         }
-        let (out, last, log) = {
-            let (mut ws, log) = self.write_lock_for_change()?;
-            let mut tx = Tx::new(&mut ws);
-            let mut result = f(&mut tx);
-            if result.is_ok() && tx.changed() {
-                // Key uses ride along: no fsync of their own.
-                if let Err(e) = self.take_key_uses(&mut tx) {
-                    result = Err(e);
-                }
-            }
-            if result.is_ok() && tx.changed() {
-                // The audit entry of a request's changes goes last, in the
-                // same commit: durable exactly when they are.
-                if let Err(e) = tx.audit() {
-                    result = Err(e);
-                }
-            }
-            if tx.dirty || (result.is_err() && tx.changed()) {
-                // Applied, never to be logged: undo it.
-                self.stale.store(true, Ordering::SeqCst);
-                drop(ws);
-                self.restore()?;
-                return Err(result.err().unwrap_or_else(|| {
-                    Error::Internal("a change failed to apply and was undone".into())
-                }));
-            }
-            let out = result?;
-            if !tx.touched.is_empty() {
-                // Under the write lock, before any reader sees the state.
-                self.live_mut().refresh(tx.ws, &tx.touched, &self.bitmaps);
-            }
-            let changes = tx.finish();
-            if changes.is_empty() {
-                // Nothing to log: the state it read, though, may hold a
-                // change not shipped yet (this very request, made before
-                // and refused with `NotShipped`): with object-store
-                // durability, acknowledged once that is shipped.
-                let last = log.next_seq().saturating_sub(1);
-                drop(ws);
-                if last > 0 {
-                    self.wait_shipped(last)?;
-                }
-                return Ok(out);
-            }
-            let submitted = changes
-                .iter()
-                .map(Change::encode)
-                .collect::<Result<Vec<_>>>()
-                .and_then(|payloads| {
-                    log.submit_batch(&payloads)
-                        .map_err(|e| self.not_durable(&e))
-                });
-            match submitted {
-                Ok(seqs) => (out, seqs.end - 1, log),
-                Err(e) => {
-                    // Applied, never to be logged: undo it.
-                    self.stale.store(true, Ordering::SeqCst);
-                    drop(ws);
+        let mut f = Some(f);
+        // The log takes appends once what a failed commit left in memory
+        // is undone and the log reset ([`Self::restore`]); a commit may
+        // fail again between the reset and the lock: a few rounds, then
+        // the caller is told to come back.
+        for _ in 0..3 {
+            self.restore()?;
+            match priority::holding_locks(|| self.write_locked(&mut f)) {
+                Locked::LogFailed => continue,
+                Locked::Refused(e) => return Err(e),
+                Locked::Undo(e) => {
                     self.restore()?;
                     return Err(e);
                 }
+                Locked::Unlogged(out, last) => {
+                    // Nothing to log: the state it read, though, may hold
+                    // a change not shipped yet (this very request, made
+                    // before and refused with `NotShipped`): with
+                    // object-store durability, acknowledged once that is
+                    // shipped.
+                    if last > 0 {
+                        self.wait_shipped(last)?;
+                    }
+                    return Ok(out);
+                }
+                Locked::Logged(out, last, log) => {
+                    if let Err(e) = log.wait_durable(last) {
+                        let err = self.not_durable(&e);
+                        self.restore()?;
+                        return Err(err);
+                    }
+                    self.wait_shipped(last)?;
+                    return Ok(out);
+                }
             }
-        };
-        if let Err(e) = log.wait_durable(last) {
-            let err = self.not_durable(&e);
-            self.restore()?;
-            return Err(err);
         }
-        self.wait_shipped(last)?;
-        Ok(out)
+        Err(Error::NotDurable {
+            name: self.name.clone(),
+            reason: "the log keeps failing".into(),
+        })
+    }
+
+    /// [`Self::write`]'s steps under the write lock: runs `f` (taken once
+    /// the log takes appends) and submits its changes.
+    fn write_locked<T, F>(&self, f: &mut Option<F>) -> Locked<T>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T>,
+    {
+        let mut ws = match self.write_lock() {
+            Ok(ws) => ws,
+            Err(e) => return Locked::Refused(e),
+        };
+        let log = self.log();
+        if log.is_poisoned() {
+            return Locked::LogFailed;
+        }
+        let Some(f) = f.take() else {
+            return Locked::Refused(Error::Internal("a write ran twice".into()));
+        };
+        let mut tx = Tx::new(&mut ws);
+        let mut result = f(&mut tx);
+        if result.is_ok() && tx.changed() {
+            // Key uses ride along: no fsync of their own.
+            if let Err(e) = self.take_key_uses(&mut tx) {
+                result = Err(e);
+            }
+        }
+        if result.is_ok() && tx.changed() {
+            // The audit entry of a request's changes goes last, in the
+            // same commit: durable exactly when they are.
+            if let Err(e) = tx.audit() {
+                result = Err(e);
+            }
+        }
+        if tx.dirty || (result.is_err() && tx.changed()) {
+            // Applied, never to be logged: undone by the caller.
+            self.stale.store(true, Ordering::SeqCst);
+            return Locked::Undo(result.err().unwrap_or_else(|| {
+                Error::Internal("a change failed to apply and was undone".into())
+            }));
+        }
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => return Locked::Refused(e),
+        };
+        if !tx.touched.is_empty() {
+            // Under the write lock, before any reader sees the state.
+            self.live_mut().refresh(tx.ws, &tx.touched, &self.bitmaps);
+        }
+        let changes = tx.finish();
+        if changes.is_empty() {
+            return Locked::Unlogged(out, log.next_seq().saturating_sub(1));
+        }
+        let submitted = changes
+            .iter()
+            .map(Change::encode)
+            .collect::<Result<Vec<_>>>()
+            .and_then(|payloads| {
+                log.submit_batch(&payloads)
+                    .map_err(|e| self.not_durable(&e))
+            });
+        match submitted {
+            Ok(seqs) => Locked::Logged(out, seqs.end - 1, log),
+            Err(e) => {
+                // Applied, never to be logged: undone by the caller.
+                self.stale.store(true, Ordering::SeqCst);
+                Locked::Undo(e)
+            }
+        }
     }
 
     /// With object-store durability, returns once record `last` (submitted
@@ -990,6 +1040,19 @@ impl WorkspaceHandle {
         req: &UsersRequest,
         now: DateTime<Utc>,
     ) -> Result<ChangeReport> {
+        let ahead = self.resolve_ahead(&req.cohort_changes);
+        self.import_resolved(partner, req, now, ahead)
+    }
+
+    /// [`Self::import_users`] with its identifiers matched ahead: used if
+    /// the users are as they were then, matched again otherwise.
+    fn import_resolved(
+        &self,
+        partner: Partner,
+        req: &UsersRequest,
+        now: DateTime<Utc>,
+        mut ahead: Option<(Stamp, ResolvedChanges)>,
+    ) -> Result<ChangeReport> {
         self.write(|tx| {
             let ws = tx.state();
             cohorts::check_cohort_id(&req.cohort_id)?;
@@ -997,17 +1060,43 @@ impl WorkspaceHandle {
                 return Ok(ChangeReport::default());
             }
             self.check_cohort_room(ws, partner, &req.cohort_id)?;
+            let resolved = match ahead.take() {
+                Some((stamp, resolved)) if stamp == ws.users.stamp() => resolved,
+                // A user or an identifier changed since: again, here.
+                _ => cohorts::resolve(&ws.users, &req.cohort_changes),
+            };
             let change = Change::CohortChanged {
                 partner,
                 cohort_id: req.cohort_id.clone(),
                 // Records keep milliseconds: live and replay apply the same.
                 at_ms: to_ms(now),
-                resolved: cohorts::resolve(&ws.users, &req.cohort_changes),
+                resolved,
             };
             tx.apply(change)?
                 .report
                 .ok_or_else(|| Error::Internal("a cohort change reported nothing".into()))
         })
+    }
+
+    /// Matches a partner request's identifiers before its write: under the
+    /// read lock, [`RESOLVE_STEP`] identifiers at a time, so that neither
+    /// a write waiting for the lock nor the queries queued behind that
+    /// write wait for a whole request's matching (it runs on a lowered
+    /// import thread, which busy cores may keep waiting). The stamp is the
+    /// users' as every step saw them; `None` if they changed part way.
+    fn resolve_ahead(&self, changes: &[CohortChange]) -> Option<(Stamp, ResolvedChanges)> {
+        let mut resolving = cohorts::Resolving::new(changes);
+        let mut first = None;
+        loop {
+            let ws = self.read();
+            let stamp = ws.users.stamp();
+            if *first.get_or_insert(stamp) != stamp {
+                return None;
+            }
+            if resolving.step(&ws.users, RESOLVE_STEP) {
+                return Some((stamp, resolving.finish()));
+            }
+        }
     }
 
     /// Deletes a partner cohort (its partner's request, or an admin's).
@@ -1727,6 +1816,58 @@ mod tests {
         assert!(h.try_view().is_none());
         drop(log);
         assert!(h.try_view().is_some());
+    }
+
+    /// Identifiers matched before the write lock are matched again under
+    /// it when a user changed in between.
+    #[test]
+    fn identifiers_matched_ahead_are_matched_again_after_a_user_change() {
+        let h = WorkspaceHandle::in_memory(Workspace::new("ahead", 1)).expect("served");
+        for ext in ["a", "c"] {
+            h.upsert_user(NewUser {
+                external_id: Some(ext.into()),
+                ..NewUser::default()
+            })
+            .expect("created");
+        }
+        let body = serde_json::json!({
+            "client_secret": "s", "partner_api_key": "k", "cohort_id": "c1",
+            "cohort_changes": [{"user_ids": ["a", "b"]}],
+        });
+        let req = crate::import::parse_users_request(body.to_string().as_bytes()).expect("parsed");
+        let now = Utc::now();
+        let amp = Partner::Amplitude;
+        let members = |h: &WorkspaceHandle| -> Vec<u32> {
+            let ws = h.read();
+            let key = crate::ids::CohortKey::new(amp, "c1");
+            ws.cohorts.get(&key).map_or(Vec::new(), |c| {
+                c.members.iter().expect("readable").collect()
+            })
+        };
+
+        // Nothing changed in between: what was matched ahead is applied.
+        let ahead = h.resolve_ahead(&req.cohort_changes);
+        assert!(ahead.as_ref().is_some_and(|(_, r)| r.matched == 1));
+        let report = h.import_resolved(amp, &req, now, ahead).expect("applied");
+        assert_eq!((report.matched, report.unmatched), (1, 1));
+        assert_eq!(members(&h), vec![0]);
+
+        // `a` becomes `b` after the matching: the write matches again.
+        let remove = serde_json::json!({
+            "client_secret": "s", "partner_api_key": "k", "cohort_id": "c1",
+            "cohort_changes": [{"user_ids": ["a", "c"], "should_remove": true}],
+        });
+        let remove =
+            crate::import::parse_users_request(remove.to_string().as_bytes()).expect("parsed");
+        let ahead = h.resolve_ahead(&remove.cohort_changes);
+        assert!(ahead.as_ref().is_some_and(|(_, r)| r.matched == 2));
+        h.rename_external_id("a", "b").expect("renamed");
+        let report = h
+            .import_resolved(amp, &remove, now, ahead)
+            .expect("applied");
+        assert_eq!((report.matched, report.unmatched), (1, 1));
+        // User 0 (now `b`) stays: `a` matches nobody any more.
+        assert_eq!(members(&h), vec![0]);
     }
 }
 

@@ -1824,20 +1824,26 @@ impl Engine {
 
     /// Starts a thread (`segq-compactor`, at the nice value
     /// `compaction_nice`) that compacts due workspaces every `every`,
-    /// until the engine is dropped.
+    /// until the engine is dropped; returns once that thread runs at its
+    /// priority.
     pub fn start_compactor(
         self: &Arc<Self>,
         every: std::time::Duration,
     ) -> Result<std::thread::JoinHandle<()>> {
         let weak = Arc::downgrade(self);
         let nice = self.config.compaction_nice;
+        // Its freeze and its move to the new snapshot run there, at the
+        // normal priority.
+        priority::start_lock_holders()?;
         let thread = std::thread::Builder::new().name("segq-compactor".into());
+        let (lowered, is_lowered) = std::sync::mpsc::sync_channel(1);
         let started = thread.spawn(move || {
             // Compactions yield to queries (`priority`); one that could
             // not be lowered runs as it is.
             if let Err(e) = priority::lower_current_thread(nice) {
                 tracing::warn!("compactions at normal priority: {e}");
             }
+            let _ = lowered.send(());
             loop {
                 std::thread::sleep(every);
                 let Some(engine) = weak.upgrade() else {
@@ -1855,7 +1861,12 @@ impl Engine {
                 }
             }
         });
-        started.map_err(|e| Error::Internal(format!("starting the compactor: {e}")))
+        let started =
+            started.map_err(|e| Error::Internal(format!("starting the compactor: {e}")))?;
+        // Back once the thread runs under its name at its priority, so
+        // what follows (a server taking requests) finds it settled.
+        let _ = is_lowered.recv();
+        Ok(started)
     }
 
     /// Waits until everything submitted to every log is durable

@@ -10,11 +10,82 @@
 //! it starts, and threads it starts inherit its value: a lowered thread
 //! must not be the first to start a shared pool (the server starts
 //! rayon's before its import threads).
+//!
+//! A lowered thread must not hold a lock queries wait for: busy cores may
+//! keep it from running while it holds it (a priority inversion: a check
+//! waits for the import's time slice). So the steps a lowered thread
+//! takes under a workspace's write lock (or under the read lock that
+//! keeps writers, and so the queries queued behind them, out) are handed
+//! to the lock holders, threads at the normal priority started before
+//! any is lowered ([`start_lock_holders`], [`holding_locks`]).
+
+use std::cell::Cell;
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
 /// The highest nice value (the lowest priority).
 pub const MAX_NICE: i32 = 19;
+
+/// The lock holders: a pool at the nice value of the thread that started
+/// it, and the gate its jobs pass one at a time.
+struct Holders {
+    pool: rayon::ThreadPool,
+    nice: Option<i32>,
+    gate: Mutex<()>,
+}
+
+static HOLDERS: OnceLock<Holders> = OnceLock::new();
+
+thread_local! {
+    /// Whether this thread runs below the lock holders' priority.
+    static LOWERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts the lock holders (once; later calls do nothing): as many
+/// threads as rayon's global pool has (steps that run in parallel inside,
+/// such as a live segment's refresh, keep the cores), named
+/// `segq-locks-N`, at the calling thread's priority. Call it on a thread
+/// that is not lowered, before lowering any.
+pub fn start_lock_holders() -> Result<()> {
+    if HOLDERS.get().is_some() {
+        return Ok(());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads().max(1))
+        .thread_name(|i| format!("segq-locks-{i}"))
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the lock holders: {e}")))?;
+    let _ = HOLDERS.set(Holders {
+        pool,
+        nice: current_nice(),
+        gate: Mutex::new(()),
+    });
+    Ok(())
+}
+
+/// Runs `f`, which takes a lock queries may wait for, at the normal
+/// priority: on a lowered thread ([`lower_current_thread`] after
+/// [`start_lock_holders`]), on a lock holder, the caller waiting; at once
+/// anywhere else. `f` should do no more than needs its lock: while a
+/// holder waits, every lowered thread's next step waits with it. (A
+/// compaction's freeze waits there for the log's last fsync, which a
+/// lowered writer may be doing, and rotates the log: both must happen
+/// under its read lock.)
+///
+/// One step at a time: lowered threads wait for their turn at a gate no
+/// query waits for, so that at most one of them waits for a workspace's
+/// lock at once and readers get in between two writes (a lock that
+/// always has the next writer waiting lets no reader in).
+pub fn holding_locks<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match HOLDERS.get() {
+        Some(h) if LOWERED.get() => {
+            let _turn = h.gate.lock().unwrap_or_else(|p| p.into_inner());
+            h.pool.install(f)
+        }
+        _ => f(),
+    }
+}
 
 /// Sets the calling thread's nice value to `nice` (0..=19) if it is
 /// lower; never raises a thread's priority. A no-op where the platform
@@ -25,7 +96,11 @@ pub fn lower_current_thread(nice: i32) -> Result<()> {
             "a nice value is 0 to {MAX_NICE}, not {nice}"
         )));
     }
-    imp::lower(nice)
+    imp::lower(nice)?;
+    if let (Some(h), Some(now)) = (HOLDERS.get(), current_nice()) {
+        LOWERED.set(h.nice.is_some_and(|base| now > base));
+    }
+    Ok(())
 }
 
 /// The calling thread's nice value (`None` outside Linux).
@@ -99,5 +174,46 @@ mod tests {
         }
         assert!(lower_current_thread(20).is_err());
         assert!(lower_current_thread(-1).is_err());
+    }
+
+    #[test]
+    fn lowered_threads_take_locks_at_the_normal_priority_one_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        start_lock_holders().unwrap();
+        // A thread that is not lowered runs the step itself.
+        let me = std::thread::current().id();
+        assert_eq!(holding_locks(|| std::thread::current().id()), me);
+        let base = current_nice();
+        if !cfg!(target_os = "linux") || base.is_some_and(|b| b >= MAX_NICE) {
+            return;
+        }
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let seen: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        lower_current_thread(MAX_NICE).unwrap();
+                        holding_locks(|| {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            let name = std::thread::current().name().map(str::to_string);
+                            (current_nice(), name)
+                        })
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for (nice, name) in &seen {
+            assert_eq!(*nice, base, "{seen:?}");
+            assert!(
+                name.as_deref()
+                    .is_some_and(|n| n.starts_with("segq-locks-")),
+                "{seen:?}"
+            );
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "one step at a time");
     }
 }

@@ -32,9 +32,11 @@ impl ImportThreads {
     /// thread that cannot be lowered runs as it is, with a warning.
     pub fn new(nice: i32) -> std::io::Result<ImportThreads> {
         // Threads inherit their starter's nice value: rayon's global pool
-        // (the queries') is started here if it was not, so that no import
-        // thread is the first to use it.
+        // (the queries') and the lock holders the import threads hand
+        // their locked steps to are started here if they were not, so
+        // that no import thread is the first to use them.
         let _ = rayon::current_num_threads();
+        priority::start_lock_holders().map_err(std::io::Error::other)?;
         let runtime = Builder::new_current_thread()
             .thread_name("segq-import")
             .max_blocking_threads(MAX_THREADS)

@@ -265,6 +265,22 @@ pub struct UserRegistry {
     /// Snapshot users whose external_id in the snapshot's dictionary was
     /// renamed since: their external_id is in `extras`.
     renamed: HashSet<u32>,
+    /// See [`Self::stamp`].
+    stamp: Stamp,
+}
+
+/// What a registry held at one moment, as far as identifier matching goes
+/// ([`UserRegistry::stamp`]): two equal stamps mean the same users with
+/// the same identifiers.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    /// A value no registry of this process held before.
+    fn fresh() -> Stamp {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Stamp(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// The random bucket a user gets when none is given: a hash of (seed, id),
@@ -320,7 +336,25 @@ impl UserRegistry {
             seed,
             deleted: Arc::new(RoaringBitmap::new()),
             renamed: HashSet::new(),
+            stamp: Stamp::fresh(),
         }
+    }
+
+    /// Changes with every change of a user or an identifier (and with a
+    /// [`Self::rebase`]), and is never the same for two registries made
+    /// apart: identifiers matched against a registry with this stamp match
+    /// the same now ([`crate::cohorts::Resolving`] matches outside the
+    /// workspace's write lock and checks this under it). A clone keeps it
+    /// until one of the two changes.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// Notes a change: a new [`Self::stamp`]. Every public method that
+    /// may change a user or an identifier calls it first (the private
+    /// helpers that change them are only reached through those).
+    fn changed(&mut self) {
+        self.stamp = Stamp::fresh();
     }
 
     /// The users of a snapshot, read in place: nothing is decoded. Checks
@@ -710,6 +744,7 @@ impl UserRegistry {
     /// Creates a user. Fails, changing nothing, if any identifier is empty,
     /// named twice, or already held by another user.
     pub fn create(&mut self, new: NewUser) -> Result<UserId> {
+        self.changed();
         let (id, bucket) = self.plan_create(&new)?;
         let mut rec = Idents {
             external_id: None,
@@ -784,6 +819,7 @@ impl UserRegistry {
     /// the devices and aliases it does not hold yet to that user. Fails,
     /// changing nothing, when an identifier is held by somebody else.
     pub fn upsert(&mut self, new: NewUser) -> Result<Upserted> {
+        self.changed();
         match self.plan_upsert(new)? {
             UpsertPlan::Create {
                 external_id,
@@ -858,6 +894,7 @@ impl UserRegistry {
     /// Gives a user an alias. Adding an alias the user already holds is a
     /// no-op; an alias held by another user is an error.
     pub fn add_alias(&mut self, user: UserId, label: &str, name: &str) -> Result<()> {
+        self.changed();
         if self.check_alias(user, label, name)? {
             self.insert_alias(user, label.into(), name.into());
         }
@@ -882,6 +919,7 @@ impl UserRegistry {
     /// Gives a user a device. Adding a device the user already holds is a
     /// no-op; a device held by another user is an error.
     pub fn add_device(&mut self, user: UserId, device_id: &str) -> Result<()> {
+        self.changed();
         if self.check_device(user, device_id)? {
             self.insert_device(user, device_id.into());
         }
@@ -917,6 +955,7 @@ impl UserRegistry {
     /// its device_ids no longer match it in imports. Identifying a user again
     /// with the id it already has is a no-op.
     pub fn identify(&mut self, user: UserId, external_id: &str) -> Result<()> {
+        self.changed();
         if self.check_identify(user, external_id)? {
             let ext: Box<str> = external_id.into();
             self.by_external.insert(ext.clone(), user);
@@ -936,6 +975,7 @@ impl UserRegistry {
     /// cohort memberships and attribute values are the workspace's to
     /// remove. Fails, changing nothing, for an unknown or deleted user.
     pub fn delete(&mut self, user: UserId) -> Result<()> {
+        self.changed();
         self.check_delete(user)?;
         let n = self.base_len();
         let held = if user.0 < n {
@@ -997,6 +1037,7 @@ impl UserRegistry {
     /// Gives an identified user another external_id; the old one is free
     /// from then on. Renaming to the external_id it has is a no-op.
     pub fn rename_external_id(&mut self, user: UserId, new: &str) -> Result<()> {
+        self.changed();
         if !self.check_rename(user, new)? {
             return Ok(());
         }
@@ -1030,6 +1071,7 @@ impl UserRegistry {
     /// many device_ids and aliases moved. Fails, changing nothing, for an
     /// unknown or deleted user, or `source == target`.
     pub fn move_identifiers(&mut self, source: UserId, target: UserId) -> Result<(usize, usize)> {
+        self.changed();
         self.record_exists(source)?;
         self.record_exists(target)?;
         if source == target {
@@ -1217,6 +1259,7 @@ impl UserRegistry {
         rest.by_alias
             .retain(|k, v| frozen.by_alias.get(k) != Some(v));
         *self = rest;
+        self.changed();
         Ok(())
     }
 }

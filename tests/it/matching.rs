@@ -483,3 +483,67 @@ fn every_matched_add_or_remove_is_one_data_point_per_partner_and_day() {
         ]
     );
 }
+
+/// Matching a few identifiers at a time ([`segq::cohorts::Resolving`],
+/// as a partner import does under short holds of the read lock) gives
+/// exactly what matching them at once gives: the same operations in the
+/// same order, the same counts and the same unmatched sample.
+#[test]
+fn matching_in_steps_is_matching_at_once() {
+    use rand::{Rng, SeedableRng};
+    use segq::cohorts::{resolve, Alias, CohortChange, Resolving};
+    use segq::users::UserRegistry;
+
+    let mut reg = UserRegistry::new(3);
+    for i in 0..200 {
+        let ext = format!("u{i}");
+        let dev = format!("d{i}");
+        let email = format!("{i}@example.com");
+        // A third anonymous (their devices match), the rest identified
+        // (their devices are refused).
+        let external = (i % 3 != 0).then_some(ext.as_str());
+        reg.create(new_user(external, &[&dev], &[("email", &email)]))
+            .unwrap();
+    }
+    let long = "x".repeat(2000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for round in 0..200 {
+        let mut pick = |known: &str, unknown: &str| -> String {
+            match rng.gen_range(0..10) {
+                0 => long.clone(),
+                1..=3 => format!("{unknown}{}", rng.gen_range(0..10_000)),
+                _ => format!("{known}{}", rng.gen_range(0..200)),
+            }
+        };
+        let objects = 1 + round % 4;
+        let mut changes = Vec::new();
+        for o in 0..objects {
+            let n = (round * 7 + o * 13) % 90;
+            changes.push(CohortChange {
+                user_ids: (0..n).map(|_| pick("u", "nobody-")).collect(),
+                device_ids: (0..n / 2).map(|_| pick("d", "no-device-")).collect(),
+                aliases: (0..n / 3)
+                    .map(|_| Alias {
+                        alias_label: "email".into(),
+                        alias_name: format!("{}@example.com", pick("", "x")),
+                    })
+                    .collect(),
+                should_remove: o % 2 == 1,
+            });
+        }
+        let whole = resolve(&reg, &changes);
+        for step in [1, 2, 3, 5, 64, 1000] {
+            let mut r = Resolving::new(&changes);
+            let mut steps = 1;
+            while !r.step(&reg, step) {
+                steps += 1;
+            }
+            assert_eq!(r.finish(), whole, "round {round}, {step} at a time");
+            let total: usize = changes.iter().map(CohortChange::identifiers).sum();
+            assert!(
+                steps <= total / step + 2,
+                "{steps} steps of {step} for {total}"
+            );
+        }
+    }
+}

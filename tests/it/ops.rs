@@ -425,4 +425,10 @@ fn imports_and_compactions_give_way_to_queries() {
         .filter(|(name, _)| name != "segq-import" && name != "segq-compactor")
         .collect();
     assert!(others.iter().all(|t| t.1 == base), "{threads:?}");
+    // Among them the lock holders, which take the import threads' steps
+    // under the workspace's lock (`priority::holding_locks`).
+    assert!(
+        others.iter().any(|t| t.0.starts_with("segq-locks-")),
+        "{threads:?}"
+    );
 }

@@ -691,3 +691,45 @@ fn ids_do_not_import_the_error_type() {
         Err(Error::UnknownPartner { found }) if found == "Amplitude"
     ));
 }
+
+/// The stamp a partner import's matching ahead of its write is checked
+/// against: every change of a user or an identifier gives a new one,
+/// reads and clones do not, and registries made apart never share one.
+#[test]
+fn the_stamp_changes_with_every_change_of_a_user_or_an_identifier() {
+    let mut reg = three();
+    assert_ne!(reg.stamp(), three().stamp());
+    assert_ne!(UserRegistry::new(1).stamp(), UserRegistry::new(1).stamp());
+    let copy = reg.clone();
+    let first = reg.stamp();
+    assert_eq!(copy.stamp(), first);
+    let _ = reg.lookup(&ext("ann"));
+    let _ = reg.match_external_id("bob");
+    let _ = reg.match_device("d-anon");
+    let _ = reg.match_alias("email", "ann@example.com");
+    assert_eq!(reg.stamp(), first, "reads keep the stamp");
+
+    let mut seen = vec![first];
+    let mut changed = |reg: &UserRegistry, what: &str| {
+        assert!(!seen.contains(&reg.stamp()), "{what} kept an old stamp");
+        seen.push(reg.stamp());
+    };
+    reg.create(new_user(Some("cat"), &[], &[])).unwrap();
+    changed(&reg, "create");
+    reg.upsert(new_user(Some("cat"), &["d-cat"], &[])).unwrap();
+    changed(&reg, "upsert");
+    reg.add_alias(UserId(1), "email", "anon@example.com")
+        .unwrap();
+    changed(&reg, "add_alias");
+    reg.add_device(UserId(2), "d-bob").unwrap();
+    changed(&reg, "add_device");
+    reg.identify(UserId(1), "anon").unwrap();
+    changed(&reg, "identify");
+    reg.rename_external_id(UserId(0), "ann-2").unwrap();
+    changed(&reg, "rename_external_id");
+    reg.move_identifiers(UserId(2), UserId(0)).unwrap();
+    changed(&reg, "move_identifiers");
+    reg.delete(UserId(2)).unwrap();
+    changed(&reg, "delete");
+    assert_eq!(copy.stamp(), first, "the clone keeps its own");
+}
