@@ -332,17 +332,17 @@ fn interval(
     d: &Design,
     x: &[u64],
     users: &[u64],
-    pred: &[f64],
+    pred: Predicted,
     n: u64,
     windowed: bool,
 ) -> (Interval, f64, f64) {
     let r: Vec<f64> = x
         .iter()
         .zip(&d.picks)
-        .map(|(&x, &k)| x as f64 - pred.get(k as usize).copied().unwrap_or(0.0))
+        .map(|(&x, &k)| x as f64 - pred.unit(k))
         .collect();
     let (rest, var, df) = d.combine(&r);
-    let total = pred.iter().sum::<f64>() + rest;
+    let total = pred.total() + rest;
     let matches: u64 = x.iter().sum();
     let sampled: u64 = users.iter().sum();
     let mut floor_var = 0.0;
@@ -385,16 +385,52 @@ fn interval(
     )
 }
 
+/// A quantity's predicted count in each sampling unit: the chunks'
+/// predictions, a window taking its chunk's in proportion to its users
+/// (the windows of a chunk add up to it).
+#[derive(Clone, Copy)]
+struct Predicted<'a> {
+    /// Chunk `j`'s prediction (`j` among the chunks sampled from).
+    chunks: &'a [f64],
+    /// The windows a chunk is cut into (1: the units are the chunks).
+    parts: u32,
+    /// Chunk `j`'s users (asked only when `parts` is past 1).
+    users: &'a dyn Fn(usize) -> u32,
+}
+
+impl Predicted<'_> {
+    /// Every unit's prediction, summed.
+    fn total(&self) -> f64 {
+        self.chunks.iter().sum()
+    }
+
+    /// Unit `i`'s prediction (0 past the last).
+    fn unit(&self, i: u32) -> f64 {
+        let j = (i / self.parts) as usize;
+        let Some(&p) = self.chunks.get(j) else {
+            return 0.0;
+        };
+        if self.parts == 1 {
+            return p;
+        }
+        let users = (self.users)(j);
+        let per_user = p / f64::from(users).max(1.0);
+        per_user * window_users(users, i % self.parts, self.parts) as f64
+    }
+}
+
 /// What a sampled query evaluates: per chunk of `keys`, its quantities
-/// (one for a count; own and running per row for a breakdown).
-type EvalChunks<'a> = dyn Fn(&[u32]) -> Result<Vec<Vec<u64>>> + 'a;
+/// (one for a count; own and running per row for a breakdown), one
+/// chunk's after another.
+type EvalChunks<'a> = dyn Fn(&[u32]) -> Result<Vec<u64>> + 'a;
 
 /// The outcome of [`run`].
 enum Outcome {
     Exact(String),
     Sampled {
         design: Design,
-        per_chunk: Vec<Vec<u64>>,
+        /// `width` quantities a pick, pick after pick.
+        per_chunk: Vec<u64>,
         pilot: u32,
     },
 }
@@ -455,13 +491,14 @@ impl Scope {
 }
 
 /// Sizes and draws the sample for `t`, or says why the exact answer is
-/// the better one. `target`: the quantity a relative error is about.
+/// the better one. `target`: the quantity a relative error is about, of
+/// the `width` that `eval` gives a chunk.
 fn run(
     scope: Scope,
     t: Tradeoff,
     seed: u64,
-    target: usize,
-    pred: &[f64],
+    (target, width): (usize, usize),
+    pred: Predicted,
     users_of: &dyn Fn(u32) -> u64,
     eval: &EvalChunks,
 ) -> Result<Outcome> {
@@ -505,7 +542,7 @@ fn run(
     let max_h = chunks / 4;
     let h = match t {
         Tradeoff::MaxRelativeError(e) => {
-            let x: Vec<u64> = pilot_counts.iter().map(|q| q[target]).collect();
+            let x: Vec<u64> = pilot_counts.chunks(width).map(|q| q[target]).collect();
             let sampled: Vec<u64> = pilot.picks.iter().map(|&k| users_of(k)).collect();
             let (iv, _, half) = interval(&pilot, &x, &sampled, pred, users, windowed);
             if iv.estimate == 0 {
@@ -647,8 +684,8 @@ pub fn sampled_count(
     let parts = parts_for(evaluated, t);
     let unit = |i: u32| (keys[(i / parts) as usize], i % parts);
     let survey = s.survey(&keys);
-    let eval = |picks: &[u32]| -> Result<Vec<Vec<u64>>> {
-        let counts = if parts == 1 {
+    let eval = |picks: &[u32]| -> Result<Vec<u64>> {
+        Ok(if parts == 1 {
             let at: Vec<u32> = picks.iter().map(|&i| keys[i as usize]).collect();
             s.count(&at)
         } else {
@@ -657,8 +694,7 @@ pub fn sampled_count(
                 .map(|&i| ((i / parts) as usize, i % parts))
                 .collect();
             survey.count_windows(&at, parts)
-        };
-        Ok(counts.into_iter().map(|n| vec![n]).collect())
+        })
     };
     let users_of = |i: u32| {
         let (key, part) = unit(i);
@@ -670,28 +706,21 @@ pub fn sampled_count(
         unit: if parts == 1 { "chunks" } else { "windows" },
     };
     let chunk_pred = survey.predict();
-    let pred: Vec<f64> = if parts == 1 {
-        chunk_pred
-    } else {
-        // Each window's prediction: its chunk's, in proportion to its users.
-        let mut pred = Vec::with_capacity(scope.chunks as usize);
-        for (&key, &p) in keys.iter().zip(&chunk_pred) {
-            let users = prepared.chunk_users(key);
-            let per_user = p / f64::from(users).max(1.0);
-            pred.extend((0..parts).map(|part| per_user * window_users(users, part, parts) as f64));
-        }
-        pred
+    let chunk_users = |j: usize| prepared.chunk_users(keys[j]);
+    let pred = Predicted {
+        chunks: &chunk_pred,
+        parts,
+        users: &chunk_users,
     };
-    match run(scope, t, seed, 0, &pred, &users_of, &eval)? {
+    match run(scope, t, seed, (0, 1), pred, &users_of, &eval)? {
         Outcome::Exact(reason) => Ok(exact(reason, all(), evaluated)),
         Outcome::Sampled {
             design,
             per_chunk,
             pilot,
         } => {
-            let x: Vec<u64> = per_chunk.iter().map(|q| q[0]).collect();
             let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
-            let (iv, df, half) = interval(&design, &x, &per_pick, &pred, users, parts > 1);
+            let (iv, df, half) = interval(&design, &per_chunk, &per_pick, pred, users, parts > 1);
             Ok(SampledCount {
                 relative_error: (iv.estimate > 0).then(|| half / iv.estimate as f64),
                 interval: iv,
@@ -807,10 +836,10 @@ pub fn sampled_breakdown(
         ));
     }
     let n = parts.len();
-    let eval = |keys: &[u32]| -> Result<Vec<Vec<u64>>> {
+    let eval = |keys: &[u32]| -> Result<Vec<u64>> {
         Ok(chunk::breakdown_chunks(&parts, op == "and", keys)?
             .into_iter()
-            .map(|rows| rows.into_iter().flat_map(|(o, r)| [o, r]).collect())
+            .flat_map(|rows| rows.into_iter().flat_map(|(o, r)| [o, r]))
             .collect())
     };
     let users_of = |k: u32| u64::from(first.chunk_users(k));
@@ -846,7 +875,21 @@ pub fn sampled_breakdown(
         users,
         unit: "chunks",
     };
-    match run(scope, t, seed, target, &pred[target], &users_of, &eval)? {
+    let whole = |_: usize| 0;
+    let pred_of = |i: usize| Predicted {
+        chunks: &pred[i],
+        parts: 1,
+        users: &whole,
+    };
+    match run(
+        scope,
+        t,
+        seed,
+        (target, 2 * n),
+        pred_of(target),
+        &users_of,
+        &eval,
+    )? {
         Outcome::Exact(reason) => exact(reason),
         Outcome::Sampled {
             design,
@@ -855,8 +898,8 @@ pub fn sampled_breakdown(
         } => {
             let per_pick: Vec<u64> = design.picks.iter().map(|&k| users_of(k)).collect();
             let q = |i: usize| -> (Interval, f64) {
-                let x: Vec<u64> = per_chunk.iter().map(|c| c[i]).collect();
-                let (iv, df, _) = interval(&design, &x, &per_pick, &pred[i], users, false);
+                let x: Vec<u64> = per_chunk.chunks(2 * n).map(|c| c[i]).collect();
+                let (iv, df, _) = interval(&design, &x, &per_pick, pred_of(i), users, false);
                 (iv, df)
             };
             let sums = (0..n).map(|i| (q(2 * i).0, q(2 * i + 1).0)).collect();
@@ -956,6 +999,37 @@ mod tests {
         assert!((mean - truth as f64).abs() < 4.0 * se, "{mean} vs {truth}");
         let vmean = vsum / f64::from(runs);
         assert!((vmean / var - 1.0).abs() < 0.05, "{vmean} vs {var}");
+    }
+
+    #[test]
+    fn and_roots_are_predicted_as_the_tree_predicts_them() {
+        // The tight loop for an AND (NOT) of cohorts gives the tree's
+        // predictions bit for bit; other roots go through the tree.
+        let spec = crate::workload::Spec {
+            users: 300_000,
+            cohorts: 30,
+            seed: 3,
+        };
+        let ws = crate::workload::generate("t", spec).unwrap().workspace;
+        let src = crate::workspace::source::SerialCache::with_bucket_masks(0);
+        let view = super::super::Live { ws: &ws, src: &src };
+        let c = |i: u32| format!("amplitude_cohorts includes_value \"c{i}\"");
+        for text in [
+            format!("{} and {}", c(0), c(1)),
+            format!("{} and {} and {} and not {}", c(2), c(3), c(4), c(25)),
+            format!("{} and not {} and not {}", c(5), c(21), c(22)),
+            format!("({} or {}) and {}", c(6), c(7), c(8)),
+            format!("{} or {}", c(9), c(10)),
+        ] {
+            let filter = crate::segment::parse(&text).unwrap();
+            let p = plan::plan(view.catalog(), &filter).unwrap();
+            let prepared = view.prepare(&p).unwrap();
+            let s = prepared.sampler().unwrap();
+            let survey = s.survey(&s.candidates());
+            let fast = survey.predict();
+            assert_eq!(fast, survey.predict_by_tree(), "{text}");
+            assert!(fast.iter().any(|&x| x > 0.0), "{text}: {fast:?}");
+        }
     }
 
     #[test]

@@ -114,6 +114,42 @@ impl<'s> Survey<'s> {
     /// misses.
     pub fn predict(&self) -> Vec<f64> {
         let n = self.ctx.leaves.len();
+        // An AND of cohorts (AND NOT cohorts), the commonest root, in one
+        // tight loop: the same products `predict` forms, in its order.
+        if let Node::And(all, minus) = self.node {
+            let leaf = |c: &Node| match c {
+                Node::Cohort(i) => Some(*i),
+                _ => None,
+            };
+            let all: Option<Vec<usize>> = all.iter().map(leaf).collect();
+            let minus: Option<Vec<usize>> = minus.iter().map(leaf).collect();
+            if let (Some(all), Some(minus), true) = (all, minus, n > 0) {
+                return self
+                    .keys
+                    .iter()
+                    .zip(self.size.chunks_exact(n))
+                    .map(|(&key, size)| {
+                        let len = f64::from(self.ctx.chunk_len(key)).max(1.0);
+                        let per_user = 1.0 / len;
+                        let share = |i: usize| (size[i] * per_user).clamp(0.0, 1.0);
+                        let mut p = 1.0;
+                        for &i in &all {
+                            p *= share(i);
+                        }
+                        for &i in &minus {
+                            p *= 1.0 - share(i);
+                        }
+                        p * len
+                    })
+                    .collect();
+            }
+        }
+        self.predict_by_tree()
+    }
+
+    /// [`Survey::predict`] through the plan's tree, for any root.
+    pub(crate) fn predict_by_tree(&self) -> Vec<f64> {
+        let n = self.ctx.leaves.len();
         let mut share = vec![0.0; n];
         self.keys
             .iter()
