@@ -225,6 +225,15 @@ impl LiveSegments {
                 whole.insert(id.clone());
             }
         }
+        if !t.segments.is_empty() {
+            // And those not live that refer to saved segments: one they
+            // refer to may no longer test a relative time.
+            for (id, s) in &ws.segments {
+                if !self.segments.contains_key(id) && s.filter.refers_to_any() {
+                    whole.insert(id.clone());
+                }
+            }
+        }
         for id in &whole {
             rekey = true;
             match ws.segments.get(id) {

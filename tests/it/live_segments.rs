@@ -463,6 +463,55 @@ fn sizes_checks_and_equal_counts_come_from_the_live_segment() {
     assert_eq!(v["member"], json!(true));
 }
 
+/// A saved segment that refers to one testing a relative time is not
+/// live; once that one is changed to test no relative time it is (kept
+/// as a fresh evaluation says), and again not once it tests one again.
+#[test]
+fn a_segment_referring_to_a_changed_segment_is_live_as_that_one_allows() {
+    use segq::attributes::AttrType;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine.create_workspace("w").unwrap();
+    let h = handle(&engine);
+    add_users(&h, 0, 100);
+    h.declare_attribute("seen", AttrType::Time).unwrap();
+    import(&h, 0, &(0..40).collect::<Vec<_>>(), &[]);
+    import(&h, 1, &(30..50).collect::<Vec<_>>(), &[]);
+    let relative = parse("attribute seen within last 30 days");
+    let inner = h.save_segment(None, "inner", &relative).unwrap();
+    let outer_filter = parse(&format!(
+        "amplitude_cohorts includes c0 and not_in_segment {}",
+        inner.id
+    ));
+    let outer = h.save_segment(None, "outer", &outer_filter).unwrap();
+    assert_eq!(h.live().len(&inner.id), None);
+    assert_eq!(h.live().len(&outer.id), None);
+    // The inner one no longer tests a relative time: both are live.
+    h.update_segment(
+        &inner.id,
+        None,
+        Some(&parse("amplitude_cohorts includes c1")),
+    )
+    .unwrap();
+    assert_eq!(h.live().len(&inner.id), Some(20));
+    let want = fresh(&h, &outer_filter).unwrap();
+    assert_eq!(want.len(), 30);
+    assert_eq!(h.live().members(&outer.id), Some(&want));
+    assert_eq!(count(&h, Target::Segment(outer.id.clone())).unwrap(), 30);
+    // And changes keep it so.
+    import(&h, 1, &[], &[30]);
+    assert_eq!(
+        h.live().members(&outer.id),
+        Some(&fresh(&h, &outer_filter).unwrap())
+    );
+    assert_eq!(h.live().len(&outer.id), Some(31));
+    // Relative again: neither is live, and both still count.
+    h.update_segment(&inner.id, None, Some(&relative)).unwrap();
+    assert_eq!(h.live().len(&inner.id), None);
+    assert_eq!(h.live().len(&outer.id), None);
+    assert_eq!(count(&h, Target::Segment(outer.id.clone())).unwrap(), 40);
+}
+
 /// The batch path of a refresh on a workspace held in memory: touched
 /// users in more than 64 of one chunk (two groups), across a chunk
 /// boundary, in a chunk re-evaluated whole, past the last user, and users
