@@ -138,14 +138,13 @@ pub struct LiveSegments {
 }
 
 /// A saved segment's filter, planned and evaluated whole. A filter with a
-/// relative time test (`within_last_days`, ...) changes with the clock,
-/// not with writes: it is not kept live (an error here).
-fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<Segment> {
+/// relative time test (`within_last_days`, ...), itself or in a segment it
+/// refers to, changes with the clock, not with writes: it is not kept live
+/// (`None`).
+fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<Option<Segment>> {
     let expanded = crate::segment::expand_references(ws, filter, &mut |_, _| {})?;
     if expanded.is_relative() {
-        return Err(crate::error::Error::InvalidArgument(
-            "it tests a time relative to now".into(),
-        ));
+        return Ok(None);
     }
     let p = plan::plan(ws, filter)?;
     let members = Prepared::new(ws, &p, src)?.members()?;
@@ -157,7 +156,7 @@ fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<S
     expanded.for_each_attribute(&mut |a| attributes.push(a.to_string()));
     attributes.sort_unstable();
     attributes.dedup();
-    Ok(Segment {
+    Ok(Some(Segment {
         len: members.len(),
         members,
         key: plan::key(&p),
@@ -165,7 +164,7 @@ fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<S
         new_users: expanded.may_hold_cohortless(),
         attributes,
         refers: filter.refers_to_any(),
-    })
+    }))
 }
 
 impl LiveSegments {
@@ -181,8 +180,15 @@ impl LiveSegments {
 
     fn load(&mut self, ws: &Workspace, id: &str, filter: &Filter, src: &dyn BitmapSource) {
         match evaluate(ws, filter, src) {
-            Ok(seg) => {
+            Ok(Some(seg)) => {
                 self.segments.insert(id.to_string(), seg);
+            }
+            Ok(None) => {
+                tracing::debug!(
+                    workspace = ws.name(),
+                    "segment {id} is not kept live: it tests a time relative to now"
+                );
+                self.segments.remove(id);
             }
             Err(e) => {
                 tracing::warn!(workspace = ws.name(), "segment {id} is not kept live: {e}");
