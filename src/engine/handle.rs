@@ -852,7 +852,9 @@ impl WorkspaceHandle {
             Err(e) => return Locked::Refused(e),
         };
         let log = self.log();
-        if log.is_poisoned() {
+        // Also when another write's change is still to be undone: it let
+        // go of the lock before its restore, and nothing may build on it.
+        if log.is_poisoned() || self.stale.load(Ordering::SeqCst) {
             return Locked::LogFailed;
         }
         let Some(f) = f.take() else {
@@ -1816,6 +1818,36 @@ mod tests {
         assert!(h.try_view().is_none());
         drop(log);
         assert!(h.try_view().is_some());
+    }
+
+    /// A write that takes the lock while another write's refused change
+    /// is still in the state (marked stale, its undo not run yet) does not
+    /// build on it: it goes back to undo it first.
+    #[test]
+    fn a_write_does_not_build_on_a_change_waiting_to_be_undone() {
+        let h = WorkspaceHandle::in_memory(Workspace::new("stale", 1)).expect("served");
+        let user = |ext: &str| NewUser {
+            external_id: Some(ext.into()),
+            ..NewUser::default()
+        };
+        h.upsert_user(user("a")).expect("created");
+        // Another write applied a change never to be logged and let go of
+        // the lock before undoing it.
+        h.write_lock()
+            .expect("locked")
+            .users
+            .create(user("ghost"))
+            .expect("created");
+        h.stale.store(true, Ordering::SeqCst);
+        let mut f = Some(|_: &mut Tx<'_>| -> Result<()> { Ok(()) });
+        assert!(matches!(h.write_locked(&mut f), Locked::LogFailed));
+        assert!(f.is_some(), "not run on the state to be undone");
+        // Through `write`: undone first, then applied.
+        h.upsert_user(user("b")).expect("created");
+        let ws = h.read();
+        assert_eq!(ws.users.match_external_id("ghost"), None);
+        assert_eq!(ws.users.match_external_id("b"), Some(UserId(1)));
+        assert!(!h.stale.load(Ordering::SeqCst));
     }
 
     /// Identifiers matched before the write lock are matched again under
