@@ -59,7 +59,8 @@ pub const RECORD_BUDGET: usize = 4 << 20;
 
 /// How [`WorkspaceHandle::write_locked`] left the write lock.
 enum Locked<T> {
-    /// The log was failed: undo and reset it, then again.
+    /// The log was failed, or another write's change waits to be undone:
+    /// undo (and reset the log), then again.
     LogFailed,
     /// Refused with nothing applied.
     Refused(Error),

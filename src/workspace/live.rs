@@ -124,9 +124,6 @@ struct Segment {
     /// The custom attributes it tests (saved segments it refers to
     /// included): a change of one re-evaluates it whole.
     attributes: Vec<String>,
-    /// Whether it refers to other saved segments (re-evaluated whole when
-    /// any segment is saved or deleted).
-    refers: bool,
 }
 
 /// The live segments of a workspace.
@@ -163,7 +160,6 @@ fn evaluate(ws: &Workspace, filter: &Filter, src: &dyn BitmapSource) -> Result<O
         cohorts,
         new_users: expanded.may_hold_cohortless(),
         attributes,
-        refers: filter.refers_to_any(),
     }))
 }
 
@@ -214,30 +210,29 @@ impl LiveSegments {
     /// touched `t` (applied to `ws` already).
     pub fn refresh(&mut self, ws: &Workspace, t: &Touched, src: &dyn BitmapSource) {
         let mut rekey = false;
-        // Evaluated whole: segments saved or deleted, those that refer to
-        // saved segments when one was, and those that test an attribute a
-        // write changed or that a write touched at all (attribute tests
-        // are not checked in the batch).
+        // Evaluated whole: segments saved or deleted; when one was, every
+        // segment that refers to saved segments, live or not (one it
+        // refers to may have started or stopped testing a relative time);
+        // and live ones that test an attribute a write changed or that a
+        // write touched at all (attribute tests are not checked in the
+        // batch).
         let mut whole: BTreeSet<String> = t.segments.clone();
+        if !t.segments.is_empty() {
+            for (id, s) in &ws.segments {
+                if s.filter.refers_to_any() {
+                    whole.insert(id.clone());
+                }
+            }
+        }
         for (id, seg) in &self.segments {
-            let refers = seg.refers && !t.segments.is_empty();
             let attrs = !seg.attributes.is_empty()
                 && (seg.attributes.iter().any(|a| t.attributes.contains_key(a))
                     || !t.users.is_empty()
                     || !t.changed.is_empty()
                     || !t.deleted.is_empty()
                     || seg.cohorts.iter().any(|c| t.cohorts.contains_key(c)));
-            if refers || attrs {
+            if attrs {
                 whole.insert(id.clone());
-            }
-        }
-        if !t.segments.is_empty() {
-            // And those not live that refer to saved segments: one they
-            // refer to may no longer test a relative time.
-            for (id, s) in &ws.segments {
-                if !self.segments.contains_key(id) && s.filter.refers_to_any() {
-                    whole.insert(id.clone());
-                }
             }
         }
         for id in &whole {
