@@ -3,9 +3,12 @@
 //! operations per bit (O'Neil and Quass) and never visits a user.
 //!
 //! A range ([`Bsi::range`]) runs chunk by chunk (2^16 users), the chunks
-//! in parallel: both ends are compared in one pass over the chunk's slice
-//! containers, from the top bit down, in a few words of state per user
-//! word, and a chunk stops as soon as no user there still equals an end
+//! in parallel, and each chunk's users become a bitmap on the thread that
+//! found them. Both ends are compared in one pass from the top bit down,
+//! in a few words of state per user word: first the sparse top slices
+//! move only their users, then the chunk goes block by block (512 users,
+//! one cache line of each slice), its state in registers, and a block
+//! stops reading slices as soon as none of its users still equals an end
 //! on the bits seen. The containers are read in place from the index's
 //! portable serialization, made on the first range after a change and
 //! kept until the next one.
@@ -82,40 +85,6 @@ impl Frozen {
     }
 }
 
-/// A slice's words in one chunk.
-trait Src {
-    fn word(&self, w: usize) -> u64;
-}
-
-/// No member in the chunk.
-struct Zero;
-
-impl Src for Zero {
-    #[inline(always)]
-    fn word(&self, _: usize) -> u64 {
-        0
-    }
-}
-
-impl Src for Words {
-    #[inline(always)]
-    fn word(&self, w: usize) -> u64 {
-        self[w]
-    }
-}
-
-/// A bitmap container's 8,192 bytes, read in place.
-struct Le<'a>(&'a [u8; CHUNK_WORDS * 8]);
-
-impl Src for Le<'_> {
-    #[inline(always)]
-    fn word(&self, w: usize) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.0[8 * w..8 * w + 8]);
-        u64::from_le_bytes(b)
-    }
-}
-
 /// One chunk's comparison state: per user, whether the value still equals
 /// each end on the bits seen (`eq_*`), and whether it is already known
 /// below the upper end (`below_hi`) or above the lower one (`above_lo`).
@@ -125,121 +94,182 @@ struct State {
     below_hi: Words,
     eq_lo: Words,
     above_lo: Words,
+    /// The words of slices that are not bitmap containers, as
+    /// little-endian bytes (one buffer a slice, reused chunk to chunk).
+    scratch: Vec<Box<[u8; BYTES]>>,
 }
 
-/// The bit of an end at the current slice: 0 no such end, 1 a zero bit, 2
-/// a one bit.
-fn bit_of(end: Option<u64>, i: usize) -> u8 {
+/// A container's bytes when it is a bitmap.
+const BYTES: usize = CHUNK_WORDS * 8;
+
+/// No member in the chunk.
+static ZERO: [u8; BYTES] = [0; BYTES];
+
+/// Words a block: one cache line of each slice. (16, 32 and 64 words
+/// were each slower on the medium workload's ranges: the state leaves the
+/// registers and a block stops later.)
+const BLOCK: usize = 8;
+
+impl State {
+    fn new() -> Box<State> {
+        let zero = [0u64; CHUNK_WORDS];
+        Box::new(State {
+            eq_hi: zero,
+            below_hi: zero,
+            eq_lo: zero,
+            above_lo: zero,
+            scratch: Vec::new(),
+        })
+    }
+}
+
+/// The bit of an end at slice `i` as a mask (all ones for a one bit);
+/// an absent end's is 0 (its `eq` is empty, so it never matters).
+fn mask_of(end: Option<u64>, i: usize) -> u64 {
     match end {
-        None => 0,
-        Some(c) => 1 + (c >> i & 1) as u8,
+        Some(c) if c >> i & 1 == 1 => u64::MAX,
+        _ => 0,
     }
 }
 
-/// One slice's step over a chunk (the ends' bits `HI` and `LO`, as
-/// [`bit_of`] gives them); whether some user still equals an end.
-fn step<S: Src, const HI: u8, const LO: u8>(s: &S, st: &mut State) -> bool {
-    let mut any = 0u64;
-    for w in 0..CHUNK_WORDS {
-        let x = s.word(w);
-        match HI {
-            1 => st.eq_hi[w] &= !x,
-            2 => {
-                st.below_hi[w] |= st.eq_hi[w] & !x;
-                st.eq_hi[w] &= x;
-            }
-            _ => {}
-        }
-        match LO {
-            1 => {
-                st.above_lo[w] |= st.eq_lo[w] & x;
-                st.eq_lo[w] &= !x;
-            }
-            2 => st.eq_lo[w] &= x,
-            _ => {}
-        }
-        any |= st.eq_hi[w] | st.eq_lo[w];
+/// The block's 8 words of a slice's little-endian bytes.
+#[inline(always)]
+fn block_of(bytes: &[u8; BYTES], b: usize) -> [u64; BLOCK] {
+    let mut x = [0u64; BLOCK];
+    for (k, x) in x.iter_mut().enumerate() {
+        let at = 8 * (b * BLOCK + k);
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        *x = u64::from_le_bytes(w);
     }
-    any != 0
-}
-
-fn step_bits<S: Src>(s: &S, hi: u8, lo: u8, st: &mut State) -> bool {
-    match (hi, lo) {
-        (0, 1) => step::<S, 0, 1>(s, st),
-        (0, 2) => step::<S, 0, 2>(s, st),
-        (1, 0) => step::<S, 1, 0>(s, st),
-        (1, 1) => step::<S, 1, 1>(s, st),
-        (1, 2) => step::<S, 1, 2>(s, st),
-        (2, 0) => step::<S, 2, 0>(s, st),
-        (2, 1) => step::<S, 2, 1>(s, st),
-        (2, 2) => step::<S, 2, 2>(s, st),
-        _ => false,
-    }
+    x
 }
 
 /// The users of one chunk with `lo <= value - base <= hi` (offsets; an
 /// end `None`: none), as the chunk's words: `has` is the chunk's
 /// container of users with a value, `slices` each slice's container there.
+///
+/// From the top bit down, slices where neither end has a one bit and that
+/// hold few users (arrays) only move those users, word by word. From the
+/// first other slice on, the chunk goes block by block (8 words, one
+/// cache line of each slice): a block's state stays in registers through
+/// the remaining slices, and the block stops reading them as soon as none
+/// of its users still equals an end.
 fn range_chunk(
     has: Container<'_>,
     slices: &[Option<Container<'_>>],
     lo: Option<u64>,
     hi: Option<u64>,
     st: &mut State,
-    scratch: &mut Words,
 ) -> Words {
     let mut h = [0u64; CHUNK_WORDS];
     has.write_into(&mut h);
     let zero = [0u64; CHUNK_WORDS];
     (st.eq_hi, st.below_hi) = if hi.is_some() { (h, zero) } else { (zero, h) };
     (st.eq_lo, st.above_lo) = if lo.is_some() { (h, zero) } else { (zero, h) };
-    for (i, s) in slices.iter().enumerate().rev() {
-        let (hb, lb) = (bit_of(hi, i), bit_of(lo, i));
-        if hb != 2 && lb != 2 {
-            // Neither end has the bit: only the users with it change
-            // (they leave `eq_hi`, and pass from `eq_lo` to `above_lo`).
-            match s {
-                None => continue,
-                Some(Container::Array(a)) => {
-                    for v in a.iter() {
-                        let (w, m) = (usize::from(v >> 6), 1u64 << (v & 63));
-                        if hb == 1 {
-                            st.eq_hi[w] &= !m;
-                        }
-                        if lb == 1 {
-                            st.above_lo[w] |= st.eq_lo[w] & m;
-                            st.eq_lo[w] &= !m;
-                        }
-                    }
-                    if st.eq_hi.iter().zip(&st.eq_lo).all(|(h, l)| h | l == 0) {
-                        break;
-                    }
-                    continue;
-                }
-                Some(_) => {}
-            }
-        }
-        let in_place = match s {
-            Some(Container::Bitmap(b)) => <&[u8; CHUNK_WORDS * 8]>::try_from(b.bytes()).ok(),
-            _ => None,
+    let mut rest = slices.len();
+    while rest > 0 {
+        let i = rest - 1;
+        let (hb, lb) = (mask_of(hi, i), mask_of(lo, i));
+        let sparse = match &slices[i] {
+            None => true,
+            Some(Container::Array(_)) => true,
+            Some(_) => false,
         };
-        let more = match (s, in_place) {
-            (None, _) => step_bits(&Zero, hb, lb, st),
-            (_, Some(bytes)) => step_bits(&Le(bytes), hb, lb, st),
-            (Some(c), None) => {
-                c.write_into(scratch);
-                step_bits(&*scratch, hb, lb, st)
-            }
-        };
-        if !more {
+        if hb != 0 || lb != 0 || !sparse {
             break;
         }
+        rest = i;
+        // Neither end has the bit: only the users with it change (they
+        // leave `eq_hi`, and pass from `eq_lo` to `above_lo`).
+        if let Some(Container::Array(a)) = &slices[i] {
+            for v in a.iter() {
+                let (w, m) = (usize::from(v >> 6), 1u64 << (v & 63));
+                st.eq_hi[w] &= !m;
+                st.above_lo[w] |= st.eq_lo[w] & m;
+                st.eq_lo[w] &= !m;
+            }
+            if st.eq_hi.iter().zip(&st.eq_lo).all(|(h, l)| h | l == 0) {
+                rest = 0;
+            }
+        }
     }
+    // The remaining slices, top first: their bytes (in place for a
+    // bitmap container, else written out) and the ends' bits.
+    fn in_place<'a>(c: &Option<Container<'a>>) -> Option<&'a [u8; BYTES]> {
+        match c {
+            None => Some(&ZERO),
+            Some(Container::Bitmap(b)) => <&[u8; BYTES]>::try_from(b.bytes()).ok(),
+            Some(_) => None,
+        }
+    }
+    let mut used = 0;
+    let mut words = [0u64; CHUNK_WORDS];
+    for c in slices[..rest].iter().flatten() {
+        if in_place(&Some(*c)).is_none() {
+            if st.scratch.len() == used {
+                st.scratch.push(Box::new([0; BYTES]));
+            }
+            c.write_into(&mut words);
+            for (b, w) in st.scratch[used].chunks_exact_mut(8).zip(&words) {
+                b.copy_from_slice(&w.to_le_bytes());
+            }
+            used += 1;
+        }
+    }
+    let mut written = st.scratch.iter();
+    let mut srcs: Vec<(&[u8; BYTES], u64, u64)> = slices[..rest]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let bytes = match in_place(c) {
+                Some(b) => b,
+                None => written.next().map_or(&ZERO, |b| &**b),
+            };
+            (bytes, mask_of(hi, i), mask_of(lo, i))
+        })
+        .collect();
+    srcs.reverse();
     let mut out = [0u64; CHUNK_WORDS];
-    for (w, o) in out.iter_mut().enumerate() {
-        *o = (st.below_hi[w] | st.eq_hi[w]) & (st.above_lo[w] | st.eq_lo[w]);
-    }
+    blocks(st, &srcs, &mut out);
     out
+}
+
+/// The block-by-block pass of [`range_chunk`] over the slices `srcs`
+/// (top first: each one's bytes, and the upper and lower ends' bits as
+/// masks), from the state the sparse pass left, into `out`.
+fn blocks(st: &State, srcs: &[(&[u8; BYTES], u64, u64)], out: &mut Words) {
+    const B: usize = BLOCK;
+    for b in 0..CHUNK_WORDS / B {
+        let r = b * B..(b + 1) * B;
+        let mut eh = [0u64; B];
+        let mut bh = [0u64; B];
+        let mut el = [0u64; B];
+        let mut al = [0u64; B];
+        eh.copy_from_slice(&st.eq_hi[r.clone()]);
+        bh.copy_from_slice(&st.below_hi[r.clone()]);
+        el.copy_from_slice(&st.eq_lo[r.clone()]);
+        al.copy_from_slice(&st.above_lo[r.clone()]);
+        for &(bytes, hm, lm) in srcs {
+            if eh.iter().zip(&el).fold(0, |a, (h, l)| a | h | l) == 0 {
+                break;
+            }
+            let x = block_of(bytes, b);
+            for k in 0..B {
+                // A one bit of an end keeps the users with the bit in its
+                // `eq`; a zero bit those without. Below the upper end:
+                // equal so far, its bit one and theirs zero; above the
+                // lower: equal so far, its bit zero and theirs one.
+                bh[k] |= eh[k] & !x[k] & hm;
+                eh[k] &= !(x[k] ^ hm);
+                al[k] |= el[k] & x[k] & !lm;
+                el[k] &= !(x[k] ^ lm);
+            }
+        }
+        for k in 0..B {
+            out[b * B + k] = (bh[k] | eh[k]) & (al[k] | el[k]);
+        }
+    }
 }
 
 fn offset(v: i64, base: i64) -> u64 {
@@ -257,36 +287,29 @@ fn range_views(
     hi: Option<u64>,
 ) -> RoaringBitmap {
     let chunks: Vec<(u16, Container<'_>)> = has.iter_containers().collect();
-    let parts: Vec<(u16, Words)> = chunks
+    // Each chunk's users become its own bitmap on the thread that found
+    // them; putting the chunks together then only moves containers.
+    let parts: Vec<RoaringBitmap> = chunks
         .par_iter()
         .map_init(
-            || {
-                let zero = [0u64; CHUNK_WORDS];
-                let st = State {
-                    eq_hi: zero,
-                    below_hi: zero,
-                    eq_lo: zero,
-                    above_lo: zero,
-                };
-                (Box::new(st), Box::new(zero))
-            },
-            |(st, scratch), &(key, c)| {
+            || (State::new(), vec![0u8; BYTES]),
+            |(st, bytes), &(key, c)| {
                 let in_chunk: Vec<Option<Container<'_>>> =
                     slices.iter().map(|s| s.container_for_key(key)).collect();
-                (key, range_chunk(c, &in_chunk, lo, hi, st, scratch))
+                let words = range_chunk(c, &in_chunk, lo, hi, st);
+                if words.iter().all(|&w| w == 0) {
+                    return RoaringBitmap::new();
+                }
+                for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
+                    b.copy_from_slice(&w.to_le_bytes());
+                }
+                RoaringBitmap::from_lsb0_bytes(u32::from(key) << 16, bytes)
             },
         )
         .collect();
     let mut out = RoaringBitmap::new();
-    let mut bytes = vec![0u8; CHUNK_WORDS * 8];
-    for (key, words) in parts {
-        if words.iter().all(|&w| w == 0) {
-            continue;
-        }
-        for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
-            b.copy_from_slice(&w.to_le_bytes());
-        }
-        out |= RoaringBitmap::from_lsb0_bytes(u32::from(key) << 16, &bytes);
+    for p in parts {
+        out |= p;
     }
     out
 }
