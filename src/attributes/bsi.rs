@@ -231,14 +231,25 @@ fn range_chunk(
         .collect();
     srcs.reverse();
     let mut out = [0u64; CHUNK_WORDS];
-    blocks(st, &srcs, &mut out);
+    // Only the ends given are compared (a one-ended range does half the
+    // work a word).
+    match (hi.is_some(), lo.is_some()) {
+        (true, true) => blocks::<true, true>(st, &srcs, &mut out),
+        (true, false) => blocks::<true, false>(st, &srcs, &mut out),
+        (false, true) => blocks::<false, true>(st, &srcs, &mut out),
+        (false, false) => blocks::<false, false>(st, &srcs, &mut out),
+    }
     out
 }
 
 /// The block-by-block pass of [`range_chunk`] over the slices `srcs`
 /// (top first: each one's bytes, and the upper and lower ends' bits as
 /// masks), from the state the sparse pass left, into `out`.
-fn blocks(st: &State, srcs: &[(&[u8; BYTES], u64, u64)], out: &mut Words) {
+fn blocks<const HI: bool, const LO: bool>(
+    st: &State,
+    srcs: &[(&[u8; BYTES], u64, u64)],
+    out: &mut Words,
+) {
     const B: usize = BLOCK;
     for b in 0..CHUNK_WORDS / B {
         let r = b * B..(b + 1) * B;
@@ -251,7 +262,10 @@ fn blocks(st: &State, srcs: &[(&[u8; BYTES], u64, u64)], out: &mut Words) {
         el.copy_from_slice(&st.eq_lo[r.clone()]);
         al.copy_from_slice(&st.above_lo[r.clone()]);
         for &(bytes, hm, lm) in srcs {
-            if eh.iter().zip(&el).fold(0, |a, (h, l)| a | h | l) == 0 {
+            let live = (0..B).fold(0, |a, k| {
+                a | if HI { eh[k] } else { 0 } | if LO { el[k] } else { 0 }
+            });
+            if live == 0 {
                 break;
             }
             let x = block_of(bytes, b);
@@ -260,10 +274,14 @@ fn blocks(st: &State, srcs: &[(&[u8; BYTES], u64, u64)], out: &mut Words) {
                 // `eq`; a zero bit those without. Below the upper end:
                 // equal so far, its bit one and theirs zero; above the
                 // lower: equal so far, its bit zero and theirs one.
-                bh[k] |= eh[k] & !x[k] & hm;
-                eh[k] &= !(x[k] ^ hm);
-                al[k] |= el[k] & x[k] & !lm;
-                el[k] &= !(x[k] ^ lm);
+                if HI {
+                    bh[k] |= eh[k] & !x[k] & hm;
+                    eh[k] &= !(x[k] ^ hm);
+                }
+                if LO {
+                    al[k] |= el[k] & x[k] & !lm;
+                    el[k] &= !(x[k] ^ lm);
+                }
             }
         }
         for k in 0..B {
