@@ -15,6 +15,7 @@ mod bench;
 mod data;
 mod demo;
 mod generate;
+mod heap;
 mod loadtest;
 mod logging;
 mod peers;
@@ -128,6 +129,7 @@ impl From<Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    heap::tune();
     let cli = Cli::parse();
     if let Err(message) = logging::init(cli.log_format, &serve::env_var) {
         eprintln!("error: {message}");
