@@ -34,8 +34,9 @@ pub fn tune() -> bool {
     if set_by_env {
         return false;
     }
-    // SAFETY: `mallopt` only changes the allocator's parameters; it is
-    // called before any other thread exists.
+    // SAFETY: `mallopt` only changes the allocator's parameters, under
+    // the allocator's own lock (glibc documents it MT-safe); `main` calls
+    // it before any other thread exists anyway.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM) == 1
@@ -46,4 +47,28 @@ pub fn tune() -> bool {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn tune() -> bool {
     false
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    /// glibc accepts both settings (a threshold past its limits is
+    /// refused, and `tune` says so) unless the environment set its own.
+    #[test]
+    fn glibc_takes_the_settings() {
+        let env = [
+            "MALLOC_TRIM_THRESHOLD_",
+            "MALLOC_MMAP_THRESHOLD_",
+            "GLIBC_TUNABLES",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if !env {
+            assert!(
+                super::tune(),
+                "mallopt refused {} / {}",
+                super::MMAP,
+                super::TRIM
+            );
+        }
+    }
 }
