@@ -49,7 +49,8 @@
 //! Denied, with two allowances, each on one module with its contract:
 //! `snapshot::mmap` (the one memory map) and `bitmap_view`'s kernels (word
 //! kernels compiled for AVX-512 and AVX2, called only once the CPU's
-//! features were detected; [`bitmap_view::Kernels`]).
+//! features were detected; [`bitmap_view::Kernels`]). The binary denies
+//! it too, with one allowance: its `heap` module (glibc's `mallopt`).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -15,6 +15,10 @@
 //! memory does not fall back at once), up to [`TRIM`] a heap. Settings
 //! given in the environment (`MALLOC_TRIM_THRESHOLD_`,
 //! `MALLOC_MMAP_THRESHOLD_`, or `GLIBC_TUNABLES`) are left as they are.
+//!
+//! Contract: the binary's only `unsafe` is the two `mallopt` calls in
+//! [`tune`], which change the allocator's parameters and touch no memory
+//! of the program's.
 
 /// Bytes kept free at the top of a heap before any goes back.
 pub const TRIM: i32 = 256 << 20;

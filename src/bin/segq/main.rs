@@ -1,6 +1,11 @@
 //! The `segq` command line: one module per command family, over the
 //! library. Commands that open a data directory go through [`data`]; the
 //! generated workload's arguments are [`args::WorkloadArgs`].
+//!
+//! Unsafe code is denied here as in the library, with one allowance: the
+//! `heap` module's call to glibc's `mallopt`.
+
+#![deny(unsafe_code)]
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
@@ -15,6 +20,7 @@ mod bench;
 mod data;
 mod demo;
 mod generate;
+#[allow(unsafe_code)] // glibc's malloc settings: see the module's contract
 mod heap;
 mod loadtest;
 mod logging;
