@@ -31,11 +31,7 @@ pub const MMAP: i32 = 32 << 20;
 /// allocator; whether they were applied.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune() -> bool {
-    let set_by_env = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-    if set_by_env {
+    if set_by_env() {
         return false;
     }
     // SAFETY: `mallopt` only changes the allocator's parameters, under
@@ -45,6 +41,15 @@ pub fn tune() -> bool {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM) == 1
     }
+}
+
+/// Whether the environment gives glibc's malloc settings of its own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_by_env() -> bool {
+    ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."))
 }
 
 /// Other allocators are left as they are.
@@ -59,14 +64,7 @@ mod tests {
     /// refused, and `tune` says so) unless the environment set its own.
     #[test]
     fn glibc_takes_the_settings() {
-        let env = [
-            "MALLOC_TRIM_THRESHOLD_",
-            "MALLOC_MMAP_THRESHOLD_",
-            "GLIBC_TUNABLES",
-        ]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-        if !env {
+        if !super::set_by_env() {
             assert!(
                 super::tune(),
                 "mallopt refused {} / {}",
