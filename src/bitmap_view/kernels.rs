@@ -7,7 +7,9 @@
 //! compiled with `#[target_feature(enable = ...)]`, so LLVM vectorises the
 //! same code for each instruction set (512-bit vectors and `VPOPCNTQ`,
 //! 256-bit vectors and a `VPSHUFB` popcount, or baseline SSE2), and BMI2
-//! shifts set array bits. The bucket masks use explicit AVX-512BW compares
+//! shifts set array bits. The multi-input count adds its blocks' popcounts
+//! per lane ([`Tally`]): with carry-save adders where popcount is a table
+//! lookup (AVX2, portable), directly where it is an instruction (AVX-512). The bucket masks use explicit AVX-512BW compares
 //! (64 buckets give a 64-bit mask in two instructions).
 //!
 //! # Contract (why the `unsafe` here is sound)
@@ -141,9 +143,95 @@ fn le64(b: &[u8]) -> u64 {
 /// must be a multiple of it.
 pub const BLOCK: usize = 16;
 
+/// How a kernel adds up the popcounts of its blocks of [`BLOCK`] words
+/// without summing across a vector's lanes at every block (that sum, a
+/// chain of shuffles, cost more than the block's AND).
+pub(crate) trait Tally: Default {
+    fn add(&mut self, block: &[u64; BLOCK]);
+    fn total(&self) -> u32;
+}
+
+/// A popcount per word lane, summed once at the end: for CPUs with a
+/// vector popcount instruction (AVX-512 VPOPCNTQ).
+#[derive(Default)]
+pub(crate) struct Lanes([u64; BLOCK]);
+
+impl Tally for Lanes {
+    #[inline(always)]
+    fn add(&mut self, block: &[u64; BLOCK]) {
+        for (l, x) in self.0.iter_mut().zip(block) {
+            *l += u64::from(x.count_ones());
+        }
+    }
+
+    #[inline(always)]
+    fn total(&self) -> u32 {
+        self.0.iter().sum::<u64>() as u32
+    }
+}
+
+/// A quarter of a block: one 256-bit vector.
+type Quad = [u64; 4];
+
+const _: () = assert!(BLOCK == 16, "CarrySave adds a block as four quads");
+
+/// Harley–Seal carry-save adding: a block's four quads go through a tree
+/// of full adders (ones, twos, fours) and only the fours are popcounted,
+/// one popcount per block instead of four: for CPUs whose popcount is a
+/// table lookup per byte (AVX2's VPSHUFB, or the portable bit tricks).
+#[derive(Default)]
+pub(crate) struct CarrySave {
+    ones: Quad,
+    twos: Quad,
+    fours: Quad,
+}
+
+/// A full adder per bit: `(carry, sum)` of `a + b + c`.
+#[inline(always)]
+fn csa(a: Quad, b: Quad, c: Quad) -> (Quad, Quad) {
+    let mut carry = [0; 4];
+    let mut sum = [0; 4];
+    for i in 0..4 {
+        let u = a[i] ^ b[i];
+        sum[i] = u ^ c[i];
+        carry[i] = (a[i] & b[i]) | (u & c[i]);
+    }
+    (carry, sum)
+}
+
+#[inline(always)]
+fn quad(block: &[u64; BLOCK], i: usize) -> Quad {
+    [
+        block[4 * i],
+        block[4 * i + 1],
+        block[4 * i + 2],
+        block[4 * i + 3],
+    ]
+}
+
+impl Tally for CarrySave {
+    #[inline(always)]
+    fn add(&mut self, block: &[u64; BLOCK]) {
+        let (twos_a, ones) = csa(self.ones, quad(block, 0), quad(block, 1));
+        let (twos_b, ones) = csa(ones, quad(block, 2), quad(block, 3));
+        let (fours, twos) = csa(self.twos, twos_a, twos_b);
+        self.ones = ones;
+        self.twos = twos;
+        for (f, x) in self.fours.iter_mut().zip(fours) {
+            *f += u64::from(x.count_ones());
+        }
+    }
+
+    #[inline(always)]
+    fn total(&self) -> u32 {
+        let pop = |q: &Quad| q.iter().map(|x| u64::from(x.count_ones())).sum::<u64>();
+        (4 * self.fours.iter().sum::<u64>() + 2 * pop(&self.twos) + pop(&self.ones)) as u32
+    }
+}
+
 /// The kernel bodies, each compiled once per level.
 mod body {
-    use super::{le64, Words, BLOCK};
+    use super::{le64, CarrySave, Lanes, Tally, Words, BLOCK};
 
     #[inline(always)]
     pub fn popcount(w: &Words) -> u32 {
@@ -225,10 +313,36 @@ mod body {
     /// Popcount of `AND(all) & !OR(minus)`, a block of words at a time.
     #[inline(always)]
     pub fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
+        bitmaps_count_by::<CarrySave>(all, minus)
+    }
+
+    /// [`bitmaps_count`] for CPUs with a vector popcount.
+    #[inline(always)]
+    pub fn bitmaps_count_lanes(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
+        bitmaps_count_by::<Lanes>(all, minus)
+    }
+
+    #[inline(always)]
+    fn bitmaps_count_by<T: Tally>(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
         let Some((first, rest)) = all.split_first() else {
             return 0;
         };
-        let mut n = 0;
+        let mut n = T::default();
+        // Two inputs of one length, the commonest: one stream of pairs,
+        // with no per-block look-ups of the other inputs.
+        if let ([c], []) = (rest, minus) {
+            if c.len() == first.len() {
+                for (f, c) in first.chunks_exact(8 * BLOCK).zip(c.chunks_exact(8 * BLOCK)) {
+                    let mut acc = [0u64; BLOCK];
+                    for ((a, x), y) in acc.iter_mut().zip(f.chunks_exact(8)).zip(c.chunks_exact(8))
+                    {
+                        *a = le64(x) & le64(y);
+                    }
+                    n.add(&acc);
+                }
+                return n.total();
+            }
+        }
         for (k, f) in first.chunks_exact(8 * BLOCK).enumerate() {
             let mut acc = [0u64; BLOCK];
             for (a, b) in acc.iter_mut().zip(f.chunks_exact(8)) {
@@ -247,9 +361,9 @@ mod body {
                     *a &= !le64(b);
                 }
             }
-            n += acc.iter().map(|x| x.count_ones()).sum::<u32>();
+            n.add(&acc);
         }
-        n
+        n.total()
     }
 
     /// `out |= OR(cs)`, a block of words at a time.
@@ -586,7 +700,8 @@ kernels! {
     /// without any of the `minus` ones, each input read once, nothing
     /// written. The inputs may instead be the same window of each
     /// container, of a multiple of [`BLOCK`] words.
-    fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32;
+    fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32
+        => avx512: body::bitmaps_count_lanes;
     /// `out |=` the OR of bitmap containers, each read once and `out`
     /// written once.
     fn bitmaps_or(out: &mut Words, cs: &[&[u8]]);
@@ -869,17 +984,39 @@ mod tests {
                     }
                 }
             }
-            // Several inputs at once: every prefix of the sets, as the
-            // AND side and as the minus side.
-            for n in 1..=bytes.len().min(8) {
+            // Several inputs at once: every prefix of the sets from a few
+            // starts (the empty set, all ones, the edges, and the random
+            // sets, so that the ANDs are not all empty), as the AND side
+            // and as the minus side.
+            for (start, n) in [0, 1, 7, 8]
+                .into_iter()
+                .flat_map(|start| (1..=(bytes.len() - start).min(8)).map(move |n| (start, n)))
+            {
+                let bytes = &bytes[start..];
                 let all: Vec<&[u8]> = bytes[..n].iter().map(Vec::as_slice).collect();
                 let minus: Vec<&[u8]> = bytes[n..].iter().take(3).map(Vec::as_slice).collect();
                 for m in [&minus[..], &[]] {
+                    let want: u32 = (0..CHUNK_WORDS)
+                        .map(|i| {
+                            let word = |b: &[u8]| le64(&b[8 * i..8 * i + 8]);
+                            let and = all.iter().fold(u64::MAX, |w, b| w & word(b));
+                            (and & !m.iter().fold(0, |w, b| w | word(b))).count_ones()
+                        })
+                        .sum();
                     assert_eq!(
                         k.bitmaps_count(&all, m),
-                        P.bitmaps_count(&all, m),
-                        "{k:?} {n} inputs"
+                        want,
+                        "{k:?} {n} inputs from {start}"
                     );
+                    assert_eq!(
+                        P.bitmaps_count(&all, m),
+                        want,
+                        "portable {n} inputs from {start}"
+                    );
+                    // The per-lane tally the AVX-512 level uses, also on
+                    // CPUs without it.
+                    let lanes = body::bitmaps_count_lanes(&all, m);
+                    assert_eq!(lanes, want, "lanes {n} inputs from {start}");
                 }
                 // The same window of each input, as a windowed sample
                 // counts an AND: against the words ANDed one by one.
@@ -894,8 +1031,16 @@ mod tests {
                             (and & !minus.iter().fold(0, |w, b| w | word(b))).count_ones()
                         })
                         .sum();
-                    assert_eq!(k.bitmaps_count(&wa, &wm), want, "{k:?} {n} windows");
-                    assert_eq!(P.bitmaps_count(&wa, &wm), want, "portable {n} windows");
+                    assert_eq!(
+                        k.bitmaps_count(&wa, &wm),
+                        want,
+                        "{k:?} {n} windows from {start}"
+                    );
+                    assert_eq!(
+                        P.bitmaps_count(&wa, &wm),
+                        want,
+                        "portable {n} windows from {start}"
+                    );
                 }
                 for start in [&sets[0], &sets[6]] {
                     let (mut x, mut y) = (start.clone(), start.clone());
@@ -903,6 +1048,34 @@ mod tests {
                     P.bitmaps_or(&mut y, &all);
                     assert_eq!(x, y, "{k:?} or of {n}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn both_tallies_add_up_popcounts_exactly() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Random blocks, blocks of all ones (every carry set at once),
+        // and blocks of few bits, in runs long enough that the carry-save
+        // levels fill and spill many times.
+        for kind in 0..4 {
+            let (mut lanes, mut carry, mut want) = (Lanes::default(), CarrySave::default(), 0u32);
+            for i in 0..300 {
+                let mut block = [0u64; BLOCK];
+                for w in block.iter_mut() {
+                    *w = match kind {
+                        0 => rng.next(),
+                        1 => u64::MAX,
+                        2 => rng.next() & rng.next() & rng.next(),
+                        _ if i % 3 == 0 => u64::MAX,
+                        _ => rng.next(),
+                    };
+                }
+                want += block.iter().map(|w| w.count_ones()).sum::<u32>();
+                lanes.add(&block);
+                carry.add(&block);
+                assert_eq!(lanes.total(), want, "lanes, kind {kind}, block {i}");
+                assert_eq!(carry.total(), want, "carry-save, kind {kind}, block {i}");
             }
         }
     }
