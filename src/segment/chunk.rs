@@ -482,11 +482,16 @@ const PIECES_PER_THREAD: usize = 8;
 /// wakes after the last piece was taken returns without work. Inside the
 /// pool (a count run from a pool thread) the caller steals work while it
 /// waits, as rayon's scopes do.
+///
+/// Each thread's state goes to `done` once, when it runs out of work:
+/// tallies kept there cost nothing per key, where a shared atomic updated
+/// per key bounces its cache line between the cores.
 fn spread_sum<S>(
     keys: &[u32],
     threads: usize,
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, u32) -> u64 + Sync,
+    done: impl Fn(S) + Sync,
 ) -> u64 {
     let piece = (keys.len() / (threads * PIECES_PER_THREAD)).max(1);
     let next = AtomicUsize::new(0);
@@ -506,6 +511,9 @@ fn spread_sum<S>(
             n += these.iter().map(|&key| f(s, key)).sum::<u64>();
         }
         total.fetch_add(n, Ordering::Relaxed);
+        if let Some(s) = state {
+            done(s);
+        }
     };
     rayon::in_place_scope(|scope| {
         for _ in 1..threads {
@@ -1080,35 +1088,36 @@ impl<'w> Prepared<'w> {
     /// The exact count with this context (not a stored one).
     fn count_in(&self, ctx: &Ctx) -> (u64, ChunkStats) {
         let chunks = self.chunks();
-        let touched = AtomicU64::new(0);
-        let skipped = AtomicU64::new(0);
         let keys = candidates(&self.node, ctx, chunks);
-        // Chunks no candidate: an AND child has nothing there.
-        skipped.fetch_add(u64::from(chunks) - keys.len() as u64, Ordering::Relaxed);
-        let one = |b: &mut (Box<Words>, Scratch), key: u32| {
+        // Chunks an AND found empty early, added up per thread.
+        let early_total = AtomicU64::new(0);
+        let one = |(w, s, early_n): &mut (Box<Words>, Scratch, u64), key: u32| {
             let mut early = false;
-            let n = self.count_chunk(ctx, key, b, &mut early);
-            if early {
-                skipped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                touched.fetch_add(1, Ordering::Relaxed);
-            }
+            let n = self.count_chunk(ctx, key, (w, s), &mut early);
+            *early_n += u64::from(early);
             n
         };
-        let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
+        let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default(), 0u64);
         let threads = rayon::current_num_threads();
         let n = if keys.len() * units(&self.node) <= SERIAL_UNITS || threads == 1 {
             let mut b = buffers();
-            keys.iter().map(|&key| one(&mut b, key)).sum::<u64>()
+            let n = keys.iter().map(|&key| one(&mut b, key)).sum::<u64>();
+            early_total.fetch_add(b.2, Ordering::Relaxed);
+            n
         } else {
-            spread_sum(&keys, threads, buffers, one)
+            spread_sum(&keys, threads, buffers, one, |(_, _, e)| {
+                early_total.fetch_add(e, Ordering::Relaxed);
+            })
         };
+        let early = early_total.into_inner();
         (
             n,
             ChunkStats {
                 chunks: u64::from(chunks),
-                touched: touched.into_inner(),
-                skipped: skipped.into_inner(),
+                touched: keys.len() as u64 - early,
+                // Chunks no candidate (an AND child has nothing there), and
+                // those an AND found empty early.
+                skipped: u64::from(chunks) - keys.len() as u64 + early,
             },
         )
     }
@@ -1118,7 +1127,7 @@ impl<'w> Prepared<'w> {
         &self,
         ctx: &Ctx,
         key: u32,
-        (w, s): &mut (Box<Words>, Scratch),
+        (w, s): (&mut Box<Words>, &mut Scratch),
         early: &mut bool,
     ) -> u64 {
         let r = eval_root(&self.node, key, ctx, w, s, early, true);
@@ -1361,7 +1370,8 @@ impl Sampler<'_, '_> {
                 return 0;
             }
             let mut early = false;
-            self.prepared.count_chunk(ctx, key, b, &mut early)
+            self.prepared
+                .count_chunk(ctx, key, (&mut b.0, &mut b.1), &mut early)
         };
         let buffers = || (Box::new([0u64; CHUNK_WORDS]), Scratch::default());
         let threads = rayon::current_num_threads();
@@ -1372,10 +1382,16 @@ impl Sampler<'_, '_> {
         }
         let out: Vec<AtomicU64> = keys.iter().map(|_| AtomicU64::new(0)).collect();
         let at: Vec<u32> = (0..keys.len() as u32).collect();
-        spread_sum(&at, threads, buffers, |b, i| {
-            out[i as usize].store(one(b, keys[i as usize]), Ordering::Relaxed);
-            0
-        });
+        spread_sum(
+            &at,
+            threads,
+            buffers,
+            |b, i| {
+                out[i as usize].store(one(b, keys[i as usize]), Ordering::Relaxed);
+                0
+            },
+            drop,
+        );
         out.into_iter().map(AtomicU64::into_inner).collect()
     }
 }
@@ -1650,6 +1666,7 @@ pub fn breakdown_chunks(
 #[cfg(test)]
 mod tests {
     use super::spread_sum;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
     fn spread_sum_visits_every_key_once_from_outside_and_inside_the_pool() {
@@ -1657,22 +1674,32 @@ mod tests {
             let keys: Vec<u32> = (0..len as u32).collect();
             let want: u64 = keys.iter().map(|&k| u64::from(k) * 3 + 1).sum();
             for threads in [1, 2, 3, 8] {
+                let seen = AtomicU64::new(0);
                 let got = spread_sum(
                     &keys,
                     threads,
                     || 0u32,
-                    |seen, k| {
-                        *seen += 1;
+                    |n, k| {
+                        *n += 1;
                         u64::from(k) * 3 + 1
                     },
+                    |n| {
+                        seen.fetch_add(u64::from(n), Ordering::Relaxed);
+                    },
+                );
+                assert_eq!(
+                    seen.into_inner(),
+                    len as u64,
+                    "each thread's state handed back once"
                 );
                 assert_eq!(got, want, "len {len}, threads {threads}");
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(2)
                     .build()
                     .unwrap();
-                let inside =
-                    pool.install(|| spread_sum(&keys, threads, || (), |_, k| u64::from(k) * 3 + 1));
+                let inside = pool.install(|| {
+                    spread_sum(&keys, threads, || (), |_, k| u64::from(k) * 3 + 1, drop)
+                });
                 assert_eq!(
                     inside, want,
                     "inside the pool: len {len}, threads {threads}"
