@@ -9,8 +9,9 @@
 //! 256-bit vectors and a `VPSHUFB` popcount, or baseline SSE2), and BMI2
 //! shifts set array bits. The multi-input count adds its blocks' popcounts
 //! per lane ([`Tally`]): with carry-save adders where popcount is a table
-//! lookup (AVX2, portable), directly where it is an instruction (AVX-512). The bucket masks use explicit AVX-512BW compares
-//! (64 buckets give a 64-bit mask in two instructions).
+//! lookup (AVX2, portable), directly where it is an instruction
+//! (AVX-512). The bucket masks use explicit AVX-512BW compares (64 buckets
+//! give a 64-bit mask in two instructions).
 //!
 //! # Contract (why the `unsafe` here is sound)
 //!
