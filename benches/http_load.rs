@@ -472,7 +472,8 @@ fn start_server(bin: &Path, data: &Path) -> Res<Server> {
     let addr = loop {
         match lines.next() {
             Some(Ok(l)) => {
-                if let Some(a) = l.strip_prefix("listening on ") {
+                // A log line: "<time>  INFO segq: listening on ADDR".
+                if let Some((_, a)) = l.split_once("listening on ") {
                     break a.trim().parse::<SocketAddr>().map_err(|e| e.to_string())?;
                 }
             }
