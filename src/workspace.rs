@@ -436,6 +436,7 @@ use std::borrow::Cow;
 
 use roaring::RoaringBitmap;
 
+use crate::bitmap_view::SharedBitmap;
 use crate::ids::UserRef;
 use crate::segment::attr::Test;
 use crate::segment::plan::Selected;
@@ -466,12 +467,12 @@ impl Catalog for Workspace {
             .ok_or_else(|| Error::UnknownAttribute {
                 attribute: name.to_string(),
             })?;
-        Ok((a.version(), Selected(Arc::new(test.select(a)?))))
+        Ok((a.version(), Selected(test.select(a)?)))
     }
 
     fn deleted(&self) -> Option<Selected> {
         let d = self.users.deleted();
-        (!d.is_empty()).then(|| Selected(d.clone()))
+        (!d.is_empty()).then(|| Selected(Arc::new(SharedBitmap::new((**d).clone()))))
     }
 
     fn saved_filter(&self, id: &str) -> Result<crate::segment::Filter> {

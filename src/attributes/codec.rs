@@ -64,7 +64,11 @@ pub fn encode(attrs: &Attributes) -> Result<Vec<u8>, String> {
             }
             Index::Booleans { has, truth } => {
                 put(&|o| {
-                    bincode::encode_into_std_write((bitmap_bytes(has), bitmap_bytes(truth)), o, cfg)
+                    bincode::encode_into_std_write(
+                        (bitmap_bytes(has), bitmap_bytes(truth.bits())),
+                        o,
+                        cfg,
+                    )
                 })?;
             }
             Index::Numbers(b) => {
@@ -269,7 +273,10 @@ pub(crate) fn read_index(
                     "attributes section: {name}: a user is true without a value"
                 ));
             }
-            Index::Booleans { has, truth }
+            Index::Booleans {
+                has,
+                truth: std::sync::Arc::new(truth.into()),
+            }
         }
         AttrType::Integer | AttrType::Decimal | AttrType::Time => {
             let base: i64 = r.get(name)?;

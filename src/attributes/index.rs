@@ -10,10 +10,9 @@ use serde::Serialize;
 
 use super::bsi::Bsi;
 use super::value::{AttrType, AttrValue};
+use crate::bitmap_view::SharedBitmap;
 use crate::error::{Error, Result};
 
-/// Adds `u` to `b`: an append when it is past the largest member (the
-/// builders' case), an insert otherwise.
 /// A bitmap built from users in ascending order, a run of them at a
 /// time: roaring's one-value push looks for a bitmap container's maximum
 /// by scanning its words from the end, for every value.
@@ -57,7 +56,8 @@ pub(crate) struct Strings {
     has: RoaringBitmap,
     ids: HashMap<String, u32>,
     names: Vec<String>,
-    members: Vec<RoaringBitmap>,
+    /// Each value's users, shared with the selections that read them.
+    members: Vec<Arc<SharedBitmap>>,
     /// Each user's value id, built on the first change of a user that
     /// already has a value (updates need the old value; loading and
     /// queries do not).
@@ -71,12 +71,25 @@ impl Strings {
             let len = has.max().map_or(0, |m| m as usize + 1);
             let mut c = vec![NONE; len];
             for (id, m) in members.iter().enumerate() {
-                for u in m {
+                for u in m.iter() {
                     c[u as usize] = id as u32;
                 }
             }
             c
         })
+    }
+
+    /// The users of the values `ids` (distinct): one value's bitmap
+    /// shared, or the n-way union of several (not one union per value).
+    fn union_of(&self, ids: &[u32]) -> Arc<SharedBitmap> {
+        match ids {
+            [id] => self.members[*id as usize].clone(),
+            _ => Arc::new(SharedBitmap::new(
+                ids.iter()
+                    .map(|&id| self.members[id as usize].bits())
+                    .union(),
+            )),
+        }
     }
 
     fn value_id(&self, user: u32) -> Option<u32> {
@@ -99,7 +112,7 @@ impl Strings {
         // In parallel: an attribute may have 100,000 values.
         self.members.par_iter_mut().for_each(|m| {
             if !m.is_disjoint(users) {
-                *m -= users;
+                *SharedBitmap::bits_mut(m) -= users;
             }
         });
         if let Some(c) = &mut self.column {
@@ -122,7 +135,7 @@ impl Strings {
             *x = NONE;
         }
         if let Some(m) = self.members.get_mut(old as usize) {
-            m.remove(user);
+            SharedBitmap::bits_mut(m).remove(user);
         }
         self.has.remove(user);
     }
@@ -135,11 +148,11 @@ impl Strings {
                 let id = self.names.len() as u32;
                 self.ids.insert(v.to_string(), id);
                 self.names.push(v.to_string());
-                self.members.push(RoaringBitmap::new());
+                self.members.push(Arc::default());
                 id
             }
         };
-        self.members[id as usize].insert(user);
+        SharedBitmap::bits_mut(&mut self.members[id as usize]).insert(user);
         self.has.insert(user);
         if let Some(c) = &mut self.column {
             if c.len() <= user as usize {
@@ -156,7 +169,8 @@ pub(crate) enum Index {
     Strings(Strings),
     Booleans {
         has: RoaringBitmap,
-        truth: RoaringBitmap,
+        /// Shared with the selections of `is true`.
+        truth: Arc<SharedBitmap>,
     },
     Numbers(Bsi),
 }
@@ -387,8 +401,11 @@ impl Attribute {
     }
 
     /// The users a query selects. A query that does not fit the type (a
-    /// range on strings) is [`Error::AttributeType`].
-    pub fn select(&self, q: &AttrQuery<'_>) -> Result<RoaringBitmap> {
+    /// range on strings) is [`Error::AttributeType`]. A query of one
+    /// value's users (`equals`, `is true`, a regex that matches one value)
+    /// shares the index's bitmap, serialization included; the others are
+    /// computed.
+    pub fn select(&self, q: &AttrQuery<'_>) -> Result<Arc<SharedBitmap>> {
         let ix = self.ix();
         if let Some(reason) = self.damage.get() {
             return Err(Error::Corrupt {
@@ -401,29 +418,32 @@ impl Attribute {
                 reason: reason.clone(),
             });
         }
+        let computed = |b: RoaringBitmap| Arc::new(SharedBitmap::new(b));
         Ok(match (ix, q) {
-            (_, AttrQuery::Exists) => self.has().clone(),
-            // Many values: one n-way union, not one union per value.
-            (Index::Strings(s), AttrQuery::AnyOf(values)) => values
-                .iter()
-                .filter_map(|v| s.ids.get(v.as_str()))
-                .map(|&id| &s.members[id as usize])
-                .union(),
-            (Index::Strings(s), AttrQuery::Matching(p)) => s
-                .names
-                .iter()
-                .zip(&s.members)
-                .filter(|(n, m)| !m.is_empty() && p(n))
-                .map(|(_, m)| m)
-                .union(),
+            (_, AttrQuery::Exists) => computed(self.has().clone()),
+            (Index::Strings(s), AttrQuery::AnyOf(values)) => {
+                let mut ids: Vec<u32> = values
+                    .iter()
+                    .filter_map(|v| s.ids.get(v.as_str()).copied())
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                s.union_of(&ids)
+            }
+            (Index::Strings(s), AttrQuery::Matching(p)) => {
+                let ids: Vec<u32> = (0..s.names.len() as u32)
+                    .filter(|&id| !s.members[id as usize].is_empty() && p(&s.names[id as usize]))
+                    .collect();
+                s.union_of(&ids)
+            }
             (Index::Booleans { has, truth }, AttrQuery::Is(b)) => {
                 if *b {
                     truth.clone()
                 } else {
-                    has - truth
+                    computed(has - truth.bits())
                 }
             }
-            (Index::Numbers(b), AttrQuery::Range(lo, hi)) => b.range(*lo, *hi),
+            (Index::Numbers(b), AttrQuery::Range(lo, hi)) => computed(b.range(*lo, *hi)),
             _ => {
                 return Err(Error::AttributeType {
                     attribute: self.name.clone(),
@@ -440,7 +460,7 @@ impl Attribute {
             Index::Strings(s) => s.remove_many(users),
             Index::Booleans { has, truth } => {
                 *has -= users;
-                *truth -= users;
+                *SharedBitmap::bits_mut(truth) -= users;
             }
             Index::Numbers(b) => b.remove_many(users),
         }
@@ -454,15 +474,21 @@ impl Attribute {
             (Index::Booleans { has, truth }, v) => match v {
                 Some(AttrValue::Boolean(b)) => {
                     has.insert(user);
-                    if *b {
-                        truth.insert(user);
-                    } else {
-                        truth.remove(user);
+                    // Only a change of the truth copies or unserializes it.
+                    if truth.contains(user) != *b {
+                        let t = SharedBitmap::bits_mut(truth);
+                        if *b {
+                            t.insert(user);
+                        } else {
+                            t.remove(user);
+                        }
                     }
                 }
                 _ => {
                     has.remove(user);
-                    truth.remove(user);
+                    if truth.contains(user) {
+                        SharedBitmap::bits_mut(truth).remove(user);
+                    }
                 }
             },
             (Index::Numbers(b), v) => match v.and_then(AttrValue::number) {
@@ -546,7 +572,7 @@ impl Attribute {
         {
             s.ids.insert(v.clone(), s.names.len() as u32);
             s.names.push(v);
-            s.members.push(m);
+            s.members.push(Arc::new(m.into()));
         }
         Attribute::from_index(name.to_string(), AttrType::String, Index::Strings(s))
     }
@@ -565,7 +591,7 @@ impl Attribute {
             AttrType::Boolean,
             Index::Booleans {
                 has: has.finish(),
-                truth: truth.finish(),
+                truth: Arc::new(truth.finish().into()),
             },
         )
     }
@@ -660,7 +686,7 @@ impl Index {
             AttrType::String => Index::Strings(Strings::default()),
             AttrType::Boolean => Index::Booleans {
                 has: RoaringBitmap::new(),
-                truth: RoaringBitmap::new(),
+                truth: Arc::default(),
             },
             AttrType::Integer | AttrType::Decimal | AttrType::Time => {
                 Index::Numbers(Bsi::default())
@@ -676,7 +702,7 @@ impl Index {
             s.has |= &m;
             s.ids.insert(name.clone(), s.names.len() as u32);
             s.names.push(name);
-            s.members.push(m);
+            s.members.push(Arc::new(m.into()));
         }
         Index::Strings(s)
     }
@@ -689,7 +715,7 @@ impl Index {
                     .names
                     .iter()
                     .map(String::as_str)
-                    .zip(&s.members)
+                    .zip(s.members.iter().map(|m| m.bits()))
                     .filter(|(_, m)| !m.is_empty())
                     .collect();
                 v.sort_by(|a, b| a.0.cmp(b.0));
@@ -992,6 +1018,52 @@ mod tests {
             .collect();
         let sets = a.parse_inputs(&inputs)?;
         a.set(user, &sets)
+    }
+
+    #[test]
+    fn one_value_selections_share_the_index_bitmap_until_it_changes() {
+        let mut a = Attributes::new();
+        set(&mut a, 3, json!({"country": "BR", "sub": true})).unwrap();
+        set(&mut a, 5, json!({"country": "DE", "sub": false})).unwrap();
+        let br = |a: &Attributes| {
+            a.get("country")
+                .unwrap()
+                .select(&AttrQuery::AnyOf(&["BR".to_string(), "BR".to_string()]))
+                .unwrap()
+        };
+        let truth = |a: &Attributes| a.get("sub").unwrap().select(&AttrQuery::Is(true)).unwrap();
+        let (b1, b2) = (br(&a), br(&a));
+        assert!(Arc::ptr_eq(&b1, &b2), "equals shares the value's bitmap");
+        assert!(
+            Arc::ptr_eq(&b1.serialized(), &b2.serialized()),
+            "serialized once"
+        );
+        let t1 = truth(&a);
+        assert!(
+            Arc::ptr_eq(&t1, &truth(&a)),
+            "is true shares the truth bitmap"
+        );
+        let before = t1.serialized();
+        // Several values, a regex's many: computed, not shared.
+        let q = AttrQuery::AnyOf(&["BR".to_string(), "DE".to_string()]);
+        let c = a.get("country").unwrap();
+        assert!(!Arc::ptr_eq(&c.select(&q).unwrap(), &c.select(&q).unwrap()));
+        // A change: the holders keep what they took; a new selection sees it.
+        set(&mut a, 7, json!({"country": "BR", "sub": true})).unwrap();
+        assert_eq!(b1.iter().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(t1.iter().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(br(&a).iter().collect::<Vec<_>>(), vec![3, 7]);
+        let t2 = truth(&a);
+        assert_eq!(t2.iter().collect::<Vec<_>>(), vec![3, 7]);
+        assert!(!t2.is_serialized(), "a change drops the serialization");
+        let s2 = t2.serialized();
+        let v = crate::bitmap_view::BitmapView::parse(s2.added.as_deref().unwrap()).unwrap();
+        assert_eq!(v.iter().collect::<Vec<_>>(), vec![3, 7]);
+        let v = crate::bitmap_view::BitmapView::parse(before.added.as_deref().unwrap()).unwrap();
+        assert_eq!(v.iter().collect::<Vec<_>>(), vec![3]);
+        // Setting a boolean to what it is neither copies nor unserializes.
+        set(&mut a, 7, json!({"sub": true})).unwrap();
+        assert!(truth(&a).is_serialized());
     }
 
     #[test]

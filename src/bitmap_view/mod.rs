@@ -59,6 +59,8 @@
 //! dispatches to one file per container kind (`array.rs`, `bitmap.rs`,
 //! `run.rs`: access, iteration, word operations, content check); `words.rs`
 //! the chunk bitset ([`Words`]) and the bit-range helpers the kinds share.
+//! `shared.rs` holds in-memory bitmaps in the form the evaluator reads
+//! ([`Serialized`], [`SharedBitmap`]: serialized once, shared after).
 
 use std::iter::FusedIterator;
 
@@ -70,6 +72,7 @@ mod header;
 #[allow(unsafe_code)] // run-time CPU dispatch: see the module's contract
 mod kernels;
 mod run;
+mod shared;
 mod words;
 
 #[cfg(test)]
@@ -85,6 +88,7 @@ pub use header::{
 };
 pub use kernels::{Kernels, Level, BLOCK as KERNEL_BLOCK};
 pub use run::{RunC, RunValues};
+pub use shared::{portable, Serialized, SharedBitmap};
 pub use words::{popcount, Words, CHUNK_WORDS};
 
 use bitmap::BITMAP_BYTES;

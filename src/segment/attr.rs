@@ -1,10 +1,11 @@
 //! Custom attribute tests: what a filter's comparison asks of an
 //! attribute's index, in the index's own units.
 
-use roaring::RoaringBitmap;
+use std::sync::Arc;
 
 use super::ast::{AttrCmp, Filter, Number, Time};
 use crate::attributes::{AttrQuery, AttrType, AttrValue, Attribute};
+use crate::bitmap_view::SharedBitmap;
 use crate::error::{Error, Result};
 
 /// A positive test on one attribute (negative comparisons are NOT of one),
@@ -48,9 +49,10 @@ impl Test {
         }
     }
 
-    /// The users of `a` the test selects. A regex is compiled here and run
-    /// over the attribute's distinct values, never over users.
-    pub fn select(&self, a: &Attribute) -> Result<RoaringBitmap> {
+    /// The users of `a` the test selects (shared with the index when they
+    /// are one value's). A regex is compiled here and run over the
+    /// attribute's distinct values, never over users.
+    pub fn select(&self, a: &Attribute) -> Result<Arc<SharedBitmap>> {
         match self {
             Test::Exists => a.select(&AttrQuery::Exists),
             Test::AnyOf(v) => a.select(&AttrQuery::AnyOf(v)),

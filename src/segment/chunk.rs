@@ -40,13 +40,7 @@ pub use survey::Survey;
 
 /// A cohort's in-memory members in the portable roaring format: all of
 /// them when the cohort has no snapshot bitmap, else what changed since.
-#[derive(Debug, Default)]
-pub struct Serialized {
-    /// Members not in the snapshot's bitmap (`None`: none).
-    pub added: Option<Vec<u8>>,
-    /// Members of the snapshot's bitmap removed since (`None`: none).
-    pub removed: Option<Vec<u8>>,
-}
+pub use crate::bitmap_view::Serialized;
 
 /// The compiled plan: leaves replaced by indexes into the views.
 #[derive(Debug)]
@@ -920,18 +914,12 @@ fn compile<'w>(
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
         // Read like a cohort with no snapshot bitmap: all its users are
         // the serialized delta.
+        // (serialized once per selection: an index's value bitmap keeps
+        // its serialization while it is unchanged).
         Plan::Leaf(Leaf::Attribute { members, .. }) | Plan::Leaf(Leaf::Deleted { members, .. }) => {
-            let mut added = Vec::with_capacity(members.0.serialized_size());
-            members
-                .0
-                .serialize_into(&mut added)
-                .map_err(|e| Error::Internal(format!("serializing an attribute test: {e}")))?;
             bytes.push(LeafBytes {
                 base: None,
-                delta: Some(Arc::new(Serialized {
-                    added: Some(added),
-                    removed: None,
-                })),
+                delta: Some(members.0.serialized()),
                 max: members.0.max(),
             });
             Node::Cohort(bytes.len() - 1)

@@ -58,7 +58,7 @@ enum Node<'a> {
     Cohort(BitmapView<'a>),
     /// An attribute test's users: their bitmap, counted as the portable
     /// format would hold each chunk's container.
-    Selected(std::sync::Arc<roaring::RoaringBitmap>),
+    Selected(std::sync::Arc<crate::bitmap_view::SharedBitmap>),
     Bucket,
     Not(Box<Node<'a>>),
     And(Vec<Node<'a>>, Vec<Node<'a>>),

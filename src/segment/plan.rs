@@ -18,12 +18,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::ast::{BucketCmp, Filter};
 use super::attr::Test;
 use crate::attributes::AttrType;
+use crate::bitmap_view::SharedBitmap;
 use crate::error::{Error, Result};
 use crate::ids::Partner;
 
@@ -87,7 +87,7 @@ pub enum Leaf {
 /// The users an attribute test selected, shared by the plans and views
 /// that hold it.
 #[derive(Clone, Default)]
-pub struct Selected(pub Arc<RoaringBitmap>);
+pub struct Selected(pub Arc<SharedBitmap>);
 
 impl PartialEq for Selected {
     fn eq(&self, other: &Self) -> bool {

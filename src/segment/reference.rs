@@ -115,7 +115,7 @@ pub fn universe<D: Data + ?Sized>(ws: &D) -> RoaringBitmap {
     let mut all = RoaringBitmap::new();
     all.insert_range(0..user_count(ws));
     if let Some(d) = ws.deleted() {
-        all -= &*d.0;
+        all -= d.0.bits();
     }
     all
 }

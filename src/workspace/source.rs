@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use roaring::RoaringBitmap;
-
+use crate::bitmap_view::portable;
 use crate::cohorts::Cohort;
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
@@ -35,16 +34,6 @@ pub trait BitmapSource: Sync {
 /// Serializes on every call (no cache): for one-off queries and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Uncached;
-
-fn portable(bm: &RoaringBitmap) -> Option<Vec<u8>> {
-    if bm.is_empty() {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(bm.serialized_size());
-    // Writing into a Vec cannot fail.
-    let _ = bm.serialize_into(&mut bytes);
-    Some(bytes)
-}
 
 /// Serializes a cohort's in-memory members.
 pub fn serialize(cohort: &Cohort) -> Arc<Serialized> {
