@@ -6,6 +6,13 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// `N` random bytes from the OS generator.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
 /// `n` random bytes from the OS generator, as lower-case hex.
 pub(crate) fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
