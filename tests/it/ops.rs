@@ -214,6 +214,40 @@ fn json_logs_are_json_lines_carrying_the_request_id() {
         line.contains("request_id=loud-1") && line.contains("status=200"),
         "{line}"
     );
+    // Access lines are held (here for up to ten seconds) and written,
+    // in order, before any other line or, with no other line logged,
+    // when the process ends.
+    let s = Server::restart_with_env(
+        &data,
+        &token,
+        &[],
+        &[
+            ("SEGQ_LOG_FLUSH_MS", "10000"),
+            (
+                "SEGQ_LOG",
+                "warn,segq::serve=info,segq::server::access=info",
+            ),
+        ],
+    );
+    get_with_id(&s, "/healthz", "held-1");
+    get_with_id(&s, "/healthz", "held-2");
+    let stderr = s.stop();
+    let at = |id: &str| stderr.find(&format!("request_id={id}"));
+    assert!(
+        at("held-1").is_some() && at("held-1") < at("held-2"),
+        "{stderr}"
+    );
+    // The access log alone can be turned off.
+    let s = Server::restart_with_env(
+        &data,
+        &token,
+        &[],
+        &[("SEGQ_LOG", "info,segq::server::access=off")],
+    );
+    get_with_id(&s, "/healthz", "unlogged-1");
+    let stderr = s.stop();
+    assert!(!stderr.contains("unlogged-1"), "{stderr}");
+    assert!(stderr.contains("listening on"), "{stderr}");
 }
 
 /// A partner users request of `len` bytes or more.
@@ -292,6 +326,10 @@ fn a_bad_environment_variable_is_a_clear_error_that_changes_nothing() {
     let out = segq_env(&["config", "--data", d], &[("SEGQ_LOG_FORMAT", "xml")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("SEGQ_LOG_FORMAT"));
+    let out = segq_env(&["config", "--data", d], &[("SEGQ_LOG_FLUSH_MS", "soon")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("environment variable SEGQ_LOG_FLUSH_MS"));
+    assert!(!data.exists());
 }
 
 fn config_output(data: &Path, env: &[(&str, &str)]) -> (String, String) {

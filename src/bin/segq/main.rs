@@ -141,7 +141,10 @@ fn main() -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
-    match run(cli) {
+    let ran = run(cli);
+    // The held access lines, before anything said below.
+    logging::flush();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Lib(e)) => {
             eprintln!("error: {e}");
