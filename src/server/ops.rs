@@ -215,12 +215,14 @@ pub fn valid_request_id(v: &HeaderValue) -> Option<&str> {
     v.to_str().ok()
 }
 
-/// A fresh request id: 16 random hex digits.
+/// A fresh request id: 16 hex digits.
 ///
-/// Ids are unique within the process and not guessable from one another:
-/// a count of the requests so far, offset and mixed by a bijection of 64
-/// bits under a key drawn from the OS once per process. (A fresh random
-/// draw per request cost a system call: about 2% of a one-user check.)
+/// Ids are unique within the process: a count of the requests so far,
+/// offset and mixed by a bijection of 64 bits under a key drawn from the
+/// OS once per process, so that they differ between processes and do not
+/// show the count. They are labels, not secrets: nothing relies on their
+/// being unguessable. (A fresh random draw per request cost a system
+/// call: about 2% of a one-user check's server time.)
 pub fn new_request_id() -> String {
     static KEY: OnceLock<[u64; 2]> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -249,7 +251,7 @@ pub const ACCESS_LOG_TARGET: &str = "segq::server::access";
 
 /// The outermost layer: gives the request its id, runs it in a `request`
 /// span that carries the id, logs one line when it is answered (status
-/// and milliseconds), and sends the id back.
+/// and microseconds), and sends the id back.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -351,7 +353,7 @@ mod tests {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
-        // Consecutive counts land far apart: no id reveals its neighbours.
+        // Consecutive counts give ids far apart: the count does not show.
         let a = mix(7);
         let b = mix(8);
         assert!((a ^ b).count_ones() > 16, "{a:x} {b:x}");
