@@ -227,9 +227,8 @@ pub fn new_request_id() -> String {
     static KEY: OnceLock<[u64; 2]> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let [k0, k1] = *KEY.get_or_init(|| {
-        let b = crate::engine::keys::random_bytes::<16>();
-        let half = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-        [half(0), half(8)]
+        let half = || u64::from_le_bytes(crate::engine::keys::random_bytes::<8>());
+        [half(), half()]
     });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     crate::engine::keys::hex(&(mix(n.wrapping_add(k0)) ^ k1).to_be_bytes())

@@ -14,7 +14,7 @@
 //! interval's access lines. `SEGQ_LOG_FLUSH_MS=0` writes every line at once.
 
 use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -95,7 +95,9 @@ pub fn init(flag: Option<Format>, var: &dyn Fn(&str) -> Option<String>) -> Resul
             // A panic's message follows the lines logged before it.
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                self::flush();
+                if let Some(b) = BUFFER.get() {
+                    b.flush_unless_busy();
+                }
                 previous(info);
             }));
             b
@@ -257,6 +259,18 @@ impl<W: Write + Send + 'static> Buffer<W> {
     /// Writes the held lines.
     fn flush(&self) {
         let mut h = self.lock();
+        let _ = h.write_held();
+        let _ = h.sink.flush();
+    }
+
+    /// [`Buffer::flush`], unless the lock is held (a panic in the middle
+    /// of a write must not wait for itself).
+    fn flush_unless_busy(&self) {
+        let mut h = match self.state.try_lock() {
+            Ok(h) => h,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
         let _ = h.write_held();
         let _ = h.sink.flush();
     }
