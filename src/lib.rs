@@ -50,7 +50,7 @@
 //! `snapshot::mmap` (the one memory map) and `bitmap_view`'s kernels (word
 //! kernels compiled for AVX-512 and AVX2, called only once the CPU's
 //! features were detected; [`bitmap_view::Kernels`]). The binary denies
-//! it too, with one allowance: its `heap` module (glibc's `mallopt`).
+//! it too, with no allowance.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -2,8 +2,7 @@
 //! library. Commands that open a data directory go through [`data`]; the
 //! generated workload's arguments are [`args::WorkloadArgs`].
 //!
-//! Unsafe code is denied here as in the library, with one allowance: the
-//! `heap` module's call to glibc's `mallopt`.
+//! Unsafe code is denied here as in the library.
 
 #![deny(unsafe_code)]
 
@@ -20,7 +19,6 @@ mod bench;
 mod data;
 mod demo;
 mod generate;
-#[allow(unsafe_code)] // glibc's malloc settings: see the module's contract
 mod heap;
 mod loadtest;
 mod logging;
@@ -135,7 +133,6 @@ impl From<Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    heap::tune();
     let cli = Cli::parse();
     if let Err(message) = logging::init(cli.log_format, &serve::env_var) {
         eprintln!("error: {message}");
