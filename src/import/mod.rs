@@ -9,9 +9,11 @@
 //! (`upsert_cohort`, `import_users`, `delete_cohort`), the one write path.
 
 use chrono::{DateTime, FixedOffset};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::cohorts::{Alias, ChangeReport, CohortChange};
+use crate::cohorts::{ChangeReport, CohortChange};
+
+mod wire;
 
 /// The most identifiers (user_ids, device_ids and aliases of all objects
 /// together) one users request may carry.
@@ -158,42 +160,39 @@ impl UsersRequest {
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProtocolError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+/// Reads a body as a JSON object's fields ([`wire`]), or says what it
+/// is instead.
+fn parse_body(body: &[u8]) -> Result<wire::Body, ProtocolError> {
+    let bad_json = |e: serde_json::Error| {
         let msg = if body.iter().all(u8::is_ascii_whitespace) {
             "request body is empty: expected a JSON object".to_string()
         } else {
             format!("request body is not valid JSON: {e}")
         };
         ProtocolError::bad(vec![msg])
-    })?;
-    match value {
-        Value::Object(m) => Ok(m),
-        other => Err(ProtocolError::bad(vec![format!(
-            "request body must be a JSON object, found {}",
-            kind(&other)
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        // Not UTF-8, so not JSON: the parser says where it fails.
+        return Err(match serde_json::from_slice::<Value>(body) {
+            Err(e) => bad_json(e),
+            Ok(_) => ProtocolError::bad(vec!["request body is not valid UTF-8".into()]),
+        });
+    };
+    match wire::read(text).map_err(bad_json)? {
+        wire::Read::Object(b) => Ok(b),
+        wire::Read::Not(kind) => Err(ProtocolError::bad(vec![format!(
+            "request body must be a JSON object, found {kind}"
         )])),
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn credentials(m: &Map<String, Value>) -> Result<Credentials, ProtocolError> {
-    let partner_api_key = match m.get("partner_api_key") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+fn credentials(b: &wire::Body) -> Result<Credentials, ProtocolError> {
+    let partner_api_key = match b.partner_api_key.value() {
+        Some(s) if !s.is_empty() => s.clone(),
         _ => return Err(ProtocolError::Unauthorized(texts::BAD_PARTNER_KEY)),
     };
-    let client_secret = match m.get("client_secret") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+    let client_secret = match b.client_secret.value() {
+        Some(s) if !s.is_empty() => s.clone(),
         _ => return Err(ProtocolError::Unauthorized(texts::BAD_CLIENT_SECRET)),
     };
     Ok(Credentials {
@@ -202,9 +201,9 @@ fn credentials(m: &Map<String, Value>) -> Result<Credentials, ProtocolError> {
     })
 }
 
-fn cohort_id(m: &Map<String, Value>, errors: &mut Vec<String>) -> String {
-    match m.get("cohort_id") {
-        Some(Value::String(s)) if crate::cohorts::check_cohort_id(s).is_ok() => s.clone(),
+fn cohort_id(b: &wire::Body, errors: &mut Vec<String>) -> String {
+    match b.cohort_id.value() {
+        Some(s) if crate::cohorts::check_cohort_id(s).is_ok() => s.clone(),
         _ => {
             errors.push(texts::COHORT_ID.into());
             String::new()
@@ -258,21 +257,18 @@ fn parse_iso8601(s: &str) -> Option<DateTime<FixedOffset>> {
 /// Parses and validates a create-or-rename request. Credentials are only
 /// checked for presence here; the server checks their values.
 pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError> {
-    let m = parse_object(body)?;
-    let credentials = credentials(&m)?;
+    let b = parse_body(body)?;
+    let credentials = credentials(&b)?;
     let mut errors = Vec::new();
-    let cohort_id = cohort_id(&m, &mut errors);
-    let name = match m.get("name") {
-        Some(Value::String(s)) if crate::cohorts::check_cohort_name(s).is_ok() => s.clone(),
+    let cohort_id = cohort_id(&b, &mut errors);
+    let name = match b.name.value() {
+        Some(s) if crate::cohorts::check_cohort_name(s).is_ok() => s.clone(),
         _ => {
             errors.push(texts::NAME.into());
             String::new()
         }
     };
-    let created_at = match m.get("created_at") {
-        Some(Value::String(s)) => parse_created_at(s),
-        _ => None,
-    };
+    let created_at = b.created_at.value().and_then(|s| parse_created_at(s));
     if created_at.is_none() {
         errors.push(texts::CREATED_AT.into());
     }
@@ -290,10 +286,10 @@ pub fn parse_cohort_request(body: &[u8]) -> Result<CohortRequest, ProtocolError>
 /// Parses and validates a delete request: credentials (presence) and
 /// `cohort_id`, as the other endpoints check them.
 pub fn parse_delete_request(body: &[u8]) -> Result<DeleteRequest, ProtocolError> {
-    let m = parse_object(body)?;
-    let credentials = credentials(&m)?;
+    let b = parse_body(body)?;
+    let credentials = credentials(&b)?;
     let mut errors = Vec::new();
-    let cohort_id = cohort_id(&m, &mut errors);
+    let cohort_id = cohort_id(&b, &mut errors);
     if !errors.is_empty() {
         return Err(ProtocolError::bad(errors));
     }
@@ -312,73 +308,14 @@ fn identifier_ok(s: &str) -> bool {
     !s.is_empty()
 }
 
-/// An array of strings, where `null` or a missing key mean empty.
-fn strings(v: Option<&Value>) -> Option<Vec<String>> {
-    match v {
-        None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) if identifier_ok(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        Some(_) => None,
-    }
-}
-
-fn aliases(v: Option<&Value>) -> Option<Vec<Alias>> {
-    match v {
-        None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| {
-                let o = i.as_object()?;
-                let name = o.get("alias_name")?.as_str()?;
-                let label = o.get("alias_label")?.as_str()?;
-                if !identifier_ok(name) || !identifier_ok(label) || o.len() != 2 {
-                    return None;
-                }
-                Some(Alias {
-                    alias_name: name.to_string(),
-                    alias_label: label.to_string(),
-                })
-            })
-            .collect(),
-        Some(_) => None,
-    }
-}
-
-/// The keys a `cohort_changes` object may carry. Any other key is refused:
-/// a typo such as `shouldRemove` must not silently add instead of remove.
-const CHANGE_KEYS: [&str; 4] = ["user_ids", "device_ids", "aliases", "should_remove"];
-
-fn change(v: &Value) -> Option<CohortChange> {
-    let o = v.as_object()?;
-    if o.keys().any(|k| !CHANGE_KEYS.contains(&k.as_str())) {
-        return None;
-    }
-    let should_remove = match o.get("should_remove") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return None,
-    };
-    Some(CohortChange {
-        user_ids: strings(o.get("user_ids"))?,
-        device_ids: strings(o.get("device_ids"))?,
-        aliases: aliases(o.get("aliases"))?,
-        should_remove,
-    })
-}
-
 /// Parses and validates an add-or-remove-users request.
 pub fn parse_users_request(body: &[u8]) -> Result<UsersRequest, ProtocolError> {
-    let m = parse_object(body)?;
-    let credentials = credentials(&m)?;
+    let mut b = parse_body(body)?;
+    let credentials = credentials(&b)?;
     let mut errors = Vec::new();
-    let cohort_id = cohort_id(&m, &mut errors);
-    let cohort_changes = match m.get("cohort_changes") {
-        Some(Value::Array(items)) => items.iter().map(change).collect::<Option<Vec<_>>>(),
+    let cohort_id = cohort_id(&b, &mut errors);
+    let cohort_changes = match std::mem::take(&mut b.cohort_changes) {
+        wire::Field::Value(c) => Some(c),
         _ => None,
     };
     let cohort_changes = match cohort_changes {
