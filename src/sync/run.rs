@@ -33,11 +33,12 @@ pub struct Reply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoReply(pub String);
 
-/// Sends a sync's requests: `POST {server}{path}` with a JSON body. The
+/// Sends a sync's requests: `POST {server}{path}` with a JSON body (its
+/// bytes, serialized once and sent again as they are on a retry). The
 /// command line's is an HTTP client; tests use scripted ones.
 pub trait Transport: Sync {
     /// Sends one request and reads its whole response.
-    fn post(&self, path: &str, body: &Value) -> std::result::Result<Reply, NoReply>;
+    fn post(&self, path: &str, body: &[u8]) -> std::result::Result<Reply, NoReply>;
 
     /// Waits `d` (the backoff between attempts); tests record instead.
     fn sleep(&self, d: Duration) {
@@ -360,14 +361,14 @@ impl Run<'_> {
 
     fn send_batch(&self, batch: &Batch<'_>) -> Result<Option<Reply>> {
         let job = self.job;
-        let body = json!({
-            "partner_api_key": job.partner_api_key,
-            "client_secret": job.data_import_key,
-            "cohort_id": job.cohort_id,
-            "cohort_changes": [job.kind.change(batch.ids, batch.remove)],
-        });
+        let body = UsersBody {
+            partner_api_key: &job.partner_api_key,
+            client_secret: &job.data_import_key,
+            cohort_id: &job.cohort_id,
+            cohort_changes: [job.kind.change_body(batch.ids, batch.remove)],
+        };
         let path = format!("/partners/{}/cohorts/users", job.partner);
-        self.send(&format!("batch {}", batch.index), &path, &body)
+        self.send(&format!("batch {}", batch.index), &path, &to_bytes(&body)?)
     }
 
     fn upsert_cohort(&self) -> Result<()> {
@@ -380,7 +381,7 @@ impl Run<'_> {
             "created_at": now(),
         });
         let path = format!("/partners/{}/cohorts", job.partner);
-        match self.send("create cohort", &path, &body)? {
+        match self.send("create cohort", &path, &to_bytes(&body)?)? {
             Some(_) => Ok(()),
             // Stopped while retrying: nothing was sent; the batches
             // are not started either.
@@ -391,7 +392,7 @@ impl Run<'_> {
     /// Sends one request until it is acknowledged (`Some`), refused, out
     /// of attempts, or the run is stopped while it waits to retry
     /// (`None`: not acknowledged).
-    fn send(&self, what: &str, path: &str, body: &Value) -> Result<Option<Reply>> {
+    fn send(&self, what: &str, path: &str, body: &[u8]) -> Result<Option<Reply>> {
         let policy = self.job.retry;
         let attempts = policy.attempts.max(1);
         let mut rng = rand::thread_rng();
@@ -466,22 +467,73 @@ fn now() -> String {
     format_created_at(&chrono::Utc::now().fixed_offset())
 }
 
-impl IdKind {
-    /// A `cohort_changes` object adding (or removing) `ids`.
-    pub fn change(&self, ids: &[String], remove: bool) -> Value {
-        let mut change = match self {
-            IdKind::ExternalId => json!({"user_ids": ids}),
-            IdKind::DeviceId => json!({"device_ids": ids}),
-            IdKind::Alias { label } => json!({
-                "aliases": ids
-                    .iter()
-                    .map(|name| json!({"alias_name": name, "alias_label": label}))
-                    .collect::<Vec<_>>()
-            }),
-        };
-        if remove {
-            change["should_remove"] = Value::Bool(true);
+/// A body's bytes.
+fn to_bytes(body: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(body).map_err(|e| Error::Internal(format!("sync request body: {e}")))
+}
+
+/// A users request's body, borrowing the batch's identifiers.
+#[derive(Serialize)]
+struct UsersBody<'a> {
+    partner_api_key: &'a str,
+    client_secret: &'a str,
+    cohort_id: &'a str,
+    cohort_changes: [ChangeBody<'a>; 1],
+}
+
+/// A `cohort_changes` object, borrowing its identifiers.
+#[derive(Serialize)]
+pub struct ChangeBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_ids: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_ids: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aliases: Option<AliasesBody<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    should_remove: bool,
+}
+
+/// Alias names, all with one label, as `[{"alias_name", "alias_label"}]`.
+struct AliasesBody<'a> {
+    names: &'a [String],
+    label: &'a str,
+}
+
+impl Serialize for AliasesBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct One<'a> {
+            alias_name: &'a str,
+            alias_label: &'a str,
         }
-        change
+        s.collect_seq(self.names.iter().map(|name| One {
+            alias_name: name,
+            alias_label: self.label,
+        }))
+    }
+}
+
+impl IdKind {
+    /// A `cohort_changes` object adding (or removing) `ids`, as sent.
+    pub fn change_body<'a>(&'a self, ids: &'a [String], remove: bool) -> ChangeBody<'a> {
+        let mut c = ChangeBody {
+            user_ids: None,
+            device_ids: None,
+            aliases: None,
+            should_remove: remove,
+        };
+        match self {
+            IdKind::ExternalId => c.user_ids = Some(ids),
+            IdKind::DeviceId => c.device_ids = Some(ids),
+            IdKind::Alias { label } => c.aliases = Some(AliasesBody { names: ids, label }),
+        }
+        c
+    }
+
+    /// The same object as a JSON value.
+    pub fn change(&self, ids: &[String], remove: bool) -> Value {
+        // Strings and a bool only: nothing the conversion can refuse.
+        serde_json::to_value(self.change_body(ids, remove)).unwrap_or(Value::Null)
     }
 }

@@ -538,7 +538,8 @@ impl Scripted {
 }
 
 impl Transport for Scripted {
-    fn post(&self, path: &str, body: &Value) -> Result<Reply, NoReply> {
+    fn post(&self, path: &str, body: &[u8]) -> Result<Reply, NoReply> {
+        let body: Value = serde_json::from_slice(body).expect("a JSON body");
         self.sent
             .lock()
             .unwrap()
@@ -782,7 +783,7 @@ fn a_stop_starts_no_new_batch() {
         stop: &'a AtomicBool,
     }
     impl Transport for StopAfter<'_> {
-        fn post(&self, path: &str, body: &Value) -> Result<Reply, NoReply> {
+        fn post(&self, path: &str, body: &[u8]) -> Result<Reply, NoReply> {
             if self.inner.users_requests().len() == 1 {
                 self.stop.store(true, Ordering::SeqCst);
             }

@@ -190,7 +190,7 @@ struct Timed<'a> {
 }
 
 impl Transport for Timed<'_> {
-    fn post(&self, path: &str, body: &Value) -> Result<Reply, NoReply> {
+    fn post(&self, path: &str, body: &[u8]) -> Result<Reply, NoReply> {
         let start = Instant::now();
         let r = self.http.post(path, body);
         let end = Instant::now();

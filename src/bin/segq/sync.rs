@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
 
 use segq::sync::{self, IdKind, Job, Layout, NoReply, Observer, Reply, RetryPolicy, Transport};
 use segq::{Error, Partner};
@@ -323,12 +322,13 @@ impl Http {
 }
 
 impl Transport for Http {
-    fn post(&self, path: &str, body: &Value) -> Result<Reply, NoReply> {
+    fn post(&self, path: &str, body: &[u8]) -> Result<Reply, NoReply> {
         let url = format!("{}{path}", self.base);
         let resp = self
             .client
             .post(&url)
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec())
             .send()
             .map_err(|e| NoReply(format!("{url}: {}", chain(&e))))?;
         let status = resp.status().as_u16();
