@@ -2,16 +2,23 @@
 //! protocol uses: no JSON tree is built, and each identifier is copied
 //! once, from the body into its `String`.
 //!
-//! It reads exactly what parsing the body into a `serde_json::Value` and
-//! looking the fields up would: every value goes through the parser's
+//! It reads what parsing the body into a `serde_json::Value` and looking
+//! the fields up did: every value goes through the parser's
 //! `deserialize_any`, so the same bodies are valid JSON (numbers out of
-//! range, lone surrogates and bad escapes are refused wherever they are);
-//! a key given twice counts with its last value, as in a JSON object
-//! read into a map; and a field of the wrong shape is recorded as such,
-//! never an error of the parse, so the validation above it
-//! ([`super::parse_users_request`] and the others) gives the protocol's
-//! own texts. The tests hold it to the tree-based reading on random
-//! bodies.
+//! range, lone surrogates, bad escapes and nesting past the parser's
+//! limit are refused wherever they are); a key given twice counts with
+//! its last value, as in a JSON object read into a map; and a field of
+//! the wrong shape is recorded as such, never an error of the parse, so
+//! the validation above it ([`super::parse_users_request`] and the
+//! others) gives the protocol's own texts. The tests hold it to the
+//! tree-based reading on random bodies.
+//!
+//! One difference, on purpose: with serde_json's `raw_value` feature on
+//! (the HTTP stack turns it on), a tree read an object whose first key is
+//! serde_json's private token `$serde_json::private::RawValue` as the
+//! JSON text of its string value instead of as an object. Here that key
+//! is a key like any other (ignored where the protocol names no such
+//! key).
 
 use std::fmt;
 
@@ -804,14 +811,16 @@ mod tests {
     }
 
     fn ids() -> impl Strategy<Value = String> {
-        prop::collection::vec(
+        let few = prop::collection::vec(
             prop_oneof![
                 8 => (0u32..50).prop_map(|i| format!("\"u{i}\"")),
                 1 => any_json(),
             ],
             0..6,
-        )
-        .prop_map(|v| format!("[{}]", v.join(",")))
+        );
+        // Around the 1,000 identifiers a request may carry.
+        let many = (995usize..1010).prop_map(|n| (0..n).map(|i| format!("\"u{i}\"")).collect());
+        prop_oneof![16 => few, 4 => many].prop_map(|v: Vec<String>| format!("[{}]", v.join(",")))
     }
 
     fn alias() -> impl Strategy<Value = String> {
@@ -927,6 +936,57 @@ mod tests {
         }
     }
 
+    /// Nesting up to the parser's limit reads the same, and past it is
+    /// the same error, wherever the nesting is.
+    #[test]
+    fn nesting_reads_as_a_tree_does_up_to_and_past_the_limit() {
+        for depth in [126, 127, 128, 129, 200] {
+            let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            for body in [
+                format!(
+                    r#"{{"partner_api_key":"pk","client_secret":"sk","cohort_id":"c","x":{deep}}}"#
+                ),
+                format!(
+                    r#"{{"partner_api_key":"pk","client_secret":"sk","cohort_id":"c","cohort_changes":[{{"user_ids":{deep}}}]}}"#
+                ),
+                format!(
+                    r#"{{"partner_api_key":"pk","client_secret":"sk","cohort_id":"c","cohort_changes":[{{"aliases":[{{"alias_name":{deep},"alias_label":"e"}}]}}]}}"#
+                ),
+            ] {
+                let b = body.as_bytes();
+                assert_eq!(parse_users_request(b), users_model(b), "depth {depth}");
+                assert_eq!(parse_delete_request(b), delete_model(b), "depth {depth}");
+            }
+        }
+    }
+
+    /// serde_json's private raw-value key is an ordinary key here (the
+    /// one reading that differs from the tree's, see the module's notes).
+    #[test]
+    fn the_raw_value_token_is_an_ordinary_key() {
+        let token = "$serde_json::private::RawValue";
+        let inner = r#"{\"partner_api_key\":\"pk\",\"client_secret\":\"sk\",\"cohort_id\":\"c1\"}"#;
+        let body = format!(r#"{{"{token}":"{inner}"}}"#);
+        assert_eq!(
+            parse_delete_request(body.as_bytes()),
+            Err(ProtocolError::Unauthorized(texts::BAD_PARTNER_KEY))
+        );
+        let body = format!(
+            r#"{{"partner_api_key":"pk","client_secret":"sk","cohort_id":"c1","{token}":1}}"#
+        );
+        assert_eq!(
+            parse_delete_request(body.as_bytes()).map(|r| r.cohort_id),
+            Ok("c1".to_string())
+        );
+        let body = format!(
+            r#"{{"partner_api_key":"pk","client_secret":"sk","cohort_id":"c1","cohort_changes":[{{"{token}":"{{}}"}}]}}"#
+        );
+        assert_eq!(
+            parse_users_request(body.as_bytes()),
+            Err(bad(vec![texts::COHORT_CHANGES.into()]))
+        );
+    }
+
     /// The generator reaches valid requests of every kind, and refusals of
     /// each shape (else the comparison above would say little).
     #[test]
@@ -936,6 +996,7 @@ mod tests {
         let mut runner = TestRunner::deterministic();
         let (mut users_ok, mut cohort_ok, mut delete_ok, mut changes_bad, mut not_json) =
             (0, 0, 0, 0, 0);
+        let mut too_many = 0;
         for _ in 0..4000 {
             let b = body().new_tree(&mut runner).unwrap().current();
             users_ok += usize::from(users_model(&b).is_ok());
@@ -944,16 +1005,18 @@ mod tests {
             if let Err(ProtocolError::BadRequest { errors, .. }) = users_model(&b) {
                 changes_bad += usize::from(errors.iter().any(|e| e == texts::COHORT_CHANGES));
                 not_json += usize::from(errors[0].contains("not valid JSON"));
+                too_many += usize::from(errors.iter().any(|e| e == texts::TOO_MANY));
             }
         }
-        for (what, n) in [
-            ("valid users requests", users_ok),
-            ("valid cohort requests", cohort_ok),
-            ("valid delete requests", delete_ok),
-            ("refused cohort_changes", changes_bad),
-            ("bodies that are not JSON", not_json),
+        for (what, n, least) in [
+            ("valid users requests", users_ok, 100),
+            ("valid cohort requests", cohort_ok, 100),
+            ("valid delete requests", delete_ok, 100),
+            ("refused cohort_changes", changes_bad, 100),
+            ("bodies that are not JSON", not_json, 100),
+            ("bodies with too many identifiers", too_many, 10),
         ] {
-            assert!(n >= 40, "only {n} {what} in 4,000 bodies");
+            assert!(n >= least, "only {n} {what} in 4,000 bodies");
         }
     }
 }

@@ -126,7 +126,14 @@ fn the_command_line_is_not_in_the_library() {
         .into_iter()
         .filter(|(p, _)| !p.starts_with(root().join("src/bin")) && !p.ends_with("tests.rs"))
         .collect();
-    for dep in ["clap::", "reqwest::", "indicatif::", "use clap", "#[arg("] {
+    for dep in [
+        "clap::",
+        "reqwest::",
+        "indicatif::",
+        "mimalloc::",
+        "use clap",
+        "#[arg(",
+    ] {
         let found = lines_with(&lib, dep);
         assert!(found.is_empty(), "the library uses {dep}: {found:#?}");
     }
@@ -137,7 +144,7 @@ fn the_command_line_is_not_in_the_library() {
         .nth(1)
         .and_then(|rest| rest.split("\n[").next())
         .expect("a [dependencies] table");
-    for dep in ["clap", "reqwest", "indicatif"] {
+    for dep in ["clap", "reqwest", "indicatif", "mimalloc"] {
         let line = deps
             .lines()
             .find(|l| l.starts_with(&format!("{dep} ")))
