@@ -315,18 +315,14 @@ pub fn parse_users_request(body: &[u8]) -> Result<UsersRequest, ProtocolError> {
     let mut errors = Vec::new();
     let cohort_id = cohort_id(&b, &mut errors);
     let cohort_changes = match std::mem::take(&mut b.cohort_changes) {
-        wire::Field::Value(c) => Some(c),
-        _ => None,
-    };
-    let cohort_changes = match cohort_changes {
-        Some(c) => {
+        wire::Field::Value(c) => {
             let n: usize = c.iter().map(CohortChange::identifiers).sum();
             if n > MAX_IDENTIFIERS {
                 errors.push(texts::TOO_MANY.into());
             }
             c
         }
-        None => {
+        _ => {
             errors.push(texts::COHORT_CHANGES.into());
             Vec::new()
         }

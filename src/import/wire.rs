@@ -217,19 +217,25 @@ macro_rules! wrong_otherwise {
     };
 }
 
+/// Makes a lenient visitor its own seed: it reads any value through
+/// `deserialize_any`.
+macro_rules! seed_of_itself {
+    ($t:ty) => {
+        impl<'de> DeserializeSeed<'de> for $t {
+            type Value = <$t as Visitor<'de>>::Value;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// A string field.
 struct Str;
 
-impl<'de> DeserializeSeed<'de> for Str {
-    type Value = Field<String>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field<String>, D::Error> {
-        d.deserialize_any(StrVisitor)
-    }
-}
+seed_of_itself!(Str);
 
-struct StrVisitor;
-
-impl<'de> Visitor<'de> for StrVisitor {
+impl<'de> Visitor<'de> for Str {
     type Value = Field<String>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -250,16 +256,9 @@ impl<'de> Visitor<'de> for StrVisitor {
 /// strings.
 struct Ids;
 
-impl<'de> DeserializeSeed<'de> for Ids {
-    type Value = Field<Vec<String>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(IdsVisitor)
-    }
-}
+seed_of_itself!(Ids);
 
-struct IdsVisitor;
-
-impl<'de> Visitor<'de> for IdsVisitor {
+impl<'de> Visitor<'de> for Ids {
     type Value = Field<Vec<String>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -286,16 +285,9 @@ impl<'de> Visitor<'de> for IdsVisitor {
 /// `should_remove`: `null` is false.
 struct Flag;
 
-impl<'de> DeserializeSeed<'de> for Flag {
-    type Value = Field<bool>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(FlagVisitor)
-    }
-}
+seed_of_itself!(Flag);
 
-struct FlagVisitor;
-
-impl<'de> Visitor<'de> for FlagVisitor {
+impl<'de> Visitor<'de> for Flag {
     type Value = Field<bool>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -324,16 +316,9 @@ impl<'de> Visitor<'de> for FlagVisitor {
 /// non-empty strings.
 struct AliasSeed;
 
-impl<'de> DeserializeSeed<'de> for AliasSeed {
-    type Value = Field<Alias>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(AliasVisitor)
-    }
-}
+seed_of_itself!(AliasSeed);
 
-struct AliasVisitor;
-
-impl<'de> Visitor<'de> for AliasVisitor {
+impl<'de> Visitor<'de> for AliasSeed {
     type Value = Field<Alias>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -373,16 +358,9 @@ impl<'de> Visitor<'de> for AliasVisitor {
 /// An alias array: `null` is empty.
 struct AliasList;
 
-impl<'de> DeserializeSeed<'de> for AliasList {
-    type Value = Field<Vec<Alias>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(AliasListVisitor)
-    }
-}
+seed_of_itself!(AliasList);
 
-struct AliasListVisitor;
-
-impl<'de> Visitor<'de> for AliasListVisitor {
+impl<'de> Visitor<'de> for AliasList {
     type Value = Field<Vec<Alias>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -412,16 +390,9 @@ impl<'de> Visitor<'de> for AliasListVisitor {
 /// of remove.
 struct ChangeSeed;
 
-impl<'de> DeserializeSeed<'de> for ChangeSeed {
-    type Value = Field<CohortChange>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(ChangeVisitor)
-    }
-}
+seed_of_itself!(ChangeSeed);
 
-struct ChangeVisitor;
-
-impl<'de> Visitor<'de> for ChangeVisitor {
+impl<'de> Visitor<'de> for ChangeSeed {
     type Value = Field<CohortChange>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -474,16 +445,9 @@ impl<'de> Visitor<'de> for ChangeVisitor {
 /// `cohort_changes`: an array of change objects (`null` is wrong).
 struct Changes;
 
-impl<'de> DeserializeSeed<'de> for Changes {
-    type Value = Field<Vec<CohortChange>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(ChangesVisitor)
-    }
-}
+seed_of_itself!(Changes);
 
-struct ChangesVisitor;
-
-impl<'de> Visitor<'de> for ChangesVisitor {
+impl<'de> Visitor<'de> for Changes {
     type Value = Field<Vec<CohortChange>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
