@@ -148,6 +148,7 @@ impl<'c> Resolving<'c> {
 
     /// Matches up to `n` more identifiers; returns whether every one is.
     pub fn step(&mut self, users: &UserRegistry, n: usize) -> bool {
+        let users = users.matcher();
         let mut left = n;
         while let Some(change) = self.changes.get(self.change) {
             if left == 0 {

@@ -180,6 +180,39 @@ impl Base {
     }
 }
 
+/// The import rules of [`UserRegistry`] with the snapshot's dictionaries
+/// opened once ([`UserRegistry::matcher`]): a batch's identifiers are
+/// matched without reading each dictionary's header again per
+/// identifier. The answers are the registry's own.
+pub struct Matcher<'r> {
+    users: &'r UserRegistry,
+    externals: Option<Ids<'r>>,
+    devices: Option<Ids<'r>>,
+    aliases: Option<Ids<'r>>,
+}
+
+impl Matcher<'_> {
+    /// [`UserRegistry::match_external_id`].
+    pub fn match_external_id(&self, external_id: &str) -> Option<UserId> {
+        self.users
+            .external_holder_with(external_id, |k| self.externals.as_ref()?.get(k))
+    }
+
+    /// [`UserRegistry::match_alias`].
+    pub fn match_alias(&self, label: &str, name: &str) -> Option<UserId> {
+        self.users
+            .find_alias_with(label, name, |k| self.aliases.as_ref()?.get(k))
+    }
+
+    /// [`UserRegistry::match_device`].
+    pub fn match_device(&self, device_id: &str) -> DeviceMatch {
+        let holder = self
+            .users
+            .device_holder_with(device_id, |k| self.devices.as_ref()?.get(k));
+        self.users.device_match(holder)
+    }
+}
+
 fn borrowed(s: Option<&str>) -> Option<Cow<'_, str>> {
     s.map(Cow::Borrowed)
 }
@@ -594,31 +627,67 @@ impl UserRegistry {
     }
 
     fn external_holder(&self, id: &str) -> Option<UserId> {
+        self.external_holder_with(id, |k| self.base.as_ref()?.externals()?.get(k))
+    }
+
+    /// Who holds external id `id`: the users in memory, then the
+    /// snapshot's entry, found by `base`.
+    fn external_holder_with(
+        &self,
+        id: &str,
+        base: impl FnOnce(&[u8]) -> Option<UserId>,
+    ) -> Option<UserId> {
         self.by_external.get(id).copied().or_else(|| {
-            let u = self.base.as_ref()?.externals()?.get(id.as_bytes())?;
+            let u = base(id.as_bytes())?;
             self.base_holds(u, true).then_some(u)
         })
     }
 
     fn device_holder(&self, id: &str) -> Option<UserId> {
+        self.device_holder_with(id, |k| self.base.as_ref()?.devices()?.get(k))
+    }
+
+    fn device_holder_with(
+        &self,
+        id: &str,
+        base: impl FnOnce(&[u8]) -> Option<UserId>,
+    ) -> Option<UserId> {
         self.by_device.get(id).copied().or_else(|| {
-            let u = self.base.as_ref()?.devices()?.get(id.as_bytes())?;
+            let u = base(id.as_bytes())?;
             self.base_holds(u, false).then_some(u)
         })
     }
 
     fn find_alias(&self, label: &str, name: &str) -> Option<UserId> {
+        self.find_alias_with(label, name, |k| self.base.as_ref()?.aliases()?.get(k))
+    }
+
+    fn find_alias_with(
+        &self,
+        label: &str,
+        name: &str,
+        base: impl FnOnce(&[u8]) -> Option<UserId>,
+    ) -> Option<UserId> {
         self.by_alias
             .get(&AliasQuery(label, name))
             .copied()
             .or_else(|| {
-                let u = self
-                    .base
-                    .as_ref()?
-                    .aliases()?
-                    .get(&alias_key(label, name))?;
+                let u = base(&alias_key(label, name))?;
                 self.base_holds(u, false).then_some(u)
             })
+    }
+
+    /// The import rules for many identifiers at once: the snapshot's
+    /// dictionaries opened once, where each `match_*` call of the
+    /// registry opens the one it reads again.
+    pub fn matcher(&self) -> Matcher<'_> {
+        let base = self.base.as_ref();
+        Matcher {
+            users: self,
+            externals: base.and_then(Base::externals),
+            devices: base.and_then(Base::devices),
+            aliases: base.and_then(Base::aliases),
+        }
     }
 
     /// Whoever holds this identifier, whatever the matching rules.
@@ -643,7 +712,12 @@ impl UserRegistry {
 
     /// Import rule: a device_id matches only an anonymous user holding it.
     pub fn match_device(&self, device_id: &str) -> DeviceMatch {
-        match self.device_holder(device_id) {
+        self.device_match(self.device_holder(device_id))
+    }
+
+    /// The device rule, for the holder of a device_id.
+    fn device_match(&self, holder: Option<UserId>) -> DeviceMatch {
+        match holder {
             None => DeviceMatch::Unknown,
             Some(u) if self.external_id(u).is_none() => DeviceMatch::Matched(u),
             Some(u) => DeviceMatch::Refused(u),

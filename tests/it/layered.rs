@@ -178,6 +178,30 @@ fn same_users(plain: &Workspace, layered: &Workspace) -> Result<(), TestCaseErro
         for d in &rec.devices {
             prop_assert_eq!(plain.users.match_device(d), layered.users.match_device(d));
         }
+        // A batch's matcher (the dictionaries opened once) follows the
+        // same rules, for these identifiers and for unknown ones.
+        let m = layered.users.matcher();
+        for r in refs.iter().chain(&[
+            UserRef::ExternalId(format!("unknown-{u}")),
+            UserRef::DeviceId(format!("unknown-{u}")),
+            UserRef::Alias {
+                label: "unknown".into(),
+                name: u.to_string(),
+            },
+        ]) {
+            match r {
+                UserRef::ExternalId(e) => {
+                    prop_assert_eq!(m.match_external_id(e), plain.users.match_external_id(e))
+                }
+                UserRef::DeviceId(d) => {
+                    prop_assert_eq!(m.match_device(d), plain.users.match_device(d))
+                }
+                UserRef::Alias { label, name } => prop_assert_eq!(
+                    m.match_alias(label, name),
+                    plain.users.match_alias(label, name)
+                ),
+            }
+        }
     }
     Ok(())
 }
