@@ -194,8 +194,10 @@ pub struct Matcher<'r> {
 impl Matcher<'_> {
     /// [`UserRegistry::match_external_id`].
     pub fn match_external_id(&self, external_id: &str) -> Option<UserId> {
-        self.users
-            .external_holder_with(external_id, |k| self.externals.as_ref()?.get(k))
+        let u = self.users;
+        u.holder_in(&u.by_external, external_id, true, |k| {
+            self.externals.as_ref()?.get(k)
+        })
     }
 
     /// [`UserRegistry::match_alias`].
@@ -206,10 +208,11 @@ impl Matcher<'_> {
 
     /// [`UserRegistry::match_device`].
     pub fn match_device(&self, device_id: &str) -> DeviceMatch {
-        let holder = self
-            .users
-            .device_holder_with(device_id, |k| self.devices.as_ref()?.get(k));
-        self.users.device_match(holder)
+        let u = self.users;
+        let holder = u.holder_in(&u.by_device, device_id, false, |k| {
+            self.devices.as_ref()?.get(k)
+        });
+        u.device_match(holder)
     }
 }
 
@@ -627,34 +630,30 @@ impl UserRegistry {
     }
 
     fn external_holder(&self, id: &str) -> Option<UserId> {
-        self.external_holder_with(id, |k| self.base.as_ref()?.externals()?.get(k))
-    }
-
-    /// Who holds external id `id`: the users in memory, then the
-    /// snapshot's entry, found by `base`.
-    fn external_holder_with(
-        &self,
-        id: &str,
-        base: impl FnOnce(&[u8]) -> Option<UserId>,
-    ) -> Option<UserId> {
-        self.by_external.get(id).copied().or_else(|| {
-            let u = base(id.as_bytes())?;
-            self.base_holds(u, true).then_some(u)
+        self.holder_in(&self.by_external, id, true, |k| {
+            self.base.as_ref()?.externals()?.get(k)
         })
     }
 
     fn device_holder(&self, id: &str) -> Option<UserId> {
-        self.device_holder_with(id, |k| self.base.as_ref()?.devices()?.get(k))
+        self.holder_in(&self.by_device, id, false, |k| {
+            self.base.as_ref()?.devices()?.get(k)
+        })
     }
 
-    fn device_holder_with(
+    /// Who holds `id` by the in-memory index `index` (of external ids
+    /// when `external`, else of device ids), else by the snapshot's entry
+    /// (found by `base`) while it counts.
+    fn holder_in(
         &self,
+        index: &HashMap<Box<str>, UserId>,
         id: &str,
+        external: bool,
         base: impl FnOnce(&[u8]) -> Option<UserId>,
     ) -> Option<UserId> {
-        self.by_device.get(id).copied().or_else(|| {
+        index.get(id).copied().or_else(|| {
             let u = base(id.as_bytes())?;
-            self.base_holds(u, false).then_some(u)
+            self.base_holds(u, external).then_some(u)
         })
     }
 
