@@ -111,16 +111,48 @@ impl<'de> Visitor<'de> for DrainVisitor {
     fn visit_unit<E>(self) -> Result<Drain, E> {
         Ok(Drain)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Drain, A::Error> {
-        while seq.next_element::<Drain>()?.is_some() {}
-        Ok(Drain)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Drain, A::Error> {
+        drain_seq(seq).map(|()| Drain)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Drain, A::Error> {
-        while map.next_key::<KeyName>()?.is_some() {
-            map.next_value::<Drain>()?;
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Drain, A::Error> {
+        drain_map(map).map(|()| Drain)
+    }
+}
+
+/// Reads every element of an array, keeping none.
+fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<Drain>()?.is_some() {}
+    Ok(())
+}
+
+/// Reads every entry of an object, keeping none.
+fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_key::<KeyName>()?.is_some() {
+        map.next_value::<Drain>()?;
+    }
+    Ok(())
+}
+
+/// Every element of an array read by `seed`: `Wrong` (every element still
+/// read) unless each is of its shape and passes `keep`.
+fn all_of<'de, A, S, T>(
+    mut seq: A,
+    seed: S,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Field<Vec<T>>, A::Error>
+where
+    A: SeqAccess<'de>,
+    S: DeserializeSeed<'de, Value = Field<T>> + Copy,
+{
+    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+    let mut ok = true;
+    while let Some(x) = seq.next_element_seed(seed)? {
+        match x {
+            Field::Value(x) if ok && keep(&x) => out.push(x),
+            _ => ok = false,
         }
-        Ok(Drain)
     }
+    Ok(if ok { Field::Value(out) } else { Field::Wrong })
 }
 
 /// An object key, as the fields this module reads name them.
@@ -181,6 +213,9 @@ macro_rules! wrong_otherwise {
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
             Ok(Field::Wrong)
         }
+        wrong_otherwise!(numbers);
+    };
+    (numbers) => {
         fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
             Ok(Field::Wrong)
         }
@@ -202,17 +237,13 @@ macro_rules! wrong_otherwise {
         }
     };
     (seq) => {
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<Drain>()?.is_some() {}
-            Ok(Field::Wrong)
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            drain_seq(seq).map(|()| Field::Wrong)
         }
     };
     (map) => {
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_key::<KeyName>()?.is_some() {
-                map.next_value::<Drain>()?;
-            }
-            Ok(Field::Wrong)
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            drain_map(map).map(|()| Field::Wrong)
         }
     };
 }
@@ -231,6 +262,7 @@ macro_rules! seed_of_itself {
 }
 
 /// A string field.
+#[derive(Clone, Copy)]
 struct Str;
 
 seed_of_itself!(Str);
@@ -266,16 +298,8 @@ impl<'de> Visitor<'de> for Ids {
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(Field::Value(Vec::new()))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        let mut ok = true;
-        while let Some(id) = seq.next_element_seed(Str)? {
-            match id {
-                Field::Value(s) if ok && super::identifier_ok(&s) => ids.push(s),
-                _ => ok = false,
-            }
-        }
-        Ok(if ok { Field::Value(ids) } else { Field::Wrong })
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        all_of(seq, Str, |s| super::identifier_ok(s))
     }
     wrong_otherwise!(scalars);
     wrong_otherwise!(str);
@@ -298,15 +322,7 @@ impl<'de> Visitor<'de> for Flag {
     fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
         Ok(Field::Value(b))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Field::Wrong)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Field::Wrong)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Field::Wrong)
-    }
+    wrong_otherwise!(numbers);
     wrong_otherwise!(str);
     wrong_otherwise!(seq);
     wrong_otherwise!(map);
@@ -314,6 +330,7 @@ impl<'de> Visitor<'de> for Flag {
 
 /// One alias object: exactly `alias_name` and `alias_label`, both
 /// non-empty strings.
+#[derive(Clone, Copy)]
 struct AliasSeed;
 
 seed_of_itself!(AliasSeed);
@@ -368,16 +385,8 @@ impl<'de> Visitor<'de> for AliasList {
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(Field::Value(Vec::new()))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        let mut ok = true;
-        while let Some(a) = seq.next_element_seed(AliasSeed)? {
-            match a {
-                Field::Value(a) if ok => out.push(a),
-                _ => ok = false,
-            }
-        }
-        Ok(if ok { Field::Value(out) } else { Field::Wrong })
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        all_of(seq, AliasSeed, |_| true)
     }
     wrong_otherwise!(scalars);
     wrong_otherwise!(str);
@@ -388,6 +397,7 @@ impl<'de> Visitor<'de> for AliasList {
 /// `aliases` and `should_remove`, each of its shape. Any other key is
 /// refused: a typo such as `shouldRemove` must not silently add instead
 /// of remove.
+#[derive(Clone, Copy)]
 struct ChangeSeed;
 
 seed_of_itself!(ChangeSeed);
@@ -452,16 +462,8 @@ impl<'de> Visitor<'de> for Changes {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        let mut ok = true;
-        while let Some(c) = seq.next_element_seed(ChangeSeed)? {
-            match c {
-                Field::Value(c) if ok => out.push(c),
-                _ => ok = false,
-            }
-        }
-        Ok(if ok { Field::Value(out) } else { Field::Wrong })
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        all_of(seq, ChangeSeed, |_| true)
     }
     wrong_otherwise!(scalars);
     wrong_otherwise!(str);
@@ -511,9 +513,8 @@ impl<'de> Visitor<'de> for TopVisitor {
     fn visit_unit<E>(self) -> Result<Read, E> {
         Ok(Read::Not("null"))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Read, A::Error> {
-        while seq.next_element::<Drain>()?.is_some() {}
-        Ok(Read::Not("an array"))
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Read, A::Error> {
+        drain_seq(seq).map(|()| Read::Not("an array"))
     }
 }
 
@@ -778,6 +779,7 @@ mod tests {
         let few = prop::collection::vec(
             prop_oneof![
                 8 => (0u32..50).prop_map(|i| format!("\"u{i}\"")),
+                1 => Just("\"\"".to_string()),
                 1 => any_json(),
             ],
             0..6,
@@ -791,6 +793,7 @@ mod tests {
         let field = |k: &'static str| {
             prop_oneof![
                 6 => (0u32..5).prop_map(move |i| format!("\"{k}\":\"v{i}\"")),
+                1 => Just(format!("\"{k}\":\"\"")),
                 1 => any_json().prop_map(move |v| format!("\"{k}\":{v}")),
                 1 => (key(), any_json()).prop_map(|(k, v)| format!("{k}:{v}")),
             ]

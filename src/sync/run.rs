@@ -530,10 +530,4 @@ impl IdKind {
         }
         c
     }
-
-    /// The same object as a JSON value.
-    pub fn change(&self, ids: &[String], remove: bool) -> Value {
-        // Strings and a bool only: nothing the conversion can refuse.
-        serde_json::to_value(self.change_body(ids, remove)).unwrap_or(Value::Null)
-    }
 }

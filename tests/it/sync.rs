@@ -229,17 +229,20 @@ fn batches_hold_at_most_1000_entered_then_left() {
 #[test]
 fn change_objects_speak_the_protocol() {
     let ids = vec!["x".to_string(), "y".to_string()];
+    let change = |kind: &IdKind, ids: &[String], remove: bool| {
+        serde_json::to_value(kind.change_body(ids, remove)).unwrap()
+    };
     assert_eq!(
-        IdKind::ExternalId.change(&ids, false),
+        change(&IdKind::ExternalId, &ids, false),
         json!({"user_ids": ["x", "y"]})
     );
     assert_eq!(
-        IdKind::DeviceId.change(&ids, true),
+        change(&IdKind::DeviceId, &ids, true),
         json!({"device_ids": ["x", "y"], "should_remove": true})
     );
     let alias = IdKind::parse("alias", Some("email")).unwrap();
     assert_eq!(
-        alias.change(&ids[..1], false),
+        change(&alias, &ids[..1], false),
         json!({"aliases": [{"alias_name": "x", "alias_label": "email"}]})
     );
     assert!(IdKind::parse("alias", None).is_err());
@@ -247,7 +250,7 @@ fn change_objects_speak_the_protocol() {
     assert!(IdKind::parse("email", None).is_err());
     // What the server parses, it parses as meant.
     let body = json!({"partner_api_key": "k", "client_secret": "s", "cohort_id": "c",
-        "cohort_changes": [IdKind::DeviceId.change(&ids, true)]});
+        "cohort_changes": [change(&IdKind::DeviceId, &ids, true)]});
     let req = segq::import::parse_users_request(&serde_json::to_vec(&body).unwrap()).unwrap();
     assert!(req.cohort_changes[0].should_remove);
     assert_eq!(req.cohort_changes[0].device_ids, ids);
