@@ -1,7 +1,6 @@
 //! What is measured: the chunk-wise evaluator (`segment::chunk`) against the
 //! reference evaluator (`segment::reference`) on the six query shapes of
-//! ../shared/WORKLOAD.md, the three custom attribute shapes
-//! (`workload::attribute_shapes`, with and without planning), plus a single cohort's count, a one-user check of
+//! ../shared/WORKLOAD.md, plus a single cohort's count, a one-user check of
 //! a five-leaf filter, and the member list of a segment; the fast counts
 //! also on rayon pools of 1 and 2 threads; and random-bucket leaves alone,
 //! ANDed with a dense and with a sparse set, and the mixed shape without its
@@ -21,7 +20,10 @@
 //! Beside them, `estimates`: the chunk-sampled estimate at 5% against the
 //! exact count, per query shape (`cargo bench --bench evaluator --
 //! estimate`; `SEGQ_BENCH_SNAPSHOT=path` reads a snapshot file instead of
-//! generating one).
+//! generating one), and `attributes`: the three custom attribute shapes
+//! (`workload::attribute_shapes`, with and without planning;
+//! `SEGQ_BENCH_SNAPSHOT` as there, and `SEGQ_BENCH_NO_REFERENCE=1` skips
+//! the check against the reference evaluator, minutes at 10M users).
 //!
 //! How to run: `cargo bench --bench evaluator` (small workload, 100k users);
 //! `SEGQ_BENCH_USERS=10000000 SEGQ_BENCH_COHORTS=200 cargo bench --bench
@@ -66,33 +68,6 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("fast-with-planning/{name}"), |b| {
             b.iter(|| {
                 let p = plan::plan(&ws, black_box(filter)).expect("plans");
-                chunk::Prepared::new(&ws, &p, &cache)
-                    .expect("prepares")
-                    .count()
-                    .expect("counts")
-            })
-        });
-    }
-    g.finish();
-
-    // The attribute shapes: each attribute test run on its index when the
-    // plan is made, then counted like a cohort leaf.
-    let mut g = c.benchmark_group(format!("attributes/{tag}"));
-    g.sample_size(20);
-    for (name, filter) in workload::attribute_shapes(spec.cohorts) {
-        let p = plan::plan(&ws, &filter).expect("plans");
-        let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
-        assert_eq!(
-            prepared.count().expect("counts"),
-            reference::count(&ws, &filter).expect("counts"),
-            "{name}"
-        );
-        g.bench_function(format!("fast/{name}"), |b| {
-            b.iter(|| prepared.count().expect("counts"))
-        });
-        g.bench_function(format!("fast-with-planning/{name}"), |b| {
-            b.iter(|| {
-                let p = plan::plan(&ws, black_box(&filter)).expect("plans");
                 chunk::Prepared::new(&ws, &p, &cache)
                     .expect("prepares")
                     .count()
@@ -304,5 +279,59 @@ fn estimates(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, estimates);
+/// The attribute shapes: each attribute test run on its index when the
+/// plan is made, then counted like a cohort leaf; checked against the
+/// reference evaluator first. Over the workspace loaded from
+/// `SEGQ_BENCH_SNAPSHOT` when set (as `segq bench` runs them, without its
+/// live delta), else over the generated workload of `SEGQ_BENCH_USERS`;
+/// `SEGQ_BENCH_NO_REFERENCE` skips the check against the reference.
+fn attributes(c: &mut Criterion) {
+    let (ws, tag) = match std::env::var("SEGQ_BENCH_SNAPSHOT") {
+        Ok(path) => {
+            let snap = Snapshot::open(std::path::Path::new(&path)).expect("the snapshot opens");
+            let users = snap.meta().expect("a meta").users;
+            let ws = persist::load_workspace(Arc::new(snap)).expect("the workspace loads");
+            (ws, format!("{users}users"))
+        }
+        Err(_) => {
+            let spec = Spec::from_env(Spec::SMALL);
+            let ws = workload::generate("bench", spec)
+                .expect("the workload generates")
+                .workspace;
+            (ws, format!("{}users", spec.users))
+        }
+    };
+    // The reference evaluator tests every user's attributes one by one:
+    // minutes at 10M users.
+    let skip_reference = std::env::var_os("SEGQ_BENCH_NO_REFERENCE").is_some();
+    let cache = segq::query::SerialCache::default();
+    let mut g = c.benchmark_group(format!("attributes/{tag}"));
+    g.sample_size(20);
+    for (name, filter) in workload::attribute_shapes(ws.cohorts.len() as u32) {
+        let p = plan::plan(&ws, &filter).expect("plans");
+        let prepared = chunk::Prepared::new(&ws, &p, &cache).expect("prepares");
+        if !skip_reference {
+            assert_eq!(
+                prepared.count().expect("counts"),
+                reference::count(&ws, &filter).expect("counts"),
+                "{name}"
+            );
+        }
+        g.bench_function(format!("fast/{name}"), |b| {
+            b.iter(|| prepared.count().expect("counts"))
+        });
+        g.bench_function(format!("fast-with-planning/{name}"), |b| {
+            b.iter(|| {
+                let p = plan::plan(&ws, black_box(&filter)).expect("plans");
+                chunk::Prepared::new(&ws, &p, &cache)
+                    .expect("prepares")
+                    .count()
+                    .expect("counts")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, attributes, estimates);
 criterion_main!(benches);
