@@ -2,16 +2,22 @@
 //! bit of `value - base`, so a comparison with a constant takes two bitmap
 //! operations per bit (O'Neil and Quass) and never visits a user.
 //!
-//! A range ([`Bsi::range`]) runs chunk by chunk (2^16 users), the chunks
-//! in parallel, and each chunk's users become a bitmap on the thread that
-//! found them. Both ends are compared in one pass from the top bit down,
-//! in a few words of state per user word: first the sparse top slices
-//! move only their users, then the chunk goes block by block (512 users,
-//! one cache line of each slice), its state in registers, and a block
-//! stops reading slices as soon as none of its users still equals an end
-//! on the bits seen. The containers are read in place from the index's
-//! portable serialization, made on the first range after a change and
-//! kept until the next one.
+//! A range is compared one chunk (2^16 users) at a time, both ends in one
+//! pass from the top bit down: the top slices where neither end has a one
+//! bit (sparse: arrays) only name users above both ends; the other slices
+//! go block by block (512 users, one cache line of each slice,
+//! [`crate::bitmap_view::Kernels::range_pass`]), the state in registers,
+//! and a block stops reading slices as soon as none of its users still
+//! equals an end on the bits seen. The containers are read in place from
+//! the index's portable serialization, made on the first range after a
+//! change and kept until the next one, beside which the large array
+//! containers of slices are kept written out once compared.
+//!
+//! [`Bsi::range`] runs every chunk, in parallel, each chunk's users
+//! becoming a bitmap on the thread that found them. [`Bsi::scan`] keeps a
+//! range for the chunk evaluator ([`RangeScan`]): it compares a chunk
+//! among the users it still holds there ([`ScanViews::chunk`]), so a
+//! block none of them is in reads no slice.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +25,9 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
-use crate::bitmap_view::{BitmapView, Container, Words, CHUNK_WORDS};
+use crate::bitmap_view::{
+    BitmapView, Container, Kernels, Words, CHUNK_WORDS, RANGE_DROP, RANGE_HI, RANGE_KEEP, RANGE_LO,
+};
 
 /// Integer values of users, sliced by bit.
 #[derive(Clone, Debug, Default)]
@@ -46,7 +54,17 @@ struct Frozen {
     bytes: Vec<u8>,
     /// Where each part ends.
     ends: Vec<usize>,
+    /// Per part and container, the container written out as a bitmap's
+    /// bytes, for the large array containers of slices a range compares
+    /// (made on first use: writing one out costs about a nanosecond an
+    /// element every time, reading it a cache line a block).
+    dense: Vec<Vec<OnceLock<Box<[u8; BYTES]>>>>,
 }
+
+/// An array container of a slice with at least this many values is kept
+/// written out once compared ([`Frozen::dense`]): at most four times its
+/// own bytes.
+const DENSE_MIN: usize = 1024;
 
 impl fmt::Debug for Frozen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,7 +87,18 @@ impl Frozen {
             let _ = b.serialize_into(&mut bytes);
             ends.push(bytes.len());
         }
-        Frozen { bytes, ends }
+        let mut frozen = Frozen {
+            bytes,
+            ends,
+            dense: Vec::new(),
+        };
+        frozen.dense = frozen
+            .views()
+            .unwrap_or_default()
+            .iter()
+            .map(|v| (0..v.containers()).map(|_| OnceLock::new()).collect())
+            .collect();
+        frozen
     }
 
     /// Each part's view; `None` if one does not parse (never for bytes
@@ -85,18 +114,17 @@ impl Frozen {
     }
 }
 
-/// One chunk's comparison state: per user, whether the value still equals
-/// each end on the bits seen (`eq_*`), and whether it is already known
-/// below the upper end (`below_hi`) or above the lower one (`above_lo`).
-/// An end that is absent starts as "known": all of `has`, nobody equal.
+/// Buffers of [`range_chunk`], reused chunk to chunk on a thread.
 struct State {
-    eq_hi: Words,
-    below_hi: Words,
-    eq_lo: Words,
-    above_lo: Words,
-    /// The words of slices that are not bitmap containers, as
-    /// little-endian bytes (one buffer a slice, reused chunk to chunk).
+    /// `has` in the chunk, when it is not a bitmap container.
+    has: Box<[u8; BYTES]>,
+    /// The users with a bit set in the top slices that neither end has
+    /// (see [`range_chunk`]).
+    high: Box<[u8; BYTES]>,
+    /// The slices that are not bitmaps (arrays, runs), written out.
     scratch: Vec<Box<[u8; BYTES]>>,
+    /// Each compared slice's end bits, two masks a slice.
+    ends: Vec<u64>,
 }
 
 /// A container's bytes when it is a bitmap.
@@ -105,20 +133,13 @@ const BYTES: usize = CHUNK_WORDS * 8;
 /// No member in the chunk.
 static ZERO: [u8; BYTES] = [0; BYTES];
 
-/// Words a block: one cache line of each slice. (16, 32 and 64 words
-/// were each slower on the medium workload's ranges: the state leaves the
-/// registers and a block stops later.)
-const BLOCK: usize = 8;
-
 impl State {
     fn new() -> Box<State> {
-        let zero = [0u64; CHUNK_WORDS];
         Box::new(State {
-            eq_hi: zero,
-            below_hi: zero,
-            eq_lo: zero,
-            above_lo: zero,
+            has: Box::new([0; BYTES]),
+            high: Box::new([0; BYTES]),
             scratch: Vec::new(),
+            ends: Vec::new(),
         })
     }
 }
@@ -132,162 +153,123 @@ fn mask_of(end: Option<u64>, i: usize) -> u64 {
     }
 }
 
-/// The block's 8 words of a slice's little-endian bytes.
-#[inline(always)]
-fn block_of(bytes: &[u8; BYTES], b: usize) -> [u64; BLOCK] {
-    let mut x = [0u64; BLOCK];
-    for (k, x) in x.iter_mut().enumerate() {
-        let at = 8 * (b * BLOCK + k);
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&bytes[at..at + 8]);
-        *x = u64::from_le_bytes(w);
+/// `c` written out as a bitmap container's bytes.
+fn write_bytes(c: &Container<'_>, out: &mut [u8; BYTES]) {
+    let mut w = [0u64; CHUNK_WORDS];
+    c.write_into(&mut w);
+    for (b, w) in out.chunks_exact_mut(8).zip(&w) {
+        b.copy_from_slice(&w.to_le_bytes());
     }
-    x
+}
+
+/// What [`range_chunk`] does with the words it is given.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// They are ignored and become the chunk's users in the range.
+    Write,
+    /// They are users; those in the range are kept.
+    Keep,
+    /// They are users; those in the range are dropped.
+    Drop,
 }
 
 /// The users of one chunk with `lo <= value - base <= hi` (offsets; an
-/// end `None`: none), as the chunk's words: `has` is the chunk's
-/// container of users with a value, `slices` each slice's container there.
+/// end `None`: none): with [`Mode::Write`], written into `words`; with
+/// [`Mode::Keep`] or [`Mode::Drop`], `words` are users and those in the
+/// range are kept or dropped. How many users `words` then hold. `has` is
+/// the chunk's container of users with a value, `slices` each slice's
+/// container there.
 ///
-/// From the top bit down, slices where neither end has a one bit and that
-/// hold few users (arrays) only move those users, word by word. From the
-/// first other slice on, the chunk goes block by block (8 words, one
-/// cache line of each slice): a block's state stays in registers through
-/// the remaining slices, and the block stops reading them as soon as none
-/// of its users still equals an end.
-fn range_chunk(
+/// Slices from the top down where neither end has a one bit and that hold
+/// few users (arrays) only name users above both ends: they are gathered
+/// once (`high`). The other slices are compared top first by
+/// [`Kernels::range_pass`], block by block (8 words, one cache line of
+/// each slice), the comparison's state in registers: a block stops
+/// reading slices as soon as none of its users still equals an end, and a
+/// block with no user to compare reads none.
+fn range_chunk<'d>(
     has: Container<'_>,
     slices: &[Option<Container<'_>>],
-    lo: Option<u64>,
-    hi: Option<u64>,
+    dense: &dyn Fn(usize) -> Option<&'d [u8; BYTES]>,
+    (lo, hi): (Option<u64>, Option<u64>),
+    words: &mut Words,
+    mode: Mode,
     st: &mut State,
-) -> Words {
-    let mut h = [0u64; CHUNK_WORDS];
-    has.write_into(&mut h);
-    let zero = [0u64; CHUNK_WORDS];
-    (st.eq_hi, st.below_hi) = if hi.is_some() { (h, zero) } else { (zero, h) };
-    (st.eq_lo, st.above_lo) = if lo.is_some() { (h, zero) } else { (zero, h) };
+) -> u32 {
+    let has: &[u8; BYTES] = match has {
+        Container::Bitmap(b) => <&[u8; BYTES]>::try_from(b.bytes()).unwrap_or(&ZERO),
+        c => {
+            write_bytes(&c, &mut st.has);
+            &st.has
+        }
+    };
     let mut rest = slices.len();
+    let mut any_high = false;
     while rest > 0 {
         let i = rest - 1;
-        let (hb, lb) = (mask_of(hi, i), mask_of(lo, i));
-        let sparse = match &slices[i] {
-            None => true,
-            Some(Container::Array(_)) => true,
-            Some(_) => false,
+        let a = match &slices[i] {
+            _ if mask_of(hi, i) != 0 || mask_of(lo, i) != 0 => break,
+            None => None,
+            Some(Container::Array(a)) => Some(a),
+            Some(_) => break,
         };
-        if hb != 0 || lb != 0 || !sparse {
-            break;
-        }
         rest = i;
-        // Neither end has the bit: only the users with it change (they
-        // leave `eq_hi`, and pass from `eq_lo` to `above_lo`).
-        if let Some(Container::Array(a)) = &slices[i] {
+        if let Some(a) = a {
+            if !any_high {
+                st.high.fill(0);
+                any_high = true;
+            }
             for v in a.iter() {
-                let (w, m) = (usize::from(v >> 6), 1u64 << (v & 63));
-                st.eq_hi[w] &= !m;
-                st.above_lo[w] |= st.eq_lo[w] & m;
-                st.eq_lo[w] &= !m;
-            }
-            if st.eq_hi.iter().zip(&st.eq_lo).all(|(h, l)| h | l == 0) {
-                rest = 0;
+                st.high[usize::from(v >> 3)] |= 1 << (v & 7);
             }
         }
     }
-    // The remaining slices, top first: their bytes (in place for a
-    // bitmap container, else written out) and the ends' bits.
-    fn in_place<'a>(c: &Option<Container<'a>>) -> Option<&'a [u8; BYTES]> {
-        match c {
-            None => Some(&ZERO),
-            Some(Container::Bitmap(b)) => <&[u8; BYTES]>::try_from(b.bytes()).ok(),
-            Some(_) => None,
-        }
-    }
-    let mut used = 0;
-    let mut words = [0u64; CHUNK_WORDS];
-    for c in slices[..rest].iter().flatten() {
-        if in_place(&Some(*c)).is_none() {
-            if st.scratch.len() == used {
-                st.scratch.push(Box::new([0; BYTES]));
-            }
-            c.write_into(&mut words);
-            for (b, w) in st.scratch[used].chunks_exact_mut(8).zip(&words) {
-                b.copy_from_slice(&w.to_le_bytes());
-            }
-            used += 1;
-        }
-    }
-    let mut written = st.scratch.iter();
-    let mut srcs: Vec<(&[u8; BYTES], u64, u64)> = slices[..rest]
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let bytes = match in_place(c) {
-                Some(b) => b,
-                None => written.next().map_or(&ZERO, |b| &**b),
-            };
-            (bytes, mask_of(hi, i), mask_of(lo, i))
+    // The other containers written out (or kept so: `dense`).
+    let kept: Vec<Option<&[u8; BYTES]>> = (0..rest)
+        .map(|i| match &slices[i] {
+            Some(Container::Bitmap(_)) | None => None,
+            Some(_) => dense(i),
         })
         .collect();
-    srcs.reverse();
-    let mut out = [0u64; CHUNK_WORDS];
-    // Only the ends given are compared (a one-ended range does half the
-    // work a word).
-    match (hi.is_some(), lo.is_some()) {
-        (true, true) => blocks::<true, true>(st, &srcs, &mut out),
-        (true, false) => blocks::<true, false>(st, &srcs, &mut out),
-        (false, true) => blocks::<false, true>(st, &srcs, &mut out),
-        (false, false) => blocks::<false, false>(st, &srcs, &mut out),
-    }
-    out
-}
-
-/// The block-by-block pass of [`range_chunk`] over the slices `srcs`
-/// (top first: each one's bytes, and the upper and lower ends' bits as
-/// masks), from the state the sparse pass left, into `out`.
-fn blocks<const HI: bool, const LO: bool>(
-    st: &State,
-    srcs: &[(&[u8; BYTES], u64, u64)],
-    out: &mut Words,
-) {
-    const B: usize = BLOCK;
-    for b in 0..CHUNK_WORDS / B {
-        let r = b * B..(b + 1) * B;
-        let mut eh = [0u64; B];
-        let mut bh = [0u64; B];
-        let mut el = [0u64; B];
-        let mut al = [0u64; B];
-        eh.copy_from_slice(&st.eq_hi[r.clone()]);
-        bh.copy_from_slice(&st.below_hi[r.clone()]);
-        el.copy_from_slice(&st.eq_lo[r.clone()]);
-        al.copy_from_slice(&st.above_lo[r.clone()]);
-        for &(bytes, hm, lm) in srcs {
-            let live = (0..B).fold(0, |a, k| {
-                a | if HI { eh[k] } else { 0 } | if LO { el[k] } else { 0 }
-            });
-            if live == 0 {
-                break;
-            }
-            let x = block_of(bytes, b);
-            for k in 0..B {
-                // A one bit of an end keeps the users with the bit in its
-                // `eq`; a zero bit those without. Below the upper end:
-                // equal so far, its bit one and theirs zero; above the
-                // lower: equal so far, its bit zero and theirs one.
-                if HI {
-                    bh[k] |= eh[k] & !x[k] & hm;
-                    eh[k] &= !(x[k] ^ hm);
+    let mut used = 0;
+    for (c, k) in slices[..rest].iter().zip(&kept) {
+        if let (Some(c), None) = (c, k) {
+            if !matches!(c, Container::Bitmap(_)) {
+                if st.scratch.len() == used {
+                    st.scratch.push(Box::new([0; BYTES]));
                 }
-                if LO {
-                    al[k] |= el[k] & x[k] & !lm;
-                    el[k] &= !(x[k] ^ lm);
-                }
+                write_bytes(c, &mut st.scratch[used]);
+                used += 1;
             }
         }
-        for k in 0..B {
-            out[b * B + k] = (bh[k] | eh[k]) & (al[k] | el[k]);
-        }
     }
+    // Written bottom up; read top first.
+    let mut written = st.scratch[..used].iter().rev();
+    let mut srcs: Vec<&[u8]> = Vec::with_capacity(rest);
+    st.ends.clear();
+    for (i, c) in slices[..rest].iter().enumerate().rev() {
+        srcs.push(match (c, kept[i]) {
+            (None, _) => &ZERO,
+            (Some(Container::Bitmap(b)), _) => b.bytes(),
+            (Some(_), Some(k)) => &k[..],
+            (Some(_), None) => written.next().map_or(&ZERO[..], |b| &b[..]),
+        });
+        st.ends.push(mask_of(hi, i));
+        st.ends.push(mask_of(lo, i));
+    }
+    let high: &[u8] = if any_high { &st.high[..] } else { &[] };
+    let mut how = match mode {
+        Mode::Write => 0,
+        Mode::Keep => RANGE_KEEP,
+        Mode::Drop => RANGE_DROP,
+    };
+    if hi.is_some() {
+        how |= RANGE_HI;
+    }
+    if lo.is_some() {
+        how |= RANGE_LO;
+    }
+    Kernels::active().range_pass(has, high, &srcs, &st.ends, words, how)
 }
 
 fn offset(v: i64, base: i64) -> u64 {
@@ -314,8 +296,17 @@ fn range_views(
             |(st, bytes), &(key, c)| {
                 let in_chunk: Vec<Option<Container<'_>>> =
                     slices.iter().map(|s| s.container_for_key(key)).collect();
-                let words = range_chunk(c, &in_chunk, lo, hi, st);
-                if words.iter().all(|&w| w == 0) {
+                let mut words = [0u64; CHUNK_WORDS];
+                if range_chunk(
+                    c,
+                    &in_chunk,
+                    &|_| None,
+                    (lo, hi),
+                    &mut words,
+                    Mode::Write,
+                    st,
+                ) == 0
+                {
                     return RoaringBitmap::new();
                 }
                 for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
@@ -330,6 +321,143 @@ fn range_views(
         out |= p;
     }
     out
+}
+
+/// What a range asks of the slices (see [`Bsi::ends`]).
+enum Ends {
+    Nobody,
+    Has,
+    Compare((Option<u64>, Option<u64>)),
+}
+
+/// A range over a bit-sliced index, evaluated where it is needed: chunk
+/// by chunk and among the users an evaluator still holds there
+/// ([`ScanViews::chunk`]), so a range ANDed with smaller sets reads only
+/// the slices' cache lines that hold those users' bits, or whole (the
+/// users, made once on first use). It holds the index's serialization
+/// as it was, so later changes do not reach it.
+pub struct RangeScan {
+    frozen: Arc<Frozen>,
+    /// `lo` and `hi` as offsets from the base.
+    ends: (Option<u64>, Option<u64>),
+    at_most: u64,
+    users: OnceLock<RoaringBitmap>,
+}
+
+impl fmt::Debug for RangeScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RangeScan({:?} of {} users)", self.ends, self.at_most)
+    }
+}
+
+impl RangeScan {
+    /// Whether both select the same users: the same ends over the same
+    /// serialization of the index.
+    pub fn same(&self, other: &RangeScan) -> bool {
+        Arc::ptr_eq(&self.frozen, &other.frozen) && self.ends == other.ends
+    }
+
+    /// The users with a value: at least as many as the range holds.
+    pub fn at_most(&self) -> u64 {
+        self.at_most
+    }
+
+    /// The index's parts read in place, for chunk by chunk evaluation.
+    pub fn views(&self) -> ScanViews<'_> {
+        // `Bsi::scan` parsed them once already.
+        let views = self.frozen.views().unwrap_or_default();
+        let (has, slices) = match views.split_first() {
+            Some((has, slices)) => (*has, slices.to_vec()),
+            None => (BitmapView::empty(), Vec::new()),
+        };
+        ScanViews {
+            has,
+            slices,
+            ends: self.ends,
+            dense: &self.frozen.dense,
+        }
+    }
+
+    /// The users in the range, all of them (computed on first use).
+    pub fn users(&self) -> &RoaringBitmap {
+        self.users.get_or_init(|| {
+            let v = self.views();
+            range_views(&v.has, &v.slices, v.ends.0, v.ends.1)
+        })
+    }
+}
+
+/// A [`RangeScan`]'s bitmaps parsed.
+#[derive(Clone)]
+pub struct ScanViews<'a> {
+    has: BitmapView<'a>,
+    slices: Vec<BitmapView<'a>>,
+    ends: (Option<u64>, Option<u64>),
+    /// [`Frozen::dense`].
+    dense: &'a [Vec<OnceLock<Box<[u8; BYTES]>>>],
+}
+
+/// Reusable buffers of [`ScanViews::chunk`], one per thread.
+pub struct ScanState(Box<State>);
+
+impl Default for ScanState {
+    fn default() -> Self {
+        ScanState(State::new())
+    }
+}
+
+impl ScanViews<'_> {
+    /// The users of chunk `key` in the range, as `mode` says (see
+    /// [`Mode`]): written into `words`, or kept or dropped from them. How
+    /// many users `words` then hold.
+    pub fn chunk(&self, key: u16, words: &mut Words, mode: Mode, st: &mut ScanState) -> u32 {
+        let Some(has) = self.has.container_for_key(key) else {
+            return match mode {
+                Mode::Write | Mode::Keep => {
+                    words.fill(0);
+                    0
+                }
+                Mode::Drop => words.iter().map(|w| w.count_ones()).sum(),
+            };
+        };
+        let at: Vec<Option<usize>> = self.slices.iter().map(|s| s.find(key)).collect();
+        let in_chunk: Vec<Option<Container<'_>>> = self
+            .slices
+            .iter()
+            .zip(&at)
+            .map(|(s, i)| i.map(|i| s.container(i)))
+            .collect();
+        // A large array is written out once and kept (part 0 is `has`).
+        let dense = |j: usize| -> Option<&[u8; BYTES]> {
+            let (i, c) = (at[j]?, in_chunk[j]?);
+            match c {
+                Container::Array(a) if a.len() >= DENSE_MIN => {
+                    let kept = self.dense.get(j + 1)?.get(i)?;
+                    Some(&**kept.get_or_init(|| {
+                        let mut b = Box::new([0; BYTES]);
+                        write_bytes(&c, &mut b);
+                        b
+                    }))
+                }
+                _ => None,
+            }
+        };
+        range_chunk(has, &in_chunk, &dense, self.ends, words, mode, &mut st.0)
+    }
+
+    /// Whether user `u`'s value is in the range.
+    pub fn contains(&self, u: u32) -> bool {
+        if !self.has.contains(u) {
+            return false;
+        }
+        let v = self
+            .slices
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.contains(u))
+            .fold(0u64, |v, (i, _)| v | 1 << i);
+        self.ends.0.is_none_or(|l| v >= l) && self.ends.1.is_none_or(|h| v <= h)
+    }
 }
 
 impl Bsi {
@@ -484,11 +612,12 @@ impl Bsi {
         eq
     }
 
-    /// The users whose value lies in `lo..=hi` (an end `None`: unbounded).
-    pub fn range(&self, lo: Option<i64>, hi: Option<i64>) -> RoaringBitmap {
-        let none = RoaringBitmap::new;
+    /// What a range `lo..=hi` (an end `None`: unbounded) asks of the
+    /// slices: nobody, every user with a value, or a comparison with
+    /// these ends as offsets (an end every value meets dropped).
+    fn ends(&self, lo: Option<i64>, hi: Option<i64>) -> Ends {
         if self.has.is_empty() {
-            return none();
+            return Ends::Nobody;
         }
         let bits = self.slices.len();
         let top = if bits >= 64 {
@@ -496,36 +625,67 @@ impl Bsi {
         } else {
             (1u64 << bits) - 1
         };
-        // The ends as offsets; an end every value meets is dropped.
         let lo = match lo {
             Some(l) if l > self.base => match offset(l, self.base) {
-                o if o > top => return none(),
+                o if o > top => return Ends::Nobody,
                 o => Some(o),
             },
             _ => None,
         };
         let hi = match hi {
-            Some(h) if h < self.base => return none(),
+            Some(h) if h < self.base => return Ends::Nobody,
             Some(h) => Some(offset(h, self.base)).filter(|&o| o < top),
             None => None,
         };
         match (lo, hi) {
-            (None, None) => return self.has.clone(),
-            (Some(l), Some(h)) if l > h => return none(),
-            _ => {}
+            (None, None) => Ends::Has,
+            (Some(l), Some(h)) if l > h => Ends::Nobody,
+            ends => Ends::Compare(ends),
         }
-        let frozen = self
-            .frozen
+    }
+
+    /// `has` and the slices serialized (made on the first range after a
+    /// change).
+    fn frozen(&self) -> Arc<Frozen> {
+        self.frozen
             .get_or_init(|| {
                 Arc::new(Frozen::of(
                     std::iter::once(&self.has).chain(self.slices.iter()),
                 ))
             })
-            .clone();
-        match frozen.views() {
+            .clone()
+    }
+
+    /// The users whose value lies in `lo..=hi` (an end `None`: unbounded).
+    pub fn range(&self, lo: Option<i64>, hi: Option<i64>) -> RoaringBitmap {
+        let (lo, hi) = match self.ends(lo, hi) {
+            Ends::Nobody => return RoaringBitmap::new(),
+            Ends::Has => return self.has.clone(),
+            Ends::Compare(ends) => ends,
+        };
+        match self.frozen().views() {
             Some(views) => range_views(&views[0], &views[1..], lo, hi),
             None => self.range_by_bitmaps(lo, hi),
         }
+    }
+
+    /// The range `lo..=hi` (an end `None`: unbounded) kept for evaluating
+    /// chunk by chunk ([`RangeScan`]), when it needs the slices compared
+    /// (`None`: it selects nobody or every user with a value, which
+    /// [`Self::range`] answers at once). Shares the index's serialization.
+    pub fn scan(&self, lo: Option<i64>, hi: Option<i64>) -> Option<RangeScan> {
+        let Ends::Compare(ends) = self.ends(lo, hi) else {
+            return None;
+        };
+        let frozen = self.frozen();
+        // Never fails for bytes `roaring` wrote; `range` falls back then.
+        frozen.views()?;
+        Some(RangeScan {
+            frozen,
+            ends,
+            at_most: self.has.len(),
+            users: OnceLock::new(),
+        })
     }
 
     /// [`Self::range`] by whole-bitmap operations (offsets as there).
@@ -588,7 +748,97 @@ mod tests {
             .collect()
     }
 
+    /// Chunk `key` of `b` as words.
+    fn chunk_words(b: &RoaringBitmap, key: u32) -> Words {
+        let mut w = [0u64; CHUNK_WORDS];
+        for u in b.range(key << 16..(key + 1) << 16) {
+            let low = (u & 0xFFFF) as usize;
+            w[low / 64] |= 1 << (low % 64);
+        }
+        w
+    }
+
     proptest! {
+        /// A range evaluated chunk by chunk (`RangeScan`), among random
+        /// users of every density, kept or dropped: exactly a full scan's
+        /// users there, twice (the second time through the large arrays
+        /// written out by the first), and one user at a time.
+        #[test]
+        fn scans_agree_with_a_full_scan_among_any_users(
+            sparse in prop::collection::vec(prop::option::of(0i64..5000), 0..400),
+            dense in 0u32..2,
+            seed in any::<u64>(),
+            bounds in prop::collection::vec((prop::option::of(-10i64..5100), prop::option::of(-10i64..5100)), 1..6),
+        ) {
+            let mut b = Bsi::default();
+            let mut m = BTreeMap::new();
+            // Chunk 0: bitmap containers for the low slices, arrays of
+            // over a thousand values for bit 12.
+            for u in 0..dense * 20_000 {
+                let v = i64::from(u.wrapping_mul(2_654_435_761) % 5000);
+                b.set(u, v);
+                m.insert(u, v);
+            }
+            // Chunk 1: arrays (and absent slices); chunk 2: one user.
+            for (i, v) in sparse.iter().enumerate() {
+                let u = 65_536 + 37 * i as u32;
+                if let Some(v) = v {
+                    b.set(u, *v);
+                    m.insert(u, *v);
+                }
+            }
+            b.set(140_000, 77);
+            m.insert(140_000, 77);
+            let mut r = seed | 1;
+            let mut next = move || {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                r
+            };
+            for (lo, hi) in bounds {
+                let want = scan(&m, lo, hi);
+                let Some(sc) = b.scan(lo, hi) else {
+                    prop_assert_eq!(b.range(lo, hi), want);
+                    continue;
+                };
+                prop_assert!(sc.at_most() >= want.len());
+                let views = sc.views();
+                let mut st = ScanState::default();
+                for _ in 0..2 {
+                    for key in 0..3u32 {
+                        let all = chunk_words(&want, key);
+                        let mut w = [0u64; CHUNK_WORDS];
+                        let n = views.chunk(key as u16, &mut w, Mode::Write, &mut st);
+                        prop_assert_eq!(&w[..], &all[..]);
+                        prop_assert_eq!(n, all.iter().map(|w| w.count_ones()).sum::<u32>());
+                        // Users of no, few, half and every user.
+                        for share in 0..4 {
+                            let among: Words = std::array::from_fn(|_| match share {
+                                0 => 0,
+                                1 => next() & next() & next(),
+                                2 => next(),
+                                _ => u64::MAX,
+                            });
+                            for (mode, expect) in [
+                                (Mode::Keep, std::array::from_fn::<u64, CHUNK_WORDS, _>(|i| among[i] & all[i])),
+                                (Mode::Drop, std::array::from_fn(|i| among[i] & !all[i])),
+                            ] {
+                                let mut w = among;
+                                let n = views.chunk(key as u16, &mut w, mode, &mut st);
+                                prop_assert_eq!(&w[..], &expect[..], "{:?}", mode);
+                                prop_assert_eq!(n, expect.iter().map(|w| w.count_ones()).sum::<u32>());
+                            }
+                        }
+                    }
+                }
+                for &u in m.keys().chain([1u32, 65_537, 200_000].iter()) {
+                    prop_assert_eq!(views.contains(u), want.contains(u), "user {}", u);
+                }
+                prop_assert_eq!(sc.users(), &want);
+            }
+        }
+
         #[test]
         fn ranges_agree_with_a_full_scan(
             ops in prop::collection::vec((0u32..3000, prop::option::of(-1000i64..1000)), 1..400),

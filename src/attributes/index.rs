@@ -472,6 +472,22 @@ impl Attribute {
         })
     }
 
+    /// A numeric range `lo..=hi` kept for evaluating chunk by chunk
+    /// ([`super::bsi::RangeScan`]); `None` when [`Self::select`] answers
+    /// it as well (it selects nobody or everyone with a value, or the
+    /// attribute is not a number). A damaged index is refused as
+    /// [`Self::select`] refuses it.
+    pub fn scan(&self, lo: Option<i64>, hi: Option<i64>) -> Result<Option<super::bsi::RangeScan>> {
+        match self.ix() {
+            Index::Numbers(b) => match b.scan(lo, hi) {
+                // `select` reports the damage.
+                Some(_) if self.damage.get().is_some() => Ok(None),
+                scan => Ok(scan),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// Unsets the values of `users` (each of which has one).
     fn remove_many(&mut self, users: &RoaringBitmap) {
         self.version += 1;

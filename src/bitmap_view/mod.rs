@@ -86,7 +86,9 @@ pub use header::{
     Header, ARRAY_MAX_CARDINALITY, MAX_CONTAINERS, NO_OFFSET_THRESHOLD, SERIAL_COOKIE,
     SERIAL_COOKIE_NO_RUNCONTAINER,
 };
-pub use kernels::{Kernels, Level, BLOCK as KERNEL_BLOCK};
+pub use kernels::{
+    Kernels, Level, BLOCK as KERNEL_BLOCK, RANGE_BLOCK, RANGE_DROP, RANGE_HI, RANGE_KEEP, RANGE_LO,
+};
 pub use run::{RunC, RunValues};
 pub use shared::{portable, Serialized, SharedBitmap};
 pub use words::{popcount, Words, CHUNK_WORDS};

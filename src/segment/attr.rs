@@ -70,6 +70,18 @@ impl Test {
     }
 }
 
+impl Test {
+    /// A range test kept for evaluation where the plan reads it (see
+    /// [`crate::attributes::bsi::RangeScan`]); `None` for other tests and
+    /// for ranges [`Self::select`] answers at once.
+    pub fn scan(&self, a: &Attribute) -> Result<Option<crate::attributes::bsi::RangeScan>> {
+        match self {
+            Test::Range(lo, hi) => a.scan(*lo, *hi),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// `n` in units of `10^-units` (0: integers, 4: decimal units): its floor,
 /// and whether it is exact there.
 fn in_units(n: Number, units: u8) -> (i128, bool) {
