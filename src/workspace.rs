@@ -439,7 +439,7 @@ use roaring::RoaringBitmap;
 use crate::bitmap_view::SharedBitmap;
 use crate::ids::UserRef;
 use crate::segment::attr::Test;
-use crate::segment::plan::Selected;
+use crate::segment::plan::{Scan, Selected};
 use crate::segment::{plan::Catalog, reference};
 
 impl Catalog for Workspace {
@@ -468,6 +468,16 @@ impl Catalog for Workspace {
                 attribute: name.to_string(),
             })?;
         Ok((a.version(), Selected(test.select(a)?)))
+    }
+
+    fn scan(&self, name: &str, test: &Test) -> Result<Option<(u64, Scan)>> {
+        let a = self
+            .attributes
+            .get(name)
+            .ok_or_else(|| Error::UnknownAttribute {
+                attribute: name.to_string(),
+            })?;
+        Ok(test.scan(a)?.map(|s| (a.version(), Scan(Arc::new(s)))))
     }
 
     fn deleted(&self) -> Option<Selected> {

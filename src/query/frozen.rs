@@ -11,7 +11,7 @@ use crate::ids::{CohortKey, Partner};
 use crate::segment::attr::Test;
 use crate::segment::chunk::{LeafBytes, Prepared, Serialized};
 use crate::segment::masks::MaskSource;
-use crate::segment::plan::{Catalog, Plan, Selected};
+use crate::segment::plan::{Catalog, Plan, Scan, Selected};
 use crate::segment::Filter;
 use crate::snapshot::Snapshot;
 use crate::users::Buckets;
@@ -48,23 +48,33 @@ pub struct Frozen {
     now: i64,
     /// The types of the attributes the filters test.
     types: hashbrown::HashMap<String, AttrType>,
-    /// The users each attribute test selected, with the attribute's
-    /// version, taken under the lock.
-    selections: hashbrown::HashMap<(String, Test), (u64, Selected)>,
+    /// What each attribute test takes, with the attribute's version,
+    /// taken under the lock: the users it selects, or a range's slices.
+    selections: hashbrown::HashMap<(String, Test), (u64, Taken)>,
     /// The saved segments the filters refer to, by id.
     segments: hashbrown::HashMap<String, Filter>,
     /// The deleted users (shared with the registry until it changes).
     deleted: Option<Selected>,
 }
 
-/// Runs every attribute test of `f` (segment references expanded) on the
-/// workspace, as the planner will ask for them.
+/// What an attribute test takes of the workspace: the users it selects,
+/// or (a range that compares the slices) the index's slices as they are,
+/// compared after the lock is released.
+#[derive(Clone)]
+enum Taken {
+    Selected(Selected),
+    Scan(Scan),
+}
+
+/// Runs (or, for ranges, takes what it needs of) every attribute test of
+/// `f` (segment references expanded) on the workspace, as the planner
+/// will ask for them.
 fn select_all(
     ws: &Workspace,
     f: &Filter,
     now: i64,
     types: &mut hashbrown::HashMap<String, AttrType>,
-    selections: &mut hashbrown::HashMap<(String, Test), (u64, Selected)>,
+    selections: &mut hashbrown::HashMap<(String, Test), (u64, Taken)>,
 ) -> Result<()> {
     match f {
         Filter::Attribute { attribute, cmp } => {
@@ -73,7 +83,13 @@ fn select_all(
             let (test, _) = crate::segment::attr::lower(attribute, cmp, ty, now)?;
             let key = (attribute.clone(), test);
             if !selections.contains_key(&key) {
-                let got = ws.select(attribute, &key.1)?;
+                let got = match ws.scan(attribute, &key.1)? {
+                    Some((version, scan)) => (version, Taken::Scan(scan)),
+                    None => {
+                        let (version, users) = ws.select(attribute, &key.1)?;
+                        (version, Taken::Selected(users))
+                    }
+                };
                 selections.insert(key, got);
             }
             Ok(())
@@ -240,14 +256,22 @@ impl Catalog for Frozen {
     }
 
     fn select(&self, name: &str, test: &Test) -> Result<(u64, Selected)> {
-        self.selections
-            .get(&(name.to_string(), test.clone()))
-            .cloned()
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "attribute test on {name} was not taken with the view"
-                ))
-            })
+        match self.selections.get(&(name.to_string(), test.clone())) {
+            Some((version, Taken::Selected(users))) => Ok((*version, users.clone())),
+            // The planner asks `scan` first.
+            Some((_, Taken::Scan(_))) | None => Err(Error::Internal(format!(
+                "attribute test on {name} was not taken with the view"
+            ))),
+        }
+    }
+
+    fn scan(&self, name: &str, test: &Test) -> Result<Option<(u64, Scan)>> {
+        Ok(
+            match self.selections.get(&(name.to_string(), test.clone())) {
+                Some((version, Taken::Scan(scan))) => Some((*version, scan.clone())),
+                _ => None,
+            },
+        )
     }
 
     fn saved_filter(&self, id: &str) -> Result<Filter> {

@@ -31,6 +31,7 @@ mod window;
 
 use super::masks::{Mask, MaskSource, RangeMasks};
 use super::plan::{Leaf, Plan};
+use crate::attributes::bsi::{Mode, RangeScan, ScanState, ScanViews};
 use crate::bitmap_view::{BitmapView, Container, Kernels, Words, CHUNK_WORDS};
 use crate::error::{Error, Result};
 use crate::ids::{CohortKey, UserId};
@@ -49,6 +50,8 @@ enum Node {
     Nothing,
     Cohort(usize),
     Bucket(u16, u16),
+    /// An attribute range, by its index among the plan's scans.
+    Range(usize),
     Not(Box<Node>),
     And(Vec<Node>, Vec<Node>),
     Or(Vec<Node>),
@@ -329,6 +332,11 @@ enum Op {
 
 struct Ctx<'a> {
     leaves: Vec<LeafView<'a>>,
+    /// The attribute ranges' slices.
+    scans: Vec<ScanViews<'a>>,
+    /// The ranges themselves (a sampled estimate's predictions take each
+    /// one's users in a chunk).
+    range_scans: Vec<&'a RangeScan>,
     buckets: Buckets<'a>,
     users: u32,
     k: Kernels,
@@ -420,9 +428,19 @@ impl Ctx<'_> {
 struct Scratch {
     words: Vec<Box<Words>>,
     kept: Vec<u16>,
+    /// An attribute range's buffers (made on its first chunk).
+    scan: Option<ScanState>,
 }
 
 impl Scratch {
+    /// The users of chunk `key` in range `i`, as `mode` says (written
+    /// into `words`, or kept or dropped from them); how many `words` then
+    /// hold.
+    fn range(&mut self, ctx: &Ctx, i: usize, key: u32, words: &mut Words, mode: Mode) -> u32 {
+        let st = self.scan.get_or_insert_with(ScanState::default);
+        ctx.scans[i].chunk(key as u16, words, mode, st)
+    }
+
     fn take(&mut self) -> Box<Words> {
         self.words
             .pop()
@@ -454,6 +472,8 @@ fn units(node: &Node) -> usize {
         Node::All | Node::Nothing => 0,
         Node::Cohort(_) => 1,
         Node::Bucket(..) => 8,
+        // Reads up to every slice's container in the chunk.
+        Node::Range(_) => 8,
         Node::Not(c) => units(c),
         Node::And(all, minus) => all.iter().chain(minus).map(units).sum(),
         Node::Or(any) => any.iter().map(units).sum(),
@@ -591,6 +611,13 @@ fn eval(
                 Out::Empty
             }
         }
+        Node::Range(i) => {
+            if s.range(ctx, *i, key, out, Mode::Write) != 0 {
+                Out::Words
+            } else {
+                Out::Empty
+            }
+        }
         Node::Not(child) => match eval(child, key, ctx, out, s, early, false) {
             Out::Empty => Out::Full,
             Out::Full => Out::Empty,
@@ -614,7 +641,13 @@ fn eval(
                 Node::Bucket(lo, hi) => ctx.masked(key, *lo, *hi).is_some(),
                 _ => false,
             };
-            let is_bucket = |c: &Node| matches!(c, Node::Bucket(..)) && !masked(c);
+            // Bucket children not read through the mask cache, and
+            // attribute ranges, come last (`deferred`).
+            let is_bucket = |c: &Node| match c {
+                Node::Bucket(..) => !masked(c),
+                Node::Range(_) => true,
+                _ => false,
+            };
             let buckets = all.iter().chain(minus).any(is_bucket);
             // The step a count may fuse: the last `minus` leaf, else the
             // last `all` one (buckets, when there are any, come after both
@@ -624,6 +657,8 @@ fn eval(
             let mut state = Out::Full;
             // Bucket children come last, when the other children have made
             // the set as small as they can: they read a bucket per user.
+            // So do attribute ranges: a range reads a block's slices only
+            // while the block holds users to compare.
             for (j, c) in all.iter().enumerate() {
                 if is_bucket(c) {
                     continue;
@@ -699,6 +734,31 @@ fn eval(
             let all_buckets = all.iter().map(|c| (c, false));
             let mut counted = None;
             for (c, outside) in all_buckets.chain(minus.iter().map(|c| (c, true))) {
+                if let Node::Range(i) = *c {
+                    let n = if let (Out::Full, false) = (&state, outside) {
+                        let n = s.range(ctx, i, key, out, Mode::Write);
+                        if n == 0 {
+                            *early = true;
+                            return Out::Empty;
+                        }
+                        n
+                    } else {
+                        if let Out::Full = state {
+                            ctx.universe(key, out);
+                        }
+                        // Compares only the users held, in place.
+                        let mode = if outside { Mode::Drop } else { Mode::Keep };
+                        let n = s.range(ctx, i, key, out, mode);
+                        if n == 0 {
+                            return Out::Empty;
+                        }
+                        n
+                    };
+                    // Exact on a full chunk (the only one a count fuses).
+                    state = Out::Words;
+                    counted = Some(n);
+                    continue;
+                }
                 let Node::Bucket(lo, hi) = *c else {
                     continue;
                 };
@@ -889,6 +949,8 @@ pub struct LeafBytes<'w> {
 pub struct Prepared<'w> {
     node: Node,
     bytes: Vec<LeafBytes<'w>>,
+    /// The attribute ranges the plan compares.
+    scans: Vec<Arc<RangeScan>>,
     buckets: Buckets<'w>,
     users: u32,
     single: Option<u64>,
@@ -897,11 +959,16 @@ pub struct Prepared<'w> {
 
 type FetchLeaf<'a, 'w> = dyn FnMut(&CohortKey) -> Result<LeafBytes<'w>> + 'a;
 
-fn compile<'w>(
-    p: &Plan,
-    leaf: &mut FetchLeaf<'_, 'w>,
-    bytes: &mut Vec<LeafBytes<'w>>,
-) -> Result<Node> {
+/// What [`compile`] gathers: the cohort leaves' bytes and the attribute
+/// ranges, in the order the nodes name them.
+#[derive(Default)]
+struct Gathered<'w> {
+    bytes: Vec<LeafBytes<'w>>,
+    scans: Vec<Arc<RangeScan>>,
+}
+
+fn compile<'w>(p: &Plan, leaf: &mut FetchLeaf<'_, 'w>, got: &mut Gathered<'w>) -> Result<Node> {
+    let bytes = &mut got.bytes;
     Ok(match p {
         Plan::All => Node::All,
         Plan::Nothing => Node::Nothing,
@@ -912,6 +979,10 @@ fn compile<'w>(
             Node::Cohort(bytes.len() - 1)
         }
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Node::Bucket(*lo, *hi),
+        Plan::Leaf(Leaf::AttributeRange { scan, .. }) => {
+            got.scans.push(scan.0.clone());
+            Node::Range(got.scans.len() - 1)
+        }
         // Read like a cohort with no snapshot bitmap: all its users are
         // the serialized delta.
         // (serialized once per selection: an index's value bitmap keeps
@@ -924,19 +995,19 @@ fn compile<'w>(
             });
             Node::Cohort(bytes.len() - 1)
         }
-        Plan::Not { child } => Node::Not(Box::new(compile(child, leaf, bytes)?)),
+        Plan::Not { child } => Node::Not(Box::new(compile(child, leaf, got)?)),
         Plan::And { all, minus } => Node::And(
             all.iter()
-                .map(|c| compile(c, leaf, bytes))
+                .map(|c| compile(c, leaf, got))
                 .collect::<Result<_>>()?,
             minus
                 .iter()
-                .map(|c| compile(c, leaf, bytes))
+                .map(|c| compile(c, leaf, got))
                 .collect::<Result<_>>()?,
         ),
         Plan::Or { any } => Node::Or(
             any.iter()
-                .map(|c| compile(c, leaf, bytes))
+                .map(|c| compile(c, leaf, got))
                 .collect::<Result<_>>()?,
         ),
     })
@@ -968,8 +1039,9 @@ impl<'w> Prepared<'w> {
         buckets: Buckets<'w>,
         mut leaf: impl FnMut(&CohortKey) -> Result<LeafBytes<'w>>,
     ) -> Result<Self> {
-        let mut bytes = Vec::new();
-        let node = compile(plan, &mut leaf, &mut bytes)?;
+        let mut got = Gathered::default();
+        let node = compile(plan, &mut leaf, &mut got)?;
+        let Gathered { bytes, scans } = got;
         // A bitmap is only trusted to hold users that exist if its largest
         // member says so.
         let trusted = matches!(
@@ -981,6 +1053,7 @@ impl<'w> Prepared<'w> {
         Ok(Prepared {
             node,
             bytes,
+            scans,
             buckets,
             users,
             single: trivial(plan, users, trusted),
@@ -992,7 +1065,7 @@ impl<'w> Prepared<'w> {
     /// snapshot's mapped bitmaps and buckets, without copying them.
     pub fn for_snapshot(snap: &'w Snapshot, plan: &Plan) -> Result<Self> {
         let meta = snap.meta()?;
-        let mut bytes = Vec::new();
+        let mut got = Gathered::default();
         let mut leaf = |key: &CohortKey| -> Result<LeafBytes<'w>> {
             let i = snap
                 .cohort_index(key)?
@@ -1003,11 +1076,12 @@ impl<'w> Prepared<'w> {
                 max: None,
             })
         };
-        let node = compile(plan, &mut leaf, &mut bytes)?;
+        let node = compile(plan, &mut leaf, &mut got)?;
         // `verify` checks that snapshot bitmaps hold only existing users.
         Ok(Prepared {
             node,
-            bytes,
+            bytes: got.bytes,
+            scans: got.scans,
             buckets: Buckets::contiguous(snap.buckets()?),
             users: meta.users,
             single: trivial(plan, meta.users, true),
@@ -1246,6 +1320,8 @@ impl<'w> Prepared<'w> {
             node: &self.node,
             ctx: Ctx {
                 leaves,
+                scans: self.scans.iter().map(|s| s.views()).collect(),
+                range_scans: self.scans.iter().map(|s| &**s).collect(),
                 buckets: self.buckets,
                 users: self.users,
                 k: Kernels::active(),
@@ -1422,6 +1498,7 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
         Node::Nothing => false,
         Node::Cohort(i) => ctx.leaves[*i].contains(u),
         Node::Bucket(lo, hi) => (*lo..=*hi).contains(&ctx.buckets.get(u as usize)),
+        Node::Range(i) => ctx.scans[*i].contains(u),
         Node::Not(c) => !contains(c, u, ctx),
         Node::And(all, minus) => {
             all.iter().all(|c| contains(c, u, ctx)) && !minus.iter().any(|c| contains(c, u, ctx))
@@ -1433,17 +1510,18 @@ fn contains(node: &Node, u: u32, ctx: &Ctx) -> bool {
 /// The share of a chunk's users that `node` is expected to hold, given
 /// each cohort leaf's share there (`share[leaf]`), the leaves taken as
 /// independent (see [`Prepared::predict_chunks`]).
-fn predict(node: &Node, share: &[f64]) -> f64 {
+fn predict(node: &Node, share: &[f64], ranges: &[f64]) -> f64 {
     // A cohort child is read in place, without a call: most children are.
     let child = |c: &Node| match c {
         Node::Cohort(i) => share[*i],
-        c => predict(c, share),
+        c => predict(c, share, ranges),
     };
     match node {
         Node::All => 1.0,
         Node::Nothing => 0.0,
         Node::Cohort(i) => share[*i],
         Node::Bucket(lo, hi) => (f64::from(*hi) - f64::from(*lo) + 1.0) / 10_000.0,
+        Node::Range(i) => ranges[*i],
         Node::Not(c) => 1.0 - child(c),
         Node::And(all, minus) => {
             let mut p = 1.0;
@@ -1468,7 +1546,7 @@ fn predict(node: &Node, share: &[f64]) -> f64 {
 /// The distinct bucket ranges of a plan.
 fn bucket_ranges(node: &Node, out: &mut Vec<(u16, u16)>) {
     match node {
-        Node::All | Node::Nothing | Node::Cohort(_) => {}
+        Node::All | Node::Nothing | Node::Cohort(_) | Node::Range(_) => {}
         Node::Bucket(lo, hi) => {
             if !out.contains(&(*lo, *hi)) {
                 out.push((*lo, *hi));

@@ -91,6 +91,11 @@ fn compile<'a>(
         Plan::Leaf(Leaf::Attribute { members, .. }) | Plan::Leaf(Leaf::Deleted { members, .. }) => {
             Node::Selected(members.0.clone())
         }
+        // Counted as the users it selects (the evaluator compares the
+        // slices instead, among the users an AND holds).
+        Plan::Leaf(Leaf::AttributeRange { scan, .. }) => Node::Selected(std::sync::Arc::new(
+            crate::bitmap_view::SharedBitmap::new(scan.0.users().clone()),
+        )),
         Plan::Not { child } => Node::Not(Box::new(compile(child, leaf)?)),
         Plan::And { all: a, minus } => {
             let a = all(a)?;

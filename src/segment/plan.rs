@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::ast::{BucketCmp, Filter};
 use super::attr::Test;
+use crate::attributes::bsi::RangeScan;
 use crate::attributes::AttrType;
 use crate::bitmap_view::SharedBitmap;
 use crate::error::{Error, Result};
@@ -71,6 +72,29 @@ pub enum Leaf {
         #[serde(skip)]
         members: Selected,
     },
+    /// Users whose value of a numeric or time attribute lies in a range
+    /// that compares the index's bit slices: not selected when the plan
+    /// is made but evaluated where the plan reads it (chunk by chunk,
+    /// among the users an AND still holds there), like a bucket range.
+    AttributeRange {
+        /// The attribute.
+        attribute: String,
+        /// The test, in the text form's words (`between 100 and 500`).
+        test: String,
+        /// The attribute's type.
+        #[serde(skip)]
+        ty: AttrType,
+        /// The test, in the index's units.
+        #[serde(skip)]
+        what: Test,
+        /// The attribute's version when the plan was made.
+        version: u64,
+        /// The users with a value: at least as many as the range holds.
+        at_most: u64,
+        /// The index's slices as they were then.
+        #[serde(skip)]
+        scan: Scan,
+    },
     /// The deleted users: the planner subtracts them from every plan that
     /// reads the users themselves (NOT, every user, a bucket range), so no
     /// deleted user is counted, listed or checked.
@@ -103,12 +127,27 @@ impl fmt::Debug for Selected {
     }
 }
 
+/// An attribute range's slices, shared by the plans and views that hold
+/// it.
+#[derive(Clone, Debug)]
+pub struct Scan(pub Arc<RangeScan>);
+
+impl PartialEq for Scan {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same(&other.0)
+    }
+}
+
+impl Eq for Scan {}
+
 impl Leaf {
-    /// Exact for cohorts, expected for bucket ranges.
+    /// Exact for cohorts, expected for bucket ranges, an upper bound for
+    /// attribute ranges.
     pub fn cardinality(&self) -> u64 {
         match self {
             Leaf::Cohort { cardinality, .. } => *cardinality,
             Leaf::Bucket { estimate, .. } => *estimate,
+            Leaf::AttributeRange { at_most, .. } => *at_most,
             Leaf::Attribute { cardinality, .. } => *cardinality,
             Leaf::Deleted { cardinality, .. } => *cardinality,
         }
@@ -174,7 +213,7 @@ impl Plan {
             Plan::Leaf(Leaf::Cohort { cardinality, .. })
             | Plan::Leaf(Leaf::Attribute { cardinality, .. })
             | Plan::Leaf(Leaf::Deleted { cardinality, .. }) => *cardinality,
-            Plan::Leaf(Leaf::Bucket { .. }) => 0,
+            Plan::Leaf(Leaf::Bucket { .. }) | Plan::Leaf(Leaf::AttributeRange { .. }) => 0,
             Plan::Not { child } => users - child.upper_bound(users),
             Plan::And { .. } => 0,
             Plan::Or { any } => any.iter().map(|c| c.lower_bound(users)).max().unwrap_or(0),
@@ -229,6 +268,13 @@ pub trait Catalog {
         Err(Error::UnknownAttribute {
             attribute: name.to_string(),
         })
+    }
+    /// A numeric range test kept for evaluation where the plan reads it,
+    /// with the attribute's version (`None`: the catalog selects it with
+    /// [`Self::select`]).
+    fn scan(&self, name: &str, test: &Test) -> Result<Option<(u64, Scan)>> {
+        let _ = (name, test);
+        Ok(None)
     }
     /// A saved segment's filter, for `in_segment` tests.
     fn saved_filter(&self, id: &str) -> Result<Filter> {
@@ -296,6 +342,8 @@ pub fn plan(catalog: &dyn Catalog, filter: &Filter) -> Result<Plan> {
 }
 
 fn leaf_or_nothing(leaf: Leaf, negated: bool) -> Plan {
+    // A bucket range is never empty (it is dropped when planned), an
+    // attribute range never with users with a value.
     let empty = leaf.cardinality() == 0 && !matches!(leaf, Leaf::Bucket { .. });
     match (empty, negated) {
         (true, false) => Plan::Nothing,
@@ -347,6 +395,18 @@ fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64, depth: usize)
         Filter::Attribute { attribute, cmp } => {
             let ty = ws.attribute_type(attribute)?;
             let (what, negated) = super::attr::lower(attribute, cmp, ty, ws.now())?;
+            if let Some((version, scan)) = ws.scan(attribute, &what)? {
+                let leaf = Leaf::AttributeRange {
+                    attribute: attribute.clone(),
+                    test: what.describe(ty),
+                    ty,
+                    what,
+                    version,
+                    at_most: scan.0.at_most(),
+                    scan,
+                };
+                return Ok(leaf_or_nothing(leaf, neg != negated));
+            }
             let (version, members) = ws.select(attribute, &what)?;
             let leaf = Leaf::Attribute {
                 attribute: attribute.clone(),
@@ -487,7 +547,14 @@ fn write_key(p: &Plan, out: &mut String) {
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => write!(out, "b{lo}-{hi}"),
         // The version: the same test selects other users once a value
         // changed.
+        // A range read where it is needed selects the same users.
         Plan::Leaf(Leaf::Attribute {
+            attribute,
+            test,
+            version,
+            ..
+        })
+        | Plan::Leaf(Leaf::AttributeRange {
             attribute,
             test,
             version,
@@ -515,7 +582,10 @@ pub fn cohorts(p: &Plan) -> Vec<(Partner, &str)> {
             Leaf::Cohort {
                 partner, cohort_id, ..
             } => Some((*partner, cohort_id.as_str())),
-            Leaf::Bucket { .. } | Leaf::Attribute { .. } | Leaf::Deleted { .. } => None,
+            Leaf::Bucket { .. }
+            | Leaf::Attribute { .. }
+            | Leaf::AttributeRange { .. }
+            | Leaf::Deleted { .. } => None,
         })
         .collect();
     out.sort_unstable();
@@ -531,6 +601,7 @@ pub fn reads_users(p: &Plan) -> bool {
         Plan::Nothing
         | Plan::Leaf(Leaf::Cohort { .. })
         | Plan::Leaf(Leaf::Attribute { .. })
+        | Plan::Leaf(Leaf::AttributeRange { .. })
         | Plan::Leaf(Leaf::Deleted { .. }) => false,
         Plan::And { all, minus } => all.is_empty() || all.iter().chain(minus).any(reads_users),
         Plan::Or { any } => any.iter().any(reads_users),
@@ -547,6 +618,12 @@ pub fn to_filter(p: &Plan) -> Filter {
         }) => Filter::includes(*partner, cohort_id.clone()),
         Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => Filter::Bucket(BucketCmp::Between(*lo, *hi)),
         Plan::Leaf(Leaf::Attribute {
+            attribute,
+            ty,
+            what,
+            ..
+        })
+        | Plan::Leaf(Leaf::AttributeRange {
             attribute,
             ty,
             what,

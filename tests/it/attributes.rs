@@ -430,3 +430,78 @@ fn every_query_endpoint_may_pin_now_through_saved_segments_too() {
         assert!(r.message().contains("now"), "{path}: {}", r.text);
     }
 }
+
+/// A numeric range that compares the bit slices is planned as an
+/// `attribute_range` leaf, which the chunk evaluator compares last in its
+/// AND, among the users the other filters left (and whole under NOT or
+/// OR); a range every value meets, or none, stays an ordinary attribute
+/// leaf. Counts agree with the values set either way.
+#[test]
+fn ranges_are_compared_where_the_plan_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &[]);
+    s.create_workspace("w");
+    // sessions = i for users 0..100; plan "pro" for the even ones.
+    for i in 0..100i64 {
+        let plan = if i % 2 == 0 { "pro" } else { "free" };
+        s.upsert_user(
+            "w",
+            &json!({"external_id": format!("u{i}"), "attributes": {"sessions": i, "plan": plan}}),
+        );
+    }
+    let explain = |filter: &str| {
+        s.admin_post(
+            "/workspaces/w/segments/count?explain=true",
+            &json!({ "filter": filter }),
+        )
+        .expect_json(200)
+    };
+    let kinds = |c: &Value| -> Vec<String> {
+        c["explain"]["evaluation_order"]
+            .as_array()
+            .expect("leaves")
+            .iter()
+            .map(|l| l["kind"].as_str().expect("a kind").to_string())
+            .collect()
+    };
+    let c = explain("attribute sessions between 10 and 19 and attribute plan equals \"pro\"");
+    assert_eq!(c["count"], json!(5), "{c}");
+    let mut k = kinds(&c);
+    k.sort();
+    assert_eq!(k, ["attribute", "attribute_range"], "{c}");
+    let leaf = c["explain"]["evaluation_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "attribute_range")
+        .unwrap()
+        .clone();
+    assert_eq!(leaf["at_most"], json!(100), "{c}");
+    assert_eq!(leaf["attribute"], json!("sessions"), "{c}");
+    // Under NOT, in an OR, and dropped from an AND.
+    assert_eq!(
+        explain("not attribute sessions between 10 and 19")["count"],
+        json!(90)
+    );
+    assert_eq!(
+        explain("attribute sessions < 5 or attribute sessions > 94")["count"],
+        json!(10)
+    );
+    assert_eq!(
+        explain("attribute plan equals \"pro\" and not attribute sessions >= 50")["count"],
+        json!(25)
+    );
+    // Every value meets it, or none does: answered from the index at once.
+    for (f, n) in [
+        ("attribute sessions >= 0", 100),
+        ("attribute sessions > 1000", 0),
+    ] {
+        let c = explain(f);
+        assert_eq!(c["count"], json!(n), "{f}: {c}");
+        assert!(
+            !kinds(&c).contains(&"attribute_range".to_string()),
+            "{f}: {c}"
+        );
+    }
+}

@@ -213,6 +213,10 @@ impl<A: Algebra> PeerPlan<A> {
                 leaves.push(A::from_sorted(members.0.iter()));
                 Expr::Leaf(leaves.len() - 1)
             }
+            Plan::Leaf(Leaf::AttributeRange { scan, .. }) => {
+                leaves.push(A::from_sorted(scan.0.users().iter()));
+                Expr::Leaf(leaves.len() - 1)
+            }
             Plan::Leaf(Leaf::Bucket { lo, hi, .. }) => {
                 let buckets = snap.buckets()?;
                 let range = *lo..=*hi;

@@ -151,6 +151,7 @@ impl<'s> Survey<'s> {
     pub(crate) fn predict_by_tree(&self) -> Vec<f64> {
         let n = self.ctx.leaves.len();
         let mut share = vec![0.0; n];
+        let mut ranges = vec![0.0; self.ctx.range_scans.len()];
         self.keys
             .iter()
             .enumerate()
@@ -160,7 +161,14 @@ impl<'s> Survey<'s> {
                 for (s, &size) in share.iter_mut().zip(&self.size[j * n..(j + 1) * n]) {
                     *s = (size * per_user).clamp(0.0, 1.0);
                 }
-                predict(self.node, &share) * len
+                // An attribute range's users in the chunk (the range is
+                // computed whole once, on the first prediction).
+                for (s, r) in ranges.iter_mut().zip(&self.ctx.range_scans) {
+                    let first = key << 16;
+                    let n = r.users().range_cardinality(first..=first | 0xFFFF);
+                    *s = (n as f64 * per_user).clamp(0.0, 1.0);
+                }
+                predict(self.node, &share, &ranges) * len
             })
             .collect()
     }

@@ -12,7 +12,8 @@
 //! nothing written.
 
 use super::{Ctx, Lc, Node, GROUP};
-use crate::bitmap_view::{Container, KERNEL_BLOCK};
+use crate::attributes::bsi::{Mode, ScanState};
+use crate::bitmap_view::{Container, Words, CHUNK_WORDS, KERNEL_BLOCK};
 
 /// What a node holds on the window.
 enum St {
@@ -21,10 +22,13 @@ enum St {
     Words,
 }
 
-/// Buffers of one window's width, one per nesting level.
+/// Buffers of one window's width, one per nesting level, and an
+/// attribute range's (made on first use): the window as a chunk's users,
+/// then the range's users among them; the range's state.
 pub(super) struct Pool {
     width: usize,
     free: Vec<Vec<u64>>,
+    range: Option<(Box<Words>, ScanState)>,
 }
 
 impl Pool {
@@ -32,6 +36,7 @@ impl Pool {
         Pool {
             width,
             free: Vec::new(),
+            range: None,
         }
     }
     fn take(&mut self) -> Vec<u64> {
@@ -188,6 +193,23 @@ impl At<'_, '_> {
                     }
                 }
                 if any {
+                    St::Words
+                } else {
+                    St::Empty
+                }
+            }
+            // The range compared among the window's users only: the
+            // chunk's other blocks read no slice.
+            Node::Range(i) => {
+                let (mask, st) = pool
+                    .range
+                    .get_or_insert_with(|| (Box::new([0; CHUNK_WORDS]), ScanState::default()));
+                let span = self.first..self.first + out.len();
+                mask.fill(0);
+                mask[span.clone()].fill(u64::MAX);
+                self.ctx.scans[*i].chunk(self.key as u16, mask, Mode::Keep, st);
+                out.copy_from_slice(&mask[span]);
+                if out.iter().any(|&w| w != 0) {
                     St::Words
                 } else {
                     St::Empty

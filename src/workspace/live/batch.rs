@@ -301,7 +301,7 @@ fn compile<'w>(ws: &'w Workspace, p: &Plan, found: &mut Vec<&'w Cohort>) -> Resu
         // takes those out of the segment instead).
         Plan::Leaf(Leaf::Deleted { .. }) => Node::Nothing,
         // A segment that tests attributes is evaluated whole (see `live`).
-        Plan::Leaf(Leaf::Attribute { .. }) => {
+        Plan::Leaf(Leaf::Attribute { .. }) | Plan::Leaf(Leaf::AttributeRange { .. }) => {
             return Err(Error::Internal(
                 "attribute tests are not checked in batches".into(),
             ))
