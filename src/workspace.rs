@@ -442,6 +442,17 @@ use crate::segment::attr::Test;
 use crate::segment::plan::{Scan, Selected};
 use crate::segment::{plan::Catalog, reference};
 
+impl Workspace {
+    /// The attribute a filter names ([`Error::UnknownAttribute`] if none).
+    fn known_attribute(&self, name: &str) -> Result<&crate::attributes::Attribute> {
+        self.attributes
+            .get(name)
+            .ok_or_else(|| Error::UnknownAttribute {
+                attribute: name.to_string(),
+            })
+    }
+}
+
 impl Catalog for Workspace {
     fn users(&self) -> u64 {
         u64::from(self.users.len())
@@ -461,22 +472,12 @@ impl Catalog for Workspace {
     }
 
     fn select(&self, name: &str, test: &Test) -> Result<(u64, Selected)> {
-        let a = self
-            .attributes
-            .get(name)
-            .ok_or_else(|| Error::UnknownAttribute {
-                attribute: name.to_string(),
-            })?;
+        let a = self.known_attribute(name)?;
         Ok((a.version(), Selected(test.select(a)?)))
     }
 
     fn scan(&self, name: &str, test: &Test) -> Result<Option<(u64, Scan)>> {
-        let a = self
-            .attributes
-            .get(name)
-            .ok_or_else(|| Error::UnknownAttribute {
-                attribute: name.to_string(),
-            })?;
+        let a = self.known_attribute(name)?;
         Ok(test.scan(a)?.map(|s| (a.version(), Scan(Arc::new(s)))))
     }
 
