@@ -59,6 +59,8 @@ struct Frozen {
     /// (made on first use: writing one out costs about a nanosecond an
     /// element every time, reading it a cache line a block).
     dense: Vec<Vec<OnceLock<Box<[u8; BYTES]>>>>,
+    /// Whether every part parsed when it was made.
+    parsed: bool,
 }
 
 /// An array container of a slice with at least this many values is kept
@@ -91,13 +93,18 @@ impl Frozen {
             bytes,
             ends,
             dense: Vec::new(),
+            parsed: false,
         };
-        frozen.dense = frozen
-            .views()
-            .unwrap_or_default()
-            .iter()
-            .map(|v| (0..v.containers()).map(|_| OnceLock::new()).collect())
-            .collect();
+        let dense: Option<Vec<Vec<_>>> = frozen.views().map(|views| {
+            views
+                .iter()
+                .map(|v| (0..v.containers()).map(|_| OnceLock::new()).collect())
+                .collect()
+        });
+        if let Some(dense) = dense {
+            frozen.dense = dense;
+            frozen.parsed = true;
+        }
         frozen
     }
 
@@ -371,10 +378,9 @@ impl RangeScan {
             None => (BitmapView::empty(), Vec::new()),
         };
         ScanViews {
+            scan: self,
             has,
             slices,
-            ends: self.ends,
-            dense: &self.frozen.dense,
         }
     }
 
@@ -382,7 +388,7 @@ impl RangeScan {
     pub fn users(&self) -> &RoaringBitmap {
         self.users.get_or_init(|| {
             let v = self.views();
-            range_views(&v.has, &v.slices, v.ends.0, v.ends.1)
+            range_views(&v.has, &v.slices, self.ends.0, self.ends.1)
         })
     }
 }
@@ -390,11 +396,9 @@ impl RangeScan {
 /// A [`RangeScan`]'s bitmaps parsed.
 #[derive(Clone)]
 pub struct ScanViews<'a> {
+    scan: &'a RangeScan,
     has: BitmapView<'a>,
     slices: Vec<BitmapView<'a>>,
-    ends: (Option<u64>, Option<u64>),
-    /// [`Frozen::dense`].
-    dense: &'a [Vec<OnceLock<Box<[u8; BYTES]>>>],
 }
 
 /// Reusable buffers of [`ScanViews::chunk`], one per thread.
@@ -432,7 +436,7 @@ impl ScanViews<'_> {
             let (i, c) = (at[j]?, in_chunk[j]?);
             match c {
                 Container::Array(a) if a.len() >= DENSE_MIN => {
-                    let kept = self.dense.get(j + 1)?.get(i)?;
+                    let kept = self.scan.frozen.dense.get(j + 1)?.get(i)?;
                     Some(&**kept.get_or_init(|| {
                         let mut b = Box::new([0; BYTES]);
                         write_bytes(&c, &mut b);
@@ -442,7 +446,15 @@ impl ScanViews<'_> {
                 _ => None,
             }
         };
-        range_chunk(has, &in_chunk, &dense, self.ends, words, mode, &mut st.0)
+        range_chunk(
+            has,
+            &in_chunk,
+            &dense,
+            self.scan.ends,
+            words,
+            mode,
+            &mut st.0,
+        )
     }
 
     /// Whether user `u`'s value is in the range.
@@ -456,7 +468,13 @@ impl ScanViews<'_> {
             .enumerate()
             .filter(|(_, s)| s.contains(u))
             .fold(0u64, |v, (i, _)| v | 1 << i);
-        self.ends.0.is_none_or(|l| v >= l) && self.ends.1.is_none_or(|h| v <= h)
+        let (lo, hi) = self.scan.ends;
+        lo.is_none_or(|l| v >= l) && hi.is_none_or(|h| v <= h)
+    }
+
+    /// The range's users, all of them ([`RangeScan::users`]).
+    pub fn users(&self) -> &RoaringBitmap {
+        self.scan.users()
     }
 }
 
@@ -679,7 +697,9 @@ impl Bsi {
         };
         let frozen = self.frozen();
         // Never fails for bytes `roaring` wrote; `range` falls back then.
-        frozen.views()?;
+        if !frozen.parsed {
+            return None;
+        }
         Some(RangeScan {
             frozen,
             ends,

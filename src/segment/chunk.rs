@@ -334,9 +334,6 @@ struct Ctx<'a> {
     leaves: Vec<LeafView<'a>>,
     /// The attribute ranges' slices.
     scans: Vec<ScanViews<'a>>,
-    /// The ranges themselves (a sampled estimate's predictions take each
-    /// one's users in a chunk).
-    range_scans: Vec<&'a RangeScan>,
     buckets: Buckets<'a>,
     users: u32,
     k: Kernels,
@@ -643,12 +640,12 @@ fn eval(
             };
             // Bucket children not read through the mask cache, and
             // attribute ranges, come last (`deferred`).
-            let is_bucket = |c: &Node| match c {
+            let deferred = |c: &Node| match c {
                 Node::Bucket(..) => !masked(c),
                 Node::Range(_) => true,
                 _ => false,
             };
-            let buckets = all.iter().chain(minus).any(is_bucket);
+            let buckets = all.iter().chain(minus).any(deferred);
             // The step a count may fuse: the last `minus` leaf, else the
             // last `all` one (buckets, when there are any, come after both
             // and count as they go).
@@ -660,7 +657,7 @@ fn eval(
             // So do attribute ranges: a range reads a block's slices only
             // while the block holds users to compare.
             for (j, c) in all.iter().enumerate() {
-                if is_bucket(c) {
+                if deferred(c) {
                     continue;
                 }
                 // A cohort leaf or a masked bucket range combines straight
@@ -705,7 +702,7 @@ fn eval(
                 }
             }
             for (j, c) in minus.iter().enumerate() {
-                if is_bucket(c) {
+                if deferred(c) {
                     continue;
                 }
                 if let Out::Full = state {
@@ -1321,7 +1318,6 @@ impl<'w> Prepared<'w> {
             ctx: Ctx {
                 leaves,
                 scans: self.scans.iter().map(|s| s.views()).collect(),
-                range_scans: self.scans.iter().map(|s| &**s).collect(),
                 buckets: self.buckets,
                 users: self.users,
                 k: Kernels::active(),

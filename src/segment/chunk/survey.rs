@@ -151,7 +151,7 @@ impl<'s> Survey<'s> {
     pub(crate) fn predict_by_tree(&self) -> Vec<f64> {
         let n = self.ctx.leaves.len();
         let mut share = vec![0.0; n];
-        let mut ranges = vec![0.0; self.ctx.range_scans.len()];
+        let mut ranges = vec![0.0; self.ctx.scans.len()];
         self.keys
             .iter()
             .enumerate()
@@ -163,7 +163,7 @@ impl<'s> Survey<'s> {
                 }
                 // An attribute range's users in the chunk (the range is
                 // computed whole once, on the first prediction).
-                for (s, r) in ranges.iter_mut().zip(&self.ctx.range_scans) {
+                for (s, r) in ranges.iter_mut().zip(&self.ctx.scans) {
                     let first = key << 16;
                     let n = r.users().range_cardinality(first..=first | 0xFFFF);
                     *s = (n as f64 * per_user).clamp(0.0, 1.0);
