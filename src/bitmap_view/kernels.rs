@@ -254,12 +254,14 @@ mod body {
 
     #[inline(always)]
     fn line(bytes: &[u8], b: usize) -> [u64; RANGE_BLOCK] {
-        let mut x = [0u64; RANGE_BLOCK];
-        let at = 8 * RANGE_BLOCK * b;
-        for (k, x) in x.iter_mut().enumerate() {
-            *x = le64(&bytes[at + 8 * k..at + 8 * k + 8]);
-        }
-        x
+        // One bounds check and one vector load for the whole line.
+        const LINE: usize = 8 * RANGE_BLOCK;
+        let at = LINE * b;
+        let line: &[u8; LINE] = match bytes[at..at + LINE].try_into() {
+            Ok(line) => line,
+            Err(_) => unreachable!("a range of LINE bytes"),
+        };
+        std::array::from_fn(|k| le64(&line[8 * k..8 * k + 8]))
     }
 
     #[inline(always)]
@@ -678,6 +680,122 @@ mod body {
     }
 }
 
+/// [`Kernels::range_pass`] on 512-bit vectors: a block (one cache line of
+/// each slice) is one register, its "any user still undecided" test one
+/// mask instruction. The portable body, compiled for this level, keeps
+/// the block as eight words and splits it over narrower registers.
+#[cfg(target_arch = "x86_64")]
+mod avx512_range {
+    use super::{Words, RANGE_BLOCK, RANGE_DROP, RANGE_HI, RANGE_KEEP, RANGE_LO};
+    use std::arch::x86_64::{
+        __m512i, _mm512_add_epi64, _mm512_and_si512, _mm512_andnot_si512, _mm512_loadu_si512,
+        _mm512_or_si512, _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_set1_epi64,
+        _mm512_setzero_si512, _mm512_storeu_si512, _mm512_test_epi64_mask, _mm512_xor_si512,
+    };
+
+    /// Bytes of a block's line.
+    const LINE: usize = 8 * RANGE_BLOCK;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn line(bytes: &[u8], b: usize) -> __m512i {
+        let l = &bytes[LINE * b..LINE * b + LINE];
+        // SAFETY: `l` is 64 bytes, the width of the unaligned load.
+        unsafe { _mm512_loadu_si512(l.as_ptr().cast::<__m512i>()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn any(x: __m512i) -> bool {
+        _mm512_test_epi64_mask(x, x) != 0
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    pub fn range_pass(
+        has: &[u8],
+        high: &[u8],
+        slices: &[&[u8]],
+        ends: &[u64],
+        words: &mut Words,
+        how: u32,
+    ) -> u32 {
+        match (how & RANGE_HI != 0, how & RANGE_LO != 0) {
+            (true, true) => blocks::<true, true>(has, high, slices, ends, words, how),
+            (true, false) => blocks::<true, false>(has, high, slices, ends, words, how),
+            (false, true) => blocks::<false, true>(has, high, slices, ends, words, how),
+            (false, false) => blocks::<false, false>(has, high, slices, ends, words, how),
+        }
+    }
+
+    /// The portable body's steps (see its comments), a block per register.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    fn blocks<const HI: bool, const LO: bool>(
+        has: &[u8],
+        high: &[u8],
+        slices: &[&[u8]],
+        ends: &[u64],
+        words: &mut Words,
+        how: u32,
+    ) -> u32 {
+        let given_users = how & (RANGE_KEEP | RANGE_DROP) != 0;
+        let drop = how & RANGE_DROP != 0;
+        let zero = _mm512_setzero_si512();
+        let mut total = zero;
+        for (b, out) in words.chunks_exact_mut(RANGE_BLOCK).enumerate() {
+            // SAFETY: `out` is RANGE_BLOCK words, 64 bytes, the width of
+            // the unaligned load (and of the store below).
+            let given = unsafe { _mm512_loadu_si512(out.as_ptr().cast::<__m512i>()) };
+            if given_users && !any(given) {
+                // Nobody to keep or drop: the words stay empty.
+                continue;
+            }
+            let mut h = line(has, b);
+            if given_users {
+                h = _mm512_and_si512(h, given);
+            }
+            let u = if high.is_empty() { zero } else { line(high, b) };
+            let (mut eh, mut bh) = if HI {
+                (_mm512_andnot_si512(u, h), zero)
+            } else {
+                (zero, h)
+            };
+            let (mut el, mut al) = if LO {
+                (_mm512_andnot_si512(u, h), _mm512_and_si512(h, u))
+            } else {
+                (zero, h)
+            };
+            for (bytes, m) in slices.iter().zip(ends.chunks_exact(2)) {
+                if !any(_mm512_or_si512(eh, el)) {
+                    break;
+                }
+                let x = line(bytes, b);
+                if HI {
+                    let hm = _mm512_set1_epi64(m[0] as i64);
+                    bh = _mm512_or_si512(bh, _mm512_and_si512(_mm512_andnot_si512(x, eh), hm));
+                    eh = _mm512_andnot_si512(_mm512_xor_si512(x, hm), eh);
+                }
+                if LO {
+                    let lm = _mm512_set1_epi64(m[1] as i64);
+                    al = _mm512_or_si512(al, _mm512_andnot_si512(lm, _mm512_and_si512(el, x)));
+                    el = _mm512_andnot_si512(_mm512_xor_si512(x, lm), el);
+                }
+            }
+            let inside = _mm512_and_si512(_mm512_or_si512(bh, eh), _mm512_or_si512(al, el));
+            let w = if drop {
+                _mm512_andnot_si512(inside, given)
+            } else {
+                inside
+            };
+            // SAFETY: as for the load above.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast::<__m512i>(), w) };
+            total = _mm512_add_epi64(total, _mm512_popcnt_epi64(w));
+        }
+        _mm512_reduce_add_epi64(total) as u32
+    }
+}
+
 /// The AVX-512BW bucket masks: one unsigned compare of 32 buckets gives 32
 /// bits in user order, no transpose.
 #[cfg(target_arch = "x86_64")]
@@ -866,7 +984,8 @@ kernels! {
     /// slices once none of its users still equals an end. Writes the users
     /// in the range into `words`, or keeps or drops them from the users
     /// there; how many `words` then hold.
-    fn range_pass(has: &[u8], high: &[u8], slices: &[&[u8]], ends: &[u64], words: &mut Words, how: u32) -> u32;
+    fn range_pass(has: &[u8], high: &[u8], slices: &[&[u8]], ends: &[u64], words: &mut Words, how: u32) -> u32
+        => avx512: avx512_range::range_pass;
     /// `out[i]` = the users of `buckets[64 i..64 i + 64]` whose bucket is
     /// in `lo..=lo + span` (bit `j`: user `64 i + j`); `buckets` holds 64
     /// per word of `out`. How many bits are set.
