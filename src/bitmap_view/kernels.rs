@@ -297,6 +297,10 @@ mod body {
             let r = b * B..(b + 1) * B;
             let mut given = [0u64; B];
             given.copy_from_slice(&words[r.clone()]);
+            if given_users && given == [0; B] {
+                // Nobody to keep or drop: the words stay empty.
+                continue;
+            }
             let mut h = line(has, b);
             if given_users {
                 for k in 0..B {
