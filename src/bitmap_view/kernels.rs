@@ -247,6 +247,19 @@ pub const RANGE_KEEP: u32 = 4;
 /// are dropped.
 pub const RANGE_DROP: u32 = 8;
 
+/// `$f::<HI, LO>(args)`, the block pass compiled for the ends `$how`
+/// names ([`RANGE_HI`], [`RANGE_LO`]).
+macro_rules! by_ends {
+    ($how:expr, $f:ident($($arg:expr),*)) => {
+        match ($how & RANGE_HI != 0, $how & RANGE_LO != 0) {
+            (true, true) => $f::<true, true>($($arg),*),
+            (true, false) => $f::<true, false>($($arg),*),
+            (false, true) => $f::<false, true>($($arg),*),
+            (false, false) => $f::<false, false>($($arg),*),
+        }
+    };
+}
+
 /// The kernel bodies, each compiled once per level.
 mod body {
     use super::{le64, CarrySave, Lanes, Tally, Words, BLOCK};
@@ -273,12 +286,7 @@ mod body {
         words: &mut Words,
         how: u32,
     ) -> u32 {
-        match (how & RANGE_HI != 0, how & RANGE_LO != 0) {
-            (true, true) => range_blocks::<true, true>(has, high, slices, ends, words, how),
-            (true, false) => range_blocks::<true, false>(has, high, slices, ends, words, how),
-            (false, true) => range_blocks::<false, true>(has, high, slices, ends, words, how),
-            (false, false) => range_blocks::<false, false>(has, high, slices, ends, words, how),
-        }
+        by_ends!(how, range_blocks(has, high, slices, ends, words, how))
     }
 
     #[inline(always)]
@@ -724,12 +732,7 @@ mod avx512_range {
         words: &mut Words,
         how: u32,
     ) -> u32 {
-        match (how & RANGE_HI != 0, how & RANGE_LO != 0) {
-            (true, true) => blocks::<true, true>(has, high, slices, ends, words, how),
-            (true, false) => blocks::<true, false>(has, high, slices, ends, words, how),
-            (false, true) => blocks::<false, true>(has, high, slices, ends, words, how),
-            (false, false) => blocks::<false, false>(has, high, slices, ends, words, how),
-        }
+        by_ends!(how, blocks(has, high, slices, ends, words, how))
     }
 
     /// The portable body's steps (see its comments), a block per register.
