@@ -707,6 +707,8 @@ mod avx512_range {
 
     /// Bytes of a block's line.
     const LINE: usize = 8 * RANGE_BLOCK;
+    // A block is one 512-bit register.
+    const _: () = assert!(LINE == 64);
 
     #[inline]
     #[target_feature(enable = "avx512f")]
