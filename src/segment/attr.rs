@@ -68,9 +68,7 @@ impl Test {
             Test::Range(lo, hi) => a.select(&AttrQuery::Range(*lo, *hi)),
         }
     }
-}
 
-impl Test {
     /// A range test kept for evaluation where the plan reads it (see
     /// [`crate::attributes::bsi::RangeScan`]); `None` for other tests and
     /// for ranges [`Self::select`] answers at once.
