@@ -307,7 +307,11 @@ impl Catalog for crate::snapshot::Snapshot {
         let by_id = self
             .cohort_with_id(partner, value)?
             .map(|i| &meta.cohorts[i]);
-        let named = self.cohorts_named(partner, value)?;
+        // The names are looked up only when no cohort_id matches.
+        let named = match by_id {
+            Some(_) => &[],
+            None => self.cohorts_named(partner, value)?,
+        };
         let c = crate::ids::resolve_cohort(
             partner,
             value,
@@ -448,7 +452,7 @@ fn lower(ws: &dyn Catalog, filter: &Filter, neg: bool, users: u64, depth: usize)
 /// AND of normalised children: flattens nested ANDs, moves NOTs to `minus`,
 /// folds All and Nothing.
 fn and_of(children: Vec<Plan>) -> Plan {
-    let mut all = Vec::new();
+    let mut all = Vec::with_capacity(children.len());
     let mut minus = Vec::new();
     let mut stack = children;
     stack.reverse();
@@ -476,7 +480,7 @@ fn and_of(children: Vec<Plan>) -> Plan {
 
 /// OR of normalised children: flattens nested ORs, folds All and Nothing.
 fn or_of(children: Vec<Plan>) -> Plan {
-    let mut any = Vec::new();
+    let mut any = Vec::with_capacity(children.len());
     let mut stack = children;
     stack.reverse();
     while let Some(c) = stack.pop() {
