@@ -26,6 +26,8 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use super::buckets;
+#[allow(unsafe_code)] // helpers that may wake late: see the module's contract
+mod helpers;
 mod survey;
 mod window;
 
@@ -489,10 +491,10 @@ const PIECES_PER_THREAD: usize = 8;
 /// Handing the whole job to the pool (`par_iter` from outside it) makes the
 /// caller sleep until a worker wakes, does the work and wakes it again: two
 /// wake-ups, tens of microseconds on a virtual machine, for counts that
-/// take about as long. Here the caller starts at once, and a helper that
-/// wakes after the last piece was taken returns without work. Inside the
-/// pool (a count run from a pool thread) the caller steals work while it
-/// waits, as rayon's scopes do.
+/// take about as long. Here the caller starts at once, and once no piece
+/// is left it waits only for the helpers still working on one: a helper
+/// that wakes later returns without touching anything
+/// ([`helpers::with_helpers`]; a scope would wait for it to wake).
 ///
 /// Each thread's state goes to `done` once, when it runs out of work:
 /// tallies kept there cost nothing per key, where a shared atomic updated
@@ -526,12 +528,7 @@ fn spread_sum<S>(
             done(s);
         }
     };
-    rayon::in_place_scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(|_| run());
-        }
-        run();
-    });
+    helpers::with_helpers(threads.saturating_sub(1), &run);
     total.into_inner()
 }
 
