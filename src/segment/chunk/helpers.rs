@@ -68,9 +68,17 @@ impl Gate {
     /// Admits no more helpers and waits until those inside have left.
     fn close_and_wait(&self) {
         let mut s = self.state.fetch_or(CLOSED, Ordering::AcqRel);
+        let mut spins = 0u32;
         while s & !CLOSED != 0 {
-            // A helper inside is finishing the piece it took: short.
-            std::hint::spin_loop();
+            // A helper inside is finishing the piece it took: usually
+            // short; past a few spins the core is offered to the helper,
+            // should both be on it.
+            if spins < 64 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
             s = self.state.load(Ordering::Acquire);
         }
     }
