@@ -14,7 +14,7 @@
 //! that wakes after that finds the gate closed and returns without
 //! touching anything of the caller's.
 //!
-//! # Contract (the module's one `unsafe`)
+//! # Contract (the module's `unsafe`)
 //! The helpers are `'static` pool jobs, yet they call the caller's
 //! borrowed closure through a pointer whose lifetime is erased. That is
 //! sound because:
