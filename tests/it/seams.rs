@@ -498,30 +498,27 @@ fn the_crate_root_is_documented_and_unsafe_code_lives_in_the_map_kernel_and_help
     );
     let allowed: Vec<String> = lines_with(&sources(&root().join("src")), "allow(unsafe_code)");
     assert_eq!(allowed.len(), 3, "{allowed:?}");
-    let snapshot_mod =
-        std::fs::read_to_string(root().join("src/snapshot/mod.rs")).expect("src/snapshot/mod.rs");
-    assert!(
-        snapshot_mod.contains(
-            "#[allow(unsafe_code)] // the one memory map: see the module's contract\npub mod mmap;"
+    // Each allowance sits on the one module it names, with its reason.
+    for (file, line, what) in [
+        (
+            "src/snapshot/mod.rs",
+            "#[allow(unsafe_code)] // the one memory map: see the module's contract\npub mod mmap;",
+            "one allowance is on the map module",
         ),
-        "one allowance is on the map module"
-    );
-    let view_mod = std::fs::read_to_string(root().join("src/bitmap_view/mod.rs"))
-        .expect("src/bitmap_view/mod.rs");
-    assert!(
-        view_mod.contains(
-            "#[allow(unsafe_code)] // run-time CPU dispatch: see the module's contract\nmod kernels;"
+        (
+            "src/bitmap_view/mod.rs",
+            "#[allow(unsafe_code)] // run-time CPU dispatch: see the module's contract\nmod kernels;",
+            "another is on the (private) kernels module",
         ),
-        "another is on the (private) kernels module"
-    );
-    let chunk =
-        std::fs::read_to_string(root().join("src/segment/chunk.rs")).expect("src/segment/chunk.rs");
-    assert!(
-        chunk.contains(
-            "#[allow(unsafe_code)] // helpers that may wake late: see the module's contract\nmod helpers;"
+        (
+            "src/segment/chunk.rs",
+            "#[allow(unsafe_code)] // helpers that may wake late: see the module's contract\nmod helpers;",
+            "the third is on the (private) module of a count's pool helpers",
         ),
-        "the third is on the (private) module of a count's pool helpers"
-    );
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).expect(file);
+        assert!(text.contains(line), "{what}");
+    }
     let main =
         std::fs::read_to_string(root().join("src/bin/segq/main.rs")).expect("src/bin/segq/main.rs");
     assert!(
