@@ -8,10 +8,11 @@
 //! same code for each instruction set (512-bit vectors and `VPOPCNTQ`,
 //! 256-bit vectors and a `VPSHUFB` popcount, or baseline SSE2), and BMI2
 //! shifts set array bits. The multi-input count adds its blocks' popcounts
-//! per lane ([`Tally`]): with carry-save adders where popcount is a table
-//! lookup (AVX2, portable), directly where it is an instruction
-//! (AVX-512). The bucket masks use explicit AVX-512BW compares (64 buckets
-//! give a 64-bit mask in two instructions).
+//! with carry-save adders ([`Tally`]) where popcount is a table lookup
+//! (AVX2, portable); at AVX-512 it is written with explicit vectors, a
+//! `VPOPCNTQ` per cache line (LLVM vectorised the shared body across
+//! blocks there, gathering each word). The bucket masks use explicit
+//! AVX-512BW compares (64 buckets give a 64-bit mask in two instructions).
 //!
 //! # Contract (why the `unsafe` here is sound)
 //!
@@ -21,8 +22,8 @@
 //! function is `unsafe` because it is undefined on a CPU without the
 //! features; every such call below goes through a [`Kernels`] of that level,
 //! so the features were detected. Apart from that, the only `unsafe` is
-//! the unaligned vector loads of the bucket masks, each from a slice of
-//! exactly the loaded length.
+//! the unaligned vector loads and stores of the explicit AVX-512 kernels,
+//! each inside a slice checked to hold the bytes it moves.
 //!
 //! `SEGQ_KERNELS=portable` (or `avx2`) caps the level [`Kernels::active`]
 //! picks, to compare the paths on a real workload; a level the CPU lacks is
@@ -152,25 +153,6 @@ pub(crate) trait Tally: Default {
     fn total(&self) -> u32;
 }
 
-/// A popcount per word lane, summed once at the end: for CPUs with a
-/// vector popcount instruction (AVX-512 VPOPCNTQ).
-#[derive(Default)]
-pub(crate) struct Lanes([u64; BLOCK]);
-
-impl Tally for Lanes {
-    #[inline(always)]
-    fn add(&mut self, block: &[u64; BLOCK]) {
-        for (l, x) in self.0.iter_mut().zip(block) {
-            *l += u64::from(x.count_ones());
-        }
-    }
-
-    #[inline(always)]
-    fn total(&self) -> u32 {
-        self.0.iter().sum::<u64>() as u32
-    }
-}
-
 /// A quarter of a block: one 256-bit vector.
 type Quad = [u64; 4];
 
@@ -262,7 +244,7 @@ macro_rules! by_ends {
 
 /// The kernel bodies, each compiled once per level.
 mod body {
-    use super::{le64, CarrySave, Lanes, Tally, Words, BLOCK};
+    use super::{le64, CarrySave, Tally, Words, BLOCK};
     use super::{RANGE_BLOCK, RANGE_DROP, RANGE_HI, RANGE_KEEP, RANGE_LO};
 
     #[inline(always)]
@@ -459,12 +441,6 @@ mod body {
     #[inline(always)]
     pub fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
         bitmaps_count_by::<CarrySave>(all, minus)
-    }
-
-    /// [`bitmaps_count`] for CPUs with a vector popcount.
-    #[inline(always)]
-    pub fn bitmaps_count_lanes(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
-        bitmaps_count_by::<Lanes>(all, minus)
     }
 
     #[inline(always)]
@@ -689,6 +665,81 @@ mod body {
             n += o.count_ones();
         }
         n
+    }
+}
+
+/// [`Kernels::bitmaps_count`] on 512-bit vectors, a cache line of each
+/// input per register. The portable body compiled for this level was seen
+/// vectorised across blocks instead (each word of eight blocks gathered
+/// into one register), slower than plain loads.
+#[cfg(target_arch = "x86_64")]
+mod avx512_count {
+    use super::BLOCK;
+    use std::arch::x86_64::{
+        __m512i, _mm512_add_epi64, _mm512_and_si512, _mm512_andnot_si512, _mm512_loadu_si512,
+        _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_setzero_si512,
+    };
+
+    /// Bytes of a line: one register.
+    const LINE: usize = 64;
+    /// Bytes of a block (of [`BLOCK`] words): the body's unit, kept so
+    /// that an input too short for a block is skipped as the body skips it.
+    const BYTES: usize = 8 * BLOCK;
+    const _: () = assert!(BYTES == 2 * LINE);
+
+    /// The two lines of the block at `at` in `b`, if `b` holds it.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn block(b: &[u8], at: usize) -> Option<(__m512i, __m512i)> {
+        let l = b.get(at..at + BYTES)?;
+        let p = l.as_ptr().cast::<__m512i>();
+        // SAFETY: `l` is 128 bytes: both 64-byte unaligned loads are
+        // inside it.
+        Some(unsafe { (_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1))) })
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    pub fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32 {
+        let Some((first, rest)) = all.split_first() else {
+            return 0;
+        };
+        let mut total = _mm512_setzero_si512();
+        let blocks = first.len() / BYTES;
+        // Two inputs of one length, the commonest: no per-block look-up
+        // of the other inputs.
+        if let ([c], []) = (rest, minus) {
+            if c.len() == first.len() {
+                for at in (0..blocks).map(|b| b * BYTES) {
+                    if let (Some((a0, a1)), Some((c0, c1))) = (block(first, at), block(c, at)) {
+                        let x = _mm512_popcnt_epi64(_mm512_and_si512(a0, c0));
+                        let y = _mm512_popcnt_epi64(_mm512_and_si512(a1, c1));
+                        total = _mm512_add_epi64(total, _mm512_add_epi64(x, y));
+                    }
+                }
+                return _mm512_reduce_add_epi64(total) as u32;
+            }
+        }
+        for at in (0..blocks).map(|b| b * BYTES) {
+            let Some((mut x, mut y)) = block(first, at) else {
+                continue;
+            };
+            for c in rest {
+                if let Some((c0, c1)) = block(c, at) {
+                    x = _mm512_and_si512(x, c0);
+                    y = _mm512_and_si512(y, c1);
+                }
+            }
+            for c in minus {
+                if let Some((c0, c1)) = block(c, at) {
+                    x = _mm512_andnot_si512(c0, x);
+                    y = _mm512_andnot_si512(c1, y);
+                }
+            }
+            let n = _mm512_add_epi64(_mm512_popcnt_epi64(x), _mm512_popcnt_epi64(y));
+            total = _mm512_add_epi64(total, n);
+        }
+        _mm512_reduce_add_epi64(total) as u32
     }
 }
 
@@ -959,7 +1010,7 @@ kernels! {
     /// written. The inputs may instead be the same window of each
     /// container, of a multiple of [`BLOCK`] words.
     fn bitmaps_count(all: &[&[u8]], minus: &[&[u8]]) -> u32
-        => avx512: body::bitmaps_count_lanes;
+        => avx512: avx512_count::bitmaps_count;
     /// `out |=` the OR of bitmap containers, each read once and `out`
     /// written once.
     fn bitmaps_or(out: &mut Words, cs: &[&[u8]]);
@@ -1283,10 +1334,6 @@ mod tests {
                         want,
                         "portable {n} inputs from {start}"
                     );
-                    // The per-lane tally the AVX-512 level uses, also on
-                    // CPUs without it.
-                    let lanes = body::bitmaps_count_lanes(&all, m);
-                    assert_eq!(lanes, want, "lanes {n} inputs from {start}");
                 }
                 // The same window of each input, as a windowed sample
                 // counts an AND: against the words ANDed one by one.
@@ -1323,13 +1370,13 @@ mod tests {
     }
 
     #[test]
-    fn both_tallies_add_up_popcounts_exactly() {
+    fn the_carry_save_tally_adds_up_popcounts_exactly() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         // Random blocks, blocks of all ones (every carry set at once),
         // and blocks of few bits, in runs long enough that the carry-save
         // levels fill and spill many times.
         for kind in 0..4 {
-            let (mut lanes, mut carry, mut want) = (Lanes::default(), CarrySave::default(), 0u32);
+            let (mut carry, mut want) = (CarrySave::default(), 0u32);
             for i in 0..300 {
                 let mut block = [0u64; BLOCK];
                 for w in block.iter_mut() {
@@ -1342,9 +1389,7 @@ mod tests {
                     };
                 }
                 want += block.iter().map(|w| w.count_ones()).sum::<u32>();
-                lanes.add(&block);
                 carry.add(&block);
-                assert_eq!(lanes.total(), want, "lanes, kind {kind}, block {i}");
                 assert_eq!(carry.total(), want, "carry-save, kind {kind}, block {i}");
             }
         }
