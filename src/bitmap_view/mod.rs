@@ -237,6 +237,30 @@ impl<'a> BitmapView<'a> {
         None
     }
 
+    /// The key and cardinality of every container, in key order, read
+    /// from the header alone (no container is touched).
+    #[inline]
+    pub fn keys_and_cardinalities(&self) -> impl ExactSizeIterator<Item = (u16, u32)> + 'a {
+        self.bytes[self.desc..self.desc + 4 * self.count]
+            .chunks_exact(4)
+            .map(|d| {
+                let key = u16::from_le_bytes([d[0], d[1]]);
+                (key, u32::from(u16::from_le_bytes([d[2], d[3]])) + 1)
+            })
+    }
+
+    /// Container `i`'s key and cardinality, from the header, if the
+    /// bitmap has a container `i`.
+    #[inline]
+    pub fn key_and_cardinality(&self, i: usize) -> Option<(u16, u32)> {
+        if i >= self.count {
+            return None;
+        }
+        let d = &self.bytes[self.desc + 4 * i..self.desc + 4 * i + 4];
+        let key = u16::from_le_bytes([d[0], d[1]]);
+        Some((key, u32::from(u16::from_le_bytes([d[2], d[3]])) + 1))
+    }
+
     /// Looks `key` up among the containers from index `from` on, for a
     /// walk over rising keys: `Ok(i)`, container `i` has it; `Err(i)`, it
     /// would go at `i` (the `from` of the next, larger key). Galloping

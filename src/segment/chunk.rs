@@ -543,24 +543,30 @@ fn candidates(node: &Node, ctx: &Ctx, chunks: u32) -> Vec<u32> {
         }),
         _ => None,
     };
-    let keys = |v: &Option<BitmapView>| {
-        v.iter()
-            .flat_map(|v| (0..v.containers()).map(|i| u32::from(v.key(i))))
-            .collect::<Vec<u32>>()
-    };
-    let mut out = match first.map(|i| &ctx.leaves[i]) {
-        None => return (0..chunks).collect(),
-        Some(LeafView::Simple(v)) => keys(&Some(*v)),
+    // Read off the bitmaps' headers (rising keys), those below `chunks`.
+    fn keys<'a>(v: &BitmapView<'a>, chunks: u32) -> impl Iterator<Item = u32> + 'a {
+        v.keys_and_cardinalities()
+            .map(|(k, _)| u32::from(k))
+            .take_while(move |&k| k < chunks)
+    }
+    match first.map(|i| &ctx.leaves[i]) {
+        None => (0..chunks).collect(),
+        Some(LeafView::Simple(v)) => {
+            let mut k = Vec::with_capacity(v.containers());
+            k.extend(keys(v, chunks));
+            k
+        }
         Some(LeafView::Layered { base, added, .. }) => {
-            let mut k = keys(base);
-            k.extend(keys(added));
+            let mut k: Vec<u32> = base
+                .iter()
+                .chain(added)
+                .flat_map(|v| keys(v, chunks))
+                .collect();
             k.sort_unstable();
             k.dedup();
             k
         }
-    };
-    out.retain(|&k| k < chunks);
-    out
+    }
 }
 
 /// At most this many inputs go through one multi-input kernel call.

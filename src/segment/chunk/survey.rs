@@ -58,14 +58,25 @@ impl<'s> Survey<'s> {
                 let mut from = 0;
                 for (j, &key) in keys.iter().enumerate() {
                     // `chunks` is at most 65,536: every key fits a u16.
-                    match v.seek(key as u16, from) {
-                        Ok(i) => {
-                            at[j * leaves + l][b] = i as u32;
-                            size[j * leaves + l] += sign * f64::from(v.cardinality(i));
-                            from = i + 1;
-                        }
-                        Err(i) => from = i,
-                    }
+                    let key = key as u16;
+                    // Most often the next container (a walk over the
+                    // bitmap's own keys); else a search from it.
+                    let card = match v.key_and_cardinality(from) {
+                        Some((k, card)) if k == key => card,
+                        _ => match v.seek(key, from) {
+                            Ok(i) => {
+                                from = i;
+                                v.cardinality(i)
+                            }
+                            Err(i) => {
+                                from = i;
+                                continue;
+                            }
+                        },
+                    };
+                    at[j * leaves + l][b] = from as u32;
+                    size[j * leaves + l] += sign * f64::from(card);
+                    from += 1;
                 }
             }
         }
