@@ -100,6 +100,14 @@ use header::{le_u16, le_u32, Offsets};
 /// zero containers.
 static EMPTY: [u8; 8] = [0x3A, 0x30, 0, 0, 0, 0, 0, 0];
 
+/// A container's key and cardinality from its four header bytes (the
+/// key, then the cardinality minus one, little-endian).
+#[inline]
+fn descriptor(d: &[u8]) -> (u16, u32) {
+    let key = u16::from_le_bytes([d[0], d[1]]);
+    (key, u32::from(u16::from_le_bytes([d[2], d[3]])) + 1)
+}
+
 /// A validated, borrowed view of one portable roaring bitmap.
 #[derive(Debug, Clone, Copy)]
 pub struct BitmapView<'a> {
@@ -243,22 +251,14 @@ impl<'a> BitmapView<'a> {
     pub fn keys_and_cardinalities(&self) -> impl ExactSizeIterator<Item = (u16, u32)> + 'a {
         self.bytes[self.desc..self.desc + 4 * self.count]
             .chunks_exact(4)
-            .map(|d| {
-                let key = u16::from_le_bytes([d[0], d[1]]);
-                (key, u32::from(u16::from_le_bytes([d[2], d[3]])) + 1)
-            })
+            .map(descriptor)
     }
 
     /// Container `i`'s key and cardinality, from the header, if the
     /// bitmap has a container `i`.
     #[inline]
     pub fn key_and_cardinality(&self, i: usize) -> Option<(u16, u32)> {
-        if i >= self.count {
-            return None;
-        }
-        let d = &self.bytes[self.desc + 4 * i..self.desc + 4 * i + 4];
-        let key = u16::from_le_bytes([d[0], d[1]]);
-        Some((key, u32::from(u16::from_le_bytes([d[2], d[3]])) + 1))
+        (i < self.count).then(|| descriptor(&self.bytes[self.desc + 4 * i..self.desc + 4 * i + 4]))
     }
 
     /// Looks `key` up among the containers from index `from` on, for a
