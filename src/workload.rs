@@ -553,8 +553,9 @@ pub fn write_snapshot<W: std::io::Write>(
                 .map_err(|e| Error::Internal(format!("serializing {}: {e}", info.cohort_id)))
         })?;
     }
-    contents.attributes =
-        crate::attributes::codec::encode(&generate_attributes(spec)).map_err(Error::Internal)?;
+    contents.attributes = crate::attributes::codec::encode(&generate_attributes(spec))
+        .map_err(Error::Internal)?
+        .into();
     let out = contents.write_to(out)?;
     Ok((out, made.into_iter().map(|(i, _)| i).collect()))
 }

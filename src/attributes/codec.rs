@@ -14,11 +14,13 @@
 //! never changed.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bincode::Decode;
 use roaring::RoaringBitmap;
 
 use super::bsi::Bsi;
+use super::index::SectionBytes;
 use super::index::{Attribute, Index};
 use super::{AttrType, Attributes};
 
@@ -34,59 +36,76 @@ fn bitmap_bytes(b: &RoaringBitmap) -> Vec<u8> {
 
 /// The section's bytes (empty when there are no attributes).
 pub fn encode(attrs: &Attributes) -> Result<Vec<u8>, String> {
-    if attrs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let cfg = bincode::config::standard();
     let mut out = Vec::new();
-    let mut put = |v: &dyn Fn(&mut Vec<u8>) -> Result<usize, bincode::error::EncodeError>| {
-        v(&mut out).map(|_| ()).map_err(|e| e.to_string())
-    };
+    for part in encode_in_parts(attrs)? {
+        match part {
+            Part::Encoded(b) => out.extend_from_slice(&b),
+            Part::Unchanged(bytes, range) => {
+                out.extend_from_slice(bytes.section().get(range).unwrap_or(&[]))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A part of the section's bytes, as [`encode_in_parts`] gives them.
+pub enum Part {
+    /// Bytes encoded now.
+    Encoded(Vec<u8>),
+    /// The bytes of an index unchanged since it was read from them, where
+    /// they are: `range` of the section `bytes` (a mapped snapshot's).
+    Unchanged(Arc<dyn SectionBytes>, Range<usize>),
+}
+
+/// The section's bytes in parts, one after another: a snapshot writer
+/// writes an unchanged index from the mapped section it was read from,
+/// with no copy of it made in memory (at 10M users the attributes are the
+/// largest section, and a compaction rarely changes them).
+pub fn encode_in_parts(attrs: &Attributes) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    if attrs.is_empty() {
+        return Ok(parts);
+    }
+    let mut out = Vec::new();
     let count = attrs.iter().count() as u32;
-    put(&|o| bincode::encode_into_std_write((FORMAT, count), o, cfg))?;
+    put(&mut out, (FORMAT, count))?;
     for a in attrs.iter() {
-        put(&|o| bincode::encode_into_std_write((a.name(), a.ty().tag()), o, cfg))?;
+        put(&mut out, (a.name(), a.ty().tag()))?;
         // Unchanged since it was loaded: its bytes are what this would write.
-        if let Some(b) = a.source_bytes() {
-            put(&|o| {
-                o.extend_from_slice(b);
-                Ok(b.len())
-            })?;
+        if let Some(source) = a.unchanged_source() {
+            parts.push(Part::Encoded(std::mem::take(&mut out)));
+            parts.push(Part::Unchanged(source.bytes, source.range));
             continue;
         }
         match a.index() {
             Index::Strings(_) => {
                 let values = a.index().string_values().unwrap_or_default();
-                put(&|o| bincode::encode_into_std_write(values.len() as u32, o, cfg))?;
+                put(&mut out, values.len() as u32)?;
                 for (v, m) in &values {
-                    put(&|o| bincode::encode_into_std_write((*v, bitmap_bytes(m)), o, cfg))?;
+                    put(&mut out, (*v, bitmap_bytes(m)))?;
                 }
             }
             Index::Booleans { has, truth } => {
-                put(&|o| {
-                    bincode::encode_into_std_write(
-                        (bitmap_bytes(has), bitmap_bytes(truth.bits())),
-                        o,
-                        cfg,
-                    )
-                })?;
+                put(&mut out, (bitmap_bytes(has), bitmap_bytes(truth.bits())))?;
             }
             Index::Numbers(b) => {
                 let (base, has, slices) = b.parts();
-                put(&|o| {
-                    bincode::encode_into_std_write(
-                        (base, bitmap_bytes(has), slices.len() as u32),
-                        o,
-                        cfg,
-                    )
-                })?;
+                put(&mut out, (base, bitmap_bytes(has), slices.len() as u32))?;
                 for s in slices {
-                    put(&|o| bincode::encode_into_std_write(bitmap_bytes(s), o, cfg))?;
+                    put(&mut out, bitmap_bytes(s))?;
                 }
             }
         }
     }
-    Ok(out)
+    parts.push(Part::Encoded(out));
+    Ok(parts)
+}
+
+/// Appends `v` as the section's bincode configuration writes it.
+fn put(out: &mut Vec<u8>, v: impl bincode::Encode) -> Result<(), String> {
+    bincode::encode_into_std_write(v, out, bincode::config::standard())
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 struct Reader<'a> {
@@ -358,5 +377,78 @@ mod tests {
             .unwrap_err()
             .contains("after the last attribute"));
         assert!(decode(&[], 0).unwrap().is_empty());
+    }
+
+    struct Held(Vec<u8>);
+
+    impl crate::attributes::SectionBytes for Held {
+        fn section(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    /// The bytes of `parts` written from `held` where they are, and all
+    /// of them one after another.
+    fn shared_and_all(parts: &[Part], held: &Held) -> (usize, Vec<u8>) {
+        let (mut shared, mut all) = (0, Vec::new());
+        for p in parts {
+            match p {
+                Part::Encoded(b) => all.extend_from_slice(b),
+                Part::Unchanged(bytes, range) => {
+                    if std::ptr::eq(bytes.section(), held.0.as_slice()) {
+                        shared += range.len();
+                    }
+                    all.extend_from_slice(&bytes.section()[range.clone()]);
+                }
+            }
+        }
+        (shared, all)
+    }
+
+    #[test]
+    fn unchanged_indexes_are_written_from_their_section_not_copied() {
+        let mut a = Attributes::new();
+        for u in 0..300u32 {
+            let sets = vec![
+                (
+                    "country".to_string(),
+                    Some(AttrValue::String(["BR", "DE", "AR"][u as usize % 3].into())),
+                ),
+                ("spend".to_string(), Some(AttrValue::Integer(i64::from(u)))),
+                ("sub".to_string(), Some(AttrValue::Boolean(u % 2 == 0))),
+            ];
+            a.set(u, &sets).unwrap();
+        }
+        let bytes = encode(&a).unwrap();
+        let indexes: usize = directory(&bytes)
+            .unwrap()
+            .iter()
+            .map(|(_, _, r)| r.len())
+            .sum();
+        let held = Arc::new(Held(bytes.clone()));
+        let mut b = Attributes::on_section(held.clone(), 300);
+        // Read (as a filter reads it), an index is still unchanged.
+        assert_eq!(b.values_of(7), a.values_of(7));
+        let (shared, all) = shared_and_all(&encode_in_parts(&b).unwrap(), &held);
+        assert_eq!(all, bytes);
+        assert_eq!(shared, indexes);
+        // A changed index is encoded anew; the others still come from
+        // the section.
+        b.set(0, &[("spend".to_string(), Some(AttrValue::Integer(-5)))])
+            .unwrap();
+        a.set(0, &[("spend".to_string(), Some(AttrValue::Integer(-5)))])
+            .unwrap();
+        let (shared, all) = shared_and_all(&encode_in_parts(&b).unwrap(), &held);
+        let spend = directory(&bytes)
+            .unwrap()
+            .into_iter()
+            .find(|(name, _, _)| name == "spend")
+            .map(|(_, _, r)| r.len())
+            .unwrap();
+        assert_eq!(shared, indexes - spend);
+        let c = decode(&all, 300).unwrap();
+        for u in 0..300 {
+            assert_eq!(c.values_of(u), a.values_of(u));
+        }
     }
 }

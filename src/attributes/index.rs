@@ -371,6 +371,12 @@ impl Attribute {
             .map(Source::bytes)
     }
 
+    /// The source itself, while the index is unchanged since it was read
+    /// from it: a snapshot writer writes its bytes from where they are.
+    pub(crate) fn unchanged_source(&self) -> Option<Source> {
+        self.source_bytes().and(self.source.clone())
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name

@@ -279,6 +279,13 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Appends a section. Each kind may appear once.
     pub fn section(&mut self, kind: SectionKind, bytes: &[u8]) -> Result<()> {
+        self.section_in_pieces(kind, &[bytes])
+    }
+
+    /// Appends a section whose bytes are `pieces` one after another (as
+    /// [`SnapshotWriter::section`] of their concatenation, which is never
+    /// made): each piece is written where it is.
+    pub fn section_in_pieces(&mut self, kind: SectionKind, pieces: &[&[u8]]) -> Result<()> {
         if self.sections.iter().any(|s| s.kind == kind) {
             return Err(Error::Internal(format!(
                 "snapshot section {} written twice",
@@ -294,13 +301,17 @@ impl<W: Write> SnapshotWriter<W> {
         }
         self.pad()?;
         let offset = self.pos;
-        self.out.write_all(bytes).map_err(write_err)?;
-        self.pos += bytes.len() as u64;
+        let mut crc = crc32fast::Hasher::new();
+        for bytes in pieces {
+            self.out.write_all(bytes).map_err(write_err)?;
+            self.pos += bytes.len() as u64;
+            crc.update(bytes);
+        }
         self.sections.push(Section {
             kind,
             offset,
-            len: bytes.len() as u64,
-            crc: crc32fast::hash(bytes),
+            len: self.pos - offset,
+            crc: crc.finalize(),
         });
         Ok(())
     }
@@ -595,6 +606,25 @@ mod tests {
             assert_eq!(s.offset % ALIGN as u64, 0);
         }
         assert_eq!(f.sections()[0].offset, HEADER_LEN as u64);
+    }
+
+    #[test]
+    fn a_section_in_pieces_is_the_section_of_their_concatenation() {
+        let whole = {
+            let mut w = SnapshotWriter::new();
+            w.section(SectionKind::Meta, b"meta").unwrap();
+            w.section(SectionKind::Buckets, b"one two three").unwrap();
+            w.finish().unwrap()
+        };
+        let mut w = SnapshotWriter::new();
+        w.section_in_pieces(SectionKind::Meta, &[b"me", b"", b"ta"])
+            .unwrap();
+        w.section_in_pieces(SectionKind::Buckets, &[b"one ", b"two", b" three"])
+            .unwrap();
+        assert_eq!(w.finish().unwrap(), whole);
+        let mut w = SnapshotWriter::new();
+        w.section_in_pieces(SectionKind::Meta, &[b"a"]).unwrap();
+        assert!(w.section_in_pieces(SectionKind::Meta, &[b"b"]).is_err());
     }
 
     #[test]

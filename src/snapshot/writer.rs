@@ -24,7 +24,7 @@ pub struct Contents {
     pub aliases: CompactWriter,
     /// The attributes section ([`crate::attributes`] encodes it; empty:
     /// no section).
-    pub attributes: Vec<u8>,
+    pub attributes: Pieces,
     /// The deleted users section (the ids in the portable roaring format;
     /// empty: no section).
     pub deleted: Vec<u8>,
@@ -51,7 +51,7 @@ impl Contents {
             devices: CompactWriter::new(),
             aliases: CompactWriter::new(),
             dictionaries_from: None,
-            attributes: Vec::new(),
+            attributes: Pieces::new(),
             deleted: Vec::new(),
             version: VERSION,
             buckets: Vec::new(),
@@ -139,12 +139,85 @@ impl Contents {
         w.section(SectionKind::Bitmaps, &bitmaps)?;
         drop(bitmaps);
         if !attributes.is_empty() {
-            w.section(SectionKind::Attributes, &attributes)?;
+            w.section_in_pieces(SectionKind::Attributes, &attributes.slices())?;
         }
         if !deleted.is_empty() {
             w.section(SectionKind::Deleted, &deleted)?;
         }
         w.finish()
+    }
+}
+
+/// Bytes a section is written from where they already are (the mapped
+/// section of the snapshot a workspace was read from), with no copy of
+/// them made in memory.
+pub trait SharedBytes: Send + Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+/// A section's bytes in pieces, written one after another: buffers of
+/// bytes made for it, and bytes shared with where they already are, so
+/// that a section of mostly unchanged parts costs no memory of its size
+/// to write.
+#[derive(Default)]
+pub struct Pieces {
+    pieces: Vec<Piece>,
+    len: usize,
+}
+
+enum Piece {
+    Owned(Vec<u8>),
+    Shared(Box<dyn SharedBytes>),
+}
+
+impl Pieces {
+    /// No bytes.
+    pub fn new() -> Pieces {
+        Pieces::default()
+    }
+
+    /// Appends `bytes`.
+    pub fn push_owned(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.pieces.push(Piece::Owned(bytes));
+        }
+    }
+
+    /// Appends `shared`'s bytes, kept where they are.
+    pub fn push_shared(&mut self, shared: Box<dyn SharedBytes>) {
+        self.len += shared.bytes().len();
+        self.pieces.push(Piece::Shared(shared));
+    }
+
+    /// The bytes in all.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces in order.
+    pub fn slices(&self) -> Vec<&[u8]> {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Owned(b) => b.as_slice(),
+                Piece::Shared(s) => s.bytes(),
+            })
+            .collect()
+    }
+}
+
+impl From<Vec<u8>> for Pieces {
+    fn from(bytes: Vec<u8>) -> Pieces {
+        let mut p = Pieces::new();
+        p.push_owned(bytes);
+        p
     }
 }
 

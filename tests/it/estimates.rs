@@ -135,7 +135,9 @@ fn snapshot() -> &'static Arc<Snapshot> {
                 })
                 .expect("a cohort");
         }
-        contents.attributes = segq::attributes::codec::encode(&attributes()).expect("encodes");
+        contents.attributes = segq::attributes::codec::encode(&attributes())
+            .expect("encodes")
+            .into();
         Arc::new(Snapshot::from_bytes(contents.finish().expect("written"), "drift").expect("reads"))
     })
 }

@@ -1,12 +1,15 @@
 //! A workspace written as a snapshot's contents, and the workspace a
 //! mapped snapshot holds.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use chrono::DateTime;
 
 use super::{day_number, day_of, from_persisted, to_persisted};
 use crate::access::{ApiKeyRecord, AuditEntry, AuditLog, Scope};
+use crate::attributes::codec::Part;
+use crate::attributes::SectionBytes;
 use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
@@ -15,7 +18,7 @@ use crate::snapshot::meta::{
     ApiKeyMeta, ApiKeysExt, AuditExt, AuditMeta, CohortHistoryMeta, CohortMeta, HistoryExt,
     KeyMeta, Meta, MetaExt, SegmentMeta,
 };
-use crate::snapshot::writer::{dictionary_layout, Contents};
+use crate::snapshot::writer::{dictionary_layout, Contents, SharedBytes};
 use crate::snapshot::Snapshot;
 use crate::users::UserRegistry;
 use crate::workspace::{KeyRecord, SavedSegment, Workspace};
@@ -127,7 +130,19 @@ pub fn snapshot_contents(ws: &Workspace, seq: u64, version: u32) -> Result<Conte
     };
     let mut out = Contents::new(meta);
     out.version = version;
-    out.attributes = crate::attributes::codec::encode(&ws.attributes).map_err(Error::Internal)?;
+    // An attribute unchanged since the snapshot it is read from is
+    // written from that snapshot's mapped section, not copied first.
+    for part in
+        crate::attributes::codec::encode_in_parts(&ws.attributes).map_err(Error::Internal)?
+    {
+        match part {
+            Part::Encoded(bytes) => out.attributes.push_owned(bytes),
+            Part::Unchanged(bytes, range) => out
+                .attributes
+                .push_shared(Box::new(SectionRange { bytes, range })),
+        }
+    }
+    out.reserve_buckets(ws.users.len() as usize);
     for b in ws.users.buckets() {
         out.push_bucket(b);
     }
@@ -183,6 +198,18 @@ pub fn snapshot_contents(ws: &Workspace, seq: u64, version: u32) -> Result<Conte
         })?;
     }
     Ok(out)
+}
+
+/// A range of a mapped attributes section, written as it is.
+struct SectionRange {
+    bytes: Arc<dyn SectionBytes>,
+    range: Range<usize>,
+}
+
+impl SharedBytes for SectionRange {
+    fn bytes(&self) -> &[u8] {
+        self.bytes.section().get(self.range.clone()).unwrap_or(&[])
+    }
 }
 
 /// Reads every custom attribute's index of `snap` whole, as a workspace
