@@ -20,8 +20,7 @@ use bincode::Decode;
 use roaring::RoaringBitmap;
 
 use super::bsi::Bsi;
-use super::index::SectionBytes;
-use super::index::{Attribute, Index};
+use super::index::{Attribute, Index, SectionBytes};
 use super::{AttrType, Attributes};
 
 /// The layout number this build writes and reads.
@@ -38,12 +37,7 @@ fn bitmap_bytes(b: &RoaringBitmap) -> Vec<u8> {
 pub fn encode(attrs: &Attributes) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     for part in encode_in_parts(attrs)? {
-        match part {
-            Part::Encoded(b) => out.extend_from_slice(&b),
-            Part::Unchanged(bytes, range) => {
-                out.extend_from_slice(bytes.section().get(range).unwrap_or(&[]))
-            }
-        }
+        out.extend_from_slice(part.bytes());
     }
     Ok(out)
 }
@@ -55,6 +49,16 @@ pub enum Part {
     /// The bytes of an index unchanged since it was read from them, where
     /// they are: `range` of the section `bytes` (a mapped snapshot's).
     Unchanged(Arc<dyn SectionBytes>, Range<usize>),
+}
+
+impl Part {
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Part::Encoded(b) => b,
+            Part::Unchanged(bytes, range) => bytes.section().get(range.clone()).unwrap_or(&[]),
+        }
+    }
 }
 
 /// The section's bytes in parts, one after another: a snapshot writer
@@ -392,15 +396,12 @@ mod tests {
     fn shared_and_all(parts: &[Part], held: &Held) -> (usize, Vec<u8>) {
         let (mut shared, mut all) = (0, Vec::new());
         for p in parts {
-            match p {
-                Part::Encoded(b) => all.extend_from_slice(b),
-                Part::Unchanged(bytes, range) => {
-                    if std::ptr::eq(bytes.section(), held.0.as_slice()) {
-                        shared += range.len();
-                    }
-                    all.extend_from_slice(&bytes.section()[range.clone()]);
+            if let Part::Unchanged(bytes, range) = p {
+                if std::ptr::eq(bytes.section(), held.0.as_slice()) {
+                    shared += range.len();
                 }
             }
+            all.extend_from_slice(p.bytes());
         }
         (shared, all)
     }

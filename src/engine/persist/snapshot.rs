@@ -1,7 +1,6 @@
 //! A workspace written as a snapshot's contents, and the workspace a
 //! mapped snapshot holds.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use chrono::DateTime;
@@ -9,7 +8,6 @@ use chrono::DateTime;
 use super::{day_number, day_of, from_persisted, to_persisted};
 use crate::access::{ApiKeyRecord, AuditEntry, AuditLog, Scope};
 use crate::attributes::codec::Part;
-use crate::attributes::SectionBytes;
 use crate::cohorts::{BaseBitmap, Cohort, Members, SyncStats};
 use crate::error::{Error, Result};
 use crate::ids::CohortKey;
@@ -137,9 +135,7 @@ pub fn snapshot_contents(ws: &Workspace, seq: u64, version: u32) -> Result<Conte
     {
         match part {
             Part::Encoded(bytes) => out.attributes.push_owned(bytes),
-            Part::Unchanged(bytes, range) => out
-                .attributes
-                .push_shared(Box::new(SectionRange { bytes, range })),
+            unchanged => out.attributes.push_shared(Box::new(Unchanged(unchanged))),
         }
     }
     out.reserve_buckets(ws.users.len() as usize);
@@ -200,15 +196,13 @@ pub fn snapshot_contents(ws: &Workspace, seq: u64, version: u32) -> Result<Conte
     Ok(out)
 }
 
-/// A range of a mapped attributes section, written as it is.
-struct SectionRange {
-    bytes: Arc<dyn SectionBytes>,
-    range: Range<usize>,
-}
+/// An unchanged attribute's bytes in its mapped section, written as they
+/// are.
+struct Unchanged(Part);
 
-impl SharedBytes for SectionRange {
+impl SharedBytes for Unchanged {
     fn bytes(&self) -> &[u8] {
-        self.bytes.section().get(self.range.clone()).unwrap_or(&[])
+        self.0.bytes()
     }
 }
 
