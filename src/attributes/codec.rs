@@ -338,8 +338,9 @@ mod tests {
     use super::*;
     use crate::attributes::AttrValue;
 
-    #[test]
-    fn every_type_reads_back_the_same_and_damage_is_an_error() {
+    /// Attributes of every type for 300 users (and an integer declared,
+    /// without values).
+    fn sample() -> Attributes {
         let mut a = Attributes::new();
         for u in 0..300u32 {
             let sets = vec![
@@ -363,6 +364,12 @@ mod tests {
             a.set(u, &sets).unwrap();
         }
         a.declare("empty", AttrType::Integer).unwrap();
+        a
+    }
+
+    #[test]
+    fn every_type_reads_back_the_same_and_damage_is_an_error() {
+        let a = sample();
         let bytes = encode(&a).unwrap();
         let b = decode(&bytes, 300).unwrap();
         for u in 0..300 {
@@ -408,18 +415,7 @@ mod tests {
 
     #[test]
     fn unchanged_indexes_are_written_from_their_section_not_copied() {
-        let mut a = Attributes::new();
-        for u in 0..300u32 {
-            let sets = vec![
-                (
-                    "country".to_string(),
-                    Some(AttrValue::String(["BR", "DE", "AR"][u as usize % 3].into())),
-                ),
-                ("spend".to_string(), Some(AttrValue::Integer(i64::from(u)))),
-                ("sub".to_string(), Some(AttrValue::Boolean(u % 2 == 0))),
-            ];
-            a.set(u, &sets).unwrap();
-        }
+        let mut a = sample();
         let bytes = encode(&a).unwrap();
         let indexes: usize = directory(&bytes)
             .unwrap()
@@ -435,10 +431,9 @@ mod tests {
         assert_eq!(shared, indexes);
         // A changed index is encoded anew; the others still come from
         // the section.
-        b.set(0, &[("spend".to_string(), Some(AttrValue::Integer(-5)))])
-            .unwrap();
-        a.set(0, &[("spend".to_string(), Some(AttrValue::Integer(-5)))])
-            .unwrap();
+        let change = [("spend".to_string(), Some(AttrValue::Decimal(-5)))];
+        b.set(0, &change).unwrap();
+        a.set(0, &change).unwrap();
         let (shared, all) = shared_and_all(&encode_in_parts(&b).unwrap(), &held);
         let spend = directory(&bytes)
             .unwrap()
