@@ -104,8 +104,7 @@ static EMPTY: [u8; 8] = [0x3A, 0x30, 0, 0, 0, 0, 0, 0];
 /// key, then the cardinality minus one, little-endian).
 #[inline]
 fn descriptor(d: &[u8]) -> (u16, u32) {
-    let key = u16::from_le_bytes([d[0], d[1]]);
-    (key, u32::from(u16::from_le_bytes([d[2], d[3]])) + 1)
+    (le_u16(d, 0), u32::from(le_u16(d, 2)) + 1)
 }
 
 /// A validated, borrowed view of one portable roaring bitmap.

@@ -163,7 +163,6 @@ pub trait SharedBytes: Send + Sync {
 #[derive(Default)]
 pub struct Pieces {
     pieces: Vec<Piece>,
-    len: usize,
 }
 
 enum Piece {
@@ -180,25 +179,18 @@ impl Pieces {
     /// Appends `bytes`.
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
         if !bytes.is_empty() {
-            self.len += bytes.len();
             self.pieces.push(Piece::Owned(bytes));
         }
     }
 
     /// Appends `shared`'s bytes, kept where they are.
     pub fn push_shared(&mut self, shared: Box<dyn SharedBytes>) {
-        self.len += shared.bytes().len();
         self.pieces.push(Piece::Shared(shared));
     }
 
-    /// The bytes in all.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are none.
+    /// Whether there are no bytes.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.slices().iter().all(|s| s.is_empty())
     }
 
     /// The pieces in order.
