@@ -201,6 +201,46 @@ impl Sampler {
         Ok(ns.into_iter().map(Timing::of).collect())
     }
 
+    /// A count on each of `pools`, timed inside the pool (the hop into a
+    /// pool, whose threads may be asleep, is not the count's), run by run
+    /// in turn after one warm-up call each; every answer must be `want`.
+    /// A timing per pool, in order.
+    fn in_pools(
+        &self,
+        shape: &str,
+        pools: &[&rayon::ThreadPool],
+        count: &(dyn Fn() -> Result<u64, Error> + Sync),
+        want: u64,
+    ) -> Result<Vec<Timing>, Failure> {
+        let run = |pool: &rayon::ThreadPool| -> Result<f64, Failure> {
+            let (n, ns) = pool.install(|| {
+                let t = Instant::now();
+                let n = black_box(count());
+                (n, t.elapsed().as_nanos() as f64)
+            });
+            match n? {
+                n if n == want => Ok(ns),
+                n => Err(Failure::Other(format!(
+                    "{shape}: a count on {} threads answered {n} where it is {want}",
+                    pool.current_num_threads()
+                ))),
+            }
+        };
+        for pool in pools {
+            run(pool)?;
+        }
+        let start = Instant::now();
+        let mut ns = vec![Vec::with_capacity(self.runs); pools.len()];
+        while ns[0].len() < self.runs
+            && (ns[0].len() < self.runs.min(3) || start.elapsed() < BUDGET)
+        {
+            for (pool, ns) in pools.iter().zip(&mut ns) {
+                ns.push(run(pool)?);
+            }
+        }
+        Ok(ns.into_iter().map(Timing::of).collect())
+    }
+
     /// One warm-up call of `f` (its answer is returned), then timed runs.
     fn time<T>(&self, mut f: impl FnMut() -> Result<T, Error>) -> Result<(T, Timing), Error> {
         let first = f()?;
@@ -990,11 +1030,12 @@ fn measure(shared: &Arc<Snapshot>, sampler: &Sampler, s: Setup) -> Result<SizeRe
         )));
     }
 
-    // Thread scaling of the multi-leaf shapes.
+    // Thread scaling of the multi-leaf shapes: each count issued from a
+    // thread of the pool it runs on.
     let mut thread_scaling = Vec::new();
     for (row, prepared) in rows.iter().zip(&prepared_all).skip(1) {
-        let (_, one_thread) = sampler.time(|| s.one.install(|| prepared.count()))?;
-        let (_, all_threads) = sampler.time(|| s.all.install(|| prepared.count()))?;
+        let t = sampler.in_pools(row.shape, &[s.one, s.all], &|| prepared.count(), row.count)?;
+        let (one_thread, all_threads) = (t[0], t[1]);
         thread_scaling.push(ThreadRow {
             shape: row.shape,
             one_thread,
@@ -1225,6 +1266,11 @@ fn print_size(out: &mut dyn Write, r: &SizeReport) -> std::io::Result<()> {
             format!("{:.2}x", t.speedup)
         )?;
     }
+    writeln!(
+        out,
+        "(each count issued from a thread of its own pool, the hop into the pool not timed;\n \
+         one thread and all timed run by run in turn)"
+    )?;
     Ok(())
 }
 
