@@ -14,13 +14,12 @@
 //! never changed.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bincode::Decode;
 use roaring::RoaringBitmap;
 
 use super::bsi::Bsi;
-use super::index::{Attribute, Index, SectionBytes};
+use super::index::{Attribute, Index, Source};
 use super::{AttrType, Attributes};
 
 /// The layout number this build writes and reads.
@@ -43,20 +42,20 @@ pub fn encode(attrs: &Attributes) -> Result<Vec<u8>, String> {
 }
 
 /// A part of the section's bytes, as [`encode_in_parts`] gives them.
-pub enum Part {
+pub(crate) enum Part {
     /// Bytes encoded now.
     Encoded(Vec<u8>),
     /// The bytes of an index unchanged since it was read from them, where
-    /// they are: `range` of the section `bytes` (a mapped snapshot's).
-    Unchanged(Arc<dyn SectionBytes>, Range<usize>),
+    /// they are (in a mapped snapshot's section).
+    Unchanged(Source),
 }
 
 impl Part {
     /// Its bytes.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Part::Encoded(b) => b,
-            Part::Unchanged(bytes, range) => bytes.section().get(range.clone()).unwrap_or(&[]),
+            Part::Unchanged(source) => source.bytes(),
         }
     }
 }
@@ -65,7 +64,7 @@ impl Part {
 /// writes an unchanged index from the mapped section it was read from,
 /// with no copy of it made in memory (at 10M users the attributes are the
 /// largest section, and a compaction rarely changes them).
-pub fn encode_in_parts(attrs: &Attributes) -> Result<Vec<Part>, String> {
+pub(crate) fn encode_in_parts(attrs: &Attributes) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     if attrs.is_empty() {
         return Ok(parts);
@@ -78,7 +77,7 @@ pub fn encode_in_parts(attrs: &Attributes) -> Result<Vec<Part>, String> {
         // Unchanged since it was loaded: its bytes are what this would write.
         if let Some(source) = a.unchanged_source() {
             parts.push(Part::Encoded(std::mem::take(&mut out)));
-            parts.push(Part::Unchanged(source.bytes, source.range));
+            parts.push(Part::Unchanged(source.clone()));
             continue;
         }
         match a.index() {
@@ -390,6 +389,8 @@ mod tests {
         assert!(decode(&[], 0).unwrap().is_empty());
     }
 
+    use std::sync::Arc;
+
     struct Held(Vec<u8>);
 
     impl crate::attributes::SectionBytes for Held {
@@ -403,9 +404,9 @@ mod tests {
     fn shared_and_all(parts: &[Part], held: &Held) -> (usize, Vec<u8>) {
         let (mut shared, mut all) = (0, Vec::new());
         for p in parts {
-            if let Part::Unchanged(bytes, range) = p {
-                if std::ptr::eq(bytes.section(), held.0.as_slice()) {
-                    shared += range.len();
+            if let Part::Unchanged(source) = p {
+                if std::ptr::eq(source.bytes.section(), held.0.as_slice()) {
+                    shared += source.range.len();
                 }
             }
             all.extend_from_slice(p.bytes());

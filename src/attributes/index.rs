@@ -362,19 +362,10 @@ impl Attribute {
         self.index.get().is_some()
     }
 
-    /// The source's bytes, while the index is unchanged since it was read
-    /// from them (a snapshot writer copies them as they are).
-    pub(crate) fn source_bytes(&self) -> Option<&[u8]> {
-        self.source
-            .as_ref()
-            .filter(|_| self.damage.get().is_none())
-            .map(Source::bytes)
-    }
-
-    /// The source itself, while the index is unchanged since it was read
-    /// from it: a snapshot writer writes its bytes from where they are.
-    pub(crate) fn unchanged_source(&self) -> Option<Source> {
-        self.source_bytes().and(self.source.clone())
+    /// The source, while the index is unchanged since it was read from
+    /// it: a snapshot writer writes its bytes from where they are.
+    pub(crate) fn unchanged_source(&self) -> Option<&Source> {
+        self.source.as_ref().filter(|_| self.damage.get().is_none())
     }
 
     /// Its name.

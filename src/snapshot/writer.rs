@@ -190,18 +190,19 @@ impl Pieces {
 
     /// Whether there are no bytes.
     pub fn is_empty(&self) -> bool {
-        self.slices().iter().all(|s| s.is_empty())
+        self.iter().all(<[u8]>::is_empty)
     }
 
     /// The pieces in order.
     pub fn slices(&self) -> Vec<&[u8]> {
-        self.pieces
-            .iter()
-            .map(|p| match p {
-                Piece::Owned(b) => b.as_slice(),
-                Piece::Shared(s) => s.bytes(),
-            })
-            .collect()
+        self.iter().collect()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.pieces.iter().map(|p| match p {
+            Piece::Owned(b) => b.as_slice(),
+            Piece::Shared(s) => s.bytes(),
+        })
     }
 }
 

@@ -183,19 +183,34 @@ impl Sampler {
         ways: &mut [Way],
         check: &mut dyn FnMut(usize, u64) -> Result<(), Failure>,
     ) -> Result<Vec<Timing>, Failure> {
-        for (i, (_, f)) in ways.iter_mut().enumerate() {
-            check(i, f()?)?;
+        self.turns(ways.len(), &mut |i| {
+            let t = Instant::now();
+            let n = black_box((ways[i].1)()?);
+            let ns = t.elapsed().as_nanos() as f64;
+            check(i, n)?;
+            Ok(ns)
+        })
+    }
+
+    /// `ways` ways run in turn: one warm-up run of each (its time
+    /// dropped), then run 1 of each, run 2 of each, ... while the runs and
+    /// the budget last. `run(i)` runs way `i` once and gives its time in
+    /// nanoseconds. A timing per way, in order.
+    fn turns(
+        &self,
+        ways: usize,
+        run: &mut dyn FnMut(usize) -> Result<f64, Failure>,
+    ) -> Result<Vec<Timing>, Failure> {
+        for i in 0..ways {
+            run(i)?;
         }
         let start = Instant::now();
-        let mut ns = vec![Vec::with_capacity(self.runs); ways.len()];
+        let mut ns = vec![Vec::with_capacity(self.runs); ways];
         while ns[0].len() < self.runs
             && (ns[0].len() < self.runs.min(3) || start.elapsed() < BUDGET)
         {
-            for (i, ((_, f), ns)) in ways.iter_mut().zip(&mut ns).enumerate() {
-                let t = Instant::now();
-                let n = black_box(f()?);
-                ns.push(t.elapsed().as_nanos() as f64);
-                check(i, n)?;
+            for (i, ns) in ns.iter_mut().enumerate() {
+                ns.push(run(i)?);
             }
         }
         Ok(ns.into_iter().map(Timing::of).collect())
@@ -212,7 +227,8 @@ impl Sampler {
         count: &(dyn Fn() -> Result<u64, Error> + Sync),
         want: u64,
     ) -> Result<Vec<Timing>, Failure> {
-        let run = |pool: &rayon::ThreadPool| -> Result<f64, Failure> {
+        self.turns(pools.len(), &mut |i| {
+            let pool = pools[i];
             let (n, ns) = pool.install(|| {
                 let t = Instant::now();
                 let n = black_box(count());
@@ -225,20 +241,7 @@ impl Sampler {
                     pool.current_num_threads()
                 ))),
             }
-        };
-        for pool in pools {
-            run(pool)?;
-        }
-        let start = Instant::now();
-        let mut ns = vec![Vec::with_capacity(self.runs); pools.len()];
-        while ns[0].len() < self.runs
-            && (ns[0].len() < self.runs.min(3) || start.elapsed() < BUDGET)
-        {
-            for (pool, ns) in pools.iter().zip(&mut ns) {
-                ns.push(run(pool)?);
-            }
-        }
-        Ok(ns.into_iter().map(Timing::of).collect())
+        })
     }
 
     /// One warm-up call of `f` (its answer is returned), then timed runs.
