@@ -686,8 +686,21 @@ pub fn sampled_count(
     let survey = s.survey(&keys);
     let eval = |picks: &[u32]| -> Result<Vec<u64>> {
         Ok(if parts == 1 {
-            let at: Vec<u32> = picks.iter().map(|&i| keys[i as usize]).collect();
-            s.count(&at)
+            // Chunks of an AND of bitmaps from the containers the survey
+            // found; the others as the exact count evaluates them.
+            let js: Vec<usize> = picks.iter().map(|&i| i as usize).collect();
+            let mut counts = survey.count_bitmap_ands(&js);
+            let rest: Vec<u32> = js
+                .iter()
+                .zip(&counts)
+                .filter(|(_, n)| n.is_none())
+                .map(|(&j, _)| keys[j])
+                .collect();
+            let mut counted = s.count(&rest).into_iter();
+            counts
+                .iter_mut()
+                .map(|n| n.or_else(|| counted.next()).unwrap_or(0))
+                .collect()
         } else {
             let at: Vec<(usize, u32)> = picks
                 .iter()

@@ -350,3 +350,47 @@ fn windows_of_ands_of_bitmap_containers_sum_to_each_chunk_s_count() {
         }
     }
 }
+
+#[test]
+fn a_survey_of_consecutive_chunks_finds_what_a_survey_of_scattered_ones_finds() {
+    // A survey of consecutive chunks reads a bitmap holding all of them as
+    // one run of its containers; a survey with a chunk left out looks each
+    // one up. Both must predict the same counts for the chunks they share,
+    // and the chunks an AND of bitmaps counts from the survey's containers
+    // must count as the exact count counts them.
+    let ws = workload::generate("fast", SPEC).unwrap().workspace;
+    let cohort = |j: u32| Filter::includes(workload::PARTNER, workload::cohort_id(j));
+    let filters = [
+        Filter::And(vec![cohort(0), cohort(1)]),
+        Filter::And(vec![cohort(0), cohort(1), cohort(2).not()]),
+        Filter::And((0..5).map(cohort).collect()),
+        // Medium cohorts: arrays, and chunks some of them lack.
+        Filter::And(vec![cohort(0), cohort(20), cohort(21).not()]),
+        Filter::Or(vec![cohort(0), cohort(20)]),
+    ];
+    let cache = segq::query::SerialCache::default();
+    for f in &filters {
+        let p = plan::plan(&ws, f).unwrap();
+        let prepared = chunk::Prepared::new(&ws, &p, &cache).unwrap();
+        let s = prepared.sampler().unwrap();
+        let all: Vec<u32> = (0..prepared.chunk_count()).collect();
+        let some: Vec<u32> = all.iter().copied().filter(|&k| k != 1).collect();
+        let (whole, gapped) = (s.survey(&all), s.survey(&some));
+        let (p_all, p_some) = (whole.predict(), gapped.predict());
+        for (j, &k) in some.iter().enumerate() {
+            let i = k as usize;
+            assert_eq!(p_all[i], p_some[j], "chunk {k}: {f}");
+        }
+        let exact = s.count(&all);
+        let js: Vec<usize> = (0..all.len()).collect();
+        let mut counted = 0;
+        for (j, n) in whole.count_bitmap_ands(&js).into_iter().enumerate() {
+            if let Some(n) = n {
+                assert_eq!(n, exact[j], "chunk {j}: {f}");
+                counted += 1;
+            }
+        }
+        let and_of_cohorts = matches!(f, Filter::And(_));
+        assert_eq!(counted > 0, and_of_cohorts, "{f}: {counted} chunks counted");
+    }
+}

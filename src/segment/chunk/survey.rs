@@ -32,6 +32,69 @@ fn container_at<'a>(
     v.filter(|_| i != NONE).map(|v| v.container(i as usize))
 }
 
+/// The index of `v`'s container for chunk `first` when it has one for
+/// every chunk `first..=last`: its keys rise strictly, so it does when it
+/// has `first` at `i` and `last` at `i + last - first`.
+fn aligned(v: &BitmapView, first: u16, last: u16) -> Option<usize> {
+    let i = v.seek(first, 0).ok()?;
+    let j = i + usize::from(last - first);
+    (v.key_and_cardinality(j)?.0 == last).then_some(i)
+}
+
+/// Bitmap `b` of leaf `l` (of `leaves`) in every surveyed chunk, from its
+/// container `first` on, one container a chunk ([`aligned`]): a loop of
+/// its own, with nothing else to keep in registers.
+#[inline(never)]
+fn fill_aligned(
+    v: &BitmapView,
+    first: usize,
+    (l, b, sign): (usize, usize, f64),
+    leaves: usize,
+    at: &mut [[u32; 3]],
+    size: &mut [f64],
+) {
+    let cards = v.keys_and_cardinalities().skip(first);
+    let rows = at
+        .chunks_exact_mut(leaves)
+        .zip(size.chunks_exact_mut(leaves));
+    for (i, ((at, size), (_, card))) in (first as u32..).zip(rows.zip(cards)) {
+        at[l][b] = i;
+        size[l] += sign * f64::from(card);
+    }
+}
+
+/// [`Survey::predict`] of an AND of cohorts (AND NOT cohorts): per chunk
+/// of `keys`, the product of the leaves' shares (of the `all` leaves, and
+/// one minus those of the `minus` ones) times its users, the leaves'
+/// sizes read from `size` (a row of them per chunk). Leaf by leaf over
+/// every chunk: the chunks' products are independent, where a chunk's
+/// leaves make one chain of multiplications.
+#[inline(never)]
+fn predict_and(
+    keys: &[u32],
+    size: &[f64],
+    (all, minus): (&[usize], &[usize]),
+    chunk_len: impl Fn(u32) -> u32,
+) -> Vec<f64> {
+    let n = size.len() / keys.len().max(1);
+    let len: Vec<f64> = keys
+        .iter()
+        .map(|&k| f64::from(chunk_len(k)).max(1.0))
+        .collect();
+    let per_user: Vec<f64> = len.iter().map(|&l| 1.0 / l).collect();
+    let mut p = vec![1.0; keys.len()];
+    let leaves = all.iter().map(|&i| (i, false));
+    for (i, negated) in leaves.chain(minus.iter().map(|&i| (i, true))) {
+        let rows = p.iter_mut().zip(size.chunks_exact(n)).zip(&per_user);
+        for ((p, row), u) in rows {
+            let share = (row[i] * u).clamp(0.0, 1.0);
+            *p *= if negated { 1.0 - share } else { share };
+        }
+    }
+    p.iter_mut().zip(&len).for_each(|(p, l)| *p *= l);
+    p
+}
+
 impl<'s> Survey<'s> {
     /// # Panics
     /// If `keys` do not rise.
@@ -42,6 +105,15 @@ impl<'s> Survey<'s> {
         let leaves = ctx.leaves.len();
         let mut at = vec![[NONE; 3]; keys.len() * leaves];
         let mut size = vec![0.0; keys.len() * leaves];
+        // Consecutive chunks (an AND led by a dense cohort, or every
+        // chunk): a bitmap holding the first and the last of them at
+        // indexes as far apart holds every one in between, in order.
+        let run = match (keys.first(), keys.last()) {
+            (Some(&a), Some(&b)) if (b - a) as usize + 1 == keys.len() => {
+                Some((a as u16, b as u16))
+            }
+            _ => None,
+        };
         for (l, leaf) in ctx.leaves.iter().enumerate() {
             let bitmaps: [Option<&BitmapView>; 3] = match leaf {
                 LeafView::Simple(v) => [Some(v), None, None],
@@ -55,6 +127,10 @@ impl<'s> Survey<'s> {
                 let Some(v) = v else { continue };
                 // The removed members count against the leaf.
                 let sign = if b == 2 { -1.0 } else { 1.0 };
+                if let Some(first) = run.and_then(|(a, z)| aligned(v, a, z)) {
+                    fill_aligned(v, first, (l, b, sign), leaves, &mut at, &mut size);
+                    continue;
+                }
                 let mut from = 0;
                 for (j, &key) in keys.iter().enumerate() {
                     // `chunks` is at most 65,536: every key fits a u16.
@@ -135,24 +211,9 @@ impl<'s> Survey<'s> {
             let all: Option<Vec<usize>> = all.iter().map(leaf).collect();
             let minus: Option<Vec<usize>> = minus.iter().map(leaf).collect();
             if let (Some(all), Some(minus), true) = (all, minus, n > 0) {
-                return self
-                    .keys
-                    .iter()
-                    .zip(self.size.chunks_exact(n))
-                    .map(|(&key, size)| {
-                        let len = f64::from(self.ctx.chunk_len(key)).max(1.0);
-                        let per_user = 1.0 / len;
-                        let share = |i: usize| (size[i] * per_user).clamp(0.0, 1.0);
-                        let mut p = 1.0;
-                        for &i in &all {
-                            p *= share(i);
-                        }
-                        for &i in &minus {
-                            p *= 1.0 - share(i);
-                        }
-                        p * len
-                    })
-                    .collect();
+                return predict_and(&self.keys, &self.size, (&all, &minus), |key| {
+                    self.ctx.chunk_len(key)
+                });
             }
         }
         self.predict_by_tree()
@@ -180,6 +241,40 @@ impl<'s> Survey<'s> {
                     *s = (n as f64 * per_user).clamp(0.0, 1.0);
                 }
                 predict(self.node, &share, &ranges) * len
+            })
+            .collect()
+    }
+
+    /// The count of each chunk `keys()[j]` of `js` where the plan is an
+    /// AND of cohorts whose containers there are all bitmaps (the `minus`
+    /// ones may be missing), counted as the exact count counts it, from
+    /// the containers the survey found (no look-up); `None` for the
+    /// others, and for every chunk when the plan is no such AND.
+    ///
+    /// # Panics
+    /// If a `j` is past the surveyed chunks.
+    pub fn count_bitmap_ands(&self, js: &[usize]) -> Vec<Option<u64>> {
+        let Node::And(all, minus) = self.node else {
+            return vec![None; js.len()];
+        };
+        if !all
+            .iter()
+            .chain(minus)
+            .all(|c| matches!(c, Node::Cohort(_)))
+        {
+            return vec![None; js.len()];
+        }
+        let mut lcs = Vec::with_capacity(self.ctx.leaves.len());
+        js.iter()
+            .map(|&j| {
+                self.leaves_in(j, &mut lcs);
+                let at = window::At {
+                    ctx: self.ctx,
+                    key: self.keys[j],
+                    lcs: &lcs,
+                    first: 0,
+                };
+                at.and_of_bitmaps(self.node, CHUNK_WORDS)
             })
             .collect()
     }

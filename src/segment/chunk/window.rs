@@ -109,7 +109,7 @@ impl At<'_, '_> {
     /// window of `width` words that holds only users: the windows of the
     /// containers read once each in one pass, nothing written. `None`
     /// when the node has another shape here.
-    fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
+    pub(super) fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
         let Node::And(all, minus) = node else {
             return None;
         };
