@@ -46,7 +46,8 @@ pub(crate) enum Part {
     /// Bytes encoded now.
     Encoded(Vec<u8>),
     /// The bytes of an index unchanged since it was read from them, where
-    /// they are (in a mapped snapshot's section).
+    /// they are (in a mapped snapshot's section), checked to lie inside
+    /// the section when the part was made.
     Unchanged(Source),
 }
 
@@ -55,7 +56,8 @@ impl Part {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Part::Encoded(b) => b,
-            Part::Unchanged(source) => source.bytes(),
+            // Checked by `encode_in_parts`; a section's bytes never change.
+            Part::Unchanged(source) => &source.bytes.section()[source.range.clone()],
         }
     }
 }
@@ -76,6 +78,11 @@ pub(crate) fn encode_in_parts(attrs: &Attributes) -> Result<Vec<Part>, String> {
         put(&mut out, (a.name(), a.ty().tag()))?;
         // Unchanged since it was loaded: its bytes are what this would write.
         if let Some(source) = a.unchanged_source() {
+            // Never an empty index for one that cannot be read: the
+            // snapshot is not written.
+            source
+                .bytes()
+                .map_err(|e| format!("attribute {}: {e}", a.name()))?;
             parts.push(Part::Encoded(std::mem::take(&mut out)));
             parts.push(Part::Unchanged(source.clone()));
             continue;
@@ -447,5 +454,35 @@ mod tests {
         for u in 0..300 {
             assert_eq!(c.values_of(u), a.values_of(u));
         }
+    }
+
+    /// A section whose bytes are cut short after it was listed: what a
+    /// broken invariant (a bug, a damaged map) would look like.
+    struct Cut(Vec<u8>, std::sync::atomic::AtomicBool);
+
+    impl crate::attributes::SectionBytes for Cut {
+        fn section(&self) -> &[u8] {
+            let cut = self.1.load(std::sync::atomic::Ordering::Relaxed);
+            &self.0[..if cut { 8 } else { self.0.len() }]
+        }
+    }
+
+    #[test]
+    fn an_unchanged_index_outside_its_section_is_an_error_not_an_empty_index() {
+        let a = sample();
+        let bytes = encode(&a).unwrap();
+        let section = Arc::new(Cut(bytes, false.into()));
+        let b = Attributes::on_section(section.clone(), 300);
+        // Listed while whole; then the section no longer holds the indexes.
+        assert_eq!(b.iter().count(), a.iter().count());
+        section.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        let e = encode_in_parts(&b).err().expect("no parts");
+        assert!(e.contains("is not inside the attributes section"), "{e}");
+        assert!(encode(&b).is_err());
+        // Read, the index is damaged (and named so), not empty.
+        let spend = b.get("spend").unwrap();
+        assert_eq!(spend.get(7), None);
+        let e = spend.damage().expect("damaged");
+        assert!(e.contains("spend") && e.contains("is not inside"), "{e}");
     }
 }

@@ -223,8 +223,20 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        self.bytes.section().get(self.range.clone()).unwrap_or(&[])
+    /// The index's bytes, or why they cannot be read: its range does not
+    /// lie inside the section (it was found there when the section was
+    /// listed, and a section's bytes never change, so this is a bug or a
+    /// damaged map, never an index to read as empty).
+    pub(crate) fn bytes(&self) -> Result<&[u8], String> {
+        let section = self.bytes.section();
+        section.get(self.range.clone()).ok_or_else(|| {
+            format!(
+                "its index (bytes {}..{}) is not inside the attributes section ({} bytes)",
+                self.range.start,
+                self.range.end,
+                section.len()
+            )
+        })
     }
 }
 
@@ -340,7 +352,11 @@ impl Attribute {
         let Some(src) = &self.source else {
             return Index::empty(self.ty);
         };
-        match super::codec::read_index(&self.name, self.ty, src.bytes(), src.users) {
+        let read = src
+            .bytes()
+            .map_err(|e| format!("attribute {}: {e}", self.name))
+            .and_then(|b| super::codec::read_index(&self.name, self.ty, b, src.users));
+        match read {
             Ok(ix) => ix,
             Err(e) => {
                 tracing::error!(attribute = %self.name, "{e}");
