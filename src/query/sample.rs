@@ -508,7 +508,8 @@ fn run(
         unit,
     } = scope;
     let windowed = scope.windowed();
-    let started = Instant::now();
+    // Only a budget reads the clock.
+    let started = matches!(t, Tradeoff::BudgetMs(_)).then(Instant::now);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let too_small = || {
         Outcome::Exact(format!(
@@ -573,7 +574,7 @@ fn run(
             h
         }
         Tradeoff::BudgetMs(ms) => {
-            let spent = started.elapsed().as_secs_f64() * 1e3;
+            let spent = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1e3);
             let per_chunk = (spent / f64::from(pilot_chunks)).max(1e-6);
             let left = ms - spent;
             if f64::from(chunks) * per_chunk <= left {
@@ -689,7 +690,7 @@ pub fn sampled_count(
             // Chunks of an AND of bitmaps from the containers the survey
             // found; the others as the exact count evaluates them.
             let js: Vec<usize> = picks.iter().map(|&i| i as usize).collect();
-            let mut counts = survey.count_bitmap_ands(&js);
+            let counts = survey.count_bitmap_ands(&js);
             let rest: Vec<u32> = js
                 .iter()
                 .zip(&counts)
@@ -698,7 +699,7 @@ pub fn sampled_count(
                 .collect();
             let mut counted = s.count(&rest).into_iter();
             counts
-                .iter_mut()
+                .into_iter()
                 .map(|n| n.or_else(|| counted.next()).unwrap_or(0))
                 .collect()
         } else {

@@ -254,29 +254,29 @@ impl<'s> Survey<'s> {
     /// # Panics
     /// If a `j` is past the surveyed chunks.
     pub fn count_bitmap_ands(&self, js: &[usize]) -> Vec<Option<u64>> {
-        let Node::And(all, minus) = self.node else {
-            return vec![None; js.len()];
-        };
-        if !all
-            .iter()
-            .chain(minus)
-            .all(|c| matches!(c, Node::Cohort(_)))
-        {
-            return vec![None; js.len()];
-        }
-        let mut lcs = Vec::with_capacity(self.ctx.leaves.len());
         js.iter()
-            .map(|&j| {
-                self.leaves_in(j, &mut lcs);
-                let at = window::At {
-                    ctx: self.ctx,
-                    key: self.keys[j],
-                    lcs: &lcs,
-                    first: 0,
-                };
-                at.and_of_bitmaps(self.node, CHUNK_WORDS)
-            })
+            .map(|&j| self.and_of_bitmaps(j, 0, CHUNK_WORDS))
             .collect()
+    }
+
+    /// The count of an AND of cohorts on the window `(first, width)` of
+    /// chunk `keys()[j]` when the window holds only users and every leaf
+    /// is one bitmap container there (or none), read from the containers
+    /// the survey found ([`window::and_of_bitmaps`]): nothing looked up,
+    /// nothing built. `None` otherwise.
+    fn and_of_bitmaps(&self, j: usize, first: usize, width: usize) -> Option<u64> {
+        let full = self.ctx.chunk_len(self.keys[j]) as usize >= 64 * (first + width);
+        if !full || !matches!(self.node, Node::And(..)) {
+            return None;
+        }
+        let n = self.ctx.leaves.len();
+        let at = &self.at[j * n..(j + 1) * n];
+        window::and_of_bitmaps(self.ctx, self.node, (first, width), |i| {
+            match &self.ctx.leaves[i] {
+                LeafView::Simple(v) => Some(container_at(Some(v), at[i][0])),
+                LeafView::Layered { .. } => None,
+            }
+        })
     }
 
     /// The count of each window of `windows`, `(j, part)`: window `part`
@@ -300,6 +300,10 @@ impl<'s> Survey<'s> {
             .iter()
             .map(|&(j, part)| {
                 assert!(part < parts, "part {part} of {parts}");
+                let first = part as usize * width;
+                if let Some(n) = self.and_of_bitmaps(j, first, width) {
+                    return n;
+                }
                 if lcs_of != Some(j) {
                     self.leaves_in(j, &mut lcs);
                     lcs_of = Some(j);
@@ -308,7 +312,7 @@ impl<'s> Survey<'s> {
                     ctx: self.ctx,
                     key: self.keys[j],
                     lcs: &lcs,
-                    first: part as usize * width,
+                    first,
                 };
                 at.count(self.node, &mut pool)
             })

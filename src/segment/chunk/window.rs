@@ -106,47 +106,17 @@ impl At<'_, '_> {
 
     /// The count of an AND of cohort leaves whose containers in this
     /// chunk are all bitmaps (the `minus` ones may be missing), on a
-    /// window of `width` words that holds only users: the windows of the
-    /// containers read once each in one pass, nothing written. `None`
-    /// when the node has another shape here.
+    /// window of `width` words that holds only users ([`and_of_bitmaps`]).
+    /// `None` when the node has another shape here.
     pub(super) fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
-        let Node::And(all, minus) = node else {
-            return None;
-        };
-        if all.is_empty()
-            || all.len() > GROUP
-            || minus.len() > GROUP
-            || !width.is_multiple_of(KERNEL_BLOCK)
-            || self.users(width) != 64 * width
-        {
+        if self.users(width) != 64 * width {
             return None;
         }
-        let span = 8 * self.first..8 * (self.first + width);
-        let mut a: [&[u8]; GROUP] = [&[]; GROUP];
-        let mut m: [&[u8]; GROUP] = [&[]; GROUP];
-        let mut nm = 0;
-        for (j, c) in all.iter().enumerate() {
-            let Node::Cohort(i) = c else { return None };
-            match self.lcs[*i] {
-                Lc::Empty => return Some(0),
-                Lc::One(Container::Bitmap(b)) => a[j] = &b.bytes()[span.clone()],
-                _ => return None,
-            }
-        }
-        for c in minus {
-            let Node::Cohort(i) = c else { return None };
-            match self.lcs[*i] {
-                Lc::Empty => {}
-                Lc::One(Container::Bitmap(b)) => {
-                    m[nm] = &b.bytes()[span.clone()];
-                    nm += 1;
-                }
-                _ => return None,
-            }
-        }
-        Some(u64::from(
-            self.ctx.k.bitmaps_count(&a[..all.len()], &m[..nm]),
-        ))
+        and_of_bitmaps(self.ctx, node, (self.first, width), |i| match self.lcs[i] {
+            Lc::Empty => Some(None),
+            Lc::One(c) => Some(Some(c)),
+            Lc::Merge(..) => None,
+        })
     }
 
     fn eval(&self, node: &Node, out: &mut [u64], pool: &mut Pool) -> St {
@@ -313,4 +283,53 @@ impl At<'_, '_> {
             }
         }
     }
+}
+
+/// The count of an AND of cohort leaves (`node`) whose containers in a
+/// chunk are all bitmaps (the `minus` ones may be missing), on the window
+/// `(first, width)` of it, which must hold only users: the containers'
+/// windows read once each in one pass, nothing written. `leaf(i)` gives
+/// leaf `i`'s container in the chunk (`Some(None)`: it has none), or
+/// `None` when the leaf is not one container there. `None` when the
+/// node has another shape.
+pub(super) fn and_of_bitmaps<'a>(
+    ctx: &Ctx,
+    node: &Node,
+    (first, width): (usize, usize),
+    leaf: impl Fn(usize) -> Option<Option<Container<'a>>>,
+) -> Option<u64> {
+    let Node::And(all, minus) = node else {
+        return None;
+    };
+    if all.is_empty()
+        || all.len() > GROUP
+        || minus.len() > GROUP
+        || !width.is_multiple_of(KERNEL_BLOCK)
+    {
+        return None;
+    }
+    let span = 8 * first..8 * (first + width);
+    let mut a: [&[u8]; GROUP] = [&[]; GROUP];
+    let mut m: [&[u8]; GROUP] = [&[]; GROUP];
+    let mut nm = 0;
+    for (j, c) in all.iter().enumerate() {
+        let Node::Cohort(i) = c else { return None };
+        match leaf(*i)? {
+            None => return Some(0),
+            Some(Container::Bitmap(b)) => a[j] = &b.bytes()[span.clone()],
+            Some(_) => return None,
+        }
+    }
+    for c in minus {
+        let Node::Cohort(i) = c else { return None };
+        match leaf(*i)? {
+            None => {}
+            Some(Container::Bitmap(b)) => {
+                m[nm] = &b.bytes()[span.clone()];
+                nm += 1;
+            }
+            Some(_) => return None,
+        }
+    }
+    Some(u64::from(ctx.k.bitmaps_count(&a[..all.len()], &m[..nm])))
 }
