@@ -108,7 +108,7 @@ impl At<'_, '_> {
     /// chunk are all bitmaps (the `minus` ones may be missing), on a
     /// window of `width` words that holds only users ([`and_of_bitmaps`]).
     /// `None` when the node has another shape here.
-    pub(super) fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
+    fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
         if self.users(width) != 64 * width {
             return None;
         }
