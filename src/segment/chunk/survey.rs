@@ -265,18 +265,18 @@ impl<'s> Survey<'s> {
     /// the survey found ([`window::and_of_bitmaps`]): nothing looked up,
     /// nothing built. `None` otherwise.
     fn and_of_bitmaps(&self, j: usize, first: usize, width: usize) -> Option<u64> {
-        let full = self.ctx.chunk_len(self.keys[j]) as usize >= 64 * (first + width);
-        if !full || !matches!(self.node, Node::And(..)) {
-            return None;
-        }
         let n = self.ctx.leaves.len();
         let at = &self.at[j * n..(j + 1) * n];
-        window::and_of_bitmaps(self.ctx, self.node, (first, width), |i| {
-            match &self.ctx.leaves[i] {
+        window::and_of_bitmaps(
+            self.ctx,
+            self.node,
+            self.keys[j],
+            (first, width),
+            |i| match &self.ctx.leaves[i] {
                 LeafView::Simple(v) => Some(container_at(Some(v), at[i][0])),
                 LeafView::Layered { .. } => None,
-            }
-        })
+            },
+        )
     }
 
     /// The count of each window of `windows`, `(j, part)`: window `part`

@@ -109,14 +109,17 @@ impl At<'_, '_> {
     /// window of `width` words that holds only users ([`and_of_bitmaps`]).
     /// `None` when the node has another shape here.
     fn and_of_bitmaps(&self, node: &Node, width: usize) -> Option<u64> {
-        if self.users(width) != 64 * width {
-            return None;
-        }
-        and_of_bitmaps(self.ctx, node, (self.first, width), |i| match self.lcs[i] {
-            Lc::Empty => Some(None),
-            Lc::One(c) => Some(Some(c)),
-            Lc::Merge(..) => None,
-        })
+        and_of_bitmaps(
+            self.ctx,
+            node,
+            self.key,
+            (self.first, width),
+            |i| match self.lcs[i] {
+                Lc::Empty => Some(None),
+                Lc::One(c) => Some(Some(c)),
+                Lc::Merge(..) => None,
+            },
+        )
     }
 
     fn eval(&self, node: &Node, out: &mut [u64], pool: &mut Pool) -> St {
@@ -285,26 +288,30 @@ impl At<'_, '_> {
     }
 }
 
-/// The count of an AND of cohort leaves (`node`) whose containers in a
-/// chunk are all bitmaps (the `minus` ones may be missing), on the window
-/// `(first, width)` of it, which must hold only users: the containers'
-/// windows read once each in one pass, nothing written. `leaf(i)` gives
-/// leaf `i`'s container in the chunk (`Some(None)`: it has none), or
-/// `None` when the leaf is not one container there. `None` when the
-/// node has another shape.
+/// The count of an AND of cohort leaves (`node`) whose containers in
+/// chunk `key` are all bitmaps (the `minus` ones may be missing), on the
+/// window `(first, width)` of it when the window holds only users: the
+/// containers' windows read once each in one pass, nothing written.
+/// `leaf(i)` gives leaf `i`'s container in the chunk (`Some(None)`: it
+/// has none), or `None` when the leaf is not one container there. `None`
+/// when the node or the window has another shape.
 pub(super) fn and_of_bitmaps<'a>(
     ctx: &Ctx,
     node: &Node,
+    key: u32,
     (first, width): (usize, usize),
     leaf: impl Fn(usize) -> Option<Option<Container<'a>>>,
 ) -> Option<u64> {
     let Node::And(all, minus) = node else {
         return None;
     };
+    // Cohort bitmaps may hold ids past the last user.
+    let only_users = ctx.chunk_len(key) as usize >= 64 * (first + width);
     if all.is_empty()
         || all.len() > GROUP
         || minus.len() > GROUP
         || !width.is_multiple_of(KERNEL_BLOCK)
+        || !only_users
     {
         return None;
     }
